@@ -1,0 +1,164 @@
+// The one place that binds the compiled extension glyph_rt._C.
+// CPU entry points take numpy arrays (zero-copy views of torch tensors); the extension does
+// not link against torch, so one build stays valid across torch versions.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <vector>
+
+#include "layout/layout.h"
+#include "raster/raster.h"
+
+namespace py = pybind11;
+using namespace glyph_rt;
+
+#ifdef GLYPH_RT_WITH_CUDA
+void register_cuda(py::module_& m);
+#endif
+
+namespace {
+
+template <typename T>
+using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+template <typename T>
+py::array_t<T> to_numpy(std::vector<T>&& v) {
+  auto* heap = new std::vector<T>(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>({(py::ssize_t)heap->size()}, heap->data(), owner);
+}
+
+template <typename T>
+const T* ptr(const Arr<T>& a, py::ssize_t n, const char* name) {
+  if (a.size() < n) throw std::invalid_argument(std::string(name) + ": array too short");
+  return a.data();
+}
+
+py::dict run_layout(const Arr<uint32_t>& text, const Arr<int32_t>& lut, const Arr<double>& advance,
+                    const Arr<uint8_t>& missing_flag, int32_t space_slot, int32_t missing_slot,
+                    const py::dict& params, const Arr<int32_t>& marker) {
+  Atlas a;
+  a.lut = lut.data();
+  a.lut_size = lut.size();
+  a.advance = advance.data();
+  a.missing_flag = missing_flag.data();
+  a.space_slot = space_slot;
+  a.missing_slot = missing_slot;
+  if (missing_slot < 0 || missing_slot >= advance.size() || missing_flag.size() != advance.size())
+    throw std::invalid_argument("layout: atlas arrays are inconsistent");
+  LayoutParams p;
+  auto f = [&](const char* k, double& v) { if (params.contains(k)) v = params[k].cast<double>(); };
+  auto i = [&](const char* k, int32_t& v) { if (params.contains(k)) v = params[k].cast<int32_t>(); };
+  f("frame_x", p.frame_x); f("frame_y", p.frame_y); f("frame_w", p.frame_w); f("frame_h", p.frame_h);
+  f("left_indent", p.left_indent); f("right_indent", p.right_indent);
+  f("first_line_indent", p.first_line_indent); f("leading", p.leading); f("ascent", p.ascent);
+  f("space_before", p.space_before); f("space_after", p.space_after);
+  f("space_shrink", p.space_shrink);
+  i("align", p.align); i("wrap", p.wrap); i("lines_per_paragraph", p.lines_per_paragraph);
+  i("newline_marker", p.newline_marker); i("tab_size", p.tab_size); i("max_pages", p.max_pages);
+  if (p.leading <= 0) throw std::invalid_argument("layout: leading must be > 0");
+  LayoutResult r;
+  {
+    py::gil_scoped_release nogil;
+    layout(text.data(), text.size(), a, p, marker.data(), (int32_t)marker.size(), r);
+  }
+  py::dict d;
+  d["g_page"] = to_numpy(std::move(r.g_page));
+  d["g_slot"] = to_numpy(std::move(r.g_slot));
+  d["g_src"] = to_numpy(std::move(r.g_src));
+  d["g_x"] = to_numpy(std::move(r.g_x));
+  d["g_y"] = to_numpy(std::move(r.g_y));
+  d["g_color"] = to_numpy(std::move(r.g_color));
+  d["l_page"] = to_numpy(std::move(r.l_page));
+  d["l_x"] = to_numpy(std::move(r.l_x));
+  d["l_y"] = to_numpy(std::move(r.l_y));
+  d["l_width"] = to_numpy(std::move(r.l_width));
+  d["l_src_start"] = to_numpy(std::move(r.l_src_start));
+  d["l_src_end"] = to_numpy(std::move(r.l_src_end));
+  d["b_page"] = to_numpy(std::move(r.b_page));
+  d["b_x"] = to_numpy(std::move(r.b_x));
+  d["b_y"] = to_numpy(std::move(r.b_y));
+  d["b_w"] = to_numpy(std::move(r.b_w));
+  d["b_h"] = to_numpy(std::move(r.b_h));
+  d["p_src_start"] = to_numpy(std::move(r.p_src_start));
+  d["p_src_end"] = to_numpy(std::move(r.p_src_end));
+  d["p_line_start"] = to_numpy(std::move(r.p_line_start));
+  d["missing"] = r.missing;
+  d["stripped"] = r.stripped;
+  d["placed"] = r.placed;
+  d["pages"] = r.pages;
+  d["truncated"] = r.truncated;
+  return d;
+}
+
+void raster_cpu(py::array_t<uint8_t, py::array::c_style> out, int32_t page0, const Arr<uint8_t>& bg,
+                const Arr<int32_t>& rect_page, const Arr<int32_t>& rect_box, const Arr<uint8_t>& rect_rgb,
+                const Arr<int32_t>& g_page, const Arr<float>& g_x, const Arr<float>& g_y,
+                const Arr<int32_t>& g_slot, const Arr<uint8_t>& g_color, const Arr<uint8_t>& data,
+                const Arr<int64_t>& offset, const Arr<int32_t>& width, const Arr<int32_t>& height,
+                const Arr<int32_t>& left, const Arr<int32_t>& top, int32_t phases,
+                const Arr<uint8_t>& palette, double sx, double sy) {
+  if (out.ndim() != 4 || out.shape(3) != 3) throw std::invalid_argument("raster: out must be [P,H,W,3] uint8");
+  if (!out.writeable()) throw std::invalid_argument("raster: out is read-only");
+  int32_t P = (int32_t)out.shape(0), H = (int32_t)out.shape(1), W = (int32_t)out.shape(2);
+  int64_t n = g_page.size();
+  int64_t nr = rect_page.size();
+  int64_t slots = phases > 0 ? width.size() / phases : 0;
+  GlyphBitmaps a{data.data(), ptr(offset, slots * phases, "offset"), width.data(),
+                 ptr(height, slots * phases, "height"), ptr(left, slots * phases, "left"),
+                 ptr(top, slots * phases, "top"), phases, (int32_t)slots};
+  Placements pl{n, g_page.data(), ptr(g_x, n, "g_x"), ptr(g_y, n, "g_y"), ptr(g_slot, n, "g_slot"),
+                ptr(g_color, n, "g_color")};
+  Rects rc{nr, rect_page.data(), ptr(rect_box, nr * 4, "rect_box"), ptr(rect_rgb, nr * 3, "rect_rgb")};
+  if (bg.size() < 3 || palette.size() < 3) throw std::invalid_argument("raster: bad colors");
+  // Every bitmap must lie inside the atlas data: checked once here, not per glyph.
+  for (int64_t g = 0; g < slots * phases; ++g) {
+    if (a.width[g] < 0 || a.height[g] < 0 || a.offset[g] < 0 ||
+        a.offset[g] + (int64_t)a.width[g] * a.height[g] > (int64_t)data.size())
+      throw std::invalid_argument("raster: atlas bitmap out of range");
+  }
+  uint8_t* o = out.mutable_data();
+  py::gil_scoped_release nogil;
+  raster_pages_cpu(o, P, H, W, page0, bg.data(), rc, pl, a, palette.data(),
+                   (int32_t)(palette.size() / 3), sx, sy);
+}
+
+py::tuple ink_extent(const py::array_t<uint8_t, py::array::c_style>& pages, int32_t tol) {
+  if (pages.ndim() != 4 || pages.shape(3) != 3) throw std::invalid_argument("ink_extent: need [P,H,W,3]");
+  int32_t P = (int32_t)pages.shape(0);
+  py::array_t<int32_t> right(P), bottom(P);
+  const uint8_t* src = pages.data();
+  int32_t* r = right.mutable_data();
+  int32_t* b = bottom.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    ink_extent_cpu(src, P, (int32_t)pages.shape(1), (int32_t)pages.shape(2), tol, r, b);
+  }
+  return py::make_tuple(right, bottom);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "glyph_rt compiled extension: layout engine and rasterizers";
+  m.def("unknown_codepoints", [](const Arr<uint32_t>& text, const Arr<int32_t>& lut) {
+    std::vector<int32_t> v;
+    {
+      py::gil_scoped_release nogil;
+      v = unknown_codepoints(text.data(), text.size(), lut.data(), lut.size());
+    }
+    return to_numpy(std::move(v));
+  });
+  m.def("layout", &run_layout, py::arg("text"), py::arg("lut"), py::arg("advance"),
+        py::arg("missing_flag"), py::arg("space_slot"), py::arg("missing_slot"), py::arg("params"),
+        py::arg("marker"));
+  m.def("raster_cpu", &raster_cpu);
+  m.def("ink_extent", &ink_extent, py::arg("pages"), py::arg("tol") = 5);
+#ifdef GLYPH_RT_WITH_CUDA
+  m.attr("with_cuda") = true;
+  register_cuda(m);
+#else
+  m.attr("with_cuda") = false;
+#endif
+}

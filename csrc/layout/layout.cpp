@@ -1,0 +1,421 @@
+#include "layout.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace glyph_rt {
+namespace {
+
+enum Kind : uint8_t { kDraw = 0, kNbsp = 1, kBreak = 2 };
+
+struct Item {
+  int32_t slot;
+  int32_t src;
+  float adv;
+  uint8_t kind;
+  uint8_t color;
+  bool cjk;
+};
+
+// A run of items placed on a line; gap = preceded by a (collapsed) breaking space.
+struct Unit {
+  int32_t start, end;
+  bool gap;
+};
+
+struct Line {
+  int32_t unit_start, unit_end;
+  double width;
+  int32_t spaces;
+  bool forced;  // ended by a line break (never justified)
+  bool first;   // first line of its paragraph (first-line indent)
+  int32_t src_start, src_end;
+};
+
+// reportlab's whitespace set less the characters handled separately.
+inline bool is_break_space(uint32_t c) {
+  switch (c) {
+    case 0x0B: case 0x0C: case 0x1C: case 0x1D: case 0x1E: case 0x1F: case 0x85:
+    case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000:
+      return true;
+    default:
+      return c >= 0x2000 && c <= 0x200A;
+  }
+}
+
+inline bool is_cjk(uint32_t c) {
+  return (c >= 0x1100 && c <= 0x11FF) || (c >= 0x2E80 && c <= 0x9FFF) ||
+         (c >= 0xA000 && c <= 0xA4CF) || (c >= 0xAC00 && c <= 0xD7AF) ||
+         (c >= 0xF900 && c <= 0xFAFF) || (c >= 0xFE30 && c <= 0xFE4F) ||
+         (c >= 0xFF00 && c <= 0xFFEF) || (c >= 0x20000 && c <= 0x3FFFF);
+}
+
+class Engine {
+ public:
+  Engine(const Atlas& a, const LayoutParams& p, LayoutResult& out)
+      : a_(a), p_(p), out_(out) {
+    space_w_ = a_.space_slot >= 0 ? a_.advance[a_.space_slot] : 0.0;
+    later_w_ = p_.frame_w - p_.left_indent - p_.right_indent;
+    first_w_ = later_w_ - p_.first_line_indent;
+  }
+
+  int32_t slot_of(uint32_t c) {
+    int32_t s = (int64_t)c < a_.lut_size ? a_.lut[c] : -1;
+    if (s < 0) s = a_.missing_slot;
+    if (a_.missing_flag && s >= 0 && a_.missing_flag[s]) ++out_.missing;
+    return s;
+  }
+
+  // Appends the items of source text [b, e) (one source line, no '\n').
+  void push_text(const uint32_t* t, int64_t b, int64_t e, uint8_t color, int32_t src_override) {
+    int64_t i = b;
+    while (i < e) {
+      uint32_t c = t[i];
+      int32_t src = src_override >= 0 ? src_override : (int32_t)i;
+      if (c == ' ' || c == '\t') {
+        // A run of spaces/tabs: one space is a break; a longer run is kept (non-breaking).
+        int64_t j = i;
+        int64_t width = 0;
+        while (j < e && (t[j] == ' ' || t[j] == '\t')) {
+          width += t[j] == '\t' ? p_.tab_size : 1;
+          ++j;
+        }
+        if (width == 1) {
+          items_.push_back({-1, src, (float)space_w_, kBreak, color, false});
+        } else {
+          for (int64_t k = 0; k < width; ++k) {
+            int32_t s2 = src_override >= 0 ? src_override : (int32_t)std::min<int64_t>(i + k, j - 1);
+            items_.push_back({-1, s2, (float)space_w_, kNbsp, color, false});
+          }
+        }
+        i = j;
+        continue;
+      }
+      if (c == 0xAD || c == 0x200B) {  // removed by Glyph's renderer: counted, not drawn
+        ++out_.stripped;
+        ++i;
+        continue;
+      }
+      if (is_break_space(c)) {
+        items_.push_back({-1, src, (float)space_w_, kBreak, color, false});
+      } else if (c == 0xA0) {
+        items_.push_back({-1, src, (float)space_w_, kNbsp, color, false});
+      } else {
+        int32_t s = slot_of(c);
+        items_.push_back({s, src, (float)a_.advance[s], kDraw, color, is_cjk(c)});
+      }
+      ++i;
+    }
+  }
+
+  // Splits items [b, e) into units (word mode or per-character CJK mode).
+  void make_units(int32_t b, int32_t e) {
+    units_.clear();
+    bool gap = false;
+    int32_t i = b;
+    while (i < e) {
+      const Item& it = items_[i];
+      if (it.kind == kBreak) {
+        gap = true;
+        ++i;
+        continue;
+      }
+      int32_t j = i + 1;
+      if (p_.wrap == kWrapWord && !it.cjk) {
+        while (j < e && items_[j].kind != kBreak && !items_[j].cjk) ++j;
+      }
+      units_.push_back({i, j, gap});
+      gap = false;
+      i = j;
+    }
+  }
+
+  double unit_width(const Unit& u) const {
+    double w = 0;
+    for (int32_t k = u.start; k < u.end; ++k) w += items_[k].adv;
+    return w;
+  }
+
+  double max_width(bool first) const { return first ? first_w_ : later_w_; }
+
+  void close_line(bool forced) {
+    Line l;
+    l.unit_start = line_unit_start_;
+    l.unit_end = (int32_t)placed_.size();
+    l.width = cur_;
+    l.spaces = spaces_;
+    l.forced = forced;
+    l.first = para_first_line_;
+    if (l.unit_end > l.unit_start) {
+      l.src_start = items_[placed_[l.unit_start].start].src;
+      l.src_end = items_[placed_[l.unit_end - 1].end - 1].src + 1;
+    } else {
+      l.src_start = l.src_end = empty_src_;
+    }
+    lines_.push_back(l);
+    para_first_line_ = false;
+    line_unit_start_ = (int32_t)placed_.size();
+    cur_ = 0;
+    spaces_ = 0;
+  }
+
+  bool line_empty() const { return (int32_t)placed_.size() == line_unit_start_; }
+
+  void place(const Unit& u, double w) {
+    bool gap = u.gap && !line_empty();
+    if (gap) {
+      cur_ += space_w_;
+      ++spaces_;
+    }
+    placed_.push_back({u.start, u.end, gap});
+    cur_ += w;
+  }
+
+  // Greedy line filling over units_ with reportlab's rules (space shrinkage, long words).
+  void break_segment() {
+    for (const Unit& u : units_) {
+      double w = unit_width(u);
+      double maxw = max_width(para_first_line_);
+      bool gap = u.gap && !line_empty();
+      double new_w = cur_ + (gap ? space_w_ : 0.0) + w;
+      double lim = maxw + p_.space_shrink * space_w_ * (spaces_ + (gap ? 1 : 0));
+      if (new_w <= lim || line_empty()) {
+        if (w > maxw && new_w > lim) {
+          split_long(u, maxw);
+        } else {
+          place(u, w);
+        }
+        continue;
+      }
+      if (w > maxw) {
+        split_long(u, maxw);
+        continue;
+      }
+      close_line(false);
+      place(Unit{u.start, u.end, false}, w);
+    }
+  }
+
+  // A word wider than the line: fill the current line, then whole lines, char by char.
+  void split_long(const Unit& u, double maxw) {
+    bool gap = u.gap && !line_empty();
+    double acc = line_empty() ? 0.0 : cur_ + (gap ? space_w_ : 0.0);
+    int32_t piece = u.start;
+    bool first_piece = true;
+    for (int32_t k = u.start; k < u.end; ++k) {
+      double cw = items_[k].adv;
+      double next_w = max_width(false);
+      if (acc + cw > maxw && (k > piece || cw <= next_w)) {
+        if (k > piece) {
+          Unit pu{piece, k, first_piece ? u.gap : false};
+          place(pu, unit_width(pu));
+        }
+        if (!line_empty()) close_line(false);
+        first_piece = false;
+        piece = k;
+        acc = 0;
+        maxw = next_w;
+      }
+      acc += cw;
+    }
+    if (u.end > piece) {
+      Unit pu{piece, u.end, first_piece ? u.gap : false};
+      place(pu, unit_width(pu));
+    }
+  }
+
+  void add_box(int32_t page, double top, int32_t nlines) {
+    out_.b_page.push_back(page);
+    out_.b_x.push_back((float)(p_.frame_x + p_.left_indent));
+    out_.b_y.push_back((float)top);
+    out_.b_w.push_back((float)(p_.frame_w - p_.left_indent - p_.right_indent));
+    out_.b_h.push_back((float)(nlines * p_.leading));
+  }
+
+  void new_page() {
+    ++page_;
+    cursor_ = 0;
+    at_top_ = true;
+    out_.p_src_start.push_back(-1);
+    out_.p_src_end.push_back(-1);
+    out_.p_line_start.push_back((int32_t)out_.l_page.size());
+  }
+
+  // Emits lines [b, e) of the current paragraph on the current page starting at `top`.
+  void emit_lines(int32_t b, int32_t e, double top, bool para_has_end) {
+    const int32_t n_lines = (int32_t)lines_.size();
+    for (int32_t li = b; li < e; ++li) {
+      const Line& l = lines_[li];
+      double maxw = max_width(l.first);
+      double x = p_.frame_x + p_.left_indent + (l.first ? p_.first_line_indent : 0.0);
+      double extra = maxw - l.width;
+      double space_add = 0.0;
+      bool last = para_has_end && li == n_lines - 1;
+      switch (p_.align) {
+        case kCenter: x += extra * 0.5; break;
+        case kRight: x += extra; break;
+        case kJustify:
+          if (!l.forced && !last && l.spaces > 0) space_add = extra / l.spaces;
+          break;
+        default: break;
+      }
+      double y = top + p_.ascent + (li - b) * p_.leading;
+      out_.l_page.push_back(page_);
+      out_.l_x.push_back((float)x);
+      out_.l_y.push_back((float)y);
+      out_.l_width.push_back((float)(l.width + space_add * l.spaces));
+      out_.l_src_start.push_back(l.src_start);
+      out_.l_src_end.push_back(l.src_end);
+      int32_t& ps = out_.p_src_start.back();
+      if (ps < 0) ps = l.src_start;
+      out_.p_src_end.back() = l.src_end;
+      double pen = x;
+      for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui) {
+        const Unit& u = placed_[ui];
+        if (u.gap) pen += space_w_ + space_add;
+        for (int32_t k = u.start; k < u.end; ++k) {
+          const Item& it = items_[k];
+          if (it.kind == kDraw) {
+            out_.g_page.push_back(page_);
+            out_.g_slot.push_back(it.slot);
+            out_.g_src.push_back(it.src);
+            out_.g_x.push_back((float)pen);
+            out_.g_y.push_back((float)y);
+            out_.g_color.push_back(it.color);
+            ++out_.placed;
+          }
+          pen += it.adv;
+        }
+      }
+    }
+  }
+
+  // Places the lines of the current paragraph into frames, splitting across pages.
+  void paginate() {
+    const int32_t n = (int32_t)lines_.size();
+    int32_t idx = 0;
+    while (true) {
+      if (out_.truncated) return;
+      double s = at_top_ ? 0.0 : std::max(p_.space_before - prev_after_, 0.0);
+      double avail = p_.frame_h - cursor_ - s;
+      double h = (n - idx) * p_.leading;
+      if (avail > 0 && h <= avail + 1e-6) {
+        double top = p_.frame_y + cursor_ + s;
+        if (n > idx) add_box(page_, top, n - idx);
+        emit_lines(idx, n, top, true);
+        cursor_ += s + h + p_.space_after;
+        prev_after_ = p_.space_after;
+        at_top_ = false;
+        return;
+      }
+      int32_t k = avail > 0 ? (int32_t)std::floor(avail / p_.leading) : 0;
+      if (k <= 1) {  // reportlab leaves no orphan line at a page bottom
+        if (at_top_) k = std::max(k, 1);  // a frame shorter than two lines: place one anyway
+        else {
+          if (page_ + 1 >= p_.max_pages) { out_.truncated = true; return; }
+          new_page();
+          continue;
+        }
+      }
+      k = std::min(k, n - idx);
+      double top = p_.frame_y + cursor_ + s;
+      add_box(page_, top, k);
+      emit_lines(idx, idx + k, top, false);
+      idx += k;
+      if (idx >= n) {
+        cursor_ += s + k * p_.leading + p_.space_after;
+        prev_after_ = p_.space_after;
+        at_top_ = false;
+        return;
+      }
+      if (page_ + 1 >= p_.max_pages) { out_.truncated = true; return; }
+      new_page();
+    }
+  }
+
+  void run(const uint32_t* t, int64_t n, const int32_t* marker, int32_t n_marker) {
+    new_page();
+    // Source line boundaries ("\r\n" and lone "\r" count as newlines).
+    int64_t pos = 0;
+    while (pos <= n && !out_.truncated) {
+      items_.clear();
+      placed_.clear();
+      lines_.clear();
+      line_unit_start_ = 0;
+      cur_ = 0;
+      spaces_ = 0;
+      para_first_line_ = true;
+      int32_t seg_start = 0;
+      for (int32_t ln = 0; ln < std::max(1, p_.lines_per_paragraph) && pos <= n; ++ln) {
+        int64_t e = pos;
+        while (e < n && t[e] != '\n' && t[e] != '\r') ++e;
+        if (ln > 0) {
+          if (p_.newline_marker) {
+            for (int32_t m = 0; m < n_marker; ++m) {
+              uint32_t mc = (uint32_t)marker[m];
+              push_text(&mc, 0, 1, 1, (int32_t)(pos - 1));
+            }
+          } else {
+            // a line break ends the current line, even an empty one
+            make_units(seg_start, (int32_t)items_.size());
+            break_segment();
+            empty_src_ = (int32_t)(pos - 1);
+            close_line(true);
+            seg_start = (int32_t)items_.size();
+          }
+        }
+        empty_src_ = (int32_t)pos;
+        push_text(t, pos, e, 0, -1);
+        int64_t next = e;
+        if (e < n) next = (t[e] == '\r' && e + 1 < n && t[e + 1] == '\n') ? e + 2 : e + 1;
+        else next = n + 1;
+        pos = next;
+      }
+      make_units(seg_start, (int32_t)items_.size());
+      break_segment();
+      if (!line_empty()) close_line(false);
+      paginate();
+    }
+    out_.pages = page_ + 1;
+  }
+
+ private:
+  const Atlas& a_;
+  const LayoutParams& p_;
+  LayoutResult& out_;
+  double space_w_, first_w_, later_w_;
+  std::vector<Item> items_;
+  std::vector<Unit> units_, placed_;
+  std::vector<Line> lines_;
+  int32_t line_unit_start_ = 0, spaces_ = 0, empty_src_ = 0, page_ = -1;
+  double cur_ = 0, cursor_ = 0, prev_after_ = 0;
+  bool para_first_line_ = true, at_top_ = true;
+};
+
+}  // namespace
+
+std::vector<int32_t> unknown_codepoints(const uint32_t* text, int64_t n, const int32_t* lut,
+                                        int64_t lut_size) {
+  std::vector<uint8_t> seen(0x110000 / 8 + 1, 0);
+  std::vector<int32_t> out;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t c = text[i];
+    if (c >= 0x110000) c = 0xFFFD;
+    if ((int64_t)c < lut_size && lut[c] >= 0) continue;
+    uint8_t& b = seen[c >> 3];
+    uint8_t m = (uint8_t)(1u << (c & 7));
+    if (b & m) continue;
+    b |= m;
+    out.push_back((int32_t)c);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void layout(const uint32_t* text, int64_t n, const Atlas& atlas, const LayoutParams& p,
+            const int32_t* marker_slots, int32_t n_marker, LayoutResult& out) {
+  Engine e(atlas, p, out);
+  e.run(text, n, marker_slots, n_marker);
+}
+
+}  // namespace glyph_rt

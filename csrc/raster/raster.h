@@ -1,0 +1,46 @@
+// CPU rasterizer: composites atlas glyph coverage into uint8 RGB pages.
+#pragma once
+#include <cstdint>
+
+namespace glyph_rt {
+
+struct GlyphBitmaps {
+  const uint8_t* data = nullptr;    // all coverage bitmaps, row-major, concatenated
+  const int64_t* offset = nullptr;  // [slots * phases] start of each bitmap in data
+  const int32_t* width = nullptr;   // [slots * phases]
+  const int32_t* height = nullptr;
+  const int32_t* left = nullptr;    // bitmap origin relative to the pen position (px)
+  const int32_t* top = nullptr;     // rows above the baseline
+  int32_t phases = 4;               // sub-pixel horizontal phases per glyph
+  int32_t slots = 0;
+};
+
+struct Placements {
+  int64_t n = 0;
+  const int32_t* page = nullptr;
+  const float* x = nullptr;  // pen x, points
+  const float* y = nullptr;  // baseline y, points
+  const int32_t* slot = nullptr;
+  const uint8_t* color = nullptr;  // palette index
+};
+
+struct Rects {  // filled rectangles in pixels, drawn before glyphs, in order
+  int64_t n = 0;
+  const int32_t* page = nullptr;
+  const int32_t* box = nullptr;    // [n, 4] x0, y0, x1, y1 (exclusive)
+  const uint8_t* rgb = nullptr;    // [n, 3]
+};
+
+// Renders pages [page0, page0 + n_pages) into out[n_pages, H, W, 3].
+// sx, sy convert points to pixels (dpi/72, times the horizontal scale for sx).
+void raster_pages_cpu(uint8_t* out, int32_t n_pages, int32_t H, int32_t W, int32_t page0,
+                      const uint8_t bg[3], const Rects& rects, const Placements& pl,
+                      const GlyphBitmaps& atlas, const uint8_t* palette, int32_t n_palette,
+                      double sx, double sy);
+
+// Per page: the column after the rightmost and the row after the lowest pixel whose
+// luma differs from the page's top-left 2x2 median by more than `tol` (Glyph's auto-crop).
+void ink_extent_cpu(const uint8_t* pages, int32_t n_pages, int32_t H, int32_t W, int32_t tol,
+                    int32_t* right, int32_t* bottom);
+
+}  // namespace glyph_rt

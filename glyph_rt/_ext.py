@@ -1,0 +1,52 @@
+"""Loads the compiled extension and reports which backends this installation has."""
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+try:
+    from . import _C  # type: ignore[attr-defined]
+
+    IMPORT_ERROR: str | None = None
+except ImportError as e:  # the package still imports; the pure-Python paths keep working
+    _C = None
+    IMPORT_ERROR = str(e)
+    warnings.warn(
+        f"glyph_rt: compiled extension glyph_rt._C is missing ({e}); the C++ layout engine and "
+        "rasterizers are unavailable, only the plain-Python reference backend works. "
+        "Reinstall with `pip install .` to build it.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def has_extension() -> bool:
+    return _C is not None
+
+
+def require_extension(what: str):
+    if _C is None:
+        raise RuntimeError(
+            f"{what} needs the compiled extension glyph_rt._C, which failed to import: {IMPORT_ERROR}. "
+            "Reinstall glyph_rt with `pip install .`, or use backend='reference'."
+        )
+    return _C
+
+
+def backends() -> dict[str, dict]:
+    """What this installation can run: {name: {"available": bool, "why": str}}."""
+    out: dict[str, dict] = {}
+    out["cpp"] = {"available": _C is not None, "why": "compiled C++ layout + CPU rasterizer" if _C else IMPORT_ERROR}
+    out["reference"] = {"available": True, "why": "plain Python/numpy reference"}
+    cuda_built = bool(_C is not None and getattr(_C, "with_cuda", False))
+    devices = _C.cuda_devices() if cuda_built else []
+    if not cuda_built:
+        why = "extension built without CUDA (no nvcc at build time, or GLYPH_RT_CUDA=0)"
+    elif not devices:
+        why = "built with CUDA but no GPU/driver is visible"
+    else:
+        why = f"CUDA devices: {', '.join(devices)}"
+    out["cuda"] = {"available": cuda_built and bool(devices), "why": why}
+    triton = importlib.util.find_spec("triton") is not None
+    out["triton"] = {"available": triton, "why": "triton importable" if triton else "triton is not installed"}
+    return out

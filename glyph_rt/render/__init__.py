@@ -1,0 +1,1 @@
+"""Text -> pages: configuration, fonts and atlases, layout, rasterization, token accounting."""

@@ -1,0 +1,272 @@
+"""FontAtlas: coverage bitmaps and metrics of every glyph, per (fonts, size, dpi, horizontal scale).
+
+Glyphs are rasterized once by FreeType, unhinted (as vector renderers such as poppler draw
+PDF text), at `subpixel_phases` horizontal sub-pixel offsets, so that pens placed at the
+font's exact advances land on the right phase. Everything is stored as flat arrays that the
+C++ and GPU rasterizers read as they are:
+
+    data    uint8  [total]           all bitmaps, row-major, concatenated
+    offset  int64  [slots * phases]  start of each bitmap in data
+    width, height, left, top  int32 [slots * phases]  bitmap size and origin (px from the pen)
+    advance float64 [slots]          pen advance in points (unscaled by horizontal_scale)
+    lut     int32  [0x110000]        codepoint -> slot (-1 = not built yet)
+
+Slot 0 is the replacement box drawn for characters no font covers; slot 1 is the space.
+Atlases are cached in memory and on disk (~/.cache/glyph_rt/atlas, or $GLYPH_RT_CACHE).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+
+ATLAS_VERSION = 2
+LUT_SIZE = 0x110000
+MISSING_SLOT = 0
+SPACE_SLOT = 1
+# Characters the layout treats as whitespace or removes: they never need a bitmap.
+_NO_INK = {0x20, 0x09, 0x0A, 0x0D, 0xA0, 0xAD, 0x200B}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GLYPH_RT_CACHE") or Path.home() / ".cache" / "glyph_rt") / "atlas"
+
+
+def _file_id(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
+
+
+class FontAtlas:
+    _memory: dict[str, "FontAtlas"] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls, fonts: list[str], size_pt: float, dpi: float, h_scale: float = 1.0, phases: int = 4) -> "FontAtlas":
+        """The cached atlas for this font configuration (built on first use)."""
+        key = cls.make_key(fonts, size_pt, dpi, h_scale, phases)
+        with cls._lock:
+            atlas = cls._memory.get(key)
+            if atlas is None:
+                atlas = cls(fonts, size_pt, dpi, h_scale, phases, key=key)
+                cls._memory[key] = atlas
+            return atlas
+
+    @staticmethod
+    def make_key(fonts, size_pt, dpi, h_scale, phases) -> str:
+        ident = "|".join(_file_id(f) for f in fonts) + f"|{size_pt!r}|{dpi!r}|{h_scale!r}|{phases}|v{ATLAS_VERSION}"
+        return hashlib.sha1(ident.encode()).hexdigest()[:20]
+
+    def __init__(self, fonts: list[str], size_pt: float, dpi: float, h_scale: float = 1.0, phases: int = 4,
+                 key: str | None = None):
+        import freetype
+        from fontTools.ttLib import TTFont
+
+        if not fonts:
+            raise ValueError("FontAtlas: no fonts given")
+        self.fonts = list(fonts)
+        self.size_pt = float(size_pt)
+        self.dpi = float(dpi)
+        self.h_scale = float(h_scale)
+        self.phases = int(phases)
+        self.key = key or self.make_key(fonts, size_pt, dpi, h_scale, phases)
+        self.size_px = self.size_pt * self.dpi / 72.0
+        self._faces = []
+        for path in self.fonts:
+            try:
+                face = freetype.Face(path)
+            except Exception as e:  # freetype.ft_errors.FT_Exception and OSError
+                raise ValueError(f"font_path: {path!r} cannot be opened as a font: {e}") from None
+            face.set_char_size(int(round(self.size_px * 64)), 0, 72, 72)
+            self._faces.append(face)
+        # Baseline offset of the first line, as reportlab computes it (OS/2 typo ascender, else yMax).
+        tt = TTFont(self.fonts[0], lazy=True, fontNumber=0)
+        upm = tt["head"].unitsPerEm
+        asc = tt["OS/2"].sTypoAscender if "OS/2" in tt else tt["head"].yMax
+        self.ascent_pt = asc * self.size_pt / upm
+        tt.close()
+        self.lut = np.full(LUT_SIZE, -1, dtype=np.int32)
+        self._advance: list[float] = []
+        self._missing: list[int] = []
+        self._bitmaps: list[np.ndarray] = []  # slots * phases entries
+        self._meta: list[tuple[int, int, int, int]] = []  # (w, h, left, top)
+        self._by_glyph: dict[tuple[int, int], int] = {}
+        self.missing_codepoints: set[int] = set()
+        self._arrays = None
+        self._dirty = False
+        if not self._load_disk():
+            self._add_missing_box()
+            self._add_codepoint(0x20, force_slot=SPACE_SLOT)
+            self._dirty = True
+
+    # ----------------------------------------------------------------- building
+    @property
+    def num_slots(self) -> int:
+        return len(self._advance)
+
+    def _render(self, face_idx: int, gid: int) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+        import freetype
+
+        face = self._faces[face_idx]
+        flags = freetype.FT_LOAD_RENDER | freetype.FT_LOAD_NO_HINTING | freetype.FT_LOAD_NO_BITMAP
+        out = []
+        for ph in range(self.phases):
+            m = freetype.Matrix(int(round(self.h_scale * 0x10000)), 0, 0, 0x10000)
+            face.set_transform(m, freetype.Vector(int(round(ph * 64 / self.phases)), 0))
+            face.load_glyph(gid, flags)
+            g = face.glyph
+            bm = g.bitmap
+            if bm.rows and bm.width:
+                a = np.array(bm.buffer, dtype=np.uint8).reshape(bm.rows, bm.pitch)[:, : bm.width].copy()
+            else:
+                a = np.zeros((0, 0), dtype=np.uint8)
+            out.append((a, (a.shape[1], a.shape[0], g.bitmap_left, g.bitmap_top)))
+        return out
+
+    def _add_missing_box(self) -> None:
+        """Slot 0: a visible hollow box, 0.6 em wide, for characters that no font covers."""
+        assert self.num_slots == MISSING_SLOT
+        w = max(3, int(round(0.5 * self.size_px * self.h_scale)))
+        h = max(4, int(round(0.7 * self.size_px)))
+        box = np.zeros((h, w), dtype=np.uint8)
+        box[0, :] = box[-1, :] = box[:, 0] = box[:, -1] = 255
+        left = max(0, int(round(0.05 * self.size_px * self.h_scale)))
+        self._advance.append(0.6 * self.size_pt)
+        self._missing.append(1)
+        for _ in range(self.phases):
+            self._bitmaps.append(box)
+            self._meta.append((w, h, left, h))
+
+    def _add_codepoint(self, cp: int, force_slot: int | None = None) -> None:
+        face_idx, gid = -1, 0
+        if not (unicodedata.category(chr(cp)) in ("Cc", "Cs", "Co", "Cn") and cp not in _NO_INK):
+            for i, face in enumerate(self._faces):
+                gid = face.get_char_index(cp)
+                if gid:
+                    face_idx = i
+                    break
+        if face_idx < 0 and cp == 0x20:
+            raise ValueError(f"font {self.fonts[0]!r} has no space character")
+        if face_idx < 0:
+            self.lut[cp] = MISSING_SLOT
+            self.missing_codepoints.add(cp)
+            return
+        slot = self._by_glyph.get((face_idx, gid))
+        if slot is None:
+            slot = self.num_slots
+            if force_slot is not None:
+                assert slot == force_slot
+            import freetype
+
+            face = self._faces[face_idx]
+            adv_units = face.get_advance(gid, freetype.FT_LOAD_NO_SCALE)
+            self._advance.append(adv_units * self.size_pt / face.units_per_EM)
+            self._missing.append(0)
+            if cp in _NO_INK:
+                empty = np.zeros((0, 0), dtype=np.uint8)
+                rendered = [(empty, (0, 0, 0, 0))] * self.phases
+            else:
+                rendered = self._render(face_idx, gid)
+            for a, meta in rendered:
+                self._bitmaps.append(a)
+                self._meta.append(meta)
+            self._by_glyph[(face_idx, gid)] = slot
+        self.lut[cp] = slot
+
+    def ensure(self, codepoints) -> int:
+        """Adds the given codepoints (and the chars they need); returns how many were new."""
+        new = 0
+        with self._lock:
+            for cp in np.asarray(codepoints, dtype=np.int64).tolist():
+                if cp < 0 or cp >= LUT_SIZE:
+                    continue
+                if self.lut[cp] < 0:
+                    if cp == 0xA0:  # reportlab draws a no-break space with the space's glyph
+                        self.lut[cp] = SPACE_SLOT
+                    else:
+                        self._add_codepoint(cp)
+                    new += 1
+            if new:
+                self._arrays = None
+                self._dirty = True
+        return new
+
+    def ensure_text(self, text: str) -> None:
+        self.ensure(sorted({ord(c) for c in text}))
+
+    # ----------------------------------------------------------------- flat arrays
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The atlas as flat arrays (rebuilt only after it grew)."""
+        if self._arrays is None:
+            sizes = [b.size for b in self._bitmaps]
+            offset = np.zeros(len(sizes), dtype=np.int64)
+            if sizes:
+                offset[1:] = np.cumsum(sizes[:-1])
+            data = np.concatenate([b.reshape(-1) for b in self._bitmaps]) if self._bitmaps else np.zeros(0, np.uint8)
+            meta = np.asarray(self._meta, dtype=np.int32).reshape(-1, 4)
+            self._arrays = {
+                "data": np.ascontiguousarray(data, dtype=np.uint8),
+                "offset": offset,
+                "width": np.ascontiguousarray(meta[:, 0]),
+                "height": np.ascontiguousarray(meta[:, 1]),
+                "left": np.ascontiguousarray(meta[:, 2]),
+                "top": np.ascontiguousarray(meta[:, 3]),
+                "advance": np.asarray(self._advance, dtype=np.float64),
+                "missing": np.asarray(self._missing, dtype=np.uint8),
+            }
+        return self._arrays
+
+    def bitmap(self, slot: int, phase: int = 0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        i = slot * self.phases + phase
+        return self._bitmaps[i], self._meta[i]
+
+    # ----------------------------------------------------------------- disk cache
+    def _path(self) -> Path:
+        return cache_dir() / f"{self.key}.npz"
+
+    def save(self) -> None:
+        """Writes the atlas to the disk cache if it grew (best effort: a read-only home is fine)."""
+        if not self._dirty:
+            return
+        a = self.arrays()
+        cps = np.nonzero(self.lut >= 0)[0].astype(np.int32)
+        try:
+            p = self._path()
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, codepoints=cps, slots=self.lut[cps], missing_cps=np.asarray(sorted(self.missing_codepoints), np.int32),
+                     ascent=np.float64(self.ascent_pt), **a)
+            os.replace(tmp, p)
+            self._dirty = False
+        except OSError:
+            pass
+
+    def _load_disk(self) -> bool:
+        p = self._path()
+        if not p.is_file():
+            return False
+        try:
+            z = np.load(p)
+            data, offset = z["data"], z["offset"]
+            meta = np.stack([z["width"], z["height"], z["left"], z["top"]], axis=1)
+            self._bitmaps = [
+                data[o : o + w * h].reshape(h, w) for o, (w, h, _, _) in zip(offset.tolist(), meta.tolist())
+            ]
+            self._meta = [tuple(m) for m in meta.tolist()]
+            self._advance = z["advance"].tolist()
+            self._missing = z["missing"].tolist()
+            self.lut[z["codepoints"]] = z["slots"]
+            self.missing_codepoints = set(z["missing_cps"].tolist())
+            if len(self._advance) * self.phases != len(self._meta):
+                raise ValueError("inconsistent atlas cache")
+        except Exception:  # a corrupt or stale cache file is rebuilt
+            self.lut[:] = -1
+            self._bitmaps, self._meta, self._advance, self._missing = [], [], [], []
+            self.missing_codepoints = set()
+            return False
+        # glyph identity is not cached: later glyphs get their own slots, which is correct
+        return True

@@ -1,0 +1,412 @@
+"""RenderConfig: every rendering parameter of Glyph (paper, Table 8), in points.
+
+Two JSON formats are read and written:
+- Glyph's own (dashed keys, ``"page-size": "595,842"``, ``"alignment": "LEFT"``), as in its
+  published ``config_en.json``; loading one reproduces Glyph's pages (no canvas snapping).
+- glyph_rt's (the dataclass field names), which adds what Glyph lacks (snapping, fallbacks).
+"""
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MM = 72.0 / 25.4
+PAPER_SIZES: dict[str, tuple[float, float]] = {
+    "A3": (297 * MM, 420 * MM),
+    "A4": (210 * MM, 297 * MM),
+    "A5": (148 * MM, 210 * MM),
+    "B4": (250 * MM, 353 * MM),
+    "B5": (176 * MM, 250 * MM),
+    "LETTER": (612.0, 792.0),
+    "LEGAL": (612.0, 1008.0),
+    "TABLOID": (792.0, 1224.0),
+}
+ALIGNMENTS = ("left", "center", "right", "justify")
+WRAPS = ("auto", "word", "cjk")
+FAMILIES = ("sans", "serif", "mono")
+DPI_RANGE = (30, 600)
+FONT_SIZE_RANGE = (1.0, 200.0)
+MAX_PAGE_PIXELS_SIDE = 16384
+REPORTLAB_FRAME_PADDING = 6.0
+
+_HEX = re.compile(r"^(?:#|0x)?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
+_NAMED = {"white": "#FFFFFF", "black": "#000000", "red": "#FF0000", "green": "#008000",
+          "blue": "#0000FF", "gray": "#808080", "grey": "#808080"}
+
+
+class ConfigError(ValueError):
+    """A rendering parameter is invalid; the message names the field and the value."""
+
+
+def parse_color(value: Any, name: str = "color") -> tuple[int, int, int]:
+    """'#RRGGBB', '#RGB', '0xRRGGBB', a basic color name, or an (r, g, b) triple -> (r, g, b)."""
+    if isinstance(value, (tuple, list)) and len(value) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in value):
+        return tuple(value)  # type: ignore[return-value]
+    if isinstance(value, str):
+        s = _NAMED.get(value.strip().lower(), value.strip())
+        m = _HEX.match(s)
+        if m:
+            h = m.group(1)
+            if len(h) == 3:
+                h = "".join(c * 2 for c in h)
+            return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+    raise ConfigError(f"{name}: {value!r} is not a color (use '#RRGGBB')")
+
+
+def color_hex(rgb: tuple[int, int, int]) -> str:
+    return "#%02X%02X%02X" % tuple(rgb)
+
+
+def parse_page_size(value: Any) -> tuple[float, float]:
+    """'A4' / 'letter' / '595,842' / (w, h) / 'aspect:1.414' (A4 width) / 'aspect:1.5@500' -> points."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        w, h = float(value[0]), float(value[1])
+    elif isinstance(value, str):
+        s = value.strip()
+        if s.upper() in PAPER_SIZES:
+            return PAPER_SIZES[s.upper()]
+        m = re.match(r"^aspect:\s*([0-9.]+)\s*(?:@\s*([0-9.]+))?$", s, re.I)
+        if m:
+            ratio = float(m.group(1))
+            w = float(m.group(2)) if m.group(2) else PAPER_SIZES["A4"][0]
+            if not (0.05 <= ratio <= 20):
+                raise ConfigError(f"page_size: aspect ratio {ratio} is outside 0.05..20")
+            h = w * ratio
+        else:
+            parts = [p for p in re.split(r"[,x ]+", s.lower()) if p]
+            if len(parts) != 2:
+                raise ConfigError(
+                    f"page_size: {value!r} is not a paper name ({', '.join(PAPER_SIZES)}), 'W,H' in points, "
+                    "or 'aspect:R'"
+                )
+            try:
+                w, h = float(parts[0]), float(parts[1])
+            except ValueError:
+                raise ConfigError(f"page_size: {value!r} is not 'W,H' in points") from None
+    else:
+        raise ConfigError(f"page_size: {value!r} is not a page size")
+    if not (w > 0 and h > 0 and math.isfinite(w) and math.isfinite(h)):
+        raise ConfigError(f"page_size: {value!r} must be two positive numbers")
+    return w, h
+
+
+@dataclass
+class NewlineMarkup:
+    """Parsed newline markup: a plain line break, or visible marker text with a color."""
+
+    is_break: bool
+    text: str = ""
+    color: tuple[int, int, int] | None = None
+
+    @staticmethod
+    def parse(markup: str) -> "NewlineMarkup":
+        if re.search(r"<\s*br\s*/?\s*>", markup, re.I):
+            return NewlineMarkup(True)
+        m = re.search(r"""color\s*=\s*["']?([#0-9A-Za-z]+)""", markup)
+        color = parse_color(m.group(1), "newline_markup color") if m else None
+        text = html.unescape(re.sub(r"<[^>]*>", "", markup)).replace("\\n", "\\n")
+        if not text.strip():
+            raise ConfigError(f"newline_markup: {markup!r} has no visible text and is not <br/>")
+        return NewlineMarkup(False, text, color)
+
+
+@dataclass
+class RenderConfig:
+    # page
+    page_size: tuple[float, float] = (595.0, 842.0)  # points; Glyph's "595,842"
+    dpi: float = 72
+    margin_x: float = 10
+    margin_y: float = 10
+    # font
+    font_family: str = "sans"  # built-in family, used when font_path is None
+    font_path: str | None = None
+    fallback_fonts: list[str] = field(default_factory=list)
+    auto_cjk_fallback: bool = True  # look for a CJK font on the system for characters the fonts lack
+    font_size: float = 9
+    line_height: float = 10
+    horizontal_scale: float = 1.0
+    # paragraph
+    alignment: str = "left"
+    first_line_indent: float = 0
+    left_indent: float = 0
+    right_indent: float = 0
+    hanging_indent: float = 0  # lines after the first are indented by this much more
+    space_before: float = 0
+    space_after: float = 0
+    lines_per_paragraph: int = 30  # Glyph groups this many source lines per paragraph
+    newline_markup: str = "<br/>"
+    wrap: str = "auto"  # auto: per-character wrap when the text has CJK ideographs (as Glyph)
+    tab_size: int = 4
+    # colors and borders
+    font_color: str = "#000000"
+    page_bg_color: str = "#FFFFFF"
+    para_bg_color: str = "#FFFFFF"
+    para_border_color: str = "#FFFFFF"
+    border_width: float = 0
+    border_padding: float = 0
+    # canvas
+    auto_crop_width: bool = True
+    auto_crop_last_page: bool = True
+    snap: int = 28  # page pixel sizes become multiples of this (0 = off); 28 suits GLM-4.1V/Qwen2.5-VL
+    frame_padding: float = REPORTLAB_FRAME_PADDING  # reportlab's Frame padding inside the margins
+    subpixel_phases: int = 4
+
+    def __post_init__(self):
+        self.page_size = parse_page_size(self.page_size)
+        if isinstance(self.alignment, str):
+            self.alignment = self.alignment.strip().lower()
+        if self.font_path is not None:
+            self.font_path = str(self.font_path)
+        self.fallback_fonts = [str(p) for p in (self.fallback_fonts or [])]
+
+    # ----------------------------------------------------------------- derived sizes
+    @property
+    def page_pixels(self) -> tuple[int, int]:
+        """(width, height) in pixels of a rendered page before cropping and snapping.
+
+        Width includes the horizontal scale, applied as Glyph does (int(width * scale))."""
+        w = math.ceil(self.page_size[0] * self.dpi / 72 - 1e-6)
+        h = math.ceil(self.page_size[1] * self.dpi / 72 - 1e-6)
+        return int(w * self.horizontal_scale), h
+
+    @property
+    def text_width(self) -> float:
+        return (self.page_size[0] - 2 * self.margin_x - 2 * self.frame_padding - self.left_indent
+                - self.right_indent - max(self.hanging_indent, 0))
+
+    @property
+    def text_height(self) -> float:
+        return self.page_size[1] - 2 * self.margin_y - 2 * self.frame_padding
+
+    # ----------------------------------------------------------------- validation
+    def validate(self) -> "RenderConfig":
+        """Checks every field and the paper's exclusion rules; raises ConfigError naming the field."""
+
+        def num(name, lo=None, hi=None, lo_open=False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{name}: {v!r} is not a number")
+            if lo is not None and (v <= lo if lo_open else v < lo):
+                raise ConfigError(f"{name}: {v!r} must be {'>' if lo_open else '>='} {lo}")
+            if hi is not None and v > hi:
+                raise ConfigError(f"{name}: {v!r} must be <= {hi}")
+
+        num("dpi", *DPI_RANGE)
+        num("font_size", *FONT_SIZE_RANGE)
+        num("line_height", 0, lo_open=True)
+        for name in ("margin_x", "margin_y", "space_before", "space_after", "border_width",
+                     "border_padding", "frame_padding", "left_indent", "right_indent", "hanging_indent"):
+            num(name, 0)
+        num("first_line_indent")
+        num("horizontal_scale", 0.1, 4.0)
+        if self.line_height < self.font_size:
+            raise ConfigError(
+                f"line_height: {self.line_height} is smaller than font_size {self.font_size} (lines would overlap)"
+            )
+        if self.alignment not in ALIGNMENTS:
+            raise ConfigError(f"alignment: {self.alignment!r} is not one of {', '.join(ALIGNMENTS)}")
+        if self.wrap not in WRAPS:
+            raise ConfigError(f"wrap: {self.wrap!r} is not one of {', '.join(WRAPS)}")
+        if self.font_path is None and self.font_family not in FAMILIES:
+            raise ConfigError(f"font_family: {self.font_family!r} is not one of {', '.join(FAMILIES)} (or set font_path)")
+        if not isinstance(self.lines_per_paragraph, int) or self.lines_per_paragraph < 1:
+            raise ConfigError(f"lines_per_paragraph: {self.lines_per_paragraph!r} must be an integer >= 1")
+        if not isinstance(self.tab_size, int) or not 1 <= self.tab_size <= 16:
+            raise ConfigError(f"tab_size: {self.tab_size!r} must be an integer in 1..16")
+        if not isinstance(self.snap, int) or self.snap < 0 or self.snap > 1024:
+            raise ConfigError(f"snap: {self.snap!r} must be an integer in 0..1024 (0 = off)")
+        if self.subpixel_phases not in (1, 2, 4, 8):
+            raise ConfigError(f"subpixel_phases: {self.subpixel_phases!r} must be 1, 2, 4 or 8")
+        for name in ("font_color", "page_bg_color", "para_bg_color", "para_border_color"):
+            parse_color(getattr(self, name), name)
+        NewlineMarkup.parse(self.newline_markup)
+        w_px, h_px = self.page_pixels
+        if max(w_px, h_px) > MAX_PAGE_PIXELS_SIDE:
+            raise ConfigError(
+                f"page_size/dpi: a {self.page_size[0]:.0f}x{self.page_size[1]:.0f} pt page at {self.dpi} dpi is "
+                f"{w_px}x{h_px} px, over the {MAX_PAGE_PIXELS_SIDE} px limit per side"
+            )
+        first_w = self.text_width - max(self.first_line_indent - max(self.hanging_indent, 0), 0)
+        if self.text_width < self.font_size or first_w < self.font_size:
+            raise ConfigError(
+                f"margin_x/indents: the text area is {min(self.text_width, first_w):.1f} pt wide on a "
+                f"{self.page_size[0]:.1f} pt page, less than one font_size ({self.font_size}); reduce margin_x "
+                "or the indents"
+            )
+        if self.text_height < self.line_height:
+            raise ConfigError(
+                f"margin_y: the text area is {self.text_height:.1f} pt high, less than one line_height "
+                f"({self.line_height}); reduce margin_y"
+            )
+        for p in ([self.font_path] if self.font_path else []) + list(self.fallback_fonts):
+            _check_font_file(p)
+        return self
+
+    # ----------------------------------------------------------------- presets
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "RenderConfig":
+        """A named preset: 'glyph' (Glyph's published English config) or one of the paper's themes."""
+        key = name.strip().lower().replace("-", "_")
+        if key not in PRESETS:
+            raise ConfigError(f"preset: {name!r} is unknown; choose from {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[key], **overrides})
+
+    # ----------------------------------------------------------------- (de)serialisation
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["page_size"] = list(self.page_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, base_dir: str | os.PathLike | None = None) -> "RenderConfig":
+        """Reads glyph_rt's format, or Glyph's when the keys use dashes."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"config: expected a JSON object, got {type(d).__name__}")
+        if any("-" in k for k in d):
+            return cls.from_glyph_dict(d, base_dir)
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"config: unknown key(s) {', '.join(map(repr, unknown))}")
+        d = dict(d)
+        for k in ("font_path",):
+            if d.get(k) and base_dir is not None:
+                d[k] = _resolve(d[k], base_dir)
+        if d.get("fallback_fonts") and base_dir is not None:
+            d["fallback_fonts"] = [_resolve(p, base_dir) for p in d["fallback_fonts"]]
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"config: {e}") from None
+
+    @classmethod
+    def from_glyph_dict(cls, d: dict, base_dir: str | os.PathLike | None = None) -> "RenderConfig":
+        """Glyph's dashed-key format. Unset keys take Glyph's renderer defaults, not glyph_rt's."""
+        unknown = sorted(set(d) - set(GLYPH_KEYS))
+        if unknown:
+            raise ConfigError(f"config: unknown Glyph key(s) {', '.join(map(repr, unknown))}; known: {', '.join(GLYPH_KEYS)}")
+        kw: dict[str, Any] = dict(GLYPH_RENDERER_DEFAULTS)
+        for gk, v in d.items():
+            name = GLYPH_KEYS[gk]
+            if name == "alignment" and isinstance(v, str):
+                v = v.strip().lower()
+                if v not in ALIGNMENTS:
+                    raise ConfigError(f"alignment: {d[gk]!r} is not one of LEFT, CENTER, RIGHT, JUSTIFY")
+            if name == "font_path" and v:
+                v = _resolve(v, base_dir) if base_dir is not None else str(v)
+            if name == "line_height" and not v:
+                v = None
+            kw[name] = v
+        if kw.get("line_height") is None:
+            kw["line_height"] = float(kw.get("font_size", 9)) + 1  # Glyph: line-height or font-size + 1
+        return cls(**kw)
+
+    def to_glyph_dict(self, font_path: str | None = None) -> dict:
+        """Glyph's format. Fields Glyph lacks (snap, fallbacks, hanging indent...) are folded or dropped."""
+        from .fonts import resolve_fonts
+
+        inv = {v: k for k, v in GLYPH_KEYS.items()}
+        out: dict[str, Any] = {}
+        for name, gk in inv.items():
+            v = getattr(self, name)
+            if name == "page_size":
+                v = f"{_fmt(v[0])},{_fmt(v[1])}"
+            elif name == "alignment":
+                v = v.upper()
+            elif name == "font_path":
+                v = font_path or self.font_path or resolve_fonts(self)[0]
+            elif name.endswith("color"):
+                v = color_hex(parse_color(v, name))
+            out[gk] = v
+        out["left-indent"] = self.left_indent + self.hanging_indent
+        out["first-line-indent"] = self.first_line_indent - self.hanging_indent
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RenderConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config: file {str(p)!r} does not exist")
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config: {str(p)!r} is not valid JSON: {e}") from None
+        return cls.from_dict(d, base_dir=p.parent)
+
+    def save(self, path: str | os.PathLike, glyph_format: bool = False) -> None:
+        d = self.to_glyph_dict() if glyph_format else self.to_dict()
+        Path(path).write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _resolve(p: str, base_dir) -> str:
+    q = Path(os.path.expanduser(str(p)))
+    return str(q if q.is_absolute() else (Path(base_dir) / q))
+
+
+def _check_font_file(path: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"font_path: {path!r} does not exist")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ConfigError(f"font_path: {path!r} cannot be read: {e}") from None
+    if head not in (b"\x00\x01\x00\x00", b"OTTO", b"true", b"ttcf"):
+        raise ConfigError(f"font_path: {path!r} is not a TrueType/OpenType font file")
+
+
+GLYPH_KEYS = {  # Glyph's dashed key -> RenderConfig field
+    "page-size": "page_size", "dpi": "dpi", "margin-x": "margin_x", "margin-y": "margin_y",
+    "font-path": "font_path", "font-size": "font_size", "line-height": "line_height",
+    "font-color": "font_color", "alignment": "alignment", "horizontal-scale": "horizontal_scale",
+    "first-line-indent": "first_line_indent", "left-indent": "left_indent", "right-indent": "right_indent",
+    "space-after": "space_after", "space-before": "space_before", "border-width": "border_width",
+    "border-padding": "border_padding", "page-bg-color": "page_bg_color", "para-bg-color": "para_bg_color",
+    "para-border-color": "para_border_color", "auto-crop-width": "auto_crop_width",
+    "auto-crop-last-page": "auto_crop_last_page", "newline-markup": "newline_markup",
+}
+# What Glyph's renderer uses for keys a config leaves out.
+GLYPH_RENDERER_DEFAULTS: dict[str, Any] = {
+    "page_size": PAPER_SIZES["A4"], "margin_x": 20, "margin_y": 20, "font_size": 9, "line_height": None,
+    "alignment": "justify", "auto_crop_width": False, "auto_crop_last_page": False, "snap": 0,
+    "dpi": 72,
+}
+GLYPH_CONFIG_EN: dict[str, Any] = {  # Glyph's published config_en.json (its font is Verdana)
+    "page-size": "595,842", "dpi": 72, "margin-x": 10, "margin-y": 10, "font-size": 9,
+    "line-height": 10, "font-color": "#000000", "alignment": "LEFT", "horizontal-scale": 1.0,
+    "first-line-indent": 0, "left-indent": 0, "right-indent": 0, "space-after": 0, "space-before": 0,
+    "border-width": 0, "border-padding": 0, "page-bg-color": "#FFFFFF", "para-bg-color": "#FFFFFF",
+    "auto-crop-width": True, "auto-crop-last-page": True,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Glyph's published English config, with the built-in sans (metric-close to Verdana) unless a
+    # font_path is given; exact Glyph pages (no snapping).
+    "glyph": {"snap": 0},
+    "document_style": {"font_family": "serif", "font_size": 10, "line_height": 12.5, "alignment": "justify",
+                       "margin_x": 40, "margin_y": 40, "first_line_indent": 14, "dpi": 96},
+    "web_style": {"font_family": "sans", "font_size": 10, "line_height": 14, "alignment": "left",
+                  "page_bg_color": "#F7F7F9", "para_bg_color": "#FFFFFF", "font_color": "#222222",
+                  "margin_x": 24, "margin_y": 20, "space_after": 6, "border_width": 0.5,
+                  "border_padding": 4, "para_border_color": "#DDDDE3", "lines_per_paragraph": 10},
+    "dark_mode": {"page_bg_color": "#1E1E1E", "para_bg_color": "#1E1E1E", "para_border_color": "#1E1E1E",
+                  "font_color": "#E6E6E6", "font_size": 9, "line_height": 11},
+    "code_style": {"font_family": "mono", "font_size": 8, "line_height": 10, "alignment": "left",
+                   "page_bg_color": "#F5F5F5", "para_bg_color": "#F5F5F5", "para_border_color": "#F5F5F5",
+                   "font_color": "#1F2328", "tab_size": 4, "wrap": "word"},
+    "artistic_pixel": {"font_family": "mono", "font_size": 8, "line_height": 9, "dpi": 60,
+                       "page_bg_color": "#FFF4D6", "para_bg_color": "#FFF4D6", "para_border_color": "#FFF4D6",
+                       "font_color": "#3B2F7A", "horizontal_scale": 0.9, "subpixel_phases": 1},
+}

@@ -1,0 +1,198 @@
+"""Document (a laid-out text that rasterizes page ranges on demand) and Pages (rendered pages)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .config import RenderConfig
+from .layout import Layout, layout_text
+from .raster import canvas_size, final_sizes, ink_extent, rasterize
+from .tokens import VISION_MODELS, get_tokenizer, visual_tokens
+
+BACKENDS = ("cpp", "reference")
+DEFAULT_MAX_BYTES = 4 << 30
+
+
+def resolve_backend(backend: str) -> str:
+    from .._ext import has_extension
+
+    if backend == "auto":
+        return "cpp" if has_extension() else "reference"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is unknown for CPU rendering; choose from auto, {', '.join(BACKENDS)}")
+    return backend
+
+
+class Document:
+    """A text laid out with a RenderConfig; pages are rasterized on demand, in any range."""
+
+    def __init__(self, text: str, config: RenderConfig | None = None, backend: str = "auto",
+                 max_pages: int | None = None):
+        self.config = (config or RenderConfig()).validate()
+        self.backend = resolve_backend(backend)
+        self.text = text
+        t0 = time.perf_counter()
+        self.layout, self.atlas = layout_text(text, self.config, backend=self.backend, max_pages=max_pages)
+        self.seconds = {"layout": time.perf_counter() - t0, "raster": 0.0}
+        # An empty text has no pages (a whitespace-only one keeps its blank lines, as reportlab does).
+        self.num_pages = 0 if not text else self.layout.num_pages
+        self.canvas = canvas_size(self.config)
+
+    def rasterize(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Pages [start, stop) as one [n, H, W, 3] uint8 canvas buffer plus each page's (width, height)."""
+        stop = self.num_pages if stop is None else min(stop, self.num_pages)
+        if not 0 <= start <= stop:
+            raise IndexError(f"page range [{start}, {stop}) is outside 0..{self.num_pages}")
+        t0 = time.perf_counter()
+        W, H = self.canvas
+        buf = np.empty((stop - start, H, W, 3), dtype=np.uint8)
+        if stop > start:
+            rasterize(self.layout, self.atlas, self.config, buf, start, self.backend)
+        c = self.config
+        if c.auto_crop_width or c.auto_crop_last_page or c.snap:
+            right, bottom = ink_extent(buf, 5, self.backend)
+        else:
+            right = bottom = np.zeros(len(buf), np.int32)
+        sizes = final_sizes(c, right, bottom, start, self.num_pages, self.canvas)
+        self.seconds["raster"] += time.perf_counter() - t0
+        return buf, sizes
+
+    def iter_chunks(self, chunk: int = 32, progress: bool = False) -> Iterator[tuple[int, np.ndarray, list]]:
+        """Yields (first page index, buffer, sizes) for consecutive chunks of pages."""
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.num_pages, unit="page", desc="render", disable=not progress)
+        for s in range(0, self.num_pages, chunk):
+            buf, sizes = self.rasterize(s, s + chunk)
+            yield s, buf, sizes
+            bar.update(len(sizes))
+        bar.close()
+
+    def page_spans(self) -> list[tuple[int, int]]:
+        """Character span [start, end) of the text on each page."""
+        lay = self.layout
+        return [(int(a), int(b)) for a, b in zip(lay.p_src_start[: self.num_pages], lay.p_src_end[: self.num_pages])]
+
+    def line_spans(self) -> list[tuple[int, int, int]]:
+        """(page, start, end) of every line."""
+        lay = self.layout
+        return list(zip(lay.l_page.tolist(), lay.l_src_start.tolist(), lay.l_src_end.tolist()))
+
+    def missing_chars(self) -> dict[str, int]:
+        """Characters drawn as replacement boxes (no font covers them), with counts."""
+        if not self.layout.missing:
+            return {}
+        lay = self.layout
+        src = lay.g_src[lay.g_slot == 0]
+        return dict(Counter(self.text[i] for i in src.tolist()))
+
+    def summary(self, sizes: list[tuple[int, int]], tokenizer: str | None = "default") -> dict:
+        text_tokens = get_tokenizer(None if tokenizer == "default" else tokenizer).count(self.text) if tokenizer else None
+        vis = {m: visual_tokens(sizes, m) for m in VISION_MODELS}
+        missing = self.missing_chars()
+        out = {
+            "pages": len(sizes),
+            "page_sizes": [list(s) for s in sizes],
+            "characters": len(self.text),
+            "visual_tokens": {m: int(sum(v)) for m, v in vis.items()},
+            "visual_tokens_per_page": {m: v for m, v in vis.items()},
+            "text_tokens": text_tokens,
+            "tokenizer": get_tokenizer(None if tokenizer == "default" else tokenizer).name if tokenizer else None,
+            "compression_ratio": {
+                m: (round(text_tokens / sum(v), 3) if text_tokens and sum(v) else None) for m, v in vis.items()
+            },
+            "placed_chars": int(self.layout.placed),
+            "missing_glyphs": {"count": int(self.layout.missing), "chars": missing},
+            "stripped_chars": int(self.layout.stripped),
+            "truncated": bool(self.layout.truncated),
+            "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
+            "backend": self.backend,
+            "config": self.config.to_dict(),
+        }
+        return out
+
+
+class Pages:
+    """Rendered pages: uint8 RGB tensors (views of one buffer), character spans and a summary."""
+
+    def __init__(self, doc: Document, buffer: np.ndarray, sizes: list[tuple[int, int]]):
+        import torch
+
+        self.document = doc
+        self.config = doc.config
+        self.buffer = torch.from_numpy(buffer)  # [P, H, W, 3] canvas; pages are its top-left corners
+        self.sizes = sizes  # (width, height) per page
+        self._summary: dict | None = None
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i: int):
+        w, h = self.sizes[i]
+        return self.buffer[i, :h, :w]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def images(self) -> list:
+        return list(self)
+
+    def to_pil(self, i: int):
+        from PIL import Image
+
+        return Image.fromarray(np.ascontiguousarray(self[i].numpy()))
+
+    @property
+    def page_spans(self) -> list[tuple[int, int]]:
+        return self.document.page_spans()
+
+    @property
+    def line_spans(self) -> list[tuple[int, int, int]]:
+        return self.document.line_spans()
+
+    def summary(self, tokenizer: str | None = "default") -> dict:
+        """Pages, sizes, visual tokens per model, text tokens, ratio, missing glyphs, seconds."""
+        if self._summary is None or self._summary.get("_tok") != tokenizer:
+            self._summary = {**self.document.summary(self.sizes, tokenizer), "_tok": tokenizer}
+        return {k: v for k, v in self._summary.items() if k != "_tok"}
+
+    def save(self, out_dir: str | os.PathLike, tokenizer: str | None = "default", compress_level: int = 1) -> list[str]:
+        """Writes page_001.png ... and summary.json; returns the PNG paths."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i in range(len(self)):
+            p = out / f"page_{i + 1:03d}.png"
+            self.to_pil(i).save(p, compress_level=compress_level)
+            paths.append(str(p))
+        (out / "summary.json").write_text(json.dumps(self.summary(tokenizer), indent=2, ensure_ascii=False) + "\n",
+                                          encoding="utf-8")
+        return paths
+
+
+def check_memory(num_pages: int, canvas: tuple[int, int], max_bytes: int) -> None:
+    need = num_pages * canvas[0] * canvas[1] * 3
+    if need > max_bytes:
+        raise MemoryError(
+            f"{num_pages} pages of {canvas[0]}x{canvas[1]} px need {need / 2**30:.1f} GiB, over max_bytes="
+            f"{max_bytes / 2**30:.1f} GiB; stream them with glyph_rt.Document(...).iter_chunks() or "
+            "`glyph-rt render`, or raise max_bytes"
+        )
+
+
+def render(text: str, config: RenderConfig | None = None, *, device: str = "cpu", backend: str = "auto",
+           max_pages: int | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Pages:
+    """Renders `text` into pages. `device` is where the pages are drawn: "cpu" here."""
+    if device != "cpu":
+        raise ValueError(f"device {device!r}: this build renders on the CPU only (device='cpu')")
+    doc = Document(text, config, backend=backend, max_pages=max_pages)
+    check_memory(doc.num_pages, doc.canvas, max_bytes)
+    buf, sizes = doc.rasterize(0, doc.num_pages)
+    return Pages(doc, buf, sizes)

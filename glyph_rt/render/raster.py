@@ -1,0 +1,176 @@
+"""Rasterization of a Layout into uint8 RGB pages, cropping and canvas snapping.
+
+Backends: "cpp" (glyph_rt._C.raster_cpu) and "reference" (numpy, the test oracle).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .atlas import FontAtlas
+from .config import NewlineMarkup, RenderConfig, parse_color
+from .layout import Layout
+
+
+def scales(config: RenderConfig) -> tuple[float, float]:
+    """Points -> pixels along x (with the horizontal scale) and y."""
+    s = config.dpi / 72.0
+    return s * config.horizontal_scale, s
+
+
+def canvas_size(config: RenderConfig) -> tuple[int, int]:
+    """(width, height) of the buffer a page is drawn into: the page, rounded up to the snap multiple."""
+    w, h = config.page_pixels
+    m = config.snap
+    if m:
+        w, h = math.ceil(w / m) * m, math.ceil(h / m) * m
+    return w, h
+
+
+def palette(config: RenderConfig) -> np.ndarray:
+    font = parse_color(config.font_color, "font_color")
+    nl = NewlineMarkup.parse(config.newline_markup)
+    marker = nl.color or font
+    return np.asarray([font, marker], dtype=np.uint8)
+
+
+def paragraph_rects(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Filled rectangles (page, [x0,y0,x1,y1] px, rgb) for paragraph backgrounds and borders."""
+    page_bg = parse_color(config.page_bg_color, "page_bg_color")
+    para_bg = parse_color(config.para_bg_color, "para_bg_color")
+    border = parse_color(config.para_border_color, "para_border_color")
+    sx, sy = scales(config)
+    bp, bw = config.border_padding, config.border_width
+    pages, boxes, colors = [], [], []
+    n = len(layout.b_page)
+    if n == 0 or (para_bg == page_bg and bw <= 0):
+        return np.zeros(0, np.int32), np.zeros((0, 4), np.int32), np.zeros((0, 3), np.uint8)
+    x0 = layout.b_x.astype(np.float64) - bp
+    y0 = layout.b_y.astype(np.float64) - bp
+    x1 = layout.b_x.astype(np.float64) + layout.b_w + bp
+    y1 = layout.b_y.astype(np.float64) + layout.b_h + bp
+
+    def px(v, s):
+        return np.floor(v * s + 0.5).astype(np.int32)
+
+    for i in range(n):
+        if para_bg != page_bg:
+            pages.append(layout.b_page[i])
+            boxes.append([px(x0[i], sx), px(y0[i], sy), px(x1[i], sx), px(y1[i], sy)])
+            colors.append(para_bg)
+        if bw > 0:
+            h = bw / 2
+            ox0, oy0, ox1, oy1 = px(x0[i] - h, sx), px(y0[i] - h, sy), px(x1[i] + h, sx), px(y1[i] + h, sy)
+            tx = max(1, int(round(bw * sx)))
+            ty = max(1, int(round(bw * sy)))
+            for b in ([ox0, oy0, ox1, oy0 + ty], [ox0, oy1 - ty, ox1, oy1],
+                      [ox0, oy0, ox0 + tx, oy1], [ox1 - tx, oy0, ox1, oy1]):
+                pages.append(layout.b_page[i])
+                boxes.append(b)
+                colors.append(border)
+    return (np.asarray(pages, np.int32), np.asarray(boxes, np.int32).reshape(-1, 4),
+            np.asarray(colors, np.uint8).reshape(-1, 3))
+
+
+def rasterize(layout: Layout, atlas: FontAtlas, config: RenderConfig, out: np.ndarray, page0: int = 0,
+              backend: str = "cpp") -> None:
+    """Draws pages [page0, page0 + len(out)) into `out` ([n, H, W, 3] uint8, the canvas size)."""
+    bg = np.asarray(parse_color(config.page_bg_color, "page_bg_color"), np.uint8)
+    rp, rb, rc = paragraph_rects(layout, config)
+    a = atlas.arrays()
+    sx, sy = scales(config)
+    pal = palette(config)
+    if backend == "cpp":
+        from .._ext import require_extension
+
+        C = require_extension("the C++ rasterizer")
+        # only the placements of these pages travel to the rasterizer
+        lo, hi = np.searchsorted(layout.g_page, [page0, page0 + len(out)])
+        C.raster_cpu(out, page0, bg, rp, rb, rc, layout.g_page[lo:hi], layout.g_x[lo:hi], layout.g_y[lo:hi],
+                     layout.g_slot[lo:hi], layout.g_color[lo:hi], a["data"], a["offset"], a["width"],
+                     a["height"], a["left"], a["top"], atlas.phases, pal, sx, sy)
+    elif backend == "reference":
+        raster_reference(out, page0, bg, rp, rb, rc, layout, atlas, pal, sx, sy)
+    else:
+        raise ValueError(f"raster backend {backend!r} is unknown; use 'cpp' or 'reference'")
+
+
+def raster_reference(out, page0, bg, rp, rb, rc, layout: Layout, atlas: FontAtlas, pal, sx, sy) -> None:
+    """Plain numpy compositing, pixel-identical to the C++ rasterizer."""
+    n, H, W, _ = out.shape
+    out[...] = bg
+    for p, (x0, y0, x1, y1), c in zip(rp.tolist(), rb.tolist(), rc):
+        if page0 <= p < page0 + n:
+            out[p - page0, max(0, y0):max(0, min(H, y1)), max(0, x0):max(0, min(W, x1))] = c
+    P = atlas.phases
+    for i in range(len(layout.g_page)):
+        p = int(layout.g_page[i]) - page0
+        if not 0 <= p < n:
+            continue
+        xf = float(layout.g_x[i]) * sx
+        ix = math.floor(xf)
+        phase = min(P - 1, int((xf - ix) * P))
+        bm, (gw, gh, left, top) = atlas.bitmap(int(layout.g_slot[i]), phase)
+        if gw == 0 or gh == 0:
+            continue
+        x0 = ix + left
+        y0 = math.floor(float(layout.g_y[i]) * sy + 0.5) - top
+        cx0, cy0 = max(0, -x0), max(0, -y0)
+        cx1, cy1 = min(gw, W - x0), min(gh, H - y0)
+        if cx0 >= cx1 or cy0 >= cy1:
+            continue
+        a = bm[cy0:cy1, cx0:cx1].astype(np.uint32)[..., None]
+        dst = out[p, y0 + cy0:y0 + cy1, x0 + cx0:x0 + cx1].astype(np.uint32)
+        col = pal[int(layout.g_color[i])].astype(np.uint32)
+        blended = (dst * (255 - a) + col * a + 127) // 255
+        out[p, y0 + cy0:y0 + cy1, x0 + cx0:x0 + cx1] = np.where(a > 0, blended, dst).astype(np.uint8)
+
+
+def ink_extent(pages: np.ndarray, tol: int = 5, backend: str = "cpp") -> tuple[np.ndarray, np.ndarray]:
+    """Per page: (column after the rightmost ink, row after the lowest ink); 0 when blank.
+
+    Ink = luma differing from the median of the top-left 2x2 pixels by more than `tol` (Glyph's rule)."""
+    if backend == "cpp":
+        from .._ext import require_extension
+
+        return require_extension("ink_extent").ink_extent(pages, tol)
+    rgb = pages.astype(np.uint32)
+    gray = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+    right = np.zeros(len(pages), np.int32)
+    bottom = np.zeros(len(pages), np.int32)
+    for i, g in enumerate(gray):
+        bgv = np.median(g[:2, :2])
+        mask = np.abs(g.astype(np.float64) - bgv) > tol
+        cols, rows = np.nonzero(mask.any(axis=0))[0], np.nonzero(mask.any(axis=1))[0]
+        right[i] = cols[-1] + 1 if cols.size else 0
+        bottom[i] = rows[-1] + 1 if rows.size else 0
+    return right, bottom
+
+
+def snap_size(size: int, ink: int, multiple: int, limit: int) -> int:
+    """Nearest multiple of `multiple` (as the model's resize would pick); rounds up if that cuts ink."""
+    if not multiple:
+        return size
+    t = max(multiple, round(size / multiple) * multiple)
+    if t < ink:
+        t = math.ceil(size / multiple) * multiple
+    return min(t, limit)
+
+
+def final_sizes(config: RenderConfig, right: np.ndarray, bottom: np.ndarray, page0: int, num_pages: int,
+                canvas: tuple[int, int]) -> list[tuple[int, int]]:
+    """(width, height) of each page after Glyph's auto-crop (margins in px, as Glyph) and snapping."""
+    W, H = config.page_pixels
+    out = []
+    for i in range(len(right)):
+        w, h = W, H
+        r, b = int(right[i]), int(bottom[i])
+        if config.auto_crop_width and r > 0:
+            w = min(W, r + int(config.margin_x))
+        if config.auto_crop_last_page and page0 + i == num_pages - 1 and b > 0:
+            h = min(H, b - 1 + int(config.margin_y))
+        w = snap_size(w, r, config.snap, canvas[0])
+        h = snap_size(h, b, config.snap, canvas[1])
+        out.append((w, h))
+    return out

