@@ -334,6 +334,9 @@ class Engine {
   }
 
   void run(const uint32_t* t, int64_t n, const int32_t* marker, int32_t n_marker) {
+    for (auto* v : {&out_.g_page, &out_.g_slot, &out_.g_src}) v->reserve(n);
+    for (auto* v : {&out_.g_x, &out_.g_y}) v->reserve(n);
+    out_.g_color.reserve(n);
     new_page();
     // Source line boundaries ("\r\n" and lone "\r" count as newlines).
     int64_t pos = 0;
