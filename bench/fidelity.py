@@ -1,0 +1,220 @@
+"""Fidelity of glyph_rt against Glyph's own pipeline (reportlab -> PDF -> pdftoppm).
+
+Renders long English prose with Glyph's English config (GLYPH_CONFIG_EN) and the same font file
+through both, and compares: page count, page pixel sizes, line breaks (the words of every line),
+visual tokens (GLM-4.1V), and, for information, the mean absolute pixel difference of page 1.
+
+    python bench/fidelity.py                      # DejaVu Sans, 150K chars
+    python bench/fidelity.py --font /tmp/Verdana.ttf --chars 150000 --out bench/results/fid.json
+
+Targets: same page sizes, same page count, >= 98% identical lines, visual tokens within 2%.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import glyph_rt  # noqa: E402
+from glyph_rt.render.config import GLYPH_CONFIG_EN  # noqa: E402
+
+from bench import official  # noqa: E402
+
+DEFAULT_FONT = ROOT / "glyph_rt" / "fonts" / "DejaVuSans.ttf"
+SAMPLE = ROOT / "glyph_rt" / "data" / "sample.txt"
+TARGETS = {"identical_lines_pct": 98.0, "visual_tokens_rel_diff_pct": 2.0}
+
+
+def sample_text(chars: int) -> str:
+    """glyph_rt/data/sample.txt repeated until it reaches `chars` characters (cut there)."""
+    base = SAMPLE.read_text(encoding="utf-8")
+    if not base.endswith("\n"):
+        base += "\n"
+    reps = chars // len(base) + 1
+    return (base * reps)[:chars]
+
+
+def words_of(line: str) -> tuple[str, ...]:
+    """A line as its words: split on whitespace, no-break spaces included."""
+    return tuple(line.replace("\xa0", " ").split())
+
+
+def compare_lines(ref: list[tuple[str, ...]], ours: list[tuple[str, ...]]) -> dict:
+    sm = difflib.SequenceMatcher(None, ref, ours, autojunk=False)
+    matched = sum(b.size for b in sm.get_matching_blocks())
+    first = None
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag != "equal":
+            first = {"tag": tag, "ref_index": i1, "ours_index": j1,
+                     "ref": [" ".join(x) for x in ref[i1:min(i2, i1 + 3)]],
+                     "ours": [" ".join(x) for x in ours[j1:min(j2, j1 + 3)]]}
+            break
+    # position-wise equality, too (a single early shift would make every later line differ)
+    positional = sum(1 for a, b in zip(ref, ours) if a == b)
+    return {"matched": matched, "identical_lines_pct": 100.0 * matched / max(1, len(ref)),
+            "positional_identical_pct": 100.0 * positional / max(1, len(ref)),
+            "first_difference": first, "opcodes": sm.get_opcodes()}
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[int, int]]:
+    """Mean |a - b| over the common top-left region of two [H, W, 3] uint8 images."""
+    h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+    d = np.abs(a[:h, :w].astype(np.int16) - b[:h, :w].astype(np.int16))
+    return float(d.mean()), (w, h)
+
+
+def line_widths_pt(line: str, font_name: str, size: float) -> float:
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    return stringWidth(line, font_name, size)
+
+
+def run(font: str, chars: int, text: str | None = None, verbose: bool = True) -> dict:
+    text = text if text is not None else sample_text(chars)
+    gcfg = {**GLYPH_CONFIG_EN, "font-path": str(font)}
+
+    t0 = time.perf_counter()
+    ref = official.render_official_full(text, gcfg, str(font))
+    t_ref = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cfg = glyph_rt.RenderConfig.from_glyph_dict(gcfg)
+    pages = glyph_rt.render(text, cfg)
+    t_ours = time.perf_counter() - t0
+
+    ref_sizes = [tuple(im.size) for im in ref.images]
+    our_sizes = [tuple(s) for s in pages.sizes]
+    ref_lines = [words_of(ln.text) for ln in ref.lines]
+    spans = pages.document.line_spans()
+    our_lines = [words_of(text[s:e]) for (_, s, e) in spans]
+    cmp = compare_lines(ref_lines, our_lines)
+
+    # lines on the same page: of the matched lines, how many landed on the same page index
+    same_page = 0
+    for tag, i1, i2, j1, j2 in cmp["opcodes"]:
+        if tag == "equal":
+            same_page += sum(1 for k in range(i2 - i1) if ref.lines[i1 + k].page == spans[j1 + k][0])
+
+    vt_ref = sum(glyph_rt.visual_tokens(ref_sizes, "glm4v"))
+    vt_ours = sum(glyph_rt.visual_tokens(our_sizes, "glm4v"))
+    vt_rel = 100.0 * (vt_ours - vt_ref) / max(1, vt_ref)
+
+    mad, region = (None, None)
+    if ref.images and len(pages):
+        mad, region = mean_abs_diff(np.asarray(ref.images[0].convert("RGB")), pages[0].numpy())
+
+    # baselines: reportlab's vs glyph_rt's for the first lines of page 1 (points from the top)
+    lay = pages.document.layout
+    baselines = {"official": [round(ln.baseline, 3) for ln in ref.lines[:3]],
+                 "glyph_rt": [round(float(y), 3) for y in lay.l_y[:3]]}
+
+    res = {
+        "font": str(font),
+        "characters": len(text),
+        "config": {k: v for k, v in gcfg.items()},
+        "pages": {"official": len(ref_sizes), "glyph_rt": len(our_sizes), "equal": len(ref_sizes) == len(our_sizes)},
+        "page_sizes": {"official": [list(s) for s in ref_sizes], "glyph_rt": [list(s) for s in our_sizes],
+                       "equal": ref_sizes == our_sizes,
+                       "pages_differing": [i for i, (a, b) in enumerate(zip(ref_sizes, our_sizes)) if a != b]},
+        "pdftoppm_raw_sizes": sorted({tuple(s) for s in ref.raw_sizes}),
+        "glyph_rt_page_pixels": list(cfg.page_pixels),
+        "lines": {"official": len(ref_lines), "glyph_rt": len(our_lines), "matched": cmp["matched"],
+                  "identical_lines_pct": round(cmp["identical_lines_pct"], 3),
+                  "positional_identical_pct": round(cmp["positional_identical_pct"], 3),
+                  "matched_on_same_page": same_page,
+                  "first_difference": cmp["first_difference"]},
+        "visual_tokens_glm4v": {"official": vt_ref, "glyph_rt": vt_ours, "rel_diff_pct": round(vt_rel, 4)},
+        "page1_mean_abs_pixel_diff": None if mad is None else round(mad, 4),
+        "page1_compared_region": region,
+        "first_baselines_pt": baselines,
+        "seconds": {"official": round(t_ref, 3), "glyph_rt": round(t_ours, 3)},
+    }
+    res["targets"] = {
+        "same_page_sizes": res["page_sizes"]["equal"],
+        "same_page_count": res["pages"]["equal"],
+        "identical_lines_ge_98pct": res["lines"]["identical_lines_pct"] >= TARGETS["identical_lines_pct"],
+        "visual_tokens_within_2pct": abs(vt_rel) <= TARGETS["visual_tokens_rel_diff_pct"],
+    }
+    res["all_targets_met"] = all(res["targets"].values())
+    if verbose:
+        print_report(res)
+    return res
+
+
+def _fmt_sizes(sizes: list) -> str:
+    """Compact list of sizes: runs of equal sizes as 'WxH*n'."""
+    out, prev, n = [], None, 0
+    for s in sizes:
+        s = tuple(s)
+        if s == prev:
+            n += 1
+            continue
+        if prev is not None:
+            out.append(f"{prev[0]}x{prev[1]}" + (f"*{n}" if n > 1 else ""))
+        prev, n = s, 1
+    if prev is not None:
+        out.append(f"{prev[0]}x{prev[1]}" + (f"*{n}" if n > 1 else ""))
+    return ", ".join(out)
+
+
+def print_report(r: dict) -> None:
+    ok = lambda b: "OK  " if b else "MISS"  # noqa: E731
+    t = r["targets"]
+    print(f"font: {r['font']}   characters: {r['characters']}")
+    print(f"{'metric':34s} {'official':>14s} {'glyph_rt':>14s}  target")
+    print("-" * 78)
+    print(f"{'pages':34s} {r['pages']['official']:>14} {r['pages']['glyph_rt']:>14}  {ok(t['same_page_count'])} equal")
+    print(f"{'lines':34s} {r['lines']['official']:>14} {r['lines']['glyph_rt']:>14}")
+    print(f"{'identical lines (aligned) %':34s} {'':>14} {r['lines']['identical_lines_pct']:>14.3f}  "
+          f"{ok(t['identical_lines_ge_98pct'])} >= 98")
+    print(f"{'identical lines (positional) %':34s} {'':>14} {r['lines']['positional_identical_pct']:>14.3f}")
+    print(f"{'matched lines on the same page':34s} {'':>14} {r['lines']['matched_on_same_page']:>14}")
+    v = r["visual_tokens_glm4v"]
+    print(f"{'visual tokens (glm4v)':34s} {v['official']:>14} {v['glyph_rt']:>14}  "
+          f"{ok(t['visual_tokens_within_2pct'])} {v['rel_diff_pct']:+.3f}% (|d| <= 2%)")
+    print(f"{'page sizes equal':34s} {'':>14} {str(r['page_sizes']['equal']):>14}  {ok(t['same_page_sizes'])}")
+    print(f"{'page 1 mean |pixel diff|':34s} {'':>14} {str(r['page1_mean_abs_pixel_diff']):>14}  (info)")
+    print(f"{'first baselines (pt from top)':34s} {str(r['first_baselines_pt']['official']):>14} "
+          f"{str(r['first_baselines_pt']['glyph_rt']):>14}")
+    print(f"{'seconds':34s} {r['seconds']['official']:>14} {r['seconds']['glyph_rt']:>14}")
+    print(f"page sizes, official: {_fmt_sizes(r['page_sizes']['official'])}")
+    print(f"page sizes, glyph_rt: {_fmt_sizes(r['page_sizes']['glyph_rt'])}")
+    if r["page_sizes"]["pages_differing"]:
+        print(f"pages whose sizes differ: {r['page_sizes']['pages_differing'][:20]}")
+    fd = r["lines"]["first_difference"]
+    if fd:
+        print(f"first line difference ({fd['tag']}) at official line {fd['ref_index']} / glyph_rt line {fd['ours_index']}:")
+        for s in fd["ref"]:
+            print(f"  official: {s!r}")
+        for s in fd["ours"]:
+            print(f"  glyph_rt: {s!r}")
+    print("all targets met" if r["all_targets_met"] else "TARGETS MISSED: " + ", ".join(k for k, v in t.items() if not v))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--font", default=str(DEFAULT_FONT), help="TTF file used by both renderers")
+    ap.add_argument("--chars", type=int, default=150000, help="text length (sample.txt repeated)")
+    ap.add_argument("--out", help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    if not official.available():
+        print(f"the official pipeline cannot run here: {official.unavailable_reason()}", file=sys.stderr)
+        return 2
+    res = run(args.font, args.chars)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""glyph-rt: the command line.
+
+    glyph-rt render [INPUT|-] [--config CFG | --preset NAME] [--out DIR] [--device cpu]
+    glyph-rt stats  [INPUT|-] [--config CFG | --preset NAME]
+    glyph-rt backends
+
+Without INPUT the built-in sample text is used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+PROGRESS_MIN_PAGES = 16
+
+
+def _config(args):
+    from .render.config import RenderConfig
+
+    if args.config and args.preset:
+        raise ValueError("give --config or --preset, not both")
+    if args.config:
+        return RenderConfig.load(args.config)
+    if args.preset:
+        return RenderConfig.preset(args.preset)
+    return RenderConfig()
+
+
+def _text(args) -> tuple[str, int, str]:
+    from .render.textio import read_text, sample_text
+
+    if args.input is None:
+        return sample_text(), 0, "built-in sample"
+    text, replaced = read_text(args.input, args.errors)
+    return text, replaced, "stdin" if args.input == "-" else args.input
+
+
+def _document(args):
+    from .render.pages import Document
+
+    if args.device != "cpu":
+        raise ValueError(f"--device {args.device}: this build renders on the CPU only (--device cpu)")
+    text, replaced, name = _text(args)
+    doc = Document(text, _config(args), backend=args.backend, max_pages=args.max_pages)
+    return doc, replaced, name
+
+
+def cmd_render(args) -> int:
+    t0 = time.perf_counter()
+    doc, replaced, name = _document(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("page_*.png"):
+        old.unlink()
+    sizes, t_write = [], 0.0
+    from PIL import Image
+
+    progress = not args.quiet and doc.num_pages >= PROGRESS_MIN_PAGES
+    for start, buf, chunk_sizes in doc.iter_chunks(32, progress=progress):
+        t = time.perf_counter()
+        for i, (w, h) in enumerate(chunk_sizes):
+            Image.fromarray(buf[i, :h, :w]).save(out / f"page_{start + i + 1:03d}.png", compress_level=1)
+        t_write += time.perf_counter() - t
+        sizes.extend(chunk_sizes)
+    summary = doc.summary(sizes, tokenizer=args.tokenizer)
+    summary["input"] = name
+    summary["replaced_invalid_utf8"] = replaced
+    summary["seconds"]["write_png"] = round(t_write, 6)
+    summary["seconds"]["total"] = round(time.perf_counter() - t0, 6)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if not args.quiet:
+        print(human_summary(summary, out))
+    return 0
+
+
+def human_summary(s: dict, out: Path | None = None) -> str:
+    vt = s["visual_tokens"]
+    lines = []
+    sizes = sorted({tuple(x) for x in s["page_sizes"]})
+    size_txt = ", ".join(f"{w}x{h}" for w, h in sizes[:3]) + (" ..." if len(sizes) > 3 else "")
+    lines.append(f"{s['input']}: {s['characters']:,} characters -> {s['pages']} pages ({size_txt} px) "
+                 f"in {s['seconds']['layout'] + s['seconds']['raster']:.3f} s")
+    if s["text_tokens"] is not None:
+        ratio = s["compression_ratio"]
+        lines.append(f"text tokens {s['text_tokens']:,} ({s['tokenizer']}) -> visual tokens "
+                     + ", ".join(f"{vt[m]:,} {m} ({ratio[m] or 0:.2f}x)" for m in vt))
+    else:
+        lines.append("visual tokens " + ", ".join(f"{vt[m]:,} {m}" for m in vt))
+    miss = s["missing_glyphs"]
+    if miss["count"]:
+        shown = " ".join(f"U+{ord(c):04X}x{n}" for c, n in list(miss["chars"].items())[:8])
+        lines.append(f"missing glyphs: {miss['count']} drawn as boxes ({shown})")
+    if s.get("stripped_chars"):
+        lines.append(f"removed {s['stripped_chars']} soft hyphens / zero-width spaces (as Glyph does)")
+    if s.get("replaced_invalid_utf8"):
+        lines.append(f"replaced {s['replaced_invalid_utf8']} invalid UTF-8 sequences with U+FFFD")
+    if s.get("truncated"):
+        lines.append(f"stopped at --max-pages {s['pages']}: the rest of the text was not rendered")
+    if out is not None:
+        lines.append(f"wrote {out}/page_001.png .. page_{s['pages']:03d}.png and {out}/summary.json")
+    return "\n".join(lines)
+
+
+def cmd_stats(args) -> int:
+    from .render.tokens import get_tokenizer, visual_tokens
+
+    doc, _, _ = _document(args)
+    sizes = []
+    for _, _, chunk_sizes in doc.iter_chunks(64):
+        sizes.extend(chunk_sizes)
+    text_tokens = get_tokenizer(None if args.tokenizer == "default" else args.tokenizer).count(doc.text)
+    visual = sum(visual_tokens(sizes, args.model))
+    print(f"{text_tokens / visual:.3f}" if visual else "inf")
+    return 0
+
+
+def cmd_backends(args) -> int:
+    from ._ext import backends
+
+    for name, info in backends().items():
+        print(f"{name:10s} {'yes' if info['available'] else 'no ':3s}  {info['why']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glyph-rt", description="glyph_rt: render text into pages for VLMs")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp):
+        sp.add_argument("input", nargs="?", default=None, help="text file, '-' for stdin (default: built-in sample)")
+        sp.add_argument("--config", help="RenderConfig JSON (glyph_rt's format or Glyph's dashed keys)")
+        sp.add_argument("--preset", help="glyph, document_style, web_style, dark_mode, code_style, artistic_pixel")
+        sp.add_argument("--device", default="cpu", help="where pages are drawn (cpu)")
+        sp.add_argument("--backend", default="auto", help="auto, cpp or reference")
+        sp.add_argument("--tokenizer", default="default", help="tokenizer.json or HF tokenizer dir (default: Qwen)")
+        sp.add_argument("--errors", default="strict", choices=["strict", "replace"], help="invalid UTF-8 handling")
+        sp.add_argument("--max-pages", type=int, default=None, help="stop after this many pages")
+
+    r = sub.add_parser("render", help="render text to PNG pages and a JSON summary")
+    common(r)
+    r.add_argument("--out", default="glyph_pages", help="output directory (default: glyph_pages)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    r.set_defaults(func=cmd_render)
+    s = sub.add_parser("stats", help="print the compression ratio (text tokens / visual tokens)")
+    common(s)
+    s.add_argument("--model", default="glm4v", choices=["glm4v", "qwen2_5_vl"])
+    s.set_defaults(func=cmd_stats)
+    b = sub.add_parser("backends", help="list the available backends")
+    b.set_defaults(func=cmd_backends)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, MemoryError, RuntimeError) as e:
+        print(f"glyph-rt: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Reading input text: UTF-8 with a clear error, or replacement characters that are counted."""
+from __future__ import annotations
+
+import codecs
+import sys
+from pathlib import Path
+
+SAMPLE_PATH = Path(__file__).resolve().parent.parent / "data" / "sample.txt"
+
+
+def sample_text() -> str:
+    """The built-in sample: English prose (the GNU GPLv3, Apache 2.0 and GFDL 1.3 texts, unwrapped)."""
+    return SAMPLE_PATH.read_text(encoding="utf-8")
+
+
+def decode_text(data: bytes, name: str = "input", errors: str = "strict") -> tuple[str, int]:
+    """Decodes UTF-8 (a BOM is dropped). errors='strict' raises naming the byte offset;
+    errors='replace' substitutes U+FFFD and returns how many invalid sequences were replaced."""
+    if errors not in ("strict", "replace"):
+        raise ValueError(f"errors must be 'strict' or 'replace', got {errors!r}")
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    if errors == "strict":
+        try:
+            return data.decode("utf-8"), 0
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{name}: invalid UTF-8 at byte {e.start} ({data[e.start:e.start + 4]!r}); fix the file or "
+                "decode with errors='replace' (CLI: --errors replace), which counts every replacement"
+            ) from None
+    count = 0
+
+    def handler(e: UnicodeDecodeError):
+        nonlocal count
+        count += 1
+        return "\ufffd", e.end
+
+    codecs.register_error("glyph_rt_count", handler)
+    return data.decode("utf-8", errors="glyph_rt_count"), count
+
+
+def read_text(path: str, errors: str = "strict") -> tuple[str, int]:
+    """Reads a file ('-' = standard input) as UTF-8; returns (text, replaced count)."""
+    if path == "-":
+        return decode_text(sys.stdin.buffer.read(), "stdin", errors)
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"input: {path!r} does not exist")
+    return decode_text(p.read_bytes(), path, errors)

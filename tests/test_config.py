@@ -1,0 +1,104 @@
+import json
+
+import pytest
+
+from glyph_rt import ConfigError, RenderConfig
+from glyph_rt.render.config import GLYPH_CONFIG_EN, PAPER_SIZES, PRESETS, NewlineMarkup, parse_color
+
+
+def test_defaults_are_glyphs_english_config():
+    c = RenderConfig().validate()
+    assert c.page_size == (595.0, 842.0) and c.dpi == 72 and c.margin_x == 10 and c.margin_y == 10
+    assert c.font_size == 9 and c.line_height == 10 and c.alignment == "left"
+    assert c.page_pixels == (595, 842)
+
+
+def test_glyph_json_roundtrip(tmp_path):
+    font = str(tmp_path / "f.ttf")
+    import shutil
+
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+
+    shutil.copy(BUILTIN_FONTS["sans"], font)
+    d = {**GLYPH_CONFIG_EN, "font-path": "f.ttf"}
+    (tmp_path / "cfg.json").write_text(json.dumps(d))
+    c = RenderConfig.load(tmp_path / "cfg.json").validate()
+    assert c.font_path == font and c.snap == 0 and c.alignment == "left"
+    assert c.auto_crop_width and c.auto_crop_last_page
+    out = c.to_glyph_dict()
+    assert out["page-size"] == "595,842" and out["alignment"] == "LEFT" and out["font-color"] == "#000000"
+    back = RenderConfig.from_glyph_dict(out)
+    assert back.to_dict() == c.to_dict()
+
+
+def test_own_json_roundtrip(tmp_path):
+    c = RenderConfig.preset("web_style")
+    c.save(tmp_path / "c.json")
+    assert RenderConfig.load(tmp_path / "c.json").to_dict() == c.to_dict()
+
+
+def test_glyph_renderer_defaults_for_missing_keys():
+    c = RenderConfig.from_glyph_dict({"dpi": 96})
+    assert c.alignment == "justify" and c.margin_x == 20 and c.line_height == 10
+    assert c.page_size == PAPER_SIZES["A4"]
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("A4", PAPER_SIZES["A4"]), ("letter", (612.0, 792.0)), ("595,842", (595.0, 842.0)),
+    ((300, 400), (300.0, 400.0)), ("aspect:1.5@400", (400.0, 600.0)),
+])
+def test_page_sizes(value, expected):
+    assert RenderConfig(page_size=value).page_size == pytest.approx(expected)
+
+
+def test_all_named_paper_sizes():
+    for name in ("A4", "Letter", "Legal", "A5", "B5", "A3", "B4", "Tabloid"):
+        RenderConfig(page_size=name).validate()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_validate(name):
+    RenderConfig.preset(name).validate()
+
+
+@pytest.mark.parametrize("kw,field", [
+    ({"line_height": 8, "font_size": 9}, "line_height"),
+    ({"dpi": 5}, "dpi"),
+    ({"dpi": 5000}, "dpi"),
+    ({"margin_x": 290}, "margin_x"),
+    ({"left_indent": 300, "right_indent": 300}, "margin_x/indents"),
+    ({"margin_y": 415}, "margin_y"),
+    ({"font_color": "#12345"}, "font_color"),
+    ({"page_bg_color": "blurple"}, "page_bg_color"),
+    ({"alignment": "middle"}, "alignment"),
+    ({"font_path": "/no/such/font.ttf"}, "font_path"),
+    ({"horizontal_scale": 0}, "horizontal_scale"),
+    ({"font_size": -1}, "font_size"),
+    ({"newline_markup": "<b></b>"}, "newline_markup"),
+])
+def test_validate_names_the_field(kw, field):
+    with pytest.raises(ConfigError) as e:
+        RenderConfig(**kw).validate()
+    assert field in str(e.value)
+
+
+def test_unreadable_font_file(tmp_path):
+    bad = tmp_path / "bad.ttf"
+    bad.write_bytes(b"not a font at all")
+    with pytest.raises(ConfigError, match="font_path"):
+        RenderConfig(font_path=str(bad)).validate()
+
+
+def test_unknown_keys():
+    with pytest.raises(ConfigError, match="fontsize"):
+        RenderConfig.from_dict({"fontsize": 9})
+    with pytest.raises(ConfigError, match="font-sise"):
+        RenderConfig.from_dict({"font-sise": 9})
+
+
+def test_colors_and_markup():
+    assert parse_color("#fff") == (255, 255, 255)
+    assert parse_color("0x102030") == (16, 32, 48)
+    nl = NewlineMarkup.parse('<font color="#FF0000"> \\n </font>')
+    assert not nl.is_break and nl.text == " \\n " and nl.color == (255, 0, 0)
+    assert NewlineMarkup.parse("<br/>").is_break

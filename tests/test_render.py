@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import torch
+
+import glyph_rt
+from glyph_rt import RenderConfig
+from glyph_rt.render.textio import sample_text
+
+TEXT = sample_text()[:6000]
+
+
+def test_render_api_and_summary():
+    pages = glyph_rt.render(TEXT, RenderConfig())
+    assert len(pages) >= 1
+    for img, (w, h) in zip(pages, pages.sizes):
+        assert img.dtype == torch.uint8 and tuple(img.shape) == (h, w, 3)
+        assert w % 28 == 0 and h % 28 == 0  # default canvas snapping
+    s = pages.summary()
+    assert s["pages"] == len(pages) and s["text_tokens"] > 0
+    assert s["visual_tokens"]["glm4v"] == sum(w * h // 784 for w, h in pages.sizes)
+    assert s["compression_ratio"]["glm4v"] == pytest.approx(s["text_tokens"] / s["visual_tokens"]["glm4v"], rel=1e-3)
+    assert s["missing_glyphs"]["count"] == 0
+
+
+@pytest.mark.parametrize("preset", sorted(glyph_rt.PRESETS))
+def test_cpp_and_reference_rasterizers_are_pixel_identical(preset):
+    cfg = RenderConfig.preset(preset)
+    text = "Tab\there,  two spaces.\n" + TEXT[:1500] + "\nÜber naïve café — “quotes” 中文 \u0301x \uE000"
+    a = glyph_rt.render(text, cfg, backend="cpp")
+    b = glyph_rt.render(text, cfg, backend="reference")
+    assert a.sizes == b.sizes
+    assert torch.equal(a.buffer, b.buffer)
+
+
+def test_glyph_preset_page_sizes_and_crop():
+    pages = glyph_rt.render(TEXT, RenderConfig.preset("glyph"))
+    W, H = 595, 842
+    for i, (w, h) in enumerate(pages.sizes):
+        assert w <= W
+        assert h == H or i == len(pages) - 1
+    assert pages.sizes[-1][1] < H  # the last page is cropped
+
+
+def test_no_crop_no_snap_gives_full_pages():
+    cfg = RenderConfig(auto_crop_width=False, auto_crop_last_page=False, snap=0, dpi=96)
+    pages = glyph_rt.render(TEXT, cfg)
+    assert set(pages.sizes) == {(794, 1123)}
+
+
+def test_colors_backgrounds_and_borders():
+    cfg = RenderConfig(page_bg_color="#102030", para_bg_color="#405060", border_width=2, border_padding=3,
+                       para_border_color="#FF0000", font_color="#FFFF00", snap=0, auto_crop_width=False,
+                       auto_crop_last_page=False)
+    img = glyph_rt.render("hello world\n" * 5, cfg)[0].numpy()
+    colors = {tuple(c) for c in img.reshape(-1, 3)[::7]}
+    assert (0x10, 0x20, 0x30) in colors and (0x40, 0x50, 0x60) in colors and (255, 0, 0) in colors
+    assert img[..., 0].max() == 255 and (img[..., 2] < 0x60).any()  # yellow text blended in
+
+
+def test_horizontal_scale_narrows_the_page():
+    cfg = RenderConfig(horizontal_scale=0.8, snap=0, auto_crop_width=False)
+    assert glyph_rt.render(TEXT[:500], cfg).sizes[0][0] == int(595 * 0.8)
+
+
+def test_page_spans_cover_the_text_in_order():
+    text = TEXT * 3
+    doc = glyph_rt.Document(text, RenderConfig())
+    spans = doc.page_spans()
+    assert spans[0][0] == 0 and spans[-1][1] == len(text.rstrip())
+    for (a, b), (c, d) in zip(spans, spans[1:]):
+        assert a < b <= c < d
+    for page, s, e in doc.line_spans()[:50]:
+        assert text[s:e] == text[s:e].strip()
+
+
+def test_missing_glyphs_are_drawn_and_counted():
+    text = "abc \U000F0000\U000F0001 def \U000F0000"  # private-use plane: no font has these
+    pages = glyph_rt.render(text, RenderConfig(auto_cjk_fallback=False))
+    s = pages.summary(tokenizer=None)
+    assert s["missing_glyphs"]["count"] == 3
+    assert s["missing_glyphs"]["chars"] == {"\U000F0000": 2, "\U000F0001": 1}
+
+
+def test_fallback_font_covers_what_the_main_font_lacks():
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+
+    # DejaVu Sans Mono lacks Arabic presentation forms that DejaVu Sans has
+    ch = "\uFEF5"
+    cfg = RenderConfig(font_family="mono")
+    s = glyph_rt.render("x" + ch, cfg).summary(tokenizer=None)
+    assert s["missing_glyphs"]["count"] == 0
+    assert str(BUILTIN_FONTS["sans"]) in glyph_rt.render.__globals__["Document"]("x", cfg).atlas.fonts
+
+
+def test_atlas_disk_cache_roundtrip(tmp_path, monkeypatch):
+    from glyph_rt.render.atlas import FontAtlas
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path))
+    fonts = [str(BUILTIN_FONTS["serif"])]
+    a = FontAtlas(fonts, 11, 96, 0.9, 4)
+    a.ensure([ord(c) for c in "Hello"])
+    a.save()
+    b = FontAtlas(fonts, 11, 96, 0.9, 4)
+    assert b.num_slots == a.num_slots
+    for k, v in a.arrays().items():
+        np.testing.assert_array_equal(v, b.arrays()[k])
+
+
+def test_unavailable_device_is_a_clear_error():
+    with pytest.raises(ValueError, match="device"):
+        glyph_rt.render("x", device="cuda")
+    with pytest.raises(ValueError, match="backend"):
+        glyph_rt.render("x", backend="vulkan")
+
+
+def test_memory_guard():
+    with pytest.raises(MemoryError, match="iter_chunks"):
+        glyph_rt.render(TEXT, max_bytes=1000)
+
+
+def test_package_imports_without_extension(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['glyph_rt._C'] = None\n"
+        "import warnings; warnings.simplefilter('ignore')\n"
+        "import glyph_rt\n"
+        "b = glyph_rt.backends(); assert not b['cpp']['available'] and b['reference']['available']\n"
+        "p = glyph_rt.render('hello world'); assert p.document.backend == 'reference' and len(p) == 1\n"
+        "print('ok')\n"
+    )
+    env = {**__import__("os").environ, "GLYPH_RT_CACHE": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr

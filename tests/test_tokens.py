@@ -1,0 +1,37 @@
+import pytest
+
+from glyph_rt import TextTokenizer, visual_tokens
+from glyph_rt.render.tokens import VISION_MODELS, smart_resize_glm4v, smart_resize_qwen2_5_vl
+
+SIZES = [(595, 842), (588, 840), (100, 30), (3000, 2000), (28, 28), (1190, 1684), (400, 5000)]
+
+
+def test_glyph_page_tokens():
+    assert VISION_MODELS["glm4v"].grid(842, 595) == (1, 60, 42)
+    assert visual_tokens([(595, 842)], "glm4v") == [630]
+
+
+@pytest.mark.parametrize("w,h", SIZES)
+def test_matches_transformers_smart_resize(w, h):
+    glm = pytest.importorskip("transformers.models.glm4v.image_processing_pil_glm4v")
+    qwen = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
+    assert smart_resize_glm4v(h, w) == glm.smart_resize(2, h, w, 2, 28, 112 * 112, 28 * 28 * 15000)
+    assert smart_resize_qwen2_5_vl(h, w) == qwen.smart_resize(h, w, 28, 3136, 12845056)
+
+
+def test_real_tokenizer_counts():
+    tok = TextTokenizer()
+    assert tok.count("") == 0
+    assert tok.count("Hello world") == 2
+    long = "The quick brown fox jumps over the lazy dog.\n" * 30000  # > 1 MiB: chunked
+    assert tok.count(long) == 30000 * tok.count("The quick brown fox jumps over the lazy dog.\n")
+
+
+def test_tokenizer_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        TextTokenizer(tmp_path)
+
+
+def test_unknown_model():
+    with pytest.raises(ValueError, match="glm4v"):
+        visual_tokens([(10, 10)], "llava")
