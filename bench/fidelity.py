@@ -48,21 +48,38 @@ def words_of(line: str) -> tuple[str, ...]:
     return tuple(line.replace("\xa0", " ").split())
 
 
+def keyed_lines(lines: list[tuple[str, ...]]) -> list[tuple[int, tuple[str, ...]]]:
+    """Each line as (offset of its first non-space character in the text, its words).
+
+    Both renderers consume the same stream of non-space characters, so the offset pins a line to
+    its place in the text; the sample text repeats, and without it an alignment can pair a line
+    with its twin from another repetition."""
+    out, pos = [], 0
+    for w in lines:
+        out.append((pos, w))
+        pos += sum(len(x) for x in w)
+    return out
+
+
 def compare_lines(ref: list[tuple[str, ...]], ours: list[tuple[str, ...]]) -> dict:
-    sm = difflib.SequenceMatcher(None, ref, ours, autojunk=False)
-    matched = sum(b.size for b in sm.get_matching_blocks())
-    first = None
-    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+    """Share of the official lines that glyph_rt reproduces exactly (same words, same place)."""
+    kr, ko = keyed_lines(ref), keyed_lines(ours)
+    same_stream = (sum(len(x) for w in ref for x in w) == sum(len(x) for w in ours for x in w))
+    sm = difflib.SequenceMatcher(None, kr, ko, autojunk=False)
+    opcodes = sm.get_opcodes()
+    matched = sum(i2 - i1 for tag, i1, i2, _, _ in opcodes if tag == "equal")
+    diffs = []
+    for tag, i1, i2, j1, j2 in opcodes:
         if tag != "equal":
-            first = {"tag": tag, "ref_index": i1, "ours_index": j1,
-                     "ref": [" ".join(x) for x in ref[i1:min(i2, i1 + 3)]],
-                     "ours": [" ".join(x) for x in ours[j1:min(j2, j1 + 3)]]}
-            break
+            diffs.append({"tag": tag, "ref_index": i1, "ours_index": j1,
+                          "ref": [" ".join(x) for x in ref[i1:min(i2, i1 + 3)]],
+                          "ours": [" ".join(x) for x in ours[j1:min(j2, j1 + 3)]]})
     # position-wise equality, too (a single early shift would make every later line differ)
     positional = sum(1 for a, b in zip(ref, ours) if a == b)
     return {"matched": matched, "identical_lines_pct": 100.0 * matched / max(1, len(ref)),
             "positional_identical_pct": 100.0 * positional / max(1, len(ref)),
-            "first_difference": first, "opcodes": sm.get_opcodes()}
+            "same_character_stream": same_stream, "first_difference": diffs[0] if diffs else None,
+            "differences": diffs, "opcodes": opcodes}
 
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[int, int]]:
@@ -130,7 +147,9 @@ def run(font: str, chars: int, text: str | None = None, verbose: bool = True) ->
                   "identical_lines_pct": round(cmp["identical_lines_pct"], 3),
                   "positional_identical_pct": round(cmp["positional_identical_pct"], 3),
                   "matched_on_same_page": same_page,
-                  "first_difference": cmp["first_difference"]},
+                  "same_character_stream": cmp["same_character_stream"],
+                  "first_difference": cmp["first_difference"],
+                  "differences": cmp["differences"][:50], "num_differences": len(cmp["differences"])},
         "visual_tokens_glm4v": {"official": vt_ref, "glyph_rt": vt_ours, "rel_diff_pct": round(vt_rel, 4)},
         "page1_mean_abs_pixel_diff": None if mad is None else round(mad, 4),
         "page1_compared_region": region,
@@ -191,6 +210,8 @@ def print_report(r: dict) -> None:
         print(f"pages whose sizes differ: {r['page_sizes']['pages_differing'][:20]}")
     fd = r["lines"]["first_difference"]
     if fd:
+        print(f"line differences: {r['lines']['num_differences']} (official line indices: "
+              f"{[d['ref_index'] for d in r['lines']['differences'][:12]]})")
         print(f"first line difference ({fd['tag']}) at official line {fd['ref_index']} / glyph_rt line {fd['ours_index']}:")
         for s in fd["ref"]:
             print(f"  official: {s!r}")

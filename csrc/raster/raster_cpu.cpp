@@ -121,9 +121,10 @@ void ink_extent_cpu(const uint8_t* pages, int32_t n_pages, int32_t H, int32_t W,
     std::sort(v, v + 4);
     const double bgv = 0.5 * (v[1] + v[2]);
     int32_t r = 0, b = 0;
-    // The rightmost ink column: scan columns from the right, each top to bottom.
-    for (int32_t x = W - 1; x >= 0 && !r; --x)
-      for (int32_t y = 0; y < H; ++y)
+    // The rightmost ink column: each row is scanned from the right only down to the best
+    // column found so far, so after the first line of text a row costs a few pixels.
+    for (int32_t y = 0; y < H; ++y)
+      for (int32_t x = W - 1; x >= r; --x)
         if (ink_at(img, W, x, y, bgv, tol)) { r = x + 1; break; }
     // The lowest ink row: scan rows from the bottom, only up to the known right edge.
     for (int32_t y = H - 1; y >= 0 && r && !b; --y)

@@ -5,7 +5,6 @@ oracle used by the tests. Both return the same `Layout`.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +13,6 @@ from .atlas import MISSING_SLOT, SPACE_SLOT, FontAtlas
 from .config import NewlineMarkup, RenderConfig
 from .fonts import resolve_fonts
 
-_GLYPH_CJK = re.compile(r"[\u4E00-\u9FFF]")  # Glyph switches reportlab to CJK wrapping on these
 ALIGN_CODES = {"left": 0, "center": 1, "right": 2, "justify": 3}
 
 
@@ -54,11 +52,16 @@ class Layout:
         return cls(num_pages=int(d.pop("pages")), **d)
 
 
-def layout_params(config: RenderConfig, atlas: FontAtlas, text: str, max_pages: int | None = None) -> dict:
+def has_glyph_cjk(cps: np.ndarray) -> bool:
+    """Glyph's switch to reportlab's per-character (CJK) wrapping: any U+4E00..U+9FFF in the text."""
+    return bool(np.count_nonzero((cps - np.uint32(0x4E00)) < np.uint32(0x5200)))
+
+
+def layout_params(config: RenderConfig, atlas: FontAtlas, cps: np.ndarray, max_pages: int | None = None) -> dict:
     c = config
     wrap = c.wrap
     if wrap == "auto":
-        wrap = "cjk" if _GLYPH_CJK.search(text) else "word"
+        wrap = "cjk" if has_glyph_cjk(cps) else "word"
     nl = NewlineMarkup.parse(c.newline_markup)
     return {
         "frame_x": c.margin_x + c.frame_padding,
@@ -101,7 +104,7 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
     nl = NewlineMarkup.parse(config.newline_markup)
     cps = text_codepoints(text)
     marker = text_codepoints(nl.text).astype(np.int32) if not nl.is_break else np.zeros(0, np.int32)
-    params = layout_params(config, atlas, text, max_pages)
+    params = layout_params(config, atlas, cps, max_pages)
     if backend == "cpp":
         from .._ext import require_extension
 

@@ -86,7 +86,7 @@ def rasterize(layout: Layout, atlas: FontAtlas, config: RenderConfig, out: np.nd
 
         C = require_extension("the C++ rasterizer")
         # only the placements of these pages travel to the rasterizer
-        lo, hi = np.searchsorted(layout.g_page, [page0, page0 + len(out)])
+        lo, hi = np.searchsorted(layout.g_page, np.asarray([page0, page0 + len(out)], dtype=layout.g_page.dtype))
         C.raster_cpu(out, page0, bg, rp, rb, rc, layout.g_page[lo:hi], layout.g_x[lo:hi], layout.g_y[lo:hi],
                      layout.g_slot[lo:hi], layout.g_color[lo:hi], a["data"], a["offset"], a["width"],
                      a["height"], a["left"], a["top"], atlas.phases, pal, sx, sy)

@@ -1,0 +1,309 @@
+"""Plain-Python reference of the C++ layout engine (csrc/layout/layout.cpp): the tests' oracle.
+
+It follows the engine step by step, and with it the reportlab Paragraph/Frame rules that Glyph's
+renderer relies on:
+
+- Source lines end at "\\n", "\\r\\n" or "\\r". Every `lines_per_paragraph` (Glyph: 30) of them
+  form one paragraph; a newline inside a paragraph forces a line break (an empty source line gives
+  an empty line), or, with a newline marker, inserts the marker glyphs inline in the marker color.
+- A single space (or another breaking space) separates words and collapses at line ends; longer
+  runs of spaces and tabs (a tab is `tab_size` spaces) and U+00A0 are kept as non-breaking spaces,
+  as Glyph writes them as &nbsp;. Soft hyphens and zero-width spaces are removed and counted.
+- Lines are filled greedily: a word joins the line while the line stays within the frame width
+  (less the indents) plus reportlab's 5% shrinkage of each of its spaces. A word wider than the
+  line is split character by character: it fills the current line, then whole lines. In CJK wrap
+  mode every character, and in word mode every CJK character, can be broken before.
+- Paragraphs flow down frames (one per page): spaceBefore, less the previous spaceAfter and dropped
+  at the top of a frame, then the lines, then spaceAfter. A paragraph that does not fit is split
+  across pages, but never leaves a single (orphan) line at a page bottom.
+- Lines are aligned left, center or right, or justified: the spaces of every line but forced ones
+  and the last of a paragraph are stretched (or shrunk) to fill the line.
+
+Lengths are float64 as in the C++; glyph advances are rounded to float32 first, as the C++ stores
+them, and outputs are cast at the end, so results match the engine's exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+DRAW, NBSP, BREAK = 0, 1, 2
+LEFT, CENTER, RIGHT, JUSTIFY = 0, 1, 2, 3
+WRAP_WORD = 0
+BREAK_SPACES = frozenset([0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x1F, 0x85, 0x1680, 0x2028, 0x2029, 0x202F, 0x205F,
+                          0x3000, *range(0x2000, 0x200B)])
+STRIPPED = frozenset([0xAD, 0x200B])
+CJK_RANGES = ((0x1100, 0x11FF), (0x2E80, 0x9FFF), (0xA000, 0xA4CF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF),
+              (0xFE30, 0xFE4F), (0xFF00, 0xFFEF), (0x20000, 0x3FFFF))
+DEFAULT_PARAMS = {
+    "frame_x": 16.0, "frame_y": 16.0, "frame_w": 563.0, "frame_h": 810.0, "left_indent": 0.0,
+    "right_indent": 0.0, "first_line_indent": 0.0, "leading": 10.0, "ascent": 6.8, "space_before": 0.0,
+    "space_after": 0.0, "space_shrink": 0.05, "align": LEFT, "wrap": 0, "lines_per_paragraph": 30,
+    "newline_marker": 0, "tab_size": 4, "max_pages": 1 << 30,
+}
+OUTPUTS = {
+    "g_page": np.int32, "g_slot": np.int32, "g_src": np.int32, "g_x": np.float32, "g_y": np.float32,
+    "g_color": np.uint8, "l_page": np.int32, "l_x": np.float32, "l_y": np.float32, "l_width": np.float32,
+    "l_src_start": np.int32, "l_src_end": np.int32, "b_page": np.int32, "b_x": np.float32, "b_y": np.float32,
+    "b_w": np.float32, "b_h": np.float32, "p_src_start": np.int32, "p_src_end": np.int32,
+    "p_line_start": np.int32,
+}
+
+
+def is_cjk(c: int) -> bool:
+    return any(lo <= c <= hi for lo, hi in CJK_RANGES)
+
+
+def f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+class Item(NamedTuple):
+    slot: int
+    src: int
+    adv: float
+    kind: int
+    color: int
+    cjk: bool
+
+
+class Unit(NamedTuple):
+    """Items [start, end) placed together; gap: preceded by a (collapsed) breaking space."""
+
+    start: int
+    end: int
+    gap: bool
+
+
+@dataclass
+class Line:
+    units: list[Unit]
+    width: float
+    spaces: int
+    forced: bool  # ended by a newline: never justified
+    first: bool  # first line of its paragraph: first-line indent
+    src_start: int
+    src_end: int
+
+
+class Engine:
+    def __init__(self, lut, advance, missing_flag, space_slot, missing_slot, params):
+        self.lut, self.advance, self.missing_flag, self.missing_slot = lut, advance, missing_flag, missing_slot
+        self.p = p = {**DEFAULT_PARAMS, **params}
+        self.space_w = float(advance[space_slot]) if space_slot >= 0 else 0.0
+        self.space_adv = f32(self.space_w)
+        self.later_w = p["frame_w"] - p["left_indent"] - p["right_indent"]
+        self.first_w = self.later_w - p["first_line_indent"]
+        self.out = {k: [] for k in OUTPUTS}
+        self.missing = self.stripped = self.placed = 0
+        self.page, self.cursor, self.prev_after, self.at_top, self.truncated = -1, 0.0, 0.0, True, False
+
+    # ------------------------------------------------------------------ items and units
+    def push_text(self, text, b, e, color=0, src=None):
+        """Appends the items of text[b:e] (no newline); `src`, when given, is every item's source."""
+        i = b
+        while i < e:
+            c = text[i]
+            at = i if src is None else src
+            if c in (0x20, 0x09):
+                j = i
+                while j < e and text[j] in (0x20, 0x09):
+                    j += 1
+                run = [k for k in range(i, j) for _ in range(self.p["tab_size"] if text[k] == 0x09 else 1)]
+                kind = BREAK if len(run) == 1 else NBSP
+                self.items += [Item(-1, k if src is None else src, self.space_adv, kind, color, False) for k in run]
+                i = j
+                continue
+            if c in STRIPPED:
+                self.stripped += 1
+            elif c in BREAK_SPACES:
+                self.items.append(Item(-1, at, self.space_adv, BREAK, color, False))
+            elif c == 0xA0:
+                self.items.append(Item(-1, at, self.space_adv, NBSP, color, False))
+            else:
+                slot = int(self.lut[c]) if c < len(self.lut) else -1
+                slot = self.missing_slot if slot < 0 else slot
+                self.items.append(Item(slot, at, f32(self.advance[slot]), DRAW, color, is_cjk(c)))
+            i += 1
+
+    def make_units(self, b: int, e: int) -> list[Unit]:
+        """Items [b, e) cut into unbreakable units: words, or single characters where breaking is allowed."""
+        units, gap, i = [], False, b
+        while i < e:
+            it = self.items[i]
+            if it.kind == BREAK:
+                gap, i = True, i + 1
+                continue
+            j = i + 1
+            if self.p["wrap"] == WRAP_WORD and not it.cjk:
+                while j < e and self.items[j].kind != BREAK and not self.items[j].cjk:
+                    j += 1
+            units.append(Unit(i, j, gap))
+            gap, i = False, j
+        return units
+
+    def unit_width(self, u: Unit) -> float:
+        w = 0.0
+        for it in self.items[u.start:u.end]:
+            w += it.adv
+        return w
+
+    # ------------------------------------------------------------------ line breaking
+    def max_width(self, first: bool) -> float:
+        return self.first_w if first else self.later_w
+
+    def close_line(self, forced: bool, empty_src: int = 0):
+        u = self.line
+        src = (self.items[u[0].start].src, self.items[u[-1].end - 1].src + 1) if u else (empty_src, empty_src)
+        self.lines.append(Line(u, self.cur, self.spaces, forced, self.first, *src))
+        self.line, self.cur, self.spaces, self.first = [], 0.0, 0, False
+
+    def place(self, u: Unit):
+        gap = u.gap and bool(self.line)
+        if gap:
+            self.cur += self.space_w
+            self.spaces += 1
+        self.line.append(Unit(u.start, u.end, gap))
+        self.cur += self.unit_width(u)
+
+    def break_units(self, units: list[Unit]):
+        for u in units:
+            w, maxw = self.unit_width(u), self.max_width(self.first)
+            gap = u.gap and bool(self.line)
+            new_w = self.cur + (self.space_w if gap else 0.0) + w
+            if new_w <= maxw + self.p["space_shrink"] * self.space_w * (self.spaces + gap):
+                self.place(u)
+            elif w > maxw:
+                self.split_long(u, maxw)
+            else:
+                self.close_line(False)
+                self.place(Unit(u.start, u.end, False))
+
+    def split_long(self, u: Unit, maxw: float):
+        """A word wider than the line: fills the current line, then whole lines, char by char."""
+        acc = self.cur + (self.space_w if u.gap else 0.0) if self.line else 0.0
+        piece, first_piece = u.start, True
+        for k in range(u.start, u.end):
+            cw = self.items[k].adv
+            if acc + cw > maxw and (k > piece or cw <= self.later_w):  # a too-wide char stays put
+                if k > piece:
+                    self.place(Unit(piece, k, u.gap and first_piece))
+                if self.line:
+                    self.close_line(False)
+                piece, first_piece, acc, maxw = k, False, 0.0, self.later_w
+            acc += cw
+        self.place(Unit(piece, u.end, u.gap and first_piece))
+
+    # ------------------------------------------------------------------ pages
+    def new_page(self):
+        self.page, self.cursor, self.at_top = self.page + 1, 0.0, True
+        self.out["p_src_start"].append(-1)
+        self.out["p_src_end"].append(-1)
+        self.out["p_line_start"].append(len(self.out["l_page"]))
+
+    def emit_lines(self, b: int, e: int, top: float):
+        """Lines [b, e) of the current paragraph, as one box on the current page from `top` down."""
+        p, out = self.p, self.out
+        box_x, box_w = p["frame_x"] + p["left_indent"], p["frame_w"] - p["left_indent"] - p["right_indent"]
+        for key, v in zip(("b_page", "b_x", "b_y", "b_w", "b_h"), (self.page, box_x, top, box_w, (e - b) * p["leading"])):
+            out[key].append(v)
+        for li in range(b, e):
+            line = self.lines[li]
+            x = box_x + (p["first_line_indent"] if line.first else 0.0)
+            extra, space_add = self.max_width(line.first) - line.width, 0.0
+            if p["align"] == CENTER:
+                x += extra * 0.5
+            elif p["align"] == RIGHT:
+                x += extra
+            elif p["align"] == JUSTIFY and not line.forced and li != len(self.lines) - 1 and line.spaces > 0:
+                space_add = extra / line.spaces
+            y = top + p["ascent"] + (li - b) * p["leading"]
+            for key, v in zip(("l_page", "l_x", "l_y", "l_width", "l_src_start", "l_src_end"),
+                              (self.page, x, y, line.width + space_add * line.spaces, line.src_start, line.src_end)):
+                out[key].append(v)
+            if out["p_src_start"][-1] < 0:
+                out["p_src_start"][-1] = line.src_start
+            out["p_src_end"][-1] = line.src_end
+            pen = x
+            for u in line.units:
+                if u.gap:
+                    pen += self.space_w + space_add
+                for it in self.items[u.start:u.end]:
+                    if it.kind == DRAW:
+                        for key, v in zip(("g_page", "g_slot", "g_src", "g_x", "g_y", "g_color"),
+                                          (self.page, it.slot, it.src, pen, y, it.color)):
+                            out[key].append(v)
+                        self.placed += 1
+                        self.missing += bool(self.missing_flag[it.slot])
+                    pen += it.adv
+
+    def paginate(self):
+        """Flows the current paragraph's lines down the frames, splitting it across pages."""
+        p, n, idx = self.p, len(self.lines), 0
+        while not self.truncated:
+            s = 0.0 if self.at_top else max(p["space_before"] - self.prev_after, 0.0)
+            avail = p["frame_h"] - self.cursor - s
+            top = p["frame_y"] + self.cursor + s
+            if avail > 0 and (n - idx) * p["leading"] <= avail + 1e-6:
+                k = n - idx
+            else:
+                k = math.floor(avail / p["leading"]) if avail > 0 else 0
+                if k <= 1 and not self.at_top:  # no orphan line at a page bottom
+                    if self.page + 1 >= p["max_pages"]:
+                        self.truncated = True
+                    else:
+                        self.new_page()
+                    continue
+                k = min(max(k, 1), n - idx)  # a frame shorter than two lines still takes one
+            if k:
+                self.emit_lines(idx, idx + k, top)
+            idx += k
+            if idx >= n:
+                self.cursor += s + k * p["leading"] + p["space_after"]
+                self.prev_after, self.at_top = p["space_after"], False
+                return
+            if self.page + 1 >= p["max_pages"]:
+                self.truncated = True
+            else:
+                self.new_page()
+
+    # ------------------------------------------------------------------ driver
+    def run(self, text: list[int], marker: list[int]) -> dict:
+        p, n, pos = self.p, len(text), 0
+        self.new_page()
+        while pos <= n and not self.truncated:
+            self.items, self.lines, self.line, self.cur, self.spaces, self.first = [], [], [], 0.0, 0, True
+            seg_start = 0
+            for ln in range(max(1, p["lines_per_paragraph"])):
+                if pos > n:
+                    break
+                e = pos
+                while e < n and text[e] not in (0x0A, 0x0D):
+                    e += 1
+                if ln > 0 and p["newline_marker"]:
+                    for mc in marker:
+                        self.push_text([mc], 0, 1, color=1, src=pos - 1)
+                elif ln > 0:
+                    self.break_units(self.make_units(seg_start, len(self.items)))
+                    self.close_line(True, empty_src=pos - 1)
+                    seg_start = len(self.items)
+                self.push_text(text, pos, e)
+                crlf = e + 1 < n and text[e] == 0x0D and text[e + 1] == 0x0A
+                pos = e + 2 if crlf else e + 1
+            self.break_units(self.make_units(seg_start, len(self.items)))
+            if self.line:
+                self.close_line(False)
+            self.paginate()
+        d = {k: np.asarray(v, dtype=t) for (k, v), t in zip(self.out.items(), OUTPUTS.values())}
+        d.update(missing=self.missing, stripped=self.stripped, placed=self.placed, pages=self.page + 1,
+                 truncated=self.truncated)
+        return d
+
+
+def layout_reference(cps, lut, advance, missing_flag, space_slot, missing_slot, params, marker) -> dict:
+    """Same inputs and outputs as glyph_rt._C.layout."""
+    engine = Engine(lut, np.asarray(advance, np.float64), missing_flag, int(space_slot), int(missing_slot), params)
+    return engine.run(np.asarray(cps, np.uint32).tolist(), np.asarray(marker).astype(np.uint32).tolist())
