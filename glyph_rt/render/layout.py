@@ -72,7 +72,7 @@ def layout_params(config: RenderConfig, atlas: FontAtlas, cps: np.ndarray, max_p
         "right_indent": c.right_indent,
         "first_line_indent": c.first_line_indent - c.hanging_indent,
         "leading": c.line_height,
-        "ascent": atlas.ascent_pt,
+        "ascent": c.font_size,  # reportlab: first baseline one font size below the top
         "space_before": c.space_before,
         "space_after": c.space_after,
         "space_shrink": 0.05,
