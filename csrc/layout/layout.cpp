@@ -62,9 +62,7 @@ class Engine {
 
   int32_t slot_of(uint32_t c) {
     int32_t s = (int64_t)c < a_.lut_size ? a_.lut[c] : -1;
-    if (s < 0) s = a_.missing_slot;
-    if (a_.missing_flag && s >= 0 && a_.missing_flag[s]) ++out_.missing;
-    return s;
+    return s < 0 ? a_.missing_slot : s;
   }
 
   // Appends the items of source text [b, e) (one source line, no '\n').
@@ -83,10 +81,11 @@ class Engine {
         }
         if (width == 1) {
           items_.push_back({-1, src, (float)space_w_, kBreak, color, false});
-        } else {
-          for (int64_t k = 0; k < width; ++k) {
-            int32_t s2 = src_override >= 0 ? src_override : (int32_t)std::min<int64_t>(i + k, j - 1);
-            items_.push_back({-1, s2, (float)space_w_, kNbsp, color, false});
+        } else {  // every kept space points at the space or tab it came from
+          for (int64_t k = i; k < j; ++k) {
+            int32_t s2 = src_override >= 0 ? src_override : (int32_t)k;
+            for (int32_t r = 0; r < (t[k] == '\t' ? p_.tab_size : 1); ++r)
+              items_.push_back({-1, s2, (float)space_w_, kNbsp, color, false});
           }
         }
         i = j;
@@ -293,6 +292,7 @@ class Engine {
             out_.g_y.push_back((float)y);
             out_.g_color.push_back(it.color);
             ++out_.placed;
+            out_.missing += a_.missing_flag[it.slot];  // counted when drawn, not when read
           }
           pen += it.adv;
         }
@@ -330,7 +330,7 @@ class Engine {
       k = std::min(k, n - idx);
       double top = p_.frame_y + cursor_ + s;
       add_box(page_, top, k);
-      emit_lines(idx, idx + k, top, false);
+      emit_lines(idx, idx + k, top, idx + k == n);
       idx += k;
       // reportlab's continuation of a paragraph split right after a line break starts at that
       // break, which yields an empty first line on the next page.

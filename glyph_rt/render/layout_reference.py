@@ -25,8 +25,7 @@ them, and outputs are cast at the end, so results match the engine's exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import NamedTuple
+from collections import namedtuple
 
 import numpy as np
 
@@ -45,11 +44,10 @@ DEFAULT_PARAMS = {
     "newline_marker": 0, "tab_size": 4, "max_pages": 1 << 30,
 }
 OUTPUTS = {
-    "g_page": np.int32, "g_slot": np.int32, "g_src": np.int32, "g_x": np.float32, "g_y": np.float32,
-    "g_color": np.uint8, "l_page": np.int32, "l_x": np.float32, "l_y": np.float32, "l_width": np.float32,
-    "l_src_start": np.int32, "l_src_end": np.int32, "b_page": np.int32, "b_x": np.float32, "b_y": np.float32,
-    "b_w": np.float32, "b_h": np.float32, "p_src_start": np.int32, "p_src_end": np.int32,
-    "p_line_start": np.int32,
+    **dict.fromkeys(["g_page", "g_slot", "g_src", "l_page", "l_src_start", "l_src_end", "b_page", "p_src_start",
+                     "p_src_end", "p_line_start"], np.int32),
+    **dict.fromkeys(["g_x", "g_y", "l_x", "l_y", "l_width", "b_x", "b_y", "b_w", "b_h"], np.float32),
+    "g_color": np.uint8,
 }
 
 
@@ -57,57 +55,33 @@ def is_cjk(c: int) -> bool:
     return any(lo <= c <= hi for lo, hi in CJK_RANGES)
 
 
-def f32(x: float) -> float:
-    return float(np.float32(x))
-
-
-class Item(NamedTuple):
-    slot: int
-    src: int
-    adv: float
-    kind: int
-    color: int
-    cjk: bool
-
-
-class Unit(NamedTuple):
-    """Items [start, end) placed together; gap: preceded by a (collapsed) breaking space."""
-
-    start: int
-    end: int
-    gap: bool
-
-
-@dataclass
-class Line:
-    units: list[Unit]
-    width: float
-    spaces: int
-    forced: bool  # ended by a newline: never justified
-    first: bool  # first line of its paragraph: first-line indent
-    src_start: int
-    src_end: int
+Item = namedtuple("Item", "slot src adv kind color cjk")
+Unit = namedtuple("Unit", "start end gap")  # items [start, end); gap: after a (collapsed) breaking space
+Line = namedtuple("Line", "units width spaces nbsp forced first src_start src_end")  # forced: ended by a newline
 
 
 class Engine:
     def __init__(self, lut, advance, missing_flag, space_slot, missing_slot, params):
-        self.lut, self.advance, self.missing_flag, self.missing_slot = lut, advance, missing_flag, missing_slot
+        self.lut, self.missing_flag, self.missing_slot = lut, missing_flag, missing_slot
         self.p = p = {**DEFAULT_PARAMS, **params}
+        self.adv32 = np.asarray(advance, np.float32).astype(np.float64).tolist()
         self.space_w = float(advance[space_slot]) if space_slot >= 0 else 0.0
-        self.space_adv = f32(self.space_w)
+        self.space_adv = self.adv32[space_slot] if space_slot >= 0 else 0.0
         self.later_w = p["frame_w"] - p["left_indent"] - p["right_indent"]
         self.first_w = self.later_w - p["first_line_indent"]
         self.out = {k: [] for k in OUTPUTS}
         self.missing = self.stripped = self.placed = 0
         self.page, self.cursor, self.prev_after, self.at_top, self.truncated = -1, 0.0, 0.0, True, False
 
-    # ------------------------------------------------------------------ items and units
+    def add(self, **values):
+        for key, v in values.items():
+            self.out[key].append(v)
+
     def push_text(self, text, b, e, color=0, src=None):
         """Appends the items of text[b:e] (no newline); `src`, when given, is every item's source."""
         i = b
         while i < e:
             c = text[i]
-            at = i if src is None else src
             if c in (0x20, 0x09):
                 j = i
                 while j < e and text[j] in (0x20, 0x09):
@@ -117,16 +91,15 @@ class Engine:
                 self.items += [Item(-1, k if src is None else src, self.space_adv, kind, color, False) for k in run]
                 i = j
                 continue
+            at = i if src is None else src
             if c in STRIPPED:
                 self.stripped += 1
-            elif c in BREAK_SPACES:
-                self.items.append(Item(-1, at, self.space_adv, BREAK, color, False))
-            elif c == 0xA0:
-                self.items.append(Item(-1, at, self.space_adv, NBSP, color, False))
+            elif c in BREAK_SPACES or c == 0xA0:
+                self.items.append(Item(-1, at, self.space_adv, NBSP if c == 0xA0 else BREAK, color, False))
             else:
                 slot = int(self.lut[c]) if c < len(self.lut) else -1
                 slot = self.missing_slot if slot < 0 else slot
-                self.items.append(Item(slot, at, f32(self.advance[slot]), DRAW, color, is_cjk(c)))
+                self.items.append(Item(slot, at, self.adv32[slot], DRAW, color, is_cjk(c)))
             i += 1
 
     def make_units(self, b: int, e: int) -> list[Unit]:
@@ -151,14 +124,14 @@ class Engine:
             w += it.adv
         return w
 
-    # ------------------------------------------------------------------ line breaking
     def max_width(self, first: bool) -> float:
         return self.first_w if first else self.later_w
 
     def close_line(self, forced: bool, empty_src: int = 0):
         u = self.line
         src = (self.items[u[0].start].src, self.items[u[-1].end - 1].src + 1) if u else (empty_src, empty_src)
-        self.lines.append(Line(u, self.cur, self.spaces, forced, self.first, *src))
+        nbsp = sum(it.kind == NBSP for v in u for it in self.items[v.start:v.end])
+        self.lines.append(Line(u, self.cur, self.spaces, nbsp, forced, self.first, *src))
         self.line, self.cur, self.spaces, self.first = [], 0.0, 0, False
 
     def place(self, u: Unit):
@@ -197,33 +170,35 @@ class Engine:
             acc += cw
         self.place(Unit(piece, u.end, u.gap and first_piece))
 
-    # ------------------------------------------------------------------ pages
     def new_page(self):
         self.page, self.cursor, self.at_top = self.page + 1, 0.0, True
-        self.out["p_src_start"].append(-1)
-        self.out["p_src_end"].append(-1)
-        self.out["p_line_start"].append(len(self.out["l_page"]))
+        self.add(p_src_start=-1, p_src_end=-1, p_line_start=len(self.out["l_page"]))
 
-    def emit_lines(self, b: int, e: int, top: float):
+    def emit_lines(self, b: int, e: int, top: float, para_end: bool):
         """Lines [b, e) of the current paragraph, as one box on the current page from `top` down."""
         p, out = self.p, self.out
-        box_x, box_w = p["frame_x"] + p["left_indent"], p["frame_w"] - p["left_indent"] - p["right_indent"]
-        for key, v in zip(("b_page", "b_x", "b_y", "b_w", "b_h"), (self.page, box_x, top, box_w, (e - b) * p["leading"])):
-            out[key].append(v)
+        box_x = p["frame_x"] + p["left_indent"]
+        self.add(b_page=self.page, b_x=box_x, b_y=top, b_w=p["frame_w"] - p["left_indent"] - p["right_indent"],
+                 b_h=(e - b) * p["leading"])
         for li in range(b, e):
             line = self.lines[li]
             x = box_x + (p["first_line_indent"] if line.first else 0.0)
             extra, space_add = self.max_width(line.first) - line.width, 0.0
-            if p["align"] == CENTER:
+            n_space = line.spaces + line.nbsp
+            last = para_end and li == len(self.lines) - 1
+            if p["align"] == JUSTIFY:
+                keep = line.forced or abs(extra) <= 1e-8 or (last and extra > -1e-8)
+                if not keep and n_space:
+                    space_add = extra / n_space
+            elif extra < -1e-8 and n_space:  # an over-long line is squeezed back to the frame
+                space_add = extra / n_space
+            elif p["align"] == CENTER:
                 x += extra * 0.5
             elif p["align"] == RIGHT:
                 x += extra
-            elif p["align"] == JUSTIFY and not line.forced and li != len(self.lines) - 1 and line.spaces > 0:
-                space_add = extra / line.spaces
             y = top + p["ascent"] + (li - b) * p["leading"]
-            for key, v in zip(("l_page", "l_x", "l_y", "l_width", "l_src_start", "l_src_end"),
-                              (self.page, x, y, line.width + space_add * line.spaces, line.src_start, line.src_end)):
-                out[key].append(v)
+            self.add(l_page=self.page, l_x=x, l_y=y, l_width=line.width + space_add * line.spaces,
+                     l_src_start=line.src_start, l_src_end=line.src_end)
             if out["p_src_start"][-1] < 0:
                 out["p_src_start"][-1] = line.src_start
             out["p_src_end"][-1] = line.src_end
@@ -233,9 +208,7 @@ class Engine:
                     pen += self.space_w + space_add
                 for it in self.items[u.start:u.end]:
                     if it.kind == DRAW:
-                        for key, v in zip(("g_page", "g_slot", "g_src", "g_x", "g_y", "g_color"),
-                                          (self.page, it.slot, it.src, pen, y, it.color)):
-                            out[key].append(v)
+                        self.add(g_page=self.page, g_slot=it.slot, g_src=it.src, g_x=pen, g_y=y, g_color=it.color)
                         self.placed += 1
                         self.missing += bool(self.missing_flag[it.slot])
                     pen += it.adv
@@ -259,8 +232,14 @@ class Engine:
                     continue
                 k = min(max(k, 1), n - idx)  # a frame shorter than two lines still takes one
             if k:
-                self.emit_lines(idx, idx + k, top)
+                self.emit_lines(idx, idx + k, top, idx + k == n)
             idx += k
+            if idx < n and self.lines[idx - 1].forced and not p["newline_marker"]:
+                # reportlab's continuation after a split at a line break starts with an empty line
+                nxt = self.lines[idx]
+                prev_end = self.lines[idx - 1].src_end
+                self.lines.insert(idx, Line([], 0.0, 0, 0, True, False, prev_end, prev_end))
+                n += 1
             if idx >= n:
                 self.cursor += s + k * p["leading"] + p["space_after"]
                 self.prev_after, self.at_top = p["space_after"], False
@@ -270,7 +249,6 @@ class Engine:
             else:
                 self.new_page()
 
-    # ------------------------------------------------------------------ driver
     def run(self, text: list[int], marker: list[int]) -> dict:
         p, n, pos = self.p, len(text), 0
         self.new_page()
@@ -305,5 +283,5 @@ class Engine:
 
 def layout_reference(cps, lut, advance, missing_flag, space_slot, missing_slot, params, marker) -> dict:
     """Same inputs and outputs as glyph_rt._C.layout."""
-    engine = Engine(lut, np.asarray(advance, np.float64), missing_flag, int(space_slot), int(missing_slot), params)
+    engine = Engine(lut, advance, missing_flag, int(space_slot), int(missing_slot), params)
     return engine.run(np.asarray(cps, np.uint32).tolist(), np.asarray(marker).astype(np.uint32).tolist())

@@ -1,0 +1,54 @@
+"""glyph_rt against Glyph's own pipeline (reportlab -> PDF -> pdftoppm) on ~30K chars of prose.
+
+Optional: skipped unless reportlab, pdf2image and poppler's pdftoppm are all available.
+Targets: same page count, same page pixel sizes, >= 98% identical lines, visual tokens within 2%.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import official  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not official.available(),
+    reason=f"Glyph's reference pipeline is unavailable ({official.unavailable_reason() or 'unknown'}); "
+    "install reportlab, pdf2image and poppler-utils to run the fidelity test",
+)
+
+CHARS = 30_000
+
+
+@pytest.fixture(scope="module")
+def result():
+    from bench import fidelity
+
+    return fidelity.run(str(fidelity.DEFAULT_FONT), CHARS, verbose=False)
+
+
+def test_same_page_count(result):
+    assert result["pages"]["equal"], f"pages: official {result['pages']['official']}, glyph_rt {result['pages']['glyph_rt']}"
+
+
+def test_same_page_sizes(result):
+    ps = result["page_sizes"]
+    assert ps["equal"], (
+        f"page sizes differ on pages {ps['pages_differing']}: official {ps['official']}, glyph_rt {ps['glyph_rt']}"
+    )
+
+
+def test_identical_lines(result):
+    ln = result["lines"]
+    assert ln["identical_lines_pct"] >= 98.0, (
+        f"{ln['identical_lines_pct']:.2f}% identical lines (official {ln['official']}, glyph_rt {ln['glyph_rt']}); "
+        f"first difference: {ln['first_difference']}"
+    )
+
+
+def test_visual_tokens_within_2pct(result):
+    v = result["visual_tokens_glm4v"]
+    assert abs(v["rel_diff_pct"]) <= 2.0, f"visual tokens (glm4v): official {v['official']}, glyph_rt {v['glyph_rt']}"

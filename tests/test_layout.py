@@ -1,0 +1,243 @@
+"""The C++ layout engine against its plain-Python reference (glyph_rt/render/layout_reference.py)."""
+import math
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import glyph_rt
+from glyph_rt import RenderConfig
+from glyph_rt.render.atlas import SPACE_SLOT
+from glyph_rt.render.layout import layout_params, layout_text, text_codepoints
+
+SAMPLE = (Path(glyph_rt.__file__).parent / "data" / "sample.txt").read_text(encoding="utf-8")[:20000]
+INT_ARRAYS = ("g_page", "g_slot", "g_src", "g_color", "l_page", "l_src_start", "l_src_end", "b_page",
+              "p_src_start", "p_src_end", "p_line_start")
+FLOAT_ARRAYS = ("g_x", "g_y", "l_x", "l_y", "l_width", "b_x", "b_y", "b_w", "b_h")
+SCALARS = ("num_pages", "missing", "stripped", "placed", "truncated")
+STRIPPED = "\u00ad\u200b"
+MARKER = '<font color="#FF0000"> \\n </font>'
+
+
+def cfg(**kw) -> RenderConfig:
+    return RenderConfig(snap=0, **kw)
+
+
+def assert_same(a, b, skip=()):
+    for k in INT_ARRAYS + FLOAT_ARRAYS:
+        x, y = getattr(a, k), getattr(b, k)
+        assert x.dtype == y.dtype and x.shape == y.shape, (k, x.dtype, y.dtype, x.shape, y.shape)
+        if k in INT_ARRAYS:
+            assert np.array_equal(x, y), (k, np.nonzero(x != y)[0][:10])
+        else:
+            assert np.allclose(x, y, rtol=0, atol=1e-4), (k, np.nonzero(~np.isclose(x, y, rtol=0, atol=1e-4))[0][:10])
+    for k in SCALARS:
+        if k not in skip:
+            assert getattr(a, k) == getattr(b, k), (k, getattr(a, k), getattr(b, k))
+
+
+def check_semantics(text, config, lay, atlas, max_pages=None):
+    p = layout_params(config, atlas, text_codepoints(text), max_pages)
+    space_w = float(atlas.arrays()["advance"][SPACE_SLOT])
+    later_w = p["frame_w"] - p["left_indent"] - p["right_indent"]
+    max_w = max(later_w, later_w - p["first_line_indent"])
+    line_of = {(page, y): i for i, (page, y) in enumerate(zip(lay.l_page.tolist(), lay.l_y.tolist()))}
+    assert len(line_of) == len(lay.l_page)
+    glyphs_per_line = np.bincount([line_of[k] for k in zip(lay.g_page.tolist(), lay.g_y.tolist())],
+                                  minlength=len(lay.l_page))
+    for i, (s, e, w) in enumerate(zip(lay.l_src_start.tolist(), lay.l_src_end.tolist(), lay.l_width.tolist())):
+        spaces = sum(c.isspace() for c in text[s:e]) + text.count("\n", s, e) + text.count("\r", s, e)
+        assert w <= max_w + 0.05 * space_w * spaces + 1e-3 or glyphs_per_line[i] == 1, (i, w, max_w, text[s:e])
+    for page in range(lay.num_pages):
+        assert np.all(np.diff(lay.l_y[lay.l_page == page]) > 0)
+    assert np.all(np.diff(lay.p_line_start) >= 0)
+    assert np.all(np.diff(lay.l_src_start) >= 0) and np.all(np.diff(lay.l_src_end) >= 0)
+    spans = [(s, e) for s, e in zip(lay.p_src_start.tolist(), lay.p_src_end.tolist()) if s >= 0]
+    assert all(s <= e for s, e in spans)
+    # a tab, or a newline marker, broken across two pages belongs to both
+    assert all(e0 <= s1 or (e0 == s1 + 1 and text[s1] in "\t\r\n") for (_, e0), (s1, _) in zip(spans, spans[1:]))
+    assert lay.placed == len(lay.g_src)
+    if not lay.truncated:
+        assert lay.stripped == sum(text.count(c) for c in STRIPPED)
+        drawn = [i for i, c in enumerate(text) if not c.isspace() and c not in STRIPPED]
+        assert np.array_equal(lay.g_src[lay.g_color == 0], drawn)
+
+
+def run_both(text, config, max_pages=None, semantics=True):
+    """Lays `text` out with both engines, checks they agree and, optionally, the layout's invariants."""
+    a, atlas = layout_text(text, config, backend="cpp", max_pages=max_pages)
+    b, _ = layout_text(text, config, backend="reference", max_pages=max_pages)
+    assert_same(a, b, skip=("missing",) if a.truncated else ())  # see test_missing_counts_drawn_boxes...
+    if semantics:
+        check_semantics(text, config, a, atlas, max_pages)
+    return a
+
+
+@pytest.mark.parametrize("alignment", ["left", "center", "right", "justify"])
+def test_sample_text_alignments(alignment):
+    lay = run_both(SAMPLE, cfg(alignment=alignment))
+    assert lay.num_pages >= 2 and lay.placed > 15000
+    if alignment == "justify":
+        frame_w = 595 - 2 * 16
+        assert np.mean(np.isclose(lay.l_width, frame_w, atol=1e-3)) > 0.5
+
+
+@pytest.mark.parametrize("kw", [
+    dict(first_line_indent=30),
+    dict(first_line_indent=-12, left_indent=20),
+    dict(left_indent=40, right_indent=90),
+    dict(hanging_indent=36),
+    dict(hanging_indent=20, first_line_indent=10, right_indent=15),
+], ids=["first", "negative-first", "left-right", "hanging", "mixed"])
+@pytest.mark.parametrize("alignment", ["left", "justify", "right"])
+def test_indents(kw, alignment):
+    run_both(SAMPLE[:8000], cfg(alignment=alignment, lines_per_paragraph=5, **kw))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(space_before=6.5, space_after=0, lines_per_paragraph=4),
+    dict(space_before=0, space_after=7.5, lines_per_paragraph=2),
+    dict(space_before=4, space_after=9, lines_per_paragraph=7, line_height=11.3),
+    dict(space_before=25, space_after=3, lines_per_paragraph=1, page_size=(300, 200)),
+])
+@pytest.mark.parametrize("alignment", ["left", "justify"])
+def test_paragraph_spacing_and_page_splits(kw, alignment):
+    text = "\n".join(SAMPLE[i:i + 700] for i in range(0, 14000, 700))
+    lay = run_both(text, cfg(alignment=alignment, **kw))
+    paragraphs = math.ceil((text.count("\n") + 1) / kw["lines_per_paragraph"])
+    assert lay.num_pages >= 2 and len(lay.b_page) > paragraphs  # some paragraphs are split across pages
+
+
+@pytest.mark.parametrize("first", [78, 79, 80, 81])
+def test_orphan_control(first):
+    text = "x\n" * first + "y\n" * 4 + "z"  # a frame holds 81 lines
+    lay = run_both(text, cfg(lines_per_paragraph=first))
+    on_first_page = {78: 3, 79: 2, 80: 0, 81: 0}[first]  # one line alone is never left at the bottom
+    assert lay.b_page.tolist() == [0] + [0] * (on_first_page > 0) + [1]
+    assert np.count_nonzero(lay.l_page == 0) == first + on_first_page
+
+
+def test_max_pages_truncates():
+    lay = run_both(SAMPLE, cfg(lines_per_paragraph=4, space_after=5), max_pages=2)
+    assert lay.truncated and lay.num_pages == 2
+
+
+@pytest.mark.parametrize("alignment", ["left", "center", "justify"])
+@pytest.mark.parametrize("fli", [0, 40, -20])
+def test_long_word_is_split(alignment, fli):
+    text = f"A sentence with {'x' * 500} in it, then {'y' * 130}z and {'w' * 1500}.\nNext line {'v' * 90}"
+    lay = run_both(text, cfg(alignment=alignment, first_line_indent=fli, left_indent=max(0, -fli)))
+    assert len(lay.l_page) >= 6
+
+
+@pytest.mark.parametrize("wrap", ["word", "cjk"])
+@pytest.mark.parametrize("alignment", ["left", "justify"])
+def test_runs_of_spaces_and_tabs(wrap, alignment):
+    text = "".join(f"w{i}{[' ', '  ', '   ', chr(9), ' ' + chr(9), chr(160), chr(0x2003)][i % 7]}" for i in range(3000))
+    text += "\n  indented\n\tTabbed\n" + " " * 300 + "x\n" + "a " * 400
+    run_both(text, cfg(alignment=alignment, wrap=wrap, tab_size=3))
+
+
+@pytest.mark.parametrize("lpp", [1, 3, 30])
+def test_empty_lines_and_carriage_returns(lpp):
+    text = "a\n\n\nb\r\n\r\nc\rd\r\r\ne\n" * 40 + "\n\nend\n"
+    lay = run_both(text, cfg(lines_per_paragraph=lpp, space_before=2, space_after=1))
+    source_lines = re.split(r"\r\n|\r|\n", text)
+    if lpp == 1:  # an empty paragraph has no line
+        assert len(lay.l_page) == sum(map(bool, source_lines))
+    else:  # an empty source line inside a paragraph is an empty line
+        assert np.any(lay.l_src_start == lay.l_src_end)
+    run_both("", cfg())
+    run_both("\n", cfg(lines_per_paragraph=lpp))
+    run_both("\r\n\r\n", cfg(lines_per_paragraph=lpp))
+
+
+@pytest.mark.parametrize("alignment", ["left", "justify"])
+def test_newline_marker(alignment):
+    text = SAMPLE[:6000] + "\n\nshort\nlines\r\nhere\n"
+    lay = run_both(text, cfg(newline_markup=MARKER, alignment=alignment))
+    source_lines = text.count("\n") + 1
+    paragraphs = math.ceil(source_lines / 30)
+    assert np.count_nonzero(lay.g_color == 1) == 2 * (source_lines - paragraphs)  # "\\" and "n" per newline
+    assert np.all(np.isin(lay.g_src[lay.g_color == 1], [i for i, c in enumerate(text) if c == "\n"]))
+
+
+@pytest.mark.parametrize("wrap", ["auto", "word", "cjk"])
+def test_cjk(wrap):
+    mixed = "mixed 中文 text, 中文测试English words 한국어 テスト。"
+    text = ("中文测试" * 200 + "\n" + mixed * 40 + "\n") * 3
+    run_both(text, cfg(wrap=wrap, alignment="justify"))
+    run_both(text, cfg(wrap=wrap, first_line_indent=18, lines_per_paragraph=2))
+
+
+def test_soft_hyphens_and_zero_width_spaces():
+    text = "hyphen\u00adation zero\u200bwidth \u200b \u00ad, long\u00ad" + "q\u00ad" * 300 + " end\n" * 3
+    lay = run_both(text, cfg(alignment="justify"))
+    assert lay.stripped == text.count("\u00ad") + text.count("\u200b")
+
+
+def _random_case(rng: random.Random):
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;!?é"
+    seps = [" "] * 20 + ["  ", "   ", "\t", " \t", "\n", "\n", "\r\n", "\r", "\n\n", "\xa0", "\u3000", "\u2009"]
+    parts = []
+    for _ in range(rng.randint(0, 300)):
+        r = rng.random()
+        if r < 0.03:
+            parts.append("x" * rng.randint(20, 120))
+        elif r < 0.08:
+            parts.append("".join(rng.choice("中文测试字") for _ in range(rng.randint(1, 8))))
+        elif r < 0.1:
+            parts.append(rng.choice(STRIPPED))
+        else:
+            parts.append("".join(rng.choice(letters) for _ in range(rng.randint(1, 12))))
+        parts.append(rng.choice(seps))
+    text = "".join(parts)
+    kw = dict(
+        page_size=rng.choice([(595, 842), (200, 150), (300, 120), (160, 400)]),
+        alignment=rng.choice(["left", "center", "right", "justify"]),
+        wrap=rng.choice(["auto", "word", "cjk"]),
+        lines_per_paragraph=rng.choice([1, 2, 3, 5, 30]),
+        line_height=rng.choice([10, 11.3, 14]),
+        space_before=rng.choice([0, 0, 3, 12.5]),
+        space_after=rng.choice([0, 0, 2, 7.25]),
+        first_line_indent=rng.choice([0, 0, 15, -8]),
+        left_indent=rng.choice([0, 0, 10]),
+        right_indent=rng.choice([0, 5]),
+        hanging_indent=rng.choice([0, 0, 12]),
+        tab_size=rng.choice([1, 4]),
+    )
+    if kw["first_line_indent"] < 0 and kw["left_indent"] == 0:
+        kw["left_indent"] = 10
+    if rng.random() < 0.2:
+        kw["newline_markup"] = MARKER
+    max_pages = rng.choice([None] * 8 + [1, 2])
+    return text, cfg(**kw), max_pages
+
+
+def test_random_mix():
+    rng = random.Random(0)
+    for case in range(300):
+        text, config, max_pages = _random_case(rng)
+        try:
+            run_both(text, config, max_pages)
+        except AssertionError as e:
+            raise AssertionError(f"case {case}: {text!r:.300} {config}") from e
+
+
+# ---------------------------------------------------------------------- regressions
+def test_src_of_tab_runs_split_across_lines():
+    run_both("a" + "\t" * 200 + "b", cfg())
+
+
+def test_missing_counts_drawn_boxes_when_truncated():
+    text, config = "\x01 " * 20000, cfg(lines_per_paragraph=1000)
+    a, _ = layout_text(text, config, backend="cpp", max_pages=1)
+    b, _ = layout_text(text, config, backend="reference", max_pages=1)
+    assert b.missing == np.count_nonzero(b.g_slot == 0) == a.placed
+    assert a.missing == b.missing
+
+
+def test_last_line_not_justified_in_a_frame_lower_than_a_line():
+    run_both("aaa bbb", cfg(page_size=(200, 40), alignment="justify"))
