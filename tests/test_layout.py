@@ -79,8 +79,9 @@ def run_both(text, config, max_pages=None, semantics=True):
 def test_sample_text_alignments(alignment):
     lay = run_both(SAMPLE, cfg(alignment=alignment))
     assert lay.num_pages >= 2 and lay.placed > 15000
+    frame_w = 595 - 2 * 16
+    assert lay.l_width.max() <= frame_w + 1e-3  # lines over-long by the shrinkage are squeezed back
     if alignment == "justify":
-        frame_w = 595 - 2 * 16
         assert np.mean(np.isclose(lay.l_width, frame_w, atol=1e-3)) > 0.5
 
 
@@ -117,6 +118,12 @@ def test_orphan_control(first):
     on_first_page = {78: 3, 79: 2, 80: 0, 81: 0}[first]  # one line alone is never left at the bottom
     assert lay.b_page.tolist() == [0] + [0] * (on_first_page > 0) + [1]
     assert np.count_nonzero(lay.l_page == 0) == first + on_first_page
+
+
+def test_split_after_a_forced_break_continues_with_an_empty_line():
+    lay = run_both("x\n" * 84 + "x", cfg(lines_per_paragraph=100))  # 85 lines, 81 per frame
+    assert lay.l_page.tolist() == [0] * 81 + [1] * 5
+    assert lay.l_src_start[81] == lay.l_src_end[81] == lay.l_src_end[80]
 
 
 def test_max_pages_truncates():

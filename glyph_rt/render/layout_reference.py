@@ -15,9 +15,12 @@ renderer relies on:
   mode every character, and in word mode every CJK character, can be broken before.
 - Paragraphs flow down frames (one per page): spaceBefore, less the previous spaceAfter and dropped
   at the top of a frame, then the lines, then spaceAfter. A paragraph that does not fit is split
-  across pages, but never leaves a single (orphan) line at a page bottom.
+  across pages, but never leaves a single (orphan) line at a page bottom; split right after a
+  forced break, its continuation starts with an empty line.
 - Lines are aligned left, center or right, or justified: the spaces of every line but forced ones
-  and the last of a paragraph are stretched (or shrunk) to fill the line.
+  and the last of a paragraph are stretched (or shrunk) to fill the line. A line longer than the
+  frame (by the shrinkage) is squeezed back to it in every alignment. As in reportlab's PDF word
+  spacing, the share is computed over all spaces, kept ones included, but added to breaking ones.
 
 Lengths are float64 as in the C++; glyph advances are rounded to float32 first, as the C++ stores
 them, and outputs are cast at the end, so results match the engine's exactly.
@@ -236,7 +239,6 @@ class Engine:
             idx += k
             if idx < n and self.lines[idx - 1].forced and not p["newline_marker"]:
                 # reportlab's continuation after a split at a line break starts with an empty line
-                nxt = self.lines[idx]
                 prev_end = self.lines[idx - 1].src_end
                 self.lines.insert(idx, Line([], 0.0, 0, 0, True, False, prev_end, prev_end))
                 n += 1
