@@ -188,9 +188,6 @@ class FontAtlas:
                 self._dirty = True
         return new
 
-    def ensure_text(self, text: str) -> None:
-        self.ensure(sorted({ord(c) for c in text}))
-
     # ----------------------------------------------------------------- flat arrays
     def arrays(self) -> dict[str, np.ndarray]:
         """The atlas as flat arrays (rebuilt only after it grew)."""

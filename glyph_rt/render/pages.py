@@ -11,7 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from .config import RenderConfig
-from .layout import Layout, layout_text
+from .layout import layout_text
 from .raster import canvas_size, final_sizes, ink_extent, rasterize
 from .tokens import VISION_MODELS, get_tokenizer, visual_tokens
 
