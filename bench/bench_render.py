@@ -66,7 +66,7 @@ def main(argv=None):
     doc = glyph_rt.Document(text, cfg)
     t_layout = median_seconds(lambda: glyph_rt.Document(text, cfg), args.repeat)
     ours_pps = n_pages / t_ours
-    rows.append({"renderer": "glyph_rt cpp (1 core)", "pages": n_pages, "seconds": t_ours, "pages_per_s": ours_pps,
+    rows.append({"renderer": "glyph_rt cpu (1 core)", "pages": n_pages, "seconds": t_ours, "pages_per_s": ours_pps,
                  "layout_seconds": t_layout})
 
     t_pil = median_seconds(lambda: pillow_render(doc), max(1, args.repeat // 2))

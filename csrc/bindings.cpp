@@ -9,13 +9,12 @@
 
 #include "layout/layout.h"
 #include "raster/raster.h"
+#ifdef GLYPH_RT_WITH_CUDA
+#include "raster/raster_cuda.h"
+#endif
 
 namespace py = pybind11;
 using namespace glyph_rt;
-
-#ifdef GLYPH_RT_WITH_CUDA
-void register_cuda(py::module_& m);
-#endif
 
 namespace {
 
@@ -138,6 +137,47 @@ py::tuple ink_extent(const py::array_t<uint8_t, py::array::c_style>& pages, int3
   return py::make_tuple(right, bottom);
 }
 
+#ifdef GLYPH_RT_WITH_CUDA
+// Device tensors arrive as raw pointers (torch's data_ptr()) plus the current stream, so the
+// extension never links torch; glyph_rt/ops/raster.py checks shapes and dtypes before this.
+void run_raster_cuda(const py::dict& ptr, int32_t mode, bool ink_too, bool gray, int32_t out_type,
+                     int32_t num_pages, int32_t tiles_per_page, float tol, uintptr_t stream) {
+  auto p = [&](const char* k) -> void* {
+    if (!ptr.contains(k)) throw std::invalid_argument(std::string("raster_cuda: missing pointer ") + k);
+    return reinterpret_cast<void*>(ptr[k].cast<uintptr_t>());
+  };
+  RasterCudaArgs a;
+  a.out = p("out");
+  a.ink = static_cast<int32_t*>(p("ink"));
+  a.bgv = static_cast<float*>(p("bgv"));
+  a.lut = static_cast<const float*>(p("lut"));
+  a.meta = static_cast<const int32_t*>(p("meta"));
+  a.out_off = static_cast<const int64_t*>(p("out_off"));
+  a.glyph_start = static_cast<const int32_t*>(p("glyph_start"));
+  a.glyph_items = static_cast<const int32_t*>(p("glyph_items"));
+  a.g_x0 = static_cast<const int32_t*>(p("g_x0"));
+  a.g_y0 = static_cast<const int32_t*>(p("g_y0"));
+  a.g_w = static_cast<const int32_t*>(p("g_w"));
+  a.g_h = static_cast<const int32_t*>(p("g_h"));
+  a.g_off = static_cast<const int32_t*>(p("g_off"));
+  a.g_rgb = static_cast<const int32_t*>(p("g_rgb"));
+  a.rect_start = static_cast<const int32_t*>(p("rect_start"));
+  a.rect_items = static_cast<const int32_t*>(p("rect_items"));
+  a.r_box = static_cast<const int32_t*>(p("r_box"));
+  a.r_rgb = static_cast<const int32_t*>(p("r_rgb"));
+  a.atlas = static_cast<const uint8_t*>(p("atlas"));
+  a.num_pages = num_pages;
+  a.tiles_per_page = tiles_per_page;
+  a.mode = mode;
+  a.out_type = out_type;
+  a.ink_too = ink_too;
+  a.gray = gray;
+  a.tol = tol;
+  py::gil_scoped_release nogil;
+  raster_cuda(a, reinterpret_cast<void*>(stream));
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -157,7 +197,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("ink_extent", &ink_extent, py::arg("pages"), py::arg("tol") = 5);
 #ifdef GLYPH_RT_WITH_CUDA
   m.attr("with_cuda") = true;
-  register_cuda(m);
+  m.attr("cuda_archs") = py::str(GLYPH_RT_CUDA_ARCHS_STR);
+  m.def("cuda_devices", &cuda_device_names);
+  m.def("raster_cuda", &run_raster_cuda, py::arg("ptr"), py::arg("mode"), py::arg("ink_too"), py::arg("gray"),
+        py::arg("out_type"), py::arg("num_pages"), py::arg("tiles_per_page"), py::arg("tol"), py::arg("stream"));
 #else
   m.attr("with_cuda") = false;
 #endif

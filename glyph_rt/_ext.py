@@ -36,7 +36,7 @@ def require_extension(what: str):
 def backends() -> dict[str, dict]:
     """What this installation can run: {name: {"available": bool, "why": str}}."""
     out: dict[str, dict] = {}
-    out["cpp"] = {"available": _C is not None, "why": "compiled C++ layout + CPU rasterizer" if _C else IMPORT_ERROR}
+    out["cpu"] = {"available": _C is not None, "why": "compiled C++ layout + CPU rasterizer" if _C else IMPORT_ERROR}
     out["reference"] = {"available": True, "why": "plain Python/numpy reference"}
     cuda_built = bool(_C is not None and getattr(_C, "with_cuda", False))
     devices = _C.cuda_devices() if cuda_built else []

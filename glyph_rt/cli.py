@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", help="RenderConfig JSON (glyph_rt's format or Glyph's dashed keys)")
         sp.add_argument("--preset", help="glyph, document_style, web_style, dark_mode, code_style, artistic_pixel")
         sp.add_argument("--device", default="cpu", help="where pages are drawn (cpu)")
-        sp.add_argument("--backend", default="auto", help="auto, cpp or reference")
+        sp.add_argument("--backend", default="auto", help="auto, cpu or reference")
         sp.add_argument("--tokenizer", default="default", help="tokenizer.json or HF tokenizer dir (default: Qwen)")
         sp.add_argument("--errors", default="strict", choices=["strict", "replace"], help="invalid UTF-8 handling")
         sp.add_argument("--max-pages", type=int, default=None, help="stop after this many pages")

@@ -67,7 +67,7 @@ def check_semantics(text, config, lay, atlas, max_pages=None):
 
 def run_both(text, config, max_pages=None, semantics=True):
     """Lays `text` out with both engines, checks they agree and, optionally, the layout's invariants."""
-    a, atlas = layout_text(text, config, backend="cpp", max_pages=max_pages)
+    a, atlas = layout_text(text, config, backend="cpu", max_pages=max_pages)
     b, _ = layout_text(text, config, backend="reference", max_pages=max_pages)
     assert_same(a, b, skip=("missing",) if a.truncated else ())  # see test_missing_counts_drawn_boxes...
     if semantics:
@@ -240,7 +240,7 @@ def test_src_of_tab_runs_split_across_lines():
 
 def test_missing_counts_drawn_boxes_when_truncated():
     text, config = "\x01 " * 20000, cfg(lines_per_paragraph=1000)
-    a, _ = layout_text(text, config, backend="cpp", max_pages=1)
+    a, _ = layout_text(text, config, backend="cpu", max_pages=1)
     b, _ = layout_text(text, config, backend="reference", max_pages=1)
     assert b.missing == np.count_nonzero(b.g_slot == 0) == a.placed
     assert a.missing == b.missing

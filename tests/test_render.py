@@ -23,10 +23,10 @@ def test_render_api_and_summary():
 
 
 @pytest.mark.parametrize("preset", sorted(glyph_rt.PRESETS))
-def test_cpp_and_reference_rasterizers_are_pixel_identical(preset):
+def test_cpu_and_reference_rasterizers_are_pixel_identical(preset):
     cfg = RenderConfig.preset(preset)
     text = "Tab\there,  two spaces.\n" + TEXT[:1500] + "\nÜber naïve café — “quotes” 中文 \u0301x \uE000"
-    a = glyph_rt.render(text, cfg, backend="cpp")
+    a = glyph_rt.render(text, cfg, backend="cpu")
     b = glyph_rt.render(text, cfg, backend="reference")
     assert a.sizes == b.sizes
     assert torch.equal(a.buffer, b.buffer)
@@ -127,7 +127,7 @@ def test_package_imports_without_extension(tmp_path):
         "import sys; sys.modules['glyph_rt._C'] = None\n"
         "import warnings; warnings.simplefilter('ignore')\n"
         "import glyph_rt\n"
-        "b = glyph_rt.backends(); assert not b['cpp']['available'] and b['reference']['available']\n"
+        "b = glyph_rt.backends(); assert not b['cpu']['available'] and b['reference']['available']\n"
         "p = glyph_rt.render('hello world'); assert p.document.backend == 'reference' and len(p) == 1\n"
         "print('ok')\n"
     )

@@ -95,7 +95,7 @@ def atlas_for(config: RenderConfig) -> FontAtlas:
                          config.subpixel_phases)
 
 
-def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None, backend: str = "cpp",
+def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None, backend: str = "cpu",
                 max_pages: int | None = None) -> tuple[Layout, FontAtlas]:
     """Lays out `text`; returns the layout and the atlas its slots refer to."""
     if not isinstance(text, str):
@@ -105,7 +105,7 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
     cps = text_codepoints(text)
     marker = text_codepoints(nl.text).astype(np.int32) if not nl.is_break else np.zeros(0, np.int32)
     params = layout_params(config, atlas, cps, max_pages)
-    if backend == "cpp":
+    if backend == "cpu":
         from .._ext import require_extension
 
         C = require_extension("the C++ layout engine")
@@ -122,6 +122,6 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
         a = atlas.arrays()
         d = layout_reference(cps, atlas.lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
     else:
-        raise ValueError(f"layout backend {backend!r} is unknown; use 'cpp' or 'reference'")
+        raise ValueError(f"layout backend {backend!r} is unknown; use 'cpu' or 'reference'")
     atlas.save()
     return Layout.from_dict(d), atlas

@@ -15,7 +15,7 @@ from .layout import layout_text
 from .raster import canvas_size, final_sizes, ink_extent, rasterize
 from .tokens import VISION_MODELS, get_tokenizer, visual_tokens
 
-BACKENDS = ("cpp", "reference")
+BACKENDS = ("cpu", "reference")
 DEFAULT_MAX_BYTES = 4 << 30
 
 
@@ -23,7 +23,7 @@ def resolve_backend(backend: str) -> str:
     from .._ext import has_extension
 
     if backend == "auto":
-        return "cpp" if has_extension() else "reference"
+        return "cpu" if has_extension() else "reference"
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is unknown for CPU rendering; choose from auto, {', '.join(BACKENDS)}")
     return backend
@@ -119,14 +119,16 @@ class Document:
 
 
 class Pages:
-    """Rendered pages: uint8 RGB tensors (views of one buffer), character spans and a summary."""
+    """Rendered pages: uint8 RGB tensors (views of one buffer, on the device they were drawn on),
+    character spans and a summary."""
 
-    def __init__(self, doc: Document, buffer: np.ndarray, sizes: list[tuple[int, int]]):
+    def __init__(self, doc: Document, buffer, sizes: list[tuple[int, int]]):
         import torch
 
         self.document = doc
         self.config = doc.config
-        self.buffer = torch.from_numpy(buffer)  # [P, H, W, 3] canvas; pages are its top-left corners
+        # [P, H, W, 3] canvas; pages are its top-left corners
+        self.buffer = torch.from_numpy(buffer) if isinstance(buffer, np.ndarray) else buffer
         self.sizes = sizes  # (width, height) per page
         self._summary: dict | None = None
 
@@ -147,7 +149,7 @@ class Pages:
     def to_pil(self, i: int):
         from PIL import Image
 
-        return Image.fromarray(np.ascontiguousarray(self[i].numpy()))
+        return Image.fromarray(np.ascontiguousarray(self[i].cpu().numpy()))
 
     @property
     def page_spans(self) -> list[tuple[int, int]]:
@@ -187,12 +189,25 @@ def check_memory(num_pages: int, canvas: tuple[int, int], max_bytes: int) -> Non
         )
 
 
-def render(text: str, config: RenderConfig | None = None, *, device: str = "cpu", backend: str = "auto",
+def render(text: str, config: RenderConfig | None = None, *, device="cpu", backend: str = "auto",
            max_pages: int | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Pages:
-    """Renders `text` into pages. `device` is where the pages are drawn: "cpu" here."""
-    if device != "cpu":
-        raise ValueError(f"device {device!r}: this build renders on the CPU only (device='cpu')")
-    doc = Document(text, config, backend=backend, max_pages=max_pages)
+    """Renders `text` into pages drawn on `device`.
+
+    device "cpu": backend auto, cpu (C++) or reference (numpy); "triton" runs the Triton kernel in
+    Triton's interpreter (TRITON_INTERPRET=1). device "cuda": backend auto, cuda, triton, or cpu
+    (draw on the CPU, then copy)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cpu" and backend != "triton":
+        doc = Document(text, config, backend=backend, max_pages=max_pages)
+        check_memory(doc.num_pages, doc.canvas, max_bytes)
+        buf, sizes = doc.rasterize(0, doc.num_pages)
+        return Pages(doc, buf, sizes)
+    from .gpu import draw_pages, resolve_device_backend
+
+    dev, backend = resolve_device_backend(dev, backend)
+    doc = Document(text, config, max_pages=max_pages)
     check_memory(doc.num_pages, doc.canvas, max_bytes)
-    buf, sizes = doc.rasterize(0, doc.num_pages)
+    (buf, sizes), = draw_pages([doc], dev, backend)
     return Pages(doc, buf, sizes)

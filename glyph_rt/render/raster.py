@@ -1,6 +1,6 @@
 """Rasterization of a Layout into uint8 RGB pages, cropping and canvas snapping.
 
-Backends: "cpp" (glyph_rt._C.raster_cpu) and "reference" (numpy, the test oracle).
+Backends: "cpu" (glyph_rt._C.raster_cpu) and "reference" (numpy, the test oracle).
 """
 from __future__ import annotations
 
@@ -74,14 +74,14 @@ def paragraph_rects(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, n
 
 
 def rasterize(layout: Layout, atlas: FontAtlas, config: RenderConfig, out: np.ndarray, page0: int = 0,
-              backend: str = "cpp") -> None:
+              backend: str = "cpu") -> None:
     """Draws pages [page0, page0 + len(out)) into `out` ([n, H, W, 3] uint8, the canvas size)."""
     bg = np.asarray(parse_color(config.page_bg_color, "page_bg_color"), np.uint8)
     rp, rb, rc = paragraph_rects(layout, config)
     a = atlas.arrays()
     sx, sy = scales(config)
     pal = palette(config)
-    if backend == "cpp":
+    if backend == "cpu":
         from .._ext import require_extension
 
         C = require_extension("the C++ rasterizer")
@@ -93,7 +93,7 @@ def rasterize(layout: Layout, atlas: FontAtlas, config: RenderConfig, out: np.nd
     elif backend == "reference":
         raster_reference(out, page0, bg, rp, rb, rc, layout, atlas, pal, sx, sy)
     else:
-        raise ValueError(f"raster backend {backend!r} is unknown; use 'cpp' or 'reference'")
+        raise ValueError(f"raster backend {backend!r} is unknown; use 'cpu' or 'reference'")
 
 
 def raster_reference(out, page0, bg, rp, rb, rc, layout: Layout, atlas: FontAtlas, pal, sx, sy) -> None:
@@ -127,11 +127,11 @@ def raster_reference(out, page0, bg, rp, rb, rc, layout: Layout, atlas: FontAtla
         out[p, y0 + cy0:y0 + cy1, x0 + cx0:x0 + cx1] = np.where(a > 0, blended, dst).astype(np.uint8)
 
 
-def ink_extent(pages: np.ndarray, tol: int = 5, backend: str = "cpp") -> tuple[np.ndarray, np.ndarray]:
+def ink_extent(pages: np.ndarray, tol: int = 5, backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Per page: (column after the rightmost ink, row after the lowest ink); 0 when blank.
 
     Ink = luma differing from the median of the top-left 2x2 pixels by more than `tol` (Glyph's rule)."""
-    if backend == "cpp":
+    if backend == "cpu":
         from .._ext import require_extension
 
         return require_extension("ink_extent").ink_extent(pages, tol)

@@ -1,0 +1,89 @@
+"""Pages -> GLM-4.1V / Qwen2.5-VL `pixel_values`: the plain-torch path, and the oracle of the fused kernel.
+
+Both models rescale by 1/255, normalize with CLIP's mean and std, cut 14x14 patches,
+repeat a still image over the temporal patch of 2 and order rows by 2x2 merge block:
+pixel_values is [gh * gw, 3 * 2 * 14 * 14], columns (channel, t, py, px).
+Normalization goes through a [3, 256] table computed with the Hugging Face image
+processor's own float32 arithmetic, so a page whose size needs no resize gives the
+processor's values bit for bit.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..render.tokens import VISION_MODELS
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PATCH, MERGE, TEMPORAL = 14, 2, 2
+ROW = 3 * TEMPORAL * PATCH * PATCH
+FACTOR = PATCH * MERGE  # sides of a page must be multiples of this
+
+
+@functools.lru_cache(maxsize=8)
+def _lut_numpy(mean: tuple, std: tuple) -> np.ndarray:
+    levels = np.arange(256, dtype=np.float64)
+    # HF: rescale in float64 then cast to float32; normalize in float32: (x - mean) / std
+    x = (levels * (1 / 255)).astype(np.float32)
+    m = np.asarray(mean, dtype=np.float32)[:, None]
+    s = np.asarray(std, dtype=np.float32)[:, None]
+    return np.ascontiguousarray((x[None, :] - m) / s, dtype=np.float32)
+
+
+def normalize_lut(device=None, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """float32 [3, 256]: the model's input value of each uint8 level of each channel."""
+    return torch.from_numpy(_lut_numpy(tuple(mean), tuple(std))).to(device)
+
+
+def target_size(height: int, width: int, model: str = "glm4v") -> tuple[int, int]:
+    """(height, width) the model's image processor resizes a page to."""
+    if model not in VISION_MODELS:
+        raise ValueError(f"model {model!r} is unknown; choose from {', '.join(VISION_MODELS)}")
+    return VISION_MODELS[model].resize(height, width)
+
+
+def resize_page(page: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bicubic resize of a uint8 [H, W, 3] page as Pillow does it in the processor: antialiased,
+    rows first, then columns, rounding to uint8 in between (within 1 level of Pillow)."""
+    x = page.permute(2, 0, 1)[None].float()
+    H, W = x.shape[-2:]
+    if height != H:
+        x = F.interpolate(x, size=(height, W), mode="bicubic", antialias=True).round_().clamp_(0, 255)
+    if width != W:
+        x = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True).round_().clamp_(0, 255)
+    return x[0].permute(1, 2, 0).to(torch.uint8)
+
+
+def patchify(values: torch.Tensor) -> torch.Tensor:
+    """[3, h, w] normalized image -> [gh * gw, 1176] rows in merge-block order (the processor's layout)."""
+    c, h, w = values.shape
+    gh, gw = h // PATCH, w // PATCH
+    p = values.reshape(c, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
+    p = p.permute(1, 4, 2, 5, 0, 3, 6)  # (bh, bw, my, mx, c, py, px)
+    p = p[:, :, :, :, :, None].expand(*p.shape[:5], TEMPORAL, PATCH, PATCH)
+    return p.reshape(gh * gw, ROW)
+
+
+def pixel_values_from_pages(pages: list[torch.Tensor], model: str = "glm4v", dtype=torch.float32,
+                            lut: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [H, W, 3] pages (any device) -> (pixel_values [N, 1176], image_grid_thw [pages, 3] int64)."""
+    rows, grids = [], []
+    device = pages[0].device if pages else torch.device("cpu")
+    lut = normalize_lut(device) if lut is None else lut
+    for page in pages:
+        if page.dtype != torch.uint8 or page.dim() != 3 or page.shape[-1] != 3:
+            raise ValueError(f"a page must be uint8 [H, W, 3], got {page.dtype} {list(page.shape)}")
+        H, W = page.shape[:2]
+        h, w = target_size(H, W, model)
+        if (h, w) != (H, W):
+            page = resize_page(page, h, w)
+        idx = page.permute(2, 0, 1).reshape(3, -1).long()
+        values = torch.gather(lut, 1, idx).reshape(3, h, w)
+        rows.append(patchify(values).to(dtype))
+        grids.append([1, h // PATCH, w // PATCH])
+    pv = torch.cat(rows) if rows else torch.zeros(0, ROW, dtype=dtype, device=device)
+    return pv, torch.tensor(grids, dtype=torch.int64, device=device).reshape(-1, 3)

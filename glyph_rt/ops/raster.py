@@ -1,0 +1,368 @@
+"""GPU rasterization of laid-out documents: batch preparation, tile binning and kernel dispatch.
+
+A `RasterBatch` gathers the pages of several documents (each with its own RenderConfig,
+atlas, colors and canvas size) for one launch. On the device every glyph placement
+becomes a pixel box in the shared atlas store, boxes are binned to 14x28-pixel tiles
+(one patch row of a 2x2 merge block), and `raster_tiles` runs one program per tile with
+the CUDA kernel (glyph_rt._C) or the Triton kernel (glyph_rt.kernels.raster).
+The C++ CPU rasterizer is the oracle: both kernels reproduce its pixels exactly.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..nvtx import nvtx_range
+from ..render.config import parse_color
+from ..render.raster import paragraph_rects, palette, scales
+
+TILE_H, TILE_W = 14, 28  # one patch row of a 2x2 merge block: pixel_values tiles map 1:1
+MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS = 0, 1, 2, 3
+PAGE_FIELDS = ("height", "width", "tiles_x", "tiles_y", "tile_base", "bg_rgb", "out_height", "out_width")
+GPU_BACKENDS = ("cuda", "triton")
+MAX_ATLAS_BYTES = (1 << 31) - 1
+
+
+def pack_rgb(rgb) -> int:
+    r, g, b = (int(v) for v in rgb)
+    return r | (g << 8) | (b << 16)
+
+
+def is_gray(rgb) -> bool:
+    return rgb[0] == rgb[1] == rgb[2]
+
+
+# ----------------------------------------------------------------------------- atlases
+@dataclass
+class _AtlasEntry:
+    ref: weakref.ref
+    count: int  # bitmaps uploaded
+    offsets: np.ndarray  # int64 absolute offset of each uploaded bitmap in the store
+    meta: torch.Tensor  # int32 [count, 5] width, height, left, top, offset
+
+
+class AtlasStore:
+    """The atlases of one device: each bitmap is uploaded once and reused by every launch.
+
+    Atlases grow as texts bring new characters; only the new bitmaps travel then."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.data = torch.zeros(1 << 16, dtype=torch.uint8, device=self.device)
+        self.used = 0
+        self.entries: dict[int, _AtlasEntry] = {}
+        self.uploaded_bytes = 0
+
+    def meta(self, atlas) -> torch.Tensor:
+        """Device metadata of `atlas` ([bitmaps, 5] int32), uploading whatever is new."""
+        e = self.entries.get(id(atlas))
+        if e is not None and e.ref() is not atlas:
+            e = None
+        a = atlas.arrays()
+        n = len(a["width"])
+        if e is not None and e.count == n:
+            return e.meta
+        start = 0 if e is None else e.count
+        lo = int(a["offset"][start]) if start < n else 0
+        hi = int(a["offset"][-1] + a["width"][-1].astype(np.int64) * a["height"][-1]) if n else 0
+        new = a["data"][lo:hi]
+        base = self._append(new)
+        offsets = a["offset"][start:] - lo + base
+        if e is not None:
+            offsets = np.concatenate([e.offsets, offsets])
+        meta = np.stack([a["width"], a["height"], a["left"], a["top"], offsets.astype(np.int32)], axis=1)
+        meta = torch.from_numpy(np.ascontiguousarray(meta, dtype=np.int32)).to(self.device)
+        self.entries[id(atlas)] = _AtlasEntry(weakref.ref(atlas), n, offsets, meta)
+        return meta
+
+    def _append(self, new: np.ndarray) -> int:
+        need = self.used + len(new)
+        if need > MAX_ATLAS_BYTES:
+            raise MemoryError(f"atlas store would hold {need} bytes, over the kernels' 2 GiB offset range")
+        if need > len(self.data):
+            grown = torch.zeros(max(need, 2 * len(self.data)), dtype=torch.uint8, device=self.device)
+            grown[: self.used] = self.data[: self.used]
+            self.data = grown
+        base = self.used
+        if len(new):
+            self.data[base:need] = torch.from_numpy(np.ascontiguousarray(new)).to(self.device)
+        self.used = need
+        self.uploaded_bytes += len(new)
+        return base
+
+
+_STORES: dict[torch.device, AtlasStore] = {}
+
+
+def atlas_store(device) -> AtlasStore:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device not in _STORES:
+        _STORES[device] = AtlasStore(device)
+    return _STORES[device]
+
+
+# ----------------------------------------------------------------------------- staging
+class Staging:
+    """Pinned host memory through which placements travel to the GPU (one copy per launch).
+
+    The buffer is reused; before it is overwritten the previous copy out of it must be done."""
+
+    def __init__(self):
+        self.buf: torch.Tensor | None = None
+        self.event = None
+
+    def upload(self, arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+        if device.type != "cuda":
+            return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
+        spans, total = [], 0
+        for a in arrays:
+            spans.append((total, a.nbytes))
+            total += (a.nbytes + 15) // 16 * 16
+        if self.event is not None:
+            self.event.synchronize()
+        if self.buf is None or self.buf.numel() < total:
+            self.buf = torch.empty(max(total, 1 << 20), dtype=torch.uint8, pin_memory=True)
+        host = self.buf.numpy()
+        for a, (o, n) in zip(arrays, spans):
+            host[o:o + n] = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+        dev = self.buf[:total].to(device, non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+        return [dev[o:o + n].view(torch.from_numpy(a[:0]).dtype) for a, (o, n) in zip(arrays, spans)]
+
+
+_STAGING = Staging()
+
+
+# ----------------------------------------------------------------------------- binning
+def bin_boxes(page: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor,
+              page_hw: torch.Tensor, page_tiles: torch.Tensor, num_tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bins boxes [x0, x1) x [y0, y1) (pixels of page `page`) to the tiles they touch.
+
+    Returns (items, start): the box indices of tile t are items[start[t]:start[t+1]], in
+    box order (drawing order). Parts outside the page are clipped; boxes with nothing left
+    on a page are dropped. page_hw: [P, 2] (height, width); page_tiles: [P, 2] (tiles_x, tile_base)."""
+    dev = page.device
+    P = len(page_hw)
+    n = len(page)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int32, device=dev), torch.zeros(num_tiles + 1, dtype=torch.int32, device=dev)
+    pg = page.long().clamp(0, max(P - 1, 0))
+    ok = (page >= 0) & (page < P)
+    H, W = page_hw[pg, 0].long(), page_hw[pg, 1].long()
+    cx0, cy0 = x0.long().clamp(min=0), y0.long().clamp(min=0)
+    cx1, cy1 = torch.minimum(x1.long(), W), torch.minimum(y1.long(), H)
+    ok &= (cx0 < cx1) & (cy0 < cy1)
+    tx0, ty0 = cx0 // TILE_W, cy0 // TILE_H
+    nx = torch.where(ok, (cx1 - 1) // TILE_W - tx0 + 1, 0)
+    ny = torch.where(ok, (cy1 - 1) // TILE_H - ty0 + 1, 0)
+    count = nx * ny
+    ends = torch.cumsum(count, 0)
+    total = int(ends[-1])  # the one host sync of the binning
+    item = torch.repeat_interleave(torch.arange(n, device=dev), count, output_size=total)
+    k = torch.arange(total, device=dev) - (ends - count)[item]
+    nxi = nx[item]
+    tx = tx0[item] + k % nxi
+    ty = ty0[item] + k // nxi
+    pgi = pg[item]
+    key = page_tiles[pgi, 1].long() + ty * page_tiles[pgi, 0].long() + tx
+    key, order = torch.sort(key, stable=True)
+    items = item[order].to(torch.int32)
+    start = torch.searchsorted(key, torch.arange(num_tiles + 1, device=dev, dtype=key.dtype)).to(torch.int32)
+    return items, start
+
+
+# ----------------------------------------------------------------------------- batches
+class RasterBatch:
+    """Host side of one launch: page ranges of documents, each with its own config and atlas."""
+
+    def __init__(self, docs, ranges: list[tuple[int, int]] | None = None):
+        if ranges is None:
+            ranges = [(0, d.num_pages) for d in docs]
+        if len(ranges) != len(docs):
+            raise ValueError("one page range per document is needed")
+        self.docs = list(docs)
+        self.ranges = [(int(s), int(e)) for s, e in ranges]
+        for d, (s, e) in zip(self.docs, self.ranges):
+            if not 0 <= s <= e <= d.num_pages:
+                raise IndexError(f"page range [{s}, {e}) is outside 0..{d.num_pages}")
+        counts = [e - s for s, e in self.ranges]
+        self.page_base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.num_pages = int(self.page_base[-1])
+        P = self.num_pages
+        meta = np.zeros((P, len(PAGE_FIELDS)), np.int32)
+        self.sxy = np.zeros((P, 2), np.float64)
+        self.doc_of_page = np.repeat(np.arange(len(docs)), counts).astype(np.int64)
+        gray = True
+        xs, ys, slots, colors, per_page = [], [], [], [], []
+        rect_page, rect_box, rect_rgb = [], [], []
+        self.palettes = np.zeros((len(docs), 2), np.int32)
+        for i, (d, (s, e)) in enumerate(zip(self.docs, self.ranges)):
+            c = d.config
+            W, H = d.canvas
+            p0, p1 = self.page_base[i], self.page_base[i + 1]
+            meta[p0:p1, 0], meta[p0:p1, 1] = H, W
+            meta[p0:p1, 2], meta[p0:p1, 3] = math.ceil(W / TILE_W), math.ceil(H / TILE_H)
+            bg = parse_color(c.page_bg_color, "page_bg_color")
+            meta[p0:p1, 5] = pack_rgb(bg)
+            meta[p0:p1, 6], meta[p0:p1, 7] = H, W
+            self.sxy[p0:p1] = scales(c)
+            pal = palette(c)
+            self.palettes[i] = [pack_rgb(pal[0]), pack_rgb(pal[1])]
+            gray &= is_gray(bg) and all(is_gray(p) for p in pal)
+            lay = d.layout
+            lo, hi = np.searchsorted(lay.g_page, np.asarray([s, e], dtype=lay.g_page.dtype))
+            xs.append(lay.g_x[lo:hi])
+            ys.append(lay.g_y[lo:hi])
+            slots.append(lay.g_slot[lo:hi])
+            colors.append(lay.g_color[lo:hi])
+            per_page.append(np.bincount(lay.g_page[lo:hi] - s, minlength=e - s).astype(np.int64))
+            rp, rb, rc = paragraph_rects(lay, c)
+            keep = (rp >= s) & (rp < e)
+            rect_page.append(rp[keep] - s + p0)
+            rect_box.append(rb[keep])
+            rect_rgb.append(np.asarray([pack_rgb(x) for x in rc[keep]], np.int32))
+            gray &= all(is_gray(x) for x in rc[keep])
+        tiles = meta[:, 2].astype(np.int64) * meta[:, 3]
+        meta[:, 4] = np.concatenate([[0], np.cumsum(tiles)[:-1]]) if P else np.zeros(0)
+        self.num_tiles = int(tiles.sum())
+        self.tiles_per_page_max = int(tiles.max()) if P else 0
+        self.meta = meta
+        self.gray = bool(gray)
+        cat = lambda xs, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(0, dt)  # noqa: E731
+        self.g_x, self.g_y = cat(xs, np.float32), cat(ys, np.float32)
+        self.g_slot, self.g_color = cat(slots, np.int32), cat(colors, np.uint8)
+        self.glyphs_per_page = cat(per_page, np.int64)
+        self.num_glyphs = len(self.g_x)
+        self.rect_page = cat(rect_page, np.int32)
+        self.rect_box = cat(rect_box, np.int32).reshape(-1, 4)
+        self.rect_rgb = cat(rect_rgb, np.int32)
+        if P > 0 and int(tiles.max()) >= 1 << 31:
+            raise ValueError("a page has too many tiles")
+
+    def needs_ink(self) -> bool:
+        return any(d.config.auto_crop_width or d.config.auto_crop_last_page or d.config.snap for d in self.docs)
+
+    def to_device(self, device) -> dict:
+        """Uploads the batch and bins it: the tensors every kernel mode reads."""
+        device = torch.device(device)
+        store = atlas_store(device)
+        with nvtx_range("glyph_rt.upload"):
+            metas = [store.meta(d.atlas) for d in self.docs]
+            # per document: where its atlas metadata starts in the combined table
+            if all(m is metas[0] for m in metas):
+                table, bases = metas[0], [0] * len(metas)
+            else:
+                uniq: dict[int, int] = {}
+                parts, bases, n = [], [], 0
+                for m in metas:
+                    if id(m) not in uniq:
+                        uniq[id(m)] = n
+                        parts.append(m)
+                        n += len(m)
+                    bases.append(uniq[id(m)])
+                table = torch.cat(parts)
+            phases = np.asarray([d.atlas.phases for d in self.docs], np.int64)
+            nslots = np.asarray([len(m) // d.atlas.phases for m, d in zip(metas, self.docs)], np.int64)
+            page_info = np.stack([self.sxy[:, 0], self.sxy[:, 1],
+                                  np.asarray(bases, np.float64)[self.doc_of_page],
+                                  phases[self.doc_of_page].astype(np.float64),
+                                  nslots[self.doc_of_page].astype(np.float64)], axis=1) if self.num_pages else \
+                np.zeros((0, 5))
+            (gx, gy, gslot, gcol, gpp, meta, pinfo, pal, dop, rpage, rbox, rrgb) = _STAGING.upload(
+                [self.g_x, self.g_y, self.g_slot, self.g_color, self.glyphs_per_page, self.meta, page_info,
+                 self.palettes, self.doc_of_page, self.rect_page, self.rect_box, self.rect_rgb], device)
+        with nvtx_range("glyph_rt.bin"):
+            P = self.num_pages
+            meta = meta.view(P, len(PAGE_FIELDS))
+            pinfo = pinfo.view(P, 5)
+            page = torch.repeat_interleave(torch.arange(P, device=device), gpp, output_size=self.num_glyphs)
+            info = pinfo[page]
+            # pixel origin and sub-pixel phase, in float64 exactly as the C++ rasterizer does
+            xf = gx.double() * info[:, 0]
+            ix = torch.floor(xf)
+            P_ph = info[:, 3].long()
+            phase = torch.minimum(((xf - ix) * info[:, 3]).long(), P_ph - 1)
+            slot = gslot.long()
+            valid = (slot >= 0) & (slot < info[:, 4].long())
+            gidx = torch.where(valid, info[:, 2].long() + slot * P_ph + phase, 0)
+            m = table[gidx]
+            gw = torch.where(valid, m[:, 0], 0)
+            gh = torch.where(valid, m[:, 1], 0)
+            x0 = ix.long() + m[:, 2]
+            y0 = torch.floor(gy.double() * info[:, 1] + 0.5).long() - m[:, 3]
+            rgb = pal.view(-1, 2)[dop[page], gcol.long()]
+            hw = meta[:, 0:2]
+            tiles = torch.stack([meta[:, 2], meta[:, 4]], 1)
+            g_items, g_start = bin_boxes(page, x0, y0, x0 + gw, y0 + gh, hw, tiles, self.num_tiles)
+            rb = rbox.view(-1, 4)
+            r_items, r_start = bin_boxes(rpage, rb[:, 0], rb[:, 1], rb[:, 2], rb[:, 3], hw, tiles, self.num_tiles)
+            i32 = torch.int32
+            return {
+                "meta": meta, "out_off": torch.zeros(P, dtype=torch.int64, device=device),
+                "glyph_start": g_start, "glyph_items": g_items,
+                "g_x0": x0.to(i32), "g_y0": y0.to(i32), "g_w": gw.to(i32), "g_h": gh.to(i32),
+                "g_off": m[:, 4].contiguous(), "g_rgb": rgb.to(i32),
+                "rect_start": r_start, "rect_items": r_items, "r_box": rb.contiguous(), "r_rgb": rrgb,
+                "atlas": store.data,
+                "ink": torch.zeros(P, 2, dtype=torch.int32, device=device),
+                "bgv": torch.zeros(P, dtype=torch.float32, device=device),
+                "tiles_per_page_max": self.tiles_per_page_max,
+            }
+
+
+# ----------------------------------------------------------------------------- dispatch
+def check_backend(backend: str, device: torch.device) -> None:
+    """A clear error when `backend` cannot draw on `device`."""
+    from .._ext import backends
+
+    if backend not in GPU_BACKENDS:
+        raise ValueError(f"raster backend {backend!r} is unknown; choose from {', '.join(GPU_BACKENDS)}")
+    info = backends()[backend]
+    if backend == "cuda":
+        if device.type != "cuda":
+            raise ValueError(f"backend 'cuda' draws on a CUDA device, not on {device}")
+        if not info["available"]:
+            raise RuntimeError(f"backend 'cuda' is not available: {info['why']}")
+    else:
+        if not info["available"]:
+            raise RuntimeError(f"backend 'triton' is not available: {info['why']}")
+        if device.type == "cpu":
+            import os
+
+            if os.environ.get("TRITON_INTERPRET") != "1":
+                raise RuntimeError("backend 'triton' on the CPU runs only in Triton's interpreter: "
+                                   "set TRITON_INTERPRET=1 before importing glyph_rt")
+        elif device.type != "cuda":
+            raise ValueError(f"backend 'triton' draws on a CUDA device (or the CPU interpreter), not on {device}")
+
+
+def raster_tiles(backend: str, mode: int, batch: RasterBatch, dev: dict, out: torch.Tensor | None = None,
+                 lut: torch.Tensor | None = None, ink: bool = False, tol: float = 5.0) -> None:
+    """Runs one kernel mode over every tile of the batch, on the CUDA or Triton kernel."""
+    if batch.num_pages == 0:
+        return
+    with nvtx_range(f"glyph_rt.raster.{('bg', 'ink', 'pages', 'pixels')[mode]}"):
+        if backend == "triton":
+            from ..kernels import raster as tk
+
+            tk.launch(mode, batch, dev, out=out, lut=lut, ink=ink, tol=tol)
+        else:
+            from .._ext import require_extension
+
+            C = require_extension("the CUDA rasterizer")
+            dummy = dev["bgv"]
+            o = out if out is not None else dummy
+            ptr = {k: v.data_ptr() for k, v in dev.items() if isinstance(v, torch.Tensor)}
+            ptr["out"] = o.data_ptr()
+            ptr["lut"] = (lut if lut is not None else dummy).data_ptr()
+            out_type = {torch.uint8: 0, torch.float32: 1, torch.bfloat16: 2}[o.dtype]
+            C.raster_cuda(ptr, mode, bool(ink), bool(batch.gray), out_type, batch.num_pages,
+                          dev["tiles_per_page_max"] if mode != MODE_BG else 1, float(tol),
+                          torch.cuda.current_stream(o.device).cuda_stream)

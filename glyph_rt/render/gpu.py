@@ -1,0 +1,232 @@
+"""Rendering on the GPU: pages and model input straight from laid-out documents.
+
+    draw_pages(docs, device, backend)        uint8 pages on the device, one buffer per document
+    render_inputs(texts, config, model=...)  pixel_values + image_grid_thw, without RGB pages
+
+Layout runs on the CPU (the C++ engine releases the GIL), in a background thread one
+batch ahead of the GPU; placements travel through pinned memory; the atlas of each font
+configuration is uploaded once. The fused mode writes pixel_values directly when every
+page's size is already the model's (multiples of 28: the default canvas snapping);
+otherwise pages are drawn, resized and normalized by the plain-torch path.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..nvtx import nvtx_range
+from ..ops.pixel_values import ROW, normalize_lut, pixel_values_from_pages, target_size
+from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS, RasterBatch, check_backend, \
+    raster_tiles
+from .config import RenderConfig
+from .raster import final_sizes
+from .tokens import VISION_MODELS
+
+DEVICE_BACKENDS = ("auto", "cuda", "triton", "cpu")
+
+
+def resolve_device_backend(device, backend: str) -> tuple[torch.device, str]:
+    """(device, backend) for drawing on `device`: auto picks cuda, then triton; 'cpu' draws on the CPU
+    and copies pages over. Unavailable choices raise with the reason."""
+    from .._ext import backends
+
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device}: torch sees no CUDA device (torch {torch.__version__})")
+    if backend not in DEVICE_BACKENDS:
+        raise ValueError(f"backend {backend!r} is unknown for device {device}; choose from {', '.join(DEVICE_BACKENDS)}")
+    if backend == "auto":
+        avail = backends()
+        backend = next((b for b in GPU_BACKENDS if avail[b]["available"]), None)
+        if backend is None:
+            raise RuntimeError("no GPU rasterizer is available: " + "; ".join(
+                f"{b}: {avail[b]['why']}" for b in GPU_BACKENDS) + ". Use backend='cpu' to draw on the CPU.")
+    if backend != "cpu":
+        check_backend(backend, device)
+    return device, backend
+
+
+def _ink_sizes(batch: RasterBatch, ink: torch.Tensor | None) -> list[list[tuple[int, int]]]:
+    """Final (width, height) of every page of every document in the batch (crop + snap)."""
+    if ink is None:
+        ink = np.zeros((batch.num_pages, 2), np.int32)
+    out = []
+    for i, (d, (s, e)) in enumerate(zip(batch.docs, batch.ranges)):
+        p0, p1 = batch.page_base[i], batch.page_base[i + 1]
+        out.append(final_sizes(d.config, ink[p0:p1, 0], ink[p0:p1, 1], s, d.num_pages, d.canvas))
+    return out
+
+
+def draw_pages(docs, device, backend: str, ranges=None) -> list[tuple[torch.Tensor, list[tuple[int, int]]]]:
+    """Pages of each document as a uint8 [n, H, W, 3] canvas buffer on `device`, plus each page's final size."""
+    ranges = ranges or [(0, d.num_pages) for d in docs]
+    if backend == "cpu":
+        out = []
+        for d, (s, e) in zip(docs, ranges):
+            buf, sizes = d.rasterize(s, e)
+            out.append((torch.from_numpy(buf).to(device, non_blocking=True), sizes))
+        return out
+    batch = RasterBatch(docs, ranges)
+    dev = batch.to_device(device)
+    bytes_per_page = [d.canvas[0] * d.canvas[1] * 3 for d in docs]
+    counts = [e - s for s, e in ranges]
+    page_bytes = np.repeat(np.asarray(bytes_per_page, np.int64), counts)
+    dev["out_off"].copy_(torch.from_numpy(np.cumsum(page_bytes) - page_bytes))
+    flat = torch.empty(int(page_bytes.sum()), dtype=torch.uint8, device=device)
+    ink = batch.needs_ink()
+    if ink:
+        raster_tiles(backend, MODE_BG, batch, dev)
+    raster_tiles(backend, MODE_PAGES, batch, dev, out=flat, ink=ink)
+    sizes = _ink_sizes(batch, dev["ink"].cpu().numpy() if ink else None)
+    out, o = [], 0
+    for d, n, b, sz in zip(docs, counts, bytes_per_page, sizes):
+        W, H = d.canvas
+        out.append((flat[o:o + n * b].view(n, H, W, 3), sz))
+        o += n * b
+    return out
+
+
+@dataclass
+class ModelInputs:
+    """Model input of a batch of texts: every page of every text is one image, in text order."""
+
+    pixel_values: torch.Tensor  # [sum of gh * gw, 1176] float32 or bfloat16
+    image_grid_thw: torch.Tensor  # [images, 3] int64: (1, gh, gw)
+    images_per_text: list[int]
+    model: str
+    documents: list = field(repr=False)
+    fused: bool  # pixel_values came straight from the kernel (no RGB pages)
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def visual_tokens(self) -> list[int]:
+        """Visual tokens per text (gh * gw / 4 per image)."""
+        m = VISION_MODELS[self.model].merge ** 2
+        per_image = (self.image_grid_thw[:, 1] * self.image_grid_thw[:, 2] // m).tolist()
+        out, i = [], 0
+        for n in self.images_per_text:
+            out.append(int(sum(per_image[i:i + n])))
+            i += n
+        return out
+
+    def summary(self) -> dict:
+        return {
+            "texts": len(self.images_per_text),
+            "images": int(self.image_grid_thw.shape[0]),
+            "images_per_text": self.images_per_text,
+            "visual_tokens": self.visual_tokens,
+            "missing_glyphs": [int(d.layout.missing) for d in self.documents],
+            "stripped_chars": [int(d.layout.stripped) for d in self.documents],
+            "truncated": [bool(d.layout.truncated) for d in self.documents],
+            "pixel_values": [list(self.pixel_values.shape), str(self.pixel_values.dtype)],
+            "fused": self.fused,
+            "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
+        }
+
+
+def _fusable(sizes, model: str) -> bool:
+    return all((h, w) == target_size(h, w, model) for doc_sizes in sizes for (w, h) in doc_sizes)
+
+
+def _inputs_of_batch(docs, device, backend, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    if backend != "cpu":
+        batch = RasterBatch(docs)
+        dev = batch.to_device(device)
+        ink = None
+        if batch.needs_ink():
+            raster_tiles(backend, MODE_BG, batch, dev)
+            raster_tiles(backend, MODE_INK, batch, dev)
+            ink = dev["ink"].cpu().numpy()  # the page sizes decide the output's shape: one sync
+        sizes = _ink_sizes(batch, ink)
+        if _fusable(sizes, model):
+            flat = [s for doc_sizes in sizes for s in doc_sizes]
+            wh = np.asarray(flat, np.int64).reshape(-1, 2)
+            rows = (wh[:, 0] // 14) * (wh[:, 1] // 14)
+            first = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
+            dev["out_off"].copy_(torch.from_numpy(first))
+            hw = torch.from_numpy(np.ascontiguousarray(wh[:, ::-1]).astype(np.int32)).to(device)
+            dev["meta"][:, 6:8] = hw
+            pv = torch.empty(int(rows.sum()), ROW, dtype=dtype, device=device)
+            with nvtx_range("glyph_rt.pixel_values"):
+                raster_tiles(backend, MODE_PIXELS, batch, dev, out=pv, lut=lut)
+            grid = torch.from_numpy(np.stack([np.ones(len(wh), np.int64), wh[:, 1] // 14, wh[:, 0] // 14], 1))
+            return pv, grid.to(device), True
+    drawn = draw_pages(docs, device, backend)
+    pages = [buf[i, :h, :w] for buf, sizes in drawn for i, (w, h) in enumerate(sizes)]
+    with nvtx_range("glyph_rt.pixel_values"):
+        pv, grid = pixel_values_from_pages(pages, model, dtype, lut)
+    return pv, grid, False
+
+
+def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None, *, model: str = "glm4v",
+                  device="cuda", backend: str = "auto", dtype: torch.dtype = torch.float32,
+                  batch_pages: int = 512, max_pages: int | None = None, progress: bool = False) -> ModelInputs:
+    """Renders texts straight into a vision model's input.
+
+    texts: a str or a list of str; config: one RenderConfig or one per text (configs may differ
+    within a batch: fonts, sizes, colors, dpi). model: "glm4v" or "qwen2_5_vl". Pages of
+    several texts are drawn in one launch, about `batch_pages` pages at a time."""
+    from tqdm import tqdm
+
+    from .pages import Document
+
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    configs = config if isinstance(config, (list, tuple)) else [config] * len(texts)
+    if len(configs) != len(texts):
+        raise ValueError(f"{len(configs)} configs for {len(texts)} texts: give one config, or one per text")
+    if model not in VISION_MODELS:
+        raise ValueError(f"model {model!r} is unknown; choose from {', '.join(VISION_MODELS)}")
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"dtype {dtype} is not supported: use torch.float32 or torch.bfloat16")
+    if batch_pages < 1:
+        raise ValueError(f"batch_pages must be >= 1, got {batch_pages}")
+    device, backend = resolve_device_backend(device, backend)
+    lut = normalize_lut(device)
+    t0 = time.perf_counter()
+    seconds = {"layout_wait": 0.0, "gpu": 0.0}
+
+    def lay_out(i):
+        with nvtx_range("glyph_rt.layout"):
+            return Document(texts[i], configs[i], max_pages=max_pages)
+
+    pieces, grids, docs, fused = [], [], [], True
+    pending: list = []
+
+    def flush():
+        nonlocal fused
+        t = time.perf_counter()
+        pv, grid, f = _inputs_of_batch(pending, device, backend, model, dtype, lut)
+        seconds["gpu"] += time.perf_counter() - t
+        pieces.append(pv)
+        grids.append(grid)
+        fused &= f
+        docs.extend(pending)
+        bar.update(sum(d.num_pages for d in pending))
+        pending.clear()
+
+    bar = tqdm(unit="page", desc="render_inputs", disable=not progress)
+    # one worker: layout of the next documents overlaps the GPU work of the current batch
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = [pool.submit(lay_out, i) for i in range(len(texts))]
+        for fut in futures:
+            t = time.perf_counter()
+            doc = fut.result()
+            seconds["layout_wait"] += time.perf_counter() - t
+            pending.append(doc)
+            if sum(d.num_pages for d in pending) >= batch_pages:
+                flush()
+        if pending:
+            flush()
+    bar.close()
+    if not pieces:
+        pieces, grids = [torch.zeros(0, ROW, dtype=dtype, device=device)], [torch.zeros(0, 3, dtype=torch.int64)]
+    pv = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    grid = grids[0] if len(grids) == 1 else torch.cat(grids)
+    seconds["total"] = time.perf_counter() - t0
+    return ModelInputs(pv, grid, [d.num_pages for d in docs], model, docs, fused, seconds)

@@ -1,0 +1,1 @@
+"""Triton kernels of glyph_rt, one file per op (installed as glyph_rt.kernels)."""
