@@ -150,7 +150,7 @@ void run_raster_cuda(const py::dict& ptr, int32_t mode, bool ink_too, bool gray,
   a.out = p("out");
   a.ink = static_cast<int32_t*>(p("ink"));
   a.bgv = static_cast<float*>(p("bgv"));
-  a.lut = static_cast<const float*>(p("lut"));
+  a.lut = p("lut");
   a.meta = static_cast<const int32_t*>(p("meta"));
   a.out_off = static_cast<const int64_t*>(p("out_off"));
   a.glyph_start = static_cast<const int32_t*>(p("glyph_start"));

@@ -8,7 +8,7 @@ rasterizer, so the pixels are identical. What happens to the tile then is the mo
     MODE_BG      median luma of the page's top-left 2x2 pixels (Glyph's auto-crop background)
     MODE_INK     per page: column after the rightmost ink, row after the lowest ink
     MODE_PAGES   uint8 RGB pages [H, W, 3], each at its own offset (optionally with MODE_INK)
-    MODE_PIXELS  GLM-4.1V / Qwen2.5-VL pixel_values rows, normalized through a lookup table
+    MODE_PIXELS  GLM-4.1V / Qwen2.5-VL pixel_values rows, normalized through a [3, 256] lookup table
 
 Under TRITON_INTERPRET=1 the kernel runs on CPU tensors (that is how CI checks it).
 The launcher takes a prepared `RasterBatch` (glyph_rt.ops.raster) and the device tensors.
@@ -139,9 +139,10 @@ def raster_kernel(
                 row = tl.load(out_off_ptr + page) + (by * (out_w // 28) + tx) * 4 + my * 2 + mx
                 base = row.to(tl.int64) * 1176 + ly * 14 + px
                 keep = (ly < 14) & (lx < 28)
-                vr = tl.load(lut_ptr + r).to(out_ptr.dtype.element_ty)
-                vg = tl.load(lut_ptr + 256 + g).to(out_ptr.dtype.element_ty)
-                vb = tl.load(lut_ptr + 512 + b).to(out_ptr.dtype.element_ty)
+                # the table is in the output dtype already (rounded by torch): no cast here
+                vr = tl.load(lut_ptr + r)
+                vg = tl.load(lut_ptr + 256 + g)
+                vb = tl.load(lut_ptr + 512 + b)
                 # columns (channel, t, py, px); the still frame fills both temporal slots
                 tl.store(out_ptr + base, vr, mask=keep)
                 tl.store(out_ptr + base + 196, vr, mask=keep)

@@ -27,13 +27,6 @@ __device__ __forceinline__ int luma(int r, int g, int b) {
   return (r * 19595 + g * 38470 + b * 7471 + 32768) >> 16;
 }
 
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
 template <int MODE, bool GRAY, typename OutT>
 __global__ void __launch_bounds__(kTileH * kTileW) raster_kernel(RasterCudaArgs a, int32_t page0) {
   const int page = blockIdx.y + page0;
@@ -112,9 +105,8 @@ __global__ void __launch_bounds__(kTileH * kTileW) raster_kernel(RasterCudaArgs 
     const int by = ty / 2, my = ty % 2, mx = lx / kPatch, px = lx % kPatch;
     const int64_t prow = a.out_off[page] + (int64_t)(by * (out_w / 28) + tx) * 4 + my * 2 + mx;
     OutT* o = static_cast<OutT*>(a.out) + prow * kRow + ly * kPatch + px;
-    const OutT vr = from_float<OutT>(__ldg(a.lut + r));
-    const OutT vg = from_float<OutT>(__ldg(a.lut + 256 + g));
-    const OutT vb = from_float<OutT>(__ldg(a.lut + 512 + b));
+    const OutT* lut = static_cast<const OutT*>(a.lut);  // already in the output type
+    const OutT vr = lut[r], vg = lut[256 + g], vb = lut[512 + b];
     // columns (channel, t, py, px); the still frame fills both temporal slots
     o[0] = vr, o[196] = vr, o[392] = vg, o[588] = vg, o[784] = vb, o[980] = vb;
   }

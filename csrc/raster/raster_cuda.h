@@ -11,7 +11,7 @@ struct RasterCudaArgs {
   void* out = nullptr;          // uint8 pages, or float / bf16 pixel_values
   int32_t* ink = nullptr;       // [P, 2] right, bottom (atomic max)
   float* bgv = nullptr;         // [P] background luma
-  const float* lut = nullptr;   // [3, 256] normalized value of each channel level
+  const void* lut = nullptr;    // [3, 256] model input value of each channel level, in the output type
   const int32_t* meta = nullptr;     // [P, 8] see PAGE_FIELDS in glyph_rt/ops/raster.py
   const int64_t* out_off = nullptr;  // [P] element offset (pages) or first row (pixel_values)
   const int32_t* glyph_start = nullptr;  // [tiles + 1]

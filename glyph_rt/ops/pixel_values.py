@@ -4,8 +4,8 @@ Both models rescale by 1/255, normalize with CLIP's mean and std, cut 14x14 patc
 repeat a still image over the temporal patch of 2 and order rows by 2x2 merge block:
 pixel_values is [gh * gw, 3 * 2 * 14 * 14], columns (channel, t, py, px).
 Normalization goes through a [3, 256] table computed with the Hugging Face image
-processor's own float32 arithmetic, so a page whose size needs no resize gives the
-processor's values bit for bit.
+processor's own float32 arithmetic, and pages the model would resize are resized by
+Pillow as in the processor, so every page gives the processor's values bit for bit.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import functools
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..render.tokens import VISION_MODELS
 
@@ -34,9 +33,10 @@ def _lut_numpy(mean: tuple, std: tuple) -> np.ndarray:
     return np.ascontiguousarray((x[None, :] - m) / s, dtype=np.float32)
 
 
-def normalize_lut(device=None, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
-    """float32 [3, 256]: the model's input value of each uint8 level of each channel."""
-    return torch.from_numpy(_lut_numpy(tuple(mean), tuple(std))).to(device)
+def normalize_lut(device=None, dtype=torch.float32, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """[3, 256]: the model's input value of each uint8 level of each channel, computed in float32 and
+    rounded to `dtype` by torch (so bf16 input equals the float32 input cast to bf16)."""
+    return torch.from_numpy(_lut_numpy(tuple(mean), tuple(std))).to(device=device, dtype=dtype)
 
 
 def target_size(height: int, width: int, model: str = "glm4v") -> tuple[int, int]:
@@ -47,15 +47,13 @@ def target_size(height: int, width: int, model: str = "glm4v") -> tuple[int, int
 
 
 def resize_page(page: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bicubic resize of a uint8 [H, W, 3] page as Pillow does it in the processor: antialiased,
-    rows first, then columns, rounding to uint8 in between (within 1 level of Pillow)."""
-    x = page.permute(2, 0, 1)[None].float()
-    H, W = x.shape[-2:]
-    if height != H:
-        x = F.interpolate(x, size=(height, W), mode="bicubic", antialias=True).round_().clamp_(0, 255)
-    if width != W:
-        x = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True).round_().clamp_(0, 255)
-    return x[0].permute(1, 2, 0).to(torch.uint8)
+    """Bicubic resize of a uint8 [H, W, 3] page with Pillow, as the processor does, on the CPU (the result
+    goes back to the page's device). This is the slow path: snapped canvases never need it."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(page.cpu().numpy()))
+    out = np.asarray(img.resize((width, height), Image.BICUBIC))
+    return torch.from_numpy(out.copy()).to(page.device)
 
 
 def patchify(values: torch.Tensor) -> torch.Tensor:
@@ -73,7 +71,7 @@ def pixel_values_from_pages(pages: list[torch.Tensor], model: str = "glm4v", dty
     """uint8 [H, W, 3] pages (any device) -> (pixel_values [N, 1176], image_grid_thw [pages, 3] int64)."""
     rows, grids = [], []
     device = pages[0].device if pages else torch.device("cpu")
-    lut = normalize_lut(device) if lut is None else lut
+    lut = normalize_lut(device, dtype) if lut is None else lut
     for page in pages:
         if page.dtype != torch.uint8 or page.dim() != 3 or page.shape[-1] != 3:
             raise ValueError(f"a page must be uint8 [H, W, 3], got {page.dtype} {list(page.shape)}")
@@ -83,7 +81,7 @@ def pixel_values_from_pages(pages: list[torch.Tensor], model: str = "glm4v", dty
             page = resize_page(page, h, w)
         idx = page.permute(2, 0, 1).reshape(3, -1).long()
         values = torch.gather(lut, 1, idx).reshape(3, h, w)
-        rows.append(patchify(values).to(dtype))
+        rows.append(patchify(values))
         grids.append([1, h // PATCH, w // PATCH])
     pv = torch.cat(rows) if rows else torch.zeros(0, ROW, dtype=dtype, device=device)
     return pv, torch.tensor(grids, dtype=torch.int64, device=device).reshape(-1, 3)

@@ -5,9 +5,9 @@
 
 Layout runs on the CPU (the C++ engine releases the GIL), in a background thread one
 batch ahead of the GPU; placements travel through pinned memory; the atlas of each font
-configuration is uploaded once. The fused mode writes pixel_values directly when every
-page's size is already the model's (multiples of 28: the default canvas snapping);
-otherwise pages are drawn, resized and normalized by the plain-torch path.
+configuration is uploaded once. The fused mode writes pixel_values directly for every
+page whose size is already the model's (multiples of 28: the default canvas snapping);
+the other pages are drawn, resized and normalized by the plain-torch path.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..nvtx import nvtx_range
-from ..ops.pixel_values import ROW, normalize_lut, pixel_values_from_pages, target_size
+from ..ops.pixel_values import PATCH, ROW, normalize_lut, pixel_values_from_pages, target_size
 from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS, RasterBatch, check_backend, \
     raster_tiles
 from .config import RenderConfig
@@ -99,7 +99,7 @@ class ModelInputs:
     images_per_text: list[int]
     model: str
     documents: list = field(repr=False)
-    fused: bool  # pixel_values came straight from the kernel (no RGB pages)
+    fused_pages: int  # images written straight by the kernel; the rest were drawn, resized, normalized
     seconds: dict = field(default_factory=dict)
 
     @property
@@ -123,43 +123,53 @@ class ModelInputs:
             "stripped_chars": [int(d.layout.stripped) for d in self.documents],
             "truncated": [bool(d.layout.truncated) for d in self.documents],
             "pixel_values": [list(self.pixel_values.shape), str(self.pixel_values.dtype)],
-            "fused": self.fused,
+            "fused_pages": self.fused_pages,
             "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
         }
 
 
-def _fusable(sizes, model: str) -> bool:
-    return all((h, w) == target_size(h, w, model) for doc_sizes in sizes for (w, h) in doc_sizes)
-
-
-def _inputs_of_batch(docs, device, backend, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    if backend != "cpu":
-        batch = RasterBatch(docs)
-        dev = batch.to_device(device)
-        ink = None
-        if batch.needs_ink():
-            raster_tiles(backend, MODE_BG, batch, dev)
-            raster_tiles(backend, MODE_INK, batch, dev)
-            ink = dev["ink"].cpu().numpy()  # the page sizes decide the output's shape: one sync
-        sizes = _ink_sizes(batch, ink)
-        if _fusable(sizes, model):
-            flat = [s for doc_sizes in sizes for s in doc_sizes]
-            wh = np.asarray(flat, np.int64).reshape(-1, 2)
-            rows = (wh[:, 0] // 14) * (wh[:, 1] // 14)
-            first = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
-            dev["out_off"].copy_(torch.from_numpy(first))
-            hw = torch.from_numpy(np.ascontiguousarray(wh[:, ::-1]).astype(np.int32)).to(device)
-            dev["meta"][:, 6:8] = hw
-            pv = torch.empty(int(rows.sum()), ROW, dtype=dtype, device=device)
-            with nvtx_range("glyph_rt.pixel_values"):
-                raster_tiles(backend, MODE_PIXELS, batch, dev, out=pv, lut=lut)
-            grid = torch.from_numpy(np.stack([np.ones(len(wh), np.int64), wh[:, 1] // 14, wh[:, 0] // 14], 1))
-            return pv, grid.to(device), True
-    drawn = draw_pages(docs, device, backend)
-    pages = [buf[i, :h, :w] for buf, sizes in drawn for i, (w, h) in enumerate(sizes)]
-    with nvtx_range("glyph_rt.pixel_values"):
-        pv, grid = pixel_values_from_pages(pages, model, dtype, lut)
-    return pv, grid, False
+def _inputs_of_batch(docs, device, backend, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """pixel_values, image_grid_thw and the number of pages written by the fused kernel."""
+    if backend == "cpu":
+        drawn = draw_pages(docs, device, backend)
+        pages = [buf[i, :h, :w] for buf, sizes in drawn for i, (w, h) in enumerate(sizes)]
+        with nvtx_range("glyph_rt.pixel_values"):
+            pv, grid = pixel_values_from_pages(pages, model, dtype, lut)
+        return pv, grid, 0
+    batch = RasterBatch(docs)
+    dev = batch.to_device(device)
+    ink = None
+    if batch.needs_ink():
+        raster_tiles(backend, MODE_BG, batch, dev)
+        raster_tiles(backend, MODE_INK, batch, dev)
+        ink = dev["ink"].cpu().numpy()  # the page sizes decide the output's shape: one sync
+    sizes = _ink_sizes(batch, ink)
+    hw = np.asarray([(h, w) for doc_sizes in sizes for (w, h) in doc_sizes], np.int64).reshape(-1, 2)
+    target = np.asarray([target_size(int(h), int(w), model) for h, w in hw], np.int64).reshape(-1, 2)
+    fused = (target == hw).all(1)  # the model takes these pages as they are drawn
+    rows = (target[:, 0] // PATCH) * (target[:, 1] // PATCH)
+    first = np.cumsum(rows) - rows
+    pv = torch.empty(int(rows.sum()), ROW, dtype=dtype, device=device)
+    if fused.any():
+        dev["out_off"].copy_(torch.from_numpy(first))
+        dev["meta"][:, 6:8] = torch.from_numpy((hw * fused[:, None]).astype(np.int32)).to(device)
+        with nvtx_range("glyph_rt.pixel_values"):
+            raster_tiles(backend, MODE_PIXELS, batch, dev, out=pv, lut=lut)
+    # pages the model would resize: drawn, then resized and normalized by the plain-torch path
+    for i, d in enumerate(docs):
+        p0 = int(batch.page_base[i])
+        todo = np.nonzero(~fused[p0:p0 + d.num_pages])[0]
+        if not len(todo):
+            continue
+        (buf, _), = draw_pages([d], device, backend, ranges=[(int(todo[0]), int(todo[-1]) + 1)])
+        with nvtx_range("glyph_rt.pixel_values"):
+            for k in todo:
+                p = p0 + int(k)
+                h, w = hw[p]
+                v, _ = pixel_values_from_pages([buf[k - todo[0], :h, :w]], model, dtype, lut)
+                pv[first[p]:first[p] + rows[p]] = v
+    grid = np.stack([np.ones(len(target), np.int64), target[:, 0] // PATCH, target[:, 1] // PATCH], 1)
+    return pv, torch.from_numpy(grid).to(device), int(fused.sum())
 
 
 def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None, *, model: str = "glm4v",
@@ -187,7 +197,7 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
     if batch_pages < 1:
         raise ValueError(f"batch_pages must be >= 1, got {batch_pages}")
     device, backend = resolve_device_backend(device, backend)
-    lut = normalize_lut(device)
+    lut = normalize_lut(device, dtype)
     t0 = time.perf_counter()
     seconds = {"layout_wait": 0.0, "gpu": 0.0}
 
@@ -195,8 +205,9 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
         with nvtx_range("glyph_rt.layout"):
             return Document(texts[i], configs[i], max_pages=max_pages)
 
-    pieces, grids, docs, fused = [], [], [], True
+    pieces, grids, docs = [], [], []
     pending: list = []
+    fused = 0
 
     def flush():
         nonlocal fused
@@ -205,7 +216,7 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
         seconds["gpu"] += time.perf_counter() - t
         pieces.append(pv)
         grids.append(grid)
-        fused &= f
+        fused += f
         docs.extend(pending)
         bar.update(sum(d.num_pages for d in pending))
         pending.clear()

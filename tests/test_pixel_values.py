@@ -1,0 +1,104 @@
+"""Model input straight from text: render_inputs against the Hugging Face image processors."""
+import numpy as np
+import pytest
+import torch
+from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+import glyph_rt
+from glyph_rt import RenderConfig, render_inputs
+from glyph_rt.ops.pixel_values import pixel_values_from_pages
+
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+PROCESSORS = {"glm4v": Glm4vImageProcessorPil, "qwen2_5_vl": Qwen2VLImageProcessorPil}
+TEXTS = ["The quick brown fox jumps over the lazy dog. " * 5, "Pack my box with five dozen liquor jugs.\n" * 3]
+CONFIGS = [RenderConfig(page_size=(120, 90), margin_x=8, margin_y=8),
+           RenderConfig(page_size=(100, 80), dpi=96, margin_x=6, margin_y=6, font_size=8, line_height=9,
+                        page_bg_color="#002b36", font_color="#93a1a1", para_bg_color="#073642")]
+
+
+def hf_inputs(texts, configs, model):
+    """The reference: pages drawn by the C++ CPU rasterizer, fed to the HF processor as PIL images."""
+    images = []
+    for t, c in zip(texts, configs):
+        p = glyph_rt.render(t, c)
+        images += [p.to_pil(i) for i in range(len(p))]
+    out = PROCESSORS[model]()(images, return_tensors="np")
+    return out["pixel_values"], out["image_grid_thw"]
+
+
+@pytest.mark.parametrize("model", sorted(PROCESSORS))
+def test_fused_pixel_values_equal_the_hf_processor_exactly(model):
+    mi = render_inputs(TEXTS, CONFIGS, model=model, device=TRITON_DEVICE, backend="triton")
+    pv, grid = hf_inputs(TEXTS, CONFIGS, model)
+    assert np.array_equal(mi.image_grid_thw.cpu().numpy(), grid)
+    assert mi.pixel_values.dtype == torch.float32
+    ours = mi.pixel_values.cpu().numpy()
+    # the first text's last page is a 56x28 strip, which both models upscale: the one page of
+    # the batch that goes through the resize path
+    assert mi.fused_pages == len(grid) - 1
+    assert np.array_equal(ours, pv)  # bit for bit
+    assert mi.images_per_text == [len(glyph_rt.render(t, c)) for t, c in zip(TEXTS, CONFIGS)]
+    assert mi.visual_tokens == [sum(glyph_rt.visual_tokens(glyph_rt.render(t, c).sizes, model))
+                                for t, c in zip(TEXTS, CONFIGS)]
+
+
+def test_bf16_is_the_rounded_fp32_and_batches_split_cleanly():
+    a = render_inputs(TEXTS, CONFIGS, device=TRITON_DEVICE, backend="triton")
+    b = render_inputs(TEXTS, CONFIGS, device=TRITON_DEVICE, backend="triton", dtype=torch.bfloat16, batch_pages=1)
+    assert b.pixel_values.dtype == torch.bfloat16
+    assert torch.equal(b.pixel_values, a.pixel_values.to(torch.bfloat16))
+    assert torch.equal(a.image_grid_thw, b.image_grid_thw) and a.images_per_text == b.images_per_text
+    c = render_inputs(TEXTS, CONFIGS, device="cpu", backend="cpu")  # draw on the CPU, the plain-torch path
+    assert c.fused_pages == 0 and torch.equal(c.pixel_values, a.pixel_values.cpu())
+
+
+def test_pages_that_need_a_resize_equal_hf_too():
+    cfg = RenderConfig.preset("glyph")  # Glyph's own canvas: 595 px wide, not a multiple of 28
+    text = TEXTS[0] * 20
+    mi = render_inputs(text, cfg, device="cpu", backend="cpu")
+    pv, grid = hf_inputs([text], [cfg], "glm4v")
+    assert mi.fused_pages == 0
+    assert np.array_equal(mi.image_grid_thw.cpu().numpy(), grid)
+    assert np.array_equal(mi.pixel_values.cpu().numpy(), pv)
+
+
+def test_empty_inputs_and_bad_arguments():
+    mi = render_inputs([], device="cpu", backend="cpu")
+    assert mi.pixel_values.shape == (0, 1176) and mi.image_grid_thw.shape == (0, 3)
+    mi = render_inputs(["", "x"], RenderConfig(page_size=(100, 80)), device=TRITON_DEVICE, backend="triton")
+    assert mi.images_per_text == [0, 1] and mi.image_grid_thw.shape == (1, 3)
+    with pytest.raises(ValueError, match="model"):
+        render_inputs("x", model="llava", device="cpu", backend="cpu")
+    with pytest.raises(ValueError, match="dtype"):
+        render_inputs("x", dtype=torch.float16, device="cpu", backend="cpu")
+    with pytest.raises(ValueError, match="2 configs for 1 texts"):
+        render_inputs(["x"], [RenderConfig(), RenderConfig()], device="cpu", backend="cpu")
+    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
+        pixel_values_from_pages([torch.zeros(28, 28, 3)])
+
+
+def test_nvtx_ranges_cover_the_stages(monkeypatch):
+    import glyph_rt.nvtx as nv
+
+    names = []
+    monkeypatch.setattr(nv, "_backend", lambda: (names.append, lambda: None))
+    render_inputs(TEXTS[1], CONFIGS[0], device=TRITON_DEVICE, backend="triton")
+    for stage in ("glyph_rt.layout", "glyph_rt.upload", "glyph_rt.bin", "glyph_rt.raster.bg",
+                  "glyph_rt.raster.ink", "glyph_rt.raster.pixels", "glyph_rt.pixel_values"):
+        assert stage in names
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", sorted(PROCESSORS))
+def test_cuda_fused_pixel_values_equal_the_hf_processor(model):
+    from glyph_rt.render.textio import sample_text
+
+    texts = [sample_text()[:20_000], sample_text()[20_000:30_000]]
+    configs = [RenderConfig(), RenderConfig.preset("dark_mode")]
+    mi = render_inputs(texts, configs, model=model, device="cuda", backend="cuda")
+    pv, grid = hf_inputs(texts, configs, model)
+    assert mi.fused_pages == len(grid) and np.array_equal(mi.image_grid_thw.cpu().numpy(), grid)
+    assert np.array_equal(mi.pixel_values.cpu().numpy(), pv)
+    tri = render_inputs(texts, configs, model=model, device="cuda", backend="triton", dtype=torch.bfloat16)
+    assert torch.equal(tri.pixel_values, mi.pixel_values.to(torch.bfloat16))

@@ -1,0 +1,178 @@
+"""GPU rasterizers (Triton, CUDA) against the C++ CPU rasterizer, the oracle: identical pixels.
+
+Without a GPU the Triton kernel runs in Triton's interpreter on CPU tensors (set up by
+conftest.py), so pages are tiny; the CUDA kernel runs in the tests marked `gpu`.
+"""
+import numpy as np
+import pytest
+import torch
+
+import glyph_rt
+from glyph_rt import RenderConfig
+from glyph_rt.ops.raster import TILE_H, TILE_W, AtlasStore, RasterBatch, bin_boxes, check_backend
+from glyph_rt.render.gpu import draw_pages
+
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TEXT = "The quick brown fox jumps over the lazy dog; sphinx of black quartz, judge my vow. " * 3
+
+# Different page sizes, dpi (sub-pixel phases), colors, backgrounds, borders and a visible
+# newline marker with its own color: one launch draws them all.
+CONFIGS = [
+    RenderConfig(page_size=(120, 80), margin_x=8, margin_y=8),
+    RenderConfig(page_size=(100, 70), dpi=96, margin_x=6, margin_y=6, font_size=8, line_height=9,
+                 page_bg_color="#fdf6e3", font_color="#073642", para_bg_color="#eee8d5",
+                 para_border_color="#cb4b16", border_width=1, border_padding=2, alignment="justify"),
+    RenderConfig(page_size=(90, 60), dpi=60, margin_x=5, margin_y=5, font_family="serif",
+                 newline_markup="<font color='#ff0000'>\\n</font>", snap=0),
+]
+
+
+def cpu_pages(doc):
+    buf, sizes = doc.rasterize()
+    return buf, sizes
+
+
+def assert_same_as_cpu(docs, drawn):
+    for doc, (buf, sizes) in zip(docs, drawn):
+        ref, ref_sizes = cpu_pages(doc)
+        assert sizes == ref_sizes
+        got = buf.cpu().numpy()
+        assert got.shape == ref.shape
+        diff = np.argwhere(got != ref)
+        assert len(diff) == 0, f"{len(diff)} pixels differ, first at {diff[0].tolist()}"
+
+
+@pytest.fixture(scope="module")
+def docs():
+    texts = [TEXT[:200], TEXT[:150] + "\nsecond line\n\nthird", "line one\nline two\n" + TEXT[:120]]
+    return [glyph_rt.Document(t, c) for t, c in zip(texts, CONFIGS)]
+
+
+def test_triton_draws_a_mixed_batch_identical_to_cpu(docs):
+    assert all(d.num_pages >= 1 for d in docs) and sum(d.num_pages for d in docs) >= 4
+    assert_same_as_cpu(docs, draw_pages(docs, TRITON_DEVICE, "triton"))
+
+
+def test_triton_page_ranges_and_render_api(docs):
+    d = docs[0]
+    (buf, sizes), = draw_pages([d], TRITON_DEVICE, "triton", ranges=[(1, 2)])
+    ref, ref_sizes = d.rasterize(1, 2)
+    assert sizes == ref_sizes and np.array_equal(buf.cpu().numpy(), ref)
+    pages = glyph_rt.render(TEXT[:120], CONFIGS[0], device=TRITON_DEVICE, backend="triton")
+    cpu = glyph_rt.render(TEXT[:120], CONFIGS[0])
+    assert pages.sizes == cpu.sizes and all(torch.equal(a.cpu(), b) for a, b in zip(pages, cpu))
+    assert pages.buffer.device.type == TRITON_DEVICE
+
+
+def test_glyphs_larger_than_a_tile_and_placements_off_the_page():
+    cfg = RenderConfig(page_size=(90, 70), font_size=40, line_height=42, margin_x=2, margin_y=2, snap=0,
+                       auto_crop_width=False, auto_crop_last_page=False)
+    doc = glyph_rt.Document("Wg", cfg)
+    a = doc.atlas.arrays()
+    assert a["width"].max() > TILE_W and a["height"].max() > TILE_H
+    lay = doc.layout
+    # push glyphs across every edge of the page, and one onto a page that does not exist
+    lay.g_x[:] = np.asarray([-20.0, 70.0], np.float32)[: len(lay.g_x)]
+    lay.g_y[:] = np.asarray([10.0, 95.0], np.float32)[: len(lay.g_y)]
+    assert_same_as_cpu([doc], draw_pages([doc], TRITON_DEVICE, "triton"))
+    lay.g_page[-1] = 5
+    assert_same_as_cpu([doc], draw_pages([doc], TRITON_DEVICE, "triton"))
+
+
+def test_zero_pages():
+    doc = glyph_rt.Document("", RenderConfig())
+    assert doc.num_pages == 0
+    (buf, sizes), = draw_pages([doc], TRITON_DEVICE, "triton")
+    assert buf.shape[0] == 0 and sizes == []
+
+
+def brute_force_bins(page, boxes, hw, num_tiles, tiles_x, tile_base):
+    bins = [[] for _ in range(num_tiles)]
+    for i, (p, (x0, y0, x1, y1)) in enumerate(zip(page, boxes)):
+        if not 0 <= p < len(hw):
+            continue
+        H, W = hw[p]
+        for y in range(max(0, y0), min(H, y1)):
+            for x in range(max(0, x0), min(W, x1)):
+                t = tile_base[p] + (y // TILE_H) * tiles_x[p] + x // TILE_W
+                if not bins[t] or bins[t][-1] != i:
+                    bins[t].append(i)
+    return bins
+
+
+def test_bin_boxes_matches_brute_force():
+    rng = np.random.default_rng(0)
+    hw = np.asarray([[50, 70], [33, 29]])
+    tiles_x = -(-hw[:, 1] // TILE_W)
+    tiles = tiles_x * -(-hw[:, 0] // TILE_H)
+    tile_base = np.concatenate([[0], np.cumsum(tiles)[:-1]])
+    n = 300
+    page = rng.integers(-1, 3, n)
+    x0, y0 = rng.integers(-30, 80, n), rng.integers(-30, 60, n)
+    boxes = np.stack([x0, y0, x0 + rng.integers(0, 40, n), y0 + rng.integers(0, 40, n)], 1)
+    t = lambda a: torch.from_numpy(np.asarray(a))  # noqa: E731
+    items, start = bin_boxes(t(page), *(t(boxes[:, k]) for k in range(4)), t(hw),
+                             t(np.stack([tiles_x, tile_base], 1)), int(tiles.sum()))
+    want = brute_force_bins(page, boxes, hw, int(tiles.sum()), tiles_x, tile_base)
+    # the item lists, tile by tile, in drawing order
+    got = [items[start[i]:start[i + 1]].tolist() for i in range(int(tiles.sum()))]
+    assert got == [sorted(b) for b in want]
+
+
+def test_atlas_is_uploaded_once_and_grows_by_new_bitmaps_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path))  # a fresh atlas, not one grown by earlier runs
+    store = AtlasStore("cpu")
+    doc = glyph_rt.Document("abc", RenderConfig(font_size=11.25, line_height=13))
+    store.meta(doc.atlas)
+    first = store.uploaded_bytes
+    assert first > 0
+    store.meta(doc.atlas)
+    assert store.uploaded_bytes == first  # reused
+    before = len(doc.atlas.arrays()["width"])
+    glyph_rt.Document("xyz€", RenderConfig(font_size=11.25, line_height=13))  # same atlas, new characters
+    a = doc.atlas.arrays()
+    assert len(a["width"]) > before
+    meta = store.meta(doc.atlas)
+    new_bytes = int((a["width"][before:].astype(np.int64) * a["height"][before:]).sum())
+    assert store.uploaded_bytes == first + new_bytes
+    # every bitmap reads back from the store exactly
+    data = store.data.numpy()
+    for g in range(len(meta)):
+        w, h, _, _, off = meta[g].tolist()
+        src = a["data"][a["offset"][g]:a["offset"][g] + w * h]
+        assert np.array_equal(data[off:off + w * h], src)
+
+
+def test_backend_errors(monkeypatch):
+    with pytest.raises(ValueError, match="unknown"):
+        glyph_rt.render("x", device=TRITON_DEVICE, backend="metal")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            glyph_rt.render("x", device="cuda")
+        with pytest.raises(ValueError, match="CUDA device"):
+            check_backend("cuda", torch.device("cpu"))
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            glyph_rt.render("x", device="cpu", backend="triton")
+
+
+def test_batch_rejects_bad_ranges(docs):
+    with pytest.raises(IndexError, match="outside"):
+        RasterBatch([docs[0]], [(0, docs[0].num_pages + 1)])
+
+
+@pytest.mark.gpu
+def test_cuda_draws_a_mixed_batch_identical_to_cpu(docs):
+    assert_same_as_cpu(docs, draw_pages(docs, "cuda", "cuda"))
+
+
+@pytest.mark.gpu
+def test_cuda_and_triton_agree_on_a_long_document():
+    from glyph_rt.render.textio import sample_text
+
+    docs = [glyph_rt.Document(sample_text()[:150_000], RenderConfig.preset(p)) for p in ("glyph", "dark_mode")]
+    a = draw_pages(docs, "cuda", "cuda")
+    b = draw_pages(docs, "cuda", "triton")
+    for (x, sx), (y, sy) in zip(a, b):
+        assert sx == sy and torch.equal(x, y)
+    assert_same_as_cpu(docs, a)
