@@ -1,6 +1,6 @@
 """glyph-rt: the command line.
 
-    glyph-rt render [INPUT|-] [--config CFG | --preset NAME] [--out DIR] [--device cpu]
+    glyph-rt render [INPUT|-] [--config CFG | --preset NAME] [--out DIR] [--device cpu|cuda]
     glyph-rt stats  [INPUT|-] [--config CFG | --preset NAME]
     glyph-rt backends
 
@@ -42,10 +42,20 @@ def _document(args):
     from .render.pages import Document
 
     if args.device != "cpu":
-        raise ValueError(f"--device {args.device}: this build renders on the CPU only (--device cpu)")
+        from .render.gpu import resolve_device_backend
+
+        resolve_device_backend(args.device, args.backend)  # fail before any work
     text, replaced, name = _text(args)
-    doc = Document(text, _config(args), backend=args.backend, max_pages=args.max_pages)
+    # on a GPU device --backend picks the rasterizer; layout is always the C++ engine
+    backend = args.backend if args.device == "cpu" else "auto"
+    doc = Document(text, _config(args), backend=backend, max_pages=args.max_pages)
     return doc, replaced, name
+
+
+def _chunks(doc, args, chunk: int, progress: bool):
+    if args.device == "cpu":
+        return doc.iter_chunks(chunk, progress=progress)
+    return doc.iter_chunks(chunk, progress=progress, device=args.device, backend=args.backend)
 
 
 def cmd_render(args) -> int:
@@ -59,7 +69,7 @@ def cmd_render(args) -> int:
     from PIL import Image
 
     progress = not args.quiet and doc.num_pages >= PROGRESS_MIN_PAGES
-    for start, buf, chunk_sizes in doc.iter_chunks(32, progress=progress):
+    for start, buf, chunk_sizes in _chunks(doc, args, 32, progress):
         t = time.perf_counter()
         for i, (w, h) in enumerate(chunk_sizes):
             Image.fromarray(buf[i, :h, :w]).save(out / f"page_{start + i + 1:03d}.png", compress_level=1)
@@ -109,7 +119,7 @@ def cmd_stats(args) -> int:
 
     doc, _, _ = _document(args)
     sizes = []
-    for _, _, chunk_sizes in doc.iter_chunks(64):
+    for _, _, chunk_sizes in _chunks(doc, args, 64, False):
         sizes.extend(chunk_sizes)
     text_tokens = get_tokenizer(None if args.tokenizer == "default" else args.tokenizer).count(doc.text)
     visual = sum(visual_tokens(sizes, args.model))
@@ -133,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("input", nargs="?", default=None, help="text file, '-' for stdin (default: built-in sample)")
         sp.add_argument("--config", help="RenderConfig JSON (glyph_rt's format or Glyph's dashed keys)")
         sp.add_argument("--preset", help="glyph, document_style, web_style, dark_mode, code_style, artistic_pixel")
-        sp.add_argument("--device", default="cpu", help="where pages are drawn (cpu)")
-        sp.add_argument("--backend", default="auto", help="auto, cpu or reference")
+        sp.add_argument("--device", default="cpu", help="where pages are drawn: cpu, cuda or cuda:N")
+        sp.add_argument("--backend", default="auto",
+                        help="on cpu: auto, cpu or reference; on cuda: auto, cuda, triton or cpu")
         sp.add_argument("--tokenizer", default="default", help="tokenizer.json or HF tokenizer dir (default: Qwen)")
         sp.add_argument("--errors", default="strict", choices=["strict", "replace"], help="invalid UTF-8 handling")
         sp.add_argument("--max-pages", type=int, default=None, help="stop after this many pages")

@@ -2,6 +2,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from glyph_rt.cli import main
 
 
@@ -39,5 +42,18 @@ def test_errors_are_reported(tmp_path, capsys):
     assert "invalid UTF-8 at byte 3" in capsys.readouterr().err
     assert main(["render", str(tmp_path / "missing.txt")]) == 2
     assert main(["render", "--preset", "nope"]) == 2
-    assert main(["render", "--device", "cuda"]) == 2
     assert "preset" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["render", "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_render_on_the_gpu_writes_the_same_pages(tmp_path, backend):
+    cpu, gpu = tmp_path / "cpu", tmp_path / "gpu"
+    assert main(["render", "--out", str(cpu), "--quiet"]) == 0
+    assert main(["render", "--out", str(gpu), "--quiet", "--device", "cuda", "--backend", backend]) == 0
+    a, b = sorted(cpu.glob("page_*.png")), sorted(gpu.glob("page_*.png"))
+    assert [p.name for p in a] == [p.name for p in b]
+    assert all(p.read_bytes() == q.read_bytes() for p, q in zip(a, b))

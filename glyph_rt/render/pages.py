@@ -63,13 +63,29 @@ class Document:
         self.seconds["raster"] += time.perf_counter() - t0
         return buf, sizes
 
-    def iter_chunks(self, chunk: int = 32, progress: bool = False) -> Iterator[tuple[int, np.ndarray, list]]:
-        """Yields (first page index, buffer, sizes) for consecutive chunks of pages."""
+    def iter_chunks(self, chunk: int = 32, progress: bool = False, device="cpu",
+                    backend: str = "auto") -> Iterator[tuple[int, np.ndarray, list]]:
+        """Yields (first page index, uint8 [n, H, W, 3] host buffer, sizes) for consecutive chunks of pages.
+
+        With a CUDA `device` the chunks are drawn there (backend auto, cuda or triton) and copied back."""
         from tqdm import tqdm
 
+        draw = None
+        if str(device) != "cpu":
+            from .gpu import draw_pages, resolve_device_backend
+
+            dev, gpu_backend = resolve_device_backend(device, backend)
+            draw = lambda s, e: draw_pages([self], dev, gpu_backend, ranges=[(s, e)])[0]  # noqa: E731
         bar = tqdm(total=self.num_pages, unit="page", desc="render", disable=not progress)
         for s in range(0, self.num_pages, chunk):
-            buf, sizes = self.rasterize(s, s + chunk)
+            e = min(s + chunk, self.num_pages)
+            if draw is None:
+                buf, sizes = self.rasterize(s, e)
+            else:
+                t0 = time.perf_counter()
+                dbuf, sizes = draw(s, e)
+                buf = dbuf.cpu().numpy()
+                self.seconds["raster"] += time.perf_counter() - t0
             yield s, buf, sizes
             bar.update(len(sizes))
         bar.close()
