@@ -1,10 +1,17 @@
-"""CPU rendering throughput at Glyph's English config over ~500K characters of prose.
+"""Rendering throughput at Glyph's English config over ~500K characters of prose (a 128K-token context).
 
-Compares, in the same run and on one core: glyph_rt's C++ path, a Pillow ImageDraw renderer
-(same layout, lines drawn by Pillow/FreeType) and, when reportlab + pdf2image + poppler are
-installed, Glyph's official reportlab -> PDF -> pdftoppm pipeline (timed on a slice, per page).
+--device cpu (default): in the same run and on one core, glyph_rt's C++ path, a Pillow
+ImageDraw renderer (same layout, lines drawn by Pillow/FreeType) and, when reportlab +
+pdf2image + poppler are installed, Glyph's official reportlab -> PDF -> pdftoppm pipeline
+(timed on a slice, per page). Writes results/render-cpu.json.
 
-    python bench/bench_render.py [--chars 500000] [--font PATH] [--repeat 5]
+--device cuda: text -> GLM-4.1V pixel_values on the GPU (canvas snapped to multiples of 28,
+so the kernel writes the model input directly): GPU milliseconds (CUDA events), wall
+milliseconds including layout, batch pages/s, achieved GB/s against the device's peak,
+and ratios against the CPU path and the official pipeline measured in the same run.
+Writes results/render-gpu-<gpu>.json.
+
+    python bench/bench_render.py [--device cpu|cuda] [--backend cuda|triton] [--chars 500000] [--font PATH]
 """
 from __future__ import annotations
 
@@ -46,14 +53,35 @@ def pillow_render(doc: glyph_rt.Document):
     return pages
 
 
+def official_pages_per_s(text: str, font: str) -> float | None:
+    """Glyph's official pipeline on `text` (a slice), pages per second on one core; None when not installed."""
+    try:
+        from bench import official
+    except ImportError:
+        return None
+    if not official.available():
+        return None
+    t = time.perf_counter()
+    images, _ = official.render_official(text, {**GLYPH_CONFIG_EN, "font-path": font}, font)
+    return len(images) / (time.perf_counter() - t)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--backend", default="cuda", help="GPU rasterizer: cuda or triton")
     ap.add_argument("--chars", type=int, default=500_000)
     ap.add_argument("--font", default=str(BUILTIN_FONTS["sans"]), help="font file (Glyph uses Verdana)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--official-chars", type=int, default=60_000, help="slice timed through the official pipeline")
-    ap.add_argument("--out", default="render-cpu.json")
+    ap.add_argument("--batch-docs", type=int, default=32, help="GPU: documents in the throughput batch")
+    ap.add_argument("--workers", type=int, default=8, help="GPU: layout threads in the throughput run")
+    ap.add_argument("--out", default=None, help="results file name (default by device)")
     args = ap.parse_args(argv)
+    if args.device != "cpu":
+        from bench.bench_render_gpu import run_gpu
+
+        return run_gpu(args, prose(args.chars))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     text = prose(args.chars)
@@ -74,19 +102,11 @@ def main(argv=None):
     rows.append({"renderer": "Pillow ImageDraw (same layout)", "pages": n_pages, "seconds": t_pil + t_layout,
                  "pages_per_s": pil_pps})
 
-    official_pps = None
-    try:
-        from bench import official
-    except ImportError:
-        official = None
-    if official is not None and official.available():
-        slice_ = text[: args.official_chars]
-        t = time.perf_counter()
-        images, _ = official.render_official(slice_, {**GLYPH_CONFIG_EN, "font-path": args.font}, args.font)
-        dt = time.perf_counter() - t
-        official_pps = len(images) / dt
-        rows.append({"renderer": "official reportlab+pdftoppm (1 core)", "pages": len(images), "seconds": dt,
-                     "pages_per_s": official_pps, "chars": len(slice_)})
+    official_pps = official_pages_per_s(text[: args.official_chars], args.font)
+    if official_pps:
+        rows.append({"renderer": "official reportlab+pdftoppm (1 core)", "pages": n_pages,
+                     "seconds": n_pages / official_pps, "pages_per_s": official_pps,
+                     "chars": args.official_chars, "note": "timed on the slice, per page"})
 
     summary = {
         "cpu_pages_per_s": round(ours_pps, 1),
@@ -98,7 +118,7 @@ def main(argv=None):
     for r in rows:
         print(f"{r['renderer']:42s} {r['pages']:6d} {r['seconds']:9.3f} {r['pages_per_s']:9.1f} "
               f"{ours_pps / r['pages_per_s']:7.1f}x")
-    p = write_result(args.out, "render-cpu", rows, summary)
+    p = write_result(args.out or "render-cpu.json", "render-cpu", rows, summary)
     print(f"summary {summary}\nwrote {p}")
 
 

@@ -102,3 +102,12 @@ def test_cuda_fused_pixel_values_equal_the_hf_processor(model):
     assert np.array_equal(mi.pixel_values.cpu().numpy(), pv)
     tri = render_inputs(texts, configs, model=model, device="cuda", backend="triton", dtype=torch.bfloat16)
     assert torch.equal(tri.pixel_values, mi.pixel_values.to(torch.bfloat16))
+
+
+def test_parallel_layout_gives_the_same_inputs():
+    # several threads grow one fresh atlas (new characters in every text) while laying out
+    texts = [f"{chr(0x400 + 7 * i)}{chr(0x401 + 7 * i)} text number {i} " * 30 for i in range(8)]
+    cfg = RenderConfig(page_size=(120, 90), font_size=8.75, line_height=10)
+    one = render_inputs(texts, cfg, device="cpu", backend="cpu", workers=1, batch_pages=3)
+    many = render_inputs(texts, cfg, device="cpu", backend="cpu", workers=4, batch_pages=3)
+    assert torch.equal(one.pixel_values, many.pixel_values) and one.images_per_text == many.images_per_text

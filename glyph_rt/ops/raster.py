@@ -62,7 +62,8 @@ class AtlasStore:
         e = self.entries.get(id(atlas))
         if e is not None and e.ref() is not atlas:
             e = None
-        a = atlas.arrays()
+        with atlas.lock:
+            a = atlas.arrays()
         n = len(a["width"])
         if e is not None and e.count == n:
             return e.meta

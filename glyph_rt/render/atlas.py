@@ -74,6 +74,7 @@ class FontAtlas:
         self.phases = int(phases)
         self.key = key or self.make_key(fonts, size_pt, dpi, h_scale, phases)
         self.size_px = self.size_pt * self.dpi / 72.0
+        self.lock = threading.RLock()  # held while the atlas grows; layouts may run in several threads
         self._faces = []
         for path in self.fonts:
             try:

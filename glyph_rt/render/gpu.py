@@ -174,12 +174,14 @@ def _inputs_of_batch(docs, device, backend, model, dtype, lut) -> tuple[torch.Te
 
 def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None, *, model: str = "glm4v",
                   device="cuda", backend: str = "auto", dtype: torch.dtype = torch.float32,
-                  batch_pages: int = 512, max_pages: int | None = None, progress: bool = False) -> ModelInputs:
+                  batch_pages: int = 512, max_pages: int | None = None, workers: int = 1,
+                  progress: bool = False) -> ModelInputs:
     """Renders texts straight into a vision model's input.
 
     texts: a str or a list of str; config: one RenderConfig or one per text (configs may differ
     within a batch: fonts, sizes, colors, dpi). model: "glm4v" or "qwen2_5_vl". Pages of
-    several texts are drawn in one launch, about `batch_pages` pages at a time."""
+    several texts are drawn in one launch, about `batch_pages` pages at a time, while `workers`
+    threads lay out the next texts (the C++ layout engine runs without the GIL)."""
     from tqdm import tqdm
 
     from .pages import Document
@@ -194,8 +196,8 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
         raise ValueError(f"model {model!r} is unknown; choose from {', '.join(VISION_MODELS)}")
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"dtype {dtype} is not supported: use torch.float32 or torch.bfloat16")
-    if batch_pages < 1:
-        raise ValueError(f"batch_pages must be >= 1, got {batch_pages}")
+    if batch_pages < 1 or workers < 1:
+        raise ValueError(f"batch_pages and workers must be >= 1, got {batch_pages} and {workers}")
     device, backend = resolve_device_backend(device, backend)
     lut = normalize_lut(device, dtype)
     t0 = time.perf_counter()
@@ -222,8 +224,8 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
         pending.clear()
 
     bar = tqdm(unit="page", desc="render_inputs", disable=not progress)
-    # one worker: layout of the next documents overlaps the GPU work of the current batch
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # layout of the next documents overlaps the GPU work of the current batch
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(lay_out, i) for i in range(len(texts))]
         for fut in futures:
             t = time.perf_counter()

@@ -109,19 +109,23 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
         from .._ext import require_extension
 
         C = require_extension("the C++ layout engine")
-        new = C.unknown_codepoints(cps, atlas.lut)
-        if len(marker):
-            new = np.union1d(new, marker)
-        atlas.ensure(new)
-        a = atlas.arrays()
+        with atlas.lock:
+            new = C.unknown_codepoints(cps, atlas.lut)
+            if len(marker):
+                new = np.union1d(new, marker)
+            atlas.ensure(new)
+            a = atlas.arrays()
+            atlas.save()
+        # outside the lock: other threads may add slots, never change the ones this text uses
         d = C.layout(cps, atlas.lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
     elif backend == "reference":
         from .layout_reference import layout_reference
 
-        atlas.ensure(np.union1d(np.unique(cps), marker))
-        a = atlas.arrays()
+        with atlas.lock:
+            atlas.ensure(np.union1d(np.unique(cps), marker))
+            a = atlas.arrays()
+            atlas.save()
         d = layout_reference(cps, atlas.lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
     else:
         raise ValueError(f"layout backend {backend!r} is unknown; use 'cpu' or 'reference'")
-    atlas.save()
     return Layout.from_dict(d), atlas

@@ -1,0 +1,142 @@
+"""The --device cuda half of bench_render.py: text -> GLM-4.1V pixel_values on the GPU."""
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+
+import torch
+
+import glyph_rt
+from bench.common import write_result
+from glyph_rt.ops.pixel_values import normalize_lut
+from glyph_rt.ops.raster import MODE_PIXELS, raster_tiles
+from glyph_rt.render.config import GLYPH_CONFIG_EN, RenderConfig
+from glyph_rt.render.gpu import _inputs_of_batch, render_inputs
+
+# Peak DRAM bandwidth (GB/s) by device name, for when torch does not report clock and bus width.
+PEAK_GBPS = {"H200": 4800, "H100 NVL": 3900, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039,
+             "A100-SXM4-40GB": 1555, "A100-PCIE": 1555, "L40S": 864}
+
+
+def peak_gbps(device) -> float | None:
+    p = torch.cuda.get_device_properties(device)
+    clock, bus = getattr(p, "memory_clock_rate", 0), getattr(p, "memory_bus_width", 0)
+    if clock and bus:  # kHz, bits; double data rate
+        return 2 * clock * 1e3 * bus / 8 / 1e9
+    return next((v for k, v in PEAK_GBPS.items() if k in p.name), None)
+
+
+def cuda_ms(fn, repeat: int) -> float:
+    """Median milliseconds of fn() between CUDA events, after a warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def wall_ms(fn, repeat: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def run_gpu(args, text: str) -> None:
+    from bench.bench_render import official_pages_per_s
+    from triton.testing import do_bench
+
+    if not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch sees no CUDA device")
+    device = torch.device(args.device)
+    gpu = torch.cuda.get_device_name(device)
+    backend = args.backend
+    # Glyph's config on a canvas snapped to multiples of 28: the model input is written directly
+    cfg = dataclasses.replace(RenderConfig.from_glyph_dict({**GLYPH_CONFIG_EN, "font-path": args.font}), snap=28)
+    render = lambda: render_inputs(text, cfg, device=device, backend=backend)  # noqa: E731
+    mi = render()
+    n_pages = int(mi.image_grid_thw.shape[0])
+    if mi.fused_pages != n_pages:
+        print(f"warning: {n_pages - mi.fused_pages} of {n_pages} pages went through the resize path")
+
+    # GPU time of one 128K-token document, layout excluded: upload, binning, background, ink, pixel_values
+    doc = glyph_rt.Document(text, cfg)
+    lut = normalize_lut(device)
+    gpu_ms = cuda_ms(lambda: _inputs_of_batch([doc], device, backend, "glm4v", torch.float32, lut), args.repeat)
+    # the pixel_values kernel alone, for the bandwidth figure
+    from glyph_rt.ops.raster import RasterBatch
+
+    batch = RasterBatch([doc])
+    dev = batch.to_device(device)
+    pv, grid, _ = _inputs_of_batch([doc], device, backend, "glm4v", torch.float32, lut)
+    rows = (grid[:, 1] * grid[:, 2]).cpu()
+    dev["out_off"].copy_(torch.cumsum(rows, 0) - rows)
+    dev["meta"][:, 6] = grid[:, 1].to(torch.int32) * 14
+    dev["meta"][:, 7] = grid[:, 2].to(torch.int32) * 14
+    kernel_ms = do_bench(lambda: raster_tiles(backend, MODE_PIXELS, batch, dev, out=pv, lut=lut))
+    written = pv.numel() * pv.element_size()
+    gbps = written / (kernel_ms * 1e-3) / 1e9
+    peak = peak_gbps(device)
+    wall_128k = wall_ms(render, args.repeat)
+
+    # batch throughput: many documents, layout in worker threads, about 512 pages per launch
+    texts = [text] * args.batch_docs
+    batch_ms = wall_ms(lambda: render_inputs(texts, cfg, device=device, backend=backend, batch_pages=512,
+                                             workers=args.workers), max(1, args.repeat // 2))
+    pages_per_s = n_pages * args.batch_docs / (batch_ms * 1e-3)
+    docs = [glyph_rt.Document(text, cfg) for _ in range(8)]
+    gpu_batch_ms = cuda_ms(lambda: _inputs_of_batch(docs, device, backend, "glm4v", torch.float32, lut),
+                           max(1, args.repeat // 2))
+    gpu_pages_per_s = n_pages * len(docs) / (gpu_batch_ms * 1e-3)
+
+    # baselines in the same run: the CPU path (C++ render + torch pixel_values), the official pipeline
+    t = time.perf_counter()
+    render_inputs(text, cfg, device="cpu", backend="cpu")
+    cpu_ms = (time.perf_counter() - t) * 1e3
+    official_pps = official_pages_per_s(text[: args.official_chars], args.font)
+    official_ms = n_pages / official_pps * 1e3 if official_pps else None
+
+    shape = {"chars": len(text), "pages": n_pages, "pixel_values": list(pv.shape), "dtype": "float32",
+             "model": "glm4v", "backend": backend}
+    rows_out = [
+        {"what": "text -> pixel_values, 1 document (GPU time, layout excluded)", "ms": gpu_ms, **shape},
+        {"what": "pixel_values kernel alone", "ms": kernel_ms, "gbps": gbps, "bytes_written": written},
+        {"what": "text -> pixel_values, 1 document (wall, with layout)", "ms": wall_128k},
+        {"what": f"batch of {args.batch_docs} documents (wall, {args.workers} layout threads)", "ms": batch_ms,
+         "pages_per_s": pages_per_s},
+        {"what": "batch of 8 laid-out documents (GPU time)", "ms": gpu_batch_ms, "pages_per_s": gpu_pages_per_s},
+        {"what": "CPU path: C++ render + torch pixel_values (1 document, wall)", "ms": cpu_ms},
+        {"what": "official reportlab+pdftoppm, per page x pages (1 core)", "ms": official_ms},
+    ]
+    summary = {
+        "gpu_ms_128k": round(gpu_ms, 3),
+        "wall_ms_128k": round(wall_128k, 2),
+        "pages_per_s": round(pages_per_s, 1),
+        "gbps": round(gbps, 1),
+        "speedup_vs_official": round(official_ms / wall_128k, 1) if official_ms else None,
+        "kernel_ms_128k": round(kernel_ms, 4),
+        "gpu_pages_per_s": round(gpu_pages_per_s, 1),
+        "peak_gbps": round(peak, 1) if peak else None,
+        "bandwidth_fraction": round(gbps / peak, 3) if peak else None,
+        "speedup_vs_cpu": round(cpu_ms / wall_128k, 1),
+    }
+    print(f"{gpu} ({backend}): {len(text):,} characters -> {n_pages} pages -> pixel_values {list(pv.shape)}")
+    for r in rows_out:
+        ms = "-" if r["ms"] is None else f"{r['ms']:.3f} ms"
+        extra = "".join(f"  {k}={r[k]:,.1f}" for k in ("pages_per_s", "gbps") if k in r)
+        print(f"  {r['what']:66s} {ms:>12s}{extra}")
+    print(f"summary {summary}")
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower().replace("nvidia", "")).strip("-")
+    p = write_result(args.out or f"render-gpu-{slug}.json", "render-gpu", rows_out, summary)
+    print(f"wrote {p}")
