@@ -12,7 +12,7 @@ from bench.common import write_result
 from glyph_rt.ops.pixel_values import normalize_lut
 from glyph_rt.ops.raster import MODE_PIXELS, raster_tiles
 from glyph_rt.render.config import GLYPH_CONFIG_EN, RenderConfig
-from glyph_rt.render.gpu import _inputs_of_batch, render_inputs
+from glyph_rt.render.gpu import inputs_of_batch, render_inputs
 
 # Peak DRAM bandwidth (GB/s) by device name, for when torch does not report clock and bus width.
 PEAK_GBPS = {"H200": 4800, "H100 NVL": 3900, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039,
@@ -73,13 +73,14 @@ def run_gpu(args, text: str) -> None:
     # GPU time of one 128K-token document, layout excluded: upload, binning, background, ink, pixel_values
     doc = glyph_rt.Document(text, cfg)
     lut = normalize_lut(device)
-    gpu_ms = cuda_ms(lambda: _inputs_of_batch([doc], device, backend, "glm4v", torch.float32, lut), args.repeat)
+    one = [(doc, 0, doc.num_pages)]
+    gpu_ms = cuda_ms(lambda: inputs_of_batch(one, device, backend, "glm4v", torch.float32, lut), args.repeat)
     # the pixel_values kernel alone, for the bandwidth figure
     from glyph_rt.ops.raster import RasterBatch
 
     batch = RasterBatch([doc])
     dev = batch.to_device(device)
-    pv, grid, _ = _inputs_of_batch([doc], device, backend, "glm4v", torch.float32, lut)
+    pv, grid, _ = inputs_of_batch(one, device, backend, "glm4v", torch.float32, lut)
     rows = (grid[:, 1] * grid[:, 2]).cpu()
     dev["out_off"].copy_(torch.cumsum(rows, 0) - rows)
     dev["meta"][:, 6] = grid[:, 1].to(torch.int32) * 14
@@ -96,7 +97,8 @@ def run_gpu(args, text: str) -> None:
                                              workers=args.workers), max(1, args.repeat // 2))
     pages_per_s = n_pages * args.batch_docs / (batch_ms * 1e-3)
     docs = [glyph_rt.Document(text, cfg) for _ in range(8)]
-    gpu_batch_ms = cuda_ms(lambda: _inputs_of_batch(docs, device, backend, "glm4v", torch.float32, lut),
+    many = [(d, 0, d.num_pages) for d in docs]
+    gpu_batch_ms = cuda_ms(lambda: inputs_of_batch(many, device, backend, "glm4v", torch.float32, lut),
                            max(1, args.repeat // 2))
     gpu_pages_per_s = n_pages * len(docs) / (gpu_batch_ms * 1e-3)
 

@@ -11,5 +11,6 @@ from .render.pages import Document, Pages, render
 from .render.tokens import TextTokenizer, visual_tokens
 
 __version__ = "0.1.0"
-__all__ = ["render", "render_inputs", "ModelInputs", "RenderConfig", "ConfigError", "PRESETS", "Document", "Pages", "TextTokenizer",
+__all__ = ["render", "render_inputs", "ModelInputs", "RenderConfig", "ConfigError", "PRESETS", "Document", "Pages",
+           "TextTokenizer",
            "visual_tokens", "backends", "has_extension", "__version__"]

@@ -74,6 +74,8 @@ def test_empty_inputs_and_bad_arguments():
         render_inputs("x", dtype=torch.float16, device="cpu", backend="cpu")
     with pytest.raises(ValueError, match="2 configs for 1 texts"):
         render_inputs(["x"], [RenderConfig(), RenderConfig()], device="cpu", backend="cpu")
+    with pytest.raises(MemoryError, match="max_bytes"):
+        render_inputs(TEXTS, CONFIGS, device="cpu", backend="cpu", batch_pages=1, max_bytes=100_000)
     with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
         pixel_values_from_pages([torch.zeros(28, 28, 3)])
 

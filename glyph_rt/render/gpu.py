@@ -23,6 +23,7 @@ from ..ops.pixel_values import PATCH, ROW, normalize_lut, pixel_values_from_page
 from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS, RasterBatch, check_backend, \
     raster_tiles
 from .config import RenderConfig
+from .pages import DEFAULT_MAX_BYTES, Document
 from .raster import final_sizes
 from .tokens import VISION_MODELS
 
@@ -38,7 +39,8 @@ def resolve_device_backend(device, backend: str) -> tuple[torch.device, str]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device}: torch sees no CUDA device (torch {torch.__version__})")
     if backend not in DEVICE_BACKENDS:
-        raise ValueError(f"backend {backend!r} is unknown for device {device}; choose from {', '.join(DEVICE_BACKENDS)}")
+        raise ValueError(f"backend {backend!r} is unknown for device {device}; "
+                         f"choose from {', '.join(DEVICE_BACKENDS)}")
     if backend == "auto":
         avail = backends()
         backend = next((b for b in GPU_BACKENDS if avail[b]["available"]), None)
@@ -128,15 +130,18 @@ class ModelInputs:
         }
 
 
-def _inputs_of_batch(docs, device, backend, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """pixel_values, image_grid_thw and the number of pages written by the fused kernel."""
+def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """pixel_values, image_grid_thw and the number of pages written by the fused kernel, for a batch of
+    (document, first page, stop page) items."""
+    docs = [d for d, _, _ in items]
+    ranges = [(s, e) for _, s, e in items]
     if backend == "cpu":
-        drawn = draw_pages(docs, device, backend)
+        drawn = draw_pages(docs, device, backend, ranges)
         pages = [buf[i, :h, :w] for buf, sizes in drawn for i, (w, h) in enumerate(sizes)]
         with nvtx_range("glyph_rt.pixel_values"):
             pv, grid = pixel_values_from_pages(pages, model, dtype, lut)
         return pv, grid, 0
-    batch = RasterBatch(docs)
+    batch = RasterBatch(docs, ranges)
     dev = batch.to_device(device)
     ink = None
     if batch.needs_ink():
@@ -156,12 +161,12 @@ def _inputs_of_batch(docs, device, backend, model, dtype, lut) -> tuple[torch.Te
         with nvtx_range("glyph_rt.pixel_values"):
             raster_tiles(backend, MODE_PIXELS, batch, dev, out=pv, lut=lut)
     # pages the model would resize: drawn, then resized and normalized by the plain-torch path
-    for i, d in enumerate(docs):
+    for i, (d, (s, e)) in enumerate(zip(docs, ranges)):
         p0 = int(batch.page_base[i])
-        todo = np.nonzero(~fused[p0:p0 + d.num_pages])[0]
+        todo = np.nonzero(~fused[p0:p0 + e - s])[0]
         if not len(todo):
             continue
-        (buf, _), = draw_pages([d], device, backend, ranges=[(int(todo[0]), int(todo[-1]) + 1)])
+        (buf, _), = draw_pages([d], device, backend, ranges=[(s + int(todo[0]), s + int(todo[-1]) + 1)])
         with nvtx_range("glyph_rt.pixel_values"):
             for k in todo:
                 p = p0 + int(k)
@@ -175,16 +180,15 @@ def _inputs_of_batch(docs, device, backend, model, dtype, lut) -> tuple[torch.Te
 def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None, *, model: str = "glm4v",
                   device="cuda", backend: str = "auto", dtype: torch.dtype = torch.float32,
                   batch_pages: int = 512, max_pages: int | None = None, workers: int = 1,
-                  progress: bool = False) -> ModelInputs:
+                  max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = False) -> ModelInputs:
     """Renders texts straight into a vision model's input.
 
     texts: a str or a list of str; config: one RenderConfig or one per text (configs may differ
     within a batch: fonts, sizes, colors, dpi). model: "glm4v" or "qwen2_5_vl". Pages of
-    several texts are drawn in one launch, about `batch_pages` pages at a time, while `workers`
-    threads lay out the next texts (the C++ layout engine runs without the GIL)."""
+    several texts are drawn in one launch, `batch_pages` pages at a time (long texts are split),
+    while `workers` threads lay out the next texts (the C++ layout engine runs without the GIL).
+    MemoryError once pixel_values would pass `max_bytes`."""
     from tqdm import tqdm
-
-    from .pages import Document
 
     if isinstance(texts, str):
         texts = [texts]
@@ -208,19 +212,24 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
             return Document(texts[i], configs[i], max_pages=max_pages)
 
     pieces, grids, docs = [], [], []
-    pending: list = []
-    fused = 0
+    pending: list = []  # (document, first page, stop page)
+    fused = nbytes = 0
 
     def flush():
-        nonlocal fused
+        nonlocal fused, nbytes
         t = time.perf_counter()
-        pv, grid, f = _inputs_of_batch(pending, device, backend, model, dtype, lut)
+        pv, grid, f = inputs_of_batch(pending, device, backend, model, dtype, lut)
         seconds["gpu"] += time.perf_counter() - t
+        nbytes += pv.numel() * pv.element_size()
+        if nbytes > max_bytes:
+            raise MemoryError(
+                f"pixel_values of the first {len(docs)} of {len(texts)} texts already take {nbytes / 2**30:.1f} GiB, "
+                f"over max_bytes={max_bytes / 2**30:.1f} GiB; pass fewer texts per call, use "
+                "dtype=torch.bfloat16, or raise max_bytes")
         pieces.append(pv)
         grids.append(grid)
         fused += f
-        docs.extend(pending)
-        bar.update(sum(d.num_pages for d in pending))
+        bar.update(sum(e - s for _, s, e in pending))
         pending.clear()
 
     bar = tqdm(unit="page", desc="render_inputs", disable=not progress)
@@ -231,14 +240,20 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
             t = time.perf_counter()
             doc = fut.result()
             seconds["layout_wait"] += time.perf_counter() - t
-            pending.append(doc)
-            if sum(d.num_pages for d in pending) >= batch_pages:
-                flush()
+            docs.append(doc)
+            s = 0
+            while s < doc.num_pages:
+                n = min(doc.num_pages - s, batch_pages - sum(e - b for _, b, e in pending))
+                pending.append((doc, s, s + n))
+                s += n
+                if sum(e - b for _, b, e in pending) >= batch_pages:
+                    flush()
         if pending:
             flush()
     bar.close()
     if not pieces:
-        pieces, grids = [torch.zeros(0, ROW, dtype=dtype, device=device)], [torch.zeros(0, 3, dtype=torch.int64)]
+        pieces = [torch.zeros(0, ROW, dtype=dtype, device=device)]
+        grids = [torch.zeros(0, 3, dtype=torch.int64, device=device)]
     pv = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
     grid = grids[0] if len(grids) == 1 else torch.cat(grids)
     seconds["total"] = time.perf_counter() - t0
