@@ -9,6 +9,7 @@
 
 #include "layout/layout.h"
 #include "raster/raster.h"
+#include "raster/raster_tile.h"
 #ifdef GLYPH_RT_WITH_CUDA
 #include "raster/raster_cuda.h"
 #endif
@@ -137,16 +138,18 @@ py::tuple ink_extent(const py::array_t<uint8_t, py::array::c_style>& pages, int3
   return py::make_tuple(right, bottom);
 }
 
-#ifdef GLYPH_RT_WITH_CUDA
-// Device tensors arrive as raw pointers (torch's data_ptr()) plus the current stream, so the
-// extension never links torch; glyph_rt/ops/raster.py checks shapes and dtypes before this.
-void run_raster_cuda(const py::dict& ptr, int32_t mode, bool ink_too, bool gray, int32_t out_type,
-                     int32_t num_pages, int32_t tiles_per_page, float tol, uintptr_t stream) {
+// Tile-rasterizer tensors arrive as raw pointers (torch's data_ptr()) plus, for CUDA, the current
+// stream, so the extension never links torch; glyph_rt/ops/raster.py prepares them.
+RasterTileArgs tile_args(const py::dict& ptr, int32_t mode, bool ink_too, bool gray, int32_t out_type,
+                         int32_t num_pages, int32_t tiles_per_page, float tol) {
   auto p = [&](const char* k) -> void* {
-    if (!ptr.contains(k)) throw std::invalid_argument(std::string("raster_cuda: missing pointer ") + k);
+    if (!ptr.contains(k)) throw std::invalid_argument(std::string("raster: missing pointer ") + k);
     return reinterpret_cast<void*>(ptr[k].cast<uintptr_t>());
   };
-  RasterCudaArgs a;
+  if (mode < 0 || mode > 3) throw std::invalid_argument("raster: unknown mode " + std::to_string(mode));
+  if (mode == 3 && out_type != 1 && out_type != 2)
+    throw std::invalid_argument("raster: pixel_values must be float32 or bfloat16");
+  RasterTileArgs a;
   a.out = p("out");
   a.ink = static_cast<int32_t*>(p("ink"));
   a.bgv = static_cast<float*>(p("bgv"));
@@ -173,6 +176,20 @@ void run_raster_cuda(const py::dict& ptr, int32_t mode, bool ink_too, bool gray,
   a.ink_too = ink_too;
   a.gray = gray;
   a.tol = tol;
+  return a;
+}
+
+void run_raster_host(const py::dict& ptr, int32_t mode, bool ink_too, bool gray, int32_t out_type,
+                     int32_t num_pages, int32_t tiles_per_page, float tol) {
+  RasterTileArgs a = tile_args(ptr, mode, ink_too, gray, out_type, num_pages, tiles_per_page, tol);
+  py::gil_scoped_release nogil;
+  raster_tiles_host(a);
+}
+
+#ifdef GLYPH_RT_WITH_CUDA
+void run_raster_cuda(const py::dict& ptr, int32_t mode, bool ink_too, bool gray, int32_t out_type,
+                     int32_t num_pages, int32_t tiles_per_page, float tol, uintptr_t stream) {
+  RasterTileArgs a = tile_args(ptr, mode, ink_too, gray, out_type, num_pages, tiles_per_page, tol);
   py::gil_scoped_release nogil;
   raster_cuda(a, reinterpret_cast<void*>(stream));
 }
@@ -195,6 +212,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("marker"));
   m.def("raster_cpu", &raster_cpu);
   m.def("ink_extent", &ink_extent, py::arg("pages"), py::arg("tol") = 5);
+  m.def("raster_tiles_host", &run_raster_host, py::arg("ptr"), py::arg("mode"), py::arg("ink_too"), py::arg("gray"),
+        py::arg("out_type"), py::arg("num_pages"), py::arg("tiles_per_page"), py::arg("tol"));
 #ifdef GLYPH_RT_WITH_CUDA
   m.attr("with_cuda") = true;
   m.attr("cuda_archs") = py::str(GLYPH_RT_CUDA_ARCHS_STR);

@@ -53,8 +53,6 @@ def _document(args):
 
 
 def _chunks(doc, args, chunk: int, progress: bool):
-    if args.device == "cpu":
-        return doc.iter_chunks(chunk, progress=progress)
     return doc.iter_chunks(chunk, progress=progress, device=args.device, backend=args.backend)
 
 

@@ -43,6 +43,20 @@ def test_fused_pixel_values_equal_the_hf_processor_exactly(model):
                                 for t, c in zip(TEXTS, CONFIGS)]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_kernel_code_writes_the_same_pixel_values(dtype):
+    # the CUDA kernel's per-pixel code and pixel_values indexing, run on the host
+    from glyph_rt.ops.pixel_values import normalize_lut
+    from glyph_rt.render.gpu import inputs_of_batch
+
+    docs = [glyph_rt.Document(t, c) for t, c in zip(TEXTS, CONFIGS)]
+    pv, grid, fused = inputs_of_batch([(d, 0, d.num_pages) for d in docs], "cpu", "cuda_host", "glm4v", dtype,
+                                      normalize_lut("cpu", dtype))
+    ref, ref_grid = hf_inputs(TEXTS, CONFIGS, "glm4v")
+    assert fused == len(ref_grid) - 1 and np.array_equal(grid.numpy(), ref_grid)
+    assert torch.equal(pv, torch.from_numpy(ref).to(dtype))
+
+
 def test_bf16_is_the_rounded_fp32_and_batches_split_cleanly():
     a = render_inputs(TEXTS, CONFIGS, device=TRITON_DEVICE, backend="triton")
     b = render_inputs(TEXTS, CONFIGS, device=TRITON_DEVICE, backend="triton", dtype=torch.bfloat16, batch_pages=1)

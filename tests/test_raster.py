@@ -1,7 +1,8 @@
 """GPU rasterizers (Triton, CUDA) against the C++ CPU rasterizer, the oracle: identical pixels.
 
 Without a GPU the Triton kernel runs in Triton's interpreter on CPU tensors (set up by
-conftest.py), so pages are tiny; the CUDA kernel runs in the tests marked `gpu`.
+conftest.py), so pages are tiny, and the CUDA kernel's per-pixel code runs on the host
+("cuda_host"); the CUDA kernel itself runs in the tests marked `gpu`.
 """
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from glyph_rt.ops.raster import TILE_H, TILE_W, AtlasStore, RasterBatch, bin_box
 from glyph_rt.render.gpu import draw_pages
 
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# (backend, device) pairs that run everywhere
+KERNELS = [("triton", TRITON_DEVICE), ("cuda_host", "cpu")]
 TEXT = "The quick brown fox jumps over the lazy dog; sphinx of black quartz, judge my vow. " * 3
 
 # Different page sizes, dpi (sub-pixel phases), colors, backgrounds, borders and a visible
@@ -48,9 +51,10 @@ def docs():
     return [glyph_rt.Document(t, c) for t, c in zip(texts, CONFIGS)]
 
 
-def test_triton_draws_a_mixed_batch_identical_to_cpu(docs):
+@pytest.mark.parametrize("backend,device", KERNELS)
+def test_kernels_draw_a_mixed_batch_identical_to_cpu(docs, backend, device):
     assert all(d.num_pages >= 1 for d in docs) and sum(d.num_pages for d in docs) >= 4
-    assert_same_as_cpu(docs, draw_pages(docs, TRITON_DEVICE, "triton"))
+    assert_same_as_cpu(docs, draw_pages(docs, device, backend))
 
 
 def test_triton_page_ranges_and_render_api(docs):
@@ -64,7 +68,8 @@ def test_triton_page_ranges_and_render_api(docs):
     assert pages.buffer.device.type == TRITON_DEVICE
 
 
-def test_glyphs_larger_than_a_tile_and_placements_off_the_page():
+@pytest.mark.parametrize("backend,device", KERNELS)
+def test_glyphs_larger_than_a_tile_and_placements_off_the_page(backend, device):
     cfg = RenderConfig(page_size=(90, 70), font_size=40, line_height=42, margin_x=2, margin_y=2, snap=0,
                        auto_crop_width=False, auto_crop_last_page=False)
     doc = glyph_rt.Document("Wg", cfg)
@@ -74,15 +79,16 @@ def test_glyphs_larger_than_a_tile_and_placements_off_the_page():
     # push glyphs across every edge of the page, and one onto a page that does not exist
     lay.g_x[:] = np.asarray([-20.0, 70.0], np.float32)[: len(lay.g_x)]
     lay.g_y[:] = np.asarray([10.0, 95.0], np.float32)[: len(lay.g_y)]
-    assert_same_as_cpu([doc], draw_pages([doc], TRITON_DEVICE, "triton"))
+    assert_same_as_cpu([doc], draw_pages([doc], device, backend))
     lay.g_page[-1] = 5
-    assert_same_as_cpu([doc], draw_pages([doc], TRITON_DEVICE, "triton"))
+    assert_same_as_cpu([doc], draw_pages([doc], device, backend))
 
 
-def test_zero_pages():
+@pytest.mark.parametrize("backend,device", KERNELS)
+def test_zero_pages(backend, device):
     doc = glyph_rt.Document("", RenderConfig())
     assert doc.num_pages == 0
-    (buf, sizes), = draw_pages([doc], TRITON_DEVICE, "triton")
+    (buf, sizes), = draw_pages([doc], device, backend)
     assert buf.shape[0] == 0 and sizes == []
 
 

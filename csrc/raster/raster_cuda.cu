@@ -1,7 +1,8 @@
 // CUDA rasterizer over binned tiles. One thread block draws one 14x28-pixel tile (one patch
 // row of a 2x2 merge block), one thread per pixel: background, the rectangles binned to the
 // tile, then the glyphs binned to the tile in placement order, with the CPU rasterizer's
-// integer blend, so pages are identical to raster_pages_cpu. The mode decides the output.
+// integer blend (raster_tile.h), so pages are identical to raster_pages_cpu. The mode decides
+// the output.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -15,20 +16,10 @@
 namespace glyph_rt {
 namespace {
 
-constexpr int kTileH = 14, kTileW = 28, kPatch = 14, kRow = 1176;
 constexpr int kMaxGridY = 65535;
 
-__device__ __forceinline__ int div255(int v) {
-  v += 128;
-  return (v + (v >> 8)) >> 8;
-}
-
-__device__ __forceinline__ int luma(int r, int g, int b) {
-  return (r * 19595 + g * 38470 + b * 7471 + 32768) >> 16;
-}
-
 template <int MODE, bool GRAY, typename OutT>
-__global__ void __launch_bounds__(kTileH * kTileW) raster_kernel(RasterCudaArgs a, int32_t page0) {
+__global__ void __launch_bounds__(kTileH * kTileW) raster_kernel(RasterTileArgs a, int32_t page0) {
   const int page = blockIdx.y + page0;
   const int32_t* m = a.meta + 8 * page;
   const int H = m[0], W = m[1], ntx = m[2], nty = m[3], tile_base = m[4], bg = m[5];
@@ -38,35 +29,12 @@ __global__ void __launch_bounds__(kTileH * kTileW) raster_kernel(RasterCudaArgs 
   const int lx = threadIdx.x, ly = threadIdx.y;
   const int row = ty * kTileH + ly, col = tx * kTileW + lx;
   const bool inside = row < H && col < W;
-
-  int r = bg & 255, g = (bg >> 8) & 255, b = (bg >> 16) & 255;
-  const int t = tile_base + tile;
-  for (int j = a.rect_start[t], e = a.rect_start[t + 1]; j < e; ++j) {
-    const int k = a.rect_items[j];
-    const int4 box = *reinterpret_cast<const int4*>(a.r_box + 4 * k);
-    if (col >= box.x && col < box.z && row >= box.y && row < box.w) {
-      const int c = a.r_rgb[k];
-      r = c & 255, g = (c >> 8) & 255, b = (c >> 16) & 255;
-    }
-  }
-  for (int j = a.glyph_start[t], e = a.glyph_start[t + 1]; j < e; ++j) {
-    const int k = __ldg(a.glyph_items + j);
-    const int gx = col - __ldg(a.g_x0 + k), gy = row - __ldg(a.g_y0 + k);
-    const int w = __ldg(a.g_w + k);
-    if (gx < 0 || gx >= w || gy < 0 || gy >= __ldg(a.g_h + k)) continue;
-    const int al = __ldg(a.atlas + __ldg(a.g_off + k) + gy * w + gx);
-    const int na = 255 - al, c = __ldg(a.g_rgb + k);
-    r = div255(r * na + (c & 255) * al);
-    if constexpr (!GRAY) {
-      g = div255(g * na + ((c >> 8) & 255) * al);
-      b = div255(b * na + ((c >> 16) & 255) * al);
-    }
-  }
-  if constexpr (GRAY) g = b = r;
+  const int rgb = composite_pixel<GRAY>(a, bg, tile_base + tile, row, col);
+  const int r = rgb & 255, g = (rgb >> 8) & 255, b = (rgb >> 16) & 255;
 
   if constexpr (MODE == 0) {  // median luma of the top-left 2x2 pixels (the first pixel on tiny pages)
     __shared__ int corner[4];
-    if (ly < 2 && lx < 2) corner[2 * ly + lx] = (row < H && col < W) ? luma(r, g, b) : -1;
+    if (ly < 2 && lx < 2) corner[2 * ly + lx] = inside ? luma(r, g, b) : -1;
     __syncthreads();
     if (lx == 0 && ly == 0) {
       int v[4] = {corner[0], corner[1], corner[2], corner[3]};
@@ -102,18 +70,13 @@ __global__ void __launch_bounds__(kTileH * kTileW) raster_kernel(RasterCudaArgs 
   if constexpr (MODE == 3) {
     const int out_h = m[6], out_w = m[7];
     if (ty * kTileH >= out_h || tx * kTileW >= out_w) return;
-    const int by = ty / 2, my = ty % 2, mx = lx / kPatch, px = lx % kPatch;
-    const int64_t prow = a.out_off[page] + (int64_t)(by * (out_w / 28) + tx) * 4 + my * 2 + mx;
-    OutT* o = static_cast<OutT*>(a.out) + prow * kRow + ly * kPatch + px;
-    const OutT* lut = static_cast<const OutT*>(a.lut);  // already in the output type
-    const OutT vr = lut[r], vg = lut[256 + g], vb = lut[512 + b];
-    // columns (channel, t, py, px); the still frame fills both temporal slots
-    o[0] = vr, o[196] = vr, o[392] = vg, o[588] = vg, o[784] = vb, o[980] = vb;
+    store_pixel_values(static_cast<OutT*>(a.out), static_cast<const OutT*>(a.lut),
+                       pixel_values_index(a.out_off[page], out_w, ty, tx, ly, lx), rgb);
   }
 }
 
 template <int MODE, bool GRAY, typename OutT>
-void launch(const RasterCudaArgs& a, cudaStream_t stream) {
+void launch(const RasterTileArgs& a, cudaStream_t stream) {
   const dim3 block(kTileW, kTileH);
   for (int p0 = 0; p0 < a.num_pages; p0 += kMaxGridY) {
     const dim3 grid(a.tiles_per_page, std::min(kMaxGridY, a.num_pages - p0));
@@ -122,7 +85,7 @@ void launch(const RasterCudaArgs& a, cudaStream_t stream) {
 }
 
 template <bool GRAY>
-void dispatch(const RasterCudaArgs& a, cudaStream_t s) {
+void dispatch(const RasterTileArgs& a, cudaStream_t s) {
   switch (a.mode) {
     case 0: launch<0, GRAY, uint8_t>(a, s); break;
     case 1: launch<1, GRAY, uint8_t>(a, s); break;
@@ -138,7 +101,7 @@ void dispatch(const RasterCudaArgs& a, cudaStream_t s) {
 
 }  // namespace
 
-void raster_cuda(const RasterCudaArgs& a, void* stream) {
+void raster_cuda(const RasterTileArgs& a, void* stream) {
   if (a.num_pages <= 0 || a.tiles_per_page <= 0) return;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (a.gray) dispatch<true>(a, s);

@@ -166,6 +166,8 @@ def bin_boxes(page: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, x1: torch.
     count = nx * ny
     ends = torch.cumsum(count, 0)
     total = int(ends[-1])  # the one host sync of the binning
+    if total >= 1 << 31:
+        raise ValueError(f"{total} (tile, box) pairs are over the kernels' int32 range; draw fewer pages per launch")
     item = torch.repeat_interleave(torch.arange(n, device=dev), count, output_size=total)
     k = torch.arange(total, device=dev) - (ends - count)[item]
     nxi = nx[item]
@@ -180,6 +182,10 @@ def bin_boxes(page: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, x1: torch.
 
 
 # ----------------------------------------------------------------------------- batches
+def _cat(parts: list, dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+
 class RasterBatch:
     """Host side of one launch: page ranges of documents, each with its own config and atlas."""
 
@@ -236,16 +242,16 @@ class RasterBatch:
         self.tiles_per_page_max = int(tiles.max()) if P else 0
         self.meta = meta
         self.gray = bool(gray)
-        cat = lambda xs, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(0, dt)  # noqa: E731
-        self.g_x, self.g_y = cat(xs, np.float32), cat(ys, np.float32)
-        self.g_slot, self.g_color = cat(slots, np.int32), cat(colors, np.uint8)
-        self.glyphs_per_page = cat(per_page, np.int64)
+        self.g_x, self.g_y = _cat(xs, np.float32), _cat(ys, np.float32)
+        self.g_slot, self.g_color = _cat(slots, np.int32), _cat(colors, np.uint8)
+        self.glyphs_per_page = _cat(per_page, np.int64)
         self.num_glyphs = len(self.g_x)
-        self.rect_page = cat(rect_page, np.int32)
-        self.rect_box = cat(rect_box, np.int32).reshape(-1, 4)
-        self.rect_rgb = cat(rect_rgb, np.int32)
-        if P > 0 and int(tiles.max()) >= 1 << 31:
-            raise ValueError("a page has too many tiles")
+        self.rect_page = _cat(rect_page, np.int32)
+        self.rect_box = _cat(rect_box, np.int32).reshape(-1, 4)
+        self.rect_rgb = _cat(rect_rgb, np.int32)
+        if self.num_tiles >= 1 << 31:
+            raise ValueError(f"{P} pages make {self.num_tiles} tiles, over the kernels' int32 range; "
+                             "draw fewer pages per launch")
 
     def needs_ink(self) -> bool:
         return any(d.config.auto_crop_width or d.config.auto_crop_last_page or d.config.snap for d in self.docs)
@@ -346,7 +352,10 @@ def check_backend(backend: str, device: torch.device) -> None:
 
 def raster_tiles(backend: str, mode: int, batch: RasterBatch, dev: dict, out: torch.Tensor | None = None,
                  lut: torch.Tensor | None = None, ink: bool = False, tol: float = 5.0) -> None:
-    """Runs one kernel mode over every tile of the batch, on the CUDA or Triton kernel."""
+    """Runs one kernel mode over every tile of the batch.
+
+    backend: "cuda" (the extension's kernel), "triton", or "cuda_host": the CUDA kernel's per-pixel
+    code run on the host over CPU tensors, which is how tests check the CUDA path without a GPU."""
     if batch.num_pages == 0:
         return
     with nvtx_range(f"glyph_rt.raster.{('bg', 'ink', 'pages', 'pixels')[mode]}"):
@@ -354,16 +363,23 @@ def raster_tiles(backend: str, mode: int, batch: RasterBatch, dev: dict, out: to
             from ..kernels import raster as tk
 
             tk.launch(mode, batch, dev, out=out, lut=lut, ink=ink, tol=tol)
-        else:
-            from .._ext import require_extension
+            return
+        from .._ext import require_extension
 
-            C = require_extension("the CUDA rasterizer")
-            dummy = dev["bgv"]
-            o = out if out is not None else dummy
-            ptr = {k: v.data_ptr() for k, v in dev.items() if isinstance(v, torch.Tensor)}
-            ptr["out"] = o.data_ptr()
-            ptr["lut"] = (lut if lut is not None else dummy).data_ptr()
-            out_type = {torch.uint8: 0, torch.float32: 1, torch.bfloat16: 2}[o.dtype]
-            C.raster_cuda(ptr, mode, bool(ink), bool(batch.gray), out_type, batch.num_pages,
-                          dev["tiles_per_page_max"] if mode != MODE_BG else 1, float(tol),
-                          torch.cuda.current_stream(o.device).cuda_stream)
+        C = require_extension(f"the {backend} rasterizer")
+        dummy = dev["bgv"]
+        o = out if out is not None else dummy
+        ptr = {k: v.data_ptr() for k, v in dev.items() if isinstance(v, torch.Tensor)}
+        ptr["out"] = o.data_ptr()
+        ptr["lut"] = (lut if lut is not None else dummy).data_ptr()
+        out_type = {torch.uint8: 0, torch.float32: 1, torch.bfloat16: 2}[o.dtype]
+        tiles = dev["tiles_per_page_max"] if mode != MODE_BG else 1
+        args = (ptr, mode, bool(ink), bool(batch.gray), out_type, batch.num_pages, tiles, float(tol))
+        if backend == "cuda":
+            C.raster_cuda(*args, torch.cuda.current_stream(o.device).cuda_stream)
+        elif backend == "cuda_host":
+            if o.device.type != "cpu":
+                raise ValueError("backend 'cuda_host' runs on CPU tensors")
+            C.raster_tiles_host(*args)
+        else:
+            raise ValueError(f"raster backend {backend!r} is unknown; choose from {', '.join(GPU_BACKENDS)}")
