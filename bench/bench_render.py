@@ -74,7 +74,7 @@ def main(argv=None):
     ap.add_argument("--font", default=str(BUILTIN_FONTS["sans"]), help="font file (Glyph uses Verdana)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--official-chars", type=int, default=60_000, help="slice timed through the official pipeline")
-    ap.add_argument("--batch-docs", type=int, default=32, help="GPU: documents in the throughput batch")
+    ap.add_argument("--batch-docs", type=int, default=16, help="GPU: documents in the throughput batch")
     ap.add_argument("--workers", type=int, default=8, help="GPU: layout threads in the throughput run")
     ap.add_argument("--out", default=None, help="results file name (default by device)")
     args = ap.parse_args(argv)
