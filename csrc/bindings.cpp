@@ -146,7 +146,7 @@ RasterTileArgs tile_args(const py::dict& ptr, int32_t mode, bool ink_too, bool g
     if (!ptr.contains(k)) throw std::invalid_argument(std::string("raster: missing pointer ") + k);
     return reinterpret_cast<void*>(ptr[k].cast<uintptr_t>());
   };
-  if (mode < 0 || mode > 3) throw std::invalid_argument("raster: unknown mode " + std::to_string(mode));
+  if (mode < 0 || mode > 4) throw std::invalid_argument("raster: unknown mode " + std::to_string(mode));
   if (mode == 3 && out_type != 1 && out_type != 2)
     throw std::invalid_argument("raster: pixel_values must be float32 or bfloat16");
   RasterTileArgs a;

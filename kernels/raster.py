@@ -9,6 +9,8 @@ rasterizer, so the pixels are identical. What happens to the tile then is the mo
     MODE_INK     per page: column after the rightmost ink, row after the lowest ink
     MODE_PAGES   uint8 RGB pages [H, W, 3], each at its own offset (optionally with MODE_INK)
     MODE_PIXELS  GLM-4.1V / Qwen2.5-VL pixel_values rows, normalized through a [3, 256] lookup table
+    MODE_PATCHES the same rows as raw uint8 levels, one frame: [N, 588] (channel, py, px), for the
+                 patch embedding that folds the normalization into its weights
 
 Under TRITON_INTERPRET=1 the kernel runs on CPU tensors (that is how CI checks it).
 The launcher takes a prepared `RasterBatch` (glyph_rt.ops.raster) and the device tensors.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS = 0, 1, 2, 3
+MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS, MODE_PATCHES = 0, 1, 2, 3, 4
 TILE_H, TILE_W = 14, 28  # one patch row of a 2x2 merge block, drawn in a 16x32 block
 MAX_GRID_Y = 65535
 
@@ -126,7 +128,7 @@ def raster_kernel(
             tl.store(out_ptr + o, r.to(tl.uint8), mask=inside)
             tl.store(out_ptr + o + 1, g.to(tl.uint8), mask=inside)
             tl.store(out_ptr + o + 2, b.to(tl.uint8), mask=inside)
-        if MODE == 3:
+        if (MODE == 3) or (MODE == 4):
             # A tile is one patch row (14 px) of a 2x2 merge block (28 px wide); tiles past the
             # final (cropped) size of the page are not part of the image.
             out_h = tl.load(m + 6)
@@ -137,19 +139,25 @@ def raster_kernel(
                 mx = lx // 14
                 px = lx % 14
                 row = tl.load(out_off_ptr + page) + (by * (out_w // 28) + tx) * 4 + my * 2 + mx
-                base = row.to(tl.int64) * 1176 + ly * 14 + px
                 keep = (ly < 14) & (lx < 28)
-                # the table is in the output dtype already (rounded by torch): no cast here
-                vr = tl.load(lut_ptr + r)
-                vg = tl.load(lut_ptr + 256 + g)
-                vb = tl.load(lut_ptr + 512 + b)
-                # columns (channel, t, py, px); the still frame fills both temporal slots
-                tl.store(out_ptr + base, vr, mask=keep)
-                tl.store(out_ptr + base + 196, vr, mask=keep)
-                tl.store(out_ptr + base + 392, vg, mask=keep)
-                tl.store(out_ptr + base + 588, vg, mask=keep)
-                tl.store(out_ptr + base + 784, vb, mask=keep)
-                tl.store(out_ptr + base + 980, vb, mask=keep)
+                if MODE == 3:
+                    base = row.to(tl.int64) * 1176 + ly * 14 + px
+                    # the table is in the output dtype already (rounded by torch): no cast here
+                    vr = tl.load(lut_ptr + r)
+                    vg = tl.load(lut_ptr + 256 + g)
+                    vb = tl.load(lut_ptr + 512 + b)
+                    # columns (channel, t, py, px); the still frame fills both temporal slots
+                    tl.store(out_ptr + base, vr, mask=keep)
+                    tl.store(out_ptr + base + 196, vr, mask=keep)
+                    tl.store(out_ptr + base + 392, vg, mask=keep)
+                    tl.store(out_ptr + base + 588, vg, mask=keep)
+                    tl.store(out_ptr + base + 784, vb, mask=keep)
+                    tl.store(out_ptr + base + 980, vb, mask=keep)
+                else:  # columns (channel, py, px) of one frame, raw levels
+                    base = row.to(tl.int64) * 588 + ly * 14 + px
+                    tl.store(out_ptr + base, r.to(tl.uint8), mask=keep)
+                    tl.store(out_ptr + base + 196, g.to(tl.uint8), mask=keep)
+                    tl.store(out_ptr + base + 392, b.to(tl.uint8), mask=keep)
 
 
 def launch(mode: int, batch, dev: dict, out=None, lut=None, ink: bool = False, tol: float = 5.0) -> None:

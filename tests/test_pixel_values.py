@@ -127,3 +127,19 @@ def test_parallel_layout_gives_the_same_inputs():
     one = render_inputs(texts, cfg, device="cpu", backend="cpu", workers=1, batch_pages=3)
     many = render_inputs(texts, cfg, device="cpu", backend="cpu", workers=4, batch_pages=3)
     assert torch.equal(one.pixel_values, many.pixel_values) and one.images_per_text == many.images_per_text
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda_host", "cpu"])
+def test_uint8_patches_are_the_raw_levels_of_pixel_values(backend):
+    from glyph_rt.ops.patch_embed import expand_uint8
+    from glyph_rt.render.gpu import inputs_of_batch
+
+    docs = [glyph_rt.Document(t, c) for t, c in zip(TEXTS, CONFIGS)]
+    items = [(d, 0, d.num_pages) for d in docs]
+    device = TRITON_DEVICE if backend == "triton" else "cpu"
+    u8, grid, fused = inputs_of_batch(items, device, backend, "glm4v", torch.uint8, None)
+    pv, ref_grid = hf_inputs(TEXTS, CONFIGS, "glm4v")
+    assert u8.dtype == torch.uint8 and u8.shape == (len(pv), 588)
+    assert np.array_equal(grid.cpu().numpy(), ref_grid)
+    assert fused == (0 if backend == "cpu" else len(ref_grid) - 1)
+    assert torch.equal(expand_uint8(u8.cpu()), torch.from_numpy(pv))

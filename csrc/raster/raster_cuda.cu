@@ -67,11 +67,15 @@ __global__ void __launch_bounds__(kTileH * kTileW) raster_kernel(RasterTileArgs 
     uint8_t* o = static_cast<uint8_t*>(a.out) + a.out_off[page] + ((int64_t)row * W + col) * 3;
     o[0] = (uint8_t)r, o[1] = (uint8_t)g, o[2] = (uint8_t)b;
   }
-  if constexpr (MODE == 3) {
+  if constexpr (MODE == 3 || MODE == 4) {
     const int out_h = m[6], out_w = m[7];
     if (ty * kTileH >= out_h || tx * kTileW >= out_w) return;
-    store_pixel_values(static_cast<OutT*>(a.out), static_cast<const OutT*>(a.lut),
-                       pixel_values_index(a.out_off[page], out_w, ty, tx, ly, lx), rgb);
+    if constexpr (MODE == 3)
+      store_pixel_values(static_cast<OutT*>(a.out), static_cast<const OutT*>(a.lut),
+                         patch_row_index(a.out_off[page], out_w, ty, tx, ly, lx, kRow), rgb);
+    else
+      store_patch_u8(static_cast<uint8_t*>(a.out), patch_row_index(a.out_off[page], out_w, ty, tx, ly, lx, kRowU8),
+                     rgb);
   }
 }
 
@@ -95,6 +99,7 @@ void dispatch(const RasterTileArgs& a, cudaStream_t s) {
       else if (a.out_type == 2) launch<3, GRAY, __nv_bfloat16>(a, s);
       else throw std::invalid_argument("raster_cuda: pixel_values must be float32 or bfloat16");
       break;
+    case 4: launch<4, GRAY, uint8_t>(a, s); break;
     default: throw std::invalid_argument("raster_cuda: unknown mode " + std::to_string(a.mode));
   }
 }

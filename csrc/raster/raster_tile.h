@@ -14,6 +14,7 @@ namespace glyph_rt {
 
 constexpr int kTileH = 14, kTileW = 28;  // one patch row of a 2x2 merge block
 constexpr int kPatch = 14, kRow = 1176;  // pixel_values: 3 channels x 2 frames x 14 x 14
+constexpr int kRowU8 = 588;              // uint8 patches: 3 channels x 14 x 14
 
 struct RasterTileArgs {
   void* out = nullptr;          // uint8 pages, or float / bf16 pixel_values
@@ -37,7 +38,7 @@ struct RasterTileArgs {
   const uint8_t* atlas = nullptr;
   int32_t num_pages = 0;
   int32_t tiles_per_page = 0;  // grid x: the largest page's tile count (1 for the background mode)
-  int32_t mode = 0;            // 0 background, 1 ink, 2 pages, 3 pixel_values
+  int32_t mode = 0;            // 0 background, 1 ink, 2 pages, 3 pixel_values, 4 uint8 patches
   int32_t out_type = 0;        // 0 uint8, 1 float32, 2 bfloat16
   bool ink_too = false;        // pages mode: also reduce the ink extent
   bool gray = false;           // every color is grey: blend one channel
@@ -83,12 +84,12 @@ GLYPH_HD int composite_pixel(const RasterTileArgs& a, int bg, int t, int row, in
   return r | (g << 8) | (b << 16);
 }
 
-// Element index in pixel_values of pixel (ly, lx) of tile (ty, tx), channel 0 and frame 0:
-// rows in merge-block order (block row, block column, my, mx), columns (channel, t, py, px).
-GLYPH_HD int64_t pixel_values_index(int64_t first_row, int out_w, int ty, int tx, int ly, int lx) {
+// Element index of pixel (ly, lx) of tile (ty, tx), channel 0 (and frame 0), in rows of `width`
+// values: rows in merge-block order (block row, block column, my, mx), columns (channel, [t,] py, px).
+GLYPH_HD int64_t patch_row_index(int64_t first_row, int out_w, int ty, int tx, int ly, int lx, int width) {
   const int by = ty / 2, my = ty % 2, mx = lx / kPatch, px = lx % kPatch;
   const int64_t row = first_row + (int64_t)(by * (out_w / (2 * kPatch)) + tx) * 4 + my * 2 + mx;
-  return row * kRow + ly * kPatch + px;
+  return row * width + ly * kPatch + px;
 }
 
 // Writes one pixel's six pixel_values entries (3 channels x 2 identical frames) from the table.
@@ -96,6 +97,11 @@ template <typename OutT>
 GLYPH_HD void store_pixel_values(OutT* out, const OutT* lut, int64_t i, int rgb) {
   const OutT vr = lut[rgb & 255], vg = lut[256 + ((rgb >> 8) & 255)], vb = lut[512 + ((rgb >> 16) & 255)];
   out[i] = vr, out[i + 196] = vr, out[i + 392] = vg, out[i + 588] = vg, out[i + 784] = vb, out[i + 980] = vb;
+}
+
+// Writes one pixel's three uint8 patch entries (channels of one frame, raw levels).
+GLYPH_HD void store_patch_u8(uint8_t* out, int64_t i, int rgb) {
+  out[i] = (uint8_t)(rgb & 255), out[i + 196] = (uint8_t)((rgb >> 8) & 255), out[i + 392] = (uint8_t)(rgb >> 16);
 }
 
 // Runs every mode of the CUDA kernel on the host, one pixel at a time (tests and debugging).

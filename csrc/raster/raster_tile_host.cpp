@@ -16,7 +16,7 @@ void run(const RasterTileArgs& a) {
     const int tiles = std::min(ntx * nty, a.mode == 0 ? 1 : a.tiles_per_page);
     for (int tile = 0; tile < tiles; ++tile) {
       const int ty = tile / ntx, tx = tile % ntx;
-      if (a.mode == 3 && (ty * kTileH >= out_h || tx * kTileW >= out_w)) continue;
+      if (a.mode >= 3 && (ty * kTileH >= out_h || tx * kTileW >= out_w)) continue;
       int corner[4] = {-1, -1, -1, -1}, right = 0, bottom = 0;
       for (int ly = 0; ly < kTileH; ++ly) {
         for (int lx = 0; lx < kTileW; ++lx) {
@@ -36,8 +36,11 @@ void run(const RasterTileArgs& a) {
             uint8_t* o = static_cast<uint8_t*>(a.out) + a.out_off[page] + ((int64_t)row * W + col) * 3;
             o[0] = (uint8_t)r, o[1] = (uint8_t)g, o[2] = (uint8_t)b;
           }
+          if (a.mode == 4)
+            store_patch_u8(static_cast<uint8_t*>(a.out), patch_row_index(a.out_off[page], out_w, ty, tx, ly, lx, kRowU8),
+                           rgb);
           if (a.mode == 3) {
-            const int64_t i = pixel_values_index(a.out_off[page], out_w, ty, tx, ly, lx);
+            const int64_t i = patch_row_index(a.out_off[page], out_w, ty, tx, ly, lx, kRow);
             if (a.out_type == 1)
               store_pixel_values(static_cast<float*>(a.out), static_cast<const float*>(a.lut), i, rgb);
             else  // bfloat16: the table holds the bits already

@@ -2,7 +2,9 @@
 
 Both models rescale by 1/255, normalize with CLIP's mean and std, cut 14x14 patches,
 repeat a still image over the temporal patch of 2 and order rows by 2x2 merge block:
-pixel_values is [gh * gw, 3 * 2 * 14 * 14], columns (channel, t, py, px).
+pixel_values is [gh * gw, 3 * 2 * 14 * 14], columns (channel, t, py, px). With dtype uint8
+the rows are the raw levels of one frame instead, [gh * gw, 3 * 14 * 14] (channel, py, px):
+the input of glyph_rt's patch embedding, which folds the normalization into its weights.
 Normalization goes through a [3, 256] table computed with the Hugging Face image
 processor's own float32 arithmetic, and pages the model would resize are resized by
 Pillow as in the processor, so every page gives the processor's values bit for bit.
@@ -20,6 +22,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PATCH, MERGE, TEMPORAL = 14, 2, 2
 ROW = 3 * TEMPORAL * PATCH * PATCH
+ROW_U8 = 3 * PATCH * PATCH
 FACTOR = PATCH * MERGE  # sides of a page must be multiples of this
 
 
@@ -56,22 +59,25 @@ def resize_page(page: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.from_numpy(out.copy()).to(page.device)
 
 
-def patchify(values: torch.Tensor) -> torch.Tensor:
-    """[3, h, w] normalized image -> [gh * gw, 1176] rows in merge-block order (the processor's layout)."""
+def patchify(values: torch.Tensor, temporal: int = TEMPORAL) -> torch.Tensor:
+    """[3, h, w] image -> [gh * gw, 3 * temporal * 196] rows in merge-block order (the processor's layout)."""
     c, h, w = values.shape
     gh, gw = h // PATCH, w // PATCH
     p = values.reshape(c, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
     p = p.permute(1, 4, 2, 5, 0, 3, 6)  # (bh, bw, my, mx, c, py, px)
-    p = p[:, :, :, :, :, None].expand(*p.shape[:5], TEMPORAL, PATCH, PATCH)
-    return p.reshape(gh * gw, ROW)
+    p = p[:, :, :, :, :, None].expand(*p.shape[:5], temporal, PATCH, PATCH)
+    return p.reshape(gh * gw, c * temporal * PATCH * PATCH)
 
 
 def pixel_values_from_pages(pages: list[torch.Tensor], model: str = "glm4v", dtype=torch.float32,
                             lut: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 [H, W, 3] pages (any device) -> (pixel_values [N, 1176], image_grid_thw [pages, 3] int64)."""
+    """uint8 [H, W, 3] pages (any device) -> (pixel_values [N, 1176], image_grid_thw [pages, 3] int64);
+    with dtype uint8, raw patches [N, 588]."""
     rows, grids = [], []
     device = pages[0].device if pages else torch.device("cpu")
-    lut = normalize_lut(device, dtype) if lut is None else lut
+    raw = dtype == torch.uint8
+    if not raw:
+        lut = normalize_lut(device, dtype) if lut is None else lut
     for page in pages:
         if page.dtype != torch.uint8 or page.dim() != 3 or page.shape[-1] != 3:
             raise ValueError(f"a page must be uint8 [H, W, 3], got {page.dtype} {list(page.shape)}")
@@ -79,9 +85,11 @@ def pixel_values_from_pages(pages: list[torch.Tensor], model: str = "glm4v", dty
         h, w = target_size(H, W, model)
         if (h, w) != (H, W):
             page = resize_page(page, h, w)
-        idx = page.permute(2, 0, 1).reshape(3, -1).long()
-        values = torch.gather(lut, 1, idx).reshape(3, h, w)
-        rows.append(patchify(values))
+        if raw:
+            rows.append(patchify(page.permute(2, 0, 1), temporal=1))
+        else:
+            idx = page.permute(2, 0, 1).reshape(3, -1).long()
+            rows.append(patchify(torch.gather(lut, 1, idx).reshape(3, h, w)))
         grids.append([1, h // PATCH, w // PATCH])
-    pv = torch.cat(rows) if rows else torch.zeros(0, ROW, dtype=dtype, device=device)
+    pv = torch.cat(rows) if rows else torch.zeros(0, ROW_U8 if raw else ROW, dtype=dtype, device=device)
     return pv, torch.tensor(grids, dtype=torch.int64, device=device).reshape(-1, 3)

@@ -21,7 +21,7 @@ from ..render.config import parse_color
 from ..render.raster import paragraph_rects, palette, scales
 
 TILE_H, TILE_W = 14, 28  # one patch row of a 2x2 merge block: pixel_values tiles map 1:1
-MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS = 0, 1, 2, 3
+MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS, MODE_PATCHES = 0, 1, 2, 3, 4
 PAGE_FIELDS = ("height", "width", "tiles_x", "tiles_y", "tile_base", "bg_rgb", "out_height", "out_width")
 GPU_BACKENDS = ("cuda", "triton")
 MAX_ATLAS_BYTES = (1 << 31) - 1
@@ -358,7 +358,7 @@ def raster_tiles(backend: str, mode: int, batch: RasterBatch, dev: dict, out: to
     code run on the host over CPU tensors, which is how tests check the CUDA path without a GPU."""
     if batch.num_pages == 0:
         return
-    with nvtx_range(f"glyph_rt.raster.{('bg', 'ink', 'pages', 'pixels')[mode]}"):
+    with nvtx_range(f"glyph_rt.raster.{('bg', 'ink', 'pages', 'pixels', 'patches')[mode]}"):
         if backend == "triton":
             from ..kernels import raster as tk
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from ..nvtx import nvtx_range
-from ..ops.pixel_values import PATCH, ROW, normalize_lut, pixel_values_from_pages, target_size
-from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS, RasterBatch, check_backend, \
-    raster_tiles
+from ..ops.pixel_values import PATCH, ROW, ROW_U8, normalize_lut, pixel_values_from_pages, target_size
+from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PATCHES, MODE_PIXELS, RasterBatch, \
+    check_backend, raster_tiles
 from .config import RenderConfig
 from .pages import DEFAULT_MAX_BYTES, Document
 from .raster import final_sizes
@@ -96,7 +96,7 @@ def draw_pages(docs, device, backend: str, ranges=None) -> list[tuple[torch.Tens
 class ModelInputs:
     """Model input of a batch of texts: every page of every text is one image, in text order."""
 
-    pixel_values: torch.Tensor  # [sum of gh * gw, 1176] float32 or bfloat16
+    pixel_values: torch.Tensor  # [sum of gh * gw, 1176] float32 / bfloat16, or [.., 588] uint8 raw patches
     image_grid_thw: torch.Tensor  # [images, 3] int64: (1, gh, gw)
     images_per_text: list[int]
     model: str
@@ -154,12 +154,13 @@ def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Te
     fused = (target == hw).all(1)  # the model takes these pages as they are drawn
     rows = (target[:, 0] // PATCH) * (target[:, 1] // PATCH)
     first = np.cumsum(rows) - rows
-    pv = torch.empty(int(rows.sum()), ROW, dtype=dtype, device=device)
+    raw = dtype == torch.uint8
+    pv = torch.empty(int(rows.sum()), ROW_U8 if raw else ROW, dtype=dtype, device=device)
     if fused.any():
         dev["out_off"].copy_(torch.from_numpy(first))
         dev["meta"][:, 6:8] = torch.from_numpy((hw * fused[:, None]).astype(np.int32)).to(device)
         with nvtx_range("glyph_rt.pixel_values"):
-            raster_tiles(backend, MODE_PIXELS, batch, dev, out=pv, lut=lut)
+            raster_tiles(backend, MODE_PATCHES if raw else MODE_PIXELS, batch, dev, out=pv, lut=lut)
     # pages the model would resize: drawn, then resized and normalized by the plain-torch path
     for i, (d, (s, e)) in enumerate(zip(docs, ranges)):
         p0 = int(batch.page_base[i])
@@ -184,7 +185,9 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
     """Renders texts straight into a vision model's input.
 
     texts: a str or a list of str; config: one RenderConfig or one per text (configs may differ
-    within a batch: fonts, sizes, colors, dpi). model: "glm4v" or "qwen2_5_vl". Pages of
+    within a batch: fonts, sizes, colors, dpi). model: "glm4v" or "qwen2_5_vl". dtype float32 or
+    bfloat16 gives the processor's pixel_values; uint8 gives raw patches [N, 588] for
+    glyph_rt.ops.patch_embed, which folds the normalization into the weights. Pages of
     several texts are drawn in one launch, `batch_pages` pages at a time (long texts are split),
     while `workers` threads lay out the next texts (the C++ layout engine runs without the GIL).
     MemoryError once pixel_values would pass `max_bytes`."""
@@ -198,12 +201,13 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
         raise ValueError(f"{len(configs)} configs for {len(texts)} texts: give one config, or one per text")
     if model not in VISION_MODELS:
         raise ValueError(f"model {model!r} is unknown; choose from {', '.join(VISION_MODELS)}")
-    if dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"dtype {dtype} is not supported: use torch.float32 or torch.bfloat16")
+    if dtype not in (torch.float32, torch.bfloat16, torch.uint8):
+        raise ValueError(f"dtype {dtype} is not supported: use torch.float32, torch.bfloat16 or torch.uint8 "
+                         "(raw patches for glyph_rt's patch embedding)")
     if batch_pages < 1 or workers < 1:
         raise ValueError(f"batch_pages and workers must be >= 1, got {batch_pages} and {workers}")
     device, backend = resolve_device_backend(device, backend)
-    lut = normalize_lut(device, dtype)
+    lut = None if dtype == torch.uint8 else normalize_lut(device, dtype)
     t0 = time.perf_counter()
     seconds = {"layout_wait": 0.0, "gpu": 0.0}
 
@@ -252,7 +256,7 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
             flush()
     bar.close()
     if not pieces:
-        pieces = [torch.zeros(0, ROW, dtype=dtype, device=device)]
+        pieces = [torch.zeros(0, ROW_U8 if dtype == torch.uint8 else ROW, dtype=dtype, device=device)]
         grids = [torch.zeros(0, 3, dtype=torch.int64, device=device)]
     pv = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
     grid = grids[0] if len(grids) == 1 else torch.cat(grids)

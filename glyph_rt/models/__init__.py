@@ -1,0 +1,1 @@
+"""Hugging Face integration: drop-in modules on glyph_rt's kernels."""

@@ -1,0 +1,51 @@
+"""Drop-in replacement for Glm4vVisionPatchEmbed and Qwen2_5_VisionPatchEmbed.
+
+`PatchEmbed` keeps the Hugging Face module's parameter (`proj`, the Conv3d) so checkpoints
+load as they are, and computes it with glyph_rt.ops.patch_embed: a GEMM on float
+pixel_values [N, 1176], or a 588-wide GEMM with the normalization folded into the weights on
+uint8 patches [N, 588] (glyph_rt.render_inputs(..., dtype=torch.uint8)).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops.patch_embed import fold_weight, patch_embed
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, embed_dim: int, bias: bool = True, in_channels: int = 3, patch_size: int = 14,
+                 temporal_patch_size: int = 2, backend: str = "auto"):
+        super().__init__()
+        if (in_channels, patch_size, temporal_patch_size) != (3, 14, 2):
+            raise ValueError("PatchEmbed supports GLM-4.1V / Qwen2.5-VL patches: 3 channels, 14x14, 2 frames")
+        self.in_channels, self.patch_size, self.temporal_patch_size = in_channels, patch_size, temporal_patch_size
+        self.embed_dim = embed_dim
+        self.backend = backend
+        k = (temporal_patch_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_channels, embed_dim, kernel_size=k, stride=k, bias=bias)
+        self._folded = None  # (weight version, bias version, folded weights): reused while frozen
+
+    @classmethod
+    def from_hf(cls, module: nn.Module, backend: str = "auto") -> "PatchEmbed":
+        """The same parameters as a Glm4vVisionPatchEmbed / Qwen2_5_VisionPatchEmbed (shared, not copied)."""
+        proj = module.proj
+        new = cls(proj.out_channels, bias=proj.bias is not None, in_channels=proj.in_channels,
+                  patch_size=proj.kernel_size[1], temporal_patch_size=proj.kernel_size[0], backend=backend)
+        new.proj = proj
+        return new
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights acting on uint8 levels; cached until the parameters change (or while training)."""
+        w, b = self.proj.weight, self.proj.bias
+        if torch.is_grad_enabled() and w.requires_grad:
+            return fold_weight(w, b)
+        key = (w.data_ptr(), w._version, None if b is None else b._version, w.dtype, w.device)
+        if self._folded is None or self._folded[0] != key:
+            with torch.no_grad():
+                self._folded = (key, fold_weight(w, b))
+        return self._folded[1]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        folded = self.folded() if hidden_states.dtype == torch.uint8 else None
+        return patch_embed(hidden_states, self.proj.weight, self.proj.bias, self.backend, folded)

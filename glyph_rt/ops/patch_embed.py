@@ -1,0 +1,142 @@
+"""Vision patch embedding of GLM-4.1V / Qwen2.5-VL as a GEMM, from pixel_values or from uint8 patches.
+
+Both models embed 14x14x2 patches with a Conv3d whose kernel equals its stride, i.e.
+y = x @ W.view(D, 1176).T + b. glyph_rt runs it as one GEMM, forward and backward:
+
+    patch_embed(pixel_values [N, 1176], weight [D, 3, 2, 14, 14], bias)   exact drop-in
+    patch_embed(patches [N, 588] uint8, weight, bias)                      from raw page levels
+
+For uint8 patches (a still image: both frames equal) the weight is summed over the two frames
+and the per-channel normalization (x / 255 - mean) / std is folded into it and the bias, so the
+GEMM is 588 wide and reads one byte per input value. Gradients flow to the Conv3d's own weight
+and bias in both cases, so training uses the same op.
+
+Backends: "triton" (glyph_rt.kernels.patch_embed), "torch" (the plain reference: F.linear on
+the reshaped weight), "auto" (triton on CUDA tensors, torch elsewhere).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .pixel_values import CLIP_MEAN, CLIP_STD
+
+IN_CHANNELS, TEMPORAL, PATCH = 3, 2, 14
+K_PIXELS = IN_CHANNELS * TEMPORAL * PATCH * PATCH  # 1176
+K_UINT8 = IN_CHANNELS * PATCH * PATCH  # 588
+BACKENDS = ("auto", "triton", "torch")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"patch_embed backend {backend!r} is unknown; choose from {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("patch_embed backend 'triton' on CPU tensors runs only in Triton's interpreter "
+                           "(TRITON_INTERPRET=1); use backend='torch'")
+    return backend
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, backend: str,
+        out_dtype: torch.dtype) -> torch.Tensor:
+    if backend == "triton":
+        from ..kernels.patch_embed import matmul
+
+        return matmul(a, b, bias, out_dtype)
+    out = a.to(b.dtype) @ b
+    if bias is not None:
+        out = out + bias
+    return out.to(out_dtype)
+
+
+class _Gemm(torch.autograd.Function):
+    """a @ b + bias, with a possibly uint8 (no gradient); the backward pass is two more GEMMs."""
+
+    @staticmethod
+    def forward(ctx, a, b, bias, backend):
+        ctx.save_for_backward(a, b)
+        ctx.backend = backend
+        ctx.has_bias = bias is not None
+        return _mm(a, b, bias, backend, b.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        grad = grad.contiguous()
+        ga = gb = gbias = None
+        if ctx.needs_input_grad[0]:
+            ga = _mm(grad, b.t(), None, ctx.backend, a.dtype)
+        if ctx.needs_input_grad[1]:
+            gb = _mm(a.t(), grad, None, ctx.backend, b.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gbias = grad.float().sum(0).to(b.dtype)
+        return ga, gb, gbias, None
+
+
+def fold_weight(weight: torch.Tensor, bias: torch.Tensor | None, mean=CLIP_MEAN, std=CLIP_STD,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv3d weight [D, 3, 2, 14, 14] and bias -> (weight [588, D], bias [D]) acting on uint8 levels.
+
+    x = u / (255 std_c) - mean_c / std_c for both frames, so W' = sum_t W / (255 std_c) and
+    b' = b - sum W mean_c / std_c. Computed in float32 with autograd, returned in weight's dtype."""
+    D = weight.shape[0]
+    w = weight.float().reshape(D, IN_CHANNELS, TEMPORAL, PATCH * PATCH).sum(2)  # [D, 3, 196]
+    s = torch.tensor(std, dtype=torch.float32, device=weight.device)
+    m = torch.tensor(mean, dtype=torch.float32, device=weight.device)
+    w_u8 = (w / (255.0 * s)[None, :, None]).reshape(D, K_UINT8)
+    shift = (w * (m / s)[None, :, None]).sum((1, 2))
+    b = (bias.float() if bias is not None else torch.zeros(D, device=weight.device)) - shift
+    return w_u8.t().to(weight.dtype), b.to(weight.dtype)
+
+
+def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    if weight.dim() != 5 or tuple(weight.shape[1:]) != (IN_CHANNELS, TEMPORAL, PATCH, PATCH):
+        raise ValueError(f"weight must be a Conv3d weight [D, 3, 2, 14, 14], got {list(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be [{weight.shape[0]}], got {list(bias.shape)}")
+    if x.device != weight.device:
+        raise ValueError(f"input is on {x.device} but weight is on {weight.device}")
+    if x.dtype == torch.uint8:
+        if x.dim() != 2 or x.shape[1] != K_UINT8:
+            raise ValueError(f"uint8 patches must be [N, {K_UINT8}] (channel, py, px), got {list(x.shape)}")
+    elif not x.is_floating_point():
+        raise ValueError(f"input must be float pixel_values or uint8 patches, got {x.dtype}")
+    elif x.shape[-1] != K_PIXELS and x.numel() % K_PIXELS:
+        raise ValueError(f"pixel_values must be [N, {K_PIXELS}] (channel, t, py, px), got {list(x.shape)}")
+
+
+def patch_embed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                backend: str = "auto", folded: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Patch embeddings [N, D] in weight's dtype.
+
+    x: pixel_values [N, 1176] (float; cast to weight's dtype, as the HF modules do), or uint8
+    patches [N, 588] (raw levels, rows as pixel_values, columns (channel, py, px)).
+    weight: the Conv3d weight [D, 3, 2, 14, 14]; bias: [D] or None (Qwen2.5-VL).
+    folded: fold_weight(weight, bias), when the caller caches it (inference)."""
+    check_inputs(x, weight, bias)
+    backend = resolve_backend(backend, x.device)
+    D = weight.shape[0]
+    if x.dtype == torch.uint8:
+        w, b = folded if folded is not None else fold_weight(weight, bias)
+        return _Gemm.apply(x, w, b, backend)
+    x = x.reshape(-1, K_PIXELS).to(weight.dtype)
+    return _Gemm.apply(x, weight.reshape(D, K_PIXELS).t(), bias, backend)
+
+
+def patch_embed_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The plain-torch oracle: the Linear reshape of the Conv3d (float pixel_values only)."""
+    return F.linear(x.reshape(-1, K_PIXELS).to(weight.dtype), weight.reshape(weight.shape[0], -1), bias)
+
+
+def expand_uint8(patches: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """uint8 patches [N, 588] -> the pixel_values [N, 1176] they stand for (normalized, both frames)."""
+    from .pixel_values import normalize_lut
+
+    lut = normalize_lut(patches.device, dtype)  # [3, 256]
+    N = patches.shape[0]
+    u = patches.reshape(N, IN_CHANNELS, PATCH * PATCH).long()
+    v = torch.stack([lut[c][u[:, c]] for c in range(IN_CHANNELS)], 1)  # [N, 3, 196]
+    return v[:, :, None].expand(N, IN_CHANNELS, TEMPORAL, PATCH * PATCH).reshape(N, K_PIXELS)
