@@ -12,6 +12,7 @@
 #include "raster/raster_tile.h"
 #ifdef GLYPH_RT_WITH_CUDA
 #include "raster/raster_cuda.h"
+#include "vision/patch_embed.h"
 #endif
 
 namespace py = pybind11;
@@ -193,6 +194,21 @@ void run_raster_cuda(const py::dict& ptr, int32_t mode, bool ink_too, bool gray,
   py::gil_scoped_release nogil;
   raster_cuda(a, reinterpret_cast<void*>(stream));
 }
+
+void run_gemm_cuda(uintptr_t a, int32_t a_type, uintptr_t b, uintptr_t bias, uintptr_t c, int32_t c_type,
+                   int64_t M, int64_t N, int64_t K, int64_t sam, int64_t sak, int64_t sbk, int64_t sbn,
+                   int64_t scm, int64_t scn, uintptr_t stream) {
+  GemmArgs g;
+  g.a = reinterpret_cast<const void*>(a);
+  g.b = reinterpret_cast<const void*>(b);
+  g.bias = reinterpret_cast<const void*>(bias);
+  g.c = reinterpret_cast<void*>(c);
+  g.M = M, g.N = N, g.K = K;
+  g.sam = sam, g.sak = sak, g.sbk = sbk, g.sbn = sbn, g.scm = scm, g.scn = scn;
+  g.a_type = a_type, g.c_type = c_type;
+  py::gil_scoped_release nogil;
+  gemm_cuda(g, reinterpret_cast<void*>(stream));
+}
 #endif
 
 }  // namespace
@@ -220,6 +236,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_devices", &cuda_device_names);
   m.def("raster_cuda", &run_raster_cuda, py::arg("ptr"), py::arg("mode"), py::arg("ink_too"), py::arg("gray"),
         py::arg("out_type"), py::arg("num_pages"), py::arg("tiles_per_page"), py::arg("tol"), py::arg("stream"));
+  m.def("gemm_cuda", &run_gemm_cuda, "patch-embedding GEMM on tensor cores (raw device pointers, strides in elements)");
 #else
   m.attr("with_cuda") = false;
 #endif

@@ -108,6 +108,19 @@ def test_bad_inputs_name_the_problem():
         patch_embed(torch.randn(3, 1176), w[:, :, :1], b)
     with pytest.raises(ValueError, match="unknown"):
         patch_embed(torch.randn(3, 1176), w, b, backend="cutlass")
+    with pytest.raises(RuntimeError, match="backend 'cuda' needs CUDA tensors"):
+        patch_embed(torch.randn(3, 1176), w, b, backend="cuda")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gemm_custom_op_passes_opcheck(backend):
+    from glyph_rt.ops.patch_embed import gemm
+
+    dev = device_of(backend)
+    a = torch.randint(0, 256, (37, 40), dtype=torch.uint8, device=dev)
+    b = torch.randn(40, 24, device=dev)
+    torch.library.opcheck(gemm, (a, b, torch.randn(24, device=dev), backend, torch.float32),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def rel_err(a, ref):
@@ -115,12 +128,13 @@ def rel_err(a, ref):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("make", [hf_glm, hf_qwen], ids=["glm4v", "qwen2_5_vl"])
-def test_bf16_on_gpu_is_as_accurate_as_hf(make):
+def test_bf16_on_gpu_is_as_accurate_as_hf(make, backend):
     # flash-attention's rule: our bf16 error against an fp32 reference is at most 2x that of HF in bf16
     ref = make(dim=1536, device="cuda")
     hf = make(dim=1536, device="cuda", dtype=torch.bfloat16)
-    ours = PatchEmbed.from_hf(make(dim=1536, device="cuda", dtype=torch.bfloat16), backend="triton")
+    ours = PatchEmbed.from_hf(make(dim=1536, device="cuda", dtype=torch.bfloat16), backend=backend)
     torch.manual_seed(3)
     x = torch.randn(4097, 1176, device="cuda")
     up = torch.randn(4097, 1536, device="cuda")

@@ -11,8 +11,10 @@ and the per-channel normalization (x / 255 - mean) / std is folded into it and t
 GEMM is 588 wide and reads one byte per input value. Gradients flow to the Conv3d's own weight
 and bias in both cases, so training uses the same op.
 
-Backends: "triton" (glyph_rt.kernels.patch_embed), "torch" (the plain reference: F.linear on
-the reshaped weight), "auto" (triton on CUDA tensors, torch elsewhere).
+Backends: "triton" (glyph_rt.kernels.patch_embed), "cuda" (the extension's tensor-core GEMM,
+bfloat16 weights), "torch" (the plain reference: a matmul on the reshaped weight), "auto"
+(triton on CUDA tensors, torch elsewhere). The GEMM is the custom op glyph_rt::gemm, with a
+fake implementation, so torch.compile traces through it.
 """
 from __future__ import annotations
 
@@ -26,10 +28,10 @@ from .pixel_values import CLIP_MEAN, CLIP_STD
 IN_CHANNELS, TEMPORAL, PATCH = 3, 2, 14
 K_PIXELS = IN_CHANNELS * TEMPORAL * PATCH * PATCH  # 1176
 K_UINT8 = IN_CHANNELS * PATCH * PATCH  # 588
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "cuda", "torch")
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"patch_embed backend {backend!r} is unknown; choose from {', '.join(BACKENDS)}")
     if backend == "auto":
@@ -37,19 +39,45 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("patch_embed backend 'triton' on CPU tensors runs only in Triton's interpreter "
                            "(TRITON_INTERPRET=1); use backend='torch'")
+    if backend == "cuda":
+        from .._ext import backends
+
+        if device.type != "cuda" or not backends()["cuda"]["available"]:
+            raise RuntimeError(f"patch_embed backend 'cuda' needs CUDA tensors and the extension's CUDA kernels "
+                               f"({backends()['cuda']['why']})")
+        if dtype != torch.bfloat16:
+            raise ValueError(f"patch_embed backend 'cuda' runs bfloat16 weights on tensor cores, got {dtype}; "
+                             "use backend 'triton' or 'torch'")
     return backend
 
 
-def _mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, backend: str,
-        out_dtype: torch.dtype) -> torch.Tensor:
+@torch.library.custom_op("glyph_rt::gemm", mutates_args=())
+def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, backend: str,
+         out_dtype: torch.dtype) -> torch.Tensor:
+    """a [M, K] (float or uint8) @ b [K, N] (+ bias [N]) with fp32 accumulation -> [M, N] in out_dtype."""
     if backend == "triton":
         from ..kernels.patch_embed import matmul
 
         return matmul(a, b, bias, out_dtype)
+    if backend == "cuda":
+        from .._ext import require_extension
+
+        C = require_extension("the CUDA patch-embedding GEMM")
+        c = torch.empty(a.shape[0], b.shape[1], dtype=out_dtype, device=a.device)
+        C.gemm_cuda(a.data_ptr(), 0 if a.dtype == torch.uint8 else 2, b.data_ptr(),
+                    bias.data_ptr() if bias is not None else 0, c.data_ptr(), 1 if out_dtype == torch.float32 else 2,
+                    a.shape[0], b.shape[1], a.shape[1], a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+                    c.stride(0), c.stride(1), torch.cuda.current_stream(a.device).cuda_stream)
+        return c
     out = a.to(b.dtype) @ b
     if bias is not None:
         out = out + bias
     return out.to(out_dtype)
+
+
+@gemm.register_fake
+def _(a, b, bias, backend, out_dtype):
+    return a.new_empty(a.shape[0], b.shape[1], dtype=out_dtype)
 
 
 class _Gemm(torch.autograd.Function):
@@ -60,7 +88,7 @@ class _Gemm(torch.autograd.Function):
         ctx.save_for_backward(a, b)
         ctx.backend = backend
         ctx.has_bias = bias is not None
-        return _mm(a, b, bias, backend, b.dtype)
+        return gemm(a, b, bias, backend, b.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -68,9 +96,9 @@ class _Gemm(torch.autograd.Function):
         grad = grad.contiguous()
         ga = gb = gbias = None
         if ctx.needs_input_grad[0]:
-            ga = _mm(grad, b.t(), None, ctx.backend, a.dtype)
+            ga = gemm(grad, b.t(), None, ctx.backend, a.dtype)
         if ctx.needs_input_grad[1]:
-            gb = _mm(a.t(), grad, None, ctx.backend, b.dtype)
+            gb = gemm(a.t(), grad, None, ctx.backend, b.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gbias = grad.float().sum(0).to(b.dtype)
         return ga, gb, gbias, None
@@ -117,7 +145,7 @@ def patch_embed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     weight: the Conv3d weight [D, 3, 2, 14, 14]; bias: [D] or None (Qwen2.5-VL).
     folded: fold_weight(weight, bias), when the caller caches it (inference)."""
     check_inputs(x, weight, bias)
-    backend = resolve_backend(backend, x.device)
+    backend = resolve_backend(backend, x.device, weight.dtype)
     D = weight.shape[0]
     if x.dtype == torch.uint8:
         w, b = folded if folded is not None else fold_weight(weight, bias)
