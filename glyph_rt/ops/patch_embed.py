@@ -63,6 +63,11 @@ def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, backend: s
         from .._ext import require_extension
 
         C = require_extension("the CUDA patch-embedding GEMM")
+        ok = (a.dtype in (torch.uint8, torch.bfloat16) and b.dtype == torch.bfloat16
+              and (bias is None or bias.dtype == torch.bfloat16) and out_dtype in (torch.bfloat16, torch.float32))
+        if not ok:
+            raise ValueError(f"the CUDA GEMM takes uint8/bfloat16 @ bfloat16 -> bfloat16/float32, got {a.dtype} @ "
+                             f"{b.dtype} -> {out_dtype}")
         c = torch.empty(a.shape[0], b.shape[1], dtype=out_dtype, device=a.device)
         C.gemm_cuda(a.data_ptr(), 0 if a.dtype == torch.uint8 else 2, b.data_ptr(),
                     bias.data_ptr() if bias is not None else 0, c.data_ptr(), 1 if out_dtype == torch.float32 else 2,
