@@ -1,0 +1,251 @@
+"""Attention: the one dispatch point for glyph_rt's kernel, flash_attn and torch SDPA.
+
+    attention(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None,
+              causal=False, softmax_scale=None, backend="auto")
+
+q: (total_q, nheads, headdim); k, v: (total_k, nheads_k, headdim), nheads divisible by
+nheads_k (GQA/MQA); cu_seqlens_q / cu_seqlens_k: (batch + 1,) int32 segment boundaries (one
+segment when omitted); max_seqlen_*: the longest segment (computed when omitted: one host sync).
+causal masks are aligned to the bottom right, as flash-attn's. Returns (total_q, nheads, headdim).
+
+Backends:
+  "glyph"       the Triton kernel (glyph_rt.kernels.attention), forward and backward
+  "flash_attn"  the flash_attn package's varlen function (FA4's when importable, else FA2)
+  "sdpa"        torch's scaled_dot_product_attention (per segment when lengths differ)
+  "reference"   plain fp32 math, the test oracle
+  "auto"        glyph on CUDA tensors, sdpa elsewhere (or when the head dim is over 256)
+
+`register_transformers()` makes it a transformers attention implementation,
+attn_implementation="glyph", for GLM-4.1V and Qwen2.5-VL (and any model using
+transformers' attention interface).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "glyph", "flash_attn", "sdpa", "reference")
+MAX_HEAD_DIM = 256
+
+
+@functools.lru_cache(maxsize=1)
+def flash_attn_varlen():
+    """flash_attn's varlen function (FA4 first, then FA2) and its name, or (None, None)."""
+    for mod, name in (("flash_attn.cute", "fa4"), ("flash_attn", "fa2")):
+        try:
+            if importlib.util.find_spec(mod.split(".")[0]) is None:
+                continue
+            m = importlib.import_module(mod)
+            fn = getattr(m, "flash_attn_varlen_func", None)
+            if fn is not None:
+                return fn, name
+        except Exception:  # a broken install is the same as none
+            continue
+    return None, None
+
+
+def available_backends(device: torch.device) -> dict[str, str | None]:
+    """{backend: None if usable on `device`, else why not}."""
+    out: dict[str, str | None] = {"sdpa": None, "reference": None}
+    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    if importlib.util.find_spec("triton") is None:
+        out["glyph"] = "triton is not installed"
+    elif device.type != "cuda" and not (device.type == "cpu" and interp):
+        out["glyph"] = "the Triton kernel runs on CUDA tensors (or on the CPU in Triton's interpreter)"
+    else:
+        out["glyph"] = None
+    fn, _ = flash_attn_varlen()
+    out["flash_attn"] = None if (fn is not None and device.type == "cuda") else (
+        "flash_attn is not installed" if fn is None else "flash_attn runs on CUDA tensors")
+    return out
+
+
+def check_inputs(q, k, v, cu_q, cu_k) -> None:
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(f"q, k, v must be (total, nheads, headdim), got {list(q.shape)}, {list(k.shape)}, "
+                         f"{list(v.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {list(k.shape)} and {list(v.shape)}")
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"q and k head dims differ: {q.shape[2]} and {k.shape[2]}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"nheads ({q.shape[1]}) must be a multiple of nheads_k ({k.shape[1]})")
+    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+        raise ValueError(f"q, k, v must share one float dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    for name, cu, total in (("cu_seqlens_q", cu_q, q.shape[0]), ("cu_seqlens_k", cu_k, k.shape[0])):
+        if cu.dtype != torch.int32 or cu.dim() != 1 or len(cu) < 2:
+            raise ValueError(f"{name} must be a (batch + 1,) int32 tensor, got {cu.dtype} {list(cu.shape)}")
+        if cu.device != q.device:
+            raise ValueError(f"{name} is on {cu.device}, q on {q.device}")
+    if len(cu_q) != len(cu_k):
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k give {len(cu_q) - 1} and {len(cu_k) - 1} segments")
+
+
+def resolve_backend(backend: str, q: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend {backend!r} is unknown; choose from {', '.join(BACKENDS)}")
+    avail = available_backends(q.device)
+    if backend == "auto":
+        if avail["glyph"] is None and q.device.type == "cuda" and q.shape[-1] <= MAX_HEAD_DIM:
+            return "glyph"
+        return "sdpa"
+    if avail[backend] is not None:
+        raise RuntimeError(f"attention backend {backend!r} is not available: {avail[backend]}")
+    if backend == "glyph" and q.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"backend 'glyph' supports head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}")
+    return backend
+
+
+class _GlyphAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, causal, scale):
+        from ..kernels import attention as ka
+
+        o, lse = ka.forward(q, k, v, cu_q, cu_k, max_q, causal, scale)
+        ctx.save_for_backward(q, k, v, o, lse, cu_q, cu_k)
+        ctx.args = (max_q, max_k, causal, scale)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        from ..kernels import attention as ka
+
+        q, k, v, o, lse, cu_q, cu_k = ctx.saved_tensors
+        max_q, max_k, causal, scale = ctx.args
+        dq, dk, dv = ka.backward(do, q, k, v, o, lse, cu_q, cu_k, max_q, max_k, causal, scale)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def _segments(cu: torch.Tensor) -> list[int]:
+    return (cu[1:] - cu[:-1]).tolist()
+
+
+def attention_reference(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> torch.Tensor:
+    """Plain math in float32, one segment at a time: the oracle."""
+    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    group = q.shape[1] // k.shape[1]
+    bq, bk = cu_q.tolist(), cu_k.tolist()
+    for i in range(len(bq) - 1):
+        qs = q[bq[i]:bq[i + 1]].float().transpose(0, 1)
+        ks = k[bk[i]:bk[i + 1]].float().transpose(0, 1).repeat_interleave(group, 0)
+        vs = v[bk[i]:bk[i + 1]].float().transpose(0, 1).repeat_interleave(group, 0)
+        s = qs @ ks.transpose(1, 2) * scale
+        Lq, Lk = qs.shape[1], ks.shape[1]
+        if causal:
+            keep = torch.arange(Lk, device=q.device)[None, :] <= torch.arange(Lq, device=q.device)[:, None] + Lk - Lq
+            s = s.masked_fill(~keep, float("-inf"))
+        p = torch.softmax(s, -1).nan_to_num(0.0)  # a query that sees no key gets zeros
+        out[bq[i]:bq[i + 1]] = (p @ vs).transpose(0, 1)
+    return out
+
+
+def _sdpa(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> torch.Tensor:
+    group = q.shape[1] // k.shape[1]
+    lq, lk = _segments(cu_q), _segments(cu_k)
+
+    def run(qs, ks, vs):  # (B, H, L, D)
+        Lq, Lk = qs.shape[-2], ks.shape[-2]
+        mask = None
+        if causal and Lq != Lk:  # SDPA's is_causal is top-left aligned; flash-attn's is bottom-right
+            mask = torch.ones(Lq, Lk, dtype=torch.bool, device=qs.device).tril(Lk - Lq)
+        return F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=causal and mask is None,
+                                              scale=scale, enable_gqa=group > 1)
+
+    if len(set(lq)) == 1 and len(set(lk)) == 1:  # equal segments: one batched call
+        B = len(lq)
+        qs = q.reshape(B, lq[0], *q.shape[1:]).transpose(1, 2)
+        ks = k.reshape(B, lk[0], *k.shape[1:]).transpose(1, 2)
+        vs = v.reshape(B, lk[0], *v.shape[1:]).transpose(1, 2)
+        return run(qs, ks, vs).transpose(1, 2).reshape(q.shape)
+    outs = [run(qs.transpose(0, 1)[None], ks.transpose(0, 1)[None], vs.transpose(0, 1)[None])[0].transpose(0, 1)
+            for qs, ks, vs in zip(q.split(lq), k.split(lk), v.split(lk))]
+    return torch.cat(outs)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor | None = None,
+              cu_seqlens_k: torch.Tensor | None = None, max_seqlen_q: int | None = None,
+              max_seqlen_k: int | None = None, causal: bool = False, softmax_scale: float | None = None,
+              backend: str = "auto") -> torch.Tensor:
+    """Attention over packed segments; see the module docstring for shapes and backends."""
+    if cu_seqlens_q is None:
+        cu_seqlens_q = torch.tensor([0, q.shape[0]], dtype=torch.int32, device=q.device)
+        max_seqlen_q = q.shape[0]
+    if cu_seqlens_k is None:
+        if k.shape[0] != q.shape[0] and len(cu_seqlens_q) > 2:
+            raise ValueError("cu_seqlens_k is needed when k and q lengths differ over several segments")
+        cu_seqlens_k = cu_seqlens_q if k.shape[0] == q.shape[0] else \
+            torch.tensor([0, k.shape[0]], dtype=torch.int32, device=q.device)
+    check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k)
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    backend = resolve_backend(backend, q)
+    if backend == "reference":
+        return attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale).to(q.dtype)
+    if backend == "sdpa":
+        return _sdpa(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+    if max_seqlen_q is None:
+        max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
+    if max_seqlen_k is None:
+        max_seqlen_k = int((cu_seqlens_k[1:] - cu_seqlens_k[:-1]).max())
+    if backend == "flash_attn":
+        fn, _ = flash_attn_varlen()
+        out = fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=scale, causal=causal)
+        return out[0] if isinstance(out, tuple) else out
+    return _GlyphAttention.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+                                 bool(causal), float(scale))
+
+
+# ----------------------------------------------------------------------------- transformers
+def glyph_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, is_causal=None,
+                            cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None, max_length_k=None,
+                            backend: str = "auto", **kwargs):
+    """transformers' attention interface: query (B, H, S, D), key/value (B, H_kv, S_k, D) ->
+    ((B, S, H, D), None). Packed sequences come as cu_seq_lens_*; padding as a 2D mask."""
+    if dropout and module.training:
+        raise NotImplementedError("attn_implementation='glyph' has no attention dropout; set attention_dropout=0")
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError(f"attn_implementation='glyph' takes a 2D padding mask, got {attention_mask.dim()}D")
+    B, H, S, D = query.shape
+    Sk = key.shape[2]
+    causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
+    q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # (B, S, H, D)
+    dev = query.device
+    if cu_seq_lens_q is not None:  # packed sequences, B == 1
+        cu_k = cu_seq_lens_k if cu_seq_lens_k is not None else cu_seq_lens_q
+        out = attention(q.reshape(-1, H, D), k.reshape(-1, k.shape[2], D), v.reshape(-1, v.shape[2], D),
+                        cu_seq_lens_q.to(torch.int32), cu_k.to(torch.int32), max_length_q, max_length_k,
+                        causal=causal, softmax_scale=scaling, backend=backend)
+        return out.reshape(B, S, H, D), None
+    if attention_mask is not None and not bool(attention_mask.all()):  # padding: unpad, attend, pad back
+        mask_k = attention_mask.bool()
+        mask_q = mask_k[:, -S:]
+        lens_q, lens_k = mask_q.sum(1, dtype=torch.int32), mask_k.sum(1, dtype=torch.int32)
+        cu_q = F.pad(lens_q.cumsum(0, dtype=torch.int32), (1, 0))
+        cu_k = F.pad(lens_k.cumsum(0, dtype=torch.int32), (1, 0))
+        o = attention(q[mask_q], k[mask_k], v[mask_k], cu_q, cu_k, int(lens_q.max()), int(lens_k.max()),
+                      causal=causal, softmax_scale=scaling, backend=backend)
+        out = q.new_zeros(B, S, H, D)
+        out[mask_q] = o
+        return out, None
+    cu_q = torch.arange(B + 1, dtype=torch.int32, device=dev) * S
+    cu_k = torch.arange(B + 1, dtype=torch.int32, device=dev) * Sk
+    out = attention(q.reshape(B * S, H, D), k.reshape(B * Sk, -1, D), v.reshape(B * Sk, -1, D), cu_q, cu_k,
+                    S, Sk, causal=causal, softmax_scale=scaling, backend=backend)
+    return out.reshape(B, S, H, D), None
+
+
+def register_transformers(name: str = "glyph", backend: str = "auto") -> str:
+    """Registers glyph_rt's attention as attn_implementation=`name` (with flash-attn's 2D padding masks);
+    `backend` is passed to every attention() call it makes."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend {backend!r} is unknown; choose from {', '.join(BACKENDS)}")
+    AttentionInterface.register(name, functools.partial(glyph_attention_forward, backend=backend))
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, flash_attention_mask)
+    return name
