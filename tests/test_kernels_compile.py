@@ -10,6 +10,7 @@ SCRIPT = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from glyph_rt.kernels.attention import attn_bwd_dkdv_kernel, attn_bwd_dq_kernel, attn_fwd_kernel
 from glyph_rt.kernels.patch_embed import matmul_kernel
 from glyph_rt.kernels.raster import raster_kernel
 
@@ -35,6 +36,25 @@ for a, b, c, ieee in [("*u8", "*bf16", "*bf16", False), ("*bf16", "*bf16", "*bf1
                       ("*fp32", "*fp32", "*fp32", True)]:
     sig = dict(a_ptr=a, b_ptr=b, bias_ptr=b, c_ptr=c, **mm)
     build(matmul_kernel, sig, dict(HAS_BIAS=True, IEEE=ieee, BM=128, BN=128, BK=64, GROUP_M=8))
+def strides(*names):
+    return {n: "i32" for n in names}
+
+for dt, d in [("*bf16", 128), ("*fp16", 64), ("*bf16", 80)]:
+    blk = dict(D=d, BLOCK_D=triton.next_power_of_2(d), CAUSAL=True, IEEE=False)
+    fwd = dict(Q=dt, K=dt, V=dt, O=dt, LSE="*fp32", cu_q="*i32", cu_k="*i32", qk_scale="fp32",
+               **strides("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_ot",
+                         "stride_oh", "stride_lh"))
+    for causal in (False, True):
+        build(attn_fwd_kernel, fwd, dict(GROUP=4, BM=128, BN=64, **{**blk, "CAUSAL": causal}))
+    common = dict(Q=dt, K=dt, V=dt, DO=dt, LSE="*fp32", DELTA="*fp32")
+    dkdv = dict(**common, DK=dt, DV=dt, cu_q="*i32", cu_k="*i32", qk_scale="fp32", sm_scale="fp32",
+                **strides("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_dot",
+                          "stride_doh", "stride_dkt", "stride_dkh", "stride_dvt", "stride_dvh", "stride_lh"))
+    build(attn_bwd_dkdv_kernel, dkdv, dict(GROUP=16, BM=64, BN=64, **blk))
+    dq = dict(**common, DQ=dt, cu_q="*i32", cu_k="*i32", qk_scale="fp32", sm_scale="fp32",
+              **strides("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_dot",
+                        "stride_doh", "stride_dqt", "stride_dqh", "stride_lh"))
+    build(attn_bwd_dq_kernel, dq, dict(GROUP=16, BM=64, BN=64, **blk))
 print("compiled")
 """
 

@@ -1,0 +1,132 @@
+"""Attention on the GPU in bfloat16: glyph_rt's Triton kernel beside torch SDPA's backends and flash_attn.
+
+  (a) vision tower: 64 pages x 2,520 patches as varlen segments, 12 heads x 128, bidirectional
+  (b) prefill: 8K to 128K tokens, causal, 32 query heads and 2 KV heads x 128 (GLM-4-9B)
+
+For each backend: milliseconds and TFLOP/s, forward and forward+backward (triton.testing.do_bench,
+median after warm-up). FLOPs: forward 4 * sum(Lq * Lk) * heads * dim (halved when causal),
+backward 2.5x the forward. A backend that cannot run a shape is listed with its error.
+Writes results/attention-<gpu>.json with summary vision_ratio_vs_best and
+prefill_128k_ratio_vs_best (our forward time against the best other backend's; > 1 is faster).
+
+    python bench/bench_attention.py [--prefill 8192,32768,131072] [--no-backward]
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from bench.common import write_result  # noqa: E402
+from glyph_rt.ops.attention import attention, flash_attn_varlen  # noqa: E402
+
+
+def sdpa_backends():
+    from torch.nn.attention import SDPBackend
+
+    return {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION}
+
+
+def runner(name, q, k, v, cu, max_len, causal):
+    """A zero-argument forward for backend `name`."""
+    if name == "glyph":
+        return lambda: attention(q, k, v, cu, cu, max_len, max_len, causal=causal, backend="glyph")
+    if name == "flash_attn":
+        fn, _ = flash_attn_varlen()
+        return lambda: fn(q, k, v, cu, cu, max_len, max_len, causal=causal)
+    from torch.nn.attention import sdpa_kernel
+
+    backend = sdpa_backends()[name]
+
+    def run():
+        with sdpa_kernel(backend):
+            return attention(q, k, v, cu, cu, max_len, max_len, causal=causal, backend="sdpa")
+    return run
+
+
+def measure(name, q, k, v, cu, max_len, causal, flops, backward: bool) -> dict:
+    from triton.testing import do_bench
+
+    fwd = runner(name, q, k, v, cu, max_len, causal)
+    row = {"backend": name}
+    try:
+        ms = do_bench(fwd, return_mode="median")
+        row.update(fwd_ms=ms, fwd_tflops=flops / ms / 1e9)
+        if backward:
+            qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
+            f = runner(name, qq, kk, vv, cu, max_len, causal)
+            out = f()
+            do = torch.randn_like(out[0] if isinstance(out, tuple) else out)
+
+            def step():
+                o = f()
+                (o[0] if isinstance(o, tuple) else o).backward(do)
+
+            ms = do_bench(step, grad_to_none=[qq, kk, vv], return_mode="median")
+            row.update(fwd_bwd_ms=ms, fwd_bwd_tflops=3.5 * flops / ms / 1e9)
+    except Exception as e:  # unsupported shape, dtype or GQA: say so in the table
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        torch.cuda.empty_cache()
+    return row
+
+
+def case(label, lens, hq, hkv, d, causal, backends, backward):
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    total = sum(lens)
+    q = torch.randn(total, hq, d, device=dev, dtype=dt)
+    k = torch.randn(total, hkv, d, device=dev, dtype=dt)
+    v = torch.randn(total, hkv, d, device=dev, dtype=dt)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+    flops = 4 * sum(n * n for n in lens) * hq * d / (2 if causal else 1)
+    rows = []
+    for name in backends:
+        r = measure(name, q, k, v, cu, max(lens), causal, flops, backward)
+        r.update(case=label, tokens=total, segments=len(lens), heads=hq, kv_heads=hkv, head_dim=d, causal=causal)
+        rows.append(r)
+        shown = "  ".join(f"{key} {r[key]:.1f}" for key in ("fwd_tflops", "fwd_bwd_tflops") if key in r)
+        print(f"{label:28s} {name:15s} {shown or r.get('error')}")
+    return rows
+
+
+def ratio_vs_best(rows) -> float | None:
+    ours = next((r for r in rows if r["backend"] == "glyph" and "fwd_ms" in r), None)
+    others = [r["fwd_ms"] for r in rows if r["backend"] != "glyph" and "fwd_ms" in r]
+    return round(min(others) / ours["fwd_ms"], 3) if ours and others else None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prefill", default="8192,16384,32768,65536,131072")
+    ap.add_argument("--no-backward", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_attention needs a CUDA GPU")
+    backends = ["glyph", *sdpa_backends()]
+    if flash_attn_varlen()[0] is not None:
+        backends.append("flash_attn")
+    backward = not args.no_backward
+    rows = case("vision 64x2520, 12x128", [2520] * 64, 12, 12, 128, False, backends, backward)
+    vision = ratio_vs_best(rows)
+    prefill = None
+    for n in [int(s) for s in args.prefill.split(",")]:
+        r = case(f"prefill {n // 1024}K, 32q/2kv x128", [n], 32, 2, 128, True, backends, backward)
+        rows += r
+        if n == 131072:
+            prefill = ratio_vs_best(r)
+    gpu = torch.cuda.get_device_name(0)
+    summary = {"vision_ratio_vs_best": vision, "prefill_128k_ratio_vs_best": prefill,
+               "flash_attn": flash_attn_varlen()[1]}
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower().replace("nvidia", "")).strip("-")
+    p = write_result(args.out or f"attention-{slug}.json", "attention", rows, summary)
+    print(f"{gpu}: summary {summary}\nwrote {p}")
+
+
+if __name__ == "__main__":
+    main()
