@@ -170,3 +170,10 @@ def test_low_precision_error_is_at_most_twice_torch(dtype, hq, hkv, d, causal):
     torch_ = run("sdpa", q, k, v, cu_q, cu_k, causal, do)
     for name, a, b, r in zip(("out", "dq", "dk", "dv"), ours, torch_, ref):
         assert (a.float() - r.float()).abs().max() <= 2 * (b.float() - r.float()).abs().max() + 1e-5, name
+
+
+def test_strided_inputs():
+    q, k, v, cu_q, cu_k = packed([9, 14], [9, 14], 2, 2, 16, device=TRITON_DEVICE)
+    qt = q.transpose(1, 2).contiguous().transpose(1, 2)  # last dim not contiguous
+    a = attention(qt, k, v, cu_q, cu_k, backend="glyph")
+    torch.testing.assert_close(a, attention(q, k, v, cu_q, cu_k, backend="reference"), rtol=1e-4, atol=1e-4)

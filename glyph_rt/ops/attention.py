@@ -106,6 +106,7 @@ class _GlyphAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, causal, scale):
         from ..kernels import attention as ka
 
+        q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))  # the kernel reads rows
         o, lse = ka.forward(q, k, v, cu_q, cu_k, max_q, causal, scale)
         ctx.save_for_backward(q, k, v, o, lse, cu_q, cu_k)
         ctx.args = (max_q, max_k, causal, scale)
