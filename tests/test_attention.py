@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from glyph_rt.ops.attention import attention, attention_reference, register_transformers
+from tiny import glm4v_inputs, tiny_glm4v, tiny_qwen2_5_vl
 
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -71,42 +72,12 @@ def test_defaults_and_errors():
             attention(q, k, v, backend="flash_attn")
 
 
-def tiny_glm4v(attn):
-    from transformers import Glm4vConfig, Glm4vForConditionalGeneration
-
-    cfg = Glm4vConfig(
-        text_config=dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000, "partial_rotary_factor": 0.5,
-                                          "mrope_section": [2, 1, 1]}),
-        vision_config=dict(hidden_size=64, depth=2, num_heads=4, intermediate_size=128, out_hidden_size=64,
-                           image_size=56, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=999, video_token_id=998, image_start_token_id=997, image_end_token_id=996,
-        video_start_token_id=995, video_end_token_id=994)
-    cfg._attn_implementation = attn
-    cfg.text_config._attn_implementation = attn
-    cfg.vision_config._attn_implementation = attn
-    torch.manual_seed(0)
-    return Glm4vForConditionalGeneration(cfg).eval()
-
-
 def test_glm4v_runs_on_glyph_attention_in_both_towers():
     name = register_transformers("glyph", backend="glyph")  # the Triton kernel, even on the CPU
     sdpa, ours = tiny_glm4v("sdpa"), tiny_glm4v(name)
     ours.load_state_dict(sdpa.state_dict())
-    # two pages of different sizes (grids 4x4 and 2x6) in one prompt, and a left-padded batch of 2
-    grid = torch.tensor([[1, 4, 4], [1, 2, 6]])
-    img = [997] + [999] * 4 + [996]
-    img2 = [997] + [999] * 3 + [996]
-    first = [5, 6] + img + [7] + img2 + [8, 9, 10]
-    second = [5] + img + [7, 8, 9]  # one page, left-padded to the first prompt's length
-    pad = len(first) - len(second)
-    input_ids = torch.tensor([first, [0] * pad + second])
-    mask = torch.tensor([[1] * len(first), [0] * pad + [1] * len(second)])
-    torch.manual_seed(1)
-    pixel_values = torch.randn(16 + 12 + 16, 1176)
-    kwargs = dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values,
-                  image_grid_thw=torch.cat([grid, grid[:1]]), mm_token_type_ids=(input_ids == 999).long())
+    kwargs = glm4v_inputs()
+    mask = kwargs["attention_mask"]
     counts = {"n": 0}
     import glyph_rt.ops.attention as att
 
@@ -126,24 +97,6 @@ def test_glm4v_runs_on_glyph_attention_in_both_towers():
     assert counts["n"] >= 4  # both towers went through glyph_rt's dispatch
     valid = mask.bool()
     torch.testing.assert_close(got[valid], want[valid], rtol=1e-4, atol=1e-4)
-
-
-def tiny_qwen2_5_vl(attn):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512, bos_token_id=1,
-                         eos_token_id=2, rope_parameters={"rope_type": "default", "rope_theta": 10000,
-                                                          "mrope_section": [2, 3, 3]}),
-        vision_config=dict(hidden_size=64, depth=2, num_heads=4, intermediate_size=128, out_hidden_size=64,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1]),
-        image_token_id=999, video_token_id=998, vision_start_token_id=997, vision_end_token_id=996)
-    for c in (cfg, cfg.text_config, cfg.vision_config):
-        c._attn_implementation = attn
-    torch.manual_seed(0)
-    return Qwen2_5_VLForConditionalGeneration(cfg).eval()
 
 
 def test_qwen2_5_vl_runs_on_glyph_attention_in_both_towers():

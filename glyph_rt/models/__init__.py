@@ -1,1 +1,5 @@
-"""Hugging Face integration: drop-in modules on glyph_rt's kernels."""
+"""Hugging Face integration: GLM-4.1V / Qwen2.5-VL on glyph_rt's kernels."""
+from .patch_embed import PatchEmbed
+from .patching import MODELS, Patch, apply_glyph_kernels
+
+__all__ = ["PatchEmbed", "apply_glyph_kernels", "Patch", "MODELS"]

@@ -24,7 +24,6 @@ class PatchEmbed(nn.Module):
         self.backend = backend
         k = (temporal_patch_size, patch_size, patch_size)
         self.proj = nn.Conv3d(in_channels, embed_dim, kernel_size=k, stride=k, bias=bias)
-        self._folded = None  # (weight version, bias version, folded weights): reused while frozen
 
     @classmethod
     def from_hf(cls, module: nn.Module, backend: str = "auto") -> "PatchEmbed":
@@ -36,16 +35,28 @@ class PatchEmbed(nn.Module):
         return new
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights acting on uint8 levels; cached until the parameters change (or while training)."""
-        w, b = self.proj.weight, self.proj.bias
-        if torch.is_grad_enabled() and w.requires_grad:
-            return fold_weight(w, b)
-        key = (w.data_ptr(), w._version, None if b is None else b._version, w.dtype, w.device)
-        if self._folded is None or self._folded[0] != key:
-            with torch.no_grad():
-                self._folded = (key, fold_weight(w, b))
-        return self._folded[1]
+        return folded_weights(self)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        folded = self.folded() if hidden_states.dtype == torch.uint8 else None
-        return patch_embed(hidden_states, self.proj.weight, self.proj.bias, self.backend, folded)
+        return embed_patches(self, hidden_states, self.backend)
+
+
+def folded_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """`module.proj`'s weights acting on uint8 levels; cached on the module until the parameters change
+    (recomputed with autograd while they train)."""
+    w, b = module.proj.weight, module.proj.bias
+    if torch.is_grad_enabled() and w.requires_grad:
+        return fold_weight(w, b)
+    key = (w.data_ptr(), w._version, None if b is None else b._version, w.dtype, w.device)
+    cached = getattr(module, "_folded", None)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, fold_weight(w, b))
+        module._folded = cached
+    return cached[1]
+
+
+def embed_patches(module: nn.Module, hidden_states: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """The forward of any module holding the patch-embedding Conv3d as `proj` (ours, or a patched HF one)."""
+    folded = folded_weights(module) if hidden_states.dtype == torch.uint8 else None
+    return patch_embed(hidden_states, module.proj.weight, module.proj.bias, backend, folded)

@@ -1,0 +1,154 @@
+"""apply_glyph_kernels: run Hugging Face GLM-4.1V / Qwen2.5-VL on glyph_rt's kernels.
+
+One generic mechanism: a module class is replaced by a subclass that keeps its parameters and
+constructor and overrides `forward` with glyph_rt's op. On a built model the matching modules
+switch class in place (that model only); with no model, the class is swapped in transformers'
+modeling module so that models built afterwards get it (models built before stay untouched).
+A small table says which classes each model type has. Every change is recorded and undone by
+`Patch.undo()`.
+
+    patch = apply_glyph_kernels(model)                     # a built model
+    patch = apply_glyph_kernels(model_type="glm4v")        # models built from now on
+    patch.undo()
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from ..ops.attention import BACKENDS as ATTENTION_BACKENDS
+from ..ops.attention import attention, register_transformers
+from ..ops.patch_embed import BACKENDS as PATCH_EMBED_BACKENDS
+from .patch_embed import embed_patches
+
+
+@dataclass(frozen=True)
+class ModelClasses:
+    module: str  # transformers modeling module
+    patch_embed: str
+    vision_attention: str
+
+
+MODELS = {
+    "glm4v": ModelClasses("transformers.models.glm4v.modeling_glm4v", "Glm4vVisionPatchEmbed", "Glm4vVisionAttention"),
+    "qwen2_5_vl": ModelClasses("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VisionPatchEmbed",
+                               "Qwen2_5_VLVisionAttention"),
+}
+
+
+class GlyphPatchEmbed:
+    """forward of Glm4vVisionPatchEmbed / Qwen2_5_VisionPatchEmbed on glyph_rt's GEMM (float or uint8 input)."""
+
+    _glyph_backend = "auto"
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return embed_patches(self, hidden_states, self._glyph_backend)
+
+
+class GlyphVisionAttention:
+    """forward of the vision towers' attention: every image's segment in one varlen call."""
+
+    _glyph_backend = "auto"
+
+    def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
+        if self.training and self.attention_dropout:
+            raise NotImplementedError("glyph_rt's vision attention has no dropout; set attention_dropout=0")
+        n = hidden_states.shape[0]
+        q, k, v = self.qkv(hidden_states).reshape(n, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        cos, sin = position_embeddings
+        rotary = sys.modules[self._glyph_base.__module__].apply_rotary_pos_emb_vision
+        q, k = rotary(q, k, cos, sin)
+        cu = cu_seqlens.to(torch.int32)
+        out = attention(q, k, v, cu, cu, max_seqlen, max_seqlen, causal=False, softmax_scale=self.scaling,
+                        backend=self._glyph_backend)
+        return self.proj(out.reshape(n, -1))
+
+
+_SUBCLASSES: dict[tuple, type] = {}
+
+
+def glyph_subclass(base: type, mixin: type, backend: str) -> type:
+    """`base` with `mixin`'s forward: same constructor, same parameters, same state_dict keys."""
+    key = (base, mixin, backend)
+    if key not in _SUBCLASSES:
+        _SUBCLASSES[key] = type(f"Glyph{base.__name__}", (mixin, base),
+                                {"_glyph_base": base, "_glyph_backend": backend, "__module__": __name__})
+    return _SUBCLASSES[key]
+
+
+@dataclass
+class Patch:
+    """The changes apply_glyph_kernels made, undone in reverse order."""
+
+    model_type: str
+    replaced: int = 0  # module instances (or classes) switched
+    _undo: list = field(default_factory=list, repr=False)
+
+    def setattr(self, obj, name: str, value) -> None:
+        old = getattr(obj, name)
+        setattr(obj, name, value)
+        self._undo.append(lambda: setattr(obj, name, old))
+
+    def undo(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+        self.replaced = 0
+
+
+def apply_glyph_kernels(model: torch.nn.Module | None = None, model_type: str | None = None, patch_embed: bool = True,
+                        attention: bool = True, patch_embed_backend: str = "auto",
+                        attention_backend: str = "auto") -> Patch:
+    """Switches a GLM-4.1V / Qwen2.5-VL model (or, with no model, those built later) to glyph_rt's kernels.
+
+    patch_embed: the vision patch embedding runs on glyph_rt's GEMM (and takes uint8 patches).
+    attention: the vision towers attend all images in one varlen call, and a built model's
+    language model uses attn_implementation="glyph" (for models built later, pass
+    attn_implementation="glyph" when building them). The backends go to glyph_rt.ops.patch_embed
+    and glyph_rt.ops.attention ("auto" lets them pick)."""
+    if model is not None:
+        model_type = getattr(model.config, "model_type", None)
+    if model_type not in MODELS:
+        raise ValueError(f"model type {model_type!r} is not supported; glyph_rt patches {', '.join(MODELS)}")
+    if patch_embed_backend not in PATCH_EMBED_BACKENDS:
+        raise ValueError(f"patch_embed_backend {patch_embed_backend!r} is unknown; "
+                         f"choose from {', '.join(PATCH_EMBED_BACKENDS)}")
+    if attention_backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention_backend {attention_backend!r} is unknown; "
+                         f"choose from {', '.join(ATTENTION_BACKENDS)}")
+    spec = MODELS[model_type]
+    mod = importlib.import_module(spec.module)
+    targets = []
+    if patch_embed:
+        targets.append((getattr(mod, spec.patch_embed), GlyphPatchEmbed, patch_embed_backend))
+    if attention:
+        register_transformers("glyph", backend=attention_backend)
+        targets.append((getattr(mod, spec.vision_attention), GlyphVisionAttention, attention_backend))
+    patch = Patch(model_type)
+    for base, mixin, backend in targets:
+        base = getattr(base, "_glyph_base", base)  # already patched: start from the original class
+        new = glyph_subclass(base, mixin, backend)
+        if model is None:
+            patch.setattr(mod, base.__name__, new)
+            patch.replaced += 1
+            continue
+        for m in model.modules():
+            if isinstance(m, base):
+                patch.setattr(m, "__class__", new)
+                patch.replaced += 1
+    if model is not None and attention:
+        for cfg in _language_configs(model):
+            patch.setattr(cfg, "_attn_implementation", "glyph")
+    return patch
+
+
+def _language_configs(model) -> list:
+    """The configs of the model and its language model (the vision tower's attention is patched itself)."""
+    found = {}
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and "vision" not in type(cfg).__name__.lower():
+            found[id(cfg)] = cfg
+    return list(found.values())

@@ -1,0 +1,73 @@
+"""apply_glyph_kernels on tiny GLM-4.1V / Qwen2.5-VL models: same outputs, undoable, scoped."""
+import pytest
+import torch
+from tiny import glm4v_inputs, tiny_glm4v, tiny_qwen2_5_vl
+
+from glyph_rt.models import apply_glyph_kernels
+from glyph_rt.models.patching import GlyphPatchEmbed, GlyphVisionAttention
+
+KERNELS = dict(patch_embed_backend="triton", attention_backend="glyph")  # the Triton kernels, even on the CPU
+
+
+def classes(model):
+    return {type(m).__name__ for m in model.modules()}
+
+
+def test_patched_glm4v_gives_the_same_logits_and_tokens_and_undoes():
+    ref, model = tiny_glm4v("sdpa"), tiny_glm4v("sdpa")
+    model.load_state_dict(ref.state_dict())
+    inputs = glm4v_inputs()
+    valid = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        want = ref(**inputs).logits
+        patch = apply_glyph_kernels(model, **KERNELS)
+        assert patch.replaced == 1 + 2  # the patch embedding and two vision blocks' attention
+        assert any(isinstance(m, GlyphPatchEmbed) for m in model.modules())
+        assert any(isinstance(m, GlyphVisionAttention) for m in model.modules())
+        assert model.model.language_model.config._attn_implementation == "glyph"
+        assert not any(isinstance(m, (GlyphPatchEmbed, GlyphVisionAttention)) for m in ref.modules())
+        got = model(**inputs).logits
+        torch.testing.assert_close(got[valid], want[valid], rtol=1e-4, atol=1e-4)
+        greedy = dict(max_new_tokens=4, do_sample=False)
+        assert torch.equal(model.generate(**inputs, **greedy), ref.generate(**inputs, **greedy))
+        patch.undo()
+        assert classes(model) == classes(ref)
+        assert model.model.language_model.config._attn_implementation == "sdpa"
+        assert torch.equal(model(**inputs).logits, want)
+
+
+def test_patching_before_the_model_is_built():
+    before = tiny_glm4v("sdpa")
+    patch = apply_glyph_kernels(model_type="glm4v", **KERNELS)
+    try:
+        after = tiny_glm4v("glyph")
+        assert any(isinstance(m, GlyphPatchEmbed) for m in after.modules())
+        assert not any(isinstance(m, GlyphPatchEmbed) for m in before.modules())  # built earlier: untouched
+        after.load_state_dict(before.state_dict())  # same parameter names
+        inputs = glm4v_inputs()
+        valid = inputs["attention_mask"].bool()
+        with torch.no_grad():
+            torch.testing.assert_close(after(**inputs).logits[valid], before(**inputs).logits[valid],
+                                       rtol=1e-4, atol=1e-4)
+    finally:
+        patch.undo()
+    assert not any(isinstance(m, GlyphPatchEmbed) for m in tiny_glm4v("sdpa").modules())
+
+
+def test_patched_qwen2_5_vl_window_and_full_attention():
+    ref, model = tiny_qwen2_5_vl("sdpa"), tiny_qwen2_5_vl("sdpa")
+    model.load_state_dict(ref.state_dict())
+    ids = torch.tensor([[5, 6, 997] + [999] * 6 + [996, 7, 8]])
+    kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.randn(24, 1176),
+              image_grid_thw=torch.tensor([[1, 4, 6]]), mm_token_type_ids=(ids == 999).long())
+    patch = apply_glyph_kernels(model, **KERNELS)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**kw).logits, ref(**kw).logits, rtol=1e-4, atol=1e-4)
+    patch.undo()
+
+
+def test_unsupported_models_and_backends_are_named():
+    with pytest.raises(ValueError, match="'llava' is not supported"):
+        apply_glyph_kernels(model_type="llava")
+    with pytest.raises(ValueError, match="attention_backend 'xformers'"):
+        apply_glyph_kernels(model_type="glm4v", attention_backend="xformers")
