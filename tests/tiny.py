@@ -52,3 +52,57 @@ def glm4v_inputs(seed: int = 1) -> dict:
     grid = torch.tensor([[1, 4, 4], [1, 2, 6], [1, 4, 4]])
     return dict(input_ids=input_ids, attention_mask=mask, pixel_values=torch.randn(16 + 12 + 16, 1176),
                 image_grid_thw=grid, mm_token_type_ids=(input_ids == 999).long())
+
+
+GLM_SPECIAL = ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|begin_of_image|>",
+               "<|image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|video|>", "<|end_of_video|>"]
+GLM_TEMPLATE = (
+    "[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|>\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def tiny_tokenizer():
+    """A small byte-level BPE trained on the sample text, with GLM-4.1V's special tokens and a GLM-style template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from glyph_rt.render.textio import sample_text
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=GLM_SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([sample_text()[:20000]], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.chat_template = GLM_TEMPLATE
+    return fast
+
+
+def tiny_glm4v_checkpoint(path, max_positions: int = 4096):
+    """A complete local checkpoint directory: config, weights, tokenizer, chat template, processor config."""
+    from transformers import Glm4vConfig, Glm4vForConditionalGeneration
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+    tok = tiny_tokenizer()
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
+        ("image_token_id", "<|image|>"), ("video_token_id", "<|video|>"), ("image_start_token_id", "<|begin_of_image|>"),
+        ("image_end_token_id", "<|end_of_image|>"), ("video_start_token_id", "<|begin_of_video|>"),
+        ("video_end_token_id", "<|end_of_video|>")]}
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    cfg = Glm4vConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=max_positions,
+                         eos_token_id=eos, pad_token_id=eos,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000, "partial_rotary_factor": 0.5,
+                                          "mrope_section": [2, 1, 1]}),
+        vision_config=dict(hidden_size=64, depth=2, num_heads=4, intermediate_size=128, out_hidden_size=64,
+                           image_size=56, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        **ids)
+    torch.manual_seed(0)
+    Glm4vForConditionalGeneration(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    Glm4vImageProcessorPil().save_pretrained(path)
+    return path

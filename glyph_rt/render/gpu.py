@@ -31,8 +31,9 @@ DEVICE_BACKENDS = ("auto", "cuda", "triton", "cpu")
 
 
 def resolve_device_backend(device, backend: str) -> tuple[torch.device, str]:
-    """(device, backend) for drawing on `device`: auto picks cuda, then triton; 'cpu' draws on the CPU
-    and copies pages over. Unavailable choices raise with the reason."""
+    """(device, backend) for drawing on `device`: auto picks cuda, then triton on a GPU and the C++
+    rasterizer on the CPU; 'cpu' draws on the CPU and copies pages over. Unavailable choices raise
+    with the reason."""
     from .._ext import backends
 
     device = torch.device(device)
@@ -41,6 +42,8 @@ def resolve_device_backend(device, backend: str) -> tuple[torch.device, str]:
     if backend not in DEVICE_BACKENDS:
         raise ValueError(f"backend {backend!r} is unknown for device {device}; "
                          f"choose from {', '.join(DEVICE_BACKENDS)}")
+    if backend == "auto" and device.type == "cpu":
+        return device, "cpu"  # the C++ rasterizer; Triton's interpreter only when asked for
     if backend == "auto":
         avail = backends()
         backend = next((b for b in GPU_BACKENDS if avail[b]["available"]), None)

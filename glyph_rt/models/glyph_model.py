@@ -1,0 +1,240 @@
+"""GlyphModel: a GLM-4.1V / Qwen2.5-VL checkpoint answering questions over long texts it reads as pages.
+
+    model = GlyphModel.from_pretrained("path/to/Glyph", render_config=RenderConfig())
+    answers = model.generate(contexts, questions, max_new_tokens=64)
+    answers[0].text, answers[0].timings, answers[0].visual_tokens, answers[0].text_tokens
+
+Each context is rendered by glyph_rt straight into pixel_values on the model's device; the
+prompt is the checkpoint's own chat template with one image per page followed by the
+question (which stays text, as in Glyph's evaluation), and each image placeholder is expanded
+to the page's visual tokens as the Hugging Face processor does. Loading is transformers' own
+code; kernels="auto" patches the model with apply_glyph_kernels, kernels="off" keeps it stock.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..ops.pixel_values import CLIP_MEAN, CLIP_STD
+from ..render.config import RenderConfig
+from .patching import MODELS, apply_glyph_kernels
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+VISION_MERGE = 2  # 2x2 patches per visual token
+
+
+def check_checkpoint(path: Path) -> None:
+    """Raises FileNotFoundError naming what a checkpoint directory lacks."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    missing = []
+    if not (path / "config.json").exists():
+        missing.append("config.json")
+    if not any((path / f).exists() for f in WEIGHT_FILES):
+        missing.append("weights (" + " or ".join(WEIGHT_FILES[:2]) + ")")
+    else:
+        index = next((path / f for f in WEIGHT_FILES if f.endswith(".index.json") and (path / f).exists()), None)
+        if index is not None:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            missing += [s for s in shards if not (path / s).exists()]
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        missing.append("tokenizer.json")
+    if not (path / "chat_template.jinja").exists() and not (path / "chat_template.json").exists():
+        cfg = path / "tokenizer_config.json"
+        if not (cfg.exists() and "chat_template" in json.loads(cfg.read_text())):
+            missing.append("chat template (chat_template.jinja)")
+    if not (path / "preprocessor_config.json").exists():
+        missing.append("preprocessor_config.json")
+    if missing:
+        raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+
+
+@dataclass
+class Answer:
+    text: str
+    token_ids: list[int]
+    pages: int
+    visual_tokens: int  # what the context cost as pages
+    text_tokens: int  # what it would have cost as text, with the checkpoint's tokenizer
+    prompt_tokens: int
+    timings: dict = field(default_factory=dict)  # seconds: render, vision, prefill, decode (shared by a batch)
+
+    @property
+    def compression(self) -> float:
+        return self.text_tokens / self.visual_tokens if self.visual_tokens else float("inf")
+
+
+class _FirstToken:
+    """A logits processor that notes when generation produced its first token (the end of the prefill)."""
+
+    def __init__(self, device):
+        self.device, self.first = device, None
+
+    def __call__(self, input_ids, scores):
+        if self.first is None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.first = time.perf_counter()
+        return scores
+
+
+class GlyphModel:
+    def __init__(self, model, tokenizer, render_config: RenderConfig, model_type: str, patch=None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.render_config = render_config
+        self.model_type = model_type
+        self.patch = patch
+        cfg = model.config
+        self.image_token_id = cfg.image_token_id
+        self.image_token = tokenizer.convert_ids_to_tokens(cfg.image_token_id)
+        text_cfg = getattr(cfg, "text_config", cfg)
+        self.max_positions = getattr(text_cfg, "max_position_embeddings", None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, path, render_config: RenderConfig | None = None, kernels: str = "auto",
+                        dtype: torch.dtype | None = None, device=None) -> "GlyphModel":
+        """Loads a local checkpoint directory (config, weights, tokenizer, chat template, processor config)."""
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
+
+        path = Path(path)
+        check_checkpoint(path)
+        if kernels not in ("auto", "off"):
+            raise ValueError(f"kernels must be 'auto' or 'off', got {kernels!r}")
+        config = AutoConfig.from_pretrained(path)
+        model_type = getattr(config, "model_type", None)
+        if model_type not in MODELS:
+            raise ValueError(f"model type {model_type!r} in {path / 'config.json'} is not supported; "
+                             f"GlyphModel runs {', '.join(MODELS)}")
+        check_processor(path / "preprocessor_config.json")
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if kernels == "auto":
+            from ..ops.attention import register_transformers
+
+            register_transformers()
+        model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32),
+            attn_implementation="glyph" if kernels == "auto" else "sdpa").to(device).eval()
+        patch = apply_glyph_kernels(model) if kernels == "auto" else None
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return cls(model, tokenizer, (render_config or RenderConfig()).validate(), model_type, patch)
+
+    # ------------------------------------------------------------------ inputs
+    def prompt(self, pages: int, question: str) -> str:
+        content = [{"type": "image"} for _ in range(pages)] + [{"type": "text", "text": question}]
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def build_inputs(self, contexts: list[str], questions: list[str]) -> tuple[dict, list, float]:
+        """Model inputs for a batch (left-padded), each request's page count, and the render seconds."""
+        from ..render.gpu import render_inputs
+
+        t = time.perf_counter()
+        dtype = self.model.dtype if self.model.dtype in (torch.float32, torch.bfloat16) else torch.float32
+        rendered = render_inputs(contexts, self.render_config, model=self.model_type, device=self.device, dtype=dtype)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        render_s = time.perf_counter() - t
+        grid = rendered.image_grid_thw.cpu()
+        merge = VISION_MERGE ** 2
+        texts, i = [], 0
+        for n, question in zip(rendered.images_per_text, questions):
+            text = self.prompt(n, question)
+            parts = text.split(self.image_token)
+            if len(parts) != n + 1:
+                raise ValueError(f"the chat template wrote {len(parts) - 1} image placeholders for {n} pages")
+            expanded = parts[0]
+            for k in range(n):  # each placeholder becomes the page's visual tokens, as the HF processor does
+                expanded += self.image_token * int(grid[i + k].prod() // merge) + parts[k + 1]
+            texts.append(expanded)
+            i += n
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        input_ids = enc["input_ids"].to(self.device)
+        inputs = dict(input_ids=input_ids, attention_mask=enc["attention_mask"].to(self.device),
+                      pixel_values=rendered.pixel_values, image_grid_thw=rendered.image_grid_thw.to(self.device),
+                      mm_token_type_ids=(input_ids == self.image_token_id).long())
+        return inputs, rendered, render_s
+
+    def check_window(self, inputs: dict, rendered, max_new_tokens: int) -> None:
+        if not self.max_positions:
+            return
+        need = int(inputs["attention_mask"].sum(1).max()) + max_new_tokens
+        if need > self.max_positions:
+            worst = max(rendered.visual_tokens)
+            raise ValueError(
+                f"a request needs {need} positions ({worst} visual tokens for its pages, the prompt and "
+                f"{max_new_tokens} new tokens), over the model's {self.max_positions} by {need - self.max_positions}; "
+                "render denser pages (lower dpi, a smaller font_size, or a larger page_size) or shorten the context")
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, contexts, questions, max_new_tokens: int = 128, **generate_kwargs) -> list[Answer]:
+        """Answers each question about its context (one str each, or lists of equal length)."""
+        from transformers import LogitsProcessorList
+
+        if isinstance(contexts, str):
+            contexts, questions = [contexts], [questions]
+        if len(contexts) != len(questions):
+            raise ValueError(f"{len(contexts)} contexts for {len(questions)} questions")
+        inputs, rendered, render_s = self.build_inputs(list(contexts), list(questions))
+        self.check_window(inputs, rendered, max_new_tokens)
+        vision = {"s": 0.0}
+        visual = getattr(getattr(self.model, "model", self.model), "visual", None)
+
+        def pre(*_):
+            vision["t"] = time.perf_counter()
+
+        def post(*_):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            vision["s"] += time.perf_counter() - vision["t"]
+
+        hooks = [visual.register_forward_pre_hook(pre), visual.register_forward_hook(post)] if visual else []
+        first = _FirstToken(self.device)
+        t0 = time.perf_counter()
+        try:
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens,
+                                      logits_processor=LogitsProcessorList([first]), **generate_kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t1 = time.perf_counter()
+        first_t = first.first or t1
+        timings = {"render": render_s, "vision": vision["s"], "prefill": first_t - t0 - vision["s"],
+                   "decode": t1 - first_t}
+        new = out[:, inputs["input_ids"].shape[1]:]
+        answers = []
+        for b, context in enumerate(contexts):
+            ids = [t for t in new[b].tolist() if t != self.tokenizer.pad_token_id]
+            answers.append(Answer(
+                text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids,
+                pages=rendered.images_per_text[b], visual_tokens=rendered.visual_tokens[b],
+                text_tokens=len(self.tokenizer(context, add_special_tokens=False)["input_ids"]),
+                prompt_tokens=int(inputs["attention_mask"][b].sum()), timings=timings))
+        return answers
+
+
+def check_processor(path: Path) -> None:
+    """glyph_rt renders for 14-px patches, 2x2 merges, 2 frames and CLIP normalization: the checkpoint must agree."""
+    p = json.loads(path.read_text())
+    want = {"patch_size": 14, "merge_size": VISION_MERGE, "temporal_patch_size": 2}
+    bad = [f"{k}={p[k]} (glyph_rt renders for {v})" for k, v in want.items() if k in p and p[k] != v]
+    for k, v in (("image_mean", CLIP_MEAN), ("image_std", CLIP_STD)):
+        if k in p and any(abs(a - b) > 1e-6 for a, b in zip(p[k], v)):
+            bad.append(f"{k}={p[k]} (glyph_rt normalizes with CLIP's {list(v)})")
+    if bad:
+        raise ValueError(f"{path}: the checkpoint's image processor differs from glyph_rt's: {'; '.join(bad)}")

@@ -1,0 +1,103 @@
+"""GlyphModel on a tiny random-weight GLM-4.1V checkpoint saved to disk and loaded back offline."""
+import json
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_glm4v_checkpoint
+from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+from transformers.models.glm4v.processing_glm4v import Glm4vProcessor
+
+import glyph_rt
+from glyph_rt import RenderConfig
+from glyph_rt.models import GlyphModel
+from glyph_rt.render.textio import sample_text
+
+CFG = RenderConfig(page_size=(120, 90))
+CONTEXTS = [sample_text()[:500], sample_text()[2000:2200]]
+QUESTIONS = ["What does the license allow?", "Who may copy it?"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))
+
+
+@pytest.fixture(scope="module")
+def models(checkpoint):
+    return (GlyphModel.from_pretrained(checkpoint, render_config=CFG),
+            GlyphModel.from_pretrained(checkpoint, render_config=CFG, kernels="off"))
+
+
+def hf_inputs(model: GlyphModel):
+    """What the Hugging Face pipeline builds for the same pages: its image processor, the checkpoint's chat
+    template, and Glm4vProcessor's own rule for expanding each image placeholder."""
+    images, texts = [], []
+    proc = Glm4vImageProcessorPil()
+    for context, question in zip(CONTEXTS, QUESTIONS):
+        pages = glyph_rt.render(context, CFG)
+        imgs = [pages.to_pil(i) for i in range(len(pages))]
+        grid = proc(imgs, return_tensors="pt")["image_grid_thw"]
+        fake = SimpleNamespace(image_processor=SimpleNamespace(merge_size=2), image_token="<|image|>")
+        parts = model.prompt(len(imgs), question).split("<|image|>")
+        text = parts[0] + "".join(Glm4vProcessor.replace_image_token(fake, {"image_grid_thw": grid}, i) + parts[i + 1]
+                                  for i in range(len(imgs)))
+        texts.append(text)
+        images += imgs
+    enc = model.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    px = proc(images, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"], px["pixel_values"], px["image_grid_thw"]
+
+
+def test_inputs_equal_the_hugging_face_pipeline(models):
+    ours, _ = models
+    inputs, rendered, _ = ours.build_inputs(CONTEXTS, QUESTIONS)
+    ids, mask, pv, grid = hf_inputs(ours)
+    assert torch.equal(inputs["input_ids"].cpu(), ids) and torch.equal(inputs["attention_mask"].cpu(), mask)
+    assert torch.equal(inputs["image_grid_thw"].cpu(), grid)
+    assert np.array_equal(inputs["pixel_values"].float().cpu().numpy(), pv.numpy())
+    assert torch.equal(inputs["mm_token_type_ids"], (inputs["input_ids"] == ours.image_token_id).long())
+    assert rendered.images_per_text == [len(glyph_rt.render(c, CFG)) for c in CONTEXTS]
+
+
+def test_generation_is_the_same_with_kernels_on_and_off(models):
+    on, off = models
+    a = on.generate(CONTEXTS, QUESTIONS, max_new_tokens=6)
+    b = off.generate(CONTEXTS, QUESTIONS, max_new_tokens=6)
+    assert [x.token_ids for x in a] == [x.token_ids for x in b]
+    inputs, _, _ = on.build_inputs(CONTEXTS, QUESTIONS)
+    valid = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        torch.testing.assert_close(on.model(**inputs).logits[valid], off.model(**inputs).logits[valid],
+                                   rtol=1e-4, atol=1e-4)
+    for ans, context in zip(a, CONTEXTS):
+        assert ans.pages >= 1 and ans.visual_tokens > 0 and ans.prompt_tokens > ans.visual_tokens
+        assert ans.text_tokens == len(on.tokenizer(context, add_special_tokens=False)["input_ids"])
+        assert set(ans.timings) == {"render", "vision", "prefill", "decode"} and ans.timings["vision"] > 0
+    assert type(on.model.model.visual.patch_embed).__name__.startswith("Glyph")
+    assert not type(off.model.model.visual.patch_embed).__name__.startswith("Glyph")
+
+
+def test_clear_errors(checkpoint, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(checkpoint, partial)
+    (partial / "model.safetensors").unlink()
+    (partial / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="missing weights .*preprocessor_config.json"):
+        GlyphModel.from_pretrained(partial)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        GlyphModel.from_pretrained(tmp_path / "nowhere")
+    other = tmp_path / "other"
+    shutil.copytree(checkpoint, other)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg["text_config"], "model_type": "glm4"}))
+    with pytest.raises(ValueError, match="model type 'glm4' .* is not supported"):
+        GlyphModel.from_pretrained(other)
+
+
+def test_a_context_over_the_window_says_by_how_much(tmp_path):
+    small = GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path / "small", max_positions=96), render_config=CFG)
+    with pytest.raises(ValueError, match=r"over the model's 96 by \d+; render denser pages"):
+        small.generate(sample_text()[:3000], "What is this?", max_new_tokens=4)
