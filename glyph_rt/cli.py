@@ -2,6 +2,7 @@
 
     glyph-rt render [INPUT|-] [--config CFG | --preset NAME] [--out DIR] [--device cpu|cuda]
     glyph-rt stats  [INPUT|-] [--config CFG | --preset NAME]
+    glyph-rt generate --model DIR --context FILE --question TEXT [--config CFG | --preset NAME]
     glyph-rt backends
 
 Without INPUT the built-in sample text is used.
@@ -125,6 +126,22 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from .models import GlyphModel
+    from .render.textio import read_text
+
+    context, _ = read_text(args.context, args.errors)
+    model = GlyphModel.from_pretrained(args.model, render_config=_config(args), kernels=args.kernels,
+                                       device=args.device)
+    a = model.generate(context, args.question, max_new_tokens=args.max_new_tokens)[0]
+    t = a.timings
+    print(a.text.strip())
+    print(f"[{a.pages} pages, {a.visual_tokens:,} visual tokens for a context of {a.text_tokens:,} text tokens "
+          f"({a.compression:.2f}x); render {t['render']:.3f} s, vision {t['vision']:.3f} s, "
+          f"prefill {t['prefill']:.3f} s, decode {t['decode']:.3f} s for {len(a.token_ids)} tokens]", file=sys.stderr)
+    return 0
+
+
 def cmd_backends(args) -> int:
     from ._ext import backends
 
@@ -157,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     common(s)
     s.add_argument("--model", default="glm4v", choices=["glm4v", "qwen2_5_vl"])
     s.set_defaults(func=cmd_stats)
+    g = sub.add_parser("generate", help="answer a question about a long text read as pages by a Glyph checkpoint")
+    g.add_argument("--model", required=True, help="local checkpoint directory (GLM-4.1V / Qwen2.5-VL)")
+    g.add_argument("--context", required=True, help="text file to read as pages, '-' for stdin")
+    g.add_argument("--question", required=True, help="the question, kept as text")
+    g.add_argument("--config", help="RenderConfig JSON (glyph_rt's format or Glyph's dashed keys)")
+    g.add_argument("--preset", help="a RenderConfig preset")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--kernels", default="auto", choices=["auto", "off"], help="glyph_rt kernels or stock HF")
+    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--errors", default="strict", choices=["strict", "replace"], help="invalid UTF-8 handling")
+    g.set_defaults(func=cmd_generate)
     b = sub.add_parser("backends", help="list the available backends")
     b.set_defaults(func=cmd_backends)
     return p

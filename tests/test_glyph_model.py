@@ -101,3 +101,16 @@ def test_a_context_over_the_window_says_by_how_much(tmp_path):
     small = GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path / "small", max_positions=96), render_config=CFG)
     with pytest.raises(ValueError, match=r"over the model's 96 by \d+; render denser pages"):
         small.generate(sample_text()[:3000], "What is this?", max_new_tokens=4)
+
+
+def test_cli_generate(checkpoint, tmp_path, capsys):
+    from glyph_rt.cli import main
+
+    ctx = tmp_path / "context.txt"
+    ctx.write_text(CONTEXTS[0], encoding="utf-8")
+    assert main(["generate", "--model", str(checkpoint), "--context", str(ctx), "--question", QUESTIONS[0],
+                 "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() and "visual tokens for a context of" in out.err and "decode" in out.err
+    assert main(["generate", "--model", str(tmp_path / "none"), "--context", str(ctx), "--question", "q"]) == 2
+    assert "does not exist" in capsys.readouterr().err
