@@ -76,6 +76,7 @@ setup(
     ],
     extras_require={
         "official": ["reportlab", "pdf2image"],
+        "bench": ["matplotlib"],
         "test": ["pytest"],
     },
     entry_points={"console_scripts": ["glyph-rt=glyph_rt.cli:main"]},

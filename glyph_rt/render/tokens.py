@@ -111,6 +111,13 @@ class TextTokenizer:
         self.path = str(path)
         self._tok = Tokenizer.from_file(self.path)
 
+    def prefix(self, text: str, n: int) -> tuple[list[int], str]:
+        """The first n token ids of `text` and the characters they cover (for contexts of n tokens)."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        if len(enc.ids) < n:
+            raise ValueError(f"the text has {len(enc.ids)} tokens, fewer than {n}")
+        return enc.ids[:n], text[: enc.offsets[n - 1][1]]
+
     def count(self, text: str) -> int:
         if not text:
             return 0

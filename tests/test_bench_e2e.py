@@ -1,0 +1,40 @@
+"""The end-to-end benchmark's quick CPU mode: tiny shapes, the whole pipeline, a results file."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def test_e2e_quick_mode_runs_every_path(tmp_path):
+    from bench.bench_e2e import main
+
+    out = tmp_path / "e2e.json"
+    summary = main(["--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["bench"] == "e2e" and len(data["rows"]) == 2
+    for key in ("prefill_speedup_128k", "decode_speedup_128k", "kv_memory_reduction", "render_fraction_of_ttft"):
+        assert key in summary and key in data["summary"]
+    for row in data["rows"]:
+        assert row["visual_tokens"] > 0 and row["pages"] >= 1
+        assert row["glyph_kv_bytes"] < row["text_kv_bytes"]  # fewer tokens in the cache
+        for key in ("text_ttft_s", "glyph_hf_ttft_s", "glyph_rt_ttft_s", "glyph_rt_render_s"):
+            assert row[key] > 0
+
+
+def test_stage_ranges_name_prefill_and_decode(monkeypatch):
+    import torch
+    from tiny import glm4v_inputs, tiny_glm4v
+
+    import glyph_rt.nvtx as nv
+    from bench.bench_e2e import StageRanges
+
+    names = []
+    monkeypatch.setattr(nv, "_backend", lambda: (names.append, lambda: None))
+    model = tiny_glm4v("sdpa")
+    ranges = StageRanges(model)
+    with torch.no_grad():
+        model.generate(**glm4v_inputs(), max_new_tokens=3, do_sample=False)
+    ranges.remove()
+    assert names.count("glyph_rt.prefill") == 1 and names.count("glyph_rt.decode") == 2
+    assert "glyph_rt.patch_embed" in names and "glyph_rt.vision_block.1" in names
