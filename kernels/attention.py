@@ -29,6 +29,21 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _bounds(cu_q, cu_k, b):
+    """(first query row, query count, first key row, key count) of segment b."""
+    q0 = tl.load(cu_q + b)
+    k0 = tl.load(cu_k + b)
+    return q0, tl.load(cu_q + b + 1) - q0, k0, tl.load(cu_k + b + 1) - k0
+
+
+@triton.jit
+def _rows(ptr, first, rows, count, stride_t, head, stride_h, offs_d, dmask):
+    """Rows first + rows (those < count) of one head: a [len(rows), BLOCK_D] tile, zeros outside."""
+    return tl.load(ptr + (first + rows)[:, None].to(tl.int64) * stride_t + head * stride_h + offs_d[None, :],
+                   mask=(rows[:, None] < count) & dmask[None, :], other=0.0)
+
+
+@triton.jit
 def attn_fwd_kernel(
     Q, K, V, O, LSE, cu_q, cu_k, qk_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
@@ -38,18 +53,14 @@ def attn_fwd_kernel(
     start_m = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)
-    q0 = tl.load(cu_q + b)
-    Lq = tl.load(cu_q + b + 1) - q0
-    k0 = tl.load(cu_k + b)
-    Lk = tl.load(cu_k + b + 1) - k0
+    q0, Lq, k0, Lk = _bounds(cu_q, cu_k, b)
     if start_m * BM < Lq:
         hk = h // GROUP
         offs_m = start_m * BM + tl.arange(0, BM)
         offs_n = tl.arange(0, BN)
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d < D
-        q = tl.load(Q + (q0 + offs_m)[:, None].to(tl.int64) * stride_qt + h * stride_qh + offs_d[None, :],
-                    mask=(offs_m[:, None] < Lq) & dmask[None, :], other=0.0)
+        q = _rows(Q, q0, offs_m, Lq, stride_qt, h, stride_qh, offs_d, dmask)
         m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BM], dtype=tl.float32)
         acc = tl.zeros([BM, BLOCK_D], dtype=tl.float32)
@@ -59,9 +70,7 @@ def attn_fwd_kernel(
             hi = tl.minimum(Lk, (start_m + 1) * BM + diag)
         for start_n in range(0, hi, BN):
             kn = start_n + offs_n
-            kv_mask = (kn[:, None] < Lk) & dmask[None, :]
-            k = tl.load(K + (k0 + kn)[:, None].to(tl.int64) * stride_kt + hk * stride_kh + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
+            k = _rows(K, k0, kn, Lk, stride_kt, hk, stride_kh, offs_d, dmask)
             s = _dot(q, tl.trans(k), IEEE) * qk_scale  # log2 units
             visible = kn[None, :] < Lk
             if CAUSAL:
@@ -72,8 +81,7 @@ def attn_fwd_kernel(
             p = tl.math.exp2(s - m_use[:, None])
             alpha = tl.math.exp2(m_i - m_use)
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(V + (k0 + kn)[:, None].to(tl.int64) * stride_vt + hk * stride_vh + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
+            v = _rows(V, k0, kn, Lk, stride_vt, hk, stride_vh, offs_d, dmask)
             acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
             m_i = m_new
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -96,20 +104,15 @@ def attn_bwd_dkdv_kernel(
     start_n = tl.program_id(0)
     b = tl.program_id(1)
     hk = tl.program_id(2)
-    q0 = tl.load(cu_q + b)
-    Lq = tl.load(cu_q + b + 1) - q0
-    k0 = tl.load(cu_k + b)
-    Lk = tl.load(cu_k + b + 1) - k0
+    q0, Lq, k0, Lk = _bounds(cu_q, cu_k, b)
     if start_n * BN < Lk:
         offs_n = start_n * BN + tl.arange(0, BN)
         offs_m = tl.arange(0, BM)
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d < D
         kv_mask = (offs_n[:, None] < Lk) & dmask[None, :]
-        k = tl.load(K + (k0 + offs_n)[:, None].to(tl.int64) * stride_kt + hk * stride_kh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        v = tl.load(V + (k0 + offs_n)[:, None].to(tl.int64) * stride_vt + hk * stride_vh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        k = _rows(K, k0, offs_n, Lk, stride_kt, hk, stride_kh, offs_d, dmask)
+        v = _rows(V, k0, offs_n, Lk, stride_vt, hk, stride_vh, offs_d, dmask)
         dk = tl.zeros([BN, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BN, BLOCK_D], dtype=tl.float32)
         diag = Lk - Lq
@@ -120,11 +123,8 @@ def attn_bwd_dkdv_kernel(
             h = hk * GROUP + g
             for start_m in range(lo, Lq, BM):
                 qm = start_m + offs_m
-                qmask = (qm[:, None] < Lq) & dmask[None, :]
-                q = tl.load(Q + (q0 + qm)[:, None].to(tl.int64) * stride_qt + h * stride_qh + offs_d[None, :],
-                            mask=qmask, other=0.0)
-                do = tl.load(DO + (q0 + qm)[:, None].to(tl.int64) * stride_dot + h * stride_doh + offs_d[None, :],
-                             mask=qmask, other=0.0)
+                q = _rows(Q, q0, qm, Lq, stride_qt, h, stride_qh, offs_d, dmask)
+                do = _rows(DO, q0, qm, Lq, stride_dot, h, stride_doh, offs_d, dmask)
                 lse = tl.load(LSE + h * stride_lh + q0 + qm, mask=qm < Lq, other=float("inf")) * 1.4426950408889634
                 lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw nothing
                 delta = tl.load(DELTA + h * stride_lh + q0 + qm, mask=qm < Lq, other=0.0)
@@ -155,10 +155,7 @@ def attn_bwd_dq_kernel(
     start_m = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)
-    q0 = tl.load(cu_q + b)
-    Lq = tl.load(cu_q + b + 1) - q0
-    k0 = tl.load(cu_k + b)
-    Lk = tl.load(cu_k + b + 1) - k0
+    q0, Lq, k0, Lk = _bounds(cu_q, cu_k, b)
     if start_m * BM < Lq:
         hk = h // GROUP
         offs_m = start_m * BM + tl.arange(0, BM)
@@ -166,10 +163,8 @@ def attn_bwd_dq_kernel(
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d < D
         qmask = (offs_m[:, None] < Lq) & dmask[None, :]
-        q = tl.load(Q + (q0 + offs_m)[:, None].to(tl.int64) * stride_qt + h * stride_qh + offs_d[None, :],
-                    mask=qmask, other=0.0)
-        do = tl.load(DO + (q0 + offs_m)[:, None].to(tl.int64) * stride_dot + h * stride_doh + offs_d[None, :],
-                     mask=qmask, other=0.0)
+        q = _rows(Q, q0, offs_m, Lq, stride_qt, h, stride_qh, offs_d, dmask)
+        do = _rows(DO, q0, offs_m, Lq, stride_dot, h, stride_doh, offs_d, dmask)
         lse = tl.load(LSE + h * stride_lh + q0 + offs_m, mask=offs_m < Lq, other=float("inf")) * 1.4426950408889634
         lse = tl.where(lse == float("-inf"), float("inf"), lse)
         delta = tl.load(DELTA + h * stride_lh + q0 + offs_m, mask=offs_m < Lq, other=0.0)
@@ -180,11 +175,8 @@ def attn_bwd_dq_kernel(
             hi = tl.minimum(Lk, (start_m + 1) * BM + diag)
         for start_n in range(0, hi, BN):
             kn = start_n + offs_n
-            kv_mask = (kn[:, None] < Lk) & dmask[None, :]
-            k = tl.load(K + (k0 + kn)[:, None].to(tl.int64) * stride_kt + hk * stride_kh + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
-            v = tl.load(V + (k0 + kn)[:, None].to(tl.int64) * stride_vt + hk * stride_vh + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
+            k = _rows(K, k0, kn, Lk, stride_kt, hk, stride_kh, offs_d, dmask)
+            v = _rows(V, k0, kn, Lk, stride_vt, hk, stride_vh, offs_d, dmask)
             s = _dot(q, tl.trans(k), IEEE) * qk_scale
             visible = (offs_m[:, None] < Lq) & (kn[None, :] < Lk)
             if CAUSAL:
