@@ -3,9 +3,9 @@
     draw_pages(docs, device, backend)        uint8 pages on the device, one buffer per document
     render_inputs(texts, config, model=...)  pixel_values + image_grid_thw, without RGB pages
 
-Layout runs on the CPU (the C++ engine releases the GIL), in a background thread one
-batch ahead of the GPU; placements travel through pinned memory; the atlas of each font
-configuration is uploaded once. The fused mode writes pixel_values directly for every
+Layout runs on the CPU (the C++ engine releases the GIL) in worker threads that run ahead
+of the GPU; placements travel through pinned memory; the atlas of each font configuration is
+uploaded once. The fused mode writes pixel_values directly for every
 page whose size is already the model's (multiples of 28: the default canvas snapping);
 the other pages are drawn, resized and normalized by the plain-torch path.
 """
