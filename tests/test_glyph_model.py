@@ -114,3 +114,22 @@ def test_cli_generate(checkpoint, tmp_path, capsys):
     assert out.out.strip() and "visual tokens for a context of" in out.err and "decode" in out.err
     assert main(["generate", "--model", str(tmp_path / "none"), "--context", str(ctx), "--question", "q"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_qwen2_5_vl_checkpoint(tmp_path):
+    from tiny import tiny_qwen2_5_vl_checkpoint
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    path = tiny_qwen2_5_vl_checkpoint(tmp_path / "qwen")
+    on = GlyphModel.from_pretrained(path, render_config=CFG)
+    off = GlyphModel.from_pretrained(path, render_config=CFG, kernels="off")
+    assert on.model_type == "qwen2_5_vl" and on.image_token == "<|image_pad|>"
+    inputs, rendered, _ = on.build_inputs(CONTEXTS[:1], QUESTIONS[:1])
+    pages = glyph_rt.render(CONTEXTS[0], CFG)
+    hf = Qwen2VLImageProcessorPil()([pages.to_pil(i) for i in range(len(pages))], return_tensors="pt")
+    assert torch.equal(inputs["image_grid_thw"].cpu(), hf["image_grid_thw"])
+    assert torch.equal(inputs["pixel_values"].cpu(), hf["pixel_values"])
+    assert int((inputs["input_ids"] == on.image_token_id).sum()) == int(hf["image_grid_thw"].prod(1).sum() // 4)
+    a = on.generate(CONTEXTS, QUESTIONS, max_new_tokens=5)
+    b = off.generate(CONTEXTS, QUESTIONS, max_new_tokens=5)
+    assert [x.token_ids for x in a] == [x.token_ids for x in b]

@@ -63,8 +63,17 @@ GLM_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
-def tiny_tokenizer():
-    """A small byte-level BPE trained on the sample text, with GLM-4.1V's special tokens and a GLM-style template."""
+QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                "<|video_pad|>"]
+QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_tokenizer(special=GLM_SPECIAL, template=GLM_TEMPLATE):
+    """A small byte-level BPE trained on the sample text, with a model's special tokens and a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -73,11 +82,11 @@ def tiny_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=GLM_SPECIAL,
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=special,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([sample_text()[:20000]], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    fast.chat_template = GLM_TEMPLATE
+    fast.chat_template = template
     return fast
 
 
@@ -105,4 +114,30 @@ def tiny_glm4v_checkpoint(path, max_positions: int = 4096):
     Glm4vForConditionalGeneration(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     Glm4vImageProcessorPil().save_pretrained(path)
+    return path
+
+
+def tiny_qwen2_5_vl_checkpoint(path):
+    """A complete local Qwen2.5-VL checkpoint directory with a Qwen-style tokenizer and template."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tok = tiny_tokenizer(QWEN_SPECIAL, QWEN_TEMPLATE)
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=4096, bos_token_id=eos,
+                         eos_token_id=eos, pad_token_id=eos,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(hidden_size=64, depth=2, num_heads=4, intermediate_size=128, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        **ids)
+    torch.manual_seed(0)
+    Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    Qwen2VLImageProcessorPil().save_pretrained(path)
     return path
