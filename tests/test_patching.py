@@ -21,7 +21,7 @@ def test_patched_glm4v_gives_the_same_logits_and_tokens_and_undoes():
     with torch.no_grad():
         want = ref(**inputs).logits
         patch = apply_glyph_kernels(model, **KERNELS)
-        assert patch.replaced == 1 + 2  # the patch embedding and two vision blocks' attention
+        assert patch.replaced == 1 + 2 + 1  # patch embedding, two vision blocks' attention, position table
         assert any(isinstance(m, GlyphPatchEmbed) for m in model.modules())
         assert any(isinstance(m, GlyphVisionAttention) for m in model.modules())
         assert model.model.language_model.config._attn_implementation == "glyph"
@@ -71,3 +71,23 @@ def test_unsupported_models_and_backends_are_named():
         apply_glyph_kernels(model_type="llava")
     with pytest.raises(ValueError, match="attention_backend 'xformers'"):
         apply_glyph_kernels(model_type="glm4v", attention_backend="xformers")
+
+
+def test_position_table_is_cached_per_grid_and_bit_exact():
+    model = tiny_glm4v("sdpa")
+    apply_glyph_kernels(model, attention=False, patch_embed_backend="torch")
+    emb = model.model.visual.embeddings
+    seen = []
+    hook = emb.register_forward_pre_hook(lambda m, args: seen.append(args))
+    with torch.no_grad():
+        model(**glm4v_inputs())
+    hook.remove()
+    args = seen[0]
+    original = type(emb)._glyph_base.forward
+    with torch.no_grad():
+        want = original(emb, *args)
+        assert torch.equal(emb(*args), want)
+        assert sorted(k[0] for k in emb._glyph_cache) == [(1, 2, 6), (1, 4, 4)]  # two shapes, three pages
+        assert torch.equal(emb(*args), want)  # served from the cache
+        emb.position_embedding.weight.mul_(1.5)  # a new weight version recomputes
+        assert torch.equal(emb(*args), original(emb, *args))

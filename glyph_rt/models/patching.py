@@ -30,10 +30,12 @@ class ModelClasses:
     module: str  # transformers modeling module
     patch_embed: str
     vision_attention: str
+    position_embedding: str | None = None  # learned position table resampled per grid (GLM-4.1V)
 
 
 MODELS = {
-    "glm4v": ModelClasses("transformers.models.glm4v.modeling_glm4v", "Glm4vVisionPatchEmbed", "Glm4vVisionAttention"),
+    "glm4v": ModelClasses("transformers.models.glm4v.modeling_glm4v", "Glm4vVisionPatchEmbed", "Glm4vVisionAttention",
+                          "Glm4vVisionEmbeddings"),
     "qwen2_5_vl": ModelClasses("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VisionPatchEmbed",
                                "Qwen2_5_VLVisionAttention"),
 }
@@ -65,6 +67,33 @@ class GlyphVisionAttention:
         out = attention(q, k, v, cu, cu, max_seqlen, max_seqlen, causal=False, softmax_scale=self.scaling,
                         backend=self._glyph_backend)
         return self.proj(out.reshape(n, -1))
+
+
+class GlyphPositionEmbedding:
+    """GLM-4.1V's learned position table, resampled bicubically per image grid: the resampled table
+    depends only on the grid's shape, so in inference it is computed once per shape (and weight
+    version) and reused; the sum is the same as the original's, bit for bit."""
+
+    _glyph_backend = "auto"
+
+    def forward(self, embeddings, lengths, image_shapes, h_coords, w_coords):
+        weight = self.position_embedding.weight
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return super().forward(embeddings, lengths, image_shapes, h_coords, w_coords)
+        version = (weight.data_ptr(), weight._version, embeddings.dtype, embeddings.device)
+        if getattr(self, "_glyph_cache_version", None) != version:
+            self._glyph_cache, self._glyph_cache_version = {}, version
+        lengths = lengths.tolist() if torch.is_tensor(lengths) else list(lengths)
+        parts, start = [], 0
+        for n, shape in zip(lengths, image_shapes.tolist()):
+            key = (tuple(shape), n)
+            if key not in self._glyph_cache:
+                zero = embeddings.new_zeros(n, embeddings.shape[1])
+                self._glyph_cache[key] = super().forward(zero, [n], image_shapes.new_tensor([shape]),
+                                                         h_coords[start:start + n], w_coords[start:start + n])
+            parts.append(self._glyph_cache[key])
+            start += n
+        return embeddings + torch.cat(parts)
 
 
 _SUBCLASSES: dict[tuple, type] = {}
@@ -103,7 +132,8 @@ def apply_glyph_kernels(model: torch.nn.Module | None = None, model_type: str | 
                         attention_backend: str = "auto") -> Patch:
     """Switches a GLM-4.1V / Qwen2.5-VL model (or, with no model, those built later) to glyph_rt's kernels.
 
-    patch_embed: the vision patch embedding runs on glyph_rt's GEMM (and takes uint8 patches).
+    patch_embed: the vision patch embedding runs on glyph_rt's GEMM (and takes uint8 patches), and
+    GLM-4.1V's resampled position table is cached per grid shape in inference.
     attention: the vision towers attend all images in one varlen call, and a built model's
     language model uses attn_implementation="glyph" (for models built later, pass
     attn_implementation="glyph" when building them). The backends go to glyph_rt.ops.patch_embed
@@ -126,6 +156,8 @@ def apply_glyph_kernels(model: torch.nn.Module | None = None, model_type: str | 
     if attention:
         register_transformers("glyph", backend=attention_backend)
         targets.append((getattr(mod, spec.vision_attention), GlyphVisionAttention, attention_backend))
+    if patch_embed and spec.position_embedding:
+        targets.append((getattr(mod, spec.position_embedding), GlyphPositionEmbedding, "auto"))
     patch = Patch(model_type)
     for base, mixin, backend in targets:
         base = getattr(base, "_glyph_base", base)  # already patched: start from the original class
