@@ -5,7 +5,7 @@ through both, and compares: page count, page pixel sizes, line breaks (the words
 visual tokens (GLM-4.1V), and, for information, the mean absolute pixel difference of page 1.
 
     python bench/fidelity.py                      # DejaVu Sans, 150K chars
-    python bench/fidelity.py --font /tmp/Verdana.ttf --chars 150000 --out bench/results/fid.json
+    python bench/fidelity.py --font path/to/Verdana.ttf --chars 150000 --out bench/results/fid.json
 
 Targets: same page sizes, same page count, >= 98% identical lines, visual tokens within 2%.
 """
