@@ -5,12 +5,13 @@ import dataclasses
 import re
 import time
 
+import numpy as np
 import torch
 
 import glyph_rt
 from bench.common import write_result
 from glyph_rt.ops.pixel_values import normalize_lut
-from glyph_rt.ops.raster import MODE_PIXELS, raster_tiles
+from glyph_rt.ops.raster import MODE_PIXELS, RasterBatch, raster_tiles, set_image_targets
 from glyph_rt.render.config import GLYPH_CONFIG_EN, RenderConfig
 from glyph_rt.render.gpu import inputs_of_batch, render_inputs
 
@@ -76,15 +77,12 @@ def run_gpu(args, text: str) -> None:
     one = [(doc, 0, doc.num_pages)]
     gpu_ms = cuda_ms(lambda: inputs_of_batch(one, device, backend, "glm4v", torch.float32, lut), args.repeat)
     # the pixel_values kernel alone, for the bandwidth figure
-    from glyph_rt.ops.raster import RasterBatch
-
     batch = RasterBatch([doc])
     dev = batch.to_device(device)
     pv, grid, _ = inputs_of_batch(one, device, backend, "glm4v", torch.float32, lut)
-    rows = (grid[:, 1] * grid[:, 2]).cpu()
-    dev["out_off"].copy_(torch.cumsum(rows, 0) - rows)
-    dev["meta"][:, 6] = grid[:, 1].to(torch.int32) * 14
-    dev["meta"][:, 7] = grid[:, 2].to(torch.int32) * 14
+    g = grid.cpu().numpy()
+    rows = g[:, 1] * g[:, 2]
+    set_image_targets(dev, g[:, 1:] * 14, np.cumsum(rows) - rows)
     kernel_ms = do_bench(lambda: raster_tiles(backend, MODE_PIXELS, batch, dev, out=pv, lut=lut), return_mode="median")
     written = pv.numel() * pv.element_size()
     gbps = written / (kernel_ms * 1e-3) / 1e9

@@ -1,6 +1,7 @@
 """Loads the compiled extension and reports which backends this installation has."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import warnings
 
@@ -33,8 +34,9 @@ def require_extension(what: str):
     return _C
 
 
+@functools.lru_cache(maxsize=1)
 def backends() -> dict[str, dict]:
-    """What this installation can run: {name: {"available": bool, "why": str}}."""
+    """What this installation can run: {name: {"available": bool, "why": str}} (probed once)."""
     out: dict[str, dict] = {}
     out["cpu"] = {"available": _C is not None, "why": "compiled C++ layout + CPU rasterizer" if _C else IMPORT_ERROR}
     out["reference"] = {"available": True, "why": "plain Python/numpy reference"}

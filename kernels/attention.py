@@ -44,6 +44,30 @@ def _rows(ptr, first, rows, count, stride_t, head, stride_h, offs_d, dmask):
 
 
 @triton.jit
+def _visible(rows, cols, Lq, Lk, diag, CAUSAL: tl.constexpr):
+    """[rows, cols] of a segment that attend to each other (bottom-right causal alignment)."""
+    ok = (rows[:, None] < Lq) & (cols[None, :] < Lk)
+    if CAUSAL:
+        ok = ok & (cols[None, :] <= rows[:, None] + diag)
+    return ok
+
+
+@triton.jit
+def _key_end(start_m, Lk, diag, BM: tl.constexpr, CAUSAL: tl.constexpr):
+    """One past the last key a query block [start_m * BM, (start_m + 1) * BM) can see."""
+    if CAUSAL:
+        return tl.minimum(Lk, (start_m + 1) * BM + diag)
+    return Lk
+
+
+@triton.jit
+def _saved_lse2(LSE, h, stride_lh, q0, rows, Lq):
+    """The forward pass's log-sum-exp in log2 units; +inf where a row saw no key (its p is 0)."""
+    lse = tl.load(LSE + h * stride_lh + q0 + rows, mask=rows < Lq, other=float("inf")) * 1.4426950408889634
+    return tl.where(lse == float("-inf"), float("inf"), lse)
+
+
+@triton.jit
 def attn_fwd_kernel(
     Q, K, V, O, LSE, cu_q, cu_k, qk_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
@@ -65,17 +89,11 @@ def attn_fwd_kernel(
         l_i = tl.zeros([BM], dtype=tl.float32)
         acc = tl.zeros([BM, BLOCK_D], dtype=tl.float32)
         diag = Lk - Lq  # bottom-right causal alignment
-        hi = Lk
-        if CAUSAL:
-            hi = tl.minimum(Lk, (start_m + 1) * BM + diag)
-        for start_n in range(0, hi, BN):
+        for start_n in range(0, _key_end(start_m, Lk, diag, BM, CAUSAL), BN):
             kn = start_n + offs_n
             k = _rows(K, k0, kn, Lk, stride_kt, hk, stride_kh, offs_d, dmask)
             s = _dot(q, tl.trans(k), IEEE) * qk_scale  # log2 units
-            visible = kn[None, :] < Lk
-            if CAUSAL:
-                visible = visible & (kn[None, :] <= offs_m[:, None] + diag)
-            s = tl.where(visible, s, float("-inf"))
+            s = tl.where(_visible(offs_m, kn, Lq, Lk, diag, CAUSAL), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see nothing yet
             p = tl.math.exp2(s - m_use[:, None])
@@ -125,14 +143,10 @@ def attn_bwd_dkdv_kernel(
                 qm = start_m + offs_m
                 q = _rows(Q, q0, qm, Lq, stride_qt, h, stride_qh, offs_d, dmask)
                 do = _rows(DO, q0, qm, Lq, stride_dot, h, stride_doh, offs_d, dmask)
-                lse = tl.load(LSE + h * stride_lh + q0 + qm, mask=qm < Lq, other=float("inf")) * 1.4426950408889634
-                lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw nothing
+                lse = _saved_lse2(LSE, h, stride_lh, q0, qm, Lq)
                 delta = tl.load(DELTA + h * stride_lh + q0 + qm, mask=qm < Lq, other=0.0)
                 s = _dot(q, tl.trans(k), IEEE) * qk_scale
-                visible = (qm[:, None] < Lq) & (offs_n[None, :] < Lk)
-                if CAUSAL:
-                    visible = visible & (offs_n[None, :] <= qm[:, None] + diag)
-                p = tl.where(visible, tl.math.exp2(s - lse[:, None]), 0.0)
+                p = tl.where(_visible(qm, offs_n, Lq, Lk, diag, CAUSAL), tl.math.exp2(s - lse[:, None]), 0.0)
                 dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
                 dp = _dot(do, tl.trans(v), IEEE)
                 ds = p * (dp - delta[:, None])
@@ -165,23 +179,16 @@ def attn_bwd_dq_kernel(
         qmask = (offs_m[:, None] < Lq) & dmask[None, :]
         q = _rows(Q, q0, offs_m, Lq, stride_qt, h, stride_qh, offs_d, dmask)
         do = _rows(DO, q0, offs_m, Lq, stride_dot, h, stride_doh, offs_d, dmask)
-        lse = tl.load(LSE + h * stride_lh + q0 + offs_m, mask=offs_m < Lq, other=float("inf")) * 1.4426950408889634
-        lse = tl.where(lse == float("-inf"), float("inf"), lse)
+        lse = _saved_lse2(LSE, h, stride_lh, q0, offs_m, Lq)
         delta = tl.load(DELTA + h * stride_lh + q0 + offs_m, mask=offs_m < Lq, other=0.0)
         dq = tl.zeros([BM, BLOCK_D], dtype=tl.float32)
         diag = Lk - Lq
-        hi = Lk
-        if CAUSAL:
-            hi = tl.minimum(Lk, (start_m + 1) * BM + diag)
-        for start_n in range(0, hi, BN):
+        for start_n in range(0, _key_end(start_m, Lk, diag, BM, CAUSAL), BN):
             kn = start_n + offs_n
             k = _rows(K, k0, kn, Lk, stride_kt, hk, stride_kh, offs_d, dmask)
             v = _rows(V, k0, kn, Lk, stride_vt, hk, stride_vh, offs_d, dmask)
             s = _dot(q, tl.trans(k), IEEE) * qk_scale
-            visible = (offs_m[:, None] < Lq) & (kn[None, :] < Lk)
-            if CAUSAL:
-                visible = visible & (kn[None, :] <= offs_m[:, None] + diag)
-            p = tl.where(visible, tl.math.exp2(s - lse[:, None]), 0.0)
+            p = tl.where(_visible(offs_m, kn, Lq, Lk, diag, CAUSAL), tl.math.exp2(s - lse[:, None]), 0.0)
             dp = _dot(do, tl.trans(v), IEEE)
             ds = p * (dp - delta[:, None])
             dq += _dot(ds.to(k.dtype), k, IEEE)

@@ -30,14 +30,9 @@ CONFIGS = [
 ]
 
 
-def cpu_pages(doc):
-    buf, sizes = doc.rasterize()
-    return buf, sizes
-
-
 def assert_same_as_cpu(docs, drawn):
     for doc, (buf, sizes) in zip(docs, drawn):
-        ref, ref_sizes = cpu_pages(doc)
+        ref, ref_sizes = doc.rasterize()
         assert sizes == ref_sizes
         got = buf.cpu().numpy()
         assert got.shape == ref.shape

@@ -51,16 +51,20 @@ def flash_attn_varlen():
 
 def available_backends(device: torch.device) -> dict[str, str | None]:
     """{backend: None if usable on `device`, else why not}."""
+    return _available(device.type, os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@functools.lru_cache(maxsize=None)
+def _available(device_type: str, interp: bool) -> dict[str, str | None]:
     out: dict[str, str | None] = {"sdpa": None, "reference": None}
-    interp = os.environ.get("TRITON_INTERPRET") == "1"
     if importlib.util.find_spec("triton") is None:
         out["glyph"] = "triton is not installed"
-    elif device.type != "cuda" and not (device.type == "cpu" and interp):
+    elif device_type != "cuda" and not (device_type == "cpu" and interp):
         out["glyph"] = "the Triton kernel runs on CUDA tensors (or on the CPU in Triton's interpreter)"
     else:
         out["glyph"] = None
     fn, _ = flash_attn_varlen()
-    out["flash_attn"] = None if (fn is not None and device.type == "cuda") else (
+    out["flash_attn"] = None if (fn is not None and device_type == "cuda") else (
         "flash_attn is not installed" if fn is None else "flash_attn runs on CUDA tensors")
     return out
 

@@ -324,6 +324,13 @@ class RasterBatch:
             }
 
 
+def set_image_targets(dev: dict, hw: np.ndarray, first_row: np.ndarray) -> None:
+    """Where MODE_PIXELS / MODE_PATCHES write each page: its image size (height, width; 0 skips
+    the page) and its first output row."""
+    dev["out_off"].copy_(torch.from_numpy(np.ascontiguousarray(first_row, dtype=np.int64)))
+    dev["meta"][:, 6:8] = torch.from_numpy(np.ascontiguousarray(hw, dtype=np.int32)).to(dev["meta"].device)
+
+
 # ----------------------------------------------------------------------------- dispatch
 def check_backend(backend: str, device: torch.device) -> None:
     """A clear error when `backend` cannot draw on `device`."""

@@ -21,7 +21,7 @@ import torch
 from ..nvtx import nvtx_range
 from ..ops.pixel_values import PATCH, ROW, ROW_U8, normalize_lut, pixel_values_from_pages, target_size
 from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PATCHES, MODE_PIXELS, RasterBatch, \
-    check_backend, raster_tiles
+    check_backend, raster_tiles, set_image_targets
 from .config import RenderConfig
 from .pages import DEFAULT_MAX_BYTES, Document
 from .raster import final_sizes
@@ -160,8 +160,7 @@ def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Te
     raw = dtype == torch.uint8
     pv = torch.empty(int(rows.sum()), ROW_U8 if raw else ROW, dtype=dtype, device=device)
     if fused.any():
-        dev["out_off"].copy_(torch.from_numpy(first))
-        dev["meta"][:, 6:8] = torch.from_numpy((hw * fused[:, None]).astype(np.int32)).to(device)
+        set_image_targets(dev, hw * fused[:, None], first)
         with nvtx_range("glyph_rt.pixel_values"):
             raster_tiles(backend, MODE_PATCHES if raw else MODE_PIXELS, batch, dev, out=pv, lut=lut)
     # pages the model would resize: drawn, then resized and normalized by the plain-torch path
