@@ -2,12 +2,15 @@
 
   (a) vision tower: 64 pages x 2,520 patches as varlen segments, 12 heads x 128, bidirectional
   (b) prefill: 8K to 128K tokens, causal, 32 query heads and 2 KV heads x 128 (GLM-4-9B)
+  (c) decode: one new token per request against a KV cache of 32K or 128K tokens in
+      transformers' layout, batch 1 and 8, GLM-4-9B's heads (glyph_rt's split-key kernel)
 
 For each backend: milliseconds and TFLOP/s, forward and forward+backward (triton.testing.do_bench,
 median after warm-up). FLOPs: forward 4 * sum(Lq * Lk) * heads * dim (halved when causal),
-backward 2.5x the forward. A backend that cannot run a shape is listed with its error.
-Writes results/attention-<gpu>.json with summary vision_ratio_vs_best and
-prefill_128k_ratio_vs_best (our forward time against the best other backend's; > 1 is faster).
+backward 2.5x the forward. Decoding is bound by reading the cache, so (c) reports GB/s of K and
+V read. A backend that cannot run a shape is listed with its error.
+Writes results/attention-<gpu>.json with summary vision_ratio_vs_best, prefill_128k_ratio_vs_best
+and decode_128k_ratio_vs_best (our forward time against the best other backend's; > 1 is faster).
 
     python bench/bench_attention.py [--prefill 8192,32768,131072] [--no-backward]
 """
@@ -94,6 +97,41 @@ def case(label, lens, hq, hkv, d, causal, backends, backward):
     return rows
 
 
+def decode_case(batch: int, keys: int, hq=32, hkv=2, d=128):
+    """(c): q [B, 1, Hq, D] against a cache [B, Hkv, Sk, D] read in place."""
+    import torch.nn.functional as F
+    from triton.testing import do_bench
+
+    from glyph_rt.kernels.attention_decode import decode
+    from torch.nn.attention import sdpa_kernel
+
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    q = torch.randn(batch, 1, hq, d, device=dev, dtype=dt)
+    k = torch.randn(batch, hkv, keys, d, device=dev, dtype=dt)
+    v = torch.randn_like(k)
+    scale = d ** -0.5
+    cache_bytes = 2 * k.numel() * k.element_size()
+    label = f"decode {keys // 1024}K x{batch}, 32q/2kv x128"
+    runs = {"glyph": lambda: decode(q, k.transpose(1, 2), v.transpose(1, 2), None, True, scale)}
+    for name, backend in sdpa_backends().items():
+        def run(backend=backend):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q.transpose(1, 2), k, v, scale=scale, enable_gqa=True)
+        runs[name] = run
+    rows = []
+    for name, fn in runs.items():
+        row = {"backend": name, "case": label, "tokens": keys, "batch": batch, "heads": hq, "kv_heads": hkv,
+               "head_dim": d, "causal": True}
+        try:
+            ms = do_bench(fn, return_mode="median")
+            row.update(fwd_ms=ms, fwd_gbps=cache_bytes / ms / 1e6)
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        rows.append(row)
+        print(f"{label:28s} {name:15s} " + (f"{row['fwd_gbps']:.0f} GB/s" if "fwd_gbps" in row else row["error"]))
+    return rows
+
+
 def ratio_vs_best(rows) -> float | None:
     ours = next((r for r in rows if r["backend"] == "glyph" and "fwd_ms" in r), None)
     others = [r["fwd_ms"] for r in rows if r["backend"] != "glyph" and "fwd_ms" in r]
@@ -120,9 +158,16 @@ def main(argv=None):
         rows += r
         if n == 131072:
             prefill = ratio_vs_best(r)
+    decode = None
+    for keys in (32768, 131072):
+        for batch in (1, 8):
+            r = decode_case(batch, keys)
+            rows += r
+            if keys == 131072 and batch == 8:
+                decode = ratio_vs_best(r)
     gpu = torch.cuda.get_device_name(0)
     summary = {"vision_ratio_vs_best": vision, "prefill_128k_ratio_vs_best": prefill,
-               "flash_attn": flash_attn_varlen()[1]}
+               "decode_128k_ratio_vs_best": decode, "flash_attn": flash_attn_varlen()[1]}
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower().replace("nvidia", "")).strip("-")
     p = write_result(args.out or f"attention-{slug}.json", "attention", rows, summary)
     print(f"{gpu}: summary {summary}\nwrote {p}")

@@ -2,19 +2,24 @@
 
 For N tokens of real prose (counted with Qwen's tokenizer; GLM's is not bundled), in GLM-4.1V-9B's
 shapes with random weights on one GPU:
-  text        the decoder's prefill on the N tokens, then decode
+  text        the decoder's prefill on the N tokens and the question, then decode
   glyph (hf)  the same text rendered at Glyph's config on the CPU, PNG round trip, the HF image
               processor, stock patch embed and SDPA attention: Hugging Face defaults
   glyph (rt)  glyph_rt: rendered on the GPU straight into pixel_values, patched model
 Time to first token (TTFT) includes rendering, preprocessing, the vision tower and the prefill.
-Decode: seconds per sample for --decode-tokens new tokens at the largest batch that fits.
+Decode: seconds per sample for --decode-tokens greedy steps at the largest batch whose KV cache
+fits in memory (one prefill at batch 1, its cache repeated to the batch, as a server that prefills
+requests one at a time holds them; transformers' own cache and attention for the text path).
 KV cache: bytes per request. Visual tokens are counted from the rendered pages, never assumed.
+TTFT is the median of --repeat runs after a warm-up, or of one run when a run takes over 5 s.
 
     python bench/bench_e2e.py [--tokens 8192,...,131072] [--decode-tokens 256] [--profile DIR]
+    python bench/bench_e2e.py --counts        # pages, tokens and KV bytes only: no model, CPU
     python bench/bench_e2e.py --quick         # tiny shapes on the CPU: a smoke test
 
-Writes results/e2e-<gpu>.json (summary: prefill_speedup_128k, decode_speedup_128k,
-kv_memory_reduction, render_fraction_of_ttft) and, with matplotlib, results/e2e-<gpu>.png.
+Writes results/e2e-<gpu>.json after every length (summary: prefill_speedup_128k,
+decode_speedup_128k, kv_memory_reduction, render_fraction_of_ttft) and, with matplotlib,
+results/e2e-<gpu>.png; --counts writes results/e2e-counts.json.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import glyph_rt  # noqa: E402
-from bench.common import RESULTS, write_result  # noqa: E402
+from bench.common import write_result  # noqa: E402
 from glyph_rt.nvtx import nvtx_range  # noqa: E402
 from glyph_rt.render.config import GLYPH_CONFIG_EN, RenderConfig  # noqa: E402
 from glyph_rt.render.textio import sample_text  # noqa: E402
@@ -52,8 +57,8 @@ def build_model(quick: bool, device, dtype):
             vision_config=dict(hidden_size=64, depth=2, num_heads=4, intermediate_size=128, out_hidden_size=64))
     else:
         cfg = Glm4vConfig(text_config=dict(rope_parameters=ROPE, max_position_embeddings=1 << 18))
-    with torch.device(device):
-        model = Glm4vForConditionalGeneration(cfg).to(dtype).eval()
+    with torch.device(device):  # built in `dtype`: 9B parameters never exist in fp32
+        model = Glm4vForConditionalGeneration._from_config(cfg, dtype=dtype).eval()
     return model
 
 
@@ -62,11 +67,15 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device, repeat: int):
-    """(median seconds, last result) of fn() after a warm-up call."""
+def timed(fn, device, repeat: int, long_s: float = 5.0):
+    """(median seconds, last result) of fn() after a warm-up call; one timed call when the
+    warm-up took over long_s (first-call costs are then noise, and the device time is precious)."""
+    sync(device)
+    t = time.perf_counter()
     out = fn()
+    sync(device)
     times = []
-    for _ in range(repeat):
+    for _ in range(1 if time.perf_counter() - t > long_s else repeat):
         sync(device)
         t = time.perf_counter()
         out = fn()
@@ -75,10 +84,30 @@ def timed(fn, device, repeat: int):
     return sorted(times)[len(times) // 2], out
 
 
-def kv_bytes(model, tokens: int) -> int:
-    c = model.config.text_config
+def kv_bytes(text_config, tokens: int, itemsize: int = 2) -> int:
+    """Bytes of one request's KV cache: keys and values of every layer."""
+    c = text_config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * tokens * model.dtype.itemsize
+    return c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * tokens * itemsize
+
+
+def counts(text: str, n: int, question_tokens: int, text_config) -> dict:
+    """Pages, visual tokens, prompt tokens and KV bytes of the three paths: renderer and resize rules, no model.
+    The HF path renders Glyph's pages (the processor resizes them); glyph_rt snaps the canvas to 28 px."""
+    glyph_cfg = RenderConfig.from_glyph_dict(GLYPH_CONFIG_EN)
+    row = {"text_tokens": n, "chars": len(text), "text_prompt_tokens": n + question_tokens}
+    for name, cfg in (("glyph_hf", glyph_cfg), ("glyph", _snapped(glyph_cfg))):
+        pages = glyph_rt.render(text, cfg)
+        vis = glyph_rt.visual_tokens(pages.sizes, "glm4v")
+        row[f"{name}_pages"] = len(vis)
+        row[f"{name}_visual_tokens"] = int(sum(vis))
+        row[f"{name}_prompt_tokens"] = int(sum(vis)) + 2 * len(vis) + question_tokens  # begin/end of image
+    row["pages"], row["visual_tokens"] = row.pop("glyph_pages"), row.pop("glyph_visual_tokens")
+    row["compression"] = n / row["visual_tokens"]
+    row["text_kv_bytes"] = kv_bytes(text_config, row["text_prompt_tokens"])
+    row["glyph_kv_bytes"] = kv_bytes(text_config, row["glyph_prompt_tokens"])
+    row["kv_memory_reduction"] = 1 - row["glyph_kv_bytes"] / row["text_kv_bytes"]
+    return row
 
 
 class StageRanges:
@@ -160,46 +189,72 @@ def prefill(model, inputs) -> None:
         model(**inputs, use_cache=True, logits_to_keep=1)
 
 
-def decode_seconds_per_sample(model, inputs: dict, new_tokens: int, device, max_batch: int) -> tuple[float, int]:
-    """Seconds per sample for `new_tokens` decode steps at the largest batch (power of 2) that fits."""
-    def batch(b):
-        return {k: (v.repeat(b, 1) if k in ("input_ids", "attention_mask", "mm_token_type_ids") else
-                    v.repeat(b, *([1] * (v.dim() - 1))) if k in ("pixel_values", "image_grid_thw") else v)
-                for k, v in inputs.items()}
+def _batch_that_fits(per_request: int, layers: int, device, max_batch: int) -> int:
+    """The most requests whose caches fit in free memory, beside one layer's growth transient and 2 GiB."""
+    if device.type != "cuda":
+        return max_batch
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(max_batch, int((free - (2 << 30)) / (per_request * (1 + 2 / layers)))))
 
-    b, best = 1, None
-    while b <= max_batch:
+
+def decode_seconds_per_sample(model, inputs: dict, new_tokens: int, device, max_batch: int) -> tuple[float, int]:
+    """(seconds per sample for `new_tokens` greedy steps, batch) at the largest batch whose cache fits."""
+    from transformers import DynamicCache
+
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True, logits_to_keep=1)
+    prompt, first = out.past_key_values, out.logits[:, -1].argmax(-1)
+    del out
+    c = model.config.text_config
+    per_request = kv_bytes(c, prompt.get_seq_length() + new_tokens + 1, model.dtype.itemsize)
+    b = _batch_that_fits(per_request, c.num_hidden_layers, device, max_batch)
+    while True:
         try:
-            x = batch(b)
+            cache = DynamicCache()
+            for i, layer in enumerate(prompt.layers):
+                cache.update(layer.keys.repeat(b, 1, 1, 1), layer.values.repeat(b, 1, 1, 1), i)
+            tok = first.repeat(b)[:, None]
             with torch.no_grad():
-                t_pre, _ = timed(lambda: prefill(model, x), device, 1)
-                t_all, _ = timed(lambda: model.generate(**x, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                                        do_sample=False), device, 1)
-            best = (max(t_all - t_pre, 1e-9) / b, b)
-            b *= 2
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            break
-    return best
+                for step in range(new_tokens + 1):  # the first step is a warm-up
+                    if step == 1:
+                        sync(device)
+                        t = time.perf_counter()
+                    tok = model(input_ids=tok, past_key_values=cache, use_cache=True,
+                                logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+            sync(device)
+            return (time.perf_counter() - t) / b, b
+        except torch.OutOfMemoryError:
+            cache = tok = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if b == 1:
+                raise
+            b = max(1, b * 3 // 4)
 
 
 def run_length(model, n: int, prose: str, tok: TextTokenizer, args, device, question_ids):
     from glyph_rt.models import apply_glyph_kernels
 
     ids, text = tok.prefix(prose, n)
+    row = counts(text, n, len(question_ids), model.config.text_config)
     vocab = model.config.text_config.vocab_size
-    text_inputs = {"input_ids": torch.tensor([[i % vocab for i in ids]], device=device)}
+    text_inputs = {"input_ids": torch.tensor([[i % vocab for i in ids + question_ids]], device=device)}
     text_inputs["attention_mask"] = torch.ones_like(text_inputs["input_ids"])
-    row = {"text_tokens": n, "chars": len(text)}
-    lm = model  # the text backbone: the same decoder fed text tokens only
+    model.model.rope_deltas = None  # the text path has plain positions
     with nvtx_range("glyph_rt.text_prefill"):
-        row["text_ttft_s"], _ = timed(lambda: prefill(lm, text_inputs), device, args.repeat)
+        row["text_ttft_s"], _ = timed(lambda: prefill(model, text_inputs), device, args.repeat)
+    row["text_decode_s_per_sample"], row["text_decode_batch"] = decode_seconds_per_sample(
+        model, text_inputs, args.decode_tokens, device, args.max_batch)
+
     glyph_cfg = RenderConfig.from_glyph_dict(GLYPH_CONFIG_EN)
     t = time.perf_counter()
-    inputs_hf, render_hf, pages = glyph_inputs_hf(model, text, glyph_cfg, question_ids, device)
+    inputs_hf, render_hf, _ = glyph_inputs_hf(model, text, glyph_cfg, question_ids, device)
     pre_hf = time.perf_counter() - t
-    row["glyph_hf_ttft_s"] = pre_hf + timed(lambda: prefill(model, inputs_hf), device, args.repeat)[0]
+    assert inputs_hf["input_ids"].shape[1] == row["glyph_hf_prompt_tokens"], "HF prompt differs from the count"
+    with nvtx_range("glyph_rt.glyph_hf_prefill"):
+        row["glyph_hf_ttft_s"] = pre_hf + timed(lambda: prefill(model, inputs_hf), device, args.repeat)[0]
     row["glyph_hf_render_s"] = render_hf
+    del inputs_hf
     patch = apply_glyph_kernels(model)
     try:
         rt_cfg = _snapped(glyph_cfg)  # glyph_rt's canvas snapping: the kernel writes the model input directly
@@ -209,26 +264,17 @@ def run_length(model, n: int, prose: str, tok: TextTokenizer, args, device, ques
             prefill(model, x)
             return x, r
 
-        row["glyph_rt_ttft_s"], (inputs_rt, render_rt) = timed(ttft_rt, device, args.repeat)
+        with nvtx_range("glyph_rt.glyph_rt_prefill"):
+            row["glyph_rt_ttft_s"], (inputs_rt, render_rt) = timed(ttft_rt, device, args.repeat)
         row["glyph_rt_render_s"] = render_rt
-        grid = inputs_rt["image_grid_thw"]
-        row["pages"] = int(len(grid))
-        row["visual_tokens"] = int((grid[:, 1] * grid[:, 2]).sum() // 4)
-        row["compression"] = n / row["visual_tokens"]
-        row["glyph_prompt_tokens"] = int(inputs_rt["input_ids"].shape[1])
-        dec = decode_seconds_per_sample(model, inputs_rt, args.decode_tokens, device, args.max_batch)
-        row["glyph_decode_s_per_sample"], row["glyph_decode_batch"] = dec if dec else (None, 0)
+        assert inputs_rt["input_ids"].shape[1] == row["glyph_prompt_tokens"], "prompt differs from the count"
+        row["glyph_decode_s_per_sample"], row["glyph_decode_batch"] = decode_seconds_per_sample(
+            model, inputs_rt, args.decode_tokens, device, args.max_batch)
     finally:
         patch.undo()
-    dec = decode_seconds_per_sample(lm, text_inputs, args.decode_tokens, device, args.max_batch)
-    row["text_decode_s_per_sample"], row["text_decode_batch"] = dec if dec else (None, 0)
-    row["text_kv_bytes"] = kv_bytes(model, n)
-    row["glyph_kv_bytes"] = kv_bytes(model, row["glyph_prompt_tokens"])
     row["prefill_speedup_hf"] = row["text_ttft_s"] / row["glyph_hf_ttft_s"]
     row["prefill_speedup_rt"] = row["text_ttft_s"] / row["glyph_rt_ttft_s"]
-    if row["glyph_decode_s_per_sample"] and row["text_decode_s_per_sample"]:
-        row["decode_speedup"] = row["text_decode_s_per_sample"] / row["glyph_decode_s_per_sample"]
-    row["kv_memory_reduction"] = 1 - row["glyph_kv_bytes"] / row["text_kv_bytes"]
+    row["decode_speedup"] = row["text_decode_s_per_sample"] / row["glyph_decode_s_per_sample"]
     row["render_fraction_of_ttft"] = row["glyph_rt_render_s"] / row["glyph_rt_ttft_s"]
     return row
 
@@ -263,6 +309,47 @@ def plot(rows, path: Path) -> bool:
     return True
 
 
+def summarize(rows) -> dict:
+    """The issue's four figures at the longest context measured (128K in the full run)."""
+    last = max(rows, key=lambda r: r["text_tokens"])
+    return {
+        "prefill_speedup_128k": round(last["prefill_speedup_rt"], 2),
+        "prefill_speedup_128k_hf": round(last["prefill_speedup_hf"], 2),
+        "decode_speedup_128k": round(last["decode_speedup"], 2),
+        "kv_memory_reduction": round(last["kv_memory_reduction"], 3),
+        "render_fraction_of_ttft": round(last["render_fraction_of_ttft"], 4),
+        "context_tokens": last["text_tokens"],
+    }
+
+
+def prose_of(tok: TextTokenizer, tokens: int) -> str:
+    prose = sample_text()
+    while tok.count(prose) < tokens:
+        prose += "\n" + sample_text()
+    return prose
+
+
+def count_only(lengths, tok, question_ids, out: str | None) -> list[dict]:
+    from transformers import Glm4vConfig
+
+    text_config = Glm4vConfig().text_config  # GLM-4.1V-9B's decoder
+    prose = prose_of(tok, max(lengths))
+    rows = []
+    for n in lengths:
+        ids, text = tok.prefix(prose, n)
+        rows.append(counts(text, n, len(question_ids), text_config))
+        r = rows[-1]
+        print(f"{n:>7,} tokens: {r['pages']} pages, {r['visual_tokens']:,} visual tokens ({r['compression']:.2f}x), "
+              f"prompt {r['glyph_prompt_tokens']:,} vs {r['text_prompt_tokens']:,} tokens (HF pages: "
+              f"{r['glyph_hf_prompt_tokens']:,}); KV {r['glyph_kv_bytes'] / 2**30:.2f} vs "
+              f"{r['text_kv_bytes'] / 2**30:.2f} GiB (-{r['kv_memory_reduction']:.1%})")
+    summary = {"kv_memory_reduction": round(rows[-1]["kv_memory_reduction"], 3),
+               "compression": round(rows[-1]["compression"], 3), "context_tokens": rows[-1]["text_tokens"]}
+    p = write_result(out or "e2e-counts.json", "e2e-counts", rows, summary)
+    print(f"summary {summary}\nwrote {p}")
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", default="8192,16384,32768,65536,131072")
@@ -270,71 +357,76 @@ def main(argv=None):
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="tiny shapes on the CPU (a smoke test)")
+    ap.add_argument("--counts", action="store_true", help="pages, tokens and KV bytes only (no model, CPU)")
     ap.add_argument("--profile", default=None, help="write a torch profiler trace of the glyph_rt path here")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.quick:
-        device, dtype = torch.device("cpu"), torch.float32
         args.tokens = args.tokens if argv and "--tokens" in argv else "256,512"
         args.decode_tokens, args.max_batch, args.repeat = min(args.decode_tokens, 4), 2, 1
+    lengths = [int(s) for s in args.tokens.split(",")]
+    if args.decode_tokens < 1 or args.max_batch < 1 or args.repeat < 1 or min(lengths) < 1:
+        raise SystemExit("--tokens, --decode-tokens, --max-batch and --repeat must be positive")
+    tok = TextTokenizer()
+    question_ids = tok.prefix(QUESTION, tok.count(QUESTION))[0]
+    if args.counts:
+        return count_only(lengths, tok, question_ids, args.out)
+    if args.quick:
+        device, dtype = torch.device("cpu"), torch.float32
     elif not torch.cuda.is_available():
-        raise SystemExit("bench_e2e needs a CUDA GPU (or --quick for the CPU smoke test)")
+        raise SystemExit("bench_e2e needs a CUDA GPU (or --counts, or --quick for the CPU smoke test)")
     else:
         device, dtype = torch.device("cuda"), torch.bfloat16
+    from tqdm import tqdm
+
     from glyph_rt.ops.attention import register_transformers
 
     register_transformers()
     model = build_model(args.quick, device, dtype)
-    tok = TextTokenizer()
-    prose = sample_text()
-    while tok.count(prose) < max(int(s) for s in args.tokens.split(",")):
-        prose += "\n" + sample_text()
-    question_ids = tok.prefix(QUESTION, tok.count(QUESTION))[0]
+    prose = prose_of(tok, max(lengths))
+    name = "cpu-quick" if args.quick else re.sub(r"[^a-z0-9]+", "-",
+                                                 torch.cuda.get_device_name(0).lower().replace("nvidia", "")).strip("-")
+    out_name = args.out or f"e2e-{name}.json"
     ranges = StageRanges(model)
     rows = []
     try:
-        for n in [int(s) for s in args.tokens.split(",")]:
+        for n in tqdm(lengths, desc="bench_e2e", unit="length"):
             row = run_length(model, n, prose, tok, args, device, question_ids)
             rows.append(row)
-            print(f"{n:>7,} tokens: {row['pages']} pages, {row['visual_tokens']:,} visual tokens "
-                  f"({row['compression']:.2f}x); TTFT text {row['text_ttft_s']:.3f} s, glyph HF "
-                  f"{row['glyph_hf_ttft_s']:.3f} s, glyph_rt {row['glyph_rt_ttft_s']:.3f} s "
-                  f"({row['prefill_speedup_rt']:.2f}x); decode {row.get('decode_speedup') or 0:.2f}x; "
-                  f"KV -{row['kv_memory_reduction']:.0%}; render {row['render_fraction_of_ttft']:.1%} of TTFT")
+            p = write_result(out_name, "e2e", rows, summarize(rows))  # what is measured survives a cut-off run
+            tqdm.write(f"{n:>7,} tokens: {row['pages']} pages, {row['visual_tokens']:,} visual tokens "
+                       f"({row['compression']:.2f}x); TTFT text {row['text_ttft_s']:.3f} s, glyph HF "
+                       f"{row['glyph_hf_ttft_s']:.3f} s, glyph_rt {row['glyph_rt_ttft_s']:.3f} s "
+                       f"({row['prefill_speedup_rt']:.2f}x); decode {row['decode_speedup']:.2f}x (batch "
+                       f"{row['text_decode_batch']} vs {row['glyph_decode_batch']}); KV -{row['kv_memory_reduction']:.0%}; "
+                       f"render {row['render_fraction_of_ttft']:.1%} of TTFT")
         if args.profile:
-            from glyph_rt.models import apply_glyph_kernels
-
-            out = Path(args.profile)
-            out.mkdir(parents=True, exist_ok=True)
-            ids, text = tok.prefix(prose, int(args.tokens.split(",")[-1]))
-            patch = apply_glyph_kernels(model)
-            try:
-                with torch.profiler.profile(record_shapes=True) as prof:
-                    x, _, _ = glyph_inputs_rt(model, text, _snapped(RenderConfig.from_glyph_dict(GLYPH_CONFIG_EN)),
-                                              question_ids, device)
-                    with torch.no_grad():
-                        model.generate(**x, max_new_tokens=8, do_sample=False)
-                prof.export_chrome_trace(str(out / "e2e-trace.json"))
-            finally:
-                patch.undo()
-            print(f"wrote {out / 'e2e-trace.json'}")
+            profile(model, prose, tok, lengths[-1], question_ids, device, Path(args.profile))
     finally:
         ranges.remove()
-    last = rows[-1]
-    summary = {
-        "prefill_speedup_128k": round(last["prefill_speedup_rt"], 2),
-        "prefill_speedup_128k_hf": round(last["prefill_speedup_hf"], 2),
-        "decode_speedup_128k": round(last["decode_speedup"], 2) if last.get("decode_speedup") else None,
-        "kv_memory_reduction": round(last["kv_memory_reduction"], 3),
-        "render_fraction_of_ttft": round(last["render_fraction_of_ttft"], 4),
-        "context_tokens": last["text_tokens"],
-    }
-    name = "cpu-quick" if args.quick else re.sub(r"[^a-z0-9]+", "-",
-                                                 torch.cuda.get_device_name(0).lower().replace("nvidia", "")).strip("-")
-    p = write_result(args.out or f"e2e-{name}.json", "e2e", rows, summary)
-    png = p.with_suffix(".png") if args.out else RESULTS / f"e2e-{name}.png"
+    summary = summarize(rows)
+    png = p.with_suffix(".png")
     print(f"summary {summary}\nwrote {p}" + (f" and {png}" if plot(rows, png) else " (no plot: matplotlib missing)"))
     return summary
+
+
+def profile(model, prose: str, tok: TextTokenizer, n: int, question_ids, device, out: Path) -> None:
+    """A torch profiler trace of the glyph_rt path: render, vision tower, prefill and 8 decode steps."""
+    from glyph_rt.models import apply_glyph_kernels
+
+    out.mkdir(parents=True, exist_ok=True)
+    _, text = tok.prefix(prose, n)
+    patch = apply_glyph_kernels(model)
+    try:
+        with torch.profiler.profile(record_shapes=True) as prof:
+            x, _, _ = glyph_inputs_rt(model, text, _snapped(RenderConfig.from_glyph_dict(GLYPH_CONFIG_EN)),
+                                      question_ids, device)
+            with torch.no_grad():
+                model.generate(**x, max_new_tokens=8, do_sample=False)
+        prof.export_chrome_trace(str(out / "e2e-trace.json"))
+    finally:
+        patch.undo()
+    print(f"wrote {out / 'e2e-trace.json'}")
 
 
 if __name__ == "__main__":

@@ -130,3 +130,79 @@ def test_strided_inputs():
     qt = q.transpose(1, 2).contiguous().transpose(1, 2)  # last dim not contiguous
     a = attention(qt, k, v, cu_q, cu_k, backend="glyph")
     torch.testing.assert_close(a, attention(q, k, v, cu_q, cu_k, backend="reference"), rtol=1e-4, atol=1e-4)
+
+
+def cache_view(B, Sk, hkv, d, cap, g):
+    """k or v as transformers' cache gives it, (B, Sk, Hkv, D) through a transpose, from a larger buffer."""
+    return torch.randn(B, hkv, cap, d, generator=g)[:, :, :Sk].transpose(1, 2).to(TRITON_DEVICE)
+
+
+DECODE_CASES = [  # (B, Sq, Sk, Hq, Hkv, D, key starts, causal, splits)
+    (3, 1, 70, 8, 2, 64, None, True, None),
+    (2, 1, 53, 16, 1, 40, [0, 17], True, 3),  # left padding, MQA, chunks that start inside padding
+    (2, 3, 41, 6, 2, 80, [5, 0], True, 4),  # three query rows: bottom-right causal, GQA 3
+    (1, 4, 4, 4, 4, 16, [2], True, 2),  # a prefill whose first query rows see nothing
+    (2, 2, 33, 4, 1, 32, [0, 3], False, 5),
+]
+
+
+@pytest.mark.parametrize("B,Sq,Sk,hq,hkv,d,starts,causal,splits", DECODE_CASES)
+def test_decode_kernel_matches_the_fp32_oracle(B, Sq, Sk, hq, hkv, d, starts, causal, splits):
+    from glyph_rt.kernels.attention_decode import decode
+
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(B, hq, Sq, d, generator=g).transpose(1, 2).to(TRITON_DEVICE)
+    k, v = cache_view(B, Sk, hkv, d, Sk + 7, g), cache_view(B, Sk, hkv, d, Sk + 7, g)
+    st = None if starts is None else torch.tensor(starts, dtype=torch.int32, device=TRITON_DEVICE)
+    got = decode(q, k, v, st, causal, 1 / math.sqrt(d), splits=splits)
+    for b in range(B):
+        s0 = 0 if starts is None else starts[b]
+        cu_q = torch.tensor([0, Sq], dtype=torch.int32)
+        cu_k = torch.tensor([0, Sk - s0], dtype=torch.int32)
+        want = attention_reference(q[b].cpu(), k[b, s0:].cpu(), v[b, s0:].cpu(), cu_q, cu_k, causal, 1 / math.sqrt(d))
+        torch.testing.assert_close(got[b].cpu(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_transformers_decoding_reads_the_cache_in_place():
+    from glyph_rt.ops.attention import glyph_attention_forward
+
+    g = torch.Generator().manual_seed(2)
+    B, hq, hkv, d, Sk = 3, 8, 2, 32, 29
+    query = torch.randn(B, hq, 1, d, generator=g).to(TRITON_DEVICE)
+    key, value = (torch.randn(B, hkv, Sk, d, generator=g).to(TRITON_DEVICE) for _ in range(2))
+    mask = torch.ones(B, Sk, dtype=torch.long, device=TRITON_DEVICE)
+    mask[1, :4] = 0
+    mask[2, :11] = 0  # left padding
+    module = torch.nn.Module()
+    calls = []
+    import glyph_rt.kernels.attention_decode as kd
+
+    real = kd.decode
+    kd.decode = lambda *a, **k: calls.append(a[3]) or real(*a, **k)
+    try:
+        got, _ = glyph_attention_forward(module, query, key, value, mask, backend="glyph")
+        holes = mask.clone()
+        holes[0, 5] = 0  # not left padding: unpadded, through the varlen kernel
+        got_holes, _ = glyph_attention_forward(module, query, key, value, holes, backend="glyph")
+    finally:
+        kd.decode = real
+    assert len(calls) == 1 and calls[0].tolist() == [0, 4, 11]
+    want, _ = glyph_attention_forward(module, query, key, value, mask, backend="reference")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    want_holes, _ = glyph_attention_forward(module, query, key, value, holes, backend="reference")
+    torch.testing.assert_close(got_holes, want_holes, rtol=1e-4, atol=1e-4)
+
+
+def test_generation_on_glyph_attention_matches_sdpa():
+    name = register_transformers("glyph", backend="glyph")
+    sdpa, ours = tiny_glm4v("sdpa"), tiny_glm4v(name)
+    ours.load_state_dict(sdpa.state_dict())
+    kwargs = glm4v_inputs()  # a left-padded batch
+    with torch.no_grad():
+        want = sdpa.generate(**kwargs, max_new_tokens=5, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+        got = ours.generate(**kwargs, max_new_tokens=5, do_sample=False, output_logits=True,
+                            return_dict_in_generate=True)
+    assert torch.equal(got.sequences, want.sequences)
+    for a, b in zip(got.logits, want.logits):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

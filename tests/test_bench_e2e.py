@@ -38,3 +38,18 @@ def test_stage_ranges_name_prefill_and_decode(monkeypatch):
     ranges.remove()
     assert names.count("glyph_rt.prefill") == 1 and names.count("glyph_rt.decode") == 2
     assert "glyph_rt.patch_embed" in names and "glyph_rt.vision_block.1" in names
+
+
+def test_e2e_counts_mode_needs_no_model(tmp_path):
+    import json
+
+    from bench.bench_e2e import main
+
+    out = tmp_path / "counts.json"
+    rows = main(["--counts", "--tokens", "600,3000", "--out", str(out)])
+    assert [r["text_tokens"] for r in rows] == [600, 3000]
+    for r in rows:
+        question = r["text_prompt_tokens"] - r["text_tokens"]
+        assert r["glyph_prompt_tokens"] == r["visual_tokens"] + 2 * r["pages"] + question  # begin/end per page
+        assert 0 < r["kv_memory_reduction"] < 1 and r["compression"] > 1
+    assert json.loads(out.read_text())["summary"]["context_tokens"] == 3000

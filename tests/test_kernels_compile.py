@@ -11,6 +11,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from glyph_rt.kernels.attention import attn_bwd_dkdv_kernel, attn_bwd_dq_kernel, attn_fwd_kernel
+from glyph_rt.kernels.attention_decode import attn_decode_merge_kernel, attn_decode_split_kernel
 from glyph_rt.kernels.patch_embed import matmul_kernel
 from glyph_rt.kernels.raster import raster_kernel
 
@@ -55,6 +56,16 @@ for dt, d in [("*bf16", 128), ("*fp16", 64), ("*bf16", 80)]:
               **strides("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_dot",
                         "stride_doh", "stride_dqt", "stride_dqh", "stride_lh"))
     build(attn_bwd_dq_kernel, dq, dict(GROUP=16, BM=64, BN=64, **blk))
+    split = dict(Q=dt, K=dt, V=dt, KSTART="*i32", PO="*fp32", PLSE="*fp32", qk_scale="fp32", Sq="i32", Sk="i32",
+                 keys_per_split="i32", **strides("stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_ks",
+                                                 "stride_kh", "stride_vb", "stride_vs", "stride_vh", "stride_pb",
+                                                 "stride_ph", "stride_ps", "stride_pm"))
+    for group, has_start in ((16, False), (4, True)):
+        build(attn_decode_split_kernel, split, dict(GROUP=group, BM=16, BN=64, HAS_START=has_start,
+                                                    **{k: blk[k] for k in ("D", "BLOCK_D", "CAUSAL", "IEEE")}))
+    merge = dict(PO="*fp32", PLSE="*fp32", O=dt, Sq="i32", splits="i32",
+                 **strides("stride_pb", "stride_ph", "stride_ps", "stride_pm", "stride_ob", "stride_os", "stride_oh"))
+    build(attn_decode_merge_kernel, merge, dict(GROUP=16, D=d, BLOCK_D=blk["BLOCK_D"], BM=16))
 print("compiled")
 """
 

@@ -17,7 +17,10 @@ Backends:
 
 `register_transformers()` makes it a transformers attention implementation,
 attn_implementation="glyph", for GLM-4.1V and Qwen2.5-VL (and any model using
-transformers' attention interface).
+transformers' attention interface). There, calls with at most 64 query rows per KV head and
+no gradient (decoding with a KV cache) take the split-key decode kernel
+(glyph_rt.kernels.attention_decode) when the backend resolves to "glyph": it reads the cache
+in place and takes left padding as each row's first valid key, so nothing is copied.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import functools
 import importlib.util
 import math
 import os
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -219,6 +223,13 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
     causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # (B, S, H, D)
     dev = query.device
+    if cu_seq_lens_q is None and _decode_kernel_applies(backend, query, key, value):
+        starts = None if attention_mask is None else _left_padding(attention_mask)
+        if starts is not False:  # the KV cache is read in place, no unpadding
+            from ..kernels import attention_decode
+
+            scale = scaling if scaling is not None else 1.0 / math.sqrt(D)
+            return attention_decode.decode(q, k, v, starts, causal, scale), None
     if cu_seq_lens_q is not None:  # packed sequences, B == 1
         cu_k = cu_seq_lens_k if cu_seq_lens_k is not None else cu_seq_lens_q
         out = attention(q.reshape(-1, H, D), k.reshape(-1, k.shape[2], D), v.reshape(-1, v.shape[2], D),
@@ -241,6 +252,35 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
     out = attention(q.reshape(B * S, H, D), k.reshape(B * Sk, -1, D), v.reshape(B * Sk, -1, D), cu_q, cu_k,
                     S, Sk, causal=causal, softmax_scale=scaling, backend=backend)
     return out.reshape(B, S, H, D), None
+
+
+def _decode_kernel_applies(backend: str, query, key, value) -> bool:
+    """Few query rows per KV head, no gradient, and the Triton kernel chosen: the split-key decode kernel."""
+    B, H, S, D = query.shape
+    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
+        return False
+    if D > MAX_HEAD_DIM or resolve_backend(backend, query) != "glyph":
+        return False
+    from ..kernels.attention_decode import MAX_ROWS
+
+    return S * (H // key.shape[1]) <= MAX_ROWS
+
+
+_last_mask: list = [lambda: None, None]  # (weak reference to the last 2D mask analysed, its analysis)
+
+
+def _left_padding(mask: torch.Tensor):
+    """For a 2D padding mask: each row's first valid key (int32 [B]) if every row is left-padded, else
+    False. transformers passes one mask object to every layer of a forward, so it is analysed (one
+    host sync) once per forward."""
+    if _last_mask[0]() is mask:
+        return _last_mask[1]
+    m = mask.bool()
+    Sk = m.shape[1]
+    starts = (Sk - m.sum(1)).to(torch.int32)
+    left = bool((m == (torch.arange(Sk, device=m.device)[None, :] >= starts[:, None])).all())
+    _last_mask[:] = [weakref.ref(mask), starts if left else False]
+    return _last_mask[1]
 
 
 def register_transformers(name: str = "glyph", backend: str = "auto") -> str:
