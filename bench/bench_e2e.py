@@ -9,7 +9,8 @@ shapes with random weights on one GPU:
 Time to first token (TTFT) includes rendering, preprocessing, the vision tower and the prefill.
 Decode: seconds per sample for --decode-tokens greedy steps at the largest batch whose KV cache
 fits in memory (one prefill at batch 1, its cache repeated to the batch, as a server that prefills
-requests one at a time holds them; transformers' own cache and attention for the text path).
+requests one at a time holds them); transformers' DynamicCache and SDPA for the text and HF paths,
+glyph_rt's GlyphCache (written in place) and decode kernel for the glyph_rt path.
 KV cache: bytes per request. Visual tokens are counted from the rendered pages, never assumed.
 TTFT is the median of --repeat runs after a warm-up, or of one run when a run takes over 5 s.
 
@@ -197,9 +198,13 @@ def _batch_that_fits(per_request: int, layers: int, device, max_batch: int) -> i
     return max(1, min(max_batch, int((free - (2 << 30)) / (per_request * (1 + 2 / layers)))))
 
 
-def decode_seconds_per_sample(model, inputs: dict, new_tokens: int, device, max_batch: int) -> tuple[float, int]:
-    """(seconds per sample for `new_tokens` greedy steps, batch) at the largest batch whose cache fits."""
+def decode_seconds_per_sample(model, inputs: dict, new_tokens: int, device, max_batch: int,
+                              glyph_cache: bool) -> tuple[float, int]:
+    """(seconds per sample for `new_tokens` greedy steps, batch) at the largest batch whose cache fits;
+    in transformers' DynamicCache, or in glyph_rt's GlyphCache (written in place) when `glyph_cache`."""
     from transformers import DynamicCache
+
+    from glyph_rt.models import GlyphCache
 
     with torch.no_grad():
         out = model(**inputs, use_cache=True, logits_to_keep=1)
@@ -210,9 +215,12 @@ def decode_seconds_per_sample(model, inputs: dict, new_tokens: int, device, max_
     b = _batch_that_fits(per_request, c.num_hidden_layers, device, max_batch)
     while True:
         try:
-            cache = DynamicCache()
-            for i, layer in enumerate(prompt.layers):
-                cache.update(layer.keys.repeat(b, 1, 1, 1), layer.values.repeat(b, 1, 1, 1), i)
+            if glyph_cache:
+                cache = GlyphCache.from_cache(prompt, b, reserve=new_tokens + 1)
+            else:
+                cache = DynamicCache()
+                for i, layer in enumerate(prompt.layers):
+                    cache.update(layer.keys.repeat(b, 1, 1, 1), layer.values.repeat(b, 1, 1, 1), i)
             tok = first.repeat(b)[:, None]
             with torch.no_grad():
                 for step in range(new_tokens + 1):  # the first step is a warm-up
@@ -244,7 +252,7 @@ def run_length(model, n: int, prose: str, tok: TextTokenizer, args, device, ques
     with nvtx_range("glyph_rt.text_prefill"):
         row["text_ttft_s"], _ = timed(lambda: prefill(model, text_inputs), device, args.repeat)
     row["text_decode_s_per_sample"], row["text_decode_batch"] = decode_seconds_per_sample(
-        model, text_inputs, args.decode_tokens, device, args.max_batch)
+        model, text_inputs, args.decode_tokens, device, args.max_batch, glyph_cache=False)
 
     glyph_cfg = RenderConfig.from_glyph_dict(GLYPH_CONFIG_EN)
     t = time.perf_counter()
@@ -254,6 +262,8 @@ def run_length(model, n: int, prose: str, tok: TextTokenizer, args, device, ques
     with nvtx_range("glyph_rt.glyph_hf_prefill"):
         row["glyph_hf_ttft_s"] = pre_hf + timed(lambda: prefill(model, inputs_hf), device, args.repeat)[0]
     row["glyph_hf_render_s"] = render_hf
+    row["glyph_hf_decode_s_per_sample"], row["glyph_hf_decode_batch"] = decode_seconds_per_sample(
+        model, inputs_hf, args.decode_tokens, device, args.max_batch, glyph_cache=False)
     del inputs_hf
     patch = apply_glyph_kernels(model)
     try:
@@ -269,11 +279,12 @@ def run_length(model, n: int, prose: str, tok: TextTokenizer, args, device, ques
         row["glyph_rt_render_s"] = render_rt
         assert inputs_rt["input_ids"].shape[1] == row["glyph_prompt_tokens"], "prompt differs from the count"
         row["glyph_decode_s_per_sample"], row["glyph_decode_batch"] = decode_seconds_per_sample(
-            model, inputs_rt, args.decode_tokens, device, args.max_batch)
+            model, inputs_rt, args.decode_tokens, device, args.max_batch, glyph_cache=True)
     finally:
         patch.undo()
     row["prefill_speedup_hf"] = row["text_ttft_s"] / row["glyph_hf_ttft_s"]
     row["prefill_speedup_rt"] = row["text_ttft_s"] / row["glyph_rt_ttft_s"]
+    row["decode_speedup_hf"] = row["text_decode_s_per_sample"] / row["glyph_hf_decode_s_per_sample"]
     row["decode_speedup"] = row["text_decode_s_per_sample"] / row["glyph_decode_s_per_sample"]
     row["render_fraction_of_ttft"] = row["glyph_rt_render_s"] / row["glyph_rt_ttft_s"]
     return row
@@ -297,7 +308,8 @@ def plot(rows, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(n, [r["prefill_speedup_rt"] for r in rows], "o-", label="prefill (TTFT), glyph_rt")
     ax.plot(n, [r["prefill_speedup_hf"] for r in rows], "s--", label="prefill (TTFT), HF defaults")
-    ax.plot(n, [r.get("decode_speedup") or float("nan") for r in rows], "^-", label="decode")
+    ax.plot(n, [r["decode_speedup"] for r in rows], "^-", label="decode, glyph_rt")
+    ax.plot(n, [r["decode_speedup_hf"] for r in rows], "v--", label="decode, HF defaults")
     ax.set_xscale("log", base=2)
     ax.set_xticks(n, [f"{k}K" for k in n])
     ax.set_xlabel("context length (text tokens)")
@@ -316,6 +328,7 @@ def summarize(rows) -> dict:
         "prefill_speedup_128k": round(last["prefill_speedup_rt"], 2),
         "prefill_speedup_128k_hf": round(last["prefill_speedup_hf"], 2),
         "decode_speedup_128k": round(last["decode_speedup"], 2),
+        "decode_speedup_128k_hf": round(last["decode_speedup_hf"], 2),
         "kv_memory_reduction": round(last["kv_memory_reduction"], 3),
         "render_fraction_of_ttft": round(last["render_fraction_of_ttft"], 4),
         "context_tokens": last["text_tokens"],
@@ -397,8 +410,9 @@ def main(argv=None):
             tqdm.write(f"{n:>7,} tokens: {row['pages']} pages, {row['visual_tokens']:,} visual tokens "
                        f"({row['compression']:.2f}x); TTFT text {row['text_ttft_s']:.3f} s, glyph HF "
                        f"{row['glyph_hf_ttft_s']:.3f} s, glyph_rt {row['glyph_rt_ttft_s']:.3f} s "
-                       f"({row['prefill_speedup_rt']:.2f}x); decode {row['decode_speedup']:.2f}x (batch "
-                       f"{row['text_decode_batch']} vs {row['glyph_decode_batch']}); KV -{row['kv_memory_reduction']:.0%}; "
+                       f"({row['prefill_speedup_rt']:.2f}x); decode {row['decode_speedup']:.2f}x, HF "
+                       f"{row['decode_speedup_hf']:.2f}x (batch {row['text_decode_batch']} vs "
+                       f"{row['glyph_decode_batch']}); KV -{row['kv_memory_reduction']:.0%}; "
                        f"render {row['render_fraction_of_ttft']:.1%} of TTFT")
         if args.profile:
             profile(model, prose, tok, lengths[-1], question_ids, device, Path(args.profile))

@@ -18,7 +18,8 @@ def test_e2e_quick_mode_runs_every_path(tmp_path):
     for row in data["rows"]:
         assert row["visual_tokens"] > 0 and row["pages"] >= 1
         assert row["glyph_kv_bytes"] < row["text_kv_bytes"]  # fewer tokens in the cache
-        for key in ("text_ttft_s", "glyph_hf_ttft_s", "glyph_rt_ttft_s", "glyph_rt_render_s"):
+        for key in ("text_ttft_s", "glyph_hf_ttft_s", "glyph_rt_ttft_s", "glyph_rt_render_s",
+                    "text_decode_s_per_sample", "glyph_hf_decode_s_per_sample", "glyph_decode_s_per_sample"):
             assert row[key] > 0
 
 

@@ -8,7 +8,8 @@ Each context is rendered by glyph_rt straight into pixel_values on the model's d
 prompt is the checkpoint's own chat template with one image per page followed by the
 question (which stays text, as in Glyph's evaluation), and each image placeholder is expanded
 to the page's visual tokens as the Hugging Face processor does. Loading is transformers' own
-code; kernels="auto" patches the model with apply_glyph_kernels, kernels="off" keeps it stock.
+code; kernels="auto" patches the model with apply_glyph_kernels and generates with a GlyphCache
+(a KV cache written in place), kernels="off" keeps it stock.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 
 from ..ops.pixel_values import CLIP_MEAN, CLIP_STD
 from ..render.config import RenderConfig
+from .kv_cache import GlyphCache
 from .patching import MODELS, apply_glyph_kernels
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -202,6 +204,8 @@ class GlyphModel:
             vision["s"] += time.perf_counter() - vision["t"]
 
         hooks = [visual.register_forward_pre_hook(pre), visual.register_forward_hook(post)] if visual else []
+        if self.patch is not None and "past_key_values" not in generate_kwargs:
+            generate_kwargs["past_key_values"] = GlyphCache(reserve=max_new_tokens)  # no copy per step
         first = _FirstToken(self.device)
         t0 = time.perf_counter()
         try:

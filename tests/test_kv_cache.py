@@ -1,0 +1,64 @@
+"""GlyphCache: the same keys, values and generations as transformers' DynamicCache, without a copy per step."""
+import torch
+from transformers import DynamicCache
+
+from glyph_rt.models.kv_cache import GlyphCache
+from tiny import glm4v_inputs, tiny_glm4v
+
+
+def states(B, n, g):
+    return torch.randn(B, 2, n, 8, generator=g), torch.randn(B, 2, n, 8, generator=g)
+
+
+def test_updates_match_dynamic_cache_and_write_in_place():
+    g = torch.Generator().manual_seed(0)
+    ours, ref = GlyphCache(reserve=3), DynamicCache()
+    ptrs = set()
+    for step, n in enumerate([5, 1, 1, 1, 1, 1, 300]):  # the prompt, steps within the reserve, then growth
+        k, v = states(2, n, g)
+        for layer in range(2):
+            a = ours.update(k, v, layer)
+            b = ref.update(k, v, layer)
+            for x, y in zip(a, b):
+                assert torch.equal(x, y)
+        if 1 <= step <= 3:
+            ptrs.add(ours.layers[0].keys.data_ptr())
+    assert len(ptrs) == 1  # no reallocation while the reserve lasts
+    assert ours.get_seq_length() == ref.get_seq_length() == 310
+
+
+def test_replaced_tensors_are_adopted():
+    g = torch.Generator().manual_seed(1)
+    ours, ref = GlyphCache(reserve=8), DynamicCache()
+    for c in (ours, ref):
+        c.update(*states(1, 4, torch.Generator().manual_seed(2)), 0)
+        c.batch_repeat_interleave(3)  # tensors replaced behind the layer's back
+    k, v = states(3, 1, g)
+    for x, y in zip(ours.update(k, v, 0), ref.update(k, v, 0)):
+        assert torch.equal(x, y)
+    for c in (ours, ref):
+        c.crop(-2)
+    k, v = states(3, 2, g)
+    for x, y in zip(ours.update(k, v, 0), ref.update(k, v, 0)):
+        assert torch.equal(x, y)
+
+
+def test_from_cache_repeats_requests():
+    g = torch.Generator().manual_seed(3)
+    src = DynamicCache()
+    k, v = states(1, 6, g)
+    src.update(k, v, 0)
+    out = GlyphCache.from_cache(src, batch=4, reserve=2)
+    assert out.layers[0].keys.shape == (4, 2, 6, 8) and torch.equal(out.layers[0].keys[3], k[0])
+
+
+def test_generation_matches_dynamic_cache():
+    model = tiny_glm4v("sdpa")
+    kwargs = glm4v_inputs()  # left-padded batch with pages
+    common = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        want = model.generate(**kwargs, **common)
+        got = model.generate(**kwargs, past_key_values=GlyphCache(reserve=6), **common)
+    assert torch.equal(got.sequences, want.sequences)
+    for a, b in zip(got.logits, want.logits):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
