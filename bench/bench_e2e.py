@@ -194,6 +194,7 @@ def _batch_that_fits(per_request: int, layers: int, device, max_batch: int) -> i
     """The most requests whose caches fit in free memory, beside one layer's growth transient and 2 GiB."""
     if device.type != "cuda":
         return max_batch
+    torch.cuda.empty_cache()  # blocks the allocator keeps are free for this purpose
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, min(max_batch, int((free - (2 << 30)) / (per_request * (1 + 2 / layers)))))
 

@@ -11,6 +11,7 @@ Rows that see no key get zeros. Forward only: this is the inference path.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -120,10 +121,14 @@ def _config(head_dim: int, interpret: bool) -> dict:
     return dict(BN=64, num_warps=4, num_stages=3 if head_dim <= 128 else 2)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
 def _splits(B: int, Hkv: int, Sk: int, BN: int, device: torch.device) -> int:
     """Enough chunks for about two programs per SM, each at least one key block long."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    want = max(1, -(-2 * sms // max(1, B * Hkv)))
+    want = max(1, -(-2 * _sm_count(device) // max(1, B * Hkv)))
     return max(1, min(want, triton.cdiv(Sk, BN)))
 
 
@@ -139,7 +144,7 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.T
     BLOCK_D = max(16, triton.next_power_of_2(D))
     cfg = _config(D, os.environ.get("TRITON_INTERPRET") == "1")
     splits = splits or _splits(B, Hkv, Sk, cfg["BN"], q.device)
-    keys_per_split = triton.cdiv(triton.cdiv(Sk, splits), cfg["BN"]) * cfg["BN"]
+    keys_per_split = max(1, triton.cdiv(triton.cdiv(Sk, splits), cfg["BN"])) * cfg["BN"]
     splits = max(1, triton.cdiv(Sk, keys_per_split))
     out = torch.empty(B, Sq, Hq, D, dtype=q.dtype, device=q.device)
     if out.numel() == 0:
