@@ -250,7 +250,7 @@ def run_length(model, n: int, prose: str, tok: TextTokenizer, args, device, ques
     text_inputs = {"input_ids": torch.tensor([[i % vocab for i in ids + question_ids]], device=device)}
     text_inputs["attention_mask"] = torch.ones_like(text_inputs["input_ids"])
     model.model.rope_deltas = None  # the text path has plain positions
-    with nvtx_range("glyph_rt.text_prefill"):
+    with nvtx_range("glyph_rt.ttft.text"):
         row["text_ttft_s"], _ = timed(lambda: prefill(model, text_inputs), device, args.repeat)
     row["text_decode_s_per_sample"], row["text_decode_batch"] = decode_seconds_per_sample(
         model, text_inputs, args.decode_tokens, device, args.max_batch, glyph_cache=False)
@@ -260,7 +260,7 @@ def run_length(model, n: int, prose: str, tok: TextTokenizer, args, device, ques
     inputs_hf, render_hf, _ = glyph_inputs_hf(model, text, glyph_cfg, question_ids, device)
     pre_hf = time.perf_counter() - t
     assert inputs_hf["input_ids"].shape[1] == row["glyph_hf_prompt_tokens"], "HF prompt differs from the count"
-    with nvtx_range("glyph_rt.glyph_hf_prefill"):
+    with nvtx_range("glyph_rt.ttft.glyph_hf"):
         row["glyph_hf_ttft_s"] = pre_hf + timed(lambda: prefill(model, inputs_hf), device, args.repeat)[0]
     row["glyph_hf_render_s"] = render_hf
     row["glyph_hf_decode_s_per_sample"], row["glyph_hf_decode_batch"] = decode_seconds_per_sample(
@@ -275,7 +275,7 @@ def run_length(model, n: int, prose: str, tok: TextTokenizer, args, device, ques
             prefill(model, x)
             return x, r
 
-        with nvtx_range("glyph_rt.glyph_rt_prefill"):
+        with nvtx_range("glyph_rt.ttft.glyph_rt"):
             row["glyph_rt_ttft_s"], (inputs_rt, render_rt) = timed(ttft_rt, device, args.repeat)
         row["glyph_rt_render_s"] = render_rt
         assert inputs_rt["input_ids"].shape[1] == row["glyph_prompt_tokens"], "prompt differs from the count"
@@ -350,7 +350,7 @@ def count_only(lengths, tok, question_ids, out: str | None) -> list[dict]:
     prose = prose_of(tok, max(lengths))
     rows = []
     for n in lengths:
-        ids, text = tok.prefix(prose, n)
+        _, text = tok.prefix(prose, n)
         rows.append(counts(text, n, len(question_ids), text_config))
         r = rows[-1]
         print(f"{n:>7,} tokens: {r['pages']} pages, {r['visual_tokens']:,} visual tokens ({r['compression']:.2f}x), "

@@ -78,23 +78,30 @@ def test_glm4v_runs_on_glyph_attention_in_both_towers():
     ours.load_state_dict(sdpa.state_dict())
     kwargs = glm4v_inputs()
     mask = kwargs["attention_mask"]
-    counts = {"n": 0}
+    counts = {"varlen": 0, "decode": 0}
+    import glyph_rt.kernels.attention_decode as kd
     import glyph_rt.ops.attention as att
 
-    real = att.attention
+    real_varlen, real_decode = att.attention, kd.decode
 
-    def counting(*a, **k):
-        counts["n"] += k.get("backend") == "glyph"
-        return real(*a, **k)
+    def varlen(*a, **k):
+        counts["varlen"] += k.get("backend") == "glyph"
+        return real_varlen(*a, **k)
 
-    att.attention = counting
+    def decode(*a, **k):
+        counts["decode"] += 1
+        return real_decode(*a, **k)
+
+    att.attention, kd.decode = varlen, decode
     try:
         with torch.no_grad():
             want = sdpa(**kwargs).logits
             got = ours(**kwargs).logits
     finally:
-        att.attention = real
-    assert counts["n"] >= 4  # both towers went through glyph_rt's dispatch
+        att.attention, kd.decode = real_varlen, real_decode
+    # both towers went through glyph_rt: pages of up to 64 patches and the short prompt's layers
+    # take the decode kernel (at most 64 query rows per KV head), the rest the varlen kernel
+    assert counts["varlen"] >= 1 and sum(counts.values()) >= 4, counts
     valid = mask.bool()
     torch.testing.assert_close(got[valid], want[valid], rtol=1e-4, atol=1e-4)
 
@@ -206,3 +213,25 @@ def test_generation_on_glyph_attention_matches_sdpa():
     assert torch.equal(got.sequences, want.sequences)
     for a, b in zip(got.logits, want.logits):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_decode_low_precision_error_is_at_most_twice_torch(dtype):
+    import torch.nn.functional as F
+
+    from glyph_rt.kernels.attention_decode import decode
+
+    B, Sk, hq, hkv, d = 4, 40_000, 32, 2, 128
+    starts = [0, 5, 1000, Sk - 1]
+    q = torch.randn(B, 1, hq, d, device="cuda", dtype=dtype)
+    k, v = (torch.randn(B, hkv, Sk, d, device="cuda", dtype=dtype) for _ in range(2))
+    ours = decode(q, k.transpose(1, 2), v.transpose(1, 2), torch.tensor(starts, dtype=torch.int32, device="cuda"),
+                  True, d ** -0.5)
+    for b, s0 in enumerate(starts):
+        cu_k = torch.tensor([0, Sk - s0], dtype=torch.int32, device="cuda")
+        ref = attention_reference(q[b], k[b, :, s0:].transpose(0, 1), v[b, :, s0:].transpose(0, 1),
+                                  cu_k[:1].new_tensor([0, 1]), cu_k, True, d ** -0.5)
+        torch_ = F.scaled_dot_product_attention(q[b:b + 1].transpose(1, 2), k[b:b + 1, :, s0:], v[b:b + 1, :, s0:],
+                                                enable_gqa=True)[0].transpose(0, 1)
+        assert (ours[b].float() - ref).abs().max() <= 2 * (torch_.float() - ref).abs().max() + 1e-5

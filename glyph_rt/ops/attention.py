@@ -224,7 +224,7 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # (B, S, H, D)
     dev = query.device
     if cu_seq_lens_q is None and _decode_kernel_applies(backend, query, key, value):
-        starts = None if attention_mask is None else _left_padding(attention_mask)
+        starts = None if attention_mask is None else _left_padding(attention_mask, B, Sk)
         if starts is not False:  # the KV cache is read in place, no unpadding
             from ..kernels import attention_decode
 
@@ -269,10 +269,12 @@ def _decode_kernel_applies(backend: str, query, key, value) -> bool:
 _last_mask: list = [lambda: None, None]  # (weak reference to the last 2D mask analysed, its analysis)
 
 
-def _left_padding(mask: torch.Tensor):
-    """For a 2D padding mask: each row's first valid key (int32 [B]) if every row is left-padded, else
-    False. transformers passes one mask object to every layer of a forward, so it is analysed (one
-    host sync) once per forward."""
+def _left_padding(mask: torch.Tensor, batch: int, keys: int):
+    """For a 2D padding mask over `keys` keys: each row's first valid key (int32 [batch]) if every row is
+    left-padded, else False. transformers passes one mask object to every layer of a forward, so it
+    is analysed (one host sync) once per forward."""
+    if tuple(mask.shape) != (batch, keys):
+        return False
     if _last_mask[0]() is mask:
         return _last_mask[1]
     m = mask.bool()
