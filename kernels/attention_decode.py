@@ -135,6 +135,7 @@ def _splits(B: int, Hkv: int, Sk: int, BN: int, device: torch.device) -> int:
 def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor | None, causal: bool,
            sm_scale: float, splits: int | None = None) -> torch.Tensor:
     """out [B, Sq, Hq, D] (contiguous) for q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D]; key_start [B] int32 or None."""
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))  # rows are read whole
     B, Sq, Hq, D = q.shape
     Sk, Hkv = k.shape[1], k.shape[2]
     group = Hq // Hkv
