@@ -170,6 +170,14 @@ def test_decode_kernel_matches_the_fp32_oracle(B, Sq, Sk, hq, hkv, d, starts, ca
         torch.testing.assert_close(got[b].cpu(), want, rtol=1e-4, atol=1e-4)
 
 
+def test_decode_kernel_on_an_empty_cache_gives_zeros():
+    from glyph_rt.kernels.attention_decode import decode
+
+    q = torch.randn(2, 1, 4, 16, device=TRITON_DEVICE)
+    k = torch.randn(2, 0, 2, 16, device=TRITON_DEVICE)
+    assert torch.equal(decode(q, k, k, None, True, 0.25), torch.zeros_like(q))
+
+
 def test_transformers_decoding_reads_the_cache_in_place():
     from glyph_rt.ops.attention import glyph_attention_forward
 
