@@ -18,15 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+from .attention import LOG2E, _dot
+
 MAX_ROWS = 64  # Sq * (Hq / Hkv) packed in one tile
-
-
-@triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    return tl.dot(a, b)
 
 
 @triton.jit
