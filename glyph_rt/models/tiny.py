@@ -1,4 +1,13 @@
-"""Tiny random-weight GLM-4.1V and Qwen2.5-VL models built from configs (no downloads)."""
+"""Tiny random-weight GLM-4.1V and Qwen2.5-VL models and checkpoints, built from configs (no downloads).
+
+They exercise the whole pipeline (rendering, prompt, vision tower, prefill, decode) offline in
+seconds; their answers are noise. `glyph-rt make-tiny-checkpoint DIR` writes one.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
 import torch
 
 
@@ -141,3 +150,20 @@ def tiny_qwen2_5_vl_checkpoint(path):
     tok.save_pretrained(path)
     Qwen2VLImageProcessorPil().save_pretrained(path)
     return path
+
+
+TINY_CHECKPOINTS = {"glm4v": tiny_glm4v_checkpoint, "qwen2_5_vl": tiny_qwen2_5_vl_checkpoint}
+
+
+def make_tiny_checkpoint(path: str | os.PathLike, model: str = "glm4v") -> Path:
+    """Writes a tiny random-weight checkpoint of `model` (glm4v or qwen2_5_vl) into a new or empty directory."""
+    if model not in TINY_CHECKPOINTS:
+        raise ValueError(f"model: {model!r} is unknown; choose from {', '.join(TINY_CHECKPOINTS)}")
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{str(p)!r} is a file; give a new or empty directory")
+    if p.is_dir() and any(p.iterdir()):
+        raise ValueError(f"{str(p)!r} is not empty; give a new or empty directory (nothing was written)")
+    p.mkdir(parents=True, exist_ok=True)
+    TINY_CHECKPOINTS[model](p)
+    return p

