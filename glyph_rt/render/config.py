@@ -391,16 +391,17 @@ GLYPH_CONFIG_EN: dict[str, Any] = {  # Glyph's published config_en.json (its fon
     "auto-crop-width": True, "auto-crop-last-page": True,
 }
 
+# Every preset stays inside the paper's style space (Table 8) and compresses prose at least 1.5x
+# (tests/test_presets.py measures it on the built-in sample with Qwen's tokenizer).
 PRESETS: dict[str, dict[str, Any]] = {
     # Glyph's published English config, with the built-in sans (metric-close to Verdana) unless a
     # font_path is given; exact Glyph pages (no snapping).
     "glyph": {"snap": 0},
-    "document_style": {"font_family": "serif", "font_size": 10, "line_height": 12.5, "alignment": "justify",
-                       "margin_x": 40, "margin_y": 40, "first_line_indent": 14, "dpi": 96},
-    "web_style": {"font_family": "sans", "font_size": 10, "line_height": 14, "alignment": "left",
+    "document_style": {"font_family": "serif", "font_size": 9, "line_height": 11, "alignment": "justify",
+                       "margin_x": 20, "margin_y": 24, "first_line_indent": 12},
+    "web_style": {"font_family": "sans", "font_size": 9, "line_height": 11, "alignment": "left",
                   "page_bg_color": "#F7F7F9", "para_bg_color": "#FFFFFF", "font_color": "#222222",
-                  "margin_x": 24, "margin_y": 20, "space_after": 6, "border_width": 0.5,
-                  "border_padding": 4, "para_border_color": "#DDDDE3", "lines_per_paragraph": 10},
+                  "margin_x": 16, "margin_y": 16, "space_after": 4},
     "dark_mode": {"page_bg_color": "#1E1E1E", "para_bg_color": "#1E1E1E", "para_border_color": "#1E1E1E",
                   "font_color": "#E6E6E6", "font_size": 9, "line_height": 11},
     "code_style": {"font_family": "mono", "font_size": 8, "line_height": 10, "alignment": "left",
