@@ -181,13 +181,14 @@ def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Te
 
 
 def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None, *, model: str = "glm4v",
-                  device="cuda", backend: str = "auto", dtype: torch.dtype = torch.float32,
+                  device=None, backend: str = "auto", dtype: torch.dtype = torch.float32,
                   batch_pages: int = 512, max_pages: int | None = None, workers: int = 1,
                   max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = False) -> ModelInputs:
     """Renders texts straight into a vision model's input.
 
     texts: a str or a list of str; config: one RenderConfig or one per text (configs may differ
-    within a batch: fonts, sizes, colors, dpi). model: "glm4v" or "qwen2_5_vl". dtype float32 or
+    within a batch: fonts, sizes, colors, dpi). model: "glm4v" or "qwen2_5_vl". device: where the
+    pages are drawn and pixel_values live, by default the GPU when torch sees one, else the CPU. dtype float32 or
     bfloat16 gives the processor's pixel_values; uint8 gives raw patches [N, 588] for
     glyph_rt.ops.patch_embed, which folds the normalization into the weights. Pages of
     several texts are drawn in one launch, `batch_pages` pages at a time (long texts are split),
@@ -208,6 +209,8 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
                          "(raw patches for glyph_rt's patch embedding)")
     if batch_pages < 1 or workers < 1:
         raise ValueError(f"batch_pages and workers must be >= 1, got {batch_pages} and {workers}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     device, backend = resolve_device_backend(device, backend)
     lut = None if dtype == torch.uint8 else normalize_lut(device, dtype)
     t0 = time.perf_counter()
