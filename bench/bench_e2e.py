@@ -376,7 +376,7 @@ def main(argv=None):
     add_output_args(ap)
     args = ap.parse_args(argv)
     if args.quick:
-        args.tokens = args.tokens if argv and "--tokens" in argv else "256,512"
+        args.tokens = args.tokens if "--tokens" in (sys.argv[1:] if argv is None else argv) else "256,512"
         args.decode_tokens, args.max_batch, args.repeat = min(args.decode_tokens, 4), 2, 1
     lengths = [int(s) for s in args.tokens.split(",")]
     if args.decode_tokens < 1 or args.max_batch < 1 or args.repeat < 1 or min(lengths) < 1:
