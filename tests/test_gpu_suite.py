@@ -128,12 +128,17 @@ def test_a_step_out_of_time_is_killed_and_the_next_one_runs(tmp_path):
                                       [sys.executable, "-c", "print('never')"]])
     fail = gpu_suite.Step("fail", 30, [[sys.executable, "-c", "raise SystemExit(3)"]])
     ok = gpu_suite.Step("ok", 30, [[sys.executable, "-c", "print('hello')"]])
+    par = gpu_suite.Step("par", 2, [hang.cmds[0], ok.cmds[0]], jobs=2)  # side by side, one log each
     t = time.monotonic()
     recs = [gpu_suite.run_step(s, i, tmp_path, time.monotonic() + 60, env, print) for i, s in
-            enumerate([hang, fail, ok])]
-    assert time.monotonic() - t < 25
-    assert [r["status"] for r in recs] == ["timeout", "failed", "ok"]
-    assert "killed after" in (tmp_path / "logs" / "hang.log").read_text()
+            enumerate([hang, fail, ok, par])]
+    assert time.monotonic() - t < 30
+    assert [r["status"] for r in recs] == ["timeout", "failed", "ok", "timeout"]
+    assert recs[0]["rcs"] == ["timeout", "not run"] and recs[3]["rcs"] == ["timeout", 0]
+    assert "killed" in (tmp_path / "logs" / "hang.log").read_text()
+    assert "not run" in (tmp_path / "logs" / "hang.log").read_text()
+    assert "hello" in (tmp_path / "logs" / "par" / "01.log").read_text()
+    assert "logs/par/00.log" in (tmp_path / "logs" / "par.log").read_text()
     assert "hello" in (tmp_path / "logs" / "ok.log").read_text()
     late = gpu_suite.run_step(ok, 3, tmp_path, time.monotonic() + 1, env, print)  # the run's budget is spent
     assert late["status"] == "skipped" and "out of time" in late["note"]
