@@ -268,7 +268,7 @@ def build(out: Path) -> str:
             if env.get(k)]
     lines += [", ".join(what) or "environment unknown (the environment step did not run)", ""]
     if mode == "cpu-smoke":
-        lines += ["**CPU smoke mode**: no GPU; steps that need CUDA (the sanitizers, the GPU benchmarks) are "
+        lines += ["**CPU smoke mode**: steps that need CUDA (the sanitizers, the GPU benchmarks) are "
                   "skipped, and the figures come from tiny CPU runs: they check that the suite runs, not the "
                   "targets.", ""]
     rows = target_rows(results, steps, env)

@@ -183,6 +183,8 @@ def test_cpu_smoke_mode_runs_every_step(tmp_path):
     md = (tmp_path / "summary.md").read_text()
     assert "CPU smoke mode" in md and "| tests-suite | ok |" in md and "e2e-cpu-quick.json" in md
     assert (tmp_path / "render-cpu.json").exists()
+    e2e = json.loads((tmp_path / "e2e-cpu-quick.json").read_text())  # --tokens is honoured from the command line
+    assert [r["text_tokens"] for r in e2e["rows"]] == [200]
     assert results == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
                        for p in (ROOT / "bench" / "results").iterdir()}
 
