@@ -9,7 +9,7 @@ For each backend: milliseconds and TFLOP/s, forward and forward+backward (triton
 median after warm-up). FLOPs: forward 4 * sum(Lq * Lk) * heads * dim (halved when causal),
 backward 2.5x the forward. Decoding is bound by reading the cache, so (c) reports GB/s of K and
 V read. A backend that cannot run a shape is listed with its error.
-Writes results/attention-<gpu>.json with summary vision_ratio_vs_best, prefill_128k_ratio_vs_best
+Writes attention-<gpu>.json to --out (bench/out/; bench/results/ with --results) with summary vision_ratio_vs_best, prefill_128k_ratio_vs_best
 and decode_128k_ratio_vs_best (our forward time against the best other backend's; > 1 is faster).
 
     python bench/bench_attention.py [--prefill 8192,32768,131072] [--no-backward]
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.common import write_result  # noqa: E402
+from bench.common import add_output_args, write_result  # noqa: E402
 from glyph_rt.ops.attention import attention, flash_attn_varlen  # noqa: E402
 
 
@@ -142,7 +142,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prefill", default="8192,16384,32768,65536,131072")
     ap.add_argument("--no-backward", action="store_true")
-    ap.add_argument("--out", default=None)
+    add_output_args(ap)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_attention needs a CUDA GPU")
@@ -169,7 +169,7 @@ def main(argv=None):
     summary = {"vision_ratio_vs_best": vision, "prefill_128k_ratio_vs_best": prefill,
                "decode_128k_ratio_vs_best": decode, "flash_attn": flash_attn_varlen()[1]}
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower().replace("nvidia", "")).strip("-")
-    p = write_result(args.out or f"attention-{slug}.json", "attention", rows, summary)
+    p = write_result(args, f"attention-{slug}.json", "attention", rows, summary)
     print(f"{gpu}: summary {summary}\nwrote {p}")
 
 

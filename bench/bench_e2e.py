@@ -18,15 +18,15 @@ TTFT is the median of --repeat runs after a warm-up, or of one run when a run ta
     python bench/bench_e2e.py --counts        # pages, tokens and KV bytes only: no model, CPU
     python bench/bench_e2e.py --quick         # tiny shapes on the CPU: a smoke test
 
-Writes results/e2e-<gpu>.json after every length (summary: prefill_speedup_128k,
+Writes e2e-<gpu>.json after every length (summary: prefill_speedup_128k,
 decode_speedup_128k, kv_memory_reduction, render_fraction_of_ttft) and, with matplotlib,
-results/e2e-<gpu>.png; --counts writes results/e2e-counts.json.
+e2e-<gpu>.png; --counts writes e2e-counts.json. Files go to --out DIR (default bench/out/);
+--results also writes them to bench/results/.
 """
 from __future__ import annotations
 
 import argparse
 import io
-import re
 import sys
 import time
 from pathlib import Path
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import glyph_rt  # noqa: E402
-from bench.common import write_result  # noqa: E402
+from bench.common import add_output_args, copy_to_results, slug, write_result  # noqa: E402
 from glyph_rt.nvtx import nvtx_range  # noqa: E402
 from glyph_rt.render.config import GLYPH_CONFIG_EN, RenderConfig  # noqa: E402
 from glyph_rt.render.textio import sample_text  # noqa: E402
@@ -343,7 +343,7 @@ def prose_of(tok: TextTokenizer, tokens: int) -> str:
     return prose
 
 
-def count_only(lengths, tok, question_ids, out: str | None) -> list[dict]:
+def count_only(lengths, tok, question_ids, args) -> list[dict]:
     from transformers import Glm4vConfig
 
     text_config = Glm4vConfig().text_config  # GLM-4.1V-9B's decoder
@@ -359,7 +359,7 @@ def count_only(lengths, tok, question_ids, out: str | None) -> list[dict]:
               f"{r['text_kv_bytes'] / 2**30:.2f} GiB (-{r['kv_memory_reduction']:.1%})")
     summary = {"kv_memory_reduction": round(rows[-1]["kv_memory_reduction"], 3),
                "compression": round(rows[-1]["compression"], 3), "context_tokens": rows[-1]["text_tokens"]}
-    p = write_result(out or "e2e-counts.json", "e2e-counts", rows, summary)
+    p = write_result(args, "e2e-counts.json", "e2e-counts", rows, summary)
     print(f"summary {summary}\nwrote {p}")
     return rows
 
@@ -373,10 +373,10 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny shapes on the CPU (a smoke test)")
     ap.add_argument("--counts", action="store_true", help="pages, tokens and KV bytes only (no model, CPU)")
     ap.add_argument("--profile", default=None, help="write a torch profiler trace of the glyph_rt path here")
-    ap.add_argument("--out", default=None)
+    add_output_args(ap)
     args = ap.parse_args(argv)
     if args.quick:
-        args.tokens = args.tokens if argv and "--tokens" in argv else "256,512"
+        args.tokens = args.tokens if "--tokens" in (sys.argv[1:] if argv is None else argv) else "256,512"
         args.decode_tokens, args.max_batch, args.repeat = min(args.decode_tokens, 4), 2, 1
     lengths = [int(s) for s in args.tokens.split(",")]
     if args.decode_tokens < 1 or args.max_batch < 1 or args.repeat < 1 or min(lengths) < 1:
@@ -384,7 +384,7 @@ def main(argv=None):
     tok = TextTokenizer()
     question_ids = tok.prefix(QUESTION, tok.count(QUESTION))[0]
     if args.counts:
-        return count_only(lengths, tok, question_ids, args.out)
+        return count_only(lengths, tok, question_ids, args)
     if args.quick:
         device, dtype = torch.device("cpu"), torch.float32
     elif not torch.cuda.is_available():
@@ -398,16 +398,14 @@ def main(argv=None):
     register_transformers()
     model = build_model(args.quick, device, dtype)
     prose = prose_of(tok, max(lengths))
-    name = "cpu-quick" if args.quick else re.sub(r"[^a-z0-9]+", "-",
-                                                 torch.cuda.get_device_name(0).lower().replace("nvidia", "")).strip("-")
-    out_name = args.out or f"e2e-{name}.json"
+    out_name = f"e2e-{'cpu-quick' if args.quick else slug(torch.cuda.get_device_name(0))}.json"
     ranges = StageRanges(model)
     rows = []
     try:
         for n in tqdm(lengths, desc="bench_e2e", unit="length"):
             row = run_length(model, n, prose, tok, args, device, question_ids)
             rows.append(row)
-            p = write_result(out_name, "e2e", rows, summarize(rows))  # what is measured survives a cut-off run
+            p = write_result(args, out_name, "e2e", rows, summarize(rows))  # what is measured survives a cut-off run
             tqdm.write(f"{n:>7,} tokens: {row['pages']} pages, {row['visual_tokens']:,} visual tokens "
                        f"({row['compression']:.2f}x); TTFT text {row['text_ttft_s']:.3f} s, glyph HF "
                        f"{row['glyph_hf_ttft_s']:.3f} s, glyph_rt {row['glyph_rt_ttft_s']:.3f} s "
@@ -421,7 +419,10 @@ def main(argv=None):
         ranges.remove()
     summary = summarize(rows)
     png = p.with_suffix(".png")
-    print(f"summary {summary}\nwrote {p}" + (f" and {png}" if plot(rows, png) else " (no plot: matplotlib missing)"))
+    plotted = plot(rows, png)
+    if plotted:
+        copy_to_results(args, png)
+    print(f"summary {summary}\nwrote {p}" + (f" and {png}" if plotted else " (no plot: matplotlib missing)"))
     return summary
 
 

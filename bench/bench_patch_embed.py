@@ -8,7 +8,8 @@ For 8K to 128K patches of GLM-4.1V's vision tower (1536 wide), in the same run:
   - ours_uint8:         glyph_rt's 588-wide GEMM on uint8 patches, normalization folded in
 Each is timed with triton.testing.do_bench (median ms, after warm-up) and printed with TFLOP/s
 (of the GEMM each performs) and GB/s; ratios are against the Conv3d and against the Linear path
-from uint8 patches. Writes results/patch-embed-<gpu>.json.
+from uint8 patches. Writes patch-embed-<gpu>.json to --out (bench/out/; bench/results/ with
+--results).
 
     python bench/bench_patch_embed.py [--backend triton|cuda] [--sizes 8192,16384,...]
 """
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import write_result  # noqa: E402
+from bench.common import add_output_args, write_result  # noqa: E402
 from glyph_rt.models.patch_embed import PatchEmbed  # noqa: E402
 from glyph_rt.ops.patch_embed import expand_uint8  # noqa: E402
 
@@ -34,7 +35,7 @@ def main(argv=None):
     ap.add_argument("--backend", default="triton", help="glyph_rt backend: triton or cuda")
     ap.add_argument("--sizes", default="8192,16384,32768,65536,131072")
     ap.add_argument("--dim", type=int, default=1536)
-    ap.add_argument("--out", default=None)
+    add_output_args(ap)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_patch_embed needs a CUDA GPU")
@@ -79,7 +80,7 @@ def main(argv=None):
         "note": "minimum over the sizes",
     }
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower().replace("nvidia", "")).strip("-")
-    p = write_result(args.out or f"patch-embed-{slug}.json", "patch-embed", rows, summary)
+    p = write_result(args, f"patch-embed-{slug}.json", "patch-embed", rows, summary)
     print(f"{gpu}: summary {summary}\nwrote {p}")
 
 

@@ -3,13 +3,15 @@
 --device cpu (default): in the same run and on one core, glyph_rt's C++ path, a Pillow
 ImageDraw renderer (same layout, lines drawn by Pillow/FreeType) and, when reportlab +
 pdf2image + poppler are installed, Glyph's official reportlab -> PDF -> pdftoppm pipeline
-(timed on a slice, per page). Writes results/render-cpu.json.
+(timed on a slice, per page). Writes render-cpu.json.
 
 --device cuda: text -> GLM-4.1V pixel_values on the GPU (canvas snapped to multiples of 28,
 so the kernel writes the model input directly): GPU milliseconds (CUDA events), wall
 milliseconds including layout, batch pages/s, achieved GB/s against the device's peak,
 and ratios against the CPU path and the official pipeline measured in the same run.
-Writes results/render-gpu-<gpu>.json.
+Writes render-gpu-<gpu>.json.
+
+Results go to --out DIR (default bench/out/); --results also writes them to bench/results/.
 
     python bench/bench_render.py [--device cpu|cuda] [--backend cuda|triton] [--chars 500000] [--font PATH]
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import glyph_rt  # noqa: E402
-from bench.common import median_seconds, write_result  # noqa: E402
+from bench.common import add_output_args, median_seconds, write_result  # noqa: E402
 from glyph_rt.render.config import GLYPH_CONFIG_EN, RenderConfig, parse_color  # noqa: E402
 from glyph_rt.render.fonts import BUILTIN_FONTS  # noqa: E402
 from glyph_rt.render.textio import sample_text  # noqa: E402
@@ -76,7 +78,7 @@ def main(argv=None):
     ap.add_argument("--official-chars", type=int, default=60_000, help="slice timed through the official pipeline")
     ap.add_argument("--batch-docs", type=int, default=16, help="GPU: documents in the throughput batch")
     ap.add_argument("--workers", type=int, default=8, help="GPU: layout threads in the throughput run")
-    ap.add_argument("--out", default=None, help="results file name (default by device)")
+    add_output_args(ap)
     args = ap.parse_args(argv)
     if args.device != "cpu":
         from bench.bench_render_gpu import run_gpu
@@ -118,7 +120,7 @@ def main(argv=None):
     for r in rows:
         print(f"{r['renderer']:42s} {r['pages']:6d} {r['seconds']:9.3f} {r['pages_per_s']:9.1f} "
               f"{ours_pps / r['pages_per_s']:7.1f}x")
-    p = write_result(args.out or "render-cpu.json", "render-cpu", rows, summary)
+    p = write_result(args, "render-cpu.json", "render-cpu", rows, summary)
     print(f"summary {summary}\nwrote {p}")
 
 

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 
 import numpy as np
 import torch
 
 import glyph_rt
-from bench.common import write_result
+from bench.common import slug, write_result
 from glyph_rt.ops.pixel_values import normalize_lut
 from glyph_rt.ops.raster import MODE_PIXELS, RasterBatch, raster_tiles, set_image_targets
 from glyph_rt.render.config import GLYPH_CONFIG_EN, RenderConfig
@@ -138,6 +137,5 @@ def run_gpu(args, text: str) -> None:
         extra = "".join(f"  {k}={r[k]:,.1f}" for k in ("pages_per_s", "gbps") if k in r)
         print(f"  {r['what']:66s} {ms:>12s}{extra}")
     print(f"summary {summary}")
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower().replace("nvidia", "")).strip("-")
-    p = write_result(args.out or f"render-gpu-{slug}.json", "render-gpu", rows_out, summary)
+    p = write_result(args, f"render-gpu-{slug(gpu)}.json", "render-gpu", rows_out, summary)
     print(f"wrote {p}")

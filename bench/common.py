@@ -1,15 +1,45 @@
-"""Shared helpers for the benchmarks: machine description, commit, results files."""
+"""Shared helpers for the benchmarks: machine description, commit, output and results files.
+
+Every benchmark writes its JSON (and plots) to `--out DIR` (default bench/out/, ignored by git);
+only `--results` also writes them to bench/results/, the committed figures."""
 from __future__ import annotations
 
 import datetime
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def add_output_args(ap) -> None:
+    """The output options every benchmark shares: `--out DIR` and `--results`."""
+    ap.add_argument("--out", type=Path, default=OUT, metavar="DIR",
+                    help="directory for the JSON results and plots (default: bench/out/, not committed)")
+    ap.add_argument("--results", action="store_true",
+                    help="also write them to bench/results/, over the committed results")
+
+
+def output_dirs(args) -> list[Path]:
+    """Where this run writes: args.out, then bench/results/ when --results was given."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out}: is a file; give a directory for the results")
+    dirs = [out]
+    if args.results and out.resolve() != RESULTS:
+        dirs.append(RESULTS)
+    return dirs
+
+
+def slug(name: str) -> str:
+    """A file-name part from a device name: 'NVIDIA H100 80GB HBM3' -> 'h100-80gb-hbm3'."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-")
 
 
 def cpu_name() -> str:
@@ -56,11 +86,24 @@ def median_seconds(fn, repeat: int = 5, warmup: int = 1) -> float:
     return times[len(times) // 2]
 
 
-def write_result(name: str, bench: str, rows: list, summary: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_result(args, name: str, bench: str, rows: list, summary: dict) -> Path:
+    """Write the results file `name` to every output directory; returns the one in --out."""
     out = {"bench": bench, "machine": machine(), "commit": commit(),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "rows": rows, "summary": summary}
-    p = RESULTS / name
-    p.write_text(json.dumps(out, indent=2) + "\n")
-    return p
+    return write_json(args, name, out)
+
+
+def write_json(args, name: str, data: dict) -> Path:
+    paths = []
+    for d in output_dirs(args):
+        d.mkdir(parents=True, exist_ok=True)
+        paths.append(d / name)
+        paths[-1].write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return paths[0]
+
+
+def copy_to_results(args, path: Path) -> None:
+    """Copy a file written to --out (a plot) to the other output directories."""
+    for d in output_dirs(args)[1:]:
+        shutil.copyfile(path, d / path.name)

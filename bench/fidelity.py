@@ -5,7 +5,10 @@ through both, and compares: page count, page pixel sizes, line breaks (the words
 visual tokens (GLM-4.1V), and, for information, the mean absolute pixel difference of page 1.
 
     python bench/fidelity.py                      # DejaVu Sans, 150K chars
-    python bench/fidelity.py --font path/to/Verdana.ttf --chars 150000 --out bench/results/fid.json
+    python bench/fidelity.py --font path/to/Verdana.ttf --chars 150000 --out DIR
+
+Writes fidelity-<font>.json (fidelity-dejavu.json for the default font) to --out DIR (default
+bench/out/); --results also writes it to bench/results/.
 
 Targets: same page sizes, same page count, >= 98% identical lines, visual tokens within 2%.
 """
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ import glyph_rt  # noqa: E402
 from glyph_rt.render.config import GLYPH_CONFIG_EN  # noqa: E402
 
 from bench import official  # noqa: E402
+from bench.common import add_output_args, slug, write_json  # noqa: E402
 
 DEFAULT_FONT = ROOT / "glyph_rt" / "fonts" / "DejaVuSans.ttf"
 SAMPLE = ROOT / "glyph_rt" / "data" / "sample.txt"
@@ -218,16 +221,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--font", default=str(DEFAULT_FONT), help="TTF file used by both renderers")
     ap.add_argument("--chars", type=int, default=150000, help="text length (sample.txt repeated)")
-    ap.add_argument("--out", help="write the results as JSON here")
+    add_output_args(ap)
     args = ap.parse_args(argv)
     if not official.available():
         print(f"the official pipeline cannot run here: {official.unavailable_reason()}", file=sys.stderr)
         return 2
     res = run(args.font, args.chars)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"wrote {args.out}")
+    name = "dejavu" if Path(args.font) == DEFAULT_FONT else slug(Path(args.font).stem)
+    print(f"wrote {write_json(args, f'fidelity-{name}.json', res)}")
     return 0
 
 

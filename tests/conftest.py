@@ -1,17 +1,61 @@
+"""Test device selection.
+
+`--device auto|cpu|cuda` (default: $GLYPH_RT_TEST_DEVICE, else auto = cuda when torch sees a GPU)
+picks where tests put the tensors they can take on either device: the `device` fixture and
+`TEST_DEVICE` below. On the CPU the Triton kernels run in Triton's interpreter; on CUDA they are
+compiled, and the interpreter is switched off.
+"""
 import os
 
 import pytest
 import torch
 
-# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors; the switch is
-# read when the kernels are defined, so it is set before anything imports them.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> str:
+    if name not in DEVICES:
+        raise pytest.UsageError(f"--device {name!r} (or GLYPH_RT_TEST_DEVICE): use one of {', '.join(DEVICES)}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("--device cuda: torch sees no CUDA device; run with --device cpu")
+    return name
+
+
+# Resolved from the environment now and from --device in pytest_configure, which runs before the
+# test modules are imported: the Triton switch is read when the kernels are defined.
+TEST_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _use(device: str) -> None:
+    global TEST_DEVICE
+    TEST_DEVICE = device
+    os.environ["GLYPH_RT_TEST_DEVICE"] = device  # for subprocesses the tests start
+    if device == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"
+    else:
+        os.environ.pop("TRITON_INTERPRET", None)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default=os.environ.get("GLYPH_RT_TEST_DEVICE", "auto"), choices=DEVICES,
+                     help="where tests put tensors that can live on either device (default: auto)")
 
 
 def pytest_configure(config):
+    _use(resolve_device(config.getoption("--device")))
     # keep atlas caches of the test run out of the user's home
     os.environ.setdefault("GLYPH_RT_CACHE", str(config.rootpath / ".pytest_cache" / "glyph_rt"))
+
+
+def pytest_report_header(config):
+    return f"glyph_rt test device: {TEST_DEVICE}"
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return torch.device(TEST_DEVICE)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,7 +7,7 @@ import torch
 from glyph_rt.ops.attention import attention, attention_reference, register_transformers
 from glyph_rt.models.tiny import glm4v_inputs, tiny_glm4v, tiny_qwen2_5_vl
 
-TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from conftest import TEST_DEVICE as TRITON_DEVICE  # cuda on a GPU unless --device cpu
 
 
 def packed(lens_q, lens_k, hq, hkv, d, dtype=torch.float32, device="cpu", seed=0):

@@ -9,8 +9,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def test_e2e_quick_mode_runs_every_path(tmp_path):
     from bench.bench_e2e import main
 
-    out = tmp_path / "e2e.json"
-    summary = main(["--quick", "--out", str(out)])
+    summary = main(["--quick", "--out", str(tmp_path)])
+    out = tmp_path / "e2e-cpu-quick.json"
     data = json.loads(out.read_text())
     assert data["bench"] == "e2e" and len(data["rows"]) == 2
     for key in ("prefill_speedup_128k", "decode_speedup_128k", "kv_memory_reduction", "render_fraction_of_ttft"):
@@ -46,8 +46,8 @@ def test_e2e_counts_mode_needs_no_model(tmp_path):
 
     from bench.bench_e2e import main
 
-    out = tmp_path / "counts.json"
-    rows = main(["--counts", "--tokens", "600,3000", "--out", str(out)])
+    rows = main(["--counts", "--tokens", "600,3000", "--out", str(tmp_path)])
+    out = tmp_path / "e2e-counts.json"
     assert [r["text_tokens"] for r in rows] == [600, 3000]
     for r in rows:
         question = r["text_prompt_tokens"] - r["text_tokens"]

@@ -8,7 +8,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionPat
 from glyph_rt.models.patch_embed import PatchEmbed
 from glyph_rt.ops.patch_embed import expand_uint8, fold_weight, patch_embed, patch_embed_reference
 
-TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from conftest import TEST_DEVICE as TRITON_DEVICE  # cuda on a GPU unless --device cpu
 BACKENDS = ["torch", "triton"]
 
 

@@ -9,7 +9,7 @@ import glyph_rt
 from glyph_rt import RenderConfig, render_inputs
 from glyph_rt.ops.pixel_values import pixel_values_from_pages
 
-TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from conftest import TEST_DEVICE as TRITON_DEVICE  # cuda on a GPU unless --device cpu
 PROCESSORS = {"glm4v": Glm4vImageProcessorPil, "qwen2_5_vl": Qwen2VLImageProcessorPil}
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 5, "Pack my box with five dozen liquor jugs.\n" * 3]
 CONFIGS = [RenderConfig(page_size=(120, 90), margin_x=8, margin_y=8),

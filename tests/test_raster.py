@@ -13,7 +13,7 @@ from glyph_rt import RenderConfig
 from glyph_rt.ops.raster import TILE_H, TILE_W, AtlasStore, RasterBatch, bin_boxes, check_backend
 from glyph_rt.render.gpu import draw_pages
 
-TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from conftest import TEST_DEVICE as TRITON_DEVICE  # cuda on a GPU unless --device cpu
 # (backend, device) pairs that run everywhere
 KERNELS = [("triton", TRITON_DEVICE), ("cuda_host", "cpu")]
 TEXT = "The quick brown fox jumps over the lazy dog; sphinx of black quartz, judge my vow. " * 3

@@ -1,0 +1,285 @@
+"""Build, test and benchmark glyph_rt on a GPU in one command, within a fixed time (9 minutes on an H100).
+
+    bash bench/gpu_suite.sh OUTDIR             # build, tests, sanitizers, benchmarks, OUTDIR/summary.md
+    bash bench/gpu_suite.sh OUTDIR --full      # second command: bench_e2e at 8K-128K, summary updated
+    bash bench/gpu_suite.sh OUTDIR --cpu-smoke # the same steps at tiny sizes on the CPU (automatic without a GPU)
+
+Every step runs in its own process group under its own time budget (and within what is left of the
+whole run's), so a hang or a failure never stops the steps after it. Each step logs to
+OUTDIR/logs/<step>.log and records itself in OUTDIR/steps/<step>.json; benchmarks write their JSON
+and plots to OUTDIR (and with --results also to bench/results/); bench/summary.py then writes
+OUTDIR/summary.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+FULL_TOKENS = "8192,16384,32768,65536,131072"
+# The tests of the CUDA kernels the sanitizers watch (all `gpu`-marked tests in these files).
+MEMCHECK_TESTS = ["tests/test_raster.py", "tests/test_patch_embed.py", "tests/test_pixel_values.py"]
+RACECHECK_TESTS = ["tests/test_raster.py"]
+# Not in the CUDA run of the whole suite: an ahead-of-time compile check the real launches supersede
+# (3 minutes), and this suite's own smoke test.
+SUITE_SKIPS = {"test_kernels_compile.py", "test_gpu_suite.py"}
+SMOKE_TESTS = ["tests/test_config.py"]
+ENVIRONMENT = r"""
+import json, platform, subprocess, sys
+env = {"python": platform.python_version(), "mode": sys.argv[2]}
+try:
+    env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+except OSError:
+    pass
+from importlib.metadata import PackageNotFoundError, version
+for mod in ("torch", "triton", "transformers", "numpy", "glyph_rt"):
+    try:
+        env[mod] = version(mod)
+    except PackageNotFoundError:
+        env[mod] = "not installed"
+import torch
+env["cuda"] = torch.version.cuda
+if torch.cuda.is_available():
+    env["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        from bench.bench_render_gpu import peak_gbps
+        env["peak_gbps"] = peak_gbps(torch.device("cuda"))
+    except Exception as e:
+        print("peak bandwidth unknown:", e)
+print(json.dumps(env, indent=2))
+open(sys.argv[1], "w").write(json.dumps(env, indent=2) + "\n")
+"""
+
+
+@dataclass
+class Step:
+    name: str
+    budget: float  # seconds, for all its commands together
+    cmds: list[list[str]] = field(default_factory=list)  # each its own process, in order
+    skip: str = ""  # why it does not run
+    ok_rcs: tuple = (0,)
+    junit: list[str] = field(default_factory=list)  # pytest reports, relative to OUTDIR
+    jobs: int = 1  # commands run at once
+
+
+def pytest_cmd(out: Path, name: str, files: list[str], device: str, marker: str, extra=()) -> tuple[list[str], str]:
+    xml = f"junit/{name}.xml"
+    return [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--device", device, "-m", marker,
+            f"--junitxml={out / xml}", *extra, *files], xml
+
+
+def plan(args, out: Path, cuda: bool) -> list[Step]:
+    py = [PY]
+    dev = "cuda" if cuda else "cpu"
+    res = ["--results"] if args.results else []
+    smoke = not cuda
+    nocuda = "" if cuda else "needs CUDA (CPU smoke mode)"
+    steps: list[Step] = []
+    build = Step("build", 150, [[PY, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."]])
+    if args.no_build:
+        build.skip = "--no-build: the installed extension is used"
+    elif args.full and already_built():
+        build.skip = "already built"
+    steps.append(build)
+    steps.append(Step("environment", 30, [py + ["-c", ENVIRONMENT, str(out / "environment.json"),
+                                                   "cpu-smoke" if smoke else "gpu"]]))
+    if args.full:  # its own step names: the first command's records stay
+        for s in steps:
+            s.name = f"full-{s.name}"
+        steps.append(Step("bench-e2e-full", args.budget - 40,
+                          [py + ["bench/bench_e2e.py", "--tokens", FULL_TOKENS, "--out", str(out), *res]],
+                          skip=nocuda))
+        return steps
+    tools = [[PY, "-c", "import sys; from glyph_rt.cli import main; sys.exit(main(['backends']))"]]
+    tools += [[t, "--version"] for t in ("nvcc", "compute-sanitizer") if shutil.which(t)]
+    if shutil.which("nvidia-smi"):
+        tools.append(["nvidia-smi"])
+    steps.append(Step("backends", 30, tools))
+    # the tests marked gpu, all in one process
+    files = SMOKE_TESTS if smoke else []
+    cmd, xml = pytest_cmd(out, "gpu", files, dev, "gpu")
+    steps.append(Step("tests-gpu", 120, [cmd], ok_rcs=(0, 5), junit=[xml]))
+    # benchmarks, at sizes that fit the time
+    steps.append(Step("bench-render", 60, [py + ["bench/bench_render.py", "--device", "cuda", "--out", str(out),
+                                                   "--repeat", "5", "--batch-docs", "8", "--official-chars",
+                                                   "20000", *res]], skip=nocuda))
+    if smoke:
+        steps.append(Step("bench-render-cpu", 60, [py + ["bench/bench_render.py", "--chars", "3000", "--repeat", "1",
+                                                         "--official-chars", "1000", "--out", str(out)]]))
+    for backend in ("triton", "cuda"):
+        steps.append(Step(f"bench-patch-embed-{backend}", 45, [py + [
+            "bench/bench_patch_embed.py", "--backend", backend, "--sizes", "16384,131072",
+            "--out", str(out / f"patch-embed-{backend}"), *res]], skip=nocuda))
+    # forward only: the targets compare forward times (the backward doubles the time at 128K)
+    steps.append(Step("bench-attention", 90, [py + ["bench/bench_attention.py", "--prefill", "8192,131072",
+                                                     "--no-backward", "--out", str(out), *res]], skip=nocuda))
+    e2e = ["--quick", "--tokens", "200", "--decode-tokens", "1"] if smoke else \
+        ["--tokens", "8192", "--decode-tokens", "32", "--repeat", "2"]
+    steps.append(Step("bench-e2e", 150, [py + ["bench/bench_e2e.py", *e2e, "--out", str(out), *res]]))
+    # the whole suite on CUDA tensors where tests take them, one process per file so that a crash
+    # costs one file, four at a time
+    files = SMOKE_TESTS if smoke else [f"tests/{p.name}" for p in sorted((ROOT / "tests").glob("test_*.py"))
+                                       if p.name not in SUITE_SKIPS]
+    cmds, xmls = zip(*(pytest_cmd(out, f"suite-{Path(f).stem}", [f], dev, "not gpu") for f in files))
+    steps.append(Step("tests-suite", 150, list(cmds), ok_rcs=(0, 5), junit=list(xmls), jobs=1 if smoke else 4))
+    # sanitizers on the CUDA kernels' tests, last: the slowest per test
+    for tool, tests, budget in (("memcheck", MEMCHECK_TESTS, 75), ("racecheck", RACECHECK_TESTS, 45)):
+        cmd, xml = pytest_cmd(out, f"sanitizer-{tool}", tests, "cuda", "gpu")
+        steps.append(Step(f"sanitizer-{tool}", budget, [["compute-sanitizer", "--tool", tool,
+                                                         "--target-processes", "all", *cmd]],
+                          skip=nocuda or ("" if shutil.which("compute-sanitizer") else "compute-sanitizer not found"),
+                          ok_rcs=(0, 5), junit=[xml]))
+    return steps
+
+
+def already_built() -> bool:
+    return subprocess.run([PY, "-c", "import glyph_rt._C"], cwd=ROOT, capture_output=True).returncode == 0
+
+
+def cuda_available() -> bool:
+    r = subprocess.run([PY, "-c", "import torch; print(torch.cuda.is_available())"], cwd=ROOT,
+                       capture_output=True, text=True)
+    return r.stdout.strip() == "True"
+
+
+def _kill(p: subprocess.Popen) -> None:
+    """End p's whole process group: SIGTERM, then SIGKILL after 10 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(p.pid, sig)
+            p.wait(timeout=10)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_cmds(cmds: list[list[str]], logs: list, end: float, env: dict, jobs: int) -> list:
+    """Run cmds, up to `jobs` at a time, each writing to its log (an open file) until `end`
+    (time.monotonic()). Per command: its exit status, "timeout" (killed at `end`) or "not run"."""
+    rcs: list = ["not run"] * len(cmds)
+    pending, running = list(range(len(cmds))), {}
+    while pending or running:
+        while pending and len(running) < jobs and end - time.monotonic() > 0.5:
+            i = pending.pop(0)
+            logs[i].write(f"$ {shlex.join(cmds[i])}\n")
+            logs[i].flush()
+            try:
+                running[i] = subprocess.Popen(cmds[i], stdout=logs[i], stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                              start_new_session=True)
+            except OSError as e:
+                logs[i].write(f"cannot start: {e}\n")
+                rcs[i] = 127
+        if not running:
+            break
+        time.sleep(0.05)
+        for i, p in list(running.items()):
+            if p.poll() is not None:
+                rcs[i] = p.returncode
+            elif time.monotonic() >= end:
+                _kill(p)
+                logs[i].write("\n*** killed: the step's time budget was spent\n")
+                rcs[i] = "timeout"
+            else:
+                continue
+            del running[i]
+    for i in pending:
+        logs[i].write(f"$ {shlex.join(cmds[i])}\n*** not run: the step's time budget was spent\n")
+    return rcs
+
+
+def run_step(step: Step, order: int, out: Path, deadline: float, env: dict, say) -> dict:
+    rec = {"name": step.name, "order": order, "budget_s": step.budget, "seconds": 0.0, "junit": step.junit,
+           "log": f"logs/{step.name}.log", "commands": [shlex.join(c) for c in step.cmds], "rcs": []}
+    left = deadline - time.monotonic()
+    if step.skip or left < 5:
+        rec.update(status="skipped", note=step.skip or "out of time: the run's budget was spent", log=None, junit=[])
+    else:
+        t0 = time.monotonic()
+        with open(out / rec["log"], "w") as log:
+            if step.jobs == 1:
+                logs = [log] * len(step.cmds)
+            else:  # one log per command beside the step's
+                (out / "logs" / step.name).mkdir(exist_ok=True)
+                names = [f"logs/{step.name}/{i:02d}.log" for i in range(len(step.cmds))]
+                logs = [open(out / n, "w") for n in names]
+            try:
+                rcs = run_cmds(step.cmds, logs, t0 + min(step.budget, left), env, step.jobs)
+            finally:
+                if step.jobs > 1:
+                    for f in logs:
+                        f.close()
+                    log.writelines(f"{rc!s:>8}  {n}  {c}\n" for rc, n, c in zip(rcs, names, rec["commands"]))
+        rec["rcs"] = rcs
+        rec["seconds"] = round(time.monotonic() - t0, 1)
+        rec["status"] = ("timeout" if any(isinstance(rc, str) for rc in rcs) else
+                         "failed" if any(rc not in step.ok_rcs for rc in rcs) else "ok")
+    (out / "steps" / f"{step.name}.json").write_text(json.dumps(rec, indent=2) + "\n")
+    say(f"{step.name:28s} {rec['status']:8s} {rec['seconds']:7.1f} s" + (f"  ({rec['note']})" if rec.get("note")
+                                                                         else f"  log: {rec['log']}"))
+    return rec
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("outdir", type=Path, help="directory for logs, results, plots and summary.md")
+    ap.add_argument("--full", action="store_true", help="bench_e2e at 8K-128K (run after the first command)")
+    ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU, CUDA steps skipped")
+    ap.add_argument("--results", action="store_true", help="benchmarks also write to bench/results/")
+    ap.add_argument("--no-build", action="store_true", help="use the installed extension as it is")
+    ap.add_argument("--budget", type=float, default=530, help="seconds for the whole run (default 530)")
+    args = ap.parse_args(argv)
+    if args.budget <= 0:
+        raise SystemExit(f"--budget {args.budget}: must be positive seconds")
+    out = args.outdir.resolve()
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"OUTDIR {args.outdir}: is a file; give a directory")
+    for d in ("logs", "steps", "junit"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    deadline = start + args.budget
+    console = open(out / ("suite-full.log" if args.full else "suite.log"), "w")
+
+    def say(msg: str) -> None:
+        line = f"[{time.monotonic() - start:6.1f} s] {msg}"
+        print(line, flush=True)
+        console.write(line + "\n")
+        console.flush()
+
+    cuda = not args.cpu_smoke and cuda_available()
+    mode = "GPU" if cuda else "CPU smoke" + ("" if args.cpu_smoke else " (torch sees no GPU)")
+    say(f"glyph_rt GPU suite{' --full' if args.full else ''}: {mode}, budget {args.budget:.0f} s, writing {out}")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("GLYPH_RT_CACHE", str(out / "cache"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    if cuda:
+        env.pop("TRITON_INTERPRET", None)
+    first = 100 if args.full else 0
+    recs = [run_step(s, first + i, out, deadline, env, say) for i, s in enumerate(plan(args, out, cuda))]
+    build = recs[0]
+    if build["status"] != "skipped":
+        say(f"build time: {build['seconds']:.1f} s ({build['status']})")
+    sys.path.insert(0, str(ROOT))
+    from bench.summary import main as summary
+
+    summary([str(out)])
+    say(f"done: {out / 'summary.md'}")
+    bad = [r["name"] for r in recs if r["status"] in ("failed", "timeout")]
+    if bad:
+        say("steps that failed or ran out of time: " + ", ".join(bad))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""OUTDIR/summary.md from what bench/gpu_suite.py left in OUTDIR: one table of every figure beside its
+target (issue 12's, H100, bf16) and the baseline measured in the same run, then the tests, the
+sanitizers and every step with its time and log.
+
+    python bench/summary.py OUTDIR
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+def load_results(out: Path) -> dict[str, list[dict]]:
+    """Every benchmark results file under `out`, by its "bench" key (several files per key: the
+    patch embedding's two backends)."""
+    found: dict[str, list[dict]] = {}
+    for p in sorted(out.rglob("*.json")):
+        if "steps" in p.relative_to(out).parts:
+            continue
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and "bench" in data and "summary" in data:
+            data["_file"] = str(p.relative_to(out))
+            found.setdefault(data["bench"], []).append(data)
+    return found
+
+
+def load_steps(out: Path) -> list[dict]:
+    steps = []
+    for p in (out / "steps").glob("*.json"):
+        try:
+            steps.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            steps.append({"name": p.stem, "status": "unreadable", "order": 1 << 30})
+    return sorted(steps, key=lambda s: (s.get("order", 0), s.get("name", "")))
+
+
+# A figure: (value, baseline text, note) or None when the results lack it.
+Figure = tuple[float, str, str]
+
+
+@dataclass
+class Target:
+    area: str
+    what: str
+    bench: str  # the results' "bench" key
+    step: str  # the suite step that makes them (named when the figure is missing)
+    op: str  # "<=" or ">="
+    threshold: float
+    unit: str
+    get: Callable[[dict], Figure | None]
+
+
+def _ms(x) -> str:
+    return "-" if x is None else f"{x:.3f} ms"
+
+
+def _row(data: dict, what: str) -> dict:
+    return next((r for r in data["rows"] if str(r.get("what", "")).startswith(what)), {})
+
+
+def render_ms(d: dict) -> Figure | None:
+    v = d["summary"].get("gpu_ms_128k")
+    if v is None:
+        return None
+    cpu = _row(d, "CPU path")
+    return v, f"CPU path {_ms(cpu.get('ms'))} (x{d['summary'].get('speedup_vs_cpu', '-')} slower, wall)", \
+        f"{_row(d, 'text -> pixel_values, 1 document (GPU').get('pages', '?')} pages; CUDA events, layout excluded"
+
+
+def render_pps(d: dict) -> Figure | None:
+    v = d["summary"].get("pages_per_s")
+    if v is None:
+        return None
+    pages, cpu = _row(d, "text -> pixel_values, 1 document (GPU").get("pages"), _row(d, "CPU path").get("ms")
+    base = f"CPU path {pages / cpu * 1e3:,.0f} pages/s" if pages and cpu else "-"
+    return v, base, f"wall, with layout; GPU time alone {d['summary'].get('gpu_pages_per_s', '-')} pages/s"
+
+
+def _largest(d: dict) -> dict:
+    return max(d["rows"], key=lambda r: r.get("patches", 0)) if d["rows"] else {}
+
+
+def pe_ratio(key: str, base: str) -> Callable[[dict], Figure | None]:
+    def get(d: dict) -> Figure | None:
+        v = d["summary"].get(key)
+        if v is None:
+            return None
+        r = _largest(d)
+        ours = r.get("ours_uint8", {}).get("ms")
+        return v, f"{base} {_ms(r.get(base, {}).get('ms'))} vs ours {_ms(ours)} at {r.get('patches', '?')} patches", \
+            f"backend {r.get('backend', '?')}; minimum over sizes"
+    return get
+
+
+def _best_other(rows: list[dict], case: str, key: str, best=min) -> dict | None:
+    cands = [r for r in rows if r.get("case", "").startswith(case) and r["backend"] != "glyph" and key in r]
+    return best(cands, key=lambda r: r[key]) if cands else None
+
+
+def attn_ratio(key: str, case: str) -> Callable[[dict], Figure | None]:
+    def get(d: dict) -> Figure | None:
+        v = d["summary"].get(key)
+        if v is None:
+            return None
+        b = _best_other(d["rows"], case, "fwd_ms")
+        ours = next((r for r in d["rows"] if r.get("case", "").startswith(case) and r["backend"] == "glyph"), {})
+        base = f"{b['backend']} {_ms(b['fwd_ms'])} vs ours {_ms(ours.get('fwd_ms'))}" if b else "-"
+        return v, base, "forward; > 1 is faster than the best library backend"
+    return get
+
+
+def decode_bandwidth(d: dict, peak: float | None) -> Figure | None:
+    ours = next((r for r in d["rows"] if r.get("case", "").startswith("decode 128K x8") and r["backend"] == "glyph"
+                 and "fwd_gbps" in r), None)
+    if ours is None or not peak:
+        return None
+    b = _best_other(d["rows"], "decode 128K x8", "fwd_gbps", best=max)
+    base = f"{b['backend']} {b['fwd_gbps']:,.0f} GB/s" if b else "-"
+    return ours["fwd_gbps"] / peak, base, f"{ours['fwd_gbps']:,.0f} of {peak:,.0f} GB/s peak, batch 8"
+
+
+def e2e(key: str, base: Callable[[dict], str]) -> Callable[[dict], Figure | None]:
+    def get(d: dict) -> Figure | None:
+        v = d["summary"].get(key)
+        if v is None or not d["rows"]:
+            return None
+        last = max(d["rows"], key=lambda r: r["text_tokens"])
+        n = last["text_tokens"]
+        note = f"at {n // 1024}K tokens" if n >= 1024 else f"at {n} tokens"
+        note += ("" if n >= 131072 else " (the target is at 128K: run --full)")
+        return v, base(last), note
+    return get
+
+
+TARGETS = [
+    Target("rasterizer", "128K-token document -> pixel_values (GPU ms)", "render-gpu", "bench-render", "<=", 2.0,
+           "ms", render_ms),
+    Target("rasterizer", "batch throughput (pages/s)", "render-gpu", "bench-render", ">=", 50_000, "pages/s",
+           render_pps),
+    Target("patch embed", "uint8 vs F.linear (x)", "patch-embed", "bench-patch-embed", ">=", 1.2, "x",
+           pe_ratio("speedup_vs_linear", "linear_from_uint8")),
+    Target("patch embed", "uint8 vs HF Conv3d (x)", "patch-embed", "bench-patch-embed", ">=", 5.0, "x",
+           pe_ratio("speedup_vs_conv3d", "hf_conv3d")),
+    Target("attention", "vision varlen vs best library backend (x)", "attention", "bench-attention", ">=", 1.0, "x",
+           attn_ratio("vision_ratio_vs_best", "vision")),
+    Target("attention", "causal prefill 128K vs best library backend (x)", "attention", "bench-attention", ">=", 0.9,
+           "x", attn_ratio("prefill_128k_ratio_vs_best", "prefill 128K")),
+    Target("attention", "decode 128K, fraction of HBM bandwidth", "attention", "bench-attention", ">=", 0.70, "",
+           None),  # needs the peak: see build()
+    Target("end to end", "prefill (TTFT) vs text backbone (x)", "e2e", "bench-e2e", ">=", 4.8, "x",
+           e2e("prefill_speedup_128k", lambda r: f"text TTFT {r['text_ttft_s']:.3f} s; HF defaults "
+                                                 f"x{r['prefill_speedup_hf']:.2f}")),
+    Target("end to end", "decode vs text backbone (x)", "e2e", "bench-e2e", ">=", 4.4, "x",
+           e2e("decode_speedup_128k", lambda r: f"text {r['text_decode_s_per_sample']:.3f} s/sample; HF defaults "
+                                                f"x{r['decode_speedup_hf']:.2f}")),
+    Target("end to end", "rendering, fraction of TTFT", "e2e", "bench-e2e", "<=", 0.01, "",
+           e2e("render_fraction_of_ttft", lambda r: f"HF path renders in {r['glyph_hf_render_s']:.3f} s")),
+]
+
+
+def peak_of(results: dict, env: dict) -> float | None:
+    for d in results.get("render-gpu", []):
+        if d["summary"].get("peak_gbps"):
+            return d["summary"]["peak_gbps"]
+    return env.get("peak_gbps")
+
+
+def _fmt(v: float) -> str:
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if abs(v) < 1 else f"{v:.2f}"
+
+
+def target_rows(results: dict, steps: dict, env: dict) -> list[list[str]]:
+    rows = []
+    peak = peak_of(results, env)
+    for t in TARGETS:
+        get = t.get or (lambda d: decode_bandwidth(d, peak))
+        figs = [(d, get(d)) for d in results.get(t.bench, [])]
+        figs = [(d, f) for d, f in figs if f is not None]
+        if not figs:
+            step = [s for n, s in steps.items() if n.startswith(t.step)]
+            why = "; ".join(f"{s['name']}: {s['status']}" + (f" ({s['note']})" if s.get("note") else "")
+                            for s in step) or f"step {t.step} did not run"
+            if t.get is None and results.get(t.bench) and not peak:
+                why = "the GPU's peak bandwidth is unknown"
+            rows.append([t.area, t.what, "-", f"{t.op} {_fmt(t.threshold)}", "-", "missing", why])
+            continue
+        for d, (v, base, note) in figs:
+            ok = v <= t.threshold if t.op == "<=" else v >= t.threshold
+            rows.append([t.area, t.what, _fmt(v), f"{t.op} {_fmt(t.threshold)}", base, "pass" if ok else "FAIL",
+                         f"{note}; {d['_file']}"])
+    return rows
+
+
+def junit_counts(path: Path) -> dict | None:
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    c = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    c["passed"] = c["tests"] - c["failures"] - c["errors"] - c["skipped"]
+    c["failed"] = [f"{tc.get('classname', '')}::{tc.get('name', '')}" for s in suites for tc in s.iter("testcase")
+                   if tc.find("failure") is not None or tc.find("error") is not None]
+    return c
+
+
+def test_rows(out: Path, steps: dict) -> list[list[str]]:
+    rows = []
+    for name, s in steps.items():
+        xmls = [out / x for x in s.get("junit", [])]
+        if not xmls:
+            continue
+        counts = [c for c in map(junit_counts, xmls) if c]
+        tot = {k: sum(c[k] for c in counts) for k in ("passed", "failures", "errors", "skipped")}
+        failed = [f for c in counts for f in c["failed"]]
+        missing = len(xmls) - len(counts)
+        note = ", ".join(failed[:8]) + (f" and {len(failed) - 8} more" if len(failed) > 8 else "")
+        if missing:
+            note = (note + "; " if note else "") + f"{missing} of {len(xmls)} runs left no report (crash or time-out)"
+        rows.append([name, s["status"], str(tot["passed"]), str(tot["failures"] + tot["errors"]), str(tot["skipped"]),
+                     note or "-"])
+    return rows
+
+
+SANITIZER = re.compile(r"(ERROR SUMMARY: \d+ errors?|RACECHECK SUMMARY: [^\n]*)")
+
+
+def sanitizer_rows(out: Path, steps: dict) -> list[list[str]]:
+    rows = []
+    for name, s in steps.items():
+        if not name.startswith("sanitizer"):
+            continue
+        text = (out / s["log"]).read_text(errors="replace") if s.get("log") and (out / s["log"]).exists() else ""
+        found = SANITIZER.findall(text)
+        clean = bool(found) and all(re.search(r"\b0 (errors?|hazards)", f) for f in found)
+        verdict = "skipped" if s["status"] == "skipped" else ("pass" if clean and s["status"] == "ok" else "FAIL")
+        rows.append([name, verdict, "; ".join(sorted(set(found))) or s.get("note") or s["status"]])
+    return rows
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    esc = [[c.replace("|", "\\|").replace("\n", " ") for c in r] for r in rows]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(r) + " |" for r in esc])
+
+
+def build(out: Path) -> str:
+    out = Path(out)
+    results = load_results(out)
+    steps = {s["name"]: s for s in load_steps(out)}
+    try:
+        env = json.loads((out / "environment.json").read_text())
+    except (OSError, ValueError):
+        env = {}
+    mode = env.get("mode", "gpu")
+    lines = ["# glyph_rt GPU suite", ""]
+    what = [f"{k}: {env[k]}" for k in ("gpu", "torch", "cuda", "triton", "transformers", "python", "commit")
+            if env.get(k)]
+    lines += [", ".join(what) or "environment unknown (the environment step did not run)", ""]
+    if mode == "cpu-smoke":
+        lines += ["**CPU smoke mode**: steps that need CUDA (the sanitizers, the GPU benchmarks) are "
+                  "skipped, and the figures come from tiny CPU runs: they check that the suite runs, not the "
+                  "targets.", ""]
+    rows = target_rows(results, steps, env)
+    counts = {k: sum(r[5].startswith(k) for r in rows) for k in ("pass", "FAIL", "missing")}
+    lines += ["## Targets", "",
+              f"{counts['pass']} pass, {counts['FAIL']} fail, {counts['missing']} missing "
+              "(targets of issue 12, H100 bf16; the baseline is measured in the same run).", "",
+              table(["area", "figure", "measured", "target", "baseline (same run)", "status", "note"], rows), ""]
+    tests = test_rows(out, steps)
+    if tests:
+        lines += ["## Tests", "", table(["step", "status", "passed", "failed", "skipped", "failures"], tests), ""]
+    san = sanitizer_rows(out, steps)
+    if san:
+        lines += ["## Sanitizers", "", table(["step", "result", "summary"], san), ""]
+    other = sorted(k for k in results if k not in {t.bench for t in TARGETS})
+    if other:
+        lines += ["## Other results", ""]
+        lines += [f"- {k} ({d['_file']}): " + ", ".join(f"{a}={b}" for a, b in d["summary"].items())
+                  for k in other for d in results[k]]
+        lines += [""]
+    step_rows = [[s["name"], s["status"], f"{s.get('seconds', 0):.1f}", f"{s.get('budget_s', 0):.0f}",
+                  s.get("log") or "-", s.get("note") or "-"] for s in steps.values()]
+    lines += ["## Steps", "", table(["step", "status", "seconds", "budget", "log", "note"], step_rows), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: python bench/summary.py OUTDIR", file=sys.stderr)
+        return 2
+    out = Path(argv[0])
+    if not out.is_dir():
+        print(f"OUTDIR {out}: not a directory; give the directory bench/gpu_suite.sh wrote", file=sys.stderr)
+        return 2
+    (out / "summary.md").write_text(build(out))
+    print(f"wrote {out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

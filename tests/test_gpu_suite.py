@@ -1,0 +1,221 @@
+"""bench/gpu_suite.sh (its CPU smoke mode end to end, its steps' time budgets, the GPU plan's
+arguments), bench/summary.py on sample results, the benchmarks' output directory, the test device."""
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import common, gpu_suite, summary  # noqa: E402
+
+
+def write(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+
+
+def result(bench, rows, summ):
+    return {"bench": bench, "machine": {}, "commit": "abc", "rows": rows, "summary": summ}
+
+
+def sample_outdir(out: Path) -> None:
+    write(out / "environment.json", {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0+cu130", "mode": "gpu"})
+    write(out / "render-gpu-h100.json", result("render-gpu", [
+        {"what": "text -> pixel_values, 1 document (GPU time, layout excluded)", "ms": 1.5, "pages": 160},
+        {"what": "CPU path: C++ render + torch pixel_values (1 document, wall)", "ms": 3200.0}],
+        {"gpu_ms_128k": 1.5, "pages_per_s": 40000.0, "gpu_pages_per_s": 90000.0, "peak_gbps": 3350.0,
+         "speedup_vs_cpu": 400}))
+    for backend, lin in (("triton", 1.3), ("cuda", 1.1)):
+        write(out / f"patch-embed-{backend}" / "patch-embed-h100.json", result("patch-embed", [
+            {"patches": 131072, "backend": backend, "ours_uint8": {"ms": 1.0}, "linear_from_uint8": {"ms": lin},
+             "hf_conv3d": {"ms": 6.0}}], {"speedup_vs_linear": lin, "speedup_vs_conv3d": 6.0}))
+    att = [{"case": "vision 64x2520, 12x128", "backend": "glyph", "fwd_ms": 2.0},
+           {"case": "vision 64x2520, 12x128", "backend": "sdpa_flash", "fwd_ms": 2.2},
+           {"case": "prefill 128K, 32q/2kv x128", "backend": "glyph", "fwd_ms": 100.0},
+           {"case": "prefill 128K, 32q/2kv x128", "backend": "sdpa_cudnn", "fwd_ms": 80.0},
+           {"case": "decode 128K x8, 32q/2kv x128", "backend": "glyph", "fwd_ms": 1.0, "fwd_gbps": 2680.0},
+           {"case": "decode 128K x8, 32q/2kv x128", "backend": "sdpa_flash", "fwd_ms": 2.0, "fwd_gbps": 1340.0},
+           {"case": "decode 128K x8, 32q/2kv x128", "backend": "sdpa_cudnn", "error": "RuntimeError: no"}]
+    write(out / "attention-h100.json", result("attention", att, {
+        "vision_ratio_vs_best": 1.1, "prefill_128k_ratio_vs_best": 0.8, "decode_128k_ratio_vs_best": 2.0}))
+    write(out / "e2e-h100.json", result("e2e", [
+        {"text_tokens": 131072, "text_ttft_s": 20.0, "prefill_speedup_hf": 2.0, "text_decode_s_per_sample": 1.0,
+         "decode_speedup_hf": 3.0, "glyph_hf_render_s": 9.0}],
+        {"prefill_speedup_128k": 5.0, "decode_speedup_128k": 4.0, "render_fraction_of_ttft": 0.005}))
+    write(out / "steps" / "tests-gpu.json", {"name": "tests-gpu", "order": 3, "status": "failed", "seconds": 40,
+                                             "budget_s": 120, "log": "logs/tests-gpu.log", "junit": ["junit/gpu.xml"]})
+    write(out / "junit" / "gpu.xml", '<testsuites><testsuite tests="5" failures="1" errors="0" skipped="1">'
+                                     '<testcase classname="tests.test_raster" name="test_a"><failure/></testcase>'
+                                     '</testsuite></testsuites>')
+    for tool, text in (("memcheck", "========= ERROR SUMMARY: 0 errors\n"),
+                       ("racecheck", "========= RACECHECK SUMMARY: 2 hazards displayed (2 errors, 0 warnings)\n")):
+        write(out / "steps" / f"sanitizer-{tool}.json", {"name": f"sanitizer-{tool}", "order": 9, "status": "ok",
+                                                         "seconds": 30, "budget_s": 60,
+                                                         "log": f"logs/sanitizer-{tool}.log", "junit": []})
+        write(out / "logs" / f"sanitizer-{tool}.log", text)
+
+
+def rows_of(md: str) -> dict[str, list[str]]:
+    """figure -> cells of the targets table (one figure may have several rows: the last wins)."""
+    rows = {}
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[0] in ("rasterizer", "patch embed", "attention", "end to end"):
+            rows.setdefault(cells[1], []).append(cells)
+    return rows
+
+
+def test_summary_puts_each_figure_beside_its_target_and_baseline(tmp_path):
+    sample_outdir(tmp_path)
+    md = summary.build(tmp_path)
+    rows = rows_of(md)
+    assert "NVIDIA H100 80GB HBM3" in md and "CPU smoke" not in md
+    ms = rows["128K-token document -> pixel_values (GPU ms)"][0]
+    assert ms[2:4] == ["1.50", "<= 2.00"] and ms[5] == "pass" and "CPU path 3200.000 ms" in ms[4]
+    assert rows["batch throughput (pages/s)"][0][5] == "FAIL"
+    # one row per patch-embed backend, each judged on its own
+    assert [r[5] for r in rows["uint8 vs F.linear (x)"]] == ["FAIL", "pass"]  # cuda, triton
+    assert [r[5] for r in rows["uint8 vs HF Conv3d (x)"]] == ["pass", "pass"]
+    vision = rows["vision varlen vs best library backend (x)"][0]
+    assert vision[5] == "pass" and "sdpa_flash 2.200 ms vs ours 2.000 ms" in vision[4]
+    assert rows["causal prefill 128K vs best library backend (x)"][0][5] == "FAIL"
+    decode = rows["decode 128K, fraction of HBM bandwidth"][0]  # 2680 of 3350 GB/s
+    assert decode[2] == "0.8" and decode[5] == "pass" and "sdpa_flash 1,340 GB/s" in decode[4]
+    assert rows["prefill (TTFT) vs text backbone (x)"][0][5] == "pass"
+    assert rows["decode vs text backbone (x)"][0][5] == "FAIL"
+    assert rows["rendering, fraction of TTFT"][0][5] == "pass"
+    assert "8 pass, 4 fail, 0 missing" in md  # counted per row
+    assert "| tests-gpu | failed | 3 | 1 | 1 | tests.test_raster::test_a |" in md
+    assert "| sanitizer-memcheck | pass | ERROR SUMMARY: 0 errors |" in md
+    assert "| sanitizer-racecheck | FAIL |" in md
+
+
+def test_summary_names_the_step_behind_a_missing_figure(tmp_path):
+    write(tmp_path / "steps" / "bench-attention.json", {"name": "bench-attention", "status": "timeout",
+                                                        "seconds": 100, "budget_s": 100, "log": "logs/x.log"})
+    write(tmp_path / "e2e-cpu-quick.json", result("e2e", [
+        {"text_tokens": 200, "text_ttft_s": 1.0, "prefill_speedup_hf": 1.0, "text_decode_s_per_sample": 1.0,
+         "decode_speedup_hf": 1.0, "glyph_hf_render_s": 0.1}],
+        {"prefill_speedup_128k": 1.2, "decode_speedup_128k": 1.5, "render_fraction_of_ttft": 0.2}))
+    rows = rows_of(summary.build(tmp_path))
+    vision = rows["vision varlen vs best library backend (x)"][0]
+    assert vision[5] == "missing" and "bench-attention: timeout" in vision[6]
+    assert "bench-render did not run" in rows["batch throughput (pages/s)"][0][6]
+    assert "at 200 tokens (the target is at 128K: run --full)" in rows["decode vs text backbone (x)"][0][6]
+
+
+def test_summary_cli_checks_its_argument(tmp_path, capsys):
+    assert summary.main([]) == 2
+    assert summary.main([str(tmp_path / "nope")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert summary.main([str(tmp_path)]) == 0 and (tmp_path / "summary.md").exists()
+
+
+def test_a_step_out_of_time_is_killed_and_the_next_one_runs(tmp_path):
+    for d in ("logs", "steps"):
+        (tmp_path / d).mkdir()
+    env = dict(os.environ)
+    hang = gpu_suite.Step("hang", 2, [[sys.executable, "-c", "import time; time.sleep(60)"],
+                                      [sys.executable, "-c", "print('never')"]])
+    fail = gpu_suite.Step("fail", 30, [[sys.executable, "-c", "raise SystemExit(3)"]])
+    ok = gpu_suite.Step("ok", 30, [[sys.executable, "-c", "print('hello')"]])
+    par = gpu_suite.Step("par", 2, [hang.cmds[0], ok.cmds[0]], jobs=2)  # side by side, one log each
+    t = time.monotonic()
+    recs = [gpu_suite.run_step(s, i, tmp_path, time.monotonic() + 60, env, print) for i, s in
+            enumerate([hang, fail, ok, par])]
+    assert time.monotonic() - t < 30
+    assert [r["status"] for r in recs] == ["timeout", "failed", "ok", "timeout"]
+    assert recs[0]["rcs"] == ["timeout", "not run"] and recs[3]["rcs"] == ["timeout", 0]
+    assert "killed" in (tmp_path / "logs" / "hang.log").read_text()
+    assert "not run" in (tmp_path / "logs" / "hang.log").read_text()
+    assert "hello" in (tmp_path / "logs" / "par" / "01.log").read_text()
+    assert "logs/par/00.log" in (tmp_path / "logs" / "par.log").read_text()
+    assert "hello" in (tmp_path / "logs" / "ok.log").read_text()
+    late = gpu_suite.run_step(ok, 3, tmp_path, time.monotonic() + 1, env, print)  # the run's budget is spent
+    assert late["status"] == "skipped" and "out of time" in late["note"]
+
+
+def gpu_plan(tmp_path, *flags):
+    ap = argparse.Namespace(full="--full" in flags, results="--results" in flags, no_build=True, budget=530)
+    return gpu_suite.plan(ap, tmp_path, cuda=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the arguments where the benchmarks stop at CUDA")
+def test_every_gpu_benchmark_command_parses(tmp_path):
+    """The GPU plan's benchmark commands run here up to their CUDA check: their flags parse."""
+    import importlib
+
+    cmds = [c for s in gpu_plan(tmp_path) + gpu_plan(tmp_path, "--full") for c in s.cmds]
+    benches = [c for c in cmds if c[1].startswith("bench/")]
+    assert len(benches) == 6
+    for c in benches:
+        assert "--out" in c and "--results" not in c
+        mod = importlib.import_module("bench." + Path(c[1]).stem)
+        with pytest.raises(SystemExit) as e:
+            mod.main(c[2:])
+        assert isinstance(e.value.code, str) and "CUDA" in e.value.code, c  # not argparse's exit 2
+    assert all("--results" in c for s in gpu_plan(tmp_path, "--results") for c in s.cmds if c[1].startswith("bench/"))
+    for c in cmds:  # the tests the pytest commands name exist
+        assert all((ROOT / a).exists() for a in c if a.startswith("tests/"))
+
+
+def test_cpu_smoke_mode_runs_every_step(tmp_path):
+    """The whole script in its CPU smoke mode: it must not rot. Never touches bench/results/."""
+    results = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (ROOT / "bench" / "results").iterdir()}
+    env = dict(os.environ, PYTHON=sys.executable)
+    env.pop("TRITON_INTERPRET", None)
+    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), str(tmp_path), "--cpu-smoke", "--no-build"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    steps = {p.stem: json.loads(p.read_text())["status"] for p in (tmp_path / "steps").glob("*.json")}
+    assert steps["build"] == "skipped" and steps["sanitizer-memcheck"] == "skipped"
+    for name in ("environment", "backends", "tests-gpu", "bench-render-cpu", "bench-e2e", "tests-suite"):
+        assert steps[name] == "ok", (name, (tmp_path / "logs" / f"{name}.log").read_text()[-2000:])
+    md = (tmp_path / "summary.md").read_text()
+    assert "CPU smoke mode" in md and "| tests-suite | ok |" in md and "e2e-cpu-quick.json" in md
+    assert (tmp_path / "render-cpu.json").exists()
+    e2e = json.loads((tmp_path / "e2e-cpu-quick.json").read_text())  # --tokens is honoured from the command line
+    assert [r["text_tokens"] for r in e2e["rows"]] == [200]
+    assert results == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                       for p in (ROOT / "bench" / "results").iterdir()}
+
+
+def test_benchmarks_write_to_out_and_to_results_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    ap = argparse.ArgumentParser()
+    common.add_output_args(ap)
+    assert ap.parse_args([]).out == common.OUT and common.OUT.name == "out"
+    args = ap.parse_args(["--out", str(tmp_path / "o")])
+    p = common.write_result(args, "x.json", "x", [{"a": 1}], {"s": 2})
+    assert p == tmp_path / "o" / "x.json" and json.loads(p.read_text())["summary"] == {"s": 2}
+    assert not (tmp_path / "results").exists()
+    args = ap.parse_args(["--out", str(tmp_path / "o"), "--results"])
+    common.write_result(args, "y.json", "y", [], {})
+    (tmp_path / "o" / "y.png").write_bytes(b"png")
+    common.copy_to_results(args, tmp_path / "o" / "y.png")
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["y.json", "y.png"]
+    (tmp_path / "f").write_text("")
+    with pytest.raises(SystemExit, match="--out .*is a file"):
+        common.write_result(ap.parse_args(["--out", str(tmp_path / "f")]), "z.json", "z", [], {})
+
+
+def test_device_option_and_fixture(device):
+    import conftest
+
+    assert device.type == conftest.TEST_DEVICE == os.environ["GLYPH_RT_TEST_DEVICE"]
+    assert (os.environ.get("TRITON_INTERPRET") == "1") == (device.type == "cpu")
+    assert conftest.resolve_device("cpu") == "cpu"
+    with pytest.raises(pytest.UsageError, match="use one of auto, cpu, cuda"):
+        conftest.resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(pytest.UsageError, match="--device cuda: torch sees no CUDA device"):
+            conftest.resolve_device("cuda")
