@@ -77,7 +77,11 @@ setup(
     extras_require={
         "official": ["reportlab", "pdf2image"],
         "bench": ["matplotlib"],
-        "test": ["pytest"],
+        # Noto Sans CJK (OFL, ~16 MB wheel), found automatically: Chinese, Japanese, Korean
+        "cjk": ["noto-cjk-sans-otc"],
+        # right-to-left text: bidi reordering (UAX #9) and Arabic contextual forms
+        "scripts": ["python-bidi>=0.5", "arabic-reshaper>=3"],
+        "test": ["pytest", "noto-cjk-sans-otc", "python-bidi>=0.5", "arabic-reshaper>=3"],
     },
     entry_points={"console_scripts": ["glyph-rt=glyph_rt.cli:main"]},
 )

@@ -12,7 +12,9 @@ Text with no right-to-left character is not touched.
 """
 from __future__ import annotations
 
+import functools
 import unicodedata
+import warnings
 
 import numpy as np
 
@@ -41,6 +43,19 @@ def has_rtl(cps: np.ndarray) -> bool:
     if np.count_nonzero((cps - np.uint32(0x0590)) <= np.uint32(0x08FF - 0x0590)):
         return True
     return int(cps.max()) >= 0x200F and bool(rtl_mask(cps).any())
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> bool:
+    """Whether python-bidi and arabic-reshaper are installed (warns once when they are not)."""
+    try:
+        import arabic_reshaper  # noqa: F401
+        from bidi import algorithm  # noqa: F401
+    except ImportError:
+        warnings.warn("right-to-left text is drawn in logical order and Arabic without contextual forms: "
+                      "pip install 'glyph_rt[scripts]' (python-bidi, arabic-reshaper)", RuntimeWarning, stacklevel=3)
+        return False
+    return True
 
 
 def _reshaper():
@@ -88,19 +103,21 @@ def shape(text: str, cps: np.ndarray) -> np.ndarray:
 
 
 def unshape_missing(draw: np.ndarray, cps: np.ndarray, lut: np.ndarray, missing_slot: int) -> np.ndarray:
-    """Where the fonts lack a presentation form (or ligature), draw the source character instead."""
+    """Where the fonts lack a presentation form, draw the source character instead (a lam-alef
+    ligature whose ligature or placeholder is missing goes back to both letters)."""
     diff = np.flatnonzero(draw != cps)
     if not len(diff):
         return draw
     bad = diff[lut[draw[diff]] == missing_slot]
     if not len(bad):
         return draw
+    lig = diff[(draw[diff] >= 0xFEF5) & (draw[diff] <= 0xFEFC)]
+    lig = lig[(lig + 1 < len(draw)) & (draw[np.minimum(lig + 1, len(draw) - 1)] == ZWNJ)]
+    broken = lig[np.isin(lig, bad) | np.isin(lig + 1, bad)]
     draw = draw.copy()
-    zw = bad[draw[bad] == ZWNJ]
     draw[bad] = cps[bad]
-    lig = np.flatnonzero((draw != cps) & (draw >= 0xFEF5) & (draw <= 0xFEFC))
-    for k in lig[np.isin(lig + 1, zw)].tolist():  # a ligature whose placeholder went back: split it
-        draw[k] = cps[k]
+    draw[broken] = cps[broken]
+    draw[broken + 1] = cps[broken + 1]
     return draw
 
 
