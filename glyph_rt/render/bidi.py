@@ -12,6 +12,7 @@ Text with no right-to-left character is not touched.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import unicodedata
 import warnings
@@ -89,10 +90,13 @@ def shape(text: str, cps: np.ndarray) -> np.ndarray:
         return cps
     reshaper, lam_alef = _reshaper()
     out = cps.copy()
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], m.view(np.int8), [0]])))
-    for s, e in zip(edges[::2].tolist(), edges[1::2].tolist()):
+    # one reshaper call per source line, from its first Arabic character to its last
+    idx = np.flatnonzero(m)
+    line = np.searchsorted(np.flatnonzero((cps == 0x0A) | (cps == 0x0D)), idx)
+    cut = np.flatnonzero(np.diff(line)) + 1
+    for s, e in zip(idx[np.concatenate([[0], cut])].tolist(), (idx[np.concatenate([cut - 1, [len(idx) - 1]])] + 1).tolist()):
         shaped = list(reshaper.reshape(text[s:e]))
-        if len(shaped) != e - s:  # never lose a character: leave a run the reshaper did not map 1:1
+        if len(shaped) != e - s:  # never lose a character: leave a span the reshaper did not map 1:1
             continue
         for k in range(len(shaped) - 1):
             lig = lam_alef.get((shaped[k], shaped[k + 1]))
@@ -188,7 +192,7 @@ def reorder_lines(text: str, cps: np.ndarray, lay, advance: np.ndarray, slot_of)
     par_start = np.concatenate([[0], nl + 1])
     rtl_cum = np.concatenate([[0], np.cumsum(rtl)])
     rtl_par = (rtl_cum[par_end] - rtl_cum[par_start]) > 0
-    resolved: dict[int, list[dict]] = {}
+    resolved: dict[int, tuple[list[dict], list[int]]] = {}  # paragraph -> records, their source indices
     g_src = lay.g_src
     adv = advance.astype(np.float32)
     for li in range(len(lay.l_src_start)):
@@ -208,8 +212,10 @@ def reorder_lines(text: str, cps: np.ndarray, lay, advance: np.ndarray, slot_of)
         recs = []
         for p in range(p0, p1 + 1):
             if p not in resolved:
-                resolved[p] = _resolve(text, int(par_start[p]), int(par_end[p]))
-            recs.extend(r for r in resolved[p] if s <= r["i"] < e)
+                r = _resolve(text, int(par_start[p]), int(par_end[p]))
+                resolved[p] = r, [x["i"] for x in r]
+            r, idx = resolved[p]
+            recs.extend(r[bisect.bisect_left(idx, s):bisect.bisect_left(idx, e)])
         order, mirrored = _visual_order(recs, s, e, text)
         _place(lay, li, s, e, g0, g1, order, adv)
         for i, ch in mirrored.items():
@@ -225,36 +231,41 @@ def _place(lay, li: int, s: int, e: int, g0: int, g1: int, order: list[int], adv
     A character's cell is its glyphs' extent; a character with no glyph (a space) takes its share of
     the gap it left between glyphs, so stretched (justified) spaces keep their width.
     """
-    xs = lay.g_x[g0:g1].astype(np.float64)
+    xs = lay.g_x[g0:g1].astype(np.float64).tolist()
     src = lay.g_src[g0:g1].tolist()
-    ends = xs + adv[lay.g_slot[g0:g1]].astype(np.float64)
-    width = np.zeros(e - s)
+    ends = (lay.g_x[g0:g1].astype(np.float64) + adv[lay.g_slot[g0:g1]]).tolist()
+    width = [0.0] * (e - s)
     first: dict[int, int] = {}  # source index -> its first glyph
-    pen, prev, k = float(lay.l_x[li]), s - 1, 0
-    while k < len(src):
+    line_x = float(lay.l_x[li])
+    pen, prev, k, n = line_x, s - 1, 0, len(src)
+    while k < n:
         c, k0 = src[k], k
-        while k < len(src) and src[k] == c:  # a character may have several glyphs (newline marker)
+        end = ends[k]
+        k += 1
+        while k < n and src[k] == c:  # a character may have several glyphs (newline marker)
+            end = max(end, ends[k])
             k += 1
         first[c] = k0
         gap, between = xs[k0] - pen, c - prev - 1
         if between > 0:
-            width[prev + 1 - s:c - s] += gap / between
+            for j in range(prev + 1 - s, c - s):
+                width[j] += gap / between
         else:
             width[c - s] += gap
-        extent = float(ends[k0:k].max()) - xs[k0]
-        width[c - s] += extent
-        pen, prev = xs[k0] + extent, c
-    tail = float(lay.l_x[li]) + float(lay.l_width[li]) - pen
+        width[c - s] += end - xs[k0]
+        pen, prev = end, c
+    tail = line_x + float(lay.l_width[li]) - pen
     if prev + 1 < e and tail > 0:
-        width[prev + 1 - s:] += tail / (e - prev - 1)
-    new = xs.copy()
-    x = float(lay.l_x[li])
+        for j in range(prev + 1 - s, e - s):
+            width[j] += tail / (e - prev - 1)
+    new = list(xs)
+    x = line_x
     for c in order:
         k0 = first.get(c)
         if k0 is not None:
             k = k0
-            while k < len(src) and src[k] == c:
+            while k < n and src[k] == c:
                 new[k] = x + (xs[k] - xs[k0])
                 k += 1
         x += width[c - s]
-    lay.g_x[g0:g1] = new.astype(lay.g_x.dtype)
+    lay.g_x[g0:g1] = np.asarray(new, dtype=lay.g_x.dtype)

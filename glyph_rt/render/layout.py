@@ -141,7 +141,7 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
     nl = NewlineMarkup.parse(config.newline_markup)
     cps = text_codepoints(text)
     marker = text_codepoints(nl.text).astype(np.int32) if not nl.is_break else np.zeros(0, np.int32)
-    rtl = bidi.has_rtl(cps) and bidi.available()
+    rtl = not text.isascii() and bidi.has_rtl(cps) and bidi.available()
     draw = bidi.shape(text, cps) if rtl else cps
     extra = np.union1d(marker, bidi.mirror_codepoints(cps)) if rtl else marker
     if draw is not cps:
