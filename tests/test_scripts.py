@@ -227,3 +227,33 @@ def test_without_the_scripts_extra_rtl_stays_logical_and_warns(monkeypatch):
         assert (np.diff(lay.g_x) > 0).all() and lay.placed == 4
     finally:
         bidi.available.cache_clear()
+
+
+@needs_rtl
+def test_bidi_layouts_keep_every_character_and_stay_in_their_lines():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    alphabet = list("ab Z1.(") + list("שלוםמַ") + list("لامرحبَ") + ["\n", "\r\n", "  "]
+
+    @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+    @hypothesis.given(parts=st.lists(st.sampled_from(alphabet), max_size=60),
+                      align=st.sampled_from(["left", "justify", "right"]), marker=st.booleans())
+    def check(parts, align, marker):
+        text = "".join(parts)
+        cfg = RenderConfig(**{**CFG.to_dict(), "alignment": align, "page_size": (120, 200),
+                              "newline_markup": "<font color=\"#FF0000\"> \\n </font>" if marker else "<br/>"})
+        a, atlas = layout(text, cfg)
+        b, _ = layout(text, cfg, backend="reference")
+        np.testing.assert_array_equal(a.g_x, b.g_x)
+        np.testing.assert_array_equal(a.g_slot, b.g_slot)
+        assert (np.diff(a.g_src) >= 0).all()
+        drawn = {i for i, c in enumerate(text) if not c.isspace()} - {i for i, c in enumerate(text) if c in "\r\n"}
+        assert drawn <= set(a.g_src.tolist())  # every visible character is placed
+        adv = atlas.arrays()["advance"].astype(np.float32)
+        for li in range(len(a.l_x)):
+            g = (a.g_src >= a.l_src_start[li]) & (a.g_src < a.l_src_end[li]) & (a.g_page == a.l_page[li])
+            if g.any():
+                assert a.g_x[g].min() >= a.l_x[li] - 1e-3
+                assert (a.g_x[g] + adv[a.g_slot[g]]).max() <= a.l_x[li] + max(a.l_width[li], 0) + 1e-3
+
+    check()
