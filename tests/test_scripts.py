@@ -41,10 +41,18 @@ def layout(text, config=CFG, backend="cpu"):
 def test_cjk_extra_draws_cjk_with_no_system_font(no_system_fonts, script):
     pytest.importorskip("noto_cjk_sans_otc", reason="the glyph_rt[cjk] extra is not installed")
     path = fonts.bundled_cjk_font()
-    assert path and path.endswith(".ttc")
+    import freetype
+
+    assert freetype.Face(*fonts.split_face(path)).family_name == b"Noto Sans CJK SC"  # Glyph's Chinese forms
     assert fonts.resolve_fonts(CFG)[-1] == path
     lay, atlas = layout(SAMPLES[script][0])
     assert lay.missing == 0 and atlas.fonts[-1] == path
+
+
+def test_split_face():
+    assert fonts.split_face("/x/a.ttc#2") == ("/x/a.ttc", 2)
+    assert fonts.split_face("/x/a.ttf") == ("/x/a.ttf", 0)
+    assert fonts.split_face("/x/a#b.ttf") == ("/x/a#b.ttf", 0)
 
 
 def test_cjk_font_env_override(monkeypatch, tmp_path):

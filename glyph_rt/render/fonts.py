@@ -23,10 +23,23 @@ BUILTIN_FONTS = {
 }
 CJK_ENV = "GLYPH_RT_CJK_FONT"
 CJK_PROBE = 0x4E00  # 一: a CJK font is one that has it
+CJK_FACE = 2  # Noto Sans CJK SC in NotoSansCJK-Regular.ttc (JP, KR, SC, TC, HK): Glyph's Chinese
 CJK_EXTRA_HINT = "pip install 'glyph_rt[cjk]' (or apt-get install fonts-noto-cjk)"
 # Scripts (first word of the Unicode character name) the CJK font covers.
 CJK_SCRIPTS = {"CJK", "HIRAGANA", "KATAKANA", "HANGUL", "BOPOMOFO", "IDEOGRAPHIC", "KANGXI", "HALFWIDTH",
                "FULLWIDTH"}
+
+
+def split_face(font: str) -> tuple[str, int]:
+    """"file.ttc#2" -> ("file.ttc", 2): a face of a font collection; a plain path is face 0."""
+    path, sep, index = font.rpartition("#")
+    if sep and index.isdigit() and not os.path.exists(font):
+        return path, int(index)
+    return font, 0
+
+
+def _face_spec(path: str, index: int) -> str:
+    return f"{path}#{index}" if index else path
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,7 +50,7 @@ def bundled_cjk_font() -> str | None:
     except ImportError:
         return None
     path = Path(str(noto_cjk_sans_otc.FONT_PATH))
-    return str(path) if path.is_file() else None
+    return _face_spec(str(path), CJK_FACE) if path.is_file() else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -63,19 +76,21 @@ def resolve_fonts(config) -> list[str]:
 
 
 # ----------------------------------------------------------------- installed fonts (fontconfig)
-def _style_rank(path: str, style: str, family: str) -> tuple:
-    """Sort key among fonts that cover a character: regular sans text faces first."""
+def _style_rank(path: str, index: int, style: str, family: str) -> tuple:
+    """Sort key among fonts that cover a character: regular sans text faces first, Simplified
+    Chinese forms first among the faces of a CJK collection (Glyph's Chinese)."""
     fam = family.lower()
     return (style.lower() not in ("regular", "book", "normal", ""), "serif" in fam, "mono" in fam,
-            any(w in fam for w in ("looped", "display", "ui")), len(family), path)
+            any(w in fam for w in ("looped", "display", "ui")), "cjk" in fam and not fam.endswith(" sc"),
+            len(family), path, index)
 
 
 @functools.lru_cache(maxsize=1)
 def system_fonts() -> tuple[tuple[str, tuple[tuple[int, int], ...]], ...]:
     """Installed outline fonts and the codepoint ranges each covers, best-suited first (one fc-list call).
 
-    Colour bitmap fonts (e.g. Noto Color Emoji) are left out: the atlas draws outlines only.
-    Empty where fontconfig is not installed.
+    A face of a collection is named "file.ttc#index". Colour bitmap fonts (e.g. Noto Color Emoji)
+    are left out: the atlas draws outlines only. Empty where fontconfig is not installed.
     """
     exe = shutil.which("fc-list")
     if exe is None:
@@ -88,9 +103,10 @@ def system_fonts() -> tuple[tuple[str, tuple[tuple[int, int], ...]], ...]:
     fonts = []
     for line in out.splitlines():
         parts = line.split("\t")
-        if len(parts) != 5 or parts[1] not in ("", "0"):  # the atlas opens the first face of a collection
+        if len(parts) != 5:
             continue
-        path, _, style, family, charset = parts
+        path, index, style, family, charset = parts
+        index = int(index) if index.isdigit() else 0
         ranges = []
         for r in charset.split():
             lo, _, hi = r.partition("-")
@@ -99,9 +115,9 @@ def system_fonts() -> tuple[tuple[str, tuple[tuple[int, int], ...]], ...]:
             except ValueError:
                 continue
         if ranges and os.path.isfile(path):
-            fonts.append((_style_rank(path, style, family), path, tuple(ranges)))
-    fonts.sort()
-    return tuple((path, ranges) for _, path, ranges in fonts)
+            fonts.append((_style_rank(path, index, style, family), _face_spec(path, index), tuple(ranges)))
+    fonts.sort(key=lambda f: f[0])
+    return tuple((spec, ranges) for _, spec, ranges in fonts)
 
 
 def _covers(ranges, cp: int) -> bool:
