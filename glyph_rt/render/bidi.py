@@ -1,12 +1,13 @@
 """Right-to-left text: Arabic shaping before line breaking, bidi reordering of each line after it.
 
-- `shape` replaces Arabic letters by their contextual presentation forms (arabic-reshaper, one
-  codepoint per character so every source character keeps its glyph; lam + alef becomes the
-  mandatory ligature followed by a zero-width joiner-like placeholder, ZWNJ, drawn with no ink).
+- `shape` replaces Arabic letters by their contextual presentation forms (arabic-reshaper), one
+  codepoint per character so every source character keeps its glyph: lam + alef becomes the
+  mandatory ligature, and the alef's place is taken by ZWNJ, a zero-width glyph with no ink.
 - `reorder_lines` applies the Unicode bidi algorithm (python-bidi's implementation of UAX #9) to
   each laid-out line of a paragraph that holds right-to-left characters: levels are resolved per
-  paragraph (source line), reordered per line (rules L1-L2), with mirrored brackets (L4). Only the glyphs' x positions (and the slots of mirrored
-  characters) change: glyph arrays, line and page spans stay in source order.
+  paragraph (source line) and reordered per line (rules L1-L2), brackets mirrored (L4). Only the
+  glyphs' x positions (and the slots of mirrored characters) change: glyph arrays, line and page
+  spans stay in source order.
 
 Text with no right-to-left character is not touched.
 """
