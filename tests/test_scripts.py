@@ -79,7 +79,8 @@ def test_installed_fonts_found_by_coverage(monkeypatch, script):
     try:
         found = fonts.system_font_for(probe)
         if found is None:
-            pytest.skip(f"no installed font has U+{probe:04X} ({script}); e.g. apt-get install fonts-noto-core")
+            pytest.skip(f"no installed font has U+{probe:04X} ({script}): "
+                        f"{fonts.install_hint(fonts.script_of(chr(probe)))}")
         lay, atlas = layout(text)
         assert lay.missing == 0
         assert found in atlas.fonts or any(f in dict(fonts.system_fonts()) for f in atlas.fonts[1:])

@@ -44,7 +44,8 @@ def has_rtl(cps: np.ndarray) -> bool:
         return False
     if np.count_nonzero((cps - np.uint32(0x0590)) <= np.uint32(0x08FF - 0x0590)):
         return True
-    return int(cps.max()) >= 0x200F and bool(rtl_mask(cps).any())
+    high = cps[cps >= 0x200F]  # usually few: quotes, dashes, CJK
+    return bool(len(high)) and bool(rtl_mask(high).any())
 
 
 @functools.lru_cache(maxsize=1)
