@@ -42,8 +42,12 @@ EXTRAS_REQUIRE = {
     "profile": ["nvtx"],
     "official": ["reportlab", "pdf2image"],
     "bench": ["matplotlib", "transformers>=5.0"],
-    "test": ["pytest", "transformers>=5.0"],
+    # Noto Sans CJK (OFL, ~16 MB wheel), found automatically: Chinese, Japanese, Korean
+    "cjk": ["noto-cjk-sans-otc"],
+    # right-to-left text: bidi reordering (UAX #9) and Arabic contextual forms
+    "scripts": ["python-bidi>=0.5", "arabic-reshaper>=3"],
 }
+EXTRAS_REQUIRE["test"] = ["pytest", "hypothesis", "transformers>=5.0", *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"]]
 
 
 class CMakeExtension(Extension):

@@ -104,6 +104,8 @@ def human_summary(s: dict, out: Path | None = None) -> str:
     if miss["count"]:
         shown = " ".join(f"U+{ord(c):04X}x{n}" for c, n in list(miss["chars"].items())[:8])
         lines.append(f"missing glyphs: {miss['count']} drawn as boxes ({shown})")
+        for script, hint in miss.get("install", {}).items():
+            lines.append(f"  {script}: {hint}")
     if s.get("stripped_chars"):
         lines.append(f"removed {s['stripped_chars']} soft hyphens / zero-width spaces (as Glyph does)")
     if s.get("replaced_invalid_utf8"):

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .fonts import split_face
+
 ATLAS_VERSION = 2
 LUT_SIZE = 0x110000
 MISSING_SLOT = 0
@@ -36,9 +38,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GLYPH_RT_CACHE") or Path.home() / ".cache" / "glyph_rt") / "atlas"
 
 
-def _file_id(path: str) -> str:
+def _file_id(font: str) -> str:
+    path, index = split_face(font)
     st = os.stat(path)
-    return f"{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
+    return f"{os.path.abspath(path)}{f'#{index}' if index else ''}:{st.st_size}:{int(st.st_mtime)}"
 
 
 class FontAtlas:
@@ -78,7 +81,7 @@ class FontAtlas:
         self._faces = []
         for path in self.fonts:
             try:
-                face = freetype.Face(path)
+                face = freetype.Face(*split_face(path))
             except Exception as e:  # freetype.ft_errors.FT_Exception and OSError
                 raise ValueError(f"font_path: {path!r} cannot be opened as a font: {e}") from None
             face.set_char_size(int(round(self.size_px * 64)), 0, 72, 72)

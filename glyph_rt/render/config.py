@@ -128,7 +128,7 @@ class RenderConfig:
     font_family: str = "sans"  # built-in family, used when font_path is None
     font_path: str | None = None
     fallback_fonts: list[str] = field(default_factory=list)
-    auto_cjk_fallback: bool = True  # look for a CJK font on the system for characters the fonts lack
+    auto_cjk_fallback: bool = True  # a CJK font, then installed fonts by coverage, for characters the fonts lack
     font_size: float = 9
     line_height: float = 10
     horizontal_scale: float = 1.0

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import bidi, fonts
 from .atlas import MISSING_SLOT, SPACE_SLOT, FontAtlas
 from .config import NewlineMarkup, RenderConfig
-from .fonts import resolve_fonts
 
 ALIGN_CODES = {"left": 0, "center": 1, "right": 2, "justify": 3}
 
@@ -91,41 +91,85 @@ def text_codepoints(text: str) -> np.ndarray:
 
 
 def atlas_for(config: RenderConfig) -> FontAtlas:
-    return FontAtlas.get(resolve_fonts(config), config.font_size, config.dpi, config.horizontal_scale,
+    return FontAtlas.get(fonts.resolve_fonts(config), config.font_size, config.dpi, config.horizontal_scale,
                          config.subpixel_phases)
+
+
+def _fill_atlas(atlas: FontAtlas, cps: np.ndarray, extra: np.ndarray, backend: str) -> dict:
+    """Adds the glyphs of `cps` and `extra` to the atlas; returns its arrays (a consistent snapshot)."""
+    with atlas.lock:
+        if backend == "cpu":
+            from .._ext import require_extension
+
+            new = require_extension("the C++ layout engine").unknown_codepoints(cps, atlas.lut)
+        else:
+            new = np.unique(cps)
+        if len(extra):
+            new = np.union1d(new, extra)
+        atlas.ensure(new)
+        a = atlas.arrays()
+        atlas.save()
+    return a
+
+
+def _with_system_fallbacks(atlas: FontAtlas, cps: np.ndarray) -> FontAtlas:
+    """The atlas with installed fonts (found by coverage) added for characters its fonts lack."""
+    if not atlas.missing_codepoints:
+        return atlas
+    lut = atlas.lut
+    missing = np.unique(cps[lut[cps] == MISSING_SLOT])
+    extra = fonts.system_fallbacks(missing.tolist(), exclude=atlas.fonts) if len(missing) else []
+    if not extra:
+        return atlas
+    return FontAtlas.get(atlas.fonts + extra, atlas.size_pt, atlas.dpi, atlas.h_scale, atlas.phases)
 
 
 def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None, backend: str = "cpu",
                 max_pages: int | None = None) -> tuple[Layout, FontAtlas]:
-    """Lays out `text`; returns the layout and the atlas its slots refer to."""
+    """Lays out `text`; returns the layout and the atlas its slots refer to.
+
+    Characters the configured fonts lack are drawn from installed fonts that have them (when
+    `config.auto_cjk_fallback`), so the returned atlas may hold more fonts than the one passed in.
+    Arabic is shaped before line breaking; lines of right-to-left paragraphs are put in visual
+    order after it (see `bidi`).
+    """
     if not isinstance(text, str):
         raise TypeError(f"text must be str, got {type(text).__name__} (decode bytes first)")
+    if backend not in ("cpu", "reference"):
+        raise ValueError(f"layout backend {backend!r} is unknown; use 'cpu' or 'reference'")
     atlas = atlas or atlas_for(config)
     nl = NewlineMarkup.parse(config.newline_markup)
     cps = text_codepoints(text)
     marker = text_codepoints(nl.text).astype(np.int32) if not nl.is_break else np.zeros(0, np.int32)
+    rtl = not text.isascii() and bidi.has_rtl(cps) and bidi.available()
+    draw = bidi.shape(text, cps) if rtl else cps
+    extra = np.union1d(marker, bidi.mirror_codepoints(cps)) if rtl else marker
+    if draw is not cps:
+        extra = np.union1d(extra, cps)
+    a = _fill_atlas(atlas, draw, extra, backend)
+    if config.auto_cjk_fallback:
+        wider = _with_system_fallbacks(atlas, cps)
+        if wider is not atlas:
+            atlas = wider
+            a = _fill_atlas(atlas, draw, extra, backend)
+    if draw is not cps:
+        draw = bidi.unshape_missing(draw, cps, atlas.lut, MISSING_SLOT)
     params = layout_params(config, atlas, cps, max_pages)
+    # outside the lock: other threads may add slots, never change the ones this text uses
     if backend == "cpu":
         from .._ext import require_extension
 
         C = require_extension("the C++ layout engine")
-        with atlas.lock:
-            new = C.unknown_codepoints(cps, atlas.lut)
-            if len(marker):
-                new = np.union1d(new, marker)
-            atlas.ensure(new)
-            a = atlas.arrays()
-            atlas.save()
-        # outside the lock: other threads may add slots, never change the ones this text uses
-        d = C.layout(cps, atlas.lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
-    elif backend == "reference":
+        d = C.layout(draw, atlas.lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
+    else:
         from .layout_reference import layout_reference
 
-        with atlas.lock:
-            atlas.ensure(np.union1d(np.unique(cps), marker))
-            a = atlas.arrays()
-            atlas.save()
-        d = layout_reference(cps, atlas.lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
-    else:
-        raise ValueError(f"layout backend {backend!r} is unknown; use 'cpu' or 'reference'")
-    return Layout.from_dict(d), atlas
+        d = layout_reference(draw, atlas.lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
+    lay = Layout.from_dict(d)
+    if rtl:
+        def slot_of(ch: str):
+            slot = int(atlas.lut[ord(ch)])
+            return slot if slot > MISSING_SLOT else None
+
+        bidi.reorder_lines(text, cps, lay, a["advance"], slot_of)
+    return lay, atlas

@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from .config import RenderConfig
+from .fonts import missing_hints
 from .layout import layout_text
 from .raster import canvas_size, final_sizes, ink_extent, rasterize
 from .tokens import VISION_MODELS, get_tokenizer, visual_tokens
@@ -124,7 +125,7 @@ class Document:
                 m: (round(text_tokens / sum(v), 3) if text_tokens and sum(v) else None) for m, v in vis.items()
             },
             "placed_chars": int(self.layout.placed),
-            "missing_glyphs": {"count": int(self.layout.missing), "chars": missing},
+            "missing_glyphs": {"count": int(self.layout.missing), "chars": missing, "install": missing_hints(missing)},
             "stripped_chars": int(self.layout.stripped),
             "truncated": bool(self.layout.truncated),
             "seconds": {k: round(v, 6) for k, v in self.seconds.items()},

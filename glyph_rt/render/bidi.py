@@ -1,0 +1,273 @@
+"""Right-to-left text: Arabic shaping before line breaking, bidi reordering of each line after it.
+
+- `shape` replaces Arabic letters by their contextual presentation forms (arabic-reshaper), one
+  codepoint per character so every source character keeps its glyph: lam + alef becomes the
+  mandatory ligature, and the alef's place is taken by ZWNJ, a zero-width glyph with no ink.
+- `reorder_lines` applies the Unicode bidi algorithm (python-bidi's implementation of UAX #9) to
+  each laid-out line of a paragraph that holds right-to-left characters: levels are resolved per
+  paragraph (source line) and reordered per line (rules L1-L2), brackets mirrored (L4). Only the
+  glyphs' x positions (and the slots of mirrored characters) change: glyph arrays, line and page
+  spans stay in source order.
+
+Text with no right-to-left character is not touched.
+"""
+from __future__ import annotations
+
+import bisect
+import functools
+import unicodedata
+import warnings
+
+import numpy as np
+
+# Right-to-left scripts and the explicit RTL marks/embeddings/isolates.
+_RTL_RANGES = ((0x0590, 0x08FF), (0xFB1D, 0xFDFF), (0xFE70, 0xFEFF), (0x10800, 0x10FFF), (0x1E800, 0x1EFFF))
+_RTL_MARKS = (0x200F, 0x202B, 0x202E, 0x2067)
+_ARABIC_RANGES = ((0x0600, 0x06FF), (0x0750, 0x077F), (0x08A0, 0x08FF))
+ZWNJ = 0x200C
+_RESHAPER = None
+_LAM_ALEF = None
+
+
+def rtl_mask(cps: np.ndarray) -> np.ndarray:
+    m = np.zeros(len(cps), dtype=bool)
+    for lo, hi in _RTL_RANGES:
+        m |= (cps - np.uint32(lo)) <= np.uint32(hi - lo)
+    for c in _RTL_MARKS:
+        m |= cps == c
+    return m
+
+
+def has_rtl(cps: np.ndarray) -> bool:
+    """Whether the codepoints hold any right-to-left character (fast for the common no case)."""
+    if not len(cps):
+        return False
+    if np.count_nonzero((cps - np.uint32(0x0590)) <= np.uint32(0x08FF - 0x0590)):
+        return True
+    high = cps[cps >= 0x200F]  # usually few: quotes, dashes, CJK
+    return bool(len(high)) and bool(rtl_mask(high).any())
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> bool:
+    """Whether python-bidi and arabic-reshaper are installed (warns once when they are not)."""
+    try:
+        import arabic_reshaper  # noqa: F401
+        from bidi import algorithm  # noqa: F401
+    except ImportError:
+        warnings.warn("right-to-left text is drawn in logical order and Arabic without contextual forms: "
+                      "pip install 'glyph_rt[scripts]' (python-bidi, arabic-reshaper)", RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
+def _reshaper():
+    global _RESHAPER, _LAM_ALEF
+    if _RESHAPER is None:
+        try:
+            import arabic_reshaper
+            from arabic_reshaper.ligatures import LIGATURES
+        except ImportError as e:
+            raise ImportError("Arabic text needs arabic-reshaper: pip install 'glyph_rt[scripts]'") from e
+        _RESHAPER = arabic_reshaper.ArabicReshaper(configuration={
+            "support_ligatures": False, "delete_harakat": False, "delete_tatweel": False,
+            "shift_harakat_position": False})
+        # (lam form, alef final form) -> ligature, from the reshaper's own tables
+        lam = _RESHAPER.reshape("\u0644\u0644\u0644")  # initial, medial, final lam
+        _LAM_ALEF = {}
+        for name, (seq, forms) in LIGATURES:
+            if name.startswith("ARABIC LIGATURE LAM WITH ALEF") and "MAKSURA" not in name and len(seq) == 2:
+                alef_final = _RESHAPER.reshape("\u0644" + seq[1])[1]
+                _LAM_ALEF[(lam[0], alef_final)] = forms[0]  # isolated ligature
+                _LAM_ALEF[(lam[1], alef_final)] = forms[3]  # final ligature
+    return _RESHAPER, _LAM_ALEF
+
+
+def shape(text: str, cps: np.ndarray) -> np.ndarray:
+    """Codepoints to draw: Arabic runs in contextual presentation forms, same length as `cps`."""
+    m = np.zeros(len(cps), dtype=bool)
+    for lo, hi in _ARABIC_RANGES:
+        m |= (cps - np.uint32(lo)) <= np.uint32(hi - lo)
+    if not m.any():
+        return cps
+    reshaper, lam_alef = _reshaper()
+    out = cps.copy()
+    # one reshaper call per source line, from its first Arabic character to its last
+    idx = np.flatnonzero(m)
+    line = np.searchsorted(np.flatnonzero((cps == 0x0A) | (cps == 0x0D)), idx)
+    cut = np.flatnonzero(np.diff(line)) + 1
+    for s, e in zip(idx[np.concatenate([[0], cut])].tolist(), (idx[np.concatenate([cut - 1, [len(idx) - 1]])] + 1).tolist()):
+        shaped = list(reshaper.reshape(text[s:e]))
+        if len(shaped) != e - s:  # never lose a character: leave a span the reshaper did not map 1:1
+            continue
+        for k in range(len(shaped) - 1):
+            lig = lam_alef.get((shaped[k], shaped[k + 1]))
+            if lig:
+                shaped[k], shaped[k + 1] = lig, chr(ZWNJ)
+        out[s:e] = [ord(c) for c in shaped]
+    return out
+
+
+def unshape_missing(draw: np.ndarray, cps: np.ndarray, lut: np.ndarray, missing_slot: int) -> np.ndarray:
+    """Where the fonts lack a presentation form, draw the source character instead (a lam-alef
+    ligature whose ligature or placeholder is missing goes back to both letters)."""
+    diff = np.flatnonzero(draw != cps)
+    if not len(diff):
+        return draw
+    bad = diff[lut[draw[diff]] == missing_slot]
+    if not len(bad):
+        return draw
+    lig = diff[(draw[diff] >= 0xFEF5) & (draw[diff] <= 0xFEFC)]
+    lig = lig[(lig + 1 < len(draw)) & (draw[np.minimum(lig + 1, len(draw) - 1)] == ZWNJ)]
+    broken = lig[np.isin(lig, bad) | np.isin(lig + 1, bad)]
+    draw = draw.copy()
+    draw[bad] = cps[bad]
+    draw[broken] = cps[broken]
+    draw[broken + 1] = cps[broken + 1]
+    return draw
+
+
+def mirror_codepoints(cps: np.ndarray) -> np.ndarray:
+    """Mirrored counterparts of the bidi-mirrored characters in `cps` (to have them in the atlas)."""
+    from bidi.mirror import MIRRORED
+
+    return np.asarray(sorted({ord(MIRRORED[c]) for c in map(chr, np.unique(cps).tolist()) if c in MIRRORED}),
+                      dtype=np.int64)
+
+
+# ----------------------------------------------------------------- reordering
+def _resolve(text: str, start: int, end: int) -> list[dict]:
+    """Resolved bidi levels of the paragraph text[start:end]: python-bidi's per-character records."""
+    from bidi import algorithm as A
+
+    st = A.get_empty_storage()
+    par = text[start:end]
+    st["base_level"] = A.get_base_level(par)
+    st["base_dir"] = ("L", "R")[st["base_level"]]
+    st["chars"] = [{"ch": c, "level": st["base_level"], "type": t, "orig": t, "i": start + k}
+                   for k, (c, t) in enumerate(zip(par, map(unicodedata.bidirectional, par)))]
+    A.explicit_embed_and_overrides(st, False)
+    A.resolve_weak_types(st, False)
+    A.resolve_neutral_types(st, False)
+    A.resolve_implicit_levels(st, False)
+    for ch in st["chars"]:
+        ch["base"] = st["base_level"]
+    return st["chars"]
+
+
+def _visual_order(recs: list[dict], s: int, e: int, text: str) -> tuple[list[int], dict[int, str]]:
+    """Source indices of text[s:e] in visual order, and the mirrored characters.
+
+    Combining marks of a right-to-left run end up before their base, at its origin, which is
+    where fonts of those scripts draw a zero-advance mark over its base (as a shaper places it).
+    """
+    from bidi import algorithm as A
+
+    line = [dict(r) for r in recs]
+    st = {"chars": line, "base_level": line[0]["base"] if line else 0}
+    A.reorder_resolved_levels(st, False)
+    A.apply_mirroring(st, False)
+    mirrored = {r["i"]: r["ch"] for r in line if r["ch"] != text[r["i"]]}
+    order = [r["i"] for r in line]
+    if len(order) < e - s:  # characters the algorithm removed (X9: embedding controls) follow their predecessor
+        pos = {c: k for k, c in enumerate(order)}
+        for i in range(s, e):
+            if i not in pos:
+                at = pos[i - 1] + 1 if i - 1 in pos else 0
+                order.insert(at, i)
+                pos = {c: k for k, c in enumerate(order)}
+    return order, mirrored
+
+
+def reorder_lines(text: str, cps: np.ndarray, lay, advance: np.ndarray, slot_of) -> None:
+    """Moves the glyphs of each line of a right-to-left paragraph to their visual x, in place.
+
+    `advance` is the per-slot advance the layout used (float32), `slot_of(ch)` the atlas slot of
+    a mirrored character (or None). Lines of paragraphs with no RTL character are left as they are.
+    """
+    rtl = rtl_mask(cps)
+    if not rtl.any():
+        return
+    # paragraphs: source lines, each with its terminating newline
+    nl = np.flatnonzero((cps == 0x0A) | (cps == 0x0D))
+    par_end = np.concatenate([nl + 1, [len(cps)]])
+    par_start = np.concatenate([[0], nl + 1])
+    rtl_cum = np.concatenate([[0], np.cumsum(rtl)])
+    rtl_par = (rtl_cum[par_end] - rtl_cum[par_start]) > 0
+    resolved: dict[int, tuple[list[dict], list[int]]] = {}  # paragraph -> records, their source indices
+    g_src = lay.g_src
+    adv = advance.astype(np.float32)
+    for li in range(len(lay.l_src_start)):
+        s, e = int(lay.l_src_start[li]), int(lay.l_src_end[li])
+        if e <= s:
+            continue
+        p0 = int(np.searchsorted(par_end, s, side="right"))
+        p1 = int(np.searchsorted(par_end, e - 1, side="right"))
+        if not rtl_par[p0:p1 + 1].any():
+            continue
+        g0, g1 = int(np.searchsorted(g_src, s, "left")), int(np.searchsorted(g_src, e, "left"))
+        if g1 <= g0:
+            continue
+        g_page = lay.g_page[g0:g1]
+        if not (g_page == lay.l_page[li]).all():  # a line's glyphs are on its page
+            continue
+        recs = []
+        for p in range(p0, p1 + 1):
+            if p not in resolved:
+                r = _resolve(text, int(par_start[p]), int(par_end[p]))
+                resolved[p] = r, [x["i"] for x in r]
+            r, idx = resolved[p]
+            recs.extend(r[bisect.bisect_left(idx, s):bisect.bisect_left(idx, e)])
+        order, mirrored = _visual_order(recs, s, e, text)
+        _place(lay, li, s, e, g0, g1, order, adv)
+        for i, ch in mirrored.items():
+            k = g0 + int(np.searchsorted(g_src[g0:g1], i))
+            slot = slot_of(ch)
+            if k < g1 and g_src[k] == i and slot is not None:
+                lay.g_slot[k] = slot
+
+
+def _place(lay, li: int, s: int, e: int, g0: int, g1: int, order: list[int], adv: np.ndarray) -> None:
+    """New x of glyphs g0:g1 of line li: the source characters' cells laid out left to right in `order`.
+
+    A character's cell is its glyphs' extent; a character with no glyph (a space) takes its share of
+    the gap it left between glyphs, so stretched (justified) spaces keep their width.
+    """
+    xs = lay.g_x[g0:g1].astype(np.float64).tolist()
+    src = lay.g_src[g0:g1].tolist()
+    ends = (lay.g_x[g0:g1].astype(np.float64) + adv[lay.g_slot[g0:g1]]).tolist()
+    width = [0.0] * (e - s)
+    first: dict[int, int] = {}  # source index -> its first glyph
+    line_x = float(lay.l_x[li])
+    pen, prev, k, n = line_x, s - 1, 0, len(src)
+    while k < n:
+        c, k0 = src[k], k
+        end = ends[k]
+        k += 1
+        while k < n and src[k] == c:  # a character may have several glyphs (newline marker)
+            end = max(end, ends[k])
+            k += 1
+        first[c] = k0
+        gap, between = xs[k0] - pen, c - prev - 1
+        if between > 0:
+            for j in range(prev + 1 - s, c - s):
+                width[j] += gap / between
+        else:
+            width[c - s] += gap
+        width[c - s] += end - xs[k0]
+        pen, prev = end, c
+    tail = line_x + float(lay.l_width[li]) - pen
+    if prev + 1 < e and tail > 0:
+        for j in range(prev + 1 - s, e - s):
+            width[j] += tail / (e - prev - 1)
+    new = list(xs)
+    x = line_x
+    for c in order:
+        k0 = first.get(c)
+        if k0 is not None:
+            k = k0
+            while k < n and src[k] == c:
+                new[k] = x + (xs[k] - xs[k0])
+                k += 1
+        x += width[c - s]
+    lay.g_x[g0:g1] = np.asarray(new, dtype=lay.g_x.dtype)

@@ -1,0 +1,269 @@
+"""Scripts beyond Latin: the CJK extra, installed fonts found by coverage, install hints, Arabic
+shaping and right-to-left reordering. Real fonts and real text; a system font that is absent
+skips its case."""
+import sys
+import unicodedata
+
+import numpy as np
+import pytest
+
+from glyph_rt.render import bidi, fonts
+from glyph_rt.render.atlas import MISSING_SLOT
+from glyph_rt.render.config import RenderConfig
+from glyph_rt.render.layout import layout_text
+from glyph_rt.render.pages import Document
+
+CFG = RenderConfig(font_size=12, line_height=14, page_size=(300, 200))
+SAMPLES = {  # script: (text, a character no bundled font has)
+    "Chinese": ("光学压缩把长文本渲染成图像。", 0x5149),
+    "Japanese": ("ひらがなとカタカナ、漢字。", 0x3072),
+    "Korean": ("한국어 문장을 그립니다.", 0xD55C),
+    "Devanagari": ("नमस्ते दुनिया", 0x0928),
+    "Thai": ("สวัสดีชาวโลก", 0x0E2A),
+}
+
+
+@pytest.fixture
+def no_system_fonts(monkeypatch):
+    """Only the bundled fonts and the PyPI CJK extra: what a machine without font packages has."""
+    monkeypatch.delenv(fonts.CJK_ENV, raising=False)
+    monkeypatch.setattr(fonts, "system_fonts", lambda: ())
+    fonts.find_cjk_font.cache_clear()
+    yield
+    fonts.find_cjk_font.cache_clear()
+
+
+def layout(text, config=CFG, backend="cpu"):
+    return layout_text(text, config, backend=backend)
+
+
+# ----------------------------------------------------------------- fonts
+@pytest.mark.parametrize("script", ["Chinese", "Japanese", "Korean"])
+def test_cjk_extra_draws_cjk_with_no_system_font(no_system_fonts, script):
+    pytest.importorskip("noto_cjk_sans_otc", reason="the glyph_rt[cjk] extra is not installed")
+    path = fonts.bundled_cjk_font()
+    import freetype
+
+    assert freetype.Face(*fonts.split_face(path)).family_name == b"Noto Sans CJK SC"  # Glyph's Chinese forms
+    assert fonts.resolve_fonts(CFG)[-1] == path
+    lay, atlas = layout(SAMPLES[script][0])
+    assert lay.missing == 0 and atlas.fonts[-1] == path
+
+
+def test_split_face():
+    assert fonts.split_face("/x/a.ttc#2") == ("/x/a.ttc", 2)
+    assert fonts.split_face("/x/a.ttf") == ("/x/a.ttf", 0)
+    assert fonts.split_face("/x/a#b.ttf") == ("/x/a#b.ttf", 0)
+
+
+def test_cjk_font_env_override(monkeypatch, tmp_path):
+    serif = str(fonts.BUILTIN_FONTS["serif"])
+    monkeypatch.setenv(fonts.CJK_ENV, serif)
+    fonts.find_cjk_font.cache_clear()
+    try:
+        assert fonts.resolve_fonts(CFG)[-1] == serif
+        monkeypatch.setenv(fonts.CJK_ENV, str(tmp_path / "nope.ttf"))
+        fonts.find_cjk_font.cache_clear()
+        with pytest.raises(ValueError, match="GLYPH_RT_CJK_FONT.*not a font file"):
+            fonts.resolve_fonts(CFG)
+    finally:
+        fonts.find_cjk_font.cache_clear()
+
+
+@pytest.mark.parametrize("script", list(SAMPLES))
+def test_installed_fonts_found_by_coverage(monkeypatch, script):
+    text, probe = SAMPLES[script]
+    monkeypatch.setattr(fonts, "bundled_cjk_font", lambda: None)  # the system's own fonts only
+    monkeypatch.delenv(fonts.CJK_ENV, raising=False)
+    fonts.find_cjk_font.cache_clear()
+    try:
+        found = fonts.system_font_for(probe)
+        if found is None:
+            pytest.skip(f"no installed font has U+{probe:04X} ({script}): "
+                        f"{fonts.install_hint(fonts.script_of(chr(probe)))}")
+        lay, atlas = layout(text)
+        assert lay.missing == 0
+        assert found in atlas.fonts or any(f in dict(fonts.system_fonts()) for f in atlas.fonts[1:])
+        assert lay.placed == sum(not c.isspace() for c in text)
+    finally:
+        fonts.find_cjk_font.cache_clear()
+
+
+def test_system_fallbacks_pick_one_font_per_script():
+    if fonts.system_font_for(0x0928) is None:
+        pytest.skip("no installed Devanagari font")
+    text = SAMPLES["Devanagari"][0]
+    chosen = fonts.system_fallbacks([ord(c) for c in text if not c.isspace()])
+    assert len(chosen) == 1 and "Devanagari" in chosen[0]
+    assert fonts.system_fallbacks([0x01, 0x0378]) == []  # control / unassigned: never looked up
+
+
+def test_missing_glyphs_say_what_to_install():
+    cfg = RenderConfig(**{**CFG.to_dict(), "auto_cjk_fallback": False})  # bundled DejaVu only
+    doc = Document("Hi नमस्ते 中文 😀", cfg)
+    s = doc.summary([(1, 1)], tokenizer=None)
+    miss = s["missing_glyphs"]
+    assert miss["count"] == doc.layout.missing > 0
+    install = miss["install"]
+    assert "fonts-noto-core" in install["Devanagari"]
+    assert "glyph_rt[cjk]" in install["CJK"] and "fonts-noto-cjk" in install["CJK"]
+    from glyph_rt.cli import human_summary
+
+    s.update(input="x", seconds={"layout": 0.0, "raster": 0.0})
+    text = human_summary(s)
+    assert "Devanagari: a font with Devanagari" in text and "glyph_rt[cjk]" in text
+
+
+def test_script_names():
+    assert fonts.script_of("क") == "Devanagari"
+    assert fonts.script_of("中") == fonts.script_of("한") == fonts.script_of("カ") == "CJK"
+    assert fonts.script_of("ส") == "Thai"
+    assert fonts.script_of("😀") == "Emoji"
+
+
+# ----------------------------------------------------------------- right to left
+def _has(mod):
+    try:
+        __import__(mod)
+    except ImportError:
+        return False
+    return True
+
+
+needs_rtl = pytest.mark.skipif(not (_has("bidi") and _has("arabic_reshaper")),
+                                    reason="the glyph_rt[scripts] extra is not installed")
+
+
+def line_glyphs(lay, text):
+    """(source index, x) of every glyph, and the characters that drew them."""
+    return [(int(s), float(x), text[int(s)]) for s, x in zip(lay.g_src, lay.g_x)]
+
+
+@needs_rtl
+@pytest.mark.parametrize("text", ["שלום עולם", "مرحبا بالعالم"])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_rtl_line_is_drawn_right_to_left(text, backend):
+    lay, _ = layout(text, backend=backend)
+    assert lay.missing == 0
+    assert lay.placed == sum(not c.isspace() for c in text)
+    xs = [x for s, x, c in line_glyphs(lay, text) if unicodedata.category(c) != "Mn"]
+    assert xs == sorted(xs, reverse=True), "logical order must run right to left on the page"
+    # the line keeps its place: starts at the line's x, glyph arrays and spans stay in source order
+    assert lay.g_x.min() == pytest.approx(lay.l_x[0], abs=1e-4)
+    assert (np.diff(lay.g_src) >= 0).all()
+    assert (lay.l_src_start[0], lay.l_src_end[0]) == (0, len(text))
+
+
+@needs_rtl
+def test_mixed_line_keeps_latin_runs_left_to_right():
+    text = "abc שלום עולם def 123"
+    lay, _ = layout(text)
+    x = {text[s]: x for s, x, _ in line_glyphs(lay, text)}
+    pos = {i: float(xx) for i, xx in zip(lay.g_src.tolist(), lay.g_x)}
+    assert x["a"] < x["b"] < x["c"] < pos[4] and pos[4] > pos[7]  # LTR paragraph: abc, then Hebrew reversed
+    assert pos[9] < pos[4]  # the second Hebrew word is left of the first
+    assert max(pos[i] for i in range(4, 13) if i in pos) < x["d"] < x["e"] < x["f"] < x["1"] < x["2"]
+
+
+@needs_rtl
+def test_rtl_paragraph_with_latin_and_mirrored_brackets():
+    text = "مرحبا (English) عليكم"
+    lay, atlas = layout(text)
+    pos = {i: float(xx) for i, xx in zip(lay.g_src.tolist(), lay.g_x)}
+    src = lay.g_src.tolist()
+    assert pos[0] > pos[7] > pos[text.index("ع")]  # RTL paragraph: first word rightmost
+    e = text.index("E")
+    assert pos[e] < pos[e + 1] < pos[e + 6]  # the English run reads left to right inside it
+    open_slot = int(lay.g_slot[src.index(text.index("("))])
+    assert open_slot == int(atlas.lut[ord(")")]), "'(' in a right-to-left run is drawn mirrored"
+
+
+@needs_rtl
+def test_arabic_contextual_forms_and_lam_alef():
+    cps = np.frombuffer("بسم لا".encode("utf-32-le"), np.uint32)
+    draw = bidi.shape("بسم لا", cps)
+    assert len(draw) == len(cps)
+    assert draw.tolist() == [0xFE91, 0xFEB4, 0xFEE2, 0x20, 0xFEFB, bidi.ZWNJ]  # initial, medial, final, ligature
+    lay, atlas = layout("بسم لا")
+    assert lay.missing == 0 and lay.placed == 5  # the alef is placed as the ligature's zero-width second half
+    assert int(lay.g_slot[0]) == int(atlas.lut[0xFE91])
+
+
+@needs_rtl
+def test_missing_presentation_form_falls_back_to_the_letter():
+    cps = np.array([0x0628, 0x0644, 0x0627], np.uint32)
+    lut = np.full(0x110000, 5, np.int32)
+    lut[0xFEFB] = MISSING_SLOT
+    draw = bidi.unshape_missing(np.array([0xFE91, 0xFEFB, bidi.ZWNJ], np.uint32), cps, lut, MISSING_SLOT)
+    assert draw.tolist() == [0xFE91, 0x0644, 0x0627]
+    lut[0xFEFB], lut[bidi.ZWNJ] = 5, MISSING_SLOT
+    draw = bidi.unshape_missing(np.array([0xFE91, 0xFEFB, bidi.ZWNJ], np.uint32), cps, lut, MISSING_SLOT)
+    assert draw.tolist() == [0xFE91, 0x0644, 0x0627]
+
+
+@needs_rtl
+def test_justified_rtl_lines_fill_their_width():
+    text = " ".join(["שלום עולם זה טקסט בעברית"] * 8)
+    cfg = RenderConfig(**{**CFG.to_dict(), "alignment": "justify"})
+    lay, atlas = layout(text, cfg)
+    adv = atlas.arrays()["advance"].astype(np.float32)
+    assert len(lay.l_x) > 2
+    for li in range(len(lay.l_x) - 1):  # every line but the paragraph's last is justified
+        g = (lay.g_src >= lay.l_src_start[li]) & (lay.g_src < lay.l_src_end[li])
+        right = (lay.g_x[g] + adv[lay.g_slot[g]]).max()
+        assert lay.g_x[g].min() == pytest.approx(lay.l_x[li], abs=1e-3)
+        assert right == pytest.approx(lay.l_x[li] + lay.l_width[li], abs=1e-3)
+    assert lay.placed == sum(not c.isspace() for c in text)
+
+
+@needs_rtl
+def test_latin_lines_unchanged_beside_rtl():
+    latin = "The quick brown fox jumps over the lazy dog. " * 6
+    alone, _ = layout(latin)
+    mixed, _ = layout(latin + "\nשלום עולם\n" + latin)
+    n = len(alone.g_x)
+    np.testing.assert_array_equal(mixed.g_x[:n], alone.g_x)
+    np.testing.assert_array_equal(mixed.g_slot[:n], alone.g_slot)
+    np.testing.assert_array_equal(mixed.g_x[-n:], alone.g_x)
+    np.testing.assert_array_equal(mixed.g_slot[-n:], alone.g_slot)
+
+
+def test_without_the_scripts_extra_rtl_stays_logical_and_warns(monkeypatch):
+    monkeypatch.setitem(sys.modules, "arabic_reshaper", None)
+    bidi.available.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"glyph_rt\[scripts\]"):
+            lay, _ = layout("שלום")
+        assert (np.diff(lay.g_x) > 0).all() and lay.placed == 4
+    finally:
+        bidi.available.cache_clear()
+
+
+@needs_rtl
+def test_bidi_layouts_keep_every_character_and_stay_in_their_lines():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    alphabet = list("ab Z1.(") + list("שלוםמַ") + list("لامرحبَ") + ["\n", "\r\n", "  "]
+
+    @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+    @hypothesis.given(parts=st.lists(st.sampled_from(alphabet), max_size=60),
+                      align=st.sampled_from(["left", "justify", "right"]), marker=st.booleans())
+    def check(parts, align, marker):
+        text = "".join(parts)
+        cfg = RenderConfig(**{**CFG.to_dict(), "alignment": align, "page_size": (120, 200),
+                              "newline_markup": "<font color=\"#FF0000\"> \\n </font>" if marker else "<br/>"})
+        a, atlas = layout(text, cfg)
+        b, _ = layout(text, cfg, backend="reference")
+        np.testing.assert_array_equal(a.g_x, b.g_x)
+        np.testing.assert_array_equal(a.g_slot, b.g_slot)
+        assert (np.diff(a.g_src) >= 0).all()
+        drawn = {i for i, c in enumerate(text) if not c.isspace()} - {i for i, c in enumerate(text) if c in "\r\n"}
+        assert drawn <= set(a.g_src.tolist())  # every visible character is placed
+        adv = atlas.arrays()["advance"].astype(np.float32)
+        for li in range(len(a.l_x)):
+            g = (a.g_src >= a.l_src_start[li]) & (a.g_src < a.l_src_end[li]) & (a.g_page == a.l_page[li])
+            if g.any():
+                assert a.g_x[g].min() >= a.l_x[li] - 1e-3
+                assert (a.g_x[g] + adv[a.g_slot[g]]).max() <= a.l_x[li] + max(a.l_width[li], 0) + 1e-3
+
+    check()
