@@ -106,9 +106,13 @@ def test_summary_names_the_step_behind_a_missing_figure(tmp_path):
         {"text_tokens": 200, "text_ttft_s": 1.0, "prefill_speedup_hf": 1.0, "text_decode_s_per_sample": 1.0,
          "decode_speedup_hf": 1.0, "glyph_hf_render_s": 0.1}],
         {"prefill_speedup_128k": 1.2, "decode_speedup_128k": 1.5, "render_fraction_of_ttft": 0.2}))
+    write(tmp_path / "p" / "patch-embed-x.json", result("patch-embed", [{"patches": 8, "ours_uint8": None}], {"speedup_vs_linear": 2}))
     rows = rows_of(summary.build(tmp_path))
     vision = rows["vision varlen vs best library backend (x)"][0]
     assert vision[5] == "missing" and "bench-attention: timeout" in vision[6]
+    # a results file whose rows lack a key: named, the rest of the summary is still written
+    linear = rows["uint8 vs F.linear (x)"][0]
+    assert linear[5] == "missing" and "p/patch-embed-x.json: unreadable (AttributeError" in linear[6]
     assert "bench-render did not run" in rows["batch throughput (pages/s)"][0][6]
     assert "at 200 tokens (the target is at 128K: run --full)" in rows["decode vs text backbone (x)"][0][6]
 
