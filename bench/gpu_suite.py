@@ -213,7 +213,8 @@ def run_step(step: Step, order: int, out: Path, deadline: float, env: dict, say)
                 logs = [log] * len(step.cmds)
             else:  # one log per command beside the step's
                 (out / "logs" / step.name).mkdir(exist_ok=True)
-                names = [f"logs/{step.name}/{i:02d}.log" for i in range(len(step.cmds))]
+                names = [f"logs/{step.name}/{Path(c[-1]).stem if c[-1].endswith('.py') else f'{i:02d}'}.log"
+                         for i, c in enumerate(step.cmds)]
                 logs = [open(out / n, "w") for n in names]
             try:
                 rcs = run_cmds(step.cmds, logs, t0 + min(step.budget, left), env, step.jobs)
@@ -226,9 +227,13 @@ def run_step(step: Step, order: int, out: Path, deadline: float, env: dict, say)
         rec["seconds"] = round(time.monotonic() - t0, 1)
         rec["status"] = ("timeout" if any(isinstance(rc, str) for rc in rcs) else
                          "failed" if any(rc not in step.ok_rcs for rc in rcs) else "ok")
+        if rec["status"] != "ok":  # the first failing command's last words, for the summary
+            i = next(i for i, rc in enumerate(rcs) if rc not in step.ok_rcs)
+            tail = (out / (names[i] if step.jobs > 1 else rec["log"])).read_text(errors="replace").strip()
+            rec["note"] = tail.splitlines()[-1][:200] if tail else ""
     (out / "steps" / f"{step.name}.json").write_text(json.dumps(rec, indent=2) + "\n")
-    say(f"{step.name:28s} {rec['status']:8s} {rec['seconds']:7.1f} s" + (f"  ({rec['note']})" if rec.get("note")
-                                                                         else f"  log: {rec['log']}"))
+    say(f"{step.name:28s} {rec['status']:8s} {rec['seconds']:7.1f} s" + (f"  log: {rec['log']}" if rec["log"] else "")
+        + (f"  ({rec['note']})" if rec.get("note") else ""))
     return rec
 
 

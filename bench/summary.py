@@ -235,7 +235,7 @@ def test_rows(out: Path, steps: dict) -> list[list[str]]:
         missing = len(xmls) - len(counts)
         note = ", ".join(failed[:8]) + (f" and {len(failed) - 8} more" if len(failed) > 8 else "")
         if missing:
-            note = (note + "; " if note else "") + f"{missing} of {len(xmls)} runs left no report (crash or time-out)"
+            note = (note + "; " if note else "") + f"{missing} of {len(xmls)} runs left no report (see the log)"
         rows.append([name, s["status"], str(tot["passed"]), str(tot["failures"] + tot["errors"]), str(tot["skipped"]),
                      note or "-"])
     return rows

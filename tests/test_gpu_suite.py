@@ -130,7 +130,7 @@ def test_a_step_out_of_time_is_killed_and_the_next_one_runs(tmp_path):
     env = dict(os.environ)
     hang = gpu_suite.Step("hang", 2, [[sys.executable, "-c", "import time; time.sleep(60)"],
                                       [sys.executable, "-c", "print('never')"]])
-    fail = gpu_suite.Step("fail", 30, [[sys.executable, "-c", "raise SystemExit(3)"]])
+    fail = gpu_suite.Step("fail", 30, [[sys.executable, "-c", "print('boom'); raise SystemExit(3)"]])
     ok = gpu_suite.Step("ok", 30, [[sys.executable, "-c", "print('hello')"]])
     par = gpu_suite.Step("par", 2, [hang.cmds[0], ok.cmds[0]], jobs=2)  # side by side, one log each
     t = time.monotonic()
@@ -142,6 +142,7 @@ def test_a_step_out_of_time_is_killed_and_the_next_one_runs(tmp_path):
     assert "killed" in (tmp_path / "logs" / "hang.log").read_text()
     assert "not run" in (tmp_path / "logs" / "hang.log").read_text()
     assert "hello" in (tmp_path / "logs" / "par" / "01.log").read_text()
+    assert recs[1]["note"] == "boom"  # the failing command's last line
     assert "logs/par/00.log" in (tmp_path / "logs" / "par.log").read_text()
     assert "hello" in (tmp_path / "logs" / "ok.log").read_text()
     late = gpu_suite.run_step(ok, 3, tmp_path, time.monotonic() + 1, env, print)  # the run's budget is spent
