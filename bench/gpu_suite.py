@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,7 +213,8 @@ def run_step(step: Step, order: int, out: Path, deadline: float, env: dict, say)
                 logs = [log] * len(step.cmds)
             else:  # one log per command beside the step's
                 (out / "logs" / step.name).mkdir(exist_ok=True)
-                names = [f"logs/{step.name}/{i:02d}.log" for i in range(len(step.cmds))]
+                names = [f"logs/{step.name}/{Path(c[-1]).stem if c[-1].endswith('.py') else f'{i:02d}'}.log"
+                         for i, c in enumerate(step.cmds)]
                 logs = [open(out / n, "w") for n in names]
             try:
                 rcs = run_cmds(step.cmds, logs, t0 + min(step.budget, left), env, step.jobs)
@@ -225,9 +227,13 @@ def run_step(step: Step, order: int, out: Path, deadline: float, env: dict, say)
         rec["seconds"] = round(time.monotonic() - t0, 1)
         rec["status"] = ("timeout" if any(isinstance(rc, str) for rc in rcs) else
                          "failed" if any(rc not in step.ok_rcs for rc in rcs) else "ok")
+        if rec["status"] != "ok":  # the first failing command's last words, for the summary
+            i = next(i for i, rc in enumerate(rcs) if rc not in step.ok_rcs)
+            tail = (out / (names[i] if step.jobs > 1 else rec["log"])).read_text(errors="replace").strip()
+            rec["note"] = tail.splitlines()[-1][:200] if tail else ""
     (out / "steps" / f"{step.name}.json").write_text(json.dumps(rec, indent=2) + "\n")
-    say(f"{step.name:28s} {rec['status']:8s} {rec['seconds']:7.1f} s" + (f"  ({rec['note']})" if rec.get("note")
-                                                                         else f"  log: {rec['log']}"))
+    say(f"{step.name:28s} {rec['status']:8s} {rec['seconds']:7.1f} s" + (f"  log: {rec['log']}" if rec["log"] else "")
+        + (f"  ({rec['note']})" if rec.get("note") else ""))
     return rec
 
 
@@ -267,15 +273,17 @@ def main(argv=None) -> int:
         env.pop("TRITON_INTERPRET", None)
     first = 100 if args.full else 0
     recs = [run_step(s, first + i, out, deadline, env, say) for i, s in enumerate(plan(args, out, cuda))]
-    build = recs[0]
-    if build["status"] != "skipped":
-        say(f"build time: {build['seconds']:.1f} s ({build['status']})")
+    bad = [r["name"] for r in recs if r["status"] in ("failed", "timeout")]
     sys.path.insert(0, str(ROOT))
     from bench.summary import main as summary
 
-    summary([str(out)])
-    say(f"done: {out / 'summary.md'}")
-    bad = [r["name"] for r in recs if r["status"] in ("failed", "timeout")]
+    try:
+        summary([str(out)])
+        say(f"done: {out / 'summary.md'}")
+    except Exception:  # the steps' logs and results stay; say why there is no summary
+        (out / "logs" / "summary.log").write_text(traceback.format_exc())
+        say("the summary failed: see logs/summary.log")
+        bad.append("summary")
     if bad:
         say("steps that failed or ran out of time: " + ", ".join(bad))
     return 1 if bad else 0

@@ -184,9 +184,18 @@ def target_rows(results: dict, steps: dict, env: dict) -> list[list[str]]:
     peak = peak_of(results, env)
     for t in TARGETS:
         get = t.get or (lambda d: decode_bandwidth(d, peak))
-        figs = [(d, get(d)) for d in results.get(t.bench, [])]
-        figs = [(d, f) for d, f in figs if f is not None]
-        if not figs:
+        figs, errors = [], []
+        for d in results.get(t.bench, []):
+            try:
+                f = get(d)
+            except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
+                errors.append(f"{d['_file']}: unreadable ({type(e).__name__}: {e})")
+                continue
+            if f is not None:
+                figs.append((d, f))
+        if errors:
+            rows.append([t.area, t.what, "-", f"{t.op} {_fmt(t.threshold)}", "-", "missing", "; ".join(errors)])
+        if not figs and not errors:
             step = [s for n, s in steps.items() if n.startswith(t.step)]
             why = "; ".join(f"{s['name']}: {s['status']}" + (f" ({s['note']})" if s.get("note") else "")
                             for s in step) or f"step {t.step} did not run"
@@ -226,7 +235,7 @@ def test_rows(out: Path, steps: dict) -> list[list[str]]:
         missing = len(xmls) - len(counts)
         note = ", ".join(failed[:8]) + (f" and {len(failed) - 8} more" if len(failed) > 8 else "")
         if missing:
-            note = (note + "; " if note else "") + f"{missing} of {len(xmls)} runs left no report (crash or time-out)"
+            note = (note + "; " if note else "") + f"{missing} of {len(xmls)} runs left no report (see the log)"
         rows.append([name, s["status"], str(tot["passed"]), str(tot["failures"] + tot["errors"]), str(tot["skipped"]),
                      note or "-"])
     return rows

@@ -106,9 +106,13 @@ def test_summary_names_the_step_behind_a_missing_figure(tmp_path):
         {"text_tokens": 200, "text_ttft_s": 1.0, "prefill_speedup_hf": 1.0, "text_decode_s_per_sample": 1.0,
          "decode_speedup_hf": 1.0, "glyph_hf_render_s": 0.1}],
         {"prefill_speedup_128k": 1.2, "decode_speedup_128k": 1.5, "render_fraction_of_ttft": 0.2}))
+    write(tmp_path / "p" / "patch-embed-x.json", result("patch-embed", [{"patches": 8, "ours_uint8": None}], {"speedup_vs_linear": 2}))
     rows = rows_of(summary.build(tmp_path))
     vision = rows["vision varlen vs best library backend (x)"][0]
     assert vision[5] == "missing" and "bench-attention: timeout" in vision[6]
+    # a results file whose rows lack a key: named, the rest of the summary is still written
+    linear = rows["uint8 vs F.linear (x)"][0]
+    assert linear[5] == "missing" and "p/patch-embed-x.json: unreadable (AttributeError" in linear[6]
     assert "bench-render did not run" in rows["batch throughput (pages/s)"][0][6]
     assert "at 200 tokens (the target is at 128K: run --full)" in rows["decode vs text backbone (x)"][0][6]
 
@@ -126,7 +130,7 @@ def test_a_step_out_of_time_is_killed_and_the_next_one_runs(tmp_path):
     env = dict(os.environ)
     hang = gpu_suite.Step("hang", 2, [[sys.executable, "-c", "import time; time.sleep(60)"],
                                       [sys.executable, "-c", "print('never')"]])
-    fail = gpu_suite.Step("fail", 30, [[sys.executable, "-c", "raise SystemExit(3)"]])
+    fail = gpu_suite.Step("fail", 30, [[sys.executable, "-c", "print('boom'); raise SystemExit(3)"]])
     ok = gpu_suite.Step("ok", 30, [[sys.executable, "-c", "print('hello')"]])
     par = gpu_suite.Step("par", 2, [hang.cmds[0], ok.cmds[0]], jobs=2)  # side by side, one log each
     t = time.monotonic()
@@ -138,6 +142,7 @@ def test_a_step_out_of_time_is_killed_and_the_next_one_runs(tmp_path):
     assert "killed" in (tmp_path / "logs" / "hang.log").read_text()
     assert "not run" in (tmp_path / "logs" / "hang.log").read_text()
     assert "hello" in (tmp_path / "logs" / "par" / "01.log").read_text()
+    assert recs[1]["note"] == "boom"  # the failing command's last line
     assert "logs/par/00.log" in (tmp_path / "logs" / "par.log").read_text()
     assert "hello" in (tmp_path / "logs" / "ok.log").read_text()
     late = gpu_suite.run_step(ok, 3, tmp_path, time.monotonic() + 1, env, print)  # the run's budget is spent
