@@ -205,7 +205,7 @@ def decode_seconds_per_sample(model, inputs: dict, new_tokens: int, device, max_
     in transformers' DynamicCache, or in glyph_rt's GlyphCache (written in place) when `glyph_cache`."""
     from transformers import DynamicCache
 
-    from glyph_rt.models import GlyphCache
+    from glyph_rt.models import GlyphCache, cache_kwarg
 
     with torch.no_grad():
         out = model(**inputs, use_cache=True, logits_to_keep=1)
@@ -228,7 +228,7 @@ def decode_seconds_per_sample(model, inputs: dict, new_tokens: int, device, max_
                     if step == 1:
                         sync(device)
                         t = time.perf_counter()
-                    tok = model(input_ids=tok, past_key_values=cache, use_cache=True,
+                    tok = model(input_ids=tok, **{cache_kwarg(model): cache}, use_cache=True,
                                 logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
             sync(device)
             return (time.perf_counter() - t) / b, b

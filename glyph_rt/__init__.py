@@ -3,7 +3,7 @@
     >>> import glyph_rt
     >>> pages = glyph_rt.render("some long text ...", glyph_rt.RenderConfig())
     >>> pages[0].shape, pages.summary()["visual_tokens"]
-    >>> inputs = glyph_rt.render_inputs(["text one", "text two"], model="glm4v", device="cuda")
+    >>> inputs = glyph_rt.render_inputs(["text one", "text two"], model="glm4v")  # on the GPU if there is one
     >>> inputs.pixel_values.shape, inputs.image_grid_thw
 """
 from ._ext import backends, has_extension

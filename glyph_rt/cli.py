@@ -155,8 +155,10 @@ def cmd_backends(args) -> int:
 
 
 def cmd_make_tiny_checkpoint(args) -> int:
-    from .models.tiny import make_tiny_checkpoint
-
+    try:
+        from .models.tiny import make_tiny_checkpoint
+    except ImportError as e:
+        raise RuntimeError(f"make-tiny-checkpoint needs transformers 5: pip install 'glyph_rt[models]' ({e})") from None
     out = make_tiny_checkpoint(args.dir, args.model)
     print(f"wrote a tiny random-weight {args.model} checkpoint to {out} (for dry runs: its answers are noise); "
           f"try: glyph-rt generate --model {out} --context FILE --question TEXT --max-new-tokens 8")

@@ -1,6 +1,7 @@
 """GlyphModel on a tiny random-weight GLM-4.1V checkpoint saved to disk and loaded back offline."""
 import json
 import shutil
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -141,6 +142,14 @@ def test_cli_make_tiny_checkpoint_then_generate(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["make-tiny-checkpoint", str(tmp_path / "x"), "--model", "llama"])
+
+
+def test_cli_make_tiny_checkpoint_without_transformers(tmp_path, capsys, monkeypatch):
+    from glyph_rt.cli import main
+
+    monkeypatch.setitem(sys.modules, "glyph_rt.models.tiny", None)  # as if transformers were missing
+    assert main(["make-tiny-checkpoint", str(tmp_path / "t")]) == 2
+    assert "pip install 'glyph_rt[models]'" in capsys.readouterr().err and not (tmp_path / "t").exists()
 
 
 def test_qwen2_5_vl_checkpoint(tmp_path):

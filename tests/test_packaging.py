@@ -11,6 +11,9 @@ import torch
 import glyph_rt
 
 ROOT = Path(__file__).resolve().parents[1]
+# import name -> distribution, for packages whose names differ and that this environment lacks
+KNOWN_DISTS = {"PIL": "pillow", "freetype": "freetype-py", "bidi": "python-bidi", "yaml": "pyyaml",
+               "cv2": "opencv-python", "sklearn": "scikit-learn"}
 
 
 def setup_keywords() -> dict:
@@ -54,8 +57,8 @@ def test_declared_dependencies_cover_every_import():
     assert {"torch", "numpy", "transformers"} <= set(imports)  # the walk sees the package
     missing = {}
     for name, files in imports.items():
-        # an import of a package that is not installed here is taken to be its own distribution name
-        candidates = {dist_name(d) for d in dists.get(name, [name])}
+        # a package that is not installed here: KNOWN_DISTS, else its import name
+        candidates = {dist_name(d) for d in dists.get(name, [KNOWN_DISTS.get(name, name)])}
         if not candidates & declared:
             missing[name] = sorted(files)
     assert not missing, f"imported but not declared in setup.py (install_requires or an extra): {missing}"
