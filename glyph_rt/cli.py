@@ -173,6 +173,7 @@ def cmd_render(args) -> int:
         summary = writer.summary(None if args.tokenizer == "none" else args.tokenizer, complete=True)
         seconds.update(summary["seconds"])
         seconds["total"] = args.startup_seconds + time.perf_counter() - t0
+        seconds["cpu"] = time.process_time()  # user + system, all threads, from process start
         summary["seconds"] = {k: round(v, 6) for k, v in seconds.items()}
         writer.finish(summary)
     if not args.quiet:
