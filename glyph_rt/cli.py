@@ -194,7 +194,8 @@ def human_summary(s: dict, out: Path | None = None) -> str:
     size_txt = ", ".join(f"{w}x{h}" for w, h in sizes[:3]) + (" ..." if len(sizes) > 3 else "")
     parts = ", ".join(f"{label} {sec[k]:.3f}" for k, label in TIME_PARTS if k in sec)
     lines.append(f"{s['input']}: {s['characters']:,} characters -> {s['pages']} pages ({size_txt} px) "
-                 f"in {sec.get('total', sec['layout'] + sec['raster']):.3f} s ({parts})")
+                 f"in {sec.get('total', sec['layout'] + sec['raster']):.3f} s ({parts})"
+                 + (f"; {sec['cpu']:.3f} s of CPU" if "cpu" in sec else ""))
     if s["text_tokens"] is not None:
         ratio = s["compression_ratio"]
         lines.append(f"text tokens {s['text_tokens']:,} ({s['tokenizer']}) -> visual tokens "
@@ -328,9 +329,9 @@ def _stdout_failed(why: str | None) -> int:
 
 def main(argv=None) -> int:
     startup = _process_seconds()
-    args = build_parser().parse_args(argv)
-    args.startup_seconds = startup if argv is None else 0.0
     try:
+        args = build_parser().parse_args(argv)
+        args.startup_seconds = startup if argv is None else 0.0
         rc = args.func(args)
         try:
             if sys.stdout is not None:

@@ -226,3 +226,18 @@ def test_ctrl_c_leaves_a_consistent_directory(tmp_path):
     for f, (w, h) in zip(files, s["page_sizes"]):
         assert Image.open(f).size == (w, h)
         Image.open(f).load()  # a complete file
+
+
+def test_a_write_error_leaves_a_consistent_directory(tmp_path):
+    import resource
+
+    def small_files():  # any file over 20 kB fails to write (EFBIG): full pages do, summary.json does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / "o"
+    r = cli("render", "--out", str(out), "--tokenizer", "none", preexec_fn=small_files)
+    assert r.returncode == 2 and "File too large" in r.stderr and "page_001.png" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["complete"] is False and s["pages"] == 0 and s["stopped_by"].startswith("OSError")
+    assert [p.name for p in out.iterdir()] == ["summary.json"]

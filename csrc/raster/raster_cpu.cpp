@@ -156,4 +156,3 @@ void ink_extent_cpu(const uint8_t* pages, int32_t n_pages, int32_t H, int32_t W,
     page_ink(pages + (int64_t)p * H * W * 3, H, W, tol, 0, W, H, right + p, bottom + p);
 }
 }  // namespace glyph_rt
-

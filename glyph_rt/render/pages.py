@@ -9,9 +9,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .config import RenderConfig
+from .config import NewlineMarkup, RenderConfig, parse_color
 from .layout import layout_text
-from .config import NewlineMarkup, parse_color
 from .raster import canvas_size, final_sizes, rasterize
 from .tokens import VISION_MODELS, get_tokenizer, visual_tokens
 
