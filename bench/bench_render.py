@@ -107,7 +107,8 @@ def run_cli(args) -> None:
             s = json.loads((Path(tmp) / "out" / "summary.json").read_text())
             rows.append({"renderer": label + " (1 core, fresh process)", "pages": s["pages"], "seconds": wall,
                          "cpu_seconds": cpu, "pages_per_s": s["pages"] / wall, "pages_per_cpu_s": s["pages"] / cpu,
-                         "parts": s["seconds"], "command": " ".join(run)})
+                         "parts": s["seconds"],
+                         "command": " ".join(["glyph-rt", "render", "INPUT", "--out", "DIR", "--quiet", *extra])})
         official_pps = None
         try:
             from bench import official
