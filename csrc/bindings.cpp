@@ -99,7 +99,7 @@ void raster_cpu(py::array_t<uint8_t, py::array::c_style> out, int32_t page0, con
                 const Arr<int32_t>& g_slot, const Arr<uint8_t>& g_color, const Arr<uint8_t>& data,
                 const Arr<int64_t>& offset, const Arr<int32_t>& width, const Arr<int32_t>& height,
                 const Arr<int32_t>& left, const Arr<int32_t>& top, int32_t phases,
-                const Arr<uint8_t>& palette, double sx, double sy) {
+                const Arr<uint8_t>& palette, double sx, double sy, int32_t tol, py::object ink) {
   if (out.ndim() != 4 || out.shape(3) != 3) throw std::invalid_argument("raster: out must be [P,H,W,3] uint8");
   if (!out.writeable()) throw std::invalid_argument("raster: out is read-only");
   int32_t P = (int32_t)out.shape(0), H = (int32_t)out.shape(1), W = (int32_t)out.shape(2);
@@ -119,10 +119,21 @@ void raster_cpu(py::array_t<uint8_t, py::array::c_style> out, int32_t page0, con
         a.offset[g] + (int64_t)a.width[g] * a.height[g] > (int64_t)data.size())
       throw std::invalid_argument("raster: atlas bitmap out of range");
   }
+  int32_t *right = nullptr, *bottom = nullptr;
+  if (!ink.is_none()) {  // an int32 [P, 2] array receives (right, bottom) per page
+    auto arr = ink.cast<py::array_t<int32_t, py::array::c_style>>();
+    if (arr.ndim() != 2 || arr.shape(0) != P || arr.shape(1) != 2 || !arr.writeable())
+      throw std::invalid_argument("raster: ink must be a writable int32 [P, 2] array");
+    right = arr.mutable_data();
+  }
+  std::vector<int32_t> rb(right ? 2 * (size_t)P : 0);
   uint8_t* o = out.mutable_data();
-  py::gil_scoped_release nogil;
-  raster_pages_cpu(o, P, H, W, page0, bg.data(), rc, pl, a, palette.data(),
-                   (int32_t)(palette.size() / 3), sx, sy);
+  {
+    py::gil_scoped_release nogil;
+    raster_pages_cpu(o, P, H, W, page0, bg.data(), rc, pl, a, palette.data(), (int32_t)(palette.size() / 3), sx, sy,
+                     tol, right ? rb.data() : nullptr, right ? rb.data() + P : nullptr);
+  }
+  for (int32_t p = 0; right && p < P; ++p) right[2 * p] = rb[p], right[2 * p + 1] = rb[P + p];
 }
 
 py::tuple ink_extent(const py::array_t<uint8_t, py::array::c_style>& pages, int32_t tol) {
@@ -226,7 +237,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("layout", &run_layout, py::arg("text"), py::arg("lut"), py::arg("advance"),
         py::arg("missing_flag"), py::arg("space_slot"), py::arg("missing_slot"), py::arg("params"),
         py::arg("marker"));
-  m.def("raster_cpu", &raster_cpu);
+  m.def("raster_cpu", &raster_cpu, py::arg("out"), py::arg("page0"), py::arg("bg"), py::arg("rect_page"),
+        py::arg("rect_box"), py::arg("rect_rgb"), py::arg("g_page"), py::arg("g_x"), py::arg("g_y"), py::arg("g_slot"),
+        py::arg("g_color"), py::arg("data"), py::arg("offset"), py::arg("width"), py::arg("height"), py::arg("left"),
+        py::arg("top"), py::arg("phases"), py::arg("palette"), py::arg("sx"), py::arg("sy"), py::arg("tol") = 5,
+        py::arg("ink") = py::none());
   m.def("ink_extent", &ink_extent, py::arg("pages"), py::arg("tol") = 5);
   m.def("raster_tiles_host", &run_raster_host, py::arg("ptr"), py::arg("mode"), py::arg("ink_too"), py::arg("gray"),
         py::arg("out_type"), py::arg("num_pages"), py::arg("tiles_per_page"), py::arg("tol"));

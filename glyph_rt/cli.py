@@ -7,24 +7,123 @@
     glyph-rt make-tiny-checkpoint DIR [--model glm4v|qwen2_5_vl]
     glyph-rt --version
 
-Without INPUT the built-in sample text is used.
+Without INPUT the built-in sample text is used. Only the standard library is imported at start-up;
+each command imports what it needs (torch only for `generate` and GPU devices).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
 PROGRESS_MIN_PAGES = 16
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+class UsageError(Exception):
+    """A bad argument or input: reported as one line, exit status 2."""
+
+
+class StdoutError(Exception):
+    """Standard output cannot be written (a full device, a closed pipe)."""
+
+
+def _print(*lines: str) -> None:
+    try:
+        print(*lines, sep="\n", flush=True)
+    except OSError as e:
+        raise StdoutError(e.strerror) from None
+
+
+def _process_seconds() -> float:
+    """Seconds since this process started (interpreter start-up included); 0 where /proc is missing."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            start_ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+# ---------------------------------------------------------------- argument checks (before any work)
+
+def _positive_int(flag: str):
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive whole number, got {value!r}")
+        return n
+    return parse
+
+
+def _device(value: str) -> str:
+    if not DEVICE_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device; use cpu, cuda or cuda:N")
+    return value
+
+
+def _check_input(path: str | None, flag: str = "input") -> None:
+    if path is None:
+        return
+    if path == "-":
+        if sys.stdin is None or sys.stdin.closed:
+            raise UsageError(f"{flag}: standard input is closed; pipe text in or give a file")
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{flag}: {path!r} is a directory; give a text file, or '-' for standard input")
+    if not p.is_file():
+        raise UsageError(f"{flag}: {path!r} does not exist")
+
+
+def _check_out_dir(path: str) -> Path:
+    """Creates --out if needed and checks that files can be created in it."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {path!r} is a file; give a directory (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"--out {path!r}: a parent of it is a file, not a directory; choose another --out") from None
+    except OSError as e:
+        raise UsageError(f"--out {path!r}: cannot create it ({e.strerror}); choose a writable directory") from None
+    probe = out / f".glyph-rt-probe-{os.getpid()}"
+    try:
+        probe.open("wb").close()
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--out {path!r} is not writable ({e.strerror}); choose a writable directory") from None
+    return out
+
+
+def _tokenizer(args):
+    """The text tokenizer, loaded (and so checked) before any page is drawn."""
+    from .render.tokens import get_tokenizer
+
+    if args.tokenizer == "none":
+        if args.cmd == "stats":
+            raise UsageError("stats needs a tokenizer: --tokenizer none is only for render")
+        return None
+    source = None if args.tokenizer == "default" else args.tokenizer
+    if source is not None and not Path(source).exists():
+        raise UsageError(f"--tokenizer {source!r} does not exist; give a tokenizer.json or a tokenizer directory")
+    return get_tokenizer(source)
 
 
 def _config(args):
     from .render.config import RenderConfig
 
     if args.config and args.preset:
-        raise ValueError("give --config or --preset, not both")
+        raise UsageError("give --config or --preset, not both")
     if args.config:
         return RenderConfig.load(args.config)
     if args.preset:
@@ -37,11 +136,14 @@ def _text(args) -> tuple[str, int, str]:
 
     if args.input is None:
         return sample_text(), 0, "built-in sample"
-    text, replaced = read_text(args.input, args.errors)
+    try:
+        text, replaced = read_text(args.input, args.errors)
+    except OSError as e:
+        raise UsageError(f"input: cannot read {args.input!r} ({e.strerror})") from None
     return text, replaced, "stdin" if args.input == "-" else args.input
 
 
-def _document(args):
+def _document(args, config):
     from .render.pages import Document
 
     if args.device != "cpu":
@@ -51,49 +153,51 @@ def _document(args):
     text, replaced, name = _text(args)
     # on a GPU device --backend picks the rasterizer; layout is always the C++ engine
     backend = args.backend if args.device == "cpu" else "auto"
-    doc = Document(text, _config(args), backend=backend, max_pages=args.max_pages)
+    doc = Document(text, config, backend=backend, max_pages=args.max_pages)
     return doc, replaced, name
 
 
-def _chunks(doc, args, chunk: int, progress: bool):
-    return doc.iter_chunks(chunk, progress=progress, device=args.device, backend=args.backend)
-
+# ---------------------------------------------------------------- render
 
 def cmd_render(args) -> int:
-    t0 = time.perf_counter()
-    doc, replaced, name = _document(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("page_*.png"):
-        old.unlink()
-    sizes, t_write = [], 0.0
-    from PIL import Image
+    from .render.output import PageWriter
 
+    t0 = time.perf_counter()
+    _check_input(args.input)
+    out = _check_out_dir(args.out)
+    _tokenizer(args)
+    doc, replaced, name = _document(args, _config(args))
+    # setup: imports, argument checks, the tokenizer and reading the input (Document() timed its layout)
+    seconds = {"startup": args.startup_seconds, "setup": time.perf_counter() - t0 - doc.seconds["layout"]}
     progress = not args.quiet and doc.num_pages >= PROGRESS_MIN_PAGES
-    for start, buf, chunk_sizes in _chunks(doc, args, 32, progress):
-        t = time.perf_counter()
-        for i, (w, h) in enumerate(chunk_sizes):
-            Image.fromarray(buf[i, :h, :w]).save(out / f"page_{start + i + 1:03d}.png", compress_level=1)
-        t_write += time.perf_counter() - t
-        sizes.extend(chunk_sizes)
-    summary = doc.summary(sizes, tokenizer=args.tokenizer)
-    summary["input"] = name
-    summary["replaced_invalid_utf8"] = replaced
-    summary["seconds"]["write_png"] = round(t_write, 6)
-    summary["seconds"]["total"] = round(time.perf_counter() - t0, 6)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with PageWriter(out, doc, {"input": name, "replaced_invalid_utf8": replaced}, buffers=2) as writer:
+        writer.write_pages(doc.iter_chunks(progress=progress, device=args.device, backend=args.backend, buffers=2))
+        summary = writer.summary(None if args.tokenizer == "none" else args.tokenizer, complete=True)
+        seconds.update(summary["seconds"])
+        seconds["total"] = args.startup_seconds + time.perf_counter() - t0
+        seconds["cpu"] = time.process_time()  # user + system, all threads, from process start
+        summary["seconds"] = {k: round(v, 6) for k, v in seconds.items()}
+        writer.finish(summary)
     if not args.quiet:
-        print(human_summary(summary, out))
+        _print(human_summary(summary, out))
     return 0
 
 
 def human_summary(s: dict, out: Path | None = None) -> str:
+    sec = s["seconds"]
+    if not s["pages"]:
+        lines = [f"{s['input']}: empty input, 0 pages"]
+        if out is not None:
+            lines.append(f"wrote {out}/summary.json")
+        return "\n".join(lines)
     vt = s["visual_tokens"]
     lines = []
     sizes = sorted({tuple(x) for x in s["page_sizes"]})
     size_txt = ", ".join(f"{w}x{h}" for w, h in sizes[:3]) + (" ..." if len(sizes) > 3 else "")
+    parts = ", ".join(f"{label} {sec[k]:.3f}" for k, label in TIME_PARTS if k in sec)
     lines.append(f"{s['input']}: {s['characters']:,} characters -> {s['pages']} pages ({size_txt} px) "
-                 f"in {s['seconds']['layout'] + s['seconds']['raster']:.3f} s")
+                 f"in {sec.get('total', sec['layout'] + sec['raster']):.3f} s ({parts})"
+                 + (f"; {sec['cpu']:.3f} s of CPU" if "cpu" in sec else ""))
     if s["text_tokens"] is not None:
         ratio = s["compression_ratio"]
         lines.append(f"text tokens {s['text_tokens']:,} ({s['tokenizer']}) -> visual tokens "
@@ -117,29 +221,46 @@ def human_summary(s: dict, out: Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def cmd_stats(args) -> int:
-    from .render.tokens import get_tokenizer, visual_tokens
+TIME_PARTS = (("startup", "start-up"), ("setup", "setup"), ("layout", "layout"), ("raster", "raster"),
+              ("write_wait", "waiting for PNG writes"), ("tokens", "text tokens"))
 
-    doc, _, _ = _document(args)
+
+# ---------------------------------------------------------------- stats, generate, backends
+
+def cmd_stats(args) -> int:
+    from .render.tokens import visual_tokens
+
+    _check_input(args.input)
+    tokenizer = _tokenizer(args)
+    doc, _, _ = _document(args, _config(args))
     sizes = []
-    for _, _, chunk_sizes in _chunks(doc, args, 64, False):
+    for _, _, chunk_sizes in doc.iter_chunks(device=args.device, backend=args.backend, buffers=1):
         sizes.extend(chunk_sizes)
-    text_tokens = get_tokenizer(None if args.tokenizer == "default" else args.tokenizer).count(doc.text)
+    text_tokens = tokenizer.count(doc.text)
     visual = sum(visual_tokens(sizes, args.model))
-    print(f"{text_tokens / visual:.3f}" if visual else "inf")
+    _print(f"{text_tokens / visual:.3f}" if visual else "inf")
     return 0
 
 
 def cmd_generate(args) -> int:
+    _check_input(args.context, "--context")
+    if not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model!r} is not a directory; give a local checkpoint directory")
+    config = _config(args)
+    if args.device is not None and args.device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device; "
+                             "use --device cpu or install a CUDA build of torch")
     from .models import GlyphModel
     from .render.textio import read_text
 
     context, _ = read_text(args.context, args.errors)
-    model = GlyphModel.from_pretrained(args.model, render_config=_config(args), kernels=args.kernels,
-                                       device=args.device)
+    model = GlyphModel.from_pretrained(args.model, render_config=config, kernels=args.kernels, device=args.device)
     a = model.generate(context, args.question, max_new_tokens=args.max_new_tokens)[0]
     t = a.timings
-    print(a.text.strip())
+    _print(a.text.strip())
     print(f"[{a.pages} pages, {a.visual_tokens:,} visual tokens for a context of {a.text_tokens:,} text tokens "
           f"({a.compression:.2f}x); render {t['render']:.3f} s, vision {t['vision']:.3f} s, "
           f"prefill {t['prefill']:.3f} s, decode {t['decode']:.3f} s for {len(a.token_ids)} tokens]", file=sys.stderr)
@@ -150,7 +271,7 @@ def cmd_backends(args) -> int:
     from ._ext import backends
 
     for name, info in backends().items():
-        print(f"{name:10s} {'yes' if info['available'] else 'no ':3s}  {info['why']}")
+        _print(f"{name:10s} {'yes' if info['available'] else 'no ':3s}  {info['why']}")
     return 0
 
 
@@ -165,6 +286,8 @@ def cmd_make_tiny_checkpoint(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- parser and entry point
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -176,16 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("input", nargs="?", default=None, help="text file, '-' for stdin (default: built-in sample)")
         sp.add_argument("--config", help="RenderConfig JSON (glyph_rt's format or Glyph's dashed keys)")
         sp.add_argument("--preset", help="glyph, document_style, web_style, dark_mode, code_style, artistic_pixel")
-        sp.add_argument("--device", default="cpu", help="where pages are drawn: cpu, cuda or cuda:N")
+        sp.add_argument("--device", default="cpu", type=_device, help="where pages are drawn: cpu, cuda or cuda:N")
         sp.add_argument("--backend", default="auto",
                         help="on cpu: auto, cpu or reference; on cuda: auto, cuda, triton or cpu")
-        sp.add_argument("--tokenizer", default="default", help="tokenizer.json or HF tokenizer dir (default: Qwen)")
+        sp.add_argument("--tokenizer", default="default", help="tokenizer.json or HF tokenizer dir for the text-token count "
+                        "(default: Qwen's; render: 'none' skips counting)")
         sp.add_argument("--errors", default="strict", choices=["strict", "replace"], help="invalid UTF-8 handling")
-        sp.add_argument("--max-pages", type=int, default=None, help="stop after this many pages")
+        sp.add_argument("--max-pages", type=_positive_int("--max-pages"), default=None,
+                        help="stop after this many pages")
 
     r = sub.add_parser("render", help="render text to PNG pages and a JSON summary")
     common(r)
-    r.add_argument("--out", default="glyph_pages", help="output directory (default: glyph_pages)")
+    r.add_argument("--out", default="glyph_pages",
+                   help="output directory (default: glyph_pages); page files and summary.json of an earlier "
+                        "run there are removed first")
     r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     r.set_defaults(func=cmd_render)
     s = sub.add_parser("stats", help="print the compression ratio (text tokens / visual tokens)")
@@ -198,9 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--question", required=True, help="the question, kept as text")
     g.add_argument("--config", help="RenderConfig JSON (glyph_rt's format or Glyph's dashed keys)")
     g.add_argument("--preset", help="a RenderConfig preset")
-    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=256)
     g.add_argument("--kernels", default="auto", choices=["auto", "off"], help="glyph_rt kernels or stock HF")
-    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--device", default=None, type=_device, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--errors", default="strict", choices=["strict", "replace"], help="invalid UTF-8 handling")
     g.set_defaults(func=cmd_generate)
     b = sub.add_parser("backends", help="list the available backends")
@@ -212,13 +339,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def _stdout_failed(why: str | None) -> int:
+    print(f"glyph-rt: error: cannot write to standard output ({why})", file=sys.stderr)
+    # nothing more can reach it: point the descriptor at /dev/null so the exit-time flush is quiet
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, MemoryError, RuntimeError) as e:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
+    return 1
+
+
+def main(argv=None) -> int:
+    startup = _process_seconds()
+    try:
+        args = build_parser().parse_args(argv)
+        args.startup_seconds = startup if argv is None else 0.0
+        rc = args.func(args)
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except OSError as e:
+            raise StdoutError(e.strerror) from None
+        return rc
+    except KeyboardInterrupt:
+        print("glyph-rt: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except StdoutError as e:
+        return _stdout_failed(str(e))
+    except (UsageError, ValueError, FileNotFoundError, MemoryError, RuntimeError) as e:
         print(f"glyph-rt: error: {e}", file=sys.stderr)
-        return 2
+    except OSError as e:  # e.g. a full disk under --out: the message names the file
+        print(f"glyph-rt: error: {e}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,3 +58,186 @@ def test_render_on_the_gpu_writes_the_same_pages(tmp_path, backend):
     a, b = sorted(cpu.glob("page_*.png")), sorted(gpu.glob("page_*.png"))
     assert [p.name for p in a] == [p.name for p in b]
     assert all(p.read_bytes() == q.read_bytes() for p, q in zip(a, b))
+
+
+def cli(*args, **kw):
+    """Runs glyph-rt in a fresh process, as a user does."""
+    return subprocess.run([sys.executable, "-m", "glyph_rt.cli", *args], capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["render", "--max-pages", "0"], "--max-pages must be a positive whole number, got '0'"),
+    (["render", "--max-pages", "-1"], "--max-pages must be a positive whole number"),
+    (["render", "--device", "gpu"], "'gpu' is not a device; use cpu, cuda or cuda:N"),
+    (["generate", "--model", ".", "--context", "x", "--question", "q", "--max-new-tokens", "-3"],
+     "--max-new-tokens must be a positive whole number"),
+])
+def test_bad_flags_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bad_paths_are_reported_before_any_work(tmp_path, capsys):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    text = tmp_path / "t.txt"
+    text.write_text("hello " * 100)
+    cases = [
+        (["render", str(text), "--out", str(f)], "is a file; give a directory"),
+        (["render", str(text), "--out", str(f / "sub")], "a parent of it is a file"),
+        (["render", str(tmp_path), "--out", str(tmp_path / "o1")], "is a directory; give a text file"),
+        (["render", str(text), "--out", "/proc/glyph-rt-out"], "cannot create it"),
+        (["render", str(text), "--out", str(tmp_path / "o2"), "--tokenizer", str(tmp_path / "nope.json")],
+         "--tokenizer"),
+        (["stats", str(text), "--tokenizer", "none"], "stats needs a tokenizer"),
+        (["generate", "--model", str(tmp_path / "nope"), "--context", str(text), "--question", "q"],
+         "--model"),
+        (["generate", "--model", str(tmp_path), "--context", str(tmp_path), "--question", "q"],
+         "--context: "),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert not list(tmp_path.glob("o*/page_*.png"))  # nothing was rendered
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a CPU-only torch")
+def test_generate_on_cuda_without_cuda_fails_before_loading(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("hello")
+    # the directory holds no checkpoint at all: the device is checked first
+    assert main(["generate", "--model", str(tmp_path), "--context", str(text), "--question", "q",
+                 "--device", "cuda"]) == 2
+    assert "--device cuda: this torch" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0,
+                    reason="root may write anywhere")
+def test_unwritable_out(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    assert main(["render", "--out", str(ro), "--quiet"]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_empty_input(tmp_path):
+    out = tmp_path / "o"
+    r = cli("render", "-", "--out", str(out), input="")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("empty input, 0 pages") == 1 and "page_000" not in r.stdout
+    s = json.loads((out / "summary.json").read_text())
+    assert s["pages"] == 0 and s["complete"] is True
+    assert [p.name for p in out.iterdir()] == ["summary.json"]
+
+
+def test_a_second_run_leaves_no_stale_pages(tmp_path):
+    out = tmp_path / "o"
+    assert main(["render", "--out", str(out), "--quiet", "--tokenizer", "none"]) == 0
+    first = len(list(out.glob("page_*.png")))
+    text = tmp_path / "t.txt"
+    text.write_text("short\n")
+    assert main(["render", str(text), "--out", str(out), "--quiet", "--tokenizer", "none"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert first > 1 and s["pages"] == 1 and sorted(p.name for p in out.iterdir()) == ["page_001.png", "summary.json"]
+
+
+def test_summary_times_the_whole_command(tmp_path):
+    r = cli("render", "--out", str(tmp_path), "--tokenizer", "none")
+    assert r.returncode == 0, r.stderr
+    sec = json.loads((tmp_path / "summary.json").read_text())["seconds"]
+    parts = ("startup", "setup", "layout", "raster", "write_wait", "tokens")
+    assert all(sec[k] >= 0 for k in parts) and sec["startup"] > 0
+    assert sum(sec[k] for k in parts) <= sec["total"] * 1.05 + 0.01
+    assert "start-up" in r.stdout and "layout" in r.stdout
+
+
+def test_chunks_are_sized_by_bytes_and_buffers_are_reused():
+    from glyph_rt.render.pages import Document
+    from glyph_rt.render.config import RenderConfig
+    from glyph_rt.render.textio import sample_text
+
+    big = Document("x", RenderConfig(dpi=600))
+    W, H = big.canvas
+    assert big.chunk_pages() == max(1, (64 << 20) // (W * H * 3)) == 1  # a 600-dpi page is ~100 MB
+    doc = Document(sample_text())
+    ref, ref_sizes = doc.rasterize()
+    page = doc.canvas[0] * doc.canvas[1] * 3
+    got, seen = [], set()
+    for start, buf, sizes in doc.iter_chunks(chunk_bytes=3 * page + 1, buffers=2):
+        assert len(sizes) <= 3
+        seen.add(buf.__array_interface__["data"][0])
+        got.append(buf.copy())
+        assert sizes == ref_sizes[start:start + len(sizes)]
+    assert len(seen) == 2 and np.array_equal(np.concatenate(got), ref)
+    with pytest.raises(ValueError, match="chunk"):
+        next(doc.iter_chunks(-1))
+
+
+def test_help_and_stats_do_not_import_torch(tmp_path):
+    for argv in (["--help"], ["stats", "--tokenizer", "default"]):
+        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "glyph_rt.cli", *argv], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time")}
+        assert "torch" not in imported and "transformers" not in imported
+        if argv == ["--help"]:
+            assert "numpy" not in imported
+
+
+def test_closed_stdin_and_full_stdout(tmp_path):
+    r = subprocess.run(f"exec {sys.executable} -m glyph_rt.cli render - --out {tmp_path / 'o'} <&-", shell=True,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "standard input is closed" in r.stderr and "Traceback" not in r.stderr
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "glyph_rt.cli", "render", "--out", str(tmp_path / "p"),
+                            "--tokenizer", "none"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert r.returncode == 1 and "cannot write to standard output" in r.stderr and "Traceback" not in r.stderr
+    assert json.loads((tmp_path / "p" / "summary.json").read_text())["complete"] is True
+
+
+def test_ctrl_c_leaves_a_consistent_directory(tmp_path):
+    import signal
+    import time
+
+    from PIL import Image
+
+    from glyph_rt.render.textio import sample_text
+
+    text = tmp_path / "big.txt"
+    text.write_text(sample_text() * 30)  # ~2M characters, ~270 pages
+    out = tmp_path / "o"
+    p = subprocess.Popen([sys.executable, "-m", "glyph_rt.cli", "render", str(text), "--out", str(out),
+                          "--tokenizer", "none", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "page_005.png").exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    s = json.loads((out / "summary.json").read_text())
+    files = sorted(out.iterdir())
+    assert s["complete"] is False and s["stopped_by"] == "interrupted"
+    assert [f.name for f in files] == [f"page_{i + 1:03d}.png" for i in range(s["pages"])] + ["summary.json"]
+    assert 5 <= s["pages"] < 270
+    for f, (w, h) in zip(files, s["page_sizes"]):
+        assert Image.open(f).size == (w, h)
+        Image.open(f).load()  # a complete file
+
+
+def test_a_write_error_leaves_a_consistent_directory(tmp_path):
+    import resource
+
+    def small_files():  # any file over 20 kB fails to write (EFBIG): full pages do, summary.json does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / "o"
+    r = cli("render", "--out", str(out), "--tokenizer", "none", preexec_fn=small_files)
+    assert r.returncode == 2 and "File too large" in r.stderr and "page_001.png" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["complete"] is False and s["pages"] == 0 and s["stopped_by"].startswith("OSError")
+    assert [p.name for p in out.iterdir()] == ["summary.json"]

@@ -33,13 +33,17 @@ struct Rects {  // filled rectangles in pixels, drawn before glyphs, in order
 
 // Renders pages [page0, page0 + n_pages) into out[n_pages, H, W, 3].
 // sx, sy convert points to pixels (dpi/72, times the horizontal scale for sx).
+// With `right` and `bottom` ([n_pages] each, or null) it also finds each page's auto-crop extent
+// (as ink_extent_cpu, tolerance `tol`) right after drawing it, scanning only the drawn area.
 void raster_pages_cpu(uint8_t* out, int32_t n_pages, int32_t H, int32_t W, int32_t page0,
                       const uint8_t bg[3], const Rects& rects, const Placements& pl,
                       const GlyphBitmaps& atlas, const uint8_t* palette, int32_t n_palette,
-                      double sx, double sy);
+                      double sx, double sy, int32_t tol = 5, int32_t* right = nullptr,
+                      int32_t* bottom = nullptr);
 
 // Per page: the column after the rightmost and the row after the lowest pixel whose
 // luma differs from the page's top-left 2x2 median by more than `tol` (Glyph's auto-crop).
+// Never reads outside the pages, for any H, W >= 0 (blank or empty pages give 0, 0).
 void ink_extent_cpu(const uint8_t* pages, int32_t n_pages, int32_t H, int32_t W, int32_t tol,
                     int32_t* right, int32_t* bottom);
 

@@ -42,10 +42,46 @@ void fill_rect(uint8_t* page, int32_t H, int32_t W, const int32_t* b, const uint
 
 }  // namespace
 
+static inline int32_t luma(const uint8_t* p) {  // Pillow's "L" conversion
+  return (int32_t)((p[0] * 19595u + p[1] * 38470u + p[2] * 7471u + 0x8000u) >> 16);
+}
+
+// Glyph's auto-crop extent of one page: the column after the rightmost and the row after the lowest
+// pixel whose luma differs from the median of the top-left 2x2 pixels (fewer on a smaller page) by
+// more than `tol`. Pixels at x >= xb or y >= yb are known to hold the background `bg_luma` (nothing
+// was drawn there): they are skipped unless the background itself counts as ink. Reads only
+// pixels inside the H x W page, for any H, W >= 0.
+static void page_ink(const uint8_t* img, int32_t H, int32_t W, int32_t tol, int32_t bg_luma, int32_t xb,
+                     int32_t yb, int32_t* right, int32_t* bottom) {
+  *right = *bottom = 0;
+  if (H <= 0 || W <= 0) return;
+  const int32_t x1 = W > 1 ? 1 : 0, y1 = H > 1 ? 1 : 0;
+  auto px = [&](int32_t x, int32_t y) { return img + ((int64_t)y * W + x) * 3; };
+  int32_t v[4] = {luma(px(0, 0)), luma(px(x1, 0)), luma(px(0, y1)), luma(px(x1, y1))};
+  std::sort(v, v + 4);
+  const double bgv = 0.5 * (v[1] + v[2]);
+  auto ink = [&](int32_t x, int32_t y) { return std::fabs(luma(px(x, y)) - bgv) > tol; };
+  if (std::fabs(bg_luma - bgv) > tol) xb = W, yb = H;  // the untouched background is ink too
+  xb = std::clamp(xb, 0, W);
+  yb = std::clamp(yb, 0, H);
+  int32_t r = 0, b = 0;
+  // The rightmost ink column: each row is scanned from the right only down to the best
+  // column found so far, so after the first line of text a row costs a few pixels.
+  for (int32_t y = 0; y < yb; ++y)
+    for (int32_t x = xb - 1; x >= r; --x)
+      if (ink(x, y)) { r = x + 1; break; }
+  // The lowest ink row: scan rows from the bottom, only up to the known right edge.
+  for (int32_t y = yb - 1; y >= 0 && r && !b; --y)
+    for (int32_t x = 0; x < r; ++x)
+      if (ink(x, y)) { b = y + 1; break; }
+  *right = r;
+  *bottom = b;
+}
+
 void raster_pages_cpu(uint8_t* out, int32_t n_pages, int32_t H, int32_t W, int32_t page0,
                       const uint8_t bg[3], const Rects& rects, const Placements& pl,
                       const GlyphBitmaps& atlas, const uint8_t* palette, int32_t n_palette,
-                      double sx, double sy) {
+                      double sx, double sy, int32_t tol, int32_t* right, int32_t* bottom) {
   const int64_t page_bytes = (int64_t)H * W * 3;
   const int32_t P = atlas.phases;
   // Grey background, rectangles and palette keep every pixel grey: blend one channel only.
@@ -61,8 +97,14 @@ void raster_pages_cpu(uint8_t* out, int32_t n_pages, int32_t H, int32_t W, int32
     const int32_t page = page0 + pg;
     uint8_t* base = out + pg * page_bytes;
     fill_page(base, (int64_t)H * W, bg);
-    for (int64_t r = 0; r < rects.n; ++r)
-      if (rects.page[r] == page) fill_rect(base, H, W, rects.box + 4 * r, rects.rgb + 3 * r);
+    int32_t xb = 0, yb = 0;  // everything drawn on this page lies in [0, xb) x [0, yb)
+    for (int64_t r = 0; r < rects.n; ++r) {
+      if (rects.page[r] != page) continue;
+      const int32_t* b = rects.box + 4 * r;
+      fill_rect(base, H, W, b, rects.rgb + 3 * r);
+      if (std::max(0, b[0]) < std::min(W, b[2]) && std::max(0, b[1]) < std::min(H, b[3]))
+        xb = std::max(xb, std::min(W, b[2])), yb = std::max(yb, std::min(H, b[3]));
+    }
     while (gi < pl.n && pl.page[gi] < page) ++gi;
     for (; gi < pl.n && pl.page[gi] == page; ++gi) {
       int32_t s = pl.slot[gi];
@@ -80,6 +122,8 @@ void raster_pages_cpu(uint8_t* out, int32_t n_pages, int32_t H, int32_t W, int32
       if (cx0 >= cx1 || cy0 >= cy1) continue;
       int32_t ci = pl.color[gi] < n_palette ? pl.color[gi] : 0;
       const uint32_t c0 = palette[3 * ci], c1 = palette[3 * ci + 1], c2 = palette[3 * ci + 2];
+      xb = std::max(xb, x0 + cx1);
+      yb = std::max(yb, y0 + cy1);
       const uint8_t* bm = atlas.data + atlas.offset[g];
       for (int32_t yy = cy0; yy < cy1; ++yy) {
         const uint8_t* src = bm + (int64_t)yy * gw;
@@ -101,37 +145,14 @@ void raster_pages_cpu(uint8_t* out, int32_t n_pages, int32_t H, int32_t W, int32
         }
       }
     }
+    // the page is still in cache: its crop extent now, scanning only where something was drawn
+    if (right) page_ink(base, H, W, tol, luma(bg), xb, yb, right + pg, bottom + pg);
   }
-}
-
-static inline int32_t luma(const uint8_t* p) {  // Pillow's "L" conversion
-  return (int32_t)((p[0] * 19595u + p[1] * 38470u + p[2] * 7471u + 0x8000u) >> 16);
-}
-
-static inline bool ink_at(const uint8_t* img, int32_t W, int32_t x, int32_t y, double bgv, int32_t tol) {
-  return std::fabs(luma(img + ((int64_t)y * W + x) * 3) - bgv) > tol;
 }
 
 void ink_extent_cpu(const uint8_t* pages, int32_t n_pages, int32_t H, int32_t W, int32_t tol,
                     int32_t* right, int32_t* bottom) {
-  for (int32_t p = 0; p < n_pages; ++p) {
-    const uint8_t* img = pages + (int64_t)p * H * W * 3;
-    int32_t v[4] = {luma(img), luma(img + 3), luma(img + 3 * W), luma(img + 3 * W + 3)};
-    if (H < 2 || W < 2) v[1] = v[2] = v[3] = v[0];
-    std::sort(v, v + 4);
-    const double bgv = 0.5 * (v[1] + v[2]);
-    int32_t r = 0, b = 0;
-    // The rightmost ink column: each row is scanned from the right only down to the best
-    // column found so far, so after the first line of text a row costs a few pixels.
-    for (int32_t y = 0; y < H; ++y)
-      for (int32_t x = W - 1; x >= r; --x)
-        if (ink_at(img, W, x, y, bgv, tol)) { r = x + 1; break; }
-    // The lowest ink row: scan rows from the bottom, only up to the known right edge.
-    for (int32_t y = H - 1; y >= 0 && r && !b; --y)
-      for (int32_t x = 0; x < r; ++x)
-        if (ink_at(img, W, x, y, bgv, tol)) { b = y + 1; break; }
-    right[p] = r;
-    bottom[p] = b;
-  }
+  for (int32_t p = 0; p < n_pages; ++p)  // nothing known about the pages: every pixel may be ink
+    page_ink(pages + (int64_t)p * H * W * 3, H, W, tol, 0, W, H, right + p, bottom + p);
 }
 }  // namespace glyph_rt

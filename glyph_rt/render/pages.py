@@ -1,7 +1,6 @@
 """Document (a laid-out text that rasterizes page ranges on demand) and Pages (rendered pages)."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -10,14 +9,15 @@ from typing import Iterator
 
 import numpy as np
 
-from .config import RenderConfig
+from .config import NewlineMarkup, RenderConfig, parse_color
 from .fonts import missing_hints
 from .layout import layout_text
-from .raster import canvas_size, final_sizes, ink_extent, rasterize
+from .raster import canvas_size, final_sizes, rasterize
 from .tokens import VISION_MODELS, get_tokenizer, visual_tokens
 
 BACKENDS = ("cpu", "reference")
 DEFAULT_MAX_BYTES = 4 << 30
+CHUNK_BYTES = 64 << 20  # host memory per streamed chunk of pages
 
 
 def resolve_backend(backend: str) -> str:
@@ -45,31 +45,67 @@ class Document:
         self.num_pages = 0 if not text else self.layout.num_pages
         self.canvas = canvas_size(self.config)
 
-    def rasterize(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """Pages [start, stop) as one [n, H, W, 3] uint8 canvas buffer plus each page's (width, height)."""
+    @property
+    def grey(self) -> bool:
+        """True when every pixel of every page has R = G = B (all colours of the config are grey)."""
+        c = self.config
+        colors = [parse_color(c.page_bg_color, "page_bg_color"), parse_color(c.font_color, "font_color"),
+                  parse_color(c.para_bg_color, "para_bg_color"), parse_color(c.para_border_color, "para_border_color")]
+        marker = NewlineMarkup.parse(c.newline_markup).color
+        if marker is not None:
+            colors.append(marker)
+        return all(r == g == b for r, g, b in colors)
+
+    def chunk_pages(self, chunk_bytes: int = CHUNK_BYTES) -> int:
+        """Pages per streamed chunk so that one chunk's canvas buffer stays within `chunk_bytes` (at least 1)."""
+        W, H = self.canvas
+        return max(1, chunk_bytes // max(1, W * H * 3))
+
+    def rasterize(self, start: int = 0, stop: int | None = None,
+                  out: np.ndarray | None = None) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Pages [start, stop) as one [n, H, W, 3] uint8 canvas buffer plus each page's (width, height).
+
+        `out`, a uint8 [>= n, H, W, 3] C-contiguous array, is drawn into (its first n pages) instead
+        of fresh memory."""
         stop = self.num_pages if stop is None else min(stop, self.num_pages)
         if not 0 <= start <= stop:
             raise IndexError(f"page range [{start}, {stop}) is outside 0..{self.num_pages}")
         t0 = time.perf_counter()
         W, H = self.canvas
-        buf = np.empty((stop - start, H, W, 3), dtype=np.uint8)
-        if stop > start:
-            rasterize(self.layout, self.atlas, self.config, buf, start, self.backend)
-        c = self.config
-        if c.auto_crop_width or c.auto_crop_last_page or c.snap:
-            right, bottom = ink_extent(buf, 5, self.backend)
+        if out is None:
+            buf = np.empty((stop - start, H, W, 3), dtype=np.uint8)
         else:
-            right = bottom = np.zeros(len(buf), np.int32)
-        sizes = final_sizes(c, right, bottom, start, self.num_pages, self.canvas)
+            if out.dtype != np.uint8 or out.shape[1:] != (H, W, 3) or len(out) < stop - start \
+                    or not out.flags.c_contiguous:
+                raise ValueError(f"out: need a C-contiguous uint8 [>={stop - start}, {H}, {W}, 3] array, "
+                                 f"got {out.dtype} {out.shape}")
+            buf = out[: stop - start]
+        c = self.config
+        ink = np.zeros((len(buf), 2), np.int32)
+        if stop > start:
+            crop = c.auto_crop_width or c.auto_crop_last_page or c.snap
+            rasterize(self.layout, self.atlas, c, buf, start, self.backend, ink=ink if crop else None)
+        sizes = final_sizes(c, ink[:, 0], ink[:, 1], start, self.num_pages, self.canvas)
         self.seconds["raster"] += time.perf_counter() - t0
         return buf, sizes
 
-    def iter_chunks(self, chunk: int = 32, progress: bool = False, device="cpu",
-                    backend: str = "auto") -> Iterator[tuple[int, np.ndarray, list]]:
+    def iter_chunks(self, chunk: int | None = None, progress: bool = False, device="cpu", backend: str = "auto",
+                    chunk_bytes: int = CHUNK_BYTES, buffers: int = 0) -> Iterator[tuple[int, np.ndarray, list]]:
         """Yields (first page index, uint8 [n, H, W, 3] host buffer, sizes) for consecutive chunks of pages.
 
-        With a CUDA `device` the chunks are drawn there (backend auto, cuda or triton) and copied back."""
+        `chunk` pages per chunk, or by default as many as fit in `chunk_bytes`. With `buffers` > 0 the
+        CPU path draws into that many host buffers in turn, allocated once: a chunk's buffer is
+        overwritten `buffers` chunks later. With a CUDA `device` the chunks are drawn there (backend
+        auto, cuda or triton) and copied back."""
         from tqdm import tqdm
+
+        if chunk is None:
+            chunk = self.chunk_pages(chunk_bytes)
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"iter_chunks: chunk must be a positive number of pages, got {chunk!r}")
+        W, H = self.canvas
+        n = min(chunk, self.num_pages)
+        pool = [np.empty((n, H, W, 3), np.uint8) for _ in range(buffers if n and str(device) == "cpu" else 0)]
 
         draw = None
         if str(device) != "cpu":
@@ -78,10 +114,10 @@ class Document:
             dev, gpu_backend = resolve_device_backend(device, backend)
             draw = lambda s, e: draw_pages([self], dev, gpu_backend, ranges=[(s, e)])[0]  # noqa: E731
         bar = tqdm(total=self.num_pages, unit="page", desc="render", disable=not progress)
-        for s in range(0, self.num_pages, chunk):
+        for k, s in enumerate(range(0, self.num_pages, chunk)):
             e = min(s + chunk, self.num_pages)
             if draw is None:
-                buf, sizes = self.rasterize(s, e)
+                buf, sizes = self.rasterize(s, e, out=pool[k % len(pool)] if pool else None)
             else:
                 t0 = time.perf_counter()
                 dbuf, sizes = draw(s, e)
@@ -183,16 +219,19 @@ class Pages:
         return {k: v for k, v in self._summary.items() if k != "_tok"}
 
     def save(self, out_dir: str | os.PathLike, tokenizer: str | None = "default", compress_level: int = 1) -> list[str]:
-        """Writes page_001.png ... and summary.json; returns the PNG paths."""
+        """Writes page_001.png ... (greyscale when the config has no colour) and summary.json, each
+        through a temporary name and a rename; returns the PNG paths."""
+        from .png import page_name, summary_json, write_atomic, write_png
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        grey = self.document.grey
         paths = []
         for i in range(len(self)):
-            p = out / f"page_{i + 1:03d}.png"
-            self.to_pil(i).save(p, compress_level=compress_level)
+            p = out / page_name(i)
+            write_png(p, np.asarray(self[i].cpu()), grey, compress_level)
             paths.append(str(p))
-        (out / "summary.json").write_text(json.dumps(self.summary(tokenizer), indent=2, ensure_ascii=False) + "\n",
-                                          encoding="utf-8")
+        write_atomic(out / "summary.json", summary_json(self.summary(tokenizer)))
         return paths
 
 

@@ -13,6 +13,9 @@ from .config import NewlineMarkup, RenderConfig, parse_color
 from .layout import Layout
 
 
+INK_TOL = 5  # Glyph's auto-crop tolerance, in grey levels
+
+
 def scales(config: RenderConfig) -> tuple[float, float]:
     """Points -> pixels along x (with the horizontal scale) and y."""
     s = config.dpi / 72.0
@@ -74,8 +77,11 @@ def paragraph_rects(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, n
 
 
 def rasterize(layout: Layout, atlas: FontAtlas, config: RenderConfig, out: np.ndarray, page0: int = 0,
-              backend: str = "cpu") -> None:
-    """Draws pages [page0, page0 + len(out)) into `out` ([n, H, W, 3] uint8, the canvas size)."""
+              backend: str = "cpu", ink: np.ndarray | None = None) -> None:
+    """Draws pages [page0, page0 + len(out)) into `out` ([n, H, W, 3] uint8, the canvas size).
+
+    `ink` (int32 [n, 2]) receives each page's `ink_extent` (right, bottom), found by the C++
+    rasterizer while the page is in cache and only where something was drawn."""
     bg = np.asarray(parse_color(config.page_bg_color, "page_bg_color"), np.uint8)
     rp, rb, rc = paragraph_rects(layout, config)
     a = atlas.arrays()
@@ -89,9 +95,11 @@ def rasterize(layout: Layout, atlas: FontAtlas, config: RenderConfig, out: np.nd
         lo, hi = np.searchsorted(layout.g_page, np.asarray([page0, page0 + len(out)], dtype=layout.g_page.dtype))
         C.raster_cpu(out, page0, bg, rp, rb, rc, layout.g_page[lo:hi], layout.g_x[lo:hi], layout.g_y[lo:hi],
                      layout.g_slot[lo:hi], layout.g_color[lo:hi], a["data"], a["offset"], a["width"],
-                     a["height"], a["left"], a["top"], atlas.phases, pal, sx, sy)
+                     a["height"], a["left"], a["top"], atlas.phases, pal, sx, sy, INK_TOL, ink)
     elif backend == "reference":
         raster_reference(out, page0, bg, rp, rb, rc, layout, atlas, pal, sx, sy)
+        if ink is not None:
+            ink[:, 0], ink[:, 1] = ink_extent(out, INK_TOL, "reference")
     else:
         raise ValueError(f"raster backend {backend!r} is unknown; use 'cpu' or 'reference'")
 
