@@ -73,7 +73,10 @@ def merge_params(base: dict, user: dict, source: str = "styles config", _path: t
                 out[key] = v
                 continue
             raise StyleConfigError(f"{source}: unknown key {'.'.join(path)!r}; known here: {', '.join(map(str, out))}")
-        if path not in _REPLACE and isinstance(out[key], dict) and isinstance(v, dict):
+        if isinstance(out[key], dict) and not isinstance(v, dict):
+            raise StyleConfigError(f"{source}: {'.'.join(path)!r} must be a mapping like the default's "
+                                   f"({', '.join(map(str, out[key]))}), got {v!r}")
+        if path not in _REPLACE and isinstance(out[key], dict):
             out[key] = merge_params(out[key], v, source, path)
         else:
             out[key] = v
@@ -376,7 +379,10 @@ class StyleSampler:
         for name, m in P["colors"].items():
             if name == "presets":
                 for n in m["names"]:
-                    RenderConfig.preset(n)  # raises naming the unknown preset
+                    try:
+                        RenderConfig.preset(n)
+                    except ConfigError as e:
+                        raise StyleConfigError(f"colors.presets.names: {e}") from None
             else:
                 tr = m.get("triplets")
                 if not tr or not all(isinstance(t, list) and len(t) == 3 for t in tr):
