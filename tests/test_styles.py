@@ -202,6 +202,12 @@ def test_sample_i_does_not_depend_on_workers_or_order():
     assert [x.to_dict() for x in StyleSampler(seed=6).samples(range(20))] != single[:20]
 
 
+def test_the_stream_of_an_index_is_pinned():
+    """Seeded from a string (SHA-512), not hash(): the same in every process, rank and PYTHONHASHSEED."""
+    assert StyleSampler(seed=0).rng(0, 0).random() == 0.3777724112850599
+    assert StyleSampler(seed=1).rng(5, 2).random() == 0.2664525348190141
+
+
 # ----------------------------------------------------------------- YAML
 def test_yaml_round_trip(tmp_path):
     s = StyleSampler(seed=3)
@@ -236,6 +242,7 @@ def test_a_partial_file_overrides_only_its_keys(tmp_path):
     ({"fonts": {"families": {"comic": 1}}}, r"fonts\.families: unknown class"),
     ({"borders": {"probability": 1.5}}, r"borders\.probability: 1\.5 must be a probability"),
     ({"rules": {"model": "gpt"}}, r"rules\.model: 'gpt'"),
+    ({"fonts": {"bold": 0.5}}, r"fonts\.bold: 0\.5 must be true or false"),
 ])
 def test_bad_keys_and_values_are_named(tmp_path, overrides, match):
     with pytest.raises(StyleConfigError, match=match):
@@ -272,7 +279,7 @@ def test_user_fonts_join_the_pool_deduplicated(tmp_path):
     assert pool.sources == {"bundled": 3, "user_dir": 2}
     assert pool.fonts[("pixel", False)] == (str(d / "TinyPixel-Regular.ttf"),)
     assert pool.fonts[("serif", True)] == (str(d / "MySerif-Italic.ttf"),)
-    s = sampler_with(tmp_path, fonts={"system": False, "user_dir": str(d), "families": {"pixel": 1}})
+    s = sampler_with(tmp_path, fonts={"system": False, "user_dir": "fonts", "families": {"pixel": 1}})
     smp = s.sample(0)
     assert smp.choices["family"] == "pixel" and smp.config.font_path == str(d / "TinyPixel-Regular.ttf")
     with pytest.raises(StyleConfigError, match="fonts.user_dir: .* is not a directory"):

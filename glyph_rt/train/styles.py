@@ -59,6 +59,9 @@ def load_params(path: str | os.PathLike | None = None) -> dict:
         return params
     if not isinstance(user, dict):
         raise StyleConfigError(f"styles config: {str(p)!r} must be a mapping of keys, got {type(user).__name__}")
+    user_dir = (user.get("fonts") or {}).get("user_dir") if isinstance(user.get("fonts"), dict) else None
+    if isinstance(user_dir, str) and not Path(os.path.expanduser(user_dir)).is_absolute():
+        user["fonts"]["user_dir"] = str(p.parent / user_dir)  # relative to the file, as font paths in configs
     return merge_params(params, user, source=str(p))
 
 
@@ -139,8 +142,6 @@ def _modes(node: dict, where: str, known: set | None = None) -> tuple[_Choice, d
 # ----------------------------------------------------------------- font pool
 _ITALIC = re.compile(r"(italic|oblique|slanted|kursiv)|[-_ ](it|i|obl)$", re.I)
 _BOLD = re.compile(r"bold|black|heavy|semibold|demibold|extrabold|[-_ ](bd|b)$", re.I)
-_WEIGHT_WORDS = re.compile(r"(thin|light|extralight|ultralight|medium|condensed|narrow|expanded|"
-                           r"regular|book|roman|normal)", re.I)
 _ASCII = range(0x20, 0x7F)
 _BUILTIN = {str(p): k for k, p in BUILTIN_FONTS.items()}
 
@@ -152,8 +153,8 @@ def font_class(name: str) -> str:
         return "pixel"
     if any(w in n for w in ("mono", "code", "courier", "consol", "typewriter", "fixed")):
         return "mono"
-    if "serif" in n and "sans" not in n or any(w in n for w in ("times", "roman", "garamond", "georgia",
-                                                                "baskerville", "bodoni", "book")):
+    if "serif" in n and "sans" not in n or any(w in n for w in ("times", "garamond", "georgia", "baskerville",
+                                                                "bodoni", "caslon", "palatino")):
         return "serif"
     return "sans"
 
@@ -347,11 +348,15 @@ class StyleSampler:
             _range(s[:2], "page_size.random.segments")
         self._segs = _Choice({i: s[2] for i, s in enumerate(segs)}, "page_size.random.segments")
         f = P["fonts"]
-        self.pool = build_font_pool(bool(f["bundled"]), bool(f["system"]), f["user_dir"], _prob(f["bold"], "fonts.bold") > 0)
+        for k in ("bundled", "system", "bold"):
+            if not isinstance(f[k], bool):
+                raise StyleConfigError(f"fonts.{k}: {f[k]!r} must be true or false")
+        self.pool = build_font_pool(f["bundled"], f["system"], f["user_dir"], f["bold"])
         fams = {k: v for k, v in f["families"].items() if k in self.pool.classes()}
         unknown = set(f["families"]) - set(FAMILY_CLASSES)
         if unknown:
-            raise StyleConfigError(f"fonts.families: unknown class(es) {sorted(unknown)}; known: {', '.join(FAMILY_CLASSES)}")
+            raise StyleConfigError(f"fonts.families: unknown class(es) {sorted(unknown)}; "
+                                   f"known: {', '.join(FAMILY_CLASSES)}")
         if not fams:
             raise StyleConfigError("fonts: the pool has no font of any class in fonts.families; enable fonts.bundled")
         self._family = _Choice(fams, "fonts.families")
@@ -394,7 +399,8 @@ class StyleSampler:
                         except ConfigError as e:
                             raise StyleConfigError(str(e)) from None
                 if m.get("family") is not None and m["family"] not in FAMILY_CLASSES:
-                    raise StyleConfigError(f"colors.{name}.family: {m['family']!r} is not one of {', '.join(FAMILY_CLASSES)}")
+                    raise StyleConfigError(f"colors.{name}.family: {m['family']!r} is not one of "
+                                           f"{', '.join(FAMILY_CLASSES)}")
         _prob(P["borders"]["probability"], "borders.probability")
         _range(P["borders"]["width"], "borders.width")
         _range(P["borders"]["padding"], "borders.padding")
