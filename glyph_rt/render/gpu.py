@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..nvtx import nvtx_range
-from ..ops.pixel_values import PATCH, ROW, ROW_U8, normalize_lut, pixel_values_from_pages, target_size
+from ..ops.pixel_values import PATCH, ROW, ROW_U8, normalize_lut, pixel_values_from_pages, target_size, \
+    write_pixel_values_cpu
 from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PATCHES, MODE_PIXELS, RasterBatch, \
     check_backend, raster_tiles, set_image_targets
 from .config import RenderConfig
@@ -133,11 +134,69 @@ class ModelInputs:
         }
 
 
+CPU_CHUNK = 4  # pages drawn at a time by the CPU path, into one reused buffer
+
+
+def _chunks(items):
+    for d, s, e in items:
+        for c in range(s, e, CPU_CHUNK):
+            yield d, c, min(c + CPU_CHUNK, e)
+
+
+def inputs_cpu(items, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor]:
+    """pixel_values (float32 / bfloat16) and image_grid_thw of (document, first page, stop page) items on the
+    CPU: pages are drawn a few at a time into one reused uint8 buffer, and the C++ path writes the patch
+    rows of each page whose size is the model's straight from it; pages the model would resize go
+    through Pillow (pixel_values_from_pages). Where cropping or snapping needs the ink extent, a first
+    pass draws the pages to learn their sizes (which fix the output's shape) and the second writes."""
+    scratch: dict = {}
+    lut = lut.cpu()
+
+    def draw(d, s, e):
+        W, H = d.canvas
+        if (H, W) not in scratch:
+            scratch[(H, W)] = np.empty((CPU_CHUNK, H, W, 3), np.uint8)
+        return d.rasterize(s, e, out=scratch[(H, W)])
+
+    sizes = []
+    for d, s, e in _chunks(items):
+        c = d.config
+        if c.auto_crop_width or c.auto_crop_last_page or c.snap:
+            sizes += draw(d, s, e)[1]
+        else:
+            zeros = np.zeros(e - s, np.int32)
+            sizes += final_sizes(c, zeros, zeros, s, d.num_pages, d.canvas)
+    hw = np.asarray([(h, w) for w, h in sizes], np.int64).reshape(-1, 2)
+    target = np.asarray([target_size(int(h), int(w), model) for h, w in hw], np.int64).reshape(-1, 2)
+    fused = (target == hw).all(1)
+    rows = (target[:, 0] // PATCH) * (target[:, 1] // PATCH)
+    first = np.cumsum(rows) - rows
+    # numpy asks the kernel for huge pages (madvise): first touch of the output costs ~4x less than torch.empty's
+    pv = torch.from_numpy(np.empty((int(rows.sum()), ROW), np.float32 if dtype == torch.float32 else np.int16))
+    pv = pv.view(dtype)
+    p = 0
+    with nvtx_range("glyph_rt.pixel_values"):
+        for d, s, e in _chunks(items):
+            n = e - s
+            buf, _ = draw(d, s, e)
+            write_pixel_values_cpu(buf, hw[p:p + n] * fused[p:p + n, None], first[p:p + n], lut, pv)
+            for k in np.nonzero(~fused[p:p + n])[0]:
+                h, w = hw[p + k]
+                v, _ = pixel_values_from_pages([torch.from_numpy(buf[k, :h, :w])], model, dtype, lut)
+                pv[first[p + k]:first[p + k] + rows[p + k]] = v
+            p += n
+    grid = np.stack([np.ones(len(target), np.int64), target[:, 0] // PATCH, target[:, 1] // PATCH], 1)
+    return pv, torch.from_numpy(grid)
+
+
 def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, int]:
     """pixel_values, image_grid_thw and the number of pages written by the fused kernel, for a batch of
     (document, first page, stop page) items."""
     docs = [d for d, _, _ in items]
     ranges = [(s, e) for _, s, e in items]
+    if backend == "cpu" and dtype != torch.uint8:
+        pv, grid = inputs_cpu(items, model, dtype, lut)
+        return pv.to(device, non_blocking=True), grid.to(device), 0
     if backend == "cpu":
         drawn = draw_pages(docs, device, backend, ranges)
         pages = [buf[i, :h, :w] for buf, sizes in drawn for i, (w, h) in enumerate(sizes)]

@@ -44,14 +44,22 @@ class Document:
         self.num_pages = 0 if not text else self.layout.num_pages
         self.canvas = canvas_size(self.config)
 
-    def rasterize(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """Pages [start, stop) as one [n, H, W, 3] uint8 canvas buffer plus each page's (width, height)."""
+    def rasterize(self, start: int = 0, stop: int | None = None,
+                  out: np.ndarray | None = None) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Pages [start, stop) as one [n, H, W, 3] uint8 canvas buffer plus each page's (width, height).
+
+        `out`: a buffer to reuse, uint8 [>= n, H, W, 3]; its first n pages are returned."""
         stop = self.num_pages if stop is None else min(stop, self.num_pages)
         if not 0 <= start <= stop:
             raise IndexError(f"page range [{start}, {stop}) is outside 0..{self.num_pages}")
         t0 = time.perf_counter()
         W, H = self.canvas
-        buf = np.empty((stop - start, H, W, 3), dtype=np.uint8)
+        if out is None:
+            buf = np.empty((stop - start, H, W, 3), dtype=np.uint8)
+        elif out.dtype != np.uint8 or out.shape[1:] != (H, W, 3) or len(out) < stop - start:
+            raise ValueError(f"out must be uint8 [>= {stop - start}, {H}, {W}, 3], got {out.dtype} {list(out.shape)}")
+        else:
+            buf = out[: stop - start]
         if stop > start:
             rasterize(self.layout, self.atlas, self.config, buf, start, self.backend)
         c = self.config
