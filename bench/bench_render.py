@@ -92,7 +92,7 @@ def bench_pixel_values(args):
         (buf, sizes), = draw_pages([doc], "cpu", "cpu")
         return pixel_values_from_pages([buf[i, :h, :w] for i, (w, h) in enumerate(sizes)], "glm4v", torch.float32, lut)
 
-    new_pv, new_grid = inputs_cpu(items, "glm4v", torch.float32, lut)
+    new_pv, new_grid, _ = inputs_cpu(items, "glm4v", torch.float32, lut)
     old_pv, old_grid = old()
     buf, sizes = doc.rasterize()
     pil = [glyph_rt.Pages(doc, buf, sizes).to_pil(i) for i in range(n)]

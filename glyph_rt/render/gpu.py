@@ -105,7 +105,7 @@ class ModelInputs:
     images_per_text: list[int]
     model: str
     documents: list = field(repr=False)
-    fused_pages: int  # images written straight by the kernel; the rest were drawn, resized, normalized
+    fused_pages: int  # images written straight by the kernel (or the C++ CPU path); the rest were resized
     seconds: dict = field(default_factory=dict)
 
     @property
@@ -143,11 +143,11 @@ def _chunks(items):
             yield d, c, min(c + CPU_CHUNK, e)
 
 
-def inputs_cpu(items, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor]:
-    """pixel_values (float32 / bfloat16) and image_grid_thw of (document, first page, stop page) items on the
-    CPU: pages are drawn a few at a time into one reused uint8 buffer, and the C++ path writes the patch
-    rows of each page whose size is the model's straight from it; pages the model would resize go
-    through Pillow (pixel_values_from_pages). Where cropping or snapping needs the ink extent, a first
+def inputs_cpu(items, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """pixel_values (float32 / bfloat16), image_grid_thw and the number of pages written by C++, for
+    (document, first page, stop page) items on the CPU: pages are drawn a few at a time into one reused
+    uint8 buffer, and the C++ path writes the patch rows of each page whose size is the model's straight
+    from it; pages the model would resize go through Pillow (pixel_values_from_pages). Where cropping or snapping needs the ink extent, a first
     pass draws the pages to learn their sizes (which fix the output's shape) and the second writes."""
     scratch: dict = {}
     lut = lut.cpu()
@@ -186,7 +186,7 @@ def inputs_cpu(items, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor]:
                 pv[first[p + k]:first[p + k] + rows[p + k]] = v
             p += n
     grid = np.stack([np.ones(len(target), np.int64), target[:, 0] // PATCH, target[:, 1] // PATCH], 1)
-    return pv, torch.from_numpy(grid)
+    return pv, torch.from_numpy(grid), int(fused.sum())
 
 
 def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -195,8 +195,8 @@ def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Te
     docs = [d for d, _, _ in items]
     ranges = [(s, e) for _, s, e in items]
     if backend == "cpu" and dtype != torch.uint8:
-        pv, grid = inputs_cpu(items, model, dtype, lut)
-        return pv.to(device, non_blocking=True), grid.to(device), 0
+        pv, grid, fused = inputs_cpu(items, model, dtype, lut)
+        return pv.to(device, non_blocking=True), grid.to(device), fused
     if backend == "cpu":
         drawn = draw_pages(docs, device, backend, ranges)
         pages = [buf[i, :h, :w] for buf, sizes in drawn for i, (w, h) in enumerate(sizes)]
