@@ -147,8 +147,9 @@ def inputs_cpu(items, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, in
     """pixel_values (float32 / bfloat16), image_grid_thw and the number of pages written by C++, for
     (document, first page, stop page) items on the CPU: pages are drawn a few at a time into one reused
     uint8 buffer, and the C++ path writes the patch rows of each page whose size is the model's straight
-    from it; pages the model would resize go through Pillow (pixel_values_from_pages). Where cropping or snapping needs the ink extent, a first
-    pass draws the pages to learn their sizes (which fix the output's shape) and the second writes."""
+    from it; pages the model would resize go through Pillow (pixel_values_from_pages). Where cropping or
+    snapping needs the ink extent, a first pass draws the pages to learn their sizes (which fix the
+    output's shape) and the second writes."""
     scratch: dict = {}
     lut = lut.cpu()
 
