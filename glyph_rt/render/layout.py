@@ -20,9 +20,9 @@ ALIGN_CODES = {"left": 0, "center": 1, "right": 2, "justify": 3}
 class Layout:
     """Glyph placements (points, y down, baseline), lines and pages of one document.
 
-    Per glyph only what differs between glyphs is kept (11 bytes at most, 9 with under 65,536 atlas
-    slots); its page and baseline are stored once per run of glyphs sharing them (a line) and expanded
-    for a page range by `page_glyphs` (the `g_page` / `g_y` properties expand them all)."""
+    Per glyph only what differs between glyphs is kept (11 bytes; 13 with 65,536 atlas slots or more);
+    its page and baseline are stored once per run of glyphs sharing them (a line) and expanded for a
+    page range by `page_glyphs` (the `g_page` / `g_y` properties expand them all)."""
 
     num_pages: int
     g_x: np.ndarray  # float32 [G] pen x
