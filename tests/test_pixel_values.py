@@ -166,6 +166,18 @@ def test_cpu_cpp_path_equals_the_hf_processor_exactly(model):
     assert torch.equal(bf.image_grid_thw, mi.image_grid_thw) and bf.fused_pages == mi.fused_pages
 
 
+def test_cpu_path_grows_its_output_for_pages_the_model_upscales():
+    # cropped 84x56 pages take more rows once upscaled (48) than the 140x56 canvas (40) the output was sized for
+    from glyph_rt.ops.pixel_values import target_size
+
+    cfg, text = RenderConfig(page_size=(140, 56), margin_x=4, margin_y=4), "abcdefghijk\n" * 7
+    W, H = glyph_rt.Document(text, cfg).canvas
+    mi = render_inputs(text, cfg, device="cpu", backend="cpu")
+    pv, grid = hf_inputs([text], [cfg], "glm4v")
+    assert len(pv) > len(grid) * np.prod(target_size(H, W)) // 196
+    assert np.array_equal(mi.image_grid_thw.numpy(), grid) and np.array_equal(mi.pixel_values.numpy(), pv)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_write_pixel_values_cpu_equals_the_torch_path_on_every_level(dtype):
     from glyph_rt.ops.pixel_values import normalize_lut, write_pixel_values_cpu

@@ -145,49 +145,45 @@ def _chunks(items):
 
 def inputs_cpu(items, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, int]:
     """pixel_values (float32 / bfloat16), image_grid_thw and the number of pages written by C++, for
-    (document, first page, stop page) items on the CPU: pages are drawn a few at a time into one reused
-    uint8 buffer, and the C++ path writes the patch rows of each page whose size is the model's straight
-    from it; pages the model would resize go through Pillow (pixel_values_from_pages). Where cropping or
-    snapping needs the ink extent, a first pass draws the pages to learn their sizes (which fix the
-    output's shape) and the second writes."""
+    (document, first page, stop page) items on the CPU, in one pass: pages are drawn a few at a time
+    into one reused uint8 buffer, and the C++ path writes the patch rows of each page whose size is
+    the model's straight from it; pages the model would resize go through Pillow
+    (pixel_values_from_pages). The output is sized for uncropped pages, grown if a resized page needs
+    more rows, and trimmed in place at the end."""
     scratch: dict = {}
     lut = lut.cpu()
-
-    def draw(d, s, e):
-        W, H = d.canvas
-        if (H, W) not in scratch:
-            scratch[(H, W)] = np.empty((CPU_CHUNK, H, W, 3), np.uint8)
-        return d.rasterize(s, e, out=scratch[(H, W)])
-
-    sizes = []
-    for d, s, e in _chunks(items):
-        c = d.config
-        if c.auto_crop_width or c.auto_crop_last_page or c.snap:
-            sizes += draw(d, s, e)[1]
-        else:
-            zeros = np.zeros(e - s, np.int32)
-            sizes += final_sizes(c, zeros, zeros, s, d.num_pages, d.canvas)
-    hw = np.asarray([(h, w) for w, h in sizes], np.int64).reshape(-1, 2)
-    target = np.asarray([target_size(int(h), int(w), model) for h, w in hw], np.int64).reshape(-1, 2)
-    fused = (target == hw).all(1)
-    rows = (target[:, 0] // PATCH) * (target[:, 1] // PATCH)
-    first = np.cumsum(rows) - rows
-    # numpy asks the kernel for huge pages (madvise): first touch of the output costs ~4x less than torch.empty's
-    pv = torch.from_numpy(np.empty((int(rows.sum()), ROW), np.float32 if dtype == torch.float32 else np.int16))
-    pv = pv.view(dtype)
-    p = 0
+    # numpy asks the kernel for huge pages (madvise): the first touch of the output costs ~4x less than
+    # with torch.empty, and resize() trims or grows the buffer with realloc (mremap), not a copy
+    rows_of_canvas = [int(np.prod(target_size(d.canvas[1], d.canvas[0], model))) // PATCH**2 for d, _, _ in items]
+    buf_rows = np.empty((sum(n * (e - s) for n, (_, s, e) in zip(rows_of_canvas, items)), ROW),
+                        np.float32 if dtype == torch.float32 else np.int16)
+    grids, used, fused = [], 0, 0
     with nvtx_range("glyph_rt.pixel_values"):
         for d, s, e in _chunks(items):
-            n = e - s
-            buf, _ = draw(d, s, e)
-            write_pixel_values_cpu(buf, hw[p:p + n] * fused[p:p + n, None], first[p:p + n], lut, pv)
-            for k in np.nonzero(~fused[p:p + n])[0]:
-                h, w = hw[p + k]
-                v, _ = pixel_values_from_pages([torch.from_numpy(buf[k, :h, :w])], model, dtype, lut)
-                pv[first[p + k]:first[p + k] + rows[p + k]] = v
-            p += n
-    grid = np.stack([np.ones(len(target), np.int64), target[:, 0] // PATCH, target[:, 1] // PATCH], 1)
-    return pv, torch.from_numpy(grid), int(fused.sum())
+            W, H = d.canvas
+            if (H, W) not in scratch:
+                scratch[(H, W)] = np.empty((CPU_CHUNK, H, W, 3), np.uint8)
+            pages, sizes = d.rasterize(s, e, out=scratch[(H, W)])
+            hw = np.asarray([(h, w) for w, h in sizes], np.int64).reshape(-1, 2)
+            target = np.asarray([target_size(int(h), int(w), model) for h, w in hw], np.int64).reshape(-1, 2)
+            direct = (target == hw).all(1)
+            rows = (target[:, 0] // PATCH) * (target[:, 1] // PATCH)
+            first = used + np.cumsum(rows) - rows
+            used += int(rows.sum())
+            if used > len(buf_rows):
+                buf_rows.resize((max(used, 2 * len(buf_rows)), ROW), refcheck=False)
+            out = torch.from_numpy(buf_rows).view(dtype)
+            write_pixel_values_cpu(pages, hw * direct[:, None], first, lut, out)
+            for k in np.nonzero(~direct)[0]:
+                h, w = hw[k]
+                v, _ = pixel_values_from_pages([torch.from_numpy(pages[k, :h, :w])], model, dtype, lut)
+                out[first[k]:first[k] + rows[k]] = v
+            del out  # no view may outlive a resize of buf_rows
+            grids.append(np.stack([np.ones(len(target), np.int64), target[:, 0] // PATCH, target[:, 1] // PATCH], 1))
+            fused += int(direct.sum())
+    buf_rows.resize((used, ROW), refcheck=False)
+    grid = np.concatenate(grids) if grids else np.zeros((0, 3), np.int64)
+    return torch.from_numpy(buf_rows).view(dtype), torch.from_numpy(grid), fused
 
 
 def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, int]:
