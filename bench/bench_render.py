@@ -19,8 +19,14 @@ the official pipeline writing its pages as PNG files (Pillow's defaults) on the 
 and CPU seconds (the process and its children: pdftoppm, writer threads). Writes
 render-cli.json.
 
+--pixel-values (CPU): laid-out pages -> GLM-4.1V pixel_values per page, in one run on one core: the
+C++ path of render_inputs(device="cpu") (draw + write patch rows), the previous path (draw the
+pages, then normalize and patchify with torch) and Glm4vImageProcessorPil on the drawn pages (the
+processor alone, drawing not counted). Writes render-pixel-values-cpu.json.
+
     python bench/bench_render.py [--device cpu|cuda] [--backend cuda|triton] [--chars 500000] [--font PATH]
     python bench/bench_render.py --cli [--chars 1000000] [--repeat 3]
+    python bench/bench_render.py --pixel-values [--pv-chars 60000]
 """
 from __future__ import annotations
 
@@ -148,6 +154,56 @@ def run_cli(args) -> None:
     print(f"summary {summary}\nwrote {p}")
 
 
+def bench_pixel_values(args):
+    """Per-page milliseconds of laid-out pages -> pixel_values on the CPU: the C++ path, the torch path, HF."""
+    import numpy as np
+    import torch
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+    from glyph_rt.ops.pixel_values import normalize_lut, pixel_values_from_pages
+    from glyph_rt.render.gpu import draw_pages, inputs_cpu
+
+    torch.set_num_threads(1)
+    cfg = RenderConfig()  # canvas snapped to multiples of 28: no resize, the model's input as drawn
+    doc = glyph_rt.Document(prose(args.pv_chars), cfg)
+    n = doc.num_pages
+    lut = normalize_lut("cpu", torch.float32)
+    items = [(doc, 0, n)]
+
+    def old():
+        (buf, sizes), = draw_pages([doc], "cpu", "cpu")
+        return pixel_values_from_pages([buf[i, :h, :w] for i, (w, h) in enumerate(sizes)], "glm4v", torch.float32, lut)
+
+    new_pv, new_grid, _ = inputs_cpu(items, "glm4v", torch.float32, lut)
+    old_pv, old_grid = old()
+    buf, sizes = doc.rasterize()
+    pil = [glyph_rt.Pages(doc, buf, sizes).to_pil(i) for i in range(n)]
+    hf = Glm4vImageProcessorPil()
+    hf_pv = hf(pil, return_tensors="np")["pixel_values"]
+    same = bool(torch.equal(new_pv, old_pv) and np.array_equal(new_pv.numpy(), hf_pv))
+    t_draw = median_seconds(lambda: doc.rasterize(), args.repeat)
+    runs = {
+        "glyph_rt C++ (draw + write rows)": median_seconds(lambda: inputs_cpu(items, "glm4v", torch.float32, lut),
+                                                           args.repeat),
+        "glyph_rt C++ bf16": median_seconds(lambda: inputs_cpu(items, "glm4v", torch.bfloat16,
+                                                               normalize_lut("cpu", torch.bfloat16)), args.repeat),
+        "previous: draw, then torch gather + patchify": median_seconds(old, args.repeat),
+        "Glm4vImageProcessorPil (drawn pages, no drawing)": median_seconds(
+            lambda: hf(pil, return_tensors="np"), args.repeat),
+    }
+    rows = [{"path": k, "pages": n, "ms_per_page": 1e3 * v / n} for k, v in runs.items()]
+    rows.append({"path": "drawing alone (Document.rasterize)", "pages": n, "ms_per_page": 1e3 * t_draw / n})
+    ours = runs["glyph_rt C++ (draw + write rows)"]
+    summary = {"pages": n, "page_px": list(sizes[0]), "bit_equal": same,
+               "speedup_vs_previous": round(runs["previous: draw, then torch gather + patchify"] / ours, 2),
+               "speedup_vs_hf_processor": round(runs["Glm4vImageProcessorPil (drawn pages, no drawing)"] / ours, 2)}
+    print(f"{n} pages of {sizes[0][0]}x{sizes[0][1]} px -> pixel_values [{len(new_pv)}, 1176]; bit-equal: {same}")
+    for r in rows:
+        print(f"{r['path']:52s} {r['ms_per_page']:8.2f} ms/page")
+    p = write_result(args, "render-pixel-values-cpu.json", "render-pixel-values-cpu", rows, summary)
+    print(f"summary {summary}\nwrote {p}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -160,9 +216,13 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=8, help="GPU: layout threads in the throughput run")
     add_output_args(ap)
     ap.add_argument("--cli", action="store_true", help="time `glyph-rt render` end to end (see above)")
+    ap.add_argument("--pixel-values", action="store_true", help="CPU pages -> pixel_values: ours vs torch vs HF")
+    ap.add_argument("--pv-chars", type=int, default=60_000, help="--pixel-values: characters of prose")
     args = ap.parse_args(argv)
     if args.cli:
         return run_cli(args)
+    if args.pixel_values:
+        return bench_pixel_values(args)
     if args.device != "cpu":
         from bench.bench_render_gpu import run_gpu
 

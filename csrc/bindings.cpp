@@ -150,6 +150,42 @@ py::tuple ink_extent(const py::array_t<uint8_t, py::array::c_style>& pages, int3
   return py::make_tuple(right, bottom);
 }
 
+// pixel_values rows of pages[P, H, W, 3] (see raster.h): hw [P, 2] (height, width; 0 skips a page),
+// first_row [P], out [N, 1176] float32 with a float32 lut [3, 256], or uint16 (bfloat16 bits) with a
+// bfloat16-bits lut. Every page's rows are checked to lie inside `out` before any is written.
+void pixel_values_cpu_py(const py::array_t<uint8_t, py::array::c_style>& pages, const Arr<int32_t>& hw,
+                         const Arr<int64_t>& first_row, const py::array& lut, py::array out) {
+  if (pages.ndim() != 4 || pages.shape(3) != 3) throw std::invalid_argument("pixel_values_cpu: pages must be [P,H,W,3] uint8");
+  const int32_t P = (int32_t)pages.shape(0), H = (int32_t)pages.shape(1), W = (int32_t)pages.shape(2);
+  if (hw.size() != 2 * (py::ssize_t)P || first_row.size() != P)
+    throw std::invalid_argument("pixel_values_cpu: hw must be [P, 2] and first_row [P]");
+  const bool f32 = out.dtype().is(py::dtype::of<float>()), b16 = out.dtype().is(py::dtype::of<uint16_t>());
+  if (!f32 && !b16) throw std::invalid_argument("pixel_values_cpu: out must be float32 or uint16 (bfloat16 bits)");
+  if (!lut.dtype().is(out.dtype()) || lut.size() != 768 || !(lut.flags() & py::array::c_style))
+    throw std::invalid_argument("pixel_values_cpu: lut must be a contiguous [3, 256] array of out's dtype");
+  if (out.ndim() != 2 || out.shape(1) != 1176 || !(out.flags() & py::array::c_style) || !out.writeable())
+    throw std::invalid_argument("pixel_values_cpu: out must be a writable contiguous [N, 1176] array");
+  const int32_t* s = hw.data();
+  const int64_t* f = first_row.data();
+  for (int32_t i = 0; i < P; ++i) {
+    const int32_t h = s[2 * i], w = s[2 * i + 1];
+    if (h == 0 || w == 0) continue;
+    if (h < 0 || w < 0 || h > H || w > W || h % 28 || w % 28)
+      throw std::invalid_argument("pixel_values_cpu: page " + std::to_string(i) + " size " + std::to_string(h) +
+                                  "x" + std::to_string(w) + " is not a multiple of 28 inside the page buffer");
+    if (f[i] < 0 || f[i] + (int64_t)(h / 14) * (w / 14) > out.shape(0))
+      throw std::invalid_argument("pixel_values_cpu: rows of page " + std::to_string(i) + " lie outside out");
+  }
+  const uint8_t* src = pages.data();
+  void* o = out.mutable_data();
+  const void* l = lut.data();
+  py::gil_scoped_release nogil;
+  if (f32)
+    pixel_values_cpu(src, P, H, W, s, f, static_cast<const float*>(l), static_cast<float*>(o));
+  else
+    pixel_values_cpu(src, P, H, W, s, f, static_cast<const uint16_t*>(l), static_cast<uint16_t*>(o));
+}
+
 // Tile-rasterizer tensors arrive as raw pointers (torch's data_ptr()) plus, for CUDA, the current
 // stream, so the extension never links torch; glyph_rt/ops/raster.py prepares them.
 RasterTileArgs tile_args(const py::dict& ptr, int32_t mode, bool ink_too, bool gray, int32_t out_type,
@@ -243,6 +279,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("top"), py::arg("phases"), py::arg("palette"), py::arg("sx"), py::arg("sy"), py::arg("tol") = 5,
         py::arg("ink") = py::none());
   m.def("ink_extent", &ink_extent, py::arg("pages"), py::arg("tol") = 5);
+  m.def("pixel_values_cpu", &pixel_values_cpu_py, py::arg("pages"), py::arg("hw"), py::arg("first_row"),
+        py::arg("lut"), py::arg("out"));
   m.def("raster_tiles_host", &run_raster_host, py::arg("ptr"), py::arg("mode"), py::arg("ink_too"), py::arg("gray"),
         py::arg("out_type"), py::arg("num_pages"), py::arg("tiles_per_page"), py::arg("tol"));
 #ifdef GLYPH_RT_WITH_CUDA

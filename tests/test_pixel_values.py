@@ -63,8 +63,8 @@ def test_bf16_is_the_rounded_fp32_and_batches_split_cleanly():
     assert b.pixel_values.dtype == torch.bfloat16
     assert torch.equal(b.pixel_values, a.pixel_values.to(torch.bfloat16))
     assert torch.equal(a.image_grid_thw, b.image_grid_thw) and a.images_per_text == b.images_per_text
-    c = render_inputs(TEXTS, CONFIGS, device="cpu", backend="cpu")  # draw on the CPU, the plain-torch path
-    assert c.fused_pages == 0 and torch.equal(c.pixel_values, a.pixel_values.cpu())
+    c = render_inputs(TEXTS, CONFIGS, device="cpu", backend="cpu")  # drawn on the CPU, rows written by C++
+    assert c.fused_pages == a.fused_pages and torch.equal(c.pixel_values, a.pixel_values.cpu())
 
 
 def test_pages_that_need_a_resize_equal_hf_too():
@@ -143,3 +143,83 @@ def test_uint8_patches_are_the_raw_levels_of_pixel_values(backend):
     assert np.array_equal(grid.cpu().numpy(), ref_grid)
     assert fused == (0 if backend == "cpu" else len(ref_grid) - 1)
     assert torch.equal(expand_uint8(u8.cpu()), torch.from_numpy(pv))
+
+
+# odd page sizes: a snapped canvas (pages written by C++, cropped widths and a short last page, some
+# resized), and one without snapping (every page resized by Pillow)
+ODD = [RenderConfig(page_size=(123, 97), margin_x=7, margin_y=9, dpi=101),
+       RenderConfig(page_size=(131, 89), margin_x=5, margin_y=5, snap=0, auto_crop_width=False)]
+
+
+@pytest.mark.parametrize("model", sorted(PROCESSORS))
+def test_cpu_cpp_path_equals_the_hf_processor_exactly(model):
+    texts = TEXTS + [TEXTS[0] * 3, TEXTS[1] * 4]
+    configs = CONFIGS + ODD
+    mi = render_inputs(texts, configs, model=model, device="cpu", backend="cpu")
+    pv, grid = hf_inputs(texts, configs, model)
+    assert np.array_equal(mi.image_grid_thw.numpy(), grid)
+    assert np.array_equal(mi.pixel_values.numpy(), pv)  # bit for bit
+    assert 0 < mi.fused_pages < len(grid)  # both the C++ rows and the Pillow resize path ran
+    bf = render_inputs(texts, configs, model=model, device="cpu", backend="cpu", dtype=torch.bfloat16, batch_pages=3)
+    assert bf.pixel_values.dtype == torch.bfloat16
+    assert torch.equal(bf.pixel_values, mi.pixel_values.to(torch.bfloat16))
+    assert torch.equal(bf.image_grid_thw, mi.image_grid_thw) and bf.fused_pages == mi.fused_pages
+
+
+def test_cpu_path_grows_its_output_for_pages_the_model_upscales():
+    # cropped 84x56 pages take more rows once upscaled (48) than the 140x56 canvas (40) the output was sized for
+    from glyph_rt.ops.pixel_values import target_size
+
+    cfg, text = RenderConfig(page_size=(140, 56), margin_x=4, margin_y=4), "abcdefghijk\n" * 7
+    W, H = glyph_rt.Document(text, cfg).canvas
+    mi = render_inputs(text, cfg, device="cpu", backend="cpu")
+    pv, grid = hf_inputs([text], [cfg], "glm4v")
+    assert len(pv) > len(grid) * np.prod(target_size(H, W)) // 196
+    assert np.array_equal(mi.image_grid_thw.numpy(), grid) and np.array_equal(mi.pixel_values.numpy(), pv)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_write_pixel_values_cpu_equals_the_torch_path_on_every_level(dtype):
+    from glyph_rt.ops.pixel_values import normalize_lut, write_pixel_values_cpu
+
+    rng = np.random.default_rng(0)
+    pages = rng.integers(0, 256, size=(3, 150, 125, 3), dtype=np.uint8)  # every level of every channel
+    hw = np.asarray([[140, 112], [0, 0], [112, 112]])  # sizes the models take as they are; page 1 is skipped
+    rows = hw[:, 0] // 14 * hw[:, 1] // 14
+    first = np.asarray([5, 0, 5 + rows[0]])
+    lut = normalize_lut("cpu", dtype)
+    out = torch.full((5 + rows.sum(), 1176), 7.0, dtype=dtype)
+    write_pixel_values_cpu(pages, hw, first, lut, out)
+    ref, _ = pixel_values_from_pages([torch.from_numpy(pages[0, :140, :112]), torch.from_numpy(pages[2, :112, :112])],
+                                     dtype=dtype)
+    assert torch.equal(out[5:], ref)
+    assert torch.all(out[:5] == 7.0)  # nothing written outside the pages' rows
+
+
+def test_write_pixel_values_cpu_rejects_bad_arguments():
+    from glyph_rt.ops.pixel_values import normalize_lut, write_pixel_values_cpu
+
+    pages = np.zeros((1, 56, 56, 3), np.uint8)
+    lut, out = normalize_lut(), torch.empty(16, 1176)
+    first = np.zeros(1, np.int64)
+    with pytest.raises(ValueError, match="not a multiple of 28"):
+        write_pixel_values_cpu(pages, np.asarray([[56, 42]]), first, lut, out)
+    with pytest.raises(ValueError, match="not a multiple of 28 inside the page buffer"):
+        write_pixel_values_cpu(pages, np.asarray([[84, 56]]), first, lut, out)
+    with pytest.raises(ValueError, match="lie outside out"):
+        write_pixel_values_cpu(pages, np.asarray([[56, 56]]), np.asarray([1]), lut, out)
+    with pytest.raises(ValueError, match="lut of its dtype"):
+        write_pixel_values_cpu(pages, np.asarray([[56, 56]]), first, lut, out.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="contiguous"):
+        write_pixel_values_cpu(pages, np.asarray([[56, 56]]), first, lut, torch.empty(1176, 16).t())
+
+
+def test_document_rasterize_reuses_a_buffer():
+    doc = glyph_rt.Document(TEXTS[0] * 2, CONFIGS[0])
+    W, H = doc.canvas
+    scratch = np.empty((4, H, W, 3), np.uint8)
+    buf, sizes = doc.rasterize(0, 2, out=scratch)
+    ref, ref_sizes = doc.rasterize(0, 2)
+    assert np.shares_memory(buf, scratch) and np.array_equal(buf, ref) and sizes == ref_sizes
+    with pytest.raises(ValueError, match=r"out must be uint8 \[>= 2"):
+        doc.rasterize(0, 2, out=scratch[:1])

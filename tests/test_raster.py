@@ -73,9 +73,11 @@ def test_glyphs_larger_than_a_tile_and_placements_off_the_page(backend, device):
     lay = doc.layout
     # push glyphs across every edge of the page, and one onto a page that does not exist
     lay.g_x[:] = np.asarray([-20.0, 70.0], np.float32)[: len(lay.g_x)]
-    lay.g_y[:] = np.asarray([10.0, 95.0], np.float32)[: len(lay.g_y)]
+    lay.set_rows(lay.g_page, np.asarray([10.0, 95.0], np.float32)[: len(lay.g_x)])
     assert_same_as_cpu([doc], draw_pages([doc], device, backend))
-    lay.g_page[-1] = 5
+    page = lay.g_page.copy()
+    page[-1] = 5
+    lay.set_rows(page, lay.g_y)
     assert_same_as_cpu([doc], draw_pages([doc], device, backend))
 
 

@@ -135,3 +135,37 @@ def test_package_imports_without_extension(tmp_path):
     env = {**__import__("os").environ, "GLYPH_RT_CACHE": str(tmp_path)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_render_past_the_default_limit_stops_before_allocating_pages():
+    import tracemalloc
+
+    text = "a\n" * 250_000  # ~3,000 pages: about 4.5 GiB of pages, over the default 4 GiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(MemoryError, match=r"GiB.*Document\(\.\.\.\)\.iter_chunks\(\) or `glyph-rt render`"):
+            glyph_rt.render(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 << 20  # the check ran on the page count and sizes, before any page buffer
+
+
+def test_layout_arrays_are_compact_and_account_for_every_character():
+    text = sample_text()[:200_000]
+    doc = glyph_rt.Document(text, RenderConfig())
+    lay = doc.layout
+    assert lay.nbytes() / len(text) < 10.5  # was 17.8 bytes per character with per-glyph pages and baselines
+    assert lay.g_slot.dtype == np.uint16 and lay.g_src.dtype == np.int32
+    # every drawn character is a glyph that knows its source index, page and line
+    drawn = [i for i, c in enumerate(text) if not c.isspace()]
+    assert lay.placed == len(lay.g_src) and np.array_equal(np.sort(lay.g_src), drawn)
+    page, y = lay.g_page, lay.g_y
+    line = {(p, v) for p, v in zip(lay.l_page.tolist(), lay.l_y.tolist())}
+    assert {(p, v) for p, v in zip(page.tolist(), y.tolist())} <= line
+    lo, hi, p2, y2 = lay.page_glyphs(2, 5)
+    assert np.array_equal(p2, page[lo:hi]) and np.array_equal(y2, y[lo:hi]) and set(p2.tolist()) == {2, 3, 4}
+    with pytest.raises(ValueError, match="read-only"):
+        lay.g_y[0] = 1.0  # a change must go through set_rows, never be lost in a temporary
+    with pytest.raises(ValueError, match="pages in order"):
+        lay.set_rows(page[::-1], y)

@@ -47,4 +47,13 @@ void raster_pages_cpu(uint8_t* out, int32_t n_pages, int32_t H, int32_t W, int32
 void ink_extent_cpu(const uint8_t* pages, int32_t n_pages, int32_t H, int32_t W, int32_t tol,
                     int32_t* right, int32_t* bottom);
 
+// pixel_values rows of the top-left hw[i] = (height, width) pixels of each page of pages[n_pages, H, W, 3]
+// (sides multiples of 28; a page with a zero side is skipped), from row first_row[i] of out[N, 1176]:
+// merge-block order, columns (channel, t, py, px), lut[3, 256] the value of each channel level.
+// The uint16_t overload writes bfloat16 bits from a bfloat16 table.
+void pixel_values_cpu(const uint8_t* pages, int32_t n_pages, int32_t H, int32_t W, const int32_t* hw,
+                      const int64_t* first_row, const float* lut, float* out);
+void pixel_values_cpu(const uint8_t* pages, int32_t n_pages, int32_t H, int32_t W, const int32_t* hw,
+                      const int64_t* first_row, const uint16_t* lut, uint16_t* out);
+
 }  // namespace glyph_rt

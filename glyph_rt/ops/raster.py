@@ -224,12 +224,12 @@ class RasterBatch:
             self.palettes[i] = [pack_rgb(pal[0]), pack_rgb(pal[1])]
             gray &= is_gray(bg) and all(is_gray(p) for p in pal)
             lay = d.layout
-            lo, hi = np.searchsorted(lay.g_page, np.asarray([s, e], dtype=lay.g_page.dtype))
+            lo, hi, g_page, g_y = lay.page_glyphs(s, e)
             xs.append(lay.g_x[lo:hi])
-            ys.append(lay.g_y[lo:hi])
+            ys.append(g_y)
             slots.append(lay.g_slot[lo:hi])
             colors.append(lay.g_color[lo:hi])
-            per_page.append(np.bincount(lay.g_page[lo:hi] - s, minlength=e - s).astype(np.int64))
+            per_page.append(np.bincount(g_page - s, minlength=e - s).astype(np.int64))
             rp, rb, rc = paragraph_rects(lay, c)
             keep = (rp >= s) & (rp < e)
             rect_page.append(rp[keep] - s + p0)

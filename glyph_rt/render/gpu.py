@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..nvtx import nvtx_range
-from ..ops.pixel_values import PATCH, ROW, ROW_U8, normalize_lut, pixel_values_from_pages, target_size
+from ..ops.pixel_values import PATCH, ROW, ROW_U8, normalize_lut, pixel_values_from_pages, target_size, \
+    write_pixel_values_cpu
 from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PATCHES, MODE_PIXELS, RasterBatch, \
     check_backend, raster_tiles, set_image_targets
 from .config import RenderConfig
@@ -104,7 +105,7 @@ class ModelInputs:
     images_per_text: list[int]
     model: str
     documents: list = field(repr=False)
-    fused_pages: int  # images written straight by the kernel; the rest were drawn, resized, normalized
+    fused_pages: int  # images written straight by the kernel (or the C++ CPU path); the rest were resized
     seconds: dict = field(default_factory=dict)
 
     @property
@@ -133,11 +134,66 @@ class ModelInputs:
         }
 
 
+CPU_CHUNK = 4  # pages drawn at a time by the CPU path, into one reused buffer
+
+
+def _chunks(items):
+    for d, s, e in items:
+        for c in range(s, e, CPU_CHUNK):
+            yield d, c, min(c + CPU_CHUNK, e)
+
+
+def inputs_cpu(items, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """pixel_values (float32 / bfloat16), image_grid_thw and the number of pages written by C++, for
+    (document, first page, stop page) items on the CPU, in one pass: pages are drawn a few at a time
+    into one reused uint8 buffer, and the C++ path writes the patch rows of each page whose size is
+    the model's straight from it; pages the model would resize go through Pillow
+    (pixel_values_from_pages). The output is sized for uncropped pages, grown if a resized page needs
+    more rows, and trimmed in place at the end."""
+    scratch: dict = {}
+    lut = lut.cpu()
+    # numpy asks the kernel for huge pages (madvise): the first touch of the output costs ~4x less than
+    # with torch.empty, and resize() trims or grows the buffer with realloc (mremap), not a copy
+    rows_of_canvas = [int(np.prod(target_size(d.canvas[1], d.canvas[0], model))) // PATCH**2 for d, _, _ in items]
+    buf_rows = np.empty((sum(n * (e - s) for n, (_, s, e) in zip(rows_of_canvas, items)), ROW),
+                        np.float32 if dtype == torch.float32 else np.int16)
+    grids, used, fused = [], 0, 0
+    with nvtx_range("glyph_rt.pixel_values"):
+        for d, s, e in _chunks(items):
+            W, H = d.canvas
+            if (H, W) not in scratch:
+                scratch[(H, W)] = np.empty((CPU_CHUNK, H, W, 3), np.uint8)
+            pages, sizes = d.rasterize(s, e, out=scratch[(H, W)])
+            hw = np.asarray([(h, w) for w, h in sizes], np.int64).reshape(-1, 2)
+            target = np.asarray([target_size(int(h), int(w), model) for h, w in hw], np.int64).reshape(-1, 2)
+            direct = (target == hw).all(1)
+            rows = (target[:, 0] // PATCH) * (target[:, 1] // PATCH)
+            first = used + np.cumsum(rows) - rows
+            used += int(rows.sum())
+            if used > len(buf_rows):
+                buf_rows.resize((max(used, 2 * len(buf_rows)), ROW), refcheck=False)
+            out = torch.from_numpy(buf_rows).view(dtype)
+            write_pixel_values_cpu(pages, hw * direct[:, None], first, lut, out)
+            for k in np.nonzero(~direct)[0]:
+                h, w = hw[k]
+                v, _ = pixel_values_from_pages([torch.from_numpy(pages[k, :h, :w])], model, dtype, lut)
+                out[first[k]:first[k] + rows[k]] = v
+            del out  # no view may outlive a resize of buf_rows
+            grids.append(np.stack([np.ones(len(target), np.int64), target[:, 0] // PATCH, target[:, 1] // PATCH], 1))
+            fused += int(direct.sum())
+    buf_rows.resize((used, ROW), refcheck=False)
+    grid = np.concatenate(grids) if grids else np.zeros((0, 3), np.int64)
+    return torch.from_numpy(buf_rows).view(dtype), torch.from_numpy(grid), fused
+
+
 def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, int]:
     """pixel_values, image_grid_thw and the number of pages written by the fused kernel, for a batch of
     (document, first page, stop page) items."""
     docs = [d for d, _, _ in items]
     ranges = [(s, e) for _, s, e in items]
+    if backend == "cpu" and dtype != torch.uint8:
+        pv, grid, fused = inputs_cpu(items, model, dtype, lut)
+        return pv.to(device, non_blocking=True), grid.to(device), fused
     if backend == "cpu":
         drawn = draw_pages(docs, device, backend, ranges)
         pages = [buf[i, :h, :w] for buf, sizes in drawn for i, (w, h) in enumerate(sizes)]

@@ -18,15 +18,20 @@ ALIGN_CODES = {"left": 0, "center": 1, "right": 2, "justify": 3}
 
 @dataclass
 class Layout:
-    """Glyph placements (points, y down, baseline), lines and pages of one document."""
+    """Glyph placements (points, y down, baseline), lines and pages of one document.
+
+    Per glyph only what differs between glyphs is kept (11 bytes; 13 with 65,536 atlas slots or more);
+    its page and baseline are stored once per run of glyphs sharing them (a line) and expanded for a
+    page range by `page_glyphs` (the `g_page` / `g_y` properties expand them all)."""
 
     num_pages: int
-    g_page: np.ndarray  # int32 [G]
     g_x: np.ndarray  # float32 [G] pen x
-    g_y: np.ndarray  # float32 [G] baseline y
-    g_slot: np.ndarray  # int32 [G] atlas slot
+    g_slot: np.ndarray  # uint16 [G] atlas slot (int32 when the atlas has 65,536 slots or more)
     g_src: np.ndarray  # int32 [G] index of the character in the text
     g_color: np.ndarray  # uint8 [G] 0 font color, 1 newline-marker color
+    r_start: np.ndarray  # int64 [R + 1] first glyph of each run of glyphs on one page and baseline
+    r_page: np.ndarray  # int32 [R] page of the run (non-decreasing)
+    r_y: np.ndarray  # float32 [R] baseline y of the run
     l_page: np.ndarray
     l_x: np.ndarray
     l_y: np.ndarray
@@ -48,8 +53,52 @@ class Layout:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Layout":
+        """From the layout engines' output, whose glyph arrays are all per glyph (g_page, g_y included)."""
         d = dict(d)
-        return cls(num_pages=int(d.pop("pages")), **d)
+        page, y = d.pop("g_page"), d.pop("g_y")
+        slot = d["g_slot"]
+        d["g_slot"] = slot.astype(np.uint16) if not len(slot) or slot.max() < 1 << 16 else slot.astype(np.int32)
+        lay = cls(num_pages=int(d.pop("pages")), r_start=None, r_page=None, r_y=None, **d)
+        lay.set_rows(page, y)
+        return lay
+
+    def set_rows(self, g_page: np.ndarray, g_y: np.ndarray) -> None:
+        """Sets every glyph's page and baseline y (pages non-decreasing), stored as runs."""
+        g_page, g_y = np.asarray(g_page), np.asarray(g_y, np.float32)
+        n = len(self.g_x)
+        if g_page.shape != (n,) or g_y.shape != (n,) or (n and np.any(np.diff(g_page) < 0)):
+            raise ValueError(f"g_page and g_y must be [{n}] with pages in order, got {g_page.shape} {g_y.shape}")
+        change = np.flatnonzero((g_page[1:] != g_page[:-1]) | (g_y[1:] != g_y[:-1])) + 1
+        self.r_start = np.concatenate([[0], change, [n]]).astype(np.int64) if n else np.zeros(1, np.int64)
+        self.r_page = g_page[self.r_start[:-1]].astype(np.int32)
+        self.r_y = g_y[self.r_start[:-1]]
+
+    def page_glyphs(self, page0: int, page1: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """(lo, hi, page, y): the glyphs [lo, hi) of pages [page0, page1), with each one's page (int32) and
+        baseline y (float32)."""
+        r0, r1 = np.searchsorted(self.r_page, [page0, page1])
+        counts = np.diff(self.r_start[r0:r1 + 1])
+        return (int(self.r_start[r0]), int(self.r_start[r1]), np.repeat(self.r_page[r0:r1], counts),
+                np.repeat(self.r_y[r0:r1], counts))
+
+    @property
+    def g_page(self) -> np.ndarray:
+        """int32 [G] page of each glyph (expanded from the runs; read-only: use set_rows to change it)."""
+        return self._expand(self.r_page)
+
+    @property
+    def g_y(self) -> np.ndarray:
+        """float32 [G] baseline y of each glyph (expanded from the runs; read-only: use set_rows)."""
+        return self._expand(self.r_y)
+
+    def _expand(self, per_run: np.ndarray) -> np.ndarray:
+        out = np.repeat(per_run, np.diff(self.r_start))
+        out.flags.writeable = False
+        return out
+
+    def nbytes(self) -> int:
+        """Bytes held by the arrays."""
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
 
 
 def has_glyph_cjk(cps: np.ndarray) -> bool:

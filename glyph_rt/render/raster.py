@@ -92,8 +92,8 @@ def rasterize(layout: Layout, atlas: FontAtlas, config: RenderConfig, out: np.nd
 
         C = require_extension("the C++ rasterizer")
         # only the placements of these pages travel to the rasterizer
-        lo, hi = np.searchsorted(layout.g_page, np.asarray([page0, page0 + len(out)], dtype=layout.g_page.dtype))
-        C.raster_cpu(out, page0, bg, rp, rb, rc, layout.g_page[lo:hi], layout.g_x[lo:hi], layout.g_y[lo:hi],
+        lo, hi, g_page, g_y = layout.page_glyphs(page0, page0 + len(out))
+        C.raster_cpu(out, page0, bg, rp, rb, rc, g_page, layout.g_x[lo:hi], g_y,
                      layout.g_slot[lo:hi], layout.g_color[lo:hi], a["data"], a["offset"], a["width"],
                      a["height"], a["left"], a["top"], atlas.phases, pal, sx, sy, INK_TOL, ink)
     elif backend == "reference":
@@ -112,8 +112,9 @@ def raster_reference(out, page0, bg, rp, rb, rc, layout: Layout, atlas: FontAtla
         if page0 <= p < page0 + n:
             out[p - page0, max(0, y0):max(0, min(H, y1)), max(0, x0):max(0, min(W, x1))] = c
     P = atlas.phases
-    for i in range(len(layout.g_page)):
-        p = int(layout.g_page[i]) - page0
+    g_page, g_y = layout.g_page, layout.g_y
+    for i in range(len(g_page)):
+        p = int(g_page[i]) - page0
         if not 0 <= p < n:
             continue
         xf = float(layout.g_x[i]) * sx
@@ -123,7 +124,7 @@ def raster_reference(out, page0, bg, rp, rb, rc, layout: Layout, atlas: FontAtla
         if gw == 0 or gh == 0:
             continue
         x0 = ix + left
-        y0 = math.floor(float(layout.g_y[i]) * sy + 0.5) - top
+        y0 = math.floor(float(g_y[i]) * sy + 0.5) - top
         cx0, cy0 = max(0, -x0), max(0, -y0)
         cx1, cy1 = min(gw, W - x0), min(gh, H - y0)
         if cx0 >= cx1 or cy0 >= cy1:
