@@ -1,7 +1,10 @@
 """Patch embedding against the Hugging Face modules, forward and backward."""
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -259,3 +262,18 @@ def test_bf16_on_gpu_is_as_accurate_as_hf(make, backend):
     with torch.no_grad():
         want = ref(expand_uint8(u8))
         assert rel_err(ours(u8), want) <= 2 * rel_err(hf(expand_uint8(u8, torch.bfloat16)), want) + 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_cuda_gemm_compiles_for_a100_and_h100_without_warnings_or_spills(tmp_path):
+    src = Path(__file__).resolve().parent.parent / "csrc" / "vision" / "patch_embed.cu"
+    r = subprocess.run(["nvcc", "-std=c++17", "-c", str(src), "-o", str(tmp_path / "gemm.o"), "-Xptxas", "-v",
+                        "-Werror", "all-warnings", "-gencode", "arch=compute_80,code=sm_80",
+                        "-gencode", "arch=compute_90,code=sm_90"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    kernels = re.findall(r"Compiling entry function '\S*(gemm_\w+?)I\S*' for '(sm_\d+)'", r.stderr)
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", r.stderr)
+    assert len(kernels) == len(spills) == 16, r.stderr[-3000:]  # 2 kernels x 2 A types x 2 C types x 2 archs
+    for (name, arch), counts in zip(kernels, spills):
+        assert counts == ("0", "0"), f"{name} {arch} spills: {counts}"
