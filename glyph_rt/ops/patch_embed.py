@@ -161,7 +161,10 @@ def patch_embed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         w, b = folded if folded is not None else fold_weight(weight, bias)
         return _Gemm.apply(padded_rows(x), w, b, backend)
     x = x.reshape(-1, K_PIXELS).to(weight.dtype)
-    return _Gemm.apply(x, weight.reshape(D, K_PIXELS).t(), bias, backend)
+    w = weight.reshape(D, K_PIXELS).t()
+    if backend == "cuda":  # the CUDA kernel's fast layout is a row-major [K, N] weight (Triton takes either)
+        w = w.contiguous()
+    return _Gemm.apply(x, w, bias, backend)
 
 
 def patch_embed_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
