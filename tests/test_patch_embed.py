@@ -126,7 +126,8 @@ def test_uint8_padded_contiguous_and_garbage_pads_give_the_same_embedding(backen
     padded_rows(u)[:, 588:] = 255  # pad bytes meet the weight's zero rows
     with torch.no_grad():
         want = hf(expand_uint8(c))
-        a, b = patch_embed(c, hf.proj.weight, hf.proj.bias, backend), patch_embed(u, hf.proj.weight, hf.proj.bias, backend)
+        a = patch_embed(c, hf.proj.weight, hf.proj.bias, backend)
+        b = patch_embed(u, hf.proj.weight, hf.proj.bias, backend)
     torch.testing.assert_close(a, want, rtol=1e-4, atol=2e-3)
     torch.testing.assert_close(b, a, rtol=0, atol=0)
 
@@ -280,3 +281,17 @@ def test_cuda_gemm_compiles_for_a100_and_h100_without_warnings_or_spills(tmp_pat
     assert len(kernels) == len(spills) == 16, r.stderr[-3000:]  # 2 kernels x 2 A types x 2 C types x 2 archs
     for (name, arch), counts in zip(kernels, spills):
         assert counts == ("0", "0"), f"{name} {arch} spills: {counts}"
+
+
+def test_benchmark_quick_mode_runs_and_reports_both_baselines(tmp_path):
+    import json
+
+    from bench.bench_patch_embed import main
+
+    out = tmp_path / "pe.json"
+    main(["--quick", "--dim", "32", "--sizes", "48", "--out", str(out)])
+    res = json.loads(out.read_text())
+    row = res["rows"][0]
+    for k in ("hf_conv3d", "linear", "linear_u8", "ours_uint8", "ours_pixel_values"):
+        assert row[k]["ms"] > 0 and row[k]["tflops"] > 0 and row[k]["gbps"] > 0
+    assert {"speedup_vs_conv3d", "speedup_vs_linear_u8", "speedup_vs_linear"} <= set(res["summary"])

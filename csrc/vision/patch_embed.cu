@@ -136,7 +136,8 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_tiled(GemmArgs g) {
   auto fetch_a_u8 = [&](int64_t k0) {
     const int64_t gm = m0 + ar, gk = k0 + ac;
     uint4 v = make_uint4(0, 0, 0, 0);
-    if (gm < g.M && gk < g.K) v = *reinterpret_cast<const uint4*>(reinterpret_cast<const uint8_t*>(A) + gm * g.sam + gk);
+    if (gm < g.M && gk < g.K)
+      v = *reinterpret_cast<const uint4*>(reinterpret_cast<const uint8_t*>(A) + gm * g.sam + gk);
     return v;
   };
   auto store_a_u8 = [&](int buf, uint4 v) {  // 16 levels -> 16 bf16 (exact: the top 16 bits of the float)

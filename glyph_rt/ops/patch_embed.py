@@ -10,8 +10,8 @@ For uint8 patches (a still image: both frames equal) the weight is summed over t
 and the per-channel normalization (x / 255 - mean) / std is folded into it and the bias, so the
 GEMM reads one byte per input value. It is 592 wide: patches come as [N, 588] views of 592-byte
 rows (glyph_rt.ops.pixel_values.ROW_U8_STRIDE; other uint8 input is padded by a copy) and the
-folded weight is [592, D] contiguous with 4 zero rows, so every row starts 16-byte aligned. Gradients flow to the Conv3d's own weight
-and bias in both cases, so training uses the same op.
+folded weight is [592, D] contiguous with 4 zero rows, so every row starts 16-byte aligned.
+Gradients flow to the Conv3d's own weight and bias in both cases, so training uses the same op.
 
 Backends: "triton" (glyph_rt.kernels.patch_embed), "cuda" (the extension's tensor-core GEMM,
 bfloat16 weights), "torch" (the plain reference: a matmul on the reshaped weight), "auto"
