@@ -21,6 +21,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .aot import AotSpec
+
 MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS, MODE_PATCHES = 0, 1, 2, 3, 4
 TILE_H, TILE_W = 14, 28  # one patch row of a 2x2 merge block, drawn in a 16x32 block
 MAX_GRID_Y = 65535
@@ -189,24 +191,24 @@ def launch(mode: int, batch, dev: dict, out=None, lut=None, ink: bool = False, t
         )
 
 
-def aot_specs() -> list:
+def aot_specs() -> list[AotSpec]:
     """Every launch glyph_rt.ops.raster makes: each mode with its output (and table) dtypes, ink
     on or off where the mode takes it, grey or color pages. page0 is 0, or a multiple of 65535."""
-    from .aot import AotSpec
-
-    ptrs = dict(out_ptr="*u8", ink_ptr="*i32", bgv_ptr="*fp32", lut_ptr="*fp32", meta_ptr="*i32", out_off_ptr="*i64")
+    ptrs = dict(out_ptr=None, ink_ptr="*i32", bgv_ptr="*fp32", lut_ptr="*fp32", meta_ptr="*i32", out_off_ptr="*i64")
     for name in ("glyph_start", "glyph_items", "g_x0", "g_y0", "g_w", "g_h", "g_off", "g_rgb", "rect_start",
                  "rect_items", "r_box", "r_rgb"):
         ptrs[name + "_ptr"] = "*i32"
     ptrs["atlas_ptr"] = "*u8"
-    cases = [(MODE_BG, "*u8", False), (MODE_INK, "*u8", False), (MODE_PAGES, "*u8", False), (MODE_PAGES, "*u8", True),
-             (MODE_PIXELS, "*fp32", False), (MODE_PIXELS, "*bf16", False), (MODE_PATCHES, "*u8", False)]
+    # (mode, out_ptr's type, ink): the reductions get the fp32 `bgv` tensor as a placeholder output
+    cases = [(MODE_BG, "*fp32", False), (MODE_INK, "*fp32", False), (MODE_PAGES, "*u8", False),
+             (MODE_PAGES, "*u8", True), (MODE_PIXELS, "*fp32", False), (MODE_PIXELS, "*bf16", False),
+             (MODE_PATCHES, "*u8", False)]
     specs = []
     for mode, out, ink in cases:
         # page0 past the first 65535 pages is not a multiple of 16 (one case per output mode is enough)
         for gray, page0_aligned in ((False, True), (True, True)) + (((False, False),) if mode >= MODE_PAGES else ()):
-            sig = {**ptrs, "out_ptr": out if mode >= MODE_PAGES else "*fp32",
-                   "lut_ptr": out if mode == MODE_PIXELS else "*fp32", "page0": "i32", "tol": "fp32"}
+            sig = {**ptrs, "out_ptr": out, "lut_ptr": out if mode == MODE_PIXELS else "*fp32", "page0": "i32",
+                   "tol": "fp32"}
             aligned = tuple(k for k in sig if k.endswith("_ptr")) + (("page0",) if page0_aligned else ())
             specs.append(AotSpec(f"raster mode={mode} out={out} ink={ink} gray={gray} page0_aligned={page0_aligned}",
                                  raster_kernel, sig, dict(**BLOCK, MODE=mode, INK=ink, GRAY=gray), NUM_WARPS,
