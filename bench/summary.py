@@ -146,7 +146,7 @@ TARGETS = [
     Target("rasterizer", "batch throughput (pages/s)", "render-gpu", "bench-render", ">=", 50_000, "pages/s",
            render_pps),
     Target("patch embed", "uint8 vs F.linear (x)", "patch-embed", "bench-patch-embed", ">=", 1.2, "x",
-           pe_ratio("speedup_vs_linear", "linear_from_uint8")),
+           pe_ratio("speedup_vs_linear_u8", "linear_u8")),
     Target("patch embed", "uint8 vs HF Conv3d (x)", "patch-embed", "bench-patch-embed", ">=", 5.0, "x",
            pe_ratio("speedup_vs_conv3d", "hf_conv3d")),
     Target("attention", "vision varlen vs best library backend (x)", "attention", "bench-attention", ">=", 1.0, "x",

@@ -9,8 +9,9 @@ rasterizer, so the pixels are identical. What happens to the tile then is the mo
     MODE_INK     per page: column after the rightmost ink, row after the lowest ink
     MODE_PAGES   uint8 RGB pages [H, W, 3], each at its own offset (optionally with MODE_INK)
     MODE_PIXELS  GLM-4.1V / Qwen2.5-VL pixel_values rows, normalized through a [3, 256] lookup table
-    MODE_PATCHES the same rows as raw uint8 levels, one frame: [N, 588] (channel, py, px), for the
-                 patch embedding that folds the normalization into its weights
+    MODE_PATCHES the same rows as raw uint8 levels, one frame: [N, 588] (channel, py, px) in rows of
+                 592 bytes (4 zero pad bytes: 16-byte aligned rows, glyph_rt.ops.pixel_values), for the patch
+                 embedding that folds the normalization into its weights
 
 Under TRITON_INTERPRET=1 the kernel runs on CPU tensors (that is how CI checks it).
 The launcher takes a prepared `RasterBatch` (glyph_rt.ops.raster) and the device tensors.
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from .aot import AotSpec
 
 MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS, MODE_PATCHES = 0, 1, 2, 3, 4
 TILE_H, TILE_W = 14, 28  # one patch row of a 2x2 merge block, drawn in a 16x32 block
@@ -153,18 +156,26 @@ def raster_kernel(
                     tl.store(out_ptr + base + 588, vg, mask=keep)
                     tl.store(out_ptr + base + 784, vb, mask=keep)
                     tl.store(out_ptr + base + 980, vb, mask=keep)
-                else:  # columns (channel, py, px) of one frame, raw levels
-                    base = row.to(tl.int64) * 588 + ly * 14 + px
+                else:  # columns (channel, py, px) of one frame, raw levels, in 592-byte rows
+                    base = row.to(tl.int64) * 592 + ly * 14 + px
                     tl.store(out_ptr + base, r.to(tl.uint8), mask=keep)
                     tl.store(out_ptr + base + 196, g.to(tl.uint8), mask=keep)
                     tl.store(out_ptr + base + 392, b.to(tl.uint8), mask=keep)
+                    # pixels (ly 0, px 0-3) zero the row's 4 pad bytes 588-591
+                    tl.store(out_ptr + base + 588, tl.zeros([BH, BW], tl.uint8), mask=keep & (ly == 0) & (px < 4))
+
+
+# what launch() passes besides the mode's switches; Triton's defaults for warps and stages
+BLOCK = dict(TH=TILE_H, TW=TILE_W, BH=16, BW=32)
+NUM_WARPS, NUM_STAGES = 4, 3
 
 
 def launch(mode: int, batch, dev: dict, out=None, lut=None, ink: bool = False, tol: float = 5.0) -> None:
     """Runs one mode over every page of a prepared batch (glyph_rt.ops.raster.RasterBatch).
 
     `dev` holds the batch's device tensors (RasterBatch.to_device); `out` is the flat uint8
-    page buffer (MODE_PAGES) or the pixel_values tensor (MODE_PIXELS)."""
+    page buffer (MODE_PAGES), the pixel_values tensor (MODE_PIXELS) or the uint8 patches (MODE_PATCHES,
+    rows of 592 bytes)."""
     tiles = dev["tiles_per_page_max"] if mode != MODE_BG else 1
     dummy = dev["bgv"]
     for p0 in range(0, batch.num_pages, MAX_GRID_Y):
@@ -176,5 +187,30 @@ def launch(mode: int, batch, dev: dict, out=None, lut=None, ink: bool = False, t
             dev["g_off"], dev["g_rgb"],
             dev["rect_start"], dev["rect_items"], dev["r_box"], dev["r_rgb"],
             dev["atlas"], p0, float(tol),
-            TH=TILE_H, TW=TILE_W, BH=16, BW=32, MODE=mode, INK=bool(ink), GRAY=bool(batch.gray),
+            **BLOCK, MODE=mode, INK=bool(ink), GRAY=bool(batch.gray), num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
+
+
+def aot_specs() -> list[AotSpec]:
+    """Every launch glyph_rt.ops.raster makes: each mode with its output (and table) dtypes, ink
+    on or off where the mode takes it, grey or color pages. page0 is 0, or a multiple of 65535."""
+    ptrs = dict(out_ptr=None, ink_ptr="*i32", bgv_ptr="*fp32", lut_ptr="*fp32", meta_ptr="*i32", out_off_ptr="*i64")
+    for name in ("glyph_start", "glyph_items", "g_x0", "g_y0", "g_w", "g_h", "g_off", "g_rgb", "rect_start",
+                 "rect_items", "r_box", "r_rgb"):
+        ptrs[name + "_ptr"] = "*i32"
+    ptrs["atlas_ptr"] = "*u8"
+    # (mode, out_ptr's type, ink): the reductions get the fp32 `bgv` tensor as a placeholder output
+    cases = [(MODE_BG, "*fp32", False), (MODE_INK, "*fp32", False), (MODE_PAGES, "*u8", False),
+             (MODE_PAGES, "*u8", True), (MODE_PIXELS, "*fp32", False), (MODE_PIXELS, "*bf16", False),
+             (MODE_PATCHES, "*u8", False)]
+    specs = []
+    for mode, out, ink in cases:
+        # page0 past the first 65535 pages is not a multiple of 16 (one case per output mode is enough)
+        for gray, page0_aligned in ((False, True), (True, True)) + (((False, False),) if mode >= MODE_PAGES else ()):
+            sig = {**ptrs, "out_ptr": out, "lut_ptr": out if mode == MODE_PIXELS else "*fp32", "page0": "i32",
+                   "tol": "fp32"}
+            aligned = tuple(k for k in sig if k.endswith("_ptr")) + (("page0",) if page0_aligned else ())
+            specs.append(AotSpec(f"raster mode={mode} out={out} ink={ink} gray={gray} page0_aligned={page0_aligned}",
+                                 raster_kernel, sig, dict(**BLOCK, MODE=mode, INK=ink, GRAY=gray), NUM_WARPS,
+                                 NUM_STAGES, aligned))
+    return specs

@@ -36,8 +36,8 @@ def sample_outdir(out: Path) -> None:
          "speedup_vs_cpu": 400}))
     for backend, lin in (("triton", 1.3), ("cuda", 1.1)):
         write(out / f"patch-embed-{backend}" / "patch-embed-h100.json", result("patch-embed", [
-            {"patches": 131072, "backend": backend, "ours_uint8": {"ms": 1.0}, "linear_from_uint8": {"ms": lin},
-             "hf_conv3d": {"ms": 6.0}}], {"speedup_vs_linear": lin, "speedup_vs_conv3d": 6.0}))
+            {"patches": 131072, "backend": backend, "ours_uint8": {"ms": 1.0}, "linear_u8": {"ms": lin},
+             "hf_conv3d": {"ms": 6.0}}], {"speedup_vs_linear_u8": lin, "speedup_vs_conv3d": 6.0}))
     att = [{"case": "vision 64x2520, 12x128", "backend": "glyph", "fwd_ms": 2.0},
            {"case": "vision 64x2520, 12x128", "backend": "sdpa_flash", "fwd_ms": 2.2},
            {"case": "prefill 128K, 32q/2kv x128", "backend": "glyph", "fwd_ms": 100.0},
@@ -106,7 +106,7 @@ def test_summary_names_the_step_behind_a_missing_figure(tmp_path):
         {"text_tokens": 200, "text_ttft_s": 1.0, "prefill_speedup_hf": 1.0, "text_decode_s_per_sample": 1.0,
          "decode_speedup_hf": 1.0, "glyph_hf_render_s": 0.1}],
         {"prefill_speedup_128k": 1.2, "decode_speedup_128k": 1.5, "render_fraction_of_ttft": 0.2}))
-    write(tmp_path / "p" / "patch-embed-x.json", result("patch-embed", [{"patches": 8, "ours_uint8": None}], {"speedup_vs_linear": 2}))
+    write(tmp_path / "p" / "patch-embed-x.json", result("patch-embed", [{"patches": 8, "ours_uint8": None}], {"speedup_vs_linear_u8": 2}))
     rows = rows_of(summary.build(tmp_path))
     vision = rows["vision varlen vs best library backend (x)"][0]
     assert vision[5] == "missing" and "bench-attention: timeout" in vision[6]

@@ -1,4 +1,11 @@
 """Patch embedding against the Hugging Face modules, forward and backward."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers.models.glm4v.configuration_glm4v import Glm4vVisionConfig
@@ -7,6 +14,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionPat
 
 from glyph_rt.models.patch_embed import PatchEmbed
 from glyph_rt.ops.patch_embed import expand_uint8, fold_weight, patch_embed, patch_embed_reference
+from glyph_rt.ops.pixel_values import padded_rows, uint8_rows
 
 from conftest import TEST_DEVICE as TRITON_DEVICE  # cuda on a GPU unless --device cpu
 BACKENDS = ["torch", "triton"]
@@ -87,12 +95,123 @@ def test_checkpoint_weights_load_as_they_are():
     assert set(ours.state_dict()) == set(hf.state_dict())
 
 
-def test_folded_weights_shapes():
+def test_folded_weights_are_592_rows_contiguous_with_zero_padding():
     hf = hf_glm()
     w, b = fold_weight(hf.proj.weight, hf.proj.bias)
-    assert w.shape == (588, 64) and b.shape == (64,)
+    assert w.shape == (592, 64) and w.is_contiguous() and b.shape == (64,)
+    assert not w[588:].any() and w[:588].abs().min() > 0
     w, b = fold_weight(hf_qwen().proj.weight, None)
-    assert b.shape == (48,)
+    assert w.shape == (592, 48) and b.shape == (48,)
+
+
+def test_uint8_rows_are_views_of_592_byte_rows():
+    u = uint8_rows(5)
+    assert u.shape == (5, 588) and u.stride() == (592, 1)
+    full = padded_rows(u)
+    assert full.shape == (5, 592) and full.data_ptr() == u.data_ptr()  # no copy
+    c = torch.randint(0, 256, (3, 588), dtype=torch.uint8)
+    p = padded_rows(c)  # other input is padded by a copy, with zeros
+    assert p.shape == (3, 592) and torch.equal(p[:, :588], c) and not p[:, 588:].any()
+    assert padded_rows(c[1:2]).shape == (1, 592)  # a one-row view of 588-byte rows is not a padded view
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uint8_padded_contiguous_and_garbage_pads_give_the_same_embedding(backend):
+    dev = device_of(backend)
+    hf = hf_glm(device=dev)
+    torch.manual_seed(4)
+    c = torch.randint(0, 256, (37, 588), dtype=torch.uint8, device=dev)
+    u = uint8_rows(37, dev)
+    u.copy_(c)
+    padded_rows(u)[:, 588:] = 255  # pad bytes meet the weight's zero rows
+    with torch.no_grad():
+        want = hf(expand_uint8(c))
+        a = patch_embed(c, hf.proj.weight, hf.proj.bias, backend)
+        b = patch_embed(u, hf.proj.weight, hf.proj.bias, backend)
+    torch.testing.assert_close(a, want, rtol=1e-4, atol=2e-3)
+    torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda_host", "cpu"])
+def test_rendered_uint8_patches_come_in_zero_padded_592_byte_rows(backend):
+    import glyph_rt
+    from glyph_rt.render.gpu import inputs_of_batch
+
+    cfg = glyph_rt.RenderConfig(page_size=(120, 90), font_size=8.75, line_height=10)
+    docs = [glyph_rt.Document("Patch rows " * 40, cfg), glyph_rt.Document("second text " * 25, cfg)]
+    items = [(d, 0, d.num_pages) for d in docs]
+    dev = TRITON_DEVICE if backend == "triton" else "cpu"
+    u8, _, _ = inputs_of_batch(items, dev, backend, "glm4v", torch.uint8, None)
+    ref, _, _ = inputs_of_batch(items, "cpu", "cpu", "glm4v", torch.uint8, None)
+    assert u8.shape == (len(ref), 588) and u8.stride() == (592, 1) and ref.stride() == (592, 1)
+    assert torch.equal(u8.cpu(), ref)
+    assert not padded_rows(u8)[:, 588:].any() and not padded_rows(ref)[:, 588:].any()
+
+
+def test_gemm_launch_tells_triton_the_row_alignment():
+    from glyph_rt.kernels.patch_embed import plan
+
+    # HF pixel_values [N, 1176] bf16 @ the weight's [1176, D] view: 2352-byte rows are 16-byte aligned,
+    # but 1176 is not a multiple of 16: the launch passes 1176 = 147 * 8 with the 8 as a constexpr
+    ints, consts, _, _ = plan(torch.bfloat16, torch.bfloat16, 123, 1536, 1176, (1176, 1, 1, 1176, 1536, 1), True)
+    assert (ints["K"], consts["D_K"], ints["stride_am"], consts["D_AM"], ints["stride_bn"], consts["D_BN"]) == \
+        (147, 8, 147, 8, 147, 8)
+    assert ints["stride_ak"] == ints["stride_bk"] == 1 and consts["D_AK"] == consts["D_BK"] == 1
+    ints, consts, _, _ = plan(torch.uint8, torch.bfloat16, 7, 1536, 592, (592, 1, 1536, 1, 1536, 1), True)
+    assert (ints["K"] * consts["D_K"], ints["stride_am"] * consts["D_AM"]) == (592, 592) and consts["D_K"] == 16
+
+
+AOT = """
+import re, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from glyph_rt.kernels import patch_embed, raster
+
+SMEM = {80: 166912, 90: 232448}  # opt-in shared memory per block: A100, H100
+pattern = sys.argv[1]
+specs = [s for m in (patch_embed, raster) for s in m.aot_specs() if re.search(pattern, s.name)]
+assert specs, pattern
+for s in specs:
+    sig = {**s.signature, **{k: "constexpr" for k in s.constexprs}}
+    names = list(sig)
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in s.aligned}
+    for arch in (80, 90):
+        k = triton.compile(ASTSource(fn=s.fn, signature=sig, constexprs=s.constexprs, attrs=attrs),
+                           target=GPUTarget("cuda", arch, 32), options=dict(num_warps=s.num_warps,
+                                                                              num_stages=s.num_stages))
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(k.asm["cubin"])
+            f.flush()
+            res = subprocess.run([triton.knobs.nvidia.cuobjdump.path, "--dump-resource-usage", f.name],
+                                 capture_output=True, text=True, check=True).stdout
+        stack, local = (int(v) for v in re.search(r"STACK:(\\d+) SHARED:\\d+ LOCAL:(\\d+)", res).groups())
+        assert k.metadata.shared <= SMEM[arch], f"{s.name} sm_{arch}: {k.metadata.shared} B of shared memory"
+        assert stack == 0 and local == 0, f"{s.name} sm_{arch}: spills ({stack} B stack, {local} B local)"
+        if " fwd " in s.name:  # the forward GEMMs load 16 bytes at a time, asynchronously (pipelined)
+            assert re.search(r"cp\\.async\\.cg\\.shared\\.global \\[[^]]*\\], \\[[^]]*\\], 0x10", k.asm["ptx"]), \\
+                f"{s.name} sm_{arch}: no 16-byte cp.async"
+        print(f"sm_{arch} {s.name}: {k.metadata.shared} B shared, no spills")
+print("compiled", len(specs))
+"""
+
+
+def compile_aot_specs(pattern):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", AOT, pattern], capture_output=True, text=True, env=env, timeout=1800)
+    assert r.returncode == 0 and "compiled" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_forward_gemms_compile_for_a100_and_h100_aligned_and_without_spills():
+    # the hot launches (uint8 patches, HF's bf16 pixel_values); every launch: the slow test below
+    out = compile_aot_specs(r"^patch_embed (u8 )?fwd bfloat16 .*N=4096$")
+    assert "sm_90 patch_embed u8 fwd" in out and "sm_80 patch_embed fwd" in out
+
+
+@pytest.mark.slow
+def test_every_patch_embed_and_raster_launch_compiles_for_a100_and_h100_without_spills():
+    compile_aot_specs(".")
 
 
 def test_bad_inputs_name_the_problem():
@@ -147,3 +266,32 @@ def test_bf16_on_gpu_is_as_accurate_as_hf(make, backend):
     with torch.no_grad():
         want = ref(expand_uint8(u8))
         assert rel_err(ours(u8), want) <= 2 * rel_err(hf(expand_uint8(u8, torch.bfloat16)), want) + 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_cuda_gemm_compiles_for_a100_and_h100_without_warnings_or_spills(tmp_path):
+    src = Path(__file__).resolve().parent.parent / "csrc" / "vision" / "patch_embed.cu"
+    r = subprocess.run(["nvcc", "-std=c++17", "-c", str(src), "-o", str(tmp_path / "gemm.o"), "-Xptxas", "-v",
+                        "-Werror", "all-warnings", "-gencode", "arch=compute_80,code=sm_80",
+                        "-gencode", "arch=compute_90,code=sm_90"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    kernels = re.findall(r"Compiling entry function '\S*(gemm_\w+?)I\S*' for '(sm_\d+)'", r.stderr)
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", r.stderr)
+    assert len(kernels) == len(spills) == 16, r.stderr[-3000:]  # 2 kernels x 2 A types x 2 C types x 2 archs
+    for (name, arch), counts in zip(kernels, spills):
+        assert counts == ("0", "0"), f"{name} {arch} spills: {counts}"
+
+
+def test_benchmark_quick_mode_runs_and_reports_both_baselines(tmp_path):
+    import json
+
+    from bench.bench_patch_embed import main
+
+    out = tmp_path / "pe.json"
+    main(["--quick", "--dim", "32", "--sizes", "48", "--out", str(out)])
+    res = json.loads(out.read_text())
+    row = res["rows"][0]
+    for k in ("hf_conv3d", "linear", "linear_u8", "ours_uint8", "ours_pixel_values"):
+        assert row[k]["ms"] > 0 and row[k]["tflops"] > 0 and row[k]["gbps"] > 0
+    assert {"speedup_vs_conv3d", "speedup_vs_linear_u8", "speedup_vs_linear"} <= set(res["summary"])

@@ -74,8 +74,8 @@ __global__ void __launch_bounds__(kTileH * kTileW) raster_kernel(RasterTileArgs 
       store_pixel_values(static_cast<OutT*>(a.out), static_cast<const OutT*>(a.lut),
                          patch_row_index(a.out_off[page], out_w, ty, tx, ly, lx, kRow), rgb);
     else
-      store_patch_u8(static_cast<uint8_t*>(a.out), patch_row_index(a.out_off[page], out_w, ty, tx, ly, lx, kRowU8),
-                     rgb);
+      store_patch_u8(static_cast<uint8_t*>(a.out),
+                     patch_row_index(a.out_off[page], out_w, ty, tx, ly, lx, kRowU8Stride), rgb, ly, lx);
   }
 }
 

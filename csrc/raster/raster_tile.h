@@ -14,7 +14,8 @@ namespace glyph_rt {
 
 constexpr int kTileH = 14, kTileW = 28;  // one patch row of a 2x2 merge block
 constexpr int kPatch = 14, kRow = 1176;  // pixel_values: 3 channels x 2 frames x 14 x 14
-constexpr int kRowU8 = 588;              // uint8 patches: 3 channels x 14 x 14
+constexpr int kRowU8 = 588;              // uint8 patches: 3 channels x 14 x 14,
+constexpr int kRowU8Stride = 592;        // in rows padded to 16 bytes (4 zero bytes) for aligned GEMM loads
 
 struct RasterTileArgs {
   void* out = nullptr;          // uint8 pages, or float / bf16 pixel_values
@@ -99,9 +100,11 @@ GLYPH_HD void store_pixel_values(OutT* out, const OutT* lut, int64_t i, int rgb)
   out[i] = vr, out[i + 196] = vr, out[i + 392] = vg, out[i + 588] = vg, out[i + 784] = vb, out[i + 980] = vb;
 }
 
-// Writes one pixel's three uint8 patch entries (channels of one frame, raw levels).
-GLYPH_HD void store_patch_u8(uint8_t* out, int64_t i, int rgb) {
+// Writes one pixel's three uint8 patch entries (channels of one frame, raw levels) at index i of
+// rows of kRowU8Stride bytes; the pixels (ly 0, px 0-3) also zero the row's 4 pad bytes.
+GLYPH_HD void store_patch_u8(uint8_t* out, int64_t i, int rgb, int ly, int lx) {
   out[i] = (uint8_t)(rgb & 255), out[i + 196] = (uint8_t)((rgb >> 8) & 255), out[i + 392] = (uint8_t)(rgb >> 16);
+  if (ly == 0 && lx % kPatch < kRowU8Stride - kRowU8) out[i + kRowU8] = 0;
 }
 
 // Runs every mode of the CUDA kernel on the host, one pixel at a time (tests and debugging).

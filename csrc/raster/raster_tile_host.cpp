@@ -37,8 +37,8 @@ void run(const RasterTileArgs& a) {
             o[0] = (uint8_t)r, o[1] = (uint8_t)g, o[2] = (uint8_t)b;
           }
           if (a.mode == 4)
-            store_patch_u8(static_cast<uint8_t*>(a.out), patch_row_index(a.out_off[page], out_w, ty, tx, ly, lx, kRowU8),
-                           rgb);
+            store_patch_u8(static_cast<uint8_t*>(a.out),
+                           patch_row_index(a.out_off[page], out_w, ty, tx, ly, lx, kRowU8Stride), rgb, ly, lx);
           if (a.mode == 3) {
             const int64_t i = patch_row_index(a.out_off[page], out_w, ty, tx, ly, lx, kRow);
             if (a.out_type == 1)

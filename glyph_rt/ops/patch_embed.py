@@ -8,8 +8,10 @@ y = x @ W.view(D, 1176).T + b. glyph_rt runs it as one GEMM, forward and backwar
 
 For uint8 patches (a still image: both frames equal) the weight is summed over the two frames
 and the per-channel normalization (x / 255 - mean) / std is folded into it and the bias, so the
-GEMM is 588 wide and reads one byte per input value. Gradients flow to the Conv3d's own weight
-and bias in both cases, so training uses the same op.
+GEMM reads one byte per input value. It is 592 wide: patches come as [N, 588] views of 592-byte
+rows (glyph_rt.ops.pixel_values.ROW_U8_STRIDE; other uint8 input is padded by a copy) and the
+folded weight is [592, D] contiguous with 4 zero rows, so every row starts 16-byte aligned.
+Gradients flow to the Conv3d's own weight and bias in both cases, so training uses the same op.
 
 Backends: "triton" (glyph_rt.kernels.patch_embed), "cuda" (the extension's tensor-core GEMM,
 bfloat16 weights), "torch" (the plain reference: a matmul on the reshaped weight), "auto"
@@ -23,7 +25,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .pixel_values import CLIP_MEAN, CLIP_STD
+from .pixel_values import CLIP_MEAN, CLIP_STD, ROW_U8_STRIDE, padded_rows
 
 IN_CHANNELS, TEMPORAL, PATCH = 3, 2, 14
 K_PIXELS = IN_CHANNELS * TEMPORAL * PATCH * PATCH  # 1176
@@ -111,7 +113,8 @@ class _Gemm(torch.autograd.Function):
 
 def fold_weight(weight: torch.Tensor, bias: torch.Tensor | None, mean=CLIP_MEAN, std=CLIP_STD,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conv3d weight [D, 3, 2, 14, 14] and bias -> (weight [588, D], bias [D]) acting on uint8 levels.
+    """Conv3d weight [D, 3, 2, 14, 14] and bias -> (weight [592, D], bias [D]) acting on uint8 levels:
+    [592, D] contiguous, rows 588-591 zero (the pad bytes of the patch rows).
 
     x = u / (255 std_c) - mean_c / std_c for both frames, so W' = sum_t W / (255 std_c) and
     b' = b - sum W mean_c / std_c. Computed in float32 with autograd, returned in weight's dtype."""
@@ -122,7 +125,8 @@ def fold_weight(weight: torch.Tensor, bias: torch.Tensor | None, mean=CLIP_MEAN,
     w_u8 = (w / (255.0 * s)[None, :, None]).reshape(D, K_UINT8)
     shift = (w * (m / s)[None, :, None]).sum((1, 2))
     b = (bias.float() if bias is not None else torch.zeros(D, device=weight.device)) - shift
-    return w_u8.t().to(weight.dtype), b.to(weight.dtype)
+    w_u8 = F.pad(w_u8.t(), (0, 0, 0, ROW_U8_STRIDE - K_UINT8)).to(weight.dtype).contiguous()
+    return w_u8, b.to(weight.dtype)
 
 
 def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -146,7 +150,8 @@ def patch_embed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """Patch embeddings [N, D] in weight's dtype.
 
     x: pixel_values [N, 1176] (float; cast to weight's dtype, as the HF modules do), or uint8
-    patches [N, 588] (raw levels, rows as pixel_values, columns (channel, py, px)).
+    patches [N, 588] (raw levels, rows as pixel_values, columns (channel, py, px); fastest as the view
+    of 592-byte rows that glyph_rt.render_inputs(dtype=torch.uint8) returns).
     weight: the Conv3d weight [D, 3, 2, 14, 14]; bias: [D] or None (Qwen2.5-VL).
     folded: fold_weight(weight, bias), when the caller caches it (inference)."""
     check_inputs(x, weight, bias)
@@ -154,9 +159,12 @@ def patch_embed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     D = weight.shape[0]
     if x.dtype == torch.uint8:
         w, b = folded if folded is not None else fold_weight(weight, bias)
-        return _Gemm.apply(x, w, b, backend)
+        return _Gemm.apply(padded_rows(x), w, b, backend)
     x = x.reshape(-1, K_PIXELS).to(weight.dtype)
-    return _Gemm.apply(x, weight.reshape(D, K_PIXELS).t(), bias, backend)
+    w = weight.reshape(D, K_PIXELS).t()
+    if backend == "cuda":  # the CUDA kernel's fast layout is a row-major [K, N] weight (Triton takes either)
+        w = w.contiguous()
+    return _Gemm.apply(x, w, bias, backend)
 
 
 def patch_embed_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

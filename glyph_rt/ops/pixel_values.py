@@ -23,6 +23,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PATCH, MERGE, TEMPORAL = 14, 2, 2
 ROW = 3 * TEMPORAL * PATCH * PATCH
 ROW_U8 = 3 * PATCH * PATCH
+ROW_U8_STRIDE = 592  # uint8 patch rows are padded to 16 bytes (aligned GEMM loads); the 4 pad bytes are 0
 FACTOR = PATCH * MERGE  # sides of a page must be multiples of this
 
 
@@ -40,6 +41,27 @@ def normalize_lut(device=None, dtype=torch.float32, mean=CLIP_MEAN, std=CLIP_STD
     """[3, 256]: the model's input value of each uint8 level of each channel, computed in float32 and
     rounded to `dtype` by torch (so bf16 input equals the float32 input cast to bf16)."""
     return torch.from_numpy(_lut_numpy(tuple(mean), tuple(std))).to(device=device, dtype=dtype)
+
+
+def uint8_rows(n: int, device=None) -> torch.Tensor:
+    """Uninitialized uint8 patches [n, 588]: a view of [n, 592] rows (see ROW_U8_STRIDE)."""
+    return torch.empty(n, ROW_U8_STRIDE, dtype=torch.uint8, device=device)[:, :ROW_U8]
+
+
+def padded_rows(patches: torch.Tensor) -> torch.Tensor:
+    """uint8 patches [n, 588] -> the [n, 592] rows they are a view of; a zero-padded copy otherwise."""
+    n = patches.shape[0]
+    end = patches.storage_offset() + n * ROW_U8_STRIDE
+    if patches.stride() == (ROW_U8_STRIDE, 1) and end <= patches.untyped_storage().nbytes():
+        return patches.as_strided((n, ROW_U8_STRIDE), (ROW_U8_STRIDE, 1))
+    return torch.nn.functional.pad(patches, (0, ROW_U8_STRIDE - ROW_U8))
+
+
+def cat_rows(pieces: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat of row blocks, keeping uint8 patches padded."""
+    if pieces[0].dtype != torch.uint8:
+        return torch.cat(pieces)
+    return torch.cat([padded_rows(p) for p in pieces])[:, :ROW_U8]
 
 
 def target_size(height: int, width: int, model: str = "glm4v") -> tuple[int, int]:
@@ -72,7 +94,7 @@ def patchify(values: torch.Tensor, temporal: int = TEMPORAL) -> torch.Tensor:
 def pixel_values_from_pages(pages: list[torch.Tensor], model: str = "glm4v", dtype=torch.float32,
                             lut: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [H, W, 3] pages (any device) -> (pixel_values [N, 1176], image_grid_thw [pages, 3] int64);
-    with dtype uint8, raw patches [N, 588]."""
+    with dtype uint8, raw patches [N, 588] (a view of zero-padded [N, 592] rows)."""
     rows, grids = [], []
     device = pages[0].device if pages else torch.device("cpu")
     raw = dtype == torch.uint8
@@ -91,7 +113,7 @@ def pixel_values_from_pages(pages: list[torch.Tensor], model: str = "glm4v", dty
             idx = page.permute(2, 0, 1).reshape(3, -1).long()
             rows.append(patchify(torch.gather(lut, 1, idx).reshape(3, h, w)))
         grids.append([1, h // PATCH, w // PATCH])
-    pv = torch.cat(rows) if rows else torch.zeros(0, ROW_U8 if raw else ROW, dtype=dtype, device=device)
+    pv = cat_rows(rows) if rows else torch.zeros(0, ROW_U8 if raw else ROW, dtype=dtype, device=device)
     return pv, torch.tensor(grids, dtype=torch.int64, device=device).reshape(-1, 3)
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ..nvtx import nvtx_range
-from ..ops.pixel_values import PATCH, ROW, ROW_U8, normalize_lut, pixel_values_from_pages, target_size, \
-    write_pixel_values_cpu
+from ..ops.pixel_values import PATCH, ROW, ROW_U8, cat_rows, normalize_lut, padded_rows, pixel_values_from_pages, \
+    target_size, uint8_rows, write_pixel_values_cpu
 from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PATCHES, MODE_PIXELS, RasterBatch, \
     check_backend, raster_tiles, set_image_targets
 from .config import RenderConfig
@@ -214,7 +214,8 @@ def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Te
     rows = (target[:, 0] // PATCH) * (target[:, 1] // PATCH)
     first = np.cumsum(rows) - rows
     raw = dtype == torch.uint8
-    pv = torch.empty(int(rows.sum()), ROW_U8 if raw else ROW, dtype=dtype, device=device)
+    n = int(rows.sum())
+    pv = uint8_rows(n, device) if raw else torch.empty(n, ROW, dtype=dtype, device=device)
     if fused.any():
         set_image_targets(dev, hw * fused[:, None], first)
         with nvtx_range("glyph_rt.pixel_values"):
@@ -231,7 +232,10 @@ def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Te
                 p = p0 + int(k)
                 h, w = hw[p]
                 v, _ = pixel_values_from_pages([buf[k - todo[0], :h, :w]], model, dtype, lut)
-                pv[first[p]:first[p] + rows[p]] = v
+                if raw:  # the pad bytes too
+                    padded_rows(pv)[first[p]:first[p] + rows[p]] = padded_rows(v)
+                else:
+                    pv[first[p]:first[p] + rows[p]] = v
     grid = np.stack([np.ones(len(target), np.int64), target[:, 0] // PATCH, target[:, 1] // PATCH], 1)
     return pv, torch.from_numpy(grid).to(device), int(fused.sum())
 
@@ -244,10 +248,10 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
 
     texts: a str or a list of str; config: one RenderConfig or one per text (configs may differ
     within a batch: fonts, sizes, colors, dpi). model: "glm4v" or "qwen2_5_vl". device: where the
-    pages are drawn and pixel_values live, by default the GPU when torch sees one, else the CPU. dtype float32 or
-    bfloat16 gives the processor's pixel_values; uint8 gives raw patches [N, 588] for
-    glyph_rt.ops.patch_embed, which folds the normalization into the weights. Pages of
-    several texts are drawn in one launch, `batch_pages` pages at a time (long texts are split),
+    pages are drawn and pixel_values live, by default the GPU when torch sees one, else the CPU.
+    dtype float32 or bfloat16 gives the processor's pixel_values; uint8 gives raw patches [N, 588]
+    (a view of [N, 592] rows, zero-padded to 16 bytes) for glyph_rt.ops.patch_embed, which folds
+    the normalization into the weights. Pages of several texts are drawn in one launch, `batch_pages` pages at a time (long texts are split),
     while `workers` threads lay out the next texts (the C++ layout engine runs without the GIL).
     MemoryError once pixel_values would pass `max_bytes`."""
     from tqdm import tqdm
@@ -319,7 +323,7 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
     if not pieces:
         pieces = [torch.zeros(0, ROW_U8 if dtype == torch.uint8 else ROW, dtype=dtype, device=device)]
         grids = [torch.zeros(0, 3, dtype=torch.int64, device=device)]
-    pv = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    pv = pieces[0] if len(pieces) == 1 else cat_rows(pieces)
     grid = grids[0] if len(grids) == 1 else torch.cat(grids)
     seconds["total"] = time.perf_counter() - t0
     return ModelInputs(pv, grid, [d.num_pages for d in docs], model, docs, fused, seconds)
