@@ -43,7 +43,8 @@ class Layout:
     p_line_start: np.ndarray
     missing: int  # characters drawn as replacement boxes
     stripped: int  # soft hyphens / zero-width spaces removed, as Glyph's renderer does
-    placed: int  # characters placed on pages (boxes included)
+    placed: int  # source characters placed on pages (boxes included; newline-marker glyphs not)
+    marker_glyphs: int  # glyphs drawn for visible newline markers (not source characters)
     truncated: bool  # stopped at max_pages
 
     @classmethod
