@@ -105,3 +105,157 @@ def test_max_pages_truncates_and_says_so():
 def test_non_str_input():
     with pytest.raises(TypeError, match="str"):
         glyph_rt.render(b"bytes")
+
+
+# ---------------------------------------------------------------------- atlas cache and threads
+CORRUPT_CACHE_SCRIPT = r"""
+import sys, numpy as np, glyph_rt
+from glyph_rt.render import atlas as A
+from glyph_rt.render.layout import atlas_for
+
+cfg = glyph_rt.RenderConfig(font_size=9.25, line_height=11, auto_cjk_fallback=False)
+text = "The quick brown fox jumps over the lazy dog. 0123456789"
+
+
+def fresh():
+    A.FontAtlas._memory.clear()
+    return glyph_rt.render(text, cfg)
+
+
+good = fresh()
+path = atlas_for(cfg)._path()
+assert path.name.startswith("atlas-v%d-" % A.ATLAS_VERSION), path.name
+orig = path.read_bytes()
+
+
+def rewrite(**change):
+    with np.load(path) as f:
+        z = {k: f[k] for k in A._CACHED}
+    z.update(change)
+    np.savez(path, checksum=np.frombuffer(A._checksum(z), np.uint8), **z)
+
+
+with np.load(path) as f:
+    slots, offset, data = f["slots"], f["offset"], f["data"]
+cases = {
+    "slot past the end": lambda: rewrite(slots=np.full_like(slots, 1 << 20)),
+    "negative slot": lambda: rewrite(slots=np.full_like(slots, -5)),
+    "offset past the data": lambda: rewrite(offset=offset + (1 << 40)),
+    "short data": lambda: rewrite(data=data[:10]),
+    "flipped bytes": lambda: path.write_bytes(orig[:200] + bytes(b ^ 0xFF for b in orig[200:400]) + orig[400:]),
+    "truncated": lambda: path.write_bytes(orig[: len(orig) // 2]),
+    "garbage": lambda: path.write_bytes(b"\x00" * 1000),
+}
+for name, corrupt in cases.items():
+    path.write_bytes(orig)
+    corrupt()
+    pages = fresh()
+    assert np.array_equal(pages.buffer.numpy(), good.buffer.numpy()), name
+    assert pages.summary(tokenizer=None)["placed_chars"] == good.summary(tokenizer=None)["placed_chars"], name
+print("ok")
+"""
+
+
+def test_corrupted_atlas_cache_is_rebuilt(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # in a child process: an unchecked slot used to crash the interpreter (segfault)
+    env = {**os.environ, "GLYPH_RT_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", CORRUPT_CACHE_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-3000:])
+
+
+def test_layout_rejects_slots_outside_the_atlas():
+    from glyph_rt._ext import require_extension
+    from glyph_rt.render.layout import layout_params, text_codepoints
+
+    C = require_extension("test")
+    lut = np.full(0x110000, -1, np.int32)
+    lut[ord("a")] = 7  # only 2 slots
+    adv, miss = np.ones(2), np.zeros(2, np.uint8)
+    with pytest.raises(IndexError, match="slot 7"):
+        C.layout(text_codepoints("a"), lut, adv, miss, 1, 0, {}, np.zeros(0, np.int32))
+    with pytest.raises(ValueError, match="inconsistent"):
+        C.layout(text_codepoints("a"), lut, adv, miss, 5, 0, {}, np.zeros(0, np.int32))
+    with pytest.raises(ValueError, match="tab_size"):
+        C.layout(text_codepoints("a"), lut, adv, miss, 1, 0, {"tab_size": 0}, np.zeros(0, np.int32))
+
+
+def test_raster_rejects_non_finite_placements():
+    from glyph_rt._ext import require_extension
+
+    C = require_extension("test")
+    out = np.zeros((1, 8, 8, 3), np.uint8)
+    i32, u8 = np.zeros(1, np.int32), np.zeros(1, np.uint8)
+    z4 = np.zeros(4, np.int32)
+    for x in (np.nan, 1e30):
+        with pytest.raises(ValueError, match="position"):
+            C.raster_cpu(out, 0, np.zeros(3, np.uint8), np.zeros(0, np.int32), np.zeros(0, np.int32),
+                         np.zeros(0, np.uint8), i32, np.asarray([x], np.float32), np.zeros(1, np.float32), i32, u8,
+                         np.zeros(1, np.uint8), np.zeros(4, np.int64), z4, z4, z4, z4, 4,
+                         np.zeros(6, np.uint8), 1.0, 1.0)
+
+
+def test_threads_growing_one_atlas_while_others_rasterize(tmp_path, monkeypatch):
+    import sys
+    import threading
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(blocker / "cache"))  # not writable: nothing is saved
+    cfg = RenderConfig(font_size=9.75, line_height=11, auto_cjk_fallback=False, auto_crop_width=False, snap=0)
+    # every document brings characters the atlas has not seen: ensure() appends while others draw
+    letters = [chr(c) for c in range(0x100, 0x24F)] + [chr(c) for c in range(0x370, 0x3FF)] + \
+        [chr(c) for c in range(0x400, 0x4FF)]
+    errors = []
+
+    def work(k):
+        try:
+            for j in range(6):
+                i = (k * 6 + j) * 6
+                render_all(" ".join(letters[i:i + 6] * 3) + " abc", cfg)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(5e-3)
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors[:3]
+
+
+def test_arrays_is_a_consistent_snapshot_while_another_thread_grows_the_atlas(monkeypatch):
+    import threading
+    import time
+
+    from glyph_rt.render.atlas import FontAtlas
+    from glyph_rt.render.layout import atlas_for
+
+    atlas = atlas_for(RenderConfig(font_size=9.5, line_height=11, auto_cjk_fallback=False))
+    render_one = FontAtlas._render
+
+    def slow_render(self, face_idx, gid):
+        time.sleep(0.002)  # a glyph takes a while: arrays() in another thread overlaps the growth
+        return render_one(self, face_idx, gid)
+
+    monkeypatch.setattr(FontAtlas, "_render", slow_render)
+    grower = threading.Thread(target=atlas.ensure, args=(np.arange(0x400, 0x480),))
+    grower.start()
+    seen = 0
+    while grower.is_alive() or not seen:
+        atlas._arrays = None  # as right after another ensure(): the next arrays() builds
+        a = atlas.arrays()
+        n = len(a["advance"]) * atlas.phases
+        assert len(a["offset"]) == len(a["width"]) == len(a["height"]) == n
+        assert a["offset"][-1] + int(a["width"][-1]) * int(a["height"][-1]) == len(a["data"])
+        seen += 1
+    grower.join()
