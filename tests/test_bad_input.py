@@ -16,10 +16,11 @@ def check_accounting(doc):
     text = doc.text
     ink = [i for i, c in enumerate(text) if not c.isspace() and c not in STRIPPED]
     lay = doc.layout
+    source = lay.g_color == 0  # newline-marker glyphs are not source characters
     assert lay.placed == len(ink)
-    assert sorted(lay.g_src.tolist()) == ink  # each exactly once
+    assert sorted(lay.g_src[source].tolist()) == ink  # each exactly once
     assert lay.stripped == sum(text.count(c) for c in STRIPPED)
-    boxes = collections.Counter(text[i] for i in lay.g_src[lay.g_slot == 0].tolist())
+    boxes = collections.Counter(text[i] for i in lay.g_src[(lay.g_slot == 0) & source].tolist())
     assert doc.missing_chars() == dict(boxes) and lay.missing == sum(boxes.values())
 
 
@@ -259,3 +260,61 @@ def test_arrays_is_a_consistent_snapshot_while_another_thread_grows_the_atlas(mo
         assert a["offset"][-1] + int(a["width"][-1]) * int(a["height"][-1]) == len(a["data"])
         seen += 1
     grower.join()
+
+
+# ---------------------------------------------------------------------- API arguments
+def test_render_inputs_checks_max_bytes_before_drawing(monkeypatch):
+    from glyph_rt.render import gpu
+
+    def draw(*a, **k):
+        raise AssertionError("a batch was drawn before max_bytes was checked")
+
+    monkeypatch.setattr(gpu, "inputs_of_batch", draw)
+    text = "word " * 3000  # several A4 pages: ~1.5 MB of float32 pixel_values each
+    with pytest.raises(MemoryError, match="max_bytes"):
+        glyph_rt.render_inputs(text, CFG, device="cpu", backend="cpu", max_bytes=1 << 20)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"batch_pages": "3"}, "batch_pages"),
+    ({"batch_pages": 0}, "batch_pages"),
+    ({"workers": 2.5}, "workers"),
+    ({"max_bytes": -1}, "max_bytes"),
+    ({"max_pages": 2**31}, "max_pages"),
+    ({"max_pages": "9"}, "max_pages"),
+])
+def test_render_inputs_arguments_are_named(kw, match):
+    with pytest.raises(ValueError, match=match):
+        glyph_rt.render_inputs("some text", CFG, device="cpu", backend="cpu", **kw)
+
+
+def test_dict_config_is_named():
+    with pytest.raises(TypeError, match="config: expected a RenderConfig, got dict"):
+        glyph_rt.render_inputs("x", {"dpi": 72}, device="cpu", backend="cpu")
+    with pytest.raises(TypeError, match="config: expected a RenderConfig, got dict"):
+        glyph_rt.Document("x", {"dpi": 72})
+
+
+@pytest.mark.parametrize("chunk", [-1, 0, "2", 1.5])
+def test_iter_chunks_size_is_checked(chunk):
+    doc = glyph_rt.Document("x", CFG)
+    with pytest.raises(ValueError, match="chunk"):
+        next(doc.iter_chunks(chunk))
+
+
+def test_max_pages_past_int32_is_named():
+    with pytest.raises(ValueError, match="max_pages"):
+        glyph_rt.Document("x", CFG, max_pages=2**31)
+
+
+def test_newline_marker_accounting_adds_up():
+    # the README's marker: "\\n" drawn in red for every newline; its glyphs are not source characters
+    marker = '<font color="#FF0000"> \\n </font>'
+    for markup in (marker, "<font color=red>¶</font>", "\u2028NL\u2028", "<i>\x01</i>"):
+        text = "ab\ncd\n\nef"
+        doc = render_all(text, RenderConfig(auto_cjk_fallback=False, newline_markup=markup))
+        s = doc.summary(sizes=[], tokenizer=None)
+        assert s["placed_chars"] == 6 and s["missing_glyphs"]["count"] == 0, (markup, s)
+        assert "\n" not in s["missing_glyphs"]["chars"]
+        assert s["placed_chars"] + s["stripped_chars"] + s["whitespace_chars"] + s["unplaced_chars"] == len(text)
+        assert s["newline_marker_glyphs"] == doc.layout.marker_glyphs > 0

@@ -14,6 +14,7 @@ from .config import NewlineMarkup, RenderConfig
 from .fonts import resolve_fonts
 
 ALIGN_CODES = {"left": 0, "center": 1, "right": 2, "justify": 3}
+MAX_PAGES = (1 << 31) - 1  # the engine counts pages in int32
 
 
 @dataclass
@@ -101,6 +102,9 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
     """Lays out `text`; returns the layout and the atlas its slots refer to."""
     if not isinstance(text, str):
         raise TypeError(f"text must be str, got {type(text).__name__} (decode bytes first)")
+    if max_pages is not None and (isinstance(max_pages, bool) or not isinstance(max_pages, int)
+                                  or not 1 <= max_pages <= MAX_PAGES):
+        raise ValueError(f"max_pages: {max_pages!r} must be an integer in 1..{MAX_PAGES} (or None: no limit)")
     atlas = atlas or atlas_for(config)
     nl = NewlineMarkup.parse(config.newline_markup)
     cps = text_codepoints(text)
