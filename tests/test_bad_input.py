@@ -318,3 +318,75 @@ def test_newline_marker_accounting_adds_up():
         assert "\n" not in s["missing_glyphs"]["chars"]
         assert s["placed_chars"] + s["stripped_chars"] + s["whitespace_chars"] + s["unplaced_chars"] == len(text)
         assert s["newline_marker_glyphs"] == doc.layout.marker_glyphs > 0
+
+
+# ---------------------------------------------------------------------- damaged checkpoints, generate()
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from tiny import tiny_glm4v_checkpoint
+
+    return tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))
+
+
+def _damaged(checkpoint, tmp_path, damage):
+    import shutil
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, d)
+    damage(d)
+    return d
+
+
+def _shard_index(d):
+    import json
+
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "model.safetensors"}}))
+
+
+def _template(d):
+    (d / "chat_template.jinja").write_text("{% for m in messages %}{{ m['role'] }")
+    cfg = d / "tokenizer_config.json"
+    import json
+
+    c = json.loads(cfg.read_text())
+    c.pop("chat_template", None)
+    cfg.write_text(json.dumps(c))
+
+
+def _image_token(d):
+    import json
+
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["image_token_id"] = 10**6
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda d: (d / "tokenizer.json").write_text('{"model": '), "tokenizer.json"),
+    (lambda d: (d / "preprocessor_config.json").write_bytes(b"\xff{"), "preprocessor_config.json"),
+    (lambda d: (d / "tokenizer_config.json").write_text("{nope"), "tokenizer_config.json"),
+    (lambda d: (d / "config.json").write_text("[1, 2"), "config.json"),
+    (lambda d: (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}"),
+     "model.safetensors"),
+    (lambda d: (_shard_index(d), (d / "model.safetensors.index.json").write_text("{")), "index.json"),
+    (_template, "chat_template.jinja"),
+    (_image_token, "image_token_id 1000000 is outside the vocabulary"),
+], ids=["tokenizer", "preprocessor", "tokenizer_config", "config", "safetensors", "index", "template", "image_token"])
+def test_damaged_checkpoint_names_the_file(checkpoint, tmp_path, damage, match):
+    from glyph_rt.models.glyph_model import GlyphModel
+
+    d = _damaged(checkpoint, tmp_path, damage)
+    with pytest.raises(ValueError, match=match):
+        GlyphModel.from_pretrained(d, render_config=CFG, device="cpu")
+
+
+def test_generate_arguments_are_named(checkpoint):
+    from glyph_rt.models.glyph_model import GlyphModel
+
+    m = GlyphModel.from_pretrained(checkpoint, render_config=CFG, device="cpu")
+    with pytest.raises(ValueError, match="contexts\\[0\\]: .* empty"):
+        m.generate("", "What?", max_new_tokens=2)
+    with pytest.raises(ValueError, match="questions\\[0\\]: contains the image token"):
+        m.generate("Some text.", f"What is {m.image_token}?", max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_new_tokens: -3"):
+        m.generate("Some text.", "What?", max_new_tokens=-3)
