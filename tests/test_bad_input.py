@@ -390,3 +390,15 @@ def test_generate_arguments_are_named(checkpoint):
         m.generate("Some text.", f"What is {m.image_token}?", max_new_tokens=2)
     with pytest.raises(ValueError, match="max_new_tokens: -3"):
         m.generate("Some text.", "What?", max_new_tokens=-3)
+
+
+def test_atlas_total_size_is_bounded(monkeypatch):
+    from glyph_rt.render import atlas as A
+    from glyph_rt.render.layout import atlas_for
+
+    atlas = atlas_for(RenderConfig(font_size=9.6, line_height=11, auto_cjk_fallback=False))
+    monkeypatch.setattr(A, "MAX_ATLAS_BYTES", atlas._nbytes + 50)
+    with pytest.raises(MemoryError, match="glyph atlas: U\\+.*lower font_size, dpi or subpixel_phases"):
+        atlas.ensure(np.arange(0x391, 0x3AA))  # Greek capitals: DejaVu draws them
+    a = atlas.arrays()  # what was added before the limit stays consistent
+    assert len(a["offset"]) == len(a["advance"]) * atlas.phases

@@ -19,6 +19,7 @@ changes.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import threading
@@ -122,8 +123,8 @@ class FontAtlas:
             g = face.glyph
             bm = g.bitmap
             if bm.rows and bm.width:  # straight from FreeType's buffer (freetype-py's .buffer is a list)
-                raw = np.ctypeslib.as_array(bm._FT_Bitmap.buffer, shape=(bm.rows * abs(bm.pitch),))
-                a = raw.reshape(bm.rows, abs(bm.pitch))[:, : bm.width].copy()
+                raw = ctypes.string_at(bm._FT_Bitmap.buffer, bm.rows * abs(bm.pitch))
+                a = np.frombuffer(raw, np.uint8).reshape(bm.rows, abs(bm.pitch))[:, : bm.width].copy()
                 if bm.pitch < 0:
                     a = a[::-1].copy()
             else:
@@ -169,8 +170,6 @@ class FontAtlas:
 
             face = self._faces[face_idx]
             adv_units = face.get_advance(gid, freetype.FT_LOAD_NO_SCALE)
-            self._advance.append(adv_units * self.size_pt / face.units_per_EM)
-            self._missing.append(0)
             if cp in _NO_INK:
                 empty = np.zeros((0, 0), dtype=np.uint8)
                 rendered = [(empty, (0, 0, 0, 0))] * self.phases
@@ -184,6 +183,8 @@ class FontAtlas:
                     f"{MAX_ATLAS_BYTES / 2**30:.0f} GiB limit; lower font_size, dpi or subpixel_phases, or render "
                     "texts with fewer distinct characters")
             self._nbytes += added
+            self._advance.append(adv_units * self.size_pt / face.units_per_EM)
+            self._missing.append(0)
             for a, meta in rendered:
                 self._bitmaps.append(a)
                 self._meta.append(meta)
@@ -194,18 +195,20 @@ class FontAtlas:
         """Adds the given codepoints (and the chars they need); returns how many were new."""
         new = 0
         with self.lock:
-            for cp in np.asarray(codepoints, dtype=np.int64).tolist():
-                if cp < 0 or cp >= LUT_SIZE:
-                    continue
-                if self.lut[cp] < 0:
-                    if cp == 0xA0:  # reportlab draws a no-break space with the space's glyph
-                        self.lut[cp] = SPACE_SLOT
-                    else:
-                        self._add_codepoint(cp)
-                    new += 1
-            if new:
-                self._arrays = None
-                self._dirty = True
+            try:
+                for cp in np.asarray(codepoints, dtype=np.int64).tolist():
+                    if cp < 0 or cp >= LUT_SIZE:
+                        continue
+                    if self.lut[cp] < 0:
+                        if cp == 0xA0:  # reportlab draws a no-break space with the space's glyph
+                            self.lut[cp] = SPACE_SLOT
+                        else:
+                            self._add_codepoint(cp)
+                        new += 1
+            finally:  # also when a glyph failed: what was added before it is in the next snapshot
+                if new:
+                    self._arrays = None
+                    self._dirty = True
         return new
 
     # ----------------------------------------------------------------- flat arrays
