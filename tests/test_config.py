@@ -152,6 +152,13 @@ def test_outdent_into_the_margin_is_allowed():
     RenderConfig(first_line_indent=-16, margin_x=10).validate()  # frame_padding 6: starts at x = 0
 
 
+def test_config_file_with_fallback_fonts_as_one_string(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text('{"fallback_fonts": "abc.ttf"}')
+    with pytest.raises(ConfigError, match="fallback_fonts: .* give a list"):
+        RenderConfig.load(p)
+
+
 def test_config_file_with_invalid_utf8_names_the_file(tmp_path):
     p = tmp_path / "bad.json"
     p.write_bytes(b'{"font_color": "\xff\xfe"}')

@@ -326,7 +326,7 @@ class RenderConfig:
         for k in ("font_path",):
             if d.get(k) and base_dir is not None:
                 d[k] = _resolve(d[k], base_dir)
-        if d.get("fallback_fonts") and base_dir is not None:
+        if isinstance(d.get("fallback_fonts"), (list, tuple)) and base_dir is not None:
             d["fallback_fonts"] = [_resolve(p, base_dir) for p in d["fallback_fonts"]]
         try:
             return cls(**d)
