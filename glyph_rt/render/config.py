@@ -213,13 +213,10 @@ class RenderConfig:
 
         num("dpi", *DPI_RANGE)
         num("font_size", *FONT_SIZE_RANGE)
-        num("line_height", 0, lo_open=True)
+        num("line_height", 0, MAX_LENGTH_PT, lo_open=True)
         for name in ("margin_x", "margin_y", "space_before", "space_after", "border_width",
                      "border_padding", "frame_padding", "left_indent", "right_indent", "hanging_indent"):
-            num(name, 0)
-        for name in ("margin_x", "margin_y", "space_before", "space_after", "border_width", "border_padding",
-                     "frame_padding", "left_indent", "right_indent", "hanging_indent", "line_height"):
-            num(name, hi=MAX_LENGTH_PT)
+            num(name, 0, MAX_LENGTH_PT)
         # the first line may reach into the margin (an outdent), never off the page
         num("first_line_indent", hi=MAX_LENGTH_PT)
         outdent = self.margin_x + self.frame_padding + self.left_indent
@@ -242,6 +239,7 @@ class RenderConfig:
             raise ConfigError(f"wrap: {self.wrap!r} is not one of {', '.join(WRAPS)}")
         if self.font_path is None and self.font_family not in FAMILIES:
             raise ConfigError(f"font_family: {self.font_family!r} is not one of {', '.join(FAMILIES)} (or set font_path)")
+
         def integer(name, lo, hi, note=""):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
