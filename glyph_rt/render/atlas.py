@@ -178,8 +178,8 @@ class FontAtlas:
             added = sum(a.size for a, _ in rendered)
             if self._nbytes + added > MAX_ATLAS_BYTES:
                 raise MemoryError(
-                    f"glyph atlas: U+{cp:04X} would grow the atlas of font_size {self.size_pt:g} pt at {self.dpi:g} dpi "
-                    f"with {self.phases} sub-pixel phases to {(self._nbytes + added) / 2**30:.2f} GiB, over the "
+                    f"glyph atlas: U+{cp:04X} would grow the atlas of font_size {self.size_pt:g} pt at "
+                    f"{self.dpi:g} dpi with {self.phases} sub-pixel phases to {(self._nbytes + added) / 2**30:.2f} GiB, over the "
                     f"{MAX_ATLAS_BYTES / 2**30:.0f} GiB limit; lower font_size, dpi or subpixel_phases, or render "
                     "texts with fewer distinct characters")
             self._nbytes += added
@@ -315,7 +315,8 @@ def _verify(z: dict[str, np.ndarray], phases: int) -> None:
             raise ValueError(f"{k}: dtype or shape")
     slots = len(z["advance"])
     n = slots * phases
-    if slots < 2 or len(z["missing"]) != slots or any(len(z[k]) != n for k in ("offset", "width", "height", "left", "top")):
+    sizes = [len(z[k]) for k in ("offset", "width", "height", "left", "top")]
+    if slots < 2 or len(z["missing"]) != slots or any(m != n for m in sizes):
         raise ValueError("array sizes")
     w, h, off = z["width"].astype(np.int64), z["height"].astype(np.int64), z["offset"]
     if (w < 0).any() or (h < 0).any() or (off < 0).any() or (off + w * h > len(z["data"])).any():
