@@ -67,8 +67,8 @@ class Engine {
   int32_t slot_of(uint32_t c) {
     int32_t s = (int64_t)c < a_.lut_size ? a_.lut[c] : -1;
     if (s >= a_.n_slots)
-      throw std::out_of_range("layout: the atlas maps U+" + std::to_string(c) + " to slot " + std::to_string(s) +
-                              ", outside its " + std::to_string(a_.n_slots) + " slots");
+      throw std::out_of_range("layout: the atlas maps codepoint " + std::to_string(c) + " to slot " +
+                              std::to_string(s) + ", outside its " + std::to_string(a_.n_slots) + " slots");
     return s < 0 ? a_.missing_slot : s;
   }
 
