@@ -5,6 +5,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <climits>
+#include <cmath>
+#include <string>
 #include <vector>
 
 #include "layout/layout.h"
@@ -46,8 +49,10 @@ py::dict run_layout(const Arr<uint32_t>& text, const Arr<int32_t>& lut, const Ar
   a.missing_flag = missing_flag.data();
   a.space_slot = space_slot;
   a.missing_slot = missing_slot;
-  if (missing_slot < 0 || missing_slot >= advance.size() || missing_flag.size() != advance.size())
-    throw std::invalid_argument("layout: atlas arrays are inconsistent");
+  a.n_slots = (int32_t)advance.size();
+  if (advance.size() > INT32_MAX || missing_slot < 0 || missing_slot >= advance.size() ||
+      space_slot >= advance.size() || missing_flag.size() != advance.size())
+    throw std::invalid_argument("layout: atlas arrays are inconsistent (slots, advance, missing_flag)");
   LayoutParams p;
   auto f = [&](const char* k, double& v) { if (params.contains(k)) v = params[k].cast<double>(); };
   auto i = [&](const char* k, int32_t& v) { if (params.contains(k)) v = params[k].cast<int32_t>(); };
@@ -58,7 +63,17 @@ py::dict run_layout(const Arr<uint32_t>& text, const Arr<int32_t>& lut, const Ar
   f("space_shrink", p.space_shrink);
   i("align", p.align); i("wrap", p.wrap); i("lines_per_paragraph", p.lines_per_paragraph);
   i("newline_marker", p.newline_marker); i("tab_size", p.tab_size); i("max_pages", p.max_pages);
-  if (p.leading <= 0) throw std::invalid_argument("layout: leading must be > 0");
+  auto bad = [](const std::string& what) { throw std::invalid_argument("layout: " + what); };
+  for (double v : {p.frame_x, p.frame_y, p.frame_w, p.frame_h, p.left_indent, p.right_indent,
+                   p.first_line_indent, p.leading, p.ascent, p.space_before, p.space_after, p.space_shrink})
+    if (!std::isfinite(v)) bad("every length must be finite");
+  if (p.leading <= 0) bad("leading must be > 0");
+  if (p.frame_w <= 0 || p.frame_h <= 0) bad("frame_w and frame_h must be > 0");
+  if (p.align < kLeft || p.align > kJustify) bad("align must be 0..3");
+  if (p.tab_size < 1 || p.tab_size > 255) bad("tab_size must be in 1..255");
+  if (p.lines_per_paragraph < 1) bad("lines_per_paragraph must be >= 1");
+  if (p.max_pages < 1) bad("max_pages must be >= 1");
+  if (text.size() > INT32_MAX) bad("text is longer than 2^31 - 1 characters");
   LayoutResult r;
   {
     py::gil_scoped_release nogil;
@@ -88,6 +103,7 @@ py::dict run_layout(const Arr<uint32_t>& text, const Arr<int32_t>& lut, const Ar
   d["missing"] = r.missing;
   d["stripped"] = r.stripped;
   d["placed"] = r.placed;
+  d["marker_glyphs"] = r.marker_glyphs;
   d["pages"] = r.pages;
   d["truncated"] = r.truncated;
   return d;
@@ -113,6 +129,18 @@ void raster_cpu(py::array_t<uint8_t, py::array::c_style> out, int32_t page0, con
                 ptr(g_color, n, "g_color")};
   Rects rc{nr, rect_page.data(), ptr(rect_box, nr * 4, "rect_box"), ptr(rect_rgb, nr * 3, "rect_rgb")};
   if (bg.size() < 3 || palette.size() < 3) throw std::invalid_argument("raster: bad colors");
+  if (phases < 1 || width.size() % phases != 0)
+    throw std::invalid_argument("raster: phases must be >= 1 and divide the number of bitmaps");
+  if (!(std::isfinite(sx) && std::isfinite(sy) && sx > 0 && sy > 0))
+    throw std::invalid_argument("raster: sx and sy must be finite and > 0");
+  // Placements must be finite and within int32 pixel range once scaled; pages sorted as the loop expects.
+  const double lim = 1e9;
+  for (int64_t g = 0; g < n; ++g) {
+    double x = pl.x[g] * sx, y = pl.y[g] * sy;
+    if (!(std::fabs(x) < lim && std::fabs(y) < lim))
+      throw std::invalid_argument("raster: glyph " + std::to_string(g) + " lies at a non-finite or huge position");
+    if (g && pl.page[g] < pl.page[g - 1]) throw std::invalid_argument("raster: g_page must be sorted");
+  }
   // Every bitmap must lie inside the atlas data: checked once here, not per glyph.
   for (int64_t g = 0; g < slots * phases; ++g) {
     if (a.width[g] < 0 || a.height[g] < 0 || a.offset[g] < 0 ||

@@ -102,3 +102,65 @@ def test_colors_and_markup():
     nl = NewlineMarkup.parse('<font color="#FF0000"> \\n </font>')
     assert not nl.is_break and nl.text == " \\n " and nl.color == (255, 0, 0)
     assert NewlineMarkup.parse("<br/>").is_break
+
+
+@pytest.mark.parametrize("kw,field", [
+    # canvases too small to hold a glyph
+    ({"page_size": (5, 20), "margin_x": 0, "margin_y": 0, "frame_padding": 0, "font_size": 1, "line_height": 1,
+      "dpi": 30, "horizontal_scale": 0.1}, "page_size/dpi/horizontal_scale"),
+    ({"page_size": (100, 1), "margin_x": 0, "margin_y": 0, "frame_padding": 0, "font_size": 1, "line_height": 1,
+      "snap": 0}, "page_size/dpi/horizontal_scale"),
+    ({"font_size": 1, "line_height": 1, "dpi": 30}, "font_size/dpi"),
+    # the first line may not start off the page
+    ({"first_line_indent": -1e6}, "first_line_indent"),
+    ({"first_line_indent": -17, "margin_x": 10}, "first_line_indent"),
+    # values that used to end in a traceback
+    ({"page_size": "1e308,1e308"}, "page_size/dpi"),
+    ({"border_width": 1e300}, "border_width"),
+    ({"space_after": 1e300}, "space_after"),
+    ({"lines_per_paragraph": 2**31}, "lines_per_paragraph"),
+    ({"lines_per_paragraph": True}, "lines_per_paragraph"),
+    ({"snap": True}, "snap"),
+    ({"subpixel_phases": True}, "subpixel_phases"),
+    ({"auto_crop_width": "false"}, "auto_crop_width"),
+    ({"auto_crop_last_page": 1}, "auto_crop_last_page"),
+    ({"auto_cjk_fallback": "no"}, "auto_cjk_fallback"),
+    # one glyph of the atlas at font 200 / dpi 600 / 8 phases takes ~50 MiB
+    ({"font_size": 200, "line_height": 200, "dpi": 600, "page_size": (1000, 1000), "subpixel_phases": 8},
+     "font_size/dpi/subpixel_phases"),
+])
+def test_validate_rejects_with_the_field(kw, field):
+    with pytest.raises(ConfigError) as e:
+        RenderConfig(**kw).validate()
+    assert str(e.value).startswith(field + ":"), str(e.value)
+
+
+@pytest.mark.parametrize("kw,field", [
+    ({"page_size": ("a", "b")}, "page_size"),
+    ({"page_size": (None, 3)}, "page_size"),
+    ({"newline_markup": 5}, "newline_markup"),
+    ({"fallback_fonts": "abc"}, "fallback_fonts"),
+    ({"fallback_fonts": 3}, "fallback_fonts"),
+])
+def test_constructor_rejects_with_the_field(kw, field):
+    with pytest.raises(ConfigError) as e:
+        RenderConfig(**kw).validate()
+    assert str(e.value).startswith(field + ":"), str(e.value)
+
+
+def test_outdent_into_the_margin_is_allowed():
+    RenderConfig(first_line_indent=-16, margin_x=10).validate()  # frame_padding 6: starts at x = 0
+
+
+def test_config_file_with_fallback_fonts_as_one_string(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text('{"fallback_fonts": "abc.ttf"}')
+    with pytest.raises(ConfigError, match="fallback_fonts: .* give a list"):
+        RenderConfig.load(p)
+
+
+def test_config_file_with_invalid_utf8_names_the_file(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_bytes(b'{"font_color": "\xff\xfe"}')
+    with pytest.raises(ConfigError, match="bad.json.*UTF-8"):
+        RenderConfig.load(p)

@@ -16,7 +16,7 @@ SAMPLE = (Path(glyph_rt.__file__).parent / "data" / "sample.txt").read_text(enco
 INT_ARRAYS = ("g_page", "g_slot", "g_src", "g_color", "l_page", "l_src_start", "l_src_end", "b_page",
               "p_src_start", "p_src_end", "p_line_start")
 FLOAT_ARRAYS = ("g_x", "g_y", "l_x", "l_y", "l_width", "b_x", "b_y", "b_w", "b_h")
-SCALARS = ("num_pages", "missing", "stripped", "placed", "truncated")
+SCALARS = ("num_pages", "missing", "stripped", "placed", "marker_glyphs", "truncated")
 STRIPPED = "\u00ad\u200b"
 MARKER = '<font color="#FF0000"> \\n </font>'
 
@@ -58,7 +58,8 @@ def check_semantics(text, config, lay, atlas, max_pages=None):
     assert all(s <= e for s, e in spans)
     # a tab, or a newline marker, broken across two pages belongs to both
     assert all(e0 <= s1 or (e0 == s1 + 1 and text[s1] in "\t\r\n") for (_, e0), (s1, _) in zip(spans, spans[1:]))
-    assert lay.placed == len(lay.g_src)
+    assert lay.placed == np.count_nonzero(lay.g_color == 0)
+    assert lay.marker_glyphs == np.count_nonzero(lay.g_color == 1)
     if not lay.truncated:
         assert lay.stripped == sum(text.count(c) for c in STRIPPED)
         drawn = [i for i, c in enumerate(text) if not c.isspace() and c not in STRIPPED]
@@ -248,3 +249,43 @@ def test_missing_counts_drawn_boxes_when_truncated():
 
 def test_last_line_not_justified_in_a_frame_lower_than_a_line():
     run_both("aaa bbb", cfg(page_size=(200, 40), alignment="justify"))
+
+
+def test_frame_of_one_line_after_a_line_break_makes_progress():
+    # a frame that holds one line used to get an empty continuation line on every page, forever
+    config = cfg(page_size=(595, 45))
+    lay = run_both("a\nb\n", config, max_pages=50)
+    assert not lay.truncated and lay.placed == 2 and lay.num_pages == 2
+    lay = run_both("x\n" * 30 + "y", config, max_pages=200)
+    assert not lay.truncated and lay.placed == 31
+
+
+def test_tabs_are_one_item_each():
+    # 64 kept tabs of 16 spaces: widths and justification as 1024 spaces, one item per tab
+    text = "a" + "\t" * 64 + "b " * 50
+    lay = run_both(text, cfg(tab_size=16, alignment="justify"))
+    assert lay.placed == 51
+
+
+def test_newline_marker_glyphs_are_not_source_characters():
+    text = "one\ntwo\nthree"
+    lay = run_both(text, cfg(newline_markup=MARKER))
+    assert lay.placed == 11 and lay.marker_glyphs == 4 and lay.missing == 0
+
+
+def test_tabs_do_not_expand_into_items(tmp_path):
+    # 2M tabs at tab_size 16 used to become 32M items (~0.5 GB); now one item each
+    code = (
+        "import resource, glyph_rt\n"
+        "c = glyph_rt.RenderConfig(tab_size=16, auto_cjk_fallback=False)\n"
+        "glyph_rt.Document('x', c)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "d = glyph_rt.Document('a' + '\\t' * 2_000_000 + 'b', c)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) < 200, f"layout of 2M tabs grew the process by {out.stdout.strip()} MiB"

@@ -221,5 +221,5 @@ def test_document_rasterize_reuses_a_buffer():
     buf, sizes = doc.rasterize(0, 2, out=scratch)
     ref, ref_sizes = doc.rasterize(0, 2)
     assert np.shares_memory(buf, scratch) and np.array_equal(buf, ref) and sizes == ref_sizes
-    with pytest.raises(ValueError, match=r"out must be uint8 \[>= 2"):
+    with pytest.raises(ValueError, match=r"out: need a C-contiguous uint8 \[>=2"):
         doc.rasterize(0, 2, out=scratch[:1])

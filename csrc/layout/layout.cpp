@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 namespace glyph_rt {
 namespace {
@@ -15,6 +17,7 @@ struct Item {
   uint8_t kind;
   uint8_t color;
   bool cjk;
+  uint8_t spaces;  // kept spaces this item stands for (a tab is one item of tab_size spaces)
 };
 
 // A run of items placed on a line; gap = preceded by a (collapsed) breaking space.
@@ -56,12 +59,16 @@ class Engine {
   Engine(const Atlas& a, const LayoutParams& p, LayoutResult& out)
       : a_(a), p_(p), out_(out) {
     space_w_ = a_.space_slot >= 0 ? a_.advance[a_.space_slot] : 0.0;
+    frame_lines_ = std::floor(p_.frame_h / p_.leading + 1e-6);
     later_w_ = p_.frame_w - p_.left_indent - p_.right_indent;
     first_w_ = later_w_ - p_.first_line_indent;
   }
 
   int32_t slot_of(uint32_t c) {
     int32_t s = (int64_t)c < a_.lut_size ? a_.lut[c] : -1;
+    if (s >= a_.n_slots)
+      throw std::out_of_range("layout: the atlas maps codepoint " + std::to_string(c) + " to slot " +
+                              std::to_string(s) + ", outside its " + std::to_string(a_.n_slots) + " slots");
     return s < 0 ? a_.missing_slot : s;
   }
 
@@ -80,12 +87,12 @@ class Engine {
           ++j;
         }
         if (width == 1) {
-          items_.push_back({-1, src, (float)space_w_, kBreak, color, false});
-        } else {  // every kept space points at the space or tab it came from
+          items_.push_back({-1, src, (float)space_w_, kBreak, color, false, 1});
+        } else {  // one kept item per space or tab (a tab is tab_size spaces wide, never split)
           for (int64_t k = i; k < j; ++k) {
             int32_t s2 = src_override >= 0 ? src_override : (int32_t)k;
-            for (int32_t r = 0; r < (t[k] == '\t' ? p_.tab_size : 1); ++r)
-              items_.push_back({-1, s2, (float)space_w_, kNbsp, color, false});
+            uint8_t w = (uint8_t)(t[k] == '\t' ? p_.tab_size : 1);
+            items_.push_back({-1, s2, (float)(space_w_ * w), kNbsp, color, false, w});
           }
         }
         i = j;
@@ -97,12 +104,12 @@ class Engine {
         continue;
       }
       if (is_break_space(c)) {
-        items_.push_back({-1, src, (float)space_w_, kBreak, color, false});
+        items_.push_back({-1, src, (float)space_w_, kBreak, color, false, 1});
       } else if (c == 0xA0) {
-        items_.push_back({-1, src, (float)space_w_, kNbsp, color, false});
+        items_.push_back({-1, src, (float)space_w_, kNbsp, color, false, 1});
       } else {
         int32_t s = slot_of(c);
-        items_.push_back({s, src, (float)a_.advance[s], kDraw, color, is_cjk(c)});
+        items_.push_back({s, src, (float)a_.advance[s], kDraw, color, is_cjk(c), 0});
       }
       ++i;
     }
@@ -146,7 +153,8 @@ class Engine {
     l.spaces = spaces_;
     l.nbsp = 0;
     for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui)
-      for (int32_t k = placed_[ui].start; k < placed_[ui].end; ++k) l.nbsp += items_[k].kind == kNbsp;
+      for (int32_t k = placed_[ui].start; k < placed_[ui].end; ++k)
+        if (items_[k].kind == kNbsp) l.nbsp += items_[k].spaces;
     l.forced = forced;
     l.first = para_first_line_;
     if (l.unit_end > l.unit_start) {
@@ -291,8 +299,12 @@ class Engine {
             out_.g_x.push_back((float)pen);
             out_.g_y.push_back((float)y);
             out_.g_color.push_back(it.color);
-            ++out_.placed;
-            out_.missing += a_.missing_flag[it.slot];  // counted when drawn, not when read
+            if (it.color == 0) {  // source characters; marker glyphs are not part of the text
+              ++out_.placed;
+              out_.missing += a_.missing_flag[it.slot];  // counted when drawn, not when read
+            } else {
+              ++out_.marker_glyphs;
+            }
           }
           pen += it.adv;
         }
@@ -333,8 +345,9 @@ class Engine {
       emit_lines(idx, idx + k, top, idx + k == n);
       idx += k;
       // reportlab's continuation of a paragraph split right after a line break starts at that
-      // break, which yields an empty first line on the next page.
-      if (idx < n && lines_[idx - 1].forced && !p_.newline_marker) {
+      // break, which yields an empty first line on the next page. Not in a frame that holds a
+      // single line: the empty line would fill every following page and the text never advances.
+      if (idx < n && lines_[idx - 1].forced && !p_.newline_marker && frame_lines_ >= 2) {
         Line e = lines_[idx];
         e.unit_end = e.unit_start;
         e.width = 0;
@@ -409,7 +422,7 @@ class Engine {
   const Atlas& a_;
   const LayoutParams& p_;
   LayoutResult& out_;
-  double space_w_, first_w_, later_w_;
+  double space_w_, first_w_, later_w_, frame_lines_;
   std::vector<Item> items_;
   std::vector<Unit> units_, placed_;
   std::vector<Line> lines_;

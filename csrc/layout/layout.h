@@ -32,6 +32,7 @@ struct Atlas {
   int32_t space_slot = -1;
   int32_t missing_slot = -1;      // replacement box
   const uint8_t* missing_flag = nullptr;  // slot -> 1 if drawn as replacement box
+  int32_t n_slots = 0;            // size of advance and missing_flag; every lut entry is < n_slots
 };
 
 struct LayoutResult {
@@ -49,7 +50,8 @@ struct LayoutResult {
   std::vector<int32_t> p_src_start, p_src_end, p_line_start;
   int64_t missing = 0;       // glyphs drawn as replacement boxes
   int64_t stripped = 0;      // soft hyphens and zero-width spaces removed (as Glyph does)
-  int64_t placed = 0;        // non-whitespace characters placed
+  int64_t placed = 0;        // non-whitespace source characters placed (boxes included)
+  int64_t marker_glyphs = 0; // glyphs drawn for visible newline markers (not source characters)
   int32_t pages = 0;
   bool truncated = false;    // stopped at max_pages
 };

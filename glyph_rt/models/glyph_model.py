@@ -30,6 +30,27 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 VISION_MERGE = 2  # 2x2 patches per visual token
 
 
+def read_json(path: Path) -> dict:
+    """A checkpoint's JSON file as a dict; ValueError naming the file when it is not one."""
+    try:
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a valid JSON file ({e}); restore it from the original checkpoint") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    return d
+
+
+def _loading(path: Path, what: str, fn):
+    """Runs a transformers loader; any failure but memory becomes a ValueError naming the file."""
+    try:
+        return fn()
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - loaders raise many types for a damaged file
+        raise ValueError(f"{path}: cannot load the {what}: {type(e).__name__}: {str(e)[:300]}") from None
+
+
 def check_checkpoint(path: Path) -> None:
     """Raises FileNotFoundError naming what a checkpoint directory lacks."""
     if not path.is_dir():
@@ -42,13 +63,16 @@ def check_checkpoint(path: Path) -> None:
     else:
         index = next((path / f for f in WEIGHT_FILES if f.endswith(".index.json") and (path / f).exists()), None)
         if index is not None:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise ValueError(f"{index}: has no weight_map of tensor name -> shard file")
+            shards = sorted(set(weight_map.values()))
             missing += [s for s in shards if not (path / s).exists()]
     if not any((path / f).exists() for f in TOKENIZER_FILES):
         missing.append("tokenizer.json")
     if not (path / "chat_template.jinja").exists() and not (path / "chat_template.json").exists():
         cfg = path / "tokenizer_config.json"
-        if not (cfg.exists() and "chat_template" in json.loads(cfg.read_text())):
+        if not (cfg.exists() and "chat_template" in read_json(cfg)):
             missing.append("chat template (chat_template.jinja)")
     if not (path / "preprocessor_config.json").exists():
         missing.append("preprocessor_config.json")
@@ -112,7 +136,8 @@ class GlyphModel:
         check_checkpoint(path)
         if kernels not in ("auto", "off"):
             raise ValueError(f"kernels must be 'auto' or 'off', got {kernels!r}")
-        config = AutoConfig.from_pretrained(path)
+        read_json(path / "config.json")
+        config = _loading(path / "config.json", "model config", lambda: AutoConfig.from_pretrained(path))
         model_type = getattr(config, "model_type", None)
         if model_type not in MODELS:
             raise ValueError(f"model type {model_type!r} in {path / 'config.json'} is not supported; "
@@ -123,15 +148,30 @@ class GlyphModel:
             from ..ops.attention import register_transformers
 
             register_transformers()
-        model = AutoModelForImageTextToText.from_pretrained(
+        weights = next(path / f for f in WEIGHT_FILES if (path / f).exists())
+        model = _loading(weights, "weights", lambda: AutoModelForImageTextToText.from_pretrained(
             path, dtype=dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32),
-            attn_implementation="glyph" if kernels == "auto" else "sdpa").to(device).eval()
+            attn_implementation="glyph" if kernels == "auto" else "sdpa"))
+        model = model.to(device).eval()
         patch = apply_glyph_kernels(model) if kernels == "auto" else None
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        if (path / "tokenizer_config.json").exists():
+            read_json(path / "tokenizer_config.json")
+        tok_file = next((path / f for f in TOKENIZER_FILES if (path / f).exists()), path / TOKENIZER_FILES[0])
+        tokenizer = _loading(tok_file, "tokenizer", lambda: AutoTokenizer.from_pretrained(path))
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        return cls(model, tokenizer, (render_config or RenderConfig()).validate(), model_type, patch)
+        vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
+        if not 0 <= model.config.image_token_id < vocab:
+            raise ValueError(f"{path / 'config.json'}: image_token_id {model.config.image_token_id} is outside the "
+                             f"vocabulary (0..{vocab - 1}); the config does not match the tokenizer")
+        gm = cls(model, tokenizer, (render_config or RenderConfig()).validate(), model_type, patch)
+        template = next((path / f for f in ("chat_template.jinja", "chat_template.json") if (path / f).exists()),
+                        path / "tokenizer_config.json")
+        _loading(template, "chat template", lambda: gm.prompt(1, "?"))  # a broken template fails here, named
+        if gm.prompt(1, "?").count(gm.image_token) != 1:
+            raise ValueError(f"{template}: the chat template does not write one {gm.image_token} per image")
+        return gm
 
     # ------------------------------------------------------------------ inputs
     def prompt(self, pages: int, question: str) -> str:
@@ -188,8 +228,19 @@ class GlyphModel:
 
         if isinstance(contexts, str):
             contexts, questions = [contexts], [questions]
+        contexts, questions = list(contexts), list(questions)
         if len(contexts) != len(questions):
             raise ValueError(f"{len(contexts)} contexts for {len(questions)} questions")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: {max_new_tokens!r} must be an integer >= 1")
+        for i, (c, q) in enumerate(zip(contexts, questions)):
+            if not isinstance(c, str) or not c.strip():
+                raise ValueError(f"contexts[{i}]: {c!r:.40} is empty or not a str; give the text to read")
+            if not isinstance(q, str):
+                raise ValueError(f"questions[{i}]: expected a str, got {type(q).__name__}")
+            if self.image_token in q:
+                raise ValueError(f"questions[{i}]: contains the image token {self.image_token!r}, which only "
+                                 "the rendered pages may use; remove it")
         inputs, rendered, render_s = self.build_inputs(list(contexts), list(questions))
         self.check_window(inputs, rendered, max_new_tokens)
         vision = {"s": 0.0}
@@ -234,7 +285,7 @@ class GlyphModel:
 
 def check_processor(path: Path) -> None:
     """glyph_rt renders for 14-px patches, 2x2 merges, 2 frames and CLIP normalization: the checkpoint must agree."""
-    p = json.loads(path.read_text())
+    p = read_json(path)
     want = {"patch_size": 14, "merge_size": VISION_MERGE, "temporal_patch_size": 2}
     bad = [f"{k}={p[k]} (glyph_rt renders for {v})" for k, v in want.items() if k in p and p[k] != v]
     for k, v in (("image_mean", CLIP_MEAN), ("image_std", CLIP_STD)):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..nvtx import nvtx_range
+from ..render.atlas import MAX_ATLAS_BYTES
 from ..render.config import parse_color
 from ..render.raster import paragraph_rects, palette, scales
 
@@ -24,7 +25,6 @@ TILE_H, TILE_W = 14, 28  # one patch row of a 2x2 merge block: pixel_values tile
 MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS, MODE_PATCHES = 0, 1, 2, 3, 4
 PAGE_FIELDS = ("height", "width", "tiles_x", "tiles_y", "tile_base", "bg_rgb", "out_height", "out_width")
 GPU_BACKENDS = ("cuda", "triton")
-MAX_ATLAS_BYTES = (1 << 31) - 1
 
 
 def pack_rgb(rgb) -> int:

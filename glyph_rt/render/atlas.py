@@ -12,10 +12,14 @@ C++ and GPU rasterizers read as they are:
     lut     int32  [0x110000]        codepoint -> slot (-1 = not built yet)
 
 Slot 0 is the replacement box drawn for characters no font covers; slot 1 is the space.
-Atlases are cached in memory and on disk (~/.cache/glyph_rt/atlas, or $GLYPH_RT_CACHE).
+Atlases are cached in memory and on disk (~/.cache/glyph_rt/atlas, or $GLYPH_RT_CACHE). A disk
+cache file is verified when read (checksum, array sizes, index ranges) and rebuilt on any mismatch.
+All access goes through `lock`: `arrays()` returns a consistent snapshot that later growth never
+changes.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import threading
@@ -26,8 +30,11 @@ import numpy as np
 
 from .fonts import split_face
 
-ATLAS_VERSION = 2
+ATLAS_VERSION = 3
 LUT_SIZE = 0x110000
+MAX_ATLAS_BYTES = (1 << 31) - 1  # the kernels address the atlas with int32 offsets
+_ARRAYS = ("data", "offset", "width", "height", "left", "top", "advance", "missing")
+_CACHED = _ARRAYS + ("codepoints", "slots", "missing_cps")
 MISSING_SLOT = 0
 SPACE_SLOT = 1
 # Characters the layout treats as whitespace or removes: they never need a bitmap.
@@ -94,6 +101,7 @@ class FontAtlas:
         self._by_glyph: dict[tuple[int, int], int] = {}
         self.missing_codepoints: set[int] = set()
         self._arrays = None
+        self._nbytes = 0  # bytes of all bitmaps
         self._dirty = False
         if not self._load_disk():
             self._add_missing_box()
@@ -117,8 +125,11 @@ class FontAtlas:
             face.load_glyph(gid, flags)
             g = face.glyph
             bm = g.bitmap
-            if bm.rows and bm.width:
-                a = np.array(bm.buffer, dtype=np.uint8).reshape(bm.rows, bm.pitch)[:, : bm.width].copy()
+            if bm.rows and bm.width:  # straight from FreeType's buffer (freetype-py's .buffer is a list)
+                raw = ctypes.string_at(bm._FT_Bitmap.buffer, bm.rows * abs(bm.pitch))
+                a = np.frombuffer(raw, np.uint8).reshape(bm.rows, abs(bm.pitch))[:, : bm.width].copy()
+                if bm.pitch < 0:
+                    a = a[::-1].copy()
             else:
                 a = np.zeros((0, 0), dtype=np.uint8)
             out.append((a, (a.shape[1], a.shape[0], g.bitmap_left, g.bitmap_top)))
@@ -137,6 +148,7 @@ class FontAtlas:
         for _ in range(self.phases):
             self._bitmaps.append(box)
             self._meta.append((w, h, left, h))
+        self._nbytes += box.size * self.phases
 
     def _add_codepoint(self, cp: int, force_slot: int | None = None) -> None:
         face_idx, gid = -1, 0
@@ -161,13 +173,21 @@ class FontAtlas:
 
             face = self._faces[face_idx]
             adv_units = face.get_advance(gid, freetype.FT_LOAD_NO_SCALE)
-            self._advance.append(adv_units * self.size_pt / face.units_per_EM)
-            self._missing.append(0)
             if cp in _NO_INK:
                 empty = np.zeros((0, 0), dtype=np.uint8)
                 rendered = [(empty, (0, 0, 0, 0))] * self.phases
             else:
                 rendered = self._render(face_idx, gid)
+            added = sum(a.size for a, _ in rendered)
+            if self._nbytes + added > MAX_ATLAS_BYTES:
+                raise MemoryError(
+                    f"glyph atlas: U+{cp:04X} would grow the atlas of font_size {self.size_pt:g} pt at "
+                    f"{self.dpi:g} dpi with {self.phases} sub-pixel phases to {(self._nbytes + added) / 2**30:.2f} GiB, over the "
+                    f"{MAX_ATLAS_BYTES / 2**30:.0f} GiB limit; lower font_size, dpi or subpixel_phases, or render "
+                    "texts with fewer distinct characters")
+            self._nbytes += added
+            self._advance.append(adv_units * self.size_pt / face.units_per_EM)
+            self._missing.append(0)
             for a, meta in rendered:
                 self._bitmaps.append(a)
                 self._meta.append(meta)
@@ -177,74 +197,87 @@ class FontAtlas:
     def ensure(self, codepoints) -> int:
         """Adds the given codepoints (and the chars they need); returns how many were new."""
         new = 0
-        with self._lock:
-            for cp in np.asarray(codepoints, dtype=np.int64).tolist():
-                if cp < 0 or cp >= LUT_SIZE:
-                    continue
-                if self.lut[cp] < 0:
-                    if cp == 0xA0:  # reportlab draws a no-break space with the space's glyph
-                        self.lut[cp] = SPACE_SLOT
-                    else:
-                        self._add_codepoint(cp)
-                    new += 1
-            if new:
-                self._arrays = None
-                self._dirty = True
+        with self.lock:
+            try:
+                for cp in np.asarray(codepoints, dtype=np.int64).tolist():
+                    if cp < 0 or cp >= LUT_SIZE:
+                        continue
+                    if self.lut[cp] < 0:
+                        if cp == 0xA0:  # reportlab draws a no-break space with the space's glyph
+                            self.lut[cp] = SPACE_SLOT
+                        else:
+                            self._add_codepoint(cp)
+                        new += 1
+            finally:  # also when a glyph failed: what was added before it is in the next snapshot
+                if new:
+                    self._arrays = None
+                    self._dirty = True
         return new
 
     # ----------------------------------------------------------------- flat arrays
     def arrays(self) -> dict[str, np.ndarray]:
-        """The atlas as flat arrays (rebuilt only after it grew)."""
-        if self._arrays is None:
-            sizes = [b.size for b in self._bitmaps]
-            offset = np.zeros(len(sizes), dtype=np.int64)
-            if sizes:
-                offset[1:] = np.cumsum(sizes[:-1])
-            data = np.concatenate([b.reshape(-1) for b in self._bitmaps]) if self._bitmaps else np.zeros(0, np.uint8)
-            meta = np.asarray(self._meta, dtype=np.int32).reshape(-1, 4)
-            self._arrays = {
-                "data": np.ascontiguousarray(data, dtype=np.uint8),
-                "offset": offset,
-                "width": np.ascontiguousarray(meta[:, 0]),
-                "height": np.ascontiguousarray(meta[:, 1]),
-                "left": np.ascontiguousarray(meta[:, 2]),
-                "top": np.ascontiguousarray(meta[:, 3]),
-                "advance": np.asarray(self._advance, dtype=np.float64),
-                "missing": np.asarray(self._missing, dtype=np.uint8),
-            }
+        """The atlas as flat arrays (rebuilt only after it grew): a snapshot that later growth leaves as it is."""
+        with self.lock:
+            return self._arrays or self._build_arrays()
+
+    def _build_arrays(self) -> dict[str, np.ndarray]:
+        sizes = [b.size for b in self._bitmaps]
+        offset = np.zeros(len(sizes), dtype=np.int64)
+        if sizes:
+            offset[1:] = np.cumsum(sizes[:-1])
+        data = np.concatenate([b.reshape(-1) for b in self._bitmaps]) if self._bitmaps else np.zeros(0, np.uint8)
+        meta = np.asarray(self._meta, dtype=np.int32).reshape(-1, 4)
+        self._arrays = {
+            "data": np.ascontiguousarray(data, dtype=np.uint8),
+            "offset": offset,
+            "width": np.ascontiguousarray(meta[:, 0]),
+            "height": np.ascontiguousarray(meta[:, 1]),
+            "left": np.ascontiguousarray(meta[:, 2]),
+            "top": np.ascontiguousarray(meta[:, 3]),
+            "advance": np.asarray(self._advance, dtype=np.float64),
+            "missing": np.asarray(self._missing, dtype=np.uint8),
+        }
         return self._arrays
 
     def bitmap(self, slot: int, phase: int = 0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         i = slot * self.phases + phase
-        return self._bitmaps[i], self._meta[i]
+        with self.lock:
+            return self._bitmaps[i], self._meta[i]
 
     # ----------------------------------------------------------------- disk cache
     def _path(self) -> Path:
-        return cache_dir() / f"{self.key}.npz"
+        return cache_dir() / f"atlas-v{ATLAS_VERSION}-{self.key}.npz"
 
     def save(self) -> None:
         """Writes the atlas to the disk cache if it grew (best effort: a read-only home is fine)."""
-        if not self._dirty:
-            return
-        a = self.arrays()
-        cps = np.nonzero(self.lut >= 0)[0].astype(np.int32)
-        try:
-            p = self._path()
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, codepoints=cps, slots=self.lut[cps], missing_cps=np.asarray(sorted(self.missing_codepoints), np.int32),
-                     **a)
-            os.replace(tmp, p)
-            self._dirty = False
-        except OSError:
-            pass
+        with self.lock:
+            if not self._dirty:
+                return
+            cps = np.nonzero(self.lut >= 0)[0].astype(np.int32)
+            z = {**self.arrays(), "codepoints": cps, "slots": self.lut[cps],
+                 "missing_cps": np.asarray(sorted(self.missing_codepoints), np.int32)}
+            try:
+                p = self._path()
+                p.parent.mkdir(parents=True, exist_ok=True)
+                tmp = p.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.npz")
+                np.savez(tmp, checksum=np.frombuffer(_checksum(z), np.uint8), **z)
+                os.replace(tmp, p)
+                self._dirty = False
+            except OSError:
+                pass
 
     def _load_disk(self) -> bool:
+        """Reads the disk cache; False (and a clean atlas) when it is absent, stale or fails verification."""
         p = self._path()
         if not p.is_file():
             return False
         try:
-            z = np.load(p)
+            with np.load(p, allow_pickle=False) as f:
+                z = {k: f[k] for k in _CACHED}
+                checksum = f["checksum"].tobytes()
+            if checksum != _checksum(z):
+                raise ValueError("checksum mismatch")
+            _verify(z, self.phases)
             data, offset = z["data"], z["offset"]
             meta = np.stack([z["width"], z["height"], z["left"], z["top"]], axis=1)
             self._bitmaps = [
@@ -255,12 +288,46 @@ class FontAtlas:
             self._missing = z["missing"].tolist()
             self.lut[z["codepoints"]] = z["slots"]
             self.missing_codepoints = set(z["missing_cps"].tolist())
-            if len(self._advance) * self.phases != len(self._meta):
-                raise ValueError("inconsistent atlas cache")
-        except Exception:  # a corrupt or stale cache file is rebuilt
+            self._nbytes = int(data.size)
+        except Exception:  # a corrupt, truncated or stale cache file is rebuilt
             self.lut[:] = -1
             self._bitmaps, self._meta, self._advance, self._missing = [], [], [], []
             self.missing_codepoints = set()
+            self._nbytes = 0
             return False
         # glyph identity is not cached: later glyphs get their own slots, which is correct
         return True
+
+
+def _checksum(z: dict[str, np.ndarray]) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for k in _CACHED:
+        a = np.ascontiguousarray(z[k])
+        h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.data)
+    return h.digest()
+
+
+def _verify(z: dict[str, np.ndarray], phases: int) -> None:
+    """Raises ValueError unless the cached arrays are consistent: sizes, dtypes and index ranges."""
+    dtypes = {"data": np.uint8, "offset": np.int64, "width": np.int32, "height": np.int32, "left": np.int32,
+              "top": np.int32, "advance": np.float64, "missing": np.uint8, "codepoints": np.int32,
+              "slots": np.int32, "missing_cps": np.int32}
+    for k, t in dtypes.items():
+        if z[k].dtype != t or z[k].ndim != 1:
+            raise ValueError(f"{k}: dtype or shape")
+    slots = len(z["advance"])
+    n = slots * phases
+    sizes = [len(z[k]) for k in ("offset", "width", "height", "left", "top")]
+    if slots < 2 or len(z["missing"]) != slots or any(m != n for m in sizes):
+        raise ValueError("array sizes")
+    w, h, off = z["width"].astype(np.int64), z["height"].astype(np.int64), z["offset"]
+    if (w < 0).any() or (h < 0).any() or (off < 0).any() or (off + w * h > len(z["data"])).any():
+        raise ValueError("bitmap out of range")
+    if not np.isfinite(z["advance"]).all() or (z["missing"] > 1).any():
+        raise ValueError("advance or missing flags")
+    cps, sl, mcps = z["codepoints"], z["slots"], z["missing_cps"]
+    if len(sl) != len(cps) or ((cps < 0) | (cps >= LUT_SIZE)).any() or ((sl < 0) | (sl >= slots)).any():
+        raise ValueError("codepoint or slot out of range")
+    if ((mcps < 0) | (mcps >= LUT_SIZE)).any():
+        raise ValueError("missing codepoint out of range")

@@ -34,6 +34,11 @@ FAMILIES = ("sans", "serif", "mono")
 DPI_RANGE = (30, 600)
 FONT_SIZE_RANGE = (1.0, 200.0)
 MAX_PAGE_PIXELS_SIDE = 16384
+MIN_PAGE_PIXELS_SIDE = 8  # a page smaller than this holds no legible glyph
+MAX_LENGTH_PT = 100_000.0  # bound on every length field (points), far past any page
+MAX_GLYPH_BYTES = 16 << 20  # atlas bytes of one glyph (all sub-pixel phases)
+INT32_MAX = (1 << 31) - 1
+BOOL_FIELDS = ("auto_cjk_fallback", "auto_crop_width", "auto_crop_last_page")
 REPORTLAB_FRAME_PADDING = 6.0
 
 _HEX = re.compile(r"^(?:#|0x)?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
@@ -67,6 +72,8 @@ def color_hex(rgb: tuple[int, int, int]) -> str:
 def parse_page_size(value: Any) -> tuple[float, float]:
     """'A4' / 'letter' / '595,842' / (w, h) / 'aspect:1.414' (A4 width) / 'aspect:1.5@500' -> points."""
     if isinstance(value, (tuple, list)) and len(value) == 2:
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"page_size: {value!r} must be two numbers (points)")
         w, h = float(value[0]), float(value[1])
     elif isinstance(value, str):
         s = value.strip()
@@ -107,6 +114,8 @@ class NewlineMarkup:
 
     @staticmethod
     def parse(markup: str) -> "NewlineMarkup":
+        if not isinstance(markup, str):
+            raise ConfigError(f"newline_markup: {markup!r} is not a string (use '<br/>' or marker text)")
         if re.search(r"<\s*br\s*/?\s*>", markup, re.I):
             return NewlineMarkup(True)
         m = re.search(r"""color\s*=\s*["']?([#0-9A-Za-z]+)""", markup)
@@ -164,6 +173,10 @@ class RenderConfig:
             self.alignment = self.alignment.strip().lower()
         if self.font_path is not None:
             self.font_path = str(self.font_path)
+        if isinstance(self.fallback_fonts, (str, bytes, os.PathLike)):
+            raise ConfigError(f"fallback_fonts: {self.fallback_fonts!r} is one path; give a list of font paths")
+        if not isinstance(self.fallback_fonts, (list, tuple, type(None))):
+            raise ConfigError(f"fallback_fonts: {self.fallback_fonts!r} is not a list of font paths")
         self.fallback_fonts = [str(p) for p in (self.fallback_fonts or [])]
 
     # ----------------------------------------------------------------- derived sizes
@@ -200,12 +213,22 @@ class RenderConfig:
 
         num("dpi", *DPI_RANGE)
         num("font_size", *FONT_SIZE_RANGE)
-        num("line_height", 0, lo_open=True)
+        num("line_height", 0, MAX_LENGTH_PT, lo_open=True)
         for name in ("margin_x", "margin_y", "space_before", "space_after", "border_width",
                      "border_padding", "frame_padding", "left_indent", "right_indent", "hanging_indent"):
-            num(name, 0)
-        num("first_line_indent")
+            num(name, 0, MAX_LENGTH_PT)
+        # the first line may reach into the margin (an outdent), never off the page
+        num("first_line_indent", hi=MAX_LENGTH_PT)
+        outdent = self.margin_x + self.frame_padding + self.left_indent
+        if self.first_line_indent < -outdent:
+            raise ConfigError(
+                f"first_line_indent: {self.first_line_indent!r} would start the first line off the page; allowed "
+                f">= -{outdent:g} (-(margin_x + frame_padding + left_indent))"
+            )
         num("horizontal_scale", 0.1, 4.0)
+        for name in BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: {getattr(self, name)!r} is not true or false (use a JSON boolean)")
         if self.line_height < self.font_size:
             raise ConfigError(
                 f"line_height: {self.line_height} is smaller than font_size {self.font_size} (lines would overlap)"
@@ -216,22 +239,44 @@ class RenderConfig:
             raise ConfigError(f"wrap: {self.wrap!r} is not one of {', '.join(WRAPS)}")
         if self.font_path is None and self.font_family not in FAMILIES:
             raise ConfigError(f"font_family: {self.font_family!r} is not one of {', '.join(FAMILIES)} (or set font_path)")
-        if not isinstance(self.lines_per_paragraph, int) or self.lines_per_paragraph < 1:
-            raise ConfigError(f"lines_per_paragraph: {self.lines_per_paragraph!r} must be an integer >= 1")
-        if not isinstance(self.tab_size, int) or not 1 <= self.tab_size <= 16:
-            raise ConfigError(f"tab_size: {self.tab_size!r} must be an integer in 1..16")
-        if not isinstance(self.snap, int) or self.snap < 0 or self.snap > 1024:
-            raise ConfigError(f"snap: {self.snap!r} must be an integer in 0..1024 (0 = off)")
-        if self.subpixel_phases not in (1, 2, 4, 8):
+
+        def integer(name, lo, hi, note=""):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ConfigError(f"{name}: {v!r} must be an integer in {lo}..{hi}{note}")
+
+        integer("lines_per_paragraph", 1, INT32_MAX)
+        integer("tab_size", 1, 16)
+        integer("snap", 0, 1024, " (0 = off)")
+        if isinstance(self.subpixel_phases, bool) or self.subpixel_phases not in (1, 2, 4, 8):
             raise ConfigError(f"subpixel_phases: {self.subpixel_phases!r} must be 1, 2, 4 or 8")
         for name in ("font_color", "page_bg_color", "para_bg_color", "para_border_color"):
             parse_color(getattr(self, name), name)
         NewlineMarkup.parse(self.newline_markup)
-        w_px, h_px = self.page_pixels
-        if max(w_px, h_px) > MAX_PAGE_PIXELS_SIDE:
+        w_f = self.page_size[0] * self.dpi / 72 * self.horizontal_scale  # float first: no overflow
+        h_f = self.page_size[1] * self.dpi / 72
+        if max(w_f, h_f) > MAX_PAGE_PIXELS_SIDE:
             raise ConfigError(
                 f"page_size/dpi: a {self.page_size[0]:.0f}x{self.page_size[1]:.0f} pt page at {self.dpi} dpi is "
-                f"{w_px}x{h_px} px, over the {MAX_PAGE_PIXELS_SIDE} px limit per side"
+                f"{w_f:.0f}x{h_f:.0f} px, over the {MAX_PAGE_PIXELS_SIDE} px limit per side"
+            )
+        w_px, h_px = self.page_pixels
+        if min(w_px, h_px) < MIN_PAGE_PIXELS_SIDE:
+            raise ConfigError(
+                f"page_size/dpi/horizontal_scale: a {self.page_size[0]:g}x{self.page_size[1]:g} pt page at "
+                f"{self.dpi} dpi and horizontal_scale {self.horizontal_scale} is {w_px}x{h_px} px, under "
+                f"{MIN_PAGE_PIXELS_SIDE} px per side; enlarge page_size or dpi"
+            )
+        font_px = self.font_size * self.dpi / 72
+        if font_px < 1:
+            raise ConfigError(f"font_size/dpi: font_size {self.font_size} pt at {self.dpi} dpi is {font_px:.2f} px, "
+                              "under 1 px; raise font_size or dpi")
+        glyph_bytes = glyph_bytes_bound(font_px, self.horizontal_scale, self.subpixel_phases)
+        if glyph_bytes > MAX_GLYPH_BYTES:
+            raise ConfigError(
+                f"font_size/dpi/subpixel_phases: one glyph of font_size {self.font_size} pt at {self.dpi} dpi with "
+                f"{self.subpixel_phases} sub-pixel phases takes up to {glyph_bytes / 2**20:.0f} MiB in the atlas, over "
+                f"the {MAX_GLYPH_BYTES >> 20} MiB limit; lower subpixel_phases, dpi or font_size"
             )
         first_w = self.text_width - max(self.first_line_indent - max(self.hanging_indent, 0), 0)
         if self.text_width < self.font_size or first_w < self.font_size:
@@ -279,7 +324,7 @@ class RenderConfig:
         for k in ("font_path",):
             if d.get(k) and base_dir is not None:
                 d[k] = _resolve(d[k], base_dir)
-        if d.get("fallback_fonts") and base_dir is not None:
+        if isinstance(d.get("fallback_fonts"), (list, tuple)) and base_dir is not None:
             d["fallback_fonts"] = [_resolve(p, base_dir) for p in d["fallback_fonts"]]
         try:
             return cls(**d)
@@ -338,11 +383,22 @@ class RenderConfig:
             d = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ConfigError(f"config: {str(p)!r} is not valid JSON: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config: {str(p)!r} is not UTF-8 text (invalid byte at offset {e.start}); "
+                              "save it as UTF-8") from None
+        except OSError as e:
+            raise ConfigError(f"config: {str(p)!r} cannot be read: {e.strerror}") from None
         return cls.from_dict(d, base_dir=p.parent)
 
     def save(self, path: str | os.PathLike, glyph_format: bool = False) -> None:
         d = self.to_glyph_dict() if glyph_format else self.to_dict()
         Path(path).write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
+
+
+def glyph_bytes_bound(font_px: float, h_scale: float, phases: int) -> int:
+    """Upper bound of the atlas bytes of one glyph: a bitmap of 1.5 em x 1.5 em (scaled) per phase."""
+    side = math.ceil(1.5 * font_px) + 2
+    return int(math.ceil(side * h_scale) + 2) * side * phases
 
 
 def _fmt(x: float) -> str:

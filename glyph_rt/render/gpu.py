@@ -267,8 +267,13 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
     if dtype not in (torch.float32, torch.bfloat16, torch.uint8):
         raise ValueError(f"dtype {dtype} is not supported: use torch.float32, torch.bfloat16 or torch.uint8 "
                          "(raw patches for glyph_rt's patch embedding)")
-    if batch_pages < 1 or workers < 1:
-        raise ValueError(f"batch_pages and workers must be >= 1, got {batch_pages} and {workers}")
+    for name, v in (("batch_pages", batch_pages), ("workers", workers), ("max_bytes", max_bytes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: {v!r} must be an integer >= 1")
+    for i, c in enumerate(configs):
+        if c is not None and not isinstance(c, RenderConfig):
+            raise TypeError(f"config{'' if len(configs) == 1 else f'[{i}]'}: expected a RenderConfig, got "
+                            f"{type(c).__name__} (use RenderConfig.from_dict for a dict)")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device, backend = resolve_device_backend(device, backend)
@@ -284,8 +289,24 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
     pending: list = []  # (document, first page, stop page)
     fused = nbytes = 0
 
+    row_bytes = (ROW_U8 if dtype == torch.uint8 else ROW) * torch.empty(0, dtype=dtype).element_size()
+
+    def bound_bytes(items) -> int:
+        """pixel_values bytes of these pages at most: each page at its full canvas (cropping only shrinks)."""
+        total = 0
+        for d, s, e in items:
+            th, tw = target_size(d.canvas[1], d.canvas[0], model)
+            total += (e - s) * (th // PATCH) * (tw // PATCH) * row_bytes
+        return total
+
     def flush():
         nonlocal fused, nbytes
+        need = nbytes + bound_bytes(pending)
+        if need > max_bytes:  # checked before the batch is drawn
+            raise MemoryError(
+                f"pixel_values of the first {len(docs)} of {len(texts)} texts may take up to {need / 2**30:.2f} GiB, "
+                f"over max_bytes={max_bytes / 2**30:.2f} GiB; pass fewer texts per call, use "
+                "dtype=torch.bfloat16, or raise max_bytes")
         t = time.perf_counter()
         pv, grid, f = inputs_of_batch(pending, device, backend, model, dtype, lut)
         seconds["gpu"] += time.perf_counter() - t

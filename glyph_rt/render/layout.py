@@ -14,6 +14,7 @@ from .atlas import MISSING_SLOT, SPACE_SLOT, FontAtlas
 from .config import NewlineMarkup, RenderConfig
 
 ALIGN_CODES = {"left": 0, "center": 1, "right": 2, "justify": 3}
+MAX_PAGES = (1 << 31) - 1  # the engine counts pages in int32
 
 
 @dataclass
@@ -48,7 +49,8 @@ class Layout:
     p_line_start: np.ndarray
     missing: int  # characters drawn as replacement boxes
     stripped: int  # soft hyphens / zero-width spaces removed, as Glyph's renderer does
-    placed: int  # characters placed on pages (boxes included)
+    placed: int  # source characters placed on pages (boxes included; newline-marker glyphs not)
+    marker_glyphs: int  # glyphs drawn for visible newline markers (not source characters)
     truncated: bool  # stopped at max_pages
 
     @classmethod
@@ -186,6 +188,9 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
         raise TypeError(f"text must be str, got {type(text).__name__} (decode bytes first)")
     if backend not in ("cpu", "reference"):
         raise ValueError(f"layout backend {backend!r} is unknown; use 'cpu' or 'reference'")
+    if max_pages is not None and (isinstance(max_pages, bool) or not isinstance(max_pages, int)
+                                  or not 1 <= max_pages <= MAX_PAGES):
+        raise ValueError(f"max_pages: {max_pages!r} must be an integer in 1..{MAX_PAGES} (or None: no limit)")
     atlas = atlas or atlas_for(config)
     nl = NewlineMarkup.parse(config.newline_markup)
     cps = text_codepoints(text)

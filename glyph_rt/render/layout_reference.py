@@ -58,7 +58,7 @@ def is_cjk(c: int) -> bool:
     return any(lo <= c <= hi for lo, hi in CJK_RANGES)
 
 
-Item = namedtuple("Item", "slot src adv kind color cjk")
+Item = namedtuple("Item", "slot src adv kind color cjk spaces", defaults=(1,))  # spaces: a kept tab is tab_size
 Unit = namedtuple("Unit", "start end gap")  # items [start, end); gap: after a (collapsed) breaking space
 Line = namedtuple("Line", "units width spaces nbsp forced first src_start src_end")  # forced: ended by a newline
 
@@ -73,7 +73,8 @@ class Engine:
         self.later_w = p["frame_w"] - p["left_indent"] - p["right_indent"]
         self.first_w = self.later_w - p["first_line_indent"]
         self.out = {k: [] for k in OUTPUTS}
-        self.missing = self.stripped = self.placed = 0
+        self.missing = self.stripped = self.placed = self.marker_glyphs = 0
+        self.frame_lines = math.floor(p["frame_h"] / p["leading"] + 1e-6)
         self.page, self.cursor, self.prev_after, self.at_top, self.truncated = -1, 0.0, 0.0, True, False
 
     def add(self, **values):
@@ -89,9 +90,13 @@ class Engine:
                 j = i
                 while j < e and text[j] in (0x20, 0x09):
                     j += 1
-                run = [k for k in range(i, j) for _ in range(self.p["tab_size"] if text[k] == 0x09 else 1)]
-                kind = BREAK if len(run) == 1 else NBSP
-                self.items += [Item(-1, k if src is None else src, self.space_adv, kind, color, False) for k in run]
+                if j - i == 1 and (text[i] == 0x20 or self.p["tab_size"] == 1):
+                    self.items.append(Item(-1, i if src is None else src, self.space_adv, BREAK, color, False))
+                else:  # one kept item per space or tab; a tab is tab_size spaces wide and never split
+                    for k in range(i, j):
+                        w = self.p["tab_size"] if text[k] == 0x09 else 1
+                        adv = float(np.float32(self.space_w * w))
+                        self.items.append(Item(-1, k if src is None else src, adv, NBSP, color, False, w))
                 i = j
                 continue
             at = i if src is None else src
@@ -133,7 +138,7 @@ class Engine:
     def close_line(self, forced: bool, empty_src: int = 0):
         u = self.line
         src = (self.items[u[0].start].src, self.items[u[-1].end - 1].src + 1) if u else (empty_src, empty_src)
-        nbsp = sum(it.kind == NBSP for v in u for it in self.items[v.start:v.end])
+        nbsp = sum(it.spaces for v in u for it in self.items[v.start:v.end] if it.kind == NBSP)
         self.lines.append(Line(u, self.cur, self.spaces, nbsp, forced, self.first, *src))
         self.line, self.cur, self.spaces, self.first = [], 0.0, 0, False
 
@@ -212,8 +217,11 @@ class Engine:
                 for it in self.items[u.start:u.end]:
                     if it.kind == DRAW:
                         self.add(g_page=self.page, g_slot=it.slot, g_src=it.src, g_x=pen, g_y=y, g_color=it.color)
-                        self.placed += 1
-                        self.missing += bool(self.missing_flag[it.slot])
+                        if it.color == 0:  # source characters; marker glyphs are not part of the text
+                            self.placed += 1
+                            self.missing += bool(self.missing_flag[it.slot])
+                        else:
+                            self.marker_glyphs += 1
                     pen += it.adv
 
     def paginate(self):
@@ -237,8 +245,9 @@ class Engine:
             if k:
                 self.emit_lines(idx, idx + k, top, idx + k == n)
             idx += k
-            if idx < n and self.lines[idx - 1].forced and not p["newline_marker"]:
+            if idx < n and self.lines[idx - 1].forced and not p["newline_marker"] and self.frame_lines >= 2:
                 # reportlab's continuation after a split at a line break starts with an empty line
+                # (not in a one-line frame: that empty line would fill every following page)
                 prev_end = self.lines[idx - 1].src_end
                 self.lines.insert(idx, Line([], 0.0, 0, 0, True, False, prev_end, prev_end))
                 n += 1
@@ -278,7 +287,8 @@ class Engine:
                 self.close_line(False)
             self.paginate()
         d = {k: np.asarray(v, dtype=t) for (k, v), t in zip(self.out.items(), OUTPUTS.values())}
-        d.update(missing=self.missing, stripped=self.stripped, placed=self.placed, pages=self.page + 1,
+        d.update(missing=self.missing, stripped=self.stripped, placed=self.placed, marker_glyphs=self.marker_glyphs,
+                 pages=self.page + 1,
                  truncated=self.truncated)
         return d
 

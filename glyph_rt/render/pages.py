@@ -16,6 +16,8 @@ from .raster import canvas_size, final_sizes, rasterize
 from .tokens import VISION_MODELS, get_tokenizer, visual_tokens
 
 BACKENDS = ("cpu", "reference")
+# Characters the layout draws nothing for (Python's str.isspace, the layout engine's whitespace).
+_WHITESPACE = np.asarray([c for c in range(0x3001) if chr(c).isspace()], np.uint32)
 DEFAULT_MAX_BYTES = 4 << 30
 CHUNK_BYTES = 64 << 20  # host memory per streamed chunk of pages
 
@@ -35,6 +37,9 @@ class Document:
 
     def __init__(self, text: str, config: RenderConfig | None = None, backend: str = "auto",
                  max_pages: int | None = None):
+        if config is not None and not isinstance(config, RenderConfig):
+            raise TypeError(f"config: expected a RenderConfig, got {type(config).__name__} "
+                            "(use RenderConfig.from_dict for a dict)")
         self.config = (config or RenderConfig()).validate()
         self.backend = resolve_backend(backend)
         self.text = text
@@ -102,7 +107,7 @@ class Document:
         if chunk is None:
             chunk = self.chunk_pages(chunk_bytes)
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"iter_chunks: chunk must be a positive number of pages, got {chunk!r}")
+            raise ValueError(f"chunk: {chunk!r} must be an integer >= 1 (pages per chunk)")
         W, H = self.canvas
         n = min(chunk, self.num_pages)
         pool = [np.empty((n, H, W, 3), np.uint8) for _ in range(buffers if n and str(device) == "cpu" else 0)]
@@ -142,8 +147,18 @@ class Document:
         if not self.layout.missing:
             return {}
         lay = self.layout
-        src = lay.g_src[lay.g_slot == 0]
+        src = lay.g_src[(lay.g_slot == 0) & (lay.g_color == 0)]  # newline-marker glyphs are not text
         return dict(Counter(self.text[i] for i in src.tolist()))
+
+    def char_counts(self) -> dict[str, int]:
+        """How every character of the text was accounted for; the four counts add up to len(text)."""
+        from .layout import text_codepoints
+
+        lay = self.layout
+        white = int(np.count_nonzero(np.isin(text_codepoints(self.text), _WHITESPACE)))
+        unplaced = len(self.text) - int(lay.placed) - int(lay.stripped) - white
+        return {"placed_chars": int(lay.placed), "stripped_chars": int(lay.stripped), "whitespace_chars": white,
+                "unplaced_chars": unplaced, "newline_marker_glyphs": int(lay.marker_glyphs)}
 
     def summary(self, sizes: list[tuple[int, int]], tokenizer: str | None = "default") -> dict:
         text_tokens = get_tokenizer(None if tokenizer == "default" else tokenizer).count(self.text) if tokenizer else None
@@ -160,9 +175,9 @@ class Document:
             "compression_ratio": {
                 m: (round(text_tokens / sum(v), 3) if text_tokens and sum(v) else None) for m, v in vis.items()
             },
-            "placed_chars": int(self.layout.placed),
+            # characters = placed + stripped + whitespace + unplaced (unplaced: cut off by max_pages)
+            **self.char_counts(),
             "missing_glyphs": {"count": int(self.layout.missing), "chars": missing, "install": missing_hints(missing)},
-            "stripped_chars": int(self.layout.stripped),
             "truncated": bool(self.layout.truncated),
             "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
             "backend": self.backend,
