@@ -50,7 +50,7 @@ EXTRAS_REQUIRE = {
     # right-to-left text: bidi reordering (UAX #9) and Arabic contextual forms
     "scripts": ["python-bidi>=0.5", "arabic-reshaper>=3"],
 }
-EXTRAS_REQUIRE["test"] = ["pytest", "hypothesis", "transformers>=5.0", *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"]]
+EXTRAS_REQUIRE["test"] = ["pytest", "hypothesis", "matplotlib", "transformers>=5.0", *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"]]
 
 
 class CMakeExtension(Extension):

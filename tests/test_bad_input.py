@@ -308,7 +308,7 @@ def test_newline_marker_accounting_adds_up():
 # ---------------------------------------------------------------------- damaged checkpoints, generate()
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from tiny import tiny_glm4v_checkpoint
+    from glyph_rt.models.tiny import tiny_glm4v_checkpoint
 
     return tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))
 
@@ -387,14 +387,3 @@ def test_atlas_total_size_is_bounded(monkeypatch):
         atlas.ensure(np.arange(0x391, 0x3AA))  # Greek capitals: DejaVu draws them
     a = atlas.arrays()  # what was added before the limit stays consistent
     assert len(a["offset"]) == len(a["advance"]) * atlas.phases
-
-
-def test_cli_generate_negative_max_new_tokens(checkpoint, tmp_path, capsys):
-    from glyph_rt.cli import main
-
-    ctx = tmp_path / "context.txt"
-    ctx.write_text("Some text to read.", encoding="utf-8")
-    assert main(["generate", "--model", str(checkpoint), "--context", str(ctx), "--question", "What?",
-                 "--max-new-tokens", "-3", "--device", "cpu"]) == 2
-    err = capsys.readouterr().err
-    assert "max_new_tokens: -3 must be an integer >= 1" in err and "Traceback" not in err

@@ -120,7 +120,7 @@ def test_cli_generate(checkpoint, tmp_path, capsys):
     out = capsys.readouterr()
     assert out.out.strip() and "visual tokens for a context of" in out.err and "decode" in out.err
     assert main(["generate", "--model", str(tmp_path / "none"), "--context", str(ctx), "--question", "q"]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "is not a directory" in capsys.readouterr().err
 
 
 def test_cli_make_tiny_checkpoint_then_generate(tmp_path, capsys):
