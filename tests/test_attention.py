@@ -245,9 +245,10 @@ def test_decode_low_precision_error_is_at_most_twice_torch(dtype):
         assert (ours[b].float() - ref).abs().max() <= 2 * (torch_.float() - ref).abs().max() + 1e-5
 
 
-@pytest.mark.parametrize("lens,causal", [([123, 7], True), ([769], False)])
+@pytest.mark.parametrize("lens,causal", [([123, 7], True),
+                                         pytest.param([769, 123], False, marks=pytest.mark.slow)])
 def test_odd_lengths_match_the_oracle(lens, causal):
-    q, k, v, cu_q, cu_k = packed(lens, lens, 2, 1, 16, device=TRITON_DEVICE, seed=3)
+    q, k, v, cu_q, cu_k = packed(lens, lens, 1, 1, 16, device=TRITON_DEVICE, seed=3)
     do = torch.randn_like(q)
     got = run("glyph", q, k, v, cu_q, cu_k, causal, do)
     want = run("reference", q, k, v, cu_q, cu_k, causal, do)
