@@ -112,13 +112,20 @@ def attn_decode_merge_kernel(
              out.to(O.dtype.element_ty), mask=(qi < Sq)[:, None] & (offs_d < D)[None, :])
 
 
-def config(head_dim: int, dtype: torch.dtype, interpret: bool = False) -> dict:
-    """Key block, warps and stages of the split kernel: the one table decode() and aot_specs() read."""
+def config(head_dim: int, dtype: torch.dtype, rows: int, interpret: bool = False) -> dict:
+    """Key block, warps and stages of the split kernel for `rows` packed query rows (16..MAX_ROWS), and
+    the merge kernel's warps: the one table decode() and aot_specs() read."""
     if interpret:
-        return dict(BN=16, num_warps=4, num_stages=1)
+        return dict(BN=16, num_warps=4, num_stages=1, merge_warps=4)
+    bd = max(16, triton.next_power_of_2(head_dim))
+    big = rows * bd >= 64 * 128  # the [rows, head dim] fp32 accumulator of a program
+    merge_warps = 8 if rows * bd >= 64 * 64 else 4
     if dtype == torch.float32:  # IEEE fp32 dots run on FMA units: small tiles
-        return dict(BN=32 if head_dim <= 64 else 16, num_warps=4, num_stages=2)
-    return dict(BN=64, num_warps=4, num_stages=3 if head_dim <= 128 else 2)
+        return dict(BN=32 if bd <= 32 else 16, num_warps=8 if rows * bd >= 64 * 64 else 4,
+                    num_stages=1 if big else 2, merge_warps=merge_warps)
+    if big and bd >= 256:
+        return dict(BN=32, num_warps=8, num_stages=2, merge_warps=merge_warps)
+    return dict(BN=64, num_warps=4, num_stages=3 if bd <= 128 else 2, merge_warps=merge_warps)
 
 
 @functools.lru_cache(maxsize=None)
@@ -143,7 +150,8 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.T
     if Sq * group > MAX_ROWS:
         raise ValueError(f"decode packs at most {MAX_ROWS} query rows per KV head, got {Sq} x {group}")
     BLOCK_D = max(16, triton.next_power_of_2(D))
-    cfg = config(D, q.dtype, os.environ.get("TRITON_INTERPRET") == "1")
+    cfg = config(D, q.dtype, BM, os.environ.get("TRITON_INTERPRET") == "1")
+    merge_warps = cfg.pop("merge_warps")
     splits = splits or _splits(B, Hkv, Sk, cfg["BN"], q.device)
     keys_per_split = max(1, triton.cdiv(triton.cdiv(Sk, splits), cfg["BN"])) * cfg["BN"]
     splits = max(1, triton.cdiv(Sk, keys_per_split))
@@ -162,13 +170,13 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.T
     attn_decode_merge_kernel[(B * Hkv,)](
         po, plse, out, Sq, splits, Hkv, po.stride(0), po.stride(1), po.stride(2), po.stride(3),
         out.stride(0), out.stride(1), out.stride(2), GROUP=group, D=D, BLOCK_D=BLOCK_D, BM=BM,
-        num_warps=4)
+        num_warps=merge_warps)
     return out
 
 
 def aot_specs(exhaustive: bool = False) -> list:
     """What decode() launches on a GPU: both kernels at every head-dim bucket (16 to 256) and packed
-    row count (16 to MAX_ROWS) in bf16 and fp32 (exhaustive: fp16 too, without causal or key starts)."""
+    row count (16, 32, MAX_ROWS) in bf16 and fp32 (exhaustive: fp16 too, without causal or key starts)."""
     from .aot import AotSpec, ptx_types
 
     dtypes = (torch.bfloat16, torch.float16, torch.float32) if exhaustive else (torch.bfloat16, torch.float32)
@@ -183,9 +191,9 @@ def aot_specs(exhaustive: bool = False) -> list:
         merge = dict(PO="*fp32", PLSE="*fp32", O=p, Sq="i32", splits="i32", n_kv="i32",
                      **{n: "i32" for n in merge_strides})
         for d in (16, 32, 64, 128, 256):
-            cfg = config(d, dt)
-            warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
-            for bm in (16, MAX_ROWS):
+            for bm in (16, 32, MAX_ROWS):
+                cfg = config(d, dt, bm)
+                warps, stages, merge_warps = cfg.pop("num_warps"), cfg.pop("num_stages"), cfg.pop("merge_warps")
                 modes = [(True, True), (False, False)] if exhaustive else [(True, True)]
                 for causal, has_start in modes:
                     specs.append(AotSpec(
@@ -195,7 +203,7 @@ def aot_specs(exhaustive: bool = False) -> list:
                              HAS_START=has_start, IEEE=dt == torch.float32, **cfg), warps, stages,
                         aligned=tuple(a for a, t in split.items() if t.startswith("*") or a in split_strides)))
                 specs.append(AotSpec(f"attn_decode_merge {str(dt)[6:]} d={d} rows={bm}", attn_decode_merge_kernel,
-                                     merge, dict(GROUP=16, D=d, BLOCK_D=d, BM=bm), 4, 3,
+                                     merge, dict(GROUP=16, D=d, BLOCK_D=d, BM=bm), merge_warps, 3,
                                      aligned=tuple(a for a, t in merge.items() if t.startswith("*")
                                                    or a in merge_strides)))
     return specs

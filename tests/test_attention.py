@@ -312,7 +312,8 @@ def test_tile_configs_are_one_table_for_launchers_and_aot_specs():
             for kernel in ka.KERNELS:
                 cfg = ka.config(kernel, d, dt)
                 assert {"num_warps", "num_stages"} <= set(cfg)
-            kd.config(d, dt)
+            for rows in (16, 32, 64):
+                assert {"BN", "num_warps", "num_stages", "merge_warps"} == set(kd.config(d, dt, rows))
     # fwd at 129-256 in 16-bit: BM=128, BN=64, 3 stages needed 262,144 B of shared memory
     assert ka.config("fwd", 200, torch.bfloat16) != dict(BM=128, BN=64, num_warps=8, num_stages=3)
     specs = ka.aot_specs()
