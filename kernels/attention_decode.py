@@ -118,14 +118,17 @@ def config(head_dim: int, dtype: torch.dtype, rows: int, interpret: bool = False
     if interpret:
         return dict(BN=16, num_warps=4, num_stages=1, merge_warps=4)
     bd = max(16, triton.next_power_of_2(head_dim))
-    big = rows * bd >= 64 * 128  # the [rows, head dim] fp32 accumulator of a program
-    merge_warps = 8 if rows * bd >= 64 * 64 else 4
+    tile = rows * bd  # elements of a program's [rows, head dim] fp32 accumulator
+    # measured with the compile check: ptxas spills at 4 warps on 1,024-element merges and past
+    # 4,096 elements, and at 2 warps on smaller ones
+    merge_warps = 8 if tile >= 4096 else 2 if tile == 1024 else 4
     if dtype == torch.float32:  # IEEE fp32 dots run on FMA units: small tiles
-        return dict(BN=32 if bd <= 32 else 16, num_warps=8 if rows * bd >= 64 * 64 else 4,
-                    num_stages=1 if big else 2, merge_warps=merge_warps)
-    if big and bd >= 256:
+        return dict(BN=32 if bd <= 32 else 16, num_warps=16 if tile >= 64 * 256 else 8 if tile >= 4096 else 4,
+                    num_stages=1 if tile >= 64 * 128 else 2, merge_warps=merge_warps)
+    if tile >= 64 * 256:
         return dict(BN=32, num_warps=8, num_stages=2, merge_warps=merge_warps)
-    return dict(BN=64, num_warps=4, num_stages=3 if bd <= 128 else 2, merge_warps=merge_warps)
+    return dict(BN=64, num_warps=8 if rows >= 32 and bd >= 32 else 4, num_stages=3 if bd <= 128 else 2,
+                merge_warps=merge_warps)
 
 
 @functools.lru_cache(maxsize=None)

@@ -22,8 +22,9 @@ def compile_in_subprocess(script: str, timeout: int = 900) -> subprocess.Complet
 
 def test_every_kernel_spec_fits_a100_and_h100():
     r = compile_in_subprocess("import sys; from glyph_rt.kernels.aot import main; sys.exit(main(['-v']))")
-    bad = [line for line in r.stdout.splitlines() if line.startswith("sm_") and ": ok" not in line]
-    assert r.returncode == 0 and not bad, "\n".join(bad)[-6000:] + r.stderr[-3000:]
+    bad = [line for line in r.stdout.splitlines() if line.startswith("sm_") and not line.endswith(": ok")
+           and "(not enforced" not in line]
+    assert r.returncode == 0 and not bad, "\n".join(bad)[-6000:] + r.stdout[-500:] + r.stderr[-3000:]
     # every module's kernels were compiled, for both targets
     for name in ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq", "attn_bwd_delta", "attn_decode_split",
                  "attn_decode_merge", "raster", "patch_embed"):
