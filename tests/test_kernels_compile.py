@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from glyph_rt.kernels.aot import Report, ptxas_usage
+from glyph_rt.kernels.aot import SHARED_LIMIT, Report, ptxas_usage
 
 
 def compile_in_subprocess(script: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -70,7 +70,8 @@ def test_the_compile_check_reports_the_old_defects_and_offsets_are_int64():
     for rep in reps:
         assert rep.problems, rep.line()
         if "bfloat16" in rep.name:
-            assert rep.shared == 262_144 and any("shared memory" in p for p in rep.problems), rep.line()
+            assert rep.shared > SHARED_LIMIT[rep.arch] and any("shared memory" in p for p in rep.problems), rep.line()
+            assert rep.arch != 90 or rep.shared == 262_144, rep.line()
     ttir = out["ttir"]
     pid = [line.split("=")[0].strip() for line in ttir.splitlines() if "tt.get_program_id y" in line]
     assert pid and any(f"arith.extsi {pid[0]} : i32 to i64" in line for line in ttir.splitlines()), ttir[:3000]
