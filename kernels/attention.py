@@ -370,6 +370,7 @@ def aot_specs(exhaustive: bool = False) -> list:
                     const = dict(D=d, BLOCK_D=block_d(d), **cfg)
                     if kernel != "bwd_delta":
                         const.update(GROUP=4, CAUSAL=causal, IEEE=dt == torch.float32)
-                    name = f"attn_{kernel} {str(dt)[6:]} d={d}" + (" causal" if causal and kernel != "bwd_delta" else "")
+                    mode = " causal" if causal and kernel != "bwd_delta" else ""
+                    name = f"attn_{kernel} {str(dt)[6:]} d={d}{mode}"
                     specs.append(AotSpec(name, fn, sig, const, warps, stages, aligned))
     return specs

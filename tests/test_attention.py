@@ -382,11 +382,12 @@ def test_bench_writes_the_fastest_dispatchable_backend_per_case(tmp_path):
 
     from bench.bench_attention import choices, write_choices
 
-    rows = {"vision": [{"backend": "glyph", "fwd_ms": 2.0, "case": "v"}, {"backend": "sdpa", "fwd_ms": 3.0, "case": "v"},
-                       {"backend": "sdpa_cudnn", "fwd_ms": 1.0, "case": "v"}],  # a pinned SDPA kernel: not dispatchable
-            "prefill": [{"backend": "glyph", "fwd_ms": 9.0, "case": "p"}, {"backend": "flash_attn", "fwd_ms": 7.0,
-                                                                            "case": "p"},
-                        {"backend": "sdpa", "error": "OOM", "case": "p"}]}
+    def row(backend, case, ms=None):
+        return {"backend": backend, "case": case, **({"fwd_ms": ms} if ms else {"error": "OOM"})}
+
+    rows = {"vision": [row("glyph", "v", 2.0), row("sdpa", "v", 3.0),
+                       row("sdpa_cudnn", "v", 1.0)],  # a pinned SDPA kernel: the dispatcher cannot pick it
+            "prefill": [row("glyph", "p", 9.0), row("flash_attn", "p", 7.0), row("sdpa", "p")]}
     table = choices(rows)
     assert {c: t["backend"] for c, t in table.items()} == {"vision": "glyph", "prefill": "flash_attn"}
     path = tmp_path / "t.json"

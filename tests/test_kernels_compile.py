@@ -84,7 +84,8 @@ def test_ptxas_log_parsing():
            "ptxas info    : Used 255 registers, used 1 barriers, 384 bytes cmem[0]\n")
     assert ptxas_usage(log) == (255, 28, 24)
     assert Report("k", 90, shared=240_000, regs=255, spill_stores=28).problems == [
-        "needs 240,000 B of shared memory, sm_90 has 232,448 B", "spills registers (28 B stores, 0 B loads, 255 registers)"]
+        "needs 240,000 B of shared memory, sm_90 has 232,448 B",
+        "spills registers (28 B stores, 0 B loads, 255 registers)"]
     assert Report("k", 80, shared=100, regs=90).problems == []
     lenient = Report("k", 80, shared=10 ** 6, enforced=False)  # a fallback spec: reported, not failed
     assert lenient.problems == [] and "not enforced" in lenient.line() and "shared memory" in lenient.line()
