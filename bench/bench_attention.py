@@ -9,14 +9,19 @@ For each backend: milliseconds and TFLOP/s, forward and forward+backward (triton
 median after warm-up). FLOPs: forward 4 * sum(Lq * Lk) * heads * dim (halved when causal),
 backward 2.5x the forward. Decoding is bound by reading the cache, so (c) reports GB/s of K and
 V read. A backend that cannot run a shape is listed with its error.
-Writes attention-<gpu>.json to --out (bench/out/; bench/results/ with --results) with summary vision_ratio_vs_best, prefill_128k_ratio_vs_best
-and decode_128k_ratio_vs_best (our forward time against the best other backend's; > 1 is faster).
+Writes attention-<gpu>.json to --out (bench/out/; bench/results/ with --results) with summary
+vision_ratio_vs_best, prefill_128k_ratio_vs_best and decode_128k_ratio_vs_best (our forward time against the best other backend's; > 1 is faster).
 
-    python bench/bench_attention.py [--prefill 8192,32768,131072] [--no-backward]
+    python bench/bench_attention.py [--prefill 8192,32768,131072] [--no-backward] [--write-choices]
+
+--write-choices stores, per case, the fastest of the dispatcher's backends (glyph, sdpa, flash_attn)
+in glyph_rt/data/attention_backends.json under this GPU's name and compute capability: the table
+attention(backend="auto") reads.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -27,6 +32,8 @@ import torch  # noqa: E402
 
 from bench.common import add_output_args, write_result  # noqa: E402
 from glyph_rt.ops.attention import attention, flash_attn_varlen  # noqa: E402
+
+CHOICES = Path(__file__).resolve().parent.parent / "glyph_rt" / "data" / "attention_backends.json"
 
 
 def sdpa_backends():
@@ -43,6 +50,8 @@ def runner(name, q, k, v, cu, max_len, causal):
     if name == "flash_attn":
         fn, _ = flash_attn_varlen()
         return lambda: fn(q, k, v, cu, cu, max_len, max_len, causal=causal)
+    if name == "sdpa":  # torch's own pick among its kernels: what the dispatcher's "sdpa" runs
+        return lambda: attention(q, k, v, cu, cu, max_len, max_len, causal=causal, backend="sdpa")
     from torch.nn.attention import sdpa_kernel
 
     backend = sdpa_backends()[name]
@@ -112,7 +121,8 @@ def decode_case(batch: int, keys: int, hq=32, hkv=2, d=128):
     scale = d ** -0.5
     cache_bytes = 2 * k.numel() * k.element_size()
     label = f"decode {keys // 1024}K x{batch}, 32q/2kv x128"
-    runs = {"glyph": lambda: decode(q, k.transpose(1, 2), v.transpose(1, 2), None, True, scale)}
+    runs = {"glyph": lambda: decode(q, k.transpose(1, 2), v.transpose(1, 2), None, True, scale),
+            "sdpa": lambda: F.scaled_dot_product_attention(q.transpose(1, 2), k, v, scale=scale, enable_gqa=True)}
     for name, backend in sdpa_backends().items():
         def run(backend=backend):
             with sdpa_kernel(backend):
@@ -138,24 +148,50 @@ def ratio_vs_best(rows) -> float | None:
     return round(min(others) / ours["fwd_ms"], 3) if ours and others else None
 
 
+def choices(rows_by_case: dict[str, list[dict]]) -> dict:
+    """{case: {"backend", "fwd_ms", "measured"}}: the fastest of the dispatcher's backends (glyph, sdpa as
+    torch picks its kernel, flash_attn) per case, forward time; the sdpa_* rows pin one SDPA kernel,
+    which the dispatcher cannot, so they do not compete."""
+    out = {}
+    for case, rows in rows_by_case.items():
+        timed = [r for r in rows if r["backend"] in ("glyph", "sdpa", "flash_attn") and "fwd_ms" in r]
+        if timed:
+            best = min(timed, key=lambda r: r["fwd_ms"])
+            out[case] = {"backend": best["backend"], "fwd_ms": round(best["fwd_ms"], 4), "measured": best["case"],
+                         "others_ms": {r["backend"]: round(r["fwd_ms"], 4) for r in timed if r is not best}}
+    return out
+
+
+def write_choices(gpu: str, capability: tuple[int, int], table: dict, path: Path = CHOICES) -> None:
+    """Stores the choices under the GPU's name and its compute capability (sm_XY) in the package's table."""
+    data = json.loads(path.read_text())
+    for key in (gpu, f"sm_{capability[0]}{capability[1]}"):
+        data["gpus"].setdefault(key, {}).update(table)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prefill", default="8192,16384,32768,65536,131072")
     ap.add_argument("--no-backward", action="store_true")
     add_output_args(ap)
+    ap.add_argument("--write-choices", action="store_true",
+                    help="store the fastest backend per case for this GPU in glyph_rt/data/attention_backends.json")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_attention needs a CUDA GPU")
-    backends = ["glyph", *sdpa_backends()]
+    backends = ["glyph", "sdpa", *sdpa_backends()]
     if flash_attn_varlen()[0] is not None:
         backends.append("flash_attn")
     backward = not args.no_backward
     rows = case("vision 64x2520, 12x128", [2520] * 64, 12, 12, 128, False, backends, backward)
     vision = ratio_vs_best(rows)
+    by_case = {"vision": list(rows)}
     prefill = None
     for n in [int(s) for s in args.prefill.split(",")]:
         r = case(f"prefill {n // 1024}K, 32q/2kv x128", [n], 32, 2, 128, True, backends, backward)
         rows += r
+        by_case["prefill"] = r  # the longest prefill decides
         if n == 131072:
             prefill = ratio_vs_best(r)
     decode = None
@@ -163,6 +199,7 @@ def main(argv=None):
         for batch in (1, 8):
             r = decode_case(batch, keys)
             rows += r
+            by_case["decode"] = r  # the longest cache at the largest batch decides
             if keys == 131072 and batch == 8:
                 decode = ratio_vs_best(r)
     gpu = torch.cuda.get_device_name(0)
@@ -171,6 +208,10 @@ def main(argv=None):
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower().replace("nvidia", "")).strip("-")
     p = write_result(args, f"attention-{slug}.json", "attention", rows, summary)
     print(f"{gpu}: summary {summary}\nwrote {p}")
+    if args.write_choices:
+        table = choices(by_case)
+        write_choices(gpu, torch.cuda.get_device_capability(0), table)
+        print(f"auto's choices for {gpu}: {json.dumps({c: t['backend'] for c, t in table.items()})} -> {CHOICES}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,14 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _block_and_segment(n_blocks):
+    """(block within the segment, segment) of this program: both are folded onto grid axis 0, whose
+    limit is 2^31 - 1, so any number of segments fits (axes 1 and 2 stop at 65,535)."""
+    pid = tl.program_id(0)
+    return pid % n_blocks, pid // n_blocks
+
+
+@triton.jit
 def _bounds(cu_q, cu_k, b):
     """(first query row, query count, first key row, key count) of segment b."""
     q0 = tl.load(cu_q + b)
@@ -70,13 +78,12 @@ def _saved_lse2(LSE, h, stride_lh, q0, rows, Lq):
 @triton.jit
 def attn_fwd_kernel(
     Q, K, V, O, LSE, cu_q, cu_k, qk_scale,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh, n_blocks,
     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     CAUSAL: tl.constexpr, IEEE: tl.constexpr,
 ):
-    start_m = tl.program_id(0)
-    b = tl.program_id(1)
-    h = tl.program_id(2)
+    start_m, b = _block_and_segment(n_blocks)
+    h = tl.program_id(1).to(tl.int64)  # int64: head * stride passes 2^31 past ~540K tokens of 32 x 128
     q0, Lq, k0, Lk = _bounds(cu_q, cu_k, b)
     if start_m * BM < Lq:
         hk = h // GROUP
@@ -115,13 +122,12 @@ def attn_fwd_kernel(
 def attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, cu_q, cu_k, qk_scale, sm_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
+    stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh, n_blocks,
     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     CAUSAL: tl.constexpr, IEEE: tl.constexpr,
 ):
-    start_n = tl.program_id(0)
-    b = tl.program_id(1)
-    hk = tl.program_id(2)
+    start_n, b = _block_and_segment(n_blocks)
+    hk = tl.program_id(1).to(tl.int64)
     q0, Lq, k0, Lk = _bounds(cu_q, cu_k, b)
     if start_n * BN < Lk:
         offs_n = start_n * BN + tl.arange(0, BN)
@@ -162,13 +168,12 @@ def attn_bwd_dkdv_kernel(
 def attn_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, cu_q, cu_k, qk_scale, sm_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dqt, stride_dqh, stride_lh,
+    stride_dqt, stride_dqh, stride_lh, n_blocks,
     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     CAUSAL: tl.constexpr, IEEE: tl.constexpr,
 ):
-    start_m = tl.program_id(0)
-    b = tl.program_id(1)
-    h = tl.program_id(2)
+    start_m, b = _block_and_segment(n_blocks)
+    h = tl.program_id(1).to(tl.int64)  # int64: head * stride passes 2^31 past ~540K tokens of 32 x 128
     q0, Lq, k0, Lk = _bounds(cu_q, cu_k, b)
     if start_m * BM < Lq:
         hk = h // GROUP
@@ -196,58 +201,176 @@ def attn_bwd_dq_kernel(
                  (dq * sm_scale).to(DQ.dtype.element_ty), mask=qmask)
 
 
-def _blocks(head_dim: int, interpret: bool, backward: bool) -> dict:
-    if interpret:
+@triton.jit
+def attn_bwd_delta_kernel(O, DO, DELTA, T, stride_ot, stride_oh, stride_dot, stride_doh, stride_dh,
+                          D: tl.constexpr, BLOCK_D: tl.constexpr, BM: tl.constexpr):
+    """delta[h, t] = sum_d O[t, h, d] * dO[t, h, d] in fp32, one [BM, BLOCK_D] tile per program."""
+    h = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    offs_d = tl.arange(0, BLOCK_D)
+    rmask = rows < T
+    mask = rmask[:, None] & (offs_d < D)[None, :]
+    t = rows[:, None].to(tl.int64)
+    o = tl.load(O + t * stride_ot + h * stride_oh + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + t * stride_dot + h * stride_doh + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + h * stride_dh + rows, tl.sum(o * do, 1), mask=rmask)
+
+
+KERNELS = ("fwd", "bwd_dkdv", "bwd_dq", "bwd_delta")
+MAX_GRID_YZ = 65535
+
+
+def block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def config(kernel: str, head_dim: int, dtype: torch.dtype, interpret: bool = False) -> dict:
+    """Tile sizes, warps and stages of `kernel` (one of KERNELS) at this head dim and dtype: the
+    one table the launchers and aot_specs() read, chosen so that every variant fits an A100's
+    166,912 B of shared memory (H100: 232,448 B) without register spills (tests/test_kernels_compile.py)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"attention kernel {kernel!r} is unknown; choose from {', '.join(KERNELS)}")
+    if kernel == "bwd_delta":
+        return dict(BM=16 if interpret else max(1, 4096 // block_d(head_dim)), num_warps=4, num_stages=1)
+    if interpret:  # the CPU interpreter: few, small programs
         return dict(BM=16, BN=16, num_warps=4, num_stages=1)
-    if backward:
-        return dict(BM=64, BN=64, num_warps=4 if head_dim <= 64 else 8, num_stages=2)
-    return dict(BM=128, BN=64, num_warps=4 if head_dim <= 64 else 8, num_stages=3)
+    bd = block_d(head_dim)
+    if dtype == torch.float32:  # IEEE fp32 dots run on FMA units: small tiles or registers spill
+        if kernel == "bwd_dkdv":
+            return dict(BM=16, BN=16 if bd >= 128 else 32, num_warps=4 if bd <= 128 else 8,
+                        num_stages=2 if bd == 64 else 1)  # (ptxas spills at d=64 with one stage on sm_80)
+        if kernel == "bwd_dq" and bd >= 256:
+            return dict(BM=16, BN=16, num_warps=4, num_stages=1)
+        return dict(BM=32 if bd <= 128 else 16, BN=32 if bd <= 64 else 16, num_warps=4 if bd <= 64 else 8,
+                    num_stages=1 if bd >= 256 else 2)
+    if kernel == "fwd":
+        if bd <= 32:
+            return dict(BM=128, BN=64, num_warps=4, num_stages=3)
+        if bd <= 128:
+            return dict(BM=128, BN=64 if bd <= 64 else 32, num_warps=8, num_stages=3 if bd <= 64 else 2)
+        return dict(BM=64, BN=32, num_warps=8, num_stages=2)
+    if bd <= 32:
+        return dict(BM=64, BN=64, num_warps=4, num_stages=2)
+    if kernel == "bwd_dq":
+        if bd >= 256:
+            return dict(BM=32, BN=32, num_warps=4, num_stages=1)
+        return dict(BM=64, BN=64, num_warps=8 if bd >= 128 else 4, num_stages=2)
+    if bd <= 64:
+        return dict(BM=32, BN=64, num_warps=8, num_stages=2)
+    return dict(BM=32, BN=32 if bd >= 256 else 64, num_warps=8, num_stages=1 if bd >= 256 else 2)
 
 
-def _common(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, bool]:
-    D = q.shape[-1]
-    return D, max(16, triton.next_power_of_2(D)), q.dtype == torch.float32
+def grid(blocks: int, segments: int, heads: int) -> tuple[int, int]:
+    """(blocks x segments on axis 0, heads on axis 1): grid axes 1 and 2 stop at 65,535, axis 0 at 2^31 - 1."""
+    if heads > MAX_GRID_YZ:
+        raise ValueError(f"attention takes at most {MAX_GRID_YZ} heads, got {heads}")
+    if blocks * segments >= 2 ** 31:
+        raise ValueError(f"{blocks} blocks x {segments} segments exceed a grid axis (2^31 - 1 programs)")
+    return (blocks * segments, heads)
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def forward(q, k, v, cu_q, cu_k, max_q: int, causal: bool, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [total_q, Hq, D], lse [Hq, total_q] fp32)."""
-    T, Hq, _ = q.shape
+    T, Hq, D = q.shape
     Hkv = k.shape[1]
-    D, BLOCK_D, ieee = _common(q, k)
     o = torch.empty_like(q)
     lse = torch.empty(Hq, T, dtype=torch.float32, device=q.device)
-    cfg = _blocks(D, os.environ.get("TRITON_INTERPRET") == "1", False)
-    grid = (triton.cdiv(max_q, cfg["BM"]), len(cu_q) - 1, Hq)
-    if T and grid[0]:
-        attn_fwd_kernel[grid](
+    cfg = config("fwd", D, q.dtype, _interpret())
+    blocks = triton.cdiv(max_q, cfg["BM"])
+    if T and blocks:
+        attn_fwd_kernel[grid(blocks, len(cu_q) - 1, Hq)](
             q, k, v, o, lse, cu_q, cu_k, sm_scale * LOG2E,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            o.stride(0), o.stride(1), lse.stride(0),
-            GROUP=Hq // Hkv, D=D, BLOCK_D=BLOCK_D, CAUSAL=causal, IEEE=ieee, **cfg)
+            o.stride(0), o.stride(1), lse.stride(0), blocks,
+            GROUP=Hq // Hkv, D=D, BLOCK_D=block_d(D), CAUSAL=causal, IEEE=q.dtype == torch.float32, **cfg)
     return o, lse
+
+
+def delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
+    """rowsum(o * do) per head and token, [Hq, total_q] fp32, without fp32 copies of o and do."""
+    T, H, D = o.shape
+    out = torch.empty(H, T, dtype=torch.float32, device=o.device)
+    cfg = config("bwd_delta", D, o.dtype, _interpret())
+    if T:
+        attn_bwd_delta_kernel[(triton.cdiv(T, cfg["BM"]), H)](
+            o, do, out, T, o.stride(0), o.stride(1), do.stride(0), do.stride(1), out.stride(0),
+            D=D, BLOCK_D=block_d(D), **cfg)
+    return out
 
 
 def backward(do, q, k, v, o, lse, cu_q, cu_k, max_q: int, max_k: int, causal: bool, sm_scale: float):
     """(dq, dk, dv) for the forward pass that produced (o, lse)."""
-    T, Hq, _ = q.shape
+    T, Hq, D = q.shape
     Hkv = k.shape[1]
-    D, BLOCK_D, ieee = _common(q, k)
     do = do.contiguous()
-    delta = (o.float() * do.float()).sum(-1).t().contiguous()  # [Hq, total_q]
+    dlt = delta(o, do)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    cfg = _blocks(D, os.environ.get("TRITON_INTERPRET") == "1", True)
     B = len(cu_q) - 1
-    args = dict(GROUP=Hq // Hkv, D=D, BLOCK_D=BLOCK_D, CAUSAL=causal, IEEE=ieee, **cfg)
-    if k.shape[0] and max_k:
-        attn_bwd_dkdv_kernel[(triton.cdiv(max_k, cfg["BN"]), B, Hkv)](
-            q, k, v, do, lse, delta, dk, dv, cu_q, cu_k, sm_scale * LOG2E, sm_scale,
+    common = dict(GROUP=Hq // Hkv, D=D, BLOCK_D=block_d(D), CAUSAL=causal, IEEE=q.dtype == torch.float32)
+    cfg = config("bwd_dkdv", D, q.dtype, _interpret())
+    blocks = triton.cdiv(max_k, cfg["BN"])
+    if k.shape[0] and blocks:
+        attn_bwd_dkdv_kernel[grid(blocks, B, Hkv)](
+            q, k, v, do, lse, dlt, dk, dv, cu_q, cu_k, sm_scale * LOG2E, sm_scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-            dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), **args)
+            dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), blocks, **common, **cfg)
     else:
         dk.zero_(), dv.zero_()
-    if T and max_q:
-        attn_bwd_dq_kernel[(triton.cdiv(max_q, cfg["BM"]), B, Hq)](
-            q, k, v, do, lse, delta, dq, cu_q, cu_k, sm_scale * LOG2E, sm_scale,
+    cfg = config("bwd_dq", D, q.dtype, _interpret())
+    blocks = triton.cdiv(max_q, cfg["BM"])
+    if T and blocks:
+        attn_bwd_dq_kernel[grid(blocks, B, Hq)](
+            q, k, v, do, lse, dlt, dq, cu_q, cu_k, sm_scale * LOG2E, sm_scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-            dq.stride(0), dq.stride(1), lse.stride(0), **args)
+            dq.stride(0), dq.stride(1), lse.stride(0), blocks, **common, **cfg)
     return dq, dk, dv
+
+
+def _strides(*names: str) -> dict:
+    return {n: "i32" for n in names}
+
+
+def aot_specs(exhaustive: bool = False) -> list:
+    """What forward() and backward() launch on a GPU: every kernel at every head-dim bucket (16 to
+    256) in bf16 and fp32 (exhaustive: fp16 too, causal and not, and an unaligned head dim)."""
+    from .aot import AotSpec, ptx_types
+
+    dtypes = (torch.bfloat16, torch.float16, torch.float32) if exhaustive else (torch.bfloat16, torch.float32)
+    dims = [(bd, True) for bd in (16, 32, 64, 128, 256)] + ([(72, False), (200, False)] if exhaustive else [])
+    specs = []
+    for dt in dtypes:
+        p = ptx_types(dt)
+        for d, aligned_d in dims:
+            fwd = dict(Q=p, K=p, V=p, O=p, LSE="*fp32", cu_q="*i32", cu_k="*i32", qk_scale="fp32",
+                       **_strides("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
+                                  "stride_ot", "stride_oh", "stride_lh", "n_blocks"))
+            bwd = dict(Q=p, K=p, V=p, DO=p, LSE="*fp32", DELTA="*fp32")
+            dkdv = dict(**bwd, DK=p, DV=p, cu_q="*i32", cu_k="*i32", qk_scale="fp32", sm_scale="fp32",
+                        **_strides("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
+                                   "stride_dot", "stride_doh", "stride_dkt", "stride_dkh", "stride_dvt", "stride_dvh",
+                                   "stride_lh", "n_blocks"))
+            dq = dict(**bwd, DQ=p, cu_q="*i32", cu_k="*i32", qk_scale="fp32", sm_scale="fp32",
+                      **_strides("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
+                                 "stride_dot", "stride_doh", "stride_dqt", "stride_dqh", "stride_lh", "n_blocks"))
+            dl = dict(O=p, DO=p, DELTA="*fp32", T="i32", **_strides("stride_ot", "stride_oh", "stride_dot",
+                                                                     "stride_doh", "stride_dh"))
+            for kernel, fn, sig in (("fwd", attn_fwd_kernel, fwd), ("bwd_dkdv", attn_bwd_dkdv_kernel, dkdv),
+                                    ("bwd_dq", attn_bwd_dq_kernel, dq), ("bwd_delta", attn_bwd_delta_kernel, dl)):
+                cfg = config(kernel, d, dt)
+                warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+                # pointers are 16-byte aligned; token and head strides are when the head dim is a multiple of 16
+                aligned = tuple(a for a, t in sig.items() if t.startswith("*")
+                                or (aligned_d and a.startswith("stride_") and a != "stride_lh"))
+                modes = (True, False) if exhaustive and kernel != "bwd_delta" else (True,)
+                for causal in modes:
+                    const = dict(D=d, BLOCK_D=block_d(d), **cfg)
+                    if kernel != "bwd_delta":
+                        const.update(GROUP=4, CAUSAL=causal, IEEE=dt == torch.float32)
+                    mode = " causal" if causal and kernel != "bwd_delta" else ""
+                    name = f"attn_{kernel} {str(dt)[6:]} d={d}{mode}"
+                    specs.append(AotSpec(name, fn, sig, const, warps, stages, aligned))
+    return specs

@@ -27,13 +27,15 @@ MAX_ROWS = 64  # Sq * (Hq / Hkv) packed in one tile
 def attn_decode_split_kernel(
     Q, K, V, KSTART, PO, PLSE, qk_scale, Sq, Sk, keys_per_split,
     stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    stride_pb, stride_ph, stride_ps, stride_pm,
+    stride_pb, stride_ph, stride_ps, stride_pm, splits, n_kv,
     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_START: tl.constexpr, IEEE: tl.constexpr,
 ):
-    split = tl.program_id(0)
-    b = tl.program_id(1)
-    hk = tl.program_id(2)
+    # (chunk, batch row, KV head) folded onto grid axis 0 (axes 1 and 2 stop at 65,535); int64 offsets
+    pid = tl.program_id(0)
+    split = pid % splits
+    hk = ((pid // splits) % n_kv).to(tl.int64)
+    b = pid // (splits * n_kv)
     rows = tl.arange(0, BM)
     qi = rows // GROUP  # packed row -> (query position, head of the group)
     h = hk * GROUP + rows % GROUP
@@ -42,7 +44,7 @@ def attn_decode_split_kernel(
     dmask = offs_d < D
     offs_n = tl.arange(0, BN)
     b64 = b.to(tl.int64)
-    q = tl.load(Q + b64 * stride_qb + qi[:, None] * stride_qs + h[:, None] * stride_qh + offs_d[None, :],
+    q = tl.load(Q + b64 * stride_qb + qi[:, None].to(tl.int64) * stride_qs + h[:, None] * stride_qh + offs_d[None, :],
                 mask=row_ok[:, None] & dmask[None, :], other=0.0)
     lo = split * keys_per_split
     if HAS_START:
@@ -73,24 +75,24 @@ def attn_decode_split_kernel(
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    part = PO + b64 * stride_pb + hk * stride_ph + split * stride_ps
+    part = PO + b64 * stride_pb + hk * stride_ph + split.to(tl.int64) * stride_ps
     tl.store(part + rows[:, None] * stride_pm + offs_d[None, :], acc / l_safe[:, None])
     lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))
-    tl.store(PLSE + ((b64 * tl.num_programs(2) + hk) * tl.num_programs(0) + split) * BM + rows, lse)
+    tl.store(PLSE + ((b64 * n_kv + hk) * splits + split) * BM + rows, lse)
 
 
 @triton.jit
 def attn_decode_merge_kernel(
-    PO, PLSE, O, Sq, splits,
+    PO, PLSE, O, Sq, splits, n_kv,
     stride_pb, stride_ph, stride_ps, stride_pm, stride_ob, stride_os, stride_oh,
     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BM: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    hk = tl.program_id(1)
+    pid = tl.program_id(0)  # (batch row, KV head) folded onto axis 0
+    hk = (pid % n_kv).to(tl.int64)
+    b64 = (pid // n_kv).to(tl.int64)
     rows = tl.arange(0, BM)
     offs_d = tl.arange(0, BLOCK_D)
-    b64 = b.to(tl.int64)
-    lse_base = PLSE + (b64 * tl.num_programs(1) + hk) * splits * BM + rows
+    lse_base = PLSE + (b64 * n_kv + hk) * splits * BM + rows
     m = tl.full([BM], float("-inf"), dtype=tl.float32)
     for s in range(0, splits):
         m = tl.maximum(m, tl.load(lse_base + s * BM))
@@ -101,18 +103,32 @@ def attn_decode_merge_kernel(
     for s in range(0, splits):
         w = tl.math.exp2(tl.load(lse_base + s * BM) - m_use)  # 0 for a chunk the row saw nothing of
         den += w
-        acc += w[:, None] * tl.load(part + s * stride_ps)
+        acc += w[:, None] * tl.load(part)
+        part += stride_ps
     out = acc / tl.where(den == 0.0, 1.0, den)[:, None]
     qi = rows // GROUP
     h = hk * GROUP + rows % GROUP
-    tl.store(O + b64 * stride_ob + qi[:, None] * stride_os + h[:, None] * stride_oh + offs_d[None, :],
+    tl.store(O + b64 * stride_ob + qi[:, None].to(tl.int64) * stride_os + h[:, None] * stride_oh + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=(qi < Sq)[:, None] & (offs_d < D)[None, :])
 
 
-def _config(head_dim: int, interpret: bool) -> dict:
+def config(head_dim: int, dtype: torch.dtype, rows: int, interpret: bool = False) -> dict:
+    """Key block, warps and stages of the split kernel for `rows` packed query rows (16..MAX_ROWS), and
+    the merge kernel's warps: the one table decode() and aot_specs() read."""
     if interpret:
-        return dict(BN=16, num_warps=4, num_stages=1)
-    return dict(BN=64, num_warps=4, num_stages=3 if head_dim <= 128 else 2)
+        return dict(BN=16, num_warps=4, num_stages=1, merge_warps=4)
+    bd = max(16, triton.next_power_of_2(head_dim))
+    tile = rows * bd  # elements of a program's [rows, head dim] fp32 accumulator
+    # measured with the compile check: ptxas spills at 4 warps on 1,024-element merges and past
+    # 4,096 elements, and at 2 warps on smaller ones
+    merge_warps = 8 if tile >= 4096 else 2 if tile == 1024 else 4
+    if dtype == torch.float32:  # IEEE fp32 dots run on FMA units: small tiles
+        return dict(BN=32 if bd <= 32 else 16, num_warps=16 if tile >= 64 * 256 else 8 if tile >= 4096 else 4,
+                    num_stages=1 if tile >= 64 * 128 else 2, merge_warps=merge_warps)
+    if tile >= 64 * 256:
+        return dict(BN=32, num_warps=8, num_stages=2, merge_warps=merge_warps)
+    return dict(BN=64, num_warps=8 if rows >= 32 and bd >= 32 else 4, num_stages=3 if bd <= 128 else 2,
+                merge_warps=merge_warps)
 
 
 @functools.lru_cache(maxsize=None)
@@ -137,7 +153,8 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.T
     if Sq * group > MAX_ROWS:
         raise ValueError(f"decode packs at most {MAX_ROWS} query rows per KV head, got {Sq} x {group}")
     BLOCK_D = max(16, triton.next_power_of_2(D))
-    cfg = _config(D, os.environ.get("TRITON_INTERPRET") == "1")
+    cfg = config(D, q.dtype, BM, os.environ.get("TRITON_INTERPRET") == "1")
+    merge_warps = cfg.pop("merge_warps")
     splits = splits or _splits(B, Hkv, Sk, cfg["BN"], q.device)
     keys_per_split = max(1, triton.cdiv(triton.cdiv(Sk, splits), cfg["BN"])) * cfg["BN"]
     splits = max(1, triton.cdiv(Sk, keys_per_split))
@@ -147,14 +164,49 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.T
     po = torch.empty(B, Hkv, splits, BM, BLOCK_D, dtype=torch.float32, device=q.device)
     plse = torch.empty(B, Hkv, splits, BM, dtype=torch.float32, device=q.device)
     has_start = key_start is not None
-    attn_decode_split_kernel[(splits, B, Hkv)](
+    attn_decode_split_kernel[(splits * B * Hkv,)](
         q, k, v, key_start if has_start else plse, po, plse, sm_scale * LOG2E, Sq, Sk, keys_per_split,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), po.stride(0), po.stride(1), po.stride(2), po.stride(3),
-        GROUP=group, D=D, BLOCK_D=BLOCK_D, BM=BM, CAUSAL=causal, HAS_START=has_start,
+        splits, Hkv, GROUP=group, D=D, BLOCK_D=BLOCK_D, BM=BM, CAUSAL=causal, HAS_START=has_start,
         IEEE=q.dtype == torch.float32, **cfg)
-    attn_decode_merge_kernel[(B, Hkv)](
-        po, plse, out, Sq, splits, po.stride(0), po.stride(1), po.stride(2), po.stride(3),
+    attn_decode_merge_kernel[(B * Hkv,)](
+        po, plse, out, Sq, splits, Hkv, po.stride(0), po.stride(1), po.stride(2), po.stride(3),
         out.stride(0), out.stride(1), out.stride(2), GROUP=group, D=D, BLOCK_D=BLOCK_D, BM=BM,
-        num_warps=4)
+        num_warps=merge_warps)
     return out
+
+
+def aot_specs(exhaustive: bool = False) -> list:
+    """What decode() launches on a GPU: both kernels at every head-dim bucket (16 to 256) and packed
+    row count (16, 32, MAX_ROWS) in bf16 and fp32 (exhaustive: fp16 too, without causal or key starts)."""
+    from .aot import AotSpec, ptx_types
+
+    dtypes = (torch.bfloat16, torch.float16, torch.float32) if exhaustive else (torch.bfloat16, torch.float32)
+    split_strides = ("stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_ks", "stride_kh", "stride_vb",
+                     "stride_vs", "stride_vh", "stride_pb", "stride_ph", "stride_ps", "stride_pm")
+    merge_strides = ("stride_pb", "stride_ph", "stride_ps", "stride_pm", "stride_ob", "stride_os", "stride_oh")
+    specs = []
+    for dt in dtypes:
+        p = ptx_types(dt)
+        split = dict(Q=p, K=p, V=p, KSTART="*i32", PO="*fp32", PLSE="*fp32", qk_scale="fp32", Sq="i32", Sk="i32",
+                     keys_per_split="i32", **{n: "i32" for n in split_strides}, splits="i32", n_kv="i32")
+        merge = dict(PO="*fp32", PLSE="*fp32", O=p, Sq="i32", splits="i32", n_kv="i32",
+                     **{n: "i32" for n in merge_strides})
+        for d in (16, 32, 64, 128, 256):
+            for bm in (16, 32, MAX_ROWS):
+                cfg = config(d, dt, bm)
+                warps, stages, merge_warps = cfg.pop("num_warps"), cfg.pop("num_stages"), cfg.pop("merge_warps")
+                modes = [(True, True), (False, False)] if exhaustive else [(True, True)]
+                for causal, has_start in modes:
+                    specs.append(AotSpec(
+                        f"attn_decode_split {str(dt)[6:]} d={d} rows={bm}" + (" causal" if causal else ""),
+                        attn_decode_split_kernel, split,
+                        dict(GROUP=bm // 4 if bm > 16 else 16, D=d, BLOCK_D=d, BM=bm, CAUSAL=causal,
+                             HAS_START=has_start, IEEE=dt == torch.float32, **cfg), warps, stages,
+                        aligned=tuple(a for a, t in split.items() if t.startswith("*") or a in split_strides)))
+                specs.append(AotSpec(f"attn_decode_merge {str(dt)[6:]} d={d} rows={bm}", attn_decode_merge_kernel,
+                                     merge, dict(GROUP=16, D=d, BLOCK_D=d, BM=bm), merge_warps, 3,
+                                     aligned=tuple(a for a, t in merge.items() if t.startswith("*")
+                                                   or a in merge_strides)))
+    return specs

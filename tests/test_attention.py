@@ -243,3 +243,155 @@ def test_decode_low_precision_error_is_at_most_twice_torch(dtype):
         torch_ = F.scaled_dot_product_attention(q[b:b + 1].transpose(1, 2), k[b:b + 1, :, s0:], v[b:b + 1, :, s0:],
                                                 enable_gqa=True)[0].transpose(0, 1)
         assert (ours[b].float() - ref).abs().max() <= 2 * (torch_.float() - ref).abs().max() + 1e-5
+
+
+@pytest.mark.parametrize("lens,causal", [([123, 7], True),
+                                         pytest.param([769, 123], False, marks=pytest.mark.slow)])
+def test_odd_lengths_match_the_oracle(lens, causal):
+    q, k, v, cu_q, cu_k = packed(lens, lens, 1, 1, 16, device=TRITON_DEVICE, seed=3)
+    do = torch.randn_like(q)
+    got = run("glyph", q, k, v, cu_q, cu_k, causal, do)
+    want = run("reference", q, k, v, cu_q, cu_k, causal, do)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_delta_kernel_matches_torch_on_strided_views():
+    from glyph_rt.kernels.attention import delta
+
+    g = torch.Generator().manual_seed(4)
+    o = torch.randn(37, 5, 48, generator=g)[:, 1:4, :40].to(TRITON_DEVICE)  # odd head dim, head-strided
+    do = torch.randn(3, 37, 40, generator=g).transpose(0, 1).to(TRITON_DEVICE)
+    torch.testing.assert_close(delta(o, do), (o.float() * do.float()).sum(-1).t(), rtol=1e-5, atol=1e-5)
+    assert delta(o[:0], do[:0]).shape == (3, 0)
+
+
+class GridRecorder:
+    """Stands in for a @triton.jit kernel: records the launch grid, runs nothing."""
+
+    def __init__(self):
+        self.grids = []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return lambda *args, **kwargs: None
+
+
+def test_grids_fold_segments_and_batches_onto_axis_0(monkeypatch):
+    import glyph_rt.kernels.attention as ka
+    import glyph_rt.kernels.attention_decode as kd
+
+    segments = 70_000  # window attention over ~560 pages: more than grid axis y's 65,535
+    cu = torch.arange(segments + 1, dtype=torch.int32) * 4
+    q = torch.zeros(segments * 4, 16, 16)
+    k = torch.zeros(segments * 4, 2, 16)
+    for name in ("attn_fwd_kernel", "attn_bwd_dkdv_kernel", "attn_bwd_dq_kernel", "attn_bwd_delta_kernel"):
+        monkeypatch.setattr(ka, name, GridRecorder())
+    o, lse = ka.forward(q, k, k, cu, cu, 4, True, 0.25)
+    ka.backward(o, q, k, k, o, lse, cu, cu, 4, 4, True, 0.25)
+    for name, heads in (("attn_fwd_kernel", 16), ("attn_bwd_dkdv_kernel", 2), ("attn_bwd_dq_kernel", 16)):
+        (grid,) = getattr(ka, name).grids
+        assert grid == (segments, heads), (name, grid)  # one 16-row block per segment, x segments
+    for name in ("attn_decode_split_kernel", "attn_decode_merge_kernel"):
+        monkeypatch.setattr(kd, name, GridRecorder())
+    batch = 70_000
+    kd.decode(torch.zeros(batch, 1, 4, 16), torch.zeros(batch, 3, 2, 16), torch.zeros(batch, 3, 2, 16), None,
+              True, 0.25, splits=1)
+    assert kd.attn_decode_split_kernel.grids == [(batch * 2,)] and kd.attn_decode_merge_kernel.grids == [(batch * 2,)]
+    assert ka.grid(3, 100_000, 32) == (300_000, 32)
+    with pytest.raises(ValueError, match="heads"):
+        ka.grid(1, 1, 70_000)
+
+
+def test_tile_configs_are_one_table_for_launchers_and_aot_specs():
+    from glyph_rt.kernels import attention as ka
+    from glyph_rt.kernels import attention_decode as kd
+
+    for d in (1, 64, 65, 128, 129, 256):
+        for dt in (torch.bfloat16, torch.float16, torch.float32):
+            for kernel in ka.KERNELS:
+                cfg = ka.config(kernel, d, dt)
+                assert {"num_warps", "num_stages"} <= set(cfg)
+            for rows in (16, 32, 64):
+                assert {"BN", "num_warps", "num_stages", "merge_warps"} == set(kd.config(d, dt, rows))
+    # fwd at 129-256 in 16-bit: BM=128, BN=64, 3 stages needed 262,144 B of shared memory
+    assert ka.config("fwd", 200, torch.bfloat16) != dict(BM=128, BN=64, num_warps=8, num_stages=3)
+    specs = ka.aot_specs()
+    for s in specs:
+        kernel = s.name.split()[0][len("attn_"):]
+        dt = {"bfloat16": torch.bfloat16, "float32": torch.float32}[s.name.split()[1]]
+        cfg = ka.config(kernel, s.constexprs["D"], dt)
+        assert (s.num_warps, s.num_stages) == (cfg.pop("num_warps"), cfg.pop("num_stages"))
+        assert all(s.constexprs[key] == val for key, val in cfg.items()), s.name
+    buckets = {(s.name.split()[0], s.name.split()[1], s.constexprs["BLOCK_D"]) for s in specs}
+    assert len(buckets) == 4 * 2 * 5  # every kernel x {16-bit, fp32} x head-dim bucket 16..256
+    with pytest.raises(ValueError, match="unknown"):
+        ka.config("fwd2", 64, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- auto's choice per case
+def _device(name="NVIDIA H100 80GB HBM3", cap=(9, 0)):
+    from glyph_rt.ops.attention import DeviceInfo
+
+    return DeviceInfo(name, cap)
+
+
+ALL = {"glyph": None, "flash_attn": None, "sdpa": None, "reference": None}
+NO_FA = {**ALL, "flash_attn": "flash_attn is not installed"}
+
+
+def test_auto_defaults_where_nothing_was_measured():
+    from glyph_rt.ops.attention import choose_backend
+
+    bf16 = torch.bfloat16
+    assert choose_backend("vision", _device(), ALL, bf16, 128, table={}) == "glyph"
+    assert choose_backend("decode", _device(), ALL, bf16, 128, table={}) == "glyph"
+    assert choose_backend("prefill", _device(), ALL, bf16, 128, table={}) == "flash_attn"
+    assert choose_backend("prefill", _device(), NO_FA, bf16, 128, table={}) == "sdpa"
+    # fp32 (FMA tiles) and head dims over 256 never take the Triton kernel on a GPU
+    assert choose_backend("vision", _device(), ALL, torch.float32, 128, table={}) == "sdpa"
+    assert choose_backend("decode", _device(), ALL, bf16, 512, table={}) == "sdpa"
+    with pytest.raises(ValueError, match="case"):
+        choose_backend("training", _device(), ALL, bf16, 128, table={})
+
+
+def test_auto_follows_the_measured_table_by_gpu_name_then_capability():
+    from glyph_rt.ops.attention import choose_backend
+
+    table = {"NVIDIA H100 80GB HBM3": {"prefill": "sdpa", "vision": "flash_attn"},
+             "sm_90": {"prefill": "glyph", "decode": "sdpa"}, "sm_80": {"vision": "flash_attn"}}
+    bf16 = torch.bfloat16
+    assert choose_backend("prefill", _device(), ALL, bf16, 128, table) == "sdpa"  # by name
+    assert choose_backend("decode", _device(), ALL, bf16, 128, table) == "sdpa"  # by capability
+    assert choose_backend("prefill", _device("NVIDIA H100 PCIe"), ALL, bf16, 128, table) == "glyph"
+    assert choose_backend("vision", _device("NVIDIA A100-SXM4-80GB", (8, 0)), ALL, bf16, 128, table) == "flash_attn"
+    # a measured backend that is not installed here is never chosen: the defaults take over
+    assert choose_backend("vision", _device("NVIDIA A100-SXM4-80GB", (8, 0)), NO_FA, bf16, 128, table) == "glyph"
+    assert choose_backend("vision", _device("NVIDIA L4", (8, 9)), ALL, bf16, 128, table) == "glyph"
+
+
+def test_the_committed_table_names_known_backends_and_cases():
+    from glyph_rt.ops.attention import BACKENDS, CASES, measured_choices
+
+    for gpu, cases in measured_choices().items():
+        assert set(cases) <= set(CASES) and set(cases.values()) <= set(BACKENDS), gpu
+
+
+def test_bench_writes_the_fastest_dispatchable_backend_per_case(tmp_path):
+    import json
+
+    from bench.bench_attention import choices, write_choices
+
+    def row(backend, case, ms=None):
+        return {"backend": backend, "case": case, **({"fwd_ms": ms} if ms else {"error": "OOM"})}
+
+    rows = {"vision": [row("glyph", "v", 2.0), row("sdpa", "v", 3.0),
+                       row("sdpa_cudnn", "v", 1.0)],  # a pinned SDPA kernel: the dispatcher cannot pick it
+            "prefill": [row("glyph", "p", 9.0), row("flash_attn", "p", 7.0), row("sdpa", "p")]}
+    table = choices(rows)
+    assert {c: t["backend"] for c, t in table.items()} == {"vision": "glyph", "prefill": "flash_attn"}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"gpus": {}}))
+    write_choices("NVIDIA H100 80GB HBM3", (9, 0), table, path)
+    data = json.loads(path.read_text())["gpus"]
+    assert data["sm_90"]["prefill"]["backend"] == "flash_attn" and set(data) == {"NVIDIA H100 80GB HBM3", "sm_90"}

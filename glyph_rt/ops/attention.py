@@ -13,7 +13,11 @@ Backends:
   "flash_attn"  the flash_attn package's varlen function (FA4's when importable, else FA2)
   "sdpa"        torch's scaled_dot_product_attention (per segment when lengths differ)
   "reference"   plain fp32 math, the test oracle
-  "auto"        glyph on CUDA tensors, sdpa elsewhere (or when the head dim is over 256)
+  "auto"        on CUDA, per case (vision: bidirectional varlen, prefill: causal, decode: the
+                KV-cache kernel) the fastest backend measured on this GPU class
+                (glyph_rt/data/attention_backends.json, see choose_backend), else glyph for vision
+                and decode and flash_attn/sdpa for causal prefill; fp32 and head dims over 256
+                never take glyph; sdpa off CUDA
 
 `register_transformers()` makes it a transformers attention implementation,
 attn_implementation="glyph", for GLM-4.1V and Qwen2.5-VL (and any model using
@@ -26,9 +30,12 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import math
 import os
 import weakref
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -94,14 +101,67 @@ def check_inputs(q, k, v, cu_q, cu_k) -> None:
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k give {len(cu_q) - 1} and {len(cu_k) - 1} segments")
 
 
-def resolve_backend(backend: str, q: torch.Tensor) -> str:
+CASES = ("vision", "prefill", "decode")  # varlen bidirectional, causal, few query rows on a KV cache
+# where nothing was measured: glyph_rt's fused paths (all pages in one varlen launch, GQA-packed
+# decode on the cache in place); flash attention, then torch SDPA (cuDNN/flash) for long causal prefill
+DEFAULT_CHOICE = {"vision": ("glyph", "flash_attn", "sdpa"), "prefill": ("flash_attn", "sdpa", "glyph"),
+                  "decode": ("glyph", "sdpa")}
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    name: str                  # as torch.cuda.get_device_name gives it, e.g. "NVIDIA H100 80GB HBM3"
+    capability: tuple[int, int]
+
+
+@functools.lru_cache(maxsize=None)
+def measured_choices() -> dict:
+    """{gpu name or "sm_XY": {case: backend}} from glyph_rt/data/attention_backends.json."""
+    path = Path(__file__).resolve().parent.parent / "data" / "attention_backends.json"
+    return {gpu: {c: row["backend"] for c, row in cases.items()}
+            for gpu, cases in json.loads(path.read_text())["gpus"].items()}
+
+
+def choose_backend(case: str, device: DeviceInfo, avail: dict[str, str | None], dtype: torch.dtype,
+                   head_dim: int, table: dict | None = None) -> str:
+    """The backend `auto` runs for `case` on a CUDA `device`: the measured fastest for this GPU (by name,
+    then compute capability) when it is available and can take the input, else the first usable default."""
+    if case not in CASES:
+        raise ValueError(f"attention case {case!r} is unknown; choose from {', '.join(CASES)}")
+    table = measured_choices() if table is None else table
+
+    def usable(b: str) -> bool:
+        if avail.get(b) is not None:
+            return False
+        if b == "glyph":  # fp32 runs on FMA units there, slower than SDPA's kernels
+            return head_dim <= MAX_HEAD_DIM and dtype != torch.float32
+        if b == "flash_attn":
+            return dtype in (torch.float16, torch.bfloat16) and head_dim <= MAX_HEAD_DIM and case != "decode"
+        return True
+
+    sm = f"sm_{device.capability[0]}{device.capability[1]}"
+    for key in (device.name, sm):
+        b = table.get(key, {}).get(case)
+        if b is not None and b in BACKENDS and usable(b):
+            return b
+    return next((b for b in DEFAULT_CHOICE[case] if usable(b)), "sdpa")
+
+
+@functools.lru_cache(maxsize=None)
+def _device_info(index: int) -> DeviceInfo:
+    return DeviceInfo(torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index))
+
+
+def resolve_backend(backend: str, q: torch.Tensor, case: str = "vision") -> str:
+    """The backend that runs: `backend` itself (checked to be available), or for "auto" the choice for
+    `case` on q's device (choose_backend); off CUDA "auto" is torch SDPA."""
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r} is unknown; choose from {', '.join(BACKENDS)}")
     avail = available_backends(q.device)
     if backend == "auto":
-        if avail["glyph"] is None and q.device.type == "cuda" and q.shape[-1] <= MAX_HEAD_DIM:
-            return "glyph"
-        return "sdpa"
+        if q.device.type != "cuda":
+            return "sdpa"
+        return choose_backend(case, _device_info(q.device.index or 0), avail, q.dtype, q.shape[-1])
     if avail[backend] is not None:
         raise RuntimeError(f"attention backend {backend!r} is not available: {avail[backend]}")
     if backend == "glyph" and q.shape[-1] > MAX_HEAD_DIM:
@@ -191,7 +251,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: t
             torch.tensor([0, k.shape[0]], dtype=torch.int32, device=q.device)
     check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    backend = resolve_backend(backend, q)
+    backend = resolve_backend(backend, q, "prefill" if causal else "vision")
     if backend == "reference":
         return attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale).to(q.dtype)
     if backend == "sdpa":
@@ -259,7 +319,7 @@ def _decode_kernel_applies(backend: str, query, key, value) -> bool:
     B, H, S, D = query.shape
     if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
         return False
-    if D > MAX_HEAD_DIM or resolve_backend(backend, query) != "glyph":
+    if D > MAX_HEAD_DIM or resolve_backend(backend, query, "decode") != "glyph":
         return False
     from ..kernels.attention_decode import MAX_ROWS
 
