@@ -305,14 +305,14 @@ def plot(rows, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    n = [r["text_tokens"] // 1024 for r in rows]
+    n = [r["text_tokens"] / 1024 for r in rows]  # K tokens (under 1K in --quick)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(n, [r["prefill_speedup_rt"] for r in rows], "o-", label="prefill (TTFT), glyph_rt")
     ax.plot(n, [r["prefill_speedup_hf"] for r in rows], "s--", label="prefill (TTFT), HF defaults")
     ax.plot(n, [r["decode_speedup"] for r in rows], "^-", label="decode, glyph_rt")
     ax.plot(n, [r["decode_speedup_hf"] for r in rows], "v--", label="decode, HF defaults")
     ax.set_xscale("log", base=2)
-    ax.set_xticks(n, [f"{k}K" for k in n])
+    ax.set_xticks(n, [f"{k:.3g}K" for k in n])
     ax.set_xlabel("context length (text tokens)")
     ax.set_ylabel("speedup over the text backbone")
     ax.grid(alpha=0.3)

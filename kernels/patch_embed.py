@@ -145,7 +145,7 @@ def _spec(name, a_dtype, b_dtype, c_dtype, M, N, K, strides, has_bias) -> AotSpe
     return AotSpec(name, matmul_kernel, sig, consts, num_warps, num_stages, aligned)
 
 
-def aot_specs() -> list[AotSpec]:
+def aot_specs(exhaustive: bool = False) -> list[AotSpec]:
     """Every launch the patch embedding makes (glyph_rt.ops.patch_embed), for GLM-4.1V's 1536-wide and
     Qwen2.5-VL's 1280-wide vision towers, N patches not a multiple of 16 (the worst alignment of the
     backward's K = N) and a multiple of 16: uint8 forward [N, 592] @ [592, D]; pixel_values forward

@@ -191,7 +191,7 @@ def launch(mode: int, batch, dev: dict, out=None, lut=None, ink: bool = False, t
         )
 
 
-def aot_specs() -> list[AotSpec]:
+def aot_specs(exhaustive: bool = False) -> list[AotSpec]:
     """Every launch glyph_rt.ops.raster makes: each mode with its output (and table) dtypes, ink
     on or off where the mode takes it, grey or color pages. page0 is 0, or a multiple of 65535."""
     ptrs = dict(out_ptr=None, ink_ptr="*i32", bgv_ptr="*fp32", lut_ptr="*fp32", meta_ptr="*i32", out_off_ptr="*i64")

@@ -288,8 +288,8 @@ def test_benchmark_quick_mode_runs_and_reports_both_baselines(tmp_path):
 
     from bench.bench_patch_embed import main
 
-    out = tmp_path / "pe.json"
-    main(["--quick", "--dim", "32", "--sizes", "48", "--out", str(out)])
+    main(["--quick", "--dim", "32", "--sizes", "48", "--out", str(tmp_path)])
+    out, = tmp_path.glob("patch-embed-*-quick.json")
     res = json.loads(out.read_text())
     row = res["rows"][0]
     for k in ("hf_conv3d", "linear", "linear_u8", "ours_uint8", "ours_pixel_values"):

@@ -144,7 +144,8 @@ def _resolve(text: str, start: int, end: int) -> list[dict]:
     par = text[start:end]
     st["base_level"] = A.get_base_level(par)
     st["base_dir"] = ("L", "R")[st["base_level"]]
-    st["chars"] = [{"ch": c, "level": st["base_level"], "type": t, "orig": t, "i": start + k}
+    # characters this Python's Unicode tables do not know have no class: UAX #9 defaults them to L
+    st["chars"] = [{"ch": c, "level": st["base_level"], "type": t or "L", "orig": t or "L", "i": start + k}
                    for k, (c, t) in enumerate(zip(par, map(unicodedata.bidirectional, par)))]
     A.explicit_embed_and_overrides(st, False)
     A.resolve_weak_types(st, False)

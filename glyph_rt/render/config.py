@@ -290,8 +290,10 @@ class RenderConfig:
                 f"margin_y: the text area is {self.text_height:.1f} pt high, less than one line_height "
                 f"({self.line_height}); reduce margin_y"
             )
-        for p in ([self.font_path] if self.font_path else []) + list(self.fallback_fonts):
-            _check_font_file(p)
+        if self.font_path:
+            _check_font_file(self.font_path, "font_path")
+        for p in self.fallback_fonts:
+            _check_font_file(p, "fallback_fonts")
         return self
 
     # ----------------------------------------------------------------- presets
@@ -410,17 +412,17 @@ def _resolve(p: str, base_dir) -> str:
     return str(q if q.is_absolute() else (Path(base_dir) / q))
 
 
-def _check_font_file(path: str) -> None:
+def _check_font_file(path: str, field_name: str) -> None:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"font_path: {path!r} does not exist")
+        raise ConfigError(f"{field_name}: {path!r} does not exist")
     try:
         with open(p, "rb") as f:
             head = f.read(4)
     except OSError as e:
-        raise ConfigError(f"font_path: {path!r} cannot be read: {e}") from None
+        raise ConfigError(f"{field_name}: {path!r} cannot be read: {e}") from None
     if head not in (b"\x00\x01\x00\x00", b"OTTO", b"true", b"ttcf"):
-        raise ConfigError(f"font_path: {path!r} is not a TrueType/OpenType font file")
+        raise ConfigError(f"{field_name}: {path!r} is not a TrueType/OpenType font file")
 
 
 GLYPH_KEYS = {  # Glyph's dashed key -> RenderConfig field
