@@ -351,6 +351,7 @@ def test_auto_defaults_where_nothing_was_measured():
     # fp32 (FMA tiles) and head dims over 256 never take the Triton kernel on a GPU
     assert choose_backend("vision", _device(), ALL, torch.float32, 128, table={}) == "sdpa"
     assert choose_backend("decode", _device(), ALL, bf16, 512, table={}) == "sdpa"
+    assert choose_backend("vision", _device(), ALL, bf16, 72, table={}) == "flash_attn"  # unaligned rows spill
     with pytest.raises(ValueError, match="case"):
         choose_backend("training", _device(), ALL, bf16, 128, table={})
 

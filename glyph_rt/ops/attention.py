@@ -16,8 +16,8 @@ Backends:
   "auto"        on CUDA, per case (vision: bidirectional varlen, prefill: causal, decode: the
                 KV-cache kernel) the fastest backend measured on this GPU class
                 (glyph_rt/data/attention_backends.json, see choose_backend), else glyph for vision
-                and decode and flash_attn/sdpa for causal prefill; fp32 and head dims over 256
-                never take glyph; sdpa off CUDA
+                and decode and flash_attn/sdpa for causal prefill; fp32, head dims over 256 and
+                head dims that are not a multiple of 16 never take glyph; sdpa off CUDA
 
 `register_transformers()` makes it a transformers attention implementation,
 attn_implementation="glyph", for GLM-4.1V and Qwen2.5-VL (and any model using
@@ -133,8 +133,9 @@ def choose_backend(case: str, device: DeviceInfo, avail: dict[str, str | None], 
     def usable(b: str) -> bool:
         if avail.get(b) is not None:
             return False
-        if b == "glyph":  # fp32 runs on FMA units there, slower than SDPA's kernels
-            return head_dim <= MAX_HEAD_DIM and dtype != torch.float32
+        if b == "glyph":  # fp32 runs on FMA units there, slower than SDPA's kernels; head dims that are
+            # not a multiple of 16 make unaligned rows whose tiles spill registers (the exhaustive compile check)
+            return head_dim <= MAX_HEAD_DIM and head_dim % 16 == 0 and dtype != torch.float32
         if b == "flash_attn":
             return dtype in (torch.float16, torch.bfloat16) and head_dim <= MAX_HEAD_DIM and case != "decode"
         return True

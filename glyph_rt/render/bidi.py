@@ -197,6 +197,7 @@ def reorder_lines(text: str, cps: np.ndarray, lay, advance: np.ndarray, slot_of)
     rtl_par = (rtl_cum[par_end] - rtl_cum[par_start]) > 0
     resolved: dict[int, tuple[list[dict], list[int]]] = {}  # paragraph -> records, their source indices
     g_src = lay.g_src
+    g_page_all = lay.g_page  # expanded once: the layout stores pages per run of glyphs
     adv = advance.astype(np.float32)
     for li in range(len(lay.l_src_start)):
         s, e = int(lay.l_src_start[li]), int(lay.l_src_end[li])
@@ -209,7 +210,7 @@ def reorder_lines(text: str, cps: np.ndarray, lay, advance: np.ndarray, slot_of)
         g0, g1 = int(np.searchsorted(g_src, s, "left")), int(np.searchsorted(g_src, e, "left"))
         if g1 <= g0:
             continue
-        g_page = lay.g_page[g0:g1]
+        g_page = g_page_all[g0:g1]
         if not (g_page == lay.l_page[li]).all():  # a line's glyphs are on its page
             continue
         recs = []
