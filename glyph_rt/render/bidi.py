@@ -258,10 +258,8 @@ def _place(lay, li: int, s: int, e: int, g0: int, g1: int, order: list[int], adv
             width[c - s] += gap
         width[c - s] += end - xs[k0]
         pen, prev = end, c
-    tail = line_x + float(lay.l_width[li]) - pen
-    if prev + 1 < e and tail > 0:
-        for j in range(prev + 1 - s, e - s):
-            width[j] += tail / (e - prev - 1)
+    # whitespace after the last glyph keeps no width: reordered to the visual start of a right-to-left
+    # line it would push the glyphs past the frame (in left-to-right lines it hangs off the end unseen)
     new = list(xs)
     x = line_x
     for c in order:
