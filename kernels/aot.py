@@ -35,7 +35,8 @@ class AotSpec:
     num_warps: int
     num_stages: int
     aligned: tuple = ()  # arguments the runtime specializes as divisible by 16 (pointers, strides, sizes)
-    enforce: bool = True  # False only for FALLBACK specs: they must compile; their limits are reported
+    enforce: bool = True  # False: a variant the dispatcher never sends to the kernel: it must compile,
+    # its shared memory and spills are reported
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Report:
     spill_stores: int = 0
     spill_loads: int = 0
     error: str = ""      # compiler failure
-    enforced: bool = True  # False: a fallback spec (its module has no aot_specs() yet): only compiling counts
+    enforced: bool = True  # False: only compiling counts (AotSpec.enforce)
 
     @property
     def problems(self) -> list[str]:
@@ -68,7 +69,7 @@ class Report:
     def line(self) -> str:
         state = "; ".join(self.problems) or "ok"
         if not self.enforced and self.limits:
-            state += " (not enforced until its module has aot_specs(): " + "; ".join(self.limits) + ")"
+            state += " (not enforced: the dispatcher never sends this variant here: " + "; ".join(self.limits) + ")"
         return f"sm_{self.arch} {self.name}: {self.shared:,} B shared, {self.regs} regs: {state}"
 
 
@@ -124,49 +125,8 @@ def compile_spec(spec: AotSpec, arch: int) -> Report:
 
 
 # Kernels whose modules have no aot_specs() yet, compiled as their launchers launch them today.
-def _raster_fallback() -> list[AotSpec]:
-    from . import raster
-
-    ptr = dict(out_ptr="*u8", ink_ptr="*i32", bgv_ptr="*fp32", lut_ptr="*fp32", meta_ptr="*i32", out_off_ptr="*i64")
-    for n in ("glyph_start", "glyph_items", "g_x0", "g_y0", "g_w", "g_h", "g_off", "g_rgb", "rect_start",
-              "rect_items", "r_box", "r_rgb"):
-        ptr[n + "_ptr"] = "*i32"
-    ptr.update(atlas_ptr="*u8", page0="i32", tol="fp32")
-    specs = []
-    for mode, out in [(0, "*u8"), (1, "*u8"), (2, "*u8"), (3, "*fp32"), (3, "*bf16"), (4, "*u8")]:
-        for gray in (False, True):
-            sig = {**ptr, "out_ptr": out, "lut_ptr": out if mode == 3 else "*fp32"}
-            specs.append(AotSpec(f"raster mode={mode} {out[1:]} gray={gray}", raster.raster_kernel, sig,
-                                 dict(TH=raster.TILE_H, TW=raster.TILE_W, BH=16, BW=32, MODE=mode, INK=mode == 2,
-                                      GRAY=gray), num_warps=4, num_stages=3,
-                                 aligned=tuple(k for k, v in sig.items() if v.startswith("*"))))
-    return specs
-
-
-def _patch_embed_fallback() -> list[AotSpec]:
-    import torch
-
-    from . import patch_embed
-
-    mm = {n: "i32" for n in ("M", "N", "K", "stride_am", "stride_ak", "stride_bk", "stride_bn", "stride_cm",
-                             "stride_cn")}
-    specs = []
-    for a, b, c in [("*u8", "*bf16", "*bf16"), ("*bf16", "*bf16", "*bf16"), ("*bf16", "*bf16", "*fp32"),
-                    ("*u8", "*fp32", "*fp32"), ("*fp32", "*fp32", "*fp32")]:
-        cfg = patch_embed._config(torch.float32 if b == "*fp32" else torch.bfloat16, False)
-        warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
-        sig = dict(a_ptr=a, b_ptr=b, bias_ptr=b, c_ptr=c, **mm)
-        specs.append(AotSpec(f"patch_embed matmul {a[1:]}x{b[1:]}->{c[1:]}", patch_embed.matmul_kernel, sig,
-                             dict(HAS_BIAS=True, IEEE=b == "*fp32", **cfg), warps, stages,
-                             aligned=("a_ptr", "b_ptr", "bias_ptr", "c_ptr", "N", "stride_bk", "stride_cm")))
-    return specs
-
-
-FALLBACK = {"raster": _raster_fallback, "patch_embed": _patch_embed_fallback}
-
-
 def all_specs(exhaustive: bool = False) -> list[AotSpec]:
-    """Every spec of every module in this package that has aot_specs() (FALLBACK for those that have not)."""
+    """Every spec of every module in this package that has aot_specs()."""
     pkg = importlib.import_module(__package__)
     specs = []
     for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
@@ -175,8 +135,6 @@ def all_specs(exhaustive: bool = False) -> list[AotSpec]:
         mod = importlib.import_module(f"{__package__}.{m.name}")
         if hasattr(mod, "aot_specs"):
             specs += mod.aot_specs(exhaustive=exhaustive)
-        elif m.name in FALLBACK:
-            specs += [dataclasses.replace(s, enforce=False) for s in FALLBACK[m.name]()]
     return specs
 
 

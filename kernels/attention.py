@@ -372,5 +372,8 @@ def aot_specs(exhaustive: bool = False) -> list:
                         const.update(GROUP=4, CAUSAL=causal, IEEE=dt == torch.float32)
                     mode = " causal" if causal and kernel != "bwd_delta" else ""
                     name = f"attn_{kernel} {str(dt)[6:]} d={d}{mode}"
-                    specs.append(AotSpec(name, fn, sig, const, warps, stages, aligned))
+                    # auto never sends fp32 or head dims that are not a multiple of 16 here on a GPU
+                    # (glyph_rt.ops.attention.choose_backend): those variants must compile, limits reported
+                    enforce = not exhaustive or (aligned_d and dt != torch.float32)
+                    specs.append(AotSpec(name, fn, sig, const, warps, stages, aligned, enforce))
     return specs

@@ -87,7 +87,7 @@ def test_ptxas_log_parsing():
         "needs 240,000 B of shared memory, sm_90 has 232,448 B",
         "spills registers (28 B stores, 0 B loads, 255 registers)"]
     assert Report("k", 80, shared=100, regs=90).problems == []
-    lenient = Report("k", 80, shared=10 ** 6, enforced=False)  # a fallback spec: reported, not failed
+    lenient = Report("k", 80, shared=10 ** 6, enforced=False)  # a variant auto never routes: reported, not failed
     assert lenient.problems == [] and "not enforced" in lenient.line() and "shared memory" in lenient.line()
     assert Report("k", 80, error="CompilationError: x", enforced=False).problems == ["CompilationError: x"]
     with pytest.raises(RuntimeError, match="no ptxas"):
