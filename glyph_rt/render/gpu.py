@@ -137,6 +137,11 @@ class ModelInputs:
 CPU_CHUNK = 4  # pages drawn at a time by the CPU path, into one reused buffer
 
 
+def grid_thw(target: np.ndarray) -> np.ndarray:
+    """image_grid_thw rows (1, gh, gw) of images of these [n, 2] (height, width) target sizes."""
+    return np.stack([np.ones(len(target), np.int64), target[:, 0] // PATCH, target[:, 1] // PATCH], 1)
+
+
 def _chunks(items):
     for d, s, e in items:
         for c in range(s, e, CPU_CHUNK):
@@ -179,7 +184,7 @@ def inputs_cpu(items, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, in
                 v, _ = pixel_values_from_pages([torch.from_numpy(pages[k, :h, :w])], model, dtype, lut)
                 out[first[k]:first[k] + rows[k]] = v
             del out  # no view may outlive a resize of buf_rows
-            grids.append(np.stack([np.ones(len(target), np.int64), target[:, 0] // PATCH, target[:, 1] // PATCH], 1))
+            grids.append(grid_thw(target))
             fused += int(direct.sum())
     buf_rows.resize((used, ROW), refcheck=False)
     grid = np.concatenate(grids) if grids else np.zeros((0, 3), np.int64)
@@ -236,8 +241,7 @@ def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Te
                     padded_rows(pv)[first[p]:first[p] + rows[p]] = padded_rows(v)
                 else:
                     pv[first[p]:first[p] + rows[p]] = v
-    grid = np.stack([np.ones(len(target), np.int64), target[:, 0] // PATCH, target[:, 1] // PATCH], 1)
-    return pv, torch.from_numpy(grid).to(device), int(fused.sum())
+    return pv, torch.from_numpy(grid_thw(target)).to(device), int(fused.sum())
 
 
 def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None, *, model: str = "glm4v",
@@ -251,8 +255,9 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
     pages are drawn and pixel_values live, by default the GPU when torch sees one, else the CPU.
     dtype float32 or bfloat16 gives the processor's pixel_values; uint8 gives raw patches [N, 588]
     (a view of [N, 592] rows, zero-padded to 16 bytes) for glyph_rt.ops.patch_embed, which folds
-    the normalization into the weights. Pages of several texts are drawn in one launch, `batch_pages` pages at a time (long texts are split),
-    while `workers` threads lay out the next texts (the C++ layout engine runs without the GIL).
+    the normalization into the weights. Pages of several texts are drawn in one launch,
+    `batch_pages` pages at a time (long texts are split), while `workers` threads lay out the next
+    texts (the C++ layout engine runs without the GIL).
     MemoryError once pixel_values would pass `max_bytes`."""
     from tqdm import tqdm
 
