@@ -42,7 +42,7 @@ def hf_inputs(model: GlyphModel):
         imgs = [pages.to_pil(i) for i in range(len(pages))]
         grid = proc(imgs, return_tensors="pt")["image_grid_thw"]
         fake = SimpleNamespace(image_processor=SimpleNamespace(merge_size=2), image_token="<|image|>")
-        parts = model.prompt(len(imgs), question).split("<|image|>")
+        parts = model.prompts.template(model.prompts.messages(len(imgs), question), True).split("<|image|>")
         text = parts[0] + "".join(Glm4vProcessor.replace_image_token(fake, {"image_grid_thw": grid}, i) + parts[i + 1]
                                   for i in range(len(imgs)))
         texts.append(text)

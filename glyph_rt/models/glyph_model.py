@@ -24,10 +24,10 @@ from ..ops.pixel_values import CLIP_MEAN, CLIP_STD
 from ..render.config import RenderConfig
 from .kv_cache import GlyphCache, cache_kwarg
 from .patching import MODELS, apply_glyph_kernels
+from .prompt import VISION_MERGE, PromptBuilder, tokens_per_image
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-VISION_MERGE = 2  # 2x2 patches per visual token
 
 
 def read_json(path: Path) -> dict:
@@ -117,8 +117,9 @@ class GlyphModel:
         self.model_type = model_type
         self.patch = patch
         cfg = model.config
-        self.image_token_id = cfg.image_token_id
-        self.image_token = tokenizer.convert_ids_to_tokens(cfg.image_token_id)
+        self.prompts = PromptBuilder.for_model(model, tokenizer)
+        self.image_token_id = self.prompts.image_token_id
+        self.image_token = self.prompts.image_token
         text_cfg = getattr(cfg, "text_config", cfg)
         self.max_positions = getattr(text_cfg, "max_position_embeddings", None)
 
@@ -168,17 +169,12 @@ class GlyphModel:
         gm = cls(model, tokenizer, (render_config or RenderConfig()).validate(), model_type, patch)
         template = next((path / f for f in ("chat_template.jinja", "chat_template.json") if (path / f).exists()),
                         path / "tokenizer_config.json")
-        _loading(template, "chat template", lambda: gm.prompt(1, "?"))  # a broken template fails here, named
-        if gm.prompt(1, "?").count(gm.image_token) != 1:
+        one = _loading(template, "chat template", lambda: gm.prompts.template(gm.prompts.messages(1, "?"), True))
+        if one.count(gm.image_token) != 1:
             raise ValueError(f"{template}: the chat template does not write one {gm.image_token} per image")
         return gm
 
     # ------------------------------------------------------------------ inputs
-    def prompt(self, pages: int, question: str) -> str:
-        content = [{"type": "image"} for _ in range(pages)] + [{"type": "text", "text": question}]
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                  add_generation_prompt=True)
-
     def build_inputs(self, contexts: list[str], questions: list[str]) -> tuple[dict, list, float]:
         """Model inputs for a batch (left-padded), each request's page count, and the render seconds."""
         from ..render.gpu import render_inputs
@@ -189,18 +185,10 @@ class GlyphModel:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         render_s = time.perf_counter() - t
-        grid = rendered.image_grid_thw.cpu()
-        merge = VISION_MERGE ** 2
+        per_image = tokens_per_image(rendered.image_grid_thw.cpu())
         texts, i = [], 0
         for n, question in zip(rendered.images_per_text, questions):
-            text = self.prompt(n, question)
-            parts = text.split(self.image_token)
-            if len(parts) != n + 1:
-                raise ValueError(f"the chat template wrote {len(parts) - 1} image placeholders for {n} pages")
-            expanded = parts[0]
-            for k in range(n):  # each placeholder becomes the page's visual tokens, as the HF processor does
-                expanded += self.image_token * int(grid[i + k].prod() // merge) + parts[k + 1]
-            texts.append(expanded)
+            texts.append(self.prompts.prompt(per_image[i:i + n], question))
             i += n
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         input_ids = enc["input_ids"].to(self.device)
@@ -238,9 +226,7 @@ class GlyphModel:
                 raise ValueError(f"contexts[{i}]: {c!r:.40} is empty or not a str; give the text to read")
             if not isinstance(q, str):
                 raise ValueError(f"questions[{i}]: expected a str, got {type(q).__name__}")
-            if self.image_token in q:
-                raise ValueError(f"questions[{i}]: contains the image token {self.image_token!r}, which only "
-                                 "the rendered pages may use; remove it")
+            self.prompts.check_text(q, f"questions[{i}]")
         inputs, rendered, render_s = self.build_inputs(list(contexts), list(questions))
         self.check_window(inputs, rendered, max_new_tokens)
         vision = {"s": 0.0}

@@ -1,0 +1,149 @@
+"""The one prompt builder: chat template + one image per page, each placeholder expanded to the page's visual tokens.
+
+GlyphModel, the training tasks, the server and the evaluation harness all build their prompts here, so a page
+costs the same tokens everywhere and the model sees at training time exactly what it sees at inference:
+
+    pb = PromptBuilder(tokenizer, image_token_id)
+    text = pb.prompt(visual_tokens=[630, 630], question="Who wrote the letter?")        # generation
+    sample = pb.encode(pb.messages(2, "Read the pages.", answer="..."), [630, 630])     # training: ids + labels
+
+The expansion is what the Hugging Face processors do: the template writes one image token per image and the
+processor repeats it grid_h * grid_w / merge**2 times (tokens_per_image).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+IGNORE_INDEX = -100  # labels that take no loss (transformers' and torch's cross-entropy default)
+VISION_MERGE = 2  # 2x2 patches per visual token
+
+
+def tokens_per_image(grid_thw) -> list[int]:
+    """Visual tokens of each image from its [t, h, w] patch grid (a tensor or a list of triples)."""
+    return [int(t) * int(h) * int(w) // VISION_MERGE ** 2 for t, h, w in (list(map(int, g)) for g in grid_thw)]
+
+
+@dataclass
+class Encoded:
+    """Token ids of one sample and its labels: the id where the token takes loss, IGNORE_INDEX elsewhere."""
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def loss_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+class PromptBuilder:
+    def __init__(self, tokenizer, image_token_id: int, stop_ids: Sequence[int] | None = None):
+        self.tokenizer = tokenizer
+        self.image_token_id = int(image_token_id)
+        self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
+        if not isinstance(self.image_token, str):
+            raise ValueError(f"image_token_id {image_token_id} is not in the tokenizer's vocabulary")
+        eos = tokenizer.eos_token_id
+        self.stop_ids = set(stop_ids or ([] if eos is None else [eos]))
+
+    @classmethod
+    def for_model(cls, model, tokenizer) -> "PromptBuilder":
+        """The builder for a transformers VLM: its image token and the ids its generation stops on."""
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        stops = [eos] if isinstance(eos, int) else list(eos or [])
+        return cls(tokenizer, model.config.image_token_id, stops or None)
+
+    # ------------------------------------------------------------------ messages
+    @staticmethod
+    def messages(pages: int, question: str = "", answer: str | None = None, system: str | None = None,
+                 text_after: str = "") -> list[dict]:
+        """A user turn of `pages` images then the question (Glyph's layout), and the assistant's answer if given."""
+        if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+            raise ValueError(f"pages: {pages!r} must be an integer >= 0")
+        content = [{"type": "image"} for _ in range(pages)]
+        if question:
+            content.append({"type": "text", "text": question})
+        if text_after:
+            content.append({"type": "text", "text": text_after})
+        msgs = [{"role": "system", "content": system}] if system else []
+        msgs.append({"role": "user", "content": content})
+        if answer is not None:
+            msgs.append({"role": "assistant", "content": answer})
+        return msgs
+
+    def template(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def expand(self, text: str, visual_tokens: Sequence[int]) -> str:
+        """Repeats the k-th image placeholder of `text` visual_tokens[k] times."""
+        parts = text.split(self.image_token)
+        if len(parts) != len(visual_tokens) + 1:
+            raise ValueError(f"the chat template wrote {len(parts) - 1} image placeholders for "
+                             f"{len(visual_tokens)} pages")
+        out = [parts[0]]
+        for n, rest in zip(visual_tokens, parts[1:]):
+            out += [self.image_token * int(n), rest]
+        return "".join(out)
+
+    def check_text(self, text: str, what: str = "text") -> None:
+        if self.image_token in text:
+            raise ValueError(f"{what}: contains the image token {self.image_token!r}, which only rendered pages may "
+                             "use; remove it")
+
+    # ------------------------------------------------------------------ inference
+    def prompt(self, visual_tokens: Sequence[int], question: str, system: str | None = None) -> str:
+        """The generation prompt for pages costing visual_tokens[k] tokens each, followed by the question."""
+        self.check_text(question, "question")
+        return self.expand(self.template(self.messages(len(visual_tokens), question, system=system), True),
+                           visual_tokens)
+
+    # ------------------------------------------------------------------ training
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def encode(self, messages: list[dict], visual_tokens: Sequence[int]) -> Encoded:
+        """Ids and labels of a conversation: loss on every assistant turn (its end marker included), nowhere else.
+
+        Each assistant turn's span is what the template adds after the generation prompt of the turns before it;
+        a turn the template does not close with a stop token gets the tokenizer's eos appended, so the model
+        learns to stop.
+        """
+        pieces: list[tuple[str, bool]] = []
+        done = ""
+        for i, m in enumerate(messages):
+            if m.get("role") != "assistant":
+                continue
+            before = self.template(messages[:i], add_generation_prompt=True)
+            upto = self.template(messages[:i + 1], add_generation_prompt=False)
+            if not before.startswith(done) or not upto.startswith(before):
+                raise ValueError("the chat template does not render a conversation as a prefix of its continuation; "
+                                 "cannot mark the assistant's tokens")
+            pieces += [(before[len(done):], False), (upto[len(before):], True)]
+            done = upto
+        if not pieces:
+            raise ValueError("the conversation has no assistant turn to learn")
+        pieces.append((self.template(messages, add_generation_prompt=False)[len(done):], False))
+        expanded, used = [], 0
+        for text, train in pieces:
+            n = text.count(self.image_token)
+            expanded.append((self.expand(text, visual_tokens[used:used + n]), train))
+            used += n
+        if used != len(visual_tokens):
+            raise ValueError(f"the chat template wrote {used} image placeholders for {len(visual_tokens)} pages")
+        return self.encode_pieces(expanded, close=True)
+
+    def encode_pieces(self, pieces: Sequence[tuple[str, bool]], close: bool = False) -> Encoded:
+        """Ids and labels of text pieces tokenized one by one; pieces marked True take loss.
+
+        The interleaved language-modelling task uses it directly (pages and text in order, loss on the text).
+        With close=True a trained piece holding no stop token gets the eos appended, so the model learns to stop.
+        """
+        ids: list[int] = []
+        labels: list[int] = []
+        eos = self.tokenizer.eos_token_id
+        for text, train in pieces:
+            piece = self._ids(text)
+            if close and train and eos is not None and not self.stop_ids.intersection(piece):
+                piece.append(eos)
+            ids += piece
+            labels += [t if train and t != self.image_token_id else IGNORE_INDEX for t in piece]
+        return Encoded(ids, labels)

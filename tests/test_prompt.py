@@ -1,0 +1,58 @@
+"""The shared prompt builder: placeholders expanded per page, labels on the assistant's tokens only."""
+import pytest
+
+from glyph_rt.models.prompt import IGNORE_INDEX, PromptBuilder, tokens_per_image
+from glyph_rt.models.tiny import GLM_SPECIAL, GLM_TEMPLATE, QWEN_SPECIAL, QWEN_TEMPLATE, tiny_tokenizer
+
+
+@pytest.fixture(scope="module", params=["glm4v", "qwen2_5_vl"])
+def builder(request):
+    if request.param == "glm4v":
+        tok = tiny_tokenizer(GLM_SPECIAL, GLM_TEMPLATE)
+        return PromptBuilder(tok, tok.convert_tokens_to_ids("<|image|>"))
+    tok = tiny_tokenizer(QWEN_SPECIAL, QWEN_TEMPLATE)
+    return PromptBuilder(tok, tok.convert_tokens_to_ids("<|image_pad|>"), [tok.convert_tokens_to_ids("<|im_end|>")])
+
+
+def test_tokens_per_image():
+    assert tokens_per_image([[1, 60, 42], [1, 4, 6]]) == [630, 6]
+
+
+def test_prompt_expands_each_page(builder):
+    text = builder.prompt([6, 4], "Who?")
+    assert text.count(builder.image_token) == 10 and text.index(builder.image_token) < text.index("Who?")
+    with pytest.raises(ValueError, match="contains the image token"):
+        builder.prompt([6], f"a {builder.image_token}")
+
+
+def test_labels_cover_exactly_the_response(builder):
+    answer = "<think>short</think>The answer is 42."
+    enc = builder.encode(builder.messages(2, "What is it?", answer=answer), [4, 8])
+    assert len(enc.input_ids) == len(enc.labels)
+    trained = [t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE_INDEX]
+    assert builder.tokenizer.decode(trained, skip_special_tokens=True).strip() == answer
+    assert builder.stop_ids & set(trained[-2:])  # the model learns to stop
+    assert enc.input_ids.count(builder.image_token_id) == 12
+    first = enc.labels.index(next(x for x in enc.labels if x != IGNORE_INDEX))
+    prompt = builder.tokenizer(builder.prompt([4, 8], "What is it?"), add_special_tokens=False)["input_ids"]
+    assert enc.input_ids[:first] == prompt  # the training prompt is the inference prompt
+
+
+def test_multi_turn_and_errors(builder):
+    msgs = builder.messages(1, "Q1", answer="A1") + [{"role": "user", "content": "Q2"},
+                                                      {"role": "assistant", "content": "A2"}]
+    enc = builder.encode(msgs, [4])
+    text = builder.tokenizer.decode([t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE_INDEX],
+                                    skip_special_tokens=True)
+    assert "A1" in text and "A2" in text and "Q2" not in text
+    with pytest.raises(ValueError, match="no assistant turn"):
+        builder.encode(builder.messages(1, "Q"), [4])
+    with pytest.raises(ValueError, match="2 pages"):
+        builder.encode(builder.messages(1, "Q", answer="A"), [4, 4])
+    with pytest.raises(ValueError, match="pages"):
+        builder.messages(-1, "Q")
+
+
+def test_encode_pieces_trains_only_marked_text(builder):
+    enc = builder.encode_pieces([(builder.image_token * 3, False), ("hello world", True)])
+    assert enc.labels[:3] == [IGNORE_INDEX] * 3 and enc.loss_tokens == len(enc.input_ids) - 3
