@@ -118,3 +118,14 @@ def test_bad_records(builder):
         make_task("qa", builder, config=CFG)({"context": "abc", "question": "q"}, 4)
     with pytest.raises(ValueError, match="unknown"):
         make_task("nope", builder)
+
+
+def test_needle_qa_from_plain_text(text):
+    task = make_task("qa", None, config=CFG, max_pages=2, window_chars=6000)
+    for index in range(4):
+        s = task({"text": text}, index)
+        (page,) = s.pages
+        answer = s.messages[-1]["content"]
+        shown = page.text[:page.document().page_spans()[-1][1]]
+        assert answer.isdigit() and f"is: {answer}." in shown and s.input_ids == []
+        assert "magic number" in s.messages[0]["content"][-1]["text"]
