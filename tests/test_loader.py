@@ -128,3 +128,25 @@ def test_styles_in_workers(builder, corpus):
     data = TaskDataset(corpus, task, seed=0, epochs=1)
     a = [s.pages[0].config for s in data][:4]
     assert a == [StyleSampler(seed=0).sample(g).config for g in range(4)]
+
+
+def _rank_main(rank, world, init, out):
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        tok = tiny_tokenizer()
+        builder = PromptBuilder(tok, tok.convert_tokens_to_ids("<|image|>"))
+        corpus = Corpus([("mem", [{"text": sample_text()[i:i + 700]} for i in range(0, 7000, 700)])])
+        data = TaskDataset(corpus, make_task("ocr", builder, config=CFG, max_pages=1), seed=4, epochs=1,
+                           render="batch")  # rank and world size from torch.distributed
+        (out / f"{rank}.json").write_text(json.dumps([data.rank, data.world_size, [s.index for s in data]]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_from_torch_distributed(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_main, args=(2, f"file://{tmp_path / 'rendezvous'}", tmp_path), nprocs=2)
+    got = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    assert [g[:2] for g in got] == [[0, 2], [1, 2]]
+    assert got[0][2] == [0, 2, 4, 6, 8] and got[1][2] == [1, 3, 5, 7, 9]
