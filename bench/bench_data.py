@@ -11,10 +11,11 @@ pixel_values, image_grid_thw) of --batch samples:
              pass straight into pixel_values: the C++ path on the CPU, one kernel launch on the GPU with
              --device cuda), float32 as the processor's output and bfloat16 as training feeds the model
 
-On the CPU the process is pinned to one core (torch uses one thread). Writes data-<device>.json and a bar
-chart to --out (default bench/out/).
+On the CPU the process is pinned to one core (torch uses one thread). Each loader runs --repeat times,
+interleaved with the others, and its median run is reported. Writes data-<device>.json and a bar chart to
+--out (default bench/out/).
 
-    python bench/bench_data.py [--samples 48] [--official-samples 8] [--batch 8] [--device cpu|cuda]
+    python bench/bench_data.py [--samples 48] [--official-samples 8] [--batch 8] [--repeat 3] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-pages", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each loader, interleaved; the median is kept")
     add_output_args(ap)
     args = ap.parse_args()
     from bench import official as off
@@ -124,19 +126,26 @@ def main():
     corpus = Corpus.open(max_chars=20000)
     task = make_task("ocr", builder, config=RenderConfig(), max_pages=args.max_pages, window_chars=8000)
     ours(task, corpus, builder, args.batch, args.batch, args.device, "batch")  # warm up: fonts, atlas
-    rows = []
+    runs = []  # (name, fn); each is timed --repeat times, interleaved, and its median run kept
     if off.available():
-        s, p, sec = official(task, corpus, builder, args.official_samples, args.batch)
-        rows.append({"loader": "official + HF processor", "samples": s, "pages": p, "seconds": sec})
+        runs.append(("official + HF processor",
+                     lambda: official(task, corpus, builder, args.official_samples, args.batch)))
     else:
         print(f"official pipeline skipped: {off.unavailable_reason()}")
     # one process: the collator draws each batch's pages in one pass into one buffer (render="batch");
     # with DataLoader workers, render="worker" draws them in the workers instead
-    modes = [(f"glyph_rt ({args.device}, float32)", "batch", torch.float32),
-             (f"glyph_rt ({args.device}, bfloat16)", "batch", torch.bfloat16)]
-    for name, render, dtype in modes:
-        s, p, sec = ours(task, corpus, builder, args.samples, args.batch, args.device, render, dtype)
-        rows.append({"loader": name, "samples": s, "pages": p, "seconds": sec})
+    for label, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        runs.append((f"glyph_rt ({args.device}, {label})", lambda dtype=dtype: ours(
+            task, corpus, builder, args.samples, args.batch, args.device, "batch", dtype)))
+    times = {name: [] for name, _ in runs}
+    for _ in range(args.repeat):
+        for name, fn in runs:
+            times[name].append(fn())
+    rows = []
+    for name, _ in runs:
+        s, p, sec = sorted(times[name], key=lambda r: r[2])[len(times[name]) // 2]
+        rows.append({"loader": name, "samples": s, "pages": p, "seconds": sec,
+                     "all_seconds": [round(r[2], 4) for r in times[name]]})
     base = rows[0]["samples"] / rows[0]["seconds"] if rows and "official" in rows[0]["loader"] else None
     for r in rows:
         r["samples_per_s"] = r["samples"] / r["seconds"]
