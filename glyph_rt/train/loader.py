@@ -18,11 +18,11 @@ the number of workers. A record a task cannot use (TaskError) yields nothing, th
 and is counted. state_dict() holds the number of the rank's samples consumed; resuming from it yields
 exactly the samples that would have come next.
 
-render="worker": each sample's pages are drawn in its worker on the CPU (the C++ path, into
-pixel_values), so the main process only concatenates. render="batch": the collator draws every page of
-a batch in one launch (on the GPU when it has one); layout then runs where the samples are made (a
-sample's Document does not cross a process boundary, so with num_workers > 0 the main process lays the
-pages out again before drawing them).
+Layout always runs where the samples are made (the workers). render="worker": each sample's pages are
+also drawn there, on the CPU (the C++ path, into pixel_values), so the main process only concatenates.
+render="batch": the laid-out Documents travel to the main process (about 100 KB per A4 sample; the
+atlas is found again there and the layout's atlas slots remapped) and the collator draws every page of
+a batch in one launch, on the GPU when it has one.
 """
 from __future__ import annotations
 

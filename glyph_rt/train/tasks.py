@@ -50,8 +50,8 @@ class TaskError(ValueError):
 class PageRange:
     """Pages [start, stop) of `text` laid out with `config` (at most `max_pages` pages laid out).
 
-    The laid-out Document is kept in the process that made it and dropped when the range is pickled
-    (to a DataLoader's main process): document() lays the text out again there."""
+    The laid-out Document travels with it, also to another process (a DataLoader's main process), where
+    its atlas is found again; document() lays the text out only when the Document is missing."""
     text: str
     config: RenderConfig
     start: int
@@ -67,11 +67,6 @@ class PageRange:
         if self._doc is None:
             self._doc = Document(self.text, self.config, max_pages=self.max_pages)
         return self._doc
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_doc"] = None
-        return state
 
 
 @dataclass
