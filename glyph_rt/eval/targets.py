@@ -28,9 +28,13 @@ class Reply:
     latency_s: float
 
 
-def text_prompt(context: str, question: str) -> str:
-    """The text baseline's user turn: the context, then the question (the pages' place, as text)."""
-    return f"{context}\n\n{question}" if question else context
+def text_prompt(item) -> str:
+    """The text baseline's user turn: the item's text_prompt, else the context, a blank line and the question."""
+    if item.text_prompt:
+        return item.text_prompt
+    if not item.context:
+        raise ValueError(f"item {item.id}: has page images and no text context; it cannot be sent as text")
+    return f"{item.context}\n\n{item.question}" if item.question else item.context
 
 
 class Target:
@@ -81,7 +85,7 @@ class GlyphModelTarget(Target):
         gm = self.model
         t0 = time.perf_counter()
         if as_text:
-            return Reply(self._generate_text(text_prompt(item.context, item.question), item.max_new_tokens), 0, 0,
+            return Reply(self._generate_text(text_prompt(item), item.max_new_tokens), 0, 0,
                          time.perf_counter() - t0)
         if item.images:
             text, pages, vis = self._generate_images(item)
@@ -184,7 +188,7 @@ class OpenAITarget(Target):
 
         t0 = time.perf_counter()
         if as_text:
-            content = text_prompt(item.context, item.question)
+            content = text_prompt(item)
             pages = vis = 0
         else:
             images = page_images(item, config)

@@ -10,7 +10,8 @@ tokenizer (Qwen's by default), as RULER does. The "essay" haystack is the bundle
 Graham's essays, which cannot be redistributed), repeated as needed; "repeat" is RULER's noise sentences;
 "needle" is distractor needles. Tasks with UUID needles (niah_single_3, niah_multikey_3) are left out unless
 uuid=True, as Glyph's evaluation does, and no few-shot example is added (Glyph drops them before rendering).
-Each item's context is the text up to the context (rendered as pages), its question the rest (kept as text).
+As in Glyph's evaluation, only the context is rendered as pages; the instructions and the question stay text
+(Item.text_prompt holds RULER's whole input for the text baseline).
 
     items = generate(["niah_single_1", "vt"], lengths=[4096, 8192], n=10, seed=0)
 """
@@ -31,21 +32,19 @@ from ..item import Item
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
 NIAH_TEMPLATE = ("Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
-                 "I will quiz you about the {type_needle_v} afterwards.\n{context}",
-                 "What are all the special magic {type_needle_v} for {query} mentioned in the provided text?")
-VT_TEMPLATE = ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}",
+                 "I will quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic "
+                 "{type_needle_v} for {query} mentioned in the provided text?")
+VT_TEMPLATE = ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
                "Question: Find all variables that are assigned the value {query} in the text above.")
 CWE_TEMPLATE = ("Below is a numbered list of words. In these words, some appear more often than others. Memorize "
-                "the ones that appear most often.\n{context}",
-                "Question: What are the 10 most common words in the above list?")
+                "the ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above "
+                "list?")
 FWE_TEMPLATE = ("Read the following coded text and track the frequency of each coded word. Find the three most "
-                "frequently appeared coded words. {context}",
-                "Question: Do not provide any explanation. Please ignore the dots '....'. What are the three most "
-                "frequently appeared words in the above coded text?")
-QA_TEMPLATE = ("Answer the question based on the given documents. Only give me the answer and do not output any "
-               "other words.\n\nThe following are given documents.\n\n{context}",
-               "Answer the question based on the given documents. Only give me the answer and do not output any "
-               "other words.\n\nQuestion: {query}")
+                "frequently appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore "
+                "the dots '....'. What are the three most frequently appeared words in the above coded text?")
+QA_TEMPLATE = ("Answer the question based on the given documents. Only give me the answer and do not output any other "
+               "words.\n\nThe following are given documents.\n\n{context}\n\nAnswer the question based on the given "
+               "documents. Only give me the answer and do not output any other words.\n\nQuestion: {query}")
 
 # task -> haystack, key type, value type, keys, values per key, queries (RULER's synthetic.yaml)
 NIAH = {
@@ -142,10 +141,16 @@ def _random(kind: str, rng: random.Random) -> str:
     raise ValueError(kind)
 
 
-def _budget(tok: _Tok, template: tuple[str, str], length: int, gen: int, **fmt) -> int:
+def _split(template: str, **fmt) -> tuple[str, str]:
+    """The template's text before and after {context}, filled in."""
+    head, tail = template.split("{context}")
+    return head.format(**fmt), tail.format(**fmt)
+
+
+def _budget(tok: _Tok, template: str, length: int, gen: int, **fmt) -> int:
     """Tokens left for the context once the instructions, the question and the generation budget are counted."""
-    head = template[0].replace("{context}", "").format(**fmt)
-    used = tok.n(head) + tok.n(template[1].format(**fmt)) + gen + 2
+    head, tail = _split(template, **fmt)
+    used = tok.n(head) + tok.n(tail) + gen + 2
     left = length - used
     if left < 32:
         raise ValueError(f"length {length}: too short for this task's instructions ({used} tokens)")
@@ -153,9 +158,12 @@ def _budget(tok: _Tok, template: tuple[str, str], length: int, gen: int, **fmt) 
 
 
 def _item(task, length, i, template, context, answers, metric, gen, meta, **fmt) -> Item:
-    head = template[0].format(context=context, **fmt)
-    return Item(id=f"{task}-{length}-{i}", context=head, question=template[1].format(**fmt), answers=answers,
-                metric=metric, max_new_tokens=gen, metadata={"task": task, "length": length, **meta})
+    """Glyph's split: the context alone is rendered; instructions and question stay text. text_prompt is
+    RULER's whole input, for the text baseline."""
+    head, tail = _split(template, **fmt)
+    return Item(id=f"{task}-{length}-{i}", context=context, question=f"{head.strip()}\n{tail.strip()}",
+                answers=answers, metric=metric, max_new_tokens=gen, text_prompt=head + context + tail,
+                metadata={"task": task, "length": length, **meta})
 
 
 # ------------------------------------------------------------------ NIAH
@@ -173,8 +181,7 @@ def niah(task: str, length: int, i: int, rng: random.Random, tok: _Tok, depth: f
     query = ", ".join(queries[:-1]) + ", and " + queries[-1] if len(queries) > 1 else queries[0]
     template, type_v = NIAH_TEMPLATE, tv
     if nq * nv == 1:  # RULER's singular wording
-        template = tuple(t.replace("Some", "A").replace("are all", "is").replace("are", "is").replace("answers", "answer")
-                         for t in template)
+        template = template.replace("Some", "A").replace("are all", "is").replace("are", "is").replace("answers", "answer")
         type_v = tv[:-1]
     gen = TOKENS_TO_GENERATE["niah"]
     left = _budget(tok, template, length, gen, type_needle_v=type_v, query=query) - sum(tok.n(" " + n) for n in needles)
