@@ -5,7 +5,8 @@
 - LongBench (THUDM/LongBench metrics.py): qa_f1, rouge (ROUGE-L F of the `rouge` package, as LongBench
   uses), classification, retrieval, count, code_sim (fuzzywuzzy's ratio: rapidfuzz's fuzz.ratio rounded as
   fuzzywuzzy rounds it). The best score over the reference answers counts; datasets whose answers are one line
-  (trec, triviaqa, samsum, lsht) score the prediction's first line (metadata first_line).
+  (trec, triviaqa, samsum, lsht) score the prediction's first line (metadata first_line). The Chinese ones
+  (qa_f1_zh, rouge_zh) segment words with jieba, which they import when used.
 - MRCR (openai/mrcr): difflib.SequenceMatcher ratio, 0 unless the response starts with the item's
   random_string_to_prepend, which is removed from both before comparing.
 - MMLongBench-Doc (mayubo2333/MMLongBench-Doc eval/eval_score.py): the rule-based score by answer format
@@ -115,6 +116,40 @@ def classification_one(prediction: str, ground_truth: str, all_classes: list) ->
         if term in ground_truth and term != ground_truth:
             em.remove(term)
     return 1.0 / len(em) if ground_truth in em else 0.0
+
+
+def retrieval_zh_one(prediction: str, ground_truth: str) -> float:
+    m = re.findall(r"段落(\d+)", ground_truth)
+    if not m:
+        raise ValueError(f"retrieval_zh: the reference {ground_truth!r:.60} names no '段落N'")
+    return _count_matches(prediction, m[0])
+
+
+def _jieba():
+    try:
+        import jieba
+    except ImportError:
+        raise RuntimeError("LongBench's Chinese metrics segment words with jieba: pip install jieba") from None
+    return jieba
+
+
+def normalize_zh_answer(s: str) -> str:
+    cn_punctuation = ("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿"
+                      "–—‘’‛“”„‟…‧﹏.")
+    exclude = set(string.punctuation + cn_punctuation)
+    return "".join("".join(ch for ch in s.lower() if ch not in exclude).split())
+
+
+def qa_f1_zh_one(prediction: str, ground_truth: str) -> float:
+    jieba = _jieba()
+    p = [t for t in (normalize_zh_answer(x) for x in jieba.cut(prediction, cut_all=False)) if t]
+    g = [t for t in (normalize_zh_answer(x) for x in jieba.cut(ground_truth, cut_all=False)) if t]
+    return _f1(p, g)
+
+
+def rouge_zh_one(prediction: str, ground_truth: str) -> float:
+    jieba = _jieba()
+    return rouge_one(" ".join(jieba.cut(prediction, cut_all=False)), " ".join(jieba.cut(ground_truth, cut_all=False)))
 
 
 def _best(fn):
@@ -253,6 +288,9 @@ METRICS = {
     "count": _best(count_one),
     "retrieval": _best(retrieval_one),
     "code_sim": _best(code_sim_one),
+    "retrieval_zh": _best(retrieval_zh_one),
+    "qa_f1_zh": _best(qa_f1_zh_one),
+    "rouge_zh": _best(rouge_zh_one),
     "classification": classification,
     "mrcr": mrcr,
     "mmlongbench": mmlongbench,
