@@ -175,7 +175,7 @@ class OpenAITarget(Target):
         self.client = OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
                              timeout=timeout, max_retries=max_retries)
         if model is None:
-            models = [m.id for m in self.client.models.list()]
+            models = [m.id for m in self._call(self.client.models.list)]
             if not models:
                 raise ValueError(f"{base_url}: the server lists no model; name one (openai:URL:MODEL)")
             model = models[0]
@@ -197,10 +197,27 @@ class OpenAITarget(Target):
                 content.append({"type": "text", "text": item.question})
             pages = len(images)
             vis = sum(visual_tokens([(im.shape[1], im.shape[0]) for im in images], self.model_type))
-        r = self.client.chat.completions.create(model=self.model, messages=[{"role": "user", "content": content}],
-                                                temperature=0, max_tokens=item.max_new_tokens)
+        r = self._call(self.client.chat.completions.create, model=self.model,
+                       messages=[{"role": "user", "content": content}], temperature=0, max_tokens=item.max_new_tokens)
         text = r.choices[0].message.content or ""
         return Reply(text, pages, vis, time.perf_counter() - t0)
+
+    def _call(self, fn, **kwargs):
+        """An API call; a request the server rejects (4xx: too long, bad input) is a ValueError, recorded for
+        the item; an unreachable or failing server (after the client's retries) a RuntimeError, which stops
+        the run (a rerun resumes)."""
+        import openai
+
+        try:
+            return fn(**kwargs)
+        except openai.APIStatusError as e:
+            if 400 <= e.status_code < 500 and e.status_code not in (401, 403, 404, 429):
+                raise ValueError(f"{self.base_url}: the server rejected the request ({e.status_code}): "
+                                 f"{str(e.message)[:300]}") from None
+            raise RuntimeError(f"{self.base_url}: HTTP {e.status_code}: {str(e.message)[:300]}") from None
+        except openai.APIConnectionError as e:
+            raise RuntimeError(f"{self.base_url}: cannot reach the server ({e.__class__.__name__}: "
+                               f"{str(e.__cause__ or e)[:200]})") from None
 
     def close(self) -> None:
         self.client.close()
