@@ -103,3 +103,11 @@ def test_qa_from_squad_and_hotpotqa(tmp_path):
         assert "Document 1:" in it.context and 0.9 * 2048 <= full_tokens(it) <= 2048
     with pytest.raises(ValueError, match="not a SQuAD file"):
         ruler.read_squad(tmp_path / "hotpot.json")
+
+
+def test_bench_eval_smoke(tmp_path):
+    from bench.bench_eval import main
+
+    main(["--length", "1k", "--n", "1", "--out", str(tmp_path)])
+    s = json.loads((tmp_path / "eval-ruler-1k.json").read_text())["summary"]
+    assert s["tasks"] == 12 and s["items"] == 12 and s["pages"] >= 12 and s["total_s"] > 0

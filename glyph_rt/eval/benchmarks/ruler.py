@@ -97,7 +97,23 @@ class _Tok:
             c = self._cache[s] = self.t.count(s)
         return c
 
-    def many(self, pieces: list[str]) -> list[int]:
+    def distractors(self, tv: str, tk: str, size: int) -> tuple[list[str], list[int]]:
+        """A pool of at least `size` (at least 1024) distractor needles and their token counts, line break
+        included; drawn once with a fixed seed and kept (counting them is most of a needle haystack's cost)."""
+        pools = self.__dict__.setdefault("_pools", {})
+        lines, costs = pools.get((tv, tk), ([], []))
+        want = max(size, 1024)
+        if len(lines) < want:
+            rng = random.Random(f"distractors-{tv}-{tk}-{len(lines)}")
+            new = [NEEDLE.format(type_needle_v=tv, key=_random(tk, rng), value=_random(tv, rng))
+                   for _ in range(want - len(lines))]
+            lines, costs = lines + new, costs + self.many([x + "\n" for x in new], cache=False)
+            pools[(tv, tk)] = (lines, costs)
+        return lines, costs
+
+    def many(self, pieces: list[str], cache: bool = True) -> list[int]:
+        if not cache:
+            return [len(e.ids) for e in self.t._tok.encode_batch(pieces, add_special_tokens=False)]
         new = [p for p in set(pieces) if p not in self._cache]
         if new:
             for p, e in zip(new, self.t._tok.encode_batch(new, add_special_tokens=False)):
@@ -121,13 +137,15 @@ def vocabulary() -> tuple[str, ...]:
     return tuple(sorted({w for w in re.findall(r"[a-z]{4,12}", sample_text()) if w.isalpha()}))
 
 
-def pseudo_words(rng: random.Random, n: int) -> list[str]:
-    """n distinct pronounceable words (for word lists longer than the vocabulary)."""
+@functools.lru_cache(maxsize=1)
+def word_pool(n: int = 60000) -> tuple[str, ...]:
+    """n distinct pronounceable words, always the same (RULER draws from wonderwords' lists, not bundled here)."""
+    rng = random.Random(1234)
     cons, vows = "bcdfghjklmnprstvz", "aeiou"
     out: set[str] = set()
     while len(out) < n:
         out.add("".join(rng.choice(cons) + rng.choice(vows) for _ in range(rng.randint(2, 4))))
-    return sorted(out)
+    return tuple(sorted(out))
 
 
 def _random(kind: str, rng: random.Random) -> str:
@@ -200,14 +218,21 @@ def niah(task: str, length: int, i: int, rng: random.Random, tok: _Tok, depth: f
             per = tok.n(NOISE + "\n")
             chosen = [NOISE] * max(1, left // per)
         else:
-            chosen, total = [], 0
-            while True:
-                s = NEEDLE.format(type_needle_v=tv, key=_random(tk, rng), value=_random(tv, rng))
-                c = tok.n(s + "\n")
-                if total + c > left:
+            chosen, total, k = [], 0, 0
+            lines, costs = tok.distractors(tv, tk, 0)
+            order = rng.sample(range(len(lines)), len(lines))
+            while True:  # distractor needles in a random order; the pool grows for very long contexts
+                if k == len(order):
+                    lines, costs = tok.distractors(tv, tk, 2 * len(lines))
+                    order += rng.sample(range(k, len(lines)), len(lines) - k)
+                j = order[k]
+                k += 1
+                if keys[0] in lines[j] or any(v in lines[j] for vals in values for v in vals):
+                    continue
+                if total + costs[j] > left:
                     break
-                chosen.append(s)
-                total += c
+                chosen.append(lines[j])
+                total += costs[j]
         joiner = "\n"
     if haystack == "essay":  # at a sentence boundary, the stated fraction of the haystack's tokens before it
         cum, acc = [], 0
@@ -265,8 +290,8 @@ def cwe(length: int, i: int, rng: random.Random, tok: _Tok, freq_cw: int = 30, f
         num_cw: int = 10) -> Item:
     gen = TOKENS_TO_GENERATE["cwe"]
     left = _budget(tok, CWE_TEMPLATE, length, gen)
-    pool = pseudo_words(random.Random(1234), 60000)
-    words = rng.sample(pool, min(len(pool), 20000))
+    pool = word_pool()
+    words = rng.sample(pool, 20000)
     cost = tok.many([" " + w for w in words])
     common, ucw = words[:num_cw], []
     entries = num_cw * freq_cw
@@ -370,6 +395,9 @@ def qa(task: str, length: int, i: int, rng: random.Random, tok: _Tok, data: list
             break
         chosen.append(j)
         used += c
+    if used < 0.9 * left:
+        raise ValueError(f"{task}: the documents of the data file hold {used} tokens, under 90% of the {left} a "
+                         f"{length}-token item needs; give a larger file or shorter lengths")
     rng.shuffle(chosen)
     context = "\n\n".join(f"Document {k + 1}:\n{docs[j]}" for k, j in enumerate(chosen))
     return _item(task, length, i, QA_TEMPLATE, context, list(q["answers"]), "string_match_part", gen,
