@@ -22,6 +22,19 @@ from .targets import Target, make_target
 RESULTS_FILE = "results.jsonl"
 
 
+_COUNTS: dict = {}  # (tokenizer, context) -> text tokens: repeated evaluations of the same items count once
+
+
+def count_tokens(tok, text: str) -> int:
+    key = (tok.path, text)
+    n = _COUNTS.get(key)
+    if n is None:
+        if len(_COUNTS) > 4096:
+            _COUNTS.clear()
+        n = _COUNTS[key] = tok.count(text)
+    return n
+
+
 def config_key(config: RenderConfig) -> str:
     """A short stable hash of a render config (rows of different configs never mix)."""
     blob = json.dumps(config.to_dict(), sort_keys=True, default=str).encode()
@@ -142,7 +155,7 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
         for it in bar:
             row = {"id": it.id, **{k: v for k, v in it.metadata.items() if isinstance(v, (str, int, float, bool))},
                    "metric": it.metric, "target": target.name, "mode": mode, "config_key": ckey, **(extra or {})}
-            text_tokens = tok.count(it.context) if tok is not None and it.context else None
+            text_tokens = count_tokens(tok, it.context) if tok is not None and it.context else None
             t0 = time.perf_counter()
             try:
                 ask = it if not max_new_tokens or it.max_new_tokens <= max_new_tokens else \

@@ -38,6 +38,8 @@ def build_items(suite: str, *, data=None, lengths=("4k",), limit: int | None = N
     if suite == "longbench":
         return longbench.load(data, datasets=tasks, limit=limit)
     if suite == "mrcr":
+        if tasks and not all(str(t).isdigit() for t in tasks):
+            raise ValueError(f"MRCR --tasks are needle counts (2, 4, 8), got {','.join(map(str, tasks))}")
         return mrcr.load(data, needles=[int(t) for t in tasks] if tasks else None, limit=limit)
     if suite == "mmlongbench-doc":
         if documents is None:
