@@ -290,6 +290,7 @@ def cmd_eval(args) -> int:
     args.preset = None
     s = run_suite(args.suite, args.target, out=_check_out_dir(args.out), config=_config(args), dpis=dpis,
                   as_text=args.as_ == "text", progress=not args.quiet, max_new_tokens=args.max_new_tokens,
+                  concurrency=args.concurrency,
                   target_kwargs={"device": args.device} if args.device else None, data=args.data, lengths=lengths,
                   limit=args.limit, seed=args.seed, tasks=args.tasks.split(",") if args.tasks else None,
                   uuid=args.uuid, squad=args.squad, hotpotqa=args.hotpotqa, documents=args.documents)
@@ -399,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="RULER generation seed (default: 0)")
     ev.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), help="cap each task's generation budget")
     ev.add_argument("--device", type=_device, help="in-process targets: cuda or cpu (default: cuda when available)")
+    ev.add_argument("--concurrency", type=_positive_int("--concurrency"), default=1,
+                    help="endpoint targets: requests in flight at once (default: 1)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
     st = sub.add_parser("styles", help="sample rendering styles: contact sheet, distribution plot, configs")

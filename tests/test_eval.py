@@ -45,6 +45,7 @@ class Server:
         from PIL import Image
 
         self.requests = []
+        lock = threading.Lock()  # one generation at a time on the shared model
         app = FastAPI()
 
         @app.get("/v1/models")
@@ -53,6 +54,10 @@ class Server:
 
         @app.post("/v1/chat/completions")
         def chat(body: dict):
+            with lock:
+                return answer(body)
+
+        def answer(body: dict):
             self.requests.append(body)
             content = body["messages"][-1]["content"]
             n = body.get("max_tokens") or 16
@@ -114,6 +119,8 @@ def test_server_target_matches_in_process(local, server, tmp_path):
     assert [x["prediction"] for x in a.rows] == [x["prediction"] for x in b.rows]
     assert [x["score"] for x in a.rows] == [x["score"] for x in b.rows]
     assert [x["visual_tokens"] for x in a.rows] == [x["visual_tokens"] for x in b.rows]
+    c = evaluate(CFG, items(3), remote, progress=False, concurrency=3)  # requests in flight at once
+    assert [x["prediction"] for x in c.rows] == [x["prediction"] for x in a.rows]
     req = server.requests[-1]
     assert req["temperature"] == 0 and req["max_tokens"] == 4
     parts = req["messages"][0]["content"]
@@ -189,3 +196,24 @@ def test_bad_input():
     assert parse_openai_spec("openai:http://h:8000/v1:glyph") == ("http://h:8000/v1", "glyph")
     assert parse_openai_spec("openai:http://h:8000") == ("http://h:8000/v1", None)
     assert parse_openai_spec("openai:https://api.x.com/v1") == ("https://api.x.com/v1", None)
+
+
+def test_concurrent_run_stops_on_a_server_failure_and_resumes(tmp_path):
+    from glyph_rt.eval import Reply, Target
+
+    class Endpoint(Target):
+        name, concurrent, down = "endpoint", True, {"q2"}
+
+        def answer(self, item, config, *, as_text=False):
+            if item.id in self.down:
+                raise RuntimeError("http://x/v1: cannot reach the server")
+            return Reply(item.answers[0], 0, 0, 0.001)
+
+    t = Endpoint()
+    with pytest.raises(RuntimeError, match="cannot reach"):
+        evaluate(CFG, items(), t, as_text=True, out=tmp_path, progress=False, concurrency=2)
+    kept = {x["id"] for x in read_rows(tmp_path / "results.jsonl")}
+    assert "q2" not in kept
+    t.down = set()
+    r = evaluate(CFG, items(), t, as_text=True, out=tmp_path, progress=False, concurrency=2)
+    assert r.accuracy == 100.0 and len(read_rows(tmp_path / "results.jsonl")) == 4

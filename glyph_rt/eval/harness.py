@@ -114,12 +114,13 @@ def _results_path(out) -> Path | None:
 
 def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text: bool = False, out=None,
              tokenizer: str | None = "default", progress: bool = True, extra: dict | None = None,
-             max_new_tokens: int | None = None) -> EvalResult:
+             max_new_tokens: int | None = None, concurrency: int = 1) -> EvalResult:
     """Scores `target` (a Target or a spec for make_target) on `items`, rendering contexts with `config`
     (or sending them as text with as_text). out: a .jsonl file or a directory (results.jsonl in it) that
     receives one row per item and makes the run resumable. tokenizer: counts each context's text tokens
     (default: Qwen's; None skips). extra: fields added to every row (e.g. dpi). max_new_tokens: caps each
-    item's generation budget (quick runs)."""
+    item's generation budget (quick runs). concurrency: requests in flight at once for targets that allow it
+    (endpoints; an in-process model answers one item at a time)."""
     from tqdm import tqdm
 
     from ..render.tokens import get_tokenizer
@@ -148,34 +149,57 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
     tok = get_tokenizer(None if tokenizer == "default" else tokenizer) if tokenizer else None
     todo = [it for it in items if it.id not in done]
     rows_by_id = dict(done)
+
+    def run_one(it: Item) -> dict:
+        row = {"id": it.id, **{k: v for k, v in it.metadata.items() if isinstance(v, (str, int, float, bool))},
+               "metric": it.metric, "target": target.name, "mode": mode, "config_key": ckey, **(extra or {})}
+        text_tokens = count_tokens(tok, it.context) if tok is not None and it.context else None
+        t0 = time.perf_counter()
+        try:
+            ask = it if not max_new_tokens or it.max_new_tokens <= max_new_tokens else \
+                dataclasses.replace(it, max_new_tokens=max_new_tokens)
+            reply = target.answer(ask, config, as_text=as_text)
+        except ValueError as e:  # this item cannot be run (too long for the model, ...): recorded, scored 0
+            row.update(prediction="", score=0.0, text_tokens=text_tokens, visual_tokens=0, pages=0,
+                       compression=None, latency_s=time.perf_counter() - t0, error=str(e))
+        else:
+            vis = reply.visual_tokens
+            row.update(prediction=reply.text, score=score(it, reply.text), answers=it.answers,
+                       text_tokens=text_tokens, visual_tokens=vis, pages=reply.pages,
+                       compression=(text_tokens / vis if vis and text_tokens else (1.0 if as_text else None)),
+                       latency_s=round(reply.latency_s, 6))
+        return row
+
+    workers = max(1, int(concurrency)) if target.concurrent else 1
     f = open(path, "a", encoding="utf-8") if path is not None else None
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{target.name} ({mode})", unit="item",
+               disable=not progress or not todo)
     try:
-        bar = tqdm(todo, desc=f"{target.name} ({mode})", unit="item", disable=not progress or not todo,
-                   initial=len(items) - len(todo), total=len(items))
-        for it in bar:
-            row = {"id": it.id, **{k: v for k, v in it.metadata.items() if isinstance(v, (str, int, float, bool))},
-                   "metric": it.metric, "target": target.name, "mode": mode, "config_key": ckey, **(extra or {})}
-            text_tokens = count_tokens(tok, it.context) if tok is not None and it.context else None
-            t0 = time.perf_counter()
-            try:
-                ask = it if not max_new_tokens or it.max_new_tokens <= max_new_tokens else \
-                    dataclasses.replace(it, max_new_tokens=max_new_tokens)
-                reply = target.answer(ask, config, as_text=as_text)
-            except ValueError as e:  # this item cannot be run (too long for the model, ...): recorded, scored 0
-                row.update(prediction="", score=0.0, text_tokens=text_tokens, visual_tokens=0, pages=0,
-                           compression=None, latency_s=time.perf_counter() - t0, error=str(e))
-            else:
-                vis = reply.visual_tokens
-                row.update(prediction=reply.text, score=score(it, reply.text), answers=it.answers,
-                           text_tokens=text_tokens, visual_tokens=vis, pages=reply.pages,
-                           compression=(text_tokens / vis if vis and text_tokens else (1.0 if as_text else None)),
-                           latency_s=round(reply.latency_s, 6))
-            rows_by_id[it.id] = row
+        def keep(row: dict) -> None:
+            rows_by_id[row["id"]] = row
             if f is not None:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+            bar.update()
+
+        if workers == 1:
+            for it in todo:
+                keep(run_one(it))
+        else:  # requests in flight at once; rows land in completion order, a failure stops the rest
+            from concurrent.futures import ThreadPoolExecutor, as_completed
+
+            with ThreadPoolExecutor(workers) as pool:
+                futures = [pool.submit(run_one, it) for it in todo]
+                try:
+                    for fut in as_completed(futures):
+                        keep(fut.result())
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    raise
     finally:
+        bar.close()
         if f is not None:
             f.close()
     return EvalResult([rows_by_id[i] for i in ids], target.name, mode, config.to_dict())

@@ -56,7 +56,8 @@ def configs_for(config: RenderConfig | None, dpis=None) -> list[RenderConfig]:
 
 def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, config: RenderConfig | None = None,
               dpis=None, as_text: bool = False, progress: bool = True, target_kwargs: dict | None = None,
-              tokenizer: str | None = "default", max_new_tokens: int | None = None, **item_kwargs) -> dict:
+              tokenizer: str | None = "default", max_new_tokens: int | None = None, concurrency: int = 1,
+              **item_kwargs) -> dict:
     """Runs every target (specs or Targets) on the suite's items at each config (image mode) or once as text;
     writes the results, summary and plots under `out`; returns the summary dict."""
     from . import report
@@ -81,7 +82,7 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
             for cfg in ([cfgs[0]] if as_text else cfgs):
                 r = evaluate(cfg, items, target, as_text=as_text, out=out / RESULTS_FILE, tokenizer=tokenizer,
                              progress=progress, extra=None if as_text else {"dpi": cfg.dpi},
-                             max_new_tokens=max_new_tokens)
+                             max_new_tokens=max_new_tokens, concurrency=concurrency)
                 summaries.append({**r.summary(), "dpi": None if as_text else cfg.dpi})
         finally:
             if not isinstance(spec, Target):

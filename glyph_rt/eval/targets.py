@@ -40,6 +40,7 @@ def text_prompt(item) -> str:
 class Target:
     name: str = "target"
     model_type: str = "glm4v"  # whose resize rule counts the visual tokens of pages
+    concurrent: bool = False  # answer() may run in several threads at once
 
     def answer(self, item, config: RenderConfig, *, as_text: bool = False) -> Reply:
         raise NotImplementedError
@@ -166,6 +167,8 @@ def png_data_uri(image) -> str:
 
 class OpenAITarget(Target):
     """Any OpenAI-compatible chat endpoint (glyph_rt's server, vLLM serving Glyph, a text-only LLM)."""
+
+    concurrent = True
 
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
                  timeout: float = 600.0, max_retries: int = 2, model_type: str = "glm4v"):
