@@ -227,7 +227,7 @@ def niah(task: str, length: int, i: int, rng: random.Random, tok: _Tok, depth: f
                     order += rng.sample(range(k, len(lines)), len(lines) - k)
                 j = order[k]
                 k += 1
-                if keys[0] in lines[j] or any(v in lines[j] for vals in values for v in vals):
+                if any(k_ in lines[j] for k_ in keys) or any(v in lines[j] for vals in values for v in vals):
                     continue
                 if total + costs[j] > left:
                     break
