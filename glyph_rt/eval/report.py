@@ -203,6 +203,9 @@ def plot(rows: list[dict], out_dir, suite: str = "") -> list[Path]:
             ys = [100 * _mean(r["score"] for r in rs if length_of(r) == n) for n in lengths]
             ax.plot(lengths, ys, marker="o", linestyle="--" if key[1] == "text" else "-", label=run_label(key))
     ax.set_xscale("log", base=2)
+    ticks = sorted({length_of(r) for r in rows if length_of(r)})
+    ax.set_xticks(ticks, [f"{n // 1024}K" if n >= 1024 else str(n) for n in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("context length (text tokens)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{suite} accuracy vs context length".strip())
@@ -221,14 +224,17 @@ def plot(rows: list[dict], out_dir, suite: str = "") -> list[Path]:
         pts = sorted((compression(rs)[0], 100 * _mean(r["score"] for r in rs), k[2])
                      for k, rs in runs.items() if k[0] == t and k[1] == "image")
         pts = [p_ for p_ in pts if p_[0] == p_[0]]
+        color = None
         if pts:
-            ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], marker="o", label=t)
+            line, = ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], marker="o", label=t)
+            color = line.get_color()
             for x, y, dpi in pts:
                 if dpi is not None:
                     ax.annotate(f"{dpi:g} dpi", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         for k, rs in runs.items():
             if k[0] == t and k[1] == "text":
-                ax.axhline(100 * _mean(r["score"] for r in rs), linestyle="--", color="grey", label=f"{t} (text)")
+                ax.axhline(100 * _mean(r["score"] for r in rs), linestyle="--", color=color or "grey",
+                           label=f"{t} (text)")
     ax.set_xlabel("compression (text tokens / visual tokens)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{suite} accuracy vs compression".strip())
