@@ -72,11 +72,11 @@ def page_images(item, config: RenderConfig) -> list:
 class GlyphModelTarget(Target):
     """A local checkpoint run in this process by GlyphModel (glyph_rt's rendering, prompt and kernels)."""
 
-    def __init__(self, path, *, device=None, kernels: str = "auto", dtype=None):
+    def __init__(self, path, *, device=None, kernels: str = "auto", dtype=None, name: str | None = None):
         from ..models import GlyphModel
 
         self.path = str(path)
-        self.name = Path(path).name or str(path)
+        self.name = name or Path(path).resolve().name
         self.model = GlyphModel.from_pretrained(path, kernels=kernels, dtype=dtype, device=device)
         self.model_type = self.model.model_type
 
@@ -171,7 +171,7 @@ class OpenAITarget(Target):
     concurrent = True
 
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
-                 timeout: float = 600.0, max_retries: int = 2, model_type: str = "glm4v"):
+                 timeout: float = 600.0, max_retries: int = 2, model_type: str = "glm4v", name: str | None = None):
         from openai import OpenAI
 
         self.base_url = base_url
@@ -184,7 +184,7 @@ class OpenAITarget(Target):
             model = models[0]
         self.model = model
         self.model_type = model_type
-        self.name = model
+        self.name = name or model
 
     def answer(self, item, config: RenderConfig, *, as_text: bool = False) -> Reply:
         from ..render.tokens import visual_tokens
@@ -228,7 +228,8 @@ class OpenAITarget(Target):
 
 def make_target(spec, **kwargs) -> Target:
     """A Target from a spec: a local checkpoint directory, or openai:URL[:MODEL]; a Target passes through.
-    kwargs go to the target (GlyphModelTarget: device, kernels, dtype; OpenAITarget: api_key, timeout)."""
+    kwargs go to the target (both: name, the label of its rows and tables, by default the checkpoint directory's
+    or the served model's name; GlyphModelTarget: device, kernels, dtype; OpenAITarget: api_key, timeout)."""
     if isinstance(spec, Target):
         return spec
     spec = str(spec)
