@@ -297,7 +297,7 @@ def cmd_eval(args) -> int:
     for r in s["runs"]:
         dpi = f" @ {r['dpi']:g} dpi" if r["dpi"] is not None else ""
         _print(f"{r['target']} ({r['mode']}{dpi}): accuracy {r['accuracy']:.2f} on {r['items']} items, "
-               f"compression {r['compression']:.2f}x" + (f", {r['errors']} errors" if r["errors"] else ""))
+               f"compression {r['compression']:.2f}x overall" + (f", {r['errors']} errors" if r["errors"] else ""))
     _print(f"wrote {args.out}/results.jsonl, summary.md, accuracy_vs_length.png, accuracy_vs_compression.png")
     return 0
 
