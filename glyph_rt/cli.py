@@ -293,7 +293,8 @@ def cmd_eval(args) -> int:
                   concurrency=args.concurrency,
                   target_kwargs={"device": args.device} if args.device else None, data=args.data, lengths=lengths,
                   limit=args.limit, seed=args.seed, tasks=args.tasks.split(",") if args.tasks else None,
-                  uuid=args.uuid, squad=args.squad, hotpotqa=args.hotpotqa, documents=args.documents)
+                  uuid=args.uuid, squad=args.squad, hotpotqa=args.hotpotqa, documents=args.documents,
+                  truncate=args.truncate)
     for r in s["runs"]:
         dpi = f" @ {r['dpi']:g} dpi" if r["dpi"] is not None else ""
         _print(f"{r['target']} ({r['mode']}{dpi}): accuracy {r['accuracy']:.2f} on {r['items']} items, "
@@ -398,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--squad", help="RULER qa_1: a SQuAD JSON file")
     ev.add_argument("--hotpotqa", help="RULER qa_2: a HotpotQA JSON file")
     ev.add_argument("--seed", type=int, default=0, help="RULER generation seed (default: 0)")
+    ev.add_argument("--truncate", type=_positive_int("--truncate"), help="LongBench: keep the first and last halves "
+                    "of contexts over this many tokens (LongBench's truncation)")
     ev.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), help="cap each task's generation budget")
     ev.add_argument("--device", type=_device, help="in-process targets: cuda or cpu (default: cuda when available)")
     ev.add_argument("--concurrency", type=_positive_int("--concurrency"), default=1,

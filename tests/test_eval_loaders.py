@@ -36,6 +36,10 @@ def test_longbench(tmp_path):
     trec = items[-1]
     assert trec.metadata["first_line"] and score(trec, "Entity\nHuman") == 1.0
     assert len(longbench.load(tmp_path, datasets=["hotpotqa"], limit=2)) == 2
+    long_ctx = "alpha " * 300 + "omega " * 300
+    cut = longbench.truncate_middle(long_ctx, 100)
+    assert cut.startswith("alpha alpha") and cut.rstrip().endswith("omega") and 95 <= len(cut.split()) <= 100
+    assert longbench.truncate_middle("short text", 100) == "short text"
     with pytest.raises(ValueError, match="unknown"):
         longbench.load(tmp_path, datasets=["nope"])
     (tmp_path / "qasper.jsonl").write_text('{"input": 1}\nnot json\n')

@@ -131,9 +131,23 @@ def files(path) -> list[Path]:
     return out
 
 
-def load(path, datasets=None, limit: int | None = None) -> list[Item]:
+def truncate_middle(text: str, max_tokens: int, tokenizer: str | None = "default") -> str:
+    """LongBench's truncation (pred.py): over max_tokens, keep the first and the last max_tokens / 2 tokens."""
+    from ...render.tokens import get_tokenizer
+
+    tok = get_tokenizer(None if tokenizer == "default" else tokenizer)._tok
+    ids = tok.encode(text, add_special_tokens=False).ids
+    if len(ids) <= max_tokens:
+        return text
+    half = max_tokens // 2
+    return tok.decode(ids[:half], skip_special_tokens=True) + tok.decode(ids[-half:], skip_special_tokens=True)
+
+
+def load(path, datasets=None, limit: int | None = None, truncate: int | None = None) -> list[Item]:
     """Items of the LongBench JSONL files under `path` (a file or a directory of <dataset>.jsonl), at most
-    `limit` per dataset; `datasets` picks some (names of DATASETS)."""
+    `limit` per dataset; `datasets` picks some (names of DATASETS). truncate: contexts over this many tokens
+    (Qwen's tokenizer) keep their first and last halves, as LongBench truncates for a model's window; the same
+    truncated items then go to the pages and to the text baseline."""
     if datasets:
         bad = [d for d in datasets if d not in DATASETS]
         if bad:
@@ -158,6 +172,8 @@ def load(path, datasets=None, limit: int | None = None) -> list[Item]:
             dataset = row.get("dataset") or dataset_of(f)
             if datasets and dataset not in datasets:
                 continue
+            if truncate:
+                row = {**row, "context": truncate_middle(row.get("context") or "", truncate)}
             items.append(item_from_row(row, dataset, n, str(f)))
             counted += 1
             if limit and counted >= limit:
