@@ -20,8 +20,6 @@ from .metrics import score
 from .targets import Target, make_target
 
 RESULTS_FILE = "results.jsonl"
-
-
 _COUNTS: dict = {}  # (tokenizer, context) -> text tokens: repeated evaluations of the same items count once
 
 
@@ -138,7 +136,7 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
                              "sent as text")
     target = make_target(target) if not isinstance(target, Target) else target
     mode = "text" if as_text else "image"
-    ckey = config_key(config)
+    ckey = "text" if as_text else config_key(config)  # text rows do not depend on the render config
     path = _results_path(out)
     done: dict[str, dict] = {}
     if path is not None:
