@@ -127,6 +127,15 @@ def test_glyph_evaluation_layout(tmp_path):
     assert by["r3"].metric == "string_match_part" and by["m1"].metric == "mrcr"
     assert score(by["m1"], "zzho") == 1.0
     assert "r2" in {it.id for it in glyph_data.load(tmp_path, uuid=True)}
+    from PIL import Image
+
+    Image.new("RGB", (56, 56), "white").save(tmp_path / "p1.png")
+    write_jsonl(tmp_path / "pre.jsonl", [{"unique_id": "p", "task_name": "vt", "context": "VAR A = 1",
+                                          "question": "q", "outputs": ["A"], "image_paths": [str(tmp_path / "p1.png")]}])
+    pre, = glyph_data.load(tmp_path / "pre.jsonl", rendered=True)
+    assert pre.images == [str(tmp_path / "p1.png")] and pre.context == "VAR A = 1"
+    with pytest.raises(ValueError, match="image_paths are missing"):
+        glyph_data.load(ruler_dir, rendered=True)
     (tmp_path / "bad.json").write_text(json.dumps([{"foo": 1}]))
     with pytest.raises(ValueError, match="not a RULER, LongBench or MRCR row"):
         glyph_data.load(tmp_path / "bad.json")

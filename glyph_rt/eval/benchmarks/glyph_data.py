@@ -5,8 +5,8 @@
 - LongBench: <dataset>.jsonl with LongBench's fields (and Glyph's unique_id, config): longbench.item_from_row.
 - MRCR: processed_<n>needle_*.json(l), rows with LongBench-like {unique_id, context, question} or MRCR's own
   {prompt, answer, random_string_to_prepend}.
-Rows are recognised by their fields; pre-rendered image_paths and per-row configs are ignored (pages are
-rendered by glyph_rt with the run's config).
+Rows are recognised by their fields. Pages are rendered by glyph_rt with the run's config (per-row configs are
+ignored), or, with rendered=True, the pages Glyph rendered (image_paths) are sent as they are.
 
     items = load("Glyph_Evaluation/ruler/data")
 """
@@ -62,9 +62,10 @@ def mrcr_item(row: dict, index: int, source: str) -> Item:
     return it
 
 
-def load(path, limit: int | None = None, uuid: bool = False) -> list[Item]:
+def load(path, limit: int | None = None, uuid: bool = False, rendered: bool = False) -> list[Item]:
     """Items of Glyph's evaluation files under `path` (a file or a directory, searched recursively);
-    RULER's UUID tasks are left out unless uuid; `limit` rows per file."""
+    RULER's UUID tasks are left out unless uuid; `limit` rows per file. rendered: send the pages Glyph's
+    scripts rendered (the rows' image_paths) instead of rendering the context, to compare the two."""
     p = Path(path)
     files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.suffix in (".json", ".jsonl"))
     if not p.exists() or not files:
@@ -90,5 +91,12 @@ def load(path, limit: int | None = None, uuid: bool = False) -> list[Item]:
             else:
                 raise ValueError(f"{f}:{i + 1}: not a RULER, LongBench or MRCR row of Glyph's evaluation data "
                                  f"(fields: {', '.join(sorted(row)[:8])})")
+            if rendered:
+                paths = row.get("image_paths") or []
+                missing = [p_ for p_ in paths if not Path(p_).is_file()]
+                if not paths or missing:
+                    raise ValueError(f"{f}:{i + 1}: rendered=True, but the row's image_paths are "
+                                     f"{'missing' if not paths else 'not files: ' + missing[0]}")
+                items[-1].images = list(paths)
             taken += 1
     return items
