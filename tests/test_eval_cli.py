@@ -50,6 +50,9 @@ def test_eval_ruler_dpi_sweep_text_baseline_and_resume(ckpt, tmp_path, capsys):
     assert sorted(r["id"] for r in text) == sorted(r["id"] for r in rows if r.get("dpi") == 72.0)
     assert all(r["visual_tokens"] == 0 for r in text) and (tmp_path / "items.jsonl").read_text() == items
     assert "(text)" in (tmp_path / "summary.md").read_text()
+    # other item options into the same --out: an error, not the old items scored silently
+    assert main(args(ckpt, tmp_path, "--lengths", "2k")) == 2
+    assert "holds the items of another run (lengths: [1024] then [2048])" in capsys.readouterr().err
     capsys.readouterr()
 
 

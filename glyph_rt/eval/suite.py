@@ -3,7 +3,8 @@ summary table and plots. `glyph-rt eval` is this module's front end.
 
     run_suite("ruler", ["path/to/ckpt"], out="runs/ruler", lengths=["4k", "8k"], dpis=[72, 96, 120])
 
-OUT/items.jsonl holds the items (written once, reused by a resumed run), OUT/results.jsonl one row per item and
+OUT/items.jsonl holds the items (written once with items_spec.json, the options that made them, and reused by a
+resumed run; other options there are an error), OUT/results.jsonl one row per item and
 run (append-only; a rerun skips the rows already there), OUT/summary.md and summary.json the tables, and
 OUT/accuracy_vs_length.png, OUT/accuracy_vs_compression.png the plots.
 """
@@ -66,13 +67,21 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    items_path = out / "items.jsonl"
+    items_path, spec_path = out / "items.jsonl", out / "items_spec.json"
     if items is None:
-        if items_path.exists():
-            items = load_items(items_path)  # a resumed run scores the very same items
+        spec = json.loads(json.dumps({"suite": suite, **item_kwargs}, default=str))
+        if items_path.exists():  # a resumed run scores the very same items
+            old = json.loads(spec_path.read_text(encoding="utf-8")) if spec_path.exists() else None
+            if old is not None and old != spec:
+                diff = ", ".join(f"{k}: {old.get(k)!r} then {spec.get(k)!r}" for k in sorted(set(old) | set(spec))
+                                 if old.get(k) != spec.get(k))
+                raise ValueError(f"{out} holds the items of another run ({diff}); use another --out, or remove "
+                                 f"{items_path.name} there to start over")
+            items = load_items(items_path)
         else:
             items = build_items(suite, tokenizer=tokenizer, **item_kwargs)
             save_items(items, items_path)
+            _write(spec_path, json.dumps(spec, indent=1) + "\n")
     if not items:
         raise ValueError(f"suite {suite}: no items (check --data, --tasks and --limit)")
     cfgs = configs_for(config, dpis)
