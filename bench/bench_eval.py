@@ -43,14 +43,15 @@ def main(argv=None):
     ap.add_argument("--length", default="128k", help="context length in tokens (default: 128k)")
     ap.add_argument("--n", type=int, default=10, help="items per task (default: 10)")
     ap.add_argument("--squad", help="a SQuAD JSON file for qa_1 (default: one built from the sample text)")
-    ap.add_argument("--core", type=int, default=0, help="the CPU core to pin to (default: 0)")
+    ap.add_argument("--core", type=int, default=0, help="the CPU core to pin to (default: 0; -1: no pinning)")
     add_output_args(ap)
     args = ap.parse_args(argv)
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {args.core})
-    import torch
+    if args.core >= 0:
+        import torch
 
-    torch.set_num_threads(1)
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {args.core})
+        torch.set_num_threads(1)
     from glyph_rt import RenderConfig
     from glyph_rt.eval.benchmarks import ruler
     from glyph_rt.render.pages import render

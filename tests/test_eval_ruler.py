@@ -109,6 +109,6 @@ def test_qa_from_squad_and_hotpotqa(tmp_path):
 def test_bench_eval_smoke(tmp_path):
     from bench.bench_eval import main
 
-    main(["--length", "1k", "--n", "1", "--out", str(tmp_path)])
+    main(["--length", "1k", "--n", "1", "--core", "-1", "--out", str(tmp_path)])
     s = json.loads((tmp_path / "eval-ruler-1k.json").read_text())["summary"]
     assert s["tasks"] == 12 and s["items"] == 12 and s["pages"] >= 12 and s["total_s"] > 0
