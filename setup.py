@@ -51,9 +51,13 @@ EXTRAS_REQUIRE = {
     "scripts": ["python-bidi>=0.5", "arabic-reshaper>=3"],
     # training data: Parquet and `datasets` corpora, `glyph-rt make-data` shards
     "train": ["pyarrow", "datasets"],
+    # `glyph-rt eval`: endpoint targets, LongBench's rouge and code-sim, plots, parquet (MRCR)
+    "eval": ["openai>=1.0", "rouge", "rapidfuzz", "matplotlib", "pyarrow"],
+    "eval-zh": ["jieba"],  # LongBench's Chinese metrics (qa_f1_zh, rouge_zh) segment words with it
 }
-EXTRAS_REQUIRE["test"] = ["pytest", "hypothesis", "matplotlib", "transformers>=5.0", *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"],
-                           *EXTRAS_REQUIRE["train"]]
+EXTRAS_REQUIRE["test"] = list(dict.fromkeys([
+    "pytest", "hypothesis", "matplotlib", "transformers>=5.0", "fastapi", "uvicorn",
+    *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"], *EXTRAS_REQUIRE["train"], *EXTRAS_REQUIRE["eval"]]))
 
 
 class CMakeExtension(Extension):
