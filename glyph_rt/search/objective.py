@@ -1,0 +1,165 @@
+"""What the search optimises: evaluators (config -> accuracy, compression, extra) and the goal
+that ranks their scores (max compression s.t. accuracy >= floor, or the Pareto front)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from ..render.config import RenderConfig
+
+
+@dataclass
+class Score:
+    accuracy: float
+    compression: float
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """Anything that scores a RenderConfig. `describe()` identifies it in the history header (a run
+    resumes only with the same objective)."""
+
+    def __call__(self, config: RenderConfig) -> Score: ...
+
+    def describe(self) -> dict: ...
+
+
+class SyntheticObjective:
+    """A cheap stand-in with a known optimum, shaped like the real trade-off.
+
+    Glyph height in pixels px = font_size * dpi / 72; accuracy = clip((px - 3) / 9, 0, 1) rises with
+    it; compression = 100 / (px^2 * (line_height / font_size) * horizontal_scale) falls with the
+    pixels a character covers. Under accuracy >= floor the optimum is px = 3 + 9 * floor, line_height =
+    font_size and the smallest horizontal_scale: `optimum(h_scale_min)` gives its compression.
+    """
+
+    def __init__(self, floor: float = 0.5):
+        self.floor = floor
+
+    def __call__(self, config: RenderConfig) -> Score:
+        px = config.font_size * config.dpi / 72
+        acc = min(max((px - 3) / 9, 0.0), 1.0)
+        comp = 100 / (px * px * (config.line_height / config.font_size) * config.horizontal_scale)
+        return Score(acc, comp, {"glyph_px": round(px, 4)})
+
+    def optimum(self, h_scale_min: float) -> float:
+        px = 3 + 9 * self.floor
+        return 100 / (px * px * h_scale_min)
+
+    def describe(self) -> dict:
+        return {"kind": "synthetic", "floor": self.floor}
+
+
+class EvalObjective:
+    """Scores a config with the evaluation harness: glyph_rt.eval.evaluate(config, items, target)."""
+
+    def __init__(self, items, target, name: str = "eval", **kw):
+        self.items, self.target, self.name, self.kw = list(items), target, name, kw
+
+    def __call__(self, config: RenderConfig) -> Score:
+        from ..eval import evaluate
+
+        r = evaluate(config, self.items, self.target, **self.kw)
+        extra = {k: v for k, v in (getattr(r, "extra", None) or {}).items()}
+        return Score(float(r.accuracy), float(r.compression), extra)
+
+    def describe(self) -> dict:
+        return {"kind": "eval", "name": self.name, "items": len(self.items), "target": repr(self.target)[:200]}
+
+
+# ----------------------------------------------------------------- the goal: ranking scores
+GOALS = ("constrained", "pareto")
+
+
+@dataclass
+class Goal:
+    """`constrained`: the best config has the highest compression among those with accuracy >= floor
+    (configs under the floor rank below, by accuracy). `pareto`: non-dominated rank, then crowding
+    distance (NSGA-II); the best is the front's config of highest compression above the floor."""
+
+    mode: str = "constrained"
+    floor: float = 0.0
+
+    def __post_init__(self):
+        if self.mode not in GOALS:
+            raise ValueError(f"objective.mode: {self.mode!r} is not one of {', '.join(GOALS)}")
+        if not isinstance(self.floor, (int, float)) or not math.isfinite(self.floor):
+            raise ValueError(f"objective.floor: {self.floor!r} is not a number")
+
+    def feasible(self, e: dict) -> bool:
+        return e.get("accuracy") is not None and e["accuracy"] >= self.floor
+
+    def _key(self, e: dict):
+        if e.get("accuracy") is None:  # failed evaluation
+            return (0, -math.inf, -math.inf, e["hash"])
+        if self.feasible(e):
+            return (2, e["compression"], e["accuracy"], e["hash"])
+        return (1, e["accuracy"], e["compression"], e["hash"])
+
+    def rank(self, entries: list[dict]) -> list[dict]:
+        """Entries (dicts with hash, accuracy, compression) best first, ties broken by hash."""
+        if self.mode == "constrained":
+            return sorted(entries, key=self._key, reverse=True)
+        ok = [e for e in entries if e.get("accuracy") is not None]
+        bad = sorted((e for e in entries if e.get("accuracy") is None), key=lambda e: e["hash"])
+        out = []
+        for front in pareto_fronts(ok):
+            dist = crowding(front)
+            out += sorted(front, key=lambda e: (-dist[e["hash"]], -e["compression"], e["hash"]))
+        return out + bad
+
+    def best(self, entries: list[dict]) -> dict | None:
+        ranked = sorted(entries, key=self._key, reverse=True)
+        return ranked[0] if ranked else None
+
+    def progress(self, entries: list[dict]) -> tuple:
+        """What must grow for a generation to count as an improvement: (best feasible compression,
+        best accuracy) for `constrained`; (hypervolume, best accuracy) for `pareto`."""
+        ok = [e for e in entries if e.get("accuracy") is not None]
+        acc = max((e["accuracy"] for e in ok), default=-math.inf)
+        if self.mode == "pareto":
+            return (hypervolume(ok), acc)
+        comp = max((e["compression"] for e in ok if self.feasible(e)), default=-math.inf)
+        return (comp, acc)
+
+
+def dominates(a: dict, b: dict) -> bool:
+    return (a["accuracy"] >= b["accuracy"] and a["compression"] >= b["compression"]
+            and (a["accuracy"] > b["accuracy"] or a["compression"] > b["compression"]))
+
+
+def pareto_fronts(entries: list[dict]) -> list[list[dict]]:
+    """Non-dominated sorting: the first list is the Pareto front, each next one the front without it."""
+    rest, fronts = list(entries), []
+    while rest:
+        front = [e for e in rest if not any(dominates(o, e) for o in rest)]
+        fronts.append(front)
+        ids = {id(e) for e in front}
+        rest = [e for e in rest if id(e) not in ids]
+    return fronts
+
+
+def crowding(front: list[dict]) -> dict:
+    dist = {e["hash"]: 0.0 for e in front}
+    for k in ("accuracy", "compression"):
+        s = sorted(front, key=lambda e: (e[k], e["hash"]))
+        span = s[-1][k] - s[0][k] or 1.0
+        dist[s[0]["hash"]] = dist[s[-1]["hash"]] = math.inf
+        for i in range(1, len(s) - 1):
+            dist[s[i]["hash"]] += (s[i + 1][k] - s[i - 1][k]) / span
+    return dist
+
+
+def hypervolume(entries: list[dict]) -> float:
+    """Area dominated by the front above (accuracy 0, compression 0)."""
+    if not entries:
+        return 0.0
+    front = sorted(pareto_fronts(entries)[0], key=lambda e: -e["compression"])
+    area, acc = 0.0, 0.0
+    for e in front:  # compression falls, accuracy rises along the front
+        if e["accuracy"] > acc:
+            area += max(e["compression"], 0.0) * (e["accuracy"] - acc)
+            acc = e["accuracy"]
+    return area
