@@ -3,6 +3,7 @@ that ranks their scores (max compression s.t. accuracy >= floor, or the Pareto f
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -35,10 +36,12 @@ class SyntheticObjective:
     font_size and the smallest horizontal_scale: `optimum(h_scale_min)` gives its compression.
     """
 
-    def __init__(self, floor: float = 0.5):
-        self.floor = floor
+    def __init__(self, floor: float = 0.5, delay: float = 0.0):
+        self.floor, self.delay = floor, delay
 
     def __call__(self, config: RenderConfig) -> Score:
+        if self.delay:
+            time.sleep(self.delay)  # stands in for a model's time (resume tests kill a run mid-way)
         px = config.font_size * config.dpi / 72
         acc = min(max((px - 3) / 9, 0.0), 1.0)
         comp = 100 / (px * px * (config.line_height / config.font_size) * config.horizontal_scale)
@@ -67,6 +70,21 @@ class EvalObjective:
 
     def describe(self) -> dict:
         return {"kind": "eval", "name": self.name, "items": len(self.items), "target": repr(self.target)[:200]}
+
+
+def make_objective(settings: dict) -> Objective:
+    """The objective named by settings["evaluator"]: kind synthetic (floor = objective.floor, delay)
+    or eval (glyph_rt.eval.evaluate with `items`, a JSONL file, and `target`, make_target's spec)."""
+    ev = dict(settings["evaluator"])
+    kind = ev.pop("kind", "synthetic")
+    if kind == "synthetic":
+        unknown = set(ev) - {"delay"}
+        if unknown:
+            raise ValueError(f"evaluator: unknown key(s) {sorted(unknown)} for kind synthetic (known: delay)")
+        return SyntheticObjective(float(settings["objective"]["floor"]), float(ev.get("delay", 0.0)))
+    if kind == "eval":
+        return eval_objective(**ev)
+    raise ValueError(f"evaluator.kind: {kind!r} is not one of synthetic, eval")
 
 
 # ----------------------------------------------------------------- the goal: ranking scores
