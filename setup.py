@@ -49,8 +49,11 @@ EXTRAS_REQUIRE = {
     "cjk": ["noto-cjk-sans-otc"],
     # right-to-left text: bidi reordering (UAX #9) and Arabic contextual forms
     "scripts": ["python-bidi>=0.5", "arabic-reshaper>=3"],
+    # `glyph-rt eval`: endpoint targets, LongBench's rouge and code-sim, plots, parquet (MRCR)
+    "eval": ["openai>=1.0", "rouge", "rapidfuzz", "matplotlib", "pyarrow"],
 }
-EXTRAS_REQUIRE["test"] = ["pytest", "hypothesis", "matplotlib", "transformers>=5.0", *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"]]
+EXTRAS_REQUIRE["test"] = ["pytest", "hypothesis", "matplotlib", "transformers>=5.0", *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"],
+                            *EXTRAS_REQUIRE["eval"], "fastapi", "uvicorn"]
 
 
 class CMakeExtension(Extension):

@@ -1,0 +1,158 @@
+"""evaluate(config, items, target) -> EvalResult: accuracy and compression of a target on items at a render config.
+
+Each finished item is one JSON row appended to `out` (flushed and fsynced) the moment it is scored, so a killed
+run loses at most the item in flight; a second call with the same `out` skips the items already there (matched by
+id, target, mode and config) and re-runs nothing. A torn last line from a kill is cut off before appending.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..render.config import RenderConfig
+from .item import Item
+from .metrics import score
+from .targets import Target, make_target
+
+RESULTS_FILE = "results.jsonl"
+
+
+def config_key(config: RenderConfig) -> str:
+    """A short stable hash of a render config (rows of different configs never mix)."""
+    blob = json.dumps(config.to_dict(), sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict]  # one per item, in the order of the items
+    target: str
+    mode: str  # "image" or "text"
+    config: dict = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        """Mean score in percent (0-100), as the papers' tables report it."""
+        return 100.0 * sum(r["score"] for r in self.rows) / len(self.rows) if self.rows else 0.0
+
+    @property
+    def compression(self) -> float:
+        """Text tokens / visual tokens over all items (1.0 for the text baseline)."""
+        vis = sum(r["visual_tokens"] for r in self.rows)
+        text = sum(r["text_tokens"] or 0 for r in self.rows)
+        return text / vis if vis else 1.0
+
+    @property
+    def by_task(self) -> dict[str, float]:
+        tasks: dict[str, list[float]] = {}
+        for r in self.rows:
+            tasks.setdefault(str(r.get("task", "all")), []).append(r["score"])
+        return {t: 100.0 * sum(v) / len(v) for t, v in tasks.items()}
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for r in self.rows if r.get("error"))
+
+    def summary(self) -> dict:
+        return {"target": self.target, "mode": self.mode, "items": len(self.rows), "accuracy": round(self.accuracy, 3),
+                "compression": round(self.compression, 4), "errors": self.errors,
+                "by_task": {k: round(v, 3) for k, v in self.by_task.items()}}
+
+
+def read_rows(path) -> list[dict]:
+    """The complete rows of a results file (a torn last line is ignored)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    rows = []
+    for line in p.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise ValueError(f"{p}: a line is not JSON ({line[:60]!r}); the file is not a results file") from None
+    return rows
+
+
+def _cut_torn_tail(p: Path) -> None:
+    if not p.exists():
+        return
+    data = p.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(p, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def _results_path(out) -> Path | None:
+    if out is None:
+        return None
+    p = Path(out)
+    if p.suffix != ".jsonl":
+        p = p / RESULTS_FILE
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text: bool = False, out=None,
+             tokenizer: str | None = "default", progress: bool = True, extra: dict | None = None) -> EvalResult:
+    """Scores `target` (a Target or a spec for make_target) on `items`, rendering contexts with `config`
+    (or sending them as text with as_text). out: a .jsonl file or a directory (results.jsonl in it) that
+    receives one row per item and makes the run resumable. tokenizer: counts each context's text tokens
+    (default: Qwen's; None skips). extra: fields added to every row (e.g. dpi)."""
+    from tqdm import tqdm
+
+    from ..render.tokens import get_tokenizer
+
+    config = (config or RenderConfig()).validate()
+    items = list(items)
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
+        raise ValueError(f"item ids must be unique; repeated: {', '.join(dup)}")
+    target = make_target(target) if not isinstance(target, Target) else target
+    mode = "text" if as_text else "image"
+    ckey = config_key(config)
+    path = _results_path(out)
+    done: dict[str, dict] = {}
+    if path is not None:
+        _cut_torn_tail(path)
+        for r in read_rows(path):
+            if r.get("target") == target.name and r.get("mode") == mode and r.get("config_key") == ckey:
+                done[r["id"]] = r
+    tok = get_tokenizer(None if tokenizer == "default" else tokenizer) if tokenizer else None
+    todo = [it for it in items if it.id not in done]
+    rows_by_id = dict(done)
+    f = open(path, "a", encoding="utf-8") if path is not None else None
+    try:
+        bar = tqdm(todo, desc=f"{target.name} ({mode})", unit="item", disable=not progress or not todo,
+                   initial=len(items) - len(todo), total=len(items))
+        for it in bar:
+            row = {"id": it.id, **{k: v for k, v in it.metadata.items() if isinstance(v, (str, int, float, bool))},
+                   "metric": it.metric, "target": target.name, "mode": mode, "config_key": ckey, **(extra or {})}
+            text_tokens = tok.count(it.context) if tok is not None and it.context else None
+            t0 = time.perf_counter()
+            try:
+                reply = target.answer(it, config, as_text=as_text)
+            except ValueError as e:  # this item cannot be run (too long for the model, ...): recorded, scored 0
+                row.update(prediction="", score=0.0, text_tokens=text_tokens, visual_tokens=0, pages=0,
+                           compression=None, latency_s=time.perf_counter() - t0, error=str(e))
+            else:
+                vis = reply.visual_tokens
+                row.update(prediction=reply.text, score=score(it, reply.text), answers=it.answers,
+                           text_tokens=text_tokens, visual_tokens=vis, pages=reply.pages,
+                           compression=(text_tokens / vis if vis and text_tokens else (1.0 if as_text else None)),
+                           latency_s=round(reply.latency_s, 6))
+            rows_by_id[it.id] = row
+            if f is not None:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+    finally:
+        if f is not None:
+            f.close()
+    return EvalResult([rows_by_id[i] for i in ids], target.name, mode, config.to_dict())

@@ -1,0 +1,84 @@
+"""Item: one evaluation question (a long context, a question, reference answers, the metric that scores it)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Item:
+    """id: unique within a run (the key of resuming); context: the long text read as pages (or as text with
+    as_text); question: what follows the pages, kept as text; answers: reference answers; metric: a name in
+    glyph_rt.eval.metrics.METRICS; metadata: task, length, depth, ... (copied into each result row).
+    images: page image files instead of a text context (document benchmarks); max_new_tokens: the task's
+    generation budget (RULER's tokens_to_generate)."""
+    id: str
+    context: str
+    question: str
+    answers: list
+    metric: str = "string_match_all"
+    metadata: dict = field(default_factory=dict)
+    images: list = field(default_factory=list)
+    max_new_tokens: int = 128
+
+    def __post_init__(self):
+        from .metrics import METRICS
+
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"Item.id: {self.id!r} must be a non-empty str")
+        if not isinstance(self.context, str) or not isinstance(self.question, str):
+            raise ValueError(f"item {self.id}: context and question must be str")
+        if not self.context.strip() and not self.images:
+            raise ValueError(f"item {self.id}: empty context and no page images")
+        if isinstance(self.answers, str):
+            self.answers = [self.answers]
+        if not isinstance(self.answers, (list, tuple)) or not self.answers:
+            raise ValueError(f"item {self.id}: answers must be a non-empty list, got {self.answers!r:.60}")
+        self.answers = list(self.answers)
+        if self.metric not in METRICS:
+            raise ValueError(f"item {self.id}: metric {self.metric!r} is unknown; choose from {', '.join(METRICS)}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"item {self.id}: max_new_tokens {self.max_new_tokens!r} must be an integer >= 1")
+
+    @property
+    def task(self) -> str:
+        return str(self.metadata.get("task", "all"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Item":
+        known = {"id", "context", "question", "answers", "metric", "metadata", "images", "max_new_tokens"}
+        extra = set(d) - known
+        if extra:
+            raise ValueError(f"item {d.get('id')!r}: unknown fields {sorted(extra)}")
+        return cls(**d)
+
+
+def save_items(items: list[Item], path) -> None:
+    """Writes items as JSONL (temporary file + rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for it in items:
+            f.write(json.dumps(it.to_dict(), ensure_ascii=False) + "\n")
+    tmp.replace(p)
+
+
+def load_items(path) -> list[Item]:
+    """Items from a JSONL file written by save_items; errors name the line."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"items file {str(p)!r} does not exist")
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Item.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise ValueError(f"{p}:{n}: not an item ({e})") from None
+    return out

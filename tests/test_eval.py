@@ -1,0 +1,191 @@
+"""The evaluation harness end to end: a tiny random-weight checkpoint in process and behind a real
+OpenAI-compatible HTTP server on 127.0.0.1, the text baseline, resuming an interrupted run."""
+import base64
+import io
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from glyph_rt import RenderConfig
+from glyph_rt.eval import Item, evaluate, make_target, read_rows
+from glyph_rt.eval.targets import GlyphModelTarget, OpenAITarget, parse_openai_spec
+
+CFG = RenderConfig(page_size=(200, 150))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+
+    return tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))
+
+
+@pytest.fixture(scope="module")
+def local(ckpt):
+    return make_target(str(ckpt), device="cpu")
+
+
+def items(n=4):
+    return [Item(id=f"q{i}", context=f"The magic number of item {i} is {1000 + i}. " * 12,
+                 question="What is the magic number?", answers=[str(1000 + i)], max_new_tokens=4,
+                 metadata={"task": "niah_single_1", "length": 256}) for i in range(n)]
+
+
+class Server:
+    """A FastAPI app speaking OpenAI's /v1/models and /v1/chat/completions, answering from the tiny
+    GlyphModel: image_url pages are decoded from their PNG data URIs; every request is kept."""
+
+    def __init__(self, target: GlyphModelTarget, tmp_path):
+        import uvicorn
+        from fastapi import FastAPI
+        from PIL import Image
+
+        self.requests = []
+        app = FastAPI()
+
+        @app.get("/v1/models")
+        def models():
+            return {"object": "list", "data": [{"id": "tiny-glyph", "object": "model", "owned_by": "test"}]}
+
+        @app.post("/v1/chat/completions")
+        def chat(body: dict):
+            self.requests.append(body)
+            content = body["messages"][-1]["content"]
+            n = body.get("max_tokens") or 16
+            if isinstance(content, str):
+                text = target._generate_text(content, n)
+            else:
+                paths = []
+                for k, part in enumerate(c for c in content if c["type"] == "image_url"):
+                    data = base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
+                    p = tmp_path / f"req{len(self.requests)}_{k}.png"
+                    Image.open(io.BytesIO(data)).convert("RGB").save(p)
+                    paths.append(str(p))
+                question = "".join(c["text"] for c in content if c["type"] == "text")
+                text, _, _ = target._generate_images(Item(id="r", context="", question=question, answers=["x"],
+                                                          images=paths, max_new_tokens=n))
+            return {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}]}
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 10
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.02)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def server(local, tmp_path_factory):
+    s = Server(local, tmp_path_factory.mktemp("srv"))
+    yield s
+    s.stop()
+
+
+def test_in_process_end_to_end(local, tmp_path):
+    r = evaluate(CFG, items(), local, out=tmp_path / "run", progress=False)
+    assert len(r.rows) == 4 and 0 <= r.accuracy <= 100
+    rows = read_rows(tmp_path / "run" / "results.jsonl")
+    assert [x["id"] for x in rows] == ["q0", "q1", "q2", "q3"]
+    for x in rows:
+        assert x["visual_tokens"] > 0 and x["pages"] >= 1 and x["text_tokens"] > 0 and x["latency_s"] > 0
+        assert x["compression"] == pytest.approx(x["text_tokens"] / x["visual_tokens"])
+        assert x["task"] == "niah_single_1" and x["mode"] == "image"
+    assert r.compression == pytest.approx(sum(x["text_tokens"] for x in rows) / sum(x["visual_tokens"] for x in rows))
+
+
+def test_server_target_matches_in_process(local, server, tmp_path):
+    remote = make_target(f"openai:http://127.0.0.1:{server.port}/v1")
+    assert isinstance(remote, OpenAITarget) and remote.model == "tiny-glyph"
+    a = evaluate(CFG, items(3), local, progress=False)
+    b = evaluate(CFG, items(3), remote, out=tmp_path / "remote", progress=False)
+    assert [x["prediction"] for x in a.rows] == [x["prediction"] for x in b.rows]
+    assert [x["score"] for x in a.rows] == [x["score"] for x in b.rows]
+    assert [x["visual_tokens"] for x in a.rows] == [x["visual_tokens"] for x in b.rows]
+    req = server.requests[-1]
+    assert req["temperature"] == 0 and req["max_tokens"] == 4
+    parts = req["messages"][0]["content"]
+    assert parts[-1] == {"type": "text", "text": "What is the magic number?"}
+    assert all(p["image_url"]["url"].startswith("data:image/png;base64,") for p in parts[:-1])
+
+
+def test_text_baseline_sends_the_same_items(server):
+    remote = make_target(f"openai:http://127.0.0.1:{server.port}/v1:tiny-glyph")
+    server.requests.clear()
+    its = items(3)
+    img = evaluate(CFG, its, remote, progress=False)
+    txt = evaluate(CFG, its, remote, as_text=True, progress=False)
+    assert [x["id"] for x in img.rows] == [x["id"] for x in txt.rows]
+    sent = server.requests[3:]
+    assert [r["messages"][0]["content"] for r in sent] == [f"{it.context}\n\n{it.question}" for it in its]
+    assert [r["messages"][0]["content"][-1]["text"] for r in server.requests[:3]] == [it.question for it in its]
+    assert txt.compression == 1.0 and all(x["visual_tokens"] == 0 for x in txt.rows)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_interrupted_run_resumes(local, tmp_path):
+    calls = []
+    real = local.answer
+
+    def flaky(item, config, *, as_text=False):
+        calls.append(item.id)
+        if len(calls) == 3:
+            raise Killed
+        return real(item, config, as_text=as_text)
+
+    local.answer = flaky
+    try:
+        with pytest.raises(Killed):
+            evaluate(CFG, items(), local, out=tmp_path, progress=False)
+        path = tmp_path / "results.jsonl"
+        assert [x["id"] for x in read_rows(path)] == ["q0", "q1"]
+        with open(path, "a") as f:
+            f.write('{"id": "q2", "torn')  # a kill in the middle of a write
+        calls.clear()
+        r = evaluate(CFG, items(), local, out=tmp_path, progress=False)
+    finally:
+        del local.answer
+    assert calls == ["q2", "q3"]  # finished items are not run again
+    assert [x["id"] for x in r.rows] == ["q0", "q1", "q2", "q3"]
+    assert [x["id"] for x in read_rows(path)] == ["q0", "q1", "q2", "q3"]
+    t = evaluate(CFG, items(), local, out=tmp_path, progress=False, as_text=True)  # another mode: its own rows
+    assert [x["mode"] for x in t.rows] == ["text"] * 4 and len(read_rows(path)) == 8
+
+
+def test_too_long_item_is_recorded_not_lost(ckpt, tmp_path):
+    from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+
+    small = make_target(str(tiny_glm4v_checkpoint(tmp_path / "small", max_positions=64)), device="cpu")
+    r = evaluate(CFG, items(1), small, progress=False)
+    assert r.rows[0]["score"] == 0.0 and "positions" in r.rows[0]["error"] and r.errors == 1
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="answers"):
+        Item(id="x", context="c", question="q", answers=[])
+    with pytest.raises(ValueError, match="metric 'nope' is unknown"):
+        Item(id="x", context="c", question="q", answers=["a"], metric="nope")
+    with pytest.raises(ValueError, match="unique"):
+        evaluate(CFG, [items(1)[0], items(1)[0]], "openai:http://127.0.0.1:9/v1:m", progress=False)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        make_target("/nonexistent/ckpt")
+    with pytest.raises(ValueError, match="openai:URL"):
+        make_target("openai:localhost")
+    assert parse_openai_spec("openai:http://h:8000/v1:glyph") == ("http://h:8000/v1", "glyph")
+    assert parse_openai_spec("openai:http://h:8000") == ("http://h:8000/v1", None)
+    assert parse_openai_spec("openai:https://api.x.com/v1") == ("https://api.x.com/v1", None)
