@@ -51,9 +51,11 @@ EXTRAS_REQUIRE = {
     "scripts": ["python-bidi>=0.5", "arabic-reshaper>=3"],
     # `glyph-rt eval`: endpoint targets, LongBench's rouge and code-sim, plots, parquet (MRCR)
     "eval": ["openai>=1.0", "rouge", "rapidfuzz", "matplotlib", "pyarrow"],
+    # `glyph-rt search`: the LLM critic's client, the Pareto plot
+    "search": ["openai>=1.0", "matplotlib"],
 }
 EXTRAS_REQUIRE["test"] = ["pytest", "hypothesis", "matplotlib", "transformers>=5.0", *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"],
-                            *EXTRAS_REQUIRE["eval"], "fastapi", "uvicorn"]
+                            *EXTRAS_REQUIRE["eval"], *EXTRAS_REQUIRE["search"], "fastapi", "uvicorn"]
 
 
 class CMakeExtension(Extension):

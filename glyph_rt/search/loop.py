@@ -231,7 +231,9 @@ class Search:
     def offspring(self, g: int, ranked: list[dict], counts: Counter) -> list[dict]:
         s, op = self.s, self.s["operators"]
         rng = random.Random(f"glyph_rt.search:{s['seed']}:{g}")
-        seen = set(self.cache) | {e["hash"] for e in ranked}
+        # configs of earlier generations are duplicates; this generation's, evaluated before a kill, are
+        # drawn again (and found in the cache) so a resumed generation equals the uninterrupted one
+        seen = {h for h, e in self.cache.items() if e["generation"] < g} | {e["hash"] for e in ranked}
         out: list[dict] = []
         rec = self.hist.critic(g)
         if rec is None and self.critic is not None:

@@ -56,20 +56,41 @@ class SyntheticObjective:
 
 
 class EvalObjective:
-    """Scores a config with the evaluation harness: glyph_rt.eval.evaluate(config, items, target)."""
+    """Scores a config with the evaluation harness: glyph_rt.eval.evaluate(config, items, target).
 
-    def __init__(self, items, target, name: str = "eval", **kw):
-        self.items, self.target, self.name, self.kw = list(items), target, name, kw
+    accuracy is the harness's mean score as a fraction (its percent / 100), compression its text
+    tokens / visual tokens over all items; extra holds the errors and per-task accuracies. `out`, a
+    directory, keeps each config's rows (the harness resumes them)."""
+
+    def __init__(self, items, target, out=None, name: str | None = None):
+        from ..eval import make_target
+
+        self.items = list(items)
+        if not self.items:
+            raise ValueError("evaluator: no items to evaluate on")
+        self.target = make_target(target)
+        self.name = name or self.target.name
+        self.out = out
 
     def __call__(self, config: RenderConfig) -> Score:
         from ..eval import evaluate
+        from .space import config_hash
 
-        r = evaluate(config, self.items, self.target, **self.kw)
-        extra = {k: v for k, v in (getattr(r, "extra", None) or {}).items()}
-        return Score(float(r.accuracy), float(r.compression), extra)
+        out = None if self.out is None else f"{self.out}/{config_hash(config)}.jsonl"
+        r = evaluate(config, self.items, self.target, out=out, progress=False)
+        return Score(r.accuracy / 100.0, float(r.compression),
+                     {"errors": r.errors, "by_task": {k: round(v / 100, 6) for k, v in r.by_task.items()}})
 
     def describe(self) -> dict:
-        return {"kind": "eval", "name": self.name, "items": len(self.items), "target": repr(self.target)[:200]}
+        return {"kind": "eval", "target": self.name, "items": [it.id for it in self.items]}
+
+
+def eval_objective(items: str, target: str, out: str | None = None, **target_kw) -> EvalObjective:
+    """An EvalObjective from settings: `items` a JSONL file (glyph_rt.eval.save_items), `target` a
+    checkpoint directory or openai:URL[:MODEL]; other keys go to make_target."""
+    from ..eval import load_items, make_target
+
+    return EvalObjective(load_items(items), make_target(target, **target_kw), out=out)
 
 
 def make_objective(settings: dict) -> Objective:

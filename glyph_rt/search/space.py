@@ -22,7 +22,7 @@ class Gene:
     """One searchable parameter: a number in [lo, hi] (snapped to `step`), a choice, or a flag."""
 
     name: str
-    kind: str  # "num" | "int" | "choice" | "bool"
+    kind: str  # "num" | "int" | "choice" | "bool" | "colors" (any page/para/font triplet; mutation picks `choices`)
     lo: float = 0.0
     hi: float = 0.0
     step: float = 0.0
@@ -51,6 +51,15 @@ class Gene:
             if isinstance(v, str) and v.lower() in ("true", "false"):
                 return v.lower() == "true"
             raise ValueError(f"{self.name}: {v!r} is not true or false")
+        if self.kind == "colors":
+            parts = v.split("/") if isinstance(v, str) else []
+            try:
+                if len(parts) != 3:
+                    raise ConfigError("")
+                return "/".join(color_hex(parse_color(x.strip())) for x in parts)
+            except ConfigError:
+                raise ValueError(f"{self.name}: {v!r} is not 'PAGE/PARAGRAPH/FONT' colours (#RRGGBB/#RRGGBB/#RRGGBB)") \
+                    from None
         if v not in self.choices:
             raise ValueError(f"{self.name}: {v!r} is not one of {list(self.choices)}")
         return v
@@ -68,6 +77,9 @@ class Gene:
             return f"{self.name}: {self.kind} in [{self.lo:g}, {self.hi:g}]{step}. {self.help}".strip()
         if self.kind == "bool":
             return f"{self.name}: true/false. {self.help}".strip()
+        if self.kind == "colors":
+            return f"{self.name}: '#RRGGBB/#RRGGBB/#RRGGBB' (page/paragraph/font; readable contrast), e.g. " \
+                   f"{json.dumps(list(self.choices[:4]))}"
         return f"{self.name}: one of {json.dumps(list(self.choices))}. {self.help}".strip()
 
 
@@ -126,7 +138,7 @@ class SearchSpace:
             Gene("space_before", "num", 0, space_hi, 0.5, help="points"),
             Gene("space_after", "num", 0, space_hi, 0.5, help="points"),
             Gene("horizontal_scale", "num", hs[0], hs[-1], 0.05),
-            Gene("colors", "choice", choices=tuple(colors), help="page/paragraph/font colour"),
+            Gene("colors", "colors", choices=tuple(colors)),
             Gene("border_width", "num", 0, b["width"][1], 0.25, help="points, 0 = none"),
             Gene("border_padding", "num", 0, b["padding"][1], 0.5, help="points"),
             Gene("newline_markup", "choice", choices=tuple(markers)),
@@ -142,14 +154,14 @@ class SearchSpace:
         c = config
         fs = float(c.font_size)
         font = Path(c.font_path).name if c.font_path else Path(_font_of_family(c.font_family)).name
+        em = lambda x: self.genes["first_line_indent"].snap(x / fs)  # noqa: E731 (indents in em, on the gene grid)
         g = {
             "dpi": int(round(c.dpi)), "page_width": round(float(c.page_size[0]), 4),
             "page_aspect": round(c.page_size[1] / c.page_size[0], 4), "font": font, "font_size": fs,
             "line_height_delta": round(c.line_height - fs, 4), "alignment": c.alignment,
             "margin_x": float(c.margin_x), "margin_y": float(c.margin_y),
-            "first_line_indent": round(c.first_line_indent / fs, 4),
-            "block_indent": round(max(c.left_indent, c.right_indent) / fs, 4),
-            "hanging_indent": round(c.hanging_indent / fs, 4),
+            "first_line_indent": em(c.first_line_indent), "block_indent": em(max(c.left_indent, c.right_indent)),
+            "hanging_indent": em(c.hanging_indent),
             "space_before": float(c.space_before), "space_after": float(c.space_after),
             "horizontal_scale": float(c.horizontal_scale), "colors": _colors(c),
             "border_width": float(c.border_width), "border_padding": float(c.border_padding),
@@ -172,9 +184,9 @@ class SearchSpace:
             page_size=(round(w, 2), round(w * g["page_aspect"], 2)), dpi=int(g["dpi"]), **font_kw,
             margin_x=g["margin_x"], margin_y=g["margin_y"], font_size=fs,
             line_height=round(fs + g["line_height_delta"], 4), alignment=g["alignment"],
-            first_line_indent=round(g["first_line_indent"] * fs, 2),
-            left_indent=round(g["block_indent"] * fs, 2), right_indent=round(g["block_indent"] * fs, 2),
-            hanging_indent=round(g["hanging_indent"] * fs, 2), space_before=g["space_before"],
+            first_line_indent=round(g["first_line_indent"] * fs, 4),
+            left_indent=round(g["block_indent"] * fs, 4), right_indent=round(g["block_indent"] * fs, 4),
+            hanging_indent=round(g["hanging_indent"] * fs, 4), space_before=g["space_before"],
             space_after=g["space_after"], horizontal_scale=g["horizontal_scale"], font_color=font_color,
             page_bg_color=page_bg, para_bg_color=para_bg,
             para_border_color=_mix(font_color, para_bg) if border else para_bg,
