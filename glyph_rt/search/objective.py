@@ -94,8 +94,9 @@ def eval_objective(items: str, target: str, out: str | None = None, **target_kw)
 
 
 def make_objective(settings: dict) -> Objective:
-    """The objective named by settings["evaluator"]: kind synthetic (floor = objective.floor, delay)
-    or eval (glyph_rt.eval.evaluate with `items`, a JSONL file, and `target`, make_target's spec)."""
+    """The objective named by settings["evaluator"]: kind synthetic (floor = objective.floor, delay),
+    legibility (glyph_rt.search.legibility: text, chars, blur, noise, ...) or eval
+    (glyph_rt.eval.evaluate with `items`, a JSONL file, and `target`, make_target's spec)."""
     ev = dict(settings["evaluator"])
     kind = ev.pop("kind", "synthetic")
     if kind == "synthetic":
@@ -105,7 +106,18 @@ def make_objective(settings: dict) -> Objective:
         return SyntheticObjective(float(settings["objective"]["floor"]), float(ev.get("delay", 0.0)))
     if kind == "eval":
         return eval_objective(**ev)
-    raise ValueError(f"evaluator.kind: {kind!r} is not one of synthetic, eval")
+    if kind == "legibility":
+        from ..render.textio import read_text
+        from .legibility import LegibilityObjective
+
+        known = {"text", "chars", "blur", "noise", "max_glyphs", "seed", "model", "tokenizer"}
+        if set(ev) - known:
+            raise ValueError(f"evaluator: unknown key(s) {sorted(set(ev) - known)} for kind legibility "
+                             f"(known: {', '.join(sorted(known))})")
+        if ev.get("text"):
+            ev["text"] = read_text(ev["text"])[0]
+        return LegibilityObjective(**ev)
+    raise ValueError(f"evaluator.kind: {kind!r} is not one of synthetic, legibility, eval")
 
 
 # ----------------------------------------------------------------- the goal: ranking scores
