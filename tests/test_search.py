@@ -284,3 +284,47 @@ def test_resume_replays_the_critic_and_scores_nothing_twice(chat_server, tmp_pat
     assert not set(first.seen) & set(second.seen)
     assert len(first.seen) + len(second.seen) == r.evaluations
     assert len(chat_server.requests) - asked == 1  # only generation 3 (gens 1-2 were logged before the interrupt)
+
+
+# ----------------------------------------------------------------- real objectives
+def test_legibility_objective_measures_compression_and_legibility():
+    from glyph_rt.render.pages import render
+    from glyph_rt.render.tokens import get_tokenizer, visual_tokens
+    from glyph_rt.search.legibility import LegibilityObjective
+
+    obj = LegibilityObjective(chars=4000, max_glyphs=400)
+    big = RenderConfig(font_size=12, line_height=14, dpi=100)
+    small = RenderConfig(font_size=6, line_height=6, dpi=60, horizontal_scale=0.75)
+    a, b = obj(big), obj(small)
+    assert a.accuracy > 0.9 > 0.5 > b.accuracy  # 16.7 px glyphs read, 5 px squeezed ones do not
+    assert b.compression > 3 * a.compression
+    pages = render(obj.text, big)
+    want = get_tokenizer(None).count(obj.text) / sum(visual_tokens([im.shape[1::-1] for im in pages.images]))
+    assert a.compression == pytest.approx(want)
+
+
+def test_eval_objective_runs_the_harness_with_a_tiny_checkpoint(tmp_path):
+    from glyph_rt.eval import Item, make_target
+    from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+    from glyph_rt.search import EvalObjective
+
+    target = make_target(str(tiny_glm4v_checkpoint(tmp_path / "ckpt")), device="cpu")
+    items = [Item(id=f"q{i}", context=f"The magic number of item {i} is {1000 + i}. " * 8,
+                 question="What is the magic number?", answers=[str(1000 + i)], max_new_tokens=2) for i in range(2)]
+    obj = EvalObjective(items, target, out=tmp_path / "rows")
+    s = load_settings(None, ["population=2", "offspring=1", "generations=1", "styles=" + str(_small_pages(tmp_path))])
+    r = run_search(s, obj, tmp_path / "search", report=False)
+    evals = History(tmp_path / "search" / "history.jsonl").of_type("eval")
+    assert r.evaluations == len(evals) == 3 and not any(e.get("error") for e in evals)
+    assert all(0 <= e["accuracy"] <= 1 and e["compression"] > 0 for e in evals)
+    assert len(list((tmp_path / "rows").glob("*.jsonl"))) == 3  # the harness's rows, one file per config
+
+
+def _small_pages(tmp_path):
+    """A styles file drawing small pages only (fast for a tiny model on the CPU)."""
+    p = tmp_path / "styles.yaml"
+    p.write_text("dpi: {lowest: {weight: 1, range: [45, 59]}, low: {weight: 0, range: [60, 71]}, medium: {weight: 0, "
+                 "range: [72, 119]}, normal: {weight: 0, values: [72]}, high: {weight: 0, range: [301, 400]}}\n"
+                 "page_size: {paper: {weight: 0}, aspect: {weight: 0}, random: {weight: 1, width: [300, 320], "
+                 "segments: [[0.6, 1.0, 1]]}}\nfont_size: {range: [10, 14]}\n")
+    return p

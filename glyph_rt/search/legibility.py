@@ -102,7 +102,7 @@ class LegibilityObjective:
     """See the module docstring. `text`: what is rendered (default: the built-in sample's first
     `chars` characters)."""
 
-    def __init__(self, text: str | None = None, chars: int = 3000, blur: float = 0.6, noise: float = 0.12,
+    def __init__(self, text: str | None = None, chars: int = 20000, blur: float = 0.6, noise: float = 0.08,
                  max_glyphs: int = 1500, seed: int = 0, model: str = "glm4v", tokenizer: str | None = None):
         from ..render.textio import sample_text
         from ..render.tokens import get_tokenizer
@@ -120,7 +120,9 @@ class LegibilityObjective:
         doc = Document(self.text, config)
         buf, sizes = doc.rasterize(0, doc.num_pages)
         vis = sum(visual_tokens(sizes, self.model))
-        pages = _grey(buf)
+        lay = doc.layout
+        used = int(lay.g_page[min(len(lay.g_page) - 1, 2 * self.max_glyphs)]) + 1 if len(lay.g_page) else 1
+        pages = _grey(buf[:used])  # the pages the read glyphs lie on
         rng = np.random.default_rng(self.seed)
         seen = _blur(pages, self.blur) + rng.normal(0.0, self.noise, pages.shape).astype(np.float32)
         chars, cells, widths = _cells(doc, seen, config, self.max_glyphs)

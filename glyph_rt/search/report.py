@@ -67,6 +67,14 @@ def pareto_plot(evals: list[dict], front: list[dict], best: dict | None, floor: 
                edgecolors="#C44E52", lw=1.5, label=f"Pareto front ({len(f)})")
     if floor is not None and math.isfinite(floor):
         ax.axhline(floor, color="grey", ls="--", lw=1, label=f"accuracy floor {floor:g}")
+    presets = [e for e in ok if str(e.get("proposer", "")).startswith("preset:")]
+    if presets:
+        ax.scatter([e["compression"] for e in presets], [e["accuracy"] for e in presets], marker="s", s=90,
+                   color="#4C72B0", edgecolors="white", zorder=6, label="preset (baseline)")
+        for e in presets:
+            ax.annotate(e["proposer"][7:], (e["compression"], e["accuracy"]), textcoords="offset points",
+                        xytext=(-30, -22), fontsize=9, color="#4C72B0", arrowprops={"arrowstyle": "-",
+                                                                                    "color": "#4C72B0"})
     if best is not None and best.get("accuracy") is not None:
         ax.scatter([best["compression"]], [best["accuracy"]], marker="*", s=220, color="#DD8452", zorder=5,
                    label="best")
