@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import time
 from collections import Counter
@@ -69,9 +70,10 @@ def load_settings(path: str | None = None, overrides: list[str] = ()) -> dict:
         if not isinstance(user, dict):
             raise SearchError(f"search config: {str(p)!r} must be a mapping")
         _merge(s, user, "")
-        styles = s.get("styles")
-        if isinstance(styles, str) and not Path(styles).is_absolute():
-            s["styles"] = str(p.parent / styles)
+        for node, key in ((s, "styles"), (s["evaluator"], "items"), (s["evaluator"], "text"), (s["outputs"], "text")):
+            v = node.get(key)  # file paths in the file are relative to it
+            if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
+                node[key] = str(p.parent / v)
     for o in overrides:
         if "=" not in o:
             raise SearchError(f"override {o!r}: use key=value (e.g. objective.floor=0.8)")
@@ -122,9 +124,13 @@ def check_settings(s: dict) -> None:
         v = op[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
             raise SearchError(f"operators.{k}: {v!r} must be a probability in [0, 1]")
+    if isinstance(op["sigma"], bool) or not isinstance(op["sigma"], (int, float)) or not 0 < op["sigma"] <= 1:
+        raise SearchError(f"operators.sigma: {op['sigma']!r} must be in (0, 1] (a fraction of each gene's range)")
     if isinstance(op["tournament"], bool) or not isinstance(op["tournament"], int) or op["tournament"] < 1:
         raise SearchError(f"operators.tournament: {op['tournament']!r} must be a whole number >= 1")
     c = s["critic"]
+    if isinstance(c["max_proposals"], bool) or not isinstance(c["max_proposals"], int) or c["max_proposals"] < 0:
+        raise SearchError(f"critic.max_proposals: {c['max_proposals']!r} must be a whole number >= 0")
     if c["base_url"] and not c["model"]:
         raise SearchError("critic.model: set the model name the endpoint serves (critic.base_url is set)")
     if not isinstance(s["presets"], list):
@@ -143,11 +149,10 @@ def _get(s: dict, dotted: str):
 
 
 def make_critic(s: dict) -> Critic | None:
+    """The critic of settings["critic"], or None when no base_url is set."""
     c = s["critic"]
     if not c["base_url"]:
         return None
-    import os
-
     return Critic(c["base_url"], c["model"], api_key=os.environ.get(c["api_key_env"] or ""),
                   timeout=c["timeout"], temperature=c["temperature"])
 

@@ -105,6 +105,14 @@ def make_objective(settings: dict) -> Objective:
             raise ValueError(f"evaluator: unknown key(s) {sorted(unknown)} for kind synthetic (known: delay)")
         return SyntheticObjective(float(settings["objective"]["floor"]), float(ev.get("delay", 0.0)))
     if kind == "eval":
+        missing = [k for k in ("items", "target") if not ev.get(k)]
+        if missing:
+            raise ValueError(f"evaluator: kind eval needs {' and '.join(missing)} (items: a JSONL file of "
+                             "glyph_rt.eval Items; target: a checkpoint directory or openai:URL[:MODEL])")
+        known = {"items", "target", "out", "device", "kernels", "dtype", "api_key", "timeout"}
+        if set(ev) - known:
+            raise ValueError(f"evaluator: unknown key(s) {sorted(set(ev) - known)} for kind eval "
+                             f"(known: {', '.join(sorted(known))})")
         return eval_objective(**ev)
     if kind == "legibility":
         from ..render.textio import read_text
