@@ -171,7 +171,8 @@ def chat_server():
 
 
 PROPOSALS = [
-    {"op": "mutate", "parent": "c1", "changes": {"font_size": 7.5, "horizontal_scale": 0.75}, "reason": "smaller glyphs"},
+    {"op": "mutate", "parent": "c1", "changes": {"font_size": 7.5, "horizontal_scale": 0.75},
+     "reason": "smaller glyphs"},
     {"op": "crossover", "parents": ["c1", "c2"], "take_from_second": ["dpi"], "changes": {"line_height_delta": 0},
      "reason": "c2's dpi with tight lines"},
     {"op": "mutate", "parent": "c2", "changes": {"margin_x": 500}, "reason": "out of range: clipped"},

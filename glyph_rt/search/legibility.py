@@ -38,10 +38,12 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _cells(doc, pages: np.ndarray, config: RenderConfig, max_glyphs: int) -> tuple[list, np.ndarray, np.ndarray]:
-    """(characters, [n, h, w] cells, [n] widths) of the first `max_glyphs` placed glyphs in ALPHABET:
-    a box from 1 px left of the pen position, 1.2 em wide (scaled), from 0.8 em above the baseline to
-    0.22 em below it (one line, even at line_height = font_size); width: the pixels up to the next glyph's pen position on the line (the
-    segmentation a reader does), 0.6 em for a line's last glyph."""
+    """(characters, [n, h, w] cells, [n] widths) of the first `max_glyphs` placed glyphs in ALPHABET.
+
+    A cell starts 1 px left of the pen position, is 1.2 em wide (scaled) and runs from 0.8 em above
+    the baseline to 0.22 em below it (one line, even at line_height = font_size); its width is the
+    pixels up to the next glyph's pen position on the line (the segmentation a reader does), 0.6 em
+    for a line's last glyph."""
     em = config.font_size * config.dpi / 72
     w = max(3, int(np.ceil(1.2 * em * config.horizontal_scale)) + 2)
     up = int(np.ceil(0.8 * em))

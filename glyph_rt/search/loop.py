@@ -280,7 +280,8 @@ class Search:
                 else "extend the Pareto front of (accuracy, compression), both maximised")
         rec = {"type": "critic", "generation": g, "proposals": [], "error": None}
         try:
-            rec["proposals"] = parse_answer(self.critic.ask(prompt(self.space, rows, goal, self.s["critic"]["max_proposals"])))
+            messages = prompt(self.space, rows, goal, self.s["critic"]["max_proposals"])
+            rec["proposals"] = parse_answer(self.critic.ask(messages))
         except CriticError as e:
             rec["error"] = str(e)
         self.hist.append(rec)

@@ -7,8 +7,6 @@ import math
 import os
 from pathlib import Path
 
-from ..render.config import RenderConfig
-
 CONTACT_CHARS = 5000
 THUMB = 260
 
@@ -36,7 +34,7 @@ def best_per_generation(history) -> list[dict]:
     return rows
 
 
-def table_markdown(rows: list[dict], space=None) -> str:
+def table_markdown(rows: list[dict]) -> str:
     lines = ["| generation | best | accuracy | compression | found by | evaluated | rejected | repaired |",
              "|---:|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
@@ -161,7 +159,3 @@ def write_outputs(result, out_dir, settings: dict, space) -> list[str]:
     _write(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     files.append("summary.json")
     return files
-
-
-def load_best(out_dir) -> RenderConfig:
-    return RenderConfig.load(Path(out_dir) / "best_config.json")
