@@ -4,6 +4,7 @@
     glyph-rt stats  [INPUT|-] [--config CFG | --preset NAME]
     glyph-rt generate --model DIR --context FILE --question TEXT [--config CFG | --preset NAME]
     glyph-rt styles --n 64 --seed 0 --out DIR [--config styles.yaml]
+    glyph-rt eval --suite ruler|longbench|mrcr|mmlongbench-doc|glyph --target CKPT|openai:URL[:MODEL] --out DIR
     glyph-rt search --config search.yaml [key=value ...] [--out DIR]
     glyph-rt backends
     glyph-rt make-tiny-checkpoint DIR [--model glm4v|qwen2_5_vl]
@@ -269,6 +270,38 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    def numbers(flag, text, parse):
+        try:
+            return [parse(x) for x in text.split(",") if x.strip()] if text else None
+        except ValueError as e:
+            raise UsageError(f"{flag}: {e}") from None
+
+    from .eval.benchmarks.ruler import parse_length
+    from .eval.suite import run_suite
+
+    lengths = numbers("--lengths", args.lengths, parse_length) or [4096]
+    dpis = numbers("--dpi", args.dpi, float)
+    for name in ("data", "documents", "squad", "hotpotqa", "config"):
+        if getattr(args, name) and not Path(getattr(args, name)).exists():
+            raise UsageError(f"--{name} {getattr(args, name)!r} does not exist")
+    for t in args.target:
+        if not t.startswith("openai:") and not Path(t).is_dir():
+            raise UsageError(f"--target {t!r} is neither a checkpoint directory nor openai:URL[:MODEL]")
+    args.preset = None
+    s = run_suite(args.suite, args.target, out=_check_out_dir(args.out), config=_config(args), dpis=dpis,
+                  as_text=args.as_ == "text", progress=not args.quiet, max_new_tokens=args.max_new_tokens,
+                  target_kwargs={"device": args.device} if args.device else None, data=args.data, lengths=lengths,
+                  limit=args.limit, seed=args.seed, tasks=args.tasks.split(",") if args.tasks else None,
+                  uuid=args.uuid, squad=args.squad, hotpotqa=args.hotpotqa, documents=args.documents)
+    for r in s["runs"]:
+        dpi = f" @ {r['dpi']:g} dpi" if r["dpi"] is not None else ""
+        _print(f"{r['target']} ({r['mode']}{dpi}): accuracy {r['accuracy']:.2f} on {r['items']} items, "
+               f"compression {r['compression']:.2f}x" + (f", {r['errors']} errors" if r["errors"] else ""))
+    _print(f"wrote {args.out}/results.jsonl, summary.md, accuracy_vs_length.png, accuracy_vs_compression.png")
+    return 0
+
+
 def cmd_styles(args) -> int:
     from .train.style_report import write_report
     from .train.styles import StyleSampler
@@ -366,6 +399,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, type=_device, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--errors", default="strict", choices=["strict", "replace"], help="invalid UTF-8 handling")
     g.set_defaults(func=cmd_generate)
+    ev = sub.add_parser("eval", help="score a checkpoint or an OpenAI-compatible endpoint on RULER, LongBench, MRCR, "
+                        "MMLongBench-Doc or Glyph's evaluation data; resumable")
+    ev.add_argument("--suite", required=True, choices=["ruler", "longbench", "mrcr", "mmlongbench-doc", "glyph"])
+    ev.add_argument("--target", required=True, action="append", help="checkpoint directory or openai:URL[:MODEL]; "
+                    "repeat to compare targets")
+    ev.add_argument("--out", required=True, help="results directory (a rerun resumes there)")
+    ev.add_argument("--lengths", help="RULER context lengths in tokens, e.g. 4k,8k,128k (default: 4k)")
+    ev.add_argument("--config", help="RenderConfig JSON (glyph_rt's format or Glyph's dashed keys)")
+    ev.add_argument("--dpi", help="render at each of these dpi, e.g. 72,96,120 (test-time scaling)")
+    ev.add_argument("--limit", type=_positive_int("--limit"), help="items per task (RULER, default 10), dataset or file")
+    ev.add_argument("--as", dest="as_", choices=["image", "text"], default="image",
+                    help="send contexts as pages (default) or as text (the text-only baseline)")
+    ev.add_argument("--data", help="local benchmark data: LongBench dir, MRCR parquet/JSONL, samples.json, Glyph's")
+    ev.add_argument("--documents", help="MMLongBench-Doc: directory of the PDFs")
+    ev.add_argument("--tasks", help="comma-separated RULER tasks, LongBench datasets or MRCR needle counts")
+    ev.add_argument("--uuid", action="store_true", help="RULER: include the UUID-needle tasks (left out by default)")
+    ev.add_argument("--squad", help="RULER qa_1: a SQuAD JSON file")
+    ev.add_argument("--hotpotqa", help="RULER qa_2: a HotpotQA JSON file")
+    ev.add_argument("--seed", type=int, default=0, help="RULER generation seed (default: 0)")
+    ev.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), help="cap each task's generation budget")
+    ev.add_argument("--device", type=_device, help="in-process targets: cuda or cpu (default: cuda when available)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=cmd_eval)
     st = sub.add_parser("styles", help="sample rendering styles: contact sheet, distribution plot, configs")
     st.add_argument("--n", type=int, default=64, help="number of styles (default: 64)")
     st.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")

@@ -6,6 +6,7 @@ id, target, mode and config) and re-runs nothing. A torn last line from a kill i
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -99,11 +100,13 @@ def _results_path(out) -> Path | None:
 
 
 def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text: bool = False, out=None,
-             tokenizer: str | None = "default", progress: bool = True, extra: dict | None = None) -> EvalResult:
+             tokenizer: str | None = "default", progress: bool = True, extra: dict | None = None,
+             max_new_tokens: int | None = None) -> EvalResult:
     """Scores `target` (a Target or a spec for make_target) on `items`, rendering contexts with `config`
     (or sending them as text with as_text). out: a .jsonl file or a directory (results.jsonl in it) that
     receives one row per item and makes the run resumable. tokenizer: counts each context's text tokens
-    (default: Qwen's; None skips). extra: fields added to every row (e.g. dpi)."""
+    (default: Qwen's; None skips). extra: fields added to every row (e.g. dpi). max_new_tokens: caps each
+    item's generation budget (quick runs)."""
     from tqdm import tqdm
 
     from ..render.tokens import get_tokenizer
@@ -137,7 +140,9 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
             text_tokens = tok.count(it.context) if tok is not None and it.context else None
             t0 = time.perf_counter()
             try:
-                reply = target.answer(it, config, as_text=as_text)
+                ask = it if not max_new_tokens or it.max_new_tokens <= max_new_tokens else \
+                    dataclasses.replace(it, max_new_tokens=max_new_tokens)
+                reply = target.answer(ask, config, as_text=as_text)
             except ValueError as e:  # this item cannot be run (too long for the model, ...): recorded, scored 0
                 row.update(prediction="", score=0.0, text_tokens=text_tokens, visual_tokens=0, pages=0,
                            compression=None, latency_s=time.perf_counter() - t0, error=str(e))

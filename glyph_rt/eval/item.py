@@ -12,7 +12,8 @@ class Item:
     as_text); question: what follows the pages, kept as text; answers: reference answers; metric: a name in
     glyph_rt.eval.metrics.METRICS; metadata: task, length, depth, ... (copied into each result row).
     images: page image files instead of a text context (document benchmarks); max_new_tokens: the task's
-    generation budget (RULER's tokens_to_generate)."""
+    generation budget (RULER's tokens_to_generate); text_prompt: the whole user turn of the text baseline when the
+    benchmark words it differently from the pages' question (default: context, a blank line, question)."""
     id: str
     context: str
     question: str
@@ -21,6 +22,7 @@ class Item:
     metadata: dict = field(default_factory=dict)
     images: list = field(default_factory=list)
     max_new_tokens: int = 128
+    text_prompt: str = ""
 
     def __post_init__(self):
         from .metrics import METRICS
@@ -50,7 +52,7 @@ class Item:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Item":
-        known = {"id", "context", "question", "answers", "metric", "metadata", "images", "max_new_tokens"}
+        known = {"id", "context", "question", "answers", "metric", "metadata", "images", "max_new_tokens", "text_prompt"}
         extra = set(d) - known
         if extra:
             raise ValueError(f"item {d.get('id')!r}: unknown fields {sorted(extra)}")

@@ -3,9 +3,10 @@
 - RULER (NVIDIA/RULER scripts/eval/synthetic/constants.py): string_match_all, string_match_part, after
   RULER's postprocess_pred (strip, control characters -> newline).
 - LongBench (THUDM/LongBench metrics.py): qa_f1, rouge (ROUGE-L F of the `rouge` package, as LongBench
-  uses), classification, retrieval, count, code_sim (fuzzywuzzy's ratio, here rapidfuzz's identical
-  fuzz.ratio). The best score over the reference answers counts; datasets whose answers are one line
-  (trec, triviaqa, samsum, lsht) score the prediction's first line (metadata first_line).
+  uses), classification, retrieval, count, code_sim (fuzzywuzzy's ratio: rapidfuzz's fuzz.ratio rounded as
+  fuzzywuzzy rounds it). The best score over the reference answers counts; datasets whose answers are one line
+  (trec, triviaqa, samsum, lsht) score the prediction's first line (metadata first_line). The Chinese ones
+  (qa_f1_zh, rouge_zh) segment words with jieba, which they import when used.
 - MRCR (openai/mrcr): difflib.SequenceMatcher ratio, 0 unless the response starts with the item's
   random_string_to_prepend, which is removed from both before comparing.
 - MMLongBench-Doc (mayubo2333/MMLongBench-Doc eval/eval_score.py): the rule-based score by answer format
@@ -101,7 +102,12 @@ def code_sim_one(prediction: str, ground_truth: str) -> float:
         if "`" not in cand and "#" not in cand and "//" not in cand:
             line = cand
             break
-    return fuzz.ratio(line, ground_truth) / 100
+    # fuzzywuzzy's ratio: equal strings 100, an empty one 0, else Levenshtein.ratio rounded to an integer
+    if line == ground_truth:
+        return 1.0
+    if not line or not ground_truth:
+        return 0.0
+    return int(round(fuzz.ratio(line, ground_truth))) / 100
 
 
 def classification_one(prediction: str, ground_truth: str, all_classes: list) -> float:
@@ -110,6 +116,40 @@ def classification_one(prediction: str, ground_truth: str, all_classes: list) ->
         if term in ground_truth and term != ground_truth:
             em.remove(term)
     return 1.0 / len(em) if ground_truth in em else 0.0
+
+
+def retrieval_zh_one(prediction: str, ground_truth: str) -> float:
+    m = re.findall(r"段落(\d+)", ground_truth)
+    if not m:
+        raise ValueError(f"retrieval_zh: the reference {ground_truth!r:.60} names no '段落N'")
+    return _count_matches(prediction, m[0])
+
+
+def _jieba():
+    try:
+        import jieba
+    except ImportError:
+        raise RuntimeError("LongBench's Chinese metrics segment words with jieba: pip install jieba") from None
+    return jieba
+
+
+def normalize_zh_answer(s: str) -> str:
+    cn_punctuation = ("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿"
+                      "–—‘’‛“”„‟…‧﹏.")
+    exclude = set(string.punctuation + cn_punctuation)
+    return "".join("".join(ch for ch in s.lower() if ch not in exclude).split())
+
+
+def qa_f1_zh_one(prediction: str, ground_truth: str) -> float:
+    jieba = _jieba()
+    p = [t for t in (normalize_zh_answer(x) for x in jieba.cut(prediction, cut_all=False)) if t]
+    g = [t for t in (normalize_zh_answer(x) for x in jieba.cut(ground_truth, cut_all=False)) if t]
+    return _f1(p, g)
+
+
+def rouge_zh_one(prediction: str, ground_truth: str) -> float:
+    jieba = _jieba()
+    return rouge_one(" ".join(jieba.cut(prediction, cut_all=False)), " ".join(jieba.cut(ground_truth, cut_all=False)))
 
 
 def _best(fn):
@@ -149,51 +189,67 @@ def mrcr(prediction: str, answers: list, metadata: dict | None = None) -> float:
 
 # ------------------------------------------------------------------ MMLongBench-Doc
 def _clean(s) -> str:
+    """get_clean_string (its unit-suffix lines change nothing in the reference, so none are here)."""
     s = str(s).lower().strip()
-    for suffix in ("mile", "miles", "million"):
-        if s.endswith(suffix):
-            s = s[: -len(suffix)].strip()
     s = re.sub(r"\s*\([^)]*\)", "", s).strip()
-    s = re.sub(r"^['\"](.*)['\"]$", r"\1", s).strip()
-    s = s.strip().lstrip("$").strip().rstrip("%").strip()
-    return s
+    s = re.sub(r"^['\"]|['\"]$", "", s).strip()
+    return s.strip().lstrip("$").strip().rstrip("%").strip()
 
 
 def _is_exact_match(s: str) -> bool:
-    if "https://" in s:
-        return True
-    if s.endswith((".py", ".ipynb")) or s.startswith("page"):
-        return True
-    if re.fullmatch(r"\b\d+(-\d+|\s\d+)?\b", s):
-        return True
-    if "a.m." in s or "p.m." in s:
-        return True
-    if re.fullmatch(r"\b\d{4}[-\s]\d{2}[-\s]\d{2}\b", s):
-        return True
-    return bool(re.fullmatch(r"\b\d{4}[-\s]\d{2}\b", s) or re.fullmatch(r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}", s))
+    return bool(
+        "https://" in s or s.endswith((".py", "ipynb")) or s.startswith("page")
+        or re.fullmatch(r"\b\d+(-\d+|\s\d+)?\b", s) or "a.m." in s or "p.m." in s
+        or re.fullmatch(r"\b\d{4}[-\s]\d{2}[-\s]\d{2}\b", s) or re.fullmatch(r"\b\d{4}[-\s]\d{2}\b", s)
+        or re.fullmatch(r"[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\.[a-zA-Z]{2,}", s))
 
 
-def _float_equal(a: float, b: float) -> bool:
-    def prec(x):
-        s = str(x)
-        return min(3, len(s.split(".")[1]) if "." in s else 0)
+def _isfloat(s) -> bool:
+    try:
+        float(s)
+        return True
+    except (TypeError, ValueError):
+        return False
 
-    for gt in (a / 100, a, a * 100):
-        if math.isclose(gt, b, rel_tol=0.01) or round(gt, prec(b)) == round(b, prec(b)):
+
+def _float_equal(reference: float, prediction) -> bool:
+    def precision(x) -> int:
+        return len(str(x).split(".")[-1]) if "." in str(x) else 3
+
+    try:
+        prediction = float(str(prediction).strip().rstrip("%").strip())
+    except ValueError:
+        return False
+    for gt in (reference / 100, reference, reference * 100):
+        if math.isclose(gt, prediction, rel_tol=0.01):
+            return True
+        p = max(min(precision(prediction), precision(gt)), 2)
+        if round(prediction, p) == round(gt, p):
             return True
     return False
 
 
 def anls(gt: str, pred: str, threshold: float = 0.5) -> float:
+    """1 - normalised Levenshtein distance, 0 at or below the threshold (MMLongBench-Doc's anls_compute)."""
     from rapidfuzz.distance import Levenshtein
 
-    if not gt and not pred:
-        return 1.0
-    sim = 1 - Levenshtein.distance(gt, pred) / max(len(gt), len(pred))
-    return sim if sim >= threshold else 0.0
+    length = max(len(gt), len(pred))
+    value = 1.0 - (Levenshtein.distance(gt, pred) / length if length else 0.0)
+    return 0.0 if value <= threshold else value
 
 
-def mmlongbench_one(gt, pred: str, answer_format: str) -> float:
+def _as_list(x) -> list:
+    import ast
+
+    if isinstance(x, str) and x.startswith("["):
+        try:
+            x = ast.literal_eval(x)
+        except (ValueError, SyntaxError):
+            pass
+    return x if isinstance(x, list) else [x]
+
+
+def mmlongbench_one(gt, pred, answer_format: str) -> float:
     if answer_format == "Int":
         try:
             return float(int(gt) == int(float(pred)))
@@ -201,26 +257,21 @@ def mmlongbench_one(gt, pred: str, answer_format: str) -> float:
             return 0.0
     if answer_format == "Float":
         try:
-            return float(_float_equal(float(_clean(gt)), float(_clean(pred))))
+            g, p = float(_clean(gt)), float(_clean(pred))
         except (TypeError, ValueError):
             return 0.0
+        return float(_float_equal(g, p))
     if answer_format in ("Str", "None"):
         g, p = _clean(gt), _clean(pred)
         return float(g == p) if _is_exact_match(g) else anls(g, p)
     if answer_format == "List":
-        def as_list(x):
-            if isinstance(x, list):
-                return x
-            x = str(x).strip()
-            if x.startswith("[") and x.endswith("]"):
-                x = x[1:-1]
-            return [v.strip().strip("'\"") for v in x.split(",") if v.strip()]
-        g, p = sorted(_clean(v) for v in as_list(gt)), sorted(_clean(v) for v in as_list(pred))
+        g, p = _as_list(gt), _as_list(pred)
         if len(g) != len(p):
             return 0.0
-        if g and all(_is_exact_match(v) for v in g):
-            return float(g == p)
-        return min((anls(a, b) for a, b in zip(g, p)), default=0.0)
+        g, p = sorted(_clean(a) for a in g), sorted(_clean(a) for a in p)
+        if _isfloat(g[0]) or _is_exact_match(g[0]):
+            return float("-".join(g) == "-".join(p))
+        return min(anls(a, b) for a, b in zip(g, p))
     raise ValueError(f"mmlongbench: answer_format {answer_format!r} is not Int, Float, Str, List or None")
 
 
@@ -237,6 +288,9 @@ METRICS = {
     "count": _best(count_one),
     "retrieval": _best(retrieval_one),
     "code_sim": _best(code_sim_one),
+    "retrieval_zh": _best(retrieval_zh_one),
+    "qa_f1_zh": _best(qa_f1_zh_one),
+    "rouge_zh": _best(rouge_zh_one),
     "classification": classification,
     "mrcr": mrcr,
     "mmlongbench": mmlongbench,

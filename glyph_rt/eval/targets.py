@@ -28,9 +28,13 @@ class Reply:
     latency_s: float
 
 
-def text_prompt(context: str, question: str) -> str:
-    """The text baseline's user turn: the context, then the question (the pages' place, as text)."""
-    return f"{context}\n\n{question}" if question else context
+def text_prompt(item) -> str:
+    """The text baseline's user turn: the item's text_prompt, else the context, a blank line and the question."""
+    if item.text_prompt:
+        return item.text_prompt
+    if not item.context:
+        raise ValueError(f"item {item.id}: has page images and no text context; it cannot be sent as text")
+    return f"{item.context}\n\n{item.question}" if item.question else item.context
 
 
 class Target:
@@ -81,7 +85,7 @@ class GlyphModelTarget(Target):
         gm = self.model
         t0 = time.perf_counter()
         if as_text:
-            return Reply(self._generate_text(text_prompt(item.context, item.question), item.max_new_tokens), 0, 0,
+            return Reply(self._generate_text(text_prompt(item), item.max_new_tokens), 0, 0,
                          time.perf_counter() - t0)
         if item.images:
             text, pages, vis = self._generate_images(item)
@@ -171,7 +175,7 @@ class OpenAITarget(Target):
         self.client = OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
                              timeout=timeout, max_retries=max_retries)
         if model is None:
-            models = [m.id for m in self.client.models.list()]
+            models = [m.id for m in self._call(self.client.models.list)]
             if not models:
                 raise ValueError(f"{base_url}: the server lists no model; name one (openai:URL:MODEL)")
             model = models[0]
@@ -184,7 +188,7 @@ class OpenAITarget(Target):
 
         t0 = time.perf_counter()
         if as_text:
-            content = text_prompt(item.context, item.question)
+            content = text_prompt(item)
             pages = vis = 0
         else:
             images = page_images(item, config)
@@ -193,10 +197,27 @@ class OpenAITarget(Target):
                 content.append({"type": "text", "text": item.question})
             pages = len(images)
             vis = sum(visual_tokens([(im.shape[1], im.shape[0]) for im in images], self.model_type))
-        r = self.client.chat.completions.create(model=self.model, messages=[{"role": "user", "content": content}],
-                                                temperature=0, max_tokens=item.max_new_tokens)
+        r = self._call(self.client.chat.completions.create, model=self.model,
+                       messages=[{"role": "user", "content": content}], temperature=0, max_tokens=item.max_new_tokens)
         text = r.choices[0].message.content or ""
         return Reply(text, pages, vis, time.perf_counter() - t0)
+
+    def _call(self, fn, **kwargs):
+        """An API call; a request the server rejects (4xx: too long, bad input) is a ValueError, recorded for
+        the item; an unreachable or failing server (after the client's retries) a RuntimeError, which stops
+        the run (a rerun resumes)."""
+        import openai
+
+        try:
+            return fn(**kwargs)
+        except openai.APIStatusError as e:
+            if 400 <= e.status_code < 500 and e.status_code not in (401, 403, 404, 429):
+                raise ValueError(f"{self.base_url}: the server rejected the request ({e.status_code}): "
+                                 f"{str(e.message)[:300]}") from None
+            raise RuntimeError(f"{self.base_url}: HTTP {e.status_code}: {str(e.message)[:300]}") from None
+        except openai.APIConnectionError as e:
+            raise RuntimeError(f"{self.base_url}: cannot reach the server ({e.__class__.__name__}: "
+                               f"{str(e.__cause__ or e)[:200]})") from None
 
     def close(self) -> None:
         self.client.close()

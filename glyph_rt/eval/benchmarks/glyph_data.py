@@ -1,0 +1,94 @@
+"""Glyph's own evaluation data layout (its released evaluation set: RULER, LongBench and MRCR JSON/JSONL files).
+
+- RULER: final_*_ruler_all_tasks_<length>.jsonl, rows {unique_id, context, question, task_name, outputs, ...}:
+  the context is rendered, the question (instructions included) stays text.
+- LongBench: <dataset>.jsonl with LongBench's fields (and Glyph's unique_id, config): longbench.item_from_row.
+- MRCR: processed_<n>needle_*.json(l), rows with LongBench-like {unique_id, context, question} or MRCR's own
+  {prompt, answer, random_string_to_prepend}.
+Rows are recognised by their fields; pre-rendered image_paths and per-row configs are ignored (pages are
+rendered by glyph_rt with the run's config).
+
+    items = load("Glyph_Evaluation/ruler/data")
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..item import Item
+from . import longbench, mrcr, ruler
+
+
+def _rows(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of rows")
+        return data
+    rows = []
+    for n, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n + 1}: not JSON ({e.msg})") from None
+    return rows
+
+
+def ruler_item(row: dict, index: int, length: int | None, source: str) -> Item:
+    task = row["task_name"]
+    kind = "qa" if task.startswith("qa") else ("niah" if task.startswith("niah") else task)
+    refs = row["outputs"] if isinstance(row["outputs"], list) else [row["outputs"]]
+    meta = {"task": task}
+    if length:
+        meta["length"] = length
+    return Item(id=str(row.get("unique_id") or f"{Path(source).stem}-{index}"), context=row["context"],
+                question=row.get("question", ""), answers=[str(r) for r in refs],
+                metric="string_match_part" if kind == "qa" else "string_match_all",
+                max_new_tokens=ruler.TOKENS_TO_GENERATE.get(kind, 128), metadata=meta)
+
+
+def mrcr_item(row: dict, index: int, source: str) -> Item:
+    if "prompt" in row:
+        it = mrcr.item_from_row(row, index, source)
+    else:
+        n = int(row.get("n_needles") or 0)
+        it = Item(id=str(row.get("unique_id") or f"{Path(source).stem}-{index}"), context=row["context"],
+                  question=row["question"], answers=[row["answer"]], metric="mrcr", max_new_tokens=mrcr.MAX_NEW_TOKENS,
+                  metadata={"task": f"mrcr_{n}needle" if n else "mrcr", "needles": n,
+                            "random_string_to_prepend": row["random_string_to_prepend"]})
+    return it
+
+
+def load(path, limit: int | None = None, uuid: bool = False) -> list[Item]:
+    """Items of Glyph's evaluation files under `path` (a file or a directory, searched recursively);
+    RULER's UUID tasks are left out unless uuid; `limit` rows per file."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.suffix in (".json", ".jsonl"))
+    if not p.exists() or not files:
+        raise FileNotFoundError(f"Glyph evaluation data: {str(p)!r} has no .json or .jsonl files")
+    items: list[Item] = []
+    for f in files:
+        m = re.search(r"_(\d+)\.jsonl?$", f.name)
+        length = int(m.group(1)) if m else None
+        taken = 0
+        for i, row in enumerate(_rows(f)):
+            if limit and taken >= limit:
+                break
+            if not isinstance(row, dict):
+                raise ValueError(f"{f}: row {i + 1} is not an object")
+            if "task_name" in row and "outputs" in row:
+                if row["task_name"] in ruler.UUID_TASKS and not uuid:
+                    continue
+                items.append(ruler_item(row, i, length, str(f)))
+            elif "random_string_to_prepend" in row:
+                items.append(mrcr_item(row, i, str(f)))
+            elif "answers" in row and "input" in row:
+                items.append(longbench.item_from_row(row, row.get("dataset") or longbench.dataset_of(f), i, str(f)))
+            else:
+                raise ValueError(f"{f}:{i + 1}: not a RULER, LongBench or MRCR row of Glyph's evaluation data "
+                                 f"(fields: {', '.join(sorted(row)[:8])})")
+            taken += 1
+    return items

@@ -1,0 +1,243 @@
+"""Result rows -> Markdown tables in the layout of the paper's tables, and plots.
+
+Rows are grouped into runs by (target, mode, dpi); each table has one line per run and, as the paper, a
+"DPI: d / Compression rate: average a, up to m" line above the runs at that dpi.
+
+- ruler: Table 3: one column per task (Niah-S1 ... QA-2), Avg = mean over tasks; plus accuracy per length.
+- longbench: Table 1: one column per dataset, grouped by category, Avg = mean over datasets.
+- mrcr: Table 2: per needle count, one column per length bin (0k-8k ... 64k-128k) and Avg.
+- mmlongbench-doc: Table 4: SP (single-page), CP (cross-page), UA (unanswerable), Acc, F1.
+Plots: accuracy vs context length (one line per run) and accuracy vs compression (one point per dpi, a line per
+target).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+RULER_SHORT = {"niah_single_1": "Niah-S1", "niah_single_2": "Niah-S2", "niah_single_3": "Niah-S3",
+               "niah_multikey_1": "Niah-M1", "niah_multikey_2": "Niah-M2", "niah_multikey_3": "Niah-M3",
+               "niah_multivalue": "Niah-V", "niah_multiquery": "Niah-Q", "vt": "VT", "cwe": "CWE", "fwe": "FWE",
+               "qa_1": "QA-1", "qa_2": "QA-2"}
+LONGBENCH_SHORT = {"qasper": "QP", "narrativeqa": "NQA", "multifieldqa_en": "MFQA-en", "multifieldqa_zh": "MFQA-zh",
+                   "hotpotqa": "HQA", "2wikimqa": "2QA", "musique": "MSQ", "dureader": "DuR", "qmsum": "QSUM",
+                   "gov_report": "GovRep", "multi_news": "MNews", "vcsum": "VCSum", "trec": "TREC", "triviaqa": "TriQA",
+                   "samsum": "SSum", "lsht": "LSHT", "passage_count": "PCount", "passage_retrieval_zh": "PR Zh",
+                   "passage_retrieval_en": "PR En", "repobench-p": "RB", "lcc": "LCC"}
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def run_key(row: dict) -> tuple:
+    return (row["target"], row["mode"], row.get("dpi"))
+
+
+def run_label(key: tuple) -> str:
+    target, mode, dpi = key
+    return f"{target} (text)" if mode == "text" else f"{target}" + (f" @ {dpi:g} dpi" if dpi is not None else "")
+
+
+def group_runs(rows: list[dict]) -> dict[tuple, list[dict]]:
+    runs: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        runs[run_key(r)].append(r)
+    return dict(sorted(runs.items(), key=lambda kv: (kv[0][1] == "image", kv[0][2] or 0, kv[0][0])))
+
+
+def compression(rows: list[dict]) -> tuple[float, float]:
+    """(average, maximum) of the per-item compression (text tokens / visual tokens) of image rows."""
+    c = [r["compression"] for r in rows if r.get("mode") == "image" and r.get("compression")]
+    return (_mean(c), max(c)) if c else (float("nan"), float("nan"))
+
+
+def length_of(row: dict) -> int | None:
+    """The item's nominal length (RULER), else the bin of its text tokens (MRCR, LongBench)."""
+    if row.get("length"):
+        return int(row["length"])
+    t = row.get("text_tokens")
+    if not t:
+        return None
+    n = 1024
+    while n < t:
+        n *= 2
+    return n
+
+
+def _fmt(x: float) -> str:
+    return "-" if x != x else f"{100 * x:.2f}"
+
+
+def _table(header: list[str], lines: list[list[str]], sep_rows: dict[int, str] | None = None) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, line in enumerate(lines):
+        if sep_rows and i in sep_rows:
+            out.append("| " + sep_rows[i] + " |" + " |" * (len(header) - 1))
+        out.append("| " + " | ".join(line) + " |")
+    return "\n".join(out)
+
+
+def _dpi_separators(keys: list[tuple], runs: dict) -> dict[int, str]:
+    seps, last = {}, object()
+    for i, k in enumerate(keys):
+        if k[1] == "image" and k[2] != last:
+            avg, mx = compression([r for kk in keys if kk[1] == "image" and kk[2] == k[2] for r in runs[kk]])
+            dpi = f"DPI: {k[2]:g} / " if k[2] is not None else ""
+            seps[i] = f"{dpi}Compression rate: average {avg:.1f}, up to {mx:.1f}"
+            last = k[2]
+    return seps
+
+
+def task_table(rows: list[dict], order: list[str], short: dict[str, str]) -> str:
+    runs = group_runs(rows)
+    tasks = [t for t in order if any(r.get("task") == t for r in rows)]
+    tasks += sorted({str(r.get("task")) for r in rows} - set(tasks))
+    lines = []
+    for key, rs in runs.items():
+        by = {t: _mean(r["score"] for r in rs if r.get("task") == t) for t in tasks}
+        present = [v for v in by.values() if v == v]
+        lines.append([run_label(key)] + [_fmt(by[t]) for t in tasks] + [_fmt(_mean(present))])
+    return _table(["Model"] + [short.get(t, t) for t in tasks] + ["Avg"], lines, _dpi_separators(list(runs), runs))
+
+
+def length_table(rows: list[dict]) -> str:
+    runs = group_runs(rows)
+    lengths = sorted({length_of(r) for r in rows if length_of(r)})
+    lines = []
+    for key, rs in runs.items():
+        cells = [_fmt(_mean(r["score"] for r in rs if length_of(r) == n)) for n in lengths]
+        lines.append([run_label(key)] + cells + [_fmt(_mean(r["score"] for r in rs))])
+    return _table(["Model"] + [f"{n // 1024}K" for n in lengths] + ["All"], lines, _dpi_separators(list(runs), runs))
+
+
+def mrcr_table(rows: list[dict]) -> str:
+    from .benchmarks.mrcr import bin_label
+
+    runs = group_runs(rows)
+    needles = sorted({int(r.get("needles") or 0) for r in rows})
+    bins = sorted({bin_label(r["text_tokens"] or 0) for r in rows}, key=lambda b: int(b.split("k")[0].lstrip(">")))
+    header, lines = ["Model"], []
+    for n in needles:
+        header += [f"{n} Needle {b}" for b in bins] + [f"{n} Needle Avg"]
+    for key, rs in runs.items():
+        line = [run_label(key)]
+        for n in needles:
+            mine = [r for r in rs if int(r.get("needles") or 0) == n]
+            line += [_fmt(_mean(r["score"] for r in mine if bin_label(r["text_tokens"] or 0) == b)) for b in bins]
+            line.append(_fmt(_mean(r["score"] for r in mine)))
+        lines.append(line)
+    return _table(header, lines, _dpi_separators(list(runs), runs))
+
+
+def mmlongbench_scores(rs: list[dict]) -> dict[str, float]:
+    """SP, CP, UA accuracies, Acc and F1 as MMLongBench-Doc's eval_acc_and_f1 computes them."""
+    answerable = [r for r in rs if r.get("kind") != "UA"]
+    said = [r for r in rs if r.get("prediction", "").strip() != "Not answerable"]
+    recall = _mean(r["score"] for r in answerable) if answerable else 0.0
+    precision = sum(r["score"] for r in answerable) / len(said) if said else 0.0
+    f1 = 2 * recall * precision / (recall + precision) if recall + precision > 0 else 0.0
+    return {"SP": _mean(r["score"] for r in rs if r.get("kind") == "SP"),
+            "CP": _mean(r["score"] for r in rs if r.get("kind") == "CP"),
+            "UA": _mean(r["score"] for r in rs if r.get("kind") == "UA"), "Acc": _mean(r["score"] for r in rs),
+            "F1": f1}
+
+
+def mmlongbench_table(rows: list[dict]) -> str:
+    runs = group_runs(rows)
+    cols = ["SP", "CP", "UA", "Acc", "F1"]
+    lines = [[run_label(k)] + [_fmt(mmlongbench_scores(rs)[c]) for c in cols] for k, rs in runs.items()]
+    return _table(["Model"] + cols, lines)
+
+
+def markdown(rows: list[dict], suite: str) -> str:
+    """The summary of a results file for one suite, in the paper's layout, with per-run item counts."""
+    from .benchmarks import longbench, ruler
+
+    if not rows:
+        return f"# {suite}\n\nNo results yet.\n"
+    parts = [f"# {suite}\n", "Scores in percent; Avg is the mean over the columns.\n"]
+    if suite == "ruler":
+        parts += [task_table(rows, list(ruler.TASKS), RULER_SHORT), "\n## By context length\n", length_table(rows)]
+    elif suite == "longbench":
+        order = [d for c in longbench.CATEGORIES for d, v in longbench.DATASETS.items() if v[2] == c]
+        parts += [task_table(rows, order, LONGBENCH_SHORT), "\n## By context length (text tokens)\n", length_table(rows)]
+    elif suite == "mrcr":
+        parts.append(mrcr_table(rows))
+    elif suite == "mmlongbench-doc":
+        parts.append(mmlongbench_table(rows))
+    else:
+        parts.append(task_table(rows, [], {}))
+    runs = group_runs(rows)
+    parts.append("\n## Runs\n")
+    lines = []
+    for key, rs in runs.items():
+        avg, mx = compression(rs)
+        vis = sum(r.get("visual_tokens") or 0 for r in rs)
+        text = sum(r.get("text_tokens") or 0 for r in rs)
+        lines.append([run_label(key), str(len(rs)), _fmt(_mean(r["score"] for r in rs)), f"{text:,}", f"{vis:,}",
+                      "-" if avg != avg else f"{avg:.2f} (max {mx:.2f})",
+                      f"{_mean(r['latency_s'] for r in rs):.3f}", str(sum(1 for r in rs if r.get("error")))])
+    parts.append(_table(["Run", "Items", "Accuracy", "Text tokens", "Visual tokens", "Compression", "Latency s",
+                         "Errors"], lines))
+    return "\n".join(parts) + "\n"
+
+
+def plot(rows: list[dict], out_dir, suite: str = "") -> list[Path]:
+    """accuracy_vs_length.png (a line per run) and accuracy_vs_compression.png (a point per dpi, a line per
+    target; text runs as horizontal lines). Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = group_runs(rows)
+    written = []
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for key, rs in runs.items():
+        lengths = sorted({length_of(r) for r in rs if length_of(r)})
+        if lengths:
+            ys = [100 * _mean(r["score"] for r in rs if length_of(r) == n) for n in lengths]
+            ax.plot(lengths, ys, marker="o", linestyle="--" if key[1] == "text" else "-", label=run_label(key))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (text tokens)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{suite} accuracy vs context length".strip())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = out / "accuracy_vs_length.png"
+    fig.savefig(p.with_name(".tmp-" + p.name), dpi=120, format="png")
+    p.with_name(".tmp-" + p.name).replace(p)
+    plt.close(fig)
+    written.append(p)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    targets = sorted({k[0] for k in runs})
+    for t in targets:
+        pts = sorted((compression(rs)[0], 100 * _mean(r["score"] for r in rs), k[2])
+                     for k, rs in runs.items() if k[0] == t and k[1] == "image")
+        pts = [p_ for p_ in pts if p_[0] == p_[0]]
+        if pts:
+            ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], marker="o", label=t)
+            for x, y, dpi in pts:
+                if dpi is not None:
+                    ax.annotate(f"{dpi:g} dpi", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for k, rs in runs.items():
+            if k[0] == t and k[1] == "text":
+                ax.axhline(100 * _mean(r["score"] for r in rs), linestyle="--", color="grey", label=f"{t} (text)")
+    ax.set_xlabel("compression (text tokens / visual tokens)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{suite} accuracy vs compression".strip())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = out / "accuracy_vs_compression.png"
+    fig.savefig(p.with_name(".tmp-" + p.name), dpi=120, format="png")
+    p.with_name(".tmp-" + p.name).replace(p)
+    plt.close(fig)
+    written.append(p)
+    return written

@@ -1,0 +1,99 @@
+"""A whole benchmark run: items of a suite, each target x render config (dpi) x mode, one results file, the
+summary table and plots. `glyph-rt eval` is this module's front end.
+
+    run_suite("ruler", ["path/to/ckpt"], out="runs/ruler", lengths=["4k", "8k"], dpis=[72, 96, 120])
+
+OUT/items.jsonl holds the items (written once, reused by a resumed run), OUT/results.jsonl one row per item and
+run (append-only; a rerun skips the rows already there), OUT/summary.md and summary.json the tables, and
+OUT/accuracy_vs_length.png, OUT/accuracy_vs_compression.png the plots.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ..render.config import RenderConfig
+from .harness import RESULTS_FILE, evaluate, read_rows
+from .item import Item, load_items, save_items
+
+SUITES = ("ruler", "longbench", "mrcr", "mmlongbench-doc", "glyph")
+
+
+def build_items(suite: str, *, data=None, lengths=("4k",), limit: int | None = None, seed: int = 0,
+                tasks=None, uuid: bool = False, squad=None, hotpotqa=None, documents=None, pages_dir=None,
+                doc_dpi: int = 144, tokenizer: str | None = "default") -> list[Item]:
+    """The items of a suite: RULER generated here (n = limit or 10 per task and length); the others read from
+    `data` (LongBench: a directory of <dataset>.jsonl; MRCR: parquet/JSONL; MMLongBench-Doc: samples.json with
+    `documents`; glyph: Glyph's evaluation files), `limit` per dataset / needle count / file."""
+    from .benchmarks import glyph_data, longbench, mmlongbench_doc, mrcr, ruler
+
+    if suite not in SUITES:
+        raise ValueError(f"suite {suite!r} is unknown; choose from {', '.join(SUITES)}")
+    if suite == "ruler":
+        return ruler.generate(tasks, lengths, n=limit or 10, seed=seed, uuid=uuid, squad=squad, hotpotqa=hotpotqa,
+                              tokenizer=tokenizer)
+    if data is None:
+        raise ValueError(f"suite {suite} reads its data from local files: give --data PATH")
+    if suite == "longbench":
+        return longbench.load(data, datasets=tasks, limit=limit)
+    if suite == "mrcr":
+        return mrcr.load(data, needles=[int(t) for t in tasks] if tasks else None, limit=limit)
+    if suite == "mmlongbench-doc":
+        if documents is None:
+            raise ValueError("suite mmlongbench-doc needs --documents DIR (the PDFs named by samples.json)")
+        return mmlongbench_doc.load(data, documents, pages_dir or Path(data).parent / "pages", dpi=doc_dpi,
+                                    limit=limit)
+    return glyph_data.load(data, limit=limit, uuid=uuid)
+
+
+def configs_for(config: RenderConfig | None, dpis=None) -> list[RenderConfig]:
+    base = (config or RenderConfig()).validate()
+    return [dataclasses.replace(base, dpi=float(d)).validate() for d in dpis] if dpis else [base]
+
+
+def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, config: RenderConfig | None = None,
+              dpis=None, as_text: bool = False, progress: bool = True, target_kwargs: dict | None = None,
+              tokenizer: str | None = "default", max_new_tokens: int | None = None, **item_kwargs) -> dict:
+    """Runs every target (specs or Targets) on the suite's items at each config (image mode) or once as text;
+    writes the results, summary and plots under `out`; returns the summary dict."""
+    from . import report
+    from .targets import Target, make_target
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    items_path = out / "items.jsonl"
+    if items is None:
+        if items_path.exists():
+            items = load_items(items_path)  # a resumed run scores the very same items
+        else:
+            items = build_items(suite, tokenizer=tokenizer, **item_kwargs)
+            save_items(items, items_path)
+    if not items:
+        raise ValueError(f"suite {suite}: no items (check --data, --tasks and --limit)")
+    cfgs = configs_for(config, dpis)
+    summaries = []
+    for spec in targets:
+        target = spec if isinstance(spec, Target) else make_target(spec, **(target_kwargs or {}))
+        try:
+            for cfg in ([cfgs[0]] if as_text else cfgs):
+                r = evaluate(cfg, items, target, as_text=as_text, out=out / RESULTS_FILE, tokenizer=tokenizer,
+                             progress=progress, extra=None if as_text else {"dpi": cfg.dpi},
+                             max_new_tokens=max_new_tokens)
+                summaries.append({**r.summary(), "dpi": None if as_text else cfg.dpi})
+        finally:
+            if not isinstance(spec, Target):
+                target.close()
+    rows = read_rows(out / RESULTS_FILE)
+    md = report.markdown(rows, suite)
+    _write(out / "summary.md", md)
+    summary = {"suite": suite, "items": len(items), "runs": summaries}
+    _write(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    report.plot(rows, out, suite)
+    return summary
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

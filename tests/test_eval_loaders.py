@@ -1,0 +1,128 @@
+"""Loaders of the published formats, from local files: LongBench JSONL, OpenAI MRCR parquet / JSONL,
+MMLongBench-Doc (PDF -> pages with poppler), Glyph's own evaluation layout."""
+import json
+import shutil
+
+import pytest
+
+from glyph_rt.eval import score
+from glyph_rt.eval.benchmarks import glyph_data, longbench, mmlongbench_doc, mrcr
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def lb_row(i, dataset="hotpotqa", **kw):
+    return {"input": f"Who founded company {i}?", "context": f"Passage 1:\nCompany {i} was founded by Ann {i}.",
+            "answers": [f"Ann {i}"], "length": 9, "dataset": dataset, "language": "en", "all_classes": None,
+            "_id": f"id{i}", **kw}
+
+
+def test_longbench(tmp_path):
+    write_jsonl(tmp_path / "hotpotqa.jsonl", [lb_row(i) for i in range(3)])
+    write_jsonl(tmp_path / "trec.jsonl", [lb_row(9, "trec", input="What is a cat?", answers=["Entity"],
+                                                 all_classes=["Entity", "Human", "Location"])])
+    (tmp_path / "notes.jsonl").write_text("{}\n")  # not a dataset: ignored
+    items = longbench.load(tmp_path)
+    assert [it.id for it in items] == ["hotpotqa-id0", "hotpotqa-id1", "hotpotqa-id2", "trec-id9"]
+    hq = items[0]
+    assert hq.metric == "qa_f1" and hq.max_new_tokens == 32 and hq.metadata["category"] == "Multi-Doc QA"
+    assert hq.context == lb_row(0)["context"] and "Question: Who founded company 0?" in hq.question
+    assert hq.context not in hq.question  # the pages carry the context
+    assert hq.text_prompt.startswith("Answer the question based on the given passages.") and hq.context in hq.text_prompt
+    assert score(hq, "Ann 0") == 1.0
+    trec = items[-1]
+    assert trec.metadata["first_line"] and score(trec, "Entity\nHuman") == 1.0
+    assert len(longbench.load(tmp_path, datasets=["hotpotqa"], limit=2)) == 2
+    with pytest.raises(ValueError, match="unknown"):
+        longbench.load(tmp_path, datasets=["nope"])
+    (tmp_path / "qasper.jsonl").write_text('{"input": 1}\nnot json\n')
+    with pytest.raises(ValueError, match=r"qasper.jsonl:1: not a LongBench line \(missing context, answers\)"):
+        longbench.load(tmp_path)
+
+
+def mrcr_row(i, n=2):
+    msgs = [{"role": "user", "content": "write a poem about tapirs"},
+            {"role": "assistant", "content": f"Tapirs roam {i}"},
+            {"role": "user", "content": "write a poem about rivers"},
+            {"role": "assistant", "content": "Rivers run"},
+            {"role": "user", "content": "Prepend AbC1 to the 1st (1 indexed) poem about tapirs. Do not include any "
+                                        "other text in your response."}]
+    return {"prompt": json.dumps(msgs), "answer": f"AbC1Tapirs roam {i}", "random_string_to_prepend": "AbC1",
+            "n_needles": n, "desired_msg_index": 1, "total_messages": 5, "n_chars": 60, "date_added": "04-12-2025"}
+
+
+def test_mrcr_parquet_and_jsonl(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([mrcr_row(i) for i in range(3)]), tmp_path / "2needle.parquet")
+    write_jsonl(tmp_path / "4needle.jsonl", [mrcr_row(7, 4)])
+    items = mrcr.load(tmp_path)
+    assert len(items) == 4 and {it.metadata["task"] for it in items} == {"mrcr_2needle", "mrcr_4needle"}
+    it = items[0]
+    assert it.context.startswith("User: write a poem about tapirs\nAssistant: Tapirs roam 0\nUser:")
+    assert it.question.startswith("Prepend AbC1") and "Prepend" not in it.context
+    assert it.text_prompt.endswith("User: " + it.question)
+    assert score(it, "AbC1Tapirs roam 0") == 1.0 and score(it, "Tapirs roam 0") == 0.0
+    assert len(mrcr.load(tmp_path, needles=[2], limit=2)) == 2
+    assert mrcr.bin_label(5000) == "0k-8k" and mrcr.bin_label(100000) == "64k-128k"
+
+
+@pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="needs poppler's pdftoppm")
+def test_mmlongbench_doc_pdf_to_pages(tmp_path):
+    from PIL import Image, ImageDraw
+
+    docs = tmp_path / "documents"
+    docs.mkdir()
+    pages = []
+    for k in range(3):
+        im = Image.new("RGB", (200, 280), "white")
+        ImageDraw.Draw(im).text((20, 20), f"Page {k + 1}", fill="black")
+        pages.append(im)
+    pages[0].save(docs / "report.pdf", save_all=True, append_images=pages[1:])
+    samples = [{"doc_id": "report.pdf", "doc_type": "Research report", "question": "How many pages?", "answer": "3",
+                "evidence_pages": "[1]", "evidence_sources": "['Pure-text (Plain-text)']", "answer_format": "Int"},
+               {"doc_id": "report.pdf", "doc_type": "Research report", "question": "Who?", "answer": "Not answerable",
+                "evidence_pages": "[]", "evidence_sources": "[]", "answer_format": "None"}]
+    (tmp_path / "samples.json").write_text(json.dumps(samples))
+    items = mmlongbench_doc.load(tmp_path / "samples.json", docs, tmp_path / "pages", dpi=36)
+    assert [len(it.images) for it in items] == [3, 3] and items[0].images[0].endswith("page-1.png")
+    assert [it.metadata["kind"] for it in items] == ["SP", "UA"]
+    assert score(items[0], "3") == 1.0 and score(items[1], "Not answerable") == 1.0
+    mtime = (tmp_path / "pages" / "report" / "page-1.png").stat().st_mtime
+    mmlongbench_doc.load(tmp_path / "samples.json", docs, tmp_path / "pages", dpi=36)  # cached: not converted again
+    assert (tmp_path / "pages" / "report" / "page-1.png").stat().st_mtime == mtime
+    (docs / "broken.pdf").write_bytes(b"not a pdf")
+    with pytest.raises(ValueError, match="pdftoppm failed"):
+        mmlongbench_doc.pdf_pages(docs / "broken.pdf", tmp_path / "pages")
+
+
+def test_glyph_evaluation_layout(tmp_path):
+    ruler_dir = tmp_path / "ruler" / "data"
+    ruler_dir.mkdir(parents=True)
+    write_jsonl(ruler_dir / "final_dpi96_processed_ruler_all_tasks_4096.jsonl", [
+        {"unique_id": "r1", "task_name": "niah_single_1", "context": "The grass is green. One of the special magic "
+         "numbers for x-y is: 123.", "question": "What is the special magic number for x-y?", "outputs": ["123"]},
+        {"unique_id": "r2", "task_name": "niah_single_3", "context": "c", "question": "q", "outputs": ["u"]},
+        {"unique_id": "r3", "task_name": "qa_1", "context": "Document 1: Paris.", "question": "Capital?",
+         "outputs": ["Paris", "paris city"]}])
+    mrcr_dir = tmp_path / "mrcr" / "data"
+    mrcr_dir.mkdir(parents=True)
+    (mrcr_dir / "processed_2needle_0-128k.json").write_text(json.dumps([
+        {"unique_id": "m1", "context": "User: hi\nAssistant: ho", "question": "Prepend zz to ...", "answer": "zzho",
+         "random_string_to_prepend": "zz", "n_needles": 2}]))
+    write_jsonl(tmp_path / "longbench" / "hotpotqa.jsonl" if (tmp_path / "longbench").mkdir() is None else None,
+                [lb_row(1, unique_id="hotpotqa_1")])
+    items = glyph_data.load(tmp_path)
+    by = {it.id: it for it in items}
+    assert set(by) == {"r1", "r3", "m1", "hotpotqa_1"}  # UUID task left out
+    assert by["r1"].metadata == {"task": "niah_single_1", "length": 4096} and by["r1"].max_new_tokens == 128
+    assert by["r3"].metric == "string_match_part" and by["m1"].metric == "mrcr"
+    assert score(by["m1"], "zzho") == 1.0
+    assert "r2" in {it.id for it in glyph_data.load(tmp_path, uuid=True)}
+    (tmp_path / "bad.json").write_text(json.dumps([{"foo": 1}]))
+    with pytest.raises(ValueError, match="not a RULER, LongBench or MRCR row"):
+        glyph_data.load(tmp_path / "bad.json")
