@@ -337,12 +337,16 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["search", "--out", str(tmp_path / "a"), "popuation=3"]) == 2
     assert main(["search", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert main(["search", "--out", str(tmp_path / "a"), "evaluator.kind=magic"]) == 2
+    assert main(["search", "--out", str(tmp_path / "a"), "evaluator.kind=eval"]) == 2
+    assert main(["search", "--out", str(tmp_path / "a"), "evaluator.kind=eval", "evaluator.target=x",
+                 "evaluator.items=a.jsonl", "evaluator.ruler={n: 1}"]) == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("objective: [1, 2]\n")
     assert main(["search", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'popuation'" in err and "does not exist" in err and "'magic'" in err
     assert "'objective' must be a mapping" in err and "Traceback" not in err
+    assert "kind eval needs target" in err and "either items (a JSONL file) or ruler" in err
     assert main(["search", "--out", str(tmp_path / "ok"), "generations=1", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "stopped (generations) after 2 generations, 16 configs evaluated" in out
