@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from glyph_rt.render.config import RenderConfig
 from glyph_rt.search import (Critic, History, Rejected, Search, SearchError, SearchSpace, SyntheticObjective, check,
@@ -84,6 +86,28 @@ def test_check_repairs_and_rejects_with_reasons(space):
     assert e.value.reason == "bad_value"
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 10_000), st.floats(0.0, 1.0), st.floats(0.01, 1.0))
+def test_children_are_valid_or_rejected_with_a_reason(i, j, rate, sigma):
+    space = _SPACE
+    rng = random.Random(i * 10_007 + j)
+    child = mutate(space, crossover(space, space.genome(space.sampler(i)), space.genome(space.sampler(j)), rng),
+                   rng, rate, sigma)
+    counts = Counter()
+    try:
+        g, config = check(space, child, counts)
+    except Rejected as e:
+        assert e.reason in ("low_contrast", "no_text_area", "glyphs_too_small", "over_model_pixel_budget",
+                            "page_over_pixel_limit", "invalid_config", "unrepairable")
+        return
+    assert check_rules(config, space.rules) is None
+    assert all(gene.lo <= g[n] <= gene.hi for n, gene in space.genes.items() if gene.kind in ("num", "int"))
+    assert config_hash(space.to_config(g)) == config_hash(config)
+
+
+_SPACE = SearchSpace()
+
+
 # ----------------------------------------------------------------- convergence
 def test_ga_converges_to_the_known_optimum(tmp_path):
     obj = Counting(floor=0.5)
@@ -111,6 +135,10 @@ def test_pareto_mode_and_outputs(tmp_path):
     assert config_hash(best) == r.best["hash"]
     glyph = json.loads((tmp_path / "best_config_glyph.json").read_text())
     assert glyph["dpi"] == best.dpi and "page-size" in glyph
+    back = RenderConfig.load(tmp_path / "best_config_glyph.json")  # Glyph's format reads back to the same style
+    for k in ("page_size", "dpi", "font_size", "line_height", "horizontal_scale", "margin_x", "margin_y", "alignment",
+              "font_color", "page_bg_color", "space_before", "space_after", "border_width", "newline_markup"):
+        assert getattr(back, k) == getattr(best, k), k
     table = (tmp_path / "best_per_generation.md").read_text()
     assert table.count("\n") == 2 + 4
     failed = [e for e in History(tmp_path / "history.jsonl").of_type("eval") if e.get("error")]

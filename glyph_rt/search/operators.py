@@ -33,10 +33,9 @@ def mutate(space: SearchSpace, genome: dict, rng: random.Random, rate: float | N
         v = out[g.name]
         if g.kind in ("num", "int"):
             step = rng.gauss(0.0, sigma * (g.hi - g.lo) * 10 ** rng.uniform(-1.5, 0))
-            nv = g.snap(min(max(v + step, g.lo), g.hi))
+            nv = g.bound(v + step)
             if nv == v:  # the step rounded away: move one unit
-                unit = g.step or 1
-                nv = g.snap(min(max(v + math.copysign(unit, step or 1), g.lo), g.hi))
+                nv = g.bound(v + math.copysign(g.step or 1, step or 1))
             out[g.name] = nv
         elif g.kind == "bool":
             out[g.name] = not v

@@ -64,11 +64,21 @@ class Gene:
             raise ValueError(f"{self.name}: {v!r} is not one of {list(self.choices)}")
         return v
 
+    def bound(self, x: float) -> float:
+        """`x` clipped to [lo, hi] and snapped to the step grid, staying inside the range."""
+        c = self.snap(min(max(x, self.lo), self.hi))
+        unit = self.step or 1
+        if c > self.hi:
+            c = self.snap(c - unit)
+        elif c < self.lo:
+            c = self.snap(c + unit)
+        return c
+
     def clip(self, v):
         """(value inside the range, whether it had to move)."""
         if self.kind not in ("num", "int"):
             return v, False
-        c = self.snap(min(max(v, self.lo), self.hi))
+        c = self.bound(v)
         return c, c != v and not math.isclose(c, v, abs_tol=1e-9)
 
     def describe(self) -> str:
