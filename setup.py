@@ -54,10 +54,13 @@ EXTRAS_REQUIRE = {
     # `glyph-rt eval`: endpoint targets, LongBench's rouge and code-sim, plots, parquet (MRCR)
     "eval": ["openai>=1.0", "rouge", "rapidfuzz", "matplotlib", "pyarrow"],
     "eval-zh": ["jieba"],  # LongBench's Chinese metrics (qa_f1_zh, rouge_zh) segment words with it
+    # `glyph-rt search`: the LLM critic's client, the Pareto plot
+    "search": ["openai>=1.0", "matplotlib"],
 }
 EXTRAS_REQUIRE["test"] = list(dict.fromkeys([
     "pytest", "hypothesis", "matplotlib", "transformers>=5.0", "fastapi", "uvicorn",
-    *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"], *EXTRAS_REQUIRE["train"], *EXTRAS_REQUIRE["eval"]]))
+    *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"], *EXTRAS_REQUIRE["train"], *EXTRAS_REQUIRE["eval"],
+    *EXTRAS_REQUIRE["search"]]))
 
 
 class CMakeExtension(Extension):

@@ -6,6 +6,7 @@
     glyph-rt styles --n 64 --seed 0 --out DIR [--config styles.yaml]
     glyph-rt make-data --task ocr|lm|gen|qa [--input PATH ...] --out DIR [--n N] [--shard-size N] [--seed S]
     glyph-rt eval --suite ruler|longbench|mrcr|mmlongbench-doc|glyph --target CKPT|openai:URL[:MODEL] --out DIR
+    glyph-rt search --config search.yaml [key=value ...] [--out DIR]
     glyph-rt backends
     glyph-rt make-tiny-checkpoint DIR [--model glm4v|qwen2_5_vl]
     glyph-rt --version
@@ -329,6 +330,23 @@ def cmd_make_data(args) -> int:
                   progress=not args.quiet)
     print(f"{args.out}: {r['written']} shards written ({r['samples']} samples, {r['pages']} pages), {r['kept']} kept "
           f"from an earlier run, {r['skipped']} records skipped")
+def cmd_search(args) -> int:
+    from .search import SearchError, load_settings, make_critic, run_search
+    from .search.objective import make_objective
+
+    try:
+        settings = load_settings(args.config, args.overrides)
+        out = _check_out_dir(args.out)
+        r = run_search(settings, make_objective(settings), out, make_critic(settings), progress=not args.quiet)
+    except SearchError as e:
+        raise UsageError(str(e)) from None
+    b = r.best
+    print(f"stopped ({r.stop_reason}) after {r.generations + 1} generations, {r.evaluations} configs evaluated; best "
+          + (f"{b['hash']}: accuracy {b['accuracy']:.4f}, compression {b['compression']:.3f}" if b and
+             b["accuracy"] is not None else "none"))
+    counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v) or "none"
+    print(f"repairs, rejections and failures: {counts}")
+    print(f"wrote {', '.join(f'{out}/{f}' for f in r.files)} and {r.history}")
     return 0
 
 
@@ -440,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--styles", help="styles YAML (default: the built-in glyph_rt/data/styles.yaml)")
     md.add_argument("--quiet", action="store_true", help="no progress bar")
     md.set_defaults(func=cmd_make_data)
+    se = sub.add_parser("search", help="genetic (optionally LLM-guided) search over rendering configs")
+    se.add_argument("overrides", nargs="*", help="key=value settings over the file's (e.g. objective.floor=0.9)")
+    se.add_argument("--config", help="search YAML (default: built-in defaults)")
+    se.add_argument("--out", default="glyph_search", help="output directory; its history.jsonl is resumed")
+    se.add_argument("--quiet", action="store_true", help="no progress bar")
+    se.set_defaults(func=cmd_search)
     b = sub.add_parser("backends", help="list the available backends")
     b.set_defaults(func=cmd_backends)
     t = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint for offline dry runs")

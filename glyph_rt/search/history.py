@@ -1,0 +1,83 @@
+"""The search's append-only history (JSONL) and what a resumed run reads back from it.
+
+Records, one JSON object a line, each with a "type":
+- header: the settings that decide the run (a resume must match them);
+- critic: the critic's raw proposals for a generation (replayed on resume, never asked twice);
+- eval: one evaluated config: hash, generation, parents, proposer, reason, config, accuracy,
+  compression, extra, seconds (or error);
+- generation: the survivors of a generation, its best, the counts of repairs and rejections;
+- end: why the run stopped.
+Each line is flushed and fsynced before the run goes on; a line cut short by a kill is dropped when
+the file is opened again.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class HistoryError(ValueError):
+    pass
+
+
+class History:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.records: list[dict] = []
+        if self.path.exists():
+            self._load()
+        self._f = None
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        good = data.rfind(b"\n") + 1
+        if good < len(data):  # a line cut short by a kill: drop it so appends stay whole lines
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+            data = data[:good]
+        for i, line in enumerate(data.decode("utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise HistoryError(f"{self.path}: line {i} is not JSON ({e}); the history is damaged") from None
+            if not isinstance(rec, dict) or "type" not in rec:
+                raise HistoryError(f"{self.path}: line {i} is not a history record")
+            self.records.append(rec)
+
+    def append(self, record: dict) -> None:
+        if self._f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a", encoding="utf-8")
+        self._f.write(json.dumps(record, sort_keys=True) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.records.append(record)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [r for r in self.records if r["type"] == kind]
+
+    @property
+    def header(self) -> dict | None:
+        h = self.of_type("header")
+        return h[0] if h else None
+
+    def evaluations(self) -> dict[str, dict]:
+        """hash -> eval record (the cache of scores)."""
+        return {r["hash"]: r for r in self.of_type("eval")}
+
+    def generations(self) -> dict[int, dict]:
+        return {r["generation"]: r for r in self.of_type("generation")}
+
+    def critic(self, generation: int) -> dict | None:
+        for r in self.of_type("critic"):
+            if r["generation"] == generation:
+                return r
+        return None

@@ -1,0 +1,400 @@
+"""The search loop: an elitist (mu + lambda) genetic search over rendering configs.
+
+Generation 0 is the style sampler's first `population` configs (plus any named presets); each next
+generation's children come from the critic's proposals (when one is set) and then from the
+deterministic operators (tournament selection, crossover, mutation) until there are `offspring` new
+configs. Survivors are the best `population` of parents + children under the goal. Every random
+choice of generation g comes from a generator seeded by (seed, g), the critic's answers are logged,
+and every evaluation is cached by config hash, so a run resumed from its history after a kill ends
+exactly where an uninterrupted run ends, and no config is evaluated twice.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .. import __version__
+from ..render.config import RenderConfig
+from ..train.styles import StyleSampler
+from .critic import Critic, CriticError, parse_answer, prompt, proposal_genome
+from .history import History
+from .objective import Goal, Objective
+from .operators import Rejected, check, crossover, mutate, tournament
+from .space import SearchSpace, config_hash
+
+DEFAULTS: dict = {
+    "seed": 0,
+    "population": 8,          # survivors kept per generation (mu)
+    "offspring": 8,           # new configs evaluated per generation (lambda)
+    "generations": 10,        # stop after this many generations after generation 0
+    "max_evaluations": 200,   # stop at this many evaluations
+    "patience": 3,            # stop after this many generations without improvement
+    "objective": {"mode": "constrained", "floor": 0.5},
+    "operators": {"mutation_rate": None, "sigma": 0.15, "crossover_rate": 0.5, "tournament": 3, "repair": True},
+    "styles": None,           # a styles YAML: the space and the initial population (default: built-in)
+    "presets": [],            # RenderConfig presets added to generation 0, e.g. [glyph]
+    "critic": {"base_url": None, "model": None, "api_key_env": "OPENAI_API_KEY", "timeout": 60.0,
+               "temperature": 0.7, "max_proposals": 4},
+    "evaluator": {"kind": "synthetic"},
+    "outputs": {"contact_sheet": 6, "text": None},
+}
+# settings that change which configs are evaluated: a resume must keep them
+DECISIVE = ("seed", "population", "offspring", "objective", "operators", "styles", "presets", "critic.model",
+            "critic.max_proposals")
+
+
+class SearchError(ValueError):
+    """A bad search setting or a history that does not belong to these settings."""
+
+
+# ----------------------------------------------------------------- settings
+def load_settings(path: str | None = None, overrides: list[str] = ()) -> dict:
+    """DEFAULTS, a YAML file over them, then `key=value` overrides (dotted keys, YAML values)."""
+    s = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise SearchError(f"search config: file {str(p)!r} does not exist")
+        try:
+            user = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise SearchError(f"search config: {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(user, dict):
+            raise SearchError(f"search config: {str(p)!r} must be a mapping")
+        _merge(s, user, "")
+        for node, key in ((s, "styles"), (s["evaluator"], "items"), (s["evaluator"], "text"), (s["outputs"], "text")):
+            v = node.get(key)  # file paths in the file are relative to it
+            if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
+                node[key] = str(p.parent / v)
+    for o in overrides:
+        if "=" not in o:
+            raise SearchError(f"override {o!r}: use key=value (e.g. objective.floor=0.8)")
+        key, _, raw = o.partition("=")
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            value = raw
+        node, parts = {}, key.strip().split(".")
+        cur = node
+        for k in parts[:-1]:
+            cur = cur.setdefault(k, {})
+        cur[parts[-1]] = value
+        _merge(s, node, "")
+    check_settings(s)
+    return s
+
+
+_OPEN_MAPS = ("evaluator", "outputs")
+
+
+def _merge(base: dict, user: dict, where: str) -> None:
+    for k, v in user.items():
+        path = f"{where}{k}"
+        if k not in base and where.rstrip(".") not in _OPEN_MAPS:
+            raise SearchError(f"search config: unknown key {path!r}; known: {', '.join(base)}")
+        if isinstance(base.get(k), dict):
+            if not isinstance(v, dict):
+                raise SearchError(f"search config: {path!r} must be a mapping ({', '.join(base[k])})")
+            _merge(base[k], v, path + ".")
+        else:
+            base[k] = v
+
+
+def check_settings(s: dict) -> None:
+    for k in ("population", "offspring", "max_evaluations"):
+        if isinstance(s[k], bool) or not isinstance(s[k], int) or s[k] < 1:
+            raise SearchError(f"{k}: {s[k]!r} must be a whole number >= 1")
+    for k in ("seed", "generations", "patience"):
+        if isinstance(s[k], bool) or not isinstance(s[k], int) or s[k] < 0:
+            raise SearchError(f"{k}: {s[k]!r} must be a whole number >= 0")
+    try:
+        Goal(s["objective"]["mode"], s["objective"]["floor"])
+    except ValueError as e:
+        raise SearchError(str(e)) from None
+    op = s["operators"]
+    for k in ("crossover_rate",) + (("mutation_rate",) if op["mutation_rate"] is not None else ()):
+        v = op[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise SearchError(f"operators.{k}: {v!r} must be a probability in [0, 1]")
+    if isinstance(op["sigma"], bool) or not isinstance(op["sigma"], (int, float)) or not 0 < op["sigma"] <= 1:
+        raise SearchError(f"operators.sigma: {op['sigma']!r} must be in (0, 1] (a fraction of each gene's range)")
+    if isinstance(op["tournament"], bool) or not isinstance(op["tournament"], int) or op["tournament"] < 1:
+        raise SearchError(f"operators.tournament: {op['tournament']!r} must be a whole number >= 1")
+    c = s["critic"]
+    if isinstance(c["max_proposals"], bool) or not isinstance(c["max_proposals"], int) or c["max_proposals"] < 0:
+        raise SearchError(f"critic.max_proposals: {c['max_proposals']!r} must be a whole number >= 0")
+    if c["base_url"] and not c["model"]:
+        raise SearchError("critic.model: set the model name the endpoint serves (critic.base_url is set)")
+    if not isinstance(s["presets"], list):
+        raise SearchError(f"presets: {s['presets']!r} must be a list of preset names")
+    for name in s["presets"]:
+        try:
+            RenderConfig.preset(name)
+        except ValueError as e:
+            raise SearchError(f"presets: {e}") from None
+
+
+def _get(s: dict, dotted: str):
+    for k in dotted.split("."):
+        s = s[k]
+    return s
+
+
+def make_critic(s: dict) -> Critic | None:
+    """The critic of settings["critic"], or None when no base_url is set."""
+    c = s["critic"]
+    if not c["base_url"]:
+        return None
+    return Critic(c["base_url"], c["model"], api_key=os.environ.get(c["api_key_env"] or ""),
+                  timeout=c["timeout"], temperature=c["temperature"])
+
+
+# ----------------------------------------------------------------- the loop
+@dataclass
+class SearchResult:
+    best: dict | None  # the best eval record
+    config: RenderConfig | None
+    front: list  # Pareto front of every evaluated config (eval records)
+    stop_reason: str
+    evaluations: int
+    generations: int
+    counts: dict = field(default_factory=dict)
+    history: Path | None = None
+    files: list = field(default_factory=list)
+
+
+class Search:
+    """One search run writing to `out_dir` (history.jsonl there; resumed when it exists)."""
+
+    def __init__(self, settings: dict, objective: Objective, out_dir, critic: Critic | None = None,
+                 progress: bool = False):
+        check_settings(settings)
+        self.s, self.objective, self.critic, self.progress = settings, objective, critic, progress
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        sampler = StyleSampler.from_file(settings["styles"], seed=settings["seed"]) if settings["styles"] \
+            else StyleSampler(seed=settings["seed"])
+        self.space = SearchSpace(sampler)
+        o = settings["objective"]
+        self.goal = Goal(o["mode"], float(o["floor"]))
+        self.hist = History(self.out / "history.jsonl")
+        self.cache = self.hist.evaluations()
+
+    # ------------------------------------------------------------- header
+    def _header(self) -> dict:
+        return {"type": "header", "version": __version__, "objective": self.objective.describe(),
+                "settings": {k: _get(self.s, k) for k in DECISIVE}}
+
+    def _check_header(self) -> None:
+        want, have = self._header(), self.hist.header
+        if have is None:
+            self.hist.append(want)
+            return
+        for k in ("objective", "settings"):
+            if have.get(k) != want[k]:
+                diff = {n: (have.get(k, {}).get(n), v) for n, v in want[k].items() if have.get(k, {}).get(n) != v}
+                raise SearchError(f"{self.hist.path} belongs to another search ({k} differs: "
+                                  f"{', '.join(f'{n}: {a!r} -> {b!r}' for n, (a, b) in diff.items())}); "
+                                  "use another output directory to start a new one")
+
+    # ------------------------------------------------------------- candidates
+    def initial(self, counts: Counter) -> list[dict]:
+        out, seen = [], set()
+        for name in self.s["presets"]:
+            self._add(out, seen, self.space.genome(RenderConfig.preset(name)), [], f"preset:{name}", "", counts,
+                      "initial.")
+        i = 0
+        while len(out) < self.s["population"] + len(self.s["presets"]) and i < 50 * self.s["population"]:
+            self._add(out, seen, self.space.genome(self.space.sampler(i)), [], "sampler", f"style sample {i}",
+                      counts, "initial.")
+            i += 1
+        return out
+
+    def _add(self, out, seen, genome, parents, proposer, reason, counts, prefix) -> bool:
+        try:
+            genome, config = check(self.space, genome, counts, self.s["operators"]["repair"], prefix)
+        except Rejected as e:
+            counts[f"{prefix}rejected.{e.reason}"] += 1
+            return False
+        h = config_hash(config)
+        if h in seen:
+            counts[f"{prefix}duplicate"] += 1
+            return False
+        seen.add(h)
+        out.append({"hash": h, "genome": genome, "config": config, "parents": parents, "proposer": proposer,
+                    "reason": reason})
+        return True
+
+    def offspring(self, g: int, ranked: list[dict], counts: Counter) -> list[dict]:
+        s, op = self.s, self.s["operators"]
+        rng = random.Random(f"glyph_rt.search:{s['seed']}:{g}")
+        # configs of earlier generations are duplicates; this generation's, evaluated before a kill, are
+        # drawn again (and found in the cache) so a resumed generation equals the uninterrupted one
+        seen = {h for h, e in self.cache.items() if e["generation"] < g} | {e["hash"] for e in ranked}
+        out: list[dict] = []
+        rec = self.hist.critic(g)
+        if rec is None and self.critic is not None:
+            rec = self._ask_critic(g, ranked)
+        if rec is not None:
+            if rec.get("error"):
+                counts["critic.failed"] += 1
+            ids = {f"c{i + 1}": e for i, e in enumerate(ranked)}
+            props = rec["proposals"]
+            limit = s["critic"]["max_proposals"]
+            if len(props) > limit:
+                counts["critic.rejected.over_limit"] += len(props) - limit
+            for p in props[:limit]:
+                try:
+                    genome, pids, reason = proposal_genome(self.space, p, {k: e["genome"] for k, e in ids.items()})
+                except Rejected as e:
+                    counts[f"critic.rejected.{e.reason}"] += 1
+                    continue
+                if self._add(out, seen, genome, [ids[i]["hash"] for i in pids], "critic", reason, counts, "critic."):
+                    counts["critic.accepted"] += 1
+        tries = 0
+        while len(out) < s["offspring"] and tries < 50 * s["offspring"]:
+            tries += 1
+            a = tournament(ranked, rng, op["tournament"])
+            if len(ranked) > 1 and rng.random() < op["crossover_rate"]:
+                b = tournament(ranked, rng, op["tournament"])
+                child, parents, how = crossover(self.space, a["genome"], b["genome"], rng), [a, b], "crossover+mutate"
+            else:
+                child, parents, how = a["genome"], [a], "mutate"
+            child = mutate(self.space, child, rng, op["mutation_rate"], op["sigma"])
+            self._add(out, seen, child, [p["hash"] for p in parents], "operators", how, counts, "operators.")
+        return out
+
+    def _ask_critic(self, g: int, ranked: list[dict]) -> dict:
+        rows = [{"id": f"c{i + 1}", "genome": e["genome"], "accuracy": e.get("accuracy"),
+                 "compression": e.get("compression")} for i, e in enumerate(ranked)]
+        o = self.s["objective"]
+        goal = (f"maximise compression subject to accuracy >= {o['floor']}" if o["mode"] == "constrained"
+                else "extend the Pareto front of (accuracy, compression), both maximised")
+        rec = {"type": "critic", "generation": g, "proposals": [], "error": None}
+        try:
+            messages = prompt(self.space, rows, goal, self.s["critic"]["max_proposals"])
+            rec["proposals"] = parse_answer(self.critic.ask(messages))
+        except CriticError as e:
+            rec["error"] = str(e)
+        self.hist.append(rec)
+        return rec
+
+    # ------------------------------------------------------------- evaluation
+    def evaluate(self, g: int, cand: dict) -> dict:
+        t0 = time.perf_counter()
+        rec = {"type": "eval", "generation": g, "hash": cand["hash"], "parents": cand["parents"],
+               "proposer": cand["proposer"], "reason": cand["reason"], "genome": cand["genome"],
+               "config": cand["config"].to_dict(), "accuracy": None, "compression": None, "extra": {}}
+        try:
+            score = self.objective(cand["config"])
+            rec.update(accuracy=float(score.accuracy), compression=float(score.compression), extra=score.extra)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # recorded and ranked last: the search goes on
+            rec["error"] = f"{type(e).__name__}: {e}"
+        rec["seconds"] = round(time.perf_counter() - t0, 6)
+        self.hist.append(rec)
+        self.cache[cand["hash"]] = rec
+        return rec
+
+    # ------------------------------------------------------------- run
+    def run(self) -> SearchResult:
+        from tqdm import tqdm
+
+        s = self.s
+        self._check_header()
+        gens = self.hist.generations()
+        n_eval = len(self.cache)
+        bar = tqdm(total=s["max_evaluations"], initial=min(n_eval, s["max_evaluations"]), unit="config",
+                   desc="search", disable=not self.progress)
+        survivors: list[dict] = []
+        best_progress, stale, g, reason = None, 0, 0, None
+        while True:
+            if g > 0:
+                if g > s["generations"]:
+                    reason = "generations"
+                elif n_eval >= s["max_evaluations"]:
+                    reason = "evaluations"
+                elif stale >= s["patience"] > 0:
+                    reason = "patience"
+                if reason:
+                    break
+            if g in gens:
+                rec = gens[g]
+                survivors = [self.cache[h] for h in rec["survivors"]]
+            else:
+                counts: Counter = Counter()
+                cands = self.initial(counts) if g == 0 else self.offspring(g, survivors, counts)
+                new = []
+                for c in cands:
+                    if c["hash"] in self.cache:  # evaluated before the kill
+                        new.append(self.cache[c["hash"]])
+                    elif n_eval < s["max_evaluations"]:
+                        new.append(self.evaluate(g, c))
+                        n_eval += 1
+                        bar.update(1)
+                    else:
+                        counts["skipped.budget"] += 1
+                survivors = self.goal.rank(_uniq(survivors + new))[: s["population"]]
+                best = self.goal.best(list(self.cache.values()))
+                rec = {"type": "generation", "generation": g, "survivors": [e["hash"] for e in survivors],
+                       "children": [e["hash"] for e in new], "best": best["hash"] if best else None,
+                       "progress": list(self.goal.progress(list(self.cache.values()))),
+                       "counts": dict(sorted(counts.items()))}
+                self.hist.append(rec)
+                gens[g] = rec
+            progress = tuple(-math.inf if v is None else v for v in rec["progress"])
+            if best_progress is None or any(a > b + 1e-12 for a, b in zip(progress, best_progress)):
+                stale = 0
+            else:
+                stale += 1
+            best_progress = progress if best_progress is None else tuple(map(max, progress, best_progress))
+            g += 1
+        bar.close()
+        if not any(r.get("generations") == g - 1 and r.get("reason") == reason for r in self.hist.of_type("end")):
+            self.hist.append({"type": "end", "reason": reason, "generations": g - 1, "evaluations": n_eval})
+        self.hist.close()
+        return self.result(reason, g - 1)
+
+    def result(self, reason: str, last_gen: int) -> SearchResult:
+        from .objective import pareto_fronts
+
+        evals = list(self.cache.values())
+        best = self.goal.best(evals)
+        ok = [e for e in evals if e.get("accuracy") is not None]
+        counts: Counter = Counter()
+        for r in self.hist.of_type("generation"):
+            counts.update(r["counts"])
+        counts["failed"] = sum(1 for e in evals if e.get("error"))
+        front = sorted(pareto_fronts(ok)[0], key=lambda e: e["compression"]) if ok else []
+        return SearchResult(best, self.space.to_config(best["genome"]) if best else None, front, reason,
+                            len(evals), last_gen, dict(sorted(counts.items())), self.hist.path)
+
+
+def _uniq(entries: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for e in entries:
+        if e["hash"] not in seen:
+            seen.add(e["hash"])
+            out.append(e)
+    return out
+
+
+def run_search(settings: dict, objective: Objective, out_dir, critic: Critic | None = None,
+               progress: bool = False, report: bool = True) -> SearchResult:
+    """Runs (or resumes) a search and writes its outputs to `out_dir` (see glyph_rt.search.report)."""
+    search = Search(settings, objective, out_dir, critic, progress)
+    result = search.run()
+    if report:
+        from .report import write_outputs
+
+        result.files = write_outputs(result, out_dir, settings, search.space)
+    return result

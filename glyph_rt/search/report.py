@@ -1,0 +1,161 @@
+"""A search's outputs: the best config (glyph_rt JSON and Glyph's JSON), the Pareto plot, the best
+per generation (Markdown), a contact sheet of the best configs' first pages and summary.json."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+CONTACT_CHARS = 5000
+THUMB = 260
+
+
+def _write(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    (tmp.write_bytes if isinstance(data, bytes) else lambda d: tmp.write_text(d, encoding="utf-8"))(data)
+    os.replace(tmp, path)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def best_per_generation(history) -> list[dict]:
+    """Per generation: the best config so far (hash, accuracy, compression), its evaluations, its counts."""
+    evals = history.evaluations()
+    rows = []
+    for r in history.of_type("generation"):
+        b = evals.get(r["best"]) if r["best"] else None
+        rows.append({"generation": r["generation"], "best": r["best"], "accuracy": b and b["accuracy"],
+                     "compression": b and b["compression"], "proposer": b and b["proposer"],
+                     "evaluated": len([h for h in r["children"] if evals[h]["generation"] == r["generation"]]),
+                     "counts": r["counts"]})
+    return rows
+
+
+def table_markdown(rows: list[dict]) -> str:
+    lines = ["| generation | best | accuracy | compression | found by | evaluated | rejected | repaired |",
+             "|---:|---|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        c = r["counts"]
+        rej = sum(v for k, v in c.items() if ".rejected." in f".{k}")
+        rep = sum(v for k, v in c.items() if ".repaired." in f".{k}")
+        lines.append(f"| {r['generation']} | `{r['best']}` | {_fmt(r['accuracy'])} | {_fmt(r['compression'])} | "
+                     f"{r['proposer'] or '-'} | {r['evaluated']} | {rej} | {rep} |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(evals: list[dict], front: list[dict], best: dict | None, floor: float | None, path: Path,
+                title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [e for e in evals if e.get("accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    gens = [e["generation"] for e in ok]
+    sc = ax.scatter([e["compression"] for e in ok], [e["accuracy"] for e in ok], c=gens, cmap="viridis", s=18,
+                    alpha=0.75, label=f"evaluated ({len(ok)})")
+    fig.colorbar(sc, ax=ax, label="generation")
+    f = sorted(front, key=lambda e: e["compression"])
+    ax.step([e["compression"] for e in f], [e["accuracy"] for e in f], where="post", color="#C44E52", lw=1.5)
+    ax.scatter([e["compression"] for e in f], [e["accuracy"] for e in f], s=60, facecolors="none",
+               edgecolors="#C44E52", lw=1.5, label=f"Pareto front ({len(f)})")
+    if floor is not None and math.isfinite(floor):
+        ax.axhline(floor, color="grey", ls="--", lw=1, label=f"accuracy floor {floor:g}")
+    presets = [e for e in ok if str(e.get("proposer", "")).startswith("preset:")]
+    if presets:
+        ax.scatter([e["compression"] for e in presets], [e["accuracy"] for e in presets], marker="s", s=90,
+                   color="#4C72B0", edgecolors="white", zorder=6, label="preset (baseline)")
+        for e in presets:
+            ax.annotate(e["proposer"][7:], (e["compression"], e["accuracy"]), textcoords="offset points",
+                        xytext=(-30, -22), fontsize=9, color="#4C72B0", arrowprops={"arrowstyle": "-",
+                                                                                    "color": "#4C72B0"})
+    if best is not None and best.get("accuracy") is not None:
+        ax.scatter([best["compression"]], [best["accuracy"]], marker="*", s=220, color="#DD8452", zorder=5,
+                   label="best")
+    ax.set_xlabel("compression (text tokens / visual tokens)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "rendering search: every evaluated config")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def contact_sheet(records: list[dict], space, text: str, path: Path) -> None:
+    """First pages of `records`' configs, side by side, each labelled with rank, accuracy, compression."""
+    from PIL import Image, ImageDraw
+
+    from ..render.pages import Document
+
+    cells = []
+    for e in records:
+        doc = Document(text, space.to_config(e["genome"]), max_pages=1)
+        buf, sizes = doc.rasterize(0, 1)
+        w, h = sizes[0]
+        img = Image.fromarray(buf[0, :h, :w])
+        img.thumbnail((THUMB - 6, int(THUMB * 1.5) - 6), Image.Resampling.LANCZOS)
+        cells.append(img)
+    cell_h = int(THUMB * 1.5) + 28
+    sheet = Image.new("RGB", (max(1, len(cells)) * THUMB, cell_h), (128, 128, 128))
+    draw = ImageDraw.Draw(sheet)
+    for k, (e, img) in enumerate(zip(records, cells)):
+        x = k * THUMB
+        sheet.paste(img, (x + (THUMB - img.width) // 2, 3))
+        draw.text((x + 4, cell_h - 24), f"#{k + 1} {e['hash'][:8]} gen {e['generation']}", fill=(0, 0, 0))
+        draw.text((x + 4, cell_h - 12), f"acc {_fmt(e['accuracy'])} comp {_fmt(e['compression'])}", fill=(0, 0, 0))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    sheet.save(tmp)
+    os.replace(tmp, path)
+
+
+def write_outputs(result, out_dir, settings: dict, space) -> list[str]:
+    """Writes best_config.json, best_config_glyph.json, pareto.png, best_per_generation.md,
+    contact_sheet.png and summary.json to `out_dir`; returns the file names written."""
+    from .history import History
+    from .objective import Goal
+
+    out = Path(out_dir)
+    hist = History(out / "history.jsonl")
+    files = []
+    if result.config is not None:
+        _write(out / "best_config.json", json.dumps(result.config.to_dict(), indent=2) + "\n")
+        _write(out / "best_config_glyph.json", json.dumps(result.config.to_glyph_dict(), indent=2) + "\n")
+        files += ["best_config.json", "best_config_glyph.json"]
+    rows = best_per_generation(hist)
+    _write(out / "best_per_generation.md", table_markdown(rows))
+    files.append("best_per_generation.md")
+    evals = list(hist.evaluations().values())
+    o = settings["objective"]
+    try:
+        pareto_plot(evals, result.front, result.best, float(o["floor"]), out / "pareto.png",
+                    f"{len(evals)} configs, {result.generations + 1} generations ({o['mode']})")
+        files.append("pareto.png")
+    except ImportError:
+        pass  # matplotlib missing: the summary says so
+    n = int(settings["outputs"].get("contact_sheet") or 0)
+    if n and result.best is not None:
+        from ..render.textio import read_text, sample_text
+
+        src = settings["outputs"].get("text")
+        text = (read_text(src)[0] if src else sample_text())[:CONTACT_CHARS]
+        ranked = Goal(o["mode"], float(o["floor"])).rank([e for e in evals if e.get("accuracy") is not None])
+        if o["mode"] == "constrained":
+            top = ranked[:n]
+        else:
+            top = sorted(result.front, key=lambda e: -e["compression"])[:n]
+        contact_sheet(top, space, text, out / "contact_sheet.png")
+        files.append("contact_sheet.png")
+    summary = {"stop_reason": result.stop_reason, "generations": result.generations,
+               "evaluations": result.evaluations, "best": result.best and {
+                   k: result.best[k] for k in ("hash", "generation", "accuracy", "compression", "proposer", "reason")},
+               "front": [{k: e[k] for k in ("hash", "accuracy", "compression")} for e in result.front],
+               "counts": result.counts, "settings": settings}
+    _write(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    files.append("summary.json")
+    return files

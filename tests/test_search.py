@@ -1,0 +1,380 @@
+"""The rendering search: operators and repair, convergence on a synthetic objective with a known
+optimum, an LLM critic served over real HTTP, resume after a real kill, no config evaluated twice."""
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from glyph_rt.render.config import RenderConfig
+from glyph_rt.search import (Critic, History, Rejected, Search, SearchError, SearchSpace, SyntheticObjective, check,
+                             config_hash, crossover, load_settings, mutate, run_search, tournament)
+from glyph_rt.train.styles import check_rules
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace()
+
+
+class Counting(SyntheticObjective):
+    """The synthetic objective, remembering every config it was asked to score."""
+
+    def __init__(self, floor=0.5, fail_on=None):
+        super().__init__(floor)
+        self.seen = []
+        self.fail_on = fail_on
+
+    def __call__(self, config):
+        self.seen.append(config_hash(config))
+        if self.fail_on is not None and self.fail_on(config):
+            raise RuntimeError("model crashed")
+        return super().__call__(config)
+
+
+# ----------------------------------------------------------------- operators
+def test_genome_round_trip_and_mutation_stays_in_range(space):
+    rng = random.Random(0)
+    g = space.genome(space.sampler(0))
+    g2, config = check(space, g, Counter())
+    assert space.genome(config) == g2
+    for _ in range(200):
+        g = mutate(space, g, rng)
+        for name, gene in space.genes.items():
+            if gene.kind in ("num", "int"):
+                assert gene.lo <= g[name] <= gene.hi, name
+            elif gene.kind == "choice":
+                assert g[name] in gene.choices
+    a, b = space.genome(space.sampler(1)), space.genome(space.sampler(2))
+    child = crossover(space, a, b, rng)
+    assert all(child[n] in (a[n], b[n]) for n in space.genes)
+    assert (child["font_size"], child["line_height_delta"]) in {(a["font_size"], a["line_height_delta"]),
+                                                                 (b["font_size"], b["line_height_delta"])}
+    ranked = list(range(10))
+    picks = Counter(tournament(ranked, rng, 3) for _ in range(2000))
+    assert picks[0] > picks[5] > picks[9]  # the better ranked, the more often picked
+
+
+def test_check_repairs_and_rejects_with_reasons(space):
+    base = space.genome(space.sampler(0))
+    counts = Counter()
+    g, config = check(space, {**base, "margin_x": 500, "font_size": 7, "dpi": 45}, counts)
+    assert g["margin_x"] == space.genes["margin_x"].hi
+    assert config.font_size * config.dpi / 72 >= space.rules["min_glyph_px"]  # dpi raised
+    assert counts["repaired.margin_x_range"] == 1 and counts["repaired.glyphs_too_small"] == 1
+    assert check_rules(config, space.rules) is None
+    with pytest.raises(Rejected) as e:
+        check(space, {**base, "colors": "#FFFFFF/#FFFFFF/#EEEEEE"}, counts)
+    assert e.value.reason == "low_contrast"
+    with pytest.raises(Rejected) as e:
+        check(space, {**base, "margin_x": 500}, counts, repair=False)
+    assert e.value.reason == "out_of_range"
+    with pytest.raises(Rejected) as e:
+        check(space, {**base, "font": "NoSuchFont.ttf"}, counts)
+    assert e.value.reason == "bad_value"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 10_000), st.floats(0.0, 1.0), st.floats(0.01, 1.0))
+def test_children_are_valid_or_rejected_with_a_reason(i, j, rate, sigma):
+    space = _SPACE
+    rng = random.Random(i * 10_007 + j)
+    child = mutate(space, crossover(space, space.genome(space.sampler(i)), space.genome(space.sampler(j)), rng),
+                   rng, rate, sigma)
+    counts = Counter()
+    try:
+        g, config = check(space, child, counts)
+    except Rejected as e:
+        assert e.reason in ("low_contrast", "no_text_area", "glyphs_too_small", "over_model_pixel_budget",
+                            "page_over_pixel_limit", "invalid_config", "unrepairable")
+        return
+    assert check_rules(config, space.rules) is None
+    assert all(gene.lo <= g[n] <= gene.hi for n, gene in space.genes.items() if gene.kind in ("num", "int"))
+    assert config_hash(space.to_config(g)) == config_hash(config)
+
+
+_SPACE = SearchSpace()
+
+
+# ----------------------------------------------------------------- convergence
+def test_ga_converges_to_the_known_optimum(tmp_path):
+    obj = Counting(floor=0.5)
+    s = load_settings(None, ["generations=60", "max_evaluations=400", "patience=10"])
+    r = run_search(s, obj, tmp_path, report=False)
+    hmin = SearchSpace().genes["horizontal_scale"].lo
+    assert r.best["accuracy"] >= 0.5
+    assert r.best["compression"] >= 0.99 * obj.optimum(hmin)
+    assert r.evaluations <= 400
+    assert len(obj.seen) == len(set(obj.seen)) == r.evaluations  # no config evaluated twice
+
+
+def test_pareto_mode_and_outputs(tmp_path):
+    obj = Counting(fail_on=lambda c: c.dpi > 200)
+    s = load_settings(None, ["generations=3", "objective.mode=pareto", "outputs.contact_sheet=3"])
+    r = run_search(s, obj, tmp_path)
+    assert r.stop_reason == "generations" and r.generations == 3
+    accs = [e["accuracy"] for e in r.front]
+    comps = [e["compression"] for e in r.front]
+    assert comps == sorted(comps) and accs == sorted(accs, reverse=True)  # a real front
+    for f in ("best_config.json", "best_config_glyph.json", "pareto.png", "best_per_generation.md",
+              "contact_sheet.png", "summary.json"):
+        assert (tmp_path / f).stat().st_size > 0, f
+    best = RenderConfig.load(tmp_path / "best_config.json")
+    assert config_hash(best) == r.best["hash"]
+    glyph = json.loads((tmp_path / "best_config_glyph.json").read_text())
+    assert glyph["dpi"] == best.dpi and "page-size" in glyph
+    back = RenderConfig.load(tmp_path / "best_config_glyph.json")  # Glyph's format reads back to the same style
+    for k in ("page_size", "dpi", "font_size", "line_height", "horizontal_scale", "margin_x", "margin_y", "alignment",
+              "font_color", "page_bg_color", "space_before", "space_after", "border_width", "newline_markup"):
+        assert getattr(back, k) == getattr(best, k), k
+    table = (tmp_path / "best_per_generation.md").read_text()
+    assert table.count("\n") == 2 + 4
+    failed = [e for e in History(tmp_path / "history.jsonl").of_type("eval") if e.get("error")]
+    assert r.counts["failed"] == len(failed) and all(e["accuracy"] is None for e in failed)
+
+
+def test_settings_errors(tmp_path):
+    with pytest.raises(SearchError, match="unknown key 'popuation'"):
+        load_settings(None, ["popuation=3"])
+    with pytest.raises(SearchError, match="objective.mode"):
+        load_settings(None, ["objective.mode=best"])
+    with pytest.raises(SearchError, match="critic.model"):
+        load_settings(None, ["critic.base_url=http://127.0.0.1:1/v1"])
+    run_search(load_settings(None, ["generations=0"]), Counting(), tmp_path, report=False)
+    with pytest.raises(SearchError, match="another search"):
+        run_search(load_settings(None, ["generations=0", "seed=3"]), Counting(), tmp_path, report=False)
+
+
+# ----------------------------------------------------------------- the critic over HTTP
+class FixedChatServer:
+    """An OpenAI-compatible chat endpoint on 127.0.0.1 answering every request with `self.content`."""
+
+    def __init__(self):
+        import uvicorn
+        from fastapi import FastAPI
+
+        self.requests, self.content = [], ""
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        def chat(body: dict):
+            self.requests.append(body)
+            return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": self.content}}]}
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 10
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.02)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+@pytest.fixture(scope="module")
+def chat_server():
+    s = FixedChatServer()
+    yield s
+    s.server.should_exit = True
+    s.thread.join(5)
+
+
+PROPOSALS = [
+    {"op": "mutate", "parent": "c1", "changes": {"font_size": 7.5, "horizontal_scale": 0.75},
+     "reason": "smaller glyphs"},
+    {"op": "crossover", "parents": ["c1", "c2"], "take_from_second": ["dpi"], "changes": {"line_height_delta": 0},
+     "reason": "c2's dpi with tight lines"},
+    {"op": "mutate", "parent": "c2", "changes": {"margin_x": 500}, "reason": "out of range: clipped"},
+    {"op": "mutate", "parent": "c1", "changes": {"kerning": 2}, "reason": "no such gene"},
+    {"op": "mutate", "parent": "c1", "changes": {"colors": "#FFFFFF/#FFFFFF/#F0F0F0"}, "reason": "too faint"},
+    "make it smaller",
+    {"op": "mutate", "parent": "c1", "changes": {"dpi": 60}},
+    {"op": "mutate", "parent": "c99", "changes": {"dpi": 60}, "reason": "no such parent"},
+    {"op": "explode", "parent": "c1", "reason": "unknown op"},
+    {"op": "mutate", "parent": "c1", "changes": {"dpi": "many"}, "reason": "not a number"},
+]
+
+
+def test_critic_proposals_applied_rejected_counted_never_evaluated(chat_server, tmp_path):
+    chat_server.content = "Here you go:\n```json\n" + json.dumps({"proposals": PROPOSALS}) + "\n```"
+    n0 = len(chat_server.requests)
+    obj = Counting()
+    s = load_settings(None, ["generations=1", "offspring=4", "critic.model=fixed", f"critic.base_url={chat_server.url}",
+                             "critic.max_proposals=10"])
+    critic = Critic(chat_server.url, "fixed", timeout=10)
+    r = run_search(s, obj, tmp_path, critic=critic, report=False)
+    assert len(chat_server.requests) == n0 + 1  # asked once, for generation 1
+    user = chat_server.requests[-1]["messages"][-1]["content"]
+    assert "id|acc|comp|dpi|" in user and "\nc1|" in user and "maximise compression" in user
+    c = r.counts
+    assert c["critic.accepted"] == 3 and c["critic.repaired.margin_x_range"] == 1
+    for reason in ("unknown_gene", "low_contrast", "malformed", "no_reason", "unknown_parent", "unknown_op",
+                   "bad_value"):
+        assert c[f"critic.rejected.{reason}"] == 1, reason
+    evals = History(tmp_path / "history.jsonl").of_type("eval")
+    by_critic = [e for e in evals if e["proposer"] == "critic"]
+    assert len(by_critic) == 3 and {e["reason"] for e in by_critic} == {
+        "smaller glyphs", "c2's dpi with tight lines", "out of range: clipped"}
+    assert [e["genome"]["margin_x"] for e in by_critic if e["reason"].startswith("out")] == [40.0]
+    assert all(e["genome"]["colors"] != "#FFFFFF/#FFFFFF/#F0F0F0" for e in evals)
+    assert len(obj.seen) == len(set(obj.seen)) == len(evals)  # only valid, new configs were scored
+    gen1 = [e for e in evals if e["generation"] == 1]
+    assert len(gen1) == 4  # 3 from the critic, 1 from the operators
+
+
+def test_critic_failure_falls_back_to_operators(chat_server, tmp_path):
+    chat_server.content = "I would make the font smaller."  # no JSON
+    s = load_settings(None, ["generations=2", "critic.model=fixed", f"critic.base_url={chat_server.url}"])
+    r = run_search(s, Counting(), tmp_path / "a", critic=Critic(chat_server.url, "fixed", timeout=10), report=False)
+    assert r.counts["critic.failed"] == 2 and r.evaluations == 8 * 3
+    with socket.socket() as sk:  # a port nobody listens on
+        sk.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sk.getsockname()[1]}/v1"
+    s = load_settings(None, ["generations=1", "critic.model=fixed", f"critic.base_url={dead}"])
+    r = run_search(s, Counting(), tmp_path / "b", critic=Critic(dead, "fixed", timeout=2), report=False)
+    assert r.counts["critic.failed"] == 1 and r.evaluations == 16
+    assert "Connection" in History(tmp_path / "b" / "history.jsonl").of_type("critic")[0]["error"]
+
+
+# ----------------------------------------------------------------- resume
+def _records(path):
+    out = []
+    for r in History(path).records:
+        r = {k: v for k, v in r.items() if k != "seconds"}
+        out.append(r)
+    return out
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
+    args = ["generations=4", "patience=0", "evaluator.delay=0.05", "outputs.contact_sheet=0", "--quiet"]
+    cmd = [sys.executable, "-m", "glyph_rt.cli", "search"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    full = tmp_path / "full"
+    subprocess.run([*cmd, "--out", str(full), *args], check=True, env=env, capture_output=True, timeout=120)
+    killed = tmp_path / "killed"
+    p = subprocess.Popen([*cmd, "--out", str(killed), *args], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    hist = killed / "history.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline:  # kill it in generation 1 or 2, mid-generation
+        if hist.exists() and hist.read_text().count('"type": "eval"') >= 13:
+            break
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    partial = hist.read_text().count('"type": "eval"')
+    assert 13 <= partial < 40, "the run was not killed mid-way"
+    r = subprocess.run([*cmd, "--out", str(killed), *args], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    a, b = _records(full / "history.jsonl"), _records(hist)
+    assert a == b  # the same records in the same order: nothing lost, nothing evaluated twice
+    hashes = [x["hash"] for x in b if x["type"] == "eval"]
+    assert len(hashes) == len(set(hashes)) == 40
+    assert (full / "best_config.json").read_text() == (killed / "best_config.json").read_text()
+
+
+def test_resume_replays_the_critic_and_scores_nothing_twice(chat_server, tmp_path):
+    chat_server.content = json.dumps({"proposals": PROPOSALS[:3]})
+    settings = load_settings(None, ["generations=3", "patience=0", "critic.model=fixed",
+                                    f"critic.base_url={chat_server.url}"])
+
+    class Interrupt(Counting):
+        def __call__(self, config):
+            if len(self.seen) == 20:
+                raise KeyboardInterrupt
+            return super().__call__(config)
+
+    first = Interrupt()
+    with pytest.raises(KeyboardInterrupt):
+        Search(settings, first, tmp_path, Critic(chat_server.url, "fixed")).run()
+    asked = len(chat_server.requests)
+    chat_server.content = "garbage now"  # a replayed generation must not ask again
+    second = Counting()
+    r = Search(settings, second, tmp_path, Critic(chat_server.url, "fixed")).run()
+    assert not set(first.seen) & set(second.seen)
+    assert len(first.seen) + len(second.seen) == r.evaluations
+    assert len(chat_server.requests) - asked == 1  # only generation 3 (gens 1-2 were logged before the interrupt)
+
+
+# ----------------------------------------------------------------- real objectives
+def test_legibility_objective_measures_compression_and_legibility():
+    from glyph_rt.render.pages import render
+    from glyph_rt.render.tokens import get_tokenizer, visual_tokens
+    from glyph_rt.search.legibility import LegibilityObjective
+
+    obj = LegibilityObjective(chars=4000, max_glyphs=400)
+    big = RenderConfig(font_size=12, line_height=14, dpi=100)
+    small = RenderConfig(font_size=6, line_height=6, dpi=60, horizontal_scale=0.75)
+    a, b = obj(big), obj(small)
+    assert a.accuracy > 0.9 > 0.5 > b.accuracy  # 16.7 px glyphs read, 5 px squeezed ones do not
+    assert b.compression > 3 * a.compression
+    pages = render(obj.text, big)
+    want = get_tokenizer(None).count(obj.text) / sum(visual_tokens([im.shape[1::-1] for im in pages.images]))
+    assert a.compression == pytest.approx(want)
+
+
+def test_eval_objective_runs_the_harness_with_a_tiny_checkpoint(tmp_path):
+    from glyph_rt.eval import Item, make_target
+    from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+    from glyph_rt.search import EvalObjective
+
+    target = make_target(str(tiny_glm4v_checkpoint(tmp_path / "ckpt")), device="cpu")
+    items = [Item(id=f"q{i}", context=f"The magic number of item {i} is {1000 + i}. " * 8,
+                 question="What is the magic number?", answers=[str(1000 + i)], max_new_tokens=2) for i in range(2)]
+    obj = EvalObjective(items, target, out=tmp_path / "rows")
+    s = load_settings(None, ["population=2", "offspring=1", "generations=1", "styles=" + str(_small_pages(tmp_path))])
+    r = run_search(s, obj, tmp_path / "search", report=False)
+    evals = History(tmp_path / "search" / "history.jsonl").of_type("eval")
+    assert r.evaluations == len(evals) == 3 and not any(e.get("error") for e in evals)
+    assert all(0 <= e["accuracy"] <= 1 and e["compression"] > 0 for e in evals)
+    assert len(list((tmp_path / "rows").glob("*.jsonl"))) == 3  # the harness's rows, one file per config
+
+
+def _small_pages(tmp_path):
+    """A styles file drawing small pages only (fast for a tiny model on the CPU)."""
+    p = tmp_path / "styles.yaml"
+    p.write_text("dpi: {lowest: {weight: 1, range: [45, 59]}, low: {weight: 0, range: [60, 71]}, medium: {weight: 0, "
+                 "range: [72, 119]}, normal: {weight: 0, values: [72]}, high: {weight: 0, range: [301, 400]}}\n"
+                 "page_size: {paper: {weight: 0}, aspect: {weight: 0}, random: {weight: 1, width: [300, 320], "
+                 "segments: [[0.6, 1.0, 1]]}}\nfont_size: {range: [10, 14]}\n")
+    return p
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    from glyph_rt.cli import main
+
+    assert main(["search", "--out", str(tmp_path / "a"), "popuation=3"]) == 2
+    assert main(["search", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["search", "--out", str(tmp_path / "a"), "evaluator.kind=magic"]) == 2
+    assert main(["search", "--out", str(tmp_path / "a"), "evaluator.kind=eval"]) == 2
+    assert main(["search", "--out", str(tmp_path / "a"), "evaluator.kind=eval", "evaluator.target=x",
+                 "evaluator.items=a.jsonl", "evaluator.ruler={n: 1}"]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("objective: [1, 2]\n")
+    assert main(["search", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'popuation'" in err and "does not exist" in err and "'magic'" in err
+    assert "'objective' must be a mapping" in err and "Traceback" not in err
+    assert "kind eval needs target" in err and "either items (a JSONL file) or ruler" in err
+    assert main(["search", "--out", str(tmp_path / "ok"), "generations=1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped (generations) after 2 generations, 16 configs evaluated" in out
