@@ -48,8 +48,9 @@ EXTRAS_REQUIRE = {
     "bench": ["matplotlib", "transformers>=5.0"],
     # Noto Sans CJK (OFL, ~16 MB wheel), found automatically: Chinese, Japanese, Korean
     "cjk": ["noto-cjk-sans-otc"],
-    # right-to-left text: bidi reordering (UAX #9) and Arabic contextual forms
-    "scripts": ["python-bidi>=0.5", "arabic-reshaper>=3"],
+    # right-to-left text: bidi reordering (UAX #9) and Arabic contextual forms; HarfBuzz shaping of
+    # Devanagari, Bengali, Tamil, Thai, Myanmar...
+    "scripts": ["python-bidi>=0.5", "arabic-reshaper>=3", "uharfbuzz"],
 }
 EXTRAS_REQUIRE["test"] = ["pytest", "hypothesis", "matplotlib", "transformers>=5.0", *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"]]
 
