@@ -119,8 +119,20 @@ def shape(text: str, draw: np.ndarray, atlas) -> tuple[np.ndarray, np.ndarray] |
             c = virtual[slot] = len(atlas.lut) + len(virtual)
         return c
 
+    with atlas.lock:  # FreeType faces are used by one thread at a time
+        _shape_runs(runs.tolist(), draw, out, atlas, code)
+    if not virtual:
+        return None
+    lut = np.empty(len(atlas.lut) + len(virtual), np.int32)
+    lut[: len(atlas.lut)] = atlas.lut
+    for slot, c in virtual.items():
+        lut[c] = slot
+    return out, lut
+
+
+def _shape_runs(runs, draw: np.ndarray, out: np.ndarray, atlas, code) -> None:
     cache: dict[tuple, list | None] = {}
-    for s, e in runs.tolist():
+    for s, e in runs:
         key = tuple(draw[s:e].tolist())
         plan = cache.get(key, _EMPTY)
         if plan is _EMPTY:
@@ -137,10 +149,3 @@ def shape(text: str, draw: np.ndarray, atlas) -> tuple[np.ndarray, np.ndarray] |
         for a, b, slot, empty in plan:
             out[s + a] = code(slot)
             out[s + a + 1: s + b] = code(empty)
-    if not virtual:
-        return None
-    lut = np.empty(len(atlas.lut) + len(virtual), np.int32)
-    lut[: len(atlas.lut)] = atlas.lut
-    for slot, c in virtual.items():
-        lut[c] = slot
-    return out, lut
