@@ -109,3 +109,12 @@ def test_bad_tokenizer_file(tmp_path):
     p.write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match="tokenizer"):
         TextTokenizer(p)
+
+
+def test_count_ahead(tok):
+    text = sample_text()
+    tok.count_ahead(text)
+    assert tok.count(text) == hf_count(tok, text)
+    tok.count_ahead(text)
+    assert tok.count(text[:100]) == hf_count(tok, text[:100])  # another text: counted now
+    assert tok.count(text) == hf_count(tok, text)

@@ -139,6 +139,7 @@ class TextTokenizer:
             raise ValueError(f"tokenizer: {self.path!r} is not a valid tokenizer.json ({e})") from None
         self._hf = None if self._fast else self._load_hf()
         self.engine = "tiktoken" if self._fast else "tokenizers"
+        self._ahead = None  # (text, thread, result) of count_ahead
 
     def _load_hf(self):
         from tokenizers import Tokenizer
@@ -159,7 +160,33 @@ class TextTokenizer:
             raise ValueError(f"the text has {len(enc.ids)} tokens, fewer than {n}")
         return enc.ids[:n], text[: enc.offsets[n - 1][1]]
 
+    def count_ahead(self, text: str) -> None:
+        """Starts counting `text` in a background thread (tiktoken's BPE releases the GIL, so it runs
+        beside rendering on another core); the next `count` of the same str object waits for it."""
+        import threading
+
+        box: dict = {}
+
+        def run():
+            try:
+                box["n"] = self._count(text)
+            except BaseException as e:  # handed to the caller of count()
+                box["error"] = e
+
+        t = threading.Thread(target=run, name="glyph-rt-tokens", daemon=True)
+        self._ahead = (text, t, box)
+        t.start()
+
     def count(self, text: str) -> int:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] is text:
+            ahead[1].join()
+            if "error" in ahead[2]:
+                raise ahead[2]["error"]
+            return ahead[2]["n"]
+        return self._count(text)
+
+    def _count(self, text: str) -> int:
         if not text:
             return 0
         if self._fast is not None:
