@@ -1,6 +1,8 @@
 """HarfBuzz shaping of Devanagari and other scripts: glyph clusters, advances, character accounting."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import glyph_rt
 from glyph_rt import RenderConfig
@@ -107,3 +109,25 @@ def test_cluster_slots_survive_the_disk_cache(deva_font, tmp_path, monkeypatch):
     a.save()
     b = FontAtlas([deva_font], 13, 72)
     assert b._clusters == a._clusters and b.cluster_slot(0, [(g, x, 0, 0) for g, x in zip(gids, advs)]) == slot
+
+
+SHAPED_ALPHABET = ("\u0915\u094d\u0937\u093f\u0930\u0947\u0902\u0901\u093c\u0964\u0967"  # Devanagari
+                   "\u0b95\u0bca\u0bcd\u0bbe"  # Tamil
+                   "\u0e19\u0e49\u0e33\u0e35\u0e48"  # Thai
+                   "\u1019\u103c\u1014\u103a\u102c"  # Myanmar
+                   "\u09a4\u09cd\u09b0"  # Bengali
+                   "\u200c\u200d a\n\t")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=SHAPED_ALPHABET, max_size=80))
+def test_generated_shaped_text_accounts_every_character(deva_font, text):
+    doc = glyph_rt.Document(text, CFG)
+    c = doc.char_counts()
+    assert c["unplaced_chars"] == 0 and c["stripped_chars"] == 0
+    assert c["placed_chars"] + c["whitespace_chars"] == len(text)
+    lay = doc.layout
+    assert sorted(lay.g_src.tolist()) == [i for i, ch in enumerate(text) if not ch.isspace()]
+    if doc.num_pages:
+        buf, sizes = doc.rasterize()
+        assert len(sizes) == doc.num_pages
