@@ -97,12 +97,13 @@ def build(tokenizer_json: Path) -> dict | None:
         return None
     items = sorted(tokens.items(), key=lambda kv: kv[1])
     blobs = [t for t, _ in items]
-    pairs, owner = [], []
-    for k, t in enumerate(blobs):
-        if len(t) > 1:
-            a = np.frombuffer(t, np.uint8).astype(np.uint16)
-            pairs.append((a[:-1] << 8) | a[1:])
-            owner.append(np.full(len(t) - 1, k, np.int32))
+    # every byte pair inside a token, with the token it belongs to
+    flat = np.frombuffer(b"".join(blobs), np.uint8).astype(np.uint16)
+    lengths = np.fromiter(map(len, blobs), np.int64, len(blobs))
+    owner = np.repeat(np.arange(len(blobs), dtype=np.int32), lengths)
+    inside = owner[:-1] == owner[1:]
+    pairs = ((flat[:-1] << 8) | flat[1:])[inside]
+    owner = owner[:-1][inside]
     return {
         "format": FORMAT,
         "pattern": split["pattern"]["Regex"],
@@ -110,8 +111,8 @@ def build(tokenizer_json: Path) -> dict | None:
         "special": special,
         "tokens": blobs,
         "ranks": np.asarray([r for _, r in items], np.int32).tobytes(),
-        "pairs": np.concatenate(pairs).tobytes(),
-        "pair_owner": np.concatenate(owner).tobytes(),
+        "pairs": pairs.tobytes(),
+        "pair_owner": owner.tobytes(),
     }
 
 
