@@ -14,7 +14,8 @@ The fast form is cached beside the atlas cache (`$GLYPH_RT_CACHE` or ~/.cache/gl
 file's path, size and modification time, as a `marshal` file written through a temporary name.
 Building the merge table costs time in proportion to the vocabulary, so each count keeps only the
 tokens that can occur in its text: those whose every byte pair occurs in the text's UTF-8 bytes (a
-token that is not a substring of the text is never looked up by the BPE, so counts are unchanged).
+token that is not a substring of the text is never looked up by the BPE, so counts are unchanged),
+and whose every byte triple hashes to a bucket the text's triples fill.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -43,6 +44,12 @@ def _bytes_to_unicode() -> dict[int, str]:
             cs.append(256 + n)
             n += 1
     return dict(zip(bs, map(chr, cs)))
+
+
+def _triple_hash(b: np.ndarray) -> np.ndarray:
+    """A 20-bit hash of every three consecutive bytes of `b` (uint32): a filter may keep too much, never too little."""
+    v = (b[:-2] << 16) | (b[1:-1] << 8) | b[2:]
+    return ((v * np.uint32(0x9E3779B1)) >> np.uint32(12)) & np.uint32(0xFFFFF)
 
 
 def cache_path(tokenizer_json: Path) -> Path:
@@ -103,6 +110,9 @@ def build(tokenizer_json: Path) -> dict | None:
     owner = np.repeat(np.arange(len(blobs), dtype=np.int32), lengths)
     inside = owner[:-1] == owner[1:]
     pairs = ((flat[:-1] << 8) | flat[1:])[inside]
+    inside3 = owner[:-2] == owner[2:]
+    triples = _triple_hash(flat.astype(np.uint32))[inside3]
+    owner3 = owner[:-2][inside3]
     owner = owner[:-1][inside]
     return {
         "format": FORMAT,
@@ -113,6 +123,8 @@ def build(tokenizer_json: Path) -> dict | None:
         "ranks": np.asarray([r for _, r in items], np.int32).tobytes(),
         "pairs": pairs.tobytes(),
         "pair_owner": owner.tobytes(),
+        "triples": triples.tobytes(),
+        "triple_owner": owner3.tobytes(),
     }
 
 
@@ -157,6 +169,8 @@ class BPECounter:
         self.ranks = np.frombuffer(form["ranks"], np.int32)
         self.pairs = np.frombuffer(form["pairs"], np.uint16)
         self.pair_owner = np.frombuffer(form["pair_owner"], np.int32)
+        self.triples = np.frombuffer(form["triples"], np.uint32)
+        self.triple_owner = np.frombuffer(form["triple_owner"], np.int32)
         self._special_re = re.compile("|".join(map(re.escape, sorted(self.special, key=len, reverse=True)))) \
             if self.special else None
 
@@ -174,7 +188,7 @@ class BPECounter:
         return "".join(out)
 
     def _core(self, data: bytes):
-        """A tiktoken BPE holding only the tokens whose byte pairs all occur in `data`."""
+        """A tiktoken BPE holding only the tokens whose byte pairs and (hashed) byte triples all occur in `data`."""
         from tiktoken import _tiktoken
 
         b = np.frombuffer(data, np.uint8)
@@ -183,6 +197,10 @@ class BPECounter:
             seen[(b[:-1].astype(np.uint16) << 8) | b[1:]] = True
         drop = np.zeros(len(self.tokens), bool)
         drop[self.pair_owner[~seen[self.pairs]]] = True
+        seen3 = np.zeros(1 << 20, bool)
+        if len(b) > 2:
+            seen3[_triple_hash(b.astype(np.uint32))] = True
+        drop[self.triple_owner[~seen3[self.triples]]] = True
         keep = np.flatnonzero(~drop).tolist()
         toks, ranks = self.tokens, self.ranks.tolist()
         return _tiktoken.CoreBPE({toks[k]: ranks[k] for k in keep}, self.special, self.pattern)
