@@ -118,3 +118,11 @@ def test_count_ahead(tok):
     tok.count_ahead(text)
     assert tok.count(text[:100]) == hf_count(tok, text[:100])  # another text: counted now
     assert tok.count(text) == hf_count(tok, text)
+
+
+def test_pattern_tiktoken_cannot_compile(tmp_path):
+    j = json.loads(default_tokenizer_path().read_text(encoding="utf-8"))
+    j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(?<name"  # not a regex
+    p = tmp_path / "tokenizer.json"
+    p.write_text(json.dumps(j), encoding="utf-8")
+    assert bpe.build(p) is None

@@ -102,6 +102,12 @@ def build(tokenizer_json: Path) -> dict | None:
     names = sorted(special)
     if any(b.startswith(a) for a, b in zip(names, names[1:])):  # leftmost-first = leftmost-longest
         return None
+    try:  # the pre-tokenizer's regex must compile in tiktoken's engine too
+        from tiktoken import _tiktoken
+
+        _tiktoken.CoreBPE({bytes([b]): tokens[bytes([b])] for b in range(256)}, special, split["pattern"]["Regex"])
+    except Exception:  # noqa: BLE001 - tiktoken raises ValueError or its own errors for a bad pattern
+        return None
     items = sorted(tokens.items(), key=lambda kv: kv[1])
     blobs = [t for t, _ in items]
     # every byte pair inside a token, with the token it belongs to
