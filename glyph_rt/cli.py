@@ -169,8 +169,10 @@ def cmd_render(args) -> int:
     t0 = time.perf_counter()
     _check_input(args.input)
     out = _check_out_dir(args.out)
-    _tokenizer(args)
+    tokenizer = _tokenizer(args)
     doc, replaced, name = _document(args, _config(args))
+    if tokenizer is not None:
+        tokenizer.count_ahead(doc.text)  # beside the pages, on another core when there is one
     # setup: imports, argument checks, the tokenizer and reading the input (Document() timed its layout)
     seconds = {"startup": args.startup_seconds, "setup": time.perf_counter() - t0 - doc.seconds["layout"]}
     progress = not args.quiet and doc.num_pages >= PROGRESS_MIN_PAGES

@@ -66,14 +66,27 @@ class Engine {
 
   int32_t slot_of(uint32_t c) {
     int32_t s = (int64_t)c < a_.lut_size ? a_.lut[c] : -1;
-    if (s >= a_.n_slots)
-      throw std::out_of_range("layout: the atlas maps codepoint " + std::to_string(c) + " to slot " +
-                              std::to_string(s) + ", outside its " + std::to_string(a_.n_slots) + " slots");
+    if (__builtin_expect(s >= a_.n_slots, 0)) bad_slot(c, s);
     return s < 0 ? a_.missing_slot : s;
+  }
+
+  [[noreturn]] __attribute__((noinline, cold)) void bad_slot(uint32_t c, int32_t s) const {
+    throw std::out_of_range("layout: the atlas maps codepoint " + std::to_string(c) + " to slot " +
+                            std::to_string(s) + ", outside its " + std::to_string(a_.n_slots) + " slots");
   }
 
   // Appends the items of source text [b, e) (one source line, no '\n').
   void push_text(const uint32_t* t, int64_t b, int64_t e, uint8_t color, int32_t src_override) {
+    // At most one item per character (a run of spaces gives one item or one per space): written
+    // through a pointer into room made once, then trimmed.
+    const size_t base = items_.size();
+    items_.resize(base + (size_t)(e - b));
+    Item* w = items_.data() + base;
+    push_items(t, b, e, color, src_override, w);
+    items_.resize((size_t)(w - items_.data()));
+  }
+
+  void push_items(const uint32_t* t, int64_t b, int64_t e, uint8_t color, int32_t src_override, Item*& w) {
     int64_t i = b;
     while (i < e) {
       uint32_t c = t[i];
@@ -87,12 +100,12 @@ class Engine {
           ++j;
         }
         if (width == 1) {
-          items_.push_back({-1, src, (float)space_w_, kBreak, color, false, 1});
+          *w++ = Item{-1, src, (float)space_w_, kBreak, color, false, 1};
         } else {  // one kept item per space or tab (a tab is tab_size spaces wide, never split)
           for (int64_t k = i; k < j; ++k) {
             int32_t s2 = src_override >= 0 ? src_override : (int32_t)k;
-            uint8_t w = (uint8_t)(t[k] == '\t' ? p_.tab_size : 1);
-            items_.push_back({-1, s2, (float)(space_w_ * w), kNbsp, color, false, w});
+            uint8_t sw = (uint8_t)(t[k] == '\t' ? p_.tab_size : 1);
+            *w++ = Item{-1, s2, (float)(space_w_ * sw), kNbsp, color, false, sw};
           }
         }
         i = j;
@@ -104,12 +117,12 @@ class Engine {
         continue;
       }
       if (is_break_space(c)) {
-        items_.push_back({-1, src, (float)space_w_, kBreak, color, false, 1});
+        *w++ = Item{-1, src, (float)space_w_, kBreak, color, false, 1};
       } else if (c == 0xA0) {
-        items_.push_back({-1, src, (float)space_w_, kNbsp, color, false, 1});
+        *w++ = Item{-1, src, (float)space_w_, kNbsp, color, false, 1};
       } else {
         int32_t s = slot_of(c);
-        items_.push_back({s, src, (float)a_.advance[s], kDraw, color, is_cjk(c), 0});
+        *w++ = Item{s, src, (float)a_.advance[s], kDraw, color, is_cjk(c), 0};
       }
       ++i;
     }
@@ -117,7 +130,8 @@ class Engine {
 
   // Splits items [b, e) into units (word mode or per-character CJK mode).
   void make_units(int32_t b, int32_t e) {
-    units_.clear();
+    units_.resize(std::max(0, e - b));  // at most one unit per item, written by index, trimmed
+    size_t nu = 0;
     bool gap = false;
     int32_t i = b;
     while (i < e) {
@@ -131,10 +145,11 @@ class Engine {
       if (p_.wrap == kWrapWord && !it.cjk) {
         while (j < e && items_[j].kind != kBreak && !items_[j].cjk) ++j;
       }
-      units_.push_back({i, j, gap});
+      units_[nu++] = Unit{i, j, gap};
       gap = false;
       i = j;
     }
+    units_.resize(nu);
   }
 
   double unit_width(const Unit& u) const {
@@ -286,6 +301,15 @@ class Engine {
       int32_t& ps = out_.p_src_start.back();
       if (ps < 0) ps = l.src_start;
       out_.p_src_end.back() = l.src_end;
+      // at most one glyph per item: room is made once per line, written through pointers, trimmed
+      const size_t g0 = out_.g_x.size();
+      size_t room = 0;
+      for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui) room += placed_[ui].end - placed_[ui].start;
+      resize_glyphs(g0 + room);
+      int32_t *gp = out_.g_page.data() + g0, *gs = out_.g_slot.data() + g0, *gr = out_.g_src.data() + g0;
+      float *gx = out_.g_x.data() + g0, *gy = out_.g_y.data() + g0;
+      uint8_t* gc = out_.g_color.data() + g0;
+      size_t m = 0;
       double pen = x;
       for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui) {
         const Unit& u = placed_[ui];
@@ -293,12 +317,13 @@ class Engine {
         for (int32_t k = u.start; k < u.end; ++k) {
           const Item& it = items_[k];
           if (it.kind == kDraw) {
-            out_.g_page.push_back(page_);
-            out_.g_slot.push_back(it.slot);
-            out_.g_src.push_back(it.src);
-            out_.g_x.push_back((float)pen);
-            out_.g_y.push_back((float)y);
-            out_.g_color.push_back(it.color);
+            gp[m] = page_;
+            gs[m] = it.slot;
+            gr[m] = it.src;
+            gx[m] = (float)pen;
+            gy[m] = (float)y;
+            gc[m] = it.color;
+            ++m;
             if (it.color == 0) {  // source characters; marker glyphs are not part of the text
               ++out_.placed;
               out_.missing += a_.missing_flag[it.slot];  // counted when drawn, not when read
@@ -309,7 +334,17 @@ class Engine {
           pen += it.adv;
         }
       }
+      resize_glyphs(g0 + m);
     }
+  }
+
+  void resize_glyphs(size_t n) {
+    out_.g_page.resize(n);
+    out_.g_slot.resize(n);
+    out_.g_src.resize(n);
+    out_.g_x.resize(n);
+    out_.g_y.resize(n);
+    out_.g_color.resize(n);
   }
 
   // Places the lines of the current paragraph into frames, splitting across pages.

@@ -12,6 +12,9 @@ C++ and GPU rasterizers read as they are:
     lut     int32  [0x110000]        codepoint -> slot (-1 = not built yet)
 
 Slot 0 is the replacement box drawn for characters no font covers; slot 1 is the space.
+Shaped scripts (see `shaping`) add slots held by glyph id rather than by codepoint: each is one
+cluster of HarfBuzz glyphs (a Devanagari syllable, a Thai base with its marks) composited at its
+positions, keyed by font and glyphs (`cluster_slot`, cached with the rest).
 Atlases are cached in memory and on disk (~/.cache/glyph_rt/atlas, or $GLYPH_RT_CACHE). A disk
 cache file is verified when read (checksum, array sizes, index ranges) and rebuilt on any mismatch.
 All access goes through `lock`: `arrays()` returns a consistent snapshot that later growth never
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
+import math
 import os
 import threading
 import unicodedata
@@ -30,11 +35,11 @@ import numpy as np
 
 from .fonts import split_face
 
-ATLAS_VERSION = 3
+ATLAS_VERSION = 4
 LUT_SIZE = 0x110000
 MAX_ATLAS_BYTES = (1 << 31) - 1  # the kernels address the atlas with int32 offsets
 _ARRAYS = ("data", "offset", "width", "height", "left", "top", "advance", "missing")
-_CACHED = _ARRAYS + ("codepoints", "slots", "missing_cps")
+_CACHED = _ARRAYS + ("codepoints", "slots", "missing_cps", "clusters")
 MISSING_SLOT = 0
 SPACE_SLOT = 1
 # Characters the layout treats as whitespace or removes: they never need a bitmap.
@@ -100,6 +105,7 @@ class FontAtlas:
         self._bitmaps: list[np.ndarray] = []  # slots * phases entries
         self._meta: list[tuple[int, int, int, int]] = []  # (w, h, left, top)
         self._by_glyph: dict[tuple[int, int], int] = {}
+        self._clusters: dict[str, int] = {}  # shaped glyph cluster key -> slot
         self.missing_codepoints: set[int] = set()
         self._arrays = None
         self._nbytes = 0  # bytes of all bitmaps
@@ -195,6 +201,74 @@ class FontAtlas:
             self._by_glyph[(face_idx, gid)] = slot
         self.lut[cp] = slot
 
+    def _render_at(self, face_idx: int, gid: int, dx64: int, dy64: int) -> tuple[np.ndarray, int, int]:
+        """Coverage bitmap of one glyph whose origin is shifted by (dx64, dy64) 1/64 px (y up): (a, left, top)."""
+        import freetype
+
+        face = self._faces[face_idx]
+        face.set_transform(freetype.Matrix(int(round(self.h_scale * 0x10000)), 0, 0, 0x10000), freetype.Vector(dx64, dy64))
+        face.load_glyph(gid, freetype.FT_LOAD_RENDER | freetype.FT_LOAD_NO_HINTING | freetype.FT_LOAD_NO_BITMAP)
+        g = face.glyph
+        bm = g.bitmap
+        if not (bm.rows and bm.width):
+            return np.zeros((0, 0), np.uint8), 0, 0
+        raw = ctypes.string_at(bm._FT_Bitmap.buffer, bm.rows * abs(bm.pitch))
+        a = np.frombuffer(raw, np.uint8).reshape(bm.rows, abs(bm.pitch))[:, : bm.width].copy()
+        return (a[::-1].copy() if bm.pitch < 0 else a), g.bitmap_left, g.bitmap_top
+
+    def cluster_slot(self, face_idx: int, glyphs) -> int:
+        """The slot of a shaped glyph cluster of face `face_idx`: glyphs as (glyph id, x advance, x offset,
+        y offset) in font units, drawn from the cluster's pen position. Its advance is the sum of the
+        glyphs' advances; its bitmaps composite the glyphs at each sub-pixel phase. An empty cluster is
+        a zero-width slot with no ink (characters merged into the cluster before them)."""
+        key = f"{face_idx}:" + ";".join(",".join(map(str, g)) for g in glyphs)
+        with self.lock:
+            slot = self._clusters.get(key)
+            if slot is not None:
+                return slot
+            face = self._faces[face_idx]
+            upem = face.units_per_EM
+            sx, sy = self.size_px * self.h_scale / upem, self.size_px / upem
+            rendered, added = [], 0
+            for ph in range(self.phases):
+                parts, pen = [], 0
+                for gid, xa, xo, yo in glyphs:
+                    x = (pen + xo) * sx + ph / self.phases
+                    y = yo * sy
+                    ix, iy = math.floor(x), math.floor(y)
+                    a, left, top = self._render_at(face_idx, gid, int(round((x - ix) * 64)), int(round((y - iy) * 64)))
+                    if a.size:
+                        parts.append((a, ix + left, top + iy))
+                    pen += xa
+                if not parts:
+                    rendered.append((np.zeros((0, 0), np.uint8), (0, 0, 0, 0)))
+                    continue
+                x0 = min(px for _, px, _ in parts)
+                x1 = max(px + a.shape[1] for a, px, _ in parts)
+                top = max(t for _, _, t in parts)
+                bottom = min(t - a.shape[0] for a, _, t in parts)
+                acc = np.zeros((top - bottom, x1 - x0), np.float64)
+                for a, px, t in parts:  # coverage of glyphs drawn one over the other
+                    r = acc[top - t: top - t + a.shape[0], px - x0: px - x0 + a.shape[1]]
+                    r += a * (1.0 - r / 255.0)
+                comp = np.minimum(255, np.floor(acc + 0.5)).astype(np.uint8)
+                rendered.append((comp, (comp.shape[1], comp.shape[0], x0, top)))
+                added += comp.size
+            if self._nbytes + added > MAX_ATLAS_BYTES:
+                raise MemoryError(f"glyph atlas: a shaped cluster would grow the atlas of font_size {self.size_pt:g} pt "
+                                  f"at {self.dpi:g} dpi past {MAX_ATLAS_BYTES / 2**30:.0f} GiB; lower font_size or dpi")
+            slot = self.num_slots
+            self._nbytes += added
+            self._advance.append(sum(g[1] for g in glyphs) * self.size_pt / upem)
+            self._missing.append(0)
+            for a, meta in rendered:
+                self._bitmaps.append(a)
+                self._meta.append(meta)
+            self._clusters[key] = slot
+            self._arrays = None
+            self._dirty = True
+            return slot
+
     def ensure(self, codepoints) -> int:
         """Adds the given codepoints (and the chars they need); returns how many were new."""
         new = 0
@@ -256,7 +330,8 @@ class FontAtlas:
                 return
             cps = np.nonzero(self.lut >= 0)[0].astype(np.int32)
             z = {**self.arrays(), "codepoints": cps, "slots": self.lut[cps],
-                 "missing_cps": np.asarray(sorted(self.missing_codepoints), np.int32)}
+                 "missing_cps": np.asarray(sorted(self.missing_codepoints), np.int32),
+                 "clusters": np.frombuffer(json.dumps(self._clusters).encode(), np.uint8)}
             try:
                 p = self._path()
                 p.parent.mkdir(parents=True, exist_ok=True)
@@ -289,11 +364,17 @@ class FontAtlas:
             self._missing = z["missing"].tolist()
             self.lut[z["codepoints"]] = z["slots"]
             self.missing_codepoints = set(z["missing_cps"].tolist())
+            clusters = json.loads(z["clusters"].tobytes())
+            if not isinstance(clusters, dict) or not all(isinstance(v, int) and 1 < v < len(self._advance)
+                                                         for v in clusters.values()):
+                raise ValueError("cluster slots")
+            self._clusters = clusters
             self._nbytes = int(data.size)
         except Exception:  # a corrupt, truncated or stale cache file is rebuilt
             self.lut[:] = -1
             self._bitmaps, self._meta, self._advance, self._missing = [], [], [], []
             self.missing_codepoints = set()
+            self._clusters = {}
             self._nbytes = 0
             return False
         # glyph identity is not cached: later glyphs get their own slots, which is correct
@@ -313,7 +394,7 @@ def _verify(z: dict[str, np.ndarray], phases: int) -> None:
     """Raises ValueError unless the cached arrays are consistent: sizes, dtypes and index ranges."""
     dtypes = {"data": np.uint8, "offset": np.int64, "width": np.int32, "height": np.int32, "left": np.int32,
               "top": np.int32, "advance": np.float64, "missing": np.uint8, "codepoints": np.int32,
-              "slots": np.int32, "missing_cps": np.int32}
+              "slots": np.int32, "missing_cps": np.int32, "clusters": np.uint8}
     for k, t in dtypes.items():
         if z[k].dtype != t or z[k].ndim != 1:
             raise ValueError(f"{k}: dtype or shape")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import bidi, fonts
+from . import bidi, fonts, shaping
 from .atlas import MISSING_SLOT, SPACE_SLOT, FontAtlas
 from .config import NewlineMarkup, RenderConfig
 
@@ -182,7 +182,8 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
     Characters the configured fonts lack are drawn from installed fonts that have them (when
     `config.auto_cjk_fallback`), so the returned atlas may hold more fonts than the one passed in.
     Arabic is shaped before line breaking; lines of right-to-left paragraphs are put in visual
-    order after it (see `bidi`).
+    order after it (see `bidi`). Devanagari, Thai and other scripts that need it are shaped by
+    HarfBuzz into glyph clusters (see `shaping`).
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be str, got {type(text).__name__} (decode bytes first)")
@@ -208,17 +209,24 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
             a = _fill_atlas(atlas, draw, extra, backend)
     if draw is not cps:
         draw = bidi.unshape_missing(draw, cps, atlas.lut, MISSING_SLOT)
+    lut = atlas.lut
+    shaped = shaping.shape(text, draw, atlas)
+    if shaped is not None:  # clusters of shaped scripts as slots, through codepoints past the table
+        draw, lut = shaped
+        with atlas.lock:
+            a = atlas.arrays()
+            atlas.save()
     params = layout_params(config, atlas, cps, max_pages)
     # outside the lock: other threads may add slots, never change the ones this text uses
     if backend == "cpu":
         from .._ext import require_extension
 
         C = require_extension("the C++ layout engine")
-        d = C.layout(draw, atlas.lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
+        d = C.layout(draw, lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
     else:
         from .layout_reference import layout_reference
 
-        d = layout_reference(draw, atlas.lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
+        d = layout_reference(draw, lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
     lay = Layout.from_dict(d)
     if rtl:
         def slot_of(ch: str):

@@ -133,8 +133,6 @@ class Document:
         CPU path draws into that many host buffers in turn, allocated once: a chunk's buffer is
         overwritten `buffers` chunks later. With a CUDA `device` the chunks are drawn there (backend
         auto, cuda or triton) and copied back."""
-        from tqdm import tqdm
-
         if chunk is None:
             chunk = self.chunk_pages(chunk_bytes)
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
@@ -149,7 +147,12 @@ class Document:
 
             dev, gpu_backend = resolve_device_backend(device, backend)
             draw = lambda s, e: draw_pages([self], dev, gpu_backend, ranges=[(s, e)])[0]  # noqa: E731
-        bar = tqdm(total=self.num_pages, unit="page", desc="render", disable=not progress)
+        if progress:  # tqdm is imported only to be shown (its import costs ~35 ms)
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.num_pages, unit="page", desc="render")
+        else:
+            bar = None
         for k, s in enumerate(range(0, self.num_pages, chunk)):
             e = min(s + chunk, self.num_pages)
             if draw is None:
@@ -160,8 +163,10 @@ class Document:
                 buf = dbuf.cpu().numpy()
                 self.seconds["raster"] += time.perf_counter() - t0
             yield s, buf, sizes
-            bar.update(len(sizes))
-        bar.close()
+            if bar is not None:
+                bar.update(len(sizes))
+        if bar is not None:
+            bar.close()
 
     def page_spans(self) -> list[tuple[int, int]]:
         """Character span [start, end) of the text on each page."""

