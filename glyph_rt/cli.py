@@ -332,6 +332,9 @@ def cmd_make_data(args) -> int:
                   progress=not args.quiet)
     print(f"{args.out}: {r['written']} shards written ({r['samples']} samples, {r['pages']} pages), {r['kept']} kept "
           f"from an earlier run, {r['skipped']} records skipped")
+    return 0
+
+
 def cmd_search(args) -> int:
     from .search import SearchError, load_settings, make_critic, run_search
     from .search.objective import make_objective
