@@ -284,7 +284,7 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
     if segs:
         last = max(i for i, t in enumerate(ids) if t == gm.image_token_id)
         prefix_len = last + 1
-        if prefix_len < len(ids) - 1 and ids[prefix_len] in gm.tokenizer.all_special_ids:
+        if prefix_len < len(ids) - 1 and ids[prefix_len] in gm.tokenizer.added_tokens_decoder:
             prefix_len += 1  # the end-of-image marker
         prefix_len = min(prefix_len, len(ids) - 1)
         pkey = prefix_key([s.key for s in segs], ids[:prefix_len])
