@@ -49,8 +49,11 @@ EXTRAS_REQUIRE = {
     "cjk": ["noto-cjk-sans-otc"],
     # right-to-left text: bidi reordering (UAX #9) and Arabic contextual forms
     "scripts": ["python-bidi>=0.5", "arabic-reshaper>=3"],
+    # `glyph-rt serve` / `batch`: the OpenAI-compatible server, its metrics, clients for forwarding and benchmarks
+    "serve": ["transformers>=5.0", "fastapi", "uvicorn", "prometheus-client", "openai", "httpx"],
 }
-EXTRAS_REQUIRE["test"] = ["pytest", "hypothesis", "matplotlib", "transformers>=5.0", *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"]]
+EXTRAS_REQUIRE["test"] = ["pytest", "hypothesis", "matplotlib", "transformers>=5.0", *EXTRAS_REQUIRE["cjk"],
+                          *EXTRAS_REQUIRE["scripts"], *EXTRAS_REQUIRE["serve"]]
 
 
 class CMakeExtension(Extension):
