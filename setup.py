@@ -50,7 +50,8 @@ EXTRAS_REQUIRE = {
     # right-to-left text: bidi reordering (UAX #9) and Arabic contextual forms
     "scripts": ["python-bidi>=0.5", "arabic-reshaper>=3"],
     # `glyph-rt serve` / `batch`: the OpenAI-compatible server, its metrics, clients for forwarding and benchmarks
-    "serve": ["transformers>=5.0", "fastapi", "uvicorn", "prometheus-client", "openai", "httpx"],
+    "serve": ["transformers>=5.0", "fastapi", "starlette", "pydantic>=2", "uvicorn", "prometheus-client", "openai",
+              "httpx"],
 }
 EXTRAS_REQUIRE["test"] = ["pytest", "hypothesis", "matplotlib", "transformers>=5.0", *EXTRAS_REQUIRE["cjk"],
                           *EXTRAS_REQUIRE["scripts"], *EXTRAS_REQUIRE["serve"]]

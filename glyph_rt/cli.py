@@ -309,6 +309,9 @@ def cmd_serve(args) -> int:
         raise UsageError(f"--model {args.model!r} is not a directory; give a local checkpoint directory")
     if args.cmd == "batch":
         _check_input(args.input, "--input")
+    for flag, v in (("--timeout", args.timeout), ("--cache-mb", args.cache_mb + 1), ("--threshold", args.threshold + 1)):
+        if not v > 0:
+            raise UsageError(f"{flag} must be positive (--cache-mb and --threshold may be 0)")
     try:
         from .serve.service import ChatService, ServeConfig
     except ImportError as e:
@@ -316,7 +319,8 @@ def cmd_serve(args) -> int:
     cfg = ServeConfig(model=args.model, served_model_name=args.served_model_name, render_config=_config(args),
                       device=args.device, kernels=args.kernels, max_batch=args.max_batch, max_queue=args.max_queue,
                       timeout=args.timeout, cache_bytes=int(args.cache_mb * 2**20), threshold=args.threshold,
-                      max_pages=args.max_pages, default_max_tokens=args.max_tokens)
+                      max_pages=args.max_pages, default_max_tokens=args.max_tokens,
+                      allowed_media_dir=getattr(args, "allowed_media_dir", None))
     service = ChatService.from_config(cfg)
     try:
         if args.cmd == "batch":
@@ -403,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
             sv.add_argument("--port", type=int, default=8000)
             sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set GLYPH_RT_API_KEY)")
             sv.add_argument("--max-body-mb", type=float, default=64, help="largest request body (default: 64)")
+            sv.add_argument("--allowed-media-dir", help="image_url file:// URLs may read under this directory")
         else:
             sv.add_argument("--input", required=True, help="requests.jsonl in the OpenAI Batch API format")
             sv.add_argument("--output", required=True, help="results.jsonl; ids already in it are skipped")

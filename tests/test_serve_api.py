@@ -186,3 +186,32 @@ def test_disconnected_client_is_cancelled(server):
         assert time.monotonic() < deadline, "the request was not cancelled"
         time.sleep(0.1)
     assert metric(server, "glyph_rt_running_requests") == 0
+
+
+def test_cli_serve(tmp_path, gm):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from glyph_rt.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
+    ckpt = tiny_glm4v_checkpoint(tmp_path / "ckpt")
+    p = subprocess.Popen([sys.executable, "-m", "glyph_rt.cli", "serve", "--model", str(ckpt), "--port", "0",
+                          "--api-key", KEY, "--device", "cpu", "--served-model-name", "tiny"],
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = None
+        for line in p.stderr:
+            if "Uvicorn running on" in line:
+                url = line.split("Uvicorn running on ")[1].split()[0]
+                break
+        assert url, "the server did not start"
+        c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        r = c.chat.completions.create(model="tiny", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+        assert r.usage.completion_tokens <= 3
+    finally:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(60) == 0
+        p.stderr.close()

@@ -83,8 +83,12 @@ def test_batch_resumes_after_a_kill(checkpoint, tmp_path):
     assert 2 <= written < n
     with open(out, "ab") as f:
         f.write(b'{"id": "batch_req_cut", "custom_id": "req-')  # as if the kill had cut a write short
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert f"{n - written} answered, 0 failed, {written} already in" in r.stderr
+    svc = ChatService(Engine(GlyphModel.from_pretrained(checkpoint, render_config=CFG)).start(),
+                      InputOptions(CFG, "tiny"), 8)
+    try:
+        assert run_batch(svc, inp, out, progress=False) == {"total": n, "skipped": written, "ok": n - written,
+                                                            "failed": 0}
+    finally:
+        svc.shutdown()
     ids = [row["custom_id"] for row in results(out)]
     assert sorted(ids) == sorted(f"req-{i}" for i in range(n))  # no duplicate, none lost

@@ -430,7 +430,7 @@ class Engine:
         if text.endswith("\ufffd"):
             end = min(end, len(text) - 1)
         if end > r.sent:
-            r.on_event({"type": "delta", "text": text[r.sent:end], "request": r})
+            self._emit(r, {"type": "delta", "text": text[r.sent:end], "request": r})
             r.sent = end
 
     def _remove(self, r: Request) -> None:
@@ -444,12 +444,19 @@ class Engine:
         r.finish_reason = reason
         self.metrics.requests.labels(reason).inc()
         if reason != "cancelled" and len(r.text) > r.sent:
-            r.on_event({"type": "delta", "text": r.text[r.sent:], "request": r})
+            self._emit(r, {"type": "delta", "text": r.text[r.sent:], "request": r})
             r.sent = len(r.text)
-        r.on_event({"type": "done", "finish_reason": reason, "request": r})
+        self._emit(r, {"type": "done", "finish_reason": reason, "request": r})
 
     def _fail(self, r: Request, err: RequestError) -> None:
         self._remove(r)
         r.finish_reason = "error"
         self.metrics.requests.labels(err.code or "error").inc()
-        r.on_event({"type": "error", "error": err, "request": r})
+        self._emit(r, {"type": "error", "error": err, "request": r})
+
+    def _emit(self, r: Request, ev: dict) -> None:
+        try:
+            r.on_event(ev)
+        except Exception:  # noqa: BLE001 - a listener that went away (a closed event loop) cancels its request
+            log.warning("request %s: its listener failed; cancelling it", r.id, exc_info=True)
+            r.cancelled = True
