@@ -45,6 +45,9 @@ def test_prompt_is_the_prompt_builders(gm, engine):
     assert p.input_ids == inputs["input_ids"][0].tolist()
     assert p.pages == rendered.images_per_text[0] and p.visual_tokens == rendered.visual_tokens[0]
     assert p.input_ids[p.prefix_len - 1] != gm.image_token_id  # the end-of-image marker is in the prefix
+    text = gm.prompts.prompt([5, 3], "Why?")  # expand_ids: the ids of the expanded text, without tokenizing it
+    short = gm.tokenizer(gm.prompts.template(gm.prompts.messages(2, "Why?"), True), add_special_tokens=False)
+    assert gm.prompts.expand_ids(short["input_ids"], [5, 3]) == gm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def test_greedy_equals_generate_one_by_one_and_batched(gm, engine):

@@ -276,10 +276,10 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
                     parts.append(part)
             msg["content"] = parts
     try:
-        text = gm.prompts.expand(gm.prompts.template(tmpl, True), per_image)
+        text = gm.prompts.template(tmpl, True)
     except Exception as e:  # noqa: BLE001 - a template may reject a conversation (roles, order)
         raise RequestError(f"messages: the model's chat template cannot format them: {e}", "messages") from None
-    ids = gm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = gm.prompts.expand_ids(gm.tokenizer(text, add_special_tokens=False)["input_ids"], per_image)
     prefix_len, pkey = 0, None
     if segs:
         last = max(i for i, t in enumerate(ids) if t == gm.image_token_id)
