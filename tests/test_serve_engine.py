@@ -154,3 +154,10 @@ def test_cancel_and_timeout(gm):
         assert not e.running and not e.waiting
     finally:
         e.shutdown()
+
+
+def test_long_outputs_detokenize_incrementally_to_the_full_decode(gm, engine):
+    p = prompt(gm, engine, CONTEXTS[2], QUESTIONS[2])
+    out = engine.complete(p, SamplingParams(max_tokens=300, temperature=1.0, seed=3, ignore_eos=True))
+    assert len(out.token_ids) == 300
+    assert out.text == gm.tokenizer.decode(out.token_ids, skip_special_tokens=True)

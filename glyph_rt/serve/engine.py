@@ -82,6 +82,8 @@ class Request:
     output_ids: list[int] = field(default_factory=list)
     text: str = ""
     sent: int = 0  # characters of text already sent
+    committed: str = ""  # text of output_ids[:seg_start]
+    seg_start: int = 0
     finish_reason: str | None = None
     cancelled: bool = False
     cache_hit: str = "none"  # none | document | prefix
@@ -413,7 +415,11 @@ class Engine:
         self.metrics.tokens(1)
         if r.params.repetition_penalty != 1.0:
             r.seen = torch.cat([r.seen, r.seen.new_tensor([tok])])
-        text = self.gm.tokenizer.decode(r.output_ids, skip_special_tokens=True)
+        # incremental detokenization: the ids since the last commit point are decoded again, not all of them
+        seg = self.gm.tokenizer.decode(r.output_ids[r.seg_start:], skip_special_tokens=True)
+        text = r.committed + seg
+        if len(r.output_ids) - r.seg_start >= 64 and not seg.endswith("\ufffd"):
+            r.committed, r.seg_start = text, len(r.output_ids)
         stops = r.params.stop
         if stops:
             hits = [i for i in (text.find(s, max(0, r.sent - len(s))) for s in stops) if i >= 0]

@@ -23,7 +23,7 @@ class Metrics:
         self.requests = Counter(p + "requests", "finished requests by outcome", ["outcome"], registry=r)
         self.prompt_tokens = Counter(p + "prompt_tokens", "prompt tokens (visual tokens included)", registry=r)
         self.generated_tokens = Counter(p + "generated_tokens", "tokens generated", registry=r)
-        self.tokens_per_s = Gauge(p + "generation_tokens_per_second", "generated tokens/s over the last 10 s",
+        self.tokens_per_s = Gauge(p + "generation_tokens_per_second", "generated tokens/s, mean over the last 10 s",
                                   registry=r)
         self.pages = Counter(p + "pages_rendered", "pages rendered from text", registry=r)
         self.visual_tokens = Counter(p + "visual_tokens", "visual tokens of the pages in prompts", registry=r)
@@ -34,18 +34,26 @@ class Metrics:
         self.cache_misses = Counter(p + "document_cache_misses", "document cache misses", ["kind"], registry=r)
         self.cache_bytes = Gauge(p + "document_cache_bytes", "bytes held by the document cache", registry=r)
         self._lock = threading.Lock()
-        self._recent: deque = deque()  # (time, tokens)
+        self._recent: deque = deque()  # [time, tokens] in 100 ms bins over the last 10 s
+        self._sum = 0
         self._vt = self._tt = 0
 
     def tokens(self, n: int) -> None:
         self.generated_tokens.inc(n)
         now = time.monotonic()
         with self._lock:
-            self._recent.append((now, n))
+            if self._recent and self._recent[-1][0] > now - 0.1:  # 100 ms bins
+                self._recent[-1][1] += n
+            else:
+                self._recent.append([now, n])
+            self._sum += n
+
+    def _rate(self) -> None:
+        now = time.monotonic()
+        with self._lock:
             while self._recent and self._recent[0][0] < now - 10:
-                self._recent.popleft()
-            span = max(1e-3, min(10.0, now - self._recent[0][0])) if len(self._recent) > 1 else 10.0
-            self.tokens_per_s.set(sum(k for _, k in self._recent) / span)
+                self._sum -= self._recent.popleft()[1]
+            self.tokens_per_s.set(self._sum / 10.0)
 
     def rendered(self, pages: int, visual_tokens: int, text_tokens: int) -> None:
         self.pages.inc(pages)
@@ -58,4 +66,5 @@ class Metrics:
         self.text_tokens.inc(text_tokens)
 
     def exposition(self) -> bytes:
+        self._rate()  # decays to 0 when idle
         return generate_latest(self.registry)
