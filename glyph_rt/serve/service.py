@@ -70,7 +70,12 @@ class ChatService:
         for m in messages:
             if m["role"] == "developer":
                 m["role"] = "system"
-        prompt = build_prompt(self.gm, messages, opts, overrides, self.engine.cache)
+        try:
+            prompt = build_prompt(self.gm, messages, opts, overrides, self.engine.cache)
+        except RequestError:
+            raise
+        except (ValueError, TypeError, MemoryError) as e:  # e.g. the image token in a text, a config conflict
+            raise RequestError(f"{type(e).__name__}: {e}", "messages") from None
         if req.max_tokens is None and req.max_completion_tokens is None and self.engine.max_positions:
             params.max_tokens = max(1, min(params.max_tokens, self.engine.max_positions - len(prompt.input_ids)))
         self.engine.check(prompt, params)
