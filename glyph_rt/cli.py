@@ -318,6 +318,7 @@ def cmd_serve(args) -> int:
         raise RuntimeError(f"{args.cmd} needs the serve extra: pip install 'glyph_rt[serve]' ({e})") from None
     cfg = ServeConfig(model=args.model, served_model_name=args.served_model_name, render_config=_config(args),
                       device=args.device, kernels=args.kernels, max_batch=args.max_batch, max_queue=args.max_queue,
+                      prefill_chunk=args.prefill_chunk,
                       timeout=args.timeout, cache_bytes=int(args.cache_mb * 2**20), threshold=args.threshold,
                       max_pages=args.max_pages, default_max_tokens=args.max_tokens,
                       allowed_media_dir=getattr(args, "allowed_media_dir", None))
@@ -419,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("--kernels", default="auto", choices=["auto", "off"], help="glyph_rt kernels or stock HF")
         sv.add_argument("--max-batch", type=_positive_int("--max-batch"), default=32, help="running requests")
         sv.add_argument("--max-queue", type=_positive_int("--max-queue"), default=256, help="waiting requests")
+        sv.add_argument("--prefill-chunk", type=_positive_int("--prefill-chunk"), default=8192,
+                        help="prompt tokens per step while other requests decode (default: 8192)")
         sv.add_argument("--timeout", type=float, default=600, help="seconds per request (default: 600)")
         sv.add_argument("--cache-mb", type=float, default=1024, help="document cache budget, MiB (0: off)")
         sv.add_argument("--threshold", type=int, default=4000, help="text longer than this (characters) is rendered")

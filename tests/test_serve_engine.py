@@ -25,7 +25,7 @@ def gm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(gm):
-    e = Engine(gm, max_batch=8, cache_bytes=64 << 20).start()
+    e = Engine(gm, max_batch=8, cache_bytes=64 << 20, prefill_chunk=48).start()  # prompts take several chunks
     yield e
     e.shutdown()
 

@@ -1,14 +1,16 @@
 """The serving engine: a waiting queue, a running batch, continuous batching on GlyphModel.
 
-One thread owns the model. Each turn of its loop it drops cancelled and timed-out requests, prefills
-waiting ones (one at a time, batch 1, while the others wait at most one prefill), then runs one decode
-step for the whole running batch: a left-padded KV cache (GlyphCache, written in place) and a 2D
-padding mask, which glyph_rt's attention reads as per-row starts in its decode kernel. Positions are
-passed explicitly (M-RoPE: each request's offset after its pages), so requests of any length share a step.
+One thread owns the model. Each turn of its loop it drops cancelled and timed-out requests, runs one
+chunk (`prefill_chunk` tokens) of the prompt of the request being prefilled (batch 1), taking the next
+waiting request when there is none, then one decode step for the whole running batch: a left-padded
+KV cache (GlyphCache, written in place) and a 2D padding mask, which glyph_rt's attention reads as
+per-row starts in its decode kernel. Positions are passed explicitly (M-RoPE: each request's offset
+after its pages), so requests of any length share a step, and a long prompt delays the others' next
+token by one chunk at most.
 
-The prefill runs in two pieces: the prompt up to the last page (vision embeddings in place of the
-pages' placeholders) and the rest (the question). The first piece's KV and the pages' embeddings go to
-the DocumentCache; a later request with the same documents and the same prefix starts at the question.
+The prompt is prefilled up to the last page (vision embeddings in place of the pages' placeholders),
+then the rest (the question). That first part's KV and the pages' embeddings go to the DocumentCache;
+a later request with the same documents and the same prefix starts at the question.
 
     engine = Engine(GlyphModel.from_pretrained(path)).start()
     done = engine.complete(prompt, SamplingParams(max_tokens=64, temperature=0))   # blocking
@@ -92,6 +94,7 @@ class Request:
     next_pos: int = 0
     last_token: int = 0
     kv: list | None = field(default=None, repr=False)  # own cache after prefill, until it joins the batch
+    pf: dict | None = field(default=None, repr=False)  # prefill progress
     seen: torch.Tensor | None = field(default=None, repr=False)
     generator: torch.Generator | None = field(default=None, repr=False)
     first_token_t: float | None = None
@@ -119,7 +122,7 @@ class Completion:
 
 class Engine:
     def __init__(self, gm, max_batch: int = 32, max_queue: int = 256, cache_bytes: int = 1 << 30,
-                 timeout: float = 600.0, metrics: Metrics | None = None):
+                 timeout: float = 600.0, metrics: Metrics | None = None, prefill_chunk: int = 8192):
         self.gm = gm
         self.model = gm.model
         self.max_batch, self.max_queue, self.timeout = max_batch, max_queue, timeout
@@ -133,6 +136,8 @@ class Engine:
         self._batch: GlyphCache | None = None
         self._batch_rows: list[Request] = []
         self._width = 0
+        self._prefilling: Request | None = None
+        self.prefill_chunk = prefill_chunk
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -203,26 +208,21 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._stopping and not self.waiting and not self.running:
+                while not self._stopping and not self.waiting and not self.running and self._prefilling is None:
                     self._cv.wait(0.5)
                 if self._stopping:
                     break
             self._reap()
-            if self.waiting and len(self.running) < self.max_batch:
+            if self._prefilling is None and self.waiting and len(self.running) < self.max_batch:
                 with self._cv:
                     req = self.waiting.popleft() if self.waiting else None
                     self.metrics.queue_depth.set(len(self.waiting))
-                if req is not None and not req.cancelled:
-                    try:
-                        self._prefill(req)
-                    except RequestError as e:
-                        self._fail(req, e)
-                    except Exception as e:  # noqa: BLE001 - one bad request must not stop the engine
-                        log.exception("prefill failed")
-                        self._fail(req, RequestError(f"the engine failed on this request: {type(e).__name__}: {e}",
-                                                     None, 500, "engine_error"))
-                elif req is not None:
+                if req is not None and req.cancelled:
                     self._finish(req, "cancelled")
+                elif req is not None:
+                    self._guard(req, self._start_prefill)
+            if self._prefilling is not None:  # one chunk of the prompt, then one decode step for the others
+                self._guard(self._prefilling, self._prefill_chunk)
             if self.running:
                 try:
                     self._decode_step()
@@ -232,8 +232,18 @@ class Engine:
                         self._fail(r, RequestError(f"the engine failed while decoding: {type(e).__name__}: {e}",
                                                    None, 500, "engine_error"))
                     self._batch, self._batch_rows = None, []
-        for r in list(self.waiting) + list(self.running):
+        for r in list(self.waiting) + list(self.running) + ([self._prefilling] if self._prefilling else []):
             self._fail(r, RequestError("the server is shutting down", None, 503))
+
+    def _guard(self, r: Request, step) -> None:
+        try:
+            step(r)
+        except Exception as e:  # noqa: BLE001 - one bad request must not stop the engine
+            if not isinstance(e, RequestError):
+                log.exception("prefill failed")
+                e = RequestError(f"the engine failed on this request: {type(e).__name__}: {e}", None, 500,
+                                 "engine_error")
+            self._fail(r, e)
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -243,6 +253,8 @@ class Engine:
                 self.waiting.remove(r)
             self.metrics.queue_depth.set(len(self.waiting))
         gone += [r for r in self.running if r.cancelled or now > r.deadline]
+        if self._prefilling is not None and (self._prefilling.cancelled or now > self._prefilling.deadline):
+            gone.append(self._prefilling)
         for r in gone:
             if r.cancelled:
                 self._finish(r, "cancelled")
@@ -285,43 +297,65 @@ class Engine:
         return out.logits[:, -1].float()
 
     @torch.no_grad()
-    def _prefill(self, r: Request) -> None:
+    def _start_prefill(self, r: Request) -> None:
+        """Positions, the document cache lookup and the vision tower; the prompt itself goes in chunks."""
         p = r.prompt
         dev = self.gm.device
         ids = torch.tensor([p.input_ids], device=dev)
         grids = torch.cat([s.grids for s in p.segments]).to(dev) if p.segments else None
         pos, delta = self._positions(ids, grids)
         cache = GlyphCache(reserve=min(r.params.max_tokens, 1024))
-        start = 0
+        at, embeds = 0, None
         if p.prefix_len:
             entry = self.cache.get(p.prefix_key)
             if entry is not None:
                 for i, (k, v) in enumerate(entry.layers):
                     cache.update(k, v, i)
-                r.cache_hit = "prefix"
+                r.cache_hit, at = "prefix", p.prefix_len
                 self.metrics.cache_hits.labels("prefix").inc()
             else:
                 self.metrics.cache_misses.labels("prefix").inc()
                 if any(s.cached for s in p.segments):
                     r.cache_hit = "document"
                     self.metrics.cache_hits.labels("document").inc()
-                k = p.prefix_len
-                self._forward(ids[:, :k], pos[:, :, :k], cache, embeds=self._embeddings(p))
-                if self.cache.max_bytes:
-                    self.cache.put(p.prefix_key, PrefixEntry(k, [(lay.keys[:, :, :k].clone(), lay.values[:, :, :k].clone())
-                                                                 for lay in cache.layers]))
-                    self.metrics.cache_bytes.set(self.cache.nbytes)
-            start = p.prefix_len
+                embeds = self._embeddings(p)
             new_pages = [s for s in p.segments if not s.cached and s.text_tokens]
             if new_pages:
                 self.metrics.rendered(sum(s.pages for s in new_pages), sum(s.visual_tokens for s in new_pages),
                                       sum(s.text_tokens for s in new_pages))
-        logits = self._forward(ids[:, start:], pos[:, :, start:], cache)
+        r.pf = {"ids": ids, "pos": pos, "delta": delta, "cache": cache, "at": at, "embeds": embeds,
+                "images_before": 0}
+        self._prefilling = r
+
+    @torch.no_grad()
+    def _prefill_chunk(self, r: Request) -> None:
+        """The next chunk of the prompt: up to the end of the prefix (whose KV then goes to the cache), or the end."""
+        pf, p = r.pf, r.prompt
+        k, L, at = p.prefix_len, len(p.input_ids), pf["at"]
+        target = k if at < k else L
+        end = min(target, at + self.prefill_chunk) if self.prefill_chunk else target
+        ids = pf["ids"][:, at:end]
+        embeds = None
+        if pf["embeds"] is not None:
+            n = int((ids == self.gm.image_token_id).sum())
+            if n:
+                embeds = pf["embeds"][pf["images_before"]:pf["images_before"] + n]
+                pf["images_before"] += n
+        logits = self._forward(ids, pf["pos"][:, :, at:end], pf["cache"], embeds=embeds)
+        pf["at"] = end
+        cache = pf["cache"]
+        if end == k and at < k and self.cache.max_bytes:
+            self.cache.put(p.prefix_key, PrefixEntry(k, [(lay.keys[:, :, :k].clone(), lay.values[:, :, :k].clone())
+                                                         for lay in cache.layers]))
+            self.metrics.cache_bytes.set(self.cache.nbytes)
+        if end < L:
+            return
+        self._prefilling, r.pf = None, None
         self.steps["prefill"] += 1
-        self.metrics.prompt_tokens.inc(len(p.input_ids))
+        self.metrics.prompt_tokens.inc(L)
         r.kv = [(lay.keys, lay.values) for lay in cache.layers]
-        r.length, r.next_pos = len(p.input_ids), len(p.input_ids) + delta
-        r.seen = torch.tensor(sorted(set(p.input_ids)), device=dev)
+        r.length, r.next_pos = L, L + pf["delta"]
+        r.seen = torch.tensor(sorted(set(p.input_ids)), device=self.gm.device)
         if r.params.temperature > 0:
             seed = r.params.seed if r.params.seed is not None else int.from_bytes(uuid.uuid4().bytes[:6], "little")
             r.generator = torch.Generator().manual_seed(seed)
@@ -440,6 +474,9 @@ class Engine:
             r.sent = end
 
     def _remove(self, r: Request) -> None:
+        if r is self._prefilling:
+            self._prefilling = None
+        r.pf = None
         if r in self.running:
             self.running.remove(r)
             self.metrics.running.set(len(self.running))

@@ -19,6 +19,7 @@ class ServeConfig:
     device: str | None = None
     kernels: str = "auto"
     max_batch: int = 32
+    prefill_chunk: int = 8192  # prompt tokens per engine step while others decode (0: whole prompts)
     max_queue: int = 256
     timeout: float = 600.0  # seconds per request
     cache_bytes: int = 1 << 30  # document cache budget (0: off)
@@ -46,7 +47,7 @@ class ChatService:
                                         device=cfg.device)
         name = cfg.served_model_name or Path(cfg.model).resolve().name
         engine = Engine(gm, max_batch=cfg.max_batch, max_queue=cfg.max_queue, cache_bytes=cfg.cache_bytes,
-                        timeout=cfg.timeout).start()
+                        timeout=cfg.timeout, prefill_chunk=cfg.prefill_chunk).start()
         opts = InputOptions(gm.render_config, name, cfg.threshold, cfg.max_pages, cfg.allowed_media_dir)
         return cls(engine, opts, cfg.default_max_tokens, name)
 
