@@ -161,3 +161,29 @@ def test_long_outputs_detokenize_incrementally_to_the_full_decode(gm, engine):
     out = engine.complete(p, SamplingParams(max_tokens=300, temperature=1.0, seed=3, ignore_eos=True))
     assert len(out.token_ids) == 300
     assert out.text == gm.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(gm, engine):
+    order = []
+    done = threading.Event()
+    a = engine.submit(prompt(gm, engine, CONTEXTS[1], QUESTIONS[1], cache=False),
+                      SamplingParams(max_tokens=400, ignore_eos=True, **GREEDY),
+                      lambda ev: order.append("a") if ev["type"] == "delta" else None)
+    while not a.output_ids:
+        pass
+    long = prompt(gm, engine, TEXT[9000:11000], "Why?", cache=False)
+    chunks = -(-len(long.input_ids) // engine.prefill_chunk)
+    assert chunks >= 4
+
+    def on_b(ev):
+        if ev["type"] == "delta" and "b" not in order:
+            order.append("b")
+        if ev["type"] in ("done", "error"):
+            done.set()
+
+    order.append("b submitted")
+    engine.submit(long, SamplingParams(max_tokens=2, **GREEDY), on_b)
+    assert done.wait(60)
+    engine.cancel(a)
+    between = order[order.index("b submitted"):order.index("b")].count("a")
+    assert between >= chunks - 2  # the running request kept decoding while b's prompt went in
