@@ -219,3 +219,34 @@ def test_cli_serve(tmp_path, gm):
         p.send_signal(signal.SIGINT)
         assert p.wait(60) == 0
         p.stderr.close()
+
+
+def test_random_bodies_never_break_the_server(server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=False),
+                       st.text(max_size=20))
+    part = st.fixed_dictionaries({"type": st.sampled_from(["text", "glyph", "image_url", "video"])},
+                                 optional={"text": st.text(max_size=50), "glyph": st.dictionaries(
+                                     st.sampled_from(["text", "render_config"]), scalar),
+                                     "image_url": st.dictionaries(st.just("url"), st.text(max_size=30))})
+    message = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool"])},
+                                    optional={"content": st.one_of(scalar, st.lists(part, max_size=3))})
+    body = st.fixed_dictionaries({"messages": st.lists(message, max_size=3)}, optional={
+        "max_tokens": st.integers(-1, 3), "temperature": scalar, "top_p": scalar, "stop": scalar,
+        "stream": st.booleans(), "seed": scalar, "repetition_penalty": scalar, "glyph": st.dictionaries(
+            st.sampled_from(["render_config", "threshold", "other"]), scalar), "extra": scalar})
+    h = httpx.Client(timeout=60, headers={"Authorization": f"Bearer {KEY}"})
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body)
+    def check(b):
+        b.setdefault("max_tokens", 2)
+        r = h.post(server.url + "/v1/chat/completions", json=b)
+        assert r.status_code in (200, 400, 404, 413), (r.status_code, r.text)
+        if r.status_code != 200:
+            assert r.json()["error"]["message"]
+
+    check()
+    assert h.get(server.url + "/health").status_code == 200

@@ -187,3 +187,18 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(gm, engine):
     engine.cancel(a)
     between = order[order.index("b submitted"):order.index("b")].count("a")
     assert between >= chunks - 2  # the running request kept decoding while b's prompt went in
+
+
+def test_qwen2_5_vl_greedy_equals_generate_and_cache(tmp_path):
+    from glyph_rt.models.tiny import tiny_qwen2_5_vl_checkpoint
+
+    qm = GlyphModel.from_pretrained(tiny_qwen2_5_vl_checkpoint(tmp_path / "qwen"), render_config=CFG)
+    e = Engine(qm, prefill_chunk=64).start()
+    try:
+        for c, q in zip(CONTEXTS[:2], QUESTIONS[:2]):
+            ref = qm.generate(c, q, max_new_tokens=8)[0].token_ids
+            outs = [e.complete(build_prompt(qm, messages(c, q), InputOptions(CFG, "qwen"), cache=e.cache),
+                               SamplingParams(max_tokens=8, **GREEDY)) for _ in range(2)]
+            assert [o.token_ids for o in outs] == [ref, ref] and outs[1].cache_hit == "prefix"
+    finally:
+        e.shutdown()
