@@ -1,12 +1,12 @@
 """The serving engine: a waiting queue, a running batch, continuous batching on GlyphModel.
 
-One thread owns the model. Each turn of its loop it drops cancelled and timed-out requests, runs one
-chunk (`prefill_chunk` tokens) of the prompt of the request being prefilled (batch 1), taking the next
-waiting request when there is none, then one decode step for the whole running batch: a left-padded
-KV cache (GlyphCache, written in place) and a 2D padding mask, which glyph_rt's attention reads as
-per-row starts in its decode kernel. Positions are passed explicitly (M-RoPE: each request's offset
-after its pages), so requests of any length share a step, and a long prompt delays the others' next
-token by one chunk at most.
+One thread owns the model. Each turn of its loop it drops cancelled and timed-out requests, prefills
+up to `prefill_chunk` prompt tokens (one request at a time, batch 1: a chunk of a long prompt, or
+several short prompts, taking waiting requests in order), then runs one decode step for the whole
+running batch: a left-padded KV cache (GlyphCache, written in place) and a 2D padding mask, which
+glyph_rt's attention reads as per-row starts in its decode kernel. Positions are passed explicitly
+(M-RoPE: each request's offset after its pages), so requests of any length share a step, and a long
+prompt delays the others' next token by one chunk at most.
 
 The prompt is prefilled up to the last page (vision embeddings in place of the pages' placeholders),
 then the rest (the question). That first part's KV and the pages' embeddings go to the DocumentCache;
@@ -213,16 +213,22 @@ class Engine:
                 if self._stopping:
                     break
             self._reap()
-            if self._prefilling is None and self.waiting and len(self.running) < self.max_batch:
-                with self._cv:
-                    req = self.waiting.popleft() if self.waiting else None
-                    self.metrics.queue_depth.set(len(self.waiting))
-                if req is not None and req.cancelled:
-                    self._finish(req, "cancelled")
-                elif req is not None:
+            budget = self.prefill_chunk or math.inf  # prompt tokens this step: short prompts share it
+            while budget > 0:
+                if self._prefilling is None:
+                    if not self.waiting or len(self.running) >= self.max_batch:
+                        break
+                    with self._cv:
+                        req = self.waiting.popleft() if self.waiting else None
+                        self.metrics.queue_depth.set(len(self.waiting))
+                    if req is None:
+                        break
+                    if req.cancelled:
+                        self._finish(req, "cancelled")
+                        continue
                     self._guard(req, self._start_prefill)
-            if self._prefilling is not None:  # one chunk of the prompt, then one decode step for the others
-                self._guard(self._prefilling, self._prefill_chunk)
+                if self._prefilling is not None:
+                    budget -= self._guard(self._prefilling, lambda r: self._prefill_chunk(r, budget)) or 0
             if self.running:
                 try:
                     self._decode_step()
@@ -235,9 +241,9 @@ class Engine:
         for r in list(self.waiting) + list(self.running) + ([self._prefilling] if self._prefilling else []):
             self._fail(r, RequestError("the server is shutting down", None, 503))
 
-    def _guard(self, r: Request, step) -> None:
+    def _guard(self, r: Request, step):
         try:
-            step(r)
+            return step(r)
         except Exception as e:  # noqa: BLE001 - one bad request must not stop the engine
             if not isinstance(e, RequestError):
                 log.exception("prefill failed")
@@ -328,12 +334,13 @@ class Engine:
         self._prefilling = r
 
     @torch.no_grad()
-    def _prefill_chunk(self, r: Request) -> None:
-        """The next chunk of the prompt: up to the end of the prefix (whose KV then goes to the cache), or the end."""
+    def _prefill_chunk(self, r: Request, limit: float) -> int:
+        """The next chunk of the prompt (at most `limit` tokens): up to the end of the prefix (whose KV then goes
+        to the cache), or to the end. Returns the tokens it took."""
         pf, p = r.pf, r.prompt
         k, L, at = p.prefix_len, len(p.input_ids), pf["at"]
         target = k if at < k else L
-        end = min(target, at + self.prefill_chunk) if self.prefill_chunk else target
+        end = int(min(target, at + limit))
         ids = pf["ids"][:, at:end]
         embeds = None
         if pf["embeds"] is not None:
@@ -349,7 +356,7 @@ class Engine:
                                                          for lay in cache.layers]))
             self.metrics.cache_bytes.set(self.cache.nbytes)
         if end < L:
-            return
+            return end - at
         self._prefilling, r.pf = None, None
         self.steps["prefill"] += 1
         self.metrics.prompt_tokens.inc(L)
@@ -362,6 +369,7 @@ class Engine:
         self.running.append(r)
         self.metrics.running.set(len(self.running))
         self._accept(r, self._sample(r, logits[0]))
+        return end - at
 
     # ------------------------------------------------------------------ decode
     def _rebuild(self) -> None:
