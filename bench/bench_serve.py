@@ -2,11 +2,12 @@
 
     python bench/bench_serve.py [--model DIR] [--clients 16] [--requests 4] [--max-tokens 32] [--quick]
 
-Each request asks about its own document (no cache hits; every page shape is warmed up first), streams, and generates exactly --max-tokens
-tokens (ignore_eos; the serial baseline uses min_new_tokens). Reports requests/s and tokens/s, time to
-first token and inter-token latency (p50, p99) as the clients see them, errors, and the same model's
-GlyphModel.generate run one request at a time in the same process. Then a long document asked twice:
-time to first token of the first question and of the follow-up served from the document cache.
+Each request asks about its own document (no cache hits; every page shape is warmed up first), streams,
+and generates exactly --max-tokens tokens (ignore_eos; the serial baseline uses min_new_tokens).
+Reports requests/s and tokens/s, time to first token and inter-token latency (p50, p99) as the clients
+see them, errors, and the same model's GlyphModel.generate run one request at a time in the same
+process. Then a long document asked twice: time to first token of the first question and of the
+follow-up served from the document cache.
 Without --model a tiny random-weight checkpoint is built (CPU-sized: the ratios, not the absolute
 figures, are what it shows). Writes serve-<device>.json and serve-<device>.png to --out.
 """

@@ -309,7 +309,8 @@ def cmd_serve(args) -> int:
         raise UsageError(f"--model {args.model!r} is not a directory; give a local checkpoint directory")
     if args.cmd == "batch":
         _check_input(args.input, "--input")
-    for flag, v in (("--timeout", args.timeout), ("--cache-mb", args.cache_mb + 1), ("--threshold", args.threshold + 1)):
+    for flag, v in (("--timeout", args.timeout), ("--cache-mb", args.cache_mb + 1),
+                    ("--threshold", args.threshold + 1)):
         if not v > 0:
             raise UsageError(f"{flag} must be positive (--cache-mb and --threshold may be 0)")
     try:

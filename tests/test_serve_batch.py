@@ -29,8 +29,9 @@ def write_requests(path, n, max_tokens=lambda i: 6, bad=(), **extra):
     with open(path, "w") as f:
         for i in range(n):
             body = {"model": "tiny", "max_tokens": max_tokens(i), "temperature": 0, **extra,
-                    "messages": [{"role": "user", "content": [{"type": "glyph", "glyph": {"text": TEXT[i * 40:i * 40 + 300]}},
-                                                              {"type": "text", "text": f"Question {i}?"}]}]}
+                    "messages": [{"role": "user", "content": [
+                        {"type": "glyph", "glyph": {"text": TEXT[i * 40:i * 40 + 300]}},
+                        {"type": "text", "text": f"Question {i}?"}]}]}
             if i in bad:
                 body["frobnicate"] = True
             f.write(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",

@@ -36,7 +36,8 @@ def messages(context, question):
 
 
 def prompt(gm, engine, context, question, cache=True):
-    return build_prompt(gm, messages(context, question), InputOptions(CFG, "tiny"), cache=engine.cache if cache else None)
+    return build_prompt(gm, messages(context, question), InputOptions(CFG, "tiny"),
+                        cache=engine.cache if cache else None)
 
 
 def test_prompt_is_the_prompt_builders(gm, engine):
@@ -47,7 +48,8 @@ def test_prompt_is_the_prompt_builders(gm, engine):
     assert p.input_ids[p.prefix_len - 1] != gm.image_token_id  # the end-of-image marker is in the prefix
     text = gm.prompts.prompt([5, 3], "Why?")  # expand_ids: the ids of the expanded text, without tokenizing it
     short = gm.tokenizer(gm.prompts.template(gm.prompts.messages(2, "Why?"), True), add_special_tokens=False)
-    assert gm.prompts.expand_ids(short["input_ids"], [5, 3]) == gm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    full = gm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert gm.prompts.expand_ids(short["input_ids"], [5, 3]) == full
 
 
 def test_greedy_equals_generate_one_by_one_and_batched(gm, engine):

@@ -50,7 +50,8 @@ class ForwardingBackend:
         from ..render.pages import render
         from ..render.png import encode_png
 
-        key = hashlib.sha256((json.dumps(self.render_config.to_dict(), sort_keys=True) + "\0" + text).encode()).hexdigest()
+        config = json.dumps(self.render_config.to_dict(), sort_keys=True)
+        key = hashlib.sha256((config + "\0" + text).encode()).hexdigest()
         with self._lock:
             if key in self._pages:
                 self._pages.move_to_end(key)
