@@ -74,7 +74,7 @@ async def load(url: str, docs: list[str], clients: int, requests: int, max_token
             "itl_p99_s": pct(itl, 99), "errors": len(errors), "error_samples": errors[:3], "_ttft": ttft, "_itl": itl}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="checkpoint directory (default: a tiny random-weight GLM-4.1V)")
     ap.add_argument("--clients", type=int, default=16)
@@ -84,11 +84,12 @@ def main() -> int:
     ap.add_argument("--serial", type=int, default=16, help="requests for the serial generate baseline")
     ap.add_argument("--cache-doc-chars", type=int, default=40000, help="document for the cache follow-up test")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--quick", action="store_true", help="4 clients x 2 requests, 8 tokens (a smoke test)")
+    ap.add_argument("--quick", action="store_true", help="2 clients x 2 requests, 4 tokens (a smoke test)")
     add_output_args(ap)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.quick:
-        args.clients, args.requests, args.max_tokens, args.serial, args.cache_doc_chars = 4, 2, 8, 4, 8000
+        args.clients, args.requests, args.max_tokens, args.serial = 2, 2, 4, 2
+        args.doc_chars, args.cache_doc_chars = 1500, 6000
 
     import torch
 

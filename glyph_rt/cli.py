@@ -421,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("--kernels", default="auto", choices=["auto", "off"], help="glyph_rt kernels or stock HF")
         sv.add_argument("--max-batch", type=_positive_int("--max-batch"), default=32, help="running requests")
         sv.add_argument("--max-queue", type=_positive_int("--max-queue"), default=256, help="waiting requests")
-        sv.add_argument("--prefill-chunk", type=_positive_int("--prefill-chunk"), default=8192,
-                        help="prompt tokens per step while other requests decode (default: 8192)")
+        sv.add_argument("--prefill-chunk", type=_positive_int("--prefill-chunk"), default=2048,
+                        help="prompt tokens per step while other requests decode (default: 2048)")
         sv.add_argument("--timeout", type=float, default=600, help="seconds per request (default: 600)")
         sv.add_argument("--cache-mb", type=float, default=1024, help="document cache budget, MiB (0: off)")
         sv.add_argument("--threshold", type=int, default=4000, help="text longer than this (characters) is rendered")

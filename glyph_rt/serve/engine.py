@@ -122,7 +122,7 @@ class Completion:
 
 class Engine:
     def __init__(self, gm, max_batch: int = 32, max_queue: int = 256, cache_bytes: int = 1 << 30,
-                 timeout: float = 600.0, metrics: Metrics | None = None, prefill_chunk: int = 8192):
+                 timeout: float = 600.0, metrics: Metrics | None = None, prefill_chunk: int = 2048):
         self.gm = gm
         self.model = gm.model
         self.max_batch, self.max_queue, self.timeout = max_batch, max_queue, timeout

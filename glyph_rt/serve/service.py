@@ -19,7 +19,7 @@ class ServeConfig:
     device: str | None = None
     kernels: str = "auto"
     max_batch: int = 32
-    prefill_chunk: int = 8192  # prompt tokens per engine step while others decode (0: whole prompts)
+    prefill_chunk: int = 2048  # prompt tokens per engine step while others decode (0: whole prompts)
     max_queue: int = 256
     timeout: float = 600.0  # seconds per request
     cache_bytes: int = 1 << 30  # document cache budget (0: off)
