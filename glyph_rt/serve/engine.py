@@ -417,10 +417,12 @@ class Engine:
         self._width += 1
         self.steps["decode"] += 1
         self.steps["decode_rows"] += B
+        plain = [r.params.temperature == 0 and r.params.repetition_penalty == 1.0 for r in rows]
+        greedy = logits.argmax(-1).tolist() if any(plain) else None  # one device sync for all greedy rows
         for b, r in enumerate(list(rows)):
             r.length += 1
             r.next_pos += 1
-            self._accept(r, self._sample(r, logits[b]))
+            self._accept(r, greedy[b] if plain[b] else self._sample(r, logits[b]))
 
     # ------------------------------------------------------------------ sampling and output
     def _sample(self, r: Request, logits: torch.Tensor) -> int:
