@@ -225,7 +225,7 @@ def test_random_bodies_never_break_the_server(server):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=False),
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=False, allow_infinity=False),
                        st.text(max_size=20))
     part = st.fixed_dictionaries({"type": st.sampled_from(["text", "glyph", "image_url", "video"])},
                                  optional={"text": st.text(max_size=50), "glyph": st.dictionaries(

@@ -1,4 +1,5 @@
-"""OpenAI chat-completions objects (as vLLM's entrypoints/openai): requests, responses, stream chunks, errors."""
+"""OpenAI chat-completions objects (pydantic, as vLLM's entrypoints/openai): requests, responses, stream chunks,
+errors."""
 from __future__ import annotations
 
 import time
@@ -88,23 +89,94 @@ def completion_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex
 
 
+class UsageInfo(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class GlyphInfo(BaseModel):
+    """What the request's documents cost: pages, visual tokens, their text tokens, and the cache's part."""
+    pages: int
+    visual_tokens: int
+    text_tokens: int
+    cache_hit: Literal["none", "document", "prefix"]
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: UsageInfo
+    glyph: GlyphInfo | None = None
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class StreamChoice(BaseModel):
+    index: int = 0
+    delta: DeltaMessage
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionStreamResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[StreamChoice]
+    usage: UsageInfo | None = None
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
 def response(rid: str, model: str, text: str, finish_reason: str, usage: dict, glyph: dict | None = None) -> dict:
-    out = {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-           "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                        "finish_reason": finish_reason}], "usage": usage}
-    if glyph:
-        out["glyph"] = glyph
-    return out
+    out = ChatCompletionResponse(id=rid, model=model, usage=UsageInfo(**usage), glyph=glyph,
+                                 choices=[Choice(message=AssistantMessage(content=text), finish_reason=finish_reason)])
+    d = out.model_dump()
+    return d if glyph else _without(d, "glyph")
 
 
 def chunk(rid: str, model: str, created: int, delta: dict, finish_reason: str | None = None,
           usage: dict | None = None) -> dict:
-    choices = [] if usage is not None else [{"index": 0, "delta": delta, "logprobs": None,
-                                              "finish_reason": finish_reason}]
-    out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
-    if usage is not None:
-        out["usage"] = usage
-    return out
+    choices = [] if usage is not None else [StreamChoice(delta=DeltaMessage(**delta), finish_reason=finish_reason)]
+    out = ChatCompletionStreamResponse(id=rid, created=created, model=model, choices=choices,
+                                       usage=None if usage is None else UsageInfo(**usage)).model_dump()
+    for c in out["choices"]:  # a delta names only what it carries
+        c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
+    return out if usage is not None else _without(out, "usage")
+
+
+def _without(d: dict, key: str) -> dict:
+    d.pop(key, None)
+    return d
 
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -113,5 +185,5 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
 
 
 def error(message: str, status: int, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"), "param": param,
-                      "code": code}}
+    info = ErrorInfo(message=message, type=ERROR_TYPES.get(status, "invalid_request_error"), param=param, code=code)
+    return ErrorResponse(error=info).model_dump()
