@@ -13,6 +13,7 @@ from .protocol import ChatCompletionRequest, parse_request
 
 @dataclass
 class ServeConfig:
+    """The model and engine settings of `glyph-rt serve` and `batch` (the HTTP limits go to build_app)."""
     model: str  # checkpoint directory
     served_model_name: str | None = None
     render_config: RenderConfig | None = None
@@ -26,9 +27,7 @@ class ServeConfig:
     threshold: int = 4000  # characters of text content rendered as pages
     max_pages: int = 256
     default_max_tokens: int = 256
-    max_body_bytes: int = 64 << 20
-    allowed_media_dir: str | None = None
-    api_key: str | None = None
+    allowed_media_dir: str | None = None  # file:// image URLs may read under it
 
 
 class ChatService:
