@@ -1,5 +1,6 @@
 """The serving engine on a tiny random-weight GLM-4.1V checkpoint: continuous batching, sampling, document cache."""
 import threading
+import time
 
 import pytest
 import torch
@@ -145,8 +146,9 @@ def test_cancel_and_timeout(gm):
                 done.set()
 
         r = e.submit(prompt(gm, e, CONTEXTS[1], QUESTIONS[1]), SamplingParams(max_tokens=3000, ignore_eos=True), on)
-        while not r.output_ids:
-            pass
+        deadline = time.monotonic() + 60
+        while not r.output_ids and not r.finished and time.monotonic() < deadline:
+            time.sleep(0.001)
         e.cancel(r)
         assert done.wait(30) and r.finish_reason == "cancelled" and len(r.output_ids) < 3000
         done.clear()
@@ -171,8 +173,9 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(gm, engine):
     a = engine.submit(prompt(gm, engine, CONTEXTS[1], QUESTIONS[1], cache=False),
                       SamplingParams(max_tokens=400, ignore_eos=True, **GREEDY),
                       lambda ev: order.append("a") if ev["type"] == "delta" else None)
-    while not a.output_ids:
-        pass
+    deadline = time.monotonic() + 60
+    while not a.output_ids and not a.finished and time.monotonic() < deadline:
+        time.sleep(0.001)
     long = prompt(gm, engine, TEXT[9000:11000], "Why?", cache=False)
     chunks = -(-len(long.input_ids) // engine.prefill_chunk)
     assert chunks >= 4
@@ -204,3 +207,23 @@ def test_qwen2_5_vl_greedy_equals_generate_and_cache(tmp_path):
             assert [o.token_ids for o in outs] == [ref, ref] and outs[1].cache_hit == "prefix"
     finally:
         e.shutdown()
+
+
+def test_the_vision_tower_runs_a_few_pages_per_step(gm, engine, monkeypatch):
+    p = prompt(gm, engine, TEXT[12000:13000], "Who?", cache=False)
+    per_page = [s.visual_tokens // s.pages for s in p.segments][0]
+    pages_per_step = engine.prefill_chunk // per_page
+    assert p.pages > pages_per_step >= 1
+    calls = []
+    inner = gm.model.model
+    original = inner.get_image_features
+
+    def counted(pv, grids, **kw):
+        calls.append(len(grids))
+        return original(pv, grids, **kw)
+
+    monkeypatch.setattr(inner, "get_image_features", counted)
+    out = engine.complete(p, SamplingParams(max_tokens=6, **GREEDY))
+    monkeypatch.undo()
+    assert sum(calls) == p.pages and max(calls) <= pages_per_step and len(calls) > 1
+    assert out.token_ids == gm.generate(TEXT[12000:13000], "Who?", max_new_tokens=6)[0].token_ids

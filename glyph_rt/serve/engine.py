@@ -8,8 +8,9 @@ glyph_rt's attention reads as per-row starts in its decode kernel. Positions are
 (M-RoPE: each request's offset after its pages), so requests of any length share a step, and a long
 prompt delays the others' next token by one chunk at most.
 
-The prompt is prefilled up to the last page (vision embeddings in place of the pages' placeholders),
-then the rest (the question). That first part's KV and the pages' embeddings go to the DocumentCache;
+The vision tower runs first, a few pages per step (their visual tokens count against the same
+budget); then the prompt is prefilled up to the last page (vision embeddings in place of the pages'
+placeholders), then the rest (the question). That first part's KV and the pages' embeddings go to the DocumentCache;
 a later request with the same documents and the same prefix starts at the question.
 
     engine = Engine(GlyphModel.from_pretrained(path)).start()
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models.kv_cache import GlyphCache, cache_kwarg
+from ..models.prompt import VISION_MERGE
 from .doc_cache import DocumentCache, DocumentEntry, PrefixEntry
 from .inputs import Prompt, RequestError
 from .metrics import Metrics
@@ -278,20 +280,35 @@ class Engine:
                                           image_grid_thw=grids, attention_mask=torch.ones_like(ids))
         return pos, int(delta.reshape(-1)[0])
 
-    def _embeddings(self, prompt: Prompt) -> torch.Tensor:
-        """Vision embeddings of every page in prompt order: cached ones reused, the rest in one vision call."""
-        todo = [s for s in prompt.segments if s.embeddings is None]
-        if todo:
-            pv = torch.cat([s.pixel_values for s in todo])
-            grids = torch.cat([s.grids for s in todo]).to(self.gm.device)
-            out = self.model.model.get_image_features(pv, grids, return_dict=True).pooler_output
-            per_image = list(out)
-            i = 0
-            for s in todo:
-                s.embeddings = torch.cat(per_image[i:i + s.pages])
-                i += s.pages
+    @staticmethod
+    def _vision_work(prompt: Prompt) -> list[tuple]:
+        """The pages whose embeddings are not cached: (segment, page, first pixel row, rows, visual tokens) each."""
+        work = []
+        for s in prompt.segments:
+            if s.embeddings is None:
+                s.parts = []
+                row = 0
+                for i, (t, h, w) in enumerate(s.grids.tolist()):
+                    work.append((s, i, row, t * h * w, t * h * w // VISION_MERGE ** 2))
+                    row += t * h * w
+        return work
+
+    def _vision_step(self, work: list[tuple], limit: float) -> int:
+        """Runs the vision tower on the next pages (at least one, up to `limit` visual tokens); a segment whose
+        pages are all done gets its embeddings (and the document cache an entry). Returns the tokens it took."""
+        take, used = [], 0
+        while work and (not take or used + work[0][4] <= limit):
+            take.append(work.pop(0))
+            used += take[-1][4]
+        pv = torch.cat([s.pixel_values[row:row + n] for s, _, row, n, _ in take])
+        grids = torch.stack([s.grids[i] for s, i, _, _, _ in take]).to(self.gm.device)
+        out = self.model.model.get_image_features(pv, grids, return_dict=True).pooler_output
+        for (s, _, _, _, _), emb in zip(take, out):
+            s.parts.append(emb)
+            if len(s.parts) == s.pages:
+                s.embeddings, s.parts = torch.cat(s.parts), None
                 self.cache.put(s.key, DocumentEntry(s.grids, s.embeddings, s.text_tokens))
-        return torch.cat([s.embeddings for s in prompt.segments])
+        return used
 
     def _forward(self, ids, pos, cache, mask=None, embeds=None):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -311,7 +328,7 @@ class Engine:
         grids = torch.cat([s.grids for s in p.segments]).to(dev) if p.segments else None
         pos, delta = self._positions(ids, grids)
         cache = GlyphCache(reserve=min(r.params.max_tokens, 1024))
-        at, embeds = 0, None
+        at, vision = 0, None
         if p.prefix_len:
             entry = self.cache.get(p.prefix_key)
             if entry is not None:
@@ -324,12 +341,12 @@ class Engine:
                 if any(s.cached for s in p.segments):
                     r.cache_hit = "document"
                     self.metrics.cache_hits.labels("document").inc()
-                embeds = self._embeddings(p)
+                vision = self._vision_work(p)
             new_pages = [s for s in p.segments if not s.cached and s.text_tokens]
             if new_pages:
                 self.metrics.rendered(sum(s.pages for s in new_pages), sum(s.visual_tokens for s in new_pages),
                                       sum(s.text_tokens for s in new_pages))
-        r.pf = {"ids": ids, "pos": pos, "delta": delta, "cache": cache, "at": at, "embeds": embeds,
+        r.pf = {"ids": ids, "pos": pos, "delta": delta, "cache": cache, "at": at, "vision": vision, "embeds": None,
                 "images_before": 0}
         self._prefilling = r
 
@@ -338,6 +355,12 @@ class Engine:
         """The next chunk of the prompt (at most `limit` tokens): up to the end of the prefix (whose KV then goes
         to the cache), or to the end. Returns the tokens it took."""
         pf, p = r.pf, r.prompt
+        if pf["vision"] is not None:  # first the pages' embeddings, a few pages per step
+            used = self._vision_step(pf["vision"], limit) if pf["vision"] else 0
+            if pf["vision"]:
+                return used
+            pf["vision"], pf["embeds"] = None, torch.cat([s.embeddings for s in p.segments])
+            return used + (self._prefill_chunk(r, limit - used) if limit > used else 0)
         k, L, at = p.prefix_len, len(p.input_ids), pf["at"]
         target = k if at < k else L
         end = int(min(target, at + limit))

@@ -82,6 +82,7 @@ class Segment:
     embeddings: torch.Tensor | None = None
     text_tokens: int = 0
     cached: bool = False
+    parts: list | None = field(default=None, repr=False)  # its first pages' embeddings, the vision tower part-way
 
     @property
     def pages(self) -> int:
