@@ -6,7 +6,7 @@ Each request asks about its own document (no cache hits; every page shape is war
 and generates exactly --max-tokens tokens (ignore_eos; the serial baseline uses min_new_tokens).
 Reports requests/s and tokens/s, time to first token and inter-token latency (p50, p99) as the clients
 see them, errors, and the same model's GlyphModel.generate run one request at a time in the same
-process. Then a long document asked twice: time to first token of the first question and of the
+process (before and after the engine; the faster run is the baseline). Then a long document asked twice: time to first token of the first question and of the
 follow-up served from the document cache.
 Without --model a tiny random-weight checkpoint is built (CPU-sized: the ratios, not the absolute
 figures, are what it shows). Writes serve-<device>.json and serve-<device>.png to --out.
@@ -123,16 +123,22 @@ def main(argv=None) -> int:
     for d in docs:
         gm.generate(d, "Summarise the terms.", max_new_tokens=1)
     gm.generate(text[:args.cache_doc_chars], "Summarise the terms.", max_new_tokens=1)
-    ttft_serial = []
-    t = time.perf_counter()
-    for d in docs[:args.serial]:
-        a = gm.generate(d, "Summarise the terms.", max_new_tokens=args.max_tokens, min_new_tokens=args.max_tokens)[0]
-        ttft_serial.append(a.timings["render"] + a.timings["vision"] + a.timings["prefill"])
-    wall = time.perf_counter() - t
-    serial = {"requests": args.serial, "seconds": wall, "requests_per_s": args.serial / wall,
-              "tokens_per_s": args.serial * args.max_tokens / wall, "ttft_p50_s": pct(ttft_serial, 50)}
-    print(f"serial generate: {serial['requests_per_s']:.2f} req/s, {serial['tokens_per_s']:.1f} tok/s, "
-          f"TTFT p50 {serial['ttft_p50_s'] * 1e3:.1f} ms")
+
+    def run_serial() -> dict:
+        ttft = []
+        t = time.perf_counter()
+        for d in docs[:args.serial]:
+            a = gm.generate(d, "Summarise the terms.", max_new_tokens=args.max_tokens,
+                            min_new_tokens=args.max_tokens)[0]
+            ttft.append(a.timings["render"] + a.timings["vision"] + a.timings["prefill"])
+        wall = time.perf_counter() - t
+        out = {"requests": args.serial, "seconds": wall, "requests_per_s": args.serial / wall,
+               "tokens_per_s": args.serial * args.max_tokens / wall, "ttft_p50_s": pct(ttft, 50)}
+        print(f"serial generate: {out['requests_per_s']:.2f} req/s, {out['tokens_per_s']:.1f} tok/s, "
+              f"TTFT p50 {out['ttft_p50_s'] * 1e3:.1f} ms")
+        return out
+
+    serial = run_serial()  # run again after the engine; the faster run is the baseline (a shared machine is noisy)
 
     svc = ChatService(Engine(gm, max_batch=max(32, args.clients)).start(),
                       InputOptions(gm.render_config, "bench"), args.max_tokens)
@@ -150,6 +156,8 @@ def main(argv=None) -> int:
         print(f"document cache, {args.cache_doc_chars:,} characters: TTFT first {first * 1e3:.1f} ms, "
               f"follow-up {follow * 1e3:.1f} ms ({follow / first:.1%} of the first)")
     svc.shutdown()
+    serial = max(serial, run_serial(), key=lambda s: s["requests_per_s"])
+    print(f"engine vs the faster serial run: {res['requests_per_s'] / serial['requests_per_s']:.2f}x")
     summary = {"throughput_vs_serial": res["requests_per_s"] / serial["requests_per_s"],
                "ttft_followup_fraction": follow / first, "errors": res["errors"]}
     rows = [{"path": "serial_generate", **serial},
