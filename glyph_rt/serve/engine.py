@@ -321,7 +321,7 @@ class Engine:
 
     @torch.no_grad()
     def _start_prefill(self, r: Request) -> None:
-        """Positions, the document cache lookup and the vision tower; the prompt itself goes in chunks."""
+        """Positions and the document cache lookup; the vision tower and the prompt then go in chunks."""
         p = r.prompt
         dev = self.gm.device
         ids = torch.tensor([p.input_ids], device=dev)
@@ -352,8 +352,9 @@ class Engine:
 
     @torch.no_grad()
     def _prefill_chunk(self, r: Request, limit: float) -> int:
-        """The next chunk of the prompt (at most `limit` tokens): up to the end of the prefix (whose KV then goes
-        to the cache), or to the end. Returns the tokens it took."""
+        """The next chunk (at most `limit` tokens): pages through the vision tower until all have embeddings, then
+        the prompt up to the end of the prefix (whose KV then goes to the cache), or to the end. Returns the tokens
+        it took."""
         pf, p = r.pf, r.prompt
         if pf["vision"] is not None:  # first the pages' embeddings, a few pages per step
             used = self._vision_step(pf["vision"], limit) if pf["vision"] else 0
