@@ -58,11 +58,14 @@ EXTRAS_REQUIRE = {
     "eval-zh": ["jieba"],  # LongBench's Chinese metrics (qa_f1_zh, rouge_zh) segment words with it
     # `glyph-rt search`: the LLM critic's client, the Pareto plot
     "search": ["openai>=1.0", "matplotlib"],
+    # `glyph-rt serve` / `batch`: the OpenAI-compatible server, its metrics, clients for forwarding and benchmarks
+    "serve": ["transformers>=5.0", "fastapi", "starlette", "pydantic>=2", "uvicorn", "prometheus-client",
+              "openai>=1.0", "httpx"],
 }
 EXTRAS_REQUIRE["test"] = list(dict.fromkeys([
-    "pytest", "hypothesis", "matplotlib", "transformers>=5.0", "fastapi", "uvicorn",
+    "pytest", "hypothesis", "matplotlib", "transformers>=5.0",
     *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"], *EXTRAS_REQUIRE["train"], *EXTRAS_REQUIRE["eval"],
-    *EXTRAS_REQUIRE["search"]]))
+    *EXTRAS_REQUIRE["search"], *EXTRAS_REQUIRE["serve"]]))
 
 
 class CMakeExtension(Extension):

@@ -9,6 +9,8 @@
     glyph-rt search --config search.yaml [key=value ...] [--out DIR]
     glyph-rt backends
     glyph-rt make-tiny-checkpoint DIR [--model glm4v|qwen2_5_vl]
+    glyph-rt serve --model DIR [--host H --port P --api-key KEY --config CFG ...]
+    glyph-rt batch --model DIR --input requests.jsonl --output results.jsonl
     glyph-rt --version
 
 Without INPUT the built-in sample text is used. Only the standard library is imported at start-up;
@@ -374,6 +376,47 @@ def cmd_make_tiny_checkpoint(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """`serve` runs the OpenAI-compatible server; `batch` answers a Batch API file (same engine and options)."""
+    if not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model!r} is not a directory; give a local checkpoint directory")
+    if args.cmd == "batch":
+        _check_input(args.input, "--input")
+    for flag, v in (("--timeout", args.timeout), ("--cache-mb", args.cache_mb + 1),
+                    ("--threshold", args.threshold + 1)):
+        if not v > 0:
+            raise UsageError(f"{flag} must be positive (--cache-mb and --threshold may be 0)")
+    try:
+        from .serve.service import ChatService, ServeConfig
+    except ImportError as e:
+        raise RuntimeError(f"{args.cmd} needs the serve extra: pip install 'glyph_rt[serve]' ({e})") from None
+    cfg = ServeConfig(model=args.model, served_model_name=args.served_model_name, render_config=_config(args),
+                      device=args.device, kernels=args.kernels, max_batch=args.max_batch, max_queue=args.max_queue,
+                      prefill_chunk=args.prefill_chunk,
+                      timeout=args.timeout, cache_bytes=int(args.cache_mb * 2**20), threshold=args.threshold,
+                      max_pages=args.max_pages, default_max_tokens=args.max_tokens,
+                      allowed_media_dir=getattr(args, "allowed_media_dir", None))
+    service = ChatService.from_config(cfg)
+    try:
+        if args.cmd == "batch":
+            from .serve.batch import run_batch
+
+            c = run_batch(service, args.input, args.output, progress=not args.quiet)
+            print(f"{c['ok']} answered, {c['failed']} failed, {c['skipped']} already in {args.output} "
+                  f"(of {c['total']})", file=sys.stderr)
+            return 0 if not c["failed"] else 1
+        import uvicorn
+
+        from .serve.app import build_app
+
+        app = build_app(service, api_key=args.api_key or os.environ.get("GLYPH_RT_API_KEY"),
+                        max_body_bytes=int(args.max_body_mb * 2**20))
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        return 0
+    finally:
+        service.shutdown()
+
+
 # ---------------------------------------------------------------- parser and entry point
 
 def build_parser() -> argparse.ArgumentParser:
@@ -475,6 +518,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("dir", help="new or empty directory to write it to")
     t.add_argument("--model", default="glm4v", choices=["glm4v", "qwen2_5_vl"], help="model type (default: glm4v)")
     t.set_defaults(func=cmd_make_tiny_checkpoint)
+    for name, text in (("serve", "serve a checkpoint over HTTP with the OpenAI API (chat completions, SSE)"),
+                       ("batch", "answer an OpenAI Batch API file (JSONL) offline; resumable")):
+        sv = sub.add_parser(name, help=text)
+        sv.add_argument("--model", required=True, help="local checkpoint directory (GLM-4.1V / Qwen2.5-VL)")
+        if name == "serve":
+            sv.add_argument("--host", default="127.0.0.1")
+            sv.add_argument("--port", type=int, default=8000)
+            sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set GLYPH_RT_API_KEY)")
+            sv.add_argument("--max-body-mb", type=float, default=64, help="largest request body (default: 64)")
+            sv.add_argument("--allowed-media-dir", help="image_url file:// URLs may read under this directory")
+        else:
+            sv.add_argument("--input", required=True, help="requests.jsonl in the OpenAI Batch API format")
+            sv.add_argument("--output", required=True, help="results.jsonl; ids already in it are skipped")
+            sv.add_argument("--quiet", action="store_true", help="no progress bar")
+        sv.add_argument("--served-model-name", help="the model id clients use (default: the directory's name)")
+        sv.add_argument("--config", help="RenderConfig JSON for long texts (requests may override within limits)")
+        sv.add_argument("--preset", help="a RenderConfig preset")
+        sv.add_argument("--device", default=None, type=_device, help="cuda or cpu (default: cuda when available)")
+        sv.add_argument("--kernels", default="auto", choices=["auto", "off"], help="glyph_rt kernels or stock HF")
+        sv.add_argument("--max-batch", type=_positive_int("--max-batch"), default=32, help="running requests")
+        sv.add_argument("--max-queue", type=_positive_int("--max-queue"), default=256, help="waiting requests")
+        sv.add_argument("--prefill-chunk", type=_positive_int("--prefill-chunk"), default=2048,
+                        help="prompt tokens per step while other requests decode (default: 2048)")
+        sv.add_argument("--timeout", type=float, default=600, help="seconds per request (default: 600)")
+        sv.add_argument("--cache-mb", type=float, default=1024, help="document cache budget, MiB (0: off)")
+        sv.add_argument("--threshold", type=int, default=4000, help="text longer than this (characters) is rendered")
+        sv.add_argument("--max-pages", type=_positive_int("--max-pages"), default=256, help="pages per request")
+        sv.add_argument("--max-tokens", type=_positive_int("--max-tokens"), default=256,
+                        help="max_tokens when a request gives none")
+        sv.set_defaults(func=cmd_serve)
     return p
 
 

@@ -84,6 +84,23 @@ class PromptBuilder:
             out += [self.image_token * int(n), rest]
         return "".join(out)
 
+    def expand_ids(self, ids: Sequence[int], visual_tokens: Sequence[int]) -> list[int]:
+        """Token ids of a template holding one image token per image, each repeated visual_tokens[k] times: the
+        ids of expand()'s text (the image token is a special token, so text never merges across it), without
+        tokenizing the long runs of image tokens."""
+        n = sum(1 for t in ids if t == self.image_token_id)
+        if n != len(visual_tokens):
+            raise ValueError(f"the chat template wrote {n} image placeholders for {len(visual_tokens)} pages")
+        out: list[int] = []
+        k = 0
+        for t in ids:
+            if t == self.image_token_id:
+                out += [t] * int(visual_tokens[k])
+                k += 1
+            else:
+                out.append(t)
+        return out
+
     def check_text(self, text: str, what: str = "text") -> None:
         if self.image_token in text:
             raise ValueError(f"{what}: contains the image token {self.image_token!r}, which only rendered pages may "

@@ -1,0 +1,199 @@
+"""Serving under load: N concurrent OpenAI clients x M requests against `glyph-rt serve`, vs serial generate.
+
+    python bench/bench_serve.py [--model DIR] [--clients 16] [--requests 4] [--max-tokens 32] [--quick]
+
+Each request asks about its own document (no cache hits; every page shape is warmed up first), streams,
+and generates exactly --max-tokens tokens (ignore_eos; the serial baseline uses min_new_tokens).
+Reports requests/s and tokens/s, time to first token and inter-token latency (p50, p99) as the clients
+see them, errors, and the same model's GlyphModel.generate run one request at a time in the same
+process (before and after the engine; the faster run is the baseline). Then a long document asked twice: time to first token of the first question and of the
+follow-up served from the document cache.
+Without --model a tiny random-weight checkpoint is built (CPU-sized: the ratios, not the absolute
+figures, are what it shows). Writes serve-<device>.json and serve-<device>.png to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import add_output_args, copy_to_results, slug, write_result  # noqa: E402
+
+
+def pct(xs, q):
+    import numpy as np
+
+    return float(np.percentile(xs, q)) if xs else float("nan")
+
+
+async def load(url: str, docs: list[str], clients: int, requests: int, max_tokens: int) -> dict:
+    import openai
+
+    c = openai.AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, timeout=600)
+    ttft, itl, errors, tokens = [], [], [], 0
+
+    async def one(i: int):
+        nonlocal tokens
+        t0 = time.perf_counter()
+        last = None
+        try:
+            stream = await c.chat.completions.create(
+                model="bench", max_tokens=max_tokens, temperature=0, stream=True,
+                stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+                messages=[{"role": "user", "content": [{"type": "glyph", "glyph": {"text": docs[i]}},
+                                                       {"type": "text", "text": "Summarise the terms."}]}])
+            async for ch in stream:
+                now = time.perf_counter()
+                if ch.usage is not None:
+                    tokens += ch.usage.completion_tokens
+                if not ch.choices or not ch.choices[0].delta.content:
+                    continue
+                if last is None:
+                    ttft.append(now - t0)
+                else:
+                    itl.append(now - last)
+                last = now
+        except Exception as e:  # noqa: BLE001 - counted and reported
+            errors.append(f"{type(e).__name__}: {e}"[:200])
+
+    async def client(k: int):
+        for j in range(requests):
+            await one(k * requests + j)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    wall = time.perf_counter() - t
+    n = clients * requests
+    return {"requests": n, "seconds": wall, "requests_per_s": n / wall, "tokens_per_s": tokens / wall,
+            "ttft_p50_s": pct(ttft, 50), "ttft_p99_s": pct(ttft, 99), "itl_p50_s": pct(itl, 50),
+            "itl_p99_s": pct(itl, 99), "errors": len(errors), "error_samples": errors[:3], "_ttft": ttft, "_itl": itl}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="checkpoint directory (default: a tiny random-weight GLM-4.1V)")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=4, help="requests per client")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--doc-chars", type=int, default=3000, help="characters per document")
+    ap.add_argument("--serial", type=int, default=16, help="requests for the serial generate baseline")
+    ap.add_argument("--cache-doc-chars", type=int, default=40000, help="document for the cache follow-up test")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--quick", action="store_true", help="2 clients x 2 requests, 4 tokens (a smoke test)")
+    add_output_args(ap)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.clients, args.requests, args.max_tokens, args.serial = 2, 2, 4, 2
+        args.doc_chars, args.cache_doc_chars = 1500, 6000
+
+    import torch
+
+    from glyph_rt import RenderConfig
+    from glyph_rt.models import GlyphModel
+    from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+    from glyph_rt.render.textio import sample_text
+    from glyph_rt.serve.app import ServerThread, build_app
+    from glyph_rt.serve.engine import Engine
+    from glyph_rt.serve.inputs import InputOptions
+    from glyph_rt.serve.service import ChatService
+
+    tmp = None
+    if args.model is None:
+        tmp = tempfile.TemporaryDirectory()
+        args.model = str(tiny_glm4v_checkpoint(Path(tmp.name) / "tiny"))
+    gm = GlyphModel.from_pretrained(args.model, render_config=RenderConfig(), device=args.device)
+    text = sample_text()
+    while len(text) < args.doc_chars * 2 + args.cache_doc_chars:
+        text += "\n" + text
+    n = args.clients * args.requests
+    step = max(1, (len(text) - args.doc_chars) // max(1, n))
+    docs = [text[i * step:i * step + args.doc_chars] for i in range(n)]
+    device = gm.device.type
+    dev_name = torch.cuda.get_device_name(gm.device) if device == "cuda" else "cpu"
+    print(f"{dev_name}: {args.clients} clients x {args.requests} requests, {args.max_tokens} tokens, "
+          f"{args.doc_chars:,}-character documents")
+
+    # serial baseline: GlyphModel.generate one request at a time
+    # warm-up: every page shape once (the first pass over a new shape pays one-off costs in both paths)
+    for d in docs:
+        gm.generate(d, "Summarise the terms.", max_new_tokens=1)
+    gm.generate(text[:args.cache_doc_chars], "Summarise the terms.", max_new_tokens=1)
+
+    def run_serial() -> dict:
+        ttft = []
+        t = time.perf_counter()
+        for d in docs[:args.serial]:
+            a = gm.generate(d, "Summarise the terms.", max_new_tokens=args.max_tokens,
+                            min_new_tokens=args.max_tokens)[0]
+            ttft.append(a.timings["render"] + a.timings["vision"] + a.timings["prefill"])
+        wall = time.perf_counter() - t
+        out = {"requests": args.serial, "seconds": wall, "requests_per_s": args.serial / wall,
+               "tokens_per_s": args.serial * args.max_tokens / wall, "ttft_p50_s": pct(ttft, 50)}
+        print(f"serial generate: {out['requests_per_s']:.2f} req/s, {out['tokens_per_s']:.1f} tok/s, "
+              f"TTFT p50 {out['ttft_p50_s'] * 1e3:.1f} ms")
+        return out
+
+    serial = run_serial()  # run again after the engine; the faster run is the baseline (a shared machine is noisy)
+
+    svc = ChatService(Engine(gm, max_batch=max(32, args.clients)).start(),
+                      InputOptions(gm.render_config, "bench"), args.max_tokens)
+    with ServerThread(build_app(svc)) as server:
+        url = server.url + "/v1"
+        asyncio.run(load(url, docs[:2], 2, 1, 2))  # warm-up
+        res = asyncio.run(load(url, docs, args.clients, args.requests, args.max_tokens))
+        print(f"engine, {args.clients} clients: {res['requests_per_s']:.2f} req/s "
+              f"({res['requests_per_s'] / serial['requests_per_s']:.2f}x serial), {res['tokens_per_s']:.1f} tok/s, "
+              f"TTFT p50 {res['ttft_p50_s'] * 1e3:.1f} ms p99 {res['ttft_p99_s'] * 1e3:.1f} ms, "
+              f"ITL p50 {res['itl_p50_s'] * 1e3:.1f} ms p99 {res['itl_p99_s'] * 1e3:.1f} ms, errors {res['errors']}")
+        long_doc = text[:args.cache_doc_chars]
+        first = asyncio.run(load(url, [long_doc], 1, 1, 4))["ttft_p50_s"]
+        follow = asyncio.run(load(url, [long_doc], 1, 1, 4))["ttft_p50_s"]
+        print(f"document cache, {args.cache_doc_chars:,} characters: TTFT first {first * 1e3:.1f} ms, "
+              f"follow-up {follow * 1e3:.1f} ms ({follow / first:.1%} of the first)")
+    svc.shutdown()
+    serial = max(serial, run_serial(), key=lambda s: s["requests_per_s"])
+    print(f"engine vs the faster serial run: {res['requests_per_s'] / serial['requests_per_s']:.2f}x")
+    summary = {"throughput_vs_serial": res["requests_per_s"] / serial["requests_per_s"],
+               "ttft_followup_fraction": follow / first, "errors": res["errors"]}
+    rows = [{"path": "serial_generate", **serial},
+            {"path": "engine", "clients": args.clients, **{k: v for k, v in res.items() if not k.startswith("_")}},
+            {"path": "document_cache", "doc_chars": args.cache_doc_chars, "ttft_first_s": first,
+             "ttft_followup_s": follow}]
+    name = f"serve-{slug(dev_name)}"
+    path = write_result(args, name + ".json", "bench_serve", rows, summary)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+        ax[0].bar(["serial generate", f"engine ({args.clients} clients)"],
+                  [serial["requests_per_s"], res["requests_per_s"]], color=["grey", "tab:blue"])
+        ax[0].set_ylabel("requests/s")
+        for a, key, title in ((ax[1], "_ttft", "time to first token"), (ax[2], "_itl", "inter-token latency")):
+            xs = sorted(v * 1e3 for v in res[key])
+            a.plot(xs, [i / max(1, len(xs)) for i in range(len(xs))])
+            a.set_xlabel("ms")
+            a.set_title(title)
+        ax[1].set_ylabel("fraction of requests")
+        fig.suptitle(f"bench_serve on {dev_name}")
+        fig.tight_layout()
+        png = path.with_suffix(".png")
+        fig.savefig(png, dpi=100)
+        copy_to_results(args, png)
+    except ImportError:
+        pass
+    print(f"wrote {path}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0 if res["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

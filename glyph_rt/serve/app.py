@@ -1,0 +1,184 @@
+"""The OpenAI-compatible HTTP server (FastAPI): /v1/chat/completions (JSON or SSE), /v1/models, /health, /metrics.
+
+    app = build_app(ChatService.from_config(ServeConfig(model="path/to/Glyph")))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Errors are OpenAI error objects with the status a client expects (400 bad field or too long, 401 key,
+404 model, 413 body or image too large, 429 queue full with Retry-After, 408 timeout). Request bodies
+are never logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .engine import QueueFull
+from .inputs import RequestError
+from .protocol import chunk, completion_id, error, response
+from .service import ChatService, glyph_stats
+
+log = logging.getLogger("glyph_rt.serve")
+
+
+def _error(e: RequestError) -> JSONResponse:
+    return JSONResponse(error(str(e), e.status, e.param, e.code), status_code=e.status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    too_big = RequestError(f"the request body is over this server's limit of {limit:,} bytes; send fewer or smaller "
+                           "documents per request (or raise --max-body-mb)", None, 413, "request_too_large")
+    n = request.headers.get("content-length")
+    if n is not None and n.isdigit() and int(n) > limit:
+        raise too_big
+    buf = bytearray()
+    async for piece in request.stream():
+        buf += piece
+        if len(buf) > limit:
+            raise too_big
+    return bytes(buf)
+
+
+def build_app(service: ChatService, api_key: str | None = None, max_body_bytes: int = 64 << 20) -> FastAPI:
+    engine = service.engine
+    app = FastAPI(title="glyph_rt", docs_url=None, redoc_url=None)
+    app.state.service = service
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        return JSONResponse(error(str(exc.detail), exc.status_code), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def any_error(request, exc):
+        log.exception("unexpected error")
+        return JSONResponse(error(f"internal error: {type(exc).__name__}", 500), status_code=500)
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/"):
+            got = request.headers.get("authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {api_key}".encode()):
+                return JSONResponse(error("missing or wrong API key: send 'Authorization: Bearer <key>'", 401),
+                                    status_code=401)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics():
+        engine.metrics.cache_bytes.set(engine.cache.nbytes)
+        return Response(engine.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": service.model_name, "object": "model", "created": int(time.time()),
+                                            "owned_by": "glyph_rt", "max_model_len": engine.max_positions}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        try:
+            raw = await _read_body(request, max_body_bytes)
+            try:
+                body = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise RequestError(f"the request body is not valid JSON: {e}") from None
+            req = service.parse(body)
+            prompt, params = await run_in_threadpool(service.prepare, req)
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue = asyncio.Queue()
+            r = engine.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        except QueueFull as e:
+            return JSONResponse(error(str(e), 429, None, "queue_full"), status_code=429,
+                                headers={"Retry-After": str(e.retry_after)})
+        except RequestError as e:
+            return _error(e)
+        rid, model = completion_id(), service.model_name
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_stream(request, r, events, rid, model, include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            while True:
+                try:
+                    ev = await asyncio.wait_for(events.get(), 0.25)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        engine.cancel(r)
+                        return Response(status_code=499)
+                    continue
+                if ev["type"] == "error":
+                    return _error(ev["error"])
+                if ev["type"] == "done":
+                    return response(rid, model, r.text, r.finish_reason, r.usage(), glyph_stats(prompt, r.cache_hit))
+        finally:
+            engine.cancel(r)  # no-op when finished
+
+    async def _stream(request, r, events, rid, model, include_usage):
+        created = int(time.time())
+
+        def sse(obj) -> str:
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        try:
+            yield sse(chunk(rid, model, created, {"role": "assistant", "content": ""}))
+            while True:
+                try:
+                    ev = await asyncio.wait_for(events.get(), 0.25)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    continue
+                if ev["type"] == "delta":
+                    yield sse(chunk(rid, model, created, {"content": ev["text"]}))
+                elif ev["type"] == "error":
+                    e = ev["error"]
+                    yield sse(error(str(e), e.status, e.param, e.code))
+                    break
+                else:
+                    yield sse(chunk(rid, model, created, {}, r.finish_reason))
+                    if include_usage:
+                        yield sse(chunk(rid, model, created, {}, usage=r.usage()))
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            engine.cancel(r)  # the client went away (or we are done: then a no-op)
+
+    return app
+
+
+class ServerThread:
+    """A uvicorn server on a background thread (tests, benchmarks): `with ServerThread(app) as s: s.url`."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    access_log=False, timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.host = host
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        t = time.monotonic()
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() - t > 30:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://{self.host}:{self.port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+

@@ -1,0 +1,151 @@
+"""Offline runs in the OpenAI Batch API file format (as vLLM's run_batch), on the serving engine.
+
+Each input line: {"custom_id": "...", "method": "POST", "url": "/v1/chat/completions", "body": {...}}.
+Each output line: {"id": ..., "custom_id": ..., "response": {"status_code": 200, "request_id": ..., "body": {...}},
+"error": null}; a request the server would refuse gets its status and OpenAI error body.
+Lines are appended one write each, as requests finish. A rerun skips the custom_ids already in the output
+(a last line cut short by a kill is removed first), so a killed run resumes with no duplicate and no lost line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import uuid
+from pathlib import Path
+
+from .engine import QueueFull
+from .inputs import RequestError
+from .protocol import completion_id, error, response
+from .service import ChatService, glyph_stats
+
+URL = "/v1/chat/completions"
+
+
+class BatchFileError(ValueError):
+    """The input file is not a Batch API file; the message names the line."""
+
+
+def read_requests(path: str | os.PathLike) -> list[dict]:
+    out, seen = [], set()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BatchFileError(f"--input {str(path)!r}: cannot read it ({e})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BatchFileError(f"{path}:{n}: not valid JSON ({e})") from None
+        if not isinstance(d, dict) or not isinstance(d.get("custom_id"), str) or not d["custom_id"]:
+            raise BatchFileError(f"{path}:{n}: each line needs a non-empty string custom_id")
+        if d.get("url", URL) != URL or d.get("method", "POST") != "POST":
+            raise BatchFileError(f"{path}:{n}: only POST {URL} is supported, got {d.get('method')} {d.get('url')}")
+        if not isinstance(d.get("body"), dict):
+            raise BatchFileError(f"{path}:{n}: body must be a JSON object (a chat completions request)")
+        if d["custom_id"] in seen:
+            raise BatchFileError(f"{path}:{n}: custom_id {d['custom_id']!r} appears twice; make them unique")
+        seen.add(d["custom_id"])
+        out.append(d)
+    return out
+
+
+def done_ids(path: Path) -> set[str]:
+    """custom_ids already answered in the output; a partial last line (a killed write) is cut off."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+        data = data[:keep]
+    ids = set()
+    for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        try:
+            ids.add(json.loads(line)["custom_id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise BatchFileError(f"--output {str(path)!r} line {n} is not a batch result; give a new output file "
+                                 "or the one an earlier run wrote") from None
+    return ids
+
+
+def _line(custom_id: str, status: int, body: dict) -> bytes:
+    rec = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
+           "response": {"status_code": status, "request_id": uuid.uuid4().hex, "body": body},
+           "error": None}
+    return (json.dumps(rec, ensure_ascii=False) + "\n").encode()
+
+
+def run_batch(service: ChatService, input_path, output_path, progress: bool = True,
+              max_in_flight: int | None = None) -> dict:
+    """Answers every request of input_path not yet in output_path; returns counts."""
+    from tqdm import tqdm
+
+    requests = read_requests(input_path)
+    out = Path(output_path)
+    done = done_ids(out)
+    todo = [r for r in requests if r["custom_id"] not in done]
+    engine = service.engine
+    limit = max_in_flight or max(1, engine.max_batch) * 2
+    results: queue.Queue = queue.Queue()
+    counts = {"total": len(requests), "skipped": len(requests) - len(todo), "ok": 0, "failed": 0}
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    bar = tqdm(total=len(todo), desc="batch", unit="req", disable=not progress)
+    in_flight = 0
+
+    def write(line: bytes, ok: bool) -> None:
+        os.write(fd, line)  # one write per line: a kill leaves whole lines (or a cut last one, removed on resume)
+        counts["ok" if ok else "failed"] += 1
+        bar.update(1)
+
+    def collect(block: bool, everything: bool = False) -> None:
+        nonlocal in_flight
+        while in_flight:
+            try:
+                line, ok = results.get(block=block or everything)
+            except queue.Empty:
+                return
+            in_flight -= 1
+            write(line, ok)
+            block = False
+
+    try:
+        for item in todo:
+            cid = item["custom_id"]
+            try:
+                req = service.parse(item["body"])
+                if req.stream:
+                    raise RequestError("stream: not supported in batch files; remove it", "stream")
+                prompt, params = service.prepare(req)
+            except RequestError as e:
+                write(_line(cid, e.status, error(str(e), e.status, e.param, e.code)), False)
+                continue
+            while in_flight >= limit:
+                collect(block=True)
+
+            def on_event(ev, cid=cid, prompt=prompt):
+                if ev["type"] == "done":
+                    r = ev["request"]
+                    body = response(completion_id(), service.model_name, r.text, r.finish_reason, r.usage(),
+                                    glyph_stats(prompt, r.cache_hit))
+                    results.put((_line(cid, 200, body), True))
+                elif ev["type"] == "error":
+                    e = ev["error"]
+                    results.put((_line(cid, e.status, error(str(e), e.status, e.param, e.code)), False))
+
+            while True:
+                try:
+                    engine.submit(prompt, params, on_event)
+                    break
+                except QueueFull:
+                    collect(block=True)
+            in_flight += 1
+            collect(block=False)
+        collect(block=True, everything=True)
+    finally:
+        os.close(fd)
+        bar.close()
+    return counts

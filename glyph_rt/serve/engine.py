@@ -1,0 +1,539 @@
+"""The serving engine: a waiting queue, a running batch, continuous batching on GlyphModel.
+
+One thread owns the model. Each turn of its loop it drops cancelled and timed-out requests, prefills
+up to `prefill_chunk` prompt tokens (one request at a time, batch 1: a chunk of a long prompt, or
+several short prompts, taking waiting requests in order), then runs one decode step for the whole
+running batch: a left-padded KV cache (GlyphCache, written in place) and a 2D padding mask, which
+glyph_rt's attention reads as per-row starts in its decode kernel. Positions are passed explicitly
+(M-RoPE: each request's offset after its pages), so requests of any length share a step, and a long
+prompt delays the others' next token by one chunk at most.
+
+The vision tower runs first, a few pages per step (their visual tokens count against the same
+budget); then the prompt is prefilled up to the last page (vision embeddings in place of the pages'
+placeholders), then the rest (the question). That first part's KV and the pages' embeddings go to the DocumentCache;
+a later request with the same documents and the same prefix starts at the question.
+
+    engine = Engine(GlyphModel.from_pretrained(path)).start()
+    done = engine.complete(prompt, SamplingParams(max_tokens=64, temperature=0))   # blocking
+    req = engine.submit(prompt, params, on_event)                                    # events from the engine thread
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.kv_cache import GlyphCache, cache_kwarg
+from ..models.prompt import VISION_MERGE
+from .doc_cache import DocumentCache, DocumentEntry, PrefixEntry
+from .inputs import Prompt, RequestError
+from .metrics import Metrics
+
+log = logging.getLogger("glyph_rt.serve")
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its limit; retry after `retry_after` seconds."""
+
+    def __init__(self, depth: int, retry_after: int = 1):
+        super().__init__(f"the server's queue is full ({depth} requests waiting); retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+
+    def validate(self) -> "SamplingParams":
+        def bad(name, why):
+            raise RequestError(f"{name}: {getattr(self, name)!r} {why}", name)
+
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            bad("max_tokens", "must be an integer >= 1")
+        if not 0 <= self.temperature <= 2:
+            bad("temperature", "must be between 0 and 2")
+        if not 0 < self.top_p <= 1:
+            bad("top_p", "must be in (0, 1]")
+        if not 0 < self.repetition_penalty <= 2:
+            bad("repetition_penalty", "must be in (0, 2]")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if len(self.stop) > 4 or any(not isinstance(s, str) or not s for s in self.stop):
+            bad("stop", "must be up to 4 non-empty strings")
+        return self
+
+
+@dataclass(eq=False)
+class Request:
+    prompt: Prompt
+    params: SamplingParams
+    on_event: object  # callable(dict), called on the engine thread
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    arrival: float = field(default_factory=time.monotonic)
+    deadline: float = math.inf
+    output_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    sent: int = 0  # characters of text already sent
+    committed: str = ""  # text of output_ids[:seg_start]
+    seg_start: int = 0
+    finish_reason: str | None = None
+    cancelled: bool = False
+    cache_hit: str = "none"  # none | document | prefix
+    # decoding state
+    length: int = 0  # tokens of this request in the KV cache
+    next_pos: int = 0
+    last_token: int = 0
+    kv: list | None = field(default=None, repr=False)  # own cache after prefill, until it joins the batch
+    pf: dict | None = field(default=None, repr=False)  # prefill progress
+    seen: torch.Tensor | None = field(default=None, repr=False)
+    generator: torch.Generator | None = field(default=None, repr=False)
+    first_token_t: float | None = None
+    last_token_t: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def usage(self) -> dict:
+        n = len(self.prompt.input_ids)
+        return {"prompt_tokens": n, "completion_tokens": len(self.output_ids),
+                "total_tokens": n + len(self.output_ids)}
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    usage: dict
+    cache_hit: str
+    ttft: float | None
+
+
+class Engine:
+    def __init__(self, gm, max_batch: int = 32, max_queue: int = 256, cache_bytes: int = 1 << 30,
+                 timeout: float = 600.0, metrics: Metrics | None = None, prefill_chunk: int = 2048):
+        self.gm = gm
+        self.model = gm.model
+        self.max_batch, self.max_queue, self.timeout = max_batch, max_queue, timeout
+        self.cache = DocumentCache(cache_bytes)
+        self.metrics = metrics or Metrics()
+        self.max_positions = gm.max_positions
+        self.stop_ids = set(gm.prompts.stop_ids)
+        self._cache_kw = cache_kwarg(self.model)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self._batch: GlyphCache | None = None
+        self._batch_rows: list[Request] = []
+        self._width = 0
+        self._prefilling: Request | None = None
+        self.prefill_chunk = prefill_chunk
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = {"prefill": 0, "decode": 0, "decode_rows": 0}
+
+    # ------------------------------------------------------------------ public
+    def start(self) -> "Engine":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="glyph-rt-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def check(self, prompt: Prompt, params: SamplingParams) -> None:
+        """Refuses, before any compute, a request that cannot fit the model's window."""
+        n = len(prompt.input_ids)
+        if self.max_positions and n + params.max_tokens > self.max_positions:
+            raise RequestError(
+                f"this request needs {n + params.max_tokens} positions ({n} prompt tokens, {prompt.visual_tokens} of "
+                f"them visual tokens for {prompt.pages} pages, plus max_tokens={params.max_tokens}), over the model's "
+                f"context of {self.max_positions}; lower max_tokens, shorten the text, or render denser pages "
+                "(a smaller font_size or dpi)", "messages", 400, "context_length_exceeded")
+
+    def submit(self, prompt: Prompt, params: SamplingParams, on_event, timeout: float | None = None) -> Request:
+        params.validate()
+        self.check(prompt, params)
+        req = Request(prompt, params, on_event)
+        req.deadline = req.arrival + (timeout or self.timeout)
+        with self._cv:
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull(len(self.waiting), retry_after=max(1, len(self.waiting) // max(1, self.max_batch)))
+            self.waiting.append(req)
+            self.metrics.queue_depth.set(len(self.waiting))
+            self._cv.notify_all()
+        return req
+
+    def cancel(self, req: Request) -> None:
+        if not req.finished:
+            req.cancelled = True
+            with self._cv:
+                self._cv.notify_all()
+
+    def complete(self, prompt: Prompt, params: SamplingParams, timeout: float | None = None) -> Completion:
+        """Blocking: submits and waits; RequestError when the engine fails the request."""
+        done = threading.Event()
+        box: dict = {}
+
+        def on_event(ev):
+            if ev["type"] in ("done", "error"):
+                box.update(ev)
+                done.set()
+
+        req = self.submit(prompt, params, on_event, timeout)
+        done.wait()
+        if box["type"] == "error":
+            raise box["error"]
+        ttft = None if req.first_token_t is None else req.first_token_t - req.arrival
+        return Completion(req.text, list(req.output_ids), req.finish_reason, req.usage(), req.cache_hit, ttft)
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self.waiting and not self.running and self._prefilling is None:
+                    self._cv.wait(0.5)
+                if self._stopping:
+                    break
+            self._reap()
+            budget = self.prefill_chunk or math.inf  # prompt tokens this step: short prompts share it
+            while budget > 0:
+                if self._prefilling is None:
+                    if not self.waiting or len(self.running) >= self.max_batch:
+                        break
+                    with self._cv:
+                        req = self.waiting.popleft() if self.waiting else None
+                        self.metrics.queue_depth.set(len(self.waiting))
+                    if req is None:
+                        break
+                    if req.cancelled:
+                        self._finish(req, "cancelled")
+                        continue
+                    self._guard(req, self._start_prefill)
+                if self._prefilling is not None:
+                    budget -= self._guard(self._prefilling, lambda r: self._prefill_chunk(r, budget)) or 0
+            if self.running:
+                try:
+                    self._decode_step()
+                except Exception as e:  # noqa: BLE001
+                    log.exception("decode step failed")
+                    for r in list(self.running):
+                        self._fail(r, RequestError(f"the engine failed while decoding: {type(e).__name__}: {e}",
+                                                   None, 500, "engine_error"))
+                    self._batch, self._batch_rows = None, []
+        for r in list(self.waiting) + list(self.running) + ([self._prefilling] if self._prefilling else []):
+            self._fail(r, RequestError("the server is shutting down", None, 503))
+
+    def _guard(self, r: Request, step):
+        try:
+            return step(r)
+        except Exception as e:  # noqa: BLE001 - one bad request must not stop the engine
+            if not isinstance(e, RequestError):
+                log.exception("prefill failed")
+                e = RequestError(f"the engine failed on this request: {type(e).__name__}: {e}", None, 500,
+                                 "engine_error")
+            self._fail(r, e)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        with self._cv:
+            gone = [r for r in self.waiting if r.cancelled or now > r.deadline]
+            for r in gone:
+                self.waiting.remove(r)
+            self.metrics.queue_depth.set(len(self.waiting))
+        gone += [r for r in self.running if r.cancelled or now > r.deadline]
+        if self._prefilling is not None and (self._prefilling.cancelled or now > self._prefilling.deadline):
+            gone.append(self._prefilling)
+        for r in gone:
+            if r.cancelled:
+                self._finish(r, "cancelled")
+            else:
+                self._fail(r, RequestError(f"the request took longer than its timeout of "
+                                           f"{r.deadline - r.arrival:.0f} s", None, 408, "timeout"))
+
+    # ------------------------------------------------------------------ prefill
+    def _positions(self, ids: torch.Tensor, grids: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        L = ids.shape[1]
+        if grids is None:
+            return torch.arange(L, device=ids.device).view(1, 1, L).expand(3, 1, L), 0
+        inner = self.model.model
+        pos, delta = inner.get_rope_index(input_ids=ids, mm_token_type_ids=(ids == self.gm.image_token_id).long(),
+                                          image_grid_thw=grids, attention_mask=torch.ones_like(ids))
+        return pos, int(delta.reshape(-1)[0])
+
+    @staticmethod
+    def _vision_work(prompt: Prompt) -> list[tuple]:
+        """The pages whose embeddings are not cached: (segment, page, first pixel row, rows, visual tokens) each."""
+        work = []
+        for s in prompt.segments:
+            if s.embeddings is None:
+                s.parts = []
+                row = 0
+                for i, (t, h, w) in enumerate(s.grids.tolist()):
+                    work.append((s, i, row, t * h * w, t * h * w // VISION_MERGE ** 2))
+                    row += t * h * w
+        return work
+
+    def _vision_step(self, work: list[tuple], limit: float) -> int:
+        """Runs the vision tower on the next pages (at least one, up to `limit` visual tokens); a segment whose
+        pages are all done gets its embeddings (and the document cache an entry). Returns the tokens it took."""
+        take, used = [], 0
+        while work and (not take or used + work[0][4] <= limit):
+            take.append(work.pop(0))
+            used += take[-1][4]
+        pv = torch.cat([s.pixel_values[row:row + n] for s, _, row, n, _ in take])
+        grids = torch.stack([s.grids[i] for s, i, _, _, _ in take]).to(self.gm.device)
+        out = self.model.model.get_image_features(pv, grids, return_dict=True).pooler_output
+        for (s, _, _, _, _), emb in zip(take, out):
+            s.parts.append(emb)
+            if len(s.parts) == s.pages:
+                s.embeddings, s.parts = torch.cat(s.parts), None
+                self.cache.put(s.key, DocumentEntry(s.grids, s.embeddings, s.text_tokens))
+        return used
+
+    def _forward(self, ids, pos, cache, mask=None, embeds=None):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        kw = {self._cache_kw: cache}
+        if embeds is not None:
+            kw["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=(embeds,))}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kw)
+        return out.logits[:, -1].float()
+
+    @torch.no_grad()
+    def _start_prefill(self, r: Request) -> None:
+        """Positions and the document cache lookup; the vision tower and the prompt then go in chunks."""
+        p = r.prompt
+        dev = self.gm.device
+        ids = torch.tensor([p.input_ids], device=dev)
+        grids = torch.cat([s.grids for s in p.segments]).to(dev) if p.segments else None
+        pos, delta = self._positions(ids, grids)
+        cache = GlyphCache(reserve=min(r.params.max_tokens, 1024))
+        at, vision = 0, None
+        if p.prefix_len:
+            entry = self.cache.get(p.prefix_key)
+            if entry is not None:
+                for i, (k, v) in enumerate(entry.layers):
+                    cache.update(k, v, i)
+                r.cache_hit, at = "prefix", p.prefix_len
+                self.metrics.cache_hits.labels("prefix").inc()
+            else:
+                self.metrics.cache_misses.labels("prefix").inc()
+                if any(s.cached for s in p.segments):
+                    r.cache_hit = "document"
+                    self.metrics.cache_hits.labels("document").inc()
+                vision = self._vision_work(p)
+            new_pages = [s for s in p.segments if not s.cached and s.text_tokens]
+            if new_pages:
+                self.metrics.rendered(sum(s.pages for s in new_pages), sum(s.visual_tokens for s in new_pages),
+                                      sum(s.text_tokens for s in new_pages))
+        r.pf = {"ids": ids, "pos": pos, "delta": delta, "cache": cache, "at": at, "vision": vision, "embeds": None,
+                "images_before": 0}
+        self._prefilling = r
+
+    @torch.no_grad()
+    def _prefill_chunk(self, r: Request, limit: float) -> int:
+        """The next chunk (at most `limit` tokens): pages through the vision tower until all have embeddings, then
+        the prompt up to the end of the prefix (whose KV then goes to the cache), or to the end. Returns the tokens
+        it took."""
+        pf, p = r.pf, r.prompt
+        if pf["vision"] is not None:  # first the pages' embeddings, a few pages per step
+            used = self._vision_step(pf["vision"], limit) if pf["vision"] else 0
+            if pf["vision"]:
+                return used
+            pf["vision"], pf["embeds"] = None, torch.cat([s.embeddings for s in p.segments])
+            return used + (self._prefill_chunk(r, limit - used) if limit > used else 0)
+        k, L, at = p.prefix_len, len(p.input_ids), pf["at"]
+        target = k if at < k else L
+        end = int(min(target, at + limit))
+        ids = pf["ids"][:, at:end]
+        embeds = None
+        if pf["embeds"] is not None:
+            n = int((ids == self.gm.image_token_id).sum())
+            if n:
+                embeds = pf["embeds"][pf["images_before"]:pf["images_before"] + n]
+                pf["images_before"] += n
+        logits = self._forward(ids, pf["pos"][:, :, at:end], pf["cache"], embeds=embeds)
+        pf["at"] = end
+        cache = pf["cache"]
+        if end == k and at < k and self.cache.max_bytes:
+            self.cache.put(p.prefix_key, PrefixEntry(k, [(lay.keys[:, :, :k].clone(), lay.values[:, :, :k].clone())
+                                                         for lay in cache.layers]))
+            self.metrics.cache_bytes.set(self.cache.nbytes)
+        if end < L:
+            return end - at
+        self._prefilling, r.pf = None, None
+        self.steps["prefill"] += 1
+        self.metrics.prompt_tokens.inc(L)
+        r.kv = [(lay.keys, lay.values) for lay in cache.layers]
+        r.length, r.next_pos = L, L + pf["delta"]
+        r.seen = torch.tensor(sorted(set(p.input_ids)), device=self.gm.device)
+        if r.params.temperature > 0:
+            seed = r.params.seed if r.params.seed is not None else int.from_bytes(uuid.uuid4().bytes[:6], "little")
+            r.generator = torch.Generator().manual_seed(seed)
+        self.running.append(r)
+        self.metrics.running.set(len(self.running))
+        self._accept(r, self._sample(r, logits[0]))
+        return end - at
+
+    # ------------------------------------------------------------------ decode
+    def _rebuild(self) -> None:
+        """The batch cache for the running requests: rows left-padded to the longest."""
+        old, oldrows, W = self._batch, self._batch_rows, self._width
+        index = {id(r): b for b, r in enumerate(oldrows)}
+        width = max(r.length for r in self.running)
+        reserve = min(max(r.params.max_tokens - len(r.output_ids) for r in self.running), 1024)
+        new = GlyphCache(reserve=reserve)
+        nl = len(self.running[0].kv) if self.running[0].kv is not None else len(old.layers)
+        for li in range(nl):
+            ks, vs = [], []
+            for r in self.running:
+                if r.kv is not None:
+                    k, v = r.kv[li][0][0], r.kv[li][1][0]
+                else:
+                    b = index[id(r)]
+                    k, v = old.layers[li].keys[b, :, W - r.length:W], old.layers[li].values[b, :, W - r.length:W]
+                ks.append(k)
+                vs.append(v)
+            K = ks[0].new_zeros(len(ks), ks[0].shape[0], width, ks[0].shape[-1])
+            V = vs[0].new_zeros(len(vs), vs[0].shape[0], width, vs[0].shape[-1])
+            for b, (k, v) in enumerate(zip(ks, vs)):
+                K[b, :, width - k.shape[1]:] = k
+                V[b, :, width - v.shape[1]:] = v
+            new.update(K, V, li)
+        for r in self.running:
+            r.kv = None
+        self._batch, self._batch_rows, self._width = new, list(self.running), width
+
+    @torch.no_grad()
+    def _decode_step(self) -> None:
+        if [id(r) for r in self._batch_rows] != [id(r) for r in self.running]:
+            self._rebuild()
+        rows, W = self.running, self._width
+        dev = self.gm.device
+        B = len(rows)
+        ids = torch.tensor([[r.last_token] for r in rows], device=dev)
+        pos = torch.tensor([r.next_pos for r in rows], device=dev).view(1, B, 1).expand(3, B, 1)
+        mask = None
+        if any(r.length != W for r in rows):
+            lengths = torch.tensor([r.length + 1 for r in rows], device=dev)
+            mask = (torch.arange(W + 1, device=dev)[None, :] >= (W + 1 - lengths)[:, None]).long()
+        logits = self._forward(ids, pos, self._batch, mask)
+        self._width += 1
+        self.steps["decode"] += 1
+        self.steps["decode_rows"] += B
+        plain = [r.params.temperature == 0 and r.params.repetition_penalty == 1.0 for r in rows]
+        greedy = logits.argmax(-1).tolist() if any(plain) else None  # one device sync for all greedy rows
+        for b, r in enumerate(list(rows)):
+            r.length += 1
+            r.next_pos += 1
+            self._accept(r, greedy[b] if plain[b] else self._sample(r, logits[b]))
+
+    # ------------------------------------------------------------------ sampling and output
+    def _sample(self, r: Request, logits: torch.Tensor) -> int:
+        sp = r.params
+        if sp.repetition_penalty != 1.0:
+            seen = r.seen[r.seen < logits.shape[0]]
+            s = logits[seen]
+            logits[seen] = torch.where(s < 0, s * sp.repetition_penalty, s / sp.repetition_penalty)
+        if sp.temperature == 0:
+            return int(torch.argmax(logits))
+        logits = logits / sp.temperature
+        if sp.top_p < 1.0:
+            sorted_l, idx = torch.sort(logits, descending=True)
+            probs = torch.softmax(sorted_l, -1)
+            drop = probs.cumsum(-1) - probs > sp.top_p
+            sorted_l[drop] = -math.inf
+            logits = torch.full_like(logits, -math.inf).scatter(0, idx, sorted_l)
+        probs = torch.softmax(logits, -1).cpu()
+        return int(torch.multinomial(probs, 1, generator=r.generator))
+
+    def _accept(self, r: Request, tok: int) -> None:
+        now = time.monotonic()
+        if r.first_token_t is None:
+            r.first_token_t = now
+            self.metrics.ttft.observe(now - r.arrival)
+        else:
+            self.metrics.itl.observe(now - r.last_token_t)
+        r.last_token_t = now
+        if tok in self.stop_ids and not r.params.ignore_eos:
+            self._finish(r, "stop")
+            return
+        r.output_ids.append(tok)
+        r.last_token = tok
+        self.metrics.tokens(1)
+        if r.params.repetition_penalty != 1.0:
+            r.seen = torch.cat([r.seen, r.seen.new_tensor([tok])])
+        # incremental detokenization: the ids since the last commit point are decoded again, not all of them
+        seg = self.gm.tokenizer.decode(r.output_ids[r.seg_start:], skip_special_tokens=True)
+        text = r.committed + seg
+        if len(r.output_ids) - r.seg_start >= 64 and not seg.endswith("\ufffd"):
+            r.committed, r.seg_start = text, len(r.output_ids)
+        stops = r.params.stop
+        if stops:
+            hits = [i for i in (text.find(s, max(0, r.sent - len(s))) for s in stops) if i >= 0]
+            if hits:
+                r.text = text[:min(hits)]
+                self._finish(r, "stop")
+                return
+        r.text = text
+        if len(r.output_ids) >= r.params.max_tokens or r.length + 1 >= (self.max_positions or math.inf):
+            self._finish(r, "length")
+            return
+        hold = max((len(s) for s in stops), default=1) - 1
+        end = len(text) - hold
+        if text.endswith("\ufffd"):
+            end = min(end, len(text) - 1)
+        if end > r.sent:
+            self._emit(r, {"type": "delta", "text": text[r.sent:end], "request": r})
+            r.sent = end
+
+    def _remove(self, r: Request) -> None:
+        if r is self._prefilling:
+            self._prefilling = None
+        r.pf = None
+        if r in self.running:
+            self.running.remove(r)
+            self.metrics.running.set(len(self.running))
+        r.kv = None
+
+    def _finish(self, r: Request, reason: str) -> None:
+        self._remove(r)
+        r.finish_reason = reason
+        self.metrics.requests.labels(reason).inc()
+        if reason != "cancelled" and len(r.text) > r.sent:
+            self._emit(r, {"type": "delta", "text": r.text[r.sent:], "request": r})
+            r.sent = len(r.text)
+        self._emit(r, {"type": "done", "finish_reason": reason, "request": r})
+
+    def _fail(self, r: Request, err: RequestError) -> None:
+        self._remove(r)
+        r.finish_reason = "error"
+        self.metrics.requests.labels(err.code or "error").inc()
+        self._emit(r, {"type": "error", "error": err, "request": r})
+
+    def _emit(self, r: Request, ev: dict) -> None:
+        try:
+            r.on_event(ev)
+        except Exception:  # noqa: BLE001 - a listener that went away (a closed event loop) cancels its request
+            log.warning("request %s: its listener failed; cancelling it", r.id, exc_info=True)
+            r.cancelled = True

@@ -1,0 +1,292 @@
+"""OpenAI chat messages -> a GlyphModel prompt: long texts become rendered pages, data-URI images are read.
+
+A message's content is a string or a list of parts:
+  {"type": "text", "text": ...}            kept as text, or rendered when longer than the threshold
+  {"type": "glyph", "glyph": {"text": ..., "render_config": {...}}}   always rendered
+  {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}
+A string content longer than the threshold is rendered. Every rendered text or image becomes pages in
+place; the prompt is the checkpoint's chat template with each page's placeholder expanded
+(PromptBuilder.template and expand).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models.prompt import tokens_per_image
+from ..render.config import ConfigError, RenderConfig
+from .doc_cache import DocumentCache, document_key, image_key, prefix_key
+
+
+class RequestError(ValueError):
+    """A request the server refuses; `param` names the field, `status` the HTTP status."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
+        super().__init__(message)
+        self.param, self.status, self.code = param, status, code
+
+
+# request-level render overrides: field -> (low, high) for numbers, None for validated-by-RenderConfig choices
+RENDER_OVERRIDES = {
+    "dpi": (36, 300), "font_size": (4, 48), "line_height": (4, 96), "margin_x": (0, 144), "margin_y": (0, 144),
+    "horizontal_scale": (0.5, 2.0), "first_line_indent": (0, 144), "left_indent": (0, 144), "right_indent": (0, 144),
+    "hanging_indent": (0, 144), "space_before": (0, 144), "space_after": (0, 144), "border_width": (0, 20),
+    "border_padding": (0, 40), "lines_per_paragraph": (1, 1000),
+    "page_size": None, "font_family": None, "alignment": None, "newline_markup": None, "wrap": None,
+    "font_color": None, "page_bg_color": None, "para_bg_color": None, "para_border_color": None,
+    "auto_crop_width": None, "auto_crop_last_page": None,
+}
+PAGE_SIDE = (72, 2400)  # points
+
+
+def render_config_for(base: RenderConfig, overrides: dict | None, param: str) -> RenderConfig:
+    """The server's config with a request's overrides, each within RENDER_OVERRIDES (no file paths)."""
+    if not overrides:
+        return base
+    if not isinstance(overrides, dict):
+        raise RequestError(f"{param}: expected an object of render settings", param)
+    bad = sorted(set(overrides) - set(RENDER_OVERRIDES))
+    if bad:
+        raise RequestError(f"{param}: {', '.join(bad)} cannot be set per request; allowed: "
+                           f"{', '.join(RENDER_OVERRIDES)}", param)
+    for k, v in overrides.items():
+        rng = RENDER_OVERRIDES[k]
+        if rng is not None:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not rng[0] <= v <= rng[1]:
+                raise RequestError(f"{param}.{k}: {v!r} is outside the allowed range {rng[0]}..{rng[1]}", param)
+    if "page_size" in overrides:
+        ps = overrides["page_size"]
+        if (not isinstance(ps, (list, tuple)) or len(ps) != 2
+                or not all(isinstance(x, (int, float)) and PAGE_SIDE[0] <= x <= PAGE_SIDE[1] for x in ps)):
+            raise RequestError(f"{param}.page_size: {ps!r} must be [width, height] in points, each "
+                               f"{PAGE_SIDE[0]}..{PAGE_SIDE[1]}", param)
+    try:
+        return RenderConfig.from_dict({**base.to_dict(), **overrides}).validate()
+    except (ConfigError, ValueError, TypeError) as e:
+        raise RequestError(f"{param}: {e}", param) from None
+
+
+@dataclass
+class Segment:
+    """One rendered text or one image: a run of pages in the prompt."""
+    key: str
+    grids: torch.Tensor  # [pages, 3] (CPU)
+    pixel_values: torch.Tensor | None  # None when the document cache held its vision embeddings
+    embeddings: torch.Tensor | None = None
+    text_tokens: int = 0
+    cached: bool = False
+    parts: list | None = field(default=None, repr=False)  # its first pages' embeddings, the vision tower part-way
+
+    @property
+    def pages(self) -> int:
+        return int(self.grids.shape[0])
+
+    @property
+    def visual_tokens(self) -> int:
+        return sum(tokens_per_image(self.grids))
+
+
+@dataclass
+class Prompt:
+    input_ids: list[int]
+    segments: list[Segment]
+    prefix_len: int  # tokens up to and including the last page (and the marker after it); 0 without pages
+    prefix_key: str | None
+    render_seconds: float = 0.0
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def pages(self) -> int:
+        return sum(s.pages for s in self.segments)
+
+    @property
+    def visual_tokens(self) -> int:
+        return sum(s.visual_tokens for s in self.segments)
+
+    @property
+    def text_tokens(self) -> int:
+        return sum(s.text_tokens for s in self.segments)
+
+
+@dataclass
+class InputOptions:
+    render_config: RenderConfig
+    model_id: str
+    threshold: int = 4000  # characters: longer text content is rendered
+    max_pages: int = 256
+    allowed_media_dir: str | None = None  # file:// URLs under this directory are read; none by default
+    max_image_bytes: int = 20 << 20
+
+
+def _image_bytes(url: str, opts: InputOptions, param: str) -> bytes:
+    if url.startswith("data:"):
+        head, _, data = url.partition(",")
+        if not head.endswith(";base64") or not data:
+            raise RequestError(f"{param}: a data URL must be data:image/...;base64,<data>", param)
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(f"{param}: the data URL's base64 is invalid", param) from None
+    elif url.startswith("file://"):
+        if not opts.allowed_media_dir:
+            raise RequestError(f"{param}: file:// URLs are not allowed on this server (start it with "
+                               "--allowed-media-dir DIR); send the image as a data URL", param)
+        root = Path(opts.allowed_media_dir).resolve()
+        p = Path(url[len("file://"):]).resolve()
+        if root != p and root not in p.parents:
+            raise RequestError(f"{param}: {url!r} is outside the allowed media directory", param)
+        try:
+            raw = p.read_bytes()
+        except OSError as e:
+            raise RequestError(f"{param}: cannot read {url!r} ({e.strerror})", param) from None
+    else:
+        raise RequestError(f"{param}: only data URLs are accepted (no network fetches); send "
+                           "data:image/png;base64,...", param)
+    if len(raw) > opts.max_image_bytes:
+        raise RequestError(f"{param}: the image is {len(raw):,} bytes, over the limit of {opts.max_image_bytes:,}",
+                           param, 413)
+    return raw
+
+
+def _decode_image(raw: bytes, param: str) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            if im.width * im.height > 40_000_000:
+                raise RequestError(f"{param}: the image is {im.width}x{im.height} pixels, too large", param, 413)
+            arr = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise RequestError(f"{param}: not a readable image ({type(e).__name__})", param) from None
+    return arr
+
+
+def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides: dict | None = None,
+                 cache: DocumentCache | None = None) -> Prompt:
+    """Renders what needs rendering (or takes it from the cache) and tokenizes the prompt."""
+    import time
+
+    from ..ops.pixel_values import pixel_values_from_pages
+    from ..render.gpu import render_inputs
+
+    base = render_config_for(opts.render_config, render_overrides, "glyph.render_config")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("messages: give at least one message", "messages")
+    tmpl: list[dict] = []
+    pending: list[tuple[int, str, RenderConfig, str]] = []  # segment index, text, config, key (to render)
+    segs: list[Segment | None] = []
+    dtype = gm.model.dtype if gm.model.dtype in (torch.float32, torch.bfloat16) else torch.float32
+    t0 = time.perf_counter()
+
+    def add_doc(text: str, cfg: RenderConfig, param: str) -> dict:
+        if not text.strip():
+            raise RequestError(f"{param}: the text to render is empty", param)
+        key = document_key(text, json.dumps(cfg.to_dict(), sort_keys=True), opts.model_id)
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None and hit.embeddings is not None:
+            segs.append(Segment(key, hit.grids, None, hit.embeddings, hit.text_tokens, cached=True))
+        else:
+            segs.append(None)
+            pending.append((len(segs) - 1, text, cfg, key))
+        return {"type": "image", "_segment": len(segs) - 1}
+
+    def add_image(url: str, param: str) -> dict:
+        raw = _image_bytes(url, opts, param)
+        key = image_key(raw, opts.model_id)
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None and hit.embeddings is not None:
+            segs.append(Segment(key, hit.grids, None, hit.embeddings, 0, cached=True))
+        else:
+            pv, grid = pixel_values_from_pages([_decode_image(raw, param)], gm.model_type, dtype)
+            segs.append(Segment(key, grid.cpu(), pv.to(gm.device)))
+        return {"type": "image", "_segment": len(segs) - 1}
+
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        p = f"messages[{i}].content"
+        if content is None:
+            content = ""
+        if isinstance(content, str):
+            if role == "user" and len(content) > opts.threshold:
+                tmpl.append({"role": role, "content": [add_doc(content, base, p)]})
+            else:
+                gm.prompts.check_text(content, p)
+                tmpl.append({"role": role, "content": content})
+            continue
+        parts = []
+        for j, part in enumerate(content):
+            pp = f"{p}[{j}]"
+            kind = part.get("type")
+            if kind == "text":
+                text = part.get("text") or ""
+                if role == "user" and len(text) > opts.threshold:
+                    parts.append(add_doc(text, base, pp))
+                else:
+                    gm.prompts.check_text(text, pp)
+                    parts.append({"type": "text", "text": text})
+            elif kind == "glyph":
+                g = part.get("glyph") or {}
+                cfg = render_config_for(base, g.get("render_config"), f"{pp}.glyph.render_config")
+                parts.append(add_doc(g.get("text") or "", cfg, f"{pp}.glyph.text"))
+            elif kind == "image_url":
+                url = (part.get("image_url") or {}).get("url") or ""
+                parts.append(add_image(url, f"{pp}.image_url.url"))
+            else:
+                raise RequestError(f"{pp}.type: {kind!r} is not supported; use text, glyph or image_url", pp)
+        if role != "user" and any(x["type"] == "image" for x in parts):
+            raise RequestError(f"{p}: only user messages may hold pages or images", p)
+        tmpl.append({"role": role, "content": parts})
+
+    if pending:
+        try:
+            r = render_inputs([p[1] for p in pending], [p[2] for p in pending], model=gm.model_type,
+                              device=gm.device, dtype=dtype, max_pages=opts.max_pages + 1)
+        except MemoryError as e:
+            raise RequestError(f"the text renders to too many pages ({e}); shorten it", None, 413) from None
+        rows = (r.image_grid_thw[:, 0] * r.image_grid_thw[:, 1] * r.image_grid_thw[:, 2]).tolist()
+        img = row = 0
+        for (si, text, _, key), n in zip(pending, r.images_per_text):
+            nrows = int(sum(rows[img:img + n]))
+            grids = r.image_grid_thw[img:img + n].cpu()
+            text_tokens = len(gm.tokenizer(text, add_special_tokens=False)["input_ids"])
+            segs[si] = Segment(key, grids, r.pixel_values[row:row + nrows], None, text_tokens)
+            img += n
+            row += nrows
+    pages = sum(s.pages for s in segs)
+    if pages > opts.max_pages:
+        raise RequestError(f"the request renders to {pages} pages, over this server's limit of {opts.max_pages}; "
+                           "shorten the text or render denser pages (smaller font_size, lower dpi)", None, 400,
+                           "context_length_exceeded")
+    per_image: list[int] = []
+    for msg in tmpl:
+        if isinstance(msg["content"], list):
+            parts = []
+            for part in msg["content"]:
+                if part["type"] == "image":  # one image per page
+                    seg = segs[part["_segment"]]
+                    parts += [{"type": "image"}] * seg.pages
+                    per_image += tokens_per_image(seg.grids)
+                else:
+                    parts.append(part)
+            msg["content"] = parts
+    try:
+        text = gm.prompts.template(tmpl, True)
+    except Exception as e:  # noqa: BLE001 - a template may reject a conversation (roles, order)
+        raise RequestError(f"messages: the model's chat template cannot format them: {e}", "messages") from None
+    ids = gm.prompts.expand_ids(gm.tokenizer(text, add_special_tokens=False)["input_ids"], per_image)
+    prefix_len, pkey = 0, None
+    if segs:
+        last = max(i for i, t in enumerate(ids) if t == gm.image_token_id)
+        prefix_len = last + 1
+        if prefix_len < len(ids) - 1 and ids[prefix_len] in gm.tokenizer.added_tokens_decoder:
+            prefix_len += 1  # the end-of-image marker
+        prefix_len = min(prefix_len, len(ids) - 1)
+        pkey = prefix_key([s.key for s in segs], ids[:prefix_len])
+    return Prompt(ids, segs, prefix_len, pkey, time.perf_counter() - t0)

@@ -1,0 +1,189 @@
+"""OpenAI chat-completions objects (pydantic, as vLLM's entrypoints/openai): requests, responses, stream chunks,
+errors."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .engine import SamplingParams
+from .inputs import RequestError
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class GlyphOptions(BaseModel):
+    """glyph_rt's request field: render settings for this request's long texts, and the length threshold."""
+    model_config = ConfigDict(extra="forbid")
+    render_config: dict[str, Any] | None = None
+    threshold: int | None = Field(default=None, ge=0)
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    presence_penalty: float = Field(default=0.0, ge=0, le=0)
+    frequency_penalty: float = Field(default=0.0, ge=0, le=0)
+    logprobs: bool = Field(default=False)
+    # vLLM's extra sampling parameters
+    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
+    ignore_eos: bool = False
+    # glyph_rt's rendering options
+    glyph: GlyphOptions | None = None
+
+    def sampling(self, default_max_tokens: int) -> SamplingParams:
+        if self.logprobs:
+            raise RequestError("logprobs: not supported by this server", "logprobs")
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(
+            max_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p, stop=stop, seed=self.seed,
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            ignore_eos=self.ignore_eos).validate()
+
+
+def parse_request(body: dict) -> ChatCompletionRequest:
+    """The request, or a RequestError naming the first bad field."""
+    if not isinstance(body, dict):
+        raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; remove it"
+        elif loc in ("presence_penalty", "frequency_penalty"):
+            msg = "not supported (only 0); use repetition_penalty"
+        elif loc == "n":
+            msg = "only n=1 is supported"
+        raise RequestError(f"{loc}: {msg}", loc) from None
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class GlyphInfo(BaseModel):
+    """What the request's documents cost: pages, visual tokens, their text tokens, and the cache's part."""
+    pages: int
+    visual_tokens: int
+    text_tokens: int
+    cache_hit: Literal["none", "document", "prefix"]
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: UsageInfo
+    glyph: GlyphInfo | None = None
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class StreamChoice(BaseModel):
+    index: int = 0
+    delta: DeltaMessage
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionStreamResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[StreamChoice]
+    usage: UsageInfo | None = None
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+def response(rid: str, model: str, text: str, finish_reason: str, usage: dict, glyph: dict | None = None) -> dict:
+    out = ChatCompletionResponse(id=rid, model=model, usage=UsageInfo(**usage), glyph=glyph,
+                                 choices=[Choice(message=AssistantMessage(content=text), finish_reason=finish_reason)])
+    d = out.model_dump()
+    return d if glyph else _without(d, "glyph")
+
+
+def chunk(rid: str, model: str, created: int, delta: dict, finish_reason: str | None = None,
+          usage: dict | None = None) -> dict:
+    choices = [] if usage is not None else [StreamChoice(delta=DeltaMessage(**delta), finish_reason=finish_reason)]
+    out = ChatCompletionStreamResponse(id=rid, created=created, model=model, choices=choices,
+                                       usage=None if usage is None else UsageInfo(**usage)).model_dump()
+    for c in out["choices"]:  # a delta names only what it carries
+        c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
+    return out if usage is not None else _without(out, "usage")
+
+
+def _without(d: dict, key: str) -> dict:
+    d.pop(key, None)
+    return d
+
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               408: "timeout_error", 413: "invalid_request_error", 429: "rate_limit_error", 500: "internal_error",
+               503: "service_unavailable"}
+
+
+def error(message: str, status: int, param: str | None = None, code: str | None = None) -> dict:
+    info = ErrorInfo(message=message, type=ERROR_TYPES.get(status, "invalid_request_error"), param=param, code=code)
+    return ErrorResponse(error=info).model_dump()

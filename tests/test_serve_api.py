@@ -1,0 +1,252 @@
+"""The OpenAI-compatible server over real HTTP on 127.0.0.1, driven by the official openai client."""
+import asyncio
+import base64
+import io
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from glyph_rt import RenderConfig
+from glyph_rt.models import GlyphModel
+from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+from glyph_rt.render.textio import sample_text
+from glyph_rt.serve.app import ServerThread, build_app
+from glyph_rt.serve.engine import Engine
+from glyph_rt.serve.inputs import InputOptions
+from glyph_rt.serve.service import ChatService
+
+CFG = RenderConfig(page_size=(120, 90))
+TEXT = sample_text()
+KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def gm(tmp_path_factory):
+    return GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v")), render_config=CFG)
+
+
+def service(gm, **engine_kw):
+    return ChatService(Engine(gm, **engine_kw).start(), InputOptions(CFG, "tiny", threshold=300), 16)
+
+
+@pytest.fixture(scope="module")
+def server(gm):
+    svc = service(gm, max_batch=16, cache_bytes=64 << 20)
+    with ServerThread(build_app(svc, api_key=KEY, max_body_bytes=1 << 20)) as s:
+        yield s
+    svc.shutdown()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def doc_messages(doc, question):
+    return [{"role": "user", "content": [{"type": "text", "text": doc}, {"type": "text", "text": question}]}]
+
+
+def metric(server, name):
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_models_health_and_metrics(server, client):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("glyph_rt_queue_depth", "glyph_rt_running_requests", "glyph_rt_time_to_first_token_seconds",
+                 "glyph_rt_inter_token_latency_seconds", "glyph_rt_generation_tokens_per_second",
+                 "glyph_rt_pages_rendered", "glyph_rt_compression_ratio", "glyph_rt_document_cache_hits"):
+        assert name in text
+
+
+def test_chat_equals_generate_streaming_and_not(gm, server, client):
+    doc, q = TEXT[:900], "What does it allow?"  # over the 300-character threshold: rendered
+    ref = gm.generate(doc, q, max_new_tokens=12)[0]
+    r = client.chat.completions.create(model="tiny", messages=doc_messages(doc, q), max_tokens=12, temperature=0)
+    assert r.choices[0].message.content == ref.text
+    assert r.usage.completion_tokens == len(ref.token_ids) and r.usage.prompt_tokens == ref.prompt_tokens
+    assert r.glyph["pages"] == ref.pages and r.glyph["visual_tokens"] == ref.visual_tokens
+    stream = client.chat.completions.create(model="tiny", messages=doc_messages(doc, q), max_tokens=12, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ref.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == r.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == len(ref.token_ids)
+    # the same document again: served from the document cache, same answer
+    hits = metric(server, 'glyph_rt_document_cache_hits_total{kind="prefix"}')
+    again = client.chat.completions.create(model="tiny", messages=doc_messages(doc, q), max_tokens=12, temperature=0)
+    assert again.choices[0].message.content == ref.text and again.glyph["cache_hit"] == "prefix"
+    assert metric(server, 'glyph_rt_document_cache_hits_total{kind="prefix"}') >= hits + 1
+
+
+def test_glyph_part_render_config_and_images(gm, server, client):
+    from PIL import Image
+
+    part = {"type": "glyph", "glyph": {"text": TEXT[:400], "render_config": {"font_size": 12, "line_height": 13}}}
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": [part]}], max_tokens=3)
+    small = client.chat.completions.create(model="tiny", max_tokens=3, messages=[
+        {"role": "user", "content": [{"type": "glyph", "glyph": {"text": TEXT[:400]}}]}])
+    assert r.glyph["pages"] > small.glyph["pages"]  # a larger font takes more pages
+    buf = io.BytesIO()
+    Image.new("RGB", (120, 90), "white").save(buf, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    r = client.chat.completions.create(model="tiny", max_tokens=3, messages=[
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "?"}]}])
+    assert r.glyph["pages"] == 1
+    for bad in ("file:///etc/passwd", "http://127.0.0.1/x.png"):
+        with pytest.raises(openai.BadRequestError, match="data URL"):
+            client.chat.completions.create(model="tiny", max_tokens=3, messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": bad}}]}])
+    with pytest.raises(openai.BadRequestError, match="cannot be set per request"):
+        client.chat.completions.create(model="tiny", max_tokens=3, messages=doc_messages(TEXT[:400], "?"),
+                                       extra_body={"glyph": {"render_config": {"font_path": "/etc/passwd"}}})
+
+
+def test_bad_requests_get_the_right_status_and_the_server_stays_up(server, client):
+    url, auth = server.url + "/v1/chat/completions", {"Authorization": f"Bearer {KEY}"}
+    ok = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    cases = [
+        (b"{not json", auth, 400, "not valid JSON"),
+        (json.dumps({**ok, "frobnicate": 1}).encode(), auth, 400, "frobnicate: unknown field"),
+        (json.dumps({**ok, "temperature": 9}).encode(), auth, 400, "temperature"),
+        (json.dumps({**ok, "max_tokens": 100000}).encode(), auth, 400, "over the model's context of 4096"),
+        (json.dumps({**ok, "model": "gpt-4"}).encode(), auth, 404, "not served here"),
+        (json.dumps({**ok, "messages": [{"role": "user", "content": "a <|image|> b"}]}).encode(), auth, 400,
+         "image token"),
+        (json.dumps({**ok, "messages": [{"role": "user", "content": [{"type": "audio"}]}]}).encode(), auth, 400,
+         "'audio' is not supported"),
+        (json.dumps(ok).encode(), {}, 401, "API key"),
+        (json.dumps(ok).encode(), {"Authorization": "Bearer nope"}, 401, "API key"),
+        (json.dumps({**ok, "messages": [{"role": "user", "content": "x" * (2 << 20)}]}).encode(), auth, 413,
+         "--max-body-mb"),
+    ]
+    for body, headers, status, words in cases:
+        r = httpx.post(url, content=body, headers={**headers, "Content-Type": "application/json"}, timeout=60)
+        assert r.status_code == status, r.text
+        err = r.json()["error"]
+        assert words in err["message"] and {"message", "type", "param", "code"} <= err.keys()
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
+    assert httpx.get(server.url + "/health").status_code == 200
+    assert client.chat.completions.create(model="tiny", **ok).choices[0].finish_reason in ("length", "stop")
+
+
+def test_64_concurrent_clients(server):
+    async def run():
+        c = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+        async def one(i):
+            stream = i % 2 == 0
+            r = await c.chat.completions.create(model="tiny", max_tokens=4 + i % 5, temperature=0, stream=stream,
+                                                messages=doc_messages(TEXT[i * 50:i * 50 + 400], f"Question {i}?"))
+            if stream:
+                return [x async for x in r][-1].choices[0].finish_reason
+            return r.choices[0].finish_reason
+
+        return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(64)), return_exceptions=True), 240)
+
+    t = time.monotonic()
+    results = asyncio.run(run())
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert not errors, errors[:3]
+    assert all(r in ("length", "stop") for r in results) and time.monotonic() - t < 240
+
+
+def test_queue_full_is_429_with_retry_after(gm):
+    svc = service(gm, max_batch=1, max_queue=1)
+    try:
+        with ServerThread(build_app(svc)) as s:
+            async def run():
+                async with httpx.AsyncClient(timeout=120) as h:
+                    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "ignore_eos": True}
+                    return await asyncio.gather(*(h.post(s.url + "/v1/chat/completions", json=body) for _ in range(6)))
+
+            rs = asyncio.run(run())
+            full = [r for r in rs if r.status_code == 429]
+            assert full and all(r.headers["Retry-After"].isdigit() and "queue is full" in r.json()["error"]["message"]
+                                for r in full)
+            assert any(r.status_code == 200 for r in rs)
+    finally:
+        svc.shutdown()
+
+
+def test_disconnected_client_is_cancelled(server):
+    before = metric(server, 'glyph_rt_requests_total{outcome="cancelled"}')
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3000, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        lines = r.iter_lines()
+        for _ in range(6):
+            next(lines)
+    deadline = time.monotonic() + 30
+    while metric(server, 'glyph_rt_requests_total{outcome="cancelled"}') < before + 1:
+        assert time.monotonic() < deadline, "the request was not cancelled"
+        time.sleep(0.1)
+    assert metric(server, "glyph_rt_running_requests") == 0
+
+
+def test_cli_serve(tmp_path, gm):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from glyph_rt.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
+    ckpt = tiny_glm4v_checkpoint(tmp_path / "ckpt")
+    p = subprocess.Popen([sys.executable, "-m", "glyph_rt.cli", "serve", "--model", str(ckpt), "--port", "0",
+                          "--api-key", KEY, "--device", "cpu", "--served-model-name", "tiny"],
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = None
+        for line in p.stderr:
+            if "Uvicorn running on" in line:
+                url = line.split("Uvicorn running on ")[1].split()[0]
+                break
+        assert url, "the server did not start"
+        c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        r = c.chat.completions.create(model="tiny", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+        assert r.usage.completion_tokens <= 3
+    finally:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(60) == 0
+        p.stderr.close()
+
+
+def test_random_bodies_never_break_the_server(server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=False, allow_infinity=False),
+                       st.text(max_size=20))
+    part = st.fixed_dictionaries({"type": st.sampled_from(["text", "glyph", "image_url", "video"])},
+                                 optional={"text": st.text(max_size=50), "glyph": st.dictionaries(
+                                     st.sampled_from(["text", "render_config"]), scalar),
+                                     "image_url": st.dictionaries(st.just("url"), st.text(max_size=30))})
+    message = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool"])},
+                                    optional={"content": st.one_of(scalar, st.lists(part, max_size=3))})
+    body = st.fixed_dictionaries({"messages": st.lists(message, max_size=3)}, optional={
+        "max_tokens": st.integers(-1, 3), "temperature": scalar, "top_p": scalar, "stop": scalar,
+        "stream": st.booleans(), "seed": scalar, "repetition_penalty": scalar, "glyph": st.dictionaries(
+            st.sampled_from(["render_config", "threshold", "other"]), scalar), "extra": scalar})
+    h = httpx.Client(timeout=60, headers={"Authorization": f"Bearer {KEY}"})
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body)
+    def check(b):
+        b.setdefault("max_tokens", 2)
+        r = h.post(server.url + "/v1/chat/completions", json=b)
+        assert r.status_code in (200, 400, 404, 413), (r.status_code, r.text)
+        if r.status_code != 200:
+            assert r.json()["error"]["message"]
+
+    check()
+    assert h.get(server.url + "/health").status_code == 200

@@ -1,0 +1,95 @@
+"""glyph-rt batch: the OpenAI Batch API file format, resumable, safe to kill."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from glyph_rt import RenderConfig
+from glyph_rt.models import GlyphModel
+from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+from glyph_rt.render.textio import sample_text
+from glyph_rt.serve.batch import BatchFileError, run_batch
+from glyph_rt.serve.engine import Engine
+from glyph_rt.serve.inputs import InputOptions
+from glyph_rt.serve.service import ChatService
+
+CFG = RenderConfig(page_size=(120, 90))
+TEXT = sample_text()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))
+
+
+def write_requests(path, n, max_tokens=lambda i: 6, bad=(), **extra):
+    with open(path, "w") as f:
+        for i in range(n):
+            body = {"model": "tiny", "max_tokens": max_tokens(i), "temperature": 0, **extra,
+                    "messages": [{"role": "user", "content": [
+                        {"type": "glyph", "glyph": {"text": TEXT[i * 40:i * 40 + 300]}},
+                        {"type": "text", "text": f"Question {i}?"}]}]}
+            if i in bad:
+                body["frobnicate"] = True
+            f.write(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+                                "body": body}) + "\n")
+
+
+def results(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_batch_runs_skips_done_ids_and_reports_bad_lines(checkpoint, tmp_path):
+    gm = GlyphModel.from_pretrained(checkpoint, render_config=CFG)
+    svc = ChatService(Engine(gm, max_batch=4).start(), InputOptions(CFG, "tiny"), 8)
+    try:
+        inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        write_requests(inp, 10, bad={3})
+        c = run_batch(svc, inp, out, progress=False)
+        assert c == {"total": 10, "skipped": 0, "ok": 9, "failed": 1}
+        rows = {r["custom_id"]: r for r in results(out)}
+        assert len(rows) == 10 and rows["req-3"]["response"]["status_code"] == 400
+        assert "frobnicate" in rows["req-3"]["response"]["body"]["error"]["message"]
+        body = rows["req-0"]["response"]["body"]
+        assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] <= 6
+        answer = gm.generate(TEXT[:300], "Question 0?", max_new_tokens=6)[0].text
+        assert body["choices"][0]["message"]["content"] == answer
+        assert run_batch(svc, inp, out, progress=False)["skipped"] == 10 and len(results(out)) == 10
+        (tmp_path / "dup.jsonl").write_text(inp.read_text().splitlines()[0] + "\n" + inp.read_text().splitlines()[0])
+        with pytest.raises(BatchFileError, match="appears twice"):
+            run_batch(svc, tmp_path / "dup.jsonl", tmp_path / "o2.jsonl", progress=False)
+    finally:
+        svc.shutdown()
+
+
+def test_batch_resumes_after_a_kill(checkpoint, tmp_path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    n = 6
+    write_requests(inp, n, max_tokens=lambda i: 24 + 12 * i, ignore_eos=True)  # they finish one by one
+    cmd = [sys.executable, "-m", "glyph_rt.cli", "batch", "--model", str(checkpoint), "--input", str(inp),
+           "--output", str(out), "--quiet", "--max-batch", "4", "--device", "cpu", "--served-model-name", "tiny"]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and out.read_text().count("\n") >= 2):
+        assert p.poll() is None, p.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    p.stderr.close()
+    written = out.read_text().count("\n")
+    assert 2 <= written < n
+    with open(out, "ab") as f:
+        f.write(b'{"id": "batch_req_cut", "custom_id": "req-')  # as if the kill had cut a write short
+    svc = ChatService(Engine(GlyphModel.from_pretrained(checkpoint, render_config=CFG)).start(),
+                      InputOptions(CFG, "tiny"), 8)
+    try:
+        assert run_batch(svc, inp, out, progress=False) == {"total": n, "skipped": written, "ok": n - written,
+                                                            "failed": 0}
+    finally:
+        svc.shutdown()
+    ids = [row["custom_id"] for row in results(out)]
+    assert sorted(ids) == sorted(f"req-{i}" for i in range(n))  # no duplicate, none lost

@@ -1,0 +1,229 @@
+"""The serving engine on a tiny random-weight GLM-4.1V checkpoint: continuous batching, sampling, document cache."""
+import threading
+import time
+
+import pytest
+import torch
+
+from glyph_rt import RenderConfig
+from glyph_rt.models import GlyphModel
+from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+from glyph_rt.render.textio import sample_text
+from glyph_rt.serve.engine import Engine, QueueFull, SamplingParams
+from glyph_rt.serve.inputs import InputOptions, RequestError, build_prompt
+
+CFG = RenderConfig(page_size=(120, 90))
+TEXT = sample_text()
+CONTEXTS = [TEXT[:500], TEXT[2000:2200], TEXT[3000:3900], TEXT[5000:5300]]
+QUESTIONS = ["What does the license allow?", "Who may copy it?", "Why?", "Where is it written?"]
+GREEDY = dict(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def gm(tmp_path_factory):
+    return GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v")), render_config=CFG)
+
+
+@pytest.fixture(scope="module")
+def engine(gm):
+    e = Engine(gm, max_batch=8, cache_bytes=64 << 20, prefill_chunk=48).start()  # prompts take several chunks
+    yield e
+    e.shutdown()
+
+
+def messages(context, question):
+    return [{"role": "user", "content": [{"type": "glyph", "glyph": {"text": context}},
+                                          {"type": "text", "text": question}]}]
+
+
+def prompt(gm, engine, context, question, cache=True):
+    return build_prompt(gm, messages(context, question), InputOptions(CFG, "tiny"),
+                        cache=engine.cache if cache else None)
+
+
+def test_prompt_is_the_prompt_builders(gm, engine):
+    p = prompt(gm, engine, CONTEXTS[0], QUESTIONS[0], cache=False)
+    inputs, rendered, _ = gm.build_inputs(CONTEXTS[:1], QUESTIONS[:1])
+    assert p.input_ids == inputs["input_ids"][0].tolist()
+    assert p.pages == rendered.images_per_text[0] and p.visual_tokens == rendered.visual_tokens[0]
+    assert p.input_ids[p.prefix_len - 1] != gm.image_token_id  # the end-of-image marker is in the prefix
+    text = gm.prompts.prompt([5, 3], "Why?")  # expand_ids: the ids of the expanded text, without tokenizing it
+    short = gm.tokenizer(gm.prompts.template(gm.prompts.messages(2, "Why?"), True), add_special_tokens=False)
+    full = gm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert gm.prompts.expand_ids(short["input_ids"], [5, 3]) == full
+
+
+def test_greedy_equals_generate_one_by_one_and_batched(gm, engine):
+    refs = [gm.generate(c, q, max_new_tokens=12 + i)[0].token_ids for i, (c, q) in enumerate(zip(CONTEXTS, QUESTIONS))]
+    for i, (c, q) in enumerate(zip(CONTEXTS, QUESTIONS)):
+        out = engine.complete(prompt(gm, engine, c, q, cache=False), SamplingParams(max_tokens=12 + i, **GREEDY))
+        assert out.token_ids == refs[i]
+    # all at once: prefills join a running batch of different lengths (left-padded decode)
+    results = {}
+    before = dict(engine.steps)
+
+    def go(i):
+        p = prompt(gm, engine, CONTEXTS[i % 4], QUESTIONS[i % 4], cache=False)
+        results[i] = engine.complete(p, SamplingParams(max_tokens=12 + i % 4, **GREEDY)).token_ids
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    assert all(results[i] == refs[i % 4] for i in range(8))
+    rows = engine.steps["decode_rows"] - before["decode_rows"]
+    steps = engine.steps["decode"] - before["decode"]
+    assert rows > steps  # decode steps were shared by several requests
+
+
+def test_document_cache_skips_the_document_and_keeps_the_answer(gm, engine):
+    c = TEXT[7000:7600]
+    first = engine.complete(prompt(gm, engine, c, "Who wrote it?"), SamplingParams(max_tokens=10, **GREEDY))
+    p2 = prompt(gm, engine, c, "And when?")
+    assert all(s.cached and s.pixel_values is None for s in p2.segments)  # not rendered again
+    second = engine.complete(p2, SamplingParams(max_tokens=10, **GREEDY))
+    assert first.cache_hit == "none" and second.cache_hit == "prefix"
+    assert first.token_ids == gm.generate(c, "Who wrote it?", max_new_tokens=10)[0].token_ids
+    assert second.token_ids == gm.generate(c, "And when?", max_new_tokens=10)[0].token_ids
+    # a different system prompt: the prefix differs, the pages' embeddings are reused
+    msgs = [{"role": "system", "content": "Be brief."}] + messages(c, "And when?")
+    third = engine.complete(build_prompt(gm, msgs, InputOptions(CFG, "tiny"), cache=engine.cache),
+                            SamplingParams(max_tokens=4, **GREEDY))
+    assert third.cache_hit == "document"
+
+
+def test_cache_budget_evicts(gm):
+    e = Engine(gm, cache_bytes=4096)
+    from glyph_rt.serve.doc_cache import PrefixEntry
+
+    big = PrefixEntry(10, [(torch.zeros(1, 1, 10, 64), torch.zeros(1, 1, 10, 64))])
+    assert not e.cache.put("kv:a", big)  # over the budget alone: not stored
+    small = PrefixEntry(1, [(torch.zeros(1, 1, 1, 64), torch.zeros(1, 1, 1, 64))])
+    for k in "abcdefghij":  # 512 bytes each: 8 fit
+        e.cache.put("kv:" + k, small)
+    assert e.cache.nbytes <= 4096 and e.cache.peek("kv:b") is None and e.cache.peek("kv:j") is not None
+
+
+def test_sampling_seed_stop_and_penalty(gm, engine):
+    p = prompt(gm, engine, CONTEXTS[0], QUESTIONS[0])
+    sp = dict(max_tokens=12, temperature=1.0, top_p=0.9, seed=7)
+    a, b = (engine.complete(p, SamplingParams(**sp)) for _ in range(2))
+    assert a.token_ids == b.token_ids  # same seed, same tokens
+    greedy = engine.complete(p, SamplingParams(max_tokens=12, **GREEDY))
+    pen = engine.complete(p, SamplingParams(max_tokens=12, repetition_penalty=1.9, **GREEDY))
+    assert pen.token_ids != greedy.token_ids  # the tiny model repeats itself; the penalty changes that
+    word = greedy.text.split()[1] if len(greedy.text.split()) > 1 else greedy.text.strip()[:2]
+    stopped = engine.complete(p, SamplingParams(max_tokens=12, stop=[word], **GREEDY))
+    assert stopped.finish_reason == "stop" and word not in stopped.text and greedy.text.startswith(stopped.text)
+
+
+def test_limits_before_compute(gm):
+    e = Engine(gm, max_batch=1, max_queue=1)  # not started: nothing runs
+    p = prompt(gm, e, CONTEXTS[1], QUESTIONS[1], cache=False)
+    with pytest.raises(RequestError, match="over the model's context of 4096"):
+        e.submit(p, SamplingParams(max_tokens=5000), lambda ev: None)
+    with pytest.raises(RequestError, match="temperature"):
+        e.submit(p, SamplingParams(temperature=3), lambda ev: None)
+    e.submit(p, SamplingParams(max_tokens=4), lambda ev: None)
+    with pytest.raises(QueueFull):
+        e.submit(p, SamplingParams(max_tokens=4), lambda ev: None)
+    with pytest.raises(RequestError, match="cannot be set per request"):
+        build_prompt(gm, messages("x" * 10, "q"), InputOptions(CFG, "tiny"), {"font_path": "/etc/passwd"})
+    with pytest.raises(RequestError, match="outside the allowed range"):
+        build_prompt(gm, messages("x" * 10, "q"), InputOptions(CFG, "tiny"), {"dpi": 5000})
+    with pytest.raises(RequestError, match="over this server's limit of 2"):
+        build_prompt(gm, messages(TEXT[:3000], "q"), InputOptions(CFG, "tiny", max_pages=2))
+
+
+def test_cancel_and_timeout(gm):
+    e = Engine(gm).start()
+    try:
+        events = []
+        done = threading.Event()
+
+        def on(ev):
+            events.append(ev)
+            if ev["type"] in ("done", "error"):
+                done.set()
+
+        r = e.submit(prompt(gm, e, CONTEXTS[1], QUESTIONS[1]), SamplingParams(max_tokens=3000, ignore_eos=True), on)
+        deadline = time.monotonic() + 60
+        while not r.output_ids and not r.finished and time.monotonic() < deadline:
+            time.sleep(0.001)
+        e.cancel(r)
+        assert done.wait(30) and r.finish_reason == "cancelled" and len(r.output_ids) < 3000
+        done.clear()
+        r = e.submit(prompt(gm, e, CONTEXTS[1], QUESTIONS[1]), SamplingParams(max_tokens=3000, ignore_eos=True), on,
+                     timeout=0.3)
+        assert done.wait(30) and events[-1]["type"] == "error" and events[-1]["error"].status == 408
+        assert not e.running and not e.waiting
+    finally:
+        e.shutdown()
+
+
+def test_long_outputs_detokenize_incrementally_to_the_full_decode(gm, engine):
+    p = prompt(gm, engine, CONTEXTS[2], QUESTIONS[2])
+    out = engine.complete(p, SamplingParams(max_tokens=300, temperature=1.0, seed=3, ignore_eos=True))
+    assert len(out.token_ids) == 300
+    assert out.text == gm.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(gm, engine):
+    order = []
+    done = threading.Event()
+    a = engine.submit(prompt(gm, engine, CONTEXTS[1], QUESTIONS[1], cache=False),
+                      SamplingParams(max_tokens=400, ignore_eos=True, **GREEDY),
+                      lambda ev: order.append("a") if ev["type"] == "delta" else None)
+    deadline = time.monotonic() + 60
+    while not a.output_ids and not a.finished and time.monotonic() < deadline:
+        time.sleep(0.001)
+    long = prompt(gm, engine, TEXT[9000:11000], "Why?", cache=False)
+    chunks = -(-len(long.input_ids) // engine.prefill_chunk)
+    assert chunks >= 4
+
+    def on_b(ev):
+        if ev["type"] == "delta" and "b" not in order:
+            order.append("b")
+        if ev["type"] in ("done", "error"):
+            done.set()
+
+    order.append("b submitted")
+    engine.submit(long, SamplingParams(max_tokens=2, **GREEDY), on_b)
+    assert done.wait(60)
+    engine.cancel(a)
+    between = order[order.index("b submitted"):order.index("b")].count("a")
+    assert between >= chunks - 2  # the running request kept decoding while b's prompt went in
+
+
+def test_qwen2_5_vl_greedy_equals_generate_and_cache(tmp_path):
+    from glyph_rt.models.tiny import tiny_qwen2_5_vl_checkpoint
+
+    qm = GlyphModel.from_pretrained(tiny_qwen2_5_vl_checkpoint(tmp_path / "qwen"), render_config=CFG)
+    e = Engine(qm, prefill_chunk=64).start()
+    try:
+        for c, q in zip(CONTEXTS[:2], QUESTIONS[:2]):
+            ref = qm.generate(c, q, max_new_tokens=8)[0].token_ids
+            outs = [e.complete(build_prompt(qm, messages(c, q), InputOptions(CFG, "qwen"), cache=e.cache),
+                               SamplingParams(max_tokens=8, **GREEDY)) for _ in range(2)]
+            assert [o.token_ids for o in outs] == [ref, ref] and outs[1].cache_hit == "prefix"
+    finally:
+        e.shutdown()
+
+
+def test_the_vision_tower_runs_a_few_pages_per_step(gm, engine, monkeypatch):
+    p = prompt(gm, engine, TEXT[12000:13000], "Who?", cache=False)
+    per_page = [s.visual_tokens // s.pages for s in p.segments][0]
+    pages_per_step = engine.prefill_chunk // per_page
+    assert p.pages > pages_per_step >= 1
+    calls = []
+    inner = gm.model.model
+    original = inner.get_image_features
+
+    def counted(pv, grids, **kw):
+        calls.append(len(grids))
+        return original(pv, grids, **kw)
+
+    monkeypatch.setattr(inner, "get_image_features", counted)
+    out = engine.complete(p, SamplingParams(max_tokens=6, **GREEDY))
+    monkeypatch.undo()
+    assert sum(calls) == p.pages and max(calls) <= pages_per_step and len(calls) > 1
+    assert out.token_ids == gm.generate(TEXT[12000:13000], "Who?", max_new_tokens=6)[0].token_ids
