@@ -6,6 +6,7 @@
     glyph-rt styles --n 64 --seed 0 --out DIR [--config styles.yaml]
     glyph-rt backends
     glyph-rt make-tiny-checkpoint DIR [--model glm4v|qwen2_5_vl]
+    glyph-rt train {cpt,sft,rl} [--config FILE] [key=value ...]   (also: torchrun ... -m glyph_rt.train)
     glyph-rt --version
 
 Without INPUT the built-in sample text is used. Only the standard library is imported at start-up;
@@ -301,6 +302,29 @@ def cmd_make_tiny_checkpoint(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train.config import load_config
+
+    rest, config, overrides = list(args.overrides), args.config, []
+    while rest:  # --config may come after the overrides too
+        a = rest.pop(0)
+        if a == "--config" and rest:
+            config = rest.pop(0)
+        elif a.startswith("--config="):
+            config = a.split("=", 1)[1]
+        elif a.startswith("-"):
+            raise UsageError(f"train: unknown option {a!r}; give --config FILE and key=value overrides")
+        else:
+            overrides.append(a)
+    cfg = load_config(args.stage, config, overrides)  # every check before any compute
+    from .train.trainer import run
+
+    r = run(cfg)
+    if r.get("loss") is not None:
+        print(f"{cfg.stage}: {r['step']} steps, last loss {r['loss']:.4f}; logs, checkpoints in {cfg.out_dir}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser and entry point
 
 def build_parser() -> argparse.ArgumentParser:
@@ -357,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("dir", help="new or empty directory to write it to")
     t.add_argument("--model", default="glm4v", choices=["glm4v", "qwen2_5_vl"], help="model type (default: glm4v)")
     t.set_defaults(func=cmd_make_tiny_checkpoint)
+    tr = sub.add_parser("train", help="train a stage (cpt, sft, rl) from a YAML config with key=value overrides")
+    tr.add_argument("stage", choices=["cpt", "sft", "rl"])
+    tr.add_argument("--config", help="YAML config (default: the stage's paper defaults)")
+    tr.add_argument("overrides", nargs=argparse.REMAINDER, help="dotted key=value overrides, e.g. optim.lr=1e-5 model.path=DIR")
+    tr.set_defaults(func=cmd_train)
     return p
 
 
