@@ -138,6 +138,8 @@ def _coerce(value, typ, key: str):
         except (TypeError, ValueError):
             raise TrainConfigError(f"{key}: expected a number, got {value!r}") from None
     if origin is str:
+        if isinstance(value, bool):  # YAML reads a bare on/off as a boolean
+            return "on" if value else "off"
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise TrainConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)

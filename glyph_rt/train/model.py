@@ -62,7 +62,11 @@ def load_for_training(cfg: ModelConfig, device: torch.device, dtype: torch.dtype
         if not any("lora_" in n for n, _ in model.named_parameters()):
             raise ValueError(f"model.lora.target_modules: {cfg.lora.target_modules} match no module of the model")
     if cfg.gradient_checkpointing:
-        base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf = base_model(model)
+        if hasattr(hf, "activation_checkpointing_enable"):
+            hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base_model(model).config.use_cache = False
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("model: no parameter is trainable (every part frozen and no LoRA)")
