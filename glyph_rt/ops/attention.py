@@ -274,7 +274,8 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
                             cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None, max_length_k=None,
                             backend: str = "auto", **kwargs):
     """transformers' attention interface: query (B, H, S, D), key/value (B, H_kv, S_k, D) ->
-    ((B, S, H, D), None). Packed sequences come as cu_seq_lens_*; padding as a 2D mask."""
+    ((B, S, H, D), None). Packed sequences come as cu_seq_lens_*, or as text position_ids [1, S] that restart
+    at each sample (transformers passes them when a packed row has no mask and no cache); padding as a 2D mask."""
     if dropout and module.training:
         raise NotImplementedError("attn_implementation='glyph' has no attention dropout; set attention_dropout=0")
     if attention_mask is not None and attention_mask.dim() != 2:
@@ -284,6 +285,11 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
     causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # (B, S, H, D)
     dev = query.device
+    if cu_seq_lens_q is None and attention_mask is None and B == 1 and S == Sk and S > 1:
+        packed = packed_segments(kwargs.get("position_ids"))  # samples packed into one row: attend within each
+        if packed is not None:
+            cu_seq_lens_q, max_length_q = packed
+            max_length_k = max_length_q
     if cu_seq_lens_q is None and _decode_kernel_applies(backend, query, key, value):
         starts = None if attention_mask is None else _left_padding(attention_mask, B, Sk)
         if starts is not False:  # the KV cache is read in place, no unpadding
@@ -313,6 +319,28 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
     out = attention(q.reshape(B * S, H, D), k.reshape(B * Sk, -1, D), v.reshape(B * Sk, -1, D), cu_q, cu_k,
                     S, Sk, causal=causal, softmax_scale=scaling, backend=backend)
     return out.reshape(B, S, H, D), None
+
+
+_last_positions: list = [lambda: None, None]  # (weak reference to the last position_ids analysed, its segments)
+
+
+def packed_segments(position_ids):
+    """(cu_seqlens int32, max_seqlen) of the samples packed into one row, from its text positions [1, S] (each
+    sample counts 0, 1, ...: a new segment starts wherever a position is not the previous one plus 1, as
+    transformers' find_packed_sequence_indices), or None for a single sequence. Analysed once per forward."""
+    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[0] != 1:
+        return None
+    if _last_positions[0]() is position_ids:
+        return _last_positions[1]
+    p = position_ids[0]
+    starts = torch.nonzero(p[1:] != p[:-1] + 1).flatten() + 1
+    result = None
+    if len(starts):
+        cu = F.pad(starts.to(torch.int32), (1, 1))
+        cu[-1] = p.shape[0]
+        result = (cu, int((cu[1:] - cu[:-1]).max()))
+    _last_positions[:] = [weakref.ref(position_ids), result]
+    return result
 
 
 def _decode_kernel_applies(backend: str, query, key, value) -> bool:

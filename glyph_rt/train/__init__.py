@@ -1,4 +1,4 @@
-"""Training data: the style sampler (more to come: tasks, loader, trainer). Imports render/ and ops/ only."""
+"""Training data: the style sampler, the tasks, collation (and the loader). Imports models/, render/ and ops/ only."""
 from .styles import StyleSampler, sample_styles
 
 __all__ = ["StyleSampler", "sample_styles"]

@@ -1,0 +1,169 @@
+"""Collation: Samples -> one model batch, pages rendered in one launch, samples padded or packed.
+
+Interface (stable; the trainer builds on it):
+
+    collate = Collator(image_token_id, pad_id, mode="pad" | "pack", model=hf_model, device=..., dtype=...)
+    batch = collate(samples)          # a dict
+    out = model(**model_inputs(batch))
+
+    pad:   input_ids, labels, attention_mask, mm_token_type_ids      [B, L]   (right padding)
+    pack:  input_ids, labels, mm_token_type_ids                      [1, T]   (samples back to back)
+           position_ids  [4, 1, T]: row 0 the text position inside each sample (0, 1, ...), rows 1-3 its M-RoPE
+                         positions from the model's own get_rope_index, run per sample; transformers reads row 0
+                         to keep attention inside each sample (sdpa: a block mask; attn_implementation="glyph"
+                         and flash attention: varlen segments)
+           use_cache=False (transformers builds the per-sample mask only without a cache)
+           cu_seqlens    int32 [B + 1] sample boundaries, max_seqlen int (not model arguments)
+    both:  pixel_values  [sum of gh*gw, 1176] every page of every sample, in order; image_grid_thw [images, 3]
+           num_samples, loss_tokens (not model arguments)
+
+Pages are drawn by glyph_rt.render.gpu.inputs_of_batch: one launch for the whole batch on a GPU, the
+C++ CPU path otherwise; samples rendered earlier (render_samples, e.g. in DataLoader workers on a CPU
+machine) are only concatenated. Each sample's image tokens are expanded to its pages' visual tokens
+here, once the page sizes are known (auto-crop can change them).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..models.prompt import IGNORE_INDEX, tokens_per_image
+from ..ops.pixel_values import cat_rows, normalize_lut
+from ..render.gpu import inputs_of_batch, resolve_device_backend
+
+MODES = ("pad", "pack")
+NOT_MODEL_INPUTS = ("cu_seqlens", "max_seqlen", "num_samples", "loss_tokens")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The keys of a batch that the model's forward takes."""
+    return {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
+
+
+def render_samples(samples, device="cpu", dtype=torch.float32, model: str = "glm4v", backend: str = "auto"):
+    """Draws every page of the samples in one batch: (pixel_values, image_grid_thw, images per sample)."""
+    device, backend = resolve_device_backend(device, backend)
+    items = [(p.document(), p.start, p.stop) for s in samples for p in s.pages if p.num_pages]
+    counts = [s.num_images for s in samples]
+    if not items:
+        return torch.zeros(0, 1176, dtype=dtype, device=device), torch.zeros(0, 3, dtype=torch.long), counts
+    lut = None if dtype == torch.uint8 else normalize_lut(device, dtype)
+    pv, grid, _ = inputs_of_batch(items, device, backend, model, dtype, lut)
+    return pv, grid.cpu(), counts
+
+
+def attach_pixels(samples, **render_kw) -> None:
+    """Renders the samples' pages now and stores each sample's pixel_values and image_grid_thw in it."""
+    pv, grid, counts = render_samples(samples, **render_kw)
+    rows = (grid[:, 1] * grid[:, 2]).tolist()
+    r = i = 0
+    for s, n in zip(samples, counts):
+        nrows = sum(rows[i:i + n])
+        s.pixel_values, s.image_grid_thw = pv[r:r + nrows], grid[i:i + n]
+        r, i = r + nrows, i + n
+
+
+def expand_images(input_ids, labels, image_token_id: int, visual_tokens) -> tuple[list[int], list[int]]:
+    """Repeats the k-th image token visual_tokens[k] times (labels: IGNORE_INDEX), as PromptBuilder.expand does."""
+    ids, labs, k = [], [], 0
+    for t, lab in zip(input_ids, labels):
+        if t == image_token_id:
+            if k >= len(visual_tokens):
+                raise ValueError(f"the sample has more image tokens than its {len(visual_tokens)} pages")
+            ids += [t] * visual_tokens[k]
+            labs += [IGNORE_INDEX] * visual_tokens[k]
+            k += 1
+        else:
+            ids.append(t)
+            labs.append(lab)
+    if k != len(visual_tokens):
+        raise ValueError(f"the sample has {k} image tokens for {len(visual_tokens)} pages")
+    return ids, labs
+
+
+def rope_index_fn(model):
+    """The HF model's own get_rope_index (on the model or its inner .model)."""
+    for m in (model, getattr(model, "model", None)):
+        fn = getattr(m, "get_rope_index", None)
+        if fn is not None:
+            return fn
+    raise ValueError(f"{type(model).__name__} has no get_rope_index; packing needs the VLM (GLM-4.1V, Qwen2.5-VL)")
+
+
+class Collator:
+    """Samples -> batch dict (see the module docstring). `model` (the HF VLM) is needed for mode='pack'."""
+
+    def __init__(self, image_token_id: int, pad_id: int, mode: str = "pad", model=None, device="cpu",
+                 dtype=torch.float32, vision_model: str = "glm4v", backend: str = "auto",
+                 max_length: int | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode: {mode!r} is unknown; choose from {', '.join(MODES)}")
+        if mode == "pack" and model is None:
+            raise ValueError("mode='pack' needs the model (its get_rope_index gives each sample's M-RoPE positions)")
+        self.image_token_id, self.pad_id, self.mode = int(image_token_id), int(pad_id), mode
+        self.rope_index = rope_index_fn(model) if mode == "pack" else None
+        self.device, self.dtype, self.vision_model, self.backend = device, dtype, vision_model, backend
+        self.max_length = max_length
+
+    def pixels(self, samples):
+        if all(s.pixel_values is not None for s in samples):
+            pvs = [s.pixel_values for s in samples if len(s.pixel_values)]
+            pv = cat_rows(pvs) if len(pvs) > 1 else (pvs[0] if pvs else torch.zeros(0, 1176, dtype=self.dtype))
+            grid = torch.cat([s.image_grid_thw for s in samples]) if samples else torch.zeros(0, 3, dtype=torch.long)
+            return pv.to(self.device), grid.cpu(), [s.num_images for s in samples]
+        return render_samples(samples, self.device, self.dtype, self.vision_model, self.backend)
+
+    def __call__(self, samples) -> dict:
+        samples = list(samples)
+        if not samples:
+            raise ValueError("collate: no samples")
+        pv, grid, counts = self.pixels(samples)
+        per_image = tokens_per_image(grid)
+        seqs, i = [], 0
+        for s, n in zip(samples, counts):
+            ids, labs = expand_images(s.input_ids, s.labels, self.image_token_id, per_image[i:i + n])
+            if self.max_length is not None and len(ids) > self.max_length:
+                raise ValueError(f"sample {s.index} ({s.task}) has {len(ids)} tokens, over max_length="
+                                 f"{self.max_length}; lower the task's max_pages or raise max_length")
+            seqs.append((ids, labs, grid[i:i + n]))
+            i += n
+        batch = self.pack(seqs) if self.mode == "pack" else self.pad(seqs)
+        batch.update(pixel_values=pv, image_grid_thw=grid.to(pv.device), num_samples=len(samples),
+                     loss_tokens=int((batch["labels"] != IGNORE_INDEX).sum()))
+        dev = pv.device
+        return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def pad(self, seqs) -> dict:
+        L = max(len(ids) for ids, _, _ in seqs)
+        B = len(seqs)
+        input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros(B, L, dtype=torch.long)
+        for b, (ids, labs, _) in enumerate(seqs):
+            input_ids[b, :len(ids)] = torch.tensor(ids)
+            labels[b, :len(ids)] = torch.tensor(labs)
+            mask[b, :len(ids)] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask,
+                "mm_token_type_ids": (input_ids == self.image_token_id).long() * mask}
+
+    def pack(self, seqs) -> dict:
+        ids_all, labs_all, pos = [], [], []
+        lens = []
+        for ids, labs, grid in seqs:
+            t = torch.tensor(ids)[None]
+            mm = (t == self.image_token_id).long()
+            mrope, _ = self.rope_index(t, mm, image_grid_thw=grid if len(grid) else None)
+            pos.append(torch.cat([torch.arange(len(ids))[None, None], mrope.cpu()], 0))
+            labs = list(labs)
+            labs[0] = IGNORE_INDEX  # nothing predicts a sample's first token (it would see the previous sample)
+            ids_all += ids
+            labs_all += labs
+            lens.append(len(ids))
+        input_ids = torch.tensor(ids_all)[None]
+        cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+        cu[1:] = torch.tensor(lens).cumsum(0)
+        return {"input_ids": input_ids, "labels": torch.tensor(labs_all)[None], "position_ids": torch.cat(pos, 2),
+                "mm_token_type_ids": (input_ids == self.image_token_id).long(), "cu_seqlens": cu,
+                "max_seqlen": max(lens), "use_cache": False}
+
+
+__all__ = ["Collator", "MODES", "model_inputs", "render_samples", "attach_pixels", "expand_images", "rope_index_fn"]

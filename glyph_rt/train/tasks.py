@@ -1,0 +1,280 @@
+"""Training tasks: one document (a record) -> one Sample (pages to render + token ids + labels + messages).
+
+Interface (stable; the trainer and `glyph-rt make-data` build on it):
+
+    task = make_task("ocr" | "lm" | "gen" | "qa", builder, styles=StyleSampler(seed=0), seed=0, **options)
+    sample = task(record, index)     # record: {"text": ...} (ocr, lm, gen) or {"context", "question", "answer"} (qa)
+
+    sample.pages       [PageRange]  the images, in prompt order: page range [start, stop) of a laid-out text
+    sample.input_ids   [int]        ONE image token per page; collate.expand_images() repeats each to the page's
+    sample.labels      [int]        visual tokens once the page sizes are known (labels: IGNORE_INDEX there)
+    sample.messages    [dict]       the conversation in the messages format ({"type": "image"} per page)
+    sample.pixel_values, sample.image_grid_thw   set when the pages were rendered early (render_samples)
+
+Sample `index` of seed `seed` is a pure function of (seed, task, index, record): its style is
+styles.sample(index) and every other choice comes from a generator seeded by (seed, task, index).
+
+Tasks (the Glyph paper's continual pre-training families, plus long-context QA):
+  ocr  read back one or several pages; the target is the text between the first page's and the last
+       page's character spans as the layout reports them (no character lost, none duplicated)
+  lm   interleaved language modelling: spans of the text alternate between pages and plain text, in
+       order, in one user turn; loss on the plain-text spans (PromptBuilder.encode_pieces)
+  gen  given the first pages, write what follows (or given the last pages, what came before)
+  qa   a context rendered as pages, the question as text, loss on the answer
+The chat samples (ocr, gen, qa) use PromptBuilder.encode: loss on the assistant's turn only.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from ..models.prompt import IGNORE_INDEX, PromptBuilder
+from ..render.config import RenderConfig
+from ..render.pages import Document
+
+TASKS = ("ocr", "lm", "gen", "qa")
+
+OCR_PROMPTS = ("Read all the text in the image.", "Transcribe the text on these pages exactly.",
+               "What text do the pages contain? Write it out in full.", "OCR the document.")
+GEN_FORWARD = ("Continue the text.", "Write what comes after these pages.", "Continue writing from where the pages end.")
+GEN_BACKWARD = ("Write the text that comes before these pages.", "What precedes these pages? Write it.")
+
+
+class TaskError(ValueError):
+    """A record a task cannot use; the message names the record field."""
+
+
+@dataclass
+class PageRange:
+    """Pages [start, stop) of `text` laid out with `config` (at most `max_pages` pages laid out).
+
+    The laid-out Document is kept in the process that made it and dropped when the range is pickled
+    (to a DataLoader's main process): document() lays the text out again there."""
+    text: str
+    config: RenderConfig
+    start: int
+    stop: int
+    max_pages: int | None = None
+    _doc: Document | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def num_pages(self) -> int:
+        return self.stop - self.start
+
+    def document(self) -> Document:
+        if self._doc is None:
+            self._doc = Document(self.text, self.config, max_pages=self.max_pages)
+        return self._doc
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_doc"] = None
+        return state
+
+
+@dataclass
+class Sample:
+    index: int
+    task: str
+    pages: list[PageRange]
+    input_ids: list[int]
+    labels: list[int]
+    messages: list[dict]
+    meta: dict = field(default_factory=dict)
+    pixel_values: object = None  # torch.Tensor once rendered
+    image_grid_thw: object = None
+
+    @property
+    def num_images(self) -> int:
+        return sum(p.num_pages for p in self.pages)
+
+    @property
+    def loss_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+def _text_field(record: dict, name: str, index: int) -> str:
+    if not isinstance(record, dict):
+        raise TaskError(f"record {index}: expected a dict, got {type(record).__name__}")
+    v = record.get(name)
+    if not isinstance(v, str) or not v.strip():
+        raise TaskError(f"record {index}: field {name!r} must be a non-empty string, got {v!r:.60}")
+    return v
+
+
+def _cut(text: str, at: int, rng: random.Random) -> int:
+    """A cut point near `at` at a line or word boundary (never inside a word)."""
+    at = max(0, min(len(text), at))
+    nl = text.rfind("\n", 0, at)
+    if nl > at * 0.7:
+        return nl + 1
+    sp = text.rfind(" ", 0, at)
+    return sp + 1 if sp > 0 else at
+
+
+class Task:
+    """Base: turns (record, index) into a Sample; options are the constructor's keyword arguments."""
+    name = ""
+
+    def __init__(self, builder: PromptBuilder, styles=None, seed: int = 0, config: RenderConfig | None = None,
+                 max_pages: int = 4, window_chars: int = 12000):
+        if styles is None and config is None:
+            config = RenderConfig()
+        if max_pages < 1:
+            raise ValueError(f"max_pages: {max_pages!r} must be >= 1")
+        self.builder, self.styles, self.seed, self.config = builder, styles, int(seed), config
+        self.max_pages, self.window_chars = int(max_pages), int(window_chars)
+
+    def rng(self, index: int) -> random.Random:
+        return random.Random(f"{self.seed}:{self.name}:{index}")
+
+    def style(self, index: int) -> RenderConfig:
+        return self.config if self.styles is None else self.styles.sample(index).config
+
+    def window(self, text: str, rng: random.Random) -> str:
+        """A window of the text starting at a random line start (the whole text when short)."""
+        if len(text) <= self.window_chars:
+            return text
+        start = rng.randrange(0, len(text) - self.window_chars // 2)
+        nl = text.find("\n", start)
+        start = nl + 1 if 0 <= nl < start + 2000 else start
+        return text[start:start + self.window_chars]
+
+    def chat(self, index: int, pages: list[PageRange], question: str, answer: str, meta: dict) -> Sample:
+        n = sum(p.num_pages for p in pages)
+        msgs = self.builder.messages(n, question, answer=answer)
+        enc = self.builder.encode(msgs, [1] * n)
+        return Sample(index, self.name, pages, enc.input_ids, enc.labels, msgs, meta)
+
+    def __call__(self, record: dict, index: int) -> Sample:
+        raise NotImplementedError
+
+
+class OCRTask(Task):
+    name = "ocr"
+
+    def __call__(self, record: dict, index: int) -> Sample:
+        text = _text_field(record, "text", index)
+        rng = self.rng(index)
+        window = self.window(text, rng)
+        k = rng.randint(1, self.max_pages)
+        doc = Document(window, self.style(index), max_pages=k)
+        if doc.num_pages == 0:
+            raise TaskError(f"record {index}: field 'text' lays out to no page")
+        spans = doc.page_spans()
+        target = window[spans[0][0]:spans[-1][1]]
+        page = PageRange(window, doc.config, 0, doc.num_pages, k, doc)
+        return self.chat(index, [page], rng.choice(OCR_PROMPTS), target,
+                         {"chars": len(target), "page_spans": spans})
+
+
+class GenTask(Task):
+    name = "gen"
+
+    def __init__(self, *args, answer_chars: int = 1500, backward: float = 0.25, **kw):
+        super().__init__(*args, **kw)
+        self.answer_chars, self.backward = int(answer_chars), float(backward)
+
+    def __call__(self, record: dict, index: int) -> Sample:
+        text = _text_field(record, "text", index)
+        rng = self.rng(index)
+        window = self.window(text, rng)
+        if len(window) < 200:
+            raise TaskError(f"record {index}: field 'text' is too short for generation ({len(window)} characters)")
+        k = rng.randint(1, self.max_pages)
+        split = _cut(window, int(len(window) * rng.uniform(0.3, 0.7)), rng)
+        if rng.random() < self.backward:  # the last pages are shown: write what came before
+            doc = Document(window[split:], self.style(index), max_pages=k)
+            begin = _cut(window, split - self.answer_chars, rng) if split > self.answer_chars else 0
+            answer, prompt = window[begin:split], rng.choice(GEN_BACKWARD)
+            shown = window[split:]
+        else:
+            doc = Document(window[:split], self.style(index), max_pages=k)
+            end = doc.page_spans()[-1][1]  # text past the last page shown (max_pages) continues the answer
+            answer = window[end:end + self.answer_chars]
+            answer = answer[:_cut(answer, len(answer), rng)] if end + self.answer_chars < len(window) else answer
+            prompt, shown = rng.choice(GEN_FORWARD), window[:split]
+        if not answer.strip():
+            raise TaskError(f"record {index}: field 'text' leaves nothing to generate")
+        page = PageRange(shown, doc.config, 0, doc.num_pages, k, doc)
+        return self.chat(index, [page], prompt, answer, {"direction": "backward" if prompt in GEN_BACKWARD else
+                                                         "forward"})
+
+
+class QATask(Task):
+    name = "qa"
+
+    def __call__(self, record: dict, index: int) -> Sample:
+        context = _text_field(record, "context", index)
+        question = _text_field(record, "question", index)
+        answer = _text_field(record, "answer", index)
+        self.builder.check_text(question, f"record {index}: field 'question'")
+        doc = Document(context, self.style(index), max_pages=self.max_pages)
+        page = PageRange(context, doc.config, 0, doc.num_pages, self.max_pages, doc)
+        return self.chat(index, [page], question, answer, {"truncated": bool(doc.layout.truncated)})
+
+
+class LMTask(Task):
+    """Interleaved LM: 2..`max_spans` spans of a window, each rendered (pages) or kept as text; loss on the text."""
+    name = "lm"
+
+    def __init__(self, *args, max_spans: int = 5, **kw):
+        super().__init__(*args, **kw)
+        self.max_spans = int(max_spans)
+
+    def __call__(self, record: dict, index: int) -> Sample:
+        text = _text_field(record, "text", index)
+        rng = self.rng(index)
+        window = self.window(text, rng)
+        n = rng.randint(2, max(2, self.max_spans))
+        cuts = sorted({_cut(window, int(len(window) * (i + rng.random()) / n), rng) for i in range(1, n)})
+        bounds = [0] + [c for c in cuts if 0 < c < len(window)] + [len(window)]
+        spans = [window[a:b] for a, b in zip(bounds, bounds[1:]) if window[a:b].strip()]
+        if len(spans) < 2:
+            raise TaskError(f"record {index}: field 'text' is too short to interleave")
+        rendered = [rng.random() < 0.5 for _ in spans]
+        rendered[0], rendered[-1] = True, False  # at least one page and one trained span
+        config = self.style(index)
+        content, pages, left = [], [], self.max_pages
+        for span, as_pages in zip(spans, rendered):
+            if as_pages and left > 0:
+                doc = Document(span, config, max_pages=left)
+                end = doc.page_spans()[-1][1] if doc.num_pages else 0
+                if doc.num_pages:
+                    pages.append(PageRange(span, doc.config, 0, doc.num_pages, left, doc))
+                    content += [{"type": "image"}] * doc.num_pages
+                    left -= doc.num_pages
+                if end < len(span.rstrip()):  # pages full: the rest of this span stays text, then stop
+                    content.append({"type": "text", "text": span[end:]})
+                    break
+            else:
+                content.append({"type": "text", "text": span})
+        msgs = [{"role": "user", "content": content}]
+        full = self.builder.template(msgs, add_generation_prompt=False)
+        pieces, pos = [], 0
+        for c in content:
+            if c["type"] != "text":
+                continue
+            at = full.find(c["text"], pos)
+            if at < 0:
+                raise TaskError("the chat template changed a text span; cannot mark the interleaved text")
+            pieces += [(full[pos:at], False), (c["text"], True)]
+            pos = at + len(c["text"])
+        pieces.append((full[pos:], False))
+        enc = self.builder.encode_pieces([p for p in pieces if p[0]])
+        return Sample(index, self.name, pages, enc.input_ids, enc.labels, msgs,
+                      {"spans": len(content), "text_spans": sum(c["type"] == "text" for c in content)})
+
+
+TASK_CLASSES = {"ocr": OCRTask, "lm": LMTask, "gen": GenTask, "qa": QATask}
+
+
+def make_task(name: str, builder: PromptBuilder, **options) -> Task:
+    """The task `name` (ocr, lm, gen, qa) with its options (styles, seed, config, max_pages, window_chars, ...)."""
+    if name not in TASK_CLASSES:
+        raise ValueError(f"task: {name!r} is unknown; choose from {', '.join(TASKS)}")
+    return TASK_CLASSES[name](builder, **options)
+
+
+__all__ = ["TASKS", "Task", "TaskError", "Sample", "PageRange", "make_task", "OCRTask", "LMTask", "GenTask",
+           "QATask"]

@@ -1,0 +1,120 @@
+"""Training tasks: OCR targets are the pages' exact text, labels cover exactly the response, samples are
+deterministic per (seed, index) and survive pickling."""
+import pickle
+
+import pytest
+
+from glyph_rt.models.prompt import IGNORE_INDEX, PromptBuilder
+from glyph_rt.models.tiny import tiny_tokenizer
+from glyph_rt.render.config import RenderConfig
+from glyph_rt.render.pages import Document
+from glyph_rt.render.textio import sample_text
+from glyph_rt.train.collate import expand_images
+from glyph_rt.train.styles import StyleSampler
+from glyph_rt.train.tasks import TaskError, make_task
+
+CFG = RenderConfig(dpi=36, page_size=(300, 260))
+
+
+@pytest.fixture(scope="module")
+def builder():
+    tok = tiny_tokenizer()
+    return PromptBuilder(tok, tok.convert_tokens_to_ids("<|image|>"))
+
+
+@pytest.fixture(scope="module")
+def text():
+    return sample_text()
+
+
+def trained_text(builder, s):
+    ids = [t for t, lab in zip(s.input_ids, s.labels) if lab != IGNORE_INDEX]
+    return builder.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_page_spans_partition_the_text(text):
+    """Every character is on exactly one page's span or is whitespace between spans: none lost, none duplicated."""
+    window = text[:9000]
+    doc = Document(window, CFG)
+    spans = doc.page_spans()
+    assert doc.num_pages > 3
+    assert not window[:spans[0][0]].strip() and not window[spans[-1][1]:].strip()
+    for (a, b), (c, d) in zip(spans, spans[1:]):
+        assert a < b <= c < d and not window[b:c].strip()
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_ocr_target_is_the_text_of_the_pages(builder, text, index):
+    s = make_task("ocr", builder, config=CFG, max_pages=3, window_chars=5000)({"text": text}, index)
+    (page,) = s.pages
+    doc = page.document()
+    spans = doc.page_spans()
+    target = s.messages[-1]["content"]
+    assert target == page.text[spans[0][0]:spans[-1][1]]
+    assert not page.text[:spans[0][0]].strip()
+    if not doc.layout.truncated:  # every character of the window is on the pages
+        assert not page.text[spans[-1][1]:].strip()
+    assert s.num_images == doc.num_pages <= 3
+    assert trained_text(builder, s).strip() == target.strip()
+
+
+@pytest.mark.parametrize("task", ["ocr", "gen", "qa"])
+def test_labels_cover_exactly_the_response(builder, text, task):
+    rec = {"text": text, "context": text[:3000], "question": "What license is this?", "answer": "The GNU GPL."}
+    s = make_task(task, builder, config=CFG, max_pages=2, window_chars=4000)(rec, 3)
+    answer = s.messages[-1]["content"]
+    assert trained_text(builder, s).strip() == answer.strip()
+    first = next(i for i, lab in enumerate(s.labels) if lab != IGNORE_INDEX)
+    assert all(lab != IGNORE_INDEX for lab in s.labels[first:])  # one contiguous response, to the end
+    assert s.input_ids.count(builder.image_token_id) == s.num_images
+    # expanding the placeholders gives what PromptBuilder.encode gives with the real visual tokens
+    vt = [5 + k for k in range(s.num_images)]
+    ids, labels = expand_images(s.input_ids, s.labels, builder.image_token_id, vt)
+    ref = builder.encode(s.messages, vt)
+    assert (ids, labels) == (ref.input_ids, ref.labels)
+
+
+def test_lm_loss_on_the_text_spans_in_order(builder, text):
+    task = make_task("lm", builder, config=CFG, max_pages=3, window_chars=3000)
+    for index in range(8):
+        s = task({"text": text}, index)
+        content = s.messages[0]["content"]
+        texts = [c["text"] for c in content if c["type"] == "text"]
+        assert texts and s.num_images == sum(c["type"] == "image" for c in content) >= 1
+        assert trained_text(builder, s) == "".join(texts)
+        # the pages' text and the text spans are consecutive pieces of the document, in order
+        pages, shown, k = iter(s.pages), [], 0
+        for c in content:
+            if c["type"] == "text":
+                shown.append(c["text"])
+            elif k == 0:
+                page = next(pages)
+                shown.append(page.text[:page.document().page_spans()[-1][1]])
+                k = page.num_pages - 1
+            else:
+                k -= 1
+        assert content[0]["type"] == "image"
+        assert " ".join("\n".join(shown).split()) in " ".join(text.split())  # up to whitespace between pieces
+        assert s.input_ids.count(builder.image_token_id) == s.num_images
+
+
+def test_deterministic_and_picklable(builder, text):
+    styles = StyleSampler(seed=3)
+    a = make_task("gen", builder, styles=styles, seed=1, max_pages=2)
+    b = make_task("gen", builder, styles=StyleSampler(seed=3), seed=1, max_pages=2)
+    for i in (5, 0, 7):
+        sa, sb = a({"text": text}, i), b({"text": text}, i)
+        assert (sa.input_ids, sa.labels, sa.messages) == (sb.input_ids, sb.labels, sb.messages)
+        assert sa.pages[0].config == styles.sample(i).config
+    s = pickle.loads(pickle.dumps(sa))
+    assert s.pages[0]._doc is None and s.pages[0].document().num_pages == sa.pages[0].num_pages
+    assert a({"text": text}, 1).input_ids != a({"text": text}, 2).input_ids
+
+
+def test_bad_records(builder):
+    with pytest.raises(TaskError, match="field 'text'"):
+        make_task("ocr", builder, config=CFG)({"txt": "x"}, 0)
+    with pytest.raises(TaskError, match="field 'answer'"):
+        make_task("qa", builder, config=CFG)({"context": "abc", "question": "q"}, 4)
+    with pytest.raises(ValueError, match="unknown"):
+        make_task("nope", builder)
