@@ -23,12 +23,10 @@ import torch.nn.functional as F
 
 from ..models.prompt import IGNORE_INDEX
 from .checkpoint import CheckpointManager, export_hf
+from .collate import model_inputs as collated_inputs
 from .config import TrainConfig
 from .metrics import MetricsLogger
 
-# keys of a collated batch that go to the model's forward; the rest (labels, counts) stay with the trainer
-MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids",
-                "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
 # ----------------------------------------------------------------- distribution
@@ -84,8 +82,11 @@ def build_optimizer(model, cfg: TrainConfig):
 
 
 def model_inputs(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()
-            if k in MODEL_INPUTS}
+    """The forward's arguments of a collated batch (the collator's, less the labels: the loss is ours), on device."""
+    out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
+           for k, v in collated_inputs(batch).items() if k != "labels"}
+    out["use_cache"] = False
+    return out
 
 
 def label_tokens(batch: dict) -> int:
@@ -95,7 +96,7 @@ def label_tokens(batch: dict) -> int:
 
 def token_loss_sum(model, batch: dict, device: torch.device) -> torch.Tensor:
     """Summed cross-entropy of the next-token predictions on every label that is not IGNORE_INDEX (float32)."""
-    out = model(**model_inputs(batch, device), use_cache=False)
+    out = model(**model_inputs(batch, device))
     logits = out.logits[..., :-1, :].float()
     labels = batch["labels"].to(device)[..., 1:]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
