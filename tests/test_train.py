@@ -257,3 +257,27 @@ def test_packed_step_equals_unpacked(tiny, tmp_path):
     assert res[1][0] == pytest.approx(res[0][0], rel=1e-5) and res[1][1] == res[0][1]
     for a, b in zip(res[0][2], res[1][2]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow  # three interpreters and two training runs: ~50 s on a busy 2-core machine
+def test_fsdp2_two_processes_match_one(tiny, tmp_path):
+    """2 real gloo processes with fully_shard against 1 process: same loss, same exported weights."""
+    from safetensors.torch import load_file
+
+    worker = str(ROOT / "tests" / "train_fsdp_worker.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    runs = {"one": [sys.executable, worker], "two": [sys.executable, "-m", "torch.distributed.run",
+                                                     "--standalone", "--nproc-per-node", "2", worker]}
+    out = {}
+    for name, cmd in runs.items():
+        r = subprocess.run([*cmd, tiny, str(tmp_path / name), "2"], capture_output=True, text=True, env=env,
+                           timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
+        loss = float(next(x for x in r.stdout.splitlines() if x.startswith("LOSS")).split()[1])
+        out[name] = (loss, load_file(tmp_path / name / "export" / "model.safetensors"))
+    assert out["two"][0] == pytest.approx(out["one"][0], rel=1e-5)
+    assert out["one"][1].keys() == out["two"][1].keys()
+    for k, v in out["one"][1].items():
+        torch.testing.assert_close(out["two"][1][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    ckpt = tmp_path / "two" / "checkpoints" / "step_00000002"
+    assert (ckpt / "rank_0.pt").exists() and (ckpt / "rank_1.pt").exists() and (ckpt / ".metadata").exists()
