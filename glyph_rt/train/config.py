@@ -275,16 +275,17 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     _check(o.eps > 0, "optim.eps", f"{o.eps} must be > 0")
     _check(o.grad_clip >= 0, "optim.grad_clip", f"{o.grad_clip} must be >= 0 (0: no clipping)")
     _check(d.micro_batch >= 1, "data.micro_batch", f"{d.micro_batch} must be >= 1")
-    _check(d.global_batch >= d.micro_batch, "data.global_batch",
-           f"{d.global_batch} must be >= data.micro_batch ({d.micro_batch})")
-    _check(d.global_batch % d.micro_batch == 0, "data.global_batch",
-           f"{d.global_batch} must be a multiple of data.micro_batch ({d.micro_batch})")
+    if cfg.stage != "rl":  # rl: global_batch counts prompts, micro_batch the sequences of one forward
+        _check(d.global_batch >= d.micro_batch, "data.global_batch",
+               f"{d.global_batch} must be >= data.micro_batch ({d.micro_batch})")
+        _check(d.global_batch % d.micro_batch == 0, "data.global_batch",
+               f"{d.global_batch} must be a multiple of data.micro_batch ({d.micro_batch})")
     _check(0 <= d.ocr_ratio <= 1, "data.ocr_ratio", f"{d.ocr_ratio} must be in [0, 1]")
     _check(d.max_tokens >= 0, "data.max_tokens", f"{d.max_tokens} must be >= 0 (0: no packing)")
     _check(d.workers >= 0, "data.workers", f"{d.workers} must be >= 0")
     if cfg.stage == "rl":
         _check(g.group_size >= 2, "grpo.group_size", f"{g.group_size} must be >= 2 (advantages compare a group)")
-        _check(d.global_batch % g.group_size == 0 or d.global_batch >= 1, "data.global_batch", "must be >= 1")
+        _check(d.global_batch >= 1, "data.global_batch", f"{d.global_batch} must be >= 1 (prompts per step)")
         _check(0 <= g.eps_low < 1, "grpo.eps_low", f"{g.eps_low} must be in [0, 1)")
         _check(g.eps_high >= 0, "grpo.eps_high", f"{g.eps_high} must be >= 0")
         _check(g.kl_coef >= 0, "grpo.kl_coef", f"{g.kl_coef} must be >= 0 (0: no KL)")

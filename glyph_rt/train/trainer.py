@@ -133,11 +133,11 @@ class Trainer:
         self.rank, self.world = rank, world
         self.device = device or next(self.model.parameters()).device
         self.fsdp = fsdp
-        per_step = cfg.data.global_batch // cfg.data.micro_batch
+        per_step = cfg.data.global_batch if cfg.stage == "rl" else cfg.data.global_batch // cfg.data.micro_batch
         if per_step % world:
             raise ValueError(f"data.global_batch: {cfg.data.global_batch} samples in micro-batches of "
                              f"{cfg.data.micro_batch} do not split over {world} ranks")
-        self.accum = per_step // world
+        self.accum = per_step // world  # rl: prompts per rank
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
         self.step = 0
         self.out = Path(cfg.out_dir)
@@ -211,6 +211,16 @@ class Trainer:
         return m
 
     # -------------------------------------------------------------- loop
+    def collect(self, it, steps: int) -> list[dict]:
+        """This rank's micro-batches of the next global batch."""
+        micro = []
+        for _ in range(self.accum):
+            try:
+                micro.append(next(it))
+            except StopIteration:
+                raise ValueError(f"the data ran out at step {self.step} of {steps}") from None
+        return micro
+
     def fit(self, data, steps: int | None = None) -> dict:
         """Trains until `steps` (default cfg.steps) optimizer steps are done, resuming first when a checkpoint
         exists; saves every cfg.save_every steps and at the end. Returns the last step's metrics."""
@@ -224,13 +234,7 @@ class Trainer:
         last: dict = {}
         try:
             while self.step < steps:
-                micro = []
-                for _ in range(self.accum):
-                    try:
-                        micro.append(next(it))
-                    except StopIteration:
-                        raise ValueError(f"the data ran out at step {self.step} of {steps}") from None
-                last = self.train_step(micro)
+                last = self.train_step(self.collect(it, steps))
                 if self.step % self.cfg.log_every == 0 or self.step == steps:
                     self.log.log(self.step, last)
                 bar.update(1)
