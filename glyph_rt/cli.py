@@ -4,6 +4,7 @@
     glyph-rt stats  [INPUT|-] [--config CFG | --preset NAME]
     glyph-rt generate --model DIR --context FILE --question TEXT [--config CFG | --preset NAME]
     glyph-rt styles --n 64 --seed 0 --out DIR [--config styles.yaml]
+    glyph-rt make-data --task ocr|lm|gen|qa [--input PATH ...] --out DIR [--n N] [--shard-size N] [--seed S]
     glyph-rt backends
     glyph-rt make-tiny-checkpoint DIR [--model glm4v|qwen2_5_vl]
     glyph-rt train {cpt,sft,rl} [--config FILE] [key=value ...]   (also: torchrun ... -m glyph_rt.train)
@@ -283,6 +284,20 @@ def cmd_styles(args) -> int:
     return 0
 
 
+def cmd_make_data(args) -> int:
+    try:
+        from .train.export import make_data
+        from .train.styles import StyleSampler
+    except ImportError as e:
+        raise RuntimeError(f"make-data needs pyarrow: pip install 'glyph_rt[train]' ({e})") from None
+    styles = StyleSampler.from_file(args.styles, seed=args.seed) if args.styles else None
+    r = make_data(args.task, args.out, args.input, args.n, args.shard_size, args.seed, styles, args.max_pages,
+                  progress=not args.quiet)
+    print(f"{args.out}: {r['written']} shards written ({r['samples']} samples, {r['pages']} pages), {r['kept']} kept "
+          f"from an earlier run, {r['skipped']} records skipped")
+    return 0
+
+
 def cmd_backends(args) -> int:
     from ._ext import backends
 
@@ -375,6 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default="glyph_styles", help="output directory (default: glyph_styles)")
     st.add_argument("--config", help="styles YAML (default: the built-in glyph_rt/data/styles.yaml)")
     st.set_defaults(func=cmd_styles)
+    md = sub.add_parser("make-data", help="training samples as Parquet shards (PNG pages + messages)")
+    md.add_argument("--task", required=True, choices=["ocr", "lm", "gen", "qa"], help="the task family")
+    md.add_argument("--input", nargs="+", help="text files or directories, .jsonl, .parquet or a datasets "
+                    "directory (default: the bundled corpus)")
+    md.add_argument("--out", required=True, help="output directory (shards kept there are not rewritten)")
+    md.add_argument("--n", type=_positive_int("--n"), help="samples (default: one per record)")
+    md.add_argument("--shard-size", type=_positive_int("--shard-size"), default=256, help="samples per shard")
+    md.add_argument("--seed", type=int, default=0, help="seed of the styles and the task choices (default: 0)")
+    md.add_argument("--max-pages", type=_positive_int("--max-pages"), default=4, help="pages per sample at most")
+    md.add_argument("--styles", help="styles YAML (default: the built-in glyph_rt/data/styles.yaml)")
+    md.add_argument("--quiet", action="store_true", help="no progress bar")
+    md.set_defaults(func=cmd_make_data)
     b = sub.add_parser("backends", help="list the available backends")
     b.set_defaults(func=cmd_backends)
     t = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint for offline dry runs")

@@ -111,3 +111,23 @@ def test_collator_errors(parts):
         Collator(builder.image_token_id, tok.pad_token_id, mode="flat")
     with pytest.raises(ValueError, match="max_length"):
         Collator(builder.image_token_id, tok.pad_token_id, max_length=10)(samples)
+
+
+def test_packed_equals_padded_qwen2_5_vl(tmp_path):
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    from glyph_rt.models.tiny import tiny_qwen2_5_vl_checkpoint
+
+    path = tiny_qwen2_5_vl_checkpoint(tmp_path)
+    m = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, attn_implementation="sdpa", dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path)
+    builder = PromptBuilder.for_model(m, tok)
+    text = sample_text()
+    samples = [make_task(name, builder, config=CFG, max_pages=2, window_chars=500)({"text": text}, i)
+               for i, name in enumerate(["ocr", "gen", "lm"])]
+    losses = {}
+    for mode in ("pad", "pack"):
+        batch = Collator(builder.image_token_id, tok.pad_token_id, mode=mode, model=m, vision_model="qwen2_5_vl")(
+            samples)
+        losses[mode] = m(**model_inputs(batch)).loss
+    torch.testing.assert_close(losses["pack"], losses["pad"], rtol=1e-5, atol=1e-6)

@@ -107,7 +107,7 @@ def test_deterministic_and_picklable(builder, text):
         assert (sa.input_ids, sa.labels, sa.messages) == (sb.input_ids, sb.labels, sb.messages)
         assert sa.pages[0].config == styles.sample(i).config
     s = pickle.loads(pickle.dumps(sa))
-    assert s.pages[0]._doc is None and s.pages[0].document().num_pages == sa.pages[0].num_pages
+    assert s.pages[0].document().num_pages == sa.pages[0].num_pages and s.input_ids == sa.input_ids
     assert a({"text": text}, 1).input_ids != a({"text": text}, 2).input_ids
 
 
@@ -118,3 +118,36 @@ def test_bad_records(builder):
         make_task("qa", builder, config=CFG)({"context": "abc", "question": "q"}, 4)
     with pytest.raises(ValueError, match="unknown"):
         make_task("nope", builder)
+
+
+def test_needle_qa_from_plain_text(text):
+    task = make_task("qa", None, config=CFG, max_pages=2, window_chars=6000)
+    for index in range(4):
+        s = task({"text": text}, index)
+        (page,) = s.pages
+        answer = s.messages[-1]["content"]
+        shown = page.text[:page.document().page_spans()[-1][1]]
+        assert answer.isdigit() and f"is: {answer}." in shown and s.input_ids == []
+        assert "magic number" in s.messages[0]["content"][-1]["text"]
+
+
+def test_document_crosses_to_a_process_whose_atlas_differs(text, tmp_path, monkeypatch):
+    """A pickled Document is drawn the same by a process whose atlas numbered the glyphs differently."""
+    import numpy as np
+
+    from glyph_rt.render.atlas import FontAtlas
+    from glyph_rt.render.layout import atlas_for
+
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path / "a"))
+    monkeypatch.setattr(FontAtlas, "_memory", {})
+    doc = Document(text[:3000] + " \u00e9\u00df\u0416", CFG)
+    data = pickle.dumps(doc)
+    want, sizes = doc.rasterize()
+    # "another process": an empty atlas cache that first meets the glyphs in another order
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path / "b"))
+    monkeypatch.setattr(FontAtlas, "_memory", {})
+    atlas_for(CFG).ensure(np.asarray(sorted({ord(c) for c in "zyx\u0416WVU" + text[5000:6000]}, reverse=True)))
+    other = pickle.loads(data)
+    assert other.atlas is not doc.atlas and not np.array_equal(other.layout.g_slot, doc.layout.g_slot)
+    got, got_sizes = other.rasterize()
+    assert got_sizes == sizes and np.array_equal(got, want)

@@ -56,9 +56,10 @@ class FontAtlas:
     _lock = threading.Lock()
 
     @classmethod
-    def get(cls, fonts: list[str], size_pt: float, dpi: float, h_scale: float = 1.0, phases: int = 4) -> "FontAtlas":
-        """The cached atlas for this font configuration (built on first use)."""
-        key = cls.make_key(fonts, size_pt, dpi, h_scale, phases)
+    def get(cls, fonts: list[str], size_pt: float, dpi: float, h_scale: float = 1.0, phases: int = 4,
+            key: str | None = None) -> "FontAtlas":
+        """The cached atlas for this font configuration (built on first use); `key`: an atlas's own key."""
+        key = key or cls.make_key(fonts, size_pt, dpi, h_scale, phases)
         with cls._lock:
             atlas = cls._memory.get(key)
             if atlas is None:

@@ -50,6 +50,37 @@ class Document:
         self.num_pages = 0 if not text else self.layout.num_pages
         self.canvas = canvas_size(self.config)
 
+    def __getstate__(self) -> dict:
+        """A Document crosses processes (from DataLoader workers, say) without its atlas: the other side finds
+        the atlas again by its fonts and sizes, and the layout's atlas slots are mapped through the codepoints
+        they were drawn for (an atlas numbers its slots in the order it met the glyphs)."""
+        state = dict(self.__dict__)
+        atlas = state.pop("atlas")
+        slots = np.unique(self.layout.g_slot).astype(np.int64)
+        with atlas.lock:
+            lut = atlas.lut
+            known = np.flatnonzero(lut >= 0)
+            cp_of_slot = np.full(int(max(slots.max(initial=0), lut[known].max(initial=0))) + 1, -1, np.int64)
+            cp_of_slot[lut[known]] = known  # one codepoint per slot (any, if glyphs share one)
+        state["_atlas_key"] = (atlas.fonts, atlas.size_pt, atlas.dpi, atlas.h_scale, atlas.phases, atlas.key, slots,
+                               cp_of_slot[slots])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        from .atlas import FontAtlas
+
+        fonts, size_pt, dpi, h_scale, phases, key, slots, cps = state.pop("_atlas_key")
+        self.__dict__.update(state)
+        self.atlas = FontAtlas.get(fonts, size_pt, dpi, h_scale, phases, key=key)
+        with self.atlas.lock:
+            self.atlas.ensure(cps[cps >= 0])
+            new = np.where(cps >= 0, self.atlas.lut[np.maximum(cps, 0)], slots)  # slots with no codepoint: kept
+        if len(slots) and not np.array_equal(new, slots):
+            remap = np.zeros(int(slots.max()) + 1, np.int64)
+            remap[slots] = new
+            g = remap[self.layout.g_slot]
+            self.layout.g_slot = g.astype(np.uint16) if not len(g) or g.max() < 1 << 16 else g.astype(np.int32)
+
     @property
     def grey(self) -> bool:
         """True when every pixel of every page has R = G = B (all colours of the config are grey)."""

@@ -24,6 +24,7 @@ here, once the page sizes are known (auto-crop can change them).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..models.prompt import IGNORE_INDEX, tokens_per_image
@@ -64,20 +65,21 @@ def attach_pixels(samples, **render_kw) -> None:
 
 def expand_images(input_ids, labels, image_token_id: int, visual_tokens) -> tuple[list[int], list[int]]:
     """Repeats the k-th image token visual_tokens[k] times (labels: IGNORE_INDEX), as PromptBuilder.expand does."""
-    ids, labs, k = [], [], 0
-    for t, lab in zip(input_ids, labels):
-        if t == image_token_id:
-            if k >= len(visual_tokens):
-                raise ValueError(f"the sample has more image tokens than its {len(visual_tokens)} pages")
-            ids += [t] * visual_tokens[k]
-            labs += [IGNORE_INDEX] * visual_tokens[k]
-            k += 1
-        else:
-            ids.append(t)
-            labs.append(lab)
+    ids, labs = _expand(input_ids, labels, image_token_id, visual_tokens)
+    return ids.tolist(), labs.tolist()
+
+
+def _expand(input_ids, labels, image_token_id: int, visual_tokens) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(input_ids, np.int64)
+    labs = np.asarray(labels, np.int64)
+    images = ids == image_token_id
+    k = int(images.sum())
     if k != len(visual_tokens):
         raise ValueError(f"the sample has {k} image tokens for {len(visual_tokens)} pages")
-    return ids, labs
+    repeats = np.ones(len(ids), np.int64)
+    repeats[images] = visual_tokens
+    labs = np.where(images, IGNORE_INDEX, labs)
+    return np.repeat(ids, repeats), np.repeat(labs, repeats)
 
 
 def rope_index_fn(model):
@@ -120,7 +122,7 @@ class Collator:
         per_image = tokens_per_image(grid)
         seqs, i = [], 0
         for s, n in zip(samples, counts):
-            ids, labs = expand_images(s.input_ids, s.labels, self.image_token_id, per_image[i:i + n])
+            ids, labs = _expand(s.input_ids, s.labels, self.image_token_id, per_image[i:i + n])
             if self.max_length is not None and len(ids) > self.max_length:
                 raise ValueError(f"sample {s.index} ({s.task}) has {len(ids)} tokens, over max_length="
                                  f"{self.max_length}; lower the task's max_pages or raise max_length")
@@ -135,33 +137,29 @@ class Collator:
     def pad(self, seqs) -> dict:
         L = max(len(ids) for ids, _, _ in seqs)
         B = len(seqs)
-        input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-        labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros(B, L, dtype=torch.long)
+        input_ids = np.full((B, L), self.pad_id, np.int64)
+        labels = np.full((B, L), IGNORE_INDEX, np.int64)
+        mask = np.zeros((B, L), np.int64)
         for b, (ids, labs, _) in enumerate(seqs):
-            input_ids[b, :len(ids)] = torch.tensor(ids)
-            labels[b, :len(ids)] = torch.tensor(labs)
-            mask[b, :len(ids)] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask,
+            input_ids[b, :len(ids)], labels[b, :len(ids)], mask[b, :len(ids)] = ids, labs, 1
+        input_ids, mask = torch.from_numpy(input_ids), torch.from_numpy(mask)
+        return {"input_ids": input_ids, "labels": torch.from_numpy(labels), "attention_mask": mask,
                 "mm_token_type_ids": (input_ids == self.image_token_id).long() * mask}
 
     def pack(self, seqs) -> dict:
-        ids_all, labs_all, pos = [], [], []
-        lens = []
+        pos, lens = [], []
         for ids, labs, grid in seqs:
-            t = torch.tensor(ids)[None]
+            t = torch.from_numpy(ids)[None]
             mm = (t == self.image_token_id).long()
             mrope, _ = self.rope_index(t, mm, image_grid_thw=grid if len(grid) else None)
             pos.append(torch.cat([torch.arange(len(ids))[None, None], mrope.cpu()], 0))
-            labs = list(labs)
             labs[0] = IGNORE_INDEX  # nothing predicts a sample's first token (it would see the previous sample)
-            ids_all += ids
-            labs_all += labs
             lens.append(len(ids))
-        input_ids = torch.tensor(ids_all)[None]
+        input_ids = torch.from_numpy(np.concatenate([ids for ids, _, _ in seqs]))[None]
+        labels = torch.from_numpy(np.concatenate([labs for _, labs, _ in seqs]))[None]
         cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
         cu[1:] = torch.tensor(lens).cumsum(0)
-        return {"input_ids": input_ids, "labels": torch.tensor(labs_all)[None], "position_ids": torch.cat(pos, 2),
+        return {"input_ids": input_ids, "labels": labels, "position_ids": torch.cat(pos, 2),
                 "mm_token_type_ids": (input_ids == self.image_token_id).long(), "cu_seqlens": cu,
                 "max_seqlen": max(lens), "use_cache": False}
 

@@ -3,7 +3,9 @@
 Interface (stable; the trainer and `glyph-rt make-data` build on it):
 
     task = make_task("ocr" | "lm" | "gen" | "qa", builder, styles=StyleSampler(seed=0), seed=0, **options)
-    sample = task(record, index)     # record: {"text": ...} (ocr, lm, gen) or {"context", "question", "answer"} (qa)
+                                     # builder None: messages only, no token ids (for export)
+    sample = task(record, index)     # record: {"text": ...} (ocr, lm, gen) or {"context", "question", "answer"} (qa;
+                                     # a {"text"} record becomes a needle-in-a-haystack question)
 
     sample.pages       [PageRange]  the images, in prompt order: page range [start, stop) of a laid-out text
     sample.input_ids   [int]        ONE image token per page; collate.expand_images() repeats each to the page's
@@ -48,8 +50,8 @@ class TaskError(ValueError):
 class PageRange:
     """Pages [start, stop) of `text` laid out with `config` (at most `max_pages` pages laid out).
 
-    The laid-out Document is kept in the process that made it and dropped when the range is pickled
-    (to a DataLoader's main process): document() lays the text out again there."""
+    The laid-out Document travels with it, also to another process (a DataLoader's main process), where
+    its atlas is found again; document() lays the text out only when the Document is missing."""
     text: str
     config: RenderConfig
     start: int
@@ -65,11 +67,6 @@ class PageRange:
         if self._doc is None:
             self._doc = Document(self.text, self.config, max_pages=self.max_pages)
         return self._doc
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_doc"] = None
-        return state
 
 
 @dataclass
@@ -142,7 +139,9 @@ class Task:
 
     def chat(self, index: int, pages: list[PageRange], question: str, answer: str, meta: dict) -> Sample:
         n = sum(p.num_pages for p in pages)
-        msgs = self.builder.messages(n, question, answer=answer)
+        msgs = PromptBuilder.messages(n, question, answer=answer)
+        if self.builder is None:  # messages only (export): no token ids
+            return Sample(index, self.name, pages, [], [], msgs, meta)
         enc = self.builder.encode(msgs, [1] * n)
         return Sample(index, self.name, pages, enc.input_ids, enc.labels, msgs, meta)
 
@@ -201,14 +200,40 @@ class GenTask(Task):
                                                          "forward"})
 
 
+NEEDLE_NAMES = ("amber", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "harbor", "iris", "juniper",
+                "kestrel", "lagoon", "meadow", "nickel", "onyx", "prairie", "quartz", "raven", "sierra", "tundra")
+
+
+def needle_record(text: str, rng: random.Random) -> dict:
+    """A QA record made from plain text (RULER's single needle): a sentence holding a number is put at a line
+    start in the first 80% of the text, and the question asks for it."""
+    name = f"{rng.choice(NEEDLE_NAMES)}-{rng.choice(NEEDLE_NAMES)}"
+    number = str(rng.randrange(1000000, 10000000))
+    starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n" and i + 1 < len(text) * 0.8]
+    at = rng.choice(starts)
+    needle = f"The special magic number for {name} is: {number}.\n"
+    return {"context": text[:at] + needle + text[at:], "answer": number,
+            "question": f"What is the special magic number for {name} mentioned in the text?"}
+
+
 class QATask(Task):
+    """Long-context QA from {"context", "question", "answer"} records; a record with only "text" becomes a
+    needle-in-a-haystack question (needle_record)."""
     name = "qa"
 
     def __call__(self, record: dict, index: int) -> Sample:
+        if isinstance(record, dict) and "question" not in record and "context" not in record and "text" in record:
+            rng = self.rng(index)
+            hay = self.window(_text_field(record, "text", index), rng)
+            first = Document(hay, self.style(index), max_pages=self.max_pages)
+            if first.layout.truncated:  # the needle goes where the pages show it
+                hay = hay[:first.page_spans()[-1][1]]
+            record = needle_record(hay, rng)
         context = _text_field(record, "context", index)
         question = _text_field(record, "question", index)
         answer = _text_field(record, "answer", index)
-        self.builder.check_text(question, f"record {index}: field 'question'")
+        if self.builder is not None:
+            self.builder.check_text(question, f"record {index}: field 'question'")
         doc = Document(context, self.style(index), max_pages=self.max_pages)
         page = PageRange(context, doc.config, 0, doc.num_pages, self.max_pages, doc)
         return self.chat(index, [page], question, answer, {"truncated": bool(doc.layout.truncated)})
@@ -250,6 +275,9 @@ class LMTask(Task):
             else:
                 content.append({"type": "text", "text": span})
         msgs = [{"role": "user", "content": content}]
+        meta = {"spans": len(content), "text_spans": sum(c["type"] == "text" for c in content)}
+        if self.builder is None:
+            return Sample(index, self.name, pages, [], [], msgs, meta)
         full = self.builder.template(msgs, add_generation_prompt=False)
         pieces, pos = [], 0
         for c in content:
@@ -262,8 +290,7 @@ class LMTask(Task):
             pos = at + len(c["text"])
         pieces.append((full[pos:], False))
         enc = self.builder.encode_pieces([p for p in pieces if p[0]])
-        return Sample(index, self.name, pages, enc.input_ids, enc.labels, msgs,
-                      {"spans": len(content), "text_spans": sum(c["type"] == "text" for c in content)})
+        return Sample(index, self.name, pages, enc.input_ids, enc.labels, msgs, meta)
 
 
 TASK_CLASSES = {"ocr": OCRTask, "lm": LMTask, "gen": GenTask, "qa": QATask}

@@ -1,0 +1,147 @@
+"""Task samples as Parquet shards for other trainers (`glyph-rt make-data`).
+
+Each row is one sample in the multimodal messages format that LLaMA-Factory (sharegpt with
+`messages`/`images` columns) and ms-swift read:
+
+    messages  [{"role": "user", "content": "<image><image>Read all the text in the image."},
+               {"role": "assistant", "content": "..."}]          one "<image>" per page, in order
+    images    [{"bytes": PNG, "path": "00000012_000.png"}]      the pages (the `datasets` Image layout)
+    task, index                                                 the task and the global sample index
+
+Interleaved LM samples (pages and text in one user turn in glyph_rt) are written with their last text
+span as the assistant's turn, since those trainers put the loss on assistant turns only.
+
+Shard k holds samples [k * shard_size, (k + 1) * shard_size) and is written under a temporary name,
+then renamed: a run that stops leaves only complete shards, and the next run with the same arguments
+(kept in make_data.json) skips them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..render.png import encode_png, write_atomic
+from .loader import Corpus, TaskDataset
+from .tasks import make_task
+
+IMAGE = "<image>"
+
+
+def to_messages(sample) -> list[dict]:
+    """The sample's conversation with string contents, "<image>" where each page goes."""
+    out = []
+    for m in sample.messages:
+        c = m["content"]
+        if not isinstance(c, str):
+            c = "".join(IMAGE if part["type"] == "image" else part["text"] for part in c)
+        out.append({"role": m["role"], "content": c})
+    if sample.task == "lm" and len(out) == 1:
+        parts = sample.messages[0]["content"]
+        last = parts[-1]["text"] if parts[-1]["type"] == "text" else ""
+        if last:
+            out = [{"role": "user", "content": out[0]["content"][:-len(last)]}, {"role": "assistant", "content": last}]
+    return out
+
+
+def page_pngs(sample, level: int = 1) -> list[bytes]:
+    """PNG bytes of every page of the sample (greyscale when its config has no colour)."""
+    out = []
+    for p in sample.pages:
+        doc = p.document()
+        buf, sizes = doc.rasterize(p.start, p.stop)
+        for i, (w, h) in enumerate(sizes):
+            page = buf[i, :h, :w]
+            out.append(encode_png(np.ascontiguousarray(page[..., 0]) if doc.grey else page, level))
+    return out
+
+
+def sample_row(sample) -> dict:
+    pngs = page_pngs(sample)
+    return {"messages": to_messages(sample),
+            "images": [{"bytes": b, "path": f"{sample.index:08d}_{k:03d}.png"} for k, b in enumerate(pngs)],
+            "task": sample.task, "index": sample.index}
+
+
+def shard_name(task: str, k: int) -> str:
+    return f"{task}-{k:05d}.parquet"
+
+
+def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard_size: int = 256, seed: int = 0,
+              styles=None, max_pages: int = 4, progress: bool = True) -> dict:
+    """Writes samples 0 .. num_samples-1 of `task` over the corpus `inputs` (default: one per record) to
+    Parquet shards in `out`; returns a summary. `styles`: a StyleSampler (default: the paper's, seeded)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from .styles import StyleSampler
+
+    if shard_size < 1:
+        raise ValueError(f"shard_size: {shard_size!r} must be >= 1")
+    corpus = Corpus.open(inputs)
+    n = len(corpus) if num_samples is None else int(num_samples)
+    if n < 1:
+        raise ValueError(f"num_samples: {num_samples!r} must be >= 1")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; give a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    args = {"task": task, "inputs": [str(p) for p in (inputs or [])], "num_samples": n, "shard_size": shard_size,
+            "seed": seed, "max_pages": max_pages, "records": len(corpus)}
+    meta_path = out / "make_data.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        diff = [k for k in args if old.get(k) != args[k]]
+        if diff:
+            raise ValueError(f"{str(out)!r} holds shards made with other arguments ({', '.join(diff)}: "
+                             f"{', '.join(repr(old.get(k)) for k in diff)}); use a new --out or the same arguments")
+    else:
+        write_atomic(meta_path, json.dumps(args, indent=1).encode())
+    styles = styles if styles is not None else StyleSampler(seed=seed)
+    data = TaskDataset(corpus, make_task(task, None, styles=styles, seed=seed, max_pages=max_pages), seed=seed,
+                       epochs=-(-n // len(corpus)), render="batch", rank=0, world_size=1)
+    shards = -(-n // shard_size)
+    summary = {"shards": shards, "kept": 0, "written": 0, "samples": 0, "skipped": 0, "pages": 0}
+    bar = tqdm(total=n, unit="sample", desc=f"make-data {task}", disable=not progress)
+    for k in range(shards):
+        path = out / shard_name(task, k)
+        lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
+        if path.exists():
+            summary["kept"] += 1
+            bar.update(hi - lo)
+            continue
+        rows = []
+        for g in range(lo, hi):
+            s = data.sample(g)
+            if s is None:
+                summary["skipped"] += 1
+            else:
+                rows.append(sample_row(s))
+                summary["pages"] += len(rows[-1]["images"])
+            bar.update(1)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema()), tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        summary["written"] += 1
+        summary["samples"] += len(rows)
+    bar.close()
+    return summary
+
+
+def schema():
+    """The shards' Arrow schema."""
+    import pyarrow as pa
+
+    msg = pa.struct([("role", pa.string()), ("content", pa.string())])
+    img = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    return pa.schema([("messages", pa.list_(msg)), ("images", pa.list_(img)), ("task", pa.string()),
+                      ("index", pa.int64())])
+
+
+__all__ = ["make_data", "schema", "to_messages", "page_pngs", "sample_row", "shard_name"]

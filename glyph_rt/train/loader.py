@@ -1,0 +1,293 @@
+"""The training data loader: corpus records -> task samples -> collated batches, sharded and resumable.
+
+Interface (stable; the trainer builds on it):
+
+    corpus = Corpus.open(paths)           # text files or directories of them, .jsonl, .parquet, a `datasets`
+                                          # directory (save_to_disk); no path: the bundled corpus
+    data = TaskDataset(corpus, task, seed=0, epochs=None, render="worker" | "batch")
+    loader = GlyphLoader(data, collator, batch_size=8, num_workers=2)
+    for batch in loader: ...              # collator(samples): see collate.py
+    state = loader.state_dict()           # in the checkpoint; later: loader.load_state_dict(state)
+
+Order: global sample g of an epoch of N records reads record perm_e[g % N] (perm_e: a permutation seeded
+by (seed, epoch e = g // N), or the identity with shuffle=False) and is task(record, g), a pure function
+of (seed, g). Rank r of R takes g = r, r + R, r + 2R, ... (torch.distributed's rank and world size when it
+is initialised); its DataLoader worker w of W takes every W-th of those, and the DataLoader returns
+them round-robin, so a rank sees the same samples in the same order, batched the same way, whatever
+the number of workers. A record a task cannot use (TaskError) yields nothing, the same way everywhere,
+and is counted. state_dict() holds the number of the rank's samples consumed; resuming from it yields
+exactly the samples that would have come next.
+
+Layout always runs where the samples are made (the workers). render="worker": each sample's pages are
+also drawn there, on the CPU (the C++ path, into pixel_values), so the main process only concatenates.
+render="batch": the laid-out Documents travel to the main process (about 100 KB per A4 sample; the
+atlas is found again there and the layout's atlas slots remapped) and the collator draws every page of
+a batch in one launch, on the GPU when it has one.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..render.textio import SAMPLE_PATH, decode_text
+from .collate import attach_pixels
+from .tasks import TaskError
+
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+RENDER_MODES = ("worker", "batch")
+
+
+class CorpusError(ValueError):
+    """The corpus cannot be read; the message names the file (and line)."""
+
+
+def split_text(text: str, max_chars: int) -> list[str]:
+    """A long text as pieces of at most about `max_chars` characters, cut at blank lines or line ends."""
+    out, start = [], 0
+    while len(text) - start > max_chars:
+        cut = text.rfind("\n\n", start, start + max_chars)
+        if cut <= start + max_chars // 2:
+            cut = text.rfind("\n", start, start + max_chars)
+        if cut <= start:
+            cut = start + max_chars
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return [t for t in out if t.strip()]
+
+
+class Corpus:
+    """Records (dicts) by index, from one or several sources read into memory or memory-mapped."""
+
+    def __init__(self, sources: list):
+        self.sources = sources  # (name, sequence of records)
+        self.offsets = np.cumsum([0] + [len(s) for _, s in sources])
+        if self.offsets[-1] == 0:
+            raise CorpusError("corpus: no records (empty files, or no text files in the directories given)")
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> dict:
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        rec = self.sources[k][1][i - int(self.offsets[k])]
+        return rec if isinstance(rec, dict) else {"text": rec}
+
+    @classmethod
+    def open(cls, paths=None, max_chars: int = 50000, text_field: str = "text") -> "Corpus":
+        """Text files (.txt, .md) and directories of them (split into records of at most `max_chars`),
+        JSONL files, Parquet files and `datasets` directories; no path: the bundled corpus."""
+        if paths is None or paths == []:
+            paths = [SAMPLE_PATH]
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        sources = []
+        for p in map(Path, paths):
+            if not p.exists():
+                raise CorpusError(f"corpus: {str(p)!r} does not exist")
+            if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()):
+                sources.append((str(p), _hf_dataset(p, text_field)))
+            elif p.is_dir():
+                files = sorted(f for f in p.rglob("*") if f.suffix.lower() in TEXT_SUFFIXES and f.is_file())
+                for f in files:
+                    sources.append((str(f), _text_records(f, max_chars)))
+                if not files:
+                    raise CorpusError(f"corpus: directory {str(p)!r} holds no {'/'.join(TEXT_SUFFIXES)} files")
+            elif p.suffix == ".jsonl":
+                sources.append((str(p), _jsonl(p, text_field)))
+            elif p.suffix == ".parquet":
+                sources.append((str(p), _Parquet(p, text_field)))
+            else:
+                sources.append((str(p), _text_records(p, max_chars)))
+        return cls(sources)
+
+
+def _text_records(path: Path, max_chars: int) -> list[str]:
+    text, _ = decode_text(path.read_bytes(), str(path))
+    return split_text(text, max_chars)
+
+
+def _rename(rec: dict, text_field: str) -> dict:
+    if text_field != "text" and text_field in rec:
+        rec = dict(rec)
+        rec["text"] = rec.pop(text_field)
+    return rec
+
+
+def _jsonl(path: Path, text_field: str) -> list[dict]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"corpus: {str(path)!r} line {n} is not JSON: {e.msg}") from None
+            if not isinstance(rec, dict):
+                raise CorpusError(f"corpus: {str(path)!r} line {n} is not a JSON object")
+            out.append(_rename(rec, text_field))
+    return out
+
+
+class _Parquet:
+    def __init__(self, path: Path, text_field: str):
+        import pyarrow.parquet as pq
+
+        try:
+            self.table = pq.read_table(path)
+        except Exception as e:  # pyarrow.lib.ArrowInvalid and OSError
+            raise CorpusError(f"corpus: {str(path)!r} cannot be read as Parquet: {e}") from None
+        self.text_field = text_field
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, i: int) -> dict:
+        return _rename(self.table.slice(i, 1).to_pylist()[0], self.text_field)
+
+
+class _HFDataset:
+    def __init__(self, ds, text_field: str):
+        self.ds, self.text_field = ds, text_field
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        return _rename(self.ds[int(i)], self.text_field)
+
+
+def _hf_dataset(path: Path, text_field: str):
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    return _HFDataset(ds, text_field)
+
+
+def dist_rank() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, or (0, 1) when it is not initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class TaskDataset(torch.utils.data.IterableDataset):
+    """Samples of one task over a corpus, sharded across ranks and DataLoader workers (see the module doc)."""
+
+    def __init__(self, corpus: Corpus, task, seed: int = 0, epochs: int | None = None, shuffle: bool = True,
+                 rank: int | None = None, world_size: int | None = None, render: str = "worker",
+                 dtype=torch.float32, vision_model: str = "glm4v"):
+        if render not in RENDER_MODES:
+            raise ValueError(f"render: {render!r} is unknown; choose from {', '.join(RENDER_MODES)}")
+        if epochs is not None and epochs < 1:
+            raise ValueError(f"epochs: {epochs!r} must be >= 1 (or None: no end)")
+        r, w = dist_rank()
+        self.rank = r if rank is None else int(rank)
+        self.world_size = w if world_size is None else int(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
+        self.corpus, self.task, self.seed, self.epochs, self.shuffle = corpus, task, int(seed), epochs, shuffle
+        self.render, self.dtype, self.vision_model = render, dtype, vision_model
+        self.start = 0  # the first of this rank's samples to make (set by GlyphLoader.load_state_dict)
+
+    def __len__(self) -> int:
+        """This rank's samples (an equal share: the last few of an uneven total are left out)."""
+        if self.epochs is None:
+            raise TypeError("an endless TaskDataset (epochs=None) has no length")
+        return self.epochs * len(self.corpus) // self.world_size
+
+    def record_index(self, g: int) -> int:
+        n = len(self.corpus)
+        epoch, pos = divmod(g, n)
+        if not self.shuffle:
+            return pos
+        return int(np.random.default_rng([self.seed, epoch]).permutation(n)[pos])
+
+    def sample(self, g: int):
+        """Global sample g (None when its record cannot make one)."""
+        try:
+            s = self.task(self.corpus[self.record_index(g)], g)
+        except TaskError:
+            return None
+        if self.render == "worker":
+            attach_pixels([s], device="cpu", dtype=self.dtype, model=self.vision_model)
+        return s
+
+    def local_samples(self, start: int, step: int = 1):
+        """(local index, sample) for this rank's samples start, start + step, ..."""
+        end = len(self) if self.epochs is not None else None
+        j = start
+        while end is None or j < end:
+            yield j, self.sample(j * self.world_size + self.rank)
+            j += step
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w, W = (info.id, info.num_workers) if info is not None else (0, 1)
+        for _, s in self.local_samples(self.start + w, W):
+            yield s
+
+
+def _keep(x):
+    return x
+
+
+class GlyphLoader:
+    """Batches of a TaskDataset through a torch DataLoader (workers make samples), with exact resume."""
+
+    def __init__(self, dataset: TaskDataset, collator, batch_size: int, num_workers: int = 0,
+                 prefetch_factor: int | None = None, drop_last: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size: {batch_size!r} must be >= 1")
+        self.dataset, self.collator, self.batch_size = dataset, collator, int(batch_size)
+        self.num_workers, self.prefetch_factor, self.drop_last = int(num_workers), prefetch_factor, drop_last
+        self.consumed = 0  # this rank's samples (made or skipped) behind the batches handed out
+        self.skipped = 0
+
+    def state_dict(self) -> dict:
+        d = self.dataset
+        return {"consumed": self.consumed, "skipped": self.skipped, "seed": d.seed, "rank": d.rank,
+                "world_size": d.world_size, "batch_size": self.batch_size, "task": getattr(d.task, "name", "")}
+
+    def load_state_dict(self, state: dict) -> None:
+        d = self.dataset
+        for key, mine in (("seed", d.seed), ("world_size", d.world_size), ("rank", d.rank)):
+            if state.get(key) != mine:
+                raise ValueError(f"loader state: {key} {state.get(key)!r} differs from this loader's {mine!r}; "
+                                 "resume with the same seed, rank and world size")
+        self.consumed, self.skipped = int(state["consumed"]), int(state.get("skipped", 0))
+
+    def samples(self):
+        """(local index, sample or None) from the DataLoader, starting at the consumed position."""
+        self.dataset.start = self.consumed
+        dl = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                         collate_fn=_keep, prefetch_factor=self.prefetch_factor
+                                         if self.num_workers else None)
+        for j, s in enumerate(dl, self.consumed):
+            yield j, s
+
+    def __iter__(self):
+        batch, skipped, pos = [], 0, self.consumed
+        for j, s in self.samples():
+            pos = j + 1
+            if s is None:
+                skipped += 1
+                continue
+            batch.append(s)
+            if len(batch) == self.batch_size:
+                self.consumed, self.skipped, skipped = pos, self.skipped + skipped, 0
+                yield self.collator(batch)
+                batch = []
+        if batch and not self.drop_last:
+            self.consumed, self.skipped = pos, self.skipped + skipped
+            yield self.collator(batch)
+
+
+__all__ = ["Corpus", "CorpusError", "TaskDataset", "GlyphLoader", "split_text", "dist_rank"]

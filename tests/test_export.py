@@ -1,0 +1,72 @@
+"""`glyph-rt make-data`: Parquet shards of PNG pages + messages, resumable, never half-written."""
+import io
+import json
+
+import pytest
+
+pq = pytest.importorskip("pyarrow.parquet")
+
+from glyph_rt.cli import main  # noqa: E402
+from glyph_rt.render.textio import sample_text  # noqa: E402
+from glyph_rt.train import export  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("in")
+    (d / "doc.txt").write_text(sample_text()[:6000])
+    qa = [{"context": sample_text()[i:i + 800], "question": "Which license?", "answer": "GPL"} for i in (0, 900)]
+    (d / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in qa))
+    return d
+
+
+@pytest.mark.parametrize("task", ["ocr", "lm", "gen", "qa"])
+def test_make_data_shards(tmp_path, corpus, task, capsys):
+    from PIL import Image
+
+    src = corpus / ("qa.jsonl" if task == "qa" else "doc.txt")
+    out = tmp_path / task
+    assert main(["make-data", "--task", task, "--input", str(src), "--out", str(out), "--n", "3", "--shard-size", "2",
+                 "--max-pages", "2", "--quiet"]) == 0
+    assert "2 shards written" in capsys.readouterr().out
+    rows = [r for f in sorted(out.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert {p.name for p in out.iterdir()} == {"make_data.json", f"{task}-00000.parquet", f"{task}-00001.parquet"}
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        roles = [m["role"] for m in r["messages"]]
+        assert roles == ["user", "assistant"] and r["messages"][1]["content"].strip()
+        assert r["messages"][0]["content"].count("<image>") == len(r["images"]) >= 1
+        for im in r["images"]:
+            page = Image.open(io.BytesIO(im["bytes"]))
+            assert page.format == "PNG" and min(page.size) > 0
+
+
+def test_resume_and_mismatch(tmp_path, corpus, monkeypatch, capsys):
+    args = ["make-data", "--task", "ocr", "--input", str(corpus / "doc.txt"), "--out", str(tmp_path), "--n", "4",
+            "--shard-size", "2", "--max-pages", "1", "--quiet"]
+    calls = []
+    real = export.sample_row
+
+    def failing(sample):
+        calls.append(sample.index)
+        if sample.index == 3:
+            raise KeyboardInterrupt
+        return real(sample)
+
+    monkeypatch.setattr(export, "sample_row", failing)
+    assert main(args) == 130  # interrupted inside the second shard
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["make_data.json", "ocr-00000.parquet"]  # nothing partial
+    first = (tmp_path / "ocr-00000.parquet").read_bytes()
+    calls.clear()
+    monkeypatch.setattr(export, "sample_row", real)
+    assert main(args) == 0
+    assert (tmp_path / "ocr-00000.parquet").read_bytes() == first and (tmp_path / "ocr-00001.parquet").exists()
+    assert main([*args[:-3], "--max-pages", "2", "--quiet"]) == 2  # other arguments, same directory: an error
+    assert "max_pages" in capsys.readouterr().err
+
+
+def test_bundled_corpus_and_needle_qa(tmp_path):
+    r = export.make_data("qa", tmp_path, num_samples=2, max_pages=1, progress=False)
+    assert r["samples"] == 2
+    rows = pq.read_table(tmp_path / "qa-00000.parquet").to_pylist()
+    assert all(row["messages"][1]["content"].isdigit() for row in rows)

@@ -1,0 +1,152 @@
+"""The loader: corpus formats, the same samples in the same batches whatever the worker count, ranks that
+split the samples, exact resume from a state_dict."""
+import json
+
+import pytest
+import torch
+
+from glyph_rt.models.prompt import PromptBuilder
+from glyph_rt.models.tiny import tiny_tokenizer
+from glyph_rt.render.config import RenderConfig
+from glyph_rt.render.textio import sample_text
+from glyph_rt.train.collate import Collator
+from glyph_rt.train.loader import Corpus, CorpusError, GlyphLoader, TaskDataset, split_text
+from glyph_rt.train.styles import StyleSampler
+from glyph_rt.train.tasks import make_task
+
+CFG = RenderConfig(dpi=30, page_size=(300, 200))
+
+
+@pytest.fixture(scope="module")
+def builder():
+    tok = tiny_tokenizer()
+    return PromptBuilder(tok, tok.convert_tokens_to_ids("<|image|>"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    text = sample_text()
+    (d / "a.txt").write_text(text[:3000])
+    (d / "b.md").write_text(text[3000:5000])
+    return Corpus.open([d / "a.txt", d / "b.md"], max_chars=600)
+
+
+def batches(builder, corpus, workers, n_batches=None, loader=None, render="worker", world=1, rank=0):
+    task = make_task("gen", builder, config=CFG, max_pages=1, window_chars=500, answer_chars=100)
+    if loader is None:
+        data = TaskDataset(corpus, task, seed=5, epochs=2, render=render, rank=rank, world_size=world)
+        loader = GlyphLoader(data, Collator(builder.image_token_id, 0), batch_size=3, num_workers=workers)
+    out = []
+    for b in loader:
+        out.append((b["input_ids"], b["pixel_values"]))
+        if n_batches is not None and len(out) == n_batches:
+            break
+    return out, loader
+
+
+def same(a, b):
+    assert len(a) == len(b)
+    for (i1, p1), (i2, p2) in zip(a, b):
+        assert torch.equal(i1, i2) and torch.equal(p1, p2)
+
+
+def test_corpus_formats(tmp_path):
+    text = sample_text()
+    assert all(len(p) <= 1000 for p in split_text(text[:5000], 1000)) and "".join(split_text(text[:5000], 1000)) == \
+        text[:5000]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"body": text[i:i + 200]}) for i in range(0, 1000, 200)))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [text[:100], text[100:300]]}), tmp_path / "p.parquet")
+    import datasets
+
+    datasets.Dataset.from_dict({"text": ["one doc", "two docs", "three"]}).save_to_disk(str(tmp_path / "hf"))
+    c = Corpus.open([tmp_path / "d.jsonl", tmp_path / "p.parquet", tmp_path / "hf"], text_field="body")
+    assert len(c) == 5 + 2 + 3 and c[0]["text"] == text[:200] and c[6]["text"] == text[100:300]
+    c = Corpus.open([tmp_path / "hf"])
+    assert c[2] == {"text": "three"}
+    assert len(Corpus.open()) >= 1  # the bundled corpus
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{oops\n')
+    with pytest.raises(CorpusError, match="line 2"):
+        Corpus.open(tmp_path / "bad.jsonl")
+    with pytest.raises(CorpusError, match="does not exist"):
+        Corpus.open(tmp_path / "missing.txt")
+
+
+def test_same_batches_whatever_the_workers(builder, corpus):
+    ref, loader = batches(builder, corpus, 0)
+    state = loader.state_dict()
+    assert len(ref) >= 4 and 3 * len(ref) + state["skipped"] <= state["consumed"] <= 2 * len(corpus)
+    same(batches(builder, corpus, 2)[0], ref)
+    # pages drawn by the collator (render="batch", laid out again in the main process) equal the workers'
+    same(batches(builder, corpus, 1, render="batch")[0], ref)
+
+
+def test_ranks_split_the_samples(builder, corpus):
+    task = make_task("ocr", builder, config=CFG, max_pages=1)
+    whole = TaskDataset(corpus, task, seed=1, epochs=1, render="batch")
+    ids = [s.input_ids for s in whole]
+    parts = [[s.input_ids for s in TaskDataset(corpus, task, seed=1, epochs=1, render="batch", rank=r, world_size=3)]
+             for r in range(3)]
+    assert sum(map(len, parts)) == len(ids) // 3 * 3
+    for r, part in enumerate(parts):
+        assert part == ids[r::3][:len(part)]
+    again = TaskDataset(corpus, make_task("ocr", builder, config=CFG, max_pages=1), seed=1, epochs=1, render="batch")
+    assert [s.input_ids for s in again] == ids
+    shuffled = TaskDataset(corpus, task, seed=2, epochs=1, render="batch")
+    assert sorted(shuffled.record_index(g) for g in range(len(corpus))) == list(range(len(corpus)))
+
+
+def test_resume_yields_the_next_samples(builder, corpus):
+    ref, _ = batches(builder, corpus, 0)
+    first, loader = batches(builder, corpus, 2, n_batches=2)
+    state = loader.state_dict()
+    same(first, ref[:2])
+    task = make_task("gen", builder, config=CFG, max_pages=1, window_chars=500, answer_chars=100)
+    fresh = GlyphLoader(TaskDataset(corpus, task, seed=5, epochs=2), Collator(builder.image_token_id, 0),
+                        batch_size=3, num_workers=1)
+    fresh.load_state_dict(state)
+    rest, _ = batches(builder, corpus, 1, loader=fresh)
+    same(rest, ref[2:])
+    other = GlyphLoader(TaskDataset(corpus, task, seed=6, epochs=2), Collator(builder.image_token_id, 0), 3)
+    with pytest.raises(ValueError, match="seed"):
+        other.load_state_dict(state)
+
+
+def test_unusable_records_are_skipped_and_counted(builder):
+    corpus = Corpus([("mem", [{"text": "x" * 50}, {"text": sample_text()[:1500]}, {"text": "tiny"}])])
+    task = make_task("gen", builder, config=CFG, max_pages=1, window_chars=1000)
+    loader = GlyphLoader(TaskDataset(corpus, task, epochs=2, shuffle=False), Collator(builder.image_token_id, 0),
+                         batch_size=1)
+    assert len(list(loader)) == 2 and loader.state_dict()["skipped"] == 3
+
+
+def test_styles_in_workers(builder, corpus):
+    task = make_task("ocr", builder, styles=StyleSampler(seed=0), max_pages=1, window_chars=400)
+    data = TaskDataset(corpus, task, seed=0, epochs=1)
+    a = [s.pages[0].config for s in data][:4]
+    assert a == [StyleSampler(seed=0).sample(g).config for g in range(4)]
+
+
+def _rank_main(rank, world, init, out):
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        tok = tiny_tokenizer()
+        builder = PromptBuilder(tok, tok.convert_tokens_to_ids("<|image|>"))
+        corpus = Corpus([("mem", [{"text": sample_text()[i:i + 700]} for i in range(0, 7000, 700)])])
+        data = TaskDataset(corpus, make_task("ocr", builder, config=CFG, max_pages=1), seed=4, epochs=1,
+                           render="batch")  # rank and world size from torch.distributed
+        (out / f"{rank}.json").write_text(json.dumps([data.rank, data.world_size, [s.index for s in data]]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_from_torch_distributed(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_main, args=(2, f"file://{tmp_path / 'rendezvous'}", tmp_path), nprocs=2)
+    got = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    assert [g[:2] for g in got] == [[0, 2], [1, 2]]
+    assert got[0][2] == [0, 2, 4, 6, 8] and got[1][2] == [1, 3, 5, 7, 9]
