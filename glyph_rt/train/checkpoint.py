@@ -16,6 +16,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,9 @@ class CheckpointManager:
             tmp.mkdir(parents=True, exist_ok=True)
         _barrier()
         msd, osd = get_state_dict(model, optimizer)
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp), no_dist=not _dist())
+        with warnings.catch_warnings():  # single-process DCP says so on every call
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
+            dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp), no_dist=not _dist())
         torch.save({"step": step, "rng": rng_state(), **(extra or {})}, tmp / f"rank_{_rank()}.pt")
         _barrier()
         if _rank() == 0:
@@ -101,7 +104,9 @@ class CheckpointManager:
                                     "resume with the same number of processes")
         msd, osd = get_state_dict(model, optimizer)
         state = {"model": msd, "optim": osd}
-        dcp.load(state, checkpoint_id=str(path), no_dist=not _dist())
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(path), no_dist=not _dist())
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         extra = torch.load(own, weights_only=False)
         set_rng_state(extra.pop("rng"))

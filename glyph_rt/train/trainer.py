@@ -254,20 +254,12 @@ class Trainer:
 
 
 # ----------------------------------------------------------------- entry point
-def build_data(cfg: TrainConfig, gm, rank: int, world: int):
-    """The data engine's loader for this stage and rank (an iterator of collated micro-batches with state_dict)."""
-    try:
-        from .loader import build_loader
-    except ImportError:
-        raise ValueError("the data engine (glyph_rt.train.loader) is not part of this build; call "
-                         "Trainer.fit with your own iterator of collated batches") from None
-    return build_loader(cfg, gm, rank=rank, world=world)
-
-
 def run(cfg: TrainConfig, data=None, progress: bool = True) -> dict:
     """Runs a stage end to end: distribution, model, data, training (with resume), export."""
+    from .data import loader_options
     from .model import load_for_training, shard
 
+    loader_options(cfg)  # a bad data.loader key fails before the model loads
     torch.manual_seed(cfg.seed)
     rank, world, device = setup_distributed(cfg)
     fsdp = use_fsdp(cfg, world)
@@ -281,6 +273,8 @@ def run(cfg: TrainConfig, data=None, progress: bool = True) -> dict:
     else:
         trainer = Trainer(cfg, gm, rank=rank, world=world, device=device, fsdp=fsdp, progress=progress)
     if data is None:
+        from .data import build_data
+
         data = build_data(cfg, gm, rank, world)
     last = trainer.fit(data)
     if cfg.export:
