@@ -49,8 +49,9 @@ EXTRAS_REQUIRE = {
     "cjk": ["noto-cjk-sans-otc"],
     # right-to-left text: bidi reordering (UAX #9) and Arabic contextual forms
     "scripts": ["python-bidi>=0.5", "arabic-reshaper>=3"],
-    # training data: Parquet and `datasets` corpora, `glyph-rt make-data` shards
-    "train": ["pyarrow", "datasets"],
+    # training: Parquet and `datasets` corpora, `glyph-rt make-data` shards; `glyph-rt train` (LoRA, logs,
+    # plots, OCR reward, an LLM judge over an OpenAI-compatible endpoint)
+    "train": ["datasets", "matplotlib", "openai", "peft", "pyarrow", "rapidfuzz", "tensorboard", "transformers>=5.0"],
 }
 EXTRAS_REQUIRE["test"] = ["pytest", "hypothesis", "matplotlib", "transformers>=5.0", *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"],
                            *EXTRAS_REQUIRE["train"]]

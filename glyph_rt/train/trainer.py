@@ -151,6 +151,7 @@ class Trainer:
         """Continues from the newest checkpoint in out_dir/checkpoints, if any (and cfg.resume)."""
         path = self.ckpt.latest() if self.cfg.resume else None
         if path is None:
+            self.log.truncate(0)  # a fresh run: rows of an earlier one go
             return False
         self.step, extra = self.ckpt.load(path, self.model, self.optimizer)
         self.scheduler.load_state_dict(extra["scheduler"])
