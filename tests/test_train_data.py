@@ -64,3 +64,15 @@ def test_tiny_ocr_bench_smoke(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "train-tiny-ocr.json").exists() and (tmp_path / "train-tiny-ocr.png").exists()
     assert "held-out CER" in r.stdout
+
+
+@pytest.mark.slow  # GLM-4.1V vocabulary (151,552) on the CPU, two steps each way: ~30-80 s here
+def test_bench_train_quick(tmp_path):
+    pytest.importorskip("peft")
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_train.py"), "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    row = json.loads((tmp_path / "train-cpu-quick.json").read_text())["rows"][0]
+    assert row["tokens"] == 256 and row["visual_tokens"] > 0 and row["text_step_s"] > 0 and row["glyph_step_s"] > 0
