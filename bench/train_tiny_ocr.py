@@ -38,6 +38,22 @@ def lines(n: int, seed: int, exclude=()) -> list[str]:
     return out
 
 
+def widen(ckpt: Path) -> Path:
+    """The tiny checkpoint with a 128-wide decoder of 32-dim heads, so that M-RoPE gives the page's width and height
+    3 rotary frequencies each (the 64-wide test model's 16-dim heads leave one: words barely have an order)."""
+    import torch
+    from transformers import AutoConfig, Glm4vForConditionalGeneration
+
+    cfg = AutoConfig.from_pretrained(ckpt)
+    t = cfg.text_config
+    t.hidden_size, t.intermediate_size, t.num_attention_heads, t.head_dim = 128, 256, 4, 32
+    t.rope_parameters = {**t.rope_parameters, "mrope_section": [2, 3, 3]}
+    cfg.vision_config.out_hidden_size = 128
+    torch.manual_seed(0)
+    Glm4vForConditionalGeneration(cfg).save_pretrained(ckpt)
+    return ckpt
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=20.0, help="training time budget (default 20)")
@@ -69,7 +85,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     page = RenderConfig(page_size=(280, 56), margin_x=6, margin_y=8, font_size=22, line_height=26)
     tmp = Path(tempfile.mkdtemp(prefix="tiny-ocr-"))
-    ckpt = make_tiny_checkpoint(tmp / "ckpt")
+    ckpt = widen(make_tiny_checkpoint(tmp / "ckpt"))
     run_dir = Path(args.out) / "train-tiny-ocr"
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = load_config("sft", None, [f"model.path={ckpt}", f"out_dir={run_dir}", f"steps={args.max_steps}",
@@ -127,7 +143,8 @@ def main(argv=None) -> int:
     summary = {"steps": step, "train_minutes": train_s / 60, "cer_before": cer0, "cer_after": cer1,
                "batch": args.batch, "lr": args.lr, "heldout_lines": len(heldout),
                "examples": [{"reference": r, "prediction": p} for r, p in list(zip(heldout, preds1))[:8]],
-               "model": "tiny GLM-4.1V (text hidden 64 x 2 layers, vision hidden 64 x 2 blocks), random init",
+               "model": "tiny GLM-4.1V (decoder 128 wide x 2 layers, 4 heads of 32, M-RoPE [2,3,3]; vision 64 wide "
+                        "x 2 blocks), random init",
                "page": "280x56 pt at 72 dpi, font 22 pt, one line of 2-3 words from a list of 24"}
     path = write_result(args, "train-tiny-ocr.json", "train_tiny_ocr", rows, summary)
     png = plot_curves(run_dir / "metrics.jsonl", Path(args.out) / "train-tiny-ocr.png", keys=("loss", "cer", "lr"),
