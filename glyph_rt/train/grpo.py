@@ -163,10 +163,10 @@ def sequence_batch(items: list[tuple[Group, int]], image_token_id: int, pad_id: 
             "mm_token_type_ids": ((ids == image_token_id).long() * att).to(device)}
 
 
-def token_logps(model, batch: dict) -> torch.Tensor:
-    """log p(token t | tokens < t) for t >= 1: [B, L - 1] (float32)."""
+def token_logps(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+    """log p(token t | tokens < t) for t >= 1 under the sampling temperature: [B, L - 1] (float32)."""
     fwd = {k: v for k, v in batch.items() if k != "resp_mask"}
-    logits = model(**fwd, use_cache=False).logits[:, :-1].float()
+    logits = model(**fwd, use_cache=False).logits[:, :-1].float() / temperature
     return torch.gather(F.log_softmax(logits, -1), 2, batch["input_ids"][:, 1:, None]).squeeze(2)
 
 
@@ -228,11 +228,11 @@ class GRPOTrainer(Trainer):
         for ci, chunk in enumerate(chunks):
             self._sync(ci == len(chunks) - 1)
             batch = sequence_batch(chunk, self.gm.image_token_id, self.gm.tokenizer.pad_token_id, self.device)
-            logp = token_logps(self.model, batch)
+            logp = token_logps(self.model, batch, g.temperature)
             ref = None
             if g.kl_coef > 0 and self.reference is not None:
                 with torch.no_grad():
-                    ref = token_logps(self.reference, batch)
+                    ref = token_logps(self.reference, batch, g.temperature)
             a = torch.tensor([adv[(index[id(gr)], j)] for gr, j in chunk], device=self.device)
             s, st = grpo_token_loss(logp, logp.detach(), a, batch["resp_mask"][:, 1:], g.eps_low, g.eps_high, ref,
                                     g.kl_coef)
