@@ -148,7 +148,7 @@ def main(argv=None) -> int:
                "page": "280x56 pt at 72 dpi, font 22 pt, one line of 2-3 words from a list of 24"}
     path = write_result(args, "train-tiny-ocr.json", "train_tiny_ocr", rows, summary)
     png = plot_curves(run_dir / "metrics.jsonl", Path(args.out) / "train-tiny-ocr.png", keys=("loss", "cer", "lr"),
-                      title=f"tiny GLM-4.1V learns to read: held-out CER {cer0:.2f} -> {cer1:.2f} in {step} steps")
+                      title=f"tiny GLM-4.1V reading its renders: held-out CER {cer0:.2f} -> {cer1:.2f} in {step} steps")
     if png is not None:
         copy_to_results(args, png)
     print(f"wrote {path} and {png}")
