@@ -18,9 +18,9 @@ Interface (stable; the trainer builds on it):
            num_samples, loss_tokens (not model arguments)
 
 Pages are drawn by glyph_rt.render.gpu.inputs_of_batch: one launch for the whole batch on a GPU, the
-C++ CPU path otherwise; samples rendered earlier (render_samples, e.g. in DataLoader workers on a CPU
-machine) are only concatenated. Each sample's image tokens are expanded to its pages' visual tokens
-here, once the page sizes are known (auto-crop can change them).
+C++ CPU path otherwise; samples whose pages were drawn earlier (attach_pixels, in DataLoader workers
+with TaskDataset(render="worker")) are only concatenated. Each sample's image tokens are expanded to
+its pages' visual tokens here, once the page sizes are known (auto-crop can change them).
 """
 from __future__ import annotations
 
