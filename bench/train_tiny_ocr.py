@@ -134,7 +134,7 @@ def main(argv=None) -> int:
                   f"(e.g. {heldout[0]!r} -> {preds[0]!r})", flush=True)
         if step % cfg.log_every == 0 or "cer" in row:
             trainer.log.log(step, row)
-        rows.append(row)
+            rows.append(row)
     train_s = time.perf_counter() - t0
     cer1, preds1 = evaluate()
     rows.append({"step": step, "seconds": train_s, "cer": cer1})
