@@ -51,10 +51,11 @@ EXTRAS_REQUIRE = {
     # right-to-left text: bidi reordering (UAX #9) and Arabic contextual forms; HarfBuzz shaping of
     # Devanagari, Bengali, Tamil, Thai, Myanmar...
     "scripts": ["python-bidi>=0.5", "arabic-reshaper>=3", "uharfbuzz"],
-    # training data: Parquet and `datasets` corpora, `glyph-rt make-data` shards
-    "train": ["pyarrow", "datasets"],
+    # training: Parquet and `datasets` corpora, `glyph-rt make-data` shards; `glyph-rt train` (LoRA, logs,
+    # plots, OCR reward, an LLM judge over an OpenAI-compatible endpoint)
+    "train": ["datasets", "matplotlib", "openai>=1.0", "peft", "pyarrow", "rapidfuzz", "tensorboard", "transformers>=5.0"],
     # `glyph-rt eval`: endpoint targets, LongBench's rouge and code-sim, plots, parquet (MRCR)
-    "eval": ["openai>=1.0", "rouge", "rapidfuzz", "matplotlib", "pyarrow"],
+    "eval": ["openai>=1.0", "rouge", "rapidfuzz", "matplotlib", "pyarrow", "transformers>=5.0"],
     "eval-zh": ["jieba"],  # LongBench's Chinese metrics (qa_f1_zh, rouge_zh) segment words with it
     # `glyph-rt search`: the LLM critic's client, the Pareto plot
     "search": ["openai>=1.0", "matplotlib"],

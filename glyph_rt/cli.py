@@ -11,6 +11,7 @@
     glyph-rt make-tiny-checkpoint DIR [--model glm4v|qwen2_5_vl]
     glyph-rt serve --model DIR [--host H --port P --api-key KEY --config CFG ...]
     glyph-rt batch --model DIR --input requests.jsonl --output results.jsonl
+    glyph-rt train {cpt,sft,rl} [--config FILE] [key=value ...]   (also: torchrun ... -m glyph_rt.train)
     glyph-rt --version
 
 Without INPUT the built-in sample text is used. Only the standard library is imported at start-up;
@@ -58,6 +59,7 @@ def _process_seconds() -> float:
 
 
 # ---------------------------------------------------------------- argument checks (before any work)
+
 
 def _positive_int(flag: str):
     def parse(value: str) -> int:
@@ -165,6 +167,7 @@ def _document(args, config):
 
 # ---------------------------------------------------------------- render
 
+
 def cmd_render(args) -> int:
     from .render.output import PageWriter
 
@@ -234,6 +237,7 @@ TIME_PARTS = (("startup", "start-up"), ("setup", "setup"), ("layout", "layout"),
 
 
 # ---------------------------------------------------------------- stats, generate, backends
+
 
 def cmd_stats(args) -> int:
     from .render.tokens import visual_tokens
@@ -417,7 +421,31 @@ def cmd_serve(args) -> int:
         service.shutdown()
 
 
+def cmd_train(args) -> int:
+    from .train.config import load_config
+
+    rest, config, overrides = list(args.overrides), args.config, []
+    while rest:  # --config may come after the overrides too
+        a = rest.pop(0)
+        if a == "--config" and rest:
+            config = rest.pop(0)
+        elif a.startswith("--config="):
+            config = a.split("=", 1)[1]
+        elif a.startswith("-"):
+            raise UsageError(f"train: unknown option {a!r}; give --config FILE and key=value overrides")
+        else:
+            overrides.append(a)
+    cfg = load_config(args.stage, config, overrides)  # every check before any compute
+    from .train.trainer import run
+
+    r = run(cfg)
+    if r.get("loss") is not None:
+        print(f"{cfg.stage}: {r['step']} steps, last loss {r['loss']:.4f}; logs, checkpoints in {cfg.out_dir}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser and entry point
+
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -548,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("--max-tokens", type=_positive_int("--max-tokens"), default=256,
                         help="max_tokens when a request gives none")
         sv.set_defaults(func=cmd_serve)
+    tr = sub.add_parser("train", help="train a stage (cpt, sft, rl) from a YAML config with key=value overrides")
+    tr.add_argument("stage", choices=["cpt", "sft", "rl"])
+    tr.add_argument("--config", help="YAML config (default: the stage's paper defaults)")
+    tr.add_argument("overrides", nargs=argparse.REMAINDER, help="dotted key=value overrides, e.g. optim.lr=1e-5 model.path=DIR")
+    tr.set_defaults(func=cmd_train)
     return p
 
 

@@ -1,0 +1,163 @@
+"""Checkpoints: sharded torch.distributed.checkpoint directories written atomically, exact resume, HF export.
+
+    ckpt = CheckpointManager("runs/sft/checkpoints", keep=2)
+    ckpt.save(step, model, optimizer, extra={"scheduler": ..., "data": loader.state_dict()})
+    step, extra = ckpt.load(ckpt.latest(), model, optimizer)
+    export_hf(model, tokenizer, source_dir, "runs/sft/export")    # loadable by GlyphModel.from_pretrained
+
+A checkpoint is written into `step_NNNNNNNN.tmp` and renamed to `step_NNNNNNNN` once every rank has finished,
+so a kill leaves either a complete checkpoint or a .tmp directory that is ignored (and removed by the next save).
+Model and optimizer go through DCP (each rank writes its shards); the scheduler, the data position and every
+rank's RNG states go into `rank_R.pt`.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
+
+STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def _dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _dist() else 0
+
+
+def _barrier() -> None:
+    if _dist():
+        dist.barrier()
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointManager:
+    def __init__(self, directory: str | os.PathLike, keep: int = 2):
+        self.dir = Path(directory)
+        self.keep = keep
+
+    def steps(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        return sorted((p for p in self.dir.iterdir() if p.is_dir() and STEP_DIR.match(p.name)), key=lambda p: p.name)
+
+    def latest(self) -> Path | None:
+        found = self.steps()
+        return found[-1] if found else None
+
+    def save(self, step: int, model, optimizer, extra: dict | None = None) -> Path:
+        """Writes model + optimizer shards (DCP) and this rank's extra state; returns the final directory."""
+        final = self.dir / f"step_{step:08d}"
+        tmp = self.dir / f"step_{step:08d}.tmp"
+        if _rank() == 0:
+            for stale in self.dir.glob("*.tmp") if self.dir.is_dir() else []:
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir(parents=True, exist_ok=True)
+        _barrier()
+        msd, osd = get_state_dict(model, optimizer)
+        with warnings.catch_warnings():  # single-process DCP says so on every call
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
+            dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp), no_dist=not _dist())
+        torch.save({"step": step, "rng": rng_state(), **(extra or {})}, tmp / f"rank_{_rank()}.pt")
+        _barrier()
+        if _rank() == 0:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in self.steps()[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        _barrier()
+        return final
+
+    def load(self, path: str | os.PathLike, model, optimizer) -> tuple[int, dict]:
+        """Restores model, optimizer and this rank's RNG; returns (step, extra) with the saved scheduler/data state."""
+        path = Path(path)
+        own = path / f"rank_{_rank()}.pt"
+        if not own.exists():
+            raise FileNotFoundError(f"{own} is missing: the checkpoint was written by fewer ranks than now run; "
+                                    "resume with the same number of processes")
+        msd, osd = get_state_dict(model, optimizer)
+        state = {"model": msd, "optim": osd}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(path), no_dist=not _dist())
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        extra = torch.load(own, weights_only=False)
+        set_rng_state(extra.pop("rng"))
+        return extra.pop("step"), extra
+
+
+def merge_lora(state: dict, scale: float) -> dict:
+    """A peft model's full state dict with each LoRA pair folded into its base weight (W + scale * B @ A),
+    under the transformers model's own names."""
+    out = {}
+    for k, v in state.items():
+        if ".lora_" in k:
+            continue
+        name = k.replace(".base_layer.", ".")
+        if k.endswith(".base_layer.weight"):
+            stem = k[: -len(".base_layer.weight")]
+            a = next((state[x] for x in state if x.startswith(stem + ".lora_A.") and x.endswith(".weight")), None)
+            b = next((state[x] for x in state if x.startswith(stem + ".lora_B.") and x.endswith(".weight")), None)
+            if a is not None and b is not None:
+                v = (v.float() + scale * (b.float() @ a.float())).to(v.dtype)
+        if name.startswith("base_model.model."):
+            name = name[len("base_model.model."):]
+        out[name] = v
+    return out
+
+
+def export_hf(model, tokenizer, source: str | os.PathLike, out: str | os.PathLike, lora_scale: float | None = None,
+              dtype: torch.dtype | None = None) -> Path | None:
+    """Writes an HF-format checkpoint (config, safetensors, tokenizer, chat template, processor config) that
+    GlyphModel.from_pretrained and vLLM load; every rank calls it, rank 0 writes (temp dir + rename)."""
+    from .model import base_model
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if _rank() != 0:
+        _barrier()
+        return None
+    if lora_scale is not None:
+        full = merge_lora(full, lora_scale)
+    hf = base_model(model)
+    out, source = Path(out), Path(source)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if dtype is not None:
+        full = {k: v.to(dtype) if v.is_floating_point() else v for k, v in full.items()}
+    hf.save_pretrained(tmp, state_dict=full)
+    tokenizer.save_pretrained(tmp)
+    for name in ("preprocessor_config.json", "chat_template.jinja", "chat_template.json", "generation_config.json"):
+        if (source / name).exists() and not (tmp / name).exists():
+            shutil.copy2(source / name, tmp / name)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    _barrier()
+    return out

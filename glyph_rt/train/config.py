@@ -1,0 +1,308 @@
+"""Training configs: one YAML file per stage (cpt, sft, rl) loaded into dataclasses, with `key=value` overrides.
+
+    cfg = load_config("sft", "my_sft.yaml", ["optim.lr=1e-5", "model.path=ckpt/"])
+
+Defaults are the Glyph paper's (Appendix B), in glyph_rt/data/train/{cpt,sft,rl}.yaml. Every check runs
+before any compute; a bad value raises TrainConfigError naming the dotted key and what it accepts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+STAGES = ("cpt", "sft", "rl")
+DEFAULTS_DIR = Path(__file__).resolve().parent.parent / "data" / "train"
+
+
+class TrainConfigError(ValueError):
+    """A training config is invalid; the message names the dotted key."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 0  # 0: no LoRA, full (or partly frozen) fine-tuning
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # a GlyphModel checkpoint directory (GLM-4.1V or Qwen2.5-VL)
+    kernels: str = "auto"  # auto: apply_glyph_kernels forward and backward; off: stock transformers
+    dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | bfloat16 | float32
+    gradient_checkpointing: bool = True
+    freeze_vision: bool = False
+    freeze_projector: bool = False
+    freeze_llm: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-6
+    min_lr: float = 2e-6
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine (lr -> min_lr after warm-up) | constant
+    weight_decay: float = 0.0
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0: no clipping
+
+
+@dataclass
+class DataConfig:
+    global_batch: int = 32  # samples per optimizer step, over all ranks (gradient accumulation fills it)
+    micro_batch: int = 1  # samples per forward on one rank
+    ocr_ratio: float = 0.0  # SFT: share of samples drawn from the OCR auxiliary task
+    max_tokens: int = 0  # pack samples into varlen rows of at most this many tokens (0: no packing)
+    workers: int = 0
+    loader: dict = field(default_factory=dict)  # passed to the data engine's loader as it is
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 16  # responses per prompt
+    eps_low: float = 0.2  # DAPO clip-higher: ratio clipped to [1 - eps_low, 1 + eps_high]
+    eps_high: float = 0.28
+    kl_coef: float = 0.0  # 0: no KL term (and no reference model)
+    dynamic_sampling: bool = True  # drop groups whose rewards are all equal and draw new prompts
+    max_refills: int = 8  # draws per batch before training on what is there
+    max_new_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    rewards: dict = field(default_factory=lambda: {"format": 0.5, "verifiable": 1.0})  # name -> weight
+    verifier: str = "exact"  # exact | f1 | contains | judge
+    judge_base_url: str = ""  # an OpenAI-compatible endpoint for verifier=judge
+    judge_model: str = ""
+    judge_api_key_env: str = "OPENAI_API_KEY"
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "sft"
+    steps: int = 1500
+    seed: int = 0
+    out_dir: str = "runs/train"
+    log_every: int = 1
+    save_every: int = 100  # 0: only at the end
+    keep_checkpoints: int = 2
+    resume: bool = True  # continue from the newest checkpoint in out_dir when there is one
+    export: bool = True  # write an HF-format safetensors checkpoint to out_dir/export at the end
+    fsdp: str = "auto"  # auto: fully_shard when launched on more than one rank | on | off
+    device: str = "auto"
+    tensorboard: bool = True
+    plot: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------- loading
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value, typ, key: str):
+    """value converted to the field's type; TrainConfigError naming key when it cannot be."""
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise TrainConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(typ))}, "
+                                   f"got {value!r}")
+        return _build(typ, value, key + ".")
+    origin = typing.get_origin(typ) or typ
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise TrainConfigError(f"{key}: expected true or false, got {value!r}")
+    if origin is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise TrainConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if origin is float:
+        if isinstance(value, bool):
+            raise TrainConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise TrainConfigError(f"{key}: expected a number, got {value!r}") from None
+    if origin is str:
+        if isinstance(value, bool):  # YAML reads a bare on/off as a boolean
+            return "on" if value else "off"
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise TrainConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise TrainConfigError(f"{key}: expected a list, got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TrainConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            raise TrainConfigError(f"{prefix}{k}: unknown key; {prefix.rstrip('.') or 'the config'} takes "
+                                   f"{', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrainConfigError(f"config file {path} does not exist") from None
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise TrainConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"config file {path}: expected a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], object]:
+    """'optim.lr=1e-5' -> (['optim', 'lr'], 1e-05); the value is read as YAML (numbers, lists, booleans)."""
+    if "=" not in item:
+        raise TrainConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-5)")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise TrainConfigError(f"override {item!r}: the key is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = _merge(data, {})
+    for item in overrides:
+        path, value = parse_override(item)
+        node, cls = data, TrainConfig
+        for i, part in enumerate(path[:-1]):
+            names = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+            if cls is not None and part not in names:
+                raise TrainConfigError(f"{'.'.join(path[:i + 1])}: unknown key")
+            sub = _hints(cls)[part] if cls is not None else None
+            cls = sub if dataclasses.is_dataclass(sub) else None
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TrainConfigError(f"{'.'.join(path[:i + 1])}: is not a mapping")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(stage: str, path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """The stage's defaults, with a user's YAML file merged over them, then `key=value` overrides; validated."""
+    if stage not in STAGES:
+        raise TrainConfigError(f"stage: {stage!r} is unknown; choose from {', '.join(STAGES)}")
+    data = _read_yaml(DEFAULTS_DIR / f"{stage}.yaml")
+    if path is not None:
+        user = _read_yaml(Path(path))
+        if user.get("stage", stage) != stage:
+            raise TrainConfigError(f"stage: {path} is a {user['stage']!r} config, run as {stage!r}")
+        data = _merge(data, user)
+    data = apply_overrides(data, list(overrides))
+    data["stage"] = stage
+    return validate(_build(TrainConfig, data))
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise TrainConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
+    """Raises TrainConfigError naming the first bad key; returns cfg."""
+    m, o, d, g = cfg.model, cfg.optim, cfg.data, cfg.grpo
+    _check(cfg.stage in STAGES, "stage", f"{cfg.stage!r} is unknown; choose from {', '.join(STAGES)}")
+    _check(cfg.steps >= 1, "steps", f"{cfg.steps} must be >= 1")
+    _check(cfg.log_every >= 1, "log_every", f"{cfg.log_every} must be >= 1")
+    _check(cfg.save_every >= 0, "save_every", f"{cfg.save_every} must be >= 0 (0: only at the end)")
+    _check(cfg.keep_checkpoints >= 1, "keep_checkpoints", f"{cfg.keep_checkpoints} must be >= 1")
+    _check(cfg.fsdp in ("auto", "on", "off"), "fsdp", f"{cfg.fsdp!r} must be auto, on or off")
+    _check(bool(cfg.out_dir), "out_dir", "is empty; give a directory for logs and checkpoints")
+    _check(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda"), "device",
+           f"{cfg.device!r} must be auto, cpu or cuda[:N]")
+    _check(bool(m.path), "model.path", "is empty; give a GlyphModel checkpoint directory "
+           "(glyph-rt make-tiny-checkpoint DIR writes a tiny one)")
+    if check_paths:
+        _check(Path(m.path).is_dir(), "model.path", f"{m.path!r} is not a directory")
+        _check(Path(m.path, "config.json").exists(), "model.path", f"{m.path!r} has no config.json")
+    _check(m.kernels in ("auto", "off"), "model.kernels", f"{m.kernels!r} must be auto or off")
+    _check(m.dtype in ("auto", "bfloat16", "float32"), "model.dtype", f"{m.dtype!r} must be auto, bfloat16 or float32")
+    _check(not (m.freeze_vision and m.freeze_projector and m.freeze_llm and m.lora.r == 0), "model.freeze_llm",
+           "every part is frozen and LoRA is off: nothing would train")
+    _check(m.lora.r >= 0, "model.lora.r", f"{m.lora.r} must be >= 0 (0: no LoRA)")
+    _check(m.lora.alpha > 0, "model.lora.alpha", f"{m.lora.alpha} must be > 0")
+    _check(0 <= m.lora.dropout < 1, "model.lora.dropout", f"{m.lora.dropout} must be in [0, 1)")
+    _check(bool(m.lora.target_modules) and all(isinstance(t, str) for t in m.lora.target_modules),
+           "model.lora.target_modules", "must be a non-empty list of module names")
+    _check(o.lr > 0, "optim.lr", f"{o.lr} must be > 0")
+    _check(0 <= o.min_lr <= o.lr, "optim.min_lr", f"{o.min_lr} must be in [0, optim.lr={o.lr}]")
+    _check(0 <= o.warmup_steps < cfg.steps or o.warmup_steps == 0, "optim.warmup_steps",
+           f"{o.warmup_steps} must be in [0, steps={cfg.steps})")
+    _check(o.schedule in ("cosine", "constant"), "optim.schedule", f"{o.schedule!r} must be cosine or constant")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"{o.weight_decay} must be >= 0")
+    _check(len(o.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas), "optim.betas",
+           f"{o.betas} must be two numbers in [0, 1)")
+    _check(o.eps > 0, "optim.eps", f"{o.eps} must be > 0")
+    _check(o.grad_clip >= 0, "optim.grad_clip", f"{o.grad_clip} must be >= 0 (0: no clipping)")
+    _check(d.micro_batch >= 1, "data.micro_batch", f"{d.micro_batch} must be >= 1")
+    if cfg.stage != "rl":  # rl: global_batch counts prompts, micro_batch the sequences of one forward
+        _check(d.global_batch >= d.micro_batch, "data.global_batch",
+               f"{d.global_batch} must be >= data.micro_batch ({d.micro_batch})")
+        _check(d.global_batch % d.micro_batch == 0, "data.global_batch",
+               f"{d.global_batch} must be a multiple of data.micro_batch ({d.micro_batch})")
+    _check(0 <= d.ocr_ratio <= 1, "data.ocr_ratio", f"{d.ocr_ratio} must be in [0, 1]")
+    _check(d.max_tokens >= 0, "data.max_tokens", f"{d.max_tokens} must be >= 0 (0: no packing)")
+    _check(d.workers >= 0, "data.workers", f"{d.workers} must be >= 0")
+    if cfg.stage == "rl":
+        _check(g.group_size >= 2, "grpo.group_size", f"{g.group_size} must be >= 2 (advantages compare a group)")
+        _check(d.global_batch >= 1, "data.global_batch", f"{d.global_batch} must be >= 1 (prompts per step)")
+        _check(0 <= g.eps_low < 1, "grpo.eps_low", f"{g.eps_low} must be in [0, 1)")
+        _check(g.eps_high >= 0, "grpo.eps_high", f"{g.eps_high} must be >= 0")
+        _check(g.kl_coef >= 0, "grpo.kl_coef", f"{g.kl_coef} must be >= 0 (0: no KL)")
+        _check(g.max_refills >= 0, "grpo.max_refills", f"{g.max_refills} must be >= 0")
+        _check(g.max_new_tokens >= 1, "grpo.max_new_tokens", f"{g.max_new_tokens} must be >= 1")
+        _check(g.temperature > 0, "grpo.temperature", f"{g.temperature} must be > 0")
+        _check(0 < g.top_p <= 1, "grpo.top_p", f"{g.top_p} must be in (0, 1]")
+        from .rewards import REWARDS, VERIFIERS
+
+        _check(bool(g.rewards), "grpo.rewards", "is empty; give reward name -> weight")
+        for name, w in g.rewards.items():
+            _check(name in REWARDS, f"grpo.rewards.{name}", f"unknown reward; choose from {', '.join(REWARDS)}")
+            _check(isinstance(w, (int, float)) and not isinstance(w, bool), f"grpo.rewards.{name}",
+                   f"weight {w!r} must be a number")
+        _check(g.verifier in VERIFIERS, "grpo.verifier", f"{g.verifier!r} must be one of {', '.join(VERIFIERS)}")
+        if g.verifier == "judge":
+            _check(bool(g.judge_base_url), "grpo.judge_base_url", "is empty; verifier=judge needs an "
+                   "OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1)")
+            _check(bool(g.judge_model), "grpo.judge_model", "is empty; name the judge model")
+    return cfg

@@ -1,0 +1,143 @@
+"""The data of each stage, built from `data.loader` in the config on the data engine (tasks, loader, collate).
+
+    data.loader:
+      corpus: [paths]        text / .jsonl / .parquet / datasets dirs (default: the bundled sample text)
+      tasks: {ocr: 1, lm: 1, gen: 1}   task -> weight (cpt); sft: {qa: 1} with data.ocr_ratio of OCR mixed in
+      think: true            sft: the answer is written `<think>{record's "thinking"}</think>\n{answer}`
+      styles: true           a rendering style per sample from the Table 8 sampler (false: RenderConfig())
+      max_pages, window_chars, text_field, render (worker | batch), epochs, shuffle
+
+cpt and sft get a GlyphLoader of collated micro-batches (packed rows when data.max_tokens > 0); rl gets this rank's
+QA records ({"context", "question", "answer"}; plain text becomes a needle question) with the same state_dict.
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from .config import TrainConfig, TrainConfigError
+
+LOADER_KEYS = {"corpus", "tasks", "think", "styles", "max_pages", "window_chars", "text_field", "render", "epochs",
+               "shuffle"}
+STAGE_TASKS = {"cpt": {"ocr": 1.0, "lm": 1.0, "gen": 1.0}, "sft": {"qa": 1.0}, "rl": {"qa": 1.0}}
+
+
+def loader_options(cfg: TrainConfig) -> dict:
+    """data.loader with the stage's defaults; TrainConfigError naming a bad key."""
+    from .tasks import TASKS
+
+    opts = dict(cfg.data.loader)
+    for k in opts:
+        if k not in LOADER_KEYS:
+            raise TrainConfigError(f"data.loader.{k}: unknown key; data.loader takes {', '.join(sorted(LOADER_KEYS))}")
+    tasks = opts.get("tasks", STAGE_TASKS[cfg.stage])
+    if not isinstance(tasks, dict) or not tasks:
+        raise TrainConfigError(f"data.loader.tasks: expected a mapping of task -> weight, got {tasks!r}")
+    for name, w in tasks.items():
+        if name not in TASKS:
+            raise TrainConfigError(f"data.loader.tasks.{name}: unknown task; choose from {', '.join(TASKS)}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+            raise TrainConfigError(f"data.loader.tasks.{name}: weight {w!r} must be a number >= 0")
+    if sum(tasks.values()) <= 0:
+        raise TrainConfigError("data.loader.tasks: every weight is 0")
+    if opts.get("render", "worker") not in ("worker", "batch"):
+        raise TrainConfigError(f"data.loader.render: {opts['render']!r} must be worker or batch")
+    opts["tasks"] = dict(tasks)
+    return opts
+
+
+class MixedTask:
+    """Sample g comes from task k with probability weight_k (a pure function of (seed, g)); OCR reads a QA record's
+    context; with think=True a QA answer is given the thinking format."""
+    name = "mix"
+
+    def __init__(self, tasks: dict, weights: dict, seed: int = 0, think: bool = False):
+        self.tasks, self.seed, self.think = tasks, seed, think
+        self.names = [n for n in tasks if weights[n] > 0]
+        self.weights = [weights[n] for n in self.names]
+
+    def __call__(self, record: dict, index: int):
+        name = self.names[0] if len(self.names) == 1 else \
+            random.Random(f"{self.seed}:mix:{index}").choices(self.names, self.weights)[0]
+        if name != "qa" and isinstance(record, dict) and "text" not in record and "context" in record:
+            record = {"text": record["context"]}
+        if name == "qa" and self.think and isinstance(record, dict) and "answer" in record:
+            record = {**record, "answer": think_answer(record["answer"], record.get("thinking", ""))}
+        return self.tasks[name](record, index)
+
+
+def think_answer(answer: str, thinking: str = "") -> str:
+    return answer if answer.lstrip().startswith("<think>") else f"<think>{thinking.strip()}</think>\n{answer}"
+
+
+class RecordStream:
+    """This rank's records r, r + R, ... of a corpus, endlessly (reshuffled each epoch), with state_dict."""
+
+    def __init__(self, corpus, seed: int = 0, rank: int = 0, world: int = 1, window_chars: int = 12000):
+        self.corpus, self.seed, self.rank, self.world, self.pos = corpus, seed, rank, world, 0
+        self.window_chars = window_chars
+
+    def record(self, g: int) -> dict:
+        import numpy as np
+
+        from .tasks import needle_record
+
+        n = len(self.corpus)
+        epoch, i = divmod(g, n)
+        rec = self.corpus[int(np.random.default_rng([self.seed, epoch]).permutation(n)[i])]
+        if "question" not in rec:
+            rng = random.Random(f"{self.seed}:rl:{g}")
+            text = rec["text"]
+            if len(text) > self.window_chars:
+                start = rng.randrange(0, len(text) - self.window_chars)
+                text = text[start:start + self.window_chars]
+            rec = needle_record(text, rng)
+        return rec
+
+    def __iter__(self):
+        while True:
+            g = self.pos * self.world + self.rank
+            self.pos += 1
+            yield self.record(g)
+
+    def state_dict(self) -> dict:
+        return {"pos": self.pos, "rank": self.rank, "world_size": self.world, "seed": self.seed}
+
+    def load_state_dict(self, s: dict) -> None:
+        if (s.get("world_size"), s.get("seed")) != (self.world, self.seed):
+            raise ValueError("data state: resume with the same seed and number of ranks")
+        self.pos = int(s["pos"])
+
+
+def build_data(cfg: TrainConfig, gm, rank: int, world: int):
+    """The stage's data for this rank: collated micro-batches (cpt, sft) or QA records (rl)."""
+    from .collate import Collator
+    from .loader import Corpus, GlyphLoader, TaskDataset
+    from .styles import StyleSampler
+    from .tasks import make_task
+
+    opts = loader_options(cfg)
+    corpus = Corpus.open(opts.get("corpus"), text_field=opts.get("text_field", "text"))
+    if cfg.stage == "rl":
+        return RecordStream(corpus, cfg.seed, rank, world, opts.get("window_chars", 12000))
+    weights = dict(opts["tasks"])
+    if cfg.stage == "sft" and cfg.data.ocr_ratio > 0:
+        rest = sum(w for n, w in weights.items() if n != "ocr")
+        weights = {n: w * (1 - cfg.data.ocr_ratio) / rest for n, w in weights.items() if n != "ocr"} if rest else {}
+        weights["ocr"] = cfg.data.ocr_ratio if rest else 1.0
+    styles = StyleSampler(seed=cfg.seed) if opts.get("styles", True) else None
+    kw = {k: opts[k] for k in ("max_pages", "window_chars") if k in opts}
+    tasks = {n: make_task(n, gm.prompts, styles=styles, seed=cfg.seed, **kw) for n in weights}
+    task = MixedTask(tasks, weights, cfg.seed, think=opts.get("think", cfg.stage == "sft"))
+    device = gm.device
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    render = opts.get("render", "batch" if device.type == "cuda" else "worker")
+    ds = TaskDataset(corpus, task, seed=cfg.seed, epochs=opts.get("epochs"), shuffle=opts.get("shuffle", True),
+                     rank=rank, world_size=world, render=render, dtype=dtype, vision_model=gm.model_type)
+    mode = "pack" if cfg.data.max_tokens else "pad"
+    from .model import base_model
+
+    col = Collator(gm.image_token_id, gm.tokenizer.pad_token_id, mode=mode, model=base_model(gm.model),
+                   device=device, dtype=dtype, vision_model=gm.model_type, max_length=cfg.data.max_tokens or None)
+    return GlyphLoader(ds, col, batch_size=cfg.data.micro_batch, num_workers=cfg.data.workers)

@@ -1,0 +1,88 @@
+"""Model setup for training: a GlyphModel checkpoint on glyph_rt's kernels, with freezing, LoRA and FSDP2.
+
+    gm = load_for_training(cfg.model, device)        # GlyphModel: .model in train mode, .tokenizer, .prompts
+    shard(gm.model, mixed_precision=True)            # FSDP2: one unit per decoder layer and vision block
+"""
+from __future__ import annotations
+
+import torch
+
+from ..models.glyph_model import GlyphModel
+from .config import ModelConfig
+
+PROJECTOR = ("merger", "downsample", "post_conv_layernorm")  # the vision-to-LLM projection of GLM-4.1V / Qwen2.5-VL
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def base_model(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if get is not None else model
+
+
+def parts(model) -> dict:
+    """Parameter groups by part: vision (the tower), projector (merger), llm (language model + head)."""
+    inner = base_model(model).model
+    out = {"vision": [], "projector": [], "llm": []}
+    for name, p in inner.visual.named_parameters():
+        out["projector" if name.split(".")[0] in PROJECTOR else "vision"].append(p)
+    out["llm"] = list(inner.language_model.parameters()) + list(base_model(model).lm_head.parameters())
+    return out
+
+
+def load_for_training(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None = None) -> GlyphModel:
+    """Loads the checkpoint (transformers' own loader), patches it with apply_glyph_kernels (kernels=auto),
+    applies freezing and LoRA, and enables gradient checkpointing. The GlyphModel's .model is in train mode."""
+    gm = GlyphModel.from_pretrained(cfg.path, kernels=cfg.kernels, dtype=dtype or resolve_dtype(cfg.dtype, device),
+                                    device=device)
+    model = gm.model
+    model.train()
+    groups = parts(model)
+    for name, frozen in (("vision", cfg.freeze_vision), ("projector", cfg.freeze_projector), ("llm", cfg.freeze_llm)):
+        if frozen:
+            for p in groups[name]:
+                p.requires_grad_(False)
+    if cfg.lora.r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        keep = {id(p) for g in ("vision", "projector") for p in groups[g] if p.requires_grad}
+        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                 lora_dropout=cfg.lora.dropout,
+                                                 target_modules=list(cfg.lora.target_modules)))
+        # peft freezes every base weight: the LLM trains through its adapters, the vision tower and projector
+        # (unless frozen) train fully beside them
+        for p in base_model(model).parameters():
+            if id(p) in keep:
+                p.requires_grad_(True)
+        if not any("lora_" in n for n, _ in model.named_parameters()):
+            raise ValueError(f"model.lora.target_modules: {cfg.lora.target_modules} match no module of the model")
+    if cfg.gradient_checkpointing:
+        hf = base_model(model)
+        if hasattr(hf, "activation_checkpointing_enable"):
+            hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base_model(model).config.use_cache = False
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("model: no parameter is trainable (every part frozen and no LoRA)")
+    gm.model = model
+    return gm
+
+
+def shard(model, mixed_precision: bool) -> None:
+    """FSDP2: fully_shard each decoder layer and vision block, then the root; bf16 compute, fp32 reductions."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kw = {}
+    if mixed_precision:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    units = [m for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "VisionBlock"))
+             or type(m).__name__ in ("Qwen2_5_VLVisionBlock",)]
+    for m in units:
+        fully_shard(m, **kw)
+    fully_shard(model, **kw)

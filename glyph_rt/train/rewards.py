@@ -1,0 +1,137 @@
+"""GRPO rewards: format (the thinking template), verifiable (exact / F1 / contains, or an LLM judge), OCR.
+
+Each reward takes the responses and their references and returns one float in [0, 1] per response:
+
+    format_reward(["<think>a</think> 42"])                       # [1.0]
+    verifiable_reward(["<think>..</think> Paris"], ["paris"], "exact")   # [1.0]: the answer after </think>
+    ocr_reward(["hello wrld"], ["hello world"])                   # [0.909...]: 1 - normalised Levenshtein
+"""
+from __future__ import annotations
+
+import os
+import re
+import string
+from collections import Counter
+from typing import Sequence
+
+from rapidfuzz.distance import Levenshtein
+
+THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(\S.*)$", re.S)
+VERIFIERS = ("exact", "f1", "contains", "judge")
+
+
+def split_thinking(response: str) -> tuple[str | None, str]:
+    """(thoughts, answer) of a `<think>...</think> answer` response; (None, response) when it has no such form."""
+    m = THINK.match(response)
+    if m is None or "<think>" in m.group(2) or "</think>" in m.group(2):
+        return None, response
+    return m.group(1), m.group(2).strip()
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def f1_score(prediction: str, reference: str) -> float:
+    p, r = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def format_reward(responses: Sequence[str], references: Sequence[str] | None = None) -> list[float]:
+    """1 when the response is `<think>thoughts</think>` followed by a non-empty answer, else 0."""
+    return [float(split_thinking(r)[0] is not None) for r in responses]
+
+
+def verifiable_reward(responses: Sequence[str], references: Sequence[str], rule: str = "exact",
+                      judge: "Judge | None" = None) -> list[float]:
+    """Scores the answer (the text after </think>, or the whole response) against the reference."""
+    if rule not in VERIFIERS:
+        raise ValueError(f"rule: {rule!r} must be one of {', '.join(VERIFIERS)}")
+    answers = [split_thinking(r)[1] for r in responses]
+    if rule == "judge":
+        if judge is None:
+            raise ValueError("rule 'judge' needs a Judge (an OpenAI-compatible endpoint)")
+        return judge.score(answers, list(references))
+    out = []
+    for a, ref in zip(answers, references):
+        if rule == "exact":
+            out.append(float(normalize_answer(a) == normalize_answer(ref)))
+        elif rule == "f1":
+            out.append(f1_score(a, ref))
+        else:
+            out.append(float(normalize_answer(ref) in normalize_answer(a)))
+    return out
+
+
+def ocr_reward(responses: Sequence[str], references: Sequence[str]) -> list[float]:
+    """1 - normalised Levenshtein distance between the transcription (after </think> if any) and the text."""
+    return [1.0 - Levenshtein.normalized_distance(split_thinking(r)[1], ref) for r, ref in zip(responses, references)]
+
+
+def cer(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Character error rate: total edit distance over total reference characters."""
+    edits = sum(Levenshtein.distance(p, r) for p, r in zip(predictions, references))
+    return edits / max(1, sum(len(r) for r in references))
+
+
+JUDGE_PROMPT = ("You grade answers. Question context aside, compare the candidate answer with the reference answer.\n"
+                "Reference: {reference}\nCandidate: {answer}\n"
+                "Reply with one word: CORRECT if the candidate means the same as the reference, else INCORRECT.")
+
+
+class Judge:
+    """A reference-based LLM judge behind any OpenAI-compatible chat endpoint (vLLM, glyph-rt serve, OpenAI)."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 timeout: float = 60.0, client=None):
+        if client is None:
+            from openai import OpenAI
+
+            client = OpenAI(base_url=base_url, api_key=api_key or os.environ.get(api_key_env) or "none",
+                            timeout=timeout)
+        self.client, self.model = client, model
+
+    def score(self, answers: Sequence[str], references: Sequence[str]) -> list[float]:
+        out = []
+        for a, ref in zip(answers, references):
+            r = self.client.chat.completions.create(
+                model=self.model, temperature=0.0, max_tokens=4,
+                messages=[{"role": "user", "content": JUDGE_PROMPT.format(reference=ref, answer=a)}])
+            word = (r.choices[0].message.content or "").strip().upper()
+            out.append(float(word.startswith("CORRECT")))
+        return out
+
+
+REWARDS = ("format", "verifiable", "ocr")
+
+
+class RewardSet:
+    """The weighted rewards of a GRPO run; `__call__` gives the total and each reward's scores."""
+
+    def __init__(self, weights: dict, verifier: str = "exact", judge: Judge | None = None):
+        for name in weights:
+            if name not in REWARDS:
+                raise ValueError(f"reward {name!r} is unknown; choose from {', '.join(REWARDS)}")
+        self.weights, self.verifier, self.judge = dict(weights), verifier, judge
+
+    def __call__(self, responses: Sequence[str], references: Sequence[str]) -> tuple[list[float], dict]:
+        parts = {}
+        for name in self.weights:
+            if name == "format":
+                parts[name] = format_reward(responses)
+            elif name == "verifiable":
+                parts[name] = verifiable_reward(responses, references, self.verifier, self.judge)
+            else:
+                parts[name] = ocr_reward(responses, references)
+        total = [sum(self.weights[n] * parts[n][i] for n in parts) for i in range(len(responses))]
+        return total, parts

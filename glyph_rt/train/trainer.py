@@ -1,0 +1,283 @@
+"""The CPT / SFT loop: gradient accumulation to a global batch, AdamW, warm-up + cosine, loss on labels only.
+
+    cfg = load_config("sft", "sft.yaml", ["model.path=ckpt/"])
+    run(cfg)                                   # what `glyph-rt train sft` and `torchrun -m glyph_rt.train` call
+
+    trainer = Trainer(cfg, gm)                 # gm: load_for_training(cfg.model, device)
+    trainer.fit(batches)                       # an iterator of collated micro-batches (the data engine's loader)
+
+The loss of a step is the summed cross-entropy of every label token of the global batch (all micro-batches,
+all ranks) divided by their count, so it does not depend on how the batch is split into micro-batches or ranks.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..models.prompt import IGNORE_INDEX
+from .checkpoint import CheckpointManager, export_hf
+from .collate import model_inputs as collated_inputs
+from .config import TrainConfig
+from .metrics import MetricsLogger
+
+
+
+# ----------------------------------------------------------------- distribution
+def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group when launched by torchrun with > 1 rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {cfg.device!r} but torch sees no CUDA device; use device=cpu")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device(f"cuda:{local}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def use_fsdp(cfg: TrainConfig, world: int) -> bool:
+    if cfg.fsdp == "off" and world > 1:
+        raise ValueError(f"fsdp: 'off' with {world} ranks; multi-rank training shards with FSDP2 (fsdp=auto)")
+    return cfg.fsdp == "on" or (cfg.fsdp == "auto" and world > 1)
+
+
+# ----------------------------------------------------------------- optimisation
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to optim.lr, then cosine decay to optim.min_lr at the last step (or constant)."""
+    o = cfg.optim
+    if o.warmup_steps and step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    span = max(1, cfg.steps - o.warmup_steps)
+    t = min(1.0, (step - o.warmup_steps) / span)
+    floor = o.min_lr / o.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build_optimizer(model, cfg: TrainConfig):
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    other = [p for p in params if p.ndim < 2]
+    o = cfg.optim
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}],
+                            lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    return opt, sched
+
+
+def model_inputs(batch: dict, device: torch.device) -> dict:
+    """The forward's arguments of a collated batch (the collator's, less the labels: the loss is ours), on device."""
+    out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
+           for k, v in collated_inputs(batch).items() if k != "labels"}
+    out["use_cache"] = False
+    return out
+
+
+def label_tokens(batch: dict) -> int:
+    """Tokens that take loss: labels shifted by one (a row's first label has no logit before it)."""
+    return int((batch["labels"][..., 1:] != IGNORE_INDEX).sum())
+
+
+def token_loss_sum(model, batch: dict, device: torch.device) -> torch.Tensor:
+    """Summed cross-entropy of the next-token predictions on every label that is not IGNORE_INDEX (float32)."""
+    out = model(**model_inputs(batch, device))
+    logits = out.logits[..., :-1, :].float()
+    labels = batch["labels"].to(device)[..., 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
+
+
+def batch_counts(batch: dict, image_token_id: int | None) -> dict:
+    ids = batch["input_ids"]
+    cu = batch.get("cu_seqlens")
+    samples = batch.get("num_samples", (len(cu) - 1) if cu is not None else ids.shape[0])
+    tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else ids.numel()
+    grid = batch.get("image_grid_thw")
+    pages = int(grid.shape[0]) if grid is not None else 0
+    visual = int((ids == image_token_id).sum()) if image_token_id is not None else 0
+    out = {"samples": int(samples), "tokens": tokens, "pages": pages, "visual_tokens": visual}
+    if "text_tokens" in batch:  # what the rendered text would have cost as text tokens (the data engine counts it)
+        tt = batch["text_tokens"]
+        out["text_tokens"] = int(tt.sum()) if torch.is_tensor(tt) else int(sum(tt) if isinstance(tt, list) else tt)
+    return out
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, gm, *, rank: int = 0, world: int = 1, device: torch.device | None = None,
+                 fsdp: bool = False, progress: bool = True):
+        self.cfg, self.gm, self.model = cfg, gm, gm.model
+        self.rank, self.world = rank, world
+        self.device = device or next(self.model.parameters()).device
+        self.fsdp = fsdp
+        per_step = cfg.data.global_batch if cfg.stage == "rl" else cfg.data.global_batch // cfg.data.micro_batch
+        if per_step % world:
+            raise ValueError(f"data.global_batch: {cfg.data.global_batch} samples in micro-batches of "
+                             f"{cfg.data.micro_batch} do not split over {world} ranks")
+        self.accum = per_step // world  # rl: prompts per rank
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
+        self.step = 0
+        self.out = Path(cfg.out_dir)
+        self.ckpt = CheckpointManager(self.out / "checkpoints", keep=cfg.keep_checkpoints)
+        self.log = MetricsLogger(self.out, tensorboard=cfg.tensorboard, plot=cfg.plot, enabled=rank == 0)
+        self.progress = progress and rank == 0
+        self.image_token_id = getattr(gm, "image_token_id", None)
+
+    # -------------------------------------------------------------- state
+    def resume(self, data=None) -> bool:
+        """Continues from the newest checkpoint in out_dir/checkpoints, if any (and cfg.resume)."""
+        path = self.ckpt.latest() if self.cfg.resume else None
+        if path is None:
+            self.log.truncate(0)  # a fresh run: rows of an earlier one go
+            return False
+        self.step, extra = self.ckpt.load(path, self.model, self.optimizer)
+        self.scheduler.load_state_dict(extra["scheduler"])
+        if data is not None and extra.get("data") is not None and hasattr(data, "load_state_dict"):
+            data.load_state_dict(extra["data"])
+        self.log.truncate(self.step)
+        return True
+
+    def save(self, data=None) -> Path:
+        extra = {"scheduler": self.scheduler.state_dict(),
+                 "data": data.state_dict() if hasattr(data, "state_dict") else None}
+        return self.ckpt.save(self.step, self.model, self.optimizer, extra)
+
+    # -------------------------------------------------------------- one step
+    def _sync(self, on: bool):
+        if self.fsdp and hasattr(self.model, "set_requires_gradient_sync"):
+            self.model.set_requires_gradient_sync(on)
+
+    def train_step(self, micro_batches: list[dict]) -> dict:
+        """One optimizer step over this rank's micro-batches of the global batch."""
+        t0 = time.perf_counter()
+        self.model.train()
+        local_tokens = sum(label_tokens(b) for b in micro_batches)
+        (total,) = _all_reduce([float(local_tokens)], self.device)
+        total = max(total, 1.0)
+        loss_sum = 0.0
+        for i, b in enumerate(micro_batches):
+            self._sync(i == len(micro_batches) - 1)
+            s = token_loss_sum(self.model, b, self.device)
+            # FSDP averages gradients over ranks: scale so the result is the global token mean
+            (s * (self.world / total)).backward()
+            loss_sum += float(s.detach())
+        grad_norm = None
+        if self.cfg.optim.grad_clip > 0:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            gn = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            grad_norm = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        counts = [batch_counts(b, self.image_token_id) for b in micro_batches]
+        keys = ("samples", "tokens", "pages", "visual_tokens", "text_tokens")
+        local = [float(sum(c.get(k, 0) for c in counts)) for k in keys] + [loss_sum]
+        summed = dict(zip(keys + ("loss_sum",), _all_reduce(local, self.device)))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+        m = {"loss": summed["loss_sum"] / total, "lr": lr, "grad_norm": grad_norm, "loss_tokens": int(total),
+             "samples": int(summed["samples"]), "pages": int(summed["pages"]),
+             "visual_tokens": int(summed["visual_tokens"]), "tokens_per_s": summed["tokens"] / dt,
+             "samples_per_s": summed["samples"] / dt, "step_s": dt}
+        if summed["text_tokens"] and summed["visual_tokens"]:
+            m["compression"] = summed["text_tokens"] / summed["visual_tokens"]
+        if self.device.type == "cuda":
+            m["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return m
+
+    # -------------------------------------------------------------- loop
+    def collect(self, it, steps: int) -> list[dict]:
+        """This rank's micro-batches of the next global batch."""
+        micro = []
+        for _ in range(self.accum):
+            try:
+                micro.append(next(it))
+            except StopIteration:
+                raise ValueError(f"the data ran out at step {self.step} of {steps}") from None
+        return micro
+
+    def fit(self, data, steps: int | None = None) -> dict:
+        """Trains until `steps` (default cfg.steps) optimizer steps are done, resuming first when a checkpoint
+        exists; saves every cfg.save_every steps and at the end. Returns the last step's metrics."""
+        from tqdm import tqdm
+
+        steps = steps or self.cfg.steps
+        self.resume(data)
+        it = iter(data)
+        bar = tqdm(total=steps, initial=self.step, desc=f"{self.cfg.stage}", disable=not self.progress,
+                   dynamic_ncols=True)
+        last: dict = {}
+        try:
+            while self.step < steps:
+                last = self.train_step(self.collect(it, steps))
+                if self.step % self.cfg.log_every == 0 or self.step == steps:
+                    self.log.log(self.step, last)
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+                if (self.cfg.save_every and self.step % self.cfg.save_every == 0) or self.step == steps:
+                    self.save(data)
+        finally:
+            bar.close()
+        self.log.close()
+        return last
+
+    def export(self, path: str | os.PathLike | None = None) -> Path | None:
+        """HF-format safetensors of the trained model (LoRA merged) in out_dir/export."""
+        lora = self.cfg.model.lora
+        return export_hf(self.model, self.gm.tokenizer, self.cfg.model.path, path or self.out / "export",
+                         lora_scale=lora.alpha / lora.r if lora.r else None)
+
+
+# ----------------------------------------------------------------- entry point
+def run(cfg: TrainConfig, data=None, progress: bool = True) -> dict:
+    """Runs a stage end to end: distribution, model, data, training (with resume), export."""
+    from .data import loader_options
+    from .model import load_for_training, shard
+
+    loader_options(cfg)  # a bad data.loader key fails before the model loads
+    torch.manual_seed(cfg.seed)
+    rank, world, device = setup_distributed(cfg)
+    fsdp = use_fsdp(cfg, world)
+    gm = load_for_training(cfg.model, device, dtype=torch.float32 if fsdp and device.type == "cuda" else None)
+    if fsdp:
+        shard(gm.model, mixed_precision=device.type == "cuda")
+    if cfg.stage == "rl":
+        from .grpo import GRPOTrainer
+
+        trainer = GRPOTrainer(cfg, gm, rank=rank, world=world, device=device, fsdp=fsdp, progress=progress)
+    else:
+        trainer = Trainer(cfg, gm, rank=rank, world=world, device=device, fsdp=fsdp, progress=progress)
+    if data is None:
+        from .data import build_data
+
+        data = build_data(cfg, gm, rank, world)
+    last = trainer.fit(data)
+    if cfg.export:
+        trainer.export()
+    return {"step": trainer.step, **last}

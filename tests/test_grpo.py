@@ -1,0 +1,154 @@
+"""GRPO: the clipped token loss by hand, group advantages, dynamic sampling, rewards, one step on a tiny model."""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import torch
+
+from glyph_rt.train.grpo import Group, dynamic_sample, group_advantages, grpo_token_loss, score_groups
+from glyph_rt.train.rewards import (Judge, RewardSet, cer, f1_score, format_reward, ocr_reward, split_thinking,
+                                    verifiable_reward)
+
+
+def test_loss_by_hand_clips_both_sides():
+    ratio = torch.tensor([[1.5, 0.9, 1.1], [0.5, 1.2, 2.0]])
+    old = torch.zeros(2, 3)
+    logp = ratio.log().requires_grad_()
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    s, st = grpo_token_loss(logp, old, adv, mask, eps_low=0.2, eps_high=0.28)
+    # row 0 (A=+1): 1.5 clipped to 1.28, 0.9 kept, third token masked; row 1 (A=-1): 0.5 clipped to 0.8,
+    # 1.2 kept, 2.0 kept (a negative advantage is never clipped above)
+    want = -1.28 - 0.9 + 0.8 + 1.2 + 2.0
+    assert float(s) == pytest.approx(want, abs=1e-6) and float(s) / 5 == pytest.approx(0.364, abs=1e-6)
+    assert st["clipped_high"] == 1 and st["clipped_low"] == 1
+    s.backward()
+    g = logp.grad
+    # clipped tokens pass no gradient; the others get -A * ratio (d ratio / d logp = ratio)
+    torch.testing.assert_close(g, torch.tensor([[0.0, -0.9, 0.0], [0.0, 1.2, 2.0]]))
+
+
+def test_kl_term_k3():
+    logp = torch.tensor([[-1.0, -2.0]])
+    ref = torch.tensor([[-1.5, -1.0]])
+    s0, _ = grpo_token_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 2))
+    s, st = grpo_token_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 2), ref_logp=ref, kl_coef=0.1)
+    d = ref - logp
+    k3 = float((torch.exp(d) - d - 1).sum())
+    assert float(s0) == 0 and float(s) == pytest.approx(0.1 * k3) and st["kl"] == pytest.approx(k3)
+
+
+def test_group_advantages():
+    a = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]]))
+    s = torch.tensor([1.0, 0.0, 0.0, 1.0]).std()
+    torch.testing.assert_close(a[0], torch.tensor([0.5, -0.5, -0.5, 0.5]) / (s + 1e-6))
+    assert torch.all(a[1] == 0)
+
+
+class ScriptedRollout:
+    """A Rollout that answers each record with the texts it carries (the interface a vLLM client would fill)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, records, n):
+        self.calls.append(len(records))
+        return [Group(r, [1, 2], torch.zeros(0, 1176), torch.zeros(0, 3, dtype=torch.long),
+                      [[5]] * n, list(r["texts"])[:n]) for r in records]
+
+
+def test_dynamic_sampling_drops_uniform_groups_and_refills():
+    right, wrong = "<think>x</think> Paris", "<think>x</think> Rome"
+    records = iter([{"answer": "Paris", "texts": [right] * 4},            # all correct: dropped
+                    {"answer": "Paris", "texts": [right, wrong, wrong, right]},
+                    {"answer": "Paris", "texts": [wrong] * 4},            # all wrong: dropped
+                    {"answer": "Paris", "texts": [wrong, right, wrong, wrong]},
+                    {"answer": "Paris", "texts": [right, right, right, wrong]}])
+    rollout, rewards = ScriptedRollout(), RewardSet({"verifiable": 1.0})
+
+    def draw(k):
+        gs = rollout([next(records) for _ in range(k)], 4)
+        score_groups(gs, rewards)
+        return gs
+
+    kept, st = dynamic_sample(draw, want=3, max_refills=4)
+    assert [g.rewards for g in kept] == [[1, 0, 0, 1], [0, 1, 0, 0], [1, 1, 1, 0]]
+    assert st == {"draws": 2, "dropped_groups": 2} and rollout.calls == [3, 2]
+    # without refills the batch is what the first draw left
+    records = iter([{"answer": "a", "texts": ["a"] * 2}, {"answer": "a", "texts": ["a", "b"]}])
+    kept, st = dynamic_sample(draw, want=2, max_refills=0)
+    assert len(kept) == 1 and st == {"draws": 1, "dropped_groups": 1}
+
+
+def test_rewards_on_known_strings():
+    assert split_thinking("<think>hmm</think>  42 ") == ("hmm", "42")
+    assert split_thinking("42") == (None, "42")
+    assert format_reward(["<think>a</think> b", "<think>a</think>", "b", "<think>a</think> b </think>"]) == \
+        [1.0, 0.0, 0.0, 0.0]
+    r = ["<think>...</think> The Eiffel Tower.", "<think>...</think> a tower in Paris", "eiffel tower"]
+    assert verifiable_reward(r, ["Eiffel Tower"] * 3, "exact") == [1.0, 0.0, 1.0]
+    assert verifiable_reward(r, ["Eiffel Tower"] * 3, "contains") == [1.0, 0.0, 1.0]
+    assert verifiable_reward(["tower in Paris"], ["Eiffel Tower"], "f1")[0] == pytest.approx(f1_score(
+        "tower in Paris", "Eiffel Tower")) == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+    assert ocr_reward(["hello wrld", "<think>x</think> hello world"], ["hello world"] * 2) == \
+        pytest.approx([1 - 1 / 11, 1.0])
+    assert cer(["hello wrld", "cat"], ["hello world", "cut"]) == pytest.approx(2 / 14)
+    total, parts = RewardSet({"format": 0.5, "ocr": 1.0})(["<think>x</think> abc", "abd"], ["abc", "abc"])
+    assert total == pytest.approx([1.5, 2 / 3]) and parts["format"] == [1.0, 0.0]
+
+
+def test_llm_judge_over_an_openai_endpoint():
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            prompt = body["messages"][0]["content"]
+            verdict = "CORRECT" if "Candidate: 1889" in prompt else "INCORRECT"
+            out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                              "choices": [{"index": 0, "finish_reason": "stop",
+                                           "message": {"role": "assistant", "content": verdict}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        judge = Judge(f"http://127.0.0.1:{server.server_port}/v1", "judge-model", api_key="k")
+        got = verifiable_reward(["<think>t</think> 1889", "<think>t</think> 1900"], ["in 1889"] * 2, "judge", judge)
+    finally:
+        server.shutdown()
+    assert got == [1.0, 0.0] and seen[0]["model"] == "judge-model" and seen[0]["temperature"] == 0.0
+
+
+def test_grpo_step_on_a_tiny_model(tmp_path):
+    pytest.importorskip("transformers")
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.grpo import GRPOTrainer
+    from glyph_rt.train.model import load_for_training
+
+    path = make_tiny_checkpoint(tmp_path / "tiny")
+    cfg = load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / 'run'}", "grpo.group_size=4",
+                                   "data.global_batch=2", "data.micro_batch=4", "grpo.max_new_tokens=6",
+                                   "grpo.rewards={ocr: 1.0, format: 0.5}", "tensorboard=false", "plot=false",
+                                   "model.gradient_checkpointing=false", "optim.lr=1e-3", "steps=1", "export=false"])
+    gm = load_for_training(cfg.model, torch.device("cpu"))
+    before = [p.detach().clone() for p in gm.model.parameters()]
+    records = [{"context": f"red fox {i}", "question": "Read the text.", "answer": f"red fox {i}"} for i in range(8)]
+    t = GRPOTrainer(cfg, gm, progress=False)
+    m = t.fit(records)
+    assert t.step == 1 and m["groups"] == 2 and m["response_tokens"] > 0
+    for k in ("reward_mean", "reward_std", "reward_ocr_mean", "reward_format_mean", "clip_fraction",
+              "dropped_groups", "response_len_mean", "loss", "lr"):
+        assert k in m, k
+    assert any(not torch.equal(a, b) for a, b in zip(before, gm.model.parameters()))
+    assert (tmp_path / "run" / "checkpoints" / "step_00000001").is_dir()

@@ -1,0 +1,283 @@
+"""Training stages on tiny random-weight checkpoints: configs, the SFT loop, checkpoints and resume, export, FSDP2."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from glyph_rt.models.prompt import IGNORE_INDEX, tokens_per_image
+from glyph_rt.render.config import RenderConfig
+from glyph_rt.train.config import TrainConfigError, load_config
+
+pytest.importorskip("transformers")
+ROOT = Path(__file__).resolve().parent.parent
+WORDS = ["hello world", "the cat sat", "red fox", "blue sky", "open door", "cold tea"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+
+    return str(make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny"))
+
+
+def cfg_for(path, out, *over, stage="sft"):
+    return load_config(stage, None, [f"model.path={path}", f"out_dir={out}", "optim.warmup_steps=0", "tensorboard=false",
+                                     "plot=false", "model.gradient_checkpointing=false", "export=false", *over])
+
+
+PAGE = RenderConfig(page_size=(112, 112), margin_x=4, margin_y=4, font_size=20, line_height=24)
+
+
+def samples(gm, texts):
+    from glyph_rt.train.tasks import make_task
+
+    task = make_task("ocr", gm.prompts, config=PAGE, max_pages=1)
+    return [task({"text": t}, i) for i, t in enumerate(texts)]
+
+
+def ocr_samples(gm, texts, mode="pad", per_batch=1):
+    """Micro-batches of `per_batch` OCR samples (a page read back, loss on the answer), from the data engine."""
+    from glyph_rt.train.collate import Collator
+
+    col = Collator(gm.image_token_id, gm.tokenizer.pad_token_id, mode=mode, model=gm.model, vision_model=gm.model_type)
+    s = samples(gm, texts)
+    return [col(s[i:i + per_batch]) for i in range(0, len(s), per_batch)]
+
+
+class ListData:
+    """A deterministic endless stream of batches with the loader's state_dict protocol."""
+
+    def __init__(self, batches):
+        self.batches, self.pos = batches, 0
+
+    def __iter__(self):
+        while True:
+            b = self.batches[self.pos % len(self.batches)]
+            self.pos += 1
+            yield b
+
+    def state_dict(self):
+        return {"pos": self.pos}
+
+    def load_state_dict(self, s):
+        self.pos = s["pos"]
+
+
+def load(cfg):
+    from glyph_rt.train.model import load_for_training
+
+    return load_for_training(cfg.model, torch.device("cpu"))
+
+
+# ----------------------------------------------------------------- config
+def test_stage_defaults_are_the_papers(tiny):
+    cpt, sft, rl = (load_config(s, None, [f"model.path={tiny}"]) for s in ("cpt", "sft", "rl"))
+    assert (cpt.optim.lr, cpt.optim.schedule, cpt.data.global_batch) == (2e-6, "cosine", 170)
+    assert (sft.optim.lr, sft.optim.min_lr, sft.optim.warmup_steps, sft.data.global_batch, sft.steps) == \
+        (5e-6, 2e-6, 160, 32, 1500)
+    g = rl.grpo
+    assert (g.group_size, g.eps_low, g.eps_high, g.kl_coef, g.dynamic_sampling) == (16, 0.2, 0.28, 0.0, True)
+    assert (rl.optim.lr, rl.optim.schedule, rl.data.global_batch, rl.steps) == (1e-6, "constant", 32, 500)
+
+
+def test_overrides_and_yaml(tiny, tmp_path):
+    f = tmp_path / "sft.yaml"
+    f.write_text(f"model:\n  path: {tiny}\n  lora: {{r: 8}}\noptim:\n  lr: 1.0e-5\n")
+    c = load_config("sft", f, ["optim.lr=2e-5", "data.ocr_ratio=0.25", "model.freeze_vision=true"])
+    assert (c.optim.lr, c.data.ocr_ratio, c.model.freeze_vision, c.model.lora.r) == (2e-5, 0.25, True, 8)
+    assert c.optim.min_lr == 2e-6  # untouched defaults stay
+
+
+@pytest.mark.parametrize("over, key", [
+    (["optim.lr=-1"], "optim.lr"), (["optim.lrr=1"], "optim.lrr"), (["steps=abc"], "steps"),
+    (["data.global_batch=3", "data.micro_batch=2"], "data.global_batch"), (["model.path=/nonexistent"], "model.path"),
+    (["data.ocr_ratio=2"], "data.ocr_ratio"), (["model.lora.r=-1"], "model.lora.r"), (["bogus.key=1"], "bogus"),
+    (["model.freeze_vision=maybe"], "model.freeze_vision"), (["optim.schedule=linear"], "optim.schedule"),
+])
+def test_bad_config_names_the_key(tiny, over, key):
+    with pytest.raises(TrainConfigError, match=f"^{key}"):
+        load_config("sft", None, [f"model.path={tiny}", *over])
+
+
+def test_bad_rl_config_names_the_key(tiny):
+    for over, key in ((["grpo.rewards.speed=1"], "grpo.rewards.speed"), (["grpo.eps_low=1.5"], "grpo.eps_low"),
+                      (["grpo.verifier=judge"], "grpo.judge_base_url"), (["grpo.group_size=1"], "grpo.group_size")):
+        with pytest.raises(TrainConfigError, match=f"^{key}"):
+            load_config("rl", None, [f"model.path={tiny}", *over])
+
+
+def test_cli_bad_config_exits_2_before_compute(tiny, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "glyph_rt.train", "sft", f"model.path={tiny}", "optim.lr=fast",
+                        f"out_dir={tmp_path}"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "optim.lr: expected a number" in r.stderr and "Traceback" not in r.stderr
+    assert not any(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------- the loop
+def test_lr_schedule():
+    from glyph_rt.train.trainer import lr_factor
+
+    from glyph_rt.train.config import TrainConfig
+
+    c = TrainConfig(steps=100)
+    c.optim.warmup_steps, c.optim.lr, c.optim.min_lr = 10, 5e-6, 2e-6
+    lrs = [5e-6 * lr_factor(s, c) for s in range(101)]
+    assert lrs[0] == pytest.approx(5e-7) and lrs[9] == pytest.approx(5e-6) and lrs[10] == pytest.approx(5e-6)
+    assert lrs[100] == pytest.approx(2e-6) and all(a >= b - 1e-18 for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_labels_only_on_the_answer(tiny, tmp_path):
+    gm = load(cfg_for(tiny, tmp_path))
+    b = ocr_samples(gm, ["red fox"])[0]
+    learned = [t for t in b["labels"][0].tolist() if t != IGNORE_INDEX]
+    assert gm.tokenizer.decode(learned) == "red fox<|endoftext|>"
+    assert b["loss_tokens"] == len(learned)
+    assert not (b["labels"][b["input_ids"] == gm.image_token_id] != IGNORE_INDEX).any()
+
+
+def test_overfit_fixed_batch(tiny, tmp_path):
+    from glyph_rt.train.trainer import Trainer
+
+    cfg = cfg_for(tiny, tmp_path, "data.global_batch=1", "optim.lr=3e-3", "optim.schedule=constant", "steps=40",
+                  "optim.min_lr=3e-3")
+    gm = load(cfg)
+    batches = ocr_samples(gm, ["hello"])
+    t = Trainer(cfg, gm, progress=False)
+    losses = [t.train_step(batches)["loss"]]
+    while losses[-1] >= 0.1 * losses[0] and len(losses) < 60:
+        losses.append(t.train_step(batches)["loss"])
+    assert losses[-1] < 0.1 * losses[0], losses
+
+
+def test_kernels_on_off_same_loss_and_grads(tiny, tmp_path):
+    from glyph_rt.train.trainer import token_loss_sum
+
+    res = []
+    for k in ("auto", "off"):
+        gm = load(cfg_for(tiny, tmp_path, f"model.kernels={k}"))
+        b = ocr_samples(gm, ["blue sky"])[0]
+        loss = token_loss_sum(gm.model, b, torch.device("cpu"))
+        loss.backward()
+        res.append((loss.item(), {n: p.grad.clone() for n, p in gm.model.named_parameters()}))
+    assert res[0][0] == pytest.approx(res[1][0], rel=1e-4)
+    for n, g in res[0][1].items():
+        torch.testing.assert_close(g, res[1][1][n], rtol=2e-3, atol=2e-5, msg=n)
+
+
+def test_gradient_accumulation_matches_one_batch(tiny, tmp_path):
+    from glyph_rt.train.trainer import Trainer
+
+    params = []
+    for micro in (1, 2):
+        cfg = cfg_for(tiny, tmp_path, "data.global_batch=2", f"data.micro_batch={micro}")
+        gm = load(cfg)
+        bs = ocr_samples(gm, WORDS[:2], per_batch=micro)
+        m = Trainer(cfg, gm, progress=False).train_step(bs)
+        params.append((m["loss"], [p.detach().clone() for p in gm.model.parameters()]))
+    assert params[0][0] == pytest.approx(params[1][0], rel=1e-4)
+    for a, b in zip(params[0][1], params[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_resume_is_exact_and_logs(tiny, tmp_path):
+    from glyph_rt.train.trainer import Trainer
+
+    def train(out, steps, *over):
+        cfg = cfg_for(tiny, out, "data.global_batch=2", "steps=4", "save_every=2", "optim.lr=1e-3", *over)
+        gm = load(cfg)
+        data = ListData(ocr_samples(gm, WORDS[:3]))
+        t = Trainer(cfg, gm, progress=False)
+        t.fit(data, steps=steps)
+        return t, gm, data
+
+    straight, _, _ = train(tmp_path / "a", 4)
+    train(tmp_path / "b", 2)
+    resumed, _, data = train(tmp_path / "b", 4)
+    assert resumed.step == 4 and data.pos == 8
+    for (n, a), b in zip(straight.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), n
+    assert resumed.scheduler.state_dict() == straight.scheduler.state_dict()
+    rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert {"loss", "lr", "tokens_per_s", "samples_per_s", "pages", "visual_tokens"} <= rows[0].keys()
+    ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
+    assert ckpts == ["step_00000002", "step_00000004"]
+
+
+def test_export_loads_in_glyph_model(tiny, tmp_path):
+    from glyph_rt.models import GlyphModel
+    from glyph_rt.train.trainer import Trainer, model_inputs
+
+    cfg = cfg_for(tiny, tmp_path, "data.global_batch=1", "model.lora.r=4", "model.freeze_vision=true", "optim.lr=1e-2")
+    gm = load(cfg)
+    names = [n for n, p in gm.model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n or ".visual.merger" in n or ".visual.downsample" in n
+                         or ".post_conv_layernorm" in n for n in names), names[:5]
+    b = ocr_samples(gm, ["cold tea"])[0]
+    t = Trainer(cfg, gm, progress=False)
+    t.train_step([b])
+    out = t.export(tmp_path / "export")
+    gm.model.eval()
+    with torch.no_grad():
+        want = gm.model(**model_inputs(b, torch.device("cpu"))).logits
+        back = GlyphModel.from_pretrained(out, device="cpu")
+        got = back.model(**model_inputs(b, torch.device("cpu"))).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert back.generate("hello", "?", max_new_tokens=2)
+
+
+def test_qwen2_5_vl_trains(tmp_path):
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.trainer import Trainer
+
+    path = make_tiny_checkpoint(tmp_path / "q", "qwen2_5_vl")
+    cfg = cfg_for(path, tmp_path / "run", "data.global_batch=1", "optim.lr=3e-3", "model.gradient_checkpointing=true")
+    gm = load(cfg)
+    b = ocr_samples(gm, ["open door"])
+    t = Trainer(cfg, gm, progress=False)
+    losses = [t.train_step(b)["loss"] for _ in range(5)]
+    assert losses[-1] < losses[0]
+
+
+def test_packed_step_equals_unpacked(tiny, tmp_path):
+    from glyph_rt.train.trainer import label_tokens, token_loss_sum
+
+    res = []
+    for mode in ("pad", "pack"):
+        gm = load(cfg_for(tiny, tmp_path))
+        batch = ocr_samples(gm, WORDS[:3], mode=mode, per_batch=3)[0]
+        loss = token_loss_sum(gm.model, batch, torch.device("cpu"))
+        loss.backward()
+        res.append((loss.item(), label_tokens(batch), [p.grad.clone() for p in gm.model.parameters()]))
+    assert res[1][0] == pytest.approx(res[0][0], rel=1e-5) and res[1][1] == res[0][1]
+    for a, b in zip(res[0][2], res[1][2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow  # three interpreters and two training runs: ~50 s on a busy 2-core machine
+def test_fsdp2_two_processes_match_one(tiny, tmp_path):
+    """2 real gloo processes with fully_shard against 1 process: same loss, same exported weights."""
+    from safetensors.torch import load_file
+
+    worker = str(ROOT / "tests" / "train_fsdp_worker.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    runs = {"one": [sys.executable, worker], "two": [sys.executable, "-m", "torch.distributed.run",
+                                                     "--standalone", "--nproc-per-node", "2", worker]}
+    out = {}
+    for name, cmd in runs.items():
+        r = subprocess.run([*cmd, tiny, str(tmp_path / name), "2"], capture_output=True, text=True, env=env,
+                           timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
+        loss = float(next(x for x in r.stdout.splitlines() if x.startswith("LOSS")).split()[1])
+        out[name] = (loss, load_file(tmp_path / name / "export" / "model.safetensors"))
+    assert out["two"][0] == pytest.approx(out["one"][0], rel=1e-5)
+    assert out["one"][1].keys() == out["two"][1].keys()
+    for k, v in out["one"][1].items():
+        torch.testing.assert_close(out["two"][1][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    ckpt = tmp_path / "two" / "checkpoints" / "step_00000002"
+    assert (ckpt / "rank_0.pt").exists() and (ckpt / "rank_1.pt").exists() and (ckpt / ".metadata").exists()

@@ -1,0 +1,78 @@
+"""Each stage's data from the config: task mix, the SFT OCR ratio, thinking answers, RL records, bad keys."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from glyph_rt.train.config import TrainConfig, TrainConfigError
+from glyph_rt.train.data import MixedTask, RecordStream, loader_options, think_answer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Echo:
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self, record, index):
+        return self.name, record
+
+
+def test_mix_follows_the_weights_and_is_reproducible():
+    mix = MixedTask({"qa": Echo("qa"), "ocr": Echo("ocr")}, {"qa": 0.8, "ocr": 0.2}, seed=3, think=True)
+    picks = [mix({"context": "c", "question": "q", "answer": "a"}, i) for i in range(2000)]
+    share = sum(p[0] == "ocr" for p in picks) / len(picks)
+    assert 0.17 < share < 0.23
+    assert picks == [mix({"context": "c", "question": "q", "answer": "a"}, i) for i in range(2000)]
+    ocr = next(r for n, r in picks if n == "ocr")
+    qa = next(r for n, r in picks if n == "qa")
+    assert ocr == {"text": "c"} and qa["answer"] == "<think></think>\na"
+
+
+def test_think_answer():
+    assert think_answer("42", "six times seven") == "<think>six times seven</think>\n42"
+    assert think_answer("<think>x</think> 42") == "<think>x</think> 42"
+
+
+@pytest.mark.parametrize("loader, key", [({"bogus": 1}, "data.loader.bogus"), ({"tasks": {"ocrr": 1}}, "data.loader.tasks.ocrr"),
+                                         ({"tasks": {"ocr": -1}}, "data.loader.tasks.ocr"),
+                                         ({"render": "gpu"}, "data.loader.render"), ({"tasks": []}, "data.loader.tasks")])
+def test_bad_loader_keys_are_named(loader, key):
+    cfg = TrainConfig(stage="cpt")
+    cfg.data.loader = loader
+    with pytest.raises(TrainConfigError, match=f"^{key}"):
+        loader_options(cfg)
+
+
+def test_rl_records_per_rank_and_resume():
+    corpus = [{"text": "\n".join(f"line {i} of text {j}" for i in range(30))} for j in range(5)]
+    a, b = RecordStream(corpus, seed=1, rank=0, world=2), RecordStream(corpus, seed=1, rank=1, world=2)
+    ra, rb = iter(a), iter(b)
+    first = [next(ra) for _ in range(3)]
+    assert all({"context", "question", "answer"} <= r.keys() and r["answer"] in r["context"] for r in first)
+    assert next(rb) != first[0]
+    c = RecordStream(corpus, seed=1, rank=0, world=2)
+    c.load_state_dict(a.state_dict())
+    assert next(iter(c)) == next(ra)
+
+
+@pytest.mark.slow  # ~15-30 s: a checkpoint, 3 steps and 3 evaluations in a fresh interpreter
+def test_tiny_ocr_bench_smoke(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "train_tiny_ocr.py"), "--smoke", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "train-tiny-ocr.json").exists() and (tmp_path / "train-tiny-ocr.png").exists()
+    assert "held-out CER" in r.stdout
+
+
+@pytest.mark.slow  # GLM-4.1V vocabulary (151,552) on the CPU, two steps each way: ~30-80 s here
+def test_bench_train_quick(tmp_path):
+    pytest.importorskip("peft")
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_train.py"), "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    row = json.loads((tmp_path / "train-cpu-quick.json").read_text())["rows"][0]
+    assert row["tokens"] == 256 and row["visual_tokens"] > 0 and row["text_step_s"] > 0 and row["glyph_step_s"] > 0
