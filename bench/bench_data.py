@@ -106,7 +106,7 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=48)
     ap.add_argument("--official-samples", type=int, default=8)
@@ -115,7 +115,9 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--repeat", type=int, default=3, help="runs of each loader, interleaved; the median is kept")
     add_output_args(ap)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_data --device cuda needs a CUDA GPU")
     from bench import official as off
 
     if args.device == "cpu" and hasattr(os, "sched_setaffinity"):

@@ -93,6 +93,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("bench_serve --device cuda needs a CUDA GPU")
     from glyph_rt import RenderConfig
     from glyph_rt.models import GlyphModel
     from glyph_rt.models.tiny import tiny_glm4v_checkpoint

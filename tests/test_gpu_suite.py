@@ -161,7 +161,7 @@ def test_every_gpu_benchmark_command_parses(tmp_path):
 
     cmds = [c for s in gpu_plan(tmp_path) + gpu_plan(tmp_path, "--full") for c in s.cmds]
     benches = [c for c in cmds if c[1].startswith("bench/")]
-    assert len(benches) == 6
+    assert len(benches) == 9
     for c in benches:
         assert "--out" in c and "--results" not in c
         mod = importlib.import_module("bench." + Path(c[1]).stem)
@@ -175,7 +175,8 @@ def test_every_gpu_benchmark_command_parses(tmp_path):
 
 def test_cpu_smoke_mode_runs_every_step(tmp_path):
     """The whole script in its CPU smoke mode: it must not rot. Never touches bench/results/."""
-    results = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (ROOT / "bench" / "results").iterdir()}
+    results = {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in (ROOT / "bench" / "results").rglob("*") if p.is_file()}
     env = dict(os.environ, PYTHON=sys.executable)
     env.pop("TRITON_INTERPRET", None)
     r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), str(tmp_path), "--cpu-smoke", "--no-build"],
@@ -190,8 +191,8 @@ def test_cpu_smoke_mode_runs_every_step(tmp_path):
     assert (tmp_path / "render-cpu.json").exists()
     e2e = json.loads((tmp_path / "e2e-cpu-quick.json").read_text())  # --tokens is honoured from the command line
     assert [r["text_tokens"] for r in e2e["rows"]] == [200]
-    assert results == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-                       for p in (ROOT / "bench" / "results").iterdir()}
+    assert results == {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+                       for p in (ROOT / "bench" / "results").rglob("*") if p.is_file()}
 
 
 def test_benchmarks_write_to_out_and_to_results_only_when_asked(tmp_path, monkeypatch):
