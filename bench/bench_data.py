@@ -136,7 +136,7 @@ def main(argv=None):
         print(f"official pipeline skipped: {off.unavailable_reason()}")
     # one process: the collator draws each batch's pages in one pass into one buffer (render="batch");
     # with DataLoader workers, render="worker" draws them in the workers instead
-    for label, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+    for label, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16), ("uint8 patches", torch.uint8)):
         runs.append((f"glyph_rt ({args.device}, {label})", lambda dtype=dtype: ours(
             task, corpus, builder, args.samples, args.batch, args.device, "batch", dtype)))
     times = {name: [] for name, _ in runs}
