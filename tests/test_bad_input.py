@@ -156,7 +156,7 @@ def test_corrupted_atlas_cache_is_rebuilt(tmp_path, monkeypatch):
 
 def test_layout_rejects_slots_outside_the_atlas():
     from glyph_rt._ext import require_extension
-    from glyph_rt.render.layout import layout_params, text_codepoints
+    from glyph_rt.render.layout import text_codepoints
 
     C = require_extension("test")
     lut = np.full(0x110000, -1, np.int32)

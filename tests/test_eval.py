@@ -2,12 +2,10 @@
 OpenAI-compatible HTTP server on 127.0.0.1, the text baseline, resuming an interrupted run."""
 import base64
 import io
-import json
 import socket
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from glyph_rt import RenderConfig

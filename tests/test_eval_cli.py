@@ -1,6 +1,5 @@
 """`glyph-rt eval` end to end on a tiny random-weight checkpoint: results file, summary table, plots, dpi sweep,
 text baseline, resuming after a real kill, clear errors."""
-import json
 import os
 import signal
 import subprocess

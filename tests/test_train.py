@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from glyph_rt.models.prompt import IGNORE_INDEX, tokens_per_image
+from glyph_rt.models.prompt import IGNORE_INDEX
 from glyph_rt.render.config import RenderConfig
 from glyph_rt.train.config import TrainConfigError, load_config
 

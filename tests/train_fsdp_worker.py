@@ -6,7 +6,6 @@ Rank r reads the samples r, r + N, ... of a fixed list, so N ranks together see 
 """
 import sys
 
-import torch
 import torch.distributed as dist
 
 from glyph_rt.render.config import RenderConfig

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..fileio import cut_torn_tail
 from ..render.config import RenderConfig
 from .item import Item
 from .metrics import score
@@ -91,15 +92,6 @@ def read_rows(path) -> list[dict]:
     return rows
 
 
-def _cut_torn_tail(p: Path) -> None:
-    if not p.exists():
-        return
-    data = p.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(p, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
 def _results_path(out) -> Path | None:
     if out is None:
         return None
@@ -140,7 +132,7 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
     path = _results_path(out)
     done: dict[str, dict] = {}
     if path is not None:
-        _cut_torn_tail(path)
+        cut_torn_tail(path)
         for r in read_rows(path):
             if r.get("target") == target.name and r.get("mode") == mode and r.get("config_key") == ckey:
                 done[r["id"]] = r

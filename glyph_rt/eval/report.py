@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from ..fileio import save_figure
+
 RULER_SHORT = {"niah_single_1": "Niah-S1", "niah_single_2": "Niah-S2", "niah_single_3": "Niah-S3",
                "niah_multikey_1": "Niah-M1", "niah_multikey_2": "Niah-M2", "niah_multikey_3": "Niah-M3",
                "niah_multivalue": "Niah-V", "niah_multiquery": "Niah-Q", "vt": "VT", "cwe": "CWE", "fwe": "FWE",
@@ -212,11 +214,7 @@ def plot(rows: list[dict], out_dir, suite: str = "") -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    p = out / "accuracy_vs_length.png"
-    fig.savefig(p.with_name(".tmp-" + p.name), dpi=120, format="png")
-    p.with_name(".tmp-" + p.name).replace(p)
-    plt.close(fig)
-    written.append(p)
+    written.append(save_figure(fig, out / "accuracy_vs_length.png", dpi=120))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     targets = sorted({k[0] for k in runs})
@@ -241,9 +239,5 @@ def plot(rows: list[dict], out_dir, suite: str = "") -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    p = out / "accuracy_vs_compression.png"
-    fig.savefig(p.with_name(".tmp-" + p.name), dpi=120, format="png")
-    p.with_name(".tmp-" + p.name).replace(p)
-    plt.close(fig)
-    written.append(p)
+    written.append(save_figure(fig, out / "accuracy_vs_compression.png", dpi=120))
     return written

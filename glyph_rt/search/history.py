@@ -16,6 +16,8 @@ import json
 import os
 from pathlib import Path
 
+from ..fileio import cut_torn_tail
+
 
 class HistoryError(ValueError):
     pass
@@ -30,12 +32,7 @@ class History:
         self._f = None
 
     def _load(self) -> None:
-        data = self.path.read_bytes()
-        good = data.rfind(b"\n") + 1
-        if good < len(data):  # a line cut short by a kill: drop it so appends stay whole lines
-            with open(self.path, "r+b") as f:
-                f.truncate(good)
-            data = data[:good]
+        data = cut_torn_tail(self.path)
         for i, line in enumerate(data.decode("utf-8").splitlines(), 1):
             if not line.strip():
                 continue

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from ..fileio import atomic_path, save_figure, write_atomic
 
 CONTACT_CHARS = 5000
 THUMB = 260
-
-
-def _write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    (tmp.write_bytes if isinstance(data, bytes) else lambda d: tmp.write_text(d, encoding="utf-8"))(data)
-    os.replace(tmp, path)
 
 
 def _fmt(x) -> str:
@@ -81,10 +76,7 @@ def pareto_plot(evals: list[dict], front: list[dict], best: dict | None, floor: 
     ax.set_title(title or "rendering search: every evaluated config")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def contact_sheet(records: list[dict], space, text: str, path: Path) -> None:
@@ -109,9 +101,8 @@ def contact_sheet(records: list[dict], space, text: str, path: Path) -> None:
         sheet.paste(img, (x + (THUMB - img.width) // 2, 3))
         draw.text((x + 4, cell_h - 24), f"#{k + 1} {e['hash'][:8]} gen {e['generation']}", fill=(0, 0, 0))
         draw.text((x + 4, cell_h - 12), f"acc {_fmt(e['accuracy'])} comp {_fmt(e['compression'])}", fill=(0, 0, 0))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    sheet.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp)
 
 
 def write_outputs(result, out_dir, settings: dict, space) -> list[str]:
@@ -124,11 +115,11 @@ def write_outputs(result, out_dir, settings: dict, space) -> list[str]:
     hist = History(out / "history.jsonl")
     files = []
     if result.config is not None:
-        _write(out / "best_config.json", json.dumps(result.config.to_dict(), indent=2) + "\n")
-        _write(out / "best_config_glyph.json", json.dumps(result.config.to_glyph_dict(), indent=2) + "\n")
+        write_atomic(out / "best_config.json", json.dumps(result.config.to_dict(), indent=2) + "\n")
+        write_atomic(out / "best_config_glyph.json", json.dumps(result.config.to_glyph_dict(), indent=2) + "\n")
         files += ["best_config.json", "best_config_glyph.json"]
     rows = best_per_generation(hist)
-    _write(out / "best_per_generation.md", table_markdown(rows))
+    write_atomic(out / "best_per_generation.md", table_markdown(rows))
     files.append("best_per_generation.md")
     evals = list(hist.evaluations().values())
     o = settings["objective"]
@@ -156,6 +147,6 @@ def write_outputs(result, out_dir, settings: dict, space) -> list[str]:
                    k: result.best[k] for k in ("hash", "generation", "accuracy", "compression", "proposer", "reason")},
                "front": [{k: e[k] for k in ("hash", "accuracy", "compression")} for e in result.front],
                "counts": result.counts, "settings": settings}
-    _write(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     files.append("summary.json")
     return files

@@ -14,6 +14,7 @@ import queue
 import uuid
 from pathlib import Path
 
+from ..fileio import cut_torn_tail
 from .engine import QueueFull
 from .inputs import RequestError
 from .protocol import completion_id, error, response
@@ -54,14 +55,7 @@ def read_requests(path: str | os.PathLike) -> list[dict]:
 
 def done_ids(path: Path) -> set[str]:
     """custom_ids already answered in the output; a partial last line (a killed write) is cut off."""
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1
-    if keep != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-        data = data[:keep]
+    data = cut_torn_tail(path)
     ids = set()
     for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
         try:

@@ -11,6 +11,8 @@ import math
 import os
 from pathlib import Path
 
+from ..fileio import save_figure, write_atomic
+
 PLOTTED = ("loss", "lr", "tokens_per_s", "grad_norm", "reward_mean", "clip_fraction", "compression", "cer")
 
 
@@ -45,9 +47,7 @@ class MetricsLogger:
         """Drops the rows after `step` (a resumed run logs them again)."""
         if self.enabled and self.path.exists():
             keep = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -94,9 +94,4 @@ def plot_curves(jsonl: str | os.PathLike, out: str | os.PathLike, keys=PLOTTED, 
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out)
-    tmp = out.with_name(out.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_figure(fig, out)

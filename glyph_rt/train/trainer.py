@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch

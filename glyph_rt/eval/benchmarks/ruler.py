@@ -20,7 +20,6 @@ from __future__ import annotations
 import bisect
 import functools
 import json
-import math
 import random
 import re
 import string

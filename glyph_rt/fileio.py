@@ -1,0 +1,56 @@
+"""Files that are never left half-written: atomic replacement, figures saved whole, append-only JSONL with a
+torn last line (a killed write) cut off before the next append. Standard library only (figures: any matplotlib
+Figure passed in)."""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yields a temporary path beside `path` (same suffix, so writers that infer the format from it still work);
+    it replaces `path` when the block ends without an error and is removed when it raises."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    with atomic_path(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Saves a matplotlib figure atomically and closes it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def cut_torn_tail(path: str | os.PathLike) -> bytes:
+    """The whole lines of an append-only file; a last line without its newline (cut short by a kill) is truncated
+    away on disk so that appends stay whole lines. b"" when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return b""
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+        data = data[:keep]
+    return data
