@@ -180,19 +180,31 @@ py::tuple ink_extent(const py::array_t<uint8_t, py::array::c_style>& pages, int3
 
 // pixel_values rows of pages[P, H, W, 3] (see raster.h): hw [P, 2] (height, width; 0 skips a page),
 // first_row [P], out [N, 1176] float32 with a float32 lut [3, 256], or uint16 (bfloat16 bits) with a
-// bfloat16-bits lut. Every page's rows are checked to lie inside `out` before any is written.
+// bfloat16-bits lut, or uint8 patches [N, 592] with no lut. Every page's rows are checked to lie
+// inside `out` before any is written.
 void pixel_values_cpu_py(const py::array_t<uint8_t, py::array::c_style>& pages, const Arr<int32_t>& hw,
-                         const Arr<int64_t>& first_row, const py::array& lut, py::array out) {
+                         const Arr<int64_t>& first_row, const py::object& lut_obj, py::array out) {
   if (pages.ndim() != 4 || pages.shape(3) != 3) throw std::invalid_argument("pixel_values_cpu: pages must be [P,H,W,3] uint8");
   const int32_t P = (int32_t)pages.shape(0), H = (int32_t)pages.shape(1), W = (int32_t)pages.shape(2);
   if (hw.size() != 2 * (py::ssize_t)P || first_row.size() != P)
     throw std::invalid_argument("pixel_values_cpu: hw must be [P, 2] and first_row [P]");
-  const bool f32 = out.dtype().is(py::dtype::of<float>()), b16 = out.dtype().is(py::dtype::of<uint16_t>());
-  if (!f32 && !b16) throw std::invalid_argument("pixel_values_cpu: out must be float32 or uint16 (bfloat16 bits)");
-  if (!lut.dtype().is(out.dtype()) || lut.size() != 768 || !(lut.flags() & py::array::c_style))
-    throw std::invalid_argument("pixel_values_cpu: lut must be a contiguous [3, 256] array of out's dtype");
-  if (out.ndim() != 2 || out.shape(1) != 1176 || !(out.flags() & py::array::c_style) || !out.writeable())
-    throw std::invalid_argument("pixel_values_cpu: out must be a writable contiguous [N, 1176] array");
+  const bool f32 = out.dtype().is(py::dtype::of<float>()), b16 = out.dtype().is(py::dtype::of<uint16_t>()),
+             u8 = out.dtype().is(py::dtype::of<uint8_t>());
+  if (!f32 && !b16 && !u8)
+    throw std::invalid_argument("pixel_values_cpu: out must be float32, uint16 (bfloat16 bits) or uint8 (patches)");
+  const py::ssize_t row = u8 ? 592 : 1176;
+  py::array lut;
+  if (u8) {
+    if (!lut_obj.is_none()) throw std::invalid_argument("pixel_values_cpu: uint8 patches take no lut (pass None)");
+  } else {
+    if (lut_obj.is_none()) throw std::invalid_argument("pixel_values_cpu: float32 and bfloat16 rows need a lut");
+    lut = py::reinterpret_borrow<py::array>(lut_obj);
+    if (!lut.dtype().is(out.dtype()) || lut.size() != 768 || !(lut.flags() & py::array::c_style))
+      throw std::invalid_argument("pixel_values_cpu: lut must be a contiguous [3, 256] array of out's dtype");
+  }
+  if (out.ndim() != 2 || out.shape(1) != row || !(out.flags() & py::array::c_style) || !out.writeable())
+    throw std::invalid_argument("pixel_values_cpu: out must be a writable contiguous [N, " + std::to_string(row) +
+                                "] array");
   const int32_t* s = hw.data();
   const int64_t* f = first_row.data();
   for (int32_t i = 0; i < P; ++i) {
@@ -206,9 +218,11 @@ void pixel_values_cpu_py(const py::array_t<uint8_t, py::array::c_style>& pages, 
   }
   const uint8_t* src = pages.data();
   void* o = out.mutable_data();
-  const void* l = lut.data();
+  const void* l = u8 ? nullptr : lut.data();
   py::gil_scoped_release nogil;
-  if (f32)
+  if (u8)
+    patches_u8_cpu(src, P, H, W, s, f, static_cast<uint8_t*>(o));
+  else if (f32)
     pixel_values_cpu(src, P, H, W, s, f, static_cast<const float*>(l), static_cast<float*>(o));
   else
     pixel_values_cpu(src, P, H, W, s, f, static_cast<const uint16_t*>(l), static_cast<uint16_t*>(o));

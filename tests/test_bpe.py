@@ -1,4 +1,5 @@
-"""tiktoken's BPE on Qwen's vocabulary counts exactly what Hugging Face `tokenizers` counts."""
+"""tiktoken's BPE on Qwen's vocabulary (and on a GPT-2-style ByteLevel one) counts and encodes exactly what
+Hugging Face `tokenizers` does."""
 import json
 import os
 import unicodedata
@@ -26,6 +27,26 @@ def hf_count(tok, text: str) -> int:
     return len(tok._tok.encode(text, add_special_tokens=False).ids)
 
 
+def hf_ids(tok, text: str) -> list[int]:
+    return tok._tok.encode(text, add_special_tokens=False).ids
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A ByteLevel(use_regex=True) tokenizer with GLM's special tokens, and its fast form."""
+    from glyph_rt.models.tiny import tiny_tokenizer
+
+    t = tiny_tokenizer()
+    fast = bpe.for_tokenizer(t)
+    assert fast is not None and fast.pattern == bpe.GPT2_PATTERN
+    return t, fast
+
+
+def tiny_matches(tiny, text: str) -> bool:
+    t, fast = tiny
+    return fast.encode(text) == t.backend_tokenizer.encode(text, add_special_tokens=False).ids
+
+
 SAMPLES = [
     "Hello world", "  leading and trailing spaces  ", "tabs\tand\t\ttabs", "\n\n\nnewlines\r\n\r\nCRLF\r",
     "naïve café résumé", "e\u0301 combining, NFC composes it; A\u030a; \u212b ångström", "\ufb01 ligature, \u2126 ohm",
@@ -40,8 +61,10 @@ SAMPLES = [
 
 
 @pytest.mark.parametrize("text", SAMPLES)
-def test_samples_match_tokenizers(tok, text):
+def test_samples_match_tokenizers(tok, tiny, text):
     assert tok.count(text) == hf_count(tok, text)
+    assert tok._fast.encode(text) == hf_ids(tok, text)
+    assert tiny_matches(tiny, text + " <|user|>\n<|image|>x<|endoftext|>")
 
 
 def test_sample_text_and_long_text(tok):
@@ -66,8 +89,10 @@ TEXT = st.one_of(
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(TEXT)
-def test_generated_text_matches_tokenizers(tok, text):
+def test_generated_text_matches_tokenizers(tok, tiny, text):
     assert tok.count(text) == hf_count(tok, text)
+    assert tok._fast.encode(text) == hf_ids(tok, text)
+    assert tiny_matches(tiny, text)
 
 
 @settings(max_examples=max(20, EXAMPLES // 5), deadline=None, suppress_health_check=[HealthCheck.too_slow])

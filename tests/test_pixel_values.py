@@ -141,7 +141,7 @@ def test_uint8_patches_are_the_raw_levels_of_pixel_values(backend):
     pv, ref_grid = hf_inputs(TEXTS, CONFIGS, "glm4v")
     assert u8.dtype == torch.uint8 and u8.shape == (len(pv), 588)
     assert np.array_equal(grid.cpu().numpy(), ref_grid)
-    assert fused == (0 if backend == "cpu" else len(ref_grid) - 1)
+    assert fused == len(ref_grid) - 1  # one page is resized by Pillow
     assert torch.equal(expand_uint8(u8.cpu()), torch.from_numpy(pv))
 
 
@@ -194,6 +194,26 @@ def test_write_pixel_values_cpu_equals_the_torch_path_on_every_level(dtype):
                                      dtype=dtype)
     assert torch.equal(out[5:], ref)
     assert torch.all(out[:5] == 7.0)  # nothing written outside the pages' rows
+
+
+def test_write_pixel_values_cpu_writes_padded_uint8_patches():
+    from glyph_rt.ops.pixel_values import ROW_U8_STRIDE, normalize_lut, padded_rows, write_pixel_values_cpu
+
+    rng = np.random.default_rng(1)
+    pages = rng.integers(0, 256, size=(3, 150, 125, 3), dtype=np.uint8)
+    hw = np.asarray([[140, 112], [0, 0], [112, 84]])
+    rows = hw[:, 0] // 14 * hw[:, 1] // 14
+    first = np.asarray([3, 0, 3 + rows[0]])
+    out = torch.full((3 + rows.sum(), ROW_U8_STRIDE), 7, dtype=torch.uint8)
+    write_pixel_values_cpu(pages, hw, first, None, out)
+    ref, _ = pixel_values_from_pages([torch.from_numpy(pages[0, :140, :112]), torch.from_numpy(pages[2, :112, :84])],
+                                     dtype=torch.uint8)
+    assert torch.equal(out[3:], padded_rows(ref))  # the levels, and zeros in the 4 pad bytes
+    assert torch.all(out[:3] == 7)
+    with pytest.raises(ValueError, match="no lut"):
+        write_pixel_values_cpu(pages, hw, first, normalize_lut(), out)
+    with pytest.raises(ValueError, match=r"\[N, 592\]"):
+        write_pixel_values_cpu(pages, hw, first, None, out[:, :588].contiguous())
 
 
 def test_write_pixel_values_cpu_rejects_bad_arguments():

@@ -56,3 +56,18 @@ def test_multi_turn_and_errors(builder):
 def test_encode_pieces_trains_only_marked_text(builder):
     enc = builder.encode_pieces([(builder.image_token * 3, False), ("hello world", True)])
     assert enc.labels[:3] == [IGNORE_INDEX] * 3 and enc.loss_tokens == len(enc.input_ids) - 3
+
+
+def test_fast_ids_equal_the_tokenizers_and_survive_pickling(builder):
+    import pickle
+
+    from glyph_rt.render.textio import sample_text
+
+    msgs = builder.messages(2, "Read it.", answer=sample_text()[:3000] + "\n\n  tail <|endoftext|> é 東京")
+    fast = builder.encode(msgs, [4, 8])
+    assert builder._bpe is not None  # the tiny tokenizers are tiktoken-shaped
+    slow = PromptBuilder(builder.tokenizer, builder.image_token_id, builder.stop_ids)
+    slow._bpe = None  # transformers' tokenizer
+    assert slow.encode(msgs, [4, 8]) == fast
+    again = pickle.loads(pickle.dumps(builder))  # as DataLoader workers receive it
+    assert again.encode(msgs, [4, 8]) == fast

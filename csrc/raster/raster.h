@@ -55,5 +55,9 @@ void pixel_values_cpu(const uint8_t* pages, int32_t n_pages, int32_t H, int32_t 
                       const int64_t* first_row, const float* lut, float* out);
 void pixel_values_cpu(const uint8_t* pages, int32_t n_pages, int32_t H, int32_t W, const int32_t* hw,
                       const int64_t* first_row, const uint16_t* lut, uint16_t* out);
+// The same rows as uint8 levels for the fused patch embedding: one frame, columns (channel, py, px),
+// each row padded to 592 bytes with zeros (out[N, 592]).
+void patches_u8_cpu(const uint8_t* pages, int32_t n_pages, int32_t H, int32_t W, const int32_t* hw,
+                    const int64_t* first_row, uint8_t* out);
 
 }  // namespace glyph_rt

@@ -44,6 +44,7 @@ class PromptBuilder:
             raise ValueError(f"image_token_id {image_token_id} is not in the tokenizer's vocabulary")
         eos = tokenizer.eos_token_id
         self.stop_ids = set(stop_ids or ([] if eos is None else [eos]))
+        self._bpe = False  # not looked up yet; then tiktoken's BPE on the vocabulary, or None (render.bpe)
 
     @classmethod
     def for_model(cls, model, tokenizer) -> "PromptBuilder":
@@ -115,7 +116,18 @@ class PromptBuilder:
 
     # ------------------------------------------------------------------ training
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        if not text:
+            return []
+        if self._bpe is False:
+            from ..render.bpe import for_tokenizer
+
+            self._bpe = for_tokenizer(self.tokenizer)
+        if self._bpe is not None:  # the same ids, ~10x faster (tests/test_prompt.py)
+            return self._bpe.encode(text)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def __getstate__(self) -> dict:  # the tiktoken BPE does not pickle: a DataLoader worker builds its own
+        return {**self.__dict__, "_bpe": False}
 
     def encode(self, messages: list[dict], visual_tokens: Sequence[int]) -> Encoded:
         """Ids and labels of a conversation: loss on every assistant turn (its end marker included), nowhere else.
@@ -138,7 +150,8 @@ class PromptBuilder:
             done = upto
         if not pieces:
             raise ValueError("the conversation has no assistant turn to learn")
-        pieces.append((self.template(messages, add_generation_prompt=False)[len(done):], False))
+        last = done if messages[-1].get("role") == "assistant" else self.template(messages, add_generation_prompt=False)
+        pieces.append((last[len(done):], False))
         expanded, used = [], 0
         for text, train in pieces:
             n = text.count(self.image_token)

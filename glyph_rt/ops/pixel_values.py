@@ -117,22 +117,25 @@ def pixel_values_from_pages(pages: list[torch.Tensor], model: str = "glm4v", dty
     return pv, torch.tensor(grids, dtype=torch.int64, device=device).reshape(-1, 3)
 
 
-def write_pixel_values_cpu(pages: np.ndarray, hw: np.ndarray, first_row: np.ndarray, lut: torch.Tensor,
+def write_pixel_values_cpu(pages: np.ndarray, hw: np.ndarray, first_row: np.ndarray, lut: torch.Tensor | None,
                            out: torch.Tensor) -> None:
-    """The C++ CPU path: normalized patch rows of uint8 pages [P, H, W, 3] (numpy) written into `out`
-    ([N, 1176] float32 or bfloat16, CPU, contiguous) from row first_row[i] on, for the top-left
-    hw[i] = (height, width) pixels of page i (multiples of 28; (0, 0) skips the page). `lut` is
-    normalize_lut() in out's dtype. Equal to pixel_values_from_pages bit for bit; no float page."""
+    """The C++ CPU path: patch rows of uint8 pages [P, H, W, 3] (numpy) written into `out` from row
+    first_row[i] on, for the top-left hw[i] = (height, width) pixels of page i (multiples of 28; (0, 0)
+    skips the page). `out` is CPU and contiguous: [N, 1176] float32 or bfloat16 normalized rows, `lut`
+    normalize_lut() in out's dtype; or [N, 592] uint8 padded patch rows (padded_rows of uint8_rows),
+    `lut` None. Equal to pixel_values_from_pages bit for bit; no float page."""
     from .._ext import require_extension
 
     C = require_extension("the C++ pixel_values path")
-    if out.dtype not in (torch.float32, torch.bfloat16) or out.device.type != "cpu" or lut.dtype != out.dtype:
-        raise ValueError(f"out must be a CPU float32 or bfloat16 tensor with a lut of its dtype, got "
-                         f"out {out.dtype} on {out.device}, lut {lut.dtype}")
+    raw = out.dtype == torch.uint8
+    if out.device.type != "cpu" or (raw and lut is not None) or (
+            not raw and (out.dtype not in (torch.float32, torch.bfloat16) or lut is None or lut.dtype != out.dtype)):
+        raise ValueError(f"out must be a CPU float32 or bfloat16 tensor with a lut of its dtype, or uint8 patch rows "
+                         f"with no lut; got out {out.dtype} on {out.device}, lut {None if lut is None else lut.dtype}")
 
     def arr(t):
         t = t.contiguous() if t is lut else t
         return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
     C.pixel_values_cpu(pages, np.ascontiguousarray(hw, np.int32), np.ascontiguousarray(first_row, np.int64),
-                       arr(lut.cpu()), arr(out))
+                       None if raw else arr(lut.cpu()), arr(out))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..nvtx import nvtx_range
-from ..ops.pixel_values import PATCH, ROW, ROW_U8, cat_rows, normalize_lut, padded_rows, pixel_values_from_pages, \
+from ..ops.pixel_values import PATCH, ROW, ROW_U8, ROW_U8_STRIDE, cat_rows, normalize_lut, padded_rows, pixel_values_from_pages, \
     target_size, uint8_rows, write_pixel_values_cpu
 from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PATCHES, MODE_PIXELS, RasterBatch, \
     check_backend, raster_tiles, set_image_targets
@@ -149,19 +149,20 @@ def _chunks(items):
 
 
 def inputs_cpu(items, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """pixel_values (float32 / bfloat16), image_grid_thw and the number of pages written by C++, for
-    (document, first page, stop page) items on the CPU, in one pass: pages are drawn a few at a time
-    into one reused uint8 buffer, and the C++ path writes the patch rows of each page whose size is
-    the model's straight from it; pages the model would resize go through Pillow
-    (pixel_values_from_pages). The output is sized for uncropped pages, grown if a resized page needs
-    more rows, and trimmed in place at the end."""
+    """pixel_values (float32 / bfloat16, or uint8 patches [N, 588] viewing [N, 592] rows),
+    image_grid_thw and the number of pages written by C++, for (document, first page, stop page) items
+    on the CPU, in one pass: pages are drawn a few at a time into one reused uint8 buffer, and the C++
+    path writes the patch rows of each page whose size is the model's straight from it; pages the model
+    would resize go through Pillow (pixel_values_from_pages). The output is sized for uncropped pages,
+    grown if a resized page needs more rows, and trimmed in place at the end."""
     scratch: dict = {}
-    lut = lut.cpu()
+    raw = dtype == torch.uint8
+    lut = None if raw else lut.cpu()
+    width, np_dtype = (ROW_U8_STRIDE, np.uint8) if raw else (ROW, np.float32 if dtype == torch.float32 else np.int16)
     # numpy asks the kernel for huge pages (madvise): the first touch of the output costs ~4x less than
     # with torch.empty, and resize() trims or grows the buffer with realloc (mremap), not a copy
     rows_of_canvas = [int(np.prod(target_size(d.canvas[1], d.canvas[0], model))) // PATCH**2 for d, _, _ in items]
-    buf_rows = np.empty((sum(n * (e - s) for n, (_, s, e) in zip(rows_of_canvas, items)), ROW),
-                        np.float32 if dtype == torch.float32 else np.int16)
+    buf_rows = np.empty((sum(n * (e - s) for n, (_, s, e) in zip(rows_of_canvas, items)), width), np_dtype)
     grids, used, fused = [], 0, 0
     with nvtx_range("glyph_rt.pixel_values"):
         for d, s, e in _chunks(items):
@@ -176,19 +177,20 @@ def inputs_cpu(items, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, in
             first = used + np.cumsum(rows) - rows
             used += int(rows.sum())
             if used > len(buf_rows):
-                buf_rows.resize((max(used, 2 * len(buf_rows)), ROW), refcheck=False)
+                buf_rows.resize((max(used, 2 * len(buf_rows)), width), refcheck=False)
             out = torch.from_numpy(buf_rows).view(dtype)
             write_pixel_values_cpu(pages, hw * direct[:, None], first, lut, out)
             for k in np.nonzero(~direct)[0]:
                 h, w = hw[k]
                 v, _ = pixel_values_from_pages([torch.from_numpy(pages[k, :h, :w])], model, dtype, lut)
-                out[first[k]:first[k] + rows[k]] = v
+                out[first[k]:first[k] + rows[k]] = padded_rows(v) if raw else v
             del out  # no view may outlive a resize of buf_rows
             grids.append(grid_thw(target))
             fused += int(direct.sum())
-    buf_rows.resize((used, ROW), refcheck=False)
+    buf_rows.resize((used, width), refcheck=False)
     grid = np.concatenate(grids) if grids else np.zeros((0, 3), np.int64)
-    return torch.from_numpy(buf_rows).view(dtype), torch.from_numpy(grid), fused
+    pv = torch.from_numpy(buf_rows).view(dtype)
+    return pv[:, :ROW_U8] if raw else pv, torch.from_numpy(grid), fused
 
 
 def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -196,15 +198,9 @@ def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Te
     (document, first page, stop page) items."""
     docs = [d for d, _, _ in items]
     ranges = [(s, e) for _, s, e in items]
-    if backend == "cpu" and dtype != torch.uint8:
+    if backend == "cpu":
         pv, grid, fused = inputs_cpu(items, model, dtype, lut)
         return pv.to(device, non_blocking=True), grid.to(device), fused
-    if backend == "cpu":
-        drawn = draw_pages(docs, device, backend, ranges)
-        pages = [buf[i, :h, :w] for buf, sizes in drawn for i, (w, h) in enumerate(sizes)]
-        with nvtx_range("glyph_rt.pixel_values"):
-            pv, grid = pixel_values_from_pages(pages, model, dtype, lut)
-        return pv, grid, 0
     batch = RasterBatch(docs, ranges)
     dev = batch.to_device(device)
     ink = None
