@@ -67,7 +67,15 @@ def test_corpus_formats(tmp_path):
     assert len(c) == 5 + 2 + 3 and c[0]["text"] == text[:200] and c[6]["text"] == text[100:300]
     c = Corpus.open([tmp_path / "hf"])
     assert c[2] == {"text": "three"}
-    assert len(Corpus.open()) >= 1  # the bundled corpus
+    bundled = Corpus.open()  # public-domain US presidential addresses
+    assert len(bundled) == 124 and sum(len(bundled[i]["text"]) for i in range(len(bundled))) > 2_500_000
+    assert bundled[0]["title"] == "Washington, Inaugural Address, 1789" and bundled[0]["text"].startswith("Fellow-Citizens")
+    assert not any(ch in bundled[i]["text"] for i in range(len(bundled)) for ch in "\ufffd\u3000")  # no mojibake
+    import gzip
+
+    with gzip.open(tmp_path / "z.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "zipped"}) + "\n")
+    assert Corpus.open(tmp_path / "z.jsonl.gz")[0] == {"text": "zipped"}
     (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{oops\n')
     with pytest.raises(CorpusError, match="line 2"):
         Corpus.open(tmp_path / "bad.jsonl")

@@ -96,3 +96,19 @@ def test_backends_does_not_claim_triton_without_gpu_or_interpreter(monkeypatch):
         assert info == {"available": False, "why": "installed, no GPU: runs only under TRITON_INTERPRET=1"}
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert _triton_backend()["available"] == (info["why"] != "triton is not installed")
+
+
+def test_package_data_covers_every_data_file():
+    """A wheel carries every non-Python file of glyph_rt/ (configs, corpus, fonts), not only an editable install."""
+    import fnmatch
+    import subprocess
+
+    call = next(n for n in ast.walk(ast.parse((ROOT / "setup.py").read_text(encoding="utf-8")))
+                if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    patterns = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "package_data"))["glyph_rt"]
+    tracked = subprocess.run(["git", "ls-files", "glyph_rt"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    files = [f.removeprefix("glyph_rt/") for f in tracked if not f.endswith(".py")]
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, p) and f.count("/") == p.count("/") for p in patterns)]
+    assert not missing, f"files no package_data pattern ships: {missing}"

@@ -2,8 +2,8 @@
 
 Interface (stable; the trainer builds on it):
 
-    corpus = Corpus.open(paths)           # text files or directories of them, .jsonl, .parquet, a `datasets`
-                                          # directory (save_to_disk); no path: the bundled corpus
+    corpus = Corpus.open(paths)           # text files or directories of them, .jsonl(.gz), .parquet, a `datasets`
+                                          # directory (save_to_disk); no path: the bundled corpus (BUNDLED_CORPUS)
     data = TaskDataset(corpus, task, seed=0, epochs=None, render="worker" | "batch")
     loader = GlyphLoader(data, collator, batch_size=8, num_workers=2)
     for batch in loader: ...              # collator(samples): see collate.py
@@ -26,6 +26,7 @@ a batch in one launch, on the GPU when it has one.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -33,12 +34,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..render.textio import SAMPLE_PATH, decode_text
+from ..render.textio import decode_text
 from .collate import attach_pixels
 from .tasks import TaskError
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 RENDER_MODES = ("worker", "batch")
+# the bundled corpus: 124 US presidential inaugural (1789-2021) and State of the Union (1945-2006) addresses,
+# works of the US government and so in the public domain; records {"text", "title", "year"}
+BUNDLED_CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus" / "us_presidential_addresses.jsonl.gz"
 
 
 class CorpusError(ValueError):
@@ -80,9 +84,9 @@ class Corpus:
     @classmethod
     def open(cls, paths=None, max_chars: int = 50000, text_field: str = "text") -> "Corpus":
         """Text files (.txt, .md) and directories of them (split into records of at most `max_chars`),
-        JSONL files, Parquet files and `datasets` directories; no path: the bundled corpus."""
+        JSONL files (.jsonl, .jsonl.gz), Parquet files and `datasets` directories; no path: the bundled corpus."""
         if paths is None or paths == []:
-            paths = [SAMPLE_PATH]
+            paths = [BUNDLED_CORPUS]
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         sources = []
@@ -97,7 +101,7 @@ class Corpus:
                     sources.append((str(f), _text_records(f, max_chars)))
                 if not files:
                     raise CorpusError(f"corpus: directory {str(p)!r} holds no {'/'.join(TEXT_SUFFIXES)} files")
-            elif p.suffix == ".jsonl":
+            elif p.name.endswith((".jsonl", ".jsonl.gz")):
                 sources.append((str(p), _jsonl(p, text_field)))
             elif p.suffix == ".parquet":
                 sources.append((str(p), _Parquet(p, text_field)))
@@ -120,7 +124,7 @@ def _rename(rec: dict, text_field: str) -> dict:
 
 def _jsonl(path: Path, text_field: str) -> list[dict]:
     out = []
-    with open(path, encoding="utf-8") as f:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
