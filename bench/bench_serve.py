@@ -163,11 +163,15 @@ def main(argv=None) -> int:
     with ServerThread(build_app(svc)) as server:
         url = server.url + "/v1"
         asyncio.run(load(url, docs[:2], 2, 1, 2))  # warm-up
+        steps = dict(svc.engine.steps)
         res = asyncio.run(load(url, docs, args.clients, args.requests, args.max_tokens))
+        res["prefill_rows_per_forward"] = ((svc.engine.steps["prefill_rows"] - steps["prefill_rows"])
+                                           / max(1, svc.engine.steps["prefill_forwards"] - steps["prefill_forwards"]))
         print(f"engine, {args.clients} clients: {res['requests_per_s']:.2f} req/s "
               f"({res['requests_per_s'] / serial['requests_per_s']:.2f}x serial), {res['tokens_per_s']:.1f} tok/s, "
               f"TTFT p50 {res['ttft_p50_s'] * 1e3:.1f} ms p99 {res['ttft_p99_s'] * 1e3:.1f} ms, "
-              f"ITL p50 {res['itl_p50_s'] * 1e3:.1f} ms p99 {res['itl_p99_s'] * 1e3:.1f} ms, errors {res['errors']}")
+              f"ITL p50 {res['itl_p50_s'] * 1e3:.1f} ms p99 {res['itl_p99_s'] * 1e3:.1f} ms, errors {res['errors']}; "
+              f"{res['prefill_rows_per_forward']:.1f} requests per prefill forward")
         long_doc = text[:args.cache_doc_chars]
         first = asyncio.run(load(url, [long_doc], 1, 1, 4))["ttft_p50_s"]
         follow = asyncio.run(load(url, [long_doc], 1, 1, 4))["ttft_p50_s"]
