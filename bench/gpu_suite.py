@@ -1,7 +1,9 @@
-"""Build, test and benchmark glyph_rt on a GPU in one command, within a fixed time (9 minutes on an H100).
+"""Build, test and benchmark glyph_rt on a GPU in one command, within a fixed time (9 minutes on an H100;
+the --full command, 10).
 
     bash bench/gpu_suite.sh OUTDIR             # build, tests, sanitizers, benchmarks, OUTDIR/summary.md
-    bash bench/gpu_suite.sh OUTDIR --full      # second command: bench_e2e at 8K-128K, bench_train, bench_data, bench_serve
+    bash bench/gpu_suite.sh OUTDIR --full      # second command: bench_e2e at 8K-128K, bench_serve_backbone,
+                                               # bench_train, bench_data, bench_serve
     bash bench/gpu_suite.sh OUTDIR --cpu-smoke # the same steps at tiny sizes on the CPU (automatic without a GPU)
 
 Every step runs in its own process group under its own time budget (and within what is left of the
@@ -97,9 +99,12 @@ def plan(args, out: Path, cuda: bool) -> list[Step]:
     if args.full:  # its own step names: the first command's records stay
         for s in steps:
             s.name = f"full-{s.name}"
-        steps.append(Step("bench-e2e-full", (args.budget - 40) // 2,
+        steps.append(Step("bench-e2e-full", (args.budget - 130) // 2,
                           [py + ["bench/bench_e2e.py", "--tokens", FULL_TOKENS, "--out", str(out), *res]],
                           skip=nocuda))
+        # the server with the text backbone vs Glyph at 9B shapes: TTFT at 128K and requests/s under load
+        steps.append(Step("bench-serve-backbone", 150, [py + ["bench/bench_serve_backbone.py", "--out", str(out),
+                                                              *res]], skip=nocuda))
         # the training, data-loader and serving benchmarks, at sizes that fit the rest of the budget
         steps.append(Step("bench-train", 120, [py + ["bench/bench_train.py", "--tokens", "8192,32768", "--layers",
                                                      "8", "--repeat", "2", "--out", str(out), *res]], skip=nocuda))
@@ -247,12 +252,16 @@ def run_step(step: Step, order: int, out: Path, deadline: float, env: dict, say)
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("outdir", type=Path, help="directory for logs, results, plots and summary.md")
-    ap.add_argument("--full", action="store_true", help="bench_e2e at 8K-128K, bench_train, bench_data and bench_serve (run after the first command)")
+    ap.add_argument("--full", action="store_true", help="bench_e2e at 8K-128K, bench_serve_backbone, bench_train, "
+                    "bench_data and bench_serve (run after the first command)")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU, CUDA steps skipped")
     ap.add_argument("--results", action="store_true", help="benchmarks also write to bench/results/")
     ap.add_argument("--no-build", action="store_true", help="use the installed extension as it is")
-    ap.add_argument("--budget", type=float, default=530, help="seconds for the whole run (default 530)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 530; 590 with "
+                    "--full)")
     args = ap.parse_args(argv)
+    if args.budget is None:
+        args.budget = 590 if args.full else 530
     if args.budget <= 0:
         raise SystemExit(f"--budget {args.budget}: must be positive seconds")
     out = args.outdir.resolve()

@@ -1,5 +1,5 @@
 """OUTDIR/summary.md from what bench/gpu_suite.py left in OUTDIR: one table of every figure beside its
-target (issue 12's, H100, bf16) and the baseline measured in the same run, then the tests, the
+target (issues 12 and 17, H100, bf16) and the baseline measured in the same run, then the tests, the
 sanitizers and every step with its time and log.
 
     python bench/summary.py OUTDIR
@@ -140,6 +140,26 @@ def e2e(key: str, base: Callable[[dict], str]) -> Callable[[dict], Figure | None
     return get
 
 
+def serve_backbone(key: str) -> Callable[[dict], Figure | None]:
+    """bench_serve_backbone's ratios: Glyph over the text backbone, through the same server."""
+    def get(d: dict) -> Figure | None:
+        s = d["summary"]
+        if s.get(key) is None or not d["rows"]:
+            return None
+        arm = {r["arm"]: r for r in d["rows"]}
+        text, glyph = arm["text"], arm["glyph"]
+        if key == "ttft_speedup":
+            n = s["context_tokens"]
+            base = f"text {text['ttft_s'] * 1e3:,.0f} ms vs glyph {glyph['ttft_s'] * 1e3:,.0f} ms"
+            note = f"{n:,}-token document, {glyph['pages']} pages ({s['compression']:.2f}x)"
+            note += "" if n >= 0.99 * 131072 else " (the target is at 128K: run --full)"
+        else:
+            base = f"text {text['requests_per_s']:.3f} vs glyph {glyph['requests_per_s']:.3f} req/s"
+            note = f"{s['clients']} clients, {s['load_tokens'] // 1024}K-token documents, {s['max_tokens']} tokens each"
+        return s[key], base, note
+    return get
+
+
 TARGETS = [
     Target("rasterizer", "128K-token document -> pixel_values (GPU ms)", "render-gpu", "bench-render", "<=", 2.0,
            "ms", render_ms),
@@ -163,6 +183,10 @@ TARGETS = [
                                                 f"x{r['decode_speedup_hf']:.2f}")),
     Target("end to end", "rendering, fraction of TTFT", "e2e", "bench-e2e", "<=", 0.01, "",
            e2e("render_fraction_of_ttft", lambda r: f"HF path renders in {r['glyph_hf_render_s']:.3f} s")),
+    Target("serving", "TTFT, 128K-token document, vs text backbone (x)", "serve-backbone", "bench-serve-backbone",
+           ">=", 4.0, "x", serve_backbone("ttft_speedup")),
+    Target("serving", "requests/s under load vs text backbone (x)", "serve-backbone", "bench-serve-backbone", ">=",
+           4.0, "x", serve_backbone("requests_per_s_ratio")),
 ]
 
 
@@ -284,7 +308,7 @@ def build(out: Path) -> str:
     counts = {k: sum(r[5].startswith(k) for r in rows) for k in ("pass", "FAIL", "missing")}
     lines += ["## Targets", "",
               f"{counts['pass']} pass, {counts['FAIL']} fail, {counts['missing']} missing "
-              "(targets of issue 12, H100 bf16; the baseline is measured in the same run).", "",
+              "(targets of issues 12 and 17, H100 bf16; the baseline is measured in the same run).", "",
               table(["area", "figure", "measured", "target", "baseline (same run)", "status", "note"], rows), ""]
     tests = test_rows(out, steps)
     if tests:

@@ -51,6 +51,11 @@ def sample_outdir(out: Path) -> None:
         {"text_tokens": 131072, "text_ttft_s": 20.0, "prefill_speedup_hf": 2.0, "text_decode_s_per_sample": 1.0,
          "decode_speedup_hf": 3.0, "glyph_hf_render_s": 9.0}],
         {"prefill_speedup_128k": 5.0, "decode_speedup_128k": 4.0, "render_fraction_of_ttft": 0.005}))
+    write(out / "serve-backbone-h100.json", result("serve-backbone", [
+        {"arm": "text", "doc_tokens": 131070, "pages": 0, "ttft_s": 20.0, "requests_per_s": 0.5},
+        {"arm": "glyph", "doc_tokens": 131070, "pages": 82, "ttft_s": 4.0, "requests_per_s": 1.5}],
+        {"ttft_speedup": 5.0, "requests_per_s_ratio": 3.0, "compression": 2.55, "context_tokens": 131070,
+         "load_tokens": 16384, "clients": 8, "max_tokens": 32}))
     write(out / "steps" / "tests-gpu.json", {"name": "tests-gpu", "order": 3, "status": "failed", "seconds": 40,
                                              "budget_s": 120, "log": "logs/tests-gpu.log", "junit": ["junit/gpu.xml"]})
     write(out / "junit" / "gpu.xml", '<testsuites><testsuite tests="5" failures="1" errors="0" skipped="1">'
@@ -69,7 +74,7 @@ def rows_of(md: str) -> dict[str, list[str]]:
     rows = {}
     for line in md.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 7 and cells[0] in ("rasterizer", "patch embed", "attention", "end to end"):
+        if len(cells) == 7 and cells[0] in ("rasterizer", "patch embed", "attention", "end to end", "serving"):
             rows.setdefault(cells[1], []).append(cells)
     return rows
 
@@ -93,7 +98,12 @@ def test_summary_puts_each_figure_beside_its_target_and_baseline(tmp_path):
     assert rows["prefill (TTFT) vs text backbone (x)"][0][5] == "pass"
     assert rows["decode vs text backbone (x)"][0][5] == "FAIL"
     assert rows["rendering, fraction of TTFT"][0][5] == "pass"
-    assert "8 pass, 4 fail, 0 missing" in md  # counted per row
+    ttft = rows["TTFT, 128K-token document, vs text backbone (x)"][0]
+    assert ttft[2:4] == ["5.00", ">= 4.00"] and ttft[5] == "pass" and "text 20,000 ms vs glyph 4,000 ms" in ttft[4]
+    assert "82 pages" in ttft[6] and "run --full" not in ttft[6]
+    load = rows["requests/s under load vs text backbone (x)"][0]
+    assert load[5] == "FAIL" and "8 clients, 16K-token documents" in load[6]
+    assert "9 pass, 5 fail, 0 missing" in md  # counted per row
     assert "| tests-gpu | failed | 3 | 1 | 1 | tests.test_raster::test_a |" in md
     assert "| sanitizer-memcheck | pass | ERROR SUMMARY: 0 errors |" in md
     assert "| sanitizer-racecheck | FAIL |" in md
@@ -161,7 +171,7 @@ def test_every_gpu_benchmark_command_parses(tmp_path):
 
     cmds = [c for s in gpu_plan(tmp_path) + gpu_plan(tmp_path, "--full") for c in s.cmds]
     benches = [c for c in cmds if c[1].startswith("bench/")]
-    assert len(benches) == 9
+    assert len(benches) == 10
     for c in benches:
         assert "--out" in c and "--results" not in c
         mod = importlib.import_module("bench." + Path(c[1]).stem)

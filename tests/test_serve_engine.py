@@ -227,3 +227,39 @@ def test_the_vision_tower_runs_a_few_pages_per_step(gm, engine, monkeypatch):
     monkeypatch.undo()
     assert sum(calls) == p.pages and max(calls) <= pages_per_step and len(calls) > 1
     assert out.token_ids == gm.generate(TEXT[12000:13000], "Who?", max_new_tokens=6)[0].token_ids
+
+
+def test_requests_prefilled_together_answer_as_one_at_a_time(gm, monkeypatch):
+    """Waiting requests share prefill forwards (rows left-padded: fresh prompts with pages, plain text, a
+    question after a cached prefix) and answer with the greedy tokens each gets alone."""
+    e = Engine(gm, max_batch=8, cache_bytes=64 << 20, prefill_chunk=4096).start()
+    try:
+        params = SamplingParams(max_tokens=8, **GREEDY)
+        e.complete(prompt(gm, e, CONTEXTS[0], QUESTIONS[0]), params)  # the document's prefix KV is now cached
+        plain = [build_prompt(gm, [{"role": "user", "content": "Who may copy it? " * (i + 1)}], InputOptions(CFG, "t"))
+                 for i in range(2)]
+        pairs = [(CONTEXTS[0], "And who wrote it?")] + list(zip(CONTEXTS[1:], QUESTIONS[1:]))
+        prompts = [prompt(gm, e, c, q) for c, q in pairs] + plain
+        refs = [gm.generate(c, q, max_new_tokens=8)[0].token_ids for c, q in pairs]
+        refs += [e.complete(p, params).token_ids for p in plain]  # text only: alone on the engine
+        groups = []
+        original = e._forward_pieces
+
+        def recorded(group):
+            groups.append([(pc.at, pc.end) for pc in group])
+            return original(group)
+
+        monkeypatch.setattr(e, "_forward_pieces", recorded)
+        done = threading.Semaphore(0)
+        with e._cv:  # all waiting before the engine's next turn
+            reqs = [e.submit(p, params, lambda ev: done.release() if ev["type"] in ("done", "error") else None)
+                    for p in prompts]
+        for _ in reqs:
+            assert done.acquire(timeout=120)
+        assert [r.finish_reason != "error" for r in reqs] == [True] * len(reqs)
+        assert reqs[0].cache_hit == "prefix" and [r.output_ids for r in reqs] == refs
+        together = [g for g in groups if len(g) > 1]
+        assert together and sum(map(len, groups)) > len(groups)
+        assert any(at > 0 for g in together for at, _ in g) and any(at == 0 for g in together for at, _ in g)
+    finally:
+        e.shutdown()

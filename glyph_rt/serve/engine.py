@@ -1,12 +1,18 @@
 """The serving engine: a waiting queue, a running batch, continuous batching on GlyphModel.
 
 One thread owns the model. Each turn of its loop it drops cancelled and timed-out requests, prefills
-up to `prefill_chunk` prompt tokens (one request at a time, batch 1: a chunk of a long prompt, or
-several short prompts, taking waiting requests in order), then runs one decode step for the whole
-running batch: a left-padded KV cache (GlyphCache, written in place) and a 2D padding mask, which
-glyph_rt's attention reads as per-row starts in its decode kernel. Positions are passed explicitly
-(M-RoPE: each request's offset after its pages), so requests of any length share a step, and a long
-prompt delays the others' next token by one chunk at most.
+up to `prefill_chunk` prompt tokens (a chunk of a long prompt, or several short prompts, taking
+requests in order), then runs one decode step for the whole running batch: a left-padded KV cache
+(GlyphCache, written in place) and a 2D padding mask, which glyph_rt's attention reads as per-row
+starts in its decode kernel. Positions are passed explicitly (M-RoPE: each request's offset after its
+pages), so requests of any length share a step, and a long prompt delays the others' next token by
+one chunk at most.
+
+Prefill is batched: each request in progress takes its next piece of prompt within the budget, and
+the pieces run as one forward, rows left-padded (the new tokens and the KV each row already has, each
+padded to the longest), with a 2D mask that glyph_rt's attention unpads into varlen segments; each
+row's KV then goes back to its request. Pieces whose padding would more than double the work (a long
+prompt beside short ones) go to separate forwards.
 
 The vision tower runs first, a few pages per step (their visual tokens count against the same
 budget); then the prompt is prefilled up to the last page (vision embeddings in place of the pages'
@@ -122,6 +128,32 @@ class Completion:
     ttft: float | None
 
 
+@dataclass
+class Piece:
+    """Prompt tokens [at, end) of a request for the next prefill forward, and the vision embeddings of their pages."""
+    r: Request
+    at: int
+    end: int
+    embeds: torch.Tensor | None = None
+
+
+def _groups(pieces: list[Piece]) -> list[list[Piece]]:
+    """Pieces grouped for batched forwards: longest first, a group growing while its padded new tokens and padded
+    KV stay within twice their real counts (a long prompt does not make short ones pad to its length)."""
+    groups: list[list[Piece]] = []
+    for pc in sorted(pieces, key=lambda pc: (pc.end - pc.at, pc.at), reverse=True):
+        for g in groups:
+            rows = g + [pc]
+            T, W = max(x.end - x.at for x in rows), max(x.at for x in rows)
+            if (len(rows) * T <= 2 * sum(x.end - x.at for x in rows)
+                    and len(rows) * (W + T) <= 2 * sum(x.end for x in rows)):
+                g.append(pc)
+                break
+        else:
+            groups.append([pc])
+    return groups
+
+
 class Engine:
     def __init__(self, gm, max_batch: int = 32, max_queue: int = 256, cache_bytes: int = 1 << 30,
                  timeout: float = 600.0, metrics: Metrics | None = None, prefill_chunk: int = 2048):
@@ -138,12 +170,12 @@ class Engine:
         self._batch: GlyphCache | None = None
         self._batch_rows: list[Request] = []
         self._width = 0
-        self._prefilling: Request | None = None
+        self._prefilling: list[Request] = []  # started, not yet in the running batch (in order)
         self.prefill_chunk = prefill_chunk
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.steps = {"prefill": 0, "decode": 0, "decode_rows": 0}
+        self.steps = {"prefill": 0, "prefill_forwards": 0, "prefill_rows": 0, "decode": 0, "decode_rows": 0}
 
     # ------------------------------------------------------------------ public
     def start(self) -> "Engine":
@@ -210,27 +242,18 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._stopping and not self.waiting and not self.running and self._prefilling is None:
+                while not self._stopping and not self.waiting and not self.running and not self._prefilling:
                     self._cv.wait(0.5)
                 if self._stopping:
                     break
             self._reap()
             budget = self.prefill_chunk or math.inf  # prompt tokens this step: short prompts share it
             while budget > 0:
-                if self._prefilling is None:
-                    if not self.waiting or len(self.running) >= self.max_batch:
-                        break
-                    with self._cv:
-                        req = self.waiting.popleft() if self.waiting else None
-                        self.metrics.queue_depth.set(len(self.waiting))
-                    if req is None:
-                        break
-                    if req.cancelled:
-                        self._finish(req, "cancelled")
-                        continue
-                    self._guard(req, self._start_prefill)
-                if self._prefilling is not None:
-                    budget -= self._guard(self._prefilling, lambda r: self._prefill_chunk(r, budget)) or 0
+                pieces: list[Piece] = []
+                budget -= self._collect(budget, pieces)
+                if not pieces:
+                    break
+                self._run_pieces(pieces)
             if self.running:
                 try:
                     self._decode_step()
@@ -240,7 +263,7 @@ class Engine:
                         self._fail(r, RequestError(f"the engine failed while decoding: {type(e).__name__}: {e}",
                                                    None, 500, "engine_error"))
                     self._batch, self._batch_rows = None, []
-        for r in list(self.waiting) + list(self.running) + ([self._prefilling] if self._prefilling else []):
+        for r in list(self.waiting) + list(self.running) + list(self._prefilling):
             self._fail(r, RequestError("the server is shutting down", None, 503))
 
     def _guard(self, r: Request, step):
@@ -260,9 +283,7 @@ class Engine:
             for r in gone:
                 self.waiting.remove(r)
             self.metrics.queue_depth.set(len(self.waiting))
-        gone += [r for r in self.running if r.cancelled or now > r.deadline]
-        if self._prefilling is not None and (self._prefilling.cancelled or now > self._prefilling.deadline):
-            gone.append(self._prefilling)
+        gone += [r for r in self.running + self._prefilling if r.cancelled or now > r.deadline]
         for r in gone:
             if r.cancelled:
                 self._finish(r, "cancelled")
@@ -348,31 +369,124 @@ class Engine:
                                       sum(s.text_tokens for s in new_pages))
         r.pf = {"ids": ids, "pos": pos, "delta": delta, "cache": cache, "at": at, "vision": vision, "embeds": None,
                 "images_before": 0}
-        self._prefilling = r
+        self._prefilling.append(r)
+
+    def _collect(self, budget: float, pieces: list[Piece]) -> int:
+        """One piece of prompt from each request in progress, then from waiting requests while slots and the budget
+        last. Returns the tokens taken (visual tokens through the vision tower included)."""
+        used = 0
+        for r in list(self._prefilling):
+            if used >= budget:
+                return used
+            used += self._guard(r, lambda r: self._next_piece(r, budget - used, pieces)) or 0
+        while used < budget and self.waiting and len(self.running) + len(self._prefilling) < self.max_batch:
+            with self._cv:
+                req = self.waiting.popleft() if self.waiting else None
+                self.metrics.queue_depth.set(len(self.waiting))
+            if req is None:
+                break
+            if req.cancelled:
+                self._finish(req, "cancelled")
+                continue
+            self._guard(req, self._start_prefill)
+            if req in self._prefilling:
+                used += self._guard(req, lambda r: self._next_piece(r, budget - used, pieces)) or 0
+        return used
 
     @torch.no_grad()
-    def _prefill_chunk(self, r: Request, limit: float) -> int:
-        """The next chunk (at most `limit` tokens): pages through the vision tower until all have embeddings, then
-        the prompt up to the end of the prefix (whose KV then goes to the cache), or to the end. Returns the tokens
-        it took."""
+    def _next_piece(self, r: Request, limit: float, pieces: list[Piece]) -> int:
+        """The request's next piece (at most `limit` tokens): pages through the vision tower until all have
+        embeddings, then the prompt up to the end of the prefix (whose KV then goes to the cache), or to the end,
+        added to `pieces`. Returns the tokens it took."""
         pf, p = r.pf, r.prompt
+        used = 0
         if pf["vision"] is not None:  # first the pages' embeddings, a few pages per step
             used = self._vision_step(pf["vision"], limit) if pf["vision"] else 0
             if pf["vision"]:
                 return used
             pf["vision"], pf["embeds"] = None, torch.cat([s.embeddings for s in p.segments])
-            return used + (self._prefill_chunk(r, limit - used) if limit > used else 0)
+            if used >= limit:
+                return used
         k, L, at = p.prefix_len, len(p.input_ids), pf["at"]
         target = k if at < k else L
-        end = int(min(target, at + limit))
-        ids = pf["ids"][:, at:end]
+        end = int(min(target, at + limit - used))
         embeds = None
         if pf["embeds"] is not None:
-            n = int((ids == self.gm.image_token_id).sum())
+            n = int((pf["ids"][:, at:end] == self.gm.image_token_id).sum())
             if n:
                 embeds = pf["embeds"][pf["images_before"]:pf["images_before"] + n]
                 pf["images_before"] += n
-        logits = self._forward(ids, pf["pos"][:, :, at:end], pf["cache"], embeds=embeds)
+        pieces.append(Piece(r, at, end, embeds))
+        return used + end - at
+
+    def _run_pieces(self, pieces: list[Piece]) -> None:
+        """The pieces in as few forwards as padding allows; then each request's next step."""
+        for group in _groups(pieces):
+            try:
+                logits = self._forward_pieces(group)
+            except Exception as e:  # noqa: BLE001 - the requests of this forward fail, the engine goes on
+                if not isinstance(e, RequestError):
+                    log.exception("prefill failed")
+                    e = RequestError(f"the engine failed on this request: {type(e).__name__}: {e}", None, 500,
+                                     "engine_error")
+                for pc in group:
+                    self._fail(pc.r, e)
+                continue
+            for b, pc in enumerate(group):
+                self._guard(pc.r, lambda r: self._piece_done(r, pc.at, pc.end, logits[b]))
+
+    @torch.no_grad()
+    def _forward_pieces(self, group: list[Piece]) -> torch.Tensor:
+        """One forward over the pieces; logits [rows, vocab]. One piece runs on its request's own cache; several
+        run left-padded on a batch cache of their KV so far, which is split back into their caches."""
+        self.steps["prefill_forwards"] += 1
+        self.steps["prefill_rows"] += len(group)
+        if len(group) == 1:
+            pc = group[0]
+            pf = pc.r.pf
+            return self._forward(pf["ids"][:, pc.at:pc.end], pf["pos"][:, :, pc.at:pc.end], pf["cache"],
+                                 embeds=pc.embeds)
+        dev = self.gm.device
+        B, T, W = len(group), max(pc.end - pc.at for pc in group), max(pc.at for pc in group)
+        pad = self.gm.tokenizer.pad_token_id or 0
+        ids = torch.full((B, T), pad, dtype=group[0].r.pf["ids"].dtype, device=dev)
+        pos = torch.zeros(3, B, T, dtype=group[0].r.pf["pos"].dtype, device=dev)
+        mask = torch.zeros(B, W + T, dtype=torch.long, device=dev)
+        for b, pc in enumerate(group):
+            n, pf = pc.end - pc.at, pc.r.pf
+            ids[b, T - n:] = pf["ids"][0, pc.at:pc.end]
+            pos[:, b, T - n:] = pf["pos"][:, 0, pc.at:pc.end]
+            mask[b, W - pc.at:W] = 1
+            mask[b, W + T - n:] = 1
+        batch = GlyphCache(reserve=T if W else 0)  # room for the new tokens after the KV copied in
+        if W:
+            past = next(pc.r.pf["cache"] for pc in group if pc.at)
+            for li, lay in enumerate(past.layers):
+                K = lay.keys.new_zeros(B, lay.keys.shape[1], W, lay.keys.shape[-1])
+                V = lay.values.new_zeros(B, lay.values.shape[1], W, lay.values.shape[-1])
+                for b, pc in enumerate(group):
+                    if pc.at:
+                        own = pc.r.pf["cache"].layers[li]
+                        K[b, :, W - pc.at:] = own.keys[0]
+                        V[b, :, W - pc.at:] = own.values[0]
+                batch.update(K, V, li)
+        embeds = [pc.embeds for pc in group if pc.embeds is not None]
+        logits = self._forward(ids, pos, batch, None if bool(mask.all()) else mask,
+                               torch.cat(embeds) if embeds else None)
+        for b, pc in enumerate(group):
+            n, own = pc.end - pc.at, GlyphCache(reserve=min(pc.r.params.max_tokens, 1024))
+            for li, lay in enumerate(batch.layers):
+                own.update(torch.cat([lay.keys[b:b + 1, :, W - pc.at:W], lay.keys[b:b + 1, :, W + T - n:]], 2),
+                           torch.cat([lay.values[b:b + 1, :, W - pc.at:W], lay.values[b:b + 1, :, W + T - n:]], 2),
+                           li)
+            pc.r.pf["cache"] = own
+        return logits
+
+    def _piece_done(self, r: Request, at: int, end: int, logits: torch.Tensor) -> None:
+        """After a piece: the prefix's KV to the document cache when the piece ended there; at the prompt's end, the
+        request joins the running batch with its first token."""
+        pf, p = r.pf, r.prompt
+        k, L = p.prefix_len, len(p.input_ids)
         pf["at"] = end
         cache = pf["cache"]
         if end == k and at < k and self.cache.max_bytes:
@@ -380,8 +494,9 @@ class Engine:
                                                          for lay in cache.layers]))
             self.metrics.cache_bytes.set(self.cache.nbytes)
         if end < L:
-            return end - at
-        self._prefilling, r.pf = None, None
+            return
+        self._prefilling.remove(r)
+        r.pf = None
         self.steps["prefill"] += 1
         self.metrics.prompt_tokens.inc(L)
         r.kv = [(lay.keys, lay.values) for lay in cache.layers]
@@ -392,8 +507,7 @@ class Engine:
             r.generator = torch.Generator().manual_seed(seed)
         self.running.append(r)
         self.metrics.running.set(len(self.running))
-        self._accept(r, self._sample(r, logits[0]))
-        return end - at
+        self._accept(r, self._sample(r, logits))
 
     # ------------------------------------------------------------------ decode
     def _rebuild(self) -> None:
@@ -508,8 +622,8 @@ class Engine:
             r.sent = end
 
     def _remove(self, r: Request) -> None:
-        if r is self._prefilling:
-            self._prefilling = None
+        if r in self._prefilling:
+            self._prefilling.remove(r)
         r.pf = None
         if r in self.running:
             self.running.remove(r)

@@ -39,12 +39,16 @@ class ChatService:
         self.model_name = model_name or options.model_id
 
     @classmethod
-    def from_config(cls, cfg: ServeConfig) -> "ChatService":
+    def from_config(cls, cfg: ServeConfig, gm=None) -> "ChatService":
+        """The service of `cfg`: its checkpoint loaded, or `gm`, a GlyphModel already built (benchmarks)."""
         from ..models import GlyphModel
 
-        gm = GlyphModel.from_pretrained(cfg.model, render_config=cfg.render_config, kernels=cfg.kernels,
-                                        device=cfg.device)
-        name = cfg.served_model_name or Path(cfg.model).resolve().name
+        if gm is None:
+            gm = GlyphModel.from_pretrained(cfg.model, render_config=cfg.render_config, kernels=cfg.kernels,
+                                            device=cfg.device)
+            name = cfg.served_model_name or Path(cfg.model).resolve().name
+        else:
+            name = cfg.served_model_name or cfg.model
         engine = Engine(gm, max_batch=cfg.max_batch, max_queue=cfg.max_queue, cache_bytes=cfg.cache_bytes,
                         timeout=cfg.timeout, prefill_chunk=cfg.prefill_chunk).start()
         opts = InputOptions(gm.render_config, name, cfg.threshold, cfg.max_pages, cfg.allowed_media_dir)
