@@ -110,7 +110,7 @@ def prompt_counts(svc, doc: str, rendered: bool) -> dict:
     req = svc.parse({"messages": body["messages"], "max_tokens": 1, **body["extra_body"]})
     prompt, _ = svc.prepare(req)
     return {"prompt_tokens": len(prompt.input_ids), "pages": prompt.pages, "visual_tokens": prompt.visual_tokens,
-            "doc_tokens": len(svc.gm.tokenizer(doc, add_special_tokens=False)["input_ids"])}
+            "doc_tokens": len(svc.gm.prompts.ids(doc))}
 
 
 def plot(rows: list[dict], summary: dict, path: Path, title: str) -> bool:

@@ -264,7 +264,7 @@ class GlyphModel:
             answers.append(Answer(
                 text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids,
                 pages=rendered.images_per_text[b], visual_tokens=rendered.visual_tokens[b],
-                text_tokens=len(self.tokenizer(context, add_special_tokens=False)["input_ids"]),
+                text_tokens=len(self.prompts.ids(context)),
                 prompt_tokens=int(inputs["attention_mask"][b].sum()), timings=timings))
         return answers
 

@@ -255,7 +255,7 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
         for (si, text, _, key), n in zip(pending, r.images_per_text):
             nrows = int(sum(rows[img:img + n]))
             grids = r.image_grid_thw[img:img + n].cpu()
-            text_tokens = len(gm.tokenizer(text, add_special_tokens=False)["input_ids"])
+            text_tokens = len(gm.prompts.ids(text))
             segs[si] = Segment(key, grids, r.pixel_values[row:row + nrows], None, text_tokens)
             img += n
             row += nrows
@@ -280,7 +280,7 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
         text = gm.prompts.template(tmpl, True)
     except Exception as e:  # noqa: BLE001 - a template may reject a conversation (roles, order)
         raise RequestError(f"messages: the model's chat template cannot format them: {e}", "messages") from None
-    ids = gm.prompts.expand_ids(gm.tokenizer(text, add_special_tokens=False)["input_ids"], per_image)
+    ids = gm.prompts.expand_ids(gm.prompts.ids(text), per_image)
     prefix_len, pkey = 0, None
     if segs:
         last = max(i for i, t in enumerate(ids) if t == gm.image_token_id)
