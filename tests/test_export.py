@@ -85,3 +85,20 @@ def test_bundled_corpus_and_needle_qa(tmp_path):
     assert r["samples"] == 2
     rows = pq.read_table(tmp_path / "qa-00000.parquet").to_pylist()
     assert all(row["messages"][1]["content"].isdigit() for row in rows)
+
+
+@pytest.mark.parametrize("framework,module", [("llamafactory", "llamafactory"), ("swift", "swift.dataset")])
+def test_trainers_read_the_shards(tmp_path, corpus, framework, module):
+    """LLaMA-Factory / ms-swift load the shards with their own pipeline (skipped where they are not installed)."""
+    pytest.importorskip(module)
+    from bench.check_export_frameworks import main as check
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+
+    for task in ("ocr", "lm", "gen", "qa"):
+        src = corpus / ("qa.jsonl" if task == "qa" else "doc.txt")
+        export.make_data(task, tmp_path / task, [src], num_samples=2, max_pages=2, progress=False)
+    model = make_tiny_checkpoint(tmp_path / "ckpt")
+    dirs = [str(tmp_path / t) for t in ("ocr", "lm", "gen", "qa")]
+    assert check(["--framework", framework, "--model", str(model), "--data", *dirs, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / f"export-{framework}.json").read_text())
+    assert [r["samples"] for r in result["rows"]] == [2, 2, 2, 2] and result["summary"]["ok"]
