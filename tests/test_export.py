@@ -30,7 +30,9 @@ def test_make_data_shards(tmp_path, corpus, task, capsys):
                  "--max-pages", "2", "--quiet"]) == 0
     assert "2 shards written" in capsys.readouterr().out
     rows = [r for f in sorted(out.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-    assert {p.name for p in out.iterdir()} == {"make_data.json", f"{task}-00000.parquet", f"{task}-00001.parquet"}
+    # nothing but shards: LLaMA-Factory refuses a dataset directory holding files of another type
+    assert {p.name for p in out.iterdir()} == {f"{task}-00000.parquet", f"{task}-00001.parquet"}
+    assert export.shard_args(out / f"{task}-00001.parquet")["num_samples"] == 3
     assert [r["index"] for r in rows] == [0, 1, 2]
     for r in rows:
         roles = [m["role"] for m in r["messages"]]
@@ -55,7 +57,7 @@ def test_resume_and_mismatch(tmp_path, corpus, monkeypatch, capsys):
 
     monkeypatch.setattr(export, "sample_row", failing)
     assert main(args) == 130  # interrupted inside the second shard
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["make_data.json", "ocr-00000.parquet"]  # nothing partial
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ocr-00000.parquet"]  # nothing partial
     first = (tmp_path / "ocr-00000.parquet").read_bytes()
     calls.clear()
     monkeypatch.setattr(export, "sample_row", real)
@@ -65,8 +67,38 @@ def test_resume_and_mismatch(tmp_path, corpus, monkeypatch, capsys):
     assert "max_pages" in capsys.readouterr().err
 
 
+def test_stale_temp_removed_and_foreign_parquet_refused(tmp_path, corpus, capsys):
+    args = ["make-data", "--task", "ocr", "--input", str(corpus / "doc.txt"), "--out", str(tmp_path), "--n", "1",
+            "--max-pages", "1", "--quiet"]
+    (tmp_path / ".ocr-00000.parquet.tmp").write_bytes(b"PAR1 cut short")  # a killed run's half-written shard
+    assert main(args) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["ocr-00000.parquet"]
+    other = tmp_path / "other"
+    other.mkdir()
+    pq.write_table(pq.read_table(tmp_path / "ocr-00000.parquet").replace_schema_metadata(None), other / "x.parquet")
+    assert main([*args[:5], "--out", str(other), *args[7:]]) == 2
+    assert "x.parquet, which make-data did not write" in capsys.readouterr().err
+
+
 def test_bundled_corpus_and_needle_qa(tmp_path):
     r = export.make_data("qa", tmp_path, num_samples=2, max_pages=1, progress=False)
     assert r["samples"] == 2
     rows = pq.read_table(tmp_path / "qa-00000.parquet").to_pylist()
     assert all(row["messages"][1]["content"].isdigit() for row in rows)
+
+
+@pytest.mark.parametrize("framework,module", [("llamafactory", "llamafactory"), ("swift", "swift.dataset")])
+def test_trainers_read_the_shards(tmp_path, corpus, framework, module):
+    """LLaMA-Factory / ms-swift load the shards with their own pipeline (skipped where they are not installed)."""
+    pytest.importorskip(module)
+    from bench.check_export_frameworks import main as check
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+
+    for task in ("ocr", "lm", "gen", "qa"):
+        src = corpus / ("qa.jsonl" if task == "qa" else "doc.txt")
+        export.make_data(task, tmp_path / task, [src], num_samples=2, max_pages=2, progress=False)
+    model = make_tiny_checkpoint(tmp_path / "ckpt")
+    dirs = [str(tmp_path / t) for t in ("ocr", "lm", "gen", "qa")]
+    assert check(["--framework", framework, "--model", str(model), "--data", *dirs, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / f"export-{framework}.json").read_text())
+    assert [r["samples"] for r in result["rows"]] == [2, 2, 2, 2] and result["summary"]["ok"]

@@ -13,7 +13,8 @@ span as the assistant's turn, since those trainers put the loss on assistant tur
 
 Shard k holds samples [k * shard_size, (k + 1) * shard_size) and is written under a temporary name,
 then renamed: a run that stops leaves only complete shards, and the next run with the same arguments
-(kept in make_data.json) skips them.
+(kept in every shard's Parquet metadata) skips them. The directory holds nothing but the shards, since
+LLaMA-Factory refuses a dataset directory with files of another type in it.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..render.png import encode_png, write_atomic
+from ..render.png import encode_png
 from .loader import Corpus, TaskDataset
 from .tasks import make_task
 
 IMAGE = "<image>"
+ARGS_KEY = b"glyph_rt.make_data"
 
 
 def to_messages(sample) -> list[dict]:
@@ -91,15 +93,17 @@ def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard
     out.mkdir(parents=True, exist_ok=True)
     args = {"task": task, "inputs": [str(p) for p in (inputs or [])], "num_samples": n, "shard_size": shard_size,
             "seed": seed, "max_pages": max_pages, "records": len(corpus)}
-    meta_path = out / "make_data.json"
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
+    for path in sorted(out.glob("*.parquet")):
+        old = shard_args(path)
+        if old is None:
+            raise ValueError(f"{str(out)!r} holds {path.name}, which make-data did not write; use a new --out")
         diff = [k for k in args if old.get(k) != args[k]]
         if diff:
             raise ValueError(f"{str(out)!r} holds shards made with other arguments ({', '.join(diff)}: "
                              f"{', '.join(repr(old.get(k)) for k in diff)}); use a new --out or the same arguments")
-    else:
-        write_atomic(meta_path, json.dumps(args, indent=1).encode())
+    for stale in out.glob(".*.parquet.tmp"):  # left by a killed run; trainers would try to read them
+        stale.unlink()
+    table_schema = schema().with_metadata({ARGS_KEY: json.dumps(args)})
     styles = styles if styles is not None else StyleSampler(seed=seed)
     data = TaskDataset(corpus, make_task(task, None, styles=styles, seed=seed, max_pages=max_pages), seed=seed,
                        epochs=-(-n // len(corpus)), render="batch", rank=0, world_size=1)
@@ -124,7 +128,7 @@ def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard
             bar.update(1)
         tmp = path.with_name(f".{path.name}.tmp")
         try:
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema()), tmp)
+            pq.write_table(pa.Table.from_pylist(rows, schema=table_schema), tmp)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -132,6 +136,17 @@ def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard
         summary["samples"] += len(rows)
     bar.close()
     return summary
+
+
+def shard_args(path) -> dict | None:
+    """The make-data arguments a shard was written with (None for a Parquet file make-data did not write)."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception as e:  # pyarrow raises ArrowInvalid (or OSError) for a file that is not Parquet
+        raise ValueError(f"{str(path)!r} is not a readable Parquet file ({e})") from None
+    return json.loads(meta[ARGS_KEY]) if ARGS_KEY in meta else None
 
 
 def schema():
@@ -144,4 +159,4 @@ def schema():
                       ("index", pa.int64())])
 
 
-__all__ = ["make_data", "schema", "to_messages", "page_pngs", "sample_row", "shard_name"]
+__all__ = ["make_data", "schema", "shard_args", "to_messages", "page_pngs", "sample_row", "shard_name"]
