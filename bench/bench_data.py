@@ -15,7 +15,7 @@ On the CPU the process is pinned to one core (torch uses one thread). Each loade
 interleaved with the others, and its median run is reported. Writes data-<device>.json and a bar chart to
 --out (default bench/out/).
 
-    python bench/bench_data.py [--samples 48] [--official-samples 8] [--batch 8] [--repeat 3] [--device cpu|cuda]
+    python bench/bench_data.py [--samples 96] [--official-samples 16] [--batch 8] [--repeat 7] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -108,12 +108,12 @@ def plot(rows, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--samples", type=int, default=48)
-    ap.add_argument("--official-samples", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=96)
+    ap.add_argument("--official-samples", type=int, default=16)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-pages", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each loader, interleaved; the median is kept")
+    ap.add_argument("--repeat", type=int, default=7, help="runs of each loader, interleaved; the median is kept")
     add_output_args(ap)
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -177,5 +177,10 @@ class PromptBuilder:
             if close and train and eos is not None and not self.stop_ids.intersection(piece):
                 piece.append(eos)
             ids += piece
-            labels += [t if train and t != self.image_token_id else IGNORE_INDEX for t in piece]
+            if not train:
+                labels += [IGNORE_INDEX] * len(piece)
+            elif self.image_token_id in piece:
+                labels += [IGNORE_INDEX if t == self.image_token_id else t for t in piece]
+            else:
+                labels += piece
         return Encoded(ids, labels)
