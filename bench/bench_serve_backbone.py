@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_serve import chat_request, load  # noqa: E402
+from bench.bench_serve import LoadGenerator, chat_request, load  # noqa: E402
 from bench.common import add_output_args, copy_to_results, slug, write_result  # noqa: E402
 
 TARGET = 4.0
@@ -206,7 +206,8 @@ def main(argv=None) -> int:
                        compression=glyph["doc_tokens"] / glyph["visual_tokens"])
         save()
         for row, (arm, rendered) in zip(rows, ARMS):  # requests/s under load, each way
-            res = asyncio.run(load(url, load_docs, args.clients, args.requests, args.max_tokens, rendered))
+            with LoadGenerator() as gen:
+                res = gen(url, load_docs, args.clients, args.requests, args.max_tokens, rendered)
             errors = row["errors"] + res["errors"]
             row.update({k: v for k, v in res.items() if not k.startswith("_")}, errors=errors)
             print(f"{arm:>5} under load: {row['requests_per_s']:.3f} req/s, {row['tokens_per_s']:.1f} tok/s, "

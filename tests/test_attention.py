@@ -396,3 +396,33 @@ def test_bench_writes_the_fastest_dispatchable_backend_per_case(tmp_path):
     write_choices("NVIDIA H100 80GB HBM3", (9, 0), table, path)
     data = json.loads(path.read_text())["gpus"]
     assert data["sm_90"]["prefill"]["backend"] == "flash_attn" and set(data) == {"NVIDIA H100 80GB HBM3", "sm_90"}
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("S,Sk,hq,hkv", [(7, 7, 4, 2), (3, 11, 4, 1), (1, 9, 2, 2)])
+def test_padded_rows_on_sdpa_equal_the_unpadded_oracle_forward_and_backward(S, Sk, hq, hkv, causal):
+    """A 2D padding mask (left padding as the serving engine's batches, right padding as training's) runs as one
+    batched SDPA call; it equals the oracle on the unpadded rows, and padded query rows are zero."""
+    from glyph_rt.ops.attention import glyph_attention_forward
+
+    class Module:
+        is_causal = causal
+        training = True
+
+    g = torch.Generator().manual_seed(S * 100 + Sk)
+    B, D = 3, 16
+    q0, k0, v0 = (torch.randn(B, h, n, D, generator=g) for h, n in ((hq, S), (hkv, Sk), (hkv, Sk)))
+    mask = torch.ones(B, Sk, dtype=torch.long)
+    mask[0, :2] = 0  # left padding
+    if S == Sk:
+        mask[2, -2:] = 0  # right padding
+    do = torch.randn(B, S, hq, D, generator=g)
+    grads = {}
+    for backend in ("sdpa", "reference"):
+        q, k, v = (x.clone().requires_grad_() for x in (q0, k0, v0))
+        out, _ = glyph_attention_forward(Module(), q, k, v, mask, backend=backend)
+        (out * do).sum().backward()
+        grads[backend] = (out.detach(), q.grad, k.grad, v.grad)
+    for a, b in zip(grads["sdpa"], grads["reference"]):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    assert not grads["sdpa"][0][~mask[:, -S:].bool()].any()

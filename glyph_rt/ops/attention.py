@@ -306,6 +306,8 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
     if attention_mask is not None and not bool(attention_mask.all()):  # padding: unpad, attend, pad back
         mask_k = attention_mask.bool()
         mask_q = mask_k[:, -S:]
+        if resolve_backend(backend, query, "prefill" if causal else "vision") == "sdpa":  # one call, not one per row
+            return _sdpa_padded(query, key, value, mask_q, mask_k, causal, scaling), None
         lens_q, lens_k = mask_q.sum(1, dtype=torch.int32), mask_k.sum(1, dtype=torch.int32)
         cu_q = F.pad(lens_q.cumsum(0, dtype=torch.int32), (1, 0))
         cu_k = F.pad(lens_k.cumsum(0, dtype=torch.int32), (1, 0))
@@ -319,6 +321,19 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
     out = attention(q.reshape(B * S, H, D), k.reshape(B * Sk, -1, D), v.reshape(B * Sk, -1, D), cu_q, cu_k,
                     S, Sk, causal=causal, softmax_scale=scaling, backend=backend)
     return out.reshape(B, S, H, D), None
+
+
+def _sdpa_padded(query, key, value, mask_q, mask_k, causal: bool, scale) -> torch.Tensor:
+    """One batched SDPA call over padded rows (B, H, S, D): keys masked by the 2D padding mask (and causally,
+    bottom-right aligned), padded query rows zero. -> (B, S, H, D)"""
+    S, Sk = query.shape[2], key.shape[2]
+    allowed = mask_k[:, None, :].expand(-1, S, -1)
+    if causal:
+        allowed = allowed & torch.ones(S, Sk, dtype=torch.bool, device=query.device).tril(Sk - S)
+    allowed = allowed | ~mask_q[:, :, None]  # a padded query attends anywhere (no empty row); its output is dropped
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed[:, None], scale=scale,
+                                         enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).masked_fill(~mask_q[:, :, None, None], 0)
 
 
 _last_positions: list = [lambda: None, None]  # (weak reference to the last position_ids analysed, its segments)
