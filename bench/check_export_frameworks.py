@@ -18,7 +18,8 @@ Every sample must come out with
   - one image block per page: as many "<|begin_of_image|>" as pages, h*w/784 image tokens per page,
   - the loss on the assistant turn only: the labelled tokens are one span after the last image, and decode to
     the assistant's content plus template markup (the end token, an empty <think></think>).
-Exit status 0 when every sample passes, 1 otherwise; the per-directory results go to DIR/export-<framework>.json.
+Exit status 0 when every sample passes, 1 otherwise; the results (a row per directory) go to --out as
+export-<framework>.json.
 """
 from __future__ import annotations
 
