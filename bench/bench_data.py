@@ -16,6 +16,11 @@ interleaved with the others, and its median run is reported. Writes data-<device
 --out (default bench/out/).
 
     python bench/bench_data.py [--samples 96] [--official-samples 16] [--batch 8] [--repeat 7] [--device cpu|cuda]
+    python bench/bench_data.py --device cuda --with-training [--workers 4] [--seconds 15] [--train-tokens 8192]
+
+--with-training also runs the loader on the GPU while GLM-4.1V-9B's SFT step trains there (random weights,
+bench_train's step in a loop): pages/s of the loader and seconds per step, alone and together; the target
+is >= 1,000 pages/s sustained while the model trains.
 """
 from __future__ import annotations
 
@@ -38,16 +43,23 @@ from glyph_rt.train.loader import Corpus, GlyphLoader, TaskDataset  # noqa: E402
 from glyph_rt.train.tasks import make_task  # noqa: E402
 
 
-def ours(task, corpus, builder, n, batch, device, render, dtype=torch.float32):
+def ours(task, corpus, builder, n, batch, device, render, dtype=torch.float32, workers: int = 0,
+         seconds: float | None = None, started=None):
+    """(samples, pages, seconds) of the loader over n samples, or for about `seconds` when given. With workers,
+    `started()` is called once they run and the first batch is out (untimed): a process must not fork them while
+    another of its threads runs."""
     data = TaskDataset(corpus, task, seed=0, render=render, dtype=dtype)
     collate = Collator(builder.image_token_id, builder.tokenizer.pad_token_id, device=device, dtype=dtype)
-    loader = GlyphLoader(data, collate, batch_size=batch)
+    loader = iter(GlyphLoader(data, collate, batch_size=batch, num_workers=workers))
+    if started is not None:
+        next(loader)
+        started()
     samples = pages = 0
     t = time.perf_counter()
     for b in loader:
         samples += b["num_samples"]
         pages += len(b["image_grid_thw"])
-        if samples >= n:
+        if (time.perf_counter() - t >= seconds) if seconds else samples >= n:
             break
     if device != "cpu":
         torch.cuda.synchronize()
@@ -87,6 +99,75 @@ def official(task, corpus, builder, n, batch):
     return samples, pages, time.perf_counter() - t
 
 
+def while_training(args, task, corpus, builder) -> dict:
+    """The loader on the GPU (bfloat16, --workers DataLoader workers laying pages out, one launch per batch)
+    for --seconds alone, then while GLM-4.1V-9B's SFT step runs in a loop on the same GPU: bench_train's step
+    (LoRA r=16 on the decoder's attention, the vision tower trained, gradient checkpointing, AdamW) over
+    --train-tokens tokens, with --train-layers decoder layers. Pages/s of the loader and seconds per step,
+    each alone and together. --device cpu runs tiny shapes (a smoke test)."""
+    import threading
+
+    from bench.bench_e2e import build_model, sync
+    from bench.bench_train import make_trainable, step, with_answer
+    from glyph_rt.models import apply_glyph_kernels
+    from glyph_rt.ops.attention import register_transformers
+
+    quick = args.device == "cpu"
+    device = torch.device(args.device)
+    register_transformers()
+    model = build_model(quick, device, torch.float32 if quick else torch.bfloat16)
+    if args.train_layers:
+        model.model.language_model.layers = model.model.language_model.layers[:args.train_layers]
+        model.config.text_config.num_hidden_layers = args.train_layers
+    apply_glyph_kernels(model)
+    model, opt = make_trainable(model, quick)
+    base = model.get_base_model()
+    g = torch.Generator().manual_seed(0)
+    vocab = base.config.text_config.vocab_size
+    batch = with_answer({"input_ids": torch.randint(vocab, (1, args.train_tokens), generator=g).to(device)},
+                        torch.randint(vocab, (128,), generator=g).tolist())
+
+    def train_step() -> float:
+        t = time.perf_counter()
+        base.model.rope_deltas = None
+        step(model, opt, batch)
+        sync(device)
+        return time.perf_counter() - t
+
+    train_step()  # warm-up
+    alone = sorted(train_step() for _ in range(args.train_steps))
+    def load(started=None):
+        return ours(task, corpus, builder, 0, args.batch, args.device, "batch", torch.bfloat16, workers=args.workers,
+                    seconds=args.seconds, started=started)
+
+    load()  # warm-up: workers, fonts, kernels
+    s_alone, p_alone, t_alone = load()
+    together, stop = [], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            together.append(train_step())
+
+    trainer = threading.Thread(target=loop, daemon=True)
+    try:
+        s_with, p_with, t_with = load(started=trainer.start)
+    finally:
+        stop.set()
+        if trainer.is_alive():
+            trainer.join()
+    together.sort()
+    out = {"pages_per_s_alone": p_alone / t_alone, "pages_per_s_while_training": p_with / t_with,
+           "samples_per_s_while_training": s_with / t_with, "train_step_s_alone": alone[len(alone) // 2],
+           "train_step_s_with_loader": together[len(together) // 2] if together else None,
+           "train_steps_with_loader": len(together), "train_tokens": args.train_tokens,
+           "train_layers": args.train_layers or base.config.text_config.num_hidden_layers, "workers": args.workers}
+    slow = f", {out['train_step_s_with_loader']:.3f} s with the loader" if together else ""
+    print(f"loader while training: {out['pages_per_s_while_training']:,.0f} pages/s "
+          f"(alone {out['pages_per_s_alone']:,.0f}); training step {out['train_step_s_alone']:.3f} s alone{slow} "
+          f"({out['train_layers']} layers, {args.train_tokens:,} tokens)")
+    return out
+
+
 def plot(rows, path):
     import matplotlib
 
@@ -114,6 +195,13 @@ def main(argv=None):
     ap.add_argument("--max-pages", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--repeat", type=int, default=7, help="runs of each loader, interleaved; the median is kept")
+    ap.add_argument("--with-training", action="store_true",
+                    help="also time the loader while GLM-4.1V-9B's SFT step runs on the same GPU (see while_training)")
+    ap.add_argument("--workers", type=int, default=4, help="DataLoader workers with --with-training")
+    ap.add_argument("--seconds", type=float, default=15.0, help="loader time with --with-training, alone and together")
+    ap.add_argument("--train-tokens", type=int, default=8192)
+    ap.add_argument("--train-layers", type=int, default=None, help="decoder layers (default: 40, GLM-4.1V-9B's)")
+    ap.add_argument("--train-steps", type=int, default=3, help="training steps timed alone")
     add_output_args(ap)
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -159,6 +247,8 @@ def main(argv=None):
     print(machine())
     summary = {"device": args.device, "batch": args.batch, "max_pages": args.max_pages,
                "speedup": {r["loader"]: r["speedup"] for r in rows}}
+    if args.with_training:
+        summary.update(while_training(args, task, corpus, builder))
     path = write_result(args, f"data-{args.device}.json", "bench_data", rows, summary)
     png = path.with_name(f"data-{args.device}.png")
     plot(rows, png)

@@ -1,9 +1,10 @@
 """Build, test and benchmark glyph_rt on a GPU in one command, within a fixed time (9 minutes on an H100;
-the --full command, 10).
+the --full and --train-serve commands, 10 at most each).
 
     bash bench/gpu_suite.sh OUTDIR             # build, tests, sanitizers, benchmarks, OUTDIR/summary.md
-    bash bench/gpu_suite.sh OUTDIR --full      # second command: bench_e2e at 8K-128K, bench_serve_backbone,
-                                               # bench_train, bench_data, bench_serve
+    bash bench/gpu_suite.sh OUTDIR --full      # second command: bench_e2e at 8K-128K, bench_serve_backbone
+    bash bench/gpu_suite.sh OUTDIR --train-serve  # third command: bench_train, bench_data (the loader while
+                                               # a 9B SFT step trains), bench_serve
     bash bench/gpu_suite.sh OUTDIR --cpu-smoke # the same steps at tiny sizes on the CPU (automatic without a GPU)
 
 Every step runs in its own process group under its own time budget (and within what is left of the
@@ -81,6 +82,10 @@ def pytest_cmd(out: Path, name: str, files: list[str], device: str, marker: str,
             f"--junitxml={out / xml}", *extra, *files], xml
 
 
+def mode_name(args) -> str:
+    return "full" if args.full else "train-serve" if args.train_serve else ""
+
+
 def plan(args, out: Path, cuda: bool) -> list[Step]:
     py = [PY]
     dev = "cuda" if cuda else "cpu"
@@ -91,27 +96,30 @@ def plan(args, out: Path, cuda: bool) -> list[Step]:
     build = Step("build", 150, [[PY, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."]])
     if args.no_build:
         build.skip = "--no-build: the installed extension is used"
-    elif args.full and already_built():
+    elif (args.full or args.train_serve) and already_built():
         build.skip = "already built"
     steps.append(build)
     steps.append(Step("environment", 30, [py + ["-c", ENVIRONMENT, str(out / "environment.json"),
                                                    "cpu-smoke" if smoke else "gpu"]]))
-    if args.full:  # its own step names: the first command's records stay
+    if args.full or args.train_serve:  # their own step names: the first command's records stay
         for s in steps:
-            s.name = f"full-{s.name}"
+            s.name = f"{mode_name(args)}-{s.name}"
+    if args.train_serve:  # the training, data-loader and serving benchmarks
+        steps.append(Step("bench-train", 150, [py + ["bench/bench_train.py", "--tokens", "8192,32768", "--layers",
+                                                     "8", "--repeat", "2", "--out", str(out), *res]], skip=nocuda))
+        steps.append(Step("bench-data", 150, [py + ["bench/bench_data.py", "--device", "cuda", "--repeat", "1",
+                                                    "--with-training", "--seconds", "10", "--out", str(out), *res]],
+                          skip=nocuda))
+        steps.append(Step("bench-serve", 60, [py + ["bench/bench_serve.py", "--device", "cuda", "--out", str(out), *res]],
+                          skip=nocuda))
+        return steps
+    if args.full:
         steps.append(Step("bench-e2e-full", (args.budget - 130) // 2,
                           [py + ["bench/bench_e2e.py", "--tokens", FULL_TOKENS, "--out", str(out), *res]],
                           skip=nocuda))
         # the server with the text backbone vs Glyph at 9B shapes: TTFT at 128K and requests/s under load
         steps.append(Step("bench-serve-backbone", 150, [py + ["bench/bench_serve_backbone.py", "--out", str(out),
                                                               *res]], skip=nocuda))
-        # the training, data-loader and serving benchmarks, at sizes that fit the rest of the budget
-        steps.append(Step("bench-train", 120, [py + ["bench/bench_train.py", "--tokens", "8192,32768", "--layers",
-                                                     "8", "--repeat", "2", "--out", str(out), *res]], skip=nocuda))
-        steps.append(Step("bench-data", 45, [py + ["bench/bench_data.py", "--device", "cuda", "--repeat", "1",
-                                                   "--out", str(out), *res]], skip=nocuda))
-        steps.append(Step("bench-serve", 45, [py + ["bench/bench_serve.py", "--device", "cuda", "--out", str(out), *res]],
-                          skip=nocuda))
         return steps
     tools = [[PY, "-c", "import sys; from glyph_rt.cli import main; sys.exit(main(['backends']))"]]
     tools += [[t, "--version"] for t in ("nvcc", "compute-sanitizer") if shutil.which(t)]
@@ -252,8 +260,11 @@ def run_step(step: Step, order: int, out: Path, deadline: float, env: dict, say)
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("outdir", type=Path, help="directory for logs, results, plots and summary.md")
-    ap.add_argument("--full", action="store_true", help="bench_e2e at 8K-128K, bench_serve_backbone, bench_train, "
-                    "bench_data and bench_serve (run after the first command)")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--full", action="store_true",
+                       help="bench_e2e at 8K-128K and bench_serve_backbone (run after the first command)")
+    which.add_argument("--train-serve", action="store_true", help="bench_train, bench_data with a 9B SFT step "
+                       "training beside the loader, bench_serve (a third command)")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU, CUDA steps skipped")
     ap.add_argument("--results", action="store_true", help="benchmarks also write to bench/results/")
     ap.add_argument("--no-build", action="store_true", help="use the installed extension as it is")
@@ -271,7 +282,7 @@ def main(argv=None) -> int:
         (out / d).mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     deadline = start + args.budget
-    console = open(out / ("suite-full.log" if args.full else "suite.log"), "w")
+    console = open(out / (f"suite-{mode_name(args)}.log" if mode_name(args) else "suite.log"), "w")
 
     def say(msg: str) -> None:
         line = f"[{time.monotonic() - start:6.1f} s] {msg}"
@@ -281,13 +292,14 @@ def main(argv=None) -> int:
 
     cuda = not args.cpu_smoke and cuda_available()
     mode = "GPU" if cuda else "CPU smoke" + ("" if args.cpu_smoke else " (torch sees no GPU)")
-    say(f"glyph_rt GPU suite{' --full' if args.full else ''}: {mode}, budget {args.budget:.0f} s, writing {out}")
+    say(f"glyph_rt GPU suite{' --' + mode_name(args) if mode_name(args) else ''}: {mode}, budget {args.budget:.0f} s, "
+        f"writing {out}")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("GLYPH_RT_CACHE", str(out / "cache"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if cuda:
         env.pop("TRITON_INTERPRET", None)
-    first = 100 if args.full else 0
+    first = 100 if args.full else 200 if args.train_serve else 0
     recs = [run_step(s, first + i, out, deadline, env, say) for i, s in enumerate(plan(args, out, cuda))]
     bad = [r["name"] for r in recs if r["status"] in ("failed", "timeout")]
     sys.path.insert(0, str(ROOT))

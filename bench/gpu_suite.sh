@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command that builds, tests and benchmarks glyph_rt on a GPU: see bench/gpu_suite.py.
-#   bash bench/gpu_suite.sh OUTDIR [--full] [--cpu-smoke] [--results] [--no-build] [--budget S]
+#   bash bench/gpu_suite.sh OUTDIR [--full | --train-serve] [--cpu-smoke] [--results] [--no-build] [--budget S]
 # $PYTHON picks the interpreter (default: python, else python3).
 set -u
 cd "$(dirname "$0")/.." || exit 1

@@ -140,6 +140,18 @@ def e2e(key: str, base: Callable[[dict], str]) -> Callable[[dict], Figure | None
     return get
 
 
+def data_while_training(d: dict) -> Figure | None:
+    """bench_data --with-training: the GPU loader's pages/s while GLM-4.1V-9B's SFT step trains on the same GPU."""
+    s = d["summary"]
+    if s.get("pages_per_s_while_training") is None:
+        return None
+    step = s.get("train_step_s_with_loader")
+    base = f"loader alone {s['pages_per_s_alone']:,.0f} pages/s"
+    note = (f"SFT step ({s['train_layers']} layers, {s['train_tokens']:,} tokens) {s['train_step_s_alone']:.3f} s alone"
+            + (f", {step:.3f} s beside the loader" if step else ""))
+    return s["pages_per_s_while_training"], base, note
+
+
 def serve_backbone(key: str) -> Callable[[dict], Figure | None]:
     """bench_serve_backbone's ratios: Glyph over the text backbone, through the same server."""
     def get(d: dict) -> Figure | None:
@@ -183,6 +195,8 @@ TARGETS = [
                                                 f"x{r['decode_speedup_hf']:.2f}")),
     Target("end to end", "rendering, fraction of TTFT", "e2e", "bench-e2e", "<=", 0.01, "",
            e2e("render_fraction_of_ttft", lambda r: f"HF path renders in {r['glyph_hf_render_s']:.3f} s")),
+    Target("training data", "GPU loader while a 9B SFT step trains (pages/s)", "bench_data", "bench-data", ">=", 1000,
+           "pages/s", data_while_training),
     Target("serving", "TTFT, 128K-token document, vs text backbone (x)", "serve-backbone", "bench-serve-backbone",
            ">=", 4.0, "x", serve_backbone("ttft_speedup")),
     Target("serving", "requests/s under load vs text backbone (x)", "serve-backbone", "bench-serve-backbone", ">=",
@@ -220,7 +234,7 @@ def target_rows(results: dict, steps: dict, env: dict) -> list[list[str]]:
         if errors:
             rows.append([t.area, t.what, "-", f"{t.op} {_fmt(t.threshold)}", "-", "missing", "; ".join(errors)])
         if not figs and not errors:
-            step = [s for n, s in steps.items() if n.startswith(t.step)]
+            step = [s for n, s in steps.items() if t.step in n]  # "bench-data" or "train-serve-bench-data"
             why = "; ".join(f"{s['name']}: {s['status']}" + (f" ({s['note']})" if s.get("note") else "")
                             for s in step) or f"step {t.step} did not run"
             if t.get is None and results.get(t.bench) and not peak:

@@ -56,6 +56,9 @@ def sample_outdir(out: Path) -> None:
         {"arm": "glyph", "doc_tokens": 131070, "pages": 82, "ttft_s": 4.0, "requests_per_s": 1.5}],
         {"ttft_speedup": 5.0, "requests_per_s_ratio": 3.0, "compression": 2.55, "context_tokens": 131070,
          "load_tokens": 16384, "clients": 8, "max_tokens": 32}))
+    write(out / "data-cuda.json", result("bench_data", [], {
+        "pages_per_s_alone": 2400.0, "pages_per_s_while_training": 1800.0, "train_step_s_alone": 1.2,
+        "train_step_s_with_loader": 1.26, "train_layers": 40, "train_tokens": 8192}))
     write(out / "steps" / "tests-gpu.json", {"name": "tests-gpu", "order": 3, "status": "failed", "seconds": 40,
                                              "budget_s": 120, "log": "logs/tests-gpu.log", "junit": ["junit/gpu.xml"]})
     write(out / "junit" / "gpu.xml", '<testsuites><testsuite tests="5" failures="1" errors="0" skipped="1">'
@@ -74,7 +77,8 @@ def rows_of(md: str) -> dict[str, list[str]]:
     rows = {}
     for line in md.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 7 and cells[0] in ("rasterizer", "patch embed", "attention", "end to end", "serving"):
+        if len(cells) == 7 and cells[0] in ("rasterizer", "patch embed", "attention", "end to end", "training data",
+                                            "serving"):
             rows.setdefault(cells[1], []).append(cells)
     return rows
 
@@ -103,7 +107,9 @@ def test_summary_puts_each_figure_beside_its_target_and_baseline(tmp_path):
     assert "82 pages" in ttft[6] and "run --full" not in ttft[6]
     load = rows["requests/s under load vs text backbone (x)"][0]
     assert load[5] == "FAIL" and "8 clients, 16K-token documents" in load[6]
-    assert "9 pass, 5 fail, 0 missing" in md  # counted per row
+    data = rows["GPU loader while a 9B SFT step trains (pages/s)"][0]
+    assert data[2] == "1,800" and data[5] == "pass" and "1.200 s alone, 1.260 s beside the loader" in data[6]
+    assert "10 pass, 5 fail, 0 missing" in md  # counted per row
     assert "| tests-gpu | failed | 3 | 1 | 1 | tests.test_raster::test_a |" in md
     assert "| sanitizer-memcheck | pass | ERROR SUMMARY: 0 errors |" in md
     assert "| sanitizer-racecheck | FAIL |" in md
@@ -160,7 +166,8 @@ def test_a_step_out_of_time_is_killed_and_the_next_one_runs(tmp_path):
 
 
 def gpu_plan(tmp_path, *flags):
-    ap = argparse.Namespace(full="--full" in flags, results="--results" in flags, no_build=True, budget=530)
+    ap = argparse.Namespace(full="--full" in flags, train_serve="--train-serve" in flags, results="--results" in flags,
+                            no_build=True, budget=530)
     return gpu_suite.plan(ap, tmp_path, cuda=True)
 
 
@@ -169,7 +176,8 @@ def test_every_gpu_benchmark_command_parses(tmp_path):
     """The GPU plan's benchmark commands run here up to their CUDA check: their flags parse."""
     import importlib
 
-    cmds = [c for s in gpu_plan(tmp_path) + gpu_plan(tmp_path, "--full") for c in s.cmds]
+    cmds = [c for s in gpu_plan(tmp_path) + gpu_plan(tmp_path, "--full") + gpu_plan(tmp_path, "--train-serve")
+            for c in s.cmds]
     benches = [c for c in cmds if c[1].startswith("bench/")]
     assert len(benches) == 10
     for c in benches:
