@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ..nvtx import nvtx_range
-from ..ops.pixel_values import PATCH, ROW, ROW_U8, ROW_U8_STRIDE, cat_rows, normalize_lut, padded_rows, pixel_values_from_pages, \
-    target_size, uint8_rows, write_pixel_values_cpu
+from ..ops.pixel_values import PATCH, ROW, ROW_U8, ROW_U8_STRIDE, cat_rows, normalize_lut, padded_rows, \
+    pixel_values_from_pages, target_size, uint8_rows, write_pixel_values_cpu
 from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PATCHES, MODE_PIXELS, RasterBatch, \
     check_backend, raster_tiles, set_image_targets
 from .config import RenderConfig
