@@ -426,3 +426,22 @@ def test_padded_rows_on_sdpa_equal_the_unpadded_oracle_forward_and_backward(S, S
     for a, b in zip(grads["sdpa"], grads["reference"]):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
     assert not grads["sdpa"][0][~mask[:, -S:].bool()].any()
+
+
+def test_large_padded_batches_are_unpadded_not_masked(monkeypatch):
+    """Above PADDED_SDPA_MAX no [B, S, S_k] mask is built: the rows are unpadded (and give the same result)."""
+    from glyph_rt.ops import attention as att
+
+    class Module:
+        is_causal = True
+        training = False
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 9, 8, generator=g) for _ in range(3))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, :3] = 0
+    small, _ = att.glyph_attention_forward(Module(), q, k, v, mask, backend="sdpa")
+    monkeypatch.setattr(att, "PADDED_SDPA_MAX", 2 * 9 * 9 - 1)
+    monkeypatch.setattr(att, "_sdpa_padded", lambda *a: pytest.fail("built a mask above the limit"))
+    large, _ = att.glyph_attention_forward(Module(), q, k, v, mask, backend="sdpa")
+    torch.testing.assert_close(small, large, atol=1e-5, rtol=1e-4)

@@ -306,8 +306,9 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
     if attention_mask is not None and not bool(attention_mask.all()):  # padding: unpad, attend, pad back
         mask_k = attention_mask.bool()
         mask_q = mask_k[:, -S:]
-        if resolve_backend(backend, query, "prefill" if causal else "vision") == "sdpa":  # one call, not one per row
-            return _sdpa_padded(query, key, value, mask_q, mask_k, causal, scaling), None
+        small = B * S * Sk <= PADDED_SDPA_MAX
+        if small and resolve_backend(backend, query, "prefill" if causal else "vision") == "sdpa":
+            return _sdpa_padded(query, key, value, mask_q, mask_k, causal, scaling), None  # one call, not one per row
         lens_q, lens_k = mask_q.sum(1, dtype=torch.int32), mask_k.sum(1, dtype=torch.int32)
         cu_q = F.pad(lens_q.cumsum(0, dtype=torch.int32), (1, 0))
         cu_k = F.pad(lens_k.cumsum(0, dtype=torch.int32), (1, 0))
@@ -321,6 +322,11 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
     out = attention(q.reshape(B * S, H, D), k.reshape(B * Sk, -1, D), v.reshape(B * Sk, -1, D), cu_q, cu_k,
                     S, Sk, causal=causal, softmax_scale=scaling, backend=backend)
     return out.reshape(B, S, H, D), None
+
+
+# padded batches up to this many (row, query, key) triples run as one masked SDPA call (a decode step, a chunk of
+# prefill); longer ones are unpadded, so that no [B, S, S_k] mask is built and SDPA keeps its fused kernels
+PADDED_SDPA_MAX = 1 << 24
 
 
 def _sdpa_padded(query, key, value, mask_q, mask_k, causal: bool, scale) -> torch.Tensor:
