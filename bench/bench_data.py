@@ -107,20 +107,12 @@ def while_training(args, task, corpus, builder) -> dict:
     each alone and together. --device cpu runs tiny shapes (a smoke test)."""
     import threading
 
-    from bench.bench_e2e import build_model, sync
-    from bench.bench_train import make_trainable, step, with_answer
-    from glyph_rt.models import apply_glyph_kernels
-    from glyph_rt.ops.attention import register_transformers
+    from bench.bench_e2e import sync
+    from bench.bench_train import step, trainable_model, with_answer
 
     quick = args.device == "cpu"
     device = torch.device(args.device)
-    register_transformers()
-    model = build_model(quick, device, torch.float32 if quick else torch.bfloat16)
-    if args.train_layers:
-        model.model.language_model.layers = model.model.language_model.layers[:args.train_layers]
-        model.config.text_config.num_hidden_layers = args.train_layers
-    apply_glyph_kernels(model)
-    model, opt = make_trainable(model, quick)
+    model, opt, _ = trainable_model(quick, device, torch.float32 if quick else torch.bfloat16, args.train_layers)
     base = model.get_base_model()
     g = torch.Generator().manual_seed(0)
     vocab = base.config.text_config.vocab_size

@@ -62,13 +62,11 @@ def build_model(smoke: bool, tok, device, dtype):
 
     from bench.bench_e2e import ROPE, _snapped
     from glyph_rt.models import GlyphModel, apply_glyph_kernels
+    from glyph_rt.models.tiny import glm4v_token_ids
     from glyph_rt.ops.attention import register_transformers
     from glyph_rt.render.config import GLYPH_CONFIG_EN, RenderConfig
 
-    ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
-        ("image_token_id", "<|image|>"), ("video_token_id", "<|video|>"), ("image_start_token_id", "<|begin_of_image|>"),
-        ("image_end_token_id", "<|end_of_image|>"), ("video_start_token_id", "<|begin_of_video|>"),
-        ("video_end_token_id", "<|end_of_video|>")]}
+    ids = glm4v_token_ids(tok)
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
     text = dict(vocab_size=len(tok), max_position_embeddings=1 << 18, eos_token_id=eos, pad_token_id=eos,
                 rope_parameters=ROPE)

@@ -64,6 +64,21 @@ def make_trainable(model, quick: bool):
     return model, torch.optim.AdamW(params, lr=1e-6)
 
 
+def trainable_model(quick: bool, device, dtype, layers: int | None = None):
+    """(peft model, optimizer, kernel patch): GLM-4.1V-9B's shapes (or tiny ones) with random weights, cut to `layers` decoder
+    layers, on glyph_rt's kernels, made trainable as this benchmark's SFT step trains it."""
+    from glyph_rt.models import apply_glyph_kernels
+    from glyph_rt.ops.attention import register_transformers
+
+    register_transformers()
+    model = build_model(quick, device, dtype)
+    if layers:
+        model.model.language_model.layers = model.model.language_model.layers[:layers]
+        model.config.text_config.num_hidden_layers = layers
+    patch = apply_glyph_kernels(model)
+    return (*make_trainable(model, quick), patch)
+
+
 def step(model, opt, batch) -> float:
     out = model(**batch, use_cache=False)
     out.loss.backward()
@@ -88,16 +103,7 @@ def main(argv=None):
         raise SystemExit("bench_train needs a CUDA GPU (or --quick for the CPU smoke test)")
     else:
         device, dtype = torch.device("cuda"), torch.bfloat16
-    from glyph_rt.models import apply_glyph_kernels
-    from glyph_rt.ops.attention import register_transformers
-
-    register_transformers()
-    model = build_model(args.quick, device, dtype)
-    if args.layers:
-        model.model.language_model.layers = model.model.language_model.layers[:args.layers]
-        model.config.text_config.num_hidden_layers = args.layers
-    patch = apply_glyph_kernels(model)
-    model, opt = make_trainable(model, args.quick)
+    model, opt, patch = trainable_model(args.quick, device, dtype, args.layers)
     base = model.get_base_model()
     tok = TextTokenizer()
     question_ids = tok.prefix(QUESTION, tok.count(QUESTION))[0]

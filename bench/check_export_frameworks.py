@@ -195,16 +195,22 @@ def run_llamafactory(d: Path, model: str, rows: list[dict], image_max_pixels: in
         tok, proc = tm["tokenizer"], tm["processor"]
         ids = {k: tok.convert_tokens_to_ids(t) for k, t in
                [("image", "<|image|>"), ("begin", "<|begin_of_image|>"), ("end", "<|end_of_image|>")]}
-        by_key = {pages_key(r["images"]): r for r in rows}
-        results = []
-        for ex in data:
-            row = by_key.get(pages_key(ex["images"]))
-            if row is None:
-                results.append(["a sample whose pages match no shard row"])
-                continue
+        def check(ex, row):
             mm = template.mm_plugin.get_mm_inputs(ex["images"], [], [], [len(ex["images"])], [0], [0], [0], proc)
-            results.append(check_encoded(row, ex["input_ids"], ex["labels"], mm["image_grid_thw"].tolist(), ids, tok))
+            return check_encoded(row, ex["input_ids"], ex["labels"], mm["image_grid_thw"].tolist(), ids, tok)
+
+        results = check_each(data, rows, check)
     return {"framework": "llamafactory", "version": llamafactory.__version__, "samples": len(data), "errors": results}
+
+
+def check_each(data, rows: list[dict], check) -> list[list[str]]:
+    """check(example, shard row) for every example the framework made, matched to its shard row by its pages."""
+    by_key = {pages_key(r["images"]): r for r in rows}
+    results = []
+    for ex in data:
+        row = by_key.get(pages_key(ex["images"]))
+        results.append(["a sample whose pages match no shard row"] if row is None else check(ex, row))
+    return results
 
 
 def run_swift(d: Path, model: str, rows: list[dict], image_max_pixels: int) -> dict:
@@ -220,20 +226,17 @@ def run_swift(d: Path, model: str, rows: list[dict], image_max_pixels: int) -> d
     template.set_mode("train")
     tok = template.tokenizer
     ids = {"image": template.image_token, "begin": template.begin_of_image_token, "end": template.end_of_image_token}
-    by_key = {pages_key(r["images"]): r for r in rows}
-    results = []
-    for ex in data:
-        row = by_key.get(pages_key(ex["images"]))
-        if row is None:
-            results.append(["a sample whose pages match no shard row"])
-            continue
+
+    def check(ex, row):
         errs = []
         got = [{"role": m["role"], "content": m["content"]} for m in ex["messages"]]
         if got != row["messages"]:
             errs.append(f"messages differ: {[m['role'] for m in got]} vs {[m['role'] for m in row['messages']]}")
         enc = template.encode(dict(ex))
         errs += check_encoded(row, enc["input_ids"], enc["labels"], enc["image_grid_thw"].tolist(), ids, tok)
-        results.append(errs)
+        return errs
+
+    results = check_each(data, rows, check)
     return {"framework": "ms-swift", "version": swift.__version__, "samples": len(data), "errors": results}
 
 

@@ -99,16 +99,21 @@ def tiny_tokenizer(special=GLM_SPECIAL, template=GLM_TEMPLATE):
     return fast
 
 
+def glm4v_token_ids(tok) -> dict:
+    """Glm4vConfig's special-token ids (image, video and their start/end markers) from a tokenizer with GLM's tokens."""
+    return {name: tok.convert_tokens_to_ids(t) for name, t in [
+        ("image_token_id", "<|image|>"), ("video_token_id", "<|video|>"), ("image_start_token_id", "<|begin_of_image|>"),
+        ("image_end_token_id", "<|end_of_image|>"), ("video_start_token_id", "<|begin_of_video|>"),
+        ("video_end_token_id", "<|end_of_video|>")]}
+
+
 def tiny_glm4v_checkpoint(path, max_positions: int = 4096):
     """A complete local checkpoint directory: config, weights, tokenizer, chat template, processor config."""
     from transformers import Glm4vConfig, Glm4vForConditionalGeneration
     from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
 
     tok = tiny_tokenizer()
-    ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
-        ("image_token_id", "<|image|>"), ("video_token_id", "<|video|>"), ("image_start_token_id", "<|begin_of_image|>"),
-        ("image_end_token_id", "<|end_of_image|>"), ("video_start_token_id", "<|begin_of_video|>"),
-        ("video_end_token_id", "<|end_of_video|>")]}
+    ids = glm4v_token_ids(tok)
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
     cfg = Glm4vConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
