@@ -31,9 +31,9 @@ def dist_name(requirement: str) -> str:
 
 
 def third_party_imports() -> dict[str, set[str]]:
-    """Top-level names imported by glyph_rt/**.py and kernels/**.py that are neither stdlib nor glyph_rt."""
+    """Top-level names imported by glyph_rt/**.py that are neither stdlib nor glyph_rt."""
     found: dict[str, set[str]] = {}
-    for path in [*(ROOT / "glyph_rt").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")]:
+    for path in (ROOT / "glyph_rt").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -112,3 +112,13 @@ def test_package_data_covers_every_data_file():
     files = [f.removeprefix("glyph_rt/") for f in tracked if not f.endswith(".py")]
     missing = [f for f in files if not any(fnmatch.fnmatch(f, p) and f.count("/") == p.count("/") for p in patterns)]
     assert not missing, f"files no package_data pattern ships: {missing}"
+
+
+def test_repo_root_shadows_no_installed_package():
+    """A package directory at the repository's root is importable whenever the root is on sys.path (python -m
+    pytest, the benchmarks): one named like an installed distribution's module (transformers imports `kernels`)
+    would replace it."""
+    installed = metadata.packages_distributions()
+    roots = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()} - {"glyph_rt"}
+    shadowing = {name: installed[name] for name in roots if name in installed}
+    assert not shadowing, f"top-level directories named like installed packages: {shadowing}"

@@ -20,9 +20,8 @@ mkdir -p "$OUT/cmake" "$OUT/pkg/glyph_rt"
   -DPython_EXECUTABLE="$(command -v python)" -Dpybind11_DIR="$PYBIND11_DIR" \
   -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$OUT/pkg/glyph_rt" >"$OUT/cmake.log"
 "$CMAKE" --build "$OUT/cmake" --parallel "${MAX_JOBS:-$(nproc)}" >>"$OUT/cmake.log"
-# the package as it installs: glyph_rt/ with kernels/ inside, the sanitized _C beside the sources
+# the package as it installs, the sanitized _C beside the sources
 tar -C "$ROOT" --exclude='_C*.so' --exclude=__pycache__ -cf - glyph_rt | tar -C "$OUT/pkg" -xf -
-cp -r "$ROOT/kernels" "$OUT/pkg/glyph_rt/kernels"
 echo "sanitized build: $(( $(date +%s) - start )) s"
 
 export PYTHONPATH="$OUT/pkg${PYTHONPATH:+:$PYTHONPATH}"
