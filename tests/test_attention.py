@@ -47,7 +47,13 @@ def test_glyph_kernel_matches_the_fp32_oracle_forward_and_backward(lens_q, lens_
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("lens_q,lens_k,hq,hkv,d,causal", CASES[:4])
+SDPA_CASES = CASES[:4] + [  # segments of one shape among others go in one batched call
+    ([16, 7, 16, 16, 7], [16, 7, 16, 16, 7], 4, 2, 32, False),
+    ([5, 9, 5], [12, 9, 12], 2, 1, 16, True),
+]
+
+
+@pytest.mark.parametrize("lens_q,lens_k,hq,hkv,d,causal", SDPA_CASES)
 def test_sdpa_backend_matches_the_oracle(lens_q, lens_k, hq, hkv, d, causal):
     q, k, v, cu_q, cu_k = packed(lens_q, lens_k, hq, hkv, d)
     do = torch.randn_like(q)

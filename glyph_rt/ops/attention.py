@@ -232,8 +232,16 @@ def _sdpa(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> torch.Tensor:
         ks = k.reshape(B, lk[0], *k.shape[1:]).transpose(1, 2)
         vs = v.reshape(B, lk[0], *v.shape[1:]).transpose(1, 2)
         return run(qs, ks, vs).transpose(1, 2).reshape(q.shape)
-    outs = [run(qs.transpose(0, 1)[None], ks.transpose(0, 1)[None], vs.transpose(0, 1)[None])[0].transpose(0, 1)
-            for qs, ks, vs in zip(q.split(lq), k.split(lk), v.split(lk))]
+    # segments of one shape (the pages of a document) share a batched call
+    shapes: dict[tuple[int, int], list[int]] = {}
+    for i, shape in enumerate(zip(lq, lk)):
+        shapes.setdefault(shape, []).append(i)
+    qs, ks, vs = q.split(lq), k.split(lk), v.split(lk)
+    outs: list = [None] * len(lq)
+    for idx in shapes.values():
+        o = run(*(torch.stack([xs[i] for i in idx]).transpose(1, 2) for xs in (qs, ks, vs))).transpose(1, 2)
+        for i, oi in zip(idx, o.unbind(0)):
+            outs[i] = oi
     return torch.cat(outs)
 
 
