@@ -231,7 +231,8 @@ def test_the_vision_tower_runs_a_few_pages_per_step(gm, engine, monkeypatch):
 
 def test_requests_prefilled_together_answer_as_one_at_a_time(gm, monkeypatch):
     """Waiting requests share prefill forwards (rows left-padded: fresh prompts with pages, plain text, a
-    question after a cached prefix) and answer with the greedy tokens each gets alone."""
+    question after a cached prefix) and one vision-tower forward for their pages, and answer with the greedy
+    tokens each gets alone."""
     e = Engine(gm, max_batch=8, cache_bytes=64 << 20, prefill_chunk=4096).start()
     try:
         params = SamplingParams(max_tokens=8, **GREEDY)
@@ -250,6 +251,14 @@ def test_requests_prefilled_together_answer_as_one_at_a_time(gm, monkeypatch):
             return original(group)
 
         monkeypatch.setattr(e, "_forward_pieces", recorded)
+        vision = []
+        original_vision = gm.model.model.get_image_features
+
+        def counted(pv, grids, **kw):
+            vision.append(len(grids))
+            return original_vision(pv, grids, **kw)
+
+        monkeypatch.setattr(gm.model.model, "get_image_features", counted)
         done = threading.Semaphore(0)
         with e._cv:  # all waiting before the engine's next turn
             reqs = [e.submit(p, params, lambda ev: done.release() if ev["type"] in ("done", "error") else None)
@@ -258,6 +267,7 @@ def test_requests_prefilled_together_answer_as_one_at_a_time(gm, monkeypatch):
             assert done.acquire(timeout=120)
         assert [r.finish_reason != "error" for r in reqs] == [True] * len(reqs)
         assert reqs[0].cache_hit == "prefix" and [r.output_ids for r in reqs] == refs
+        assert vision == [sum(p.pages for p in prompts[1:len(pairs)])]  # the fresh documents' pages, together
         together = [g for g in groups if len(g) > 1]
         assert together and sum(map(len, groups)) > len(groups)
         assert any(at > 0 for g in together for at, _ in g) and any(at == 0 for g in together for at, _ in g)

@@ -15,8 +15,8 @@ row's KV then goes back to its request. Pieces whose padding would more than dou
 prompt beside short ones) go to separate forwards.
 
 The vision tower runs first, a few pages per step (their visual tokens count against the same
-budget); then the prompt is prefilled up to the last page (vision embeddings in place of the pages'
-placeholders), then the rest (the question). That first part's KV and the pages' embeddings go to the DocumentCache;
+budget), the pages of all requests that take some in one forward; then the prompt is prefilled up to
+the last page (vision embeddings in place of the pages' placeholders), then the rest (the question). That first part's KV and the pages' embeddings go to the DocumentCache;
 a later request with the same documents and the same prefix starts at the question.
 
     engine = Engine(GlyphModel.from_pretrained(path)).start()
@@ -250,9 +250,11 @@ class Engine:
             budget = self.prefill_chunk or math.inf  # prompt tokens this step: short prompts share it
             while budget > 0:
                 pieces: list[Piece] = []
-                budget -= self._collect(budget, pieces)
-                if not pieces:
+                pages: list[tuple] = []
+                budget -= self._collect(budget, pieces, pages)
+                if not pieces and not pages:
                     break
+                self._run_vision(pages)
                 self._run_pieces(pieces)
             if self.running:
                 try:
@@ -314,22 +316,42 @@ class Engine:
                     row += t * h * w
         return work
 
-    def _vision_step(self, work: list[tuple], limit: float) -> int:
-        """Runs the vision tower on the next pages (at least one, up to `limit` visual tokens); a segment whose
-        pages are all done gets its embeddings (and the document cache an entry). Returns the tokens it took."""
-        take, used = [], 0
-        while work and (not take or used + work[0][4] <= limit):
-            take.append(work.pop(0))
-            used += take[-1][4]
-        pv = torch.cat([s.pixel_values[row:row + n] for s, _, row, n, _ in take])
-        grids = torch.stack([s.grids[i] for s, i, _, _, _ in take]).to(self.gm.device)
-        out = self.model.model.get_image_features(pv, grids, return_dict=True).pooler_output
-        for (s, _, _, _, _), emb in zip(take, out):
+    @staticmethod
+    def _take_pages(r: Request, limit: float, pages: list[tuple]) -> int:
+        """Moves the request's next pages (at least one, up to `limit` visual tokens) to `pages`, the vision
+        tower's next forward. Returns the visual tokens taken."""
+        work, used, first = r.pf["vision"], 0, True
+        while work and (first or used + work[0][4] <= limit):
+            pages.append((r, *work.pop(0)))
+            used += pages[-1][5]
+            first = False
+        return used
+
+    @torch.no_grad()
+    def _run_vision(self, pages: list[tuple]) -> None:
+        """One vision-tower forward over the pages of every request that took some; a segment whose pages are all
+        done gets its embeddings (and the document cache an entry)."""
+        if not pages:
+            return
+        try:
+            pv = torch.cat([s.pixel_values[row:row + n] for _, s, _, row, n, _ in pages])
+            grids = torch.stack([s.grids[i] for _, s, i, _, _, _ in pages]).to(self.gm.device)
+            out = self.model.model.get_image_features(pv, grids, return_dict=True).pooler_output
+        except Exception as e:  # noqa: BLE001 - the requests of this forward fail, the engine goes on
+            if not isinstance(e, RequestError):
+                log.exception("vision tower failed")
+                e = RequestError(f"the engine failed on this request: {type(e).__name__}: {e}", None, 500,
+                                 "engine_error")
+            for r in {id(pg[0]): pg[0] for pg in pages}.values():
+                self._fail(r, e)
+            return
+        for (r, s, _, _, _, _), emb in zip(pages, out):
+            if r.finished:
+                continue
             s.parts.append(emb)
             if len(s.parts) == s.pages:
                 s.embeddings, s.parts = torch.cat(s.parts), None
                 self.cache.put(s.key, DocumentEntry(s.grids, s.embeddings, s.text_tokens))
-        return used
 
     def _forward(self, ids, pos, cache, mask=None, embeds=None):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -371,14 +393,14 @@ class Engine:
                 "images_before": 0}
         self._prefilling.append(r)
 
-    def _collect(self, budget: float, pieces: list[Piece]) -> int:
-        """One piece of prompt from each request in progress, then from waiting requests while slots and the budget
-        last. Returns the tokens taken (visual tokens through the vision tower included)."""
+    def _collect(self, budget: float, pieces: list[Piece], pages: list[tuple]) -> int:
+        """One piece of prompt (or some pages for the vision tower) from each request in progress, then from
+        waiting requests while slots and the budget last. Returns the tokens taken, visual tokens included."""
         used = 0
         for r in list(self._prefilling):
             if used >= budget:
                 return used
-            used += self._guard(r, lambda r: self._next_piece(r, budget - used, pieces)) or 0
+            used += self._guard(r, lambda r: self._next_piece(r, budget - used, pieces, pages)) or 0
         while used < budget and self.waiting and len(self.running) + len(self._prefilling) < self.max_batch:
             with self._cv:
                 req = self.waiting.popleft() if self.waiting else None
@@ -390,26 +412,22 @@ class Engine:
                 continue
             self._guard(req, self._start_prefill)
             if req in self._prefilling:
-                used += self._guard(req, lambda r: self._next_piece(r, budget - used, pieces)) or 0
+                used += self._guard(req, lambda r: self._next_piece(r, budget - used, pieces, pages)) or 0
         return used
 
     @torch.no_grad()
-    def _next_piece(self, r: Request, limit: float, pieces: list[Piece]) -> int:
-        """The request's next piece (at most `limit` tokens): pages through the vision tower until all have
-        embeddings, then the prompt up to the end of the prefix (whose KV then goes to the cache), or to the end,
-        added to `pieces`. Returns the tokens it took."""
+    def _next_piece(self, r: Request, limit: float, pieces: list[Piece], pages: list[tuple]) -> int:
+        """The request's next piece (at most `limit` tokens): pages for the vision tower (added to `pages`) until
+        all have embeddings, then the prompt up to the end of the prefix (whose KV then goes to the cache), or to
+        the end (added to `pieces`). Returns the tokens it took."""
         pf, p = r.pf, r.prompt
-        used = 0
         if pf["vision"] is not None:  # first the pages' embeddings, a few pages per step
-            used = self._vision_step(pf["vision"], limit) if pf["vision"] else 0
             if pf["vision"]:
-                return used
+                return self._take_pages(r, limit, pages)
             pf["vision"], pf["embeds"] = None, torch.cat([s.embeddings for s in p.segments])
-            if used >= limit:
-                return used
         k, L, at = p.prefix_len, len(p.input_ids), pf["at"]
         target = k if at < k else L
-        end = int(min(target, at + limit - used))
+        end = int(min(target, at + limit))
         embeds = None
         if pf["embeds"] is not None:
             n = int((pf["ids"][:, at:end] == self.gm.image_token_id).sum())
@@ -417,7 +435,7 @@ class Engine:
                 embeds = pf["embeds"][pf["images_before"]:pf["images_before"] + n]
                 pf["images_before"] += n
         pieces.append(Piece(r, at, end, embeds))
-        return used + end - at
+        return end - at
 
     def _run_pieces(self, pieces: list[Piece]) -> None:
         """The pieces in as few forwards as padding allows; then each request's next step."""
