@@ -61,14 +61,8 @@ def build_app(service: ChatService, api_key: str | None = None, max_body_bytes: 
         log.exception("unexpected error")
         return JSONResponse(error(f"internal error: {type(exc).__name__}", 500), status_code=500)
 
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            got = request.headers.get("authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {api_key}".encode()):
-                return JSONResponse(error("missing or wrong API key: send 'Authorization: Bearer <key>'", 401),
-                                    status_code=401)
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(_BearerAuth, api_key=api_key)
 
     @app.get("/health")
     async def health():
@@ -96,7 +90,13 @@ def build_app(service: ChatService, api_key: str | None = None, max_body_bytes: 
             prompt, params = await run_in_threadpool(service.prepare, req)
             loop = asyncio.get_running_loop()
             events: asyncio.Queue = asyncio.Queue()
-            r = engine.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+            stream = req.stream
+
+            def on_event(ev):  # on the engine's thread; a non-streaming response waits for the end only
+                if stream or ev["type"] != "delta":
+                    loop.call_soon_threadsafe(events.put_nowait, ev)
+
+            r = engine.submit(prompt, params, on_event)
         except QueueFull as e:
             return JSONResponse(error(str(e), 429, None, "queue_full"), status_code=429,
                                 headers={"Retry-After": str(e.retry_after)})
@@ -133,14 +133,20 @@ def build_app(service: ChatService, api_key: str | None = None, max_body_bytes: 
             yield sse(chunk(rid, model, created, {"role": "assistant", "content": ""}))
             while True:
                 try:
-                    ev = await asyncio.wait_for(events.get(), 0.25)
+                    ev = events.get_nowait() if not events.empty() else await asyncio.wait_for(events.get(), 0.25)
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():
                         return
                     continue
-                if ev["type"] == "delta":
-                    yield sse(chunk(rid, model, created, {"content": ev["text"]}))
-                elif ev["type"] == "error":
+                text = []  # the deltas already queued go out as one chunk (a client reading slower than tokens come)
+                while ev is not None and ev["type"] == "delta":
+                    text.append(ev["text"])
+                    ev = events.get_nowait() if not events.empty() else None
+                if text:
+                    yield sse(chunk(rid, model, created, {"content": "".join(text)}))
+                if ev is None:
+                    continue
+                if ev["type"] == "error":
                     e = ev["error"]
                     yield sse(error(str(e), e.status, e.param, e.code))
                     break
@@ -154,6 +160,23 @@ def build_app(service: ChatService, api_key: str | None = None, max_body_bytes: 
             engine.cancel(r)  # the client went away (or we are done: then a no-op)
 
     return app
+
+
+class _BearerAuth:
+    """ASGI middleware: /v1/ routes need 'Authorization: Bearer <api_key>' (401 otherwise)."""
+
+    def __init__(self, app, api_key: str):
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            got = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(got, self.expected):
+                reply = JSONResponse(error("missing or wrong API key: send 'Authorization: Bearer <key>'", 401),
+                                     status_code=401)
+                await reply(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class ServerThread:
