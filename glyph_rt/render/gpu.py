@@ -323,14 +323,25 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
         bar.update(sum(e - s for _, s, e in pending))
         pending.clear()
 
+    def laid_out():
+        """The documents in order; with several texts, the layout of the next ones overlaps the drawing of the
+        current batch (one text lays out on this thread: a server renders one request at a time)."""
+        if len(texts) == 1:
+            yield lay_out(0)
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for fut in [pool.submit(lay_out, i) for i in range(len(texts))]:
+                yield fut.result()
+
     bar = tqdm(unit="page", desc="render_inputs", disable=not progress)
-    # layout of the next documents overlaps the GPU work of the current batch
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(lay_out, i) for i in range(len(texts))]
-        for fut in futures:
+    documents = laid_out()
+    try:
+        while True:
             t = time.perf_counter()
-            doc = fut.result()
+            doc = next(documents, None)
             seconds["layout_wait"] += time.perf_counter() - t
+            if doc is None:
+                break
             docs.append(doc)
             s = 0
             while s < doc.num_pages:
@@ -341,6 +352,8 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
                     flush()
         if pending:
             flush()
+    finally:
+        documents.close()  # an error: the pool's threads finish their layouts and stop
     bar.close()
     if not pieces:
         pieces = [torch.zeros(0, ROW_U8 if dtype == torch.uint8 else ROW, dtype=dtype, device=device)]
