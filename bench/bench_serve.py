@@ -1,4 +1,5 @@
-"""Serving under load: N concurrent OpenAI clients x M requests against `glyph-rt serve`, vs serial generate.
+"""Serving under load: N concurrent OpenAI clients x M requests against `glyph-rt serve`, and the same number
+of requests through the offline batch runner, each vs serial generate.
 
     python bench/bench_serve.py [--model DIR] [--clients 32] [--requests 4] [--max-tokens 32] [--quick]
 
@@ -10,7 +11,8 @@ Reports requests/s and tokens/s, time to first token and inter-token latency (p5
 see them, errors, and the same model's GlyphModel.generate run one request at a time in the same
 process (before and after the engine; the faster run is the baseline). Then three long documents, each asked
 about twice on one warm connection: the median time to first token of the first question and of the
-follow-up, served from the document cache.
+follow-up, served from the document cache. Last, the same number of requests about other documents as a
+Batch API file through `run_batch` (`glyph-rt batch`: the engine in process, no HTTP and no client).
 Without --model a tiny random-weight checkpoint is built (CPU-sized: the ratios, not the absolute
 figures, are what it shows). Writes serve-<device>.json and serve-<device>.png to --out.
 """
@@ -140,6 +142,28 @@ async def followups(url: str, text: str, chars: int, warm_doc: str, documents: i
     return statistics.median(first), statistics.median(follow)
 
 
+def offline_batch(svc, docs: list[str], max_tokens: int, workdir: Path) -> dict:
+    """The requests about `docs` as a Batch API file through run_batch, timed: requests/s and tokens/s."""
+    import json
+
+    from glyph_rt.serve.batch import URL, run_batch
+
+    inp, out = workdir / "requests.jsonl", workdir / "results.jsonl"
+    with inp.open("w", encoding="utf-8") as f:
+        for i, d in enumerate(docs):
+            req = chat_request(d)
+            body = {"model": "bench", "max_tokens": max_tokens, "temperature": 0, "messages": req["messages"],
+                    **req["extra_body"]}
+            f.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": URL, "body": body}) + "\n")
+    t = time.perf_counter()
+    counts = run_batch(svc, inp, out, progress=False)
+    wall = time.perf_counter() - t
+    tokens = sum(json.loads(line)["response"]["body"].get("usage", {}).get("completion_tokens", 0)
+                 for line in out.read_text(encoding="utf-8").splitlines())
+    return {"requests": len(docs), "seconds": wall, "requests_per_s": len(docs) / wall, "tokens_per_s": tokens / wall,
+            "errors": counts["failed"]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="checkpoint directory (default: a tiny random-weight GLM-4.1V)")
@@ -179,9 +203,9 @@ def main(argv=None) -> int:
     while len(text) < args.doc_chars * 2 + args.cache_doc_chars + 3 * 997:
         text += "\n" + text
     n = args.clients * args.requests
-    step = max(1, (len(text) - args.doc_chars) // max(1, 2 * n))
-    docs = [text[i * step:i * step + args.doc_chars] for i in range(2 * n)]  # the second half warms the engine up
-    docs, warm_docs = docs[:n], docs[n:]
+    step = max(1, (len(text) - args.doc_chars) // max(1, 3 * n))
+    docs = [text[i * step:i * step + args.doc_chars] for i in range(3 * n)]
+    docs, warm_docs, batch_docs = docs[:n], docs[n:2 * n], docs[2 * n:]  # HTTP load, its warm-up, the batch file
     device = gm.device.type
     dev_name = torch.cuda.get_device_name(gm.device) if device == "cuda" else "cpu"
     print(f"{dev_name}: {args.clients} clients x {args.requests} requests, {args.max_tokens} tokens, "
@@ -227,15 +251,23 @@ def main(argv=None) -> int:
         first, follow = asyncio.run(followups(url, text, args.cache_doc_chars, docs[0]))
         print(f"document cache, {args.cache_doc_chars:,} characters: TTFT first {first * 1e3:.1f} ms, "
               f"follow-up {follow * 1e3:.1f} ms ({follow / first:.1%} of the first; medians of 3 documents)")
+    with tempfile.TemporaryDirectory() as work:
+        batch = offline_batch(svc, batch_docs, args.max_tokens, Path(work))
+    print(f"batch runner, {n} requests: {batch['requests_per_s']:.2f} req/s "
+          f"({batch['requests_per_s'] / serial['requests_per_s']:.2f}x serial), {batch['tokens_per_s']:.1f} tok/s, "
+          f"errors {batch['errors']}")
     svc.shutdown()
     serial = max(serial, run_serial(), key=lambda s: s["requests_per_s"])
-    print(f"engine vs the faster serial run: {res['requests_per_s'] / serial['requests_per_s']:.2f}x")
+    print(f"vs the faster serial run: engine over HTTP {res['requests_per_s'] / serial['requests_per_s']:.2f}x, "
+          f"batch runner {batch['requests_per_s'] / serial['requests_per_s']:.2f}x")
     summary = {"throughput_vs_serial": res["requests_per_s"] / serial["requests_per_s"],
-               "ttft_followup_fraction": follow / first, "errors": res["errors"]}
+               "batch_vs_serial": batch["requests_per_s"] / serial["requests_per_s"],
+               "ttft_followup_fraction": follow / first, "errors": res["errors"] + batch["errors"]}
     rows = [{"path": "serial_generate", **serial},
             {"path": "engine", "clients": args.clients, **{k: v for k, v in res.items() if not k.startswith("_")}},
             {"path": "document_cache", "doc_chars": args.cache_doc_chars, "ttft_first_s": first,
-             "ttft_followup_s": follow}]
+             "ttft_followup_s": follow},
+            {"path": "batch_runner", **batch}]
     name = f"serve-{slug(dev_name)}"
     path = write_result(args, name + ".json", "bench_serve", rows, summary)
     try:
@@ -245,8 +277,9 @@ def main(argv=None) -> int:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-        ax[0].bar(["serial generate", f"engine ({args.clients} clients)"],
-                  [serial["requests_per_s"], res["requests_per_s"]], color=["grey", "tab:blue"])
+        ax[0].bar(["serial\ngenerate", f"HTTP,\n{args.clients} clients", "batch\nrunner"],
+                  [serial["requests_per_s"], res["requests_per_s"], batch["requests_per_s"]],
+                  color=["grey", "tab:blue", "tab:green"])
         ax[0].set_ylabel("requests/s")
         for a, key, title in ((ax[1], "_ttft", "time to first token"), (ax[2], "_itl", "inter-token latency")):
             xs = sorted(v * 1e3 for v in res[key])
@@ -264,7 +297,7 @@ def main(argv=None) -> int:
     print(f"wrote {path}")
     if tmp is not None:
         tmp.cleanup()
-    return 0 if res["errors"] == 0 else 1
+    return 0 if summary["errors"] == 0 else 1
 
 
 if __name__ == "__main__":
