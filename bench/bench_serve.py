@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -55,10 +58,10 @@ def client(url: str):
     return openai.AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, timeout=600)
 
 
-async def load(url: str, docs: list[str], clients: int, requests: int, max_tokens: int,
-               rendered: bool = True, c=None) -> dict:
-    """`clients` concurrent streaming clients, each sending `requests` requests in turn (request i about docs[i]),
-    over one OpenAI client (`c`, or a new one)."""
+async def load(url: str, docs: list, clients: int, requests: int, max_tokens: int,
+               rendered: bool = True, c=None, model: str = "bench") -> dict:
+    """`clients` concurrent streaming clients, each sending `requests` requests in turn (request i about docs[i]: a
+    document, or a request already built as chat_request builds one), over one OpenAI client (`c`, or a new one)."""
     own, c = c is None, c or client(url)
     ttft, itl, errors, tokens = [], [], [], 0
 
@@ -68,8 +71,8 @@ async def load(url: str, docs: list[str], clients: int, requests: int, max_token
         last = None
         try:
             stream = await c.chat.completions.create(
-                model="bench", max_tokens=max_tokens, temperature=0, stream=True,
-                stream_options={"include_usage": True}, **chat_request(docs[i], rendered))
+                model=model, max_tokens=max_tokens, temperature=0, stream=True, stream_options={"include_usage": True},
+                **(docs[i] if isinstance(docs[i], dict) else chat_request(docs[i], rendered)))
             async for ch in stream:
                 now = time.perf_counter()
                 if ch.usage is not None:
@@ -103,8 +106,8 @@ async def load(url: str, docs: list[str], clients: int, requests: int, max_token
             "itl_p99_s": pct(itl, 99), "errors": len(errors), "error_samples": errors[:3], "_ttft": ttft, "_itl": itl}
 
 
-def _run_load(*args) -> dict:
-    return asyncio.run(load(*args))
+def _run_load(*args, **kwargs) -> dict:
+    return asyncio.run(load(*args, **kwargs))
 
 
 class LoadGenerator:
@@ -122,8 +125,8 @@ class LoadGenerator:
         self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         return self
 
-    def __call__(self, *args) -> dict:
-        return self._pool.submit(_run_load, *args).result()
+    def __call__(self, *args, **kwargs) -> dict:
+        return self._pool.submit(_run_load, *args, **kwargs).result()
 
     def __exit__(self, *exc) -> None:
         self._pool.shutdown()
@@ -164,6 +167,66 @@ def offline_batch(svc, docs: list[str], max_tokens: int, workdir: Path) -> dict:
             "errors": counts["failed"]}
 
 
+def page_requests(docs: list[str], render_config) -> list[dict]:
+    """The requests about `docs` with their pages as PNG data URIs, rendered here as a client of a server that does
+    not render (vLLM serving Glyph) sends them: the forwarding backend's messages, before any timing."""
+    from glyph_rt.serve.forward import ForwardingBackend
+
+    fwd = ForwardingBackend("http://unused/v1", "bench", render_config=render_config)
+    return [{"messages": fwd.messages(d, QUESTION), "extra_body": {"ignore_eos": True}} for d in docs]
+
+
+def served_model(url: str) -> str:
+    import openai
+
+    return openai.OpenAI(base_url=url, api_key="bench", max_retries=2, timeout=30).models.list().data[0].id
+
+
+class VLLMServer:
+    """`vllm serve MODEL` on 127.0.0.1 in a process of its own, for as long as the with-block runs; its log goes to
+    `log`. Needs vLLM and a CUDA GPU."""
+
+    def __init__(self, model: str, log: Path, port: int = 8765, max_images: int = 64):
+        self.cmd = [sys.executable, "-c", "from vllm.entrypoints.cli.main import main; main()",  # `vllm` itself
+                    "serve", model, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "bench",
+                    "--limit-mm-per-prompt", f'{{"image": {max_images}}}']
+        self.url, self.log = f"http://127.0.0.1:{port}/v1", log
+
+    def __enter__(self) -> "VLLMServer":
+        import subprocess
+        import urllib.request
+
+        self._log = open(self.log, "w")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vllm serve exited with {self.proc.returncode}; see {self.log}")
+            try:
+                with urllib.request.urlopen(self.url.removesuffix("/v1") + "/health", timeout=5):
+                    return self
+            except OSError:
+                time.sleep(2)
+        self.__exit__()
+        raise RuntimeError(f"vllm serve did not answer /health in 900 s; see {self.log}")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+        self._log.close()
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="checkpoint directory (default: a tiny random-weight GLM-4.1V)")
@@ -174,6 +237,11 @@ def main(argv=None) -> int:
     ap.add_argument("--serial", type=int, default=16, help="requests for the serial generate baseline")
     ap.add_argument("--cache-doc-chars", type=int, default=40000, help="document for the cache follow-up test")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--compare-url", help="another OpenAI-compatible server of the same model (vLLM serving Glyph) "
+                    "to load with the same requests, its pages rendered here and sent as PNG data URIs")
+    ap.add_argument("--vllm", choices=["auto", "on", "off"], default="auto",
+                    help="start `vllm serve` on the model and compare with it (auto: when vLLM and a GPU are here "
+                         "and no --compare-url is given)")
     ap.add_argument("--quick", action="store_true", help="2 clients x 2 requests, 4 tokens (a smoke test)")
     add_output_args(ap)
     args = ap.parse_args(argv)
@@ -185,6 +253,9 @@ def main(argv=None) -> int:
 
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("bench_serve --device cuda needs a CUDA GPU")
+    if args.vllm == "on" and not vllm_available():
+        raise SystemExit("bench_serve --vllm on needs vLLM installed and a CUDA GPU")
+    use_vllm = args.vllm == "on" or (args.vllm == "auto" and not args.compare_url and vllm_available())
     from glyph_rt import RenderConfig
     from glyph_rt.models import GlyphModel
     from glyph_rt.models.tiny import tiny_glm4v_checkpoint
@@ -263,11 +334,33 @@ def main(argv=None) -> int:
     summary = {"throughput_vs_serial": res["requests_per_s"] / serial["requests_per_s"],
                "batch_vs_serial": batch["requests_per_s"] / serial["requests_per_s"],
                "ttft_followup_fraction": follow / first, "errors": res["errors"] + batch["errors"]}
+    other = None
+    if args.compare_url or use_vllm:  # the same requests against another server, pages rendered here
+        bodies = page_requests(docs, gm.render_config)
+        warm_bodies = page_requests(warm_docs[:args.clients], gm.render_config)
+        if use_vllm:
+            del svc, gm  # the GPU's memory to vLLM
+            gc.collect()
+            torch.cuda.empty_cache()
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            other_server = VLLMServer(args.model, Path(args.out) / "vllm-serve.log")
+        else:
+            other_server = contextlib.nullcontext(SimpleNamespace(url=args.compare_url))
+        with other_server as srv, LoadGenerator() as gen:
+            model = served_model(srv.url)
+            gen(srv.url, warm_bodies, args.clients, 1, args.max_tokens, model=model)
+            other = gen(srv.url, bodies, args.clients, args.requests, args.max_tokens, model=model)
+        other = {"server": "vllm" if use_vllm else args.compare_url,
+                 **{k: v for k, v in other.items() if not k.startswith("_")}}
+        summary["engine_vs_other_server"] = res["requests_per_s"] / other["requests_per_s"]
+        print(f"{other['server']}, {args.clients} clients, pages as PNG data URIs: {other['requests_per_s']:.2f} req/s, "
+              f"TTFT p50 {other['ttft_p50_s'] * 1e3:.1f} ms, errors {other['errors']}; glyph_rt's server "
+              f"{summary['engine_vs_other_server']:.2f}x its requests/s")
     rows = [{"path": "serial_generate", **serial},
             {"path": "engine", "clients": args.clients, **{k: v for k, v in res.items() if not k.startswith("_")}},
             {"path": "document_cache", "doc_chars": args.cache_doc_chars, "ttft_first_s": first,
              "ttft_followup_s": follow},
-            {"path": "batch_runner", **batch}]
+            {"path": "batch_runner", **batch}] + ([{"path": "other_server", **other}] if other else [])
     name = f"serve-{slug(dev_name)}"
     path = write_result(args, name + ".json", "bench_serve", rows, summary)
     try:
@@ -277,9 +370,11 @@ def main(argv=None) -> int:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-        ax[0].bar(["serial\ngenerate", f"HTTP,\n{args.clients} clients", "batch\nrunner"],
-                  [serial["requests_per_s"], res["requests_per_s"], batch["requests_per_s"]],
-                  color=["grey", "tab:blue", "tab:green"])
+        bars = {"serial\ngenerate": serial, f"HTTP,\n{args.clients} clients": res, "batch\nrunner": batch}
+        if other:
+            bars[other["server"] if other["server"] == "vllm" else "other\nserver"] = other
+        ax[0].bar(list(bars), [b["requests_per_s"] for b in bars.values()],
+                  color=["grey", "tab:blue", "tab:green", "tab:orange"][:len(bars)])
         ax[0].set_ylabel("requests/s")
         for a, key, title in ((ax[1], "_ttft", "time to first token"), (ax[2], "_itl", "inter-token latency")):
             xs = sorted(v * 1e3 for v in res[key])

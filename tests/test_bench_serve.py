@@ -19,3 +19,42 @@ def test_bench_serve_quick(tmp_path):
     batch = data["rows"][3]
     assert batch["requests"] == 4 and batch["errors"] == 0 and data["summary"]["batch_vs_serial"] > 0
     assert batch["tokens_per_s"] == 4 * 4 / batch["seconds"]  # every answer's 4 tokens (ignore_eos)
+
+
+def test_bench_serve_compares_with_another_openai_server(tmp_path):
+    """--compare-url: the same requests, pages rendered by the benchmark and sent as PNG data URIs, against another
+    server of the same model (here a second glyph_rt server, which speaks the protocol vLLM does)."""
+    from bench.bench_serve import main
+    from glyph_rt import RenderConfig
+    from glyph_rt.models import GlyphModel
+    from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+    from glyph_rt.serve.app import ServerThread, build_app
+    from glyph_rt.serve.engine import Engine
+    from glyph_rt.serve.inputs import InputOptions
+    from glyph_rt.serve.service import ChatService
+
+    ckpt = tiny_glm4v_checkpoint(tmp_path / "tiny")
+    gm = GlyphModel.from_pretrained(str(ckpt), render_config=RenderConfig())
+    svc = ChatService(Engine(gm).start(), InputOptions(gm.render_config, "other"))
+    try:
+        with ServerThread(build_app(svc)) as other:
+            assert main(["--quick", "--model", str(ckpt), "--compare-url", other.url + "/v1",
+                         "--out", str(tmp_path / "out")]) == 0
+    finally:
+        svc.shutdown()
+    data = json.loads((tmp_path / "out" / "serve-cpu.json").read_text())
+    row = data["rows"][-1]
+    assert row["path"] == "other_server" and row["server"].startswith("http://127.0.0.1")
+    assert row["requests"] == 4 and row["errors"] == 0 and row["tokens_per_s"] > 0
+    assert data["summary"]["engine_vs_other_server"] > 0
+
+
+def test_bench_serve_vllm_on_needs_vllm_and_a_gpu(tmp_path):
+    import pytest
+
+    from bench.bench_serve import main, vllm_available
+
+    if vllm_available():
+        pytest.skip("vLLM and a GPU are here")
+    with pytest.raises(SystemExit, match="needs vLLM installed and a CUDA GPU"):
+        main(["--quick", "--vllm", "on", "--out", str(tmp_path)])
