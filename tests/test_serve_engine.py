@@ -75,12 +75,17 @@ def test_greedy_equals_generate_one_by_one_and_batched(gm, engine):
     assert rows > steps  # decode steps were shared by several requests
 
 
-def test_document_cache_skips_the_document_and_keeps_the_answer(gm, engine):
+def test_document_cache_skips_the_document_and_keeps_the_answer(gm, engine, monkeypatch):
     c = TEXT[7000:7600]
     first = engine.complete(prompt(gm, engine, c, "Who wrote it?"), SamplingParams(max_tokens=10, **GREEDY))
     p2 = prompt(gm, engine, c, "And when?")
     assert all(s.cached and s.pixel_values is None for s in p2.segments)  # not rendered again
-    second = engine.complete(p2, SamplingParams(max_tokens=10, **GREEDY))
+    def no_rope_index(*args):
+        raise AssertionError("the rope index was computed on a prefix hit")
+
+    with monkeypatch.context() as m:  # the question's positions count on from the cached prefix's
+        m.setattr(engine, "_positions", no_rope_index)
+        second = engine.complete(p2, SamplingParams(max_tokens=10, **GREEDY))
     assert first.cache_hit == "none" and second.cache_hit == "prefix"
     assert first.token_ids == gm.generate(c, "Who wrote it?", max_new_tokens=10)[0].token_ids
     assert second.token_ids == gm.generate(c, "And when?", max_new_tokens=10)[0].token_ids
@@ -95,9 +100,9 @@ def test_cache_budget_evicts(gm):
     e = Engine(gm, cache_bytes=4096)
     from glyph_rt.serve.doc_cache import PrefixEntry
 
-    big = PrefixEntry(10, [(torch.zeros(1, 1, 10, 64), torch.zeros(1, 1, 10, 64))])
+    big = PrefixEntry(10, [(torch.zeros(1, 1, 10, 64), torch.zeros(1, 1, 10, 64))], 10)
     assert not e.cache.put("kv:a", big)  # over the budget alone: not stored
-    small = PrefixEntry(1, [(torch.zeros(1, 1, 1, 64), torch.zeros(1, 1, 1, 64))])
+    small = PrefixEntry(1, [(torch.zeros(1, 1, 1, 64), torch.zeros(1, 1, 1, 64))], 1)
     for k in "abcdefghij":  # 512 bytes each: 8 fit
         e.cache.put("kv:" + k, small)
     assert e.cache.nbytes <= 4096 and e.cache.peek("kv:b") is None and e.cache.peek("kv:j") is not None

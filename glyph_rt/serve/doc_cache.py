@@ -51,6 +51,7 @@ class DocumentEntry:
 class PrefixEntry:
     length: int
     layers: list[tuple[torch.Tensor, torch.Tensor]] = field(repr=False)  # per layer (keys, values) [1, H, length, D]
+    next_pos: int  # the M-RoPE position of the token after the prefix (text after it counts on from there)
 
     @property
     def nbytes(self) -> int:

@@ -16,8 +16,9 @@ prompt beside short ones) go to separate forwards.
 
 The vision tower runs first, a few pages per step (their visual tokens count against the same
 budget), the pages of all requests that take some in one forward; then the prompt is prefilled up to
-the last page (vision embeddings in place of the pages' placeholders), then the rest (the question). That first part's KV and the pages' embeddings go to the DocumentCache;
-a later request with the same documents and the same prefix starts at the question.
+the last page (vision embeddings in place of the pages' placeholders), then the rest (the question).
+That first part's KV and the pages' embeddings go to the DocumentCache; a later request with the same
+documents and the same prefix starts at the question, its positions counted on from the prefix's.
 
     engine = Engine(GlyphModel.from_pretrained(path)).start()
     done = engine.complete(prompt, SamplingParams(max_tokens=64, temperature=0))   # blocking
@@ -368,10 +369,8 @@ class Engine:
         p = r.prompt
         dev = self.gm.device
         ids = torch.tensor([p.input_ids], device=dev)
-        grids = torch.cat([s.grids for s in p.segments]).to(dev) if p.segments else None
-        pos, delta = self._positions(ids, grids)
         cache = GlyphCache(reserve=min(r.params.max_tokens, 1024))
-        at, vision = 0, None
+        at, vision, pos = 0, None, None
         if p.prefix_len:
             entry = self.cache.get(p.prefix_key)
             if entry is not None:
@@ -379,6 +378,10 @@ class Engine:
                     cache.update(k, v, i)
                 r.cache_hit, at = "prefix", p.prefix_len
                 self.metrics.cache_hits.labels("prefix").inc()
+                if not bool((ids[0, at:] == self.gm.image_token_id).any()):  # text after the prefix: no rope index
+                    pos = torch.zeros(3, 1, ids.shape[1], dtype=torch.long, device=dev)  # [0, at) is never read
+                    pos[:, 0, at:] = torch.arange(entry.next_pos, entry.next_pos + ids.shape[1] - at, device=dev)
+                    delta = entry.next_pos - at
             else:
                 self.metrics.cache_misses.labels("prefix").inc()
                 if any(s.cached for s in p.segments):
@@ -389,6 +392,9 @@ class Engine:
             if new_pages:
                 self.metrics.rendered(sum(s.pages for s in new_pages), sum(s.visual_tokens for s in new_pages),
                                       sum(s.text_tokens for s in new_pages))
+        if pos is None:
+            grids = torch.cat([s.grids for s in p.segments]).to(dev) if p.segments else None
+            pos, delta = self._positions(ids, grids)
         r.pf = {"ids": ids, "pos": pos, "delta": delta, "cache": cache, "at": at, "vision": vision, "embeds": None,
                 "images_before": 0}
         self._prefilling.append(r)
@@ -508,8 +514,8 @@ class Engine:
         pf["at"] = end
         cache = pf["cache"]
         if end == k and at < k and self.cache.max_bytes:
-            self.cache.put(p.prefix_key, PrefixEntry(k, [(lay.keys[:, :, :k].clone(), lay.values[:, :, :k].clone())
-                                                         for lay in cache.layers]))
+            layers = [(lay.keys[:, :, :k].clone(), lay.values[:, :, :k].clone()) for lay in cache.layers]
+            self.cache.put(p.prefix_key, PrefixEntry(k, layers, int(pf["pos"][:, 0, :k].max()) + 1))
             self.metrics.cache_bytes.set(self.cache.nbytes)
         if end < L:
             return
