@@ -312,11 +312,11 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
                         causal=causal, softmax_scale=scaling, backend=backend)
         return out.reshape(B, S, H, D), None
     if attention_mask is not None and not bool(attention_mask.all()):  # padding: unpad, attend, pad back
-        mask_k = attention_mask.bool()
-        mask_q = mask_k[:, -S:]
         small = B * S * Sk <= PADDED_SDPA_MAX
         if small and resolve_backend(backend, query, "prefill" if causal else "vision") == "sdpa":
-            return _sdpa_padded(query, key, value, mask_q, mask_k, causal, scaling), None  # one call, not one per row
+            return _sdpa_padded(query, key, value, attention_mask, causal, scaling), None  # one call, not one per row
+        mask_k = attention_mask.bool()
+        mask_q = mask_k[:, -S:]
         lens_q, lens_k = mask_q.sum(1, dtype=torch.int32), mask_k.sum(1, dtype=torch.int32)
         cu_q = F.pad(lens_q.cumsum(0, dtype=torch.int32), (1, 0))
         cu_k = F.pad(lens_k.cumsum(0, dtype=torch.int32), (1, 0))
@@ -337,15 +337,24 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
 PADDED_SDPA_MAX = 1 << 24
 
 
-def _sdpa_padded(query, key, value, mask_q, mask_k, causal: bool, scale) -> torch.Tensor:
-    """One batched SDPA call over padded rows (B, H, S, D): keys masked by the 2D padding mask (and causally,
-    bottom-right aligned), padded query rows zero. -> (B, S, H, D)"""
+_last_allowed: list = [lambda: None, None, None]  # (weak reference to the last 2D mask, its causal flag, SDPA's mask)
+
+
+def _sdpa_padded(query, key, value, mask, causal: bool, scale) -> torch.Tensor:
+    """One batched SDPA call over padded rows (B, H, S, D): keys masked by the 2D padding mask [B, S_k] (and
+    causally, bottom-right aligned), padded query rows zero. The boolean mask SDPA reads is built once per forward
+    (every layer gets the same 2D mask object). -> (B, S, H, D)"""
     S, Sk = query.shape[2], key.shape[2]
-    allowed = mask_k[:, None, :].expand(-1, S, -1)
-    if causal:
-        allowed = allowed & torch.ones(S, Sk, dtype=torch.bool, device=query.device).tril(Sk - S)
-    allowed = allowed | ~mask_q[:, :, None]  # a padded query attends anywhere (no empty row); its output is dropped
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed[:, None], scale=scale,
+    mask_k = mask.bool()
+    mask_q = mask_k[:, -S:]
+    allowed = _last_allowed[2] if _last_allowed[0]() is mask and _last_allowed[1] == causal else None
+    if allowed is None or allowed.shape[-2:] != (S, Sk):
+        allowed = mask_k[:, None, :].expand(-1, S, -1)
+        if causal:
+            allowed = allowed & torch.ones(S, Sk, dtype=torch.bool, device=query.device).tril(Sk - S)
+        allowed = (allowed | ~mask_q[:, :, None])[:, None]  # a padded query attends anywhere; its output is dropped
+        _last_allowed[:] = [weakref.ref(mask), causal, allowed]
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, scale=scale,
                                          enable_gqa=query.shape[1] != key.shape[1])
     return out.transpose(1, 2).masked_fill(~mask_q[:, :, None, None], 0)
 
