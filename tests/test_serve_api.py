@@ -250,3 +250,44 @@ def test_random_bodies_never_break_the_server(server):
 
     check()
     assert h.get(server.url + "/health").status_code == 200
+
+
+def test_engine_events_reach_the_loop_in_order_with_few_wakeups():
+    """The engine's thread posts each request's events; the loop gets them all, in order, and wakes once per
+    burst rather than once per event."""
+    import asyncio
+    import threading
+
+    from glyph_rt.serve.app import _Mailbox
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        box = _Mailbox(loop)
+        wakeups = 0
+        deliver = box._deliver
+
+        def counted():
+            nonlocal wakeups
+            wakeups += 1
+            deliver()
+
+        box._deliver = counted
+        queues = [asyncio.Queue() for _ in range(8)]
+        sent = threading.Event()
+
+        def engine():
+            for step in range(50):
+                for q in queues:
+                    box.post(q, {"step": step})
+            sent.set()
+
+        threading.Thread(target=engine).start()
+        got = [[(await q.get())["step"] for _ in range(50)] for q in queues]
+        assert sent.is_set() and got == [list(range(50))] * 8
+        assert wakeups < 8 * 50
+        loop_closed = _Mailbox(asyncio.new_event_loop())
+        loop_closed.loop.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            loop_closed.post(queues[0], {})
+
+    asyncio.run(main())

@@ -47,6 +47,31 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(buf)
 
 
+class _Mailbox:
+    """Events from the engine's thread to the event loop's request queues: one wake-up of the loop carries every
+    event that arrives before it runs (a decode step's tokens for all its requests), not one per token."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._items: list = []
+        self._lock = threading.Lock()
+
+    def post(self, queue: asyncio.Queue, ev: dict) -> None:
+        if self.loop.is_closed():  # the engine cancels a request whose listener fails
+            raise RuntimeError("the server's event loop is closed")
+        with self._lock:
+            self._items.append((queue, ev))
+            if len(self._items) > 1:
+                return  # a wake-up is already on its way
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for queue, ev in items:
+            queue.put_nowait(ev)
+
+
 def build_app(service: ChatService, api_key: str | None = None, max_body_bytes: int = 64 << 20) -> FastAPI:
     engine = service.engine
     app = FastAPI(title="glyph_rt", docs_url=None, redoc_url=None)
@@ -89,12 +114,15 @@ def build_app(service: ChatService, api_key: str | None = None, max_body_bytes: 
             req = service.parse(body)
             prompt, params = await run_in_threadpool(service.prepare, req)
             loop = asyncio.get_running_loop()
+            if getattr(app.state, "mailbox", None) is None or app.state.mailbox.loop is not loop:
+                app.state.mailbox = _Mailbox(loop)
+            mailbox = app.state.mailbox
             events: asyncio.Queue = asyncio.Queue()
             stream = req.stream
 
             def on_event(ev):  # on the engine's thread; a non-streaming response waits for the end only
                 if stream or ev["type"] != "delta":
-                    loop.call_soon_threadsafe(events.put_nowait, ev)
+                    mailbox.post(events, ev)
 
             r = engine.submit(prompt, params, on_event)
         except QueueFull as e:
