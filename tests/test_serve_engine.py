@@ -278,3 +278,44 @@ def test_requests_prefilled_together_answer_as_one_at_a_time(gm, monkeypatch):
         assert any(at > 0 for g in together for at, _ in g) and any(at == 0 for g in together for at, _ in g)
     finally:
         e.shutdown()
+
+
+def test_a_request_that_breaks_a_shared_forward_fails_alone(gm, monkeypatch, caplog):
+    """A page that makes the shared vision forward fail, or a prompt that makes the shared prefill forward fail,
+    fails its own request only: the forward is run again request by request, and the others answer as alone."""
+    e = Engine(gm, max_batch=8, cache_bytes=0, prefill_chunk=4096).start()
+    try:
+        params = SamplingParams(max_tokens=6, **GREEDY)
+        prompts = [prompt(gm, e, c, q, cache=False) for c, q in zip(CONTEXTS, QUESTIONS)]
+        refs = [gm.generate(c, q, max_new_tokens=6)[0].token_ids for c, q in zip(CONTEXTS, QUESTIONS)]
+        others = torch.cat([s.pixel_values for i, p in enumerate(prompts) if i != 1 for s in p.segments])
+        bad_page = next(row for row in prompts[1].segments[0].pixel_values if not (others == row).all(1).any())
+        bad_token = next(iter(set(prompts[2].input_ids) - {t for i, p in enumerate(prompts) if i != 2
+                                                           for t in p.input_ids}))
+        inner, forward = gm.model.model, e._forward
+        vision = inner.get_image_features
+
+        def failing_vision(pv, grids, **kw):
+            if (pv == bad_page).all(1).any():
+                raise ValueError("a bad page")
+            return vision(pv, grids, **kw)
+
+        def failing_prefill(ids, *args, **kw):
+            if ids.shape[1] > 1 and bool((ids == bad_token).any()):
+                raise ValueError("a bad prompt")
+            return forward(ids, *args, **kw)
+
+        monkeypatch.setattr(inner, "get_image_features", failing_vision)
+        monkeypatch.setattr(e, "_forward", failing_prefill)
+        done = threading.Semaphore(0)
+        with e._cv:  # all waiting before the engine's next turn: they share forwards
+            reqs = [e.submit(p, params, lambda ev: done.release() if ev["type"] in ("done", "error") else None)
+                    for p in prompts]
+        for _ in reqs:
+            assert done.acquire(timeout=120)
+        assert [r.finish_reason for r in reqs] == ["length", "error", "error", "length"]
+        assert [reqs[0].output_ids, reqs[3].output_ids] == [refs[0], refs[3]]
+        retried = [r.getMessage() for r in caplog.records if "one by one" in r.getMessage()]
+        assert any("vision forward" in m for m in retried) and any("prefill forward" in m for m in retried)
+    finally:
+        e.shutdown()

@@ -338,13 +338,19 @@ class Engine:
             pv = torch.cat([s.pixel_values[row:row + n] for _, s, _, row, n, _ in pages])
             grids = torch.stack([s.grids[i] for _, s, i, _, _, _ in pages]).to(self.gm.device)
             out = self.model.model.get_image_features(pv, grids, return_dict=True).pooler_output
-        except Exception as e:  # noqa: BLE001 - the requests of this forward fail, the engine goes on
+        except Exception as e:  # noqa: BLE001 - the request at fault fails, the engine goes on
+            requests = list({id(pg[0]): pg[0] for pg in pages}.values())
+            if len(requests) > 1:  # each request's pages alone, so that only the one at fault fails
+                log.warning("a vision forward over %d requests failed (%s: %s); running them one by one",
+                            len(requests), type(e).__name__, e)
+                for r in requests:
+                    self._run_vision([pg for pg in pages if pg[0] is r])
+                return
             if not isinstance(e, RequestError):
                 log.exception("vision tower failed")
                 e = RequestError(f"the engine failed on this request: {type(e).__name__}: {e}", None, 500,
                                  "engine_error")
-            for r in {id(pg[0]): pg[0] for pg in pages}.values():
-                self._fail(r, e)
+            self._fail(requests[0], e)
             return
         for (r, s, _, _, _, _), emb in zip(pages, out):
             if r.finished:
@@ -446,18 +452,26 @@ class Engine:
     def _run_pieces(self, pieces: list[Piece]) -> None:
         """The pieces in as few forwards as padding allows; then each request's next step."""
         for group in _groups(pieces):
-            try:
-                logits = self._forward_pieces(group)
-            except Exception as e:  # noqa: BLE001 - the requests of this forward fail, the engine goes on
-                if not isinstance(e, RequestError):
-                    log.exception("prefill failed")
-                    e = RequestError(f"the engine failed on this request: {type(e).__name__}: {e}", None, 500,
-                                     "engine_error")
+            self._run_group(group)
+
+    def _run_group(self, group: list[Piece]) -> None:
+        try:
+            logits = self._forward_pieces(group)
+        except Exception as e:  # noqa: BLE001 - the request at fault fails, the engine goes on
+            if len(group) > 1:  # each piece alone (their caches are as before), so that only the one at fault fails
+                log.warning("a prefill forward over %d requests failed (%s: %s); running them one by one",
+                            len(group), type(e).__name__, e)
                 for pc in group:
-                    self._fail(pc.r, e)
-                continue
-            for b, pc in enumerate(group):
-                self._guard(pc.r, lambda r: self._piece_done(r, pc.at, pc.end, logits[b]))
+                    self._run_group([pc])
+                return
+            if not isinstance(e, RequestError):
+                log.exception("prefill failed")
+                e = RequestError(f"the engine failed on this request: {type(e).__name__}: {e}", None, 500,
+                                 "engine_error")
+            self._fail(group[0].r, e)
+            return
+        for b, pc in enumerate(group):
+            self._guard(pc.r, lambda r: self._piece_done(r, pc.at, pc.end, logits[b]))
 
     @torch.no_grad()
     def _forward_pieces(self, group: list[Piece]) -> torch.Tensor:
