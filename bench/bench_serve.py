@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import gc
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -168,8 +169,8 @@ def offline_batch(svc, docs: list[str], max_tokens: int, workdir: Path) -> dict:
 
 
 def page_requests(docs: list[str], render_config) -> list[dict]:
-    """The requests about `docs` with their pages as PNG data URIs, rendered here as a client of a server that does
-    not render (vLLM serving Glyph) sends them: the forwarding backend's messages, before any timing."""
+    """The requests about `docs` with their pages as PNG data URIs, as a client of a server that does not render
+    (vLLM serving Glyph) sends them: the forwarding backend's messages, built before any timing."""
     from glyph_rt.serve.forward import ForwardingBackend
 
     fwd = ForwardingBackend("http://unused/v1", "bench", render_config=render_config)
@@ -193,7 +194,6 @@ class VLLMServer:
         self.url, self.log = f"http://127.0.0.1:{port}/v1", log
 
     def __enter__(self) -> "VLLMServer":
-        import subprocess
         import urllib.request
 
         self._log = open(self.log, "w")
@@ -214,7 +214,7 @@ class VLLMServer:
         self.proc.terminate()
         try:
             self.proc.wait(60)
-        except Exception:  # noqa: BLE001
+        except subprocess.TimeoutExpired:
             self.proc.kill()
         self._log.close()
 
@@ -238,9 +238,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-doc-chars", type=int, default=40000, help="document for the cache follow-up test")
     ap.add_argument("--device", default=None)
     ap.add_argument("--compare-url", help="another OpenAI-compatible server of the same model (vLLM serving Glyph) "
-                    "to load with the same requests, its pages rendered here and sent as PNG data URIs")
+                    "to load with the same requests, their pages rendered by this benchmark and sent as PNG data URIs")
     ap.add_argument("--vllm", choices=["auto", "on", "off"], default="auto",
-                    help="start `vllm serve` on the model and compare with it (auto: when vLLM and a GPU are here "
+                    help="start `vllm serve` on the model and compare with it (auto: when vLLM and a GPU are present "
                          "and no --compare-url is given)")
     ap.add_argument("--quick", action="store_true", help="2 clients x 2 requests, 4 tokens (a smoke test)")
     add_output_args(ap)
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
                "batch_vs_serial": batch["requests_per_s"] / serial["requests_per_s"],
                "ttft_followup_fraction": follow / first, "errors": res["errors"] + batch["errors"]}
     other = None
-    if args.compare_url or use_vllm:  # the same requests against another server, pages rendered here
+    if args.compare_url or use_vllm:  # the same requests against another server, pages rendered by this process
         bodies = page_requests(docs, gm.render_config)
         warm_bodies = page_requests(warm_docs[:args.clients], gm.render_config)
         if use_vllm:
@@ -353,8 +353,8 @@ def main(argv=None) -> int:
         other = {"server": "vllm" if use_vllm else args.compare_url,
                  **{k: v for k, v in other.items() if not k.startswith("_")}}
         summary["engine_vs_other_server"] = res["requests_per_s"] / other["requests_per_s"]
-        print(f"{other['server']}, {args.clients} clients, pages as PNG data URIs: {other['requests_per_s']:.2f} req/s, "
-              f"TTFT p50 {other['ttft_p50_s'] * 1e3:.1f} ms, errors {other['errors']}; glyph_rt's server "
+        print(f"{other['server']}, {args.clients} clients, pages as PNG data URIs: "
+              f"{other['requests_per_s']:.2f} req/s, TTFT p50 {other['ttft_p50_s'] * 1e3:.1f} ms, errors {other['errors']}; glyph_rt's server "
               f"{summary['engine_vs_other_server']:.2f}x its requests/s")
     rows = [{"path": "serial_generate", **serial},
             {"path": "engine", "clients": args.clients, **{k: v for k, v in res.items() if not k.startswith("_")}},
