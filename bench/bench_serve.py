@@ -1,5 +1,5 @@
 """Serving under load: N concurrent OpenAI clients x M requests against `glyph-rt serve`, and the same number
-of requests through the offline batch runner, each vs serial generate.
+of requests through the offline batch runner and straight into the engine, each vs serial generate.
 
     python bench/bench_serve.py [--model DIR] [--clients 32] [--requests 4] [--max-tokens 32] [--quick]
 
@@ -12,7 +12,8 @@ see them, errors, and the same model's GlyphModel.generate run one request at a 
 process (before and after the engine; the faster run is the baseline). Then three long documents, each asked
 about twice on one warm connection: the median time to first token of the first question and of the
 follow-up, served from the document cache. Last, the same number of requests about other documents as a
-Batch API file through `run_batch` (`glyph-rt batch`: the engine in process, no HTTP and no client).
+Batch API file through `run_batch` (`glyph-rt batch`: the engine in process, no HTTP and no client), and as
+many again prepared beforehand and submitted to the engine at once (its own throughput).
 Without --model a tiny random-weight checkpoint is built (CPU-sized: the ratios, not the absolute
 figures, are what it shows). Writes serve-<device>.json and serve-<device>.png to --out.
 """
@@ -168,6 +169,32 @@ def offline_batch(svc, docs: list[str], max_tokens: int, workdir: Path) -> dict:
             "errors": counts["failed"]}
 
 
+def engine_alone(svc, docs: list[str], max_tokens: int) -> dict:
+    """The requests about `docs` prepared (rendered, tokenized) first, untimed, then all submitted to the engine at
+    once and timed to the last answer: the engine's own throughput, without HTTP or rendering beside it."""
+    import threading
+
+    prepared = [svc.prepare(svc.parse({"model": "bench", "max_tokens": max_tokens, "temperature": 0,
+                                       "messages": chat_request(d)["messages"], "ignore_eos": True}))
+                for d in docs]
+    done, failed = threading.Semaphore(0), []
+
+    def on_event(ev):
+        if ev["type"] in ("done", "error"):
+            if ev["type"] == "error":
+                failed.append(ev["error"])
+            done.release()
+
+    t = time.perf_counter()
+    for prompt, params in prepared:
+        svc.engine.submit(prompt, params, on_event)
+    for _ in prepared:
+        done.acquire()
+    wall = time.perf_counter() - t
+    return {"requests": len(docs), "seconds": wall, "requests_per_s": len(docs) / wall,
+            "tokens_per_s": len(docs) * max_tokens / wall, "errors": len(failed)}
+
+
 def page_requests(docs: list[str], render_config) -> list[dict]:
     """The requests about `docs` with their pages as PNG data URIs, as a client of a server that does not render
     (vLLM serving Glyph) sends them: the forwarding backend's messages, built before any timing."""
@@ -274,9 +301,10 @@ def main(argv=None) -> int:
     while len(text) < args.doc_chars * 2 + args.cache_doc_chars + 3 * 997:
         text += "\n" + text
     n = args.clients * args.requests
-    step = max(1, (len(text) - args.doc_chars) // max(1, 3 * n))
-    docs = [text[i * step:i * step + args.doc_chars] for i in range(3 * n)]
-    docs, warm_docs, batch_docs = docs[:n], docs[n:2 * n], docs[2 * n:]  # HTTP load, its warm-up, the batch file
+    step = max(1, (len(text) - args.doc_chars) // max(1, 4 * n))
+    docs = [text[i * step:i * step + args.doc_chars] for i in range(4 * n)]
+    # the HTTP load, its warm-up, the batch file, the engine alone
+    docs, warm_docs, batch_docs, alone_docs = docs[:n], docs[n:2 * n], docs[2 * n:3 * n], docs[3 * n:]
     device = gm.device.type
     dev_name = torch.cuda.get_device_name(gm.device) if device == "cuda" else "cpu"
     print(f"{dev_name}: {args.clients} clients x {args.requests} requests, {args.max_tokens} tokens, "
@@ -327,13 +355,19 @@ def main(argv=None) -> int:
     print(f"batch runner, {n} requests: {batch['requests_per_s']:.2f} req/s "
           f"({batch['requests_per_s'] / serial['requests_per_s']:.2f}x serial), {batch['tokens_per_s']:.1f} tok/s, "
           f"errors {batch['errors']}")
+    alone = engine_alone(svc, alone_docs, args.max_tokens)
+    print(f"engine alone, {n} requests prepared beforehand: {alone['requests_per_s']:.2f} req/s "
+          f"({alone['requests_per_s'] / serial['requests_per_s']:.2f}x serial), errors {alone['errors']}")
     svc.shutdown()
     serial = max(serial, run_serial(), key=lambda s: s["requests_per_s"])
     print(f"vs the faster serial run: engine over HTTP {res['requests_per_s'] / serial['requests_per_s']:.2f}x, "
-          f"batch runner {batch['requests_per_s'] / serial['requests_per_s']:.2f}x")
+          f"batch runner {batch['requests_per_s'] / serial['requests_per_s']:.2f}x, "
+          f"engine alone {alone['requests_per_s'] / serial['requests_per_s']:.2f}x")
     summary = {"throughput_vs_serial": res["requests_per_s"] / serial["requests_per_s"],
                "batch_vs_serial": batch["requests_per_s"] / serial["requests_per_s"],
-               "ttft_followup_fraction": follow / first, "errors": res["errors"] + batch["errors"]}
+               "engine_alone_vs_serial": alone["requests_per_s"] / serial["requests_per_s"],
+               "ttft_followup_fraction": follow / first,
+               "errors": res["errors"] + batch["errors"] + alone["errors"]}
     other = None
     if args.compare_url or use_vllm:  # the same requests against another server, pages rendered by this process
         bodies = page_requests(docs, gm.render_config)
@@ -360,7 +394,8 @@ def main(argv=None) -> int:
             {"path": "engine", "clients": args.clients, **{k: v for k, v in res.items() if not k.startswith("_")}},
             {"path": "document_cache", "doc_chars": args.cache_doc_chars, "ttft_first_s": first,
              "ttft_followup_s": follow},
-            {"path": "batch_runner", **batch}] + ([{"path": "other_server", **other}] if other else [])
+            {"path": "batch_runner", **batch}, {"path": "engine_alone", **alone}] + (
+                [{"path": "other_server", **other}] if other else [])
     name = f"serve-{slug(dev_name)}"
     path = write_result(args, name + ".json", "bench_serve", rows, summary)
     try:
@@ -370,11 +405,12 @@ def main(argv=None) -> int:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-        bars = {"serial\ngenerate": serial, f"HTTP,\n{args.clients} clients": res, "batch\nrunner": batch}
+        bars = {"serial\ngenerate": serial, f"HTTP,\n{args.clients} clients": res, "batch\nrunner": batch,
+                "engine\nalone": alone}
         if other:
             bars[other["server"] if other["server"] == "vllm" else "other\nserver"] = other
         ax[0].bar(list(bars), [b["requests_per_s"] for b in bars.values()],
-                  color=["grey", "tab:blue", "tab:green", "tab:orange"][:len(bars)])
+                  color=["grey", "tab:blue", "tab:green", "tab:purple", "tab:orange"][:len(bars)])
         ax[0].set_ylabel("requests/s")
         for a, key, title in ((ax[1], "_ttft", "time to first token"), (ax[2], "_itl", "inter-token latency")):
             xs = sorted(v * 1e3 for v in res[key])
