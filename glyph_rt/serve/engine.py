@@ -273,11 +273,15 @@ class Engine:
         try:
             return step(r)
         except Exception as e:  # noqa: BLE001 - one bad request must not stop the engine
-            if not isinstance(e, RequestError):
-                log.exception("prefill failed")
-                e = RequestError(f"the engine failed on this request: {type(e).__name__}: {e}", None, 500,
-                                 "engine_error")
-            self._fail(r, e)
+            self._fail_on(r, e, "prefill")
+
+    def _fail_on(self, r: Request, e: Exception, what: str) -> None:
+        """Fails `r` for `e`, raised while running `what`: a RequestError as it is, anything else logged (call it
+        in the except block) and answered as a 500."""
+        if not isinstance(e, RequestError):
+            log.exception("%s failed", what)
+            e = RequestError(f"the engine failed on this request: {type(e).__name__}: {e}", None, 500, "engine_error")
+        self._fail(r, e)
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -346,11 +350,7 @@ class Engine:
                 for r in requests:
                     self._run_vision([pg for pg in pages if pg[0] is r])
                 return
-            if not isinstance(e, RequestError):
-                log.exception("vision tower failed")
-                e = RequestError(f"the engine failed on this request: {type(e).__name__}: {e}", None, 500,
-                                 "engine_error")
-            self._fail(requests[0], e)
+            self._fail_on(requests[0], e, "vision tower")
             return
         for (r, s, _, _, _, _), emb in zip(pages, out):
             if r.finished:
@@ -464,11 +464,7 @@ class Engine:
                 for pc in group:
                     self._run_group([pc])
                 return
-            if not isinstance(e, RequestError):
-                log.exception("prefill failed")
-                e = RequestError(f"the engine failed on this request: {type(e).__name__}: {e}", None, 500,
-                                 "engine_error")
-            self._fail(group[0].r, e)
+            self._fail_on(group[0].r, e, "prefill")
             return
         for b, pc in enumerate(group):
             self._guard(pc.r, lambda r: self._piece_done(r, pc.at, pc.end, logits[b]))
