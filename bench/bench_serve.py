@@ -54,6 +54,13 @@ def chat_request(doc: str, rendered: bool = True) -> dict:
             "extra_body": extra}
 
 
+def request_body(doc: str, max_tokens: int) -> dict:
+    """chat_request(doc) as one chat-completions body (what a Batch API line or the engine gets, not a client)."""
+    req = chat_request(doc)
+    return {"model": "bench", "max_tokens": max_tokens, "temperature": 0, "messages": req["messages"],
+            **req["extra_body"]}
+
+
 def client(url: str):
     import openai
 
@@ -156,10 +163,8 @@ def offline_batch(svc, docs: list[str], max_tokens: int, workdir: Path) -> dict:
     inp, out = workdir / "requests.jsonl", workdir / "results.jsonl"
     with inp.open("w", encoding="utf-8") as f:
         for i, d in enumerate(docs):
-            req = chat_request(d)
-            body = {"model": "bench", "max_tokens": max_tokens, "temperature": 0, "messages": req["messages"],
-                    **req["extra_body"]}
-            f.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": URL, "body": body}) + "\n")
+            line = {"custom_id": f"r{i}", "method": "POST", "url": URL, "body": request_body(d, max_tokens)}
+            f.write(json.dumps(line) + "\n")
     t = time.perf_counter()
     counts = run_batch(svc, inp, out, progress=False)
     wall = time.perf_counter() - t
@@ -174,9 +179,7 @@ def engine_alone(svc, docs: list[str], max_tokens: int) -> dict:
     once and timed to the last answer: the engine's own throughput, without HTTP or rendering beside it."""
     import threading
 
-    prepared = [svc.prepare(svc.parse({"model": "bench", "max_tokens": max_tokens, "temperature": 0,
-                                       "messages": chat_request(d)["messages"], "ignore_eos": True}))
-                for d in docs]
+    prepared = [svc.prepare(svc.parse(request_body(d, max_tokens))) for d in docs]
     done, failed = threading.Semaphore(0), []
 
     def on_event(ev):
