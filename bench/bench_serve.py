@@ -1,5 +1,6 @@
-"""Serving under load: N concurrent OpenAI clients x M requests against `glyph-rt serve`, and the same number
-of requests through the offline batch runner and straight into the engine, each vs serial generate.
+"""Serving under load: N concurrent OpenAI clients x M requests against `glyph-rt serve` (the engine on a thread
+of the server's process, then in a process of its own), and the same number of requests through the offline
+batch runner and straight into the engine, each vs serial generate.
 
     python bench/bench_serve.py [--model DIR] [--clients 32] [--requests 4] [--max-tokens 32] [--quick]
 
@@ -292,8 +293,9 @@ def main(argv=None) -> int:
     from glyph_rt.render.textio import sample_text
     from glyph_rt.serve.app import ServerThread, build_app
     from glyph_rt.serve.engine import Engine
+    from glyph_rt.serve.engine_process import EngineProcess
     from glyph_rt.serve.inputs import InputOptions
-    from glyph_rt.serve.service import ChatService
+    from glyph_rt.serve.service import ChatService, ServeConfig
 
     tmp = None
     if args.model is None:
@@ -304,10 +306,10 @@ def main(argv=None) -> int:
     while len(text) < args.doc_chars * 2 + args.cache_doc_chars + 3 * 997:
         text += "\n" + text
     n = args.clients * args.requests
-    step = max(1, (len(text) - args.doc_chars) // max(1, 4 * n))
-    docs = [text[i * step:i * step + args.doc_chars] for i in range(4 * n)]
-    # the HTTP load, its warm-up, the batch file, the engine alone
-    docs, warm_docs, batch_docs, alone_docs = docs[:n], docs[n:2 * n], docs[2 * n:3 * n], docs[3 * n:]
+    step = max(1, (len(text) - args.doc_chars) // max(1, 6 * n))
+    docs = [text[i * step:i * step + args.doc_chars] for i in range(6 * n)]
+    # the HTTP load and its warm-up, the same for the engine process, the batch file, the engine alone
+    docs, warm_docs, proc_docs, proc_warm_docs, batch_docs, alone_docs = (docs[k * n:(k + 1) * n] for k in range(6))
     device = gm.device.type
     dev_name = torch.cuda.get_device_name(gm.device) if device == "cuda" else "cpu"
     print(f"{dev_name}: {args.clients} clients x {args.requests} requests, {args.max_tokens} tokens, "
@@ -353,6 +355,20 @@ def main(argv=None) -> int:
         first, follow = asyncio.run(followups(url, text, args.cache_doc_chars, docs[0]))
         print(f"document cache, {args.cache_doc_chars:,} characters: TTFT first {first * 1e3:.1f} ms, "
               f"follow-up {follow * 1e3:.1f} ms ({follow / first:.1%} of the first; medians of 3 documents)")
+    # the same load with the engine in a process of its own (what `glyph-rt serve` runs)
+    proc = EngineProcess(ServeConfig(model=args.model, served_model_name="bench", render_config=gm.render_config,
+                                     device=args.device, max_batch=max(32, args.clients),
+                                     default_max_tokens=args.max_tokens))
+    try:
+        with ServerThread(build_app(proc)) as server, LoadGenerator() as gen:
+            gen(server.url + "/v1", proc_warm_docs, args.clients, args.requests, args.max_tokens)
+            res_proc = gen(server.url + "/v1", proc_docs, args.clients, args.requests, args.max_tokens)
+    finally:
+        proc.shutdown()
+    print(f"engine process, {args.clients} clients: {res_proc['requests_per_s']:.2f} req/s "
+          f"({res_proc['requests_per_s'] / serial['requests_per_s']:.2f}x serial), TTFT p50 "
+          f"{res_proc['ttft_p50_s'] * 1e3:.1f} ms, ITL p50 {res_proc['itl_p50_s'] * 1e3:.1f} ms, "
+          f"errors {res_proc['errors']}")
     with tempfile.TemporaryDirectory() as work:
         batch = offline_batch(svc, batch_docs, args.max_tokens, Path(work))
     print(f"batch runner, {n} requests: {batch['requests_per_s']:.2f} req/s "
@@ -364,13 +380,15 @@ def main(argv=None) -> int:
     svc.shutdown()
     serial = max(serial, run_serial(), key=lambda s: s["requests_per_s"])
     print(f"vs the faster serial run: engine over HTTP {res['requests_per_s'] / serial['requests_per_s']:.2f}x, "
+          f"engine process over HTTP {res_proc['requests_per_s'] / serial['requests_per_s']:.2f}x, "
           f"batch runner {batch['requests_per_s'] / serial['requests_per_s']:.2f}x, "
           f"engine alone {alone['requests_per_s'] / serial['requests_per_s']:.2f}x")
     summary = {"throughput_vs_serial": res["requests_per_s"] / serial["requests_per_s"],
+               "engine_process_vs_serial": res_proc["requests_per_s"] / serial["requests_per_s"],
                "batch_vs_serial": batch["requests_per_s"] / serial["requests_per_s"],
                "engine_alone_vs_serial": alone["requests_per_s"] / serial["requests_per_s"],
                "ttft_followup_fraction": follow / first,
-               "errors": res["errors"] + batch["errors"] + alone["errors"]}
+               "errors": res["errors"] + res_proc["errors"] + batch["errors"] + alone["errors"]}
     other = None
     if args.compare_url or use_vllm:  # the same requests against another server, pages rendered by this process
         bodies = page_requests(docs, gm.render_config)
@@ -395,6 +413,8 @@ def main(argv=None) -> int:
               f"{summary['engine_vs_other_server']:.2f}x its requests/s")
     rows = [{"path": "serial_generate", **serial},
             {"path": "engine", "clients": args.clients, **{k: v for k, v in res.items() if not k.startswith("_")}},
+            {"path": "engine_process", "clients": args.clients,
+             **{k: v for k, v in res_proc.items() if not k.startswith("_")}},
             {"path": "document_cache", "doc_chars": args.cache_doc_chars, "ttft_first_s": first,
              "ttft_followup_s": follow},
             {"path": "batch_runner", **batch}, {"path": "engine_alone", **alone}] + (
@@ -407,17 +427,19 @@ def main(argv=None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-        bars = {"serial\ngenerate": serial, f"HTTP,\n{args.clients} clients": res, "batch\nrunner": batch,
-                "engine\nalone": alone}
+        fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
+        bars = {"serial\ngenerate": serial, f"HTTP,\n{args.clients} clients": res,
+                "HTTP, engine\nprocess": res_proc, "batch\nrunner": batch, "engine\nalone": alone}
         if other:
             bars[other["server"] if other["server"] == "vllm" else "other\nserver"] = other
         ax[0].bar(list(bars), [b["requests_per_s"] for b in bars.values()],
-                  color=["grey", "tab:blue", "tab:green", "tab:purple", "tab:orange"][:len(bars)])
+                  color=["grey", "tab:blue", "tab:cyan", "tab:green", "tab:purple", "tab:orange"][:len(bars)])
         ax[0].set_ylabel("requests/s")
         for a, key, title in ((ax[1], "_ttft", "time to first token"), (ax[2], "_itl", "inter-token latency")):
-            xs = sorted(v * 1e3 for v in res[key])
-            a.plot(xs, [i / max(1, len(xs)) for i in range(len(xs))])
+            for r, label in ((res, "engine thread"), (res_proc, "engine process")):
+                xs = sorted(v * 1e3 for v in r[key])
+                a.plot(xs, [i / max(1, len(xs)) for i in range(len(xs))], label=label)
+            a.legend()
             a.set_xlabel("ms")
             a.set_title(title)
         ax[1].set_ylabel("fraction of requests")

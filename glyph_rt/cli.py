@@ -400,12 +400,17 @@ def cmd_serve(args) -> int:
                       timeout=args.timeout, cache_bytes=int(args.cache_mb * 2**20), threshold=args.threshold,
                       max_pages=args.max_pages, default_max_tokens=args.max_tokens,
                       allowed_media_dir=getattr(args, "allowed_media_dir", None))
-    service = ChatService.from_config(cfg)
+    if args.cmd == "serve" and not args.engine_in_process:
+        from .serve.engine_process import EngineProcess
+
+        backend = EngineProcess(cfg)
+    else:
+        backend = ChatService.from_config(cfg)
     try:
         if args.cmd == "batch":
             from .serve.batch import run_batch
 
-            c = run_batch(service, args.input, args.output, progress=not args.quiet)
+            c = run_batch(backend, args.input, args.output, progress=not args.quiet)
             print(f"{c['ok']} answered, {c['failed']} failed, {c['skipped']} already in {args.output} "
                   f"(of {c['total']})", file=sys.stderr)
             return 0 if not c["failed"] else 1
@@ -413,12 +418,12 @@ def cmd_serve(args) -> int:
 
         from .serve.app import build_app
 
-        app = build_app(service, api_key=args.api_key or os.environ.get("GLYPH_RT_API_KEY"),
+        app = build_app(backend, api_key=args.api_key or os.environ.get("GLYPH_RT_API_KEY"),
                         max_body_bytes=int(args.max_body_mb * 2**20))
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")
         return 0
     finally:
-        service.shutdown()
+        backend.shutdown()
 
 
 def cmd_train(args) -> int:
@@ -556,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
             sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set GLYPH_RT_API_KEY)")
             sv.add_argument("--max-body-mb", type=float, default=64, help="largest request body (default: 64)")
             sv.add_argument("--allowed-media-dir", help="image_url file:// URLs may read under this directory")
+            sv.add_argument("--engine-in-process", action="store_true",
+                            help="run the engine on a thread of the server's process instead of a process of its own")
         else:
             sv.add_argument("--input", required=True, help="requests.jsonl in the OpenAI Batch API format")
             sv.add_argument("--output", required=True, help="results.jsonl; ids already in it are skipped")

@@ -11,15 +11,18 @@ def test_bench_serve_quick(tmp_path):
 
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "serve-cpu.json").read_text())
-    assert [r["path"] for r in data["rows"]] == ["serial_generate", "engine", "document_cache",
+    assert [r["path"] for r in data["rows"]] == ["serial_generate", "engine", "engine_process", "document_cache",
                                                    "batch_runner", "engine_alone"]
     assert data["summary"]["errors"] == 0 and data["summary"]["throughput_vs_serial"] > 0
-    engine = data["rows"][1]
-    assert engine["requests"] == 4 and engine["ttft_p50_s"] > 0 and engine["itl_p50_s"] > 0
-    batch = data["rows"][3]
+    rows = {r["path"]: r for r in data["rows"]}
+    for path in ("engine", "engine_process"):
+        r = rows[path]
+        assert r["requests"] == 4 and r["errors"] == 0 and r["ttft_p50_s"] > 0 and r["itl_p50_s"] > 0
+    assert data["summary"]["engine_process_vs_serial"] > 0
+    batch = rows["batch_runner"]
     assert batch["requests"] == 4 and batch["errors"] == 0 and data["summary"]["batch_vs_serial"] > 0
     assert batch["tokens_per_s"] == 4 * 4 / batch["seconds"]  # every answer's 4 tokens (ignore_eos)
-    alone = data["rows"][4]
+    alone = rows["engine_alone"]
     assert alone["requests"] == 4 and alone["errors"] == 0 and data["summary"]["engine_alone_vs_serial"] > 0
 
 

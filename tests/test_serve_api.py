@@ -1,4 +1,5 @@
-"""The OpenAI-compatible server over real HTTP on 127.0.0.1, driven by the official openai client."""
+"""The OpenAI-compatible server over real HTTP on 127.0.0.1, driven by the official openai client; each test of the
+server runs with the engine in the server's process (a thread) and in a process of its own (EngineProcess)."""
 import asyncio
 import base64
 import io
@@ -15,8 +16,9 @@ from glyph_rt.models.tiny import tiny_glm4v_checkpoint
 from glyph_rt.render.textio import sample_text
 from glyph_rt.serve.app import ServerThread, build_app
 from glyph_rt.serve.engine import Engine
+from glyph_rt.serve.engine_process import EngineProcess
 from glyph_rt.serve.inputs import InputOptions
-from glyph_rt.serve.service import ChatService
+from glyph_rt.serve.service import ChatService, ServeConfig
 
 CFG = RenderConfig(page_size=(120, 90))
 TEXT = sample_text()
@@ -24,20 +26,33 @@ KEY = "test-key"
 
 
 @pytest.fixture(scope="module")
-def gm(tmp_path_factory):
-    return GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v")), render_config=CFG)
+def ckpt(tmp_path_factory):
+    return tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))
+
+
+@pytest.fixture(scope="module")
+def gm(ckpt):
+    return GlyphModel.from_pretrained(ckpt, render_config=CFG)
 
 
 def service(gm, **engine_kw):
     return ChatService(Engine(gm, **engine_kw).start(), InputOptions(CFG, "tiny", threshold=300), 16)
 
 
-@pytest.fixture(scope="module")
-def server(gm):
-    svc = service(gm, max_batch=16, cache_bytes=64 << 20)
-    with ServerThread(build_app(svc, api_key=KEY, max_body_bytes=1 << 20)) as s:
+def backend(kind, gm, ckpt, **engine_kw):
+    """The engine on a thread of this process, or in a process of its own loading the same checkpoint."""
+    if kind == "thread":
+        return service(gm, **engine_kw)
+    return EngineProcess(ServeConfig(model=str(ckpt), served_model_name="tiny", render_config=CFG, device="cpu",
+                                     threshold=300, default_max_tokens=16, **engine_kw))
+
+
+@pytest.fixture(scope="module", params=["thread", "process"])
+def server(request, gm, ckpt):
+    b = backend(request.param, gm, ckpt, max_batch=16, cache_bytes=64 << 20)
+    with ServerThread(build_app(b, api_key=KEY, max_body_bytes=1 << 20)) as s:
         yield s
-    svc.shutdown()
+    b.shutdown()
 
 
 @pytest.fixture
@@ -159,8 +174,9 @@ def test_64_concurrent_clients(server):
     assert all(r in ("length", "stop") for r in results) and time.monotonic() - t < 240
 
 
-def test_queue_full_is_429_with_retry_after(gm):
-    svc = service(gm, max_batch=1, max_queue=1)
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_queue_full_is_429_with_retry_after(gm, ckpt, kind):
+    svc = backend(kind, gm, ckpt, max_batch=1, max_queue=1)
     try:
         with ServerThread(build_app(svc)) as s:
             async def run():
@@ -258,11 +274,11 @@ def test_engine_events_reach_the_loop_in_order_with_few_wakeups():
     import asyncio
     import threading
 
-    from glyph_rt.serve.app import _Mailbox
+    from glyph_rt.serve.service import LoopMailbox
 
     async def main():
         loop = asyncio.get_running_loop()
-        box = _Mailbox(loop)
+        box = LoopMailbox(loop)
         wakeups = 0
         deliver = box._deliver
 
@@ -285,7 +301,7 @@ def test_engine_events_reach_the_loop_in_order_with_few_wakeups():
         got = [[(await q.get())["step"] for _ in range(50)] for q in queues]
         assert sent.is_set() and got == [list(range(50))] * 8
         assert wakeups < 8 * 50
-        loop_closed = _Mailbox(asyncio.new_event_loop())
+        loop_closed = LoopMailbox(asyncio.new_event_loop())
         loop_closed.loop.close()
         with pytest.raises(RuntimeError, match="closed"):
             loop_closed.post(queues[0], {})

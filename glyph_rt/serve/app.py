@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP server (FastAPI): /v1/chat/completions (JSON or SSE), /v1/models, /health, /metrics.
 
-    app = build_app(ChatService.from_config(ServeConfig(model="path/to/Glyph")))
+    app = build_app(EngineProcess(ServeConfig(model="path/to/Glyph")))   # the engine in a process of its own
+    app = build_app(ChatService.from_config(ServeConfig(model=...)))     # or in this process
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Errors are OpenAI error objects with the status a client expects (400 bad field or too long, 401 key,
@@ -18,13 +19,11 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import QueueFull
 from .inputs import RequestError
 from .protocol import chunk, completion_id, error, response
-from .service import ChatService, glyph_stats
 
 log = logging.getLogger("glyph_rt.serve")
 
@@ -47,35 +46,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(buf)
 
 
-class _Mailbox:
-    """Events from the engine's thread to the event loop's request queues: one wake-up of the loop carries every
-    event that arrives before it runs (a decode step's tokens for all its requests), not one per token."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self._items: list = []
-        self._lock = threading.Lock()
-
-    def post(self, queue: asyncio.Queue, ev: dict) -> None:
-        if self.loop.is_closed():  # the engine cancels a request whose listener fails
-            raise RuntimeError("the server's event loop is closed")
-        with self._lock:
-            self._items.append((queue, ev))
-            if len(self._items) > 1:
-                return  # a wake-up is already on its way
-        self.loop.call_soon_threadsafe(self._deliver)
-
-    def _deliver(self) -> None:
-        with self._lock:
-            items, self._items = self._items, []
-        for queue, ev in items:
-            queue.put_nowait(ev)
-
-
-def build_app(service: ChatService, api_key: str | None = None, max_body_bytes: int = 64 << 20) -> FastAPI:
-    engine = service.engine
+def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 20) -> FastAPI:
+    """The app over `backend`: a ChatService (the engine in this process) or an EngineProcess."""
     app = FastAPI(title="glyph_rt", docs_url=None, redoc_url=None)
-    app.state.service = service
+    app.state.backend = backend
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
@@ -91,17 +65,22 @@ def build_app(service: ChatService, api_key: str | None = None, max_body_bytes: 
 
     @app.get("/health")
     async def health():
+        if not backend.healthy:
+            return JSONResponse({"status": "the engine has stopped"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics")
     async def metrics():
-        engine.metrics.cache_bytes.set(engine.cache.nbytes)
-        return Response(engine.metrics.exposition(), media_type="text/plain; version=0.0.4")
+        try:
+            text = await backend.metrics_text()
+        except RequestError as e:
+            return _error(e)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": service.model_name, "object": "model", "created": int(time.time()),
-                                            "owned_by": "glyph_rt", "max_model_len": engine.max_positions}]}
+        return {"object": "list", "data": [{"id": backend.model_name, "object": "model", "created": int(time.time()),
+                                            "owned_by": "glyph_rt", "max_model_len": backend.max_positions}]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -111,26 +90,15 @@ def build_app(service: ChatService, api_key: str | None = None, max_body_bytes: 
                 body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise RequestError(f"the request body is not valid JSON: {e}") from None
-            req = service.parse(body)
-            prompt, params = await run_in_threadpool(service.prepare, req)
-            loop = asyncio.get_running_loop()
-            if getattr(app.state, "mailbox", None) is None or app.state.mailbox.loop is not loop:
-                app.state.mailbox = _Mailbox(loop)
-            mailbox = app.state.mailbox
+            req = backend.parse(body)
             events: asyncio.Queue = asyncio.Queue()
-            stream = req.stream
-
-            def on_event(ev):  # on the engine's thread; a non-streaming response waits for the end only
-                if stream or ev["type"] != "delta":
-                    mailbox.post(events, ev)
-
-            r = engine.submit(prompt, params, on_event)
+            r = await backend.submit(req, events)
         except QueueFull as e:
             return JSONResponse(error(str(e), 429, None, "queue_full"), status_code=429,
                                 headers={"Retry-After": str(e.retry_after)})
         except RequestError as e:
             return _error(e)
-        rid, model = completion_id(), service.model_name
+        rid, model = completion_id(), backend.model_name
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(_stream(request, r, events, rid, model, include_usage),
@@ -141,15 +109,15 @@ def build_app(service: ChatService, api_key: str | None = None, max_body_bytes: 
                     ev = await asyncio.wait_for(events.get(), 0.25)
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():
-                        engine.cancel(r)
+                        backend.cancel(r)
                         return Response(status_code=499)
                     continue
                 if ev["type"] == "error":
                     return _error(ev["error"])
                 if ev["type"] == "done":
-                    return response(rid, model, r.text, r.finish_reason, r.usage(), glyph_stats(prompt, r.cache_hit))
+                    return response(rid, model, r.text, r.finish_reason, r.usage(), r.stats())
         finally:
-            engine.cancel(r)  # no-op when finished
+            backend.cancel(r)  # no-op when finished
 
     async def _stream(request, r, events, rid, model, include_usage):
         created = int(time.time())
@@ -185,7 +153,7 @@ def build_app(service: ChatService, api_key: str | None = None, max_body_bytes: 
                     break
             yield "data: [DONE]\n\n"
         finally:
-            engine.cancel(r)  # the client went away (or we are done: then a no-op)
+            backend.cancel(r)  # the client went away (or we are done: then a no-op)
 
     return app
 

@@ -18,7 +18,7 @@ from ..fileio import cut_torn_tail
 from .engine import QueueFull
 from .inputs import RequestError
 from .protocol import completion_id, error, response
-from .service import ChatService, glyph_stats
+from .service import ChatService
 
 URL = "/v1/chat/completions"
 
@@ -120,11 +120,11 @@ def run_batch(service: ChatService, input_path, output_path, progress: bool = Tr
             while in_flight >= limit:
                 collect(block=True)
 
-            def on_event(ev, cid=cid, prompt=prompt):
+            def on_event(ev, cid=cid):
                 if ev["type"] == "done":
                     r = ev["request"]
                     body = response(completion_id(), service.model_name, r.text, r.finish_reason, r.usage(),
-                                    glyph_stats(prompt, r.cache_hit))
+                                    r.stats())
                     results.put((_line(cid, 200, body), True))
                 elif ev["type"] == "error":
                     e = ev["error"]

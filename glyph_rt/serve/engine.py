@@ -50,7 +50,7 @@ class QueueFull(Exception):
 
     def __init__(self, depth: int, retry_after: int = 1):
         super().__init__(f"the server's queue is full ({depth} requests waiting); retry in {retry_after} s")
-        self.retry_after = retry_after
+        self.depth, self.retry_after = depth, retry_after
 
 
 @dataclass
@@ -118,6 +118,12 @@ class Request:
         return {"prompt_tokens": n, "completion_tokens": len(self.output_ids),
                 "total_tokens": n + len(self.output_ids)}
 
+    def stats(self) -> dict:
+        """The response's `glyph` field: what the prompt became and what the document cache held."""
+        p = self.prompt
+        return {"pages": p.pages, "visual_tokens": p.visual_tokens, "text_tokens": p.text_tokens,
+                "cache_hit": self.cache_hit}
+
 
 @dataclass
 class Completion:
@@ -176,6 +182,7 @@ class Engine:
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.on_step = None  # called on the engine's thread after each step (to send the step's events at once)
         self.steps = {"prefill": 0, "prefill_forwards": 0, "prefill_rows": 0, "decode": 0, "decode_rows": 0}
 
     # ------------------------------------------------------------------ public
@@ -266,8 +273,12 @@ class Engine:
                         self._fail(r, RequestError(f"the engine failed while decoding: {type(e).__name__}: {e}",
                                                    None, 500, "engine_error"))
                     self._batch, self._batch_rows = None, []
+            if self.on_step is not None:
+                self.on_step()
         for r in list(self.waiting) + list(self.running) + list(self._prefilling):
             self._fail(r, RequestError("the server is shutting down", None, 503))
+        if self.on_step is not None:
+            self.on_step()
 
     def _guard(self, r: Request, step):
         try:

@@ -1,12 +1,24 @@
-"""What the HTTP server and the batch runner share: a model, its engine, and request -> prompt + sampling."""
+"""What the HTTP server and the batch runner share: a model, its engine, and request -> prompt + sampling.
+
+The HTTP app talks to a backend through four calls, made on its event loop:
+    r = await backend.submit(req, events)   # RequestError or QueueFull, or the request queued; its events then
+                                            # ({"type": "delta" | "done" | "error", ...}) arrive in `events`
+    backend.cancel(r)                       # no-op once it is finished
+    await backend.metrics_text()            # the Prometheus exposition
+    backend.healthy
+ChatService is that backend in the server's process; EngineProcess (engine_process.py) runs a ChatService in a
+process of its own and is the same backend seen from the server's process.
+"""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..render.config import RenderConfig
-from .engine import Engine, SamplingParams
+from .engine import Engine, Request, SamplingParams
 from .inputs import InputOptions, Prompt, RequestError, build_prompt
 from .protocol import ChatCompletionRequest, parse_request
 
@@ -30,13 +42,51 @@ class ServeConfig:
     allowed_media_dir: str | None = None  # file:// image URLs may read under it
 
 
+def parse_for(body, model_name: str) -> ChatCompletionRequest:
+    """The request in `body`, for the model `model_name` (or none named)."""
+    req = parse_request(body)
+    if req.model not in (None, model_name):
+        raise RequestError(f"model: {req.model!r} is not served here; this server serves {model_name!r}",
+                           "model", 404, "model_not_found")
+    return req
+
+
+class LoopMailbox:
+    """Events from the engine's thread to the event loop's request queues: one wake-up of the loop carries every
+    event that arrives before it runs (a decode step's tokens for all its requests), not one per token."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._items: list = []
+        self._lock = threading.Lock()
+
+    def post(self, queue: asyncio.Queue, ev: dict) -> None:
+        if self.loop.is_closed():  # the engine cancels a request whose listener fails
+            raise RuntimeError("the server's event loop is closed")
+        with self._lock:
+            self._items.append((queue, ev))
+            if len(self._items) > 1:
+                return  # a wake-up is already on its way
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for queue, ev in items:
+            queue.put_nowait(ev)
+
+
 class ChatService:
+    healthy = True
+
     def __init__(self, engine: Engine, options: InputOptions, default_max_tokens: int = 256,
                  model_name: str | None = None):
         self.engine, self.options = engine, options
         self.gm = engine.gm
         self.default_max_tokens = default_max_tokens
         self.model_name = model_name or options.model_id
+        self.max_positions = engine.max_positions
+        self._mailbox: LoopMailbox | None = None
 
     @classmethod
     def from_config(cls, cfg: ServeConfig, gm=None) -> "ChatService":
@@ -55,11 +105,7 @@ class ChatService:
         return cls(engine, opts, cfg.default_max_tokens, name)
 
     def parse(self, body) -> ChatCompletionRequest:
-        req = parse_request(body)
-        if req.model not in (None, self.model_name):
-            raise RequestError(f"model: {req.model!r} is not served here; this server serves {self.model_name!r}",
-                               "model", 404, "model_not_found")
-        return req
+        return parse_for(body, self.model_name)
 
     def prepare(self, req: ChatCompletionRequest) -> tuple[Prompt, SamplingParams]:
         """Renders and tokenizes (the slow part: run it off the event loop); checks it fits before any compute."""
@@ -85,10 +131,27 @@ class ChatService:
         self.engine.check(prompt, params)
         return prompt, params
 
+    async def submit(self, req: ChatCompletionRequest, events: asyncio.Queue) -> Request:
+        """Prepares `req` on a worker thread and queues it; its events then arrive in `events` (no deltas unless it
+        streams)."""
+        loop = asyncio.get_running_loop()
+        prompt, params = await loop.run_in_executor(None, self.prepare, req)
+        if self._mailbox is None or self._mailbox.loop is not loop:
+            self._mailbox = LoopMailbox(loop)
+        mailbox, stream = self._mailbox, req.stream
+
+        def on_event(ev):  # on the engine's thread
+            if stream or ev["type"] != "delta":
+                mailbox.post(events, ev)
+
+        return self.engine.submit(prompt, params, on_event)
+
+    def cancel(self, r: Request) -> None:
+        self.engine.cancel(r)
+
+    async def metrics_text(self) -> str:
+        self.engine.metrics.cache_bytes.set(self.engine.cache.nbytes)
+        return self.engine.metrics.exposition()
+
     def shutdown(self) -> None:
         self.engine.shutdown()
-
-
-def glyph_stats(prompt: Prompt, cache_hit: str) -> dict:
-    return {"pages": prompt.pages, "visual_tokens": prompt.visual_tokens, "text_tokens": prompt.text_tokens,
-            "cache_hit": cache_hit}

@@ -1,0 +1,71 @@
+"""The engine in a process of its own: what happens when that process cannot start, dies, or loses its server.
+(The API itself over an EngineProcess is tested with the in-process engine's tests in test_serve_api.py.)"""
+import json
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from glyph_rt import RenderConfig
+from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+from glyph_rt.serve.app import ServerThread, build_app
+from glyph_rt.serve.engine_process import EngineProcess
+from glyph_rt.serve.service import ServeConfig
+
+CFG = RenderConfig(page_size=(120, 90))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))
+
+
+def config(model) -> ServeConfig:
+    return ServeConfig(model=str(model), served_model_name="tiny", render_config=CFG, device="cpu")
+
+
+def test_a_checkpoint_that_cannot_load_is_an_error_naming_it(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="the engine process could not start"):
+        EngineProcess(config(tmp_path))
+
+
+def test_a_dead_engine_fails_its_requests_with_503_and_the_server_stays_up(ckpt):
+    ep = EngineProcess(config(ckpt))
+    try:
+        with ServerThread(build_app(ep)) as s:
+            url = s.url + "/v1/chat/completions"
+            ok = httpx.post(url, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, timeout=60)
+            assert ok.status_code == 200
+            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3000, "ignore_eos": True,
+                    "stream": True}
+            with httpx.stream("POST", url, json=body, timeout=60) as r:
+                lines = r.iter_lines()
+                for _ in range(4):
+                    next(lines)
+                os.kill(ep.process.pid, signal.SIGKILL)
+                rest = [x for x in lines if x.startswith("data: {")]
+            err = json.loads(rest[-1][len("data: "):])["error"]
+            assert err["code"] == "engine_stopped" and "restart the server" in err["message"]
+            assert httpx.get(s.url + "/health").status_code == 503
+            again = httpx.post(url, json={"messages": [{"role": "user", "content": "hi"}]}, timeout=60)
+            assert again.status_code == 503 and "engine process has stopped" in again.json()["error"]["message"]
+            assert httpx.get(s.url + "/v1/models").status_code == 200  # the server itself answers
+    finally:
+        ep.shutdown()
+
+
+def test_the_engine_exits_when_its_server_is_gone(ckpt):
+    ep = EngineProcess(config(ckpt))
+    ep._conn.close()  # as when the server's process is killed: the pipe closes
+    ep.process.join(60)
+    assert ep.process.exitcode == 0
+
+
+def test_shutdown_stops_the_process(ckpt):
+    ep = EngineProcess(config(ckpt))
+    t = time.monotonic()
+    ep.shutdown()
+    assert not ep.process.is_alive() and ep.process.exitcode == 0 and time.monotonic() - t < 30
