@@ -152,6 +152,7 @@ async def followups(url: str, text: str, chars: int, warm_doc: str, documents: i
         doc = text[k * 997:k * 997 + chars]
         first.append((await load(url, [doc], 1, 1, 4, c=c))["ttft_p50_s"])
         follow.append((await load(url, [doc], 1, 1, 4, c=c))["ttft_p50_s"])
+    await c.close()
     return statistics.median(first), statistics.median(follow)
 
 

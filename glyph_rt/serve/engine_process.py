@@ -66,11 +66,12 @@ class _EngineSide:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="glyph-rt-prepare")
         self.requests: dict = {}  # id -> the engine's Request (None while it is prepared)
         self.cancelled: set[int] = set()  # cancelled while prepared
-        self._out: list = []
-        self._cv = threading.Condition()  # guards the outbox and the two above
+        self._out: list = []  # the outbox
+        self._step: list = []  # the events of the engine's step under way, to the outbox at its end
+        self._cv = threading.Condition()  # guards the above
         self._send_lock = threading.Lock()  # the outbox is taken and sent as one step: messages keep their order
         self._closed = False
-        service.engine.on_step = self._flush  # the engine's thread sends each step's events itself
+        service.engine.on_step = self._step_done  # the engine's thread sends each step's events itself, at once
 
     def run(self) -> None:
         sender = threading.Thread(target=self._send_loop, name="glyph-rt-sender", daemon=True)
@@ -89,7 +90,7 @@ class _EngineSide:
                 elif kind == "cancel":
                     self._cancel(msg[1])
                 elif kind == "metrics":
-                    self._post(("metrics", msg[1], self._metrics()))
+                    self._post(("metrics", msg[1], self.service.exposition()))
                 elif kind == "shutdown":
                     break
         finally:
@@ -100,11 +101,6 @@ class _EngineSide:
                 self._cv.notify_all()
             sender.join(timeout=10)
             self.conn.close()
-
-    def _metrics(self) -> str:
-        engine = self.service.engine
-        engine.metrics.cache_bytes.set(engine.cache.nbytes)
-        return engine.metrics.exposition()
 
     def _start(self, rid: int, req: ChatCompletionRequest) -> None:
         """On a worker thread: renders and tokenizes, then queues it on the engine."""
@@ -120,21 +116,21 @@ class _EngineSide:
             return
         stream = req.stream
 
-        def on_event(ev):  # on the engine's thread, which flushes the outbox at the end of its step
+        def on_event(ev):  # on the engine's thread
             kind = ev["type"]
             if kind == "delta":
                 if stream:
                     with self._cv:
-                        self._out.append(("event", rid, {"type": "delta", "text": ev["text"]}))
+                        self._step.append(("event", rid, {"type": "delta", "text": ev["text"]}))
                 return
             with self._cv:
                 self.requests.pop(rid, None)
                 r = ev["request"]
                 if kind == "done":
-                    self._out.append(("event", rid, {"type": "done", "text": r.text, "finish_reason": r.finish_reason,
-                                                     "usage": r.usage(), "stats": r.stats()}))
+                    self._step.append(("event", rid, {"type": "done", "text": r.text, "finish_reason": r.finish_reason,
+                                                      "usage": r.usage(), "stats": r.stats()}))
                 else:
-                    self._out.append(("event", rid, _wire_error(ev["error"])))
+                    self._step.append(("event", rid, _wire_error(ev["error"])))
 
         with self._cv:  # "accepted" goes out before any event of the request
             if rid in self.cancelled:
@@ -171,6 +167,12 @@ class _EngineSide:
         with self._cv:
             self._out.append(msg)
             self._cv.notify_all()
+
+    def _step_done(self) -> None:
+        with self._cv:
+            self._out += self._step
+            self._step = []
+        self._flush()
 
     def _flush(self) -> None:
         """Sends what is in the outbox as one message."""
@@ -272,7 +274,7 @@ class EngineProcess:
         if self._pending.pop(r.id, None) is not None and not self._dead:
             self._send(("cancel", r.id))
 
-    async def metrics_text(self) -> str:
+    async def metrics_text(self) -> bytes:
         loop = self._attach()
         token = next(self._ids)
         fut = self._metrics[token] = loop.create_future()

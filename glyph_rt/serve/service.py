@@ -149,7 +149,11 @@ class ChatService:
     def cancel(self, r: Request) -> None:
         self.engine.cancel(r)
 
-    async def metrics_text(self) -> str:
+    async def metrics_text(self) -> bytes:
+        return self.exposition()
+
+    def exposition(self) -> bytes:
+        """The engine's metrics in Prometheus' text format."""
         self.engine.metrics.cache_bytes.set(self.engine.cache.nbytes)
         return self.engine.metrics.exposition()
 
