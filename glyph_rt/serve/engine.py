@@ -273,12 +273,17 @@ class Engine:
                         self._fail(r, RequestError(f"the engine failed while decoding: {type(e).__name__}: {e}",
                                                    None, 500, "engine_error"))
                     self._batch, self._batch_rows = None, []
-            if self.on_step is not None:
-                self.on_step()
+            self._stepped()
         for r in list(self.waiting) + list(self.running) + list(self._prefilling):
             self._fail(r, RequestError("the server is shutting down", None, 503))
+        self._stepped()
+
+    def _stepped(self) -> None:
         if self.on_step is not None:
-            self.on_step()
+            try:
+                self.on_step()
+            except Exception:  # noqa: BLE001 - a listener's failure must not stop the engine
+                log.exception("the engine's on_step callback failed")
 
     def _guard(self, r: Request, step):
         try:

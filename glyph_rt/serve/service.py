@@ -1,11 +1,13 @@
 """What the HTTP server and the batch runner share: a model, its engine, and request -> prompt + sampling.
 
-The HTTP app talks to a backend through four calls, made on its event loop:
+The HTTP app talks to a backend on its event loop:
+    req = backend.parse(body)               # RequestError for a bad body or another model's name
     r = await backend.submit(req, events)   # RequestError or QueueFull, or the request queued; its events then
-                                            # ({"type": "delta" | "done" | "error", ...}) arrive in `events`
+                                            # ({"type": "delta" | "done" | "error", ...}) arrive in `events`;
+                                            # at "done", r.text, r.finish_reason, r.usage() and r.stats()
     backend.cancel(r)                       # no-op once it is finished
     await backend.metrics_text()            # the Prometheus exposition
-    backend.healthy
+    backend.healthy, backend.model_name, backend.max_positions
 ChatService is that backend in the server's process; EngineProcess (engine_process.py) runs a ChatService in a
 process of its own and is the same backend seen from the server's process.
 """
