@@ -110,7 +110,7 @@ def plan(args, out: Path, cuda: bool) -> list[Step]:
         steps.append(Step("bench-data", 150, [py + ["bench/bench_data.py", "--device", "cuda", "--repeat", "1",
                                                     "--with-training", "--seconds", "10", "--out", str(out), *res]],
                           skip=nocuda))
-        steps.append(Step("bench-serve", 60, [py + ["bench/bench_serve.py", "--device", "cuda", "--vllm", "off",
+        steps.append(Step("bench-serve", 90, [py + ["bench/bench_serve.py", "--device", "cuda", "--vllm", "off",
                                                     "--out", str(out), *res]], skip=nocuda))  # vLLM's start: minutes
         return steps
     if args.full:
