@@ -208,10 +208,6 @@ class RemoteRequest:
     _usage: dict = field(default_factory=dict)
     _stats: dict = field(default_factory=dict)
 
-    @property
-    def cache_hit(self) -> str:
-        return self._stats.get("cache_hit", "none")
-
     def usage(self) -> dict:
         return self._usage
 
@@ -235,7 +231,7 @@ class EngineProcess:
         while not self._conn.poll(0.2):
             if not self.process.is_alive():
                 raise RuntimeError(f"the engine process exited (code {self.process.exitcode}) while loading "
-                                   f"{cfg.model}; its log is above")
+                                   f"{cfg.model}; see its log on standard error")
             if time.monotonic() > deadline:
                 self.process.kill()
                 raise RuntimeError(f"the engine process did not load {cfg.model} within {start_timeout:.0f} s")
@@ -272,7 +268,10 @@ class EngineProcess:
 
     def cancel(self, r: RemoteRequest) -> None:
         if self._pending.pop(r.id, None) is not None and not self._dead:
-            self._send(("cancel", r.id))
+            try:
+                self._send(("cancel", r.id))
+            except RequestError:  # the engine's process is gone, and the request with it
+                pass
 
     async def metrics_text(self) -> bytes:
         loop = self._attach()
@@ -281,6 +280,9 @@ class EngineProcess:
         self._send(("metrics", token))
         try:
             return await asyncio.wait_for(fut, 30)
+        except asyncio.TimeoutError:
+            raise RequestError("the engine process did not answer for its metrics within 30 s", None, 503,
+                               "engine_busy") from None
         finally:
             self._metrics.pop(token, None)
 
