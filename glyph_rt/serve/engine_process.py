@@ -357,12 +357,16 @@ class EngineProcess:
                     body["stats"]
                 r.events.put_nowait({"type": "done", "finish_reason": r.finish_reason})
             else:
-                r.finish_reason = "error"
-                err = _error_of(body)
-                if r.accepted.done():
-                    r.events.put_nowait({"type": "error", "error": err})
-                else:
-                    r.accepted.set_exception(err)
+                self._fail(r, _error_of(body))
+
+    @staticmethod
+    def _fail(r: RemoteRequest, err: Exception) -> None:
+        """Refused before it was queued (submit raises `err`), or failed after (an error event)."""
+        r.finish_reason = "error"
+        if r.accepted.done():
+            r.events.put_nowait({"type": "error", "error": err})
+        else:
+            r.accepted.set_exception(err)
 
     def _died(self) -> None:
         if self._dead:
@@ -374,11 +378,7 @@ class EngineProcess:
                            None, 503, "engine_stopped")
         log.error("%s", err)
         for r in self._pending.values():
-            r.finish_reason = "error"
-            if r.accepted.done():
-                r.events.put_nowait({"type": "error", "error": err})
-            else:
-                r.accepted.set_exception(err)
+            self._fail(r, err)
         self._pending.clear()
         for fut in self._metrics.values():
             if not fut.done():
