@@ -81,6 +81,23 @@ def test_dynamic_sampling_drops_uniform_groups_and_refills():
     assert len(kept) == 1 and st == {"draws": 1, "dropped_groups": 1}
 
 
+def test_dynamic_sampling_keeps_ranks_in_step():
+    """A rank already full draws one prompt (and keeps nothing) while another rank still needs groups: under FSDP
+    every rank must run as many rollouts."""
+    rollout, rewards = ScriptedRollout(), RewardSet({"verifiable": 1.0})
+    records = iter([{"answer": "a", "texts": ["a", "b"]}, {"answer": "a", "texts": ["a", "c"]},
+                    {"answer": "a", "texts": ["b", "a"]}])
+
+    def draw(k):
+        gs = rollout([next(records) for _ in range(k)], 2)
+        score_groups(gs, rewards)
+        return gs
+
+    others = iter([1, 1, 0])  # what the other ranks still need, as an all-reduce of the need would tell
+    kept, st = dynamic_sample(draw, want=1, max_refills=4, most=lambda need: max(need, next(others)))
+    assert len(kept) == 1 and kept[0].texts == ["a", "b"] and st["draws"] == 2 and rollout.calls == [1, 1]
+
+
 def test_rewards_on_known_strings():
     assert split_thinking("<think>hmm</think>  42 ") == ("hmm", "42")
     assert split_thinking("42") == (None, "42")
@@ -152,3 +169,28 @@ def test_grpo_step_on_a_tiny_model(tmp_path):
         assert k in m, k
     assert any(not torch.equal(a, b) for a, b in zip(before, gm.model.parameters()))
     assert (tmp_path / "run" / "checkpoints" / "step_00000001").is_dir()
+    assert m["updates"] == 1 and m["clip_fraction"] == 0  # one update: the ratio is 1
+
+
+def test_grpo_epochs_and_mini_batches_reuse_the_rollout(tmp_path):
+    """grpo.epochs x grpo.mini_batches optimizer updates per rollout batch, each against the rollout policy's
+    log-probs: after the first update the ratio moves off 1 and the clip bites; the schedule counts rollout steps."""
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.grpo import GRPOTrainer
+    from glyph_rt.train.model import load_for_training
+
+    path = make_tiny_checkpoint(tmp_path / "tiny")
+    cfg = load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / 'run'}", "grpo.group_size=4",
+                                   "data.global_batch=2", "data.micro_batch=2", "grpo.max_new_tokens=6",
+                                   "grpo.rewards={ocr: 1.0}", "grpo.epochs=3", "grpo.mini_batches=2",
+                                   "tensorboard=false", "plot=false", "model.gradient_checkpointing=false",
+                                   "optim.lr=3e-2", "optim.warmup_steps=0", "optim.schedule=cosine",
+                                   "optim.min_lr=1e-3", "steps=2", "export=false"])
+    gm = load_for_training(cfg.model, torch.device("cpu"))
+    records = [{"context": f"red fox {i}", "question": "Read the text.", "answer": f"red fox {i}"} for i in range(8)]
+    t = GRPOTrainer(cfg, gm, progress=False)
+    m = t.fit(records)
+    assert t.step == 2 and m["updates"] == 6 and m["clip_fraction"] > 0
+    assert t.scheduler.last_epoch == 2  # once per rollout step, not per update
+

@@ -270,7 +270,7 @@ def test_fsdp2_two_processes_match_one(tiny, tmp_path):
                                                      "--standalone", "--nproc-per-node", "2", worker]}
     out = {}
     for name, cmd in runs.items():
-        r = subprocess.run([*cmd, tiny, str(tmp_path / name), "2"], capture_output=True, text=True, env=env,
+        r = subprocess.run([*cmd, "sft", tiny, str(tmp_path / name), "2"], capture_output=True, text=True, env=env,
                            timeout=240)
         assert r.returncode == 0, r.stderr[-3000:]
         loss = float(next(x for x in r.stdout.splitlines() if x.startswith("LOSS")).split()[1])
@@ -281,3 +281,30 @@ def test_fsdp2_two_processes_match_one(tiny, tmp_path):
         torch.testing.assert_close(out["two"][1][k], v, rtol=1e-4, atol=1e-5, msg=k)
     ckpt = tmp_path / "two" / "checkpoints" / "step_00000002"
     assert (ckpt / "rank_0.pt").exists() and (ckpt / "rank_1.pt").exists() and (ckpt / ".metadata").exists()
+
+
+def test_grpo_under_fsdp_keeps_ranks_in_step_and_resumes(tiny, tmp_path):
+    """GRPO on 2 gloo processes with fully_shard, where rank 1's groups are all dropped (it pads its forwards at
+    weight 0), two epochs of two mini-batches per rollout, stopped after step 1 and resumed: the same weights as one
+    process running rank 0's prompts for 2 steps without a stop."""
+    from safetensors.torch import load_file
+
+    worker = str(ROOT / "tests" / "train_fsdp_worker.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RECORD_STRIDE": "2", "UNIFORM_RANKS": "1"}
+    over = ["grpo.epochs=2", "grpo.mini_batches=2", "grpo.max_refills=0"]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker]
+    runs = [("one", [sys.executable, worker], "2", "data.global_batch=1"),
+            ("two", two, "1", "data.global_batch=2"), ("two", two, "2", "data.global_batch=2")]
+    rows = []
+    for name, cmd, steps, batch in runs:
+        r = subprocess.run([*cmd, "rl", tiny, str(tmp_path / name), steps, batch, *over], capture_output=True,
+                           text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        metrics = eval(next(x for x in r.stdout.splitlines() if x.startswith("METRICS"))[8:])  # noqa: S307
+        assert metrics["step"] == int(steps) and metrics["updates"] == 4
+        rows.append((tmp_path / name / "metrics.jsonl").read_text().splitlines())
+    assert len(rows[2]) == 2 and rows[2][0] == rows[1][0]  # resumed: step 1's row (its timings) is the first run's
+    a, b = (load_file(tmp_path / name / "export" / "model.safetensors") for name in ("one", "two"))
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        torch.testing.assert_close(b[k], v, rtol=1e-4, atol=5e-5, msg=k)

@@ -1,9 +1,12 @@
 """Run by tests/test_train.py under torchrun (gloo, CPU): trains a tiny checkpoint through glyph_rt.train.run.
 
-    python -m torch.distributed.run --nproc-per-node N tests/train_fsdp_worker.py CKPT OUT STEPS [key=value ...]
+    python -m torch.distributed.run --nproc-per-node N tests/train_fsdp_worker.py STAGE CKPT OUT STEPS [key=value ...]
 
-Rank r reads the samples r, r + N, ... of a fixed list, so N ranks together see the same global batches as one.
+sft: rank r reads the samples r, r + N, ... of a fixed list, so N ranks together see the same global batches as one.
+rl: rank r reads the prompts r, r + S, ... (S: $RECORD_STRIDE, else N), and the ranks in $UNIFORM_RANKS score with
+the format reward alone, which a random-weight model never earns: their groups are all dropped.
 """
+import os
 import sys
 
 import torch.distributed as dist
@@ -16,14 +19,14 @@ TEXTS = ["hello world", "the cat sat", "red fox", "blue sky"]
 
 
 class Stream:
-    def __init__(self, batches, rank, world):
-        self.batches, self.rank, self.world, self.pos = batches, rank, world, 0
+    def __init__(self, items, rank, world):
+        self.items, self.rank, self.world, self.pos = items, rank, world, 0
 
     def __iter__(self):
         while True:
-            i = (self.pos * self.world + self.rank) % len(self.batches)
+            i = (self.pos * self.world + self.rank) % len(self.items)
             self.pos += 1
-            yield self.batches[i]
+            yield self.items[i]
 
     def state_dict(self):
         return {"pos": self.pos}
@@ -32,11 +35,7 @@ class Stream:
         self.pos = s["pos"]
 
 
-def main():
-    ckpt, out, steps, *over = sys.argv[1:]
-    cfg = load_config("sft", None, [f"model.path={ckpt}", f"out_dir={out}", f"steps={steps}", "optim.warmup_steps=0",
-                                    "data.global_batch=2", "optim.lr=1e-3", "tensorboard=false", "plot=false",
-                                    "model.gradient_checkpointing=false", *over])
+def sft_data(ckpt, rank, world):
     from glyph_rt.models.glyph_model import GlyphModel
     from glyph_rt.train.collate import Collator
     from glyph_rt.train.tasks import make_task
@@ -45,13 +44,28 @@ def main():
     task = make_task("ocr", gm.prompts, config=RenderConfig(page_size=(112, 112), margin_x=4, margin_y=4,
                                                             font_size=20, line_height=24), max_pages=1)
     col = Collator(gm.image_token_id, gm.tokenizer.pad_token_id)
-    batches = [col([task({"text": t}, i)]) for i, t in enumerate(TEXTS)]
-    import os
+    return Stream([col([task({"text": t}, i)]) for i, t in enumerate(TEXTS)], rank, world)
 
+
+def main():
+    stage, ckpt, out, steps, *over = sys.argv[1:]
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    r = run(cfg, data=Stream(batches, rank, world), progress=False)
+    common = [f"model.path={ckpt}", f"out_dir={out}", f"steps={steps}", "optim.warmup_steps=0", "optim.lr=1e-3",
+              "tensorboard=false", "plot=false", "model.gradient_checkpointing=false"]
+    if stage == "sft":
+        cfg = load_config("sft", None, [*common, "data.global_batch=2", *over])
+        data = sft_data(ckpt, rank, world)
+    else:
+        uniform = str(rank) in os.environ.get("UNIFORM_RANKS", "").split(",")
+        cfg = load_config("rl", None, [*common, "grpo.group_size=4", "data.micro_batch=1", "grpo.max_new_tokens=5",
+                                       "grpo.rewards={format: 1.0}" if uniform else "grpo.rewards={ocr: 1.0}",
+                                       "grpo.max_refills=1", *over])
+        records = [{"context": t, "question": "Read the text.", "answer": t} for t in TEXTS]
+        data = Stream(records, rank, int(os.environ.get("RECORD_STRIDE", world)))
+    r = run(cfg, data=data, progress=False)
     if rank == 0:
         print(f"LOSS {r['loss']!r}")
+        print(f"METRICS {r!r}")
     if dist.is_initialized():
         dist.destroy_process_group()
 

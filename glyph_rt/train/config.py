@@ -73,6 +73,8 @@ class GRPOConfig:
     kl_coef: float = 0.0  # 0: no KL term (and no reference model)
     dynamic_sampling: bool = True  # drop groups whose rewards are all equal and draw new prompts
     max_refills: int = 8  # draws per batch before training on what is there
+    mini_batches: int = 1  # optimizer updates per pass over a rollout batch (verl's ppo_mini_batch_size)
+    epochs: int = 1  # passes over each rollout batch (GRPO's mu, TRL's num_iterations, verl's ppo_epochs)
     max_new_tokens: int = 1024
     temperature: float = 1.0
     top_p: float = 1.0
@@ -290,6 +292,8 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
         _check(g.eps_high >= 0, "grpo.eps_high", f"{g.eps_high} must be >= 0")
         _check(g.kl_coef >= 0, "grpo.kl_coef", f"{g.kl_coef} must be >= 0 (0: no KL)")
         _check(g.max_refills >= 0, "grpo.max_refills", f"{g.max_refills} must be >= 0")
+        _check(g.mini_batches >= 1, "grpo.mini_batches", f"{g.mini_batches} must be >= 1")
+        _check(g.epochs >= 1, "grpo.epochs", f"{g.epochs} must be >= 1")
         _check(g.max_new_tokens >= 1, "grpo.max_new_tokens", f"{g.max_new_tokens} must be >= 1")
         _check(g.temperature > 0, "grpo.temperature", f"{g.temperature} must be > 0")
         _check(0 < g.top_p <= 1, "grpo.top_p", f"{g.top_p} must be in (0, 1]")

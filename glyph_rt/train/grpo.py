@@ -9,21 +9,32 @@ Per step: prompts are drawn and answered `group_size` times; each response gets 
 rewards are all equal carry no signal and are dropped, and new prompts are drawn until the batch is full (dynamic
 sampling, at most grpo.max_refills extra draws). Advantages are normalised within each group; the loss is the
 clipped surrogate per token with ratio bounds [1 - eps_low, 1 + eps_high], summed over every response token of the
-global batch and divided by their count (token-level aggregation), plus kl_coef * KL to a frozen reference (k3
-estimator) when kl_coef > 0. Any server speaking the Rollout interface (e.g. a vLLM client) can replace
+(mini-)batch on all ranks and divided by their count (token-level aggregation), plus kl_coef * KL to a frozen
+reference (k3 estimator) when kl_coef > 0. The rollout batch is used for grpo.epochs passes of grpo.mini_batches
+optimizer updates each; with more than one update the ratio is taken against the rollout policy's log-probs (one
+extra forward), so the clip acts. Any server speaking the Rollout interface (e.g. a vLLM client) can replace
 GlyphRollout.
+
+Under FSDP every rank must run as many forwards: all ranks draw as long as one still needs groups, generate runs
+with synced_gpus, and a rank with fewer sequences to train on runs spare ones at weight 0.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from .rewards import Judge, RewardSet
 from .trainer import Trainer, _all_reduce
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 @dataclass
@@ -82,13 +93,19 @@ def score_groups(groups: list[Group], rewards: RewardSet) -> None:
         g.rewards, g.parts = rewards(g.texts, [g.record.get("answer", "")] * len(g.texts))
 
 
-def dynamic_sample(draw, want: int, max_refills: int, drop_uniform: bool = True) -> tuple[list[Group], dict]:
+def dynamic_sample(draw, want: int, max_refills: int, drop_uniform: bool = True,
+                   most=lambda need: need) -> tuple[list[Group], dict]:
     """Calls draw(k) -> k scored Groups until `want` groups with differing rewards are kept (or the refills run
-    out); returns the kept groups and {draws, dropped}."""
+    out); returns the kept groups and {draws, dropped}. most(need) is the largest number of groups still
+    needed by any rank: while another rank draws, one already full draws one prompt too (FSDP's forwards go in
+    step) and keeps nothing from it."""
     kept: list[Group] = []
     dropped = draws = 0
-    while len(kept) < want and draws <= max_refills:
-        for g in draw(want - len(kept)):
+    while draws <= max_refills and most(want - len(kept)) > 0:
+        full = len(kept) >= want
+        for g in draw(max(1, want - len(kept))):
+            if full:
+                continue
             if drop_uniform and g.uniform:
                 dropped += 1
             else:
@@ -119,9 +136,11 @@ class GlyphRollout:
         was_training = model.training
         model.eval()
         try:
+            # synced_gpus: every rank runs forwards until all are done, as FSDP's gathers need (transformers does not
+            # recognise a model sharded by fully_shard itself)
             out = model.generate(**inputs, do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
                                  num_return_sequences=n, max_new_tokens=self.max_new_tokens, use_cache=True,
-                                 suppress_tokens=self.suppress)
+                                 suppress_tokens=self.suppress, synced_gpus=_world() > 1)
         finally:
             model.train(was_training)
         P = inputs["input_ids"].shape[1]
@@ -203,73 +222,107 @@ class GRPOTrainer(Trainer):
                 raise ValueError("the RL prompts ran out") from None
         groups = self.rollout(records, self.cfg.grpo.group_size)
         score_groups(groups, self.rewards)
+        if groups:
+            self._spare = groups[-1]
         return groups
 
+    def _logps(self, chunk: list[tuple], ref: bool = False) -> tuple[torch.Tensor, dict]:
+        batch = sequence_batch(chunk, self.gm.image_token_id, self.gm.tokenizer.pad_token_id, self.device)
+        return token_logps(self.reference if ref else self.model, batch, self.cfg.grpo.temperature), batch
+
     def train_step(self, _micro=None) -> dict:
+        """One rollout batch, then grpo.epochs passes over it in grpo.mini_batches optimizer updates each. Every
+        rank runs the same number of forwards (FSDP gathers in step): a rank with fewer chunks runs spare ones
+        at weight 0."""
         g = self.cfg.grpo
         t0 = time.perf_counter()
+        self._spare = None
         groups, ds = dynamic_sample(self.draw, self.prompts_per_rank, g.max_refills if g.dynamic_sampling else 0,
-                                    g.dynamic_sampling)
+                                    g.dynamic_sampling, lambda need: _all_reduce([float(need)], self.device, "max")[0])
         t_roll = time.perf_counter() - t0
         self.model.train()
-        items = [(gr, j) for gr in groups for j in range(len(gr.responses))]
-        adv = {}
-        for gi, gr in enumerate(groups):
+        items = []  # (group, response, advantage)
+        for gr in groups:
             a = group_advantages(torch.tensor([gr.rewards], dtype=torch.float32))[0]
-            for j in range(len(gr.responses)):
-                adv[(gi, j)] = float(a[j])
-        local_tokens = sum(len(gr.responses[j]) for gr, j in items)
-        (total,) = _all_reduce([float(local_tokens)], self.device)
-        total = max(total, 1.0)
-        loss_sum, clip_low, clip_high, kl_sum = 0.0, 0.0, 0.0, 0.0
+            items += [(gr, j, float(a[j])) for j in range(len(gr.responses))]
         mb = self.cfg.data.micro_batch
-        index = {id(gr): gi for gi, gr in enumerate(groups)}
         chunks = [items[i:i + mb] for i in range(0, len(items), mb)]
-        for ci, chunk in enumerate(chunks):
-            self._sync(ci == len(chunks) - 1)
-            batch = sequence_batch(chunk, self.gm.image_token_id, self.gm.tokenizer.pad_token_id, self.device)
-            logp = token_logps(self.model, batch, g.temperature)
-            ref = None
-            if g.kl_coef > 0 and self.reference is not None:
-                with torch.no_grad():
-                    ref = token_logps(self.reference, batch, g.temperature)
-            a = torch.tensor([adv[(index[id(gr)], j)] for gr, j in chunk], device=self.device)
-            s, st = grpo_token_loss(logp, logp.detach(), a, batch["resp_mask"][:, 1:], g.eps_low, g.eps_high, ref,
-                                    g.kl_coef)
-            (s * (self.world / total)).backward()
-            loss_sum += float(s.detach())
-            clip_low += st["clipped_low"]
-            clip_high += st["clipped_high"]
-            kl_sum += st["kl"]
-        if not chunks:  # every draw was uniform: nothing to learn this step, keep FSDP's collectives in step
-            self._sync(True)
-        grad_norm = None
-        if self.cfg.optim.grad_clip > 0 and chunks:
-            gn = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                                self.cfg.optim.grad_clip)
-            grad_norm = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+        M = g.mini_batches
+        parts = [chunks[len(chunks) * m // M:len(chunks) * (m + 1) // M] for m in range(M)]
+        width = [int(x) for x in _all_reduce([float(len(p)) for p in parts], self.device, "max")]
+        totals = _all_reduce([float(sum(len(gr.responses[j]) for c in p for gr, j, _ in c)) for p in parts],
+                             self.device)
+        spare = [(self._spare, 0, 0.0)] if self._spare is not None else None
+        if spare is None and any(width):
+            raise RuntimeError("GRPO: this rank's rollout returned no group to keep its forwards in step")
+        parts = [p + [spare] * (w - len(p)) for p, w in zip(parts, width)]  # weight 0: no response token counts
+        real = {id(c) for c in chunks}
+        old = {}
+        if g.epochs * M > 1:  # the policy moves within the batch: the ratio needs the rollout policy's log-probs
+            with torch.no_grad():
+                for pi, p in enumerate(parts):
+                    for ci, c in enumerate(p):
+                        old[pi, ci] = self._logps([(gr, j) for gr, j, _ in c])[0]
+        loss_sum, clip_low, clip_high, kl_sum, norms, updates, seen = 0.0, 0.0, 0.0, 0.0, [], 0, 0.0
         lr = self.scheduler.get_last_lr()[0]
-        if chunks:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for _ in range(g.epochs):
+            for pi, (p, total) in enumerate(zip(parts, totals)):
+                if not p or total == 0:
+                    continue
+                for ci, c in enumerate(p):
+                    self._sync(ci == len(p) - 1)
+                    logp, batch = self._logps([(gr, j) for gr, j, _ in c])
+                    ref = None
+                    if g.kl_coef > 0 and self.reference is not None:
+                        with torch.no_grad():
+                            ref = self._logps([(gr, j) for gr, j, _ in c], ref=True)[0]
+                    adv = torch.tensor([a for _, _, a in c], device=self.device)
+                    s, st = grpo_token_loss(logp, old.get((pi, ci), logp.detach()), adv, batch["resp_mask"][:, 1:],
+                                            g.eps_low, g.eps_high, ref, g.kl_coef)
+                    w = self.world / total if id(c) in real else 0.0
+                    (s * w).backward()
+                    if id(c) in real:
+                        loss_sum += float(s.detach()) / total
+                        clip_low += st["clipped_low"]
+                        clip_high += st["clipped_high"]
+                        kl_sum += st["kl"]
+                if self.cfg.optim.grad_clip > 0:
+                    gn = torch.nn.utils.clip_grad_norm_([q for q in self.model.parameters() if q.requires_grad],
+                                                        self.cfg.optim.grad_clip)
+                    norms.append(float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                updates += 1
+                seen += total
+        if not updates:  # every draw was uniform: nothing to learn this step, keep FSDP's collectives in step
+            self._sync(True)
+        self.scheduler.step()  # the schedule counts rollout steps
         self.step += 1
-        all_r = [r for gr in groups for r in gr.rewards]
-        lens = [len(gr.responses[j]) for gr, j in items]
-        m = {"loss": loss_sum / total, "lr": lr, "grad_norm": grad_norm, "groups": len(groups),
-             "dropped_groups": ds["dropped_groups"], "draws": ds["draws"], "response_tokens": int(total),
-             "clip_fraction": (clip_low + clip_high) / total, "clip_low": clip_low / total,
-             "clip_high": clip_high / total, "rollout_s": t_roll, "step_s": time.perf_counter() - t0}
-        if all_r:
-            t = torch.tensor(all_r)
-            m.update(reward_mean=float(t.mean()), reward_std=float(t.std()) if len(all_r) > 1 else 0.0,
-                     response_len_mean=sum(lens) / len(lens), response_len_max=max(lens))
-            for name in groups[0].parts:
-                v = torch.tensor([x for gr in groups for x in gr.parts[name]])
-                m[f"reward_{name}_mean"] = float(v.mean())
-                m[f"reward_{name}_std"] = float(v.std()) if len(v) > 1 else 0.0
+        names = sorted(self.rewards.weights)
+        series = [[r for gr in groups for r in gr.rewards]] + [[x for gr in groups for x in gr.parts.get(name, [])]
+                                                               for name in names]
+        lens = [len(gr.responses[j]) for gr, j, _ in items]
+        local = [clip_low, clip_high, kl_sum, loss_sum, len(groups), ds["dropped_groups"], sum(lens), len(lens)]
+        for v in series:
+            local += [len(v), sum(v), sum(x * x for x in v)]
+        tot = _all_reduce([float(x) for x in local], self.device)  # the step over all ranks
+        clip_low, clip_high, kl_sum, loss_sum = tot[:4]
+        (longest,) = _all_reduce([float(max(lens, default=0))], self.device, "max")
+        seen = max(seen, 1.0)
+        m = {"loss": loss_sum / max(updates, 1), "lr": lr, "grad_norm": sum(norms) / len(norms) if norms else None,
+             "updates": updates, "groups": int(tot[4]), "dropped_groups": int(tot[5]), "draws": ds["draws"],
+             "response_tokens": int(sum(totals)), "clip_fraction": (clip_low + clip_high) / seen,
+             "clip_low": clip_low / seen, "clip_high": clip_high / seen, "rollout_s": t_roll,
+             "step_s": time.perf_counter() - t0}
+        if tot[7]:
+            m.update(response_len_mean=tot[6] / tot[7], response_len_max=int(longest))
+        for k, name in enumerate(["reward"] + [f"reward_{n}" for n in names]):
+            n, s1, s2 = tot[8 + 3 * k:11 + 3 * k]
+            if n:  # mean and sample std over every response of the step
+                m[f"{name}_mean"] = s1 / n
+                m[f"{name}_std"] = math.sqrt(max(0.0, s2 - s1 * s1 / n) / (n - 1)) if n > 1 else 0.0
         if g.kl_coef > 0:
-            m["kl"] = kl_sum / total
+            m["kl"] = kl_sum / seen
         if self.device.type == "cuda":
             m["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return m

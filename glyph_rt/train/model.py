@@ -75,8 +75,10 @@ def load_for_training(cfg: ModelConfig, device: torch.device, dtype: torch.dtype
 
 
 def shard(model, mixed_precision: bool) -> None:
-    """FSDP2: fully_shard each decoder layer and vision block, then the root; bf16 compute, fp32 reductions."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    """FSDP2: fully_shard each decoder layer and vision block, then the root; bf16 compute, fp32 reductions.
+    `generate` counts as a forward of the root, so that its parameters are gathered for the whole of it: generate
+    calls the vision tower outside the root's forward (the pages' embeddings first)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     kw = {}
     if mixed_precision:
@@ -86,3 +88,4 @@ def shard(model, mixed_precision: bool) -> None:
     for m in units:
         fully_shard(m, **kw)
     fully_shard(model, **kw)
+    register_fsdp_forward_method(model, "generate")

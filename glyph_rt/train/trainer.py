@@ -117,11 +117,11 @@ def batch_counts(batch: dict, image_token_id: int | None) -> dict:
     return out
 
 
-def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+def _all_reduce(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
     if not (dist.is_available() and dist.is_initialized()):
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    dist.all_reduce(t, dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return t.tolist()
 
 
