@@ -518,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), help="cap each task's generation budget")
     ev.add_argument("--device", type=_device, help="in-process targets: cuda or cpu (default: cuda when available)")
     ev.add_argument("--concurrency", type=_positive_int("--concurrency"), default=1,
-                    help="endpoint targets: requests in flight at once (default: 1)")
+                    help="items in flight at once: requests to an endpoint, or answers an in-process checkpoint's "
+                         "engine batches together (default: 1)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
     st = sub.add_parser("styles", help="sample rendering styles: contact sheet, distribution plot, configs")

@@ -60,7 +60,8 @@ class Server:
             content = body["messages"][-1]["content"]
             n = body.get("max_tokens") or 16
             if isinstance(content, str):
-                text = target._generate_text(content, n)
+                text = target.answer(Item(id="r", context=content, question="", answers=["x"], text_prompt=content,
+                                          max_new_tokens=n), CFG, as_text=True).text
             else:
                 paths = []
                 for k, part in enumerate(c for c in content if c["type"] == "image_url"):
@@ -69,8 +70,8 @@ class Server:
                     Image.open(io.BytesIO(data)).convert("RGB").save(p)
                     paths.append(str(p))
                 question = "".join(c["text"] for c in content if c["type"] == "text")
-                text, _, _ = target._generate_images(Item(id="r", context="", question=question, answers=["x"],
-                                                          images=paths, max_new_tokens=n))
+                text = target.answer(Item(id="r", context="", question=question, answers=["x"], images=paths,
+                                          max_new_tokens=n), CFG).text
             return {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": text}}]}
@@ -107,6 +108,27 @@ def test_in_process_end_to_end(local, tmp_path):
         assert x["compression"] == pytest.approx(x["text_tokens"] / x["visual_tokens"])
         assert x["task"] == "niah_single_1" and x["mode"] == "image"
     assert r.compression == pytest.approx(sum(x["text_tokens"] for x in rows) / sum(x["visual_tokens"] for x in rows))
+
+
+def test_in_process_answers_equal_generate_and_batch_under_concurrency(local):
+    """The in-process target runs on the serving engine: its greedy answers equal GlyphModel.generate's, and items
+    in flight at once share decode steps."""
+    import torch
+
+    gm = local.model
+    gm.render_config = CFG
+    its = items(6)
+    with torch.no_grad():
+        want = [a.text for a in gm.generate([it.context for it in its], [it.question for it in its],
+                                            max_new_tokens=4, do_sample=False)]
+    steps = dict(local.engine.steps)
+    a = evaluate(CFG, its, local, progress=False, concurrency=6)
+    assert [x["prediction"] for x in a.rows] == want
+    rows = local.engine.steps["decode_rows"] - steps["decode_rows"]
+    assert rows / max(1, local.engine.steps["decode"] - steps["decode"]) > 1  # several items per decode step
+    b = evaluate(CFG, its, local, progress=False, as_text=True)
+    c = evaluate(CFG, its, local, progress=False, as_text=True, concurrency=3)
+    assert [x["prediction"] for x in b.rows] == [x["prediction"] for x in c.rows]
 
 
 def test_server_target_matches_in_process(local, server, tmp_path):

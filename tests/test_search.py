@@ -340,7 +340,9 @@ def test_eval_objective_runs_the_harness_with_a_tiny_checkpoint(tmp_path):
     target = make_target(str(tiny_glm4v_checkpoint(tmp_path / "ckpt")), device="cpu")
     items = [Item(id=f"q{i}", context=f"The magic number of item {i} is {1000 + i}. " * 8,
                  question="What is the magic number?", answers=[str(1000 + i)], max_new_tokens=2) for i in range(2)]
-    obj = EvalObjective(items, target, out=tmp_path / "rows")
+    obj = EvalObjective(items, target, out=tmp_path / "rows", concurrency=2)
+    with pytest.raises(ValueError, match="evaluator.concurrency"):
+        EvalObjective(items, target, concurrency=0)
     s = load_settings(None, ["population=2", "offspring=1", "generations=1", "styles=" + str(_small_pages(tmp_path))])
     r = run_search(s, obj, tmp_path / "search", report=False)
     evals = History(tmp_path / "search" / "history.jsonl").of_type("eval")

@@ -5,14 +5,16 @@
     make_target("openai:http://host:8000/v1:NAME") -> OpenAITarget for model NAME
 
 target.answer(item, config, as_text=False) -> Reply. With as_text the context is sent as text (the text-only
-baseline); otherwise it is rendered with `config` and sent as pages: in process as pixel_values, to an
-endpoint as PNG data URIs (OpenAI's image_url parts), one per page, followed by the question as text.
-Decoding is greedy (temperature 0).
+baseline); otherwise it is rendered with `config` and sent as pages: in process as pixel_values (on the serving
+engine), to an endpoint as PNG data URIs (OpenAI's image_url parts), one per page, followed by the question as
+text. Decoding is greedy (temperature 0). Both kinds answer several items at once (evaluate's concurrency).
 """
 from __future__ import annotations
 
 import base64
 import os
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,74 +72,74 @@ def page_images(item, config: RenderConfig) -> list:
 
 
 class GlyphModelTarget(Target):
-    """A local checkpoint run in this process by GlyphModel (glyph_rt's rendering, prompt and kernels)."""
+    """A local checkpoint run in this process by GlyphModel (glyph_rt's rendering, prompt and kernels) on the
+    serving engine: the answers in flight at once (evaluate's `concurrency`) share its continuous batches, and a
+    document asked about again reuses its pages' embeddings and prefix KV from the engine's document cache. Greedy
+    answers equal GlyphModel.generate's."""
 
-    def __init__(self, path, *, device=None, kernels: str = "auto", dtype=None, name: str | None = None):
+    concurrent = True
+
+    def __init__(self, path, *, device=None, kernels: str = "auto", dtype=None, name: str | None = None,
+                 max_batch: int = 32, cache_bytes: int = 1 << 30):
         from ..models import GlyphModel
 
         self.path = str(path)
         self.name = name or Path(path).resolve().name
         self.model = GlyphModel.from_pretrained(path, kernels=kernels, dtype=dtype, device=device)
         self.model_type = self.model.model_type
+        self.max_batch, self.cache_bytes = max_batch, cache_bytes
+        self._engine = None
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self):
+        """The serving engine on this target's model, started on first use."""
+        from ..serve.engine import Engine
+
+        with self._lock:
+            if self._engine is None:
+                self._engine = Engine(self.model, max_batch=self.max_batch, cache_bytes=self.cache_bytes,
+                                      timeout=7 * 86400).start()
+            return self._engine
 
     def answer(self, item, config: RenderConfig, *, as_text: bool = False) -> Reply:
-        import torch
+        from ..serve.engine import SamplingParams
+        from ..serve.inputs import InputOptions, build_prompt
 
-        gm = self.model
         t0 = time.perf_counter()
+        media = None
         if as_text:
-            return Reply(self._generate_text(text_prompt(item), item.max_new_tokens), 0, 0,
-                         time.perf_counter() - t0)
-        if item.images:
-            text, pages, vis = self._generate_images(item)
-            return Reply(text, pages, vis, time.perf_counter() - t0)
-        gm.render_config = config.validate()
-        with torch.no_grad():
-            a, = gm.generate([item.context], [item.question], max_new_tokens=item.max_new_tokens, do_sample=False)
-        return Reply(a.text, a.pages, a.visual_tokens, time.perf_counter() - t0)
+            content = text_prompt(item)
+        else:
+            if item.images:
+                files = [str(Path(p).resolve()) for p in item.images]
+                for p, f in zip(item.images, files):
+                    if not Path(f).is_file():
+                        raise ValueError(f"item {item.id}: page image {p!r} does not exist")
+                media = os.path.commonpath([str(Path(f).parent) for f in files])
+                content = [{"type": "image_url", "image_url": {"url": "file://" + f}} for f in files]
+            else:
+                content = [{"type": "glyph", "glyph": {"text": item.context}}]
+            if item.question:
+                content.append({"type": "text", "text": item.question})
+        # no threshold: the context is rendered as a glyph part, the question and the text baseline stay text
+        opts = InputOptions(config.validate(), self.name, threshold=sys.maxsize, max_pages=100_000,
+                            allowed_media_dir=media, max_image_bytes=1 << 30)
+        engine = self.engine
+        prompt = build_prompt(self.model, [{"role": "user", "content": content}], opts, None, engine.cache)
+        try:
+            done = engine.complete(prompt, SamplingParams(max_tokens=item.max_new_tokens, temperature=0))
+        except ValueError as e:  # the engine failing is not the item's fault: it stops the run (a rerun resumes)
+            if getattr(e, "status", 400) >= 500:
+                raise RuntimeError(f"{self.name}: {e}") from None
+            raise
+        return Reply(done.text, prompt.pages, prompt.visual_tokens, time.perf_counter() - t0)
 
-    def _decode(self, inputs: dict, max_new_tokens: int) -> str:
-        import torch
-
-        gm = self.model
-        with torch.no_grad():
-            out = gm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        ids = [t for t in out[0, inputs["input_ids"].shape[1]:].tolist() if t != gm.tokenizer.pad_token_id]
-        return gm.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def _generate_text(self, user: str, max_new_tokens: int) -> str:
-        gm = self.model
-        gm.prompts.check_text(user, "context")
-        prompt = gm.prompts.prompt([], user)
-        enc = gm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        ids = enc["input_ids"].to(gm.device)
-        if gm.max_positions and ids.shape[1] + max_new_tokens > gm.max_positions:
-            raise ValueError(f"the text prompt needs {ids.shape[1] + max_new_tokens} positions, over the model's "
-                             f"{gm.max_positions}")
-        inputs = dict(input_ids=ids, attention_mask=enc["attention_mask"].to(gm.device))
-        if gm.model_type == "glm4v":
-            inputs["mm_token_type_ids"] = ids.new_zeros(ids.shape)
-        return self._decode(inputs, max_new_tokens)
-
-    def _generate_images(self, item) -> tuple[str, int, int]:
-        import torch
-
-        from ..models.prompt import tokens_per_image
-        from ..ops.pixel_values import pixel_values_from_pages
-
-        gm = self.model
-        pages = [torch.from_numpy(p.copy()) for p in page_images(item, gm.render_config)]
-        dtype = gm.model.dtype if gm.model.dtype in (torch.float32, torch.bfloat16) else torch.float32
-        pv, grid = pixel_values_from_pages(pages, gm.model_type, dtype=dtype)
-        per = tokens_per_image(grid)
-        enc = gm.tokenizer(gm.prompts.prompt(per, item.question), return_tensors="pt", add_special_tokens=False)
-        ids = enc["input_ids"].to(gm.device)
-        inputs = dict(input_ids=ids, attention_mask=enc["attention_mask"].to(gm.device), pixel_values=pv.to(gm.device),
-                      image_grid_thw=grid.to(gm.device), mm_token_type_ids=(ids == gm.image_token_id).long())
-        if gm.max_positions and ids.shape[1] + item.max_new_tokens > gm.max_positions:
-            raise ValueError(f"item {item.id}: {len(pages)} pages need {ids.shape[1] + item.max_new_tokens} positions, "
-                             f"over the model's {gm.max_positions}")
-        return self._decode(inputs, item.max_new_tokens), len(pages), sum(per)
+    def close(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.shutdown()
+                self._engine = None
 
 
 def parse_openai_spec(spec: str) -> tuple[str, str | None]:

@@ -60,9 +60,10 @@ class EvalObjective:
 
     accuracy is the harness's mean score as a fraction (its percent / 100), compression its text
     tokens / visual tokens over all items; extra holds the errors and per-task accuracies. `out`, a
-    directory, keeps each config's rows (the harness resumes them)."""
+    directory, keeps each config's rows (the harness resumes them). concurrency: items in flight at once (an
+    endpoint's requests, or an in-process checkpoint's answers batched by its engine)."""
 
-    def __init__(self, items, target, out=None, name: str | None = None):
+    def __init__(self, items, target, out=None, name: str | None = None, concurrency: int = 1):
         from ..eval import make_target
 
         self.items = list(items)
@@ -71,13 +72,16 @@ class EvalObjective:
         self.target = make_target(target)
         self.name = name or self.target.name
         self.out = out
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"evaluator.concurrency: {concurrency!r} must be an integer >= 1")
+        self.concurrency = concurrency
 
     def __call__(self, config: RenderConfig) -> Score:
         from ..eval import evaluate
         from .space import config_hash
 
         out = None if self.out is None else f"{self.out}/{config_hash(config)}.jsonl"
-        r = evaluate(config, self.items, self.target, out=out, progress=False)
+        r = evaluate(config, self.items, self.target, out=out, progress=False, concurrency=self.concurrency)
         return Score(r.accuracy / 100.0, float(r.compression),
                      {"errors": r.errors, "by_task": {k: round(v / 100, 6) for k, v in r.by_task.items()}})
 
@@ -86,7 +90,7 @@ class EvalObjective:
 
 
 def eval_objective(target: str, items: str | None = None, ruler: dict | None = None, out: str | None = None,
-                   **target_kw) -> EvalObjective:
+                   concurrency: int = 1, **target_kw) -> EvalObjective:
     """An EvalObjective from settings: `items` a JSONL file (glyph_rt.eval.save_items) or `ruler`, the
     arguments of glyph_rt.eval.benchmarks.ruler.generate (tasks, lengths, n, seed: RULER's synthetic
     tasks, generated here); `target` a checkpoint directory or openai:URL[:MODEL]; other keys go to
@@ -107,7 +111,7 @@ def eval_objective(target: str, items: str | None = None, ruler: dict | None = N
             raise ValueError(f"evaluator.ruler: {e}") from None
     else:
         found = load_items(items)
-    return EvalObjective(found, make_target(target, **target_kw), out=out)
+    return EvalObjective(found, make_target(target, **target_kw), out=out, concurrency=concurrency)
 
 
 def make_objective(settings: dict) -> Objective:
@@ -125,7 +129,8 @@ def make_objective(settings: dict) -> Objective:
     if kind == "eval":
         if not ev.get("target"):
             raise ValueError("evaluator: kind eval needs target (a checkpoint directory or openai:URL[:MODEL])")
-        known = {"items", "ruler", "target", "out", "device", "kernels", "dtype", "api_key", "timeout"}
+        known = {"items", "ruler", "target", "out", "concurrency", "device", "kernels", "dtype", "api_key",
+                 "timeout"}
         if set(ev) - known:
             raise ValueError(f"evaluator: unknown key(s) {sorted(set(ev) - known)} for kind eval "
                              f"(known: {', '.join(sorted(known))})")
