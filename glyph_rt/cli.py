@@ -294,13 +294,14 @@ def cmd_eval(args) -> int:
     for name in ("data", "documents", "squad", "hotpotqa", "config"):
         if getattr(args, name) and not Path(getattr(args, name)).exists():
             raise UsageError(f"--{name} {getattr(args, name)!r} does not exist")
-    for t in args.target:
+    checks = [("--target", t) for t in args.target] + ([("--extractor", args.extractor)] if args.extractor else [])
+    for flag, t in checks:
         if not t.startswith("openai:") and not Path(t).is_dir():
-            raise UsageError(f"--target {t!r} is neither a checkpoint directory nor openai:URL[:MODEL]")
+            raise UsageError(f"{flag} {t!r} is neither a checkpoint directory nor openai:URL[:MODEL]")
     args.preset = None
     s = run_suite(args.suite, args.target, out=_check_out_dir(args.out), config=_config(args), dpis=dpis,
                   as_text=args.as_ == "text", progress=not args.quiet, max_new_tokens=args.max_new_tokens,
-                  concurrency=args.concurrency,
+                  concurrency=args.concurrency, extractor=args.extractor,
                   target_kwargs={"device": args.device} if args.device else None, data=args.data, lengths=lengths,
                   limit=args.limit, seed=args.seed, tasks=args.tasks.split(",") if args.tasks else None,
                   uuid=args.uuid, squad=args.squad, hotpotqa=args.hotpotqa, documents=args.documents,
@@ -520,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--concurrency", type=_positive_int("--concurrency"), default=1,
                     help="items in flight at once: requests to an endpoint, or answers an in-process checkpoint's "
                          "engine batches together (default: 1)")
+    ev.add_argument("--extractor", help="MMLongBench-Doc: a target (openai:URL[:MODEL] or a checkpoint) that extracts "
+                    "the short answer from each response before scoring, as the benchmark's reference does with "
+                    "GPT-4o (default: score the response as given)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
     st = sub.add_parser("styles", help="sample rendering styles: contact sheet, distribution plot, configs")

@@ -10,7 +10,7 @@ import pytest
 
 from glyph_rt import RenderConfig
 from glyph_rt.eval import Item, evaluate, make_target, read_rows
-from glyph_rt.eval.targets import GlyphModelTarget, OpenAITarget, parse_openai_spec
+from glyph_rt.eval.targets import GlyphModelTarget, OpenAITarget, Target, parse_openai_spec
 
 CFG = RenderConfig(page_size=(200, 150))
 
@@ -237,3 +237,64 @@ def test_concurrent_run_stops_on_a_server_failure_and_resumes(tmp_path):
     t.down = set()
     r = evaluate(CFG, items(), t, as_text=True, out=tmp_path, progress=False, concurrency=2)
     assert r.accuracy == 100.0 and len(read_rows(tmp_path / "results.jsonl")) == 4
+
+
+class Verbose(Target):
+    """Answers every item with a sentence around its answer, as a chatty model does."""
+    name = "verbose"
+
+    def answer(self, item, config, *, as_text=False):
+        from glyph_rt.eval.targets import Reply
+
+        return Reply(f"Looking at page 3, the total comes to {item.metadata['spelled']} dollars.", 1, 10, 0.0)
+
+
+def test_mmlongbench_scores_the_extracted_answer(tmp_path):
+    """An extractor behind a real OpenAI-compatible endpoint turns each response into the short answer that
+    MMLongBench-Doc's rule-based score reads; rows keep both; a rerun without it scores the raw response again."""
+    import json
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from glyph_rt.eval.extract import AnswerExtractor
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][-1]["content"]
+            seen.append(prompt)
+            words = {"forty-two": "42", "seven": "7"}
+            short = next((v for k, v in words.items() if k in prompt), "Not answerable")
+            out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                              "choices": [{"index": 0, "finish_reason": "stop",
+                                           "message": {"role": "assistant", "content": f"Short answer: {short}\n"}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out.encode())
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    its = [Item(id=f"d{i}", context="", question=f"Answer from the pages.\n\nQuestion: {q}", answers=[a],
+                metric="mmlongbench", images=[str(tmp_path / "p.png")],
+                metadata={"answer_format": "Int", "question": q, "spelled": w, "kind": "SP"})
+           for i, (q, a, w) in enumerate([("What is the total?", "42", "forty-two"), ("How many?", "8", "seven")])]
+    try:
+        ext = AnswerExtractor(f"openai:http://127.0.0.1:{server.server_port}/v1:judge")
+        r = evaluate(CFG, its, Verbose(), out=tmp_path / "run", progress=False, extractor=ext, tokenizer=None)
+        assert [x["extracted"] for x in r.rows] == ["42", "7"] and [x["score"] for x in r.rows] == [1.0, 0.0]
+        assert all(x["extractor"] == "judge" and x["prediction"].startswith("Looking") for x in r.rows)
+        assert "Question: What is the total?\n" in seen[0] and "integer" in seen[0] and "Answer from" not in seen[0]
+        again = evaluate(CFG, its, Verbose(), out=tmp_path / "run", progress=False, extractor=ext, tokenizer=None)
+        assert len(seen) == 2 and again.rows == r.rows  # resumed: nothing asked again
+    finally:
+        server.shutdown()
+    raw = evaluate(CFG, its, Verbose(), out=tmp_path / "run", progress=False, tokenizer=None)
+    assert [x["score"] for x in raw.rows] == [0.0, 0.0] and "extracted" not in raw.rows[0]
+    rows = read_rows(tmp_path / "run" / "results.jsonl")  # the rerun's rows replace the extracted ones
+    assert len(rows) == 2 and all("extractor" not in x for x in rows)

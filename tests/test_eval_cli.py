@@ -94,6 +94,9 @@ def test_eval_bad_input(ckpt, tmp_path, capsys, extra, message):
 def test_eval_bad_target_and_data(tmp_path, capsys):
     assert main(["eval", "--suite", "ruler", "--target", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "neither a checkpoint directory nor openai:URL" in capsys.readouterr().err
+    assert main(["eval", "--suite", "ruler", "--target", "openai:http://127.0.0.1:9/v1:m", "--extractor",
+                 str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert "--extractor" in capsys.readouterr().err
     assert main(["eval", "--suite", "longbench", "--target", "openai:http://127.0.0.1:9/v1:m",
                  "--out", str(tmp_path / "lb")]) == 2
     assert "--data PATH" in capsys.readouterr().err

@@ -4,10 +4,11 @@
     result = evaluate(RenderConfig(), items, make_target("path/to/ckpt"), out="runs/x")
     result.accuracy, result.compression, result.rows
 """
+from .extract import AnswerExtractor
 from .harness import EvalResult, evaluate, read_rows
 from .item import Item, load_items, save_items
 from .metrics import METRICS, score
 from .targets import GlyphModelTarget, OpenAITarget, Reply, Target, make_target
 
 __all__ = ["evaluate", "EvalResult", "Item", "make_target", "Target", "GlyphModelTarget", "OpenAITarget", "Reply",
-           "METRICS", "score", "load_items", "save_items", "read_rows"]
+           "METRICS", "score", "load_items", "save_items", "read_rows", "AnswerExtractor"]

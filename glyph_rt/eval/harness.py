@@ -18,6 +18,7 @@ from ..fileio import cut_torn_tail
 from ..render.config import RenderConfig
 from .item import Item
 from .metrics import score
+from .extract import AnswerExtractor
 from .targets import Target, make_target
 
 RESULTS_FILE = "results.jsonl"
@@ -77,7 +78,8 @@ class EvalResult:
 
 
 def read_rows(path) -> list[dict]:
-    """The complete rows of a results file (a torn last line is ignored)."""
+    """The complete rows of a results file (a torn last line is ignored); a later row of the same item in the same
+    run (target, mode, config) replaces an earlier one in its place (an item scored again with another extractor)."""
     p = Path(path)
     if not p.exists():
         return []
@@ -89,7 +91,10 @@ def read_rows(path) -> list[dict]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             raise ValueError(f"{p}: a line is not JSON ({line[:60]!r}); the file is not a results file") from None
-    return rows
+    latest = {}
+    for r in rows:
+        latest[(r.get("id"), r.get("target"), r.get("mode"), r.get("config_key"))] = r
+    return list(latest.values())
 
 
 def _results_path(out) -> Path | None:
@@ -104,13 +109,15 @@ def _results_path(out) -> Path | None:
 
 def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text: bool = False, out=None,
              tokenizer: str | None = "default", progress: bool = True, extra: dict | None = None,
-             max_new_tokens: int | None = None, concurrency: int = 1) -> EvalResult:
+             max_new_tokens: int | None = None, concurrency: int = 1, extractor=None) -> EvalResult:
     """Scores `target` (a Target or a spec for make_target) on `items`, rendering contexts with `config`
     (or sending them as text with as_text). out: a .jsonl file or a directory (results.jsonl in it) that
     receives one row per item and makes the run resumable. tokenizer: counts each context's text tokens
     (default: Qwen's; None skips). extra: fields added to every row (e.g. dpi). max_new_tokens: caps each
-    item's generation budget (quick runs). concurrency: requests in flight at once for targets that allow it
-    (endpoints; an in-process model answers one item at a time)."""
+    item's generation budget (quick runs). concurrency: items in flight at once (an endpoint's requests, an
+    in-process checkpoint's batch). extractor: an AnswerExtractor (or a make_target spec of one): items whose
+    metric needs it (MMLongBench-Doc) are scored on the short answer it extracts from the prediction; rows
+    scored with another extractor, or none, are run again."""
     from tqdm import tqdm
 
     from ..render.tokens import get_tokenizer
@@ -127,6 +134,12 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
             raise ValueError(f"{len(no_text)} items have page images and no text (e.g. {no_text[0]}): they cannot be "
                              "sent as text")
     target = make_target(target) if not isinstance(target, Target) else target
+    if extractor is not None and not isinstance(extractor, AnswerExtractor):
+        extractor = AnswerExtractor(extractor)
+    by_id = {it.id: it for it in items}
+
+    def extractor_of(it: Item) -> AnswerExtractor | None:
+        return extractor if extractor is not None and extractor.applies(it) else None
     mode = "text" if as_text else "image"
     ckey = "text" if as_text else config_key(config)  # text rows do not depend on the render config
     path = _results_path(out)
@@ -134,7 +147,10 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
     if path is not None:
         cut_torn_tail(path)
         for r in read_rows(path):
-            if r.get("target") == target.name and r.get("mode") == mode and r.get("config_key") == ckey:
+            it = by_id.get(r.get("id"))
+            if (it is not None and r.get("target") == target.name and r.get("mode") == mode
+                    and r.get("config_key") == ckey
+                    and r.get("extractor") == getattr(extractor_of(it), "name", None)):
                 done[r["id"]] = r
     tok = get_tokenizer(None if tokenizer == "default" else tokenizer) if tokenizer else None
     todo = [it for it in items if it.id not in done]
@@ -154,7 +170,15 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
                        compression=None, latency_s=time.perf_counter() - t0, error=str(e))
         else:
             vis = reply.visual_tokens
-            row.update(prediction=reply.text, score=score(it, reply.text), answers=it.answers,
+            scored = reply.text
+            ext = extractor_of(it)
+            if ext is not None:
+                try:
+                    scored = ext(it, reply.text)
+                except ValueError as e:  # the extractor's server rejected the request: scored on the raw answer
+                    row["error"] = f"extraction failed: {e}"
+                row.update(extractor=ext.name, extracted=scored)
+            row.update(prediction=reply.text, score=score(it, scored), answers=it.answers,
                        text_tokens=text_tokens, visual_tokens=vis, pages=reply.pages,
                        compression=(text_tokens / vis if vis and text_tokens else (1.0 if as_text else None)),
                        latency_s=round(reply.latency_s, 6))

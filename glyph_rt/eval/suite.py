@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from ..render.config import RenderConfig
+from .extract import AnswerExtractor
 from .harness import RESULTS_FILE, evaluate, read_rows
 from .item import Item, load_items, save_items
 
@@ -59,9 +60,10 @@ def configs_for(config: RenderConfig | None, dpis=None) -> list[RenderConfig]:
 def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, config: RenderConfig | None = None,
               dpis=None, as_text: bool = False, progress: bool = True, target_kwargs: dict | None = None,
               tokenizer: str | None = "default", max_new_tokens: int | None = None, concurrency: int = 1,
-              **item_kwargs) -> dict:
+              extractor=None, **item_kwargs) -> dict:
     """Runs every target (specs or Targets) on the suite's items at each config (image mode) or once as text;
-    writes the results, summary and plots under `out`; returns the summary dict."""
+    writes the results, summary and plots under `out`; returns the summary dict. extractor: evaluate's (an
+    AnswerExtractor or a make_target spec), for MMLongBench-Doc."""
     from . import report
     from .targets import Target, make_target
 
@@ -86,17 +88,24 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
         raise ValueError(f"suite {suite}: no items (check --data, --tasks and --limit)")
     cfgs = configs_for(config, dpis)
     summaries = []
-    for spec in targets:
-        target = spec if isinstance(spec, Target) else make_target(spec, **(target_kwargs or {}))
-        try:
-            for cfg in ([cfgs[0]] if as_text else cfgs):
-                r = evaluate(cfg, items, target, as_text=as_text, out=out / RESULTS_FILE, tokenizer=tokenizer,
-                             progress=progress, extra=None if as_text else {"dpi": cfg.dpi},
-                             max_new_tokens=max_new_tokens, concurrency=concurrency)
-                summaries.append({**r.summary(), "dpi": None if as_text else cfg.dpi})
-        finally:
-            if not isinstance(spec, Target):
-                target.close()
+    own_extractor = extractor is not None and not isinstance(extractor, AnswerExtractor)
+    if own_extractor:
+        extractor = AnswerExtractor(extractor)
+    try:
+        for spec in targets:
+            target = spec if isinstance(spec, Target) else make_target(spec, **(target_kwargs or {}))
+            try:
+                for cfg in ([cfgs[0]] if as_text else cfgs):
+                    r = evaluate(cfg, items, target, as_text=as_text, out=out / RESULTS_FILE, tokenizer=tokenizer,
+                                 progress=progress, extra=None if as_text else {"dpi": cfg.dpi},
+                                 max_new_tokens=max_new_tokens, concurrency=concurrency, extractor=extractor)
+                    summaries.append({**r.summary(), "dpi": None if as_text else cfg.dpi})
+            finally:
+                if not isinstance(spec, Target):
+                    target.close()
+    finally:
+        if own_extractor:
+            extractor.close()
     rows = read_rows(out / RESULTS_FILE)
     md = report.markdown(rows, suite)
     _write(out / "summary.md", md)
@@ -110,3 +119,4 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+

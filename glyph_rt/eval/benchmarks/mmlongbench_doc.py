@@ -3,8 +3,9 @@
 samples.json (a list of {doc_id, doc_type, question, answer, evidence_pages, evidence_sources, answer_format})
 and a directory of the PDFs; every document is converted once with `pdftoppm -r DPI -png` into a page cache
 (pages_dir/<doc>/page-N.png, written to a temporary directory and renamed into place). The pages are sent as
-images; there is no text context (no text baseline). Scored by MMLongBench-Doc's rule-based eval_score on the
-model's answer as given (the reference first asks GPT-4o to extract a short answer, which is not done here).
+images; there is no text context (no text baseline). Scored by MMLongBench-Doc's rule-based eval_score: on the
+short answer an LLM extracts from the model's response when evaluate gets an extractor (glyph_rt.eval.extract; the
+reference uses GPT-4o), else on the response as given (lower scores).
 The report gives the paper's Table 4 columns: single-page (SP), cross-page (CP), unanswerable (UA), Acc, F1.
 
     items = load("samples.json", "documents/", "cache/pages", dpi=144, limit=50)
@@ -81,5 +82,5 @@ def load(samples, documents, pages_dir, dpi: int = 144, limit: int | None = None
             id=f"mmlb-{i}", context="", question=PROMPT.format(question=s["question"]), answers=[answer],
             metric="mmlongbench", images=[str(p) for p in pages], max_new_tokens=MAX_NEW_TOKENS,
             metadata={"task": str(s.get("doc_type", "doc")), "kind": kind, "answer_format": s.get("answer_format", "Str"),
-                      "doc_id": s["doc_id"], "evidence_pages": json.dumps(evidence)}))
+                      "doc_id": s["doc_id"], "evidence_pages": json.dumps(evidence), "question": s["question"]}))
     return items
