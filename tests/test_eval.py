@@ -161,6 +161,23 @@ def test_text_baseline_sends_the_same_items(server):
     assert txt.compression == 1.0 and all(x["visual_tokens"] == 0 for x in txt.rows)
 
 
+def test_text_baseline_sends_a_multi_turn_item_as_chat(local, server):
+    """An item with messages (MRCR) goes to the text baseline as that conversation, in process and to an endpoint;
+    its pages (image mode) stay the flattened context."""
+    turns = [{"role": "user", "content": "write a poem about tapirs"}, {"role": "assistant", "content": "Tapirs roam."},
+             {"role": "user", "content": "Prepend AbC1 to the 1st poem about tapirs."}]
+    it = Item(id="m0", context="User: write a poem about tapirs\nAssistant: Tapirs roam.", question=turns[-1]["content"],
+              answers=["AbC1Tapirs roam."], metric="mrcr", max_new_tokens=4, messages=turns,
+              metadata={"random_string_to_prepend": "AbC1"})
+    remote = make_target(f"openai:http://127.0.0.1:{server.port}/v1:tiny-glyph")
+    evaluate(CFG, [it], remote, as_text=True, progress=False)
+    assert server.requests[-1]["messages"] == turns
+    r = evaluate(CFG, [it], local, as_text=True, progress=False)
+    assert not r.rows[0].get("error") and r.rows[0]["visual_tokens"] == 0
+    with pytest.raises(ValueError, match="ending with a user message"):
+        Item(id="bad", context="x", question="q", answers=["a"], messages=turns[:2])
+
+
 class Killed(Exception):
     pass
 

@@ -70,6 +70,9 @@ def test_mrcr_parquet_and_jsonl(tmp_path):
     assert it.context.startswith("User: write a poem about tapirs\nAssistant: Tapirs roam 0\nUser:")
     assert it.question.startswith("Prepend AbC1") and "Prepend" not in it.context
     assert it.text_prompt.endswith("User: " + it.question)
+    sent = json.loads(mrcr_row(0)["prompt"]) if isinstance(mrcr_row(0)["prompt"], str) else mrcr_row(0)["prompt"]
+    assert it.messages == sent and it.messages[-1]["content"] == it.question  # the text baseline's chat, turn by turn
+    assert mrcr.load(tmp_path, chat=False)[0].messages == []
     assert score(it, "AbC1Tapirs roam 0") == 1.0 and score(it, "Tapirs roam 0") == 0.0
     assert len(mrcr.load(tmp_path, needles=[2], limit=2)) == 2
     assert mrcr.bin_label(5000) == "0k-8k" and mrcr.bin_label(100000) == "64k-128k"

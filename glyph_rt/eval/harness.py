@@ -129,7 +129,7 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
         dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
         raise ValueError(f"item ids must be unique; repeated: {', '.join(dup)}")
     if as_text:
-        no_text = [it.id for it in items if not it.context and not it.text_prompt]
+        no_text = [it.id for it in items if not it.context and not it.text_prompt and not it.messages]
         if no_text:
             raise ValueError(f"{len(no_text)} items have page images and no text (e.g. {no_text[0]}): they cannot be "
                              "sent as text")

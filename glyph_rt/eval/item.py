@@ -13,7 +13,9 @@ class Item:
     glyph_rt.eval.metrics.METRICS; metadata: task, length, depth, ... (copied into each result row).
     images: page image files instead of a text context (document benchmarks); max_new_tokens: the task's
     generation budget (RULER's tokens_to_generate); text_prompt: the whole user turn of the text baseline when the
-    benchmark words it differently from the pages' question (default: context, a blank line, question)."""
+    benchmark words it differently from the pages' question (default: context, a blank line, question); messages:
+    the text baseline's whole conversation instead, for a multi-turn benchmark (MRCR: [{"role", "content"}, ...],
+    ending with the user's request)."""
     id: str
     context: str
     question: str
@@ -23,6 +25,7 @@ class Item:
     images: list = field(default_factory=list)
     max_new_tokens: int = 128
     text_prompt: str = ""
+    messages: list = field(default_factory=list)
 
     def __post_init__(self):
         from .metrics import METRICS
@@ -42,6 +45,11 @@ class Item:
             raise ValueError(f"item {self.id}: metric {self.metric!r} is unknown; choose from {', '.join(METRICS)}")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"item {self.id}: max_new_tokens {self.max_new_tokens!r} must be an integer >= 1")
+        if self.messages and (not isinstance(self.messages, list) or not all(
+                isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                and isinstance(m.get("content"), str) for m in self.messages) or self.messages[-1]["role"] != "user"):
+            raise ValueError(f"item {self.id}: messages must be a list of {{role: system|user|assistant, content: "
+                             "str}} ending with a user message")
 
     @property
     def task(self) -> str:
@@ -52,7 +60,8 @@ class Item:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Item":
-        known = {"id", "context", "question", "answers", "metric", "metadata", "images", "max_new_tokens", "text_prompt"}
+        known = {"id", "context", "question", "answers", "metric", "metadata", "images", "max_new_tokens", "text_prompt",
+                 "messages"}
         extra = set(d) - known
         if extra:
             raise ValueError(f"item {d.get('id')!r}: unknown fields {sorted(extra)}")

@@ -39,6 +39,11 @@ def text_prompt(item) -> str:
     return f"{item.context}\n\n{item.question}" if item.question else item.context
 
 
+def text_messages(item) -> list[dict]:
+    """The text baseline's conversation: the item's messages (a multi-turn benchmark), else one user turn."""
+    return [dict(m) for m in item.messages] if item.messages else [{"role": "user", "content": text_prompt(item)}]
+
+
 class Target:
     name: str = "target"
     model_type: str = "glm4v"  # whose resize rule counts the visual tokens of pages
@@ -109,7 +114,7 @@ class GlyphModelTarget(Target):
         t0 = time.perf_counter()
         media = None
         if as_text:
-            content = text_prompt(item)
+            messages = text_messages(item)
         else:
             if item.images:
                 files = [str(Path(p).resolve()) for p in item.images]
@@ -122,11 +127,12 @@ class GlyphModelTarget(Target):
                 content = [{"type": "glyph", "glyph": {"text": item.context}}]
             if item.question:
                 content.append({"type": "text", "text": item.question})
+            messages = [{"role": "user", "content": content}]
         # no threshold: the context is rendered as a glyph part, the question and the text baseline stay text
         opts = InputOptions(config.validate(), self.name, threshold=sys.maxsize, max_pages=100_000,
                             allowed_media_dir=media, max_image_bytes=1 << 30)
         engine = self.engine
-        prompt = build_prompt(self.model, [{"role": "user", "content": content}], opts, None, engine.cache)
+        prompt = build_prompt(self.model, messages, opts, None, engine.cache)
         try:
             done = engine.complete(prompt, SamplingParams(max_tokens=item.max_new_tokens, temperature=0))
         except ValueError as e:  # the engine failing is not the item's fault: it stops the run (a rerun resumes)
@@ -193,7 +199,7 @@ class OpenAITarget(Target):
 
         t0 = time.perf_counter()
         if as_text:
-            content = text_prompt(item)
+            messages = text_messages(item)
             pages = vis = 0
         else:
             images = page_images(item, config)
@@ -202,8 +208,9 @@ class OpenAITarget(Target):
                 content.append({"type": "text", "text": item.question})
             pages = len(images)
             vis = sum(visual_tokens([(im.shape[1], im.shape[0]) for im in images], self.model_type))
-        r = self._call(self.client.chat.completions.create, model=self.model,
-                       messages=[{"role": "user", "content": content}], temperature=0, max_tokens=item.max_new_tokens)
+            messages = [{"role": "user", "content": content}]
+        r = self._call(self.client.chat.completions.create, model=self.model, messages=messages, temperature=0,
+                       max_tokens=item.max_new_tokens)
         text = r.choices[0].message.content or ""
         return Reply(text, pages, vis, time.perf_counter() - t0)
 

@@ -3,7 +3,8 @@
 Each row has prompt (a JSON list of chat messages), answer, random_string_to_prepend, n_needles,
 desired_msg_index, total_messages and n_chars. As in Glyph's evaluation, the conversation before the final
 request is rendered as pages, one turn per line block ("User: ..." / "Assistant: ..."), and the final request
-stays text; the text baseline gets the same flattened conversation followed by the request. Scored by the
+stays text. The text baseline gets the conversation as chat messages, turn by turn, as MRCR's own evaluation
+sends it (load(..., chat=False): the same flattened text as the pages, followed by the request). Scored by the
 sequence ratio with the prefix rule (metrics.mrcr). Lengths are binned by text tokens in the report
 (0k-8k ... 64k-128k, as the paper's Table 2).
 
@@ -33,7 +34,7 @@ def flatten(messages: list[dict]) -> str:
     return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
 
 
-def item_from_row(row: dict, index: int, source: str = "") -> Item:
+def item_from_row(row: dict, index: int, source: str = "", chat: bool = True) -> Item:
     where = f"{source}:{index + 1}" if source else f"row {index}"
     missing = [k for k in ("prompt", "answer", "random_string_to_prepend") if k not in row]
     if missing:
@@ -51,7 +52,8 @@ def item_from_row(row: dict, index: int, source: str = "") -> Item:
     context = flatten(history)
     return Item(id=str(row.get("unique_id") or f"mrcr{n}-{index}"), context=context, question=request["content"],
                 answers=[row["answer"]], metric="mrcr", max_new_tokens=MAX_NEW_TOKENS, metadata=meta,
-                text_prompt=f"{context}\n\nUser: {request['content']}")
+                text_prompt=f"{context}\n\nUser: {request['content']}",
+                messages=[{"role": m["role"], "content": m["content"]} for m in messages] if chat else [])
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -78,9 +80,10 @@ def read_rows(path: Path) -> list[dict]:
     raise ValueError(f"{path}: MRCR data must be .parquet, .jsonl or .json")
 
 
-def load(path, needles=None, limit: int | None = None, max_chars: int | None = None) -> list[Item]:
+def load(path, needles=None, limit: int | None = None, max_chars: int | None = None, chat: bool = True) -> list[Item]:
     """Items from an MRCR file or a directory of them (searched recursively), keeping rows with n_needles in
-    `needles` and at most `max_chars` characters, `limit` per needle count."""
+    `needles` and at most `max_chars` characters, `limit` per needle count; chat: the text baseline's messages
+    (else the flattened text)."""
     p = Path(path)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix in (".parquet", ".jsonl", ".json"))
@@ -100,7 +103,7 @@ def load(path, needles=None, limit: int | None = None, max_chars: int | None = N
                 continue
             if limit and counts.get(n, 0) >= limit:
                 continue
-            it = item_from_row(row, i, str(f))
+            it = item_from_row(row, i, str(f), chat)
             if "unique_id" not in row:
                 it.id = f"{f.stem}-{i}"
             items.append(it)
