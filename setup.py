@@ -66,7 +66,7 @@ EXTRAS_REQUIRE = {
 EXTRAS_REQUIRE["test"] = list(dict.fromkeys([
     "pytest", "hypothesis", "matplotlib", "transformers>=5.0",
     *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"], *EXTRAS_REQUIRE["train"], *EXTRAS_REQUIRE["eval"],
-    *EXTRAS_REQUIRE["search"], *EXTRAS_REQUIRE["serve"]]))
+    *EXTRAS_REQUIRE["search"], *EXTRAS_REQUIRE["serve"], *EXTRAS_REQUIRE["eval-zh"]]))
 
 
 class CMakeExtension(Extension):

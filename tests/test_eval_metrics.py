@@ -120,3 +120,17 @@ def test_mmlongbench_rules():
 def test_score_uses_the_item_metric():
     it = Item(id="a", context="c", question="q", answers=["Paragraph 2"], metric="retrieval")
     assert score(it, "Paragraph 2") == 1.0
+
+
+def test_longbench_chinese_metrics_on_known_strings():
+    """LongBench's qa_f1_zh and rouge_zh segment with jieba (the eval-zh extra), worked by hand:
+    北京是中国的首都 -> 北京 / 是 / 中国 / 的 / 首都."""
+    pytest.importorskip("jieba")
+    from glyph_rt.eval.metrics import qa_f1_zh_one, retrieval_zh_one, rouge_zh_one
+
+    assert qa_f1_zh_one("北京是中国的首都", "北京") == pytest.approx(2 * 0.2 / 1.2)  # P 1/5, R 1
+    assert qa_f1_zh_one("答案：北京。", "北京") == pytest.approx(2 / 3)  # punctuation tokens drop out
+    assert rouge_zh_one("北京是中国的首都", "北京是首都") == pytest.approx(0.75, abs=1e-6)  # LCS 3: P 3/5, R 1
+    assert retrieval_zh_one("段落3", "段落3") == 1.0
+    it = Item(id="z", context="文", question="问", answers=["北京", "首都北京"], metric="qa_f1_zh")
+    assert score(it, "北京") == 1.0
