@@ -16,9 +16,9 @@ from pathlib import Path
 
 from ..fileio import cut_torn_tail
 from ..render.config import RenderConfig
+from .extract import AnswerExtractor
 from .item import Item
 from .metrics import score
-from .extract import AnswerExtractor
 from .targets import Target, make_target
 
 RESULTS_FILE = "results.jsonl"
@@ -134,7 +134,8 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
             raise ValueError(f"{len(no_text)} items have page images and no text (e.g. {no_text[0]}): they cannot be "
                              "sent as text")
     target = make_target(target) if not isinstance(target, Target) else target
-    if extractor is not None and not isinstance(extractor, AnswerExtractor):
+    own_extractor = extractor is not None and not isinstance(extractor, AnswerExtractor)
+    if own_extractor:
         extractor = AnswerExtractor(extractor)
     by_id = {it.id: it for it in items}
 
@@ -216,4 +217,6 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
         bar.close()
         if f is not None:
             f.close()
+        if own_extractor:
+            extractor.close()
     return EvalResult([rows_by_id[i] for i in ids], target.name, mode, config.to_dict())
