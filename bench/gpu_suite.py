@@ -4,7 +4,7 @@ the --full and --train-serve commands, 10 at most each).
     bash bench/gpu_suite.sh OUTDIR             # build, tests, sanitizers, benchmarks, OUTDIR/summary.md
     bash bench/gpu_suite.sh OUTDIR --full      # second command: bench_e2e at 8K-128K, bench_serve_backbone
     bash bench/gpu_suite.sh OUTDIR --train-serve  # third command: bench_train, bench_data (the loader while
-                                               # a 9B SFT step trains), bench_serve
+                                               # a 9B SFT step trains), bench_loss, bench_serve
     bash bench/gpu_suite.sh OUTDIR --cpu-smoke # the same steps at tiny sizes on the CPU (automatic without a GPU)
 
 Every step runs in its own process group under its own time budget (and within what is left of the
@@ -110,6 +110,8 @@ def plan(args, out: Path, cuda: bool) -> list[Step]:
         steps.append(Step("bench-data", 150, [py + ["bench/bench_data.py", "--device", "cuda", "--repeat", "1",
                                                     "--with-training", "--seconds", "10", "--out", str(out), *res]],
                           skip=nocuda))
+        steps.append(Step("bench-loss", 60, [py + ["bench/bench_loss.py", "--device", "cuda", "--tokens", "8192,16384",
+                                                   "--hidden", "4096", "--out", str(out), *res]], skip=nocuda))
         steps.append(Step("bench-serve", 90, [py + ["bench/bench_serve.py", "--device", "cuda", "--vllm", "off",
                                                     "--out", str(out), *res]], skip=nocuda))  # vLLM's start: minutes
         return steps
@@ -264,7 +266,7 @@ def main(argv=None) -> int:
     which.add_argument("--full", action="store_true",
                        help="bench_e2e at 8K-128K and bench_serve_backbone (run after the first command)")
     which.add_argument("--train-serve", action="store_true", help="bench_train, bench_data with a 9B SFT step "
-                       "training beside the loader, bench_serve (a third command)")
+                       "training beside the loader, bench_loss, bench_serve (a third command)")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU, CUDA steps skipped")
     ap.add_argument("--results", action="store_true", help="benchmarks also write to bench/results/")
     ap.add_argument("--no-build", action="store_true", help="use the installed extension as it is")

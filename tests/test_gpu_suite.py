@@ -179,7 +179,7 @@ def test_every_gpu_benchmark_command_parses(tmp_path):
     cmds = [c for s in gpu_plan(tmp_path) + gpu_plan(tmp_path, "--full") + gpu_plan(tmp_path, "--train-serve")
             for c in s.cmds]
     benches = [c for c in cmds if c[1].startswith("bench/")]
-    assert len(benches) == 10
+    assert len(benches) == 11
     for c in benches:
         assert "--out" in c and "--results" not in c
         mod = importlib.import_module("bench." + Path(c[1]).stem)

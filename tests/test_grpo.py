@@ -194,3 +194,35 @@ def test_grpo_epochs_and_mini_batches_reuse_the_rollout(tmp_path):
     assert t.step == 2 and m["updates"] == 6 and m["clip_fraction"] > 0
     assert t.scheduler.last_epoch == 2  # once per rollout step, not per update
 
+
+
+def test_token_logps_on_response_tokens_equal_full_logits(tmp_path):
+    """GRPO's log-probs come from logits made only before response tokens: equal to log_softmax over the full
+    logits there, forward and backward."""
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.grpo import GlyphRollout, sequence_batch, token_logps
+    from glyph_rt.train.model import load_for_training
+
+    path = make_tiny_checkpoint(tmp_path / "tiny")
+    cfg = load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / 'run'}",
+                                   "model.gradient_checkpointing=false"])
+    gm = load_for_training(cfg.model, torch.device("cpu"))
+    torch.manual_seed(0)
+    groups = GlyphRollout(gm, max_new_tokens=5)([{"context": "red fox", "question": "Read the text."},
+                                                 {"context": "a much longer line of text here", "question": "Read."}], 2)
+    batch = sequence_batch([(g, j) for g in groups for j in range(2)], gm.image_token_id, gm.tokenizer.pad_token_id,
+                           torch.device("cpu"))
+    got = token_logps(gm.model, batch, temperature=0.7)
+    mask = batch["resp_mask"][:, 1:]
+    (got * mask).sum().backward()
+    g1 = [p.grad.clone() for p in gm.model.parameters()]
+    gm.model.zero_grad()
+    fwd = {k: v for k, v in batch.items() if k != "resp_mask"}
+    logits = gm.model(**fwd, use_cache=False).logits[:, :-1].float() / 0.7
+    want = torch.gather(torch.log_softmax(logits, -1), 2, batch["input_ids"][:, 1:, None]).squeeze(2)
+    (want * mask).sum().backward()
+    torch.testing.assert_close(got[mask], want[mask], rtol=1e-5, atol=1e-6)
+    assert torch.all(got[~mask] == 0) and int(mask.sum()) > 0
+    for a, b in zip(g1, [p.grad for p in gm.model.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

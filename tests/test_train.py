@@ -244,6 +244,29 @@ def test_qwen2_5_vl_trains(tmp_path):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("mode", ["pad", "pack"])
+def test_loss_on_kept_logits_equals_hf_loss(tiny, tmp_path, mode):
+    """token_loss_sum makes logits only before label tokens: the same summed loss and gradients as the model's own
+    loss over full logits (transformers' ForCausalLMLoss, a token mean, times the label count)."""
+    from glyph_rt.train.trainer import label_tokens, model_inputs, token_loss_sum
+
+    res = []
+    for ours in (True, False):
+        gm = load(cfg_for(tiny, tmp_path))
+        batch = ocr_samples(gm, WORDS[:3], mode=mode, per_batch=3)[0]
+        if ours:
+            loss = token_loss_sum(gm.model, batch, torch.device("cpu"))
+        else:
+            out = gm.model(**model_inputs(batch, torch.device("cpu")), labels=batch["labels"])
+            assert out.logits.shape[-2] == batch["input_ids"].shape[-1]  # every position's logits
+            loss = out.loss * label_tokens(batch)
+        loss.backward()
+        res.append((loss.item(), [p.grad.clone() for p in gm.model.parameters()]))
+    assert res[0][0] == pytest.approx(res[1][0], rel=1e-5)
+    for a, b in zip(res[0][1], res[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_packed_step_equals_unpacked(tiny, tmp_path):
     from glyph_rt.train.trainer import label_tokens, token_loss_sum
 

@@ -183,10 +183,17 @@ def sequence_batch(items: list[tuple[Group, int]], image_token_id: int, pad_id: 
 
 
 def token_logps(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
-    """log p(token t | tokens < t) for t >= 1 under the sampling temperature: [B, L - 1] (float32)."""
+    """log p(token t | tokens < t) for t >= 1 under the sampling temperature: [B, L - 1] (float32), on the response
+    tokens (zero elsewhere: logits are made only before a response token, not over the long prompt)."""
     fwd = {k: v for k, v in batch.items() if k != "resp_mask"}
-    logits = model(**fwd, use_cache=False).logits[:, :-1].float() / temperature
-    return torch.gather(F.log_softmax(logits, -1), 2, batch["input_ids"][:, 1:, None]).squeeze(2)
+    ids, resp = batch["input_ids"], batch["resp_mask"]
+    keep = torch.zeros_like(resp)
+    keep[:, :-1] = resp[:, 1:]
+    logits = model(**fwd, use_cache=False, logits_to_keep=keep).logits.float() / temperature  # [response tokens, V]
+    picked = torch.gather(F.log_softmax(logits, -1), 1, ids[:, 1:][resp[:, 1:]][:, None]).squeeze(1)
+    out = torch.zeros(ids.shape[0], ids.shape[1] - 1, dtype=picked.dtype, device=picked.device)
+    out[resp[:, 1:]] = picked
+    return out
 
 
 class GRPOTrainer(Trainer):

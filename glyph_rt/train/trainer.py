@@ -94,12 +94,16 @@ def label_tokens(batch: dict) -> int:
 
 
 def token_loss_sum(model, batch: dict, device: torch.device) -> torch.Tensor:
-    """Summed cross-entropy of the next-token predictions on every label that is not IGNORE_INDEX (float32)."""
-    out = model(**model_inputs(batch, device))
-    logits = out.logits[..., :-1, :].float()
-    labels = batch["labels"].to(device)[..., 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
+    """Summed cross-entropy of the next-token predictions on every label that is not IGNORE_INDEX (float32). Logits
+    are made only where a label follows (logits_to_keep): at long context the full [tokens, vocab] logits would
+    dwarf the rest of the step's memory (a 32K-token row of GLM-4.1V: ~20 GB in float32), and the loss is on the
+    answer tokens only."""
+    labels = batch["labels"].to(device)
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[..., :-1] = labels[..., 1:] != IGNORE_INDEX
+    out = model(**model_inputs(batch, device), logits_to_keep=keep)
+    logits = out.logits.float()  # [label tokens, vocab], rows in order
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[..., 1:][keep[..., :-1]], reduction="sum")
 
 
 def batch_counts(batch: dict, image_token_id: int | None) -> dict:
