@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -301,9 +302,11 @@ class GRPOTrainer(Trainer):
                 self.optimizer.zero_grad(set_to_none=True)
                 updates += 1
                 seen += total
-        if not updates:  # every draw was uniform: nothing to learn this step, keep FSDP's collectives in step
-            self._sync(True)
-        self.scheduler.step()  # the schedule counts rollout steps
+        with warnings.catch_warnings():
+            if not updates:  # every draw was uniform: nothing to learn this step, keep FSDP's collectives in step
+                self._sync(True)
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()  # the schedule counts rollout steps, updates or none
         self.step += 1
         names = sorted(self.rewards.weights)
         series = [[r for gr in groups for r in gr.rewards]] + [[x for gr in groups for x in gr.parts.get(name, [])]
