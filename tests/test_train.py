@@ -110,6 +110,52 @@ def test_bad_rl_config_names_the_key(tiny):
             load_config("rl", None, [f"model.path={tiny}", *over])
 
 
+def test_held_out_loss_config(tiny):
+    with pytest.raises(TrainConfigError, match="^data.eval_loader.corpus"):
+        load_config("sft", None, [f"model.path={tiny}", "eval_every=10"])
+    with pytest.raises(TrainConfigError, match="^eval_every"):
+        load_config("rl", None, [f"model.path={tiny}", "eval_every=10", "data.eval_loader={corpus: x.txt}"])
+    with pytest.raises(TrainConfigError, match="^data.eval_loader.bogus"):
+        from glyph_rt.train.data import loader_options
+
+        loader_options(load_config("sft", None, [f"model.path={tiny}", "data.eval_loader={bogus: 1}"]), True)
+
+
+def test_held_out_loss_is_logged_and_plotted(tiny, tmp_path):
+    """eval_every: the loss on the same held-out micro-batches every N steps (and at the end), in metrics.jsonl
+    and beside the training loss in curves.png; it falls while the model fits those very batches."""
+    from glyph_rt.train.metrics import read_jsonl
+    from glyph_rt.train.trainer import Trainer, label_tokens, token_loss_sum
+
+    cfg = cfg_for(tiny, tmp_path / "run", "data.global_batch=1", "optim.lr=3e-3", "steps=5", "eval_every=2",
+                  "eval_batches=2", "data.eval_loader={corpus: held.txt}", "plot=true", "optim.schedule=constant")
+    gm = load(cfg)
+    batches = ocr_samples(gm, WORDS[:2])
+    t = Trainer(cfg, gm, progress=False, eval_data=ListData(batches))
+    with torch.no_grad():
+        want = sum(float(token_loss_sum(gm.model, b, torch.device("cpu"))) for b in batches)
+    assert t.eval_loss() == pytest.approx(want / sum(label_tokens(b) for b in batches), rel=1e-5)
+    t.fit(ListData(batches))
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    held = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    assert [s for s, _ in held] == [2, 4, 5] and held[-1][1] < held[0][1]
+    assert (tmp_path / "run" / "curves.png").exists()
+
+
+def test_cli_trains_with_a_held_out_corpus(tiny, tmp_path):
+    from glyph_rt.cli import main
+
+    held = tmp_path / "held.txt"
+    held.write_text("A held-out paragraph the training corpus does not hold. " * 20, encoding="utf-8")
+    out = tmp_path / "sft"
+    assert main(["train", "sft", f"model.path={tiny}", f"out_dir={out}", "steps=2", "optim.warmup_steps=0",
+                 "tensorboard=false", "model.gradient_checkpointing=false", "data.global_batch=1", "eval_every=1",
+                 "eval_batches=1", "data.loader={max_pages: 1, window_chars: 300}",
+                 f"data.eval_loader={{corpus: {held}}}"]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["eval_loss"] > 0 for r in rows)
+
+
 def test_cli_bad_config_exits_2_before_compute(tiny, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "glyph_rt.train", "sft", f"model.path={tiny}", "optim.lr=fast",

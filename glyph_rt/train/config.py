@@ -63,6 +63,7 @@ class DataConfig:
     max_tokens: int = 0  # pack samples into varlen rows of at most this many tokens (0: no packing)
     workers: int = 0
     loader: dict = field(default_factory=dict)  # passed to the data engine's loader as it is
+    eval_loader: dict = field(default_factory=dict)  # the held-out data: data.loader keys over data.loader (corpus)
 
 
 @dataclass
@@ -92,6 +93,8 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/train"
     log_every: int = 1
+    eval_every: int = 0  # steps between held-out losses (cpt, sft; 0: none)
+    eval_batches: int = 8  # micro-batches per rank in each held-out loss
     save_every: int = 100  # 0: only at the end
     keep_checkpoints: int = 2
     resume: bool = True  # continue from the newest checkpoint in out_dir when there is one
@@ -246,6 +249,12 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     _check(cfg.stage in STAGES, "stage", f"{cfg.stage!r} is unknown; choose from {', '.join(STAGES)}")
     _check(cfg.steps >= 1, "steps", f"{cfg.steps} must be >= 1")
     _check(cfg.log_every >= 1, "log_every", f"{cfg.log_every} must be >= 1")
+    _check(cfg.eval_every >= 0, "eval_every", f"{cfg.eval_every} must be >= 0 (0: no held-out loss)")
+    _check(cfg.eval_batches >= 1, "eval_batches", f"{cfg.eval_batches} must be >= 1")
+    if cfg.eval_every:
+        _check(cfg.stage != "rl", "eval_every", "a held-out loss is for cpt and sft; rl logs its rewards")
+        _check(bool(cfg.data.eval_loader.get("corpus")), "data.eval_loader.corpus",
+               "eval_every > 0 needs a held-out corpus (files the training corpus does not hold)")
     _check(cfg.save_every >= 0, "save_every", f"{cfg.save_every} must be >= 0 (0: only at the end)")
     _check(cfg.keep_checkpoints >= 1, "keep_checkpoints", f"{cfg.keep_checkpoints} must be >= 1")
     _check(cfg.fsdp in ("auto", "on", "off"), "fsdp", f"{cfg.fsdp!r} must be auto, on or off")

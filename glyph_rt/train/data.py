@@ -23,14 +23,16 @@ LOADER_KEYS = {"corpus", "tasks", "think", "styles", "max_pages", "window_chars"
 STAGE_TASKS = {"cpt": {"ocr": 1.0, "lm": 1.0, "gen": 1.0}, "sft": {"qa": 1.0}, "rl": {"qa": 1.0}}
 
 
-def loader_options(cfg: TrainConfig) -> dict:
-    """data.loader with the stage's defaults; TrainConfigError naming a bad key."""
+def loader_options(cfg: TrainConfig, held_out: bool = False) -> dict:
+    """data.loader with the stage's defaults (held_out: data.eval_loader over it); TrainConfigError naming a bad
+    key."""
     from .tasks import TASKS
 
-    opts = dict(cfg.data.loader)
-    for k in opts:
-        if k not in LOADER_KEYS:
-            raise TrainConfigError(f"data.loader.{k}: unknown key; data.loader takes {', '.join(sorted(LOADER_KEYS))}")
+    for name, given in (("data.loader", cfg.data.loader), ("data.eval_loader", cfg.data.eval_loader)):
+        for k in given:
+            if k not in LOADER_KEYS:
+                raise TrainConfigError(f"{name}.{k}: unknown key; {name} takes {', '.join(sorted(LOADER_KEYS))}")
+    opts = {**cfg.data.loader, **(cfg.data.eval_loader if held_out else {})}
     tasks = opts.get("tasks", STAGE_TASKS[cfg.stage])
     if not isinstance(tasks, dict) or not tasks:
         raise TrainConfigError(f"data.loader.tasks: expected a mapping of task -> weight, got {tasks!r}")
@@ -110,14 +112,15 @@ class RecordStream:
         self.pos = int(s["pos"])
 
 
-def build_data(cfg: TrainConfig, gm, rank: int, world: int):
-    """The stage's data for this rank: collated micro-batches (cpt, sft) or QA records (rl)."""
+def build_data(cfg: TrainConfig, gm, rank: int, world: int, held_out: bool = False):
+    """The stage's data for this rank: collated micro-batches (cpt, sft) or QA records (rl); held_out: the
+    micro-batches of data.eval_loader's corpus (the held-out loss)."""
     from .collate import Collator
     from .loader import Corpus, GlyphLoader, TaskDataset
     from .styles import StyleSampler
     from .tasks import make_task
 
-    opts = loader_options(cfg)
+    opts = loader_options(cfg, held_out)
     corpus = Corpus.open(opts.get("corpus"), text_field=opts.get("text_field", "text"))
     if cfg.stage == "rl":
         return RecordStream(corpus, cfg.seed, rank, world, opts.get("window_chars", 12000))
@@ -140,4 +143,4 @@ def build_data(cfg: TrainConfig, gm, rank: int, world: int):
 
     col = Collator(gm.image_token_id, gm.tokenizer.pad_token_id, mode=mode, model=base_model(gm.model),
                    device=device, dtype=dtype, vision_model=gm.model_type, max_length=cfg.data.max_tokens or None)
-    return GlyphLoader(ds, col, batch_size=cfg.data.micro_batch, num_workers=cfg.data.workers)
+    return GlyphLoader(ds, col, batch_size=cfg.data.micro_batch, num_workers=0 if held_out else cfg.data.workers)

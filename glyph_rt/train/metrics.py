@@ -87,8 +87,13 @@ def plot_curves(jsonl: str | os.PathLike, out: str | os.PathLike, keys=PLOTTED, 
         ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2)
         ax.set_title(k)
         ax.set_xlabel("step")
-        if k == "loss" and all(p[1] > 0 for p in pts):
-            ax.set_yscale("log")
+        if k == "loss":  # the held-out loss beside the training loss
+            held = [(r["step"], r["eval_loss"]) for r in rows if isinstance(r.get("eval_loss"), (int, float))]
+            if held:
+                ax.plot([p[0] for p in held], [p[1] for p in held], "o-", lw=1.2, ms=3)
+                ax.legend(["train", "held-out"])
+            if all(p[1] > 0 for p in pts + held):
+                ax.set_yscale("log")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")

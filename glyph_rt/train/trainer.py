@@ -131,7 +131,7 @@ def _all_reduce(values: list[float], device: torch.device, op: str = "sum") -> l
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, gm, *, rank: int = 0, world: int = 1, device: torch.device | None = None,
-                 fsdp: bool = False, progress: bool = True):
+                 fsdp: bool = False, progress: bool = True, eval_data=None):
         self.cfg, self.gm, self.model = cfg, gm, gm.model
         self.rank, self.world = rank, world
         self.device = device or next(self.model.parameters()).device
@@ -148,6 +148,8 @@ class Trainer:
         self.log = MetricsLogger(self.out, tensorboard=cfg.tensorboard, plot=cfg.plot, enabled=rank == 0)
         self.progress = progress and rank == 0
         self.image_token_id = getattr(gm, "image_token_id", None)
+        self.eval_data = eval_data  # held-out micro-batches: cfg.eval_batches of them make the held-out loss
+        self._eval_batches: list | None = None
 
     # -------------------------------------------------------------- state
     def resume(self, data=None) -> bool:
@@ -214,6 +216,25 @@ class Trainer:
             m["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return m
 
+    @torch.no_grad()
+    def eval_loss(self) -> float:
+        """The loss on the held-out micro-batches (the same cfg.eval_batches each time, all ranks), per label
+        token."""
+        if self._eval_batches is None:
+            it = iter(self.eval_data)
+            try:
+                self._eval_batches = [next(it) for _ in range(self.cfg.eval_batches)]
+            except StopIteration:
+                raise ValueError(f"the held-out data ran out before eval_batches={self.cfg.eval_batches} "
+                                 "micro-batches") from None
+        self.model.eval()
+        try:
+            s = sum(float(token_loss_sum(self.model, b, self.device)) for b in self._eval_batches)
+        finally:
+            self.model.train()
+        s, n = _all_reduce([s, float(sum(label_tokens(b) for b in self._eval_batches))], self.device)
+        return s / max(n, 1.0)
+
     # -------------------------------------------------------------- loop
     def collect(self, it, steps: int) -> list[dict]:
         """This rank's micro-batches of the next global batch."""
@@ -239,7 +260,11 @@ class Trainer:
         try:
             while self.step < steps:
                 last = self.train_step(self.collect(it, steps))
-                if self.step % self.cfg.log_every == 0 or self.step == steps:
+                held_out = self.eval_data is not None and self.cfg.eval_every and (
+                    self.step % self.cfg.eval_every == 0 or self.step == steps)
+                if held_out:
+                    last["eval_loss"] = self.eval_loss()
+                if held_out or self.step % self.cfg.log_every == 0 or self.step == steps:
                     self.log.log(self.step, last)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
@@ -276,10 +301,12 @@ def run(cfg: TrainConfig, data=None, progress: bool = True) -> dict:
         trainer = GRPOTrainer(cfg, gm, rank=rank, world=world, device=device, fsdp=fsdp, progress=progress)
     else:
         trainer = Trainer(cfg, gm, rank=rank, world=world, device=device, fsdp=fsdp, progress=progress)
-    if data is None:
-        from .data import build_data
+    from .data import build_data
 
+    if data is None:
         data = build_data(cfg, gm, rank, world)
+    if cfg.eval_every and trainer.eval_data is None:
+        trainer.eval_data = build_data(cfg, gm, rank, world, held_out=True)
     last = trainer.fit(data)
     if cfg.export:
         trainer.export()
