@@ -222,8 +222,9 @@ class Trainer:
         token."""
         if self._eval_batches is None:
             it = iter(self.eval_data)
-            try:
-                self._eval_batches = [next(it) for _ in range(self.cfg.eval_batches)]
+            try:  # kept on the CPU between evaluations (a batch of pages is large)
+                self._eval_batches = [{k: v.cpu() if torch.is_tensor(v) else v for k, v in next(it).items()}
+                                      for _ in range(self.cfg.eval_batches)]
             except StopIteration:
                 raise ValueError(f"the held-out data ran out before eval_batches={self.cfg.eval_batches} "
                                  "micro-batches") from None
