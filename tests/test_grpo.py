@@ -226,3 +226,28 @@ def test_token_logps_on_response_tokens_equal_full_logits(tmp_path):
     assert torch.all(got[~mask] == 0) and int(mask.sum()) > 0
     for a, b in zip(g1, [p.grad for p in gm.model.parameters()]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["glm4v", "qwen2_5_vl"])
+def test_rollout_prefills_each_prompt_once(tmp_path, kind):
+    """GlyphRollout prefills each prompt once and copies its KV to the group's n rows: with the same seed, the very
+    samples of generate with num_return_sequences (which runs the vision tower and the prefill n times)."""
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.grpo import GlyphRollout
+    from glyph_rt.train.model import load_for_training
+
+    path = make_tiny_checkpoint(tmp_path / "tiny", kind)
+    cfg = load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / 'run'}",
+                                   "model.gradient_checkpointing=false"])
+    gm = load_for_training(cfg.model, torch.device("cpu"))
+    roll = GlyphRollout(gm, max_new_tokens=8)
+    inputs, _, _ = gm.build_inputs(["red fox jumps over the lazy dog " * 6, "blue sky"], ["Read the text.", "Read."])
+    gm.model.eval()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        want = gm.model.generate(**inputs, do_sample=True, top_k=0, num_return_sequences=3, max_new_tokens=8,
+                                 suppress_tokens=roll.suppress)
+        torch.manual_seed(0)
+        got = roll.sample(inputs, 3)
+    assert torch.equal(got, want)

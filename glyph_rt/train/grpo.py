@@ -137,11 +137,7 @@ class GlyphRollout:
         was_training = model.training
         model.eval()
         try:
-            # synced_gpus: every rank runs forwards until all are done, as FSDP's gathers need (transformers does not
-            # recognise a model sharded by fully_shard itself)
-            out = model.generate(**inputs, do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
-                                 num_return_sequences=n, max_new_tokens=self.max_new_tokens, use_cache=True,
-                                 suppress_tokens=self.suppress, synced_gpus=_world() > 1)
+            out = self.sample(inputs, n)
         finally:
             model.train(was_training)
         P = inputs["input_ids"].shape[1]
@@ -164,6 +160,34 @@ class GlyphRollout:
                                 rendered.image_grid_thw[img:img + k].cpu(), responses, texts))
             img, row = img + k, row + nrows
         return groups
+
+
+    def sample(self, inputs: dict, n: int) -> torch.Tensor:
+        """n sampled continuations of each prompt, [rows * n, prompt + new tokens]. The prompts (their pages through
+        the vision tower) are prefilled once, all but their last token, and each row's KV is copied n times; with
+        num_return_sequences generate would run the vision tower and the prefill n times over."""
+        from ..models.kv_cache import GlyphCache, cache_kwarg
+        from .model import base_model
+
+        model, hf = self.gm.model, base_model(self.gm.model)
+        kw = cache_kwarg(hf)
+        P = inputs["input_ids"].shape[1]  # prompts are left-padded: the last column is every row's last token
+        per_token = [k for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in inputs]
+        head = {k: v[:, :P - 1] if k in per_token else v for k, v in inputs.items()}
+        cache = GlyphCache()
+        model(**head, use_cache=True, logits_to_keep=1, **{kw: cache})
+        rows = GlyphCache(reserve=self.max_new_tokens + 1)
+        for i, layer in enumerate(cache.layers):
+            rows.update(layer.keys.repeat_interleave(n, 0), layer.values.repeat_interleave(n, 0), i)
+        del cache
+        if getattr(hf.model, "rope_deltas", None) is not None:  # M-RoPE's offsets after the pages, one per row
+            hf.model.rope_deltas = hf.model.rope_deltas.repeat_interleave(n, 0)
+        # synced_gpus: every rank runs forwards until all are done, as FSDP's gathers need (transformers does not
+        # recognise a model sharded by fully_shard itself)
+        return model.generate(**{k: inputs[k].repeat_interleave(n, 0) for k in per_token}, do_sample=True,
+                              temperature=self.temperature, top_p=self.top_p, top_k=0,
+                              max_new_tokens=self.max_new_tokens, use_cache=True, suppress_tokens=self.suppress,
+                              synced_gpus=_world() > 1, **{kw: rows})
 
 
 def sequence_batch(items: list[tuple[Group, int]], image_token_id: int, pad_id: int, device) -> dict:
