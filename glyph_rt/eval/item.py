@@ -45,9 +45,10 @@ class Item:
             raise ValueError(f"item {self.id}: metric {self.metric!r} is unknown; choose from {', '.join(METRICS)}")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"item {self.id}: max_new_tokens {self.max_new_tokens!r} must be an integer >= 1")
-        if self.messages and (not isinstance(self.messages, list) or not all(
-                isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-                and isinstance(m.get("content"), str) for m in self.messages) or self.messages[-1]["role"] != "user"):
+        turns_ok = isinstance(self.messages, list) and all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+            for m in self.messages)
+        if self.messages and not (turns_ok and self.messages[-1]["role"] == "user"):
             raise ValueError(f"item {self.id}: messages must be a list of {{role: system|user|assistant, content: "
                              "str}} ending with a user message")
 

@@ -258,9 +258,10 @@ class GRPOTrainer(Trainer):
             self._spare = groups[-1]
         return groups
 
-    def _logps(self, chunk: list[tuple], ref: bool = False) -> tuple[torch.Tensor, dict]:
-        batch = sequence_batch(chunk, self.gm.image_token_id, self.gm.tokenizer.pad_token_id, self.device)
-        return token_logps(self.reference if ref else self.model, batch, self.cfg.grpo.temperature), batch
+    def _batch(self, chunk: list[tuple]) -> dict:
+        """The sequences of a chunk of (group, response, advantage) as one batch."""
+        return sequence_batch([(gr, j) for gr, j, _ in chunk], self.gm.image_token_id, self.gm.tokenizer.pad_token_id,
+                              self.device)
 
     def train_step(self, _micro=None) -> dict:
         """One rollout batch, then grpo.epochs passes over it in grpo.mini_batches optimizer updates each. Every
@@ -294,7 +295,7 @@ class GRPOTrainer(Trainer):
             with torch.no_grad():
                 for pi, p in enumerate(parts):
                     for ci, c in enumerate(p):
-                        old[pi, ci] = self._logps([(gr, j) for gr, j, _ in c])[0]
+                        old[pi, ci] = token_logps(self.model, self._batch(c), g.temperature)
         loss_sum, clip_low, clip_high, kl_sum, norms, updates, seen = 0.0, 0.0, 0.0, 0.0, [], 0, 0.0
         lr = self.scheduler.get_last_lr()[0]
         for _ in range(g.epochs):
@@ -303,11 +304,12 @@ class GRPOTrainer(Trainer):
                     continue
                 for ci, c in enumerate(p):
                     self._sync(ci == len(p) - 1)
-                    logp, batch = self._logps([(gr, j) for gr, j, _ in c])
+                    batch = self._batch(c)  # one batch for the policy and the reference
+                    logp = token_logps(self.model, batch, g.temperature)
                     ref = None
                     if g.kl_coef > 0 and self.reference is not None:
                         with torch.no_grad():
-                            ref = self._logps([(gr, j) for gr, j, _ in c], ref=True)[0]
+                            ref = token_logps(self.reference, batch, g.temperature)
                     adv = torch.tensor([a for _, _, a in c], device=self.device)
                     s, st = grpo_token_loss(logp, old.get((pi, ci), logp.detach()), adv, batch["resp_mask"][:, 1:],
                                             g.eps_low, g.eps_high, ref, g.kl_coef)
