@@ -196,29 +196,39 @@ def test_grpo_epochs_and_mini_batches_reuse_the_rollout(tmp_path):
 
 
 
-def test_token_logps_on_response_tokens_equal_full_logits(tmp_path):
-    """GRPO's log-probs come from logits made only before response tokens: equal to log_softmax over the full
-    logits there, forward and backward."""
+@pytest.mark.parametrize("arch", ["glm4v", "qwen2_5_vl"])
+def test_token_logps_on_response_tokens_equal_full_logits(tmp_path, arch):
+    """GRPO's log-probs come from logits made only before response tokens, with each group's pages through the
+    vision tower once however many of its responses the batch holds: equal to log_softmax over the full logits of
+    the rows each with its own copy of the pages, forward and backward. With the pages' embeddings taken
+    beforehand (page_embeddings) the log-probs are the same again."""
     from glyph_rt.models.tiny import make_tiny_checkpoint
     from glyph_rt.train.config import load_config
-    from glyph_rt.train.grpo import GlyphRollout, sequence_batch, token_logps
-    from glyph_rt.train.model import load_for_training
+    from glyph_rt.train.grpo import GlyphRollout, page_embeddings, sequence_batch, token_logps
+    from glyph_rt.train.model import base_model, load_for_training
 
-    path = make_tiny_checkpoint(tmp_path / "tiny")
+    path = make_tiny_checkpoint(tmp_path / "tiny", arch)
     cfg = load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / 'run'}",
                                    "model.gradient_checkpointing=false"])
     gm = load_for_training(cfg.model, torch.device("cpu"))
     torch.manual_seed(0)
     groups = GlyphRollout(gm, max_new_tokens=5)([{"context": "red fox", "question": "Read the text."},
                                                  {"context": "a much longer line of text here", "question": "Read."}], 2)
-    batch = sequence_batch([(g, j) for g in groups for j in range(2)], gm.image_token_id, gm.tokenizer.pad_token_id,
-                           torch.device("cpu"))
+    rows = [(groups[0], 0), (groups[1], 0), (groups[0], 1), (groups[1], 1), (groups[1], 0)]
+    batch = sequence_batch(rows, gm.image_token_id, gm.tokenizer.pad_token_id, torch.device("cpu"))
+    assert len(batch["pixel_values"]) == len(groups[0].pixel_values) + len(groups[1].pixel_values)
+    inner = base_model(gm.model).model
+    calls = []
+    run = inner.get_image_features
+    inner.get_image_features = lambda pv, grids, **kw: calls.append(len(grids)) or run(pv, grids, **kw)
     got = token_logps(gm.model, batch, temperature=0.7)
+    assert calls == [2]  # the two groups' pages, once each
     mask = batch["resp_mask"][:, 1:]
     (got * mask).sum().backward()
     g1 = [p.grad.clone() for p in gm.model.parameters()]
     gm.model.zero_grad()
-    fwd = {k: v for k, v in batch.items() if k != "resp_mask"}
+    fwd = {k: v for k, v in batch.items() if k not in ("resp_mask", "_groups")}
+    fwd["pixel_values"] = torch.cat([g.pixel_values for g, _ in rows])  # every row its own copy
     logits = gm.model(**fwd, use_cache=False).logits[:, :-1].float() / 0.7
     want = torch.gather(torch.log_softmax(logits, -1), 2, batch["input_ids"][:, 1:, None]).squeeze(2)
     (want * mask).sum().backward()
@@ -226,6 +236,12 @@ def test_token_logps_on_response_tokens_equal_full_logits(tmp_path):
     assert torch.all(got[~mask] == 0) and int(mask.sum()) > 0
     for a, b in zip(g1, [p.grad for p in gm.model.parameters()]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    calls.clear()
+    embeds = page_embeddings(gm.model, groups, torch.device("cpu"))
+    with torch.no_grad():
+        cached = token_logps(gm.model, batch, temperature=0.7, embeds=embeds)
+    assert calls == [2]  # page_embeddings' one call; the forward ran no vision tower
+    torch.testing.assert_close(cached, got.detach(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["glm4v", "qwen2_5_vl"])

@@ -370,15 +370,19 @@ def test_fsdp2_two_processes_match_one(tiny, tmp_path):
     assert (ckpt / "rank_0.pt").exists() and (ckpt / "rank_1.pt").exists() and (ckpt / ".metadata").exists()
 
 
-def test_grpo_under_fsdp_keeps_ranks_in_step_and_resumes(tiny, tmp_path):
+@pytest.mark.parametrize("frozen", [False, True], ids=["vision-trained", "vision-frozen-kl"])
+def test_grpo_under_fsdp_keeps_ranks_in_step_and_resumes(tiny, tmp_path, frozen):
     """GRPO on 2 gloo processes with fully_shard, where rank 1's groups are all dropped (it pads its forwards at
     weight 0), two epochs of two mini-batches per rollout, stopped after step 1 and resumed: the same weights as one
-    process running rank 0's prompts for 2 steps without a stop."""
+    process running rank 0's prompts for 2 steps without a stop. Frozen: the vision tower and projector frozen (the
+    pages' embeddings taken once per step, no vision tower in the training forwards) and a KL term to a reference."""
     from safetensors.torch import load_file
 
     worker = str(ROOT / "tests" / "train_fsdp_worker.py")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RECORD_STRIDE": "2", "UNIFORM_RANKS": "1"}
     over = ["grpo.epochs=2", "grpo.mini_batches=2", "grpo.max_refills=0"]
+    if frozen:
+        over += ["model.freeze_vision=true", "model.freeze_projector=true", "grpo.kl_coef=0.1"]
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker]
     runs = [("one", [sys.executable, worker], "2", "data.global_batch=1"),
             ("two", two, "1", "data.global_batch=2"), ("two", two, "2", "data.global_batch=2")]

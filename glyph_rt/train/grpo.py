@@ -15,11 +15,16 @@ optimizer updates each; with more than one update the ratio is taken against the
 extra forward), so the clip acts. Any server speaking the Rollout interface (e.g. a vLLM client) can replace
 GlyphRollout.
 
+A group's pages go through the vision tower once per forward, whatever the number of its responses in it; the
+old log-probs, the reference and (with the vision tower and projector frozen) the training forwards take each
+group's page embeddings once per step.
+
 Under FSDP every rank must run as many forwards: all ranks draw as long as one still needs groups, generate runs
 with synced_gpus, and a rank with fewer sequences to train on runs spare ones at weight 0.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -30,6 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .model import base_model
 from .rewards import Judge, RewardSet
 from .trainer import Trainer, _all_reduce
 
@@ -167,8 +173,6 @@ class GlyphRollout:
         the vision tower) are prefilled once, all but their last token, and each row's KV is copied n times; with
         num_return_sequences generate would run the vision tower and the prefill n times over."""
         from ..models.kv_cache import GlyphCache, cache_kwarg
-        from .model import base_model
-
         model, hf = self.gm.model, base_model(self.gm.model)
         kw = cache_kwarg(hf)
         P = inputs["input_ids"].shape[1]  # prompts are left-padded: the last column is every row's last token
@@ -191,7 +195,9 @@ class GlyphRollout:
 
 
 def sequence_batch(items: list[tuple[Group, int]], image_token_id: int, pad_id: int, device) -> dict:
-    """A right-padded batch of prompt + response sequences with their pages; resp_mask marks response tokens."""
+    """A right-padded batch of prompt + response sequences; resp_mask marks response tokens. Each group's pages go
+    in once (pixel_values), however many of its responses the batch holds; image_grid_thw has every row's pages
+    (for the positions), and "_groups" the group of each row (see token_logps)."""
     seqs = [g.prompt_ids + g.responses[j] for g, j in items]
     L = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
@@ -201,20 +207,80 @@ def sequence_batch(items: list[tuple[Group, int]], image_token_id: int, pad_id: 
         ids[b, :len(s)] = torch.tensor(s)
         att[b, :len(s)] = 1
         resp[b, len(g.prompt_ids):len(s)] = True
+    groups = [g for g, _ in items]
+    distinct = list({id(g): g for g in groups}.values())
     return {"input_ids": ids.to(device), "attention_mask": att.to(device), "resp_mask": resp.to(device),
-            "pixel_values": torch.cat([g.pixel_values for g, _ in items]).to(device),
-            "image_grid_thw": torch.cat([g.image_grid_thw for g, _ in items]).to(device),
-            "mm_token_type_ids": ((ids == image_token_id).long() * att).to(device)}
+            "pixel_values": torch.cat([g.pixel_values for g in distinct]).to(device),
+            "image_grid_thw": torch.cat([g.image_grid_thw for g in groups]).to(device),
+            "mm_token_type_ids": ((ids == image_token_id).long() * att).to(device), "_groups": groups}
 
 
-def token_logps(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+def page_embeddings(model, groups: list[Group], device) -> dict[int, torch.Tensor]:
+    """Each group's visual tokens [tokens, hidden] from `model`'s vision tower, every group in one no-grad forward
+    (under FSDP each rank makes this one call): for the forwards of a step whose vision tower does not change."""
+    pv = torch.cat([g.pixel_values for g in groups]).to(device)
+    grids = torch.cat([g.image_grid_thw for g in groups]).to(device)
+    if not len(grids):
+        return {id(g): pv.new_zeros(0) for g in groups}
+    with torch.no_grad():
+        per_image = model.get_image_features(pv, grids, return_dict=True).pooler_output
+    out, i = {}, 0
+    for g in groups:
+        k = len(g.image_grid_thw)
+        out[id(g)] = torch.cat(per_image[i:i + k]) if k else per_image[0][:0]
+        i += k
+    return out
+
+
+@contextlib.contextmanager
+def _pages_once(model, groups: list[Group]):
+    """While it lasts, the vision tower of `model` runs over the distinct groups' pages only (as sequence_batch
+    lays them out) and each row gets its group's embeddings: autograd adds up the rows' gradients."""
+    inner = base_model(model).model
+    distinct = list({id(g): g for g in groups}.values())
+    first, n = {}, 0
+    for g in distinct:
+        first[id(g)], n = n, n + len(g.image_grid_thw)
+    index = [first[id(g)] + i for g in groups for i in range(len(g.image_grid_thw))]
+    grids = torch.cat([g.image_grid_thw for g in distinct])
+    own = vars(inner).get("get_image_features")
+    run = inner.get_image_features
+
+    def get_image_features(pixel_values, image_grid_thw=None, **kw):
+        out = run(pixel_values, grids.to(pixel_values.device), **kw)
+        out.pooler_output = tuple(out.pooler_output[i] for i in index)
+        return out
+
+    inner.get_image_features = get_image_features
+    try:
+        yield
+    finally:
+        if own is None:
+            del inner.get_image_features
+        else:
+            inner.get_image_features = own
+
+
+def token_logps(model, batch: dict, temperature: float = 1.0, embeds: dict | None = None) -> torch.Tensor:
     """log p(token t | tokens < t) for t >= 1 under the sampling temperature: [B, L - 1] (float32), on the response
-    tokens (zero elsewhere: logits are made only before a response token, not over the long prompt)."""
-    fwd = {k: v for k, v in batch.items() if k != "resp_mask"}
+    tokens (zero elsewhere: logits are made only before a response token, not over the long prompt). `embeds`:
+    page_embeddings of the rows' groups, in place of the vision tower."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    groups = batch["_groups"]
+    fwd = {k: v for k, v in batch.items() if k not in ("resp_mask", "_groups")}
     ids, resp = batch["input_ids"], batch["resp_mask"]
     keep = torch.zeros_like(resp)
     keep[:, :-1] = resp[:, 1:]
-    logits = model(**fwd, use_cache=False, logits_to_keep=keep).logits.float() / temperature  # [response tokens, V]
+    pages = contextlib.nullcontext()
+    if embeds is not None:
+        del fwd["pixel_values"]
+        fwd["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(
+            pooler_output=tuple(embeds[id(g)] for g in groups))}
+    elif len({id(g) for g in groups}) < len(groups):
+        pages = _pages_once(model, groups)
+    with pages:
+        logits = model(**fwd, use_cache=False, logits_to_keep=keep).logits.float() / temperature  # [resp tokens, V]
     picked = torch.gather(F.log_softmax(logits, -1), 1, ids[:, 1:][resp[:, 1:]][:, None]).squeeze(1)
     out = torch.zeros(ids.shape[0], ids.shape[1] - 1, dtype=picked.dtype, device=picked.device)
     out[resp[:, 1:]] = picked
@@ -234,6 +300,7 @@ class GRPOTrainer(Trainer):
             else None
         self.rewards = rewards or RewardSet(g.rewards, g.verifier, judge)
         self.reference = reference
+        self.vision_frozen = not any(p.requires_grad for p in base_model(self.model).model.visual.parameters())
         if g.kl_coef > 0 and reference is None:
             from ..models.glyph_model import GlyphModel
 
@@ -290,12 +357,19 @@ class GRPOTrainer(Trainer):
             raise RuntimeError("GRPO: this rank's rollout returned no group to keep its forwards in step")
         parts = [p + [spare] * (w - len(p)) for p, w in zip(parts, width)]  # weight 0: no response token counts
         real = {id(c) for c in chunks}
-        old = {}
+        # the pages' embeddings, once per group for the step, where the vision tower stays as it is: the rollout
+        # policy's (for old log-probs, and for training when the tower and projector are frozen) and the reference's
+        needed = list({id(x[0]): x[0] for p in parts for c in p for x in c}.values())
+        old, embeds, ref_embeds = {}, None, None
+        if any(width) and (g.epochs * M > 1 or self.vision_frozen):
+            embeds = page_embeddings(self.model, needed, self.device)
+        if any(width) and g.kl_coef > 0 and self.reference is not None:
+            ref_embeds = page_embeddings(self.reference, needed, self.device)
         if g.epochs * M > 1:  # the policy moves within the batch: the ratio needs the rollout policy's log-probs
             with torch.no_grad():
                 for pi, p in enumerate(parts):
                     for ci, c in enumerate(p):
-                        old[pi, ci] = token_logps(self.model, self._batch(c), g.temperature)
+                        old[pi, ci] = token_logps(self.model, self._batch(c), g.temperature, embeds)
         loss_sum, clip_low, clip_high, kl_sum, norms, updates, seen = 0.0, 0.0, 0.0, 0.0, [], 0, 0.0
         lr = self.scheduler.get_last_lr()[0]
         for _ in range(g.epochs):
@@ -305,11 +379,11 @@ class GRPOTrainer(Trainer):
                 for ci, c in enumerate(p):
                     self._sync(ci == len(p) - 1)
                     batch = self._batch(c)  # one batch for the policy and the reference
-                    logp = token_logps(self.model, batch, g.temperature)
+                    logp = token_logps(self.model, batch, g.temperature, embeds if self.vision_frozen else None)
                     ref = None
-                    if g.kl_coef > 0 and self.reference is not None:
+                    if ref_embeds is not None:
                         with torch.no_grad():
-                            ref = token_logps(self.reference, batch, g.temperature)
+                            ref = token_logps(self.reference, batch, g.temperature, ref_embeds)
                     adv = torch.tensor([a for _, _, a in c], device=self.device)
                     s, st = grpo_token_loss(logp, old.get((pi, ci), logp.detach()), adv, batch["resp_mask"][:, 1:],
                                             g.eps_low, g.eps_high, ref, g.kl_coef)

@@ -76,8 +76,9 @@ def load_for_training(cfg: ModelConfig, device: torch.device, dtype: torch.dtype
 
 def shard(model, mixed_precision: bool) -> None:
     """FSDP2: fully_shard each decoder layer and vision block, then the root; bf16 compute, fp32 reductions.
-    `generate` counts as a forward of the root, so that its parameters are gathered for the whole of it: generate
-    calls the vision tower outside the root's forward (the pages' embeddings first)."""
+    `generate` and `get_image_features` count as forwards of the root, so that its parameters are gathered for the
+    whole of them: generate calls the vision tower outside the root's forward (the pages' embeddings first), and
+    GRPO takes the pages' embeddings once per step."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     kw = {}
@@ -89,3 +90,4 @@ def shard(model, mixed_precision: bool) -> None:
         fully_shard(m, **kw)
     fully_shard(model, **kw)
     register_fsdp_forward_method(model, "generate")
+    register_fsdp_forward_method(model, "get_image_features")
