@@ -1,11 +1,13 @@
 """Files that are never left half-written: atomic replacement, figures saved whole, append-only JSONL with a
-torn last line (a killed write) cut off before the next append. Standard library only (figures: any matplotlib
-Figure passed in)."""
+torn last line (a killed write) cut off before the next append, and JSONL read with errors that name the line.
+Standard library only (figures: any matplotlib Figure passed in)."""
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 
 @contextmanager
@@ -54,3 +56,16 @@ def cut_torn_tail(path: str | os.PathLike) -> bytes:
             f.truncate(keep)
         data = data[:keep]
     return data
+
+
+def json_lines(lines: Iterable[str], where: str, error: type[Exception] = ValueError) -> Iterator[tuple[int, Any]]:
+    """The number (from 1) and JSON value of each non-blank line of `lines`; one that is not JSON raises
+    error("WHERE:N: not JSON (why)")."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{where}:{n}: not JSON ({e.msg})") from None
+        yield n, value

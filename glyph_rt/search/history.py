@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from ..fileio import cut_torn_tail
+from ..fileio import cut_torn_tail, json_lines
 
 
 class HistoryError(ValueError):
@@ -33,13 +33,7 @@ class History:
 
     def _load(self) -> None:
         data = cut_torn_tail(self.path)
-        for i, line in enumerate(data.decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise HistoryError(f"{self.path}: line {i} is not JSON ({e}); the history is damaged") from None
+        for i, rec in json_lines(data.decode("utf-8").splitlines(), f"the history {self.path}", HistoryError):
             if not isinstance(rec, dict) or "type" not in rec:
                 raise HistoryError(f"{self.path}: line {i} is not a history record")
             self.records.append(rec)

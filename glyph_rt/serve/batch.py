@@ -14,7 +14,7 @@ import queue
 import uuid
 from pathlib import Path
 
-from ..fileio import cut_torn_tail
+from ..fileio import cut_torn_tail, json_lines
 from .engine import QueueFull
 from .inputs import RequestError
 from .protocol import completion_id, error, response
@@ -33,13 +33,7 @@ def read_requests(path: str | os.PathLike) -> list[dict]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise BatchFileError(f"--input {str(path)!r}: cannot read it ({e})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BatchFileError(f"{path}:{n}: not valid JSON ({e})") from None
+    for n, d in json_lines(lines, str(path), BatchFileError):
         if not isinstance(d, dict) or not isinstance(d.get("custom_id"), str) or not d["custom_id"]:
             raise BatchFileError(f"{path}:{n}: each line needs a non-empty string custom_id")
         if d.get("url", URL) != URL or d.get("method", "POST") != "POST":

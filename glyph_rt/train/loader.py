@@ -27,13 +27,13 @@ a batch in one launch, on the GPU when it has one.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..fileio import json_lines
 from ..render.textio import decode_text
 from .collate import attach_pixels
 from .tasks import TaskError
@@ -125,15 +125,9 @@ def _rename(rec: dict, text_field: str) -> dict:
 def _jsonl(path: Path, text_field: str) -> list[dict]:
     out = []
     with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"corpus: {str(path)!r} line {n} is not JSON: {e.msg}") from None
+        for n, rec in json_lines(f, f"corpus: {path}", CorpusError):
             if not isinstance(rec, dict):
-                raise CorpusError(f"corpus: {str(path)!r} line {n} is not a JSON object")
+                raise CorpusError(f"corpus: {path}:{n}: not a JSON object")
             out.append(_rename(rec, text_field))
     return out
 

@@ -16,6 +16,7 @@ import json
 import re
 from pathlib import Path
 
+from ...fileio import json_lines
 from ..item import Item
 from . import longbench, mrcr, ruler
 
@@ -27,14 +28,7 @@ def _rows(path: Path) -> list[dict]:
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of rows")
         return data
-    rows = []
-    for n, line in enumerate(text.splitlines()):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n + 1}: not JSON ({e.msg})") from None
-    return rows
+    return [row for _, row in json_lines(text.splitlines(), str(path))]
 
 
 def ruler_item(row: dict, index: int, length: int | None, source: str) -> Item:

@@ -9,9 +9,9 @@ its LongBench metric, with LongBench's first-line rule and generation budget (co
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ...fileio import json_lines
 from ..item import Item
 
 # dataset -> (metric, max_new_tokens, category of the paper's Table 2)
@@ -162,19 +162,13 @@ def load(path, datasets=None, limit: int | None = None, truncate: int | None = N
             except RuntimeError as e:
                 raise RuntimeError(f"{f}: {e}") from None
         counted = 0
-        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines()):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{f}:{n + 1}: not JSON ({e.msg})") from None
+        for line, row in json_lines(f.read_text(encoding="utf-8").splitlines(), str(f)):
             dataset = row.get("dataset") or dataset_of(f)
             if datasets and dataset not in datasets:
                 continue
             if truncate:
                 row = {**row, "context": truncate_middle(row.get("context") or "", truncate)}
-            items.append(item_from_row(row, dataset, n, str(f)))
+            items.append(item_from_row(row, dataset, line - 1, str(f)))
             counted += 1
             if limit and counted >= limit:
                 break
