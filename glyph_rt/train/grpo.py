@@ -215,20 +215,20 @@ def sequence_batch(items: list[tuple[Group, int]], image_token_id: int, pad_id: 
             "mm_token_type_ids": ((ids == image_token_id).long() * att).to(device), "_groups": groups}
 
 
-def page_embeddings(model, groups: list[Group], device) -> dict[int, torch.Tensor]:
-    """Each group's visual tokens [tokens, hidden] from `model`'s vision tower, every group in one no-grad forward
-    (under FSDP each rank makes this one call): for the forwards of a step whose vision tower does not change."""
-    pv = torch.cat([g.pixel_values for g in groups]).to(device)
-    grids = torch.cat([g.image_grid_thw for g in groups]).to(device)
-    if not len(grids):
-        return {id(g): pv.new_zeros(0) for g in groups}
+def page_embeddings(model, groups: list[Group], device, calls: int = 0) -> dict[int, torch.Tensor]:
+    """Each group's visual tokens [tokens, hidden] from `model`'s vision tower, one no-grad forward per group: for
+    the forwards of a step whose vision tower does not change. Under FSDP every rank must make as many: `calls`
+    (the most groups on any rank) pads the count with forwards whose output is dropped."""
+    out = {}
     with torch.no_grad():
-        per_image = model.get_image_features(pv, grids, return_dict=True).pooler_output
-    out, i = {}, 0
-    for g in groups:
-        k = len(g.image_grid_thw)
-        out[id(g)] = torch.cat(per_image[i:i + k]) if k else per_image[0][:0]
-        i += k
+        for k in range(max(len(groups), calls)):
+            g = groups[k % len(groups)]
+            if not len(g.image_grid_thw):  # a prompt without pages
+                out[id(g)] = g.pixel_values.new_zeros(0)
+                continue
+            feats = model.get_image_features(g.pixel_values.to(device), g.image_grid_thw.to(device),
+                                             return_dict=True).pooler_output
+            out.setdefault(id(g), torch.cat(feats))
     return out
 
 
@@ -362,7 +362,8 @@ class GRPOTrainer(Trainer):
         needed = list({id(x[0]): x[0] for p in parts for c in p for x in c}.values())
         old, embeds, ref_embeds = {}, None, None
         if any(width) and (g.epochs * M > 1 or self.vision_frozen):
-            embeds = page_embeddings(self.model, needed, self.device)
+            most = int(_all_reduce([float(len(needed))], self.device, "max")[0])
+            embeds = page_embeddings(self.model, needed, self.device, most)
         if any(width) and g.kl_coef > 0 and self.reference is not None:
             ref_embeds = page_embeddings(self.reference, needed, self.device)
         if g.epochs * M > 1:  # the policy moves within the batch: the ratio needs the rollout policy's log-probs
