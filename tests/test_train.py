@@ -1,5 +1,6 @@
 """Training stages on tiny random-weight checkpoints: configs, the SFT loop, checkpoints and resume, export, FSDP2."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -368,6 +369,24 @@ def test_fsdp2_two_processes_match_one(tiny, tmp_path):
         torch.testing.assert_close(out["two"][1][k], v, rtol=1e-4, atol=1e-5, msg=k)
     ckpt = tmp_path / "two" / "checkpoints" / "step_00000002"
     assert (ckpt / "rank_0.pt").exists() and (ckpt / "rank_1.pt").exists() and (ckpt / ".metadata").exists()
+
+
+def test_fsdp_bf16_compute(tiny, tmp_path):
+    """The mixed-precision policy of CUDA runs (bf16 compute, fp32 master weights and reductions), on 2 gloo
+    processes: SFT within bf16's rounding of the fp32 run, GRPO (two epochs: the pages' embeddings taken through the
+    root's registered get_image_features) to a finite loss."""
+    worker = str(ROOT / "tests" / "train_fsdp_worker.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker]
+    loss = {}
+    for name, stage, bf16, over in (("sft32", "sft", "0", []), ("sft16", "sft", "1", []),
+                                    ("rl16", "rl", "1", ["grpo.epochs=2"])):
+        r = subprocess.run([*two, stage, tiny, str(tmp_path / name), "1", "data.global_batch=2", *over],
+                           capture_output=True, text=True, env={**env, "BF16_COMPUTE": bf16}, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        loss[name] = float(next(x for x in r.stdout.splitlines() if x.startswith("LOSS")).split()[1])
+    assert loss["sft16"] == pytest.approx(loss["sft32"], rel=2e-2) and loss["sft16"] != loss["sft32"]
+    assert math.isfinite(loss["rl16"])
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["vision-trained", "vision-frozen-kl"])

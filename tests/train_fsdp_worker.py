@@ -5,6 +5,7 @@
 sft: rank r reads the samples r, r + N, ... of a fixed list, so N ranks together see the same global batches as one.
 rl: rank r reads the prompts r, r + S, ... (S: $RECORD_STRIDE, else N), and the ranks in $UNIFORM_RANKS score with
 the format reward alone, which a random-weight model never earns: their groups are all dropped.
+$BF16_COMPUTE=1 shards with the bf16 mixed-precision policy that CUDA runs get (on the CPU too).
 """
 import os
 import sys
@@ -49,6 +50,11 @@ def sft_data(ckpt, rank, world):
 
 def main():
     stage, ckpt, out, steps, *over = sys.argv[1:]
+    if os.environ.get("BF16_COMPUTE") == "1":
+        from glyph_rt.train import model
+
+        shard = model.shard
+        model.shard = lambda m, mixed_precision: shard(m, mixed_precision=True)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     common = [f"model.path={ckpt}", f"out_dir={out}", f"steps={steps}", "optim.warmup_steps=0", "optim.lr=1e-3",
               "tensorboard=false", "plot=false", "model.gradient_checkpointing=false"]
