@@ -7,8 +7,9 @@ GPU, per sample (batch 1), the median of --repeat steps after a warm-up:
          tower and the decoder on the visual tokens + the question + the answer; apply_glyph_kernels
 A step is forward, the loss as glyph_rt's trainer takes it (logits on the answer only), backward and AdamW on
 the trainable parameters: LoRA r=16 on the decoder's attention
-projections (peft) with the vision tower trained fully, gradient checkpointing, bf16 weights: the largest
-configuration of the 9B shapes that one 80 GB GPU holds at 128K tokens (--layers N cuts the decoder if not).
+projections (peft) with the vision tower trained fully, gradient checkpointing, frozen weights in bf16 and
+trainable ones in fp32 under bf16 autocast (as the trainer keeps them): the largest configuration of the 9B shapes
+that one 80 GB GPU holds at 128K tokens (--layers N cuts the decoder if not).
 The paper measured ~2x per-sample SFT speed-up.
 
     python bench/bench_train.py [--tokens 8192,16384,32768,65536,131072] [--layers 40] [--repeat 3]
@@ -80,12 +81,14 @@ def trainable_model(quick: bool, device, dtype, layers: int | None = None):
     return (*make_trainable(model, quick), patch)
 
 
-def step(model, opt, batch) -> float:
-    """One SFT step as glyph_rt's trainer takes it: the mean loss on the answer (logits made there only), backward,
-    AdamW."""
+def step(model, opt, batch, dtype) -> float:
+    """One SFT step as glyph_rt's trainer takes it: the mean loss on the answer (logits made there only; bf16 autocast
+    over the fp32 trainable weights when the weights load in bf16), backward, AdamW."""
     from glyph_rt.train.trainer import label_tokens, token_loss_sum
 
-    loss = token_loss_sum(model, batch, batch["input_ids"].device) / label_tokens(batch)
+    dev = batch["input_ids"].device
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        loss = token_loss_sum(model, batch, dev) / label_tokens(batch)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -127,14 +130,14 @@ def main(argv=None):
         base.model.rope_deltas = None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        text_s, _ = timed(lambda: step(model, opt, text_batch), device, args.repeat)
+        text_s, _ = timed(lambda: step(model, opt, text_batch, dtype), device, args.repeat)
         text_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         del text_batch
 
         def glyph_step():  # rendering is part of the step, as in training on the fly
             x, _, _ = glyph_inputs_rt(base, text, cfg, question_ids, device)
             base.model.rope_deltas = None
-            return step(model, opt, with_answer(x, answer))
+            return step(model, opt, with_answer(x, answer), dtype)
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

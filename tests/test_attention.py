@@ -451,3 +451,21 @@ def test_large_padded_batches_are_unpadded_not_masked(monkeypatch):
     monkeypatch.setattr(att, "_sdpa_padded", lambda *a: pytest.fail("built a mask above the limit"))
     large, _ = att.glyph_attention_forward(Module(), q, k, v, mask, backend="sdpa")
     torch.testing.assert_close(small, large, atol=1e-5, rtol=1e-4)
+
+
+def test_autocast_brings_q_k_v_to_one_dtype():
+    """Under a bf16 autocast, rotary embeddings in fp32 leave q and k in fp32 beside a bf16 v (as transformers'
+    attention modules hand them over); attention takes them in autocast's dtype, as SDPA does."""
+    from glyph_rt.ops.attention import attention, glyph_attention_forward
+
+    torch.manual_seed(0)
+    q, k = torch.randn(7, 4, 16), torch.randn(7, 2, 16)
+    v = torch.randn(7, 2, 16).bfloat16()
+    want = attention(q.bfloat16(), k.bfloat16(), v, causal=True, backend="reference")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attention(q, k, v, causal=True, backend="reference")
+        out, _ = glyph_attention_forward(torch.nn.Module(), q.transpose(0, 1)[None], k.transpose(0, 1)[None],
+                                         v.transpose(0, 1)[None], None, backend="reference")
+    assert got.dtype == out.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, atol=1e-2, rtol=2e-2)  # the reference's matmuls run in bf16 there
+    torch.testing.assert_close(out[0], got)

@@ -371,6 +371,36 @@ def test_fsdp2_two_processes_match_one(tiny, tmp_path):
     assert (ckpt / "rank_0.pt").exists() and (ckpt / "rank_1.pt").exists() and (ckpt / ".metadata").exists()
 
 
+def test_bf16_weights_train_through_fp32_master_weights(tiny, tmp_path):
+    """model.dtype=bfloat16 on one process: frozen weights bf16, trainable ones fp32 under bf16 autocast, so an
+    Adam step at lr 1e-6 moves (nearly) every trainable weight (per tensor, on average; rows of tokens the batch
+    lacks get no gradient); model.pure_bf16 keeps them bf16, where most such steps round away. The export is
+    written in bf16."""
+    from safetensors.torch import load_file
+
+    from glyph_rt.train.trainer import Trainer
+
+    moved = {}
+    for pure in (False, True):
+        cfg = cfg_for(tiny, tmp_path / str(pure), "model.dtype=bfloat16", f"model.pure_bf16={pure}", "optim.lr=1e-6",
+                      "optim.min_lr=1e-6", "steps=1", "data.global_batch=2", "model.freeze_vision=true",
+                      f"export={not pure}")
+        gm = load(cfg)
+        kinds = {(p.requires_grad, p.dtype) for p in gm.model.parameters()}
+        assert kinds == {(False, torch.bfloat16), (True, torch.bfloat16 if pure else torch.float32)}
+        before = [p.detach().clone() for p in gm.model.parameters() if p.requires_grad]
+        t = Trainer(cfg, gm, progress=False)
+        m = t.fit(ListData(ocr_samples(gm, WORDS)))
+        assert math.isfinite(m["loss"])
+        after = [p.detach() for p in gm.model.parameters() if p.requires_grad]
+        moved[pure] = sum(float((a != b).float().mean()) for a, b in zip(before, after)) / len(before)
+        if not pure:
+            t.export()
+            exported = load_file(tmp_path / str(pure) / "export" / "model.safetensors")
+            assert {v.dtype for v in exported.values()} == {torch.bfloat16}
+    assert moved[False] > 0.9 and moved[True] < 0.5
+
+
 def test_fsdp_bf16_compute(tiny, tmp_path):
     """The mixed-precision policy of CUDA runs (bf16 compute, fp32 master weights and reductions), on 2 gloo
     processes: SFT within bf16's rounding of the fp32 run, GRPO (two epochs: the pages' embeddings taken through the

@@ -80,6 +80,16 @@ def _available(device_type: str, interp: bool) -> dict[str, str | None]:
     return out
 
 
+def autocast_inputs(*xs: torch.Tensor) -> tuple:
+    """q, k, v in autocast's dtype where autocast is on (as SDPA takes them): under a bf16 autocast, rotary
+    embeddings in fp32 leave q and k in fp32 beside a bf16 v."""
+    dev = xs[0].device.type
+    if not torch.is_autocast_enabled(dev):
+        return xs
+    dt = torch.get_autocast_dtype(dev)
+    return tuple(x.to(dt) for x in xs)
+
+
 def check_inputs(q, k, v, cu_q, cu_k) -> None:
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(f"q, k, v must be (total, nheads, headdim), got {list(q.shape)}, {list(k.shape)}, "
@@ -258,6 +268,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: t
             raise ValueError("cu_seqlens_k is needed when k and q lengths differ over several segments")
         cu_seqlens_k = cu_seqlens_q if k.shape[0] == q.shape[0] else \
             torch.tensor([0, k.shape[0]], dtype=torch.int32, device=q.device)
+    q, k, v = autocast_inputs(q, k, v)
     check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     backend = resolve_backend(backend, q, "prefill" if causal else "vision")
@@ -288,6 +299,7 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
         raise NotImplementedError("attn_implementation='glyph' has no attention dropout; set attention_dropout=0")
     if attention_mask is not None and attention_mask.dim() != 2:
         raise ValueError(f"attn_implementation='glyph' takes a 2D padding mask, got {attention_mask.dim()}D")
+    query, key, value = autocast_inputs(query, key, value)
     B, H, S, D = query.shape
     Sk = key.shape[2]
     causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)

@@ -35,7 +35,8 @@ class LoraConfig:
 class ModelConfig:
     path: str = ""  # a GlyphModel checkpoint directory (GLM-4.1V or Qwen2.5-VL)
     kernels: str = "auto"  # auto: apply_glyph_kernels forward and backward; off: stock transformers
-    dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | bfloat16 | float32
+    dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | bfloat16 | float32: frozen weights and compute
+    pure_bf16: bool = False  # bfloat16: trainable weights in bf16 too (less memory; updates under bf16's step are lost)
     gradient_checkpointing: bool = True
     freeze_vision: bool = False
     freeze_projector: bool = False

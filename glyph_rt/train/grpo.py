@@ -301,11 +301,12 @@ class GRPOTrainer(Trainer):
         self.rewards = rewards or RewardSet(g.rewards, g.verifier, judge)
         self.reference = reference
         self.vision_frozen = not any(p.requires_grad for p in base_model(self.model).model.visual.parameters())
-        if g.kl_coef > 0 and reference is None:
+        if g.kl_coef > 0 and reference is None:  # frozen: in the run's compute dtype, whatever its master weights
             from ..models.glyph_model import GlyphModel
+            from .model import resolve_dtype
 
             self.reference = GlyphModel.from_pretrained(cfg.model.path, kernels=cfg.model.kernels,
-                                                        dtype=next(gm.model.parameters()).dtype,
+                                                        dtype=resolve_dtype(cfg.model.dtype, self.device),
                                                         device=self.device).model.eval().requires_grad_(False)
 
     def collect(self, it, steps):
@@ -319,7 +320,8 @@ class GRPOTrainer(Trainer):
                 records.append(next(self._records))
             except StopIteration:
                 raise ValueError("the RL prompts ran out") from None
-        groups = self.rollout(records, self.cfg.grpo.group_size)
+        with self.autocast():
+            groups = self.rollout(records, self.cfg.grpo.group_size)
         score_groups(groups, self.rewards)
         if groups:
             self._spare = groups[-1]
@@ -361,16 +363,17 @@ class GRPOTrainer(Trainer):
         # policy's (for old log-probs, and for training when the tower and projector are frozen) and the reference's
         needed = list({id(x[0]): x[0] for p in parts for c in p for x in c}.values())
         old, embeds, ref_embeds = {}, None, None
-        if any(width) and (g.epochs * M > 1 or self.vision_frozen):
-            most = int(_all_reduce([float(len(needed))], self.device, "max")[0])
-            embeds = page_embeddings(self.model, needed, self.device, most)
-        if any(width) and g.kl_coef > 0 and self.reference is not None:
-            ref_embeds = page_embeddings(self.reference, needed, self.device)
-        if g.epochs * M > 1:  # the policy moves within the batch: the ratio needs the rollout policy's log-probs
-            with torch.no_grad():
-                for pi, p in enumerate(parts):
-                    for ci, c in enumerate(p):
-                        old[pi, ci] = token_logps(self.model, self._batch(c), g.temperature, embeds)
+        with self.autocast():
+            if any(width) and (g.epochs * M > 1 or self.vision_frozen):
+                most = int(_all_reduce([float(len(needed))], self.device, "max")[0])
+                embeds = page_embeddings(self.model, needed, self.device, most)
+            if any(width) and g.kl_coef > 0 and self.reference is not None:
+                ref_embeds = page_embeddings(self.reference, needed, self.device)
+            if g.epochs * M > 1:  # the policy moves within the batch: the ratio needs the rollout policy's log-probs
+                with torch.no_grad():
+                    for pi, p in enumerate(parts):
+                        for ci, c in enumerate(p):
+                            old[pi, ci] = token_logps(self.model, self._batch(c), g.temperature, embeds)
         loss_sum, clip_low, clip_high, kl_sum, norms, updates, seen = 0.0, 0.0, 0.0, 0.0, [], 0, 0.0
         lr = self.scheduler.get_last_lr()[0]
         for _ in range(g.epochs):
@@ -380,14 +383,15 @@ class GRPOTrainer(Trainer):
                 for ci, c in enumerate(p):
                     self._sync(ci == len(p) - 1)
                     batch = self._batch(c)  # one batch for the policy and the reference
-                    logp = token_logps(self.model, batch, g.temperature, embeds if self.vision_frozen else None)
-                    ref = None
-                    if ref_embeds is not None:
-                        with torch.no_grad():
-                            ref = token_logps(self.reference, batch, g.temperature, ref_embeds)
-                    adv = torch.tensor([a for _, _, a in c], device=self.device)
-                    s, st = grpo_token_loss(logp, old.get((pi, ci), logp.detach()), adv, batch["resp_mask"][:, 1:],
-                                            g.eps_low, g.eps_high, ref, g.kl_coef)
+                    with self.autocast():
+                        logp = token_logps(self.model, batch, g.temperature, embeds if self.vision_frozen else None)
+                        ref = None
+                        if ref_embeds is not None:
+                            with torch.no_grad():
+                                ref = token_logps(self.reference, batch, g.temperature, ref_embeds)
+                        adv = torch.tensor([a for _, _, a in c], device=self.device)
+                        s, st = grpo_token_loss(logp, old.get((pi, ci), logp.detach()), adv,
+                                                batch["resp_mask"][:, 1:], g.eps_low, g.eps_high, ref, g.kl_coef)
                     w = self.world / total if id(c) in real else 0.0
                     (s * w).backward()
                     if id(c) in real:

@@ -2,8 +2,11 @@
 
     gm = load_for_training(cfg.model, device)        # GlyphModel: .model in train mode, .tokenizer, .prompts
     shard(gm.model, mixed_precision=True)            # FSDP2: one unit per decoder layer and vision block
+    with autocast(cfg.model, device, fsdp): ...      # the forwards (bf16 compute over fp32 trainable weights)
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -35,11 +38,21 @@ def parts(model) -> dict:
     return out
 
 
+def autocast(cfg: ModelConfig, device: torch.device, fsdp: bool = False):
+    """The context for a training run's forwards: bf16 autocast when the weights load in bf16 (the trainable ones
+    then stay fp32, see load_for_training); FSDP's mixed-precision policy does this itself."""
+    if fsdp or resolve_dtype(cfg.dtype, device) != torch.bfloat16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def load_for_training(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None = None) -> GlyphModel:
     """Loads the checkpoint (transformers' own loader), patches it with apply_glyph_kernels (kernels=auto),
-    applies freezing and LoRA, and enables gradient checkpointing. The GlyphModel's .model is in train mode."""
-    gm = GlyphModel.from_pretrained(cfg.path, kernels=cfg.kernels, dtype=dtype or resolve_dtype(cfg.dtype, device),
-                                    device=device)
+    applies freezing and LoRA, and enables gradient checkpointing. The GlyphModel's .model is in train mode.
+    Loaded in bf16, the trainable weights are kept in fp32 (master weights: an Adam step at lr 1e-6 is far below
+    bf16's precision and would round away) and compute goes through `autocast`; model.pure_bf16 keeps them bf16."""
+    dtype = dtype or resolve_dtype(cfg.dtype, device)
+    gm = GlyphModel.from_pretrained(cfg.path, kernels=cfg.kernels, dtype=dtype, device=device)
     model = gm.model
     model.train()
     groups = parts(model)
@@ -70,6 +83,10 @@ def load_for_training(cfg: ModelConfig, device: torch.device, dtype: torch.dtype
         base_model(model).config.use_cache = False
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("model: no parameter is trainable (every part frozen and no LoRA)")
+    if dtype == torch.bfloat16 and not cfg.pure_bf16:
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
     gm.model = model
     return gm
 

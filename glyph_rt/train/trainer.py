@@ -171,6 +171,12 @@ class Trainer:
         return self.ckpt.save(self.step, self.model, self.optimizer, extra)
 
     # -------------------------------------------------------------- one step
+    def autocast(self):
+        """The context of the model's forwards (see train.model.autocast)."""
+        from .model import autocast
+
+        return autocast(self.cfg.model, self.device, self.fsdp)
+
     def _sync(self, on: bool):
         if self.fsdp and hasattr(self.model, "set_requires_gradient_sync"):
             self.model.set_requires_gradient_sync(on)
@@ -185,7 +191,8 @@ class Trainer:
         loss_sum = 0.0
         for i, b in enumerate(micro_batches):
             self._sync(i == len(micro_batches) - 1)
-            s = token_loss_sum(self.model, b, self.device)
+            with self.autocast():
+                s = token_loss_sum(self.model, b, self.device)
             # FSDP averages gradients over ranks: scale so the result is the global token mean
             (s * (self.world / total)).backward()
             loss_sum += float(s.detach())
@@ -230,7 +237,8 @@ class Trainer:
                                  "micro-batches") from None
         self.model.eval()
         try:
-            s = sum(float(token_loss_sum(self.model, b, self.device)) for b in self._eval_batches)
+            with self.autocast():
+                s = sum(float(token_loss_sum(self.model, b, self.device)) for b in self._eval_batches)
         finally:
             self.model.train()
         s, n = _all_reduce([s, float(sum(label_tokens(b) for b in self._eval_batches))], self.device)
@@ -277,10 +285,14 @@ class Trainer:
         return last
 
     def export(self, path: str | os.PathLike | None = None) -> Path | None:
-        """HF-format safetensors of the trained model (LoRA merged) in out_dir/export."""
+        """HF-format safetensors of the trained model (LoRA merged) in out_dir/export, in model.dtype (fp32 master
+        weights and FSDP's fp32 shards are written as bf16 where the run computes in bf16)."""
         lora = self.cfg.model.lora
+        from .model import resolve_dtype
+
         return export_hf(self.model, self.gm.tokenizer, self.cfg.model.path, path or self.out / "export",
-                         lora_scale=lora.alpha / lora.r if lora.r else None)
+                         lora_scale=lora.alpha / lora.r if lora.r else None,
+                         dtype=resolve_dtype(self.cfg.model.dtype, self.device))
 
 
 # ----------------------------------------------------------------- entry point
