@@ -295,3 +295,23 @@ def test_benchmark_quick_mode_runs_and_reports_both_baselines(tmp_path):
     for k in ("hf_conv3d", "linear", "linear_u8", "ours_uint8", "ours_pixel_values"):
         assert row[k]["ms"] > 0 and row[k]["tflops"] > 0 and row[k]["gbps"] > 0
     assert {"speedup_vs_conv3d", "speedup_vs_linear_u8", "speedup_vs_linear"} <= set(res["summary"])
+
+
+@pytest.mark.parametrize("uint8", [False, True])
+def test_autocast_runs_fp32_master_weights_in_its_dtype(uint8):
+    """A training run's fp32 weights under a bf16 autocast: the GEMM takes them in bf16 (as a Conv3d's would be)
+    and the gradients reach the fp32 weights."""
+    from glyph_rt.models.patch_embed import PatchEmbed
+    from glyph_rt.ops.patch_embed import expand_uint8, patch_embed_reference
+
+    torch.manual_seed(0)
+    pe = PatchEmbed(48)
+    u8 = torch.randint(0, 256, (5, 588), dtype=torch.uint8)
+    x = u8 if uint8 else expand_uint8(u8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = pe(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert pe.proj.weight.grad.dtype == torch.float32 and bool(pe.proj.weight.grad.abs().sum() > 0)
+    want = patch_embed_reference(expand_uint8(u8), pe.proj.weight.detach(), pe.proj.bias.detach())
+    torch.testing.assert_close(y.float(), want, atol=0.05, rtol=0.02)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops import autocast_dtype
 from ..ops.patch_embed import fold_weight, patch_embed
 
 
@@ -57,6 +58,12 @@ def folded_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def embed_patches(module: nn.Module, hidden_states: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """The forward of any module holding the patch-embedding Conv3d as `proj` (ours, or a patched HF one)."""
+    """The forward of any module holding the patch-embedding Conv3d as `proj` (ours, or a patched HF one). Under
+    autocast, fp32 weights (a training run's master weights) are cast to its dtype, as a Conv3d's would be."""
+    w, b = module.proj.weight, module.proj.bias
     folded = folded_weights(module) if hidden_states.dtype == torch.uint8 else None
-    return patch_embed(hidden_states, module.proj.weight, module.proj.bias, backend, folded)
+    dt = autocast_dtype(hidden_states.device)
+    if dt is not None and w.dtype != dt:
+        w, b = w.to(dt), None if b is None else b.to(dt)
+        folded = None if folded is None else tuple(x.to(dt) for x in folded)
+    return patch_embed(hidden_states, w, b, backend, folded)

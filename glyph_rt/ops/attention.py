@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import autocast_dtype
+
 BACKENDS = ("auto", "glyph", "flash_attn", "sdpa", "reference")
 MAX_HEAD_DIM = 256
 
@@ -83,11 +85,8 @@ def _available(device_type: str, interp: bool) -> dict[str, str | None]:
 def autocast_inputs(*xs: torch.Tensor) -> tuple:
     """q, k, v in autocast's dtype where autocast is on (as SDPA takes them): under a bf16 autocast, rotary
     embeddings in fp32 leave q and k in fp32 beside a bf16 v."""
-    dev = xs[0].device.type
-    if not torch.is_autocast_enabled(dev):
-        return xs
-    dt = torch.get_autocast_dtype(dev)
-    return tuple(x.to(dt) for x in xs)
+    dt = autocast_dtype(xs[0].device)
+    return xs if dt is None else tuple(x.to(dt) for x in xs)
 
 
 def check_inputs(q, k, v, cu_q, cu_k) -> None:
