@@ -305,7 +305,7 @@ def cmd_eval(args) -> int:
                   target_kwargs={"device": args.device} if args.device else None, data=args.data, lengths=lengths,
                   limit=args.limit, seed=args.seed, tasks=args.tasks.split(",") if args.tasks else None,
                   uuid=args.uuid, squad=args.squad, hotpotqa=args.hotpotqa, documents=args.documents,
-                  truncate=args.truncate)
+                  truncate=args.truncate, row_configs=args.row_configs)
     for r in s["runs"]:
         dpi = f" @ {r['dpi']:g} dpi" if r["dpi"] is not None else ""
         _print(f"{r['target']} ({r['mode']}{dpi}): accuracy {r['accuracy']:.2f} on {r['items']} items, "
@@ -511,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--documents", help="MMLongBench-Doc: directory of the PDFs")
     ev.add_argument("--tasks", help="comma-separated RULER tasks, LongBench datasets or MRCR needle counts")
     ev.add_argument("--uuid", action="store_true", help="RULER: include the UUID-needle tasks (left out by default)")
+    ev.add_argument("--row-configs", action="store_true", help="glyph: render each row with its own config (Glyph's "
+                    "dashed keys) over --config, as Glyph's rendering scripts do (default: --config for every row)")
     ev.add_argument("--squad", help="RULER qa_1: a SQuAD JSON file")
     ev.add_argument("--hotpotqa", help="RULER qa_2: a HotpotQA JSON file")
     ev.add_argument("--seed", type=int, default=0, help="RULER generation seed (default: 0)")

@@ -315,3 +315,15 @@ def test_mmlongbench_scores_the_extracted_answer(tmp_path):
     assert [x["score"] for x in raw.rows] == [0.0, 0.0] and "extracted" not in raw.rows[0]
     rows = read_rows(tmp_path / "run" / "results.jsonl")  # the rerun's rows replace the extracted ones
     assert len(rows) == 2 and all("extractor" not in x for x in rows)
+
+
+def test_item_render_config_overrides_the_runs(local, tmp_path):
+    """An item's own render config (Glyph's dashed keys, as a row of Glyph's evaluation data carries) renders its
+    pages over the run's config: a larger font makes more pages; a bad key names the item."""
+    base = items(2)
+    base[1].render_config = {"font-size": 24, "margin-x": 4}
+    r = evaluate(CFG, base, local, out=tmp_path / "run", progress=False)
+    plain, own = r.rows
+    assert own["pages"] > plain["pages"] >= 1 and "error" not in own
+    with pytest.raises(ValueError, match="item z: render_config: .*unknown Glyph key"):
+        Item(id="z", context="c", question="q", answers=["a"], render_config={"font-size": 9, "fontsize": 9})

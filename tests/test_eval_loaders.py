@@ -2,6 +2,7 @@
 MMLongBench-Doc (PDF -> pages with poppler), Glyph's own evaluation layout."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,27 @@ def test_glyph_evaluation_layout(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps([{"foo": 1}]))
     with pytest.raises(ValueError, match="not a RULER, LongBench or MRCR row"):
         glyph_data.load(tmp_path / "bad.json")
+
+
+def test_glyph_rows_keep_their_own_render_configs(tmp_path):
+    """row_configs: each row's `config` (Glyph's dashed keys) becomes the item's render_config; a font-path that
+    is not a file here is dropped and named in the metadata; without row_configs the rows' configs are ignored."""
+    font = tmp_path / "fonts" / "Mine.ttf"
+    font.parent.mkdir()
+    font.write_bytes((Path(__file__).resolve().parent.parent / "glyph_rt" / "fonts" / "DejaVuSans.ttf").read_bytes())
+    write_jsonl(tmp_path / "final_ruler_all_tasks_4096.jsonl", [
+        {"unique_id": "a", "task_name": "niah_single_1", "context": "c", "question": "q", "outputs": ["1"],
+         "config": {"font-size": 12, "dpi": 96, "font-path": "/nowhere/Verdana.ttf"}},
+        {"unique_id": "b", "task_name": "niah_single_1", "context": "c", "question": "q", "outputs": ["1"],
+         "config": {"font-path": "fonts/Mine.ttf", "alignment": "LEFT"}},
+        {"unique_id": "c", "task_name": "niah_single_1", "context": "c", "question": "q", "outputs": ["1"]}])
+    a, b, c = glyph_data.load(tmp_path, row_configs=True)
+    assert a.render_config == {"font-size": 12, "dpi": 96} and a.metadata["font_missing"] == "Verdana.ttf"
+    assert b.render_config == {"font-path": str(font), "alignment": "LEFT"} and "font_missing" not in b.metadata
+    assert c.render_config == {}
+    assert all(not it.render_config for it in glyph_data.load(tmp_path))
+    write_jsonl(tmp_path / "bad" / "x.jsonl" if (tmp_path / "bad").mkdir() is None else None, [
+        {"unique_id": "d", "task_name": "niah_single_1", "context": "c", "question": "q", "outputs": ["1"],
+         "config": {"font-size": 12, "colour": "red"}}])
+    with pytest.raises(ValueError, match="item d: render_config: .*'colour'"):
+        glyph_data.load(tmp_path / "bad", row_configs=True)

@@ -165,7 +165,8 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
         try:
             ask = it if not max_new_tokens or it.max_new_tokens <= max_new_tokens else \
                 dataclasses.replace(it, max_new_tokens=max_new_tokens)
-            reply = target.answer(ask, config, as_text=as_text)
+            own = config.with_glyph_overrides(it.render_config) if it.render_config and not as_text else config
+            reply = target.answer(ask, own, as_text=as_text)
         except ValueError as e:  # this item cannot be run (too long for the model, ...): recorded, scored 0
             row.update(prediction="", score=0.0, text_tokens=text_tokens, visual_tokens=0, pages=0,
                        compression=None, latency_s=time.perf_counter() - t0, error=str(e))

@@ -15,7 +15,8 @@ class Item:
     generation budget (RULER's tokens_to_generate); text_prompt: the whole user turn of the text baseline when the
     benchmark words it differently from the pages' question (default: context, a blank line, question); messages:
     the text baseline's whole conversation instead, for a multi-turn benchmark (MRCR: [{"role", "content"}, ...],
-    ending with the user's request)."""
+    ending with the user's request); render_config: Glyph dashed keys that override the run's render config for
+    this item's pages (a row's own config in Glyph's evaluation data)."""
     id: str
     context: str
     question: str
@@ -26,6 +27,7 @@ class Item:
     max_new_tokens: int = 128
     text_prompt: str = ""
     messages: list = field(default_factory=list)
+    render_config: dict = field(default_factory=dict)
 
     def __post_init__(self):
         from .metrics import METRICS
@@ -51,6 +53,13 @@ class Item:
         if self.messages and not (turns_ok and self.messages[-1]["role"] == "user"):
             raise ValueError(f"item {self.id}: messages must be a list of {{role: system|user|assistant, content: "
                              "str}} ending with a user message")
+        if self.render_config:
+            from ..render.config import ConfigError, glyph_fields
+
+            try:
+                glyph_fields(self.render_config)
+            except ConfigError as e:
+                raise ValueError(f"item {self.id}: render_config: {e}") from None
 
     @property
     def task(self) -> str:
@@ -62,7 +71,7 @@ class Item:
     @classmethod
     def from_dict(cls, d: dict) -> "Item":
         known = {"id", "context", "question", "answers", "metric", "metadata", "images", "max_new_tokens", "text_prompt",
-                 "messages"}
+                 "messages", "render_config"}
         extra = set(d) - known
         if extra:
             raise ValueError(f"item {d.get('id')!r}: unknown fields {sorted(extra)}")

@@ -24,11 +24,13 @@ SUITES = ("ruler", "longbench", "mrcr", "mmlongbench-doc", "glyph")
 
 def build_items(suite: str, *, data=None, lengths=("4k",), limit: int | None = None, seed: int = 0,
                 tasks=None, uuid: bool = False, squad=None, hotpotqa=None, documents=None, pages_dir=None,
-                doc_dpi: int = 144, tokenizer: str | None = "default", truncate: int | None = None) -> list[Item]:
+                doc_dpi: int = 144, tokenizer: str | None = "default", truncate: int | None = None,
+                row_configs: bool = False) -> list[Item]:
     """The items of a suite: RULER generated here (n = limit or 10 per task and length); the others read from
     `data` (LongBench: a directory of <dataset>.jsonl; MRCR: parquet/JSONL; MMLongBench-Doc: samples.json with
     `documents`; glyph: Glyph's evaluation files), `limit` per dataset / needle count / file. truncate:
-    LongBench contexts over this many tokens keep their first and last halves."""
+    LongBench contexts over this many tokens keep their first and last halves. row_configs: glyph rows rendered
+    with their own configs over the run's."""
     from .benchmarks import glyph_data, longbench, mmlongbench_doc, mrcr, ruler
 
     if suite not in SUITES:
@@ -49,7 +51,11 @@ def build_items(suite: str, *, data=None, lengths=("4k",), limit: int | None = N
             raise ValueError("suite mmlongbench-doc needs --documents DIR (the PDFs named by samples.json)")
         return mmlongbench_doc.load(data, documents, pages_dir or Path(data).parent / "pages", dpi=doc_dpi,
                                     limit=limit)
-    return glyph_data.load(data, limit=limit, uuid=uuid)
+    return glyph_data.load(data, limit=limit, uuid=uuid, row_configs=row_configs)
+
+
+def _set(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if v is not None and v is not False}
 
 
 def configs_for(config: RenderConfig | None, dpis=None) -> list[RenderConfig]:
@@ -74,7 +80,7 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
         spec = json.loads(json.dumps({"suite": suite, **item_kwargs}, default=str))
         if items_path.exists():  # a resumed run scores the very same items
             old = json.loads(spec_path.read_text(encoding="utf-8")) if spec_path.exists() else None
-            if old is not None and old != spec:
+            if old is not None and _set(old) != _set(spec):  # an option left unset matches one a run lacked
                 diff = ", ".join(f"{k}: {old.get(k)!r} then {spec.get(k)!r}" for k in sorted(set(old) | set(spec))
                                  if old.get(k) != spec.get(k))
                 raise ValueError(f"{out} holds the items of another run ({diff}); use another --out, or remove "

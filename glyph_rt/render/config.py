@@ -336,24 +336,24 @@ class RenderConfig:
     @classmethod
     def from_glyph_dict(cls, d: dict, base_dir: str | os.PathLike | None = None) -> "RenderConfig":
         """Glyph's dashed-key format. Unset keys take Glyph's renderer defaults, not glyph_rt's."""
-        unknown = sorted(set(d) - set(GLYPH_KEYS))
-        if unknown:
-            raise ConfigError(f"config: unknown Glyph key(s) {', '.join(map(repr, unknown))}; known: {', '.join(GLYPH_KEYS)}")
-        kw: dict[str, Any] = dict(GLYPH_RENDERER_DEFAULTS)
-        for gk, v in d.items():
-            name = GLYPH_KEYS[gk]
-            if name == "alignment" and isinstance(v, str):
-                v = v.strip().lower()
-                if v not in ALIGNMENTS:
-                    raise ConfigError(f"alignment: {d[gk]!r} is not one of LEFT, CENTER, RIGHT, JUSTIFY")
-            if name == "font_path" and v:
-                v = _resolve(v, base_dir) if base_dir is not None else str(v)
-            if name == "line_height" and not v:
-                v = None
-            kw[name] = v
+        kw: dict[str, Any] = {**GLYPH_RENDERER_DEFAULTS, **glyph_fields(d, base_dir)}
         if kw.get("line_height") is None:
             kw["line_height"] = float(kw.get("font_size", 9)) + 1  # Glyph: line-height or font-size + 1
         return cls(**kw)
+
+    def with_glyph_overrides(self, d: dict, base_dir: str | os.PathLike | None = None) -> "RenderConfig":
+        """This config with the keys of a Glyph dashed-key dict (a row's own config in Glyph's evaluation data)
+        in place of its own; a font-size without a line-height brings line-height font-size + 1, as Glyph's
+        renderer takes it."""
+        kw = glyph_fields(d, base_dir)
+        if "font_size" in kw and kw.get("line_height") is None:
+            kw["line_height"] = float(kw["font_size"]) + 1
+        elif kw.get("line_height", 0) is None:
+            del kw["line_height"]
+        try:
+            return dataclasses.replace(self, **kw).validate()
+        except TypeError as e:
+            raise ConfigError(f"config: {e}") from None
 
     def to_glyph_dict(self, font_path: str | None = None) -> dict:
         """Glyph's format. Fields Glyph lacks (snap, fallbacks, hanging indent...) are folded or dropped."""
@@ -435,6 +435,29 @@ GLYPH_KEYS = {  # Glyph's dashed key -> RenderConfig field
     "para-border-color": "para_border_color", "auto-crop-width": "auto_crop_width",
     "auto-crop-last-page": "auto_crop_last_page", "newline-markup": "newline_markup",
 }
+def glyph_fields(d: dict, base_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """RenderConfig field values of a Glyph dashed-key dict (unknown keys and alignments raise ConfigError naming
+    them; an empty line-height is None)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"config: expected a JSON object of Glyph's keys, got {type(d).__name__}")
+    unknown = sorted(set(d) - set(GLYPH_KEYS))
+    if unknown:
+        raise ConfigError(f"config: unknown Glyph key(s) {', '.join(map(repr, unknown))}; known: {', '.join(GLYPH_KEYS)}")
+    kw: dict[str, Any] = {}
+    for gk, v in d.items():
+        name = GLYPH_KEYS[gk]
+        if name == "alignment" and isinstance(v, str):
+            v = v.strip().lower()
+            if v not in ALIGNMENTS:
+                raise ConfigError(f"alignment: {d[gk]!r} is not one of LEFT, CENTER, RIGHT, JUSTIFY")
+        if name == "font_path" and v:
+            v = _resolve(v, base_dir) if base_dir is not None else str(v)
+        if name == "line_height" and not v:
+            v = None
+        kw[name] = v
+    return kw
+
+
 # What Glyph's renderer uses for keys a config leaves out.
 GLYPH_RENDERER_DEFAULTS: dict[str, Any] = {
     "page_size": PAPER_SIZES["A4"], "margin_x": 20, "margin_y": 20, "font_size": 9, "line_height": None,

@@ -5,8 +5,10 @@
 - LongBench: <dataset>.jsonl with LongBench's fields (and Glyph's unique_id, config): longbench.item_from_row.
 - MRCR: processed_<n>needle_*.json(l), rows with LongBench-like {unique_id, context, question} or MRCR's own
   {prompt, answer, random_string_to_prepend}.
-Rows are recognised by their fields. Pages are rendered by glyph_rt with the run's config (per-row configs are
-ignored), or, with rendered=True, the pages Glyph rendered (image_paths) are sent as they are.
+Rows are recognised by their fields. Pages are rendered by glyph_rt with the run's config, or with row_configs=True
+with each row's own `config` (Glyph's dashed keys) over it, as Glyph's rendering scripts take them (a font-path that
+is not a file here is dropped and named in the item's metadata, font_missing); or, with rendered=True, the pages
+Glyph rendered (image_paths) are sent as they are.
 
     items = load("Glyph_Evaluation/ruler/data")
 """
@@ -56,10 +58,28 @@ def mrcr_item(row: dict, index: int, source: str) -> Item:
     return it
 
 
-def load(path, limit: int | None = None, uuid: bool = False, rendered: bool = False) -> list[Item]:
+def row_config(row: dict, base_dir: Path) -> tuple[dict, str | None]:
+    """A row's own render config (Glyph's dashed keys; a relative font-path is taken from `base_dir`), and the
+    font-path dropped because it is not a file here (or None)."""
+    cfg = dict(row.get("config") or {})
+    font = cfg.get("font-path")
+    if font:
+        path = Path(font).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if path.is_file():
+            cfg["font-path"] = str(path)
+        else:
+            del cfg["font-path"]
+            return cfg, font
+    return cfg, None
+
+
+def load(path, limit: int | None = None, uuid: bool = False, rendered: bool = False,
+         row_configs: bool = False) -> list[Item]:
     """Items of Glyph's evaluation files under `path` (a file or a directory, searched recursively);
     RULER's UUID tasks are left out unless uuid; `limit` rows per file. rendered: send the pages Glyph's
-    scripts rendered (the rows' image_paths) instead of rendering the context, to compare the two."""
+    scripts rendered (the rows' image_paths) instead of rendering the context, to compare the two. row_configs:
+    render each row with its own `config` over the run's."""
     p = Path(path)
     files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.suffix in (".json", ".jsonl"))
     if not p.exists() or not files:
@@ -85,6 +105,12 @@ def load(path, limit: int | None = None, uuid: bool = False, rendered: bool = Fa
             else:
                 raise ValueError(f"{f}:{i + 1}: not a RULER, LongBench or MRCR row of Glyph's evaluation data "
                                  f"(fields: {', '.join(sorted(row)[:8])})")
+            if row_configs and row.get("config"):
+                cfg, missing_font = row_config(row, f.parent)
+                items[-1].render_config = cfg
+                if missing_font:
+                    items[-1].metadata["font_missing"] = Path(missing_font).name
+                items[-1].__post_init__()  # the config's keys checked, naming the item
             if rendered:
                 paths = row.get("image_paths") or []
                 missing = [p_ for p_ in paths if not Path(p_).is_file()]
