@@ -430,18 +430,24 @@ def cmd_serve(args) -> int:
 def cmd_train(args) -> int:
     from .train.config import load_config
 
-    rest, config, overrides = list(args.overrides), args.config, []
-    while rest:  # --config may come after the overrides too
+    rest, config, overrides, show = list(args.overrides), args.config, [], args.print_config
+    while rest:  # the options may come after the overrides too
         a = rest.pop(0)
         if a == "--config" and rest:
             config = rest.pop(0)
         elif a.startswith("--config="):
             config = a.split("=", 1)[1]
+        elif a == "--print-config":
+            show = True
         elif a.startswith("-"):
-            raise UsageError(f"train: unknown option {a!r}; give --config FILE and key=value overrides")
+            raise UsageError(f"train: unknown option {a!r}; give --config FILE, --print-config and key=value "
+                             "overrides")
         else:
             overrides.append(a)
-    cfg = load_config(args.stage, config, overrides)  # every check before any compute
+    cfg = load_config(args.stage, config, overrides, check_paths=not show)  # every check before any compute
+    if show:
+        sys.stdout.write(cfg.to_yaml())
+        return 0
     from .train.trainer import run
 
     r = run(cfg)
@@ -593,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a stage (cpt, sft, rl) from a YAML config with key=value overrides")
     tr.add_argument("stage", choices=["cpt", "sft", "rl"])
     tr.add_argument("--config", help="YAML config (default: the stage's paper defaults)")
+    tr.add_argument("--print-config", action="store_true", help="print the resolved config (every key, as YAML "
+                    "that --config reads) and exit")
     tr.add_argument("overrides", nargs=argparse.REMAINDER, help="dotted key=value overrides, e.g. optim.lr=1e-5 model.path=DIR")
     tr.set_defaults(func=cmd_train)
     return p

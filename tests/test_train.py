@@ -181,6 +181,20 @@ def test_cli_trains_on_the_built_in_corpus(tiny, tmp_path, stage):
     if stage == "rl":  # a random-weight model's answers often all score the same: such groups are dropped
         assert all(r["groups"] + r["dropped_groups"] >= 2 and r["updates"] in (0, 2) for r in rows)
     assert (out / "checkpoints" / "step_00000002").is_dir() and (out / "export" / "model.safetensors").exists()
+    saved = load_config(stage, out / "config.yaml")  # the run's resolved config, every key
+    assert saved.steps == 2 and saved.model.path == tiny and saved.data.global_batch == 2
+
+
+def test_print_config_reads_back(tiny, tmp_path, capsys):
+    """`glyph-rt train STAGE --print-config` prints every key as YAML (no model needed) that --config reads back
+    to the same config."""
+    from glyph_rt.cli import main
+
+    assert main(["train", "rl", "optim.lr=3e-6", "--print-config", "grpo.group_size=8"]) == 0
+    (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
+    back = load_config("rl", tmp_path / "c.yaml", [f"model.path={tiny}"])
+    assert back == load_config("rl", None, ["optim.lr=3e-6", "grpo.group_size=8", f"model.path={tiny}"])
+    assert back.optim.lr == 3e-6 and back.grpo.group_size == 8 and back.model.pure_bf16 is False
 
 
 # ----------------------------------------------------------------- the loop

@@ -112,6 +112,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        """Every key with its value, in the format --config reads back."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
 
 # ----------------------------------------------------------------- loading
 def _hints(cls) -> dict:
@@ -224,8 +228,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(stage: str, path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """The stage's defaults, with a user's YAML file merged over them, then `key=value` overrides; validated."""
+def load_config(stage: str, path: str | os.PathLike | None = None, overrides: list[str] = (),
+                check_paths: bool = True) -> TrainConfig:
+    """The stage's defaults, with a user's YAML file merged over them, then `key=value` overrides; validated
+    (check_paths: the files it names exist too)."""
     if stage not in STAGES:
         raise TrainConfigError(f"stage: {stage!r} is unknown; choose from {', '.join(STAGES)}")
     data = _read_yaml(DEFAULTS_DIR / f"{stage}.yaml")
@@ -236,7 +242,7 @@ def load_config(stage: str, path: str | os.PathLike | None = None, overrides: li
         data = _merge(data, user)
     data = apply_overrides(data, list(overrides))
     data["stage"] = stage
-    return validate(_build(TrainConfig, data))
+    return validate(_build(TrainConfig, data), check_paths)
 
 
 def _check(ok: bool, key: str, msg: str) -> None:
@@ -262,9 +268,9 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     _check(bool(cfg.out_dir), "out_dir", "is empty; give a directory for logs and checkpoints")
     _check(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda"), "device",
            f"{cfg.device!r} must be auto, cpu or cuda[:N]")
-    _check(bool(m.path), "model.path", "is empty; give a GlyphModel checkpoint directory "
-           "(glyph-rt make-tiny-checkpoint DIR writes a tiny one)")
     if check_paths:
+        _check(bool(m.path), "model.path", "is empty; give a GlyphModel checkpoint directory "
+               "(glyph-rt make-tiny-checkpoint DIR writes a tiny one)")
         _check(Path(m.path).is_dir(), "model.path", f"{m.path!r} is not a directory")
         _check(Path(m.path, "config.json").exists(), "model.path", f"{m.path!r} has no config.json")
     _check(m.kernels in ("auto", "off"), "model.kernels", f"{m.kernels!r} must be auto or off")

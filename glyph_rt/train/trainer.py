@@ -20,12 +20,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..fileio import write_atomic
 from ..models.prompt import IGNORE_INDEX
 from .checkpoint import CheckpointManager, export_hf
 from .collate import model_inputs as collated_inputs
 from .config import TrainConfig
 from .metrics import MetricsLogger
-
 
 
 # ----------------------------------------------------------------- distribution
@@ -304,6 +304,9 @@ def run(cfg: TrainConfig, data=None, progress: bool = True) -> dict:
     loader_options(cfg)  # a bad data.loader key fails before the model loads
     torch.manual_seed(cfg.seed)
     rank, world, device = setup_distributed(cfg)
+    if rank == 0:  # the run's resolved config, every key: `--config out_dir/config.yaml` runs it again
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(cfg.out_dir) / "config.yaml", cfg.to_yaml())
     fsdp = use_fsdp(cfg, world)
     gm = load_for_training(cfg.model, device, dtype=torch.float32 if fsdp and device.type == "cuda" else None)
     if fsdp:
