@@ -112,7 +112,8 @@ def while_training(args, task, corpus, builder) -> dict:
 
     quick = args.device == "cpu"
     device = torch.device(args.device)
-    model, opt, _ = trainable_model(quick, device, torch.float32 if quick else torch.bfloat16, args.train_layers)
+    dtype = torch.float32 if quick else torch.bfloat16
+    model, opt, _ = trainable_model(quick, device, dtype, args.train_layers)
     base = model.get_base_model()
     g = torch.Generator().manual_seed(0)
     vocab = base.config.text_config.vocab_size
@@ -122,7 +123,7 @@ def while_training(args, task, corpus, builder) -> dict:
     def train_step() -> float:
         t = time.perf_counter()
         base.model.rope_deltas = None
-        step(model, opt, batch)
+        step(model, opt, batch, dtype)
         sync(device)
         return time.perf_counter() - t
 
