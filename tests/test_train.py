@@ -242,7 +242,7 @@ def test_kernels_on_off_same_loss_and_grads(tiny, tmp_path):
         b = ocr_samples(gm, ["blue sky"])[0]
         loss = token_loss_sum(gm.model, b, torch.device("cpu"))
         loss.backward()
-        res.append((loss.item(), {n: p.grad.clone() for n, p in gm.model.named_parameters()}))
+        res.append((float(loss.detach()), {n: p.grad.clone() for n, p in gm.model.named_parameters()}))
     assert res[0][0] == pytest.approx(res[1][0], rel=1e-4)
     for n, g in res[0][1].items():
         torch.testing.assert_close(g, res[1][1][n], rtol=2e-3, atol=2e-5, msg=n)
@@ -462,3 +462,28 @@ def test_grpo_under_fsdp_keeps_ranks_in_step_and_resumes(tiny, tmp_path, frozen)
     assert a.keys() == b.keys()
     for k, v in a.items():
         torch.testing.assert_close(b[k], v, rtol=1e-4, atol=5e-5, msg=k)
+
+
+@pytest.mark.parametrize("mode", ["pad", "pack"])
+def test_training_step_on_glyph_kernels_matches_sdpa(tiny, tmp_path, device, mode):
+    """The trainer's loss and gradients on glyph_rt's kernels (Triton patch-embedding GEMM and attention, forward
+    and backward; compiled on CUDA, interpreted on the CPU) equal those on PyTorch's SDPA, for padded rows and
+    for packed ones (attention within each sample from the position ids)."""
+    from glyph_rt.models import apply_glyph_kernels
+    from glyph_rt.train.model import load_for_training
+    from glyph_rt.train.trainer import token_loss_sum
+
+    res = []
+    for kernels in (False, True):
+        gm = load_for_training(cfg_for(tiny, tmp_path, "model.dtype=float32").model, torch.device(device))
+        gm.patch.undo()
+        gm.patch = apply_glyph_kernels(gm.model, patch_embed_backend="triton" if kernels else "torch",
+                                       attention_backend="glyph" if kernels else "sdpa")
+        batch = ocr_samples(gm, WORDS[:3], mode=mode, per_batch=3)[0]
+        loss = token_loss_sum(gm.model, batch, torch.device(device))
+        loss.backward()
+        res.append((float(loss.detach()), {n: p.grad.clone() for n, p in gm.model.named_parameters() if p.grad is not None}))
+    (want, want_grads), (got, got_grads) = res
+    assert got == pytest.approx(want, rel=1e-4) and got_grads.keys() == want_grads.keys()
+    for name, g in got_grads.items():
+        torch.testing.assert_close(g, want_grads[name], rtol=1e-3, atol=1e-4, msg=name)
