@@ -14,6 +14,7 @@ Glyph rendered (image_paths) are sent as they are.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -107,10 +108,8 @@ def load(path, limit: int | None = None, uuid: bool = False, rendered: bool = Fa
                                  f"(fields: {', '.join(sorted(row)[:8])})")
             if row_configs and row.get("config"):
                 cfg, missing_font = row_config(row, f.parent)
-                items[-1].render_config = cfg
-                if missing_font:
-                    items[-1].metadata["font_missing"] = Path(missing_font).name
-                items[-1].__post_init__()  # the config's keys checked, naming the item
+                meta = {**items[-1].metadata, **({"font_missing": Path(missing_font).name} if missing_font else {})}
+                items[-1] = dataclasses.replace(items[-1], render_config=cfg, metadata=meta)  # keys checked
             if rendered:
                 paths = row.get("image_paths") or []
                 missing = [p_ for p_ in paths if not Path(p_).is_file()]
