@@ -435,6 +435,8 @@ GLYPH_KEYS = {  # Glyph's dashed key -> RenderConfig field
     "para-border-color": "para_border_color", "auto-crop-width": "auto_crop_width",
     "auto-crop-last-page": "auto_crop_last_page", "newline-markup": "newline_markup",
 }
+
+
 def glyph_fields(d: dict, base_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """RenderConfig field values of a Glyph dashed-key dict (unknown keys and alignments raise ConfigError naming
     them; an empty line-height is None)."""
