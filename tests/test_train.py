@@ -98,6 +98,7 @@ def test_overrides_and_yaml(tiny, tmp_path):
     (["data.global_batch=3", "data.micro_batch=2"], "data.global_batch"), (["model.path=/nonexistent"], "model.path"),
     (["data.ocr_ratio=2"], "data.ocr_ratio"), (["model.lora.r=-1"], "model.lora.r"), (["bogus.key=1"], "bogus"),
     (["model.freeze_vision=maybe"], "model.freeze_vision"), (["optim.schedule=linear"], "optim.schedule"),
+    (["model.dtype=float32", "model.pure_bf16=true"], "model.pure_bf16"),
 ])
 def test_bad_config_names_the_key(tiny, over, key):
     with pytest.raises(TrainConfigError, match=f"^{key}"):

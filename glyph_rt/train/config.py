@@ -275,6 +275,8 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
         _check(Path(m.path, "config.json").exists(), "model.path", f"{m.path!r} has no config.json")
     _check(m.kernels in ("auto", "off"), "model.kernels", f"{m.kernels!r} must be auto or off")
     _check(m.dtype in ("auto", "bfloat16", "float32"), "model.dtype", f"{m.dtype!r} must be auto, bfloat16 or float32")
+    _check(not (m.pure_bf16 and m.dtype == "float32"), "model.pure_bf16",
+           "keeps bf16 weights trainable in bf16; model.dtype is float32")
     _check(not (m.freeze_vision and m.freeze_projector and m.freeze_llm and m.lora.r == 0), "model.freeze_llm",
            "every part is frozen and LoRA is off: nothing would train")
     _check(m.lora.r >= 0, "model.lora.r", f"{m.lora.r} must be >= 0 (0: no LoRA)")
