@@ -57,6 +57,7 @@ def main():
         model.shard = lambda m, mixed_precision: shard(m, mixed_precision=True)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     common = [f"model.path={ckpt}", f"out_dir={out}", f"steps={steps}", "optim.warmup_steps=0", "optim.lr=1e-3",
+              "device=cpu",  # gloo processes on the CPU, on a GPU machine too (one GPU cannot hold two ranks)
               "tensorboard=false", "plot=false", "model.gradient_checkpointing=false"]
     if stage == "sft":
         cfg = load_config("sft", None, [*common, "data.global_batch=2", *over])
