@@ -348,11 +348,13 @@ def main(argv=None) -> int:
             res = gen(url, docs, args.clients, args.requests, args.max_tokens)
         res["prefill_rows_per_forward"] = ((svc.engine.steps["prefill_rows"] - steps["prefill_rows"])
                                            / max(1, svc.engine.steps["prefill_forwards"] - steps["prefill_forwards"]))
+        res["engine_busy"] = (svc.engine.steps["busy_s"] - steps["busy_s"]) / res["seconds"]
         print(f"engine, {args.clients} clients: {res['requests_per_s']:.2f} req/s "
               f"({res['requests_per_s'] / serial['requests_per_s']:.2f}x serial), {res['tokens_per_s']:.1f} tok/s, "
               f"TTFT p50 {res['ttft_p50_s'] * 1e3:.1f} ms p99 {res['ttft_p99_s'] * 1e3:.1f} ms, "
               f"ITL p50 {res['itl_p50_s'] * 1e3:.1f} ms p99 {res['itl_p99_s'] * 1e3:.1f} ms, errors {res['errors']}; "
-              f"{res['prefill_rows_per_forward']:.1f} requests per prefill forward")
+              f"{res['prefill_rows_per_forward']:.1f} requests per prefill forward, the engine busy "
+              f"{res['engine_busy']:.0%} of the time")
         first, follow = asyncio.run(followups(url, text, args.cache_doc_chars, docs[0]))
         print(f"document cache, {args.cache_doc_chars:,} characters: TTFT first {first * 1e3:.1f} ms, "
               f"follow-up {follow * 1e3:.1f} ms ({follow / first:.1%} of the first; medians of 3 documents)")

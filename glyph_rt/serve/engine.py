@@ -183,7 +183,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.on_step = None  # called on the engine's thread after each step (to send the step's events at once)
-        self.steps = {"prefill": 0, "prefill_forwards": 0, "prefill_rows": 0, "decode": 0, "decode_rows": 0}
+        # counters, and busy_s: seconds the loop spent stepping (not waiting for requests)
+        self.steps = {"prefill": 0, "prefill_forwards": 0, "prefill_rows": 0, "decode": 0, "decode_rows": 0,
+                      "busy_s": 0.0}
 
     # ------------------------------------------------------------------ public
     def start(self) -> "Engine":
@@ -254,6 +256,7 @@ class Engine:
                     self._cv.wait(0.5)
                 if self._stopping:
                     break
+            t0 = time.perf_counter()
             self._reap()
             budget = self.prefill_chunk or math.inf  # prompt tokens this step: short prompts share it
             while budget > 0:
@@ -274,6 +277,7 @@ class Engine:
                                                    None, 500, "engine_error"))
                     self._batch, self._batch_rows = None, []
             self._stepped()
+            self.steps["busy_s"] += time.perf_counter() - t0
         for r in list(self.waiting) + list(self.running) + list(self._prefilling):
             self._fail(r, RequestError("the server is shutting down", None, 503))
         self._stepped()
