@@ -321,14 +321,16 @@ def test_a_request_that_breaks_a_shared_forward_fails_alone(gm, monkeypatch, cap
         e.shutdown()
 
 
-def test_engine_on_glyph_kernels_matches_it_on_sdpa(tmp_path, device):
+@pytest.mark.parametrize("arch", ["glm4v", "qwen2_5_vl"])
+def test_engine_on_glyph_kernels_matches_it_on_sdpa(tmp_path, device, arch):
     """The engine on glyph_rt's kernels (the Triton patch-embedding GEMM, varlen vision and prefill attention over
     left-padded batched pieces, the decode kernel over the left-padded batch cache; compiled on CUDA, interpreted
     on the CPU) against the same engine on PyTorch's SDPA: the same schedule, the same logits at every forward,
-    the same greedy tokens (fp32)."""
+    the same greedy tokens (fp32). Qwen2.5-VL's vision tower has window and full attention blocks."""
     from glyph_rt.models import apply_glyph_kernels
+    from glyph_rt.models.tiny import make_tiny_checkpoint
 
-    ckpt = tiny_glm4v_checkpoint(tmp_path / "glm4v")
+    ckpt = make_tiny_checkpoint(tmp_path / arch, arch)
     runs = []
     for kernels in (False, True):
         gm = GlyphModel.from_pretrained(ckpt, render_config=CFG, device=device, dtype=torch.float32)
