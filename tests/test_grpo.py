@@ -267,3 +267,31 @@ def test_rollout_prefills_each_prompt_once(tmp_path, kind):
         torch.manual_seed(0)
         got = roll.sample(inputs, 3)
     assert torch.equal(got, want)
+
+
+def test_grpo_step_in_bf16_over_fp32_master_weights(tmp_path):
+    """model.dtype=bfloat16 on one process, as on a GPU: rollouts, page embeddings, old log-probs, a KL reference
+    (loaded in bf16) and LoRA under bf16 autocast over the fp32 trainable weights; the step trains them."""
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.grpo import GRPOTrainer
+    from glyph_rt.train.model import load_for_training
+
+    path = make_tiny_checkpoint(tmp_path / "tiny")
+    cfg = load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / 'run'}", "model.dtype=bfloat16",
+                                   "model.lora.r=4", "grpo.group_size=4", "data.global_batch=2", "data.micro_batch=2",
+                                   "grpo.max_new_tokens=5", "grpo.rewards={ocr: 1.0}", "grpo.epochs=2",
+                                   "grpo.kl_coef=0.1", "tensorboard=false", "plot=false", "steps=1", "export=false",
+                                   "model.gradient_checkpointing=false", "optim.lr=1e-3"])
+    torch.manual_seed(0)
+    gm = load_for_training(cfg.model, torch.device("cpu"))
+    trainable = [p for p in gm.model.parameters() if p.requires_grad]
+    assert {p.dtype for p in trainable} == {torch.float32}
+    assert {p.dtype for p in gm.model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    before = [p.detach().clone() for p in trainable]
+    records = [{"context": f"red fox {i}", "question": "Read the text.", "answer": f"red fox {i}"} for i in range(8)]
+    t = GRPOTrainer(cfg, gm, progress=False)
+    assert next(t.reference.parameters()).dtype == torch.bfloat16
+    m = t.fit(records)
+    assert m["updates"] == 2 and m["loss"] == m["loss"]  # not NaN
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainable))
