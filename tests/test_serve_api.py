@@ -77,7 +77,8 @@ def test_models_health_and_metrics(server, client):
     text = httpx.get(server.url + "/metrics").text
     for name in ("glyph_rt_queue_depth", "glyph_rt_running_requests", "glyph_rt_time_to_first_token_seconds",
                  "glyph_rt_inter_token_latency_seconds", "glyph_rt_generation_tokens_per_second",
-                 "glyph_rt_pages_rendered", "glyph_rt_compression_ratio", "glyph_rt_document_cache_hits"):
+                 "glyph_rt_pages_rendered", "glyph_rt_compression_ratio", "glyph_rt_document_cache_hits",
+                 "glyph_rt_engine_busy_seconds_total"):
         assert name in text
 
 

@@ -277,7 +277,9 @@ class Engine:
                                                    None, 500, "engine_error"))
                     self._batch, self._batch_rows = None, []
             self._stepped()
-            self.steps["busy_s"] += time.perf_counter() - t0
+            busy = time.perf_counter() - t0
+            self.steps["busy_s"] += busy
+            self.metrics.busy.inc(busy)
         for r in list(self.waiting) + list(self.running) + list(self._prefilling):
             self._fail(r, RequestError("the server is shutting down", None, 503))
         self._stepped()

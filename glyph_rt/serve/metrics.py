@@ -33,6 +33,8 @@ class Metrics:
         self.cache_hits = Counter(p + "document_cache_hits", "document cache hits", ["kind"], registry=r)
         self.cache_misses = Counter(p + "document_cache_misses", "document cache misses", ["kind"], registry=r)
         self.cache_bytes = Gauge(p + "document_cache_bytes", "bytes held by the document cache", registry=r)
+        self.busy = Counter(p + "engine_busy_seconds", "seconds the engine spent stepping (its rate: the busy share; "
+                            "near 1, requests queue for the model)", registry=r)
         self._lock = threading.Lock()
         self._recent: deque = deque()  # [time, tokens] in 100 ms bins over the last 10 s
         self._sum = 0
