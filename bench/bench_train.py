@@ -84,10 +84,12 @@ def trainable_model(quick: bool, device, dtype, layers: int | None = None):
 def step(model, opt, batch, dtype) -> float:
     """One SFT step as glyph_rt's trainer takes it: the mean loss on the answer (logits made there only; bf16 autocast
     over the fp32 trainable weights when the weights load in bf16), backward, AdamW."""
+    from glyph_rt.train.config import ModelConfig
+    from glyph_rt.train.model import autocast
     from glyph_rt.train.trainer import label_tokens, token_loss_sum
 
     dev = batch["input_ids"].device
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    with autocast(ModelConfig(dtype=str(dtype).removeprefix("torch.")), dev):
         loss = token_loss_sum(model, batch, dev) / label_tokens(batch)
     loss.backward()
     opt.step()

@@ -54,7 +54,7 @@ def build_items(suite: str, *, data=None, lengths=("4k",), limit: int | None = N
     return glyph_data.load(data, limit=limit, uuid=uuid, row_configs=row_configs)
 
 
-def _set(spec: dict) -> dict:
+def _given(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if v is not None and v is not False}
 
 
@@ -80,7 +80,7 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
         spec = json.loads(json.dumps({"suite": suite, **item_kwargs}, default=str))
         if items_path.exists():  # a resumed run scores the very same items
             old = json.loads(spec_path.read_text(encoding="utf-8")) if spec_path.exists() else None
-            if old is not None and _set(old) != _set(spec):  # an option left unset matches one a run lacked
+            if old is not None and _given(old) != _given(spec):  # an option left unset matches one a run lacked
                 diff = ", ".join(f"{k}: {old.get(k)!r} then {spec.get(k)!r}" for k in sorted(set(old) | set(spec))
                                  if old.get(k) != spec.get(k))
                 raise ValueError(f"{out} holds the items of another run ({diff}); use another --out, or remove "

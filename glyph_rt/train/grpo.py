@@ -194,6 +194,11 @@ class GlyphRollout:
                               synced_gpus=_world() > 1, **{kw: rows})
 
 
+def distinct(groups: list[Group]) -> list[Group]:
+    """The groups in first-seen order, each once."""
+    return list({id(g): g for g in groups}.values())
+
+
 def sequence_batch(items: list[tuple[Group, int]], image_token_id: int, pad_id: int, device) -> dict:
     """A right-padded batch of prompt + response sequences; resp_mask marks response tokens. Each group's pages go
     in once (pixel_values), however many of its responses the batch holds; image_grid_thw has every row's pages
@@ -208,9 +213,8 @@ def sequence_batch(items: list[tuple[Group, int]], image_token_id: int, pad_id: 
         att[b, :len(s)] = 1
         resp[b, len(g.prompt_ids):len(s)] = True
     groups = [g for g, _ in items]
-    distinct = list({id(g): g for g in groups}.values())
     return {"input_ids": ids.to(device), "attention_mask": att.to(device), "resp_mask": resp.to(device),
-            "pixel_values": torch.cat([g.pixel_values for g in distinct]).to(device),
+            "pixel_values": torch.cat([g.pixel_values for g in distinct(groups)]).to(device),
             "image_grid_thw": torch.cat([g.image_grid_thw for g in groups]).to(device),
             "mm_token_type_ids": ((ids == image_token_id).long() * att).to(device), "_groups": groups}
 
@@ -237,12 +241,12 @@ def _pages_once(model, groups: list[Group]):
     """While it lasts, the vision tower of `model` runs over the distinct groups' pages only (as sequence_batch
     lays them out) and each row gets its group's embeddings: autograd adds up the rows' gradients."""
     inner = base_model(model).model
-    distinct = list({id(g): g for g in groups}.values())
+    once = distinct(groups)
     first, n = {}, 0
-    for g in distinct:
+    for g in once:
         first[id(g)], n = n, n + len(g.image_grid_thw)
     index = [first[id(g)] + i for g in groups for i in range(len(g.image_grid_thw))]
-    grids = torch.cat([g.image_grid_thw for g in distinct])
+    grids = torch.cat([g.image_grid_thw for g in once])
     own = vars(inner).get("get_image_features")
     run = inner.get_image_features
 
@@ -277,7 +281,7 @@ def token_logps(model, batch: dict, temperature: float = 1.0, embeds: dict | Non
         del fwd["pixel_values"]
         fwd["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(
             pooler_output=tuple(embeds[id(g)] for g in groups))}
-    elif len({id(g) for g in groups}) < len(groups):
+    elif len(distinct(groups)) < len(groups):
         pages = _pages_once(model, groups)
     with pages:
         logits = model(**fwd, use_cache=False, logits_to_keep=keep).logits.float() / temperature  # [resp tokens, V]
@@ -361,7 +365,7 @@ class GRPOTrainer(Trainer):
         real = {id(c) for c in chunks}
         # the pages' embeddings, once per group for the step, where the vision tower stays as it is: the rollout
         # policy's (for old log-probs, and for training when the tower and projector are frozen) and the reference's
-        needed = list({id(x[0]): x[0] for p in parts for c in p for x in c}.values())
+        needed = distinct([gr for p in parts for c in p for gr, _, _ in c])
         old, embeds, ref_embeds = {}, None, None
         with self.autocast():
             if any(width) and (g.epochs * M > 1 or self.vision_frozen):

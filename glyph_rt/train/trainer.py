@@ -287,9 +287,9 @@ class Trainer:
     def export(self, path: str | os.PathLike | None = None) -> Path | None:
         """HF-format safetensors of the trained model (LoRA merged) in out_dir/export, in model.dtype (fp32 master
         weights and FSDP's fp32 shards are written as bf16 where the run computes in bf16)."""
-        lora = self.cfg.model.lora
         from .model import resolve_dtype
 
+        lora = self.cfg.model.lora
         return export_hf(self.model, self.gm.tokenizer, self.cfg.model.path, path or self.out / "export",
                          lora_scale=lora.alpha / lora.r if lora.r else None,
                          dtype=resolve_dtype(self.cfg.model.dtype, self.device))
