@@ -388,7 +388,7 @@ def cmd_serve(args) -> int:
     if args.cmd == "batch":
         _check_input(args.input, "--input")
     for flag, v in (("--timeout", args.timeout), ("--cache-mb", args.cache_mb + 1),
-                    ("--threshold", args.threshold + 1)):
+                    ("--max-queue-mb", args.max_queue_mb), ("--threshold", args.threshold + 1)):
         if not v > 0:
             raise UsageError(f"{flag} must be positive (--cache-mb and --threshold may be 0)")
     try:
@@ -397,7 +397,7 @@ def cmd_serve(args) -> int:
         raise RuntimeError(f"{args.cmd} needs the serve extra: pip install 'glyph_rt[serve]' ({e})") from None
     cfg = ServeConfig(model=args.model, served_model_name=args.served_model_name, render_config=_config(args),
                       device=args.device, kernels=args.kernels, max_batch=args.max_batch, max_queue=args.max_queue,
-                      prefill_chunk=args.prefill_chunk,
+                      max_queue_bytes=int(args.max_queue_mb * 2**20), prefill_chunk=args.prefill_chunk,
                       timeout=args.timeout, cache_bytes=int(args.cache_mb * 2**20), threshold=args.threshold,
                       max_pages=args.max_pages, default_max_tokens=args.max_tokens,
                       allowed_media_dir=getattr(args, "allowed_media_dir", None))
@@ -587,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("--kernels", default="auto", choices=["auto", "off"], help="glyph_rt kernels or stock HF")
         sv.add_argument("--max-batch", type=_positive_int("--max-batch"), default=32, help="running requests")
         sv.add_argument("--max-queue", type=_positive_int("--max-queue"), default=256, help="waiting requests")
+        sv.add_argument("--max-queue-mb", type=float, default=4096,
+                        help="rendered pages (pixel_values) that waiting requests may hold, MiB (default: 4096)")
         sv.add_argument("--prefill-chunk", type=_positive_int("--prefill-chunk"), default=2048,
                         help="prompt tokens per step while other requests decode (default: 2048)")
         sv.add_argument("--timeout", type=float, default=600, help="seconds per request (default: 600)")

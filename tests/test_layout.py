@@ -289,3 +289,16 @@ def test_tabs_do_not_expand_into_items(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) < 200, f"layout of 2M tabs grew the process by {out.stdout.strip()} MiB"
+
+
+def test_atlases_in_memory_are_bounded(tmp_path, monkeypatch):
+    """A new font size per sample (training's style sampler) does not grow the process: the most recent atlases
+    stay in memory, and a document keeps its own."""
+    from glyph_rt.render.atlas import FontAtlas
+
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path))
+    monkeypatch.setattr(FontAtlas, "MEMORY_ATLASES", 2)
+    docs = [glyph_rt.Document("bounded", RenderConfig(font_size=10 + i / 4, line_height=30)) for i in range(5)]
+    assert len(FontAtlas._memory) <= 2
+    again = glyph_rt.Document("bounded", RenderConfig(font_size=10, line_height=30))  # rebuilt from the disk cache
+    assert np.array_equal(again.rasterize(0, 1)[0], docs[0].rasterize(0, 1)[0])

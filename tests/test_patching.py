@@ -91,3 +91,6 @@ def test_position_table_is_cached_per_grid_and_bit_exact():
         assert torch.equal(emb(*args), want)  # served from the cache
         emb.position_embedding.weight.mul_(1.5)  # a new weight version recomputes
         assert torch.equal(emb(*args), original(emb, *args))
+        emb.GLYPH_SHAPES = 1  # a bounded cache: the most recent shapes stay, the answer is the same
+        emb.position_embedding.weight.mul_(0.5)
+        assert torch.equal(emb(*args), original(emb, *args)) and len(emb._glyph_cache) == 1

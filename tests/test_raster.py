@@ -146,6 +146,44 @@ def test_atlas_is_uploaded_once_and_grows_by_new_bitmaps_only(tmp_path, monkeypa
         assert np.array_equal(data[off:off + w * h], src)
 
 
+
+
+def test_atlas_store_is_shared_by_threads(tmp_path, monkeypatch):
+    """A server renders requests on several threads into one store: every atlas's bitmaps read back exactly."""
+    import sys
+    import threading
+
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        for trial in range(5):
+            store = AtlasStore("cpu")
+            docs = [glyph_rt.Document("abcdefg" + chr(0x41 + trial) * 3, RenderConfig(font_size=8 + i, line_height=20))
+                    for i in range(6)]
+            metas, errors, go = {}, [], threading.Barrier(len(docs))
+
+            def upload(d):
+                go.wait()
+                try:
+                    metas[id(d)] = store.meta(d.atlas)
+                except Exception as e:  # noqa: BLE001 - collected and asserted on
+                    errors.append(e)
+
+            threads = [threading.Thread(target=upload, args=(d,)) for d in docs]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors
+            data = store.data.numpy()
+            for d in docs:
+                a = d.atlas.arrays()
+                for g, (w, h, _, _, off) in enumerate(metas[id(d)].tolist()):
+                    src = a["data"][a["offset"][g]:a["offset"][g] + w * h]
+                    assert np.array_equal(data[off:off + w * h], src)
+    finally:
+        sys.setswitchinterval(interval)
 def test_backend_errors(monkeypatch):
     with pytest.raises(ValueError, match="unknown"):
         glyph_rt.render("x", device=TRITON_DEVICE, backend="metal")
@@ -180,3 +218,21 @@ def test_cuda_and_triton_agree_on_a_long_document():
         assert sx == sy and torch.equal(x, y)
     assert_same_as_cpu(docs, a)
 
+
+
+def test_atlas_store_starts_afresh_past_its_budget(tmp_path, monkeypatch):
+    """Training draws a new font size almost every sample: the store stays within its budget, and what a launch
+    reads (its metadata and the data they index) is always its own atlases' bitmaps."""
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path))
+    docs = [glyph_rt.Document("The quick brown fox", RenderConfig(font_size=10 + i, line_height=30)) for i in range(6)]
+    sizes = [len(d.atlas.arrays()["data"]) for d in docs]
+    store = AtlasStore("cpu", budget=2 * max(sizes) + 1)
+    for i, d in enumerate(docs):
+        (meta,), data = store.metas([d.atlas])
+        a = d.atlas.arrays()
+        for g, (w, h, _, _, off) in enumerate(meta.tolist()):
+            assert np.array_equal(data.numpy()[off:off + w * h], a["data"][a["offset"][g]:a["offset"][g] + w * h])
+        assert store.used <= store.budget
+    assert store.resets >= 2
+    (m0, m1), _ = store.metas([docs[0].atlas, docs[0].atlas])  # the same atlas twice: uploaded once
+    assert m0 is m1

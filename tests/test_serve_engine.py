@@ -361,3 +361,53 @@ def test_engine_on_glyph_kernels_matches_it_on_sdpa(tmp_path, device, arch):
     assert len(got) == len(want)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+def sampled_row(seed=None, **params):
+    from glyph_rt.serve.engine import Request
+
+    r = Request(None, SamplingParams(seed=seed, **params), None)
+    if r.params.temperature > 0:
+        r.generator = torch.Generator().manual_seed(seed)
+    return r
+
+
+def test_batched_sampling_draws_from_the_distribution_with_one_generator_per_request():
+    from glyph_rt.serve.engine import next_tokens
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log()[None]
+    r, n = sampled_row(1, temperature=1.0), 4000
+    freq = torch.bincount(torch.tensor([next_tokens([r], logits.clone())[0] for _ in range(n)]), minlength=4) / n
+    assert torch.allclose(freq, probs, atol=4 * (0.25 / n) ** 0.5)  # within 4 standard deviations
+    r = sampled_row(2, temperature=1.0, top_p=0.6)  # top-p keeps the two most likely tokens
+    assert {next_tokens([r], logits.clone())[0] for _ in range(300)} == {0, 1}
+    # a seed's tokens do not depend on the requests sharing the batch
+    alone = sampled_row(7, temperature=0.8, top_p=0.9)
+    want = [next_tokens([alone], logits.clone())[0] for _ in range(40)]
+    rows = [sampled_row(3, temperature=1.0), sampled_row(7, temperature=0.8, top_p=0.9), sampled_row(temperature=0)]
+    got = [next_tokens(rows, logits.repeat(3, 1)) for _ in range(40)]
+    assert [t[1] for t in got] == want and all(t[2] == 0 for t in got)
+    # repetition penalty (greedy): the seen token's logit is scaled away from zero, and the new token joins them
+    r = sampled_row(temperature=0, repetition_penalty=2.0)
+    r.seen = torch.tensor([0])
+    assert next_tokens([r], logits.clone()) == [1] and r.seen.tolist() == [0, 1]
+
+
+def test_queue_holds_a_bounded_amount_of_rendered_pages(gm):
+    e = Engine(gm, max_queue_bytes=1)  # not started: requests wait
+    p = prompt(gm, e, CONTEXTS[0], QUESTIONS[0], cache=False)
+    assert p.pixel_bytes > 0
+    done = threading.Event()
+    first = e.submit(p, SamplingParams(max_tokens=3, **GREEDY), lambda ev: ev["type"] == "done" and done.set())
+    with pytest.raises(QueueFull):  # the first is admitted whatever its size; the next waits for its pages to go
+        e.submit(prompt(gm, e, CONTEXTS[1], QUESTIONS[1], cache=False), SamplingParams(max_tokens=3), print)
+    assert e.queued_bytes == p.pixel_bytes
+    e.start()
+    try:
+        assert done.wait(60)
+        assert e.queued_bytes == 0 and all(s.pixel_values is None for s in p.segments)  # freed after the vision tower
+        again = e.complete(p, SamplingParams(max_tokens=3, **GREEDY))  # the prompt again: its embeddings are kept
+        assert again.token_ids == first.output_ids
+    finally:
+        e.shutdown()

@@ -112,6 +112,21 @@ def test_bad_rl_config_names_the_key(tiny):
             load_config("rl", None, [f"model.path={tiny}", *over])
 
 
+def test_global_batch_that_does_not_split_over_the_ranks_is_named_before_the_model_loads(tiny):
+    from glyph_rt.train.trainer import per_rank
+
+    cpt = load_config("cpt", None, [f"model.path={tiny}"])  # the paper's 170
+    assert per_rank(cpt, 2) == 85
+    with pytest.raises(ValueError, match=r"data.global_batch: 170 samples .* over 8 ranks; use 168 or 176"):
+        per_rank(cpt, 8)
+    rl = load_config("rl", None, [f"model.path={tiny}", "data.global_batch=3"])
+    with pytest.raises(ValueError, match=r"3 prompts .* over 2 ranks; use 2 or 4"):
+        per_rank(rl, 2)
+    for bad in ("grpo.rollout_prompts=-1",):
+        with pytest.raises(TrainConfigError, match="^grpo.rollout_prompts"):
+            load_config("rl", None, [f"model.path={tiny}", bad])
+
+
 def test_held_out_loss_config(tiny):
     with pytest.raises(TrainConfigError, match="^data.eval_loader.corpus"):
         load_config("sft", None, [f"model.path={tiny}", "eval_every=10"])

@@ -54,7 +54,7 @@ def main():
         from glyph_rt.train import model
 
         shard = model.shard
-        model.shard = lambda m, mixed_precision: shard(m, mixed_precision=True)
+        model.shard = lambda m, mixed_precision, **kw: shard(m, mixed_precision=True, **kw)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     common = [f"model.path={ckpt}", f"out_dir={out}", f"steps={steps}", "optim.warmup_steps=0", "optim.lr=1e-3",
               "device=cpu",  # gloo processes on the CPU, on a GPU machine too (one GPU cannot hold two ranks)

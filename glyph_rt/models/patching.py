@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -74,9 +75,11 @@ class GlyphVisionAttention:
 class GlyphPositionEmbedding:
     """GLM-4.1V's learned position table, resampled bicubically per image grid: the resampled table
     depends only on the grid's shape, so in inference it is computed once per shape (and weight
-    version) and reused; the sum is the same as the original's, bit for bit."""
+    version) and reused, the most recent GLYPH_SHAPES shapes kept (cropped last pages bring many); the sum
+    is the same as the original's, bit for bit."""
 
     _glyph_backend = "auto"
+    GLYPH_SHAPES = 32
 
     def forward(self, embeddings, lengths, image_shapes, h_coords, w_coords):
         weight = self.position_embedding.weight
@@ -84,16 +87,21 @@ class GlyphPositionEmbedding:
             return super().forward(embeddings, lengths, image_shapes, h_coords, w_coords)
         version = (weight.data_ptr(), weight._version, embeddings.dtype, embeddings.device)
         if getattr(self, "_glyph_cache_version", None) != version:
-            self._glyph_cache, self._glyph_cache_version = {}, version
+            self._glyph_cache, self._glyph_cache_version = OrderedDict(), version
+        cache = self._glyph_cache
         lengths = lengths.tolist() if torch.is_tensor(lengths) else list(lengths)
         parts, start = [], 0
         for n, shape in zip(lengths, image_shapes.tolist()):
             key = (tuple(shape), n)
-            if key not in self._glyph_cache:
+            if key in cache:
+                cache.move_to_end(key)
+            else:
                 zero = embeddings.new_zeros(n, embeddings.shape[1])
-                self._glyph_cache[key] = super().forward(zero, [n], image_shapes.new_tensor([shape]),
-                                                         h_coords[start:start + n], w_coords[start:start + n])
-            parts.append(self._glyph_cache[key])
+                cache[key] = super().forward(zero, [n], image_shapes.new_tensor([shape]),
+                                             h_coords[start:start + n], w_coords[start:start + n])
+                if len(cache) > self.GLYPH_SHAPES:
+                    cache.popitem(last=False)
+            parts.append(cache[key])
             start += n
         return embeddings + torch.cat(parts)
 

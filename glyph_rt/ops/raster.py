@@ -10,6 +10,7 @@ The C++ CPU rasterizer is the oracle: both kernels reproduce its pixels exactly.
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -48,22 +49,58 @@ class _AtlasEntry:
 class AtlasStore:
     """The atlases of one device: each bitmap is uploaded once and reused by every launch.
 
-    Atlases grow as texts bring new characters; only the new bitmaps travel then."""
+    Atlases grow as texts bring new characters; only the new bitmaps travel then. Threads share a store (a
+    server renders requests on several): one uploads at a time. When a launch's new bitmaps would take the
+    store past `budget` bytes (training draws a new font size almost every sample), the store starts
+    afresh and uploads that launch's atlases again."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, budget: int = 256 << 20):
         self.device = torch.device(device)
-        self.data = torch.zeros(1 << 16, dtype=torch.uint8, device=self.device)
+        self.budget = budget
         self.used = 0
         self.entries: dict[int, _AtlasEntry] = {}
         self.uploaded_bytes = 0
+        self.resets = 0
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.data = torch.zeros(1 << 16, dtype=torch.uint8, device=self.device)
+        self.used = 0
+        self.entries = {}
 
     def meta(self, atlas) -> torch.Tensor:
         """Device metadata of `atlas` ([bitmaps, 5] int32), uploading whatever is new."""
+        return self.metas([atlas])[0][0]
+
+    def metas(self, atlases: list) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The device metadata of each atlas and the store's data they index, uploading whatever is new."""
+        with self._lock:
+            snaps = []
+            for atlas in atlases:
+                with atlas.lock:
+                    snaps.append(atlas.arrays())
+            distinct = {id(atlas): (atlas, a) for atlas, a in zip(atlases, snaps)}
+            new = sum(self._new_bytes(atlas, a) for atlas, a in distinct.values())
+            if self.used and self.used + new > self.budget:
+                self._reset()
+                self.resets += 1
+            return [self._meta(atlas, a) for atlas, a in zip(atlases, snaps)], self.data
+
+    def _entry(self, atlas) -> _AtlasEntry | None:
         e = self.entries.get(id(atlas))
-        if e is not None and e.ref() is not atlas:
-            e = None
-        with atlas.lock:
-            a = atlas.arrays()
+        return e if e is not None and e.ref() is atlas else None
+
+    def _new_bytes(self, atlas, a: dict) -> int:
+        """Bytes of `atlas`'s bitmaps not in the store yet."""
+        e = self._entry(atlas)
+        n, start = len(a["width"]), 0 if e is None else e.count
+        if start >= n:
+            return 0
+        return int(a["offset"][-1] + a["width"][-1].astype(np.int64) * a["height"][-1] - a["offset"][start])
+
+    def _meta(self, atlas, a: dict) -> torch.Tensor:
+        e = self._entry(atlas)
         n = len(a["width"])
         if e is not None and e.count == n:
             return e.meta
@@ -97,30 +134,38 @@ class AtlasStore:
 
 
 _STORES: dict[torch.device, AtlasStore] = {}
+_STORES_LOCK = threading.Lock()
 
 
 def atlas_store(device) -> AtlasStore:
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    if device not in _STORES:
-        _STORES[device] = AtlasStore(device)
-    return _STORES[device]
+    with _STORES_LOCK:
+        if device not in _STORES:
+            _STORES[device] = AtlasStore(device)
+        return _STORES[device]
 
 
 # ----------------------------------------------------------------------------- staging
 class Staging:
     """Pinned host memory through which placements travel to the GPU (one copy per launch).
 
-    The buffer is reused; before it is overwritten the previous copy out of it must be done."""
+    The buffer is reused; before it is overwritten the previous copy out of it must be done. One thread
+    at a time fills it and queues its copy."""
 
     def __init__(self):
         self.buf: torch.Tensor | None = None
         self.event = None
+        self._lock = threading.Lock()
 
     def upload(self, arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
         if device.type != "cuda":
             return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
+        with self._lock:
+            return self._upload(arrays, device)
+
+    def _upload(self, arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
         spans, total = [], 0
         for a in arrays:
             spans.append((total, a.nbytes))
@@ -261,7 +306,7 @@ class RasterBatch:
         device = torch.device(device)
         store = atlas_store(device)
         with nvtx_range("glyph_rt.upload"):
-            metas = [store.meta(d.atlas) for d in self.docs]
+            metas, atlas_data = store.metas([d.atlas for d in self.docs])
             # per document: where its atlas metadata starts in the combined table
             if all(m is metas[0] for m in metas):
                 table, bases = metas[0], [0] * len(metas)
@@ -317,7 +362,7 @@ class RasterBatch:
                 "g_x0": x0.to(i32), "g_y0": y0.to(i32), "g_w": gw.to(i32), "g_h": gh.to(i32),
                 "g_off": m[:, 4].contiguous(), "g_rgb": rgb.to(i32),
                 "rect_start": r_start, "rect_items": r_items, "r_box": rb.contiguous(), "r_rgb": rrgb,
-                "atlas": store.data,
+                "atlas": atlas_data,
                 "ink": torch.zeros(P, 2, dtype=torch.int32, device=device),
                 "bgv": torch.zeros(P, dtype=torch.float32, device=device),
                 "tiles_per_page_max": self.tiles_per_page_max,

@@ -29,6 +29,7 @@ import math
 import os
 import threading
 import unicodedata
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,10 @@ def _file_id(font: str) -> str:
 
 
 class FontAtlas:
-    _memory: dict[str, "FontAtlas"] = {}
+    # the most recently used atlases (~6 MB each on the host); training's style sampler brings a new one almost
+    # every sample, so older ones go (a document keeps its own alive; the disk cache rebuilds one quickly)
+    _memory: OrderedDict[str, "FontAtlas"] = OrderedDict()
+    MEMORY_ATLASES = 32
     _lock = threading.Lock()
 
     @classmethod
@@ -70,6 +74,10 @@ class FontAtlas:
             if atlas is None:
                 atlas = cls(fonts, size_pt, dpi, h_scale, phases, key=key)
                 cls._memory[key] = atlas
+                while len(cls._memory) > cls.MEMORY_ATLASES:
+                    cls._memory.popitem(last=False)
+            else:
+                cls._memory.move_to_end(key)
             return atlas
 
     @staticmethod

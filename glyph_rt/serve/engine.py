@@ -108,6 +108,7 @@ class Request:
     generator: torch.Generator | None = field(default=None, repr=False)
     first_token_t: float | None = None
     last_token_t: float | None = None
+    pixel_bytes: int = 0  # its pages' pixel_values counted against the engine's max_queue_bytes
 
     @property
     def finished(self) -> bool:
@@ -161,12 +162,48 @@ def _groups(pieces: list[Piece]) -> list[list[Piece]]:
     return groups
 
 
+def next_tokens(rows: list[Request], logits: torch.Tensor) -> list[int]:
+    """Each row's next token from its logits [rows, vocab] (float32), on the logits' device with one host sync
+    for the whole batch: repetition penalty, then greedy, or temperature and top-p sampled by the exponential
+    race (argmax of p / Exp(1) noise), the noise drawn from the request's own generator (a seed gives the same
+    tokens whichever requests share the batch)."""
+    for b, r in enumerate(rows):
+        pen = r.params.repetition_penalty
+        if pen != 1.0:
+            s = logits[b, r.seen]
+            logits[b, r.seen] = torch.where(s < 0, s * pen, s / pen)
+    tokens = logits.argmax(-1)
+    hot = [b for b, r in enumerate(rows) if r.params.temperature > 0]
+    if hot:
+        dev = logits.device
+        idx = torch.tensor(hot, device=dev)
+        x = logits[idx] / torch.tensor([rows[b].params.temperature for b in hot], device=dev)[:, None]
+        top_p = [rows[b].params.top_p for b in hot]
+        if min(top_p) < 1.0:
+            sorted_x, order = torch.sort(x, -1, descending=True)
+            probs = torch.softmax(sorted_x, -1)
+            drop = probs.cumsum(-1) - probs > torch.tensor(top_p, device=dev)[:, None]
+            x = torch.full_like(x, -math.inf).scatter(-1, order, sorted_x.masked_fill(drop, -math.inf))
+        probs = torch.softmax(x, -1)
+        noise = torch.empty_like(probs)
+        for i, b in enumerate(hot):
+            noise[i].exponential_(generator=rows[b].generator)
+        tokens[idx] = (probs / noise.clamp_min_(torch.finfo(noise.dtype).tiny)).argmax(-1)
+    for b, r in enumerate(rows):
+        if r.params.repetition_penalty != 1.0:
+            r.seen = torch.cat([r.seen, tokens[b:b + 1]])
+    return tokens.tolist()
+
+
 class Engine:
     def __init__(self, gm, max_batch: int = 32, max_queue: int = 256, cache_bytes: int = 1 << 30,
-                 timeout: float = 600.0, metrics: Metrics | None = None, prefill_chunk: int = 2048):
+                 timeout: float = 600.0, metrics: Metrics | None = None, prefill_chunk: int = 2048,
+                 max_queue_bytes: int = 4 << 30):
         self.gm = gm
         self.model = gm.model
         self.max_batch, self.max_queue, self.timeout = max_batch, max_queue, timeout
+        # rendered pages (on the model's device) of requests whose pages have not been through the vision tower
+        self.max_queue_bytes, self.queued_bytes = max_queue_bytes, 0
         self.cache = DocumentCache(cache_bytes)
         self.metrics = metrics or Metrics()
         self.max_positions = gm.max_positions
@@ -215,11 +252,13 @@ class Engine:
     def submit(self, prompt: Prompt, params: SamplingParams, on_event, timeout: float | None = None) -> Request:
         params.validate()
         self.check(prompt, params)
-        req = Request(prompt, params, on_event)
+        req = Request(prompt, params, on_event, pixel_bytes=prompt.pixel_bytes)
         req.deadline = req.arrival + (timeout or self.timeout)
         with self._cv:
-            if len(self.waiting) >= self.max_queue:
+            if len(self.waiting) >= self.max_queue or (
+                    self.waiting and self.queued_bytes + req.pixel_bytes > self.max_queue_bytes):
                 raise QueueFull(len(self.waiting), retry_after=max(1, len(self.waiting) // max(1, self.max_batch)))
+            self.queued_bytes += req.pixel_bytes
             self.waiting.append(req)
             self.metrics.queue_depth.set(len(self.waiting))
             self._cv.notify_all()
@@ -250,6 +289,8 @@ class Engine:
 
     # ------------------------------------------------------------------ loop
     def _loop(self) -> None:
+        if self.gm.device.type == "cuda":  # Triton launches on the thread's current device
+            torch.cuda.set_device(self.gm.device)
         while True:
             with self._cv:
                 while not self._stopping and not self.waiting and not self.running and not self._prefilling:
@@ -380,6 +421,7 @@ class Engine:
             s.parts.append(emb)
             if len(s.parts) == s.pages:
                 s.embeddings, s.parts = torch.cat(s.parts), None
+                s.pixel_values = None  # not needed again: a prompt submitted again reads the embeddings
                 self.cache.put(s.key, DocumentEntry(s.grids, s.embeddings, s.text_tokens))
 
     def _forward(self, ids, pos, cache, mask=None, embeds=None):
@@ -420,9 +462,10 @@ class Engine:
             if new_pages:
                 self.metrics.rendered(sum(s.pages for s in new_pages), sum(s.visual_tokens for s in new_pages),
                                       sum(s.text_tokens for s in new_pages))
-        if pos is None:
-            grids = torch.cat([s.grids for s in p.segments]).to(dev) if p.segments else None
-            pos, delta = self._positions(ids, grids)
+        if pos is None:  # on the CPU: the rope index walks the pages with host syncs
+            grids = torch.cat([s.grids for s in p.segments]) if p.segments else None
+            pos, delta = self._positions(torch.tensor([p.input_ids]), grids)
+            pos = pos.to(dev)
         r.pf = {"ids": ids, "pos": pos, "delta": delta, "cache": cache, "at": at, "vision": vision, "embeds": None,
                 "images_before": 0}
         self._prefilling.append(r)
@@ -459,6 +502,7 @@ class Engine:
             if pf["vision"]:
                 return self._take_pages(r, limit, pages)
             pf["vision"], pf["embeds"] = None, torch.cat([s.embeddings for s in p.segments])
+        self._release_pixels(r)
         k, L, at = p.prefix_len, len(p.input_ids), pf["at"]
         target = k if at < k else L
         end = int(min(target, at + limit))
@@ -557,13 +601,15 @@ class Engine:
         self.metrics.prompt_tokens.inc(L)
         r.kv = [(lay.keys, lay.values) for lay in cache.layers]
         r.length, r.next_pos = L, L + pf["delta"]
-        r.seen = torch.tensor(sorted(set(p.input_ids)), device=self.gm.device)
+        if r.params.repetition_penalty != 1.0:
+            V = logits.shape[-1]
+            r.seen = torch.tensor(sorted(t for t in set(p.input_ids) if 0 <= t < V), device=logits.device)
         if r.params.temperature > 0:
             seed = r.params.seed if r.params.seed is not None else int.from_bytes(uuid.uuid4().bytes[:6], "little")
-            r.generator = torch.Generator().manual_seed(seed)
+            r.generator = torch.Generator(logits.device).manual_seed(seed)
         self.running.append(r)
         self.metrics.running.set(len(self.running))
-        self._accept(r, self._sample(r, logits))
+        self._accept(r, next_tokens([r], logits[None])[0])
 
     # ------------------------------------------------------------------ decode
     def _rebuild(self) -> None:
@@ -611,32 +657,13 @@ class Engine:
         self._width += 1
         self.steps["decode"] += 1
         self.steps["decode_rows"] += B
-        plain = [r.params.temperature == 0 and r.params.repetition_penalty == 1.0 for r in rows]
-        greedy = logits.argmax(-1).tolist() if any(plain) else None  # one device sync for all greedy rows
+        tokens = next_tokens(rows, logits)
         for b, r in enumerate(list(rows)):
             r.length += 1
             r.next_pos += 1
-            self._accept(r, greedy[b] if plain[b] else self._sample(r, logits[b]))
+            self._accept(r, tokens[b])
 
     # ------------------------------------------------------------------ sampling and output
-    def _sample(self, r: Request, logits: torch.Tensor) -> int:
-        sp = r.params
-        if sp.repetition_penalty != 1.0:
-            seen = r.seen[r.seen < logits.shape[0]]
-            s = logits[seen]
-            logits[seen] = torch.where(s < 0, s * sp.repetition_penalty, s / sp.repetition_penalty)
-        if sp.temperature == 0:
-            return int(torch.argmax(logits))
-        logits = logits / sp.temperature
-        if sp.top_p < 1.0:
-            sorted_l, idx = torch.sort(logits, descending=True)
-            probs = torch.softmax(sorted_l, -1)
-            drop = probs.cumsum(-1) - probs > sp.top_p
-            sorted_l[drop] = -math.inf
-            logits = torch.full_like(logits, -math.inf).scatter(0, idx, sorted_l)
-        probs = torch.softmax(logits, -1).cpu()
-        return int(torch.multinomial(probs, 1, generator=r.generator))
-
     def _accept(self, r: Request, tok: int) -> None:
         now = time.monotonic()
         if r.first_token_t is None:
@@ -651,8 +678,6 @@ class Engine:
         r.output_ids.append(tok)
         r.last_token = tok
         self.metrics.tokens(1)
-        if r.params.repetition_penalty != 1.0:
-            r.seen = torch.cat([r.seen, r.seen.new_tensor([tok])])
         # incremental detokenization: the ids since the last commit point are decoded again, not all of them
         seg = self.gm.tokenizer.decode(r.output_ids[r.seg_start:], skip_special_tokens=True)
         text = r.committed + seg
@@ -677,7 +702,15 @@ class Engine:
             self._emit(r, {"type": "delta", "text": text[r.sent:end], "request": r})
             r.sent = end
 
+    def _release_pixels(self, r: Request) -> None:
+        """The request's pages no longer count against max_queue_bytes (through the vision tower, or finished)."""
+        if r.pixel_bytes:
+            with self._cv:
+                self.queued_bytes -= r.pixel_bytes
+                r.pixel_bytes = 0
+
     def _remove(self, r: Request) -> None:
+        self._release_pixels(r)
         if r in self._prefilling:
             self._prefilling.remove(r)
         r.pf = None

@@ -114,6 +114,12 @@ class Prompt:
     def text_tokens(self) -> int:
         return sum(s.text_tokens for s in self.segments)
 
+    @property
+    def pixel_bytes(self) -> int:
+        """Bytes of the pages still waiting for the vision tower (their pixel_values)."""
+        return sum(s.pixel_values.numel() * s.pixel_values.element_size() for s in self.segments
+                   if s.pixel_values is not None and s.embeddings is None)
+
 
 @dataclass
 class InputOptions:

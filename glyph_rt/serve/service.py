@@ -36,6 +36,7 @@ class ServeConfig:
     max_batch: int = 32
     prefill_chunk: int = 2048  # prompt tokens per engine step while others decode (0: whole prompts)
     max_queue: int = 256
+    max_queue_bytes: int = 4 << 30  # rendered pages of requests not yet through the vision tower
     timeout: float = 600.0  # seconds per request
     cache_bytes: int = 1 << 30  # document cache budget (0: off)
     threshold: int = 4000  # characters of text content rendered as pages
@@ -102,7 +103,8 @@ class ChatService:
         else:
             name = cfg.served_model_name or cfg.model
         engine = Engine(gm, max_batch=cfg.max_batch, max_queue=cfg.max_queue, cache_bytes=cfg.cache_bytes,
-                        timeout=cfg.timeout, prefill_chunk=cfg.prefill_chunk).start()
+                        timeout=cfg.timeout, prefill_chunk=cfg.prefill_chunk,
+                        max_queue_bytes=cfg.max_queue_bytes).start()
         opts = InputOptions(gm.render_config, name, cfg.threshold, cfg.max_pages, cfg.allowed_media_dir)
         return cls(engine, opts, cfg.default_max_tokens, name)
 

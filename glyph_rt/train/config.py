@@ -77,6 +77,8 @@ class GRPOConfig:
     max_refills: int = 8  # draws per batch before training on what is there
     mini_batches: int = 1  # optimizer updates per pass over a rollout batch (verl's ppo_mini_batch_size)
     epochs: int = 1  # passes over each rollout batch (GRPO's mu, TRL's num_iterations, verl's ppo_epochs)
+    # prompts per generate call, each with its prompt's KV copied group_size times (0: a rank's draw at once)
+    rollout_prompts: int = 1
     max_new_tokens: int = 1024
     temperature: float = 1.0
     top_p: float = 1.0
@@ -312,6 +314,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
         _check(g.max_refills >= 0, "grpo.max_refills", f"{g.max_refills} must be >= 0")
         _check(g.mini_batches >= 1, "grpo.mini_batches", f"{g.mini_batches} must be >= 1")
         _check(g.epochs >= 1, "grpo.epochs", f"{g.epochs} must be >= 1")
+        _check(g.rollout_prompts >= 0, "grpo.rollout_prompts", f"{g.rollout_prompts} must be >= 0 (0: all at once)")
         _check(g.max_new_tokens >= 1, "grpo.max_new_tokens", f"{g.max_new_tokens} must be >= 1")
         _check(g.temperature > 0, "grpo.temperature", f"{g.temperature} must be > 0")
         _check(0 < g.top_p <= 1, "grpo.top_p", f"{g.top_p} must be in (0, 1]")

@@ -318,14 +318,23 @@ class GRPOTrainer(Trainer):
         return None
 
     def draw(self, k: int) -> list[Group]:
+        """k prompts' groups, rolled out grpo.rollout_prompts prompts at a time. Every rank makes as many rollout
+        calls (FSDP's forwards go in step): one with fewer repeats its last prompt and drops the groups."""
         records = []
         for _ in range(k):
             try:
                 records.append(next(self._records))
             except StopIteration:
                 raise ValueError("the RL prompts ran out") from None
+        per = self.cfg.grpo.rollout_prompts or k
+        calls = [records[i:i + per] for i in range(0, k, per)]
+        most = int(_all_reduce([float(len(calls))], self.device, "max")[0])
+        groups = []
         with self.autocast():
-            groups = self.rollout(records, self.cfg.grpo.group_size)
+            for c in range(most):
+                out = self.rollout(calls[c] if c < len(calls) else records[-1:], self.cfg.grpo.group_size)
+                if c < len(calls):
+                    groups += out
         score_groups(groups, self.rewards)
         if groups:
             self._spare = groups[-1]
@@ -385,7 +394,6 @@ class GRPOTrainer(Trainer):
                 if not p or total == 0:
                     continue
                 for ci, c in enumerate(p):
-                    self._sync(ci == len(p) - 1)
                     batch = self._batch(c)  # one batch for the policy and the reference
                     with self.autocast():
                         logp = token_logps(self.model, batch, g.temperature, embeds if self.vision_frozen else None)
@@ -412,8 +420,7 @@ class GRPOTrainer(Trainer):
                 updates += 1
                 seen += total
         with warnings.catch_warnings():
-            if not updates:  # every draw was uniform: nothing to learn this step, keep FSDP's collectives in step
-                self._sync(True)
+            if not updates:  # every draw was uniform: nothing to learn this step
                 warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
             self.scheduler.step()  # the schedule counts rollout steps, updates or none
         self.step += 1

@@ -91,14 +91,19 @@ def load_for_training(cfg: ModelConfig, device: torch.device, dtype: torch.dtype
     return gm
 
 
-def shard(model, mixed_precision: bool) -> None:
+def shard(model, mixed_precision: bool, device: torch.device | None = None) -> None:
     """FSDP2: fully_shard each decoder layer and vision block, then the root; bf16 compute, fp32 reductions.
     `generate` and `get_image_features` count as forwards of the root, so that its parameters are gathered for the
     whole of them: generate calls the vision tower outside the root's forward (the pages' embeddings first), and
-    GRPO takes the pages' embeddings once per step."""
+    GRPO takes the pages' embeddings once per step. The mesh is on `device`'s type (without one, FSDP takes the
+    machine's accelerator: a gloo run on the CPU of a GPU machine would put its shards on the GPU)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     kw = {}
+    if device is not None:
+        kw["mesh"] = init_device_mesh(device.type, (dist.get_world_size(),))
     if mixed_precision:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     units = [m for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "VisionBlock"))

@@ -42,11 +42,30 @@ def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
             raise ValueError(f"device: {cfg.device!r} but torch sees no CUDA device; use device=cpu")
         if device.type == "cuda" and device.index is None:
             device = torch.device(f"cuda:{local}")
+        elif device.type == "cuda" and world > 1:
+            raise ValueError(f"device: {cfg.device!r} puts all {world} ranks on one GPU; use device=cuda (or auto): "
+                             "each rank takes the GPU of its LOCAL_RANK")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
     return rank, world, device
+
+
+def per_rank(cfg: TrainConfig, world: int) -> int:
+    """Micro-batches of a step on each rank (rl: prompts); an error naming data.global_batch when it does not split."""
+    d = cfg.data
+    per_step = d.global_batch if cfg.stage == "rl" else d.global_batch // d.micro_batch
+    if per_step % world:
+        unit = world * (1 if cfg.stage == "rl" else d.micro_batch)
+        lo, hi = d.global_batch // unit * unit, (d.global_batch // unit + 1) * unit
+        raise ValueError(f"data.global_batch: {d.global_batch} {'prompts' if cfg.stage == 'rl' else 'samples'} "
+                         f"in micro-batches of {d.micro_batch} do not split over {world} ranks; use "
+                         + (f"{lo} or {hi}" if lo else f"{hi}") + f" (data.global_batch={hi})")
+    return per_step // world
 
 
 def use_fsdp(cfg: TrainConfig, world: int) -> bool:
@@ -136,11 +155,7 @@ class Trainer:
         self.rank, self.world = rank, world
         self.device = device or next(self.model.parameters()).device
         self.fsdp = fsdp
-        per_step = cfg.data.global_batch if cfg.stage == "rl" else cfg.data.global_batch // cfg.data.micro_batch
-        if per_step % world:
-            raise ValueError(f"data.global_batch: {cfg.data.global_batch} samples in micro-batches of "
-                             f"{cfg.data.micro_batch} do not split over {world} ranks")
-        self.accum = per_step // world  # rl: prompts per rank
+        self.accum = per_rank(cfg, world)  # rl: prompts per rank
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
         self.step = 0
         self.out = Path(cfg.out_dir)
@@ -177,25 +192,30 @@ class Trainer:
 
         return autocast(self.cfg.model, self.device, self.fsdp)
 
-    def _sync(self, on: bool):
-        if self.fsdp and hasattr(self.model, "set_requires_gradient_sync"):
-            self.model.set_requires_gradient_sync(on)
-
-    def train_step(self, micro_batches: list[dict]) -> dict:
-        """One optimizer step over this rank's micro-batches of the global batch."""
+    def train_step(self, micro_batches) -> dict:
+        """One optimizer step over this rank's micro-batches of the global batch (a list, or an iterator that
+        collect() gives: each micro-batch is drawn just before its forward, so one at a time is on the device).
+        Each backward takes its loss sum as it is; the gradients are then scaled once by the global token count.
+        Under FSDP every backward reduce-scatters its gradients, so they accumulate sharded (no unsharded fp32
+        copy of them lives between micro-batches)."""
         t0 = time.perf_counter()
         self.model.train()
-        local_tokens = sum(label_tokens(b) for b in micro_batches)
-        (total,) = _all_reduce([float(local_tokens)], self.device)
-        total = max(total, 1.0)
-        loss_sum = 0.0
-        for i, b in enumerate(micro_batches):
-            self._sync(i == len(micro_batches) - 1)
+        local_tokens, loss_sum, counts = 0, 0.0, []
+        for b in micro_batches:
             with self.autocast():
                 s = token_loss_sum(self.model, b, self.device)
-            # FSDP averages gradients over ranks: scale so the result is the global token mean
-            (s * (self.world / total)).backward()
+            s.backward()
             loss_sum += float(s.detach())
+            local_tokens += label_tokens(b)
+            counts.append(batch_counts(b, self.image_token_id))
+            del b, s
+        (total,) = _all_reduce([float(local_tokens)], self.device)
+        total = max(total, 1.0)
+        # FSDP averages gradients over ranks: scaled so that the result is the global token mean
+        scale = self.world / total
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
         grad_norm = None
         if self.cfg.optim.grad_clip > 0:
             params = [p for p in self.model.parameters() if p.requires_grad]
@@ -206,7 +226,6 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        counts = [batch_counts(b, self.image_token_id) for b in micro_batches]
         keys = ("samples", "tokens", "pages", "visual_tokens", "text_tokens")
         local = [float(sum(c.get(k, 0) for c in counts)) for k in keys] + [loss_sum]
         summed = dict(zip(keys + ("loss_sum",), _all_reduce(local, self.device)))
@@ -245,15 +264,14 @@ class Trainer:
         return s / max(n, 1.0)
 
     # -------------------------------------------------------------- loop
-    def collect(self, it, steps: int) -> list[dict]:
-        """This rank's micro-batches of the next global batch."""
-        micro = []
+    def collect(self, it, steps: int):
+        """This rank's micro-batches of the next global batch, drawn one by one as the step takes them."""
         for _ in range(self.accum):
             try:
-                micro.append(next(it))
+                b = next(it)
             except StopIteration:
                 raise ValueError(f"the data ran out at step {self.step} of {steps}") from None
-        return micro
+            yield b
 
     def fit(self, data, steps: int | None = None) -> dict:
         """Trains until `steps` (default cfg.steps) optimizer steps are done, resuming first when a checkpoint
@@ -304,13 +322,14 @@ def run(cfg: TrainConfig, data=None, progress: bool = True) -> dict:
     loader_options(cfg)  # a bad data.loader key fails before the model loads
     torch.manual_seed(cfg.seed)
     rank, world, device = setup_distributed(cfg)
+    per_rank(cfg, world)  # before the model loads
     if rank == 0:  # the run's resolved config, every key: `--config out_dir/config.yaml` runs it again
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         write_atomic(Path(cfg.out_dir) / "config.yaml", cfg.to_yaml())
     fsdp = use_fsdp(cfg, world)
     gm = load_for_training(cfg.model, device, dtype=torch.float32 if fsdp and device.type == "cuda" else None)
     if fsdp:
-        shard(gm.model, mixed_precision=device.type == "cuda")
+        shard(gm.model, mixed_precision=device.type == "cuda", device=device)
     if cfg.stage == "rl":
         from .grpo import GRPOTrainer
 
