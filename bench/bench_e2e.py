@@ -165,9 +165,10 @@ def glyph_inputs_hf(model, text: str, cfg: RenderConfig, tokenizer_ids, device):
         render_s, len(pages)
 
 
-def glyph_inputs_rt(model, text: str, cfg: RenderConfig, tokenizer_ids, device):
+def glyph_inputs_rt(model, text: str, cfg: RenderConfig, tokenizer_ids, device, dtype=None):
+    """The prompt of `text` rendered by glyph_rt, pixel_values in `dtype` (default: the model's)."""
     t = time.perf_counter()
-    mi = glyph_rt.render_inputs(text, cfg, device=device, dtype=model.dtype)
+    mi = glyph_rt.render_inputs(text, cfg, device=device, dtype=dtype or model.dtype)
     sync(device)
     render_s = time.perf_counter() - t
     return _prompt(model, mi.pixel_values, mi.image_grid_thw, tokenizer_ids, device), render_s, len(mi.image_grid_thw)
@@ -305,6 +306,7 @@ def plot(rows, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    rows = sorted(rows, key=lambda r: r["text_tokens"])
     n = [r["text_tokens"] / 1024 for r in rows]  # K tokens (under 1K in --quick)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(n, [r["prefill_speedup_rt"] for r in rows], "o-", label="prefill (TTFT), glyph_rt")

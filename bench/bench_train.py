@@ -137,14 +137,14 @@ def main(argv=None):
         del text_batch
 
         def glyph_step():  # rendering is part of the step, as in training on the fly
-            x, _, _ = glyph_inputs_rt(base, text, cfg, question_ids, device)
-            base.model.rope_deltas = None
+            x, _, _ = glyph_inputs_rt(base, text, cfg, question_ids, device, dtype)  # the compute dtype (the
+            base.model.rope_deltas = None  # model's first parameters are fp32 master weights)
             return step(model, opt, with_answer(x, answer), dtype)
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         glyph_s, _ = timed(glyph_step, device, args.repeat)
-        x, _, pages = glyph_inputs_rt(base, text, cfg, question_ids, device)
+        x, _, pages = glyph_inputs_rt(base, text, cfg, question_ids, device, dtype)
         visual = int((x["input_ids"] == base.config.image_token_id).sum())
         sync(device)
         row = {"tokens": n, "pages": pages, "visual_tokens": visual, "compression": n / visual,

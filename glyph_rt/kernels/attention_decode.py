@@ -23,7 +23,9 @@ from .attention import LOG2E, _dot
 MAX_ROWS = 64  # Sq * (Hq / Hkv) packed in one tile
 
 
-@triton.jit
+# The lengths grow by one each decode step: specialising on their divisibility by 16 would compile a second
+# variant mid-generation (seconds, inside the first requests' and the benchmarks' timed steps).
+@triton.jit(do_not_specialize=["Sq", "Sk", "keys_per_split", "splits"])
 def attn_decode_split_kernel(
     Q, K, V, KSTART, PO, PLSE, qk_scale, Sq, Sk, keys_per_split,
     stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
@@ -81,7 +83,7 @@ def attn_decode_split_kernel(
     tl.store(PLSE + ((b64 * n_kv + hk) * splits + split) * BM + rows, lse)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Sq", "splits"])
 def attn_decode_merge_kernel(
     PO, PLSE, O, Sq, splits, n_kv,
     stride_pb, stride_ph, stride_ps, stride_pm, stride_ob, stride_os, stride_oh,

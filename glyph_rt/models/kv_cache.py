@@ -70,6 +70,10 @@ class GrowingLayer(DynamicLayer):
         self._k = self._v = None
         super().reset()
 
+    def release(self) -> None:
+        """Lets go of the layer's memory at once (its cache is not used again)."""
+        self._k = self._v = self.keys = self.values = None
+
 
 class GlyphCache(DynamicCache):
     """DynamicCache with GrowingLayer layers; `reserve`: tokens of room beyond the prompt (the new tokens)."""

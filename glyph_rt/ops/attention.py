@@ -280,8 +280,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: t
     if max_seqlen_k is None:
         max_seqlen_k = int((cu_seqlens_k[1:] - cu_seqlens_k[:-1]).max())
     if backend == "flash_attn":
-        fn, _ = flash_attn_varlen()
-        out = fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=scale, causal=causal)
+        fn, name = flash_attn_varlen()
+        kw = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, softmax_scale=scale, causal=causal)
+        if name == "fa2":  # by name: FA2 and FA4 order their arguments differently after cu_seqlens
+            kw.update(max_seqlen_q=int(max_seqlen_q), max_seqlen_k=int(max_seqlen_k))
+        out = fn(q, k, v, **kw)
         return out[0] if isinstance(out, tuple) else out
     return _GlyphAttention.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
                                  bool(causal), float(scale))

@@ -613,7 +613,8 @@ class Engine:
 
     # ------------------------------------------------------------------ decode
     def _rebuild(self) -> None:
-        """The batch cache for the running requests: rows left-padded to the longest."""
+        """The batch cache for the running requests: rows left-padded to the longest. Built layer by layer, each old
+        layer (and the joining requests' own) let go once copied: the peak is one layer over the KV, not twice it."""
         old, oldrows, W = self._batch, self._batch_rows, self._width
         index = {id(r): b for b, r in enumerate(oldrows)}
         width = max(r.length for r in self.running)
@@ -635,6 +636,12 @@ class Engine:
             for b, (k, v) in enumerate(zip(ks, vs)):
                 K[b, :, width - k.shape[1]:] = k
                 V[b, :, width - v.shape[1]:] = v
+            del ks, vs, k, v
+            if old is not None and li < len(old.layers):
+                old.layers[li].release()
+            for r in self.running:
+                if r.kv is not None:
+                    r.kv[li] = None
             new.update(K, V, li)
         for r in self.running:
             r.kv = None
