@@ -312,6 +312,10 @@ class GRPOTrainer(Trainer):
             self.reference = GlyphModel.from_pretrained(cfg.model.path, kernels=cfg.model.kernels,
                                                         dtype=resolve_dtype(cfg.model.dtype, self.device),
                                                         device=self.device).model.eval().requires_grad_(False)
+            if self.fsdp:  # sharded like the policy: not a whole copy (18 GB at 9B in bf16) on every rank
+                from .model import shard
+
+                shard(self.reference, mixed_precision=False, device=self.device)
 
     def collect(self, it, steps):
         self._records = it  # the step draws its prompts itself (dynamic sampling decides how many)
@@ -377,11 +381,11 @@ class GRPOTrainer(Trainer):
         needed = distinct([gr for p in parts for c in p for gr, _, _ in c])
         old, embeds, ref_embeds = {}, None, None
         with self.autocast():
+            most = int(_all_reduce([float(len(needed))], self.device, "max")[0]) if any(width) else 0
             if any(width) and (g.epochs * M > 1 or self.vision_frozen):
-                most = int(_all_reduce([float(len(needed))], self.device, "max")[0])
                 embeds = page_embeddings(self.model, needed, self.device, most)
             if any(width) and g.kl_coef > 0 and self.reference is not None:
-                ref_embeds = page_embeddings(self.reference, needed, self.device)
+                ref_embeds = page_embeddings(self.reference, needed, self.device, most)
             if g.epochs * M > 1:  # the policy moves within the batch: the ratio needs the rollout policy's log-probs
                 with torch.no_grad():
                     for pi, p in enumerate(parts):
