@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 import glyph_rt  # noqa: E402
 from bench.common import add_output_args, copy_to_results, slug, write_result  # noqa: E402
+from glyph_rt.models.kv_cache import kv_bytes  # noqa: E402
 from glyph_rt.nvtx import nvtx_range  # noqa: E402
 from glyph_rt.render.config import GLYPH_CONFIG_EN, RenderConfig  # noqa: E402
 from glyph_rt.render.textio import sample_text  # noqa: E402
@@ -83,13 +84,6 @@ def timed(fn, device, repeat: int, long_s: float = 5.0):
         sync(device)
         times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2], out
-
-
-def kv_bytes(text_config, tokens: int, itemsize: int = 2) -> int:
-    """Bytes of one request's KV cache: keys and values of every layer."""
-    c = text_config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * tokens * itemsize
 
 
 def counts(text: str, n: int, question_tokens: int, text_config) -> dict:

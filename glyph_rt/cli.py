@@ -388,9 +388,10 @@ def cmd_serve(args) -> int:
     if args.cmd == "batch":
         _check_input(args.input, "--input")
     for flag, v in (("--timeout", args.timeout), ("--cache-mb", args.cache_mb + 1),
-                    ("--max-queue-mb", args.max_queue_mb), ("--threshold", args.threshold + 1)):
+                    ("--max-queue-mb", args.max_queue_mb), ("--threshold", args.threshold + 1),
+                    ("--kv-cache-mb", args.kv_cache_mb + 1)):
         if not v > 0:
-            raise UsageError(f"{flag} must be positive (--cache-mb and --threshold may be 0)")
+            raise UsageError(f"{flag} must be positive (--cache-mb, --threshold and --kv-cache-mb may be 0)")
     try:
         from .serve.service import ChatService, ServeConfig
     except ImportError as e:
@@ -398,6 +399,7 @@ def cmd_serve(args) -> int:
     cfg = ServeConfig(model=args.model, served_model_name=args.served_model_name, render_config=_config(args),
                       device=args.device, kernels=args.kernels, max_batch=args.max_batch, max_queue=args.max_queue,
                       max_queue_bytes=int(args.max_queue_mb * 2**20), prefill_chunk=args.prefill_chunk,
+                      kv_cache_bytes=int(args.kv_cache_mb * 2**20) if args.kv_cache_mb else None,
                       timeout=args.timeout, cache_bytes=int(args.cache_mb * 2**20), threshold=args.threshold,
                       max_pages=args.max_pages, default_max_tokens=args.max_tokens,
                       allowed_media_dir=getattr(args, "allowed_media_dir", None))
@@ -589,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("--max-queue", type=_positive_int("--max-queue"), default=256, help="waiting requests")
         sv.add_argument("--max-queue-mb", type=float, default=4096,
                         help="rendered pages (pixel_values) that waiting requests may hold, MiB (default: 4096)")
+        sv.add_argument("--kv-cache-mb", type=float, default=0,
+                        help="KV cache of the running batch at its longest, MiB; a request waits until it fits "
+                             "(default 0: 70%% of the GPU's free memory at start, no limit on the CPU)")
         sv.add_argument("--prefill-chunk", type=_positive_int("--prefill-chunk"), default=2048,
                         help="prompt tokens per step while other requests decode (default: 2048)")
         sv.add_argument("--timeout", type=float, default=600, help="seconds per request (default: 600)")

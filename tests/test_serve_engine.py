@@ -411,3 +411,25 @@ def test_queue_holds_a_bounded_amount_of_rendered_pages(gm):
         assert again.token_ids == first.output_ids
     finally:
         e.shutdown()
+
+
+def test_requests_wait_for_room_in_the_kv_budget(gm):
+    from glyph_rt.models.kv_cache import kv_bytes
+
+    prompts = [prompt(gm, None, CONTEXTS[i], QUESTIONS[i], cache=False) for i in range(3)]
+    shortest = min(len(p.input_ids) for p in prompts) + 4
+    budget = int(1.5 * shortest * kv_bytes(gm.model.config, 1, gm.model.dtype.itemsize))  # no two fit; one always runs
+    e = Engine(gm, kv_cache_bytes=budget).start()
+    try:
+        out, threads = {}, []
+        for i, p in enumerate(prompts):
+            threads.append(threading.Thread(target=lambda i=i, p=p: out.setdefault(
+                i, e.complete(p, SamplingParams(max_tokens=4, **GREEDY)).token_ids)))
+            threads[-1].start()
+        for t in threads:
+            t.join(120)
+        assert e.steps["decode_rows"] == e.steps["decode"]  # never two requests in a decode step
+        for i in range(3):
+            assert out[i] == gm.generate(CONTEXTS[i], QUESTIONS[i], max_new_tokens=4)[0].token_ids
+    finally:
+        e.shutdown()

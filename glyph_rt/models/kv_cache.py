@@ -18,6 +18,13 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 
+def kv_bytes(text_config, tokens: int, itemsize: int = 2) -> int:
+    """Bytes of one request's KV cache of `tokens` tokens: keys and values of every layer."""
+    c = getattr(text_config, "text_config", text_config)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * tokens * itemsize
+
+
 def cache_kwarg(model) -> str:
     """The keyword under which this model takes a KV cache: `cache` in current transformers, which
     deprecates `past_key_values`, or `past_key_values` in earlier 5.x releases."""

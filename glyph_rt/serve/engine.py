@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models.kv_cache import GlyphCache, cache_kwarg
+from ..models.kv_cache import GlyphCache, cache_kwarg, kv_bytes
 from ..models.prompt import VISION_MERGE
 from .doc_cache import DocumentCache, DocumentEntry, PrefixEntry
 from .inputs import Prompt, RequestError
@@ -198,12 +198,16 @@ def next_tokens(rows: list[Request], logits: torch.Tensor) -> list[int]:
 class Engine:
     def __init__(self, gm, max_batch: int = 32, max_queue: int = 256, cache_bytes: int = 1 << 30,
                  timeout: float = 600.0, metrics: Metrics | None = None, prefill_chunk: int = 2048,
-                 max_queue_bytes: int = 4 << 30):
+                 max_queue_bytes: int = 4 << 30, kv_cache_bytes: int | None = None):
         self.gm = gm
         self.model = gm.model
         self.max_batch, self.max_queue, self.timeout = max_batch, max_queue, timeout
         # rendered pages (on the model's device) of requests whose pages have not been through the vision tower
         self.max_queue_bytes, self.queued_bytes = max_queue_bytes, 0
+        # the running requests' KV at their longest (prompt + max_tokens, the batch padded to its longest row);
+        # None: on a GPU 70% of its memory free when the engine starts, else no limit
+        self.kv_cache_bytes = kv_cache_bytes
+        self.kv_token_bytes = kv_bytes(self.model.config, 1, self.model.dtype.itemsize)
         self.cache = DocumentCache(cache_bytes)
         self.metrics = metrics or Metrics()
         self.max_positions = gm.max_positions
@@ -226,6 +230,8 @@ class Engine:
 
     # ------------------------------------------------------------------ public
     def start(self) -> "Engine":
+        if self.kv_cache_bytes is None and self.gm.device.type == "cuda":
+            self.kv_cache_bytes = int(0.7 * torch.cuda.mem_get_info(self.gm.device)[0])
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="glyph-rt-engine", daemon=True)
             self._thread.start()
@@ -480,10 +486,11 @@ class Engine:
             used += self._guard(r, lambda r: self._next_piece(r, budget - used, pieces, pages)) or 0
         while used < budget and self.waiting and len(self.running) + len(self._prefilling) < self.max_batch:
             with self._cv:
-                req = self.waiting.popleft() if self.waiting else None
+                req = self.waiting[0] if self.waiting else None
+                if req is None or not (req.cancelled or self._kv_fits(req)):
+                    break  # in order: the first waits until the KV of those running leaves it room
+                self.waiting.popleft()
                 self.metrics.queue_depth.set(len(self.waiting))
-            if req is None:
-                break
             if req.cancelled:
                 self._finish(req, "cancelled")
                 continue
@@ -491,6 +498,15 @@ class Engine:
             if req in self._prefilling:
                 used += self._guard(req, lambda r: self._next_piece(r, budget - used, pieces, pages)) or 0
         return used
+
+    def _kv_fits(self, req: Request) -> bool:
+        """Whether the batch's KV at its longest, with `req` joining it, stays within kv_cache_bytes (a request
+        alone always starts)."""
+        rows = self.running + self._prefilling
+        if self.kv_cache_bytes is None or not rows:
+            return True
+        longest = max(len(r.prompt.input_ids) + r.params.max_tokens for r in rows + [req])
+        return (len(rows) + 1) * longest * self.kv_token_bytes <= self.kv_cache_bytes
 
     @torch.no_grad()
     def _next_piece(self, r: Request, limit: float, pieces: list[Piece], pages: list[tuple]) -> int:

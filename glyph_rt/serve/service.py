@@ -37,6 +37,7 @@ class ServeConfig:
     prefill_chunk: int = 2048  # prompt tokens per engine step while others decode (0: whole prompts)
     max_queue: int = 256
     max_queue_bytes: int = 4 << 30  # rendered pages of requests not yet through the vision tower
+    kv_cache_bytes: int | None = None  # the running batch's KV at its longest (None: 70% of the GPU's free memory)
     timeout: float = 600.0  # seconds per request
     cache_bytes: int = 1 << 30  # document cache budget (0: off)
     threshold: int = 4000  # characters of text content rendered as pages
@@ -104,7 +105,7 @@ class ChatService:
             name = cfg.served_model_name or cfg.model
         engine = Engine(gm, max_batch=cfg.max_batch, max_queue=cfg.max_queue, cache_bytes=cfg.cache_bytes,
                         timeout=cfg.timeout, prefill_chunk=cfg.prefill_chunk,
-                        max_queue_bytes=cfg.max_queue_bytes).start()
+                        max_queue_bytes=cfg.max_queue_bytes, kv_cache_bytes=cfg.kv_cache_bytes).start()
         opts = InputOptions(gm.render_config, name, cfg.threshold, cfg.max_pages, cfg.allowed_media_dir)
         return cls(engine, opts, cfg.default_max_tokens, name)
 
