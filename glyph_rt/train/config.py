@@ -79,6 +79,7 @@ class GRPOConfig:
     epochs: int = 1  # passes over each rollout batch (GRPO's mu, TRL's num_iterations, verl's ppo_epochs)
     # prompts per generate call, each with its prompt's KV copied group_size times (0: a rank's draw at once)
     rollout_prompts: int = 1
+    rollout_gathered: bool = True  # under FSDP: the weights gathered once per rollout, not per decode step
     max_new_tokens: int = 1024
     temperature: float = 1.0
     top_p: float = 1.0

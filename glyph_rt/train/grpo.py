@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .model import base_model
+from .model import base_model, gathered
 from .rewards import Judge, RewardSet
 from .trainer import Trainer, _all_reduce
 
@@ -334,7 +334,8 @@ class GRPOTrainer(Trainer):
         calls = [records[i:i + per] for i in range(0, k, per)]
         most = int(_all_reduce([float(len(calls))], self.device, "max")[0])
         groups = []
-        with self.autocast():
+        gather = self.fsdp and self.cfg.grpo.rollout_gathered
+        with self.autocast(), gathered(self.model) if gather else contextlib.nullcontext():
             for c in range(most):
                 out = self.rollout(calls[c] if c < len(calls) else records[-1:], self.cfg.grpo.group_size)
                 if c < len(calls):

@@ -91,6 +91,25 @@ def load_for_training(cfg: ModelConfig, device: torch.device, dtype: torch.dtype
     return gm
 
 
+@contextlib.contextmanager
+def gathered(model):
+    """Under FSDP2, each sharded block's parameters gathered once for the with-block (a rollout's generate),
+    not once per forward: a decode step would otherwise all-gather every layer for each token. Costs the
+    unsharded weights' memory while it lasts; without FSDP it does nothing."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule) and m is not model]
+    for m in units:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
+
 def shard(model, mixed_precision: bool, device: torch.device | None = None) -> None:
     """FSDP2: fully_shard each decoder layer and vision block, then the root; bf16 compute, fp32 reductions.
     `generate` and `get_image_features` count as forwards of the root, so that its parameters are gathered for the
