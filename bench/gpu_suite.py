@@ -133,7 +133,8 @@ def plan(args, out: Path, cuda: bool) -> list[Step]:
     # the tests marked gpu, all in one process
     files = SMOKE_TESTS if smoke else []
     cmd, xml = pytest_cmd(out, "gpu", files, dev, "gpu")
-    steps.append(Step("tests-gpu", 120, [cmd], ok_rcs=(0, 5), junit=[xml]))
+    # launches synchronous: a fault inside a kernel is reported by the test that launched it
+    steps.append(Step("tests-gpu", 120, [["env", "CUDA_LAUNCH_BLOCKING=1", *cmd]], ok_rcs=(0, 5), junit=[xml]))
     # benchmarks, at sizes that fit the time
     steps.append(Step("bench-render", 60, [py + ["bench/bench_render.py", "--device", "cuda", "--out", str(out),
                                                    "--repeat", "5", "--batch-docs", "8", "--official-chars",

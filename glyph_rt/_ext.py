@@ -41,9 +41,18 @@ def backends() -> dict[str, dict]:
     out["cpu"] = {"available": _C is not None, "why": "compiled C++ layout + CPU rasterizer" if _C else IMPORT_ERROR}
     out["reference"] = {"available": True, "why": "plain Python/numpy reference"}
     cuda_built = bool(_C is not None and getattr(_C, "with_cuda", False))
-    devices = _C.cuda_devices() if cuda_built else []
+    devices, error = [], None
+    if cuda_built:
+        try:
+            devices = _C.cuda_devices()
+        except RuntimeError as e:  # e.g. a driver older than the CUDA runtime the extension was built with
+            error = str(e)
     if not cuda_built:
         why = "extension built without CUDA (no nvcc at build time, or GLYPH_RT_CUDA=0)"
+    elif not devices and not _torch_sees_gpu():
+        why = "built with CUDA but no GPU/driver is visible" + (f" ({error})" if error else "")
+    elif error:  # torch runs on this GPU, the extension's runtime does not: a driver older than it
+        why = f"built with CUDA, but {error}; rebuild with a CUDA toolkit this machine's driver supports"
     elif not devices:
         why = "built with CUDA but no GPU/driver is visible"
     else:
@@ -51,6 +60,15 @@ def backends() -> dict[str, dict]:
     out["cuda"] = {"available": cuda_built and bool(devices), "why": why}
     out["triton"] = _triton_backend()
     return out
+
+
+def _torch_sees_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
 
 
 def _triton_backend() -> dict:

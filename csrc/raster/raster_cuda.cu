@@ -118,9 +118,11 @@ void raster_cuda(const RasterTileArgs& a, void* stream) {
 std::vector<std::string> cuda_device_names() {
   std::vector<std::string> names;
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {  // no device: none; any other failure (a driver older than this runtime) says why
     cudaGetLastError();
-    return names;
+    if (e == cudaErrorNoDevice) return names;
+    throw std::runtime_error(std::string("the CUDA runtime reports: ") + cudaGetErrorString(e));
   }
   for (int i = 0; i < n; ++i) {
     cudaDeviceProp prop;

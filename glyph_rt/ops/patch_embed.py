@@ -53,6 +53,9 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
     return backend
 
 
+CUDA_GEMM_ROWS = 65535 * 128  # rows of one CUDA GEMM launch: grid y (row tiles of 128) stops at 65,535
+
+
 @torch.library.custom_op("glyph_rt::gemm", mutates_args=())
 def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, backend: str,
          out_dtype: torch.dtype) -> torch.Tensor:
@@ -70,11 +73,20 @@ def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, backend: s
         if not ok:
             raise ValueError(f"the CUDA GEMM takes uint8/bfloat16 @ bfloat16 -> bfloat16/float32, got {a.dtype} @ "
                              f"{b.dtype} -> {out_dtype}")
+        for name, t in (("b", b), ("bias", bias)):  # raw pointers: the kernel trusts them
+            if t is not None and t.device != a.device:
+                raise ValueError(f"the CUDA GEMM: {name} is on {t.device}, a on {a.device}")
+        if bias is not None:
+            bias = bias.contiguous()
         c = torch.empty(a.shape[0], b.shape[1], dtype=out_dtype, device=a.device)
-        C.gemm_cuda(a.data_ptr(), 0 if a.dtype == torch.uint8 else 2, b.data_ptr(),
-                    bias.data_ptr() if bias is not None else 0, c.data_ptr(), 1 if out_dtype == torch.float32 else 2,
-                    a.shape[0], b.shape[1], a.shape[1], a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-                    c.stride(0), c.stride(1), torch.cuda.current_stream(a.device).cuda_stream)
+        stream = torch.cuda.current_stream(a.device).cuda_stream
+        with torch.cuda.device(a.device):  # the launch goes to the current device: the stream's
+            for m0 in range(0, a.shape[0], CUDA_GEMM_ROWS):  # the kernel's grid holds 65,535 row tiles
+                ai, ci = a[m0:m0 + CUDA_GEMM_ROWS], c[m0:m0 + CUDA_GEMM_ROWS]
+                C.gemm_cuda(ai.data_ptr(), 0 if a.dtype == torch.uint8 else 2, b.data_ptr(),
+                            bias.data_ptr() if bias is not None else 0, ci.data_ptr(),
+                            1 if out_dtype == torch.float32 else 2, ai.shape[0], b.shape[1], a.shape[1],
+                            a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), stream)
         return c
     out = a.to(b.dtype) @ b
     if bias is not None:

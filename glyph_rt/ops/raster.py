@@ -179,7 +179,7 @@ class Staging:
             host[o:o + n] = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
         dev = self.buf[:total].to(device, non_blocking=True)
         self.event = torch.cuda.Event()
-        self.event.record()
+        self.event.record(torch.cuda.current_stream(device))
         return [dev[o:o + n].view(torch.from_numpy(a[:0]).dtype) for a, (o, n) in zip(arrays, spans)]
 
 
@@ -374,6 +374,31 @@ def set_image_targets(dev: dict, hw: np.ndarray, first_row: np.ndarray) -> None:
     the page) and its first output row."""
     dev["out_off"].copy_(torch.from_numpy(np.ascontiguousarray(first_row, dtype=np.int64)))
     dev["meta"][:, 6:8] = torch.from_numpy(np.ascontiguousarray(hw, dtype=np.int32)).to(dev["meta"].device)
+    rows = (np.asarray(hw, np.int64)[:, 0] // 14) * (np.asarray(hw, np.int64)[:, 1] // 14)
+    dev["out_rows"] = int((np.asarray(first_row, np.int64) + rows).max(initial=0))  # rows the kernels write
+
+
+def _check_cuda_args(mode: int, dev: dict, out: torch.Tensor | None, lut: torch.Tensor | None) -> None:
+    """What the CUDA kernel (and its host twin) takes on trust, given raw pointers: one device, out's row layout,
+    rows inside out, the lut in out's type."""
+    device = dev["bgv"].device
+    for name, t in (("out", out), ("lut", lut)):
+        if t is not None and t.device != device:
+            raise ValueError(f"raster_tiles: {name} is on {t.device}, the batch on {device}")
+    if mode in (MODE_PIXELS, MODE_PATCHES):
+        if out is None:
+            raise ValueError("raster_tiles: pixel_values modes need `out`")
+        from .pixel_values import ROW, ROW_U8, ROW_U8_STRIDE
+
+        widths, stride = ((ROW_U8, ROW_U8_STRIDE), ROW_U8_STRIDE) if mode == MODE_PATCHES else ((ROW,), ROW)
+        if out.dim() != 2 or out.shape[1] not in widths or out.stride() != (stride, 1):
+            raise ValueError(f"raster_tiles: out must be [N, {widths[0]}] rows {stride} elements apart, got "
+                             f"{list(out.shape)} with strides {out.stride()}")
+        if out.shape[0] < dev.get("out_rows", 0):
+            raise ValueError(f"raster_tiles: out has {out.shape[0]} rows, the pages need {dev['out_rows']}")
+        if mode == MODE_PIXELS and (lut is None or lut.dtype != out.dtype or not lut.is_contiguous()
+                                    or lut.numel() != 768):
+            raise ValueError("raster_tiles: MODE_PIXELS needs a contiguous [3, 256] lut in out's dtype")
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -427,8 +452,11 @@ def raster_tiles(backend: str, mode: int, batch: RasterBatch, dev: dict, out: to
         out_type = {torch.uint8: 0, torch.float32: 1, torch.bfloat16: 2}[o.dtype]
         tiles = dev["tiles_per_page_max"] if mode != MODE_BG else 1
         args = (ptr, mode, bool(ink), bool(batch.gray), out_type, batch.num_pages, tiles, float(tol))
+        if backend in ("cuda", "cuda_host"):
+            _check_cuda_args(mode, dev, out, lut)
         if backend == "cuda":
-            C.raster_cuda(*args, torch.cuda.current_stream(o.device).cuda_stream)
+            with torch.cuda.device(o.device):  # the launch goes to the current device: the stream's
+                C.raster_cuda(*args, torch.cuda.current_stream(o.device).cuda_stream)
         elif backend == "cuda_host":
             if o.device.type != "cpu":
                 raise ValueError("backend 'cuda_host' runs on CPU tensors")

@@ -629,39 +629,44 @@ class Engine:
 
     # ------------------------------------------------------------------ decode
     def _rebuild(self) -> None:
-        """The batch cache for the running requests: rows left-padded to the longest. Built layer by layer, each old
-        layer (and the joining requests' own) let go once copied: the peak is one layer over the KV, not twice it."""
-        old, oldrows, W = self._batch, self._batch_rows, self._width
-        index = {id(r): b for b, r in enumerate(oldrows)}
-        width = max(r.length for r in self.running)
-        reserve = min(max(r.params.max_tokens - len(r.output_ids) for r in self.running), 1024)
+        """The batch cache for the running requests: rows left-padded to the longest (what lies in a row's padding
+        is never read: the mask hides it). The rows already in the batch move with one gather per layer, a joining
+        request's own KV with one copy. Built layer by layer, each old layer (and the joining requests' own) let go
+        once copied: the peak is one layer over the KV, not twice it."""
+        old, W = self._batch, self._width
+        index = {id(r): b for b, r in enumerate(self._batch_rows)}
+        rows = [r for r in self.running if r.kv is None] + [r for r in self.running if r.kv is not None]
+        kept = torch.tensor([index[id(r)] for r in rows if r.kv is None], dtype=torch.long)
+        joining = [r for r in rows if r.kv is not None]
+        width = max(r.length for r in rows)
+        reserve = min(max(r.params.max_tokens - len(r.output_ids) for r in rows), 1024)
         new = GlyphCache(reserve=reserve)
-        nl = len(self.running[0].kv) if self.running[0].kv is not None else len(old.layers)
+        nl = len(joining[0].kv) if joining else len(old.layers)
+        if len(kept):
+            kept = kept.to(old.layers[0].keys.device)
         for li in range(nl):
-            ks, vs = [], []
-            for r in self.running:
-                if r.kv is not None:
-                    k, v = r.kv[li][0][0], r.kv[li][1][0]
-                else:
-                    b = index[id(r)]
-                    k, v = old.layers[li].keys[b, :, W - r.length:W], old.layers[li].values[b, :, W - r.length:W]
-                ks.append(k)
-                vs.append(v)
-            K = ks[0].new_zeros(len(ks), ks[0].shape[0], width, ks[0].shape[-1])
-            V = vs[0].new_zeros(len(vs), vs[0].shape[0], width, vs[0].shape[-1])
-            for b, (k, v) in enumerate(zip(ks, vs)):
-                K[b, :, width - k.shape[1]:] = k
-                V[b, :, width - v.shape[1]:] = v
-            del ks, vs, k, v
+            parts = []
+            for which in (0, 1):  # keys, values
+                src = (old.layers[li].keys, old.layers[li].values)[which] if len(kept) else None
+                ref = joining[0].kv[li][which] if joining else src
+                T = ref.new_zeros(len(rows), ref.shape[1], width, ref.shape[-1])
+                if len(kept):
+                    n = min(W, width)
+                    T[:len(kept), :, width - n:] = src.index_select(0, kept)[:, :, W - n:W]
+                for b, r in enumerate(joining, start=len(kept)):
+                    x = r.kv[li][which][0]
+                    T[b, :, width - x.shape[1]:] = x
+                parts.append(T)
             if old is not None and li < len(old.layers):
                 old.layers[li].release()
-            for r in self.running:
-                if r.kv is not None:
-                    r.kv[li] = None
-            new.update(K, V, li)
-        for r in self.running:
+            for r in joining:
+                r.kv[li] = None
+            new.update(parts[0], parts[1], li)
+            del parts
+        for r in rows:
             r.kv = None
-        self._batch, self._batch_rows, self._width = new, list(self.running), width
+        self.running[:] = rows
+        self._batch, self._batch_rows, self._width = new, list(rows), width
 
     @torch.no_grad()
     def _decode_step(self) -> None:
