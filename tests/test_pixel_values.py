@@ -57,6 +57,28 @@ def test_cuda_kernel_code_writes_the_same_pixel_values(dtype):
     assert torch.equal(pv, torch.from_numpy(ref).to(dtype))
 
 
+def test_the_cuda_kernel_refuses_arguments_its_raw_pointers_would_misuse():
+    from glyph_rt.ops.pixel_values import ROW, normalize_lut, uint8_rows
+    from glyph_rt.ops.raster import MODE_PATCHES, MODE_PIXELS, RasterBatch, raster_tiles, set_image_targets
+
+    d = glyph_rt.Document(TEXTS[0], CONFIGS[0])
+    batch = RasterBatch([d], [(0, 1)])
+    dev = batch.to_device("cpu")
+    h, w = d.rasterize(0, 1)[1][0][::-1]
+    h, w = h // 28 * 28, w // 28 * 28
+    rows = h // 14 * w // 14
+    set_image_targets(dev, np.array([[h, w]]), np.array([0]))
+    lut = normalize_lut("cpu", torch.float32)
+    cases = [(MODE_PIXELS, torch.empty(rows - 1, ROW), lut, "the pages need"),
+             (MODE_PIXELS, torch.empty(rows, ROW, dtype=torch.bfloat16), lut, "lut in out's dtype"),
+             (MODE_PIXELS, torch.empty(rows, ROW + 4)[:, :ROW], lut, "rows 1176 elements apart"),
+             (MODE_PATCHES, torch.empty(rows, 588, dtype=torch.uint8), None, "rows 592 elements apart")]
+    for mode, out, lt, why in cases:
+        with pytest.raises(ValueError, match=why):
+            raster_tiles("cuda_host", mode, batch, dev, out=out, lut=lt)
+    raster_tiles("cuda_host", MODE_PATCHES, batch, dev, out=uint8_rows(rows))  # the padded rows it writes
+
+
 def test_bf16_is_the_rounded_fp32_and_batches_split_cleanly():
     a = render_inputs(TEXTS, CONFIGS, device=TRITON_DEVICE, backend="triton")
     b = render_inputs(TEXTS, CONFIGS, device=TRITON_DEVICE, backend="triton", dtype=torch.bfloat16, batch_pages=1)
