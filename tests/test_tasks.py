@@ -133,19 +133,21 @@ def test_needle_qa_from_plain_text(text):
 
 def test_document_crosses_to_a_process_whose_atlas_differs(text, tmp_path, monkeypatch):
     """A pickled Document is drawn the same by a process whose atlas numbered the glyphs differently."""
+    from collections import OrderedDict
+
     import numpy as np
 
     from glyph_rt.render.atlas import FontAtlas
     from glyph_rt.render.layout import atlas_for
 
     monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path / "a"))
-    monkeypatch.setattr(FontAtlas, "_memory", {})
+    monkeypatch.setattr(FontAtlas, "_memory", OrderedDict())
     doc = Document(text[:3000] + " \u00e9\u00df\u0416", CFG)
     data = pickle.dumps(doc)
     want, sizes = doc.rasterize()
     # "another process": an empty atlas cache that first meets the glyphs in another order
     monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path / "b"))
-    monkeypatch.setattr(FontAtlas, "_memory", {})
+    monkeypatch.setattr(FontAtlas, "_memory", OrderedDict())
     atlas_for(CFG).ensure(np.asarray(sorted({ord(c) for c in "zyx\u0416WVU" + text[5000:6000]}, reverse=True)))
     other = pickle.loads(data)
     assert other.atlas is not doc.atlas and not np.array_equal(other.layout.g_slot, doc.layout.g_slot)
