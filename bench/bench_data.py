@@ -51,8 +51,9 @@ def ours(task, corpus, builder, n, batch, device, render, dtype=torch.float32, w
     data = TaskDataset(corpus, task, seed=0, render=render, dtype=dtype)
     collate = Collator(builder.image_token_id, builder.tokenizer.pad_token_id, device=device, dtype=dtype)
     loader = iter(GlyphLoader(data, collate, batch_size=batch, num_workers=workers))
-    if started is not None:
+    if started is not None or seconds:  # timed runs compared with each other start alike: workers up, a batch out
         next(loader)
+    if started is not None:
         started()
     samples = pages = 0
     t = time.perf_counter()
@@ -105,6 +106,7 @@ def while_training(args, task, corpus, builder) -> dict:
     (LoRA r=16 on the decoder's attention, the vision tower trained, gradient checkpointing, AdamW) over
     --train-tokens tokens, with --train-layers decoder layers. Pages/s of the loader and seconds per step,
     each alone and together. --device cpu runs tiny shapes (a smoke test)."""
+    import contextlib
     import threading
 
     from bench.bench_e2e import sync
@@ -138,8 +140,14 @@ def while_training(args, task, corpus, builder) -> dict:
     together, stop = [], threading.Event()
 
     def loop():
-        while not stop.is_set():
-            together.append(train_step())
+        # the step on a stream of its own, as a trainer overlapping its loader would run it: on the default stream
+        # every copy and sync of the loader would wait for the step's kernels
+        s = torch.cuda.Stream(device) if device.type == "cuda" else None
+        if s is not None:
+            s.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(s) if s is not None else contextlib.nullcontext():
+            while not stop.is_set():
+                together.append(train_step())
 
     trainer = threading.Thread(target=loop, daemon=True)
     try:
@@ -240,9 +248,10 @@ def main(argv=None):
     print(machine())
     summary = {"device": args.device, "batch": args.batch, "max_pages": args.max_pages,
                "speedup": {r["loader"]: r["speedup"] for r in rows}}
+    path = write_result(args, f"data-{args.device}.json", "bench_data", rows, summary)  # kept if training fails
     if args.with_training:
         summary.update(while_training(args, task, corpus, builder))
-    path = write_result(args, f"data-{args.device}.json", "bench_data", rows, summary)
+        path = write_result(args, f"data-{args.device}.json", "bench_data", rows, summary)
     png = path.with_name(f"data-{args.device}.png")
     plot(rows, png)
     copy_to_results(args, png)

@@ -114,6 +114,7 @@ def plan(args, out: Path, cuda: bool) -> list[Step]:
         steps.append(Step("bench-loss", 60, [py + ["bench/bench_loss.py", "--device", "cuda", "--tokens", "8192,16384",
                                                    "--hidden", "4096", "--out", str(out), *res]], skip=nocuda))
         steps.append(Step("bench-serve", 90, [py + ["bench/bench_serve.py", "--device", "cuda", "--vllm", "off",
+                                                    "--clients", "16", "--requests", "2", "--serial", "8",
                                                     "--out", str(out), *res]], skip=nocuda))  # vLLM's start: minutes
         return steps
     if args.full:
