@@ -49,12 +49,10 @@ def backends() -> dict[str, dict]:
             error = str(e)
     if not cuda_built:
         why = "extension built without CUDA (no nvcc at build time, or GLYPH_RT_CUDA=0)"
-    elif not devices and not _torch_sees_gpu():
-        why = "built with CUDA but no GPU/driver is visible" + (f" ({error})" if error else "")
-    elif error:  # torch runs on this GPU, the extension's runtime does not: a driver older than it
+    elif error and _torch_sees_gpu():  # torch runs on this GPU, the extension's runtime does not: an older driver
         why = f"built with CUDA, but {error}; rebuild with a CUDA toolkit this machine's driver supports"
     elif not devices:
-        why = "built with CUDA but no GPU/driver is visible"
+        why = "built with CUDA but no GPU/driver is visible" + (f" ({error})" if error else "")
     else:
         why = f"CUDA devices: {', '.join(devices)}"
     out["cuda"] = {"available": cuda_built and bool(devices), "why": why}

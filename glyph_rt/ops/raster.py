@@ -9,6 +9,7 @@ The C++ CPU rasterizer is the oracle: both kernels reproduce its pixels exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import weakref
@@ -435,7 +436,10 @@ def raster_tiles(backend: str, mode: int, batch: RasterBatch, dev: dict, out: to
     code run on the host over CPU tensors, which is how tests check the CUDA path without a GPU."""
     if batch.num_pages == 0:
         return
-    with nvtx_range(f"glyph_rt.raster.{('bg', 'ink', 'pages', 'pixels', 'patches')[mode]}"):
+    device = dev["bgv"].device
+    # Triton's and the extension's kernels launch on the thread's current device (a server renders on workers)
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with nvtx_range(f"glyph_rt.raster.{('bg', 'ink', 'pages', 'pixels', 'patches')[mode]}"), on_device:
         if backend == "triton":
             from ..kernels import raster as tk
 
@@ -455,8 +459,7 @@ def raster_tiles(backend: str, mode: int, batch: RasterBatch, dev: dict, out: to
         if backend in ("cuda", "cuda_host"):
             _check_cuda_args(mode, dev, out, lut)
         if backend == "cuda":
-            with torch.cuda.device(o.device):  # the launch goes to the current device: the stream's
-                C.raster_cuda(*args, torch.cuda.current_stream(o.device).cuda_stream)
+            C.raster_cuda(*args, torch.cuda.current_stream(o.device).cuda_stream)
         elif backend == "cuda_host":
             if o.device.type != "cpu":
                 raise ValueError("backend 'cuda_host' runs on CPU tensors")

@@ -201,14 +201,6 @@ def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Te
     if backend == "cpu":
         pv, grid, fused = inputs_cpu(items, model, dtype, lut)
         return pv.to(device, non_blocking=True), grid.to(device), fused
-    device = torch.device(device)
-    if device.type != "cuda":  # Triton's interpreter
-        return _inputs_on_gpu(docs, ranges, device, backend, model, dtype, lut)
-    with torch.cuda.device(device):  # Triton launches on the thread's current device (a server's workers)
-        return _inputs_on_gpu(docs, ranges, device, backend, model, dtype, lut)
-
-
-def _inputs_on_gpu(docs, ranges, device, backend, model, dtype, lut) -> tuple[torch.Tensor, torch.Tensor, int]:
     batch = RasterBatch(docs, ranges)
     dev = batch.to_device(device)
     ink = None
