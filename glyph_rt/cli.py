@@ -302,10 +302,11 @@ def cmd_eval(args) -> int:
     s = run_suite(args.suite, args.target, out=_check_out_dir(args.out), config=_config(args), dpis=dpis,
                   as_text=args.as_ == "text", progress=not args.quiet, max_new_tokens=args.max_new_tokens,
                   concurrency=args.concurrency, extractor=args.extractor,
-                  target_kwargs={"device": args.device} if args.device else None, data=args.data, lengths=lengths,
+                  target_kwargs={"repetition_penalty": args.repetition_penalty,
+                                 **({"device": args.device} if args.device else {})}, data=args.data, lengths=lengths,
                   limit=args.limit, seed=args.seed, tasks=args.tasks.split(",") if args.tasks else None,
                   uuid=args.uuid, squad=args.squad, hotpotqa=args.hotpotqa, documents=args.documents,
-                  truncate=args.truncate, row_configs=args.row_configs)
+                  truncate=args.truncate, row_configs=args.row_configs, longbench_e=args.longbench_e)
     for r in s["runs"]:
         dpi = f" @ {r['dpi']:g} dpi" if r["dpi"] is not None else ""
         _print(f"{r['target']} ({r['mode']}{dpi}): accuracy {r['accuracy']:.2f} on {r['items']} items, "
@@ -526,7 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="RULER generation seed (default: 0)")
     ev.add_argument("--truncate", type=_positive_int("--truncate"), help="LongBench: keep the first and last halves "
                     "of contexts over this many tokens (LongBench's truncation)")
+    ev.add_argument("--longbench-e", action="store_true", help="LongBench: LongBench-E's <dataset>_e.jsonl files of "
+                    "--data instead of LongBench's <dataset>.jsonl")
     ev.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), help="cap each task's generation budget")
+    ev.add_argument("--repetition-penalty", type=float, default=1.0, help="of the greedy decoding (default: 1.0; "
+                    "Glyph's official evaluation scripts use 1.1); an endpoint receives it as vLLM's extension")
     ev.add_argument("--device", type=_device, help="in-process targets: cuda or cpu (default: cuda when available)")
     ev.add_argument("--concurrency", type=_positive_int("--concurrency"), default=1,
                     help="items in flight at once: requests to an endpoint, or answers an in-process checkpoint's "

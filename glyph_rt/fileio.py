@@ -58,9 +58,16 @@ def cut_torn_tail(path: str | os.PathLike) -> bytes:
     return data
 
 
+def text_lines(text: str) -> list[str]:
+    """The lines of JSONL text, split at "\n" only. str.splitlines also splits at U+2028, U+2029, U+0085 and
+    other separators, which JSON written with ensure_ascii=False holds raw inside its strings."""
+    lines = text.split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def json_lines(lines: Iterable[str], where: str, error: type[Exception] = ValueError) -> Iterator[tuple[int, Any]]:
-    """The number (from 1) and JSON value of each non-blank line of `lines`; one that is not JSON raises
-    error("WHERE:N: not JSON (why)")."""
+    """The number (from 1) and JSON value of each non-blank line of `lines` (text_lines of a file's text); one
+    that is not JSON raises error("WHERE:N: not JSON (why)")."""
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -37,6 +37,8 @@ def test_longbench(tmp_path):
     trec = items[-1]
     assert trec.metadata["first_line"] and score(trec, "Entity\nHuman") == 1.0
     assert len(longbench.load(tmp_path, datasets=["hotpotqa"], limit=2)) == 2
+    write_jsonl(tmp_path / "hotpotqa_e.jsonl", [lb_row(i) for i in range(5)])  # LongBench-E beside LongBench
+    assert len(longbench.load(tmp_path)) == 4 and len(longbench.load(tmp_path, e=True)) == 5
     long_ctx = "alpha " * 300 + "omega " * 300
     cut = longbench.truncate_middle(long_ctx, 100)
     assert cut.startswith("alpha alpha") and cut.rstrip().endswith("omega") and 95 <= len(cut.split()) <= 100

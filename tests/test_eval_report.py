@@ -40,6 +40,14 @@ def test_mmlongbench_scores_as_its_reference():
     assert "| Model | SP | CP | UA | Acc | F1 |" in report.markdown(rows, "mmlongbench-doc")
 
 
+def test_mmlongbench_f1_reads_the_extracted_answer():
+    """With an extractor, 'Not answerable' is what it extracted, not the raw response (the reference's pred)."""
+    rows = [row(0, 1.0, kind="SP", prediction="The answer is 42.", extracted="42"),
+            row(1, 1.0, kind="UA", prediction="I cannot find this in the document.", extracted="Not answerable")]
+    s = report.mmlongbench_scores(rows)
+    assert s["F1"] == 1.0  # recall 1/1, precision 1/1: the UA row did not claim an answer
+
+
 def test_plots(tmp_path):
     rows = [row(i, i % 2, task="vt", length=1024 * 2 ** (i % 3), dpi=d, compression=72 / d * 3)
             for i in range(6) for d in (72.0, 96.0)]

@@ -8,7 +8,8 @@ from .extract import AnswerExtractor
 from .harness import EvalResult, evaluate, read_rows
 from .item import Item, load_items, save_items
 from .metrics import METRICS, score
-from .targets import GlyphModelTarget, OpenAITarget, Reply, Target, make_target
+from .targets import GlyphModelTarget, OpenAITarget, Reply, Target, TargetError, make_target
 
 __all__ = ["evaluate", "EvalResult", "Item", "make_target", "Target", "GlyphModelTarget", "OpenAITarget", "Reply",
+           "TargetError",
            "METRICS", "score", "load_items", "save_items", "read_rows", "AnswerExtractor"]

@@ -1,11 +1,13 @@
 """evaluate(config, items, target) -> EvalResult: accuracy and compression of a target on items at a render config.
 
 Each finished item is one JSON row appended to `out` (flushed and fsynced) the moment it is scored, so a killed
-run loses at most the item in flight; a second call with the same `out` skips the items already there (matched by
-id, target, mode and config) and re-runs nothing. A torn last line from a kill is cut off before appending.
+run loses at most the items in flight; a second call with the same `out` skips the items already there (matched by
+id, target, mode, render config, generation budget, repetition penalty and answer extractor) and re-runs nothing.
+A torn last line from a kill is cut off before appending.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -55,9 +57,11 @@ class EvalResult:
 
     @property
     def compression(self) -> float:
-        """Text tokens / visual tokens over all items (1.0 for the text baseline)."""
-        vis = sum(r["visual_tokens"] for r in self.rows)
-        text = sum(r["text_tokens"] or 0 for r in self.rows)
+        """Text tokens / visual tokens over the items that were answered from pages (1.0 for the text baseline);
+        an item that failed (too long for the model, ...) has no visual tokens and counts in neither sum."""
+        seen = [r for r in self.rows if r["visual_tokens"]]
+        vis = sum(r["visual_tokens"] for r in seen)
+        text = sum(r["text_tokens"] or 0 for r in seen)
         return text / vis if vis else 1.0
 
     @property
@@ -79,21 +83,24 @@ class EvalResult:
 
 def read_rows(path) -> list[dict]:
     """The complete rows of a results file (a torn last line is ignored); a later row of the same item in the same
-    run (target, mode, config) replaces an earlier one in its place (an item scored again with another extractor)."""
+    run (target, mode, render config, repetition penalty) replaces an earlier one in its place (an item scored
+    again with another extractor or generation budget)."""
     p = Path(path)
     if not p.exists():
         return []
     rows = []
-    for line in p.read_text(encoding="utf-8").splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break
+    # split at "\n" only (text_lines); the piece after the last "\n" is empty, or a line torn by a kill
+    for line in p.read_text(encoding="utf-8").split("\n")[:-1]:
+        if not line.strip():
+            continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             raise ValueError(f"{p}: a line is not JSON ({line[:60]!r}); the file is not a results file") from None
     latest = {}
     for r in rows:
-        latest[(r.get("id"), r.get("target"), r.get("mode"), r.get("config_key"))] = r
+        latest[(r.get("id"), r.get("target_id", r.get("target")), r.get("mode"), r.get("config_key"),
+                r.get("repetition_penalty"))] = r
     return list(latest.values())
 
 
@@ -143,14 +150,18 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
         return extractor if extractor is not None and extractor.applies(it) else None
     mode = "text" if as_text else "image"
     ckey = "text" if as_text else config_key(config)  # text rows do not depend on the render config
+    def budget(it: Item) -> int:
+        return min(it.max_new_tokens, max_new_tokens) if max_new_tokens else it.max_new_tokens
+
     path = _results_path(out)
     done: dict[str, dict] = {}
     if path is not None:
         cut_torn_tail(path)
         for r in read_rows(path):
             it = by_id.get(r.get("id"))
-            if (it is not None and r.get("target") == target.name and r.get("mode") == mode
-                    and r.get("config_key") == ckey
+            if (it is not None and r.get("target_id") == target.key and r.get("mode") == mode
+                    and r.get("config_key") == ckey and r.get("max_new_tokens") == budget(it)
+                    and r.get("repetition_penalty") == target.repetition_penalty
                     and r.get("extractor") == getattr(extractor_of(it), "name", None)):
                 done[r["id"]] = r
     tok = get_tokenizer(None if tokenizer == "default" else tokenizer) if tokenizer else None
@@ -159,12 +170,12 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
 
     def run_one(it: Item) -> dict:
         row = {"id": it.id, **{k: v for k, v in it.metadata.items() if isinstance(v, (str, int, float, bool))},
-               "metric": it.metric, "target": target.name, "mode": mode, "config_key": ckey, **(extra or {})}
+               "metric": it.metric, "target": target.name, "target_id": target.key, "mode": mode, "config_key": ckey,
+               "max_new_tokens": budget(it), "repetition_penalty": target.repetition_penalty, **(extra or {})}
         text_tokens = count_tokens(tok, it.context) if tok is not None and it.context else None
         t0 = time.perf_counter()
         try:
-            ask = it if not max_new_tokens or it.max_new_tokens <= max_new_tokens else \
-                dataclasses.replace(it, max_new_tokens=max_new_tokens)
+            ask = it if budget(it) == it.max_new_tokens else dataclasses.replace(it, max_new_tokens=budget(it))
             own = config.with_glyph_overrides(it.render_config) if it.render_config and not as_text else config
             reply = target.answer(ask, own, as_text=as_text)
         except ValueError as e:  # this item cannot be run (too long for the model, ...): recorded, scored 0
@@ -202,18 +213,33 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
         if workers == 1:
             for it in todo:
                 keep(run_one(it))
-        else:  # requests in flight at once; rows land in completion order, a failure stops the rest
+        else:  # requests in flight at once; rows land in completion order
             from concurrent.futures import ThreadPoolExecutor, as_completed
 
-            with ThreadPoolExecutor(workers) as pool:
-                futures = [pool.submit(run_one, it) for it in todo]
-                try:
-                    for fut in as_completed(futures):
-                        keep(fut.result())
-                except BaseException:
-                    for fut in futures:
-                        fut.cancel()
-                    raise
+            pool = ThreadPoolExecutor(workers)
+            futures = [pool.submit(run_one, it) for it in todo]
+            kept = set()
+            try:
+                for fut in as_completed(futures):
+                    row = fut.result()
+                    kept.add(fut)
+                    keep(row)
+            except BaseException:
+                # a failure or Ctrl-C stops the run: nothing new starts, and the answers of the items in flight
+                # are still saved as they finish (a second Ctrl-C stops waiting for them)
+                for fut in futures:
+                    fut.cancel()
+                flying = [f for f in futures if f not in kept and not f.cancelled()]
+                running = sum(1 for f in flying if not f.done())
+                if running:
+                    tqdm.write(f"stopping: saving the answers of {running} items in flight (Ctrl-C to drop them)")
+                with contextlib.suppress(KeyboardInterrupt):
+                    for fut in as_completed(flying):
+                        if fut.exception() is None:
+                            keep(fut.result())
+                raise
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
     finally:
         bar.close()
         if f is not None:

@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..fileio import text_lines
+
 
 @dataclass
 class Item:
@@ -95,7 +97,7 @@ def load_items(path) -> list[Item]:
     if not p.is_file():
         raise FileNotFoundError(f"items file {str(p)!r} does not exist")
     out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text_lines(p.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
         try:

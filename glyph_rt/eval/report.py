@@ -1,6 +1,6 @@
 """Result rows -> Markdown tables in the layout of the paper's tables, and plots.
 
-Rows are grouped into runs by (target, mode, dpi); each table has one line per run and, as the paper, a
+Rows are grouped into runs by (target, mode, dpi, render config, model, repetition penalty); each table has one line per run and, as the paper, a
 "DPI: d / Compression rate: average a, up to m" line above the runs at that dpi.
 
 - ruler: Table 3: one column per task (Niah-S1 ... QA-2), Avg = mean over tasks; plus accuracy per length.
@@ -34,19 +34,39 @@ def _mean(xs) -> float:
 
 
 def run_key(row: dict) -> tuple:
-    return (row["target"], row["mode"], row.get("dpi"))
+    """(target, mode, dpi, what else tells runs apart: the render config, the model's identity, the penalty)."""
+    return (row["target"], row["mode"], row.get("dpi"),
+            (row.get("config_key"), row.get("target_id"), row.get("repetition_penalty")))
 
 
 def run_label(key: tuple) -> str:
-    target, mode, dpi = key
+    """The run's name in tables; runs that would share one get their render config (or model, or penalty) added
+    (a key of group_runs carries the label as its last field)."""
+    if len(key) > 4:
+        return key[4]
+    target, mode, dpi = key[:3]
     return f"{target} (text)" if mode == "text" else f"{target}" + (f" @ {dpi:g} dpi" if dpi is not None else "")
 
 
 def group_runs(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows by run, keys (target, mode, dpi, detail, label), ordered: text runs first, then by dpi and target."""
     runs: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         runs[run_key(r)].append(r)
-    return dict(sorted(runs.items(), key=lambda kv: (kv[0][1] == "image", kv[0][2] or 0, kv[0][0])))
+    names: dict[str, list[tuple]] = defaultdict(list)
+    for k in runs:
+        names[run_label(k)].append(k)
+    labelled = {}
+    for name, keys in names.items():
+        for k in keys:
+            cfg, model, penalty = k[3]
+            tell = [] if len(keys) == 1 else [
+                what for what, vals in ((f"config {cfg}", {kk[3][0] for kk in keys}),
+                                        (f"{model}", {kk[3][1] for kk in keys}),
+                                        (f"repetition penalty {penalty}", {kk[3][2] for kk in keys}))
+                if len(vals) > 1]
+            labelled[k + (name + (f" [{', '.join(tell)}]" if tell else ""),)] = runs[k]
+    return dict(sorted(labelled.items(), key=lambda kv: (kv[0][1] == "image", kv[0][2] or 0, kv[0][0], kv[0][4])))
 
 
 def compression(rows: list[dict]) -> tuple[float, float]:
@@ -136,7 +156,7 @@ def mrcr_table(rows: list[dict]) -> str:
 def mmlongbench_scores(rs: list[dict]) -> dict[str, float]:
     """SP, CP, UA accuracies, Acc and F1 as MMLongBench-Doc's eval_acc_and_f1 computes them."""
     answerable = [r for r in rs if r.get("kind") != "UA"]
-    said = [r for r in rs if r.get("prediction", "").strip() != "Not answerable"]
+    said = [r for r in rs if str(r.get("extracted", r.get("prediction", ""))).strip() != "Not answerable"]
     recall = _mean(r["score"] for r in answerable) if answerable else 0.0
     precision = sum(r["score"] for r in answerable) / len(said) if said else 0.0
     f1 = 2 * recall * precision / (recall + precision) if recall + precision > 0 else 0.0

@@ -25,11 +25,12 @@ SUITES = ("ruler", "longbench", "mrcr", "mmlongbench-doc", "glyph")
 def build_items(suite: str, *, data=None, lengths=("4k",), limit: int | None = None, seed: int = 0,
                 tasks=None, uuid: bool = False, squad=None, hotpotqa=None, documents=None, pages_dir=None,
                 doc_dpi: int = 144, tokenizer: str | None = "default", truncate: int | None = None,
-                row_configs: bool = False) -> list[Item]:
+                row_configs: bool = False, longbench_e: bool = False) -> list[Item]:
     """The items of a suite: RULER generated here (n = limit or 10 per task and length); the others read from
     `data` (LongBench: a directory of <dataset>.jsonl; MRCR: parquet/JSONL; MMLongBench-Doc: samples.json with
     `documents`; glyph: Glyph's evaluation files), `limit` per dataset / needle count / file. truncate:
-    LongBench contexts over this many tokens keep their first and last halves. row_configs: glyph rows rendered
+    LongBench contexts over this many tokens keep their first and last halves; longbench_e: LongBench-E's files
+    (<dataset>_e.jsonl) instead of LongBench's. row_configs: glyph rows rendered
     with their own configs over the run's."""
     from .benchmarks import glyph_data, longbench, mmlongbench_doc, mrcr, ruler
 
@@ -41,7 +42,7 @@ def build_items(suite: str, *, data=None, lengths=("4k",), limit: int | None = N
     if data is None:
         raise ValueError(f"suite {suite} reads its data from local files: give --data PATH")
     if suite == "longbench":
-        return longbench.load(data, datasets=tasks, limit=limit, truncate=truncate)
+        return longbench.load(data, datasets=tasks, limit=limit, truncate=truncate, e=longbench_e)
     if suite == "mrcr":
         if tasks and not all(str(t).isdigit() for t in tasks):
             raise ValueError(f"MRCR --tasks are needle counts (2, 4, 8), got {','.join(map(str, tasks))}")

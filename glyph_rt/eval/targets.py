@@ -44,10 +44,22 @@ def text_messages(item) -> list[dict]:
     return [dict(m) for m in item.messages] if item.messages else [{"role": "user", "content": text_prompt(item)}]
 
 
+class TargetError(RuntimeError):
+    """The target itself failed (an unreachable or failing server, an engine error), not the item: it stops an
+    evaluation or a search (a rerun resumes) instead of being recorded as the item's or config's failure."""
+
+
 class Target:
-    name: str = "target"
+    name: str = "target"  # the label of its rows and tables
     model_type: str = "glm4v"  # whose resize rule counts the visual tokens of pages
     concurrent: bool = False  # answer() may run in several threads at once
+    repetition_penalty: float = 1.0  # decoding is greedy; Glyph's official evaluation scripts use 1.1
+
+    @property
+    def key(self) -> str:
+        """What identifies the model answering (a checkpoint's resolved path, an endpoint and model): results of
+        two targets of the same name never mix."""
+        return self.name
 
     def answer(self, item, config: RenderConfig, *, as_text: bool = False) -> Reply:
         raise NotImplementedError
@@ -85,9 +97,10 @@ class GlyphModelTarget(Target):
     concurrent = True
 
     def __init__(self, path, *, device=None, kernels: str = "auto", dtype=None, name: str | None = None,
-                 max_batch: int = 32, cache_bytes: int = 1 << 30):
+                 max_batch: int = 32, cache_bytes: int = 1 << 30, repetition_penalty: float = 1.0):
         from ..models import GlyphModel
 
+        self.repetition_penalty = _penalty(repetition_penalty)
         self.path = str(path)
         self.name = name or Path(path).resolve().name
         self.model = GlyphModel.from_pretrained(path, kernels=kernels, dtype=dtype, device=device)
@@ -107,8 +120,12 @@ class GlyphModelTarget(Target):
                                       timeout=7 * 86400).start()
             return self._engine
 
+    @property
+    def key(self) -> str:
+        return str(Path(self.path).resolve())
+
     def answer(self, item, config: RenderConfig, *, as_text: bool = False) -> Reply:
-        from ..serve.engine import SamplingParams
+        from ..serve.engine import QueueFull, SamplingParams
         from ..serve.inputs import InputOptions, build_prompt
 
         t0 = time.perf_counter()
@@ -132,13 +149,20 @@ class GlyphModelTarget(Target):
         opts = InputOptions(config.validate(), self.name, threshold=sys.maxsize, max_pages=100_000,
                             allowed_media_dir=media, max_image_bytes=1 << 30)
         engine = self.engine
-        prompt = build_prompt(self.model, messages, opts, None, engine.cache)
-        try:
-            done = engine.complete(prompt, SamplingParams(max_tokens=item.max_new_tokens, temperature=0))
-        except ValueError as e:  # the engine failing is not the item's fault: it stops the run (a rerun resumes)
-            if getattr(e, "status", 400) >= 500:
-                raise RuntimeError(f"{self.name}: {e}") from None
-            raise
+        params = SamplingParams(max_tokens=item.max_new_tokens, temperature=0,
+                                repetition_penalty=self.repetition_penalty)
+        while True:
+            prompt = build_prompt(self.model, messages, opts, None, engine.cache)
+            try:
+                done = engine.complete(prompt, params)
+                break
+            except QueueFull as e:  # the engine holds its limit of waiting pages: render again once there is room
+                del prompt
+                time.sleep(min(e.retry_after, 5))
+            except ValueError as e:  # the engine failing is not the item's fault: it stops the run (a rerun resumes)
+                if getattr(e, "status", 400) >= 500:
+                    raise TargetError(f"{self.name}: {e}") from None
+                raise
         return Reply(done.text, prompt.pages, prompt.visual_tokens, time.perf_counter() - t0)
 
     def close(self) -> None:
@@ -179,9 +203,11 @@ class OpenAITarget(Target):
     concurrent = True
 
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
-                 timeout: float = 600.0, max_retries: int = 2, model_type: str = "glm4v", name: str | None = None):
+                 timeout: float = 600.0, max_retries: int = 2, model_type: str = "glm4v", name: str | None = None,
+                 repetition_penalty: float = 1.0):
         from openai import OpenAI
 
+        self.repetition_penalty = _penalty(repetition_penalty)
         self.base_url = base_url
         self.client = OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
                              timeout=timeout, max_retries=max_retries)
@@ -193,6 +219,10 @@ class OpenAITarget(Target):
         self.model = model
         self.model_type = model_type
         self.name = name or model
+
+    @property
+    def key(self) -> str:
+        return f"{self.base_url}#{self.model}"
 
     def answer(self, item, config: RenderConfig, *, as_text: bool = False) -> Reply:
         from ..render.tokens import visual_tokens
@@ -209,14 +239,16 @@ class OpenAITarget(Target):
             pages = len(images)
             vis = sum(visual_tokens([(im.shape[1], im.shape[0]) for im in images], self.model_type))
             messages = [{"role": "user", "content": content}]
+        # repetition_penalty is vLLM's (and glyph_rt's server's) extension of the protocol
+        extra = {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else None
         r = self._call(self.client.chat.completions.create, model=self.model, messages=messages, temperature=0,
-                       max_tokens=item.max_new_tokens)
+                       max_tokens=item.max_new_tokens, extra_body=extra)
         text = r.choices[0].message.content or ""
         return Reply(text, pages, vis, time.perf_counter() - t0)
 
     def _call(self, fn, **kwargs):
         """An API call; a request the server rejects (4xx: too long, bad input) is a ValueError, recorded for
-        the item; an unreachable or failing server (after the client's retries) a RuntimeError, which stops
+        the item; an unreachable or failing server (after the client's retries) a TargetError, which stops
         the run (a rerun resumes)."""
         import openai
 
@@ -226,19 +258,25 @@ class OpenAITarget(Target):
             if 400 <= e.status_code < 500 and e.status_code not in (401, 403, 404, 429):
                 raise ValueError(f"{self.base_url}: the server rejected the request ({e.status_code}): "
                                  f"{str(e.message)[:300]}") from None
-            raise RuntimeError(f"{self.base_url}: HTTP {e.status_code}: {str(e.message)[:300]}") from None
+            raise TargetError(f"{self.base_url}: HTTP {e.status_code}: {str(e.message)[:300]}") from None
         except openai.APIConnectionError as e:
-            raise RuntimeError(f"{self.base_url}: cannot reach the server ({e.__class__.__name__}: "
+            raise TargetError(f"{self.base_url}: cannot reach the server ({e.__class__.__name__}: "
                                f"{str(e.__cause__ or e)[:200]})") from None
 
     def close(self) -> None:
         self.client.close()
 
 
+def _penalty(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 2:
+        raise ValueError(f"repetition_penalty: {v!r} must be a number in (0, 2]")
+    return float(v)
+
+
 def make_target(spec, **kwargs) -> Target:
     """A Target from a spec: a local checkpoint directory, or openai:URL[:MODEL]; a Target passes through.
     kwargs go to the target (both: name, the label of its rows and tables, by default the checkpoint directory's
-    or the served model's name; GlyphModelTarget: device, kernels, dtype; OpenAITarget: api_key, timeout)."""
+    or the served model's name, and repetition_penalty; GlyphModelTarget: device, kernels, dtype; OpenAITarget: api_key, timeout)."""
     if isinstance(spec, Target):
         return spec
     spec = str(spec)

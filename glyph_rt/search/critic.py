@@ -63,30 +63,37 @@ def parse_answer(text: str) -> list:
     """The proposals list of an answer; raises CriticError when there is no JSON object with one."""
     if not isinstance(text, str) or not text.strip():
         raise CriticError("the critic's answer is empty")
-    m = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
-    body = m.group(1) if m else text
-    start, end = body.find("{"), body.rfind("}")
-    try:
-        obj = json.loads(body[start:end + 1]) if start >= 0 else json.loads(body)
-    except json.JSONDecodeError as e:
-        raise CriticError(f"the critic's answer is not JSON ({e}): {text[:200]!r}") from None
-    props = obj.get("proposals") if isinstance(obj, dict) else obj
-    if not isinstance(props, list):
-        raise CriticError(f"the critic's answer has no 'proposals' list: {text[:200]!r}")
-    return props
+    body = re.sub(r"<think>.*?(</think>|$)", "", text, flags=re.S)  # a reasoning model's thoughts
+    decoder, found_json, lists = json.JSONDecoder(), False, []
+    for m in re.finditer(r"[{\[]", body):  # the first JSON object with a proposals list, wherever it sits
+        try:
+            obj, _ = decoder.raw_decode(body, m.start())
+        except json.JSONDecodeError:
+            continue
+        found_json = True
+        if isinstance(obj, dict) and isinstance(obj.get("proposals"), list):
+            return obj["proposals"]
+        if isinstance(obj, list) and obj and all(isinstance(p, dict) for p in obj):
+            lists.append(obj)
+    if lists:  # a bare list of proposals
+        return lists[0]
+    if not found_json:
+        raise CriticError(f"the critic's answer is not JSON: {text[:200]!r}")
+    raise CriticError(f"the critic's answer has no 'proposals' list: {text[:200]!r}")
 
 
 class Critic:
     """A chat client for any OpenAI-compatible endpoint (glyph_rt's server, vLLM, a hosted API)."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
-                 temperature: float = 0.7, max_tokens: int = 2048):
+                 temperature: float = 0.7, max_tokens: int = 2048, max_retries: int = 2):
         try:
             import openai
         except ImportError:
             raise RuntimeError("the LLM critic needs the openai client: pip install 'glyph_rt[search]'") from None
         key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
+        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout,
+                                    max_retries=max_retries)  # the client's backoff on 429, 5xx and lost connections
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
         self.base_url = base_url
 

@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from ..fileio import cut_torn_tail, json_lines
+from ..fileio import cut_torn_tail, json_lines, text_lines
 
 
 class HistoryError(ValueError):
@@ -33,7 +33,7 @@ class History:
 
     def _load(self) -> None:
         data = cut_torn_tail(self.path)
-        for i, rec in json_lines(data.decode("utf-8").splitlines(), f"the history {self.path}", HistoryError):
+        for i, rec in json_lines(text_lines(data.decode("utf-8")), f"the history {self.path}", HistoryError):
             if not isinstance(rec, dict) or "type" not in rec:
                 raise HistoryError(f"{self.path}: line {i} is not a history record")
             self.records.append(rec)
@@ -68,7 +68,6 @@ class History:
         return {r["generation"]: r for r in self.of_type("generation")}
 
     def critic(self, generation: int) -> dict | None:
-        for r in self.of_type("critic"):
-            if r["generation"] == generation:
-                return r
-        return None
+        """The critic's last answer for `generation` (a failed one is asked again when a search resumes)."""
+        found = [r for r in self.of_type("critic") if r["generation"] == generation]
+        return found[-1] if found else None

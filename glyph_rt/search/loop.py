@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from .. import __version__
+from ..eval.targets import TargetError
 from ..render.config import RenderConfig
 from ..train.styles import StyleSampler
 from .critic import Critic, CriticError, parse_answer, prompt, proposal_genome
@@ -241,7 +242,7 @@ class Search:
         seen = {h for h, e in self.cache.items() if e["generation"] < g} | {e["hash"] for e in ranked}
         out: list[dict] = []
         rec = self.hist.critic(g)
-        if rec is None and self.critic is not None:
+        if (rec is None or rec.get("error")) and self.critic is not None:  # a failed answer is asked again on resume
             rec = self._ask_critic(g, ranked)
         if rec is not None:
             if rec.get("error"):
@@ -296,7 +297,7 @@ class Search:
         try:
             score = self.objective(cand["config"])
             rec.update(accuracy=float(score.accuracy), compression=float(score.compression), extra=score.extra)
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, TargetError):  # the target down is not the config's failure
             raise
         except Exception as e:  # recorded and ranked last: the search goes on
             rec["error"] = f"{type(e).__name__}: {e}"

@@ -86,7 +86,16 @@ class EvalObjective:
                      {"errors": r.errors, "by_task": {k: round(v / 100, 6) for k, v in r.by_task.items()}})
 
     def describe(self) -> dict:
-        return {"kind": "eval", "target": self.name, "items": [it.id for it in self.items]}
+        """The target (its name and identity: a checkpoint's path, an endpoint's model) and the items (ids and a
+        hash of their contents: RULER's ids do not hold its seed), which a resumed search must keep."""
+        import dataclasses
+        import hashlib
+        import json
+
+        blob = json.dumps([dataclasses.asdict(it) for it in self.items], sort_keys=True, default=str).encode()
+        return {"kind": "eval", "target": self.name, "target_id": self.target.key,
+                "repetition_penalty": self.target.repetition_penalty, "items": [it.id for it in self.items],
+                "items_sha1": hashlib.sha1(blob).hexdigest()}
 
 
 def eval_objective(target: str, items: str | None = None, ruler: dict | None = None, out: str | None = None,
@@ -191,7 +200,8 @@ class Goal:
         return out + bad
 
     def best(self, entries: list[dict]) -> dict | None:
-        ranked = sorted(entries, key=self._key, reverse=True)
+        """The best evaluated config; None when every evaluation failed."""
+        ranked = sorted((e for e in entries if e.get("accuracy") is not None), key=self._key, reverse=True)
         return ranked[0] if ranked else None
 
     def progress(self, entries: list[dict]) -> tuple:

@@ -14,7 +14,7 @@ import queue
 import uuid
 from pathlib import Path
 
-from ..fileio import cut_torn_tail, json_lines
+from ..fileio import cut_torn_tail, json_lines, text_lines
 from .engine import QueueFull
 from .inputs import RequestError
 from .protocol import completion_id, error, response
@@ -30,7 +30,7 @@ class BatchFileError(ValueError):
 def read_requests(path: str | os.PathLike) -> list[dict]:
     out, seen = [], set()
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = text_lines(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise BatchFileError(f"--input {str(path)!r}: cannot read it ({e})") from None
     for n, d in json_lines(lines, str(path), BatchFileError):
@@ -51,7 +51,7 @@ def done_ids(path: Path) -> set[str]:
     """custom_ids already answered in the output; a partial last line (a killed write) is cut off."""
     data = cut_torn_tail(path)
     ids = set()
-    for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+    for n, line in enumerate(text_lines(data.decode("utf-8", "replace")), 1):
         try:
             ids.add(json.loads(line)["custom_id"])
         except (json.JSONDecodeError, KeyError, TypeError):

@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from ..fileio import save_figure, write_atomic
+from ..fileio import save_figure, text_lines, write_atomic
 
 PLOTTED = ("loss", "lr", "tokens_per_s", "grad_norm", "reward_mean", "clip_fraction", "compression", "cer")
 
@@ -20,7 +20,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     rows = []
     p = Path(path)
     if p.exists():
-        for line in p.read_text(encoding="utf-8").splitlines():
+        for line in text_lines(p.read_text(encoding="utf-8")):
             if line.strip():
                 try:
                     rows.append(json.loads(line))

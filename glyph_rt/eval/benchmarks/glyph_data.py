@@ -19,7 +19,7 @@ import json
 import re
 from pathlib import Path
 
-from ...fileio import json_lines
+from ...fileio import json_lines, text_lines
 from ..item import Item
 from . import longbench, mrcr, ruler
 
@@ -31,7 +31,7 @@ def _rows(path: Path) -> list[dict]:
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of rows")
         return data
-    return [row for _, row in json_lines(text.splitlines(), str(path))]
+    return [row for _, row in json_lines(text_lines(text), str(path))]
 
 
 def ruler_item(row: dict, index: int, length: int | None, source: str) -> Item:

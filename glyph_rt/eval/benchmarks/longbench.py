@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...fileio import json_lines
+from ...fileio import json_lines, text_lines
 from ..item import Item
 
 # dataset -> (metric, max_new_tokens, category of the paper's Table 2)
@@ -119,15 +119,18 @@ def item_from_row(row: dict, dataset: str, index: int, source: str = "") -> Item
                 max_new_tokens=max_new, text_prompt=PROMPTS[dataset].format(**fmt), metadata=meta)
 
 
-def files(path) -> list[Path]:
+def files(path, e: bool = False) -> list[Path]:
+    """The JSONL files of `path`: the file itself, or a directory's <dataset>.jsonl (LongBench's data/ folder,
+    which also holds LongBench-E's <dataset>_e.jsonl: those instead with e)."""
     p = Path(path)
     if p.is_file():
         return [p]
     if not p.is_dir():
         raise FileNotFoundError(f"LongBench data: {str(p)!r} is neither a .jsonl file nor a directory of them")
-    out = sorted(f for f in p.glob("*.jsonl") if dataset_of(f) in DATASETS)
+    out = sorted(f for f in p.glob("*.jsonl") if dataset_of(f) in DATASETS and f.stem.endswith("_e") == e)
     if not out:
-        raise FileNotFoundError(f"LongBench data: {p} has no <dataset>.jsonl files ({', '.join(list(DATASETS)[:4])}, ...)")
+        want = "<dataset>_e.jsonl (LongBench-E)" if e else "<dataset>.jsonl"
+        raise FileNotFoundError(f"LongBench data: {p} has no {want} files ({', '.join(list(DATASETS)[:4])}, ...)")
     return out
 
 
@@ -143,9 +146,9 @@ def truncate_middle(text: str, max_tokens: int, tokenizer: str | None = "default
     return tok.decode(ids[:half], skip_special_tokens=True) + tok.decode(ids[-half:], skip_special_tokens=True)
 
 
-def load(path, datasets=None, limit: int | None = None, truncate: int | None = None) -> list[Item]:
-    """Items of the LongBench JSONL files under `path` (a file or a directory of <dataset>.jsonl), at most
-    `limit` per dataset; `datasets` picks some (names of DATASETS). truncate: contexts over this many tokens
+def load(path, datasets=None, limit: int | None = None, truncate: int | None = None, e: bool = False) -> list[Item]:
+    """Items of the LongBench JSONL files under `path` (a file or a directory of <dataset>.jsonl; with e,
+    LongBench-E's <dataset>_e.jsonl), at most `limit` per dataset; `datasets` picks some (names of DATASETS). truncate: contexts over this many tokens
     (Qwen's tokenizer) keep their first and last halves, as LongBench truncates for a model's window; the same
     truncated items then go to the pages and to the text baseline."""
     if datasets:
@@ -153,7 +156,7 @@ def load(path, datasets=None, limit: int | None = None, truncate: int | None = N
         if bad:
             raise ValueError(f"LongBench datasets {bad} are unknown; choose from {', '.join(DATASETS)}")
     items: list[Item] = []
-    for f in files(path):
+    for f in files(path, e):
         if DATASETS.get(dataset_of(f), ("",))[0] in ("qa_f1_zh", "rouge_zh") and (not datasets or dataset_of(f) in datasets):
             from ..metrics import _jieba
 
@@ -162,7 +165,7 @@ def load(path, datasets=None, limit: int | None = None, truncate: int | None = N
             except RuntimeError as e:
                 raise RuntimeError(f"{f}: {e}") from None
         counted = 0
-        for line, row in json_lines(f.read_text(encoding="utf-8").splitlines(), str(f)):
+        for line, row in json_lines(text_lines(f.read_text(encoding="utf-8")), str(f)):
             dataset = row.get("dataset") or dataset_of(f)
             if datasets and dataset not in datasets:
                 continue

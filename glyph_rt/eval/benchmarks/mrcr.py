@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ...fileio import json_lines
+from ...fileio import json_lines, text_lines
 from ..item import Item
 
 BINS = [(0, 8192), (8192, 16384), (16384, 32768), (32768, 65536), (65536, 131072), (131072, 262144),
@@ -65,7 +65,7 @@ def read_rows(path: Path) -> list[dict]:
             raise RuntimeError("reading MRCR parquet files needs pyarrow: pip install 'glyph_rt[eval]'") from None
         return pq.read_table(path).to_pylist()
     if path.suffix == ".jsonl":
-        return [row for _, row in json_lines(path.read_text(encoding="utf-8").splitlines(), str(path))]
+        return [row for _, row in json_lines(text_lines(path.read_text(encoding="utf-8")), str(path))]
     if path.suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, list):

@@ -1,0 +1,187 @@
+"""What a long evaluation or search must not get wrong: rows whose text holds line separators, resumes that
+mix settings, answers in flight when a run stops, a busy engine, a target that is down, a critic that thinks
+out loud."""
+import json
+import threading
+import time
+
+import pytest
+
+from glyph_rt import RenderConfig
+from glyph_rt.eval import Item, Reply, Target, TargetError, evaluate, load_items, read_rows, report, save_items
+
+CFG = RenderConfig(page_size=(200, 150))
+SEPARATORS = "\u2028 \u2029 \u0085 \x1c \x0b"  # str.splitlines splits at each; JSON keeps them raw
+
+
+def items(n=4, tokens=8):
+    return [Item(id=f"q{i}", context=f"Item {i}{SEPARATORS} says {1000 + i}. " * 3, question="What number?",
+                 answers=[str(1000 + i)], max_new_tokens=tokens, metadata={"task": "niah_single_1"}) for i in range(n)]
+
+
+class Echo(Target):
+    """Answers the item's answer (its first max_new_tokens characters), with the separators around it."""
+    name, concurrent = "echo", True
+
+    def __init__(self, key=None, penalty=1.0, delay=0.0, fail=()):
+        self._key, self.repetition_penalty, self.delay, self.fail = key, penalty, delay, set(fail)
+        self.asked = []
+
+    @property
+    def key(self):
+        return self._key or self.name
+
+    def answer(self, item, config, *, as_text=False):
+        self.asked.append(item.id)
+        if item.id in self.fail:
+            raise TargetError("http://x/v1: cannot reach the server")
+        time.sleep(self.delay)
+        return Reply(f"{SEPARATORS}{item.answers[0][:item.max_new_tokens]}", 1, 10, 0.0)
+
+
+def test_rows_with_line_separators_survive_a_resume(tmp_path):
+    r = evaluate(CFG, items(), Echo(), out=tmp_path, progress=False, tokenizer=None)
+    assert r.accuracy == 100.0
+    assert len(read_rows(tmp_path / "results.jsonl")) == 4
+    t = Echo()
+    evaluate(CFG, items(), t, out=tmp_path, progress=False, tokenizer=None)
+    assert t.asked == [] and len((tmp_path / "results.jsonl").read_text().split("\n")) == 5
+    save_items(items(), tmp_path / "items.jsonl")
+    assert load_items(tmp_path / "items.jsonl") == items()
+
+
+def test_a_resume_reruns_rows_of_another_budget_penalty_or_model(tmp_path):
+    out = tmp_path / "r.jsonl"
+    quick = evaluate(CFG, items(), Echo(), out=out, progress=False, tokenizer=None, max_new_tokens=2)
+    assert quick.accuracy == 0.0 and {x["max_new_tokens"] for x in quick.rows} == {2}
+    full = Echo()
+    assert evaluate(CFG, items(), full, out=out, progress=False, tokenizer=None).accuracy == 100.0
+    assert len(full.asked) == 4  # the smoke test's truncated answers were not reused
+    again = Echo(penalty=1.1)
+    evaluate(CFG, items(), again, out=out, progress=False, tokenizer=None)
+    other = Echo(key="/elsewhere/final")  # another checkpoint with the same directory name
+    evaluate(CFG, items(), other, out=out, progress=False, tokenizer=None)
+    assert len(again.asked) == len(other.asked) == 4
+    rows = read_rows(out)
+    assert len(rows) == 12  # the budget's rerun replaced the smoke test's rows; penalty and model are their own
+    labels = [report.run_label(k) for k in report.group_runs(rows)]
+    assert len(set(labels)) == 3 and any("repetition penalty 1.1" in x for x in labels), labels
+    assert any("/elsewhere/final" in x for x in labels), labels
+
+
+def test_two_render_configs_at_one_dpi_are_two_runs():
+    rows = [{"id": f"r{i}", "target": "glyph", "mode": "image", "dpi": 72.0, "config_key": c, "score": 1.0,
+             "text_tokens": 10, "visual_tokens": 5, "compression": 2.0} for i in range(2) for c in ("aaa", "bbb")]
+    runs = report.group_runs(rows)
+    assert [len(v) for v in runs.values()] == [2, 2]
+    assert sorted(report.run_label(k) for k in runs) == ["glyph @ 72 dpi [config aaa]", "glyph @ 72 dpi [config bbb]"]
+
+
+def test_compression_counts_only_items_answered_from_pages(tmp_path):
+    class TooLong(Echo):
+        def answer(self, item, config, *, as_text=False):
+            if item.id == "q0":
+                raise ValueError("this request needs 9999 positions")
+            return Reply(item.answers[0], 1, 10, 0.0)
+
+    r = evaluate(CFG, items(3), TooLong(), out=None, progress=False)
+    assert r.errors == 1 and r.rows[0]["visual_tokens"] == 0
+    answered = r.rows[1:]
+    assert r.compression == pytest.approx(sum(x["text_tokens"] for x in answered) / 20)
+
+
+def test_a_stopped_concurrent_run_keeps_the_answers_in_flight(tmp_path):
+    """q0's server goes down at once; the items already in flight (q1-q3, and q4 if q0's worker took it before the
+    run stopped) finish and are saved; nothing else starts."""
+    t = Echo(delay=0.3, fail={"q0"})
+    with pytest.raises(TargetError):
+        evaluate(CFG, items(8), t, out=tmp_path, progress=False, tokenizer=None, concurrency=4)
+    kept = {x["id"] for x in read_rows(tmp_path / "results.jsonl")}
+    assert kept >= {"q1", "q2", "q3"} and kept == set(t.asked) - {"q0"} and len(t.asked) <= 5
+
+
+def test_a_full_engine_queue_makes_items_wait_not_fail(tmp_path):
+    from glyph_rt.eval.targets import GlyphModelTarget
+    from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+
+    t = GlyphModelTarget(tiny_glm4v_checkpoint(tmp_path / "ckpt"), device="cpu")
+    try:
+        from glyph_rt.serve.engine import QueueFull
+
+        engine, refused = t.engine, []
+        engine.max_queue_bytes = 1  # one waiting request at a time: the others are refused and retried
+        submit = engine.submit
+
+        def counted(*a, **kw):
+            try:
+                return submit(*a, **kw)
+            except QueueFull:
+                refused.append(1)
+                raise
+
+        engine.submit = counted
+        r = evaluate(CFG, items(4, tokens=2), t, out=None, progress=False, concurrency=4)
+        assert r.errors == 0 and all(x["pages"] >= 1 for x in r.rows) and refused
+    finally:
+        t.close()
+
+
+# ----------------------------------------------------------------- search
+def test_search_stops_when_the_target_is_down_and_records_no_failure(tmp_path):
+    from glyph_rt.search import History, SyntheticObjective, load_settings, run_search
+
+    class Down(SyntheticObjective):
+        def __call__(self, config):
+            raise TargetError("http://x/v1: cannot reach the server")
+
+    with pytest.raises(TargetError):
+        run_search(load_settings(None, ["generations=1"]), Down(), tmp_path, report=False)
+    assert History(tmp_path / "history.jsonl").of_type("eval") == []
+
+
+def test_best_is_never_a_failed_config():
+    from glyph_rt.search import Goal
+
+    failed = {"hash": "zz", "accuracy": None, "compression": None}
+    assert Goal("constrained", 0.5).best([failed]) is None
+    ok = {"hash": "aa", "accuracy": 0.1, "compression": 2.0}
+    assert Goal("constrained", 0.5).best([failed, ok]) is ok
+
+
+@pytest.mark.parametrize("text", [
+    '<think>Raise the {dpi}? Use {"proposals": []} as a format.</think>{"proposals": [{"op": "mutate"}]}',
+    'Here: {"proposals": [{"op": "mutate"}]} and that is {all}.',
+    '```json\n[{"op": "mutate"}]\n```',
+])
+def test_critic_answers_with_thoughts_or_prose_around_the_json(text):
+    from glyph_rt.search.critic import parse_answer
+
+    assert parse_answer(text) == [{"op": "mutate"}]
+
+
+def test_a_failed_critic_answer_is_asked_again_on_resume(tmp_path):
+    from glyph_rt.search import Search, SyntheticObjective, load_settings
+
+    class Critic:
+        def __init__(self, answers):
+            self.answers = answers
+
+        def ask(self, messages):
+            return self.answers.pop(0)
+
+    s = load_settings(None, ["generations=1", "patience=0"])
+
+    class Stop(SyntheticObjective):
+        n = 0
+
+        def __call__(self, config):
+            Stop.n += 1
+            if Stop.n == 12:  # generation 1, after the critic answered
+                raise KeyboardInterrupt
+            return super().__call__(config)
+
+    with pytest.raises(KeyboardInterrupt):
+        Search(s, Stop(0.5), tmp_path, Critic(["no JSON at all"])).run()
+    good = json.dumps({"proposals": [{"op": "mutate", "parent": "c1", "changes": {"dpi": 80}, "reason": "r"}]})
+    r = Search(s, SyntheticObjective(0.5), tmp_path, Critic([good])).run()
+    assert r.counts.get("critic.accepted") == 1
