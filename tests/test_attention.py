@@ -138,6 +138,22 @@ def test_low_precision_error_is_at_most_twice_torch(dtype, hq, hkv, d, causal):
         assert (a.float() - r.float()).abs().max() <= 2 * (b.float() - r.float()).abs().max() + 1e-5, name
 
 
+@pytest.mark.gpu
+def test_chunked_causal_prefill_on_sdpa_runs_flash_not_a_dense_mask():
+    """A prefill chunk against a longer cache (Lq < Lk, bottom-right causal) with GQA, as the engine sends: SDPA
+    takes torch's lower-right causal bias on its flash kernel (a boolean mask would force the math kernel and
+    its [H, Lq, Lk] scores); forward and backward agree with the oracle."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v, cu_q, cu_k = packed([300, 129], [1000, 129], 32, 2, 128, dtype=torch.bfloat16, device="cuda")
+    do = torch.randn_like(q)
+    ref = run("reference", q, k, v, cu_q, cu_k, True, do)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # fails here if SDPA had to fall back to another kernel
+        got = run("sdpa", q, k, v, cu_q, cu_k, True, do)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2, msg=name)
+
+
 def test_strided_inputs():
     q, k, v, cu_q, cu_k = packed([9, 14], [9, 14], 2, 2, 16, device=TRITON_DEVICE)
     qt = q.transpose(1, 2).contiguous().transpose(1, 2)  # last dim not contiguous
@@ -346,7 +362,38 @@ ALL = {"glyph": None, "flash_attn": None, "sdpa": None, "reference": None}
 NO_FA = {**ALL, "flash_attn": "flash_attn is not installed"}
 
 
-def test_auto_defaults_where_nothing_was_measured():
+def _installed(monkeypatch, *kinds):
+    """flash_attn packages as if installed: ("fa4",), ("fa2",) or both (FA4 first, as they are looked up)."""
+    from glyph_rt.ops import attention as ops_attention
+
+    fns = tuple((lambda *a, _k=k, **kw: _k, k) for k in kinds)
+    monkeypatch.setattr(ops_attention, "_flash_modules", lambda: fns)
+
+
+@pytest.fixture
+def fa2(monkeypatch):
+    _installed(monkeypatch, "fa2")
+
+
+def test_fa4_is_chosen_only_on_hopper_or_newer_at_its_head_dims(monkeypatch):
+    """FA4 (flash_attn.cute) asserts sm_90+ and runs head dims 64/96/128: elsewhere FA2 when installed, else
+    not flash_attn at all."""
+    from glyph_rt.ops.attention import choose_backend, flash_attn_varlen
+
+    bf16, a100 = torch.bfloat16, _device("NVIDIA A100-SXM4-80GB", (8, 0))
+    _installed(monkeypatch, "fa4")
+    assert choose_backend("prefill", _device(), ALL, bf16, 128, table={}) == "flash_attn"
+    assert choose_backend("prefill", a100, ALL, bf16, 128, table={}) == "sdpa"
+    assert choose_backend("prefill", _device(), ALL, bf16, 256, table={}) == "sdpa"
+    assert choose_backend("vision", a100, ALL, bf16, 72, table={"sm_80": {"vision": "flash_attn"}}) == "sdpa"
+    assert flash_attn_varlen((8, 0), 128) == (None, None)
+    _installed(monkeypatch, "fa4", "fa2")
+    assert flash_attn_varlen((9, 0), 128)[1] == "fa4" and flash_attn_varlen((8, 0), 128)[1] == "fa2"
+    assert flash_attn_varlen((9, 0), 256)[1] == "fa2"
+    assert choose_backend("prefill", a100, ALL, bf16, 128, table={}) == "flash_attn"
+
+
+def test_auto_defaults_where_nothing_was_measured(fa2):
     from glyph_rt.ops.attention import choose_backend
 
     bf16 = torch.bfloat16
@@ -362,7 +409,7 @@ def test_auto_defaults_where_nothing_was_measured():
         choose_backend("training", _device(), ALL, bf16, 128, table={})
 
 
-def test_auto_follows_the_measured_table_by_gpu_name_then_capability():
+def test_auto_follows_the_measured_table_by_gpu_name_then_capability(fa2):
     from glyph_rt.ops.attention import choose_backend
 
     table = {"NVIDIA H100 80GB HBM3": {"prefill": "sdpa", "vision": "flash_attn"},

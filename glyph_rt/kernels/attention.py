@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import on_device
+
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
@@ -75,7 +77,9 @@ def _saved_lse2(LSE, h, stride_lh, q0, rows, Lq):
     return tl.where(lse == float("-inf"), float("inf"), lse)
 
 
-@triton.jit
+# lengths that change from call to call (blocks of the longest segment, tokens: the LSE's head stride) are not
+# specialized on (equal to 1, divisible by 16), which would compile new variants in the middle of a run
+@triton.jit(do_not_specialize=["stride_lh", "n_blocks"])
 def attn_fwd_kernel(
     Q, K, V, O, LSE, cu_q, cu_k, qk_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh, n_blocks,
@@ -118,7 +122,7 @@ def attn_fwd_kernel(
         tl.store(LSE + h * stride_lh + q0 + offs_m, lse, mask=row)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_lh", "n_blocks"])
 def attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, cu_q, cu_k, qk_scale, sm_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
@@ -164,7 +168,7 @@ def attn_bwd_dkdv_kernel(
                  dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_lh", "n_blocks"])
 def attn_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, cu_q, cu_k, qk_scale, sm_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
@@ -201,7 +205,7 @@ def attn_bwd_dq_kernel(
                  (dq * sm_scale).to(DQ.dtype.element_ty), mask=qmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "stride_dh"])
 def attn_bwd_delta_kernel(O, DO, DELTA, T, stride_ot, stride_oh, stride_dot, stride_doh, stride_dh,
                           D: tl.constexpr, BLOCK_D: tl.constexpr, BM: tl.constexpr):
     """delta[h, t] = sum_d O[t, h, d] * dO[t, h, d] in fp32, one [BM, BLOCK_D] tile per program."""
@@ -282,11 +286,12 @@ def forward(q, k, v, cu_q, cu_k, max_q: int, causal: bool, sm_scale: float) -> t
     cfg = config("fwd", D, q.dtype, _interpret())
     blocks = triton.cdiv(max_q, cfg["BM"])
     if T and blocks:
-        attn_fwd_kernel[grid(blocks, len(cu_q) - 1, Hq)](
-            q, k, v, o, lse, cu_q, cu_k, sm_scale * LOG2E,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            o.stride(0), o.stride(1), lse.stride(0), blocks,
-            GROUP=Hq // Hkv, D=D, BLOCK_D=block_d(D), CAUSAL=causal, IEEE=q.dtype == torch.float32, **cfg)
+        with on_device(q):
+            attn_fwd_kernel[grid(blocks, len(cu_q) - 1, Hq)](
+                q, k, v, o, lse, cu_q, cu_k, sm_scale * LOG2E,
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                o.stride(0), o.stride(1), lse.stride(0), blocks,
+                GROUP=Hq // Hkv, D=D, BLOCK_D=block_d(D), CAUSAL=causal, IEEE=q.dtype == torch.float32, **cfg)
     return o, lse
 
 
@@ -296,9 +301,10 @@ def delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
     out = torch.empty(H, T, dtype=torch.float32, device=o.device)
     cfg = config("bwd_delta", D, o.dtype, _interpret())
     if T:
-        attn_bwd_delta_kernel[(triton.cdiv(T, cfg["BM"]), H)](
-            o, do, out, T, o.stride(0), o.stride(1), do.stride(0), do.stride(1), out.stride(0),
-            D=D, BLOCK_D=block_d(D), **cfg)
+        with on_device(o):
+            attn_bwd_delta_kernel[(triton.cdiv(T, cfg["BM"]), H)](
+                o, do, out, T, o.stride(0), o.stride(1), do.stride(0), do.stride(1), out.stride(0),
+                D=D, BLOCK_D=block_d(D), **cfg)
     return out
 
 
@@ -311,22 +317,24 @@ def backward(do, q, k, v, o, lse, cu_q, cu_k, max_q: int, max_k: int, causal: bo
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     B = len(cu_q) - 1
     common = dict(GROUP=Hq // Hkv, D=D, BLOCK_D=block_d(D), CAUSAL=causal, IEEE=q.dtype == torch.float32)
-    cfg = config("bwd_dkdv", D, q.dtype, _interpret())
-    blocks = triton.cdiv(max_k, cfg["BN"])
-    if k.shape[0] and blocks:
-        attn_bwd_dkdv_kernel[grid(blocks, B, Hkv)](
-            q, k, v, do, lse, dlt, dk, dv, cu_q, cu_k, sm_scale * LOG2E, sm_scale,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-            dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), blocks, **common, **cfg)
-    else:
-        dk.zero_(), dv.zero_()
-    cfg = config("bwd_dq", D, q.dtype, _interpret())
-    blocks = triton.cdiv(max_q, cfg["BM"])
-    if T and blocks:
-        attn_bwd_dq_kernel[grid(blocks, B, Hq)](
-            q, k, v, do, lse, dlt, dq, cu_q, cu_k, sm_scale * LOG2E, sm_scale,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-            dq.stride(0), dq.stride(1), lse.stride(0), blocks, **common, **cfg)
+    with on_device(q):
+        cfg = config("bwd_dkdv", D, q.dtype, _interpret())
+        blocks = triton.cdiv(max_k, cfg["BN"])
+        if k.shape[0] and blocks:
+            attn_bwd_dkdv_kernel[grid(blocks, B, Hkv)](
+                q, k, v, do, lse, dlt, dk, dv, cu_q, cu_k, sm_scale * LOG2E, sm_scale,
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0),
+                do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), blocks,
+                **common, **cfg)
+        else:
+            dk.zero_(), dv.zero_()
+        cfg = config("bwd_dq", D, q.dtype, _interpret())
+        blocks = triton.cdiv(max_q, cfg["BM"])
+        if T and blocks:
+            attn_bwd_dq_kernel[grid(blocks, B, Hq)](
+                q, k, v, do, lse, dlt, dq, cu_q, cu_k, sm_scale * LOG2E, sm_scale,
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0),
+                do.stride(1), dq.stride(0), dq.stride(1), lse.stride(0), blocks, **common, **cfg)
     return dq, dk, dv
 
 
@@ -364,7 +372,7 @@ def aot_specs(exhaustive: bool = False) -> list:
                 warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
                 # pointers are 16-byte aligned; token and head strides are when the head dim is a multiple of 16
                 aligned = tuple(a for a, t in sig.items() if t.startswith("*")
-                                or (aligned_d and a.startswith("stride_") and a != "stride_lh"))
+                                or (aligned_d and a.startswith("stride_") and a not in ("stride_lh", "stride_dh")))
                 modes = (True, False) if exhaustive and kernel != "bwd_delta" else (True,)
                 for causal in modes:
                     const = dict(D=d, BLOCK_D=block_d(d), **cfg)

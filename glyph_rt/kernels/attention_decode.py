@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import on_device
 from .attention import LOG2E, _dot
 
 MAX_ROWS = 64  # Sq * (Hq / Hkv) packed in one tile
@@ -166,16 +167,17 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.T
     po = torch.empty(B, Hkv, splits, BM, BLOCK_D, dtype=torch.float32, device=q.device)
     plse = torch.empty(B, Hkv, splits, BM, dtype=torch.float32, device=q.device)
     has_start = key_start is not None
-    attn_decode_split_kernel[(splits * B * Hkv,)](
-        q, k, v, key_start if has_start else plse, po, plse, sm_scale * LOG2E, Sq, Sk, keys_per_split,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), po.stride(0), po.stride(1), po.stride(2), po.stride(3),
-        splits, Hkv, GROUP=group, D=D, BLOCK_D=BLOCK_D, BM=BM, CAUSAL=causal, HAS_START=has_start,
-        IEEE=q.dtype == torch.float32, **cfg)
-    attn_decode_merge_kernel[(B * Hkv,)](
-        po, plse, out, Sq, splits, Hkv, po.stride(0), po.stride(1), po.stride(2), po.stride(3),
-        out.stride(0), out.stride(1), out.stride(2), GROUP=group, D=D, BLOCK_D=BLOCK_D, BM=BM,
-        num_warps=merge_warps)
+    with on_device(q):
+        attn_decode_split_kernel[(splits * B * Hkv,)](
+            q, k, v, key_start if has_start else plse, po, plse, sm_scale * LOG2E, Sq, Sk, keys_per_split,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), po.stride(0), po.stride(1), po.stride(2), po.stride(3),
+            splits, Hkv, GROUP=group, D=D, BLOCK_D=BLOCK_D, BM=BM, CAUSAL=causal, HAS_START=has_start,
+            IEEE=q.dtype == torch.float32, **cfg)
+        attn_decode_merge_kernel[(B * Hkv,)](
+            po, plse, out, Sq, splits, Hkv, po.stride(0), po.stride(1), po.stride(2), po.stride(3),
+            out.stride(0), out.stride(1), out.stride(2), GROUP=group, D=D, BLOCK_D=BLOCK_D, BM=BM,
+            num_warps=merge_warps)
     return out
 
 

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import on_device
 from .aot import AotSpec
 
 HINTED = ("K", "stride_am", "stride_ak", "stride_bk", "stride_bn", "stride_cm", "stride_cn")
@@ -125,8 +126,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
     ints, consts, num_warps, num_stages = plan(a.dtype, b.dtype, M, N, K, strides, bias is not None,
                                                os.environ.get("TRITON_INTERPRET") == "1")
     grid = (triton.cdiv(M, consts["BM"]) * triton.cdiv(N, consts["BN"]),)
-    matmul_kernel[grid](a, b, bias if bias is not None else b, c, **ints, **consts,
-                        num_warps=num_warps, num_stages=num_stages)
+    with on_device(a):
+        matmul_kernel[grid](a, b, bias if bias is not None else b, c, **ints, **consts,
+                            num_warps=num_warps, num_stages=num_stages)
     return c
 
 

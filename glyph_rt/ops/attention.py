@@ -10,7 +10,7 @@ causal masks are aligned to the bottom right, as flash-attn's. Returns (total_q,
 
 Backends:
   "glyph"       the Triton kernel (glyph_rt.kernels.attention), forward and backward
-  "flash_attn"  the flash_attn package's varlen function (FA4's when importable, else FA2)
+  "flash_attn"  the flash_attn package's varlen function (FA4's on sm_90+ at head dims 64/96/128, else FA2)
   "sdpa"        torch's scaled_dot_product_attention (per segment when lengths differ)
   "reference"   plain fp32 math, the test oracle
   "auto"        on CUDA, per case (vision: bidirectional varlen, prefill: causal, decode: the
@@ -46,19 +46,33 @@ BACKENDS = ("auto", "glyph", "flash_attn", "sdpa", "reference")
 MAX_HEAD_DIM = 256
 
 
+FA4_HEAD_DIMS = (64, 96, 128)  # FA4 (flash_attn.cute) runs on Hopper and Blackwell (sm_90+) at these head dims
+
+
 @functools.lru_cache(maxsize=1)
-def flash_attn_varlen():
-    """flash_attn's varlen function (FA4 first, then FA2) and its name, or (None, None)."""
+def _flash_modules() -> tuple:
+    """((varlen function, "fa4" | "fa2"), ...) of the flash_attn packages that import, FA4 first."""
+    out = []
     for mod, name in (("flash_attn.cute", "fa4"), ("flash_attn", "fa2")):
         try:
             if importlib.util.find_spec(mod.split(".")[0]) is None:
                 continue
-            m = importlib.import_module(mod)
-            fn = getattr(m, "flash_attn_varlen_func", None)
+            fn = getattr(importlib.import_module(mod), "flash_attn_varlen_func", None)
             if fn is not None:
-                return fn, name
+                out.append((fn, name))
         except Exception:  # a broken install is the same as none
             continue
+    return tuple(out)
+
+
+def flash_attn_varlen(capability: tuple[int, int] | None = None, head_dim: int | None = None):
+    """flash_attn's varlen function and its name for a GPU of `capability` at `head_dim` (FA4 on sm_90+ at
+    head dims 64/96/128, else FA2), or (None, None); without them, the first that imports."""
+    for fn, name in _flash_modules():
+        if name == "fa4" and ((capability is not None and capability[0] < 9)
+                              or (head_dim is not None and head_dim not in FA4_HEAD_DIMS)):
+            continue
+        return fn, name
     return None, None
 
 
@@ -76,9 +90,9 @@ def _available(device_type: str, interp: bool) -> dict[str, str | None]:
         out["glyph"] = "the Triton kernel runs on CUDA tensors (or on the CPU in Triton's interpreter)"
     else:
         out["glyph"] = None
-    fn, _ = flash_attn_varlen()
-    out["flash_attn"] = None if (fn is not None and device_type == "cuda") else (
-        "flash_attn is not installed" if fn is None else "flash_attn runs on CUDA tensors")
+    fns = _flash_modules()
+    out["flash_attn"] = None if (fns and device_type == "cuda") else (
+        "flash_attn is not installed" if not fns else "flash_attn runs on CUDA tensors")
     return out
 
 
@@ -146,7 +160,8 @@ def choose_backend(case: str, device: DeviceInfo, avail: dict[str, str | None], 
             # not a multiple of 16 make unaligned rows whose tiles spill registers (the exhaustive compile check)
             return head_dim <= MAX_HEAD_DIM and head_dim % 16 == 0 and dtype != torch.float32
         if b == "flash_attn":
-            return dtype in (torch.float16, torch.bfloat16) and head_dim <= MAX_HEAD_DIM and case != "decode"
+            return (dtype in (torch.float16, torch.bfloat16) and head_dim <= MAX_HEAD_DIM and case != "decode"
+                    and flash_attn_varlen(device.capability, head_dim)[0] is not None)
         return True
 
     sm = f"sm_{device.capability[0]}{device.capability[1]}"
@@ -231,7 +246,12 @@ def _sdpa(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> torch.Tensor:
         Lq, Lk = qs.shape[-2], ks.shape[-2]
         mask = None
         if causal and Lq != Lk:  # SDPA's is_causal is top-left aligned; flash-attn's is bottom-right
-            mask = torch.ones(Lq, Lk, dtype=torch.bool, device=qs.device).tril(Lk - Lq)
+            if qs.is_cuda:  # torch's lower-right bias runs on its flash kernel (GQA too); a mask would not
+                from torch.nn.attention.bias import causal_lower_right
+
+                mask = causal_lower_right(Lq, Lk)
+            else:
+                mask = torch.ones(Lq, Lk, dtype=torch.bool, device=qs.device).tril(Lk - Lq)
         return F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=causal and mask is None,
                                               scale=scale, enable_gqa=group > 1)
 
@@ -280,7 +300,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: t
     if max_seqlen_k is None:
         max_seqlen_k = int((cu_seqlens_k[1:] - cu_seqlens_k[:-1]).max())
     if backend == "flash_attn":
-        fn, name = flash_attn_varlen()
+        fn, name = flash_attn_varlen(_device_info(q.device.index or 0).capability, q.shape[-1])
+        if fn is None:
+            raise RuntimeError(f"attention backend 'flash_attn': the installed flash_attn has no kernel for this GPU "
+                               f"at head dim {q.shape[-1]} (FA4 runs on sm_90+ at head dims {FA4_HEAD_DIMS}; install "
+                               "FA2 for others)")
         kw = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, softmax_scale=scale, causal=causal)
         if name == "fa2":  # by name: FA2 and FA4 order their arguments differently after cu_seqlens
             kw.update(max_seqlen_q=int(max_seqlen_q), max_seqlen_k=int(max_seqlen_k))

@@ -9,7 +9,6 @@ The C++ CPU rasterizer is the oracle: both kernels reproduce its pixels exactly.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import weakref
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..kernels import on_device
 from ..nvtx import nvtx_range
 from ..render.atlas import MAX_ATLAS_BYTES
 from ..render.config import parse_color
@@ -436,10 +436,8 @@ def raster_tiles(backend: str, mode: int, batch: RasterBatch, dev: dict, out: to
     code run on the host over CPU tensors, which is how tests check the CUDA path without a GPU."""
     if batch.num_pages == 0:
         return
-    device = dev["bgv"].device
     # Triton's and the extension's kernels launch on the thread's current device (a server renders on workers)
-    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    with nvtx_range(f"glyph_rt.raster.{('bg', 'ink', 'pages', 'pixels', 'patches')[mode]}"), on_device:
+    with nvtx_range(f"glyph_rt.raster.{('bg', 'ink', 'pages', 'pixels', 'patches')[mode]}"), on_device(dev["bgv"]):
         if backend == "triton":
             from ..kernels import raster as tk
 
