@@ -184,29 +184,34 @@ def main(argv=None):
     if fa[0] is not None:
         backends.append("flash_attn")
     backward = not args.no_backward
+    gpu = torch.cuda.get_device_name(0)
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower().replace("nvidia", "")).strip("-")
+    summary = {"vision_ratio_vs_best": None, "prefill_128k_ratio_vs_best": None, "decode_128k_ratio_vs_best": None,
+               "flash_attn": fa[1]}
+
+    def save():  # after every case: a run cut short keeps what it measured
+        return write_result(args, f"attention-{slug}.json", "attention", rows, summary)
+
     rows = case("vision 64x2520, 12x128", [2520] * 64, 12, 12, 128, False, backends, backward)
-    vision = ratio_vs_best(rows)
+    summary["vision_ratio_vs_best"] = ratio_vs_best(rows)
     by_case = {"vision": list(rows)}
-    prefill = None
+    save()
     for n in [int(s) for s in args.prefill.split(",")]:
         r = case(f"prefill {n // 1024}K, 32q/2kv x128", [n], 32, 2, 128, True, backends, backward)
         rows += r
         by_case["prefill"] = r  # the longest prefill decides
         if n == 131072:
-            prefill = ratio_vs_best(r)
-    decode = None
+            summary["prefill_128k_ratio_vs_best"] = ratio_vs_best(r)
+        save()
     for keys in (32768, 131072):
         for batch in (1, 8):
             r = decode_case(batch, keys)
             rows += r
             by_case["decode"] = r  # the longest cache at the largest batch decides
             if keys == 131072 and batch == 8:
-                decode = ratio_vs_best(r)
-    gpu = torch.cuda.get_device_name(0)
-    summary = {"vision_ratio_vs_best": vision, "prefill_128k_ratio_vs_best": prefill,
-               "decode_128k_ratio_vs_best": decode, "flash_attn": fa[1]}
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower().replace("nvidia", "")).strip("-")
-    p = write_result(args, f"attention-{slug}.json", "attention", rows, summary)
+                summary["decode_128k_ratio_vs_best"] = ratio_vs_best(r)
+            save()
+    p = save()
     print(f"{gpu}: summary {summary}\nwrote {p}")
     if args.write_choices:
         table = choices(by_case)

@@ -44,6 +44,13 @@ def timer(device):
     return lambda fn: 1e3 * median_seconds(fn, repeat=3)
 
 
+def summarise(rows: list) -> dict:
+    summary = {k: round(min(r[k] for r in rows), 2)
+               for k in ("speedup_vs_conv3d", "speedup_vs_linear_u8", "speedup_vs_linear", "pixel_values_vs_linear")}
+    summary["note"] = "minimum over the sizes; speedup_* are of ours_uint8"
+    return summary
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", default=None, help="glyph_rt backend: triton or cuda (default: auto)")
@@ -67,6 +74,13 @@ def main(argv=None):
     name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     ms_of = timer(dev)
     rows = []
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-")
+
+    def save(rows):
+        out = f"patch-embed-{slug}-quick.json" if args.quick else f"patch-embed-{slug}.json"
+        return write_result(args, out, "patch-embed", rows, summarise(rows))
+
+    p = None
     with torch.no_grad():
         wf, bf = ours.folded()  # folded once per weight version, as in inference
         w_lin = wf[:588].t().contiguous()  # [D, 588]: the Linear layout cuBLAS runs best
@@ -91,17 +105,12 @@ def main(argv=None):
             row["speedup_vs_linear"] = row["linear"]["ms"] / row["ours_uint8"]["ms"]
             row["pixel_values_vs_linear"] = row["linear"]["ms"] / row["ours_pixel_values"]["ms"]
             rows.append(row)
+            p = save(rows)  # after every size: a run cut short keeps what it measured
             print(f"N={n:7d} " + "  ".join(f"{k} {row[k]['ms']:.3f} ms ({row[k]['tflops']:.1f} TFLOP/s, "
                                            f"{row[k]['gbps']:.0f} GB/s)" for k in runs)
                   + f"  uint8 vs conv3d {row['speedup_vs_conv3d']:.2f}x, vs linear_u8 "
                   f"{row['speedup_vs_linear_u8']:.2f}x, vs linear {row['speedup_vs_linear']:.2f}x")
-    summary = {k: round(min(r[k] for r in rows), 2)
-               for k in ("speedup_vs_conv3d", "speedup_vs_linear_u8", "speedup_vs_linear", "pixel_values_vs_linear")}
-    summary["note"] = "minimum over the sizes; speedup_* are of ours_uint8"
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-")
-    out = (f"patch-embed-{slug}-quick.json" if args.quick else f"patch-embed-{slug}.json")
-    p = write_result(args, out, "patch-embed", rows, summary)
-    print(f"{name}: summary {summary}\nwrote {p}")
+    print(f"{name}: summary {summarise(rows)}\nwrote {p}")
 
 
 if __name__ == "__main__":

@@ -105,6 +105,18 @@ def run_gpu(args, text: str) -> None:
     gbps = written / (kernel_ms * 1e-3) / 1e9
     peak = peak_gbps(device)
     wall_128k = wall_ms(render, args.repeat)
+    shape = {"chars": len(text), "pages": n_pages, "pixel_values": list(pv.shape), "dtype": "float32",
+             "model": "glm4v", "backend": backend}
+    rows_out = [
+        {"what": "text -> pixel_values, 1 document (GPU time, layout excluded)", "ms": gpu_ms, **shape},
+        {"what": "the same, the GPU's busy time in its kernels and copies (profiler)", "ms": gpu_busy},
+        {"what": "pixel_values kernel alone", "ms": kernel_ms, "gbps": gbps, "bytes_written": written},
+        {"what": "text -> pixel_values, 1 document (wall, with layout)", "ms": wall_128k},
+    ]
+    summary = {"gpu_ms_128k": round(gpu_ms, 3), "gpu_busy_ms_128k": round(gpu_busy, 3),
+               "wall_ms_128k": round(wall_128k, 2), "gbps": round(gbps, 1), "kernel_ms_128k": round(kernel_ms, 4)}
+    name = f"render-gpu-{slug(gpu)}.json"
+    write_result(args, name, "render-gpu", rows_out, summary)  # the single document's figures, before the rest
 
     # batch throughput: many documents in bf16, layout in worker threads, 512 pages per launch
     texts = [text] * args.batch_docs
@@ -125,37 +137,26 @@ def run_gpu(args, text: str) -> None:
     official_pps = official_pages_per_s(text[: args.official_chars], args.font)
     official_ms = n_pages / official_pps * 1e3 if official_pps else None
 
-    shape = {"chars": len(text), "pages": n_pages, "pixel_values": list(pv.shape), "dtype": "float32",
-             "model": "glm4v", "backend": backend}
-    rows_out = [
-        {"what": "text -> pixel_values, 1 document (GPU time, layout excluded)", "ms": gpu_ms, **shape},
-        {"what": "the same, the GPU's busy time in its kernels and copies (profiler)", "ms": gpu_busy},
-        {"what": "pixel_values kernel alone", "ms": kernel_ms, "gbps": gbps, "bytes_written": written},
-        {"what": "text -> pixel_values, 1 document (wall, with layout)", "ms": wall_128k},
+    rows_out += [
         {"what": f"batch of {args.batch_docs} documents, bf16 (wall, {args.workers} layout threads)", "ms": batch_ms,
          "pages_per_s": pages_per_s},
         {"what": "batch of 8 laid-out documents (GPU time)", "ms": gpu_batch_ms, "pages_per_s": gpu_pages_per_s},
         {"what": "CPU path: C++ render + torch pixel_values (1 document, wall)", "ms": cpu_ms},
         {"what": "official reportlab+pdftoppm, per page x pages (1 core)", "ms": official_ms},
     ]
-    summary = {
-        "gpu_ms_128k": round(gpu_ms, 3),
-        "gpu_busy_ms_128k": round(gpu_busy, 3),
-        "wall_ms_128k": round(wall_128k, 2),
+    summary.update({
         "pages_per_s": round(pages_per_s, 1),
-        "gbps": round(gbps, 1),
         "speedup_vs_official": round(official_ms / wall_128k, 1) if official_ms else None,
-        "kernel_ms_128k": round(kernel_ms, 4),
         "gpu_pages_per_s": round(gpu_pages_per_s, 1),
         "peak_gbps": round(peak, 1) if peak else None,
         "bandwidth_fraction": round(gbps / peak, 3) if peak else None,
         "speedup_vs_cpu": round(cpu_ms / wall_128k, 1),
-    }
+    })
     print(f"{gpu} ({backend}): {len(text):,} characters -> {n_pages} pages -> pixel_values {list(pv.shape)}")
     for r in rows_out:
         ms = "-" if r["ms"] is None else f"{r['ms']:.3f} ms"
         extra = "".join(f"  {k}={r[k]:,.1f}" for k in ("pages_per_s", "gbps") if k in r)
         print(f"  {r['what']:66s} {ms:>12s}{extra}")
     print(f"summary {summary}")
-    p = write_result(args, f"render-gpu-{slug(gpu)}.json", "render-gpu", rows_out, summary)
+    p = write_result(args, name, "render-gpu", rows_out, summary)
     print(f"wrote {p}")

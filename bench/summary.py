@@ -317,6 +317,9 @@ def build(out: Path) -> str:
     what = [f"{k}: {env[k]}" for k in ("gpu", "torch", "cuda", "triton", "transformers", "python", "commit")
             if env.get(k)]
     lines += [", ".join(what) or "environment unknown (the environment step did not run)", ""]
+    if env.get("missing"):
+        lines += [f"**Python modules missing on this machine**: {', '.join(env['missing'])}; the steps that import "
+                  "them fail (bench/offline_wheels.sh fetches wheels for a machine without network).", ""]
     if mode == "cpu-smoke":
         lines += ["**CPU smoke mode**: steps that need CUDA (the sanitizers, the GPU benchmarks) are "
                   "skipped, and the figures come from tiny CPU runs: they check that the suite runs, not the "

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import subprocess
+import tarfile
 import sys
 import time
 from pathlib import Path
@@ -197,9 +198,16 @@ def test_cpu_smoke_mode_runs_every_step(tmp_path):
                for p in (ROOT / "bench" / "results").rglob("*") if p.is_file()}
     env = dict(os.environ, PYTHON=sys.executable)
     env.pop("TRITON_INTERPRET", None)
-    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), str(tmp_path), "--cpu-smoke", "--no-build"],
-                       env=env, capture_output=True, text=True, timeout=600)
+    packed = tmp_path.parent / f"{tmp_path.name}-suite.tar.gz"
+    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), str(tmp_path), "--cpu-smoke", "--no-build",
+                        "--pack", str(packed)], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
+    with tarfile.open(packed) as tar:  # the whole output but its cache, in one file
+        names = tar.getnames()
+    assert f"{tmp_path.name}/summary.md" in names and f"{tmp_path.name}/steps/tests-gpu.json" in names
+    assert not any("/cache/" in n for n in names)
+    assert r.stdout.rstrip().endswith((tmp_path / "summary.md").read_text().rstrip())  # printed last
+    assert json.loads((tmp_path / "environment.json").read_text())["missing"] == []
     steps = {p.stem: json.loads(p.read_text())["status"] for p in (tmp_path / "steps").glob("*.json")}
     assert steps["build"] == "skipped" and steps["sanitizer-memcheck"] == "skipped"
     for name in ("environment", "backends", "tests-gpu", "bench-render-cpu", "bench-e2e", "tests-suite"):
