@@ -2,7 +2,6 @@
 mix settings, answers in flight when a run stops, a busy engine, a target that is down, a critic that thinks
 out loud."""
 import json
-import threading
 import time
 
 import pytest

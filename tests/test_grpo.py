@@ -266,7 +266,13 @@ def test_rollout_prefills_each_prompt_once(tmp_path, kind):
                                  suppress_tokens=roll.suppress)
         torch.manual_seed(0)
         got = roll.sample(inputs, 3)
-    assert torch.equal(got, want)
+        # a checkpoint whose generation_config.json sets a repetition penalty or an n-gram ban: the rollout's
+        # sampler ignores them (the policy loss's log-probs model the temperature and top-p alone)
+        gm.model.generation_config.repetition_penalty = 1.8
+        gm.model.generation_config.no_repeat_ngram_size = 2
+        torch.manual_seed(0)
+        again = roll.sample(inputs, 3)
+    assert torch.equal(got, want) and torch.equal(again, want)
 
 
 def test_grpo_step_in_bf16_over_fp32_master_weights(tmp_path):

@@ -61,7 +61,8 @@ def test_ocr_target_is_the_text_of_the_pages(builder, text, index):
 @pytest.mark.parametrize("task", ["ocr", "gen", "qa"])
 def test_labels_cover_exactly_the_response(builder, text, task):
     rec = {"text": text, "context": text[:3000], "question": "What license is this?", "answer": "The GNU GPL."}
-    s = make_task(task, builder, config=CFG, max_pages=2, window_chars=4000)(rec, 3)
+    pages = {} if task == "qa" else {"max_pages": 2}  # a QA context must fit whole
+    s = make_task(task, builder, config=CFG, window_chars=4000, **pages)(rec, 3)
     answer = s.messages[-1]["content"]
     assert trained_text(builder, s).strip() == answer.strip()
     first = next(i for i, lab in enumerate(s.labels) if lab != IGNORE_INDEX)
@@ -129,6 +130,21 @@ def test_needle_qa_from_plain_text(text):
         shown = page.text[:page.document().page_spans()[-1][1]]
         assert answer.isdigit() and f"is: {answer}." in shown and s.input_ids == []
         assert "magic number" in s.messages[0]["content"][-1]["text"]
+
+
+def test_qa_whose_context_does_not_fit_is_skipped_not_truncated(text):
+    """A QA context longer than max_pages would train an answer the pages do not show: TaskError (the loader
+    skips the record); the default page limit is generous; think writes the thinking format, needles too."""
+    from glyph_rt.train.tasks import TaskError
+
+    rec = {"context": text * 4, "question": "Who wrote it?", "answer": "Someone"}
+    with pytest.raises(TaskError, match="needs more than 2 pages"):
+        make_task("qa", None, config=CFG, max_pages=2)(rec, 0)
+    task = make_task("qa", None, config=CFG, think=True)
+    assert task.max_pages == 64
+    assert task({**rec, "context": text[:2000]}, 0).messages[-1]["content"] == "<think></think>\nSomeone"
+    needle = task({"text": text}, 1).messages[-1]["content"]
+    assert needle.startswith("<think></think>\n") and needle.split("\n")[-1].isdigit()
 
 
 def test_document_crosses_to_a_process_whose_atlas_differs(text, tmp_path, monkeypatch):

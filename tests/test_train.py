@@ -188,7 +188,9 @@ def test_cli_trains_on_the_built_in_corpus(tiny, tmp_path, stage):
 
     over = {"sft": ["data.global_batch=2", "data.loader={max_pages: 1, window_chars: 300}"],
             "rl": ["data.global_batch=2", "grpo.group_size=2", "grpo.max_new_tokens=4", "grpo.rewards={ocr: 1.0}",
-                   "grpo.epochs=2", "grpo.max_refills=1", "data.loader={window_chars: 300}"]}[stage]
+                   "grpo.epochs=2", "grpo.max_refills=1", "data.loader={window_chars: 300}",
+                   f"data.render_config={tmp_path / 'best.json'}"]}[stage]  # the rollouts render with it
+    RenderConfig(dpi=60).save(tmp_path / "best.json")
     out = tmp_path / stage
     assert main(["train", stage, f"model.path={tiny}", f"out_dir={out}", "steps=2", "optim.warmup_steps=0",
                  "tensorboard=false", "model.gradient_checkpointing=false", *over]) == 0
@@ -503,3 +505,21 @@ def test_training_step_on_glyph_kernels_matches_sdpa(tiny, tmp_path, device, mod
     assert got == pytest.approx(want, rel=1e-4) and got_grads.keys() == want_grads.keys()
     for name, g in got_grads.items():
         torch.testing.assert_close(g, want_grads[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_the_searched_render_config_renders_every_post_training_sample(tiny, tmp_path):
+    """data.render_config (the search's best config, here in Glyph's dashed keys): every SFT task renders with it
+    and samples no styles; rl's rollouts take it too; a missing file is named before anything loads."""
+    from glyph_rt.train.data import build_data
+    from glyph_rt.train.model import load_for_training
+
+    best = RenderConfig(dpi=60, page_size=(300, 400))
+    best.save(tmp_path / "best_config_glyph.json", glyph_format=True)
+    want = RenderConfig.load(tmp_path / "best_config_glyph.json")
+    cfg = load_config("sft", None, [f"model.path={tiny}", f"data.render_config={tmp_path / 'best_config_glyph.json'}",
+                                    "data.ocr_ratio=0.5"])
+    gm = load_for_training(cfg.model, torch.device("cpu"))
+    tasks = build_data(cfg, gm, 0, 1).dataset.task.tasks
+    assert set(tasks) == {"qa", "ocr"} and all(t.styles is None and t.config == want for t in tasks.values())
+    with pytest.raises(TrainConfigError, match="^data.render_config: .*does not exist"):
+        load_config("sft", None, [f"model.path={tiny}", f"data.render_config={tmp_path / 'nope.json'}"])

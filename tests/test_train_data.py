@@ -1,4 +1,5 @@
 """Each stage's data from the config: task mix, the SFT OCR ratio, thinking answers, RL records, bad keys."""
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from glyph_rt.train.config import TrainConfig, TrainConfigError
-from glyph_rt.train.data import MixedTask, RecordStream, loader_options, think_answer
+from glyph_rt.train.data import MixedTask, RecordStream, loader_options
+from glyph_rt.train.tasks import think_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,14 +22,14 @@ class Echo:
 
 
 def test_mix_follows_the_weights_and_is_reproducible():
-    mix = MixedTask({"qa": Echo("qa"), "ocr": Echo("ocr")}, {"qa": 0.8, "ocr": 0.2}, seed=3, think=True)
+    mix = MixedTask({"qa": Echo("qa"), "ocr": Echo("ocr")}, {"qa": 0.8, "ocr": 0.2}, seed=3)
     picks = [mix({"context": "c", "question": "q", "answer": "a"}, i) for i in range(2000)]
     share = sum(p[0] == "ocr" for p in picks) / len(picks)
     assert 0.17 < share < 0.23
     assert picks == [mix({"context": "c", "question": "q", "answer": "a"}, i) for i in range(2000)]
     ocr = next(r for n, r in picks if n == "ocr")
     qa = next(r for n, r in picks if n == "qa")
-    assert ocr == {"text": "c"} and qa["answer"] == "<think></think>\na"
+    assert ocr == {"text": "c"} and qa["answer"] == "a"  # QATask itself writes the thinking format
 
 
 def test_think_answer():
@@ -55,6 +57,27 @@ def test_rl_records_per_rank_and_resume():
     c = RecordStream(corpus, seed=1, rank=0, world=2)
     c.load_state_dict(a.state_dict())
     assert next(iter(c)) == next(ra)
+
+
+def test_rl_mixes_in_ocr_records_scored_by_the_ocr_reward():
+    """data.ocr_ratio in RL: that share of prompts reads a window back (the auxiliary OCR task, as in the paper's RL
+    stage), scored by the OCR reward alone whatever the run's rewards; QA prompts keep the run's rewards."""
+    from glyph_rt.train.grpo import Group, score_groups
+    from glyph_rt.train.rewards import RewardSet
+
+    corpus = [{"text": "\n".join(f"line {i} of text {j}" for i in range(300))} for j in range(5)]
+    recs = list(itertools.islice(iter(RecordStream(corpus, seed=2, ocr_ratio=0.3, ocr_chars=200)), 400))
+    ocr = [r for r in recs if r.get("task") == "ocr"]
+    assert 0.24 < len(ocr) / len(recs) < 0.36
+    assert all(r["answer"] == r["context"] and len(r["context"]) <= 200 and r["context"].startswith("line")
+               for r in ocr)
+    assert recs == list(itertools.islice(iter(RecordStream(corpus, seed=2, ocr_ratio=0.3, ocr_chars=200)), 400))
+    qa = next(r for r in recs if "task" not in r)
+    groups = [Group(ocr[0], [], None, None, [[1], [2]], [ocr[0]["answer"], "nothing like it"]),
+              Group(qa, [], None, None, [[1], [2]], [f"<think>x</think> {qa['answer']}", "<think>x</think> 0"])]
+    score_groups(groups, RewardSet({"format": 0.5, "verifiable": 1.0}))
+    assert groups[0].rewards[0] == 1.0 and groups[0].rewards[1] < 0.5 and set(groups[0].parts) == {"ocr"}
+    assert groups[1].rewards == [1.5, 0.5] and set(groups[1].parts) == {"format", "verifiable"}
 
 
 @pytest.mark.slow  # ~15-30 s: a checkpoint, 3 steps and 3 evaluations in a fresh interpreter

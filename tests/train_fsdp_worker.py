@@ -66,7 +66,7 @@ def main():
         uniform = str(rank) in os.environ.get("UNIFORM_RANKS", "").split(",")
         cfg = load_config("rl", None, [*common, "grpo.group_size=4", "data.micro_batch=1", "grpo.max_new_tokens=5",
                                        "grpo.rewards={format: 1.0}" if uniform else "grpo.rewards={ocr: 1.0}",
-                                       "grpo.max_refills=1", *over])
+                                       "grpo.max_refills=1", "data.ocr_ratio=0", *over])  # its own prompts
         records = [{"context": t, "question": "Read the text.", "answer": t} for t in TEXTS]
         data = Stream(records, rank, int(os.environ.get("RECORD_STRIDE", world)))
     r = run(cfg, data=data, progress=False)

@@ -60,9 +60,13 @@ class OptimConfig:
 class DataConfig:
     global_batch: int = 32  # samples per optimizer step, over all ranks (gradient accumulation fills it)
     micro_batch: int = 1  # samples per forward on one rank
-    ocr_ratio: float = 0.0  # SFT: share of samples drawn from the OCR auxiliary task
+    ocr_ratio: float = 0.0  # SFT and RL: share of samples (RL: prompts) drawn from the OCR auxiliary task
     max_tokens: int = 0  # pack samples into varlen rows of at most this many tokens (0: no packing)
     workers: int = 0
+    # a render config JSON (the search's best_config.json, glyph_rt's keys or Glyph's dashed ones): every sample,
+    # and rl's rollouts, rendered with it, as the paper renders post-training data (data.loader.styles then
+    # defaults to false)
+    render_config: str = ""
     loader: dict = field(default_factory=dict)  # passed to the data engine's loader as it is
     eval_loader: dict = field(default_factory=dict)  # the held-out data: data.loader keys over data.loader (corpus)
 
@@ -306,6 +310,11 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     _check(0 <= d.ocr_ratio <= 1, "data.ocr_ratio", f"{d.ocr_ratio} must be in [0, 1]")
     _check(d.max_tokens >= 0, "data.max_tokens", f"{d.max_tokens} must be >= 0 (0: no packing)")
     _check(d.workers >= 0, "data.workers", f"{d.workers} must be >= 0")
+    if d.render_config:
+        try:
+            fixed_render_config(d.render_config)
+        except ValueError as e:
+            raise TrainConfigError(f"data.render_config: {e}") from None
     if cfg.stage == "rl":
         _check(g.group_size >= 2, "grpo.group_size", f"{g.group_size} must be >= 2 (advantages compare a group)")
         _check(d.global_batch >= 1, "data.global_batch", f"{d.global_batch} must be >= 1 (prompts per step)")
@@ -332,3 +341,10 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
                    "OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1)")
             _check(bool(g.judge_model), "grpo.judge_model", "is empty; name the judge model")
     return cfg
+
+
+def fixed_render_config(path: str):
+    """The RenderConfig of data.render_config: a JSON file in glyph_rt's format or Glyph's dashed keys."""
+    from ..render.config import RenderConfig
+
+    return RenderConfig.load(path).validate()  # ConfigError (a ValueError) names what is wrong

@@ -4,11 +4,13 @@
       corpus: [paths]        text / .jsonl / .parquet / datasets dirs (default: the bundled sample text)
       tasks: {ocr: 1, lm: 1, gen: 1}   task -> weight (cpt); sft: {qa: 1} with data.ocr_ratio of OCR mixed in
       think: true            sft: the answer is written `<think>{record's "thinking"}</think>\n{answer}`
-      styles: true           a rendering style per sample from the Table 8 sampler (false: RenderConfig())
+      styles: true           a rendering style per sample from the Table 8 sampler (false: data.render_config, else
+                             RenderConfig()); the default is false when data.render_config is set
       max_pages, window_chars, text_field, render (worker | batch), epochs, shuffle
 
 cpt and sft get a GlyphLoader of collated micro-batches (packed rows when data.max_tokens > 0); rl gets this rank's
-QA records ({"context", "question", "answer"}; plain text becomes a needle question) with the same state_dict.
+QA records ({"context", "question", "answer"}; plain text becomes a needle question) with the same state_dict, and
+with data.ocr_ratio that share of OCR records (the auxiliary task, scored by the OCR reward).
 """
 from __future__ import annotations
 
@@ -51,11 +53,11 @@ def loader_options(cfg: TrainConfig, held_out: bool = False) -> dict:
 
 class MixedTask:
     """Sample g comes from task k with probability weight_k (a pure function of (seed, g)); OCR reads a QA record's
-    context; with think=True a QA answer is given the thinking format."""
+    context."""
     name = "mix"
 
-    def __init__(self, tasks: dict, weights: dict, seed: int = 0, think: bool = False):
-        self.tasks, self.seed, self.think = tasks, seed, think
+    def __init__(self, tasks: dict, weights: dict, seed: int = 0):
+        self.tasks, self.seed = tasks, seed
         self.names = [n for n in tasks if weights[n] > 0]
         self.weights = [weights[n] for n in self.names]
 
@@ -64,21 +66,18 @@ class MixedTask:
             random.Random(f"{self.seed}:mix:{index}").choices(self.names, self.weights)[0]
         if name != "qa" and isinstance(record, dict) and "text" not in record and "context" in record:
             record = {"text": record["context"]}
-        if name == "qa" and self.think and isinstance(record, dict) and "answer" in record:
-            record = {**record, "answer": think_answer(record["answer"], record.get("thinking", ""))}
         return self.tasks[name](record, index)
 
 
-def think_answer(answer: str, thinking: str = "") -> str:
-    return answer if answer.lstrip().startswith("<think>") else f"<think>{thinking.strip()}</think>\n{answer}"
-
-
 class RecordStream:
-    """This rank's records r, r + R, ... of a corpus, endlessly (reshuffled each epoch), with state_dict."""
+    """This rank's records r, r + R, ... of a corpus, endlessly (reshuffled each epoch), with state_dict. Record g
+    is an OCR record with probability ocr_ratio (a pure function of (seed, g)): {"task": "ocr", "context": a
+    window of ocr_chars at a line start, "question": an OCR instruction, "answer": the same window}."""
 
-    def __init__(self, corpus, seed: int = 0, rank: int = 0, world: int = 1, window_chars: int = 12000):
+    def __init__(self, corpus, seed: int = 0, rank: int = 0, world: int = 1, window_chars: int = 12000,
+                 ocr_ratio: float = 0.0, ocr_chars: int = 1500):
         self.corpus, self.seed, self.rank, self.world, self.pos = corpus, seed, rank, world, 0
-        self.window_chars = window_chars
+        self.window_chars, self.ocr_ratio, self.ocr_chars = window_chars, ocr_ratio, ocr_chars
 
     def record(self, g: int) -> dict:
         import numpy as np
@@ -88,6 +87,9 @@ class RecordStream:
         n = len(self.corpus)
         epoch, i = divmod(g, n)
         rec = self.corpus[int(np.random.default_rng([self.seed, epoch]).permutation(n)[i])]
+        if self.ocr_ratio and random.Random(f"{self.seed}:rl-task:{g}").random() < self.ocr_ratio:
+            return ocr_record(rec.get("text") or rec.get("context") or "", random.Random(f"{self.seed}:ocr:{g}"),
+                              self.ocr_chars)
         if "question" not in rec:
             rng = random.Random(f"{self.seed}:rl:{g}")
             text = rec["text"]
@@ -112,6 +114,18 @@ class RecordStream:
         self.pos = int(s["pos"])
 
 
+def ocr_record(text: str, rng: random.Random, chars: int) -> dict:
+    """An RL record of the OCR auxiliary task: a window of the text (from a line start) to read back."""
+    from .tasks import OCR_PROMPTS
+
+    if len(text) > chars:
+        start = rng.randrange(0, len(text) - chars)
+        nl = text.find("\n", start, start + chars // 2)
+        start = nl + 1 if nl >= 0 else start
+        text = text[start:start + chars]
+    return {"task": "ocr", "context": text, "question": rng.choice(OCR_PROMPTS), "answer": text}
+
+
 def build_data(cfg: TrainConfig, gm, rank: int, world: int, held_out: bool = False):
     """The stage's data for this rank: collated micro-batches (cpt, sft) or QA records (rl); held_out: the
     micro-batches of data.eval_loader's corpus (the held-out loss)."""
@@ -120,19 +134,24 @@ def build_data(cfg: TrainConfig, gm, rank: int, world: int, held_out: bool = Fal
     from .styles import StyleSampler
     from .tasks import make_task
 
+    from .config import fixed_render_config
+
     opts = loader_options(cfg, held_out)
     corpus = Corpus.open(opts.get("corpus"), text_field=opts.get("text_field", "text"))
+    fixed = fixed_render_config(cfg.data.render_config) if cfg.data.render_config else None
     if cfg.stage == "rl":
-        return RecordStream(corpus, cfg.seed, rank, world, opts.get("window_chars", 12000))
+        return RecordStream(corpus, cfg.seed, rank, world, opts.get("window_chars", 12000), cfg.data.ocr_ratio)
     weights = dict(opts["tasks"])
     if cfg.stage == "sft" and cfg.data.ocr_ratio > 0:
         rest = sum(w for n, w in weights.items() if n != "ocr")
         weights = {n: w * (1 - cfg.data.ocr_ratio) / rest for n, w in weights.items() if n != "ocr"} if rest else {}
         weights["ocr"] = cfg.data.ocr_ratio if rest else 1.0
-    styles = StyleSampler(seed=cfg.seed) if opts.get("styles", True) else None
+    styles = StyleSampler(seed=cfg.seed) if opts.get("styles", fixed is None) else None
     kw = {k: opts[k] for k in ("max_pages", "window_chars") if k in opts}
-    tasks = {n: make_task(n, gm.prompts, styles=styles, seed=cfg.seed, **kw) for n in weights}
-    task = MixedTask(tasks, weights, cfg.seed, think=opts.get("think", cfg.stage == "sft"))
+    think = {"think": opts.get("think", cfg.stage == "sft")}
+    tasks = {n: make_task(n, gm.prompts, styles=styles, seed=cfg.seed, config=fixed, **kw, **(think if n == "qa" else {}))
+             for n in weights}
+    task = MixedTask(tasks, weights, cfg.seed)
     device = gm.device
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     render = opts.get("render", "batch" if device.type == "cuda" else "worker")

@@ -95,9 +95,15 @@ def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     return (per_token * mask).sum(), stats
 
 
+OCR_REWARDS = RewardSet({"ocr": 1.0})  # the OCR auxiliary task's records: 1 - normalised Levenshtein distance
+
+
 def score_groups(groups: list[Group], rewards: RewardSet) -> None:
+    """Each group's rewards: the run's for its question, the OCR reward alone for an OCR record (its answer is
+    the text on its pages)."""
     for g in groups:
-        g.rewards, g.parts = rewards(g.texts, [g.record.get("answer", "")] * len(g.texts))
+        rs = OCR_REWARDS if g.record.get("task") == "ocr" else rewards
+        g.rewards, g.parts = rs(g.texts, [g.record.get("answer", "")] * len(g.texts))
 
 
 def dynamic_sample(draw, want: int, max_refills: int, drop_uniform: bool = True,
@@ -188,10 +194,20 @@ class GlyphRollout:
             hf.model.rope_deltas = hf.model.rope_deltas.repeat_interleave(n, 0)
         # synced_gpus: every rank runs forwards until all are done, as FSDP's gathers need (transformers does not
         # recognise a model sharded by fully_shard itself)
-        return model.generate(**{k: inputs[k].repeat_interleave(n, 0) for k in per_token}, do_sample=True,
-                              temperature=self.temperature, top_p=self.top_p, top_k=0,
-                              max_new_tokens=self.max_new_tokens, use_cache=True, suppress_tokens=self.suppress,
+        return model.generate(**{k: inputs[k].repeat_interleave(n, 0) for k in per_token},
+                              generation_config=self.generation_config(), use_cache=True,
                               synced_gpus=_world() > 1, **{kw: rows})
+
+    def generation_config(self):
+        """Sampling at the rollout's temperature and top-p and nothing else: a repetition penalty, min_p or n-gram
+        ban from the checkpoint's generation_config.json would make the sampler's distribution differ from the
+        log-probs the policy loss takes (token_logps)."""
+        from transformers import GenerationConfig
+
+        gm = self.gm
+        return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
+                                max_new_tokens=self.max_new_tokens, suppress_tokens=self.suppress or None,
+                                eos_token_id=list(gm.prompts.stop_ids), pad_token_id=gm.tokenizer.pad_token_id)
 
 
 def distinct(groups: list[Group]) -> list[Group]:
@@ -429,7 +445,8 @@ class GRPOTrainer(Trainer):
                 warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
             self.scheduler.step()  # the schedule counts rollout steps, updates or none
         self.step += 1
-        names = sorted(self.rewards.weights)
+        # the same names on every rank: the OCR reward's when the OCR task is mixed in
+        names = sorted(set(self.rewards.weights) | ({"ocr"} if self.cfg.data.ocr_ratio > 0 else set()))
         series = [[r for gr in groups for r in gr.rewards]] + [[x for gr in groups for x in gr.parts.get(name, [])]
                                                                for name in names]
         lens = [len(gr.responses[j]) for gr, j, _ in items]

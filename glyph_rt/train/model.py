@@ -13,7 +13,9 @@ import torch
 from ..models.glyph_model import GlyphModel
 from .config import ModelConfig
 
-PROJECTOR = ("merger", "downsample", "post_conv_layernorm")  # the vision-to-LLM projection of GLM-4.1V / Qwen2.5-VL
+# the vision-to-LLM projection of GLM-4.1V (downsample conv + merger MLP) / Qwen2.5-VL (merger); GLM's
+# post_conv_layernorm sits at the tower's input, right after patch_embed, and belongs to the tower
+PROJECTOR = ("merger", "downsample")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -216,10 +216,21 @@ def needle_record(text: str, rng: random.Random) -> dict:
             "question": f"What is the special magic number for {name} mentioned in the text?"}
 
 
+def think_answer(answer: str, thinking: str = "") -> str:
+    """The answer in the thinking format (as it is when it already starts with <think>)."""
+    return answer if answer.lstrip().startswith("<think>") else f"<think>{str(thinking).strip()}</think>\n{answer}"
+
+
 class QATask(Task):
     """Long-context QA from {"context", "question", "answer"} records; a record with only "text" becomes a
-    needle-in-a-haystack question (needle_record)."""
+    needle-in-a-haystack question (needle_record). A context that does not fit in max_pages (default 64) at the
+    sample's style is a TaskError, never a truncated context whose answer may lie beyond the pages. think: the
+    answer in the thinking format, `<think>{record's "thinking"}</think>\n{answer}`."""
     name = "qa"
+
+    def __init__(self, *args, max_pages: int = 64, think: bool = False, **kw):
+        super().__init__(*args, max_pages=max_pages, **kw)
+        self.think = bool(think)
 
     def __call__(self, record: dict, index: int) -> Sample:
         if isinstance(record, dict) and "question" not in record and "context" not in record and "text" in record:
@@ -229,14 +240,22 @@ class QATask(Task):
             if first.layout.truncated:  # the needle goes where the pages show it
                 hay = hay[:first.page_spans()[-1][1]]
             record = needle_record(hay, rng)
+            fit = Document(record["context"], self.style(index), max_pages=self.max_pages)
+            if fit.layout.truncated:  # the needle's line pushed the end over: the haystack ends where the pages do
+                record["context"] = record["context"][:fit.page_spans()[-1][1]]
         context = _text_field(record, "context", index)
         question = _text_field(record, "question", index)
         answer = _text_field(record, "answer", index)
         if self.builder is not None:
             self.builder.check_text(question, f"record {index}: field 'question'")
         doc = Document(context, self.style(index), max_pages=self.max_pages)
+        if doc.layout.truncated:
+            raise TaskError(f"record {index}: field 'context' needs more than {self.max_pages} pages at this style; "
+                            "its answer may lie beyond them (raise data.loader.max_pages)")
+        if self.think:
+            answer = think_answer(answer, record.get("thinking", ""))
         page = PageRange(context, doc.config, 0, doc.num_pages, self.max_pages, doc)
-        return self.chat(index, [page], question, answer, {"truncated": bool(doc.layout.truncated)})
+        return self.chat(index, [page], question, answer, {})
 
 
 class LMTask(Task):

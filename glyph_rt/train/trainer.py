@@ -328,6 +328,10 @@ def run(cfg: TrainConfig, data=None, progress: bool = True) -> dict:
         write_atomic(Path(cfg.out_dir) / "config.yaml", cfg.to_yaml())
     fsdp = use_fsdp(cfg, world)
     gm = load_for_training(cfg.model, device, dtype=torch.float32 if fsdp and device.type == "cuda" else None)
+    if cfg.data.render_config:  # what rl's rollouts render with (the other stages' tasks take it in build_data)
+        from .config import fixed_render_config
+
+        gm.render_config = fixed_render_config(cfg.data.render_config)
     if fsdp:
         shard(gm.model, mixed_precision=device.type == "cuda", device=device)
     if cfg.stage == "rl":
