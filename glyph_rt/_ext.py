@@ -55,9 +55,30 @@ def backends() -> dict[str, dict]:
         why = "built with CUDA but no GPU/driver is visible" + (f" ({error})" if error else "")
     else:
         why = f"CUDA devices: {', '.join(devices)}"
+        too_old = _below_built_archs(getattr(_C, "cuda_archs", ""))
+        if too_old:
+            why, devices = too_old, []
     out["cuda"] = {"available": cuda_built and bool(devices), "why": why}
     out["triton"] = _triton_backend()
     return out
+
+
+def _below_built_archs(archs: str) -> str | None:
+    """Why the extension's kernels cannot run on GPU 0, when its compute capability is below every architecture
+    they were built for (a newer GPU runs the PTX of the highest one); None when they can, or when unknown."""
+    import re
+
+    built = [int(m.group()) for a in archs.replace(",", ";").split(";") if (m := re.match(r"\d+", a.strip()))]
+    if not built or not _torch_sees_gpu():
+        return None
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(0)
+    cap = 10 * major + minor
+    if cap >= min(built):
+        return None
+    return (f"built for sm_{', sm_'.join(map(str, built))}, but {torch.cuda.get_device_name(0)} is sm_{cap}: "
+            f"rebuild with GLYPH_RT_CUDA_ARCHS={cap}")
 
 
 def _torch_sees_gpu() -> bool:

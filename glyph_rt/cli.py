@@ -331,6 +331,8 @@ def cmd_styles(args) -> int:
 
 def cmd_make_data(args) -> int:
     try:
+        import pyarrow  # noqa: F401
+
         from .train.export import make_data
         from .train.styles import StyleSampler
     except ImportError as e:
@@ -451,6 +453,13 @@ def cmd_train(args) -> int:
     if show:
         sys.stdout.write(cfg.to_yaml())
         return 0
+    import importlib.util
+
+    needed = ["transformers", "rapidfuzz" if cfg.stage == "rl" else "", "peft" if cfg.model.lora.r else "",
+              "tensorboard" if cfg.tensorboard else "", "matplotlib" if cfg.plot else ""]
+    missing = [m for m in needed if m and importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(f"train {cfg.stage} needs {', '.join(missing)}: pip install 'glyph_rt[train]'")
     from .train.trainer import run
 
     r = run(cfg)

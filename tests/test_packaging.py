@@ -122,3 +122,36 @@ def test_repo_root_shadows_no_installed_package():
     roots = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()} - {"glyph_rt"}
     shadowing = {name: installed[name] for name in roots if name in installed}
     assert not shadowing, f"top-level directories named like installed packages: {shadowing}"
+
+
+def test_sdist_carries_the_extension_sources(tmp_path):
+    """A wheel is built from the sdist (python -m build, pip install of a .tar.gz): it must hold CMakeLists.txt
+    and every C++/CUDA source the extension compiles."""
+    import subprocess
+    import tarfile
+
+    r = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (sdist,) = tmp_path.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    sources = {str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.is_file()}
+    assert "CMakeLists.txt" in names and sources and sources <= names, sorted(sources - names)
+    assert "glyph_rt/data/styles.yaml" in names and "glyph_rt/fonts/DejaVuSans.ttf" in names
+
+
+def test_backends_refuses_cuda_on_a_gpu_older_than_the_build(monkeypatch):
+    """Kernels built for sm_80/sm_90 cannot run on an sm_75 GPU (a newer one runs the PTX): backends says which
+    architecture to build for instead of claiming CUDA."""
+    import torch
+
+    from glyph_rt import _ext
+
+    monkeypatch.setattr(_ext, "_torch_sees_gpu", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla T4")
+    assert _ext._below_built_archs("80;90") == ("built for sm_80, sm_90, but Tesla T4 is sm_75: rebuild with "
+                                                "GLYPH_RT_CUDA_ARCHS=75")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (10, 0))
+    assert _ext._below_built_archs("80;90") is None

@@ -299,7 +299,9 @@ def test_engine_events_reach_the_loop_in_order_with_few_wakeups():
             sent.set()
 
         threading.Thread(target=engine).start()
-        got = [[(await q.get())["step"] for _ in range(50)] for q in queues]
+        got = []
+        for q in queues:  # (an async comprehension inside another is Python 3.11+)
+            got.append([(await q.get())["step"] for _ in range(50)])
         assert sent.is_set() and got == [list(range(50))] * 8
         assert wakeups < 8 * 50
         loop_closed = LoopMailbox(asyncio.new_event_loop())
