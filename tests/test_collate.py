@@ -103,6 +103,31 @@ def test_packed_equals_padded(checkpoint, parts, attn):
     torch.testing.assert_close(losses["pad"], total / sum(s.loss_tokens for s in samples), rtol=1e-5, atol=1e-6)
 
 
+def test_loss_weights_weigh_each_tasks_label_tokens(checkpoint, parts):
+    """data.loss_weights: label_weights beside labels, padded and packed alike; the weighted token mean is
+    sum(w * ce) / sum(w), so a task at weight 0 leaves the loss of the others, and weight 1 changes nothing."""
+    from glyph_rt.train.trainer import label_tokens, token_loss_sum
+
+    tok, builder, samples = parts
+    m = model(checkpoint, "sdpa")
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        for mode in ("pad", "pack"):
+            col = dict(mode=mode, model=m)
+            plain = Collator(builder.image_token_id, tok.pad_token_id, **col)(samples)
+            same = Collator(builder.image_token_id, tok.pad_token_id, loss_weights={"ocr": 1.0}, **col)(samples)
+            assert "label_weights" not in plain and "label_weights" not in same
+            half = Collator(builder.image_token_id, tok.pad_token_id, loss_weights={"ocr": 0.5, "lm": 0}, **col)
+            b = half(samples)
+            assert b["label_weights"].shape == b["labels"].shape
+            rest = Collator(builder.image_token_id, tok.pad_token_id, **col)([samples[2], samples[3]])
+            ocr = Collator(builder.image_token_id, tok.pad_token_id, **col)([samples[0]])
+            want = (token_loss_sum(m, rest, cpu) + 0.5 * token_loss_sum(m, ocr, cpu)) / (
+                label_tokens(rest) + 0.5 * label_tokens(ocr))
+            got = token_loss_sum(m, b, cpu) / label_tokens(b)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_collator_errors(parts):
     tok, builder, samples = parts
     with pytest.raises(ValueError, match="needs the model"):

@@ -96,7 +96,7 @@ class Collator:
 
     def __init__(self, image_token_id: int, pad_id: int, mode: str = "pad", model=None, device="cpu",
                  dtype=torch.float32, vision_model: str = "glm4v", backend: str = "auto",
-                 max_length: int | None = None):
+                 max_length: int | None = None, loss_weights: dict | None = None):
         if mode not in MODES:
             raise ValueError(f"mode: {mode!r} is unknown; choose from {', '.join(MODES)}")
         if mode == "pack" and model is None:
@@ -105,6 +105,9 @@ class Collator:
         self.rope_index = rope_index_fn(model) if mode == "pack" else None
         self.device, self.dtype, self.vision_model, self.backend = device, dtype, vision_model, backend
         self.max_length = max_length
+        # task -> weight of each of its label tokens in the loss (1 when absent); with any other than 1 the batch
+        # carries label_weights beside labels
+        self.loss_weights = {k: float(v) for k, v in (loss_weights or {}).items() if float(v) != 1.0}
 
     def pixels(self, samples):
         if all(s.pixel_values is not None for s in samples):
@@ -131,6 +134,13 @@ class Collator:
         batch = self.pack(seqs) if self.mode == "pack" else self.pad(seqs)
         batch.update(pixel_values=pv, image_grid_thw=grid.to(pv.device), num_samples=len(samples),
                      loss_tokens=int((batch["labels"] != IGNORE_INDEX).sum()))
+        if self.loss_weights:
+            w = [self.loss_weights.get(s.task, 1.0) for s in samples]
+            if self.mode == "pack":
+                per = torch.cat([torch.full((len(ids),), x) for x, (ids, _, _) in zip(w, seqs)])[None]
+            else:
+                per = torch.tensor(w)[:, None].expand_as(batch["labels"])
+            batch["label_weights"] = per.float() * (batch["labels"] != IGNORE_INDEX)
         dev = pv.device
         return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 

@@ -62,6 +62,10 @@ class DataConfig:
     micro_batch: int = 1  # samples per forward on one rank
     ocr_ratio: float = 0.0  # SFT and RL: share of samples (RL: prompts) drawn from the OCR auxiliary task
     max_tokens: int = 0  # pack samples into varlen rows of at most this many tokens (0: no packing)
+    # task -> weight of each of its label tokens (cpt, sft; default 1): the loss is the weighted token mean. An
+    # OCR sample holds far more label tokens than a short answer, so data.ocr_ratio of samples can be most of the
+    # loss tokens; {ocr: 0.1} weighs them down
+    loss_weights: dict = field(default_factory=dict)
     workers: int = 0
     # a render config JSON (the search's best_config.json, glyph_rt's keys or Glyph's dashed ones): every sample,
     # and rl's rollouts, rendered with it, as the paper renders post-training data (data.loader.styles then
@@ -309,6 +313,12 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
                f"{d.global_batch} must be a multiple of data.micro_batch ({d.micro_batch})")
     _check(0 <= d.ocr_ratio <= 1, "data.ocr_ratio", f"{d.ocr_ratio} must be in [0, 1]")
     _check(d.max_tokens >= 0, "data.max_tokens", f"{d.max_tokens} must be >= 0 (0: no packing)")
+    from .tasks import TASKS
+
+    for name, w in d.loss_weights.items():
+        _check(name in TASKS, f"data.loss_weights.{name}", f"unknown task; choose from {', '.join(TASKS)}")
+        _check(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0, f"data.loss_weights.{name}",
+               f"weight {w!r} must be a number >= 0")
     _check(d.workers >= 0, "data.workers", f"{d.workers} must be >= 0")
     if d.render_config:
         try:

@@ -161,5 +161,6 @@ def build_data(cfg: TrainConfig, gm, rank: int, world: int, held_out: bool = Fal
     from .model import base_model
 
     col = Collator(gm.image_token_id, gm.tokenizer.pad_token_id, mode=mode, model=base_model(gm.model),
-                   device=device, dtype=dtype, vision_model=gm.model_type, max_length=cfg.data.max_tokens or None)
+                   device=device, dtype=dtype, vision_model=gm.model_type, max_length=cfg.data.max_tokens or None,
+                   loss_weights=cfg.data.loss_weights)
     return GlyphLoader(ds, col, batch_size=cfg.data.micro_batch, num_workers=0 if held_out else cfg.data.workers)

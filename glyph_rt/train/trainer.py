@@ -107,8 +107,11 @@ def model_inputs(batch: dict, device: torch.device) -> dict:
     return out
 
 
-def label_tokens(batch: dict) -> int:
-    """Tokens that take loss: labels shifted by one (a row's first label has no logit before it)."""
+def label_tokens(batch: dict) -> float:
+    """Tokens that take loss: labels shifted by one (a row's first label has no logit before it); with
+    label_weights (data.loss_weights), their summed weights."""
+    if "label_weights" in batch:
+        return float(batch["label_weights"][..., 1:].sum())
     return int((batch["labels"][..., 1:] != IGNORE_INDEX).sum())
 
 
@@ -122,7 +125,11 @@ def token_loss_sum(model, batch: dict, device: torch.device) -> torch.Tensor:
     keep[..., :-1] = labels[..., 1:] != IGNORE_INDEX
     out = model(**model_inputs(batch, device), logits_to_keep=keep)
     logits = out.logits.float()  # [label tokens, vocab], rows in order
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[..., 1:][keep[..., :-1]], reduction="sum")
+    targets = labels[..., 1:][keep[..., :-1]]
+    if "label_weights" not in batch:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="sum")
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="none")
+    return (ce * batch["label_weights"].to(device)[..., 1:][keep[..., :-1]]).sum()
 
 
 def batch_counts(batch: dict, image_token_id: int | None) -> dict:
