@@ -24,7 +24,8 @@ C++ path of render_inputs(device="cpu") (draw + write patch rows), the previous 
 pages, then normalize and patchify with torch) and Glm4vImageProcessorPil on the drawn pages (the
 processor alone, drawing not counted). Writes render-pixel-values-cpu.json.
 
-    python bench/bench_render.py [--device cpu|cuda] [--backend cuda|triton] [--chars 500000] [--font PATH]
+    python bench/bench_render.py [--chars 500000] [--font PATH]            # CPU
+    python bench/bench_render.py --device cuda [--backend cuda|triton] [--tokens 131072]
     python bench/bench_render.py --cli [--chars 1000000] [--repeat 3]
     python bench/bench_render.py --pixel-values [--pv-chars 60000]
 """
@@ -218,7 +219,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--backend", default="cuda", help="GPU rasterizer: cuda or triton")
-    ap.add_argument("--chars", type=int, default=500_000)
+    ap.add_argument("--chars", type=int, default=500_000, help="CPU: characters of prose")
+    ap.add_argument("--tokens", type=int, default=131072, help="GPU: the document's text tokens (Qwen's tokenizer; "
+                    "the targets' 128K-token document)")
     ap.add_argument("--font", default=str(BUILTIN_FONTS["sans"]), help="font file (Glyph uses Verdana)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--official-chars", type=int, default=60_000, help="slice timed through the official pipeline")
@@ -236,7 +239,9 @@ def main(argv=None):
     if args.device != "cpu":
         from bench.bench_render_gpu import run_gpu
 
-        return run_gpu(args, prose(args.chars))
+        from bench.common import prose_of_tokens
+
+        return run_gpu(args, prose_of_tokens(args.tokens))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     text = prose(args.chars)

@@ -105,8 +105,8 @@ def run_gpu(args, text: str) -> None:
     gbps = written / (kernel_ms * 1e-3) / 1e9
     peak = peak_gbps(device)
     wall_128k = wall_ms(render, args.repeat)
-    shape = {"chars": len(text), "pages": n_pages, "pixel_values": list(pv.shape), "dtype": "float32",
-             "model": "glm4v", "backend": backend}
+    shape = {"chars": len(text), "text_tokens": getattr(args, "tokens", None), "pages": n_pages,
+             "pixel_values": list(pv.shape), "dtype": "float32", "model": "glm4v", "backend": backend}
     rows_out = [
         {"what": "text -> pixel_values, 1 document (GPU time, layout excluded)", "ms": gpu_ms, **shape},
         {"what": "the same, the GPU's busy time in its kernels and copies (profiler)", "ms": gpu_busy},

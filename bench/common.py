@@ -107,3 +107,13 @@ def copy_to_results(args, path: Path) -> None:
     """Copy a file written to --out (a plot) to the other output directories."""
     for d in output_dirs(args)[1:]:
         shutil.copyfile(path, d / path.name)
+
+
+def prose_of_tokens(n: int) -> str:
+    """The bundled prose, repeated, cut after its first n tokens (Qwen's tokenizer): a document of n tokens."""
+    from glyph_rt.render.textio import sample_text
+    from glyph_rt.render.tokens import TextTokenizer
+
+    tok, one = TextTokenizer(), sample_text()
+    text = one * (n // max(1, tok.count(one)) + 1)
+    return tok.prefix(text, n)[1]
