@@ -130,10 +130,10 @@ def run(font: str, chars: int, text: str | None = None, verbose: bool = True) ->
     baselines = {"official": [round(ln.baseline, 3) for ln in ref.lines[:3]],
                  "glyph_rt": [round(float(y), 3) for y in lay.l_y[:3]]}
 
-    res = {
-        "font": str(font),
+    res = {  # the font by its file name: results files hold no path of the machine that made them
+        "font": Path(font).name,
         "characters": len(text),
-        "config": {k: v for k, v in gcfg.items()},
+        "config": {**gcfg, "font-path": Path(font).name},
         "pages": {"official": len(ref_sizes), "glyph_rt": len(our_sizes), "equal": len(ref_sizes) == len(our_sizes)},
         "page_sizes": {"official": [list(s) for s in ref_sizes], "glyph_rt": [list(s) for s in our_sizes],
                        "equal": ref_sizes == our_sizes,
