@@ -150,6 +150,7 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
         return extractor if extractor is not None and extractor.applies(it) else None
     mode = "text" if as_text else "image"
     ckey = "text" if as_text else config_key(config)  # text rows do not depend on the render config
+
     def budget(it: Item) -> int:
         return min(it.max_new_tokens, max_new_tokens) if max_new_tokens else it.max_new_tokens
 

@@ -130,11 +130,10 @@ def build_data(cfg: TrainConfig, gm, rank: int, world: int, held_out: bool = Fal
     """The stage's data for this rank: collated micro-batches (cpt, sft) or QA records (rl); held_out: the
     micro-batches of data.eval_loader's corpus (the held-out loss)."""
     from .collate import Collator
+    from .config import fixed_render_config
     from .loader import Corpus, GlyphLoader, TaskDataset
     from .styles import StyleSampler
     from .tasks import make_task
-
-    from .config import fixed_render_config
 
     opts = loader_options(cfg, held_out)
     corpus = Corpus.open(opts.get("corpus"), text_field=opts.get("text_field", "text"))
@@ -148,8 +147,9 @@ def build_data(cfg: TrainConfig, gm, rank: int, world: int, held_out: bool = Fal
         weights["ocr"] = cfg.data.ocr_ratio if rest else 1.0
     styles = StyleSampler(seed=cfg.seed) if opts.get("styles", fixed is None) else None
     kw = {k: opts[k] for k in ("max_pages", "window_chars") if k in opts}
-    think = {"think": opts.get("think", cfg.stage == "sft")}
-    tasks = {n: make_task(n, gm.prompts, styles=styles, seed=cfg.seed, config=fixed, **kw, **(think if n == "qa" else {}))
+    think = opts.get("think", cfg.stage == "sft")  # QA answers in the thinking format
+    tasks = {n: make_task(n, gm.prompts, styles=styles, seed=cfg.seed, config=fixed, **kw,
+                          **({"think": think} if n == "qa" else {}))
              for n in weights}
     task = MixedTask(tasks, weights, cfg.seed)
     device = gm.device
