@@ -126,6 +126,14 @@ def test_loss_weights_weigh_each_tasks_label_tokens(checkpoint, parts):
                 label_tokens(rest) + 0.5 * label_tokens(ocr))
             got = token_loss_sum(m, b, cpu) / label_tokens(b)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            # the loss per task (unweighted), as the metrics log it
+            by_task = torch.zeros(2, 4, dtype=torch.float64)
+            token_loss_sum(m, b, cpu, by_task)
+            ocr_only = torch.zeros(2, 4, dtype=torch.float64)
+            token_loss_sum(m, ocr, cpu, ocr_only)
+            one = Collator(builder.image_token_id, tok.pad_token_id, **col)
+            assert by_task[1].tolist() == [label_tokens(one([s])) for s in samples]  # ocr, lm, gen, qa: TASKS
+            torch.testing.assert_close(by_task[:, 0], ocr_only[:, 0], rtol=1e-6, atol=1e-6)
 
 
 def test_collator_errors(parts):

@@ -30,9 +30,10 @@ import torch
 from ..models.prompt import IGNORE_INDEX, tokens_per_image
 from ..ops.pixel_values import cat_rows, normalize_lut
 from ..render.gpu import inputs_of_batch, resolve_device_backend
+from .tasks import TASKS
 
 MODES = ("pad", "pack")
-NOT_MODEL_INPUTS = ("cu_seqlens", "max_seqlen", "num_samples", "loss_tokens")
+NOT_MODEL_INPUTS = ("cu_seqlens", "max_seqlen", "num_samples", "loss_tokens", "label_weights", "label_task")
 
 
 def model_inputs(batch: dict) -> dict:
@@ -134,15 +135,19 @@ class Collator:
         batch = self.pack(seqs) if self.mode == "pack" else self.pad(seqs)
         batch.update(pixel_values=pv, image_grid_thw=grid.to(pv.device), num_samples=len(samples),
                      loss_tokens=int((batch["labels"] != IGNORE_INDEX).sum()))
+        batch["label_task"] = self._per_token([TASKS.index(s.task) if s.task in TASKS else -1 for s in samples],
+                                              seqs, batch["labels"])  # each token's task, for the loss per task
         if self.loss_weights:
             w = [self.loss_weights.get(s.task, 1.0) for s in samples]
-            if self.mode == "pack":
-                per = torch.cat([torch.full((len(ids),), x) for x, (ids, _, _) in zip(w, seqs)])[None]
-            else:
-                per = torch.tensor(w)[:, None].expand_as(batch["labels"])
-            batch["label_weights"] = per.float() * (batch["labels"] != IGNORE_INDEX)
+            batch["label_weights"] = self._per_token(w, seqs, batch["labels"]).float() * (batch["labels"] != IGNORE_INDEX)
         dev = pv.device
         return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def _per_token(self, values: list, seqs, labels: torch.Tensor) -> torch.Tensor:
+        """One value per sample spread over its tokens, in the batch's layout (rows padded, or segments packed)."""
+        if self.mode == "pack":
+            return torch.cat([torch.full((len(ids),), v) for v, (ids, _, _) in zip(values, seqs)])[None]
+        return torch.tensor(values)[:, None].expand_as(labels).clone()
 
     def pad(self, seqs) -> dict:
         L = max(len(ids) for ids, _, _ in seqs)

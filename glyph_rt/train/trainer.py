@@ -26,6 +26,7 @@ from .checkpoint import CheckpointManager, export_hf
 from .collate import model_inputs as collated_inputs
 from .config import TrainConfig
 from .metrics import MetricsLogger
+from .tasks import TASKS
 
 
 # ----------------------------------------------------------------- distribution
@@ -115,21 +116,27 @@ def label_tokens(batch: dict) -> float:
     return int((batch["labels"][..., 1:] != IGNORE_INDEX).sum())
 
 
-def token_loss_sum(model, batch: dict, device: torch.device) -> torch.Tensor:
+def token_loss_sum(model, batch: dict, device: torch.device, by_task: torch.Tensor | None = None) -> torch.Tensor:
     """Summed cross-entropy of the next-token predictions on every label that is not IGNORE_INDEX (float32). Logits
     are made only where a label follows (logits_to_keep): at long context the full [tokens, vocab] logits would
     dwarf the rest of the step's memory (a 32K-token row of GLM-4.1V: ~20 GB in float32), and the loss is on the
-    answer tokens only."""
+    answer tokens only. by_task ([2, len(TASKS)], float64 on the CPU): each task's cross-entropy sum and label
+    tokens are added to it (unweighted: the loss per task that the metrics log)."""
     labels = batch["labels"].to(device)
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[..., :-1] = labels[..., 1:] != IGNORE_INDEX
     out = model(**model_inputs(batch, device), logits_to_keep=keep)
     logits = out.logits.float()  # [label tokens, vocab], rows in order
     targets = labels[..., 1:][keep[..., :-1]]
-    if "label_weights" not in batch:
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="sum")
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="none")
-    return (ce * batch["label_weights"].to(device)[..., 1:][keep[..., :-1]]).sum()
+    if by_task is not None and "label_task" in batch:
+        task = batch["label_task"].to(device)[..., 1:][keep[..., :-1]]
+        seen = task >= 0
+        by_task[0].index_add_(0, task[seen].cpu(), ce.detach()[seen].double().cpu())
+        by_task[1].index_add_(0, task[seen].cpu(), torch.ones(int(seen.sum()), dtype=torch.float64))
+    if "label_weights" in batch:
+        ce = ce * batch["label_weights"].to(device)[..., 1:][keep[..., :-1]]
+    return ce.sum()
 
 
 def batch_counts(batch: dict, image_token_id: int | None) -> dict:
@@ -208,9 +215,10 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.train()
         local_tokens, loss_sum, counts = 0, 0.0, []
+        by_task = torch.zeros(2, len(TASKS), dtype=torch.float64)
         for b in micro_batches:
             with self.autocast():
-                s = token_loss_sum(self.model, b, self.device)
+                s = token_loss_sum(self.model, b, self.device, by_task)
             s.backward()
             loss_sum += float(s.detach())
             local_tokens += label_tokens(b)
@@ -234,8 +242,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         keys = ("samples", "tokens", "pages", "visual_tokens", "text_tokens")
-        local = [float(sum(c.get(k, 0) for c in counts)) for k in keys] + [loss_sum]
-        summed = dict(zip(keys + ("loss_sum",), _all_reduce(local, self.device)))
+        local = [float(sum(c.get(k, 0) for c in counts)) for k in keys] + [loss_sum] + by_task.flatten().tolist()
+        reduced = _all_reduce(local, self.device)
+        summed = dict(zip(keys + ("loss_sum",), reduced))
+        task_sums = reduced[len(keys) + 1:]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
@@ -245,6 +255,11 @@ class Trainer:
              "samples_per_s": summed["samples"] / dt, "step_s": dt}
         if summed["text_tokens"] and summed["visual_tokens"]:
             m["compression"] = summed["text_tokens"] / summed["visual_tokens"]
+        n = len(TASKS)
+        for name, ce, tokens in zip(TASKS, task_sums[:n], task_sums[n:]):
+            if tokens:  # each task's own loss per token and share of the loss tokens (unweighted)
+                m[f"loss_{name}"] = ce / tokens
+                m[f"token_share_{name}"] = tokens / max(sum(task_sums[n:]), 1.0)
         if self.device.type == "cuda":
             m["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return m
