@@ -199,10 +199,23 @@ def _batch_that_fits(per_request: int, layers: int, device, max_batch: int) -> i
     return max(1, min(max_batch, int((free - (2 << 30)) / (per_request * (1 + 2 / layers)))))
 
 
+def _mark(device):
+    if device.type == "cuda":
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        return e
+    return time.perf_counter()
+
+
+def _elapsed_ms(a, z) -> float:
+    return a.elapsed_time(z) if isinstance(a, torch.cuda.Event) else (z - a) * 1e3
+
+
 def decode_seconds_per_sample(model, inputs: dict, new_tokens: int, device, max_batch: int,
-                              glyph_cache: bool) -> tuple[float, int]:
+                              glyph_cache: bool, spread: dict | None = None) -> tuple[float, int]:
     """(seconds per sample for `new_tokens` greedy steps, batch) at the largest batch whose cache fits;
-    in transformers' DynamicCache, or in glyph_rt's GlyphCache (written in place) when `glyph_cache`."""
+    in transformers' DynamicCache, or in glyph_rt's GlyphCache (written in place) when `glyph_cache`. `spread`
+    receives the steps' median, fastest and slowest milliseconds (CUDA events: no sync between steps)."""
     from transformers import DynamicCache
 
     from glyph_rt.models import GlyphCache, cache_kwarg
@@ -223,15 +236,24 @@ def decode_seconds_per_sample(model, inputs: dict, new_tokens: int, device, max_
                 for i, layer in enumerate(prompt.layers):
                     cache.update(layer.keys.repeat(b, 1, 1, 1), layer.values.repeat(b, 1, 1, 1), i)
             tok = first.repeat(b)[:, None]
+            marks = []  # a CUDA event (or the host's clock) before each step: the steps' spread, with no sync
             with torch.no_grad():
                 for step in range(new_tokens + 1):  # the first step is a warm-up
                     if step == 1:
                         sync(device)
                         t = time.perf_counter()
+                    if step:
+                        marks.append(_mark(device))
                     tok = model(input_ids=tok, **{cache_kwarg(model): cache}, use_cache=True,
                                 logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+            marks.append(_mark(device))
             sync(device)
-            return (time.perf_counter() - t) / b, b
+            total = time.perf_counter() - t
+            steps = sorted(_elapsed_ms(a, z) for a, z in zip(marks, marks[1:]))
+            if spread is not None:
+                spread.update(step_ms_p50=round(statistics.median(steps), 4), step_ms_min=round(steps[0], 4),
+                              step_ms_max=round(steps[-1], 4))
+            return total / b, b
         except torch.OutOfMemoryError:
             cache = tok = None
             if device.type == "cuda":
@@ -262,8 +284,10 @@ def run_length(model, n: int, prose: str, tok: TextTokenizer, args, device, ques
         with nvtx_range("glyph_rt.ttft.text_rt"):
             row["text_rt_ttft_s"], _, row["text_rt_ttft_samples"] = timed(lambda: prefill(model, text_inputs),
                                                                           device, args.repeat, samples=True)
+        row["text_rt_decode_steps"], row["glyph_decode_steps"] = {}, {}
         row["text_rt_decode_s_per_sample"], row["text_rt_decode_batch"] = decode_seconds_per_sample(
-            model, text_inputs, args.decode_tokens, device, args.max_batch, glyph_cache=True)
+            model, text_inputs, args.decode_tokens, device, args.max_batch, glyph_cache=True,
+            spread=row["text_rt_decode_steps"])
         rt_cfg = _snapped(glyph_cfg)  # glyph_rt's canvas snapping: the kernel writes the model input directly
 
         def ttft_rt():
@@ -277,7 +301,8 @@ def run_length(model, n: int, prose: str, tok: TextTokenizer, args, device, ques
         row["glyph_rt_render_s"] = render_rt
         assert inputs_rt["input_ids"].shape[1] == row["glyph_prompt_tokens"], "prompt differs from the count"
         row["glyph_decode_s_per_sample"], row["glyph_decode_batch"] = decode_seconds_per_sample(
-            model, inputs_rt, args.decode_tokens, device, args.max_batch, glyph_cache=True)
+            model, inputs_rt, args.decode_tokens, device, args.max_batch, glyph_cache=True,
+            spread=row["glyph_decode_steps"])
         del inputs_rt
     finally:
         patch.undo()
