@@ -47,6 +47,24 @@ def test_bad_loader_keys_are_named(loader, key):
         loader_options(cfg)
 
 
+def test_task_options_give_cpt_long_windows_and_ocr_short_ones(tmp_path):
+    """cpt's defaults: LM and generation over long windows (the paper's long-context pre-training), OCR over a
+    few pages; one option changes by its dotted key; a bad task or option is named."""
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.tasks import make_task
+
+    cfg = load_config("cpt", None, ["model.path=x", "data.loader.task_options.lm.max_pages=16"], check_paths=False)
+    own = loader_options(cfg)["task_options"]
+    assert own == {"lm": {"window_chars": 400000, "max_pages": 16}, "gen": {"window_chars": 400000, "max_pages": 64}}
+    lm, ocr = make_task("lm", None, **own["lm"]), make_task("ocr", None)
+    assert (lm.window_chars, lm.max_pages, ocr.window_chars, ocr.max_pages) == (400000, 16, 12000, 4)
+    for over, key in (("data.loader.task_options.lm.max_span=3", "data.loader.task_options.lm.max_span"),
+                      ("data.loader.task_options.chat.max_pages=3", "data.loader.task_options.chat"),
+                      ("data.loader.task_options.gen.max_pages=0", "data.loader.task_options.gen.max_pages")):
+        with pytest.raises(TrainConfigError, match=f"^{key}"):
+            loader_options(load_config("cpt", None, ["model.path=x", over], check_paths=False))
+
+
 def test_rl_records_per_rank_and_resume():
     corpus = [{"text": "\n".join(f"line {i} of text {j}" for i in range(30))} for j in range(5)]
     a, b = RecordStream(corpus, seed=1, rank=0, world=2), RecordStream(corpus, seed=1, rank=1, world=2)

@@ -7,6 +7,8 @@
       styles: true           a rendering style per sample from the Table 8 sampler (false: data.render_config, else
                              RenderConfig()); the default is false when data.render_config is set
       max_pages, window_chars, text_field, render (worker | batch), epochs, shuffle
+      task_options: {lm: {window_chars: 400000, max_pages: 64}}   one task's own options over the shared ones
+                             (max_pages, window_chars; lm: max_spans; gen: answer_chars, backward)
 
 cpt and sft get a GlyphLoader of collated micro-batches (packed rows when data.max_tokens > 0); rl gets this rank's
 QA records ({"context", "question", "answer"}; plain text becomes a needle question) with the same state_dict, and
@@ -21,7 +23,9 @@ import torch
 from .config import TrainConfig, TrainConfigError
 
 LOADER_KEYS = {"corpus", "tasks", "think", "styles", "max_pages", "window_chars", "text_field", "render", "epochs",
-               "shuffle"}
+               "shuffle", "task_options"}
+TASK_OPTIONS = {"ocr": {"max_pages", "window_chars"}, "lm": {"max_pages", "window_chars", "max_spans"},
+                "gen": {"max_pages", "window_chars", "answer_chars", "backward"}, "qa": {"max_pages", "window_chars"}}
 STAGE_TASKS = {"cpt": {"ocr": 1.0, "lm": 1.0, "gen": 1.0}, "sft": {"qa": 1.0}, "rl": {"qa": 1.0}}
 
 
@@ -45,6 +49,19 @@ def loader_options(cfg: TrainConfig, held_out: bool = False) -> dict:
             raise TrainConfigError(f"data.loader.tasks.{name}: weight {w!r} must be a number >= 0")
     if sum(tasks.values()) <= 0:
         raise TrainConfigError("data.loader.tasks: every weight is 0")
+    per_task = opts.get("task_options") or {}
+    if not isinstance(per_task, dict):
+        raise TrainConfigError(f"data.loader.task_options: expected a mapping of task -> options, got {per_task!r}")
+    for name, given in per_task.items():
+        if name not in TASK_OPTIONS or not isinstance(given, dict):
+            raise TrainConfigError(f"data.loader.task_options.{name}: expected one of {', '.join(TASK_OPTIONS)} "
+                                   "with a mapping of options")
+        for k, v in given.items():
+            if k not in TASK_OPTIONS[name]:
+                raise TrainConfigError(f"data.loader.task_options.{name}.{k}: unknown option; {name} takes "
+                                       f"{', '.join(sorted(TASK_OPTIONS[name]))}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < (0 if k == "backward" else 1):
+                raise TrainConfigError(f"data.loader.task_options.{name}.{k}: {v!r} must be a positive number")
     if opts.get("render", "worker") not in ("worker", "batch"):
         raise TrainConfigError(f"data.loader.render: {opts['render']!r} must be worker or batch")
     opts["tasks"] = dict(tasks)
@@ -148,8 +165,9 @@ def build_data(cfg: TrainConfig, gm, rank: int, world: int, held_out: bool = Fal
     styles = StyleSampler(seed=cfg.seed) if opts.get("styles", fixed is None) else None
     kw = {k: opts[k] for k in ("max_pages", "window_chars") if k in opts}
     think = opts.get("think", cfg.stage == "sft")  # QA answers in the thinking format
-    tasks = {n: make_task(n, gm.prompts, styles=styles, seed=cfg.seed, config=fixed, **kw,
-                          **({"think": think} if n == "qa" else {}))
+    own = opts.get("task_options") or {}
+    tasks = {n: make_task(n, gm.prompts, styles=styles, seed=cfg.seed, config=fixed,
+                          **{**kw, **own.get(n, {}), **({"think": think} if n == "qa" else {})})
              for n in weights}
     task = MixedTask(tasks, weights, cfg.seed)
     device = gm.device
