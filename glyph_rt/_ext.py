@@ -10,12 +10,18 @@ try:
 
     IMPORT_ERROR: str | None = None
 except ImportError as e:  # the package still imports; the pure-Python paths keep working
+    from pathlib import Path as _Path
+
     _C = None
-    IMPORT_ERROR = str(e)
+    _root = _Path(__file__).resolve().parent.parent
+    if (_root / "setup.py").is_file() and (_root / "csrc").is_dir():  # a source checkout, not an installed copy
+        IMPORT_ERROR = (f"{e}; glyph_rt is imported from the source tree {_root}, which has no built extension: run "
+                        "`pip install -e .` there, or run from another directory to use the installed package")
+    else:
+        IMPORT_ERROR = f"{e}; reinstall with `pip install .` to build it"
     warnings.warn(
-        f"glyph_rt: compiled extension glyph_rt._C is missing ({e}); the C++ layout engine and "
-        "rasterizers are unavailable, only the plain-Python reference backend works. "
-        "Reinstall with `pip install .` to build it.",
+        f"glyph_rt: compiled extension glyph_rt._C is missing ({IMPORT_ERROR}); the C++ layout engine and "
+        "rasterizers are unavailable, only the plain-Python reference backend works.",
         RuntimeWarning,
         stacklevel=2,
     )
@@ -28,8 +34,8 @@ def has_extension() -> bool:
 def require_extension(what: str):
     if _C is None:
         raise RuntimeError(
-            f"{what} needs the compiled extension glyph_rt._C, which failed to import: {IMPORT_ERROR}. "
-            "Reinstall glyph_rt with `pip install .`, or use backend='reference'."
+            f"{what} needs the compiled extension glyph_rt._C, which failed to import: {IMPORT_ERROR}; or use "
+            "backend='reference'."
         )
     return _C
 
@@ -47,7 +53,9 @@ def backends() -> dict[str, dict]:
             devices = _C.cuda_devices()
         except RuntimeError as e:  # e.g. a driver older than the CUDA runtime the extension was built with
             error = str(e)
-    if not cuda_built:
+    if _C is None:
+        why = "the compiled extension is not loaded (see cpu)"
+    elif not cuda_built:
         why = "extension built without CUDA (no nvcc at build time, or GLYPH_RT_CUDA=0)"
     elif error and _torch_sees_gpu():  # torch runs on this GPU, the extension's runtime does not: an older driver
         why = f"built with CUDA, but {error}; rebuild with a CUDA toolkit this machine's driver supports"

@@ -1,5 +1,6 @@
 """Packaging: declared dependencies cover every import, one version, the default tokenizer read as data."""
 import ast
+import os
 import re
 import sys
 from importlib import metadata
@@ -155,3 +156,25 @@ def test_backends_refuses_cuda_on_a_gpu_older_than_the_build(monkeypatch):
                                                 "GLYPH_RT_CUDA_ARCHS=75")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (10, 0))
     assert _ext._below_built_archs("80;90") is None
+
+
+def test_a_source_tree_without_its_extension_says_so(tmp_path):
+    """Imported from a checkout that was never built (it shadows the installed package when run from there), the
+    warning and backends name the source tree and what to do, not a reinstall."""
+    import shutil
+    import subprocess
+
+    shutil.copytree(ROOT / "glyph_rt", tmp_path / "glyph_rt", ignore=shutil.ignore_patterns("_C*.so", "__pycache__"))
+    (tmp_path / "setup.py").write_text("")
+    (tmp_path / "csrc").mkdir()
+    code = "from glyph_rt._ext import IMPORT_ERROR, backends; print(IMPORT_ERROR); print(backends()['cuda']['why'])"
+    # -S: no .pth files, so an editable install's import hook cannot hand over the installed extension; the
+    # site-packages folders go on the path by hand
+    import site
+
+    path = os.pathsep.join([str(tmp_path), *site.getsitepackages()])
+    r = subprocess.run([sys.executable, "-S", "-W", "ignore", "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "PYTHONPATH": path})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"imported from the source tree {tmp_path}" in r.stdout and "pip install -e ." in r.stdout
+    assert "the compiled extension is not loaded" in r.stdout
