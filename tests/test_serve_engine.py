@@ -407,8 +407,12 @@ def test_queue_holds_a_bounded_amount_of_rendered_pages(gm):
     try:
         assert done.wait(60)
         assert e.queued_bytes == 0 and all(s.pixel_values is None for s in p.segments)  # freed after the vision tower
-        again = e.complete(p, SamplingParams(max_tokens=3, **GREEDY))  # the prompt again: its embeddings are kept
+        assert all(s.embeddings is None for s in p.segments)  # and the embeddings after the prefill
+        again = e.complete(p, SamplingParams(max_tokens=3, **GREEDY))  # the prompt again: from the document cache
         assert again.token_ids == first.output_ids
+        e.cache.clear()
+        with pytest.raises(RequestError, match="build the prompt again"):  # gone from the cache too: said so
+            e.complete(p, SamplingParams(max_tokens=3, **GREEDY))
     finally:
         e.shutdown()
 
