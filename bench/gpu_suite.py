@@ -205,14 +205,19 @@ def already_built() -> bool:
     return subprocess.run([PY, "-c", "import glyph_rt._C"], cwd=ROOT, capture_output=True).returncode == 0
 
 
-def cuda_probe() -> tuple[bool, str]:
-    """(whether torch sees a GPU, what the probe printed)."""
+PROBE = ("import torch; ok = torch.cuda.is_available(); "
+         "print(ok, '%d%d' % torch.cuda.get_device_capability() if ok else '')")
+
+
+def cuda_probe() -> tuple[bool, str, str]:
+    """(whether torch sees a GPU, its compute capability as "90", what the probe printed): one torch import."""
     try:
-        r = subprocess.run([PY, "-c", "import torch; print(torch.cuda.is_available())"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=180)
+        r = subprocess.run([PY, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=180)
     except subprocess.TimeoutExpired:
-        return False, "the probe `torch.cuda.is_available()` did not answer in 180 s"
-    return r.stdout.strip().endswith("True"), (r.stdout + r.stderr).strip()[-1000:]
+        return False, "", "the probe `torch.cuda.is_available()` did not answer in 180 s"
+    last = (r.stdout.strip().splitlines() or [""])[-1].split()
+    ok = bool(last) and last[0] == "True"
+    return ok, last[1] if ok and len(last) > 1 else "", (r.stdout + r.stderr).strip()[-1000:]
 
 
 def pack(out: Path, path: Path) -> None:
@@ -354,7 +359,7 @@ def main(argv=None) -> int:
             except OSError as e:
                 say(f"--pack {packed}: {e}")
 
-    cuda, probe = (False, "") if args.cpu_smoke else cuda_probe()
+    cuda, cap, probe = (False, "", "") if args.cpu_smoke else cuda_probe()
     if not cuda and not args.cpu_smoke and shutil.which("nvidia-smi"):  # a GPU machine whose torch cannot use it
         say(f"nvidia-smi is here but torch sees no GPU; stopping (--cpu-smoke runs the CPU steps anyway):\n{probe}")
         keep()
@@ -368,8 +373,6 @@ def main(argv=None) -> int:
     if cuda:
         env.pop("TRITON_INTERPRET", None)
         env.setdefault("GLYPH_RT_CUDA", "1")  # a build that left the CUDA sources out fails loudly
-        cap = subprocess.run([PY, "-c", "import torch; print('%d%d' % torch.cuda.get_device_capability())"],
-                             capture_output=True, text=True, timeout=180).stdout.strip()
         if cap.isdigit():
             env.setdefault("GLYPH_RT_CUDA_ARCHS", cap)  # this GPU's architecture only: half the compile time
     first = 100 if args.full else 200 if args.train_serve else 0

@@ -133,13 +133,9 @@ class RecordStream:
 
 def ocr_record(text: str, rng: random.Random, chars: int) -> dict:
     """An RL record of the OCR auxiliary task: a window of the text (from a line start) to read back."""
-    from .tasks import OCR_PROMPTS
+    from .tasks import OCR_PROMPTS, text_window
 
-    if len(text) > chars:
-        start = rng.randrange(0, len(text) - chars)
-        nl = text.find("\n", start, start + chars // 2)
-        start = nl + 1 if nl >= 0 else start
-        text = text[start:start + chars]
+    text = text_window(text, chars, rng)
     return {"task": "ocr", "context": text, "question": rng.choice(OCR_PROMPTS), "answer": text}
 
 

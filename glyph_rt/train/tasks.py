@@ -109,6 +109,16 @@ def _cut(text: str, at: int, rng: random.Random) -> int:
     return sp + 1 if sp > 0 else at
 
 
+def text_window(text: str, chars: int, rng: random.Random) -> str:
+    """A window of `chars` characters of the text starting at a random line start (the whole text when short)."""
+    if len(text) <= chars:
+        return text
+    start = rng.randrange(0, len(text) - chars // 2)
+    nl = text.find("\n", start)
+    start = nl + 1 if 0 <= nl < start + 2000 else start
+    return text[start:start + chars]
+
+
 class Task:
     """Base: turns (record, index) into a Sample; options are the constructor's keyword arguments."""
     name = ""
@@ -129,13 +139,7 @@ class Task:
         return self.config if self.styles is None else self.styles.sample(index).config
 
     def window(self, text: str, rng: random.Random) -> str:
-        """A window of the text starting at a random line start (the whole text when short)."""
-        if len(text) <= self.window_chars:
-            return text
-        start = rng.randrange(0, len(text) - self.window_chars // 2)
-        nl = text.find("\n", start)
-        start = nl + 1 if 0 <= nl < start + 2000 else start
-        return text[start:start + self.window_chars]
+        return text_window(text, self.window_chars, rng)
 
     def chat(self, index: int, pages: list[PageRange], question: str, answer: str, meta: dict) -> Sample:
         n = sum(p.num_pages for p in pages)
