@@ -49,7 +49,8 @@ EXTRAS_REQUIRE = {
     "profile": ["nvtx"],
     "plots": ["matplotlib"],  # `glyph-rt styles`' distribution plot
     "official": ["reportlab", "pdf2image"],
-    "bench": ["matplotlib", "transformers>=5.0"],
+    # bench_serve's load generator: aiohttp (as vLLM's benchmark_serving)
+    "bench": ["matplotlib", "transformers>=5.0", "aiohttp"],
     # Noto Sans CJK (OFL, ~16 MB wheel), found automatically: Chinese, Japanese, Korean
     "cjk": ["noto-cjk-sans-otc"],
     # right-to-left text: bidi reordering (UAX #9) and Arabic contextual forms; HarfBuzz shaping of
@@ -65,13 +66,14 @@ EXTRAS_REQUIRE = {
     # `glyph-rt search`: the LLM critic's client, the Pareto plot
     "search": ["openai>=1.0", "matplotlib"],
     # `glyph-rt serve` / `batch`: the OpenAI-compatible server, its metrics, clients for forwarding and benchmarks
-    "serve": ["transformers>=5.0", "fastapi", "starlette", "pydantic>=2", "uvicorn", "prometheus-client",
+    # uvicorn[standard]: uvloop and httptools, the event loop and HTTP parser of a production deployment
+    "serve": ["transformers>=5.0", "fastapi", "starlette", "pydantic>=2", "uvicorn[standard]", "prometheus-client",
               "openai>=1.0", "httpx"],
 }
 EXTRAS_REQUIRE["test"] = list(dict.fromkeys([
     "pytest", "hypothesis", "matplotlib", "transformers>=5.0", *EXTRAS_REQUIRE["triton"],
     *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"], *EXTRAS_REQUIRE["train"], *EXTRAS_REQUIRE["eval"],
-    *EXTRAS_REQUIRE["search"], *EXTRAS_REQUIRE["serve"], *EXTRAS_REQUIRE["eval-zh"]]))
+    *EXTRAS_REQUIRE["search"], *EXTRAS_REQUIRE["serve"], *EXTRAS_REQUIRE["eval-zh"], *EXTRAS_REQUIRE["bench"]]))
 
 
 class CMakeExtension(Extension):

