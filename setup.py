@@ -41,16 +41,18 @@ INSTALL_REQUIRES = [
     "tqdm",
     "pyyaml",  # the style sampler's parameters (glyph_rt/data/styles.yaml)
 ]
+# glyph_rt.models' floor (glyph_rt/models/__init__.py checks it at import): logits_to_keep as a boolean mask
+TRANSFORMERS = "transformers>=5.21"
 EXTRAS_REQUIRE = {
     # Triton's kernels: torch's CUDA wheels bring the triton they were built with; this is for a CPU-only torch
     # (Triton's interpreter, the tests) and 1 GB that a CPU-only install does not need otherwise
     "triton": ["triton; platform_system == 'Linux'"],
-    "models": ["transformers>=5.0"],  # glyph_rt.models, `glyph-rt generate` and `make-tiny-checkpoint`
+    "models": [TRANSFORMERS],  # glyph_rt.models, `glyph-rt generate` and `make-tiny-checkpoint`
     "profile": ["nvtx"],
     "plots": ["matplotlib"],  # `glyph-rt styles`' distribution plot
     "official": ["reportlab", "pdf2image"],
     # bench_serve's load generator: aiohttp (as vLLM's benchmark_serving)
-    "bench": ["matplotlib", "transformers>=5.0", "aiohttp"],
+    "bench": ["matplotlib", TRANSFORMERS, "aiohttp"],
     # Noto Sans CJK (OFL, ~16 MB wheel), found automatically: Chinese, Japanese, Korean
     "cjk": ["noto-cjk-sans-otc"],
     # right-to-left text: bidi reordering (UAX #9) and Arabic contextual forms; HarfBuzz shaping of
@@ -58,20 +60,20 @@ EXTRAS_REQUIRE = {
     "scripts": ["python-bidi>=0.5", "arabic-reshaper>=3", "uharfbuzz"],
     # training: Parquet and `datasets` corpora, `glyph-rt make-data` shards; `glyph-rt train` (LoRA, logs,
     # plots, OCR reward, an LLM judge over an OpenAI-compatible endpoint)
-    "train": ["datasets", "matplotlib", "openai>=1.0", "peft", "pyarrow", "rapidfuzz", "tensorboard", "transformers>=5.0"],
+    "train": ["datasets", "matplotlib", "openai>=1.0", "peft", "pyarrow", "rapidfuzz", "tensorboard", TRANSFORMERS],
     # `glyph-rt eval`: endpoint targets, LongBench's rouge and code-sim, plots, parquet (MRCR)
     # prometheus-client: an in-process checkpoint answers on the serving engine, which counts its metrics
-    "eval": ["openai>=1.0", "rouge", "rapidfuzz", "matplotlib", "pyarrow", "transformers>=5.0", "prometheus-client"],
+    "eval": ["openai>=1.0", "rouge", "rapidfuzz", "matplotlib", "pyarrow", TRANSFORMERS, "prometheus-client"],
     "eval-zh": ["jieba"],  # LongBench's Chinese metrics (qa_f1_zh, rouge_zh) segment words with it
     # `glyph-rt search`: the LLM critic's client, the Pareto plot
     "search": ["openai>=1.0", "matplotlib"],
     # `glyph-rt serve` / `batch`: the OpenAI-compatible server, its metrics, clients for forwarding and benchmarks
     # uvicorn[standard]: uvloop and httptools, the event loop and HTTP parser of a production deployment
-    "serve": ["transformers>=5.0", "fastapi", "starlette", "pydantic>=2", "uvicorn[standard]", "prometheus-client",
+    "serve": [TRANSFORMERS, "fastapi", "starlette", "pydantic>=2", "uvicorn[standard]", "prometheus-client",
               "openai>=1.0", "httpx"],
 }
 EXTRAS_REQUIRE["test"] = list(dict.fromkeys([
-    "pytest", "hypothesis", "matplotlib", "transformers>=5.0", *EXTRAS_REQUIRE["triton"],
+    "pytest", "hypothesis", "matplotlib", TRANSFORMERS, *EXTRAS_REQUIRE["triton"],
     *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"], *EXTRAS_REQUIRE["train"], *EXTRAS_REQUIRE["eval"],
     *EXTRAS_REQUIRE["search"], *EXTRAS_REQUIRE["serve"], *EXTRAS_REQUIRE["eval-zh"], *EXTRAS_REQUIRE["bench"]]))
 

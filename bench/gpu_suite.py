@@ -45,10 +45,12 @@ SUITE_SKIPS = {"test_kernels_compile.py", "test_gpu_suite.py"}
 SUITE_FIRST = ["test_raster.py", "test_pixel_values.py", "test_patch_embed.py", "test_attention.py",
                "test_render.py", "test_glyph_model.py", "test_patching.py", "test_kv_cache.py", "test_serve_engine.py"]
 SMOKE_TESTS = ["tests/test_config.py"]
-# what the steps import beyond torch: a machine without one has its steps fail (see bench/offline_wheels.sh)
-MODULES = ["glyph_rt._C", "triton", "freetype", "isal", "transformers", "matplotlib", "pytest",
-           "hypothesis", "fastapi", "uvicorn", "pydantic", "openai", "prometheus_client", "rapidfuzz", "rouge",
-           "jieba", "datasets", "peft", "tensorboard", "pyarrow", "bidi", "uharfbuzz", "reportlab", "pdf2image"]
+# what the steps import beyond torch: a machine without one has its steps fail (see bench/offline_wheels.sh);
+# glyph_rt.models fails to import with a transformers older than it needs
+MODULES = ["glyph_rt._C", "triton", "freetype", "isal", "transformers", "glyph_rt.models", "matplotlib", "pytest",
+           "hypothesis", "fastapi", "uvicorn", "pydantic", "openai", "prometheus_client", "aiohttp", "rapidfuzz",
+           "rouge", "jieba", "datasets", "peft", "tensorboard", "pyarrow", "bidi", "uharfbuzz", "reportlab",
+           "pdf2image"]
 PYTEST_OPTS = ["--continue-on-collection-errors", "-o", "faulthandler_timeout=120", "-rfE"]
 ENVIRONMENT = r"""
 import importlib, json, platform, subprocess, sys

@@ -377,7 +377,7 @@ def cmd_make_tiny_checkpoint(args) -> int:
     try:
         from .models.tiny import make_tiny_checkpoint
     except ImportError as e:
-        raise RuntimeError(f"make-tiny-checkpoint needs transformers 5: pip install 'glyph_rt[models]' ({e})") from None
+        raise RuntimeError(f"make-tiny-checkpoint needs the models extra: pip install 'glyph_rt[models]' ({e})") from None
     out = make_tiny_checkpoint(args.dir, args.model)
     print(f"wrote a tiny random-weight {args.model} checkpoint to {out} (for dry runs: its answers are noise); "
           f"try: glyph-rt generate --model {out} --context FILE --question TEXT --max-new-tokens 8")
@@ -654,7 +654,7 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
     except StdoutError as e:
         return _stdout_failed(str(e))
-    except (UsageError, ValueError, FileNotFoundError, MemoryError, RuntimeError) as e:
+    except (UsageError, ValueError, FileNotFoundError, MemoryError, RuntimeError, ImportError) as e:
         print(f"glyph-rt: error: {e}", file=sys.stderr)
     except OSError as e:  # e.g. a full disk under --out: the message names the file
         print(f"glyph-rt: error: {e}", file=sys.stderr)

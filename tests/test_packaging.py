@@ -18,12 +18,22 @@ KNOWN_DISTS = {"PIL": "pillow", "freetype": "freetype-py", "bidi": "python-bidi"
 
 
 def setup_keywords() -> dict:
-    """INSTALL_REQUIRES and EXTRAS_REQUIRE as setup.py declares them (read, not executed)."""
-    out = {}
+    """INSTALL_REQUIRES and EXTRAS_REQUIRE as setup.py declares them (read, not executed; names of string
+    constants assigned before them, such as TRANSFORMERS, are replaced by their values)."""
+    out, consts = {}, {}
+
+    class Inline(ast.NodeTransformer):
+        def visit_Name(self, node):
+            return ast.Constant(consts[node.id]) if node.id in consts else node
+
     for node in ast.parse((ROOT / "setup.py").read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and getattr(node.targets[0], "id", "") in (
-                "INSTALL_REQUIRES", "EXTRAS_REQUIRE"):
-            out[node.targets[0].id] = ast.literal_eval(node.value)
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            continue
+        name = getattr(node.targets[0], "id", "")
+        if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            consts[name] = node.value.value
+        elif name in ("INSTALL_REQUIRES", "EXTRAS_REQUIRE"):
+            out[name] = ast.literal_eval(Inline().visit(node.value))
     return out
 
 
@@ -178,3 +188,18 @@ def test_a_source_tree_without_its_extension_says_so(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"imported from the source tree {tmp_path}" in r.stdout and "pip install -e ." in r.stdout
     assert "the compiled extension is not loaded" in r.stdout
+
+
+def test_models_name_the_transformers_they_need(monkeypatch):
+    """An older transformers fails at import with the version to install, not later with a shape error."""
+    import pytest
+
+    import glyph_rt.models as models
+
+    monkeypatch.setattr(models.metadata, "version", lambda name: "5.17.0")
+    with pytest.raises(ImportError, match=r"needs transformers>=5\.21, found 5\.17\.0: pip install -U"):
+        models._check_transformers()
+    monkeypatch.setattr(models.metadata, "version", lambda name: "5.26.0.dev0")
+    models._check_transformers()
+    setup = setup_keywords()
+    assert f"transformers>={'.'.join(map(str, models.TRANSFORMERS_MIN))}" in setup["EXTRAS_REQUIRE"]["models"]

@@ -240,13 +240,13 @@ def config(kernel: str, head_dim: int, dtype: torch.dtype, interpret: bool = Fal
         return dict(BM=16, BN=16, num_warps=4, num_stages=1)
     bd = block_d(head_dim)
     if dtype == torch.float32:  # IEEE fp32 dots run on FMA units: small tiles or registers spill
-        if kernel == "bwd_dkdv":
-            return dict(BM=16, BN=16 if bd >= 128 else 32, num_warps=4 if bd <= 128 else 8,
-                        num_stages=2 if bd == 64 else 1)  # (ptxas spills at d=64 with one stage on sm_80)
+        if kernel == "bwd_dkdv":  # (BM, BN, warps, stages) that spill with neither Triton 3.6's ptxas nor 3.9's
+            bm, bn, warps, stages = {64: (16, 32, 8, 2), 128: (32, 16, 8, 1), 256: (16, 16, 8, 1)}.get(bd, (16, 32, 4, 1))
+            return dict(BM=bm, BN=bn, num_warps=warps, num_stages=stages)
         if kernel == "bwd_dq" and bd >= 256:
             return dict(BM=16, BN=16, num_warps=4, num_stages=1)
         return dict(BM=32 if bd <= 128 else 16, BN=32 if bd <= 64 else 16, num_warps=4 if bd <= 64 else 8,
-                    num_stages=1 if bd >= 256 else 2)
+                    num_stages=2)
     if kernel == "fwd":
         if bd <= 32:
             return dict(BM=128, BN=64, num_warps=4, num_stages=3)
