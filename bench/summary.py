@@ -193,7 +193,8 @@ def serve_load(d: dict) -> Figure | None:
     row = {r["path"]: r for r in d["rows"]}
     serial, served = row["serial_generate"], row["engine_process"]
     base = f"serial {serial['requests_per_s']:.2f} vs served {served['requests_per_s']:.2f} req/s"
-    note = f"{served['clients']} clients, {served['requests']} requests; engine on a thread x{_fmt(s.get('engine_thread_vs_serial'))}"
+    note = (f"{served['clients']} clients, {served['requests']} requests; "
+            f"engine on a thread x{_fmt(s.get('engine_thread_vs_serial'))}")
     return (s["throughput_vs_serial"], base, note) + ((f"{s['errors']} requests failed",) if s.get("errors") else ())
 
 

@@ -241,7 +241,8 @@ def config(kernel: str, head_dim: int, dtype: torch.dtype, interpret: bool = Fal
     bd = block_d(head_dim)
     if dtype == torch.float32:  # IEEE fp32 dots run on FMA units: small tiles or registers spill
         if kernel == "bwd_dkdv":  # (BM, BN, warps, stages) that spill with neither Triton 3.6's ptxas nor 3.9's
-            bm, bn, warps, stages = {64: (16, 32, 8, 2), 128: (32, 16, 8, 1), 256: (16, 16, 8, 1)}.get(bd, (16, 32, 4, 1))
+            tiles = {64: (16, 32, 8, 2), 128: (32, 16, 8, 1), 256: (16, 16, 8, 1)}
+            bm, bn, warps, stages = tiles.get(bd, (16, 32, 4, 1))
             return dict(BM=bm, BN=bn, num_warps=warps, num_stages=stages)
         if kernel == "bwd_dq" and bd >= 256:
             return dict(BM=16, BN=16, num_warps=4, num_stages=1)
