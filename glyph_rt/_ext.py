@@ -105,6 +105,10 @@ def _triton_backend() -> dict:
     if importlib.util.find_spec("triton") is None:
         return {"available": False, "why": "triton is not installed"}
     if os.environ.get("TRITON_INTERPRET") == "1":
+        from .kernels import interpreter_problem
+
+        if interpreter_problem():
+            return {"available": False, "why": interpreter_problem()}
         return {"available": True, "why": "installed; runs in Triton's interpreter on the CPU (TRITON_INTERPRET=1)"}
     import torch
 

@@ -203,3 +203,18 @@ def test_models_name_the_transformers_they_need(monkeypatch):
     models._check_transformers()
     setup = setup_keywords()
     assert f"transformers>={'.'.join(map(str, models.TRANSFORMERS_MIN))}" in setup["EXTRAS_REQUIRE"]["models"]
+
+
+def test_a_triton_interpreter_that_cannot_run_the_kernels_says_why(monkeypatch):
+    """Triton 3.6's interpreter (torch 2.11's Triton) with numpy 2.4+ fails every kernel: backends say so and why."""
+    import pytest
+
+    from glyph_rt import _ext, kernels
+
+    assert "pip install 'numpy<2.4' or 'triton>=3.7'" in kernels._interpreter_problem("3.6.0", "2.4.6")
+    assert kernels._interpreter_problem("3.6.0", "2.3.5") is None
+    assert kernels._interpreter_problem("3.7.1", "2.5.2") is None
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(kernels, "interpreter_problem", lambda: "the reason")
+    assert _ext._triton_backend() == {"available": False, "why": "the reason"}

@@ -1,5 +1,8 @@
 """Triton kernels of glyph_rt, one file per op (installed as glyph_rt.kernels)."""
 import contextlib
+import functools
+import re
+from importlib import metadata
 
 import torch
 
@@ -8,3 +11,23 @@ def on_device(t: torch.Tensor):
     """A context in which kernels launch on `t`'s GPU: Triton (and the extension's kernels) launch on the thread's
     current device, which need not be the tensors' (cuda:1, a server's worker threads)."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=None)
+def interpreter_problem() -> str | None:
+    """Why Triton's interpreter (TRITON_INTERPRET=1, the CPU) cannot run glyph_rt's kernels here, or None."""
+    try:
+        return _interpreter_problem(metadata.version("triton"), metadata.version("numpy"))
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _interpreter_problem(triton: str, numpy: str) -> str | None:
+    def release(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
+
+    if release(triton) < (3, 7) and release(numpy) >= (2, 4):  # Triton 3.7.1 runs them with numpy 2.4
+        return (f"Triton {triton}'s interpreter turns one-element arrays into Python ints, which numpy {numpy} "
+                "refuses, so glyph_rt's kernels fail in it: for the CPU interpreter, pip install 'numpy<2.4' or "
+                "'triton>=3.7' (on a GPU the kernels compile and this does not apply)")
+    return None

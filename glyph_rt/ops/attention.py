@@ -88,6 +88,10 @@ def _available(device_type: str, interp: bool) -> dict[str, str | None]:
         out["glyph"] = "triton is not installed"
     elif device_type != "cuda" and not (device_type == "cpu" and interp):
         out["glyph"] = "the Triton kernel runs on CUDA tensors (or on the CPU in Triton's interpreter)"
+    elif device_type == "cpu":
+        from ..kernels import interpreter_problem
+
+        out["glyph"] = interpreter_problem()
     else:
         out["glyph"] = None
     fns = _flash_modules()

@@ -38,9 +38,14 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
         raise ValueError(f"patch_embed backend {backend!r} is unknown; choose from {', '.join(BACKENDS)}")
     if backend == "auto":
         return "triton" if device.type == "cuda" else "torch"
-    if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("patch_embed backend 'triton' on CPU tensors runs only in Triton's interpreter "
-                           "(TRITON_INTERPRET=1); use backend='torch'")
+    if backend == "triton" and device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("patch_embed backend 'triton' on CPU tensors runs only in Triton's interpreter "
+                               "(TRITON_INTERPRET=1); use backend='torch'")
+        from ..kernels import interpreter_problem
+
+        if interpreter_problem():
+            raise RuntimeError(f"patch_embed backend 'triton': {interpreter_problem()}")
     if backend == "cuda":
         from .._ext import backends
 
