@@ -40,11 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import glyph_rt  # noqa: E402
-from bench.common import add_output_args, copy_to_results, slug, write_result  # noqa: E402
+from bench.common import add_output_args, copy_to_results, prose_of, slug, write_result  # noqa: E402
 from glyph_rt.models.kv_cache import kv_bytes  # noqa: E402
 from glyph_rt.nvtx import nvtx_range  # noqa: E402
 from glyph_rt.render.config import GLYPH_CONFIG_EN, RenderConfig  # noqa: E402
-from glyph_rt.render.textio import sample_text  # noqa: E402
 from glyph_rt.render.tokens import TextTokenizer  # noqa: E402
 
 QUESTION = "Summarize the conditions under which the text may be copied and modified."
@@ -388,13 +387,6 @@ def summarize(rows) -> dict:
         "attention_prefill": last.get("attention_prefill"),
         "context_tokens": last["text_tokens"],
     }
-
-
-def prose_of(tok: TextTokenizer, tokens: int) -> str:
-    prose = sample_text()
-    while tok.count(prose) < tokens:
-        prose += "\n" + sample_text()
-    return prose
 
 
 def count_only(lengths, tok, question_ids, args) -> list[dict]:

@@ -238,10 +238,11 @@ def main(argv=None):
         return bench_pixel_values(args)
     if args.device != "cpu":
         from bench.bench_render_gpu import run_gpu
+        from bench.common import prose_of
+        from glyph_rt.render.tokens import TextTokenizer
 
-        from bench.common import prose_of_tokens
-
-        return run_gpu(args, prose_of_tokens(args.tokens))
+        tok = TextTokenizer()
+        return run_gpu(args, tok.prefix(prose_of(tok, args.tokens), args.tokens)[1])
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     text = prose(args.chars)

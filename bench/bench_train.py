@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.bench_e2e import QUESTION, _snapped, build_model, glyph_inputs_rt, prose_of, sync, timed  # noqa: E402
-from bench.common import add_output_args, copy_to_results, slug, write_result  # noqa: E402
+from bench.bench_e2e import QUESTION, _snapped, build_model, glyph_inputs_rt, sync, timed  # noqa: E402
+from bench.common import add_output_args, copy_to_results, prose_of, slug, write_result  # noqa: E402
 from glyph_rt.models.prompt import IGNORE_INDEX  # noqa: E402
 from glyph_rt.render.config import GLYPH_CONFIG_EN, RenderConfig  # noqa: E402
 from glyph_rt.render.tokens import TextTokenizer  # noqa: E402

@@ -109,11 +109,13 @@ def copy_to_results(args, path: Path) -> None:
         shutil.copyfile(path, d / path.name)
 
 
-def prose_of_tokens(n: int) -> str:
-    """The bundled prose, repeated, cut after its first n tokens (Qwen's tokenizer): a document of n tokens."""
+def prose_of(tok, tokens: int) -> str:
+    """The bundled prose, repeated (each copy on lines of its own) until it holds `tokens` tokens of `tok` (a
+    TextTokenizer); `tok.prefix(prose, n)` cuts a document of n tokens from it."""
     from glyph_rt.render.textio import sample_text
-    from glyph_rt.render.tokens import TextTokenizer
 
-    tok, one = TextTokenizer(), sample_text()
-    text = one * (n // max(1, tok.count(one)) + 1)
-    return tok.prefix(text, n)[1]
+    one = sample_text()
+    copies = max(1, -(-tokens // max(1, tok.count(one))))
+    while tok.count(prose := "\n".join([one] * copies)) < tokens:
+        copies += 1
+    return prose

@@ -27,6 +27,13 @@ except ImportError as e:  # the package still imports; the pure-Python paths kee
     )
 
 
+def release(version: str) -> tuple[int, ...]:
+    """(major, minor) of a version string: "5.26.0.dev0" -> (5, 26)."""
+    import re
+
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+
+
 def has_extension() -> bool:
     return _C is not None
 
@@ -107,8 +114,8 @@ def _triton_backend() -> dict:
     if os.environ.get("TRITON_INTERPRET") == "1":
         from .kernels import interpreter_problem
 
-        if interpreter_problem():
-            return {"available": False, "why": interpreter_problem()}
+        if problem := interpreter_problem():
+            return {"available": False, "why": problem}
         return {"available": True, "why": "installed; runs in Triton's interpreter on the CPU (TRITON_INTERPRET=1)"}
     import torch
 

@@ -1,10 +1,11 @@
 """Triton kernels of glyph_rt, one file per op (installed as glyph_rt.kernels)."""
 import contextlib
 import functools
-import re
 from importlib import metadata
 
 import torch
+
+from .._ext import release
 
 
 def on_device(t: torch.Tensor):
@@ -23,9 +24,6 @@ def interpreter_problem() -> str | None:
 
 
 def _interpreter_problem(triton: str, numpy: str) -> str | None:
-    def release(v: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
-
     if release(triton) < (3, 7) and release(numpy) >= (2, 4):  # Triton 3.7.1 runs them with numpy 2.4
         return (f"Triton {triton}'s interpreter turns one-element arrays into Python ints, which numpy {numpy} "
                 "refuses, so glyph_rt's kernels fail in it: for the CPU interpreter, pip install 'numpy<2.4' or "

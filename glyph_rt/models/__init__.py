@@ -1,6 +1,7 @@
 """Hugging Face integration: GLM-4.1V / Qwen2.5-VL on glyph_rt's kernels."""
-import re
 from importlib import metadata
+
+from .._ext import release
 
 TRANSFORMERS_MIN = (5, 21)  # logits_to_keep as a boolean mask (SFT's and GRPO's loss), mm_encoder_outputs (GRPO)
 
@@ -12,7 +13,7 @@ def _check_transformers() -> None:
         found = metadata.version("transformers")
     except metadata.PackageNotFoundError:
         raise ImportError(f"glyph_rt.models needs transformers>={need}: pip install 'glyph_rt[models]'") from None
-    if tuple(int(x) for x in re.findall(r"\d+", found)[:2]) < TRANSFORMERS_MIN:
+    if release(found) < TRANSFORMERS_MIN:
         raise ImportError(f"glyph_rt.models needs transformers>={need}, found {found}: "
                           f"pip install -U 'transformers>={need}'")
 

@@ -44,8 +44,8 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
                                "(TRITON_INTERPRET=1); use backend='torch'")
         from ..kernels import interpreter_problem
 
-        if interpreter_problem():
-            raise RuntimeError(f"patch_embed backend 'triton': {interpreter_problem()}")
+        if problem := interpreter_problem():
+            raise RuntimeError(f"patch_embed backend 'triton': {problem}")
     if backend == "cuda":
         from .._ext import backends
 

@@ -137,9 +137,9 @@ class Collator:
                      loss_tokens=int((batch["labels"] != IGNORE_INDEX).sum()))
         batch["label_task"] = self._per_token([TASKS.index(s.task) if s.task in TASKS else -1 for s in samples],
                                               seqs, batch["labels"])  # each token's task, for the loss per task
-        if self.loss_weights:
-            w = [self.loss_weights.get(s.task, 1.0) for s in samples]
-            batch["label_weights"] = self._per_token(w, seqs, batch["labels"]).float() * (batch["labels"] != IGNORE_INDEX)
+        if self.loss_weights:  # each label token's task weight (a task outside TASKS, -1, weighs 1)
+            lut = torch.tensor([self.loss_weights.get(t, 1.0) for t in TASKS] + [1.0])
+            batch["label_weights"] = lut[batch["label_task"]] * (batch["labels"] != IGNORE_INDEX)
         dev = pv.device
         return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 

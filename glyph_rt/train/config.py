@@ -261,6 +261,16 @@ def _check(ok: bool, key: str, msg: str) -> None:
         raise TrainConfigError(f"{key}: {msg}")
 
 
+def check_task_weights(weights: dict, key: str) -> None:
+    """A mapping of task name -> weight (a number >= 0), as data.loader.tasks and data.loss_weights take."""
+    from .tasks import TASKS
+
+    for name, w in weights.items():
+        _check(name in TASKS, f"{key}.{name}", f"unknown task; choose from {', '.join(TASKS)}")
+        _check(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0, f"{key}.{name}",
+               f"weight {w!r} must be a number >= 0")
+
+
 def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     """Raises TrainConfigError naming the first bad key; returns cfg."""
     m, o, d, g = cfg.model, cfg.optim, cfg.data, cfg.grpo
@@ -313,12 +323,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
                f"{d.global_batch} must be a multiple of data.micro_batch ({d.micro_batch})")
     _check(0 <= d.ocr_ratio <= 1, "data.ocr_ratio", f"{d.ocr_ratio} must be in [0, 1]")
     _check(d.max_tokens >= 0, "data.max_tokens", f"{d.max_tokens} must be >= 0 (0: no packing)")
-    from .tasks import TASKS
-
-    for name, w in d.loss_weights.items():
-        _check(name in TASKS, f"data.loss_weights.{name}", f"unknown task; choose from {', '.join(TASKS)}")
-        _check(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0, f"data.loss_weights.{name}",
-               f"weight {w!r} must be a number >= 0")
+    check_task_weights(d.loss_weights, "data.loss_weights")
     _check(d.workers >= 0, "data.workers", f"{d.workers} must be >= 0")
     if d.render_config:
         try:

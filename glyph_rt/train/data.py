@@ -20,7 +20,7 @@ import random
 
 import torch
 
-from .config import TrainConfig, TrainConfigError
+from .config import TrainConfig, TrainConfigError, check_task_weights
 
 LOADER_KEYS = {"corpus", "tasks", "think", "styles", "max_pages", "window_chars", "text_field", "render", "epochs",
                "shuffle", "task_options"}
@@ -32,8 +32,6 @@ STAGE_TASKS = {"cpt": {"ocr": 1.0, "lm": 1.0, "gen": 1.0}, "sft": {"qa": 1.0}, "
 def loader_options(cfg: TrainConfig, held_out: bool = False) -> dict:
     """data.loader with the stage's defaults (held_out: data.eval_loader over it); TrainConfigError naming a bad
     key."""
-    from .tasks import TASKS
-
     for name, given in (("data.loader", cfg.data.loader), ("data.eval_loader", cfg.data.eval_loader)):
         for k in given:
             if k not in LOADER_KEYS:
@@ -42,11 +40,7 @@ def loader_options(cfg: TrainConfig, held_out: bool = False) -> dict:
     tasks = opts.get("tasks", STAGE_TASKS[cfg.stage])
     if not isinstance(tasks, dict) or not tasks:
         raise TrainConfigError(f"data.loader.tasks: expected a mapping of task -> weight, got {tasks!r}")
-    for name, w in tasks.items():
-        if name not in TASKS:
-            raise TrainConfigError(f"data.loader.tasks.{name}: unknown task; choose from {', '.join(TASKS)}")
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-            raise TrainConfigError(f"data.loader.tasks.{name}: weight {w!r} must be a number >= 0")
+    check_task_weights(tasks, "data.loader.tasks")
     if sum(tasks.values()) <= 0:
         raise TrainConfigError("data.loader.tasks: every weight is 0")
     per_task = opts.get("task_options") or {}

@@ -237,22 +237,24 @@ class QATask(Task):
         self.think = bool(think)
 
     def __call__(self, record: dict, index: int) -> Sample:
+        style, doc = self.style(index), None
         if isinstance(record, dict) and "question" not in record and "context" not in record and "text" in record:
             rng = self.rng(index)
             hay = self.window(_text_field(record, "text", index), rng)
-            first = Document(hay, self.style(index), max_pages=self.max_pages)
+            first = Document(hay, style, max_pages=self.max_pages)
             if first.layout.truncated:  # the needle goes where the pages show it
                 hay = hay[:first.page_spans()[-1][1]]
             record = needle_record(hay, rng)
-            fit = Document(record["context"], self.style(index), max_pages=self.max_pages)
-            if fit.layout.truncated:  # the needle's line pushed the end over: the haystack ends where the pages do
-                record["context"] = record["context"][:fit.page_spans()[-1][1]]
+            doc = Document(record["context"], style, max_pages=self.max_pages)
+            if doc.layout.truncated:  # the needle's line pushed the end over: the haystack ends where the pages do
+                record["context"] = record["context"][:doc.page_spans()[-1][1]]
+                doc = None  # laid out again below, cut
         context = _text_field(record, "context", index)
         question = _text_field(record, "question", index)
         answer = _text_field(record, "answer", index)
         if self.builder is not None:
             self.builder.check_text(question, f"record {index}: field 'question'")
-        doc = Document(context, self.style(index), max_pages=self.max_pages)
+        doc = doc or Document(context, style, max_pages=self.max_pages)
         if doc.layout.truncated:
             raise TaskError(f"record {index}: field 'context' needs more than {self.max_pages} pages at this style; "
                             "its answer may lie beyond them (raise data.loader.max_pages)")

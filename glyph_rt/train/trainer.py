@@ -120,8 +120,8 @@ def token_loss_sum(model, batch: dict, device: torch.device, by_task: torch.Tens
     """Summed cross-entropy of the next-token predictions on every label that is not IGNORE_INDEX (float32). Logits
     are made only where a label follows (logits_to_keep): at long context the full [tokens, vocab] logits would
     dwarf the rest of the step's memory (a 32K-token row of GLM-4.1V: ~20 GB in float32), and the loss is on the
-    answer tokens only. by_task ([2, len(TASKS)], float64 on the CPU): each task's cross-entropy sum and label
-    tokens are added to it (unweighted: the loss per task that the metrics log)."""
+    answer tokens only. by_task ([2, len(TASKS)], float64): each task's cross-entropy sum and label tokens are
+    added to it (unweighted: the loss per task that the metrics log), on its device without a host copy."""
     labels = batch["labels"].to(device)
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[..., :-1] = labels[..., 1:] != IGNORE_INDEX
@@ -130,10 +130,10 @@ def token_loss_sum(model, batch: dict, device: torch.device, by_task: torch.Tens
     targets = labels[..., 1:][keep[..., :-1]]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="none")
     if by_task is not None and "label_task" in batch:
-        task = batch["label_task"].to(device)[..., 1:][keep[..., :-1]]
-        seen = task >= 0
-        by_task[0].index_add_(0, task[seen].cpu(), ce.detach()[seen].double().cpu())
-        by_task[1].index_add_(0, task[seen].cpu(), torch.ones(int(seen.sum()), dtype=torch.float64))
+        task = batch["label_task"].to(device)[..., 1:][keep[..., :-1]].to(by_task.device)
+        seen = (task >= 0).double()  # -1: a token of no task
+        by_task[0].index_add_(0, task.clamp(min=0), ce.detach().double().to(by_task.device) * seen)
+        by_task[1].index_add_(0, task.clamp(min=0), seen)
     if "label_weights" in batch:
         ce = ce * batch["label_weights"].to(device)[..., 1:][keep[..., :-1]]
     return ce.sum()
@@ -215,7 +215,7 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.train()
         local_tokens, loss_sum, counts = 0, 0.0, []
-        by_task = torch.zeros(2, len(TASKS), dtype=torch.float64)
+        by_task = torch.zeros(2, len(TASKS), dtype=torch.float64, device=self.device)
         for b in micro_batches:
             with self.autocast():
                 s = token_loss_sum(self.model, b, self.device, by_task)
