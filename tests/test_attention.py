@@ -47,6 +47,19 @@ def test_glyph_kernel_matches_the_fp32_oracle_forward_and_backward(lens_q, lens_
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
 
 
+def test_dkdv_splits_a_kv_heads_group_until_the_gpu_is_full():
+    """GQA's dK/dV: programs per key block and KV head loop over the group's query heads; with few of them (GLM-4's
+    2 KV heads at 8K tokens: 256 programs, each over 16 heads, for an H100's 132 SMs) the group is split in parts
+    whose fp32 partial sums are added up (the CASES above take both paths)."""
+    from glyph_rt.kernels.attention import dkdv_split
+
+    assert dkdv_split(256, 16, 528, 1 << 20) == 4  # 8K tokens: 1,024 programs
+    assert dkdv_split(4096, 16, 528, 1 << 20) == 1  # 128K tokens: enough already
+    assert dkdv_split(9, 1, 528, 1 << 20) == 1  # no group to split
+    assert dkdv_split(9, 6, 528, 1 << 20) == 6  # at most the group
+    assert dkdv_split(9, 16, 528, 1 << 29) == 2  # within 1 GiB of partial sums
+
+
 SDPA_CASES = CASES[:4] + [  # segments of one shape among others go in one batched call
     ([16, 7, 16, 16, 7], [16, 7, 16, 16, 7], 4, 2, 32, False),
     ([5, 9, 5], [12, 9, 12], 2, 1, 16, True),

@@ -233,6 +233,12 @@ def test_bad_input():
     assert parse_openai_spec("openai:http://h:8000/v1:glyph") == ("http://h:8000/v1", "glyph")
     assert parse_openai_spec("openai:http://h:8000") == ("http://h:8000/v1", None)
     assert parse_openai_spec("openai:https://api.x.com/v1") == ("https://api.x.com/v1", None)
+    # model names with ':' (Ollama's tags) and '/' (hub names)
+    assert parse_openai_spec("openai:http://h:11434/v1:llama3:8b") == ("http://h:11434/v1", "llama3:8b")
+    assert parse_openai_spec("openai:http://h:8000:org/name") == ("http://h:8000/v1", "org/name")
+    assert parse_openai_spec("openai:http://[::1]:8000/v1/:m") == ("http://[::1]:8000/v1", "m")
+    with pytest.raises(ValueError, match="empty model name"):
+        parse_openai_spec("openai:http://h:8000/v1:")
 
 
 def test_concurrent_run_stops_on_a_server_failure_and_resumes(tmp_path):
@@ -327,3 +333,15 @@ def test_item_render_config_overrides_the_runs(local, tmp_path):
     assert own["pages"] > plain["pages"] >= 1 and "error" not in own
     with pytest.raises(ValueError, match="item z: render_config: .*unknown Glyph key"):
         Item(id="z", context="c", question="q", answers=["a"], render_config={"font-size": 9, "fontsize": 9})
+
+
+def test_ruler_items_resumed_with_another_tokenizer_are_refused(ckpt, tmp_path):
+    """RULER's lengths are counted in the run's tokenizer: another one into the same --out would score the old
+    items under the new lengths."""
+    from glyph_rt.eval.suite import run_suite
+
+    opts = dict(out=tmp_path, tasks=["vt"], lengths=["1k"], limit=1, progress=False)
+    run_suite("ruler", [], **opts)
+    run_suite("ruler", [], **opts)  # the same run resumes
+    with pytest.raises(ValueError, match=r"holds the items of another run \(tokenizer: None then '.*'\)"):
+        run_suite("ruler", [], tokenizer=ckpt, **opts)

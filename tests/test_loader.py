@@ -10,7 +10,7 @@ from glyph_rt.models.tiny import tiny_tokenizer
 from glyph_rt.render.config import RenderConfig
 from glyph_rt.render.textio import sample_text
 from glyph_rt.train.collate import Collator
-from glyph_rt.train.loader import Corpus, CorpusError, GlyphLoader, TaskDataset, split_text
+from glyph_rt.train.loader import SKIP_LIMIT, Corpus, CorpusError, GlyphLoader, TaskDataset, split_text
 from glyph_rt.train.styles import StyleSampler
 from glyph_rt.train.tasks import make_task
 
@@ -129,6 +129,16 @@ def test_unusable_records_are_skipped_and_counted(builder):
     loader = GlyphLoader(TaskDataset(corpus, task, epochs=2, shuffle=False), Collator(builder.image_token_id, 0),
                          batch_size=1)
     assert len(list(loader)) == 2 and loader.state_dict()["skipped"] == 3
+
+
+def test_a_corpus_no_record_of_which_makes_a_sample_stops_with_the_reason(builder):
+    """JSONL records under another field than data.loader.text_field: the loader says so instead of looking for a
+    usable record for ever."""
+    corpus = Corpus([("mem", [{"content": sample_text()[:1500]}] * 3)])
+    task = make_task("ocr", builder, config=CFG, max_pages=1, window_chars=400)
+    loader = GlyphLoader(TaskDataset(corpus, task), Collator(builder.image_token_id, 0), batch_size=1)
+    with pytest.raises(ValueError, match=f"^{SKIP_LIMIT} samples in a row made nothing .*'text'.*text_field"):
+        next(iter(loader))
 
 
 def test_styles_in_workers(builder, corpus):

@@ -218,3 +218,25 @@ def test_a_triton_interpreter_that_cannot_run_the_kernels_says_why(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(kernels, "interpreter_problem", lambda: "the reason")
     assert _ext._triton_backend() == {"available": False, "why": "the reason"}
+
+
+def test_bfloat16_in_the_triton_interpreter_is_refused_not_miscomputed(monkeypatch):
+    """Triton's interpreter holds bfloat16 as uint16 and its tl.dot multiplies the bits (values near 1e10):
+    attention and patch embedding refuse it there, naming the dtypes that work."""
+    import pytest
+    import torch
+
+    pytest.importorskip("triton")
+    from glyph_rt import kernels
+    from glyph_rt.ops import attention, patch_embed
+
+    if kernels.interpreter_problem():
+        pytest.skip(kernels.interpreter_problem())
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    q = torch.zeros(4, 2, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="^attention backend 'glyph': .*bfloat16.*float32 or float16"):
+        attention.resolve_backend("glyph", q)
+    assert attention.resolve_backend("glyph", q.half()) == "glyph"
+    with pytest.raises(ValueError, match="^patch_embed backend 'triton': .*bfloat16"):
+        patch_embed.resolve_backend("triton", q.device, torch.bfloat16)
+    assert patch_embed.resolve_backend("triton", q.device, torch.float32) == "triton"

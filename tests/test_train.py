@@ -307,6 +307,14 @@ def test_resume_is_exact_and_logs(tiny, tmp_path):
     assert {"loss", "lr", "tokens_per_s", "samples_per_s", "pages", "visual_tokens"} <= rows[0].keys()
     ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert ckpts == ["step_00000002", "step_00000004"]
+    # resume=false beside them: the earlier run's step 4 would outrank (and prune) the new run's step 2
+    with pytest.raises(TrainConfigError, match="^resume=false, but .*checkpoints holds an earlier run's checkpoints "
+                                               r"\(step_00000004\): resume=true continues"):
+        train(tmp_path / "b", 4, "resume=false")
+    from glyph_rt.train.trainer import run
+
+    with pytest.raises(TrainConfigError, match="^resume=false"):  # before the model loads
+        run(cfg_for(tiny, tmp_path / "b", "resume=false"))
 
 
 def test_export_loads_in_glyph_model(tiny, tmp_path):
@@ -526,3 +534,24 @@ def test_the_searched_render_config_renders_every_post_training_sample(tiny, tmp
     assert set(tasks) == {"qa", "ocr"} and all(t.styles is None and t.config == want for t in tasks.values())
     with pytest.raises(TrainConfigError, match="^data.render_config: .*does not exist"):
         load_config("sft", None, [f"model.path={tiny}", f"data.render_config={tmp_path / 'nope.json'}"])
+
+
+def test_a_resumed_run_logs_each_step_once_in_tensorboard_too(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from glyph_rt.train.metrics import MetricsLogger
+
+    first = MetricsLogger(tmp_path, plot=False)
+    for step in range(1, 5):
+        first.log(step, {"loss": float(step)})
+    first.close()
+    resumed = MetricsLogger(tmp_path, plot=False)
+    resumed.truncate(2)  # the checkpoint was at step 2: steps 3 and 4 run again
+    for step in (3, 4):
+        resumed.log(step, {"loss": 10.0 * step})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    assert [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]

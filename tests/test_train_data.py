@@ -77,6 +77,19 @@ def test_rl_records_per_rank_and_resume():
     assert next(iter(c)) == next(ra)
 
 
+def test_rl_records_that_make_no_prompt_are_skipped_and_counted():
+    good = {"context": "red fox", "question": "What colour?", "answer": "red"}
+    corpus = [good, {"context": "x", "question": "q"}, {"content": "no text field"}, "not a dict",
+              {"text": "\n".join(f"line {i}" for i in range(30))}]
+    stream = RecordStream(corpus, seed=3)
+    recs = list(itertools.islice(iter(stream), 4))  # two of each epoch's five records make a prompt
+    assert recs.count(good) == 2 and all("answer" in r for r in recs)
+    state = stream.state_dict()
+    assert 4 < state["pos"] <= 10 and state["skipped"] == state["pos"] - 4
+    with pytest.raises(ValueError, match="records in a row made no rl prompt .*needs a non-empty 'text'"):
+        next(iter(RecordStream([{"content": "x"}], seed=0)))
+
+
 def test_rl_mixes_in_ocr_records_scored_by_the_ocr_reward():
     """data.ocr_ratio in RL: that share of prompts reads a window back (the auxiliary OCR task, as in the paper's RL
     stage), scored by the OCR reward alone whatever the run's rewards; QA prompts keep the run's rewards."""

@@ -78,7 +78,8 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
     out.mkdir(parents=True, exist_ok=True)
     items_path, spec_path = out / "items.jsonl", out / "items_spec.json"
     if items is None:
-        spec = json.loads(json.dumps({"suite": suite, **item_kwargs}, default=str))
+        own_tok = {"tokenizer": tokenizer} if suite == "ruler" and tokenizer != "default" else {}  # RULER's lengths
+        spec = json.loads(json.dumps({"suite": suite, **item_kwargs, **own_tok}, default=str))
         if items_path.exists():  # a resumed run scores the very same items
             old = json.loads(spec_path.read_text(encoding="utf-8")) if spec_path.exists() else None
             if old is not None and _given(old) != _given(spec):  # an option left unset matches one a run lacked

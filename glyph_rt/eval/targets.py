@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import sys
 import threading
 import time
@@ -172,23 +173,21 @@ class GlyphModelTarget(Target):
                 self._engine = None
 
 
+_SPEC = re.compile(r"(?P<host>\[[^\]]*\]|[^/:\[]+)(?P<port>:\d+)?(?P<path>/[^:]*)?(?::(?P<model>.*))?", re.S)
+
+
 def parse_openai_spec(spec: str) -> tuple[str, str | None]:
-    """'openai:URL[:MODEL]' -> (base URL ending in /v1 unless it has a path, model or None)."""
+    """'openai:URL[:MODEL]' -> (base URL ending in /v1 unless it has a path, model or None). The model is all that
+    follows the URL's host, port and path (which hold no ':'), so it may hold ':' and '/' (llama3:8b, org/name)."""
     rest = spec[len("openai:"):]
-    if "://" not in rest:
+    m = _SPEC.fullmatch(rest.split("://", 1)[1]) if "://" in rest else None
+    if m is None:
         raise ValueError(f"target {spec!r}: expected openai:URL[:MODEL] with URL like http://127.0.0.1:8000/v1")
-    scheme, tail = rest.split("://", 1)
-    model = None
-    if ":" in tail:
-        head, last = tail.rsplit(":", 1)
-        if not last.split("/")[0].isdigit():  # not a port
-            tail, model = head, last
+    model = m["model"]
     if model == "":
         raise ValueError(f"target {spec!r}: empty model name after ':'")
-    url = f"{scheme}://{tail}".rstrip("/")
-    if "/" not in tail.rstrip("/"):
-        url += "/v1"
-    return url, model
+    path = (m["path"] or "").rstrip("/") or "/v1"
+    return f"{rest.split('://', 1)[0]}://{m['host']}{m['port'] or ''}{path}", model
 
 
 def png_data_uri(image) -> str:

@@ -29,3 +29,11 @@ def _interpreter_problem(triton: str, numpy: str) -> str | None:
                 "refuses, so glyph_rt's kernels fail in it: for the CPU interpreter, pip install 'numpy<2.4' or "
                 "'triton>=3.7' (on a GPU the kernels compile and this does not apply)")
     return None
+
+
+def interpreter_dtype_problem(dtype: torch.dtype) -> str | None:
+    """Why Triton's interpreter cannot multiply tiles of `dtype` (the kernels with tl.dot), or None."""
+    if dtype == torch.bfloat16:  # it holds bfloat16 as uint16 and tl.dot multiplies the bits (triton#11584)
+        return ("Triton's interpreter does not support bfloat16 (tl.dot multiplies the raw bits); on the CPU give "
+                "the kernel float32 or float16")
+    return None

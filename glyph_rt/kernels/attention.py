@@ -7,7 +7,7 @@ the bottom right (query i of a segment sees keys j <= i + Lk - Lq), as flash-att
 query head h reads key/value head h // (Hq / Hkv). Any head dim up to 256 (padded to a power
 of two). The forward pass saves the log-sum-exp (natural log, [Hq, total_q], fp32) for the
 backward pass, which runs two kernels without atomics: dK/dV per key block (looping over the
-query heads of its group) and dQ per query block.
+query heads of its group, or of a part of it: see dkdv_split) and dQ per query block.
 """
 from __future__ import annotations
 
@@ -126,12 +126,17 @@ def attn_fwd_kernel(
 def attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, cu_q, cu_k, qk_scale, sm_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh, n_blocks,
-    GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+    stride_dks, stride_dkt, stride_dkh, stride_dvs, stride_dvt, stride_dvh, stride_lh, n_blocks,
+    GROUP: tl.constexpr, SPLIT: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BM: tl.constexpr,
+    BN: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
 ):
+    # axis 1: KV head hk, part `part` of its group's query heads; with SPLIT > 1, DK and DV are fp32 partial sums
+    # [SPLIT, total_k, Hkv, D] that the launcher adds up
     start_n, b = _block_and_segment(n_blocks)
-    hk = tl.program_id(1).to(tl.int64)
+    hk = tl.program_id(1).to(tl.int64) // SPLIT
+    part = tl.program_id(1).to(tl.int64) % SPLIT
+    DK += part * stride_dks
+    DV += part * stride_dvs
     q0, Lq, k0, Lk = _bounds(cu_q, cu_k, b)
     if start_n * BN < Lk:
         offs_n = start_n * BN + tl.arange(0, BN)
@@ -147,8 +152,8 @@ def attn_bwd_dkdv_kernel(
         lo = 0
         if CAUSAL:  # queries before start_n * BN - diag see none of these keys
             lo = tl.maximum(start_n * BN - diag, 0) // BM * BM
-        for g in range(GROUP):
-            h = hk * GROUP + g
+        for g in range(GROUP // SPLIT):
+            h = hk * GROUP + part * (GROUP // SPLIT) + g
             for start_m in range(lo, Lq, BM):
                 qm = start_m + offs_m
                 q = _rows(Q, q0, qm, Lq, stride_qt, h, stride_qh, offs_d, dmask)
@@ -241,7 +246,7 @@ def config(kernel: str, head_dim: int, dtype: torch.dtype, interpret: bool = Fal
     bd = block_d(head_dim)
     if dtype == torch.float32:  # IEEE fp32 dots run on FMA units: small tiles or registers spill
         if kernel == "bwd_dkdv":  # (BM, BN, warps, stages) that spill with neither Triton 3.6's ptxas nor 3.9's
-            tiles = {64: (16, 32, 8, 2), 128: (32, 16, 8, 1), 256: (16, 16, 8, 1)}
+            tiles = {32: (32, 16, 4, 1), 64: (16, 32, 8, 2), 128: (32, 16, 8, 1), 256: (16, 16, 8, 1)}
             bm, bn, warps, stages = tiles.get(bd, (16, 32, 4, 1))
             return dict(BM=bm, BN=bn, num_warps=warps, num_stages=stages)
         if kernel == "bwd_dq" and bd >= 256:
@@ -272,6 +277,26 @@ def grid(blocks: int, segments: int, heads: int) -> tuple[int, int]:
     if blocks * segments >= 2 ** 31:
         raise ValueError(f"{blocks} blocks x {segments} segments exceed a grid axis (2^31 - 1 programs)")
     return (blocks * segments, heads)
+
+
+def dkdv_split(programs: int, group: int, target: int, partial_bytes: int, budget: int = 1 << 30) -> int:
+    """Into how many parts the dK/dV kernel splits each KV head's group of query heads: the fewest (a divisor of
+    the group) that give `target` programs, within `budget` bytes of fp32 partial sums (`partial_bytes` per part).
+    GLM-4's 32 query heads share 2 KV heads: at 8K tokens one program per key block and KV head would be 256
+    programs, each looping over 16 heads, on an H100's 132 SMs."""
+    parts = 1
+    for p in range(2, group + 1):
+        if programs * parts >= target or p * partial_bytes > budget:
+            break
+        if group % p == 0:
+            parts = p
+    return parts
+
+
+def _target_programs(device: torch.device) -> int:
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 64  # the interpreter: enough that the tests' small shapes take the split path
 
 
 def _interpret() -> bool:
@@ -322,11 +347,19 @@ def backward(do, q, k, v, o, lse, cu_q, cu_k, max_q: int, max_k: int, causal: bo
         cfg = config("bwd_dkdv", D, q.dtype, _interpret())
         blocks = triton.cdiv(max_k, cfg["BN"])
         if k.shape[0] and blocks:
-            attn_bwd_dkdv_kernel[grid(blocks, B, Hkv)](
-                q, k, v, do, lse, dlt, dk, dv, cu_q, cu_k, sm_scale * LOG2E, sm_scale,
+            split = dkdv_split(blocks * B * Hkv, Hq // Hkv, _target_programs(q.device), 8 * k.numel())
+            if split == 1:
+                out_k, out_v, stride_s = dk, dv, 0
+            else:
+                parts = torch.empty(2, split, *k.shape, dtype=torch.float32, device=k.device)
+                out_k, out_v, stride_s = parts[0, 0], parts[1, 0], parts.stride(1)
+            attn_bwd_dkdv_kernel[grid(blocks, B, Hkv * split)](
+                q, k, v, do, lse, dlt, out_k, out_v, cu_q, cu_k, sm_scale * LOG2E, sm_scale,
                 q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0),
-                do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), blocks,
-                **common, **cfg)
+                do.stride(1), stride_s, out_k.stride(0), out_k.stride(1), stride_s, out_v.stride(0),
+                out_v.stride(1), lse.stride(0), blocks, SPLIT=split, **common, **cfg)
+            if split > 1:
+                dk.copy_(parts[0].sum(0)), dv.copy_(parts[1].sum(0))
         else:
             dk.zero_(), dv.zero_()
         cfg = config("bwd_dq", D, q.dtype, _interpret())
@@ -360,15 +393,18 @@ def aot_specs(exhaustive: bool = False) -> list:
             bwd = dict(Q=p, K=p, V=p, DO=p, LSE="*fp32", DELTA="*fp32")
             dkdv = dict(**bwd, DK=p, DV=p, cu_q="*i32", cu_k="*i32", qk_scale="fp32", sm_scale="fp32",
                         **_strides("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
-                                   "stride_dot", "stride_doh", "stride_dkt", "stride_dkh", "stride_dvt", "stride_dvh",
-                                   "stride_lh", "n_blocks"))
+                                   "stride_dot", "stride_doh", "stride_dks", "stride_dkt", "stride_dkh", "stride_dvs",
+                                   "stride_dvt", "stride_dvh", "stride_lh", "n_blocks"))
             dq = dict(**bwd, DQ=p, cu_q="*i32", cu_k="*i32", qk_scale="fp32", sm_scale="fp32",
                       **_strides("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
                                  "stride_dot", "stride_doh", "stride_dqt", "stride_dqh", "stride_lh", "n_blocks"))
             dl = dict(O=p, DO=p, DELTA="*fp32", T="i32", **_strides("stride_ot", "stride_oh", "stride_dot",
                                                                      "stride_doh", "stride_dh"))
-            for kernel, fn, sig in (("fwd", attn_fwd_kernel, fwd), ("bwd_dkdv", attn_bwd_dkdv_kernel, dkdv),
-                                    ("bwd_dq", attn_bwd_dq_kernel, dq), ("bwd_delta", attn_bwd_delta_kernel, dl)):
+            parts = {**dkdv, "DK": "*fp32", "DV": "*fp32"}  # dkdv_split > 1: fp32 partial sums
+            for kernel, fn, sig, extra in (
+                    ("fwd", attn_fwd_kernel, fwd, {}), ("bwd_dkdv", attn_bwd_dkdv_kernel, dkdv, {"SPLIT": 1}),
+                    ("bwd_dkdv", attn_bwd_dkdv_kernel, parts, {"SPLIT": 2}), ("bwd_dq", attn_bwd_dq_kernel, dq, {}),
+                    ("bwd_delta", attn_bwd_delta_kernel, dl, {})):
                 cfg = config(kernel, d, dt)
                 warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
                 # pointers are 16-byte aligned; token and head strides are when the head dim is a multiple of 16
@@ -376,11 +412,12 @@ def aot_specs(exhaustive: bool = False) -> list:
                                 or (aligned_d and a.startswith("stride_") and a not in ("stride_lh", "stride_dh")))
                 modes = (True, False) if exhaustive and kernel != "bwd_delta" else (True,)
                 for causal in modes:
-                    const = dict(D=d, BLOCK_D=block_d(d), **cfg)
+                    const = dict(D=d, BLOCK_D=block_d(d), **cfg, **extra)
                     if kernel != "bwd_delta":
                         const.update(GROUP=4, CAUSAL=causal, IEEE=dt == torch.float32)
                     mode = " causal" if causal and kernel != "bwd_delta" else ""
-                    name = f"attn_{kernel} {str(dt)[6:]} d={d}{mode}"
+                    split = " split" if extra.get("SPLIT", 1) > 1 else ""
+                    name = f"attn_{kernel} {str(dt)[6:]} d={d}{mode}{split}"
                     # auto never sends fp32 or head dims that are not a multiple of 16 here on a GPU
                     # (glyph_rt.ops.attention.choose_backend): those variants must compile, limits reported
                     enforce = not exhaustive or (aligned_d and dt != torch.float32)

@@ -195,6 +195,11 @@ def resolve_backend(backend: str, q: torch.Tensor, case: str = "vision") -> str:
         raise RuntimeError(f"attention backend {backend!r} is not available: {avail[backend]}")
     if backend == "glyph" and q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"backend 'glyph' supports head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}")
+    if backend == "glyph" and q.device.type == "cpu":
+        from ..kernels import interpreter_dtype_problem
+
+        if problem := interpreter_dtype_problem(q.dtype):
+            raise ValueError(f"attention backend 'glyph': {problem}")
     return backend
 
 

@@ -42,10 +42,12 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
         if os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError("patch_embed backend 'triton' on CPU tensors runs only in Triton's interpreter "
                                "(TRITON_INTERPRET=1); use backend='torch'")
-        from ..kernels import interpreter_problem
+        from ..kernels import interpreter_dtype_problem, interpreter_problem
 
         if problem := interpreter_problem():
             raise RuntimeError(f"patch_embed backend 'triton': {problem}")
+        if problem := interpreter_dtype_problem(dtype):
+            raise ValueError(f"patch_embed backend 'triton': {problem}")
     if backend == "cuda":
         from .._ext import backends
 

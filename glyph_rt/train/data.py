@@ -83,46 +83,73 @@ class MixedTask:
 class RecordStream:
     """This rank's records r, r + R, ... of a corpus, endlessly (reshuffled each epoch), with state_dict. Record g
     is an OCR record with probability ocr_ratio (a pure function of (seed, g)): {"task": "ocr", "context": a
-    window of ocr_chars at a line start, "question": an OCR instruction, "answer": the same window}."""
+    window of ocr_chars at a line start, "question": an OCR instruction, "answer": the same window}. A record that
+    makes no prompt (a QA record missing a field, or no "text") is skipped and counted (state_dict()["skipped"])."""
 
     def __init__(self, corpus, seed: int = 0, rank: int = 0, world: int = 1, window_chars: int = 12000,
                  ocr_ratio: float = 0.0, ocr_chars: int = 1500):
         self.corpus, self.seed, self.rank, self.world, self.pos = corpus, seed, rank, world, 0
+        self.skipped = 0  # records that made no prompt
         self.window_chars, self.ocr_ratio, self.ocr_chars = window_chars, ocr_ratio, ocr_chars
 
     def record(self, g: int) -> dict:
-        import numpy as np
-
-        from .tasks import needle_record
+        """Record g, or TaskError when the corpus record cannot make one."""
+        from .loader import epoch_order
+        from .tasks import TaskError, needle_record
 
         n = len(self.corpus)
         epoch, i = divmod(g, n)
-        rec = self.corpus[int(np.random.default_rng([self.seed, epoch]).permutation(n)[i])]
+        i = int(epoch_order(self.seed, epoch, n)[i])
+        rec = self.corpus[i]
+        if not isinstance(rec, dict):
+            raise TaskError(f"record {i}: expected a dict, got {type(rec).__name__}")
+
+        def field(*names):
+            text = next((rec[k] for k in names if isinstance(rec.get(k), str) and rec[k].strip()), None)
+            if text is None:
+                raise TaskError(f"record {i}: needs a non-empty {' or '.join(repr(k) for k in names)}")
+            return text
+
         if self.ocr_ratio and random.Random(f"{self.seed}:rl-task:{g}").random() < self.ocr_ratio:
-            return ocr_record(rec.get("text") or rec.get("context") or "", random.Random(f"{self.seed}:ocr:{g}"),
-                              self.ocr_chars)
-        if "question" not in rec:
-            rng = random.Random(f"{self.seed}:rl:{g}")
-            text = rec["text"]
-            if len(text) > self.window_chars:
-                start = rng.randrange(0, len(text) - self.window_chars)
-                text = text[start:start + self.window_chars]
-            rec = needle_record(text, rng)
-        return rec
+            return ocr_record(field("text", "context"), random.Random(f"{self.seed}:ocr:{g}"), self.ocr_chars)
+        if "question" in rec:  # a QA record as it is
+            field("context"), field("question"), field("answer")
+            return rec
+        rng = random.Random(f"{self.seed}:rl:{g}")
+        text = field("text")
+        if len(text) > self.window_chars:
+            start = rng.randrange(0, len(text) - self.window_chars)
+            text = text[start:start + self.window_chars]
+        return needle_record(text, rng)
 
     def __iter__(self):
+        from .loader import SKIP_LIMIT
+        from .tasks import TaskError
+
+        in_a_row = 0
         while True:
             g = self.pos * self.world + self.rank
             self.pos += 1
-            yield self.record(g)
+            try:
+                rec = self.record(g)
+            except TaskError as e:
+                self.skipped += 1
+                in_a_row += 1
+                if in_a_row == SKIP_LIMIT:
+                    raise ValueError(f"{SKIP_LIMIT} records in a row made no rl prompt (the last: {e}); rl takes "
+                                     "records with 'context', 'question' and 'answer', or a 'text'") from None
+                continue
+            in_a_row = 0
+            yield rec
 
     def state_dict(self) -> dict:
-        return {"pos": self.pos, "rank": self.rank, "world_size": self.world, "seed": self.seed}
+        return {"pos": self.pos, "skipped": self.skipped, "rank": self.rank, "world_size": self.world,
+                "seed": self.seed}
 
     def load_state_dict(self, s: dict) -> None:
         if (s.get("world_size"), s.get("seed")) != (self.world, self.seed):
             raise ValueError("data state: resume with the same seed and number of ranks")
-        self.pos = int(s["pos"])
+        self.pos, self.skipped = int(s["pos"]), int(s.get("skipped", 0))
 
 
 def ocr_record(text: str, rng: random.Random, chars: int) -> dict:

@@ -15,7 +15,7 @@ of (seed, g). Rank r of R takes g = r, r + R, r + 2R, ... (torch.distributed's r
 is initialised); its DataLoader worker w of W takes every W-th of those, and the DataLoader returns
 them round-robin, so a rank sees the same samples in the same order, batched the same way, whatever
 the number of workers. A record a task cannot use (TaskError) yields nothing, the same way everywhere,
-and is counted. state_dict() holds the number of the rank's samples consumed; resuming from it yields
+and is counted; SKIP_LIMIT such samples in a row stop the loader with the task's reason. state_dict() holds the number of the rank's samples consumed; resuming from it yields
 exactly the samples that would have come next.
 
 Layout always runs where the samples are made (the workers). render="worker": each sample's pages are
@@ -26,6 +26,7 @@ a batch in one launch, on the GPU when it has one.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from pathlib import Path
@@ -176,6 +177,12 @@ def dist_rank() -> tuple[int, int]:
     return 0, 1
 
 
+@functools.lru_cache(maxsize=4)
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The records of an epoch in order: a permutation of n seeded by (seed, epoch), made once per epoch."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 class TaskDataset(torch.utils.data.IterableDataset):
     """Samples of one task over a corpus, sharded across ranks and DataLoader workers (see the module doc)."""
 
@@ -206,7 +213,7 @@ class TaskDataset(torch.utils.data.IterableDataset):
         epoch, pos = divmod(g, n)
         if not self.shuffle:
             return pos
-        return int(np.random.default_rng([self.seed, epoch]).permutation(n)[pos])
+        return int(epoch_order(self.seed, epoch, n)[pos])
 
     def sample(self, g: int):
         """Global sample g (None when its record cannot make one)."""
@@ -217,6 +224,15 @@ class TaskDataset(torch.utils.data.IterableDataset):
         if self.render == "worker":
             attach_pixels([s], device="cpu", dtype=self.dtype, model=self.vision_model)
         return s
+
+    def why_skipped(self, j: int) -> str:
+        """The task's reason for making nothing of this rank's sample j."""
+        g = j * self.world_size + self.rank
+        try:
+            self.task(self.corpus[self.record_index(g)], g)
+        except TaskError as e:
+            return str(e)
+        return "no reason given"
 
     def local_samples(self, start: int, step: int = 1):
         """(local index, sample) for this rank's samples start, start + step, ..."""
@@ -235,6 +251,9 @@ class TaskDataset(torch.utils.data.IterableDataset):
 
 def _keep(x):
     return x
+
+
+SKIP_LIMIT = 1000  # samples in a row that make nothing: the corpus or the task's options are wrong
 
 
 class GlyphLoader:
@@ -272,12 +291,18 @@ class GlyphLoader:
             yield j, s
 
     def __iter__(self):
-        batch, skipped, pos = [], 0, self.consumed
+        batch, skipped, pos, in_a_row = [], 0, self.consumed, 0
         for j, s in self.samples():
             pos = j + 1
             if s is None:
                 skipped += 1
+                in_a_row += 1
+                if in_a_row == SKIP_LIMIT:
+                    raise ValueError(f"{SKIP_LIMIT} samples in a row made nothing (the last: "
+                                     f"{self.dataset.why_skipped(j)}); check the corpus, data.loader.text_field "
+                                     "and the task's options")
                 continue
+            in_a_row = 0
             batch.append(s)
             if len(batch) == self.batch_size:
                 self.consumed, self.skipped, skipped = pos, self.skipped + skipped, 0

@@ -44,10 +44,15 @@ class MetricsLogger:
             self.writer = SummaryWriter(str(self.dir / "tensorboard"))
 
     def truncate(self, step: int) -> None:
-        """Drops the rows after `step` (a resumed run logs them again)."""
+        """Drops the rows after `step` (a resumed run logs them again), in TensorBoard too (its purge_step)."""
         if self.enabled and self.path.exists():
             keep = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
             write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+        if self.writer is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer.close()
+            self.writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=step + 1)
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:

@@ -24,7 +24,7 @@ from ..fileio import write_atomic
 from ..models.prompt import IGNORE_INDEX
 from .checkpoint import CheckpointManager, export_hf
 from .collate import model_inputs as collated_inputs
-from .config import TrainConfig
+from .config import TrainConfig, TrainConfigError
 from .metrics import MetricsLogger
 from .tasks import TASKS
 
@@ -183,6 +183,7 @@ class Trainer:
     # -------------------------------------------------------------- state
     def resume(self, data=None) -> bool:
         """Continues from the newest checkpoint in out_dir/checkpoints, if any (and cfg.resume)."""
+        check_fresh_start(self.cfg)
         path = self.ckpt.latest() if self.cfg.resume else None
         if path is None:
             self.log.truncate(0)  # a fresh run: rows of an earlier one go
@@ -336,12 +337,24 @@ class Trainer:
 
 
 # ----------------------------------------------------------------- entry point
+def check_fresh_start(cfg: TrainConfig) -> None:
+    """resume=false beside an earlier run's checkpoints would see them outrank (and prune) the new run's own."""
+    if cfg.resume:
+        return
+    old = CheckpointManager(Path(cfg.out_dir) / "checkpoints").steps()
+    if old:
+        raise TrainConfigError(
+            f"resume=false, but {old[0].parent} holds an earlier run's checkpoints ({old[-1].name}): resume=true "
+            "continues that run; to start over, remove that directory or choose another out_dir")
+
+
 def run(cfg: TrainConfig, data=None, progress: bool = True) -> dict:
     """Runs a stage end to end: distribution, model, data, training (with resume), export."""
     from .data import loader_options
     from .model import load_for_training, shard
 
     loader_options(cfg)  # a bad data.loader key fails before the model loads
+    check_fresh_start(cfg)
     torch.manual_seed(cfg.seed)
     rank, world, device = setup_distributed(cfg)
     per_rank(cfg, world)  # before the model loads
