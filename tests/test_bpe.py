@@ -151,3 +151,14 @@ def test_pattern_tiktoken_cannot_compile(tmp_path):
     p = tmp_path / "tokenizer.json"
     p.write_text(json.dumps(j), encoding="utf-8")
     assert bpe.build(p) is None
+
+
+def test_the_pruned_and_the_full_bpe_count_alike():
+    """The first counts build a BPE pruned to the text, later ones share the full one: the same counts."""
+    from glyph_rt.render import bpe
+
+    fast = bpe.load(default_tokenizer_path())
+    texts = [sample_text()[i * 500:(i + 1) * 500] for i in range(bpe.PRUNED_COUNTS + 2)]
+    counts = [fast.count(t) for t in texts]
+    assert fast._full is not None
+    assert counts == [len(fast.encode(t)) for t in texts]
