@@ -279,6 +279,15 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _require(what: str, extra: str, modules) -> None:
+    """Before any compute: the modules a command will import, named with the extra that brings them."""
+    import importlib.util
+
+    missing = [m for m in modules if m and importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(f"{what} needs {', '.join(missing)}: pip install 'glyph_rt[{extra}]'")
+
+
 def cmd_eval(args) -> int:
     def numbers(flag, text, parse):
         try:
@@ -298,6 +307,11 @@ def cmd_eval(args) -> int:
     for flag, t in checks:
         if not t.startswith("openai:") and not Path(t).is_dir():
             raise UsageError(f"{flag} {t!r} is neither a checkpoint directory nor openai:URL[:MODEL]")
+    specs = [t for _, t in checks]
+    local = any(not t.startswith("openai:") for t in specs)  # checkpoints run on the serving engine
+    _require("eval", "eval", ["matplotlib", "rapidfuzz", "rouge" if args.suite == "longbench" else "",
+                              *(["transformers", "prometheus_client"] if local else []),
+                              "openai" if any(t.startswith("openai:") for t in specs) else ""])
     args.preset = None
     s = run_suite(args.suite, args.target, out=_check_out_dir(args.out), config=_config(args), dpis=dpis,
                   as_text=args.as_ == "text", progress=not args.quiet, max_new_tokens=args.max_new_tokens,
@@ -453,13 +467,9 @@ def cmd_train(args) -> int:
     if show:
         sys.stdout.write(cfg.to_yaml())
         return 0
-    import importlib.util
-
-    needed = ["transformers", "rapidfuzz" if cfg.stage == "rl" else "", "peft" if cfg.model.lora.r else "",
-              "tensorboard" if cfg.tensorboard else "", "matplotlib" if cfg.plot else ""]
-    missing = [m for m in needed if m and importlib.util.find_spec(m) is None]
-    if missing:
-        raise RuntimeError(f"train {cfg.stage} needs {', '.join(missing)}: pip install 'glyph_rt[train]'")
+    _require(f"train {cfg.stage}", "train", ["transformers", "rapidfuzz" if cfg.stage == "rl" else "",
+                                              "peft" if cfg.model.lora.r else "", "tensorboard" if cfg.tensorboard
+                                              else "", "matplotlib" if cfg.plot else ""])
     from .train.trainer import run
 
     r = run(cfg)

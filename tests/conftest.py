@@ -26,11 +26,15 @@ def resolve_device(name: str) -> str:
 # Resolved from the environment now and from --device in pytest_configure, which runs before the
 # test modules are imported: the Triton switch is read when the kernels are defined.
 TEST_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# GlyphModel.from_pretrained's arguments for tests that compare answers token for token: fp32 on the test device
+# (on a GPU it would load bfloat16, whose rounding flips a random tiny model's near-tied greedy choices)
+EXACT = {"device": TEST_DEVICE, "dtype": torch.float32}
 
 
 def _use(device: str) -> None:
     global TEST_DEVICE
     TEST_DEVICE = device
+    EXACT["device"] = device
     os.environ["GLYPH_RT_TEST_DEVICE"] = device  # for subprocesses the tests start
     if device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"

@@ -20,6 +20,11 @@ def packed(lens_q, lens_k, hq, hkv, d, dtype=torch.float32, device="cpu", seed=0
     return q, k, v, cu_q, cu_k
 
 
+def on_device(inputs: dict) -> dict:
+    """A tiny model's inputs where the Triton kernel runs (the interpreter takes CPU tensors, a GPU its own)."""
+    return {k: v.to(TRITON_DEVICE) for k, v in inputs.items()}
+
+
 def run(backend, q, k, v, cu_q, cu_k, causal, do):
     q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
     o = attention(q, k, v, cu_q, cu_k, causal=causal, backend=backend)
@@ -93,9 +98,9 @@ def test_defaults_and_errors():
 
 def test_glm4v_runs_on_glyph_attention_in_both_towers():
     name = register_transformers("glyph", backend="glyph")  # the Triton kernel, even on the CPU
-    sdpa, ours = tiny_glm4v("sdpa"), tiny_glm4v(name)
+    sdpa, ours = tiny_glm4v("sdpa").to(TRITON_DEVICE), tiny_glm4v(name).to(TRITON_DEVICE)
     ours.load_state_dict(sdpa.state_dict())
-    kwargs = glm4v_inputs()
+    kwargs = on_device(glm4v_inputs())
     mask = kwargs["attention_mask"]
     counts = {"varlen": 0, "decode": 0}
     import glyph_rt.kernels.attention_decode as kd
@@ -127,11 +132,11 @@ def test_glm4v_runs_on_glyph_attention_in_both_towers():
 
 def test_qwen2_5_vl_runs_on_glyph_attention_in_both_towers():
     name = register_transformers("glyph", backend="glyph")
-    sdpa, ours = tiny_qwen2_5_vl("sdpa"), tiny_qwen2_5_vl(name)
+    sdpa, ours = tiny_qwen2_5_vl("sdpa").to(TRITON_DEVICE), tiny_qwen2_5_vl(name).to(TRITON_DEVICE)
     ours.load_state_dict(sdpa.state_dict())
     ids = torch.tensor([[5, 6, 997] + [999] * 6 + [996, 7, 8]])  # one 4x6 page: window and full attention
-    kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.randn(24, 1176),
-              image_grid_thw=torch.tensor([[1, 4, 6]]), mm_token_type_ids=(ids == 999).long())
+    kw = on_device(dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.randn(24, 1176),
+                        image_grid_thw=torch.tensor([[1, 4, 6]]), mm_token_type_ids=(ids == 999).long()))
     with torch.no_grad():
         torch.testing.assert_close(ours(**kw).logits, sdpa(**kw).logits, rtol=1e-4, atol=1e-4)
 
@@ -165,6 +170,28 @@ def test_chunked_causal_prefill_on_sdpa_runs_flash_not_a_dense_mask():
         got = run("sdpa", q, k, v, cu_q, cu_k, True, do)
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2, msg=name)
+
+
+@pytest.mark.gpu
+def test_a_padded_gqa_batch_on_sdpa_runs_a_fused_kernel_not_the_math_one():
+    """A left-padded prefill chunk with GQA (GLM-4's 32 query heads for 2 KV heads) through transformers'
+    interface on SDPA: one masked call on the memory-efficient kernel (K and V repeated to the query heads), not
+    the math kernel's [B, H, S, S_k] scores."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from glyph_rt.ops.attention import glyph_attention_forward
+
+    B, hq, hkv, d, S = 3, 32, 2, 128, 200
+    g = torch.Generator().manual_seed(3)
+    query = torch.randn(B, hq, S, d, generator=g).to("cuda", torch.bfloat16)
+    key, value = (torch.randn(B, hkv, S, d, generator=g).to("cuda", torch.bfloat16) for _ in range(2))
+    mask = torch.ones(B, S, dtype=torch.long, device="cuda")
+    mask[1, :37], mask[2, :150] = 0, 0
+    with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):  # fails here if SDPA had to fall back to another kernel
+        got, _ = glyph_attention_forward(torch.nn.Module(), query, key, value, mask, backend="sdpa")
+    want, _ = glyph_attention_forward(torch.nn.Module(), query.float(), key.float(), value.float(), mask,
+                                      backend="reference")
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
 
 
 def test_strided_inputs():
@@ -245,9 +272,9 @@ def test_transformers_decoding_reads_the_cache_in_place():
 
 def test_generation_on_glyph_attention_matches_sdpa():
     name = register_transformers("glyph", backend="glyph")
-    sdpa, ours = tiny_glm4v("sdpa"), tiny_glm4v(name)
+    sdpa, ours = tiny_glm4v("sdpa").to(TRITON_DEVICE), tiny_glm4v(name).to(TRITON_DEVICE)
     ours.load_state_dict(sdpa.state_dict())
-    kwargs = glm4v_inputs()  # a left-padded batch
+    kwargs = on_device(glm4v_inputs())  # a left-padded batch
     with torch.no_grad():
         want = sdpa.generate(**kwargs, max_new_tokens=5, do_sample=False, output_logits=True,
                              return_dict_in_generate=True)

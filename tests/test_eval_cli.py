@@ -103,3 +103,14 @@ def test_eval_bad_target_and_data(tmp_path, capsys):
     assert main(["eval", "--suite", "mrcr", "--target", "openai:http://127.0.0.1:9/v1:m", "--data",
                  str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "m")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_eval_without_its_extra_names_it_before_any_compute(ckpt, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "prometheus_client"
+                        else real(name, *a))
+    assert main(args(ckpt, tmp_path)) != 0
+    assert "eval needs prometheus_client: pip install 'glyph_rt[eval]'" in capsys.readouterr().err
+    assert not (tmp_path / "items.jsonl").exists()

@@ -16,6 +16,8 @@ from glyph_rt import RenderConfig
 from glyph_rt.models import GlyphModel
 from glyph_rt.render.textio import sample_text
 
+from conftest import EXACT  # fp32 on the test device: answers compared token for token
+
 CFG = RenderConfig(page_size=(120, 90))
 CONTEXTS = [sample_text()[:500], sample_text()[2000:2200]]
 QUESTIONS = ["What does the license allow?", "Who may copy it?"]
@@ -28,8 +30,8 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(checkpoint):
-    return (GlyphModel.from_pretrained(checkpoint, render_config=CFG),
-            GlyphModel.from_pretrained(checkpoint, render_config=CFG, kernels="off"))
+    return (GlyphModel.from_pretrained(checkpoint, render_config=CFG, **EXACT),
+            GlyphModel.from_pretrained(checkpoint, render_config=CFG, kernels="off", **EXACT))
 
 
 def hf_inputs(model: GlyphModel):
@@ -105,7 +107,8 @@ def test_clear_errors(checkpoint, tmp_path):
 
 
 def test_a_context_over_the_window_says_by_how_much(tmp_path):
-    small = GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path / "small", max_positions=96), render_config=CFG)
+    small = GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path / "small", max_positions=96), render_config=CFG,
+                                       **EXACT)
     with pytest.raises(ValueError, match=r"over the model's 96 by \d+; render denser pages"):
         small.generate(sample_text()[:3000], "What is this?", max_new_tokens=4)
 
@@ -157,8 +160,8 @@ def test_qwen2_5_vl_checkpoint(tmp_path):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     path = tiny_qwen2_5_vl_checkpoint(tmp_path / "qwen")
-    on = GlyphModel.from_pretrained(path, render_config=CFG)
-    off = GlyphModel.from_pretrained(path, render_config=CFG, kernels="off")
+    on = GlyphModel.from_pretrained(path, render_config=CFG, **EXACT)
+    off = GlyphModel.from_pretrained(path, render_config=CFG, kernels="off", **EXACT)
     assert on.model_type == "qwen2_5_vl" and on.image_token == "<|image_pad|>"
     inputs, rendered, _ = on.build_inputs(CONTEXTS[:1], QUESTIONS[:1])
     pages = glyph_rt.render(CONTEXTS[0], CFG)

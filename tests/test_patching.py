@@ -6,7 +6,17 @@ from glyph_rt.models.tiny import glm4v_inputs, tiny_glm4v, tiny_qwen2_5_vl
 from glyph_rt.models import apply_glyph_kernels
 from glyph_rt.models.patching import GlyphPatchEmbed, GlyphVisionAttention
 
+from conftest import TEST_DEVICE as TRITON_DEVICE  # cuda on a GPU unless --device cpu
+
 KERNELS = dict(patch_embed_backend="triton", attention_backend="glyph")  # the Triton kernels, even on the CPU
+
+
+def glm4v(attn: str):
+    return tiny_glm4v(attn).to(TRITON_DEVICE)
+
+
+def inputs_of(kw: dict) -> dict:
+    return {k: v.to(TRITON_DEVICE) for k, v in kw.items()}
 
 
 def classes(model):
@@ -14,9 +24,9 @@ def classes(model):
 
 
 def test_patched_glm4v_gives_the_same_logits_and_tokens_and_undoes():
-    ref, model = tiny_glm4v("sdpa"), tiny_glm4v("sdpa")
+    ref, model = glm4v("sdpa"), glm4v("sdpa")
     model.load_state_dict(ref.state_dict())
-    inputs = glm4v_inputs()
+    inputs = inputs_of(glm4v_inputs())
     valid = inputs["attention_mask"].bool()
     with torch.no_grad():
         want = ref(**inputs).logits
@@ -37,14 +47,14 @@ def test_patched_glm4v_gives_the_same_logits_and_tokens_and_undoes():
 
 
 def test_patching_before_the_model_is_built():
-    before = tiny_glm4v("sdpa")
+    before = glm4v("sdpa")
     patch = apply_glyph_kernels(model_type="glm4v", **KERNELS)
     try:
-        after = tiny_glm4v("glyph")
+        after = glm4v("glyph")
         assert any(isinstance(m, GlyphPatchEmbed) for m in after.modules())
         assert not any(isinstance(m, GlyphPatchEmbed) for m in before.modules())  # built earlier: untouched
         after.load_state_dict(before.state_dict())  # same parameter names
-        inputs = glm4v_inputs()
+        inputs = inputs_of(glm4v_inputs())
         valid = inputs["attention_mask"].bool()
         with torch.no_grad():
             torch.testing.assert_close(after(**inputs).logits[valid], before(**inputs).logits[valid],
@@ -55,11 +65,11 @@ def test_patching_before_the_model_is_built():
 
 
 def test_patched_qwen2_5_vl_window_and_full_attention():
-    ref, model = tiny_qwen2_5_vl("sdpa"), tiny_qwen2_5_vl("sdpa")
+    ref, model = tiny_qwen2_5_vl("sdpa").to(TRITON_DEVICE), tiny_qwen2_5_vl("sdpa").to(TRITON_DEVICE)
     model.load_state_dict(ref.state_dict())
     ids = torch.tensor([[5, 6, 997] + [999] * 6 + [996, 7, 8]])
-    kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.randn(24, 1176),
-              image_grid_thw=torch.tensor([[1, 4, 6]]), mm_token_type_ids=(ids == 999).long())
+    kw = inputs_of(dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.randn(24, 1176),
+                        image_grid_thw=torch.tensor([[1, 4, 6]]), mm_token_type_ids=(ids == 999).long()))
     patch = apply_glyph_kernels(model, **KERNELS)
     with torch.no_grad():
         torch.testing.assert_close(model(**kw).logits, ref(**kw).logits, rtol=1e-4, atol=1e-4)

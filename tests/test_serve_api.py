@@ -20,6 +20,8 @@ from glyph_rt.serve.engine_process import EngineProcess
 from glyph_rt.serve.inputs import InputOptions
 from glyph_rt.serve.service import ChatService, ServeConfig
 
+from conftest import EXACT  # fp32 on the test device: answers compared token for token
+
 CFG = RenderConfig(page_size=(120, 90))
 TEXT = sample_text()
 KEY = "test-key"
@@ -32,7 +34,7 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gm(ckpt):
-    return GlyphModel.from_pretrained(ckpt, render_config=CFG)
+    return GlyphModel.from_pretrained(ckpt, render_config=CFG, **EXACT)
 
 
 def service(gm, **engine_kw):

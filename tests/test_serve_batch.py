@@ -16,6 +16,8 @@ from glyph_rt.serve.engine import Engine
 from glyph_rt.serve.inputs import InputOptions
 from glyph_rt.serve.service import ChatService
 
+from conftest import EXACT  # fp32 on the test device: answers compared token for token
+
 CFG = RenderConfig(page_size=(120, 90))
 TEXT = sample_text()
 
@@ -43,7 +45,7 @@ def results(path):
 
 
 def test_batch_runs_skips_done_ids_and_reports_bad_lines(checkpoint, tmp_path):
-    gm = GlyphModel.from_pretrained(checkpoint, render_config=CFG)
+    gm = GlyphModel.from_pretrained(checkpoint, render_config=CFG, **EXACT)
     svc = ChatService(Engine(gm, max_batch=4).start(), InputOptions(CFG, "tiny"), 8)
     try:
         inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
@@ -84,7 +86,7 @@ def test_batch_resumes_after_a_kill(checkpoint, tmp_path):
     assert 2 <= written < n
     with open(out, "ab") as f:
         f.write(b'{"id": "batch_req_cut", "custom_id": "req-')  # as if the kill had cut a write short
-    svc = ChatService(Engine(GlyphModel.from_pretrained(checkpoint, render_config=CFG)).start(),
+    svc = ChatService(Engine(GlyphModel.from_pretrained(checkpoint, render_config=CFG, **EXACT)).start(),
                       InputOptions(CFG, "tiny"), 8)
     try:
         assert run_batch(svc, inp, out, progress=False) == {"total": n, "skipped": written, "ok": n - written,

@@ -12,6 +12,8 @@ from glyph_rt.render.textio import sample_text
 from glyph_rt.serve.engine import Engine, QueueFull, SamplingParams
 from glyph_rt.serve.inputs import InputOptions, RequestError, build_prompt
 
+from conftest import EXACT  # fp32 on the test device: answers compared token for token
+
 CFG = RenderConfig(page_size=(120, 90))
 TEXT = sample_text()
 CONTEXTS = [TEXT[:500], TEXT[2000:2200], TEXT[3000:3900], TEXT[5000:5300]]
@@ -21,7 +23,8 @@ GREEDY = dict(temperature=0)
 
 @pytest.fixture(scope="module")
 def gm(tmp_path_factory):
-    return GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v")), render_config=CFG)
+    return GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v")), render_config=CFG,
+                                      **EXACT)
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +205,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(gm, engine):
 def test_qwen2_5_vl_greedy_equals_generate_and_cache(tmp_path):
     from glyph_rt.models.tiny import tiny_qwen2_5_vl_checkpoint
 
-    qm = GlyphModel.from_pretrained(tiny_qwen2_5_vl_checkpoint(tmp_path / "qwen"), render_config=CFG)
+    qm = GlyphModel.from_pretrained(tiny_qwen2_5_vl_checkpoint(tmp_path / "qwen"), render_config=CFG, **EXACT)
     e = Engine(qm, prefill_chunk=64).start()
     try:
         for c, q in zip(CONTEXTS[:2], QUESTIONS[:2]):

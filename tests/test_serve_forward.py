@@ -13,13 +13,16 @@ from glyph_rt.serve.forward import ForwardingBackend
 from glyph_rt.serve.inputs import InputOptions
 from glyph_rt.serve.service import ChatService
 
+from conftest import EXACT  # fp32 on the test device: answers compared token for token
+
 CFG = RenderConfig(page_size=(120, 90))
 TEXT = sample_text()
 
 
 @pytest.fixture(scope="module")
 def gm(tmp_path_factory):
-    return GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v")), render_config=CFG)
+    return GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v")), render_config=CFG,
+                                      **EXACT)
 
 
 def test_forwarded_pages_give_the_same_answer(gm):

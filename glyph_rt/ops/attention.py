@@ -359,7 +359,7 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
                         causal=causal, softmax_scale=scaling, backend=backend)
         return out.reshape(B, S, H, D), None
     if attention_mask is not None and not bool(attention_mask.all()):  # padding: unpad, attend, pad back
-        small = B * S * Sk <= PADDED_SDPA_MAX
+        small = B * S * Sk <= PADDED_SDPA_MAX and (key.shape[1] == H or B * H * Sk * D <= PADDED_GQA_MAX)
         if small and resolve_backend(backend, query, "prefill" if causal else "vision") == "sdpa":
             return _sdpa_padded(query, key, value, attention_mask, causal, scaling), None  # one call, not one per row
         mask_k = attention_mask.bool()
@@ -382,6 +382,9 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
 # padded batches up to this many (row, query, key) triples run as one masked SDPA call (a decode step, a chunk of
 # prefill); longer ones are unpadded, so that no [B, S, S_k] mask is built and SDPA keeps its fused kernels
 PADDED_SDPA_MAX = 1 << 24
+# with GQA on a GPU such a call repeats K and V to the query heads (up to this many elements each): SDPA's fused
+# kernel that takes a mask (memory-efficient) has no GQA, and its math kernel would build [B, H, S, S_k] scores
+PADDED_GQA_MAX = 1 << 26
 
 
 _last_allowed: list = [lambda: None, None, None]  # (weak reference to the last 2D mask, its causal flag, SDPA's mask)
@@ -401,8 +404,11 @@ def _sdpa_padded(query, key, value, mask, causal: bool, scale) -> torch.Tensor:
             allowed = allowed & torch.ones(S, Sk, dtype=torch.bool, device=query.device).tril(Sk - S)
         allowed = (allowed | ~mask_q[:, :, None])[:, None]  # a padded query attends anywhere; its output is dropped
         _last_allowed[:] = [weakref.ref(mask), causal, allowed]
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, scale=scale,
-                                         enable_gqa=query.shape[1] != key.shape[1])
+    gqa = query.shape[1] != key.shape[1]
+    if gqa and query.is_cuda:
+        key, value = (x.repeat_interleave(query.shape[1] // key.shape[1], dim=1) for x in (key, value))
+        gqa = False
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, scale=scale, enable_gqa=gqa)
     return out.transpose(1, 2).masked_fill(~mask_q[:, :, None, None], 0)
 
 
