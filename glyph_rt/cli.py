@@ -206,7 +206,8 @@ def human_summary(s: dict, out: Path | None = None) -> str:
     sizes = sorted({tuple(x) for x in s["page_sizes"]})
     size_txt = ", ".join(f"{w}x{h}" for w, h in sizes[:3]) + (" ..." if len(sizes) > 3 else "")
     parts = ", ".join(f"{label} {sec[k]:.3f}" for k, label in TIME_PARTS if k in sec)
-    lines.append(f"{s['input']}: {s['characters']:,} characters -> {s['pages']} pages ({size_txt} px) "
+    lines.append(f"{s['input']}: {s['characters']:,} characters -> {s['pages']} page{'s' * (s['pages'] != 1)} "
+                 f"({size_txt} px) "
                  f"in {sec.get('total', sec['layout'] + sec['raster']):.3f} s ({parts})"
                  + (f"; {sec['cpu']:.3f} s of CPU" if "cpu" in sec else ""))
     if s["text_tokens"] is not None:
@@ -228,7 +229,8 @@ def human_summary(s: dict, out: Path | None = None) -> str:
     if s.get("truncated"):
         lines.append(f"stopped at --max-pages {s['pages']}: the rest of the text was not rendered")
     if out is not None:
-        lines.append(f"wrote {out}/page_001.png .. page_{s['pages']:03d}.png and {out}/summary.json")
+        pngs = f"{out}/page_001.png" + (f" .. page_{s['pages']:03d}.png" if s["pages"] > 1 else "")
+        lines.append(f"wrote {pngs} and {out}/summary.json")
     return "\n".join(lines)
 
 
@@ -323,8 +325,10 @@ def cmd_eval(args) -> int:
                   truncate=args.truncate, row_configs=args.row_configs, longbench_e=args.longbench_e)
     for r in s["runs"]:
         dpi = f" @ {r['dpi']:g} dpi" if r["dpi"] is not None else ""
-        _print(f"{r['target']} ({r['mode']}{dpi}): accuracy {r['accuracy']:.2f} on {r['items']} items, "
-               f"compression {r['compression']:.2f}x overall" + (f", {r['errors']} errors" if r["errors"] else ""))
+        parts = [f"accuracy {r['accuracy']:.2f} on {r['items']} items"]
+        parts += [] if r["mode"] == "text" else [f"compression {r['compression']:.2f}x overall"]  # text: no pages
+        parts += [f"{r['errors']} errors"] if r["errors"] else []
+        _print(f"{r['target']} ({r['mode']}{dpi}): " + ", ".join(parts))
     _print(f"wrote {args.out}/results.jsonl, summary.md, accuracy_vs_length.png, accuracy_vs_compression.png")
     return 0
 

@@ -27,7 +27,7 @@ def test_render_stdin_and_glyph_config(tmp_path):
     r = subprocess.run([sys.executable, "-m", "glyph_rt.cli", "render", "-", "--config", str(cfg), "--out",
                         str(tmp_path / "o")], input="hello world\n" * 50, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "1 pages" in r.stdout and "visual tokens" in r.stdout
+    assert "-> 1 page (" in r.stdout and "visual tokens" in r.stdout
     assert (tmp_path / "o" / "page_001.png").is_file()
 
 

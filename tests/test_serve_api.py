@@ -144,7 +144,17 @@ def test_bad_requests_get_the_right_status_and_the_server_stays_up(server, clien
         (json.dumps(ok).encode(), {"Authorization": "Bearer nope"}, 401, "API key"),
         (json.dumps({**ok, "messages": [{"role": "user", "content": "x" * (2 << 20)}]}).encode(), auth, 413,
          "--max-body-mb"),
+        (json.dumps({**ok, "seed": 2**70}).encode(), auth, 400, "seed"),
     ]
+    bad_parts = [  # parts of the wrong shape (a string image_url is a common client mistake)
+        ({"type": "image_url", "image_url": "data:image/png;base64,AAAA"}, "image_url: must be an object"),
+        ({"type": "glyph", "glyph": ["x"]}, ".glyph: must be an object"),
+        ({"type": "glyph", "glyph": {"text": ["x"]}}, ".glyph.text: must be a string"),
+        ({"type": "text", "text": {"a": 1}}, ".text: must be a string"),
+        ("just a string", "Input should be"),  # the protocol's own check
+    ]
+    cases += [(json.dumps({**ok, "messages": [{"role": "user", "content": [part]}]}).encode(), auth, 400, words)
+              for part, words in bad_parts]
     for body, headers, status, words in cases:
         r = httpx.post(url, content=body, headers={**headers, "Content-Type": "application/json"}, timeout=60)
         assert r.status_code == status, r.text

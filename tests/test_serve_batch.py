@@ -63,6 +63,20 @@ def test_batch_runs_skips_done_ids_and_reports_bad_lines(checkpoint, tmp_path):
         (tmp_path / "dup.jsonl").write_text(inp.read_text().splitlines()[0] + "\n" + inp.read_text().splitlines()[0])
         with pytest.raises(BatchFileError, match="appears twice"):
             run_batch(svc, tmp_path / "dup.jsonl", tmp_path / "o2.jsonl", progress=False)
+        # a line whose preparation fails in a way nothing checked for is answered with a 500, and the file goes on
+        prepare = svc.prepare
+
+        def failing(req):
+            if "Question 1?" in json.dumps(req.model_dump()):
+                raise AttributeError("simulated")
+            return prepare(req)
+
+        svc.prepare = failing
+        assert run_batch(svc, inp, tmp_path / "o3.jsonl", progress=False) == {"total": 10, "skipped": 0, "ok": 8,
+                                                                             "failed": 2}
+        rows = {r["custom_id"]: r for r in results(tmp_path / "o3.jsonl")}
+        assert rows["req-1"]["response"]["status_code"] == 500 and "AttributeError: simulated" in \
+            rows["req-1"]["response"]["body"]["error"]["message"]
     finally:
         svc.shutdown()
 

@@ -440,3 +440,87 @@ def test_requests_wait_for_room_in_the_kv_budget(gm):
             assert out[i] == gm.generate(CONTEXTS[i], QUESTIONS[i], max_new_tokens=4)[0].token_ids
     finally:
         e.shutdown()
+
+
+def test_a_stop_string_split_inside_a_character_is_never_streamed(gm):
+    """The streamed deltas hold back what a stop string may start with, counted without a character still half
+    decoded: '停止' whose last character comes in two tokens streams nothing of it."""
+    from glyph_rt.serve.engine import Request
+    from glyph_rt.serve.inputs import Prompt
+
+    e = Engine(gm)
+    ids = gm.tokenizer.encode("中文中文停止后面", add_special_tokens=False)
+    for stop in (["停止"], []):
+        events = []
+        r = Request(Prompt([1, 2, 3], [], 0, None), SamplingParams(max_tokens=100, stop=stop), events.append)
+        r.length = 3
+        for t in ids:
+            if not r.finished:
+                e._accept(r, t)
+        if not r.finished:
+            e._finish(r, "length")
+        streamed = "".join(ev["text"] for ev in events if ev["type"] == "delta")
+        assert streamed == r.text == ("中文中文" if stop else "中文中文停止后面"), (stop, streamed)
+
+
+def test_a_failed_step_fails_its_requests_and_the_engine_goes_on(gm, monkeypatch, caplog):
+    """An exception no request's guard catches (here: the document cache failing on a page's embeddings) fails the
+    requests in flight with a 500, and the engine serves the next request; /health follows the engine's thread."""
+    from glyph_rt.serve.service import ChatService
+
+    e = Engine(gm, cache_bytes=1 << 20).start()
+    try:
+        assert ChatService(e, InputOptions(CFG, "tiny")).healthy
+        put = e.cache.put
+
+        def failing_put(key, entry):
+            if key.startswith("doc:"):
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return put(key, entry)
+
+        monkeypatch.setattr(e.cache, "put", failing_put)
+        params = SamplingParams(max_tokens=4, **GREEDY)
+        with pytest.raises(RequestError, match="the engine failed: RuntimeError: CUDA out of memory") as err:
+            e.complete(prompt(gm, e, CONTEXTS[3], QUESTIONS[3], cache=False), params)
+        assert err.value.status == 500 and e.alive and not e.running and e._batch is None
+        monkeypatch.setattr(e.cache, "put", put)
+        assert len(e.complete(prompt(gm, e, CONTEXTS[3], QUESTIONS[3], cache=False), params).token_ids) == 4
+        assert any("an engine step failed" in r.getMessage() for r in caplog.records)
+    finally:
+        e.shutdown()
+    assert not e.alive and not ChatService(e, InputOptions(CFG, "tiny")).healthy
+
+
+def test_sampling_limits_tiny_temperatures_and_seeds(gm, engine):
+    p = prompt(gm, engine, CONTEXTS[0], QUESTIONS[0])
+    greedy = engine.complete(p, SamplingParams(max_tokens=6, **GREEDY))
+    assert engine.complete(p, SamplingParams(max_tokens=6, temperature=1e-40)).token_ids == greedy.token_ids
+    for seed in (2**64, -2**63 - 1, 1.5):
+        with pytest.raises(RequestError, match=r"^seed: .* must be an integer in \[-2\^63, 2\^64\)"):
+            engine.submit(p, SamplingParams(seed=seed), lambda ev: None)
+    assert len(engine.complete(p, SamplingParams(max_tokens=2, temperature=1.0, seed=2**64 - 1)).token_ids) == 2
+    assert engine._batch is None and not engine.running  # the batch's KV went with its last request
+
+
+def test_a_corrupt_image_is_a_bad_request_whatever_pil_raises():
+    """PIL raises SyntaxError, struct.error, ... as well as OSError on a damaged file: each is a 400 naming it."""
+    import io
+    import random
+
+    from PIL import Image
+
+    from glyph_rt.serve.inputs import _decode_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(buf, "PNG")
+    rng = random.Random(0)
+    for _ in range(300):
+        b = bytearray(buf.getvalue())
+        for _ in range(rng.randint(1, 4)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            b = b[:rng.randrange(len(b))]
+        try:
+            _decode_image(bytes(b), "messages[0].content[0].image_url.url")
+        except RequestError as e:
+            assert "not a readable image" in str(e) or "too large" in str(e)

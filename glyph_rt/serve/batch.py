@@ -9,6 +9,7 @@ Lines are appended one write each, as requests finish. A rerun skips the custom_
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import uuid
@@ -19,6 +20,8 @@ from .engine import QueueFull
 from .inputs import RequestError
 from .protocol import completion_id, error, response
 from .service import ChatService
+
+log = logging.getLogger("glyph_rt.serve")
 
 URL = "/v1/chat/completions"
 
@@ -85,7 +88,9 @@ def run_batch(service: ChatService, input_path, output_path, progress: bool = Tr
     in_flight = 0
 
     def write(line: bytes, ok: bool) -> None:
-        os.write(fd, line)  # one write per line: a kill leaves whole lines (or a cut last one, removed on resume)
+        n = os.write(fd, line)  # one write per line: a kill leaves whole lines (or a cut last one, removed on resume)
+        if n != len(line):  # a full disk: the line is cut, so stop here (a rerun removes it and goes on)
+            raise OSError(f"wrote {n} of {len(line)} bytes of a result line (disk full?); rerun to resume")
         counts["ok" if ok else "failed"] += 1
         bar.update(1)
 
@@ -110,6 +115,11 @@ def run_batch(service: ChatService, input_path, output_path, progress: bool = Tr
                 prompt, params = service.prepare(req)
             except RequestError as e:
                 write(_line(cid, e.status, error(str(e), e.status, e.param, e.code)), False)
+                continue
+            except Exception as e:  # noqa: BLE001 - a line nothing checked for: answered, and the file goes on
+                log.exception("request %s could not be prepared", cid)
+                msg = f"the server could not prepare this request: {type(e).__name__}: {e}"
+                write(_line(cid, 500, error(msg, 500)), False)
                 continue
             while in_flight >= limit:
                 collect(block=True)

@@ -73,6 +73,9 @@ class SamplingParams:
             bad("temperature", "must be between 0 and 2")
         if not 0 < self.top_p <= 1:
             bad("top_p", "must be in (0, 1]")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not -2**63 <= self.seed < 2**64):
+            bad("seed", "must be an integer in [-2^63, 2^64)")
         if not 0 < self.repetition_penalty <= 2:
             bad("repetition_penalty", "must be in (0, 2]")
         if isinstance(self.stop, str):
@@ -162,6 +165,9 @@ def _groups(pieces: list[Piece]) -> list[list[Piece]]:
     return groups
 
 
+GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (as vLLM's): logits / 1e-40 overflow to NaN
+
+
 def next_tokens(rows: list[Request], logits: torch.Tensor) -> list[int]:
     """Each row's next token from its logits [rows, vocab] (float32), on the logits' device with one host sync
     for the whole batch: repetition penalty, then greedy, or temperature and top-p sampled by the exponential
@@ -173,7 +179,7 @@ def next_tokens(rows: list[Request], logits: torch.Tensor) -> list[int]:
             s = logits[b, r.seen]
             logits[b, r.seen] = torch.where(s < 0, s * pen, s / pen)
     tokens = logits.argmax(-1)
-    hot = [b for b, r in enumerate(rows) if r.params.temperature > 0]
+    hot = [b for b, r in enumerate(rows) if r.params.temperature >= GREEDY_BELOW]
     if hot:
         dev = logits.device
         idx = torch.tensor(hot, device=dev)
@@ -311,25 +317,14 @@ class Engine:
                 if self._stopping:
                     break
             t0 = time.perf_counter()
-            self._reap()
-            budget = self.prefill_chunk or math.inf  # prompt tokens this step: short prompts share it
-            while budget > 0:
-                pieces: list[Piece] = []
-                pages: list[tuple] = []
-                budget -= self._collect(budget, pieces, pages)
-                if not pieces and not pages:
-                    break
-                self._run_vision(pages)
-                self._run_pieces(pieces)
-            if self.running:
-                try:
-                    self._decode_step()
-                except Exception as e:  # noqa: BLE001
-                    log.exception("decode step failed")
-                    for r in list(self.running):
-                        self._fail(r, RequestError(f"the engine failed while decoding: {type(e).__name__}: {e}",
-                                                   None, 500, "engine_error"))
-                    self._batch, self._batch_rows = None, []
+            try:
+                self._step()
+            except Exception as e:  # noqa: BLE001 - what no request's guard caught: those in flight fail, not the loop
+                log.exception("an engine step failed")
+                err = RequestError(f"the engine failed: {type(e).__name__}: {e}", None, 500, "engine_error")
+                for r in list(self.running) + list(self._prefilling):
+                    self._fail(r, err)
+                self._batch, self._batch_rows = None, []
             self._stepped()
             busy = time.perf_counter() - t0
             self.steps["busy_s"] += busy
@@ -337,6 +332,25 @@ class Engine:
         for r in list(self.waiting) + list(self.running) + list(self._prefilling):
             self._fail(r, RequestError("the server is shutting down", None, 503))
         self._stepped()
+
+    def _step(self) -> None:
+        self._reap()
+        budget = self.prefill_chunk or math.inf  # prompt tokens this step: short prompts share it
+        while budget > 0:
+            pieces: list[Piece] = []
+            pages: list[tuple] = []
+            budget -= self._collect(budget, pieces, pages)
+            if not pieces and not pages:
+                break
+            self._run_vision(pages)
+            self._run_pieces(pieces)
+        if self.running:
+            self._decode_step()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine's thread runs (started and not shut down)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _stepped(self) -> None:
         if self.on_step is not None:
@@ -629,7 +643,7 @@ class Engine:
         if r.params.repetition_penalty != 1.0:
             V = logits.shape[-1]
             r.seen = torch.tensor(sorted(t for t in set(p.input_ids) if 0 <= t < V), device=logits.device)
-        if r.params.temperature > 0:
+        if r.params.temperature >= GREEDY_BELOW:
             seed = r.params.seed if r.params.seed is not None else int.from_bytes(uuid.uuid4().bytes[:6], "little")
             r.generator = torch.Generator(logits.device).manual_seed(seed)
         self.running.append(r)
@@ -731,10 +745,8 @@ class Engine:
         if len(r.output_ids) >= r.params.max_tokens or r.length + 1 >= (self.max_positions or math.inf):
             self._finish(r, "length")
             return
-        hold = max((len(s) for s in stops), default=1) - 1
-        end = len(text) - hold
-        if text.endswith("\ufffd"):
-            end = min(end, len(text) - 1)
+        hold = max((len(s) for s in stops), default=1) - 1  # a stop may start in the last hold characters
+        end = len(text) - text.endswith("\ufffd") - hold  # a character half decoded is not one of them
         if end > r.sent:
             self._emit(r, {"type": "delta", "text": text[r.sent:end], "request": r})
             r.sent = end
@@ -754,6 +766,8 @@ class Engine:
         if r in self.running:
             self.running.remove(r)
             self.metrics.running.set(len(self.running))
+            if not self.running:  # the batch's KV goes with its last row, not at the next decode step
+                self._batch, self._batch_rows = None, []
         r.kv = None
 
     def _finish(self, r: Request, reason: str) -> None:

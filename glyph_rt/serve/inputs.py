@@ -169,9 +169,20 @@ def _decode_image(raw: bytes, param: str) -> torch.Tensor:
             if im.width * im.height > 40_000_000:
                 raise RequestError(f"{param}: the image is {im.width}x{im.height} pixels, too large", param, 413)
             arr = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+    except RequestError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL also raises SyntaxError, struct.error, ... on a corrupt file
         raise RequestError(f"{param}: not a readable image ({type(e).__name__})", param) from None
     return arr
+
+
+def _field(obj, key: str, param: str, kind: type = str):
+    """obj[key] (None when absent) when it is a `kind`, else a RequestError naming it."""
+    v = obj.get(key)
+    if v is not None and not isinstance(v, kind):
+        raise RequestError(f"{param}: must be {'a string' if kind is str else 'an object'}, got "
+                           f"{type(v).__name__}", param)
+    return v
 
 
 def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides: dict | None = None,
@@ -219,6 +230,8 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
         p = f"messages[{i}].content"
         if content is None:
             content = ""
+        if not isinstance(content, (str, list)):
+            raise RequestError(f"{p}: must be a string or a list of parts, got {type(content).__name__}", p)
         if isinstance(content, str):
             if role == "user" and len(content) > opts.threshold:
                 tmpl.append({"role": role, "content": [add_doc(content, base, p)]})
@@ -229,20 +242,23 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
         parts = []
         for j, part in enumerate(content):
             pp = f"{p}[{j}]"
+            if not isinstance(part, dict):
+                raise RequestError(f"{pp}: must be an object with a type, got {type(part).__name__}", pp)
             kind = part.get("type")
             if kind == "text":
-                text = part.get("text") or ""
+                text = _field(part, "text", f"{pp}.text") or ""
                 if role == "user" and len(text) > opts.threshold:
                     parts.append(add_doc(text, base, pp))
                 else:
                     gm.prompts.check_text(text, pp)
                     parts.append({"type": "text", "text": text})
             elif kind == "glyph":
-                g = part.get("glyph") or {}
+                g = _field(part, "glyph", f"{pp}.glyph", dict) or {}
                 cfg = render_config_for(base, g.get("render_config"), f"{pp}.glyph.render_config")
-                parts.append(add_doc(g.get("text") or "", cfg, f"{pp}.glyph.text"))
+                parts.append(add_doc(_field(g, "text", f"{pp}.glyph.text") or "", cfg, f"{pp}.glyph.text"))
             elif kind == "image_url":
-                url = (part.get("image_url") or {}).get("url") or ""
+                url = _field(_field(part, "image_url", f"{pp}.image_url", dict) or {}, "url", f"{pp}.image_url.url")
+                url = url or ""
                 parts.append(add_image(url, f"{pp}.image_url.url"))
             else:
                 raise RequestError(f"{pp}.type: {kind!r} is not supported; use text, glyph or image_url", pp)

@@ -81,8 +81,6 @@ class LoopMailbox:
 
 
 class ChatService:
-    healthy = True
-
     def __init__(self, engine: Engine, options: InputOptions, default_max_tokens: int = 256,
                  model_name: str | None = None):
         self.engine, self.options = engine, options
@@ -91,6 +89,10 @@ class ChatService:
         self.model_name = model_name or options.model_id
         self.max_positions = engine.max_positions
         self._mailbox: LoopMailbox | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.engine.alive
 
     @classmethod
     def from_config(cls, cfg: ServeConfig, gm=None) -> "ChatService":
@@ -139,6 +141,8 @@ class ChatService:
     async def submit(self, req: ChatCompletionRequest, events: asyncio.Queue) -> Request:
         """Prepares `req` on a worker thread and queues it; its events then arrive in `events` (no deltas unless it
         streams)."""
+        if not self.engine.alive:
+            raise RequestError("the engine has stopped (the server's log says why); restart the server", None, 503)
         loop = asyncio.get_running_loop()
         prompt, params = await loop.run_in_executor(None, self.prepare, req)
         if self._mailbox is None or self._mailbox.loop is not loop:

@@ -15,8 +15,9 @@ of (seed, g). Rank r of R takes g = r, r + R, r + 2R, ... (torch.distributed's r
 is initialised); its DataLoader worker w of W takes every W-th of those, and the DataLoader returns
 them round-robin, so a rank sees the same samples in the same order, batched the same way, whatever
 the number of workers. A record a task cannot use (TaskError) yields nothing, the same way everywhere,
-and is counted; SKIP_LIMIT such samples in a row stop the loader with the task's reason. state_dict() holds the number of the rank's samples consumed; resuming from it yields
-exactly the samples that would have come next.
+and is counted; SKIP_LIMIT such samples in a row stop the loader with the task's reason. state_dict()
+holds the number of the rank's samples consumed; resuming from it yields exactly the samples that would
+have come next.
 
 Layout always runs where the samples are made (the workers). render="worker": each sample's pages are
 also drawn there, on the CPU (the C++ path, into pixel_values), so the main process only concatenates.

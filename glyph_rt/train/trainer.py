@@ -63,8 +63,8 @@ def per_rank(cfg: TrainConfig, world: int) -> int:
     if per_step % world:
         unit = world * (1 if cfg.stage == "rl" else d.micro_batch)
         lo, hi = d.global_batch // unit * unit, (d.global_batch // unit + 1) * unit
-        raise ValueError(f"data.global_batch: {d.global_batch} {'prompts' if cfg.stage == 'rl' else 'samples'} "
-                         f"in micro-batches of {d.micro_batch} do not split over {world} ranks; use "
+        what = "prompts" if cfg.stage == "rl" else f"samples in micro-batches of {d.micro_batch}"
+        raise ValueError(f"data.global_batch: {d.global_batch} {what} do not split over {world} ranks; use "
                          + (f"{lo} or {hi}" if lo else f"{hi}") + f" (data.global_batch={hi})")
     return per_step // world
 
