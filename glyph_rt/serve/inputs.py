@@ -162,7 +162,7 @@ def _image_bytes(url: str, opts: InputOptions, param: str) -> bytes:
 
 
 def _decode_image(raw: bytes, param: str) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(raw)) as im:
