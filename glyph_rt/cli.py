@@ -309,11 +309,10 @@ def cmd_eval(args) -> int:
     for flag, t in checks:
         if not t.startswith("openai:") and not Path(t).is_dir():
             raise UsageError(f"{flag} {t!r} is neither a checkpoint directory nor openai:URL[:MODEL]")
-    specs = [t for _, t in checks]
-    local = any(not t.startswith("openai:") for t in specs)  # checkpoints run on the serving engine
+    remote = [t.startswith("openai:") for _, t in checks]  # the others are checkpoints, run on the serving engine
     _require("eval", "eval", ["matplotlib", "rapidfuzz", "rouge" if args.suite == "longbench" else "",
-                              *(["transformers", "prometheus_client"] if local else []),
-                              "openai" if any(t.startswith("openai:") for t in specs) else ""])
+                              *(["transformers", "prometheus_client"] if not all(remote) else []),
+                              "openai" if any(remote) else ""])
     args.preset = None
     s = run_suite(args.suite, args.target, out=_check_out_dir(args.out), config=_config(args), dpis=dpis,
                   as_text=args.as_ == "text", progress=not args.quiet, max_new_tokens=args.max_new_tokens,

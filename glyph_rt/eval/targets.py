@@ -179,15 +179,15 @@ _SPEC = re.compile(r"(?P<host>\[[^\]]*\]|[^/:\[]+)(?P<port>:\d+)?(?P<path>/[^:]*
 def parse_openai_spec(spec: str) -> tuple[str, str | None]:
     """'openai:URL[:MODEL]' -> (base URL ending in /v1 unless it has a path, model or None). The model is all that
     follows the URL's host, port and path (which hold no ':'), so it may hold ':' and '/' (llama3:8b, org/name)."""
-    rest = spec[len("openai:"):]
-    m = _SPEC.fullmatch(rest.split("://", 1)[1]) if "://" in rest else None
+    scheme, sep, tail = spec[len("openai:"):].partition("://")
+    m = _SPEC.fullmatch(tail) if sep else None
     if m is None:
         raise ValueError(f"target {spec!r}: expected openai:URL[:MODEL] with URL like http://127.0.0.1:8000/v1")
     model = m["model"]
     if model == "":
         raise ValueError(f"target {spec!r}: empty model name after ':'")
     path = (m["path"] or "").rstrip("/") or "/v1"
-    return f"{rest.split('://', 1)[0]}://{m['host']}{m['port'] or ''}{path}", model
+    return f"{scheme}://{m['host']}{m['port'] or ''}{path}", model
 
 
 def png_data_uri(image) -> str:

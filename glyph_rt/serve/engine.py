@@ -323,8 +323,7 @@ class Engine:
                 log.exception("an engine step failed")
                 err = RequestError(f"the engine failed: {type(e).__name__}: {e}", None, 500, "engine_error")
                 for r in list(self.running) + list(self._prefilling):
-                    self._fail(r, err)
-                self._batch, self._batch_rows = None, []
+                    self._fail(r, err)  # the batch's KV goes with its last row
             self._stepped()
             busy = time.perf_counter() - t0
             self.steps["busy_s"] += busy

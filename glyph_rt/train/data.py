@@ -123,10 +123,11 @@ class RecordStream:
         return needle_record(text, rng)
 
     def __iter__(self):
-        from .loader import SKIP_LIMIT
+        from .loader import SkipStreak
         from .tasks import TaskError
 
-        in_a_row = 0
+        streak = SkipStreak("records in a row made no rl prompt",
+                            "rl takes records with 'context', 'question' and 'answer', or a 'text'")
         while True:
             g = self.pos * self.world + self.rank
             self.pos += 1
@@ -134,12 +135,9 @@ class RecordStream:
                 rec = self.record(g)
             except TaskError as e:
                 self.skipped += 1
-                in_a_row += 1
-                if in_a_row == SKIP_LIMIT:
-                    raise ValueError(f"{SKIP_LIMIT} records in a row made no rl prompt (the last: {e}); rl takes "
-                                     "records with 'context', 'question' and 'answer', or a 'text'") from None
+                streak.miss(lambda e=e: e)
                 continue
-            in_a_row = 0
+            streak.hit()
             yield rec
 
     def state_dict(self) -> dict:

@@ -257,6 +257,22 @@ def _keep(x):
 SKIP_LIMIT = 1000  # samples in a row that make nothing: the corpus or the task's options are wrong
 
 
+class SkipStreak:
+    """Counts misses in a row (samples or records that made nothing); the SKIP_LIMIT-th raises a ValueError
+    with the last one's reason (`why`: a callable, asked only then) and `advice`."""
+
+    def __init__(self, what: str, advice: str):
+        self.what, self.advice, self.n = what, advice, 0
+
+    def miss(self, why) -> None:
+        self.n += 1
+        if self.n == SKIP_LIMIT:
+            raise ValueError(f"{SKIP_LIMIT} {self.what} (the last: {why()}); {self.advice}")
+
+    def hit(self) -> None:
+        self.n = 0
+
+
 class GlyphLoader:
     """Batches of a TaskDataset through a torch DataLoader (workers make samples), with exact resume."""
 
@@ -292,18 +308,16 @@ class GlyphLoader:
             yield j, s
 
     def __iter__(self):
-        batch, skipped, pos, in_a_row = [], 0, self.consumed, 0
+        batch, skipped, pos = [], 0, self.consumed
+        streak = SkipStreak("samples in a row made nothing",
+                            "check the corpus, data.loader.text_field and the task's options")
         for j, s in self.samples():
             pos = j + 1
             if s is None:
                 skipped += 1
-                in_a_row += 1
-                if in_a_row == SKIP_LIMIT:
-                    raise ValueError(f"{SKIP_LIMIT} samples in a row made nothing (the last: "
-                                     f"{self.dataset.why_skipped(j)}); check the corpus, data.loader.text_field "
-                                     "and the task's options")
+                streak.miss(lambda j=j: self.dataset.why_skipped(j))
                 continue
-            in_a_row = 0
+            streak.hit()
             batch.append(s)
             if len(batch) == self.batch_size:
                 self.consumed, self.skipped, skipped = pos, self.skipped + skipped, 0
