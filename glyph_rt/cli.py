@@ -434,8 +434,9 @@ def cmd_serve(args) -> int:
             from .serve.batch import run_batch
 
             c = run_batch(backend, args.input, args.output, progress=not args.quiet)
+            again = f"; {c['retried']} run again after the server failed them" if c["retried"] else ""
             print(f"{c['ok']} answered, {c['failed']} failed, {c['skipped']} already in {args.output} "
-                  f"(of {c['total']})", file=sys.stderr)
+                  f"(of {c['total']}){again}", file=sys.stderr)
             return 0 if not c["failed"] else 1
         import uvicorn
 

@@ -51,7 +51,7 @@ def test_batch_runs_skips_done_ids_and_reports_bad_lines(checkpoint, tmp_path):
         inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
         write_requests(inp, 10, bad={3})
         c = run_batch(svc, inp, out, progress=False)
-        assert c == {"total": 10, "skipped": 0, "ok": 9, "failed": 1}
+        assert c == {"total": 10, "skipped": 0, "retried": 0, "ok": 9, "failed": 1}
         rows = {r["custom_id"]: r for r in results(out)}
         assert len(rows) == 10 and rows["req-3"]["response"]["status_code"] == 400
         assert "frobnicate" in rows["req-3"]["response"]["body"]["error"]["message"]
@@ -72,11 +72,19 @@ def test_batch_runs_skips_done_ids_and_reports_bad_lines(checkpoint, tmp_path):
             return prepare(req)
 
         svc.prepare = failing
-        assert run_batch(svc, inp, tmp_path / "o3.jsonl", progress=False) == {"total": 10, "skipped": 0, "ok": 8,
-                                                                             "failed": 2}
+        assert run_batch(svc, inp, tmp_path / "o3.jsonl", progress=False) == {"total": 10, "skipped": 0,
+                                                                             "retried": 0, "ok": 8, "failed": 2}
         rows = {r["custom_id"]: r for r in results(tmp_path / "o3.jsonl")}
         assert rows["req-1"]["response"]["status_code"] == 500 and "AttributeError: simulated" in \
             rows["req-1"]["response"]["body"]["error"]["message"]
+        # a rerun runs the server's failure again and replaces its line; the refused request keeps its 400
+        svc.prepare = prepare
+        assert run_batch(svc, inp, tmp_path / "o3.jsonl", progress=False) == {"total": 10, "skipped": 9,
+                                                                             "retried": 1, "ok": 1, "failed": 0}
+        rows = results(tmp_path / "o3.jsonl")
+        assert sorted(r["custom_id"] for r in rows) == sorted(f"req-{i}" for i in range(10))
+        by_id = {r["custom_id"]: r["response"]["status_code"] for r in rows}
+        assert by_id["req-1"] == 200 and by_id["req-3"] == 400
     finally:
         svc.shutdown()
 
@@ -103,8 +111,8 @@ def test_batch_resumes_after_a_kill(checkpoint, tmp_path):
     svc = ChatService(Engine(GlyphModel.from_pretrained(checkpoint, render_config=CFG, **EXACT)).start(),
                       InputOptions(CFG, "tiny"), 8)
     try:
-        assert run_batch(svc, inp, out, progress=False) == {"total": n, "skipped": written, "ok": n - written,
-                                                            "failed": 0}
+        assert run_batch(svc, inp, out, progress=False) == {"total": n, "skipped": written, "retried": 0,
+                                                            "ok": n - written, "failed": 0}
     finally:
         svc.shutdown()
     ids = [row["custom_id"] for row in results(out)]

@@ -69,3 +69,22 @@ def test_shutdown_stops_the_process(ckpt):
     t = time.monotonic()
     ep.shutdown()
     assert not ep.process.is_alive() and ep.process.exitcode == 0 and time.monotonic() - t < 30
+
+
+def test_the_engine_process_exits_when_its_engines_thread_stops(ckpt):
+    import multiprocessing
+    import threading
+
+    from glyph_rt.serve.engine_process import _EngineSide
+    from glyph_rt.serve.service import ChatService
+
+    service = ChatService.from_config(config(ckpt))
+    server_end, engine_end = multiprocessing.Pipe()
+    side = _EngineSide(service, engine_end, workers=1)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(ok=side.run(health_interval=0.05)))
+    t.start()
+    service.engine.shutdown()  # the thread gone, as after an error no step caught
+    t.join(10)
+    assert not t.is_alive() and result == {"ok": False}  # _engine_main then exits with code 1
+    server_end.close()

@@ -414,6 +414,58 @@ def test_fsdp2_two_processes_match_one(tiny, tmp_path):
     assert (ckpt / "rank_0.pt").exists() and (ckpt / "rank_1.pt").exists() and (ckpt / ".metadata").exists()
 
 
+EXPORT_FAILS_ON_RANK_0 = """
+import os, torch.distributed as dist
+from glyph_rt.models.tiny import tiny_glm4v
+from glyph_rt.train.checkpoint import export_hf
+
+class FullDisk:
+    def save_pretrained(self, path):
+        raise OSError(28, "No space left on device")
+
+dist.init_process_group("gloo")
+tok = FullDisk() if dist.get_rank() == 0 else None
+try:
+    export_hf(tiny_glm4v("sdpa"), tok, os.environ["OUT"], os.environ["OUT"] + "/export")
+except Exception as e:
+    print(f"RANK {dist.get_rank()} RAISED {type(e).__name__}: {e}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_an_export_that_fails_on_rank_0_fails_on_every_rank(tmp_path):
+    """Rank 0 writes the export; when it fails, the other ranks raise too, naming why, instead of waiting for it
+    at a barrier until the process group's timeout."""
+    script = tmp_path / "export_fails.py"
+    script.write_text(EXPORT_FAILS_ON_RANK_0)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OUT": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "RANK 0 RAISED OSError: [Errno 28] No space left on device" in r.stdout
+    assert "RANK 1 RAISED RuntimeError: rank 0 failed to export the checkpoint" in r.stdout
+    assert "No space left on device" in r.stdout.split("RANK 1 RAISED", 1)[1]
+    assert not (tmp_path / "export").exists()
+
+
+def test_saving_a_step_again_replaces_it_whole(tmp_path):
+    from glyph_rt.train.checkpoint import CheckpointManager
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpt = CheckpointManager(tmp_path, keep=2)
+    ckpt.save(5, model, opt, extra={"v": 1})
+    (tmp_path / "step_00000003.replaced").mkdir()  # left by a kill between the two renames of an earlier run
+    with torch.no_grad():
+        model.weight.fill_(7.0)
+    ckpt.save(5, model, opt, extra={"v": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000005"]
+    with torch.no_grad():
+        model.weight.zero_()
+    step, extra = ckpt.load(ckpt.latest(), model, opt)
+    assert step == 5 and extra["v"] == 2 and bool((model.weight == 7.0).all())
+
+
 def test_bf16_weights_train_through_fp32_master_weights(tiny, tmp_path):
     """model.dtype=bfloat16 on one process: frozen weights bf16, trainable ones fp32 under bf16 autocast, so an
     Adam step at lr 1e-6 moves (nearly) every trainable weight (per tensor, on average; rows of tokens the batch

@@ -5,6 +5,8 @@ Each output line: {"id": ..., "custom_id": ..., "response": {"status_code": 200,
 "error": null}; a request the server would refuse gets its status and OpenAI error body.
 Lines are appended one write each, as requests finish. A rerun skips the custom_ids already in the output
 (a last line cut short by a kill is removed first), so a killed run resumes with no duplicate and no lost line.
+A rerun also runs again the requests whose lines say the server failed them (5xx, 408, 429), replacing those
+lines; a request the server refused (other 4xx) keeps its answer.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import queue
 import uuid
 from pathlib import Path
 
-from ..fileio import cut_torn_tail, json_lines, text_lines
+from ..fileio import cut_torn_tail, json_lines, text_lines, write_atomic
 from .engine import QueueFull
 from .inputs import RequestError
 from .protocol import completion_id, error, response
@@ -50,17 +52,33 @@ def read_requests(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-def done_ids(path: Path) -> set[str]:
-    """custom_ids already answered in the output; a partial last line (a killed write) is cut off."""
+def retryable(status: int) -> bool:
+    """A failure of the server's, not of the request (an engine error, a shutdown, a timeout, a full queue): the
+    request may well succeed when run again."""
+    return status >= 500 or status in (408, 429)
+
+
+def done_ids(path: Path) -> tuple[set[str], int]:
+    """custom_ids already answered in the output, and how many of its lines were dropped to run again. A partial
+    last line (a killed write) is cut off; lines of failures `retryable` says may succeed now are removed (the
+    file is rewritten atomically), so their requests run again and the output never holds an id twice."""
     data = cut_torn_tail(path)
-    ids = set()
+    ids, keep, dropped = set(), [], 0
     for n, line in enumerate(text_lines(data.decode("utf-8", "replace")), 1):
         try:
-            ids.add(json.loads(line)["custom_id"])
+            rec = json.loads(line)
+            cid, status = rec["custom_id"], rec["response"]["status_code"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise BatchFileError(f"--output {str(path)!r} line {n} is not a batch result; give a new output file "
                                  "or the one an earlier run wrote") from None
-    return ids
+        if retryable(status):
+            dropped += 1
+            continue
+        ids.add(cid)
+        keep.append(line)
+    if dropped:
+        write_atomic(path, "".join(x + "\n" for x in keep))
+    return ids, dropped
 
 
 def _line(custom_id: str, status: int, body: dict) -> bytes:
@@ -77,12 +95,13 @@ def run_batch(service: ChatService, input_path, output_path, progress: bool = Tr
 
     requests = read_requests(input_path)
     out = Path(output_path)
-    done = done_ids(out)
+    done, retried = done_ids(out)
     todo = [r for r in requests if r["custom_id"] not in done]
     engine = service.engine
     limit = max_in_flight or max(1, engine.max_batch) * 2
     results: queue.Queue = queue.Queue()
-    counts = {"total": len(requests), "skipped": len(requests) - len(todo), "ok": 0, "failed": 0}
+    counts = {"total": len(requests), "skipped": len(requests) - len(todo), "retried": retried, "ok": 0,
+              "failed": 0}
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     bar = tqdm(total=len(todo), desc="batch", unit="req", disable=not progress)
     in_flight = 0

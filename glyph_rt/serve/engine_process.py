@@ -9,8 +9,8 @@ it (renders its documents and tokenizes, on a pool of threads), queues it on its
 events back up the pipe: all events that are ready at once go as one message (a decode step's tokens for every
 request). The server reads them on its event loop, without a thread. The document cache, the metrics and the GPU
 stay with the model. A cancelled request is cancelled over the same pipe. When the engine's process dies, every
-request in flight fails with a 503 and /health says so; when the server's process dies, the engine's process sees
-its pipe close and exits.
+request in flight fails with a 503 and /health says so; the process exits when its engine's thread stops, so that
+holds for the thread too. When the server's process dies, the engine's process sees its pipe close and exits.
 """
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def _engine_main(cfg: ServeConfig, conn, workers: int) -> None:
         conn.send(("failed", f"{type(e).__name__}: {e}"))
         raise SystemExit(1) from None
     conn.send(("ready", {"model_name": service.model_name, "max_positions": service.max_positions}))
-    _EngineSide(service, conn, workers).run()
+    if not _EngineSide(service, conn, workers).run():
+        raise SystemExit(1)
 
 
 class _EngineSide:
@@ -73,12 +74,21 @@ class _EngineSide:
         self._closed = False
         service.engine.on_step = self._step_done  # the engine's thread sends each step's events itself, at once
 
-    def run(self) -> None:
+    def run(self, health_interval: float = 1.0) -> bool:
+        """Serves the pipe until the server's process goes or says shutdown (True), or the engine's thread stops
+        (False: the process then exits, so the server fails what is in flight and /health says so)."""
         sender = threading.Thread(target=self._send_loop, name="glyph-rt-sender", daemon=True)
         sender.start()
+        engine_ok = True
         try:
             while True:
                 try:
+                    if not self.conn.poll(health_interval):
+                        if not self.service.healthy:
+                            log.error("the engine's thread has stopped; the engine process exits")
+                            engine_ok = False
+                            break
+                        continue
                     msg = self.conn.recv()
                 except (EOFError, OSError):  # the server's process is gone
                     break
@@ -101,6 +111,7 @@ class _EngineSide:
                 self._cv.notify_all()
             sender.join(timeout=10)
             self.conn.close()
+        return engine_ok
 
     def _start(self, rid: int, req: ChatCompletionRequest) -> None:
         """On a worker thread: renders and tokenizes, then queues it on the engine."""

@@ -6,7 +6,8 @@
     export_hf(model, tokenizer, source_dir, "runs/sft/export")    # loadable by GlyphModel.from_pretrained
 
 A checkpoint is written into `step_NNNNNNNN.tmp` and renamed to `step_NNNNNNNN` once every rank has finished,
-so a kill leaves either a complete checkpoint or a .tmp directory that is ignored (and removed by the next save).
+so a kill leaves either a complete checkpoint or a .tmp directory that is ignored (and removed by the next save);
+saving a step again (a resumed run that ends where it resumed) moves the old one aside before the rename.
 Model and optimizer go through DCP (each rank writes its shards); the scheduler, the data position and every
 rank's RNG states go into `rank_R.pt`.
 """
@@ -76,7 +77,7 @@ class CheckpointManager:
         final = self.dir / f"step_{step:08d}"
         tmp = self.dir / f"step_{step:08d}.tmp"
         if _rank() == 0:
-            for stale in self.dir.glob("*.tmp") if self.dir.is_dir() else []:
+            for stale in self.dir.glob("step_*.*") if self.dir.is_dir() else []:  # .tmp and .replaced
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir(parents=True, exist_ok=True)
         _barrier()
@@ -87,9 +88,7 @@ class CheckpointManager:
         torch.save({"step": step, "rng": rng_state(), **(extra or {})}, tmp / f"rank_{_rank()}.pt")
         _barrier()
         if _rank() == 0:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            _replace_dir(tmp, final)
             for old in self.steps()[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         _barrier()
@@ -136,17 +135,34 @@ def merge_lora(state: dict, scale: float) -> dict:
 def export_hf(model, tokenizer, source: str | os.PathLike, out: str | os.PathLike, lora_scale: float | None = None,
               dtype: torch.dtype | None = None) -> Path | None:
     """Writes an HF-format checkpoint (config, safetensors, tokenizer, chat template, processor config) that
-    GlyphModel.from_pretrained and vLLM load; every rank calls it, rank 0 writes (temp dir + rename)."""
+    GlyphModel.from_pretrained and vLLM load; every rank calls it, rank 0 writes (temp dir + rename) and returns
+    its path, the others None. A failure on rank 0 is raised on every rank."""
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    error = None
+    if _rank() == 0:
+        try:
+            _write_hf(model, tokenizer, full, Path(source), Path(out), lora_scale, dtype)
+        except Exception as e:  # noqa: BLE001 - told to every rank below, then raised here
+            error = e
+    if _dist():  # the other ranks learn whether rank 0's export worked, rather than wait at a barrier for ever
+        told = [None if error is None else f"{type(error).__name__}: {error}"]
+        dist.broadcast_object_list(told, src=0)
+        if _rank() != 0:
+            if told[0] is not None:
+                raise RuntimeError(f"rank 0 failed to export the checkpoint to {out}: {told[0]}")
+            return None
+    if error is not None:
+        raise error
+    return Path(out)
+
+
+def _write_hf(model, tokenizer, full: dict, source: Path, out: Path, lora_scale: float | None,
+              dtype: torch.dtype | None) -> None:
     from .model import base_model
 
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if _rank() != 0:
-        _barrier()
-        return None
     if lora_scale is not None:
         full = merge_lora(full, lora_scale)
     hf = base_model(model)
-    out, source = Path(out), Path(source)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if dtype is not None:
@@ -156,8 +172,17 @@ def export_hf(model, tokenizer, source: str | os.PathLike, out: str | os.PathLik
     for name in ("preprocessor_config.json", "chat_template.jinja", "chat_template.json", "generation_config.json"):
         if (source / name).exists() and not (tmp / name).exists():
             shutil.copy2(source / name, tmp / name)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    _barrier()
-    return out
+    _replace_dir(tmp, out)
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Puts directory `new` at `dest`. An existing `dest` is renamed aside first and removed after, so a kill
+    leaves at worst `dest.replaced` (complete) beside `new` (complete), never a half-deleted `dest`."""
+    if dest.exists():
+        aside = dest.with_name(dest.name + ".replaced")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(dest, aside)
+        os.replace(new, dest)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(new, dest)
