@@ -8,7 +8,7 @@ from glyph_rt.models.tiny import tiny_glm4v_checkpoint
 from glyph_rt.render.config import RenderConfig
 from glyph_rt.render.gpu import render_inputs
 from glyph_rt.render.textio import sample_text
-from glyph_rt.train.collate import Collator, attach_pixels, model_inputs
+from glyph_rt.train.collate import Collator, SamplesTooLong, attach_pixels, model_inputs
 from glyph_rt.train.tasks import make_task
 
 transformers = pytest.importorskip("transformers")
@@ -142,8 +142,9 @@ def test_collator_errors(parts):
         Collator(builder.image_token_id, tok.pad_token_id, mode="pack")
     with pytest.raises(ValueError, match="mode"):
         Collator(builder.image_token_id, tok.pad_token_id, mode="flat")
-    with pytest.raises(ValueError, match="max_length"):
+    with pytest.raises(SamplesTooLong, match="max_length=10") as e:
         Collator(builder.image_token_id, tok.pad_token_id, max_length=10)(samples)
+    assert e.value.indices == list(range(len(samples)))
 
 
 def test_packed_equals_padded_qwen2_5_vl(tmp_path):

@@ -131,6 +131,32 @@ def test_unusable_records_are_skipped_and_counted(builder):
     assert len(list(loader)) == 2 and loader.state_dict()["skipped"] == 3
 
 
+def test_samples_over_max_length_are_left_out_counted_and_their_batches_filled(builder, corpus):
+    """data.max_tokens: a sample longer is left out of its batch (the next samples fill it) and counted, and a
+    loader resumed from its state goes on with the same batches."""
+    def loader(max_length=None, batch_size=1):
+        task = make_task("ocr", builder, config=CFG, max_pages=3, window_chars=1500)
+        return GlyphLoader(TaskDataset(corpus, task, seed=3, epochs=1),
+                           Collator(builder.image_token_id, 0, max_length=max_length), batch_size=batch_size)
+
+    lengths = [int(b["attention_mask"].sum()) for b in loader()]
+    limit = sorted(lengths)[len(lengths) // 2]
+    fits = [n for n in lengths if n <= limit]
+    assert 0 < len(fits) < len(lengths)
+    full = loader(limit, batch_size=2)
+    got = [b["attention_mask"].sum(1).tolist() for b in full]
+    assert got == [fits[i:i + 2] for i in range(0, len(fits) // 2 * 2, 2)]  # in order, every batch full
+    last = [i for i, n in enumerate(lengths) if n <= limit][len(fits) // 2 * 2 - 1]  # the last sample batched
+    assert full.state_dict()["too_long"] == sum(n > limit for n in lengths[:last + 1]) > 0
+    first = loader(limit, batch_size=2)
+    it = iter(first)
+    next(it)
+    resumed = loader(limit, batch_size=2)
+    resumed.load_state_dict(first.state_dict())
+    assert [b["attention_mask"].sum(1).tolist() for b in resumed] == got[1:]
+    assert resumed.state_dict()["too_long"] == full.state_dict()["too_long"]
+
+
 def test_a_corpus_no_record_of_which_makes_a_sample_stops_with_the_reason(builder):
     """JSONL records under another field than data.loader.text_field: the loader says so instead of looking for a
     usable record for ever."""

@@ -196,6 +196,7 @@ def test_cli_trains_on_the_built_in_corpus(tiny, tmp_path, stage):
                  "tensorboard=false", "model.gradient_checkpointing=false", *over]) == 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] == r["loss"] for r in rows)  # not NaN
+    assert all(r["skipped"] >= r.get("too_long", 0) >= 0 for r in rows)  # the data's skipped samples, counted
     if stage == "sft":  # each task's own loss and share of the loss tokens
         assert all(any(k.startswith("loss_") and k != "loss_tokens" for k in r) for r in rows)
         assert all(sum(v for k, v in r.items() if k.startswith("token_share_")) == pytest.approx(1.0) for r in rows)

@@ -33,6 +33,14 @@ from ..render.gpu import inputs_of_batch, resolve_device_backend
 from .tasks import TASKS
 
 MODES = ("pad", "pack")
+
+
+class SamplesTooLong(ValueError):
+    """Samples of a batch longer than the collator's max_length; `indices`: their places in the batch."""
+
+    def __init__(self, message: str, indices: list[int]):
+        super().__init__(message)
+        self.indices = indices
 NOT_MODEL_INPUTS = ("cu_seqlens", "max_seqlen", "num_samples", "loss_tokens", "label_weights", "label_task")
 
 
@@ -124,14 +132,16 @@ class Collator:
             raise ValueError("collate: no samples")
         pv, grid, counts = self.pixels(samples)
         per_image = tokens_per_image(grid)
-        seqs, i = [], 0
-        for s, n in zip(samples, counts):
+        seqs, i, long = [], 0, []
+        for k, (s, n) in enumerate(zip(samples, counts)):
             ids, labs = _expand(s.input_ids, s.labels, self.image_token_id, per_image[i:i + n])
             if self.max_length is not None and len(ids) > self.max_length:
-                raise ValueError(f"sample {s.index} ({s.task}) has {len(ids)} tokens, over max_length="
-                                 f"{self.max_length}; lower the task's max_pages or raise max_length")
+                long.append((k, f"sample {s.index} ({s.task}) has {len(ids)} tokens"))
             seqs.append((ids, labs, grid[i:i + n]))
             i += n
+        if long:
+            raise SamplesTooLong(f"{'; '.join(w for _, w in long)}: over max_length={self.max_length}; lower the "
+                                 "task's max_pages or raise max_length", [k for k, _ in long])
         batch = self.pack(seqs) if self.mode == "pack" else self.pad(seqs)
         batch.update(pixel_values=pv, image_grid_thw=grid.to(pv.device), num_samples=len(samples),
                      loss_tokens=int((batch["labels"] != IGNORE_INDEX).sum()))
@@ -179,4 +189,4 @@ class Collator:
                 "max_seqlen": max(lens), "use_cache": False}
 
 
-__all__ = ["Collator", "MODES", "model_inputs", "render_samples", "attach_pixels", "expand_images", "rope_index_fn"]
+__all__ = ["Collator", "MODES", "SamplesTooLong", "model_inputs", "render_samples", "attach_pixels", "expand_images", "rope_index_fn"]

@@ -62,7 +62,8 @@ class DataConfig:
     micro_batch: int = 1  # samples per forward on one rank
     ocr_ratio: float = 0.0  # SFT and RL: share of samples (RL: prompts) drawn from the OCR auxiliary task
     # > 0: a micro-batch's samples go into one packed varlen row (no padding), each sample at most this many
-    # tokens (a longer one stops the run, naming it); the row holds up to micro_batch x max_tokens. 0: padded rows
+    # tokens (a longer one is left out, logged and counted: the metrics' too_long); the row holds up to
+    # micro_batch x max_tokens. 0: padded rows
     max_tokens: int = 0
     # task -> weight of each of its label tokens (cpt, sft; default 1): the loss is the weighted token mean. An
     # OCR sample holds far more label tokens than a short answer, so data.ocr_ratio of samples can be most of the

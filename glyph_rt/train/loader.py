@@ -15,7 +15,8 @@ of (seed, g). Rank r of R takes g = r, r + R, r + 2R, ... (torch.distributed's r
 is initialised); its DataLoader worker w of W takes every W-th of those, and the DataLoader returns
 them round-robin, so a rank sees the same samples in the same order, batched the same way, whatever
 the number of workers. A record a task cannot use (TaskError) yields nothing, the same way everywhere,
-and is counted; SKIP_LIMIT such samples in a row stop the loader with the task's reason. state_dict()
+and is counted, as is a sample longer than the collator's max_length (left out of its batch); SKIP_LIMIT
+such samples in a row stop the loader with the reason. state_dict()
 holds the number of the rank's samples consumed; resuming from it yields exactly the samples that would
 have come next.
 
@@ -32,13 +33,17 @@ import gzip
 import os
 from pathlib import Path
 
+import logging
+
 import numpy as np
 import torch
 
 from ..fileio import json_lines
 from ..render.textio import decode_text
-from .collate import attach_pixels
+from .collate import SamplesTooLong, attach_pixels
 from .tasks import TaskError
+
+log = logging.getLogger("glyph_rt.train")
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 RENDER_MODES = ("worker", "batch")
@@ -283,11 +288,13 @@ class GlyphLoader:
         self.dataset, self.collator, self.batch_size = dataset, collator, int(batch_size)
         self.num_workers, self.prefetch_factor, self.drop_last = int(num_workers), prefetch_factor, drop_last
         self.consumed = 0  # this rank's samples (made or skipped) behind the batches handed out
-        self.skipped = 0
+        self.skipped = 0  # of them, those that made nothing or a sample longer than the collator's max_length
+        self.too_long = 0  # of those, the ones longer
 
     def state_dict(self) -> dict:
         d = self.dataset
-        return {"consumed": self.consumed, "skipped": self.skipped, "seed": d.seed, "rank": d.rank,
+        return {"consumed": self.consumed, "skipped": self.skipped, "too_long": self.too_long, "seed": d.seed,
+                "rank": d.rank,
                 "world_size": d.world_size, "batch_size": self.batch_size, "task": getattr(d.task, "name", "")}
 
     def load_state_dict(self, state: dict) -> None:
@@ -297,6 +304,7 @@ class GlyphLoader:
                 raise ValueError(f"loader state: {key} {state.get(key)!r} differs from this loader's {mine!r}; "
                                  "resume with the same seed, rank and world size")
         self.consumed, self.skipped = int(state["consumed"]), int(state.get("skipped", 0))
+        self.too_long = int(state.get("too_long", 0))
 
     def samples(self):
         """(local index, sample or None) from the DataLoader, starting at the consumed position."""
@@ -308,7 +316,9 @@ class GlyphLoader:
             yield j, s
 
     def __iter__(self):
-        batch, skipped, pos = [], 0, self.consumed
+        """Batches of batch_size samples. A sample the collator finds longer than its max_length is left out of
+        its batch, which fills up with the next samples; it is counted (state_dict()["too_long"]) and logged."""
+        batch, skipped, too_long, pos = [], 0, 0, self.consumed
         streak = SkipStreak("samples in a row made nothing",
                             "check the corpus, data.loader.text_field and the task's options")
         for j, s in self.samples():
@@ -317,15 +327,42 @@ class GlyphLoader:
                 skipped += 1
                 streak.miss(lambda j=j: self.dataset.why_skipped(j))
                 continue
-            streak.hit()
             batch.append(s)
-            if len(batch) == self.batch_size:
-                self.consumed, self.skipped, skipped = pos, self.skipped + skipped, 0
-                yield self.collator(batch)
-                batch = []
-        if batch and not self.drop_last:
-            self.consumed, self.skipped = pos, self.skipped + skipped
-            yield self.collator(batch)
+            if len(batch) < self.batch_size:
+                continue
+            try:
+                out = self.collator(batch)
+            except SamplesTooLong as e:
+                batch, n = self._without(batch, e, streak, self.too_long + too_long)
+                skipped, too_long = skipped + n, too_long + n
+                if len(batch) < self.batch_size:
+                    continue
+                out = self.collator(batch)
+            streak.hit()
+            self.consumed, self.skipped, self.too_long = pos, self.skipped + skipped, self.too_long + too_long
+            skipped = too_long = 0
+            yield out
+            batch = []
+        while batch and not self.drop_last:
+            try:
+                out = self.collator(batch)
+            except SamplesTooLong as e:
+                batch, n = self._without(batch, e, streak, self.too_long + too_long)
+                skipped, too_long = skipped + n, too_long + n
+                continue
+            self.consumed, self.skipped, self.too_long = pos, self.skipped + skipped, self.too_long + too_long
+            yield out
+            break
+
+    @staticmethod
+    def _without(batch: list, e: SamplesTooLong, streak: SkipStreak, before: int) -> tuple[list, int]:
+        """The batch less the samples `e` names, and how many it left out (`before`: left out earlier)."""
+        if before < 10 or before // 1000 != (before + len(e.indices)) // 1000:
+            log.warning("left out (%d so far on this rank): %s", before + len(e.indices), e)
+        for _ in e.indices:
+            streak.miss(lambda: str(e))
+        drop = set(e.indices)
+        return [s for k, s in enumerate(batch) if k not in drop], len(drop)
 
 
 __all__ = ["Corpus", "CorpusError", "TaskDataset", "GlyphLoader", "split_text", "dist_rank"]

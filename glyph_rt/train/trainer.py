@@ -296,6 +296,14 @@ class Trainer:
                 raise ValueError(f"the data ran out at step {self.step} of {steps}") from None
             yield b
 
+    def data_counts(self, data) -> dict:
+        """Samples (or rl records) the data skipped so far, over all ranks: those that made nothing or were longer
+        than data.max_tokens (`too_long`, also among `skipped`)."""
+        if not hasattr(data, "skipped"):
+            return {}
+        skipped, too_long = _all_reduce([float(data.skipped), float(getattr(data, "too_long", 0))], self.device)
+        return {"skipped": int(skipped), "too_long": int(too_long)}
+
     def fit(self, data, steps: int | None = None) -> dict:
         """Trains until `steps` (default cfg.steps) optimizer steps are done, resuming first when a checkpoint
         exists; saves every cfg.save_every steps and at the end. Returns the last step's metrics."""
@@ -315,6 +323,7 @@ class Trainer:
                 if held_out:
                     last["eval_loss"] = self.eval_loss()
                 if held_out or self.step % self.cfg.log_every == 0 or self.step == steps:
+                    last.update(self.data_counts(data))
                     self.log.log(self.step, last)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
