@@ -111,6 +111,16 @@ def test_rewards_on_known_strings():
     assert ocr_reward(["hello wrld", "<think>x</think> hello world"], ["hello world"] * 2) == \
         pytest.approx([1 - 1 / 11, 1.0])
     assert cer(["hello wrld", "cat"], ["hello world", "cut"]) == pytest.approx(2 / 14)
+    # thoughts with no answer after them score as no answer, not as the answer
+    assert split_thinking("<think>The number is 1234567</think>") == (None, "")
+    assert verifiable_reward(["<think>The number is 1234567</think>"], ["1234567"], "contains") == [0.0]
+    assert ocr_reward(["<think>hello world</think>", " hello world\n"], ["hello world", "\nhello world "]) == [0.0, 1.0]
+    # any script's punctuation, NFKC, CJK characters as words; a reference of no words matches only none
+    assert verifiable_reward(["北京。", "“Paris”", "cafe\u0301", "Ｐａｒｉｓ"], ["北京", "Paris", "café", "paris"],
+                             "exact") == [1.0, 1.0, 1.0, 1.0]
+    assert verifiable_reward(["首都是北京"], ["北京"], "f1")[0] == pytest.approx(2 * (2 / 5) * 1 / (2 / 5 + 1))
+    assert verifiable_reward(["anything at all", "!!", ""], ["The"] * 3, "contains") == [0.0, 1.0, 1.0]
+    assert verifiable_reward(["concatenate", "a cat sat"], ["cat"] * 2, "contains") == [0.0, 1.0]
     total, parts = RewardSet({"format": 0.5, "ocr": 1.0})(["<think>x</think> abc", "abd"], ["abc", "abc"])
     assert total == pytest.approx([1.5, 2 / 3]) and parts["format"] == [1.0, 0.0]
 

@@ -99,6 +99,57 @@ def test_lm_loss_on_the_text_spans_in_order(builder, text):
         assert s.input_ids.count(builder.image_token_id) == s.num_images
 
 
+def test_added_tokens_in_a_record_are_plain_text(builder, text):
+    """A corpus that mentions "<|image|>" or "<|endoftext|>" trains on those characters, tokenized as the tokenizer
+    tokenizes them with split_special_tokens: no page placeholder without a page, no eos inside an answer."""
+    tok, eos = builder.tokenizer, builder.tokenizer.eos_token_id
+    record = {"text": text[:600] + " a chat log: <|image|> then <|endoftext|> and <|user|> go on.\n" + text[600:900]}
+    for name in ("ocr", "gen", "lm"):
+        task = make_task(name, builder, config=CFG, max_pages=3, window_chars=2000)
+        for index in range(6):
+            s = task(record, index)
+            assert s.input_ids.count(builder.image_token_id) == s.num_images
+            trained = [t for t, lab in zip(s.input_ids, s.labels) if lab != IGNORE_INDEX]
+            if name != "lm":
+                assert trained.count(eos) == 1 and trained[-1] == eos  # the answer's end, learnt once
+                answer = s.messages[-1]["content"]
+                assert trained[:-1] == tok(answer, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            else:
+                assert eos not in trained
+                spans = "".join(c["text"] for c in s.messages[0]["content"] if c["type"] == "text")
+                assert tok.decode(trained) == spans
+    qa = make_task("qa", builder, config=CFG, max_pages=3)
+    s = qa({"context": text[:800], "question": "What is <|image|>?", "answer": "<|endoftext|>"}, 0)
+    assert s.input_ids.count(builder.image_token_id) == s.num_images
+    assert [t for t, lab in zip(s.input_ids, s.labels) if lab != IGNORE_INDEX].count(eos) == 1
+    with pytest.raises(TaskError, match="record 3: .*private-use"):
+        qa({"context": text[:800], "question": "q\U0010F000?", "answer": "a"}, 3)
+
+
+def test_thinking_format_tags_stay_tokens():
+    from glyph_rt.models.tiny import GLM_SPECIAL
+
+    tok = tiny_tokenizer(special=GLM_SPECIAL + ["<think>", "</think>"])
+    b = PromptBuilder(tok, tok.convert_tokens_to_ids("<|image|>"))
+    think, end = tok.convert_tokens_to_ids(["<think>", "</think>"])
+    qa = make_task("qa", b, config=CFG, max_pages=3, think=True)
+    for answer in ("42, not <think>", "<think>I read it.</think>\n42, not <think>"):
+        s = qa({"context": sample_text()[:800], "question": "What?", "answer": answer, "thinking": "I read it."}, 0)
+        trained = [t for t, lab in zip(s.input_ids, s.labels) if lab != IGNORE_INDEX]
+        assert trained.count(think) == 1 and trained.count(end) == 1 and trained[0] == think
+        assert s.messages[-1]["content"] == "<think>I read it.</think>\n42, not <think>"
+
+
+def test_text_windows_are_never_short():
+    import random
+
+    from glyph_rt.train.tasks import text_window
+
+    lines = "".join(("x" * 950 + "\n") for _ in range(4))  # long lines, each ending with a newline
+    rng = random.Random(0)
+    assert min(len(text_window(lines, 1500, rng)) for _ in range(2000)) >= 750
+
+
 def test_deterministic_and_picklable(builder, text):
     styles = StyleSampler(seed=3)
     a = make_task("gen", builder, styles=styles, seed=1, max_pages=2)

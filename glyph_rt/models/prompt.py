@@ -12,11 +12,14 @@ processor repeats it grid_h * grid_w / merge**2 times (tokens_per_image).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
 IGNORE_INDEX = -100  # labels that take no loss (transformers' and torch's cross-entropy default)
 VISION_MERGE = 2  # 2x2 patches per visual token
+ESCAPE_BASE = 0x10F000  # escape(): the k-th added token's text in plain text stands as chr(ESCAPE_BASE + k)
+ESCAPE_END = 0x10FFFE  # (Supplementary Private Use Area-B, which text almost never holds)
 
 
 def tokens_per_image(grid_thw) -> list[int]:
@@ -45,6 +48,13 @@ class PromptBuilder:
         eos = tokenizer.eos_token_id
         self.stop_ids = set(stop_ids or ([] if eos is None else [eos]))
         self._bpe = False  # not looked up yet; then tiktoken's BPE on the vocabulary, or None (render.bpe)
+        added = sorted({t.content if hasattr(t, "content") else str(t)
+                        for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}, key=lambda t: (-len(t), t))
+        if len(added) > ESCAPE_END - ESCAPE_BASE:
+            raise ValueError(f"the tokenizer has {len(added)} added tokens, more than escape() can stand in for")
+        self._added = added  # the texts the tokenizer matches as added tokens, longest first
+        self._added_re = re.compile("|".join(map(re.escape, added))) if added else None
+        self._escaped_re = re.compile(f"[{chr(ESCAPE_BASE)}-{chr(ESCAPE_BASE + max(len(added), 1) - 1)}]")
 
     @classmethod
     def for_model(cls, model, tokenizer) -> "PromptBuilder":
@@ -115,18 +125,54 @@ class PromptBuilder:
                            visual_tokens)
 
     # ------------------------------------------------------------------ training
+    def escape(self, text: str) -> str:
+        """`text` (a record's, not the template's) with each added token's text in it ("<|endoftext|>",
+        "<|image|>", ...) made to stand for itself: ids() then tokenizes it as plain text, where the template's own
+        markup is matched as its tokens. A ValueError when the text holds the characters escape() uses."""
+        if self._escaped_re.search(text):
+            raise ValueError(f"the text holds U+{ord(self._escaped_re.search(text).group()):X}, a private-use "
+                             "character the prompt builder uses to escape added tokens' texts")
+        if self._added_re is None or not self._added_re.search(text):
+            return text
+        index = {t: k for k, t in enumerate(self._added)}
+        return self._added_re.sub(lambda m: chr(ESCAPE_BASE + index[m.group()]), text)
+
+    def _unescape(self, text: str) -> str:
+        return self._escaped_re.sub(lambda m: self._added[ord(m.group()) - ESCAPE_BASE], text)
+
     def ids(self, text: str) -> list[int]:
-        """Token ids of `text`, no special tokens added (special tokens written in it are matched), as the
-        tokenizer gives them; through tiktoken's BPE when the tokenizer's shape allows (~10x faster)."""
+        """Token ids of `text`, no special tokens added (added tokens written in it are matched, except those
+        escape() made plain text), as the tokenizer gives them; through tiktoken's BPE when the tokenizer's shape
+        allows (~10x faster)."""
         if not text:
             return []
         if self._bpe is False:
             from ..render.bpe import for_tokenizer
 
             self._bpe = for_tokenizer(self.tokenizer)
+        if self._added and self._escaped_re.search(text):
+            return self._ids_escaped(text)
         if self._bpe is not None:  # the same ids (tests/test_prompt.py, tests/test_bpe.py)
             return self._bpe.encode(text)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _ids_escaped(self, text: str) -> list[int]:
+        """ids() of a text holding escaped pieces: split at the added tokens written as such, as the tokenizer
+        splits first, and each stretch between them, unescaped, tokenized with no added token matched."""
+        out: list[int] = []
+        pos = 0
+        for m in self._added_re.finditer(text):
+            out += self._plain_ids(self._unescape(text[pos:m.start()]))
+            out += self.tokenizer.convert_tokens_to_ids([m.group()])
+            pos = m.end()
+        return out + self._plain_ids(self._unescape(text[pos:]))
+
+    def _plain_ids(self, text: str) -> list[int]:
+        if not text:
+            return []
+        if self._bpe is not None:
+            return self._bpe.encode(text, match_added=False)
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def __getstate__(self) -> dict:  # the tiktoken BPE does not pickle: a DataLoader worker builds its own
         return {**self.__dict__, "_bpe": False}

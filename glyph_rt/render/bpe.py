@@ -274,12 +274,12 @@ class FastBPE:
             return len(self._core(data).encode(text, self._allowed))
         return len(self._full_bpe().encode(text, self._allowed))
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, match_added: bool = True) -> list[int]:
         """The token ids `tokenizers` gives the text; the full BPE is built on the first call (~0.3 s for a
-        150K vocabulary)."""
+        150K vocabulary). match_added=False: added tokens' texts in it are plain text (as `split_special_tokens`)."""
         if not text:
             return []
-        return self._full_bpe().encode(self.normalize(text), self._allowed)
+        return self._full_bpe().encode(self.normalize(text), self._allowed if match_added else set())
 
     def _full_bpe(self):
         if self._full is None:

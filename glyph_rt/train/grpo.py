@@ -167,7 +167,9 @@ class GlyphRollout:
                 cut = next((i + 1 for i, t in enumerate(ids) if t in stops), None)
                 ids = ids[:cut] if cut is not None else [t for t in ids if t != pad or pad in stops]
                 responses.append(ids)
-                texts.append(gm.tokenizer.decode(ids, skip_special_tokens=True))
+                # the text the rewards read: all but the stop token, the thinking format's tags kept even where
+                # the tokenizer counts them special
+                texts.append(gm.tokenizer.decode([t for t in ids if t not in stops], skip_special_tokens=False))
             groups.append(Group(rec, inputs["input_ids"][b][mask].tolist(), rendered.pixel_values[row:row + nrows],
                                 rendered.image_grid_thw[img:img + k].cpu(), responses, texts))
             img, row = img + k, row + nrows

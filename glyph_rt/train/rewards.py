@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-import string
+import unicodedata
 from collections import Counter
 from typing import Sequence
 
@@ -21,23 +21,32 @@ VERIFIERS = ("exact", "f1", "contains", "judge")
 
 
 def split_thinking(response: str) -> tuple[str | None, str]:
-    """(thoughts, answer) of a `<think>...</think> answer` response; (None, response) when it has no such form."""
+    """(thoughts, answer) of a `<think>...</think> answer` response; (None, response) when it does not think;
+    (None, "") when it thinks but gives no answer after its thoughts (its thoughts are not its answer)."""
     m = THINK.match(response)
-    if m is None or "<think>" in m.group(2) or "</think>" in m.group(2):
-        return None, response
-    return m.group(1), m.group(2).strip()
+    if m is not None and "<think>" not in m.group(2) and "</think>" not in m.group(2):
+        return m.group(1), m.group(2).strip()
+    if "<think>" in response or "</think>" in response:
+        return None, ""
+    return None, response
 
 
-def normalize_answer(s: str) -> str:
-    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def answer_words(s: str) -> list[str]:
+    """The words an answer is scored on: SQuAD's normalisation (lower case, no punctuation, no English articles)
+    over any script: NFKC first, punctuation and symbols of every script removed, and each CJK character a word
+    of its own (Chinese and Japanese answers put no spaces between words)."""
+    s = unicodedata.normalize("NFKC", s).lower()
+    s = "".join(ch for ch in s if unicodedata.category(ch)[0] not in "PS")
+    s = _CJK.sub(lambda m: f" {m.group()} ", _ARTICLES.sub(" ", s))
+    return s.split()
 
 
 def f1_score(prediction: str, reference: str) -> float:
-    p, r = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    p, r = answer_words(prediction), answer_words(reference)
     if not p or not r:
         return float(p == r)
     common = sum((Counter(p) & Counter(r)).values())
@@ -64,18 +73,23 @@ def verifiable_reward(responses: Sequence[str], references: Sequence[str], rule:
         return judge.score(answers, list(references))
     out = []
     for a, ref in zip(answers, references):
-        if rule == "exact":
-            out.append(float(normalize_answer(a) == normalize_answer(ref)))
+        got, want = answer_words(a), answer_words(ref)
+        if not want:  # a reference with no words: only an answer with none matches it
+            out.append(float(not got))
+        elif rule == "exact":
+            out.append(float(got == want))
         elif rule == "f1":
             out.append(f1_score(a, ref))
-        else:
-            out.append(float(normalize_answer(ref) in normalize_answer(a)))
+        else:  # the reference's words, in order, among the answer's
+            out.append(float(f" {' '.join(want)} " in f" {' '.join(got)} "))
     return out
 
 
 def ocr_reward(responses: Sequence[str], references: Sequence[str]) -> list[float]:
-    """1 - normalised Levenshtein distance between the transcription (after </think> if any) and the text."""
-    return [1.0 - Levenshtein.normalized_distance(split_thinking(r)[1], ref) for r, ref in zip(responses, references)]
+    """1 - normalised Levenshtein distance between the transcription (after </think> if any) and the text, both
+    stripped (a page shows no whitespace at the text's ends)."""
+    return [1.0 - Levenshtein.normalized_distance(split_thinking(r)[1].strip(), ref.strip())
+            for r, ref in zip(responses, references)]
 
 
 def cer(predictions: Sequence[str], references: Sequence[str]) -> float:

@@ -28,6 +28,7 @@ The chat samples (ocr, gen, qa) use PromptBuilder.encode: loss on the assistant'
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 
 from ..models.prompt import IGNORE_INDEX, PromptBuilder
@@ -110,12 +111,14 @@ def _cut(text: str, at: int, rng: random.Random) -> int:
 
 
 def text_window(text: str, chars: int, rng: random.Random) -> str:
-    """A window of `chars` characters of the text starting at a random line start (the whole text when short)."""
+    """A window of `chars` characters of the text starting at a random line start (the whole text when short),
+    never shorter than chars // 2."""
     if len(text) <= chars:
         return text
-    start = rng.randrange(0, len(text) - chars // 2)
-    nl = text.find("\n", start)
-    start = nl + 1 if 0 <= nl < start + 2000 else start
+    last = len(text) - chars // 2  # the latest start that leaves half a window
+    start = rng.randrange(0, last + 1)
+    nl = text.find("\n", start, min(start + 2000, last))
+    start = nl + 1 if nl >= 0 else start
     return text[start:start + chars]
 
 
@@ -141,13 +144,30 @@ class Task:
     def window(self, text: str, rng: random.Random) -> str:
         return text_window(text, self.window_chars, rng)
 
-    def chat(self, index: int, pages: list[PageRange], question: str, answer: str, meta: dict) -> Sample:
+    def chat(self, index: int, pages: list[PageRange], question: str, answer: str, meta: dict,
+             thinking: str | None = None) -> Sample:
+        """The sample of a user turn (the pages, then `question`) and the assistant's `answer`, in the thinking
+        format when `thinking` is given (think_answer). Added tokens' texts in the question, the answer and the
+        thinking (a corpus's "<|endoftext|>") are tokenized as plain text; the template's markup and the
+        thinking format's tags as the tokens they are."""
         n = sum(p.num_pages for p in pages)
-        msgs = PromptBuilder.messages(n, question, answer=answer)
+        shown = answer if thinking is None else think_answer(answer, thinking)
+        msgs = PromptBuilder.messages(n, question, answer=shown)
         if self.builder is None:  # messages only (export): no token ids
             return Sample(index, self.name, pages, [], [], msgs, meta)
-        enc = self.builder.encode(msgs, [1] * n)
+        esc = self.escape(index)
+        said = esc(answer) if thinking is None else think_answer(answer, thinking, esc)
+        enc = self.builder.encode(PromptBuilder.messages(n, esc(question), answer=said), [1] * n)
         return Sample(index, self.name, pages, enc.input_ids, enc.labels, msgs, meta)
+
+    def escape(self, index: int):
+        """builder.escape, its ValueError this record's TaskError."""
+        def esc(text: str) -> str:
+            try:
+                return self.builder.escape(text)
+            except ValueError as e:
+                raise TaskError(f"record {index}: {e}") from None
+        return esc
 
     def __call__(self, record: dict, index: int) -> Sample:
         raise NotImplementedError
@@ -220,9 +240,15 @@ def needle_record(text: str, rng: random.Random) -> dict:
             "question": f"What is the special magic number for {name} mentioned in the text?"}
 
 
-def think_answer(answer: str, thinking: str = "") -> str:
-    """The answer in the thinking format (as it is when it already starts with <think>)."""
-    return answer if answer.lstrip().startswith("<think>") else f"<think>{str(thinking).strip()}</think>\n{answer}"
+def think_answer(answer: str, thinking: str = "", escape=None) -> str:
+    """The answer in the thinking format (as it is when it already starts with <think>); `escape` applies to the
+    text, not to the format's tags."""
+    esc = escape or (lambda t: t)
+    head, tag, rest = answer.partition("<think>")
+    if tag and not head.strip() and "</think>" in rest:
+        inner, _, after = rest.partition("</think>")
+        return f"{head}<think>{esc(inner)}</think>{esc(after)}"
+    return f"<think>{esc(str(thinking).strip())}</think>\n{esc(answer)}"
 
 
 class QATask(Task):
@@ -252,16 +278,17 @@ class QATask(Task):
         context = _text_field(record, "context", index)
         question = _text_field(record, "question", index)
         answer = _text_field(record, "answer", index)
-        if self.builder is not None:
-            self.builder.check_text(question, f"record {index}: field 'question'")
         doc = doc or Document(context, style, max_pages=self.max_pages)
         if doc.layout.truncated:
             raise TaskError(f"record {index}: field 'context' needs more than {self.max_pages} pages at this style; "
                             "its answer may lie beyond them (raise data.loader.max_pages)")
-        if self.think:
-            answer = think_answer(answer, record.get("thinking", ""))
         page = PageRange(context, doc.config, 0, doc.num_pages, self.max_pages, doc)
-        return self.chat(index, [page], question, answer, {})
+        return self.chat(index, [page], question, answer, {},
+                         thinking=str(record.get("thinking", "")) if self.think else None)
+
+
+_MARK = "\U0010FFFE"  # a noncharacter: LMTask's marker of a text span's place in the template
+_SPAN_MARKER = re.compile(f"{_MARK}(\\d+){_MARK}")
 
 
 class LMTask(Task):
@@ -297,23 +324,29 @@ class LMTask(Task):
                 if end < len(span.rstrip()):  # pages full: the rest of this span stays text, then stop
                     content.append({"type": "text", "text": span[end:]})
                     break
+            elif content and content[-1]["type"] == "text":  # text after text: one span, tokenized as one
+                content[-1] = {"type": "text", "text": content[-1]["text"] + span}
             else:
                 content.append({"type": "text", "text": span})
         msgs = [{"role": "user", "content": content}]
         meta = {"spans": len(content), "text_spans": sum(c["type"] == "text" for c in content)}
         if self.builder is None:
             return Sample(index, self.name, pages, [], [], msgs, meta)
-        full = self.builder.template(msgs, add_generation_prompt=False)
-        pieces, pos = [], 0
-        for c in content:
-            if c["type"] != "text":
-                continue
-            at = full.find(c["text"], pos)
-            if at < 0:
-                raise TaskError("the chat template changed a text span; cannot mark the interleaved text")
-            pieces += [(full[pos:at], False), (c["text"], True)]
-            pos = at + len(c["text"])
-        pieces.append((full[pos:], False))
+        # the template written with a marker in place of each text span, split at the markers: the spans' places
+        esc = self.escape(index)
+        texts = [esc(c["text"]) for c in content if c["type"] == "text"]
+
+        def written(text_of) -> str:
+            k, parts = iter(range(len(texts))), []
+            for c in content:
+                parts.append({"type": "text", "text": text_of(next(k))} if c["type"] == "text" else c)
+            return self.builder.template([{"role": "user", "content": parts}], add_generation_prompt=False)
+
+        parts = _SPAN_MARKER.split(written(lambda k: f"{_MARK}{k}{_MARK}"))  # template, k, template, k, ...
+        if parts[1::2] != [str(k) for k in range(len(texts))] or written(texts.__getitem__) != "".join(
+                texts[int(p)] if j % 2 else p for j, p in enumerate(parts)):
+            raise TaskError(f"record {index}: the chat template changed a text span; cannot mark the interleaved text")
+        pieces = [(texts[int(p)], True) if j % 2 else (p, False) for j, p in enumerate(parts)]
         enc = self.builder.encode_pieces([p for p in pieces if p[0]])
         return Sample(index, self.name, pages, enc.input_ids, enc.labels, msgs, meta)
 
