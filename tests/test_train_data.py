@@ -60,7 +60,9 @@ def test_task_options_give_cpt_long_windows_and_ocr_short_ones(tmp_path):
     assert (lm.window_chars, lm.max_pages, ocr.window_chars, ocr.max_pages) == (400000, 16, 12000, 4)
     for over, key in (("data.loader.task_options.lm.max_span=3", "data.loader.task_options.lm.max_span"),
                       ("data.loader.task_options.chat.max_pages=3", "data.loader.task_options.chat"),
-                      ("data.loader.task_options.gen.max_pages=0", "data.loader.task_options.gen.max_pages")):
+                      ("data.loader.task_options.gen.max_pages=0", "data.loader.task_options.gen.max_pages"),
+                      ("data.loader.task_options.lm.max_pages=2.5", "data.loader.task_options.lm.max_pages"),
+                      ("data.loader.task_options.gen.backward=1.5", "data.loader.task_options.gen.backward")):
         with pytest.raises(TrainConfigError, match=f"^{key}"):
             loader_options(load_config("cpt", None, ["model.path=x", over], check_paths=False))
 
@@ -88,6 +90,29 @@ def test_rl_records_that_make_no_prompt_are_skipped_and_counted():
     assert 4 < state["pos"] <= 10 and state["skipped"] == state["pos"] - 4
     with pytest.raises(ValueError, match="records in a row made no rl prompt .*needs a non-empty 'text'"):
         next(iter(RecordStream([{"content": "x"}], seed=0)))
+
+
+def test_rl_records_the_rollout_could_not_run_are_skipped_and_counted(tmp_path):
+    """A QA record whose pages and max_new_tokens overflow the model's window, or whose question holds the image
+    token, is skipped and counted before its rollout (it would stop the run there)."""
+    from glyph_rt.models import GlyphModel
+    from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+    from glyph_rt.render.config import RenderConfig
+    from glyph_rt.render.textio import sample_text
+    from glyph_rt.train.data import rollout_check
+    from glyph_rt.train.grpo import GlyphRollout
+
+    gm = GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path, max_positions=512), device="cpu",
+                                    render_config=RenderConfig(page_size=(120, 90)))
+    good = {"context": sample_text()[:300], "question": "What?", "answer": "x"}
+    long = {"context": sample_text()[:20000], "question": "What?", "answer": "x"}
+    image = {"context": "red fox", "question": "What is <|image|>?", "answer": "red"}
+    stream = RecordStream([good, long, image], seed=0, check=rollout_check(gm, max_new_tokens=16))
+    recs = list(itertools.islice(iter(stream), 3))
+    assert recs == [good] * 3 and stream.state_dict()["skipped"] == 6
+    assert len(GlyphRollout(gm, max_new_tokens=16)(recs[:1], 2)) == 1  # what the check lets through runs
+    with pytest.raises(ValueError, match="over the model's 512"):
+        GlyphRollout(gm, max_new_tokens=16)([long], 2)
 
 
 def test_rl_mixes_in_ocr_records_scored_by_the_ocr_reward():

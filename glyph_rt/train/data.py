@@ -54,8 +54,11 @@ def loader_options(cfg: TrainConfig, held_out: bool = False) -> dict:
             if k not in TASK_OPTIONS[name]:
                 raise TrainConfigError(f"data.loader.task_options.{name}.{k}: unknown option; {name} takes "
                                        f"{', '.join(sorted(TASK_OPTIONS[name]))}")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < (0 if k == "backward" else 1):
-                raise TrainConfigError(f"data.loader.task_options.{name}.{k}: {v!r} must be a positive number")
+            if k == "backward":  # a probability
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                    raise TrainConfigError(f"data.loader.task_options.{name}.{k}: {v!r} must be in [0, 1]")
+            elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise TrainConfigError(f"data.loader.task_options.{name}.{k}: {v!r} must be a whole number >= 1")
     if opts.get("render", "worker") not in ("worker", "batch"):
         raise TrainConfigError(f"data.loader.render: {opts['render']!r} must be worker or batch")
     opts["tasks"] = dict(tasks)
@@ -84,16 +87,24 @@ class RecordStream:
     """This rank's records r, r + R, ... of a corpus, endlessly (reshuffled each epoch), with state_dict. Record g
     is an OCR record with probability ocr_ratio (a pure function of (seed, g)): {"task": "ocr", "context": a
     window of ocr_chars at a line start, "question": an OCR instruction, "answer": the same window}. A record that
-    makes no prompt (a QA record missing a field, or no "text") is skipped and counted (state_dict()["skipped"])."""
+    makes no prompt (a QA record missing a field, or no "text"), or that `check(record, i)` refuses with a
+    TaskError (rollout_check: one the rollout could not run), is skipped and counted (state_dict()["skipped"])."""
 
     def __init__(self, corpus, seed: int = 0, rank: int = 0, world: int = 1, window_chars: int = 12000,
-                 ocr_ratio: float = 0.0, ocr_chars: int = 1500):
+                 ocr_ratio: float = 0.0, ocr_chars: int = 1500, check=None):
         self.corpus, self.seed, self.rank, self.world, self.pos = corpus, seed, rank, world, 0
         self.skipped = 0  # records that made no prompt
         self.window_chars, self.ocr_ratio, self.ocr_chars = window_chars, ocr_ratio, ocr_chars
+        self.check = check
 
     def record(self, g: int) -> dict:
         """Record g, or TaskError when the corpus record cannot make one."""
+        rec, i = self._record(g)
+        if self.check is not None:
+            self.check(rec, i)
+        return rec
+
+    def _record(self, g: int) -> tuple[dict, int]:
         from .loader import epoch_order
         from .tasks import TaskError, needle_record
 
@@ -111,16 +122,16 @@ class RecordStream:
             return text
 
         if self.ocr_ratio and random.Random(f"{self.seed}:rl-task:{g}").random() < self.ocr_ratio:
-            return ocr_record(field("text", "context"), random.Random(f"{self.seed}:ocr:{g}"), self.ocr_chars)
+            return ocr_record(field("text", "context"), random.Random(f"{self.seed}:ocr:{g}"), self.ocr_chars), i
         if "question" in rec:  # a QA record as it is
             field("context"), field("question"), field("answer")
-            return rec
+            return rec, i
         rng = random.Random(f"{self.seed}:rl:{g}")
         text = field("text")
         if len(text) > self.window_chars:
             start = rng.randrange(0, len(text) - self.window_chars)
             text = text[start:start + self.window_chars]
-        return needle_record(text, rng)
+        return needle_record(text, rng), i
 
     def __iter__(self):
         from .loader import SkipStreak
@@ -150,6 +161,30 @@ class RecordStream:
         self.pos, self.skipped = int(s["pos"]), int(s.get("skipped", 0))
 
 
+def rollout_check(gm, max_new_tokens: int):
+    """check(record, i) for RecordStream: a TaskError for a record GlyphRollout could not run, so that it is
+    skipped and counted rather than stopping the run: its question holds the image token, or its prompt (the
+    context's pages at gm.render_config, each at its full page size: an upper bound; the question; max_new_tokens)
+    is longer than the model's window."""
+    from ..render.pages import Document
+    from ..render.tokens import visual_tokens
+    from .tasks import TaskError
+
+    per_page = visual_tokens([gm.render_config.page_pixels], gm.model_type)[0]
+
+    def check(rec: dict, i: int) -> None:
+        if gm.prompts.image_token in rec["question"]:
+            raise TaskError(f"record {i}: field 'question' holds the image token {gm.prompts.image_token!r}")
+        if not gm.max_positions:
+            return
+        pages = Document(rec["context"], gm.render_config).num_pages
+        prompt = len(gm.prompts.ids(gm.prompts.prompt([1] * pages, rec["question"]))) + pages * (per_page - 1)
+        if prompt + max_new_tokens > gm.max_positions:
+            raise TaskError(f"record {i}: its prompt takes up to {prompt} positions ({pages} pages), which with "
+                            f"grpo.max_new_tokens={max_new_tokens} is over the model's {gm.max_positions}")
+    return check
+
+
 def ocr_record(text: str, rng: random.Random, chars: int) -> dict:
     """An RL record of the OCR auxiliary task: a window of the text (from a line start) to read back."""
     from .tasks import OCR_PROMPTS, text_window
@@ -171,7 +206,8 @@ def build_data(cfg: TrainConfig, gm, rank: int, world: int, held_out: bool = Fal
     corpus = Corpus.open(opts.get("corpus"), text_field=opts.get("text_field", "text"))
     fixed = fixed_render_config(cfg.data.render_config) if cfg.data.render_config else None
     if cfg.stage == "rl":
-        return RecordStream(corpus, cfg.seed, rank, world, opts.get("window_chars", 12000), cfg.data.ocr_ratio)
+        return RecordStream(corpus, cfg.seed, rank, world, opts.get("window_chars", 12000), cfg.data.ocr_ratio,
+                            check=rollout_check(gm, cfg.grpo.max_new_tokens))
     weights = dict(opts["tasks"])
     if cfg.stage == "sft" and cfg.data.ocr_ratio > 0:
         rest = sum(w for n, w in weights.items() if n != "ocr")
