@@ -104,3 +104,31 @@ def test_position_table_is_cached_per_grid_and_bit_exact():
         emb.GLYPH_SHAPES = 1  # a bounded cache: the most recent shapes stay, the answer is the same
         emb.position_embedding.weight.mul_(0.5)
         assert torch.equal(emb(*args), original(emb, *args)) and len(emb._glyph_cache) == 1
+
+
+def test_static_cache_generation_matches_sdpa():
+    """A StaticCache hands attention its whole buffer: only the keys filled so far count (batch 1, where generate
+    drops the all-ones mask, and a left-padded batch)."""
+    ref, model = glm4v("sdpa"), glm4v("sdpa")
+    model.load_state_dict(ref.state_dict())
+    apply_glyph_kernels(model, patch_embed_backend="torch")
+    both = inputs_of(glm4v_inputs())
+    one = {k: v[:1] for k, v in both.items() if k not in ("pixel_values", "image_grid_thw")}
+    rows = int(both["image_grid_thw"][:2].prod(1).sum())  # the first sample's two images
+    one.update(pixel_values=both["pixel_values"][:rows], image_grid_thw=both["image_grid_thw"][:2])
+    greedy = dict(max_new_tokens=4, do_sample=False, cache_implementation="static", output_logits=True,
+                  return_dict_in_generate=True)
+    with torch.no_grad():
+        for inputs in (one, both):
+            want, got = ref.generate(**inputs, **greedy), model.generate(**inputs, **greedy)
+            assert torch.equal(got.sequences, want.sequences)
+            torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), rtol=1e-4, atol=1e-4)
+
+
+def test_attention_features_glyph_lacks_are_refused():
+    from glyph_rt.ops.attention import glyph_attention_forward
+
+    q = torch.randn(1, 4, 6, 16)
+    kv = torch.randn(1, 1, 6, 16)
+    with pytest.raises(NotImplementedError, match="no sliding_window .*sliding_window=8.*'sdpa'"):
+        glyph_attention_forward(torch.nn.Module(), q, kv, kv, None, sliding_window=8)

@@ -332,8 +332,14 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
     at each sample (transformers passes them when a packed row has no mask and no cache); padding as a 2D mask."""
     if dropout and module.training:
         raise NotImplementedError("attn_implementation='glyph' has no attention dropout; set attention_dropout=0")
+    for name in ("sliding_window", "softcap", "s_aux"):
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"attn_implementation='glyph' has no {name} (the model passes "
+                                      f"{name}={kwargs[name]!r}); use attn_implementation='sdpa' for this model")
     if attention_mask is not None and attention_mask.dim() != 2:
         raise ValueError(f"attn_implementation='glyph' takes a 2D padding mask, got {attention_mask.dim()}D")
+    if attention_mask is not None and attention_mask.shape[-1] < key.shape[2]:  # a static cache: its filled part
+        key, value = key[:, :, :attention_mask.shape[-1]], value[:, :, :attention_mask.shape[-1]]
     query, key, value = autocast_inputs(query, key, value)
     B, H, S, D = query.shape
     Sk = key.shape[2]
@@ -465,14 +471,29 @@ def _left_padding(mask: torch.Tensor, batch: int, keys: int):
     return _last_mask[1]
 
 
+def glyph_attention_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, *args,
+                         attention_mask=None, **kwargs):
+    """transformers' mask interface for attn_implementation='glyph': flash-attn's 2D padding mask (None when
+    nothing is padded), but as long as the keys filled so far when the cache holds more (a StaticCache's buffer),
+    so that glyph_attention_forward attends to those keys only, as flash-attn's path slices them."""
+    from transformers.masking_utils import flash_attention_mask
+
+    mask = flash_attention_mask(batch_size, q_length, kv_length, q_offset, *args, attention_mask=attention_mask,
+                                **kwargs)
+    filled = int(q_offset) + q_length
+    if mask is None and filled < kv_length:
+        mask = torch.ones(batch_size, filled, dtype=torch.bool, device=kwargs.get("device", "cpu"))
+    return mask
+
+
 def register_transformers(name: str = "glyph", backend: str = "auto") -> str:
     """Registers glyph_rt's attention as attn_implementation=`name` (with flash-attn's 2D padding masks);
     `backend` is passed to every attention() call it makes."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r} is unknown; choose from {', '.join(BACKENDS)}")
     AttentionInterface.register(name, functools.partial(glyph_attention_forward, backend=backend))
-    ALL_MASK_ATTENTION_FUNCTIONS.register(name, flash_attention_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, glyph_attention_mask)
     return name
