@@ -83,6 +83,27 @@ def test_generation_is_the_same_with_kernels_on_and_off(models):
     assert not type(off.model.model.visual.patch_embed).__name__.startswith("Glyph")
 
 
+def test_generate_takes_one_question_for_many_contexts_and_the_callers_processors(models):
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    on, _ = models
+    one = on.generate(CONTEXTS, QUESTIONS[0], max_new_tokens=3)
+    assert [a.token_ids for a in one] == [a.token_ids for a in on.generate(CONTEXTS, QUESTIONS[:1] * 2,
+                                                                         max_new_tokens=3)]
+
+    class Force(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            forced = torch.full_like(scores, -float("inf"))
+            forced[:, 7] = 0
+            return forced
+
+    forced = on.generate(CONTEXTS[:1], QUESTIONS[:1], max_new_tokens=3,
+                         logits_processor=LogitsProcessorList([Force()]))
+    assert forced[0].token_ids == [7, 7, 7] and forced[0].timings["decode"] >= 0
+    with pytest.raises(ValueError, match="num_return_sequences=2: .*one answer per context"):
+        on.generate(CONTEXTS, QUESTIONS, max_new_tokens=2, num_beams=2, num_return_sequences=2)
+
+
 @pytest.mark.filterwarnings("error::DeprecationWarning", "error::FutureWarning")
 def test_generate_uses_no_deprecated_transformers_arguments(models):
     for model in models:  # kernels on (a GlyphCache is passed) and off
@@ -165,10 +186,27 @@ def test_qwen2_5_vl_checkpoint(tmp_path):
     assert on.model_type == "qwen2_5_vl" and on.image_token == "<|image_pad|>"
     inputs, rendered, _ = on.build_inputs(CONTEXTS[:1], QUESTIONS[:1])
     pages = glyph_rt.render(CONTEXTS[0], CFG)
-    hf = Qwen2VLImageProcessorPil()([pages.to_pil(i) for i in range(len(pages))], return_tensors="pt")
+    hf = Qwen2VLImageProcessorPil.from_pretrained(path)([pages.to_pil(i) for i in range(len(pages))],
+                                                        return_tensors="pt")
     assert torch.equal(inputs["image_grid_thw"].cpu(), hf["image_grid_thw"])
     assert torch.equal(inputs["pixel_values"].cpu(), hf["pixel_values"])
     assert int((inputs["input_ids"] == on.image_token_id).sum()) == int(hf["image_grid_thw"].prod(1).sum() // 4)
     a = on.generate(CONTEXTS, QUESTIONS, max_new_tokens=5)
     b = off.generate(CONTEXTS, QUESTIONS, max_new_tokens=5)
     assert [x.token_ids for x in a] == [x.token_ids for x in b]
+
+
+def test_a_checkpoint_resizing_within_other_limits_is_warned_about(tmp_path):
+    import json
+    import warnings
+
+    from glyph_rt.models.glyph_model import check_processor
+
+    p = tmp_path / "preprocessor_config.json"
+    p.write_text(json.dumps({"size": {"shortest_edge": 12544, "longest_edge": 11760000}, "patch_size": 14}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_processor(p, "glm4v")  # glyph_rt's own limits: no warning
+    p.write_text(json.dumps({"size": {"shortest_edge": 12544, "longest_edge": 47040000}}))
+    with pytest.warns(UserWarning, match="12544..47040000 pixels, glyph_rt within 12544..11760000"):
+        check_processor(p, "glm4v")

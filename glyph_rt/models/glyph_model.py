@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,7 +144,7 @@ class GlyphModel:
         if model_type not in MODELS:
             raise ValueError(f"model type {model_type!r} in {path / 'config.json'} is not supported; "
                              f"GlyphModel runs {', '.join(MODELS)}")
-        check_processor(path / "preprocessor_config.json")
+        check_processor(path / "preprocessor_config.json", model_type)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if kernels == "auto":
             from ..ops.attention import register_transformers
@@ -211,12 +212,17 @@ class GlyphModel:
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, contexts, questions, max_new_tokens: int = 128, **generate_kwargs) -> list[Answer]:
-        """Answers each question about its context (one str each, or lists of equal length)."""
+        """Answers each question about its context (one str each, lists of equal length, or one question for a
+        list of contexts). One answer per context: num_return_sequences other than 1 is refused."""
         from transformers import LogitsProcessorList
 
         if isinstance(contexts, str):
-            contexts, questions = [contexts], [questions]
-        contexts, questions = list(contexts), list(questions)
+            contexts = [contexts]
+        contexts = list(contexts)
+        questions = [questions] * len(contexts) if isinstance(questions, str) else list(questions)
+        if generate_kwargs.get("num_return_sequences", 1) != 1:
+            raise ValueError(f"num_return_sequences={generate_kwargs['num_return_sequences']}: GlyphModel.generate "
+                             "returns one answer per context; give a context n times for n samples")
         if len(contexts) != len(questions):
             raise ValueError(f"{len(contexts)} contexts for {len(questions)} questions")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -244,10 +250,12 @@ class GlyphModel:
         if self.patch is not None and not {"cache", "past_key_values"} & generate_kwargs.keys():
             generate_kwargs[cache_kwarg(self.model)] = GlyphCache(reserve=max_new_tokens)  # no copy per step
         first = _FirstToken(self.device)
+        processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
+        processors.append(first)  # after the caller's: it only notes when the first token comes
         t0 = time.perf_counter()
         try:
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens,
-                                      logits_processor=LogitsProcessorList([first]), **generate_kwargs)
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, logits_processor=processors,
+                                      **generate_kwargs)
         finally:
             for h in hooks:
                 h.remove()
@@ -269,9 +277,21 @@ class GlyphModel:
         return answers
 
 
-def check_processor(path: Path) -> None:
-    """glyph_rt renders for 14-px patches, 2x2 merges, 2 frames and CLIP normalization: the checkpoint must agree."""
+def check_processor(path: Path, model_type: str = "glm4v") -> None:
+    """glyph_rt renders for 14-px patches, 2x2 merges, 2 frames and CLIP normalization: the checkpoint must agree.
+    Its resize limits are the image processor's defaults: other limits in the checkpoint are warned about (a page
+    outside both ranges gets another grid from glyph_rt than from the checkpoint's processor)."""
+    from ..render.tokens import PIXEL_LIMITS
+
     p = read_json(path)
+    size = p.get("size") if isinstance(p.get("size"), dict) else {}
+    given = (size.get("shortest_edge", p.get("min_pixels")), size.get("longest_edge", p.get("max_pixels")))
+    ours = PIXEL_LIMITS.get(model_type)
+    if ours and any(g is not None and g != o for g, o in zip(given, ours)):
+        warnings.warn(f"{path}: the image processor resizes within {given[0]}..{given[1]} pixels, glyph_rt within "
+                      f"{ours[0]}..{ours[1]} (its default); pages outside glyph_rt's range get other grids than the "
+                      "checkpoint's processor would give them (at 2 frames a page of more than "
+                      f"{ours[1] // 2:,} pixels is scaled down)", stacklevel=3)
     want = {"patch_size": 14, "merge_size": VISION_MERGE, "temporal_patch_size": 2}
     bad = [f"{k}={p[k]} (glyph_rt renders for {v})" for k, v in want.items() if k in p and p[k] != v]
     for k, v in (("image_mean", CLIP_MEAN), ("image_std", CLIP_STD)):

@@ -153,7 +153,8 @@ def tiny_qwen2_5_vl_checkpoint(path):
     torch.manual_seed(0)
     Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(path)
     tok.save_pretrained(path)
-    Qwen2VLImageProcessorPil().save_pretrained(path)
+    # the pixel range of Qwen2.5-VL's checkpoints (3136..12845056), over the class default of Qwen2-VL's
+    Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 12845056}).save_pretrained(path)
     return path
 
 

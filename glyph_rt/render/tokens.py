@@ -8,8 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+# each model's resize limits (min_pixels, max_pixels): its Hugging Face image processor's defaults
+PIXEL_LIMITS = {"glm4v": (112 * 112, 28 * 28 * 15000), "qwen2_5_vl": (56 * 56, 12845056)}
+
+
 def smart_resize_glm4v(height: int, width: int, num_frames: int = 2, temporal_factor: int = 2, factor: int = 28,
-                       min_pixels: int = 112 * 112, max_pixels: int = 28 * 28 * 15000) -> tuple[int, int]:
+                       min_pixels: int = PIXEL_LIMITS["glm4v"][0],
+                       max_pixels: int = PIXEL_LIMITS["glm4v"][1]) -> tuple[int, int]:
     """GLM-4.1V's image resize rule (Glm4vImageProcessor; a still image counts as 2 frames)."""
     if height < factor or width < factor:
         scale = max(factor / height, factor / width)
@@ -30,8 +35,8 @@ def smart_resize_glm4v(height: int, width: int, num_frames: int = 2, temporal_fa
     return h_bar, w_bar
 
 
-def smart_resize_qwen2_5_vl(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
-                            max_pixels: int = 12845056) -> tuple[int, int]:
+def smart_resize_qwen2_5_vl(height: int, width: int, factor: int = 28, min_pixels: int = PIXEL_LIMITS["qwen2_5_vl"][0],
+                            max_pixels: int = PIXEL_LIMITS["qwen2_5_vl"][1]) -> tuple[int, int]:
     """Qwen2.5-VL's resize rule (its checkpoints' preprocessor config: 3136..12845056 pixels)."""
     if max(height, width) / min(height, width) > 200:
         raise ValueError(f"page aspect ratio {max(height, width) / min(height, width):.0f} is over Qwen2.5-VL's 200")
