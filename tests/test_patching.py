@@ -132,3 +132,31 @@ def test_attention_features_glyph_lacks_are_refused():
     kv = torch.randn(1, 1, 6, 16)
     with pytest.raises(NotImplementedError, match="no sliding_window .*sliding_window=8.*'sdpa'"):
         glyph_attention_forward(torch.nn.Module(), q, kv, kv, None, sliding_window=8)
+
+
+@pytest.mark.parametrize("model_type", ["glm4v", "qwen2_5_vl"])
+def test_uint8_patches_through_the_patched_model(model_type):
+    """transformers' get_image_features casts pixel_values to the tower's dtype before the patch embedding: the
+    uint8 levels come back exactly, so the whole model takes render_inputs(dtype=uint8)."""
+    import glyph_rt
+    from glyph_rt import RenderConfig
+    from glyph_rt.models.prompt import tokens_per_image
+
+    model = (tiny_glm4v if model_type == "glm4v" else tiny_qwen2_5_vl)("sdpa")
+    apply_glyph_kernels(model, patch_embed_backend="torch")
+    cfg, logits, c = RenderConfig(page_size=(120, 90)), [], model.config
+    image = c.image_token_id
+    start = getattr(c, "image_start_token_id", None) or c.vision_start_token_id
+    end = getattr(c, "image_end_token_id", None) or c.vision_end_token_id
+    for dtype in (torch.float32, torch.uint8):
+        r = glyph_rt.render_inputs(["hello world " * 30], cfg, model=model_type, device="cpu", dtype=dtype)
+        ids = [5]
+        for n in tokens_per_image(r.image_grid_thw):
+            ids += [start] + [image] * n + [end]
+        ids = torch.tensor([ids + [7]])
+        with torch.no_grad():
+            logits.append(model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=r.pixel_values,
+                                image_grid_thw=r.image_grid_thw, mm_token_type_ids=(ids == image).long()).logits)
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="not uint8 levels"):
+        model.model.visual.patch_embed(torch.randn(8, 588))

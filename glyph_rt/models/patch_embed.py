@@ -61,9 +61,23 @@ def embed_patches(module: nn.Module, hidden_states: torch.Tensor, backend: str =
     """The forward of any module holding the patch-embedding Conv3d as `proj` (ours, or a patched HF one). Under
     autocast, fp32 weights (a training run's master weights) are cast to its dtype, as a Conv3d's would be."""
     w, b = module.proj.weight, module.proj.bias
+    hidden_states = levels_back(hidden_states)
     folded = folded_weights(module) if hidden_states.dtype == torch.uint8 else None
     dt = autocast_dtype(hidden_states.device)
     if dt is not None and w.dtype != dt:
         w, b = w.to(dt), None if b is None else b.to(dt)
         folded = None if folded is None else tuple(x.to(dt) for x in folded)
     return patch_embed(hidden_states, w, b, backend, folded)
+
+
+def levels_back(x: torch.Tensor) -> torch.Tensor:
+    """uint8 patches [N, 588] that the model cast to float on their way here (transformers' get_image_features
+    casts pixel_values to the tower's dtype), back to uint8: the levels 0..255 survive the cast exactly, even to
+    bfloat16. Float rows of another width go on as they are; float rows of 588 values that are not levels are
+    an error rather than being read as pixel_values."""
+    if x.dtype == torch.uint8 or not x.is_floating_point() or x.dim() != 2 or x.shape[-1] != 588:
+        return x
+    if not bool(((x >= 0) & (x <= 255) & (x == x.round())).all()):
+        raise ValueError("patch embedding: float rows of 588 values that are not uint8 levels; give uint8 patches "
+                         "[N, 588] (render_inputs(dtype=torch.uint8)) or float pixel_values [N, 1176]")
+    return x.to(torch.uint8)
