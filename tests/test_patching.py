@@ -34,7 +34,7 @@ def test_patched_glm4v_gives_the_same_logits_and_tokens_and_undoes():
         assert patch.replaced == 1 + 2 + 1  # patch embedding, two vision blocks' attention, position table
         assert any(isinstance(m, GlyphPatchEmbed) for m in model.modules())
         assert any(isinstance(m, GlyphVisionAttention) for m in model.modules())
-        assert model.model.language_model.config._attn_implementation == "glyph"
+        assert model.model.language_model.config._attn_implementation == patch.attn_implementation == "glyph_glyph"
         assert not any(isinstance(m, (GlyphPatchEmbed, GlyphVisionAttention)) for m in ref.modules())
         got = model(**inputs).logits
         torch.testing.assert_close(got[valid], want[valid], rtol=1e-4, atol=1e-4)
@@ -50,7 +50,7 @@ def test_patching_before_the_model_is_built():
     before = glm4v("sdpa")
     patch = apply_glyph_kernels(model_type="glm4v", **KERNELS)
     try:
-        after = glm4v("glyph")
+        after = glm4v(patch.attn_implementation)
         assert any(isinstance(m, GlyphPatchEmbed) for m in after.modules())
         assert not any(isinstance(m, GlyphPatchEmbed) for m in before.modules())  # built earlier: untouched
         after.load_state_dict(before.state_dict())  # same parameter names
@@ -160,3 +160,18 @@ def test_uint8_patches_through_the_patched_model(model_type):
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="not uint8 levels"):
         model.model.visual.patch_embed(torch.randn(8, 588))
+
+
+def test_models_pinned_to_different_attention_backends_keep_theirs():
+    from transformers import AttentionInterface
+
+    a, b = tiny_glm4v("sdpa"), tiny_glm4v("sdpa")
+    pa = apply_glyph_kernels(a, attention_backend="reference")
+    pb = apply_glyph_kernels(b, attention_backend="sdpa")
+    names = (a.model.language_model.config._attn_implementation, b.model.language_model.config._attn_implementation)
+    assert names == (pa.attn_implementation, pb.attn_implementation) == ("glyph_reference", "glyph_sdpa")
+    assert AttentionInterface._global_mapping["glyph_reference"].keywords["backend"] == "reference"
+    pb.undo()
+    assert AttentionInterface._global_mapping["glyph_reference"].keywords["backend"] == "reference"
+    assert a.model.language_model.config._attn_implementation == "glyph_reference"
+    pa.undo()

@@ -140,6 +140,7 @@ class Patch:
 
     model_type: str
     replaced: int = 0  # module instances (or classes) switched
+    attn_implementation: str | None = None  # the language model's (register_transformers' name for the backend)
     _undo: list = field(default_factory=list, repr=False)
 
     def setattr(self, obj, name: str, value) -> None:
@@ -161,9 +162,9 @@ def apply_glyph_kernels(model: torch.nn.Module | None = None, model_type: str | 
     patch_embed: the vision patch embedding runs on glyph_rt's GEMM (and takes uint8 patches), and
     GLM-4.1V's resampled position table is cached per grid shape in inference.
     attention: the vision towers attend all images in one varlen call, and a built model's
-    language model uses attn_implementation="glyph" (for models built later, pass
-    attn_implementation="glyph" when building them). The backends go to glyph_rt.ops.patch_embed
-    and glyph_rt.ops.attention ("auto" lets them pick)."""
+    language model uses attn_implementation=patch.attn_implementation ("glyph" for the auto backend,
+    "glyph_<backend>" for another; for models built later, pass it when building them). The backends go to
+    glyph_rt.ops.patch_embed and glyph_rt.ops.attention ("auto" lets them pick)."""
     if model is not None:
         model_type = getattr(model.config, "model_type", None)
     if model_type not in MODELS:
@@ -179,12 +180,13 @@ def apply_glyph_kernels(model: torch.nn.Module | None = None, model_type: str | 
     targets = []
     if patch_embed:
         targets.append((getattr(mod, spec.patch_embed), GlyphPatchEmbed, patch_embed_backend))
+    name = None
     if attention:
-        register_transformers("glyph", backend=attention_backend)
+        name = register_transformers(backend=attention_backend)
         targets.append((getattr(mod, spec.vision_attention), GlyphVisionAttention, attention_backend))
     if patch_embed and spec.position_embedding:
         targets.append((getattr(mod, spec.position_embedding), GlyphPositionEmbedding, "auto"))
-    patch = Patch(model_type)
+    patch = Patch(model_type, attn_implementation=name)
     for base, mixin, backend in targets:
         base = getattr(base, "_glyph_base", base)  # already patched: start from the original class
         new = glyph_subclass(base, mixin, backend)
@@ -198,7 +200,7 @@ def apply_glyph_kernels(model: torch.nn.Module | None = None, model_type: str | 
                 patch.replaced += 1
     if model is not None and attention:
         for cfg in _language_configs(model):
-            patch.setattr(cfg, "_attn_implementation", "glyph")
+            patch.setattr(cfg, "_attn_implementation", name)
     return patch
 
 

@@ -486,14 +486,17 @@ def glyph_attention_mask(batch_size: int, q_length: int, kv_length: int, q_offse
     return mask
 
 
-def register_transformers(name: str = "glyph", backend: str = "auto") -> str:
-    """Registers glyph_rt's attention as attn_implementation=`name` (with flash-attn's 2D padding masks);
-    `backend` is passed to every attention() call it makes."""
+def register_transformers(name: str | None = None, backend: str = "auto") -> str:
+    """Registers glyph_rt's attention as attn_implementation=`name` (with flash-attn's 2D padding masks) and
+    returns the name; `backend` is passed to every attention() call it makes. The default name is one per
+    backend: "glyph" for auto, "glyph_<backend>" for another, so that models pinned to different backends in
+    one process keep theirs."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r} is unknown; choose from {', '.join(BACKENDS)}")
+    name = name or ("glyph" if backend == "auto" else f"glyph_{backend}")
     AttentionInterface.register(name, functools.partial(glyph_attention_forward, backend=backend))
     ALL_MASK_ATTENTION_FUNCTIONS.register(name, glyph_attention_mask)
     return name
