@@ -53,6 +53,21 @@ def test_multi_turn_and_errors(builder):
         builder.messages(-1, "Q")
 
 
+def test_a_middle_turn_learns_the_stop_its_template_writes():
+    """GLM's template ends an assistant turn with the next <|user|>, one of GLM-4.1V's stop ids: a middle turn
+    learns to stop on it (what inference sees), not on an eos inserted into the conversation."""
+    tok = tiny_tokenizer(GLM_SPECIAL, GLM_TEMPLATE)
+    user, eos = tok.convert_tokens_to_ids(["<|user|>", "<|endoftext|>"])
+    b = PromptBuilder(tok, tok.convert_tokens_to_ids("<|image|>"), stop_ids=[eos, user])
+    msgs = b.messages(1, "Q1?", answer="A1") + [{"role": "user", "content": "Q2?"},
+                                                {"role": "assistant", "content": "A2"}]
+    enc = b.encode(msgs, [4])
+    prompt = b.ids(b.expand(b.template(msgs[:3], True), [4]))
+    assert enc.input_ids[:len(prompt)] == prompt and enc.input_ids.count(eos) == 1 and enc.input_ids[-1] == eos
+    trained = [t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE_INDEX]
+    assert tok.decode(trained) == "A1<|user|>A2<|endoftext|>"
+
+
 def test_encode_pieces_trains_only_marked_text(builder):
     enc = builder.encode_pieces([(builder.image_token * 3, False), ("hello world", True)])
     assert enc.labels[:3] == [IGNORE_INDEX] * 3 and enc.loss_tokens == len(enc.input_ids) - 3

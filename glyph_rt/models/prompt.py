@@ -213,18 +213,27 @@ class PromptBuilder:
         """Ids and labels of text pieces tokenized one by one; pieces marked True take loss.
 
         The interleaved language-modelling task uses it directly (pages and text in order, loss on the text).
-        With close=True a trained piece holding no stop token gets the eos appended, so the model learns to stop.
+        With close=True a trained piece holding no stop token learns to stop: on the next piece's first token when
+        that is a stop token (a turn the template ends with the next turn's <|user|>), else on an appended eos.
         """
         ids: list[int] = []
         labels: list[int] = []
         eos = self.tokenizer.eos_token_id
-        for text, train in pieces:
-            piece = self.ids(text)
-            if close and train and eos is not None and not self.stop_ids.intersection(piece):
-                piece.append(eos)
+        tokens = [self.ids(text) for text, _ in pieces]
+        learnt_stop = False  # the previous trained piece's stop is this piece's first token
+        for k, ((_, train), piece) in enumerate(zip(pieces, tokens)):
+            if close and train and not self.stop_ids.intersection(piece):
+                after = tokens[k + 1] if k + 1 < len(tokens) else []
+                if after and after[0] in self.stop_ids and not pieces[k + 1][1]:
+                    learnt_stop = True  # a turn the template ends with a stop token (GLM's next <|user|>)
+                elif eos is not None:
+                    piece = piece + [eos]
             ids += piece
             if not train:
                 labels += [IGNORE_INDEX] * len(piece)
+                if learnt_stop and piece:
+                    labels[len(labels) - len(piece)] = piece[0]
+                learnt_stop = False
             elif self.image_token_id in piece:
                 labels += [IGNORE_INDEX if t == self.image_token_id else t for t in piece]
             else:
