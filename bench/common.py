@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from glyph_rt.fileio import write_atomic
+
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -99,7 +101,7 @@ def write_json(args, name: str, data: dict) -> Path:
     for d in output_dirs(args):
         d.mkdir(parents=True, exist_ok=True)
         paths.append(d / name)
-        paths[-1].write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_atomic(paths[-1], json.dumps(data, indent=2, ensure_ascii=False) + "\n")  # a killed run: whole
     return paths[0]
 
 
