@@ -64,3 +64,26 @@ def test_generation_matches_dynamic_cache():
     assert torch.equal(got.sequences, want.sequences)
     for a, b in zip(got.logits, want.logits):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_beam_search_reorders_in_the_buffer():
+    """Beam search reorders the rows inside each layer's buffer: the same beams as DynamicCache, and one buffer
+    per layer for the whole generation."""
+    from glyph_rt.models.kv_cache import GrowingLayer
+
+    model = tiny_glm4v("sdpa")
+    kwargs = glm4v_inputs()
+    made = []
+    allocate = GrowingLayer._allocate
+
+    def counted(self, *args):
+        made.append(self)
+        return allocate(self, *args)
+
+    beams = dict(max_new_tokens=12, num_beams=3, do_sample=False)
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GrowingLayer, "_allocate", counted)
+        got = model.generate(**kwargs, **{cache_kwarg(model): GlyphCache(reserve=12)}, **beams)
+        want = model.generate(**kwargs, **beams)
+    assert torch.equal(got, want)
+    assert len(made) == len(set(map(id, made))) == model.config.text_config.num_hidden_layers

@@ -34,8 +34,8 @@ def cache_kwarg(model) -> str:
 class GrowingLayer(DynamicLayer):
     """A DynamicLayer whose keys and values are views of a larger buffer. The first update allocates
     its length plus `reserve` tokens; past the end the buffer grows by a quarter (at least 256 tokens).
-    Operations that replace the tensors (beam reordering, batch repeats, offloading) are followed by
-    a copy into a new buffer at the next update."""
+    Beam reordering happens inside the buffer; other operations that replace the tensors (batch repeats,
+    offloading) are followed by a copy into a new buffer at the next update."""
 
     def __init__(self, reserve: int = 0):
         super().__init__()
@@ -72,6 +72,17 @@ class GrowingLayer(DynamicLayer):
         if n:
             self._k[:, :, :n].copy_(old_k)
             self._v[:, :, :n].copy_(old_v)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: the rows reordered inside the buffer, which keeps its room (no new buffer per step)."""
+        n = self.get_seq_length()
+        if n == 0 or self._k is None or self.keys.data_ptr() != self._k.data_ptr() or \
+                beam_idx.numel() != self._k.shape[0]:
+            return super().reorder_cache(beam_idx)
+        idx = beam_idx.to(self._k.device)
+        self._k[:, :, :n] = self._k[:, :, :n].index_select(0, idx)
+        self._v[:, :, :n] = self._v[:, :, :n].index_select(0, idx)
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
 
     def reset(self) -> None:
         self._k = self._v = None
