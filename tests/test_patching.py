@@ -104,6 +104,9 @@ def test_position_table_is_cached_per_grid_and_bit_exact():
         emb.GLYPH_SHAPES = 1  # a bounded cache: the most recent shapes stay, the answer is the same
         emb.position_embedding.weight.mul_(0.5)
         assert torch.equal(emb(*args), original(emb, *args)) and len(emb._glyph_cache) == 1
+        emb.GLYPH_SHAPES, emb.GLYPH_BYTES = 32, 1  # bounded by bytes too
+        emb.position_embedding.weight.mul_(0.5)
+        assert torch.equal(emb(*args), original(emb, *args)) and len(emb._glyph_cache) == 1
 
 
 def test_static_cache_generation_matches_sdpa():

@@ -75,11 +75,13 @@ class GlyphVisionAttention:
 class GlyphPositionEmbedding:
     """GLM-4.1V's learned position table, resampled bicubically per image grid: the resampled table
     depends only on the grid's shape, so in inference it is computed once per shape (and weight
-    version) and reused, the most recent GLYPH_SHAPES shapes kept (cropped last pages bring many); the sum
-    is the same as the original's, bit for bit."""
+    version) and reused, the most recent GLYPH_SHAPES shapes kept (cropped last pages bring many) within
+    GLYPH_BYTES (a 300-dpi page's table is ~100 MB at GLM-4.1V's width); the sum is the same as the
+    original's, bit for bit."""
 
     _glyph_backend = "auto"
     GLYPH_SHAPES = 32
+    GLYPH_BYTES = 512 << 20
 
     def forward(self, embeddings, lengths, image_shapes, h_coords, w_coords):
         weight = self.position_embedding.weight
@@ -99,7 +101,8 @@ class GlyphPositionEmbedding:
                 zero = embeddings.new_zeros(n, embeddings.shape[1])
                 cache[key] = super().forward(zero, [n], image_shapes.new_tensor([shape]),
                                              h_coords[start:start + n], w_coords[start:start + n])
-                if len(cache) > self.GLYPH_SHAPES:
+                while len(cache) > 1 and (len(cache) > self.GLYPH_SHAPES or sum(
+                        t.numel() * t.element_size() for t in cache.values()) > self.GLYPH_BYTES):
                     cache.popitem(last=False)
             parts.append(cache[key])
             start += n
