@@ -393,7 +393,9 @@ PADDED_SDPA_MAX = 1 << 24
 PADDED_GQA_MAX = 1 << 26
 
 
-_last_allowed: list = [lambda: None, None, None]  # (weak reference to the last 2D mask, its causal flag, SDPA's mask)
+# (weak reference to the last 2D mask, its causal flag, SDPA's mask): one tuple, replaced whole, so that a thread
+# never reads one forward's mask with another's analysis (the same for the two caches below)
+_last_allowed: tuple = (lambda: None, None, None)
 
 
 def _sdpa_padded(query, key, value, mask, causal: bool, scale) -> torch.Tensor:
@@ -403,13 +405,15 @@ def _sdpa_padded(query, key, value, mask, causal: bool, scale) -> torch.Tensor:
     S, Sk = query.shape[2], key.shape[2]
     mask_k = mask.bool()
     mask_q = mask_k[:, -S:]
-    allowed = _last_allowed[2] if _last_allowed[0]() is mask and _last_allowed[1] == causal else None
+    global _last_allowed
+    ref, was_causal, allowed = _last_allowed
+    allowed = allowed if ref() is mask and was_causal == causal else None
     if allowed is None or allowed.shape[-2:] != (S, Sk):
         allowed = mask_k[:, None, :].expand(-1, S, -1)
         if causal:
             allowed = allowed & torch.ones(S, Sk, dtype=torch.bool, device=query.device).tril(Sk - S)
         allowed = (allowed | ~mask_q[:, :, None])[:, None]  # a padded query attends anywhere; its output is dropped
-        _last_allowed[:] = [weakref.ref(mask), causal, allowed]
+        _last_allowed = (weakref.ref(mask), causal, allowed)
     gqa = query.shape[1] != key.shape[1]
     if gqa and query.is_cuda:
         key, value = (x.repeat_interleave(query.shape[1] // key.shape[1], dim=1) for x in (key, value))
@@ -418,7 +422,7 @@ def _sdpa_padded(query, key, value, mask, causal: bool, scale) -> torch.Tensor:
     return out.transpose(1, 2).masked_fill(~mask_q[:, :, None, None], 0)
 
 
-_last_positions: list = [lambda: None, None]  # (weak reference to the last position_ids analysed, its segments)
+_last_positions: tuple = (lambda: None, None)  # (weak reference to the last position_ids analysed, its segments)
 
 
 def packed_segments(position_ids):
@@ -427,8 +431,10 @@ def packed_segments(position_ids):
     transformers' find_packed_sequence_indices), or None for a single sequence. Analysed once per forward."""
     if position_ids is None or position_ids.dim() != 2 or position_ids.shape[0] != 1:
         return None
-    if _last_positions[0]() is position_ids:
-        return _last_positions[1]
+    global _last_positions
+    ref, found = _last_positions
+    if ref() is position_ids:
+        return found
     p = position_ids[0]
     starts = torch.nonzero(p[1:] != p[:-1] + 1).flatten() + 1
     result = None
@@ -436,7 +442,7 @@ def packed_segments(position_ids):
         cu = F.pad(starts.to(torch.int32), (1, 1))
         cu[-1] = p.shape[0]
         result = (cu, int((cu[1:] - cu[:-1]).max()))
-    _last_positions[:] = [weakref.ref(position_ids), result]
+    _last_positions = (weakref.ref(position_ids), result)
     return result
 
 
@@ -452,7 +458,7 @@ def _decode_kernel_applies(backend: str, query, key, value) -> bool:
     return S * (H // key.shape[1]) <= MAX_ROWS
 
 
-_last_mask: list = [lambda: None, None]  # (weak reference to the last 2D mask analysed, its analysis)
+_last_mask: tuple = (lambda: None, None)  # (weak reference to the last 2D mask analysed, its analysis)
 
 
 def _left_padding(mask: torch.Tensor, batch: int, keys: int):
@@ -461,14 +467,17 @@ def _left_padding(mask: torch.Tensor, batch: int, keys: int):
     is analysed (one host sync) once per forward."""
     if tuple(mask.shape) != (batch, keys):
         return False
-    if _last_mask[0]() is mask:
-        return _last_mask[1]
+    global _last_mask
+    ref, found = _last_mask
+    if ref() is mask:
+        return found
     m = mask.bool()
     Sk = m.shape[1]
     starts = (Sk - m.sum(1)).to(torch.int32)
     left = bool((m == (torch.arange(Sk, device=m.device)[None, :] >= starts[:, None])).all())
-    _last_mask[:] = [weakref.ref(mask), starts if left else False]
-    return _last_mask[1]
+    found = starts if left else False
+    _last_mask = (weakref.ref(mask), found)
+    return found
 
 
 def glyph_attention_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, *args,
