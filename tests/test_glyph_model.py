@@ -102,6 +102,11 @@ def test_generate_takes_one_question_for_many_contexts_and_the_callers_processor
     assert forced[0].token_ids == [7, 7, 7] and forced[0].timings["decode"] >= 0
     with pytest.raises(ValueError, match="num_return_sequences=2: .*one answer per context"):
         on.generate(CONTEXTS, QUESTIONS, max_new_tokens=2, num_beams=2, num_return_sequences=2)
+    from transformers import GenerationConfig
+
+    with pytest.raises(ValueError, match="num_return_sequences=3"):
+        on.generate(CONTEXTS, QUESTIONS, max_new_tokens=2,
+                    generation_config=GenerationConfig(num_beams=3, num_return_sequences=3))
 
 
 @pytest.mark.filterwarnings("error::DeprecationWarning", "error::FutureWarning")

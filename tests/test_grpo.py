@@ -125,6 +125,21 @@ def test_rewards_on_known_strings():
     assert total == pytest.approx([1.5, 2 / 3]) and parts["format"] == [1.0, 0.0]
 
 
+def test_rewards_read_the_thinking_tags_and_no_other_added_token():
+    from tokenizers import AddedToken
+
+    from glyph_rt.models.tiny import GLM_SPECIAL, tiny_tokenizer
+    from glyph_rt.train.grpo import reward_hidden_ids
+
+    tok = tiny_tokenizer(special=GLM_SPECIAL + ["<think>", "</think>"])
+    tok.add_tokens([AddedToken("<|begin_of_box|>", special=False), AddedToken("<|end_of_box|>", special=False)])
+    ids = tok("<think>so</think>\n<|begin_of_box|>Paris<|end_of_box|><|user|>", add_special_tokens=False)["input_ids"]
+    hidden = reward_hidden_ids(tok)
+    text = tok.decode([t for t in ids if t not in hidden], skip_special_tokens=False)
+    assert text == "<think>so</think>\nParis"
+    assert verifiable_reward([text], ["paris"], "exact") == [1.0] and format_reward([text]) == [1.0]
+
+
 def test_llm_judge_over_an_openai_endpoint():
     seen = []
 

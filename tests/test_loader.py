@@ -157,6 +157,21 @@ def test_samples_over_max_length_are_left_out_counted_and_their_batches_filled(b
     assert resumed.state_dict()["too_long"] == full.state_dict()["too_long"]
 
 
+def test_a_sparse_corpus_fills_large_batches_and_an_all_too_long_one_stops(builder):
+    """Misses in a row are counted per sample: 1 usable record in 100 fills batches of 16 (about 1,500 misses
+    each, never 1,000 in a row), while samples every one of which is too long stop the loader with the reason."""
+    task = make_task("ocr", builder, config=CFG, max_pages=1, window_chars=400)
+    sparse = Corpus([("mem", [{"body": "x"}] * 99 + [{"text": sample_text()[:600]}])])
+    loader = GlyphLoader(TaskDataset(sparse, task), Collator(builder.image_token_id, 0), batch_size=16)
+    it = iter(loader)
+    next(it), next(it)
+    assert loader.skipped >= 16 * 99
+    usable = Corpus([("mem", [{"text": sample_text()[:600]}])])
+    loader = GlyphLoader(TaskDataset(usable, task), Collator(builder.image_token_id, 0, max_length=5), batch_size=4)
+    with pytest.raises(ValueError, match=f"^{SKIP_LIMIT} samples in a row were longer .*max_length=5.*max_tokens"):
+        next(iter(loader))
+
+
 def test_a_corpus_no_record_of_which_makes_a_sample_stops_with_the_reason(builder):
     """JSONL records under another field than data.loader.text_field: the loader says so instead of looking for a
     usable record for ever."""

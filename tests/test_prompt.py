@@ -58,7 +58,8 @@ def test_a_middle_turn_learns_the_stop_its_template_writes():
     learns to stop on it (what inference sees), not on an eos inserted into the conversation."""
     tok = tiny_tokenizer(GLM_SPECIAL, GLM_TEMPLATE)
     user, eos = tok.convert_tokens_to_ids(["<|user|>", "<|endoftext|>"])
-    b = PromptBuilder(tok, tok.convert_tokens_to_ids("<|image|>"), stop_ids=[eos, user])
+    image = tok.convert_tokens_to_ids("<|image|>")
+    b = PromptBuilder(tok, image, stop_ids=[eos, user])
     msgs = b.messages(1, "Q1?", answer="A1") + [{"role": "user", "content": "Q2?"},
                                                 {"role": "assistant", "content": "A2"}]
     enc = b.encode(msgs, [4])
@@ -66,6 +67,30 @@ def test_a_middle_turn_learns_the_stop_its_template_writes():
     assert enc.input_ids[:len(prompt)] == prompt and enc.input_ids.count(eos) == 1 and enc.input_ids[-1] == eos
     trained = [t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE_INDEX]
     assert tok.decode(trained) == "A1<|user|>A2<|endoftext|>"
+    newline = tiny_tokenizer(GLM_SPECIAL, GLM_TEMPLATE.replace(  # "\n<|user|>" after an assistant turn
+        "{% for m in messages %}", "{% for m in messages %}{% if m['role'] == 'user' and not loop.first %}"
+                                   "{{ '\\n' }}{% endif %}"))
+    b = PromptBuilder(newline, image, stop_ids=[eos, user])  # a template writing "\n<|user|>": learnt with it
+    enc = b.encode(msgs, [4])
+    trained = [t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE_INDEX]
+    assert newline.decode(trained) == "A1\n<|user|>A2<|endoftext|>" and enc.input_ids.count(eos) == 1
+
+
+def test_escaped_text_is_plain_on_both_tokenizing_paths():
+    """escape()d text: no added token matched, special or not, through tiktoken's BPE and through the tokenizer's
+    own model alike; plain ids() still match them (inference prompts)."""
+    from tokenizers import AddedToken
+
+    tok = tiny_tokenizer(GLM_SPECIAL, GLM_TEMPLATE)
+    tok.add_tokens([AddedToken("<think>", special=False, normalized=False)])
+    fast, slow = (PromptBuilder(tok, tok.convert_tokens_to_ids("<|image|>")) for _ in range(2))
+    slow._bpe = None  # the tokenizer's own path
+    text = fast.escape("the text <think> and <|endoftext|> end")
+    plain = fast.ids(text, escaped=True)
+    assert fast._bpe is not None and slow.ids(text, escaped=True) == plain
+    assert not {tok.convert_tokens_to_ids("<think>"), tok.eos_token_id} & set(plain)
+    assert tok.decode(plain) == "the text <think> and <|endoftext|> end"
+    assert tok.decode(fast.ids("a \U0010F000 b")) == "a \U0010F000 b"  # not unescaped outside training
 
 
 def test_encode_pieces_trains_only_marked_text(builder):

@@ -85,6 +85,10 @@ def test_the_engine_process_exits_when_its_engines_thread_stops(ckpt):
     t = threading.Thread(target=lambda: result.update(ok=side.run(health_interval=0.05)))
     t.start()
     service.engine.shutdown()  # the thread gone, as after an error no step caught
-    t.join(10)
+    deadline = time.monotonic() + 10
+    while t.is_alive() and time.monotonic() < deadline:  # steady traffic does not hide it
+        server_end.send(("metrics", 0))
+        time.sleep(0.01)
+    t.join(1)
     assert not t.is_alive() and result == {"ok": False}  # _engine_main then exits with code 1
     server_end.close()

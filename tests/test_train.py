@@ -456,7 +456,6 @@ def test_saving_a_step_again_replaces_it_whole(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ckpt = CheckpointManager(tmp_path, keep=2)
     ckpt.save(5, model, opt, extra={"v": 1})
-    (tmp_path / "step_00000003.replaced").mkdir()  # left by a kill between the two renames of an earlier run
     with torch.no_grad():
         model.weight.fill_(7.0)
     ckpt.save(5, model, opt, extra={"v": 2})
@@ -465,6 +464,12 @@ def test_saving_a_step_again_replaces_it_whole(tmp_path):
         model.weight.zero_()
     step, extra = ckpt.load(ckpt.latest(), model, opt)
     assert step == 5 and extra["v"] == 2 and bool((model.weight == 7.0).all())
+    # a kill between the two renames of saving step 5 again: the old step 5 is moved aside, the new one not in
+    (tmp_path / "step_00000005").rename(tmp_path / "step_00000005.replaced")
+    assert ckpt.latest() == tmp_path / "step_00000005.replaced"
+    assert ckpt.load(ckpt.latest(), model, opt)[0] == 5
+    ckpt.save(6, model, opt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000005", "step_00000006"]
 
 
 def test_bf16_weights_train_through_fp32_master_weights(tiny, tmp_path):

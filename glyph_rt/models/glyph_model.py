@@ -220,9 +220,11 @@ class GlyphModel:
             contexts = [contexts]
         contexts = list(contexts)
         questions = [questions] * len(contexts) if isinstance(questions, str) else list(questions)
-        if generate_kwargs.get("num_return_sequences", 1) != 1:
-            raise ValueError(f"num_return_sequences={generate_kwargs['num_return_sequences']}: GlyphModel.generate "
-                             "returns one answer per context; give a context n times for n samples")
+        config = generate_kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+        n = generate_kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1) or 1)
+        if n != 1:
+            raise ValueError(f"num_return_sequences={n}: GlyphModel.generate returns one answer per context; give a "
+                             "context n times for n samples")
         if len(contexts) != len(questions):
             raise ValueError(f"{len(contexts)} contexts for {len(questions)} questions")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:

@@ -127,8 +127,9 @@ class PromptBuilder:
     # ------------------------------------------------------------------ training
     def escape(self, text: str) -> str:
         """`text` (a record's, not the template's) with each added token's text in it ("<|endoftext|>",
-        "<|image|>", ...) made to stand for itself: ids() then tokenizes it as plain text, where the template's own
-        markup is matched as its tokens. A ValueError when the text holds the characters escape() uses."""
+        "<|image|>", ...) made to stand for itself: encode() and encode_pieces() then tokenize it as plain text
+        (no added token matched, special or not), where the template's own markup is matched as its tokens. A
+        ValueError when the text holds the characters escape() uses."""
         if self._escaped_re.search(text):
             raise ValueError(f"the text holds U+{ord(self._escaped_re.search(text).group()):X}, a private-use "
                              "character the prompt builder uses to escape added tokens' texts")
@@ -140,17 +141,17 @@ class PromptBuilder:
     def _unescape(self, text: str) -> str:
         return self._escaped_re.sub(lambda m: self._added[ord(m.group()) - ESCAPE_BASE], text)
 
-    def ids(self, text: str) -> list[int]:
-        """Token ids of `text`, no special tokens added (added tokens written in it are matched, except those
-        escape() made plain text), as the tokenizer gives them; through tiktoken's BPE when the tokenizer's shape
-        allows (~10x faster)."""
+    def ids(self, text: str, escaped: bool = False) -> list[int]:
+        """Token ids of `text`, no special tokens added (added tokens written in it are matched), as the tokenizer
+        gives them; through tiktoken's BPE when the tokenizer's shape allows (~10x faster). escaped: the text
+        holds pieces escape() made, tokenized as plain text (no added token matched in them)."""
         if not text:
             return []
         if self._bpe is False:
             from ..render.bpe import for_tokenizer
 
             self._bpe = for_tokenizer(self.tokenizer)
-        if self._added and self._escaped_re.search(text):
+        if escaped and self._added and self._escaped_re.search(text):
             return self._ids_escaped(text)
         if self._bpe is not None:  # the same ids (tests/test_prompt.py, tests/test_bpe.py)
             return self._bpe.encode(text)
@@ -168,11 +169,18 @@ class PromptBuilder:
         return out + self._plain_ids(self._unescape(text[pos:]))
 
     def _plain_ids(self, text: str) -> list[int]:
+        """Ids of `text` with no added token matched (special or not), as the tokenizer's model tokenizes it."""
         if not text:
             return []
         if self._bpe is not None:
             return self._bpe.encode(text, match_added=False)
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:  # a slow tokenizer: its own switch, which covers the special tokens
+            return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer is not None else [(text, None)]
+        return [t.id for piece, _ in pieces for t in backend.model.tokenize(piece)]
 
     def __getstate__(self) -> dict:  # the tiktoken BPE does not pickle: a DataLoader worker builds its own
         return {**self.__dict__, "_bpe": False}
@@ -209,31 +217,36 @@ class PromptBuilder:
             raise ValueError(f"the chat template wrote {used} image placeholders for {len(visual_tokens)} pages")
         return self.encode_pieces(expanded, close=True)
 
+    def _stop_ahead(self, ids: list[int]) -> int:
+        """How many first tokens of `ids` end a turn: whitespace then a stop token (a template that ends an
+        assistant turn with the next turn's <|user|>, as GLM's does), or 0."""
+        at = next((i for i, t in enumerate(ids) if t in self.stop_ids), None)
+        if at is None or self.tokenizer.decode(ids[:at]).strip():
+            return 0
+        return at + 1
+
     def encode_pieces(self, pieces: Sequence[tuple[str, bool]], close: bool = False) -> Encoded:
         """Ids and labels of text pieces tokenized one by one; pieces marked True take loss.
 
         The interleaved language-modelling task uses it directly (pages and text in order, loss on the text).
-        With close=True a trained piece holding no stop token learns to stop: on the next piece's first token when
-        that is a stop token (a turn the template ends with the next turn's <|user|>), else on an appended eos.
+        With close=True a trained piece holding no stop token learns to stop: on the next piece's first stop token
+        when only whitespace comes before it (a turn the template ends with the next turn's <|user|>), else on an
+        appended eos.
         """
         ids: list[int] = []
         labels: list[int] = []
         eos = self.tokenizer.eos_token_id
-        tokens = [self.ids(text) for text, _ in pieces]
-        learnt_stop = False  # the previous trained piece's stop is this piece's first token
+        tokens = [self.ids(text, escaped=True) for text, _ in pieces]
+        learnt = 0  # the previous trained piece's end: this many first tokens of this piece, its stop the last
         for k, ((_, train), piece) in enumerate(zip(pieces, tokens)):
             if close and train and not self.stop_ids.intersection(piece):
-                after = tokens[k + 1] if k + 1 < len(tokens) else []
-                if after and after[0] in self.stop_ids and not pieces[k + 1][1]:
-                    learnt_stop = True  # a turn the template ends with a stop token (GLM's next <|user|>)
-                elif eos is not None:
+                learnt = self._stop_ahead(tokens[k + 1]) if k + 1 < len(tokens) and not pieces[k + 1][1] else 0
+                if not learnt and eos is not None:
                     piece = piece + [eos]
             ids += piece
             if not train:
-                labels += [IGNORE_INDEX] * len(piece)
-                if learnt_stop and piece:
-                    labels[len(labels) - len(piece)] = piece[0]
-                learnt_stop = False
+                labels += piece[:learnt] + [IGNORE_INDEX] * (len(piece) - learnt)
+                learnt = 0
             elif self.image_token_id in piece:
                 labels += [IGNORE_INDEX if t == self.image_token_id else t for t in piece]
             else:

@@ -276,7 +276,7 @@ class FastBPE:
 
     def encode(self, text: str, match_added: bool = True) -> list[int]:
         """The token ids `tokenizers` gives the text; the full BPE is built on the first call (~0.3 s for a
-        150K vocabulary). match_added=False: added tokens' texts in it are plain text (as `split_special_tokens`)."""
+        150K vocabulary). match_added=False: added tokens' texts in it are plain text."""
         if not text:
             return []
         return self._full_bpe().encode(self.normalize(text), self._allowed if match_added else set())

@@ -67,8 +67,8 @@ def done_ids(path: Path) -> tuple[set[str], int]:
     for n, line in enumerate(text_lines(data.decode("utf-8", "replace")), 1):
         try:
             rec = json.loads(line)
-            cid, status = rec["custom_id"], rec["response"]["status_code"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            cid, status = rec["custom_id"], int(rec["response"]["status_code"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise BatchFileError(f"--output {str(path)!r} line {n} is not a batch result; give a new output file "
                                  "or the one an earlier run wrote") from None
         if retryable(status):

@@ -82,12 +82,12 @@ class _EngineSide:
         engine_ok = True
         try:
             while True:
+                if not self.service.healthy:  # checked on every turn: steady traffic must not hide it
+                    log.error("the engine's thread has stopped; the engine process exits")
+                    engine_ok = False
+                    break
                 try:
                     if not self.conn.poll(health_interval):
-                        if not self.service.healthy:
-                            log.error("the engine's thread has stopped; the engine process exits")
-                            engine_ok = False
-                            break
                         continue
                     msg = self.conn.recv()
                 except (EOFError, OSError):  # the server's process is gone

@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_state_dict)
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+REPLACED = ".replaced"  # a step saved again: the old one, moved aside until the new one is in place
 
 
 def _dist() -> bool:
@@ -64,9 +65,16 @@ class CheckpointManager:
         self.keep = keep
 
     def steps(self) -> list[Path]:
+        """The complete checkpoints, oldest first: `step_N`, or `step_N.replaced` where a kill between the two
+        renames of saving step N again left no `step_N` (_replace_dir)."""
         if not self.dir.is_dir():
             return []
-        return sorted((p for p in self.dir.iterdir() if p.is_dir() and STEP_DIR.match(p.name)), key=lambda p: p.name)
+        found = {}
+        for p in self.dir.iterdir():
+            name = p.name[:-len(REPLACED)] if p.name.endswith(REPLACED) else p.name
+            if p.is_dir() and STEP_DIR.match(name) and (name == p.name or name not in found):
+                found[name] = p
+        return [found[k] for k in sorted(found)]
 
     def latest(self) -> Path | None:
         found = self.steps()
@@ -77,8 +85,12 @@ class CheckpointManager:
         final = self.dir / f"step_{step:08d}"
         tmp = self.dir / f"step_{step:08d}.tmp"
         if _rank() == 0:
-            for stale in self.dir.glob("step_*.*") if self.dir.is_dir() else []:  # .tmp and .replaced
-                shutil.rmtree(stale, ignore_errors=True)
+            for stale in self.dir.glob("step_*.*") if self.dir.is_dir() else []:
+                whole = stale.with_name(stale.name[:-len(REPLACED)])
+                if stale.name.endswith(REPLACED) and not whole.exists():  # the only copy of its step: back
+                    os.replace(stale, whole)
+                else:  # .tmp, and .replaced beside its new step
+                    shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir(parents=True, exist_ok=True)
         _barrier()
         msd, osd = get_state_dict(model, optimizer)
@@ -179,7 +191,7 @@ def _replace_dir(new: Path, dest: Path) -> None:
     """Puts directory `new` at `dest`. An existing `dest` is renamed aside first and removed after, so a kill
     leaves at worst `dest.replaced` (complete) beside `new` (complete), never a half-deleted `dest`."""
     if dest.exists():
-        aside = dest.with_name(dest.name + ".replaced")
+        aside = dest.with_name(dest.name + REPLACED)
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(dest, aside)
         os.replace(new, dest)

@@ -164,13 +164,14 @@ class RecordStream:
 def rollout_check(gm, max_new_tokens: int):
     """check(record, i) for RecordStream: a TaskError for a record GlyphRollout could not run, so that it is
     skipped and counted rather than stopping the run: its question holds the image token, or its prompt (the
-    context's pages at gm.render_config, each at its full page size: an upper bound; the question; max_new_tokens)
+    context's pages at gm.render_config, each at its full canvas size: an upper bound; the question; max_new_tokens)
     is longer than the model's window."""
     from ..render.pages import Document
+    from ..render.raster import canvas_size
     from ..render.tokens import visual_tokens
     from .tasks import TaskError
 
-    per_page = visual_tokens([gm.render_config.page_pixels], gm.model_type)[0]
+    per_page = visual_tokens([canvas_size(gm.render_config)], gm.model_type)[0]  # a page's most: uncropped, snapped
 
     def check(rec: dict, i: int) -> None:
         if gm.prompts.image_token in rec["question"]:

@@ -128,6 +128,16 @@ def dynamic_sample(draw, want: int, max_refills: int, drop_uniform: bool = True,
 
 
 # ----------------------------------------------------------------- rollouts
+THINK_TAGS = ("<think>", "</think>")
+
+
+def reward_hidden_ids(tokenizer) -> set[int]:
+    """The ids a response's text for the rewards leaves out: every added token (control tokens, GLM's
+    <|begin_of_box|> markers, special or not) but the thinking format's tags, which the format reward reads."""
+    return {int(i) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()
+            if getattr(t, "content", str(t)) not in THINK_TAGS}
+
+
 class GlyphRollout:
     """Samples responses with the training model's batched generate (pages rendered by GlyphModel.build_inputs)."""
 
@@ -155,6 +165,7 @@ class GlyphRollout:
         P = inputs["input_ids"].shape[1]
         stops = gm.prompts.stop_ids
         pad = gm.tokenizer.pad_token_id
+        hidden = reward_hidden_ids(gm.tokenizer) | set(stops)
         rows = (rendered.image_grid_thw[:, 1] * rendered.image_grid_thw[:, 2]).tolist()
         groups, img, row = [], 0, 0
         for b, rec in enumerate(records):
@@ -167,9 +178,7 @@ class GlyphRollout:
                 cut = next((i + 1 for i, t in enumerate(ids) if t in stops), None)
                 ids = ids[:cut] if cut is not None else [t for t in ids if t != pad or pad in stops]
                 responses.append(ids)
-                # the text the rewards read: all but the stop token, the thinking format's tags kept even where
-                # the tokenizer counts them special
-                texts.append(gm.tokenizer.decode([t for t in ids if t not in stops], skip_special_tokens=False))
+                texts.append(gm.tokenizer.decode([t for t in ids if t not in hidden], skip_special_tokens=False))
             groups.append(Group(rec, inputs["input_ids"][b][mask].tolist(), rendered.pixel_values[row:row + nrows],
                                 rendered.image_grid_thw[img:img + k].cpu(), responses, texts))
             img, row = img + k, row + nrows

@@ -319,49 +319,55 @@ class GlyphLoader:
         """Batches of batch_size samples. A sample the collator finds longer than its max_length is left out of
         its batch, which fills up with the next samples; it is counted (state_dict()["too_long"]) and logged."""
         batch, skipped, too_long, pos = [], 0, 0, self.consumed
+        known = 0  # the first `known` samples of the batch are known to fit (an earlier collation said so)
         streak = SkipStreak("samples in a row made nothing",
                             "check the corpus, data.loader.text_field and the task's options")
+        long_streak = SkipStreak("samples in a row were longer than the collator's max_length",
+                                 "raise data.max_tokens or lower the tasks' max_pages")
         for j, s in self.samples():
             pos = j + 1
             if s is None:
                 skipped += 1
                 streak.miss(lambda j=j: self.dataset.why_skipped(j))
                 continue
+            streak.hit()
             batch.append(s)
             if len(batch) < self.batch_size:
                 continue
             try:
                 out = self.collator(batch)
             except SamplesTooLong as e:
-                batch, n = self._without(batch, e, streak, self.too_long + too_long)
-                skipped, too_long = skipped + n, too_long + n
-                if len(batch) < self.batch_size:
-                    continue
-                out = self.collator(batch)
-            streak.hit()
+                batch, n = self._without(batch, e, long_streak, known, self.too_long + too_long)
+                skipped, too_long, known = skipped + n, too_long + n, len(batch)
+                continue
+            long_streak.hit()
             self.consumed, self.skipped, self.too_long = pos, self.skipped + skipped, self.too_long + too_long
-            skipped = too_long = 0
+            skipped = too_long = known = 0
             yield out
             batch = []
-        while batch and not self.drop_last:
+        while batch and not self.drop_last:  # the last, short batch
             try:
                 out = self.collator(batch)
             except SamplesTooLong as e:
-                batch, n = self._without(batch, e, streak, self.too_long + too_long)
-                skipped, too_long = skipped + n, too_long + n
+                batch, n = self._without(batch, e, long_streak, known, self.too_long + too_long)
+                skipped, too_long, known = skipped + n, too_long + n, len(batch)
                 continue
             self.consumed, self.skipped, self.too_long = pos, self.skipped + skipped, self.too_long + too_long
             yield out
             break
 
     @staticmethod
-    def _without(batch: list, e: SamplesTooLong, streak: SkipStreak, before: int) -> tuple[list, int]:
-        """The batch less the samples `e` names, and how many it left out (`before`: left out earlier)."""
+    def _without(batch: list, e: SamplesTooLong, streak: SkipStreak, known: int, before: int) -> tuple[list, int]:
+        """The batch less the samples `e` names, and how many it left out (`before`: left out earlier). The samples
+        after the first `known` are new: each one too long is a miss of `streak`, each that fits a hit."""
         if before < 10 or before // 1000 != (before + len(e.indices)) // 1000:
             log.warning("left out (%d so far on this rank): %s", before + len(e.indices), e)
-        for _ in e.indices:
-            streak.miss(lambda: str(e))
         drop = set(e.indices)
+        for k in range(known, len(batch)):
+            if k in drop:
+                streak.miss(lambda: str(e))
+            else:
+                streak.hit()
         return [s for k, s in enumerate(batch) if k not in drop], len(drop)
 
 
