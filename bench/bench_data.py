@@ -62,8 +62,8 @@ def ours(task, corpus, builder, n, batch, device, render, dtype=torch.float32, w
         pages += len(b["image_grid_thw"])
         if (time.perf_counter() - t >= seconds) if seconds else samples >= n:
             break
-    if device != "cpu":
-        torch.cuda.synchronize()
+    if device != "cpu":  # the loader's stream only: not a training step in flight on another thread's stream
+        torch.cuda.current_stream(device).synchronize()
     return samples, pages, time.perf_counter() - t
 
 

@@ -18,7 +18,8 @@ follow-up, served from the document cache. Last, the same number of requests abo
 Batch API file through `run_batch` (`glyph-rt batch`: the engine in process, no HTTP and no client), and as
 many again prepared beforehand and submitted to the engine at once (its own throughput).
 Without --model a tiny random-weight checkpoint is built (CPU-sized: the ratios, not the absolute
-figures, are what it shows). Writes serve-<device>.json and serve-<device>.png to --out.
+figures, are what it shows). Writes serve-<device>.json (replaced whole after every phase: a run cut off by its
+time budget keeps the phases done, its ratios against the serial runs so far) and serve-<device>.png to --out.
 """
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import add_output_args, copy_to_results, slug, write_result  # noqa: E402
+
+# the results' rows, in this order whatever order the phases run in
+ROWS = ("serial_generate", "engine", "engine_process", "document_cache", "batch_runner", "engine_alone",
+        "other_server")
 
 
 def pct(xs, q):
@@ -240,6 +245,30 @@ def page_requests(docs: list[str], render_config) -> list[dict]:
     return [{"messages": fwd.messages(d, QUESTION), "extra_body": {"ignore_eos": True}} for d in docs]
 
 
+def public(res: dict) -> dict:
+    """A load run's figures without its samples (_ttft, _itl: the plot's)."""
+    return {k: v for k, v in res.items() if not k.startswith("_")}
+
+
+def summarise(done: dict[str, dict]) -> dict:
+    """The summary of the phases done (their rows by path), against the faster serial run so far. The headline is
+    what `glyph-rt serve` runs: the engine in a process of its own."""
+    serial = done["serial_generate"]["requests_per_s"]
+    summary = {key: done[path]["requests_per_s"] / serial
+               for key, path in (("throughput_vs_serial", "engine_process"), ("engine_thread_vs_serial", "engine"),
+                                 ("batch_vs_serial", "batch_runner"), ("engine_alone_vs_serial", "engine_alone"))
+               if path in done}
+    if "document_cache" in done:
+        summary["ttft_followup_fraction"] = done["document_cache"]["ttft_followup_s"] / \
+            done["document_cache"]["ttft_first_s"]
+    summary["errors"] = sum(done[path]["errors"] for path in ("engine", "engine_process", "batch_runner",
+                                                              "engine_alone") if path in done)
+    if "other_server" in done:
+        summary["engine_vs_other_server"] = done["engine_process"]["requests_per_s"] / \
+            done["other_server"]["requests_per_s"]
+    return summary
+
+
 def served_model(url: str) -> str:
     import urllib.request
 
@@ -348,6 +377,12 @@ def main(argv=None) -> int:
     dev_name = torch.cuda.get_device_name(gm.device) if device == "cuda" else "cpu"
     print(f"{dev_name}: {args.clients} clients x {args.requests} requests, {args.max_tokens} tokens, "
           f"{args.doc_chars:,}-character documents")
+    name = f"serve-{slug(dev_name)}"
+    done: dict[str, dict] = {}  # each phase's row, by its path
+
+    def save() -> Path:
+        return write_result(args, name + ".json", "bench_serve",
+                                   [{"path": path, **done[path]} for path in ROWS if path in done], summarise(done))
 
     # serial baseline: GlyphModel.generate one request at a time
     # warm-up: every page shape once (the first pass over a new shape pays one-off costs in both paths)
@@ -370,6 +405,8 @@ def main(argv=None) -> int:
         return out
 
     serial = run_serial()  # run again after the engine; the faster run is the baseline (a shared machine is noisy)
+    done["serial_generate"] = serial
+    save()
 
     svc = ChatService(Engine(gm, max_batch=max(32, args.clients)).start(),
                       InputOptions(gm.render_config, "bench"), args.max_tokens)
@@ -389,9 +426,13 @@ def main(argv=None) -> int:
               f"ITL p50 {res['itl_p50_s'] * 1e3:.1f} ms p99 {res['itl_p99_s'] * 1e3:.1f} ms, errors {res['errors']}; "
               f"{res['prefill_rows_per_forward']:.1f} requests per prefill forward, the engine busy "
               f"{res['engine_busy']:.0%} of the time, the clients' CPU {res['client_cpu_s']:.2f} s")
+        done["engine"] = {"clients": args.clients, **public(res)}
+        save()
         first, follow = asyncio.run(followups(url, text, args.cache_doc_chars, docs[0]))
         print(f"document cache, {args.cache_doc_chars:,} characters: TTFT first {first * 1e3:.1f} ms, "
               f"follow-up {follow * 1e3:.1f} ms ({follow / first:.1%} of the first; medians of 3 documents)")
+        done["document_cache"] = {"doc_chars": args.cache_doc_chars, "ttft_first_s": first, "ttft_followup_s": follow}
+        save()
     # the same load with the engine in a process of its own (what `glyph-rt serve` runs)
     proc = EngineProcess(ServeConfig(model=args.model, served_model_name="bench", render_config=gm.render_config,
                                      device=args.device, max_batch=max(32, args.clients),
@@ -406,28 +447,29 @@ def main(argv=None) -> int:
           f"({res_proc['requests_per_s'] / serial['requests_per_s']:.2f}x the first serial run), TTFT p50 "
           f"{res_proc['ttft_p50_s'] * 1e3:.1f} ms, ITL p50 {res_proc['itl_p50_s'] * 1e3:.1f} ms, "
           f"errors {res_proc['errors']}")
+    done["engine_process"] = {"clients": args.clients, **public(res_proc)}
+    save()
     with tempfile.TemporaryDirectory() as work:
         batch = offline_batch(svc, batch_docs, args.max_tokens, Path(work))
     print(f"batch runner, {n} requests: {batch['requests_per_s']:.2f} req/s "
           f"({batch['requests_per_s'] / serial['requests_per_s']:.2f}x the first serial run), "
           f"{batch['tokens_per_s']:.1f} tok/s, errors {batch['errors']}")
+    done["batch_runner"] = batch
+    save()
     alone = engine_alone(svc, alone_docs, args.max_tokens)
     print(f"engine alone, {n} requests prepared beforehand: {alone['requests_per_s']:.2f} req/s "
           f"({alone['requests_per_s'] / serial['requests_per_s']:.2f}x the first serial run), errors {alone['errors']}")
+    done["engine_alone"] = alone
+    save()
     svc.shutdown()
     serial = max(serial, run_serial(), key=lambda s: s["requests_per_s"])
+    done["serial_generate"] = serial
+    path = save()
     print(f"vs the faster serial run: `glyph-rt serve` (engine process) over HTTP "
           f"{res_proc['requests_per_s'] / serial['requests_per_s']:.2f}x, "
           f"engine thread over HTTP {res['requests_per_s'] / serial['requests_per_s']:.2f}x, "
           f"batch runner {batch['requests_per_s'] / serial['requests_per_s']:.2f}x, "
           f"engine alone {alone['requests_per_s'] / serial['requests_per_s']:.2f}x")
-    # the headline is what `glyph-rt serve` runs: the engine in a process of its own
-    summary = {"throughput_vs_serial": res_proc["requests_per_s"] / serial["requests_per_s"],
-               "engine_thread_vs_serial": res["requests_per_s"] / serial["requests_per_s"],
-               "batch_vs_serial": batch["requests_per_s"] / serial["requests_per_s"],
-               "engine_alone_vs_serial": alone["requests_per_s"] / serial["requests_per_s"],
-               "ttft_followup_fraction": follow / first,
-               "errors": res["errors"] + res_proc["errors"] + batch["errors"] + alone["errors"]}
     other = None
     if args.compare_url or use_vllm:  # the same requests against another server, pages rendered by this process
         bodies = page_requests(docs, gm.render_config)
@@ -444,22 +486,13 @@ def main(argv=None) -> int:
             model = served_model(srv.url)
             gen(srv.url, warm_bodies, args.clients, 1, args.max_tokens, model=model)
             other = gen(srv.url, bodies, args.clients, args.requests, args.max_tokens, model=model)
-        other = {"server": "vllm" if use_vllm else args.compare_url,
-                 **{k: v for k, v in other.items() if not k.startswith("_")}}
-        summary["engine_vs_other_server"] = res_proc["requests_per_s"] / other["requests_per_s"]
+        other = {"server": "vllm" if use_vllm else args.compare_url, **public(other)}
+        done["other_server"] = other
+        path = save()
         print(f"{other['server']}, {args.clients} clients, pages as PNG data URIs: "
               f"{other['requests_per_s']:.2f} req/s, TTFT p50 {other['ttft_p50_s'] * 1e3:.1f} ms, errors {other['errors']}; glyph_rt's server "
-              f"{summary['engine_vs_other_server']:.2f}x its requests/s")
-    rows = [{"path": "serial_generate", **serial},
-            {"path": "engine", "clients": args.clients, **{k: v for k, v in res.items() if not k.startswith("_")}},
-            {"path": "engine_process", "clients": args.clients,
-             **{k: v for k, v in res_proc.items() if not k.startswith("_")}},
-            {"path": "document_cache", "doc_chars": args.cache_doc_chars, "ttft_first_s": first,
-             "ttft_followup_s": follow},
-            {"path": "batch_runner", **batch}, {"path": "engine_alone", **alone}] + (
-                [{"path": "other_server", **other}] if other else [])
-    name = f"serve-{slug(dev_name)}"
-    path = write_result(args, name + ".json", "bench_serve", rows, summary)
+              f"{summarise(done)['engine_vs_other_server']:.2f}x its requests/s")
+    summary = summarise(done)
     try:
         import matplotlib
 
