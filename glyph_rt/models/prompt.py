@@ -130,13 +130,13 @@ class PromptBuilder:
         "<|image|>", ...) made to stand for itself: encode() and encode_pieces() then tokenize it as plain text
         (no added token matched, special or not), where the template's own markup is matched as its tokens. A
         ValueError when the text holds the characters escape() uses."""
-        if self._escaped_re.search(text):
-            raise ValueError(f"the text holds U+{ord(self._escaped_re.search(text).group()):X}, a private-use "
-                             "character the prompt builder uses to escape added tokens' texts")
+        clash = self._escaped_re.search(text)
+        if clash:
+            raise ValueError(f"the text holds U+{ord(clash.group()):X}, a private-use character the prompt builder "
+                             "uses to escape added tokens' texts")
         if self._added_re is None or not self._added_re.search(text):
             return text
-        index = {t: k for k, t in enumerate(self._added)}
-        return self._added_re.sub(lambda m: chr(ESCAPE_BASE + index[m.group()]), text)
+        return self._added_re.sub(lambda m: chr(ESCAPE_BASE + self._added.index(m.group())), text)
 
     def _unescape(self, text: str) -> str:
         return self._escaped_re.sub(lambda m: self._added[ord(m.group()) - ESCAPE_BASE], text)

@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import functools
 import gzip
+import logging
 import os
 from pathlib import Path
-
-import logging
 
 import numpy as np
 import torch
@@ -294,8 +293,8 @@ class GlyphLoader:
     def state_dict(self) -> dict:
         d = self.dataset
         return {"consumed": self.consumed, "skipped": self.skipped, "too_long": self.too_long, "seed": d.seed,
-                "rank": d.rank,
-                "world_size": d.world_size, "batch_size": self.batch_size, "task": getattr(d.task, "name", "")}
+                "rank": d.rank, "world_size": d.world_size, "batch_size": self.batch_size,
+                "task": getattr(d.task, "name", "")}
 
     def load_state_dict(self, state: dict) -> None:
         d = self.dataset
