@@ -323,16 +323,22 @@ class GlyphLoader:
                             "check the corpus, data.loader.text_field and the task's options")
         long_streak = SkipStreak("samples in a row were longer than the collator's max_length",
                                  "raise data.max_tokens or lower the tasks' max_pages")
-        for j, s in self.samples():
-            pos = j + 1
-            if s is None:
-                skipped += 1
-                streak.miss(lambda j=j: self.dataset.why_skipped(j))
-                continue
-            streak.hit()
-            batch.append(s)
-            if len(batch) < self.batch_size:
-                continue
+        samples, done = self.samples(), False
+        while True:
+            while len(batch) < self.batch_size and not done:
+                j, s = next(samples, (None, None))
+                if j is None:
+                    done = True
+                    break
+                pos = j + 1
+                if s is None:
+                    skipped += 1
+                    streak.miss(lambda j=j: self.dataset.why_skipped(j))
+                    continue
+                streak.hit()
+                batch.append(s)
+            if not batch or (len(batch) < self.batch_size and self.drop_last):
+                return
             try:
                 out = self.collator(batch)
             except SamplesTooLong as e:
@@ -344,16 +350,6 @@ class GlyphLoader:
             skipped = too_long = known = 0
             yield out
             batch = []
-        while batch and not self.drop_last:  # the last, short batch
-            try:
-                out = self.collator(batch)
-            except SamplesTooLong as e:
-                batch, n = self._without(batch, e, long_streak, known, self.too_long + too_long)
-                skipped, too_long, known = skipped + n, too_long + n, len(batch)
-                continue
-            self.consumed, self.skipped, self.too_long = pos, self.skipped + skipped, self.too_long + too_long
-            yield out
-            break
 
     @staticmethod
     def _without(batch: list, e: SamplesTooLong, streak: SkipStreak, known: int, before: int) -> tuple[list, int]:
