@@ -18,9 +18,9 @@ cases, which auto_worst_case names; >= 1 when auto is never slower than the best
 
     python bench/bench_attention.py [--prefill 8192,32768,131072] [--no-backward] [--write-choices]
 
---write-choices stores, per case, the fastest of the dispatcher's backends (glyph, sdpa, flash_attn)
-in glyph_rt/data/attention_backends.json under this GPU's name and compute capability: the table
-attention(backend="auto") reads.
+The summary's `choices` names, per case, the fastest of the dispatcher's backends (glyph, sdpa, flash_attn);
+--write-choices stores them in glyph_rt/data/attention_backends.json under this GPU's name and compute
+capability: the table attention(backend="auto") reads.
 """
 from __future__ import annotations
 
@@ -254,10 +254,11 @@ def main(argv=None):
             if keys == 131072 and batch == 8:
                 summary["decode_128k_ratio_vs_best"] = ratio_vs_best(r)
             save()
+    table = choices(by_case)
+    summary["choices"] = {c: t["backend"] for c, t in table.items()}  # what --write-choices would store
     p = save()
     print(f"{gpu}: summary {summary}\nwrote {p}")
     if args.write_choices:
-        table = choices(by_case)
         write_choices(gpu, torch.cuda.get_device_capability(0), table)
         print(f"auto's choices for {gpu}: {json.dumps({c: t['backend'] for c, t in table.items()})} -> {CHOICES}")
 
