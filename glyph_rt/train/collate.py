@@ -33,6 +33,7 @@ from ..render.gpu import inputs_of_batch, resolve_device_backend
 from .tasks import TASKS
 
 MODES = ("pad", "pack")
+NOT_MODEL_INPUTS = ("cu_seqlens", "max_seqlen", "num_samples", "loss_tokens", "label_weights", "label_task")
 
 
 class SamplesTooLong(ValueError):
@@ -41,7 +42,6 @@ class SamplesTooLong(ValueError):
     def __init__(self, message: str, indices: list[int]):
         super().__init__(message)
         self.indices = indices
-NOT_MODEL_INPUTS = ("cu_seqlens", "max_seqlen", "num_samples", "loss_tokens", "label_weights", "label_task")
 
 
 def model_inputs(batch: dict) -> dict:
@@ -189,4 +189,5 @@ class Collator:
                 "max_seqlen": max(lens), "use_cache": False}
 
 
-__all__ = ["Collator", "MODES", "SamplesTooLong", "model_inputs", "render_samples", "attach_pixels", "expand_images", "rope_index_fn"]
+__all__ = ["Collator", "MODES", "SamplesTooLong", "model_inputs", "render_samples", "attach_pixels", "expand_images",
+           "rope_index_fn"]

@@ -174,8 +174,10 @@ def rollout_check(gm, max_new_tokens: int):
     per_page = visual_tokens([canvas_size(gm.render_config)], gm.model_type)[0]  # a page's most: uncropped, snapped
 
     def check(rec: dict, i: int) -> None:
-        if gm.prompts.image_token in rec["question"]:
-            raise TaskError(f"record {i}: field 'question' holds the image token {gm.prompts.image_token!r}")
+        try:
+            gm.prompts.check_text(rec["question"], f"record {i}: field 'question'")
+        except ValueError as e:
+            raise TaskError(str(e)) from None
         if not gm.max_positions:
             return
         pages = Document(rec["context"], gm.render_config).num_pages
