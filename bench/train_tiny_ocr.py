@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         for p in gm.model.model.visual.patch_embed.parameters():
             p.requires_grad_(False)
     task = make_task("ocr", gm.prompts, config=page, max_pages=1)
-    col = Collator(gm.image_token_id, gm.tokenizer.pad_token_id, vision_model=gm.model_type)
+    col = Collator(gm.image_token_id, gm.tokenizer.pad_token_id, vision_model=gm.vision)
     heldout = lines(args.heldout, 10_000 + args.seed)
 
     from glyph_rt.train.trainer import label_tokens, token_loss_sum

@@ -201,17 +201,42 @@ def test_qwen2_5_vl_checkpoint(tmp_path):
     assert [x.token_ids for x in a] == [x.token_ids for x in b]
 
 
-def test_a_checkpoint_resizing_within_other_limits_is_warned_about(tmp_path):
-    import json
-    import warnings
+def test_pages_get_the_grids_of_the_checkpoints_own_resize_limits(checkpoint, tmp_path):
+    """A checkpoint's processor may resize within other limits than the class default (GLM-4.1V's own checkpoints
+    use 12544..9633792): glyph_rt resizes within the checkpoint's, as its processor does."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, ckpt)
+    limits = {"shortest_edge": 112 * 112, "longest_edge": 2 * 28 * 28 * 100}
+    Glm4vImageProcessorPil(size=limits).save_pretrained(ckpt)
+    cfg = RenderConfig(page_size=(120, 90), dpi=300)  # 448 x 364 pages: over the checkpoint's 78,400 pixels a frame
+    gm = GlyphModel.from_pretrained(ckpt, render_config=cfg, **EXACT)
+    assert (gm.vision.min_pixels, gm.vision.max_pixels) == (112 * 112, 2 * 28 * 28 * 100)
+    inputs, rendered, _ = gm.build_inputs(CONTEXTS[:1], QUESTIONS[:1])
+    pages = glyph_rt.render(CONTEXTS[0], cfg)
+    imgs = [pages.to_pil(i) for i in range(len(pages))]
+    hf = Glm4vImageProcessorPil.from_pretrained(ckpt)(imgs, return_tensors="pt")
+    assert torch.equal(inputs["image_grid_thw"].cpu(), hf["image_grid_thw"])
+    assert np.array_equal(inputs["pixel_values"].float().cpu().numpy(), hf["pixel_values"].numpy())
+    default = Glm4vImageProcessorPil()(imgs, return_tensors="pt")["image_grid_thw"]
+    assert int(hf["image_grid_thw"].prod(1).sum()) < int(default.prod(1).sum())  # the limits mattered
+    assert rendered.visual_tokens == [int(hf["image_grid_thw"].prod(1).sum()) // 4]
 
+
+def test_check_processor_reads_the_resize_limits(tmp_path):
     from glyph_rt.models.glyph_model import check_processor
+    from glyph_rt.render.tokens import VISION_MODELS
 
     p = tmp_path / "preprocessor_config.json"
-    p.write_text(json.dumps({"size": {"shortest_edge": 12544, "longest_edge": 11760000}, "patch_size": 14}))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        check_processor(p, "glm4v")  # glyph_rt's own limits: no warning
-    p.write_text(json.dumps({"size": {"shortest_edge": 12544, "longest_edge": 47040000}}))
-    with pytest.warns(UserWarning, match="12544..47040000 pixels, glyph_rt within 12544..11760000"):
-        check_processor(p, "glm4v")
+    p.write_text(json.dumps({"patch_size": 14}))
+    assert check_processor(p, "glm4v") == VISION_MODELS["glm4v"]  # the class defaults
+    p.write_text(json.dumps({"size": {"shortest_edge": 12544, "longest_edge": 9633792}}))
+    assert (check_processor(p, "glm4v").min_pixels, check_processor(p, "glm4v").max_pixels) == (12544, 9633792)
+    # Qwen2-VL's processor lets the older keys override `size`; GLM-4.1V's reads `size` only
+    p.write_text(json.dumps({"size": {"shortest_edge": 3136, "longest_edge": 12845056}, "max_pixels": 1003520}))
+    assert check_processor(p, "qwen2_5_vl").max_pixels == 1003520
+    assert check_processor(p, "glm4v").max_pixels == 12845056
+    for bad in ({"size": {"shortest_edge": 0, "longest_edge": 100}}, {"size": {"shortest_edge": 900, "longest_edge": 100}},
+                {"size": {"shortest_edge": "a", "longest_edge": 100}}):
+        p.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="resize limits are not usable"):
+            check_processor(p, "glm4v")

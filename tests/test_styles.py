@@ -156,6 +156,21 @@ def test_each_rule_names_what_it_rejects(rule, kw):
     assert check_rules(base_config(**kw), load_params()["rules"]) == rule
 
 
+def test_the_pixel_budget_is_the_checkpoints_when_given():
+    from glyph_rt.render.tokens import VISION_MODELS
+
+    rules = load_params()["rules"]
+    small = VISION_MODELS["glm4v"].with_limits(None, 2 * 28 * 28 * 300)  # a checkpoint's tighter limit
+    assert check_rules(base_config(), rules) is None
+    assert check_rules(base_config(), rules, small) == "over_model_pixel_budget"
+    sampler = StyleSampler(seed=0, vision=small)
+    draws = sampler.samples(range(20))
+    assert all(check_rules(d.config, rules, small) is None for d in draws)
+    plain = StyleSampler(seed=0)
+    plain.samples(range(20))
+    assert sampler.rejections["over_model_pixel_budget"] > plain.rejections["over_model_pixel_budget"]
+
+
 @pytest.mark.parametrize("rule,overrides", [
     ("line_height_below_font_size", {"line_height_delta": {"range": [-2, 2]}}),
     ("low_contrast", {"colors": {"presets": {"weight": 0}, "light_web": {"weight": 0}, "light_code": {"weight": 0},

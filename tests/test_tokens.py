@@ -17,6 +17,9 @@ def test_matches_transformers_smart_resize(w, h):
     qwen = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
     assert smart_resize_glm4v(h, w) == glm.smart_resize(2, h, w, 2, 28, 112 * 112, 28 * 28 * 15000)
     assert smart_resize_qwen2_5_vl(h, w) == qwen.smart_resize(h, w, 28, 3136, 12845056)
+    for lo, hi in ((3136, 200704), (100352, 9633792)):  # a checkpoint's own limits
+        assert VISION_MODELS["glm4v"].with_limits(lo, hi).resize(h, w) == glm.smart_resize(2, h, w, 2, 28, lo, hi)
+        assert VISION_MODELS["qwen2_5_vl"].with_limits(lo, hi).resize(h, w) == qwen.smart_resize(h, w, 28, lo, hi)
 
 
 def test_real_tokenizer_counts():

@@ -44,7 +44,7 @@ def ocr_samples(gm, texts, mode="pad", per_batch=1):
     """Micro-batches of `per_batch` OCR samples (a page read back, loss on the answer), from the data engine."""
     from glyph_rt.train.collate import Collator
 
-    col = Collator(gm.image_token_id, gm.tokenizer.pad_token_id, mode=mode, model=gm.model, vision_model=gm.model_type)
+    col = Collator(gm.image_token_id, gm.tokenizer.pad_token_id, mode=mode, model=gm.model, vision_model=gm.vision)
     s = samples(gm, texts)
     return [col(s[i:i + per_batch]) for i in range(0, len(s), per_batch)]
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..render.config import RenderConfig
+from ..render.tokens import VisionModel
 
 
 @dataclass
@@ -52,7 +53,7 @@ class TargetError(RuntimeError):
 
 class Target:
     name: str = "target"  # the label of its rows and tables
-    model_type: str = "glm4v"  # whose resize rule counts the visual tokens of pages
+    model_type: str | VisionModel = "glm4v"  # whose resize rule (and limits) counts the visual tokens of pages
     concurrent: bool = False  # answer() may run in several threads at once
     repetition_penalty: float = 1.0  # decoding is greedy; Glyph's official evaluation scripts use 1.1
 
@@ -105,7 +106,7 @@ class GlyphModelTarget(Target):
         self.path = str(path)
         self.name = name or Path(path).resolve().name
         self.model = GlyphModel.from_pretrained(path, kernels=kernels, dtype=dtype, device=device)
-        self.model_type = self.model.model_type
+        self.model_type = self.model.vision
         self.max_batch, self.cache_bytes = max_batch, cache_bytes
         self._engine = None
         self._lock = threading.Lock()

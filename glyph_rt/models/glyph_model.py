@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from ..ops.pixel_values import CLIP_MEAN, CLIP_STD
 from ..render.config import RenderConfig
+from ..render.tokens import VisionModel, vision_model
 from .kv_cache import GlyphCache, cache_kwarg
 from .patching import MODELS, apply_glyph_kernels
 from .prompt import VISION_MERGE, PromptBuilder, tokens_per_image
@@ -111,11 +111,13 @@ class _FirstToken:
 
 
 class GlyphModel:
-    def __init__(self, model, tokenizer, render_config: RenderConfig, model_type: str, patch=None):
+    def __init__(self, model, tokenizer, render_config: RenderConfig, model_type: str, patch=None,
+                 vision: VisionModel | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.render_config = render_config
         self.model_type = model_type
+        self.vision = vision or vision_model(model_type)  # page geometry within the checkpoint's resize limits
         self.patch = patch
         cfg = model.config
         self.prompts = PromptBuilder.for_model(model, tokenizer)
@@ -144,7 +146,7 @@ class GlyphModel:
         if model_type not in MODELS:
             raise ValueError(f"model type {model_type!r} in {path / 'config.json'} is not supported; "
                              f"GlyphModel runs {', '.join(MODELS)}")
-        check_processor(path / "preprocessor_config.json", model_type)
+        vision = check_processor(path / "preprocessor_config.json", model_type)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if kernels == "auto":
             from ..ops.attention import register_transformers
@@ -167,7 +169,7 @@ class GlyphModel:
         if not 0 <= model.config.image_token_id < vocab:
             raise ValueError(f"{path / 'config.json'}: image_token_id {model.config.image_token_id} is outside the "
                              f"vocabulary (0..{vocab - 1}); the config does not match the tokenizer")
-        gm = cls(model, tokenizer, (render_config or RenderConfig()).validate(), model_type, patch)
+        gm = cls(model, tokenizer, (render_config or RenderConfig()).validate(), model_type, patch, vision)
         template = next((path / f for f in ("chat_template.jinja", "chat_template.json") if (path / f).exists()),
                         path / "tokenizer_config.json")
         one = _loading(template, "chat template", lambda: gm.prompts.template(gm.prompts.messages(1, "?"), True))
@@ -182,7 +184,7 @@ class GlyphModel:
 
         t = time.perf_counter()
         dtype = self.model.dtype if self.model.dtype in (torch.float32, torch.bfloat16) else torch.float32
-        rendered = render_inputs(contexts, self.render_config, model=self.model_type, device=self.device, dtype=dtype)
+        rendered = render_inputs(contexts, self.render_config, model=self.vision, device=self.device, dtype=dtype)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         render_s = time.perf_counter() - t
@@ -279,21 +281,19 @@ class GlyphModel:
         return answers
 
 
-def check_processor(path: Path, model_type: str = "glm4v") -> None:
+def check_processor(path: Path, model_type: str = "glm4v") -> VisionModel:
     """glyph_rt renders for 14-px patches, 2x2 merges, 2 frames and CLIP normalization: the checkpoint must agree.
-    Its resize limits are the image processor's defaults: other limits in the checkpoint are warned about (a page
-    outside both ranges gets another grid from glyph_rt than from the checkpoint's processor)."""
-    from ..render.tokens import PIXEL_LIMITS
-
+    Returns the model's page geometry with the checkpoint's resize limits (`size` or min/max_pixels), so that pages
+    get the grids the checkpoint's own image processor would give them."""
     p = read_json(path)
     size = p.get("size") if isinstance(p.get("size"), dict) else {}
-    given = (size.get("shortest_edge", p.get("min_pixels")), size.get("longest_edge", p.get("max_pixels")))
-    ours = PIXEL_LIMITS.get(model_type)
-    if ours and any(g is not None and g != o for g, o in zip(given, ours)):
-        warnings.warn(f"{path}: the image processor resizes within {given[0]}..{given[1]} pixels, glyph_rt within "
-                      f"{ours[0]}..{ours[1]} (its default); pages outside glyph_rt's range get other grids than the "
-                      "checkpoint's processor would give them (at 2 frames a page of more than "
-                      f"{ours[1] // 2:,} pixels is scaled down)", stacklevel=3)
+    given = [size.get("shortest_edge"), size.get("longest_edge")]
+    if model_type == "qwen2_5_vl":  # its processor lets the older min_pixels / max_pixels keys override `size`
+        given = [p.get(k) if p.get(k) is not None else g for k, g in zip(("min_pixels", "max_pixels"), given)]
+    try:
+        vision = vision_model(model_type).with_limits(*given)
+    except ValueError as e:
+        raise ValueError(f"{path}: the image processor's resize limits are not usable ({e})") from None
     want = {"patch_size": 14, "merge_size": VISION_MERGE, "temporal_patch_size": 2}
     bad = [f"{k}={p[k]} (glyph_rt renders for {v})" for k, v in want.items() if k in p and p[k] != v]
     for k, v in (("image_mean", CLIP_MEAN), ("image_std", CLIP_STD)):
@@ -301,3 +301,4 @@ def check_processor(path: Path, model_type: str = "glm4v") -> None:
             bad.append(f"{k}={p[k]} (glyph_rt normalizes with CLIP's {list(v)})")
     if bad:
         raise ValueError(f"{path}: the checkpoint's image processor differs from glyph_rt's: {'; '.join(bad)}")
+    return vision

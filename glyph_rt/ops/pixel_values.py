@@ -16,7 +16,7 @@ import functools
 import numpy as np
 import torch
 
-from ..render.tokens import VISION_MODELS
+from ..render.tokens import VisionModel, vision_model
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -64,11 +64,9 @@ def cat_rows(pieces: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([padded_rows(p) for p in pieces])[:, :ROW_U8]
 
 
-def target_size(height: int, width: int, model: str = "glm4v") -> tuple[int, int]:
+def target_size(height: int, width: int, model: str | VisionModel = "glm4v") -> tuple[int, int]:
     """(height, width) the model's image processor resizes a page to."""
-    if model not in VISION_MODELS:
-        raise ValueError(f"model {model!r} is unknown; choose from {', '.join(VISION_MODELS)}")
-    return VISION_MODELS[model].resize(height, width)
+    return vision_model(model).resize(height, width)
 
 
 def resize_page(page: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -91,7 +89,7 @@ def patchify(values: torch.Tensor, temporal: int = TEMPORAL) -> torch.Tensor:
     return p.reshape(gh * gw, c * temporal * PATCH * PATCH)
 
 
-def pixel_values_from_pages(pages: list[torch.Tensor], model: str = "glm4v", dtype=torch.float32,
+def pixel_values_from_pages(pages: list[torch.Tensor], model: str | VisionModel = "glm4v", dtype=torch.float32,
                             lut: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [H, W, 3] pages (any device) -> (pixel_values [N, 1176], image_grid_thw [pages, 3] int64);
     with dtype uint8, raw patches [N, 588] (a view of zero-padded [N, 592] rows)."""

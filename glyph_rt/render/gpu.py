@@ -26,7 +26,7 @@ from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PATCH
 from .config import RenderConfig
 from .pages import DEFAULT_MAX_BYTES, Document
 from .raster import final_sizes
-from .tokens import VISION_MODELS
+from .tokens import VisionModel, vision_model
 
 DEVICE_BACKENDS = ("auto", "cuda", "triton", "cpu")
 
@@ -103,7 +103,7 @@ class ModelInputs:
     pixel_values: torch.Tensor  # [sum of gh * gw, 1176] float32 / bfloat16, or [.., 588] uint8 raw patches
     image_grid_thw: torch.Tensor  # [images, 3] int64: (1, gh, gw)
     images_per_text: list[int]
-    model: str
+    model: str | VisionModel
     documents: list = field(repr=False)
     fused_pages: int  # images written straight by the kernel (or the C++ CPU path); the rest were resized
     seconds: dict = field(default_factory=dict)
@@ -111,7 +111,7 @@ class ModelInputs:
     @property
     def visual_tokens(self) -> list[int]:
         """Visual tokens per text (gh * gw / 4 per image)."""
-        m = VISION_MODELS[self.model].merge ** 2
+        m = vision_model(self.model).merge ** 2
         per_image = (self.image_grid_thw[:, 1] * self.image_grid_thw[:, 2] // m).tolist()
         out, i = [], 0
         for n in self.images_per_text:
@@ -240,14 +240,15 @@ def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Te
     return pv, torch.from_numpy(grid_thw(target)).to(device), int(fused.sum())
 
 
-def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None, *, model: str = "glm4v",
+def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None, *, model: str | VisionModel = "glm4v",
                   device=None, backend: str = "auto", dtype: torch.dtype = torch.float32,
                   batch_pages: int = 512, max_pages: int | None = None, workers: int = 1,
                   max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = False) -> ModelInputs:
     """Renders texts straight into a vision model's input.
 
     texts: a str or a list of str; config: one RenderConfig or one per text (configs may differ
-    within a batch: fonts, sizes, colors, dpi). model: "glm4v" or "qwen2_5_vl". device: where the
+    within a batch: fonts, sizes, colors, dpi). model: "glm4v" or "qwen2_5_vl" (their processors' default resize
+    limits), or a VisionModel with a checkpoint's (GlyphModel.vision). device: where the
     pages are drawn and pixel_values live, by default the GPU when torch sees one, else the CPU.
     dtype float32 or bfloat16 gives the processor's pixel_values; uint8 gives raw patches [N, 588]
     (a view of [N, 592] rows, zero-padded to 16 bytes) for glyph_rt.ops.patch_embed, which folds
@@ -263,8 +264,7 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
     configs = config if isinstance(config, (list, tuple)) else [config] * len(texts)
     if len(configs) != len(texts):
         raise ValueError(f"{len(configs)} configs for {len(texts)} texts: give one config, or one per text")
-    if model not in VISION_MODELS:
-        raise ValueError(f"model {model!r} is unknown; choose from {', '.join(VISION_MODELS)}")
+    model = vision_model(model)
     if dtype not in (torch.float32, torch.bfloat16, torch.uint8):
         raise ValueError(f"dtype {dtype} is not supported: use torch.float32, torch.bfloat16 or torch.uint8 "
                          "(raw patches for glyph_rt's patch embedding)")

@@ -1,6 +1,7 @@
 """Token accounting: visual tokens per page (each model's own resize rule) and text tokens."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -55,10 +56,30 @@ def smart_resize_qwen2_5_vl(height: int, width: int, factor: int = 28, min_pixel
 
 @dataclass(frozen=True)
 class VisionModel:
+    """A vision model's page geometry: its resize rule within (min_pixels, max_pixels), 14-px patches, 2x2
+    merges. The limits are its image processor's defaults; a checkpoint may set others (`with_limits`)."""
+
     name: str
-    resize: object
+    rule: object  # smart_resize_*(height, width, min_pixels=, max_pixels=)
+    min_pixels: int
+    max_pixels: int
     patch: int = 14
     merge: int = 2
+
+    def resize(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the model's image processor resizes a page to."""
+        return self.rule(height, width, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+
+    def with_limits(self, min_pixels: int | None, max_pixels: int | None) -> "VisionModel":
+        """This model with a checkpoint's resize limits (None keeps the default)."""
+        lo = self.min_pixels if min_pixels is None else min_pixels
+        hi = self.max_pixels if max_pixels is None else max_pixels
+        for k, v in (("min_pixels", lo), ("max_pixels", hi)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{self.name}: {k} {v!r} must be an integer >= 1")
+        if lo > hi:
+            raise ValueError(f"{self.name}: min_pixels {lo} is over max_pixels {hi}")
+        return dataclasses.replace(self, min_pixels=lo, max_pixels=hi)
 
     def grid(self, height: int, width: int) -> tuple[int, int, int]:
         """image_grid_thw of a page: (1, h / patch, w / patch)."""
@@ -70,17 +91,22 @@ class VisionModel:
         return gh * gw // (self.merge * self.merge)
 
 
-VISION_MODELS = {
-    "glm4v": VisionModel("glm4v", smart_resize_glm4v),
-    "qwen2_5_vl": VisionModel("qwen2_5_vl", smart_resize_qwen2_5_vl),
-}
+VISION_MODELS = {name: VisionModel(name, rule, *PIXEL_LIMITS[name]) for name, rule in
+                 (("glm4v", smart_resize_glm4v), ("qwen2_5_vl", smart_resize_qwen2_5_vl))}
 
 
-def visual_tokens(sizes, model: str = "glm4v") -> list[int]:
-    """Visual tokens of each page, sizes given as (width, height) pixels."""
+def vision_model(model: "str | VisionModel") -> VisionModel:
+    """A model given by name ("glm4v", "qwen2_5_vl": its processor's default limits) or as a VisionModel."""
+    if isinstance(model, VisionModel):
+        return model
     if model not in VISION_MODELS:
         raise ValueError(f"model {model!r} is unknown; choose from {', '.join(VISION_MODELS)}")
-    m = VISION_MODELS[model]
+    return VISION_MODELS[model]
+
+
+def visual_tokens(sizes, model: "str | VisionModel" = "glm4v") -> list[int]:
+    """Visual tokens of each page, sizes given as (width, height) pixels."""
+    m = vision_model(model)
     return [m.tokens(h, w) for (w, h) in sizes]
 
 

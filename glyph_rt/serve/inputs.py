@@ -221,7 +221,7 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
         if hit is not None and hit.embeddings is not None:
             segs.append(Segment(key, hit.grids, None, hit.embeddings, 0, cached=True))
         else:
-            pv, grid = pixel_values_from_pages([_decode_image(raw, param)], gm.model_type, dtype)
+            pv, grid = pixel_values_from_pages([_decode_image(raw, param)], gm.vision, dtype)
             segs.append(Segment(key, grid.cpu(), pv.to(gm.device)))
         return {"type": "image", "_segment": len(segs) - 1}
 
@@ -268,7 +268,7 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
 
     if pending:
         try:
-            r = render_inputs([p[1] for p in pending], [p[2] for p in pending], model=gm.model_type,
+            r = render_inputs([p[1] for p in pending], [p[2] for p in pending], model=gm.vision,
                               device=gm.device, dtype=dtype, max_pages=opts.max_pages + 1)
         except MemoryError as e:
             raise RequestError(f"the text renders to too many pages ({e}); shorten it", None, 413) from None

@@ -30,6 +30,7 @@ import torch
 from ..models.prompt import IGNORE_INDEX, tokens_per_image
 from ..ops.pixel_values import cat_rows, normalize_lut
 from ..render.gpu import inputs_of_batch, resolve_device_backend
+from ..render.tokens import VisionModel
 from .tasks import TASKS
 
 MODES = ("pad", "pack")
@@ -104,7 +105,7 @@ class Collator:
     """Samples -> batch dict (see the module docstring). `model` (the HF VLM) is needed for mode='pack'."""
 
     def __init__(self, image_token_id: int, pad_id: int, mode: str = "pad", model=None, device="cpu",
-                 dtype=torch.float32, vision_model: str = "glm4v", backend: str = "auto",
+                 dtype=torch.float32, vision_model: str | VisionModel = "glm4v", backend: str = "auto",
                  max_length: int | None = None, loss_weights: dict | None = None):
         if mode not in MODES:
             raise ValueError(f"mode: {mode!r} is unknown; choose from {', '.join(MODES)}")

@@ -171,7 +171,7 @@ def rollout_check(gm, max_new_tokens: int):
     from ..render.tokens import visual_tokens
     from .tasks import TaskError
 
-    per_page = visual_tokens([canvas_size(gm.render_config)], gm.model_type)[0]  # a page's most: uncropped, snapped
+    per_page = visual_tokens([canvas_size(gm.render_config)], gm.vision)[0]  # a page's most: uncropped, snapped
 
     def check(rec: dict, i: int) -> None:
         try:
@@ -216,7 +216,7 @@ def build_data(cfg: TrainConfig, gm, rank: int, world: int, held_out: bool = Fal
         rest = sum(w for n, w in weights.items() if n != "ocr")
         weights = {n: w * (1 - cfg.data.ocr_ratio) / rest for n, w in weights.items() if n != "ocr"} if rest else {}
         weights["ocr"] = cfg.data.ocr_ratio if rest else 1.0
-    styles = StyleSampler(seed=cfg.seed) if opts.get("styles", fixed is None) else None
+    styles = StyleSampler(seed=cfg.seed, vision=gm.vision) if opts.get("styles", fixed is None) else None
     kw = {k: opts[k] for k in ("max_pages", "window_chars") if k in opts}
     think = opts.get("think", cfg.stage == "sft")  # QA answers in the thinking format
     own = opts.get("task_options") or {}
@@ -228,11 +228,11 @@ def build_data(cfg: TrainConfig, gm, rank: int, world: int, held_out: bool = Fal
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     render = opts.get("render", "batch" if device.type == "cuda" else "worker")
     ds = TaskDataset(corpus, task, seed=cfg.seed, epochs=opts.get("epochs"), shuffle=opts.get("shuffle", True),
-                     rank=rank, world_size=world, render=render, dtype=dtype, vision_model=gm.model_type)
+                     rank=rank, world_size=world, render=render, dtype=dtype, vision_model=gm.vision)
     mode = "pack" if cfg.data.max_tokens else "pad"
     from .model import base_model
 
     col = Collator(gm.image_token_id, gm.tokenizer.pad_token_id, mode=mode, model=base_model(gm.model),
-                   device=device, dtype=dtype, vision_model=gm.model_type, max_length=cfg.data.max_tokens or None,
+                   device=device, dtype=dtype, vision_model=gm.vision, max_length=cfg.data.max_tokens or None,
                    loss_weights=cfg.data.loss_weights)
     return GlyphLoader(ds, col, batch_size=cfg.data.micro_batch, num_workers=0 if held_out else cfg.data.workers)

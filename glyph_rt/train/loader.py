@@ -39,6 +39,7 @@ import torch
 
 from ..fileio import json_lines
 from ..render.textio import decode_text
+from ..render.tokens import VisionModel
 from .collate import SamplesTooLong, attach_pixels
 from .tasks import TaskError
 
@@ -193,7 +194,7 @@ class TaskDataset(torch.utils.data.IterableDataset):
 
     def __init__(self, corpus: Corpus, task, seed: int = 0, epochs: int | None = None, shuffle: bool = True,
                  rank: int | None = None, world_size: int | None = None, render: str = "worker",
-                 dtype=torch.float32, vision_model: str = "glm4v"):
+                 dtype=torch.float32, vision_model: str | VisionModel = "glm4v"):
         if render not in RENDER_MODES:
             raise ValueError(f"render: {render!r} is unknown; choose from {', '.join(RENDER_MODES)}")
         if epochs is not None and epochs < 1:

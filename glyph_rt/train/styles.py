@@ -24,7 +24,7 @@ import yaml
 
 from ..render.config import PAPER_SIZES, ConfigError, RenderConfig, color_hex, parse_color
 from ..render.fonts import BUILTIN_FONTS, system_fonts
-from ..render.tokens import VISION_MODELS
+from ..render.tokens import VISION_MODELS, VisionModel, vision_model
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "data" / "styles.yaml"
 FAMILY_CLASSES = ("sans", "serif", "mono", "pixel")
@@ -258,8 +258,9 @@ def _validate_rule(config: RenderConfig) -> str | None:
     return None
 
 
-def check_rules(config: RenderConfig, rules: dict) -> str | None:
-    """The first exclusion rule `config` breaks, or None."""
+def check_rules(config: RenderConfig, rules: dict, vision: VisionModel | None = None) -> str | None:
+    """The first exclusion rule `config` breaks, or None. The pixel budget is `vision`'s (a checkpoint's
+    limits), else that of rules.model's processor defaults."""
     name = _validate_rule(config)
     if name:
         return name
@@ -270,7 +271,7 @@ def check_rules(config: RenderConfig, rules: dict) -> str | None:
         return "glyphs_too_small"
     w, h = config.page_pixels
     try:
-        hb, wb = VISION_MODELS[rules["model"]].resize(h, w)
+        hb, wb = (vision or vision_model(rules["model"])).resize(h, w)
     except ValueError:
         return "over_model_pixel_budget"
     if math.sqrt(hb * wb / (h * w)) < rules["max_downscale"]:
@@ -301,7 +302,9 @@ class StyleSampler:
     exclusion rule, the draws this sampler has rejected.
     """
 
-    def __init__(self, params: dict | None = None, seed: int = 0, font_dir: str | os.PathLike | None = None):
+    def __init__(self, params: dict | None = None, seed: int = 0, font_dir: str | os.PathLike | None = None,
+                 vision: VisionModel | None = None):
+        self.vision = vision  # the model whose pixel budget rules.max_downscale checks, if not rules.model's
         self.params = copy.deepcopy(params) if params is not None else load_params()
         if not isinstance(seed, int) or seed < 0:
             raise StyleConfigError(f"seed: {seed!r} must be an integer >= 0")
@@ -520,7 +523,7 @@ class StyleSampler:
         rules, rejected = self.params["rules"], []
         for attempt in range(int(rules["max_attempts"])):
             config, ch = self.draw(int(index), attempt)
-            broken = check_rules(config, rules)
+            broken = check_rules(config, rules, self.vision)
             if broken is None:
                 return StyleSample(int(index), config, ch, attempt + 1, rejected)
             rejected.append(broken)
