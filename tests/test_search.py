@@ -380,3 +380,174 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["search", "--out", str(tmp_path / "ok"), "generations=1", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "stopped (generations) after 2 generations, 16 configs evaluated" in out
+
+
+# ----------------------------------------------------------------- review fixes
+def test_legibility_references_ignore_the_newline_markup():
+    import dataclasses
+
+    from glyph_rt.search.legibility import LegibilityObjective
+
+    obj = LegibilityObjective(chars=3000, max_glyphs=300)
+    big = RenderConfig(font_size=12, line_height=14, dpi=100)
+    plain = obj(big).accuracy
+    for marker in (" ¶ ", ' &lt;br&gt; '):  # newlines become inline markers in the text, not in the references
+        assert obj(dataclasses.replace(big, newline_markup=marker)).accuracy > plain - 0.05 > 0.85, marker
+
+
+def test_rerun_after_a_budget_stop_replays_and_ends_once(tmp_path):
+    s = load_settings(None, ["max_evaluations=20", "generations=10", "patience=0"])
+    first = run_search(s, Counting(), tmp_path / "a", report=False)
+    assert (first.stop_reason, first.generations, first.evaluations) == ("evaluations", 2, 20)
+    again = Counting()
+    second = run_search(s, again, tmp_path / "a", report=False)
+    assert (second.stop_reason, second.generations, second.evaluations) == ("evaluations", 2, 20) and not again.seen
+    hist = tmp_path / "a" / "history.jsonl"
+    assert [r["generations"] for r in History(hist).of_type("end")] == [2]
+    # a kill after the last evaluation, before its generation's record: the resume writes that record
+    lines = hist.read_text().splitlines()
+    cut = max(i for i, line in enumerate(lines) if '"type": "generation"' in line)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "history.jsonl").write_text("\n".join(lines[:cut]) + "\n")
+    third = run_search(s, Counting(), tmp_path / "b", report=False)
+    assert (third.stop_reason, third.generations, third.evaluations) == ("evaluations", 2, 20)
+    assert _records(tmp_path / "b" / "history.jsonl") == _records(hist)
+
+
+def test_proposals_with_non_string_gene_names_are_malformed(chat_server, tmp_path, space):
+    from glyph_rt.search.critic import proposal_genome
+
+    parents = {"c1": space.genome(space.sampler(0)), "c2": space.genome(space.sampler(1))}
+    for p in ({"op": "crossover", "parents": ["c1", "c2"], "take_from_second": [["dpi"]], "reason": "x"},
+              {"op": "crossover", "parents": ["c1", "c2"], "take_from_second": [{"gene": "dpi"}], "reason": "x"},
+              {"op": "mutate", "parent": "c1", "changes": {("dpi",): 72}, "reason": "x"}):
+        with pytest.raises(Rejected) as e:
+            proposal_genome(space, p, parents)
+        assert e.value.reason == "malformed"
+    chat_server.content = json.dumps({"proposals": [
+        {"op": "crossover", "parents": ["c1", "c2"], "take_from_second": [{"gene": "dpi"}], "reason": "x"},
+        {"op": "mutate", "parent": "c1", "changes": {"font_size": 8}, "reason": "smaller"}]})
+    s = load_settings(None, ["generations=1", "critic.model=fixed", f"critic.base_url={chat_server.url}"])
+    for _ in range(2):  # the logged answer is replayed by the rerun without a crash
+        r = run_search(s, Counting(), tmp_path, critic=Critic(chat_server.url, "fixed", timeout=10), report=False)
+        assert r.counts["critic.rejected.malformed"] == 1 and r.counts["critic.accepted"] == 1
+
+
+def test_styles_file_is_known_by_its_content(tmp_path, monkeypatch):
+    styles = _small_pages(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = ["population=2", "offspring=2", "generations=1"]
+    run_search(load_settings(None, [*args, "styles=styles.yaml"]), Counting(), tmp_path / "out", report=False)
+    monkeypatch.chdir(ROOT)  # another cwd, an absolute path: the same search
+    r = run_search(load_settings(None, [*args, f"styles={styles}"]), Counting(), tmp_path / "out", report=False)
+    assert r.generations == 1
+    header = History(tmp_path / "out" / "history.jsonl").header["settings"]["styles"]
+    assert header["path"] == str(styles.resolve()) and len(header["sha256"]) == 64
+    styles.write_text(styles.read_text().replace("[10, 14]", "[10, 12]"))
+    with pytest.raises(SearchError, match="styles.*content sha256"):
+        run_search(load_settings(None, [*args, f"styles={styles}"]), Counting(), tmp_path / "out", report=False)
+
+
+def test_presets_are_evaluated_as_they_are(tmp_path, space):
+    names = ["glyph", "code_style", "artistic_pixel"]  # snap 0, wrap word, 1 sub-pixel phase: no genes of theirs
+    obj = Counting()
+    s = load_settings(None, ["generations=0", "operators.repair=false", "outputs.contact_sheet=2",
+                             f"presets=[{', '.join(names)}]"])
+    run_search(s, obj, tmp_path)
+    evals = {e["proposer"]: e for e in History(tmp_path / "history.jsonl").of_type("eval")}
+    for name in names:
+        e, preset = evals[f"preset:{name}"], RenderConfig.preset(name)
+        assert e["hash"] == config_hash(preset) and e["config"] == preset.to_dict()
+        assert config_hash(space.config_of(e)) == e["hash"]
+    assert {config_hash(RenderConfig.preset(n)) for n in names} <= set(obj.seen)
+    a3 = RenderConfig(page_size="A3")  # a real paper size at the page_width range's end passes without repair
+    g, config = check(space, space.genome(a3), Counter(), repair=False)
+    assert g["page_width"] == 842.0 and space.genes["page_width"].hi >= a3.page_size[0]
+
+
+def test_parse_answer_skips_thoughts_with_only_a_closing_tag():
+    from glyph_rt.search.critic import parse_answer
+
+    draft = json.dumps({"proposals": [{"op": "mutate", "parent": "c1", "changes": {"dpi": 45}, "reason": "draft"}]})
+    final = json.dumps({"proposals": [{"op": "mutate", "parent": "c2", "changes": {"font_size": 8},
+                                       "reason": "final"}]})
+    text = f"First idea: {draft}, but dpi 45 is too small...\n</think>\n\n{final}"
+    assert [p["reason"] for p in parse_answer(text)] == ["final"]
+    assert [p["reason"] for p in parse_answer("<think>" + text)] == ["final"]
+    assert [p["reason"] for p in parse_answer(f"{draft}\nOn second thought:\n{final}")] == ["final"]
+
+
+def test_a_cut_off_response_is_a_counted_critic_failure(tmp_path):
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from glyph_rt.search import CriticError
+
+    class Cut(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            body = b'{"choices": ['  # a 200 whose JSON body was cut short
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Cut)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        critic = Critic(url, "m", timeout=5, max_retries=0)
+        with pytest.raises(CriticError, match="unreadable response"):
+            critic.ask([{"role": "user", "content": "hi"}])
+        s = load_settings(None, ["generations=1", "critic.model=m", f"critic.base_url={url}"])
+        r = run_search(s, Counting(), tmp_path, critic=critic, report=False)
+        assert r.counts["critic.failed"] == 1 and r.evaluations == 16
+    finally:
+        srv.shutdown()
+
+
+def test_numpy_extras_are_stored_and_non_finite_scores_are_failures(tmp_path):
+    import numpy as np
+
+    class Odd(Counting):
+        def __call__(self, config):
+            score = super().__call__(config)
+            score.extra.update(px=np.float32(score.extra["glyph_px"]), hist=np.arange(3), obj=object())
+            if config.dpi % 3 == 0:
+                score.accuracy = float("nan")
+            return score
+
+    r = run_search(load_settings(None, ["generations=2", "patience=0"]), Odd(), tmp_path, report=False)
+    evals = History(tmp_path / "history.jsonl").of_type("eval")
+    ok = [e for e in evals if not e.get("error")]
+    assert ok and all(type(e["extra"]["px"]) is float and e["extra"]["hist"] == [0, 1, 2] for e in ok)
+    nan = [e for e in evals if e.get("error")]
+    assert nan and all(e["accuracy"] is None and "finite" in e["error"] for e in nan)
+    assert r.counts["failed"] == len(nan) and all(e["accuracy"] == e["accuracy"] for e in r.front)
+
+
+def test_settings_are_checked_up_front_and_the_best_says_if_it_is_feasible(tmp_path):
+    for override, key in (("evaluator.chars=1e4", "evaluator.chars"), ("evaluator.delay=[1]", "evaluator.delay"),
+                          ("critic.timeout=fast", "critic.timeout"), ("evaluator.blur=null", "evaluator.blur"),
+                          ("objective.floor=90", r"objective.floor: 90 must be in \[0, 1\]")):
+        with pytest.raises(SearchError, match=key):
+            load_settings(None, [override])
+    yaml_file = tmp_path / "s.yaml"
+    yaml_file.write_text("evaluator: {kind: eval, target: x, ruler: {tasks: [niah_single_1], lengths: [4096]}}\n")
+    s = load_settings(str(yaml_file), ["evaluator.ruler.n=5"])  # maps under evaluator are as open as it is
+    assert s["evaluator"]["ruler"] == {"tasks": ["niah_single_1"], "lengths": [4096], "n": 5}
+
+    class Poor(Counting):
+        def __call__(self, config):
+            score = super().__call__(config)
+            score.accuracy *= 0.5
+            return score
+
+    r = run_search(load_settings(None, ["generations=0", "objective.floor=0.9"]), Poor(), tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert r.best is not None and r.feasible is False and summary["best"]["feasible"] is False
+    r = run_search(load_settings(None, ["generations=0"]), Counting(), tmp_path / "ok", report=False)
+    assert r.feasible is True

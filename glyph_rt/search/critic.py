@@ -59,22 +59,31 @@ def prompt(space: SearchSpace, rows: list[dict], goal_text: str, n: int) -> list
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
+_OPENER = re.compile(r"[{\[]")
+
+
 def parse_answer(text: str) -> list:
-    """The proposals list of an answer; raises CriticError when there is no JSON object with one."""
+    """The proposals list of an answer; raises CriticError when there is no JSON object with one.
+
+    A reasoning model's thoughts (everything up to the last </think>, or an unclosed <think> block)
+    are dropped; of several JSON objects with a proposals list, the last one is the answer."""
     if not isinstance(text, str) or not text.strip():
         raise CriticError("the critic's answer is empty")
-    body = re.sub(r"<think>.*?(</think>|$)", "", text, flags=re.S)  # a reasoning model's thoughts
-    decoder, found_json, lists = json.JSONDecoder(), False, []
-    for m in re.finditer(r"[{\[]", body):  # the first JSON object with a proposals list, wherever it sits
+    body = text.rpartition("</think>")[2] if "</think>" in text else re.sub(r"<think>.*", "", text, flags=re.S)
+    decoder, found_json, found, lists, pos = json.JSONDecoder(), False, None, [], 0
+    while (m := _OPENER.search(body, pos)) is not None:
+        pos = m.start() + 1
         try:
-            obj, _ = decoder.raw_decode(body, m.start())
+            obj, end = decoder.raw_decode(body, m.start())
         except json.JSONDecodeError:
             continue
         found_json = True
         if isinstance(obj, dict) and isinstance(obj.get("proposals"), list):
-            return obj["proposals"]
-        if isinstance(obj, list) and obj and all(isinstance(p, dict) for p in obj):
+            found, pos = obj["proposals"], end  # a draft before it is not the answer; nothing inside it is either
+        elif isinstance(obj, list) and obj and all(isinstance(p, dict) for p in obj):
             lists.append(obj)
+    if found is not None:
+        return found
     if lists:  # a bare list of proposals
         return lists[0]
     if not found_json:
@@ -98,18 +107,26 @@ class Critic:
         self.base_url = base_url
 
     def ask(self, messages: list[dict]) -> str:
-        """The answer's text; raises CriticError on any failure of the endpoint."""
+        """The answer's text; raises CriticError on any failure of the endpoint or of its response
+        (an error status, a connection lost, a body cut short, no message)."""
         import openai
 
         try:
             r = self.client.chat.completions.create(model=self.model, messages=messages,
                                                     temperature=self.temperature, max_tokens=self.max_tokens)
+            content = r.choices[0].message.content or ""
         except openai.OpenAIError as e:
             raise CriticError(f"critic endpoint {self.base_url}: {type(e).__name__}: {e}") from None
-        try:
-            return r.choices[0].message.content or ""
         except (AttributeError, IndexError, TypeError):
             raise CriticError(f"critic endpoint {self.base_url}: the response has no message") from None
+        except Exception as e:  # e.g. a 200 whose JSON body was cut short
+            raise CriticError(f"critic endpoint {self.base_url}: unreadable response: {type(e).__name__}: {e}") \
+                from None
+        if isinstance(content, list):  # content parts
+            content = "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+        if not isinstance(content, str):
+            raise CriticError(f"critic endpoint {self.base_url}: the message content is not text: {content!r:.200}")
+        return content
 
 
 def proposal_genome(space: SearchSpace, p, parents: dict[str, dict]) -> tuple[dict, list[str], str]:
@@ -141,10 +158,14 @@ def proposal_genome(space: SearchSpace, p, parents: dict[str, dict]) -> tuple[di
         if not isinstance(take, list):
             raise Rejected("malformed", "take_from_second must be a list of genes")
         for name in take:
+            if not isinstance(name, str):
+                raise Rejected("malformed", f"take_from_second: {name!r} is not a gene name")
             if name not in space.genes:
                 raise Rejected("unknown_gene", repr(name))
             genome[name] = parents[ids[1]][name]
     for name, v in changes.items():
+        if not isinstance(name, str):
+            raise Rejected("malformed", f"changes: {name!r} is not a gene name")
         if name not in space.genes:
             raise Rejected("unknown_gene", repr(name))
         try:

@@ -13,6 +13,8 @@ It measures glyph legibility at the page's pixel size, nothing about a VLM's rea
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..render.config import RenderConfig
@@ -128,7 +130,8 @@ class LegibilityObjective:
         rng = np.random.default_rng(self.seed)
         seen = _blur(pages, self.blur) + rng.normal(0.0, self.noise, pages.shape).astype(np.float32)
         chars, cells, widths = _cells(doc, seen, config, self.max_glyphs)
-        ref_doc = Document("\n".join(ALPHABET), config)  # one character a line: nothing next to it
+        # one character a line, nothing next to it: plain line breaks, whatever the config's newline markup
+        ref_doc = Document("\n".join(ALPHABET), dataclasses.replace(config, newline_markup="<br/>"))
         ref_buf, _ = ref_doc.rasterize(0, ref_doc.num_pages)
         ref_chars, ref_cells, _ = _cells(ref_doc, _grey(ref_buf), config, len(ALPHABET))
         if not chars:

@@ -11,6 +11,7 @@ exactly where an uninterrupted run ends, and no config is evaluated twice.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import random
@@ -41,7 +42,7 @@ DEFAULTS: dict = {
     "objective": {"mode": "constrained", "floor": 0.5},
     "operators": {"mutation_rate": None, "sigma": 0.15, "crossover_rate": 0.5, "tournament": 3, "repair": True},
     "styles": None,           # a styles YAML: the space and the initial population (default: built-in)
-    "presets": [],            # RenderConfig presets added to generation 0, e.g. [glyph]
+    "presets": [],            # RenderConfig presets added to generation 0 as they are (baselines), e.g. [glyph]
     "critic": {"base_url": None, "model": None, "api_key_env": "OPENAI_API_KEY", "timeout": 60.0,
                "temperature": 0.7, "max_proposals": 4},
     "evaluator": {"kind": "synthetic"},
@@ -99,7 +100,7 @@ _OPEN_MAPS = ("evaluator", "outputs")
 def _merge(base: dict, user: dict, where: str) -> None:
     for k, v in user.items():
         path = f"{where}{k}"
-        if k not in base and where.rstrip(".") not in _OPEN_MAPS:
+        if k not in base and where.split(".")[0] not in _OPEN_MAPS:  # maps under an open one are open too
             raise SearchError(f"search config: unknown key {path!r}; known: {', '.join(base)}")
         if isinstance(base.get(k), dict):
             if not isinstance(v, dict):
@@ -120,6 +121,9 @@ def check_settings(s: dict) -> None:
         Goal(s["objective"]["mode"], s["objective"]["floor"])
     except ValueError as e:
         raise SearchError(str(e)) from None
+    floor = s["objective"]["floor"]
+    if isinstance(floor, bool) or not 0 <= floor <= 1:
+        raise SearchError(f"objective.floor: {floor!r} must be in [0, 1] (accuracy is a fraction: 0.9 for 90%)")
     op = s["operators"]
     for k in ("crossover_rate",) + (("mutation_rate",) if op["mutation_rate"] is not None else ()):
         v = op[k]
@@ -132,6 +136,8 @@ def check_settings(s: dict) -> None:
     c = s["critic"]
     if isinstance(c["max_proposals"], bool) or not isinstance(c["max_proposals"], int) or c["max_proposals"] < 0:
         raise SearchError(f"critic.max_proposals: {c['max_proposals']!r} must be a whole number >= 0")
+    _number(c, "timeout", "critic.", 0, strict=True)
+    _number(c, "temperature", "critic.", 0)
     if c["base_url"] and not c["model"]:
         raise SearchError("critic.model: set the model name the endpoint serves (critic.base_url is set)")
     if not isinstance(s["presets"], list):
@@ -141,6 +147,27 @@ def check_settings(s: dict) -> None:
             RenderConfig.preset(name)
         except ValueError as e:
             raise SearchError(f"presets: {e}") from None
+    ev = s["evaluator"]
+    if not isinstance(ev, dict):
+        raise SearchError(f"evaluator: {ev!r} must be a mapping")
+    for k in ("delay", "blur", "noise"):  # the evaluators' numbers, checked before any work
+        _number(ev, k, "evaluator.", 0)
+    _number(ev, "timeout", "evaluator.", 0, strict=True)
+    for k, lo in (("chars", 1), ("max_glyphs", 1), ("seed", 0), ("concurrency", 1)):
+        v = ev.get(k)
+        if k in ev and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            hint = " (YAML reads 1e4 as text: write 10000)" if isinstance(v, str) else ""
+            raise SearchError(f"evaluator.{k}: {v!r} must be a whole number >= {lo}{hint}")
+
+
+def _number(node: dict, key: str, where: str, lo: float, strict: bool = False) -> None:
+    """node[key], when set, must be a finite number >= lo (> lo when `strict`)."""
+    if key not in node:
+        return
+    v = node[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo or \
+            (strict and v == lo):
+        raise SearchError(f"{where}{key}: {v!r} must be a number {'>' if strict else '>='} {lo:g}")
 
 
 def _get(s: dict, dotted: str):
@@ -170,6 +197,7 @@ class SearchResult:
     counts: dict = field(default_factory=dict)
     history: Path | None = None
     files: list = field(default_factory=list)
+    feasible: bool = False  # whether the best config reaches objective.floor
 
 
 class Search:
@@ -191,27 +219,48 @@ class Search:
 
     # ------------------------------------------------------------- header
     def _header(self) -> dict:
+        settings = {k: _get(self.s, k) for k in DECISIVE}
+        if settings["styles"]:  # the file by its content: any path to it resumes, an edited one does not
+            p = Path(settings["styles"]).expanduser().resolve()
+            settings["styles"] = {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
         return {"type": "header", "version": __version__, "objective": self.objective.describe(),
-                "settings": {k: _get(self.s, k) for k in DECISIVE}}
+                "settings": settings}
 
     def _check_header(self) -> None:
         want, have = self._header(), self.hist.header
         if have is None:
             self.hist.append(want)
             return
+
+        def same(n, a, b):
+            if n == "styles" and isinstance(a, dict) and isinstance(b, dict):
+                return a.get("sha256") == b.get("sha256")
+            return a == b
+
+        def show(v):
+            return f"{v['path']} (content sha256 {str(v.get('sha256'))[:12]})" if isinstance(v, dict) and \
+                "sha256" in v else repr(v)
+
         for k in ("objective", "settings"):
-            if have.get(k) != want[k]:
-                diff = {n: (have.get(k, {}).get(n), v) for n, v in want[k].items() if have.get(k, {}).get(n) != v}
+            h, w = have.get(k) or {}, want[k]
+            diff = {n: (h.get(n), w.get(n)) for n in {**h, **w} if not same(n, h.get(n), w.get(n))}
+            if diff:
                 raise SearchError(f"{self.hist.path} belongs to another search ({k} differs: "
-                                  f"{', '.join(f'{n}: {a!r} -> {b!r}' for n, (a, b) in diff.items())}); "
+                                  f"{', '.join(f'{n}: {show(a)} -> {show(b)}' for n, (a, b) in diff.items())}); "
                                   "use another output directory to start a new one")
 
     # ------------------------------------------------------------- candidates
     def initial(self, counts: Counter) -> list[dict]:
         out, seen = [], set()
-        for name in self.s["presets"]:
-            self._add(out, seen, self.space.genome(RenderConfig.preset(name)), [], f"preset:{name}", "", counts,
-                      "initial.")
+        for name in self.s["presets"]:  # the baseline as it is: not snapped to the genes' grid nor repaired
+            config = RenderConfig.preset(name)
+            h = config_hash(config)
+            if h in seen:
+                counts["initial.duplicate"] += 1
+                continue
+            seen.add(h)
+            out.append({"hash": h, "genome": self.space.genome(config), "config": config, "parents": [],
+                        "proposer": f"preset:{name}", "reason": ""})
         i = 0
         while len(out) < self.s["population"] + len(self.s["presets"]) and i < 50 * self.s["population"]:
             self._add(out, seen, self.space.genome(self.space.sampler(i)), [], "sampler", f"style sample {i}",
@@ -255,10 +304,15 @@ class Search:
             for p in props[:limit]:
                 try:
                     genome, pids, reason = proposal_genome(self.space, p, {k: e["genome"] for k, e in ids.items()})
+                    added = self._add(out, seen, genome, [ids[i]["hash"] for i in pids], "critic", reason, counts,
+                                      "critic.")
                 except Rejected as e:
                     counts[f"critic.rejected.{e.reason}"] += 1
                     continue
-                if self._add(out, seen, genome, [ids[i]["hash"] for i in pids], "critic", reason, counts, "critic."):
+                except Exception:  # whatever else a logged answer holds must not stop every resume
+                    counts["critic.rejected.malformed"] += 1
+                    continue
+                if added:
                     counts["critic.accepted"] += 1
         tries = 0
         while len(out) < s["offspring"] and tries < 50 * s["offspring"]:
@@ -296,7 +350,13 @@ class Search:
                "config": cand["config"].to_dict(), "accuracy": None, "compression": None, "extra": {}}
         try:
             score = self.objective(cand["config"])
-            rec.update(accuracy=float(score.accuracy), compression=float(score.compression), extra=score.extra)
+            acc, comp = float(score.accuracy), float(score.compression)
+            rec["extra"] = _plain(score.extra)
+            if math.isfinite(acc) and math.isfinite(comp):
+                rec.update(accuracy=acc, compression=comp)
+            else:
+                rec["error"] = (f"the objective scored accuracy {acc!r}, compression {comp!r}; both must be finite "
+                                "numbers (ranked as a failed evaluation)")
         except (KeyboardInterrupt, SystemExit, TargetError):  # the target down is not the config's failure
             raise
         except Exception as e:  # recorded and ranked last: the search goes on
@@ -313,13 +373,14 @@ class Search:
         s = self.s
         self._check_header()
         gens = self.hist.generations()
-        n_eval = len(self.cache)
-        bar = tqdm(total=s["max_evaluations"], initial=min(n_eval, s["max_evaluations"]), unit="config",
+        per_gen = Counter(e["generation"] for e in self.cache.values())
+        n_eval = 0  # evaluations up to the generation at hand, counted as the history is replayed
+        bar = tqdm(total=s["max_evaluations"], initial=min(len(self.cache), s["max_evaluations"]), unit="config",
                    desc="search", disable=not self.progress)
         survivors: list[dict] = []
         best_progress, stale, g, reason = None, 0, 0, None
         while True:
-            if g > 0:
+            if g > 0 and g not in gens:  # a generation in the history passed these checks when it ran
                 if g > s["generations"]:
                     reason = "generations"
                 elif n_eval >= s["max_evaluations"]:
@@ -331,6 +392,7 @@ class Search:
             if g in gens:
                 rec = gens[g]
                 survivors = [self.cache[h] for h in rec["survivors"]]
+                n_eval += per_gen[g]
             else:
                 counts: Counter = Counter()
                 cands = self.initial(counts) if g == 0 else self.offspring(g, survivors, counts)
@@ -338,6 +400,7 @@ class Search:
                 for c in cands:
                     if c["hash"] in self.cache:  # evaluated before the kill
                         new.append(self.cache[c["hash"]])
+                        n_eval += self.cache[c["hash"]]["generation"] == g
                     elif n_eval < s["max_evaluations"]:
                         new.append(self.evaluate(g, c))
                         n_eval += 1
@@ -376,8 +439,23 @@ class Search:
             counts.update(r["counts"])
         counts["failed"] = sum(1 for e in evals if e.get("error"))
         front = sorted(pareto_fronts(ok)[0], key=lambda e: e["compression"]) if ok else []
-        return SearchResult(best, self.space.to_config(best["genome"]) if best else None, front, reason,
-                            len(evals), last_gen, dict(sorted(counts.items())), self.hist.path)
+        return SearchResult(best, self.space.config_of(best) if best else None, front, reason, len(evals), last_gen,
+                            dict(sorted(counts.items())), self.hist.path,
+                            feasible=best is not None and self.goal.feasible(best))
+
+
+def _plain(x):
+    """`x` as plain JSON values: numpy scalars and arrays as numbers and lists, anything else unknown as text."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    try:
+        return _plain(x.tolist())  # numpy (and torch) scalars and arrays
+    except Exception:
+        return str(x)
 
 
 def _uniq(entries: list[dict]) -> list[dict]:

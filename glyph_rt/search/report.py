@@ -87,7 +87,7 @@ def contact_sheet(records: list[dict], space, text: str, path: Path) -> None:
 
     cells = []
     for e in records:
-        doc = Document(text, space.to_config(e["genome"]), max_pages=1)
+        doc = Document(text, space.config_of(e), max_pages=1)
         buf, sizes = doc.rasterize(0, 1)
         w, h = sizes[0]
         img = Image.fromarray(buf[0, :h, :w])
@@ -142,9 +142,12 @@ def write_outputs(result, out_dir, settings: dict, space) -> list[str]:
             top = sorted(result.front, key=lambda e: -e["compression"])[:n]
         contact_sheet(top, space, text, out / "contact_sheet.png")
         files.append("contact_sheet.png")
+    best = result.best and {k: result.best[k] for k in ("hash", "generation", "accuracy", "compression", "proposer",
+                                                        "reason")}
+    if best:
+        best["feasible"] = result.feasible  # false: no config reached objective.floor; this is the most accurate one
     summary = {"stop_reason": result.stop_reason, "generations": result.generations,
-               "evaluations": result.evaluations, "best": result.best and {
-                   k: result.best[k] for k in ("hash", "generation", "accuracy", "compression", "proposer", "reason")},
+               "evaluations": result.evaluations, "best": best,
                "front": [{k: e[k] for k in ("hash", "accuracy", "compression")} for e in result.front],
                "counts": result.counts, "settings": settings}
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")

@@ -29,6 +29,11 @@ class Gene:
     choices: tuple = ()
     help: str = ""
 
+    def __post_init__(self):
+        if self.kind == "num" and self.step:  # the range's ends on the step grid (outwards): A3's 841.89 pt is 842
+            object.__setattr__(self, "lo", round(math.floor(self.lo / self.step + 1e-9) * self.step, 4))
+            object.__setattr__(self, "hi", round(math.ceil(self.hi / self.step - 1e-9) * self.step, 4))
+
     def snap(self, x: float) -> float:
         if self.kind == "int":
             return int(round(x))
@@ -203,6 +208,12 @@ class SearchSpace:
             border_width=g["border_width"] if border else 0.0, border_padding=g["border_padding"] if border else 0.0,
             newline_markup=g["newline_markup"], auto_crop_width=g["auto_crop_width"],
             auto_crop_last_page=g["auto_crop_last_page"])
+
+    def config_of(self, record: dict) -> RenderConfig:
+        """The RenderConfig an eval record scored: a preset's own, else its genome's."""
+        if str(record.get("proposer", "")).startswith("preset:"):
+            return RenderConfig.from_dict(record["config"])
+        return self.to_config(record["genome"])
 
     def describe(self) -> str:
         return "\n".join(f"- {g.describe()}" for g in self.genes.values())
