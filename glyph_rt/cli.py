@@ -300,7 +300,7 @@ def cmd_eval(args) -> int:
     from .eval.benchmarks.ruler import parse_length
     from .eval.suite import run_suite
 
-    lengths = numbers("--lengths", args.lengths, parse_length) or [4096]
+    lengths = numbers("--lengths", args.lengths, parse_length)  # unset: RULER's 4k, or the stored run's
     dpis = numbers("--dpi", args.dpi, float)
     for name in ("data", "documents", "squad", "hotpotqa", "config"):
         if getattr(args, name) and not Path(getattr(args, name)).exists():
@@ -310,7 +310,7 @@ def cmd_eval(args) -> int:
         if not t.startswith("openai:") and not Path(t).is_dir():
             raise UsageError(f"{flag} {t!r} is neither a checkpoint directory nor openai:URL[:MODEL]")
     remote = [t.startswith("openai:") for _, t in checks]  # the others are checkpoints, run on the serving engine
-    _require("eval", "eval", ["matplotlib", "rapidfuzz", "rouge" if args.suite == "longbench" else "",
+    _require("eval", "eval", ["matplotlib", "rapidfuzz", "rouge" if args.suite in ("longbench", "glyph") else "",
                               *(["transformers", "prometheus_client"] if not all(remote) else []),
                               "openai" if any(remote) else ""])
     args.preset = None
@@ -533,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--target", required=True, action="append", help="checkpoint directory or openai:URL[:MODEL]; "
                     "repeat to compare targets")
     ev.add_argument("--out", required=True, help="results directory (a rerun resumes there)")
-    ev.add_argument("--lengths", help="RULER context lengths in tokens, e.g. 4k,8k,128k (default: 4k)")
+    ev.add_argument("--lengths", help="RULER context lengths in tokens, e.g. 4k,8k,128k (default: 4k, or the "
+                    "resumed run's)")
     ev.add_argument("--config", help="RenderConfig JSON (glyph_rt's format or Glyph's dashed keys)")
     ev.add_argument("--dpi", help="render at each of these dpi, e.g. 72,96,120 (test-time scaling)")
     ev.add_argument("--limit", type=_positive_int("--limit"), help="items per task (RULER, default 10), dataset or file")

@@ -224,6 +224,9 @@ def test_bad_input():
         Item(id="x", context="c", question="q", answers=[])
     with pytest.raises(ValueError, match="metric 'nope' is unknown"):
         Item(id="x", context="c", question="q", answers=["a"], metric="nope")
+    assert Item(id="x", context="c", question="q", answers=["a"], metadata=None).metadata == {}  # "metadata": null
+    with pytest.raises(ValueError, match="item x: metadata must be an object"):
+        Item(id="x", context="c", question="q", answers=["a"], metadata=["task"])
     with pytest.raises(ValueError, match="unique"):
         evaluate(CFG, [items(1)[0], items(1)[0]], "openai:http://127.0.0.1:9/v1:m", progress=False)
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):

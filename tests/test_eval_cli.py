@@ -49,6 +49,10 @@ def test_eval_ruler_dpi_sweep_text_baseline_and_resume(ckpt, tmp_path, capsys):
     assert sorted(r["id"] for r in text) == sorted(r["id"] for r in rows if r.get("dpi") == 72.0)
     assert all(r["visual_tokens"] == 0 for r in text) and (tmp_path / "items.jsonl").read_text() == items
     assert "(text)" in (tmp_path / "summary.md").read_text()
+    # as the README: the text baseline without --lengths resumes the stored run's items
+    no_lengths = args(ckpt, tmp_path, "--as", "text")
+    del no_lengths[no_lengths.index("--lengths"):no_lengths.index("--lengths") + 2]
+    assert main(no_lengths) == 0 and len(read_rows(tmp_path / "results.jsonl")) == 6
     # other item options into the same --out: an error, not the old items scored silently
     assert main(args(ckpt, tmp_path, "--lengths", "2k")) == 2
     assert "holds the items of another run (lengths: [1024] then [2048])" in capsys.readouterr().err
@@ -114,3 +118,14 @@ def test_eval_without_its_extra_names_it_before_any_compute(ckpt, tmp_path, caps
     assert main(args(ckpt, tmp_path)) != 0
     assert "eval needs prometheus_client: pip install 'glyph_rt[eval]'" in capsys.readouterr().err
     assert not (tmp_path / "items.jsonl").exists()
+
+
+def test_eval_glyph_suite_names_rouge_before_any_compute(ckpt, tmp_path, capsys, monkeypatch):
+    """Glyph's evaluation data may hold LongBench rows scored with rouge."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rouge" else real(name, *a))
+    assert main(["eval", "--suite", "glyph", "--data", str(tmp_path), "--target", ckpt, "--out",
+                 str(tmp_path / "o"), "--device", "cpu", "--quiet"]) != 0
+    assert "eval needs rouge: pip install 'glyph_rt[eval]'" in capsys.readouterr().err

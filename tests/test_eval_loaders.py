@@ -39,6 +39,8 @@ def test_longbench(tmp_path):
     assert len(longbench.load(tmp_path, datasets=["hotpotqa"], limit=2)) == 2
     write_jsonl(tmp_path / "hotpotqa_e.jsonl", [lb_row(i) for i in range(5)])  # LongBench-E beside LongBench
     assert len(longbench.load(tmp_path)) == 4 and len(longbench.load(tmp_path, e=True)) == 5
+    assert all(it.metadata["longbench_e"] for it in longbench.load(tmp_path, e=True))  # the report's buckets
+    assert not any("longbench_e" in it.metadata for it in longbench.load(tmp_path))
     long_ctx = "alpha " * 300 + "omega " * 300
     cut = longbench.truncate_middle(long_ctx, 100)
     assert cut.startswith("alpha alpha") and cut.rstrip().endswith("omega") and 95 <= len(cut.split()) <= 100
@@ -145,6 +147,15 @@ def test_glyph_evaluation_layout(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps([{"foo": 1}]))
     with pytest.raises(ValueError, match="not a RULER, LongBench or MRCR row"):
         glyph_data.load(tmp_path / "bad.json")
+
+
+def test_glyph_chinese_longbench_rows_need_jieba_up_front(tmp_path, monkeypatch):
+    import sys
+
+    write_jsonl(tmp_path / "multifieldqa_zh.jsonl", [lb_row(1, "multifieldqa_zh", answers=["北京"])])
+    monkeypatch.setitem(sys.modules, "jieba", None)  # glyph_rt[eval] without [eval-zh]
+    with pytest.raises(RuntimeError, match=r"jieba: pip install 'glyph_rt\[eval-zh\]'"):
+        glyph_data.load(tmp_path)
 
 
 def test_glyph_rows_keep_their_own_render_configs(tmp_path):

@@ -3,7 +3,7 @@ MMLongBench-Doc) and, for the difflib-based ones, against the reference code on 
 import difflib
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from glyph_rt.eval import Item
@@ -96,6 +96,7 @@ def reference_levenshtein(s1, s2):  # MMLongBench-Doc's levenshtein_distance
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=20), st.text(max_size=20))
+@example("ßßßß", "ßßßx")  # the reference's lengths are of the upper-cased strings: SSSSSSSS, 8
 def test_anls_equals_reference(a, b):
     length = max(len(a.upper()), len(b.upper()))
     ref = 1.0 - (0.0 if length == 0 else reference_levenshtein(a, b) / length)
@@ -115,6 +116,16 @@ def test_mmlongbench_rules():
     assert mmlongbench_one("['a', 'b']", "['b', 'a']", "List") == 1.0
     assert mmlongbench_one("['1', '2']", "['2']", "List") == 0.0
     assert mmlongbench_one("['10', '20']", "['20', '10']", "List") == 1.0
+
+
+@pytest.mark.parametrize("pred", ["inf", "1e400", "-Infinity", "nan"])
+def test_mmlongbench_int_of_infinity_scores_0(pred):
+    assert mmlongbench_one("12", pred, "Int") == 0.0  # the reference's bare except
+
+
+@pytest.mark.parametrize("pred", ["[{['a']}]", "[{'a': 1}, {{}}]", "[" * 200 + "]" * 200])
+def test_mmlongbench_list_that_does_not_evaluate_is_one_answer(pred):
+    assert mmlongbench_one("['a', 'b']", pred, "List") == 0.0
 
 
 def test_score_uses_the_item_metric():

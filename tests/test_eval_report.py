@@ -48,6 +48,25 @@ def test_mmlongbench_f1_reads_the_extracted_answer():
     assert s["F1"] == 1.0  # recall 1/1, precision 1/1: the UA row did not claim an answer
 
 
+def test_length_headers_below_1k_and_off_1024_are_the_numbers():
+    rows = [row(i, float(i % 2), task="vt", length=n) for i, n in enumerate([256, 512, 1500, 2000, 4096])]
+    assert "| Model | 256 | 512 | 1500 | 2000 | 4K | All |" in report.length_table(rows)
+    assert [report.length_label(n) for n in (1024, 131072, 1000)] == ["1K", "128K", "1000"]
+
+
+def test_longbench_e_table_by_official_buckets():
+    """LongBench-E's scorer_e buckets on LongBench's `length` (words): under 4000, under 8000, the rest."""
+    e = dict(longbench_e=True, mode="text", dpi=None, visual_tokens=0, compression=1.0)
+    rows = [row(0, 1.0, task="hotpotqa", words=3999, **e), row(1, 0.0, task="hotpotqa", words=4000, **e),
+            row(2, 1.0, task="hotpotqa", words=7999, **e), row(3, 0.5, task="hotpotqa", words=8000, **e),
+            row(4, 1.0, task="trec", words=100, **e)]
+    md = report.markdown(rows, "longbench")
+    assert "## LongBench-E by length (words)\n\n| Model | Dataset | 0-4k | 4-8k | 8k+ |" in md
+    assert "| glyph (text) | HQA | 100.00 | 50.00 | 50.00 |" in md and "| glyph (text) | TREC | 100.00 | - | - |" in md
+    plain = [{k: v for k, v in r.items() if k != "longbench_e"} for r in rows]
+    assert "LongBench-E" not in report.markdown(plain, "longbench")  # LongBench's own rows: no buckets
+
+
 def test_plots(tmp_path):
     rows = [row(i, i % 2, task="vt", length=1024 * 2 ** (i % 3), dpi=d, compression=72 / d * 3)
             for i in range(6) for d in (72.0, 96.0)]

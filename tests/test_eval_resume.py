@@ -68,6 +68,81 @@ def test_a_resume_reruns_rows_of_another_budget_penalty_or_model(tmp_path):
     assert any("/elsewhere/final" in x for x in labels), labels
 
 
+def test_a_quick_run_neither_hides_nor_reruns_the_full_rows(tmp_path):
+    """A capped smoke run between two full runs: the second full run asks nothing, and the rows reports read are
+    those of the latest run's settings."""
+    out = tmp_path / "r.jsonl"
+    for cap, asked, acc in [(None, 4, 100.0), (2, 4, 0.0), (None, 0, 100.0), (2, 0, 0.0)]:
+        t = Echo()
+        assert evaluate(CFG, items(), t, out=out, progress=False, tokenizer=None, max_new_tokens=cap).accuracy == acc
+        rows = read_rows(out)
+        assert len(t.asked) == asked and len(rows) == 4 and 100 * sum(x["score"] for x in rows) / 4 == acc
+
+
+def test_items_with_the_same_ids_and_other_contents_are_asked_again(tmp_path):
+    """RULER's ids do not hold the seed: the rows of another seed's items are not reused; rows of an older file
+    (no item hash) are asked again too."""
+    from glyph_rt.eval.benchmarks import ruler
+
+    class Oracle(Echo):
+        def answer(self, item, config, *, as_text=False):
+            self.asked.append(item.id)
+            return Reply(" ".join(item.answers), 0, 0, 0.0)
+
+    a = ruler.generate(["niah_single_1"], lengths=["1k"], n=2, seed=0)
+    b = ruler.generate(["niah_single_1"], lengths=["1k"], n=2, seed=1)
+    assert [it.id for it in a] == [it.id for it in b] and a[0].answers != b[0].answers
+    evaluate(None, a, Oracle(), out=tmp_path, progress=False, tokenizer=None, as_text=True)
+    t = Oracle()
+    r = evaluate(None, b, t, out=tmp_path, progress=False, tokenizer=None, as_text=True)
+    assert t.asked == [it.id for it in b] and [x["answers"] for x in r.rows] == [it.answers for it in b]
+    old = tmp_path / "old.jsonl"  # the same rows as a file written before rows had an item hash
+    old.write_text("".join(json.dumps({k: v for k, v in x.items() if k != "item_hash"}) + "\n" for x in r.rows))
+    t = Oracle()
+    assert evaluate(None, b, t, out=old, progress=False, tokenizer=None, as_text=True).accuracy == 100.0
+    assert t.asked == [it.id for it in b] and len(read_rows(old)) == 2
+
+
+def test_a_metric_failure_is_an_error_row_that_keeps_the_answer(tmp_path):
+    """The metric raises on q0 (a retrieval reference naming no paragraph): q0 is scored 0 with the error and its
+    prediction, the other items run, and a resume asks nothing again."""
+    its = items(3)
+    its[0] = Item(id="q0", context="c", question="q", answers=["no paragraph"], metric="retrieval")
+    r = evaluate(CFG, its, Echo(), out=tmp_path, progress=False, tokenizer=None)
+    bad = r.rows[0]
+    assert r.errors == 1 and bad["score"] == 0.0 and bad["prediction"].endswith("no paragraph")
+    assert bad["error"].startswith("scoring failed: ValueError: retrieval:")
+    assert [x["score"] for x in r.rows[1:]] == [1.0, 1.0]
+    t = Echo()
+    assert evaluate(CFG, its, t, out=tmp_path, progress=False, tokenizer=None).errors == 1 and t.asked == []
+
+
+def test_a_missing_metric_package_stops_the_run_before_any_item(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "jieba", None)  # glyph_rt[eval] without [eval-zh]
+    t = Echo()
+    zh = Item(id="z", context="北京是中国的首都。", question="问题", answers=["北京"], metric="qa_f1_zh")
+    with pytest.raises(RuntimeError, match=r"jieba: pip install 'glyph_rt\[eval-zh\]'"):
+        evaluate(CFG, [*items(2), zh], t, out=tmp_path, progress=False, tokenizer=None)
+    assert t.asked == []
+
+
+def test_a_lone_surrogate_is_saved_and_read_back(tmp_path):
+    """A JSON reply may hold a lone surrogate ("\\ud83d"): the row and the items are written and read back as
+    they were."""
+    class Odd(Echo):
+        def answer(self, item, config, *, as_text=False):
+            return Reply(json.loads('"1000 \\ud83d"'), 1, 10, 0.0)
+
+    r = evaluate(CFG, items(1), Odd(), out=tmp_path, progress=False, tokenizer=None)
+    assert r.accuracy == 100.0 and read_rows(tmp_path / "results.jsonl") == r.rows
+    assert r.rows[0]["prediction"] == "1000 \ud83d"
+    odd = [Item(id="b", context="text \udc00 more 北京", question="q", answers=["x"])]
+    save_items(odd, tmp_path / "items.jsonl")
+    assert load_items(tmp_path / "items.jsonl") == odd and "北京" in (tmp_path / "items.jsonl").read_text()
+
+
 def test_two_render_configs_at_one_dpi_are_two_runs():
     rows = [{"id": f"r{i}", "target": "glyph", "mode": "image", "dpi": 72.0, "config_key": c, "score": 1.0,
              "text_tokens": 10, "visual_tokens": 5, "compression": 2.0} for i in range(2) for c in ("aaa", "bbb")]

@@ -2,8 +2,8 @@
 
 Each finished item is one JSON row appended to `out` (flushed and fsynced) the moment it is scored, so a killed
 run loses at most the items in flight; a second call with the same `out` skips the items already there (matched by
-id, target, mode, render config, generation budget, repetition penalty and answer extractor) and re-runs nothing.
-A torn last line from a kill is cut off before appending.
+id, item content, target, mode, render config, generation budget, repetition penalty and answer extractor, over
+every row of the file) and re-runs nothing. A torn last line from a kill is cut off before appending.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from pathlib import Path
 from ..fileio import cut_torn_tail
 from ..render.config import RenderConfig
 from .extract import AnswerExtractor
-from .item import Item
-from .metrics import score
+from .item import Item, json_line
+from .metrics import check_packages, score
 from .targets import Target, make_target
 
 RESULTS_FILE = "results.jsonl"
@@ -41,6 +41,20 @@ def config_key(config: RenderConfig) -> str:
     """A short stable hash of a render config (rows of different configs never mix)."""
     blob = json.dumps(config.to_dict(), sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def item_hash(it: Item) -> str:
+    """A short hash of what an item asks and how it is scored (RULER's ids do not hold its seed); the generation
+    budget is matched on its own."""
+    d = it.to_dict()
+    del d["id"], d["max_new_tokens"]
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def row_key(row: dict) -> tuple:
+    """(item, target, mode, render config, repetition penalty): one row of each in a report."""
+    return (row.get("id"), row.get("target_id", row.get("target")), row.get("mode"), row.get("config_key"),
+            row.get("repetition_penalty"))
 
 
 @dataclass
@@ -82,9 +96,17 @@ class EvalResult:
 
 
 def read_rows(path) -> list[dict]:
-    """The complete rows of a results file (a torn last line is ignored); a later row of the same item in the same
-    run (target, mode, render config, repetition penalty) replaces an earlier one in its place (an item scored
-    again with another extractor or generation budget)."""
+    """The rows a report of a results file shows: of each item in each run (row_key), the latest complete row, in
+    the place of the first (an item scored again with another extractor or generation budget; evaluate appends
+    the older rows it reuses again, so these are the last call's). A torn last line is ignored."""
+    latest = {}
+    for r in all_rows(path):
+        latest[row_key(r)] = r
+    return list(latest.values())
+
+
+def all_rows(path) -> list[dict]:
+    """Every complete row of a results file, in file order (a torn last line is ignored)."""
     p = Path(path)
     if not p.exists():
         return []
@@ -97,11 +119,7 @@ def read_rows(path) -> list[dict]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             raise ValueError(f"{p}: a line is not JSON ({line[:60]!r}); the file is not a results file") from None
-    latest = {}
-    for r in rows:
-        latest[(r.get("id"), r.get("target_id", r.get("target")), r.get("mode"), r.get("config_key"),
-                r.get("repetition_penalty"))] = r
-    return list(latest.values())
+    return rows
 
 
 def _results_path(out) -> Path | None:
@@ -124,7 +142,8 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
     item's generation budget (quick runs). concurrency: items in flight at once (an endpoint's requests, an
     in-process checkpoint's batch). extractor: an AnswerExtractor (or a make_target spec of one): items whose
     metric needs it (MMLongBench-Doc) are scored on the short answer it extracts from the prediction; rows
-    scored with another extractor, or none, are run again."""
+    scored with another extractor, or none, are run again. A metric that fails on a prediction scores it 0 in a
+    row with an error."""
     from tqdm import tqdm
 
     from ..render.tokens import get_tokenizer
@@ -154,25 +173,33 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
     def budget(it: Item) -> int:
         return min(it.max_new_tokens, max_new_tokens) if max_new_tokens else it.max_new_tokens
 
+    hashes = {it.id: item_hash(it) for it in items}
     path = _results_path(out)
     done: dict[str, dict] = {}
+    reused = []  # matched rows hidden from reports by a later row of their item and run (another budget, ...)
     if path is not None:
         cut_torn_tail(path)
-        for r in read_rows(path):
+        rows = all_rows(path)
+        for r in rows:  # rows without an item hash (older files) match nothing: asked again
             it = by_id.get(r.get("id"))
-            if (it is not None and r.get("target_id") == target.key and r.get("mode") == mode
+            if (it is not None and r.get("item_hash") == hashes[it.id] and r.get("target_id") == target.key
+                    and r.get("mode") == mode
                     and r.get("config_key") == ckey and r.get("max_new_tokens") == budget(it)
                     and r.get("repetition_penalty") == target.repetition_penalty
                     and r.get("extractor") == getattr(extractor_of(it), "name", None)):
                 done[r["id"]] = r
-    tok = get_tokenizer(None if tokenizer == "default" else tokenizer) if tokenizer else None
+        latest = {row_key(r): r for r in rows}
+        reused = [r for r in done.values() if latest[row_key(r)] is not r]
     todo = [it for it in items if it.id not in done]
+    check_packages({it.metric for it in todo})  # before any item is asked
+    tok = get_tokenizer(None if tokenizer == "default" else tokenizer) if tokenizer else None
     rows_by_id = dict(done)
 
     def run_one(it: Item) -> dict:
         row = {"id": it.id, **{k: v for k, v in it.metadata.items() if isinstance(v, (str, int, float, bool))},
                "metric": it.metric, "target": target.name, "target_id": target.key, "mode": mode, "config_key": ckey,
-               "max_new_tokens": budget(it), "repetition_penalty": target.repetition_penalty, **(extra or {})}
+               "max_new_tokens": budget(it), "repetition_penalty": target.repetition_penalty,
+               "item_hash": hashes[it.id], **(extra or {})}
         text_tokens = count_tokens(tok, it.context) if tok is not None and it.context else None
         t0 = time.perf_counter()
         try:
@@ -192,7 +219,12 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
                 except ValueError as e:  # the extractor's server rejected the request: scored on the raw answer
                     row["error"] = f"extraction failed: {e}"
                 row.update(extractor=ext.name, extracted=scored)
-            row.update(prediction=reply.text, score=score(it, scored), answers=it.answers,
+            try:
+                s = score(it, scored)
+            except Exception as e:  # noqa: BLE001 - the answer is kept: recorded, scored 0
+                s = 0.0
+                row["error"] = "; ".join(filter(None, [row.get("error"), f"scoring failed: {type(e).__name__}: {e}"]))
+            row.update(prediction=reply.text, score=s, answers=it.answers,
                        text_tokens=text_tokens, visual_tokens=vis, pages=reply.pages,
                        compression=(text_tokens / vis if vis and text_tokens else (1.0 if as_text else None)),
                        latency_s=round(reply.latency_s, 6))
@@ -206,10 +238,15 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
         def keep(row: dict) -> None:
             rows_by_id[row["id"]] = row
             if f is not None:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(json_line(row))
                 f.flush()
                 os.fsync(f.fileno())
             bar.update()
+
+        if reused:  # appended again: the latest rows, which reports show, are this call's
+            f.write("".join(json_line(r) for r in reused))
+            f.flush()
+            os.fsync(f.fileno())
 
         if workers == 1:
             for it in todo:

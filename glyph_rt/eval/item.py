@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,10 @@ class Item:
             raise ValueError(f"item {self.id}: context and question must be str")
         if not self.context.strip() and not self.images:
             raise ValueError(f"item {self.id}: empty context and no page images")
+        if self.metadata is None:
+            self.metadata = {}
+        if not isinstance(self.metadata, dict):
+            raise ValueError(f"item {self.id}: metadata must be an object (a dict), got {type(self.metadata).__name__}")
         if isinstance(self.answers, str):
             self.answers = [self.answers]
         if not isinstance(self.answers, (list, tuple)) or not self.answers:
@@ -80,6 +85,15 @@ class Item:
         return cls(**d)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_line(obj) -> str:
+    """One JSON line, UTF-8 text as is; a lone surrogate (a legal JSON escape a server or a data file may hold)
+    is written as its \\u escape, so the line encodes and reads back unchanged."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(obj, ensure_ascii=False)) + "\n"
+
+
 def save_items(items: list[Item], path) -> None:
     """Writes items as JSONL (temporary file + rename)."""
     p = Path(path)
@@ -87,7 +101,7 @@ def save_items(items: list[Item], path) -> None:
     tmp = p.with_name(f".{p.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for it in items:
-            f.write(json.dumps(it.to_dict(), ensure_ascii=False) + "\n")
+            f.write(json_line(it.to_dict()))
     tmp.replace(p)
 
 

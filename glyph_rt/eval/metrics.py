@@ -13,6 +13,7 @@
   (Int, Float, Str, List, None) on an already short answer; the reference first has GPT-4o extract it.
 
     score(item, prediction) -> float;  METRICS[name](prediction, answers, metadata) -> float
+    check_packages(metric names): the packages they import (rouge, jieba), before any item is asked
 """
 from __future__ import annotations
 
@@ -68,14 +69,19 @@ def qa_f1_one(prediction: str, ground_truth: str) -> float:
 
 def rouge_one(prediction: str, ground_truth: str) -> float:
     """ROUGE-L F of the `rouge` package (LongBench's rouge_score); 0 where it raises (an empty hypothesis)."""
-    try:
-        from rouge import Rouge
-    except ImportError:
-        raise RuntimeError("the rouge metric needs the `rouge` package: pip install 'glyph_rt[eval]'") from None
+    Rouge = _rouge()
     try:
         return float(Rouge().get_scores([prediction], [ground_truth], avg=True)["rouge-l"]["f"])
     except Exception:  # noqa: BLE001 - LongBench scores any failure (empty or punctuation-only text) as 0
         return 0.0
+
+
+def _rouge():
+    try:
+        from rouge import Rouge
+    except ImportError:
+        raise RuntimeError("the rouge metric needs the `rouge` package: pip install 'glyph_rt[eval]'") from None
+    return Rouge
 
 
 def _count_matches(prediction: str, wanted: str) -> float:
@@ -233,7 +239,7 @@ def anls(gt: str, pred: str, threshold: float = 0.5) -> float:
     """1 - normalised Levenshtein distance, 0 at or below the threshold (MMLongBench-Doc's anls_compute)."""
     from rapidfuzz.distance import Levenshtein
 
-    length = max(len(gt), len(pred))
+    length = max(len(gt.upper()), len(pred.upper()))  # the reference's lengths (upper() can lengthen: ß -> SS)
     value = 1.0 - (Levenshtein.distance(gt, pred) / length if length else 0.0)
     return 0.0 if value <= threshold else value
 
@@ -244,7 +250,7 @@ def _as_list(x) -> list:
     if isinstance(x, str) and x.startswith("["):
         try:
             x = ast.literal_eval(x)
-        except (ValueError, SyntaxError):
+        except Exception:  # noqa: BLE001 - the reference's bare except: the text stays one answer
             pass
     return x if isinstance(x, list) else [x]
 
@@ -253,7 +259,7 @@ def mmlongbench_one(gt, pred, answer_format: str) -> float:
     if answer_format == "Int":
         try:
             return float(int(gt) == int(float(pred)))
-        except (TypeError, ValueError):
+        except Exception:  # noqa: BLE001 - the reference's bare except ("inf": OverflowError): 0
             return 0.0
     if answer_format == "Float":
         try:
@@ -295,6 +301,15 @@ METRICS = {
     "mrcr": mrcr,
     "mmlongbench": mmlongbench,
 }
+
+
+def check_packages(metrics) -> None:
+    """Raises RuntimeError naming the extra to install when a metric among `metrics` needs a missing package."""
+    metrics = set(metrics)
+    if metrics & {"rouge", "rouge_zh"}:
+        _rouge()
+    if metrics & {"qa_f1_zh", "rouge_zh"}:
+        _jieba()
 
 
 def score(item, prediction: str) -> float:

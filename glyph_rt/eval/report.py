@@ -4,7 +4,8 @@ Rows are grouped into runs by (target, mode, dpi, render config, model, repetiti
 "DPI: d / Compression rate: average a, up to m" line above the runs at that dpi.
 
 - ruler: Table 3: one column per task (Niah-S1 ... QA-2), Avg = mean over tasks; plus accuracy per length.
-- longbench: Table 1: one column per dataset, grouped by category, Avg = mean over datasets.
+- longbench: Table 1: one column per dataset, grouped by category, Avg = mean over datasets; LongBench-E's rows
+  also per dataset and official length bucket (0-4k, 4-8k, 8k+ of LongBench's `length`, in words).
 - mrcr: Table 2: per needle count, one column per length bin (0k-8k ... 64k-128k) and Avg.
 - mmlongbench-doc: Table 4: SP (single-page), CP (cross-page), UA (unanswerable), Acc, F1.
 Plots: accuracy vs context length (one line per run) and accuracy vs compression (one point per dpi, a line per
@@ -88,6 +89,11 @@ def length_of(row: dict) -> int | None:
     return n
 
 
+def length_label(n: int) -> str:
+    """A length's column header and plot tick: 4K for multiples of 1024, else the number (256, 1500)."""
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
 def _fmt(x: float) -> str:
     return "-" if x != x else f"{100 * x:.2f}"
 
@@ -131,7 +137,31 @@ def length_table(rows: list[dict]) -> str:
     for key, rs in runs.items():
         cells = [_fmt(_mean(r["score"] for r in rs if length_of(r) == n)) for n in lengths]
         lines.append([run_label(key)] + cells + [_fmt(_mean(r["score"] for r in rs))])
-    return _table(["Model"] + [f"{n // 1024}K" for n in lengths] + ["All"], lines, _dpi_separators(list(runs), runs))
+    return _table(["Model"] + [length_label(n) for n in lengths] + ["All"], lines, _dpi_separators(list(runs), runs))
+
+
+E_BUCKETS = ("0-4k", "4-8k", "8k+")
+
+
+def e_bucket(words: int) -> str:
+    """LongBench-E's length bucket (eval.py's scorer_e: under 4000, under 8000, the rest)."""
+    return E_BUCKETS[0] if words < 4000 else E_BUCKETS[1] if words < 8000 else E_BUCKETS[2]
+
+
+def longbench_e_table(rows: list[dict], order: list[str]) -> str:
+    """A line per run and dataset, a column per LongBench-E length bucket (rows with `words`)."""
+    rows = [r for r in rows if r.get("words") is not None]
+    runs = group_runs(rows)
+    tasks = [t for t in order if any(r.get("task") == t for r in rows)]
+    tasks += sorted({str(r.get("task")) for r in rows} - set(tasks))
+    lines = []
+    for key, rs in runs.items():
+        for t in tasks:
+            mine = [r for r in rs if r.get("task") == t]
+            if mine:
+                lines.append([run_label(key), LONGBENCH_SHORT.get(t, t)]
+                             + [_fmt(_mean(r["score"] for r in mine if e_bucket(r["words"]) == b)) for b in E_BUCKETS])
+    return _table(["Model", "Dataset", *E_BUCKETS], lines)
 
 
 def mrcr_table(rows: list[dict]) -> str:
@@ -185,6 +215,9 @@ def markdown(rows: list[dict], suite: str) -> str:
     elif suite == "longbench":
         order = [d for c in longbench.CATEGORIES for d, v in longbench.DATASETS.items() if v[2] == c]
         parts += [task_table(rows, order, LONGBENCH_SHORT), "\n## By context length (text tokens)\n", length_table(rows)]
+        if any(r.get("longbench_e") for r in rows):
+            parts += ["\n## LongBench-E by length (words)\n",
+                      longbench_e_table([r for r in rows if r.get("longbench_e")], order)]
     elif suite == "mrcr":
         parts.append(mrcr_table(rows))
     elif suite == "mmlongbench-doc":
@@ -226,7 +259,7 @@ def plot(rows: list[dict], out_dir, suite: str = "") -> list[Path]:
             ax.plot(lengths, ys, marker="o", linestyle="--" if key[1] == "text" else "-", label=run_label(key))
     ax.set_xscale("log", base=2)
     ticks = sorted({length_of(r) for r in rows if length_of(r)})
-    ax.set_xticks(ticks, [f"{n // 1024}K" if n >= 1024 else str(n) for n in ticks])
+    ax.set_xticks(ticks, [length_label(n) for n in ticks])
     ax.minorticks_off()
     ax.set_xlabel("context length (text tokens)")
     ax.set_ylabel("accuracy (%)")

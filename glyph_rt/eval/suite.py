@@ -4,8 +4,9 @@ summary table and plots. `glyph-rt eval` is this module's front end.
     run_suite("ruler", ["path/to/ckpt"], out="runs/ruler", lengths=["4k", "8k"], dpis=[72, 96, 120])
 
 OUT/items.jsonl holds the items (written once with items_spec.json, the options that made them, and reused by a
-resumed run; other options there are an error), OUT/results.jsonl one row per item and
-run (append-only; a rerun skips the rows already there), OUT/summary.md and summary.json the tables, and
+resumed run; other options given there are an error, one left out takes the stored run's), OUT/results.jsonl one
+row per item and run (append-only; a rerun skips the rows already there), OUT/summary.md and summary.json the
+tables (of each run's latest rows: this call's for its runs), and
 OUT/accuracy_vs_length.png, OUT/accuracy_vs_compression.png the plots.
 """
 from __future__ import annotations
@@ -22,23 +23,23 @@ from .item import Item, load_items, save_items
 SUITES = ("ruler", "longbench", "mrcr", "mmlongbench-doc", "glyph")
 
 
-def build_items(suite: str, *, data=None, lengths=("4k",), limit: int | None = None, seed: int = 0,
+def build_items(suite: str, *, data=None, lengths=None, limit: int | None = None, seed: int = 0,
                 tasks=None, uuid: bool = False, squad=None, hotpotqa=None, documents=None, pages_dir=None,
                 doc_dpi: int = 144, tokenizer: str | None = "default", truncate: int | None = None,
                 row_configs: bool = False, longbench_e: bool = False) -> list[Item]:
-    """The items of a suite: RULER generated here (n = limit or 10 per task and length); the others read from
-    `data` (LongBench: a directory of <dataset>.jsonl; MRCR: parquet/JSONL; MMLongBench-Doc: samples.json with
-    `documents`; glyph: Glyph's evaluation files), `limit` per dataset / needle count / file. truncate:
-    LongBench contexts over this many tokens keep their first and last halves; longbench_e: LongBench-E's files
-    (<dataset>_e.jsonl) instead of LongBench's. row_configs: glyph rows rendered
-    with their own configs over the run's."""
+    """The items of a suite: RULER generated here (n = limit or 10 per task and length, at `lengths`, default 4k);
+    the others read from `data` (LongBench: a directory of <dataset>.jsonl; MRCR: parquet/JSONL; MMLongBench-Doc:
+    samples.json with `documents`; glyph: Glyph's evaluation files), `limit` per dataset / needle count / file.
+    truncate: LongBench contexts over this many tokens keep their first and last halves; longbench_e: LongBench-E's
+    files (<dataset>_e.jsonl) instead of LongBench's. row_configs: glyph rows rendered with their own configs over
+    the run's."""
     from .benchmarks import glyph_data, longbench, mmlongbench_doc, mrcr, ruler
 
     if suite not in SUITES:
         raise ValueError(f"suite {suite!r} is unknown; choose from {', '.join(SUITES)}")
     if suite == "ruler":
-        return ruler.generate(tasks, lengths, n=limit or 10, seed=seed, uuid=uuid, squad=squad, hotpotqa=hotpotqa,
-                              tokenizer=tokenizer)
+        return ruler.generate(tasks, lengths or ("4k",), n=limit or 10, seed=seed, uuid=uuid, squad=squad,
+                              hotpotqa=hotpotqa, tokenizer=tokenizer)
     if data is None:
         raise ValueError(f"suite {suite} reads its data from local files: give --data PATH")
     if suite == "longbench":
@@ -57,6 +58,11 @@ def build_items(suite: str, *, data=None, lengths=("4k",), limit: int | None = N
 
 def _given(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if v is not None and v is not False}
+
+
+def _clashes(old: dict, new: dict) -> list[str]:
+    """The options given now that differ from the stored run's; one left unset takes the stored run's."""
+    return [k for k, v in _given(new).items() if old.get(k) != v]
 
 
 def configs_for(config: RenderConfig | None, dpis=None) -> list[RenderConfig]:
@@ -82,9 +88,8 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
         spec = json.loads(json.dumps({"suite": suite, **item_kwargs, **own_tok}, default=str))
         if items_path.exists():  # a resumed run scores the very same items
             old = json.loads(spec_path.read_text(encoding="utf-8")) if spec_path.exists() else None
-            if old is not None and _given(old) != _given(spec):  # an option left unset matches one a run lacked
-                diff = ", ".join(f"{k}: {old.get(k)!r} then {spec.get(k)!r}" for k in sorted(set(old) | set(spec))
-                                 if old.get(k) != spec.get(k))
+            if old is not None and _clashes(old, spec):
+                diff = ", ".join(f"{k}: {old.get(k)!r} then {spec.get(k)!r}" for k in sorted(_clashes(old, spec)))
                 raise ValueError(f"{out} holds the items of another run ({diff}); use another --out, or remove "
                                  f"{items_path.name} there to start over")
             items = load_items(items_path)

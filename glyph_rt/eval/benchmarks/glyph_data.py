@@ -118,4 +118,10 @@ def load(path, limit: int | None = None, uuid: bool = False, rendered: bool = Fa
                                      f"{'missing' if not paths else 'not files: ' + missing[0]}")
                 items[-1].images = list(paths)
             taken += 1
+    from ..metrics import check_packages
+
+    try:
+        check_packages({it.metric for it in items})  # LongBench's Chinese rows need jieba: said before any run
+    except RuntimeError as e:
+        raise RuntimeError(f"{p}: {e}") from None
     return items

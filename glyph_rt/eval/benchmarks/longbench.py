@@ -171,7 +171,10 @@ def load(path, datasets=None, limit: int | None = None, truncate: int | None = N
                 continue
             if truncate:
                 row = {**row, "context": truncate_middle(row.get("context") or "", truncate)}
-            items.append(item_from_row(row, dataset, line - 1, str(f)))
+            it = item_from_row(row, dataset, line - 1, str(f))
+            if e or f.stem.endswith("_e"):  # LongBench-E: the report adds its length buckets
+                it.metadata["longbench_e"] = True
+            items.append(it)
             counted += 1
             if limit and counted >= limit:
                 break
