@@ -91,6 +91,9 @@ def test_defaults_and_errors():
         attention(q, k, v, cu_q.long(), cu_q.long())
     with pytest.raises(ValueError, match="unknown"):
         attention(q, k, v, backend="xformers")
+    short = torch.tensor([0, 12, 17], dtype=torch.int32)  # tokens 17..19 in no segment: never written
+    with pytest.raises(ValueError, match="cu_seqlens_q ends at 17 but there are 20 tokens"):
+        attention(q, k, v, short, torch.tensor([0, 12, 20], dtype=torch.int32), backend="glyph")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="flash_attn"):
             attention(q, k, v, backend="flash_attn")

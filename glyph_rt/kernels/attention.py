@@ -378,15 +378,19 @@ def _strides(*names: str) -> dict:
 
 def aot_specs(exhaustive: bool = False) -> list:
     """What forward() and backward() launch on a GPU: every kernel at every head-dim bucket (16 to
-    256) in bf16 and fp32 (exhaustive: fp16 too, causal and not, and an unaligned head dim)."""
+    256) and at 80 in bf16 and fp32 (exhaustive: fp16 too, causal and not, and an unaligned head dim)."""
     from .aot import AotSpec, ptx_types
 
     dtypes = (torch.bfloat16, torch.float16, torch.float32) if exhaustive else (torch.bfloat16, torch.float32)
-    dims = [(bd, True) for bd in (16, 32, 64, 128, 256)] + ([(72, False), (200, False)] if exhaustive else [])
+    # the buckets, and 80 (Qwen2.5-VL's vision tower): a multiple of 16 in the 128 bucket, as auto may send it
+    dims = [(bd, True) for bd in (16, 32, 64, 80, 128, 256)] + (
+        [(96, True), (72, False), (200, False)] if exhaustive else [])
     specs = []
     for dt in dtypes:
         p = ptx_types(dt)
         for d, aligned_d in dims:
+            if d == 80 and dt == torch.float32:  # auto sends fp32 elsewhere; its tiles are sized for the buckets
+                continue
             fwd = dict(Q=p, K=p, V=p, O=p, LSE="*fp32", cu_q="*i32", cu_k="*i32", qk_scale="fp32",
                        **_strides("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
                                   "stride_ot", "stride_oh", "stride_lh", "n_blocks"))

@@ -5,7 +5,9 @@
 
 q: (total_q, nheads, headdim); k, v: (total_k, nheads_k, headdim), nheads divisible by
 nheads_k (GQA/MQA); cu_seqlens_q / cu_seqlens_k: (batch + 1,) int32 segment boundaries (one
-segment when omitted); max_seqlen_*: the longest segment (computed when omitted: one host sync).
+segment when omitted), ending at total_q / total_k: every token is in a segment, as flash-attn's
+contract (checked when max_seqlen_* is computed); max_seqlen_*: the longest segment (computed when
+omitted: one host sync).
 causal masks are aligned to the bottom right, as flash-attn's. Returns (total_q, nheads, headdim).
 
 Backends:
@@ -283,6 +285,18 @@ def _sdpa(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> torch.Tensor:
     return torch.cat(outs)
 
 
+def _longest(cu: torch.Tensor, total: int, name: str, given: int | None) -> int:
+    """The longest segment: `given`, else read from cu with the check that the segments cover every token (rows
+    outside them would be left unwritten by the kernels, gradients included)."""
+    if given is not None:
+        return int(given)
+    longest, last = torch.stack([(cu[1:] - cu[:-1]).max(), cu[-1]]).tolist()
+    if last != total:
+        raise ValueError(f"{name} ends at {last} but there are {total} tokens: every token must be in a segment "
+                         "(give padding a segment of its own)")
+    return longest
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor | None = None,
               cu_seqlens_k: torch.Tensor | None = None, max_seqlen_q: int | None = None,
               max_seqlen_k: int | None = None, causal: bool = False, softmax_scale: float | None = None,
@@ -304,10 +318,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: t
         return attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale).to(q.dtype)
     if backend == "sdpa":
         return _sdpa(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
-    if max_seqlen_q is None:
-        max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
-    if max_seqlen_k is None:
-        max_seqlen_k = int((cu_seqlens_k[1:] - cu_seqlens_k[:-1]).max())
+    max_seqlen_q = _longest(cu_seqlens_q, q.shape[0], "cu_seqlens_q", max_seqlen_q)
+    max_seqlen_k = _longest(cu_seqlens_k, k.shape[0], "cu_seqlens_k", max_seqlen_k)
     if backend == "flash_attn":
         fn, name = flash_attn_varlen(_device_info(q.device.index or 0).capability, q.shape[-1])
         if fn is None:
