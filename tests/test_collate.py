@@ -147,6 +147,41 @@ def test_collator_errors(parts):
     assert e.value.indices == list(range(len(samples)))
 
 
+def test_samples_that_fit_keep_the_pages_rendered_before_a_too_long_one_was_found(parts, monkeypatch):
+    """The loader collates a batch again without its too-long samples: the others' pages are not drawn twice."""
+    import dataclasses
+
+    from glyph_rt.train import collate
+
+    tok, builder, samples = parts
+
+    def bare(xs):  # not rendered yet
+        return [dataclasses.replace(s, pixel_values=None, image_grid_thw=None) for s in xs]
+
+    lengths = [int(Collator(builder.image_token_id, tok.pad_token_id)([s])["attention_mask"].sum())
+               for s in bare(samples)]
+    drawn = []
+    real = collate.render_samples
+
+    def counting(batch, *a, **kw):
+        drawn.extend(s.index for s in batch)
+        return real(batch, *a, **kw)
+
+    monkeypatch.setattr(collate, "render_samples", counting)
+    col = Collator(builder.image_token_id, tok.pad_token_id, max_length=max(lengths) - 1)
+    batch = bare(samples)
+    with pytest.raises(SamplesTooLong) as e:
+        col(batch)
+    kept = [s for k, s in enumerate(batch) if k not in e.value.indices]
+    short = lengths.index(min(lengths))
+    out = col(kept + bare(samples[short:short + 1]))  # the next sample of the stream fills the batch
+    assert sorted(drawn) == sorted([s.index for s in samples] + [short])  # each drawn once
+    want = Collator(builder.image_token_id, tok.pad_token_id)(bare(
+        [s for k, s in enumerate(samples) if k not in e.value.indices] + samples[short:short + 1]))
+    for key in ("pixel_values", "image_grid_thw", "input_ids"):
+        assert torch.equal(out[key], want[key])
+
+
 def test_packed_equals_padded_qwen2_5_vl(tmp_path):
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..models.prompt import IGNORE_INDEX, tokens_per_image
-from ..ops.pixel_values import cat_rows, normalize_lut
+from ..ops.pixel_values import ROW, cat_rows, normalize_lut, uint8_rows
 from ..render.gpu import inputs_of_batch, resolve_device_backend
 from ..render.tokens import VisionModel
 from .tasks import TASKS
@@ -56,15 +56,24 @@ def render_samples(samples, device="cpu", dtype=torch.float32, model: str = "glm
     items = [(p.document(), p.start, p.stop) for s in samples for p in s.pages if p.num_pages]
     counts = [s.num_images for s in samples]
     if not items:
-        return torch.zeros(0, 1176, dtype=dtype, device=device), torch.zeros(0, 3, dtype=torch.long), counts
+        return _no_rows(dtype, device), torch.zeros(0, 3, dtype=torch.long), counts
     lut = None if dtype == torch.uint8 else normalize_lut(device, dtype)
     pv, grid, _ = inputs_of_batch(items, device, backend, model, dtype, lut)
     return pv, grid.cpu(), counts
 
 
+def _no_rows(dtype, device="cpu") -> torch.Tensor:
+    """pixel_values of no page: [0, 1176] normalized rows, or [0, 588] uint8 patches."""
+    return uint8_rows(0, device) if dtype == torch.uint8 else torch.zeros(0, ROW, dtype=dtype, device=device)
+
+
 def attach_pixels(samples, **render_kw) -> None:
     """Renders the samples' pages now and stores each sample's pixel_values and image_grid_thw in it."""
-    pv, grid, counts = render_samples(samples, **render_kw)
+    _attach(samples, *render_samples(samples, **render_kw))
+
+
+def _attach(samples, pv, grid, counts) -> None:
+    """Stores each sample's rows of pixel_values (views) and its image_grid_thw in it."""
     rows = (grid[:, 1] * grid[:, 2]).tolist()
     r = i = 0
     for s, n in zip(samples, counts):
@@ -120,12 +129,17 @@ class Collator:
         self.loss_weights = {k: float(v) for k, v in (loss_weights or {}).items() if float(v) != 1.0}
 
     def pixels(self, samples):
-        if all(s.pixel_values is not None for s in samples):
-            pvs = [s.pixel_values for s in samples if len(s.pixel_values)]
-            pv = cat_rows(pvs) if len(pvs) > 1 else (pvs[0] if pvs else torch.zeros(0, 1176, dtype=self.dtype))
-            grid = torch.cat([s.image_grid_thw for s in samples]) if samples else torch.zeros(0, 3, dtype=torch.long)
-            return pv.to(self.device), grid.cpu(), [s.num_images for s in samples]
-        return render_samples(samples, self.device, self.dtype, self.vision_model, self.backend)
+        """(pixel_values, image_grid_thw, images per sample): the samples' own when rendered earlier (a worker, or
+        a collation that left out a too-long sample), the rest rendered here in one batch."""
+        todo = [s for s in samples if s.pixel_values is None]
+        if len(todo) == len(samples):
+            return render_samples(samples, self.device, self.dtype, self.vision_model, self.backend)
+        if todo:
+            _attach(todo, *render_samples(todo, self.device, self.dtype, self.vision_model, self.backend))
+        pvs = [s.pixel_values for s in samples if len(s.pixel_values)]
+        pv = cat_rows(pvs) if len(pvs) > 1 else (pvs[0] if pvs else _no_rows(self.dtype))
+        grid = torch.cat([s.image_grid_thw for s in samples]) if samples else torch.zeros(0, 3, dtype=torch.long)
+        return pv.to(self.device), grid.cpu(), [s.num_images for s in samples]
 
     def __call__(self, samples) -> dict:
         samples = list(samples)
@@ -141,6 +155,8 @@ class Collator:
             seqs.append((ids, labs, grid[i:i + n]))
             i += n
         if long:
+            if samples[0].pixel_values is None:  # the samples that fit keep their pages for the next collation
+                _attach(samples, pv, grid, counts)
             raise SamplesTooLong(f"{'; '.join(w for _, w in long)}: over max_length={self.max_length}; lower the "
                                  "task's max_pages or raise max_length", [k for k, _ in long])
         batch = self.pack(seqs) if self.mode == "pack" else self.pad(seqs)
