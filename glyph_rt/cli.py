@@ -86,15 +86,17 @@ def _check_input(path: str | None, flag: str = "input") -> None:
         if sys.stdin is None or sys.stdin.closed:
             raise UsageError(f"{flag}: standard input is closed; pipe text in or give a file")
         return
-    p = Path(path)
+    p = Path(path)  # a file, or anything else that reads like one: a pipe, /dev/stdin, <(command)
     if p.is_dir():
         raise UsageError(f"{flag}: {path!r} is a directory; give a text file, or '-' for standard input")
-    if not p.is_file():
+    if not p.exists():
         raise UsageError(f"{flag}: {path!r} does not exist")
 
 
 def _check_out_dir(path: str) -> Path:
     """Creates --out if needed and checks that files can be created in it."""
+    if not path:
+        raise UsageError("--out is empty; give a directory (it is created if missing), e.g. --out . for this one")
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {path!r} is a file; give a directory (it is created if missing)")
@@ -151,13 +153,30 @@ def _text(args) -> tuple[str, int, str]:
     return text, replaced, "stdin" if args.input == "-" else args.input
 
 
+CPU_BACKENDS, DEVICE_BACKENDS = ("auto", "cpu", "reference"), ("auto", "cuda", "triton", "cpu")
+
+
+def _check_backend(args) -> None:
+    """--backend against --device, before any work (a GPU device also checks that it and the backend exist)."""
+    if args.device == "cpu":
+        if args.backend in ("cuda", "triton"):
+            raise UsageError(f"--backend {args.backend} draws on a GPU: add --device cuda, or with --device cpu "
+                             f"choose {', '.join(CPU_BACKENDS)}")
+        if args.backend not in CPU_BACKENDS:
+            raise UsageError(f"--backend {args.backend!r} is not a backend: with --device cpu choose "
+                             f"{', '.join(CPU_BACKENDS)}; with --device cuda {', '.join(DEVICE_BACKENDS)}")
+        return
+    if args.backend not in DEVICE_BACKENDS:
+        raise UsageError(f"--backend {args.backend!r} is not a backend: with --device {args.device} choose "
+                         f"{', '.join(DEVICE_BACKENDS)}; with --device cpu {', '.join(CPU_BACKENDS)}")
+    from .render.gpu import resolve_device_backend
+
+    resolve_device_backend(args.device, args.backend)  # an unavailable device or backend says why
+
+
 def _document(args, config):
     from .render.pages import Document
 
-    if args.device != "cpu":
-        from .render.gpu import resolve_device_backend
-
-        resolve_device_backend(args.device, args.backend)  # fail before any work
     text, replaced, name = _text(args)
     # on a GPU device --backend picks the rasterizer; layout is always the C++ engine
     backend = args.backend if args.device == "cpu" else "auto"
@@ -173,11 +192,12 @@ def cmd_render(args) -> int:
 
     t0 = time.perf_counter()
     _check_input(args.input)
+    _check_backend(args)
     out = _check_out_dir(args.out)
     tokenizer = _tokenizer(args)
     doc, replaced, name = _document(args, _config(args))
     if tokenizer is not None:
-        tokenizer.count_ahead(doc.text)  # beside the pages, on another core when there is one
+        tokenizer.count_ahead(doc.held_text)  # beside the pages, on another core when there is one
     # setup: imports, argument checks, the tokenizer and reading the input (Document() timed its layout)
     seconds = {"startup": args.startup_seconds, "setup": time.perf_counter() - t0 - doc.seconds["layout"]}
     progress = not args.quiet and doc.num_pages >= PROGRESS_MIN_PAGES
@@ -201,7 +221,7 @@ def human_summary(s: dict, out: Path | None = None) -> str:
         if out is not None:
             lines.append(f"wrote {out}/summary.json")
         return "\n".join(lines)
-    vt = s["visual_tokens"]
+    vt = {m: n for m, n in s["visual_tokens"].items() if n is not None}
     lines = []
     sizes = sorted({tuple(x) for x in s["page_sizes"]})
     size_txt = ", ".join(f"{w}x{h}" for w, h in sizes[:3]) + (" ..." if len(sizes) > 3 else "")
@@ -216,6 +236,8 @@ def human_summary(s: dict, out: Path | None = None) -> str:
                      + ", ".join(f"{vt[m]:,} {m} ({ratio[m] or 0:.2f}x)" for m in vt))
     else:
         lines.append("visual tokens " + ", ".join(f"{vt[m]:,} {m}" for m in vt))
+    for m, why in s.get("visual_tokens_error", {}).items():
+        lines.append(f"no visual tokens for {m}: {why}")
     miss = s["missing_glyphs"]
     if miss["count"]:
         shown = " ".join(f"U+{ord(c):04X}x{n}" for c, n in list(miss["chars"].items())[:8])
@@ -227,7 +249,8 @@ def human_summary(s: dict, out: Path | None = None) -> str:
     if s.get("replaced_invalid_utf8"):
         lines.append(f"replaced {s['replaced_invalid_utf8']} invalid UTF-8 sequences with U+FFFD")
     if s.get("truncated"):
-        lines.append(f"stopped at --max-pages {s['pages']}: the rest of the text was not rendered")
+        lines.append(f"stopped at --max-pages {s['pages']}: the rest of the text was not rendered (text tokens "
+                     f"count the {s['text_tokens_chars']:,} characters on the pages)")
     if out is not None:
         pngs = f"{out}/page_001.png" + (f" .. page_{s['pages']:03d}.png" if s["pages"] > 1 else "")
         lines.append(f"wrote {pngs} and {out}/summary.json")
@@ -245,14 +268,15 @@ def cmd_stats(args) -> int:
     from .render.tokens import visual_tokens
 
     _check_input(args.input)
+    _check_backend(args)
     tokenizer = _tokenizer(args)
     doc, _, _ = _document(args, _config(args))
     sizes = []
     for _, _, chunk_sizes in doc.iter_chunks(device=args.device, backend=args.backend, buffers=1):
         sizes.extend(chunk_sizes)
-    text_tokens = tokenizer.count(doc.text)
+    text_tokens = tokenizer.count(doc.held_text)  # as render's summary: the text the pages hold
     visual = sum(visual_tokens(sizes, args.model))
-    _print(f"{text_tokens / visual:.3f}" if visual else "inf")
+    _print(f"{text_tokens / visual:.3f}" if visual and text_tokens else "n/a")  # render's summary: null
     return 0
 
 
@@ -373,9 +397,11 @@ def cmd_search(args) -> int:
     except SearchError as e:
         raise UsageError(str(e)) from None
     b = r.best
+    floor = float(settings["objective"]["floor"])
     print(f"stopped ({r.stop_reason}) after {r.generations + 1} generations, {r.evaluations} configs evaluated; best "
-          + (f"{b['hash']}: accuracy {b['accuracy']:.4f}, compression {b['compression']:.3f}" if b and
-             b["accuracy"] is not None else "none"))
+          + (f"{b['hash']}: accuracy {b['accuracy']:.4f}, compression {b['compression']:.3f}"
+             + ("" if r.feasible else f", below objective.floor {floor:g} (no config reached it)")
+             if b and b["accuracy"] is not None else "none"))
     counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v) or "none"
     print(f"repairs, rejections and failures: {counts}")
     print(f"wrote {', '.join(f'{out}/{f}' for f in r.files)} and {r.history}")

@@ -67,6 +67,9 @@ def test_invalid_utf8():
     text, n = decode_text(data, "f.txt", errors="replace")
     assert n == 3 and text.count("\ufffd") == 3
     render_all(text)
+    # the offset is the file's, the BOM's 3 bytes included
+    with pytest.raises(ValueError, match="invalid UTF-8 at byte 8 "):
+        decode_text(b"\xef\xbb\xbf" + data, "f.txt")
 
 
 def test_control_characters_are_boxes():
@@ -101,6 +104,21 @@ def test_max_pages_truncates_and_says_so():
     doc = glyph_rt.Document("word " * 200_000, CFG, max_pages=2)
     assert doc.num_pages == 2 and doc.layout.truncated
     assert doc.summary(sizes=[], tokenizer=None)["truncated"]
+
+
+def test_counts_of_the_first_pages_end_at_the_last_of_them():
+    text = "word soft\xadhyphen\n" * 20_000
+    doc = glyph_rt.Document(text, CFG)
+    assert doc.num_pages > 3
+    end = doc.page_spans()[2][1]
+    c = doc.char_counts(3)  # what a run stopped after page 3 left on disk
+    assert c["placed_chars"] == sum(not ch.isspace() and ch not in STRIPPED for ch in text[:end])
+    assert c["stripped_chars"] == text[:end].count("\xad")
+    assert c["whitespace_chars"] == sum(ch.isspace() for ch in text[:end])
+    assert c["unplaced_chars"] == len(text) - end
+    assert doc.char_counts(doc.num_pages) == doc.char_counts()  # all pages: the whole text
+    assert doc.char_counts(0)["unplaced_chars"] == len(text)
+    assert doc.summary([], tokenizer=None, pages=0)["placed_chars"] == 0
 
 
 def test_non_str_input():

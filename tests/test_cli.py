@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from glyph_rt.cli import main
+from glyph_rt.render.textio import sample_text
 
 
 def test_render_sample(tmp_path, capsys):
@@ -58,6 +59,8 @@ def test_render_on_the_gpu_writes_the_same_pages(tmp_path, backend):
     a, b = sorted(cpu.glob("page_*.png")), sorted(gpu.glob("page_*.png"))
     assert [p.name for p in a] == [p.name for p in b]
     assert all(p.read_bytes() == q.read_bytes() for p, q in zip(a, b))
+    s = json.loads((gpu / "summary.json").read_text())
+    assert s["device"].startswith("cuda") and s["backend"] == backend and s["layout_backend"] == "cpu"
 
 
 def cli(*args, **kw):
@@ -228,6 +231,13 @@ def test_ctrl_c_leaves_a_consistent_directory(tmp_path):
     for f, (w, h) in zip(files, s["page_sizes"]):
         assert Image.open(f).size == (w, h)
         Image.open(f).load()  # a complete file
+    # the counts describe the pages on disk: the text up to the last one's end, the rest unplaced
+    from glyph_rt.render.pages import Document
+
+    full = text.read_text()
+    end = Document(full).page_spans()[s["pages"] - 1][1]
+    assert s["placed_chars"] == sum(not c.isspace() for c in full[:end])
+    assert s["unplaced_chars"] == len(full) - end == s["characters"] - end
 
 
 def test_a_write_error_leaves_a_consistent_directory(tmp_path):
@@ -243,3 +253,77 @@ def test_a_write_error_leaves_a_consistent_directory(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["complete"] is False and s["pages"] == 0 and s["stopped_by"].startswith("OSError")
     assert [p.name for p in out.iterdir()] == ["summary.json"]
+    assert s["placed_chars"] == s["whitespace_chars"] == 0 and s["unplaced_chars"] == s["characters"]
+
+
+def test_max_pages_ratio_and_stats_agree(tmp_path, capsys):
+    from glyph_rt.render.tokens import get_tokenizer
+
+    assert main(["render", "--max-pages", "1", "--out", str(tmp_path), "--quiet"]) == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["truncated"] and s["pages"] == 1
+    assert s["text_tokens"] == get_tokenizer().count(sample_text()[:s["text_tokens_chars"]])
+    assert 1.5 < s["compression_ratio"]["glm4v"] < 4  # was 21x: the whole text's tokens against one page
+    assert main(["stats", "--max-pages", "1"]) == 0
+    assert float(capsys.readouterr().out) == pytest.approx(s["compression_ratio"]["glm4v"], abs=1e-3)
+
+
+def test_stats_and_render_agree_on_empty_input(tmp_path):
+    r = cli("stats", "-", input="")
+    assert r.returncode == 0 and r.stdout.strip() == "n/a", r.stderr
+    r = cli("render", "-", "--out", str(tmp_path), input="")
+    assert r.returncode == 0 and json.loads((tmp_path / "summary.json").read_text())["compression_ratio"] == {
+        "glm4v": None, "qwen2_5_vl": None}
+
+
+def test_pipes_and_dev_stdin_are_inputs(tmp_path):
+    command = f"{sys.executable} -m glyph_rt.cli render <(printf 'hello pipe') --out {tmp_path / 'a'} --tokenizer none"
+    r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "-> 1 page" in r.stdout, r.stderr
+    r = cli("render", "/dev/stdin", "--out", str(tmp_path / "b"), "--tokenizer", "none", input="hello stdin")
+    assert r.returncode == 0 and "/dev/stdin: 11 characters -> 1 page" in r.stdout, r.stderr
+
+
+def test_invalid_utf8_offset_counts_the_bom(tmp_path, capsys):
+    f = tmp_path / "bom.txt"
+    f.write_bytes(b"\xef\xbb\xbfabc\xffdef")
+    assert main(["render", str(f), "--out", str(tmp_path / "o")]) == 2
+    assert "invalid UTF-8 at byte 6 (b'\\xffdef')" in capsys.readouterr().err
+
+
+def test_empty_out_is_refused_and_only_own_files_are_cleared(tmp_path):
+    r = cli("render", "--out", "", cwd=tmp_path)
+    assert r.returncode == 2 and "--out is empty" in r.stderr and not list(tmp_path.iterdir())
+    (tmp_path / "page_cover.png").write_bytes(b"someone else's")
+    (tmp_path / "page_002.png").write_bytes(b"an earlier run's")
+    assert main(["render", "--max-pages", "1", "--out", str(tmp_path), "--quiet", "--tokenizer", "none"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["page_001.png", "page_cover.png", "summary.json"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backend", "cuda"], "--backend cuda draws on a GPU: add --device cuda"),
+    (["--backend", "triton"], "--backend triton draws on a GPU"),
+    (["--backend", "vulkan"], "--backend 'vulkan' is not a backend: with --device cpu choose auto, cpu, reference"),
+    (["--backend", "reference", "--device", "cuda"], "--backend 'reference' is not a backend: with --device cuda"),
+])
+def test_bad_backend_is_refused_before_any_work(tmp_path, argv, message, capsys):
+    out = tmp_path / "o"
+    assert main(["render", *argv, "--out", str(out), "--tokenizer", str(tmp_path / "nope.json")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "unknown" not in err and not out.exists()  # checked before --out and the tokenizer
+    assert main(["stats", *argv]) == 2 and message in capsys.readouterr().err
+
+
+def test_search_says_when_the_best_is_below_the_floor(tmp_path, monkeypatch, capsys):
+    from glyph_rt import search
+    from glyph_rt.search.loop import SearchResult
+
+    best = {"hash": "abc", "accuracy": 0.5, "compression": 3.0}
+    for feasible in (False, True):
+        result = SearchResult(best=best, config=None, front=[best], stop_reason="generations", evaluations=8,
+                              generations=1, history=tmp_path / "history.jsonl", feasible=feasible)
+        monkeypatch.setattr(search, "run_search", lambda *a, result=result, **k: result)
+        assert main(["search", "--out", str(tmp_path), "objective.floor=0.9", "--quiet"]) == 0
+        out = capsys.readouterr().out
+        assert "best abc: accuracy 0.5000, compression 3.000" in out
+        assert ("below objective.floor 0.9 (no config reached it)" in out) != feasible

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+import glyph_rt
 from glyph_rt import ConfigError, RenderConfig
 from glyph_rt.render.config import GLYPH_CONFIG_EN, PAPER_SIZES, PRESETS, NewlineMarkup, parse_color
 
@@ -164,3 +165,63 @@ def test_config_file_with_invalid_utf8_names_the_file(tmp_path):
     p.write_bytes(b'{"font_color": "\xff\xfe"}')
     with pytest.raises(ConfigError, match="bad.json.*UTF-8"):
         RenderConfig.load(p)
+
+
+def test_newline_marker_as_glyph_writes_it_or_with_a_real_newline(tmp_path):
+    # Glyph's configs spell the visible marker "\\n" (a backslash and an n); a JSON "\n" is a real newline
+    glyph_spelling = '{"newline-markup": "<font color=\\"#FF0000\\"> \\\\n </font>"}'
+    json_newline = '{"newline_markup": "<font color=\\"#FF0000\\"> \\n </font>"}'
+    for i, text in enumerate((glyph_spelling, json_newline)):
+        p = tmp_path / f"c{i}.json"
+        p.write_text(text)
+        nl = NewlineMarkup.parse(RenderConfig.load(p).validate().newline_markup)
+        assert not nl.is_break and nl.text == " \\n " and nl.color == (255, 0, 0), text
+    assert NewlineMarkup.parse("<i>&#10;</i>").text == "\\n"
+    # both draw the same marker glyphs
+    docs = [glyph_rt.Document("ab\ncd", RenderConfig(newline_markup=m)) for m in (" \\n ", " \n ")]
+    assert docs[0].layout.marker_glyphs == docs[1].layout.marker_glyphs == 2
+
+
+@pytest.mark.parametrize("value", ["aspect:1..4", "aspect:1.4@.", "aspect:.", "aspect:1.4@1.2.3"])
+def test_malformed_aspect_page_size_is_named(value):
+    with pytest.raises(ConfigError, match=r"^page_size: .* is not 'aspect:R' .*'aspect:R@W'"):
+        RenderConfig(page_size=value)
+
+
+def test_config_file_with_a_bom(tmp_path):
+    p = tmp_path / "bom.json"
+    p.write_bytes(b"\xef\xbb\xbf" + b'{"dpi": 96}')
+    assert RenderConfig.load(p).dpi == 96
+
+
+@pytest.mark.parametrize("kw,field", [
+    # every page of it is 2500 x 10 px
+    ({"page_size": "2500,10", "margin_x": 0, "margin_y": 0, "frame_padding": 0, "snap": 0,
+      "auto_crop_width": False}, "page_size/dpi/horizontal_scale"),
+    # a text of short lines ("Hi") is cropped to 28 x 12012 px
+    ({"page_size": "595,12000"}, "page_size/auto_crop_width"),
+    ({"page_size": "aspect:20"}, "page_size/auto_crop_width"),
+    # a one-line text's last page is cropped to 6020 x 28 px
+    ({"page_size": "6000,842", "auto_crop_width": False}, "page_size/auto_crop_last_page"),
+])
+def test_pages_past_the_models_aspect_limit_are_refused(kw, field):
+    with pytest.raises(ConfigError) as e:
+        RenderConfig(**kw).validate()
+    assert str(e.value).startswith(field + ":") and "200:1" in str(e.value), str(e.value)
+    fix = {"page_size/auto_crop_width": {"auto_crop_width": False},
+           "page_size/auto_crop_last_page": {"auto_crop_last_page": False}}.get(field)
+    if fix:  # without that crop the pages are fine, whatever the text
+        cfg = RenderConfig(**{**kw, **fix}).validate()
+        for text in ("Hi", "x " * 400):
+            pages = glyph_rt.render(text, cfg)
+            assert all(v is not None for v in pages.summary(tokenizer=None)["visual_tokens"].values())
+
+
+def test_the_aspect_bounds_hold_for_real_pages():
+    # the narrowest / flattest pages a text can give stay within validate()'s bounds
+    for kw in ({}, {"snap": 0}, RenderConfig.preset("glyph").to_dict(), {"snap": 0, "margin_x": 2, "margin_y": 2}):
+        cfg = RenderConfig(**kw).validate()
+        ext = cfg.extreme_page_sizes()
+        for text in ("i", ".", "-\n" * 200):
+            for w, h in glyph_rt.render(text, cfg).sizes:
+                assert w >= ext["narrow"][0] and h >= ext["flat"][1], (kw, text, (w, h), ext)

@@ -169,3 +169,65 @@ def test_layout_arrays_are_compact_and_account_for_every_character():
         lay.g_y[0] = 1.0  # a change must go through set_rows, never be lost in a temporary
     with pytest.raises(ValueError, match="pages in order"):
         lay.set_rows(page[::-1], y)
+
+
+def test_save_replaces_an_earlier_runs_pages(tmp_path):
+    out = tmp_path / "o"
+    first = glyph_rt.render(TEXT * 3).save(out, tokenizer=None)
+    (out / "page_cover.png").write_bytes(b"not ours")
+    paths = glyph_rt.render("short text").save(out, tokenizer=None)
+    assert len(first) > 1 and paths == [str(out / "page_001.png")]
+    assert sorted(p.name for p in out.iterdir()) == ["page_001.png", "page_cover.png", "summary.json"]
+    s = __import__("json").loads((out / "summary.json").read_text())
+    assert s["pages"] == 1 and s["complete"] is True
+
+
+def test_max_pages_ratio_counts_the_text_on_the_pages():
+    from glyph_rt.render.tokens import get_tokenizer
+
+    text = sample_text()
+    pages = glyph_rt.render(text, max_pages=1)
+    s = pages.summary()
+    end = pages.page_spans[-1][1]
+    assert s["truncated"] and s["text_tokens_chars"] == end < len(text)
+    assert s["text_tokens"] == get_tokenizer().count(text[:end])
+    whole = glyph_rt.render(text).summary()["compression_ratio"]["glm4v"]
+    assert abs(s["compression_ratio"]["glm4v"] - whole) < 0.5  # was 21x against 2.5x: all text, one page
+    # everything past the page is unplaced, whitespace included
+    assert s["placed_chars"] == sum(not c.isspace() for c in text[:end])
+    assert s["whitespace_chars"] == sum(c.isspace() for c in text[:end])
+    assert s["unplaced_chars"] == len(text) - end
+
+
+def test_summary_of_a_page_the_models_refuse(tmp_path):
+    import json
+
+    from glyph_rt.render.output import PageWriter
+
+    doc = glyph_rt.Document("hi", RenderConfig())
+    s = doc.summary([(28, 28), (28, 28 * 250)], tokenizer=None)
+    assert s["visual_tokens"] == {"glm4v": None, "qwen2_5_vl": None} and s["compression_ratio"]["glm4v"] is None
+    assert s["visual_tokens_per_page"]["glm4v"] == [glyph_rt.visual_tokens([(28, 28)], "glm4v")[0], None]
+    assert s["visual_tokens_error"]["glm4v"].startswith("page 2 (28x7000 px): page aspect ratio 250")
+    # the output directory still gets its summary
+    buf = np.full((1, 28 * 250, 28, 3), 255, np.uint8)
+    with PageWriter(tmp_path, doc) as w:
+        w.write_pages([(0, buf, [(28, 28 * 250)])])
+        w.finish(w.summary(None, complete=True))
+    got = json.loads((tmp_path / "summary.json").read_text())
+    assert got["pages"] == 1 and got["visual_tokens"]["qwen2_5_vl"] is None and got["visual_tokens_error"]
+
+
+def test_summary_names_the_device_and_rasterizer():
+    from conftest import TEST_DEVICE
+
+    s = glyph_rt.render("hello", RenderConfig()).summary(tokenizer=None)
+    assert s["device"] == "cpu" and s["backend"] == s["layout_backend"] in ("cpu", "reference")
+    # Triton's kernel: on the GPU, or in Triton's interpreter on the CPU
+    s = glyph_rt.render("hello", device=TEST_DEVICE, backend="triton").summary(tokenizer=None)
+    assert s["device"].startswith(TEST_DEVICE) and s["backend"] == "triton" and s["layout_backend"] != "triton"
+    if TEST_DEVICE != "cpu":  # streamed chunks (`glyph-rt render --device cuda`)
+        doc = glyph_rt.Document("hello", RenderConfig())
+        sizes = [x for _, _, chunk in doc.iter_chunks(device=TEST_DEVICE, backend="triton") for x in chunk]
+        s = doc.summary(sizes, tokenizer=None)
+        assert s["device"].startswith("cuda") and s["backend"] == "triton"

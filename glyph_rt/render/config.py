@@ -40,6 +40,7 @@ MAX_GLYPH_BYTES = 16 << 20  # atlas bytes of one glyph (all sub-pixel phases)
 INT32_MAX = (1 << 31) - 1
 BOOL_FIELDS = ("auto_cjk_fallback", "auto_crop_width", "auto_crop_last_page")
 REPORTLAB_FRAME_PADDING = 6.0
+MAX_ASPECT = 200  # GLM-4.1V's and Qwen2.5-VL's image processors refuse an image past 200:1
 
 _HEX = re.compile(r"^(?:#|0x)?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
 _NAMED = {"white": "#FFFFFF", "black": "#000000", "red": "#FF0000", "green": "#008000",
@@ -81,8 +82,14 @@ def parse_page_size(value: Any) -> tuple[float, float]:
             return PAPER_SIZES[s.upper()]
         m = re.match(r"^aspect:\s*([0-9.]+)\s*(?:@\s*([0-9.]+))?$", s, re.I)
         if m:
-            ratio = float(m.group(1))
-            w = float(m.group(2)) if m.group(2) else PAPER_SIZES["A4"][0]
+            try:
+                ratio = float(m.group(1))
+                w = float(m.group(2)) if m.group(2) else PAPER_SIZES["A4"][0]
+            except ValueError:
+                raise ConfigError(
+                    f"page_size: {value!r} is not 'aspect:R' (height / width, e.g. 'aspect:1.414') or 'aspect:R@W' "
+                    "(W: the width in points, e.g. 'aspect:1.5@500')"
+                ) from None
             if not (0.05 <= ratio <= 20):
                 raise ConfigError(f"page_size: aspect ratio {ratio} is outside 0.05..20")
             h = w * ratio
@@ -120,7 +127,9 @@ class NewlineMarkup:
             return NewlineMarkup(True)
         m = re.search(r"""color\s*=\s*["']?([#0-9A-Za-z]+)""", markup)
         color = parse_color(m.group(1), "newline_markup color") if m else None
-        text = html.unescape(re.sub(r"<[^>]*>", "", markup)).replace("\\n", "\\n")
+        # Glyph's configs spell the visible marker "\\\\n" in JSON: a backslash and an n. A real newline (what "\\n"
+        # in a JSON string gives, or &#10;) means the same visible marker.
+        text = html.unescape(re.sub(r"<[^>]*>", "", markup)).replace("\n", "\\n")
         if not text.strip():
             raise ConfigError(f"newline_markup: {markup!r} has no visible text and is not <br/>")
         return NewlineMarkup(False, text, color)
@@ -290,11 +299,59 @@ class RenderConfig:
                 f"margin_y: the text area is {self.text_height:.1f} pt high, less than one line_height "
                 f"({self.line_height}); reduce margin_y"
             )
+        self._check_aspect()
         if self.font_path:
             _check_font_file(self.font_path, "font_path")
         for p in self.fallback_fonts:
             _check_font_file(p, "fallback_fonts")
         return self
+
+    def extreme_page_sizes(self) -> dict[str, tuple[int, int]]:
+        """The narrowest and the flattest (width, height) px a page of this config can have, whatever the text.
+
+        "page": the full page (rounded up to the snap multiple), or "narrow": a page auto_crop_width crops to
+        one pixel of ink at the text's left edge, and "flat": the last page auto_crop_last_page crops to one
+        pixel of ink at the text's top (each only when that crop is on), rounded as snapping rounds."""
+        s = self.dpi / 72
+        W, H = self.page_pixels
+        m = self.snap
+
+        def full(size):
+            return math.ceil(size / m) * m if m else size
+
+        def least(size, limit):  # a cropped size after snapping: the nearest multiple, at least one
+            return min(max(m, round(size / m) * m), full(limit)) if m else max(1, size)
+
+        out = {"page": (full(W), full(H))}
+        if self.auto_crop_width:
+            left = (self.margin_x + self.frame_padding + self.left_indent + min(self.first_line_indent, 0)) * s
+            out["narrow"] = (least(min(W, int(left * self.horizontal_scale) + 1 + int(self.margin_x)), W), full(H))
+        if self.auto_crop_last_page:
+            top = (self.margin_y + self.frame_padding) * s
+            out["flat"] = (full(W), least(min(H, int(top) + int(self.margin_y)), H))
+        return out
+
+    def _check_aspect(self) -> None:
+        """Refuses pages the vision models' resize rules refuse (over 200:1), before any page is drawn."""
+        from .tokens import VISION_MODELS
+
+        what = {
+            "page": ("page_size/dpi/horizontal_scale", "a full page is", "choose a page_size closer to square"),
+            "narrow": ("page_size/auto_crop_width", "a page auto_crop_width crops to a short line can be",
+                       "set auto_crop_width to false, or choose a page_size closer to square"),
+            "flat": ("page_size/auto_crop_last_page", "a last page auto_crop_last_page crops to one line can be",
+                     "set auto_crop_last_page to false, or choose a page_size closer to square"),
+        }
+        for kind, (w, h) in self.extreme_page_sizes().items():
+            for model in VISION_MODELS.values():
+                try:
+                    model.tokens(h, w)
+                except ValueError:
+                    fields_, case, fix = what[kind]
+                    raise ConfigError(
+                        f"{fields_}: {case} {w}x{h} px (aspect ratio {max(w, h) / min(w, h):.0f}), over the "
+                        f"{MAX_ASPECT}:1 that GLM-4.1V's and Qwen2.5-VL's image processors accept; {fix}"
+                    ) from None
 
     # ----------------------------------------------------------------- presets
     @classmethod
@@ -382,7 +439,7 @@ class RenderConfig:
         if not p.is_file():
             raise ConfigError(f"config: file {str(p)!r} does not exist")
         try:
-            d = json.loads(p.read_text(encoding="utf-8"))
+            d = json.loads(p.read_text(encoding="utf-8-sig"))  # a BOM (as some editors save) is dropped
         except json.JSONDecodeError as e:
             raise ConfigError(f"config: {str(p)!r} is not valid JSON: {e}") from None
         except UnicodeDecodeError as e:

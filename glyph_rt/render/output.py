@@ -9,6 +9,7 @@ summary.json describes the pages left on disk with "complete": false.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -19,6 +20,8 @@ from pathlib import Path
 from .png import page_name, summary_json, temp_path, write_atomic, write_png
 
 SUMMARY = "summary.json"
+# the writer's own files (page_name's pattern and their temporary names): the only ones it ever removes
+OWN_FILES = re.compile(r"\.?page_\d{3,}\.png(\.tmp)?|\.?summary\.json(\.tmp)?")
 
 
 def writer_threads() -> int:
@@ -35,8 +38,9 @@ class PageWriter:
     `chunks` yields (first page index, [n, H, W, 3] buffer, sizes) as `Document.iter_chunks` does;
     a chunk's buffer may be reused `buffers` chunks later (the writer waits for its pages first)."""
 
-    def __init__(self, out: Path, doc, extra: dict | None = None, buffers: int = 2, threads: int | None = None):
-        self.out, self.doc, self.extra, self.buffers = Path(out), doc, dict(extra or {}), buffers
+    def __init__(self, out: Path, doc, extra: dict | None = None, buffers: int = 2, threads: int | None = None,
+                 level: int = 1):
+        self.out, self.doc, self.extra, self.buffers, self.level = Path(out), doc, dict(extra or {}), buffers, level
         self.threads = threads or writer_threads()
         self.grey = doc.grey  # every colour of the config is grey: greyscale PNGs
         self.sizes: list[tuple[int, int]] = []
@@ -51,14 +55,16 @@ class PageWriter:
         return self
 
     def _clear(self) -> None:
-        """Removes an earlier run's output: summary.json first, so it never describes other pages."""
+        """Removes an earlier run's output: summary.json first, so it never describes other pages. Only the
+        writer's own names go (page_001.png, ...; a page_cover.png stays)."""
         for pattern in (SUMMARY, f".{SUMMARY}.tmp", "page_*.png", ".page_*.png.tmp"):
             for p in self.out.glob(pattern):
-                p.unlink()
+                if OWN_FILES.fullmatch(p.name):
+                    p.unlink()
 
     def _write(self, index: int, image) -> None:
         t0 = time.perf_counter()
-        write_png(self.out / page_name(index), image, self.grey)
+        write_png(self.out / page_name(index), image, self.grey, self.level)
         with self._lock:
             self.done.add(index)
             self.seconds["encode_write_threads"] += time.perf_counter() - t0
@@ -83,8 +89,9 @@ class PageWriter:
         self.seconds["write_wait"] += time.perf_counter() - t0
 
     def summary(self, tokenizer, complete: bool) -> dict:
+        """The summary of the pages written; an incomplete one's character counts end at the last of them."""
         t0 = time.perf_counter()
-        s = self.doc.summary(self.sizes, tokenizer=tokenizer)
+        s = self.doc.summary(self.sizes, tokenizer=tokenizer, pages=None if complete else len(self.sizes))
         s.update(self.extra)
         s["complete"] = complete
         s["seconds"].update(self.seconds)
@@ -112,7 +119,8 @@ class PageWriter:
                 if i >= n:
                     (self.out / page_name(i)).unlink(missing_ok=True)
             for p in self.out.glob(".page_*.png.tmp"):
-                p.unlink(missing_ok=True)
+                if OWN_FILES.fullmatch(p.name):
+                    p.unlink(missing_ok=True)
             self.sizes = self.sizes[:n]
             s = self.summary(None, complete=False)
             s["stopped_by"] = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{kind.__name__}: {error}"

@@ -27,6 +27,9 @@ def resolve_backend(backend: str) -> str:
 
     if backend == "auto":
         return "cpu" if has_extension() else "reference"
+    if backend in ("cuda", "triton"):
+        raise ValueError(f"backend {backend!r} is a GPU rasterizer, not a layout backend: give it with a device to "
+                         f"render() or iter_chunks(); a Document takes auto, {', '.join(BACKENDS)}")
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is unknown for CPU rendering; choose from auto, {', '.join(BACKENDS)}")
     return backend
@@ -49,6 +52,9 @@ class Document:
         # An empty text has no pages (a whitespace-only one keeps its blank lines, as reportlab does).
         self.num_pages = 0 if not text else self.layout.num_pages
         self.canvas = canvas_size(self.config)
+        # where and with what the pages were last drawn (a GPU device sets both); layout is always `backend`
+        self.device, self.raster_backend = "cpu", self.backend
+        self._held_text: str | None = None
 
     def __getstate__(self) -> dict:
         """A Document crosses processes (from DataLoader workers, say) without its atlas: the other side finds
@@ -56,6 +62,7 @@ class Document:
         they were drawn for (an atlas numbers its slots in the order it met the glyphs)."""
         state = dict(self.__dict__)
         atlas = state.pop("atlas")
+        state["_held_text"] = None  # a slice of the text: made again on demand
         slots = np.unique(self.layout.g_slot).astype(np.int64)
         with atlas.lock:
             lut = atlas.lut
@@ -142,11 +149,13 @@ class Document:
         pool = [np.empty((n, H, W, 3), np.uint8) for _ in range(buffers if n and str(device) == "cpu" else 0)]
 
         draw = None
+        self.device, self.raster_backend = "cpu", self.backend
         if str(device) != "cpu":
             from .gpu import draw_pages, resolve_device_backend
 
             dev, gpu_backend = resolve_device_backend(device, backend)
             draw = lambda s, e: draw_pages([self], dev, gpu_backend, ranges=[(s, e)])[0]  # noqa: E731
+            self.device, self.raster_backend = str(dev), gpu_backend
         if progress:  # tqdm is imported only to be shown (its import costs ~35 ms)
             from tqdm import tqdm
 
@@ -178,48 +187,123 @@ class Document:
         lay = self.layout
         return list(zip(lay.l_page.tolist(), lay.l_src_start.tolist(), lay.l_src_end.tolist()))
 
-    def missing_chars(self) -> dict[str, int]:
-        """Characters drawn as replacement boxes (no font covers them), with counts."""
+    def _partial(self, pages: int | None) -> bool:
+        """Whether the first `pages` pages (None: all) hold less than the whole text."""
+        return self.layout.truncated or (pages is not None and pages < self.num_pages)
+
+    def held_end(self, pages: int | None = None) -> int:
+        """End of the text the first `pages` pages (None: all) hold: len(text), or the source end of the last
+        of them when they stop short of it (max_pages, or a run stopped early)."""
+        n = self.num_pages if pages is None else min(pages, self.num_pages)
+        if not self._partial(pages):
+            return len(self.text)
+        return int(self.layout.p_src_end[n - 1]) if n else 0
+
+    @property
+    def held_text(self) -> str:
+        """The text the pages hold, whose text tokens the compression ratio counts: all of it, or up to the
+        last page's source end when max_pages cut the layout short (the same str object on every call)."""
+        if self._held_text is None:
+            end = self.held_end()
+            self._held_text = self.text if end == len(self.text) else self.text[:end]
+        return self._held_text
+
+    def _glyph_end(self, pages: int | None) -> int:
+        """Number of glyphs on the first `pages` pages (None: all)."""
+        lay = self.layout
+        if pages is None or pages >= self.num_pages:
+            return len(lay.g_x)
+        return int(lay.r_start[np.searchsorted(lay.r_page, pages, side="left")])
+
+    def missing_chars(self, pages: int | None = None) -> dict[str, int]:
+        """Characters drawn as replacement boxes (no font covers them) on the first `pages` pages (None: all),
+        with counts."""
         if not self.layout.missing:
             return {}
         lay = self.layout
-        src = lay.g_src[(lay.g_slot == 0) & (lay.g_color == 0)]  # newline-marker glyphs are not text
+        g = self._glyph_end(pages)
+        src = lay.g_src[:g][(lay.g_slot[:g] == 0) & (lay.g_color[:g] == 0)]  # newline-marker glyphs are not text
         return dict(Counter(self.text[i] for i in src.tolist()))
 
-    def char_counts(self) -> dict[str, int]:
-        """How every character of the text was accounted for; the four counts add up to len(text)."""
+    def char_counts(self, pages: int | None = None) -> dict[str, int]:
+        """How every character of the text was accounted for; the four counts add up to len(text).
+
+        With `pages` (the first pages of a run stopped early), or when max_pages cut the layout short, the
+        counts describe the text those pages hold (`held_end`) and every character after it is unplaced."""
         from .layout import text_codepoints
+        from .layout_reference import STRIPPED
 
         lay = self.layout
-        white = int(np.count_nonzero(np.isin(text_codepoints(self.text), _WHITESPACE)))
-        unplaced = len(self.text) - int(lay.placed) - int(lay.stripped) - white
-        return {"placed_chars": int(lay.placed), "stripped_chars": int(lay.stripped), "whitespace_chars": white,
-                "unplaced_chars": unplaced, "newline_marker_glyphs": int(lay.marker_glyphs)}
+        if not self._partial(pages):
+            placed, stripped, markers = int(lay.placed), int(lay.stripped), int(lay.marker_glyphs)
+            cps = text_codepoints(self.text)
+        else:
+            g = self._glyph_end(pages)
+            source = lay.g_color[:g] == 0
+            placed, markers = int(np.count_nonzero(source)), int(len(source) - np.count_nonzero(source))
+            cps = text_codepoints(self.text[: self.held_end(pages)])
+            stripped = int(np.count_nonzero(np.isin(cps, np.asarray(sorted(STRIPPED), np.uint32))))
+        white = int(np.count_nonzero(np.isin(cps, _WHITESPACE)))
+        unplaced = len(self.text) - placed - stripped - white
+        return {"placed_chars": placed, "stripped_chars": stripped, "whitespace_chars": white,
+                "unplaced_chars": unplaced, "newline_marker_glyphs": markers}
 
-    def summary(self, sizes: list[tuple[int, int]], tokenizer: str | None = "default") -> dict:
-        text_tokens = get_tokenizer(None if tokenizer == "default" else tokenizer).count(self.text) if tokenizer else None
-        vis = {m: visual_tokens(sizes, m) for m in VISION_MODELS}
-        missing = self.missing_chars()
+    def summary(self, sizes: list[tuple[int, int]], tokenizer: str | None = "default",
+                pages: int | None = None) -> dict:
+        """The summary of pages of these `sizes`. Text tokens count `held_text`; with `pages` (the first pages
+        of a run stopped early) the character counts and missing glyphs describe those pages only."""
+        tok = get_tokenizer(None if tokenizer == "default" else tokenizer) if tokenizer else None
+        text_tokens = tok.count(self.held_text) if tok else None
+        vis, errors = {}, {}
+        for m in VISION_MODELS:
+            vis[m], why = page_visual_tokens(sizes, m)
+            if why:
+                errors[m] = why
+        total = {m: (None if m in errors else int(sum(v))) for m, v in vis.items()}
+        missing = self.missing_chars(pages)
         out = {
             "pages": len(sizes),
             "page_sizes": [list(s) for s in sizes],
             "characters": len(self.text),
-            "visual_tokens": {m: int(sum(v)) for m, v in vis.items()},
+            # null for a model whose resize rule refuses a page (visual_tokens_error says why)
+            "visual_tokens": total,
             "visual_tokens_per_page": {m: v for m, v in vis.items()},
+            "visual_tokens_error": errors,
             "text_tokens": text_tokens,
-            "tokenizer": get_tokenizer(None if tokenizer == "default" else tokenizer).name if tokenizer else None,
+            "text_tokens_chars": self.held_end(),  # the characters counted: those the pages hold
+            "tokenizer": tok.name if tok else None,
             "compression_ratio": {
-                m: (round(text_tokens / sum(v), 3) if text_tokens and sum(v) else None) for m, v in vis.items()
+                m: (round(text_tokens / t, 3) if text_tokens and t else None) for m, t in total.items()
             },
-            # characters = placed + stripped + whitespace + unplaced (unplaced: cut off by max_pages)
-            **self.char_counts(),
-            "missing_glyphs": {"count": int(self.layout.missing), "chars": missing, "install": missing_hints(missing)},
+            # characters = placed + stripped + whitespace + unplaced (unplaced: not on the pages, e.g. past max_pages)
+            **self.char_counts(pages),
+            "missing_glyphs": {"count": sum(missing.values()) if pages is not None else int(self.layout.missing),
+                               "chars": missing, "install": missing_hints(missing)},
             "truncated": bool(self.layout.truncated),
             "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
-            "backend": self.backend,
+            "device": self.device,
+            "backend": self.raster_backend,  # the rasterizer that drew the pages
+            "layout_backend": self.backend,
             "config": self.config.to_dict(),
         }
         return out
+
+
+def page_visual_tokens(sizes: list[tuple[int, int]], model: str) -> tuple[list[int | None], str | None]:
+    """Visual tokens of each page for `model`, None for a page its resize rule refuses (an aspect ratio over
+    200:1 that RenderConfig.validate() could not foresee), with the first refusal's reason."""
+    try:
+        return visual_tokens(sizes, model), None
+    except ValueError:
+        pass
+    out, why = [], None
+    for i, size in enumerate(sizes):
+        try:
+            out.append(visual_tokens([size], model)[0])
+        except ValueError as e:
+            out.append(None)
+            why = why or f"page {i + 1} ({size[0]}x{size[1]} px): {e}"
+    return out, why
 
 
 class Pages:
@@ -270,20 +354,19 @@ class Pages:
         return {k: v for k, v in self._summary.items() if k != "_tok"}
 
     def save(self, out_dir: str | os.PathLike, tokenizer: str | None = "default", compress_level: int = 1) -> list[str]:
-        """Writes page_001.png ... (greyscale when the config has no colour) and summary.json, each
-        through a temporary name and a rename; returns the PNG paths."""
-        from .png import page_name, summary_json, write_atomic, write_png
+        """Writes page_001.png ... (greyscale when the config has no colour) and summary.json as `glyph-rt render`
+        does (PageWriter): an earlier run's pages and summary there are removed first, every file goes through a
+        temporary name and a rename, and an error leaves the pages written so far with a summary of them;
+        returns the PNG paths."""
+        from .output import PageWriter
+        from .png import page_name
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        grey = self.document.grey
-        paths = []
-        for i in range(len(self)):
-            p = out / page_name(i)
-            write_png(p, np.asarray(self[i].cpu()), grey, compress_level)
-            paths.append(str(p))
-        write_atomic(out / "summary.json", summary_json(self.summary(tokenizer)))
-        return paths
+        with PageWriter(out, self.document, buffers=1, level=compress_level) as writer:
+            writer.write_pages([(0, np.asarray(self.buffer.cpu()), self.sizes)])
+            writer.finish(writer.summary(tokenizer, complete=True))
+        return [str(out / page_name(i)) for i in range(len(self))]
 
 
 def check_memory(num_pages: int, canvas: tuple[int, int], max_bytes: int) -> None:
@@ -317,4 +400,5 @@ def render(text: str, config: RenderConfig | None = None, *, device="cpu", backe
     doc = Document(text, config, max_pages=max_pages)
     check_memory(doc.num_pages, doc.canvas, max_bytes)
     (buf, sizes), = draw_pages([doc], dev, backend)
+    doc.device, doc.raster_backend = str(dev), backend
     return Pages(doc, buf, sizes)

@@ -18,14 +18,14 @@ def decode_text(data: bytes, name: str = "input", errors: str = "strict") -> tup
     errors='replace' substitutes U+FFFD and returns how many invalid sequences were replaced."""
     if errors not in ("strict", "replace"):
         raise ValueError(f"errors must be 'strict' or 'replace', got {errors!r}")
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    data = data[bom:]
     if errors == "strict":
         try:
             return data.decode("utf-8"), 0
         except UnicodeDecodeError as e:
-            raise ValueError(
-                f"{name}: invalid UTF-8 at byte {e.start} ({data[e.start:e.start + 4]!r}); fix the file or "
+            raise ValueError(  # the offset in the file, BOM included
+                f"{name}: invalid UTF-8 at byte {bom + e.start} ({data[e.start:e.start + 4]!r}); fix the file or "
                 "decode with errors='replace' (CLI: --errors replace), which counts every replacement"
             ) from None
     count = 0
@@ -43,7 +43,7 @@ def read_text(path: str, errors: str = "strict") -> tuple[str, int]:
     """Reads a file ('-' = standard input) as UTF-8; returns (text, replaced count)."""
     if path == "-":
         return decode_text(sys.stdin.buffer.read(), "stdin", errors)
-    p = Path(path)
-    if not p.is_file():
+    p = Path(path)  # a file, or anything else that reads like one: a pipe, /dev/stdin, <(command)
+    if not p.exists():
         raise FileNotFoundError(f"input: {path!r} does not exist")
     return decode_text(p.read_bytes(), path, errors)
