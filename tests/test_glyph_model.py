@@ -202,8 +202,8 @@ def test_qwen2_5_vl_checkpoint(tmp_path):
 
 
 def test_pages_get_the_grids_of_the_checkpoints_own_resize_limits(checkpoint, tmp_path):
-    """A checkpoint's processor may resize within other limits than the class default (GLM-4.1V's own checkpoints
-    use 12544..9633792): glyph_rt resizes within the checkpoint's, as its processor does."""
+    """A checkpoint's processor may resize within other limits than the class default (GLM checkpoints
+    typically use 12544..9633792): glyph_rt resizes within the checkpoint's, as its processor does."""
     ckpt = tmp_path / "ckpt"
     shutil.copytree(checkpoint, ckpt)
     limits = {"shortest_edge": 112 * 112, "longest_edge": 2 * 28 * 28 * 100}
