@@ -104,6 +104,26 @@ def test_chat_equals_generate_streaming_and_not(gm, server, client):
     assert metric(server, 'glyph_rt_document_cache_hits_total{kind="prefix"}') >= hits + 1
 
 
+def test_cache_metrics_count_each_lookup_as_the_cache_does(gm):
+    svc = service(gm, cache_bytes=64 << 20)
+    doc = TEXT[2000:2700]
+    try:
+        with ServerThread(build_app(svc)) as s:
+            c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=60)
+            hits = []
+            for system in ("A", "A", "B", "B"):  # none, prefix, document (a new prefix), prefix
+                msgs = [{"role": "system", "content": system}] + doc_messages(doc, "Q?")
+                hits.append(c.chat.completions.create(model="tiny", messages=msgs, max_tokens=2).glyph["cache_hit"])
+            assert hits == ["none", "prefix", "document", "prefix"]
+            cache = svc.engine.cache
+            assert cache.hits == {"document": 3, "prefix": 2} and cache.misses == {"document": 1, "prefix": 2}
+            for kind in ("document", "prefix"):
+                assert metric(s, f'glyph_rt_document_cache_hits_total{{kind="{kind}"}}') == cache.hits[kind]
+                assert metric(s, f'glyph_rt_document_cache_misses_total{{kind="{kind}"}}') == cache.misses[kind]
+    finally:
+        svc.shutdown()
+
+
 def test_glyph_part_render_config_and_images(gm, server, client):
     from PIL import Image
 
@@ -145,6 +165,14 @@ def test_bad_requests_get_the_right_status_and_the_server_stays_up(server, clien
         (json.dumps({**ok, "messages": [{"role": "user", "content": "x" * (2 << 20)}]}).encode(), auth, 413,
          "--max-body-mb"),
         (json.dumps({**ok, "seed": 2**70}).encode(), auth, 400, "seed"),
+        (json.dumps({**ok, "n": 2}).encode(), auth, 400, "only n=1"),
+        (json.dumps({**ok, "presence_penalty": 0.5}).encode(), auth, 400, "presence_penalty: not supported"),
+        (json.dumps({**ok, "logprobs": True}).encode(), auth, 400, "logprobs: not supported"),
+        (json.dumps({**ok, "response_format": {"type": "json_object"}}).encode(), auth, 400,
+         "response_format: type 'json_object' is not supported"),
+        (json.dumps({**ok, "response_format": {"type": "json_schema", "json_schema": {"name": "a"}}}).encode(), auth,
+         400, "response_format: type 'json_schema'"),
+        (json.dumps({**ok, "response_format": {"type": "xml"}}).encode(), auth, 400, "response_format.type"),
     ]
     bad_parts = [  # parts of the wrong shape (a string image_url is a common client mistake)
         ({"type": "image_url", "image_url": "data:image/png;base64,AAAA"}, "image_url: must be an object"),
@@ -160,6 +188,12 @@ def test_bad_requests_get_the_right_status_and_the_server_stays_up(server, clien
         assert r.status_code == status, r.text
         err = r.json()["error"]
         assert words in err["message"] and {"message", "type", "param", "code"} <= err.keys()
+    # explicit nulls mean the defaults and a plain-text response_format is what the server does anyway (as vLLM)
+    nulls = {"n": None, "stream": None, "logprobs": None, "presence_penalty": None, "frequency_penalty": None,
+             "stop": None, "seed": None, "response_format": {"type": "text"}}
+    r = httpx.post(url, json={**ok, **nulls}, headers=auth, timeout=60)
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion", r.text
+    assert client.chat.completions.create(model="tiny", response_format={"type": "text"}, **ok).choices
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
     assert httpx.get(server.url + "/health").status_code == 200

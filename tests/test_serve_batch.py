@@ -89,6 +89,53 @@ def test_batch_runs_skips_done_ids_and_reports_bad_lines(checkpoint, tmp_path):
         svc.shutdown()
 
 
+def test_every_request_gets_one_line_and_the_run_ends(checkpoint, tmp_path, monkeypatch):
+    import threading
+
+    import glyph_rt.serve.batch as batch
+
+    svc = ChatService(Engine(GlyphModel.from_pretrained(checkpoint, render_config=CFG, **EXACT), max_batch=4).start(),
+                      InputOptions(CFG, "tiny"), 8)
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_requests(inp, 4, bad={2})
+    lines = inp.read_text().splitlines()  # custom_ids with a lone surrogate: valid JSON strings, not UTF-8
+    lines[1] = lines[1].replace('"req-1"', '"req-1\\ud800"')
+    lines[2] = lines[2].replace('"req-2"', '"req-2\\udfff"')  # refused (an unknown field): its error line
+    inp.write_text("\n".join(lines) + "\n")
+    ids = ["req-0", "req-1\ud800", "req-2\udfff", "req-3"]
+    response = batch.response
+
+    def failing(rid, model, text, *a):  # building one result fails on the engine's thread
+        if failing.once:
+            failing.once = False
+            raise ValueError("simulated")
+        return response(rid, model, text, *a)
+
+    failing.once = True
+    monkeypatch.setattr(batch, "response", failing)
+
+    def run():
+        res = {}
+        t = threading.Thread(target=lambda: res.update(c=run_batch(svc, inp, out, progress=False)), daemon=True)
+        t.start()
+        t.join(120)
+        assert not t.is_alive(), "the run never ended"
+        return res["c"]
+
+    try:
+        assert run() == {"total": 4, "skipped": 0, "retried": 0, "ok": 2, "failed": 2}
+        rows = {r["custom_id"]: r["response"] for r in results(out)}
+        assert sorted(rows) == sorted(ids) and rows["req-2\udfff"]["status_code"] == 400
+        failed = [r for r in rows.values() if r["status_code"] == 500]
+        assert len(failed) == 1 and "ValueError: simulated" in failed[0]["body"]["error"]["message"]
+        # the lines read back as the same ids: a rerun runs only the 500 again
+        assert run() == {"total": 4, "skipped": 3, "retried": 1, "ok": 1, "failed": 0}
+        rows = {r["custom_id"]: r["response"]["status_code"] for r in results(out)}
+        assert rows == {"req-0": 200, "req-1\ud800": 200, "req-2\udfff": 400, "req-3": 200}
+    finally:
+        svc.shutdown()
+
+
 def test_batch_resumes_after_a_kill(checkpoint, tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     n = 6

@@ -32,6 +32,30 @@ def test_a_checkpoint_that_cannot_load_is_an_error_naming_it(tmp_path):
         EngineProcess(config(tmp_path))
 
 
+def test_an_engine_process_killed_while_loading_is_an_error_with_its_exit_code(ckpt):
+    import multiprocessing
+    import threading
+
+    before = {p.pid for p in multiprocessing.active_children()}
+
+    def new_children():
+        return [p for p in multiprocessing.active_children() if p.pid not in before]
+
+    def kill_it():
+        deadline = time.monotonic() + 60
+        while not new_children() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # while it imports and loads (as the kernel's OOM killer would)
+        for p in new_children():
+            os.kill(p.pid, signal.SIGKILL)
+
+    t = threading.Thread(target=kill_it, daemon=True)
+    t.start()
+    with pytest.raises(RuntimeError, match=r"the engine process exited \(code -9\) while loading"):
+        EngineProcess(config(ckpt))
+    t.join(10)
+
+
 def test_a_dead_engine_fails_its_requests_with_503_and_the_server_stays_up(ckpt):
     ep = EngineProcess(config(ckpt))
     try:

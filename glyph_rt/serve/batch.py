@@ -85,7 +85,10 @@ def _line(custom_id: str, status: int, body: dict) -> bytes:
     rec = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
            "response": {"status_code": status, "request_id": uuid.uuid4().hex, "body": body},
            "error": None}
-    return (json.dumps(rec, ensure_ascii=False) + "\n").encode()
+    try:
+        return (json.dumps(rec, ensure_ascii=False) + "\n").encode()
+    except UnicodeEncodeError:  # a lone surrogate (valid in a JSON string, not in UTF-8): written as its \u escape,
+        return (json.dumps(rec) + "\n").encode()  # so the line reads back as the same string (and resumes)
 
 
 def run_batch(service: ChatService, input_path, output_path, progress: bool = True,
@@ -143,15 +146,23 @@ def run_batch(service: ChatService, input_path, output_path, progress: bool = Tr
             while in_flight >= limit:
                 collect(block=True)
 
-            def on_event(ev, cid=cid):
-                if ev["type"] == "done":
-                    r = ev["request"]
-                    body = response(completion_id(), service.model_name, r.text, r.finish_reason, r.usage(),
-                                    r.stats())
-                    results.put((_line(cid, 200, body), True))
-                elif ev["type"] == "error":
-                    e = ev["error"]
-                    results.put((_line(cid, e.status, error(str(e), e.status, e.param, e.code)), False))
+            def on_event(ev, cid=cid):  # on the engine's thread: each request puts exactly one line
+                if ev["type"] not in ("done", "error"):
+                    return
+                try:
+                    if ev["type"] == "done":
+                        r = ev["request"]
+                        body = response(completion_id(), service.model_name, r.text, r.finish_reason, r.usage(),
+                                        r.stats())
+                        item = (_line(cid, 200, body), True)
+                    else:
+                        e = ev["error"]
+                        item = (_line(cid, e.status, error(str(e), e.status, e.param, e.code)), False)
+                except Exception as e:  # noqa: BLE001 - a line not put would leave collect() waiting for ever
+                    log.exception("request %s: its result line could not be built", cid)
+                    msg = f"the server could not write this request's result: {type(e).__name__}: {e}"
+                    item = (_line(cid, 500, error(msg, 500)), False)
+                results.put(item)
 
             while True:
                 try:

@@ -59,11 +59,14 @@ class PrefixEntry:
 
 
 class DocumentCache:
-    """LRU over documents and prompt prefixes with a byte budget (0 disables it). Thread-safe."""
+    """LRU over documents and prompt prefixes with a byte budget (0 disables it). Thread-safe. Each get() is one
+    hit or one miss of its kind ("document" for documents and images, "prefix"), counted in hits / misses and
+    passed to on_lookup(kind, hit) (the engine's Prometheus counters)."""
 
-    def __init__(self, max_bytes: int = 1 << 30):
+    def __init__(self, max_bytes: int = 1 << 30, on_lookup=None):
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.on_lookup = on_lookup
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, object] = OrderedDict()
         self._bytes = 0
@@ -84,10 +87,12 @@ class DocumentCache:
             item = self._items.get(key)
             if item is None:
                 self.misses[kind] += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits[kind] += 1
-            return item
+            else:
+                self._items.move_to_end(key)
+                self.hits[kind] += 1
+        if self.on_lookup is not None:
+            self.on_lookup(kind, item is not None)
+        return item
 
     def peek(self, key: str):
         with self._lock:

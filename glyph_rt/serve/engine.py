@@ -214,8 +214,8 @@ class Engine:
         # None: on a GPU 70% of its memory free when the engine starts, else no limit
         self.kv_cache_bytes = kv_cache_bytes
         self.kv_token_bytes = kv_bytes(self.model.config, 1, self.model.dtype.itemsize)
-        self.cache = DocumentCache(cache_bytes)
         self.metrics = metrics or Metrics()
+        self.cache = DocumentCache(cache_bytes, on_lookup=self.metrics.cache_lookup)
         self.max_positions = gm.max_positions
         self.stop_ids = set(gm.prompts.stop_ids)
         self._cache_kw = cache_kwarg(self.model)
@@ -473,16 +473,13 @@ class Engine:
                 for i, (k, v) in enumerate(entry.layers):
                     cache.update(k, v, i)
                 r.cache_hit, at = "prefix", p.prefix_len
-                self.metrics.cache_hits.labels("prefix").inc()
                 if not bool((ids[0, at:] == self.gm.image_token_id).any()):  # text after the prefix: no rope index
                     pos = torch.zeros(3, 1, ids.shape[1], dtype=torch.long, device=dev)  # [0, at) is never read
                     pos[:, 0, at:] = torch.arange(entry.next_pos, entry.next_pos + ids.shape[1] - at, device=dev)
                     delta = entry.next_pos - at
             else:
-                self.metrics.cache_misses.labels("prefix").inc()
                 if any(s.cached for s in p.segments):
                     r.cache_hit = "document"
-                    self.metrics.cache_hits.labels("document").inc()
                 vision = self._vision_work(p)
             new_pages = [s for s in p.segments if not s.cached and s.text_tokens]
             if new_pages:

@@ -246,7 +246,12 @@ class EngineProcess:
             if time.monotonic() > deadline:
                 self.process.kill()
                 raise RuntimeError(f"the engine process did not load {cfg.model} within {start_timeout:.0f} s")
-        kind, info = self._conn.recv()
+        try:
+            kind, info = self._conn.recv()
+        except (EOFError, OSError):  # it died as it answered (or just before): the pipe closed with no message
+            self.process.join(timeout=30)
+            raise RuntimeError(f"the engine process exited (code {self.process.exitcode}) while loading "
+                               f"{cfg.model}; see its log on standard error") from None
         if kind == "failed":
             self.process.join(timeout=30)
             raise RuntimeError(f"the engine process could not start: {info}")

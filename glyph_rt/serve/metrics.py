@@ -30,8 +30,14 @@ class Metrics:
         self.text_tokens = Counter(p + "document_text_tokens", "text tokens of the rendered documents", registry=r)
         self.compression = Gauge(p + "compression_ratio", "document text tokens / visual tokens, cumulative",
                                  registry=r)
-        self.cache_hits = Counter(p + "document_cache_hits", "document cache hits", ["kind"], registry=r)
-        self.cache_misses = Counter(p + "document_cache_misses", "document cache misses", ["kind"], registry=r)
+        self.cache_hits = Counter(p + "document_cache_hits", "document cache lookups that found their entry (kind: "
+                                  "document, for a document's or an image's embeddings, or prefix, for a prompt "
+                                  "prefix's KV)", ["kind"], registry=r)
+        self.cache_misses = Counter(p + "document_cache_misses", "document cache lookups that did not", ["kind"],
+                                    registry=r)
+        for kind in ("document", "prefix"):  # both series from the start, so hit ratios can be computed
+            self.cache_hits.labels(kind)
+            self.cache_misses.labels(kind)
         self.cache_bytes = Gauge(p + "document_cache_bytes", "bytes held by the document cache", registry=r)
         self.busy = Counter(p + "engine_busy_seconds", "seconds the engine spent stepping (its rate: the busy share; "
                             "near 1, requests queue for the model)", registry=r)
@@ -56,6 +62,9 @@ class Metrics:
             while self._recent and self._recent[0][0] < now - 10:
                 self._sum -= self._recent.popleft()[1]
             self.tokens_per_s.set(self._sum / 10.0)
+
+    def cache_lookup(self, kind: str, hit: bool) -> None:
+        (self.cache_hits if hit else self.cache_misses).labels(kind).inc()
 
     def rendered(self, pages: int, visual_tokens: int, text_tokens: int) -> None:
         self.pages.inc(pages)

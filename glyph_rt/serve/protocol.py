@@ -24,6 +24,12 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class ResponseFormat(BaseModel):
+    """Only plain text: guided decoding (json_object, json_schema) is not implemented."""
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "json_object", "json_schema"]
+
+
 class GlyphOptions(BaseModel):
     """glyph_rt's request field: render settings for this request's long texts, and the length threshold."""
     model_config = ConfigDict(extra="forbid")
@@ -39,15 +45,16 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=1)
-    stream: bool = False
+    n: int | None = Field(default=None, ge=1, le=1)  # an explicit null means the default, as in vLLM
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
-    presence_penalty: float = Field(default=0.0, ge=0, le=0)
-    frequency_penalty: float = Field(default=0.0, ge=0, le=0)
-    logprobs: bool = Field(default=False)
+    presence_penalty: float | None = Field(default=None, ge=0, le=0)
+    frequency_penalty: float | None = Field(default=None, ge=0, le=0)
+    logprobs: bool | None = None
+    response_format: ResponseFormat | None = None
     # vLLM's extra sampling parameters
     repetition_penalty: float | None = Field(default=None, gt=0, le=2)
     ignore_eos: bool = False
@@ -57,6 +64,9 @@ class ChatCompletionRequest(BaseModel):
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         if self.logprobs:
             raise RequestError("logprobs: not supported by this server", "logprobs")
+        if self.response_format is not None and self.response_format.type != "text":
+            raise RequestError(f"response_format: type {self.response_format.type!r} is not supported (no guided "
+                               'decoding); remove it or use {"type": "text"}', "response_format")
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
             max_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
