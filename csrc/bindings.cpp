@@ -109,13 +109,18 @@ py::dict run_layout(const Arr<uint32_t>& text, const Arr<int32_t>& lut, const Ar
   return d;
 }
 
-void raster_cpu(py::array_t<uint8_t, py::array::c_style> out, int32_t page0, const Arr<uint8_t>& bg,
+void raster_cpu(const py::array& out_arg, int32_t page0, const Arr<uint8_t>& bg,
                 const Arr<int32_t>& rect_page, const Arr<int32_t>& rect_box, const Arr<uint8_t>& rect_rgb,
                 const Arr<int32_t>& g_page, const Arr<float>& g_x, const Arr<float>& g_y,
                 const Arr<int32_t>& g_slot, const Arr<uint8_t>& g_color, const Arr<uint8_t>& data,
                 const Arr<int64_t>& offset, const Arr<int32_t>& width, const Arr<int32_t>& height,
                 const Arr<int32_t>& left, const Arr<int32_t>& top, int32_t phases,
                 const Arr<uint8_t>& palette, double sx, double sy, int32_t tol, py::object ink) {
+  using U8 = py::array_t<uint8_t, py::array::c_style>;
+  using I32 = py::array_t<int32_t, py::array::c_style>;
+  // the caller's own arrays, never a converted copy that would receive the pixels and be dropped
+  if (!U8::check_(out_arg)) throw std::invalid_argument("raster: out must be a C-contiguous uint8 array");
+  auto out = py::reinterpret_borrow<U8>(out_arg);
   if (out.ndim() != 4 || out.shape(3) != 3) throw std::invalid_argument("raster: out must be [P,H,W,3] uint8");
   if (!out.writeable()) throw std::invalid_argument("raster: out is read-only");
   int32_t P = (int32_t)out.shape(0), H = (int32_t)out.shape(1), W = (int32_t)out.shape(2);
@@ -149,7 +154,8 @@ void raster_cpu(py::array_t<uint8_t, py::array::c_style> out, int32_t page0, con
   }
   int32_t *right = nullptr, *bottom = nullptr;
   if (!ink.is_none()) {  // an int32 [P, 2] array receives (right, bottom) per page
-    auto arr = ink.cast<py::array_t<int32_t, py::array::c_style>>();
+    if (!I32::check_(ink)) throw std::invalid_argument("raster: ink must be a C-contiguous int32 [P, 2] array");
+    auto arr = py::reinterpret_borrow<I32>(ink);
     if (arr.ndim() != 2 || arr.shape(0) != P || arr.shape(1) != 2 || !arr.writeable())
       throw std::invalid_argument("raster: ink must be a writable int32 [P, 2] array");
     right = arr.mutable_data();

@@ -201,6 +201,16 @@ def test_raster_rejects_non_finite_placements():
                          np.zeros(0, np.uint8), i32, np.asarray([x], np.float32), np.zeros(1, np.float32), i32, u8,
                          np.zeros(1, np.uint8), np.zeros(4, np.int64), z4, z4, z4, z4, 4,
                          np.zeros(6, np.uint8), 1.0, 1.0)
+    args = (0, np.zeros(3, np.uint8), np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.uint8),
+            np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32),
+            np.zeros(0, np.uint8), np.zeros(1, np.uint8), np.zeros(4, np.int64), z4, z4, z4, z4, 4,
+            np.zeros(6, np.uint8), 1.0, 1.0)
+    strided = np.zeros((1, 8, 16, 3), np.uint8)[:, :, ::2]  # a converted copy would get the pixels, then be dropped
+    with pytest.raises(ValueError, match="out must be a C-contiguous uint8 array"):
+        C.raster_cpu(strided, *args)
+    with pytest.raises(ValueError, match="ink must be a C-contiguous int32"):
+        C.raster_cpu(out, *args, ink=np.zeros((1, 2), np.int64))
+    C.raster_cpu(out, *args, ink=np.zeros((1, 2), np.int32))
 
 
 def test_threads_growing_one_atlas_while_others_rasterize(tmp_path, monkeypatch):

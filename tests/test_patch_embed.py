@@ -229,6 +229,15 @@ def test_bad_inputs_name_the_problem():
         patch_embed(torch.randn(3, 1176), w, b, backend="cutlass")
     with pytest.raises(RuntimeError, match="backend 'cuda' needs CUDA tensors"):
         patch_embed(torch.randn(3, 1176), w, b, backend="cuda")
+    u8 = torch.zeros(3, 588, dtype=torch.uint8)
+    fw, fb = fold_weight(w, b)
+    for folded in ((fw[:588], fb), (fw, fb[:-1])):  # the kernels would read past a short weight or bias
+        with pytest.raises(ValueError, match="not fold_weight's"):
+            patch_embed(u8, w, b, folded=folded)
+    from glyph_rt.ops.patch_embed import gemm
+
+    with pytest.raises(ValueError, match=r"need \[M, K\] @ \[K, N\] \+ \[N\]"):
+        gemm(torch.zeros(3, 592, dtype=torch.uint8), fw[:588], fb, "torch", torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

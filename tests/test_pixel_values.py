@@ -59,7 +59,8 @@ def test_cuda_kernel_code_writes_the_same_pixel_values(dtype):
 
 def test_the_cuda_kernel_refuses_arguments_its_raw_pointers_would_misuse():
     from glyph_rt.ops.pixel_values import ROW, normalize_lut, uint8_rows
-    from glyph_rt.ops.raster import MODE_PATCHES, MODE_PIXELS, RasterBatch, raster_tiles, set_image_targets
+    from glyph_rt.ops.raster import MODE_PAGES, MODE_PATCHES, MODE_PIXELS, RasterBatch, raster_tiles, \
+        set_image_targets, set_page_targets
 
     d = glyph_rt.Document(TEXTS[0], CONFIGS[0])
     batch = RasterBatch([d], [(0, 1)])
@@ -67,6 +68,20 @@ def test_the_cuda_kernel_refuses_arguments_its_raw_pointers_would_misuse():
     h, w = d.rasterize(0, 1)[1][0][::-1]
     h, w = h // 28 * 28, w // 28 * 28
     rows = h // 14 * w // 14
+    with pytest.raises(ValueError, match="call set_image_targets first"):  # the kernel would write the canvas size
+        raster_tiles("cuda_host", MODE_PATCHES, batch, dev, out=uint8_rows(1))
+    W, H = d.canvas
+    for bad in ([[h + 14, w]], [[h, w - 1]], [[H // 28 * 28 + 28, w]]):  # off the 28 grid, or past the canvas
+        with pytest.raises(ValueError, match="not multiples of 28 within its"):
+            set_image_targets(dev, np.array(bad), np.array([0]))
+    with pytest.raises(ValueError, match="call set_page_targets first"):
+        raster_tiles("cuda_host", MODE_PAGES, batch, dev, out=torch.empty(W * H * 3, dtype=torch.uint8))
+    need = set_page_targets(dev, np.array([0]))
+    assert need == W * H * 3
+    for out in (torch.empty(need - 1, dtype=torch.uint8), torch.empty(need, dtype=torch.int16),
+                torch.empty(2 * need, dtype=torch.uint8)[::2]):
+        with pytest.raises(ValueError, match=f"contiguous uint8 `out` of at least {need} bytes"):
+            raster_tiles("cuda_host", MODE_PAGES, batch, dev, out=out)
     set_image_targets(dev, np.array([[h, w]]), np.array([0]))
     lut = normalize_lut("cpu", torch.float32)
     cases = [(MODE_PIXELS, torch.empty(rows - 1, ROW), lut, "the pages need"),

@@ -67,6 +67,10 @@ CUDA_GEMM_ROWS = 65535 * 128  # rows of one CUDA GEMM launch: grid y (row tiles 
 def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, backend: str,
          out_dtype: torch.dtype) -> torch.Tensor:
     """a [M, K] (float or uint8) @ b [K, N] (+ bias [N]) with fp32 accumulation -> [M, N] in out_dtype."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0] or (
+            bias is not None and tuple(bias.shape) != (b.shape[1],)):
+        raise ValueError(f"gemm: a {list(a.shape)} @ b {list(b.shape)} + bias "
+                         f"{None if bias is None else list(bias.shape)}: need [M, K] @ [K, N] + [N]")
     if backend == "triton":
         from ..kernels.patch_embed import matmul
 
@@ -178,6 +182,9 @@ def patch_embed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     D = weight.shape[0]
     if x.dtype == torch.uint8:
         w, b = folded if folded is not None else fold_weight(weight, bias)
+        if tuple(w.shape) != (ROW_U8_STRIDE, D) or tuple(b.shape) != (D,):
+            raise ValueError(f"folded: weight {list(w.shape)} and bias {list(b.shape)} are not fold_weight's "
+                             f"[{ROW_U8_STRIDE}, {D}] and [{D}]")
         return _Gemm.apply(padded_rows(x), w, b, backend)
     x = x.reshape(-1, K_PIXELS).to(weight.dtype)
     w = weight.reshape(D, K_PIXELS).t()

@@ -367,35 +367,69 @@ class RasterBatch:
                 "ink": torch.zeros(P, 2, dtype=torch.int32, device=device),
                 "bgv": torch.zeros(P, dtype=torch.float32, device=device),
                 "tiles_per_page_max": self.tiles_per_page_max,
+                "canvas": np.asarray(self.meta, np.int64).reshape(P, len(PAGE_FIELDS))[:, 0:2].copy(),  # (H, W), host
             }
 
 
 def set_image_targets(dev: dict, hw: np.ndarray, first_row: np.ndarray) -> None:
-    """Where MODE_PIXELS / MODE_PATCHES write each page: its image size (height, width; 0 skips
-    the page) and its first output row."""
-    dev["out_off"].copy_(torch.from_numpy(np.ascontiguousarray(first_row, dtype=np.int64)))
+    """Where MODE_PIXELS / MODE_PATCHES write each page: its image size (height, width; multiples of 28 within
+    the page's canvas, or 0 to skip the page) and its first output row."""
+    hw = np.asarray(hw, np.int64).reshape(-1, 2)
+    first_row = np.asarray(first_row, np.int64).reshape(-1)
+    canvas = dev["canvas"]
+    if hw.shape[0] != canvas.shape[0] or first_row.shape[0] != canvas.shape[0]:
+        raise ValueError(f"set_image_targets: {hw.shape[0]} sizes and {first_row.shape[0]} first rows for "
+                         f"{canvas.shape[0]} pages")
+    bad = np.nonzero((hw % 28 != 0).any(1) | (hw > canvas).any(1) | (hw < 0).any(1) | (first_row < 0))[0]
+    if len(bad):
+        k = int(bad[0])
+        raise ValueError(f"set_image_targets: page {k}'s image {tuple(hw[k])} (first row {first_row[k]}) is not "
+                         f"multiples of 28 within its {tuple(canvas[k])} canvas")
+    dev["out_off"].copy_(torch.from_numpy(np.ascontiguousarray(first_row)))
     dev["meta"][:, 6:8] = torch.from_numpy(np.ascontiguousarray(hw, dtype=np.int32)).to(dev["meta"].device)
-    rows = (np.asarray(hw, np.int64)[:, 0] // 14) * (np.asarray(hw, np.int64)[:, 1] // 14)
-    dev["out_rows"] = int((np.asarray(first_row, np.int64) + rows).max(initial=0))  # rows the kernels write
+    rows = (hw[:, 0] // 14) * (hw[:, 1] // 14)
+    dev["out_rows"] = int((first_row + rows).max(initial=0))  # rows the kernels write
+    dev.pop("out_bytes", None)
 
 
-def _check_cuda_args(mode: int, dev: dict, out: torch.Tensor | None, lut: torch.Tensor | None) -> None:
-    """What the CUDA kernel (and its host twin) takes on trust, given raw pointers: one device, out's row layout,
-    rows inside out, the lut in out's type."""
+def set_page_targets(dev: dict, offsets: np.ndarray) -> int:
+    """Where MODE_PAGES writes each uint8 RGB canvas: its byte offset. Returns the bytes the pages need."""
+    offsets = np.asarray(offsets, np.int64).reshape(-1)
+    canvas = dev["canvas"]
+    if offsets.shape[0] != canvas.shape[0] or (offsets < 0).any():
+        raise ValueError(f"set_page_targets: {offsets.shape[0]} offsets for {canvas.shape[0]} pages (each >= 0)")
+    dev["out_off"].copy_(torch.from_numpy(np.ascontiguousarray(offsets)))
+    dev["out_bytes"] = int((offsets + canvas[:, 0] * canvas[:, 1] * 3).max(initial=0))
+    dev.pop("out_rows", None)
+    return dev["out_bytes"]
+
+
+def _check_args(mode: int, dev: dict, out: torch.Tensor | None, lut: torch.Tensor | None) -> None:
+    """What the kernels (CUDA, its host twin, Triton) take on trust, given raw pointers: one device, out's layout,
+    every write inside out (the targets set by set_image_targets / set_page_targets), the lut in out's type."""
     device = dev["bgv"].device
     for name, t in (("out", out), ("lut", lut)):
         if t is not None and t.device != device:
             raise ValueError(f"raster_tiles: {name} is on {t.device}, the batch on {device}")
+    if mode == MODE_PAGES:
+        if "out_bytes" not in dev:
+            raise ValueError("raster_tiles: MODE_PAGES needs the pages' offsets: call set_page_targets first")
+        if out is None or out.dtype != torch.uint8 or not out.is_contiguous() or out.numel() < dev["out_bytes"]:
+            raise ValueError(f"raster_tiles: MODE_PAGES needs a contiguous uint8 `out` of at least {dev['out_bytes']} "
+                             f"bytes, got {None if out is None else (out.dtype, out.numel(), out.is_contiguous())}")
     if mode in (MODE_PIXELS, MODE_PATCHES):
         if out is None:
             raise ValueError("raster_tiles: pixel_values modes need `out`")
+        if "out_rows" not in dev:
+            raise ValueError("raster_tiles: pixel_values modes need the images' sizes and rows: call "
+                             "set_image_targets first")
         from .pixel_values import ROW, ROW_U8, ROW_U8_STRIDE
 
         widths, stride = ((ROW_U8, ROW_U8_STRIDE), ROW_U8_STRIDE) if mode == MODE_PATCHES else ((ROW,), ROW)
         if out.dim() != 2 or out.shape[1] not in widths or out.stride() != (stride, 1):
             raise ValueError(f"raster_tiles: out must be [N, {widths[0]}] rows {stride} elements apart, got "
                              f"{list(out.shape)} with strides {out.stride()}")
-        if out.shape[0] < dev.get("out_rows", 0):
+        if out.shape[0] < dev["out_rows"]:
             raise ValueError(f"raster_tiles: out has {out.shape[0]} rows, the pages need {dev['out_rows']}")
         if mode == MODE_PIXELS and (lut is None or lut.dtype != out.dtype or not lut.is_contiguous()
                                     or lut.numel() != 768):
@@ -437,6 +471,7 @@ def raster_tiles(backend: str, mode: int, batch: RasterBatch, dev: dict, out: to
     if batch.num_pages == 0:
         return
     # Triton's and the extension's kernels launch on the thread's current device (a server renders on workers)
+    _check_args(mode, dev, out, lut)
     with nvtx_range(f"glyph_rt.raster.{('bg', 'ink', 'pages', 'pixels', 'patches')[mode]}"), on_device(dev["bgv"]):
         if backend == "triton":
             from ..kernels import raster as tk
@@ -454,8 +489,6 @@ def raster_tiles(backend: str, mode: int, batch: RasterBatch, dev: dict, out: to
         out_type = {torch.uint8: 0, torch.float32: 1, torch.bfloat16: 2}[o.dtype]
         tiles = dev["tiles_per_page_max"] if mode != MODE_BG else 1
         args = (ptr, mode, bool(ink), bool(batch.gray), out_type, batch.num_pages, tiles, float(tol))
-        if backend in ("cuda", "cuda_host"):
-            _check_cuda_args(mode, dev, out, lut)
         if backend == "cuda":
             C.raster_cuda(*args, torch.cuda.current_stream(o.device).cuda_stream)
         elif backend == "cuda_host":

@@ -22,7 +22,7 @@ from ..nvtx import nvtx_range
 from ..ops.pixel_values import PATCH, ROW, ROW_U8, ROW_U8_STRIDE, cat_rows, normalize_lut, padded_rows, \
     pixel_values_from_pages, target_size, uint8_rows, write_pixel_values_cpu
 from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PATCHES, MODE_PIXELS, RasterBatch, \
-    check_backend, raster_tiles, set_image_targets
+    check_backend, raster_tiles, set_image_targets, set_page_targets
 from .config import RenderConfig
 from .pages import DEFAULT_MAX_BYTES, Document
 from .raster import final_sizes
@@ -81,8 +81,7 @@ def draw_pages(docs, device, backend: str, ranges=None) -> list[tuple[torch.Tens
     bytes_per_page = [d.canvas[0] * d.canvas[1] * 3 for d in docs]
     counts = [e - s for s, e in ranges]
     page_bytes = np.repeat(np.asarray(bytes_per_page, np.int64), counts)
-    dev["out_off"].copy_(torch.from_numpy(np.cumsum(page_bytes) - page_bytes))
-    flat = torch.empty(int(page_bytes.sum()), dtype=torch.uint8, device=device)
+    flat = torch.empty(set_page_targets(dev, np.cumsum(page_bytes) - page_bytes), dtype=torch.uint8, device=device)
     ink = batch.needs_ink()
     if ink:
         raster_tiles(backend, MODE_BG, batch, dev)
