@@ -221,6 +221,82 @@ def test_grpo_epochs_and_mini_batches_reuse_the_rollout(tmp_path):
 
 
 
+def test_reward_statistics_cover_every_drawn_group(tmp_path):
+    """reward_mean/std are over every group the step drew, the all-correct ones dynamic sampling drops too (a
+    policy that gets better shows it); reward_kept_* are the kept groups' alone."""
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.grpo import GRPOTrainer
+    from glyph_rt.train.model import load_for_training
+
+    class Scripted:  # record "all": every response right; record "half": 2 of 4 right
+        weights = {"verifiable": 1.0}
+
+        def __call__(self, texts, refs):
+            r = [1.0] * len(texts) if refs[0] == "all" else [1.0, 0.0] * (len(texts) // 2)
+            return r, {"verifiable": r}
+
+    path = make_tiny_checkpoint(tmp_path / "tiny")
+    cfg = load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / 'run'}", "grpo.group_size=4",
+                                   "data.global_batch=2", "data.micro_batch=4", "grpo.max_new_tokens=4",
+                                   "grpo.rewards={verifiable: 1.0}", "grpo.max_refills=0", "tensorboard=false",
+                                   "plot=false", "model.gradient_checkpointing=false", "steps=1", "export=false"])
+    gm = load_for_training(cfg.model, torch.device("cpu"))
+    records = [{"context": "red fox", "question": "Read.", "answer": "all"},
+               {"context": "blue sky", "question": "Read.", "answer": "half"}]
+    m = GRPOTrainer(cfg, gm, rewards=Scripted(), progress=False).fit(records)
+    assert (m["groups"], m["dropped_groups"]) == (1, 1)
+    assert m["reward_mean"] == pytest.approx(0.75) and m["reward_verifiable_mean"] == pytest.approx(0.75)
+    assert m["reward_std"] == pytest.approx(torch.tensor([1.0] * 6 + [0.0] * 2).std().item())
+    assert m["reward_kept_mean"] == pytest.approx(0.5)
+
+
+def test_old_log_probs_are_the_rollout_policys_without_dropout(tmp_path, monkeypatch):
+    """The old log-probs (and page embeddings) are taken in eval mode, as the rollout sampled, and the updates in
+    train mode; a policy that does not move (lr ~ 0) then has a ratio of exactly 1. rl refuses LoRA dropout,
+    which would make the ratio noise."""
+    import glyph_rt.train.grpo as G
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.config import TrainConfigError, load_config
+    from glyph_rt.train.grpo import GRPOTrainer
+    from glyph_rt.train.model import load_for_training
+
+    path = make_tiny_checkpoint(tmp_path / "tiny")
+    over = [f"model.path={path}", f"out_dir={tmp_path / 'run'}", "grpo.group_size=4", "data.global_batch=2",
+            "data.micro_batch=4", "grpo.max_new_tokens=6", "grpo.rewards={ocr: 1.0}", "grpo.epochs=2",
+            "tensorboard=false", "plot=false", "model.gradient_checkpointing=false", "optim.lr=1e-30",
+            "optim.min_lr=0", "steps=1", "export=false", "model.lora.r=8", "model.freeze_vision=true",
+            "grpo.dynamic_sampling=false", "optim.grad_clip=0"]
+    with pytest.raises(TrainConfigError, match=r"^model.lora.dropout: 0.1 must be 0 for rl"):
+        load_config("rl", None, [*over, "model.lora.dropout=0.1"])
+    cfg = load_config("rl", None, over)
+    torch.manual_seed(0)
+    gm = load_for_training(cfg.model, torch.device("cpu"))
+    with torch.no_grad():  # a trained adapter (B != 0), as after some steps
+        for n, p in gm.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    modes, ratios = [], []
+    logps, loss = G.token_logps, G.grpo_token_loss
+
+    def spy_logps(model, batch, *a, **k):
+        modes.append((torch.is_grad_enabled(), model.training))
+        return logps(model, batch, *a, **k)
+
+    def spy_loss(logp, old, adv, mask, *a, **k):
+        ratios.append(torch.exp(logp - old)[mask.bool()].detach())
+        return loss(logp, old, adv, mask, *a, **k)
+
+    monkeypatch.setattr(G, "token_logps", spy_logps)
+    monkeypatch.setattr(G, "grpo_token_loss", spy_loss)
+    records = [{"context": f"red fox {i}", "question": "Read the text.", "answer": f"red fox {i}"} for i in range(8)]
+    m = GRPOTrainer(cfg, gm, progress=False).fit(records)
+    assert m["updates"] == 2 and set(modes) == {(False, False), (True, True)}  # old: eval, no grad; update: train
+    assert gm.model.training
+    torch.testing.assert_close(ratios[0], torch.ones_like(ratios[0]), rtol=0, atol=1e-5)
+    assert m["clip_fraction"] == 0
+
+
 @pytest.mark.parametrize("arch", ["glm4v", "qwen2_5_vl"])
 def test_token_logps_on_response_tokens_equal_full_logits(tmp_path, arch):
     """GRPO's log-probs come from logits made only before response tokens, with each group's pages through the

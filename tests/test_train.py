@@ -93,6 +93,28 @@ def test_overrides_and_yaml(tiny, tmp_path):
     assert c.optim.min_lr == 2e-6  # untouched defaults stay
 
 
+def test_a_config_file_replaces_the_weight_maps_whole(tiny, tmp_path):
+    """grpo.rewards, data.loss_weights and data.loader.tasks in a --config file replace the defaults (a name it
+    leaves out is gone), as `key={...}` does; the other mappings merge key by key."""
+    f = tmp_path / "rl.yaml"
+    f.write_text("grpo:\n  rewards: {verifiable: 1.0}\ndata:\n  loss_weights: {qa: 1.0}\n")
+    rl = load_config("rl", f, [f"model.path={tiny}"])
+    assert rl.grpo.rewards == {"verifiable": 1.0} and rl.data.loss_weights == {"qa": 1.0}
+    assert rl.grpo.group_size == 16  # the rest of grpo stays
+    f.write_text("data:\n  loader: {tasks: {lm: 1.0}, max_pages: 8}\n")
+    cpt = load_config("cpt", f, [f"model.path={tiny}"])
+    assert cpt.data.loader["tasks"] == {"lm": 1.0} and cpt.data.loader["max_pages"] == 8
+    assert cpt.data.loader["task_options"]["lm"] == {"window_chars": 400000, "max_pages": 64}  # merged, kept
+    assert load_config("rl", None, [f"model.path={tiny}", "grpo.rewards={ocr: 1.0}"]).grpo.rewards == {"ocr": 1.0}
+
+
+def test_cpt_refuses_an_ocr_ratio_it_would_ignore(tiny):
+    """cpt mixes OCR in by its data.loader.tasks weight: data.ocr_ratio (sft, rl) is refused, not ignored."""
+    with pytest.raises(TrainConfigError, match=r"^data.ocr_ratio: 0.9 is for sft and rl; cpt .*data.loader.tasks"):
+        load_config("cpt", None, [f"model.path={tiny}", "data.ocr_ratio=0.9"])
+    assert load_config("sft", None, [f"model.path={tiny}", "data.ocr_ratio=0.9"]).data.ocr_ratio == 0.9
+
+
 @pytest.mark.parametrize("over, key", [
     (["optim.lr=-1"], "optim.lr"), (["optim.lrr=1"], "optim.lrr"), (["steps=abc"], "steps"),
     (["data.global_batch=3", "data.micro_batch=2"], "data.global_batch"), (["model.path=/nonexistent"], "model.path"),
@@ -107,6 +129,7 @@ def test_bad_config_names_the_key(tiny, over, key):
 
 def test_bad_rl_config_names_the_key(tiny):
     for over, key in ((["grpo.rewards.speed=1"], "grpo.rewards.speed"), (["grpo.eps_low=1.5"], "grpo.eps_low"),
+                      (["model.lora.r=8", "model.lora.dropout=0.1"], "model.lora.dropout"),
                       (["grpo.verifier=judge"], "grpo.judge_base_url"), (["grpo.group_size=1"], "grpo.group_size")):
         with pytest.raises(TrainConfigError, match=f"^{key}"):
             load_config("rl", None, [f"model.path={tiny}", *over])
@@ -230,6 +253,7 @@ def test_lr_schedule():
     lrs = [5e-6 * lr_factor(s, c) for s in range(101)]
     assert lrs[0] == pytest.approx(5e-7) and lrs[9] == pytest.approx(5e-6) and lrs[10] == pytest.approx(5e-6)
     assert lrs[100] == pytest.approx(2e-6) and all(a >= b - 1e-18 for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[99] > 2e-6  # HF's convention: min_lr at step `steps`, the one after the last step (99) trains
 
 
 def test_labels_only_on_the_answer(tiny, tmp_path):
@@ -316,6 +340,125 @@ def test_resume_is_exact_and_logs(tiny, tmp_path):
 
     with pytest.raises(TrainConfigError, match="^resume=false"):  # before the model loads
         run(cfg_for(tiny, tmp_path / "b", "resume=false"))
+
+
+def test_resume_takes_the_configs_optimizer_settings(tiny, tmp_path):
+    """A run resumed with another optim.lr / min_lr / weight_decay / betas / eps trains with them (config.yaml's),
+    not with the checkpoint's; its Adam moments and schedule position come from the checkpoint."""
+    from glyph_rt.train.trainer import Trainer
+
+    def train(steps, *over):
+        cfg = cfg_for(tiny, tmp_path, "data.global_batch=1", "steps=4", "save_every=2", "optim.schedule=cosine", *over)
+        gm = load(cfg)
+        t = Trainer(cfg, gm, progress=False)
+        t.fit(ListData(ocr_samples(gm, WORDS[:2])), steps=steps)
+        return t
+
+    first = train(2, "optim.lr=1e-3", "optim.min_lr=1e-3", "optim.weight_decay=0")
+    moments = [s["exp_avg"].clone() for s in first.optimizer.state.values()]
+    t = train(2, "optim.lr=1e-5", "optim.min_lr=2e-6", "optim.weight_decay=0.1", "optim.betas=[0.8, 0.9]",
+              "optim.eps=1e-6")
+    assert t.step == 2  # resumed, nothing left to train
+    decay, other = t.optimizer.param_groups
+    want = 2e-6 + 8e-6 * 0.5 * (1 + math.cos(math.pi * 2 / 4))  # the new lr -> min_lr cosine at step 2 of 4
+    assert decay["lr"] == other["lr"] == pytest.approx(want) and t.scheduler.get_last_lr() == [decay["lr"]] * 2
+    assert (decay["weight_decay"], other["weight_decay"]) == (0.1, 0.0) and t.scheduler.base_lrs == [1e-5, 1e-5]
+    assert decay["betas"] == (0.8, 0.9) and decay["eps"] == 1e-6 and decay["initial_lr"] == 1e-5
+    for a, s in zip(moments, t.optimizer.state.values()):
+        assert torch.equal(a, s["exp_avg"])
+    t = train(4, "optim.lr=1e-5", "optim.min_lr=2e-6", "optim.weight_decay=0.1")
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-3, want, 2e-6 + 8e-6 * 0.5 * (1 + math.cos(math.pi * 3 / 4))])
+
+
+def test_fsdp_on_in_one_process_without_torchrun_is_named_before_the_model_loads(tiny, tmp_path, monkeypatch):
+    from glyph_rt.train import model, trainer
+
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setattr(model, "load_for_training", lambda *a, **k: pytest.fail("the model loaded"))
+    with pytest.raises(TrainConfigError, match=r"^fsdp: 'on' shards over a process group.* torchrun .* fsdp=auto"):
+        trainer.run(cfg_for(tiny, tmp_path, "fsdp=on"))
+
+
+def test_loss_weights_below_one_give_the_weighted_mean(tiny, tmp_path):
+    """data.loss_weights: the loss is sum(w * ce) / sum(w) whatever the weights' scale, also when they sum below 1
+    (one task weighted 0.01 gives the plain token mean and the same step)."""
+    from glyph_rt.train.collate import Collator
+    from glyph_rt.train.trainer import Trainer
+
+    res = []
+    for w in (1.0, 0.01):
+        cfg = cfg_for(tiny, tmp_path, "data.global_batch=1", f"data.loss_weights={{ocr: {w}}}")
+        torch.manual_seed(0)
+        gm = load(cfg)
+        col = Collator(gm.image_token_id, gm.tokenizer.pad_token_id, model=gm.model, vision_model=gm.vision,
+                       loss_weights=cfg.data.loss_weights)
+        b = col(samples(gm, ["cold tea"]))
+        assert w == 1.0 or float(b["label_weights"][..., 1:].sum()) < 1
+        t = Trainer(cfg, gm, progress=False, eval_data=ListData([b]))
+        t.cfg.eval_batches = 1
+        m = t.train_step([b])
+        res.append((m["loss"], m["grad_norm"], t.eval_loss(), [p.detach().clone() for p in gm.model.parameters()]))
+    assert res[1][:3] == pytest.approx(res[0][:3], rel=1e-5)
+    for a, b in zip(res[0][3], res[1][3]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_lora_on_embeddings_and_convs_exports_the_trained_model(tiny, tmp_path):
+    """Adapters on the token embedding (peft's lora_embedding_A/B), the downsample Conv2d, the patch-embedding
+    Conv3d (kernels=off: a conv the adapter joins) and q_proj: the export holds the weights peft's own
+    merge_and_unload makes, and its logits are the trained model's."""
+    import copy
+
+    from glyph_rt.models import GlyphModel
+    from glyph_rt.train.trainer import Trainer, model_inputs
+
+    targets = "[embed_tokens, downsample, patch_embed.proj, q_proj]"
+    cfg = cfg_for(tiny, tmp_path, "data.global_batch=1", "model.lora.r=4", f"model.lora.target_modules={targets}",
+                  "model.freeze_vision=true", "model.freeze_projector=true", "optim.lr=1e-2", "model.kernels=off")
+    gm = load(cfg)
+    lora = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, p in gm.model.named_parameters() if p.requires_grad}
+    assert lora == {"embed_tokens", "downsample", "proj", "q_proj"}
+    b = ocr_samples(gm, ["cold tea"])[0]
+    t = Trainer(cfg, gm, progress=False)
+    t.train_step([b])
+    out = t.export(tmp_path / "export")
+    from safetensors.torch import load_file
+
+    got = load_file(out / "model.safetensors")
+    want = copy.deepcopy(gm.model).merge_and_unload().state_dict()
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    base = load_file(Path(tiny) / "model.safetensors")
+    assert not torch.equal(got["model.language_model.embed_tokens.weight"],
+                           base["model.language_model.embed_tokens.weight"])
+    gm.model.eval()
+    with torch.no_grad():
+        trained = gm.model(**model_inputs(b, torch.device("cpu"))).logits
+        back = GlyphModel.from_pretrained(out, device="cpu").model(**model_inputs(b, torch.device("cpu"))).logits
+    torch.testing.assert_close(back, trained, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target, why", [("patch_embed.proj", "reads its weight directly.*model.kernels=off"),
+                                         ("position_embedding", "reads its weight directly")])
+def test_lora_target_that_would_not_train_is_refused_before_training(tiny, tmp_path, target, why):
+    """glyph_rt's patch-embedding GEMM (kernels=auto) and GLM's position table read their weight themselves: an
+    adapter there would never join a forward; the run stops before training, naming the module."""
+    cfg = cfg_for(tiny, tmp_path, "model.lora.r=4", f"model.lora.target_modules=[{target}]")
+    with pytest.raises(TrainConfigError, match=f"^model.lora.target_modules: model.visual.*{target}: .*{why}"):
+        load(cfg)
+
+
+def test_merge_lora_refuses_what_it_cannot_fold():
+    from glyph_rt.train.checkpoint import merge_lora
+
+    w = {"m.base_layer.weight": torch.zeros(2, 2), "m.lora_A.default.weight": torch.zeros(1, 2),
+         "m.lora_B.default.weight": torch.zeros(2, 1)}
+    assert merge_lora(w, 1.0).keys() == {"m.weight"}
+    with pytest.raises(ValueError, match="m.lora_magnitude_vector.default.weight is a LoRA weight that cannot"):
+        merge_lora({**w, "m.lora_magnitude_vector.default.weight": torch.ones(2)}, 1.0)
+    with pytest.raises(ValueError, match="m's LoRA update is \\(2, 2\\), its weight \\(3, 2\\)"):
+        merge_lora({**w, "m.base_layer.weight": torch.zeros(3, 2)}, 1.0)
 
 
 def test_export_loads_in_glyph_model(tiny, tmp_path):
@@ -413,6 +556,17 @@ def test_fsdp2_two_processes_match_one(tiny, tmp_path):
         torch.testing.assert_close(out["two"][1][k], v, rtol=1e-4, atol=1e-5, msg=k)
     ckpt = tmp_path / "two" / "checkpoints" / "step_00000002"
     assert (ckpt / "rank_0.pt").exists() and (ckpt / "rank_1.pt").exists() and (ckpt / ".metadata").exists()
+
+
+@pytest.mark.slow  # an interpreter under torchrun: ~15-30 s
+def test_fsdp_on_under_torchrun_with_one_rank_shards_on_a_one_rank_group(tiny, tmp_path):
+    worker = str(ROOT / "tests" / "train_fsdp_worker.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", worker,
+                        "sft", tiny, str(tmp_path / "one"), "1", "fsdp=on"], capture_output=True, text=True, env=env,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "one" / "export" / "model.safetensors").exists()
 
 
 EXPORT_FAILS_ON_RANK_0 = """

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 
@@ -124,23 +125,54 @@ class CheckpointManager:
         return extra.pop("step"), extra
 
 
+LORA_KEY = re.compile(r"^(.*)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)\.[^.]+(?:\.weight)?$")
+
+
+def lora_delta(a: torch.Tensor, b: torch.Tensor, embedding: bool = False) -> torch.Tensor:
+    """The weight update of one LoRA pair, as peft's get_delta_weight makes it (times the scale): Linear B @ A,
+    Embedding (B @ A)^T (peft keeps A as [r, vocab] and B as [dim, r]), ConvNd A's kernel followed by B's 1x1
+    conv (one groups=1 conv of the two, load_for_training refuses other groups)."""
+    a, b = a.float(), b.float()
+    if embedding:
+        return (b @ a).T
+    if a.ndim == 2:
+        return b @ a
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[a.ndim]
+    return conv(a.transpose(0, 1), b).transpose(0, 1)
+
+
 def merge_lora(state: dict, scale: float) -> dict:
-    """A peft model's full state dict with each LoRA pair folded into its base weight (W + scale * B @ A),
-    under the transformers model's own names."""
+    """A peft model's full state dict with each LoRA pair folded into its base weight (W + scale * lora_delta),
+    under the transformers model's own names. A LoRA weight it cannot fold is an error, never left out."""
+    pairs: dict = {}
+    for k, v in state.items():
+        m = LORA_KEY.match(k)
+        if m:
+            pairs.setdefault(m.group(1), {})[m.group(2)[-1]] = (v, "embedding" in m.group(2))
+        elif ".lora_" in k:
+            raise ValueError(f"export: {k} is a LoRA weight that cannot be merged into its base layer (only "
+                             "LoRA's A/B pairs are); leave that module out of model.lora.target_modules")
     out = {}
     for k, v in state.items():
         if ".lora_" in k:
             continue
         name = k.replace(".base_layer.", ".")
-        if k.endswith(".base_layer.weight"):
+        if k.endswith(".base_layer.weight") and k[: -len(".base_layer.weight")] in pairs:
             stem = k[: -len(".base_layer.weight")]
-            a = next((state[x] for x in state if x.startswith(stem + ".lora_A.") and x.endswith(".weight")), None)
-            b = next((state[x] for x in state if x.startswith(stem + ".lora_B.") and x.endswith(".weight")), None)
-            if a is not None and b is not None:
-                v = (v.float() + scale * (b.float() @ a.float())).to(v.dtype)
+            pair = pairs.pop(stem)
+            if set(pair) != {"A", "B"}:
+                raise ValueError(f"export: {stem} has LoRA {'/'.join(sorted(pair))} but not both A and B")
+            (a, emb), (b, _) = pair["A"], pair["B"]
+            delta = lora_delta(a, b, emb)
+            if delta.shape != v.shape:
+                raise ValueError(f"export: {stem}'s LoRA update is {tuple(delta.shape)}, its weight "
+                                 f"{tuple(v.shape)}; leave that module out of model.lora.target_modules")
+            v = (v.float() + scale * delta).to(v.dtype)
         if name.startswith("base_model.model."):
             name = name[len("base_model.model."):]
         out[name] = v
+    if pairs:
+        raise ValueError(f"export: the LoRA weights of {', '.join(sorted(pairs))} have no base weight to merge into")
     return out
 
 

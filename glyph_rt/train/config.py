@@ -27,7 +27,7 @@ class TrainConfigError(ValueError):
 class LoraConfig:
     r: int = 0  # 0: no LoRA, full (or partly frozen) fine-tuning
     alpha: float = 16.0
-    dropout: float = 0.0
+    dropout: float = 0.0  # cpt, sft (rl: 0, the importance ratio needs the policy without dropout)
     target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
@@ -60,7 +60,7 @@ class OptimConfig:
 class DataConfig:
     global_batch: int = 32  # samples per optimizer step, over all ranks (gradient accumulation fills it)
     micro_batch: int = 1  # samples per forward on one rank
-    ocr_ratio: float = 0.0  # SFT and RL: share of samples (RL: prompts) drawn from the OCR auxiliary task
+    ocr_ratio: float = 0.0  # SFT and RL: share of samples (RL: prompts) drawn from the OCR auxiliary task (cpt: 0)
     # > 0: a micro-batch's samples go into one packed varlen row (no padding), each sample at most this many
     # tokens (a longer one is left out, logged and counted: the metrics' too_long); the row holds up to
     # micro_batch x max_tokens. 0: padded rows
@@ -189,10 +189,17 @@ def _build(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def _merge(base: dict, over: dict) -> dict:
+# name -> weight mappings: a --config file's one replaces the default whole (as `key={...}` does), so that it can
+# leave a default's name out; the other mappings merge key by key
+WHOLE = {("grpo", "rewards"), ("data", "loss_weights"), ("data", "loader", "tasks")}
+
+
+def _merge(base: dict, over: dict, at: tuple = ()) -> dict:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        whole = at + (k,) in WHOLE
+        out[k] = _merge(out[k], v, at + (k,)) if isinstance(v, dict) and isinstance(out.get(k), dict) and not whole \
+            else v
     return out
 
 
@@ -325,6 +332,9 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
         _check(d.global_batch % d.micro_batch == 0, "data.global_batch",
                f"{d.global_batch} must be a multiple of data.micro_batch ({d.micro_batch})")
     _check(0 <= d.ocr_ratio <= 1, "data.ocr_ratio", f"{d.ocr_ratio} must be in [0, 1]")
+    _check(cfg.stage != "cpt" or d.ocr_ratio == 0, "data.ocr_ratio",
+           f"{d.ocr_ratio} is for sft and rl; cpt draws OCR by its weight in data.loader.tasks (by default "
+           "{ocr: 1, lm: 1, gen: 1}, a third), e.g. data.loader.tasks={ocr: 0.2, lm: 0.4, gen: 0.4}")
     _check(d.max_tokens >= 0, "data.max_tokens", f"{d.max_tokens} must be >= 0 (0: no packing)")
     check_task_weights(d.loss_weights, "data.loss_weights")
     _check(d.workers >= 0, "data.workers", f"{d.workers} must be >= 0")
@@ -334,6 +344,9 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
         except ValueError as e:
             raise TrainConfigError(f"data.render_config: {e}") from None
     if cfg.stage == "rl":
+        _check(m.lora.dropout == 0, "model.lora.dropout",
+               f"{m.lora.dropout} must be 0 for rl: the importance ratio compares the policy with the one that "
+               "sampled (without dropout), and dropout in the update would make it noise")
         _check(g.group_size >= 2, "grpo.group_size", f"{g.group_size} must be >= 2 (advantages compare a group)")
         _check(d.global_batch >= 1, "data.global_batch", f"{d.global_batch} must be >= 1 (prompts per step)")
         _check(0 <= g.eps_low < 1, "grpo.eps_low", f"{g.eps_low} must be in [0, 1)")

@@ -330,7 +330,8 @@ class GRPOTrainer(Trainer):
         judge = Judge(g.judge_base_url, g.judge_model, api_key_env=g.judge_api_key_env) if g.verifier == "judge" \
             else None
         self.rewards = rewards or RewardSet(g.rewards, g.verifier, judge)
-        self.reference = reference
+        self.reference = reference.eval() if reference is not None else None  # frozen, no dropout
+        self._drawn: list[Group] = []  # the step's groups, kept or dropped (its reward statistics)
         self.vision_frozen = not any(p.requires_grad for p in base_model(self.model).model.visual.parameters())
         if g.kl_coef > 0 and reference is None:  # frozen: in the run's compute dtype, whatever its master weights
             from ..models.glyph_model import GlyphModel
@@ -368,6 +369,7 @@ class GRPOTrainer(Trainer):
                 if c < len(calls):
                     groups += out
         score_groups(groups, self.rewards)
+        self._drawn += groups  # the step's reward statistics: every group drawn, kept or dropped
         if groups:
             self._spare = groups[-1]
         return groups
@@ -383,7 +385,7 @@ class GRPOTrainer(Trainer):
         at weight 0."""
         g = self.cfg.grpo
         t0 = time.perf_counter()
-        self._spare = None
+        self._spare, self._drawn = None, []
         groups, ds = dynamic_sample(self.draw, self.prompts_per_rank, g.max_refills if g.dynamic_sampling else 0,
                                     g.dynamic_sampling, lambda need: _all_reduce([float(need)], self.device, "max")[0])
         t_roll = time.perf_counter() - t0
@@ -408,17 +410,21 @@ class GRPOTrainer(Trainer):
         # policy's (for old log-probs, and for training when the tower and projector are frozen) and the reference's
         needed = distinct([gr for p in parts for c in p for gr, _, _ in c])
         old, embeds, ref_embeds = {}, None, None
-        with self.autocast():
-            most = int(_all_reduce([float(len(needed))], self.device, "max")[0]) if any(width) else 0
-            if any(width) and (g.epochs * M > 1 or self.vision_frozen):
-                embeds = page_embeddings(self.model, needed, self.device, most)
-            if any(width) and g.kl_coef > 0 and self.reference is not None:
-                ref_embeds = page_embeddings(self.reference, needed, self.device, most)
-            if g.epochs * M > 1:  # the policy moves within the batch: the ratio needs the rollout policy's log-probs
-                with torch.no_grad():
-                    for pi, p in enumerate(parts):
-                        for ci, c in enumerate(p):
-                            old[pi, ci] = token_logps(self.model, self._batch(c), g.temperature, embeds)
+        self.model.eval()  # the rollout policy as it sampled (no dropout); the updates below run in train mode
+        try:
+            with self.autocast():
+                most = int(_all_reduce([float(len(needed))], self.device, "max")[0]) if any(width) else 0
+                if any(width) and (g.epochs * M > 1 or self.vision_frozen):
+                    embeds = page_embeddings(self.model, needed, self.device, most)
+                if any(width) and g.kl_coef > 0 and self.reference is not None:
+                    ref_embeds = page_embeddings(self.reference, needed, self.device, most)
+                if g.epochs * M > 1:  # the policy moves within the batch: the ratio takes the rollout log-probs
+                    with torch.no_grad():
+                        for pi, p in enumerate(parts):
+                            for ci, c in enumerate(p):
+                                old[pi, ci] = token_logps(self.model, self._batch(c), g.temperature, embeds)
+        finally:
+            self.model.train()
         loss_sum, clip_low, clip_high, kl_sum, norms, updates, seen = 0.0, 0.0, 0.0, 0.0, [], 0, 0.0
         lr = self.scheduler.get_last_lr()[0]
         for _ in range(g.epochs):
@@ -458,8 +464,10 @@ class GRPOTrainer(Trainer):
         self.step += 1
         # the same names on every rank: the OCR reward's when the OCR task is mixed in
         names = sorted(set(self.rewards.weights) | ({"ocr"} if self.cfg.data.ocr_ratio > 0 else set()))
-        series = [[r for gr in groups for r in gr.rewards]] + [[x for gr in groups for x in gr.parts.get(name, [])]
-                                                               for name in names]
+        drawn = self._drawn
+        series = [[r for gr in drawn for r in gr.rewards]] + \
+            [[x for gr in drawn for x in gr.parts.get(name, [])] for name in names] + \
+            [[r for gr in groups for r in gr.rewards]]
         lens = [len(gr.responses[j]) for gr, j, _ in items]
         local = [clip_low, clip_high, kl_sum, loss_sum, len(groups), ds["dropped_groups"], sum(lens), len(lens)]
         for v in series:
@@ -475,9 +483,9 @@ class GRPOTrainer(Trainer):
              "step_s": time.perf_counter() - t0}
         if tot[7]:
             m.update(response_len_mean=tot[6] / tot[7], response_len_max=int(longest))
-        for k, name in enumerate(["reward"] + [f"reward_{n}" for n in names]):
+        for k, name in enumerate(["reward"] + [f"reward_{n}" for n in names] + ["reward_kept"]):
             n, s1, s2 = tot[8 + 3 * k:11 + 3 * k]
-            if n:  # mean and sample std over every response of the step
+            if n:  # mean and sample std over every response drawn in the step (reward_kept: the kept groups')
                 m[f"{name}_mean"] = s1 / n
                 m[f"{name}_std"] = math.sqrt(max(0.0, s2 - s1 * s1 / n) / (n - 1)) if n > 1 else 0.0
         if g.kl_coef > 0:

@@ -11,7 +11,7 @@ import contextlib
 import torch
 
 from ..models.glyph_model import GlyphModel
-from .config import ModelConfig
+from .config import ModelConfig, TrainConfigError
 
 # the vision-to-LLM projection of GLM-4.1V (downsample conv + merger MLP) / Qwen2.5-VL (merger); GLM's
 # post_conv_layernorm sits at the tower's input, right after patch_embed, and belongs to the tower
@@ -76,6 +76,7 @@ def load_for_training(cfg: ModelConfig, device: torch.device, dtype: torch.dtype
                 p.requires_grad_(True)
         if not any("lora_" in n for n, _ in model.named_parameters()):
             raise ValueError(f"model.lora.target_modules: {cfg.lora.target_modules} match no module of the model")
+        check_lora_layers(model)
     if cfg.gradient_checkpointing:
         hf = base_model(model)
         if hasattr(hf, "activation_checkpointing_enable"):
@@ -91,6 +92,35 @@ def load_for_training(cfg: ModelConfig, device: torch.device, dtype: torch.dtype
                 p.data = p.data.float()
     gm.model = model
     return gm
+
+
+def check_lora_layers(model) -> None:
+    """TrainConfigError, before any step, for an adapter that would not train or not export: one on a module whose
+    weight its parent reads itself (glyph_rt's patch-embedding GEMM over `proj`, kernels=auto; GLM-4.1V's position
+    table, interpolated from its weight), which the adapter's forward never joins, and one the export cannot merge
+    (checkpoint.merge_lora folds Linear, Embedding and groups=1 Conv layers' pairs into their weights, as peft
+    merges them)."""
+    from peft.tuners.lora import LoraLayer
+
+    from ..models.patching import GlyphPatchEmbed
+
+    for name, m in model.named_modules():
+        if not isinstance(m, LoraLayer):
+            continue
+        key = f"model.lora.target_modules: {name.removeprefix('base_model.model.')}"
+        parent = model.get_submodule(name.rpartition(".")[0])
+        if isinstance(parent, GlyphPatchEmbed) or type(parent).__name__.endswith("VisionEmbeddings"):
+            off = " (model.kernels=off runs it as a conv, which the adapter joins)" \
+                if isinstance(parent, GlyphPatchEmbed) else ""
+            raise TrainConfigError(f"{key}: {type(parent).__name__} reads its weight directly, so an adapter on it "
+                                   f"would never train{off}; train that part fully instead (model.freeze_vision=false)")
+        base = m.get_base_layer()
+        conv = isinstance(base, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))
+        if not (type(base) in (torch.nn.Linear, torch.nn.Embedding) or (conv and base.groups == 1)) \
+                or getattr(m, "fan_in_fan_out", False):
+            raise TrainConfigError(f"{key} is a {type(base).__name__}{f' with groups={base.groups}' if conv else ''}, "
+                                   "whose adapter the export cannot merge; target Linear, Embedding or Conv "
+                                   "(groups=1) modules only")
 
 
 @contextlib.contextmanager

@@ -31,7 +31,8 @@ from .tasks import TASKS
 
 # ----------------------------------------------------------------- distribution
 def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); initialises the process group when launched by torchrun with > 1 rank."""
+    """(rank, world size, device); initialises the process group when launched by torchrun with > 1 rank, or with
+    one and fsdp=on (a 1-rank mesh)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -48,7 +49,8 @@ def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
                              "each rank takes the GPU of its LOCAL_RANK")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
+    torchrun = "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ
+    if (world > 1 or (cfg.fsdp == "on" and torchrun)) and not dist.is_initialized():
         if device.type == "cuda":
             dist.init_process_group("nccl", device_id=device)
         else:
@@ -72,12 +74,17 @@ def per_rank(cfg: TrainConfig, world: int) -> int:
 def use_fsdp(cfg: TrainConfig, world: int) -> bool:
     if cfg.fsdp == "off" and world > 1:
         raise ValueError(f"fsdp: 'off' with {world} ranks; multi-rank training shards with FSDP2 (fsdp=auto)")
+    if cfg.fsdp == "on" and not (dist.is_available() and dist.is_initialized()):
+        raise TrainConfigError("fsdp: 'on' shards over a process group, and this single process has none; launch "
+                               "with torchrun (torchrun --nproc-per-node N -m glyph_rt.train ...), or use fsdp=auto "
+                               "(no sharding on one process)")
     return cfg.fsdp == "on" or (cfg.fsdp == "auto" and world > 1)
 
 
 # ----------------------------------------------------------------- optimisation
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to optim.lr, then cosine decay to optim.min_lr at the last step (or constant)."""
+    """Linear warm-up to optim.lr, then cosine decay toward optim.min_lr (or constant). As in HF's schedules, the
+    factor reaches min_lr at step `steps`, the one after the last: the last step trains just above it."""
     o = cfg.optim
     if o.warmup_steps and step < o.warmup_steps:
         return (step + 1) / o.warmup_steps
@@ -190,10 +197,22 @@ class Trainer:
             return False
         self.step, extra = self.ckpt.load(path, self.model, self.optimizer)
         self.scheduler.load_state_dict(extra["scheduler"])
+        self.apply_optim_config()
         if data is not None and extra.get("data") is not None and hasattr(data, "load_state_dict"):
             data.load_state_dict(extra["data"])
         self.log.truncate(self.step)
         return True
+
+    def apply_optim_config(self) -> None:
+        """The config's optimizer settings over those a checkpoint restored: its Adam moments and step count stay,
+        while lr, min_lr, the schedule, weight decay, betas and eps are the run's (config.yaml), as HF's Trainer
+        takes them from its arguments on resume; the schedule goes on from the checkpoint's step."""
+        o = self.cfg.optim
+        factor = lr_factor(self.scheduler.last_epoch, self.cfg)
+        for group, decay in zip(self.optimizer.param_groups, (o.weight_decay, 0.0)):  # build_optimizer's groups
+            group.update(lr=o.lr * factor, initial_lr=o.lr, weight_decay=decay, betas=tuple(o.betas), eps=o.eps)
+        self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def save(self, data=None) -> Path:
         extra = {"scheduler": self.scheduler.state_dict(),
@@ -226,7 +245,7 @@ class Trainer:
             counts.append(batch_counts(b, self.image_token_id))
             del b, s
         (total,) = _all_reduce([float(local_tokens)], self.device)
-        total = max(total, 1.0)
+        total = total if total > 0 else 1.0  # summed label weights (data.loss_weights) may be below 1
         # FSDP averages gradients over ranks: scaled so that the result is the global token mean
         scale = self.world / total
         for p in self.model.parameters():
@@ -284,7 +303,7 @@ class Trainer:
         finally:
             self.model.train()
         s, n = _all_reduce([s, float(sum(label_tokens(b) for b in self._eval_batches))], self.device)
-        return s / max(n, 1.0)
+        return s / (n if n > 0 else 1.0)
 
     # -------------------------------------------------------------- loop
     def collect(self, it, steps: int):
