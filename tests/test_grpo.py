@@ -21,7 +21,8 @@ def test_loss_by_hand_clips_both_sides():
     # row 0 (A=+1): 1.5 clipped to 1.28, 0.9 kept, third token masked; row 1 (A=-1): 0.5 clipped to 0.8,
     # 1.2 kept, 2.0 kept (a negative advantage is never clipped above)
     want = -1.28 - 0.9 + 0.8 + 1.2 + 2.0
-    assert float(s) == pytest.approx(want, abs=1e-6) and float(s) / 5 == pytest.approx(0.364, abs=1e-6)
+    v = s.item()
+    assert v == pytest.approx(want, abs=1e-6) and v / 5 == pytest.approx(0.364, abs=1e-6)
     assert st["clipped_high"] == 1 and st["clipped_low"] == 1
     s.backward()
     g = logp.grad

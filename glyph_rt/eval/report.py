@@ -265,7 +265,8 @@ def plot(rows: list[dict], out_dir, suite: str = "") -> list[Path]:
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{suite} accuracy vs context length".strip())
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing labelled when no run has a score to draw
+        ax.legend(fontsize=8)
     fig.tight_layout()
     written.append(save_figure(fig, out / "accuracy_vs_length.png", dpi=120))
 
@@ -290,7 +291,8 @@ def plot(rows: list[dict], out_dir, suite: str = "") -> list[Path]:
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{suite} accuracy vs compression".strip())
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing labelled when no run has a score to draw
+        ax.legend(fontsize=8)
     fig.tight_layout()
     written.append(save_figure(fig, out / "accuracy_vs_compression.png", dpi=120))
     return written
