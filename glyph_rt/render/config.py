@@ -40,7 +40,6 @@ MAX_GLYPH_BYTES = 16 << 20  # atlas bytes of one glyph (all sub-pixel phases)
 INT32_MAX = (1 << 31) - 1
 BOOL_FIELDS = ("auto_cjk_fallback", "auto_crop_width", "auto_crop_last_page")
 REPORTLAB_FRAME_PADDING = 6.0
-MAX_ASPECT = 200  # GLM-4.1V's and Qwen2.5-VL's image processors refuse an image past 200:1
 
 _HEX = re.compile(r"^(?:#|0x)?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
 _NAMED = {"white": "#FFFFFF", "black": "#000000", "red": "#FF0000", "green": "#008000",
@@ -306,52 +305,18 @@ class RenderConfig:
             _check_font_file(p, "fallback_fonts")
         return self
 
-    def extreme_page_sizes(self) -> dict[str, tuple[int, int]]:
-        """The narrowest and the flattest (width, height) px a page of this config can have, whatever the text.
-
-        "page": the full page (rounded up to the snap multiple), or "narrow": a page auto_crop_width crops to
-        one pixel of ink at the text's left edge, and "flat": the last page auto_crop_last_page crops to one
-        pixel of ink at the text's top (each only when that crop is on), rounded as snapping rounds."""
-        s = self.dpi / 72
-        W, H = self.page_pixels
-        m = self.snap
-
-        def full(size):
-            return math.ceil(size / m) * m if m else size
-
-        def least(size, limit):  # a cropped size after snapping: the nearest multiple, at least one
-            return min(max(m, round(size / m) * m), full(limit)) if m else max(1, size)
-
-        out = {"page": (full(W), full(H))}
-        if self.auto_crop_width:
-            left = (self.margin_x + self.frame_padding + self.left_indent + min(self.first_line_indent, 0)) * s
-            out["narrow"] = (least(min(W, int(left * self.horizontal_scale) + 1 + int(self.margin_x)), W), full(H))
-        if self.auto_crop_last_page:
-            top = (self.margin_y + self.frame_padding) * s
-            out["flat"] = (full(W), least(min(H, int(top) + int(self.margin_y)), H))
-        return out
-
     def _check_aspect(self) -> None:
-        """Refuses pages the vision models' resize rules refuse (over 200:1), before any page is drawn."""
-        from .tokens import VISION_MODELS
+        """Refuses a canvas past the 200:1 the vision models' image processors accept, before any page is drawn
+        (a crop never passes it: raster.final_sizes widens such a page)."""
+        from .raster import canvas_size
+        from .tokens import MAX_ASPECT
 
-        what = {
-            "page": ("page_size/dpi/horizontal_scale", "a full page is", "choose a page_size closer to square"),
-            "narrow": ("page_size/auto_crop_width", "a page auto_crop_width crops to a short line can be",
-                       "set auto_crop_width to false, or choose a page_size closer to square"),
-            "flat": ("page_size/auto_crop_last_page", "a last page auto_crop_last_page crops to one line can be",
-                     "set auto_crop_last_page to false, or choose a page_size closer to square"),
-        }
-        for kind, (w, h) in self.extreme_page_sizes().items():
-            for model in VISION_MODELS.values():
-                try:
-                    model.tokens(h, w)
-                except ValueError:
-                    fields_, case, fix = what[kind]
-                    raise ConfigError(
-                        f"{fields_}: {case} {w}x{h} px (aspect ratio {max(w, h) / min(w, h):.0f}), over the "
-                        f"{MAX_ASPECT}:1 that GLM-4.1V's and Qwen2.5-VL's image processors accept; {fix}"
-                    ) from None
+        w, h = canvas_size(self)
+        if max(w, h) > MAX_ASPECT * min(w, h):
+            raise ConfigError(
+                f"page_size/dpi/horizontal_scale: a page is {w}x{h} px (aspect ratio {max(w, h) / min(w, h):.0f}), "
+                f"over the {MAX_ASPECT}:1 that GLM-4.1V's and Qwen2.5-VL's image processors accept; choose a "
+                "page_size closer to square")
 
     # ----------------------------------------------------------------- presets
     @classmethod

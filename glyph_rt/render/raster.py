@@ -11,6 +11,7 @@ import numpy as np
 from .atlas import FontAtlas
 from .config import NewlineMarkup, RenderConfig, parse_color
 from .layout import Layout
+from .tokens import MAX_ASPECT
 
 
 INK_TOL = 5  # Glyph's auto-crop tolerance, in grey levels
@@ -169,7 +170,8 @@ def snap_size(size: int, ink: int, multiple: int, limit: int) -> int:
 
 def final_sizes(config: RenderConfig, right: np.ndarray, bottom: np.ndarray, page0: int, num_pages: int,
                 canvas: tuple[int, int]) -> list[tuple[int, int]]:
-    """(width, height) of each page after Glyph's auto-crop (margins in px, as Glyph) and snapping."""
+    """(width, height) of each page after Glyph's auto-crop (margins in px, as Glyph) and snapping; a crop never
+    leaves a page past MAX_ASPECT:1 (validate() keeps the canvas within it)."""
     W, H = config.page_pixels
     out = []
     for i in range(len(right)):
@@ -181,5 +183,11 @@ def final_sizes(config: RenderConfig, right: np.ndarray, bottom: np.ndarray, pag
             h = min(H, b - 1 + int(config.margin_y))
         w = snap_size(w, r, config.snap, canvas[0])
         h = snap_size(h, b, config.snap, canvas[1])
+        # a crop to a short line (or one line) keeps the page within the models' aspect limit: widened (taller)
+        # with the page's background, where Glyph's page would be refused by the image processor
+        if h > MAX_ASPECT * w:
+            w = snap_size(-(-h // MAX_ASPECT), -(-h // MAX_ASPECT), config.snap, canvas[0])
+        elif w > MAX_ASPECT * h:
+            h = snap_size(-(-w // MAX_ASPECT), -(-w // MAX_ASPECT), config.snap, canvas[1])
         out.append((w, h))
     return out

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+MAX_ASPECT = 200  # GLM-4.1V's and Qwen2.5-VL's image processors refuse an image past 200:1
 # each model's resize limits (min_pixels, max_pixels): its Hugging Face image processor's defaults
 PIXEL_LIMITS = {"glm4v": (112 * 112, 28 * 28 * 15000), "qwen2_5_vl": (56 * 56, 12845056)}
 
@@ -20,8 +21,9 @@ def smart_resize_glm4v(height: int, width: int, num_frames: int = 2, temporal_fa
     if height < factor or width < factor:
         scale = max(factor / height, factor / width)
         height, width = int(height * scale), int(width * scale)
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"page aspect ratio {max(height, width) / min(height, width):.0f} is over GLM-4.1V's 200")
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise ValueError(f"page aspect ratio {max(height, width) / min(height, width):.0f} is over GLM-4.1V's "
+                         f"{MAX_ASPECT}")
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     t_bar = round(num_frames / temporal_factor) * temporal_factor
@@ -39,8 +41,9 @@ def smart_resize_glm4v(height: int, width: int, num_frames: int = 2, temporal_fa
 def smart_resize_qwen2_5_vl(height: int, width: int, factor: int = 28, min_pixels: int = PIXEL_LIMITS["qwen2_5_vl"][0],
                             max_pixels: int = PIXEL_LIMITS["qwen2_5_vl"][1]) -> tuple[int, int]:
     """Qwen2.5-VL's resize rule (its checkpoints' preprocessor config: 3136..12845056 pixels)."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"page aspect ratio {max(height, width) / min(height, width):.0f} is over Qwen2.5-VL's 200")
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise ValueError(f"page aspect ratio {max(height, width) / min(height, width):.0f} is over Qwen2.5-VL's "
+                         f"{MAX_ASPECT}")
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
