@@ -86,11 +86,12 @@ def _check_input(path: str | None, flag: str = "input") -> None:
         if sys.stdin is None or sys.stdin.closed:
             raise UsageError(f"{flag}: standard input is closed; pipe text in or give a file")
         return
-    p = Path(path)  # a file, or anything else that reads like one: a pipe, /dev/stdin, <(command)
-    if p.is_dir():
-        raise UsageError(f"{flag}: {path!r} is a directory; give a text file, or '-' for standard input")
-    if not p.exists():
-        raise UsageError(f"{flag}: {path!r} does not exist")
+    from .render.textio import check_input
+
+    try:  # a file, a pipe, /dev/stdin, <(command); not a device such as /dev/zero
+        check_input(path, flag)
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_out_dir(path: str) -> Path:
@@ -153,24 +154,28 @@ def _text(args) -> tuple[str, int, str]:
     return text, replaced, "stdin" if args.input == "-" else args.input
 
 
-CPU_BACKENDS, DEVICE_BACKENDS = ("auto", "cpu", "reference"), ("auto", "cuda", "triton", "cpu")
-
-
 def _check_backend(args) -> None:
-    """--backend against --device, before any work (a GPU device also checks that it and the backend exist)."""
+    """--backend against --device, before any work (a GPU device also checks that it and the backend exist).
+    The lists are render.pages' and render.gpu's; the latter imports torch, so only a GPU device or a refusal
+    loads it."""
+    from .render.pages import BACKENDS
+
+    cpu_backends = ("auto", *BACKENDS)
     if args.device == "cpu":
-        if args.backend in ("cuda", "triton"):
+        if args.backend in cpu_backends:
+            return
+        from .render.gpu import DEVICE_BACKENDS
+
+        if args.backend in DEVICE_BACKENDS:
             raise UsageError(f"--backend {args.backend} draws on a GPU: add --device cuda, or with --device cpu "
-                             f"choose {', '.join(CPU_BACKENDS)}")
-        if args.backend not in CPU_BACKENDS:
-            raise UsageError(f"--backend {args.backend!r} is not a backend: with --device cpu choose "
-                             f"{', '.join(CPU_BACKENDS)}; with --device cuda {', '.join(DEVICE_BACKENDS)}")
-        return
+                             f"choose {', '.join(cpu_backends)}")
+        raise UsageError(f"--backend {args.backend!r} is not a backend: with --device cpu choose "
+                         f"{', '.join(cpu_backends)}; with --device cuda {', '.join(DEVICE_BACKENDS)}")
+    from .render.gpu import DEVICE_BACKENDS, resolve_device_backend
+
     if args.backend not in DEVICE_BACKENDS:
         raise UsageError(f"--backend {args.backend!r} is not a backend: with --device {args.device} choose "
-                         f"{', '.join(DEVICE_BACKENDS)}; with --device cpu {', '.join(CPU_BACKENDS)}")
-    from .render.gpu import resolve_device_backend
-
+                         f"{', '.join(DEVICE_BACKENDS)}; with --device cpu {', '.join(cpu_backends)}")
     resolve_device_backend(args.device, args.backend)  # an unavailable device or backend says why
 
 
@@ -265,7 +270,7 @@ TIME_PARTS = (("startup", "start-up"), ("setup", "setup"), ("layout", "layout"),
 
 
 def cmd_stats(args) -> int:
-    from .render.tokens import visual_tokens
+    from .render.pages import page_visual_tokens
 
     _check_input(args.input)
     _check_backend(args)
@@ -275,7 +280,10 @@ def cmd_stats(args) -> int:
     for _, _, chunk_sizes in doc.iter_chunks(device=args.device, backend=args.backend, buffers=1):
         sizes.extend(chunk_sizes)
     text_tokens = tokenizer.count(doc.held_text)  # as render's summary: the text the pages hold
-    visual = sum(visual_tokens(sizes, args.model))
+    per_page, why = page_visual_tokens(sizes, args.model)  # a page the model refuses: render's summary has null
+    if why:
+        print(f"{args.model} refuses {why}", file=sys.stderr)
+    visual = None if why else sum(per_page)
     _print(f"{text_tokens / visual:.3f}" if visual and text_tokens else "n/a")  # render's summary: null
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -56,6 +57,20 @@ def cut_torn_tail(path: str | os.PathLike) -> bytes:
             f.truncate(keep)
         data = data[:keep]
     return data
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_text(obj, indent: int | None = None) -> str:
+    """JSON with UTF-8 text as is; a lone surrogate (a legal JSON escape a server or a data file may hold, not
+    encodable as UTF-8) is written as its \\u escape, so the text encodes and reads back unchanged."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(obj, ensure_ascii=False, indent=indent))
+
+
+def json_line(obj) -> str:
+    """One JSONL line (json_text and a newline)."""
+    return json_text(obj) + "\n"
 
 
 def text_lines(text: str) -> list[str]:

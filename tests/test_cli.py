@@ -284,6 +284,32 @@ def test_pipes_and_dev_stdin_are_inputs(tmp_path):
     assert r.returncode == 0 and "/dev/stdin: 11 characters -> 1 page" in r.stdout, r.stderr
 
 
+def test_devices_are_refused_as_inputs(tmp_path, capsys):
+    """/dev/zero would be read forever: a device is refused by name, before any work."""
+    from glyph_rt.render.textio import read_text
+
+    for argv in (["render", "/dev/zero", "--out", str(tmp_path / "o")], ["stats", "/dev/zero"],
+                 ["generate", "--model", str(tmp_path), "--context", "/dev/zero", "--question", "q"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "'/dev/zero' is a character device, not a text file" in err and "Traceback" not in err, err
+    with pytest.raises(ValueError, match="'/dev/zero' is a character device"):
+        read_text("/dev/zero")
+    assert not (tmp_path / "o").exists()
+
+
+def test_stats_prints_na_where_the_model_refuses_a_page(monkeypatch, capsys):
+    """As render's summary (visual_tokens null): a page past the model's aspect limit gives n/a, not an error."""
+    from glyph_rt.render import pages
+
+    def refuse(sizes, model):
+        raise ValueError(f"page aspect ratio 207 is over {model}'s 200")
+    monkeypatch.setattr(pages, "visual_tokens", refuse)
+    assert main(["stats", "--model", "qwen2_5_vl"]) == 0  # the built-in sample
+    out, err = capsys.readouterr()
+    assert out.strip() == "n/a" and "qwen2_5_vl refuses page 1" in err, (out, err)
+
+
 def test_invalid_utf8_offset_counts_the_bom(tmp_path, capsys):
     f = tmp_path / "bom.txt"
     f.write_bytes(b"\xef\xbb\xbfabc\xffdef")

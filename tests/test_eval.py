@@ -348,3 +348,17 @@ def test_ruler_items_resumed_with_another_tokenizer_are_refused(ckpt, tmp_path):
     run_suite("ruler", [], **opts)  # the same run resumes
     with pytest.raises(ValueError, match=r"holds the items of another run \(tokenizer: None then '.*'\)"):
         run_suite("ruler", [], tokenizer=ckpt, **opts)
+
+
+def test_ruler_items_resume_with_the_default_lengths_given_or_not(tmp_path):
+    """No lengths means RULER's 4k: a run started without them resumes with 4k given, and the other way round."""
+    from glyph_rt.eval.suite import run_suite
+
+    opts = dict(tasks=["vt"], limit=1, progress=False)
+    run_suite("ruler", [], out=tmp_path / "a", **opts)  # stores lengths: null, as older runs did
+    run_suite("ruler", [], out=tmp_path / "a", lengths=["4k"], **opts)
+    run_suite("ruler", [], out=tmp_path / "a", lengths=[4096], **opts)  # the CLI's parsed form
+    with pytest.raises(ValueError, match=r"holds the items of another run \(lengths: None then \['8k'\]\)"):
+        run_suite("ruler", [], out=tmp_path / "a", lengths=["8k"], **opts)
+    run_suite("ruler", [], out=tmp_path / "b", lengths=["4k"], **opts)
+    run_suite("ruler", [], out=tmp_path / "b", **opts)

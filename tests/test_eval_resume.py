@@ -1,6 +1,7 @@
 """What a long evaluation or search must not get wrong: rows whose text holds line separators, resumes that
 mix settings, answers in flight when a run stops, a busy engine, a target that is down, a critic that thinks
 out loud."""
+import dataclasses
 import json
 import time
 
@@ -81,7 +82,7 @@ def test_a_quick_run_neither_hides_nor_reruns_the_full_rows(tmp_path):
 
 def test_items_with_the_same_ids_and_other_contents_are_asked_again(tmp_path):
     """RULER's ids do not hold the seed: the rows of another seed's items are not reused; rows of an older file
-    (no item hash) are asked again too."""
+    (no item hash) are reused when their answers and metric are the item's."""
     from glyph_rt.eval.benchmarks import ruler
 
     class Oracle(Echo):
@@ -100,7 +101,16 @@ def test_items_with_the_same_ids_and_other_contents_are_asked_again(tmp_path):
     old.write_text("".join(json.dumps({k: v for k, v in x.items() if k != "item_hash"}) + "\n" for x in r.rows))
     t = Oracle()
     assert evaluate(None, b, t, out=old, progress=False, tokenizer=None, as_text=True).accuracy == 100.0
-    assert t.asked == [it.id for it in b] and len(read_rows(old)) == 2
+    assert t.asked == [] and len(read_rows(old)) == 2  # the same answers and metric: reused
+    t = Oracle()  # the other seed's items: other answers, asked again
+    assert evaluate(None, a, t, out=old, progress=False, tokenizer=None, as_text=True).accuracy == 100.0
+    assert t.asked == [it.id for it in a]
+    other = tmp_path / "other.jsonl"  # the same old rows, items scored by another metric: asked again
+    other.write_text("".join(json.dumps({k: v for k, v in x.items() if k != "item_hash"}) + "\n" for x in r.rows))
+    t = Oracle()
+    evaluate(None, [dataclasses.replace(it, metric="string_match_part") for it in b], t, out=other, progress=False,
+             tokenizer=None, as_text=True)
+    assert t.asked == [it.id for it in b]
 
 
 def test_a_metric_failure_is_an_error_row_that_keeps_the_answer(tmp_path):

@@ -62,6 +62,25 @@ def test_a_lone_surrogate_still_gives_a_full_summary(tmp_path):
     assert json.loads(summary_json({"a": "\udc80"})) == {"a": "\udc80"}
 
 
+def test_summary_results_and_batch_lines_share_one_surrogate_safe_writer(tmp_path):
+    """fileio.json_text: other text stays UTF-8 as is, only a lone surrogate is escaped; summary.json, eval's
+    items and rows, and batch result lines all read back the same strings."""
+    from glyph_rt.eval import Item, load_items, save_items
+    from glyph_rt.fileio import json_line
+    from glyph_rt.serve.batch import _line
+
+    value = {"a": "\udc80 caf\u00e9 \u2028 \U0001f600"}
+    data = summary_json(value)
+    assert "caf\u00e9".encode() in data and b"\\udc80" in data and json.loads(data) == value
+    assert data.decode("utf-8").startswith("{\n  ")  # indented, as before
+    assert json.loads(json_line(value)) == value and json_line(value).count("\n") == 1
+    rec = json.loads(_line("id-\ud800", 200, value).decode("utf-8"))
+    assert rec["custom_id"] == "id-\ud800" and rec["response"]["body"] == value
+    it = Item(id="q\ud800", context="c\udc80", question="q", answers=["\u00e9"])
+    save_items([it], tmp_path / "items.jsonl")
+    assert load_items(tmp_path / "items.jsonl") == [it]
+
+
 def test_write_atomic_leaves_the_old_file_on_failure(tmp_path):
     p = tmp_path / "f.bin"
     write_atomic(p, b"old")

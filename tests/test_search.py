@@ -448,6 +448,26 @@ def test_styles_file_is_known_by_its_content(tmp_path, monkeypatch):
         run_search(load_settings(None, [*args, f"styles={styles}"]), Counting(), tmp_path / "out", report=False)
 
 
+def test_styles_path_of_an_older_history_resumes(tmp_path, monkeypatch):
+    """A history written before the content hash holds settings.styles as a path: the same file resumes it."""
+    styles = _small_pages(tmp_path)
+    other = tmp_path / "other.yaml"
+    other.write_text(styles.read_text())
+    monkeypatch.chdir(tmp_path)
+    args = ["population=2", "offspring=2", "generations=1"]
+    run_search(load_settings(None, [*args, "styles=styles.yaml"]), Counting(), tmp_path / "out", report=False)
+    path = tmp_path / "out" / "history.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert lines[0]["type"] == "header"
+    lines[0]["settings"]["styles"] = "styles.yaml"  # as older versions wrote it
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(SearchError, match="styles: 'styles.yaml' -> .*other.yaml"):  # another file: refused
+        run_search(load_settings(None, [*args, f"styles={other}"]), Counting(), tmp_path / "out", report=False)
+    r = run_search(load_settings(None, [*args, "generations=2", f"styles={styles}"]), Counting(), tmp_path / "out",
+                   report=False)
+    assert r.generations == 2
+
+
 def test_presets_are_evaluated_as_they_are(tmp_path, space):
     names = ["glyph", "code_style", "artistic_pixel"]  # snap 0, wrap word, 1 sub-pixel phase: no genes of theirs
     obj = Counting()

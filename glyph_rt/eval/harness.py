@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fileio import cut_torn_tail
+from ..fileio import cut_torn_tail, json_line
 from ..render.config import RenderConfig
 from .extract import AnswerExtractor
-from .item import Item, json_line
+from .item import Item
 from .metrics import check_packages, score
 from .targets import Target, make_target
 
@@ -180,9 +180,15 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
     if path is not None:
         cut_torn_tail(path)
         rows = all_rows(path)
-        for r in rows:  # rows without an item hash (older files) match nothing: asked again
+
+        def same_item(r: dict, it: Item) -> bool:  # a row of an older file (no item hash): by answers and metric
+            if "item_hash" in r:
+                return r["item_hash"] == hashes[it.id]
+            return r.get("metric") == it.metric and r.get("answers") == json.loads(json.dumps(it.answers, default=str))
+
+        for r in rows:
             it = by_id.get(r.get("id"))
-            if (it is not None and r.get("item_hash") == hashes[it.id] and r.get("target_id") == target.key
+            if (it is not None and same_item(r, it) and r.get("target_id") == target.key
                     and r.get("mode") == mode
                     and r.get("config_key") == ckey and r.get("max_new_tokens") == budget(it)
                     and r.get("repetition_penalty") == target.repetition_penalty

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..fileio import text_lines
+from ..fileio import json_line, text_lines
 
 
 @dataclass
@@ -83,15 +82,6 @@ class Item:
         if extra:
             raise ValueError(f"item {d.get('id')!r}: unknown fields {sorted(extra)}")
         return cls(**d)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def json_line(obj) -> str:
-    """One JSON line, UTF-8 text as is; a lone surrogate (a legal JSON escape a server or a data file may hold)
-    is written as its \\u escape, so the line encodes and reads back unchanged."""
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(obj, ensure_ascii=False)) + "\n"
 
 
 def save_items(items: list[Item], path) -> None:

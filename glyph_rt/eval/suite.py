@@ -21,6 +21,7 @@ from .harness import RESULTS_FILE, evaluate, read_rows
 from .item import Item, load_items, save_items
 
 SUITES = ("ruler", "longbench", "mrcr", "mmlongbench-doc", "glyph")
+DEFAULT_LENGTHS = ("4k",)  # RULER's, when no lengths are given
 
 
 def build_items(suite: str, *, data=None, lengths=None, limit: int | None = None, seed: int = 0,
@@ -38,7 +39,7 @@ def build_items(suite: str, *, data=None, lengths=None, limit: int | None = None
     if suite not in SUITES:
         raise ValueError(f"suite {suite!r} is unknown; choose from {', '.join(SUITES)}")
     if suite == "ruler":
-        return ruler.generate(tasks, lengths or ("4k",), n=limit or 10, seed=seed, uuid=uuid, squad=squad,
+        return ruler.generate(tasks, lengths or DEFAULT_LENGTHS, n=limit or 10, seed=seed, uuid=uuid, squad=squad,
                               hotpotqa=hotpotqa, tokenizer=tokenizer)
     if data is None:
         raise ValueError(f"suite {suite} reads its data from local files: give --data PATH")
@@ -60,9 +61,19 @@ def _given(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if v is not None and v is not False}
 
 
+def _effective(suite: str, key: str, value):
+    """An option as the items were built with it: RULER's lengths in tokens, unset = the default 4k."""
+    if suite == "ruler" and key == "lengths":
+        from .benchmarks import ruler
+
+        return [ruler.parse_length(x) for x in (value or DEFAULT_LENGTHS)]
+    return value
+
+
 def _clashes(old: dict, new: dict) -> list[str]:
     """The options given now that differ from the stored run's; one left unset takes the stored run's."""
-    return [k for k, v in _given(new).items() if old.get(k) != v]
+    suite = new.get("suite")
+    return [k for k, v in _given(new).items() if _effective(suite, k, old.get(k)) != _effective(suite, k, v)]
 
 
 def configs_for(config: RenderConfig | None, dpis=None) -> list[RenderConfig]:

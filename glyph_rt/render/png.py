@@ -8,12 +8,13 @@ sees a truncated page, whatever interrupts the writer.
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 from pathlib import Path
 
 import numpy as np
+
+from ..fileio import json_text
 
 try:
     from isal import isal_zlib as _zlib
@@ -79,7 +80,4 @@ def write_png(path: str | os.PathLike, image: np.ndarray, grey: bool = False, le
 
 def summary_json(summary: dict) -> bytes:
     """summary.json's bytes: UTF-8 JSON; text that cannot be UTF-8 (a lone surrogate) is escaped."""
-    try:
-        return (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    except UnicodeEncodeError:
-        return (json.dumps(summary, indent=2, ensure_ascii=True) + "\n").encode("ascii")
+    return (json_text(summary, indent=2) + "\n").encode("utf-8")

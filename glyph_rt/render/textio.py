@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import codecs
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -43,7 +45,25 @@ def read_text(path: str, errors: str = "strict") -> tuple[str, int]:
     """Reads a file ('-' = standard input) as UTF-8; returns (text, replaced count)."""
     if path == "-":
         return decode_text(sys.stdin.buffer.read(), "stdin", errors)
-    p = Path(path)  # a file, or anything else that reads like one: a pipe, /dev/stdin, <(command)
-    if not p.exists():
-        raise FileNotFoundError(f"input: {path!r} does not exist")
-    return decode_text(p.read_bytes(), path, errors)
+    check_input(path)
+    return decode_text(Path(path).read_bytes(), path, errors)
+
+
+STDIN_PATHS = ("/dev/stdin", "/dev/fd/", "/proc/self/fd/")  # standard input or process substitution, <(command)
+
+
+def check_input(path: str, flag: str = "input") -> None:
+    """A path that reads as text to its end: a regular file, a pipe, /dev/stdin or /dev/fd/N (whatever they are
+    open on). Raises FileNotFoundError, IsADirectoryError, or ValueError for a device (/dev/zero never ends) or a
+    socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{flag}: {path!r} does not exist") from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{flag}: {path!r} is a directory; give a text file, or '-' for standard input")
+    if stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or path == STDIN_PATHS[0] or path.startswith(STDIN_PATHS[1:]):
+        return
+    kind = "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode) else \
+        "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+    raise ValueError(f"{flag}: {path!r} is {kind}, not a text file; give a file, a pipe, or '-' for standard input")

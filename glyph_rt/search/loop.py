@@ -235,6 +235,8 @@ class Search:
         def same(n, a, b):
             if n == "styles" and isinstance(a, dict) and isinstance(b, dict):
                 return a.get("sha256") == b.get("sha256")
+            if n == "styles" and isinstance(a, str) and isinstance(b, dict):  # a history from before the hash:
+                return str(Path(a).expanduser().resolve()) == b.get("path")  # its path, resolved as now
             return a == b
 
         def show(v):

@@ -17,7 +17,7 @@ import queue
 import uuid
 from pathlib import Path
 
-from ..fileio import cut_torn_tail, json_lines, text_lines, write_atomic
+from ..fileio import cut_torn_tail, json_line, json_lines, text_lines, write_atomic
 from .engine import QueueFull
 from .inputs import RequestError
 from .protocol import completion_id, error, response
@@ -85,10 +85,7 @@ def _line(custom_id: str, status: int, body: dict) -> bytes:
     rec = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
            "response": {"status_code": status, "request_id": uuid.uuid4().hex, "body": body},
            "error": None}
-    try:
-        return (json.dumps(rec, ensure_ascii=False) + "\n").encode()
-    except UnicodeEncodeError:  # a lone surrogate (valid in a JSON string, not in UTF-8): written as its \u escape,
-        return (json.dumps(rec) + "\n").encode()  # so the line reads back as the same string (and resumes)
+    return json_line(rec).encode()  # a lone surrogate as its \u escape: the line reads back the same (and resumes)
 
 
 def run_batch(service: ChatService, input_path, output_path, progress: bool = True,
