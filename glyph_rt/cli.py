@@ -155,27 +155,24 @@ def _text(args) -> tuple[str, int, str]:
 
 
 def _check_backend(args) -> None:
-    """--backend against --device, before any work (a GPU device also checks that it and the backend exist).
-    The lists are render.pages' and render.gpu's; the latter imports torch, so only a GPU device or a refusal
-    loads it."""
-    from .render.pages import BACKENDS
+    """--backend against --device, before any work (a GPU device also checks that it and the backend exist,
+    which imports torch)."""
+    from .render.pages import BACKENDS, DEVICE_BACKENDS
 
     cpu_backends = ("auto", *BACKENDS)
     if args.device == "cpu":
         if args.backend in cpu_backends:
             return
-        from .render.gpu import DEVICE_BACKENDS
-
         if args.backend in DEVICE_BACKENDS:
             raise UsageError(f"--backend {args.backend} draws on a GPU: add --device cuda, or with --device cpu "
                              f"choose {', '.join(cpu_backends)}")
         raise UsageError(f"--backend {args.backend!r} is not a backend: with --device cpu choose "
                          f"{', '.join(cpu_backends)}; with --device cuda {', '.join(DEVICE_BACKENDS)}")
-    from .render.gpu import DEVICE_BACKENDS, resolve_device_backend
-
     if args.backend not in DEVICE_BACKENDS:
         raise UsageError(f"--backend {args.backend!r} is not a backend: with --device {args.device} choose "
                          f"{', '.join(DEVICE_BACKENDS)}; with --device cpu {', '.join(cpu_backends)}")
+    from .render.gpu import resolve_device_backend
+
     resolve_device_backend(args.device, args.backend)  # an unavailable device or backend says why
 
 

@@ -24,11 +24,10 @@ from ..ops.pixel_values import PATCH, ROW, ROW_U8, ROW_U8_STRIDE, cat_rows, norm
 from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PATCHES, MODE_PIXELS, RasterBatch, \
     check_backend, raster_tiles, set_image_targets, set_page_targets
 from .config import RenderConfig
-from .pages import DEFAULT_MAX_BYTES, Document
+from .pages import DEFAULT_MAX_BYTES, DEVICE_BACKENDS, Document
 from .raster import final_sizes
 from .tokens import VisionModel, vision_model
 
-DEVICE_BACKENDS = ("auto", "cuda", "triton", "cpu")
 
 
 def resolve_device_backend(device, backend: str) -> tuple[torch.device, str]:

@@ -15,7 +15,8 @@ from .layout import layout_text
 from .raster import canvas_size, final_sizes, rasterize
 from .tokens import VISION_MODELS, get_tokenizer, visual_tokens
 
-BACKENDS = ("cpu", "reference")
+BACKENDS = ("cpu", "reference")  # the layout and CPU raster backends of Document
+DEVICE_BACKENDS = ("auto", "cuda", "triton", "cpu")  # the rasterizers of render_inputs / draw_pages (render.gpu)
 # Characters the layout draws nothing for (Python's str.isspace, the layout engine's whitespace).
 _WHITESPACE = np.asarray([c for c in range(0x3001) if chr(c).isspace()], np.uint32)
 DEFAULT_MAX_BYTES = 4 << 30
