@@ -135,3 +135,23 @@ def test_a_dead_replica_is_retried_elsewhere_and_passed_over(gm):
         assert down.sent == [4, 4] and down.in_flight == [0, 0]
     finally:
         svc.shutdown()
+
+
+def test_only_an_answer_clears_a_backoff():
+    """Failures inside a replica's backoff (requests sent before it, or tried when every replica is down) keep it;
+    one after it doubles it; an answer clears it."""
+    fwd = ForwardingBackend([dead_url(), dead_url()], model="m", backoff=1.0, max_backoff=4.0)
+    first, second = fwd._pick({1}), fwd._pick({1})  # two requests in flight on replica 0
+    assert first == second == 0
+    fwd._done(0, True)
+    fwd._done(0, True)  # the second failure came in while backed off
+    assert fwd._wait[0] == 1.0 and fwd._down_until[0] > time.monotonic()
+    assert fwd._pick(set()) == 1  # the dead one is still passed over
+    fwd._done(1, False)
+    fwd._down_until[0] = 0.0  # the window is over
+    fwd._pick({1})
+    fwd._done(0, True)
+    assert fwd._wait[0] == 2.0  # doubled
+    fwd._pick({1})
+    fwd._done(0, False)
+    assert fwd._wait[0] == 0.0 and fwd._down_until[0] == 0.0

@@ -101,11 +101,11 @@ class ForwardingBackend:
         with self._lock:
             self.in_flight[i] -= 1
             now = time.monotonic()
-            if failed and now >= self._down_until[i]:  # (requests sent before it failed do not double it)
+            if not failed:  # only an answer clears a backoff
+                self._wait[i], self._down_until[i] = 0.0, 0.0
+            elif now >= self._down_until[i]:  # a failure inside the window (a request sent before) keeps it
                 self._wait[i] = min(self.max_backoff, 2 * self._wait[i] or self.backoff)
                 self._down_until[i] = now + self._wait[i]
-            else:
-                self._wait[i], self._down_until[i] = 0.0, 0.0
 
     def _request(self, msgs: list[dict], sampling: dict) -> dict:
         if "stream" in sampling:

@@ -113,7 +113,9 @@ def check_lora_layers(model) -> None:
             off = " (model.kernels=off runs it as a conv, which the adapter joins)" \
                 if isinstance(parent, GlyphPatchEmbed) else ""
             raise TrainConfigError(f"{key}: {type(parent).__name__} reads its weight directly, so an adapter on it "
-                                   f"would never train{off}; train that part fully instead (model.freeze_vision=false)")
+                                   f"would never train{off}; train that part fully instead (model.freeze_vision=false), "
+                                   f"or name a module more exactly (peft matches suffixes: 'attn.proj' rather than "
+                                   f"'proj' for the vision attention's output)")
         base = m.get_base_layer()
         conv = isinstance(base, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))
         if not (type(base) in (torch.nn.Linear, torch.nn.Embedding) or (conv and base.groups == 1)) \
