@@ -127,6 +127,22 @@ def test_a_metric_failure_is_an_error_row_that_keeps_the_answer(tmp_path):
     assert evaluate(CFG, its, t, out=tmp_path, progress=False, tokenizer=None).errors == 1 and t.asked == []
 
 
+
+def test_a_row_whose_metric_failed_is_scored_again_on_resume_without_asking(tmp_path, monkeypatch):
+    """Once the metric works (a package installed, a metric fixed), a resume scores the saved prediction."""
+    from glyph_rt.eval import harness
+
+    real = harness.score
+    monkeypatch.setattr(harness, "score", lambda it, pred: 1 / 0 if it.id == "q0" else real(it, pred))
+    its = items(3)
+    assert evaluate(CFG, its, Echo(), out=tmp_path, progress=False, tokenizer=None).errors == 1
+    monkeypatch.setattr(harness, "score", real)
+    t = Echo()
+    r = evaluate(CFG, its, t, out=tmp_path, progress=False, tokenizer=None)
+    assert t.asked == [] and r.errors == 0 and [x["score"] for x in r.rows] == [1.0, 1.0, 1.0]
+    assert "error" not in read_rows(tmp_path / "results.jsonl")[0]  # the report's row is the scored one
+
+
 def test_a_missing_metric_package_stops_the_run_before_any_item(tmp_path, monkeypatch):
     import sys
 

@@ -57,6 +57,20 @@ def row_key(row: dict) -> tuple:
             row.get("repetition_penalty"))
 
 
+def _rescored(row: dict, it: Item) -> dict | None:
+    """A row whose metric failed, scored from its saved answer without asking again; None while it still fails."""
+    try:
+        s = score(it, (row.get("extracted") if row.get("extractor") else row.get("prediction")) or "")
+    except Exception:  # noqa: BLE001 - the row stays as it was
+        return None
+    new = {k: v for k, v in row.items() if k != "error"}
+    new["score"] = s
+    before = row["error"].rpartition("scoring failed:")[0].rstrip("; ")  # an extraction failure before it
+    if before:
+        new["error"] = before
+    return new
+
+
 @dataclass
 class EvalResult:
     rows: list[dict]  # one per item, in the order of the items
@@ -194,6 +208,9 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
                     and r.get("repetition_penalty") == target.repetition_penalty
                     and r.get("extractor") == getattr(extractor_of(it), "name", None)):
                 done[r["id"]] = r
+        for i, r in list(done.items()):  # a metric that failed before (a package installed since): scored again
+            if "scoring failed:" in (r.get("error") or ""):
+                done[i] = _rescored(r, by_id[i]) or r
         latest = {row_key(r): r for r in rows}
         reused = [r for r in done.values() if latest[row_key(r)] is not r]
     todo = [it for it in items if it.id not in done]
