@@ -30,6 +30,11 @@ def cfg_for(path, out, *over, stage="sft"):
                                      "plot=false", "model.gradient_checkpointing=false", "export=false", *over])
 
 
+def worker_env(**extra) -> dict:
+    """The environment of a training subprocess; a process that aborts prints every thread's Python stack."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **extra}
+
+
 PAGE = RenderConfig(page_size=(112, 112), margin_x=4, margin_y=4, font_size=20, line_height=24)
 
 
@@ -342,6 +347,34 @@ def test_resume_is_exact_and_logs(tiny, tmp_path):
         run(cfg_for(tiny, tmp_path / "b", "resume=false"))
 
 
+@pytest.mark.parametrize("launched", ["torchrun", "caller"])
+def test_run_destroys_only_the_process_group_it_initialised(tiny, tmp_path, monkeypatch, launched):
+    """Under torchrun, run() initialises the process group and destroys it after a barrier once training and export
+    are done, before the interpreter exits; a group its caller initialised is left to the caller."""
+    import socket
+
+    import torch.distributed as dist
+
+    from glyph_rt.train.trainer import run
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+                 "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    if launched == "caller":
+        dist.init_process_group("gloo")
+    try:
+        cfg = cfg_for(tiny, tmp_path, "fsdp=on", "steps=1", "export=true")
+        r = run(cfg, data=ListData(ocr_samples(load(cfg), WORDS)), progress=False)
+        assert r["step"] == 1 and (tmp_path / "export" / "model.safetensors").exists()
+        assert dist.is_initialized() == (launched == "caller")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_resume_takes_the_configs_optimizer_settings(tiny, tmp_path):
     """A run resumed with another optim.lr / min_lr / weight_decay / betas / eps trains with them (config.yaml's),
     not with the checkpoint's; its Adam moments and schedule position come from the checkpoint."""
@@ -540,14 +573,14 @@ def test_fsdp2_two_processes_match_one(tiny, tmp_path):
     from safetensors.torch import load_file
 
     worker = str(ROOT / "tests" / "train_fsdp_worker.py")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = worker_env()
     runs = {"one": [sys.executable, worker], "two": [sys.executable, "-m", "torch.distributed.run",
                                                      "--standalone", "--nproc-per-node", "2", worker]}
     out = {}
     for name, cmd in runs.items():
         r = subprocess.run([*cmd, "sft", tiny, str(tmp_path / name), "2"], capture_output=True, text=True, env=env,
                            timeout=240)
-        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.returncode == 0, r.stderr[-6000:]
         loss = float(next(x for x in r.stdout.splitlines() if x.startswith("LOSS")).split()[1])
         out[name] = (loss, load_file(tmp_path / name / "export" / "model.safetensors"))
     assert out["two"][0] == pytest.approx(out["one"][0], rel=1e-5)
@@ -561,11 +594,11 @@ def test_fsdp2_two_processes_match_one(tiny, tmp_path):
 @pytest.mark.slow  # an interpreter under torchrun: ~15-30 s
 def test_fsdp_on_under_torchrun_with_one_rank_shards_on_a_one_rank_group(tiny, tmp_path):
     worker = str(ROOT / "tests" / "train_fsdp_worker.py")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = worker_env()
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", worker,
                         "sft", tiny, str(tmp_path / "one"), "1", "fsdp=on"], capture_output=True, text=True, env=env,
                        timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stderr[-6000:]
     assert (tmp_path / "one" / "export" / "model.safetensors").exists()
 
 
@@ -593,10 +626,10 @@ def test_an_export_that_fails_on_rank_0_fails_on_every_rank(tmp_path):
     at a barrier until the process group's timeout."""
     script = tmp_path / "export_fails.py"
     script.write_text(EXPORT_FAILS_ON_RANK_0)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OUT": str(tmp_path)}
+    env = worker_env(OUT=str(tmp_path))
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         str(script)], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stderr[-6000:]
     assert "RANK 0 RAISED OSError: [Errno 28] No space left on device" in r.stdout
     assert "RANK 1 RAISED RuntimeError: rank 0 failed to export the checkpoint" in r.stdout
     assert "No space left on device" in r.stdout.split("RANK 1 RAISED", 1)[1]
@@ -661,14 +694,13 @@ def test_fsdp_bf16_compute(tiny, tmp_path):
     processes: SFT within bf16's rounding of the fp32 run, GRPO (two epochs: the pages' embeddings taken through the
     root's registered get_image_features) to a finite loss."""
     worker = str(ROOT / "tests" / "train_fsdp_worker.py")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker]
     loss = {}
     for name, stage, bf16, over in (("sft32", "sft", "0", []), ("sft16", "sft", "1", []),
                                     ("rl16", "rl", "1", ["grpo.epochs=2"])):
         r = subprocess.run([*two, stage, tiny, str(tmp_path / name), "1", "data.global_batch=2", *over],
-                           capture_output=True, text=True, env={**env, "BF16_COMPUTE": bf16}, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
+                           capture_output=True, text=True, env=worker_env(BF16_COMPUTE=bf16), timeout=300)
+        assert r.returncode == 0, r.stderr[-6000:]
         loss[name] = float(next(x for x in r.stdout.splitlines() if x.startswith("LOSS")).split()[1])
     assert loss["sft16"] == pytest.approx(loss["sft32"], rel=2e-2) and loss["sft16"] != loss["sft32"]
     assert math.isfinite(loss["rl16"])
@@ -683,7 +715,7 @@ def test_grpo_under_fsdp_keeps_ranks_in_step_and_resumes(tiny, tmp_path, frozen)
     from safetensors.torch import load_file
 
     worker = str(ROOT / "tests" / "train_fsdp_worker.py")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RECORD_STRIDE": "2", "UNIFORM_RANKS": "1"}
+    env = worker_env(RECORD_STRIDE="2", UNIFORM_RANKS="1")
     over = ["grpo.epochs=2", "grpo.mini_batches=2", "grpo.max_refills=0"]
     if frozen:
         over += ["model.freeze_vision=true", "model.freeze_projector=true", "grpo.kl_coef=0.1"]
@@ -694,7 +726,7 @@ def test_grpo_under_fsdp_keeps_ranks_in_step_and_resumes(tiny, tmp_path, frozen)
     for name, cmd, steps, batch in runs:
         r = subprocess.run([*cmd, "rl", tiny, str(tmp_path / name), steps, batch, *over], capture_output=True,
                            text=True, env=env, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.returncode == 0, r.stderr[-6000:]
         metrics = eval(next(x for x in r.stdout.splitlines() if x.startswith("METRICS"))[8:])  # noqa: S307
         assert metrics["step"] == int(steps) and metrics["updates"] == 4
         rows.append((tmp_path / name / "metrics.jsonl").read_text().splitlines())

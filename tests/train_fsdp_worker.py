@@ -10,8 +10,6 @@ $BF16_COMPUTE=1 shards with the bf16 mixed-precision policy that CUDA runs get (
 import os
 import sys
 
-import torch.distributed as dist
-
 from glyph_rt.render.config import RenderConfig
 from glyph_rt.train.config import load_config
 from glyph_rt.train.trainer import run
@@ -73,8 +71,6 @@ def main():
     if rank == 0:
         print(f"LOSS {r['loss']!r}")
         print(f"METRICS {r!r}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -377,14 +377,27 @@ def check_fresh_start(cfg: TrainConfig) -> None:
 
 
 def run(cfg: TrainConfig, data=None, progress: bool = True) -> dict:
-    """Runs a stage end to end: distribution, model, data, training (with resume), export."""
+    """Runs a stage end to end: distribution, model, data, training (with resume), export. A process group it
+    initialised is destroyed once every rank has finished (an interpreter that exits while gloo's threads still hold
+    the last collective's tensors can abort)."""
     from .data import loader_options
-    from .model import load_for_training, shard
 
     loader_options(cfg)  # a bad data.loader key fails before the model loads
     check_fresh_start(cfg)
     torch.manual_seed(cfg.seed)
+    owned = not dist.is_initialized()
     rank, world, device = setup_distributed(cfg)
+    owned = owned and dist.is_initialized()
+    result = _run(cfg, data, progress, rank, world, device)
+    if owned:  # not on an error: the other ranks may never reach the barrier
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def _run(cfg: TrainConfig, data, progress: bool, rank: int, world: int, device: torch.device) -> dict:
+    from .model import load_for_training, shard
+
     per_rank(cfg, world)  # before the model loads
     if rank == 0:  # the run's resolved config, every key: `--config out_dir/config.yaml` runs it again
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
