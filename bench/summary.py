@@ -59,6 +59,14 @@ class Target:
     get: Callable[[dict], "Figure | str | None"]
 
 
+def made_by(name: str, step: str) -> bool:
+    """Whether suite step `name` is `step`: "bench-data" is also "train-serve-bench-data", "bench-patch-embed" also
+    "bench-patch-embed-cuda", "bench-e2e" also "bench-e2e-full"; "bench-serve" is not "bench-serve-backbone"."""
+    for mode in ("full-", "train-serve-"):
+        name = name.removeprefix(mode)
+    return name == step or name in (f"{step}-triton", f"{step}-cuda", f"{step}-full")
+
+
 def _ms(x) -> str:
     return "-" if x is None else f"{x:.3f} ms"
 
@@ -322,7 +330,7 @@ def target_rows(results: dict, steps: dict, env: dict) -> list[list[str]]:
         if errors and not figs:
             rows.append([t.area, t.what, "-", f"{t.op} {_fmt(t.threshold)}", "-", "missing", "; ".join(errors)])
         if not figs and not errors:
-            step = [s for n, s in steps.items() if t.step in n]  # "bench-data" or "train-serve-bench-data"
+            step = [s for n, s in steps.items() if made_by(n, t.step)]
             why = "; ".join(f"{s['name']}: {s['status']}" + (f" ({s['note']})" if s.get("note") else "")
                             for s in step) or f"step {t.step} did not run"
             if t.get is None and results.get(t.bench) and not peak:

@@ -161,6 +161,21 @@ def test_summary_names_the_step_behind_a_missing_figure(tmp_path):
     assert decode[5] == "missing" and "e2e-cpu-quick.json was measured on the CPU" in decode[6]
 
 
+def test_a_missing_figure_names_its_own_step_only():
+    assert summary.made_by("bench-serve", "bench-serve") and summary.made_by("train-serve-bench-serve", "bench-serve")
+    assert not summary.made_by("bench-serve-backbone", "bench-serve")
+    assert summary.made_by("bench-patch-embed-cuda", "bench-patch-embed")
+    assert summary.made_by("bench-e2e-full", "bench-e2e") and not summary.made_by("bench-e2e", "bench-e2e-full")
+
+
+def test_patch_embed_summary_leaves_out_a_variant_that_failed():
+    from bench.bench_patch_embed import summarise
+
+    rows = [{"speedup_vs_conv3d": 6.0, "speedup_vs_linear_bf16": 1.3}, {"speedup_vs_conv3d": 5.5}]
+    assert summarise(rows) == {"speedup_vs_conv3d": 5.5, "speedup_vs_linear_bf16": 1.3,
+                               "note": "minimum over the sizes; speedup_* are of ours_uint8"}
+
+
 def test_summary_fails_a_serving_figure_whose_run_had_errors(tmp_path):
     sample_outdir(tmp_path)
     p = tmp_path / "serve-backbone-h100.json"
