@@ -34,6 +34,21 @@ def models(checkpoint):
             GlyphModel.from_pretrained(checkpoint, render_config=CFG, kernels="off", **EXACT))
 
 
+class Script:
+    """A logits processor forcing row b's i-th new token to rows[b][i] (its last one from then on)."""
+
+    def __init__(self, *rows):
+        self.rows, self.start = rows, None
+
+    def __call__(self, input_ids, scores):
+        self.start = input_ids.shape[1] if self.start is None else self.start
+        i = input_ids.shape[1] - self.start
+        forced = torch.full_like(scores, -float("inf"))
+        for b, row in enumerate(self.rows):
+            forced[b, row[min(i, len(row) - 1)]] = 0
+        return forced
+
+
 def hf_inputs(model: GlyphModel):
     """What the Hugging Face pipeline builds for the same pages: its image processor, the checkpoint's chat
     template, and Glm4vProcessor's own rule for expanding each image placeholder."""
@@ -107,6 +122,95 @@ def test_generate_takes_one_question_for_many_contexts_and_the_callers_processor
     with pytest.raises(ValueError, match="num_return_sequences=3"):
         on.generate(CONTEXTS, QUESTIONS, max_new_tokens=2,
                     generation_config=GenerationConfig(num_beams=3, num_return_sequences=3))
+
+
+def test_max_new_tokens_comes_from_the_keyword_then_the_generation_configs_then_128(models, monkeypatch):
+    from transformers import GenerationConfig
+
+    on, _ = models
+
+    def count(**kwargs):  # a forced token that is no stop: each answer is as long as its limit
+        return len(on.generate(CONTEXTS[0], QUESTIONS[0], logits_processor=[Script([12])], **kwargs)[0].token_ids)
+
+    assert count(generation_config=GenerationConfig(max_new_tokens=3)) == 3
+    assert count(generation_config=GenerationConfig(max_new_tokens=3), max_new_tokens=2) == 2
+    monkeypatch.setattr(on.model.generation_config, "max_new_tokens", 4)
+    assert count() == 4
+    assert count(generation_config=GenerationConfig(max_new_tokens=3)) == 3
+    with pytest.raises(ValueError, match="the prompt and 100000 new tokens"):  # the window is checked for that limit
+        count(generation_config=GenerationConfig(max_new_tokens=100_000))
+
+
+def test_generate_takes_hugging_face_generate_options(models):
+    """A cache the caller asks for (or none) replaces the GlyphCache; return_dict_in_generate and stop_strings work."""
+    from transformers import GenerationConfig
+
+    on, _ = models
+    want = [a.token_ids for a in on.generate(CONTEXTS, QUESTIONS, max_new_tokens=3)]
+    for kwargs in (dict(cache_implementation="static"), dict(use_cache=False), dict(return_dict_in_generate=True),
+                   dict(generation_config=GenerationConfig(cache_implementation="static", return_dict_in_generate=True,
+                                                           output_scores=True))):
+        assert [a.token_ids for a in on.generate(CONTEXTS, QUESTIONS, max_new_tokens=3, **kwargs)] == want, kwargs
+    # row 0 writes "#!" and stops on the stop string; row 1 goes on; transformers pads row 0 with pad_token_id 13
+    a, b = on.generate(CONTEXTS, QUESTIONS, max_new_tokens=4, stop_strings=["!"], pad_token_id=13,
+                       logits_processor=[Script([14, 12], [14])])
+    assert (a.token_ids, a.text, b.token_ids) == ([14, 12], "#!", [14] * 4)
+
+
+def test_answers_end_before_the_first_stop_id_without_padding(models, monkeypatch):
+    """transformers pads a finished row with the generation config's pad id, or eos_token_id[0] when it has none;
+    neither need be the tokenizer's pad token. An answer ends before its first stop id, as the serving engine's."""
+    on, _ = models
+    monkeypatch.setattr(on.model.generation_config, "eos_token_id", [15, 0])
+    monkeypatch.setattr(on.model.generation_config, "pad_token_id", None)
+    a, b = on.generate(CONTEXTS, QUESTIONS, max_new_tokens=4, logits_processor=[Script([14, 15], [14, 14, 0])])
+    assert (a.token_ids, b.token_ids) == ([14], [14, 14])
+    c, d = on.generate(CONTEXTS, QUESTIONS, max_new_tokens=4, eos_token_id=16, pad_token_id=17,
+                       logits_processor=[Script([14, 16, 15], [17, 14])])
+    assert (c.token_ids, d.token_ids) == ([14], [17, 14, 14, 14])  # a row keeps what it generated before its stop
+
+
+def test_a_model_built_directly_pads_on_the_left(models, checkpoint):
+    from transformers import AutoTokenizer
+
+    on, _ = models
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer.padding_side = "right"
+    gm = GlyphModel(on.model, tokenizer, CFG.validate(), "glm4v")
+    got, _, _ = gm.build_inputs(CONTEXTS, QUESTIONS)
+    want, _, _ = on.build_inputs(CONTEXTS, QUESTIONS)
+    assert not want["attention_mask"].all() and bool(want["attention_mask"][:, -1].all())  # some left padding
+    assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["attention_mask"], want["attention_mask"])
+    assert tokenizer.padding_side == "right"  # the caller's tokenizer is left as it was
+
+
+def test_generate_refuses_an_empty_or_missing_batch_naming_the_argument(models):
+    on, _ = models
+    for contexts, questions in (([], []), ([], "q")):
+        with pytest.raises(ValueError, match="contexts is empty"):
+            on.generate(contexts, questions)
+    with pytest.raises(TypeError, match="questions: expected a str or a list of str, got NoneType"):
+        on.generate(["abc"], None)
+    with pytest.raises(TypeError, match="contexts: expected a str or a list of str, got int"):
+        on.generate(3, "q")
+
+
+def test_a_chat_template_in_chat_template_json(checkpoint, models, tmp_path):
+    """A processor's chat_template.json, which AutoTokenizer does not read, gives the tokenizer its template."""
+    _, off = models
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, ckpt)
+    template = (ckpt / "chat_template.jinja").read_text(encoding="utf-8")
+    (ckpt / "chat_template.jinja").unlink()
+    assert "chat_template" not in json.loads((ckpt / "tokenizer_config.json").read_text())
+    (ckpt / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    gm = GlyphModel.from_pretrained(ckpt, render_config=CFG, kernels="off", **EXACT)
+    assert gm.tokenizer.chat_template == template
+    assert torch.equal(gm.build_inputs(CONTEXTS, QUESTIONS)[0]["input_ids"],
+                       off.build_inputs(CONTEXTS, QUESTIONS)[0]["input_ids"])
+    (ckpt / "chat_template.json").write_text(json.dumps({"template": template}))
+    with pytest.raises(ValueError, match='chat_template.json: has no "chat_template" string'):
+        GlyphModel.from_pretrained(ckpt, render_config=CFG, kernels="off", **EXACT)
 
 
 @pytest.mark.filterwarnings("error::DeprecationWarning", "error::FutureWarning")
@@ -235,8 +339,42 @@ def test_check_processor_reads_the_resize_limits(tmp_path):
     p.write_text(json.dumps({"size": {"shortest_edge": 3136, "longest_edge": 12845056}, "max_pixels": 1003520}))
     assert check_processor(p, "qwen2_5_vl").max_pixels == 1003520
     assert check_processor(p, "glm4v").max_pixels == 12845056
+    # no limits in the file: the Hugging Face processor class's own (Qwen2VLImageProcessor's max is 28 * 28 * 1280,
+    # not the 12,845,056 of Qwen2.5-VL checkpoints)
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    p.write_text(json.dumps({"patch_size": 14}))
+    for model_type, cls in (("qwen2_5_vl", Qwen2VLImageProcessorPil), ("glm4v", Glm4vImageProcessorPil)):
+        hf = cls.from_pretrained(tmp_path).size
+        got = check_processor(p, model_type)
+        assert (got.min_pixels, got.max_pixels) == (hf.shortest_edge, hf.longest_edge), model_type
+    assert check_processor(p, "qwen2_5_vl").max_pixels == 28 * 28 * 1280 != VISION_MODELS["qwen2_5_vl"].max_pixels
+    p.write_text(json.dumps({"max_pixels": 2_000_000}))
+    assert (check_processor(p, "qwen2_5_vl").min_pixels, check_processor(p, "qwen2_5_vl").max_pixels) == (56 * 56,
+                                                                                                          2_000_000)
     for bad in ({"size": {"shortest_edge": 0, "longest_edge": 100}}, {"size": {"shortest_edge": 900, "longest_edge": 100}},
                 {"size": {"shortest_edge": "a", "longest_edge": 100}}):
         p.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match="resize limits are not usable"):
             check_processor(p, "glm4v")
+
+
+def test_check_processor_reads_image_mean_and_std_as_the_processor_does(tmp_path):
+    """A scalar is one value for every channel; a list must have 3; the error names the file."""
+    from glyph_rt.models.glyph_model import check_processor
+    from glyph_rt.ops.pixel_values import CLIP_MEAN, CLIP_STD
+
+    p = tmp_path / "preprocessor_config.json"
+    p.write_text(json.dumps({"image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}))
+    check_processor(p)
+    for value, message in ((0.5, r"image_mean=0.5 \(glyph_rt normalizes"),
+                           (None, r"image_mean=None \(expected a number or a list of 3"),
+                           ([CLIP_MEAN[0]], r"image_mean=\[0.48145466\] \(expected a number or a list of 3"),
+                           (list(CLIP_MEAN) + [0.5], "expected a number or a list of 3"),
+                           (["a", "b", "c"], "expected a number or a list of 3")):
+        p.write_text(json.dumps({"image_mean": value, "image_std": list(CLIP_STD)}))
+        with pytest.raises(ValueError, match=f"preprocessor_config.json: .*{message}"):
+            check_processor(p)
+    p.write_text(json.dumps({"image_std": 0.27}))
+    with pytest.raises(ValueError, match=r"image_std=0.27 \(glyph_rt normalizes"):
+        check_processor(p, "qwen2_5_vl")

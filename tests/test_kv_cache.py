@@ -53,6 +53,21 @@ def test_from_cache_repeats_requests():
     assert out.layers[0].keys.shape == (4, 2, 6, 8) and torch.equal(out.layers[0].keys[3], k[0])
 
 
+def test_from_cache_repeats_each_request_in_a_row_as_transformers_does():
+    """A batch of requests [a, b] repeated twice is [a, a, b, b], the order of batch_repeat_interleave and of
+    generate's expansion (num_beams, num_return_sequences)."""
+    g = torch.Generator().manual_seed(4)
+    src, ref = DynamicCache(), DynamicCache()
+    for layer in range(2):
+        k, v = states(2, 5, g)
+        src.update(k, v, layer)
+        ref.update(k, v, layer)
+    ref.batch_repeat_interleave(3)
+    out = GlyphCache.from_cache(src, batch=3, reserve=2)
+    for ours, want in zip(out.layers, ref.layers):
+        assert torch.equal(ours.keys, want.keys) and torch.equal(ours.values, want.values)
+
+
 @pytest.mark.filterwarnings("error::DeprecationWarning", "error::FutureWarning")
 def test_generation_matches_dynamic_cache():
     model = tiny_glm4v("sdpa")

@@ -162,6 +162,12 @@ class GlyphModel:
             read_json(path / "tokenizer_config.json")
         tok_file = next((path / f for f in TOKENIZER_FILES if (path / f).exists()), path / TOKENIZER_FILES[0])
         tokenizer = _loading(tok_file, "tokenizer", lambda: AutoTokenizer.from_pretrained(path))
+        if tokenizer.chat_template is None and (path / "chat_template.json").exists():
+            # a processor's template file, which AutoTokenizer does not read
+            template = read_json(path / "chat_template.json").get("chat_template")
+            if not isinstance(template, str) or not template.strip():
+                raise ValueError(f"{path / 'chat_template.json'}: has no \"chat_template\" string")
+            tokenizer.chat_template = template
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -193,7 +199,8 @@ class GlyphModel:
         for n, question in zip(rendered.images_per_text, questions):
             texts.append(self.prompts.prompt(per_image[i:i + n], question))
             i += n
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        # left-padded whatever the tokenizer's own padding_side (a tokenizer given to __init__ may pad right)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         input_ids = enc["input_ids"].to(self.device)
         inputs = dict(input_ids=input_ids, attention_mask=enc["attention_mask"].to(self.device),
                       pixel_values=rendered.pixel_values, image_grid_thw=rendered.image_grid_thw.to(self.device),
@@ -212,23 +219,53 @@ class GlyphModel:
                 "render denser pages (lower dpi, a smaller font_size, or a larger page_size) or shorten the context")
 
     # ------------------------------------------------------------------ generation
+    def _setting(self, name: str, generate_kwargs: dict, default=None):
+        """A generation setting as transformers' generate resolves it: the keyword, else the given generation_config's
+        value, else the model's generation_config's, else `default`."""
+        if name in generate_kwargs:
+            return generate_kwargs[name]
+        for config in (generate_kwargs.get("generation_config"), getattr(self.model, "generation_config", None)):
+            value = getattr(config, name, None)
+            if value is not None:
+                return value
+        return default
+
+    def _answer_ids(self, row: list[int], generate_kwargs: dict) -> list[int]:
+        """The tokens a row generated: up to its first stop id (excluded, as the serving engine does), or without
+        the padding transformers appends to a row that stopped otherwise (stop strings) before the others."""
+        eos = self._setting("eos_token_id", generate_kwargs)
+        stops = [] if eos is None else torch.as_tensor(eos).flatten().tolist()
+        cut = next((i for i, t in enumerate(row) if t in stops), None)
+        if cut is not None:
+            return row[:cut]
+        pad = self._setting("pad_token_id", generate_kwargs)
+        pad = stops[0] if pad is None and stops else pad  # transformers pads with eos_token_id[0] when it has no pad
+        while row and pad is not None and row[-1] == pad:
+            row = row[:-1]
+        return row
+
     @torch.no_grad()
-    def generate(self, contexts, questions, max_new_tokens: int = 128, **generate_kwargs) -> list[Answer]:
+    def generate(self, contexts, questions, max_new_tokens: int | None = None, **generate_kwargs) -> list[Answer]:
         """Answers each question about its context (one str each, lists of equal length, or one question for a
-        list of contexts). One answer per context: num_return_sequences other than 1 is refused."""
+        list of contexts). One answer per context: num_return_sequences other than 1 is refused.
+        max_new_tokens: this keyword, else the given generation_config's, else the model's generation_config's,
+        else 128."""
+        import copy
+
         from transformers import LogitsProcessorList
 
-        if isinstance(contexts, str):
-            contexts = [contexts]
-        contexts = list(contexts)
-        questions = [questions] * len(contexts) if isinstance(questions, str) else list(questions)
-        config = generate_kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
-        n = generate_kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1) or 1)
+        contexts = [contexts] if isinstance(contexts, str) else _as_list(contexts, "contexts")
+        if not contexts:
+            raise ValueError("contexts is empty: give at least one context (a str or a list of str)")
+        questions = [questions] * len(contexts) if isinstance(questions, str) else _as_list(questions, "questions")
+        n = self._setting("num_return_sequences", generate_kwargs) or 1
         if n != 1:
             raise ValueError(f"num_return_sequences={n}: GlyphModel.generate returns one answer per context; give a "
                              "context n times for n samples")
         if len(contexts) != len(questions):
             raise ValueError(f"{len(contexts)} contexts for {len(questions)} questions")
+        if max_new_tokens is None:
+            max_new_tokens = self._setting("max_new_tokens", generate_kwargs, 128)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: {max_new_tokens!r} must be an integer >= 1")
         for i, (c, q) in enumerate(zip(contexts, questions)):
@@ -251,15 +288,24 @@ class GlyphModel:
             vision["s"] += time.perf_counter() - vision["t"]
 
         hooks = [visual.register_forward_pre_hook(pre), visual.register_forward_hook(post)] if visual else []
-        if self.patch is not None and not {"cache", "past_key_values"} & generate_kwargs.keys():
+        cache_implementation = self._setting("cache_implementation", generate_kwargs)
+        if cache_implementation == "hybrid":  # transformers drops it too: such models now default to a dynamic cache
+            cache_implementation = None
+        if self.patch is not None and not {"cache", "past_key_values"} & generate_kwargs.keys() and \
+                cache_implementation is None and self._setting("use_cache", generate_kwargs, True):
             generate_kwargs[cache_kwarg(self.model)] = GlyphCache(reserve=max_new_tokens)  # no copy per step
+        generate_kwargs.setdefault("tokenizer", self.tokenizer)  # for stop_strings
+        if generate_kwargs.get("generation_config") is not None:  # the limit goes in it: no keyword beside a config
+            generate_kwargs["generation_config"] = copy.deepcopy(generate_kwargs["generation_config"])
+            generate_kwargs["generation_config"].max_new_tokens = max_new_tokens
+        else:
+            generate_kwargs["max_new_tokens"] = max_new_tokens
         first = _FirstToken(self.device)
         processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
         processors.append(first)  # after the caller's: it only notes when the first token comes
         t0 = time.perf_counter()
         try:
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, logits_processor=processors,
-                                      **generate_kwargs)
+            out = self.model.generate(**inputs, logits_processor=processors, **generate_kwargs)
         finally:
             for h in hooks:
                 h.remove()
@@ -269,10 +315,10 @@ class GlyphModel:
         first_t = first.first or t1
         timings = {"render": render_s, "vision": vision["s"], "prefill": first_t - t0 - vision["s"],
                    "decode": t1 - first_t}
-        new = out[:, inputs["input_ids"].shape[1]:]
+        new = getattr(out, "sequences", out)[:, inputs["input_ids"].shape[1]:]  # return_dict_in_generate=True
         answers = []
         for b, context in enumerate(contexts):
-            ids = [t for t in new[b].tolist() if t != self.tokenizer.pad_token_id]
+            ids = self._answer_ids(new[b].tolist(), generate_kwargs)
             answers.append(Answer(
                 text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids,
                 pages=rendered.images_per_text[b], visual_tokens=rendered.visual_tokens[b],
@@ -281,15 +327,31 @@ class GlyphModel:
         return answers
 
 
+def _as_list(items, what: str) -> list:
+    """A list of a generate() argument's items; TypeError naming the argument when it is not a str or a sequence."""
+    if items is None or isinstance(items, (bytes, dict)) or not hasattr(items, "__iter__"):
+        raise TypeError(f"{what}: expected a str or a list of str, got {type(items).__name__}")
+    return list(items)
+
+
+# The resize limits (min_pixels, max_pixels) of each model's Hugging Face image processor class, which a checkpoint
+# whose preprocessor_config.json gives none gets: Glm4vImageProcessor's size {"shortest_edge": 112 * 112,
+# "longest_edge": 28 * 28 * 15000}; Qwen2VLImageProcessor's (Qwen2.5-VL's processor) {"shortest_edge": 56 * 56,
+# "longest_edge": 28 * 28 * 1280}, not the 12,845,056 that Qwen2.5-VL checkpoints write in their config.
+PROCESSOR_DEFAULT_LIMITS = {"glm4v": (112 * 112, 28 * 28 * 15000), "qwen2_5_vl": (56 * 56, 28 * 28 * 1280)}
+
+
 def check_processor(path: Path, model_type: str = "glm4v") -> VisionModel:
     """glyph_rt renders for 14-px patches, 2x2 merges, 2 frames and CLIP normalization: the checkpoint must agree.
-    Returns the model's page geometry with the checkpoint's resize limits (`size` or min/max_pixels), so that pages
-    get the grids the checkpoint's own image processor would give them."""
+    Returns the model's page geometry with the checkpoint's resize limits (`size` or min/max_pixels, else the
+    processor class's defaults), so that pages get the grids the checkpoint's own image processor would give them."""
     p = read_json(path)
     size = p.get("size") if isinstance(p.get("size"), dict) else {}
     given = [size.get("shortest_edge"), size.get("longest_edge")]
     if model_type == "qwen2_5_vl":  # its processor lets the older min_pixels / max_pixels keys override `size`
         given = [p.get(k) if p.get(k) is not None else g for k, g in zip(("min_pixels", "max_pixels"), given)]
+    defaults = PROCESSOR_DEFAULT_LIMITS.get(model_type, (None, None))
+    given = [d if g is None else g for g, d in zip(given, defaults)]
     try:
         vision = vision_model(model_type).with_limits(*given)
     except ValueError as e:
@@ -297,7 +359,16 @@ def check_processor(path: Path, model_type: str = "glm4v") -> VisionModel:
     want = {"patch_size": 14, "merge_size": VISION_MERGE, "temporal_patch_size": 2}
     bad = [f"{k}={p[k]} (glyph_rt renders for {v})" for k, v in want.items() if k in p and p[k] != v]
     for k, v in (("image_mean", CLIP_MEAN), ("image_std", CLIP_STD)):
-        if k in p and any(abs(a - b) > 1e-6 for a, b in zip(p[k], v)):
+        if k not in p:
+            continue
+        got = p[k]
+        if isinstance(got, (int, float)) and not isinstance(got, bool):
+            got = [got] * 3  # one value for every channel, as the image processor takes it
+        if not isinstance(got, list) or len(got) != 3 or \
+                not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in got):
+            bad.append(f"{k}={p[k]!r} (expected a number or a list of 3 numbers, one per channel; "
+                       f"glyph_rt normalizes with CLIP's {list(v)})")
+        elif any(abs(a - b) > 1e-6 for a, b in zip(got, v)):
             bad.append(f"{k}={p[k]} (glyph_rt normalizes with CLIP's {list(v)})")
     if bad:
         raise ValueError(f"{path}: the checkpoint's image processor differs from glyph_rt's: {'; '.join(bad)}")

@@ -103,13 +103,14 @@ class GlyphCache(DynamicCache):
 
     @classmethod
     def from_cache(cls, cache: Cache, batch: int = 1, reserve: int = 0) -> "GlyphCache":
-        """A GlyphCache holding `cache`'s keys and values, each request repeated `batch` times."""
+        """A GlyphCache holding `cache`'s keys and values, each request repeated `batch` times in a row
+        ([a, a, b, b], as transformers' batch_repeat_interleave and generate's expansion order them)."""
         out = cls(reserve)
         for i, layer in enumerate(cache.layers):
             k, v = layer.keys, layer.values
             if k.shape[0] == 1:  # copied straight from a broadcast view
                 k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
             else:
-                k, v = k.repeat(batch, 1, 1, 1), v.repeat(batch, 1, 1, 1)
+                k, v = k.repeat_interleave(batch, dim=0), v.repeat_interleave(batch, dim=0)
             out.update(k, v, i)
         return out
