@@ -85,15 +85,16 @@ def test_a_dead_replica_is_retried_elsewhere_and_passed_over(gm):
     svc = ChatService(Engine(gm).start(), InputOptions(CFG, "tiny"), 16)
     try:
         with ServerThread(build_app(svc)) as live:
+            # a backoff no loaded machine outlasts; a window is ended by hand where the test needs it over
             fwd = ForwardingBackend([dead_url(), live.url + "/v1"], model="tiny", render_config=CFG, max_retries=0,
-                                    backoff=1.0)
+                                    backoff=60.0, max_backoff=600.0)
             doc, q = TEXT[:700], "What does it allow?"
             ref = gm.generate(doc, q, max_new_tokens=6)[0].text
             answers = [fwd.chat(doc, q, max_tokens=6, temperature=0) for _ in range(4)]
             assert answers == [ref] * 4 and fwd.sent == [1, 4]  # the dead one tried once, then backed off
 
             assert "".join(fwd.chat_stream(doc, q, max_tokens=6, temperature=0)) == ref and fwd.sent == [1, 5]
-            time.sleep(1.1)  # the backoff is over: the dead one is tried again (once), then backed off for 2 s
+            fwd._down_until[0] = 0.0  # the backoff is over: the dead one is tried again (once), then backed off
             assert "".join(fwd.chat_stream(doc, q, max_tokens=6, temperature=0)) == ref and fwd.sent == [2, 6]
 
             async def from_async():  # one event loop: the async clients stay on the loop they started on
@@ -103,7 +104,7 @@ def test_a_dead_replica_is_retried_elsewhere_and_passed_over(gm):
                 return answers + [streamed]
 
             assert asyncio.run(from_async()) == [ref] * 4 and fwd.sent == [2, 10]
-            time.sleep(1.1)  # the backoff doubled: still passed over
+            assert fwd._wait[0] == 120.0  # the backoff doubled: still passed over
             assert fwd.chat(doc, q, max_tokens=6, temperature=0) == ref and fwd.sent == [2, 11]
             assert fwd.in_flight == [0, 0]
             with pytest.raises(openai.BadRequestError):  # the request's fault: not tried elsewhere

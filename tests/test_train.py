@@ -617,6 +617,7 @@ try:
     export_hf(tiny_glm4v("sdpa"), tok, os.environ["OUT"], os.environ["OUT"] + "/export")
 except Exception as e:
     print(f"RANK {dist.get_rank()} RAISED {type(e).__name__}: {e}", flush=True)
+dist.barrier()  # as glyph_rt.train.run ends: no collective's tensors left in gloo's threads at exit
 dist.destroy_process_group()
 """
 
