@@ -2,9 +2,7 @@
 OpenAI-compatible HTTP server on 127.0.0.1, the text baseline, resuming an interrupted run."""
 import base64
 import io
-import socket
 import threading
-import time
 
 import pytest
 
@@ -38,9 +36,10 @@ class Server:
     GlyphModel: image_url pages are decoded from their PNG data URIs; every request is kept."""
 
     def __init__(self, target: GlyphModelTarget, tmp_path):
-        import uvicorn
         from fastapi import FastAPI
         from PIL import Image
+
+        from glyph_rt.serve.app import ServerThread
 
         self.requests = []
         lock = threading.Lock()  # one generation at a time on the shared model
@@ -76,19 +75,11 @@ class Server:
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": text}}]}
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 10
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.02)
+        self.live = ServerThread(app).__enter__()  # raises if it does not start
+        self.port = self.live.port
 
     def stop(self):
-        self.server.should_exit = True
-        self.thread.join(5)
+        self.live.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")

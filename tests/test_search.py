@@ -162,8 +162,9 @@ class FixedChatServer:
     """An OpenAI-compatible chat endpoint on 127.0.0.1 answering every request with `self.content`."""
 
     def __init__(self):
-        import uvicorn
         from fastapi import FastAPI
+
+        from glyph_rt.serve.app import ServerThread
 
         self.requests, self.content = [], ""
         app = FastAPI()
@@ -175,15 +176,8 @@ class FixedChatServer:
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": self.content}}]}
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 10
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.02)
+        self.live = ServerThread(app).__enter__()  # raises if it does not start
+        self.port = self.live.port
 
     @property
     def url(self):
@@ -194,8 +188,7 @@ class FixedChatServer:
 def chat_server():
     s = FixedChatServer()
     yield s
-    s.server.should_exit = True
-    s.thread.join(5)
+    s.live.__exit__(None, None, None)
 
 
 PROPOSALS = [
