@@ -102,3 +102,52 @@ def test_trainers_read_the_shards(tmp_path, corpus, framework, module):
     assert check(["--framework", framework, "--model", str(model), "--data", *dirs, "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / f"export-{framework}.json").read_text())
     assert [r["samples"] for r in result["rows"]] == [2, 2, 2, 2] and result["summary"]["ok"]
+
+
+def test_rerun_with_other_styles_is_refused(tmp_path, corpus, capsys):
+    """--styles is among the arguments kept in the shards (a hash of the styles' parameters): a rerun into the same
+    directory with other styles is refused instead of mixing them; the same styles file resumes."""
+    from glyph_rt.train.styles import StyleSampler
+
+    sampler = StyleSampler(seed=0)
+    sampler.params["dpi"] = {"normal": {"weight": 1.0, "values": [72]}}
+    sampler.save(tmp_path / "styles72.yaml")
+    def args(out, *styles):
+        return ["make-data", "--task", "ocr", "--input", str(corpus / "doc.txt"), "--out", str(tmp_path / out),
+                "--n", "2", "--shard-size", "1", "--max-pages", "1", "--quiet", *styles]
+
+    dpi72 = ("--styles", str(tmp_path / "styles72.yaml"))
+    assert main(args("out")) == 0
+    assert export.shard_args(tmp_path / "out" / "ocr-00000.parquet")["styles"] == export.styles_key(StyleSampler())
+    (tmp_path / "out" / "ocr-00001.parquet").unlink()
+    assert main(args("out", *dpi72)) == 2
+    assert "(styles: " in capsys.readouterr().err
+    assert main(args("out")) == 0 and "1 kept" in capsys.readouterr().out  # the same (default) styles: resumed
+    assert main(args("o72", *dpi72)) == 0
+    (tmp_path / "o72" / "ocr-00001.parquet").unlink()
+    assert main(args("o72", *dpi72)) == 0 and "1 kept" in capsys.readouterr().out
+    assert main(args("o72")) == 2
+
+
+def test_a_records_own_image_text_is_no_placeholder(tmp_path):
+    """A record's text "<image>" would be one more page to LLaMA-Factory / ms-swift: it is written with a zero-width
+    space inside, and counted (the sample's meta, the summary); the pages' placeholders stay one per page."""
+    text = "A prompt template writes <image> where a picture goes, or <video>.\n" + sample_text()[:700]
+    qa = [{"context": text, "question": "What does <image> mark?", "answer": "A picture: <image>."}]
+    (tmp_path / "img.jsonl").write_text(json.dumps(qa[0]))
+    (tmp_path / "img.txt").write_text(text)
+    r = export.make_data("qa", tmp_path / "qa", [tmp_path / "img.jsonl"], num_samples=1, max_pages=2, progress=False)
+    assert r["samples"] == 1 and r["placeholders_escaped"] == 2
+    (row,) = pq.read_table(tmp_path / "qa" / "qa-00000.parquet").to_pylist()
+    user, assistant = (m["content"] for m in row["messages"])
+    assert user.count("<image>") == len(row["images"]) and assistant == "A picture: <\u200bimage>."
+    assert user.endswith("What does <\u200bimage> mark?")
+    for task in ("ocr", "lm"):
+        r = export.make_data(task, tmp_path / task, [tmp_path / "img.txt"], num_samples=2, max_pages=2,
+                             progress=False)
+        rows = pq.read_table(tmp_path / task / f"{task}-00000.parquet").to_pylist()
+        assert all(row["messages"][0]["content"].count("<image>") == len(row["images"]) for row in rows)
+        assert r["placeholders_escaped"] == sum("".join(m["content"] for m in row["messages"]).count("<\u200b")
+                                                for row in rows)
+        assert task != "ocr" or r["placeholders_escaped"] == 4  # both samples' pages start at the first line
+    assert export.escape_placeholders("<image><audio> <images>") == ("<\u200bimage><\u200baudio> <images>", 2)

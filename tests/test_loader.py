@@ -209,3 +209,69 @@ def test_ranks_from_torch_distributed(tmp_path):
     got = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
     assert [g[:2] for g in got] == [[0, 2], [1, 2]]
     assert got[0][2] == [0, 2, 4, 6, 8] and got[1][2] == [1, 3, 5, 7, 9]
+
+
+def test_null_fields_are_absent_so_mixed_files_route_each_row(builder, tmp_path):
+    """Parquet and `datasets` fill a column a row lacks with None: those fields are dropped on reading, so a file
+    of QA rows and text rows gives each task what it takes (OCR reads a QA row's context, QA makes a needle from a
+    text row, RL counts no row as skipped) and a null "thinking" is no thinking."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from glyph_rt.train.data import MixedTask, RecordStream
+
+    text = sample_text()
+    rows = [{"context": text[:1500], "question": "q", "answer": "a", "text": None, "thinking": None},
+            {"text": text[:3000]}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "mixed.parquet")
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
+    (tmp_path / "nulls.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    for path in ("mixed.parquet", "hf", "nulls.jsonl"):
+        c = Corpus.open(tmp_path / path)
+        assert c[0] == {"context": text[:1500], "question": "q", "answer": "a"} and c[1] == {"text": text[:3000]}
+    qa = make_task("qa", builder, config=CFG, think=True)
+    ocr = make_task("ocr", builder, config=CFG, max_pages=1)
+    assert MixedTask({"ocr": ocr}, {"ocr": 1.0})(c[0], 0).messages[-1]["content"] in text[:1500]
+    assert "magic number" in MixedTask({"qa": qa}, {"qa": 1.0})(c[1], 0).messages[0]["content"][-1]["text"]
+    assert qa(c[0], 0).messages[-1]["content"] == "<think></think>\na"
+    stream = RecordStream(c)
+    recs = [r for r, _ in zip(stream, range(4))]
+    assert stream.skipped == 0 and all({"context", "question", "answer"} <= r.keys() for r in recs)
+
+
+def test_unreadable_corpus_files_are_corpus_errors_naming_the_file(tmp_path):
+    """Not UTF-8 (JSONL or text), a truncated or a non-gzip .gz, a lone surrogate (legal JSON, not text): a
+    CorpusError naming the file (and line), advising nothing the corpus options lack."""
+    import gzip
+
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "ok"}\n{"text": "caf\u00e9"}\n'.encode("latin-1"))
+    (tmp_path / "latin1.txt").write_bytes("line one\ncaf\u00e9 noir\n".encode("latin-1"))
+    whole = gzip.compress(("\n".join(json.dumps({"text": f"record {i}"}) for i in range(200))).encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "plain.jsonl.gz").write_text('{"text": "not zipped"}\n')
+    (tmp_path / "sur.jsonl").write_text('{"text": "fine \\ud83d\\ude00"}\n\n{"text": "Hello \\ud800 world"}\n')
+    for name, match in (("latin1.jsonl", r"latin1.jsonl:2: invalid UTF-8 at byte 28 \(b'\\xe9"),
+                        ("latin1.txt", r"latin1.txt:2: invalid UTF-8 at byte 12 \(b'\\xe9 no'\)"),
+                        ("cut.jsonl.gz", r"cut.jsonl.gz: the gzip stream ends early"),
+                        ("plain.jsonl.gz", r"plain.jsonl.gz: not a gzip file"),
+                        ("sur.jsonl", r"sur.jsonl:3: a lone surrogate \(\\ud800\)")):
+        with pytest.raises(CorpusError, match=f"^corpus: .*{match}") as e:
+            Corpus.open(tmp_path / name)
+        assert "--errors" not in str(e.value) and "errors=" not in str(e.value)
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + '{"text": "a \\ud83d\\ude00"}\n'.encode())
+    assert Corpus.open(tmp_path / "bom.jsonl")[0] == {"text": "a \U0001F600"}  # a BOM, a surrogate pair: fine
+
+
+def test_ocr_samples_whose_pages_miss_glyphs_are_skipped_counted_and_logged(builder, caplog):
+    """The loader leaves out an OCR sample whose pages draw characters as boxes, counts it among the skipped
+    (the trainer's metrics) and logs the first few with the characters."""
+    text = sample_text()
+    corpus = Corpus([("mem", [{"text": "Glyphs \U00013000 none has. " * 10}, {"text": text[:500]}])])
+    task = make_task("ocr", builder, config=CFG, max_pages=1)
+    loader = GlyphLoader(TaskDataset(corpus, task, epochs=3, shuffle=False), Collator(builder.image_token_id, 0),
+                         batch_size=1)
+    with caplog.at_level("WARNING", logger="glyph_rt.train"):
+        assert len(list(loader)) == 3
+    assert loader.state_dict()["skipped"] == 3 and loader.dataset.missing_glyphs == 3
+    assert "pages miss glyphs" in caplog.text and "U+13000" in caplog.text

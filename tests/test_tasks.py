@@ -11,7 +11,7 @@ from glyph_rt.render.pages import Document
 from glyph_rt.render.textio import sample_text
 from glyph_rt.train.collate import expand_images
 from glyph_rt.train.styles import StyleSampler
-from glyph_rt.train.tasks import TaskError, make_task
+from glyph_rt.train.tasks import TaskError, make_task, think_answer
 
 CFG = RenderConfig(dpi=36, page_size=(300, 260))
 
@@ -220,3 +220,28 @@ def test_document_crosses_to_a_process_whose_atlas_differs(text, tmp_path, monke
     assert other.atlas is not doc.atlas and not np.array_equal(other.layout.g_slot, doc.layout.g_slot)
     got, got_sizes = other.rasterize()
     assert got_sizes == sizes and np.array_equal(got, want)
+
+
+def test_thinking_none_is_absent(builder, text):
+    """A record's "thinking" of None (Parquet and `datasets` fill a missing column with it) is no thinking, never
+    the text "None" trained inside <think></think>."""
+    task = make_task("qa", builder, config=CFG, think=True)
+    s = task({"context": text[:1500], "question": "Q?", "answer": "A.", "thinking": None}, 0)
+    assert s.messages[-1]["content"] == "<think></think>\nA."
+    assert "None" not in trained_text(builder, s)
+    assert think_answer("A.", None) == "<think></think>\nA."
+
+
+def test_ocr_whose_pages_miss_glyphs_is_a_task_error_naming_them(builder, text):
+    """OCR reads back what the pages show: a sample whose pages draw characters as boxes (no font of the style
+    covers them) is a TaskError (skipped and counted by the loader) naming the characters and their count."""
+    from glyph_rt.train.tasks import MissingGlyphs
+
+    task = make_task("ocr", builder, config=CFG, max_pages=1)
+    rec = {"text": "Hello \U00013000 world \u0c85 end. " * 5}
+    with pytest.raises(MissingGlyphs, match=r"record 2: field 'text': the pages draw 10 characters as boxes .*"
+                                            r"U\+13000\) x5, .*U\+0C85\) x5"):
+        task(rec, 2)
+    assert issubclass(MissingGlyphs, TaskError)
+    s = task({"text": "caf\u00e9 \u0416\t\u00a0\u200b\u00ad " + text[:300]}, 0)  # drawn or invisible: not missing
+    assert s.messages[-1]["content"].startswith("caf\u00e9 \u0416")

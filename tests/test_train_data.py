@@ -155,3 +155,65 @@ def test_bench_train_quick(tmp_path):
 
     row = json.loads((tmp_path / "train-cpu-quick.json").read_text())["rows"][0]
     assert row["tokens"] == 256 and row["visual_tokens"] > 0 and row["text_step_s"] > 0 and row["glyph_step_s"] > 0
+
+
+def test_rl_ocr_records_whose_pages_miss_glyphs_are_skipped_and_counted():
+    """RL's OCR auxiliary records are read back from pages at gm.render_config: one whose pages draw a character
+    as a box (no font covers it) is skipped and counted, never an answer the pages do not show."""
+    from types import SimpleNamespace
+
+    from glyph_rt.models.prompt import PromptBuilder
+    from glyph_rt.models.tiny import tiny_tokenizer
+    from glyph_rt.render.config import RenderConfig
+    from glyph_rt.train.data import rollout_check
+    from glyph_rt.train.tasks import MissingGlyphs
+
+    tok = tiny_tokenizer()
+    gm = SimpleNamespace(render_config=RenderConfig(dpi=36, page_size=(300, 260)), vision="glm4v", max_positions=0,
+                         prompts=PromptBuilder(tok, tok.convert_tokens_to_ids("<|image|>")))
+    check = rollout_check(gm, max_new_tokens=16)
+    good = "\n".join(f"line {i} of plain text" for i in range(20))
+    check({"task": "ocr", "context": good, "question": "Read it.", "answer": good}, 0)
+    bad = good + "\nan unknown \U00013000 glyph"
+    check({"context": bad, "question": "What?", "answer": "x"}, 1)  # QA: the pages need not hold every glyph
+    with pytest.raises(MissingGlyphs, match=r"record 2: field 'context': .* 1 characters as boxes .*U\+13000"):
+        check({"task": "ocr", "context": bad, "question": "Read it.", "answer": bad}, 2)
+    stream = RecordStream([{"text": good}, {"text": bad}], seed=0, ocr_ratio=1.0, ocr_chars=2000, check=check)
+    recs = list(itertools.islice(iter(stream), 4))
+    assert all(r["answer"] == good for r in recs) and stream.state_dict()["skipped"] == stream.pos - 4 > 0
+
+
+def test_cpt_default_max_tokens_is_the_papers_128k():
+    """cpt's long LM / generation windows can make samples far over 128K tokens at a high dpi: data.max_tokens
+    defaults to 131072, so the collator leaves those out and counts them (too_long) rather than training on them."""
+    from glyph_rt.train.config import load_config
+
+    cfg = load_config("cpt", None, ["model.path=x"], check_paths=False)
+    assert cfg.data.max_tokens == 131072
+    assert load_config("cpt", None, ["model.path=x", "data.max_tokens=0"], check_paths=False).data.max_tokens == 0
+
+
+def test_cpt_samples_over_max_tokens_are_left_out_and_counted(tmp_path):
+    """cpt's data with its default packing (data.max_tokens > 0) on a tiny GLM-4.1V: a sample longer than
+    max_tokens is left out of its micro-batch and counted (too_long, among skipped); the loader goes on."""
+    from glyph_rt.models import GlyphModel
+    from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+    from glyph_rt.render.textio import sample_text
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.data import build_data
+
+    (tmp_path / "doc.txt").write_text(sample_text()[:20000])
+    gm = GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path / "ckpt"), device="cpu")
+    short = {"window_chars": 3000, "max_pages": 2}
+    got = {}
+    for limit in (None, 680):
+        cfg = load_config("cpt", None, ["model.path=x"] + ([f"data.max_tokens={limit}"] if limit else []),
+                          check_paths=False)
+        cfg.data.loader = {**cfg.data.loader, "corpus": [str(tmp_path / "doc.txt")], "styles": False,
+                           "max_pages": 1, "window_chars": 1500, "task_options": {"lm": short, "gen": short}}
+        data = build_data(cfg, gm, 0, 1)
+        assert data.collator.mode == "pack" and data.collator.max_length == (limit or 131072)
+        got[limit] = [b["input_ids"].shape[1] for b in itertools.islice(iter(data), 6)], data.state_dict()
+    (full, state), (kept, cut) = got[None], got[680]
+    assert state["too_long"] == 0 and max(full) > 680
+    assert len(kept) == 6 and max(kept) <= 680 and cut["too_long"] == cut["skipped"] > 0

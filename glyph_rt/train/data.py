@@ -165,11 +165,12 @@ def rollout_check(gm, max_new_tokens: int):
     """check(record, i) for RecordStream: a TaskError for a record GlyphRollout could not run, so that it is
     skipped and counted rather than stopping the run: its question holds the image token, or its prompt (the
     context's pages at gm.render_config, each at its full canvas size: an upper bound; the question; max_new_tokens)
-    is longer than the model's window."""
+    is longer than the model's window, or it is an OCR record (ocr_record) whose pages draw characters as boxes (no
+    font of gm.render_config covers them: its answer would hold text the pages do not show)."""
     from ..render.pages import Document
     from ..render.raster import canvas_size
     from ..render.tokens import visual_tokens
-    from .tasks import TaskError
+    from .tasks import TaskError, missing_glyphs
 
     per_page = visual_tokens([canvas_size(gm.render_config)], gm.vision)[0]  # a page's most: uncropped, snapped
 
@@ -178,9 +179,16 @@ def rollout_check(gm, max_new_tokens: int):
             gm.prompts.check_text(rec["question"], f"record {i}: field 'question'")
         except ValueError as e:
             raise TaskError(str(e)) from None
+        ocr = rec.get("task") == "ocr"
+        if not gm.max_positions and not ocr:
+            return
+        doc = Document(rec["context"], gm.render_config)
+        missing = doc.missing_chars() if ocr else None
+        if missing:
+            raise missing_glyphs(i, missing, "context")
         if not gm.max_positions:
             return
-        pages = Document(rec["context"], gm.render_config).num_pages
+        pages = doc.num_pages
         prompt = len(gm.prompts.ids(gm.prompts.prompt([1] * pages, rec["question"]))) + pages * (per_page - 1)
         if prompt + max_new_tokens > gm.max_positions:
             raise TaskError(f"record {i}: its prompt takes up to {prompt} positions ({pages} pages), which with "

@@ -9,15 +9,19 @@ Each row is one sample in the multimodal messages format that LLaMA-Factory (sha
     task, index                                                 the task and the global sample index
 
 Interleaved LM samples (pages and text in one user turn in glyph_rt) are written with their last text
-span as the assistant's turn, since those trainers put the loss on assistant turns only.
+span as the assistant's turn, since those trainers put the loss on assistant turns only. A record's own text
+"<image>" (or "<video>", "<audio>") would read as a placeholder there: it is written with a zero-width space
+after its "<" (ESCAPED_PLACEHOLDERS), counted in the summary's "placeholders_escaped".
 
 Shard k holds samples [k * shard_size, (k + 1) * shard_size) and is written under a temporary name,
 then renamed: a run that stops leaves only complete shards, and the next run with the same arguments
-(kept in every shard's Parquet metadata) skips them. The directory holds nothing but the shards, since
-LLaMA-Factory refuses a dataset directory with files of another type in it.
+(kept in every shard's Parquet metadata, the styles as a hash of their parameters) skips them. The
+directory holds nothing but the shards, since LLaMA-Factory refuses a dataset directory with files of
+another type in it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -26,25 +30,50 @@ import numpy as np
 
 from ..render.png import encode_png
 from .loader import Corpus, TaskDataset
-from .tasks import make_task
+from .tasks import MissingGlyphs, make_task
 
 IMAGE = "<image>"
 ARGS_KEY = b"glyph_rt.make_data"
 
 
+# the placeholders LLaMA-Factory and ms-swift read in message text, and how a record's own text of one is written
+ESCAPED_PLACEHOLDERS = {t: f"<\u200b{t[1:]}" for t in (IMAGE, "<video>", "<audio>")}
+
+
+def escape_placeholders(text: str) -> tuple[str, int]:
+    """The text with each "<image>" ("<video>", "<audio>") of its own broken by a zero-width space, so that no
+    trainer takes it for a page; and how many it changed."""
+    n = 0
+    for t, esc in ESCAPED_PLACEHOLDERS.items():
+        k = text.count(t)
+        if k:
+            text, n = text.replace(t, esc), n + k
+    return text, n
+
+
 def to_messages(sample) -> list[dict]:
-    """The sample's conversation with string contents, "<image>" where each page goes."""
-    out = []
+    """The sample's conversation with string contents, "<image>" where each page goes and nowhere else (the text's
+    own placeholders escaped: escape_placeholders; their count in sample.meta["placeholders_escaped"])."""
+    out, escaped = [], 0
+
+    def text(t: str) -> str:
+        nonlocal escaped
+        t, n = escape_placeholders(t)
+        escaped += n
+        return t
+
     for m in sample.messages:
         c = m["content"]
-        if not isinstance(c, str):
-            c = "".join(IMAGE if part["type"] == "image" else part["text"] for part in c)
+        c = text(c) if isinstance(c, str) else "".join(IMAGE if part["type"] == "image" else text(part["text"])
+                                                       for part in c)
         out.append({"role": m["role"], "content": c})
     if sample.task == "lm" and len(out) == 1:
         parts = sample.messages[0]["content"]
-        last = parts[-1]["text"] if parts[-1]["type"] == "text" else ""
+        last = escape_placeholders(parts[-1]["text"])[0] if parts[-1]["type"] == "text" else ""
         if last:
             out = [{"role": "user", "content": out[0]["content"][:-len(last)]}, {"role": "assistant", "content": last}]
+    if escaped:
+        sample.meta["placeholders_escaped"] = escaped
     return out
 
 
@@ -65,6 +94,20 @@ def sample_row(sample) -> dict:
     return {"messages": to_messages(sample),
             "images": [{"bytes": b, "path": f"{sample.index:08d}_{k:03d}.png"} for k, b in enumerate(pngs)],
             "task": sample.task, "index": sample.index}
+
+
+def styles_key(styles) -> str | None:
+    """A hash of a StyleSampler's parameters (None: the default sampler), which make-data's saved arguments hold:
+    a rerun with other styles is refused instead of mixing them in one directory."""
+    if styles is None:
+        return None
+    params = getattr(styles, "params", None)
+    vision = getattr(styles, "vision", None)
+    what = {"params": params if params is not None else type(styles).__qualname__,
+            "vision": None if vision is None else [getattr(vision, k, None)
+                                                   for k in ("name", "min_pixels", "max_pixels")]}
+    text = json.dumps(what, sort_keys=True, default=repr, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def shard_name(task: str, k: int) -> str:
@@ -91,8 +134,9 @@ def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; give a directory")
     out.mkdir(parents=True, exist_ok=True)
+    styles = styles if styles is not None else StyleSampler(seed=seed)
     args = {"task": task, "inputs": [str(p) for p in (inputs or [])], "num_samples": n, "shard_size": shard_size,
-            "seed": seed, "max_pages": max_pages, "records": len(corpus)}
+            "seed": seed, "max_pages": max_pages, "records": len(corpus), "styles": styles_key(styles)}
     for path in sorted(out.glob("*.parquet")):
         old = shard_args(path)
         if old is None:
@@ -104,11 +148,13 @@ def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard
     for stale in out.glob(".*.parquet.tmp"):  # left by a killed run; trainers would try to read them
         stale.unlink()
     table_schema = schema().with_metadata({ARGS_KEY: json.dumps(args)})
-    styles = styles if styles is not None else StyleSampler(seed=seed)
     data = TaskDataset(corpus, make_task(task, None, styles=styles, seed=seed, max_pages=max_pages), seed=seed,
                        epochs=-(-n // len(corpus)), render="batch", rank=0, world_size=1)
     shards = -(-n // shard_size)
-    summary = {"shards": shards, "kept": 0, "written": 0, "samples": 0, "skipped": 0, "pages": 0}
+    # skipped: samples whose record the task could not use; missing_glyphs: of them, OCR samples whose pages draw a
+    # character as a box (no font of the style has it); placeholders_escaped: "<image>" texts of the records' own
+    summary = {"shards": shards, "kept": 0, "written": 0, "samples": 0, "skipped": 0, "missing_glyphs": 0,
+               "pages": 0, "placeholders_escaped": 0}
     bar = tqdm(total=n, unit="sample", desc=f"make-data {task}", disable=not progress)
     for k in range(shards):
         path = out / shard_name(task, k)
@@ -119,12 +165,14 @@ def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard
             continue
         rows = []
         for g in range(lo, hi):
-            s = data.sample(g)
+            s, why = data.make(g)
             if s is None:
                 summary["skipped"] += 1
+                summary["missing_glyphs"] += isinstance(why, MissingGlyphs)
             else:
                 rows.append(sample_row(s))
                 summary["pages"] += len(rows[-1]["images"])
+                summary["placeholders_escaped"] += s.meta.get("placeholders_escaped", 0)
             bar.update(1)
         tmp = path.with_name(f".{path.name}.tmp")
         try:
@@ -159,4 +207,5 @@ def schema():
                       ("index", pa.int64())])
 
 
-__all__ = ["make_data", "schema", "shard_args", "to_messages", "page_pngs", "sample_row", "shard_name"]
+__all__ = ["make_data", "schema", "shard_args", "to_messages", "page_pngs", "sample_row", "shard_name",
+           "escape_placeholders", "styles_key"]

@@ -14,11 +14,11 @@ by (seed, epoch e = g // N), or the identity with shuffle=False) and is task(rec
 of (seed, g). Rank r of R takes g = r, r + R, r + 2R, ... (torch.distributed's rank and world size when it
 is initialised); its DataLoader worker w of W takes every W-th of those, and the DataLoader returns
 them round-robin, so a rank sees the same samples in the same order, batched the same way, whatever
-the number of workers. A record a task cannot use (TaskError) yields nothing, the same way everywhere,
-and is counted, as is a sample longer than the collator's max_length (left out of its batch); SKIP_LIMIT
-such samples in a row stop the loader with the reason. state_dict()
-holds the number of the rank's samples consumed; resuming from it yields exactly the samples that would
-have come next.
+the number of workers. A record a task cannot use (TaskError; OCR: pages that draw a character as a box,
+no font covering it) yields nothing, the same way everywhere, and is counted, as is a sample longer than the
+collator's max_length (left out of its batch); SKIP_LIMIT such samples in a row stop the loader with the
+reason. state_dict() holds the number of the rank's samples consumed; resuming from it yields exactly the
+samples that would have come next.
 
 Layout always runs where the samples are made (the workers). render="worker": each sample's pages are
 also drawn there, on the CPU (the C++ path, into pixel_values), so the main process only concatenates.
@@ -28,20 +28,22 @@ a batch in one launch, on the GPU when it has one.
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import gzip
 import logging
 import os
+import re
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..fileio import json_lines
-from ..render.textio import decode_text
 from ..render.tokens import VisionModel
 from .collate import SamplesTooLong, attach_pixels
-from .tasks import TaskError
+from .tasks import MissingGlyphs, TaskError
 
 log = logging.getLogger("glyph_rt.train")
 
@@ -118,24 +120,109 @@ class Corpus:
 
 
 def _text_records(path: Path, max_chars: int) -> list[str]:
-    text, _ = decode_text(path.read_bytes(), str(path))
+    with _reading(path) as f:
+        data = f.read()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = bom + e.start
+        raise _not_utf8(path, data.count(b"\n", 0, at) + 1, at, data[at:at + 4]) from None
     return split_text(text, max_chars)
 
 
-def _rename(rec: dict, text_field: str) -> dict:
+def _not_utf8(path: Path, line: int, at: int, bad: bytes) -> CorpusError:
+    where = " of its decompressed text" if path.suffix == ".gz" else ""
+    return CorpusError(f"corpus: {path}:{line}: invalid UTF-8 at byte {at}{where} ({bad!r}); a corpus file must be "
+                       "UTF-8: convert it (e.g. iconv -f ITS-ENCODING -t UTF-8 IN > OUT)")
+
+
+class _reading:
+    """The file open for reading bytes (decompressed when its name ends in .gz); reading or decompressing errors
+    (a truncated or corrupt .gz, a file that is not gzip, OSError) as CorpusError naming the file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        try:
+            self.f = gzip.open(self.path, "rb") if self.path.suffix == ".gz" else open(self.path, "rb")
+        except OSError as e:
+            raise self.error(e) from None
+        return self.f
+
+    def __exit__(self, kind, e, tb):
+        self.f.close()
+        if isinstance(e, (EOFError, OSError, zlib.error)):
+            raise self.error(e) from None
+        return False
+
+    def error(self, e: BaseException) -> CorpusError:
+        p = self.path
+        if isinstance(e, EOFError):
+            return CorpusError(f"corpus: {p}: the gzip stream ends early (a truncated file?): {e}")
+        if isinstance(e, gzip.BadGzipFile):
+            return CorpusError(f"corpus: {p}: not a gzip file ({e}); a .gz name needs gzip data (rename a plain "
+                               "file without .gz)")
+        if isinstance(e, zlib.error):
+            return CorpusError(f"corpus: {p}: corrupt gzip data ({e})")
+        return CorpusError(f"corpus: {p}: cannot be read ({e.strerror or e})")
+
+
+def _record(rec: dict, text_field: str) -> dict:
+    """A record as the tasks take it: fields holding None dropped (Parquet and `datasets` fill a column a row lacks
+    with None, JSON has null), so that every check for a field finds it absent; `text_field` renamed "text"."""
+    if any(v is None for v in rec.values()):
+        rec = {k: v for k, v in rec.items() if v is not None}
     if text_field != "text" and text_field in rec:
         rec = dict(rec)
         rec["text"] = rec.pop(text_field)
     return rec
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value) -> str | None:
+    """The first lone surrogate in a JSON value's strings (keys too), or None."""
+    if isinstance(value, str):
+        m = _SURROGATE.search(value)
+        return m.group() if m else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _lone_surrogate(k) or _lone_surrogate(v)
+        if found:
+            return found
+    return None
+
+
+def _utf8_lines(f, path: Path):
+    """The lines of a binary file as text (split at b"\n" only, a UTF-8 BOM dropped); invalid UTF-8 is a
+    CorpusError naming the line and the byte."""
+    at = 0  # the line's first byte in the file
+    for n, raw in enumerate(f, 1):
+        bom = len(codecs.BOM_UTF8) if n == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+        try:
+            yield raw[bom:].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _not_utf8(path, n, at + bom + e.start, raw[bom + e.start:bom + e.start + 4]) from None
+        at += len(raw)
+
+
 def _jsonl(path: Path, text_field: str) -> list[dict]:
+    """The records of a JSONL file. A line that is not JSON, not an object, not UTF-8, or holds a lone surrogate
+    (a legal JSON escape such as \\ud800 that is no text: it cannot be encoded, tokenized or written out) makes
+    the corpus unusable: a CorpusError naming path:line, as for a file that cannot be read."""
     out = []
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-        for n, rec in json_lines(f, f"corpus: {path}", CorpusError):
+    with _reading(path) as f:
+        for n, rec in json_lines(_utf8_lines(f, path), f"corpus: {path}", CorpusError):
             if not isinstance(rec, dict):
                 raise CorpusError(f"corpus: {path}:{n}: not a JSON object")
-            out.append(_rename(rec, text_field))
+            bad = _lone_surrogate(rec)
+            if bad:
+                raise CorpusError(f"corpus: {path}:{n}: a lone surrogate (\\u{ord(bad):04x}) in a string, which is "
+                                  "not text (it cannot be encoded as UTF-8); fix or drop the record")
+            out.append(_record(rec, text_field))
     return out
 
 
@@ -153,7 +240,7 @@ class _Parquet:
         return self.table.num_rows
 
     def __getitem__(self, i: int) -> dict:
-        return _rename(self.table.slice(i, 1).to_pylist()[0], self.text_field)
+        return _record(self.table.slice(i, 1).to_pylist()[0], self.text_field)
 
 
 class _HFDataset:
@@ -164,7 +251,7 @@ class _HFDataset:
         return len(self.ds)
 
     def __getitem__(self, i: int) -> dict:
-        return _rename(self.ds[int(i)], self.text_field)
+        return _record(self.ds[int(i)], self.text_field)
 
 
 def _hf_dataset(path: Path, text_field: str):
@@ -207,6 +294,7 @@ class TaskDataset(torch.utils.data.IterableDataset):
         self.corpus, self.task, self.seed, self.epochs, self.shuffle = corpus, task, int(seed), epochs, shuffle
         self.render, self.dtype, self.vision_model = render, dtype, vision_model
         self.start = 0  # the first of this rank's samples to make (set by GlyphLoader.load_state_dict)
+        self.missing_glyphs = 0  # OCR samples this process left out because their pages miss glyphs (logged)
 
     def __len__(self) -> int:
         """This rank's samples (an equal share: the last few of an uneven total are left out)."""
@@ -223,13 +311,23 @@ class TaskDataset(torch.utils.data.IterableDataset):
 
     def sample(self, g: int):
         """Global sample g (None when its record cannot make one)."""
+        return self.make(g)[0]
+
+    def make(self, g: int):
+        """(global sample g, None), or (None, the task's TaskError) when its record cannot make one. An OCR sample
+        whose pages miss glyphs (MissingGlyphs) is also logged: the first few, then every 1000th of this process."""
         try:
             s = self.task(self.corpus[self.record_index(g)], g)
-        except TaskError:
-            return None
+        except TaskError as e:
+            if isinstance(e, MissingGlyphs):
+                self.missing_glyphs += 1
+                if self.missing_glyphs <= 3 or self.missing_glyphs % 1000 == 0:
+                    log.warning("sample %d left out (%d so far in this process whose pages miss glyphs): %s", g,
+                                self.missing_glyphs, e)
+            return None, e
         if self.render == "worker":
             attach_pixels([s], device="cpu", dtype=self.dtype, model=self.vision_model)
-        return s
+        return s, None
 
     def why_skipped(self, j: int) -> str:
         """The task's reason for making nothing of this rank's sample j."""

@@ -18,7 +18,8 @@ styles.sample(index) and every other choice comes from a generator seeded by (se
 
 Tasks (the Glyph paper's continual pre-training families, plus long-context QA):
   ocr  read back one or several pages; the target is the text between the first page's and the last
-       page's character spans as the layout reports them (no character lost, none duplicated)
+       page's character spans as the layout reports them (no character lost, none duplicated); pages that
+       draw a character as a box (no font of the style has it) are a TaskError (MissingGlyphs)
   lm   interleaved language modelling: spans of the text alternate between pages and plain text, in
        order, in one user turn; loss on the plain-text spans (PromptBuilder.encode_pieces)
   gen  given the first pages, write what follows (or given the last pages, what came before)
@@ -45,6 +46,10 @@ GEN_BACKWARD = ("Write the text that comes before these pages.", "What precedes 
 
 class TaskError(ValueError):
     """A record a task cannot use; the message names the record field."""
+
+
+class MissingGlyphs(TaskError):
+    """An OCR sample whose pages draw characters as boxes (no font of the style covers them)."""
 
 
 @dataclass
@@ -173,7 +178,20 @@ class Task:
         raise NotImplementedError
 
 
+def missing_glyphs(index: int, missing: dict, field_name: str = "text") -> MissingGlyphs:
+    """The TaskError of an OCR record whose pages draw characters as replacement boxes (Document.missing_chars():
+    no font of the style covers them): a target holding them would teach reading what the pages do not show."""
+    top = sorted(missing.items(), key=lambda kv: -kv[1])
+    named = ", ".join(f"{c!r} (U+{ord(c):04X}) x{n}" for c, n in top[:8]) + (
+        f" and {len(top) - 8} other characters" if len(top) > 8 else "")
+    return MissingGlyphs(f"record {index}: field {field_name!r}: the pages draw {sum(missing.values())} characters as "
+                     f"boxes (no font of the style has them): {named}; an OCR target must hold only what the pages "
+                     "show")
+
+
 class OCRTask(Task):
+    """Reads back 1 to max_pages pages of a window. A sample whose pages draw a character as a box (no font of its
+    style covers it) is a TaskError: skipped and counted, never a target holding text the pages do not show."""
     name = "ocr"
 
     def __call__(self, record: dict, index: int) -> Sample:
@@ -184,6 +202,9 @@ class OCRTask(Task):
         doc = Document(window, self.style(index), max_pages=k)
         if doc.num_pages == 0:
             raise TaskError(f"record {index}: field 'text' lays out to no page")
+        missing = doc.missing_chars()
+        if missing:
+            raise missing_glyphs(index, missing)
         spans = doc.page_spans()
         target = window[spans[0][0]:spans[-1][1]]
         page = PageRange(window, doc.config, 0, doc.num_pages, k, doc)
@@ -248,7 +269,7 @@ def think_answer(answer: str, thinking: str = "", escape=None) -> str:
     if tag and not head.strip() and "</think>" in rest:
         inner, _, after = rest.partition("</think>")
         return f"{head}<think>{esc(inner)}</think>{esc(after)}"
-    return f"<think>{esc(str(thinking).strip())}</think>\n{esc(answer)}"
+    return f"<think>{esc(('' if thinking is None else str(thinking)).strip())}</think>\n{esc(answer)}"
 
 
 class QATask(Task):
@@ -283,8 +304,9 @@ class QATask(Task):
             raise TaskError(f"record {index}: field 'context' needs more than {self.max_pages} pages at this style; "
                             "its answer may lie beyond them (raise data.loader.max_pages)")
         page = PageRange(context, doc.config, 0, doc.num_pages, self.max_pages, doc)
+        thinking = record.get("thinking")  # None (a Parquet / datasets row without it) is absent, never "None"
         return self.chat(index, [page], question, answer, {},
-                         thinking=str(record.get("thinking", "")) if self.think else None)
+                         thinking=("" if thinking is None else str(thinking)) if self.think else None)
 
 
 _MARK = "\U0010FFFE"  # a noncharacter: LMTask's marker of a text span's place in the template
@@ -361,5 +383,5 @@ def make_task(name: str, builder: PromptBuilder, **options) -> Task:
     return TASK_CLASSES[name](builder, **options)
 
 
-__all__ = ["TASKS", "Task", "TaskError", "Sample", "PageRange", "make_task", "OCRTask", "LMTask", "GenTask",
-           "QATask"]
+__all__ = ["TASKS", "Task", "TaskError", "MissingGlyphs", "Sample", "PageRange", "make_task", "OCRTask", "LMTask",
+           "GenTask", "QATask"]
