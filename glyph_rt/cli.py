@@ -387,7 +387,10 @@ def cmd_make_data(args) -> int:
     r = make_data(args.task, args.out, args.input, args.n, args.shard_size, args.seed, styles, args.max_pages,
                   progress=not args.quiet)
     print(f"{args.out}: {r['written']} shards written ({r['samples']} samples, {r['pages']} pages), {r['kept']} kept "
-          f"from an earlier run, {r['skipped']} records skipped")
+          f"from an earlier run, {r['skipped']} records skipped"
+          + "".join(f", {r[k]} {what}" for k, what in (("missing_glyphs", "of them for glyphs no font draws"),
+                                                      ("placeholders_escaped", "literal <image> texts escaped"))
+                    if r.get(k)))
     return 0
 
 
