@@ -267,11 +267,11 @@ def test_ocr_samples_whose_pages_miss_glyphs_are_skipped_counted_and_logged(buil
     """The loader leaves out an OCR sample whose pages draw characters as boxes, counts it among the skipped
     (the trainer's metrics) and logs the first few with the characters."""
     text = sample_text()
-    corpus = Corpus([("mem", [{"text": "Glyphs \U00013000 none has. " * 10}, {"text": text[:500]}])])
+    corpus = Corpus([("mem", [{"text": "Glyphs \x07 none has. " * 10}, {"text": text[:500]}])])
     task = make_task("ocr", builder, config=CFG, max_pages=1)
     loader = GlyphLoader(TaskDataset(corpus, task, epochs=3, shuffle=False), Collator(builder.image_token_id, 0),
                          batch_size=1)
     with caplog.at_level("WARNING", logger="glyph_rt.train"):
         assert len(list(loader)) == 3
     assert loader.state_dict()["skipped"] == 3 and loader.dataset.missing_glyphs == 3
-    assert "pages miss glyphs" in caplog.text and "U+13000" in caplog.text
+    assert "pages miss glyphs" in caplog.text and "U+0007" in caplog.text

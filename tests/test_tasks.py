@@ -238,9 +238,9 @@ def test_ocr_whose_pages_miss_glyphs_is_a_task_error_naming_them(builder, text):
     from glyph_rt.train.tasks import MissingGlyphs
 
     task = make_task("ocr", builder, config=CFG, max_pages=1)
-    rec = {"text": "Hello \U00013000 world \u0c85 end. " * 5}
+    rec = {"text": "Hello \x07 world \x1b end. " * 5}
     with pytest.raises(MissingGlyphs, match=r"record 2: field 'text': the pages draw 10 characters as boxes .*"
-                                            r"U\+13000\) x5, .*U\+0C85\) x5"):
+                                            r"U\+0007\) x5, .*U\+001B\) x5"):
         task(rec, 2)
     assert issubclass(MissingGlyphs, TaskError)
     s = task({"text": "caf\u00e9 \u0416\t\u00a0\u200b\u00ad " + text[:300]}, 0)  # drawn or invisible: not missing

@@ -174,9 +174,9 @@ def test_rl_ocr_records_whose_pages_miss_glyphs_are_skipped_and_counted():
     check = rollout_check(gm, max_new_tokens=16)
     good = "\n".join(f"line {i} of plain text" for i in range(20))
     check({"task": "ocr", "context": good, "question": "Read it.", "answer": good}, 0)
-    bad = good + "\nan unknown \U00013000 glyph"
+    bad = good + "\nan unknown \x07 glyph"
     check({"context": bad, "question": "What?", "answer": "x"}, 1)  # QA: the pages need not hold every glyph
-    with pytest.raises(MissingGlyphs, match=r"record 2: field 'context': .* 1 characters as boxes .*U\+13000"):
+    with pytest.raises(MissingGlyphs, match=r"record 2: field 'context': .* 1 characters as boxes .*U\+0007"):
         check({"task": "ocr", "context": bad, "question": "Read it.", "answer": bad}, 2)
     stream = RecordStream([{"text": good}, {"text": bad}], seed=0, ocr_ratio=1.0, ocr_chars=2000, check=check)
     recs = list(itertools.islice(iter(stream), 4))

@@ -385,9 +385,9 @@ def run(cfg: TrainConfig, data=None, progress: bool = True) -> dict:
     loader_options(cfg)  # a bad data.loader key fails before the model loads
     check_fresh_start(cfg)
     torch.manual_seed(cfg.seed)
-    owned = not dist.is_initialized()
+    owned = not (dist.is_available() and dist.is_initialized())
     rank, world, device = setup_distributed(cfg)
-    owned = owned and dist.is_initialized()
+    owned = owned and dist.is_available() and dist.is_initialized()
     result = _run(cfg, data, progress, rank, world, device)
     if owned:  # not on an error: the other ranks may never reach the barrier
         dist.barrier()
