@@ -125,8 +125,9 @@ def main(argv=None):
                 moved = in_bytes + k * D * 2 + n * D * 2  # input, weight, output
                 row[key] = {"ms": ms, "tflops": 2 * n * k * D / ms / 1e9, "gbps": moved / ms / 1e6}
             timed = [k for k in runs if "ms" in row[k]]
-            if "linear_bf16_k588" in timed and "linear_bf16_k592" in timed:
-                row["linear_bf16"] = faster(row, "linear_bf16_k588", "linear_bf16_k592")
+            bf16 = [k for k in ("linear_bf16_k588", "linear_bf16_k592") if k in timed]
+            if bf16:
+                row["linear_bf16"] = faster(row, *bf16)
             for ratio, base, ours_key in RATIOS:
                 if "ms" in row.get(base, {}) and "ms" in row.get(ours_key, {}):
                     row[ratio] = row[base]["ms"] / row[ours_key]["ms"]
