@@ -245,3 +245,25 @@ def test_ocr_whose_pages_miss_glyphs_is_a_task_error_naming_them(builder, text):
     assert issubclass(MissingGlyphs, TaskError)
     s = task({"text": "caf\u00e9 \u0416\t\u00a0\u200b\u00ad " + text[:300]}, 0)  # drawn or invisible: not missing
     assert s.messages[-1]["content"].startswith("caf\u00e9 \u0416")
+
+
+def test_max_tokens_caps_the_pages_ocr_lm_and_gen_show(builder, text):
+    """With max_tokens (the collator's max_length), ocr, lm and gen show at most as many pages as max_tokens holds
+    full canvases of the sample's style, so no sample is drawn only to be left out for its pages; qa is left as it
+    is (its context is whole or the sample is skipped)."""
+    from glyph_rt.render.raster import canvas_size
+    from glyph_rt.render.tokens import vision_model
+
+    W, H = canvas_size(CFG)
+    per_page = vision_model("glm4v").tokens(H, W)
+    for name in ("ocr", "lm", "gen"):
+        free = make_task(name, builder, config=CFG, max_pages=8, window_chars=6000)
+        capped = make_task(name, builder, config=CFG, max_pages=8, window_chars=6000, max_tokens=2 * per_page + 1)
+        assert capped.page_budget(CFG) == 2 and free.page_budget(CFG) == 8
+        most = max(sum(p.num_pages for p in free({"text": text}, i).pages) for i in range(12))
+        assert most > 2, name
+        assert all(sum(p.num_pages for p in capped({"text": text}, i).pages) <= 2 for i in range(12)), name
+    assert make_task("ocr", builder, config=CFG, max_pages=8, max_tokens=1).page_budget(CFG) == 1  # one at least
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="max_tokens: .* must be an integer >= 1"):
+            make_task("lm", builder, config=CFG, max_tokens=bad)

@@ -213,6 +213,7 @@ def test_cpt_samples_over_max_tokens_are_left_out_and_counted(tmp_path):
                            "max_pages": 1, "window_chars": 1500, "task_options": {"lm": short, "gen": short}}
         data = build_data(cfg, gm, 0, 1)
         assert data.collator.mode == "pack" and data.collator.max_length == (limit or 131072)
+        assert {t.max_tokens for t in data.dataset.task.tasks.values()} == {limit or 131072}  # the tasks' page budget
         got[limit] = [b["input_ids"].shape[1] for b in itertools.islice(iter(data), 6)], data.state_dict()
     (full, state), (kept, cut) = got[None], got[680]
     assert state["too_long"] == 0 and max(full) > 680

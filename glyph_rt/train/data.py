@@ -228,7 +228,9 @@ def build_data(cfg: TrainConfig, gm, rank: int, world: int, held_out: bool = Fal
     kw = {k: opts[k] for k in ("max_pages", "window_chars") if k in opts}
     think = opts.get("think", cfg.stage == "sft")  # QA answers in the thinking format
     own = opts.get("task_options") or {}
-    tasks = {n: make_task(n, gm.prompts, styles=styles, seed=cfg.seed, config=fixed,
+    # ocr, lm and gen show fewer pages where data.max_tokens holds fewer full pages of a sample's style
+    tasks = {n: make_task(n, gm.prompts, styles=styles, seed=cfg.seed, config=fixed, vision=gm.vision,
+                          max_tokens=cfg.data.max_tokens or None,
                           **{**kw, **own.get(n, {}), **({"think": think} if n == "qa" else {})})
              for n in weights}
     task = MixedTask(tasks, weights, cfg.seed)

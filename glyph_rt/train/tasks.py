@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from ..models.prompt import IGNORE_INDEX, PromptBuilder
 from ..render.config import RenderConfig
 from ..render.pages import Document
+from ..render.raster import canvas_size
+from ..render.tokens import vision_model
 
 TASKS = ("ocr", "lm", "gen", "qa")
 
@@ -132,13 +134,17 @@ class Task:
     name = ""
 
     def __init__(self, builder: PromptBuilder, styles=None, seed: int = 0, config: RenderConfig | None = None,
-                 max_pages: int = 4, window_chars: int = 12000):
+                 max_pages: int = 4, window_chars: int = 12000, max_tokens: int | None = None, vision="glm4v"):
         if styles is None and config is None:
             config = RenderConfig()
         if max_pages < 1:
             raise ValueError(f"max_pages: {max_pages!r} must be >= 1")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens < 1):
+            raise ValueError(f"max_tokens: {max_tokens!r} must be an integer >= 1 (or None: no limit)")
         self.builder, self.styles, self.seed, self.config = builder, styles, int(seed), config
         self.max_pages, self.window_chars = int(max_pages), int(window_chars)
+        self.max_tokens, self.vision = max_tokens, vision_model(vision)
 
     def rng(self, index: int) -> random.Random:
         return random.Random(f"{self.seed}:{self.name}:{index}")
@@ -148,6 +154,14 @@ class Task:
 
     def window(self, text: str, rng: random.Random) -> str:
         return text_window(text, self.window_chars, rng)
+
+    def page_budget(self, config: RenderConfig) -> int:
+        """max_pages, or fewer where max_tokens (the collator's max_length) holds fewer full pages of `config`'s
+        canvas: a sample past it would be drawn only to be left out. At least one page."""
+        if self.max_tokens is None:
+            return self.max_pages
+        W, H = canvas_size(config)
+        return max(1, min(self.max_pages, self.max_tokens // self.vision.tokens(H, W)))
 
     def chat(self, index: int, pages: list[PageRange], question: str, answer: str, meta: dict,
              thinking: str | None = None) -> Sample:
@@ -198,8 +212,9 @@ class OCRTask(Task):
         text = _text_field(record, "text", index)
         rng = self.rng(index)
         window = self.window(text, rng)
-        k = rng.randint(1, self.max_pages)
-        doc = Document(window, self.style(index), max_pages=k)
+        style = self.style(index)
+        k = rng.randint(1, self.page_budget(style))
+        doc = Document(window, style, max_pages=k)
         if doc.num_pages == 0:
             raise TaskError(f"record {index}: field 'text' lays out to no page")
         missing = doc.missing_chars()
@@ -225,15 +240,16 @@ class GenTask(Task):
         window = self.window(text, rng)
         if len(window) < 200:
             raise TaskError(f"record {index}: field 'text' is too short for generation ({len(window)} characters)")
-        k = rng.randint(1, self.max_pages)
+        style = self.style(index)
+        k = rng.randint(1, self.page_budget(style))
         split = _cut(window, int(len(window) * rng.uniform(0.3, 0.7)), rng)
         if rng.random() < self.backward:  # the last pages are shown: write what came before
-            doc = Document(window[split:], self.style(index), max_pages=k)
+            doc = Document(window[split:], style, max_pages=k)
             begin = _cut(window, split - self.answer_chars, rng) if split > self.answer_chars else 0
             answer, prompt = window[begin:split], rng.choice(GEN_BACKWARD)
             shown = window[split:]
         else:
-            doc = Document(window[:split], self.style(index), max_pages=k)
+            doc = Document(window[:split], style, max_pages=k)
             end = doc.page_spans()[-1][1]  # text past the last page shown (max_pages) continues the answer
             answer = window[end:end + self.answer_chars]
             answer = answer[:_cut(answer, len(answer), rng)] if end + self.answer_chars < len(window) else answer
@@ -334,7 +350,7 @@ class LMTask(Task):
         rendered = [rng.random() < 0.5 for _ in spans]
         rendered[0], rendered[-1] = True, False  # at least one page and one trained span
         config = self.style(index)
-        content, pages, left = [], [], self.max_pages
+        content, pages, left = [], [], self.page_budget(config)
         for span, as_pages in zip(spans, rendered):
             if as_pages and left > 0:
                 doc = Document(span, config, max_pages=left)
