@@ -378,3 +378,20 @@ def test_check_processor_reads_image_mean_and_std_as_the_processor_does(tmp_path
     p.write_text(json.dumps({"image_std": 0.27}))
     with pytest.raises(ValueError, match=r"image_std=0.27 \(glyph_rt normalizes"):
         check_processor(p, "qwen2_5_vl")
+
+
+def test_check_processor_refuses_a_processor_that_skips_a_step_glyph_rt_takes(tmp_path):
+    """pixel_values are always RGB, rescaled by 1/255 and normalized: a checkpoint whose processor turns one off
+    would see other pixels than glyph_rt gives it."""
+    from glyph_rt.models.glyph_model import check_processor
+
+    p = tmp_path / "preprocessor_config.json"
+    p.write_text(json.dumps({"do_convert_rgb": True, "do_rescale": True, "do_normalize": True,
+                             "rescale_factor": 0.00392156862745098}))
+    check_processor(p)
+    for bad, message in (({"do_normalize": False}, "do_normalize=false"), ({"do_rescale": False}, "do_rescale=false"),
+                         ({"do_convert_rgb": False}, "do_convert_rgb=false"),
+                         ({"rescale_factor": 1.0}, r"rescale_factor=1.0 \(glyph_rt rescales by 1/255\)")):
+        p.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=f"preprocessor_config.json: .*{message}"):
+            check_processor(p)

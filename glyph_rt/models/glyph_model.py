@@ -370,6 +370,14 @@ def check_processor(path: Path, model_type: str = "glm4v") -> VisionModel:
                        f"glyph_rt normalizes with CLIP's {list(v)})")
         elif any(abs(a - b) > 1e-6 for a, b in zip(got, v)):
             bad.append(f"{k}={p[k]} (glyph_rt normalizes with CLIP's {list(v)})")
+    # the steps glyph_rt's pixel_values always take: RGB, scaled by 1/255, normalized
+    for k in ("do_convert_rgb", "do_rescale", "do_normalize"):
+        if p.get(k) is False:
+            bad.append(f"{k}=false (glyph_rt's pixel_values are always converted to RGB, rescaled and normalized)")
+    factor = p.get("rescale_factor")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))
+                               or abs(factor - 1 / 255) > 1e-9):
+        bad.append(f"rescale_factor={factor!r} (glyph_rt rescales by 1/255)")
     if bad:
         raise ValueError(f"{path}: the checkpoint's image processor differs from glyph_rt's: {'; '.join(bad)}")
     return vision
