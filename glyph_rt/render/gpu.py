@@ -29,7 +29,6 @@ from .raster import final_sizes
 from .tokens import VisionModel, vision_model
 
 
-
 def resolve_device_backend(device, backend: str) -> tuple[torch.device, str]:
     """(device, backend) for drawing on `device`: auto picks cuda, then triton on a GPU and the C++
     rasterizer on the CPU; 'cpu' draws on the CPU and copies pages over. Unavailable choices raise

@@ -11,7 +11,7 @@ import numpy as np
 from .atlas import FontAtlas
 from .config import NewlineMarkup, RenderConfig, parse_color
 from .layout import Layout
-from .tokens import MAX_ASPECT
+from .tokens import MAX_ASPECT, VisionModel, vision_model
 
 
 INK_TOL = 5  # Glyph's auto-crop tolerance, in grey levels
@@ -30,6 +30,12 @@ def canvas_size(config: RenderConfig) -> tuple[int, int]:
     if m:
         w, h = math.ceil(w / m) * m, math.ceil(h / m) * m
     return w, h
+
+
+def canvas_tokens(config: RenderConfig, model: "str | VisionModel") -> int:
+    """Visual tokens of a full page of `config` (its canvas, uncropped): the most any of its pages takes."""
+    w, h = canvas_size(config)
+    return vision_model(model).tokens(h, w)
 
 
 def palette(config: RenderConfig) -> np.ndarray:

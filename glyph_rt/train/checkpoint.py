@@ -32,16 +32,17 @@ STEP_DIR = re.compile(r"^step_(\d{8})$")
 REPLACED = ".replaced"  # a step saved again: the old one, moved aside until the new one is in place
 
 
-def _dist() -> bool:
+def distributed() -> bool:
+    """Whether a process group is initialised (False on a torch built without torch.distributed)."""
     return dist.is_available() and dist.is_initialized()
 
 
 def _rank() -> int:
-    return dist.get_rank() if _dist() else 0
+    return dist.get_rank() if distributed() else 0
 
 
 def _barrier() -> None:
-    if _dist():
+    if distributed():
         dist.barrier()
 
 
@@ -97,7 +98,7 @@ class CheckpointManager:
         msd, osd = get_state_dict(model, optimizer)
         with warnings.catch_warnings():  # single-process DCP says so on every call
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
-            dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp), no_dist=not _dist())
+            dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp), no_dist=not distributed())
         torch.save({"step": step, "rng": rng_state(), **(extra or {})}, tmp / f"rank_{_rank()}.pt")
         _barrier()
         if _rank() == 0:
@@ -118,7 +119,7 @@ class CheckpointManager:
         state = {"model": msd, "optim": osd}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
-            dcp.load(state, checkpoint_id=str(path), no_dist=not _dist())
+            dcp.load(state, checkpoint_id=str(path), no_dist=not distributed())
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         extra = torch.load(own, weights_only=False)
         set_rng_state(extra.pop("rng"))
@@ -188,7 +189,7 @@ def export_hf(model, tokenizer, source: str | os.PathLike, out: str | os.PathLik
             _write_hf(model, tokenizer, full, Path(source), Path(out), lora_scale, dtype)
         except Exception as e:  # noqa: BLE001 - told to every rank below, then raised here
             error = e
-    if _dist():  # the other ranks learn whether rank 0's export worked, rather than wait at a barrier for ever
+    if distributed():  # the other ranks learn whether rank 0's export worked, rather than wait at a barrier for ever
         told = [None if error is None else f"{type(error).__name__}: {error}"]
         dist.broadcast_object_list(told, src=0)
         if _rank() != 0:

@@ -168,11 +168,10 @@ def rollout_check(gm, max_new_tokens: int):
     is longer than the model's window, or it is an OCR record (ocr_record) whose pages draw characters as boxes (no
     font of gm.render_config covers them: its answer would hold text the pages do not show)."""
     from ..render.pages import Document
-    from ..render.raster import canvas_size
-    from ..render.tokens import visual_tokens
+    from ..render.raster import canvas_tokens
     from .tasks import TaskError, missing_glyphs
 
-    per_page = visual_tokens([canvas_size(gm.render_config)], gm.vision)[0]  # a page's most: uncropped, snapped
+    per_page = canvas_tokens(gm.render_config, gm.vision)  # a page's most: uncropped, snapped
 
     def check(rec: dict, i: int) -> None:
         try:

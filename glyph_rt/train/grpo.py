@@ -35,13 +35,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .checkpoint import distributed
 from .model import base_model, gathered
 from .rewards import Judge, RewardSet
 from .trainer import Trainer, _all_reduce
 
 
 def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if distributed() else 1
 
 
 @dataclass

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from ..models.prompt import IGNORE_INDEX, PromptBuilder
 from ..render.config import RenderConfig
 from ..render.pages import Document
-from ..render.raster import canvas_size
+from ..render.raster import canvas_tokens
 from ..render.tokens import vision_model
 
 TASKS = ("ocr", "lm", "gen", "qa")
@@ -160,8 +160,7 @@ class Task:
         canvas: a sample past it would be drawn only to be left out. At least one page."""
         if self.max_tokens is None:
             return self.max_pages
-        W, H = canvas_size(config)
-        return max(1, min(self.max_pages, self.max_tokens // self.vision.tokens(H, W)))
+        return max(1, min(self.max_pages, self.max_tokens // canvas_tokens(config, self.vision)))
 
     def chat(self, index: int, pages: list[PageRange], question: str, answer: str, meta: dict,
              thinking: str | None = None) -> Sample:

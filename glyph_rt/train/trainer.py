@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..fileio import write_atomic
 from ..models.prompt import IGNORE_INDEX
-from .checkpoint import CheckpointManager, export_hf
+from .checkpoint import CheckpointManager, distributed, export_hf
 from .collate import model_inputs as collated_inputs
 from .config import TrainConfig, TrainConfigError
 from .metrics import MetricsLogger
@@ -50,7 +50,7 @@ def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torchrun = "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ
-    if (world > 1 or (cfg.fsdp == "on" and torchrun)) and not dist.is_initialized():
+    if (world > 1 or (cfg.fsdp == "on" and torchrun)) and not distributed():
         if device.type == "cuda":
             dist.init_process_group("nccl", device_id=device)
         else:
@@ -74,7 +74,7 @@ def per_rank(cfg: TrainConfig, world: int) -> int:
 def use_fsdp(cfg: TrainConfig, world: int) -> bool:
     if cfg.fsdp == "off" and world > 1:
         raise ValueError(f"fsdp: 'off' with {world} ranks; multi-rank training shards with FSDP2 (fsdp=auto)")
-    if cfg.fsdp == "on" and not (dist.is_available() and dist.is_initialized()):
+    if cfg.fsdp == "on" and not distributed():
         raise TrainConfigError("fsdp: 'on' shards over a process group, and this single process has none; launch "
                                "with torchrun (torchrun --nproc-per-node N -m glyph_rt.train ...), or use fsdp=auto "
                                "(no sharding on one process)")
@@ -162,7 +162,7 @@ def batch_counts(batch: dict, image_token_id: int | None) -> dict:
 
 
 def _all_reduce(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not distributed():
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
@@ -385,9 +385,9 @@ def run(cfg: TrainConfig, data=None, progress: bool = True) -> dict:
     loader_options(cfg)  # a bad data.loader key fails before the model loads
     check_fresh_start(cfg)
     torch.manual_seed(cfg.seed)
-    owned = not (dist.is_available() and dist.is_initialized())
+    owned = not distributed()
     rank, world, device = setup_distributed(cfg)
-    owned = owned and dist.is_available() and dist.is_initialized()
+    owned = owned and distributed()
     result = _run(cfg, data, progress, rank, world, device)
     if owned:  # not on an error: the other ranks may never reach the barrier
         dist.barrier()
