@@ -9,6 +9,7 @@ import time
 import httpx
 import openai
 import pytest
+import torch
 
 from glyph_rt import RenderConfig
 from glyph_rt.models import GlyphModel
@@ -147,6 +148,31 @@ def test_glyph_part_render_config_and_images(gm, server, client):
                                        extra_body={"glyph": {"render_config": {"font_path": "/etc/passwd"}}})
 
 
+def test_logprobs_are_the_models_streaming_and_not(gm, server, client):
+    doc, q = TEXT[:900], "Who is it for?"
+    inputs, _, _ = gm.build_inputs([doc], [q])
+    out = gm.model.generate(**inputs, max_new_tokens=8, do_sample=False, output_logits=True,
+                            return_dict_in_generate=True)
+    want = [torch.log_softmax(step[0].float(), -1) for step in out.logits]
+    kw = dict(model="tiny", messages=doc_messages(doc, q), max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
+    r = client.chat.completions.create(**kw)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens and "".join(t.token for t in content) == \
+        r.choices[0].message.content
+    for t, lp, tok in zip(content, want, out.sequences[0, inputs["input_ids"].shape[1]:].tolist()):
+        assert t.token == gm.tokenizer.decode([tok]) and bytes(t.bytes) == t.token.encode()
+        assert t.logprob == pytest.approx(lp[tok].item(), abs=1e-4)
+        top = lp.topk(3)
+        assert [x.token for x in t.top_logprobs] == [gm.tokenizer.decode([i]) for i in top.indices.tolist()]
+        assert [x.logprob for x in t.top_logprobs] == pytest.approx(top.values.tolist(), abs=1e-4)
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [(t.token, t.top_logprobs[0].token) for t in streamed] == \
+        [(t.token, t.top_logprobs[0].token) for t in content]
+    plain = client.chat.completions.create(model="tiny", messages=doc_messages(doc, q), max_tokens=2)
+    assert plain.choices[0].logprobs is None
+
+
 def test_bad_requests_get_the_right_status_and_the_server_stays_up(server, client):
     url, auth = server.url + "/v1/chat/completions", {"Authorization": f"Bearer {KEY}"}
     ok = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -167,7 +193,8 @@ def test_bad_requests_get_the_right_status_and_the_server_stays_up(server, clien
         (json.dumps({**ok, "seed": 2**70}).encode(), auth, 400, "seed"),
         (json.dumps({**ok, "n": 2}).encode(), auth, 400, "only n=1"),
         (json.dumps({**ok, "presence_penalty": 0.5}).encode(), auth, 400, "presence_penalty: not supported"),
-        (json.dumps({**ok, "logprobs": True}).encode(), auth, 400, "logprobs: not supported"),
+        (json.dumps({**ok, "top_logprobs": 2}).encode(), auth, 400, "top_logprobs: needs logprobs: true"),
+        (json.dumps({**ok, "logprobs": True, "top_logprobs": 21}).encode(), auth, 400, "top_logprobs"),
         (json.dumps({**ok, "response_format": {"type": "json_object"}}).encode(), auth, 400,
          "response_format: type 'json_object' is not supported"),
         (json.dumps({**ok, "response_format": {"type": "json_schema", "json_schema": {"name": "a"}}}).encode(), auth,

@@ -85,6 +85,13 @@ def test_batch_runs_skips_done_ids_and_reports_bad_lines(checkpoint, tmp_path):
         assert sorted(r["custom_id"] for r in rows) == sorted(f"req-{i}" for i in range(10))
         by_id = {r["custom_id"]: r["response"]["status_code"] for r in rows}
         assert by_id["req-1"] == 200 and by_id["req-3"] == 400
+        # logprobs reach the result lines
+        write_requests(tmp_path / "lp.jsonl", 2, logprobs=True, top_logprobs=1)
+        run_batch(svc, tmp_path / "lp.jsonl", tmp_path / "lp_out.jsonl", progress=False)
+        for row in results(tmp_path / "lp_out.jsonl"):
+            choice, usage = row["response"]["body"]["choices"][0], row["response"]["body"]["usage"]
+            assert len(choice["logprobs"]["content"]) == usage["completion_tokens"]
+            assert all(len(t["top_logprobs"]) == 1 for t in choice["logprobs"]["content"])
     finally:
         svc.shutdown()
 

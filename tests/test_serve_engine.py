@@ -1,4 +1,5 @@
 """The serving engine on a tiny random-weight GLM-4.1V checkpoint: continuous batching, sampling, document cache."""
+import re
 import threading
 import time
 
@@ -395,6 +396,30 @@ def test_batched_sampling_draws_from_the_distribution_with_one_generator_per_req
     r = sampled_row(temperature=0, repetition_penalty=2.0)
     r.seen = torch.tensor([0])
     assert next_tokens([r], logits.clone()) == [1] and r.seen.tolist() == [0, 1]
+
+
+def test_logprobs_are_the_models_before_penalty_and_temperature():
+    from glyph_rt.serve.engine import model_logprobs, next_tokens, token_logprobs
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log()[None].repeat(3, 1)
+    rows = [sampled_row(temperature=0, repetition_penalty=2.0, logprobs=True, top_logprobs=2),
+            sampled_row(temperature=0),  # asked for none
+            sampled_row(5, temperature=0.5, logprobs=True)]
+    rows[0].seen = torch.tensor([0])
+    raw = model_logprobs(rows, logits)
+    tokens = next_tokens(rows, logits)
+    got = token_logprobs(raw, rows, tokens)
+    assert tokens[0] == 1 and set(got) == {0, 2}  # the penalty moved the choice; row 1 gets nothing
+    lp = probs.log().tolist()
+    assert got[0][0] == pytest.approx(lp[1]) and [t for t, _ in got[0][1]] == [0, 1]
+    assert [v for _, v in got[0][1]] == pytest.approx(lp[:2]) and got[2][1] == []
+    assert got[2][0] == pytest.approx(lp[tokens[2]])
+    assert model_logprobs(rows[1:2], logits[:1]) is None and token_logprobs(None, rows, tokens) == {}
+    for bad, words in [(dict(top_logprobs=2), "needs logprobs: true"),
+                       (dict(logprobs=True, top_logprobs=21), "[0, 20]")]:
+        with pytest.raises(RequestError, match=re.escape(words)):
+            SamplingParams(**bad).validate()
 
 
 def test_queue_holds_a_bounded_amount_of_rendered_pages(gm):

@@ -115,7 +115,7 @@ def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 2
                 if ev["type"] == "error":
                     return _error(ev["error"])
                 if ev["type"] == "done":
-                    return response(rid, model, r.text, r.finish_reason, r.usage(), r.stats())
+                    return response(rid, model, r.text, r.finish_reason, r.usage(), r.stats(), r.logprobs)
         finally:
             backend.cancel(r)  # no-op when finished
 
@@ -134,12 +134,15 @@ def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 2
                     if await request.is_disconnected():
                         return
                     continue
-                text = []  # the deltas already queued go out as one chunk (a client reading slower than tokens come)
+                # the deltas already queued go out as one chunk (a client reading slower than tokens come)
+                text, logprobs = [], None
                 while ev is not None and ev["type"] == "delta":
                     text.append(ev["text"])
+                    if "logprobs" in ev:
+                        logprobs = (logprobs or []) + ev["logprobs"]
                     ev = events.get_nowait() if not events.empty() else None
-                if text:
-                    yield sse(chunk(rid, model, created, {"content": "".join(text)}))
+                if any(text) or logprobs:
+                    yield sse(chunk(rid, model, created, {"content": "".join(text)}, logprobs=logprobs))
                 if ev is None:
                     continue
                 if ev["type"] == "error":

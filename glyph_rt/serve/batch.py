@@ -150,7 +150,7 @@ def run_batch(service: ChatService, input_path, output_path, progress: bool = Tr
                     if ev["type"] == "done":
                         r = ev["request"]
                         body = response(completion_id(), service.model_name, r.text, r.finish_reason, r.usage(),
-                                        r.stats())
+                                        r.stats(), r.logprobs)
                         item = (_line(cid, 200, body), True)
                     else:
                         e = ev["error"]

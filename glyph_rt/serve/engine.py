@@ -53,6 +53,9 @@ class QueueFull(Exception):
         self.depth, self.retry_after = depth, retry_after
 
 
+MAX_TOP_LOGPROBS = 20  # as OpenAI's API
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 256
@@ -62,6 +65,8 @@ class SamplingParams:
     seed: int | None = None
     repetition_penalty: float = 1.0
     ignore_eos: bool = False
+    logprobs: bool = False  # each output token's log-probability (the model's, before penalty and temperature)
+    top_logprobs: int = 0  # and the most likely tokens' at each position (up to MAX_TOP_LOGPROBS)
 
     def validate(self) -> "SamplingParams":
         def bad(name, why):
@@ -78,6 +83,11 @@ class SamplingParams:
             bad("seed", "must be an integer in [-2^63, 2^64)")
         if not 0 < self.repetition_penalty <= 2:
             bad("repetition_penalty", "must be in (0, 2]")
+        if isinstance(self.top_logprobs, bool) or not isinstance(self.top_logprobs, int) \
+                or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            bad("top_logprobs", f"must be an integer in [0, {MAX_TOP_LOGPROBS}]")
+        if self.top_logprobs and not self.logprobs:
+            bad("top_logprobs", "needs logprobs: true")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if len(self.stop) > 4 or any(not isinstance(s, str) or not s for s in self.stop):
@@ -112,6 +122,8 @@ class Request:
     first_token_t: float | None = None
     last_token_t: float | None = None
     pixel_bytes: int = 0  # its pages' pixel_values counted against the engine's max_queue_bytes
+    logprobs: list[dict] | None = None  # OpenAI's logprobs.content entries of output_ids, when asked for
+    logprobs_sent: int = 0  # entries already sent with a delta
 
     @property
     def finished(self) -> bool:
@@ -137,6 +149,7 @@ class Completion:
     usage: dict
     cache_hit: str
     ttft: float | None
+    logprobs: list[dict] | None = None
 
 
 @dataclass
@@ -199,6 +212,33 @@ def next_tokens(rows: list[Request], logits: torch.Tensor) -> list[int]:
         if r.params.repetition_penalty != 1.0:
             r.seen = torch.cat([r.seen, tokens[b:b + 1]])
     return tokens.tolist()
+
+
+def model_logprobs(rows: list[Request], logits: torch.Tensor) -> tuple[list[int], torch.Tensor] | None:
+    """The rows that asked for logprobs, and their log-probabilities [rows, vocab]: the model's, taken before
+    next_tokens applies the repetition penalty (in place) and the temperature, as vLLM's default."""
+    want = [b for b, r in enumerate(rows) if r.params.logprobs]
+    if not want:
+        return None
+    return want, torch.log_softmax(logits[torch.tensor(want, device=logits.device)], -1)
+
+
+def token_logprobs(raw, rows: list[Request], tokens: list[int]) -> dict[int, tuple[float, list[tuple[int, float]]]]:
+    """Row -> (its token's log-probability, [(token, log-probability)] of its top_logprobs most likely tokens),
+    from model_logprobs' `raw`; one host sync for the batch."""
+    if raw is None:
+        return {}
+    want, lp = raw
+    chosen = lp.gather(1, torch.tensor([tokens[b] for b in want], device=lp.device)[:, None])[:, 0].tolist()
+    k = max(rows[b].params.top_logprobs for b in want)
+    top_v, top_i = lp.topk(k, -1) if k else (lp[:, :0], lp[:, :0].long())
+    top_v, top_i = top_v.tolist(), top_i.tolist()
+    return {b: (chosen[i], list(zip(top_i[i], top_v[i]))[:rows[b].params.top_logprobs]) for i, b in enumerate(want)}
+
+
+def _json_logprob(v: float) -> float:
+    """JSON has no -inf (or NaN): vLLM's -9999.0 stands for them."""
+    return v if v > -9999.0 else -9999.0
 
 
 class Engine:
@@ -271,7 +311,8 @@ class Engine:
                     raise RequestError("this prompt was served before and its pages' embeddings let go (the "
                                        "document cache no longer holds them): build the prompt again", "messages")
                 s.embeddings, s.cached = hit.embeddings, True
-        req = Request(prompt, params, on_event, pixel_bytes=prompt.pixel_bytes)
+        req = Request(prompt, params, on_event, pixel_bytes=prompt.pixel_bytes,
+                      logprobs=[] if params.logprobs else None)
         req.deadline = req.arrival + (timeout or self.timeout)
         with self._cv:
             if len(self.waiting) >= self.max_queue or (
@@ -304,7 +345,8 @@ class Engine:
         if box["type"] == "error":
             raise box["error"]
         ttft = None if req.first_token_t is None else req.first_token_t - req.arrival
-        return Completion(req.text, list(req.output_ids), req.finish_reason, req.usage(), req.cache_hit, ttft)
+        return Completion(req.text, list(req.output_ids), req.finish_reason, req.usage(), req.cache_hit, ttft,
+                          req.logprobs)
 
     # ------------------------------------------------------------------ loop
     def _loop(self) -> None:
@@ -644,7 +686,7 @@ class Engine:
             r.generator = torch.Generator(logits.device).manual_seed(seed)
         self.running.append(r)
         self.metrics.running.set(len(self.running))
-        self._accept(r, next_tokens([r], logits[None])[0])
+        self._accept(r, *self._sample([r], logits[None])[0])
 
     # ------------------------------------------------------------------ decode
     def _rebuild(self) -> None:
@@ -704,14 +746,31 @@ class Engine:
         self._width += 1
         self.steps["decode"] += 1
         self.steps["decode_rows"] += B
-        tokens = next_tokens(rows, logits)
-        for b, r in enumerate(list(rows)):
+        for r, (tok, lp) in zip(list(rows), self._sample(rows, logits)):
             r.length += 1
             r.next_pos += 1
-            self._accept(r, tokens[b])
+            self._accept(r, tok, lp)
 
     # ------------------------------------------------------------------ sampling and output
-    def _accept(self, r: Request, tok: int) -> None:
+    @staticmethod
+    def _sample(rows: list[Request], logits: torch.Tensor) -> list[tuple[int, tuple | None]]:
+        """Each row's next token, and its logprobs when the row asked for them."""
+        raw = model_logprobs(rows, logits)
+        tokens = next_tokens(rows, logits)
+        lps = token_logprobs(raw, rows, tokens)
+        return [(t, lps.get(b)) for b, t in enumerate(tokens)]
+
+    def _logprob_entry(self, tok: int, lp: tuple) -> dict:
+        """OpenAI's logprobs.content entry for the token: its text, bytes and log-probability, and the top ones'."""
+        chosen, top = lp
+        texts = self.gm.tokenizer.batch_decode([[t] for t in [tok] + [t for t, _ in top]])
+
+        def one(text, v):
+            return {"token": text, "logprob": _json_logprob(v), "bytes": list(text.encode("utf-8"))}
+
+        return {**one(texts[0], chosen), "top_logprobs": [one(t, v) for t, (_, v) in zip(texts[1:], top)]}
+
+    def _accept(self, r: Request, tok: int, lp: tuple | None = None) -> None:
         now = time.monotonic()
         if r.first_token_t is None:
             r.first_token_t = now
@@ -724,6 +783,8 @@ class Engine:
             return
         r.output_ids.append(tok)
         r.last_token = tok
+        if r.logprobs is not None:
+            r.logprobs.append(self._logprob_entry(tok, lp))
         self.metrics.tokens(1)
         # incremental detokenization: the ids since the last commit point are decoded again, not all of them
         seg = self.gm.tokenizer.decode(r.output_ids[r.seg_start:], skip_special_tokens=True)
@@ -744,7 +805,7 @@ class Engine:
         hold = max((len(s) for s in stops), default=1) - 1  # a stop may start in the last hold characters
         end = len(text) - text.endswith("\ufffd") - hold  # a character half decoded is not one of them
         if end > r.sent:
-            self._emit(r, {"type": "delta", "text": text[r.sent:end], "request": r})
+            self._delta(r, text[r.sent:end])
             r.sent = end
 
     def _release_pixels(self, r: Request) -> None:
@@ -770,8 +831,8 @@ class Engine:
         self._remove(r)
         r.finish_reason = reason
         self.metrics.requests.labels(reason).inc()
-        if reason != "cancelled" and len(r.text) > r.sent:
-            self._emit(r, {"type": "delta", "text": r.text[r.sent:], "request": r})
+        if reason != "cancelled" and (len(r.text) > r.sent or r.logprobs_sent < len(r.logprobs or ())):
+            self._delta(r, r.text[r.sent:])
             r.sent = len(r.text)
         self._emit(r, {"type": "done", "finish_reason": reason, "request": r})
 
@@ -780,6 +841,14 @@ class Engine:
         r.finish_reason = "error"
         self.metrics.requests.labels(err.code or "error").inc()
         self._emit(r, {"type": "error", "error": err, "request": r})
+
+    def _delta(self, r: Request, text: str) -> None:
+        """A delta event: the text, and the logprobs entries of the tokens accepted since the last delta."""
+        ev = {"type": "delta", "text": text, "request": r}
+        if r.logprobs is not None:
+            ev["logprobs"] = r.logprobs[r.logprobs_sent:]
+            r.logprobs_sent = len(r.logprobs)
+        self._emit(r, ev)
 
     def _emit(self, r: Request, ev: dict) -> None:
         try:

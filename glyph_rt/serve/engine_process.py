@@ -132,14 +132,15 @@ class _EngineSide:
             if kind == "delta":
                 if stream:
                     with self._cv:
-                        self._step.append(("event", rid, {"type": "delta", "text": ev["text"]}))
+                        self._step.append(("event", rid, {k: v for k, v in ev.items() if k != "request"}))
                 return
             with self._cv:
                 self.requests.pop(rid, None)
                 r = ev["request"]
                 if kind == "done":
                     self._step.append(("event", rid, {"type": "done", "text": r.text, "finish_reason": r.finish_reason,
-                                                      "usage": r.usage(), "stats": r.stats()}))
+                                                      "usage": r.usage(), "stats": r.stats(),
+                                                      "logprobs": r.logprobs}))
                 else:
                     self._step.append(("event", rid, _wire_error(ev["error"])))
 
@@ -218,6 +219,7 @@ class RemoteRequest:
     finish_reason: str | None = None
     _usage: dict = field(default_factory=dict)
     _stats: dict = field(default_factory=dict)
+    logprobs: list[dict] | None = None
 
     def usage(self) -> dict:
         return self._usage
@@ -371,6 +373,7 @@ class EngineProcess:
             if t == "done":
                 r.text, r.finish_reason, r._usage, r._stats = body["text"], body["finish_reason"], body["usage"], \
                     body["stats"]
+                r.logprobs = body["logprobs"]
                 r.events.put_nowait({"type": "done", "finish_reason": r.finish_reason})
             else:
                 self._fail(r, _error_of(body))

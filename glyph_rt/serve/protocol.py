@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .engine import SamplingParams
+from .engine import MAX_TOP_LOGPROBS, SamplingParams
 from .inputs import RequestError
 
 
@@ -54,6 +54,7 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=0, le=0)
     frequency_penalty: float | None = Field(default=None, ge=0, le=0)
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
     # vLLM's extra sampling parameters
     repetition_penalty: float | None = Field(default=None, gt=0, le=2)
@@ -62,8 +63,8 @@ class ChatCompletionRequest(BaseModel):
     glyph: GlyphOptions | None = None
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
-        if self.logprobs:
-            raise RequestError("logprobs: not supported by this server", "logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise RequestError("top_logprobs: needs logprobs: true", "top_logprobs")
         if self.response_format is not None and self.response_format.type != "text":
             raise RequestError(f"response_format: type {self.response_format.type!r} is not supported (no guided "
                                'decoding); remove it or use {"type": "text"}', "response_format")
@@ -73,7 +74,7 @@ class ChatCompletionRequest(BaseModel):
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p, stop=stop, seed=self.seed,
             repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
-            ignore_eos=self.ignore_eos).validate()
+            ignore_eos=self.ignore_eos, logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0).validate()
 
 
 def parse_request(body: dict) -> ChatCompletionRequest:
@@ -110,10 +111,24 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+
+
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None
 
 
@@ -143,7 +158,7 @@ class DeltaMessage(BaseModel):
 class StreamChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -167,16 +182,22 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
-def response(rid: str, model: str, text: str, finish_reason: str, usage: dict, glyph: dict | None = None) -> dict:
+def response(rid: str, model: str, text: str, finish_reason: str, usage: dict, glyph: dict | None = None,
+             logprobs: list[dict] | None = None) -> dict:
+    """A chat.completion; `logprobs`: the logprobs.content entries of the answer's tokens, when asked for."""
+    lp = None if logprobs is None else ChoiceLogprobs(content=logprobs)
     out = ChatCompletionResponse(id=rid, model=model, usage=UsageInfo(**usage), glyph=glyph,
-                                 choices=[Choice(message=AssistantMessage(content=text), finish_reason=finish_reason)])
+                                 choices=[Choice(message=AssistantMessage(content=text), logprobs=lp,
+                                                 finish_reason=finish_reason)])
     d = out.model_dump()
     return d if glyph else _without(d, "glyph")
 
 
 def chunk(rid: str, model: str, created: int, delta: dict, finish_reason: str | None = None,
-          usage: dict | None = None) -> dict:
-    choices = [] if usage is not None else [StreamChoice(delta=DeltaMessage(**delta), finish_reason=finish_reason)]
+          usage: dict | None = None, logprobs: list[dict] | None = None) -> dict:
+    lp = None if logprobs is None else ChoiceLogprobs(content=logprobs)
+    choices = [] if usage is not None else [StreamChoice(delta=DeltaMessage(**delta), logprobs=lp,
+                                                         finish_reason=finish_reason)]
     out = ChatCompletionStreamResponse(id=rid, created=created, model=model, choices=choices,
                                        usage=None if usage is None else UsageInfo(**usage)).model_dump()
     for c in out["choices"]:  # a delta names only what it carries
