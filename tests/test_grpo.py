@@ -1,7 +1,9 @@
 """GRPO: the clipped token loss by hand, group advantages, dynamic sampling, rewards, one step on a tiny model."""
+import contextlib
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -172,6 +174,122 @@ def test_llm_judge_over_an_openai_endpoint():
     assert got == [1.0, 0.0] and seen[0]["model"] == "judge-model" and seen[0]["temperature"] == 0.0
 
 
+@contextlib.contextmanager
+def judge_server(reply, latency: float = 0.0):
+    """A local OpenAI-compatible chat endpoint answering each request in its own thread: reply(prompt) gives the
+    verdict, or an HTTP status to fail with (and a 10 ms Retry-After). Yields (base_url, stats): requests, peak
+    requests in flight."""
+    stats, lock = {"requests": 0, "in_flight": 0, "peak": 0}, threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with lock:
+                stats["requests"] += 1
+                stats["in_flight"] += 1
+                stats["peak"] = max(stats["peak"], stats["in_flight"])
+            time.sleep(latency)
+            with lock:
+                stats["in_flight"] -= 1
+                got = reply(body["messages"][0]["content"])
+            if isinstance(got, int):
+                self.send_response(got)
+                self.send_header("Retry-After-Ms", "10")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                              "choices": [{"index": 0, "finish_reason": "stop",
+                                           "message": {"role": "assistant", "content": got}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1", stats
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def verdict_of(prompt: str) -> str:
+    return "CORRECT" if "Candidate: right" in prompt else "INCORRECT"
+
+
+def test_llm_judge_sends_requests_concurrently_in_order():
+    answers = [f"<think>t</think> {w}" for w in ["right", "wrong"] * 4]
+    with judge_server(verdict_of, latency=0.2) as (url, stats):
+        t0 = time.perf_counter()
+        got = verifiable_reward(answers, ["x"] * 8, "judge", Judge(url, "m", api_key="k"))
+        took = time.perf_counter() - t0
+        assert got == [1.0, 0.0] * 4 and stats["peak"] == 8 and took < 1.0  # one at a time: 1.6 s
+        stats["peak"] = 0
+        assert verifiable_reward(answers, ["x"] * 8, "judge", Judge(url, "m", api_key="k", concurrency=3)) == got
+        assert stats["peak"] == 3
+
+
+def test_llm_judge_retries_a_transient_outage_and_names_the_endpoint_when_it_lasts(tmp_path):
+    """A burst of 503s shorter than grpo.judge_max_retries does not stop the step; one that outlasts them raises
+    JudgeError naming the endpoint."""
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.config import TrainConfigError, load_config
+    from glyph_rt.train.grpo import GRPOTrainer
+    from glyph_rt.train.model import load_for_training
+    from glyph_rt.train.rewards import JudgeError
+
+    failing = {"left": 8}
+
+    def flaky(prompt):
+        if failing["left"] > 0:
+            failing["left"] -= 1
+            return 503
+        return verdict_of(prompt)
+
+    path = make_tiny_checkpoint(tmp_path / "tiny")
+    over = [f"model.path={path}", f"out_dir={tmp_path / 'run'}", "grpo.group_size=4", "data.global_batch=1",
+            "data.micro_batch=4", "grpo.max_new_tokens=3", "grpo.rewards={verifiable: 1.0}", "grpo.verifier=judge",
+            "grpo.judge_model=m", "grpo.max_refills=0", "grpo.judge_max_retries=5", "tensorboard=false",
+            "plot=false", "model.gradient_checkpointing=false", "steps=1", "export=false"]
+    with pytest.raises(TrainConfigError, match=r"^grpo.judge_concurrency: 0 must be >= 1"):
+        load_config("rl", None, [*over, "grpo.judge_base_url=http://x/v1", "grpo.judge_concurrency=0"])
+    with judge_server(flaky) as (url, stats):
+        cfg = load_config("rl", None, [*over, f"grpo.judge_base_url={url}"])
+        gm = load_for_training(cfg.model, torch.device("cpu"))
+        m = GRPOTrainer(cfg, gm, progress=False).fit([{"context": "red fox", "question": "Read.", "answer": "x"}])
+        assert failing["left"] == 0 and stats["requests"] == 8 + 4  # the group's 4 requests, 8 of them retried
+        assert m["reward_verifiable_mean"] == 0.0 and m["dropped_groups"] == 1
+        failing["left"] = 10**6
+        with pytest.raises(JudgeError, match=rf"^the judge at {url}/ \(model 'm'\) failed on answer \d after 2 "
+                                             r"retries: InternalServerError"):
+            verifiable_reward(["a", "b"], ["x"] * 2, "judge", Judge(url, "m", api_key="k", max_retries=2))
+
+
+def test_number_answers_keep_their_sign_decimal_point_and_fraction_bar():
+    """'-5' is not '5', '3.14' not '314', '1/2' not '12'; a sentence's full stop, thousands separators and the
+    rest of SQuAD's normalisation go as before. A reference that is a number is scored as its text; one that is
+    neither a string nor a number is refused, by its index."""
+    assert verifiable_reward(["-5", "314", "12", "1,2", "5.", "x-5"], ["5", "3.14", "1/2", "12", "5", "x5"],
+                             "exact") == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    assert verifiable_reward(["<think>t</think> -5.", "(-5)", "\u22125", "3.14.", "1,000 people",
+                              "1 / 2", "2.5/10"], ["-5", "-5", "-5", "3.14", "1000 people", "1 2", "2.5/10"],
+                             "exact") == [1.0] * 7
+    assert verifiable_reward(["It is -5.", "pi is 3.14, roughly", "a half (1/2)", "1,000,000"],
+                             ["-5", "3.14", "1/2", "1000000"], "contains") == [1.0] * 4
+    assert verifiable_reward(["It is 5.", "pi is 314"], ["-5", "3.14"], "contains") == [0.0, 0.0]
+    assert verifiable_reward(["-5 apples"], ["5 apples"], "f1") == [pytest.approx(0.5)]
+    assert verifiable_reward(["42", "<think>t</think> 2.5"], [42, 2.5], "exact") == [1.0, 1.0]
+    assert ocr_reward(["42"], [42]) == [1.0]
+    with pytest.raises(TypeError, match=r"^references\[1\]: NoneType None; a reference must be a string or a number"):
+        verifiable_reward(["a", "b"], ["a", None], "f1")
+
+
 def test_grpo_step_on_a_tiny_model(tmp_path):
     pytest.importorskip("transformers")
     from glyph_rt.models.tiny import make_tiny_checkpoint
@@ -222,9 +340,13 @@ def test_grpo_epochs_and_mini_batches_reuse_the_rollout(tmp_path):
 
 
 
-def test_reward_statistics_cover_every_drawn_group(tmp_path):
+def test_reward_statistics_cover_every_drawn_group(tmp_path, monkeypatch):
     """reward_mean/std are over every group the step drew, the all-correct ones dynamic sampling drops too (a
-    policy that gets better shows it); reward_kept_* are the kept groups' alone."""
+    policy that gets better shows it); reward_kept_* are the kept groups' alone. The step keeps only the rewards of
+    a dropped group, not its pages, and nothing of its groups once it is done."""
+    import weakref
+
+    import glyph_rt.train.grpo as G
     from glyph_rt.models.tiny import make_tiny_checkpoint
     from glyph_rt.train.config import load_config
     from glyph_rt.train.grpo import GRPOTrainer
@@ -240,15 +362,36 @@ def test_reward_statistics_cover_every_drawn_group(tmp_path):
     path = make_tiny_checkpoint(tmp_path / "tiny")
     cfg = load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / 'run'}", "grpo.group_size=4",
                                    "data.global_batch=2", "data.micro_batch=4", "grpo.max_new_tokens=4",
-                                   "grpo.rewards={verifiable: 1.0}", "grpo.max_refills=0", "tensorboard=false",
+                                   "grpo.rewards={verifiable: 1.0}", "grpo.max_refills=4", "tensorboard=false",
                                    "plot=false", "model.gradient_checkpointing=false", "steps=1", "export=false"])
     gm = load_for_training(cfg.model, torch.device("cpu"))
     records = [{"context": "red fox", "question": "Read.", "answer": "all"},
-               {"context": "blue sky", "question": "Read.", "answer": "half"}]
-    m = GRPOTrainer(cfg, gm, rewards=Scripted(), progress=False).fit(records)
-    assert (m["groups"], m["dropped_groups"]) == (1, 1)
+               {"context": "blue sky", "question": "Read.", "answer": "half"},
+               {"context": "green sea", "question": "Read.", "answer": "all"},
+               {"context": "grey rock", "question": "Read.", "answer": "half"}]
+    t = GRPOTrainer(cfg, gm, rewards=Scripted(), progress=False)
+    drawn, rollout = [], t.rollout
+
+    def watched(recs, n):
+        out = rollout(recs, n)
+        drawn.extend(weakref.ref(g) for g in out)
+        return out
+
+    t.rollout = watched
+    alive = []
+    logps = G.token_logps
+
+    def spy_logps(model, batch, *a, **k):  # during the training forwards: the kept groups and the spare alone
+        alive.append([(g().record["answer"], g() is t._spare) for g in drawn if g() is not None])
+        return logps(model, batch, *a, **k)
+
+    monkeypatch.setattr(G, "token_logps", spy_logps)
+    m = t.fit(records)
+    assert (m["groups"], m["dropped_groups"], m["draws"]) == (2, 2, 3) and len(drawn) == 4
+    assert alive and all(sorted(a) == [("half", False), ("half", True)] for a in alive)
+    assert t._drawn == [] and t._spare is None
     assert m["reward_mean"] == pytest.approx(0.75) and m["reward_verifiable_mean"] == pytest.approx(0.75)
-    assert m["reward_std"] == pytest.approx(torch.tensor([1.0] * 6 + [0.0] * 2).std().item())
+    assert m["reward_std"] == pytest.approx(torch.tensor([1.0] * 12 + [0.0] * 4).std().item())
     assert m["reward_kept_mean"] == pytest.approx(0.5)
 
 
@@ -368,13 +511,19 @@ def test_rollout_prefills_each_prompt_once(tmp_path, kind):
                                  suppress_tokens=roll.suppress)
         torch.manual_seed(0)
         got = roll.sample(inputs, 3)
-        # a checkpoint whose generation_config.json sets a repetition penalty or an n-gram ban: the rollout's
-        # sampler ignores them (the policy loss's log-probs model the temperature and top-p alone)
-        gm.model.generation_config.repetition_penalty = 1.8
-        gm.model.generation_config.no_repeat_ngram_size = 2
+        # a checkpoint whose generation_config.json sets a repetition penalty, min_p or an n-gram ban (which
+        # generate would take for every field its generation_config leaves unset): the rollout's sampler ignores
+        # them (the policy loss's log-probs model the temperature and top-p alone)
+        own = gm.model.generation_config
+        own.repetition_penalty, own.min_p, own.no_repeat_ngram_size = 1.8, 0.9, 1
+        torch.manual_seed(0)
+        leaky = gm.model.generate(**inputs, do_sample=True, top_k=0, num_return_sequences=3, max_new_tokens=8,
+                                  suppress_tokens=roll.suppress)
         torch.manual_seed(0)
         again = roll.sample(inputs, 3)
+    assert not torch.equal(leaky, want)  # the settings do change this model's samples
     assert torch.equal(got, want) and torch.equal(again, want)
+    assert gm.model.generation_config is own and (own.min_p, own.no_repeat_ngram_size) == (0.9, 1)  # put back
 
 
 def test_grpo_step_in_bf16_over_fp32_master_weights(tmp_path):

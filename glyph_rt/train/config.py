@@ -99,6 +99,8 @@ class GRPOConfig:
     judge_base_url: str = ""  # an OpenAI-compatible endpoint for verifier=judge
     judge_model: str = ""
     judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_concurrency: int = 16  # requests in flight at once (a group's responses are judged together)
+    judge_max_retries: int = 8  # retries of a failed request, with backoff (0.5 s doubling to 8 s: 30-40 s in all)
 
 
 @dataclass
@@ -371,6 +373,9 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
             _check(bool(g.judge_base_url), "grpo.judge_base_url", "is empty; verifier=judge needs an "
                    "OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1)")
             _check(bool(g.judge_model), "grpo.judge_model", "is empty; name the judge model")
+        _check(g.judge_concurrency >= 1, "grpo.judge_concurrency", f"{g.judge_concurrency} must be >= 1")
+        _check(g.judge_max_retries >= 0, "grpo.judge_max_retries",
+               f"{g.judge_max_retries} must be >= 0 (0: a failed request stops the run)")
     return cfg
 
 

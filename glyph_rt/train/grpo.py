@@ -206,20 +206,36 @@ class GlyphRollout:
             hf.model.rope_deltas = hf.model.rope_deltas.repeat_interleave(n, 0)
         # synced_gpus: every rank runs forwards until all are done, as FSDP's gathers need (transformers does not
         # recognise a model sharded by fully_shard itself)
-        return model.generate(**{k: inputs[k].repeat_interleave(n, 0) for k in per_token},
-                              generation_config=self.generation_config(), use_cache=True,
-                              synced_gpus=_world() > 1, **{kw: rows})
+        with _bare_generation_config(hf):
+            return model.generate(**{k: inputs[k].repeat_interleave(n, 0) for k in per_token},
+                                  generation_config=self.generation_config(), synced_gpus=_world() > 1, **{kw: rows})
 
     def generation_config(self):
         """Sampling at the rollout's temperature and top-p and nothing else: a repetition penalty, min_p or n-gram
         ban from the checkpoint's generation_config.json would make the sampler's distribution differ from the
-        log-probs the policy loss takes (token_logps)."""
+        log-probs the policy loss takes (token_logps). generate fills every field left unset here from the model's
+        generation_config, so sample() runs it with a bare one in its place."""
         from transformers import GenerationConfig
 
         gm = self.gm
         return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
                                 max_new_tokens=self.max_new_tokens, suppress_tokens=self.suppress or None,
-                                eos_token_id=list(gm.prompts.stop_ids), pad_token_id=gm.tokenizer.pad_token_id)
+                                eos_token_id=list(gm.prompts.stop_ids), pad_token_id=gm.tokenizer.pad_token_id,
+                                use_cache=True)
+
+
+@contextlib.contextmanager
+def _bare_generation_config(hf):
+    """While it lasts, the transformers model `hf` has a default GenerationConfig: generate takes nothing from the
+    checkpoint's (its repetition_penalty, min_p, typical_p, no_repeat_ngram_size, min_new_tokens, ...)."""
+    from transformers import GenerationConfig
+
+    own = hf.generation_config
+    hf.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        hf.generation_config = own
 
 
 def distinct(groups: list[Group]) -> list[Group]:
@@ -328,11 +344,12 @@ class GRPOTrainer(Trainer):
         g = cfg.grpo
         self.prompts_per_rank = self.accum
         self.rollout = rollout or GlyphRollout(gm, g.max_new_tokens, g.temperature, g.top_p)
-        judge = Judge(g.judge_base_url, g.judge_model, api_key_env=g.judge_api_key_env) if g.verifier == "judge" \
+        judge = Judge(g.judge_base_url, g.judge_model, api_key_env=g.judge_api_key_env,
+                      concurrency=g.judge_concurrency, max_retries=g.judge_max_retries) if g.verifier == "judge" \
             else None
         self.rewards = rewards or RewardSet(g.rewards, g.verifier, judge)
         self.reference = reference.eval() if reference is not None else None  # frozen, no dropout
-        self._drawn: list[Group] = []  # the step's groups, kept or dropped (its reward statistics)
+        self._drawn: list[tuple[list, dict]] = []  # (rewards, parts) of the step's groups, kept or dropped
         self.vision_frozen = not any(p.requires_grad for p in base_model(self.model).model.visual.parameters())
         if g.kl_coef > 0 and reference is None:  # frozen: in the run's compute dtype, whatever its master weights
             from ..models.glyph_model import GlyphModel
@@ -370,7 +387,9 @@ class GRPOTrainer(Trainer):
                 if c < len(calls):
                     groups += out
         score_groups(groups, self.rewards)
-        self._drawn += groups  # the step's reward statistics: every group drawn, kept or dropped
+        # the step's reward statistics: every group drawn, kept or dropped; not the groups, whose pages a dropped
+        # one would hold on to until the step ends
+        self._drawn += [(gr.rewards, gr.parts) for gr in groups]
         if groups:
             self._spare = groups[-1]
         return groups
@@ -466,8 +485,9 @@ class GRPOTrainer(Trainer):
         # the same names on every rank: the OCR reward's when the OCR task is mixed in
         names = sorted(set(self.rewards.weights) | ({"ocr"} if self.cfg.data.ocr_ratio > 0 else set()))
         drawn = self._drawn
-        series = [[r for gr in drawn for r in gr.rewards]] + \
-            [[x for gr in drawn for x in gr.parts.get(name, [])] for name in names] + \
+        self._spare, self._drawn = None, []  # the spare's pages go with the step
+        series = [[r for rewards, _ in drawn for r in rewards]] + \
+            [[x for _, parts in drawn for x in parts.get(name, [])] for name in names] + \
             [[r for gr in groups for r in gr.rewards]]
         lens = [len(gr.responses[j]) for gr, j, _ in items]
         local = [clip_low, clip_high, kl_sum, loss_sum, len(groups), ds["dropped_groups"], sum(lens), len(lens)]

@@ -12,6 +12,7 @@ import os
 import re
 import unicodedata
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from rapidfuzz.distance import Levenshtein
@@ -33,14 +34,22 @@ def split_thinking(response: str) -> tuple[str | None, str]:
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+# the marks a number keeps: a sign or decimal point before its digits, and - . / , between digits
+_NUMBER_MARK = re.compile(r"(?<=\d)[-./,](?=\d)|(?<!\w)[-.](?=\d)")
+_GROUPED = re.compile(r"(?<![\d,.])\d{1,3}(?:,\d{3})+(?!,?\d)")  # 1,000,000: the commas are no part of the number
 
 
 def answer_words(s: str) -> list[str]:
     """The words an answer is scored on: SQuAD's normalisation (lower case, no punctuation, no English articles)
     over any script: NFKC first, punctuation and symbols of every script removed, and each CJK character a word
-    of its own (Chinese and Japanese answers put no spaces between words)."""
+    of its own (Chinese and Japanese answers put no spaces between words). Numbers keep their sign, decimal point
+    and fraction bar ("-5", "3.14", "1/2" are not "5", "314", "12"; any dash before a digit is a minus), and drop
+    their thousands separators ("1,000" is "1000")."""
     s = unicodedata.normalize("NFKC", s).lower()
-    s = "".join(ch for ch in s if unicodedata.category(ch)[0] not in "PS")
+    s = _GROUPED.sub(lambda m: m.group().replace(",", ""), s)
+    s = "".join("-" if ch == "\u2212" or unicodedata.category(ch) == "Pd" else ch for ch in s)  # dashes, minus
+    keep = {m.start() for m in _NUMBER_MARK.finditer(s)}
+    s = "".join(ch for i, ch in enumerate(s) if i in keep or unicodedata.category(ch)[0] not in "PS")
     s = _CJK.sub(lambda m: f" {m.group()} ", _ARTICLES.sub(" ", s))
     return s.split()
 
@@ -61,16 +70,31 @@ def format_reward(responses: Sequence[str], references: Sequence[str] | None = N
     return [float(split_thinking(r)[0] is not None) for r in responses]
 
 
+def reference_texts(references: Sequence) -> list[str]:
+    """The references as text: a number (a record's `"answer": 42`) as it prints; anything else not a string is
+    a TypeError naming its index."""
+    out = []
+    for i, ref in enumerate(references):
+        if isinstance(ref, (int, float)) and not isinstance(ref, bool):
+            ref = str(ref)
+        if not isinstance(ref, str):
+            raise TypeError(f"references[{i}]: {type(ref).__name__} {ref!r}; a reference must be a string or a "
+                            "number (give every record an answer)")
+        out.append(ref)
+    return out
+
+
 def verifiable_reward(responses: Sequence[str], references: Sequence[str], rule: str = "exact",
                       judge: "Judge | None" = None) -> list[float]:
     """Scores the answer (the text after </think>, or the whole response) against the reference."""
     if rule not in VERIFIERS:
         raise ValueError(f"rule: {rule!r} must be one of {', '.join(VERIFIERS)}")
+    references = reference_texts(references)
     answers = [split_thinking(r)[1] for r in responses]
     if rule == "judge":
         if judge is None:
             raise ValueError("rule 'judge' needs a Judge (an OpenAI-compatible endpoint)")
-        return judge.score(answers, list(references))
+        return judge.score(answers, references)
     out = []
     for a, ref in zip(answers, references):
         got, want = answer_words(a), answer_words(ref)
@@ -89,7 +113,7 @@ def ocr_reward(responses: Sequence[str], references: Sequence[str]) -> list[floa
     """1 - normalised Levenshtein distance between the transcription (after </think> if any) and the text, both
     stripped (a page shows no whitespace at the text's ends)."""
     return [1.0 - Levenshtein.normalized_distance(split_thinking(r)[1].strip(), ref.strip())
-            for r, ref in zip(responses, references)]
+            for r, ref in zip(responses, reference_texts(references))]
 
 
 def cer(predictions: Sequence[str], references: Sequence[str]) -> float:
@@ -103,27 +127,56 @@ JUDGE_PROMPT = ("You grade answers. Question context aside, compare the candidat
                 "Reply with one word: CORRECT if the candidate means the same as the reference, else INCORRECT.")
 
 
+class JudgeError(RuntimeError):
+    """A judge request that still failed after its retries."""
+
+
 class Judge:
-    """A reference-based LLM judge behind any OpenAI-compatible chat endpoint (vLLM, glyph-rt serve, OpenAI)."""
+    """A reference-based LLM judge behind any OpenAI-compatible chat endpoint (vLLM, glyph-rt serve, OpenAI).
+
+    A call's requests go `concurrency` at a time. The openai client retries each one `max_retries` times on a
+    connection error, a timeout, 408, 409, 429 or a 5xx, waiting the server's Retry-After or 0.5 s doubling to 8 s
+    (30-40 s in all with 8 retries); a request that still fails raises JudgeError naming the endpoint."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 60.0, client=None):
+                 timeout: float = 60.0, client=None, concurrency: int = 16, max_retries: int = 8):
+        if concurrency < 1:
+            raise ValueError(f"concurrency: {concurrency} must be >= 1")
+        if max_retries < 0:
+            raise ValueError(f"max_retries: {max_retries} must be >= 0")
         if client is None:
             from openai import OpenAI
 
             client = OpenAI(base_url=base_url, api_key=api_key or os.environ.get(api_key_env) or "none",
-                            timeout=timeout)
-        self.client, self.model = client, model
+                            timeout=timeout, max_retries=max_retries)
+        self.client, self.model, self.concurrency = client, model, concurrency
+        self.base_url = str(getattr(client, "base_url", "") or base_url)
 
     def score(self, answers: Sequence[str], references: Sequence[str]) -> list[float]:
-        out = []
-        for a, ref in zip(answers, references):
+        """1.0 for each answer the judge calls correct, else 0.0, in order."""
+        jobs = list(zip(answers, references))
+        if not jobs:
+            return []
+        with ThreadPoolExecutor(min(self.concurrency, len(jobs)), thread_name_prefix="judge") as pool:
+            futures = [pool.submit(self.verdict, i, a, ref) for i, (a, ref) in enumerate(jobs)]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # the requests not yet sent
+                raise
+
+    def verdict(self, i: int, answer: str, reference: str) -> float:
+        try:
             r = self.client.chat.completions.create(
                 model=self.model, temperature=0.0, max_tokens=4,
-                messages=[{"role": "user", "content": JUDGE_PROMPT.format(reference=ref, answer=a)}])
+                messages=[{"role": "user", "content": JUDGE_PROMPT.format(reference=reference, answer=answer)}])
             word = (r.choices[0].message.content or "").strip().upper()
-            out.append(float(word.startswith("CORRECT")))
-        return out
+        except Exception as e:
+            retries = getattr(self.client, "max_retries", "its")
+            raise JudgeError(f"the judge at {self.base_url} (model {self.model!r}) failed on answer {i} after "
+                             f"{retries} retries: {type(e).__name__}: {e}; check that the endpoint is up, or give it "
+                             "more retries (grpo.judge_max_retries)") from e
+        return float(word.startswith("CORRECT"))
 
 
 REWARDS = ("format", "verifiable", "ocr")
