@@ -564,3 +564,143 @@ def test_settings_are_checked_up_front_and_the_best_says_if_it_is_feasible(tmp_p
     assert r.best is not None and r.feasible is False and summary["best"]["feasible"] is False
     r = run_search(load_settings(None, ["generations=0"]), Counting(), tmp_path / "ok", report=False)
     assert r.feasible is True
+
+
+# ----------------------------------------------------------------- review fixes: the critic, the lock, outputs
+class KilledAt(Counting):
+    """Interrupted (as by a kill) when asked to score its `at`+1-th config."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def __call__(self, config):
+        if len(self.seen) == self.at:
+            raise KeyboardInterrupt
+        return super().__call__(config)
+
+
+def _smaller(*sizes):
+    return json.dumps({"proposals": [{"op": "mutate", "parent": "c1", "changes": {"font_size": fs},
+                                      "reason": "smaller"} for fs in sizes]})
+
+
+def test_a_failed_critic_is_asked_again_on_resume_only_before_its_generation_has_evaluations(chat_server, tmp_path):
+    s = load_settings(None, ["generations=2", "patience=0", "max_evaluations=24", "critic.model=fixed",
+                             f"critic.base_url={chat_server.url}"])
+    # killed after 6 of generation 1's 8 configs: its failed answer is replayed, the operators draw them again;
+    # killed before any (after generation 0's 8): generation 1 asks the critic again
+    for at, asked_again in ((14, False), (8, True)):
+        out = tmp_path / str(at)
+        chat_server.content = "busy, try later"  # no JSON: generation 1's answer fails
+        first = KilledAt(at)
+        with pytest.raises(KeyboardInterrupt):
+            Search(s, first, out, Critic(chat_server.url, "fixed", timeout=10)).run()
+        chat_server.content = _smaller(7, 8, 9, 10)  # the critic is back for the resume
+        n0, second = len(chat_server.requests), Counting()
+        r = Search(s, second, out, Critic(chat_server.url, "fixed", timeout=10)).run()
+        hist = History(out / "history.jsonl")
+        evals = hist.of_type("eval")
+        gen1 = [e for e in evals if e["generation"] == 1]
+        assert r.evaluations == len(evals) == hist.of_type("end")[-1]["evaluations"] == 24  # max_evaluations
+        assert sorted(e["hash"] for e in gen1) == sorted(hist.generations()[1]["children"])  # none orphaned
+        assert not set(first.seen) & set(second.seen)
+        assert len(chat_server.requests) - n0 == 1 + asked_again  # generation 2, and 1 when asked again
+        assert any(e["proposer"] == "critic" for e in gen1) == asked_again, at
+
+
+def test_unreadable_critic_answers_are_counted_failures(chat_server, tmp_path, monkeypatch):
+    from glyph_rt.search import CriticError, loop
+    from glyph_rt.search.critic import parse_answer
+
+    deep = "Sure: " + "[" * 3000
+    bigint = _smaller(8).replace("8", "9" * 5000)  # over Python's 4,300 digits for int()
+    for text, why in ((deep, "RecursionError"), (bigint, "4300 digits")):
+        with pytest.raises(CriticError, match=why):
+            parse_answer(text)
+    def odd(text):
+        raise TypeError("odd")
+
+    s = load_settings(None, ["generations=1", "critic.model=fixed", f"critic.base_url={chat_server.url}"])
+    for name, text, why in (("deep", deep, "RecursionError"), ("bigint", bigint, "4300 digits"),
+                            ("odd", _smaller(8), "cannot be read: TypeError: odd")):
+        if name == "odd":  # whatever reading an answer raises: the operators fill the generation
+            monkeypatch.setattr(loop, "parse_answer", odd)
+        chat_server.content = text
+        r = run_search(s, Counting(), tmp_path / name, critic=Critic(chat_server.url, "fixed", timeout=10),
+                       report=False)
+        assert r.counts["critic.failed"] == 1 and r.evaluations == 16, name
+        rec = History(tmp_path / name / "history.jsonl").of_type("critic")[0]
+        assert why in rec["error"] and rec["answer"] == text and rec["proposals"] == []
+
+
+def test_critic_proposals_stop_at_offspring_and_its_answer_is_stored(chat_server, tmp_path):
+    chat_server.content = "Here:\n" + _smaller(7, 8, 9, 10, 11, 12)
+    args = ["offspring=2", "critic.model=fixed", f"critic.base_url={chat_server.url}", "critic.max_proposals=6"]
+    critic = Critic(chat_server.url, "fixed", timeout=10)
+    r = run_search(load_settings(None, ["generations=1", *args]), Counting(), tmp_path, critic=critic, report=False)
+    hist = tmp_path / "history.jsonl"
+    evals = History(hist).of_type("eval")
+    assert [e["proposer"] for e in evals if e["generation"] == 1] == ["critic", "critic"]
+    assert r.counts["critic.accepted"] == 2 and r.counts["critic.rejected.over_offspring"] == 4
+    assert History(hist).of_type("critic")[0]["answer"] == chat_server.content  # the raw answer
+    # a history written before answers were stored resumes, replaying its proposals
+    lines = [json.loads(x) for x in hist.read_text().splitlines()]
+    hist.write_text("".join(json.dumps({k: v for k, v in x.items() if k != "answer"}) + "\n" for x in lines))
+    again = Counting()
+    r = run_search(load_settings(None, ["generations=2", *args]), again, tmp_path, critic=critic, report=False)
+    assert r.generations == 2 and r.counts["critic.accepted"] == 4 and len(again.seen) == 2
+
+
+def test_max_proposals_0_never_asks_the_critic(chat_server, tmp_path):
+    n0 = len(chat_server.requests)
+    s = load_settings(None, ["generations=2", "critic.model=fixed", f"critic.base_url={chat_server.url}",
+                             "critic.max_proposals=0"])
+    r = run_search(s, Counting(), tmp_path, critic=Critic(chat_server.url, "fixed", timeout=10), report=False)
+    assert len(chat_server.requests) == n0 and r.evaluations == 24
+    assert not History(tmp_path / "history.jsonl").of_type("critic") and not r.counts.get("critic.failed")
+
+
+def test_two_runs_cannot_share_an_output_directory(tmp_path, capsys):
+    import fcntl
+
+    from glyph_rt.cli import main
+
+    out = tmp_path / "run"
+    lock = out / ".lock"
+
+    class Watching(Counting):  # while it runs, another descriptor cannot take the lock, which names this pid
+        def __call__(self, config):
+            with open(lock, "a+") as other, pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            assert lock.read_text().strip() == str(os.getpid())
+            return super().__call__(config)
+
+    assert run_search(load_settings(None, ["generations=0"]), Watching(), out).evaluations == 8
+    with open(lock, "a+") as held:  # released: another run takes it (here, as another process would)
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        obj = Counting()
+        with pytest.raises(SearchError, match=r"another search is running in .*run \(pid 4242\)"):
+            run_search(load_settings(None, ["generations=1"]), obj, out)
+        assert not obj.seen and main(["search", "--out", str(out), "--quiet"]) == 2
+        assert "another search is running" in capsys.readouterr().err
+    assert run_search(load_settings(None, ["generations=1"]), Counting(), out, report=False).evaluations == 16
+
+
+def test_outputs_settings_are_checked_before_the_search(tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9".encode("latin-1"))
+    for override, match in (("outputs.contact_sheet=abc", "outputs.contact_sheet: 'abc' must be a whole number"),
+                            ("outputs.contact_sheet=-1", "outputs.contact_sheet: -1"),
+                            ("outputs.contact_sheet=true", "outputs.contact_sheet: True"),
+                            ("outputs.text=/nonexistent", "outputs.text: '/nonexistent' is not a file"),
+                            (f"outputs.text={tmp_path}", "is not a file"),
+                            (f"outputs.text={bad}", "is not UTF-8 text"),
+                            ("outputs.contact_shet=3", "unknown key 'outputs.contact_shet'")):
+        with pytest.raises(SearchError, match=match):
+            load_settings(None, [override])
+    good = tmp_path / "text.txt"
+    good.write_text("Lorem ipsum dolor sit amet. " * 50)
+    assert load_settings(None, [f"outputs.text={good}", "outputs.contact_sheet=0"])["outputs"]["text"] == str(good)

@@ -70,12 +70,15 @@ def parse_answer(text: str) -> list:
     if not isinstance(text, str) or not text.strip():
         raise CriticError("the critic's answer is empty")
     body = text.rpartition("</think>")[2] if "</think>" in text else re.sub(r"<think>.*", "", text, flags=re.S)
-    decoder, found_json, found, lists, pos = json.JSONDecoder(), False, None, [], 0
+    decoder, found_json, found, lists, pos, unreadable = json.JSONDecoder(), False, None, [], 0, None
     while (m := _OPENER.search(body, pos)) is not None:
         pos = m.start() + 1
         try:
             obj, end = decoder.raw_decode(body, m.start())
         except json.JSONDecodeError:
+            continue
+        except (ValueError, RecursionError) as e:  # nested too deep, or an integer of over 4,300 digits
+            unreadable = unreadable or f"{type(e).__name__}: {e}"
             continue
         found_json = True
         if isinstance(obj, dict) and isinstance(obj.get("proposals"), list):
@@ -86,6 +89,8 @@ def parse_answer(text: str) -> list:
         return found
     if lists:  # a bare list of proposals
         return lists[0]
+    if not found_json and unreadable:
+        raise CriticError(f"the critic's answer has no JSON that can be read ({unreadable:.100}): {text[:200]!r}")
     if not found_json:
         raise CriticError(f"the critic's answer is not JSON: {text[:200]!r}")
     raise CriticError(f"the critic's answer has no 'proposals' list: {text[:200]!r}")

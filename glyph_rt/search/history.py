@@ -2,7 +2,9 @@
 
 Records, one JSON object a line, each with a "type":
 - header: the settings that decide the run (a resume must match them);
-- critic: the critic's raw proposals for a generation (replayed on resume, never asked twice);
+- critic: the critic's answer for a generation: its text ("answer"; absent in older histories and when
+  the endpoint failed), the proposals read from it, or the error (replayed on resume; a failed answer
+  is asked again only while none of the generation's configs is evaluated);
 - eval: one evaluated config: hash, generation, parents, proposer, reason, config, accuracy,
   compression, extra, seconds (or error);
 - generation: the survivors of a generation, its best, the counts of repairs and rejections;
@@ -68,6 +70,7 @@ class History:
         return {r["generation"]: r for r in self.of_type("generation")}
 
     def critic(self, generation: int) -> dict | None:
-        """The critic's last answer for `generation` (a failed one is asked again when a search resumes)."""
+        """The critic's last answer for `generation` (a failed one is asked again when a search resumes
+        before any of the generation's configs is evaluated)."""
         found = [r for r in self.of_type("critic") if r["generation"] == generation]
         return found[-1] if found else None

@@ -10,6 +10,7 @@ exactly where an uninterrupted run ends, and no config is evaluated twice.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -21,6 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): runs sharing an output directory are not prevented
+    fcntl = None
 
 from .. import __version__
 from ..eval.targets import TargetError
@@ -94,7 +100,7 @@ def load_settings(path: str | None = None, overrides: list[str] = ()) -> dict:
     return s
 
 
-_OPEN_MAPS = ("evaluator", "outputs")
+_OPEN_MAPS = ("evaluator",)
 
 
 def _merge(base: dict, user: dict, where: str) -> None:
@@ -158,6 +164,26 @@ def check_settings(s: dict) -> None:
         if k in ev and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
             hint = " (YAML reads 1e4 as text: write 10000)" if isinstance(v, str) else ""
             raise SearchError(f"evaluator.{k}: {v!r} must be a whole number >= {lo}{hint}")
+    out = s["outputs"]  # used when the search ends: checked before it starts
+    n = out["contact_sheet"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise SearchError(f"outputs.contact_sheet: {n!r} must be a whole number >= 0 (the best configs shown; "
+                          "0: no contact sheet)")
+    if out["text"] is not None:
+        _text_file(out["text"], "outputs.text")
+
+
+def _text_file(v, key: str) -> None:
+    """`v` must name a readable UTF-8 text file."""
+    if not isinstance(v, str) or not Path(v).is_file():
+        raise SearchError(f"{key}: {v!r} is not a file; give a UTF-8 text file, or leave it unset for the "
+                          "built-in sample")
+    try:
+        Path(v).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise SearchError(f"{key}: {v!r} cannot be read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise SearchError(f"{key}: {v!r} is not UTF-8 text (invalid byte at offset {e.start})") from None
 
 
 def _number(node: dict, key: str, where: str, lo: float, strict: bool = False) -> None:
@@ -214,8 +240,38 @@ class Search:
         self.space = SearchSpace(sampler)
         o = settings["objective"]
         self.goal = Goal(o["mode"], float(o["floor"]))
-        self.hist = History(self.out / "history.jsonl")
-        self.cache = self.hist.evaluations()
+        self.hist: History | None = None  # read by run(), under the lock
+        self.cache: dict[str, dict] = {}
+        self._lock = None
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Holds an exclusive lock on `out`/.lock (it names this process's pid) so that no two runs share `out`:
+        each would evaluate every config again, and a history read while the other appends may lose a record."""
+        if self._lock is not None or fcntl is None:  # held already: run() inside run_search
+            yield
+            return
+        path = self.out / ".lock"
+        f = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip()
+            f.close()
+            who = f"pid {pid}" if pid else f"it holds {path}"
+            raise SearchError(f"another search is running in {self.out} ({who}); wait for it to end, or use another "
+                              "output directory") from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock = f
+        try:
+            yield
+        finally:
+            self._lock = None
+            f.truncate(0)  # no pid: nobody holds it
+            f.close()  # releases the lock
 
     # ------------------------------------------------------------- header
     def _header(self) -> dict:
@@ -292,18 +348,23 @@ class Search:
         # drawn again (and found in the cache) so a resumed generation equals the uninterrupted one
         seen = {h for h, e in self.cache.items() if e["generation"] < g} | {e["hash"] for e in ranked}
         out: list[dict] = []
-        rec = self.hist.critic(g)
-        if (rec is None or rec.get("error")) and self.critic is not None:  # a failed answer is asked again on resume
+        rec, limit = self.hist.critic(g), s["critic"]["max_proposals"]
+        # a failed answer is asked again on resume only while none of the generation's configs is evaluated: after
+        # that, new proposals would take the operators' places and orphan the children evaluated before the kill
+        started = any(e["generation"] == g for e in self.cache.values())
+        if (rec is None or rec.get("error")) and self.critic is not None and limit > 0 and not started:
             rec = self._ask_critic(g, ranked)
         if rec is not None:
             if rec.get("error"):
                 counts["critic.failed"] += 1
             ids = {f"c{i + 1}": e for i, e in enumerate(ranked)}
             props = rec["proposals"]
-            limit = s["critic"]["max_proposals"]
             if len(props) > limit:
                 counts["critic.rejected.over_limit"] += len(props) - limit
-            for p in props[:limit]:
+            for n, p in enumerate(props[:limit]):
+                if len(out) >= s["offspring"]:  # the generation is full
+                    counts["critic.rejected.over_offspring"] += min(len(props), limit) - n
+                    break
                 try:
                     genome, pids, reason = proposal_genome(self.space, p, {k: e["genome"] for k, e in ids.items()})
                     added = self._add(out, seen, genome, [ids[i]["hash"] for i in pids], "critic", reason, counts,
@@ -336,11 +397,13 @@ class Search:
         goal = (f"maximise compression subject to accuracy >= {o['floor']}" if o["mode"] == "constrained"
                 else "extend the Pareto front of (accuracy, compression), both maximised")
         rec = {"type": "critic", "generation": g, "proposals": [], "error": None}
+        messages = prompt(self.space, rows, goal, self.s["critic"]["max_proposals"])
         try:
-            messages = prompt(self.space, rows, goal, self.s["critic"]["max_proposals"])
-            rec["proposals"] = parse_answer(self.critic.ask(messages))
+            rec["answer"] = self.critic.ask(messages)
         except CriticError as e:
             rec["error"] = str(e)
+        else:
+            rec["proposals"], rec["error"] = _proposals(rec["answer"])
         self.hist.append(rec)
         return rec
 
@@ -370,6 +433,12 @@ class Search:
 
     # ------------------------------------------------------------- run
     def run(self) -> SearchResult:
+        with self.locked():
+            self.hist = History(self.out / "history.jsonl")
+            self.cache = self.hist.evaluations()
+            return self._run()
+
+    def _run(self) -> SearchResult:
         from tqdm import tqdm
 
         s = self.s
@@ -446,6 +515,17 @@ class Search:
                             feasible=best is not None and self.goal.feasible(best))
 
 
+def _proposals(answer) -> tuple[list, str | None]:
+    """(the answer's proposals, None), or ([], why it has none): whatever it holds, the operators fill the
+    generation."""
+    try:
+        return parse_answer(answer), None
+    except CriticError as e:
+        return [], str(e)
+    except Exception as e:
+        return [], f"the critic's answer cannot be read: {type(e).__name__}: {e}"
+
+
 def _plain(x):
     """`x` as plain JSON values: numpy scalars and arrays as numbers and lists, anything else unknown as text."""
     if isinstance(x, dict):
@@ -473,9 +553,10 @@ def run_search(settings: dict, objective: Objective, out_dir, critic: Critic | N
                progress: bool = False, report: bool = True) -> SearchResult:
     """Runs (or resumes) a search and writes its outputs to `out_dir` (see glyph_rt.search.report)."""
     search = Search(settings, objective, out_dir, critic, progress)
-    result = search.run()
-    if report:
-        from .report import write_outputs
+    with search.locked():  # the outputs too: they read the history, which another run must not append to then
+        result = search.run()
+        if report:
+            from .report import write_outputs
 
-        result.files = write_outputs(result, out_dir, settings, search.space)
+            result.files = write_outputs(result, out_dir, settings, search.space)
     return result
