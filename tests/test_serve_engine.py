@@ -98,6 +98,15 @@ def test_document_cache_skips_the_document_and_keeps_the_answer(gm, engine, monk
     third = engine.complete(build_prompt(gm, msgs, InputOptions(CFG, "tiny"), cache=engine.cache),
                             SamplingParams(max_tokens=4, **GREEDY))
     assert third.cache_hit == "document"
+    # the document's embeddings let go, its prefix kept: rendered again, then its pages dropped on the prefix hit
+    kv = engine.cache.peek(p2.prefix_key)
+    engine.cache.clear()
+    engine.cache.put(p2.prefix_key, kv)
+    p4 = prompt(gm, engine, c, "And when?")
+    assert all(s.pixel_values is not None for s in p4.segments)
+    fourth = engine.complete(p4, SamplingParams(max_tokens=10, **GREEDY))
+    assert fourth.cache_hit == "prefix" and fourth.token_ids == second.token_ids
+    assert all(s.pixel_values is None for s in p4.segments) and engine.queued_bytes == 0
 
 
 def test_cache_budget_evicts(gm):
@@ -398,8 +407,19 @@ def test_batched_sampling_draws_from_the_distribution_with_one_generator_per_req
     assert next_tokens([r], logits.clone()) == [1] and r.seen.tolist() == [0, 1]
 
 
+def test_logprobs_tokens_carry_their_own_bytes(gm):
+    from glyph_rt.serve.logprobs import TokenText
+
+    text = "中文 naïve 😀 ok<|endoftext|>"
+    ids = gm.tokenizer(text, add_special_tokens=False).input_ids
+    pieces = TokenText(gm.tokenizer)(ids)
+    assert b"".join(bytes(b) for _, b in pieces).decode() == text  # parts of one character join into it
+    assert any(t == "\ufffd" for t, _ in pieces)  # some token holds part of a character
+
+
 def test_logprobs_are_the_models_before_penalty_and_temperature():
-    from glyph_rt.serve.engine import model_logprobs, next_tokens, token_logprobs
+    from glyph_rt.serve.engine import next_tokens
+    from glyph_rt.serve.logprobs import model_logprobs, token_logprobs
 
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log()[None].repeat(3, 1)

@@ -40,6 +40,7 @@ from ..models.kv_cache import GlyphCache, cache_kwarg, kv_bytes
 from ..models.prompt import VISION_MERGE
 from .doc_cache import DocumentCache, DocumentEntry, PrefixEntry
 from .inputs import Prompt, RequestError
+from .logprobs import TokenText, content_entry, model_logprobs, token_logprobs
 from .metrics import Metrics
 
 log = logging.getLogger("glyph_rt.serve")
@@ -214,33 +215,6 @@ def next_tokens(rows: list[Request], logits: torch.Tensor) -> list[int]:
     return tokens.tolist()
 
 
-def model_logprobs(rows: list[Request], logits: torch.Tensor) -> tuple[list[int], torch.Tensor] | None:
-    """The rows that asked for logprobs, and their log-probabilities [rows, vocab]: the model's, taken before
-    next_tokens applies the repetition penalty (in place) and the temperature, as vLLM's default."""
-    want = [b for b, r in enumerate(rows) if r.params.logprobs]
-    if not want:
-        return None
-    return want, torch.log_softmax(logits[torch.tensor(want, device=logits.device)], -1)
-
-
-def token_logprobs(raw, rows: list[Request], tokens: list[int]) -> dict[int, tuple[float, list[tuple[int, float]]]]:
-    """Row -> (its token's log-probability, [(token, log-probability)] of its top_logprobs most likely tokens),
-    from model_logprobs' `raw`; one host sync for the batch."""
-    if raw is None:
-        return {}
-    want, lp = raw
-    chosen = lp.gather(1, torch.tensor([tokens[b] for b in want], device=lp.device)[:, None])[:, 0].tolist()
-    k = max(rows[b].params.top_logprobs for b in want)
-    top_v, top_i = lp.topk(k, -1) if k else (lp[:, :0], lp[:, :0].long())
-    top_v, top_i = top_v.tolist(), top_i.tolist()
-    return {b: (chosen[i], list(zip(top_i[i], top_v[i]))[:rows[b].params.top_logprobs]) for i, b in enumerate(want)}
-
-
-def _json_logprob(v: float) -> float:
-    """JSON has no -inf (or NaN): vLLM's -9999.0 stands for them."""
-    return v if v > -9999.0 else -9999.0
-
-
 class Engine:
     def __init__(self, gm, max_batch: int = 32, max_queue: int = 256, cache_bytes: int = 1 << 30,
                  timeout: float = 600.0, metrics: Metrics | None = None, prefill_chunk: int = 2048,
@@ -259,6 +233,7 @@ class Engine:
         self.max_positions = gm.max_positions
         self.stop_ids = set(gm.prompts.stop_ids)
         self._cache_kw = cache_kwarg(self.model)
+        self.token_text = TokenText(gm.tokenizer)  # logprobs' token texts and bytes
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self._batch: GlyphCache | None = None
@@ -515,6 +490,8 @@ class Engine:
                 for i, (k, v) in enumerate(entry.layers):
                     cache.update(k, v, i)
                 r.cache_hit, at = "prefix", p.prefix_len
+                for s in p.segments:  # the prefix's KV holds what the pages gave (rendered again when the
+                    s.pixel_values = None  # document cache had let their embeddings go): not needed
                 if not bool((ids[0, at:] == self.gm.image_token_id).any()):  # text after the prefix: no rope index
                     pos = torch.zeros(3, 1, ids.shape[1], dtype=torch.long, device=dev)  # [0, at) is never read
                     pos[:, 0, at:] = torch.arange(entry.next_pos, entry.next_pos + ids.shape[1] - at, device=dev)
@@ -760,16 +737,6 @@ class Engine:
         lps = token_logprobs(raw, rows, tokens)
         return [(t, lps.get(b)) for b, t in enumerate(tokens)]
 
-    def _logprob_entry(self, tok: int, lp: tuple) -> dict:
-        """OpenAI's logprobs.content entry for the token: its text, bytes and log-probability, and the top ones'."""
-        chosen, top = lp
-        texts = self.gm.tokenizer.batch_decode([[t] for t in [tok] + [t for t, _ in top]])
-
-        def one(text, v):
-            return {"token": text, "logprob": _json_logprob(v), "bytes": list(text.encode("utf-8"))}
-
-        return {**one(texts[0], chosen), "top_logprobs": [one(t, v) for t, (_, v) in zip(texts[1:], top)]}
-
     def _accept(self, r: Request, tok: int, lp: tuple | None = None) -> None:
         now = time.monotonic()
         if r.first_token_t is None:
@@ -784,7 +751,7 @@ class Engine:
         r.output_ids.append(tok)
         r.last_token = tok
         if r.logprobs is not None:
-            r.logprobs.append(self._logprob_entry(tok, lp))
+            r.logprobs.append(content_entry(self.token_text, tok, lp))
         self.metrics.tokens(1)
         # incremental detokenization: the ids since the last commit point are decoded again, not all of them
         seg = self.gm.tokenizer.decode(r.output_ids[r.seg_start:], skip_special_tokens=True)

@@ -63,6 +63,8 @@ class ChatCompletionRequest(BaseModel):
     glyph: GlyphOptions | None = None
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
+        if self.stream_options is not None and not self.stream:
+            raise RequestError("stream_options: only with stream: true", "stream_options")
         if self.top_logprobs is not None and not self.logprobs:
             raise RequestError("top_logprobs: needs logprobs: true", "top_logprobs")
         if self.response_format is not None and self.response_format.type != "text":
