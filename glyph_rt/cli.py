@@ -354,7 +354,8 @@ def cmd_eval(args) -> int:
     for r in s["runs"]:
         dpi = f" @ {r['dpi']:g} dpi" if r["dpi"] is not None else ""
         parts = [f"accuracy {r['accuracy']:.2f} on {r['items']} items"]
-        parts += [] if r["mode"] == "text" else [f"compression {r['compression']:.2f}x overall"]  # text: no pages
+        if r["mode"] == "image":  # text: no pages; n/a: no item with both counts (page images only)
+            parts.append("compression " + ("n/a" if r["compression"] is None else f"{r['compression']:.2f}x overall"))
         parts += [f"{r['errors']} errors"] if r["errors"] else []
         _print(f"{r['target']} ({r['mode']}{dpi}): " + ", ".join(parts))
     _print(f"wrote {args.out}/results.jsonl, summary.md, accuracy_vs_length.png, accuracy_vs_compression.png")
@@ -582,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "dashed keys) over --config, as Glyph's rendering scripts do (default: --config for every row)")
     ev.add_argument("--squad", help="RULER qa_1: a SQuAD JSON file")
     ev.add_argument("--hotpotqa", help="RULER qa_2: a HotpotQA JSON file")
-    ev.add_argument("--seed", type=int, default=0, help="RULER generation seed (default: 0)")
+    ev.add_argument("--seed", type=int, help="RULER generation seed (default: 0, or the resumed run's)")
     ev.add_argument("--truncate", type=_positive_int("--truncate"), help="LongBench: keep the first and last halves "
                     "of contexts over this many tokens (LongBench's truncation)")
     ev.add_argument("--longbench-e", action="store_true", help="LongBench: LongBench-E's <dataset>_e.jsonl files of "

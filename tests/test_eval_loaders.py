@@ -180,3 +180,76 @@ def test_glyph_rows_keep_their_own_render_configs(tmp_path):
          "config": {"font-size": 12, "colour": "red"}}])
     with pytest.raises(ValueError, match="item d: render_config: .*'colour'"):
         glyph_data.load(tmp_path / "bad", row_configs=True)
+
+
+def test_longbench_e_rows_say_their_dataset_with_e(tmp_path):
+    """LongBench-E's rows hold "dataset": "hotpotqa_e", as its file name does: the same rule reads both."""
+    write_jsonl(tmp_path / "hotpotqa_e.jsonl", [lb_row(i, "hotpotqa_e") for i in range(3)])
+    for items in (longbench.load(tmp_path, e=True), longbench.load(tmp_path, e=True, datasets=["hotpotqa"]),
+                  glyph_data.load(tmp_path)):
+        assert len(items) == 3 and {it.task for it in items} == {"hotpotqa"}
+        assert items[0].metric == "qa_f1" and items[0].metadata["category"] == "Multi-Doc QA"
+    assert longbench.load(tmp_path, e=True)[0].metadata["longbench_e"]
+    assert longbench.load(tmp_path, e=True, datasets=["qasper"]) == []
+
+
+def write_samples(path, samples):
+    path.write_text(json.dumps(samples))
+    return path
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("hotpotqa.jsonl", b'{"input": "q", "context": "caf\xe9", "answers": ["a"]}\n',
+     r"hotpotqa.jsonl:1: not UTF-8 text \(byte 0xe9"),
+    ("hotpotqa.jsonl", b'{"input": "q", "context": "ok", "answers": ["a"]}\n[1, 2]\n',
+     r"hotpotqa.jsonl:2: not a LongBench line \(a JSON object\), got list"),
+    ("hotpotqa.jsonl", b'\n{"input": "q", "context": ["a", "b"], "answers": ["a"]}\n',
+     r"hotpotqa.jsonl:2: context must be a string, got list"),
+    ("hotpotqa.jsonl", b'{"input": "q", "context": "c", "answers": ["a"], "length": "long"}\n',
+     r"hotpotqa.jsonl:1: length must be a number"),
+])
+def test_longbench_bad_files_name_the_line_and_field(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        longbench.load(tmp_path)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": '["hello"]', "answer": "a", "random_string_to_prepend": "a", "n_needles": 2},
+     r"x.jsonl:2: prompt must be a list of chat messages \{role: user\|assistant\|system, content: string\}"),
+    ({"prompt": "[{", "answer": "a", "random_string_to_prepend": "a"}, r"x.jsonl:2: prompt is not JSON"),
+    ({**mrcr_row(0), "n_needles": "two"}, r"x.jsonl:2: n_needles must be an integer, got 'two'"),
+    ({**mrcr_row(0), "answer": None}, r"x.jsonl:2: answer must be a string, got NoneType"),
+    ("just text", r"x.jsonl:2: not an MRCR row \(a JSON object\), got str"),
+])
+def test_mrcr_bad_rows_name_the_line_and_field(tmp_path, row, message):
+    (tmp_path / "x.jsonl").write_text("\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=message):
+        mrcr.load(tmp_path / "x.jsonl")
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"random_string_to_prepend": "ab", "context": "User: hi", "answer": "abx"},
+     r"x.jsonl:1: an MRCR row of Glyph's evaluation data needs question \(fields: answer, context, random"),
+    ({"task_name": "vt", "outputs": ["A"], "question": "q"}, r"x.jsonl:1: a RULER row .* needs context"),
+    ({"task_name": "vt", "outputs": {"a": 1}, "context": "c"}, r"x.jsonl:1: outputs must be a list or a string"),
+    ({"task_name": "vt", "outputs": ["A"], "context": "c", "question": None}, r"x.jsonl:1: question must be a string"),
+    ({"input": "q", "context": 3, "answers": ["a"], "dataset": "hotpotqa"}, r"x.jsonl:1: context must be a string"),
+])
+def test_glyph_bad_rows_name_the_line_and_field(tmp_path, row, message):
+    write_jsonl(tmp_path / "x.jsonl", [row])
+    with pytest.raises(ValueError, match=message):
+        glyph_data.load(tmp_path / "x.jsonl")
+
+
+@pytest.mark.parametrize("sample, message", [
+    ({"doc_id": "a.pdf", "answer": "x", "evidence_pages": "[1]"}, r"samples.json: sample 1: missing question"),
+    ({"doc_id": 7, "question": "q", "answer": "x"}, r"samples.json: sample 1: doc_id must be a string"),
+    ({"doc_id": "a.pdf", "question": "q", "answer": None}, r"samples.json: sample 1: answer must be a string or a "),
+    (["a.pdf"], r"samples.json: sample 1: not an object, got list"),
+])
+def test_mmlongbench_bad_samples_name_the_sample_and_field_before_any_pdf(tmp_path, sample, message):
+    good = {"doc_id": "missing.pdf", "question": "q", "answer": "x"}  # checked before its PDF would be converted
+    samples = write_samples(tmp_path / "samples.json", [good, sample])
+    with pytest.raises(ValueError, match=message):
+        mmlongbench_doc.load(samples, tmp_path / "docs", tmp_path / "pages")

@@ -1,9 +1,12 @@
 """What a long evaluation or search must not get wrong: rows whose text holds line separators, resumes that
-mix settings, answers in flight when a run stops, a busy engine, a target that is down, a critic that thinks
-out loud."""
+mix settings, answers in flight when a run stops, a busy engine, a target that is down or busy, a line torn
+inside a character, an unreadable page image, a critic that thinks out loud."""
+import contextlib
 import dataclasses
 import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -223,6 +226,140 @@ def test_a_full_engine_queue_makes_items_wait_not_fail(tmp_path):
         assert r.errors == 0 and all(x["pages"] >= 1 for x in r.rows) and len(calls) == 6
     finally:
         t.close()
+
+
+def test_a_line_torn_inside_a_character_is_left_out(tmp_path):
+    """A kill mid-write can cut a multi-byte character: the torn line is dropped before decoding."""
+    path = tmp_path / "results.jsonl"
+    torn = json.dumps({"id": "b", "score": 0.0, "prediction": "日本語"}, ensure_ascii=False).encode()
+    path.write_bytes(json.dumps({"id": "a", "score": 1.0}).encode() + b"\n" + torn[:torn.index("日".encode()) + 1])
+    assert read_rows(path) == [{"id": "a", "score": 1.0}]
+    path.write_bytes(b'{"id": "a"}\n{"id": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"results.jsonl:2: not UTF-8"):
+        read_rows(path)
+
+
+class Pages(Echo):
+    """Reads each item's pages as an endpoint target does (page_images), then answers the item's answer."""
+
+    def answer(self, item, config, *, as_text=False):
+        from glyph_rt.eval.targets import page_images
+
+        self.asked.append(item.id)
+        return Reply(item.answers[0], len(page_images(item, config)), 500, 0.0)
+
+
+def doc_item(name: str, path) -> Item:
+    return Item(id=name, context="", question="Q?", answers=["x"], metric="mmlongbench", images=[str(path)],
+                metadata={"answer_format": "Str", "kind": "SP"})
+
+
+def test_an_unreadable_page_image_is_its_items_failure(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    its = [doc_item("bad", tmp_path / "bad.png"), doc_item("ok", tmp_path / "ok.png")]
+    r = evaluate(CFG, its, Pages(), out=tmp_path / "run", progress=False, tokenizer=None)
+    bad, ok = r.rows
+    assert bad["score"] == 0.0 and bad["error"].startswith(f"item bad: page image {tmp_path / 'bad.png'}: cannot")
+    assert ok["score"] == 1.0 and "error" not in ok
+    t = Pages()
+    evaluate(CFG, its, t, out=tmp_path / "run", progress=False, tokenizer=None)
+    assert t.asked == []  # recorded: a rerun goes on past it
+
+
+def test_compression_counts_only_items_with_text_tokens(tmp_path):
+    """Page-image items (MMLongBench-Doc) have no text tokens: they count in neither sum; with none left, None."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "p.png")
+    r = evaluate(CFG, [doc_item("doc", tmp_path / "p.png")], Pages(), progress=False)
+    assert r.rows[0]["text_tokens"] is None and r.compression is None and r.summary()["compression"] is None
+    mixed = evaluate(CFG, [doc_item("doc", tmp_path / "p.png"), *items(1)], Pages(), progress=False)
+    assert mixed.compression == pytest.approx(mixed.rows[1]["text_tokens"] / 500)
+
+
+@contextlib.contextmanager
+def endpoint(statuses=(), answer="x"):
+    """A local OpenAI-compatible chat endpoint that fails with each of `statuses` in turn, then answers `answer`;
+    yields its URL and the statuses it sent."""
+    sent = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            code = statuses[len(sent)] if len(sent) < len(statuses) else 200
+            sent.append(code)
+            body = json.dumps({"error": {"message": "try again"}} if code != 200 else {
+                "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": answer}}]}).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1", sent
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status", [408, 409])
+def test_a_request_timeout_or_conflict_stops_the_run_and_a_rerun_asks_again(tmp_path, status):
+    """408 and 409 are transient (the openai client retries them, as 429 and 5xx): not the item's failure."""
+    from glyph_rt.eval.targets import OpenAITarget
+
+    with endpoint([status], answer="1000") as (url, sent):
+        t = OpenAITarget(url, "m", max_retries=0)
+        with pytest.raises(TargetError, match=f"HTTP {status}"):
+            evaluate(CFG, items(1), t, as_text=True, out=tmp_path, progress=False, tokenizer=None)
+        assert read_rows(tmp_path / "results.jsonl") == []
+        r = evaluate(CFG, items(1), t, as_text=True, out=tmp_path, progress=False, tokenizer=None)
+        assert sent == [status, 200] and r.rows[0]["score"] == 1.0 and "error" not in r.rows[0]
+
+
+def cli_eval(url, out, *extra):
+    from glyph_rt.cli import main
+
+    return main(["eval", "--target", f"{url}:m", "--out", str(out), "--quiet", *extra])
+
+
+def test_a_run_resumes_with_its_stored_seed_when_none_is_given(tmp_path, capsys):
+    ruler = ["--suite", "ruler", "--lengths", "1k", "--limit", "1", "--tasks", "vt", "--as", "text"]
+    with endpoint() as (url, sent):
+        assert cli_eval("openai:" + url, tmp_path / "a", *ruler, "--seed", "3") == 0
+        items_3 = (tmp_path / "a" / "items.jsonl").read_text()
+        assert cli_eval("openai:" + url, tmp_path / "a", *ruler) == 0  # as the README: left out, the stored run's
+        assert (tmp_path / "a" / "items.jsonl").read_text() == items_3 and len(sent) == 1
+        assert cli_eval("openai:" + url, tmp_path / "a", *ruler, "--seed", "0") == 2
+        assert "holds the items of another run (seed: 3 then 0)" in capsys.readouterr().err
+        assert cli_eval("openai:" + url, tmp_path / "b", *ruler) == 0  # no seed: 0, given or not
+        assert cli_eval("openai:" + url, tmp_path / "b", *ruler, "--seed", "0") == 0
+    assert (tmp_path / "b" / "items.jsonl").read_text() != items_3
+
+
+def test_the_cli_says_n_a_for_the_compression_of_page_images_only(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "pages" / "a").mkdir(parents=True)  # the page cache of docs/a.pdf: no PDF converted
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "pages" / "a" / "page-1.png")
+    (tmp_path / "pages" / "a" / ".complete").touch()
+    (tmp_path / "samples.json").write_text(json.dumps([{"doc_id": "a.pdf", "question": "Q?", "answer": "x"}]))
+    with endpoint() as (url, _):
+        assert cli_eval("openai:" + url, tmp_path / "out", "--suite", "mmlongbench-doc", "--data",
+                        str(tmp_path / "samples.json"), "--documents", str(tmp_path / "docs")) == 0
+    assert "accuracy 100.00 on 1 items, compression n/a" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["runs"][0]["compression"] is None
 
 
 # ----------------------------------------------------------------- search

@@ -112,3 +112,28 @@ def test_bench_eval_smoke(tmp_path):
     main(["--length", "1k", "--n", "1", "--core", "-1", "--out", str(tmp_path)])
     s = json.loads((tmp_path / "eval-ruler-1k.json").read_text())["summary"]
     assert s["tasks"] == 12 and s["items"] == 12 and s["pages"] >= 12 and s["total_s"] > 0
+
+
+def test_short_lengths_stay_within_two_percent_and_never_over():
+    """Below RULER's 4096 cwe repeats its words 6 and 1 times (30 and 3 above); the essay haystack skips a sentence
+    that does not fit for the next ones that do. The same seed still gives the same prompts."""
+    tasks = ["niah_single_2", "niah_multikey_1", "niah_multivalue", "niah_multiquery", "cwe"]
+    its = ruler.generate(tasks, lengths=["1k", "2k"], n=2, seed=0)
+    for it in its:
+        L = it.metadata["length"]
+        assert 0.98 * L <= full_tokens(it) <= L, (it.id, full_tokens(it))
+    assert ruler.generate(["niah_single_2"], lengths=["1k"], n=2, seed=0) == its[:2]
+    cwe = [it for it in its if it.task == "cwe"][0]
+    words = re.findall(r"\d+\. (\w+)", cwe.context)
+    assert all(words.count(w) == 6 for w in cwe.answers) and cwe.metadata["uncommon"] > 0
+    assert max(words.count(w) for w in set(words) - set(cwe.answers)) == 1
+    assert (cwe.metadata["freq_cw"], cwe.metadata["freq_ucw"]) == (6, 1)
+
+
+@pytest.mark.parametrize("task, length, message", [
+    ("cwe", 512, "cwe: length 512 is too short for its 10 common words 6 times each"),
+    ("niah_multiquery", 256, "niah_multiquery: length 256 is too short for its 4 needles"),
+])
+def test_a_length_too_short_for_the_task_is_an_error_not_a_longer_prompt(task, length, message):
+    with pytest.raises(ValueError, match=message):
+        ruler.generate([task], lengths=[length], n=1)

@@ -84,13 +84,15 @@ class EvalResult:
         return 100.0 * sum(r["score"] for r in self.rows) / len(self.rows) if self.rows else 0.0
 
     @property
-    def compression(self) -> float:
-        """Text tokens / visual tokens over the items that were answered from pages (1.0 for the text baseline);
-        an item that failed (too long for the model, ...) has no visual tokens and counts in neither sum."""
-        seen = [r for r in self.rows if r["visual_tokens"]]
+    def compression(self) -> float | None:
+        """Text tokens / visual tokens over the items answered from pages that have a text count (1.0 for the text
+        baseline); an item that failed (too long for the model, ...) has no visual tokens, and one with page images
+        and no text (MMLongBench-Doc) no text tokens: neither counts in either sum. None when no item counts."""
+        if self.mode == "text":
+            return 1.0
+        seen = [r for r in self.rows if r["visual_tokens"] and r.get("text_tokens") is not None]
         vis = sum(r["visual_tokens"] for r in seen)
-        text = sum(r["text_tokens"] or 0 for r in seen)
-        return text / vis if vis else 1.0
+        return sum(r["text_tokens"] for r in seen) / vis if vis else None
 
     @property
     def by_task(self) -> dict[str, float]:
@@ -105,7 +107,7 @@ class EvalResult:
 
     def summary(self) -> dict:
         return {"target": self.target, "mode": self.mode, "items": len(self.rows), "accuracy": round(self.accuracy, 3),
-                "compression": round(self.compression, 4), "errors": self.errors,
+                "compression": None if self.compression is None else round(self.compression, 4), "errors": self.errors,
                 "by_task": {k: round(v, 3) for k, v in self.by_task.items()}}
 
 
@@ -124,9 +126,15 @@ def all_rows(path) -> list[dict]:
     p = Path(path)
     if not p.exists():
         return []
+    data = p.read_bytes()
+    try:  # up to the last b"\n": a line torn by a kill, even inside a character, is left out before decoding
+        text = data[:data.rfind(b"\n") + 1].decode("utf-8")
+    except UnicodeDecodeError as e:
+        n = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{p}:{n}: not UTF-8 ({e.reason}); the file is not a results file") from None
     rows = []
-    # split at "\n" only (text_lines); the piece after the last "\n" is empty, or a line torn by a kill
-    for line in p.read_text(encoding="utf-8").split("\n")[:-1]:
+    # split at "\n" only (text_lines); the piece after the last "\n" is empty
+    for line in text.split("\n")[:-1]:
         if not line.strip():
             continue
         try:

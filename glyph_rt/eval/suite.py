@@ -24,13 +24,14 @@ SUITES = ("ruler", "longbench", "mrcr", "mmlongbench-doc", "glyph")
 DEFAULT_LENGTHS = ("4k",)  # RULER's, when no lengths are given
 
 
-def build_items(suite: str, *, data=None, lengths=None, limit: int | None = None, seed: int = 0,
+def build_items(suite: str, *, data=None, lengths=None, limit: int | None = None, seed: int | None = None,
                 tasks=None, uuid: bool = False, squad=None, hotpotqa=None, documents=None, pages_dir=None,
                 doc_dpi: int = 144, tokenizer: str | None = "default", truncate: int | None = None,
                 row_configs: bool = False, longbench_e: bool = False) -> list[Item]:
-    """The items of a suite: RULER generated here (n = limit or 10 per task and length, at `lengths`, default 4k);
-    the others read from `data` (LongBench: a directory of <dataset>.jsonl; MRCR: parquet/JSONL; MMLongBench-Doc:
-    samples.json with `documents`; glyph: Glyph's evaluation files), `limit` per dataset / needle count / file.
+    """The items of a suite: RULER generated here (n = limit or 10 per task and length, at `lengths`, default 4k,
+    from `seed`, default 0); the others read from `data` (LongBench: a directory of <dataset>.jsonl; MRCR:
+    parquet/JSONL; MMLongBench-Doc: samples.json with `documents`; glyph: Glyph's evaluation files), `limit` per
+    dataset / needle count / file.
     truncate: LongBench contexts over this many tokens keep their first and last halves; longbench_e: LongBench-E's
     files (<dataset>_e.jsonl) instead of LongBench's. row_configs: glyph rows rendered with their own configs over
     the run's."""
@@ -39,8 +40,8 @@ def build_items(suite: str, *, data=None, lengths=None, limit: int | None = None
     if suite not in SUITES:
         raise ValueError(f"suite {suite!r} is unknown; choose from {', '.join(SUITES)}")
     if suite == "ruler":
-        return ruler.generate(tasks, lengths or DEFAULT_LENGTHS, n=limit or 10, seed=seed, uuid=uuid, squad=squad,
-                              hotpotqa=hotpotqa, tokenizer=tokenizer)
+        return ruler.generate(tasks, lengths or DEFAULT_LENGTHS, n=limit or 10, seed=seed or 0, uuid=uuid,
+                              squad=squad, hotpotqa=hotpotqa, tokenizer=tokenizer)
     if data is None:
         raise ValueError(f"suite {suite} reads its data from local files: give --data PATH")
     if suite == "longbench":
@@ -62,11 +63,14 @@ def _given(spec: dict) -> dict:
 
 
 def _effective(suite: str, key: str, value):
-    """An option as the items were built with it: RULER's lengths in tokens, unset = the default 4k."""
+    """An option as the items were built with it: RULER's lengths in tokens, unset = the default 4k; the seed,
+    unset = 0."""
     if suite == "ruler" and key == "lengths":
         from .benchmarks import ruler
 
         return [ruler.parse_length(x) for x in (value or DEFAULT_LENGTHS)]
+    if key == "seed":
+        return value or 0
     return value
 
 

@@ -81,8 +81,11 @@ def page_images(item, config: RenderConfig) -> list:
         for p in item.images:
             if not Path(p).is_file():
                 raise ValueError(f"item {item.id}: page image {p!r} does not exist")
-            with Image.open(p) as im:
-                out.append(np.asarray(im.convert("RGB")))
+            try:
+                with Image.open(p) as im:
+                    out.append(np.asarray(im.convert("RGB")))
+            except Exception as e:  # noqa: BLE001 - not an image, truncated, too large...: this item's failure
+                raise ValueError(f"item {item.id}: page image {p}: {e}") from None
         return out
     from ..render.pages import render
 
@@ -197,6 +200,11 @@ def png_data_uri(image) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
 
 
+# 4xx statuses that are not the request's fault: no access, no such model, or transient (408, 409 and 429, which
+# the openai client retries, as 5xx): they stop the run, and a rerun asks again
+NOT_THE_ITEMS = (401, 403, 404, 408, 409, 429)
+
+
 class OpenAITarget(Target):
     """Any OpenAI-compatible chat endpoint (glyph_rt's server, vLLM serving Glyph, a text-only LLM)."""
 
@@ -248,14 +256,14 @@ class OpenAITarget(Target):
 
     def _call(self, fn, **kwargs):
         """An API call; a request the server rejects (4xx: too long, bad input) is a ValueError, recorded for
-        the item; an unreachable or failing server (after the client's retries) a TargetError, which stops
-        the run (a rerun resumes)."""
+        the item; an unreachable, failing or busy server (after the client's retries; NOT_THE_ITEMS) a
+        TargetError, which stops the run (a rerun resumes)."""
         import openai
 
         try:
             return fn(**kwargs)
         except openai.APIStatusError as e:
-            if 400 <= e.status_code < 500 and e.status_code not in (401, 403, 404, 429):
+            if 400 <= e.status_code < 500 and e.status_code not in NOT_THE_ITEMS:
                 raise ValueError(f"{self.base_url}: the server rejected the request ({e.status_code}): "
                                  f"{str(e.message)[:300]}") from None
             raise TargetError(f"{self.base_url}: HTTP {e.status_code}: {str(e.message)[:300]}") from None

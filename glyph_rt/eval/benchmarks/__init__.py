@@ -1,1 +1,15 @@
 """Benchmarks: one module per family, each turning data into glyph_rt.eval.Item lists with its metric."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def read_text(path) -> str:
+    """A data file's text, which must be UTF-8: otherwise an error naming the file and line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                         "convert the file to UTF-8") from None

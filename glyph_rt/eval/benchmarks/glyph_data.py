@@ -21,20 +21,41 @@ from pathlib import Path
 
 from ...fileio import json_lines, text_lines
 from ..item import Item
-from . import longbench, mrcr, ruler
+from . import longbench, mrcr, read_text, ruler
 
 
-def _rows(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+def _rows(path: Path) -> list[tuple[int, dict]]:
+    """The rows of a file, each with its number from 1 (a JSONL file's line, else its place in the list)."""
+    text = read_text(path)
     if path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of rows")
-        return data
-    return [row for _, row in json_lines(text_lines(text), str(path))]
+        return list(enumerate(data, 1))
+    return list(json_lines(text_lines(text), str(path)))
+
+
+def require(row: dict, where: str, what: str, fields: dict) -> None:
+    """The row has each of `fields` (name -> the types it may have); else an error naming the row and the field
+    (what: "a RULER", "an MRCR")."""
+    missing = [k for k in fields if k not in row]
+    if missing:
+        raise ValueError(f"{where}: {what} row of Glyph's evaluation data needs {', '.join(missing)} "
+                         f"(fields: {', '.join(sorted(row)[:8])})")
+    for k, kinds in fields.items():
+        if not isinstance(row[k], kinds):
+            want = " or ".join("a list" if t is list else "a string" for t in kinds)
+            raise ValueError(f"{where}: {k} must be {want}, got {type(row[k]).__name__}")
 
 
 def ruler_item(row: dict, index: int, length: int | None, source: str) -> Item:
+    where = f"{source}:{index + 1}"
+    require(row, where, "a RULER", {"task_name": (str,), "outputs": (list, str), "context": (str,)})
+    if not isinstance(row.get("question", ""), str):
+        raise ValueError(f"{where}: question must be a string, got {type(row['question']).__name__}")
     task = row["task_name"]
     kind = "qa" if task.startswith("qa") else ("niah" if task.startswith("niah") else task)
     refs = row["outputs"] if isinstance(row["outputs"], list) else [row["outputs"]]
@@ -51,7 +72,10 @@ def mrcr_item(row: dict, index: int, source: str) -> Item:
     if "prompt" in row:
         it = mrcr.item_from_row(row, index, source)
     else:
-        n = int(row.get("n_needles") or 0)
+        where = f"{source}:{index + 1}"
+        require(row, where, "an MRCR", {"context": (str,), "question": (str,), "answer": (str,),
+                                        "random_string_to_prepend": (str,)})
+        n = mrcr.number(row, "n_needles", where) or 0
         it = Item(id=str(row.get("unique_id") or f"{Path(source).stem}-{index}"), context=row["context"],
                   question=row["question"], answers=[row["answer"]], metric="mrcr", max_new_tokens=mrcr.MAX_NEW_TOKENS,
                   metadata={"task": f"mrcr_{n}needle" if n else "mrcr", "needles": n,
@@ -90,11 +114,12 @@ def load(path, limit: int | None = None, uuid: bool = False, rendered: bool = Fa
         m = re.search(r"_(\d+)\.jsonl?$", f.name)
         length = int(m.group(1)) if m else None
         taken = 0
-        for i, row in enumerate(_rows(f)):
+        for line, row in _rows(f):
+            i = line - 1
             if limit and taken >= limit:
                 break
             if not isinstance(row, dict):
-                raise ValueError(f"{f}: row {i + 1} is not an object")
+                raise ValueError(f"{f}:{line}: a row must be a JSON object, got {type(row).__name__}")
             if "task_name" in row and "outputs" in row:
                 if row["task_name"] in ruler.UUID_TASKS and not uuid:
                     continue

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ...fileio import json_lines, text_lines
 from ..item import Item
+from . import read_text
 
 # dataset -> (metric, max_new_tokens, category of the paper's Table 2)
 DATASETS = {
@@ -38,6 +39,8 @@ DATASETS = {
     "lcc": ("code_sim", 64, "Code"),
     "repobench-p": ("code_sim", 64, "Code"),
 }
+FIELD_TYPES = {"context": (str, "a string"), "input": ((str, type(None)), "a string or null"),
+               "answers": ((list, str), "a list of strings")}
 CATEGORIES = ("Single-Doc QA", "Multi-Doc QA", "Summarization", "Few-shot", "Synthetic", "Code")
 FIRST_LINE = ("trec", "triviaqa", "samsum", "lsht")
 
@@ -92,23 +95,37 @@ VLM_PROMPTS = {
 }
 
 
-def dataset_of(path: Path) -> str:
-    name = path.stem
+def dataset_name(name) -> str:
+    """A dataset's name as DATASETS has it: LongBench-E's (hotpotqa_e, in its file names and rows) without the _e."""
+    name = str(name)
     return name[:-2] if name.endswith("_e") and name[:-2] in DATASETS else name
+
+
+def dataset_of(path: Path) -> str:
+    return dataset_name(path.stem)
 
 
 def item_from_row(row: dict, dataset: str, index: int, source: str = "") -> Item:
     """One LongBench line as an Item (errors name the source line)."""
+    dataset = dataset_name(dataset)
     where = f"{source}:{index + 1}" if source else f"{dataset}[{index}]"
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: not a LongBench line (a JSON object), got {type(row).__name__}")
     missing = [k for k in ("input", "context", "answers") if k not in row]
     if missing:
         raise ValueError(f"{where}: not a LongBench line (missing {', '.join(missing)})")
+    for key, (kinds, what) in FIELD_TYPES.items():
+        if not isinstance(row[key], kinds):
+            raise ValueError(f"{where}: {key} must be {what}, got {type(row[key]).__name__}")
     if dataset not in DATASETS:
         raise ValueError(f"{where}: dataset {dataset!r} is not a LongBench dataset ({', '.join(DATASETS)})")
     metric, max_new, category = DATASETS[dataset]
     meta = {"task": dataset, "category": category, "first_line": dataset in FIRST_LINE}
-    if row.get("length") is not None:
-        meta["words"] = int(row["length"])  # LongBench's length: words (English) or characters (Chinese)
+    if row.get("length") is not None:  # LongBench's length: words (English) or characters (Chinese)
+        try:
+            meta["words"] = int(row["length"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: length must be a number (of words), got {row['length']!r:.40}") from None
     if row.get("all_classes"):
         meta["all_classes"] = list(row["all_classes"])
     fmt = {"input": row["input"] or "", "context": row["context"]}
@@ -165,12 +182,14 @@ def load(path, datasets=None, limit: int | None = None, truncate: int | None = N
             except RuntimeError as e:
                 raise RuntimeError(f"{f}: {e}") from None
         counted = 0
-        for line, row in json_lines(text_lines(f.read_text(encoding="utf-8")), str(f)):
-            dataset = row.get("dataset") or dataset_of(f)
+        for line, row in json_lines(text_lines(read_text(f)), str(f)):
+            if not isinstance(row, dict):
+                raise ValueError(f"{f}:{line}: not a LongBench line (a JSON object), got {type(row).__name__}")
+            dataset = dataset_name(row.get("dataset") or dataset_of(f))  # LongBench-E's rows say hotpotqa_e
             if datasets and dataset not in datasets:
                 continue
-            if truncate:
-                row = {**row, "context": truncate_middle(row.get("context") or "", truncate)}
+            if truncate and isinstance(row.get("context"), str):
+                row = {**row, "context": truncate_middle(row["context"], truncate)}
             it = item_from_row(row, dataset, line - 1, str(f))
             if e or f.stem.endswith("_e"):  # LongBench-E: the report adds its length buckets
                 it.metadata["longbench_e"] = True

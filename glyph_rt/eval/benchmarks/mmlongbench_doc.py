@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..item import Item
+from . import read_text
 
 MAX_NEW_TOKENS = 256
 PROMPT = ("Answer the question based on the document pages shown in the images. If it cannot be answered from the "
@@ -62,17 +63,38 @@ def _literal(v):
     return v
 
 
+def check_sample(s, where: str) -> None:
+    """A sample has a doc_id and a question (strings) and an answer (a string or a number); else an error naming
+    the sample and the field."""
+    if not isinstance(s, dict):
+        raise ValueError(f"{where}: not an object, got {type(s).__name__}")
+    missing = [k for k in ("doc_id", "question", "answer") if k not in s]
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(missing)} (MMLongBench-Doc's samples have doc_id, question, "
+                         "answer, evidence_pages, answer_format...)")
+    for k, kinds, what in (("doc_id", str, "a string (the PDF's file name)"), ("question", str, "a string"),
+                           ("answer", (str, int, float), "a string or a number")):
+        if isinstance(s[k], bool) or not isinstance(s[k], kinds):
+            raise ValueError(f"{where}: {k} must be {what}, got {s[k]!r:.40}")
+
+
 def load(samples, documents, pages_dir, dpi: int = 144, limit: int | None = None,
          max_pages: int | None = None) -> list[Item]:
     """Items of samples.json whose PDFs are under `documents`, pages cached under `pages_dir`."""
     sp = Path(samples)
     if not sp.is_file():
         raise FileNotFoundError(f"MMLongBench-Doc: samples file {str(sp)!r} does not exist")
-    data = json.loads(sp.read_text(encoding="utf-8"))
-    if not isinstance(data, list) or (data and "doc_id" not in data[0]):
+    try:
+        data = json.loads(read_text(sp))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{sp}:{e.lineno}: not JSON ({e.msg})") from None
+    if not isinstance(data, list) or (data and not (isinstance(data[0], dict) and "doc_id" in data[0])):
         raise ValueError(f"{sp}: not MMLongBench-Doc's samples.json (a list of objects with doc_id)")
+    data = data[:limit] if limit else data
+    for i, s in enumerate(data):  # all checked before any PDF is converted
+        check_sample(s, f"{sp}: sample {i}")
     items = []
-    for i, s in enumerate(data[:limit] if limit else data):
+    for i, s in enumerate(data):
         pages = pdf_pages(Path(documents) / s["doc_id"], Path(pages_dir), dpi, max_pages)
         evidence = _literal(s.get("evidence_pages", "[]"))
         n_ev = len(evidence) if isinstance(evidence, list) else 1

@@ -17,10 +17,12 @@ from pathlib import Path
 
 from ...fileio import json_lines, text_lines
 from ..item import Item
+from . import read_text
 
 BINS = [(0, 8192), (8192, 16384), (16384, 32768), (32768, 65536), (65536, 131072), (131072, 262144),
         (262144, 524288), (524288, 1048576)]
 MAX_NEW_TOKENS = 2048
+ROLES = ("user", "assistant", "system")
 
 
 def bin_label(tokens: int) -> str:
@@ -35,21 +37,52 @@ def flatten(messages: list[dict]) -> str:
     return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
 
 
+def number(row: dict, key: str, where: str) -> int | None:
+    """An integer field of a row (None when absent or null); an error naming the row and field otherwise."""
+    v = row.get(key)
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {key} must be an integer, got {v!r:.40}") from None
+
+
+def chat_messages(prompt, where: str) -> list[dict]:
+    """The prompt's chat messages (a JSON string, as the published files hold them, or the list itself)."""
+    if isinstance(prompt, str):
+        try:
+            prompt = json.loads(prompt)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: prompt is not JSON ({e.msg})") from None
+    ok = isinstance(prompt, (list, tuple)) and all(
+        isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in prompt)
+    if not ok:
+        raise ValueError(f"{where}: prompt must be a list of chat messages {{role: {'|'.join(ROLES)}, content: "
+                         f"string}}, got {json.dumps(prompt, default=str)[:60]}")
+    if not prompt or prompt[-1]["role"] != "user":
+        raise ValueError(f"{where}: the prompt must end with the user's request")
+    return list(prompt)
+
+
 def item_from_row(row: dict, index: int, source: str = "", chat: bool = True) -> Item:
     where = f"{source}:{index + 1}" if source else f"row {index}"
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: not an MRCR row (a JSON object), got {type(row).__name__}")
     missing = [k for k in ("prompt", "answer", "random_string_to_prepend") if k not in row]
     if missing:
         raise ValueError(f"{where}: not an MRCR row (missing {', '.join(missing)})")
-    messages = json.loads(row["prompt"]) if isinstance(row["prompt"], str) else list(row["prompt"])
-    if not messages or messages[-1].get("role") != "user":
-        raise ValueError(f"{where}: the prompt must end with the user's request")
+    bad = [k for k in ("answer", "random_string_to_prepend") if not isinstance(row[k], str)]
+    if bad:
+        raise ValueError(f"{where}: {bad[0]} must be a string, got {type(row[bad[0]]).__name__}")
+    messages = chat_messages(row["prompt"], where)
     *history, request = messages
-    n = int(row.get("n_needles") or 0)
+    n = number(row, "n_needles", where) or 0
     meta = {"task": f"mrcr_{n}needle" if n else "mrcr", "needles": n,
             "random_string_to_prepend": row["random_string_to_prepend"]}
     for k in ("desired_msg_index", "total_messages", "n_chars"):
         if row.get(k) is not None:
-            meta[k] = int(row[k])
+            meta[k] = number(row, k, where)
     context = flatten(history)
     return Item(id=str(row.get("unique_id") or f"mrcr{n}-{index}"), context=context, question=request["content"],
                 answers=[row["answer"]], metric="mrcr", max_new_tokens=MAX_NEW_TOKENS, metadata=meta,
@@ -58,19 +91,27 @@ def item_from_row(row: dict, index: int, source: str = "", chat: bool = True) ->
 
 
 def read_rows(path: Path) -> list[dict]:
+    return [row for _, row in numbered_rows(path)]
+
+
+def numbered_rows(path: Path) -> list[tuple[int, dict]]:
+    """The rows of an MRCR file, each with its number from 1 (a JSONL file's line, else its place)."""
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise RuntimeError("reading MRCR parquet files needs pyarrow: pip install 'glyph_rt[eval]'") from None
-        return pq.read_table(path).to_pylist()
+        return list(enumerate(pq.read_table(path).to_pylist(), 1))
     if path.suffix == ".jsonl":
-        return [row for _, row in json_lines(text_lines(path.read_text(encoding="utf-8")), str(path))]
+        return list(json_lines(text_lines(read_text(path)), str(path)))
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(read_text(path))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of MRCR rows")
-        return data
+        return list(enumerate(data, 1))
     raise ValueError(f"{path}: MRCR data must be .parquet, .jsonl or .json")
 
 
@@ -89,11 +130,14 @@ def load(path, needles=None, limit: int | None = None, max_chars: int | None = N
         raise FileNotFoundError(f"MRCR data: {str(p)!r} does not exist")
     items, counts = [], {}
     for f in files:
-        for i, row in enumerate(read_rows(f)):
-            n = int(row.get("n_needles") or 0)
+        for line, row in numbered_rows(f):
+            i, where = line - 1, f"{f}:{line}"
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: not an MRCR row (a JSON object), got {type(row).__name__}")
+            n = number(row, "n_needles", where) or 0
             if needles and n not in needles:
                 continue
-            if max_chars and row.get("n_chars") and int(row["n_chars"]) > max_chars:
+            if max_chars and (number(row, "n_chars", where) or 0) > max_chars:
                 continue
             if limit and counts.get(n, 0) >= limit:
                 continue

@@ -184,6 +184,27 @@ def _item(task, length, i, template, context, answers, metric, gen, meta, **fmt)
 
 
 # ------------------------------------------------------------------ NIAH
+def essay_fill(tok: _Tok, left: int) -> tuple[list[str], list[int]]:
+    """The essay's sentences in order, repeated, up to `left` tokens, and their costs. A sentence that does not fit
+    is skipped for the next ones that do (a short text would otherwise stop well short of its length), until a
+    whole round of the essay adds nothing."""
+    sents = essay_sentences()
+    counts = tok.many([" " + s for s in sents])
+    smallest = min(counts)
+    chosen, costs, total, j, misses = [], [], 0, 0, 0
+    while total + smallest <= left and misses < len(sents):
+        c = counts[j % len(sents)]
+        if total + c <= left:
+            chosen.append(sents[j % len(sents)])
+            costs.append(c)
+            total += c
+            misses = 0
+        else:
+            misses += 1
+        j += 1
+    return chosen, costs
+
+
 def niah(task: str, length: int, i: int, rng: random.Random, tok: _Tok, depth: float | None = None) -> Item:
     haystack, tk, tv, nk, nv, nq = NIAH[task]
     keys, values, needles = [], [], []
@@ -202,15 +223,12 @@ def niah(task: str, length: int, i: int, rng: random.Random, tok: _Tok, depth: f
         type_v = tv[:-1]
     gen = TOKENS_TO_GENERATE["niah"]
     left = _budget(tok, template, length, gen, type_needle_v=type_v, query=query) - sum(tok.n(" " + n) for n in needles)
+    if left < 0:
+        raise ValueError(f"{task}: length {length} is too short for its {len(needles)} needles ({-left} tokens "
+                         f"over); use a longer length or leave {task} out")
     depths = [depth] * len(needles) if depth is not None else sorted(rng.sample(DEPTHS, len(needles)))
     if haystack == "essay":
-        sents = essay_sentences()
-        counts = tok.many([" " + s for s in sents])
-        chosen, total, j = [], 0, 0
-        while total + counts[j % len(sents)] <= left:
-            chosen.append(sents[j % len(sents)])
-            total += counts[j % len(sents)]
-            j += 1
+        chosen, costs = essay_fill(tok, left)
         joiner = " "
     else:
         if haystack == "repeat":
@@ -235,9 +253,9 @@ def niah(task: str, length: int, i: int, rng: random.Random, tok: _Tok, depth: f
         joiner = "\n"
     if haystack == "essay":  # at a sentence boundary, the stated fraction of the haystack's tokens before it
         cum, acc = [], 0
-        for k in range(len(chosen)):
+        for c in costs:
             cum.append(acc)
-            acc += counts[k % len(sents)]
+            acc += c
         positions = [bisect.bisect_left(cum, acc * d / 100) for d in depths]
     else:
         positions = [int(len(chosen) * d / 100) for d in depths]
@@ -285,16 +303,27 @@ def vt(length: int, i: int, rng: random.Random, tok: _Tok, num_chains: int = 1, 
 
 
 # ------------------------------------------------------------------ common words
-def cwe(length: int, i: int, rng: random.Random, tok: _Tok, freq_cw: int = 30, freq_ucw: int = 3,
+def cwe_frequencies(length: int) -> tuple[int, int]:
+    """RULER's repeats of each common and each uncommon word (common_words_extraction.py): 30 and 3, but 6 and 1
+    below 4096 tokens, where 300 common entries would not fit."""
+    return (6, 1) if length < 4096 else (30, 3)
+
+
+def cwe(length: int, i: int, rng: random.Random, tok: _Tok, freq_cw: int | None = None, freq_ucw: int | None = None,
         num_cw: int = 10) -> Item:
     gen = TOKENS_TO_GENERATE["cwe"]
     left = _budget(tok, CWE_TEMPLATE, length, gen)
+    if freq_cw is None or freq_ucw is None:
+        freq_cw, freq_ucw = cwe_frequencies(length)
     pool = word_pool()
     words = rng.sample(pool, 20000)
     cost = tok.many([" " + w for w in words])
     common, ucw = words[:num_cw], []
     entries = num_cw * freq_cw
     total = sum(freq_cw * (c + 2) for c in cost[:num_cw]) + sum(len(str(k)) for k in range(1, entries + 1))
+    if total > left:
+        raise ValueError(f"cwe: length {length} is too short for its {num_cw} common words {freq_cw} times each "
+                         f"({total} tokens, {left} left for the list); use a longer length or leave cwe out")
     for w, c in zip(words[num_cw:], cost[num_cw:]):
         add = sum(c + 2 + len(str(entries + k)) for k in range(1, freq_ucw + 1))
         if total + add > left:
@@ -306,7 +335,7 @@ def cwe(length: int, i: int, rng: random.Random, tok: _Tok, freq_cw: int = 30, f
     rng.shuffle(lst)
     context = " ".join(f"{k + 1}. {w}" for k, w in enumerate(lst))
     return _item("cwe", length, i, CWE_TEMPLATE, context, common, "string_match_all", gen,
-                 {"words": len(lst), "uncommon": len(ucw)})
+                 {"words": len(lst), "uncommon": len(ucw), "freq_cw": freq_cw, "freq_ucw": freq_ucw})
 
 
 # ------------------------------------------------------------------ frequent words
