@@ -14,8 +14,12 @@ import base64
 import binascii
 import io
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import torch
@@ -144,21 +148,89 @@ def _image_bytes(url: str, opts: InputOptions, param: str) -> bytes:
         if not opts.allowed_media_dir:
             raise RequestError(f"{param}: file:// URLs are not allowed on this server (start it with "
                                "--allowed-media-dir DIR); send the image as a data URL", param)
-        root = Path(opts.allowed_media_dir).resolve()
-        p = Path(url[len("file://"):]).resolve()
-        if root != p and root not in p.parents:
-            raise RequestError(f"{param}: {url!r} is outside the allowed media directory", param)
-        try:
-            raw = p.read_bytes()
-        except OSError as e:
-            raise RequestError(f"{param}: cannot read {url!r} ({e.strerror})", param) from None
+        raw = _read_media_file(url, opts, param)
     else:
         raise RequestError(f"{param}: only data URLs are accepted (no network fetches); send "
                            "data:image/png;base64,...", param)
     if len(raw) > opts.max_image_bytes:
-        raise RequestError(f"{param}: the image is {len(raw):,} bytes, over the limit of {opts.max_image_bytes:,}",
-                           param, 413)
+        raise _too_large(len(raw), opts, param)
     return raw
+
+
+def _too_large(size: int, opts: InputOptions, param: str) -> RequestError:
+    return RequestError(f"{param}: the image is {size:,} bytes, over the limit of {opts.max_image_bytes:,}", param, 413)
+
+
+def _open_below(root: Path, p: Path) -> int:
+    """A read-only descriptor of `p` (resolved, under `root`), each of its components below `root` opened without
+    following a symlink: a path swapped for a symlink after it was resolved fails (ELOOP, ENOTDIR) instead of
+    leading out of `root`. O_NONBLOCK: a FIFO opens at once (and is refused as not a regular file)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    parts = p.relative_to(root).parts
+    if os.open not in os.supports_dir_fd or not parts:
+        return os.open(p, flags)
+    dfd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, flags | getattr(os, "O_DIRECTORY", 0), dir_fd=dfd)
+            os.close(dfd)
+            dfd = nfd
+        return os.open(parts[-1], flags, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def _read_media_file(url: str, opts: InputOptions, param: str) -> bytes:
+    """The bytes of a file:// URL's regular file under opts.allowed_media_dir, read only when within the image
+    byte limit (and never more than the limit + 1 bytes)."""
+    u = urlparse(url)
+    if u.netloc not in ("", "localhost"):
+        raise RequestError(f"{param}: {url!r} names the host {u.netloc!r}; a file:// URL must name a local path "
+                           "(file:///path)", param)
+    local = url2pathname(u.path)
+    if not os.path.isabs(local) or "\0" in local:
+        raise RequestError(f"{param}: {url!r} does not name an absolute path (file:///path, no NUL byte)", param)
+    root = Path(opts.allowed_media_dir).resolve()
+    p = Path(local).resolve()
+    if root != p and root not in p.parents:
+        raise RequestError(f"{param}: {url!r} is outside the allowed media directory", param)
+    try:
+        fd = _open_below(root, p)
+    except OSError as e:
+        raise RequestError(f"{param}: cannot read {url!r} ({e.strerror})", param) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RequestError(f"{param}: {url!r} is not a regular file", param)
+        now = os.stat(p)  # the file opened is still the one resolved (and checked) above
+        if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+            raise RequestError(f"{param}: {url!r} changed while it was opened", param)
+        if st.st_size > opts.max_image_bytes:
+            raise _too_large(st.st_size, opts, param)
+        chunks, left = [], opts.max_image_bytes + 1  # a file that grew since fstat is cut at the limit + 1
+        while left > 0:
+            b = os.read(fd, min(left, 1 << 20))
+            if not b:
+                break
+            chunks.append(b)
+            left -= len(b)
+        return b"".join(chunks)
+    except OSError as e:
+        raise RequestError(f"{param}: cannot read {url!r} ({e.strerror})", param) from None
+    finally:
+        os.close(fd)
+
+
+def _to_rgb(im):
+    """RGB with any transparency painted onto white, as the checkpoint's processor does
+    (transformers.image_transforms.convert_to_rgb, vLLM): a plain convert("RGB") drops the alpha and turns
+    transparent areas into whatever colour they hold, black for most."""
+    from PIL import Image
+
+    if "A" in im.getbands() or im.info.get("transparency") is not None:
+        im = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
+    return im.convert("RGB")
 
 
 def _decode_image(raw: bytes, param: str) -> torch.Tensor:
@@ -168,7 +240,7 @@ def _decode_image(raw: bytes, param: str) -> torch.Tensor:
         with Image.open(io.BytesIO(raw)) as im:
             if im.width * im.height > 40_000_000:
                 raise RequestError(f"{param}: the image is {im.width}x{im.height} pixels, too large", param, 413)
-            arr = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+            arr = torch.from_numpy(np.asarray(_to_rgb(im)).copy())
     except RequestError:
         raise
     except Exception as e:  # noqa: BLE001 - PIL also raises SyntaxError, struct.error, ... on a corrupt file
@@ -201,6 +273,19 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
     segs: list[Segment | None] = []
     dtype = gm.model.dtype if gm.model.dtype in (torch.float32, torch.bfloat16) else torch.float32
     t0 = time.perf_counter()
+    known = [0]  # pages counted so far: images and cached documents while reading, then each text as it renders
+
+    def too_many(pages: int | None) -> RequestError:
+        """pages: the request's count, or None when counting stopped past the limit."""
+        n = f"{pages}" if pages is not None else f"more than {opts.max_pages}"
+        return RequestError(f"the request renders to {n} pages, over this server's limit of {opts.max_pages}; "
+                            "shorten the text or render denser pages (smaller font_size, lower dpi)", None, 400,
+                            "context_length_exceeded")
+
+    def count(n: int) -> None:
+        known[0] += n
+        if known[0] > opts.max_pages:  # more parts may follow: the total is not known
+            raise too_many(None)
 
     def add_doc(text: str, cfg: RenderConfig, param: str) -> dict:
         if not text.strip():
@@ -209,12 +294,14 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
         hit = cache.get(key) if cache is not None else None
         if hit is not None and hit.embeddings is not None:
             segs.append(Segment(key, hit.grids, None, hit.embeddings, hit.text_tokens, cached=True))
+            count(segs[-1].pages)
         else:
             segs.append(None)
             pending.append((len(segs) - 1, text, cfg, key))
         return {"type": "image", "_segment": len(segs) - 1}
 
     def add_image(url: str, param: str) -> dict:
+        count(1)  # an image is one page: refused before it is read
         raw = _image_bytes(url, opts, param)
         key = image_key(raw, opts.model_id)
         hit = cache.get(key) if cache is not None else None
@@ -266,26 +353,19 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
             raise RequestError(f"{p}: only user messages may hold pages or images", p)
         tmpl.append({"role": role, "content": parts})
 
-    if pending:
+    # each text is rendered with what is left of the request's page budget (+ 1, to see it passed), one text at a
+    # time: a request over the limit is refused at the first text that passes it, the rest never rendered
+    for n, (si, text, cfg, key) in enumerate(pending):
         try:
-            r = render_inputs([p[1] for p in pending], [p[2] for p in pending], model=gm.vision,
-                              device=gm.device, dtype=dtype, max_pages=opts.max_pages + 1)
+            r = render_inputs(text, cfg, model=gm.vision, device=gm.device, dtype=dtype,
+                              max_pages=opts.max_pages - known[0] + 1)
         except MemoryError as e:
             raise RequestError(f"the text renders to too many pages ({e}); shorten it", None, 413) from None
-        rows = (r.image_grid_thw[:, 0] * r.image_grid_thw[:, 1] * r.image_grid_thw[:, 2]).tolist()
-        img = row = 0
-        for (si, text, _, key), n in zip(pending, r.images_per_text):
-            nrows = int(sum(rows[img:img + n]))
-            grids = r.image_grid_thw[img:img + n].cpu()
-            text_tokens = len(gm.prompts.ids(text))
-            segs[si] = Segment(key, grids, r.pixel_values[row:row + nrows], None, text_tokens)
-            img += n
-            row += nrows
-    pages = sum(s.pages for s in segs)
-    if pages > opts.max_pages:
-        raise RequestError(f"the request renders to {pages} pages, over this server's limit of {opts.max_pages}; "
-                           "shorten the text or render denser pages (smaller font_size, lower dpi)", None, 400,
-                           "context_length_exceeded")
+        known[0] += r.images_per_text[0]
+        if known[0] > opts.max_pages:
+            counted = n == len(pending) - 1 and not r.documents[0].layout.truncated
+            raise too_many(known[0] if counted else None)
+        segs[si] = Segment(key, r.image_grid_thw.cpu(), r.pixel_values, None, len(gm.prompts.ids(text)))
     per_image: list[int] = []
     for msg in tmpl:
         if isinstance(msg["content"], list):

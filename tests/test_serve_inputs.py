@@ -1,0 +1,265 @@
+"""The server's request inputs (glyph_rt.serve.inputs) on a tiny random-weight GLM-4.1V checkpoint: images with
+transparency, the request's page budget, file:// URLs under --allowed-media-dir."""
+import base64
+import inspect
+import io
+import os
+import threading
+import time
+import tracemalloc
+from urllib.request import pathname2url
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from glyph_rt.render import gpu
+from glyph_rt import RenderConfig
+from glyph_rt.models import GlyphModel
+from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+from glyph_rt.render.textio import sample_text
+from glyph_rt.serve.inputs import InputOptions, RequestError, _decode_image, _open_below, build_prompt
+
+from conftest import EXACT
+
+CFG = RenderConfig(page_size=(120, 90))
+TEXT = sample_text()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))
+
+
+@pytest.fixture(scope="module")
+def gm(ckpt):
+    return GlyphModel.from_pretrained(ckpt, render_config=CFG, **EXACT)
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def data_url(raw: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(raw).decode()
+
+
+def image_message(url: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": "What does it say?"}]}]
+
+
+def pixel_values(gm, url: str, opts: InputOptions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    p = build_prompt(gm, image_message(url), opts or InputOptions(CFG, "tiny"))
+    (seg,) = p.segments
+    return seg.pixel_values.cpu(), seg.grids
+
+
+def text_on(mode: str) -> Image.Image:
+    """Black text on a transparent background (or on black, for RGB: what a plain convert("RGB") made of it)."""
+    im = Image.new("RGBA", (112, 84), (0, 0, 0, 0))
+    ImageDraw.Draw(im).text((5, 30), "Hello world", fill=(0, 0, 0, 255))
+    if mode == "RGBA":
+        return im
+    if mode == "LA":
+        return im.convert("LA")
+    if mode == "P":  # a palette of black twice, its entry 0 transparent (tRNS): the background
+        out = Image.fromarray((np.asarray(im)[..., 3] > 127).astype(np.uint8), "P")
+        out.putpalette([0, 0, 0, 0, 0, 0])
+        out.info["transparency"] = 0
+        return out
+    return im.convert("RGB")
+
+
+# --- images with transparency: painted onto white, as the checkpoint's processor does
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "RGB"])
+def test_image_pixel_values_are_the_checkpoints_processors(gm, ckpt, mode):
+    from transformers import AutoImageProcessor
+    from transformers.image_transforms import convert_to_rgb
+
+    raw = png_bytes(text_on(mode))
+    with Image.open(io.BytesIO(raw)) as im:
+        assert im.mode == mode and (mode == "RGB" or "A" in im.getbands() or "transparency" in im.info)
+        kw = {"return_numpy": True} if "return_numpy" in inspect.signature(convert_to_rgb).parameters else {}
+        want = np.asarray(convert_to_rgb(im, **kw))
+    pv, grid = pixel_values(gm, data_url(raw))
+    ref = AutoImageProcessor.from_pretrained(ckpt)(images=[Image.open(io.BytesIO(raw))], return_tensors="pt")
+    assert grid.tolist() == ref["image_grid_thw"].tolist()
+    torch.testing.assert_close(pv, ref["pixel_values"].to(pv.dtype), atol=1e-5, rtol=0)
+    # and the page itself: the transparent background is white, the text dark
+    got = _decode_image(raw, "p").numpy()
+    assert np.array_equal(got, want)
+    if mode != "RGB":
+        assert got[0, 0].tolist() == [255, 255, 255] and got.min() < 64
+
+
+# --- the request's page budget: counted while rendering, the rest never rendered
+
+@pytest.fixture
+def rendered(monkeypatch):
+    """Pages that glyph_rt.render.gpu.render_inputs drew, call by call."""
+    calls: list[int] = []
+    orig = gpu.render_inputs
+
+    def spy(*a, **k):
+        r = orig(*a, **k)
+        calls.append(int(r.image_grid_thw.shape[0]))
+        return r
+
+    monkeypatch.setattr(gpu, "render_inputs", spy)
+    return calls
+
+
+def glyph_parts(n: int, chars: int) -> list[dict]:
+    return [{"type": "glyph", "glyph": {"text": TEXT[i * chars:(i + 1) * chars]}} for i in range(n)]
+
+
+def test_page_budget_refuses_before_rendering_the_rest(gm, rendered):
+    opts = InputOptions(CFG, "tiny", max_pages=8)
+    t = time.perf_counter()
+    with pytest.raises(RequestError, match=r"renders to more than 8 pages, over this server's limit of 8") as e:
+        build_prompt(gm, [{"role": "user", "content": glyph_parts(40, 200)}], opts)  # 3 pages each: 120 in all
+    assert e.value.status == 400 and e.value.code == "context_length_exceeded"
+    assert sum(rendered) <= opts.max_pages + 1 and len(rendered) <= 4, rendered
+    assert time.perf_counter() - t < 30
+    rendered.clear()
+    with pytest.raises(RequestError, match="more than 8 pages") as e:  # one long text: cut at the limit + 1
+        build_prompt(gm, [{"role": "user", "content": [{"type": "glyph", "glyph": {"text": TEXT[:20000]}}]}], opts)
+    assert rendered == [opts.max_pages + 1]
+
+
+def test_page_budget_exact_count_and_within_the_limit(gm, rendered):
+    texts = [TEXT[:200], TEXT[200:400], TEXT[400:600]]  # 3 pages each
+    msg = [{"role": "user", "content": [{"type": "glyph", "glyph": {"text": t}} for t in texts]}]
+    with pytest.raises(RequestError, match=r"renders to 9 pages, over this server's limit of 8"):
+        build_prompt(gm, msg, InputOptions(CFG, "tiny", max_pages=8))  # the last text, whole, passes it
+    rendered.clear()
+    p = build_prompt(gm, msg, InputOptions(CFG, "tiny", max_pages=9))
+    assert p.pages == 9 and rendered == [3, 3, 3]
+    # one text at a time gives the pages a batch of all of them gives
+    ref = gpu.render_inputs(texts, CFG, model=gm.vision, device=gm.device, dtype=torch.float32)
+    assert torch.equal(torch.cat([s.grids for s in p.segments]), ref.image_grid_thw.cpu())
+    assert torch.equal(torch.cat([s.pixel_values for s in p.segments]).cpu(), ref.pixel_values.cpu())
+
+
+def test_page_budget_counts_images_before_reading_them(gm):
+    url = data_url(png_bytes(Image.new("RGB", (56, 56), "white")))
+    parts = [{"type": "image_url", "image_url": {"url": u}} for u in (url, url, "data:image/png;base64,!!")]
+    with pytest.raises(RequestError, match="more than 2 pages, over this server's limit of 2") as e:
+        build_prompt(gm, [{"role": "user", "content": parts}], InputOptions(CFG, "tiny", max_pages=2))
+    assert e.value.code == "context_length_exceeded"  # the third image (invalid base64) is never read
+    parts = [{"type": "image_url", "image_url": {"url": url}}, *glyph_parts(1, 200)]
+    with pytest.raises(RequestError, match="renders to 4 pages, over this server.s limit of 3"):
+        build_prompt(gm, [{"role": "user", "content": parts}], InputOptions(CFG, "tiny", max_pages=3))
+    assert build_prompt(gm, [{"role": "user", "content": parts}], InputOptions(CFG, "tiny", max_pages=4)).pages == 4
+
+
+# --- file:// URLs under --allowed-media-dir
+
+@pytest.fixture
+def media(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    (tmp_path / "outside").mkdir()
+    return root
+
+
+def file_url(path) -> str:
+    return "file://" + pathname2url(str(path))
+
+
+def media_opts(root, **kw) -> InputOptions:
+    return InputOptions(CFG, "tiny", allowed_media_dir=str(root), **kw)
+
+
+def test_file_url_is_percent_decoded(gm, media):
+    raw = png_bytes(text_on("RGB"))
+    (media / "a b.png").write_bytes(raw)
+    url = file_url(media / "a b.png")
+    assert "%20" in url
+    pv, grid = pixel_values(gm, url, media_opts(media))
+    ref_pv, ref_grid = pixel_values(gm, data_url(raw))
+    assert torch.equal(pv, ref_pv) and torch.equal(grid, ref_grid)
+    local = "file://localhost" + pathname2url(str(media / "a b.png"))
+    assert torch.equal(pixel_values(gm, local, media_opts(media))[0], ref_pv)
+    with pytest.raises(RequestError, match="names the host 'elsewhere'"):
+        build_prompt(gm, image_message("file://elsewhere" + pathname2url(str(media / "a b.png"))), media_opts(media))
+
+
+def test_file_url_fifo_is_refused_at_once(gm, media):
+    os.mkfifo(media / "pipe.png")
+    box: dict = {}
+
+    def go():
+        try:
+            build_prompt(gm, image_message(file_url(media / "pipe.png")), media_opts(media))
+        except RequestError as e:
+            box["error"] = e
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(20)
+    if t.is_alive():  # blocked opening the FIFO: let it go before failing
+        os.close(os.open(media / "pipe.png", os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading a FIFO blocked")
+    assert box["error"].status == 400 and "is not a regular file" in str(box["error"])
+
+
+def test_file_url_over_the_limit_is_not_read(gm, media):
+    with open(media / "big.png", "wb") as f:
+        f.truncate(256 << 20)  # sparse: nothing on disk
+    tracemalloc.start()
+    try:
+        with pytest.raises(RequestError, match=r"the image is 268,435,456 bytes, over the limit of 1,048,576") as e:
+            build_prompt(gm, image_message(file_url(media / "big.png")), media_opts(media, max_image_bytes=1 << 20))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert e.value.status == 413
+    assert peak < 8 << 20, peak  # the file was refused by its size, not read
+
+
+def test_file_url_containment(gm, media):
+    outside = media.parent / "outside"
+    raw = png_bytes(text_on("RGB"))
+    (outside / "secret.png").write_bytes(raw)
+    (media / "sub").mkdir()
+    (media / "sub" / "ok.png").write_bytes(raw)
+    os.symlink(outside / "secret.png", media / "link.png")
+    os.symlink(media / "sub" / "ok.png", media / "inside.png")
+    opts = media_opts(media)
+    for url in (file_url(media / "link.png"), file_url(media) + "/../outside/secret.png"):
+        with pytest.raises(RequestError, match="is outside the allowed media directory"):
+            build_prompt(gm, image_message(url), opts)
+    assert build_prompt(gm, image_message(file_url(media / "inside.png")), opts).pages == 1  # a link within it
+    with pytest.raises(RequestError, match="is not a regular file"):
+        build_prompt(gm, image_message(file_url(media / "sub")), opts)
+    with pytest.raises(RequestError, match="No such file"):
+        build_prompt(gm, image_message(file_url(media / "none.png")), opts)
+    with pytest.raises(RequestError, match="not allowed on this server"):
+        build_prompt(gm, image_message(file_url(media / "sub" / "ok.png")), InputOptions(CFG, "tiny"))
+
+
+def test_file_opened_without_following_a_swapped_symlink(media):
+    """The path is resolved and checked, then opened component by component without following symlinks: a
+    directory swapped for a link out of the media directory in between is not followed."""
+    outside = media.parent / "outside"
+    (outside / "a.png").write_bytes(b"secret")
+    (media / "sub").mkdir()
+    (media / "sub" / "a.png").write_bytes(b"inside")
+    root, p = media.resolve(), (media / "sub" / "a.png").resolve()
+    fd = _open_below(root, p)
+    assert os.read(fd, 100) == b"inside"
+    os.close(fd)
+    os.rename(media / "sub", media / "old")
+    os.symlink(outside, media / "sub")  # the swap, after the path was resolved
+    with pytest.raises(OSError):
+        os.close(_open_below(root, p))
+    os.remove(media / "old" / "a.png")
+    os.symlink(outside / "a.png", media / "old" / "a.png")  # the file itself swapped for a link
+    with pytest.raises(OSError):
+        os.close(_open_below(root, root / "old" / "a.png"))
