@@ -395,7 +395,7 @@ def test_critic_answers_with_thoughts_or_prose_around_the_json(text):
     assert parse_answer(text) == [{"op": "mutate"}]
 
 
-def test_a_failed_critic_answer_is_asked_again_on_resume(tmp_path):
+def test_a_failed_critic_answer_is_asked_again_on_resume_only_before_its_generation_ran(tmp_path):
     from glyph_rt.search import Search, SyntheticObjective, load_settings
 
     class Critic:
@@ -403,21 +403,29 @@ def test_a_failed_critic_answer_is_asked_again_on_resume(tmp_path):
             self.answers = answers
 
         def ask(self, messages):
-            return self.answers.pop(0)
+            return self.answers.pop(0)  # IndexError when asked more often than expected
 
     s = load_settings(None, ["generations=1", "patience=0"])
 
-    class Stop(SyntheticObjective):
-        n = 0
+    def stop_at(k):
+        class Stop(SyntheticObjective):
+            n = 0
 
-        def __call__(self, config):
-            Stop.n += 1
-            if Stop.n == 12:  # generation 1, after the critic answered
-                raise KeyboardInterrupt
-            return super().__call__(config)
+            def __call__(self, config):
+                Stop.n += 1
+                if Stop.n == k:
+                    raise KeyboardInterrupt
+                return super().__call__(config)
+        return Stop(0.5)
 
-    with pytest.raises(KeyboardInterrupt):
-        Search(s, Stop(0.5), tmp_path, Critic(["no JSON at all"])).run()
     good = json.dumps({"proposals": [{"op": "mutate", "parent": "c1", "changes": {"dpi": 80}, "reason": "r"}]})
-    r = Search(s, SyntheticObjective(0.5), tmp_path, Critic([good])).run()
+    # stopped at generation 1's first evaluation (8 in generation 0): nothing of it ran, the critic is asked again
+    with pytest.raises(KeyboardInterrupt):
+        Search(s, stop_at(9), tmp_path / "a", Critic(["no JSON at all"])).run()
+    r = Search(s, SyntheticObjective(0.5), tmp_path / "a", Critic([good])).run()
     assert r.counts.get("critic.accepted") == 1
+    # stopped after some of generation 1 ran: the failure is replayed, the operators draw the same children
+    with pytest.raises(KeyboardInterrupt):
+        Search(s, stop_at(12), tmp_path / "b", Critic(["no JSON at all"])).run()
+    r = Search(s, SyntheticObjective(0.5), tmp_path / "b", Critic([])).run()
+    assert r.counts.get("critic.failed") == 1 and r.evaluations == 16

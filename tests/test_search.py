@@ -1,6 +1,7 @@
 """The rendering search: operators and repair, convergence on a synthetic objective with a known
 optimum, an LLM critic served over real HTTP, resume after a real kill, no config evaluated twice."""
 import json
+import math
 import os
 import random
 import signal
@@ -342,6 +343,11 @@ def test_eval_objective_runs_the_harness_with_a_tiny_checkpoint(tmp_path):
     assert r.evaluations == len(evals) == 3 and not any(e.get("error") for e in evals)
     assert all(0 <= e["accuracy"] <= 1 and e["compression"] > 0 for e in evals)
     assert len(list((tmp_path / "rows").glob("*.jsonl"))) == 3  # the harness's rows, one file per config
+    # no item answered (each too long for the model's window): no compression to score, not a TypeError
+    failing = [Item(id="long", context="The magic number is 7. " * 8, question="What is the magic number?",
+                    answers=["7"], max_new_tokens=10 ** 6)]
+    score = EvalObjective(failing, target)(r.config)
+    assert score.accuracy == 0 and math.isnan(score.compression) and score.extra["errors"] == 1
 
 
 def _small_pages(tmp_path):

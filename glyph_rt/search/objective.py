@@ -82,7 +82,8 @@ class EvalObjective:
 
         out = None if self.out is None else f"{self.out}/{config_hash(config)}.jsonl"
         r = evaluate(config, self.items, self.target, out=out, progress=False, concurrency=self.concurrency)
-        return Score(r.accuracy / 100.0, float(r.compression),
+        compression = math.nan if r.compression is None else float(r.compression)  # no item answered from pages
+        return Score(r.accuracy / 100.0, compression,
                      {"errors": r.errors, "by_task": {k: round(v / 100, 6) for k, v in r.by_task.items()}})
 
     def describe(self) -> dict:
