@@ -687,10 +687,21 @@ def _stdout_failed(why: str | None) -> int:
     return 1
 
 
+def _parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """parse_args, except that `search`'s key=value overrides may also follow its options (argparse gives a
+    positional list only its first run of arguments; parse_intermixed_args refuses subcommands)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "cmd", None) == "search" and not any(a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]  # load_settings refuses what is not key=value
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv=None) -> int:
     startup = _process_seconds()
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse_args(build_parser(), argv)
         args.startup_seconds = startup if argv is None else 0.0
         rc = args.func(args)
         try:

@@ -360,6 +360,20 @@ def _small_pages(tmp_path):
     return p
 
 
+def test_overrides_may_follow_options(tmp_path, capsys):
+    from glyph_rt.cli import main
+
+    assert main(["search", "--out", str(tmp_path), "generations=0", "--quiet", "population=3",
+                 "outputs.contact_sheet=0"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["settings"]["population"] == 3
+    capsys.readouterr()
+    assert main(["search", "--out", str(tmp_path / "b"), "generations=0", "--quiet", "oops"]) == 2
+    assert "override 'oops': use key=value" in capsys.readouterr().err  # refused wherever it stands
+    with pytest.raises(SystemExit) as e:  # an unknown option still is argparse's error
+        main(["search", "--out", str(tmp_path / "b"), "a=1", "--ouut", "x"])
+    assert e.value.code == 2 and "unrecognized arguments: --ouut x" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     from glyph_rt.cli import main
 
