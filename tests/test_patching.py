@@ -109,6 +109,39 @@ def test_position_table_is_cached_per_grid_and_bit_exact():
         assert torch.equal(emb(*args), original(emb, *args)) and len(emb._glyph_cache) == 1
 
 
+def test_forget_weight_caches_sees_weights_written_without_a_new_version():
+    """FSDP2's all-gather writes new weights at the same address with the same version: the caches' keys cannot
+    see it, so the trainers drop the caches after each optimizer step."""
+    from torch.autograd import _unsafe_preserve_version_counter as keep_version
+
+    from glyph_rt.models.patch_embed import PatchEmbed
+    from glyph_rt.models.patching import forget_weight_caches
+    from glyph_rt.ops.patch_embed import expand_uint8
+    from glyph_rt.ops.pixel_values import uint8_rows
+
+    torch.manual_seed(0)
+    pe = PatchEmbed(32, backend="torch")
+    u = uint8_rows(4)
+    u.copy_(torch.randint(0, 256, (4, 588), dtype=torch.uint8))
+    model = tiny_glm4v("sdpa")
+    apply_glyph_kernels(model, attention=False, patch_embed_backend="torch")
+    emb = model.model.visual.embeddings
+    seen = []
+    hook = emb.register_forward_pre_hook(lambda m, args: seen.append(args))
+    with torch.no_grad():
+        model(**glm4v_inputs())
+        hook.remove()
+        pe(u)
+        for w in (pe.proj.weight, emb.position_embedding.weight):
+            with keep_version(w):
+                w.copy_(torch.randn_like(w))
+        forget_weight_caches(pe)
+        forget_weight_caches(model)
+        want = pe.proj(expand_uint8(u).view(-1, 3, 2, 14, 14)).view(-1, 32)
+        torch.testing.assert_close(pe(u), want, rtol=1e-4, atol=1e-4)
+        assert torch.equal(emb(*seen[0]), type(emb)._glyph_base.forward(emb, *seen[0]))
+
+
 def test_static_cache_generation_matches_sdpa():
     """A StaticCache hands attention its whole buffer: only the keys filled so far count (batch 1, where generate
     drops the all-ones mask, and a left-padded batch)."""

@@ -109,6 +109,19 @@ class GlyphPositionEmbedding:
         return embeddings + torch.cat(parts)
 
 
+WEIGHT_CACHES = ("_folded", "_glyph_cache", "_glyph_cache_version")  # what patched modules derive from weights
+
+
+def forget_weight_caches(model: torch.nn.Module) -> None:
+    """Drops what the patched modules cached from their weights (folded patch weights, resampled position
+    tables). Their keys hold each weight's address and version counter, but FSDP2's all-gather (and any write
+    under torch.autograd._unsafe_preserve_version_counter) puts new values at the same address without a new
+    version; the trainers call this after every optimizer step."""
+    for m in model.modules():
+        for name in WEIGHT_CACHES:
+            m.__dict__.pop(name, None)
+
+
 _LONGEST: dict[int, tuple] = {}  # id(cu_seqlens) -> (cu_seqlens, its version, longest segment)
 
 

@@ -312,6 +312,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: t
             torch.tensor([0, k.shape[0]], dtype=torch.int32, device=q.device)
     q, k, v = autocast_inputs(q, k, v)
     check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k)
+    cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()  # the kernels index them flat
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     backend = resolve_backend(backend, q, "prefill" if causal else "vision")
     if backend == "reference":

@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..fileio import write_atomic
+from ..models.patching import forget_weight_caches
 from ..models.prompt import IGNORE_INDEX
 from .checkpoint import CheckpointManager, distributed, export_hf
 from .collate import model_inputs as collated_inputs
@@ -178,6 +179,8 @@ class Trainer:
         self.fsdp = fsdp
         self.accum = per_rank(cfg, world)  # rl: prompts per rank
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
+        # no-grad forwards (eval loss, rollouts) must not reuse what the patched modules derived from old weights
+        self.optimizer.register_step_post_hook(lambda *_: forget_weight_caches(self.model))
         self.step = 0
         self.out = Path(cfg.out_dir)
         self.ckpt = CheckpointManager(self.out / "checkpoints", keep=cfg.keep_checkpoints)
