@@ -3,7 +3,7 @@ import contextlib
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -144,47 +144,25 @@ def test_rewards_read_the_thinking_tags_and_no_other_added_token():
 
 
 def test_llm_judge_over_an_openai_endpoint():
-    seen = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            prompt = body["messages"][0]["content"]
-            verdict = "CORRECT" if "Candidate: 1889" in prompt else "INCORRECT"
-            out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                              "choices": [{"index": 0, "finish_reason": "stop",
-                                           "message": {"role": "assistant", "content": verdict}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *a):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        judge = Judge(f"http://127.0.0.1:{server.server_port}/v1", "judge-model", api_key="k")
+    with judge_server(lambda prompt: "CORRECT" if "Candidate: 1889" in prompt else "INCORRECT") as (url, stats):
+        judge = Judge(url, "judge-model", api_key="k")
         got = verifiable_reward(["<think>t</think> 1889", "<think>t</think> 1900"], ["in 1889"] * 2, "judge", judge)
-    finally:
-        server.shutdown()
-    assert got == [1.0, 0.0] and seen[0]["model"] == "judge-model" and seen[0]["temperature"] == 0.0
+    body = stats["bodies"][0]
+    assert got == [1.0, 0.0] and body["model"] == "judge-model" and body["temperature"] == 0.0
 
 
 @contextlib.contextmanager
 def judge_server(reply, latency: float = 0.0):
     """A local OpenAI-compatible chat endpoint answering each request in its own thread: reply(prompt) gives the
     verdict, or an HTTP status to fail with (and a 10 ms Retry-After). Yields (base_url, stats): requests, peak
-    requests in flight."""
-    stats, lock = {"requests": 0, "in_flight": 0, "peak": 0}, threading.Lock()
+    requests in flight, the request bodies."""
+    stats, lock = {"requests": 0, "in_flight": 0, "peak": 0, "bodies": []}, threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with lock:
+                stats["bodies"].append(body)
                 stats["requests"] += 1
                 stats["in_flight"] += 1
                 stats["peak"] = max(stats["peak"], stats["in_flight"])

@@ -83,7 +83,8 @@ def test_unsupported_models_and_backends_are_named():
         apply_glyph_kernels(model_type="glm4v", attention_backend="xformers")
 
 
-def test_position_table_is_cached_per_grid_and_bit_exact():
+def patched_position_embedding():
+    """A tiny GLM-4.1V's patched position embedding, and the arguments a forward of the model gives it."""
     model = tiny_glm4v("sdpa")
     apply_glyph_kernels(model, attention=False, patch_embed_backend="torch")
     emb = model.model.visual.embeddings
@@ -92,7 +93,11 @@ def test_position_table_is_cached_per_grid_and_bit_exact():
     with torch.no_grad():
         model(**glm4v_inputs())
     hook.remove()
-    args = seen[0]
+    return emb, seen[0]
+
+
+def test_position_table_is_cached_per_grid_and_bit_exact():
+    emb, args = patched_position_embedding()
     original = type(emb)._glyph_base.forward
     with torch.no_grad():
         want = original(emb, *args)
@@ -123,23 +128,18 @@ def test_forget_weight_caches_sees_weights_written_without_a_new_version():
     pe = PatchEmbed(32, backend="torch")
     u = uint8_rows(4)
     u.copy_(torch.randint(0, 256, (4, 588), dtype=torch.uint8))
-    model = tiny_glm4v("sdpa")
-    apply_glyph_kernels(model, attention=False, patch_embed_backend="torch")
-    emb = model.model.visual.embeddings
-    seen = []
-    hook = emb.register_forward_pre_hook(lambda m, args: seen.append(args))
+    emb, args = patched_position_embedding()
     with torch.no_grad():
-        model(**glm4v_inputs())
-        hook.remove()
+        emb(*args)
         pe(u)
         for w in (pe.proj.weight, emb.position_embedding.weight):
             with keep_version(w):
                 w.copy_(torch.randn_like(w))
         forget_weight_caches(pe)
-        forget_weight_caches(model)
+        forget_weight_caches(emb)
         want = pe.proj(expand_uint8(u).view(-1, 3, 2, 14, 14)).view(-1, 32)
         torch.testing.assert_close(pe(u), want, rtol=1e-4, atol=1e-4)
-        assert torch.equal(emb(*seen[0]), type(emb)._glyph_base.forward(emb, *seen[0]))
+        assert torch.equal(emb(*args), type(emb)._glyph_base.forward(emb, *args))
 
 
 def test_static_cache_generation_matches_sdpa():
