@@ -10,8 +10,11 @@ OpenAI protocol parsed by hand as vLLM's benchmark_serving does; each run report
 about its own document (no cache hits; every page shape is warmed up first, and the engine
 by the same load over other documents), streams,
 and generates exactly --max-tokens tokens (ignore_eos; the serial baseline uses min_new_tokens).
-Reports requests/s and tokens/s, time to first token and inter-token latency (p50, p99) as the clients
-see them, errors, and the same model's GlyphModel.generate run one request at a time in the same
+Reports requests/s and tokens/s (of the requests that succeeded), time to first token, inter-token latency
+(ITL: between the stream's chunks with text, and a chunk can carry several tokens) and time per output token
+(TPOT: (latency - TTFT) / (completion_tokens - 1) per request) (p50, p99) as the clients see them, errors
+(any makes the exit status 1, and a ratio with a side that had some is left out: None, and a note), and the
+same model's GlyphModel.generate run one request at a time in the same
 process (before and after the engine; the faster run is the baseline). Then three long documents, each asked
 about twice on one warm connection: the median time to first token of the first question and of the
 follow-up, served from the document cache. Last, the same number of requests about other documents as a
@@ -96,9 +99,12 @@ async def load(url: str, docs: list, clients: int, requests: int, max_tokens: in
                rendered: bool = True, c=None, model: str = "bench") -> dict:
     """`clients` concurrent streaming clients, each sending `requests` requests in turn (request i about docs[i]: a
     document, or a request already built as chat_request builds one), over one HTTP client session (`c`, or a new
-    one). A request fails on a status other than 200, an error object in its stream, or a stream cut short."""
+    one). A request fails on a status other than 200, an error object in its stream, or a stream cut short; the
+    figures are those of the requests that succeeded. ITL is per chunk with text (glyph_rt's server sends the
+    tokens queued since its last chunk as one, and a token without text sends none), TPOT per token:
+    (latency to the finish_reason - TTFT) / (completion_tokens - 1), from the stream's usage."""
     own, c = c is None, c or client(clients)
-    ttft, itl, errors, tokens = [], [], [], 0
+    ttft, itl, tpot, errors, tokens = [], [], [], [], 0
 
     async def one(i: int):
         nonlocal tokens
@@ -106,7 +112,7 @@ async def load(url: str, docs: list, clients: int, requests: int, max_tokens: in
         body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}, "messages": req["messages"], **req["extra_body"]}
         t0 = time.perf_counter()
-        last, finished = None, False
+        first, last, end, gaps, used = None, None, None, [], 0
         try:
             async with c.post(url + "/chat/completions", json=body) as resp:
                 if resp.status != 200:
@@ -116,25 +122,26 @@ async def load(url: str, docs: list, clients: int, requests: int, max_tokens: in
                     if "error" in ch:
                         raise RuntimeError(f"error event: {ch['error'].get('message')}")
                     if ch.get("usage"):
-                        tokens += ch["usage"]["completion_tokens"]
+                        used = ch["usage"]["completion_tokens"]
                     if not ch.get("choices"):
                         continue
                     choice = ch["choices"][0]
                     if choice["delta"].get("content"):
-                        if last is None:
-                            ttft.append(now - t0)
-                        else:
-                            itl.append(now - last)
-                        last = now
+                        if last is not None:
+                            gaps.append(now - last)
+                        first, last = first or now, now
                     if choice.get("finish_reason"):
-                        finished = True
-                        if last is None:  # no token had text (all held back)
-                            ttft.append(now - t0)
-                            last = now
-            if not finished:
+                        first, end = first or now, now  # first: no token had text (all held back)
+            if end is None:
                 raise RuntimeError("the stream ended without a finish_reason")
         except Exception as e:  # noqa: BLE001 - counted and reported
             errors.append(f"{type(e).__name__}: {e}"[:200])
+            return
+        ttft.append(first - t0)
+        itl.extend(gaps)
+        tokens += used
+        if used > 1:
+            tpot.append((end - first) / (used - 1))
 
     async def requests_of(k: int):
         for j in range(requests):
@@ -146,9 +153,10 @@ async def load(url: str, docs: list, clients: int, requests: int, max_tokens: in
     if own:
         await c.close()
     n = clients * requests
-    return {"requests": n, "seconds": wall, "requests_per_s": n / wall, "tokens_per_s": tokens / wall,
+    return {"requests": n, "seconds": wall, "requests_per_s": (n - len(errors)) / wall, "tokens_per_s": tokens / wall,
             "ttft_p50_s": pct(ttft, 50), "ttft_p99_s": pct(ttft, 99), "itl_p50_s": pct(itl, 50),
-            "itl_p99_s": pct(itl, 99), "errors": len(errors), "error_samples": errors[:3], "_ttft": ttft, "_itl": itl}
+            "itl_p99_s": pct(itl, 99), "tpot_p50_s": pct(tpot, 50), "tpot_p99_s": pct(tpot, 99),
+            "errors": len(errors), "error_samples": errors[:3], "_ttft": ttft, "_itl": itl}
 
 
 def _run_load(*args, **kwargs) -> dict:
@@ -180,18 +188,21 @@ class LoadGenerator:
         self._pool.shutdown()
 
 
-async def followups(url: str, text: str, chars: int, warm_doc: str, documents: int = 3) -> tuple[float, float]:
+async def followups(url: str, text: str, chars: int, warm_doc: str, documents: int = 3) -> tuple[float, float, int]:
     """Median TTFT of a first question about a document and of a follow-up about it (the document cache's case),
-    over `documents` distinct documents, on one warm client connection as a deployed client keeps."""
+    over `documents` distinct documents, on one warm client connection as a deployed client keeps; and how many of
+    the questions failed (the warm-up's included)."""
     c = client()
-    await load(url, [warm_doc], 1, 1, 1, c=c)
+    errors = (await load(url, [warm_doc], 1, 1, 1, c=c))["errors"]
     first, follow = [], []
     for k in range(documents):
         doc = text[k * 997:k * 997 + chars]
-        first.append((await load(url, [doc], 1, 1, 4, c=c))["ttft_p50_s"])
-        follow.append((await load(url, [doc], 1, 1, 4, c=c))["ttft_p50_s"])
+        for times in (first, follow):
+            res = await load(url, [doc], 1, 1, 4, c=c)
+            times.append(res["ttft_p50_s"])
+            errors += res["errors"]
     await c.close()
-    return statistics.median(first), statistics.median(follow)
+    return statistics.median(first), statistics.median(follow), errors
 
 
 def offline_batch(svc, docs: list[str], max_tokens: int, workdir: Path) -> dict:
@@ -208,8 +219,8 @@ def offline_batch(svc, docs: list[str], max_tokens: int, workdir: Path) -> dict:
     wall = time.perf_counter() - t
     tokens = sum(json.loads(line)["response"]["body"].get("usage", {}).get("completion_tokens", 0)
                  for line in out.read_text(encoding="utf-8").splitlines())
-    return {"requests": len(docs), "seconds": wall, "requests_per_s": len(docs) / wall, "tokens_per_s": tokens / wall,
-            "errors": counts["failed"]}
+    return {"requests": len(docs), "seconds": wall, "requests_per_s": (len(docs) - counts["failed"]) / wall,
+            "tokens_per_s": tokens / wall, "errors": counts["failed"]}
 
 
 def engine_alone(svc, docs: list[str], max_tokens: int) -> dict:
@@ -232,8 +243,9 @@ def engine_alone(svc, docs: list[str], max_tokens: int) -> dict:
     for _ in prepared:
         done.acquire()
     wall = time.perf_counter() - t
-    return {"requests": len(docs), "seconds": wall, "requests_per_s": len(docs) / wall,
-            "tokens_per_s": len(docs) * max_tokens / wall, "errors": len(failed)}
+    ok = len(docs) - len(failed)
+    return {"requests": len(docs), "seconds": wall, "requests_per_s": ok / wall, "tokens_per_s": ok * max_tokens / wall,
+            "errors": len(failed)}
 
 
 def page_requests(docs: list[str], render_config) -> list[dict]:
@@ -250,23 +262,37 @@ def public(res: dict) -> dict:
     return {k: v for k, v in res.items() if not k.startswith("_")}
 
 
+# the summary's ratios: key, (the row and its figure) over (the row and its figure)
+RATIOS = (("throughput_vs_serial", ("engine_process", "requests_per_s"), ("serial_generate", "requests_per_s")),
+          ("engine_thread_vs_serial", ("engine", "requests_per_s"), ("serial_generate", "requests_per_s")),
+          ("batch_vs_serial", ("batch_runner", "requests_per_s"), ("serial_generate", "requests_per_s")),
+          ("engine_alone_vs_serial", ("engine_alone", "requests_per_s"), ("serial_generate", "requests_per_s")),
+          ("ttft_followup_fraction", ("document_cache", "ttft_followup_s"), ("document_cache", "ttft_first_s")),
+          ("engine_vs_other_server", ("engine_process", "requests_per_s"), ("other_server", "requests_per_s")))
+ITL_NOTE = ("itl_*: between a stream's chunks with text, and a chunk can carry several tokens; tpot_*: per token, "
+            "(latency - TTFT) / (completion_tokens - 1) per request")
+
+
 def summarise(done: dict[str, dict]) -> dict:
     """The summary of the phases done (their rows by path), against the faster serial run so far. The headline is
-    what `glyph-rt serve` runs: the engine in a process of its own."""
-    serial = done["serial_generate"]["requests_per_s"]
-    summary = {key: done[path]["requests_per_s"] / serial
-               for key, path in (("throughput_vs_serial", "engine_process"), ("engine_thread_vs_serial", "engine"),
-                                 ("batch_vs_serial", "batch_runner"), ("engine_alone_vs_serial", "engine_alone"))
-               if path in done}
-    if "document_cache" in done:
-        summary["ttft_followup_fraction"] = done["document_cache"]["ttft_followup_s"] / \
-            done["document_cache"]["ttft_first_s"]
-    summary["errors"] = sum(done[path]["errors"] for path in ("engine", "engine_process", "batch_runner",
-                                                              "engine_alone") if path in done)
-    if "other_server" in done:
-        summary["engine_vs_other_server"] = done["engine_process"]["requests_per_s"] / \
-            done["other_server"]["requests_per_s"]
-    return summary
+    what `glyph-rt serve` runs: the engine in a process of its own. A ratio with a side whose requests failed is
+    None, and `notes` says why; `errors` counts every run's failed requests."""
+    summary, notes = {}, []
+    for key, (top, top_figure), (bottom, bottom_figure) in RATIOS:
+        if top not in done or bottom not in done:
+            continue
+        failed = [f"{path} had {done[path]['errors']} failed requests" for path in dict.fromkeys((top, bottom))
+                  if done[path].get("errors")]
+        summary[key] = None if failed else done[top][top_figure] / done[bottom][bottom_figure]
+        if failed:
+            notes.append(f"{key}: left out, {' and '.join(failed)}")
+    summary["errors"] = sum(row.get("errors", 0) for row in done.values())
+    summary["itl_note"] = ITL_NOTE
+    return summary | ({"notes": notes} if notes else {})
+
+
+def ratio_text(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
 
 
 def served_model(url: str) -> str:
@@ -423,15 +449,18 @@ def main(argv=None) -> int:
               f"({res['requests_per_s'] / serial['requests_per_s']:.2f}x the first serial run), "
               f"{res['tokens_per_s']:.1f} tok/s, "
               f"TTFT p50 {res['ttft_p50_s'] * 1e3:.1f} ms p99 {res['ttft_p99_s'] * 1e3:.1f} ms, "
-              f"ITL p50 {res['itl_p50_s'] * 1e3:.1f} ms p99 {res['itl_p99_s'] * 1e3:.1f} ms, errors {res['errors']}; "
+              f"ITL (per chunk) p50 {res['itl_p50_s'] * 1e3:.1f} ms p99 {res['itl_p99_s'] * 1e3:.1f} ms, "
+              f"TPOT p50 {res['tpot_p50_s'] * 1e3:.1f} ms p99 {res['tpot_p99_s'] * 1e3:.1f} ms, errors {res['errors']}; "
               f"{res['prefill_rows_per_forward']:.1f} requests per prefill forward, the engine busy "
               f"{res['engine_busy']:.0%} of the time, the clients' CPU {res['client_cpu_s']:.2f} s")
         done["engine"] = {"clients": args.clients, **public(res)}
         save()
-        first, follow = asyncio.run(followups(url, text, args.cache_doc_chars, docs[0]))
+        first, follow, failed = asyncio.run(followups(url, text, args.cache_doc_chars, docs[0]))
         print(f"document cache, {args.cache_doc_chars:,} characters: TTFT first {first * 1e3:.1f} ms, "
-              f"follow-up {follow * 1e3:.1f} ms ({follow / first:.1%} of the first; medians of 3 documents)")
-        done["document_cache"] = {"doc_chars": args.cache_doc_chars, "ttft_first_s": first, "ttft_followup_s": follow}
+              f"follow-up {follow * 1e3:.1f} ms ({follow / first:.1%} of the first; medians of 3 documents), "
+              f"errors {failed}")
+        done["document_cache"] = {"doc_chars": args.cache_doc_chars, "ttft_first_s": first, "ttft_followup_s": follow,
+                                  "errors": failed}
         save()
     # the same load with the engine in a process of its own (what `glyph-rt serve` runs)
     proc = EngineProcess(ServeConfig(model=args.model, served_model_name="bench", render_config=gm.render_config,
@@ -445,7 +474,8 @@ def main(argv=None) -> int:
         proc.shutdown()
     print(f"engine process, {args.clients} clients: {res_proc['requests_per_s']:.2f} req/s "
           f"({res_proc['requests_per_s'] / serial['requests_per_s']:.2f}x the first serial run), TTFT p50 "
-          f"{res_proc['ttft_p50_s'] * 1e3:.1f} ms, ITL p50 {res_proc['itl_p50_s'] * 1e3:.1f} ms, "
+          f"{res_proc['ttft_p50_s'] * 1e3:.1f} ms, ITL (per chunk) p50 {res_proc['itl_p50_s'] * 1e3:.1f} ms, "
+          f"TPOT p50 {res_proc['tpot_p50_s'] * 1e3:.1f} ms, "
           f"errors {res_proc['errors']}")
     done["engine_process"] = {"clients": args.clients, **public(res_proc)}
     save()
@@ -490,8 +520,9 @@ def main(argv=None) -> int:
         done["other_server"] = other
         path = save()
         print(f"{other['server']}, {args.clients} clients, pages as PNG data URIs: "
-              f"{other['requests_per_s']:.2f} req/s, TTFT p50 {other['ttft_p50_s'] * 1e3:.1f} ms, errors {other['errors']}; glyph_rt's server "
-              f"{summarise(done)['engine_vs_other_server']:.2f}x its requests/s")
+              f"{other['requests_per_s']:.2f} req/s, TTFT p50 {other['ttft_p50_s'] * 1e3:.1f} ms, TPOT p50 "
+              f"{other['tpot_p50_s'] * 1e3:.1f} ms, errors {other['errors']}; glyph_rt's server "
+              f"{ratio_text(summarise(done)['engine_vs_other_server'])} its requests/s")
     summary = summarise(done)
     try:
         import matplotlib
@@ -525,7 +556,14 @@ def main(argv=None) -> int:
     print(f"wrote {path}")
     if tmp is not None:
         tmp.cleanup()
-    return 0 if summary["errors"] == 0 else 1
+    if summary["errors"]:
+        failed = ", ".join(f"{p} {done[p]['errors']}" for p in ROWS if done.get(p, {}).get("errors"))
+        print(f"bench_serve: {summary['errors']} requests failed ({failed}; their error_samples are in {path})",
+              file=sys.stderr)
+        for note in summary.get("notes", []):
+            print(f"  {note}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -214,11 +214,16 @@ def serve_backbone(key: str) -> Callable[[dict], Figure | None]:
     return get
 
 
+def _left_out(s: dict, key: str) -> str | None:
+    """bench_serve's note on why it left ratio `key` out (a side had failed requests); None when it has none."""
+    return next((f"bench_serve: {n}" for n in s.get("notes", []) if n.startswith(key + ":")), None)
+
+
 def serve_load(d: dict) -> Figure | None:
     """bench_serve: `glyph-rt serve` (the engine in its own process) under load over serial GlyphModel.generate."""
     s = d["summary"]
-    if s.get("throughput_vs_serial") is None:
-        return None
+    if s.get("throughput_vs_serial") is None:  # not run, or left out: a side had failed requests (notes)
+        return _left_out(s, "throughput_vs_serial")
     row = {r["path"]: r for r in d["rows"]}
     serial, served = row["serial_generate"], row["engine_process"]
     base = f"serial {serial['requests_per_s']:.2f} vs served {served['requests_per_s']:.2f} req/s"
@@ -230,8 +235,8 @@ def serve_load(d: dict) -> Figure | None:
 def serve_followup(d: dict) -> Figure | None:
     """bench_serve: a follow-up question's TTFT on a cached document, as a fraction of the first question's."""
     row = {r["path"]: r for r in d["rows"]}.get("document_cache")
-    if row is None:
-        return None
+    if row is None or d["summary"].get("ttft_followup_fraction") is None:
+        return None if row is None else _left_out(d["summary"], "ttft_followup_fraction")
     base = f"first {row['ttft_first_s'] * 1e3:,.1f} ms vs follow-up {row['ttft_followup_s'] * 1e3:,.1f} ms"
     return d["summary"]["ttft_followup_fraction"], base, f"{row['doc_chars']:,}-character documents"
 

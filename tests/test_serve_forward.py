@@ -1,5 +1,6 @@
 """ForwardingBackend against two glyph_rt servers (the same OpenAI protocol a vLLM replica speaks)."""
 import asyncio
+import collections
 import socket
 import time
 
@@ -12,7 +13,7 @@ from glyph_rt.models.tiny import tiny_glm4v_checkpoint
 from glyph_rt.render.textio import sample_text
 from glyph_rt.serve.app import ServerThread, build_app
 from glyph_rt.serve.engine import Engine
-from glyph_rt.serve.forward import ForwardingBackend
+from glyph_rt.serve.forward import ANSWERED, FAILED, ForwardingBackend
 from glyph_rt.serve.inputs import InputOptions
 from glyph_rt.serve.service import ChatService
 
@@ -140,19 +141,213 @@ def test_a_dead_replica_is_retried_elsewhere_and_passed_over(gm):
 
 def test_only_an_answer_clears_a_backoff():
     """Failures inside a replica's backoff (requests sent before it, or tried when every replica is down) keep it;
-    one after it doubles it; an answer clears it."""
+    one after it doubles it; an answer clears it; a cancelled request says nothing of the replica."""
     fwd = ForwardingBackend([dead_url(), dead_url()], model="m", backoff=1.0, max_backoff=4.0)
     first, second = fwd._pick({1}), fwd._pick({1})  # two requests in flight on replica 0
     assert first == second == 0
-    fwd._done(0, True)
-    fwd._done(0, True)  # the second failure came in while backed off
+    fwd._done(0, FAILED)
+    fwd._done(0, FAILED)  # the second failure came in while backed off
     assert fwd._wait[0] == 1.0 and fwd._down_until[0] > time.monotonic()
     assert fwd._pick(set()) == 1  # the dead one is still passed over
-    fwd._done(1, False)
+    fwd._done(1, ANSWERED)
     fwd._down_until[0] = 0.0  # the window is over
     fwd._pick({1})
-    fwd._done(0, True)
+    fwd._done(0, FAILED)
     assert fwd._wait[0] == 2.0  # doubled
     fwd._pick({1})
-    fwd._done(0, False)
+    fwd._done(0, None)  # cancelled: neither an answer nor a failure
+    assert fwd._wait[0] == 2.0 and fwd.in_flight == [0, 0]
+    fwd._pick({1})
+    fwd._done(0, ANSWERED)
     assert fwd._wait[0] == 0.0 and fwd._down_until[0] == 0.0
+
+
+def chunk(delta: dict, finish: str | None = None) -> str:
+    import json
+
+    return "data: " + json.dumps({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+
+
+def fake_replicas(hits: collections.Counter):
+    """Replicas without a model, one per path, each request counted in `hits` by path: /ok/v1 answers "hello"
+    (finish_reason "length", with logprobs; streamed in two pieces), /errstream/v1 fails as glyph_rt's server
+    fails a request the engine dropped (a stream: the role chunk, then a 503 error event), /errlater/v1 streams
+    text and then a 500 error event, /down/v1 answers 503, /busy/v1 429 with Retry-After: 30, /late/v1 408,
+    /slow/v1 answers after a second."""
+    import json
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from glyph_rt.serve.protocol import error
+
+    app = FastAPI()
+    reply = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "length",
+                          "logprobs": {"content": [{"token": "hello", "logprob": -0.5, "bytes": None,
+                                                    "top_logprobs": []}]}}],
+             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+    def sse(*events: str) -> StreamingResponse:
+        async def body():
+            for e in events:
+                yield e
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    def event(status: int) -> str:
+        return "data: " + json.dumps(error("the engine process has stopped; restart the server", status)) + "\n\n"
+
+    @app.post("/{kind}/v1/chat/completions")
+    async def chat(kind: str, request: Request):
+        stream = (await request.json()).get("stream")
+        hits[kind] += 1
+        if kind == "ok":
+            if stream:
+                return sse(chunk({"role": "assistant", "content": ""}), chunk({"content": "hel"}),
+                           chunk({"content": "lo"}), chunk({}, "stop"), "data: [DONE]\n\n")
+            return reply
+        if kind == "errstream" and stream:
+            return sse(chunk({"role": "assistant", "content": ""}), event(503), "data: [DONE]\n\n")
+        if kind == "errlater" and stream:
+            return sse(chunk({"role": "assistant", "content": ""}), chunk({"content": "partial"}), event(500),
+                       "data: [DONE]\n\n")
+        if kind == "busy":
+            return JSONResponse(error("the queue is full", 429, None, "queue_full"), status_code=429,
+                                headers={"Retry-After": "30"})
+        if kind == "late":
+            return JSONResponse(error("the request took longer than its timeout", 408, None, "timeout"),
+                                status_code=408)
+        if kind == "slow":
+            await asyncio.sleep(1.0)
+            return reply
+        return JSONResponse(error("down", 503), status_code=503)
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def fake():
+    """A function of paths -> their URLs, and the requests each path got, on one server for the module."""
+    hits = collections.Counter()
+    with ServerThread(fake_replicas(hits)) as s:
+        yield (lambda *kinds: [f"{s.url}/{k}/v1" for k in kinds]), hits
+
+
+def test_an_error_event_in_a_stream_is_a_replica_failure(fake):
+    """glyph_rt's server sends the role chunk, then a 5xx as an error event (the SDK: a plain APIError): before any
+    text the stream goes on to another replica, and either way the replica is backed off."""
+    urls, _ = fake
+    fwd = ForwardingBackend(urls("errstream", "ok"), model="m", render_config=CFG)
+    assert "".join(fwd.chat_stream("doc", "q")) == "hello" and fwd.sent == [1, 1] and fwd._wait == [2.0, 0.0]
+
+    async def streamed(fwd):
+        return [t async for t in fwd.achat_stream("doc", "q")]
+
+    fwd._down_until[0] = 0.0  # its window over: tried first again, and backed off for twice as long
+    assert asyncio.run(streamed(fwd)) == ["hel", "lo"] and fwd.sent == [2, 2] and fwd._wait == [4.0, 0.0]
+    fwd = ForwardingBackend(urls("errlater", "ok"), model="m", render_config=CFG)
+    got = []
+    with pytest.raises(openai.APIError, match="engine process has stopped"):  # text reached the caller: raised
+        for t in fwd.chat_stream("doc", "q"):
+            got.append(t)
+    assert got == ["partial"] and fwd.sent == [1, 0] and fwd._wait == [2.0, 0.0] and fwd.in_flight == [0, 0]
+    fwd = ForwardingBackend(urls("errlater", "ok"), model="m", render_config=CFG)
+    with pytest.raises(openai.APIError, match="engine process has stopped"):
+        asyncio.run(streamed(fwd))
+    assert fwd.sent == [1, 0] and fwd._wait == [2.0, 0.0] and fwd.in_flight == [0, 0]
+
+
+def test_retries_are_the_backends_not_the_sdks(fake):
+    """The SDK's clients retry nothing: a 503 or a hung replica costs one attempt, then the next replica answers;
+    a request makes at most len(replicas) x (1 + max_retries) attempts."""
+    urls, hits = fake
+    hits.clear()
+    fwd = ForwardingBackend(urls("down", "ok"), model="m", render_config=CFG)
+    assert fwd.chat("doc", "q") == "hello" and hits == {"down": 1, "ok": 1}
+    hits.clear()
+    fwd = ForwardingBackend(urls("slow", "ok"), model="m", render_config=CFG, timeout=0.3)
+    fwd.page_urls("doc")
+    t = time.perf_counter()
+    assert fwd.chat("doc", "q") == "hello" and hits == {"slow": 1, "ok": 1}
+    assert time.perf_counter() - t < 0.9  # one timeout, not three
+    assert fwd._wait == [2.0, 0.0]
+    hits.clear()
+    for retries in (0, 2):
+        fwd = ForwardingBackend(urls("down", "busy"), model="m", render_config=CFG, max_retries=retries,
+                                backoff=0.01, max_backoff=0.01)  # (the 429's Retry-After: 30 s, cut to max_backoff)
+        with pytest.raises(openai.APIStatusError):
+            fwd.chat("doc", "q")
+        assert hits == {"down": 1 + retries, "busy": 1 + retries} and fwd.in_flight == [0, 0]
+        hits.clear()
+    with pytest.raises(ValueError, match="max_retries=-1: give 0 or more"):
+        ForwardingBackend(urls("ok"), model="m", max_retries=-1)
+
+
+def test_a_busy_replica_hands_the_request_on(fake):
+    """A 429 (queue full) or 408 goes on to another replica; the busy one is passed over for its Retry-After (else
+    `backoff`) without counting as a failure; all busy: the last error."""
+    urls, _ = fake
+    fwd = ForwardingBackend(urls("busy", "ok"), model="m", render_config=CFG)
+    assert fwd.chat("doc", "q") == "hello" and fwd.sent == [1, 1]
+    assert fwd._wait == [0.0, 0.0] and 29 < fwd._down_until[0] - time.monotonic() <= 30  # Retry-After: 30
+    assert fwd.chat("doc", "q") == "hello" and fwd.sent == [1, 2]  # passed over
+    fwd = ForwardingBackend(urls("late", "ok"), model="m", render_config=CFG, backoff=5.0)
+    assert "".join(fwd.chat_stream("doc", "q")) == "hello" and fwd.sent == [1, 1]
+    assert fwd._wait == [0.0, 0.0] and 4 < fwd._down_until[0] - time.monotonic() <= 5
+    fwd = ForwardingBackend(urls("late", "busy"), model="m", render_config=CFG)
+    with pytest.raises(openai.RateLimitError):
+        asyncio.run(fwd.achat("doc", "q"))
+    assert fwd.sent == [1, 1] and fwd.in_flight == [0, 0]
+
+
+def test_a_cancelled_or_interrupted_request_leaves_nothing_in_flight(fake, monkeypatch):
+    urls, _ = fake
+    fwd = ForwardingBackend(urls("slow"), model="m", render_config=CFG)
+
+    async def deadline():  # a caller's deadline (or a disconnected client) cancels achat
+        for _ in range(3):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(fwd.achat("doc", "q"), 0.2)
+
+    asyncio.run(deadline())
+    assert fwd.sent == [3] and fwd.in_flight == [0] and fwd._down_until == [0.0]  # nothing said of the replica
+
+    def interrupted(**kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fwd._sync[0].chat.completions, "create", interrupted)
+    for call in (lambda: fwd.chat("doc", "q"), lambda: list(fwd.chat_stream("doc", "q"))):
+        with pytest.raises(KeyboardInterrupt):
+            call()
+    assert fwd.sent == [5] and fwd.in_flight == [0] and fwd._down_until == [0.0]
+
+
+def test_async_calls_from_one_event_loop_after_another(fake):
+    """asyncio.run(fwd.achat(...)) again and again: each event loop gets its own async clients."""
+    urls, _ = fake
+    fwd = ForwardingBackend(urls("ok", "ok"), model="m", render_config=CFG)
+    assert [asyncio.run(fwd.achat("doc", "q")) for _ in range(3)] == ["hello"] * 3
+    assert sum(fwd.sent) == 3 and fwd._wait == [0.0, 0.0]
+
+
+def test_the_whole_response_and_the_page_cache_bounds(fake):
+    urls, _ = fake
+    fwd = ForwardingBackend(urls("ok"), model="m", render_config=CFG)
+    for reply in (fwd.chat_response("doc", "q", logprobs=True), asyncio.run(fwd.achat_response("doc", "q"))):
+        assert isinstance(reply, openai.types.chat.ChatCompletion) and reply.choices[0].finish_reason == "length"
+        assert reply.choices[0].logprobs.content[0].logprob == -0.5 and reply.usage.completion_tokens == 1
+
+    size = sum(map(len, fwd.page_urls(TEXT[:700])))  # one page of each
+    fwd = ForwardingBackend(urls("ok"), model="m", render_config=CFG, cache_mb=2.5 * size / 1e6)
+    docs = [TEXT[k * 100:k * 100 + 700] for k in range(3)]
+    for d in docs:
+        fwd.page_urls(d)
+    assert len(fwd._pages) == 2 and fwd._page_bytes <= 2.5 * size  # the oldest went: over the byte bound
+    fwd.page_urls(TEXT[:20000])  # larger than the whole cache: rendered, not kept
+    assert len(fwd._pages) == 2
+    assert ForwardingBackend(urls("ok"), model="m", render_config=CFG, cached_documents=0).page_urls("doc")
+    for name in ("cached_documents", "cache_mb"):
+        with pytest.raises(ValueError, match=f"{name}=-1: give 0 or more"):
+            ForwardingBackend(urls("ok"), model="m", **{name: -1})

@@ -3,17 +3,24 @@
 Any server that speaks the OpenAI chat API with image_url parts works: N vLLM replicas serving Glyph, or
 glyph_rt's own servers. Pages travel inside the request (data URIs), never as local paths, so the servers
 need no `--allowed-local-media-path`. Each request goes to the replica with the fewest requests in flight;
-a document's pages are rendered once and kept (a small LRU of data URIs) for follow-up questions.
-A request that meets a connection error or a 5xx goes on to another replica (each replica at most once per
-request; a stream only before its first text reaches the caller), and the replica that failed is passed over
-for a backoff (`backoff` seconds, doubling up to `max_backoff` each time it fails again after one, cleared by
-an answer); a request still goes to a backed-off replica when no other is left to try. When every replica
+a document's pages are rendered once and kept (an LRU of data URIs, at most `cached_documents` documents and
+`cache_mb` MB) for follow-up questions.
+
+A request that meets a connection error, a timeout or a 5xx (an HTTP status, or an error event in a stream)
+goes on to another replica, and the replica that failed is passed over for a backoff (`backoff` seconds,
+doubling up to `max_backoff` each time it fails again after one, cleared by an answer). A 429 (queue full) or
+a 408 (timed out waiting) also goes on to another replica; that one is passed over for its Retry-After (else
+`backoff`) seconds, not counted as a failure. A stream goes on only before its first text reaches the caller.
+A request still goes to a backed-off replica when no other is left to try. The SDK's clients do not retry on
+their own: a request makes at most len(base_urls) x (1 + max_retries) attempts, each replica once per pass, a
+pass after the first once the first backoff window ends (at most `max_backoff` s later). When every attempt
 failed, the last error is raised.
 
     fwd = ForwardingBackend(["http://gpu1:8000/v1", "http://gpu2:8000/v1"], model="Glyph")
     answer = fwd.chat(long_text, "Who wrote the letter?", max_tokens=256, temperature=0)
     answer = await fwd.achat(long_text, question)            # from async code
     for text in fwd.chat_stream(long_text, question): ...    # async for ... in fwd.achat_stream(...)
+    reply = fwd.chat_response(long_text, question, logprobs=True)   # the ChatCompletion: finish_reason, usage, ...
 """
 from __future__ import annotations
 
@@ -23,28 +30,40 @@ import hashlib
 import json
 import threading
 import time
+import weakref
 from collections import OrderedDict
 
 import numpy as np
 
 from ..render.config import RenderConfig
 
+# what a request's end says of its replica (see _done)
+ANSWERED, FAILED, BUSY = "answered", "failed", "busy"
+
 
 class ForwardingBackend:
     def __init__(self, base_urls: list[str] | str, model: str, api_key: str | None = None,
-                 render_config: RenderConfig | None = None, timeout: float = 600.0, max_retries: int = 2,
-                 cached_documents: int = 64, backoff: float = 2.0, max_backoff: float = 60.0):
+                 render_config: RenderConfig | None = None, timeout: float = 600.0, max_retries: int = 0,
+                 cached_documents: int = 64, cache_mb: float = 256.0, backoff: float = 2.0,
+                 max_backoff: float = 60.0):
         import openai
 
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
             raise ValueError("base_urls: give at least one server URL (http://host:port/v1)")
+        for name, value in (("max_retries", max_retries), ("cached_documents", cached_documents),
+                            ("cache_mb", cache_mb)):
+            if value < 0:
+                raise ValueError(f"{name}={value}: give 0 or more")
         self.model = model
         self.render_config = (render_config or RenderConfig()).validate()
-        key = api_key or "EMPTY"
-        self._sync = [openai.OpenAI(base_url=u, api_key=key, timeout=timeout, max_retries=max_retries) for u in urls]
-        self._async = [openai.AsyncOpenAI(base_url=u, api_key=key, timeout=timeout, max_retries=max_retries)
-                       for u in urls]
+        self.max_retries = max_retries
+        # the SDK retries nothing: a retry goes to another replica (ours), not to the same one 3 times
+        self._client_args = {"api_key": api_key or "EMPTY", "timeout": timeout, "max_retries": 0}
+        self._urls = urls
+        self._sync = [openai.OpenAI(base_url=u, **self._client_args) for u in urls]
+        # an async client is bound to the event loop it first ran on: one set per loop, dropped with the loop
+        self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.in_flight = [0] * len(urls)
         self.sent = [0] * len(urls)
         self.backoff, self.max_backoff = backoff, max_backoff
@@ -52,11 +71,13 @@ class ForwardingBackend:
         self._down_until = [0.0] * len(urls)
         self._lock = threading.Lock()
         self._pages: OrderedDict[str, list[str]] = OrderedDict()
-        self._max_docs = cached_documents
+        self._page_bytes = 0
+        self._max_docs, self._max_bytes = cached_documents, int(cache_mb * 1e6)
 
     # ------------------------------------------------------------------ rendering
     def page_urls(self, text: str) -> list[str]:
-        """The text's pages as PNG data URIs (rendered by glyph_rt on the CPU, cached per document)."""
+        """The text's pages as PNG data URIs (rendered by glyph_rt on the CPU, cached per document; a document
+        larger than the whole cache is not kept)."""
         from ..render.pages import render
         from ..render.png import encode_png
 
@@ -69,10 +90,13 @@ class ForwardingBackend:
         pages = render(text, self.render_config)
         urls = ["data:image/png;base64," + base64.b64encode(encode_png(np.ascontiguousarray(p.cpu().numpy()))).decode()
                 for p in pages]
+        size = sum(map(len, urls))
         with self._lock:
-            self._pages[key] = urls
-            while len(self._pages) > self._max_docs:
-                self._pages.popitem(last=False)
+            if key not in self._pages and size <= self._max_bytes:  # (another thread may have kept it meanwhile)
+                self._pages[key] = urls
+                self._page_bytes += size
+                while len(self._pages) > self._max_docs or self._page_bytes > self._max_bytes:
+                    self._page_bytes -= sum(map(len, self._pages.popitem(last=False)[1]))
         return urls
 
     def messages(self, context: str, question: str, system: str | None = None) -> list[dict]:
@@ -82,7 +106,7 @@ class ForwardingBackend:
         msgs = [{"role": "system", "content": system}] if system else []
         return msgs + [{"role": "user", "content": content}]
 
-    # ------------------------------------------------------------------ requests
+    # ------------------------------------------------------------------ replicas
     def _pick(self, tried: set[int]) -> int | None:
         """The replica to try next: not yet tried for this request, not backed off, fewest in flight. A
         backed-off one (the one whose backoff ends first) only when no other is left; None when all were tried."""
@@ -97,16 +121,59 @@ class ForwardingBackend:
             tried.add(i)
             return i
 
-    def _done(self, i: int, failed: bool) -> None:
+    def _done(self, i: int, outcome: str | None, retry_after: float | None = None) -> None:
+        """Replica i's request is over. ANSWERED clears its backoff; FAILED starts it, or doubles it when it fails
+        again after one; BUSY (a 429 or 408) passes it over for retry_after (else `backoff`) seconds, not counted
+        as a failure; None (cancelled, interrupted) says nothing of the replica."""
         with self._lock:
             self.in_flight[i] -= 1
             now = time.monotonic()
-            if not failed:  # only an answer clears a backoff
+            if outcome == ANSWERED:  # only an answer clears a backoff
                 self._wait[i], self._down_until[i] = 0.0, 0.0
-            elif now >= self._down_until[i]:  # a failure inside the window (a request sent before) keeps it
+            elif outcome == FAILED and now >= self._down_until[i]:  # a failure inside the window keeps it
                 self._wait[i] = min(self.max_backoff, 2 * self._wait[i] or self.backoff)
                 self._down_until[i] = now + self._wait[i]
+            elif outcome == BUSY:
+                pause = self.backoff if retry_after is None else min(retry_after, self.max_backoff)
+                self._down_until[i] = max(self._down_until[i], now + pause)
 
+    def _pause(self) -> float:
+        """Seconds until the first replica's backoff ends (0 when one is not backed off), at most max_backoff."""
+        with self._lock:
+            return min(self.max_backoff, max(0.0, min(self._down_until) - time.monotonic()))
+
+    def _tries(self):
+        """The replicas for one request, one at a time, each taken in flight (the caller reports it to _done):
+        every replica once per pass, 1 + max_retries passes, a pass after the first once a backoff ends."""
+        for p in range(1 + self.max_retries):
+            if p:
+                time.sleep(self._pause())
+            tried: set[int] = set()
+            while (i := self._pick(tried)) is not None:
+                yield i
+
+    async def _atries(self):
+        """_tries for async code."""
+        for p in range(1 + self.max_retries):
+            if p:
+                await asyncio.sleep(self._pause())
+            tried: set[int] = set()
+            while (i := self._pick(tried)) is not None:
+                yield i
+
+    def _aclient(self, i: int):
+        """Replica i's async client on the running event loop."""
+        import openai
+
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            clients = self._async.get(loop)
+            if clients is None:
+                clients = self._async[loop] = [openai.AsyncOpenAI(base_url=u, **self._client_args)
+                                               for u in self._urls]
+        return clients[i]
+
+    # ------------------------------------------------------------------ requests
     def _request(self, msgs: list[dict], sampling: dict) -> dict:
         if "stream" in sampling:
             raise ValueError("stream: not a sampling argument here; use chat_stream / achat_stream for a stream")
@@ -114,89 +181,135 @@ class ForwardingBackend:
 
     def chat(self, context: str, question: str, system: str | None = None, **sampling) -> str:
         """The answer's text (sampling: max_tokens, temperature, top_p, stop, seed, extra_body=...)."""
-        kw = self._request(self.messages(context, question, system), sampling)
-        tried, last = set(), None
-        while (i := self._pick(tried)) is not None:
-            try:
-                r = self._sync[i].chat.completions.create(**kw)
-            except Exception as e:
-                self._done(i, _replica_failed(e))
-                if not _replica_failed(e):
-                    raise
-                last = e
-                continue
-            self._done(i, False)
-            return r.choices[0].message.content or ""
-        raise last
+        return self.chat_response(context, question, system, **sampling).choices[0].message.content or ""
 
     async def achat(self, context: str, question: str, system: str | None = None, **sampling) -> str:
-        kw = self._request(await asyncio.to_thread(self.messages, context, question, system), sampling)
-        tried, last = set(), None
-        while (i := self._pick(tried)) is not None:
+        return (await self.achat_response(context, question, system, **sampling)).choices[0].message.content or ""
+
+    def chat_response(self, context: str, question: str, system: str | None = None, **sampling):
+        """The whole openai ChatCompletion (finish_reason, usage, logprobs=True's logprobs); chat() is its text."""
+        kw = self._request(self.messages(context, question, system), sampling)
+        last = None
+        for i in self._tries():
+            outcome, after = None, None  # None: cancelled or interrupted, nothing said of the replica
             try:
-                r = await self._async[i].chat.completions.create(**kw)
+                reply = self._sync[i].chat.completions.create(**kw)
+                outcome = ANSWERED
+                return reply
             except Exception as e:
-                self._done(i, _replica_failed(e))
-                if not _replica_failed(e):
+                (outcome, after), last = _outcome(e), e
+                if outcome == ANSWERED:  # the request's own fault: not tried elsewhere
                     raise
-                last = e
-                continue
-            self._done(i, False)
-            return r.choices[0].message.content or ""
+            finally:
+                self._done(i, outcome, after)
+        raise last
+
+    async def achat_response(self, context: str, question: str, system: str | None = None, **sampling):
+        """chat_response for async code."""
+        kw = self._request(await asyncio.to_thread(self.messages, context, question, system), sampling)
+        last = None
+        async for i in self._atries():
+            outcome, after = None, None
+            try:
+                reply = await self._aclient(i).chat.completions.create(**kw)
+                outcome = ANSWERED
+                return reply
+            except Exception as e:
+                (outcome, after), last = _outcome(e), e
+                if outcome == ANSWERED:
+                    raise
+            finally:
+                self._done(i, outcome, after)
         raise last
 
     def chat_stream(self, context: str, question: str, system: str | None = None, **sampling):
         """The answer's text as it comes, piece by piece (a generator)."""
         kw = self._request(self.messages(context, question, system), sampling)
-        tried, last = set(), None
-        while (i := self._pick(tried)) is not None:
-            started, failed = False, False
+        last = None
+        for i in self._tries():
+            outcome, after, started = None, None, False
             try:
                 with self._sync[i].chat.completions.create(**kw, stream=True) as stream:
                     for ch in stream:
                         text = ch.choices[0].delta.content if ch.choices else None
                         if text:
-                            started = True
+                            outcome, started = ANSWERED, True  # a caller who stops reading got an answer
                             yield text
+                outcome = ANSWERED
                 return
             except Exception as e:
-                failed = _replica_failed(e)
-                if started or not failed:
+                (outcome, after), last = _outcome(e), e
+                if started or outcome == ANSWERED:
                     raise
-                last = e
             finally:
-                self._done(i, failed)
+                self._done(i, outcome, after)
         raise last
 
     async def achat_stream(self, context: str, question: str, system: str | None = None, **sampling):
         """The answer's text as it comes, piece by piece (an async generator)."""
         kw = self._request(await asyncio.to_thread(self.messages, context, question, system), sampling)
-        tried, last = set(), None
-        while (i := self._pick(tried)) is not None:
-            started, failed = False, False
+        last = None
+        async for i in self._atries():
+            outcome, after, started = None, None, False
             try:
-                async with await self._async[i].chat.completions.create(**kw, stream=True) as stream:
+                async with await self._aclient(i).chat.completions.create(**kw, stream=True) as stream:
                     async for ch in stream:
                         text = ch.choices[0].delta.content if ch.choices else None
                         if text:
-                            started = True
+                            outcome, started = ANSWERED, True
                             yield text
+                outcome = ANSWERED
                 return
             except Exception as e:
-                failed = _replica_failed(e)
-                if started or not failed:
+                (outcome, after), last = _outcome(e), e
+                if started or outcome == ANSWERED:
                     raise
-                last = e
             finally:
-                self._done(i, failed)
+                self._done(i, outcome, after)
         raise last
 
 
-def _replica_failed(e: Exception) -> bool:
-    """The replica, not the request, failed: no connection (or a timeout, or a connection cut mid-stream), or a 5xx.
-    Another replica may answer."""
+# an error event's type, for servers that name no status in it (glyph_rt's; vLLM's give it as the code)
+EVENT_STATUS = {"internal_error": 500, "InternalServerError": 500, "service_unavailable": 503,
+                "rate_limit_error": 429, "timeout_error": 408}
+
+
+def _outcome(e: Exception) -> tuple[str, float | None]:
+    """What an error says of the replica that sent it, and the seconds of its Retry-After (None: not sent).
+    FAILED: no connection, a timeout, a connection cut mid-stream, or a 5xx (an HTTP status, or an error event
+    in a stream: the SDK's plain APIError); BUSY: a 429 (queue full) or 408 (timed out waiting), which another
+    replica may take now; ANSWERED: anything else, the request's own fault."""
     import httpx
     import openai
 
-    return isinstance(e, (openai.APIConnectionError, httpx.TransportError)) or (
-        isinstance(e, openai.APIStatusError) and e.status_code >= 500)
+    if isinstance(e, (openai.APIConnectionError, httpx.TransportError)):
+        return FAILED, None
+    if isinstance(e, openai.APIStatusError):
+        status, after = e.status_code, _seconds(e.response.headers.get("retry-after"))
+    elif type(e) is openai.APIError:  # an error event in a stream (its body: the event's "error" object)
+        status, after = _event_status(e.body), None
+    else:
+        return ANSWERED, None
+    if status >= 500:
+        return FAILED, None
+    return (BUSY, after) if status in (408, 429) else (ANSWERED, None)
+
+
+def _event_status(body) -> int:
+    """The HTTP status a stream's error object stands for: its code or status when a number, else its type's; 0
+    when it names none."""
+    if not isinstance(body, dict):
+        return 0
+    for key in ("code", "status"):
+        value = body.get(key)
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+            return int(value)
+    return EVENT_STATUS.get(body.get("type"), 0)
+
+
+def _seconds(value: str | None) -> float | None:
+    """A Retry-After header's seconds; None when absent or a date."""
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return None
