@@ -352,7 +352,8 @@ def cmd_eval(args) -> int:
                   uuid=args.uuid, squad=args.squad, hotpotqa=args.hotpotqa, documents=args.documents,
                   truncate=args.truncate, row_configs=args.row_configs, longbench_e=args.longbench_e)
     for r in s["runs"]:
-        dpi = f" @ {r['dpi']:g} dpi" if r["dpi"] is not None else ""
+        dpi = f" @ {r['dpi']:g} dpi" if r["dpi"] is not None else (
+            f" @ {', '.join(f'{d:g}' for d in r['dpis'])} dpi" if r.get("dpis") else "")
         parts = [f"accuracy {r['accuracy']:.2f} on {r['items']} items"]
         if r["mode"] == "image":  # text: no pages; n/a: no item with both counts (page images only)
             parts.append("compression " + ("n/a" if r["compression"] is None else f"{r['compression']:.2f}x overall"))

@@ -180,6 +180,16 @@ def test_two_render_configs_at_one_dpi_are_two_runs():
     assert sorted(report.run_label(k) for k in runs) == ["glyph @ 72 dpi [config aaa]", "glyph @ 72 dpi [config bbb]"]
 
 
+def test_items_with_their_own_config_are_labelled_with_the_dpi_they_drew_at(tmp_path):
+    from glyph_rt.eval.suite import run_suite
+
+    own = [dataclasses.replace(it, render_config={"dpi": d}) for it, d in zip(items(3), (96, 96, 120))]
+    s = run_suite("ruler", [Echo()], out=tmp_path / "a", items=own[:2], config=CFG, progress=False)
+    assert s["runs"][0]["dpi"] == 96 and {r["dpi"] for r in read_rows(tmp_path / "a" / "results.jsonl")} == {96}
+    s = run_suite("ruler", [Echo()], out=tmp_path / "b", items=own, config=CFG, progress=False)
+    assert s["runs"][0]["dpi"] is None and s["runs"][0]["dpis"] == [96, 120]
+
+
 def test_compression_counts_only_items_answered_from_pages(tmp_path):
     class TooLong(Echo):
         def answer(self, item, config, *, as_text=False):

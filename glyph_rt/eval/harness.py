@@ -236,6 +236,8 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
         try:
             ask = it if budget(it) == it.max_new_tokens else dataclasses.replace(it, max_new_tokens=budget(it))
             own = config.with_glyph_overrides(it.render_config) if it.render_config and not as_text else config
+            if own is not config and "dpi" in row:
+                row["dpi"] = own.dpi  # the dpi the item's own config draws at, not the run's
             reply = target.answer(ask, own, as_text=as_text)
         except ValueError as e:  # this item cannot be run (too long for the model, ...): recorded, scored 0
             row.update(prediction="", score=0.0, text_tokens=text_tokens, visual_tokens=0, pages=0,

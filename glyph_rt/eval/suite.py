@@ -127,7 +127,7 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
                     r = evaluate(cfg, items, target, as_text=as_text, out=out / RESULTS_FILE, tokenizer=tokenizer,
                                  progress=progress, extra=None if as_text else {"dpi": cfg.dpi},
                                  max_new_tokens=max_new_tokens, concurrency=concurrency, extractor=extractor)
-                    summaries.append({**r.summary(), "dpi": None if as_text else cfg.dpi})
+                    summaries.append({**r.summary(), **({"dpi": None} if as_text else _run_dpi(r.rows, cfg.dpi))})
             finally:
                 if not isinstance(spec, Target):
                     target.close()
@@ -141,6 +141,15 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
     _write(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     report.plot(rows, out, suite)
     return summary
+
+
+def _run_dpi(rows: list[dict], dpi: float) -> dict:
+    """The run's dpi: the config's, or the one its rows drew at (items with their own configs), or None and the
+    rows' dpis when they differ."""
+    seen = sorted({r["dpi"] for r in rows if r.get("dpi") is not None})
+    if len(seen) > 1:
+        return {"dpi": None, "dpis": seen}
+    return {"dpi": seen[0] if seen else dpi}
 
 
 def _write(path: Path, text: str) -> None:
