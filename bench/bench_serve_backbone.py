@@ -127,7 +127,9 @@ def plot(rows: list[dict], summary: dict, path: Path, title: str) -> bool:
     ax[0].set_title(f"TTFT, {summary['context_tokens']:,}-token document ({summary['ttft_speedup']:.2f}x)")
     ax[1].bar(names, [r["requests_per_s"] for r in rows], color=colors)
     ax[1].set_ylabel("requests/s")
-    ax[1].set_title(f"under load, {summary['clients']} clients ({summary['requests_per_s_ratio']:.2f}x)")
+    ratio = summary.get("requests_per_s_ratio")
+    ax[1].set_title(f"under load, {summary['clients']} clients"
+                    + (f" ({ratio:.2f}x)" if ratio is not None else " (requests failed)"))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -216,11 +218,16 @@ def main(argv=None) -> int:
             print(f"{arm:>5} under load: {row['requests_per_s']:.3f} req/s, {row['tokens_per_s']:.1f} tok/s, "
                   f"TTFT p50 {row['ttft_p50_s'] * 1e3:,.0f} ms, ITL p50 {row['itl_p50_s'] * 1e3:,.1f} ms; "
                   f"errors {res['errors']}", flush=True)
-        summary["requests_per_s_ratio"] = glyph["requests_per_s"] / text["requests_per_s"]
+        # throughput counts the requests that succeeded: a ratio over failed requests would mean nothing
+        ok = not text["errors"] and not glyph["errors"] and text["requests_per_s"] > 0
+        summary["requests_per_s_ratio"] = glyph["requests_per_s"] / text["requests_per_s"] if ok else None
         path = save()
     svc.shutdown()
     for what, key in (("TTFT", "ttft_speedup"), ("requests/s", "requests_per_s_ratio")):
-        v = summary[key]
+        v = summary.get(key)
+        if v is None:
+            print(f"glyph vs text, {what}: not measured ({summary['errors']} requests failed)")
+            continue
         print(f"glyph vs text, {what}: {v:.2f}x (target >= {TARGET:g}x: {'pass' if v >= TARGET else 'FAIL'})")
     print(f"compression {summary['compression']:.2f}x; document cache hits {summary['cache_hits']}")
     png = path.with_suffix(".png")
