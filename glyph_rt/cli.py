@@ -471,9 +471,10 @@ def cmd_serve(args) -> int:
 
             c = run_batch(backend, args.input, args.output, progress=not args.quiet)
             again = f"; {c['retried']} run again after the server failed them" if c["retried"] else ""
-            print(f"{c['ok']} answered, {c['failed']} failed, {c['skipped']} already in {args.output} "
+            before = f", {c['failed_before']} of them failed" if c["failed_before"] else ""
+            print(f"{c['ok']} answered, {c['failed']} failed, {c['skipped']} already in {args.output}{before} "
                   f"(of {c['total']}){again}", file=sys.stderr)
-            return 0 if not c["failed"] else 1
+            return 0 if not (c["failed"] or c["failed_before"]) else 1  # 1 while the output holds an error line
         import uvicorn
 
         from .serve.app import build_app
@@ -701,6 +702,9 @@ def _parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     startup = _process_seconds()
+    if sys.stdout is None:  # started with stdout closed (>&-): its output would be lost, or land in a file it opens
+        print("glyph-rt: error: cannot write to standard output (it is closed)", file=sys.stderr)
+        return 1
     try:
         args = _parse_args(build_parser(), argv)
         args.startup_seconds = startup if argv is None else 0.0

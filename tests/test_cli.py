@@ -190,7 +190,7 @@ def test_help_and_stats_do_not_import_torch(tmp_path):
             assert "numpy" not in imported
 
 
-def test_closed_stdin_and_full_stdout(tmp_path):
+def test_closed_stdin_and_full_or_closed_stdout(tmp_path):
     r = subprocess.run(f"exec {sys.executable} -m glyph_rt.cli render - --out {tmp_path / 'o'} <&-", shell=True,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "standard input is closed" in r.stderr and "Traceback" not in r.stderr
@@ -199,6 +199,9 @@ def test_closed_stdin_and_full_stdout(tmp_path):
                             "--tokenizer", "none"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert r.returncode == 1 and "cannot write to standard output" in r.stderr and "Traceback" not in r.stderr
     assert json.loads((tmp_path / "p" / "summary.json").read_text())["complete"] is True
+    r = subprocess.run(f"exec {sys.executable} -m glyph_rt.cli stats - >&- <<< 'hello'", shell=True,
+                       executable="/bin/bash", capture_output=False, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert r.returncode == 1 and "standard output (it is closed)" in r.stderr
 
 
 def test_ctrl_c_leaves_a_consistent_directory(tmp_path):

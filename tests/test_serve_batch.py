@@ -44,14 +44,14 @@ def results(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_batch_runs_skips_done_ids_and_reports_bad_lines(checkpoint, tmp_path):
+def test_batch_runs_skips_done_ids_and_reports_bad_lines(checkpoint, tmp_path, capsys):
     gm = GlyphModel.from_pretrained(checkpoint, render_config=CFG, **EXACT)
     svc = ChatService(Engine(gm, max_batch=4).start(), InputOptions(CFG, "tiny"), 8)
     try:
         inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
         write_requests(inp, 10, bad={3})
         c = run_batch(svc, inp, out, progress=False)
-        assert c == {"total": 10, "skipped": 0, "retried": 0, "ok": 9, "failed": 1}
+        assert c == {"total": 10, "skipped": 0, "retried": 0, "ok": 9, "failed": 1, "failed_before": 0}
         rows = {r["custom_id"]: r for r in results(out)}
         assert len(rows) == 10 and rows["req-3"]["response"]["status_code"] == 400
         assert "frobnicate" in rows["req-3"]["response"]["body"]["error"]["message"]
@@ -60,6 +60,12 @@ def test_batch_runs_skips_done_ids_and_reports_bad_lines(checkpoint, tmp_path):
         answer = gm.generate(TEXT[:300], "Question 0?", max_new_tokens=6)[0].text
         assert body["choices"][0]["message"]["content"] == answer
         assert run_batch(svc, inp, out, progress=False)["skipped"] == 10 and len(results(out)) == 10
+        # the exit status says whether the output holds an error line, on a rerun too
+        from glyph_rt.cli import main
+
+        argv = ["batch", "--model", str(checkpoint), "--input", str(inp), "--output", str(out), "--quiet",
+                "--device", "cpu", "--served-model-name", "tiny"]
+        assert main(argv) == 1 and "1 of them failed" in capsys.readouterr().err
         (tmp_path / "dup.jsonl").write_text(inp.read_text().splitlines()[0] + "\n" + inp.read_text().splitlines()[0])
         with pytest.raises(BatchFileError, match="appears twice"):
             run_batch(svc, tmp_path / "dup.jsonl", tmp_path / "o2.jsonl", progress=False)
@@ -73,14 +79,16 @@ def test_batch_runs_skips_done_ids_and_reports_bad_lines(checkpoint, tmp_path):
 
         svc.prepare = failing
         assert run_batch(svc, inp, tmp_path / "o3.jsonl", progress=False) == {"total": 10, "skipped": 0,
-                                                                             "retried": 0, "ok": 8, "failed": 2}
+                                                                             "retried": 0, "ok": 8, "failed": 2,
+                                                                             "failed_before": 0}
         rows = {r["custom_id"]: r for r in results(tmp_path / "o3.jsonl")}
         assert rows["req-1"]["response"]["status_code"] == 500 and "AttributeError: simulated" in \
             rows["req-1"]["response"]["body"]["error"]["message"]
         # a rerun runs the server's failure again and replaces its line; the refused request keeps its 400
         svc.prepare = prepare
         assert run_batch(svc, inp, tmp_path / "o3.jsonl", progress=False) == {"total": 10, "skipped": 9,
-                                                                             "retried": 1, "ok": 1, "failed": 0}
+                                                                             "retried": 1, "ok": 1, "failed": 0,
+                                                                             "failed_before": 1}  # req-3's 400
         rows = results(tmp_path / "o3.jsonl")
         assert sorted(r["custom_id"] for r in rows) == sorted(f"req-{i}" for i in range(10))
         by_id = {r["custom_id"]: r["response"]["status_code"] for r in rows}
@@ -130,13 +138,13 @@ def test_every_request_gets_one_line_and_the_run_ends(checkpoint, tmp_path, monk
         return res["c"]
 
     try:
-        assert run() == {"total": 4, "skipped": 0, "retried": 0, "ok": 2, "failed": 2}
+        assert run() == {"total": 4, "skipped": 0, "retried": 0, "ok": 2, "failed": 2, "failed_before": 0}
         rows = {r["custom_id"]: r["response"] for r in results(out)}
         assert sorted(rows) == sorted(ids) and rows["req-2\udfff"]["status_code"] == 400
         failed = [r for r in rows.values() if r["status_code"] == 500]
         assert len(failed) == 1 and "ValueError: simulated" in failed[0]["body"]["error"]["message"]
         # the lines read back as the same ids: a rerun runs only the 500 again
-        assert run() == {"total": 4, "skipped": 3, "retried": 1, "ok": 1, "failed": 0}
+        assert run() == {"total": 4, "skipped": 3, "retried": 1, "ok": 1, "failed": 0, "failed_before": 1}
         rows = {r["custom_id"]: r["response"]["status_code"] for r in results(out)}
         assert rows == {"req-0": 200, "req-1\ud800": 200, "req-2\udfff": 400, "req-3": 200}
     finally:
@@ -166,7 +174,7 @@ def test_batch_resumes_after_a_kill(checkpoint, tmp_path):
                       InputOptions(CFG, "tiny"), 8)
     try:
         assert run_batch(svc, inp, out, progress=False) == {"total": n, "skipped": written, "retried": 0,
-                                                            "ok": n - written, "failed": 0}
+                                                            "ok": n - written, "failed": 0, "failed_before": 0}
     finally:
         svc.shutdown()
     ids = [row["custom_id"] for row in results(out)]

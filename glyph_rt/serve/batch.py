@@ -58,12 +58,13 @@ def retryable(status: int) -> bool:
     return status >= 500 or status in (408, 429)
 
 
-def done_ids(path: Path) -> tuple[set[str], int]:
-    """custom_ids already answered in the output, and how many of its lines were dropped to run again. A partial
+def done_ids(path: Path) -> tuple[dict[str, int], int]:
+    """custom_ids already answered in the output (with their status codes), and how many of its lines were
+    dropped to run again. A partial
     last line (a killed write) is cut off; lines of failures `retryable` says may succeed now are removed (the
     file is rewritten atomically), so their requests run again and the output never holds an id twice."""
     data = cut_torn_tail(path)
-    ids, keep, dropped = set(), [], 0
+    ids, keep, dropped = {}, [], 0
     for n, line in enumerate(text_lines(data.decode("utf-8", "replace")), 1):
         try:
             rec = json.loads(line)
@@ -74,7 +75,7 @@ def done_ids(path: Path) -> tuple[set[str], int]:
         if retryable(status):
             dropped += 1
             continue
-        ids.add(cid)
+        ids[cid] = status
         keep.append(line)
     if dropped:
         write_atomic(path, "".join(x + "\n" for x in keep))
@@ -101,7 +102,7 @@ def run_batch(service: ChatService, input_path, output_path, progress: bool = Tr
     limit = max_in_flight or max(1, engine.max_batch) * 2
     results: queue.Queue = queue.Queue()
     counts = {"total": len(requests), "skipped": len(requests) - len(todo), "retried": retried, "ok": 0,
-              "failed": 0}
+              "failed": 0, "failed_before": sum(done.get(r["custom_id"], 200) != 200 for r in requests)}
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     bar = tqdm(total=len(todo), desc="batch", unit="req", disable=not progress)
     in_flight = 0
