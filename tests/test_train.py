@@ -120,6 +120,48 @@ def test_cpt_refuses_an_ocr_ratio_it_would_ignore(tiny):
     assert load_config("sft", None, [f"model.path={tiny}", "data.ocr_ratio=0.9"]).data.ocr_ratio == 0.9
 
 
+def test_sft_refuses_an_ocr_weight_that_its_ocr_ratio_would_replace(tiny):
+    """sft mixes OCR in at data.ocr_ratio (0.1 by default), in place of an ocr weight in data.loader.tasks (or
+    data.eval_loader.tasks): such a weight is refused, naming both settings; with data.ocr_ratio=0 it is the mix."""
+    for key in ("loader", "eval_loader"):
+        with pytest.raises(TrainConfigError, match=rf"^data.{key}.tasks.ocr: sft mixes OCR in at data.ocr_ratio "
+                                                   rf"\(0.1 of the samples\).* data.ocr_ratio=0 to weigh OCR"):
+            load_config("sft", None, [f"model.path={tiny}", f"data.{key}.tasks={{qa: 1, ocr: 0.5}}"])
+    c = load_config("sft", None, [f"model.path={tiny}", "data.ocr_ratio=0", "data.loader.tasks={qa: 1, ocr: 0.5}"])
+    assert c.data.loader["tasks"] == {"qa": 1, "ocr": 0.5}
+    assert load_config("sft", None, [f"model.path={tiny}", "data.loader.tasks={qa: 1}"]).data.ocr_ratio == 0.1
+
+
+@pytest.mark.parametrize("text", ["010", "2024_06", "12:30", "yes", "no", "on", "off", "true", "0x1F", "1e-1", "null"])
+def test_string_overrides_are_kept_as_written(tiny, text):
+    """A key that takes a string gets its override's text as written, not YAML 1.1's reading of it (010 -> 8,
+    2024_06 -> 202406, 12:30 -> 750, yes -> on); quoted, it is unquoted."""
+    keys = ("out_dir", "grpo.judge_model", "grpo.judge_api_key_env", "data.loader.text_field", "data.loader.corpus",
+            "data.eval_loader.corpus")
+    c = load_config("sft", None, [f"model.path={tiny}", *(f"{k}={text}" for k in keys)])
+    assert [c.out_dir, c.grpo.judge_model, c.grpo.judge_api_key_env, c.data.loader["text_field"],
+            c.data.loader["corpus"], c.data.eval_loader["corpus"]] == [text] * len(keys)
+    c = load_config("sft", None, [f"model.path={tiny}", f"grpo.judge_model='{text}'", "data.loader.corpus=[a, b]"])
+    assert c.grpo.judge_model == text and c.data.loader["corpus"] == ["a", "b"]
+
+
+def test_weights_in_scientific_notation_are_numbers(tiny, tmp_path):
+    """YAML 1.1 reads 1e-1 (no dot) as a string: in data.loss_weights, grpo.rewards and the task weights, from an
+    override or a --config file, it is the number; a weight that is no number is still named."""
+    c = load_config("sft", None, [f"model.path={tiny}", "data.loss_weights={ocr: 1e-1, qa: 5e-1}", "data.ocr_ratio=0",
+                                  "data.loader.tasks={qa: 1, ocr: 5e-1}", "data.loader.tasks.lm=2E0"])
+    assert c.data.loss_weights == {"ocr": 0.1, "qa": 0.5} and c.data.loader["tasks"] == {"qa": 1, "ocr": 0.5, "lm": 2.0}
+    f = tmp_path / "rl.yaml"
+    f.write_text("grpo:\n  rewards: {format: 5e-1, verifiable: 1}\n")
+    assert load_config("rl", f, [f"model.path={tiny}"]).grpo.rewards == {"format": 0.5, "verifiable": 1}
+    assert load_config("rl", None, [f"model.path={tiny}", "grpo.rewards.format=1e-1"]).grpo.rewards["format"] == 0.1
+    for over, key in (("grpo.rewards={format: fast}", "grpo.rewards.format: weight 'fast' must be a number"),
+                      ("data.loss_weights={ocr: 1e-1x}", "data.loss_weights.ocr: weight '1e-1x' must be a number"),
+                      ("data.loss_weights={ocr: nan}", "data.loss_weights.ocr: weight 'nan' must be a number")):
+        with pytest.raises(TrainConfigError, match=f"^{key}"):
+            load_config("rl", None, [f"model.path={tiny}", over])
+
+
 @pytest.mark.parametrize("over, key", [
     (["optim.lr=-1"], "optim.lr"), (["optim.lrr=1"], "optim.lrr"), (["steps=abc"], "steps"),
     (["data.global_batch=3", "data.micro_batch=2"], "data.global_batch"), (["model.path=/nonexistent"], "model.path"),
@@ -350,6 +392,45 @@ def test_resume_is_exact_and_logs(tiny, tmp_path):
         run(cfg_for(tiny, tmp_path / "b", "resume=false"))
 
 
+def test_resume_is_exact_with_dropout_through_the_data_engine(tiny, tmp_path, monkeypatch):
+    """LoRA dropout on, the data engine's loader: 4 steps straight give the loss and grad norm of 2 steps and a run
+    resumed to 4, at every step. The loader's DataLoader draws its iterator's base seed from a generator of its own,
+    not from the global RNG the resumed run has just restored (the dropout masks after it would differ)."""
+    from glyph_rt.train import trainer
+    from glyph_rt.train.metrics import read_jsonl
+
+    fit = trainer.Trainer.fit
+
+    def train(out, stop):
+        monkeypatch.setattr(trainer.Trainer, "fit", lambda self, data, steps=None: fit(self, data, steps=stop))
+        trainer.run(cfg_for(tiny, out, "steps=4", "save_every=2", "optim.lr=1e-3", "data.global_batch=2",
+                            "model.lora.r=4", "model.lora.dropout=0.5",
+                            "data.loader={styles: false, max_pages: 1, window_chars: 300}"), progress=False)
+        return [(r["step"], r["loss"], r["grad_norm"]) for r in read_jsonl(out / "metrics.jsonl")]
+
+    straight = train(tmp_path / "a", 4)
+    assert train(tmp_path / "b", 2) == straight[:2]
+    assert train(tmp_path / "b", 4) == straight
+
+
+def test_the_loaders_iterators_leave_the_global_rng_alone(tiny, tmp_path):
+    """Making a GlyphLoader's iterator (its DataLoader's) and drawing from it leaves torch's global RNG as it was, for
+    the training and the held-out loader."""
+    from glyph_rt.models import GlyphModel
+    from glyph_rt.train.data import build_data
+
+    held = tmp_path / "held.txt"
+    held.write_text("A held-out paragraph the training corpus does not hold. " * 20, encoding="utf-8")
+    cfg = load_config("sft", None, [f"model.path={tiny}", "data.loader={styles: false, max_pages: 1, window_chars: 300}",
+                                    "eval_every=1", f"data.eval_loader={{corpus: {held}}}"])
+    gm = GlyphModel.from_pretrained(tiny, device="cpu")
+    for held_out in (False, True):
+        data = build_data(cfg, gm, 0, 1, held_out=held_out)
+        state = torch.get_rng_state()
+        next(iter(data))
+        assert torch.equal(torch.get_rng_state(), state), held_out
+
+
 @pytest.mark.parametrize("launched", ["torchrun", "caller"])
 def test_run_destroys_only_the_process_group_it_initialised(tiny, tmp_path, monkeypatch, launched):
     """Under torchrun, run() initialises the process group and destroys it after a barrier once training and export
@@ -414,6 +495,38 @@ def test_fsdp_on_in_one_process_without_torchrun_is_named_before_the_model_loads
     monkeypatch.setattr(model, "load_for_training", lambda *a, **k: pytest.fail("the model loaded"))
     with pytest.raises(TrainConfigError, match=r"^fsdp: 'on' shards over a process group.* torchrun .* fsdp=auto"):
         trainer.run(cfg_for(tiny, tmp_path, "fsdp=on"))
+
+
+@pytest.mark.parametrize("over, want", [
+    ([], (torch.float32, True)), (["model.dtype=bfloat16"], (torch.float32, True)),
+    (["model.dtype=float32"], (torch.float32, False)),
+    (["model.dtype=bfloat16", "model.pure_bf16=true"], (torch.bfloat16, False)),
+], ids=["auto", "bfloat16", "float32", "pure_bf16"])
+def test_fsdp_on_a_gpu_loads_and_shards_in_model_dtype(tiny, tmp_path, monkeypatch, over, want):
+    """Sharded on a GPU, bf16 (auto) loads fp32 master weights under FSDP's bf16 mixed precision; model.dtype=float32
+    loads fp32 and model.pure_bf16 bf16, each sharded without mixed precision. (Loading and sharding are stubbed:
+    this machine may have no GPU.)"""
+    from types import SimpleNamespace
+
+    from glyph_rt.train import model, trainer
+
+    class Sharded(Exception):
+        pass
+
+    def shard(m, mixed_precision, device=None):
+        seen["mixed"] = mixed_precision
+        raise Sharded
+
+    seen = {}
+    monkeypatch.setattr(trainer, "use_fsdp", lambda cfg, world: True)
+    monkeypatch.setattr(model, "load_for_training",
+                        lambda cfg, device, dtype=None: seen.update(dtype=dtype) or SimpleNamespace(model=None))
+    monkeypatch.setattr(model, "shard", shard)
+    with pytest.raises(Sharded):
+        trainer._run(cfg_for(tiny, tmp_path, *over), None, False, 0, 1, torch.device("cuda"))
+    assert (seen["dtype"], seen["mixed"]) == want
+    cpu = model.fsdp_precision(load_config("sft", None, [f"model.path={tiny}", *over]).model, torch.device("cpu"))
+    assert cpu == (want if over else (torch.float32, False))  # auto is float32 on the CPU
 
 
 def test_loss_weights_below_one_give_the_weighted_mean(tiny, tmp_path):
@@ -517,6 +630,33 @@ def test_export_loads_in_glyph_model(tiny, tmp_path):
         got = back.model(**model_inputs(b, torch.device("cpu"))).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert back.generate("hello", "?", max_new_tokens=2)
+
+
+def test_export_config_says_the_tensors_dtype_and_the_sources_use_cache(tiny, tmp_path):
+    """A bf16 run's export: config.json says bfloat16 (not its fp32 master weights' dtype), at the top and in each
+    sub-config, so transformers' dtype="auto" loads it in bf16; use_cache is the source's (gradient checkpointing
+    turned it off in training), left out where the source had none."""
+    from transformers import AutoModelForImageTextToText
+
+    from glyph_rt.train.checkpoint import export_config
+    from glyph_rt.train.trainer import Trainer
+
+    cfg = cfg_for(tiny, tmp_path, "model.dtype=bfloat16", "model.gradient_checkpointing=true", "data.global_batch=1")
+    gm = load(cfg)
+    t = Trainer(cfg, gm, progress=False)
+    t.train_step(ocr_samples(gm, ["cold tea"]))
+    out = t.export(tmp_path / "export")
+    config, source = (json.loads(Path(d, "config.json").read_text()) for d in (out, tiny))
+    assert [config["dtype"], config["text_config"]["dtype"], config["vision_config"]["dtype"]] == ["bfloat16"] * 3
+    assert "use_cache" not in source and "use_cache" not in config
+    assert config["text_config"]["use_cache"] == source["text_config"]["use_cache"]
+    assert {p.dtype for p in AutoModelForImageTextToText.from_pretrained(out, dtype="auto").parameters()} == \
+        {torch.bfloat16}
+    written = {"dtype": "float32", "use_cache": False, "text_config": {"use_cache": False}, "vision_config": {}}
+    assert export_config(written, {"use_cache": True, "text_config": {}}, torch.bfloat16) == \
+        {"dtype": "bfloat16", "use_cache": True, "text_config": {"dtype": "bfloat16"},
+         "vision_config": {"dtype": "bfloat16"}}
+    assert export_config(written, {}, None)["dtype"] == "float32"  # tensors of mixed dtypes: as save_pretrained said
 
 
 def test_qwen2_5_vl_trains(tmp_path):

@@ -13,6 +13,7 @@ rank's RNG states go into `rank_R.pt`.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -213,11 +214,40 @@ def _write_hf(model, tokenizer, full: dict, source: Path, out: Path, lora_scale:
     if dtype is not None:
         full = {k: v.to(dtype) if v.is_floating_point() else v for k, v in full.items()}
     hf.save_pretrained(tmp, state_dict=full)
+    _fix_config(tmp / "config.json", source / "config.json", full)
     tokenizer.save_pretrained(tmp)
     for name in ("preprocessor_config.json", "chat_template.jinja", "chat_template.json", "generation_config.json"):
         if (source / name).exists() and not (tmp / name).exists():
             shutil.copy2(source / name, tmp / name)
     _replace_dir(tmp, out)
+
+
+SUB_CONFIGS = ("text_config", "vision_config")
+
+
+def export_config(config: dict, source: dict, dtype: torch.dtype | None) -> dict:
+    """The exported config.json: save_pretrained writes the training model's dtype (fp32 master weights, not the
+    tensors written) and its use_cache (off for gradient checkpointing). dtype (the tensors', None: left as it
+    is) goes to the top level and each sub-config; use_cache is the source checkpoint's, or left out where it
+    had none."""
+    out = json.loads(json.dumps(config))
+    for node, src in [(out, source)] + [(out[k], source.get(k) or {}) for k in SUB_CONFIGS
+                                        if isinstance(out.get(k), dict)]:
+        if dtype is not None:
+            node["dtype"] = str(dtype).removeprefix("torch.")
+        if "use_cache" in src:
+            node["use_cache"] = src["use_cache"]
+        else:
+            node.pop("use_cache", None)
+    return out
+
+
+def _fix_config(path: Path, source: Path, state: dict) -> None:
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    old = json.loads(source.read_text(encoding="utf-8")) if source.exists() else {}
+    config = export_config(json.loads(path.read_text(encoding="utf-8")), old,
+                           dtypes.pop() if len(dtypes) == 1 else None)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _replace_dir(new: Path, dest: Path) -> None:

@@ -8,6 +8,7 @@ before any compute; a bad value raises TrainConfigError naming the dotted key an
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -219,18 +220,74 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+# data.loader (data.eval_loader) keys that take text (corpus: or a [list] of paths)
+LOADER_STRINGS = {"corpus", "text_field", "render"}
+# name -> weight mappings, whose numbers may be written as YAML 1.1 strings (1e-1)
+WEIGHTS = WHOLE | {("data", "eval_loader", "tasks")}
+
+
+def takes_string(path: list[str]) -> bool:
+    """Whether a dotted key takes a string: a str field of the config, or one of LOADER_STRINGS."""
+    if len(path) == 3 and path[:2] in (["data", "loader"], ["data", "eval_loader"]):
+        return path[2] in LOADER_STRINGS
+    cls = TrainConfig
+    for part in path[:-1]:
+        cls = _hints(cls).get(part)
+        if not dataclasses.is_dataclass(cls):
+            return False
+    return _hints(cls).get(path[-1]) is str
+
+
+def _text(raw: str):
+    """A string key's override as written (YAML 1.1 would read 010 as 8, 2024_06 as 202406, 12:30 as 750 and yes
+    as true); quoted, or a [list] or {mapping}, it is read as YAML."""
+    text = raw.strip()
+    if text[:1] in ("'", '"', "[", "{"):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            pass
+    return text
+
+
 def parse_override(item: str) -> tuple[list[str], object]:
-    """'optim.lr=1e-5' -> (['optim', 'lr'], 1e-05); the value is read as YAML (numbers, lists, booleans)."""
+    """'optim.lr=1e-5' -> (['optim', 'lr'], 1e-05); the value is read as YAML (numbers, lists, booleans), but
+    for a key that takes a string it is the text as written ('out_dir=010' -> '010')."""
     if "=" not in item:
         raise TrainConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-5)")
     key, raw = item.split("=", 1)
     if not key.strip():
         raise TrainConfigError(f"override {item!r}: the key is empty")
+    path = key.strip().split(".")
+    if takes_string(path):
+        return path, _text(raw)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    return path, value
+
+
+def _number(value):
+    """A weight written as a string that is a finite number ('1e-1': YAML 1.1 wants a dot) as that number; any
+    other value as it is (the checks name it)."""
+    if isinstance(value, str):
+        try:
+            x = float(value)
+        except ValueError:
+            return value
+        return x if math.isfinite(x) else value
+    return value
+
+
+def _weights_as_numbers(data: dict) -> dict:
+    for path in WEIGHTS:
+        node = data
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(path[-1]), dict):
+            node[path[-1]] = {k: _number(v) for k, v in node[path[-1]].items()}
+    return data
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -263,7 +320,7 @@ def load_config(stage: str, path: str | os.PathLike | None = None, overrides: li
         if user.get("stage", stage) != stage:
             raise TrainConfigError(f"stage: {path} is a {user['stage']!r} config, run as {stage!r}")
         data = _merge(data, user)
-    data = apply_overrides(data, list(overrides))
+    data = _weights_as_numbers(apply_overrides(data, list(overrides)))
     data["stage"] = stage
     return validate(_build(TrainConfig, data), check_paths)
 
@@ -337,6 +394,12 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     _check(cfg.stage != "cpt" or d.ocr_ratio == 0, "data.ocr_ratio",
            f"{d.ocr_ratio} is for sft and rl; cpt draws OCR by its weight in data.loader.tasks (by default "
            "{ocr: 1, lm: 1, gen: 1}, a third), e.g. data.loader.tasks={ocr: 0.2, lm: 0.4, gen: 0.4}")
+    for name in ("loader", "eval_loader"):
+        tasks = getattr(d, name).get("tasks")
+        _check(not (cfg.stage == "sft" and d.ocr_ratio > 0 and isinstance(tasks, dict) and "ocr" in tasks),
+               f"data.{name}.tasks.ocr", f"sft mixes OCR in at data.ocr_ratio ({d.ocr_ratio} of the samples), which "
+               f"would replace this weight; give OCR's share as data.ocr_ratio and leave ocr out of data.{name}.tasks, "
+               f"or set data.ocr_ratio=0 to weigh OCR by data.{name}.tasks")
     _check(d.max_tokens >= 0, "data.max_tokens", f"{d.max_tokens} must be >= 0 (0: no packing)")
     check_task_weights(d.loss_weights, "data.loss_weights")
     _check(d.workers >= 0, "data.workers", f"{d.workers} must be >= 0")

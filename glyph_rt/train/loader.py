@@ -404,12 +404,23 @@ class GlyphLoader:
         self.consumed, self.skipped = int(state["consumed"]), int(state.get("skipped", 0))
         self.too_long = int(state.get("too_long", 0))
 
+    def generator(self) -> torch.Generator:
+        """The DataLoader's own generator, seeded by (seed, rank, consumed position). Each iterator it makes draws a
+        base seed (its workers' seeds), and without a generator from torch's global RNG: a resumed run would draw
+        it right after restoring that RNG from the checkpoint, and its dropout masks would differ from a straight
+        run's."""
+        d = self.dataset
+        g = torch.Generator()
+        seed = np.random.SeedSequence([d.seed % 2**64, d.rank, self.consumed]).generate_state(1, np.uint64)[0]
+        g.manual_seed(int(seed))
+        return g
+
     def samples(self):
         """(local index, sample or None) from the DataLoader, starting at the consumed position."""
         self.dataset.start = self.consumed
         dl = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                                          collate_fn=_keep, prefetch_factor=self.prefetch_factor
-                                         if self.num_workers else None)
+                                         if self.num_workers else None, generator=self.generator())
         for j, s in enumerate(dl, self.consumed):
             yield j, s
 

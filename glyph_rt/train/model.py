@@ -48,6 +48,16 @@ def autocast(cfg: ModelConfig, device: torch.device, fsdp: bool = False):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def fsdp_precision(cfg: ModelConfig, device: torch.device) -> tuple[torch.dtype, bool]:
+    """(dtype to load, bf16 mixed precision) of a sharded run. model.dtype bfloat16 (auto on a GPU) keeps fp32
+    master weights FSDP's way: loaded in fp32 and sharded with bf16 compute and fp32 reductions. model.pure_bf16
+    loads bf16 and float32 loads fp32, each sharded as it is (no mixed precision), as on one process."""
+    dtype = resolve_dtype(cfg.dtype, device)
+    if dtype == torch.bfloat16 and not cfg.pure_bf16:
+        return torch.float32, True
+    return dtype, False
+
+
 def load_for_training(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None = None) -> GlyphModel:
     """Loads the checkpoint (transformers' own loader), patches it with apply_glyph_kernels (kernels=auto),
     applies freezing and LoRA, and enables gradient checkpointing. The GlyphModel's .model is in train mode.

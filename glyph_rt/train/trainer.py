@@ -408,20 +408,21 @@ def run(cfg: TrainConfig, data=None, progress: bool = True) -> dict:
 
 
 def _run(cfg: TrainConfig, data, progress: bool, rank: int, world: int, device: torch.device) -> dict:
-    from .model import load_for_training, shard
+    from .model import fsdp_precision, load_for_training, shard
 
     per_rank(cfg, world)  # before the model loads
     if rank == 0:  # the run's resolved config, every key: `--config out_dir/config.yaml` runs it again
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         write_atomic(Path(cfg.out_dir) / "config.yaml", cfg.to_yaml())
     fsdp = use_fsdp(cfg, world)
-    gm = load_for_training(cfg.model, device, dtype=torch.float32 if fsdp and device.type == "cuda" else None)
+    dtype, mixed = fsdp_precision(cfg.model, device) if fsdp else (None, False)
+    gm = load_for_training(cfg.model, device, dtype=dtype)
     if cfg.data.render_config:  # what rl's rollouts render with (the other stages' tasks take it in build_data)
         from .config import fixed_render_config
 
         gm.render_config = fixed_render_config(cfg.data.render_config)
     if fsdp:
-        shard(gm.model, mixed_precision=device.type == "cuda", device=device)
+        shard(gm.model, mixed_precision=mixed, device=device)
     if cfg.stage == "rl":
         from .grpo import GRPOTrainer
 
