@@ -228,6 +228,45 @@ def test_latin_lines_unchanged_beside_rtl():
     np.testing.assert_array_equal(mixed.g_slot[-n:], alone.g_slot)
 
 
+@needs_rtl
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_bidi_isolates_are_laid_out_and_counted(backend):
+    """LRI, RLI, FSI and PDI (python-bidi's algorithm knows only the embeddings) isolate their content as UAX #9
+    says: the initiator and PDI sit outside it, the content is reordered on its own."""
+    cfg = RenderConfig(**{**CFG.to_dict(), "page_size": (400, 200)})
+    for text, want in [
+        ("\u05e9 a\u2066x\u2069", [5, 4, 3, 2, 0]),  # RTL paragraph: PDI x LRI a shin
+        ("abc \u2067x", [0, 1, 2, 4, 5]),  # an unmatched RLI in LTR text
+        ("Hello \u2066\u05e9\u05dc\u05d5\u05dd\u2069 world", [0, 1, 2, 3, 4, 6, 10, 9, 8, 7, 11, 13, 14, 15, 16, 17]),
+        ("\u2067abc\u2069 \u05e9\u05dc", [7, 6, 4, 1, 2, 3, 0]),  # the base direction skips the isolate: RTL
+        ("\u2068\u05e9\u05dc\u2069 ab", [0, 2, 1, 3, 5, 6]),  # FSI of Hebrew opens right-to-left
+        ("\u05e9 \u2069x", [3, 2, 0]),  # an unmatched PDI is a neutral (here between R and L: RTL)
+    ]:
+        d = Document(text, cfg, backend=backend)
+        c = d.char_counts()
+        assert c["placed_chars"] + c["whitespace_chars"] == len(text) and c["unplaced_chars"] == 0, text
+        assert [i for _, i in sorted(zip(d.layout.g_x.tolist(), d.layout.g_src.tolist()))] == want, text
+    deep = "\u2067" * 500 + "\u05e9a" + "\u2069" * 500  # nested past the level limit
+    assert Document(deep, CFG, backend=backend).char_counts()["unplaced_chars"] == 0
+
+
+@needs_rtl
+def test_cli_renders_a_hebrew_isolate(tmp_path):
+    import json
+
+    from glyph_rt.cli import main
+
+    text = "Hello \u2066\u05e9\u05dc\u05d5\u05dd\u2069 world"
+    (tmp_path / "in.txt").write_text(text, encoding="utf-8")
+    assert main(["render", str(tmp_path / "in.txt"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["characters"] == len(text) and s["unplaced_chars"] == 0
+    assert s["placed_chars"] + s["stripped_chars"] + s["whitespace_chars"] == len(text)
+    lay = Document(text).layout
+    pos = dict(zip(lay.g_src.tolist(), lay.g_x.tolist()))
+    assert pos[6] < pos[10] < pos[9] < pos[8] < pos[7] < pos[11] < pos[13]  # the Hebrew reads right to left
+
+
 def test_without_the_scripts_extra_rtl_stays_logical_and_warns(monkeypatch):
     monkeypatch.setitem(sys.modules, "arabic_reshaper", None)
     bidi.available.cache_clear()
@@ -244,6 +283,7 @@ def test_bidi_layouts_keep_every_character_and_stay_in_their_lines():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
     alphabet = list("ab Z1.(") + list("שלוםמַ") + list("لامرحبَ") + ["\n", "\r\n", "  "]
+    alphabet += list("\u2066\u2067\u2068\u2069\u202b\u202c")  # isolates and embeddings
 
     @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
     @hypothesis.given(parts=st.lists(st.sampled_from(alphabet), max_size=60),

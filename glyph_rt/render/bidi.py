@@ -7,7 +7,8 @@
   each laid-out line of a paragraph that holds right-to-left characters: levels are resolved per
   paragraph (source line) and reordered per line (rules L1-L2), brackets mirrored (L4). Only the
   glyphs' x positions (and the slots of mirrored characters) change: glyph arrays, line and page
-  spans stay in source order.
+  spans stay in source order. The isolates (LRI, RLI, FSI, PDI), which python-bidi's algorithm
+  predates, are resolved as UAX #9 does (`_resolve_levels`).
 
 Text with no right-to-left character is not touched.
 """
@@ -136,24 +137,92 @@ def mirror_codepoints(cps: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- reordering
-def _resolve(text: str, start: int, end: int) -> list[dict]:
-    """Resolved bidi levels of the paragraph text[start:end]: python-bidi's per-character records."""
+_ISOLATES = ("LRI", "RLI", "FSI")
+
+
+def _first_strong(types: list[str], start: int, end: int) -> int | None:
+    """0 (L) or 1 (R, AL) for the first strong class of types[start:end] outside isolates (rules P2, P3), or None
+    when there is none."""
+    depth = 0
+    for t in types[start:end]:
+        if t in _ISOLATES:
+            depth += 1
+        elif t == "PDI":
+            depth = max(0, depth - 1)
+        elif depth == 0 and t in ("L", "R", "AL"):
+            return int(t != "L")
+    return None
+
+
+def _isolate_ends(types: list[str]) -> dict[int, int]:
+    """Isolate initiator -> its matching PDI (rule BD9), or the paragraph separator or end that closes it."""
+    ends: dict[int, int] = {}
+    pending: list[int] = []
+    for k, t in enumerate(types):
+        if t in _ISOLATES:
+            pending.append(k)
+        elif t == "PDI" and pending:
+            ends[pending.pop()] = k
+        elif t == "B":
+            ends.update((j, k) for j in pending)
+            pending.clear()
+    ends.update((j, len(types)) for j in pending)
+    return ends
+
+
+def _resolve_levels(par: str, types: list[str], lo: int, hi: int, level: int, start: int,
+                    ends: dict[int, int]) -> list[dict]:
+    """Resolved records of par[lo:hi] at embedding level `level`, each isolate's content resolved on its own.
+
+    python-bidi's algorithm predates the isolates (LRI, RLI, FSI, PDI), so they are taken as UAX #9 takes
+    them: an isolate initiator and its matching PDI are neutrals of the text around them, which sees past
+    the content between them (their isolating run sequence), and are reset like trailing whitespace at a
+    line end (L1); the content is resolved apart, one level up (LTR or RTL; FSI by its first strong
+    character). An unmatched PDI is a plain neutral, and isolates nested past the level limit are too."""
     from bidi import algorithm as A
 
+    chars, inner = [], []
+    isolating = level < A.EXPLICIT_LEVEL_LIMIT - 2
+    k = lo
+    while k < hi:
+        t = types[k] or "L"  # characters this Python's Unicode tables do not know: UAX #9 defaults them to L
+        rec = {"ch": par[k], "level": level, "type": t, "orig": t, "i": start + k}
+        chars.append(rec)
+        if t in _ISOLATES or t == "PDI":
+            rec["type"], rec["orig"] = "ON", "WS"
+        if t in _ISOLATES and isolating:
+            end = min(ends[k], hi)
+            if t == "FSI":
+                t = ("LRI", "RLI")[_first_strong(types, k + 1, end) or 0]
+            inner.append((rec, k + 1, end, t == "RLI"))
+            k = end
+        else:
+            k += 1
     st = A.get_empty_storage()
-    par = text[start:end]
-    st["base_level"] = A.get_base_level(par)
-    st["base_dir"] = ("L", "R")[st["base_level"]]
-    # characters this Python's Unicode tables do not know have no class: UAX #9 defaults them to L
-    st["chars"] = [{"ch": c, "level": st["base_level"], "type": t or "L", "orig": t or "L", "i": start + k}
-                   for k, (c, t) in enumerate(zip(par, map(unicodedata.bidirectional, par)))]
+    st["base_level"], st["chars"] = level, chars
     A.explicit_embed_and_overrides(st, False)
+    explicit = [rec["level"] for rec, *_ in inner]  # the embedding level at each initiator (X6 set it)
     A.resolve_weak_types(st, False)
     A.resolve_neutral_types(st, False)
     A.resolve_implicit_levels(st, False)
-    for ch in st["chars"]:
-        ch["base"] = st["base_level"]
-    return st["chars"]
+    if not inner:
+        return st["chars"]
+    out = list(st["chars"])
+    for (_, s, e, rtl), lev in zip(inner, explicit):
+        up = (lev + 1) | 1 if rtl else (lev + 2) & ~1
+        out.extend(_resolve_levels(par, types, s, e, up if up < A.EXPLICIT_LEVEL_LIMIT else lev, start, ends))
+    return sorted(out, key=lambda r: r["i"])
+
+
+def _resolve(text: str, start: int, end: int) -> list[dict]:
+    """Resolved bidi levels of the paragraph text[start:end]: python-bidi's per-character records."""
+    par = text[start:end]
+    types = list(map(unicodedata.bidirectional, par))
+    base = _first_strong(types, 0, len(types)) or 0
+    chars = _resolve_levels(par, types, 0, len(par), base, start, _isolate_ends(types))
+    for ch in chars:
+        ch["base"] = base
+    return chars
 
 
 def _visual_order(recs: list[dict], s: int, e: int, text: str) -> tuple[list[int], dict[int, str]]:
