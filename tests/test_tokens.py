@@ -38,3 +38,21 @@ def test_tokenizer_errors(tmp_path):
 def test_unknown_model():
     with pytest.raises(ValueError, match="glm4v"):
         visual_tokens([(10, 10)], "llava")
+
+
+def test_lone_surrogates_are_counted_as_replacement_characters(tmp_path, monkeypatch):
+    """Layout keeps a lone surrogate (drawn as a box); the text tokens count it as '?', with either engine."""
+    import json
+
+    import glyph_rt
+    from glyph_rt.render.tokens import get_tokenizer
+
+    tok = get_tokenizer(None)
+    assert tok.count("x\ud83d") == tok.count("x?")
+    hf = TextTokenizer()
+    monkeypatch.setattr(hf, "_fast", None)  # the tokenizers engine, as for a tokenizer.json tiktoken cannot read
+    assert hf.count("x\ud83d end") == tok.count("x? end")
+    glyph_rt.render(json.loads('"broken emoji \\ud83d end"')).save(tmp_path)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["complete"] and s["text_tokens"] == tok.count("broken emoji ? end")
+    assert s["missing_glyphs"]["chars"] == {"\ud83d": 1} and s["unplaced_chars"] == 0

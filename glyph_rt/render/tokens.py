@@ -227,8 +227,9 @@ class TextTokenizer:
         if self._fast is not None:
             try:
                 return self._fast.count(text)
-            except UnicodeEncodeError:  # lone surrogates: as tokenizers handles them
-                pass
+            except UnicodeEncodeError:
+                return self._fast.count(_encodable(text))
+        text = _encodable(text)
         # long texts are encoded in newline-aligned chunks (same count, bounded memory)
         chunk = 1 << 20
         if len(text) <= chunk:
@@ -242,6 +243,15 @@ class TextTokenizer:
             total += len(self._tok.encode(text[i:j], add_special_tokens=False).ids)
             i = j
         return total
+
+
+def _encodable(text: str) -> str:
+    """`text` with each lone surrogate (which layout draws as a box; UTF-8 and tokenizers refuse it) as '?'."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 @functools.lru_cache(maxsize=8)
