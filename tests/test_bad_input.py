@@ -72,6 +72,33 @@ def test_invalid_utf8():
         decode_text(b"\xef\xbb\xbf" + data, "f.txt")
 
 
+def test_replacements_are_counted_per_call_across_threads():
+    """Concurrent decodes (loader threads) each count their own replacements."""
+    import sys
+    import threading
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads switch within a decode of thousands of replacements
+    try:
+        for _ in range(5):
+            barrier, got = threading.Barrier(8), {}
+
+            def decode(n):
+                data = b"ok \xff" * (500 * n)
+                barrier.wait()
+                got[n] = [decode_text(data, errors="replace")[1] for _ in range(10)]
+
+            threads = [threading.Thread(target=decode, args=(n,)) for n in range(1, 9)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert got == {n: [500 * n] * 10 for n in range(1, 9)}
+    finally:
+        sys.setswitchinterval(interval)
+    assert decode_text(b"\xc3(", errors="replace") == ("\ufffd(", 1)
+
+
 def test_control_characters_are_boxes():
     doc = render_all("bell\x07 null\x00 esc\x1b del\x7f c1\x9b end")
     assert doc.missing_chars() == {"\x07": 1, "\x00": 1, "\x1b": 1, "\x7f": 1, "\x9b": 1}

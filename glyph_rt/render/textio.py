@@ -5,6 +5,7 @@ import codecs
 import os
 import stat
 import sys
+import threading
 from pathlib import Path
 
 SAMPLE_PATH = Path(__file__).resolve().parent.parent / "data" / "sample.txt"
@@ -13,6 +14,19 @@ SAMPLE_PATH = Path(__file__).resolve().parent.parent / "data" / "sample.txt"
 def sample_text() -> str:
     """The built-in sample: English prose (the GNU GPLv3, Apache 2.0 and GFDL 1.3 texts, unwrapped)."""
     return SAMPLE_PATH.read_text(encoding="utf-8")
+
+
+# Replacements of decode_text(errors='replace'), counted per thread: a codec error handler is registered once,
+# for the whole process, and runs in the thread that decodes.
+_replaced = threading.local()
+
+
+def _count_replacement(e: UnicodeDecodeError) -> tuple[str, int]:
+    _replaced.n += 1
+    return "\ufffd", e.end
+
+
+codecs.register_error("glyph_rt_count", _count_replacement)
 
 
 def decode_text(data: bytes, name: str = "input", errors: str = "strict") -> tuple[str, int]:
@@ -30,15 +44,9 @@ def decode_text(data: bytes, name: str = "input", errors: str = "strict") -> tup
                 f"{name}: invalid UTF-8 at byte {bom + e.start} ({data[e.start:e.start + 4]!r}); fix the file or "
                 "decode with errors='replace' (CLI: --errors replace), which counts every replacement"
             ) from None
-    count = 0
-
-    def handler(e: UnicodeDecodeError):
-        nonlocal count
-        count += 1
-        return "\ufffd", e.end
-
-    codecs.register_error("glyph_rt_count", handler)
-    return data.decode("utf-8", errors="glyph_rt_count"), count
+    _replaced.n = 0
+    text = data.decode("utf-8", errors="glyph_rt_count")
+    return text, _replaced.n
 
 
 def read_text(path: str, errors: str = "strict") -> tuple[str, int]:
