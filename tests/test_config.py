@@ -38,6 +38,29 @@ def test_own_json_roundtrip(tmp_path):
     assert RenderConfig.load(tmp_path / "c.json").to_dict() == c.to_dict()
 
 
+def test_relative_font_paths_survive_save_and_load(tmp_path, monkeypatch):
+    """A font path relative to the working directory is saved so that load (which reads relative paths against
+    the file's folder) finds the same file, from any directory, in both formats."""
+    import shutil
+
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+
+    (tmp_path / "fonts").mkdir()
+    (tmp_path / "configs").mkdir()
+    shutil.copy(BUILTIN_FONTS["sans"], tmp_path / "fonts" / "a.ttf")
+    shutil.copy(BUILTIN_FONTS["serif"], tmp_path / "fonts" / "b.ttf")
+    monkeypatch.chdir(tmp_path)
+    c = RenderConfig(font_path="fonts/a.ttf", fallback_fonts=["fonts/b.ttf"]).validate()
+    c.save("configs/own.json")
+    c.save("configs/glyph.json", glyph_format=True)
+    monkeypatch.chdir(tmp_path / "fonts")
+    own = RenderConfig.load(tmp_path / "configs" / "own.json").validate()
+    assert own.font_path == str(tmp_path / "fonts" / "a.ttf")
+    assert own.fallback_fonts == [str(tmp_path / "fonts" / "b.ttf")]
+    glyph = RenderConfig.load(tmp_path / "configs" / "glyph.json").validate()
+    assert glyph.font_path == str(tmp_path / "fonts" / "a.ttf")
+
+
 def test_glyph_renderer_defaults_for_missing_keys():
     c = RenderConfig.from_glyph_dict({"dpi": 96})
     assert c.alignment == "justify" and c.margin_x == 20 and c.line_height == 10

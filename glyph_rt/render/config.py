@@ -415,7 +415,14 @@ class RenderConfig:
         return cls.from_dict(d, base_dir=p.parent)
 
     def save(self, path: str | os.PathLike, glyph_format: bool = False) -> None:
+        """Writes the config as JSON (Glyph's dashed keys with `glyph_format`). A relative font path, relative to
+        the working directory, is written absolute: `load` reads relative paths against the file's folder."""
         d = self.to_glyph_dict() if glyph_format else self.to_dict()
+        for k in ("font_path", "font-path"):
+            if d.get(k):
+                d[k] = _absolute(d[k])
+        if d.get("fallback_fonts"):
+            d["fallback_fonts"] = [_absolute(p) for p in d["fallback_fonts"]]
         Path(path).write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
 
 
@@ -427,6 +434,12 @@ def glyph_bytes_bound(font_px: float, h_scale: float, phases: int) -> int:
 
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _absolute(p: str) -> str:
+    """A font path as `_resolve` reads it back from any folder: absolute, or as given when it starts with ~."""
+    q = Path(os.path.expanduser(str(p)))
+    return str(p) if q.is_absolute() else os.path.abspath(q)
 
 
 def _resolve(p: str, base_dir) -> str:
