@@ -52,3 +52,20 @@ def test_identical_lines(result):
 def test_visual_tokens_within_2pct(result):
     v = result["visual_tokens_glm4v"]
     assert abs(v["rel_diff_pct"]) <= 2.0, f"visual tokens (glm4v): official {v['official']}, glyph_rt {v['glyph_rt']}"
+
+
+@pytest.mark.parametrize("margins", [(12.7, 9.3), (10.5, 8.4), (9.5, 10.2)])
+def test_fractional_margins_crop_to_the_official_sizes(margins):
+    """Glyph's auto-crop adds the margins in float pixels and PIL's crop rounds the box: the same page sizes.
+    (Margins whose baselines fall at or past half a pixel row are left out: poppler places those one row up.)"""
+    import glyph_rt
+    from glyph_rt import RenderConfig
+    from glyph_rt.render.config import GLYPH_CONFIG_EN
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+    from glyph_rt.render.textio import sample_text
+
+    font = str(BUILTIN_FONTS["sans"])
+    cfg = {**GLYPH_CONFIG_EN, "margin-x": margins[0], "margin-y": margins[1], "font-path": font}
+    for text in (sample_text()[:1500], sample_text()[3000:3900]):
+        images, _ = official.render_official(text, cfg, font_path=font)
+        assert glyph_rt.render(text, RenderConfig.from_glyph_dict(cfg)).sizes == [im.size for im in images]

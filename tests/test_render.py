@@ -41,6 +41,20 @@ def test_glyph_preset_page_sizes_and_crop():
     assert pages.sizes[-1][1] < H  # the last page is cropped
 
 
+def test_crop_rounds_fractional_margins_as_pil():
+    """Glyph crops to (ink + margin) in float pixels, which PIL's crop rounds half to even."""
+    from glyph_rt.render.raster import final_sizes
+
+    cfg = RenderConfig(margin_x=10.5, margin_y=9.5, snap=0)
+    right, bottom = np.array([575, 576, 580, 580]), np.array([400, 400, 401, 402])
+    sizes = final_sizes(cfg, right, bottom, 0, 4, (595, 842))
+    assert sizes == [(586, 842), (586, 842), (590, 842), (590, 410)]  # 585.5, 586.5 -> 586; 401 + 9.5 -> 410
+    cfg = RenderConfig(margin_x=12.7, margin_y=9.3, snap=0)
+    assert final_sizes(cfg, np.array([577]), np.array([444]), 0, 1, (595, 842)) == [(590, 452)]  # 589.7, 452.3
+    # the crop never passes the page
+    assert final_sizes(cfg, np.array([590]), np.array([840]), 0, 1, (595, 842)) == [(595, 842)]
+
+
 def test_no_crop_no_snap_gives_full_pages():
     cfg = RenderConfig(auto_crop_width=False, auto_crop_last_page=False, snap=0, dpi=96)
     pages = glyph_rt.render(TEXT, cfg)
@@ -105,6 +119,43 @@ def test_atlas_disk_cache_roundtrip(tmp_path, monkeypatch):
     assert b.num_slots == a.num_slots
     for k, v in a.arrays().items():
         np.testing.assert_array_equal(v, b.arrays()[k])
+
+
+def test_document_with_cluster_slots_crosses_to_a_process_that_met_other_clusters(tmp_path, monkeypatch):
+    """Shaped clusters (HarfBuzz) have no codepoint: a pickled Document carries each one's face and glyphs, so
+    a process whose atlas numbered clusters in another order draws the same pixels. Built here from the
+    bundled font's glyphs, which any machine has (tests/test_shaping.py does it with a shaped script)."""
+    import pickle
+    from collections import OrderedDict
+
+    from glyph_rt.render.atlas import FontAtlas
+    from glyph_rt.render.layout import atlas_for
+
+    cfg = RenderConfig(font_size=24, line_height=30, page_size=(300, 120), snap=0)
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path / "a"))
+    monkeypatch.setattr(FontAtlas, "_memory", OrderedDict())
+    doc = glyph_rt.Document("ab cd", cfg)
+    atlas = doc.atlas
+    gid = {c: atlas._faces[0].get_char_index(ord(c)) for c in "fixyz"}
+    fi = atlas.cluster_slot(0, [(gid["f"], 700, 0, 0), (gid["i"], 600, 0, 300)])  # a two-glyph cluster
+    empty = atlas.cluster_slot(0, [])  # a character merged into the cluster before it
+    lay = doc.layout
+    src = lay.g_src.tolist()
+    lay.g_slot[src.index(0)], lay.g_slot[src.index(1)], lay.g_slot[src.index(4)] = fi, empty, fi
+    want, sizes = doc.rasterize()
+    data = pickle.dumps(doc)
+    # "another process": an empty atlas cache that met other clusters first
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path / "b"))
+    monkeypatch.setattr(FontAtlas, "_memory", OrderedDict())
+    other_atlas = atlas_for(cfg)
+    other_atlas.ensure([ord(c) for c in "zyxwvu"])
+    for c in "xyz":
+        other_atlas.cluster_slot(0, [(gid[c], 500, 0, 0)])
+    other = pickle.loads(data)
+    assert other.atlas is other_atlas and int(other.layout.g_slot[src.index(0)]) != fi
+    assert other.layout.g_slot[src.index(0)] == other.layout.g_slot[src.index(4)]
+    got, got_sizes = other.rasterize()
+    assert got_sizes == sizes and np.array_equal(got, want)
 
 
 def test_unavailable_device_is_a_clear_error():
@@ -197,6 +248,35 @@ def test_max_pages_ratio_counts_the_text_on_the_pages():
     assert s["placed_chars"] == sum(not c.isspace() for c in text[:end])
     assert s["whitespace_chars"] == sum(c.isspace() for c in text[:end])
     assert s["unplaced_chars"] == len(text) - end
+
+
+def test_summary_of_a_stopped_run_counts_the_text_its_pages_hold(tmp_path, monkeypatch):
+    import json
+
+    from glyph_rt.render import output
+    from glyph_rt.render.tokens import get_tokenizer
+
+    write = output.write_png
+
+    def fail_at_page_3(path, *a, **k):
+        if path.name == "page_003.png":
+            raise OSError(28, "No space left on device")
+        return write(path, *a, **k)
+
+    text = sample_text()[:25000]
+    pages = glyph_rt.render(text, RenderConfig())
+    assert len(pages) > 3
+    monkeypatch.setattr(output, "write_png", fail_at_page_3)
+    with pytest.raises(OSError):
+        pages.save(tmp_path)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    end = pages.page_spans[1][1]
+    assert s["complete"] is False and s["pages"] == 2
+    assert s["text_tokens_chars"] == end < len(text) and s["unplaced_chars"] > 0
+    # with a tokenizer, the tokens of the text on the first two pages
+    s = pages.document.summary(pages.sizes[:2], pages=2)
+    assert s["text_tokens_chars"] == end and s["text_tokens"] == get_tokenizer().count(text[:end])
+    assert pages.document.summary(pages.sizes, tokenizer=None)["text_tokens_chars"] == len(text)
 
 
 def test_summary_of_a_page_the_models_refuse(tmp_path):

@@ -111,6 +111,26 @@ def test_cluster_slots_survive_the_disk_cache(deva_font, tmp_path, monkeypatch):
     assert b._clusters == a._clusters and b.cluster_slot(0, [(g, x, 0, 0) for g, x in zip(gids, advs)]) == slot
 
 
+def test_document_crosses_to_a_process_that_met_other_clusters(deva_font, tmp_path, monkeypatch):
+    """A pickled Document's cluster slots are found again by face and glyphs: a process (a DataLoader's main
+    process, say) whose atlas met other clusters first draws the same pixels."""
+    import pickle
+    from collections import OrderedDict
+
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path / "a"))
+    monkeypatch.setattr(FontAtlas, "_memory", OrderedDict())
+    doc = glyph_rt.Document(WORD, CFG)
+    want, sizes = doc.rasterize()
+    data = pickle.dumps(doc)
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path / "b"))
+    monkeypatch.setattr(FontAtlas, "_memory", OrderedDict())
+    first = glyph_rt.Document("ठीक है कृपया", CFG)
+    other = pickle.loads(data)
+    assert other.atlas is first.atlas and not np.array_equal(other.layout.g_slot, doc.layout.g_slot)
+    got, got_sizes = other.rasterize()
+    assert got_sizes == sizes and np.array_equal(got, want)
+
+
 SHAPED_ALPHABET = ("\u0915\u094d\u0937\u093f\u0930\u0947\u0902\u0901\u093c\u0964\u0967"  # Devanagari
                    "\u0b95\u0bca\u0bcd\u0bbe"  # Tamil
                    "\u0e19\u0e49\u0e33\u0e35\u0e48"  # Thai

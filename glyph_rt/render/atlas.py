@@ -229,7 +229,7 @@ class FontAtlas:
         y offset) in font units, drawn from the cluster's pen position. Its advance is the sum of the
         glyphs' advances; its bitmaps composite the glyphs at each sub-pixel phase. An empty cluster is
         a zero-width slot with no ink (characters merged into the cluster before them)."""
-        key = f"{face_idx}:" + ";".join(",".join(map(str, g)) for g in glyphs)
+        key = cluster_key(face_idx, glyphs)
         with self.lock:
             slot = self._clusters.get(key)
             if slot is not None:
@@ -387,6 +387,17 @@ class FontAtlas:
             return False
         # glyph identity is not cached: later glyphs get their own slots, which is correct
         return True
+
+
+def cluster_key(face_idx: int, glyphs) -> str:
+    """The key of a shaped cluster in an atlas (and its cache file): "face:gid,x_advance,x_offset,y_offset;..."."""
+    return f"{face_idx}:" + ";".join(",".join(map(str, g)) for g in glyphs)
+
+
+def cluster_glyphs(key: str) -> tuple[int, list[tuple[int, ...]]]:
+    """(face index, glyphs) of a cluster key: the arguments of `FontAtlas.cluster_slot` that made it."""
+    face, glyphs = key.split(":", 1)
+    return int(face), [tuple(map(int, g.split(","))) for g in glyphs.split(";")] if glyphs else []
 
 
 def _checksum(z: dict[str, np.ndarray]) -> bytes:

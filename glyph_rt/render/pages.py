@@ -60,7 +60,8 @@ class Document:
     def __getstate__(self) -> dict:
         """A Document crosses processes (from DataLoader workers, say) without its atlas: the other side finds
         the atlas again by its fonts and sizes, and the layout's atlas slots are mapped through the codepoints
-        they were drawn for (an atlas numbers its slots in the order it met the glyphs)."""
+        they were drawn for, or for a shaped cluster (HarfBuzz), through its face and glyphs (an atlas numbers
+        its slots in the order it met the glyphs)."""
         state = dict(self.__dict__)
         atlas = state.pop("atlas")
         state["_held_text"] = None  # a slice of the text: made again on demand
@@ -70,19 +71,24 @@ class Document:
             known = np.flatnonzero(lut >= 0)
             cp_of_slot = np.full(int(max(slots.max(initial=0), lut[known].max(initial=0))) + 1, -1, np.int64)
             cp_of_slot[lut[known]] = known  # one codepoint per slot (any, if glyphs share one)
+            wanted = set(slots.tolist())
+            clusters = {slot: key for key, slot in atlas._clusters.items() if slot in wanted}
         state["_atlas_key"] = (atlas.fonts, atlas.size_pt, atlas.dpi, atlas.h_scale, atlas.phases, atlas.key, slots,
-                               cp_of_slot[slots])
+                               cp_of_slot[slots], clusters)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        from .atlas import FontAtlas
+        from .atlas import FontAtlas, cluster_glyphs
 
-        fonts, size_pt, dpi, h_scale, phases, key, slots, cps = state.pop("_atlas_key")
+        fonts, size_pt, dpi, h_scale, phases, key, slots, cps, clusters = state.pop("_atlas_key")
         self.__dict__.update(state)
         self.atlas = FontAtlas.get(fonts, size_pt, dpi, h_scale, phases, key=key)
         with self.atlas.lock:
             self.atlas.ensure(cps[cps >= 0])
-            new = np.where(cps >= 0, self.atlas.lut[np.maximum(cps, 0)], slots)  # slots with no codepoint: kept
+            new = np.where(cps >= 0, self.atlas.lut[np.maximum(cps, 0)], slots)  # the others (boxes): kept
+            for k, slot in enumerate(slots.tolist()):
+                if slot in clusters:
+                    new[k] = self.atlas.cluster_slot(*cluster_glyphs(clusters[slot]))
         if len(slots) and not np.array_equal(new, slots):
             remap = np.zeros(int(slots.max()) + 1, np.int64)
             remap[slots] = new
@@ -251,10 +257,15 @@ class Document:
 
     def summary(self, sizes: list[tuple[int, int]], tokenizer: str | None = "default",
                 pages: int | None = None) -> dict:
-        """The summary of pages of these `sizes`. Text tokens count `held_text`; with `pages` (the first pages
-        of a run stopped early) the character counts and missing glyphs describe those pages only."""
+        """The summary of pages of these `sizes`. Text tokens count the text the pages hold (`held_text`, or with
+        `pages`, the first pages of a run stopped early, the text up to the last of them); with `pages` the
+        character counts and missing glyphs describe those pages only."""
         tok = get_tokenizer(None if tokenizer == "default" else tokenizer) if tokenizer else None
-        text_tokens = tok.count(self.held_text) if tok else None
+        end = self.held_end(pages)
+        if tok:
+            text_tokens = tok.count(self.held_text if end == self.held_end() else self.text[:end])
+        else:
+            text_tokens = None
         vis, errors = {}, {}
         for m in VISION_MODELS:
             vis[m], why = page_visual_tokens(sizes, m)
@@ -271,7 +282,7 @@ class Document:
             "visual_tokens_per_page": {m: v for m, v in vis.items()},
             "visual_tokens_error": errors,
             "text_tokens": text_tokens,
-            "text_tokens_chars": self.held_end(),  # the characters counted: those the pages hold
+            "text_tokens_chars": end,  # the characters counted: those the pages hold
             "tokenizer": tok.name if tok else None,
             "compression_ratio": {
                 m: (round(text_tokens / t, 3) if text_tokens and t else None) for m, t in total.items()

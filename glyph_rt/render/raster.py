@@ -183,10 +183,11 @@ def final_sizes(config: RenderConfig, right: np.ndarray, bottom: np.ndarray, pag
     for i in range(len(right)):
         w, h = W, H
         r, b = int(right[i]), int(bottom[i])
+        # Glyph crops to float bounds, which PIL's crop rounds (round(): half to even)
         if config.auto_crop_width and r > 0:
-            w = min(W, r + int(config.margin_x))
+            w = round(min(W, r + config.margin_x))
         if config.auto_crop_last_page and page0 + i == num_pages - 1 and b > 0:
-            h = min(H, b - 1 + int(config.margin_y))
+            h = round(min(H, b - 1 + config.margin_y))
         w = snap_size(w, r, config.snap, canvas[0])
         h = snap_size(h, b, config.snap, canvas[1])
         # a crop to a short line (or one line) keeps the page within the models' aspect limit: widened (taller)
