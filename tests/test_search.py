@@ -395,7 +395,7 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert "stopped (generations) after 2 generations, 16 configs evaluated" in out
 
 
-# ----------------------------------------------------------------- review fixes
+# ----------------------------------------------------------------- edge cases: reruns, styles files, presets, odd answers
 def test_legibility_references_ignore_the_newline_markup():
     import dataclasses
 
@@ -586,7 +586,7 @@ def test_settings_are_checked_up_front_and_the_best_says_if_it_is_feasible(tmp_p
     assert r.feasible is True
 
 
-# ----------------------------------------------------------------- review fixes: the critic, the lock, outputs
+# ----------------------------------------------------------------- critic resume, the --out lock, outputs checks
 class KilledAt(Counting):
     """Interrupted (as by a kill) when asked to score its `at`+1-th config."""
 

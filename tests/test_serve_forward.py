@@ -325,11 +325,25 @@ def test_a_cancelled_or_interrupted_request_leaves_nothing_in_flight(fake, monke
 
 
 def test_async_calls_from_one_event_loop_after_another(fake):
-    """asyncio.run(fwd.achat(...)) again and again: each event loop gets its own async clients."""
+    """asyncio.run(fwd.achat(...)) again and again: each call's client is closed with it, so a finished event loop
+    leaves no connection open."""
+    import gc
+    import os
+
     urls, _ = fake
     fwd = ForwardingBackend(urls("ok", "ok"), model="m", render_config=CFG)
     assert [asyncio.run(fwd.achat("doc", "q")) for _ in range(3)] == ["hello"] * 3
     assert sum(fwd.sent) == 3 and fwd._wait == [0.0, 0.0]
+
+    async def streamed():
+        return [t async for t in fwd.achat_stream("doc", "q")]
+
+    gc.collect()
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(10):
+        assert asyncio.run(fwd.achat("doc", "q")) == "hello" and "".join(asyncio.run(streamed()))
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2  # before: two descriptors more for each call
 
 
 def test_the_whole_response_and_the_page_cache_bounds(fake):

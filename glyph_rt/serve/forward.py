@@ -30,7 +30,6 @@ import hashlib
 import json
 import threading
 import time
-import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -62,8 +61,6 @@ class ForwardingBackend:
         self._client_args = {"api_key": api_key or "EMPTY", "timeout": timeout, "max_retries": 0}
         self._urls = urls
         self._sync = [openai.OpenAI(base_url=u, **self._client_args) for u in urls]
-        # an async client is bound to the event loop it first ran on: one set per loop, dropped with the loop
-        self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.in_flight = [0] * len(urls)
         self.sent = [0] * len(urls)
         self.backoff, self.max_backoff = backoff, max_backoff
@@ -162,16 +159,11 @@ class ForwardingBackend:
                 yield i
 
     def _aclient(self, i: int):
-        """Replica i's async client on the running event loop."""
+        """A new async client of replica i, for one call and closed with it: an async client is bound to the event
+        loop it runs on, and one kept for later calls would keep a finished loop's connections open."""
         import openai
 
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            clients = self._async.get(loop)
-            if clients is None:
-                clients = self._async[loop] = [openai.AsyncOpenAI(base_url=u, **self._client_args)
-                                               for u in self._urls]
-        return clients[i]
+        return openai.AsyncOpenAI(base_url=self._urls[i], **self._client_args)
 
     # ------------------------------------------------------------------ requests
     def _request(self, msgs: list[dict], sampling: dict) -> dict:
@@ -211,7 +203,8 @@ class ForwardingBackend:
         async for i in self._atries():
             outcome, after = None, None
             try:
-                reply = await self._aclient(i).chat.completions.create(**kw)
+                async with self._aclient(i) as client:
+                    reply = await client.chat.completions.create(**kw)
                 outcome = ANSWERED
                 return reply
             except Exception as e:
@@ -252,7 +245,8 @@ class ForwardingBackend:
         async for i in self._atries():
             outcome, after, started = None, None, False
             try:
-                async with await self._aclient(i).chat.completions.create(**kw, stream=True) as stream:
+                async with self._aclient(i) as client, await client.chat.completions.create(**kw, stream=True) \
+                        as stream:
                     async for ch in stream:
                         text = ch.choices[0].delta.content if ch.choices else None
                         if text:
@@ -269,7 +263,8 @@ class ForwardingBackend:
         raise last
 
 
-# an error event's type, for servers that name no status in it (glyph_rt's; vLLM's give it as the code)
+# an error event's type, for servers that name no status in it (glyph_rt's: protocol.ERROR_TYPES, not imported
+# here to keep this client free of the engine's imports; vLLM's events give the status as the code)
 EVENT_STATUS = {"internal_error": 500, "InternalServerError": 500, "service_unavailable": 503,
                 "rate_limit_error": 429, "timeout_error": 408}
 

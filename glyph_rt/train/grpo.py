@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .checkpoint import distributed
 from .model import base_model, gathered
 from .rewards import Judge, RewardSet
-from .trainer import Trainer, _all_reduce, forward
+from .trainer import Trainer, _all_reduce
 
 
 def _world() -> int:
@@ -328,7 +328,7 @@ def token_logps(model, batch: dict, temperature: float = 1.0, embeds: dict | Non
     elif len(distinct(groups)) < len(groups):
         pages = _pages_once(model, groups)
     with pages:
-        logits = forward(model, **fwd, use_cache=False, logits_to_keep=keep).logits.float() / temperature  # [resp, V]
+        logits = model(**fwd, use_cache=False, logits_to_keep=keep).logits.float() / temperature  # [resp tokens, V]
     picked = torch.gather(F.log_softmax(logits, -1), 1, ids[:, 1:][resp[:, 1:]][:, None]).squeeze(1)
     out = torch.zeros(ids.shape[0], ids.shape[1] - 1, dtype=picked.dtype, device=picked.device)
     out[resp[:, 1:]] = picked

@@ -125,14 +125,6 @@ def label_tokens(batch: dict) -> float:
     return int((batch["labels"][..., 1:] != IGNORE_INDEX).sum())
 
 
-def forward(model, **inputs):
-    """model(**inputs), without FSDP2's warning that its root module returned a view (the logits of
-    logits_to_keep): the training loops never write into a model's outputs in place, which is what it warns of."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-        return model(**inputs)
-
-
 def token_loss_sum(model, batch: dict, device: torch.device, by_task: torch.Tensor | None = None) -> torch.Tensor:
     """Summed cross-entropy of the next-token predictions on every label that is not IGNORE_INDEX (float32). Logits
     are made only where a label follows (logits_to_keep): at long context the full [tokens, vocab] logits would
@@ -142,7 +134,7 @@ def token_loss_sum(model, batch: dict, device: torch.device, by_task: torch.Tens
     labels = batch["labels"].to(device)
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[..., :-1] = labels[..., 1:] != IGNORE_INDEX
-    out = forward(model, **model_inputs(batch, device), logits_to_keep=keep)
+    out = model(**model_inputs(batch, device), logits_to_keep=keep)
     logits = out.logits.float()  # [label tokens, vocab], rows in order
     targets = labels[..., 1:][keep[..., :-1]]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="none")
@@ -188,6 +180,9 @@ class Trainer:
         self.fsdp = fsdp
         self.accum = per_rank(cfg, world)  # rl: prompts per rank
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
+        # FSDP2 warns that its root returned a view (the logits of logits_to_keep), of in-place ops on it, which
+        # these loops never do; set once (a filter set around each forward would make other warnings repeat)
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         # no-grad forwards (eval loss, rollouts) must not reuse what the patched modules derived from old weights
         self.optimizer.register_step_post_hook(lambda *_: forget_weight_caches(self.model))
         self.step = 0
