@@ -219,7 +219,7 @@ def _left_out(s: dict, key: str) -> str | None:
     return next((f"bench_serve: {n}" for n in s.get("notes", []) if n.startswith(key + ":")), None)
 
 
-def serve_load(d: dict) -> Figure | None:
+def serve_load(d: dict) -> Figure | str | None:
     """bench_serve: `glyph-rt serve` (the engine in its own process) under load over serial GlyphModel.generate."""
     s = d["summary"]
     if s.get("throughput_vs_serial") is None:  # not run, or left out: a side had failed requests (notes)
@@ -232,7 +232,7 @@ def serve_load(d: dict) -> Figure | None:
     return (s["throughput_vs_serial"], base, note) + ((f"{s['errors']} requests failed",) if s.get("errors") else ())
 
 
-def serve_followup(d: dict) -> Figure | None:
+def serve_followup(d: dict) -> Figure | str | None:
     """bench_serve: a follow-up question's TTFT on a cached document, as a fraction of the first question's."""
     row = {r["path"]: r for r in d["rows"]}.get("document_cache")
     if row is None or d["summary"].get("ttft_followup_fraction") is None:

@@ -407,6 +407,24 @@ def test_batched_sampling_draws_from_the_distribution_with_one_generator_per_req
     assert next_tokens([r], logits.clone()) == [1] and r.seen.tolist() == [0, 1]
 
 
+def test_engine_logprobs_are_the_models_under_a_repetition_penalty(gm, engine):
+    """Through the engine's sampling: the penalty picks the tokens, the logprobs stay the model's own."""
+    c, q = TEXT[3000:3500], "What is it about?"
+    done = engine.complete(prompt(gm, engine, c, q, cache=False),
+                           SamplingParams(max_tokens=6, repetition_penalty=1.5, logprobs=True, top_logprobs=2,
+                                          **GREEDY))
+    inputs, _, _ = gm.build_inputs([c], [q])
+    with torch.no_grad():
+        ref = gm.model.generate(**inputs, max_new_tokens=6, do_sample=False, repetition_penalty=1.5,
+                                output_logits=True, return_dict_in_generate=True)
+    want = ref.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    assert done.token_ids == want[:len(done.token_ids)] and len(done.logprobs) == len(done.token_ids)
+    for entry, tok, logits in zip(done.logprobs, done.token_ids, ref.logits):
+        lp = torch.log_softmax(logits[0].float(), -1)  # the raw logits, before generate's penalty
+        assert entry["logprob"] == pytest.approx(lp[tok].item(), abs=1e-4)
+        assert [t["logprob"] for t in entry["top_logprobs"]] == pytest.approx(lp.topk(2).values.tolist(), abs=1e-4)
+
+
 def test_logprobs_tokens_carry_their_own_bytes(gm):
     from glyph_rt.serve.logprobs import TokenText
 

@@ -132,7 +132,7 @@ def test_sft_refuses_an_ocr_weight_that_its_ocr_ratio_would_replace(tiny):
     assert load_config("sft", None, [f"model.path={tiny}", "data.loader.tasks={qa: 1}"]).data.ocr_ratio == 0.1
 
 
-@pytest.mark.parametrize("text", ["010", "2024_06", "12:30", "yes", "no", "on", "off", "true", "0x1F", "1e-1", "null"])
+@pytest.mark.parametrize("text", ["010", "2024_06", "12:30", "yes", "no", "on", "off", "true", "0x1F", "1e-1", "Null"])
 def test_string_overrides_are_kept_as_written(tiny, text):
     """A key that takes a string gets its override's text as written, not YAML 1.1's reading of it (010 -> 8,
     2024_06 -> 202406, 12:30 -> 750, yes -> on); quoted, it is unquoted."""
@@ -143,6 +143,12 @@ def test_string_overrides_are_kept_as_written(tiny, text):
             c.data.loader["corpus"], c.data.eval_loader["corpus"]] == [text] * len(keys)
     c = load_config("sft", None, [f"model.path={tiny}", f"grpo.judge_model='{text}'", "data.loader.corpus=[a, b]"])
     assert c.grpo.judge_model == text and c.data.loader["corpus"] == ["a", "b"]
+
+
+def test_a_null_corpus_override_is_the_bundled_corpus(tiny):
+    for text in ("null", "~"):
+        c = load_config("sft", None, [f"model.path={tiny}", "data.loader.corpus=[a]", f"data.loader.corpus={text}"])
+        assert c.data.loader["corpus"] is None
 
 
 def test_weights_in_scientific_notation_are_numbers(tiny, tmp_path):

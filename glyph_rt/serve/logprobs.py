@@ -19,7 +19,7 @@ def model_logprobs(rows, logits: torch.Tensor) -> tuple[list[int], torch.Tensor]
 
 def token_logprobs(raw, rows, tokens: list[int]) -> dict[int, tuple[float, list[tuple[int, float]]]]:
     """Row -> (its token's log-probability, [(token, log-probability)] of its top_logprobs most likely tokens),
-    from model_logprobs' `raw`; one host sync for the batch."""
+    from model_logprobs' `raw`, for the whole batch at once."""
     if raw is None:
         return {}
     want, lp = raw

@@ -222,6 +222,7 @@ def _read_yaml(path: Path) -> dict:
 
 # data.loader (data.eval_loader) keys that take text (corpus: or a [list] of paths)
 LOADER_STRINGS = {"corpus", "text_field", "render"}
+NULLABLE = {"corpus"}  # of those, null (or ~) means the default (the bundled corpus)
 # name -> weight mappings, whose numbers may be written as YAML 1.1 strings (1e-1)
 WEIGHTS = WHOLE | {("data", "eval_loader", "tasks")}
 
@@ -260,6 +261,8 @@ def parse_override(item: str) -> tuple[list[str], object]:
         raise TrainConfigError(f"override {item!r}: the key is empty")
     path = key.strip().split(".")
     if takes_string(path):
+        if path[-1] in NULLABLE and raw.strip() in ("null", "~"):
+            return path, None
         return path, _text(raw)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
