@@ -1,6 +1,7 @@
 """Benchmarks: one module per family, each turning data into glyph_rt.eval.Item lists with its metric."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -13,3 +14,11 @@ def read_text(path) -> str:
         line = data[:e.start].count(b"\n") + 1
         raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
                          "convert the file to UTF-8") from None
+
+
+def read_json(path):
+    """A UTF-8 JSON file's value: otherwise an error naming the file and line."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None

@@ -15,27 +15,22 @@ Glyph rendered (image_paths) are sent as they are.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
 from ...fileio import json_lines, text_lines
 from ..item import Item
-from . import longbench, mrcr, read_text, ruler
+from . import longbench, mrcr, read_json, read_text, ruler
 
 
 def _rows(path: Path) -> list[tuple[int, dict]]:
     """The rows of a file, each with its number from 1 (a JSONL file's line, else its place in the list)."""
-    text = read_text(path)
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+        data = read_json(path)
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of rows")
         return list(enumerate(data, 1))
-    return list(json_lines(text_lines(text), str(path)))
+    return list(json_lines(text_lines(read_text(path)), str(path)))
 
 
 def require(row: dict, where: str, what: str, fields: dict) -> None:

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..item import Item
-from . import read_text
+from . import read_json
 
 MAX_NEW_TOKENS = 256
 PROMPT = ("Answer the question based on the document pages shown in the images. If it cannot be answered from the "
@@ -84,10 +84,7 @@ def load(samples, documents, pages_dir, dpi: int = 144, limit: int | None = None
     sp = Path(samples)
     if not sp.is_file():
         raise FileNotFoundError(f"MMLongBench-Doc: samples file {str(sp)!r} does not exist")
-    try:
-        data = json.loads(read_text(sp))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{sp}:{e.lineno}: not JSON ({e.msg})") from None
+    data = read_json(sp)
     if not isinstance(data, list) or (data and not (isinstance(data[0], dict) and "doc_id" in data[0])):
         raise ValueError(f"{sp}: not MMLongBench-Doc's samples.json (a list of objects with doc_id)")
     data = data[:limit] if limit else data

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ...fileio import json_lines, text_lines
 from ..item import Item
-from . import read_text
+from . import read_json, read_text
 
 BINS = [(0, 8192), (8192, 16384), (16384, 32768), (32768, 65536), (65536, 131072), (131072, 262144),
         (262144, 524288), (524288, 1048576)]
@@ -105,10 +105,7 @@ def numbered_rows(path: Path) -> list[tuple[int, dict]]:
     if path.suffix == ".jsonl":
         return list(json_lines(text_lines(read_text(path)), str(path)))
     if path.suffix == ".json":
-        try:
-            data = json.loads(read_text(path))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+        data = read_json(path)
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of MRCR rows")
         return list(enumerate(data, 1))
