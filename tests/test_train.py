@@ -145,6 +145,12 @@ def test_string_overrides_are_kept_as_written(tiny, text):
     assert c.grpo.judge_model == text and c.data.loader["corpus"] == ["a", "b"]
 
 
+def test_rl_refuses_task_weights_it_would_ignore(tiny):
+    with pytest.raises(TrainConfigError, match=r"data.loader.tasks: rl draws its prompts from QA records"):
+        load_config("rl", None, [f"model.path={tiny}", "data.loader.tasks={qa: 1, ocr: 0.5}"])
+    assert load_config("rl", None, [f"model.path={tiny}"]).data.ocr_ratio == 0.1
+
+
 def test_a_null_corpus_override_is_the_bundled_corpus(tiny):
     for text in ("null", "~"):
         c = load_config("sft", None, [f"model.path={tiny}", "data.loader.corpus=[a]", f"data.loader.corpus={text}"])

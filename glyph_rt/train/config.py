@@ -412,6 +412,9 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
         except ValueError as e:
             raise TrainConfigError(f"data.render_config: {e}") from None
     if cfg.stage == "rl":
+        _check(not d.loader.get("tasks"), "data.loader.tasks",
+               "rl draws its prompts from QA records (and OCR at data.ocr_ratio), not by task weights; remove it "
+               "(it is for cpt and sft)")
         _check(m.lora.dropout == 0, "model.lora.dropout",
                f"{m.lora.dropout} must be 0 for rl: the importance ratio compares the policy with the one that "
                "sampled (without dropout), and dropout in the update would make it noise")
