@@ -5,7 +5,11 @@ picks where tests put the tensors they can take on either device: the `device` f
 `TEST_DEVICE` below. On the CPU the Triton kernels run in Triton's interpreter; on CUDA they are
 compiled, and the interpreter is switched off.
 """
+import contextlib
+import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -76,3 +80,36 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+@contextlib.contextmanager
+def http_endpoint(respond):
+    """A local HTTP server for clients of OpenAI's API, each request answered in its own thread: respond(body) (the
+    request's bytes) gives (status, response bytes, extra headers). Yields the base URL (http://127.0.0.1:N/v1)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            status, out, headers = respond(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            self.send_response(status)
+            for k, v in {"Content-Type": "application/json", **headers, "Content-Length": str(len(out))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def chat_completion(content: str, model: str = "m") -> bytes:
+    """A chat.completion response body answering `content`."""
+    return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": model,
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": content}}]}).encode()

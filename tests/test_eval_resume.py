@@ -4,14 +4,14 @@ inside a character, an unreadable page image, a critic that thinks out loud."""
 import contextlib
 import dataclasses
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from glyph_rt import RenderConfig
 from glyph_rt.eval import Item, Reply, Target, TargetError, evaluate, load_items, read_rows, report, save_items
+
+from conftest import chat_completion, http_endpoint
 
 CFG = RenderConfig(page_size=(200, 150))
 SEPARATORS = "\u2028 \u2029 \u0085 \x1c \x0b"  # str.splitlines splits at each; JSON keeps them raw
@@ -296,31 +296,13 @@ def endpoint(statuses=(), answer="x"):
     yields its URL and the statuses it sent."""
     sent = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            code = statuses[len(sent)] if len(sent) < len(statuses) else 200
-            sent.append(code)
-            body = json.dumps({"error": {"message": "try again"}} if code != 200 else {
-                "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": answer}}]}).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def respond(body):
+        code = statuses[len(sent)] if len(sent) < len(statuses) else 200
+        sent.append(code)
+        return code, (chat_completion(answer) if code == 200 else b'{"error": {"message": "try again"}}'), {}
 
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1", sent
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_endpoint(respond) as url:
+        yield url, sent
 
 
 @pytest.mark.parametrize("status", [408, 409])

@@ -3,7 +3,6 @@ import contextlib
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -11,6 +10,8 @@ import torch
 from glyph_rt.train.grpo import Group, dynamic_sample, group_advantages, grpo_token_loss, score_groups
 from glyph_rt.train.rewards import (Judge, RewardSet, cer, f1_score, format_reward, ocr_reward, split_thinking,
                                     verifiable_reward)
+
+from conftest import chat_completion, http_endpoint
 
 
 def test_loss_by_hand_clips_both_sides():
@@ -158,43 +159,23 @@ def judge_server(reply, latency: float = 0.0):
     requests in flight, the request bodies."""
     stats, lock = {"requests": 0, "in_flight": 0, "peak": 0, "bodies": []}, threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with lock:
-                stats["bodies"].append(body)
-                stats["requests"] += 1
-                stats["in_flight"] += 1
-                stats["peak"] = max(stats["peak"], stats["in_flight"])
-            time.sleep(latency)
-            with lock:
-                stats["in_flight"] -= 1
-                got = reply(body["messages"][0]["content"])
-            if isinstance(got, int):
-                self.send_response(got)
-                self.send_header("Retry-After-Ms", "10")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                              "choices": [{"index": 0, "finish_reason": "stop",
-                                           "message": {"role": "assistant", "content": got}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
+    def respond(raw):
+        body = json.loads(raw)
+        with lock:
+            stats["bodies"].append(body)
+            stats["requests"] += 1
+            stats["in_flight"] += 1
+            stats["peak"] = max(stats["peak"], stats["in_flight"])
+        time.sleep(latency)
+        with lock:
+            stats["in_flight"] -= 1
+            got = reply(body["messages"][0]["content"])
+        if isinstance(got, int):
+            return got, b"", {"Retry-After-Ms": "10"}
+        return 200, chat_completion(got, body["model"]), {}
 
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1", stats
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_endpoint(respond) as url:
+        yield url, stats
 
 
 def verdict_of(prompt: str) -> str:

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -511,35 +510,17 @@ def test_parse_answer_skips_thoughts_with_only_a_closing_tag():
 
 
 def test_a_cut_off_response_is_a_counted_critic_failure(tmp_path):
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
     from glyph_rt.search import CriticError
 
-    class Cut(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("content-length", 0)))
-            body = b'{"choices": ['  # a 200 whose JSON body was cut short
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    from conftest import http_endpoint
 
-        def log_message(self, *a):
-            pass
-
-    srv = HTTPServer(("127.0.0.1", 0), Cut)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    with http_endpoint(lambda body: (200, b'{"choices": [', {})) as url:  # a 200 whose JSON body was cut short
         critic = Critic(url, "m", timeout=5, max_retries=0)
         with pytest.raises(CriticError, match="unreadable response"):
             critic.ask([{"role": "user", "content": "hi"}])
         s = load_settings(None, ["generations=1", "critic.model=m", f"critic.base_url={url}"])
         r = run_search(s, Counting(), tmp_path, critic=critic, report=False)
         assert r.counts["critic.failed"] == 1 and r.evaluations == 16
-    finally:
-        srv.shutdown()
 
 
 def test_numpy_extras_are_stored_and_non_finite_scores_are_failures(tmp_path):
