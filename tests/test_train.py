@@ -145,6 +145,24 @@ def test_string_overrides_are_kept_as_written(tiny, text):
     assert c.grpo.judge_model == text and c.data.loader["corpus"] == ["a", "b"]
 
 
+@pytest.mark.parametrize("text", ["010", "2024_06", "12:30", "yes", "off", "0x1F", "1e-1", "2024-06-01"])
+def test_strings_in_config_files_and_mappings_are_kept_as_written(tiny, tmp_path, text):
+    """In a --config file, and in a mapping given whole as an override, a key that takes a string gets its text
+    as written too; other keys keep YAML's reading (numbers, booleans, null)."""
+    f = tmp_path / "sft.yaml"
+    f.write_text(f"out_dir: {text}\ngrpo:\n  judge_model: {text}\ndata:\n  loader:\n    corpus: {text}\n"
+                 "  ocr_ratio: 0.25\ntensorboard: off\nmodel:\n  path: null\n")
+    with pytest.raises(TrainConfigError, match="^model.path: expected a string, got None"):
+        load_config("sft", f)  # null is no text: named, not read as 'null'
+    c = load_config("sft", f, [f"model.path={tiny}"])
+    assert [c.out_dir, c.grpo.judge_model, c.data.loader["corpus"]] == [text] * 3
+    assert c.data.ocr_ratio == 0.25 and c.tensorboard is False
+    c = load_config("sft", None, [f"model.path={tiny}", f"data.loader={{corpus: {text}, text_field: {text}}}",
+                                  f"grpo={{judge_model: {text}, group_size: 4}}"])
+    assert c.data.loader["corpus"] == c.data.loader["text_field"] == c.grpo.judge_model == text
+    assert c.grpo.group_size == 4
+
+
 def test_rl_refuses_task_weights_it_would_ignore(tiny):
     with pytest.raises(TrainConfigError, match=r"data.loader.tasks: rl draws its prompts from QA records"):
         load_config("rl", None, [f"model.path={tiny}", "data.loader.tasks={qa: 1, ocr: 0.5}"])

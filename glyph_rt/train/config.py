@@ -208,7 +208,7 @@ def _merge(base: dict, over: dict, at: tuple = ()) -> dict:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TrainConfigError(f"config file {path} does not exist") from None
     except (UnicodeDecodeError, yaml.YAMLError) as e:
@@ -239,6 +239,37 @@ def takes_string(path: list[str]) -> bool:
     return _hints(cls).get(path[-1]) is str
 
 
+# the tags YAML 1.1 gives plain scalars that a string key should keep as written: 010 would be 8, 2024_06 202406,
+# 12:30 750, yes true and 2024-06-01 a date
+_RESOLVED = {"tag:yaml.org,2002:" + t for t in ("int", "float", "bool", "timestamp")}
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: list[str]):
+    """node as Python data, where a plain scalar under a key that takes a string keeps its text."""
+    if isinstance(node, yaml.ScalarNode):
+        if node.style is None and node.tag in _RESOLVED and path and takes_string(path):
+            return node.value
+        return loader.construct_object(node, deep=True)
+    if isinstance(node, yaml.MappingNode) and not any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value):
+        out = {}
+        for k, v in node.value:
+            key = loader.construct_object(k, deep=True)
+            out[key] = _construct(loader, v, path + [str(key)])
+        return out
+    return loader.construct_object(node, deep=True)
+
+
+def _load_yaml(text: str, path: list[str] = ()):
+    """YAML text as Python data, as yaml.safe_load reads it, except that the strings of keys that take one (found
+    below `path`, the dotted key of the whole text) are kept as written."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        return None if node is None else _construct(loader, node, list(path))
+    finally:
+        loader.dispose()
+
+
 def _text(raw: str):
     """A string key's override as written (YAML 1.1 would read 010 as 8, 2024_06 as 202406, 12:30 as 750 and yes
     as true); quoted, or a [list] or {mapping}, it is read as YAML."""
@@ -265,7 +296,7 @@ def parse_override(item: str) -> tuple[list[str], object]:
             return path, None
         return path, _text(raw)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw, path) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return path, value
