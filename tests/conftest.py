@@ -113,3 +113,11 @@ def chat_completion(content: str, model: str = "m") -> bytes:
     return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": model,
                        "choices": [{"index": 0, "finish_reason": "stop",
                                     "message": {"role": "assistant", "content": content}}]}).encode()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny random-weight GLM-4.1V checkpoint directory, one per test module."""
+    from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+
+    return tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))

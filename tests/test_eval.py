@@ -14,13 +14,6 @@ CFG = RenderConfig(page_size=(200, 150))
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from glyph_rt.models.tiny import tiny_glm4v_checkpoint
-
-    return tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))
-
-
-@pytest.fixture(scope="module")
 def local(ckpt):
     return make_target(str(ckpt), device="cpu")
 

@@ -29,11 +29,6 @@ KEY = "test-key"
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))
-
-
-@pytest.fixture(scope="module")
 def gm(ckpt):
     return GlyphModel.from_pretrained(ckpt, render_config=CFG, **EXACT)
 

@@ -9,17 +9,11 @@ import httpx
 import pytest
 
 from glyph_rt import RenderConfig
-from glyph_rt.models.tiny import tiny_glm4v_checkpoint
 from glyph_rt.serve.app import ServerThread, build_app
 from glyph_rt.serve.engine_process import EngineProcess
 from glyph_rt.serve.service import ServeConfig
 
 CFG = RenderConfig(page_size=(120, 90))
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))
 
 
 def config(model) -> ServeConfig:

@@ -17,7 +17,6 @@ from PIL import Image, ImageDraw
 from glyph_rt.render import gpu
 from glyph_rt import RenderConfig
 from glyph_rt.models import GlyphModel
-from glyph_rt.models.tiny import tiny_glm4v_checkpoint
 from glyph_rt.render.textio import sample_text
 from glyph_rt.serve.inputs import InputOptions, RequestError, _decode_image, _open_below, build_prompt
 
@@ -25,11 +24,6 @@ from conftest import EXACT
 
 CFG = RenderConfig(page_size=(120, 90))
 TEXT = sample_text()
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))
 
 
 @pytest.fixture(scope="module")
