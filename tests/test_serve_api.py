@@ -187,7 +187,7 @@ def test_bad_requests_get_the_right_status_and_the_server_stays_up(server, clien
          "--max-body-mb"),
         (json.dumps({**ok, "seed": 2**70}).encode(), auth, 400, "seed"),
         (json.dumps({**ok, "n": 2}).encode(), auth, 400, "only n=1"),
-        (json.dumps({**ok, "presence_penalty": 0.5}).encode(), auth, 400, "presence_penalty: not supported"),
+        (json.dumps({**ok, "presence_penalty": 2.5}).encode(), auth, 400, "presence_penalty: Input should be less"),
         (json.dumps({**ok, "top_logprobs": 2}).encode(), auth, 400, "top_logprobs: needs logprobs: true"),
         (json.dumps({**ok, "stream_options": {"include_usage": True}}).encode(), auth, 400,
          "stream_options: only with stream: true"),

@@ -425,6 +425,50 @@ def test_engine_logprobs_are_the_models_under_a_repetition_penalty(gm, engine):
         assert [t["logprob"] for t in entry["top_logprobs"]] == pytest.approx(lp.topk(2).values.tolist(), abs=1e-4)
 
 
+def test_presence_and_frequency_penalties_are_openais(gm, engine):
+    """Greedy with presence and frequency penalties equals HF generate under a logits processor that subtracts
+    them from the logits of the tokens already generated (the prompt's do not count), after the repetition
+    penalty; the batched sampler applies them per row."""
+    from transformers import LogitsProcessorList
+
+    from glyph_rt.serve.engine import next_tokens
+
+    c, q = TEXT[3000:3500], "What is it about?"
+    inputs, _, _ = gm.build_inputs([c], [q])
+    n = inputs["input_ids"].shape[1]
+
+    def openai_penalties(presence, frequency):
+        def apply(ids, scores):
+            counts = torch.zeros_like(scores[0]).index_add_(0, ids[0, n:], torch.ones(ids.shape[1] - n))
+            return scores - (frequency * counts + presence * (counts > 0))[None]
+        return apply
+
+    plain = None
+    for pres, freq, rep in [(0.0, 1.5, 1.0), (1.5, 0.0, 1.0), (0.7, 0.9, 1.3), (-1.0, 0.0, 1.0)]:
+        done = engine.complete(prompt(gm, engine, c, q, cache=False),
+                               SamplingParams(max_tokens=10, presence_penalty=pres, frequency_penalty=freq,
+                                              repetition_penalty=rep, **GREEDY))
+        with torch.no_grad():
+            ref = gm.model.generate(**inputs, max_new_tokens=10, do_sample=False, repetition_penalty=rep,
+                                    logits_processor=LogitsProcessorList([openai_penalties(pres, freq)]))
+        want = ref[0, n:].tolist()
+        assert done.token_ids == want[:len(done.token_ids)], (pres, freq, rep)
+        plain = plain or engine.complete(prompt(gm, engine, c, q, cache=False),
+                                         SamplingParams(max_tokens=10, **GREEDY)).token_ids
+        if freq > 0 and rep == 1.0:
+            assert done.token_ids != plain  # the tiny model repeats itself; the penalty changes that
+    # per row: counts of the row's own output, and the sampled token joins them
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()[None].repeat(2, 1)
+    rows = [sampled_row(temperature=0, frequency_penalty=0.4), sampled_row(temperature=0, presence_penalty=0.4)]
+    for r in rows:
+        r.counts = torch.tensor([2.0, 0, 0, 0])
+    assert next_tokens(rows, logits.clone()) == [1, 0]  # 0.5 -> log 0.5 - 0.8 < log 0.3; - 0.4 > log 0.3
+    assert rows[0].counts.tolist() == [2, 1, 0, 0] and rows[1].counts.tolist() == [3, 0, 0, 0]
+    for bad in (dict(presence_penalty=2.5), dict(frequency_penalty=-3)):
+        with pytest.raises(RequestError, match=f"{next(iter(bad))}: .* must be between -2 and 2"):
+            SamplingParams(**bad).validate()
+
+
 def test_logprobs_tokens_carry_their_own_bytes(gm):
     from glyph_rt.serve.logprobs import TokenText
 

@@ -65,6 +65,8 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0  # OpenAI's: subtracted from the logit of each token already in the output
+    frequency_penalty: float = 0.0  # and times the number of times it is there
     ignore_eos: bool = False
     logprobs: bool = False  # each output token's log-probability (the model's, before penalty and temperature)
     top_logprobs: int = 0  # and the most likely tokens' at each position (up to MAX_TOP_LOGPROBS)
@@ -84,6 +86,9 @@ class SamplingParams:
             bad("seed", "must be an integer in [-2^63, 2^64)")
         if not 0 < self.repetition_penalty <= 2:
             bad("repetition_penalty", "must be in (0, 2]")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                bad(name, "must be between -2 and 2")
         if isinstance(self.top_logprobs, bool) or not isinstance(self.top_logprobs, int) \
                 or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             bad("top_logprobs", f"must be an integer in [0, {MAX_TOP_LOGPROBS}]")
@@ -119,6 +124,7 @@ class Request:
     kv: list | None = field(default=None, repr=False)  # own cache after prefill, until it joins the batch
     pf: dict | None = field(default=None, repr=False)  # prefill progress
     seen: torch.Tensor | None = field(default=None, repr=False)
+    counts: torch.Tensor | None = field(default=None, repr=False)  # output tokens' counts [vocab], for penalties
     generator: torch.Generator | None = field(default=None, repr=False)
     first_token_t: float | None = None
     last_token_t: float | None = None
@@ -184,14 +190,17 @@ GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (as vLLM's): logi
 
 def next_tokens(rows: list[Request], logits: torch.Tensor) -> list[int]:
     """Each row's next token from its logits [rows, vocab] (float32), on the logits' device with one host sync
-    for the whole batch: repetition penalty, then greedy, or temperature and top-p sampled by the exponential
-    race (argmax of p / Exp(1) noise), the noise drawn from the request's own generator (a seed gives the same
-    tokens whichever requests share the batch)."""
+    for the whole batch: repetition penalty (over prompt and output), presence and frequency penalties (over the
+    output, as OpenAI's), then greedy, or temperature and top-p sampled by the exponential race (argmax of
+    p / Exp(1) noise), the noise drawn from the request's own generator (a seed gives the same tokens whichever
+    requests share the batch)."""
     for b, r in enumerate(rows):
         pen = r.params.repetition_penalty
         if pen != 1.0:
             s = logits[b, r.seen]
             logits[b, r.seen] = torch.where(s < 0, s * pen, s / pen)
+        if r.counts is not None:
+            logits[b] -= r.params.frequency_penalty * r.counts + r.params.presence_penalty * (r.counts > 0)
     tokens = logits.argmax(-1)
     hot = [b for b, r in enumerate(rows) if r.params.temperature >= GREEDY_BELOW]
     if hot:
@@ -212,6 +221,8 @@ def next_tokens(rows: list[Request], logits: torch.Tensor) -> list[int]:
     for b, r in enumerate(rows):
         if r.params.repetition_penalty != 1.0:
             r.seen = torch.cat([r.seen, tokens[b:b + 1]])
+        if r.counts is not None:
+            r.counts.index_add_(0, tokens[b:b + 1], r.counts.new_ones(1))
     return tokens.tolist()
 
 
@@ -658,6 +669,8 @@ class Engine:
         if r.params.repetition_penalty != 1.0:
             V = logits.shape[-1]
             r.seen = torch.tensor(sorted(t for t in set(p.input_ids) if 0 <= t < V), device=logits.device)
+        if r.params.presence_penalty or r.params.frequency_penalty:
+            r.counts = torch.zeros(logits.shape[-1], device=logits.device)
         if r.params.temperature >= GREEDY_BELOW:
             seed = r.params.seed if r.params.seed is not None else int.from_bytes(uuid.uuid4().bytes[:6], "little")
             r.generator = torch.Generator(logits.device).manual_seed(seed)

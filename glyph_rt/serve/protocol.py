@@ -51,8 +51,8 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
-    presence_penalty: float | None = Field(default=None, ge=0, le=0)
-    frequency_penalty: float | None = Field(default=None, ge=0, le=0)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
@@ -76,6 +76,7 @@ class ChatCompletionRequest(BaseModel):
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p, stop=stop, seed=self.seed,
             repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
             ignore_eos=self.ignore_eos, logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0).validate()
 
 
@@ -91,8 +92,6 @@ def parse_request(body: dict) -> ChatCompletionRequest:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it"
-        elif loc in ("presence_penalty", "frequency_penalty"):
-            msg = "not supported (only 0); use repetition_penalty"
         elif loc == "n":
             msg = "only n=1 is supported"
         raise RequestError(f"{loc}: {msg}", loc) from None
