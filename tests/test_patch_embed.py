@@ -292,6 +292,31 @@ def test_cuda_gemm_compiles_for_a100_and_h100_without_warnings_or_spills(tmp_pat
         assert counts == ("0", "0"), f"{name} {arch} spills: {counts}"
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_cuda_gemm_builds_for_an_architecture_without_bf16_tensor_cores(tmp_path):
+    """sm_75 in the build list (TORCH_CUDA_ARCH_LIST "7.5;8.0;...") must not fail the build, which would drop every
+    CUDA kernel, the rasterizer's too: there the GEMM compiles to a trap, and the launchers refuse such a GPU."""
+    src = Path(__file__).resolve().parent.parent / "csrc" / "vision" / "patch_embed.cu"
+    r = subprocess.run(["nvcc", "-std=c++17", "-c", str(src), "-o", str(tmp_path / "gemm.o"), "-Xptxas", "-v",
+                        "-Werror", "all-warnings", "-gencode", "arch=compute_75,code=sm_75"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(re.findall(r"Compiling entry function '\S*gemm_", r.stderr)) == 8
+
+
+def test_cuda_backend_refuses_a_gpu_without_bf16_tensor_cores(monkeypatch):
+    from glyph_rt import _ext
+    from glyph_rt.ops.patch_embed import resolve_backend
+
+    monkeypatch.setattr(_ext, "backends", lambda: {"cuda": {"available": True, "why": None}})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla T4")
+    with pytest.raises(RuntimeError, match=r"compute capability 8.0 or newer\); Tesla T4 is 7.5: use backend"):
+        resolve_backend("cuda", torch.device("cuda"), torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    assert resolve_backend("cuda", torch.device("cuda"), torch.bfloat16) == "cuda"
+
+
 def test_benchmark_quick_mode_runs_and_reports_both_baselines(tmp_path):
     import json
 

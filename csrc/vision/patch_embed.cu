@@ -23,7 +23,16 @@ namespace {
 using namespace nvcuda;
 using bf16 = __nv_bfloat16;
 
-constexpr int BM = 128, BN = 128, BK = 32, PAD = 8, THREADS = 256;
+constexpr int BM = 128, BN = 128, THREADS = 256;
+
+// bf16 WMMA fragments and cp.async need sm_80: for an older architecture in the build list the kernels
+// compile to a trap (the launcher refuses such a GPU first), so that the rest of the extension still builds
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define GLYPH_RT_NO_BF16_MMA 1
+#endif
+
+#ifndef GLYPH_RT_NO_BF16_MMA
+constexpr int BK = 32, PAD = 8;
 constexpr int WM = 64, WN = 32;  // one warp's tile: 4 x 2 fragments
 
 template <typename T>
@@ -218,6 +227,12 @@ __global__ void __launch_bounds__(THREADS, 1) gemm_any(GemmArgs g) {
   }
   epilogue<TC>(g, acc, stage[warp], m0, n0, wm, wn, lane);
 }
+#else
+template <typename TA, typename TC>
+__global__ void __launch_bounds__(THREADS, 1) gemm_tiled(GemmArgs) { __trap(); }
+template <typename TA, typename TC>
+__global__ void __launch_bounds__(THREADS, 1) gemm_any(GemmArgs) { __trap(); }
+#endif
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
@@ -247,6 +262,10 @@ void launch(const GemmArgs& g, cudaStream_t s) {
 
 void gemm_cuda(const GemmArgs& g, void* stream) {
   if (g.M <= 0 || g.N <= 0) return;
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) == cudaSuccess &&
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major < 8)
+    throw std::runtime_error("gemm_cuda: needs a GPU of compute capability 8.0 or newer (bf16 tensor cores)");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (g.a_type == 0) launch<uint8_t>(g, s);
   else if (g.a_type == 2) launch<bf16>(g, s);

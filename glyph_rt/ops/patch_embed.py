@@ -57,6 +57,11 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
         if dtype != torch.bfloat16:
             raise ValueError(f"patch_embed backend 'cuda' runs bfloat16 weights on tensor cores, got {dtype}; "
                              "use backend 'triton' or 'torch'")
+        if torch.cuda.get_device_capability(device) < (8, 0):
+            raise RuntimeError(f"patch_embed backend 'cuda' needs bfloat16 tensor cores (compute capability 8.0 or "
+                               f"newer); {torch.cuda.get_device_name(device)} is "
+                               f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}: use backend "
+                               "'triton' or 'torch'")
     return backend
 
 
