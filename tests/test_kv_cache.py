@@ -102,3 +102,33 @@ def test_beam_search_reorders_in_the_buffer():
         want = model.generate(**kwargs, **beams)
     assert torch.equal(got, want)
     assert len(made) == len(set(map(id, made))) == model.config.text_config.num_hidden_layers
+
+
+def test_forwards_under_autograd_backpropagate_as_with_dynamic_cache():
+    """A cache filled by two forwards with grad enabled (a prefix, then its continuation): the same outputs and
+    gradients as DynamicCache (writing the second forward's keys into the first's buffer in place would break the
+    first forward's backward); afterwards, without grad, the layer writes in place again."""
+    from glyph_rt.models.kv_cache import GrowingLayer
+
+    model = tiny_glm4v("sdpa")
+    lm = model.model.language_model
+    ids = torch.randint(0, 900, (2, 12), generator=torch.Generator().manual_seed(5))
+    kw = cache_kwarg(lm)
+    results = []
+    for cache in (DynamicCache(), GlyphCache(reserve=8)):
+        model.zero_grad()
+        a = lm(input_ids=ids[:, :8], **{kw: cache}, use_cache=True).last_hidden_state
+        b = lm(input_ids=ids[:, 8:11], **{kw: cache}, use_cache=True).last_hidden_state
+        (a.square().sum() + b.square().sum()).backward()
+        grads = {n: p.grad.clone() for n, p in lm.named_parameters() if p.grad is not None}
+        with torch.no_grad():
+            c = lm(input_ids=ids[:, 11:], **{kw: cache}, use_cache=True).last_hidden_state
+        results.append((a.detach(), b.detach(), c, grads, cache))
+    (a0, b0, c0, g0, _), (a1, b1, c1, g1, ours) = results
+    assert torch.equal(a0, a1) and torch.equal(b0, b1) and torch.equal(c0, c1)
+    assert g0.keys() == g1.keys() and g0
+    for n in g0:
+        assert torch.equal(g0[n], g1[n]), n
+    layer = ours.layers[0]
+    assert isinstance(layer, GrowingLayer) and layer.keys.data_ptr() == layer._k.data_ptr()  # in place again
+    assert not layer.keys.requires_grad and ours.get_seq_length() == 12

@@ -35,7 +35,9 @@ class GrowingLayer(DynamicLayer):
     """A DynamicLayer whose keys and values are views of a larger buffer. The first update allocates
     its length plus `reserve` tokens; past the end the buffer grows by a quarter (at least 256 tokens).
     Beam reordering happens inside the buffer; other operations that replace the tensors (batch repeats,
-    offloading) are followed by a copy into a new buffer at the next update."""
+    offloading) are followed by a copy into a new buffer at the next update. With grad enabled and states
+    that require grad (a cache filled by forwards under autograd), the layer concatenates as DynamicLayer does,
+    so that backward goes through every forward."""
 
     def __init__(self, reserve: int = 0):
         super().__init__()
@@ -53,6 +55,12 @@ class GrowingLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        if torch.is_grad_enabled() and (key_states.requires_grad or value_states.requires_grad or
+                                        self.keys.requires_grad or self.values.requires_grad):
+            # under autograd the attention of an earlier forward saved views of the buffer, which writing in place
+            # would change before its backward: concatenated as DynamicLayer does (the same values)
+            self._k = self._v = None
+            return super().update(key_states, value_states, *args, **kwargs)
         n = self.get_seq_length()
         end = n + key_states.shape[-2]
         if not self._has_room(n, end, key_states):
