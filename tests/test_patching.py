@@ -211,3 +211,63 @@ def test_models_pinned_to_different_attention_backends_keep_theirs():
     assert AttentionInterface._global_mapping["glyph_reference"].keywords["backend"] == "reference"
     assert a.model.language_model.config._attn_implementation == "glyph_reference"
     pa.undo()
+
+
+def attn_implementations(model) -> tuple:
+    c = model.config
+    return c._attn_implementation, c.text_config._attn_implementation, c.vision_config._attn_implementation
+
+
+def test_each_config_keeps_or_gets_back_its_own_attn_implementation():
+    """transformers' _attn_implementation setter sets every sub-config too: patching sets the model's and the
+    language model's configs only, the vision config keeps its own, and undo() restores each config's value."""
+    model = tiny_glm4v("sdpa")
+    model.config.vision_config._attn_implementation = "eager"
+    model.config.text_config._attn_implementation = "eager"
+    before = attn_implementations(model)
+    assert before == ("sdpa", "eager", "eager")
+    patch = apply_glyph_kernels(model, patch_embed_backend="torch", attention_backend="sdpa")
+    assert attn_implementations(model) == ("glyph_sdpa", "glyph_sdpa", "eager")
+    patch.undo()
+    assert attn_implementations(model) == before
+
+
+@pytest.mark.parametrize("order", ["oldest first", "newest first"])
+@pytest.mark.parametrize("second", [dict(attention_backend="sdpa"), {}])  # other backends, or the same again
+def test_patches_undo_in_any_order(order, second):
+    """Two patches of one model: undoing one leaves the other's changes; undoing both gives back the model as
+    built, whichever goes first."""
+    ref, model = tiny_glm4v("sdpa"), tiny_glm4v("sdpa")
+    first = apply_glyph_kernels(model, patch_embed_backend="torch")
+    later = apply_glyph_kernels(model, patch_embed_backend="torch", **second)
+    patched = (classes(model), attn_implementations(model))
+    assert patched[1][:2] == (later.attn_implementation,) * 2
+    a, b = (first, later) if order == "oldest first" else (later, first)
+    a.undo()
+    if a is first:  # the later patch's changes stand
+        assert (classes(model), attn_implementations(model)) == patched
+    else:
+        assert attn_implementations(model)[:2] == (first.attn_implementation,) * 2
+        assert any(isinstance(m, GlyphPatchEmbed) for m in model.modules())
+    b.undo()
+    assert classes(model) == classes(ref) and attn_implementations(model) == attn_implementations(ref)
+
+
+def test_class_patches_undo_in_any_order():
+    import importlib
+
+    from glyph_rt.models.patching import MODELS
+
+    mod = importlib.import_module(MODELS["glm4v"].module)
+    original = mod.Glm4vVisionPatchEmbed
+    first = apply_glyph_kernels(model_type="glm4v", patch_embed_backend="torch")
+    later = apply_glyph_kernels(model_type="glm4v", patch_embed_backend="torch", attention_backend="sdpa")
+    try:
+        first.undo()
+        assert issubclass(mod.Glm4vVisionPatchEmbed, GlyphPatchEmbed)
+        later.undo()
+        assert mod.Glm4vVisionPatchEmbed is original
+    finally:
+        mod.Glm4vVisionPatchEmbed = original  # whatever happened, later tests build stock models
+        for name in ("Glm4vVisionAttention", "Glm4vVisionEmbeddings"):
+            setattr(mod, name, getattr(getattr(mod, name), "_glyph_base", getattr(mod, name)))

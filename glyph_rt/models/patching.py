@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -150,9 +151,23 @@ def glyph_subclass(base: type, mixin: type, backend: str) -> type:
     return _SUBCLASSES[key]
 
 
+class _Changes:
+    """The values patches gave one attribute of one object, oldest first: [value, the value under it] (no reference to
+    the object or the patch, so that a model nobody undoes is still freed)."""
+
+    def __init__(self, obj, key):
+        self.layers: list[list] = []
+        self.finalizer = weakref.finalize(obj, _CHANGES.pop, key, None)  # the entry goes with its object
+
+
+_CHANGES: dict[tuple[int, str], _Changes] = {}  # (id(object), attribute) -> the patches' changes to it
+
+
 @dataclass
 class Patch:
-    """The changes apply_glyph_kernels made, undone in reverse order."""
+    """The changes apply_glyph_kernels made. undo() takes them back, and patches of the same model (or modeling
+    module) may be undone in any order: an attribute a later patch changed too keeps the later patch's value until
+    that one is undone, and the last undo restores the value before the first patch."""
 
     model_type: str
     replaced: int = 0  # module instances (or classes) switched
@@ -162,11 +177,27 @@ class Patch:
     def setattr(self, obj, name: str, value) -> None:
         old = getattr(obj, name)
         setattr(obj, name, value)
-        self._undo.append(lambda: setattr(obj, name, old))
+        key = (id(obj), name)
+        changes = _CHANGES.get(key)
+        if changes is None:
+            changes = _CHANGES[key] = _Changes(obj, key)
+        layer = [value, old]
+        changes.layers.append(layer)
+        self._undo.append((obj, name, key, layer))
 
     def undo(self) -> None:
         while self._undo:
-            self._undo.pop()()
+            obj, name, key, layer = self._undo.pop()
+            changes = _CHANGES[key]
+            at = next(i for i, x in enumerate(changes.layers) if x is layer)
+            if at == len(changes.layers) - 1:  # the latest change: the value under it comes back
+                setattr(obj, name, layer[1])
+            else:  # a later patch's value stays; undoing that one restores what this one found
+                changes.layers[at + 1][1] = layer[1]
+            del changes.layers[at]
+            if not changes.layers:
+                changes.finalizer.detach()
+                del _CHANGES[key]
         self.replaced = 0
 
 
@@ -216,12 +247,22 @@ def apply_glyph_kernels(model: torch.nn.Module | None = None, model_type: str | 
                 patch.replaced += 1
     if model is not None and attention:
         for cfg in _language_configs(model):
-            patch.setattr(cfg, "_attn_implementation", name)
+            patch.setattr(cfg, _attn_attribute(cfg), name)
     return patch
 
 
+def _attn_attribute(cfg) -> str:
+    """The attribute holding a config's own attn_implementation: transformers' `_attn_implementation` setter also
+    sets it on every sub-config (the vision tower's too), so the value is set where the setter keeps it."""
+    if isinstance(getattr(type(cfg), "_attn_implementation", None), property) and \
+            "_attn_implementation_internal" in vars(cfg):
+        return "_attn_implementation_internal"
+    return "_attn_implementation"
+
+
 def _language_configs(model) -> list:
-    """The configs of the model and its language model (the vision tower's attention is patched itself)."""
+    """The configs of the model and its language model (the vision tower's attention is patched itself, and its
+    config keeps its own attn_implementation)."""
     found = {}
     for m in model.modules():
         cfg = getattr(m, "config", None)
