@@ -395,3 +395,35 @@ def test_check_processor_refuses_a_processor_that_skips_a_step_glyph_rt_takes(tm
         p.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=f"preprocessor_config.json: .*{message}"):
             check_processor(p)
+
+
+def test_a_questions_special_token_text_is_plain_text_as_in_training(models):
+    """GlyphModel's prompt is the training sample's before its answer (the tasks escape the question): an added
+    token's text in a question is plain text, not the end-of-text or turn token."""
+    on, _ = models
+    question = "What do <|endoftext|> and <|user|> mean?"
+    inputs, rendered, _ = on.build_inputs(CONTEXTS[:1] * 2, [QUESTIONS[0], question])
+    vt = [int(x) for x in (rendered.image_grid_thw.prod(-1) // 4).tolist()]
+    n = rendered.images_per_text[1]
+    enc = on.prompts.encode(on.prompts.messages(n, on.prompts.escape(question), answer="x"), vt[n:])
+    first = enc.labels.index(next(x for x in enc.labels if x != -100))
+    row = inputs["input_ids"][1][inputs["attention_mask"][1].bool()].tolist()
+    assert row == enc.input_ids[:first]
+    eos, user = on.tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|user|>"])
+    plain = inputs["input_ids"][0][inputs["attention_mask"][0].bool()].tolist()
+    assert row.count(eos) == plain.count(eos) == 0 and row.count(user) == plain.count(user)
+    assert on.generate(CONTEXTS[0], question, max_new_tokens=2)[0].prompt_tokens == len(row)
+    with pytest.raises(ValueError, match=r"questions\[1\]: the text holds U\+10F000"):
+        on.generate(CONTEXTS, ["fine", "\U0010f000"], max_new_tokens=2)
+
+
+def test_a_lone_surrogate_in_a_context_or_question_is_read_as_a_question_mark(models):
+    """"\\ud800" (legal JSON, not UTF-8): a context holding it is drawn (a box) and counted as '?', a question
+    reads it as '?'; no answer of the batch is lost."""
+    on, _ = models
+    odd, same = ["The fox \ud800 jumps.", CONTEXTS[0]], ["The fox ? jumps.", CONTEXTS[0]]
+    a = on.generate(odd, ["What?", "Who\udfff is it?"], max_new_tokens=3)
+    b = on.generate(same, ["What?", "Who? is it?"], max_new_tokens=3)
+    assert [x.text_tokens for x in a] == [x.text_tokens for x in b]
+    assert a[0].text_tokens == len(on.tokenizer("The fox ? jumps.", add_special_tokens=False)["input_ids"])
+    assert a[1].token_ids == b[1].token_ids and a[1].prompt_tokens == b[1].prompt_tokens

@@ -111,3 +111,33 @@ def test_fast_ids_equal_the_tokenizers_and_survive_pickling(builder):
     assert slow.encode(msgs, [4, 8]) == fast
     again = pickle.loads(pickle.dumps(builder))  # as DataLoader workers receive it
     assert again.encode(msgs, [4, 8]) == fast
+
+
+def test_a_questions_added_token_text_is_plain_text_as_in_training(builder):
+    """A question holding an added token's text ("<|endoftext|>", a turn marker): the inference prompt's ids are
+    those of the training sample before its answer (tasks escape the question), the text plain, not the token."""
+    marker = "<|user|>" if "<|user|>" in builder._added else "<|im_start|>"
+    question = f"What does <|endoftext|> mean, and {marker}?"
+    controls = builder.tokenizer.convert_tokens_to_ids(["<|endoftext|>", marker])
+    got = builder.prompt_ids([4, 8], question)
+    enc = builder.encode(builder.messages(2, builder.escape(question), answer="It ends."), [4, 8])
+    first = enc.labels.index(next(x for x in enc.labels if x != IGNORE_INDEX))
+    assert got == enc.input_ids[:first]
+    plain = builder.prompt_ids([4, 8], "What does it mean?")
+    assert [got.count(t) for t in controls] == [plain.count(t) for t in controls]  # only the template's markup
+    assert builder.ids(builder.prompt([4, 8], question), escaped=True) == got
+    assert builder.tokenizer.decode(got).count("<|endoftext|>") == 1  # the question's text, read back
+    with pytest.raises(ValueError, match="contains the image token"):
+        builder.prompt_ids([4], f"a {builder.image_token}")
+
+
+def test_a_lone_surrogate_is_tokenized_as_a_question_mark(builder):
+    """"\\ud800" (legal JSON, not UTF-8) is tokenized as '?', as the renderer's token counter counts it; through
+    tiktoken's BPE and the tokenizer alike."""
+    slow = PromptBuilder(builder.tokenizer, builder.image_token_id, builder.stop_ids)
+    slow._bpe = None
+    for b in (builder, slow):
+        assert b.ids("a\ud800b \udfff") == b.ids("a?b ?") != []
+        assert b.ids(b.escape("x\ud800 <|endoftext|>"), escaped=True) == b.ids(b.escape("x? <|endoftext|>"),
+                                                                              escaped=True)
+    assert builder.prompt_ids([4], "who\ud800?") == builder.prompt_ids([4], "who??")

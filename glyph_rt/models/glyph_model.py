@@ -195,14 +195,18 @@ class GlyphModel:
             torch.cuda.synchronize(self.device)
         render_s = time.perf_counter() - t
         per_image = tokens_per_image(rendered.image_grid_thw.cpu())
-        texts, i = [], 0
+        rows, i = [], 0
         for n, question in zip(rendered.images_per_text, questions):
-            texts.append(self.prompts.prompt(per_image[i:i + n], question))
+            # the training prompt's ids: the question's added-token texts are plain text (PromptBuilder.prompt)
+            rows.append(self.prompts.prompt_ids(per_image[i:i + n], question))
             i += n
         # left-padded whatever the tokenizer's own padding_side (a tokenizer given to __init__ may pad right)
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-        input_ids = enc["input_ids"].to(self.device)
-        inputs = dict(input_ids=input_ids, attention_mask=enc["attention_mask"].to(self.device),
+        pad = next((t for t in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id) if t is not None), 0)
+        width = max(map(len, rows))
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+        attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+        input_ids = input_ids.to(self.device)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask.to(self.device),
                       pixel_values=rendered.pixel_values, image_grid_thw=rendered.image_grid_thw.to(self.device),
                       mm_token_type_ids=(input_ids == self.image_token_id).long())
         return inputs, rendered, render_s
@@ -248,6 +252,10 @@ class GlyphModel:
     def generate(self, contexts, questions, max_new_tokens: int | None = None, **generate_kwargs) -> list[Answer]:
         """Answers each question about its context (one str each, lists of equal length, or one question for a
         list of contexts). One answer per context: num_return_sequences other than 1 is refused.
+        A question is text, tokenized as the training tasks tokenize theirs: an added token's text in it
+        ("<|endoftext|>") is plain text, and a question holding the image token is refused. A lone surrogate
+        ("\\ud800", which JSON allows and UTF-8 does not) is read as '?' in a question, and counted as '?' in a
+        context's text_tokens (the page draws it as a box).
         max_new_tokens: this keyword, else the given generation_config's, else the model's generation_config's,
         else 128."""
         import copy
@@ -274,6 +282,12 @@ class GlyphModel:
             if not isinstance(q, str):
                 raise ValueError(f"questions[{i}]: expected a str, got {type(q).__name__}")
             self.prompts.check_text(q, f"questions[{i}]")
+            try:
+                self.prompts.escape(q)  # as the prompt will (PromptBuilder.prompt)
+            except ValueError as e:
+                raise ValueError(f"questions[{i}]: {e}") from None
+        # what each context would cost as text, counted before generating: nothing after it can fail on a context
+        text_tokens = [len(self.prompts.ids(c)) for c in contexts]
         inputs, rendered, render_s = self.build_inputs(list(contexts), list(questions))
         self.check_window(inputs, rendered, max_new_tokens)
         vision = {"s": 0.0}
@@ -317,12 +331,12 @@ class GlyphModel:
                    "decode": t1 - first_t}
         new = getattr(out, "sequences", out)[:, inputs["input_ids"].shape[1]:]  # return_dict_in_generate=True
         answers = []
-        for b, context in enumerate(contexts):
+        for b in range(len(contexts)):
             ids = self._answer_ids(new[b].tolist(), generate_kwargs)
             answers.append(Answer(
                 text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids,
                 pages=rendered.images_per_text[b], visual_tokens=rendered.visual_tokens[b],
-                text_tokens=len(self.prompts.ids(context)),
+                text_tokens=text_tokens[b],
                 prompt_tokens=int(inputs["attention_mask"][b].sum()), timings=timings))
         return answers
 

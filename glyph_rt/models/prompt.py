@@ -4,8 +4,11 @@ GlyphModel, the training tasks, the server and the evaluation harness all build 
 costs the same tokens everywhere and the model sees at training time exactly what it sees at inference:
 
     pb = PromptBuilder(tokenizer, image_token_id)
-    text = pb.prompt(visual_tokens=[630, 630], question="Who wrote the letter?")        # generation
-    sample = pb.encode(pb.messages(2, "Read the pages.", answer="..."), [630, 630])     # training: ids + labels
+    ids = pb.prompt_ids(visual_tokens=[630, 630], question="Who wrote the letter?")     # generation
+    sample = pb.encode(pb.messages(2, pb.escape("Read the pages."), answer="..."), [630, 630])  # training
+
+A record's text (a question, an answer) is escape()d in both, so an added token's text in it ("<|endoftext|>")
+is tokenized as plain text, and the generation prompt's ids are the training sample's before its answer.
 
 The expansion is what the Hugging Face processors do: the template writes one image token per image and the
 processor repeats it grid_h * grid_w / merge**2 times (tokens_per_image).
@@ -15,6 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Sequence
+
+from ..render.tokens import _encodable
 
 IGNORE_INDEX = -100  # labels that take no loss (transformers' and torch's cross-entropy default)
 VISION_MERGE = 2  # 2x2 patches per visual token
@@ -119,10 +124,24 @@ class PromptBuilder:
 
     # ------------------------------------------------------------------ inference
     def prompt(self, visual_tokens: Sequence[int], question: str, system: str | None = None) -> str:
-        """The generation prompt for pages costing visual_tokens[k] tokens each, followed by the question."""
+        """The generation prompt for pages costing visual_tokens[k] tokens each, followed by the question.
+
+        The question and the system text are escape()d, as the training tasks escape theirs: an added token's text
+        in them ("<|endoftext|>", "<|user|>") is plain text, not the control token. So the prompt is to be
+        tokenized with ids(text, escaped=True), as prompt_ids() does; a question holding the image token is
+        refused (check_text), as the server and GRPO's record check refuse it."""
         self.check_text(question, "question")
-        return self.expand(self.template(self.messages(len(visual_tokens), question, system=system), True),
-                           visual_tokens)
+        system = None if system is None else self.escape(system)
+        return self.expand(self.template(self.messages(len(visual_tokens), self.escape(question), system=system),
+                                         True), visual_tokens)
+
+    def prompt_ids(self, visual_tokens: Sequence[int], question: str, system: str | None = None) -> list[int]:
+        """Token ids of prompt(): the ids of a training sample before its answer (encode()), without tokenizing
+        the long runs of image tokens."""
+        self.check_text(question, "question")
+        system = None if system is None else self.escape(system)
+        text = self.template(self.messages(len(visual_tokens), self.escape(question), system=system), True)
+        return self.expand_ids(self.ids(text, escaped=True), visual_tokens)
 
     # ------------------------------------------------------------------ training
     def escape(self, text: str) -> str:
@@ -144,9 +163,12 @@ class PromptBuilder:
     def ids(self, text: str, escaped: bool = False) -> list[int]:
         """Token ids of `text`, no special tokens added (added tokens written in it are matched), as the tokenizer
         gives them; through tiktoken's BPE when the tokenizer's shape allows (~10x faster). escaped: the text
-        holds pieces escape() made, tokenized as plain text (no added token matched in them)."""
+        holds pieces escape() made, tokenized as plain text (no added token matched in them). A lone surrogate
+        (a legal JSON escape such as "\\ud800", which UTF-8 and the tokenizers refuse) is tokenized as '?', as the
+        renderer's token counter counts it (render.tokens)."""
         if not text:
             return []
+        text = _encodable(text)
         if self._bpe is False:
             from ..render.bpe import for_tokenizer
 
