@@ -469,6 +469,73 @@ def test_presence_and_frequency_penalties_are_openais(gm, engine):
             SamplingParams(**bad).validate()
 
 
+def test_n_choices_share_one_prefill_and_sample_as_separate_requests(gm):
+    """n choices: one prefill, then choice i decodes as a request of its own with seed + i would (greedy: n copies
+    of the greedy answer); usage counts the prompt once and every choice's tokens; the events name each choice."""
+    e = Engine(gm, max_batch=4).start()
+    try:
+        c, q = TEXT[3000:3500], "What is it about?"
+        sp = dict(max_tokens=8, temperature=1.0, top_p=0.95, repetition_penalty=1.2, frequency_penalty=0.5,
+                  logprobs=True)
+        before = e.steps["prefill"]
+        many = e.complete(prompt(gm, e, c, q, cache=False), SamplingParams(n=3, seed=11, **sp))
+        assert e.steps["prefill"] == before + 1 and len(many.choices) == 3
+        for i, choice in enumerate(many.choices):
+            alone = e.complete(prompt(gm, e, c, q, cache=False), SamplingParams(seed=11 + i, **sp))
+            assert choice.token_ids == alone.token_ids and choice.finish_reason == alone.finish_reason
+            assert [x["logprob"] for x in choice.logprobs] == pytest.approx([x["logprob"] for x in alone.logprobs],
+                                                                            abs=1e-5)
+        assert many.token_ids == many.choices[0].token_ids
+        assert many.usage["completion_tokens"] == sum(len(x.token_ids) for x in many.choices)
+        assert many.usage["prompt_tokens"] == len(prompt(gm, e, c, q, cache=False).input_ids)
+        greedy = e.complete(prompt(gm, e, c, q, cache=False), SamplingParams(n=2, max_tokens=6, **GREEDY))
+        assert greedy.choices[0].token_ids == greedy.choices[1].token_ids == \
+            e.complete(prompt(gm, e, c, q, cache=False), SamplingParams(max_tokens=6, **GREEDY)).token_ids
+        events, done = [], threading.Event()
+        e.submit(prompt(gm, e, c, q, cache=False), SamplingParams(n=2, max_tokens=4, seed=1),
+                 lambda ev: (events.append((ev["type"], ev.get("index"))), ev["type"] == "done" and done.set()))
+        assert done.wait(60)
+        assert sorted(x for x in events if x[0] == "finish") == [("finish", 0), ("finish", 1)]
+        assert events[-1][0] == "done" and [t for t, _ in events].count("done") == 1
+        with pytest.raises(RequestError, match=r"n: 5 choices are more than this server's batch of 4 rows"):
+            e.submit(prompt(gm, e, c, q, cache=False), SamplingParams(n=5), print)
+        with pytest.raises(RequestError, match=r"n: 0 must be an integer in \[1, 128\]"):
+            SamplingParams(n=0).validate()
+    finally:
+        e.shutdown()
+
+
+def test_n_choices_cancel_and_fail_together(gm):
+    e = Engine(gm, max_batch=4).start()
+    try:
+        c, q = TEXT[3000:3500], "What is it about?"
+        events, done = [], threading.Event()
+
+        def on_event(ev):
+            events.append(ev["type"])
+            g = ev["request"].group
+            if ev["type"] == "delta" and ev["index"] == 1 and not g.cancelled:
+                e.cancel(g)  # the request, from a choice's event: every choice stops
+            if ev["type"] in ("done", "error"):
+                done.set()
+
+        r = e.submit(prompt(gm, e, c, q, cache=False), SamplingParams(n=3, max_tokens=200, ignore_eos=True, seed=3),
+                     on_event)
+        assert done.wait(60) and events[-1] == "done" and r.finish_reason is not None
+        assert all(x.finish_reason == "cancelled" for x in r.choices) and not e.running
+        events.clear(), done.clear()
+        p = prompt(gm, e, c, q, cache=False)
+        r = e.submit(p, SamplingParams(n=3, max_tokens=e.max_positions - len(p.input_ids), ignore_eos=True, seed=3),
+                     lambda ev: (events.append(ev["type"]), ev["type"] in ("done", "error") and done.set()),
+                     timeout=1.0)
+        assert done.wait(60) and events.count("error") == 1 and "done" not in events and "finish" not in events
+        assert r.choices is not None and "delta" in events  # it failed while its choices decoded
+        time.sleep(0.2)
+        assert not e.running and e.metrics is not None
+    finally:
+        e.shutdown()
+
+
 def test_logprobs_tokens_carry_their_own_bytes(gm):
     from glyph_rt.serve.logprobs import TokenText
 

@@ -101,7 +101,7 @@ def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 2
         rid, model = completion_id(), backend.model_name
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_stream(request, r, events, rid, model, include_usage),
+            return StreamingResponse(_stream(request, r, events, rid, model, include_usage, req.n or 1),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             while True:
@@ -115,18 +115,19 @@ def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 2
                 if ev["type"] == "error":
                     return _error(ev["error"])
                 if ev["type"] == "done":
-                    return response(rid, model, r.text, r.finish_reason, r.usage(), r.stats(), r.logprobs)
+                    return response(rid, model, r.results(), r.usage(), r.stats())
         finally:
             backend.cancel(r)  # no-op when finished
 
-    async def _stream(request, r, events, rid, model, include_usage):
+    async def _stream(request, r, events, rid, model, include_usage, n):
         created = int(time.time())
 
         def sse(obj) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
         try:
-            yield sse(chunk(rid, model, created, {"role": "assistant", "content": ""}))
+            for i in range(n):
+                yield sse(chunk(rid, model, created, {"role": "assistant", "content": ""}, index=i))
             while True:
                 try:
                     ev = events.get_nowait() if not events.empty() else await asyncio.wait_for(events.get(), 0.25)
@@ -134,23 +135,29 @@ def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 2
                     if await request.is_disconnected():
                         return
                     continue
-                # the deltas already queued go out as one chunk (a client reading slower than tokens come)
-                text, logprobs = [], None
+                # the deltas already queued go out as one chunk a choice (a client reading slower than tokens come)
+                queued: dict[int, tuple[list, list | None]] = {}
                 while ev is not None and ev["type"] == "delta":
+                    text, logprobs = queued.get(ev.get("index", 0), ([], None))
                     text.append(ev["text"])
                     if "logprobs" in ev:
                         logprobs = (logprobs or []) + ev["logprobs"]
+                    queued[ev.get("index", 0)] = text, logprobs
                     ev = events.get_nowait() if not events.empty() else None
-                if any(text) or logprobs:
-                    yield sse(chunk(rid, model, created, {"content": "".join(text)}, logprobs=logprobs))
+                for i, (text, logprobs) in queued.items():
+                    if any(text) or logprobs:
+                        yield sse(chunk(rid, model, created, {"content": "".join(text)}, logprobs=logprobs, index=i))
                 if ev is None:
                     continue
-                if ev["type"] == "error":
+                if ev["type"] == "finish":  # one choice of several
+                    yield sse(chunk(rid, model, created, {}, ev["finish_reason"], index=ev["index"]))
+                elif ev["type"] == "error":
                     e = ev["error"]
                     yield sse(error(str(e), e.status, e.param, e.code))
                     break
                 else:
-                    yield sse(chunk(rid, model, created, {}, r.finish_reason))
+                    if n == 1:
+                        yield sse(chunk(rid, model, created, {}, r.finish_reason))
                     if include_usage:
                         yield sse(chunk(rid, model, created, {}, usage=r.usage()))
                     break

@@ -150,8 +150,7 @@ def run_batch(service: ChatService, input_path, output_path, progress: bool = Tr
                 try:
                     if ev["type"] == "done":
                         r = ev["request"]
-                        body = response(completion_id(), service.model_name, r.text, r.finish_reason, r.usage(),
-                                        r.stats(), r.logprobs)
+                        body = response(completion_id(), service.model_name, r.results(), r.usage(), r.stats())
                         item = (_line(cid, 200, body), True)
                     else:
                         e = ev["error"]

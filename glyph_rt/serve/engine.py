@@ -20,12 +20,17 @@ the last page (vision embeddings in place of the pages' placeholders), then the 
 That first part's KV and the pages' embeddings go to the DocumentCache; a later request with the same
 documents and the same prefix starts at the question, its positions counted on from the prefix's.
 
+A request for n > 1 choices is prefilled once; its KV is then copied into n rows of the running batch, each
+sampled on its own. Events carry the choice's `index`: deltas, a "finish" for each choice, then one "done"
+for the request (one "error" when any choice fails: the others go with it).
+
     engine = Engine(GlyphModel.from_pretrained(path)).start()
     done = engine.complete(prompt, SamplingParams(max_tokens=64, temperature=0))   # blocking
     req = engine.submit(prompt, params, on_event)                                    # events from the engine thread
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -55,6 +60,7 @@ class QueueFull(Exception):
 
 
 MAX_TOP_LOGPROBS = 20  # as OpenAI's API
+MAX_N = 128  # choices per request, as OpenAI's API (and at most the engine's max_batch)
 
 
 @dataclass
@@ -70,6 +76,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: bool = False  # each output token's log-probability (the model's, before penalty and temperature)
     top_logprobs: int = 0  # and the most likely tokens' at each position (up to MAX_TOP_LOGPROBS)
+    n: int = 1  # choices: one prefill, then n rows decoded from its KV (choice i sampled with seed + i)
 
     def validate(self) -> "SamplingParams":
         def bad(name, why):
@@ -94,6 +101,8 @@ class SamplingParams:
             bad("top_logprobs", f"must be an integer in [0, {MAX_TOP_LOGPROBS}]")
         if self.top_logprobs and not self.logprobs:
             bad("top_logprobs", "needs logprobs: true")
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or not 1 <= self.n <= MAX_N:
+            bad("n", f"must be an integer in [1, {MAX_N}]")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if len(self.stop) > 4 or any(not isinstance(s, str) or not s for s in self.stop):
@@ -131,15 +140,37 @@ class Request:
     pixel_bytes: int = 0  # its pages' pixel_values counted against the engine's max_queue_bytes
     logprobs: list[dict] | None = None  # OpenAI's logprobs.content entries of output_ids, when asked for
     logprobs_sent: int = 0  # entries already sent with a delta
+    # n > 1: the request is choice 0 and, once its prompt is in, holds every choice (its own sampling state, KV
+    # rows copied from its prompt's); the others point back to it
+    index: int = 0
+    choices: list["Request"] | None = field(default=None, repr=False)
+    head: "Request | None" = field(default=None, repr=False)
+    open_choices: int = 0
+
+    @property
+    def group(self) -> "Request":
+        """The request the client sent: itself, or the request whose choice this is."""
+        return self.head or self
+
+    @property
+    def stopped(self) -> bool:
+        """Cancelled, itself or through the request whose choice it is."""
+        return self.cancelled or self.group.cancelled
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
     def usage(self) -> dict:
+        """Its prompt's tokens, once, and the tokens of all its choices."""
         n = len(self.prompt.input_ids)
-        return {"prompt_tokens": n, "completion_tokens": len(self.output_ids),
-                "total_tokens": n + len(self.output_ids)}
+        out = sum(len(c.output_ids) for c in self.choices or [self])
+        return {"prompt_tokens": n, "completion_tokens": out, "total_tokens": n + out}
+
+    def results(self) -> list[dict]:
+        """Each choice's text, finish_reason and logprobs entries (None unless asked for), by index."""
+        return [{"text": c.text, "finish_reason": c.finish_reason, "logprobs": c.logprobs}
+                for c in self.choices or [self]]
 
     def stats(self) -> dict:
         """The response's `glyph` field: what the prompt became and what the document cache held."""
@@ -157,6 +188,7 @@ class Completion:
     cache_hit: str
     ttft: float | None
     logprobs: list[dict] | None = None
+    choices: list["Completion"] = field(default_factory=list)  # every choice (n of them), this one first
 
 
 @dataclass
@@ -278,7 +310,10 @@ class Engine:
             self._thread = None
 
     def check(self, prompt: Prompt, params: SamplingParams) -> None:
-        """Refuses, before any compute, a request that cannot fit the model's window."""
+        """Refuses, before any compute, a request that cannot fit the model's window (or its choices the batch)."""
+        if params.n > self.max_batch:
+            raise RequestError(f"n: {params.n} choices are more than this server's batch of {self.max_batch} rows; "
+                               "ask for fewer (or raise --max-batch)", "n")
         n = len(prompt.input_ids)
         if self.max_positions and n + params.max_tokens > self.max_positions:
             raise RequestError(
@@ -311,7 +346,7 @@ class Engine:
         return req
 
     def cancel(self, req: Request) -> None:
-        if not req.finished:
+        if not req.finished or req.open_choices:
             req.cancelled = True
             with self._cv:
                 self._cv.notify_all()
@@ -331,8 +366,9 @@ class Engine:
         if box["type"] == "error":
             raise box["error"]
         ttft = None if req.first_token_t is None else req.first_token_t - req.arrival
-        return Completion(req.text, list(req.output_ids), req.finish_reason, req.usage(), req.cache_hit, ttft,
-                          req.logprobs)
+        choices = [Completion(c.text, list(c.output_ids), c.finish_reason, None, c.cache_hit, ttft, c.logprobs)
+                   for c in req.choices or [req]]
+        return dataclasses.replace(choices[0], usage=req.usage(), choices=choices)
 
     # ------------------------------------------------------------------ loop
     def _loop(self) -> None:
@@ -403,13 +439,13 @@ class Engine:
     def _reap(self) -> None:
         now = time.monotonic()
         with self._cv:
-            gone = [r for r in self.waiting if r.cancelled or now > r.deadline]
+            gone = [r for r in self.waiting if r.stopped or now > r.deadline]
             for r in gone:
                 self.waiting.remove(r)
             self.metrics.queue_depth.set(len(self.waiting))
-        gone += [r for r in self.running + self._prefilling if r.cancelled or now > r.deadline]
+        gone += [r for r in self.running + self._prefilling if r.stopped or now > r.deadline]
         for r in gone:
-            if r.cancelled:
+            if r.stopped:
                 self._finish(r, "cancelled")
             else:
                 self._fail(r, RequestError(f"the request took longer than its timeout of "
@@ -531,11 +567,11 @@ class Engine:
             if used >= budget:
                 return used
             used += self._guard(r, lambda r: self._next_piece(r, budget - used, pieces, pages)) or 0
-        while used < budget and self.waiting and len(self.running) + len(self._prefilling) < self.max_batch:
+        while used < budget and self.waiting:
             with self._cv:
                 req = self.waiting[0] if self.waiting else None
-                if req is None or not (req.cancelled or self._kv_fits(req)):
-                    break  # in order: the first waits until the KV of those running leaves it room
+                if req is None or not (req.cancelled or self._rows_free(req) and self._kv_fits(req)):
+                    break  # in order: the first waits until the batch's rows and KV leave it room
                 self.waiting.popleft()
                 self.metrics.queue_depth.set(len(self.waiting))
             if req.cancelled:
@@ -546,14 +582,21 @@ class Engine:
                 used += self._guard(req, lambda r: self._next_piece(r, budget - used, pieces, pages)) or 0
         return used
 
+    def _rows(self) -> int:
+        """The batch's rows: those decoding, and those prefilling with the choices they will decode."""
+        return len(self.running) + sum(r.params.n for r in self._prefilling)
+
+    def _rows_free(self, req: Request) -> bool:
+        return self._rows() + req.params.n <= self.max_batch
+
     def _kv_fits(self, req: Request) -> bool:
-        """Whether the batch's KV at its longest, with `req` joining it, stays within kv_cache_bytes (a request
-        alone always starts)."""
+        """Whether the batch's KV at its longest, with `req`'s choices joining it, stays within kv_cache_bytes (a
+        request alone always starts)."""
         rows = self.running + self._prefilling
         if self.kv_cache_bytes is None or not rows:
             return True
         longest = max(len(r.prompt.input_ids) + r.params.max_tokens for r in rows + [req])
-        return (len(rows) + 1) * longest * self.kv_token_bytes <= self.kv_cache_bytes
+        return (self._rows() + req.params.n) * longest * self.kv_token_bytes <= self.kv_cache_bytes
 
     @torch.no_grad()
     def _next_piece(self, r: Request, limit: float, pieces: list[Piece], pages: list[tuple]) -> int:
@@ -671,12 +714,31 @@ class Engine:
             r.seen = torch.tensor(sorted(t for t in set(p.input_ids) if 0 <= t < V), device=logits.device)
         if r.params.presence_penalty or r.params.frequency_penalty:
             r.counts = torch.zeros(logits.shape[-1], device=logits.device)
+        seed = r.params.seed if r.params.seed is not None else int.from_bytes(uuid.uuid4().bytes[:6], "little")
         if r.params.temperature >= GREEDY_BELOW:
-            seed = r.params.seed if r.params.seed is not None else int.from_bytes(uuid.uuid4().bytes[:6], "little")
             r.generator = torch.Generator(logits.device).manual_seed(seed)
-        self.running.append(r)
+        rows = [r] + [self._choice(r, i, (seed + i) % 2**64) for i in range(1, r.params.n)]
+        if len(rows) > 1:
+            r.choices, r.open_choices = rows, len(rows)
+        self.running += rows
         self.metrics.running.set(len(self.running))
-        self._accept(r, *self._sample([r], logits[None])[0])
+        for c, (tok, lp) in zip(rows, self._sample(rows, logits[None].expand(len(rows), -1).clone())):
+            self._accept(c, tok, lp)
+
+    @staticmethod
+    def _choice(r: Request, i: int, seed: int) -> Request:
+        """Choice i of `r`, whose prompt just went in: its own copy of r's sampling state, r's KV to start from."""
+        c = Request(r.prompt, r.params, r.on_event, id=f"{r.id}-{i}", arrival=r.arrival, deadline=r.deadline,
+                    cache_hit=r.cache_hit, length=r.length, next_pos=r.next_pos, index=i, head=r,
+                    logprobs=[] if r.logprobs is not None else None)
+        c.kv = list(r.kv)  # the same tensors: the batch copies them when its rows are rebuilt
+        if r.seen is not None:
+            c.seen = r.seen.clone()
+        if r.counts is not None:
+            c.counts = torch.zeros_like(r.counts)
+        if r.generator is not None:
+            c.generator = torch.Generator(r.generator.device).manual_seed(seed)
+        return c
 
     # ------------------------------------------------------------------ decode
     def _rebuild(self) -> None:
@@ -754,7 +816,8 @@ class Engine:
         now = time.monotonic()
         if r.first_token_t is None:
             r.first_token_t = now
-            self.metrics.ttft.observe(now - r.arrival)
+            if r.index == 0:  # one time to first token a request
+                self.metrics.ttft.observe(now - r.arrival)
         else:
             self.metrics.itl.observe(now - r.last_token_t)
         r.last_token_t = now
@@ -809,22 +872,41 @@ class Engine:
 
     def _finish(self, r: Request, reason: str) -> None:
         self._remove(r)
+        g = r.group
+        if g.choices is not None and g.finish_reason == "error":  # the request failed: its choices are gone
+            return
         r.finish_reason = reason
-        self.metrics.requests.labels(reason).inc()
         if reason != "cancelled" and (len(r.text) > r.sent or r.logprobs_sent < len(r.logprobs or ())):
             self._delta(r, r.text[r.sent:])
             r.sent = len(r.text)
-        self._emit(r, {"type": "done", "finish_reason": reason, "request": r})
+        if g.choices is not None:  # a choice of several: "finish" for it, "done" once all have finished
+            self._emit(r, {"type": "finish", "index": r.index, "finish_reason": reason, "request": r})
+            g.open_choices -= 1
+            if g.open_choices:
+                return
+            reason = "cancelled" if g.cancelled else g.finish_reason
+        self.metrics.requests.labels(reason).inc()
+        self._emit(g, {"type": "done", "finish_reason": reason, "request": g})
 
     def _fail(self, r: Request, err: RequestError) -> None:
+        g = r.group
+        if g.choices is not None:  # one error for the request: its other choices go without a word
+            if g.finish_reason == "error" and not g.open_choices:
+                self._remove(r)
+                return
+            for c in g.choices:
+                self._remove(c)
+                if c.finish_reason is None:
+                    c.finish_reason = "error"
+            g.open_choices = 0
         self._remove(r)
-        r.finish_reason = "error"
+        r.finish_reason = g.finish_reason = "error"
         self.metrics.requests.labels(err.code or "error").inc()
-        self._emit(r, {"type": "error", "error": err, "request": r})
+        self._emit(g, {"type": "error", "error": err, "request": g})
 
     def _delta(self, r: Request, text: str) -> None:
         """A delta event: the text, and the logprobs entries of the tokens accepted since the last delta."""
-        ev = {"type": "delta", "text": text, "request": r}
+        ev = {"type": "delta", "index": r.index, "text": text, "request": r}
         if r.logprobs is not None:
             ev["logprobs"] = r.logprobs[r.logprobs_sent:]
             r.logprobs_sent = len(r.logprobs)
@@ -835,4 +917,4 @@ class Engine:
             r.on_event(ev)
         except Exception:  # noqa: BLE001 - a listener that went away (a closed event loop) cancels its request
             log.warning("request %s: its listener failed; cancelling it", r.id, exc_info=True)
-            r.cancelled = True
+            r.group.cancelled = True

@@ -129,7 +129,7 @@ class _EngineSide:
 
         def on_event(ev):  # on the engine's thread
             kind = ev["type"]
-            if kind == "delta":
+            if kind in ("delta", "finish"):  # a choice's text, or its end (one of several)
                 if stream:
                     with self._cv:
                         self._step.append(("event", rid, {k: v for k, v in ev.items() if k != "request"}))
@@ -138,9 +138,9 @@ class _EngineSide:
                 self.requests.pop(rid, None)
                 r = ev["request"]
                 if kind == "done":
-                    self._step.append(("event", rid, {"type": "done", "text": r.text, "finish_reason": r.finish_reason,
-                                                      "usage": r.usage(), "stats": r.stats(),
-                                                      "logprobs": r.logprobs}))
+                    self._step.append(("event", rid, {"type": "done", "finish_reason": r.finish_reason,
+                                                      "results": r.results(), "usage": r.usage(),
+                                                      "stats": r.stats()}))
                 else:
                     self._step.append(("event", rid, _wire_error(ev["error"])))
 
@@ -215,11 +215,13 @@ class RemoteRequest:
     id: int
     events: asyncio.Queue = field(repr=False)
     accepted: asyncio.Future = field(repr=False)
-    text: str = ""
     finish_reason: str | None = None
+    _results: list[dict] = field(default_factory=list)
     _usage: dict = field(default_factory=dict)
     _stats: dict = field(default_factory=dict)
-    logprobs: list[dict] | None = None
+
+    def results(self) -> list[dict]:
+        return self._results
 
     def usage(self) -> dict:
         return self._usage
@@ -366,14 +368,13 @@ class EngineProcess:
         if t == "accepted":
             if not r.accepted.done():
                 r.accepted.set_result(None)
-        elif t == "delta":
+        elif t in ("delta", "finish"):
             r.events.put_nowait(body)
         else:
             del self._pending[key]
             if t == "done":
-                r.text, r.finish_reason, r._usage, r._stats = body["text"], body["finish_reason"], body["usage"], \
-                    body["stats"]
-                r.logprobs = body["logprobs"]
+                r.finish_reason, r._results, r._usage, r._stats = body["finish_reason"], body["results"], \
+                    body["usage"], body["stats"]
                 r.events.put_nowait({"type": "done", "finish_reason": r.finish_reason})
             else:
                 self._fail(r, _error_of(body))

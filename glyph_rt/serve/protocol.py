@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .engine import MAX_TOP_LOGPROBS, SamplingParams
+from .engine import MAX_N, MAX_TOP_LOGPROBS, SamplingParams
 from .inputs import RequestError
 
 
@@ -45,7 +45,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=1)  # an explicit null means the default, as in vLLM
+    n: int | None = Field(default=None, ge=1, le=MAX_N)  # an explicit null means the default, as in vLLM
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -77,7 +77,8 @@ class ChatCompletionRequest(BaseModel):
             top_p=1.0 if self.top_p is None else self.top_p, stop=stop, seed=self.seed,
             repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
-            ignore_eos=self.ignore_eos, logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0).validate()
+            ignore_eos=self.ignore_eos, logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0,
+            n=self.n or 1).validate()
 
 
 def parse_request(body: dict) -> ChatCompletionRequest:
@@ -92,8 +93,6 @@ def parse_request(body: dict) -> ChatCompletionRequest:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it"
-        elif loc == "n":
-            msg = "only n=1 is supported"
         raise RequestError(f"{loc}: {msg}", loc) from None
 
 
@@ -183,21 +182,21 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
-def response(rid: str, model: str, text: str, finish_reason: str, usage: dict, glyph: dict | None = None,
-             logprobs: list[dict] | None = None) -> dict:
-    """A chat.completion; `logprobs`: the logprobs.content entries of the answer's tokens, when asked for."""
-    lp = None if logprobs is None else ChoiceLogprobs(content=logprobs)
-    out = ChatCompletionResponse(id=rid, model=model, usage=UsageInfo(**usage), glyph=glyph,
-                                 choices=[Choice(message=AssistantMessage(content=text), logprobs=lp,
-                                                 finish_reason=finish_reason)])
+def response(rid: str, model: str, results: list[dict], usage: dict, glyph: dict | None = None) -> dict:
+    """A chat.completion; results: each choice's text, finish_reason and logprobs (the logprobs.content entries
+    of its tokens, or None when not asked for), by index."""
+    choices = [Choice(index=i, message=AssistantMessage(content=c["text"]), finish_reason=c["finish_reason"],
+                      logprobs=None if c["logprobs"] is None else ChoiceLogprobs(content=c["logprobs"]))
+               for i, c in enumerate(results)]
+    out = ChatCompletionResponse(id=rid, model=model, usage=UsageInfo(**usage), glyph=glyph, choices=choices)
     d = out.model_dump()
     return d if glyph else _without(d, "glyph")
 
 
 def chunk(rid: str, model: str, created: int, delta: dict, finish_reason: str | None = None,
-          usage: dict | None = None, logprobs: list[dict] | None = None) -> dict:
+          usage: dict | None = None, logprobs: list[dict] | None = None, index: int = 0) -> dict:
     lp = None if logprobs is None else ChoiceLogprobs(content=logprobs)
-    choices = [] if usage is not None else [StreamChoice(delta=DeltaMessage(**delta), logprobs=lp,
+    choices = [] if usage is not None else [StreamChoice(index=index, delta=DeltaMessage(**delta), logprobs=lp,
                                                          finish_reason=finish_reason)]
     out = ChatCompletionStreamResponse(id=rid, created=created, model=model, choices=choices,
                                        usage=None if usage is None else UsageInfo(**usage)).model_dump()

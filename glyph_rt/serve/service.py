@@ -3,8 +3,10 @@
 The HTTP app talks to a backend on its event loop:
     req = backend.parse(body)               # RequestError for a bad body or another model's name
     r = await backend.submit(req, events)   # RequestError or QueueFull, or the request queued; its events then
-                                            # ({"type": "delta" | "done" | "error", ...}) arrive in `events`;
-                                            # at "done", r.text, r.finish_reason, r.usage() and r.stats()
+                                            # ({"type": "delta" | "finish" | "done" | "error", ...}) arrive in
+                                            # `events` ("finish": one of n > 1 choices ended); at "done",
+                                            # r.results() (each choice's text, finish_reason, logprobs),
+                                            # r.finish_reason, r.usage() and r.stats()
     backend.cancel(r)                       # no-op once it is finished
     await backend.metrics_text()            # the Prometheus exposition
     backend.healthy, backend.model_name, backend.max_positions
