@@ -257,3 +257,20 @@ def test_file_opened_without_following_a_swapped_symlink(media):
     os.symlink(outside / "a.png", media / "old" / "a.png")  # the file itself swapped for a link
     with pytest.raises(OSError):
         os.close(_open_below(root, root / "old" / "a.png"))
+
+
+def test_a_clients_added_token_text_is_plain_text_as_in_training(gm):
+    """User and system text that holds an added token's text ("<|endoftext|>", "<|user|>") is plain text, as the
+    training tasks and GlyphModel.generate tokenize a question: the prompt's ids are generate's, with no control
+    token the client wrote; an assistant's earlier answer is kept as the model wrote it."""
+    doc, q = TEXT[:900], "What does <|endoftext|> mean after <|user|>?"
+    msgs = [{"role": "user", "content": [{"type": "glyph", "glyph": {"text": doc}}, {"type": "text", "text": q}]}]
+    p = build_prompt(gm, msgs, InputOptions(CFG, "tiny"))
+    inputs, _, _ = gm.build_inputs([doc], [q])
+    assert p.input_ids == inputs["input_ids"][0].tolist()
+    eos, user = (gm.tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|user|>"))
+    assert eos not in p.input_ids and p.input_ids.count(user) == 1  # the template's own <|user|> only
+    sys_msg = [{"role": "system", "content": "Say <|endoftext|> never."}, {"role": "user", "content": "Hi"}]
+    assert eos not in build_prompt(gm, sys_msg, InputOptions(CFG, "tiny")).input_ids
+    with pytest.raises(RequestError, match=r"messages\[0\].content: the text holds U\+10F000"):
+        build_prompt(gm, [{"role": "user", "content": "a \U0010F000 b"}], InputOptions(CFG, "tiny"))

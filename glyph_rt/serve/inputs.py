@@ -300,6 +300,18 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
             pending.append((len(segs) - 1, text, cfg, key))
         return {"type": "image", "_segment": len(segs) - 1}
 
+    def plain(text: str, role: str, param: str) -> str:
+        """A text that stays text, tokenized as the training tasks tokenize a record's: an added token's text
+        written by the client ("<|endoftext|>", "<|user|>") is plain text, not the control token (an assistant's
+        earlier answer is kept as the model wrote it)."""
+        gm.prompts.check_text(text, param)
+        if role == "assistant":
+            return text
+        try:
+            return gm.prompts.escape(text)
+        except ValueError as e:
+            raise RequestError(f"{param}: {e}", param) from None
+
     def add_image(url: str, param: str) -> dict:
         count(1)  # an image is one page: refused before it is read
         raw = _image_bytes(url, opts, param)
@@ -323,8 +335,7 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
             if role == "user" and len(content) > opts.threshold:
                 tmpl.append({"role": role, "content": [add_doc(content, base, p)]})
             else:
-                gm.prompts.check_text(content, p)
-                tmpl.append({"role": role, "content": content})
+                tmpl.append({"role": role, "content": plain(content, role, p)})
             continue
         parts = []
         for j, part in enumerate(content):
@@ -337,8 +348,7 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
                 if role == "user" and len(text) > opts.threshold:
                     parts.append(add_doc(text, base, pp))
                 else:
-                    gm.prompts.check_text(text, pp)
-                    parts.append({"type": "text", "text": text})
+                    parts.append({"type": "text", "text": plain(text, role, pp)})
             elif kind == "glyph":
                 g = _field(part, "glyph", f"{pp}.glyph", dict) or {}
                 cfg = render_config_for(base, g.get("render_config"), f"{pp}.glyph.render_config")
@@ -382,7 +392,7 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
         text = gm.prompts.template(tmpl, True)
     except Exception as e:  # noqa: BLE001 - a template may reject a conversation (roles, order)
         raise RequestError(f"messages: the model's chat template cannot format them: {e}", "messages") from None
-    ids = gm.prompts.expand_ids(gm.prompts.ids(text), per_image)
+    ids = gm.prompts.expand_ids(gm.prompts.ids(text, escaped=True), per_image)
     prefix_len, pkey = 0, None
     if segs:
         last = max(i for i, t in enumerate(ids) if t == gm.image_token_id)
