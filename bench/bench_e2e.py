@@ -12,8 +12,8 @@ prefill_speedup_vs_hf_text (Glyph on glyph_rt over the text on HF defaults) mixe
 not graded. The row names the attention backend that "auto" ran for the prefills.
 Time to first token (TTFT) includes rendering, preprocessing, the vision tower and the prefill.
 Decode: seconds per sample for --decode-tokens greedy steps at the largest batch whose KV cache
-fits in memory (one prefill at batch 1, its cache repeated to the batch, as a server that prefills
-requests one at a time holds them). KV cache: bytes per request. Visual tokens are counted from the
+fits in memory (the cache of the TTFT's last timed prefill, at batch 1, repeated to the batch, as a server
+that prefills requests one at a time holds them). KV cache: bytes per request. Visual tokens are counted from the
 rendered pages, never assumed. TTFT is the median of --repeat runs after a warm-up (every sample kept
 for the graded ones), or of one run when a run takes over 5 s.
 
@@ -74,13 +74,15 @@ def sync(device):
 
 def timed(fn, device, repeat: int, long_s: float = 5.0, samples: bool = False):
     """(median seconds, last result[, every timed sample]) of fn() after a warm-up call; one timed call when the
-    warm-up took over long_s (first-call costs are then noise, and the device time is precious)."""
+    warm-up took over long_s (first-call costs are then noise, and the device time is precious). A call's result
+    is let go before the next call starts (a prefill's KV cache is not held while the next one is timed)."""
     sync(device)
     t = time.perf_counter()
     out = fn()
     sync(device)
     times = []
     for _ in range(1 if time.perf_counter() - t > long_s else repeat):
+        out = None
         sync(device)
         t = time.perf_counter()
         out = fn()
@@ -184,9 +186,10 @@ def _prompt(model, pixel_values, grid, question_ids, device):
                 image_grid_thw=grid, mm_token_type_ids=(input_ids == c.image_token_id).long())
 
 
-def prefill(model, inputs) -> None:
+def prefill(model, inputs):
+    """The model's output on the prompt: its KV cache (past_key_values) and the last position's logits."""
     with torch.no_grad():
-        model(**inputs, use_cache=True, logits_to_keep=1)
+        return model(**inputs, use_cache=True, logits_to_keep=1)
 
 
 def _batch_that_fits(per_request: int, layers: int, device, max_batch: int) -> int:
@@ -211,18 +214,20 @@ def _elapsed_ms(a, z) -> float:
 
 
 def decode_seconds_per_sample(model, inputs: dict, new_tokens: int, device, max_batch: int,
-                              glyph_cache: bool, spread: dict | None = None) -> tuple[float, int]:
+                              glyph_cache: bool, spread: dict | None = None, prefilled=None) -> tuple[float, int]:
     """(seconds per sample for `new_tokens` greedy steps, batch) at the largest batch whose cache fits;
     in transformers' DynamicCache, or in glyph_rt's GlyphCache (written in place) when `glyph_cache`. `spread`
-    receives the steps' median, fastest and slowest milliseconds (CUDA events: no sync between steps)."""
+    receives the steps' median, fastest and slowest milliseconds (CUDA events: no sync between steps).
+    `prefilled`: prefill(model, inputs)'s output, the last call the model made (so that its rope_deltas are the
+    prompt's), used instead of a prefill of its own (at 128K one costs a TTFT). Its cache is only read: the batch's
+    cache is a copy of it, made again whenever an out-of-memory error makes the batch smaller."""
     from transformers import DynamicCache
 
     from glyph_rt.models import GlyphCache, cache_kwarg
 
-    with torch.no_grad():
-        out = model(**inputs, use_cache=True, logits_to_keep=1)
+    out = prefill(model, inputs) if prefilled is None else prefilled
     prompt, first = out.past_key_values, out.logits[:, -1].argmax(-1)
-    del out
+    del out, prefilled
     c = model.config.text_config
     per_request = kv_bytes(c, prompt.get_seq_length() + new_tokens + 1, model.dtype.itemsize)
     b = _batch_that_fits(per_request, c.num_hidden_layers, device, max_batch)
@@ -290,28 +295,28 @@ def run_length(model, n: int, prose: str, tok: TextTokenizer, args, device, ques
     try:
         model.model.rope_deltas = None  # the text path has plain positions
         with nvtx_range("glyph_rt.ttft.text_rt"):
-            row["text_rt_ttft_s"], _, row["text_rt_ttft_samples"] = timed(lambda: prefill(model, text_inputs),
-                                                                          device, args.repeat, samples=True)
+            row["text_rt_ttft_s"], pre, row["text_rt_ttft_samples"] = timed(lambda: prefill(model, text_inputs),
+                                                                            device, args.repeat, samples=True)
         row["text_rt_decode_steps"], row["glyph_decode_steps"] = {}, {}
         row["text_rt_decode_s_per_sample"], row["text_rt_decode_batch"] = decode_seconds_per_sample(
             model, text_inputs, args.decode_tokens, device, args.max_batch, glyph_cache=True,
-            spread=row["text_rt_decode_steps"])
+            spread=row["text_rt_decode_steps"], prefilled=pre)  # the timed prefill's cache: no prefill more
+        pre = None
         rt_cfg = _snapped(glyph_cfg)  # glyph_rt's canvas snapping: the kernel writes the model input directly
 
         def ttft_rt():
             x, r, _ = glyph_inputs_rt(model, text, rt_cfg, question_ids, device)
-            prefill(model, x)
-            return x, r
+            return x, r, prefill(model, x)
 
         with nvtx_range("glyph_rt.ttft.glyph_rt"):
-            row["glyph_rt_ttft_s"], (inputs_rt, render_rt), row["glyph_rt_ttft_samples"] = timed(
+            row["glyph_rt_ttft_s"], (inputs_rt, render_rt, pre), row["glyph_rt_ttft_samples"] = timed(
                 ttft_rt, device, args.repeat, samples=True)
         row["glyph_rt_render_s"] = render_rt
         check_prompt(row, "glyph_prompt_tokens", inputs_rt, "glyph_rt's")
         row["glyph_decode_s_per_sample"], row["glyph_decode_batch"] = decode_seconds_per_sample(
             model, inputs_rt, args.decode_tokens, device, args.max_batch, glyph_cache=True,
-            spread=row["glyph_decode_steps"])
-        del inputs_rt
+            spread=row["glyph_decode_steps"], prefilled=pre)
+        del inputs_rt, pre
     finally:
         patch.undo()
     row["prefill_speedup_rt"] = row["text_rt_ttft_s"] / row["glyph_rt_ttft_s"]
@@ -324,19 +329,21 @@ def run_length(model, n: int, prose: str, tok: TextTokenizer, args, device, ques
 
     model.model.rope_deltas = None
     with nvtx_range("glyph_rt.ttft.text"):
-        row["text_ttft_s"], _ = timed(lambda: prefill(model, text_inputs), device, args.repeat)
+        row["text_ttft_s"], pre = timed(lambda: prefill(model, text_inputs), device, args.repeat)
     row["text_decode_s_per_sample"], row["text_decode_batch"] = decode_seconds_per_sample(
-        model, text_inputs, args.decode_tokens, device, args.max_batch, glyph_cache=False)
+        model, text_inputs, args.decode_tokens, device, args.max_batch, glyph_cache=False, prefilled=pre)
+    pre = None
     t = time.perf_counter()
     inputs_hf, render_hf, _ = glyph_inputs_hf(model, text, glyph_cfg, question_ids, device)
     pre_hf = time.perf_counter() - t
     check_prompt(row, "glyph_hf_prompt_tokens", inputs_hf, "HF's")
     with nvtx_range("glyph_rt.ttft.glyph_hf"):
-        row["glyph_hf_ttft_s"] = pre_hf + timed(lambda: prefill(model, inputs_hf), device, args.repeat)[0]
+        ttft_hf, pre = timed(lambda: prefill(model, inputs_hf), device, args.repeat)
+    row["glyph_hf_ttft_s"] = pre_hf + ttft_hf
     row["glyph_hf_render_s"] = render_hf
     row["glyph_hf_decode_s_per_sample"], row["glyph_hf_decode_batch"] = decode_seconds_per_sample(
-        model, inputs_hf, args.decode_tokens, device, args.max_batch, glyph_cache=False)
-    del inputs_hf
+        model, inputs_hf, args.decode_tokens, device, args.max_batch, glyph_cache=False, prefilled=pre)
+    inputs_hf = pre = None  # (not del: the timed lambda names inputs_hf)
     row["prefill_speedup_hf"] = row["text_ttft_s"] / row["glyph_hf_ttft_s"]
     row["decode_speedup_hf"] = row["text_decode_s_per_sample"] / row["glyph_hf_decode_s_per_sample"]
     # what moving from the text backbone on transformers' defaults to Glyph on glyph_rt gives (not graded: the

@@ -14,8 +14,9 @@ For 8K to 128K patches of GLM-4.1V's vision tower (1536 wide), in the same run:
                         render_inputs returns them), normalization folded in
 Each is timed with triton.testing.do_bench (median ms, after warm-up) and printed with TFLOP/s
 (of the GEMM each performs) and GB/s; ratios of ours_uint8 against the Conv3d (speedup_vs_conv3d),
-against linear_bf16 (speedup_vs_linear_bf16, graded), linear_u8 and linear (speedup_vs_linear_u8, _linear). Writes patch-embed-<gpu>.json
-to --out (bench/out/; bench/results/ with --results).
+against linear_bf16 (speedup_vs_linear_bf16, graded), linear_u8 and linear (speedup_vs_linear_u8, _linear). Writes
+patch-embed-<backend>-<gpu>.json (patch-embed-<backend>-<device>-quick.json with --quick; <backend>: triton, cuda or
+auto) to --out (bench/out/; bench/results/ with --results), so that the two backends' runs keep both files.
 
     python bench/bench_patch_embed.py [--backend triton|cuda] [--sizes 8192,16384,...]
     python bench/bench_patch_embed.py --quick     # small sizes; on the CPU without a GPU (smoke test)
@@ -89,10 +90,11 @@ def main(argv=None):
     ms_of = timer(dev)
     rows = []
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-")
+    # the backend in the name: the triton and the cuda runs of one GPU write two files, not one over the other
+    out_name = f"patch-embed-{re.sub(r'[^a-z0-9]+', '-', backend.lower())}-{slug}{'-quick' if args.quick else ''}.json"
 
     def save(rows):
-        out = f"patch-embed-{slug}-quick.json" if args.quick else f"patch-embed-{slug}.json"
-        return write_result(args, out, "patch-embed", rows, summarise(rows))
+        return write_result(args, out_name, "patch-embed", rows, summarise(rows))
 
     p = None
     with torch.no_grad():

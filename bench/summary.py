@@ -7,6 +7,7 @@ sanitizers and every step with its time and log.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import xml.etree.ElementTree as ET
@@ -15,12 +16,26 @@ from pathlib import Path
 from typing import Callable
 
 
+UNFINISHED = ("pending", "running")  # a step's status before it ends (what a run killed midway leaves)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """`path` replaced whole: a process killed while writing leaves the previous file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def load_results(out: Path) -> dict[str, list[dict]]:
-    """Every benchmark results file under `out`, by its "bench" key (several files per key: the
-    patch embedding's two backends)."""
+    """Every benchmark results file under `out` (not its steps' records or its cache), by its "bench" key
+    (several files per key: the patch embedding's two backends, patch-embed-<backend>-<gpu>.json)."""
     found: dict[str, list[dict]] = {}
     for p in sorted(out.rglob("*.json")):
-        if "steps" in p.relative_to(out).parts:
+        if p.relative_to(out).parts[0] in ("steps", "cache"):
             continue
         try:
             data = json.loads(p.read_text())
@@ -392,7 +407,12 @@ def sanitizer_rows(out: Path, steps: dict) -> list[list[str]]:
         text = (out / s["log"]).read_text(errors="replace") if s.get("log") and (out / s["log"]).exists() else ""
         found = SANITIZER.findall(text)
         clean = bool(found) and all(re.search(r"\b0 (errors?|hazards)", f) for f in found)
-        verdict = "skipped" if s["status"] == "skipped" else ("pass" if clean and s["status"] == "ok" else "FAIL")
+        if s["status"] in ("skipped", *UNFINISHED):
+            verdict = "not run" if s["status"] == "pending" else s["status"]
+        elif s["status"] == "timeout" and (clean or not found):  # cut off before a verdict, and no error so far
+            verdict = "timeout"
+        else:
+            verdict = "pass" if clean and s["status"] == "ok" else "FAIL"
         rows.append([name, verdict, "; ".join(sorted(set(found))) or s.get("note") or s["status"]])
     return rows
 
@@ -413,6 +433,11 @@ def build(out: Path) -> str:
         env = {}
     mode = env.get("mode", "gpu")
     lines = ["# glyph_rt GPU suite", ""]
+    unfinished = [n for n, s in steps.items() if s.get("status") in UNFINISHED]
+    if unfinished:
+        lines += [f"**Incomplete run**: {len(unfinished)} of {len(steps)} steps did not finish "
+                  f"({', '.join(unfinished)}): the run was killed (the machine's time limit?) or still runs; this is "
+                  "what the steps before them left.", ""]
     what = [f"{k}: {env[k]}" for k in ("gpu", "torch", "cuda", "triton", "transformers", "python", "commit")
             if env.get(k)]
     lines += [", ".join(what) or "environment unknown (the environment step did not run)", ""]
@@ -456,7 +481,7 @@ def main(argv=None) -> int:
     if not out.is_dir():
         print(f"OUTDIR {out}: not a directory; give the directory bench/gpu_suite.sh wrote", file=sys.stderr)
         return 2
-    (out / "summary.md").write_text(build(out))
+    write_atomic(out / "summary.md", build(out))
     print(f"wrote {out / 'summary.md'}")
     return 0
 

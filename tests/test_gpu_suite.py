@@ -37,7 +37,7 @@ def sample_outdir(out: Path) -> None:
         {"gpu_ms_128k": 1.5, "gpu_busy_ms_128k": 1.1, "pages_per_s": 40000.0, "gpu_pages_per_s": 90000.0, "peak_gbps": 3350.0,
          "speedup_vs_cpu": 400}))
     for backend, lin in (("triton", 1.3), ("cuda", 1.1)):
-        write(out / f"patch-embed-{backend}" / "patch-embed-h100.json", result("patch-embed", [
+        write(out / f"patch-embed-{backend}-h100.json", result("patch-embed", [
             {"patches": 131072, "backend": backend, "ours_uint8": {"ms": 1.0}, "linear_bf16": {"ms": lin},
              "hf_conv3d": {"ms": 6.0}}], {"speedup_vs_linear_bf16": lin, "speedup_vs_conv3d": 6.0}))
     att = [{"case": "vision 64x2520, 12x128", "backend": "glyph", "fwd_ms": 2.0},
@@ -161,6 +161,32 @@ def test_summary_names_the_step_behind_a_missing_figure(tmp_path):
     assert decode[5] == "missing" and "e2e-cpu-quick.json was measured on the CPU" in decode[6]
 
 
+def test_summary_of_a_run_cut_short_says_what_did_not_finish(tmp_path):
+    for name, status in (("bench-e2e", "running"), ("sanitizer-memcheck", "pending"),
+                         ("sanitizer-racecheck", "timeout"), ("tests-gpu", "ok")):
+        write(tmp_path / "steps" / f"{name}.json", {"name": name, "status": status, "seconds": 1, "budget_s": 9,
+                                                   "log": f"logs/{name}.log", "note": gpu_suite.RUNNING})
+    write(tmp_path / "logs" / "sanitizer-racecheck.log", "========= Racecheck: starting\n")  # killed: no verdict
+    md = summary.build(tmp_path)
+    assert "**Incomplete run**: 2 of 4 steps did not finish (bench-e2e, sanitizer-memcheck)" in md
+    assert "| sanitizer-memcheck | not run |" in md and "| sanitizer-racecheck | timeout |" in md
+    assert "bench-e2e: running (started, not finished" in rows_of(md)["rendering, fraction of TTFT"][0][6]
+    write(tmp_path / "steps" / "bench-e2e.json", {"name": "bench-e2e", "status": "ok"})
+    write(tmp_path / "steps" / "sanitizer-memcheck.json", {"name": "sanitizer-memcheck", "status": "ok"})
+    assert "Incomplete" not in summary.build(tmp_path)
+
+
+def test_patch_embed_runs_of_two_backends_keep_two_results_files(tmp_path):
+    from bench.bench_patch_embed import main
+
+    for backend in ("torch", "auto"):
+        main(["--quick", "--dim", "32", "--sizes", "48", "--backend", backend, "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.glob("patch-embed-*-quick.json")) == [
+        "patch-embed-auto-cpu-quick.json", "patch-embed-torch-cpu-quick.json"]
+    found = summary.load_results(tmp_path)["patch-embed"]
+    assert sorted(d["rows"][0]["backend"] for d in found) == ["auto", "torch"]
+
+
 def test_a_missing_figure_names_its_own_step_only():
     assert summary.made_by("bench-serve", "bench-serve") and summary.made_by("train-serve-bench-serve", "bench-serve")
     assert not summary.made_by("bench-serve-backbone", "bench-serve")
@@ -216,12 +242,81 @@ def test_a_step_out_of_time_is_killed_and_the_next_one_runs(tmp_path):
     assert "hello" in (tmp_path / "logs" / "ok.log").read_text()
     late = gpu_suite.run_step(ok, 3, tmp_path, time.monotonic() + 1, env, print)  # the run's budget is spent
     assert late["status"] == "skipped" and "out of time" in late["note"]
+    # a step whose slot in the plan ends later than its own budget would (earlier steps left time) runs until then
+    slow = gpu_suite.Step("slow", 1, [[sys.executable, "-c", "import time; time.sleep(2)"]])
+    rec = gpu_suite.run_step(slow, 4, tmp_path, time.monotonic() + 60, env, print, until=time.monotonic() + 20)
+    assert rec["status"] == "ok" and 19 < rec["limit_s"] <= 20
+    rec = gpu_suite.run_step(slow, 4, tmp_path, time.monotonic() + 60, env, print, until=time.monotonic() - 5)
+    assert rec["status"] == "timeout" and rec["limit_s"] == 1  # never less than its own budget, though
+
+
+def test_every_commands_budgets_fit_its_run_and_the_checks_run_nowhere_else_come_first(tmp_path):
+    for flags in ((), ("--full",), ("--train-serve",)):
+        args = gpu_suite.parser().parse_args([str(tmp_path), *flags])
+        assert args.budget == gpu_suite.DEFAULT_BUDGET == 520
+        steps = gpu_suite.plan(args, tmp_path, cuda=True)
+        assert sum(s.budget for s in steps) <= args.budget, (flags, [(s.name, s.budget) for s in steps])
+        assert [s.rest for s in steps] == [False] * (len(steps) - 1) + [True]  # the last takes what is left
+        assert steps[-1].budget >= gpu_suite.REST_MIN and min(s.budget for s in steps) >= 15
+    assert [s.name for s in gpu_plan(tmp_path)] == [
+        "build", "environment", "backends", "tests-gpu", "sanitizer-memcheck", "sanitizer-racecheck", "bench-render",
+        "bench-patch-embed-triton", "bench-patch-embed-cuda", "bench-attention", "bench-e2e", "tests-suite"]
+    full = gpu_plan(tmp_path, "--full")  # the serving figures before the e2e curves of the second command
+    assert [s.name for s in full][-2:] == ["bench-serve-backbone", "bench-e2e-full"]
+    wide = gpu_suite.plan(gpu_suite.parser().parse_args([str(tmp_path), "--budget", "900"]), tmp_path, cuda=True)
+    assert sum(s.budget for s in wide) == 900 and wide[-1].name == "tests-suite"  # a longer run: more suite
+
+
+KILLED_RUN = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from bench import gpu_suite as g
+
+g.REFRESH_S = 0.2
+out, result, pid = sys.argv[2:5]
+hang = ("import os, pathlib, sys, time; pathlib.Path(sys.argv[3]).write_text(str(os.getpid())); "
+        "pathlib.Path(sys.argv[1]).write_text(sys.argv[2]); time.sleep(120)")
+g.plan = lambda args, o, cuda: [
+    g.Step("first", 30, [[sys.executable, "-c", "print('done')"]]),
+    g.Step("bench-e2e", 60, [[sys.executable, "-c", hang, out + "/e2e-h100.json", result, pid]]),
+    g.Step("never", 30, [[sys.executable, "-c", "print('never')"]])]
+sys.exit(g.main([out, "--cpu-smoke", "--no-build", "--budget", "200", "--pack", out + ".tar.gz"]))
+"""
+
+
+def test_a_run_killed_midway_leaves_the_summary_and_archive_of_what_it_did(tmp_path):
+    """The machine may be killed when its time is spent: summary.md and the --pack archive are rewritten after
+    every step and while a step runs, so that they hold what the run measured until then."""
+    out, pid = tmp_path / "out", tmp_path / "pid"
+    e2e = result("e2e", [{"text_tokens": 131072, "text_rt_ttft_s": 20.0, "text_rt_decode_s_per_sample": 1.0,
+                          "glyph_rt_render_s": 0.05}],
+                 {"prefill_speedup_128k": 5.0, "decode_speedup_128k": 4.0, "render_fraction_of_ttft": 0.005})
+    p = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(ROOT), str(out), json.dumps(e2e), str(pid)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    md, end = "", time.monotonic() + 60
+    try:  # until a refresh during bench-e2e has read what it wrote so far
+        while "| 5.00 |" not in md and p.poll() is None and time.monotonic() < end:
+            time.sleep(0.1)
+            md = (out / "summary.md").read_text() if (out / "summary.md").exists() else ""
+    finally:
+        os.killpg(p.pid, 9)  # the suite, as the machine's end would
+        p.wait()
+        if pid.exists():  # the step it was running (a session of its own)
+            try:
+                os.kill(int(pid.read_text()), 9)
+            except ProcessLookupError:
+                pass
+    md = (out / "summary.md").read_text()
+    ttft = rows_of(md)["prefill (TTFT) vs text backbone (x)"][0]  # measured during the step the kill cut short
+    assert ttft[2] == "5.00" and ttft[5] == "pass", p.stdout.read().decode()
+    assert "| first | ok |" in md and "| bench-e2e | running |" in md and "| never | pending |" in md
+    assert "**Incomplete run**: 2 of 3 steps did not finish (bench-e2e, never)" in md
+    with tarfile.open(f"{out}.tar.gz") as tar:  # the archive has the same
+        assert tar.extractfile(f"{out.name}/summary.md").read().decode() == md
 
 
 def gpu_plan(tmp_path, *flags):
-    ap = argparse.Namespace(full="--full" in flags, train_serve="--train-serve" in flags, results="--results" in flags,
-                            no_build=True, budget=530)
-    return gpu_suite.plan(ap, tmp_path, cuda=True)
+    return gpu_suite.plan(gpu_suite.parser().parse_args([str(tmp_path), "--no-build", *flags]), tmp_path, cuda=True)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the arguments where the benchmarks stop at CUDA")
@@ -266,6 +361,7 @@ def test_cpu_smoke_mode_runs_every_step(tmp_path):
         assert steps[name] == "ok", (name, (tmp_path / "logs" / f"{name}.log").read_text()[-2000:])
     md = (tmp_path / "summary.md").read_text()
     assert "CPU smoke mode" in md and "| tests-suite | ok |" in md and "e2e-cpu-quick.json" in md
+    assert "Incomplete" not in md and not {"pending", "running"} & set(steps.values())
     assert (tmp_path / "render-cpu.json").exists()
     e2e = json.loads((tmp_path / "e2e-cpu-quick.json").read_text())  # --tokens is honoured from the command line
     assert [r["text_tokens"] for r in e2e["rows"]] == [200]
