@@ -109,6 +109,29 @@ def test_values_stay_inside_their_modes(draws):
             assert ch["family"] == P["colors"][ch["theme"]]["family"]
 
 
+def test_sizes_on_a_grid_stay_inside_a_range_whose_ends_are_off_it():
+    """A range whose ends are off its grid (a `step`, or the fixed 0.5 of margins, spacing and border padding and
+    0.25 of border widths): draws land on the grid points inside it, not the nearest ones outside; a range that
+    holds no grid point is drawn unsnapped within it (not a border drawn at width 0). Ranges whose ends are on
+    the grid (the defaults') reach both ends as before."""
+    p = load_params()
+    p["font_size"] = {"range": [7.2, 13.9], "step": 0.5}
+    p["line_height_delta"] = {"range": [0.1, 1.3], "step": 0.5}
+    p["margins"]["range"] = [10.2, 10.4]
+    p["spacing"] = {"small": {"weight": 1, "range": [1.1, 2.2]}}
+    p["borders"] = {"probability": 1.0, "width": [0.1, 0.2], "padding": [2.2, 3.3]}
+    s = StyleSampler(p, seed=0)
+    cs = [s.draw(i)[0] for i in range(400)]
+    assert {c.font_size for c in cs} == {7.5 + 0.5 * k for k in range(13)}  # 7.5 .. 13.5: every point inside
+    assert {round(c.line_height - c.font_size, 4) for c in cs} == {0.5, 1.0}
+    assert all(10.2 <= c.margin_x <= 10.4 and 10.2 <= c.margin_y <= 10.4 for c in cs)
+    assert {c.space_before for c in cs} | {c.space_after for c in cs} == {1.5, 2.0}
+    assert all(0.1 <= c.border_width <= 0.2 for c in cs) and {c.border_padding for c in cs} == {2.5, 3.0}
+    default = StyleSampler(seed=0)
+    sizes = {default.draw(i)[0].font_size for i in range(400)}
+    assert min(sizes) == 7.0 and max(sizes) == 14.0 and all(x * 2 == int(x * 2) for x in sizes)
+
+
 def test_italics_are_chosen_at_the_configured_rate(draws):
     s, ds = draws
     with_italic = [ch for _, ch in ds if s.pool.fonts.get((ch["family"], True))]

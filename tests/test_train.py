@@ -775,6 +775,61 @@ def test_fsdp_on_under_torchrun_with_one_rank_shards_on_a_one_rank_group(tiny, t
     assert (tmp_path / "one" / "export" / "model.safetensors").exists()
 
 
+def test_data_that_runs_out_ends_the_run_after_its_last_whole_step(tiny, tmp_path):
+    """Finite data that ends within step 3 of 5: the run ends after step 2, which is logged and saved (log_every and
+    save_every would not have), with a warning; resumed, it ends there again; with no data at all it is an error."""
+    from glyph_rt.train.trainer import Trainer
+
+    cfg = cfg_for(tiny, tmp_path, "steps=5", "data.global_batch=2", "save_every=0", "log_every=3")
+    gm = load(cfg)
+    batches = ocr_samples(gm, WORDS[:5])  # 5 micro-batches of 1: two steps, and one of the third
+    t = Trainer(cfg, gm, progress=False)
+    with pytest.warns(UserWarning, match="the data ran out in step 3 of 5: training ends after step 2, which is saved"):
+        m = t.fit(iter(batches))
+    assert t.step == 2 and t.ran_out and math.isfinite(m["loss"])
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [2]
+    assert t.ckpt.latest().name == "step_00000002"
+    assert all(p.grad is None for p in gm.model.parameters())  # the unfinished step's gradients are dropped
+    again = Trainer(cfg, gm, progress=False)
+    with pytest.warns(UserWarning, match="training ends after step 2"):
+        assert again.fit(iter([])) == {}
+    assert again.step == 2
+    fresh = Trainer(cfg_for(tiny, tmp_path / "fresh", "steps=5", "data.global_batch=2"), gm, progress=False)
+    with pytest.raises(ValueError, match="the data ran out in step 1 of 5: nothing to train"):
+        fresh.fit(iter(batches[:1]))
+
+
+def test_data_that_runs_out_on_one_rank_ends_every_rank_together(tiny, tmp_path):
+    """2 gloo processes with fully_shard whose finite data ends unevenly (rank 1's in the second micro-batch of step 2,
+    rank 0's not at all): both end after step 1, saved and exported, instead of rank 1 raising while rank 0 waits in
+    the next forward's collectives (until the process group's timeout)."""
+    worker = str(ROOT / "tests" / "train_fsdp_worker.py")
+    out = tmp_path / "two"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker,
+                        "sft", tiny, str(out), "4", "data.global_batch=4", "save_every=0"], capture_output=True,
+                       text=True, env=worker_env(DATA_LIMITS="9,3"), timeout=240)
+    assert r.returncode == 0, r.stderr[-6000:]
+    assert "RANK 0 STEP 1" in r.stdout and "RANK 1 STEP 1" in r.stdout
+    assert "the data ran out in step 2 of 4 on 1 of 2 ranks: training ends after step 1, which is saved" in r.stderr
+    assert (out / "checkpoints" / "step_00000001").is_dir() and (out / "export" / "model.safetensors").exists()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.slow  # an interpreter under torchrun: ~15-20 s
+def test_held_out_data_that_runs_out_on_one_rank_fails_on_every_rank(tiny, tmp_path):
+    """The held-out micro-batches run out on rank 1 alone: every rank raises naming it, rather than rank 0 going on
+    into the held-out forwards' collectives."""
+    worker = str(ROOT / "tests" / "train_fsdp_worker.py")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker,
+                        "sft", tiny, str(tmp_path / "two"), "2", "data.global_batch=2", "eval_every=1",
+                        "eval_batches=2", "data.eval_loader.corpus=unused"], capture_output=True, text=True,
+                       env=worker_env(EVAL_LIMITS="4,1"), timeout=240)
+    assert r.returncode != 0
+    for rank in (0, 1):
+        assert f"[rank{rank}]: ValueError: the held-out data ran out before eval_batches=2 micro-batches on 1 of 2 " \
+               "ranks" in r.stderr, r.stderr[-6000:]
+
+
 EXPORT_FAILS_ON_RANK_0 = """
 import os, torch.distributed as dist
 from glyph_rt.models.tiny import tiny_glm4v

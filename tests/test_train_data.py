@@ -47,6 +47,37 @@ def test_bad_loader_keys_are_named(loader, key):
         loader_options(cfg)
 
 
+@pytest.mark.parametrize("over, key", [
+    ("data.loader.window_chars=0", "data.loader.window_chars"), ("data.loader.max_pages=0", "data.loader.max_pages"),
+    ("data.loader.max_pages=2.5", "data.loader.max_pages"), ("data.loader.epochs=0", "data.loader.epochs"),
+    ("data.loader.epochs=true", "data.loader.epochs"), ("data.loader.shuffle=0", "data.loader.shuffle"),
+    ("data.loader.styles=sometimes", "data.loader.styles"), ("data.loader.think=1", "data.loader.think"),
+    ("data.eval_loader.window_chars=-3", "data.eval_loader.window_chars"),
+    ("data.eval_loader.shuffle=[]", "data.eval_loader.shuffle"),
+    ("data.eval_loader.task_options.lm.max_pages=0", "data.eval_loader.task_options.lm.max_pages"),
+    ("data.eval_loader.render=gpu", "data.eval_loader.render")])
+def test_shared_loader_options_are_checked_and_named(over, key):
+    """The shared options are checked as task_options are (a window of 0 characters would make every OCR sample a
+    skip), naming the mapping they were given in, before a model loads."""
+    from glyph_rt.train.config import load_config
+
+    cfg = load_config("cpt", None, ["model.path=x", over], check_paths=False)
+    with pytest.raises(TrainConfigError, match=f"^{key}: "):
+        loader_options(cfg, held_out=True)
+    with pytest.raises(TrainConfigError, match=f"^{key}: "):
+        loader_options(cfg)  # the held-out mapping too: what run() checks before the model loads
+
+
+def test_good_shared_loader_options_pass():
+    from glyph_rt.train.config import load_config
+
+    over = ["data.loader.epochs=null", "data.loader.shuffle=false", "data.loader.styles=no", "data.loader.think=true",
+            "data.loader.max_pages=2", "data.loader.window_chars=500", "data.eval_loader.epochs=1"]
+    opts = loader_options(load_config("cpt", None, ["model.path=x", *over], check_paths=False), held_out=True)
+    assert (opts["epochs"], opts["shuffle"], opts["styles"], opts["max_pages"], opts["window_chars"]) == \
+        (1, False, False, 2, 500)
+
+
 def test_task_options_give_cpt_long_windows_and_ocr_short_ones(tmp_path):
     """cpt's defaults: LM and generation over long windows (the paper's long-context pre-training), OCR over a
     few pages; one option changes by its dotted key; a bad task or option is named."""
@@ -218,3 +249,74 @@ def test_cpt_samples_over_max_tokens_are_left_out_and_counted(tmp_path):
     (full, state), (kept, cut) = got[None], got[680]
     assert state["too_long"] == 0 and max(full) > 680
     assert len(kept) == 6 and max(kept) <= 680 and cut["too_long"] == cut["skipped"] > 0
+
+
+@pytest.fixture
+def machine_fonts(monkeypatch):
+    """machine_fonts(paths): a StyleSampler (seed 0, default parameters) on a machine whose installed fonts are
+    `paths` (the bundled ones beside them); the font pool cache is cleared before and after."""
+    from glyph_rt.train import styles
+
+    def sampler(paths):
+        monkeypatch.setattr(styles, "system_fonts", lambda: [(str(f), [(0x20, 0x7E)]) for f in paths])
+        styles.build_font_pool.cache_clear()
+        return styles.StyleSampler(seed=0)
+
+    yield sampler
+    styles.build_font_pool.cache_clear()
+
+
+def font_copies(tmp_path, name="ExtraSans-Regular.ttf"):
+    """The same font file (a copy of a bundled one, under a name of its own) in two directories: one font installed
+    on two machines."""
+    import shutil
+
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+
+    out = []
+    for d in ("machine_a", "machine_b"):
+        (tmp_path / d).mkdir()
+        out.append(shutil.copy(BUILTIN_FONTS["sans"], tmp_path / d / name))
+    return out
+
+
+def test_the_loader_state_holds_the_font_pool_and_a_resume_under_other_fonts_warns(tmp_path, machine_fonts):
+    """The style draws depend on the machine's installed fonts: the data engine's loader keeps the key of its styles
+    (parameters and font pool, by file name and size) in its state, and a resume whose pool differs warns; the same
+    fonts elsewhere give the same key, and a state from before the key resumes without a word."""
+    import warnings
+
+    from glyph_rt.train.data import StageLoader
+    from glyph_rt.train.loader import TaskDataset
+
+    def loader(fonts):
+        return StageLoader(TaskDataset([{"text": "x"}], Echo("ocr")), None, 1, styles=machine_fonts(fonts))
+
+    a, b = font_copies(tmp_path)
+    state = loader([]).state_dict()
+    assert state["styles"] and state["fonts"]
+    other = loader([a])
+    assert other.state_dict()["fonts"] != state["fonts"] and other.state_dict()["styles"] != state["styles"]
+    assert loader([b]).state_dict()["styles"] == other.state_dict()["styles"]  # the same font on another machine
+    with pytest.warns(UserWarning, match="other styles than this run's .*the style sampler's font pool differs"):
+        other.load_state_dict(state)
+    assert other.consumed == state["consumed"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader([]).load_state_dict(state)
+        other.load_state_dict({k: v for k, v in state.items() if k not in ("styles", "fonts")})
+    assert StageLoader(TaskDataset([{"text": "x"}], Echo("ocr")), None, 1).state_dict()["styles"] is None
+
+
+def test_make_data_refuses_to_go_on_under_another_font_pool(tmp_path, machine_fonts):
+    """make-data's saved arguments hold the styles' key with the font pool: a rerun on a machine with other fonts is
+    refused, naming the font pool, rather than mixing two distributions in one directory."""
+    from glyph_rt.train.export import make_data
+
+    (tmp_path / "doc.txt").write_text("A short line of text to render.\n" * 3)
+    a, _ = font_copies(tmp_path)
+    args = dict(inputs=[str(tmp_path / "doc.txt")], num_samples=1, max_pages=1, progress=False)
+    make_data("ocr", tmp_path / "out", styles=machine_fonts([]), **args)
+    assert make_data("ocr", tmp_path / "out", styles=machine_fonts([]), **args)["kept"] == 1
+    with pytest.raises(ValueError, match="other arguments \\(styles, fonts.*the style sampler's font pool differs"):
+        make_data("ocr", tmp_path / "out", styles=machine_fonts([a]), **args)

@@ -6,6 +6,9 @@ sft: rank r reads the samples r, r + N, ... of a fixed list, so N ranks together
 rl: rank r reads the prompts r, r + S, ... (S: $RECORD_STRIDE, else N), and the ranks in $UNIFORM_RANKS score with
 the format reward alone, which a random-weight model never earns: their groups are all dropped.
 $BF16_COMPUTE=1 shards with the bf16 mixed-precision policy that CUDA runs get (on the CPU too).
+$DATA_LIMITS="a,b,...": rank r's data ends after its first (r-th number) items (finite data, uneven over the ranks).
+$EVAL_LIMITS="a,b,...": sft's held-out data (eval_every > 0) is the same stream, rank r's ending after its first
+(r-th number) items. Every rank prints `RANK r STEP s` at the end.
 """
 import os
 import sys
@@ -18,11 +21,11 @@ TEXTS = ["hello world", "the cat sat", "red fox", "blue sky"]
 
 
 class Stream:
-    def __init__(self, items, rank, world):
-        self.items, self.rank, self.world, self.pos = items, rank, world, 0
+    def __init__(self, items, rank, world, limit=None):
+        self.items, self.rank, self.world, self.pos, self.limit = items, rank, world, 0, limit
 
     def __iter__(self):
-        while True:
+        while self.limit is None or self.pos < self.limit:
             i = (self.pos * self.world + self.rank) % len(self.items)
             self.pos += 1
             yield self.items[i]
@@ -67,7 +70,19 @@ def main():
                                        "grpo.max_refills=1", "data.ocr_ratio=0", *over])  # its own prompts
         records = [{"context": t, "question": "Read the text.", "answer": t} for t in TEXTS]
         data = Stream(records, rank, int(os.environ.get("RECORD_STRIDE", world)))
+    eval_limits = os.environ.get("EVAL_LIMITS")
+    if eval_limits:
+        from glyph_rt.train import data as engine
+
+        def held_out(cfg, gm, rank, world, held_out=False):
+            return Stream(data.items, rank, world, int(eval_limits.split(",")[rank]))
+
+        engine.build_data = held_out
+    limits = os.environ.get("DATA_LIMITS")
+    if limits:
+        data.limit = int(limits.split(",")[rank])
     r = run(cfg, data=data, progress=False)
+    print(f"RANK {rank} STEP {r['step']}", flush=True)
     if rank == 0:
         print(f"LOSS {r['loss']!r}")
         print(f"METRICS {r!r}")

@@ -6,21 +6,27 @@
       think: true            sft: the answer is written `<think>{record's "thinking"}</think>\n{answer}`
       styles: true           a rendering style per sample from the Table 8 sampler (false: data.render_config, else
                              RenderConfig()); the default is false when data.render_config is set
-      max_pages, window_chars, text_field, render (worker | batch), epochs, shuffle
+      max_pages, window_chars    whole numbers >= 1 (checked as task_options are, naming the key)
+      text_field, render (worker | batch), shuffle (true | false)
+      epochs: null           null: no end; N (cpt, sft): N passes over the corpus, after which training ends at its last
+                             whole step on every rank together (Trainer.fit), warning that it ended early
       task_options: {lm: {window_chars: 400000, max_pages: 64}}   one task's own options over the shared ones
                              (max_pages, window_chars; lm: max_spans; gen: answer_chars, backward)
 
-cpt and sft get a GlyphLoader of collated micro-batches (packed rows when data.max_tokens > 0); rl gets this rank's
+cpt and sft get a GlyphLoader of collated micro-batches (packed rows when data.max_tokens > 0; a StageLoader, whose
+state keeps the key of its styles, font pool included: a resume under other fonts warns); rl gets this rank's
 QA records ({"context", "question", "answer"}; plain text becomes a needle question) with the same state_dict, and
 with data.ocr_ratio that share of OCR records (the auxiliary task, scored by the OCR reward).
 """
 from __future__ import annotations
 
 import random
+import warnings
 
 import torch
 
 from .config import TrainConfig, TrainConfigError, check_task_weights
+from .loader import GlyphLoader
 
 LOADER_KEYS = {"corpus", "tasks", "think", "styles", "max_pages", "window_chars", "text_field", "render", "epochs",
                "shuffle", "task_options"}
@@ -31,38 +37,94 @@ STAGE_TASKS = {"cpt": {"ocr": 1.0, "lm": 1.0, "gen": 1.0}, "sft": {"qa": 1.0}, "
 
 def loader_options(cfg: TrainConfig, held_out: bool = False) -> dict:
     """data.loader with the stage's defaults (held_out: data.eval_loader over it); TrainConfigError naming a bad
-    key."""
+    key (of either mapping, whichever is asked for)."""
     for name, given in (("data.loader", cfg.data.loader), ("data.eval_loader", cfg.data.eval_loader)):
         for k in given:
             if k not in LOADER_KEYS:
                 raise TrainConfigError(f"{name}.{k}: unknown key; {name} takes {', '.join(sorted(LOADER_KEYS))}")
+        check_loader_values(given, name)
     opts = {**cfg.data.loader, **(cfg.data.eval_loader if held_out else {})}
-    tasks = opts.get("tasks", STAGE_TASKS[cfg.stage])
-    if not isinstance(tasks, dict) or not tasks:
-        raise TrainConfigError(f"data.loader.tasks: expected a mapping of task -> weight, got {tasks!r}")
-    check_task_weights(tasks, "data.loader.tasks")
-    if sum(tasks.values()) <= 0:
-        raise TrainConfigError("data.loader.tasks: every weight is 0")
-    per_task = opts.get("task_options") or {}
+    opts["tasks"] = dict(opts.get("tasks", STAGE_TASKS[cfg.stage]))
+    return opts
+
+
+# the shared options of data.loader (and data.eval_loader) that take a whole number >= 1 or a boolean; epochs also
+# takes null (no end: the corpus again and again)
+WHOLE_OPTIONS = ("max_pages", "window_chars", "epochs")
+BOOL_OPTIONS = ("styles", "shuffle", "think")
+
+
+def check_loader_values(given: dict, name: str) -> None:
+    """The values of one loader mapping (`name`: data.loader or data.eval_loader), as the data engine takes them; a
+    TrainConfigError naming `name.key`."""
+    if "tasks" in given:
+        tasks = given["tasks"]
+        if not isinstance(tasks, dict) or not tasks:
+            raise TrainConfigError(f"{name}.tasks: expected a mapping of task -> weight, got {tasks!r}")
+        check_task_weights(tasks, f"{name}.tasks")
+        if sum(tasks.values()) <= 0:
+            raise TrainConfigError(f"{name}.tasks: every weight is 0")
+    for k in WHOLE_OPTIONS:
+        v = given.get(k)
+        if k in given and not (v is None and k == "epochs") and (isinstance(v, bool) or not isinstance(v, int)
+                                                                  or v < 1):
+            what = "a whole number >= 1" + (" (or null: no end)" if k == "epochs" else "")
+            raise TrainConfigError(f"{name}.{k}: {v!r} must be {what}")
+    for k in BOOL_OPTIONS:
+        if k in given and not isinstance(given[k], bool):
+            raise TrainConfigError(f"{name}.{k}: {given[k]!r} must be true or false")
+    if "text_field" in given and not (isinstance(given["text_field"], str) and given["text_field"]):
+        raise TrainConfigError(f"{name}.text_field: {given['text_field']!r} must be a field name")
+    if given.get("render", "worker") not in ("worker", "batch"):
+        raise TrainConfigError(f"{name}.render: {given['render']!r} must be worker or batch")
+    per_task = given.get("task_options") or {}
     if not isinstance(per_task, dict):
-        raise TrainConfigError(f"data.loader.task_options: expected a mapping of task -> options, got {per_task!r}")
-    for name, given in per_task.items():
-        if name not in TASK_OPTIONS or not isinstance(given, dict):
-            raise TrainConfigError(f"data.loader.task_options.{name}: expected one of {', '.join(TASK_OPTIONS)} "
+        raise TrainConfigError(f"{name}.task_options: expected a mapping of task -> options, got {per_task!r}")
+    for task, options in per_task.items():
+        if task not in TASK_OPTIONS or not isinstance(options, dict):
+            raise TrainConfigError(f"{name}.task_options.{task}: expected one of {', '.join(TASK_OPTIONS)} "
                                    "with a mapping of options")
-        for k, v in given.items():
-            if k not in TASK_OPTIONS[name]:
-                raise TrainConfigError(f"data.loader.task_options.{name}.{k}: unknown option; {name} takes "
-                                       f"{', '.join(sorted(TASK_OPTIONS[name]))}")
+        for k, v in options.items():
+            if k not in TASK_OPTIONS[task]:
+                raise TrainConfigError(f"{name}.task_options.{task}.{k}: unknown option; {task} takes "
+                                       f"{', '.join(sorted(TASK_OPTIONS[task]))}")
             if k == "backward":  # a probability
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                    raise TrainConfigError(f"data.loader.task_options.{name}.{k}: {v!r} must be in [0, 1]")
+                    raise TrainConfigError(f"{name}.task_options.{task}.{k}: {v!r} must be in [0, 1]")
             elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise TrainConfigError(f"data.loader.task_options.{name}.{k}: {v!r} must be a whole number >= 1")
-    if opts.get("render", "worker") not in ("worker", "batch"):
-        raise TrainConfigError(f"data.loader.render: {opts['render']!r} must be worker or batch")
-    opts["tasks"] = dict(tasks)
-    return opts
+                raise TrainConfigError(f"{name}.task_options.{task}.{k}: {v!r} must be a whole number >= 1")
+
+
+class StageLoader(GlyphLoader):
+    """build_data's GlyphLoader. Its state also holds the key of its style sampler (export.styles_key: the
+    parameters, the vision model's limits and the font pool, whose fonts include those installed on the machine) and
+    of the font pool alone: a resume under other styles (most often on a machine with other fonts) warns, since its
+    samples are then drawn from another distribution than the checkpoint's."""
+
+    def __init__(self, *args, styles=None, **kw):
+        from .export import font_pool_key, styles_key
+
+        super().__init__(*args, **kw)
+        self.styles_key, self.fonts_key = styles_key(styles), font_pool_key(styles)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "styles": self.styles_key, "fonts": self.fonts_key}
+
+    def load_state_dict(self, state: dict) -> None:
+        from .export import FONTS_DIFFER
+
+        super().load_state_dict(state)
+        if "styles" not in state or state["styles"] == self.styles_key:  # (a state from before the key: no check)
+            return
+        if state.get("fonts") is not None and self.fonts_key is not None and state["fonts"] != self.fonts_key:
+            why = FONTS_DIFFER
+        elif (state["styles"] is None) != (self.styles_key is None):
+            why = "data.loader.styles differs (a style per sample, or one render config)"
+        else:
+            why = "the style sampler's parameters differ"
+        warnings.warn(f"data state of rank {self.dataset.rank}: the checkpoint's samples were drawn with other styles "
+                      f"than this run's (key {state['styles']}, this run's {self.styles_key}): {why}; the samples from "
+                      "here on follow this run's", stacklevel=2)
 
 
 class MixedTask:
@@ -208,7 +270,7 @@ def build_data(cfg: TrainConfig, gm, rank: int, world: int, held_out: bool = Fal
     micro-batches of data.eval_loader's corpus (the held-out loss)."""
     from .collate import Collator
     from .config import fixed_render_config
-    from .loader import Corpus, GlyphLoader, TaskDataset
+    from .loader import Corpus, TaskDataset
     from .styles import StyleSampler
     from .tasks import make_task
 
@@ -244,4 +306,5 @@ def build_data(cfg: TrainConfig, gm, rank: int, world: int, held_out: bool = Fal
     col = Collator(gm.image_token_id, gm.tokenizer.pad_token_id, mode=mode, model=base_model(gm.model),
                    device=device, dtype=dtype, vision_model=gm.vision, max_length=cfg.data.max_tokens or None,
                    loss_weights=cfg.data.loss_weights)
-    return GlyphLoader(ds, col, batch_size=cfg.data.micro_batch, num_workers=0 if held_out else cfg.data.workers)
+    return StageLoader(ds, col, batch_size=cfg.data.micro_batch, num_workers=0 if held_out else cfg.data.workers,
+                       styles=styles)

@@ -97,8 +97,10 @@ def sample_row(sample) -> dict:
 
 
 def styles_key(styles) -> str | None:
-    """A hash of a StyleSampler's parameters (None: the default sampler), which make-data's saved arguments hold:
-    a rerun with other styles is refused instead of mixing them in one directory."""
+    """A hash of a StyleSampler's parameters, the vision model whose limits it checks and its font pool (the files
+    it draws from, by name and size: fonts.system pools the machine's installed fonts), which make-data's saved
+    arguments and the training loader's state hold: a rerun or resume with other styles (another machine's fonts
+    among them) is told instead of mixing two distributions under one key. None: no sampler."""
     if styles is None:
         return None
     params = getattr(styles, "params", None)
@@ -106,8 +108,22 @@ def styles_key(styles) -> str | None:
     what = {"params": params if params is not None else type(styles).__qualname__,
             "vision": None if vision is None else [getattr(vision, k, None)
                                                    for k in ("name", "min_pixels", "max_pixels")]}
+    fonts = font_pool_key(styles)
+    if fonts is not None:
+        what["fonts"] = fonts
     text = json.dumps(what, sort_keys=True, default=repr, ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def font_pool_key(styles) -> str | None:
+    """The key of a StyleSampler's font pool (FontPool.key), None for a sampler without one."""
+    pool = getattr(styles, "pool", None)
+    return getattr(pool, "key", None)
+
+
+FONTS_DIFFER = ("the style sampler's font pool differs (its fonts, by name and size: fonts.system pools the fonts "
+                "installed on each machine; a styles file with fonts.system: false and fonts.user_dir pools the same "
+                "fonts everywhere)")
 
 
 def shard_name(task: str, k: int) -> str:
@@ -136,15 +152,18 @@ def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard
     out.mkdir(parents=True, exist_ok=True)
     styles = styles if styles is not None else StyleSampler(seed=seed)
     args = {"task": task, "inputs": [str(p) for p in (inputs or [])], "num_samples": n, "shard_size": shard_size,
-            "seed": seed, "max_pages": max_pages, "records": len(corpus), "styles": styles_key(styles)}
+            "seed": seed, "max_pages": max_pages, "records": len(corpus), "styles": styles_key(styles),
+            "fonts": font_pool_key(styles)}
     for path in sorted(out.glob("*.parquet")):
         old = shard_args(path)
         if old is None:
             raise ValueError(f"{str(out)!r} holds {path.name}, which make-data did not write; use a new --out")
         diff = [k for k in args if old.get(k) != args[k]]
         if diff:
+            why = f"; {FONTS_DIFFER}" if "fonts" in diff and old.get("fonts") is not None else ""
             raise ValueError(f"{str(out)!r} holds shards made with other arguments ({', '.join(diff)}: "
-                             f"{', '.join(repr(old.get(k)) for k in diff)}); use a new --out or the same arguments")
+                             f"{', '.join(repr(old.get(k)) for k in diff)}){why}; use a new --out or the same "
+                             "arguments")
     for stale in out.glob(".*.parquet.tmp"):  # left by a killed run; trainers would try to read them
         stale.unlink()
     table_schema = schema().with_metadata({ARGS_KEY: json.dumps(args)})
@@ -208,4 +227,4 @@ def schema():
 
 
 __all__ = ["make_data", "schema", "shard_args", "to_messages", "page_pngs", "sample_row", "shard_name",
-           "escape_placeholders", "styles_key"]
+           "escape_placeholders", "styles_key", "font_pool_key"]

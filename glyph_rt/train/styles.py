@@ -7,9 +7,11 @@ exclusion rule is redrawn with the next attempt; the sampler counts each rule's 
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import functools
-import bisect
+import hashlib
+import json
 import math
 import os
 import random
@@ -176,6 +178,21 @@ class FontPool:
 
     def classes(self) -> list[str]:
         return [c for c in FAMILY_CLASSES if self.fonts.get((c, False)) or self.fonts.get((c, True))]
+
+    @functools.cached_property
+    def key(self) -> str:
+        """A hash of what the draws pick from: each class's font files in order, by file name and size. The draws
+        of a sampler depend on the installed fonts (fonts.system): the same fonts elsewhere give the same key, and
+        another set (or order) another, so that make-data and a resumed training run can tell."""
+        def size(path: str) -> int:
+            try:
+                return os.path.getsize(path)
+            except OSError:
+                return -1
+
+        what = [[c, italic, [[Path(f).name, size(f)] for f in self.fonts[(c, italic)]]]
+                for c, italic in sorted(self.fonts)]
+        return hashlib.sha256(json.dumps(what, ensure_ascii=True).encode()).hexdigest()[:16]
 
     def summary(self) -> str:
         per = ", ".join(f"{c} {len(self.fonts.get((c, False), ()))}+{len(self.fonts.get((c, True), ()))} italic"
@@ -429,7 +446,7 @@ class StyleSampler:
 
         def uni(lo, hi, step=0.0):
             x = lo + (hi - lo) * rng.random()
-            return round(round(x / step) * step, 4) if step else x
+            return snap(x, lo, hi, step) if step else x
 
         # dpi
         ch["dpi"] = mode = self._dpi.draw(rng)
@@ -537,6 +554,18 @@ class StyleSampler:
 
     def __call__(self, index: int) -> RenderConfig:
         return self.sample(index).config
+
+
+def snap(x: float, lo: float, hi: float, step: float) -> float:
+    """x (drawn in [lo, hi]) at the nearest multiple of `step` inside [lo, hi] (rounded to 4 decimals), so that a
+    range whose ends are not multiples keeps its draws inside it; a range that holds no multiple gives x (rounded
+    to 4 decimals, within the range) unsnapped.
+    For a range whose ends are multiples this is the nearest multiple of all (the draws of such ranges, the
+    defaults', are what they always were)."""
+    first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+    if first > last:
+        return min(max(round(x, 4), lo), hi)
+    return round(min(max(round(x / step), first), last) * step, 4)
 
 
 def _mix(a, b, t: float) -> str:

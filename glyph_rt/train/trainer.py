@@ -11,6 +11,7 @@ all ranks) divided by their count, so it does not depend on how the batch is spl
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -171,6 +172,23 @@ def _all_reduce(values: list[float], device: torch.device, op: str = "sum") -> l
     return t.tolist()
 
 
+_END = object()  # next(iterator, _END): the data ended
+
+
+class DataRanOut(Exception):
+    """Trainer.collect: the data ran out on `ranks` ranks (every rank raises it at the same micro-batch)."""
+
+    def __init__(self, ranks: int):
+        super().__init__(f"the data ran out on {ranks} rank(s)")
+        self.ranks = ranks
+
+
+def endless(data) -> bool:
+    """Whether `data` is known never to run out: the data engine's loader with no data.loader.epochs."""
+    dataset = getattr(data, "dataset", None)
+    return dataset is not None and hasattr(dataset, "epochs") and dataset.epochs is None
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, gm, *, rank: int = 0, world: int = 1, device: torch.device | None = None,
                  fsdp: bool = False, progress: bool = True, eval_data=None):
@@ -193,6 +211,8 @@ class Trainer:
         self.image_token_id = getattr(gm, "image_token_id", None)
         self.eval_data = eval_data  # held-out micro-batches: cfg.eval_batches of them make the held-out loss
         self._eval_batches: list | None = None
+        self._agree = False  # fit: whether collect agrees over the ranks that each drew its micro-batch
+        self.ran_out = False  # fit: whether the data ran out before `steps`
 
     # -------------------------------------------------------------- state
     def resume(self, data=None) -> bool:
@@ -296,13 +316,15 @@ class Trainer:
         """The loss on the held-out micro-batches (the same cfg.eval_batches each time, all ranks), per label
         token."""
         if self._eval_batches is None:
-            it = iter(self.eval_data)
-            try:  # kept on the CPU between evaluations (a batch of pages is large)
-                self._eval_batches = [{k: v.cpu() if torch.is_tensor(v) else v for k, v in next(it).items()}
-                                      for _ in range(self.cfg.eval_batches)]
-            except StopIteration:
+            # kept on the CPU between evaluations (a batch of pages is large)
+            got = [{k: v.cpu() if torch.is_tensor(v) else v for k, v in b.items()}
+                   for b in itertools.islice(self.eval_data, self.cfg.eval_batches)]
+            # every rank learns whether any ran out, so that all raise rather than wait for it in the forwards
+            (short,) = _all_reduce([float(len(got) < self.cfg.eval_batches)], self.device)
+            if short:
                 raise ValueError(f"the held-out data ran out before eval_batches={self.cfg.eval_batches} "
-                                 "micro-batches") from None
+                                 f"micro-batches{self._on_ranks(short)}")
+            self._eval_batches = got
         self.model.eval()
         try:
             with self.autocast():
@@ -314,13 +336,22 @@ class Trainer:
 
     # -------------------------------------------------------------- loop
     def collect(self, it, steps: int):
-        """This rank's micro-batches of the next global batch, drawn one by one as the step takes them."""
+        """This rank's micro-batches of the next global batch, drawn one by one as the step takes them; DataRanOut
+        when the data ends. With several ranks and data that may end (not the data engine's endless loader), the
+        ranks agree before each forward that every one drew its micro-batch (one all_reduce of a flag): a rank whose
+        data ran out alone would leave the others waiting in the forward's collectives. DataRanOut is then raised
+        on every rank at the same micro-batch."""
         for _ in range(self.accum):
-            try:
-                b = next(it)
-            except StopIteration:
-                raise ValueError(f"the data ran out at step {self.step} of {steps}") from None
+            b = next(it, _END)
+            ran_out = float(b is _END)
+            if self._agree:
+                (ran_out,) = _all_reduce([ran_out], self.device)
+            if ran_out:
+                raise DataRanOut(int(ran_out))
             yield b
+
+    def _on_ranks(self, n: float) -> str:
+        return f" on {int(n)} of {self.world} ranks" if self.world > 1 else ""
 
     def data_counts(self, data) -> dict:
         """Samples (or rl records) the data skipped so far, over all ranks: those that made nothing or were longer
@@ -332,33 +363,70 @@ class Trainer:
 
     def fit(self, data, steps: int | None = None) -> dict:
         """Trains until `steps` (default cfg.steps) optimizer steps are done, resuming first when a checkpoint
-        exists; saves every cfg.save_every steps and at the end. Returns the last step's metrics."""
+        exists; saves every cfg.save_every steps and at the end. Returns the last step's metrics. Data that runs out
+        first (a finite data.loader.epochs; on any rank) ends the training after its last whole step, on every rank
+        together: that step is logged and saved (the unfinished step's gradients are dropped) and a warning says
+        so; data that runs out before the first step is a ValueError."""
         from tqdm import tqdm
 
         steps = steps or self.cfg.steps
         self.resume(data)
+        self._agree = self.world > 1 and distributed() and not endless(data)
+        self.ran_out = False
         it = iter(data)
         bar = tqdm(total=steps, initial=self.step, desc=f"{self.cfg.stage}", disable=not self.progress,
                    dynamic_ncols=True)
         last: dict = {}
+        done = {"log": self.step, "eval": self.step, "save": self.step}  # what the last step got (resumed: all)
         try:
             while self.step < steps:
-                last = self.train_step(self.collect(it, steps))
+                try:
+                    last = self.train_step(self.collect(it, steps))
+                except DataRanOut as e:
+                    self.optimizer.zero_grad(set_to_none=True)  # the unfinished step's
+                    self.end_early(e.ranks, steps, data, last, done)
+                    break
+                end = self.step == steps
                 held_out = self.eval_data is not None and self.cfg.eval_every and (
-                    self.step % self.cfg.eval_every == 0 or self.step == steps)
-                if held_out:
-                    last["eval_loss"] = self.eval_loss()
-                if held_out or self.step % self.cfg.log_every == 0 or self.step == steps:
-                    last.update(self.data_counts(data))
-                    self.log.log(self.step, last)
+                    self.step % self.cfg.eval_every == 0 or end)
+                self.finish_step(last, data, held_out=held_out,
+                                 log=held_out or self.step % self.cfg.log_every == 0 or end,
+                                 save=(self.cfg.save_every and self.step % self.cfg.save_every == 0) or end, done=done)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
-                if (self.cfg.save_every and self.step % self.cfg.save_every == 0) or self.step == steps:
-                    self.save(data)
         finally:
             bar.close()
         self.log.close()
         return last
+
+    def finish_step(self, last: dict, data, held_out: bool, log: bool, save: bool, done: dict) -> None:
+        """The held-out loss, the metrics row and the checkpoint of the step just trained, those asked for."""
+        if held_out:
+            last["eval_loss"] = self.eval_loss()
+            done["eval"] = self.step
+        if log:
+            last.update(self.data_counts(data))
+            self.log.log(self.step, last)
+            done["log"] = self.step
+        if save:
+            self.save(data)
+            done["save"] = self.step
+
+    def end_early(self, ranks: int, steps: int, data, last: dict, done: dict) -> None:
+        """The data ran out (on `ranks` ranks) in step self.step + 1: the last whole step gets what the last step
+        of the run would (held-out loss, metrics row, checkpoint), those it did not get yet."""
+        epochs = self.cfg.data.loader.get("epochs") if isinstance(self.cfg.data.loader, dict) else None
+        hint = (f"; data.loader.epochs={epochs} ends it: raise it (null: no end) or lower steps" if epochs else "")
+        where = f"the data ran out in step {self.step + 1} of {steps}{self._on_ranks(ranks)}"
+        if self.step == 0:
+            raise ValueError(f"{where}: nothing to train{hint}")
+        self.ran_out = True
+        if self.rank == 0:
+            warnings.warn(f"{where}: training ends after step {self.step}, which is saved{hint}", stacklevel=3)
+        if last:  # a step trained in this run (a resumed run that ran out at once has nothing new)
+            self.finish_step(last, data, held_out=self.eval_data is not None and bool(self.cfg.eval_every)
+                             and done["eval"] != self.step, log=done["log"] != self.step,
+                             save=done["save"] != self.step, done=done)
 
     def export(self, path: str | os.PathLike | None = None) -> Path | None:
         """HF-format safetensors of the trained model (LoRA merged) in out_dir/export, in model.dtype (fp32 master
