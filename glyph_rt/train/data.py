@@ -250,7 +250,7 @@ def rollout_check(gm, max_new_tokens: int):
         if not gm.max_positions:
             return
         pages = doc.num_pages
-        prompt = len(gm.prompts.ids(gm.prompts.prompt([1] * pages, rec["question"]))) + pages * (per_page - 1)
+        prompt = len(gm.prompts.prompt_ids([per_page] * pages, rec["question"]))  # as build_inputs feeds it
         if prompt + max_new_tokens > gm.max_positions:
             raise TaskError(f"record {i}: its prompt takes up to {prompt} positions ({pages} pages), which with "
                             f"grpo.max_new_tokens={max_new_tokens} is over the model's {gm.max_positions}")
