@@ -275,3 +275,85 @@ def test_ocr_samples_whose_pages_miss_glyphs_are_skipped_counted_and_logged(buil
         assert len(list(loader)) == 3
     assert loader.state_dict()["skipped"] == 3 and loader.dataset.missing_glyphs == 3
     assert "pages miss glyphs" in caplog.text and "U+0007" in caplog.text
+
+
+def test_corpus_files_by_suffix_in_any_case_and_directories_of_records(tmp_path, caplog):
+    """A .json array of records is records, suffixes count in any case, a directory of JSONL / Parquet shards is
+    read whole; a directory mixing record files and text files (a README beside the shards), an unknown suffix, a
+    .json that is not an array of objects: a CorpusError naming the files."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    recs = [{"context": f"The sky is blue {i}.", "question": "What colour?", "answer": "Blue."} for i in range(3)]
+    (tmp_path / "data.json").write_text(json.dumps(recs))
+    (tmp_path / "DATA.JSONL").write_text("\n".join(json.dumps(r) for r in recs))
+    (tmp_path / "lines.json").write_text("\n".join(json.dumps(r) for r in recs))  # JSON Lines under .json
+    (tmp_path / "z.JSON.GZ").write_bytes(gzip.compress(json.dumps(recs).encode()))
+    (tmp_path / "NOTES.TXT").write_text("plain text")
+    for name in ("data.json", "DATA.JSONL", "lines.json", "z.JSON.GZ"):
+        c = Corpus.open(tmp_path / name)
+        assert len(c) == 3 and c[1] == recs[1], name
+    assert Corpus.open(tmp_path / "NOTES.TXT")[0] == {"text": "plain text"}
+    shards = tmp_path / "shards"
+    (shards / "train").mkdir(parents=True)
+    (shards / "part-0.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    pq.write_table(pa.Table.from_pylist(recs[:2]), shards / "train" / "part-1.parquet")
+    (shards / ".gitattributes").write_text("*.parquet filter=lfs")
+    (shards / "LICENSE").write_text("MIT")
+    with caplog.at_level("WARNING", logger="glyph_rt.train"):
+        c = Corpus.open(shards)
+    assert len(c) == 5 and c[3] == recs[0] and "1 files that are no corpus files left out" in caplog.text
+    (shards / "README.md").write_text("This dataset holds QA records.")
+    with pytest.raises(CorpusError, match=r"mixes 2 record files .*part-0.jsonl.* and 1 text files .*README.md"):
+        Corpus.open(shards)
+    (tmp_path / "corpus.csv").write_text("text\nhello\n")
+    (tmp_path / "squad.json").write_text(json.dumps({"version": 2, "data": recs}))
+    (tmp_path / "mixed.json").write_text(json.dumps([recs[0], "text"]))
+    for name, match in (("corpus.csv", "corpus.csv' is not a corpus file by its name: .*\\.jsonl"),
+                        ("squad.json", "squad.json: a JSON dict, not an array of records"),
+                        ("mixed.json", "mixed.json: item 1 of the array is not a JSON object")):
+        with pytest.raises(CorpusError, match=match):
+            Corpus.open(tmp_path / name)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "x.csv").write_text("a")
+    with pytest.raises(CorpusError, match="holds no corpus file"):
+        Corpus.open(tmp_path / "empty")
+
+
+def test_samples_the_task_finds_too_long_are_counted_never_drawn(builder, monkeypatch):
+    """A task given max_tokens finds a too-long sample from its layout: the loader counts it as too long (and
+    skipped), its pages are never drawn, and the batches are the same whatever the workers and after a resume."""
+    from glyph_rt.train import collate
+
+    text = sample_text()
+    limit = 400  # 26 full pages of CFG
+    long = {1, 4, 7}
+    corpus = Corpus([("mem", [{"context": text[:40000] if i in long else text[i * 600:i * 600 + 600],
+                               "question": "What?", "answer": "This."} for i in range(12)])])
+
+    def loader(workers=0):
+        task = make_task("qa", builder, config=CFG, max_tokens=limit)
+        data = TaskDataset(corpus, task, seed=2, epochs=1, shuffle=False)
+        return GlyphLoader(data, Collator(builder.image_token_id, 0, max_length=limit), batch_size=2,
+                           num_workers=workers)
+
+    drawn = []
+    render = collate.render_samples
+    monkeypatch.setattr(collate, "render_samples", lambda samples, *a, **k: drawn.extend(s.index for s in samples)
+                        or render(samples, *a, **k))
+    full = loader()
+    got = [b["attention_mask"].sum(1).tolist() for b in full]
+    state = full.state_dict()
+    assert len(got) == 4 and state["consumed"] == 11  # the 9 that fit: 4 batches, the last one left over
+    assert state["too_long"] == state["skipped"] == 3 and max(max(g) for g in got) <= limit
+    assert sorted(drawn) == sorted(set(range(12)) - long)  # the samples that fit, each drawn once
+    assert [b["attention_mask"].sum(1).tolist() for b in loader(2)] == got
+    first = loader()
+    it = iter(first)
+    next(it)
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    assert [b["attention_mask"].sum(1).tolist() for b in resumed] == got[1:]
+    assert resumed.state_dict()["too_long"] == 3

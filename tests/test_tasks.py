@@ -256,9 +256,9 @@ def test_max_tokens_caps_the_pages_ocr_lm_and_gen_show(builder, text):
 
     W, H = canvas_size(CFG)
     per_page = vision_model("glm4v").tokens(H, W)
-    for name in ("ocr", "lm", "gen"):
-        free = make_task(name, builder, config=CFG, max_pages=8, window_chars=6000)
-        capped = make_task(name, builder, config=CFG, max_pages=8, window_chars=6000, max_tokens=2 * per_page + 1)
+    for name in ("ocr", "lm", "gen"):  # no builder: the pages alone count (the text's tokens: the test below)
+        free = make_task(name, None, config=CFG, max_pages=8, window_chars=6000)
+        capped = make_task(name, None, config=CFG, max_pages=8, window_chars=6000, max_tokens=2 * per_page + 1)
         assert capped.page_budget(CFG) == 2 and free.page_budget(CFG) == 8
         most = max(sum(p.num_pages for p in free({"text": text}, i).pages) for i in range(12))
         assert most > 2, name
@@ -267,3 +267,136 @@ def test_max_tokens_caps_the_pages_ocr_lm_and_gen_show(builder, text):
     for bad in (0, -5, 2.5, True):
         with pytest.raises(ValueError, match="max_tokens: .* must be an integer >= 1"):
             make_task("lm", builder, config=CFG, max_tokens=bad)
+
+
+def drawn_length(s) -> int:
+    """The sample's tokens once its pages are drawn (what the collator checks against max_length)."""
+    from glyph_rt.models.prompt import tokens_per_image
+    from glyph_rt.train.collate import render_samples
+
+    _, grid, _ = render_samples([s])
+    return len(s.input_ids) - s.num_images + sum(tokens_per_image(grid))
+
+
+def test_page_tokens_are_the_drawn_pages_tokens(text):
+    """page_tokens, the tasks' length check before drawing, gives each page's visual tokens as drawn (auto-crop
+    and snapping included) from the layout alone, on the style sampler's styles."""
+    from glyph_rt.render.tokens import vision_model
+    from glyph_rt.train.tasks import page_tokens
+
+    styles = StyleSampler(seed=0)
+    for i in range(6):
+        config = styles.sample(i).config
+        for vision in ("glm4v", "qwen2_5_vl"):
+            doc = Document(text[i * 3000:i * 3000 + 2500], config, max_pages=2)
+            _, sizes = doc.rasterize()
+            assert page_tokens(doc, vision) == [vision_model(vision).tokens(h, w) for w, h in sizes]
+            assert page_tokens(doc, vision, last=False) >= page_tokens(doc, vision)  # the last page uncropped
+
+
+def test_qa_longer_than_max_tokens_is_too_long_before_a_page_is_drawn(builder, text):
+    """A QA context whose pages and text pass max_tokens is TooLong (the loader counts it as too long, draws
+    nothing: tests/test_loader.py), found from its layout; a needle's haystack ends where the pages that fit end,
+    so needle samples fit."""
+    from glyph_rt.train.tasks import TooLong
+
+    limit = 600  # 20 full pages of CFG (30 visual tokens each)
+    task = make_task("qa", builder, config=CFG, max_tokens=limit, think=True, window_chars=40000)
+    assert task.layout_pages(CFG) < task.max_pages  # a long context is not laid out over 64 pages
+    short = {"context": text[:900], "question": "Who?", "answer": "Them."}
+    assert drawn_length(task(short, 0)) <= drawn_length(task({**short, "context": text[:15000]}, 0)) <= limit
+    for bad in ({"context": text[:60000]}, {"answer": text[:3000]}):  # its pages, or its text
+        with pytest.raises(TooLong, match=f"record 3: .* over max_tokens={limit}"):
+            task({**short, **bad}, 3)
+    for i in range(4):
+        s = task({"text": text}, i)
+        n, answer = drawn_length(s), s.messages[-1]["content"].split("\n")[-1]
+        page = s.pages[0]
+        assert limit - 2 * 32 < n <= limit  # the pages that fit, and no more
+        assert f"is: {answer}." in page.text[:page.document().page_spans()[-1][1]]
+
+
+@pytest.mark.parametrize("name", ["lm", "ocr", "gen"])
+def test_samples_fit_max_tokens_text_included(builder, text, name):
+    """ocr, gen and lm count their text's tokens too: lm fills max_tokens with pages and text and cuts its last
+    text span where the tokens run out; ocr and gen show fewer pages, or are TooLong (never drawn); no sample comes
+    out longer than max_tokens."""
+    from glyph_rt.train.tasks import TooLong
+
+    limit = 1000
+    task = make_task(name, builder, config=CFG, max_pages=12, window_chars=20000, max_tokens=limit)
+    lengths = []
+    for i in range(8):
+        try:
+            s = task({"text": text}, i)
+        except TooLong:
+            continue
+        lengths.append(drawn_length(s))
+        if name == "lm":  # the trained text is the text spans, in order
+            assert trained_text(builder, s) == "".join(c["text"] for c in s.messages[0]["content"]
+                                                       if c["type"] == "text")
+    assert len(lengths) >= 4 and max(lengths) <= limit
+    if name == "lm":
+        assert sorted(lengths)[len(lengths) // 2] > limit * 0.8  # filled (unless the window ran out first)
+
+
+def test_qa_gen_lm_whose_pages_miss_glyphs_are_skipped(builder, text):
+    """QA contexts take no box (as OCR); generation and LM take up to MAX_BOXED_SHARE of their pages' characters
+    drawn as boxes (no font of the style has them), past it a MissingGlyphs (skipped and counted)."""
+    from glyph_rt.train.tasks import MAX_BOXED_SHARE, MissingGlyphs
+
+    qa = make_task("qa", builder, config=CFG)
+    with pytest.raises(MissingGlyphs, match=r"record 1: field 'context': .*U\+0007.*what its pages show"):
+        qa({"context": text[:500] + " \x07 " + text[500:900], "question": "q?", "answer": "a"}, 1)
+    with pytest.raises(MissingGlyphs, match=r"field 'text'"):  # a needle's haystack
+        qa({"text": text[:3000].replace("e", "\x07")}, 0)
+    assert MAX_BOXED_SHARE == 0.01
+    rare = text[:3000].replace("that", "\x07hat")  # well under 1% of the characters
+    often = text[:3000].replace("e", "\x07")
+    for name in ("gen", "lm"):
+        task = make_task(name, builder, config=CFG, max_pages=2, window_chars=3000,
+                         **({"backward": 0.0} if name == "gen" else {}))
+        for i in range(3):
+            task({"text": rare}, i)
+            with pytest.raises(MissingGlyphs, match=r"U\+0007.*over .* 1% \(MAX_BOXED_SHARE\)"):
+                task({"text": often}, i)
+
+
+def test_cuts_stay_near_the_cut_point_without_spaces():
+    """Text with no line end and few spaces (Chinese with an English term now and then) is cut at the character
+    past CUT_REACH: generation answers keep to answer_chars, forward and backward."""
+    import random
+
+    from glyph_rt.train.tasks import CUT_REACH, _cut
+
+    r = random.Random(0)
+    chars = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去"
+    paras = []
+    for _ in range(60):
+        p = "".join(r.choice(chars) for _ in range(r.randint(150, 700)))
+        k = r.randrange(len(p))
+        paras.append(p[:k] + (" New York " if r.random() < 0.3 else "") + p[k:] + "。")
+    cjk = "".join(paras)
+    assert _cut("abc def\nghi jkl", 14, None) == 8 and _cut("x" * 200 + " " + "y" * 100, 300, None) == 300
+    for backward in (0.0, 1.0):
+        gen = make_task("gen", None, config=RenderConfig(), backward=backward, window_chars=12000, answer_chars=1500)
+        lengths = [len(gen({"text": cjk}, i).messages[-1]["content"]) for i in range(12)]
+        assert 1500 - CUT_REACH <= min(lengths) and max(lengths) <= 1500 + CUT_REACH, lengths
+
+
+def test_ocr_targets_hold_what_the_pages_show(builder, text):
+    """Characters the pages draw nothing for leave the OCR target (zero-width spaces, soft hyphens, BOMs, word
+    joiners; ZWJ/ZWNJ stay: they shape their neighbours), CR and CRLF line ends are LF, breaking controls and line
+    separators a space; a record or a target with no visible character is a TaskError, never an empty target."""
+    task = make_task("ocr", builder, config=CFG, max_pages=1)
+    base = text[:600]
+    marked = (base.replace(" the ", " th\u00ade \u200b").replace("\n", "\r\n", 3).replace(". ", ".\u2028", 2)
+              .replace("a", "a\ufeff\u2060", 3) + " a\u200db")
+    assert marked.count("\u00ad") == 2 and marked.count("\u2028") == 2 and marked.count("\r\n") == 3
+    s = task({"text": marked}, 0)  # one page holds it all
+    target = s.messages[-1]["content"]
+    assert target == base + " a\u200db"
+    assert trained_text(builder, s).strip() == target.strip()
+    for invisible in ("\u200b", "\ufeff\u200b\u2060", "\u00ad", " \u200b\n\u2060 "):
+        with pytest.raises(TaskError, match="no visible character"):
+            task({"text": invisible}, 0)

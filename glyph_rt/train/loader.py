@@ -2,8 +2,8 @@
 
 Interface (stable; the trainer builds on it):
 
-    corpus = Corpus.open(paths)           # text files or directories of them, .jsonl(.gz), .parquet, a `datasets`
-                                          # directory (save_to_disk); no path: the bundled corpus (BUNDLED_CORPUS)
+    corpus = Corpus.open(paths)           # text, .jsonl, .json (an array), .parquet files, directories of them, a
+                                          # `datasets` directory (save_to_disk); no path: the bundled corpus
     data = TaskDataset(corpus, task, seed=0, epochs=None, render="worker" | "batch")
     loader = GlyphLoader(data, collator, batch_size=8, num_workers=2)
     for batch in loader: ...              # collator(samples): see collate.py
@@ -14,11 +14,12 @@ by (seed, epoch e = g // N), or the identity with shuffle=False) and is task(rec
 of (seed, g). Rank r of R takes g = r, r + R, r + 2R, ... (torch.distributed's rank and world size when it
 is initialised); its DataLoader worker w of W takes every W-th of those, and the DataLoader returns
 them round-robin, so a rank sees the same samples in the same order, batched the same way, whatever
-the number of workers. A record a task cannot use (TaskError; OCR: pages that draw a character as a box,
-no font covering it) yields nothing, the same way everywhere, and is counted, as is a sample longer than the
-collator's max_length (left out of its batch); SKIP_LIMIT such samples in a row stop the loader with the
-reason. state_dict() holds the number of the rank's samples consumed; resuming from it yields exactly the
-samples that would have come next.
+the number of workers. A record a task cannot use (TaskError; pages that draw characters as boxes, no font
+covering them: MissingGlyphs) yields nothing, the same way everywhere, and is counted, as is a sample longer
+than the collator's max_length: a task given max_tokens finds it from its layout, before a page is drawn
+(tasks.TooLong, yielded as a TooLongSample), the collator any other (left out of its batch); both are counted
+as too long. SKIP_LIMIT such samples in a row stop the loader with the reason. state_dict() holds the number
+of the rank's samples consumed; resuming from it yields exactly the samples that would have come next.
 
 Layout always runs where the samples are made (the workers). render="worker": each sample's pages are
 also drawn there, on the CPU (the C++ path, into pixel_values), so the main process only concatenates.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import codecs
 import functools
 import gzip
+import json
 import logging
 import os
 import re
@@ -43,7 +45,7 @@ import torch
 from ..fileio import json_lines
 from ..render.tokens import VisionModel
 from .collate import SamplesTooLong, attach_pixels
-from .tasks import MissingGlyphs, TaskError
+from .tasks import MissingGlyphs, TaskError, TooLong
 
 log = logging.getLogger("glyph_rt.train")
 
@@ -92,8 +94,13 @@ class Corpus:
 
     @classmethod
     def open(cls, paths=None, max_chars: int = 50000, text_field: str = "text") -> "Corpus":
-        """Text files (.txt, .md) and directories of them (split into records of at most `max_chars`),
-        JSONL files (.jsonl, .jsonl.gz), Parquet files and `datasets` directories; no path: the bundled corpus."""
+        """Corpus files and directories; no path: the bundled corpus. A file is read by its name's suffix, in any
+        case: text (.txt, .md, .text; split into records of at most `max_chars`), JSON Lines (.jsonl), a JSON
+        array of records (.json), each of them also gzipped (.gz), or Parquet (.parquet); any other suffix is a
+        CorpusError naming the file. A directory is a `datasets` directory (save_to_disk), or its corpus files,
+        all of them record files or all text files (a directory mixing the two, as a README beside JSONL shards,
+        is a CorpusError naming both: give the record files or their own directory); the other files in it are
+        left out and logged, hidden ones (.git, .gitattributes) unlogged."""
         if paths is None or paths == []:
             paths = [BUNDLED_CORPUS]
         if isinstance(paths, (str, os.PathLike)):
@@ -105,18 +112,61 @@ class Corpus:
             if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()):
                 sources.append((str(p), _hf_dataset(p, text_field)))
             elif p.is_dir():
-                files = sorted(f for f in p.rglob("*") if f.suffix.lower() in TEXT_SUFFIXES and f.is_file())
-                for f in files:
-                    sources.append((str(f), _text_records(f, max_chars)))
-                if not files:
-                    raise CorpusError(f"corpus: directory {str(p)!r} holds no {'/'.join(TEXT_SUFFIXES)} files")
-            elif p.name.endswith((".jsonl", ".jsonl.gz")):
-                sources.append((str(p), _jsonl(p, text_field)))
-            elif p.suffix == ".parquet":
-                sources.append((str(p), _Parquet(p, text_field)))
+                for f in _directory_files(p):
+                    sources.append((str(f), _source(f, max_chars, text_field)))
+            elif _kind(p) is None:
+                raise CorpusError(f"corpus: {str(p)!r} is not a corpus file by its name: {CORPUS_FILES}")
             else:
-                sources.append((str(p), _text_records(p, max_chars)))
+                sources.append((str(p), _source(p, max_chars, text_field)))
         return cls(sources)
+
+
+RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+CORPUS_FILES = ("a corpus file is text (.txt, .md, .text), JSON Lines (.jsonl), a JSON array of records (.json), "
+                "each also gzipped (.gz), or Parquet (.parquet); or give a `datasets` directory")
+
+
+def _kind(path: Path) -> str | None:
+    """"records" (JSON Lines, JSON, Parquet), "text", or None (no corpus file) by the name's suffix, in any case."""
+    name = path.name.lower()
+    if name.endswith(RECORD_SUFFIXES):
+        return "records"
+    if name.endswith(TEXT_SUFFIXES) or name.endswith(tuple(t + ".gz" for t in TEXT_SUFFIXES)):
+        return "text"
+    return None
+
+
+def _directory_files(d: Path) -> list[Path]:
+    """The corpus files under directory `d`, sorted: its record files or its text files (both: a CorpusError)."""
+    kinds: dict = {}
+    for f in sorted(d.rglob("*")):
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(d).parts):
+            kinds.setdefault(_kind(f), []).append(f)
+    records, texts, other = kinds.get("records", []), kinds.get("text", []), kinds.get(None, [])
+    if records and texts:
+        raise CorpusError(f"corpus: directory {str(d)!r} mixes {len(records)} record files (JSON Lines, JSON, Parquet: "
+                          f"{str(records[0])!r}{', ...' if len(records) > 1 else ''}) and {len(texts)} text files "
+                          f"({str(texts[0])!r}{', ...' if len(texts) > 1 else ''}), which would train on both; give "
+                          "the record files (or a directory holding only them), or the text files")
+    if not records and not texts:
+        raise CorpusError(f"corpus: directory {str(d)!r} holds no corpus file ({len(other)} other files); "
+                          f"{CORPUS_FILES}")
+    if other:
+        log.warning("corpus: directory %r: %d files that are no corpus files left out (%s%s)", str(d), len(other),
+                    str(other[0]), ", ..." if len(other) > 1 else "")
+    return records or texts
+
+
+def _source(path: Path, max_chars: int, text_field: str):
+    """The records of one corpus file (its kind by _kind)."""
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return _Parquet(path, text_field)
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return _jsonl(path, text_field)
+    if name.endswith((".json", ".json.gz")):
+        return _json(path, text_field)
+    return _text_records(path, max_chars)
 
 
 def _text_records(path: Path, max_chars: int) -> list[str]:
@@ -132,7 +182,7 @@ def _text_records(path: Path, max_chars: int) -> list[str]:
 
 
 def _not_utf8(path: Path, line: int, at: int, bad: bytes) -> CorpusError:
-    where = " of its decompressed text" if path.suffix == ".gz" else ""
+    where = " of its decompressed text" if path.suffix.lower() == ".gz" else ""
     return CorpusError(f"corpus: {path}:{line}: invalid UTF-8 at byte {at}{where} ({bad!r}); a corpus file must be "
                        "UTF-8: convert it (e.g. iconv -f ITS-ENCODING -t UTF-8 IN > OUT)")
 
@@ -146,7 +196,7 @@ class _reading:
 
     def __enter__(self):
         try:
-            self.f = gzip.open(self.path, "rb") if self.path.suffix == ".gz" else open(self.path, "rb")
+            self.f = gzip.open(self.path, "rb") if self.path.suffix.lower() == ".gz" else open(self.path, "rb")
         except OSError as e:
             raise self.error(e) from None
         return self.f
@@ -226,6 +276,39 @@ def _jsonl(path: Path, text_field: str) -> list[dict]:
     return out
 
 
+def _json(path: Path, text_field: str) -> list[dict]:
+    """The records of a .json file: an array of objects (a file of one object per line is read as JSON Lines).
+    Anything else (one object, as SQuAD's {"data": ...}; an array item that is not an object), text that is not
+    JSON or not UTF-8, or a lone surrogate in a string is a CorpusError naming the file."""
+    with _reading(path) as f:
+        data = f.read()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = bom + e.start
+        raise _not_utf8(path, data.count(b"\n", 0, at) + 1, at, data[at:at + 4]) from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # JSON Lines under a .json name
+            return _jsonl(path, text_field)
+        raise CorpusError(f"corpus: {path}:{e.lineno}: not JSON ({e.msg})") from None
+    if not isinstance(value, list):
+        raise CorpusError(f"corpus: {path}: a JSON {type(value).__name__ if value is not None else 'null'}, not an "
+                          "array of records; a .json corpus file holds [{\"text\": ...}, ...] (or one object per line)")
+    out = []
+    for i, rec in enumerate(value):
+        if not isinstance(rec, dict):
+            raise CorpusError(f"corpus: {path}: item {i} of the array is not a JSON object")
+        bad = _lone_surrogate(rec)
+        if bad:
+            raise CorpusError(f"corpus: {path}: item {i}: a lone surrogate (\\u{ord(bad):04x}) in a string, which is "
+                              "not text (it cannot be encoded as UTF-8); fix or drop the record")
+        out.append(_record(rec, text_field))
+    return out
+
+
 class _Parquet:
     def __init__(self, path: Path, text_field: str):
         import pyarrow.parquet as pq
@@ -294,7 +377,7 @@ class TaskDataset(torch.utils.data.IterableDataset):
         self.corpus, self.task, self.seed, self.epochs, self.shuffle = corpus, task, int(seed), epochs, shuffle
         self.render, self.dtype, self.vision_model = render, dtype, vision_model
         self.start = 0  # the first of this rank's samples to make (set by GlyphLoader.load_state_dict)
-        self.missing_glyphs = 0  # OCR samples this process left out because their pages miss glyphs (logged)
+        self.missing_glyphs = 0  # samples this process left out because their pages miss glyphs (logged)
 
     def __len__(self) -> int:
         """This rank's samples (an equal share: the last few of an uneven total are left out)."""
@@ -310,12 +393,15 @@ class TaskDataset(torch.utils.data.IterableDataset):
         return int(epoch_order(self.seed, epoch, n)[pos])
 
     def sample(self, g: int):
-        """Global sample g (None when its record cannot make one)."""
-        return self.make(g)[0]
+        """Global sample g; None when its record cannot make one, a TooLongSample when it would be longer than the
+        task's max_tokens (the collator's max_length: found before its pages are drawn)."""
+        s, why = self.make(g)
+        return TooLongSample(g, str(why)) if isinstance(why, TooLong) else s
 
     def make(self, g: int):
-        """(global sample g, None), or (None, the task's TaskError) when its record cannot make one. An OCR sample
-        whose pages miss glyphs (MissingGlyphs) is also logged: the first few, then every 1000th of this process."""
+        """(global sample g, None), or (None, the task's TaskError) when its record cannot make one (TooLong: one
+        longer than the task's max_tokens). A sample whose pages miss glyphs (MissingGlyphs) is also logged: the
+        first few, then every 1000th of this process."""
         try:
             s = self.task(self.corpus[self.record_index(g)], g)
         except TaskError as e:
@@ -351,6 +437,17 @@ class TaskDataset(torch.utils.data.IterableDataset):
         w, W = (info.id, info.num_workers) if info is not None else (0, 1)
         for _, s in self.local_samples(self.start + w, W):
             yield s
+
+
+class TooLongSample:
+    """What TaskDataset yields for sample g when the task found it longer than max_tokens (tasks.TooLong) before
+    drawing its pages: GlyphLoader counts it as the collator's too-long samples are counted (too_long)."""
+
+    def __init__(self, index: int, reason: str):
+        self.index, self.reason = index, reason
+
+    def __repr__(self) -> str:
+        return f"TooLongSample({self.index}, {self.reason!r})"
 
 
 def _keep(x):
@@ -426,13 +523,17 @@ class GlyphLoader:
 
     def __iter__(self):
         """Batches of batch_size samples. A sample the collator finds longer than its max_length is left out of
-        its batch, which fills up with the next samples; it is counted (state_dict()["too_long"]) and logged."""
+        its batch, which fills up with the next samples; it is counted (state_dict()["too_long"]) and logged, as is
+        a TooLongSample (the task found it longer than its max_tokens before drawing its pages)."""
         batch, skipped, too_long, pos = [], 0, 0, self.consumed
         known = 0  # the first `known` samples of the batch are known to fit (an earlier collation said so)
         streak = SkipStreak("samples in a row made nothing",
                             "check the corpus, data.loader.text_field and the task's options")
         long_streak = SkipStreak("samples in a row were longer than the collator's max_length",
                                  "raise data.max_tokens or lower the tasks' max_pages")
+        # the task's own TooLong (found before drawing): misses in a row, each sample made a hit
+        early_streak = SkipStreak("samples in a row were longer than max_tokens",
+                                  "raise data.max_tokens or lower the tasks' max_pages")
         samples, done = self.samples(), False
         while True:
             while len(batch) < self.batch_size and not done:
@@ -446,6 +547,14 @@ class GlyphLoader:
                     streak.miss(lambda j=j: self.dataset.why_skipped(j))
                     continue
                 streak.hit()
+                if isinstance(s, TooLongSample):
+                    skipped, too_long = skipped + 1, too_long + 1
+                    n = self.too_long + too_long
+                    if n <= 10 or n % 1000 == 0:
+                        log.warning("left out (%d so far on this rank): sample %d: %s", n, s.index, s.reason)
+                    early_streak.miss(lambda s=s: s.reason)
+                    continue
+                early_streak.hit()
                 batch.append(s)
             if not batch or (len(batch) < self.batch_size and self.drop_last):
                 return
@@ -476,4 +585,4 @@ class GlyphLoader:
         return [s for k, s in enumerate(batch) if k not in drop], len(drop)
 
 
-__all__ = ["Corpus", "CorpusError", "TaskDataset", "GlyphLoader", "split_text", "dist_rank"]
+__all__ = ["Corpus", "CorpusError", "TaskDataset", "GlyphLoader", "TooLongSample", "split_text", "dist_rank"]

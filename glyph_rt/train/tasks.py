@@ -18,24 +18,38 @@ styles.sample(index) and every other choice comes from a generator seeded by (se
 
 Tasks (the Glyph paper's continual pre-training families, plus long-context QA):
   ocr  read back one or several pages; the target is the text between the first page's and the last
-       page's character spans as the layout reports them (no character lost, none duplicated); pages that
-       draw a character as a box (no font of the style has it) are a TaskError (MissingGlyphs)
+       page's character spans as the layout reports them (no character lost, none duplicated), less what the
+       pages draw nothing for (ocr_target: zero-width spaces, soft hyphens, BOMs; CR line ends as LF); pages
+       that draw a character as a box (no font of the style has it) are a TaskError (MissingGlyphs)
   lm   interleaved language modelling: spans of the text alternate between pages and plain text, in
        order, in one user turn; loss on the plain-text spans (PromptBuilder.encode_pieces)
   gen  given the first pages, write what follows (or given the last pages, what came before)
-  qa   a context rendered as pages, the question as text, loss on the answer
+  qa   a context rendered as pages, the question as text, loss on the answer; a context page drawing a box is
+       a MissingGlyphs, as for OCR (gen and lm: past MAX_BOXED_SHARE of their pages' characters)
+A record field with no visible character (only spaces and zero-width characters) is a TaskError.
+
+max_tokens (the collator's max_length): each task finds a sample's length before any page is drawn (its text
+tokens and page_tokens: each page's visual tokens, auto-crop included, from the layout) and keeps within it: ocr
+and gen show fewer pages, lm stops its spans where the tokens run out, a needle's haystack ends where the pages
+that fit end; a sample that still cannot fit (a QA context, a first page) is TooLong, a TaskError the loader
+counts as too long.
 The chat samples (ocr, gen, qa) use PromptBuilder.encode: loss on the assistant's turn only.
 """
 from __future__ import annotations
 
+import functools
 import random
 import re
+import sys
+import unicodedata
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..models.prompt import IGNORE_INDEX, PromptBuilder
 from ..render.config import RenderConfig
 from ..render.pages import Document
-from ..render.raster import canvas_tokens
+from ..render.raster import canvas_tokens, final_sizes, paragraph_rects, scales
 from ..render.tokens import vision_model
 
 TASKS = ("ocr", "lm", "gen", "qa")
@@ -51,7 +65,44 @@ class TaskError(ValueError):
 
 
 class MissingGlyphs(TaskError):
-    """An OCR sample whose pages draw characters as boxes (no font of the style covers them)."""
+    """A sample whose pages draw characters as boxes (no font of the style covers them): OCR and QA any, generation
+    and LM more than MAX_BOXED_SHARE of the characters their pages show."""
+
+
+class TooLong(TaskError):
+    """A sample longer than max_tokens (the collator's max_length), found from its layout before any page is drawn;
+    the loader counts it with the samples the collator finds too long (state_dict()["too_long"])."""
+
+
+# generation and LM: the most of the characters a sample's pages show that may be drawn as boxes (no font of the
+# style covers them); past it the sample is a MissingGlyphs (skipped and counted). OCR and QA take none.
+MAX_BOXED_SHARE = 0.01
+# _cut looks this many characters back from a cut point for a line end, then a space; past it, it cuts where it is
+# (text without spaces, as Chinese or Japanese, is cut at the character)
+CUT_REACH = 64
+# format characters (Unicode category Cf) that draw ink of their own (Arabic, Syriac and Kaithi number and
+# abbreviation signs): kept in OCR targets. ZWJ and ZWNJ are kept too: they choose the shapes of the letters
+# around them. The other Cf characters (soft hyphen, zero-width space, BOM, word joiner, bidi controls) draw
+# nothing and leave OCR targets.
+INKED_FORMAT = frozenset([*range(0x600, 0x606), 0x6DD, 0x70F, 0x890, 0x891, 0x8E2, 0x110BD, 0x110CD])
+JOINERS = frozenset([0x200C, 0x200D])
+# characters the layout draws as a space (breaking spaces that are controls or line and paragraph separators): a
+# space in OCR targets; a lone CR or a CRLF ends a line as LF does: LF in OCR targets
+_AS_SPACE = {c: " " for c in (0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x1F, 0x85, 0x2028, 0x2029)}
+_LINE_END = re.compile("\r\n?")
+
+
+@functools.lru_cache(maxsize=1)
+def _format_re() -> re.Pattern:
+    """The format characters (Unicode category Cf) as a character class (they lie below U+20000 or in plane 14)."""
+    cps = [c for r in (range(0x20000), range(0xE0000, min(0xE1000, sys.maxunicode + 1))) for c in r
+           if unicodedata.category(chr(c)) == "Cf"]
+    return re.compile("[" + "".join(re.escape(chr(c)) for c in cps) + "]")
+
+
+def _visible(text: str) -> bool:
+    """Whether the text holds a character that draws ink (not whitespace, not an inkless format character)."""
+    return any(not c.isspace() and (unicodedata.category(c) != "Cf" or ord(c) in INKED_FORMAT) for c in text)
 
 
 @dataclass
@@ -104,16 +155,21 @@ def _text_field(record: dict, name: str, index: int) -> str:
     v = record.get(name)
     if not isinstance(v, str) or not v.strip():
         raise TaskError(f"record {index}: field {name!r} must be a non-empty string, got {v!r:.60}")
+    if not _visible(v):
+        raise TaskError(f"record {index}: field {name!r} holds no visible character (only spaces and zero-width "
+                        f"characters), got {v!r:.60}")
     return v
 
 
-def _cut(text: str, at: int, rng: random.Random) -> int:
-    """A cut point near `at` at a line or word boundary (never inside a word)."""
+def _cut(text: str, at: int, rng: random.Random | None = None) -> int:
+    """A cut point at or up to CUT_REACH characters before `at`: after a line end, else after a space, else `at`
+    itself (text without spaces near the cut, as Chinese, is cut at the character)."""
     at = max(0, min(len(text), at))
-    nl = text.rfind("\n", 0, at)
-    if nl > at * 0.7:
+    lo = max(0, at - CUT_REACH)
+    nl = text.rfind("\n", lo, at)
+    if nl >= 0:
         return nl + 1
-    sp = text.rfind(" ", 0, at)
+    sp = text.rfind(" ", lo, at)
     return sp + 1 if sp > 0 else at
 
 
@@ -127,6 +183,54 @@ def text_window(text: str, chars: int, rng: random.Random) -> str:
     nl = text.find("\n", start, min(start + 2000, last))
     start = nl + 1 if nl >= 0 else start
     return text[start:start + chars]
+
+
+def page_tokens(doc: Document, vision="glm4v", last: bool = True) -> list[int]:
+    """Visual tokens of each page of `doc` as the renderer crops it (auto-crop, snapping), found from the layout
+    alone, no page drawn: a page's ink lies within its glyphs' bitmap boxes and its paragraph boxes, whose extent
+    takes the ink's place in the crop, so a drawn page never takes more (tests/test_tasks.py: as many, on the
+    style sampler's styles). last=False: the last page laid out is not the text's last (a layout that max_pages
+    cut short, whose text goes on), so it is not cropped as the last page is."""
+    n = doc.num_pages
+    if n == 0:
+        return []
+    c, lay = doc.config, doc.layout
+    W, H = doc.canvas
+    right, bottom = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    if c.auto_crop_width or c.auto_crop_last_page or c.snap:
+        a, P = doc.atlas.arrays(), doc.atlas.phases
+        sx, sy = scales(c)
+        lo, hi, g_page, g_y = lay.page_glyphs(0, n)
+        xf = lay.g_x[lo:hi].astype(np.float64) * sx
+        ix = np.floor(xf)
+        k = lay.g_slot[lo:hi].astype(np.int64) * P + np.minimum(P - 1, ((xf - ix) * P).astype(np.int64))
+        gw, gh = a["width"][k].astype(np.int64), a["height"][k].astype(np.int64)
+        drawn = (gw > 0) & (gh > 0)
+        x1 = ix.astype(np.int64) + a["left"][k] + gw
+        y1 = np.floor(g_y.astype(np.float64) * sy + 0.5).astype(np.int64) - a["top"][k] + gh
+        np.maximum.at(right, g_page[drawn], x1[drawn])
+        np.maximum.at(bottom, g_page[drawn], y1[drawn])
+        rp, rb, _ = paragraph_rects(lay, c)
+        on = rp < n
+        np.maximum.at(right, rp[on], rb[on, 2])
+        np.maximum.at(bottom, rp[on], rb[on, 3])
+        right, bottom = np.clip(right, 0, W), np.clip(bottom, 0, H)
+    sizes = final_sizes(c, right, bottom, 0, n if last else n + 1, doc.canvas)
+    v = vision_model(vision)
+    return [v.tokens(h, w) for w, h in sizes]
+
+
+def boxed_share(docs: list[tuple[Document, int]]) -> tuple[dict, float]:
+    """(characters drawn as boxes with their counts, their share of the characters drawn) on the first `pages` pages
+    of each (Document, pages)."""
+    missing = {}
+    for doc, pages in docs:
+        for ch, k in doc.missing_chars(pages).items():
+            missing[ch] = missing.get(ch, 0) + k
+    if not missing:
+        return {}, 0.0
+    shown = sum(doc.char_counts(pages)["placed_chars"] for doc, pages in docs)
+    return missing, sum(missing.values()) / max(1, shown)
 
 
 class Task:
@@ -167,16 +271,47 @@ class Task:
         """The sample of a user turn (the pages, then `question`) and the assistant's `answer`, in the thinking
         format when `thinking` is given (think_answer). Added tokens' texts in the question, the answer and the
         thinking (a corpus's "<|endoftext|>") are tokenized as plain text; the template's markup and the
-        thinking format's tags as the tokens they are."""
+        thinking format's tags as the tokens they are. TooLong when it would take more than max_tokens (checked).
+        """
         n = sum(p.num_pages for p in pages)
         shown = answer if thinking is None else think_answer(answer, thinking)
         msgs = PromptBuilder.messages(n, question, answer=shown)
         if self.builder is None:  # messages only (export): no token ids
             return Sample(index, self.name, pages, [], [], msgs, meta)
+        enc = self.encode_chat(index, n, question, answer, thinking)
+        return self.checked(Sample(index, self.name, pages, enc.input_ids, enc.labels, msgs, meta))
+
+    def encode_chat(self, index: int, n: int, question: str, answer: str, thinking: str | None = None):
+        """builder.encode of the chat of `n` pages (one image token each), the texts escaped."""
         esc = self.escape(index)
         said = esc(answer) if thinking is None else think_answer(answer, thinking, esc)
-        enc = self.builder.encode(PromptBuilder.messages(n, esc(question), answer=said), [1] * n)
-        return Sample(index, self.name, pages, enc.input_ids, enc.labels, msgs, meta)
+        return self.builder.encode(PromptBuilder.messages(n, esc(question), answer=said), [1] * n)
+
+    def visual_tokens(self, pages: list[PageRange]) -> int:
+        """The visual tokens the pages will take once drawn (page_tokens: from the layout, none drawn)."""
+        return sum(sum(page_tokens(p.document(), self.vision)[p.start:p.stop]) for p in pages)
+
+    def checked(self, sample: Sample) -> Sample:
+        """The sample, or TooLong when its text tokens and its pages' visual tokens (page_tokens) pass max_tokens:
+        found before a page is drawn. No check without max_tokens or without token ids (builder None)."""
+        if self.max_tokens is None or self.builder is None:
+            return sample
+        visual = self.visual_tokens(sample.pages)
+        total = len(sample.input_ids) - sample.num_images + visual
+        if total > self.max_tokens:
+            raise TooLong(f"record {sample.index}: the {self.name} sample takes {total} tokens ({sample.num_images} "
+                          f"pages, {visual} of them visual) over max_tokens={self.max_tokens}")
+        return sample
+
+    def boxes(self, index: int, docs: list[tuple[Document, int]], field_name: str = "text",
+              share: float = 0.0) -> None:
+        """MissingGlyphs when the first `pages` pages of each (Document, pages) draw more than `share` of their
+        characters as boxes (no font of the style has them)."""
+        missing, boxed = boxed_share(docs)
+        if missing and boxed > share:
+            why = None if not share else (f"{boxed:.1%} of the characters the pages show, over {self.name}'s "
+                                          f"{share:.0%} (MAX_BOXED_SHARE)")
+            raise missing_glyphs(index, missing, field_name, why or BOXES_WHY.get(self.name))
 
     def escape(self, index: int):
         """builder.escape, its ValueError this record's TaskError."""
@@ -191,20 +326,47 @@ class Task:
         raise NotImplementedError
 
 
-def missing_glyphs(index: int, missing: dict, field_name: str = "text") -> MissingGlyphs:
-    """The TaskError of an OCR record whose pages draw characters as replacement boxes (Document.missing_chars():
-    no font of the style covers them): a target holding them would teach reading what the pages do not show."""
+BOXES_WHY = {"ocr": "an OCR target must hold only what the pages show",
+             "qa": "a question about a context must be about what its pages show"}
+
+
+def missing_glyphs(index: int, missing: dict, field_name: str = "text", why: str | None = None) -> MissingGlyphs:
+    """The TaskError of a record whose pages draw characters as replacement boxes (Document.missing_chars(): no font
+    of the style covers them): an OCR target holding them would teach reading what the pages do not show. `why`:
+    the reason the sample cannot have them (an OCR target's by default)."""
     top = sorted(missing.items(), key=lambda kv: -kv[1])
     named = ", ".join(f"{c!r} (U+{ord(c):04X}) x{n}" for c, n in top[:8]) + (
         f" and {len(top) - 8} other characters" if len(top) > 8 else "")
     return MissingGlyphs(f"record {index}: field {field_name!r}: the pages draw {sum(missing.values())} characters as "
-                     f"boxes (no font of the style has them): {named}; an OCR target must hold only what the pages "
-                     "show")
+                         f"boxes (no font of the style has them): {named}; {why or BOXES_WHY['ocr']}")
+
+
+def ocr_target(text: str, doc: Document, start: int, end: int, pages: int) -> str:
+    """What the first `pages` pages of `doc` (the layout of `text`) show of text[start:end], as text: format
+    characters that draw nothing there (soft hyphens, zero-width spaces, BOMs, word joiners, bidi controls; not
+    ZWJ/ZWNJ, which choose the shapes around them) left out, a CR or CRLF line end as LF, and the controls and
+    separators the layout draws as a space (VT, FF, U+2028, U+2029, ...) as a space."""
+    target = text[start:end]
+    fmt = [m.start() for m in _format_re().finditer(target)
+           if ord(m.group()) not in JOINERS and ord(m.group()) not in INKED_FORMAT]
+    if fmt:  # one the font draws with ink (a glyph placed for it whose bitmap is not blank) stays
+        lay, atlas = doc.layout, doc.atlas
+        lo, hi, _, _ = lay.page_glyphs(0, pages)
+        src = lay.g_src[lo:hi]
+        at = np.isin(src, np.asarray(fmt, np.int64) + start)
+        inked = {int(i) - start for i, slot in zip(src[at].tolist(), lay.g_slot[lo:hi][at].tolist())
+                 if any(atlas.bitmap(int(slot), ph)[0].any() for ph in range(atlas.phases))}
+        drop = set(fmt) - inked
+        target = "".join(ch for i, ch in enumerate(target) if i not in drop) if drop else target
+    if "\r" in target:
+        target = _LINE_END.sub("\n", target)
+    return target.translate(_AS_SPACE)
 
 
 class OCRTask(Task):
-    """Reads back 1 to max_pages pages of a window. A sample whose pages draw a character as a box (no font of its
-    style covers it) is a TaskError: skipped and counted, never a target holding text the pages do not show."""
+    """Reads back 1 to max_pages pages of a window (fewer where max_tokens holds fewer). A sample whose pages draw a
+    character as a box (no font of its style covers it) is a TaskError: skipped and counted, never a target holding
+    text the pages do not show; the target leaves out the characters the pages draw nothing for (ocr_target)."""
     name = "ocr"
 
     def __call__(self, record: dict, index: int) -> Sample:
@@ -216,14 +378,20 @@ class OCRTask(Task):
         doc = Document(window, style, max_pages=k)
         if doc.num_pages == 0:
             raise TaskError(f"record {index}: field 'text' lays out to no page")
-        missing = doc.missing_chars()
-        if missing:
-            raise missing_glyphs(index, missing)
-        spans = doc.page_spans()
-        target = window[spans[0][0]:spans[-1][1]]
-        page = PageRange(window, doc.config, 0, doc.num_pages, k, doc)
-        return self.chat(index, [page], rng.choice(OCR_PROMPTS), target,
-                         {"chars": len(target), "page_spans": spans})
+        prompt = rng.choice(OCR_PROMPTS)
+        for n in range(doc.num_pages, 0, -1):  # fewer pages while the sample is longer than max_tokens
+            self.boxes(index, [(doc, n)])
+            spans = doc.page_spans()[:n]
+            target = ocr_target(window, doc, spans[0][0], spans[-1][1], n)
+            if not _visible(target):
+                raise TaskError(f"record {index}: field 'text': its pages show no visible character (only spaces "
+                                "and zero-width characters)")
+            page = PageRange(window, doc.config, 0, n, k, doc)
+            try:
+                return self.chat(index, [page], prompt, target, {"chars": len(target), "page_spans": spans})
+            except TooLong:
+                if n == 1:
+                    raise
 
 
 class GenTask(Task):
@@ -242,22 +410,30 @@ class GenTask(Task):
         style = self.style(index)
         k = rng.randint(1, self.page_budget(style))
         split = _cut(window, int(len(window) * rng.uniform(0.3, 0.7)), rng)
-        if rng.random() < self.backward:  # the last pages are shown: write what came before
+        backward = rng.random() < self.backward
+        if backward:  # the last pages are shown: write what came before
             doc = Document(window[split:], style, max_pages=k)
             begin = _cut(window, split - self.answer_chars, rng) if split > self.answer_chars else 0
             answer, prompt = window[begin:split], rng.choice(GEN_BACKWARD)
             shown = window[split:]
         else:
             doc = Document(window[:split], style, max_pages=k)
-            end = doc.page_spans()[-1][1]  # text past the last page shown (max_pages) continues the answer
-            answer = window[end:end + self.answer_chars]
-            answer = answer[:_cut(answer, len(answer), rng)] if end + self.answer_chars < len(window) else answer
             prompt, shown = rng.choice(GEN_FORWARD), window[:split]
-        if not answer.strip():
-            raise TaskError(f"record {index}: field 'text' leaves nothing to generate")
-        page = PageRange(shown, doc.config, 0, doc.num_pages, k, doc)
-        return self.chat(index, [page], prompt, answer, {"direction": "backward" if prompt in GEN_BACKWARD else
-                                                         "forward"})
+        for n in range(doc.num_pages, 0, -1):  # fewer pages while the sample is longer than max_tokens
+            self.boxes(index, [(doc, n)], share=MAX_BOXED_SHARE)
+            if not backward:
+                end = doc.page_spans()[n - 1][1]  # text past the last page shown (max_pages) continues the answer
+                answer = window[end:end + self.answer_chars]
+                answer = answer[:_cut(answer, len(answer), rng)] if end + self.answer_chars < len(window) else answer
+            if not _visible(answer):
+                raise TaskError(f"record {index}: field 'text' leaves nothing to generate")
+            page = PageRange(shown, doc.config, 0, n, k, doc)
+            try:
+                return self.chat(index, [page], prompt, answer, {"direction": "backward" if backward else "forward"})
+            except TooLong:
+                if n == 1:
+                    raise
+        raise TaskError(f"record {index}: field 'text' lays out to no page")
 
 
 NEEDLE_NAMES = ("amber", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "harbor", "iris", "juniper",
@@ -289,39 +465,92 @@ def think_answer(answer: str, thinking: str = "", escape=None) -> str:
 
 class QATask(Task):
     """Long-context QA from {"context", "question", "answer"} records; a record with only "text" becomes a
-    needle-in-a-haystack question (needle_record). A context that does not fit in max_pages (default 64) at the
-    sample's style is a TaskError, never a truncated context whose answer may lie beyond the pages. think: the
-    answer in the thinking format, `<think>{record's "thinking"}</think>\n{answer}`."""
+    needle-in-a-haystack question (needle_record) whose haystack ends where the pages that fit end (max_pages and
+    max_tokens). A context that does not fit in max_pages (default 64) at the sample's style is a TaskError, never a
+    truncated context whose answer may lie beyond the pages; one longer than max_tokens is TooLong, found before
+    its pages are drawn; one whose pages draw a character as a box is a MissingGlyphs. think: the answer in the
+    thinking format, `<think>{record's "thinking"}</think>\n{answer}`."""
     name = "qa"
 
     def __init__(self, *args, max_pages: int = 64, think: bool = False, **kw):
         super().__init__(*args, max_pages=max_pages, **kw)
         self.think = bool(think)
 
+    def layout_pages(self, config: RenderConfig) -> int:
+        """The pages to lay out a context over: max_pages, or fewer where max_tokens holds fewer full pages (with
+        room for auto-crop's savings: a layout cut there is laid out again whole unless its pages alone are too
+        long)."""
+        if self.max_tokens is None:
+            return self.max_pages
+        fit = self.max_tokens // canvas_tokens(config, self.vision)
+        return max(1, min(self.max_pages, fit + fit // 4 + 2))
+
     def __call__(self, record: dict, index: int) -> Sample:
-        style, doc = self.style(index), None
+        style = self.style(index)
         if isinstance(record, dict) and "question" not in record and "context" not in record and "text" in record:
-            rng = self.rng(index)
-            hay = self.window(_text_field(record, "text", index), rng)
-            first = Document(hay, style, max_pages=self.max_pages)
-            if first.layout.truncated:  # the needle goes where the pages show it
-                hay = hay[:first.page_spans()[-1][1]]
-            record = needle_record(hay, rng)
-            doc = Document(record["context"], style, max_pages=self.max_pages)
-            if doc.layout.truncated:  # the needle's line pushed the end over: the haystack ends where the pages do
-                record["context"] = record["context"][:doc.page_spans()[-1][1]]
-                doc = None  # laid out again below, cut
+            return self.needle(record, index, style)
         context = _text_field(record, "context", index)
         question = _text_field(record, "question", index)
         answer = _text_field(record, "answer", index)
-        doc = doc or Document(context, style, max_pages=self.max_pages)
+        limit = self.layout_pages(style)
+        doc = Document(context, style, max_pages=limit)
+        if doc.layout.truncated and limit < self.max_pages:
+            visual = sum(page_tokens(doc, self.vision, last=False))
+            if visual > self.max_tokens:  # its first `limit` pages alone
+                raise TooLong(f"record {index}: field 'context' needs more than {limit} pages at this style, which "
+                              f"alone take {visual} visual tokens, over max_tokens={self.max_tokens}")
+            doc = Document(context, style, max_pages=self.max_pages)
         if doc.layout.truncated:
             raise TaskError(f"record {index}: field 'context' needs more than {self.max_pages} pages at this style; "
                             "its answer may lie beyond them (raise data.loader.max_pages)")
+        self.boxes(index, [(doc, doc.num_pages)], "context")
         page = PageRange(context, doc.config, 0, doc.num_pages, self.max_pages, doc)
         thinking = record.get("thinking")  # None (a Parquet / datasets row without it) is absent, never "None"
         return self.chat(index, [page], question, answer, {},
                          thinking=("" if thinking is None else str(thinking)) if self.think else None)
+
+    def needle(self, record: dict, index: int, style: RenderConfig) -> Sample:
+        """The needle question of a {"text"} record: its haystack, a window of the text, ends where the last page
+        that fits ends (max_pages; with max_tokens, the pages whose visual tokens fit beside the question and
+        the answer), so the sample fits and its pages show the needle."""
+        rng = self.rng(index)
+        hay = self.window(_text_field(record, "text", index), rng)
+        first = Document(hay, style, max_pages=self.layout_pages(style))
+        if first.num_pages == 0:
+            raise TaskError(f"record {index}: field 'text' lays out to no page")
+        cum = np.cumsum(page_tokens(first, self.vision, last=not first.layout.truncated))
+        n = first.num_pages
+        state = rng.getstate()
+        if self.max_tokens is not None and self.builder is not None:
+            probe = random.Random()
+            probe.setstate(state)
+            q = needle_record("", probe)  # the same name and number as the real needle's
+            thinking = "" if self.think else None
+            t0 = len(self.encode_chat(index, 0, q["question"], q["answer"], thinking).input_ids)
+            per_page = len(self.encode_chat(index, 1, q["question"], q["answer"], thinking).input_ids) - t0 - 1
+            fit = [j + 1 for j in range(n) if t0 + (j + 1) * per_page + cum[j] <= self.max_tokens]
+            n = max(fit[-1] if fit else 1, 1)
+        elif self.max_tokens is not None:
+            n = max(1, int(np.searchsorted(cum, self.max_tokens, side="right")))
+        while True:
+            whole = n == first.num_pages and not first.layout.truncated
+            cut = hay if whole else hay[:first.page_spans()[n - 1][1]]
+            rng.setstate(state)
+            rec = needle_record(cut, rng)
+            cap = self.max_pages if whole and self.max_tokens is None else n  # the needle's line may add a page
+            doc = Document(rec["context"], style, max_pages=cap)
+            if doc.layout.truncated:  # the needle's line pushed the end over: the haystack ends where the pages do
+                rec["context"] = rec["context"][:doc.page_spans()[-1][1]]
+                doc = Document(rec["context"], style, max_pages=cap)
+            self.boxes(index, [(doc, doc.num_pages)], "text")
+            page = PageRange(rec["context"], doc.config, 0, doc.num_pages, cap, doc)
+            try:
+                return self.chat(index, [page], rec["question"], rec["answer"], {},
+                                 thinking="" if self.think else None)
+            except TooLong:  # the needle's line moved the lines over the pages (rare): a page less
+                if n == 1:
+                    raise
+                n -= 1
 
 
 _MARK = "\U0010FFFE"  # a noncharacter: LMTask's marker of a text span's place in the template
@@ -335,6 +564,7 @@ class LMTask(Task):
     def __init__(self, *args, max_spans: int = 5, **kw):
         super().__init__(*args, **kw)
         self.max_spans = int(max_spans)
+        self._markup = None  # _Tally's (template tokens, tokens of a page's markup), found once
 
     def __call__(self, record: dict, index: int) -> Sample:
         text = _text_field(record, "text", index)
@@ -349,22 +579,30 @@ class LMTask(Task):
         rendered = [rng.random() < 0.5 for _ in spans]
         rendered[0], rendered[-1] = True, False  # at least one page and one trained span
         config = self.style(index)
+        tally = _Tally(self, index, config) if self.max_tokens is not None and self.builder is not None else None
         content, pages, left = [], [], self.page_budget(config)
         for span, as_pages in zip(spans, rendered):
-            if as_pages and left > 0:
-                doc = Document(span, config, max_pages=left)
+            k = left if tally is None else min(left, tally.pages_left(first=not pages))
+            if as_pages and k > 0:
+                doc = Document(span, config, max_pages=k)
                 end = doc.page_spans()[-1][1] if doc.num_pages else 0
                 if doc.num_pages:
-                    pages.append(PageRange(span, doc.config, 0, doc.num_pages, left, doc))
+                    pages.append(PageRange(span, doc.config, 0, doc.num_pages, k, doc))
                     content += [{"type": "image"}] * doc.num_pages
                     left -= doc.num_pages
+                    if tally is not None:
+                        tally.add_pages(doc)
                 if end < len(span.rstrip()):  # pages full: the rest of this span stays text, then stop
-                    content.append({"type": "text", "text": span[end:]})
+                    self._text(content, span[end:], tally)
                     break
-            elif content and content[-1]["type"] == "text":  # text after text: one span, tokenized as one
-                content[-1] = {"type": "text", "text": content[-1]["text"] + span}
-            else:
-                content.append({"type": "text", "text": span})
+            elif not self._text(content, span, tally):  # cut where max_tokens is reached: stop
+                break
+        if not any(c["type"] == "text" and c["text"].strip() for c in content):
+            if tally is not None:
+                raise TooLong(f"record {index}: its first page leaves no room for text within max_tokens="
+                              f"{self.max_tokens}")
+            raise TaskError(f"record {index}: field 'text' is too short to interleave")
+        self.boxes(index, [(p.document(), p.stop) for p in pages], share=MAX_BOXED_SHARE)
         msgs = [{"role": "user", "content": content}]
         meta = {"spans": len(content), "text_spans": sum(c["type"] == "text" for c in content)}
         if self.builder is None:
@@ -385,7 +623,66 @@ class LMTask(Task):
             raise TaskError(f"record {index}: the chat template changed a text span; cannot mark the interleaved text")
         pieces = [(texts[int(p)], True) if j % 2 else (p, False) for j, p in enumerate(parts)]
         enc = self.builder.encode_pieces([p for p in pieces if p[0]])
-        return Sample(index, self.name, pages, enc.input_ids, enc.labels, msgs, meta)
+        return self.checked(Sample(index, self.name, pages, enc.input_ids, enc.labels, msgs, meta))
+
+    @staticmethod
+    def _text(content: list, text: str, tally) -> bool:
+        """Appends `text` to the content (to its last text span when it ends with one: text after text is one
+        span, tokenized as one); with a tally, only as much as max_tokens leaves room for. False when cut."""
+        merge = bool(content) and content[-1]["type"] == "text"
+        before = content[-1]["text"] if merge else ""
+        whole, ok = (before + text, True) if tally is None else tally.text(before, before + text)
+        if merge:
+            content[-1] = {"type": "text", "text": whole}
+        elif whole:
+            content.append({"type": "text", "text": whole})
+        return ok
+
+
+class _Tally:
+    """LMTask's running count of a sample's tokens against max_tokens, kept while its spans are laid out: the
+    template's own tokens, each page's (its visual tokens, page_tokens, and its markup) and each text span's."""
+
+    def __init__(self, task: Task, index: int, config: RenderConfig):
+        b = task.builder
+        if task._markup is None:
+            def count(content):
+                return len(b.ids(b.template([{"role": "user", "content": content}], add_generation_prompt=False)))
+            base = count([])
+            task._markup = (base, count([{"type": "image"}]) - base - 1)
+        self.used, self.markup = task._markup
+        self.max, self.vision, self.builder = task.max_tokens, task.vision, b
+        self.canvas, self.esc, self.last = canvas_tokens(config, task.vision), task.escape(index), 0
+
+    def pages_left(self, first: bool) -> int:
+        """Full pages the tokens left hold (the first pages of a sample: at least one)."""
+        k = (self.max - self.used) // (self.canvas + self.markup)
+        return max(k, 1) if first else max(k, 0)
+
+    def add_pages(self, doc: Document) -> None:
+        self.used += sum(page_tokens(doc, self.vision)) + doc.num_pages * self.markup
+        self.last = 0
+
+    def count(self, text: str) -> int:
+        return len(self.builder.ids(self.esc(text), escaped=True))
+
+    def text(self, before: str, whole: str) -> tuple[str, bool]:
+        """(the text span `whole`, True) when it fits in the tokens left (`before`, its start, is counted already),
+        else (its longest start that fits, at a line or word boundary, never shorter than `before`, False)."""
+        room = self.max - self.used + self.last
+        c, m = len(whole), self.count(whole)
+        ok = m <= room
+        while m > room and c > len(before):
+            c = max(len(before), min(c - 1, int(c * room / m)))
+            m = self.count(whole[:c])
+        if not ok and c > len(before):  # at a line or word boundary
+            b = _cut(whole, c)
+            mb = self.count(whole[:b]) if len(before) < b < c else room + 1
+            if mb <= room:
+                c, m = b, mb
+        self.used += m - self.last
+        self.last = m
+        return whole[:c], ok
 
 
 TASK_CLASSES = {"ocr": OCRTask, "lm": LMTask, "gen": GenTask, "qa": QATask}
