@@ -125,7 +125,8 @@ def run(font: str, chars: int, text: str | None = None, verbose: bool = True) ->
     if ref.images and len(pages):
         mad, region = mean_abs_diff(np.asarray(ref.images[0].convert("RGB")), pages[0].numpy())
 
-    # baselines: reportlab's vs glyph_rt's for the first lines of page 1 (points from the top)
+    # baselines: reportlab's vs glyph_rt's for the first lines of page 1 (points from the top); glyph_rt's are as
+    # drawn, on the pixel row poppler puts them (floor of the device y), so they differ by under one pixel (72 / dpi pt)
     lay = pages.document.layout
     baselines = {"official": [round(ln.baseline, 3) for ln in ref.lines[:3]],
                  "glyph_rt": [round(float(y), 3) for y in lay.l_y[:3]]}

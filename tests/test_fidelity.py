@@ -54,10 +54,23 @@ def test_visual_tokens_within_2pct(result):
     assert abs(v["rel_diff_pct"]) <= 2.0, f"visual tokens (glm4v): official {v['official']}, glyph_rt {v['glyph_rt']}"
 
 
-@pytest.mark.parametrize("margins", [(12.7, 9.3), (10.5, 8.4), (9.5, 10.2)])
-def test_fractional_margins_crop_to_the_official_sizes(margins):
-    """Glyph's auto-crop adds the margins in float pixels and PIL's crop rounds the box: the same page sizes.
-    (Margins whose baselines fall at or past half a pixel row are left out: poppler places those one row up.)"""
+def ink_rows(img) -> list[int]:
+    """Rows holding ink by Glyph's auto-crop rule (luma more than 5 levels off the top-left background)."""
+    import numpy as np
+
+    gray = np.asarray(img.convert("L"), np.float64) if hasattr(img, "convert") else img
+    return np.nonzero((np.abs(gray - np.median(gray[:2, :2])) > 5).any(axis=1))[0].tolist()
+
+
+@pytest.mark.parametrize("margins,dpi", [((12.7, 9.3), 72), ((10.5, 8.4), 72), ((9.5, 10.2), 72), ((10, 7.5), 72),
+                                         ((10, 12.25), 96), ((10, 8.4), 100), ((10, 9.3), 120), ((10, 7.5), 144),
+                                         ((10, 8.4), 144)])
+def test_fractional_margins_crop_to_the_official_sizes(margins, dpi):
+    """Glyph's auto-crop adds the margins in float pixels and PIL's crop rounds the box: the same page sizes,
+    at any dpi and margin, and ink on the same rows: every baseline on poppler's pixel row (floor of its device y,
+    computed as poppler does from the numbers reportlab writes), also where margin_y puts it at or past half a row."""
+    import numpy as np
+
     import glyph_rt
     from glyph_rt import RenderConfig
     from glyph_rt.render.config import GLYPH_CONFIG_EN
@@ -65,7 +78,12 @@ def test_fractional_margins_crop_to_the_official_sizes(margins):
     from glyph_rt.render.textio import sample_text
 
     font = str(BUILTIN_FONTS["sans"])
-    cfg = {**GLYPH_CONFIG_EN, "margin-x": margins[0], "margin-y": margins[1], "font-path": font}
+    cfg = {**GLYPH_CONFIG_EN, "margin-x": margins[0], "margin-y": margins[1], "dpi": dpi, "font-path": font}
     for text in (sample_text()[:1500], sample_text()[3000:3900]):
         images, _ = official.render_official(text, cfg, font_path=font)
-        assert glyph_rt.render(text, RenderConfig.from_glyph_dict(cfg)).sizes == [im.size for im in images]
+        pages = glyph_rt.render(text, RenderConfig.from_glyph_dict(cfg))
+        assert pages.sizes == [im.size for im in images]
+        for i, im in enumerate(images):
+            ours = pages[i].numpy().astype(np.int64)
+            luma = (ours[..., 0] * 19595 + ours[..., 1] * 38470 + ours[..., 2] * 7471 + 0x8000) >> 16
+            assert ink_rows(luma.astype(np.float64)) == ink_rows(im), f"page {i}: ink on other rows than poppler's"

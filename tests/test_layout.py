@@ -302,3 +302,39 @@ def test_atlases_in_memory_are_bounded(tmp_path, monkeypatch):
     assert len(FontAtlas._memory) <= 2
     again = glyph_rt.Document("bounded", RenderConfig(font_size=10, line_height=30))  # rebuilt from the disk cache
     assert np.array_equal(again.rasterize(0, 1)[0], docs[0].rasterize(0, 1)[0])
+
+
+def test_pdf_numbers_are_read_back_as_poppler_reads_reportlabs_text():
+    from glyph_rt.render.layout import pdf_number
+
+    assert pdf_number(29.7) == 29 + 0.1 * 7 and pdf_number(768.5) == 768.5 and pdf_number(-10.1) == -(10 + 0.1)
+    assert pdf_number(842 - (14.4 + 797.9)) == 29 + 0.1 * 7  # reportlab prints 29.7: at most 6 significant digits
+    scale = [0.1]
+    for _ in range(5):
+        scale.append(scale[-1] * 0.1)
+    assert pdf_number(0.123456789) == sum(d * s for d, s in zip((1, 2, 3, 4, 5, 7), scale))  # 6 decimals under 1
+    assert pdf_number(1234.56789) == ((1234 + 0.1 * 5) + 0.1 * 0.1 * 6) + 0.1 * 0.1 * 0.1 * 8  # 1234.568
+    assert pdf_number(1e-8) == 0.0 and pdf_number(2500.0) == 2500.0
+
+
+def test_baselines_are_on_popplers_pixel_rows():
+    """Lines sit where poppler draws them: floor of the device y it computes in double from reportlab's PDF numbers
+    (checked against pdftoppm: tests/test_fidelity.py), not on the nearest row."""
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+    from glyph_rt.render.layout import poppler_baseline_rows
+
+    base = {"font-path": str(BUILTIN_FONTS["sans"]), "alignment": "LEFT", "font-size": 9, "line-height": 10}
+    # 72 dpi, margin_y 7.5: the first baseline is 7.5 + 6 + 9 = 22.5 pt down, on row 22 (the nearest would be 23)
+    c = RenderConfig.from_glyph_dict({**base, "dpi": 72, "margin-y": 7.5})
+    lay, _ = layout_text(SAMPLE[:3000], c)
+    assert float(lay.l_y[0]) == 22.0 and np.array_equal(lay.l_y[:3], [22, 32, 42])
+    # 144 dpi, margin_y 8.4, leading 10.1: lines 1, 21 and 26 are exactly on rows 68, 472 and 573, but in poppler's
+    # arithmetic (29.7 cm, 788.4 Tm, T* by 10.1) the last two come out just below: rows 471 and 572
+    c = RenderConfig.from_glyph_dict({**base, "dpi": 144, "margin-y": 8.4, "line-height": 10.1, "font-size": 9.5})
+    lay, _ = layout_text(SAMPLE[:6000], c)
+    assert round(float(lay.b_h[0]) / 10.1) > 26
+    rows = poppler_baseline_rows(lay, c)
+    assert rows[[1, 21, 26]].tolist() == [68, 471, 572]
+    assert np.array_equal(lay.l_y, (rows / 2.0).astype(np.float32))
+    line_y = set(zip(lay.l_page.tolist(), lay.l_y.tolist()))
+    assert set(zip(lay.g_page.tolist(), lay.g_y.tolist())) <= line_y and len(line_y) == len(lay.l_y)

@@ -252,10 +252,10 @@ class Engine {
 
   void add_box(int32_t page, double top, int32_t nlines) {
     out_.b_page.push_back(page);
-    out_.b_x.push_back((float)(p_.frame_x + p_.left_indent));
-    out_.b_y.push_back((float)top);
-    out_.b_w.push_back((float)(p_.frame_w - p_.left_indent - p_.right_indent));
-    out_.b_h.push_back((float)(nlines * p_.leading));
+    out_.b_x.push_back(p_.frame_x + p_.left_indent);
+    out_.b_y.push_back(top);
+    out_.b_w.push_back(p_.frame_w - p_.left_indent - p_.right_indent);
+    out_.b_h.push_back(nlines * p_.leading);
   }
 
   void new_page() {

@@ -43,9 +43,10 @@ struct LayoutResult {
   // lines
   std::vector<int32_t> l_page, l_src_start, l_src_end;
   std::vector<float> l_x, l_y, l_width;
-  // paragraph boxes (one per paragraph part on a page): page, x, y(top), w, h
+  // paragraph boxes (one per paragraph part on a page): page, x, y(top), w, h; double, as computed: the
+  // PDF numbers of each part (its origin, first baseline) and with them poppler's baseline rows come from them
   std::vector<int32_t> b_page;
-  std::vector<float> b_x, b_y, b_w, b_h;
+  std::vector<double> b_x, b_y, b_w, b_h;
   // pages
   std::vector<int32_t> p_src_start, p_src_end, p_line_start;
   int64_t missing = 0;       // glyphs drawn as replacement boxes

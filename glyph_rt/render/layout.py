@@ -5,6 +5,7 @@ oracle used by the tests. Both return the same `Layout`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,10 @@ MAX_PAGES = (1 << 31) - 1  # the engine counts pages in int32
 @dataclass
 class Layout:
     """Glyph placements (points, y down, baseline), lines and pages of one document.
+
+    Baselines (`l_y`, and the glyphs' `r_y`) are where poppler draws them: on the pixel row edge that it
+    rounds each line's baseline to (`poppler_baseline_rows`), in points (row / (dpi / 72)); the paragraph
+    boxes (`b_*`, float64) keep reportlab's unrounded layout.
 
     Per glyph only what differs between glyphs is kept (11 bytes; 13 with 65,536 atlas slots or more);
     its page and baseline are stored once per run of glyphs sharing them (a line) and expanded for a
@@ -39,7 +44,7 @@ class Layout:
     l_width: np.ndarray
     l_src_start: np.ndarray
     l_src_end: np.ndarray
-    b_page: np.ndarray  # paragraph boxes (backgrounds and borders), points
+    b_page: np.ndarray  # paragraph boxes (backgrounds and borders), points, float64
     b_x: np.ndarray
     b_y: np.ndarray
     b_w: np.ndarray
@@ -228,6 +233,7 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
 
         d = layout_reference(draw, lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
     lay = Layout.from_dict(d)
+    snap_baselines(lay, config)
     if rtl:
         def slot_of(ch: str):
             slot = int(atlas.lut[ord(ch)])
@@ -235,3 +241,75 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
 
         bidi.reorder_lines(text, cps, lay, a["advance"], slot_of)
     return lay, atlas
+
+# ----------------------------------------------------------------- baselines as poppler draws them
+def pdf_number(v: float) -> float:
+    """`v` as reportlab writes it into the PDF and poppler reads it back.
+
+    reportlab (`rl_accel.fp_str`) prints at most 6 decimals, fewer for larger numbers (6 - int(log10 |v|)),
+    then drops trailing zeros; poppler's Lexer reads the integer part, then adds each decimal digit
+    times a scale that starts at 0.1 and is multiplied by 0.1 after each digit, in double."""
+    a = abs(v)
+    if a <= 1e-7:
+        return 0.0
+    places = 6 if a <= 1 else min(max(0, 6 - int(math.log(a) / math.log(10.0))), 6)
+    whole, _, frac = f"{a:.{places}f}".partition(".")
+    x, scale = float(int(whole)), 0.1
+    for c in frac.rstrip("0"):
+        x = x + scale * (ord(c) - 48)
+        scale *= 0.1
+    return -x if v < 0 else x
+
+
+def poppler_baseline_rows(lay: Layout, config: RenderConfig) -> np.ndarray:
+    """int64 [lines]: the pixel row at whose top edge poppler puts each line's baseline.
+
+    reportlab draws each paragraph part (a box) translated to its bottom-left corner (`1 0 0 1 x y cm`),
+    its first baseline one font size below the part's top (`1 0 0 1 0 h-size Tm`) and each later line
+    one leading down (`T*`); poppler (pdftoppm: GfxState's CTM [k 0 0 -k 0 k*H], k = dpi / 72, H the
+    MediaBox top) turns the baseline into a device y in double (GfxState::concatCTM, Gfx::opTextNextLine,
+    GfxState::textTransform, Splash::transform) and Splash::fillChar draws the glyph bitmap with its origin
+    at row floor(y): SplashFTFont renders glyphs with no vertical sub-pixel offset (only x gets
+    splashFontFraction phases). The same numbers, in the same order of operations, give the same rows,
+    also where the exact baseline falls on a row edge and rounding error decides."""
+    n = len(lay.l_page)
+    if not n:
+        return np.zeros(0, np.int64)
+    k = config.dpi / 72.0
+    lead, size, page_h = float(config.line_height), float(config.font_size), float(config.page_size[1])
+    leading, m5_page = pdf_number(lead), k * pdf_number(page_h)
+    b_y, b_h = lay.b_y.astype(np.float64).tolist(), lay.b_h.astype(np.float64).tolist()
+    counts = np.rint(np.asarray(b_h) / lead).astype(np.int64)
+    if int(counts.sum()) != n:  # every line is in one box, boxes in line order (the engines' output)
+        raise RuntimeError(f"layout: {int(counts.sum())} lines in paragraph boxes, {n} lines")
+    line_y = [0.0]  # the text line matrix's y after each T*: 0 - leading - leading ...
+    for _ in range(int(counts.max(initial=1)) - 1):
+        line_y.append(line_y[-1] - leading)
+    # per box in Python floats, then per line in numpy: the same IEEE double operations as poppler's
+    m5 = np.asarray([m5_page - pdf_number(page_h - (top + h)) * k for top, h in zip(b_y, b_h)])
+    ty = np.asarray([pdf_number(h - size) for h in b_h])
+    box = np.repeat(np.arange(len(counts)), counts)
+    j = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.floor(m5[box] - (np.asarray(line_y)[j] + ty[box]) * k).astype(np.int64)
+
+
+def snap_baselines(lay: Layout, config: RenderConfig) -> None:
+    """Moves every line's baseline (`l_y`, and its glyphs') onto poppler's pixel row (`poppler_baseline_rows`)."""
+    n = len(lay.l_page)
+    if not n:
+        return
+    y = (poppler_baseline_rows(lay, config) / (config.dpi / 72.0)).astype(np.float32)
+    nr = len(lay.r_y)
+    if nr:  # each run of glyphs is on one line (page, baseline): find it
+        page = np.concatenate([lay.l_page, lay.r_page])
+        old = np.concatenate([lay.l_y, lay.r_y])
+        order = np.lexsort((np.arange(n + nr) >= n, old, page))
+        line = np.maximum.accumulate(np.where(order < n, order, -1))
+        runs = order >= n
+        of_run = np.empty(nr, np.int64)
+        of_run[order[runs] - n] = line[runs]
+        if (of_run < 0).any() or not (np.array_equal(lay.l_page[of_run], lay.r_page)
+                                      and np.array_equal(lay.l_y[of_run], lay.r_y)):
+            raise RuntimeError("layout: a run of glyphs is on no line")
+        lay.r_y = y[of_run]
+    lay.l_y = y

@@ -49,7 +49,8 @@ DEFAULT_PARAMS = {
 OUTPUTS = {
     **dict.fromkeys(["g_page", "g_slot", "g_src", "l_page", "l_src_start", "l_src_end", "b_page", "p_src_start",
                      "p_src_end", "p_line_start"], np.int32),
-    **dict.fromkeys(["g_x", "g_y", "l_x", "l_y", "l_width", "b_x", "b_y", "b_w", "b_h"], np.float32),
+    **dict.fromkeys(["g_x", "g_y", "l_x", "l_y", "l_width"], np.float32),
+    **dict.fromkeys(["b_x", "b_y", "b_w", "b_h"], np.float64),  # exact: the PDF numbers of the boxes come from them
     "g_color": np.uint8,
 }
 
