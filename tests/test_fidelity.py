@@ -87,3 +87,27 @@ def test_fractional_margins_crop_to_the_official_sizes(margins, dpi):
             ours = pages[i].numpy().astype(np.int64)
             luma = (ours[..., 0] * 19595 + ours[..., 1] * 38470 + ours[..., 2] * 7471 + 0x8000) >> 16
             assert ink_rows(luma.astype(np.float64)) == ink_rows(im), f"page {i}: ink on other rows than poppler's"
+
+
+@pytest.mark.parametrize("font_size,dpi", [(9, 100), (11.5, 72), (10, 96), (11.5, 120)])
+def test_fractional_pixel_font_sizes_drawn_as_poppler(font_size, dpi):
+    """A font size that is not a whole number of pixels (9 pt at 100 dpi: 12.5 px) is drawn as poppler's
+    SplashFTFont draws it: a face of the rounded pixel size (13) through a 12.5 / 13 transform. Drawn at the
+    exact size instead, about a fifth of a grey level differs on average (mean abs diff 0.2-0.4)."""
+    import numpy as np
+
+    import glyph_rt
+    from glyph_rt import RenderConfig
+    from glyph_rt.render.config import GLYPH_CONFIG_EN
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+    from glyph_rt.render.textio import sample_text
+
+    font = str(BUILTIN_FONTS["sans"])
+    cfg = {**GLYPH_CONFIG_EN, "font-size": font_size, "line-height": font_size + 1, "dpi": dpi, "font-path": font}
+    text = sample_text()[:1500]
+    images, _ = official.render_official(text, cfg, font_path=font)
+    pages = glyph_rt.render(text, RenderConfig.from_glyph_dict(cfg))
+    assert pages.sizes == [im.size for im in images]
+    for i, im in enumerate(images):
+        d = np.abs(np.asarray(im.convert("RGB"), np.int16) - pages[i].numpy().astype(np.int16))
+        assert d.mean() < 0.03, f"page {i}: mean abs diff {d.mean():.4f} from poppler's page"

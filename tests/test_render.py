@@ -311,3 +311,21 @@ def test_summary_names_the_device_and_rasterizer():
         sizes = [x for _, _, chunk in doc.iter_chunks(device=TEST_DEVICE, backend="triton") for x in chunk]
         s = doc.summary(sizes, tokenizer=None)
         assert s["device"].startswith("cuda") and s["backend"] == "triton"
+
+
+def test_fractional_pixel_font_size_is_a_scaled_whole_pixel_face(tmp_path, monkeypatch):
+    """poppler (SplashFTFont) sets FreeType to splashRound(size in px) and scales by the rest through
+    FT_Set_Transform, truncated to 16.16: 9 pt at 100 dpi is a 13 px face at 12.5 / 13; whole sizes are unscaled."""
+    from glyph_rt.render.atlas import FontAtlas, poppler_font_scale
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+
+    assert poppler_font_scale(9, 100) == (13, 63015, 63015)
+    assert poppler_font_scale(11.5, 72) == (12, 62805, 62805)
+    assert poppler_font_scale(10, 96) == (13, 67216, 67216)
+    for size, dpi in ((9, 72), (9, 96), (10, 144), (9, 120)):
+        assert poppler_font_scale(size, dpi)[1:] == (65536, 65536)
+    assert poppler_font_scale(9, 100, 0.5)[1] == int(0.5 * (12.5 / 13) * 65536)
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path))
+    atlas = FontAtlas([str(BUILTIN_FONTS["sans"])], 9, 100)
+    assert atlas._faces[0].size.y_ppem == 13
+    assert abs(atlas.size_px - 12.5) < 1e-12

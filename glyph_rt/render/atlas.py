@@ -2,7 +2,9 @@
 
 Glyphs are rasterized once by FreeType, unhinted (as vector renderers such as poppler draw
 PDF text), at `subpixel_phases` horizontal sub-pixel offsets, so that pens placed at the
-font's exact advances land on the right phase. Everything is stored as flat arrays that the
+font's exact advances land on the right phase; a size that is not a whole number of pixels is
+drawn as poppler does, from the rounded pixel size through a scaling transform
+(`poppler_font_scale`). Everything is stored as flat arrays that the
 C++ and GPU rasterizers read as they are:
 
     data    uint8  [total]           all bitmaps, row-major, concatenated
@@ -36,7 +38,7 @@ import numpy as np
 
 from .fonts import split_face
 
-ATLAS_VERSION = 4
+ATLAS_VERSION = 5
 LUT_SIZE = 0x110000
 MAX_ATLAS_BYTES = (1 << 31) - 1  # the kernels address the atlas with int32 offsets
 _ARRAYS = ("data", "offset", "width", "height", "left", "top", "advance", "missing")
@@ -45,6 +47,21 @@ MISSING_SLOT = 0
 SPACE_SLOT = 1
 # Characters the layout treats as whitespace or removes: they never need a bitmap.
 _NO_INK = {0x20, 0x09, 0x0A, 0x0D, 0xA0, 0xAD, 0x200B}
+
+
+def poppler_font_scale(size_pt: float, dpi: float, h_scale: float = 1.0) -> tuple[int, int, int]:
+    """(pixel size, FT matrix xx, yy in 16.16) of FreeType's glyph rendering, as poppler sets them up.
+
+    poppler's font matrix for reportlab's text (`/F 9 Tf`, `1 0 0 1 x y Tm`, page CTM [k 0 0 -k ..], k = dpi / 72)
+    is mat = [size * k, 0, 0, size * k] (SplashOutputDev::doUpdateFont, SplashFontEngine::getFont); the
+    SplashFTFont constructor sets the face to the whole pixel size splashRound(splashDist(0, 0, mat[2], mat[3]))
+    (FT_Set_Pixel_Sizes) and draws through the transform (FT_Fixed) (mat[i] / size) * 65536, truncated:
+    9 pt at 100 dpi (12.5 px) is a 13 px face scaled by 12.5 / 13. `h_scale` (glyph_rt's own horizontal
+    scale) multiplies xx."""
+    k = dpi / 72.0
+    m = size_pt * k + 0.0 * 0.0  # textMat[0] * ctm[0] + textMat[1] * ctm[2]
+    px = max(1, int(math.floor(math.sqrt(m * m) + 0.5)))  # splashRound(splashDist(0, 0, mat[2], mat[3]))
+    return px, int(h_scale * (m / px) * 65536), int((m / px) * 65536)
 
 
 def cache_dir() -> Path:
@@ -98,6 +115,7 @@ class FontAtlas:
         self.phases = int(phases)
         self.key = key or self.make_key(fonts, size_pt, dpi, h_scale, phases)
         self.size_px = self.size_pt * self.dpi / 72.0
+        self.ft_pixels, self.ft_xx, self.ft_yy = poppler_font_scale(self.size_pt, self.dpi, self.h_scale)
         self.lock = threading.RLock()  # held while the atlas grows; layouts may run in several threads
         self._faces = []
         for path in self.fonts:
@@ -105,7 +123,7 @@ class FontAtlas:
                 face = freetype.Face(*split_face(path))
             except Exception as e:  # freetype.ft_errors.FT_Exception and OSError
                 raise ValueError(f"font_path: {path!r} cannot be opened as a font: {e}") from None
-            face.set_char_size(int(round(self.size_px * 64)), 0, 72, 72)
+            face.set_pixel_sizes(0, self.ft_pixels)
             self._faces.append(face)
         self.lut = np.full(LUT_SIZE, -1, dtype=np.int32)
         self._advance: list[float] = []
@@ -135,7 +153,7 @@ class FontAtlas:
         flags = freetype.FT_LOAD_RENDER | freetype.FT_LOAD_NO_HINTING | freetype.FT_LOAD_NO_BITMAP
         out = []
         for ph in range(self.phases):
-            m = freetype.Matrix(int(round(self.h_scale * 0x10000)), 0, 0, 0x10000)
+            m = freetype.Matrix(self.ft_xx, 0, 0, self.ft_yy)
             face.set_transform(m, freetype.Vector(int(round(ph * 64 / self.phases)), 0))
             face.load_glyph(gid, flags)
             g = face.glyph
@@ -214,7 +232,7 @@ class FontAtlas:
         import freetype
 
         face = self._faces[face_idx]
-        face.set_transform(freetype.Matrix(int(round(self.h_scale * 0x10000)), 0, 0, 0x10000), freetype.Vector(dx64, dy64))
+        face.set_transform(freetype.Matrix(self.ft_xx, 0, 0, self.ft_yy), freetype.Vector(dx64, dy64))
         face.load_glyph(gid, freetype.FT_LOAD_RENDER | freetype.FT_LOAD_NO_HINTING | freetype.FT_LOAD_NO_BITMAP)
         g = face.glyph
         bm = g.bitmap
