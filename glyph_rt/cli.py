@@ -58,6 +58,19 @@ def _process_seconds() -> float:
         return 0.0
 
 
+# taken when this module is imported, the earliest moment the command line runs: the wall clock, and the process's
+# CPU seconds and age then (the interpreter's start and the imports before this one)
+_IMPORTED_AT, _IMPORT_CPU, _IMPORT_AGE = time.perf_counter(), time.process_time(), _process_seconds()
+
+
+def _startup_seconds() -> float:
+    """The command's start-up: the interpreter's start and imports up to this module's, as the process's CPU seconds
+    then capped by its age (a process's age counts from its fork: a shell that execs glyph-rt after other work,
+    `sh -c 'sleep 3 && glyph-rt ...'`, would add its 3 s; its sleep used no CPU of the process), plus the wall
+    time since this module was imported."""
+    return min(_IMPORT_AGE, _IMPORT_CPU) + time.perf_counter() - _IMPORTED_AT
+
+
 # ---------------------------------------------------------------- argument checks (before any work)
 
 
@@ -71,6 +84,17 @@ def _positive_int(flag: str):
             raise argparse.ArgumentTypeError(f"{flag} must be a positive whole number, got {value!r}")
         return n
     return parse
+
+
+def _port(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"--port must be a whole number from 0 to 65535 (0: any free port), got "
+                                         f"{value!r}")
+    return n
 
 
 def _device(value: str) -> str:
@@ -90,30 +114,127 @@ def _check_input(path: str | None, flag: str = "input") -> None:
 
     try:  # a file, a pipe, /dev/stdin, <(command); not a device such as /dev/zero
         check_input(path, flag)
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        # check_input's own errors name the flag; the system's (a directory on the path that may not be searched)
+        # carry an errno and a message that does not
+        raise UsageError(f"{flag}: cannot read {path!r} ({e.strerror})" if e.strerror else str(e)) from None
+    except ValueError as e:
         raise UsageError(str(e)) from None
 
 
-def _check_out_dir(path: str) -> Path:
-    """Creates --out if needed and checks that files can be created in it."""
+def _check_out_dir(path: str, flag: str = "--out") -> Path:
+    """Creates the output directory `path` (named `flag` in messages) if needed and checks that files can be created
+    in it."""
     if not path:
-        raise UsageError("--out is empty; give a directory (it is created if missing), e.g. --out . for this one")
+        raise UsageError(f"{flag} is empty; give a directory (it is created if missing), e.g. {flag} . for this one")
     out = Path(path)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {path!r} is a file; give a directory (it is created if missing)")
+        raise UsageError(f"{flag} {path!r} is a file; give a directory (it is created if missing)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise UsageError(f"--out {path!r}: a parent of it is a file, not a directory; choose another --out") from None
+        raise UsageError(f"{flag} {path!r}: a parent of it is a file, not a directory; choose another {flag}") from None
     except OSError as e:
-        raise UsageError(f"--out {path!r}: cannot create it ({e.strerror}); choose a writable directory") from None
-    probe = out / f".glyph-rt-probe-{os.getpid()}"
+        raise UsageError(f"{flag} {path!r}: cannot create it ({e.strerror}); choose a writable directory") from None
+    _check_writable_dir(out, f"{flag} {path!r}")
+    return out
+
+
+def _check_writable_dir(d: Path, what: str) -> None:
+    probe = d / f".glyph-rt-probe-{os.getpid()}"
     try:
         probe.open("wb").close()
         probe.unlink()
     except OSError as e:
-        raise UsageError(f"--out {path!r} is not writable ({e.strerror}); choose a writable directory") from None
+        raise UsageError(f"{what} is not writable ({e.strerror}); choose a writable directory") from None
+
+
+def _check_out_file(path: str, flag: str = "--output") -> Path:
+    """An output file: not a directory; its directory created if missing and writable; an existing file writable
+    (opened to append, so that nothing of it changes)."""
+    if not path:
+        raise UsageError(f"{flag} is empty; give a file")
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{flag} {path!r} is a directory; give a file (e.g. {str(out / 'results.jsonl')!r})")
+    parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"{flag} {path!r}: {str(parent)!r} is a file, not a directory; choose another {flag}")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"{flag} {path!r}: a parent of it is a file, not a directory; choose another {flag}") from None
+    except OSError as e:
+        raise UsageError(f"{flag} {path!r}: cannot create its directory ({e.strerror}); choose a writable place") \
+            from None
+    if out.exists():
+        try:
+            out.open("ab").close()
+        except OSError as e:
+            raise UsageError(f"{flag} {path!r} cannot be written ({e.strerror}); choose a writable file") from None
+    else:
+        _check_writable_dir(parent, f"{flag} {path!r}: its directory")
     return out
+
+
+def _check_cuda(device: str | None, flag: str = "--device") -> None:
+    """A CUDA device on a torch that sees none: an error before any weight is loaded (imports torch)."""
+    if device is None or device == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"{flag} {device}: this torch ({torch.__version__}) sees no CUDA device; "
+                         "use --device cpu or install a CUDA build of torch")
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Binds every address `host` resolves to at `port` as the server will (asyncio's create_server, which uvicorn
+    calls: SO_REUSEADDR, IPv6 sockets IPv6-only, an address of a family this machine lacks skipped) and closes the
+    sockets at once: a host that does not resolve or is no address of this machine, or a port in use or
+    privileged, is an error before the model loads. A socket that was bound but never listened leaves nothing
+    behind when closed (no TIME_WAIT), and SO_REUSEADDR lets it bind beside an earlier server's TIME_WAIT
+    connections as the server's own socket does, so the probe neither blocks nor refuses what the server can do."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise UsageError(f"--host {host!r} is neither an IP address nor a name that resolves ({why}); give an "
+                         "address of this machine, e.g. 127.0.0.1 or 0.0.0.0 (every interface)") from None
+    socks, bound = [], 0
+    try:
+        for family, type_, proto, _, addr in dict.fromkeys(infos):
+            try:
+                s = socket.socket(family, type_, proto)
+            except OSError:  # a family this machine does not run (IPv6 switched off)
+                continue
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == getattr(socket, "AF_INET6", None) and hasattr(socket, "IPPROTO_IPV6"):
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                if e.errno == errno.EADDRNOTAVAIL:
+                    continue
+                where = f"{addr[0]}:{port}" if family != getattr(socket, "AF_INET6", None) else f"[{addr[0]}]:{port}"
+                if e.errno == errno.EADDRINUSE:
+                    raise UsageError(f"--port {port}: {where} is in use by another program; choose another --port "
+                                     "(0: any free port) or stop the server there") from None
+                if e.errno == errno.EACCES:
+                    raise UsageError(f"--port {port}: binding {where} is not permitted ({e.strerror}; ports below "
+                                     "1024 need privileges); choose a --port from 1024 up") from None
+                raise UsageError(f"--host {host!r} --port {port}: cannot listen on {where} ({e.strerror})") from None
+            bound += 1
+    finally:
+        for s in socks:
+            s.close()
+    if not bound:
+        raise UsageError(f"--host {host!r} is not an address of this machine (cannot listen there); give one of its "
+                         "addresses, e.g. 127.0.0.1 or 0.0.0.0 (every interface)")
 
 
 def _tokenizer(args):
@@ -136,6 +257,8 @@ def _config(args):
     if args.config and args.preset:
         raise UsageError("give --config or --preset, not both")
     if args.config:
+        if Path(args.config).is_dir():
+            raise UsageError(f"--config {args.config!r} is a directory; give a RenderConfig JSON file")
         return RenderConfig.load(args.config)
     if args.preset:
         return RenderConfig.preset(args.preset)
@@ -290,12 +413,7 @@ def cmd_generate(args) -> int:
     if not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model!r} is not a directory; give a local checkpoint directory")
     config = _config(args)
-    if args.device is not None and args.device != "cpu":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device; "
-                             "use --device cpu or install a CUDA build of torch")
+    _check_cuda(args.device)
     from .models import GlyphModel
     from .render.textio import read_text
 
@@ -343,7 +461,17 @@ def cmd_eval(args) -> int:
                               *(["transformers", "prometheus_client"] if not all(remote) else []),
                               "openai" if any(remote) else ""])
     args.preset = None
-    s = run_suite(args.suite, args.target, out=_check_out_dir(args.out), config=_config(args), dpis=dpis,
+    config = _config(args)
+    from .eval.suite import configs_for
+
+    for d in dpis or [None]:  # the render settings, before any item is generated (and kept as the run's)
+        try:
+            configs_for(config, None if d is None else [d])
+        except ValueError as e:
+            raise UsageError(f"--dpi {d:g}: {e}" if d is not None else f"--config: {e}") from None
+    if not all(remote):
+        _check_cuda(args.device)
+    s = run_suite(args.suite, args.target, out=_check_out_dir(args.out), config=config, dpis=dpis,
                   as_text=args.as_ == "text", progress=not args.quiet, max_new_tokens=args.max_new_tokens,
                   concurrency=args.concurrency, extractor=args.extractor,
                   target_kwargs={"repetition_penalty": args.repetition_penalty,
@@ -367,6 +495,9 @@ def cmd_styles(args) -> int:
     from .train.style_report import write_report
     from .train.styles import StyleSampler
 
+    if args.n < 1:
+        raise UsageError(f"--n: {args.n} must be >= 1")
+    _check_out_dir(args.out)
     sampler = StyleSampler.from_file(args.config, seed=args.seed) if args.config else StyleSampler(seed=args.seed)
     r = write_report(sampler, args.n, args.out)
     rejected = ", ".join(f"{k} {v}" for k, v in r["rejections"].items() if v) or "none"
@@ -381,13 +512,23 @@ def cmd_make_data(args) -> int:
     try:
         import pyarrow  # noqa: F401
 
-        from .train.export import make_data
+        from .train.export import NoSamples, make_data
         from .train.styles import StyleSampler
     except ImportError as e:
         raise RuntimeError(f"make-data needs pyarrow: pip install 'glyph_rt[train]' ({e})") from None
+    if not args.text_field:
+        raise UsageError("--text-field is empty; give the records' field that holds the text (default: text)")
+    _check_out_dir(args.out)
+    for path in args.input or []:
+        if not Path(path).exists():
+            raise UsageError(f"--input {path!r} does not exist")
     styles = StyleSampler.from_file(args.styles, seed=args.seed) if args.styles else None
-    r = make_data(args.task, args.out, args.input, args.n, args.shard_size, args.seed, styles, args.max_pages,
-                  progress=not args.quiet)
+    try:
+        r = make_data(args.task, args.out, args.input, args.n, args.shard_size, args.seed, styles, args.max_pages,
+                      progress=not args.quiet, text_field=args.text_field)
+    except NoSamples as e:  # the run went through and made nothing: as a failed search, status 1
+        print(f"glyph-rt: error: {e}", file=sys.stderr)
+        return 1
     print(f"{args.out}: {r['written']} shards written ({r['samples']} samples, {r['pages']} pages), {r['kept']} kept "
           f"from an earlier run, {r['skipped']} records skipped"
           + "".join(f", {r[k]} {what}" for k, what in (("missing_glyphs", "of them for glyphs no font draws"),
@@ -402,8 +543,19 @@ def cmd_search(args) -> int:
 
     try:
         settings = load_settings(args.config, args.overrides)
+        ev = settings["evaluator"]
+        if ev.get("kind") == "eval" and ev.get("target"):  # glyph_rt.eval's scoring, on an endpoint or in process
+            remote = str(ev["target"]).startswith("openai:")
+            _require("search with evaluator.kind eval", "search",
+                     ["rapidfuzz", *(["openai"] if remote else ["transformers", "prometheus_client"])])
         out = _check_out_dir(args.out)
-        r = run_search(settings, make_objective(settings), out, make_critic(settings), progress=not args.quiet)
+        objective = make_objective(settings)
+        items = getattr(objective, "items", None)
+        if ev.get("kind") == "eval" and items:
+            from .eval.metrics import check_packages
+
+            check_packages({it.metric for it in items})  # rouge, jieba: before any config is scored
+        r = run_search(settings, objective, out, make_critic(settings), progress=not args.quiet)
     except SearchError as e:
         raise UsageError(str(e)) from None
     b = r.best
@@ -415,7 +567,21 @@ def cmd_search(args) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v) or "none"
     print(f"repairs, rejections and failures: {counts}")
     print(f"wrote {', '.join(f'{out}/{f}' for f in r.files)} and {r.history}")
+    if b is None or b["accuracy"] is None:  # every evaluation failed: no config was scored
+        print(f"glyph-rt: error: no config was scored: {_first_search_error(r)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _first_search_error(r) -> str:
+    """The first failed evaluation's error in a search's history (read, not changed)."""
+    from .search.history import History
+
+    failed = [e for e in History(r.history).of_type("eval") if e.get("error")] if r.history else []
+    if not failed:
+        return f"{r.evaluations} configs evaluated, none scored"
+    return (f"{'all ' if len(failed) == r.evaluations else ''}{len(failed)} of {r.evaluations} evaluations failed; "
+            f"the first ({failed[0].get('hash')}): {failed[0]['error']}")
 
 
 def cmd_backends(args) -> int:
@@ -431,6 +597,9 @@ def cmd_make_tiny_checkpoint(args) -> int:
         from .models.tiny import make_tiny_checkpoint
     except ImportError as e:
         raise RuntimeError(f"make-tiny-checkpoint needs the models extra: pip install 'glyph_rt[models]' ({e})") from None
+    if Path(args.dir).is_dir() and any(Path(args.dir).iterdir()):
+        raise UsageError(f"{args.dir!r} is not empty; give a new or empty directory (nothing was written)")
+    _check_out_dir(args.dir, "DIR")
     out = make_tiny_checkpoint(args.dir, args.model)
     print(f"wrote a tiny random-weight {args.model} checkpoint to {out} (for dry runs: its answers are noise); "
           f"try: glyph-rt generate --model {out} --context FILE --question TEXT --max-new-tokens 8")
@@ -443,11 +612,17 @@ def cmd_serve(args) -> int:
         raise UsageError(f"--model {args.model!r} is not a directory; give a local checkpoint directory")
     if args.cmd == "batch":
         _check_input(args.input, "--input")
+        _check_out_file(args.output, "--output")
     for flag, v in (("--timeout", args.timeout), ("--cache-mb", args.cache_mb + 1),
                     ("--max-queue-mb", args.max_queue_mb), ("--threshold", args.threshold + 1),
-                    ("--kv-cache-mb", args.kv_cache_mb + 1)):
+                    ("--kv-cache-mb", args.kv_cache_mb + 1),
+                    *([("--max-body-mb", args.max_body_mb)] if args.cmd == "serve" else [])):
         if not v > 0:
             raise UsageError(f"{flag} must be positive (--cache-mb, --threshold and --kv-cache-mb may be 0)")
+    media = getattr(args, "allowed_media_dir", None)
+    if media is not None and not Path(media).is_dir():
+        raise UsageError(f"--allowed-media-dir {media!r} must be an existing directory (file:// image URLs are read "
+                         "under it)")
     try:
         from .serve.service import ChatService, ServeConfig
     except ImportError as e:
@@ -458,7 +633,10 @@ def cmd_serve(args) -> int:
                       kv_cache_bytes=int(args.kv_cache_mb * 2**20) if args.kv_cache_mb else None,
                       timeout=args.timeout, cache_bytes=int(args.cache_mb * 2**20), threshold=args.threshold,
                       max_pages=args.max_pages, default_max_tokens=args.max_tokens,
-                      allowed_media_dir=getattr(args, "allowed_media_dir", None))
+                      allowed_media_dir=media)
+    _check_cuda(args.device)  # before any weight is loaded
+    if args.cmd == "serve":
+        _check_listen(args.host, args.port)  # released again before uvicorn binds it, after the model loads
     if args.cmd == "serve" and not args.engine_in_process:
         from .serve.engine_process import EngineProcess
 
@@ -511,6 +689,12 @@ def cmd_train(args) -> int:
     _require(f"train {cfg.stage}", "train", ["transformers", "rapidfuzz" if cfg.stage == "rl" else "",
                                               "peft" if cfg.model.lora.r else "", "tensorboard" if cfg.tensorboard
                                               else "", "matplotlib" if cfg.plot else ""])
+    for name, opts in (("data.loader", cfg.data.loader), ("data.eval_loader", cfg.data.eval_loader)):
+        corpus = opts.get("corpus") if isinstance(opts, dict) else None  # null: the bundled corpus
+        for path in [corpus] if isinstance(corpus, (str, os.PathLike)) else corpus or []:
+            if isinstance(path, (str, os.PathLike)) and not Path(path).exists():  # before the model loads
+                raise UsageError(f"{name}.corpus: {str(path)!r} does not exist")
+    _check_out_dir(cfg.out_dir, "out_dir")
     from .train.trainer import run
 
     r = run(cfg)
@@ -618,6 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--seed", type=int, default=0, help="seed of the styles and the task choices (default: 0)")
     md.add_argument("--max-pages", type=_positive_int("--max-pages"), default=4, help="pages per sample at most")
     md.add_argument("--styles", help="styles YAML (default: the built-in glyph_rt/data/styles.yaml)")
+    md.add_argument("--text-field", default="text", help="the records' field that holds the text (.jsonl, .json, "
+                    ".parquet, datasets; default: text)")
     md.add_argument("--quiet", action="store_true", help="no progress bar")
     md.set_defaults(func=cmd_make_data)
     se = sub.add_parser("search", help="genetic (optionally LLM-guided) search over rendering configs")
@@ -638,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("--model", required=True, help="local checkpoint directory (GLM-4.1V / Qwen2.5-VL)")
         if name == "serve":
             sv.add_argument("--host", default="127.0.0.1")
-            sv.add_argument("--port", type=int, default=8000)
+            sv.add_argument("--port", type=_port, default=8000, help="0 to 65535 (0: any free port; default: 8000)")
             sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set GLYPH_RT_API_KEY)")
             sv.add_argument("--max-body-mb", type=float, default=64, help="largest request body (default: 64)")
             sv.add_argument("--allowed-media-dir", help="image_url file:// URLs may read under this directory")
@@ -701,7 +887,7 @@ def _parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    startup = _process_seconds()
+    startup = _startup_seconds()
     if sys.stdout is None:  # started with stdout closed (>&-): its output would be lost, or land in a file it opens
         print("glyph-rt: error: cannot write to standard output (it is closed)", file=sys.stderr)
         return 1

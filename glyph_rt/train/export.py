@@ -126,14 +126,25 @@ FONTS_DIFFER = ("the style sampler's font pool differs (its fonts, by name and s
                 "fonts everywhere)")
 
 
+class NoSamples(ValueError):
+    """make-data read its records and made no sample (every one skipped): nothing is written."""
+
+
+# make-data arguments added after shards were first written, with the value an older shard was made with
+ARG_DEFAULTS = {"text_field": "text"}
+
+
 def shard_name(task: str, k: int) -> str:
     return f"{task}-{k:05d}.parquet"
 
 
 def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard_size: int = 256, seed: int = 0,
-              styles=None, max_pages: int = 4, progress: bool = True) -> dict:
+              styles=None, max_pages: int = 4, progress: bool = True, text_field: str = "text") -> dict:
     """Writes samples 0 .. num_samples-1 of `task` over the corpus `inputs` (default: one per record) to
-    Parquet shards in `out`; returns a summary. `styles`: a StyleSampler (default: the paper's, seeded)."""
+    Parquet shards in `out`; returns a summary. `styles`: a StyleSampler (default: the paper's, seeded);
+    `text_field`: the records' field read as their text. A run that makes no sample at all (every record skipped,
+    e.g. none has the text field) writes no shard and raises NoSamples, naming the first record's reason; a shard
+    whose samples were all skipped is written empty once another sample was made."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -142,7 +153,7 @@ def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard
 
     if shard_size < 1:
         raise ValueError(f"shard_size: {shard_size!r} must be >= 1")
-    corpus = Corpus.open(inputs)
+    corpus = Corpus.open(inputs, text_field=text_field)
     n = len(corpus) if num_samples is None else int(num_samples)
     if n < 1:
         raise ValueError(f"num_samples: {num_samples!r} must be >= 1")
@@ -153,11 +164,12 @@ def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard
     styles = styles if styles is not None else StyleSampler(seed=seed)
     args = {"task": task, "inputs": [str(p) for p in (inputs or [])], "num_samples": n, "shard_size": shard_size,
             "seed": seed, "max_pages": max_pages, "records": len(corpus), "styles": styles_key(styles),
-            "fonts": font_pool_key(styles)}
+            "fonts": font_pool_key(styles), "text_field": text_field}
     for path in sorted(out.glob("*.parquet")):
         old = shard_args(path)
         if old is None:
             raise ValueError(f"{str(out)!r} holds {path.name}, which make-data did not write; use a new --out")
+        old = {**ARG_DEFAULTS, **old}
         diff = [k for k in args if old.get(k) != args[k]]
         if diff:
             why = f"; {FONTS_DIFFER}" if "fonts" in diff and old.get("fonts") is not None else ""
@@ -175,6 +187,19 @@ def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard
     summary = {"shards": shards, "kept": 0, "written": 0, "samples": 0, "skipped": 0, "missing_glyphs": 0,
                "pages": 0, "placeholders_escaped": 0}
     bar = tqdm(total=n, unit="sample", desc=f"make-data {task}", disable=not progress)
+
+    def write(path, rows) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            pq.write_table(pa.Table.from_pylist(rows, schema=table_schema), tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        summary["written"] += 1
+        summary["samples"] += len(rows)
+
+    held = []  # shards whose samples were all skipped, written once some sample is made (none made: none written)
+    first_skip = None  # (sample, the task's reason) of the first sample skipped
     for k in range(shards):
         path = out / shard_name(task, k)
         lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
@@ -188,21 +213,45 @@ def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard
             if s is None:
                 summary["skipped"] += 1
                 summary["missing_glyphs"] += isinstance(why, MissingGlyphs)
+                first_skip = first_skip or (g, why)
             else:
                 rows.append(sample_row(s))
                 summary["pages"] += len(rows[-1]["images"])
                 summary["placeholders_escaped"] += s.meta.get("placeholders_escaped", 0)
             bar.update(1)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            pq.write_table(pa.Table.from_pylist(rows, schema=table_schema), tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        summary["written"] += 1
-        summary["samples"] += len(rows)
+        if not rows and not (summary["samples"] or summary["kept"]):
+            held.append(path)
+            continue
+        for p in held:
+            write(p, [])
+        held = []
+        write(path, rows)
     bar.close()
+    if held and summary["kept"]:
+        for p in held:
+            write(p, [])
+    elif held:
+        raise NoSamples(no_samples_message(corpus, data, summary["skipped"], first_skip, text_field))
     return summary
+
+
+def no_samples_message(corpus, data, skipped: int, first, text_field: str) -> str:
+    """Why make-data made nothing: the count, the first skipped sample's reason (a missing text field named as
+    --text-field gives it) and the fields its record has."""
+    g, why = first
+    why = str(why).replace("field 'text'", f"field {text_field!r}")  # the loader reads text_field as "text"
+    msg = (f"no sample made: all {skipped} samples were skipped ({len(corpus)} records), nothing was written; the "
+           f"first: {why}")
+    try:  # the record read again only to list its fields: a source that fails now leaves them out
+        rec = corpus[data.record_index(g)]
+    except (OSError, LookupError, TypeError, ValueError):
+        rec = None
+    if isinstance(rec, dict):
+        fields = [k for k in rec if k != "text"] + ([text_field] if "text" in rec else [])
+        msg += f" (its fields: {', '.join(map(str, fields)) or 'none'})"
+    if text_field == "text" and "field 'text'" in why:
+        msg += "; --text-field FIELD reads the text from another field"
+    return msg
 
 
 def shard_args(path) -> dict | None:
@@ -226,5 +275,5 @@ def schema():
                       ("index", pa.int64())])
 
 
-__all__ = ["make_data", "schema", "shard_args", "to_messages", "page_pngs", "sample_row", "shard_name",
+__all__ = ["make_data", "NoSamples", "schema", "shard_args", "to_messages", "page_pngs", "sample_row", "shard_name",
            "escape_placeholders", "styles_key", "font_pool_key"]
