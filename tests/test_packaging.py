@@ -150,6 +150,35 @@ def test_sdist_carries_the_extension_sources(tmp_path):
     sources = {str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.is_file()}
     assert "CMakeLists.txt" in names and sources and sources <= names, sorted(sources - names)
     assert "glyph_rt/data/styles.yaml" in names and "glyph_rt/fonts/DejaVuSans.ttf" in names
+    # the tests run from a checkout (conftest.py, the benchmarks they import): setuptools' default would ship
+    # tests/test*.py alone, which cannot run
+    assert not [n for n in names if n.split("/")[0] in ("tests", "bench", "tools")], sorted(names)[:20]
+    assert "glyph_rt/__main__.py" in names
+
+
+def setup_call_keywords(monkeypatch) -> dict:
+    """The keywords setup.py passes to setup(), by running it with setup() replaced (what the assignments after
+    EXTRAS_REQUIRE's literal add included)."""
+    import runpy
+
+    import setuptools
+
+    seen = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(sys, "argv", ["setup.py", "--name"])
+    runpy.run_path(str(ROOT / "setup.py"), run_name="__main__")
+    return seen
+
+
+def test_the_search_extra_brings_what_an_eval_evaluator_imports(monkeypatch):
+    """evaluator.kind eval scores with glyph_rt.eval (its metrics' packages) and, for a checkpoint target, the
+    serving engine (prometheus-client); the cli's check names the search extra."""
+    extras = setup_call_keywords(monkeypatch)["extras_require"]
+    search = {dist_name(r) for r in extras["search"]}
+    assert {dist_name(r) for r in extras["eval"]} <= search
+    assert {"prometheus-client", "rapidfuzz", "rouge", "transformers", "openai", "matplotlib"} <= search
+    assert len(extras["search"]) == len(set(extras["search"]))
+    assert set(extras["search"]) <= set(extras["test"])
 
 
 def test_backends_refuses_cuda_on_a_gpu_older_than_the_build(monkeypatch):
