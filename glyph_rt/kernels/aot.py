@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import io
 import os
 import pkgutil
@@ -180,6 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="compile only specs whose name contains this")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every report, not only failures")
     args = ap.parse_args(argv)
+    if importlib.util.find_spec("triton") is None:
+        ap.error("Triton is not installed: pip install 'glyph_rt[triton]' (CUDA builds of torch bring it)")
     specs = [s for s in all_specs(args.exhaustive) if args.only in s.name]
     reports = check(specs, tuple(int(a) for a in args.arch.split(",")), args.jobs)
     bad = [r for r in reports if r.problems]
