@@ -455,6 +455,67 @@ def test_auto_defaults_where_nothing_was_measured(fa2):
         choose_backend("training", _device(), ALL, bf16, 128, table={})
 
 
+def test_auto_sends_only_16_bit_inputs_to_the_kernel(fa2):
+    """fp64 (and fp8) ran in the interpreter but the kernels do not compile for them on a GPU (a float64 dot in a
+    float32 accumulator): auto sends them to SDPA, even where the measured table names glyph."""
+    from glyph_rt.ops.attention import CASES, choose_backend
+
+    glyph_everywhere = {"sm_90": {case: "glyph" for case in CASES}}
+    for dt in (torch.float64, torch.float8_e4m3fn, torch.float8_e5m2, torch.float32):
+        for case in CASES:
+            for table in ({}, glyph_everywhere):
+                assert choose_backend(case, _device(), ALL, dt, 128, table=table) == "sdpa", (dt, case, table)
+    for dt in (torch.float16, torch.bfloat16):
+        for case in CASES:
+            assert choose_backend(case, _device(), ALL, dt, 128, table=glyph_everywhere) == "glyph", (dt, case)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float8_e4m3fn])
+def test_glyph_backend_refuses_dtypes_its_kernels_do_not_compile_for(dtype):
+    from glyph_rt.ops.attention import glyph_attention_forward
+
+    q, k, v, cu_q, cu_k = packed([9, 5], [9, 5], 2, 1, 16, device=TRITON_DEVICE)
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    with pytest.raises(ValueError, match=rf"'glyph'.*float16, bfloat16 and float32, got {dtype}.*'sdpa'"):
+        attention(q, k, v, cu_q, cu_k, backend="glyph")
+    with pytest.raises(ValueError, match=rf"got {dtype}"):  # a decode step, which takes the split-key kernel
+        glyph_attention_forward(torch.nn.Module(), q[None, :1].transpose(1, 2), k[None].transpose(1, 2),
+                                v[None].transpose(1, 2), None, backend="glyph")
+
+
+def test_raw_pointer_launches_check_devices_and_dtypes_first():
+    """The kernels take raw pointers: k or v on another device, or a dtype other than q's, is refused by name
+    before a launch (a float32 q on a float16 KV cache failed deep in Triton with an AssertionError)."""
+    from glyph_rt.kernels.attention_decode import decode
+    from glyph_rt.ops.attention import check_inputs, glyph_attention_forward
+
+    q, k, v, cu_q, cu_k = packed([9, 5], [9, 5], 2, 1, 16)
+    with pytest.raises(ValueError, match="one device, got cpu, meta, cpu"):
+        check_inputs(q, k.to("meta"), v, cu_q, cu_k)
+    with pytest.raises(ValueError, match="one device, got cpu, cpu, meta"):
+        attention(q, k, v.to("meta"), cu_q, cu_k, backend="reference")
+    qd = torch.randn(2, 1, 4, 16, device=TRITON_DEVICE)
+    kd = torch.randn(2, 9, 2, 16, device=TRITON_DEVICE)
+    with pytest.raises(ValueError, match="one dtype, got torch.float32, torch.float16, torch.float16"):
+        decode(qd, kd.half(), kd.half(), None, True, 0.25)
+    module = torch.nn.Module()
+    module.is_causal = True
+    with pytest.raises(ValueError, match="one dtype"):  # transformers' path, as the reviewer's fp32 q on a fp16 cache
+        glyph_attention_forward(module, qd.transpose(1, 2), kd.half().transpose(1, 2), kd.half().transpose(1, 2),
+                                None, backend="glyph")
+    with pytest.raises(ValueError, match="one device"):
+        decode(qd, kd.to("meta"), kd, None, True, 0.25)
+    with pytest.raises(ValueError, match="float16, bfloat16 and float32, got torch.float64"):
+        decode(qd.double(), kd.double(), kd.double(), None, True, 0.25)
+    for bad in (torch.zeros(2, dtype=torch.int64, device=TRITON_DEVICE),
+                torch.zeros(3, dtype=torch.int32, device=TRITON_DEVICE), torch.zeros(2, dtype=torch.int32,
+                                                                                     device="meta")):
+        with pytest.raises(ValueError, match=r"key_start must be an int32 \[2\]"):
+            decode(qd, kd, kd, bad, True, 0.25)
+    with pytest.raises(ValueError, match="do not match"):
+        decode(qd, kd[..., :8], kd[..., :8], None, True, 0.25)
+
+
 def test_auto_follows_the_measured_table_by_gpu_name_then_capability(fa2):
     from glyph_rt.ops.attention import choose_backend
 

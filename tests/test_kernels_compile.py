@@ -32,6 +32,60 @@ def test_every_kernel_spec_fits_a100_and_h100():
             assert f"sm_{arch} {name}" in r.stdout, (name, arch)
 
 
+def test_the_default_set_compiles_the_launches_the_dispatcher_makes():
+    """The default (non-slow) set compiles what auto launches most: bidirectional attention with one query head per
+    KV head (the vision towers) and causal attention with GLM-4's 16 (text), forward and backward, and decoding with
+    key starts (a left-padded batch) and without (one sequence, no mask)."""
+    from glyph_rt.kernels import attention, attention_decode
+    from glyph_rt.kernels.aot import all_specs
+
+    specs = all_specs()
+    assert len({s.name for s in specs}) == len(specs)  # the reports name them
+    modes = {}
+    for s in attention.aot_specs():
+        if "GROUP" in s.constexprs and "bfloat16" in s.name:
+            modes.setdefault((s.name.split()[0], s.constexprs["D"]), set()).add(
+                (s.constexprs["CAUSAL"], s.constexprs["GROUP"], s.constexprs["SPLIT"] > 1 if "SPLIT" in s.constexprs
+                 else False))
+    for d in (16, 32, 64, 80, 128, 256):
+        for kernel in ("attn_fwd", "attn_bwd_dq"):
+            assert modes[kernel, d] == {(False, 1, False), (True, 16, False)}, (kernel, d)
+        assert modes["attn_bwd_dkdv", d] == {(False, 1, False), (True, 16, False), (True, 16, True)}, d
+    starts = {}
+    for s in attention_decode.aot_specs():
+        if s.name.startswith("attn_decode_split bfloat16"):
+            starts.setdefault((s.constexprs["D"], s.constexprs["BM"]), set()).add(s.constexprs["HAS_START"])
+    assert len(starts) == 5 * 3 and all(v == {True, False} for v in starts.values()), starts
+
+
+def test_every_dtype_auto_sends_to_a_triton_kernel_is_compiled():
+    """A dtype the dispatcher routes to a Triton kernel that no spec compiles was never checked on a GPU: float64
+    passed in the interpreter but does not compile (a float64 dot in a float32 accumulator)."""
+    import torch
+
+    from glyph_rt.kernels import attention, attention_decode, patch_embed
+    from glyph_rt.ops import attention as ops_attention
+    from glyph_rt.ops import patch_embed as ops_patch_embed
+
+    ptr = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64",
+           torch.float8_e4m3fn: "*fp8e4nv", torch.float8_e5m2: "*fp8e5"}
+    compiled = {s.signature["Q"] for s in attention.aot_specs(True) + attention_decode.aot_specs(True)
+                if "Q" in s.signature}
+    h100 = ops_attention.DeviceInfo("NVIDIA H100 80GB HBM3", (9, 0))
+    avail = {"glyph": None, "sdpa": None, "reference": None, "flash_attn": "flash_attn is not installed"}
+    glyph_table = {"sm_90": {case: "glyph" for case in ops_attention.CASES}}
+    for dt in ptr:
+        for case in ops_attention.CASES:
+            if ops_attention.choose_backend(case, h100, avail, dt, 128, table=glyph_table) == "glyph":
+                assert ptr[dt] in compiled, (dt, case)
+    assert {ptr[dt] for dt in attention.DTYPES} <= compiled  # what an explicit backend="glyph" takes
+    gemm = {s.signature["b_ptr"] for s in patch_embed.aot_specs()}
+    for dt in ptr:
+        if ops_patch_embed.resolve_backend("auto", torch.device("cuda"), dt) == "triton":
+            assert ptr[dt] in gemm, dt
+    assert {ptr[dt] for dt in ops_patch_embed.TRITON_DTYPES} <= gemm
+
+
 @pytest.mark.slow
 def test_every_kernel_spec_fits_exhaustive():
     r = compile_in_subprocess("import sys; from glyph_rt.kernels.aot import main; sys.exit(main(['--exhaustive']))",

@@ -240,6 +240,34 @@ def test_bad_inputs_name_the_problem():
         gemm(torch.zeros(3, 592, dtype=torch.uint8), fw[:588], fb, "torch", torch.float32)
 
 
+def test_auto_sends_only_the_dtypes_the_gemm_compiles_for_to_triton():
+    """float64 weights ran in the interpreter but the GEMM does not compile for them on a GPU (a float64 dot in a
+    float32 accumulator): auto takes torch's matmul for them, an explicit backend='triton' refuses by name."""
+    from glyph_rt.ops.patch_embed import resolve_backend
+
+    cuda = torch.device("cuda")  # auto's decision and the dtype check need no GPU
+    for dt in (torch.float16, torch.bfloat16, torch.float32):
+        assert resolve_backend("auto", cuda, dt) == "triton", dt
+    for dt in (torch.float64, torch.float8_e4m3fn, torch.float8_e5m2):
+        assert resolve_backend("auto", cuda, dt) == "torch", dt
+        with pytest.raises(ValueError, match=rf"'triton' runs float16, bfloat16 and float32 weights, got {dt}"):
+            resolve_backend("triton", cuda, dt)
+    with pytest.raises(ValueError, match="got torch.float64"):
+        patch_embed(torch.randn(3, 1176, dtype=torch.float64), hf_glm(dtype=torch.float64).proj.weight,
+                    backend="triton")
+
+
+def test_bias_and_folded_weights_must_be_on_the_weights_device():
+    """The GEMM kernels take raw pointers: a bias (or cached folded weights) on another device is refused by name."""
+    hf = hf_glm()
+    w, b = hf.proj.weight, hf.proj.bias
+    with pytest.raises(ValueError, match="bias is on meta but weight is on cpu"):
+        patch_embed(torch.randn(3, 1176), w, b.to("meta"))
+    fw, fb = fold_weight(w, b)
+    with pytest.raises(ValueError, match="folded: weight on meta and bias on cpu, patches on cpu"):
+        patch_embed(torch.zeros(3, 588, dtype=torch.uint8), w, b, folded=(fw.to("meta"), fb))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gemm_custom_op_passes_opcheck(backend):
     from glyph_rt.ops.patch_embed import gemm

@@ -227,6 +227,17 @@ def attn_bwd_delta_kernel(O, DO, DELTA, T, stride_ot, stride_oh, stride_dot, str
 
 KERNELS = ("fwd", "bwd_dkdv", "bwd_dq", "bwd_delta")
 MAX_GRID_YZ = 65535
+# the dtypes of q, k, v the kernels (and attention_decode's) are sized and compiled for (aot_specs): a float64
+# dot returns float64, which does not fit their float32 accumulators on a GPU (the interpreter runs it anyway)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def dtype_problem(dtype: torch.dtype) -> str | None:
+    """Why the attention kernels cannot take q, k, v of `dtype`, or None."""
+    if dtype in DTYPES:
+        return None
+    return (f"the Triton kernels run float16, bfloat16 and float32, got {dtype}; cast q, k and v to one of them, "
+            "or use backend 'sdpa' or 'reference'")
 
 
 def block_d(head_dim: int) -> int:
@@ -245,12 +256,16 @@ def config(kernel: str, head_dim: int, dtype: torch.dtype, interpret: bool = Fal
         return dict(BM=16, BN=16, num_warps=4, num_stages=1)
     bd = block_d(head_dim)
     if dtype == torch.float32:  # IEEE fp32 dots run on FMA units: small tiles or registers spill
-        if kernel == "bwd_dkdv":  # (BM, BN, warps, stages) that spill with neither Triton 3.6's ptxas nor 3.9's
-            tiles = {32: (32, 16, 4, 1), 64: (16, 32, 8, 2), 128: (32, 16, 8, 1), 256: (16, 16, 8, 1)}
+        if kernel == "bwd_dkdv":  # (BM, BN, warps, stages) that spill with neither Triton 3.6's ptxas nor 3.9's,
+            # causal with a GQA group (split or not) or bidirectional with one query head per KV head (a one-iteration
+            # loop over the group: at 64, (16, 32, 8, 2) spilled 364 B there with 3.9's)
+            tiles = {32: (32, 16, 4, 1), 64: (16, 16, 8, 2), 128: (32, 16, 8, 1), 256: (16, 16, 8, 1)}
             bm, bn, warps, stages = tiles.get(bd, (16, 32, 4, 1))
             return dict(BM=bm, BN=bn, num_warps=warps, num_stages=stages)
         if kernel == "bwd_dq" and bd >= 256:
             return dict(BM=16, BN=16, num_warps=4, num_stages=1)
+        if kernel == "bwd_dq" and bd == 128:  # 2 stages spill bidirectional on sm_80
+            return dict(BM=32, BN=16, num_warps=8, num_stages=1)
         return dict(BM=32 if bd <= 128 else 16, BN=32 if bd <= 64 else 16, num_warps=4 if bd <= 64 else 8,
                     num_stages=2)
     if kernel == "fwd":
@@ -376,9 +391,16 @@ def _strides(*names: str) -> dict:
     return {n: "i32" for n in names}
 
 
+# (CAUSAL, GROUP) of the launches the dispatcher makes: bidirectional vision towers without GQA (GLM-4.1V, Qwen2.5-VL:
+# the most used path), and causal text with GQA (GLM-4: 32 query heads on 2 KV heads). GROUP sets the dK/dV kernel's
+# loop over a KV head's query heads (one iteration at GROUP=1), so both are compiled
+VISION, TEXT = (False, 1), (True, 16)
+
+
 def aot_specs(exhaustive: bool = False) -> list:
     """What forward() and backward() launch on a GPU: every kernel at every head-dim bucket (16 to
-    256) and at 80 in bf16 and fp32 (exhaustive: fp16 too, causal and not, and an unaligned head dim)."""
+    256) and at 80 in bf16 and fp32, as vision (bidirectional, GROUP=1) and text (causal, GROUP=16) launch it
+    (exhaustive: fp16 too, and head dims 96 and unaligned 72 and 200)."""
     from .aot import AotSpec, ptx_types
 
     dtypes = (torch.bfloat16, torch.float16, torch.float32) if exhaustive else (torch.bfloat16, torch.float32)
@@ -405,23 +427,25 @@ def aot_specs(exhaustive: bool = False) -> list:
             dl = dict(O=p, DO=p, DELTA="*fp32", T="i32", **_strides("stride_ot", "stride_oh", "stride_dot",
                                                                      "stride_doh", "stride_dh"))
             parts = {**dkdv, "DK": "*fp32", "DV": "*fp32"}  # dkdv_split > 1: fp32 partial sums
-            for kernel, fn, sig, extra in (
-                    ("fwd", attn_fwd_kernel, fwd, {}), ("bwd_dkdv", attn_bwd_dkdv_kernel, dkdv, {"SPLIT": 1}),
-                    ("bwd_dkdv", attn_bwd_dkdv_kernel, parts, {"SPLIT": 2}), ("bwd_dq", attn_bwd_dq_kernel, dq, {}),
-                    ("bwd_delta", attn_bwd_delta_kernel, dl, {})):
+            for kernel, fn, sig, extra, modes in (
+                    ("fwd", attn_fwd_kernel, fwd, {}, (TEXT, VISION)),
+                    ("bwd_dkdv", attn_bwd_dkdv_kernel, dkdv, {"SPLIT": 1}, (TEXT, VISION)),
+                    # dkdv_split divides the group: GQA only
+                    ("bwd_dkdv", attn_bwd_dkdv_kernel, parts, {"SPLIT": 2}, (TEXT,)),
+                    ("bwd_dq", attn_bwd_dq_kernel, dq, {}, (TEXT, VISION)),
+                    ("bwd_delta", attn_bwd_delta_kernel, dl, {}, (None,))):
                 cfg = config(kernel, d, dt)
                 warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
                 # pointers are 16-byte aligned; token and head strides are when the head dim is a multiple of 16
                 aligned = tuple(a for a, t in sig.items() if t.startswith("*")
                                 or (aligned_d and a.startswith("stride_") and a not in ("stride_lh", "stride_dh")))
-                modes = (True, False) if exhaustive and kernel != "bwd_delta" else (True,)
-                for causal in modes:
+                for mode in modes:
                     const = dict(D=d, BLOCK_D=block_d(d), **cfg, **extra)
-                    if kernel != "bwd_delta":
-                        const.update(GROUP=4, CAUSAL=causal, IEEE=dt == torch.float32)
-                    mode = " causal" if causal and kernel != "bwd_delta" else ""
+                    if mode is not None:
+                        const.update(GROUP=mode[1], CAUSAL=mode[0], IEEE=dt == torch.float32)
+                    causal = " causal" if mode is not None and mode[0] else ""
                     split = " split" if extra.get("SPLIT", 1) > 1 else ""
-                    name = f"attn_{kernel} {str(dt)[6:]} d={d}{mode}{split}"
+                    name = f"attn_{kernel} {str(dt)[6:]} d={d}{causal}{split}"
                     # auto never sends fp32 or head dims that are not a multiple of 16 here on a GPU
                     # (glyph_rt.ops.attention.choose_backend): those variants must compile, limits reported
                     enforce = not exhaustive or (aligned_d and dt != torch.float32)

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from . import on_device
-from .attention import LOG2E, _dot
+from .attention import LOG2E, _dot, dtype_problem
 
 MAX_ROWS = 64  # Sq * (Hq / Hkv) packed in one tile
 
@@ -145,9 +145,32 @@ def _splits(B: int, Hkv: int, Sk: int, BN: int, device: torch.device) -> int:
     return max(1, min(want, triton.cdiv(Sk, BN)))
 
 
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor | None) -> None:
+    """What decode() needs of its inputs, checked before the launch: the kernels take raw pointers and trust
+    shapes, dtypes and devices (a float32 q on a float16 cache would fail deep in Triton's compiler)."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"decode takes q [B, Sq, Hq, D] and k, v [B, Sk, Hkv, D], got {list(q.shape)}, "
+                         f"{list(k.shape)}, {list(v.shape)}")
+    if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3] or q.shape[2] % k.shape[2]:
+        raise ValueError(f"decode: q {list(q.shape)} and k, v {list(k.shape)}, {list(v.shape)} do not match "
+                         "(q [B, Sq, Hq, D], k and v [B, Sk, Hkv, D], Hq a multiple of Hkv)")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"decode: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype} (cast q to "
+                         "the KV cache's dtype)")
+    if problem := dtype_problem(q.dtype):
+        raise ValueError(f"decode: {problem}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"decode: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if key_start is not None and (key_start.dtype != torch.int32 or tuple(key_start.shape) != (q.shape[0],)
+                                  or key_start.device != q.device):
+        raise ValueError(f"decode: key_start must be an int32 [{q.shape[0]}] tensor on {q.device}, got "
+                         f"{key_start.dtype} {list(key_start.shape)} on {key_start.device}")
+
+
 def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor | None, causal: bool,
            sm_scale: float, splits: int | None = None) -> torch.Tensor:
     """out [B, Sq, Hq, D] (contiguous) for q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D]; key_start [B] int32 or None."""
+    check_inputs(q, k, v, key_start)
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))  # rows are read whole
     B, Sq, Hq, D = q.shape
     Sk, Hkv = k.shape[1], k.shape[2]
@@ -183,7 +206,8 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.T
 
 def aot_specs(exhaustive: bool = False) -> list:
     """What decode() launches on a GPU: both kernels at every head-dim bucket (16 to 256) and packed
-    row count (16, 32, MAX_ROWS) in bf16 and fp32 (exhaustive: fp16 too, without causal or key starts)."""
+    row count (16, 32, MAX_ROWS) in bf16 and fp32, causal, with key starts (a left-padded batch) and, in bf16,
+    without (no padding mask: one sequence); exhaustive: fp16 too, and bidirectional without key starts."""
     from .aot import AotSpec, ptx_types
 
     dtypes = (torch.bfloat16, torch.float16, torch.float32) if exhaustive else (torch.bfloat16, torch.float32)
@@ -197,14 +221,21 @@ def aot_specs(exhaustive: bool = False) -> list:
                      keys_per_split="i32", **{n: "i32" for n in split_strides}, splits="i32", n_kv="i32")
         merge = dict(PO="*fp32", PLSE="*fp32", O=p, Sq="i32", splits="i32", n_kv="i32",
                      **{n: "i32" for n in merge_strides})
+        # (CAUSAL, HAS_START): auto decodes in 16-bit only (fp32 takes explicit backend="glyph"); a padded batch
+        # has key starts, one sequence (no mask) none
+        modes = [(True, True), (True, False)]
+        if exhaustive:
+            modes.append((False, False))
+        elif dt == torch.float32:
+            modes = [(True, True)]
         for d in (16, 32, 64, 128, 256):
             for bm in (16, 32, MAX_ROWS):
                 cfg = config(d, dt, bm)
                 warps, stages, merge_warps = cfg.pop("num_warps"), cfg.pop("num_stages"), cfg.pop("merge_warps")
-                modes = [(True, True), (False, False)] if exhaustive else [(True, True)]
                 for causal, has_start in modes:
                     specs.append(AotSpec(
-                        f"attn_decode_split {str(dt)[6:]} d={d} rows={bm}" + (" causal" if causal else ""),
+                        f"attn_decode_split {str(dt)[6:]} d={d} rows={bm}" + (" causal" if causal else "")
+                        + ("" if has_start else " no key_start"),
                         attn_decode_split_kernel, split,
                         dict(GROUP=bm // 4 if bm > 16 else 16, D=d, BLOCK_D=d, BM=bm, CAUSAL=causal,
                              HAS_START=has_start, IEEE=dt == torch.float32, **cfg), warps, stages,

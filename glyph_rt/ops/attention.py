@@ -11,15 +11,17 @@ omitted: one host sync).
 causal masks are aligned to the bottom right, as flash-attn's. Returns (total_q, nheads, headdim).
 
 Backends:
-  "glyph"       the Triton kernel (glyph_rt.kernels.attention), forward and backward
+  "glyph"       the Triton kernel (glyph_rt.kernels.attention), forward and backward, in float16, bfloat16
+                or float32 (other dtypes are refused: cast, or use sdpa or reference)
   "flash_attn"  the flash_attn package's varlen function (FA4's on sm_90+ at head dims 64/96/128, else FA2)
   "sdpa"        torch's scaled_dot_product_attention (per segment when lengths differ)
   "reference"   plain fp32 math, the test oracle
   "auto"        on CUDA, per case (vision: bidirectional varlen, prefill: causal, decode: the
                 KV-cache kernel) the fastest backend measured on this GPU class
                 (glyph_rt/data/attention_backends.json, see choose_backend), else glyph for vision
-                and decode and flash_attn/sdpa for causal prefill; fp32, head dims over 256 and
-                head dims that are not a multiple of 16 never take glyph; sdpa off CUDA
+                and decode and flash_attn/sdpa for causal prefill; only float16 and bfloat16 take glyph
+                (float32, float64 and float8 go to sdpa), and never at head dims over 256 or head dims
+                that are not a multiple of 16; sdpa off CUDA
 
 `register_transformers()` makes it a transformers attention implementation,
 attn_implementation="glyph", for GLM-4.1V and Qwen2.5-VL (and any model using
@@ -46,6 +48,10 @@ from . import autocast_dtype
 
 BACKENDS = ("auto", "glyph", "flash_attn", "sdpa", "reference")
 MAX_HEAD_DIM = 256
+# the dtypes "auto" sends to the Triton kernel on a GPU: tensor-core dots. Given backend="glyph", it also runs
+# float32 (IEEE dots on FMA units, glyph_rt.kernels.attention.DTYPES); the tile configs are sized and compiled
+# (glyph_rt.kernels.aot) for these only: float64 would not compile on a GPU, float8 would round p to 8 bits
+AUTO_GLYPH_DTYPES = (torch.float16, torch.bfloat16)
 
 
 FA4_HEAD_DIMS = (64, 96, 128)  # FA4 (flash_attn.cute) runs on Hopper and Blackwell (sm_90+) at these head dims
@@ -121,6 +127,8 @@ def check_inputs(q, k, v, cu_q, cu_k) -> None:
         raise ValueError(f"nheads ({q.shape[1]}) must be a multiple of nheads_k ({k.shape[1]})")
     if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
         raise ValueError(f"q, k, v must share one float dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):  # the kernels take raw pointers: they would read another device
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     for name, cu, total in (("cu_seqlens_q", cu_q, q.shape[0]), ("cu_seqlens_k", cu_k, k.shape[0])):
         if cu.dtype != torch.int32 or cu.dim() != 1 or len(cu) < 2:
             raise ValueError(f"{name} must be a (batch + 1,) int32 tensor, got {cu.dtype} {list(cu.shape)}")
@@ -162,9 +170,10 @@ def choose_backend(case: str, device: DeviceInfo, avail: dict[str, str | None], 
     def usable(b: str) -> bool:
         if avail.get(b) is not None:
             return False
-        if b == "glyph":  # fp32 runs on FMA units there, slower than SDPA's kernels; head dims that are
-            # not a multiple of 16 make unaligned rows whose tiles spill registers (the exhaustive compile check)
-            return head_dim <= MAX_HEAD_DIM and head_dim % 16 == 0 and dtype != torch.float32
+        if b == "glyph":  # fp16/bf16 only: fp32 runs on FMA units there, slower than SDPA's kernels, and
+            # fp64/fp8 are not compiled for (AUTO_GLYPH_DTYPES); head dims that are not a multiple of 16 make
+            # unaligned rows whose tiles spill registers (the exhaustive compile check)
+            return head_dim <= MAX_HEAD_DIM and head_dim % 16 == 0 and dtype in AUTO_GLYPH_DTYPES
         if b == "flash_attn":
             return (dtype in (torch.float16, torch.bfloat16) and head_dim <= MAX_HEAD_DIM and case != "decode"
                     and flash_attn_varlen(device.capability, head_dim)[0] is not None)
@@ -197,6 +206,11 @@ def resolve_backend(backend: str, q: torch.Tensor, case: str = "vision") -> str:
         raise RuntimeError(f"attention backend {backend!r} is not available: {avail[backend]}")
     if backend == "glyph" and q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"backend 'glyph' supports head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}")
+    if backend == "glyph":
+        from ..kernels.attention import dtype_problem
+
+        if problem := dtype_problem(q.dtype):
+            raise ValueError(f"attention backend 'glyph': {problem}")
     if backend == "glyph" and q.device.type == "cpu":
         from ..kernels import interpreter_dtype_problem
 

@@ -13,10 +13,10 @@ rows (glyph_rt.ops.pixel_values.ROW_U8_STRIDE; other uint8 input is padded by a 
 folded weight is [592, D] contiguous with 4 zero rows, so every row starts 16-byte aligned.
 Gradients flow to the Conv3d's own weight and bias in both cases, so training uses the same op.
 
-Backends: "triton" (glyph_rt.kernels.patch_embed), "cuda" (the extension's tensor-core GEMM,
-bfloat16 weights), "torch" (the plain reference: a matmul on the reshaped weight), "auto"
-(triton on CUDA tensors, torch elsewhere). The GEMM is the custom op glyph_rt::gemm, with a
-fake implementation, so torch.compile traces through it.
+Backends: "triton" (glyph_rt.kernels.patch_embed: float16, bfloat16 or float32 weights), "cuda" (the
+extension's tensor-core GEMM, bfloat16 weights), "torch" (the plain reference: a matmul on the reshaped
+weight), "auto" (triton on CUDA tensors with weights of those three dtypes, torch otherwise). The GEMM
+is the custom op glyph_rt::gemm, with a fake implementation, so torch.compile traces through it.
 """
 from __future__ import annotations
 
@@ -31,13 +31,19 @@ IN_CHANNELS, TEMPORAL, PATCH = 3, 2, 14
 K_PIXELS = IN_CHANNELS * TEMPORAL * PATCH * PATCH  # 1176
 K_UINT8 = IN_CHANNELS * PATCH * PATCH  # 588
 BACKENDS = ("auto", "triton", "cuda", "torch")
+# the weight dtypes the Triton GEMM is configured and compiled for (glyph_rt.kernels.patch_embed.aot_specs): a
+# float64 dot returns float64, which does not fit its float32 accumulator on a GPU (the interpreter runs it anyway)
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"patch_embed backend {backend!r} is unknown; choose from {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
+        return "triton" if device.type == "cuda" and dtype in TRITON_DTYPES else "torch"
+    if backend == "triton" and dtype not in TRITON_DTYPES:
+        raise ValueError(f"patch_embed backend 'triton' runs float16, bfloat16 and float32 weights, got {dtype}; "
+                         "cast the weights or use backend 'torch'")
     if backend == "triton" and device.type == "cpu":
         if os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError("patch_embed backend 'triton' on CPU tensors runs only in Triton's interpreter "
@@ -164,6 +170,8 @@ def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         raise ValueError(f"bias must be [{weight.shape[0]}], got {list(bias.shape)}")
     if x.device != weight.device:
         raise ValueError(f"input is on {x.device} but weight is on {weight.device}")
+    if bias is not None and bias.device != weight.device:  # the GEMM kernels take raw pointers
+        raise ValueError(f"bias is on {bias.device} but weight is on {weight.device}")
     if x.dtype == torch.uint8:
         if x.dim() != 2 or x.shape[1] != K_UINT8:
             raise ValueError(f"uint8 patches must be [N, {K_UINT8}] (channel, py, px), got {list(x.shape)}")
@@ -190,6 +198,8 @@ def patch_embed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         if tuple(w.shape) != (ROW_U8_STRIDE, D) or tuple(b.shape) != (D,):
             raise ValueError(f"folded: weight {list(w.shape)} and bias {list(b.shape)} are not fold_weight's "
                              f"[{ROW_U8_STRIDE}, {D}] and [{D}]")
+        if w.device != x.device or b.device != x.device:
+            raise ValueError(f"folded: weight on {w.device} and bias on {b.device}, patches on {x.device}")
         return _Gemm.apply(padded_rows(x), w, b, backend)
     x = x.reshape(-1, K_PIXELS).to(weight.dtype)
     w = weight.reshape(D, K_PIXELS).t()
