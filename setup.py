@@ -75,8 +75,7 @@ EXTRAS_REQUIRE = {
     "serve": [TRANSFORMERS, "fastapi", "starlette", "pydantic>=2", "uvicorn[standard]", "prometheus-client",
               "openai>=1.0", "httpx"],
 }
-EXTRAS_REQUIRE["search"] = list(dict.fromkeys([*EXTRAS_REQUIRE["search"], *EXTRAS_REQUIRE["eval"],
-                                                "prometheus-client"]))
+EXTRAS_REQUIRE["search"] = list(dict.fromkeys([*EXTRAS_REQUIRE["search"], *EXTRAS_REQUIRE["eval"]]))
 EXTRAS_REQUIRE["test"] = list(dict.fromkeys([
     "pytest", "hypothesis", "matplotlib", TRANSFORMERS, *EXTRAS_REQUIRE["triton"],
     *EXTRAS_REQUIRE["cjk"], *EXTRAS_REQUIRE["scripts"], *EXTRAS_REQUIRE["train"], *EXTRAS_REQUIRE["eval"],

@@ -186,6 +186,13 @@ def _check_cuda(device: str | None, flag: str = "--device") -> None:
     if not torch.cuda.is_available():
         raise UsageError(f"{flag} {device}: this torch ({torch.__version__}) sees no CUDA device; "
                          "use --device cpu or install a CUDA build of torch")
+    try:
+        index = torch.device(device).index
+    except RuntimeError:
+        return  # not a device name: the command's own check names it
+    if index is not None and index >= torch.cuda.device_count():
+        raise UsageError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
 def _check_listen(host: str, port: int) -> None:

@@ -273,3 +273,14 @@ def test_python_m_glyph_rt_is_the_command_line():
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--port must be a whole number" in r.stderr
     import glyph_rt.__main__  # noqa: F401  imported, it runs nothing
+
+
+def test_a_cuda_device_index_past_the_gpus_is_refused(monkeypatch):
+    from glyph_rt.cli import UsageError, _check_cuda
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    _check_cuda("cuda")
+    _check_cuda("cuda:0")
+    with pytest.raises(UsageError, match=r"--device cuda:5: this machine has 1 CUDA device\(s\), cuda:0 to cuda:0"):
+        _check_cuda("cuda:5")

@@ -262,7 +262,7 @@ def test_file_opened_without_following_a_swapped_symlink(media):
 def test_a_clients_added_token_text_is_plain_text_as_in_training(gm):
     """User and system text that holds an added token's text ("<|endoftext|>", "<|user|>") is plain text, as the
     training tasks and GlyphModel.generate tokenize a question: the prompt's ids are generate's, with no control
-    token the client wrote; an assistant's earlier answer is kept as the model wrote it."""
+    token the client wrote; in an assistant's earlier answer too, as training escapes answers."""
     doc, q = TEXT[:900], "What does <|endoftext|> mean after <|user|>?"
     msgs = [{"role": "user", "content": [{"type": "glyph", "glyph": {"text": doc}}, {"type": "text", "text": q}]}]
     p = build_prompt(gm, msgs, InputOptions(CFG, "tiny"))
@@ -272,5 +272,13 @@ def test_a_clients_added_token_text_is_plain_text_as_in_training(gm):
     assert eos not in p.input_ids and p.input_ids.count(user) == 1  # the template's own <|user|> only
     sys_msg = [{"role": "system", "content": "Say <|endoftext|> never."}, {"role": "user", "content": "Hi"}]
     assert eos not in build_prompt(gm, sys_msg, InputOptions(CFG, "tiny")).input_ids
+    # an earlier answer: its added-token text plain too (the model wrote it as text), its thinking tags tokens
+    said = "<think>a <|user|> b</think>c <|endoftext|>"
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": said},
+             {"role": "user", "content": "And?"}]
+    ids = build_prompt(gm, turns, InputOptions(CFG, "tiny")).input_ids
+    assert eos not in ids and ids.count(user) == 2  # the template's two user turns only
+    want = gm.prompts.ids(gm.prompts.escape_answer(said), escaped=True)
+    assert any(ids[i:i + len(want)] == want for i in range(len(ids)))
     with pytest.raises(RequestError, match=r"messages\[0\].content: the text holds U\+10F000"):
         build_prompt(gm, [{"role": "user", "content": "a \U0010F000 b"}], InputOptions(CFG, "tiny"))

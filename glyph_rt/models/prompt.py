@@ -27,6 +27,16 @@ ESCAPE_BASE = 0x10F000  # escape(): the k-th added token's text in plain text st
 ESCAPE_END = 0x10FFFE  # (Supplementary Private Use Area-B, which text almost never holds)
 
 
+def thinking_parts(text: str) -> tuple[str, str, str] | None:
+    """(before, thinking, answer) of a text in the thinking format (only blank text before <think>...</think>),
+    else None."""
+    head, tag, rest = text.partition("<think>")
+    if tag and not head.strip() and "</think>" in rest:
+        inner, _, after = rest.partition("</think>")
+        return head, inner, after
+    return None
+
+
 def tokens_per_image(grid_thw) -> list[int]:
     """Visual tokens of each image from its [t, h, w] patch grid (a tensor or a list of triples)."""
     return [int(t) * int(h) * int(w) // VISION_MERGE ** 2 for t, h, w in (list(map(int, g)) for g in grid_thw)]
@@ -156,6 +166,15 @@ class PromptBuilder:
         if self._added_re is None or not self._added_re.search(text):
             return text
         return self._added_re.sub(lambda m: chr(ESCAPE_BASE + self._added.index(m.group())), text)
+
+    def escape_answer(self, text: str) -> str:
+        """An assistant's answer escape()d as the training tasks escape theirs: the thinking format's tags stay the
+        tokens they are."""
+        parts = thinking_parts(text)
+        if parts is None:
+            return self.escape(text)
+        head, inner, after = parts
+        return f"{head}<think>{self.escape(inner)}</think>{self.escape(after)}"
 
     def _unescape(self, text: str) -> str:
         return self._escaped_re.sub(lambda m: self._added[ord(m.group()) - ESCAPE_BASE], text)

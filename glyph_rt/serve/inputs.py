@@ -302,13 +302,11 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
 
     def plain(text: str, role: str, param: str) -> str:
         """A text that stays text, tokenized as the training tasks tokenize a record's: an added token's text
-        written by the client ("<|endoftext|>", "<|user|>") is plain text, not the control token (an assistant's
-        earlier answer is kept as the model wrote it)."""
+        written by the client ("<|endoftext|>", "<|user|>") is plain text, not the control token (in an
+        assistant's earlier answer too, whose thinking format's tags stay tokens, as in training)."""
         gm.prompts.check_text(text, param)
-        if role == "assistant":
-            return text
         try:
-            return gm.prompts.escape(text)
+            return gm.prompts.escape_answer(text) if role == "assistant" else gm.prompts.escape(text)
         except ValueError as e:
             raise RequestError(f"{param}: {e}", param) from None
 

@@ -130,10 +130,6 @@ class NoSamples(ValueError):
     """make-data read its records and made no sample (every one skipped): nothing is written."""
 
 
-# make-data arguments added after shards were first written, with the value an older shard was made with
-ARG_DEFAULTS = {"text_field": "text"}
-
-
 def shard_name(task: str, k: int) -> str:
     return f"{task}-{k:05d}.parquet"
 
@@ -169,10 +165,10 @@ def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard
         old = shard_args(path)
         if old is None:
             raise ValueError(f"{str(out)!r} holds {path.name}, which make-data did not write; use a new --out")
-        old = {**ARG_DEFAULTS, **old}
         diff = [k for k in args if old.get(k) != args[k]]
         if diff:
-            why = f"; {FONTS_DIFFER}" if "fonts" in diff and old.get("fonts") is not None else ""
+            why = ("; an older glyph_rt wrote them, before make-data recorded the font pool"
+                   if old.get("fonts") is None else f"; {FONTS_DIFFER}" if "fonts" in diff else "")
             raise ValueError(f"{str(out)!r} holds shards made with other arguments ({', '.join(diff)}: "
                              f"{', '.join(repr(old.get(k)) for k in diff)}){why}; use a new --out or the same "
                              "arguments")

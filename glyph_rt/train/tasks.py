@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..models.prompt import IGNORE_INDEX, PromptBuilder
+from ..models.prompt import IGNORE_INDEX, PromptBuilder, thinking_parts
 from ..render.config import RenderConfig
 from ..render.pages import Document
 from ..render.raster import canvas_tokens, final_sizes, paragraph_rects, scales
@@ -456,9 +456,9 @@ def think_answer(answer: str, thinking: str = "", escape=None) -> str:
     """The answer in the thinking format (as it is when it already starts with <think>); `escape` applies to the
     text, not to the format's tags."""
     esc = escape or (lambda t: t)
-    head, tag, rest = answer.partition("<think>")
-    if tag and not head.strip() and "</think>" in rest:
-        inner, _, after = rest.partition("</think>")
+    parts = thinking_parts(answer)
+    if parts is not None:
+        head, inner, after = parts
         return f"{head}<think>{esc(inner)}</think>{esc(after)}"
     return f"<think>{esc(('' if thinking is None else str(thinking)).strip())}</think>\n{esc(answer)}"
 
