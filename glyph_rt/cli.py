@@ -130,14 +130,19 @@ def _check_out_dir(path: str, flag: str = "--out") -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{flag} {path!r} is a file; give a directory (it is created if missing)")
+    _make_dir(out, flag, path, "it")
+    _check_writable_dir(out, f"{flag} {path!r}")
+    return out
+
+
+def _make_dir(d: Path, flag: str, path: str, what: str) -> None:
+    """Creates `d` (`what` of the path given as `flag`) with its parents; a UsageError saying why it cannot."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise UsageError(f"{flag} {path!r}: a parent of it is a file, not a directory; choose another {flag}") from None
     except OSError as e:
-        raise UsageError(f"{flag} {path!r}: cannot create it ({e.strerror}); choose a writable directory") from None
-    _check_writable_dir(out, f"{flag} {path!r}")
-    return out
+        raise UsageError(f"{flag} {path!r}: cannot create {what} ({e.strerror}); choose a writable place") from None
 
 
 def _check_writable_dir(d: Path, what: str) -> None:
@@ -160,13 +165,7 @@ def _check_out_file(path: str, flag: str = "--output") -> Path:
     parent = out.parent
     if parent.exists() and not parent.is_dir():
         raise UsageError(f"{flag} {path!r}: {str(parent)!r} is a file, not a directory; choose another {flag}")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UsageError(f"{flag} {path!r}: a parent of it is a file, not a directory; choose another {flag}") from None
-    except OSError as e:
-        raise UsageError(f"{flag} {path!r}: cannot create its directory ({e.strerror}); choose a writable place") \
-            from None
+    _make_dir(parent, flag, path, "its directory")
     if out.exists():
         try:
             out.open("ab").close()

@@ -169,16 +169,21 @@ def _source(path: Path, max_chars: int, text_field: str):
     return _text_records(path, max_chars)
 
 
-def _text_records(path: Path, max_chars: int) -> list[str]:
+def _utf8_text(path: Path) -> str:
+    """The file's text (gzip read through, a UTF-8 BOM dropped); a CorpusError naming the line of a byte that is not
+    UTF-8."""
     with _reading(path) as f:
         data = f.read()
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = data[bom:].decode("utf-8")
+        return data[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
         at = bom + e.start
         raise _not_utf8(path, data.count(b"\n", 0, at) + 1, at, data[at:at + 4]) from None
-    return split_text(text, max_chars)
+
+
+def _text_records(path: Path, max_chars: int) -> list[str]:
+    return split_text(_utf8_text(path), max_chars)
 
 
 def _not_utf8(path: Path, line: int, at: int, bad: bytes) -> CorpusError:
@@ -280,14 +285,7 @@ def _json(path: Path, text_field: str) -> list[dict]:
     """The records of a .json file: an array of objects (a file of one object per line is read as JSON Lines).
     Anything else (one object, as SQuAD's {"data": ...}; an array item that is not an object), text that is not
     JSON or not UTF-8, or a lone surrogate in a string is a CorpusError naming the file."""
-    with _reading(path) as f:
-        data = f.read()
-    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    try:
-        text = data[bom:].decode("utf-8")
-    except UnicodeDecodeError as e:
-        at = bom + e.start
-        raise _not_utf8(path, data.count(b"\n", 0, at) + 1, at, data[at:at + 4]) from None
+    text = _utf8_text(path)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
