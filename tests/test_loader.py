@@ -313,7 +313,7 @@ def test_corpus_files_by_suffix_in_any_case_and_directories_of_records(tmp_path,
     (tmp_path / "mixed.json").write_text(json.dumps([recs[0], "text"]))
     for name, match in (("corpus.csv", "corpus.csv' is not a corpus file by its name: .*\\.jsonl"),
                         ("squad.json", "squad.json: a JSON dict, not an array of records"),
-                        ("mixed.json", "mixed.json: item 1 of the array is not a JSON object")):
+                        ("mixed.json", "mixed.json: item 1: not a JSON object")):
         with pytest.raises(CorpusError, match=match):
             Corpus.open(tmp_path / name)
     (tmp_path / "empty").mkdir()
