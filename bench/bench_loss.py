@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         print(f"{n:>6,} tokens: step {k['step_s']:.3f} s kept vs {f['step_s']:.3f} s full logits "
               f"({row['speedup']:.1f}x); peak {k['peak_gib']:.2f} GiB vs {f['peak_gib']:.2f} GiB "
               f"({row['memory_ratio']:.1f}x less); loss difference {row['loss_diff']:.1e}")
-        dev = "cpu" if args.device == "cpu" else slug(torch.cuda.get_device_name(0))
+        dev = "cpu" if args.device == "cpu" else slug(torch.cuda.get_device_name(torch.device(args.device)))
         path = write_result(args, f"loss-{dev}.json", "bench_loss", rows,  # each length as it is measured
                             {"vocab": VOCAB, "answer_tokens": ANSWER, "hidden": args.hidden})
     print(f"wrote {path}")
