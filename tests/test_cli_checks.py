@@ -181,8 +181,10 @@ def test_render_config_directory_and_unreadable_input(tmp_path, monkeypatch, cap
         raise PermissionError(errno.EACCES, "Permission denied", path)
 
     monkeypatch.setattr(textio, "check_input", denied)
-    assert main(["render", "/root/.bashrc", "--out", str(tmp_path / "o")]) == 2
-    assert "glyph-rt: error: input: cannot read '/root/.bashrc' (Permission denied)" in capsys.readouterr().err
+    secret = tmp_path / "secret.txt"
+    secret.write_text("x")
+    assert main(["render", str(secret), "--out", str(tmp_path / "o")]) == 2
+    assert f"glyph-rt: error: input: cannot read {str(secret)!r} (Permission denied)" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------- make-data's text field
