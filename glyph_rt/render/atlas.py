@@ -59,8 +59,8 @@ def poppler_font_scale(size_pt: float, dpi: float, h_scale: float = 1.0) -> tupl
     9 pt at 100 dpi (12.5 px) is a 13 px face scaled by 12.5 / 13. `h_scale` (glyph_rt's own horizontal
     scale) multiplies xx."""
     k = dpi / 72.0
-    m = size_pt * k + 0.0 * 0.0  # textMat[0] * ctm[0] + textMat[1] * ctm[2]
-    px = max(1, int(math.floor(math.sqrt(m * m) + 0.5)))  # splashRound(splashDist(0, 0, mat[2], mat[3]))
+    m = size_pt * k  # the matrix's diagonal (its off-diagonal terms are 0 for upright text)
+    px = max(1, int(math.floor(m + 0.5)))  # splashRound(splashDist(0, 0, mat[2], mat[3])): the diagonal's length
     return px, int(h_scale * (m / px) * 65536), int((m / px) * 65536)
 
 

@@ -271,15 +271,15 @@ def _jsonl(path: Path, text_field: str) -> list[dict]:
     out = []
     with _reading(path) as f:
         for n, rec in json_lines(_utf8_lines(f, path), f"corpus: {path}", CorpusError):
-            out.append(_checked_record(rec, text_field, f"corpus: {path}:{n}", "not a JSON object"))
+            out.append(_checked_record(rec, text_field, f"corpus: {path}:{n}"))
     return out
 
 
-def _checked_record(rec, text_field: str, where: str, not_object: str) -> dict:
+def _checked_record(rec, text_field: str, where: str) -> dict:
     """A JSON record as _record reads it; a CorpusError (at `where`) for one that is no object or holds a lone
     surrogate (a legal JSON escape such as \\ud800 that is no text: it cannot be encoded, tokenized or written)."""
     if not isinstance(rec, dict):
-        raise CorpusError(f"{where}: {not_object}")
+        raise CorpusError(f"{where}: not a JSON object")
     bad = _lone_surrogate(rec)
     if bad:
         raise CorpusError(f"{where}: a lone surrogate (\\u{ord(bad):04x}) in a string, which is not text (it cannot "
@@ -301,7 +301,7 @@ def _json(path: Path, text_field: str) -> list[dict]:
     if not isinstance(value, list):
         raise CorpusError(f"corpus: {path}: a JSON {type(value).__name__ if value is not None else 'null'}, not an "
                           "array of records; a .json corpus file holds [{\"text\": ...}, ...] (or one object per line)")
-    return [_checked_record(rec, text_field, f"corpus: {path}: item {i}", "not a JSON object")
+    return [_checked_record(rec, text_field, f"corpus: {path}: item {i}")
             for i, rec in enumerate(value)]
 
 
