@@ -140,18 +140,19 @@ class PromptBuilder:
         in them ("<|endoftext|>", "<|user|>") is plain text, not the control token. So the prompt is to be
         tokenized with ids(text, escaped=True), as prompt_ids() does; a question holding the image token is
         refused (check_text), as the server and GRPO's record check refuse it."""
-        self.check_text(question, "question")
-        system = None if system is None else self.escape(system)
-        return self.expand(self.template(self.messages(len(visual_tokens), self.escape(question), system=system),
-                                         True), visual_tokens)
+        return self.expand(self._generation_text(len(visual_tokens), question, system), visual_tokens)
 
     def prompt_ids(self, visual_tokens: Sequence[int], question: str, system: str | None = None) -> list[int]:
         """Token ids of prompt(): the ids of a training sample before its answer (encode()), without tokenizing
         the long runs of image tokens."""
+        text = self._generation_text(len(visual_tokens), question, system)
+        return self.expand_ids(self.ids(text, escaped=True), visual_tokens)
+
+    def _generation_text(self, pages: int, question: str, system: str | None) -> str:
+        """The template of `pages` image placeholders and the question, the texts escaped, before expansion."""
         self.check_text(question, "question")
         system = None if system is None else self.escape(system)
-        text = self.template(self.messages(len(visual_tokens), self.escape(question), system=system), True)
-        return self.expand_ids(self.ids(text, escaped=True), visual_tokens)
+        return self.template(self.messages(pages, self.escape(question), system=system), True)
 
     # ------------------------------------------------------------------ training
     def escape(self, text: str) -> str:
