@@ -104,7 +104,8 @@ def main(argv=None) -> int:
               f"({row['memory_ratio']:.1f}x less); loss difference {row['loss_diff']:.1e}")
         dev = "cpu" if args.device == "cpu" else slug(torch.cuda.get_device_name(torch.device(args.device)))
         path = write_result(args, f"loss-{dev}.json", "bench_loss", rows,  # each length as it is measured
-                            {"vocab": VOCAB, "answer_tokens": ANSWER, "hidden": args.hidden})
+                            {"vocab": VOCAB, "answer_tokens": ANSWER, "hidden": args.hidden},
+                            device=args.device)
     print(f"wrote {path}")
     return 0
 

@@ -94,7 +94,7 @@ def main(argv=None):
     out_name = f"patch-embed-{re.sub(r'[^a-z0-9]+', '-', backend.lower())}-{slug}{'-quick' if args.quick else ''}.json"
 
     def save(rows):
-        return write_result(args, out_name, "patch-embed", rows, summarise(rows))
+        return write_result(args, out_name, "patch-embed", rows, summarise(rows), device=dev)
 
     p = None
     with torch.no_grad():

@@ -153,7 +153,7 @@ def run_gpu(args, text: str) -> None:
                "gpu_busy_ms_128k": round(gpu_busy, 3),
                "wall_ms_128k": round(wall_128k, 2), "gbps": round(gbps, 1), "kernel_ms_128k": round(kernel_ms, 4)}
     name = f"render-gpu-{slug(gpu)}.json"
-    write_result(args, name, "render-gpu", rows_out, summary)  # the single document's figures, before the rest
+    write_result(args, name, "render-gpu", rows_out, summary, device=device)  # the single document's figures, before the rest
 
     # batch throughput: many documents in bf16, layout in worker threads, 512 pages per launch
     texts = [text] * args.batch_docs
@@ -202,5 +202,5 @@ def run_gpu(args, text: str) -> None:
         extra = "".join(f"  {k}={r[k]:,.1f}" for k in ("pages_per_s", "gbps") if k in r)
         print(f"  {r['what']:66s} {ms:>12s}{extra}")
     print(f"summary {summary}")
-    p = write_result(args, name, "render-gpu", rows_out, summary)
+    p = write_result(args, name, "render-gpu", rows_out, summary, device=device)
     print(f"wrote {p}")

@@ -408,7 +408,8 @@ def main(argv=None) -> int:
 
     def save() -> Path:
         return write_result(args, name + ".json", "bench_serve",
-                            [{"path": path, **done[path]} for path in ROWS if path in done], summarise(done))
+                            [{"path": path, **done[path]} for path in ROWS if path in done], summarise(done),
+                            device=gm.device)
 
     # serial baseline: GlyphModel.generate one request at a time
     # warm-up: every page shape once (the first pass over a new shape pays one-off costs in both paths)

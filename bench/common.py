@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -54,15 +55,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine() -> dict:
+def machine(device=None) -> dict:
+    """The machine a result was measured on; `device` (e.g. "cuda:1") names the GPU that ran it, else the
+    current CUDA device."""
     info = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform()}
     try:
         import torch
 
         info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
+        dev = torch.device(device) if device is not None else None
+        if dev is not None and dev.type == "cuda" or dev is None and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(dev)
     except ImportError:
         pass
     return info
@@ -88,20 +92,34 @@ def median_seconds(fn, repeat: int = 5, warmup: int = 1) -> float:
     return times[len(times) // 2]
 
 
-def write_result(args, name: str, bench: str, rows: list, summary: dict) -> Path:
-    """Write the results file `name` to every output directory; returns the one in --out."""
-    out = {"bench": bench, "machine": machine(), "commit": commit(),
+def write_result(args, name: str, bench: str, rows: list, summary: dict, device=None) -> Path:
+    """Write the results file `name` to every output directory; returns the one in --out. `device` is the
+    torch device the figures were measured on (machine() names its GPU)."""
+    out = {"bench": bench, "machine": machine(device), "commit": commit(),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "rows": rows, "summary": summary}
     return write_json(args, name, out)
 
 
+def finite(obj):
+    """`obj` with every NaN or infinite float (a figure with nothing measured) as None: strict JSON, which
+    json.dumps's NaN is not."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def write_json(args, name: str, data: dict) -> Path:
     paths = []
+    text = json.dumps(finite(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     for d in output_dirs(args):
         d.mkdir(parents=True, exist_ok=True)
         paths.append(d / name)
-        write_atomic(paths[-1], json.dumps(data, indent=2, ensure_ascii=False) + "\n")  # a killed run: whole
+        write_atomic(paths[-1], text)  # a killed run: whole
     return paths[0]
 
 

@@ -165,8 +165,12 @@ def test_bench_serve_fails_when_the_compared_server_fails(tmp_path, capsys):
 
     with ServerThread(fake_server([])) as other:
         assert main(["--quick", "--compare-url", other.url + "/bad/v1", "--out", str(tmp_path)]) == 1
-    data = json.loads((tmp_path / "serve-cpu.json").read_text())
+    def strict(name):
+        raise AssertionError(f"{name} in the results file: not JSON")
+
+    data = json.loads((tmp_path / "serve-cpu.json").read_text(), parse_constant=strict)
     assert data["rows"][-1]["path"] == "other_server" and data["rows"][-1]["errors"] == 4
+    assert data["rows"][-1]["ttft_p50_s"] is None  # nothing measured: null, not NaN
     assert data["rows"][-1]["requests_per_s"] == 0.0
     assert data["summary"]["errors"] == 4 and data["summary"]["engine_vs_other_server"] is None
     assert data["summary"]["throughput_vs_serial"] > 0
