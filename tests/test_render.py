@@ -329,3 +329,23 @@ def test_fractional_pixel_font_size_is_a_scaled_whole_pixel_face(tmp_path, monke
     atlas = FontAtlas([str(BUILTIN_FONTS["sans"])], 9, 100)
     assert atlas._faces[0].size.y_ppem == 13
     assert abs(atlas.size_px - 12.5) < 1e-12
+
+
+def test_large_glyphs_are_drawn_at_whole_pixels_as_poppler(tmp_path, monkeypatch):
+    """poppler (SplashFont::getGlyph) draws a font without sub-pixel x phases once its glyph box, the font's
+    bounding box at the size with each corner truncated plus 3 rows, is over 50 rows: DejaVu Sans at 28 px is 49
+    rows (4 phases), at 30 px 52 (every phase is phase 0's bitmap)."""
+    import numpy as np
+
+    from glyph_rt.render.atlas import FontAtlas, poppler_glyph_rows
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path))
+    font = str(BUILTIN_FONTS["sans"])
+    small, large = FontAtlas([font], 14, 144), FontAtlas([font], 15, 144)
+    assert poppler_glyph_rows(small._faces[0], 28.0) == 49 and poppler_glyph_rows(large._faces[0], 30.0) == 52
+    for atlas, phased in ((small, True), (large, False)):
+        atlas.ensure([ord("e")])
+        bitmaps = [atlas.bitmap(atlas.lut[ord("e")], ph) for ph in range(4)]
+        same = all(np.array_equal(b[0], bitmaps[0][0]) and b[1] == bitmaps[0][1] for b in bitmaps)
+        assert same != phased

@@ -4,7 +4,8 @@ Glyphs are rasterized once by FreeType, unhinted (as vector renderers such as po
 PDF text), at `subpixel_phases` horizontal sub-pixel offsets, so that pens placed at the
 font's exact advances land on the right phase; a size that is not a whole number of pixels is
 drawn as poppler does, from the rounded pixel size through a scaling transform
-(`poppler_font_scale`). Everything is stored as flat arrays that the
+(`poppler_font_scale`), and a font too large for poppler's sub-pixel positioning
+(`poppler_glyph_rows`) has phase 0's bitmap at every phase. Everything is stored as flat arrays that the
 C++ and GPU rasterizers read as they are:
 
     data    uint8  [total]           all bitmaps, row-major, concatenated
@@ -38,7 +39,7 @@ import numpy as np
 
 from .fonts import split_face
 
-ATLAS_VERSION = 5
+ATLAS_VERSION = 6
 LUT_SIZE = 0x110000
 MAX_ATLAS_BYTES = (1 << 31) - 1  # the kernels address the atlas with int32 offsets
 _ARRAYS = ("data", "offset", "width", "height", "left", "top", "advance", "missing")
@@ -62,6 +63,22 @@ def poppler_font_scale(size_pt: float, dpi: float, h_scale: float = 1.0) -> tupl
     m = size_pt * k  # the matrix's diagonal (its off-diagonal terms are 0 for upright text)
     px = max(1, int(math.floor(m + 0.5)))  # splashRound(splashDist(0, 0, mat[2], mat[3])): the diagonal's length
     return px, int(h_scale * (m / px) * 65536), int((m / px) * 65536)
+
+
+POPPLER_MAX_FRACTIONAL_ROWS = 50  # SplashFont::getGlyph: fonts whose glyph box is taller draw at whole pixels
+
+
+def poppler_glyph_rows(face, size_px: float) -> int:
+    """The height of poppler's glyph box for `face` at `size_px` (SplashFont's glyphH): the font's bounding box
+    through the font matrix, each corner truncated to an int as SplashFTFont's constructor does, plus 3 rows of
+    padding (SplashFont::initCache). Above 50 rows, poppler draws the font's glyphs without sub-pixel x phases."""
+    bb = face.bbox
+    div = 65536 if bb.xMax > 20000 else 1
+    ys = [int(-size_px * y / (div * face.units_per_EM)) for y in (bb.yMin, bb.yMax)]  # (int): toward zero
+    lo, hi = min(ys), max(ys)
+    if lo == hi:  # poppler's kludge for fonts with an empty bounding box
+        lo, hi = 0, int(1.2 * size_px)
+    return hi - lo + 3
 
 
 def cache_dir() -> Path:
@@ -125,6 +142,8 @@ class FontAtlas:
                 raise ValueError(f"font_path: {path!r} cannot be opened as a font: {e}") from None
             face.set_pixel_sizes(0, self.ft_pixels)
             self._faces.append(face)
+        # per font, whether poppler draws its glyphs at whole pixels only (every phase is phase 0's bitmap)
+        self._whole_pixels = [poppler_glyph_rows(f, self.size_px) > POPPLER_MAX_FRACTIONAL_ROWS for f in self._faces]
         self.lut = np.full(LUT_SIZE, -1, dtype=np.int32)
         self._advance: list[float] = []
         self._missing: list[int] = []
@@ -152,7 +171,7 @@ class FontAtlas:
         face = self._faces[face_idx]
         flags = freetype.FT_LOAD_RENDER | freetype.FT_LOAD_NO_HINTING | freetype.FT_LOAD_NO_BITMAP
         out = []
-        for ph in range(self.phases):
+        for ph in range(1 if self._whole_pixels[face_idx] else self.phases):
             m = freetype.Matrix(self.ft_xx, 0, 0, self.ft_yy)
             face.set_transform(m, freetype.Vector(int(round(ph * 64 / self.phases)), 0))
             face.load_glyph(gid, flags)
@@ -166,7 +185,7 @@ class FontAtlas:
             else:
                 a = np.zeros((0, 0), dtype=np.uint8)
             out.append((a, (a.shape[1], a.shape[0], g.bitmap_left, g.bitmap_top)))
-        return out
+        return out * (self.phases // len(out))
 
     def _add_missing_box(self) -> None:
         """Slot 0: a visible hollow box, 0.6 em wide, for characters that no font covers."""
