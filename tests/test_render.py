@@ -349,3 +349,17 @@ def test_large_glyphs_are_drawn_at_whole_pixels_as_poppler(tmp_path, monkeypatch
         bitmaps = [atlas.bitmap(atlas.lut[ord("e")], ph) for ph in range(4)]
         same = all(np.array_equal(b[0], bitmaps[0][0]) and b[1] == bitmaps[0][1] for b in bitmaps)
         assert same != phased
+
+
+def test_paper_edges_where_the_background_covers_under_half_a_pixel():
+    """pdftoppm's page is the size rounded up; poppler fills the background over the pixels whose centres it
+    covers, so the last column or row stays white paper when under half of it is page."""
+    from glyph_rt import RenderConfig
+    from glyph_rt.render.raster import paper_edges
+
+    grey = {"page_bg_color": "#F5F5F5", "snap": 0}
+    assert paper_edges(RenderConfig(dpi=84, **grey)) == [[694, 0, 695, 983], [0, 982, 695, 983]]
+    assert paper_edges(RenderConfig(dpi=96, **grey)) == [[793, 0, 794, 1123]]  # 1122.67 rows: the last filled
+    assert paper_edges(RenderConfig(dpi=90, **grey)) == []  # 743.75 x 1052.5: half a pixel is filled
+    assert paper_edges(RenderConfig(dpi=84, page_bg_color="#FFFFFF", snap=0)) == []
+    assert paper_edges(RenderConfig(dpi=84, page_bg_color="#F5F5F5")) == []  # a snapped canvas: not Glyph's page

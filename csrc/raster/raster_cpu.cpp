@@ -7,11 +7,9 @@
 
 namespace glyph_rt {
 
-// round(v / 255) for v in [0, 255 * 255], without a division.
-static inline uint8_t div255(uint32_t v) {
-  v += 128u;
-  return (uint8_t)((v + (v >> 8)) >> 8);
-}
+// floor(v / 255): poppler's Splash blends coverage over its opaque page with a truncating division
+// (pipeRunAARGB8: ((alpha2 - aSrc) * cDest + aSrc * cSrc) / alpha2, alpha2 = 255).
+static inline uint8_t div255(uint32_t v) { return (uint8_t)(v / 255u); }
 
 static inline uint8_t blend(uint8_t dst, uint8_t src, uint32_t a) {
   return div255(dst * (255u - a) + src * a);

@@ -46,9 +46,8 @@ struct RasterTileArgs {
   float tol = 5.f;
 };
 
-GLYPH_HD int div255(int v) {  // round(v / 255) for v in [0, 255 * 255], as the CPU rasterizer
-  v += 128;
-  return (v + (v >> 8)) >> 8;
+GLYPH_HD int div255(int v) {  // floor(v / 255), as poppler and the CPU rasterizer blend
+  return v / 255;
 }
 
 GLYPH_HD int luma(int r, int g, int b) {  // Pillow's "L"

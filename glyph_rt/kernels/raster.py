@@ -30,9 +30,8 @@ MAX_GRID_Y = 65535
 
 @triton.jit
 def _div255(v):
-    # round(v / 255) for v in [0, 255 * 255], as the CPU rasterizer computes it
-    v = v + 128
-    return (v + (v >> 8)) >> 8
+    # floor(v / 255) for v in [0, 255 * 255], as poppler and the CPU rasterizer blend
+    return v // 255
 
 
 @triton.jit

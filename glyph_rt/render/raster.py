@@ -45,17 +45,45 @@ def palette(config: RenderConfig) -> np.ndarray:
     return np.asarray([font, marker], dtype=np.uint8)
 
 
+PAPER = (255, 255, 255)  # pdftoppm's paper, under the page's background
+
+
+def paper_edges(config: RenderConfig) -> list[list[int]]:
+    """The boxes (px) of a page that Glyph's pages leave as white paper: the last column or row when the page
+    is not a whole number of pixels and its background covers less than half of it (poppler fills the
+    background rectangle over the pixels whose centres it covers; pdftoppm's page is the size rounded up).
+    None on a white page or a snapped canvas (not Glyph's page)."""
+    if config.snap or parse_color(config.page_bg_color, "page_bg_color") == PAPER:
+        return []
+    k = config.dpi / 72
+    w_px, h_px = config.page_pixels
+    filled_w = int(math.floor(config.page_size[0] * k + 0.5) * config.horizontal_scale)
+    filled_h = int(math.floor(config.page_size[1] * k + 0.5))
+    out = []
+    if filled_w < w_px:
+        out.append([filled_w, 0, w_px, h_px])
+    if filled_h < h_px:
+        out.append([0, filled_h, w_px, h_px])
+    return out
+
+
 def paragraph_rects(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Filled rectangles (page, [x0,y0,x1,y1] px, rgb) for paragraph backgrounds and borders."""
+    """Filled rectangles (page, [x0,y0,x1,y1] px, rgb) for paragraph backgrounds and borders, then the paper
+    edges of every page (`paper_edges`)."""
     page_bg = parse_color(config.page_bg_color, "page_bg_color")
     para_bg = parse_color(config.para_bg_color, "para_bg_color")
     border = parse_color(config.para_border_color, "para_border_color")
     sx, sy = scales(config)
     bp, bw = config.border_padding, config.border_width
     pages, boxes, colors = [], [], []
+    edges = paper_edges(config)
+    for p in range(layout.num_pages if edges else 0):
+        pages += [p] * len(edges)
+        boxes += edges
+        colors += [PAPER] * len(edges)
     n = len(layout.b_page)
     if n == 0 or (para_bg == page_bg and bw <= 0):
-        return np.zeros(0, np.int32), np.zeros((0, 4), np.int32), np.zeros((0, 3), np.uint8)
+        n = 0
     x0 = layout.b_x.astype(np.float64) - bp
     y0 = layout.b_y.astype(np.float64) - bp
     x1 = layout.b_x.astype(np.float64) + layout.b_w + bp
@@ -91,6 +119,8 @@ def rasterize(layout: Layout, atlas: FontAtlas, config: RenderConfig, out: np.nd
     rasterizer while the page is in cache and only where something was drawn."""
     bg = np.asarray(parse_color(config.page_bg_color, "page_bg_color"), np.uint8)
     rp, rb, rc = paragraph_rects(layout, config)
+    on = (rp >= page0) & (rp < page0 + len(out))  # the rasterizer looks at every rectangle for every page
+    rp, rb, rc = rp[on], rb[on], rc[on]
     a = atlas.arrays()
     sx, sy = scales(config)
     pal = palette(config)
@@ -139,8 +169,19 @@ def raster_reference(out, page0, bg, rp, rb, rc, layout: Layout, atlas: FontAtla
         a = bm[cy0:cy1, cx0:cx1].astype(np.uint32)[..., None]
         dst = out[p, y0 + cy0:y0 + cy1, x0 + cx0:x0 + cx1].astype(np.uint32)
         col = pal[int(layout.g_color[i])].astype(np.uint32)
-        blended = (dst * (255 - a) + col * a + 127) // 255
+        blended = (dst * (255 - a) + col * a) // 255  # truncated, as poppler's Splash blends
         out[p, y0 + cy0:y0 + cy1, x0 + cx0:x0 + cx1] = np.where(a > 0, blended, dst).astype(np.uint8)
+
+
+def luma(rgb) -> np.ndarray:
+    """Grey levels of uint8 RGB (PIL's convert("L"): ITU-R 601-2 in 16-bit fixed point)."""
+    rgb = np.asarray(rgb, np.uint32)
+    return (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+
+
+def visible(rgb, bg) -> np.ndarray:
+    """Whether colours `rgb` count as ink on background `bg` for Glyph's auto-crop."""
+    return np.abs(luma(rgb).astype(np.int64) - int(luma(bg))) > INK_TOL
 
 
 def ink_extent(pages: np.ndarray, tol: int = 5, backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -151,8 +192,7 @@ def ink_extent(pages: np.ndarray, tol: int = 5, backend: str = "cpu") -> tuple[n
         from .._ext import require_extension
 
         return require_extension("ink_extent").ink_extent(pages, tol)
-    rgb = pages.astype(np.uint32)
-    gray = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+    gray = luma(pages)
     right = np.zeros(len(pages), np.int32)
     bottom = np.zeros(len(pages), np.int32)
     for i, g in enumerate(gray):

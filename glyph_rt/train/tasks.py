@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..models.prompt import IGNORE_INDEX, PromptBuilder, thinking_parts
-from ..render.config import RenderConfig
+from ..render.config import RenderConfig, parse_color
 from ..render.pages import Document
-from ..render.raster import canvas_tokens, final_sizes, paragraph_rects, scales
+from ..render.raster import canvas_tokens, final_sizes, paragraph_rects, scales, visible
 from ..render.tokens import vision_model
 
 TASKS = ("ocr", "lm", "gen", "qa")
@@ -210,8 +210,8 @@ def page_tokens(doc: Document, vision="glm4v", last: bool = True) -> list[int]:
         y1 = np.floor(g_y.astype(np.float64) * sy + 0.5).astype(np.int64) - a["top"][k] + gh
         np.maximum.at(right, g_page[drawn], x1[drawn])
         np.maximum.at(bottom, g_page[drawn], y1[drawn])
-        rp, rb, _ = paragraph_rects(lay, c)
-        on = rp < n
+        rp, rb, rc = paragraph_rects(lay, c)
+        on = (rp < n) & visible(rc, parse_color(c.page_bg_color, "page_bg_color"))
         np.maximum.at(right, rp[on], rb[on, 2])
         np.maximum.at(bottom, rp[on], rb[on, 3])
         right, bottom = np.clip(right, 0, W), np.clip(bottom, 0, H)
