@@ -319,6 +319,61 @@ def test_a_request_timeout_or_conflict_stops_the_run_and_a_rerun_asks_again(tmp_
         assert sent == [status, 200] and r.rows[0]["score"] == 1.0 and "error" not in r.rows[0]
 
 
+NOT_A_COMPLETION = {  # 200 replies that are no chat completion: the server's failure, not the item's
+    "html": (b"<html>proxy error</html>", {"Content-Type": "text/html"}),
+    "no_choices": (b'{"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}', {}),
+    "no_message": (b'{"choices": [{"index": 0}]}', {}),
+    "not_json": (b'{"choices": [', {}),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_A_COMPLETION)
+def test_a_reply_that_is_no_chat_completion_stops_the_run_and_a_rerun_asks_again(tmp_path, kind):
+    from glyph_rt.eval.targets import OpenAITarget
+
+    sent = []
+
+    def respond(body):
+        sent.append(body)
+        return (200, *NOT_A_COMPLETION[kind]) if len(sent) == 1 else (200, chat_completion("1000"), {})
+
+    with http_endpoint(respond) as url:
+        t = OpenAITarget(url, "m", max_retries=0)
+        with pytest.raises(TargetError, match=url):
+            evaluate(CFG, items(1), t, as_text=True, out=tmp_path, progress=False, tokenizer=None)
+        assert read_rows(tmp_path / "results.jsonl") == []
+        r = evaluate(CFG, items(1), t, as_text=True, out=tmp_path, progress=False, tokenizer=None)
+        assert len(sent) == 2 and r.rows[0]["score"] == 1.0 and "error" not in r.rows[0]
+
+
+@pytest.mark.parametrize("body", [b"<html>proxy error</html>", b"{oops", b'{"data": ["m"]}', b'{"data": [{}]}'])
+def test_a_model_list_that_is_no_list_of_models_is_a_target_error(body):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from glyph_rt.eval.targets import OpenAITarget
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html" if body.startswith(b"<") else "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(TargetError, match="127.0.0.1"):
+            OpenAITarget(f"http://127.0.0.1:{server.server_port}/v1", max_retries=0)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def cli_eval(url, out, *extra):
     from glyph_rt.cli import main
 
@@ -365,6 +420,24 @@ def test_search_stops_when_the_target_is_down_and_records_no_failure(tmp_path):
     with pytest.raises(TargetError):
         run_search(load_settings(None, ["generations=1"]), Down(), tmp_path, report=False)
     assert History(tmp_path / "history.jsonl").of_type("eval") == []
+
+
+def test_search_stops_on_a_reply_that_is_no_chat_completion_and_a_rerun_asks_again(tmp_path):
+    """A 200 with no choices is the server failing: nothing is recorded, and once it is fixed a rerun asks."""
+    from glyph_rt.search import EvalObjective, History, load_settings, run_search
+
+    broken = [True]
+    empty = b'{"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}'
+    settings = load_settings(None, ["generations=0", "population=1", "outputs.contact_sheet=0"])
+    with http_endpoint(lambda body: (200, empty if broken[0] else chat_completion("1000"), {})) as url:
+        objective = EvalObjective(items(1), f"openai:{url}:m")
+        with pytest.raises(TargetError, match="not a chat completion"):
+            run_search(settings, objective, tmp_path, report=False)
+        assert History(tmp_path / "history.jsonl").of_type("eval") == []
+        broken[0] = False
+        run_search(settings, objective, tmp_path, report=False)
+    [rec] = History(tmp_path / "history.jsonl").of_type("eval")
+    assert rec["accuracy"] == 1.0 and "error" not in rec
 
 
 def test_best_is_never_a_failed_config():

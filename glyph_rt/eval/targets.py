@@ -12,6 +12,7 @@ text. Decoding is greedy (temperature 0). Both kinds answer several items at onc
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import sys
@@ -220,7 +221,7 @@ class OpenAITarget(Target):
         self.client = OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
                              timeout=timeout, max_retries=max_retries)
         if model is None:
-            models = [m.id for m in self._call(self.client.models.list)]
+            models = self._models()
             if not models:
                 raise ValueError(f"{base_url}: the server lists no model; name one (openai:URL:MODEL)")
             model = models[0]
@@ -251,8 +252,29 @@ class OpenAITarget(Target):
         extra = {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else None
         r = self._call(self.client.chat.completions.create, model=self.model, messages=messages, temperature=0,
                        max_tokens=item.max_new_tokens, extra_body=extra)
-        text = r.choices[0].message.content or ""
-        return Reply(text, pages, vis, time.perf_counter() - t0)
+        return Reply(self._text(r), pages, vis, time.perf_counter() - t0)
+
+    def _models(self) -> list[str]:
+        """The model ids the server lists; a reply that is no model list is the server's failure (TargetError)."""
+        try:
+            ids = [m.id for m in self._call(self.client.models.list)]
+        except (AttributeError, TypeError):  # a 200 whose body is not a JSON object (an HTML page) or lists no models
+            ids = None
+        if ids is None or not all(isinstance(i, str) and i for i in ids):
+            raise TargetError(f"{self.base_url}: the server's reply to /models is not a list of models")
+        return ids
+
+    def _text(self, r) -> str:
+        """The answer in a chat completion; a 200 that is none (an HTML page, no choices, no message) is the
+        server's failure, not the item's: a TargetError."""
+        from openai.types.chat import ChatCompletion
+
+        choices = r.choices if isinstance(r, ChatCompletion) else None
+        message = getattr(choices[0], "message", None) if isinstance(choices, list) and choices else None
+        if not hasattr(message, "content") or not isinstance(message.content, (str, type(None))):
+            raise TargetError(f"{self.base_url}: the server's reply is not a chat completion with a message: "
+                              f"{str(r)[:200]!r}")
+        return message.content or ""
 
     def _call(self, fn, **kwargs):
         """An API call; a request the server rejects (4xx: too long, bad input) is a ValueError, recorded for
@@ -270,6 +292,8 @@ class OpenAITarget(Target):
         except openai.APIConnectionError as e:
             raise TargetError(f"{self.base_url}: cannot reach the server ({e.__class__.__name__}: "
                                f"{str(e.__cause__ or e)[:200]})") from None
+        except (openai.APIResponseValidationError, json.JSONDecodeError) as e:  # a 200 whose body is no JSON
+            raise TargetError(f"{self.base_url}: unreadable reply ({e.__class__.__name__}: {str(e)[:200]})") from None
 
     def close(self) -> None:
         self.client.close()
