@@ -511,3 +511,60 @@ def test_grpo_step_in_bf16_over_fp32_master_weights(tmp_path):
     m = t.fit(records)
     assert m["updates"] == 2 and m["loss"] == m["loss"]  # not NaN
     assert any(not torch.equal(a, b) for a, b in zip(before, trainable))
+
+
+def test_saving_before_the_first_update_leaves_the_optimizer_as_it_was(tmp_path):
+    """A GRPO step whose groups are all uniform makes no update; a checkpoint saved then (save_every=1) leaves the
+    optimizer without state (DCP's get_state_dict would give Adam a step at lr 0, shrinking the first real update),
+    and resuming from it too: the weights after the next step are those of a run that saved nothing."""
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.grpo import GRPOTrainer
+    from glyph_rt.train.model import load_for_training
+
+    class Scripted:  # "all": every response right (a uniform group, dropped); "half": 2 of 4 right
+        weights = {"verifiable": 1.0}
+
+        def __call__(self, texts, refs):
+            r = [1.0] * len(texts) if refs[0] == "all" else [1.0, 0.0] * (len(texts) // 2)
+            return r, {"verifiable": r}
+
+    class Records:
+        def __init__(self):
+            self.pos = 0
+
+        def __iter__(self):
+            recs = [{"context": c, "question": "Read.", "answer": a}
+                    for c, a in [("red fox", "all"), ("blue sky", "all"), ("green sea", "half"), ("grey rock", "half")]]
+            while self.pos < len(recs):
+                self.pos += 1
+                yield recs[self.pos - 1]
+
+        def state_dict(self):
+            return {"pos": self.pos}
+
+        def load_state_dict(self, s):
+            self.pos = s["pos"]
+
+    path = make_tiny_checkpoint(tmp_path / "tiny")
+
+    def run(out, save_every, steps):
+        cfg = load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / out}", "grpo.group_size=4",
+                                       "data.global_batch=2", "data.micro_batch=4", "grpo.max_new_tokens=4",
+                                       "grpo.rewards={verifiable: 1.0}", "grpo.max_refills=0", "optim.lr=1e-3",
+                                       "optim.warmup_steps=0", f"steps={steps}", f"save_every={save_every}",
+                                       "tensorboard=false", "plot=false", "model.gradient_checkpointing=false",
+                                       "export=false"])
+        torch.manual_seed(0)
+        gm = load_for_training(cfg.model, torch.device("cpu"))
+        t = GRPOTrainer(cfg, gm, rewards=Scripted(), progress=False)
+        m = t.fit(Records())
+        return t, m, [p.detach().clone() for p in gm.model.parameters()]
+
+    t, m, plain = run("plain", 0, 2)
+    assert m["updates"] == 1 and float(next(iter(t.optimizer.state.values()))["step"]) == 1
+    t, m, saved = run("saved", 1, 1)
+    assert m["updates"] == 0 and not t.optimizer.state
+    t, m, saved = run("saved", 1, 2)  # resumes from step 1
+    assert m["updates"] == 1 and float(next(iter(t.optimizer.state.values()))["step"]) == 1
+    assert all(torch.equal(a, b) for a, b in zip(plain, saved))

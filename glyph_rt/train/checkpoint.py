@@ -96,11 +96,18 @@ class CheckpointManager:
                     shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir(parents=True, exist_ok=True)
         _barrier()
+        # get_state_dict gives an optimizer without state (no update yet) some, by a zero-gradient step at lr 0:
+        # Adam's step count 1 with zero moments, which would shrink the first real update; it goes again after
+        # the write, and the flag has load leave the optimizer without state too
+        unstepped = not optimizer.state
         msd, osd = get_state_dict(model, optimizer)
         with warnings.catch_warnings():  # single-process DCP says so on every call
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
             dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp), no_dist=not distributed())
-        torch.save({"step": step, "rng": rng_state(), **(extra or {})}, tmp / f"rank_{_rank()}.pt")
+        if unstepped:
+            optimizer.state.clear()
+        torch.save({"step": step, "rng": rng_state(), "optim_unstepped": unstepped, **(extra or {})},
+                   tmp / f"rank_{_rank()}.pt")
         _barrier()
         if _rank() == 0:
             _replace_dir(tmp, final)
@@ -123,6 +130,8 @@ class CheckpointManager:
             dcp.load(state, checkpoint_id=str(path), no_dist=not distributed())
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         extra = torch.load(own, weights_only=False)
+        if extra.pop("optim_unstepped", False):
+            optimizer.state.clear()
         set_rng_state(extra.pop("rng"))
         return extra.pop("step"), extra
 
