@@ -25,8 +25,9 @@ CONFIGS = [
     RenderConfig(page_size=(100, 70), dpi=96, margin_x=6, margin_y=6, font_size=8, line_height=9,
                  page_bg_color="#fdf6e3", font_color="#073642", para_bg_color="#eee8d5",
                  para_border_color="#cb4b16", border_width=1, border_padding=2, alignment="justify"),
-    RenderConfig(page_size=(90, 60), dpi=60, margin_x=5, margin_y=5, font_family="serif",
-                 newline_markup="<font color='#ff0000'>\\n</font>", snap=0),
+    # 75.3 x 50.3 px on a grey background: Glyph's page keeps its last column and row white (paper_edges)
+    RenderConfig(page_size=(90.4, 60.4), dpi=60, margin_x=5, margin_y=5, font_family="serif",
+                 page_bg_color="#f0f0f0", newline_markup="<font color='#ff0000'>\\n</font>", snap=0),
 ]
 
 
