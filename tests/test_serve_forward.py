@@ -13,7 +13,7 @@ from glyph_rt.models.tiny import tiny_glm4v_checkpoint
 from glyph_rt.render.textio import sample_text
 from glyph_rt.serve.app import ServerThread, build_app
 from glyph_rt.serve.engine import Engine
-from glyph_rt.serve.forward import ANSWERED, FAILED, ForwardingBackend
+from glyph_rt.serve.forward import ANSWERED, FAILED, BadReplyError, ForwardingBackend
 from glyph_rt.serve.inputs import InputOptions
 from glyph_rt.serve.service import ChatService
 
@@ -174,11 +174,13 @@ def fake_replicas(hits: collections.Counter):
     (finish_reason "length", with logprobs; streamed in two pieces), /errstream/v1 fails as glyph_rt's server
     fails a request the engine dropped (a stream: the role chunk, then a 503 error event), /errlater/v1 streams
     text and then a 500 error event, /down/v1 answers 503, /busy/v1 429 with Retry-After: 30, /late/v1 408,
-    /slow/v1 answers after a second."""
+    /slow/v1 answers after a second. Replies that are not the protocol's, each with status 200: /badjson/v1 a body
+    (or a stream event) that is not JSON, /html/v1 a proxy's HTML page, /nochoices/v1 no choices (a stream of
+    none but [DONE]), /badlater/v1 streams text, then an event that is not JSON."""
     import json
 
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
 
     from glyph_rt.serve.protocol import error
 
@@ -222,6 +224,16 @@ def fake_replicas(hits: collections.Counter):
         if kind == "slow":
             await asyncio.sleep(1.0)
             return reply
+        if kind == "badjson":
+            if stream:
+                return sse(chunk({"role": "assistant", "content": ""}), "data: {not json\n\n")
+            return Response("{not json", media_type="application/json")
+        if kind == "html":
+            return Response("<html>welcome to nginx</html>", media_type="text/html")
+        if kind == "nochoices":
+            return sse("data: [DONE]\n\n") if stream else {**reply, "choices": []}
+        if kind == "badlater" and stream:
+            return sse(chunk({"content": "partial"}), "data: {not json\n\n")
         return JSONResponse(error("down", 503), status_code=503)
 
     return app
@@ -257,6 +269,68 @@ def test_an_error_event_in_a_stream_is_a_replica_failure(fake):
     with pytest.raises(openai.APIError, match="engine process has stopped"):
         asyncio.run(streamed(fwd))
     assert fwd.sent == [1, 0] and fwd._wait == [2.0, 0.0] and fwd.in_flight == [0, 0]
+
+
+def test_a_reply_that_is_not_the_protocols_is_a_replica_failure(fake):
+    """A 200 reply that is not JSON, an HTML page or one without choices: the next replica answers, the bad one is
+    backed off; all bad: a BadReplyError naming the replica. A stream that breaks so after its text: raised."""
+    urls, hits = fake
+
+    async def streamed(fwd):
+        return "".join([t async for t in fwd.achat_stream("doc", "q")])
+
+    for bad in ("badjson", "html", "nochoices"):
+        for call in (lambda fwd: fwd.chat("doc", "q"), lambda fwd: "".join(fwd.chat_stream("doc", "q")),
+                     lambda fwd: asyncio.run(fwd.achat("doc", "q")), lambda fwd: asyncio.run(streamed(fwd))):
+            hits.clear()
+            fwd = ForwardingBackend(urls(bad, "ok"), model="m", render_config=CFG)
+            assert call(fwd) == "hello" and hits == {bad: 1, "ok": 1}, (bad, hits)
+            assert fwd._wait == [2.0, 0.0] and fwd.in_flight == [0, 0]
+    fwd = ForwardingBackend(urls("html", "nochoices"), model="m", render_config=CFG)
+    with pytest.raises(BadReplyError, match="/nochoices/v1 answered with no choices"):
+        fwd.chat("doc", "q")
+    with pytest.raises(BadReplyError, match="/nochoices/v1 ended its stream without a chat completion chunk"):
+        list(fwd.chat_stream("doc", "q"))
+    assert fwd.sent == [2, 2]
+    fwd = ForwardingBackend(urls("badlater", "ok"), model="m", render_config=CFG)
+    got = []
+    with pytest.raises(BadReplyError, match="/badlater/v1 sent a reply that is not the OpenAI protocol's"):
+        for t in fwd.chat_stream("doc", "q"):
+            got.append(t)
+    assert got == ["partial"] and fwd.sent == [1, 0] and fwd._wait == [2.0, 0.0] and fwd.in_flight == [0, 0]
+    with pytest.raises(BadReplyError, match="/badlater/v1"):
+        asyncio.run(streamed(ForwardingBackend(urls("badlater"), model="m", render_config=CFG)))
+
+
+def test_a_stream_answers_at_its_finish_reason(fake):
+    """A stream clears its replica's backoff once a chunk gives its finish_reason (or it ends after a chunk), not
+    at its first text: a caller who stops reading before says nothing of the replica."""
+    urls, _ = fake
+    fwd = ForwardingBackend(urls("ok"), model="m", render_config=CFG)
+    fwd._wait[0] = 4.0
+    stream = fwd.chat_stream("doc", "q")
+    assert next(stream) == "hel"
+    stream.close()
+    assert fwd._wait == [4.0] and fwd.in_flight == [0]
+    assert list(fwd.chat_stream("doc", "q")) == ["hel", "lo"] and fwd._wait == [0.0]
+
+
+def test_a_stream_of_n_choices_is_refused(fake):
+    """A stream yields one answer's text: n > 1 (whose choices' pieces would interleave) is refused, nothing sent;
+    chat_response gives n choices."""
+    urls, hits = fake
+    hits.clear()
+    fwd = ForwardingBackend(urls("ok"), model="m", render_config=CFG)
+    with pytest.raises(ValueError, match="n=2: a stream yields one answer's text; use chat_response"):
+        list(fwd.chat_stream("doc", "q", n=2))
+
+    async def streamed():
+        return [t async for t in fwd.achat_stream("doc", "q", n=3)]
+
+    with pytest.raises(ValueError, match="n=3: a stream yields one answer's text"):
+        asyncio.run(streamed())
+    assert not hits and fwd.sent == [0]
+    assert "".join(fwd.chat_stream("doc", "q", n=1)) == "hello"
 
 
 def test_retries_are_the_backends_not_the_sdks(fake):

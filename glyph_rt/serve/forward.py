@@ -10,7 +10,10 @@ A request that meets a connection error, a timeout or a 5xx (an HTTP status, or 
 goes on to another replica, and the replica that failed is passed over for a backoff (`backoff` seconds,
 doubling up to `max_backoff` each time it fails again after one, cleared by an answer). A 429 (queue full) or
 a 408 (timed out waiting) also goes on to another replica; that one is passed over for its Retry-After (else
-`backoff`) seconds, not counted as a failure. A stream goes on only before its first text reaches the caller.
+`backoff`) seconds, not counted as a failure. A 200 reply that is not the protocol's (a body that is not JSON, an
+HTML page from a proxy, no choices, a stream with a bad event or that ends before its first chunk) is a failure
+too: BadReplyError, naming the replica. A stream goes on only before its first text reaches the caller; it is an
+answer once a chunk gives its finish_reason, or it ends after at least one chunk.
 A request still goes to a backed-off replica when no other is left to try. The SDK's clients do not retry on
 their own: a request makes at most len(base_urls) x (1 + max_retries) attempts, each replica once per pass, a
 pass after the first once the first backoff window ends (at most `max_backoff` s later). When every attempt
@@ -21,6 +24,7 @@ failed, the last error is raised.
     answer = await fwd.achat(long_text, question)            # from async code
     for text in fwd.chat_stream(long_text, question): ...    # async for ... in fwd.achat_stream(...)
     reply = fwd.chat_response(long_text, question, logprobs=True)   # the ChatCompletion: finish_reason, usage, ...
+    replies = fwd.chat_response(long_text, question, n=4).choices  # n choices (a stream gives one: n=1)
 """
 from __future__ import annotations
 
@@ -38,6 +42,11 @@ from ..render.config import RenderConfig
 
 # what a request's end says of its replica (see _done)
 ANSWERED, FAILED, BUSY = "answered", "failed", "busy"
+
+
+class BadReplyError(RuntimeError):
+    """A replica's 200 reply that is not the OpenAI protocol's: the replica's fault (another one is tried, and it is
+    backed off)."""
 
 
 class ForwardingBackend:
@@ -171,6 +180,13 @@ class ForwardingBackend:
             raise ValueError("stream: not a sampling argument here; use chat_stream / achat_stream for a stream")
         return {"model": self.model, "messages": msgs, **sampling}
 
+    @staticmethod
+    def _one_choice(sampling: dict) -> None:
+        """A stream yields one answer's text: n > 1 is refused (its choices' pieces would interleave)."""
+        if (sampling.get("n") or 1) > 1:
+            raise ValueError(f"n={sampling['n']}: a stream yields one answer's text; use chat_response / "
+                             "achat_response for n choices")
+
     def chat(self, context: str, question: str, system: str | None = None, **sampling) -> str:
         """The answer's text (sampling: max_tokens, temperature, top_p, stop, seed, extra_body=...)."""
         return self.chat_response(context, question, system, **sampling).choices[0].message.content or ""
@@ -185,13 +201,14 @@ class ForwardingBackend:
         for i in self._tries():
             outcome, after = None, None  # None: cancelled or interrupted, nothing said of the replica
             try:
-                reply = self._sync[i].chat.completions.create(**kw)
+                reply = _completion(self._sync[i].chat.completions.create(**kw), self._urls[i])
                 outcome = ANSWERED
                 return reply
             except Exception as e:
-                (outcome, after), last = _outcome(e), e
+                last = _named(e, self._urls[i])
+                outcome, after = _outcome(last)
                 if outcome == ANSWERED:  # the request's own fault: not tried elsewhere
-                    raise
+                    raise last
             finally:
                 self._done(i, outcome, after)
         raise last
@@ -204,60 +221,73 @@ class ForwardingBackend:
             outcome, after = None, None
             try:
                 async with self._aclient(i) as client:
-                    reply = await client.chat.completions.create(**kw)
+                    reply = _completion(await client.chat.completions.create(**kw), self._urls[i])
                 outcome = ANSWERED
                 return reply
             except Exception as e:
-                (outcome, after), last = _outcome(e), e
+                last = _named(e, self._urls[i])
+                outcome, after = _outcome(last)
                 if outcome == ANSWERED:
-                    raise
+                    raise last
             finally:
                 self._done(i, outcome, after)
         raise last
 
     def chat_stream(self, context: str, question: str, system: str | None = None, **sampling):
-        """The answer's text as it comes, piece by piece (a generator)."""
+        """The answer's text as it comes, piece by piece (a generator); one choice (n=1)."""
+        self._one_choice(sampling)
         kw = self._request(self.messages(context, question, system), sampling)
         last = None
         for i in self._tries():
-            outcome, after, started = None, None, False
+            outcome, after, started, chunks = None, None, False, 0
             try:
                 with self._sync[i].chat.completions.create(**kw, stream=True) as stream:
                     for ch in stream:
-                        text = ch.choices[0].delta.content if ch.choices else None
+                        text, finished = _piece(ch, self._urls[i])
+                        chunks += 1
+                        if finished:
+                            outcome = ANSWERED  # a caller who stops reading now got an answer
                         if text:
-                            outcome, started = ANSWERED, True  # a caller who stops reading got an answer
+                            started = True
                             yield text
+                _ended(chunks, self._urls[i])
                 outcome = ANSWERED
                 return
             except Exception as e:
-                (outcome, after), last = _outcome(e), e
+                last = _named(e, self._urls[i])
+                outcome, after = _outcome(last)
                 if started or outcome == ANSWERED:
-                    raise
+                    raise last
             finally:
                 self._done(i, outcome, after)
         raise last
 
     async def achat_stream(self, context: str, question: str, system: str | None = None, **sampling):
-        """The answer's text as it comes, piece by piece (an async generator)."""
+        """The answer's text as it comes, piece by piece (an async generator); one choice (n=1)."""
+        self._one_choice(sampling)
         kw = self._request(await asyncio.to_thread(self.messages, context, question, system), sampling)
         last = None
         async for i in self._atries():
-            outcome, after, started = None, None, False
+            outcome, after, started, chunks = None, None, False, 0
             try:
                 async with self._aclient(i) as client, await client.chat.completions.create(**kw, stream=True) \
                         as stream:
                     async for ch in stream:
-                        text = ch.choices[0].delta.content if ch.choices else None
+                        text, finished = _piece(ch, self._urls[i])
+                        chunks += 1
+                        if finished:
+                            outcome = ANSWERED
                         if text:
-                            outcome, started = ANSWERED, True
+                            started = True
                             yield text
+                _ended(chunks, self._urls[i])
                 outcome = ANSWERED
                 return
             except Exception as e:
-                (outcome, after), last = _outcome(e), e
+                last = _named(e, self._urls[i])
+                outcome, after = _outcome(last)
                 if started or outcome == ANSWERED:
-                    raise
+                    raise last
             finally:
                 self._done(i, outcome, after)
         raise last
@@ -269,15 +299,62 @@ EVENT_STATUS = {"internal_error": 500, "InternalServerError": 500, "service_unav
                 "rate_limit_error": 429, "timeout_error": 408}
 
 
+def _completion(reply, url: str):
+    """reply, when it is a ChatCompletion with choices that hold a message; else BadReplyError."""
+    from openai.types.chat import ChatCompletion, ChatCompletionMessage
+
+    if not isinstance(reply, ChatCompletion):  # e.g. a str: a body that is not JSON (an HTML page from a proxy)
+        raise BadReplyError(f"{url} answered with no chat completion: {str(reply)[:200]!r}")
+    if not isinstance(reply.choices, list) or not reply.choices or not all(
+            isinstance(getattr(c, "message", None), ChatCompletionMessage) for c in reply.choices):
+        raise BadReplyError(f"{url} answered with no choices (or a choice without a message): "
+                            f"{str(reply.choices)[:200]}")
+    return reply
+
+
+def _piece(chunk, url: str) -> tuple[str | None, bool]:
+    """A stream chunk's text and whether its choice finished (a finish_reason); BadReplyError when it is not a
+    chat completion chunk. A chunk without choices (usage) has neither."""
+    from openai.types.chat import ChatCompletionChunk
+    from openai.types.chat.chat_completion_chunk import ChoiceDelta
+
+    if isinstance(chunk, ChatCompletionChunk) and isinstance(chunk.choices, list):
+        if not chunk.choices:
+            return None, False
+        choice = chunk.choices[0]
+        if isinstance(getattr(choice, "delta", None), ChoiceDelta):
+            return choice.delta.content, choice.finish_reason is not None
+    raise BadReplyError(f"{url} sent a stream event that is no chat completion chunk: {str(chunk)[:200]}")
+
+
+def _ended(chunks: int, url: str) -> None:
+    """A stream's end: an answer after at least one chunk, else BadReplyError."""
+    if not chunks:
+        raise BadReplyError(f"{url} ended its stream without a chat completion chunk")
+
+
+def _named(e: Exception, url: str) -> Exception:
+    """A reply that could not be read (not JSON, not the protocol's) as a BadReplyError naming the replica; any
+    other error as it is."""
+    import openai
+
+    if not isinstance(e, (json.JSONDecodeError, openai.APIResponseValidationError)):
+        return e
+    err = BadReplyError(f"{url} sent a reply that is not the OpenAI protocol's: {type(e).__name__}: {e}")
+    err.__cause__ = e
+    return err
+
+
 def _outcome(e: Exception) -> tuple[str, float | None]:
     """What an error says of the replica that sent it, and the seconds of its Retry-After (None: not sent).
-    FAILED: no connection, a timeout, a connection cut mid-stream, or a 5xx (an HTTP status, or an error event
-    in a stream: the SDK's plain APIError); BUSY: a 429 (queue full) or 408 (timed out waiting), which another
-    replica may take now; ANSWERED: anything else, the request's own fault."""
+    FAILED: no connection, a timeout, a connection cut mid-stream, a 5xx (an HTTP status, or an error event
+    in a stream: the SDK's plain APIError), or a reply that is not the protocol's (BadReplyError); BUSY: a 429
+    (queue full) or 408 (timed out waiting), which another replica may take now; ANSWERED: anything else, the
+    request's own fault."""
     import httpx
     import openai
 
-    if isinstance(e, (openai.APIConnectionError, httpx.TransportError)):
+    if isinstance(e, (openai.APIConnectionError, httpx.TransportError, BadReplyError)):
         return FAILED, None
     if isinstance(e, openai.APIStatusError):
         status, after = e.status_code, _seconds(e.response.headers.get("retry-after"))
