@@ -310,6 +310,59 @@ def test_mmlongbench_scores_the_extracted_answer(tmp_path):
     assert len(rows) == 2 and all("extractor" not in x for x in rows)
 
 
+class Said(Target):
+    """An extractor's target that replies `text` and keeps the prompts it was asked."""
+    name = "judge"
+
+    def __init__(self, text):
+        self.text, self.asked = text, []
+
+    def answer(self, item, config, *, as_text=False):
+        from glyph_rt.eval.targets import Reply
+
+        self.asked.append(item.text_prompt)
+        return Reply(self.text, 0, 0, 0.0)
+
+
+def test_the_extraction_prompt_never_tells_the_reference_answers_format():
+    """MMLongBench-Doc's extractor decides the format itself: the prompt is the same whatever the gold answer
+    (an unanswerable item's "Not answerable" is not given away); the reply's "Extracted answer:" line is the answer."""
+    from glyph_rt.eval.extract import AnswerExtractor
+
+    ext = AnswerExtractor(Said("The response gives a number.\nExtracted answer: 5 million\nAnswer format: String"))
+    gold = {"Int": "12", "Float": "3.5", "Str": "red", "List": "['a', 'b']", "None": "Not answerable"}
+    prompts = {ext.prompt(Item(id=f"m{f}", context="", images=["p.png"], question="Q", answers=[a],
+                               metric="mmlongbench", metadata={"answer_format": f, "question": "What revenue?"}),
+                          "The 2031 revenue was 5 million dollars.") for f, a in gold.items()}
+    assert len(prompts) == 1
+    it = Item(id="u", context="", images=["p.png"], question="Q", answers=["Not answerable"], metric="mmlongbench",
+              metadata={"answer_format": "None", "question": "What revenue?"})
+    assert ext(it, "The 2031 revenue was 5 million dollars.") == "5 million"
+
+
+def test_rows_extracted_with_another_prompt_are_extracted_again(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from glyph_rt.eval.extract import AnswerExtractor
+
+    Image.new("RGB", (8, 8), "white").save(tmp_path / "p.png")
+    its = [Item(id="d0", context="", question="Q", answers=["42"], metric="mmlongbench",
+                images=[str(tmp_path / "p.png")], metadata={"answer_format": "Int", "question": "Q", "spelled": "x"})]
+    judge = Said("Extracted answer: 42\nAnswer format: Integer")
+    ext = AnswerExtractor(judge)
+    first = evaluate(CFG, its, Verbose(), out=tmp_path / "run", progress=False, extractor=ext, tokenizer=None)
+    assert first.rows[0]["score"] == 1.0 and len(judge.asked) == 1
+    evaluate(CFG, its, Verbose(), out=tmp_path / "run", progress=False, extractor=ext, tokenizer=None)
+    assert len(judge.asked) == 1  # resumed
+    path = tmp_path / "run" / "results.jsonl"
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k != "extraction_prompt"}
+    path.write_text(json.dumps(old) + "\n")  # a row from before: extracted with the prompt that told the format
+    evaluate(CFG, its, Verbose(), out=tmp_path / "run", progress=False, extractor=ext, tokenizer=None)
+    assert len(judge.asked) == 2
+
+
 def test_item_render_config_overrides_the_runs(local, tmp_path):
     """An item's own render config (Glyph's dashed keys, as a row of Glyph's evaluation data carries) renders its
     pages over the run's config: a larger font makes more pages; a bad key names the item."""

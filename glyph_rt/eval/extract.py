@@ -9,29 +9,29 @@ checkpoint can extract. Each scored row keeps the raw `prediction`, the `extract
 """
 from __future__ import annotations
 
+import hashlib
+
 from .item import Item
 
 METRICS = frozenset({"mmlongbench"})  # metrics scored on an extracted answer when an extractor is given
 
-FORMATS = {
-    "Int": "an integer, digits only (e.g. 12)",
-    "Float": "a number (e.g. 3.5 or 12.25), no units",
-    "Str": "a short phrase taken from the response",
-    "List": "a Python list of short strings (e.g. ['red', 'blue'])",
-    "None": "the phrase Not answerable",
-}
-
-PROMPT = """Read a question about a document and a model's response to it, and write the model's final answer in
-short form.
+# One prompt for every item: the extractor decides the answer's format itself, as MMLongBench-Doc's does; the item's
+# answer_format is the reference's and would give the answer away ("Not answerable") or its type.
+PROMPT = """Read a question about a document and a model's response to it, and extract the model's final answer.
 
 Question: {question}
 
 Response: {response}
 
-Write only the short answer, as {form}. If the response says the question cannot be answered from the document,
-or gives no answer, write: Not answerable
+Write the answer in the shortest form, as one of: an integer (e.g. 12), a float (e.g. 3.5, no units), a string (a short
+phrase taken from the response) or a list (a Python list of short strings, e.g. ['red', 'blue']). If the response says
+the question cannot be answered from the document, the answer is: Not answerable. If the response gives no answer
+(e.g. it only says it cannot read the document), the answer is: Fail to answer.
 
-Short answer:"""
+Reply in this form:
+Extracted answer: <the answer>
+Answer format: <Integer, Float, String, List or None>"""
+PROMPT_ID = hashlib.sha1(PROMPT.encode()).hexdigest()[:8]  # rows extracted with another prompt are extracted again
 
 
 class AnswerExtractor:
@@ -49,13 +49,12 @@ class AnswerExtractor:
         return item.metric in METRICS
 
     def prompt(self, item: Item, response: str) -> str:
-        fmt = str(item.metadata.get("answer_format", "Str"))
         question = str(item.metadata.get("question") or item.question)
-        return PROMPT.format(question=question, response=response.strip() or "(empty)",
-                             form=FORMATS.get(fmt, FORMATS["Str"]))
+        return PROMPT.format(question=question, response=response.strip() or "(empty)")
 
     def __call__(self, item: Item, response: str) -> str:
-        """The short answer in `response` to `item`'s question (its first non-empty line)."""
+        """The short answer in `response` to `item`'s question (its "Extracted answer:" line, else its first
+        non-empty line)."""
         from ..render.config import RenderConfig
 
         text = self.prompt(item, response)
@@ -63,7 +62,7 @@ class AnswerExtractor:
                    max_new_tokens=self.max_new_tokens)
         reply = self.target.answer(ask, RenderConfig(), as_text=True).text
         lines = [x.strip() for x in reply.strip().splitlines() if x.strip()]
-        answer = lines[0] if lines else ""
+        answer = next((x for x in lines if x.lower().startswith("extracted answer:")), lines[0] if lines else "")
         for prefix in ("short answer:", "answer:", "extracted answer:"):
             if answer.lower().startswith(prefix):
                 answer = answer[len(prefix):].strip()

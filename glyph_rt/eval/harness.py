@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..fileio import cut_torn_tail, json_line
 from ..render.config import RenderConfig
-from .extract import AnswerExtractor
+from .extract import PROMPT_ID, AnswerExtractor
 from .item import Item
 from .metrics import check_packages, score
 from .targets import Target, make_target
@@ -214,7 +214,8 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
                     and r.get("mode") == mode
                     and r.get("config_key") == ckey and r.get("max_new_tokens") == budget(it)
                     and r.get("repetition_penalty") == target.repetition_penalty
-                    and r.get("extractor") == getattr(extractor_of(it), "name", None)):
+                    and r.get("extractor") == getattr(extractor_of(it), "name", None)
+                    and r.get("extraction_prompt") == (PROMPT_ID if extractor_of(it) else None)):
                 done[r["id"]] = r
         for i, r in list(done.items()):  # a metric that failed before (a package installed since): scored again
             if "scoring failed:" in (r.get("error") or ""):
@@ -251,7 +252,7 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
                     scored = ext(it, reply.text)
                 except ValueError as e:  # the extractor's server rejected the request: scored on the raw answer
                     row["error"] = f"extraction failed: {e}"
-                row.update(extractor=ext.name, extracted=scored)
+                row.update(extractor=ext.name, extraction_prompt=PROMPT_ID, extracted=scored)
             try:
                 s = score(it, scored)
             except Exception as e:  # noqa: BLE001 - the answer is kept: recorded, scored 0
