@@ -212,6 +212,34 @@ def test_bad_rl_config_names_the_key(tiny):
             load_config("rl", None, [f"model.path={tiny}", *over])
 
 
+
+@pytest.mark.parametrize("stage, over, key", [
+    ("sft", "optim.lr=.inf", "optim.lr: inf must be a finite number"), ("sft", "optim.lr=inf", "optim.lr"),
+    ("sft", "optim.min_lr=.nan", "optim.min_lr"), ("sft", "optim.eps=.inf", "optim.eps"),
+    ("sft", "optim.grad_clip=.inf", "optim.grad_clip"), ("sft", "optim.weight_decay=.inf", "optim.weight_decay"),
+    ("sft", "optim.betas=[0.9, .nan]", "optim.betas"), ("sft", "model.lora.alpha=.inf", "model.lora.alpha"),
+    ("sft", "data.ocr_ratio=.nan", "data.ocr_ratio"),
+    ("sft", "data.loss_weights={ocr: .inf}", "data.loss_weights.ocr: weight inf must be a number >= 0"),
+    ("sft", "data.loss_weights={ocr: .nan}", "data.loss_weights.ocr"),
+    ("rl", "grpo.rewards={ocr: .nan}", "grpo.rewards.ocr: weight nan must be a number"),
+    ("rl", "grpo.rewards={ocr: -.inf}", "grpo.rewards.ocr"), ("rl", "grpo.temperature=.inf", "grpo.temperature"),
+    ("rl", "grpo.top_p=.nan", "grpo.top_p"), ("rl", "grpo.eps_low=.nan", "grpo.eps_low"),
+    ("rl", "grpo.eps_high=.inf", "grpo.eps_high"), ("rl", "grpo.kl_coef=.inf", "grpo.kl_coef"),
+])
+def test_numbers_that_are_not_finite_are_refused(tiny, stage, over, key):
+    """inf and nan pass comparisons such as lr > 0 and w >= 0, and train on a NaN loss; every float is checked."""
+    with pytest.raises(TrainConfigError, match=f"^{key}"):
+        load_config(stage, None, [f"model.path={tiny}", over])
+
+
+def test_min_lr_is_checked_only_where_the_schedule_uses_it(tiny):
+    """rl's schedule is constant: an lr under the stage's min_lr (1e-6) is no error there, while cosine decays to
+    min_lr and refuses it."""
+    c = load_config("rl", None, [f"model.path={tiny}", "optim.lr=5e-7"])
+    assert (c.optim.lr, c.optim.schedule) == (5e-7, "constant")
+    with pytest.raises(TrainConfigError, match=r"^optim\.min_lr: 1e-06 must be in \[0, optim\.lr=5e-07\]"):
+        load_config("rl", None, [f"model.path={tiny}", "optim.lr=5e-7", "optim.schedule=cosine"])
+
 def test_global_batch_that_does_not_split_over_the_ranks_is_named_before_the_model_loads(tiny):
     from glyph_rt.train.trainer import per_rank
 

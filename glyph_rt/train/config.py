@@ -364,20 +364,36 @@ def _check(ok: bool, key: str, msg: str) -> None:
         raise TrainConfigError(f"{key}: {msg}")
 
 
+def _finite(x) -> bool:
+    """x is a number, neither inf nor nan (both of which pass checks like lr > 0 or w >= 0 and train on NaN)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_finite(cfg, prefix: str = "") -> None:
+    """Every float setting of cfg, a config dataclass, and of those in it is a finite number."""
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, key + ".")
+        elif hints[f.name] is float:
+            _check(_finite(value), key, f"{value} must be a finite number")
+
+
 def check_task_weights(weights: dict, key: str) -> None:
-    """A mapping of task name -> weight (a number >= 0), as data.loader.tasks and data.loss_weights take."""
+    """A mapping of task name -> weight (a finite number >= 0), as data.loader.tasks and data.loss_weights take."""
     from .tasks import TASKS
 
     for name, w in weights.items():
         _check(name in TASKS, f"{key}.{name}", f"unknown task; choose from {', '.join(TASKS)}")
-        _check(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0, f"{key}.{name}",
-               f"weight {w!r} must be a number >= 0")
+        _check(_finite(w) and w >= 0, f"{key}.{name}", f"weight {w!r} must be a number >= 0")
 
 
 def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     """Raises TrainConfigError naming the first bad key; returns cfg."""
     m, o, d, g = cfg.model, cfg.optim, cfg.data, cfg.grpo
     _check(cfg.stage in STAGES, "stage", f"{cfg.stage!r} is unknown; choose from {', '.join(STAGES)}")
+    _check_finite(cfg)
     _check(cfg.steps >= 1, "steps", f"{cfg.steps} must be >= 1")
     _check(cfg.log_every >= 1, "log_every", f"{cfg.log_every} must be >= 1")
     _check(cfg.eval_every >= 0, "eval_every", f"{cfg.eval_every} must be >= 0 (0: no held-out loss)")
@@ -409,12 +425,13 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     _check(bool(m.lora.target_modules) and all(isinstance(t, str) for t in m.lora.target_modules),
            "model.lora.target_modules", "must be a non-empty list of module names")
     _check(o.lr > 0, "optim.lr", f"{o.lr} must be > 0")
-    _check(0 <= o.min_lr <= o.lr, "optim.min_lr", f"{o.min_lr} must be in [0, optim.lr={o.lr}]")
+    _check(o.schedule in ("cosine", "constant"), "optim.schedule", f"{o.schedule!r} must be cosine or constant")
+    _check(o.schedule != "cosine" or 0 <= o.min_lr <= o.lr, "optim.min_lr",  # constant: min_lr is unused
+           f"{o.min_lr} must be in [0, optim.lr={o.lr}]")
     _check(0 <= o.warmup_steps < cfg.steps or o.warmup_steps == 0, "optim.warmup_steps",
            f"{o.warmup_steps} must be in [0, steps={cfg.steps})")
-    _check(o.schedule in ("cosine", "constant"), "optim.schedule", f"{o.schedule!r} must be cosine or constant")
     _check(o.weight_decay >= 0, "optim.weight_decay", f"{o.weight_decay} must be >= 0")
-    _check(len(o.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas), "optim.betas",
+    _check(len(o.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in o.betas), "optim.betas",
            f"{o.betas} must be two numbers in [0, 1)")
     _check(o.eps > 0, "optim.eps", f"{o.eps} must be > 0")
     _check(o.grad_clip >= 0, "optim.grad_clip", f"{o.grad_clip} must be >= 0 (0: no clipping)")
@@ -466,8 +483,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
         _check(bool(g.rewards), "grpo.rewards", "is empty; give reward name -> weight")
         for name, w in g.rewards.items():
             _check(name in REWARDS, f"grpo.rewards.{name}", f"unknown reward; choose from {', '.join(REWARDS)}")
-            _check(isinstance(w, (int, float)) and not isinstance(w, bool), f"grpo.rewards.{name}",
-                   f"weight {w!r} must be a number")
+            _check(_finite(w), f"grpo.rewards.{name}", f"weight {w!r} must be a number")
         _check(g.verifier in VERIFIERS, "grpo.verifier", f"{g.verifier!r} must be one of {', '.join(VERIFIERS)}")
         if g.verifier == "judge":
             _check(bool(g.judge_base_url), "grpo.judge_base_url", "is empty; verifier=judge needs an "
