@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from glyph_rt import RenderConfig
-from glyph_rt.eval import Item, evaluate, make_target, read_rows
+from glyph_rt.eval import Item, evaluate, load_items, make_target, read_rows
 from glyph_rt.eval.targets import GlyphModelTarget, OpenAITarget, Target, parse_openai_spec
 
 CFG = RenderConfig(page_size=(200, 150))
@@ -385,6 +385,26 @@ def test_ruler_items_resumed_with_another_tokenizer_are_refused(ckpt, tmp_path):
     run_suite("ruler", [], **opts)  # the same run resumes
     with pytest.raises(ValueError, match=r"holds the items of another run \(tokenizer: None then '.*'\)"):
         run_suite("ruler", [], tokenizer=ckpt, **opts)
+
+
+def test_items_are_never_left_without_their_spec(tmp_path, monkeypatch):
+    """A kill while the items are written leaves their spec alone (a rerun builds them again with its own
+    options); items without a spec are refused, naming what to remove."""
+    from glyph_rt.eval import suite
+
+    def killed(items, path):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(suite, "save_items", killed)
+        with pytest.raises(KeyboardInterrupt):
+            suite.run_suite("ruler", [], out=tmp_path, tasks=["vt"], lengths=["1k"], limit=1, progress=False)
+    assert not (tmp_path / "items.jsonl").exists()
+    suite.run_suite("ruler", [], out=tmp_path, tasks=["niah_single_1"], lengths=["1k"], limit=2, progress=False)
+    assert [it.id for it in load_items(tmp_path / "items.jsonl")] == ["niah_single_1-1024-0", "niah_single_1-1024-1"]
+    (tmp_path / "items_spec.json").unlink()  # as a kill between the two writes before left it
+    with pytest.raises(ValueError, match="holds items.jsonl but no items_spec.json .*remove items.jsonl there"):
+        suite.run_suite("ruler", [], out=tmp_path, tasks=["vt"], lengths=["2k"], limit=1, progress=False)
 
 
 def test_ruler_items_resume_with_the_default_lengths_given_or_not(tmp_path):

@@ -102,16 +102,20 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
         own_tok = {"tokenizer": tokenizer} if suite == "ruler" and tokenizer != "default" else {}  # RULER's lengths
         spec = json.loads(json.dumps({"suite": suite, **item_kwargs, **own_tok}, default=str))
         if items_path.exists():  # a resumed run scores the very same items
-            old = json.loads(spec_path.read_text(encoding="utf-8")) if spec_path.exists() else None
-            if old is not None and _clashes(old, spec):
+            if not spec_path.exists():  # the options that made them are unknown: they may be another run's
+                raise ValueError(f"{out} holds {items_path.name} but no {spec_path.name} (the options that made "
+                                 f"the items); remove {items_path.name} there to build them again ({RESULTS_FILE}'s "
+                                 "rows of the same items are reused)")
+            old = json.loads(spec_path.read_text(encoding="utf-8"))
+            if _clashes(old, spec):
                 diff = ", ".join(f"{k}: {old.get(k)!r} then {spec.get(k)!r}" for k in sorted(_clashes(old, spec)))
                 raise ValueError(f"{out} holds the items of another run ({diff}); use another --out, or remove "
                                  f"{items_path.name} there to start over")
             items = load_items(items_path)
         else:
             items = build_items(suite, tokenizer=tokenizer, **item_kwargs)
+            _write(spec_path, json.dumps(spec, indent=1) + "\n")  # first: items are never left without it
             save_items(items, items_path)
-            _write(spec_path, json.dumps(spec, indent=1) + "\n")
     if not items:
         raise ValueError(f"suite {suite}: no items (check --data, --tasks and --limit)")
     cfgs = configs_for(config, dpis)
