@@ -104,9 +104,14 @@ def test_mmlongbench_doc_pdf_to_pages(tmp_path):
     assert [len(it.images) for it in items] == [3, 3] and items[0].images[0].endswith("page-1.png")
     assert [it.metadata["kind"] for it in items] == ["SP", "UA"]
     assert score(items[0], "3") == 1.0 and score(items[1], "Not answerable") == 1.0
-    mtime = (tmp_path / "pages" / "report" / "page-1.png").stat().st_mtime
-    mmlongbench_doc.load(tmp_path / "samples.json", docs, tmp_path / "pages", dpi=36)  # cached: not converted again
-    assert (tmp_path / "pages" / "report" / "page-1.png").stat().st_mtime == mtime
+    mtime = Path(items[0].images[0]).stat().st_mtime
+    again = mmlongbench_doc.load(tmp_path / "samples.json", docs, tmp_path / "pages", dpi=36)  # cached
+    assert again[0].images == items[0].images and Path(items[0].images[0]).stat().st_mtime == mtime
+    # other settings are another cache: never the first run's pages
+    few = mmlongbench_doc.load(tmp_path / "samples.json", docs, tmp_path / "pages", dpi=36, max_pages=1)
+    sharp = mmlongbench_doc.load(tmp_path / "samples.json", docs, tmp_path / "pages", dpi=72)
+    assert len(few[0].images) == 1 and len(sharp[0].images) == 3
+    assert Image.open(sharp[0].images[0]).size == tuple(2 * x for x in Image.open(items[0].images[0]).size)
     (docs / "broken.pdf").write_bytes(b"not a pdf")
     with pytest.raises(ValueError, match="pdftoppm failed"):
         mmlongbench_doc.pdf_pages(docs / "broken.pdf", tmp_path / "pages")

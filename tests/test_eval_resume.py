@@ -398,9 +398,9 @@ def test_the_cli_says_n_a_for_the_compression_of_page_images_only(tmp_path, caps
     from PIL import Image
 
     (tmp_path / "docs").mkdir()
-    (tmp_path / "pages" / "a").mkdir(parents=True)  # the page cache of docs/a.pdf: no PDF converted
-    Image.new("RGB", (32, 32), "white").save(tmp_path / "pages" / "a" / "page-1.png")
-    (tmp_path / "pages" / "a" / ".complete").touch()
+    (tmp_path / "pages" / "a" / "144dpi").mkdir(parents=True)  # the page cache of docs/a.pdf: no PDF converted
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "pages" / "a" / "144dpi" / "page-1.png")
+    (tmp_path / "pages" / "a" / "144dpi" / ".complete").touch()
     (tmp_path / "samples.json").write_text(json.dumps([{"doc_id": "a.pdf", "question": "Q?", "answer": "x"}]))
     with endpoint() as (url, _):
         assert cli_eval("openai:" + url, tmp_path / "out", "--suite", "mmlongbench-doc", "--data",

@@ -2,7 +2,8 @@
 
 samples.json (a list of {doc_id, doc_type, question, answer, evidence_pages, evidence_sources, answer_format})
 and a directory of the PDFs; every document is converted once with `pdftoppm -r DPI -png` into a page cache
-(pages_dir/<doc>/page-N.png, written to a temporary directory and renamed into place). The pages are sent as
+(pages_dir/<doc>/<DPI>dpi/page-N.png, one for each dpi and max_pages, written to a temporary directory and renamed
+into place). The pages are sent as
 images; there is no text context (no text baseline). Scored by MMLongBench-Doc's rule-based eval_score: on the
 short answer an LLM extracts from the model's response when evaluate gets an extractor (glyph_rt.eval.extract; the
 reference uses GPT-4o), else on the response as given (lower scores).
@@ -28,16 +29,17 @@ PROMPT = ("Answer the question based on the document pages shown in the images. 
 
 
 def pdf_pages(pdf: Path, out_dir: Path, dpi: int = 144, max_pages: int | None = None) -> list[Path]:
-    """The PDF's pages as PNG files under out_dir/<pdf stem>/ (converted once; reused afterwards)."""
-    dest = out_dir / pdf.stem
+    """The PDF's pages as PNG files under out_dir/<pdf stem>/<dpi>dpi/ (<dpi>dpi-<max_pages>p/ with max_pages;
+    converted once for each, reused afterwards)."""
+    dest = out_dir / pdf.stem / (f"{dpi}dpi" + (f"-{max_pages}p" if max_pages else ""))
     if dest.is_dir() and (dest / ".complete").exists():
         return sorted(dest.glob("page-*.png"), key=lambda p: int(p.stem.split("-")[1]))
     if not pdf.is_file():
         raise FileNotFoundError(f"MMLongBench-Doc: document {str(pdf)!r} does not exist")
     if shutil.which("pdftoppm") is None:
         raise RuntimeError("MMLongBench-Doc needs poppler's pdftoppm (apt install poppler-utils)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{pdf.stem}.", dir=out_dir))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     cmd = ["pdftoppm", "-r", str(dpi), "-png"]
     if max_pages:
         cmd += ["-l", str(max_pages)]
