@@ -523,6 +523,26 @@ def test_a_cut_off_response_is_a_counted_critic_failure(tmp_path):
         assert r.counts["critic.failed"] == 1 and r.evaluations == 16
 
 
+def test_api_keys_are_never_written_to_the_outputs(tmp_path, capsys):
+    from glyph_rt.cli import main
+    from glyph_rt.eval import Item, save_items
+
+    from conftest import chat_completion, http_endpoint
+
+    save_items([Item(id="a", context="The code is 4711. " * 20, question="Code?", answers=["4711"],
+                     max_new_tokens=4)], tmp_path / "items.jsonl")
+    with http_endpoint(lambda body: (200, chat_completion("4711"), {})) as url:
+        assert main(["search", "--out", str(tmp_path / "out"), "--quiet", "generations=0", "population=1",
+                     "outputs.contact_sheet=0", "evaluator.kind=eval", f"evaluator.target=openai:{url}:m",
+                     f"evaluator.items={tmp_path / 'items.jsonl'}", "evaluator.api_key=sk-SECRET-123"]) == 0
+    capsys.readouterr()
+    for f in (tmp_path / "out").iterdir():
+        assert "SECRET" not in f.read_bytes().decode("utf-8", "replace"), f.name
+    settings = json.loads((tmp_path / "out" / "summary.json").read_text())["settings"]
+    assert settings["evaluator"]["api_key"] == "***" and settings["critic"]["api_key_env"] == "OPENAI_API_KEY"
+    assert settings["evaluator"]["target"] == f"openai:{url}:m"
+
+
 def test_numpy_extras_are_stored_and_non_finite_scores_are_failures(tmp_path):
     import numpy as np
 

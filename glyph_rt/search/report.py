@@ -16,6 +16,17 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def redacted(x):
+    """x with the value of every key naming an API key ("api_key", "critic_api_key"...) written as "***"; the name
+    of an environment variable holding one (api_key_env) is no secret and stays."""
+    if isinstance(x, dict):
+        return {k: "***" if "api_key" in str(k) and not str(k).endswith("_env") and v is not None else redacted(v)
+                for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [redacted(v) for v in x]
+    return x
+
+
 def best_per_generation(history) -> list[dict]:
     """Per generation: the best config so far (hash, accuracy, compression), its evaluations, its counts."""
     evals = history.evaluations()
@@ -149,7 +160,7 @@ def write_outputs(result, out_dir, settings: dict, space) -> list[str]:
     summary = {"stop_reason": result.stop_reason, "generations": result.generations,
                "evaluations": result.evaluations, "best": best,
                "front": [{k: e[k] for k in ("hash", "accuracy", "compression")} for e in result.front],
-               "counts": result.counts, "settings": settings}
+               "counts": result.counts, "settings": redacted(settings)}
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     files.append("summary.json")
     return files
