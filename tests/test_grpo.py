@@ -568,3 +568,45 @@ def test_saving_before_the_first_update_leaves_the_optimizer_as_it_was(tmp_path)
     t, m, saved = run("saved", 1, 2)  # resumes from step 1
     assert m["updates"] == 1 and float(next(iter(t.optimizer.state.values()))["step"]) == 1
     assert all(torch.equal(a, b) for a, b in zip(plain, saved))
+
+
+def test_rollout_keeps_the_pad_ids_the_model_samples(tmp_path):
+    """A tokenizer whose pad token is no stop token: the pad ids a response samples are its tokens (generate pads a
+    row only after its stop), so each response is its row of generate's output up to its first stop, or whole."""
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.grpo import GlyphRollout
+    from glyph_rt.train.model import load_for_training
+
+    path = make_tiny_checkpoint(tmp_path / "tiny")
+    cfg = load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / 'run'}",
+                                   "model.gradient_checkpointing=false"])
+    gm = load_for_training(cfg.model, torch.device("cpu"))
+    pad, stops = 300, gm.prompts.stop_ids
+    gm.tokenizer.pad_token = gm.tokenizer.convert_ids_to_tokens(pad)
+    assert gm.tokenizer.pad_token_id == pad and pad not in stops
+
+    def likely(module, args, logits):  # pad and the stops sampled often
+        logits = logits.clone()
+        logits[..., pad] += 4.0
+        logits[..., sorted(stops)] += 3.0
+        return logits
+
+    gm.model.get_output_embeddings().register_forward_hook(likely)
+    roll = GlyphRollout(gm, max_new_tokens=12)
+    sampled = []
+    sample = roll.sample
+    roll.sample = lambda inputs, n: sampled.append((inputs["input_ids"].shape[1], sample(inputs, n))) or \
+        sampled[-1][1]
+    torch.manual_seed(0)
+    n = 8
+    groups = roll([{"context": "red fox", "question": "Read."}, {"context": "blue sky", "question": "Read."}], n)
+    (P, out), = sampled
+    unstopped_pads = 0
+    for b, g in enumerate(groups):
+        for j, resp in enumerate(g.responses):
+            row = out[b * n + j, P:].tolist()
+            cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+            assert resp == row[:cut] and all(t == pad for t in row[cut:])
+            unstopped_pads += cut == len(row) and pad in resp
+    assert unstopped_pads and any(r[-1] in stops for g in groups for r in g.responses)  # both kinds of rows

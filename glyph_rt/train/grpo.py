@@ -165,7 +165,6 @@ class GlyphRollout:
             model.train(was_training)
         P = inputs["input_ids"].shape[1]
         stops = gm.prompts.stop_ids
-        pad = gm.tokenizer.pad_token_id
         hidden = reward_hidden_ids(gm.tokenizer) | set(stops)
         rows = (rendered.image_grid_thw[:, 1] * rendered.image_grid_thw[:, 2]).tolist()
         groups, img, row = [], 0, 0
@@ -177,7 +176,7 @@ class GlyphRollout:
             for j in range(n):
                 ids = out[b * n + j, P:].tolist()
                 cut = next((i + 1 for i, t in enumerate(ids) if t in stops), None)
-                ids = ids[:cut] if cut is not None else [t for t in ids if t != pad or pad in stops]
+                ids = ids[:cut]  # generate pads a row only after its stop: a pad id before one was sampled
                 responses.append(ids)
                 texts.append(gm.tokenizer.decode([t for t in ids if t not in hidden], skip_special_tokens=False))
             groups.append(Group(rec, inputs["input_ids"][b][mask].tolist(), rendered.pixel_values[row:row + nrows],
