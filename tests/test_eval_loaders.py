@@ -212,6 +212,14 @@ def write_samples(path, samples):
      r"hotpotqa.jsonl:2: context must be a string, got list"),
     ("hotpotqa.jsonl", b'{"input": "q", "context": "c", "answers": ["a"], "length": "long"}\n',
      r"hotpotqa.jsonl:1: length must be a number"),
+    ("hotpotqa.jsonl", b'{"input": "q", "context": "c", "answers": ["a"]}\n{"input": "q", "context": "c", '
+     b'"answers": []}\n', r"hotpotqa.jsonl:2: item hotpotqa-1: answers must be a non-empty list"),
+    ("2wikimqa.jsonl", b'{"input": "q", "context": "", "answers": ["a"], "_id": "x3"}\n',
+     r"2wikimqa.jsonl:1: item 2wikimqa-x3: empty context"),
+    ("trec.jsonl", b'{"input": "q", "context": "c", "answers": ["a"], "all_classes": null}\n',
+     r"trec.jsonl:1: all_classes must be a non-empty list of the class names \(trec is scored"),
+    ("lsht.jsonl", b'{"input": "q", "context": "c", "answers": ["a"], "all_classes": "Sports"}\n',
+     r"lsht.jsonl:1: all_classes must be a non-empty list"),
 ])
 def test_longbench_bad_files_name_the_line_and_field(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
@@ -226,6 +234,8 @@ def test_longbench_bad_files_name_the_line_and_field(tmp_path, name, content, me
     ({**mrcr_row(0), "n_needles": "two"}, r"x.jsonl:2: n_needles must be an integer, got 'two'"),
     ({**mrcr_row(0), "answer": None}, r"x.jsonl:2: answer must be a string, got NoneType"),
     ("just text", r"x.jsonl:2: not an MRCR row \(a JSON object\), got str"),
+    ({**mrcr_row(0), "prompt": json.dumps([{"role": "user", "content": "hi"}])},
+     r"x.jsonl:2: item .*: empty context"),  # the request alone: no conversation to recall from
 ])
 def test_mrcr_bad_rows_name_the_line_and_field(tmp_path, row, message):
     (tmp_path / "x.jsonl").write_text("\n" + json.dumps(row) + "\n")
@@ -240,6 +250,10 @@ def test_mrcr_bad_rows_name_the_line_and_field(tmp_path, row, message):
     ({"task_name": "vt", "outputs": {"a": 1}, "context": "c"}, r"x.jsonl:1: outputs must be a list or a string"),
     ({"task_name": "vt", "outputs": ["A"], "context": "c", "question": None}, r"x.jsonl:1: question must be a string"),
     ({"input": "q", "context": 3, "answers": ["a"], "dataset": "hotpotqa"}, r"x.jsonl:1: context must be a string"),
+    ({"task_name": "niah_single_1", "outputs": [], "context": "c", "question": "q"},
+     r"x.jsonl:1: item x-0: answers must be a non-empty list"),
+    ({"random_string_to_prepend": "ab", "context": "", "question": "q", "answer": "abx"},
+     r"x.jsonl:1: item x-0: empty context"),
 ])
 def test_glyph_bad_rows_name_the_line_and_field(tmp_path, row, message):
     write_jsonl(tmp_path / "x.jsonl", [row])

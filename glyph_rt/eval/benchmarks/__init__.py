@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..item import Item
+
 
 def read_text(path) -> str:
     """A data file's text, which must be UTF-8: otherwise an error naming the file and line."""
@@ -22,3 +24,12 @@ def read_json(path):
         return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+
+
+def make_item(where: str, **fields) -> Item:
+    """An Item of a data file's row; an error of its checks (no answers, an empty context) names the row (`where`:
+    the file and line)."""
+    try:
+        return Item(**fields)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None

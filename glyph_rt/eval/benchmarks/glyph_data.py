@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ...fileio import json_lines, text_lines
 from ..item import Item
-from . import longbench, mrcr, read_json, read_text, ruler
+from . import longbench, make_item, mrcr, read_json, read_text, ruler
 
 
 def _rows(path: Path) -> list[tuple[int, dict]]:
@@ -57,10 +57,10 @@ def ruler_item(row: dict, index: int, length: int | None, source: str) -> Item:
     meta = {"task": task}
     if length:
         meta["length"] = length
-    return Item(id=str(row.get("unique_id") or f"{Path(source).stem}-{index}"), context=row["context"],
-                question=row.get("question", ""), answers=[str(r) for r in refs],
-                metric="string_match_part" if kind == "qa" else "string_match_all",
-                max_new_tokens=ruler.TOKENS_TO_GENERATE.get(kind, 128), metadata=meta)
+    return make_item(where, id=str(row.get("unique_id") or f"{Path(source).stem}-{index}"), context=row["context"],
+                     question=row.get("question", ""), answers=[str(r) for r in refs],
+                     metric="string_match_part" if kind == "qa" else "string_match_all",
+                     max_new_tokens=ruler.TOKENS_TO_GENERATE.get(kind, 128), metadata=meta)
 
 
 def mrcr_item(row: dict, index: int, source: str) -> Item:
@@ -71,10 +71,11 @@ def mrcr_item(row: dict, index: int, source: str) -> Item:
         require(row, where, "an MRCR", {"context": (str,), "question": (str,), "answer": (str,),
                                         "random_string_to_prepend": (str,)})
         n = mrcr.number(row, "n_needles", where) or 0
-        it = Item(id=str(row.get("unique_id") or f"{Path(source).stem}-{index}"), context=row["context"],
-                  question=row["question"], answers=[row["answer"]], metric="mrcr", max_new_tokens=mrcr.MAX_NEW_TOKENS,
-                  metadata={"task": f"mrcr_{n}needle" if n else "mrcr", "needles": n,
-                            "random_string_to_prepend": row["random_string_to_prepend"]})
+        it = make_item(where, id=str(row.get("unique_id") or f"{Path(source).stem}-{index}"), context=row["context"],
+                       question=row["question"], answers=[row["answer"]], metric="mrcr",
+                       max_new_tokens=mrcr.MAX_NEW_TOKENS,
+                       metadata={"task": f"mrcr_{n}needle" if n else "mrcr", "needles": n,
+                                 "random_string_to_prepend": row["random_string_to_prepend"]})
     return it
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ...fileio import json_lines, text_lines
 from ..item import Item
-from . import read_text
+from . import make_item, read_text
 
 # dataset -> (metric, max_new_tokens, category of the paper's Table 2)
 DATASETS = {
@@ -126,14 +126,20 @@ def item_from_row(row: dict, dataset: str, index: int, source: str = "") -> Item
             meta["words"] = int(row["length"])
         except (TypeError, ValueError):
             raise ValueError(f"{where}: length must be a number (of words), got {row['length']!r:.40}") from None
-    if row.get("all_classes"):
-        meta["all_classes"] = list(row["all_classes"])
+    classes = row.get("all_classes")
+    if metric == "classification" and not (isinstance(classes, list) and classes
+                                           and all(isinstance(c, str) and c for c in classes)):
+        raise ValueError(f"{where}: all_classes must be a non-empty list of the class names ({dataset} is scored "
+                         f"by the classes its answer names), got {classes!r:.60}")
+    if classes:
+        meta["all_classes"] = list(classes)
     fmt = {"input": row["input"] or "", "context": row["context"]}
     answers = row["answers"] if isinstance(row["answers"], list) else [row["answers"]]
     uid = row.get("unique_id") or row.get("_id") or f"{dataset}-{index}"
-    return Item(id=f"{dataset}-{uid}" if not str(uid).startswith(dataset) else str(uid), context=row["context"],
-                question=VLM_PROMPTS[dataset].format(**fmt), answers=[str(a) for a in answers], metric=metric,
-                max_new_tokens=max_new, text_prompt=PROMPTS[dataset].format(**fmt), metadata=meta)
+    return make_item(where, id=f"{dataset}-{uid}" if not str(uid).startswith(dataset) else str(uid),
+                     context=row["context"], question=VLM_PROMPTS[dataset].format(**fmt),
+                     answers=[str(a) for a in answers], metric=metric, max_new_tokens=max_new,
+                     text_prompt=PROMPTS[dataset].format(**fmt), metadata=meta)
 
 
 def files(path, e: bool = False) -> list[Path]:

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from ..item import Item
-from . import read_json
+from . import make_item, read_json
 
 MAX_NEW_TOKENS = 256
 PROMPT = ("Answer the question based on the document pages shown in the images. If it cannot be answered from the "
@@ -99,8 +99,8 @@ def load(samples, documents, pages_dir, dpi: int = 144, limit: int | None = None
         n_ev = len(evidence) if isinstance(evidence, list) else 1
         answer = str(s["answer"])
         kind = "UA" if answer == "Not answerable" else ("SP" if n_ev == 1 else "CP")
-        items.append(Item(
-            id=f"mmlb-{i}", context="", question=PROMPT.format(question=s["question"]), answers=[answer],
+        items.append(make_item(
+            f"{sp}: sample {i}", id=f"mmlb-{i}", context="", question=PROMPT.format(question=s["question"]), answers=[answer],
             metric="mmlongbench", images=[str(p) for p in pages], max_new_tokens=MAX_NEW_TOKENS,
             metadata={"task": str(s.get("doc_type", "doc")), "kind": kind, "answer_format": s.get("answer_format", "Str"),
                       "doc_id": s["doc_id"], "evidence_pages": json.dumps(evidence), "question": s["question"]}))

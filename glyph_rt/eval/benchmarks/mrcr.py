@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ...fileio import json_lines, text_lines
 from ..item import Item
-from . import read_json, read_text
+from . import make_item, read_json, read_text
 
 BINS = [(0, 8192), (8192, 16384), (16384, 32768), (32768, 65536), (65536, 131072), (131072, 262144),
         (262144, 524288), (524288, 1048576)]
@@ -84,10 +84,11 @@ def item_from_row(row: dict, index: int, source: str = "", chat: bool = True) ->
         if row.get(k) is not None:
             meta[k] = number(row, k, where)
     context = flatten(history)
-    return Item(id=str(row.get("unique_id") or f"mrcr{n}-{index}"), context=context, question=request["content"],
-                answers=[row["answer"]], metric="mrcr", max_new_tokens=MAX_NEW_TOKENS, metadata=meta,
-                text_prompt=f"{context}\n\nUser: {request['content']}",
-                messages=[{"role": m["role"], "content": m["content"]} for m in messages] if chat else [])
+    return make_item(where, id=str(row.get("unique_id") or f"mrcr{n}-{index}"), context=context,
+                     question=request["content"], answers=[row["answer"]], metric="mrcr",
+                     max_new_tokens=MAX_NEW_TOKENS, metadata=meta,
+                     text_prompt=f"{context}\n\nUser: {request['content']}",
+                     messages=[{"role": m["role"], "content": m["content"]} for m in messages] if chat else [])
 
 
 def read_rows(path: Path) -> list[dict]:
