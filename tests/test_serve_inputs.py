@@ -152,6 +152,100 @@ def test_page_budget_counts_images_before_reading_them(gm):
     assert build_prompt(gm, [{"role": "user", "content": parts}], InputOptions(CFG, "tiny", max_pages=4)).pages == 4
 
 
+# --- the model's window: visual tokens counted from each image's header, before any image is decoded
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """The params of the images that glyph_rt.serve.inputs decoded."""
+    from glyph_rt.serve import inputs
+
+    calls: list[str] = []
+    orig = inputs._decode_image
+
+    def spy(raw, param):
+        calls.append(param)
+        return orig(raw, param)
+
+    monkeypatch.setattr(inputs, "_decode_image", spy)
+    return calls
+
+
+def test_visual_tokens_refused_before_any_image_is_decoded(gm, decoded):
+    url = data_url(png_bytes(Image.new("RGB", (560, 560), "white")))  # 40x40 patches: 400 visual tokens
+    two = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}] * 2}]
+    opts = InputOptions(CFG, "tiny")
+    with pytest.raises(RequestError, match=r"need 800 visual tokens or more \(pages counted: 2, an image is one\), "
+                                           r"over the 799 positions") as e:
+        build_prompt(gm, two, opts, max_prompt_tokens=799)
+    assert e.value.status == 400 and e.value.code == "context_length_exceeded" and decoded == []
+    p = build_prompt(gm, two, opts, max_prompt_tokens=800)
+    assert p.visual_tokens == 800 and len(decoded) == 2
+    # a rendered text's pages count too, and come first: the image after them is never decoded
+    decoded.clear()
+    parts = [*glyph_parts(1, 200), {"type": "image_url", "image_url": {"url": url}}]
+    text_tokens = build_prompt(gm, [{"role": "user", "content": parts[:1]}], opts).visual_tokens
+    with pytest.raises(RequestError, match=f"need {text_tokens + 400} visual tokens or more"):
+        build_prompt(gm, [{"role": "user", "content": parts}], opts, max_prompt_tokens=text_tokens + 399)
+    assert decoded == []
+
+
+def test_service_refuses_images_past_the_window_before_decoding(gm, decoded):
+    """ChatService.prepare gives build_prompt the model's context less max_tokens (less 1 when not given)."""
+    from glyph_rt.serve.engine import Engine
+    from glyph_rt.serve.protocol import parse_request
+    from glyph_rt.serve.service import ChatService
+
+    url = data_url(png_bytes(Image.new("RGB", (560, 560), "white")))
+    svc = ChatService(Engine(gm).start(), InputOptions(CFG, "tiny"), 16)
+    try:
+        window = svc.max_positions
+        body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}] * 2}]}
+        with pytest.raises(RequestError, match="over the 700 positions") as e:
+            svc.prepare(parse_request({**body, "max_tokens": window - 700}))
+        assert e.value.code == "context_length_exceeded" and decoded == []
+        many = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]
+                              * (window // 400 + 1)}]}
+        with pytest.raises(RequestError, match=f"over the {window - 1} positions"):
+            svc.prepare(parse_request(many))
+        assert decoded == []
+        prompt, params = svc.prepare(parse_request(body))
+        assert prompt.visual_tokens == 800 and len(decoded) == 2
+    finally:
+        svc.shutdown()
+
+
+def test_out_of_gpu_memory_while_preparing_is_the_requests_error(gm, monkeypatch):
+    """torch.cuda.OutOfMemoryError while a request's pages are made: that request's 503, and the server goes on."""
+    import httpx
+
+    from glyph_rt.ops import pixel_values as pv_module
+    from glyph_rt.serve.app import ServerThread, build_app
+    from glyph_rt.serve.engine import Engine
+    from glyph_rt.serve.service import ChatService
+
+    url = data_url(png_bytes(Image.new("RGB", (56, 56), "white")))
+    orig = pv_module.pixel_values_from_pages
+
+    def out_of_memory(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    svc = ChatService(Engine(gm).start(), InputOptions(CFG, "tiny"), 4)
+    try:
+        with ServerThread(build_app(svc)) as s:
+            monkeypatch.setattr(pv_module, "pixel_values_from_pages", out_of_memory)
+            body = {"messages": image_message(url), "max_tokens": 2}
+            r = httpx.post(s.url + "/v1/chat/completions", json=body, timeout=60)
+            assert r.status_code == 503, r.text
+            err = r.json()["error"]
+            assert err["code"] == "out_of_memory" and err["type"] == "service_unavailable"
+            assert "ran out of memory" in err["message"]
+            monkeypatch.setattr(pv_module, "pixel_values_from_pages", orig)
+            r = httpx.post(s.url + "/v1/chat/completions", json=body, timeout=60)
+            assert r.status_code == 200 and svc.healthy
+    finally:
+        svc.shutdown()
+
+
 # --- file:// URLs under --allowed-media-dir
 
 @pytest.fixture

@@ -233,19 +233,29 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
-def _decode_image(raw: bytes, param: str) -> torch.Tensor:
+def _image_size(raw: bytes, param: str) -> tuple[int, int]:
+    """The image's (height, width), read from its header: no pixel is decoded (Image.open is lazy)."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(raw)) as im:
-            if im.width * im.height > 40_000_000:
-                raise RequestError(f"{param}: the image is {im.width}x{im.height} pixels, too large", param, 413)
-            arr = torch.from_numpy(np.asarray(_to_rgb(im)).copy())
-    except RequestError:
-        raise
+            width, height = im.size
     except Exception as e:  # noqa: BLE001 - PIL also raises SyntaxError, struct.error, ... on a corrupt file
         raise RequestError(f"{param}: not a readable image ({type(e).__name__})", param) from None
-    return arr
+    if width * height > 40_000_000:
+        raise RequestError(f"{param}: the image is {width}x{height} pixels, too large", param, 413)
+    return height, width
+
+
+def _decode_image(raw: bytes, param: str) -> torch.Tensor:
+    from PIL import Image
+
+    _image_size(raw, param)
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            return torch.from_numpy(np.asarray(_to_rgb(im)).copy())
+    except Exception as e:  # noqa: BLE001
+        raise RequestError(f"{param}: not a readable image ({type(e).__name__})", param) from None
 
 
 def _field(obj, key: str, param: str, kind: type = str):
@@ -258,8 +268,10 @@ def _field(obj, key: str, param: str, kind: type = str):
 
 
 def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides: dict | None = None,
-                 cache: DocumentCache | None = None) -> Prompt:
-    """Renders what needs rendering (or takes it from the cache) and tokenizes the prompt."""
+                 cache: DocumentCache | None = None, max_prompt_tokens: int | None = None) -> Prompt:
+    """Renders what needs rendering (or takes it from the cache) and tokenizes the prompt. max_prompt_tokens: the
+    positions the prompt may take (the model's context less the answer's); a request whose pages' visual tokens
+    pass it is refused as they are counted: images from their headers, before any is decoded."""
     import time
 
     from ..ops.pixel_values import pixel_values_from_pages
@@ -273,7 +285,10 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
     segs: list[Segment | None] = []
     dtype = gm.model.dtype if gm.model.dtype in (torch.float32, torch.bfloat16) else torch.float32
     t0 = time.perf_counter()
-    known = [0]  # pages counted so far: images and cached documents while reading, then each text as it renders
+    # pages and their visual tokens counted so far: images and cached documents while reading, then each text as it
+    # renders
+    known = [0, 0]
+    images: list[tuple[int, bytes, str, str]] = []  # segment index, bytes, key, param (to decode)
 
     def too_many(pages: int | None) -> RequestError:
         """pages: the request's count, or None when counting stopped past the limit."""
@@ -282,10 +297,17 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
                             "shorten the text or render denser pages (smaller font_size, lower dpi)", None, 400,
                             "context_length_exceeded")
 
-    def count(n: int) -> None:
+    def count(n: int, tokens: int = 0) -> None:
         known[0] += n
+        known[1] += tokens
         if known[0] > opts.max_pages:  # more parts may follow: the total is not known
             raise too_many(None)
+        if max_prompt_tokens is not None and known[1] > max_prompt_tokens:
+            raise RequestError(f"the request's pages need {known[1]} visual tokens or more (pages counted: "
+                               f"{known[0]}, an image is one), over the {max_prompt_tokens} positions its prompt may "
+                               "take (the model's context less max_tokens); send fewer or smaller images, shorten the "
+                               "text, lower max_tokens or render denser pages (a smaller font_size or dpi)",
+                               "messages", 400, "context_length_exceeded")
 
     def add_doc(text: str, cfg: RenderConfig, param: str) -> dict:
         if not text.strip():
@@ -294,7 +316,7 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
         hit = cache.get(key) if cache is not None else None
         if hit is not None and hit.embeddings is not None:
             segs.append(Segment(key, hit.grids, None, hit.embeddings, hit.text_tokens, cached=True))
-            count(segs[-1].pages)
+            count(segs[-1].pages, segs[-1].visual_tokens)
         else:
             segs.append(None)
             pending.append((len(segs) - 1, text, cfg, key))
@@ -317,9 +339,16 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
         hit = cache.get(key) if cache is not None else None
         if hit is not None and hit.embeddings is not None:
             segs.append(Segment(key, hit.grids, None, hit.embeddings, 0, cached=True))
+            count(0, segs[-1].visual_tokens)
         else:
-            pv, grid = pixel_values_from_pages([_decode_image(raw, param)], gm.vision, dtype)
-            segs.append(Segment(key, grid.cpu(), pv.to(gm.device)))
+            height, width = _image_size(raw, param)
+            try:
+                tokens = gm.vision.tokens(height, width)
+            except ValueError as e:  # an aspect ratio past the model's
+                raise RequestError(f"{param}: {e}", param) from None
+            count(0, tokens)
+            segs.append(None)  # decoded once the whole request is counted
+            images.append((len(segs) - 1, raw, key, param))
         return {"type": "image", "_segment": len(segs) - 1}
 
     for i, m in enumerate(messages):
@@ -374,6 +403,10 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
             counted = n == len(pending) - 1 and not r.documents[0].layout.truncated
             raise too_many(known[0] if counted else None)
         segs[si] = Segment(key, r.image_grid_thw.cpu(), r.pixel_values, None, len(gm.prompts.ids(text)))
+        count(0, segs[si].visual_tokens)
+    for si, raw, key, param in images:
+        pv, grid = pixel_values_from_pages([_decode_image(raw, param)], gm.vision, dtype)
+        segs[si] = Segment(key, grid.cpu(), pv.to(gm.device))
     per_image: list[int] = []
     for msg in tmpl:
         if isinstance(msg["content"], list):

@@ -21,6 +21,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..render.config import RenderConfig
 from .engine import Engine, Request, SamplingParams
 from .inputs import InputOptions, Prompt, RequestError, build_prompt
@@ -129,13 +131,20 @@ class ChatService:
         for m in messages:
             if m["role"] == "developer":
                 m["role"] = "system"
+        given = req.max_tokens is not None or req.max_completion_tokens is not None
+        budget = None  # the prompt's positions: the model's context less max_tokens (at least 1, when not given)
+        if self.engine.max_positions:
+            budget = max(0, self.engine.max_positions - (params.max_tokens if given else 1))
         try:
-            prompt = build_prompt(self.gm, messages, opts, overrides, self.engine.cache)
+            prompt = build_prompt(self.gm, messages, opts, overrides, self.engine.cache, budget)
         except RequestError:
             raise
+        except torch.cuda.OutOfMemoryError:  # this request's pages did not fit the GPU's memory now: its error
+            raise RequestError("the GPU ran out of memory preparing this request's pages; retry later, or send fewer "
+                               "pages", None, 503, "out_of_memory") from None
         except (ValueError, TypeError, MemoryError) as e:  # e.g. the image token in a text, a config conflict
             raise RequestError(f"{type(e).__name__}: {e}", "messages") from None
-        if req.max_tokens is None and req.max_completion_tokens is None and self.engine.max_positions:
+        if not given and self.engine.max_positions:
             params.max_tokens = max(1, min(params.max_tokens, self.engine.max_positions - len(prompt.input_ids)))
         self.engine.check(prompt, params)
         return prompt, params
