@@ -492,7 +492,7 @@ class Engine:
         if not pages:
             return
         try:
-            pv = torch.cat([s.pixel_values[row:row + n] for _, s, _, row, n, _ in pages])
+            pv = torch.cat([s.pixel_values[row:row + n].to(self.gm.device) for _, s, _, row, n, _ in pages])
             grids = torch.stack([s.grids[i] for _, s, i, _, _, _ in pages]).to(self.gm.device)
             out = self.model.model.get_image_features(pv, grids, return_dict=True).pooler_output
         except Exception as e:  # noqa: BLE001 - the request at fault fails, the engine goes on

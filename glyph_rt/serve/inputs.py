@@ -406,7 +406,7 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
         count(0, segs[si].visual_tokens)
     for si, raw, key, param in images:
         pv, grid = pixel_values_from_pages([_decode_image(raw, param)], gm.vision, dtype)
-        segs[si] = Segment(key, grid.cpu(), pv.to(gm.device))
+        segs[si] = Segment(key, grid.cpu(), pv)  # on the CPU until the engine's vision forward takes it
     per_image: list[int] = []
     for msg in tmpl:
         if isinstance(msg["content"], list):
