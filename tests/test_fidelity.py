@@ -54,6 +54,29 @@ def test_visual_tokens_within_2pct(result):
     assert abs(v["rel_diff_pct"]) <= 2.0, f"visual tokens (glm4v): official {v['official']}, glyph_rt {v['glyph_rt']}"
 
 
+def page_diffs(over: dict, chars: int) -> list:
+    """|official - glyph_rt| per page (int16 [H, W, 3]) of the bundled prose's first `chars` characters, drawn
+    with Glyph's English config and `over` ("font-path": a built-in family, sans by default); the page sizes
+    must be equal."""
+    import numpy as np
+
+    import glyph_rt
+    from glyph_rt import RenderConfig
+    from glyph_rt.render.config import GLYPH_CONFIG_EN
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+    from glyph_rt.render.textio import sample_text
+
+    over = dict(over)
+    font = str(BUILTIN_FONTS[over.pop("font-path", "sans")])
+    cfg = {**GLYPH_CONFIG_EN, "font-path": font, **over}
+    text = sample_text()[:chars]
+    images, _ = official.render_official(text, cfg, font_path=font)
+    pages = glyph_rt.render(text, RenderConfig.from_glyph_dict(cfg))
+    assert pages.sizes == [im.size for im in images]
+    return [np.abs(np.asarray(im.convert("RGB"), np.int16) - pages[i].numpy().astype(np.int16))
+            for i, im in enumerate(images)]
+
+
 def ink_rows(img) -> list[int]:
     """Rows holding ink by Glyph's auto-crop rule (luma more than 5 levels off the top-left background)."""
     import numpy as np
@@ -95,22 +118,7 @@ def test_fractional_pixel_font_sizes_drawn_as_poppler(font_size, dpi):
     SplashFTFont draws it: a face of the rounded pixel size (13) through a 12.5 / 13 transform. Drawn at the
     exact size instead, about a fifth of a grey level differs on average (mean abs diff 0.2-0.4). Large glyphs
     (30 and 33.3 px) are drawn at whole pixels, as poppler draws them: with sub-pixel phases, 6 grey levels."""
-    import numpy as np
-
-    import glyph_rt
-    from glyph_rt import RenderConfig
-    from glyph_rt.render.config import GLYPH_CONFIG_EN
-    from glyph_rt.render.fonts import BUILTIN_FONTS
-    from glyph_rt.render.textio import sample_text
-
-    font = str(BUILTIN_FONTS["sans"])
-    cfg = {**GLYPH_CONFIG_EN, "font-size": font_size, "line-height": font_size + 1, "dpi": dpi, "font-path": font}
-    text = sample_text()[:1500]
-    images, _ = official.render_official(text, cfg, font_path=font)
-    pages = glyph_rt.render(text, RenderConfig.from_glyph_dict(cfg))
-    assert pages.sizes == [im.size for im in images]
-    for i, im in enumerate(images):
-        d = np.abs(np.asarray(im.convert("RGB"), np.int16) - pages[i].numpy().astype(np.int16))
+    for i, d in enumerate(page_diffs({"font-size": font_size, "line-height": font_size + 1, "dpi": dpi}, 1500)):
         assert d.mean() < 0.03, f"page {i}: mean abs diff {d.mean():.4f} from poppler's page"
 
 
@@ -126,21 +134,5 @@ def test_colours_and_backgrounds_are_the_official_pixels(over):
     in a fifth of the ink), and a page that is not a whole number of pixels keeps the official white paper in its
     last column or row wherever the background covers less than half of it, which Glyph's auto-crop then counts
     as ink (a cropped page used to be up to 555 px shorter than the official one)."""
-    import numpy as np
-
-    import glyph_rt
-    from glyph_rt import RenderConfig
-    from glyph_rt.render.config import GLYPH_CONFIG_EN
-    from glyph_rt.render.fonts import BUILTIN_FONTS
-    from glyph_rt.render.textio import sample_text
-
-    over = dict(over)
-    font = str(BUILTIN_FONTS[over.pop("font-path", "sans")])
-    cfg = {**GLYPH_CONFIG_EN, "font-path": font, **over}
-    text = sample_text()[:2500]
-    images, _ = official.render_official(text, cfg, font_path=font)
-    pages = glyph_rt.render(text, RenderConfig.from_glyph_dict(cfg))
-    assert pages.sizes == [im.size for im in images]
-    for i, im in enumerate(images):
-        d = np.abs(np.asarray(im.convert("RGB"), np.int16) - pages[i].numpy().astype(np.int16))
+    for i, d in enumerate(page_diffs(over, 2500)):
         assert (d.max(-1) > 0).mean() < 2e-4, f"page {i}: {(d.max(-1) > 0).sum()} pixels differ from poppler's page"
