@@ -31,8 +31,10 @@ def test_real_tokenizer_counts():
 
 
 def test_tokenizer_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.json"):
         TextTokenizer(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TextTokenizer(tmp_path / "path/to/tokenizer.json")
 
 
 def test_unknown_model():

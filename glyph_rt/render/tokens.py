@@ -164,6 +164,8 @@ class TextTokenizer:
         else:
             p = Path(source)
             path = p / "tokenizer.json" if p.is_dir() else p
+            if not p.exists():
+                raise FileNotFoundError(f"tokenizer: {str(source)!r} does not exist")
             if not path.is_file():
                 raise FileNotFoundError(f"tokenizer: {str(source)!r} has no tokenizer.json")
             self.name = str(source)
