@@ -625,7 +625,7 @@ def cmd_serve(args) -> int:
                     *([("--max-body-mb", args.max_body_mb)] if args.cmd == "serve" else [])):
         if not v > 0:
             raise UsageError(f"{flag} must be positive (--cache-mb, --threshold and --kv-cache-mb may be 0)")
-    media = getattr(args, "allowed_media_dir", None)
+    media = args.allowed_media_dir
     if media is not None and not Path(media).is_dir():
         raise UsageError(f"--allowed-media-dir {media!r} must be an existing directory (file:// image URLs are read "
                          "under it)")
@@ -833,7 +833,6 @@ def build_parser() -> argparse.ArgumentParser:
             sv.add_argument("--port", type=_port, default=8000, help="0 to 65535 (0: any free port; default: 8000)")
             sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set GLYPH_RT_API_KEY)")
             sv.add_argument("--max-body-mb", type=float, default=64, help="largest request body (default: 64)")
-            sv.add_argument("--allowed-media-dir", help="image_url file:// URLs may read under this directory")
             sv.add_argument("--engine-in-process", action="store_true",
                             help="run the engine on a thread of the server's process instead of a process of its own")
         else:
@@ -860,6 +859,8 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("--max-pages", type=_positive_int("--max-pages"), default=256, help="pages per request")
         sv.add_argument("--max-tokens", type=_positive_int("--max-tokens"), default=256,
                         help="max_tokens when a request gives none")
+        sv.add_argument("--allowed-media-dir", help="image_url file:// URLs may read under this directory "
+                        "(default: none may)")
         sv.set_defaults(func=cmd_serve)
     tr = sub.add_parser("train", help="train a stage (cpt, sft, rl) from a YAML config with key=value overrides")
     tr.add_argument("stage", choices=["cpt", "sft", "rl"])

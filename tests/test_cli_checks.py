@@ -113,6 +113,29 @@ def test_serve_limits_and_media_dir_are_checked(tmp_path, no_engine, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_batch_takes_the_allowed_media_dir_as_serve_does(tmp_path, no_engine, monkeypatch, capsys):
+    from glyph_rt.serve import service
+
+    req = tmp_path / "req.jsonl"
+    req.write_text("")
+    base = ["batch", "--model", str(tmp_path), "--input", str(req), "--output", str(tmp_path / "r.jsonl"),
+            "--device", "cpu", "--allowed-media-dir"]
+    assert main([*base, str(tmp_path / "nope")]) == 2
+    assert "must be an existing directory" in capsys.readouterr().err
+    seen = []
+
+    def record(cls, cfg):
+        seen.append(cfg)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(service.ChatService, "from_config", classmethod(record))
+    assert main([*base, str(tmp_path)]) == 2 and "stop here" in capsys.readouterr().err
+    assert seen[0].allowed_media_dir == str(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["batch", "--help"])
+    assert "--allowed-media-dir" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------- output paths, before any work
 def test_batch_output_is_checked_before_the_model_loads(tmp_path, no_engine, capsys):
     req = tmp_path / "req.jsonl"
