@@ -523,6 +523,36 @@ def test_a_cut_off_response_is_a_counted_critic_failure(tmp_path):
         assert r.counts["critic.failed"] == 1 and r.evaluations == 16
 
 
+def test_critic_max_tokens_is_a_setting_and_a_context_refusal_says_to_lower_it(tmp_path):
+    from glyph_rt.search import CriticError
+    from glyph_rt.search.loop import make_critic
+
+    from conftest import chat_completion, http_endpoint
+
+    for bad in ("0", "many", "true", "2.5"):
+        with pytest.raises(SearchError, match="critic.max_tokens"):
+            load_settings(None, [f"critic.max_tokens={bad}"])
+    assert load_settings()["critic"]["max_tokens"] == 2048
+    sent = []
+
+    def respond(body):
+        sent.append(json.loads(body)["max_tokens"])
+        if sent[-1] <= 256:
+            return 200, chat_completion('{"proposals": []}'), {}
+        msg = (f"this request needs {2078 - 2048 + sent[-1]} positions (2078 prompt tokens ...), over the model's "
+               "context of 4096; lower max_tokens")  # glyph_rt's server
+        err = {"message": msg, "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}
+        return 400, json.dumps({"error": err}).encode(), {}
+
+    with http_endpoint(respond) as url:
+        s = load_settings(None, ["critic.model=m", f"critic.base_url={url}", "critic.max_tokens=4000"])
+        with pytest.raises(CriticError, match=r"critic.max_tokens=4000 does not fit .*lower critic.max_tokens"):
+            make_critic(s).ask([{"role": "user", "content": "hi"}])
+        s = load_settings(None, ["critic.model=m", f"critic.base_url={url}", "critic.max_tokens=256"])
+        assert make_critic(s).ask([{"role": "user", "content": "hi"}]) == '{"proposals": []}'
+    assert sent == [4000, 256]
+
+
 def test_api_keys_are_never_written_to_the_outputs(tmp_path, capsys):
     from glyph_rt.cli import main
     from glyph_rt.eval import Item, save_items

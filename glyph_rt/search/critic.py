@@ -121,7 +121,12 @@ class Critic:
                                                     temperature=self.temperature, max_tokens=self.max_tokens)
             content = r.choices[0].message.content or ""
         except openai.OpenAIError as e:
-            raise CriticError(f"critic endpoint {self.base_url}: {type(e).__name__}: {e}") from None
+            hint = ""
+            if isinstance(e, openai.BadRequestError) and (getattr(e, "code", None) == "context_length_exceeded"
+                                                          or "context length" in str(e).lower()):
+                hint = (f" (the prompt plus critic.max_tokens={self.max_tokens} does not fit the critic model's "
+                        "context: lower critic.max_tokens)")
+            raise CriticError(f"critic endpoint {self.base_url}: {type(e).__name__}: {e}{hint}") from None
         except (AttributeError, IndexError, TypeError):
             raise CriticError(f"critic endpoint {self.base_url}: the response has no message") from None
         except Exception as e:  # e.g. a 200 whose JSON body was cut short

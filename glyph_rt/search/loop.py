@@ -50,7 +50,7 @@ DEFAULTS: dict = {
     "styles": None,           # a styles YAML: the space and the initial population (default: built-in)
     "presets": [],            # RenderConfig presets added to generation 0 as they are (baselines), e.g. [glyph]
     "critic": {"base_url": None, "model": None, "api_key_env": "OPENAI_API_KEY", "timeout": 60.0,
-               "temperature": 0.7, "max_proposals": 4},
+               "temperature": 0.7, "max_tokens": 2048, "max_proposals": 4},
     "evaluator": {"kind": "synthetic"},
     "outputs": {"contact_sheet": 6, "text": None},
 }
@@ -142,6 +142,9 @@ def check_settings(s: dict) -> None:
     c = s["critic"]
     if isinstance(c["max_proposals"], bool) or not isinstance(c["max_proposals"], int) or c["max_proposals"] < 0:
         raise SearchError(f"critic.max_proposals: {c['max_proposals']!r} must be a whole number >= 0")
+    if isinstance(c["max_tokens"], bool) or not isinstance(c["max_tokens"], int) or c["max_tokens"] < 1:
+        raise SearchError(f"critic.max_tokens: {c['max_tokens']!r} must be a whole number >= 1 (the length of the "
+                          "critic's answer; its prompt plus this must fit the critic model's context)")
     _number(c, "timeout", "critic.", 0, strict=True)
     _number(c, "temperature", "critic.", 0)
     if c["base_url"] and not c["model"]:
@@ -208,7 +211,7 @@ def make_critic(s: dict) -> Critic | None:
     if not c["base_url"]:
         return None
     return Critic(c["base_url"], c["model"], api_key=os.environ.get(c["api_key_env"] or ""),
-                  timeout=c["timeout"], temperature=c["temperature"])
+                  timeout=c["timeout"], temperature=c["temperature"], max_tokens=c["max_tokens"])
 
 
 # ----------------------------------------------------------------- the loop
