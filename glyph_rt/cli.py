@@ -573,6 +573,8 @@ def cmd_search(args) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v) or "none"
     print(f"repairs, rejections and failures: {counts}")
     print(f"wrote {', '.join(f'{out}/{f}' for f in r.files)} and {r.history}")
+    for f, why in r.skipped.items():
+        print(f"skipped {f}: {why}", file=sys.stderr)
     if b is None or b["accuracy"] is None:  # every evaluation failed: no config was scored
         print(f"glyph-rt: error: no config was scored: {_first_search_error(r)}", file=sys.stderr)
         return 1

@@ -373,6 +373,19 @@ def test_overrides_may_follow_options(tmp_path, capsys):
     assert e.value.code == 2 and "unrecognized arguments: --ouut x" in capsys.readouterr().err
 
 
+def test_a_plot_left_out_without_matplotlib_is_said_and_recorded(tmp_path, capsys, monkeypatch):
+    from glyph_rt.cli import main
+
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    assert main(["search", "--out", str(tmp_path), "generations=0", "--quiet", "outputs.contact_sheet=0"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped pareto.png: the Pareto plot needs matplotlib: pip install 'glyph_rt[plots]'" in err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary["skipped"]) == ["pareto.png"] and not (tmp_path / "pareto.png").exists()
+
+
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     from glyph_rt.cli import main
 

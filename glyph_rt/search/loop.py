@@ -226,6 +226,7 @@ class SearchResult:
     counts: dict = field(default_factory=dict)
     history: Path | None = None
     files: list = field(default_factory=list)
+    skipped: dict = field(default_factory=dict)  # output file -> why it was not written (e.g. no matplotlib)
     feasible: bool = False  # whether the best config reaches objective.floor
 
 

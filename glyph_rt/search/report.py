@@ -118,7 +118,8 @@ def contact_sheet(records: list[dict], space, text: str, path: Path) -> None:
 
 def write_outputs(result, out_dir, settings: dict, space) -> list[str]:
     """Writes best_config.json, best_config_glyph.json, pareto.png, best_per_generation.md,
-    contact_sheet.png and summary.json to `out_dir`; returns the file names written."""
+    contact_sheet.png and summary.json to `out_dir`; returns the file names written. A plot left out (no
+    matplotlib) is in result.skipped and summary.json's "skipped", with the reason."""
     from .history import History
     from .objective import Goal
 
@@ -134,12 +135,15 @@ def write_outputs(result, out_dir, settings: dict, space) -> list[str]:
     files.append("best_per_generation.md")
     evals = list(hist.evaluations().values())
     o = settings["objective"]
+    skipped = {}
     try:
         pareto_plot(evals, result.front, result.best, float(o["floor"]), out / "pareto.png",
                     f"{len(evals)} configs, {result.generations + 1} generations ({o['mode']})")
         files.append("pareto.png")
     except ImportError:
-        pass  # matplotlib missing: the summary says so
+        from ..train.style_report import PLOT_HINT
+
+        skipped["pareto.png"] = f"the Pareto plot needs matplotlib: {PLOT_HINT}"
     n = int(settings["outputs"].get("contact_sheet") or 0)
     if n and result.best is not None:
         from ..render.textio import read_text, sample_text
@@ -160,7 +164,8 @@ def write_outputs(result, out_dir, settings: dict, space) -> list[str]:
     summary = {"stop_reason": result.stop_reason, "generations": result.generations,
                "evaluations": result.evaluations, "best": best,
                "front": [{k: e[k] for k in ("hash", "accuracy", "compression")} for e in result.front],
-               "counts": result.counts, "settings": redacted(settings)}
+               "counts": result.counts, "skipped": skipped, "settings": redacted(settings)}
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     files.append("summary.json")
+    result.skipped = skipped
     return files
