@@ -58,3 +58,14 @@ def test_lone_surrogates_are_counted_as_replacement_characters(tmp_path, monkeyp
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["complete"] and s["text_tokens"] == tok.count("broken emoji ? end")
     assert s["missing_glyphs"]["chars"] == {"\ud83d": 1} and s["unplaced_chars"] == 0
+
+
+def test_long_texts_count_in_chunks_as_a_whole():
+    """The `tokenizers` path (a tokenizer.json that tiktoken cannot reproduce) counts a long text in ~1 MiB chunks;
+    a chunk never ends inside a run of blank lines, which the pre-tokenizer keeps as one piece."""
+    tok = TextTokenizer()
+    tok._fast = None
+    word = "lorem ipsum dolor sit amet "
+    head = (word * ((1 << 20) // len(word) + 1))[:(1 << 20) - 2]
+    for body in (head + "\n\n\n\n" + word * 10, head + word * 10, (head + "\n") * 2 + " x"):
+        assert tok.count(body) == len(tok._tok.encode(body, add_special_tokens=False).ids)

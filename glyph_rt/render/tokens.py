@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,16 +233,23 @@ class TextTokenizer:
             except UnicodeEncodeError:
                 return self._fast.count(_encodable(text))
         text = _encodable(text)
-        # long texts are encoded in newline-aligned chunks (same count, bounded memory)
+        # long texts are encoded in chunks that end at a newline followed by a non-space: a pre-tokenizer
+        # piece ends there (a run of blank lines is one piece), so the count is the same, in bounded memory
         chunk = 1 << 20
         if len(text) <= chunk:
             return len(self._tok.encode(text, add_special_tokens=False).ids)
+        cuts = re.compile(r"\n(?=\S)")
         total, i = 0, 0
         while i < len(text):
             j = min(len(text), i + chunk)
             if j < len(text):
-                k = text.rfind("\n", i, j)
-                j = k + 1 if k > i else j
+                k = text.rfind("\n", i, j - 1)
+                while k > i and text[k + 1].isspace():
+                    k = text.rfind("\n", i, k)
+                if k <= i:  # none in this chunk: the next one after it, else the rest
+                    m = cuts.search(text, j)
+                    k = m.start() if m else len(text) - 1
+                j = k + 1
             total += len(self._tok.encode(text[i:j], add_special_tokens=False).ids)
             i = j
         return total
