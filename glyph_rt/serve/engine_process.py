@@ -4,13 +4,16 @@ and the engine's scheduler and model no longer take turns on one interpreter's l
     backend = EngineProcess(ServeConfig(model="path/to/Glyph"))   # starts the process, returns once the model is up
     app = build_app(backend)
 
-The server's process parses and validates each request and sends it down a pipe. The engine's process prepares
-it (renders its documents and tokenizes, on a pool of threads), queues it on its Engine, and sends the request's
-events back up the pipe: all events that are ready at once go as one message (a decode step's tokens for every
-request). The server reads them on its event loop, without a thread. The document cache, the metrics and the GPU
-stay with the model. A cancelled request is cancelled over the same pipe. When the engine's process dies, every
-request in flight fails with a 503 and /health says so; the process exits when its engine's thread stops, so that
-holds for the thread too. When the server's process dies, the engine's process sees its pipe close and exits.
+The server's process parses and validates each request and sends it down a pipe. The engine's process prepares it
+(renders its documents and tokenizes, on a pool of threads), queues it on its Engine, and sends the request's events
+back up the pipe: all events that are ready at once go as one message (a decode step's tokens for every request). The
+server's process reads and writes the pipe on two threads of its own, in blocking mode, so that a message of any size
+goes whole (an event loop's add_reader would make the socket non-blocking under uvloop, and a message larger than its
+buffer would fail half sent or half read); the reader hands each message to the event loop, in order. The document
+cache, the metrics and the GPU stay with the model. A cancelled request is cancelled over the same pipe. When the
+engine's process dies, every request in flight fails with a 503 and /health says so; the process exits when its
+engine's thread stops, so that holds for the thread too. When the server's process dies, the engine's process sees its
+pipe close and exits.
 """
 from __future__ import annotations
 
@@ -19,11 +22,13 @@ import itertools
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.reduction import ForkingPickler
 
 from .engine import QueueFull
 from .inputs import RequestError
@@ -264,7 +269,9 @@ class EngineProcess:
         self._metrics: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # pickled messages for the writer; None stops it
+        self._threads: list[threading.Thread] = []
+        self._closing = False
         self._dead = False
 
     @property
@@ -277,8 +284,11 @@ class EngineProcess:
     async def submit(self, req: ChatCompletionRequest, events: asyncio.Queue) -> RemoteRequest:
         loop = self._attach()
         r = RemoteRequest(next(self._ids), events, loop.create_future())
+        try:
+            self._send(("submit", r.id, req))
+        except RecursionError:  # json.loads takes deeper nesting than pickle does
+            raise RequestError("the request body is nested too deeply") from None
         self._pending[r.id] = r
-        self._send(("submit", r.id, req))
         try:
             await r.accepted
         except asyncio.CancelledError:  # the client went away while it was prepared
@@ -288,10 +298,7 @@ class EngineProcess:
 
     def cancel(self, r: RemoteRequest) -> None:
         if self._pending.pop(r.id, None) is not None and not self._dead:
-            try:
-                self._send(("cancel", r.id))
-            except RequestError:  # the engine's process is gone, and the request with it
-                pass
+            self._send(("cancel", r.id))
 
     async def metrics_text(self) -> bytes:
         loop = self._attach()
@@ -307,52 +314,90 @@ class EngineProcess:
             self._metrics.pop(token, None)
 
     def shutdown(self, timeout: float = 30.0) -> None:
+        self._closing = True
         if self.process.is_alive():
-            try:
-                self._send(("shutdown",))
-            except RequestError:
-                pass
+            if self._threads:
+                self._send(("shutdown",))  # after what is queued
+            else:
+                try:
+                    self._conn.send(("shutdown",))
+                except OSError:
+                    pass
             self.process.join(timeout)
             if self.process.is_alive():
                 self.process.kill()
                 self.process.join(5)
-        self._detach()
+        self._outbox.put(None)
+        for t in self._threads:  # the process is gone: its end of the pipe is closed, so neither blocks
+            t.join(10)
+        self._loop = None
         self._conn.close()
 
     # -------------------------------------------------------------- plumbing
     def _attach(self) -> asyncio.AbstractEventLoop:
-        """Reads the pipe on the running loop (the first loop that asks; a later one takes over)."""
+        """Delivers the engine's messages to the running loop (the first loop that asks; a later one takes over)."""
         if self._dead:
             raise RequestError(f"the engine process has stopped (exit code {self.process.exitcode}); restart the "
                                "server", None, 503, "engine_stopped")
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._detach()
-            loop.add_reader(self._conn.fileno(), self._on_readable)
-            self._loop = loop
-        return loop
-
-    def _detach(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._conn.fileno())
-        self._loop = None
+        self._loop = asyncio.get_running_loop()
+        if not self._threads:
+            os.set_blocking(self._conn.fileno(), True)
+            self._threads = [threading.Thread(target=f, name=f"glyph-rt-pipe-{name}", daemon=True)
+                             for f, name in ((self._read_loop, "reader"), (self._write_loop, "writer"))]
+            for t in self._threads:
+                t.start()
+        return self._loop
 
     def _send(self, msg) -> None:
-        try:
-            with self._lock:
-                self._conn.send(msg)
-        except (OSError, ValueError):
-            self._died()
-            raise RequestError("the engine process has stopped; restart the server", None, 503,
-                               "engine_stopped") from None
+        """Queues `msg` for the writer (pickled here: a message that cannot be pickled is the caller's error)."""
+        self._outbox.put(ForkingPickler.dumps(msg))
 
-    def _on_readable(self) -> None:
+    def _write_loop(self) -> None:
+        while (data := self._outbox.get()) is not None:
+            try:
+                self._conn.send_bytes(data)
+            except (OSError, ValueError) as e:
+                if not self._closing and self.process.is_alive():  # given up: the reader then sees the pipe close
+                    log.error("sending to the engine process failed (%s: %s); stopping it", type(e).__name__, e)
+                    self.process.kill()
+                while self._outbox.get() is not None:
+                    pass
+                return
+
+    def _read_loop(self) -> None:
+        """Reads until the engine's process closes the pipe (it exits), then has the loop fail what is in flight.
+        Anything else that stops the reading (a broken pipe or message) gives the process up: it is killed."""
+        while True:
+            try:
+                msgs = self._conn.recv()
+            except EOFError:
+                self.process.join(5)  # it closed its end as it exits
+                break
+            except Exception as e:  # noqa: BLE001 - the pipe cannot be read on from here
+                if not self._closing:
+                    log.error("reading from the engine process failed (%s: %s); stopping it", type(e).__name__, e)
+                break
+            self._to_loop(self._dispatch_all, msgs)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        if not self._to_loop(self._died):
+            self._dead = True
+
+    def _to_loop(self, fn, *args) -> bool:
+        """Calls `fn` on the loop; False when there is none (or it is closed): no request waits on it then."""
+        loop = self._loop
+        if loop is None:
+            return False
         try:
-            while self._conn.poll():
-                for msg in self._conn.recv():
-                    self._dispatch(msg)
-        except (EOFError, OSError):
-            self._died()
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            return False
+        return True
+
+    def _dispatch_all(self, msgs: list) -> None:
+        for msg in msgs:
+            self._dispatch(msg)
 
     def _dispatch(self, msg) -> None:
         kind, key, body = msg
@@ -389,14 +434,12 @@ class EngineProcess:
             r.accepted.set_exception(err)
 
     def _died(self) -> None:
-        if self._dead:
-            return
+        """On the loop, once the engine's process is gone: what is in flight fails with a 503."""
         self._dead = True
-        self._detach()
-        self.process.join(timeout=1)
         err = RequestError(f"the engine process stopped (exit code {self.process.exitcode}); restart the server",
                            None, 503, "engine_stopped")
-        log.error("%s", err)
+        if not self._closing:
+            log.error("%s", err)
         for r in self._pending.values():
             self._fail(r, err)
         self._pending.clear()
