@@ -80,6 +80,34 @@ def test_models_health_and_metrics(server, client):
         assert name in text
 
 
+def test_no_api_schema_or_docs_past_the_key(server):
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert httpx.get(server.url + path).status_code == 404
+        assert httpx.get(server.url + path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
+
+
+def test_openai_sdk_messages_and_stream_options_are_taken_as_they_are(server, client):
+    """The SDK's own assistant message sent back (refusal, tool_calls, ... all null), and stream_options of OpenAI's
+    that change nothing here, as vLLM takes them; a tool call itself is refused, naming the field."""
+    msgs = [{"role": "user", "content": "hi"}]
+    first = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=3)
+    echoed = first.choices[0].message.model_dump()
+    assert {"refusal", "tool_calls", "function_call", "audio", "annotations"} <= echoed.keys()
+    more = {"role": "user", "content": "more"}
+    again = client.chat.completions.create(model="tiny", max_tokens=3, messages=msgs + [echoed, more])
+    as_object = client.chat.completions.create(model="tiny", max_tokens=3,
+                                               messages=msgs + [first.choices[0].message, more])
+    assert again.usage.prompt_tokens == as_object.usage.prompt_tokens > first.usage.prompt_tokens
+    chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=3, stream=True,
+                                                 stream_options={"include_usage": True,
+                                                                 "include_obfuscation": False}))
+    assert chunks[-1].usage.completion_tokens >= 1
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    with pytest.raises(openai.BadRequestError, match=r"messages\.1\.tool_calls: not supported"):
+        client.chat.completions.create(model="tiny", max_tokens=3, messages=msgs + [
+            {"role": "assistant", "content": None, "tool_calls": [call]}])
+
+
 def test_chat_equals_generate_streaming_and_not(gm, server, client):
     doc, q = TEXT[:900], "What does it allow?"  # over the 300-character threshold: rendered
     ref = gm.generate(doc, q, max_new_tokens=12)[0]
@@ -221,6 +249,7 @@ def test_bad_requests_get_the_right_status_and_the_server_stays_up(server, clien
         (json.dumps({**ok, "response_format": {"type": "json_schema", "json_schema": {"name": "a"}}}).encode(), auth,
          400, "response_format: type 'json_schema'"),
         (json.dumps({**ok, "response_format": {"type": "xml"}}).encode(), auth, 400, "response_format.type"),
+        (b"[" * 200_000, auth, 400, "nested too deeply"),  # past json.loads' recursion
     ]
     bad_parts = [  # parts of the wrong shape (a string image_url is a common client mistake)
         ({"type": "image_url", "image_url": "data:image/png;base64,AAAA"}, "image_url: must be an object"),
@@ -236,6 +265,10 @@ def test_bad_requests_get_the_right_status_and_the_server_stays_up(server, clien
         assert r.status_code == status, r.text
         err = r.json()["error"]
         assert words in err["message"] and {"message", "type", "param", "code"} <= err.keys()
+    # nested less deeply than json.loads refuses, more than pickle takes (to the engine's process): a 400 too
+    deep = json.loads("[" * 900 + "]" * 900)
+    r = httpx.post(url, json={**ok, "glyph": {"render_config": {"font_size": deep}}}, headers=auth, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["message"], r.text
     # explicit nulls mean the defaults and a plain-text response_format is what the server does anyway (as vLLM)
     nulls = {"n": None, "stream": None, "logprobs": None, "presence_penalty": None, "frequency_penalty": None,
              "stop": None, "seed": None, "response_format": {"type": "text"}}

@@ -48,7 +48,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 20) -> FastAPI:
     """The app over `backend`: a ChatService (the engine in this process) or an EngineProcess."""
-    app = FastAPI(title="glyph_rt", docs_url=None, redoc_url=None)
+    app = FastAPI(title="glyph_rt", openapi_url=None, docs_url=None, redoc_url=None)  # no schema past the key
     app.state.backend = backend
 
     @app.exception_handler(StarletteHTTPException)
@@ -88,8 +88,10 @@ def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 2
             raw = await _read_body(request, max_body_bytes)
             try:
                 body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
                 raise RequestError(f"the request body is not valid JSON: {e}") from None
+            except RecursionError:
+                raise RequestError("the request body is nested too deeply") from None
             req = backend.parse(body)
             events: asyncio.Queue = asyncio.Queue()
             r = await backend.submit(req, events)

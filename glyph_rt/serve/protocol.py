@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .engine import MAX_N, MAX_TOP_LOGPROBS, SamplingParams
 from .inputs import RequestError
@@ -17,10 +17,23 @@ class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "developer"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    # what the openai SDK's assistant message carries back (message.model_dump()): accepted while empty
+    refusal: Any = None
+    tool_calls: Any = None
+    function_call: Any = None
+    audio: Any = None
+    annotations: Any = None
+
+    @field_validator("refusal", "tool_calls", "function_call", "audio", "annotations")
+    @classmethod
+    def _empty(cls, v):
+        if v is not None and v != []:
+            raise ValueError("not supported (no tool calls, audio or refusals here); send it null or leave it out")
+        return None
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # OpenAI's others (include_obfuscation) change nothing here
     include_usage: bool = False
 
 
@@ -93,6 +106,8 @@ def parse_request(body: dict) -> ChatCompletionRequest:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it"
+        elif err["type"] == "value_error":
+            msg = str(err["ctx"]["error"])
         raise RequestError(f"{loc}: {msg}", loc) from None
 
 
