@@ -424,8 +424,18 @@ def cmd_generate(args) -> int:
     from .render.textio import read_text
 
     context, _ = read_text(args.context, args.errors)
+    if not context.strip():  # before the model loads
+        raise UsageError(f"--context {args.context!r} is empty or only whitespace; give a file holding the text "
+                         "to read")
     model = GlyphModel.from_pretrained(args.model, render_config=config, kernels=args.kernels, device=args.device)
-    a = model.generate(context, args.question, max_new_tokens=args.max_new_tokens)[0]
+    try:
+        a = model.generate(context, args.question, max_new_tokens=args.max_new_tokens)[0]
+    except ValueError as e:  # the Python API names its arguments (questions[0]: ...): name the option instead
+        msg = str(e)
+        for api, flag in (("questions[0]: ", "--question: "), ("contexts[0]: ", f"--context {args.context!r}: ")):
+            if msg.startswith(api):
+                raise UsageError(flag + msg[len(api):]) from None
+        raise
     t = a.timings
     _print(a.text.strip())
     print(f"[{a.pages} pages, {a.visual_tokens:,} visual tokens for a context of {a.text_tokens:,} text tokens "
@@ -751,7 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--question", required=True, help="the question, kept as text")
     g.add_argument("--config", help="RenderConfig JSON (glyph_rt's format or Glyph's dashed keys)")
     g.add_argument("--preset", help="a RenderConfig preset")
-    g.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=256)
+    g.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=None,
+                   help="answer length at most (default: the checkpoint's generation_config.json max_new_tokens, "
+                        "else 128)")
     g.add_argument("--kernels", default="auto", choices=["auto", "off"], help="glyph_rt kernels or stock HF")
     g.add_argument("--device", default=None, type=_device, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--errors", default="strict", choices=["strict", "replace"], help="invalid UTF-8 handling")

@@ -356,3 +356,35 @@ def test_search_says_when_the_best_is_below_the_floor(tmp_path, monkeypatch, cap
         out = capsys.readouterr().out
         assert "best abc: accuracy 0.5000, compression 3.000" in out
         assert ("below objective.floor 0.9 (no config reached it)" in out) != feasible
+
+
+def test_generate_names_its_options_in_errors_about_the_context_and_question(tmp_path, ckpt, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    # an empty directory as --model: the context is refused before any checkpoint is read
+    assert main(["generate", "--model", str(tmp_path), "--context", str(empty), "--question", "q"]) == 2
+    err = capsys.readouterr().err
+    assert f"--context {str(empty)!r} is empty" in err and "contexts[0]" not in err
+    text = tmp_path / "t.txt"
+    text.write_text("The vault code is 4711.")
+    assert main(["generate", "--model", str(ckpt), "--context", str(text), "--question", "<|image|> where?",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--question: contains the image token '<|image|>'" in err and "questions[0]" not in err
+
+
+def test_generate_takes_the_checkpoints_generation_config_without_max_new_tokens(tmp_path, capsys):
+    import re
+
+    from glyph_rt.models.tiny import tiny_glm4v_checkpoint
+
+    path = tiny_glm4v_checkpoint(tmp_path / "ck")
+    cfg = json.loads((path / "generation_config.json").read_text())
+    (path / "generation_config.json").write_text(json.dumps({**cfg, "max_new_tokens": 3, "eos_token_id": []}))
+    text = tmp_path / "t.txt"
+    text.write_text("The vault code is 4711.")
+    base = ["generate", "--model", str(path), "--context", str(text), "--question", "code?", "--device", "cpu"]
+    assert main(base) == 0
+    assert re.search(r"for 3 tokens\]", capsys.readouterr().err)
+    assert main([*base, "--max-new-tokens", "5"]) == 0  # the option over the checkpoint's
+    assert re.search(r"for 5 tokens\]", capsys.readouterr().err)
