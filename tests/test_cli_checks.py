@@ -231,6 +231,20 @@ def test_make_data_without_the_text_field_fails_and_writes_nothing(tmp_path, cap
     assert "text_field" in capsys.readouterr().err
 
 
+def test_make_data_rerun_with_other_arguments_shows_both_sides(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world, a short line to render\n")
+    base = ["make-data", "--task", "ocr", "--input", str(corpus), "--out", str(tmp_path / "md"), "--quiet"]
+    assert main([*base, "--max-pages", "2"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--max-pages", "3"]) == 2
+    assert "made with other arguments (max_pages: 2 in the shards, 3 now); use a new --out" in capsys.readouterr().err
+    assert main([*base, "--max-pages", "3", "--seed", "1"]) == 2
+    assert "(seed, max_pages: seed 0 in the shards, 1 now; max_pages 2 in the shards, 3 now)" in \
+        capsys.readouterr().err
+
+
 def test_make_data_writes_an_all_skipped_shard_once_a_sample_is_made(tmp_path):
     pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

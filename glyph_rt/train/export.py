@@ -169,9 +169,10 @@ def make_data(task: str, out, inputs=None, num_samples: int | None = None, shard
         if diff:
             why = ("; an older glyph_rt wrote them, before make-data recorded the font pool"
                    if old.get("fonts") is None else f"; {FONTS_DIFFER}" if "fonts" in diff else "")
-            raise ValueError(f"{str(out)!r} holds shards made with other arguments ({', '.join(diff)}: "
-                             f"{', '.join(repr(old.get(k)) for k in diff)}){why}; use a new --out or the same "
-                             "arguments")
+            sides = "; ".join(f"{k + ' ' if len(diff) > 1 else ''}{old.get(k)!r} in the shards, {args[k]!r} now"
+                              for k in diff)
+            raise ValueError(f"{str(out)!r} holds shards made with other arguments ({', '.join(diff)}: {sides})"
+                             f"{why}; use a new --out or the same arguments")
     for stale in out.glob(".*.parquet.tmp"):  # left by a killed run; trainers would try to read them
         stale.unlink()
     table_schema = schema().with_metadata({ARGS_KEY: json.dumps(args)})
