@@ -409,6 +409,24 @@ def test_the_cli_says_n_a_for_the_compression_of_page_images_only(tmp_path, caps
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["runs"][0]["compression"] is None
 
 
+def test_mmlongbench_doc_runs_are_labelled_with_the_dpi_of_the_pdf_pages(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "pages" / "a" / "144dpi").mkdir(parents=True)  # the page cache of docs/a.pdf at pdftoppm's 144 dpi
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "pages" / "a" / "144dpi" / "page-1.png")
+    (tmp_path / "pages" / "a" / "144dpi" / ".complete").touch()
+    (tmp_path / "samples.json").write_text(json.dumps([{"doc_id": "a.pdf", "question": "Q?", "answer": "x"}]))
+    with endpoint() as (url, _):
+        assert cli_eval("openai:" + url, tmp_path / "out", "--suite", "mmlongbench-doc", "--data",
+                        str(tmp_path / "samples.json"), "--documents", str(tmp_path / "docs")) == 0
+    [row] = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert row["dpi"] == 144
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["runs"][0]["dpi"] == 144
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "@ 144 dpi" in md and "72 dpi" not in md
+
+
 # ----------------------------------------------------------------- search
 def test_search_stops_when_the_target_is_down_and_records_no_failure(tmp_path):
     from glyph_rt.search import History, SyntheticObjective, load_settings, run_search

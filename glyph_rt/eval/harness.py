@@ -232,6 +232,8 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
                "metric": it.metric, "target": target.name, "target_id": target.key, "mode": mode, "config_key": ckey,
                "max_new_tokens": budget(it), "repetition_penalty": target.repetition_penalty,
                "item_hash": hashes[it.id], **(extra or {})}
+        if "dpi" in row and it.images and not it.context and "dpi" in it.metadata:
+            row["dpi"] = it.metadata["dpi"]  # pages made elsewhere (a PDF's): their dpi, the render config draws none
         text_tokens = count_tokens(tok, it.context) if tok is not None and it.context else None
         t0 = time.perf_counter()
         try:

@@ -103,5 +103,6 @@ def load(samples, documents, pages_dir, dpi: int = 144, limit: int | None = None
             f"{sp}: sample {i}", id=f"mmlb-{i}", context="", question=PROMPT.format(question=s["question"]), answers=[answer],
             metric="mmlongbench", images=[str(p) for p in pages], max_new_tokens=MAX_NEW_TOKENS,
             metadata={"task": str(s.get("doc_type", "doc")), "kind": kind, "answer_format": s.get("answer_format", "Str"),
-                      "doc_id": s["doc_id"], "evidence_pages": json.dumps(evidence), "question": s["question"]}))
+                      "doc_id": s["doc_id"], "evidence_pages": json.dumps(evidence), "question": s["question"],
+                      "dpi": dpi}))  # the pages' dpi (pdftoppm's): the run's label, not its render config's
     return items
