@@ -187,9 +187,15 @@ def _prompt(model, pixel_values, grid, question_ids, device):
 
 
 def prefill(model, inputs):
-    """The model's output on the prompt: its KV cache (past_key_values) and the last position's logits."""
+    """The model's output on the prompt: its KV cache (output_cache) and the last position's logits."""
     with torch.no_grad():
         return model(**inputs, use_cache=True, logits_to_keep=1)
+
+
+def output_cache(out):
+    """A model output's KV cache: `cache`, or `past_key_values` before transformers renamed it (reading the old name
+    where `cache` exists logs a deprecation warning)."""
+    return out["cache"] if "cache" in out else out.past_key_values
 
 
 def _batch_that_fits(per_request: int, layers: int, device, max_batch: int) -> int:
@@ -226,7 +232,7 @@ def decode_seconds_per_sample(model, inputs: dict, new_tokens: int, device, max_
     from glyph_rt.models import GlyphCache, cache_kwarg
 
     out = prefill(model, inputs) if prefilled is None else prefilled
-    prompt, first = out.past_key_values, out.logits[:, -1].argmax(-1)
+    prompt, first = output_cache(out), out.logits[:, -1].argmax(-1)
     del out, prefilled
     c = model.config.text_config
     per_request = kv_bytes(c, prompt.get_seq_length() + new_tokens + 1, model.dtype.itemsize)

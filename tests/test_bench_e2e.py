@@ -9,10 +9,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def test_e2e_quick_mode_runs_every_path(tmp_path):
+def test_e2e_quick_mode_runs_every_path(tmp_path, monkeypatch):
+    import logging
+
     from bench.bench_e2e import main
 
+    logged = []  # transformers' warning_once, without its once-per-process cache
+    monkeypatch.setattr(logging.Logger, "warning_once", lambda self, msg, *a, **k: logged.append(str(msg)),
+                        raising=False)
     summary = main(["--quick", "--out", str(tmp_path)])
+    assert not [m for m in logged if "deprecated" in m]  # no deprecated name of transformers' is read or passed
     out = tmp_path / "e2e-cpu-quick.json"
     data = json.loads(out.read_text())
     assert data["bench"] == "e2e" and len(data["rows"]) == 2
