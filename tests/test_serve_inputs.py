@@ -328,7 +328,7 @@ def test_file_url_containment(gm, media):
         build_prompt(gm, image_message(file_url(media / "sub")), opts)
     with pytest.raises(RequestError, match="No such file"):
         build_prompt(gm, image_message(file_url(media / "none.png")), opts)
-    with pytest.raises(RequestError, match="not allowed on this server"):
+    with pytest.raises(RequestError, match=r"not allowed \(start serve or batch with --allowed-media-dir"):
         build_prompt(gm, image_message(file_url(media / "sub" / "ok.png")), InputOptions(CFG, "tiny"))
 
 

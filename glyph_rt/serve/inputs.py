@@ -146,7 +146,7 @@ def _image_bytes(url: str, opts: InputOptions, param: str) -> bytes:
             raise RequestError(f"{param}: the data URL's base64 is invalid", param) from None
     elif url.startswith("file://"):
         if not opts.allowed_media_dir:
-            raise RequestError(f"{param}: file:// URLs are not allowed on this server (start it with "
+            raise RequestError(f"{param}: file:// URLs are not allowed (start serve or batch with "
                                "--allowed-media-dir DIR); send the image as a data URL", param)
         raw = _read_media_file(url, opts, param)
     else:
