@@ -20,6 +20,7 @@ each command imports what it needs (torch only for `generate` and GPU devices).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -37,6 +38,33 @@ class UsageError(Exception):
 
 class StdoutError(Exception):
     """Standard output cannot be written (a full device, a closed pipe)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a timeout, `docker stop`, a scheduler, a closed terminal), raised in the main thread so
+    that what is running stops as after Ctrl-C: `render` trims its pages and writes `complete: false`."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    import signal
+
+    def stop(signum, frame):
+        raise Terminated(signum)
+
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    old = {n: signal.signal(getattr(signal, n), stop) for n in names}
+    try:
+        yield
+    finally:
+        for n, h in old.items():
+            signal.signal(getattr(signal, n), h)
 
 
 def _print(*lines: str) -> None:
@@ -332,7 +360,8 @@ def cmd_render(args) -> int:
     # setup: imports, argument checks, the tokenizer and reading the input (Document() timed its layout)
     seconds = {"startup": args.startup_seconds, "setup": time.perf_counter() - t0 - doc.seconds["layout"]}
     progress = not args.quiet and doc.num_pages >= PROGRESS_MIN_PAGES
-    with PageWriter(out, doc, {"input": name, "replaced_invalid_utf8": replaced}, buffers=2) as writer:
+    with _terminate_as_interrupt(), \
+            PageWriter(out, doc, {"input": name, "replaced_invalid_utf8": replaced}, buffers=2) as writer:
         writer.write_pages(doc.iter_chunks(progress=progress, device=args.device, backend=args.backend, buffers=2))
         summary = writer.summary(None if args.tokenizer == "none" else args.tokenizer, complete=True)
         seconds.update(summary["seconds"])
@@ -922,12 +951,19 @@ def main(argv=None) -> int:
         except OSError as e:
             raise StdoutError(e.strerror) from None
         return rc
+    except Terminated as e:
+        print(f"glyph-rt: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("glyph-rt: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except StdoutError as e:
         return _stdout_failed(str(e))
-    except (UsageError, ValueError, FileNotFoundError, MemoryError, RuntimeError, ImportError) as e:
+    except MemoryError as e:
+        why = str(e) if str(e) not in ("", "std::bad_alloc") else "out of memory; give it less at once (a shorter " \
+            "input, fewer pages or samples) or run it on a machine with more memory"
+        print(f"glyph-rt: error: {why}", file=sys.stderr)
+    except (UsageError, ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
         print(f"glyph-rt: error: {e}", file=sys.stderr)
     except OSError as e:  # e.g. a full disk under --out: the message names the file
         print(f"glyph-rt: error: {e}", file=sys.stderr)

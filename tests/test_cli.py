@@ -204,7 +204,9 @@ def test_closed_stdin_and_full_or_closed_stdout(tmp_path):
     assert r.returncode == 1 and "standard output (it is closed)" in r.stderr
 
 
-def test_ctrl_c_leaves_a_consistent_directory(tmp_path):
+@pytest.mark.parametrize("signame,rc,said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated by SIGTERM")])
+def test_ctrl_c_leaves_a_consistent_directory(tmp_path, signame, rc, said):
+    """Ctrl-C, and SIGTERM (a timeout, docker stop, a scheduler), stop render with whole pages and no gap."""
     import signal
     import time
 
@@ -222,13 +224,13 @@ def test_ctrl_c_leaves_a_consistent_directory(tmp_path):
     deadline = time.monotonic() + 120
     while not (out / "page_005.png").exists() and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(getattr(signal, signame))
     stdout, stderr = p.communicate(timeout=120)
-    assert p.returncode == 130, stderr
-    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert p.returncode == rc, stderr
+    assert "Traceback" not in stderr and said in stderr
     s = json.loads((out / "summary.json").read_text())
     files = sorted(out.iterdir())
-    assert s["complete"] is False and s["stopped_by"] == "interrupted"
+    assert s["complete"] is False and s["stopped_by"] == said
     assert [f.name for f in files] == [f"page_{i + 1:03d}.png" for i in range(s["pages"])] + ["summary.json"]
     assert 5 <= s["pages"] < 270
     for f, (w, h) in zip(files, s["page_sizes"]):
@@ -388,3 +390,16 @@ def test_generate_takes_the_checkpoints_generation_config_without_max_new_tokens
     assert re.search(r"for 3 tokens\]", capsys.readouterr().err)
     assert main([*base, "--max-new-tokens", "5"]) == 0  # the option over the checkpoint's
     assert re.search(r"for 5 tokens\]", capsys.readouterr().err)
+
+
+def test_out_of_memory_is_one_line(monkeypatch, capsys):
+    """The C++ engines' std::bad_alloc (MemoryError with that text) says what happened and what to do."""
+    from glyph_rt import cli
+
+    def oom(args):
+        raise MemoryError("std::bad_alloc")
+
+    monkeypatch.setattr(cli, "cmd_backends", oom)
+    assert cli.main(["backends"]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("glyph-rt: error: out of memory; give it less at once") and "bad_alloc" not in err

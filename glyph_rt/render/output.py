@@ -107,9 +107,10 @@ class PageWriter:
         if error is None:
             self._pool.shutdown(wait=True)
             return
-        # Stopped early: a second Ctrl-C must not interrupt the clean-up.
+        # Stopped early: a second Ctrl-C (or SIGTERM) must not interrupt the clean-up.
         main = threading.current_thread() is threading.main_thread()
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        stops = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)] if main else []
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in stops}
         try:
             self._pool.shutdown(wait=True, cancel_futures=True)  # running writes finish (milliseconds)
             n = 0
@@ -123,12 +124,15 @@ class PageWriter:
                     p.unlink(missing_ok=True)
             self.sizes = self.sizes[:n]
             s = self.summary(None, complete=False)
-            s["stopped_by"] = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{kind.__name__}: {error}"
+            if isinstance(error, KeyboardInterrupt):
+                s["stopped_by"] = str(error) or "interrupted"  # Ctrl-C, or the CLI's "terminated by SIGTERM"
+            else:
+                s["stopped_by"] = f"{kind.__name__}: {error}"
             try:
                 self.finish(s)
             except OSError:
                 (self.out / SUMMARY).unlink(missing_ok=True)
                 temp_path(self.out / SUMMARY).unlink(missing_ok=True)
         finally:
-            if main:
-                signal.signal(signal.SIGINT, old)
+            for s, h in old.items():
+                signal.signal(s, h)
