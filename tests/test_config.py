@@ -244,3 +244,20 @@ def test_a_crop_to_short_lines_is_widened_to_the_limit_only():
     w, h = glyph_rt.render("Hi\n" * 3000, cfg).sizes[0]
     assert (w, h) == (60, 12000)  # "Hi" and the margin alone would be narrower: 12000 / 200
     assert glyph_rt.render("Hi\n" * 3000, RenderConfig(page_size="595,842", snap=0)).sizes[0][0] < 60  # untouched
+
+
+def test_glyph_configs_take_glyphs_whitespace():
+    """Glyph's renderer has a tab and a "\\r" as breaking whitespace: a Glyph config and the glyph preset say so
+    (tab_size 0, cr_newline False); glyph_rt's own configs keep a tab 4 kept spaces wide and "\\r" a line end.
+    Glyph's format has no key for them: a config written in it reads back with Glyph's whitespace."""
+    for c in (RenderConfig.from_glyph_dict(GLYPH_CONFIG_EN), RenderConfig.from_glyph_dict({}), RenderConfig.preset("glyph")):
+        assert (c.tab_size, c.cr_newline) == (0, False)
+        c.validate()
+    native = RenderConfig()
+    assert (native.tab_size, native.cr_newline) == (4, True)
+    back = RenderConfig.from_glyph_dict(native.to_glyph_dict())
+    assert "tab_size" not in str(native.to_glyph_dict()) and (back.tab_size, back.cr_newline) == (0, False)
+    assert RenderConfig.from_dict(RenderConfig(tab_size=0, cr_newline=False).to_dict()).cr_newline is False
+    for bad in ({"tab_size": -1}, {"tab_size": 17}, {"cr_newline": 1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            RenderConfig(**bad).validate()

@@ -136,3 +136,100 @@ def test_colours_and_backgrounds_are_the_official_pixels(over):
     as ink (a cropped page used to be up to 555 px shorter than the official one)."""
     for i, d in enumerate(page_diffs(over, 2500)):
         assert (d.max(-1) > 0).mean() < 2e-4, f"page {i}: {(d.max(-1) > 0).sum()} pixels differ from poppler's page"
+
+
+def official_and_ours(text: str, over: dict):
+    """(official lines, glyph_rt lines, official pages, glyph_rt pages, glyph_rt document) of `text` drawn with
+    Glyph's English config, DejaVu Sans and `over`. glyph_rt draws CJK characters DejaVu lacks as boxes (no CJK
+    fallback font) so that both measure them alike (reportlab draws DejaVu's .notdef; the pixels differ)."""
+    import dataclasses
+
+    import numpy as np
+
+    import glyph_rt
+    from glyph_rt import RenderConfig
+    from glyph_rt.render.config import GLYPH_CONFIG_EN
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+
+    font = str(BUILTIN_FONTS["sans"])
+    cfg = {**GLYPH_CONFIG_EN, "font-path": font, **over}
+    ref = official.render_official_full(text, cfg, font_path=font)
+    pages = glyph_rt.render(text, dataclasses.replace(RenderConfig.from_glyph_dict(cfg), auto_cjk_fallback=False))
+    words = lambda s: " ".join(s.replace("\xa0", " ").split())  # noqa: E731  (reportlab's lines are cleaned)
+    ref_lines = [(ln.page, words(ln.text)) for ln in ref.lines]
+    our_lines = [(p, words(text[s:e])) for p, s, e in pages.document.line_spans()]
+    ref_px = [np.asarray(im.convert("RGB"), np.int16) for im in ref.images]
+    our_px = [pages[i].numpy().astype(np.int16) for i in range(len(pages))]
+    return ref_lines, our_lines, ref_px, our_px, pages.document
+
+
+def mask_cjk_lines(doc, text: str, images: list) -> None:
+    """Blanks, in place, the rows of every line holding a CJK ideograph (drawn as a box by glyph_rt)."""
+    import re
+
+    lay, k = doc.layout, doc.config.dpi / 72
+    for (page, s, e), y in zip(doc.line_spans(), lay.l_y.tolist()):
+        if re.search("[\u4e00-\u9fff]", text[s:e]):
+            for im in images:
+                im[page][max(0, int(y * k) - 12):int(y * k) + 4] = 0
+
+
+GLYPH_WS_TEXTS = {
+    "tabs": "def f(x):\n\tif x:\n\t\treturn 1\n\treturn 0\nname\tvalue\tunit\nalpha\t1\tkg\nx \t y  \tz\t\t w\n",
+    "cr": ("lorem ipsum dolor sit amet " * 3 + "\r") * 4 + "a\rb \r c\r\n\rd",
+}
+
+
+@pytest.mark.parametrize("name", GLYPH_WS_TEXTS)
+def test_tabs_and_carriage_returns_are_glyphs_whitespace(name):
+    """Glyph's preprocess keeps a tab and a "\\r" as they are (it only splits on "\\n" and writes runs of spaces as
+    &nbsp;), and reportlab collapses them with the spaces around them into one breaking space: a Glyph config
+    (tab_size 0, cr_newline False) draws the same lines and pixels; with tabs kept 4 spaces wide, pages were wider,
+    and a lone "\\r" broke the line."""
+    import numpy as np
+
+    text = GLYPH_WS_TEXTS[name]
+    ref_lines, our_lines, ref_px, our_px, _ = official_and_ours(text, {})
+    assert our_lines == ref_lines
+    assert [a.shape for a in our_px] == [a.shape for a in ref_px]
+    assert all(np.array_equal(a, b) for a, b in zip(our_px, ref_px))
+
+
+CJK_WRAP_TEXTS = {  # Glyph wraps the whole text the CJK way once it holds an ideograph
+    "words": ("lorem ipsum dolor sit amet " * 12) + "\n中",
+    "urls": ("see https://example.com/a/very/long/path?with=query&and=more " * 6) + "\n中",
+    "one_line": "中 " + "lorem ipsum dolor sit amet, " * 12,  # one frag: textsplit.dumbSplit
+    "kept_spaces": ("lorem  ipsum, dolor. sit   amet " * 8 + "\n") * 3 + "中",
+    "hanging_stop": "".join("x" * n + ". tail words here\n" for n in range(100, 120)) + "中",
+    "spaces_at_breaks": " lorem ipsum\n  dolor sit\n\n amet \n 中 ",
+}
+
+
+@pytest.mark.parametrize("align", ["LEFT", "JUSTIFY", "CENTER", "RIGHT"])
+@pytest.mark.parametrize("name", CJK_WRAP_TEXTS)
+def test_cjk_wrap_keeps_latin_words_as_reportlab(name, align):
+    """reportlab's CJK wrap (cjkFragSplit / dumbSplit) backs a Latin run off to its last space in the line's second
+    half ("ipsum d|olor" was cut anywhere), keeps spaces at line ends, hangs a character that cannot start a line
+    (".") into the margin, and stretches a justified line's spaces by the share of its kept ones: the same lines, page
+    sizes and pixels (but for the CJK box, drawn unlike reportlab's .notdef). Two cases have one glyph whose pen
+    lands exactly on a sub-pixel phase edge (113.25 pt, 297.5 pt), where poppler's x, from the PDF's rounded numbers,
+    falls on the other phase: up to 100 pixels may differ, a line broken elsewhere would differ in thousands."""
+    text = CJK_WRAP_TEXTS[name]
+    # the box would decide the cropped width of right-aligned pages, and the last page's height
+    over = {"alignment": align, "auto-crop-last-page": False, "auto-crop-width": align != "RIGHT"}
+    ref_lines, our_lines, ref_px, our_px, doc = official_and_ours(text, over)
+    assert our_lines == ref_lines
+    assert [a.shape for a in our_px] == [a.shape for a in ref_px]
+    mask_cjk_lines(doc, text, [our_px, ref_px])
+    tie = (name, align) in {("words", "RIGHT"), ("kept_spaces", "CENTER")}
+    for i, (a, b) in enumerate(zip(our_px, ref_px)):
+        differ = int((a != b).any(-1).sum())
+        assert differ <= (100 if tie else 0), f"page {i}: {differ} pixels differ"
+
+
+@pytest.mark.parametrize("n", range(101, 107))
+def test_cjk_wrap_hangs_what_cannot_start_a_line(n):
+    """reportlab keeps a character of ALL_CANNOT_START ("。") on the line it would start, in the margin."""
+    text = "中" * n + "。" + "中" * 100 + "，" + "中" * 30
+    ref_lines, our_lines, *_ = official_and_ours(text, {})
+    assert our_lines == ref_lines

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 
@@ -9,6 +10,8 @@ namespace glyph_rt {
 namespace {
 
 enum Kind : uint8_t { kDraw = 0, kNbsp = 1, kBreak = 2 };
+// Item flags: kCjk breaks before in word mode; kWide and kNoStart steer reportlab's CJK wrap.
+enum Flag : uint8_t { kCjk = 1, kWide = 2, kNoStart = 4 };
 
 struct Item {
   int32_t slot;
@@ -16,7 +19,7 @@ struct Item {
   float adv;
   uint8_t kind;
   uint8_t color;
-  bool cjk;
+  uint8_t flags;
   uint8_t spaces;  // kept spaces this item stands for (a tab is one item of tab_size spaces)
 };
 
@@ -52,6 +55,21 @@ inline bool is_cjk(uint32_t c) {
          (c >= 0xA000 && c <= 0xA4CF) || (c >= 0xAC00 && c <= 0xD7AF) ||
          (c >= 0xF900 && c <= 0xFAFF) || (c >= 0xFE30 && c <= 0xFE4F) ||
          (c >= 0xFF00 && c <= 0xFFEF) || (c >= 0x20000 && c <= 0x3FFFF);
+}
+
+// reportlab's textsplit.ALL_CANNOT_START: kept on the line they would start, hanging into the margin.
+constexpr uint32_t kCannotStart[] = {
+    0x21, 0x22, 0x27, 0x29, 0x2C, 0x2E, 0x3A, 0x3B, 0x3F, 0x5D, 0xB0, 0x2010, 0x2015, 0x2030, 0x2032,
+    0x2033, 0x2103, 0x3001, 0x3002, 0x3005, 0x300D, 0x300F, 0x3011, 0x3015, 0x3041, 0x3043, 0x3045, 0x3047,
+    0x3049, 0x3063, 0x3083, 0x3085, 0x3087, 0x308E, 0x309B, 0x309C, 0x309D, 0x309E, 0x30A1, 0x30A3, 0x30A5,
+    0x30A7, 0x30A9, 0x30C3, 0x30E3, 0x30E5, 0x30E7, 0x30EE, 0x30F5, 0x30F6, 0x30FB, 0x30FC, 0x30FD, 0x30FE,
+    0xFF05, 0xFF09, 0xFF3D, 0xFFE0};
+
+inline uint8_t flags_of(uint32_t c) {
+  uint8_t f = is_cjk(c) ? kCjk : 0;
+  if (c >= 0x3000 && c < 0x110000) f |= kWide;  // codepoints past Unicode are shaped clusters
+  if (std::binary_search(std::begin(kCannotStart), std::end(kCannotStart), c)) f |= kNoStart;
+  return f;
 }
 
 class Engine {
@@ -100,12 +118,12 @@ class Engine {
           ++j;
         }
         if (width == 1) {
-          *w++ = Item{-1, src, (float)space_w_, kBreak, color, false, 1};
+          *w++ = Item{-1, src, (float)space_w_, kBreak, color, 0, 1};
         } else {  // one kept item per space or tab (a tab is tab_size spaces wide, never split)
           for (int64_t k = i; k < j; ++k) {
             int32_t s2 = src_override >= 0 ? src_override : (int32_t)k;
             uint8_t sw = (uint8_t)(t[k] == '\t' ? p_.tab_size : 1);
-            *w++ = Item{-1, s2, (float)(space_w_ * sw), kNbsp, color, false, sw};
+            *w++ = Item{-1, s2, (float)(space_w_ * sw), kNbsp, color, 0, sw};
           }
         }
         i = j;
@@ -117,18 +135,28 @@ class Engine {
         continue;
       }
       if (is_break_space(c)) {
-        *w++ = Item{-1, src, (float)space_w_, kBreak, color, false, 1};
+        *w++ = Item{-1, src, (float)space_w_, kBreak, color, 0, 1};
       } else if (c == 0xA0) {
-        *w++ = Item{-1, src, (float)space_w_, kNbsp, color, false, 1};
+        *w++ = Item{-1, src, (float)space_w_, kNbsp, color, 0, 1};
       } else {
         int32_t s = slot_of(c);
-        *w++ = Item{s, src, (float)a_.advance[s], kDraw, color, is_cjk(c), 0};
+        *w++ = Item{s, src, (float)a_.advance[s], kDraw, color, flags_of(c), 0};
       }
       ++i;
     }
   }
 
-  // Splits items [b, e) into units (word mode or per-character CJK mode).
+  // Breaks items [b, e), the text between two forced line breaks, into lines (the last one left open).
+  void break_items(int32_t b, int32_t e, bool para_end) {
+    if (p_.wrap == kWrapCJK) {
+      break_cjk(b, e, b == 0, para_end);
+    } else {
+      make_units(b, e);
+      break_segment();
+    }
+  }
+
+  // Splits items [b, e) into units: words, and in word mode every CJK character on its own.
   void make_units(int32_t b, int32_t e) {
     units_.resize(std::max(0, e - b));  // at most one unit per item, written by index, trimmed
     size_t nu = 0;
@@ -142,8 +170,8 @@ class Engine {
         continue;
       }
       int32_t j = i + 1;
-      if (p_.wrap == kWrapWord && !it.cjk) {
-        while (j < e && items_[j].kind != kBreak && !items_[j].cjk) ++j;
+      if (!(it.flags & kCjk)) {
+        while (j < e && items_[j].kind != kBreak && !(items_[j].flags & kCjk)) ++j;
       }
       units_[nu++] = Unit{i, j, gap};
       gap = false;
@@ -222,6 +250,57 @@ class Engine {
     }
   }
 
+  // reportlab's CJK wrap (paragraph.cjkFragSplit, textsplit.dumbSplit) over the characters of items [b, e):
+  // reportlab's cleaner has made each run of breaking whitespace one space and stripped the paragraph's
+  // ends; a space is a character like any other (no shrinkage, kept at line ends). A line ends at the
+  // character that takes it past the width; in a non-wide run (< U+3000) the break backs off to after
+  // the last space or wide character in the line's second half; a character that cannot start a line
+  // stays on it, hanging into the margin.
+  void break_cjk(int32_t b, int32_t e, bool para_start, bool para_end) {
+    units_.clear();
+    for (int32_t k = b; k < e; ++k) {
+      bool space = items_[k].kind == kBreak;
+      if (space && ((k > b && items_[k - 1].kind == kBreak) || (para_start && units_.empty()))) continue;
+      units_.push_back(Unit{k, k + 1, false});
+    }
+    while (para_end && !units_.empty() && items_[units_.back().start].kind == kBreak) units_.pop_back();
+    const int32_t n = (int32_t)units_.size();
+    auto item = [&](int32_t u) -> const Item& { return items_[units_[u].start]; };
+    int32_t i = 0, start = 0;
+    double used = 0, maxw = max_width(para_first_line_);
+    while (i < n) {
+      const Item& it = item(i++);
+      used += char_width(it);
+      if (!(used > maxw + 1e-6 && used > 0)) continue;
+      int32_t u = i - 1;
+      if (it.kind != kDraw || !(it.flags & kWide)) {
+        for (int32_t j = i - 1; j > ((start + i) >> 1); --j) {
+          if ((item(j).kind != kDraw || (item(j).flags & kWide)) && j + 1 < i) {
+            u = j + 1;
+            i = j + 2;
+            break;
+          }
+        }
+      }
+      if (!(item(u).flags & kNoStart) && i > start + 1) --i;
+      for (int32_t k = start; k < i; ++k) place_char(units_[k]);
+      close_line(false);
+      start = i;
+      used = 0;
+      maxw = max_width(false);
+    }
+    for (int32_t k = start; k < n; ++k) place_char(units_[k]);
+  }
+
+  void place_char(const Unit& u) {
+    const Item& it = items_[u.start];
+    if (it.kind == kBreak) ++spaces_;
+    placed_.push_back(u);
+    cur_ += char_width(it);
+  }
+
+  double char_width(const Item& it) const { return it.kind == kDraw ? it.adv : space_w_ * it.spaces; }
+
   // A word wider than the line: fill the current line, then whole lines, char by char.
   void split_long(const Unit& u, double maxw) {
     bool gap = u.gap && !line_empty();
@@ -277,10 +356,12 @@ class Engine {
       double extra = maxw - l.width;
       double space_add = 0.0;
       bool last = para_has_end && li == n_lines - 1;
-      const int32_t n_space = l.spaces + l.nbsp;
+      // CJK lines: reportlab counts the kept spaces only (one "word" per line)
+      const int32_t n_space = p_.wrap == kWrapCJK ? l.nbsp : l.spaces + l.nbsp;
       // reportlab squeezes an over-long line (allowed by the 5% space shrinkage) back to the
       // frame in every alignment; justify also stretches all but the last and forced lines.
-      // The share is computed over all spaces but applied to the breaking gaps only.
+      // The share is the PDF's word spacing: every space drawn gets it, kept ones too (reportlab
+      // writes U+00A0 as code 32).
       if (p_.align == kJustify) {
         bool keep = l.forced || std::fabs(extra) <= 1e-8 || (last && extra > -1e-8);
         if (!keep && n_space > 0) space_add = extra / n_space;
@@ -295,7 +376,7 @@ class Engine {
       out_.l_page.push_back(page_);
       out_.l_x.push_back((float)x);
       out_.l_y.push_back((float)y);
-      out_.l_width.push_back((float)(l.width + space_add * l.spaces));
+      out_.l_width.push_back((float)(l.width + space_add * (l.spaces + l.nbsp)));
       out_.l_src_start.push_back(l.src_start);
       out_.l_src_end.push_back(l.src_end);
       int32_t& ps = out_.p_src_start.back();
@@ -331,7 +412,7 @@ class Engine {
               ++out_.marker_glyphs;
             }
           }
-          pen += it.adv;
+          pen += it.kind == kDraw ? it.adv : (space_w_ + space_add) * it.spaces;
         }
       }
       resize_glyphs(g0 + m);
@@ -431,8 +512,7 @@ class Engine {
             }
           } else {
             // a line break ends the current line, even an empty one
-            make_units(seg_start, (int32_t)items_.size());
-            break_segment();
+            break_items(seg_start, (int32_t)items_.size(), false);
             empty_src_ = (int32_t)(pos - 1);
             close_line(true);
             seg_start = (int32_t)items_.size();
@@ -445,8 +525,7 @@ class Engine {
         else next = n + 1;
         pos = next;
       }
-      make_units(seg_start, (int32_t)items_.size());
-      break_segment();
+      break_items(seg_start, (int32_t)items_.size(), true);
       if (!line_empty()) close_line(false);
       paginate();
     }

@@ -38,7 +38,7 @@ MIN_PAGE_PIXELS_SIDE = 8  # a page smaller than this holds no legible glyph
 MAX_LENGTH_PT = 100_000.0  # bound on every length field (points), far past any page
 MAX_GLYPH_BYTES = 16 << 20  # atlas bytes of one glyph (all sub-pixel phases)
 INT32_MAX = (1 << 31) - 1
-BOOL_FIELDS = ("auto_cjk_fallback", "auto_crop_width", "auto_crop_last_page")
+BOOL_FIELDS = ("auto_cjk_fallback", "auto_crop_width", "auto_crop_last_page", "cr_newline")
 REPORTLAB_FRAME_PADDING = 6.0
 
 _HEX = re.compile(r"^(?:#|0x)?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
@@ -159,8 +159,9 @@ class RenderConfig:
     space_after: float = 0
     lines_per_paragraph: int = 30  # Glyph groups this many source lines per paragraph
     newline_markup: str = "<br/>"
-    wrap: str = "auto"  # auto: per-character wrap when the text has CJK ideographs (as Glyph)
-    tab_size: int = 4
+    wrap: str = "auto"  # auto: reportlab's CJK wrap when the text has CJK ideographs (as Glyph)
+    tab_size: int = 4  # a tab is one kept space this wide; 0: breaking whitespace, as in Glyph (reportlab)
+    cr_newline: bool = True  # a lone "\r" ends a line; False: it is breaking whitespace, as in Glyph
     # colors and borders
     font_color: str = "#000000"
     page_bg_color: str = "#FFFFFF"
@@ -254,7 +255,7 @@ class RenderConfig:
                 raise ConfigError(f"{name}: {v!r} must be an integer in {lo}..{hi}{note}")
 
         integer("lines_per_paragraph", 1, INT32_MAX)
-        integer("tab_size", 1, 16)
+        integer("tab_size", 0, 16, " (0 = a tab is breaking whitespace, as in Glyph)")
         integer("snap", 0, 1024, " (0 = off)")
         if isinstance(self.subpixel_phases, bool) or self.subpixel_phases not in (1, 2, 4, 8):
             raise ConfigError(f"subpixel_phases: {self.subpixel_phases!r} must be 1, 2, 4 or 8")
@@ -378,7 +379,8 @@ class RenderConfig:
             raise ConfigError(f"config: {e}") from None
 
     def to_glyph_dict(self, font_path: str | None = None) -> dict:
-        """Glyph's format. Fields Glyph lacks (snap, fallbacks, hanging indent...) are folded or dropped."""
+        """Glyph's format. Fields Glyph lacks (snap, fallbacks, hanging indent...) are folded or dropped (tab_size
+        and cr_newline too: a Glyph config read back takes Glyph's whitespace, tab_size 0 and cr_newline False)."""
         from .fonts import resolve_fonts
 
         inv = {v: k for k, v in GLYPH_KEYS.items()}
@@ -499,7 +501,7 @@ def glyph_fields(d: dict, base_dir: str | os.PathLike | None = None) -> dict[str
 GLYPH_RENDERER_DEFAULTS: dict[str, Any] = {
     "page_size": PAPER_SIZES["A4"], "margin_x": 20, "margin_y": 20, "font_size": 9, "line_height": None,
     "alignment": "justify", "auto_crop_width": False, "auto_crop_last_page": False, "snap": 0,
-    "dpi": 72,
+    "dpi": 72, "tab_size": 0, "cr_newline": False,
 }
 GLYPH_CONFIG_EN: dict[str, Any] = {  # Glyph's published config_en.json (its font is Verdana)
     "page-size": "595,842", "dpi": 72, "margin-x": 10, "margin-y": 10, "font-size": 9,
@@ -513,8 +515,8 @@ GLYPH_CONFIG_EN: dict[str, Any] = {  # Glyph's published config_en.json (its fon
 # (tests/test_presets.py measures it on the built-in sample with Qwen's tokenizer).
 PRESETS: dict[str, dict[str, Any]] = {
     # Glyph's published English config, with the built-in sans (metric-close to Verdana) unless a
-    # font_path is given; exact Glyph pages (no snapping).
-    "glyph": {"snap": 0},
+    # font_path is given; exact Glyph pages (no snapping; tabs and "\r" are whitespace, as Glyph's).
+    "glyph": {"snap": 0, "tab_size": 0, "cr_newline": False},
     "document_style": {"font_family": "serif", "font_size": 9, "line_height": 11, "alignment": "justify",
                        "margin_x": 20, "margin_y": 24, "first_line_indent": 12},
     "web_style": {"font_family": "sans", "font_size": 9, "line_height": 11, "alignment": "left",

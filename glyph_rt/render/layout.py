@@ -136,9 +136,20 @@ def layout_params(config: RenderConfig, atlas: FontAtlas, cps: np.ndarray, max_p
         "wrap": 1 if wrap == "cjk" else 0,
         "lines_per_paragraph": c.lines_per_paragraph,
         "newline_marker": 0 if nl.is_break else 1,
-        "tab_size": c.tab_size,
+        "tab_size": max(c.tab_size, 1),  # tab_size 0: no tab reaches the engine (glyph_whitespace)
         "max_pages": max_pages if max_pages is not None else (1 << 30),
     }
+
+
+def glyph_whitespace(cps: np.ndarray, config: RenderConfig) -> np.ndarray:
+    """`cps` with each tab (tab_size 0) and "\\r" (cr_newline False) as U+000B, a breaking space to the engines:
+    as Glyph's renderer has them (reportlab collapses them with the spaces around them), not kept spaces or line
+    ends. One codepoint for one, so source indices stay; `cps` itself when nothing changes."""
+    codes = ([9] if config.tab_size == 0 else []) + ([13] if not config.cr_newline else [])
+    mask = np.isin(cps, codes) if codes else None
+    if mask is None or not mask.any():
+        return cps
+    return np.where(mask, np.uint32(0x0B), cps).astype(cps.dtype, copy=False)
 
 
 def text_codepoints(text: str) -> np.ndarray:
@@ -222,6 +233,7 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
             a = atlas.arrays()
             atlas.save()
     params = layout_params(config, atlas, cps, max_pages)
+    draw = glyph_whitespace(draw, config)
     # outside the lock: other threads may add slots, never change the ones this text uses
     if backend == "cpu":
         from .._ext import require_extension

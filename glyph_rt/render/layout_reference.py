@@ -11,16 +11,22 @@ renderer relies on:
   as Glyph writes them as &nbsp;. Soft hyphens and zero-width spaces are removed and counted.
 - Lines are filled greedily: a word joins the line while the line stays within the frame width
   (less the indents) plus reportlab's 5% shrinkage of each of its spaces. A word wider than the
-  line is split character by character: it fills the current line, then whole lines. In CJK wrap
-  mode every character, and in word mode every CJK character, can be broken before.
+  line is split character by character: it fills the current line, then whole lines. In word mode
+  every CJK character can be broken before.
+- CJK wrap mode is reportlab's (paragraph.cjkFragSplit, textsplit.dumbSplit): each run of breaking
+  spaces is one space character, none at the paragraph's ends, kept at line ends and never shrunk.
+  A line ends before the character that takes it past the width; when that character is below
+  U+3000, the break backs off to after the last space or character from U+3000 in the line's second
+  half; a character of reportlab's ALL_CANNOT_START (e.g. "。", "，", ".") stays on the line instead,
+  hanging into the margin. Only kept spaces count for squeezing and justifying such a line.
 - Paragraphs flow down frames (one per page): spaceBefore, less the previous spaceAfter and dropped
   at the top of a frame, then the lines, then spaceAfter. A paragraph that does not fit is split
   across pages, but never leaves a single (orphan) line at a page bottom; split right after a
   forced break, its continuation starts with an empty line.
 - Lines are aligned left, center or right, or justified: the spaces of every line but forced ones
   and the last of a paragraph are stretched (or shrunk) to fill the line. A line longer than the
-  frame (by the shrinkage) is squeezed back to it in every alignment. As in reportlab's PDF word
-  spacing, the share is computed over all spaces, kept ones included, but added to breaking ones.
+  frame (by the shrinkage) is squeezed back to it in every alignment. The share is reportlab's PDF
+  word spacing, which every space drawn gets, kept ones included (U+00A0 is written as code 32).
 
 Lengths are float64 as in the C++; glyph advances are rounded to float32 first, as the C++ stores
 them, and outputs are cast at the end, so results match the engine's exactly.
@@ -34,12 +40,16 @@ import numpy as np
 
 DRAW, NBSP, BREAK = 0, 1, 2
 LEFT, CENTER, RIGHT, JUSTIFY = 0, 1, 2, 3
-WRAP_WORD = 0
+WRAP_WORD, WRAP_CJK = 0, 1
 BREAK_SPACES = frozenset([0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x1F, 0x85, 0x1680, 0x2028, 0x2029, 0x202F, 0x205F,
                           0x3000, *range(0x2000, 0x200B)])
 STRIPPED = frozenset([0xAD, 0x200B])
 CJK_RANGES = ((0x1100, 0x11FF), (0x2E80, 0x9FFF), (0xA000, 0xA4CF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF),
               (0xFE30, 0xFE4F), (0xFF00, 0xFFEF), (0x20000, 0x3FFFF))
+CANNOT_START = frozenset(  # reportlab's textsplit.ALL_CANNOT_START
+    "!\"'),.:;?]\xb0\u2010\u2015\u2030\u2032\u2033\u2103\u3001\u3002\u3005\u300d\u300f\u3011\u3015\u3041\u3043\u3045"
+    "\u3047\u3049\u3063\u3083\u3085\u3087\u308e\u309b\u309c\u309d\u309e\u30a1\u30a3\u30a5\u30a7\u30a9\u30c3\u30e3"
+    "\u30e5\u30e7\u30ee\u30f5\u30f6\u30fb\u30fc\u30fd\u30fe\uff05\uff09\uff3d\uffe0")
 DEFAULT_PARAMS = {
     "frame_x": 16.0, "frame_y": 16.0, "frame_w": 563.0, "frame_h": 810.0, "left_indent": 0.0,
     "right_indent": 0.0, "first_line_indent": 0.0, "leading": 10.0, "ascent": 6.8, "space_before": 0.0,
@@ -59,7 +69,8 @@ def is_cjk(c: int) -> bool:
     return any(lo <= c <= hi for lo, hi in CJK_RANGES)
 
 
-Item = namedtuple("Item", "slot src adv kind color cjk spaces", defaults=(1,))  # spaces: a kept tab is tab_size
+# spaces: a kept tab is tab_size; wide: from U+3000 (a CJK wrap break point); nostart: in CANNOT_START
+Item = namedtuple("Item", "slot src adv kind color cjk spaces wide nostart", defaults=(1, False, False))
 Unit = namedtuple("Unit", "start end gap")  # items [start, end); gap: after a (collapsed) breaking space
 Line = namedtuple("Line", "units width spaces nbsp forced first src_start src_end")  # forced: ended by a newline
 
@@ -108,11 +119,19 @@ class Engine:
             else:
                 slot = int(self.lut[c]) if c < len(self.lut) else -1
                 slot = self.missing_slot if slot < 0 else slot
-                self.items.append(Item(slot, at, self.adv32[slot], DRAW, color, is_cjk(c)))
+                self.items.append(Item(slot, at, self.adv32[slot], DRAW, color, is_cjk(c), 1, 0x3000 <= c < 0x110000,
+                                       chr(c) in CANNOT_START if c < 0x110000 else False))
             i += 1
 
+    def break_items(self, b: int, e: int, para_end: bool):
+        """Breaks items [b, e), the text between two forced line breaks, into lines (the last one left open)."""
+        if self.p["wrap"] == WRAP_CJK:
+            self.break_cjk(b, e, b == 0, para_end)
+        else:
+            self.break_units(self.make_units(b, e))
+
     def make_units(self, b: int, e: int) -> list[Unit]:
-        """Items [b, e) cut into unbreakable units: words, or single characters where breaking is allowed."""
+        """Items [b, e) cut into unbreakable units: words, and every CJK character on its own."""
         units, gap, i = [], False, b
         while i < e:
             it = self.items[i]
@@ -120,7 +139,7 @@ class Engine:
                 gap, i = True, i + 1
                 continue
             j = i + 1
-            if self.p["wrap"] == WRAP_WORD and not it.cjk:
+            if not it.cjk:
                 while j < e and self.items[j].kind != BREAK and not self.items[j].cjk:
                     j += 1
             units.append(Unit(i, j, gap))
@@ -164,6 +183,48 @@ class Engine:
                 self.close_line(False)
                 self.place(Unit(u.start, u.end, False))
 
+    def break_cjk(self, b: int, e: int, para_start: bool, para_end: bool):
+        """reportlab's CJK wrap over the characters of items [b, e) (see the module docstring)."""
+        chars = []
+        for k in range(b, e):
+            if self.items[k].kind == BREAK and ((k > b and self.items[k - 1].kind == BREAK) or (para_start and not chars)):
+                continue  # a run of breaking spaces is one space; none at the paragraph's start
+            chars.append(k)
+        while para_end and chars and self.items[chars[-1]].kind == BREAK:
+            chars.pop()
+        items = [self.items[k] for k in chars]
+        i = start = 0
+        used, maxw = 0.0, self.max_width(self.first)
+        while i < len(items):
+            it = items[i]
+            i += 1
+            used += self.char_width(it)
+            if not (used > maxw + 1e-6 and used > 0):
+                continue
+            u = i - 1
+            if not (it.kind == DRAW and it.wide):  # back off to the last space or wide char in the second half
+                for j in range(i - 1, (start + i) >> 1, -1):
+                    if (items[j].kind != DRAW or items[j].wide) and j + 1 < i:
+                        u, i = j + 1, j + 2
+                        break
+            if not items[u].nostart and i > start + 1:
+                i -= 1
+            for k in chars[start:i]:
+                self.place_char(k)
+            self.close_line(False)
+            start, used, maxw = i, 0.0, self.max_width(False)
+        for k in chars[start:]:
+            self.place_char(k)
+
+    def place_char(self, k: int):
+        it = self.items[k]
+        self.spaces += it.kind == BREAK
+        self.line.append(Unit(k, k + 1, False))
+        self.cur += self.char_width(it)
+
+    def char_width(self, it: Item) -> float:
+        return it.adv if it.kind == DRAW else self.space_w * it.spaces
+
     def split_long(self, u: Unit, maxw: float):
         """A word wider than the line: fills the current line, then whole lines, char by char."""
         acc = self.cur + (self.space_w if u.gap else 0.0) if self.line else 0.0
@@ -193,7 +254,7 @@ class Engine:
             line = self.lines[li]
             x = box_x + (p["first_line_indent"] if line.first else 0.0)
             extra, space_add = self.max_width(line.first) - line.width, 0.0
-            n_space = line.spaces + line.nbsp
+            n_space = line.nbsp if p["wrap"] == WRAP_CJK else line.spaces + line.nbsp  # CJK: kept spaces only
             last = para_end and li == len(self.lines) - 1
             if p["align"] == JUSTIFY:
                 keep = line.forced or abs(extra) <= 1e-8 or (last and extra > -1e-8)
@@ -206,7 +267,7 @@ class Engine:
             elif p["align"] == RIGHT:
                 x += extra
             y = top + p["ascent"] + (li - b) * p["leading"]
-            self.add(l_page=self.page, l_x=x, l_y=y, l_width=line.width + space_add * line.spaces,
+            self.add(l_page=self.page, l_x=x, l_y=y, l_width=line.width + space_add * (line.spaces + line.nbsp),
                      l_src_start=line.src_start, l_src_end=line.src_end)
             if out["p_src_start"][-1] < 0:
                 out["p_src_start"][-1] = line.src_start
@@ -223,7 +284,7 @@ class Engine:
                             self.missing += bool(self.missing_flag[it.slot])
                         else:
                             self.marker_glyphs += 1
-                    pen += it.adv
+                    pen += it.adv if it.kind == DRAW else (self.space_w + space_add) * it.spaces
 
     def paginate(self):
         """Flows the current paragraph's lines down the frames, splitting it across pages."""
@@ -277,13 +338,13 @@ class Engine:
                     for mc in marker:
                         self.push_text([mc], 0, 1, color=1, src=pos - 1)
                 elif ln > 0:
-                    self.break_units(self.make_units(seg_start, len(self.items)))
+                    self.break_items(seg_start, len(self.items), False)
                     self.close_line(True, empty_src=pos - 1)
                     seg_start = len(self.items)
                 self.push_text(text, pos, e)
                 crlf = e + 1 < n and text[e] == 0x0D and text[e + 1] == 0x0A
                 pos = e + 2 if crlf else e + 1
-            self.break_units(self.make_units(seg_start, len(self.items)))
+            self.break_items(seg_start, len(self.items), True)
             if self.line:
                 self.close_line(False)
             self.paginate()
