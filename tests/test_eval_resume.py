@@ -395,6 +395,7 @@ def test_a_run_resumes_with_its_stored_seed_when_none_is_given(tmp_path, capsys)
 
 
 def test_the_cli_says_n_a_for_the_compression_of_page_images_only(tmp_path, capsys):
+    """MMLongBench-Doc's page images: no compression (n/a), and the run labelled with the dpi of the PDF pages."""
     from PIL import Image
 
     (tmp_path / "docs").mkdir()
@@ -406,23 +407,10 @@ def test_the_cli_says_n_a_for_the_compression_of_page_images_only(tmp_path, caps
         assert cli_eval("openai:" + url, tmp_path / "out", "--suite", "mmlongbench-doc", "--data",
                         str(tmp_path / "samples.json"), "--documents", str(tmp_path / "docs")) == 0
     assert "accuracy 100.00 on 1 items, compression n/a" in capsys.readouterr().out
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["runs"][0]["compression"] is None
-
-
-def test_mmlongbench_doc_runs_are_labelled_with_the_dpi_of_the_pdf_pages(tmp_path):
-    from PIL import Image
-
-    (tmp_path / "docs").mkdir()
-    (tmp_path / "pages" / "a" / "144dpi").mkdir(parents=True)  # the page cache of docs/a.pdf at pdftoppm's 144 dpi
-    Image.new("RGB", (32, 32), "white").save(tmp_path / "pages" / "a" / "144dpi" / "page-1.png")
-    (tmp_path / "pages" / "a" / "144dpi" / ".complete").touch()
-    (tmp_path / "samples.json").write_text(json.dumps([{"doc_id": "a.pdf", "question": "Q?", "answer": "x"}]))
-    with endpoint() as (url, _):
-        assert cli_eval("openai:" + url, tmp_path / "out", "--suite", "mmlongbench-doc", "--data",
-                        str(tmp_path / "samples.json"), "--documents", str(tmp_path / "docs")) == 0
+    [run] = json.loads((tmp_path / "out" / "summary.json").read_text())["runs"]
+    assert run["compression"] is None and run["dpi"] == 144
     [row] = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert row["dpi"] == 144
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["runs"][0]["dpi"] == 144
     md = (tmp_path / "out" / "summary.md").read_text()
     assert "@ 144 dpi" in md and "72 dpi" not in md
 
