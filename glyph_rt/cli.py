@@ -58,7 +58,9 @@ def _terminate_as_interrupt():
     def stop(signum, frame):
         raise Terminated(signum)
 
-    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    # a signal already ignored (SIGHUP under nohup) stays ignored
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)
+             and signal.getsignal(getattr(signal, n)) is not signal.SIG_IGN]
     old = {n: signal.signal(getattr(signal, n), stop) for n in names}
     try:
         yield

@@ -403,3 +403,19 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
     assert cli.main(["backends"]) == cli.EXIT_ERROR
     err = capsys.readouterr().err
     assert err.startswith("glyph-rt: error: out of memory; give it less at once") and "bad_alloc" not in err
+
+
+def test_a_signal_ignored_at_start_stays_ignored(tmp_path):
+    """Under nohup SIGHUP is ignored: render keeps it so (a closed terminal does not stop it); SIGTERM still stops it."""
+    import signal
+
+    from glyph_rt import cli
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with cli._terminate_as_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, old)

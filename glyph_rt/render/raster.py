@@ -68,8 +68,9 @@ def paper_edges(config: RenderConfig) -> list[list[int]]:
 
 
 def paragraph_rects(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Filled rectangles (page, [x0,y0,x1,y1] px, rgb) for paragraph backgrounds and borders, then the paper
-    edges of every page (`paper_edges`)."""
+    """Filled rectangles (page, [x0,y0,x1,y1] px, rgb) in drawing order: the paper edges of every page
+    (`paper_edges`: what the page's background left white), then paragraph backgrounds and borders, which poppler
+    paints after the page's background."""
     page_bg = parse_color(config.page_bg_color, "page_bg_color")
     para_bg = parse_color(config.para_bg_color, "para_bg_color")
     border = parse_color(config.para_border_color, "para_border_color")
