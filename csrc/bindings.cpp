@@ -115,7 +115,8 @@ void raster_cpu(const py::array& out_arg, int32_t page0, const Arr<uint8_t>& bg,
                 const Arr<int32_t>& g_slot, const Arr<uint8_t>& g_color, const Arr<uint8_t>& data,
                 const Arr<int64_t>& offset, const Arr<int32_t>& width, const Arr<int32_t>& height,
                 const Arr<int32_t>& left, const Arr<int32_t>& top, int32_t phases,
-                const Arr<uint8_t>& palette, double sx, double sy, int32_t tol, py::object ink) {
+                const Arr<uint8_t>& palette, double sx, double sy, int32_t tol, py::object ink,
+                py::object g_clip) {
   using U8 = py::array_t<uint8_t, py::array::c_style>;
   using I32 = py::array_t<int32_t, py::array::c_style>;
   // the caller's own arrays, never a converted copy that would receive the pixels and be dropped
@@ -130,8 +131,10 @@ void raster_cpu(const py::array& out_arg, int32_t page0, const Arr<uint8_t>& bg,
   GlyphBitmaps a{data.data(), ptr(offset, slots * phases, "offset"), width.data(),
                  ptr(height, slots * phases, "height"), ptr(left, slots * phases, "left"),
                  ptr(top, slots * phases, "top"), phases, (int32_t)slots};
+  Arr<int32_t> clip;
+  if (!g_clip.is_none()) clip = g_clip.cast<Arr<int32_t>>();
   Placements pl{n, g_page.data(), ptr(g_x, n, "g_x"), ptr(g_y, n, "g_y"), ptr(g_slot, n, "g_slot"),
-                ptr(g_color, n, "g_color")};
+                ptr(g_color, n, "g_color"), g_clip.is_none() ? nullptr : ptr(clip, n, "g_clip")};
   Rects rc{nr, rect_page.data(), ptr(rect_box, nr * 4, "rect_box"), ptr(rect_rgb, nr * 3, "rect_rgb")};
   if (bg.size() < 3 || palette.size() < 3) throw std::invalid_argument("raster: bad colors");
   if (phases < 1 || width.size() % phases != 0)
@@ -325,7 +328,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("rect_box"), py::arg("rect_rgb"), py::arg("g_page"), py::arg("g_x"), py::arg("g_y"), py::arg("g_slot"),
         py::arg("g_color"), py::arg("data"), py::arg("offset"), py::arg("width"), py::arg("height"), py::arg("left"),
         py::arg("top"), py::arg("phases"), py::arg("palette"), py::arg("sx"), py::arg("sy"), py::arg("tol") = 5,
-        py::arg("ink") = py::none());
+        py::arg("ink") = py::none(), py::arg("g_clip") = py::none());
   m.def("ink_extent", &ink_extent, py::arg("pages"), py::arg("tol") = 5);
   m.def("pixel_values_cpu", &pixel_values_cpu_py, py::arg("pages"), py::arg("hw"), py::arg("first_row"),
         py::arg("lut"), py::arg("out"));

@@ -12,6 +12,7 @@ import glyph_rt
 from glyph_rt import RenderConfig
 from glyph_rt.ops.raster import TILE_H, TILE_W, AtlasStore, RasterBatch, bin_boxes, check_backend
 from glyph_rt.render.gpu import draw_pages
+from glyph_rt.render.raster import NO_CLIP, run_clips
 
 from conftest import TEST_DEVICE as TRITON_DEVICE  # cuda on a GPU unless --device cpu
 # (backend, device) pairs that run everywhere
@@ -237,3 +238,18 @@ def test_atlas_store_starts_afresh_past_its_budget(tmp_path, monkeypatch):
     assert store.resets >= 2
     (m0, m1), _ = store.metas([docs[0].atlas, docs[0].atlas])  # the same atlas twice: uploaded once
     assert m0 is m1
+
+
+@pytest.mark.parametrize("backend,device", KERNELS)
+def test_descenders_cut_at_the_next_paragraph_as_the_cpu_cuts_them(backend, device):
+    """Two-line paragraphs of descenders on a coloured paragraph background: every backend stops a paragraph's
+    last line at the next paragraph's background (`run_clips`), as the C++ and the numpy rasterizers do."""
+    cfg = RenderConfig(page_size=(150, 90), margin_x=6, margin_y=6, font_size=8, line_height=8,
+                       lines_per_paragraph=2, para_bg_color="#eeeeee", snap=0)
+    doc = glyph_rt.Document("\n".join(["gypsy jumpy quay"] * 8), cfg)
+    clips = run_clips(doc.layout, cfg)
+    assert (clips < NO_CLIP).sum() >= 3  # paragraph boundaries on the page
+    ref, ref_sizes = glyph_rt.Document(doc.text, cfg, backend="reference").rasterize()
+    cpu, cpu_sizes = doc.rasterize()
+    assert cpu_sizes == ref_sizes and np.array_equal(cpu, ref)
+    assert_same_as_cpu([doc], draw_pages([doc], device, backend))

@@ -22,6 +22,7 @@ struct Placements {
   const float* y = nullptr;  // baseline y, points
   const int32_t* slot = nullptr;
   const uint8_t* color = nullptr;  // palette index
+  const int32_t* clip = nullptr;   // per glyph: the pixel row it stops at (exclusive), or null: none
 };
 
 struct Rects {  // filled rectangles in pixels, drawn before glyphs, in order

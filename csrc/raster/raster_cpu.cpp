@@ -128,7 +128,8 @@ void raster_pages_cpu(uint8_t* out, int32_t n_pages, int32_t H, int32_t W, int32
       int32_t x0 = (int32_t)ix + atlas.left[g];
       int32_t y0 = (int32_t)std::floor(pl.y[gi] * sy + 0.5) - atlas.top[g];
       int32_t cx0 = std::max(0, -x0), cy0 = std::max(0, -y0);
-      int32_t cx1 = std::min(gw, W - x0), cy1 = std::min(gh, H - y0);
+      const int32_t ylim = pl.clip ? std::min(H, pl.clip[gi]) : H;
+      int32_t cx1 = std::min(gw, W - x0), cy1 = std::min(gh, ylim - y0);
       if (cx0 >= cx1 || cy0 >= cy1) continue;
       int32_t ci = pl.color[gi] < n_palette ? pl.color[gi] : 0;
       const uint32_t c0 = palette[3 * ci], c1 = palette[3 * ci + 1], c2 = palette[3 * ci + 2];

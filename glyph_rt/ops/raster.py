@@ -21,7 +21,7 @@ from ..kernels import on_device
 from ..nvtx import nvtx_range
 from ..render.atlas import MAX_ATLAS_BYTES
 from ..render.config import parse_color
-from ..render.raster import paragraph_rects, palette, scales
+from ..render.raster import glyph_clips, paragraph_rects, palette, scales
 
 TILE_H, TILE_W = 14, 28  # one patch row of a 2x2 merge block: pixel_values tiles map 1:1
 MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS, MODE_PATCHES = 0, 1, 2, 3, 4
@@ -253,7 +253,7 @@ class RasterBatch:
         self.sxy = np.zeros((P, 2), np.float64)
         self.doc_of_page = np.repeat(np.arange(len(docs)), counts).astype(np.int64)
         gray = True
-        xs, ys, slots, colors, per_page = [], [], [], [], []
+        xs, ys, slots, colors, clips, per_page = [], [], [], [], [], []
         rect_page, rect_box, rect_rgb = [], [], []
         self.palettes = np.zeros((len(docs), 2), np.int32)
         for i, (d, (s, e)) in enumerate(zip(self.docs, self.ranges)):
@@ -275,6 +275,7 @@ class RasterBatch:
             ys.append(g_y)
             slots.append(lay.g_slot[lo:hi])
             colors.append(lay.g_color[lo:hi])
+            clips.append(glyph_clips(lay, c, lo, hi))
             per_page.append(np.bincount(g_page - s, minlength=e - s).astype(np.int64))
             rp, rb, rc = paragraph_rects(lay, c)
             keep = (rp >= s) & (rp < e)
@@ -290,6 +291,7 @@ class RasterBatch:
         self.gray = bool(gray)
         self.g_x, self.g_y = _cat(xs, np.float32), _cat(ys, np.float32)
         self.g_slot, self.g_color = _cat(slots, np.int32), _cat(colors, np.uint8)
+        self.g_clip = _cat(clips, np.int32)
         self.glyphs_per_page = _cat(per_page, np.int64)
         self.num_glyphs = len(self.g_x)
         self.rect_page = _cat(rect_page, np.int32)
@@ -328,8 +330,8 @@ class RasterBatch:
                                   phases[self.doc_of_page].astype(np.float64),
                                   nslots[self.doc_of_page].astype(np.float64)], axis=1) if self.num_pages else \
                 np.zeros((0, 5))
-            (gx, gy, gslot, gcol, gpp, meta, pinfo, pal, dop, rpage, rbox, rrgb) = _STAGING.upload(
-                [self.g_x, self.g_y, self.g_slot, self.g_color, self.glyphs_per_page, self.meta, page_info,
+            (gx, gy, gslot, gcol, gclip, gpp, meta, pinfo, pal, dop, rpage, rbox, rrgb) = _STAGING.upload(
+                [self.g_x, self.g_y, self.g_slot, self.g_color, self.g_clip, self.glyphs_per_page, self.meta, page_info,
                  self.palettes, self.doc_of_page, self.rect_page, self.rect_box, self.rect_rgb], device)
         with nvtx_range("glyph_rt.bin"):
             P = self.num_pages
@@ -350,6 +352,7 @@ class RasterBatch:
             gh = torch.where(valid, m[:, 1], 0)
             x0 = ix.long() + m[:, 2]
             y0 = torch.floor(gy.double() * info[:, 1] + 0.5).long() - m[:, 3]
+            gh = torch.clamp(torch.minimum(gh, gclip.long() - y0), min=0)  # run_clips: rows under the next paragraph
             rgb = pal.view(-1, 2)[dop[page], gcol.long()]
             hw = meta[:, 0:2]
             tiles = torch.stack([meta[:, 2], meta[:, 4]], 1)

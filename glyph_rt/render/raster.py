@@ -67,6 +67,44 @@ def paper_edges(config: RenderConfig) -> list[list[int]]:
     return out
 
 
+NO_CLIP = np.iinfo(np.int32).max
+
+
+def run_clips(layout: Layout, config: RenderConfig) -> np.ndarray:
+    """int32 [runs]: the pixel row (exclusive) where each run's glyphs stop. reportlab paints each paragraph part's
+    background (`para_bg_color`, white by default) before its text, over the descenders of the line above it, so
+    in Glyph's pages the last line of a paragraph loses what reaches into the next part's background: the run stops
+    at that background's top row. NO_CLIP where no part follows on the page."""
+    nr, nb = len(layout.r_page), len(layout.b_page)
+    out = np.full(nr, NO_CLIP, np.int32)
+    if not nr or nb < 2:
+        return out
+    _, sy = scales(config)
+    b_page = layout.b_page.astype(np.int64)
+    order = np.lexsort((layout.b_y, b_page))  # the engines emit them in this order; the sort makes it certain
+    b_page, b_y = b_page[order], layout.b_y[order].astype(np.float64)
+    # the part holding each run: the last one on its page whose top is above the run's baseline (a part's last
+    # baseline may lie on the next part's top)
+    key = (b_page << 32) + np.floor(b_y * 1024).astype(np.int64)
+    run_key = (layout.r_page.astype(np.int64) << 32) + np.floor(layout.r_y.astype(np.float64) * 1024).astype(np.int64)
+    j = np.searchsorted(key, run_key, side="left") - 1
+    nxt = j + 1
+    ok = (j >= 0) & (nxt < nb)
+    ok[ok] &= (b_page[j[ok]] == layout.r_page[ok]) & (b_page[nxt[ok]] == layout.r_page[ok])
+    top = np.floor((b_y[nxt[ok]] - config.border_padding) * sy + 0.5)  # paragraph_rects' rows
+    out[ok] = np.clip(top, -1, NO_CLIP).astype(np.int32)
+    return out
+
+
+def glyph_clips(layout: Layout, config: RenderConfig, lo: int, hi: int, clips: np.ndarray | None = None) -> np.ndarray:
+    """int32 [hi - lo]: `run_clips` for the glyphs [lo, hi) (`clips`: the layout's run_clips, when known)."""
+    clips = run_clips(layout, config) if clips is None else clips
+    r0 = int(np.searchsorted(layout.r_start, lo, side="right")) - 1
+    r1 = int(np.searchsorted(layout.r_start, hi, side="left"))
+    starts = np.clip(layout.r_start[r0:r1 + 1], lo, hi)
+    return np.repeat(clips[r0:r1], np.diff(starts))
+
+
 def paragraph_rects(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Filled rectangles (page, [x0,y0,x1,y1] px, rgb) in drawing order: the paper edges of every page
     (`paper_edges`: what the page's background left white), then paragraph backgrounds and borders, which poppler
@@ -133,24 +171,25 @@ def rasterize(layout: Layout, atlas: FontAtlas, config: RenderConfig, out: np.nd
         lo, hi, g_page, g_y = layout.page_glyphs(page0, page0 + len(out))
         C.raster_cpu(out, page0, bg, rp, rb, rc, g_page, layout.g_x[lo:hi], g_y,
                      layout.g_slot[lo:hi], layout.g_color[lo:hi], a["data"], a["offset"], a["width"],
-                     a["height"], a["left"], a["top"], atlas.phases, pal, sx, sy, INK_TOL, ink)
+                     a["height"], a["left"], a["top"], atlas.phases, pal, sx, sy, INK_TOL, ink,
+                     glyph_clips(layout, config, lo, hi))
     elif backend == "reference":
-        raster_reference(out, page0, bg, rp, rb, rc, layout, atlas, pal, sx, sy)
+        raster_reference(out, page0, bg, rp, rb, rc, layout, atlas, pal, sx, sy, run_clips(layout, config))
         if ink is not None:
             ink[:, 0], ink[:, 1] = ink_extent(out, INK_TOL, "reference")
     else:
         raise ValueError(f"raster backend {backend!r} is unknown; use 'cpu' or 'reference'")
 
 
-def raster_reference(out, page0, bg, rp, rb, rc, layout: Layout, atlas: FontAtlas, pal, sx, sy) -> None:
-    """Plain numpy compositing, pixel-identical to the C++ rasterizer."""
+def raster_reference(out, page0, bg, rp, rb, rc, layout: Layout, atlas: FontAtlas, pal, sx, sy, clips) -> None:
+    """Plain numpy compositing, pixel-identical to the C++ rasterizer (`clips`: the layout's run_clips)."""
     n, H, W, _ = out.shape
     out[...] = bg
     for p, (x0, y0, x1, y1), c in zip(rp.tolist(), rb.tolist(), rc):
         if page0 <= p < page0 + n:
             out[p - page0, max(0, y0):max(0, min(H, y1)), max(0, x0):max(0, min(W, x1))] = c
     P = atlas.phases
-    g_page, g_y = layout.g_page, layout.g_y
+    g_page, g_y, g_clip = layout.g_page, layout.g_y, layout._expand(clips)
     for i in range(len(g_page)):
         p = int(g_page[i]) - page0
         if not 0 <= p < n:
@@ -164,7 +203,7 @@ def raster_reference(out, page0, bg, rp, rb, rc, layout: Layout, atlas: FontAtla
         x0 = ix + left
         y0 = math.floor(float(g_y[i]) * sy + 0.5) - top
         cx0, cy0 = max(0, -x0), max(0, -y0)
-        cx1, cy1 = min(gw, W - x0), min(gh, H - y0)
+        cx1, cy1 = min(gw, W - x0), min(gh, min(H, int(g_clip[i])) - y0)
         if cx0 >= cx1 or cy0 >= cy1:
             continue
         a = bm[cy0:cy1, cx0:cx1].astype(np.uint32)[..., None]

@@ -49,7 +49,7 @@ import numpy as np
 from ..models.prompt import IGNORE_INDEX, PromptBuilder, thinking_parts
 from ..render.config import RenderConfig, parse_color
 from ..render.pages import Document
-from ..render.raster import canvas_tokens, final_sizes, paragraph_rects, scales, visible
+from ..render.raster import canvas_tokens, final_sizes, glyph_clips, paragraph_rects, scales, visible
 from ..render.tokens import vision_model
 
 TASKS = ("ocr", "lm", "gen", "qa")
@@ -207,7 +207,8 @@ def page_tokens(doc: Document, vision="glm4v", last: bool = True) -> list[int]:
         gw, gh = a["width"][k].astype(np.int64), a["height"][k].astype(np.int64)
         drawn = (gw > 0) & (gh > 0)
         x1 = ix.astype(np.int64) + a["left"][k] + gw
-        y1 = np.floor(g_y.astype(np.float64) * sy + 0.5).astype(np.int64) - a["top"][k] + gh
+        y1 = np.minimum(np.floor(g_y.astype(np.float64) * sy + 0.5).astype(np.int64) - a["top"][k] + gh,
+                        glyph_clips(lay, c, lo, hi))
         np.maximum.at(right, g_page[drawn], x1[drawn])
         np.maximum.at(bottom, g_page[drawn], y1[drawn])
         rp, rb, rc = paragraph_rects(lay, c)
