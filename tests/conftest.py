@@ -87,13 +87,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 @contextlib.contextmanager
-def http_endpoint(respond):
-    """A local HTTP server for clients of OpenAI's API, each request answered in its own thread: respond(body) (the
-    request's bytes) gives (status, response bytes, extra headers). Yields the base URL (http://127.0.0.1:N/v1)."""
+def http_endpoint(respond, get=None):
+    """A local HTTP server for clients of OpenAI's API, each request answered in its own thread: respond(body) (a
+    POST's bytes), and get(path) for a GET when given, give (status, response bytes, extra headers). Yields the base
+    URL (http://127.0.0.1:N/v1)."""
 
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if get is None:
+                self.send_error(501)
+                return
+            self._answer(*get(self.path))
+
         def do_POST(self):
-            status, out, headers = respond(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            self._answer(*respond(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+
+        def _answer(self, status, out, headers):
             self.send_response(status)
             for k, v in {"Content-Type": "application/json", **headers, "Content-Length": str(len(out))}.items():
                 self.send_header(k, v)

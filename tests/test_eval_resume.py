@@ -348,30 +348,12 @@ def test_a_reply_that_is_no_chat_completion_stops_the_run_and_a_rerun_asks_again
 
 @pytest.mark.parametrize("body", [b"<html>proxy error</html>", b"{oops", b'{"data": ["m"]}', b'{"data": [{}]}'])
 def test_a_model_list_that_is_no_list_of_models_is_a_target_error(body):
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from glyph_rt.eval.targets import OpenAITarget
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html" if body.startswith(b"<") else "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    kind = {"Content-Type": "text/html"} if body.startswith(b"<") else {}
+    with http_endpoint(None, get=lambda path: (200, body, kind)) as url:
         with pytest.raises(TargetError, match="127.0.0.1"):
-            OpenAITarget(f"http://127.0.0.1:{server.server_port}/v1", max_retries=0)
-    finally:
-        server.shutdown()
-        server.server_close()
+            OpenAITarget(url, max_retries=0)
 
 
 def cli_eval(url, out, *extra):
