@@ -41,7 +41,7 @@ const T* ptr(const Arr<T>& a, py::ssize_t n, const char* name) {
 
 py::dict run_layout(const Arr<uint32_t>& text, const Arr<int32_t>& lut, const Arr<double>& advance,
                     const Arr<uint8_t>& missing_flag, int32_t space_slot, int32_t missing_slot,
-                    const py::dict& params, const Arr<int32_t>& marker) {
+                    const py::dict& params, const Arr<int32_t>& marker, const py::object& width_1000) {
   Atlas a;
   a.lut = lut.data();
   a.lut_size = lut.size();
@@ -63,7 +63,21 @@ py::dict run_layout(const Arr<uint32_t>& text, const Arr<int32_t>& lut, const Ar
   f("space_shrink", p.space_shrink);
   i("align", p.align); i("wrap", p.wrap); i("lines_per_paragraph", p.lines_per_paragraph);
   i("newline_marker", p.newline_marker); i("tab_size", p.tab_size); i("max_pages", p.max_pages);
+  f("font_size", p.font_size); f("pdf_scale", p.pdf_scale); i("pdf_phases", p.pdf_phases);
+  f("pdf_frame_x", p.pdf_frame_x); f("pdf_left_indent", p.pdf_left_indent); f("pdf_font_size", p.pdf_font_size);
+  f("pdf_avail_width", p.pdf_avail_width);
   auto bad = [](const std::string& what) { throw std::invalid_argument("layout: " + what); };
+  Arr<double> w1000;
+  if (!width_1000.is_none()) {
+    w1000 = width_1000.cast<Arr<double>>();
+    if (w1000.size() != advance.size()) bad("width_1000 must have one entry per atlas slot");
+    for (py::ssize_t k = 0; k < w1000.size(); ++k)
+      if (!std::isfinite(w1000.data()[k])) bad("width_1000 must be finite");
+    a.width_1000 = w1000.data();
+  }
+  for (double v : {p.font_size, p.pdf_scale, p.pdf_frame_x, p.pdf_left_indent, p.pdf_font_size, p.pdf_avail_width})
+    if (!std::isfinite(v)) bad("every pdf_* setting and font_size must be finite");
+  if (p.pdf_scale < 0 || p.pdf_phases < 1) bad("pdf_scale must be >= 0 and pdf_phases >= 1");
   for (double v : {p.frame_x, p.frame_y, p.frame_w, p.frame_h, p.left_indent, p.right_indent,
                    p.first_line_indent, p.leading, p.ascent, p.space_before, p.space_after, p.space_shrink})
     if (!std::isfinite(v)) bad("every length must be finite");
@@ -323,7 +337,7 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("layout", &run_layout, py::arg("text"), py::arg("lut"), py::arg("advance"),
         py::arg("missing_flag"), py::arg("space_slot"), py::arg("missing_slot"), py::arg("params"),
-        py::arg("marker"));
+        py::arg("marker"), py::arg("width_1000") = py::none());
   m.def("raster_cpu", &raster_cpu, py::arg("out"), py::arg("page0"), py::arg("bg"), py::arg("rect_page"),
         py::arg("rect_box"), py::arg("rect_rgb"), py::arg("g_page"), py::arg("g_x"), py::arg("g_y"), py::arg("g_slot"),
         py::arg("g_color"), py::arg("data"), py::arg("offset"), py::arg("width"), py::arg("height"), py::arg("left"),

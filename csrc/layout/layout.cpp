@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <iterator>
 #include <stdexcept>
 #include <string>
@@ -80,6 +82,8 @@ class Engine {
     frame_lines_ = std::floor(p_.frame_h / p_.leading + 1e-6);
     later_w_ = p_.frame_w - p_.left_indent - p_.right_indent;
     first_w_ = later_w_ - p_.first_line_indent;
+    pdf_ = p_.pdf_scale > 0 && a_.width_1000 != nullptr && a_.space_slot >= 0;
+    if (pdf_) pdf_em_.assign((size_t)a_.n_slots, std::nan(""));
   }
 
   int32_t slot_of(uint32_t c) {
@@ -349,17 +353,19 @@ class Engine {
   // Emits lines [b, e) of the current paragraph on the current page starting at `top`.
   void emit_lines(int32_t b, int32_t e, double top, bool para_has_end) {
     const int32_t n_lines = (int32_t)lines_.size();
+    PdfText text{p_.pdf_left_indent};  // reportlab writes each paragraph box as one text object
     for (int32_t li = b; li < e; ++li) {
       const Line& l = lines_[li];
       double maxw = max_width(l.first);
-      double x = p_.frame_x + p_.left_indent + (l.first ? p_.first_line_indent : 0.0);
+      double offset = l.first ? p_.first_line_indent : 0.0;
+      double x = p_.frame_x + p_.left_indent + offset;
       double extra = maxw - l.width;
-      double space_add = 0.0;
+      double space_add = 0.0, shift = 0.0;
       bool last = para_has_end && li == n_lines - 1;
       // CJK lines: reportlab counts the kept spaces only (one "word" per line)
       const int32_t n_space = p_.wrap == kWrapCJK ? l.nbsp : l.spaces + l.nbsp;
-      // reportlab squeezes an over-long line (allowed by the 5% space shrinkage) back to the
-      // frame in every alignment; justify also stretches all but the last and forced lines.
+      // reportlab squeezes an over-long line (allowed by the 5% space shrinkage) back to the frame
+      // in every alignment; justify also stretches all but the last and forced lines.
       // The share is the PDF's word spacing: every space drawn gets it, kept ones too (reportlab
       // writes U+00A0 as code 32).
       if (p_.align == kJustify) {
@@ -368,10 +374,11 @@ class Engine {
       } else if (extra < -1e-8 && n_space > 0) {
         space_add = extra / n_space;
       } else if (p_.align == kCenter) {
-        x += extra * 0.5;
+        shift = extra * 0.5;
       } else if (p_.align == kRight) {
-        x += extra;
+        shift = extra;
       }
+      x += shift;
       double y = top + p_.ascent + (li - b) * p_.leading;
       out_.l_page.push_back(page_);
       out_.l_x.push_back((float)x);
@@ -391,32 +398,132 @@ class Engine {
       float *gx = out_.g_x.data() + g0, *gy = out_.g_y.data() + g0;
       uint8_t* gc = out_.g_color.data() + g0;
       size_t m = 0;
-      double pen = x;
-      for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui) {
-        const Unit& u = placed_[ui];
-        if (u.gap) pen += space_w_ + space_add;
-        for (int32_t k = u.start; k < u.end; ++k) {
-          const Item& it = items_[k];
-          if (it.kind == kDraw) {
-            gp[m] = page_;
-            gs[m] = it.slot;
-            gr[m] = it.src;
-            gx[m] = (float)pen;
-            gy[m] = (float)y;
-            gc[m] = it.color;
-            ++m;
-            if (it.color == 0) {  // source characters; marker glyphs are not part of the text
-              ++out_.placed;
-              out_.missing += a_.missing_flag[it.slot];  // counted when drawn, not when read
-            } else {
-              ++out_.marker_glyphs;
-            }
+      auto put = [&](const Item& it, double gxv) {
+        gp[m] = page_;
+        gs[m] = it.slot;
+        gr[m] = it.src;
+        gx[m] = (float)gxv;
+        gy[m] = (float)y;
+        gc[m] = it.color;
+        ++m;
+        if (it.color == 0) {  // source characters; marker glyphs are not part of the text
+          ++out_.placed;
+          out_.missing += a_.missing_flag[it.slot];  // counted when drawn, not when read
+        } else {
+          ++out_.marker_glyphs;
+        }
+      };
+      if (pdf_) {
+        emit_pdf_line(text, l, offset, last, put);
+      } else {
+        double pen = x;
+        for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui) {
+          const Unit& u = placed_[ui];
+          if (u.gap) pen += space_w_ + space_add;
+          for (int32_t k = u.start; k < u.end; ++k) {
+            const Item& it = items_[k];
+            if (it.kind == kDraw) put(it, pen);
+            pen += it.kind == kDraw ? it.adv : (space_w_ + space_add) * it.spaces;
           }
-          pen += it.kind == kDraw ? it.adv : (space_w_ + space_add) * it.spaces;
         }
       }
       resize_glyphs(g0 + m);
     }
+  }
+
+  // A reportlab text object (one paragraph box) as poppler reads it: where each line starts. reportlab
+  // moves to a line's start with `Td` (textobject.moveCursor), merging a move with the `Td` written just
+  // before it, which it reads back with float(); poppler adds each `Td` it reads to its line matrix
+  // (Gfx::opTextMove) and starts the line at that plus the text matrix's x (`Tm`, the left indent).
+  struct PdfText {
+    double tm_x;
+    double line_x = 0;
+    bool has_pending = false;  // the last Td written, while the next move can still merge with it
+    double pending = 0;
+    void move(double dx) {
+      if (dx >= -1e-6 && dx <= 1e-6) return;  // paragraph.setXPos writes no tiny moves
+      if (has_pending) dx += pdf_float(pending);
+      pending = dx;
+      has_pending = true;
+    }
+    double line_start() {  // the pen at the next text, which ends any pending move
+      if (has_pending) line_x += pdf_number(pending);
+      has_pending = false;
+      return line_x + tm_x;
+    }
+  };
+
+  double pdf_em(int32_t slot) {  // poppler's width of a glyph: the /Widths entry it reads, times 0.001
+    double& v = pdf_em_[slot];
+    if (std::isnan(v)) v = pdf_number(a_.width_1000[slot]) * 0.001;
+    return v;
+  }
+
+  // One line as reportlab writes it (paragraph._*DrawParaLineX) and poppler draws it: the line's moves and
+  // word spacing as printed numbers, then each glyph's pen summed in double from the PDF's widths
+  // (Gfx::doShowText); each glyph is placed at the centre of the sub-pixel bin poppler draws it in. The
+  // line's free space is reportlab's: its widths (0.001 * size * thousandths of an em per word, or per
+  // character in CJK wrap) from its frame width (Paragraph.wrap), in double.
+  template <typename Put>
+  void emit_pdf_line(PdfText& text, const Line& l, double offset, bool last, Put&& put) {
+    const double* em = a_.width_1000;
+    const double size = p_.font_size;
+    const double space_rl = 0.001 * size * em[a_.space_slot];
+    const bool cjk = p_.wrap == kWrapCJK;
+    double width = 0.0;
+    for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui) {
+      const Unit& u = placed_[ui];
+      const bool gap = u.gap && ui > l.unit_start;
+      if (cjk) {  // character by character (paragraph.cjkFragSplit), the collapsed space included
+        if (gap) width += space_rl;
+        for (int32_t k = u.start; k < u.end; ++k) {
+          const Item& it = items_[k];
+          if (it.kind == kDraw) width += 0.001 * size * em[it.slot];
+          else for (int32_t j = 0; j < it.spaces; ++j) width += space_rl;
+        }
+        continue;
+      }
+      double s = 0;  // a word (Paragraph.breakLines): its characters' widths summed, then scaled
+      for (int32_t k = u.start; k < u.end; ++k) {
+        const Item& it = items_[k];
+        if (it.kind == kDraw) s += em[it.slot];
+        else for (int32_t j = 0; j < it.spaces; ++j) s += em[a_.space_slot];
+      }
+      if (s > 0) width = width + (gap ? space_rl : 0.0) + 0.001 * size * s;
+    }
+    const double avail = p_.pdf_avail_width, li = p_.left_indent;
+    const double maxw = l.first ? avail - (li + p_.first_line_indent) - p_.right_indent : avail - li - p_.right_indent;
+    const double extra = maxw - width;
+    const int32_t n_space = cjk ? l.nbsp : l.spaces + l.nbsp;
+    bool simple = p_.align == kJustify ? (l.forced || (-1e-8 < extra && extra <= 1e-8) || (last && extra > -1e-8))
+                                       : extra > -1e-8;
+    simple = simple || n_space <= 0;
+    double tw = 0.0, back = offset;
+    if (simple) {
+      const double shift = p_.align == kCenter ? extra * 0.5 : p_.align == kRight ? extra : 0.0;
+      back = offset + shift;
+      text.move(back);
+    } else {  // the word spacing carries the free space; reportlab's centre and right skip the offset's move
+      tw = pdf_number(extra / n_space);
+      if (p_.align == kLeft || p_.align == kJustify) text.move(offset);
+    }
+    double pen = text.line_start();
+    const double fs = p_.pdf_font_size, k = p_.pdf_scale, ph = p_.pdf_phases, x0 = p_.pdf_frame_x * p_.pdf_scale;
+    const double space = pdf_em(a_.space_slot) * fs + tw;
+    for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui) {
+      const Unit& u = placed_[ui];
+      if (u.gap) pen += space;
+      for (int32_t j = u.start; j < u.end; ++j) {
+        const Item& it = items_[j];
+        if (it.kind == kDraw) {
+          put(it, (std::floor((k * pen + x0) * ph) + 0.5) / (ph * k));
+          pen += pdf_em(it.slot) * fs;
+        } else {
+          for (int32_t r = 0; r < it.spaces; ++r) pen += space;
+        }
+      }
+    }
+    text.move(-back);
   }
 
   void resize_glyphs(size_t n) {
@@ -543,9 +650,41 @@ class Engine {
   int32_t line_unit_start_ = 0, spaces_ = 0, empty_src_ = 0, page_ = -1;
   double cur_ = 0, cursor_ = 0, prev_after_ = 0;
   bool para_first_line_ = true, at_top_ = true;
+  bool pdf_ = false;
+  std::vector<double> pdf_em_;  // per slot, computed when first drawn (NaN: not yet)
 };
 
 }  // namespace
+
+std::string fp_str(double v) {
+  const double a = std::fabs(v);
+  if (a <= 1e-7) return "0";
+  const int places = a <= 1 ? 6 : std::min(std::max(0, 6 - (int)(std::log(a) / std::log(10.0))), 6);
+  std::string s(std::snprintf(nullptr, 0, "%.*f", places, v) + 1, '\0');
+  s.resize(std::snprintf(&s[0], s.size(), "%.*f", places, v));
+  if (places) {
+    while (s.back() == '0') s.pop_back();
+    if (s.back() == '.') s.pop_back();
+  }
+  if (s.size() > 1 && s[0] == '0') s.erase(0, 1);
+  return s;
+}
+
+double pdf_number(double v) {
+  const std::string s = fp_str(v);
+  const bool neg = s[0] == '-';
+  const size_t b = neg ? 1 : 0, dot = s.find('.', b);
+  const std::string whole = s.substr(b, dot == std::string::npos ? std::string::npos : dot - b);
+  double x = whole.empty() ? 0.0 : std::strtod(whole.c_str(), nullptr), scale = 0.1;
+  if (dot != std::string::npos)
+    for (size_t i = dot + 1; i < s.size(); ++i) {
+      x = x + scale * (s[i] - '0');
+      scale *= 0.1;
+    }
+  return neg ? -x : x;
+}
+
+double pdf_float(double v) { return std::strtod(fp_str(v).c_str(), nullptr); }
 
 std::vector<int32_t> unknown_codepoints(const uint32_t* text, int64_t n, const int32_t* lut,
                                         int64_t lut_size) {

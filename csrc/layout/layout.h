@@ -3,6 +3,7 @@
 // breaks and pagination match, while running in a single pass over the text.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace glyph_rt {
@@ -23,6 +24,16 @@ struct LayoutParams {
   int32_t newline_marker = 0;        // 0: a line break; 1: insert marker glyphs inline
   int32_t tab_size = 4;
   int32_t max_pages = 1 << 30;
+  // x as poppler draws reportlab's PDF of the page (pdf_scale = dpi / 72 > 0, with Atlas::width_1000): the
+  // layout's moves and word spacing as reportlab prints them, each glyph's pen summed as poppler sums the
+  // PDF's widths, and g_x at the centre of the sub-pixel bin (of pdf_phases per pixel) poppler draws it in.
+  double font_size = 9;            // as configured: reportlab's widths (0.001 * size * thousandths of an em)
+  double pdf_scale = 0;            // 0: off, pens summed from the atlas advances
+  int32_t pdf_phases = 4;
+  double pdf_frame_x = 16;         // the PDF numbers (as poppler reads them) of the paragraph's x, its left
+  double pdf_left_indent = 0;      // indent (its text matrix's x) and the font size
+  double pdf_font_size = 9;
+  double pdf_avail_width = 563;    // reportlab's frame width (Paragraph.wrap's availWidth)
 };
 
 struct Atlas {
@@ -33,7 +44,13 @@ struct Atlas {
   int32_t missing_slot = -1;      // replacement box
   const uint8_t* missing_flag = nullptr;  // slot -> 1 if drawn as replacement box
   int32_t n_slots = 0;            // size of advance and missing_flag; every lut entry is < n_slots
+  const double* width_1000 = nullptr;  // slot -> reportlab's width in thousandths of an em (pdf_scale > 0)
 };
+
+// reportlab's rl_accel.fp_str of one number, and that text as poppler's Lexer and as Python's float() read it.
+std::string fp_str(double v);
+double pdf_number(double v);
+double pdf_float(double v);
 
 struct LayoutResult {
   // placements (one per drawn glyph)

@@ -12,6 +12,7 @@ C++ and GPU rasterizers read as they are:
     offset  int64  [slots * phases]  start of each bitmap in data
     width, height, left, top  int32 [slots * phases]  bitmap size and origin (px from the pen)
     advance float64 [slots]          pen advance in points (unscaled by horizontal_scale)
+    width_1000 float64 [slots]       advance in thousandths of an em, as reportlab computes it (TTFont charWidths)
     lut     int32  [0x110000]        codepoint -> slot (-1 = not built yet)
 
 Slot 0 is the replacement box drawn for characters no font covers; slot 1 is the space.
@@ -39,10 +40,10 @@ import numpy as np
 
 from .fonts import split_face
 
-ATLAS_VERSION = 6
+ATLAS_VERSION = 7
 LUT_SIZE = 0x110000
 MAX_ATLAS_BYTES = (1 << 31) - 1  # the kernels address the atlas with int32 offsets
-_ARRAYS = ("data", "offset", "width", "height", "left", "top", "advance", "missing")
+_ARRAYS = ("data", "offset", "width", "height", "left", "top", "advance", "width_1000", "missing")
 _CACHED = _ARRAYS + ("codepoints", "slots", "missing_cps", "clusters")
 MISSING_SLOT = 0
 SPACE_SLOT = 1
@@ -146,6 +147,7 @@ class FontAtlas:
         self._whole_pixels = [poppler_glyph_rows(f, self.size_px) > POPPLER_MAX_FRACTIONAL_ROWS for f in self._faces]
         self.lut = np.full(LUT_SIZE, -1, dtype=np.int32)
         self._advance: list[float] = []
+        self._width_1000: list[float] = []
         self._missing: list[int] = []
         self._bitmaps: list[np.ndarray] = []  # slots * phases entries
         self._meta: list[tuple[int, int, int, int]] = []  # (w, h, left, top)
@@ -196,6 +198,7 @@ class FontAtlas:
         box[0, :] = box[-1, :] = box[:, 0] = box[:, -1] = 255
         left = max(0, int(round(0.05 * self.size_px * self.h_scale)))
         self._advance.append(0.6 * self.size_pt)
+        self._width_1000.append(600.0)
         self._missing.append(1)
         for _ in range(self.phases):
             self._bitmaps.append(box)
@@ -239,6 +242,7 @@ class FontAtlas:
                     "texts with fewer distinct characters")
             self._nbytes += added
             self._advance.append(adv_units * self.size_pt / face.units_per_EM)
+            self._width_1000.append(adv_units * (1000 / face.units_per_EM))  # reportlab's TTFont widths
             self._missing.append(0)
             for a, meta in rendered:
                 self._bitmaps.append(a)
@@ -305,6 +309,7 @@ class FontAtlas:
             slot = self.num_slots
             self._nbytes += added
             self._advance.append(sum(g[1] for g in glyphs) * self.size_pt / upem)
+            self._width_1000.append(sum(g[1] for g in glyphs) * (1000 / upem))
             self._missing.append(0)
             for a, meta in rendered:
                 self._bitmaps.append(a)
@@ -355,6 +360,7 @@ class FontAtlas:
             "left": np.ascontiguousarray(meta[:, 2]),
             "top": np.ascontiguousarray(meta[:, 3]),
             "advance": np.asarray(self._advance, dtype=np.float64),
+            "width_1000": np.asarray(self._width_1000, dtype=np.float64),
             "missing": np.asarray(self._missing, dtype=np.uint8),
         }
         return self._arrays
@@ -406,6 +412,7 @@ class FontAtlas:
             ]
             self._meta = [tuple(m) for m in meta.tolist()]
             self._advance = z["advance"].tolist()
+            self._width_1000 = z["width_1000"].tolist()
             self._missing = z["missing"].tolist()
             self.lut[z["codepoints"]] = z["slots"]
             self.missing_codepoints = set(z["missing_cps"].tolist())
@@ -417,7 +424,7 @@ class FontAtlas:
             self._nbytes = int(data.size)
         except Exception:  # a corrupt, truncated or stale cache file is rebuilt
             self.lut[:] = -1
-            self._bitmaps, self._meta, self._advance, self._missing = [], [], [], []
+            self._bitmaps, self._meta, self._advance, self._width_1000, self._missing = [], [], [], [], []
             self.missing_codepoints = set()
             self._clusters = {}
             self._nbytes = 0
@@ -449,7 +456,7 @@ def _checksum(z: dict[str, np.ndarray]) -> bytes:
 def _verify(z: dict[str, np.ndarray], phases: int) -> None:
     """Raises ValueError unless the cached arrays are consistent: sizes, dtypes and index ranges."""
     dtypes = {"data": np.uint8, "offset": np.int64, "width": np.int32, "height": np.int32, "left": np.int32,
-              "top": np.int32, "advance": np.float64, "missing": np.uint8, "codepoints": np.int32,
+              "top": np.int32, "advance": np.float64, "width_1000": np.float64, "missing": np.uint8, "codepoints": np.int32,
               "slots": np.int32, "missing_cps": np.int32, "clusters": np.uint8}
     for k, t in dtypes.items():
         if z[k].dtype != t or z[k].ndim != 1:
@@ -457,12 +464,12 @@ def _verify(z: dict[str, np.ndarray], phases: int) -> None:
     slots = len(z["advance"])
     n = slots * phases
     sizes = [len(z[k]) for k in ("offset", "width", "height", "left", "top")]
-    if slots < 2 or len(z["missing"]) != slots or any(m != n for m in sizes):
+    if slots < 2 or len(z["missing"]) != slots or len(z["width_1000"]) != slots or any(m != n for m in sizes):
         raise ValueError("array sizes")
     w, h, off = z["width"].astype(np.int64), z["height"].astype(np.int64), z["offset"]
     if (w < 0).any() or (h < 0).any() or (off < 0).any() or (off + w * h > len(z["data"])).any():
         raise ValueError("bitmap out of range")
-    if not np.isfinite(z["advance"]).all() or (z["missing"] > 1).any():
+    if not (np.isfinite(z["advance"]).all() and np.isfinite(z["width_1000"]).all()) or (z["missing"] > 1).any():
         raise ValueError("advance or missing flags")
     cps, sl, mcps = z["codepoints"], z["slots"], z["missing_cps"]
     if len(sl) != len(cps) or ((cps < 0) | (cps >= LUT_SIZE)).any() or ((sl < 0) | (sl >= slots)).any():

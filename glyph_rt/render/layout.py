@@ -5,7 +5,6 @@ oracle used by the tests. Both return the same `Layout`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +12,7 @@ import numpy as np
 from . import bidi, fonts, shaping
 from .atlas import MISSING_SLOT, SPACE_SLOT, FontAtlas
 from .config import NewlineMarkup, RenderConfig
+from .pdfnum import pdf_number
 
 ALIGN_CODES = {"left": 0, "center": 1, "right": 2, "justify": 3}
 MAX_PAGES = (1 << 31) - 1  # the engine counts pages in int32
@@ -119,12 +119,13 @@ def layout_params(config: RenderConfig, atlas: FontAtlas, cps: np.ndarray, max_p
     if wrap == "auto":
         wrap = "cjk" if has_glyph_cjk(cps) else "word"
     nl = NewlineMarkup.parse(c.newline_markup)
+    frame_x, left_indent = c.margin_x + c.frame_padding, c.left_indent + c.hanging_indent
     return {
-        "frame_x": c.margin_x + c.frame_padding,
+        "frame_x": frame_x,
         "frame_y": c.margin_y + c.frame_padding,
         "frame_w": c.page_size[0] - 2 * (c.margin_x + c.frame_padding),
         "frame_h": c.page_size[1] - 2 * (c.margin_y + c.frame_padding),
-        "left_indent": c.left_indent + c.hanging_indent,
+        "left_indent": left_indent,
         "right_indent": c.right_indent,
         "first_line_indent": c.first_line_indent - c.hanging_indent,
         "leading": c.line_height,
@@ -138,6 +139,16 @@ def layout_params(config: RenderConfig, atlas: FontAtlas, cps: np.ndarray, max_p
         "newline_marker": 0 if nl.is_break else 1,
         "tab_size": max(c.tab_size, 1),  # tab_size 0: no tab reaches the engine (glyph_whitespace)
         "max_pages": max_pages if max_pages is not None else (1 << 30),
+        # x as poppler draws reportlab's PDF (its printed numbers, its sub-pixel bins); Glyph draws other
+        # horizontal scales by resizing whole pages, which no pen position reproduces
+        "pdf_scale": c.dpi / 72.0 if c.horizontal_scale == 1 else 0.0,
+        "pdf_phases": atlas.phases,
+        "pdf_frame_x": pdf_number(frame_x),
+        "pdf_left_indent": pdf_number(left_indent),
+        "pdf_font_size": pdf_number(c.font_size),
+        "font_size": c.font_size,
+        # reportlab's frame width, in its order of operations (SimpleDocTemplate, Frame's paddings)
+        "pdf_avail_width": (c.page_size[0] - c.margin_x - c.margin_x) - c.frame_padding - c.frame_padding,
     }
 
 
@@ -239,11 +250,12 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
         from .._ext import require_extension
 
         C = require_extension("the C++ layout engine")
-        d = C.layout(draw, lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
+        d = C.layout(draw, lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker, a["width_1000"])
     else:
         from .layout_reference import layout_reference
 
-        d = layout_reference(draw, lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker)
+        d = layout_reference(draw, lut, a["advance"], a["missing"], SPACE_SLOT, MISSING_SLOT, params, marker,
+                             a["width_1000"])
     lay = Layout.from_dict(d)
     snap_baselines(lay, config)
     if rtl:
@@ -255,24 +267,6 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
     return lay, atlas
 
 # ----------------------------------------------------------------- baselines as poppler draws them
-def pdf_number(v: float) -> float:
-    """`v` as reportlab writes it into the PDF and poppler reads it back.
-
-    reportlab (`rl_accel.fp_str`) prints at most 6 decimals, fewer for larger numbers (6 - int(log10 |v|)),
-    then drops trailing zeros; poppler's Lexer reads the integer part, then adds each decimal digit
-    times a scale that starts at 0.1 and is multiplied by 0.1 after each digit, in double."""
-    a = abs(v)
-    if a <= 1e-7:
-        return 0.0
-    places = 6 if a <= 1 else min(max(0, 6 - int(math.log(a) / math.log(10.0))), 6)
-    whole, _, frac = f"{a:.{places}f}".partition(".")
-    x, scale = float(int(whole)), 0.1
-    for c in frac.rstrip("0"):
-        x = x + scale * (ord(c) - 48)
-        scale *= 0.1
-    return -x if v < 0 else x
-
-
 def poppler_baseline_rows(lay: Layout, config: RenderConfig) -> np.ndarray:
     """int64 [lines]: the pixel row at whose top edge poppler puts each line's baseline.
 

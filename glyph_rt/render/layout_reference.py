@@ -38,6 +38,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from .pdfnum import pdf_float, pdf_number
+
 DRAW, NBSP, BREAK = 0, 1, 2
 LEFT, CENTER, RIGHT, JUSTIFY = 0, 1, 2, 3
 WRAP_WORD, WRAP_CJK = 0, 1
@@ -55,6 +57,8 @@ DEFAULT_PARAMS = {
     "right_indent": 0.0, "first_line_indent": 0.0, "leading": 10.0, "ascent": 6.8, "space_before": 0.0,
     "space_after": 0.0, "space_shrink": 0.05, "align": LEFT, "wrap": 0, "lines_per_paragraph": 30,
     "newline_marker": 0, "tab_size": 4, "max_pages": 1 << 30,
+    "font_size": 9.0, "pdf_scale": 0.0, "pdf_phases": 4, "pdf_frame_x": 16.0, "pdf_left_indent": 0.0,
+    "pdf_font_size": 9.0, "pdf_avail_width": 563.0,
 }
 OUTPUTS = {
     **dict.fromkeys(["g_page", "g_slot", "g_src", "l_page", "l_src_start", "l_src_end", "b_page", "p_src_start",
@@ -76,9 +80,13 @@ Line = namedtuple("Line", "units width spaces nbsp forced first src_start src_en
 
 
 class Engine:
-    def __init__(self, lut, advance, missing_flag, space_slot, missing_slot, params):
-        self.lut, self.missing_flag, self.missing_slot = lut, missing_flag, missing_slot
+    def __init__(self, lut, advance, missing_flag, space_slot, missing_slot, params, width_1000=None):
+        self.lut, self.missing_flag, self.missing_slot, self.space_slot = lut, missing_flag, missing_slot, space_slot
         self.p = p = {**DEFAULT_PARAMS, **params}
+        self.pdf = p["pdf_scale"] > 0 and width_1000 is not None
+        if self.pdf:
+            self.w1000 = np.asarray(width_1000, np.float64).tolist()
+            self.pdf_em = [pdf_number(w) * 0.001 for w in self.w1000]  # poppler: /Widths entry * 0.001
         self.adv32 = np.asarray(advance, np.float32).astype(np.float64).tolist()
         self.space_w = float(advance[space_slot]) if space_slot >= 0 else 0.0
         self.space_adv = self.adv32[space_slot] if space_slot >= 0 else 0.0
@@ -250,10 +258,12 @@ class Engine:
         box_x = p["frame_x"] + p["left_indent"]
         self.add(b_page=self.page, b_x=box_x, b_y=top, b_w=p["frame_w"] - p["left_indent"] - p["right_indent"],
                  b_h=(e - b) * p["leading"])
+        text = PdfText(p["pdf_left_indent"]) if self.pdf else None  # one reportlab text object per box
         for li in range(b, e):
             line = self.lines[li]
-            x = box_x + (p["first_line_indent"] if line.first else 0.0)
-            extra, space_add = self.max_width(line.first) - line.width, 0.0
+            offset = p["first_line_indent"] if line.first else 0.0
+            x = box_x + offset
+            extra, space_add, shift = self.max_width(line.first) - line.width, 0.0, 0.0
             n_space = line.nbsp if p["wrap"] == WRAP_CJK else line.spaces + line.nbsp  # CJK: kept spaces only
             last = para_end and li == len(self.lines) - 1
             if p["align"] == JUSTIFY:
@@ -263,28 +273,93 @@ class Engine:
             elif extra < -1e-8 and n_space:  # an over-long line is squeezed back to the frame
                 space_add = extra / n_space
             elif p["align"] == CENTER:
-                x += extra * 0.5
+                shift = extra * 0.5
             elif p["align"] == RIGHT:
-                x += extra
+                shift = extra
+            x += shift
             y = top + p["ascent"] + (li - b) * p["leading"]
             self.add(l_page=self.page, l_x=x, l_y=y, l_width=line.width + space_add * (line.spaces + line.nbsp),
                      l_src_start=line.src_start, l_src_end=line.src_end)
             if out["p_src_start"][-1] < 0:
                 out["p_src_start"][-1] = line.src_start
             out["p_src_end"][-1] = line.src_end
+            if text is not None:
+                self.emit_pdf_line(text, line, offset, last, y)
+                continue
             pen = x
             for u in line.units:
                 if u.gap:
                     pen += self.space_w + space_add
                 for it in self.items[u.start:u.end]:
                     if it.kind == DRAW:
-                        self.add(g_page=self.page, g_slot=it.slot, g_src=it.src, g_x=pen, g_y=y, g_color=it.color)
-                        if it.color == 0:  # source characters; marker glyphs are not part of the text
-                            self.placed += 1
-                            self.missing += bool(self.missing_flag[it.slot])
-                        else:
-                            self.marker_glyphs += 1
+                        self.add_glyph(it, pen, y)
                     pen += it.adv if it.kind == DRAW else (self.space_w + space_add) * it.spaces
+
+    def add_glyph(self, it: Item, x: float, y: float):
+        self.add(g_page=self.page, g_slot=it.slot, g_src=it.src, g_x=x, g_y=y, g_color=it.color)
+        if it.color == 0:  # source characters; marker glyphs are not part of the text
+            self.placed += 1
+            self.missing += bool(self.missing_flag[it.slot])
+        else:
+            self.marker_glyphs += 1
+
+    def emit_pdf_line(self, text: "PdfText", line: Line, offset: float, last: bool, y: float):
+        """One line as reportlab writes it (paragraph._*DrawParaLineX) and poppler draws it: the line's moves
+        and word spacing as printed numbers, then each glyph's pen summed in double from the PDF's widths
+        (Gfx::doShowText); each glyph is placed at the centre of the sub-pixel bin that poppler draws it in.
+        The line's free space is reportlab's: its widths (0.001 * size * thousandths of an em per word, or per
+        character in CJK wrap) from its frame width (Paragraph.wrap), in double."""
+        p, align = self.p, self.p["align"]
+        em, size = self.w1000, p["font_size"]
+        space_rl = 0.001 * size * em[self.space_slot]
+        width, cjk = 0.0, p["wrap"] == WRAP_CJK
+        for i, u in enumerate(line.units):
+            gap = u.gap and i > 0
+            if cjk:  # character by character (paragraph.cjkFragSplit), the collapsed space included
+                width += space_rl if gap else 0.0
+                for it in self.items[u.start:u.end]:
+                    for _ in range(1 if it.kind == DRAW else it.spaces):
+                        width += 0.001 * size * em[it.slot if it.kind == DRAW else self.space_slot]
+                continue
+            s = 0  # a word (Paragraph.breakLines): its characters' widths summed, then scaled
+            for it in self.items[u.start:u.end]:
+                for _ in range(1 if it.kind == DRAW else it.spaces):
+                    s += em[it.slot if it.kind == DRAW else self.space_slot]
+            if s > 0:
+                width = width + (space_rl if gap else 0.0) + 0.001 * size * s
+        avail, li = p["pdf_avail_width"], p["left_indent"]
+        maxw = avail - (li + p["first_line_indent"]) - p["right_indent"] if line.first else avail - li - p["right_indent"]
+        extra = maxw - width
+        n_space = line.nbsp if p["wrap"] == WRAP_CJK else line.spaces + line.nbsp
+        if align == JUSTIFY:
+            simple = line.forced or -1e-8 < extra <= 1e-8 or (last and extra > -1e-8)
+        else:
+            simple = extra > -1e-8
+        simple = simple or n_space <= 0
+        tw = 0.0
+        if simple:
+            shift = extra * 0.5 if align == CENTER else extra if align == RIGHT else 0.0
+            move = back = offset + shift
+        else:  # the word spacing carries the free space; reportlab's centre and right skip the offset's move
+            tw = pdf_number(extra / n_space)
+            move = offset if align in (LEFT, JUSTIFY) else None
+            back = offset
+        if move is not None:
+            text.move(move)
+        pen = text.line_start()
+        fs, k, ph, x0 = p["pdf_font_size"], p["pdf_scale"], p["pdf_phases"], p["pdf_frame_x"] * p["pdf_scale"]
+        space = self.pdf_em[self.space_slot] * fs + tw
+        for u in line.units:
+            if u.gap:
+                pen += space
+            for it in self.items[u.start:u.end]:
+                if it.kind == DRAW:
+                    self.add_glyph(it, (math.floor((k * pen + x0) * ph) + 0.5) / (ph * k), y)
+                    pen += self.pdf_em[it.slot] * fs
+                else:
+                    for _ in range(it.spaces):
+                        pen += space
+        text.move(-back)
 
     def paginate(self):
         """Flows the current paragraph's lines down the frames, splitting it across pages."""
@@ -355,7 +430,35 @@ class Engine:
         return d
 
 
-def layout_reference(cps, lut, advance, missing_flag, space_slot, missing_slot, params, marker) -> dict:
+class PdfText:
+    """A reportlab text object (one paragraph box) as poppler reads it: where each line starts.
+
+    reportlab moves to a line's start with `Td` (textobject.moveCursor) and merges a move with the `Td`
+    written just before it, reading that one back with float(); poppler adds each `Td` it reads to its line
+    matrix (Gfx::opTextMove) and starts the line at that plus the text matrix's x (`Tm`, the left indent)."""
+
+    def __init__(self, left_indent: float):
+        self.tm_x = left_indent  # as poppler reads it
+        self.line_x = 0.0
+        self.pending = None  # the last Td written, while the next move can still merge with it
+
+    def move(self, dx: float):
+        if -1e-6 <= dx <= 1e-6:  # paragraph.setXPos writes no tiny moves
+            return
+        if self.pending is not None:
+            dx += pdf_float(self.pending)
+        self.pending = dx
+
+    def line_start(self) -> float:
+        """The pen at the start of the next text (which ends any pending move)."""
+        if self.pending is not None:
+            self.line_x += pdf_number(self.pending)
+            self.pending = None
+        return self.line_x + self.tm_x
+
+
+def layout_reference(cps, lut, advance, missing_flag, space_slot, missing_slot, params, marker,
+                     width_1000=None) -> dict:
     """Same inputs and outputs as glyph_rt._C.layout."""
-    engine = Engine(lut, advance, missing_flag, int(space_slot), int(missing_slot), params)
+    engine = Engine(lut, advance, missing_flag, int(space_slot), int(missing_slot), params, width_1000)
     return engine.run(np.asarray(cps, np.uint32).tolist(), np.asarray(marker).astype(np.uint32).tolist())
