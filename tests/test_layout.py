@@ -407,3 +407,21 @@ def test_glyph_whitespace_tabs_and_carriage_returns(wrap):
     assert_same(glyph, layout_text(as_vt, cfg(wrap=wrap))[0])
     native = run_both(text, cfg(wrap=wrap))
     assert len(native.l_page) > len(glyph.l_page) + 60
+
+
+def test_a_frame_a_hair_under_two_lines_still_advances():
+    """A text height that floating point puts a hair under two lines (19.8 / 9.9 = 1.9999999999999996) holds one
+    line: counted so everywhere, the empty line that starts a continuation after a break is not added (it would
+    fill every page and the text would never advance). reportlab gives up on such a frame (LayoutError)."""
+    c = cfg(page_size=(595, 51.8), margin_y=10, font_size=9, line_height=9.9)
+    assert c.text_height / c.line_height < 2
+    lay = run_both("a\nb\nc", c, max_pages=50)
+    assert not lay.truncated and lay.num_pages == 2 and lay.placed == 3
+
+
+def test_paragraphs_of_many_pages_continue_after_breaks():
+    """A paragraph split after a line break on every page (each continuation starts with an empty line), over
+    many pages: both engines agree, and the engine keeps the continuation line out of its line list."""
+    c = cfg(page_size=(595, 64), lines_per_paragraph=2000)
+    lay = run_both("a\n" * 600, c)
+    assert lay.placed == 600 and lay.num_pages > 250

@@ -79,7 +79,7 @@ class Engine {
   Engine(const Atlas& a, const LayoutParams& p, LayoutResult& out)
       : a_(a), p_(p), out_(out) {
     space_w_ = a_.space_slot >= 0 ? a_.advance[a_.space_slot] : 0.0;
-    frame_lines_ = std::floor(p_.frame_h / p_.leading + 1e-6);
+    frame_lines_ = std::floor(p_.frame_h / p_.leading);  // as paginate counts a frame's lines
     later_w_ = p_.frame_w - p_.left_indent - p_.right_indent;
     first_w_ = later_w_ - p_.first_line_indent;
     pdf_ = p_.pdf_scale > 0 && a_.width_1000 != nullptr && a_.space_slot >= 0;
@@ -351,11 +351,13 @@ class Engine {
   }
 
   // Emits lines [b, e) of the current paragraph on the current page starting at `top`.
-  void emit_lines(int32_t b, int32_t e, double top, bool para_has_end) {
+  // With `lead`, that line comes first (an empty continuation line, see paginate).
+  void emit_lines(int32_t b, int32_t e, double top, bool para_has_end, const Line* lead = nullptr) {
     const int32_t n_lines = (int32_t)lines_.size();
+    const int32_t shift_rows = lead ? 1 : 0;
     PdfText text{p_.pdf_left_indent};  // reportlab writes each paragraph box as one text object
-    for (int32_t li = b; li < e; ++li) {
-      const Line& l = lines_[li];
+    for (int32_t li = b - shift_rows; li < e; ++li) {
+      const Line& l = li < b ? *lead : lines_[li];
       double maxw = max_width(l.first);
       double offset = l.first ? p_.first_line_indent : 0.0;
       double x = p_.frame_x + p_.left_indent + offset;
@@ -379,7 +381,7 @@ class Engine {
         shift = extra;
       }
       x += shift;
-      double y = top + p_.ascent + (li - b) * p_.leading;
+      double y = top + p_.ascent + (li - b + shift_rows) * p_.leading;
       out_.l_page.push_back(page_);
       out_.l_x.push_back((float)x);
       out_.l_y.push_back((float)y);
@@ -537,17 +539,23 @@ class Engine {
 
   // Places the lines of the current paragraph into frames, splitting across pages.
   void paginate() {
-    int32_t n = (int32_t)lines_.size();
+    const int32_t n = (int32_t)lines_.size();
     int32_t idx = 0;
+    // reportlab's continuation of a paragraph split right after a line break starts at that break, which
+    // yields an empty first line on the next page: `lead`, drawn before lines_[idx] (not stored in lines_,
+    // so that a paragraph of many pages costs no insertions)
+    bool lead = false;
+    Line lead_line{};
     while (true) {
       if (out_.truncated) return;
       double s = at_top_ ? 0.0 : std::max(p_.space_before - prev_after_, 0.0);
       double avail = p_.frame_h - cursor_ - s;
-      double h = (n - idx) * p_.leading;
+      const int32_t rows = n - idx + (lead ? 1 : 0);
+      double h = rows * p_.leading;
       if (avail > 0 && h <= avail + 1e-6) {
         double top = p_.frame_y + cursor_ + s;
-        if (n > idx) add_box(page_, top, n - idx);
-        emit_lines(idx, n, top, true);
+        if (rows > 0) add_box(page_, top, rows);
+        emit_lines(idx, n, top, true, lead ? &lead_line : nullptr);
         cursor_ += s + h + p_.space_after;
         prev_after_ = p_.space_after;
         at_top_ = false;
@@ -562,24 +570,26 @@ class Engine {
           continue;
         }
       }
-      k = std::min(k, n - idx);
+      k = std::min(k, rows);
       double top = p_.frame_y + cursor_ + s;
       add_box(page_, top, k);
-      emit_lines(idx, idx + k, top, idx + k == n);
-      idx += k;
-      // reportlab's continuation of a paragraph split right after a line break starts at that
-      // break, which yields an empty first line on the next page. Not in a frame that holds a
-      // single line: the empty line would fill every following page and the text never advances.
-      if (idx < n && lines_[idx - 1].forced && !p_.newline_marker && frame_lines_ >= 2) {
-        Line e = lines_[idx];
-        e.unit_end = e.unit_start;
-        e.width = 0;
-        e.spaces = e.nbsp = 0;
-        e.forced = true;
-        e.first = false;
-        e.src_start = e.src_end = lines_[idx - 1].src_end;
-        lines_.insert(lines_.begin() + idx, e);
-        ++n;
+      const int32_t real = k - (lead ? 1 : 0);  // lines of lines_ in this box
+      emit_lines(idx, idx + real, top, idx + real == n, lead ? &lead_line : nullptr);
+      const bool after_lead_only = lead && real == 0;
+      idx += real;
+      lead = false;
+      // Not in a frame that holds a single line: the empty line would fill every following page and the
+      // text never advances.
+      bool prev_forced = after_lead_only || (idx > 0 && lines_[idx - 1].forced);
+      if (idx < n && prev_forced && !p_.newline_marker && frame_lines_ >= 2) {
+        lead_line = lines_[idx];
+        lead_line.unit_end = lead_line.unit_start;
+        lead_line.width = 0;
+        lead_line.spaces = lead_line.nbsp = 0;
+        lead_line.forced = true;
+        lead_line.first = false;
+        lead_line.src_start = lead_line.src_end = after_lead_only ? lead_line.src_start : lines_[idx - 1].src_end;
+        lead = true;
       }
       if (idx >= n) {
         cursor_ += s + k * p_.leading + p_.space_after;

@@ -94,7 +94,7 @@ class Engine:
         self.first_w = self.later_w - p["first_line_indent"]
         self.out = {k: [] for k in OUTPUTS}
         self.missing = self.stripped = self.placed = self.marker_glyphs = 0
-        self.frame_lines = math.floor(p["frame_h"] / p["leading"] + 1e-6)
+        self.frame_lines = math.floor(p["frame_h"] / p["leading"])  # as paginate counts a frame's lines
         self.page, self.cursor, self.prev_after, self.at_top, self.truncated = -1, 0.0, 0.0, True, False
 
     def add(self, **values):
