@@ -139,6 +139,11 @@ def line_glyphs(lay, text):
     return [(int(s), float(x), text[int(s)]) for s, x in zip(lay.g_src, lay.g_x)]
 
 
+def glyphs_of_line(lay, li):
+    """Mask of the glyphs drawn on line li: on its page, at its baseline (source spans of lines may overlap)."""
+    return (lay.g_page == lay.l_page[li]) & (lay.g_y == lay.l_y[li])
+
+
 @needs_rtl
 @pytest.mark.parametrize("text", ["שלום עולם", "مرحبا بالعالم"])
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
@@ -288,10 +293,11 @@ def test_bidi_layouts_keep_every_character_and_stay_in_their_lines():
 
     @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
     @hypothesis.given(parts=st.lists(st.sampled_from(alphabet), max_size=60),
-                      align=st.sampled_from(["left", "justify", "right"]), marker=st.booleans())
-    def check(parts, align, marker):
+                      align=st.sampled_from(["left", "justify", "right"]), marker=st.booleans(),
+                      wrap=st.sampled_from(["word", "cjk"]))
+    def check(parts, align, marker, wrap):
         text = "".join(parts)
-        cfg = RenderConfig(**{**CFG.to_dict(), "alignment": align, "page_size": (120, 200),
+        cfg = RenderConfig(**{**CFG.to_dict(), "alignment": align, "page_size": (120, 200), "wrap": wrap,
                               "newline_markup": "<font color=\"#FF0000\"> \\n </font>" if marker else "<br/>"})
         a, atlas = layout(text, cfg)
         b, _ = layout(text, cfg, backend="reference")
@@ -302,10 +308,73 @@ def test_bidi_layouts_keep_every_character_and_stay_in_their_lines():
         assert drawn <= set(a.g_src.tolist())  # every visible character is placed
         adv = atlas.arrays()["advance"].astype(np.float32)
         tol = 72 / cfg.dpi / cfg.subpixel_phases + 1e-3  # pens are binned as poppler's; visual order moves cells
+        on_line = np.zeros(len(a.g_x), np.int64)
         for li in range(len(a.l_x)):
-            g = (a.g_src >= a.l_src_start[li]) & (a.g_src < a.l_src_end[li]) & (a.g_page == a.l_page[li])
+            g = glyphs_of_line(a, li)  # not by source span: a newline marker's may overlap the next line's
+            on_line += g
             if g.any():
                 assert a.g_x[g].min() >= a.l_x[li] - tol
                 assert (a.g_x[g] + adv[a.g_slot[g]]).max() <= a.l_x[li] + max(a.l_width[li], 0) + tol
+        assert (on_line == 1).all()  # every glyph is on one line
 
     check()
+
+
+@needs_rtl
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_rtl_newline_marker_wrapped_to_the_next_line_keeps_glyphs_in_their_lines(backend):
+    """A visible newline marker whose space ends a full right-to-left line draws its glyphs on the next line: the
+    two lines' source spans overlap (the marker's glyphs carry the newline's index), and reordering the first
+    line must not move the second line's glyphs."""
+    cfg = RenderConfig(page_size=(150, 200), wrap="cjk", newline_markup='<font color="#FF0000"> \\n </font>',
+                       auto_cjk_fallback=False, auto_crop_width=False)
+    text = "אבגדהוזחטיכלמנסעפצקרשת\nאבגד"
+    lay, atlas = layout(text, cfg, backend=backend)
+    assert len(lay.l_x) == 2 and lay.l_src_end[0] > lay.l_src_start[1], "the case: overlapping line spans"
+    nl = text.index("\n")
+    assert set(lay.g_src[lay.g_color == 1].tolist()) == {nl} and (lay.g_y[lay.g_color == 1] == lay.l_y[1]).all()
+    adv = atlas.arrays()["advance"].astype(np.float32)
+    bin_ = 72 / cfg.dpi / cfg.subpixel_phases + 1e-3  # pens are binned as poppler's; visual order moves cells
+    for li in range(2):
+        g = glyphs_of_line(lay, li)
+        assert g.any()
+        assert lay.g_x[g].min() >= lay.l_x[li] - bin_
+        assert (lay.g_x[g] + adv[lay.g_slot[g]]).max() <= lay.l_x[li] + lay.l_width[li] + bin_, f"line {li}"
+        letters = g & (lay.g_color == 0)
+        assert (np.diff(lay.g_x[letters]) < 0).all(), f"line {li} reads right to left"
+
+
+def _visual_order_by_insertion(recs, s, e, text):
+    """What `bidi._visual_order` returns, as it once computed it: each character bidi rule X9 removes inserted in
+    turn right after its predecessor (quadratic in their number)."""
+    from bidi import algorithm as A
+
+    line = [dict(r) for r in recs]
+    A.reorder_resolved_levels({"chars": line, "base_level": line[0]["base"] if line else 0}, False)
+    order = [r["i"] for r in line]
+    for i in range(s, e):
+        if i not in order:
+            order.insert(order.index(i - 1) + 1 if i - 1 in order else 0, i)
+    return order
+
+
+@needs_rtl
+def test_characters_bidi_removes_follow_their_predecessor_in_linear_time():
+    """ZWJ, BOM, soft hyphen, controls and the embeddings (X9 removes them from the algorithm's records) go right
+    after the character before them; hundreds of thousands of them take well under a second (it was quadratic:
+    33 s for 32,000)."""
+    for text in ["\u200d\u200dאב" + "\u200d" * 4 + "c\u202bd\u202c", "א\ufeff\u00adב c\u202ad\u202c\u200d",
+                 "\u202bab\u202c\u05e9\u200d\u05dc\u0007 (x)\u200d", "\u200dabc\u200d", "ab\u2067\u200dש\u2069\u200d"]:
+        recs = bidi._resolve(text, 0, len(text))
+        for s, e in [(0, len(text)), (1, len(text)), (2, len(text) - 1), (3, 5)]:
+            sub = [r for r in recs if s <= r["i"] < e]
+            assert bidi._visual_order(sub, s, e, text)[0] == _visual_order_by_insertion(sub, s, e, text), (text, s, e)
+    n = 200_000
+    text = "\u05d0" + "\u200d" * n + "\u05d1"
+    recs = bidi._resolve(text, 0, len(text))
+    assert bidi._visual_order(recs, 0, len(text), text)[0] == [n + 1, *range(n + 1)]
+    small, big = Document("\u05d0\u200d\u200d\u200d\u05d1", CFG).layout, Document(text, CFG).layout
+    assert big.placed == n + 2 and len(big.g_x) == n + 2 and len(big.l_x) == 1
+    assert big.g_x[-1] < big.g_x[0]  # right to left, the ZWJs after (left of) the first letter
+    np.testing.assert_array_equal(big.g_x[[0, 1, 2, -1]], small.g_x[[0, 1, 2, -1]])  # placed as three ZWJs are
+    assert (big.g_x[3:-1] == small.g_x[3]).all()

@@ -239,13 +239,24 @@ def _visual_order(recs: list[dict], s: int, e: int, text: str) -> tuple[list[int
     A.apply_mirroring(st, False)
     mirrored = {r["i"]: r["ch"] for r in line if r["ch"] != text[r["i"]]}
     order = [r["i"] for r in line]
-    if len(order) < e - s:  # characters the algorithm removed (X9: embedding controls) follow their predecessor
-        pos = {c: k for k, c in enumerate(order)}
+    if len(order) < e - s:  # characters the algorithm removed (X9: embedding controls, BN) follow their predecessor
+        # each run of removed characters goes right after the character before it (at the line's visual start
+        # when the line begins with one): one pass, in time linear in the line (inserting them one at a time
+        # was quadratic in their number)
+        kept = set(order)
+        after: dict[int, list[int]] = {}  # kept character -> the removed characters right after it in the text
+        head: list[int] = []
+        run = after.setdefault(s - 1, []) if s - 1 in kept else head
         for i in range(s, e):
-            if i not in pos:
-                at = pos[i - 1] + 1 if i - 1 in pos else 0
-                order.insert(at, i)
-                pos = {c: k for k, c in enumerate(order)}
+            if i in kept:
+                run = after.setdefault(i, [])
+            else:
+                run.append(i)
+        out = list(head)
+        for c in order:
+            out.append(c)
+            out.extend(after.get(c, ()))
+        order = out
     return order, mirrored
 
 
@@ -266,21 +277,16 @@ def reorder_lines(text: str, cps: np.ndarray, lay, advance: np.ndarray, slot_of)
     rtl_par = (rtl_cum[par_end] - rtl_cum[par_start]) > 0
     resolved: dict[int, tuple[list[dict], list[int]]] = {}  # paragraph -> records, their source indices
     g_src = lay.g_src
-    g_page_all = lay.g_page  # expanded once: the layout stores pages per run of glyphs
     adv = advance.astype(np.float32)
-    for li in range(len(lay.l_src_start)):
-        s, e = int(lay.l_src_start[li]), int(lay.l_src_end[li])
-        if e <= s:
-            continue
+    for li, sel in _line_glyphs(lay):
+        src = g_src[sel]
+        # the line's source span, widened to its glyphs' characters (a newline marker's glyphs may be drawn
+        # on the line after the one whose span ends with the newline)
+        s = min(int(lay.l_src_start[li]), int(src[0]))
+        e = max(int(lay.l_src_end[li]), int(src[-1]) + 1)
         p0 = int(np.searchsorted(par_end, s, side="right"))
         p1 = int(np.searchsorted(par_end, e - 1, side="right"))
         if not rtl_par[p0:p1 + 1].any():
-            continue
-        g0, g1 = int(np.searchsorted(g_src, s, "left")), int(np.searchsorted(g_src, e, "left"))
-        if g1 <= g0:
-            continue
-        g_page = g_page_all[g0:g1]
-        if not (g_page == lay.l_page[li]).all():  # a line's glyphs are on its page
             continue
         recs = []
         for p in range(p0, p1 + 1):
@@ -290,23 +296,52 @@ def reorder_lines(text: str, cps: np.ndarray, lay, advance: np.ndarray, slot_of)
             r, idx = resolved[p]
             recs.extend(r[bisect.bisect_left(idx, s):bisect.bisect_left(idx, e)])
         order, mirrored = _visual_order(recs, s, e, text)
-        _place(lay, li, s, e, g0, g1, order, adv)
+        _place(lay, li, s, e, sel, order, adv)
         for i, ch in mirrored.items():
-            k = g0 + int(np.searchsorted(g_src[g0:g1], i))
+            k = int(np.searchsorted(src, i))
             slot = slot_of(ch)
-            if k < g1 and g_src[k] == i and slot is not None:
-                lay.g_slot[k] = slot
+            if k < len(src) and src[k] == i and slot is not None:
+                lay.g_slot[_nth(sel, k)] = slot
 
 
-def _place(lay, li: int, s: int, e: int, g0: int, g1: int, order: list[int], adv: np.ndarray) -> None:
-    """New x of glyphs g0:g1 of line li: the source characters' cells laid out left to right in `order`.
+def _line_glyphs(lay):
+    """(line, glyphs) for every line that has glyphs: the glyphs drawn on its page at its baseline (the layout's
+    runs), as a slice, or an index array where they are not contiguous. Not by source span: where a newline
+    marker's space ends a line, its glyphs (at the newline's index) are on the next line, and the two lines'
+    spans overlap."""
+    n = len(lay.l_page)
+    nr = len(lay.r_page)
+    if not n or not nr:
+        return
+    line_of = {(p, y): li for li, (p, y) in enumerate(zip(lay.l_page.tolist(), lay.l_y.astype(np.float32).tolist()))}
+    runs: dict[int, list[tuple[int, int]]] = {}
+    starts = lay.r_start.tolist()
+    for r, (p, y) in enumerate(zip(lay.r_page.tolist(), lay.r_y.astype(np.float32).tolist())):
+        li = line_of.get((p, y))
+        if li is not None and starts[r + 1] > starts[r]:
+            runs.setdefault(li, []).append((starts[r], starts[r + 1]))
+    for li in sorted(runs):
+        spans = runs[li]
+        if all(a[1] == b[0] for a, b in zip(spans, spans[1:])):
+            yield li, slice(spans[0][0], spans[-1][1])
+        else:
+            yield li, np.concatenate([np.arange(g0, g1) for g0, g1 in spans])
+
+
+def _nth(sel, k: int) -> int:
+    return sel.start + k if isinstance(sel, slice) else int(sel[k])
+
+
+def _place(lay, li: int, s: int, e: int, sel, order: list[int], adv: np.ndarray) -> None:
+    """New x of the glyphs `sel` of line li: the source characters' cells laid out left to right in `order`.
 
     A character's cell is its glyphs' extent; a character with no glyph (a space) takes its share of
     the gap it left between glyphs, so stretched (justified) spaces keep their width.
     """
-    xs = lay.g_x[g0:g1].astype(np.float64).tolist()
-    src = lay.g_src[g0:g1].tolist()
-    ends = (lay.g_x[g0:g1].astype(np.float64) + adv[lay.g_slot[g0:g1]]).tolist()
+    gx = lay.g_x[sel].astype(np.float64)
+    xs = gx.tolist()
+    src = lay.g_src[sel].tolist()
+    ends = (gx + adv[lay.g_slot[sel]]).tolist()
     width = [0.0] * (e - s)
     first: dict[int, int] = {}  # source index -> its first glyph
     line_x = float(lay.l_x[li])
@@ -339,4 +374,4 @@ def _place(lay, li: int, s: int, e: int, g0: int, g1: int, order: list[int], adv
                 new[k] = x + (xs[k] - xs[k0])
                 k += 1
         x += width[c - s]
-    lay.g_x[g0:g1] = np.asarray(new, dtype=lay.g_x.dtype)
+    lay.g_x[sel] = np.asarray(new, dtype=lay.g_x.dtype)
