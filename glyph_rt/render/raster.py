@@ -73,8 +73,8 @@ NO_CLIP = np.iinfo(np.int32).max
 def run_clips(layout: Layout, config: RenderConfig) -> np.ndarray:
     """int32 [runs]: the pixel row (exclusive) where each run's glyphs stop. reportlab paints each paragraph part's
     background (`para_bg_color`, white by default) before its text, over the descenders of the line above it, so
-    in Glyph's pages the last line of a paragraph loses what reaches into the next part's background: the run stops
-    at that background's top row. NO_CLIP where no part follows on the page."""
+    in Glyph's pages the last line of a paragraph loses what reaches into the next part's background (and border):
+    the run stops at its top row. NO_CLIP where no part follows on the page."""
     nr, nb = len(layout.r_page), len(layout.b_page)
     out = np.full(nr, NO_CLIP, np.int32)
     if not nr or nb < 2:
@@ -91,7 +91,9 @@ def run_clips(layout: Layout, config: RenderConfig) -> np.ndarray:
     nxt = j + 1
     ok = (j >= 0) & (nxt < nb)
     ok[ok] &= (b_page[j[ok]] == layout.r_page[ok]) & (b_page[nxt[ok]] == layout.r_page[ok])
-    top = np.floor((b_y[nxt[ok]] - config.border_padding) * sy + 0.5)  # paragraph_rects' rows
+    # paragraph_rects' rows: the background's top, or above it the border's top side (its outer edge)
+    reach = config.border_padding + (config.border_width / 2 if config.border_width > 0 else 0.0)
+    top = np.floor((b_y[nxt[ok]] - reach) * sy + 0.5)
     out[ok] = np.clip(top, -1, NO_CLIP).astype(np.int32)
     return out
 
@@ -137,12 +139,18 @@ def paragraph_rects(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, n
             boxes.append([px(x0[i], sx), px(y0[i], sy), px(x1[i], sx), px(y1[i], sy)])
             colors.append(para_bg)
         if bw > 0:
+            # poppler strokes the box with stroke adjustment (Splash's SplashXPath hints): each side covers the
+            # pixels from its inner edge rounded to its outer edge rounded, at least one
             h = bw / 2
-            ox0, oy0, ox1, oy1 = px(x0[i] - h, sx), px(y0[i] - h, sy), px(x1[i] + h, sx), px(y1[i] + h, sy)
-            tx = max(1, int(round(bw * sx)))
-            ty = max(1, int(round(bw * sy)))
-            for b in ([ox0, oy0, ox1, oy0 + ty], [ox0, oy1 - ty, ox1, oy1],
-                      [ox0, oy0, ox0 + tx, oy1], [ox1 - tx, oy0, ox1, oy1]):
+
+            def side(c, s):
+                a, b = int(px(c - h, s)), int(px(c + h, s))
+                return a, max(b, a + 1)
+
+            left, right, top, bottom = side(x0[i], sx), side(x1[i], sx), side(y0[i], sy), side(y1[i], sy)
+            ox0, ox1, oy0, oy1 = left[0], right[1], top[0], bottom[1]
+            for b in ([ox0, top[0], ox1, top[1]], [ox0, bottom[0], ox1, bottom[1]],
+                      [left[0], oy0, left[1], oy1], [right[0], oy0, right[1], oy1]):
                 pages.append(layout.b_page[i])
                 boxes.append(b)
                 colors.append(border)
