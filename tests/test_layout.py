@@ -383,6 +383,20 @@ def test_cannot_start_is_reportlabs():
     assert CANNOT_START == set(textsplit.ALL_CANNOT_START)
 
 
+def test_fp_str_is_reportlabs():
+    """pdfnum.fp_str prints as reportlab does (the C++ engine's twin is held to it through the layouts)."""
+    rl = pytest.importorskip("reportlab.lib.rl_accel")
+    rng = np.random.default_rng(0)
+    vals = [0.0, 1e-8, 1e-7, 2e-7, 0.5, -0.5, 1.0, 10.0, 100.0, 1000.0, 999.99999, 1e4, 1e6, 602.05078125, -0.10405,
+            842 - (14.4 + 797.9), 0.9999999, 1.0000001, 114.73125, -114.73125]
+    vals += rng.uniform(-2000, 2000, 3000).tolist() + (rng.uniform(-1, 1, 3000) * 10.0 ** rng.integers(-8, 7, 3000)).tolist()
+    from glyph_rt.render.pdfnum import fp_str, pdf_float
+
+    for v in vals:
+        assert fp_str(v) == rl.fp_str(v), v
+        assert pdf_float(v) == float(rl.fp_str(v)), v
+
+
 def test_justify_stretches_kept_spaces_too():
     """reportlab writes U+00A0 as code 32, so the PDF's word spacing widens kept spaces as well: a justified
     line's last glyph ends at the frame's right edge (it stopped short by the kept spaces' share). The CJK wrap's
