@@ -205,7 +205,7 @@ py::tuple ink_extent(const py::array_t<uint8_t, py::array::c_style>& pages, int3
 // first_row [P], out [N, 1176] float32 with a float32 lut [3, 256], or uint16 (bfloat16 bits) with a
 // bfloat16-bits lut, or uint8 patches [N, 592] with no lut. Every page's rows are checked to lie
 // inside `out` before any is written.
-void pixel_values_cpu_py(const py::array_t<uint8_t, py::array::c_style>& pages, const Arr<int32_t>& hw,
+void pixel_values_cpu_py(const py::array_t<uint8_t, py::array::c_style>& pages, const Arr<int64_t>& hw,
                          const Arr<int64_t>& first_row, const py::object& lut_obj, py::array out) {
   if (pages.ndim() != 4 || pages.shape(3) != 3) throw std::invalid_argument("pixel_values_cpu: pages must be [P,H,W,3] uint8");
   const int32_t P = (int32_t)pages.shape(0), H = (int32_t)pages.shape(1), W = (int32_t)pages.shape(2);
@@ -228,17 +228,26 @@ void pixel_values_cpu_py(const py::array_t<uint8_t, py::array::c_style>& pages, 
   if (out.ndim() != 2 || out.shape(1) != row || !(out.flags() & py::array::c_style) || !out.writeable())
     throw std::invalid_argument("pixel_values_cpu: out must be a writable contiguous [N, " + std::to_string(row) +
                                 "] array");
-  const int32_t* s = hw.data();
+  // hw arrives as int64 (any integer array is cast to it) and is range-checked before it is narrowed, so a
+  // size such as 2**32 + 28 is refused rather than wrapped to 28; the rows test is written so it cannot overflow.
+  std::vector<int32_t> hw32(2 * (size_t)P);
+  const int64_t* hs = hw.data();
   const int64_t* f = first_row.data();
+  const int64_t N = (int64_t)out.shape(0);
   for (int32_t i = 0; i < P; ++i) {
-    const int32_t h = s[2 * i], w = s[2 * i + 1];
-    if (h == 0 || w == 0) continue;
+    const int64_t h = hs[2 * i], w = hs[2 * i + 1];
+    if (h == 0 || w == 0) continue;  // a skipped page (hw32 stays 0, 0 as the kernels expect)
     if (h < 0 || w < 0 || h > H || w > W || h % 28 || w % 28)
-      throw std::invalid_argument("pixel_values_cpu: page " + std::to_string(i) + " size " + std::to_string(h) +
-                                  "x" + std::to_string(w) + " is not a multiple of 28 inside the page buffer");
-    if (f[i] < 0 || f[i] + (int64_t)(h / 14) * (w / 14) > out.shape(0))
-      throw std::invalid_argument("pixel_values_cpu: rows of page " + std::to_string(i) + " lie outside out");
+      throw std::invalid_argument("pixel_values_cpu: hw of page " + std::to_string(i) + ", " + std::to_string(h) +
+                                  "x" + std::to_string(w) + ", is not a multiple of 28 inside the page buffer");
+    const int64_t rows = (h / 14) * (w / 14);  // h, w <= INT32_MAX: no overflow
+    if (f[i] < 0 || rows > N || f[i] > N - rows)
+      throw std::invalid_argument("pixel_values_cpu: rows of page " + std::to_string(i) + " (first_row " +
+                                  std::to_string(f[i]) + ", " + std::to_string(rows) + " rows) lie outside out's " +
+                                  std::to_string(N) + " rows");
+    hw32[2 * i] = (int32_t)h, hw32[2 * i + 1] = (int32_t)w;
   }
+  const int32_t* s = hw32.data();
   const uint8_t* src = pages.data();
   void* o = out.mutable_data();
   const void* l = u8 ? nullptr : lut.data();

@@ -12,6 +12,7 @@ Pillow as in the processor, so every page gives the processor's values bit for b
 from __future__ import annotations
 
 import functools
+import operator
 
 import numpy as np
 import torch
@@ -135,5 +136,28 @@ def write_pixel_values_cpu(pages: np.ndarray, hw: np.ndarray, first_row: np.ndar
         t = t.contiguous() if t is lut else t
         return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
-    C.pixel_values_cpu(pages, np.ascontiguousarray(hw, np.int32), np.ascontiguousarray(first_row, np.int64),
-                       None if raw else arr(lut.cpu()), arr(out))
+    hw = int64_array(hw, "hw", "write_pixel_values_cpu")
+    first_row = int64_array(first_row, "first_row", "write_pixel_values_cpu")
+    if hw.size and (hw.min() < 0 or hw.max() > np.iinfo(np.int32).max):  # checked here, not wrapped by a cast
+        raise ValueError(f"write_pixel_values_cpu: hw must be image sizes in [0, 2**31), got {hw.min()}..{hw.max()}")
+    C.pixel_values_cpu(pages, hw, first_row, None if raw else arr(lut.cpu()), arr(out))
+
+
+def int64_array(values, name: str, where: str) -> np.ndarray:
+    """`values` as a contiguous int64 array, or a ValueError naming the argument: integers past int64, floats
+    that are not whole numbers and non-numbers are refused instead of being wrapped or truncated by a cast."""
+    try:
+        a = np.asarray(values)
+        if a.dtype.kind == "O":  # Python ints past int64 (numpy keeps them as objects)
+            a = np.asarray([operator.index(v) for v in a.reshape(-1).tolist()], np.int64).reshape(a.shape)
+        elif a.dtype.kind == "f":
+            if a.size and not (np.isfinite(a).all() and (a == np.trunc(a)).all() and np.abs(a).max() < 2.0 ** 63):
+                raise ValueError
+        elif a.dtype.kind == "u":
+            if a.size and a.max() > np.iinfo(np.int64).max:
+                raise ValueError
+        elif a.dtype.kind not in "ib":
+            raise ValueError
+        return np.ascontiguousarray(a, np.int64)
+    except (OverflowError, TypeError, ValueError):
+        raise ValueError(f"{where}: {name} must be integers within int64") from None

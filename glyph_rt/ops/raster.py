@@ -377,8 +377,10 @@ class RasterBatch:
 def set_image_targets(dev: dict, hw: np.ndarray, first_row: np.ndarray) -> None:
     """Where MODE_PIXELS / MODE_PATCHES write each page: its image size (height, width; multiples of 28 within
     the page's canvas, or 0 to skip the page) and its first output row."""
-    hw = np.asarray(hw, np.int64).reshape(-1, 2)
-    first_row = np.asarray(first_row, np.int64).reshape(-1)
+    from .pixel_values import int64_array
+
+    hw = int64_array(hw, "hw", "set_image_targets").reshape(-1, 2)
+    first_row = int64_array(first_row, "first_row", "set_image_targets").reshape(-1)
     canvas = dev["canvas"]
     if hw.shape[0] != canvas.shape[0] or first_row.shape[0] != canvas.shape[0]:
         raise ValueError(f"set_image_targets: {hw.shape[0]} sizes and {first_row.shape[0]} first rows for "
@@ -388,21 +390,33 @@ def set_image_targets(dev: dict, hw: np.ndarray, first_row: np.ndarray) -> None:
         k = int(bad[0])
         raise ValueError(f"set_image_targets: page {k}'s image {tuple(hw[k])} (first row {first_row[k]}) is not "
                          f"multiples of 28 within its {tuple(canvas[k])} canvas")
+    rows = (hw[:, 0] // 14) * (hw[:, 1] // 14)  # hw lies within the canvas: no overflow
+    over = np.nonzero(first_row > np.iinfo(np.int64).max - rows)[0]  # first_row + rows would wrap past int64
+    if len(over):
+        k = int(over[0])
+        raise ValueError(f"set_image_targets: page {k}'s first_row {first_row[k]} plus its {rows[k]} rows passes "
+                         f"int64")
     dev["out_off"].copy_(torch.from_numpy(np.ascontiguousarray(first_row)))
     dev["meta"][:, 6:8] = torch.from_numpy(np.ascontiguousarray(hw, dtype=np.int32)).to(dev["meta"].device)
-    rows = (hw[:, 0] // 14) * (hw[:, 1] // 14)
     dev["out_rows"] = int((first_row + rows).max(initial=0))  # rows the kernels write
     dev.pop("out_bytes", None)
 
 
 def set_page_targets(dev: dict, offsets: np.ndarray) -> int:
     """Where MODE_PAGES writes each uint8 RGB canvas: its byte offset. Returns the bytes the pages need."""
-    offsets = np.asarray(offsets, np.int64).reshape(-1)
+    from .pixel_values import int64_array
+
+    offsets = int64_array(offsets, "offsets", "set_page_targets").reshape(-1)
     canvas = dev["canvas"]
     if offsets.shape[0] != canvas.shape[0] or (offsets < 0).any():
         raise ValueError(f"set_page_targets: {offsets.shape[0]} offsets for {canvas.shape[0]} pages (each >= 0)")
+    size = canvas[:, 0] * canvas[:, 1] * 3  # int32 sides: no overflow
+    over = np.nonzero(offsets > np.iinfo(np.int64).max - size)[0]  # offset + size would wrap past int64
+    if len(over):
+        k = int(over[0])
+        raise ValueError(f"set_page_targets: page {k}'s offset {offsets[k]} plus its {size[k]} bytes passes int64")
     dev["out_off"].copy_(torch.from_numpy(np.ascontiguousarray(offsets)))
-    dev["out_bytes"] = int((offsets + canvas[:, 0] * canvas[:, 1] * 3).max(initial=0))
+    dev["out_bytes"] = int((offsets + size).max(initial=0))
     dev.pop("out_rows", None)
     return dev["out_bytes"]
 

@@ -122,8 +122,6 @@ class FontAtlas:
 
     def __init__(self, fonts: list[str], size_pt: float, dpi: float, h_scale: float = 1.0, phases: int = 4,
                  key: str | None = None):
-        import freetype
-
         if not fonts:
             raise ValueError("FontAtlas: no fonts given")
         self.fonts = list(fonts)
@@ -135,14 +133,8 @@ class FontAtlas:
         self.size_px = self.size_pt * self.dpi / 72.0
         self.ft_pixels, self.ft_xx, self.ft_yy = poppler_font_scale(self.size_pt, self.dpi, self.h_scale)
         self.lock = threading.RLock()  # held while the atlas grows; layouts may run in several threads
-        self._faces = []
-        for path in self.fonts:
-            try:
-                face = freetype.Face(*split_face(path))
-            except Exception as e:  # freetype.ft_errors.FT_Exception and OSError
-                raise ValueError(f"font_path: {path!r} cannot be opened as a font: {e}") from None
-            face.set_pixel_sizes(0, self.ft_pixels)
-            self._faces.append(face)
+        self._faces = [self._open_face(path, "font_path" if i == 0 else "fallback_fonts")
+                       for i, path in enumerate(self.fonts)]
         # per font, whether poppler draws its glyphs at whole pixels only (every phase is phase 0's bitmap)
         self._whole_pixels = [poppler_glyph_rows(f, self.size_px) > POPPLER_MAX_FRACTIONAL_ROWS for f in self._faces]
         self.lut = np.full(LUT_SIZE, -1, dtype=np.int32)
@@ -161,6 +153,27 @@ class FontAtlas:
             self._add_missing_box()
             self._add_codepoint(0x20, force_slot=SPACE_SLOT)
             self._dirty = True
+
+    def _open_face(self, path: str, field_name: str):
+        """The FreeType face of `path` at the atlas's pixel size, or the config's error naming the field: a file
+        FreeType cannot open, or a font it cannot draw at any size (a bitmap-only font: EBLC/EBDT strikes and no
+        outlines; the atlas renders outlines only, as poppler draws Glyph's TrueType fonts)."""
+        import freetype
+
+        from .config import ConfigError
+
+        try:
+            face = freetype.Face(*split_face(path))
+        except Exception as e:  # freetype.ft_errors.FT_Exception and OSError
+            raise ConfigError(f"{field_name}: {path!r} cannot be opened as a font: {e}") from None
+        if not face.is_scalable or face.units_per_EM <= 0:
+            raise ConfigError(f"{field_name}: {path!r} cannot be used as a font: it has no scalable outlines "
+                              "(a bitmap-only font); give a TrueType/OpenType outline font")
+        try:
+            face.set_pixel_sizes(0, self.ft_pixels)
+        except Exception as e:  # freetype.ft_errors.FT_Exception
+            raise ConfigError(f"{field_name}: {path!r} cannot be used as a font at {self.ft_pixels} px: {e}") from None
+        return face
 
     # ----------------------------------------------------------------- building
     @property

@@ -37,6 +37,10 @@ MAX_PAGE_PIXELS_SIDE = 16384
 MIN_PAGE_PIXELS_SIDE = 8  # a page smaller than this holds no legible glyph
 MAX_LENGTH_PT = 100_000.0  # bound on every length field (points), far past any page
 MAX_GLYPH_BYTES = 16 << 20  # atlas bytes of one glyph (all sub-pixel phases)
+# newline_markup: the visible marker is drawn after every source line, so its length multiplies the layout's
+# glyphs (Glyph's own markers are '<br/>' and '<font color="#FF0000"> \\n </font>': 4 visible characters)
+MAX_NEWLINE_MARKER_CHARS = 64  # visible marker text
+MAX_NEWLINE_MARKUP_CHARS = 1024  # the markup as written, tags included
 INT32_MAX = (1 << 31) - 1
 BOOL_FIELDS = ("auto_cjk_fallback", "auto_crop_width", "auto_crop_last_page", "cr_newline")
 REPORTLAB_FRAME_PADDING = 6.0
@@ -48,6 +52,18 @@ _NAMED = {"white": "#FFFFFF", "black": "#000000", "red": "#FF0000", "green": "#0
 
 class ConfigError(ValueError):
     """A rendering parameter is invalid; the message names the field and the value."""
+
+
+def _show(v: Any) -> str:
+    """A field's value for an error message: its repr, with an integer too long to print (or to read) described
+    and a long string cut (a config may hold a 400-digit integer or a megabyte of markup)."""
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 256:
+        return f"{'a negative' if v < 0 else 'an'} integer of about {int(v.bit_length() * math.log10(2)) + 1} digits"
+    if isinstance(v, (tuple, list)) and len(v) <= 8:
+        inner = ", ".join(_show(x) for x in v)
+        return f"({inner}{',' if len(v) == 1 else ''})" if isinstance(v, tuple) else f"[{inner}]"
+    r = repr(v)
+    return r if len(r) <= 80 else f"{r[:60]}... ({len(v) if isinstance(v, (str, bytes)) else len(r)} characters)"
 
 
 def parse_color(value: Any, name: str = "color") -> tuple[int, int, int]:
@@ -73,8 +89,12 @@ def parse_page_size(value: Any) -> tuple[float, float]:
     """'A4' / 'letter' / '595,842' / (w, h) / 'aspect:1.414' (A4 width) / 'aspect:1.5@500' -> points."""
     if isinstance(value, (tuple, list)) and len(value) == 2:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"page_size: {value!r} must be two numbers (points)")
-        w, h = float(value[0]), float(value[1])
+            raise ConfigError(f"page_size: {_show(value)} must be two numbers (points)")
+        try:
+            w, h = float(value[0]), float(value[1])
+        except OverflowError:  # an integer past float's range (over 1e308)
+            raise ConfigError(f"page_size: {_show(value)} is out of range; give two positive numbers (points)") \
+                from None
     elif isinstance(value, str):
         s = value.strip()
         if s.upper() in PAPER_SIZES:
@@ -104,9 +124,9 @@ def parse_page_size(value: Any) -> tuple[float, float]:
             except ValueError:
                 raise ConfigError(f"page_size: {value!r} is not 'W,H' in points") from None
     else:
-        raise ConfigError(f"page_size: {value!r} is not a page size")
+        raise ConfigError(f"page_size: {_show(value)} is not a page size")
     if not (w > 0 and h > 0 and math.isfinite(w) and math.isfinite(h)):
-        raise ConfigError(f"page_size: {value!r} must be two positive numbers")
+        raise ConfigError(f"page_size: {_show(value)} must be two positive numbers")
     return w, h
 
 
@@ -121,7 +141,10 @@ class NewlineMarkup:
     @staticmethod
     def parse(markup: str) -> "NewlineMarkup":
         if not isinstance(markup, str):
-            raise ConfigError(f"newline_markup: {markup!r} is not a string (use '<br/>' or marker text)")
+            raise ConfigError(f"newline_markup: {_show(markup)} is not a string (use '<br/>' or marker text)")
+        if len(markup) > MAX_NEWLINE_MARKUP_CHARS:  # before any regex reads it
+            raise ConfigError(f"newline_markup: {_show(markup)} is over the limit of {MAX_NEWLINE_MARKUP_CHARS} "
+                              "characters (use '<br/>' or a short marker)")
         if re.search(r"<\s*br\s*/?\s*>", markup, re.I):
             return NewlineMarkup(True)
         m = re.search(r"""color\s*=\s*["']?([#0-9A-Za-z]+)""", markup)
@@ -131,6 +154,10 @@ class NewlineMarkup:
         text = html.unescape(re.sub(r"<[^>]*>", "", markup)).replace("\n", "\\n")
         if not text.strip():
             raise ConfigError(f"newline_markup: {markup!r} has no visible text and is not <br/>")
+        if len(text) > MAX_NEWLINE_MARKER_CHARS:  # drawn after every line: its length multiplies the glyphs
+            raise ConfigError(f"newline_markup: its visible marker text is {len(text)} characters, over the limit of "
+                              f"{MAX_NEWLINE_MARKER_CHARS} (it is drawn after every line; use '<br/>' or a short "
+                              "marker such as ' \\n ')")
         return NewlineMarkup(False, text, color)
 
 
@@ -213,12 +240,13 @@ class RenderConfig:
 
         def num(name, lo=None, hi=None, lo_open=False):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"{name}: {v!r} is not a number")
+            # an int is compared as it is: float() of one past 1e308 would raise OverflowError
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (isinstance(v, int) or math.isfinite(v)):
+                raise ConfigError(f"{name}: {_show(v)} is not a number")
             if lo is not None and (v <= lo if lo_open else v < lo):
-                raise ConfigError(f"{name}: {v!r} must be {'>' if lo_open else '>='} {lo}")
+                raise ConfigError(f"{name}: {_show(v)} must be {'>' if lo_open else '>='} {lo}")
             if hi is not None and v > hi:
-                raise ConfigError(f"{name}: {v!r} must be <= {hi}")
+                raise ConfigError(f"{name}: {_show(v)} must be <= {hi}")
 
         num("dpi", *DPI_RANGE)
         num("font_size", *FONT_SIZE_RANGE)
@@ -231,7 +259,7 @@ class RenderConfig:
         outdent = self.margin_x + self.frame_padding + self.left_indent
         if self.first_line_indent < -outdent:
             raise ConfigError(
-                f"first_line_indent: {self.first_line_indent!r} would start the first line off the page; allowed "
+                f"first_line_indent: {_show(self.first_line_indent)} would start the first line off the page; allowed "
                 f">= -{outdent:g} (-(margin_x + frame_padding + left_indent))"
             )
         num("horizontal_scale", 0.1, 4.0)
@@ -252,13 +280,13 @@ class RenderConfig:
         def integer(name, lo, hi, note=""):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise ConfigError(f"{name}: {v!r} must be an integer in {lo}..{hi}{note}")
+                raise ConfigError(f"{name}: {_show(v)} must be an integer in {lo}..{hi}{note}")
 
         integer("lines_per_paragraph", 1, INT32_MAX)
         integer("tab_size", 0, 16, " (0 = a tab is breaking whitespace, as in Glyph)")
         integer("snap", 0, 1024, " (0 = off)")
         if isinstance(self.subpixel_phases, bool) or self.subpixel_phases not in (1, 2, 4, 8):
-            raise ConfigError(f"subpixel_phases: {self.subpixel_phases!r} must be 1, 2, 4 or 8")
+            raise ConfigError(f"subpixel_phases: {_show(self.subpixel_phases)} must be 1, 2, 4 or 8")
         for name in ("font_color", "page_bg_color", "para_bg_color", "para_border_color"):
             parse_color(getattr(self, name), name)
         NewlineMarkup.parse(self.newline_markup)
@@ -361,7 +389,7 @@ class RenderConfig:
         """Glyph's dashed-key format. Unset keys take Glyph's renderer defaults, not glyph_rt's."""
         kw: dict[str, Any] = {**GLYPH_RENDERER_DEFAULTS, **glyph_fields(d, base_dir)}
         if kw.get("line_height") is None:
-            kw["line_height"] = float(kw.get("font_size", 9)) + 1  # Glyph: line-height or font-size + 1
+            kw["line_height"] = _font_size_plus_1(kw.get("font_size", 9))  # Glyph: line-height or font-size + 1
         return cls(**kw)
 
     def with_glyph_overrides(self, d: dict, base_dir: str | os.PathLike | None = None) -> "RenderConfig":
@@ -370,7 +398,7 @@ class RenderConfig:
         renderer takes it."""
         kw = glyph_fields(d, base_dir)
         if "font_size" in kw and kw.get("line_height") is None:
-            kw["line_height"] = float(kw["font_size"]) + 1
+            kw["line_height"] = _font_size_plus_1(kw["font_size"])
         elif kw.get("line_height", 0) is None:
             del kw["line_height"]
         try:
@@ -426,6 +454,14 @@ class RenderConfig:
         if d.get("fallback_fonts"):
             d["fallback_fonts"] = [_absolute(p) for p in d["fallback_fonts"]]
         Path(path).write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
+
+
+def _font_size_plus_1(font_size: Any) -> float:
+    """Glyph's line height when a config gives none: font-size + 1, or the config's error naming font_size."""
+    try:
+        return float(font_size) + 1
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"font_size: {_show(font_size)} is not a number within range") from None
 
 
 def glyph_bytes_bound(font_px: float, h_scale: float, phases: int) -> int:
