@@ -267,7 +267,9 @@ def test_descenders_under_the_next_paragraphs_background_are_cut(over):
     {"alignment": "CENTER", "first-line-indent": -19.36, "left-indent": 19.36, "dpi": 57, "font-size": 10,
      "line-height": 12.5, "font-path": "serif"},
     {"border-width": 1.0, "border-padding": 6.5, "para-border-color": "#767676", "page-bg-color": "#121212",
-     "para-bg-color": "#121212", "font-color": "#DADADA", "dpi": 91, "space-before": 2, "space-after": 1},
+     "para-bg-color": "#121212", "font-color": "#DADADA", "dpi": 91, "space-before": 2, "space-after": 1,
+     "page-size": "595.28,841.89", "margin-x": 15, "margin-y": 15, "font-size": 12, "line-height": 12.5,
+     "first-line-indent": 20.89},
     {"border-width": 1.75, "border-padding": 4, "para-border-color": "#8D9094", "para-bg-color": "#F6F8FA",
      "dpi": 96, "alignment": "JUSTIFY"},
 ])
@@ -275,8 +277,10 @@ def test_pages_are_the_official_pixels(over):
     """Every glyph lands in poppler's sub-pixel bin: x is summed as poppler sums reportlab's printed numbers
     (its widths, word spacing and line moves, which reportlab merges and reads back), from reportlab's own line
     widths. With pens summed exactly, 27-142 pixels of the first page differed in three of these configs (and
-    63 over the default config's first 30K characters, 4,438 right-aligned at 96 dpi). Paragraph borders are
-    stroked as poppler strokes them, each side from its inner edge rounded to its outer edge rounded (drawn
-    round(width) wide, the right border of the 1 pt border at 91 dpi was one pixel short)."""
+    63 over the default config's first 30K characters, 4,438 right-aligned at 96 dpi). Paragraph boxes are painted
+    where poppler paints them: the rectangle's corners transformed from the printed numbers, each edge rounded as
+    Splash's stroke adjustment rounds it, a border's side from its inner edge to its outer edge (drawn round(width)
+    wide, the 1 pt border at 91 dpi lost a column; rounded from unprinted numbers, a row at a half-pixel tie), and
+    a background of the page's colour still covers the border above it (713 pixels of page 2)."""
     for i, d in enumerate(page_diffs(over, 12000)):
         assert not d.any(), f"page {i}: {int(d.max(-1).astype(bool).sum())} pixels differ from poppler's page"

@@ -11,6 +11,7 @@ import numpy as np
 from .atlas import FontAtlas
 from .config import NewlineMarkup, RenderConfig, parse_color
 from .layout import Layout
+from .pdfnum import pdf_number
 from .tokens import MAX_ASPECT, VisionModel, vision_model
 
 
@@ -67,6 +68,61 @@ def paper_edges(config: RenderConfig) -> list[list[int]]:
     return out
 
 
+def _round(v: float) -> int:
+    """Splash's splashRound: floor(v + 0.5)."""
+    return int(math.floor(v + 0.5))
+
+
+def box_pixels(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Where poppler paints each paragraph box: (fill int32 [boxes, 4] x0, y0, x1, y1 px, exclusive ends;
+    border int32 [boxes, 4, 4] the top, bottom, left and right sides' boxes).
+
+    reportlab draws a box as `re` (fill, and stroke for a border) in the paragraph's coordinates, translated to its
+    bottom-left corner (`cm`); poppler transforms the path's corners in double from the numbers as printed (its CTM
+    [k 0 0 -k 0 k*H]) and Splash, adjusting strokes (also a filled rectangle's edges), covers the pixels from each
+    edge rounded to the next: a stroke's side from its inner edge to its outer edge (the line width's halves off
+    the path, in user space), at least one pixel. With a horizontal scale other than 1 (Glyph resizes the page)
+    the points are scaled as the glyphs are."""
+    n = len(layout.b_page)
+    fill = np.zeros((n, 4), np.int32)
+    border = np.zeros((n, 4, 4), np.int32)
+    if not n:
+        return fill, border
+    sx, k = scales(config)
+    c = config
+    bp, bw = float(c.border_padding), float(c.border_width)
+    li, ri = float(c.left_indent + c.hanging_indent), float(c.right_indent)
+    avail = (c.page_size[0] - c.margin_x - c.margin_x) - c.frame_padding - c.frame_padding  # Paragraph.wrap's width
+    page_h = float(c.page_size[1])
+    kx = sx if c.horizontal_scale != 1 else k
+    e = pdf_number(c.margin_x + c.frame_padding) * kx
+    k_h = k * pdf_number(page_h)
+    x_r, y_r = pdf_number(li - bp), pdf_number(-bp)
+    w_r = pdf_number(avail - (li + ri) + bp + bp)
+    g = 0.5 * pdf_number(bw) if bw > 0 else 0.0
+    for i, (top, h) in enumerate(zip(layout.b_y.astype(np.float64).tolist(), layout.b_h.astype(np.float64).tolist())):
+        m5 = pdf_number(page_h - (top + h)) * -k + k_h
+        h_r = pdf_number(h + bp + bp)
+
+        def dx(x: float) -> int:
+            return _round(kx * x + e)
+
+        def dy(y: float) -> int:
+            return _round(-k * y + m5)
+
+        x1, y1 = x_r + w_r, y_r + h_r
+        fill[i] = dx(x_r), dy(y1), dx(x1), dy(y_r)
+        if bw > 0:
+            def side(a: int, b: int) -> tuple[int, int]:
+                return a, max(b, a + 1)
+
+            left, right = side(dx(x_r - g), dx(x_r + g)), side(dx(x1 - g), dx(x1 + g))
+            t, b = side(dy(y1 + g), dy(y1 - g)), side(dy(y_r + g), dy(y_r - g))
+            border[i] = [[left[0], t[0], right[1], t[1]], [left[0], b[0], right[1], b[1]],
+                         [left[0], t[0], left[1], b[1]], [right[0], t[0], right[1], b[1]]]
+    return fill, border
+
+
 NO_CLIP = np.iinfo(np.int32).max
 
 
@@ -79,7 +135,6 @@ def run_clips(layout: Layout, config: RenderConfig) -> np.ndarray:
     out = np.full(nr, NO_CLIP, np.int32)
     if not nr or nb < 2:
         return out
-    _, sy = scales(config)
     b_page = layout.b_page.astype(np.int64)
     order = np.lexsort((layout.b_y, b_page))  # the engines emit them in this order; the sort makes it certain
     b_page, b_y = b_page[order], layout.b_y[order].astype(np.float64)
@@ -91,10 +146,9 @@ def run_clips(layout: Layout, config: RenderConfig) -> np.ndarray:
     nxt = j + 1
     ok = (j >= 0) & (nxt < nb)
     ok[ok] &= (b_page[j[ok]] == layout.r_page[ok]) & (b_page[nxt[ok]] == layout.r_page[ok])
-    # paragraph_rects' rows: the background's top, or above it the border's top side (its outer edge)
-    reach = config.border_padding + (config.border_width / 2 if config.border_width > 0 else 0.0)
-    top = np.floor((b_y[nxt[ok]] - reach) * sy + 0.5)
-    out[ok] = np.clip(top, -1, NO_CLIP).astype(np.int32)
+    fill, border = box_pixels(layout, config)
+    painted = np.minimum(fill[:, 1], border[:, 0, 1]) if config.border_width > 0 else fill[:, 1]
+    out[ok] = np.clip(painted[order][nxt[ok]], -1, NO_CLIP).astype(np.int32)  # its background's or border's top
     return out
 
 
@@ -114,8 +168,7 @@ def paragraph_rects(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, n
     page_bg = parse_color(config.page_bg_color, "page_bg_color")
     para_bg = parse_color(config.para_bg_color, "para_bg_color")
     border = parse_color(config.para_border_color, "para_border_color")
-    sx, sy = scales(config)
-    bp, bw = config.border_padding, config.border_width
+    bw = config.border_width
     pages, boxes, colors = [], [], []
     edges = paper_edges(config)
     for p in range(layout.num_pages if edges else 0):
@@ -125,32 +178,14 @@ def paragraph_rects(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, n
     n = len(layout.b_page)
     if n == 0 or (para_bg == page_bg and bw <= 0):
         n = 0
-    x0 = layout.b_x.astype(np.float64) - bp
-    y0 = layout.b_y.astype(np.float64) - bp
-    x1 = layout.b_x.astype(np.float64) + layout.b_w + bp
-    y1 = layout.b_y.astype(np.float64) + layout.b_h + bp
-
-    def px(v, s):
-        return np.floor(v * s + 0.5).astype(np.int32)
-
+    fill, border_boxes = box_pixels(layout, config) if n else (None, None)
     for i in range(n):
-        if para_bg != page_bg:
+        if para_bg != page_bg or bw > 0:  # a background the page's colour still covers the border above it
             pages.append(layout.b_page[i])
-            boxes.append([px(x0[i], sx), px(y0[i], sy), px(x1[i], sx), px(y1[i], sy)])
+            boxes.append(fill[i].tolist())
             colors.append(para_bg)
         if bw > 0:
-            # poppler strokes the box with stroke adjustment (Splash's SplashXPath hints): each side covers the
-            # pixels from its inner edge rounded to its outer edge rounded, at least one
-            h = bw / 2
-
-            def side(c, s):
-                a, b = int(px(c - h, s)), int(px(c + h, s))
-                return a, max(b, a + 1)
-
-            left, right, top, bottom = side(x0[i], sx), side(x1[i], sx), side(y0[i], sy), side(y1[i], sy)
-            ox0, ox1, oy0, oy1 = left[0], right[1], top[0], bottom[1]
-            for b in ([ox0, top[0], ox1, top[1]], [ox0, bottom[0], ox1, bottom[1]],
-                      [left[0], oy0, left[1], oy1], [right[0], oy0, right[1], oy1]):
+            for b in border_boxes[i].tolist():
                 pages.append(layout.b_page[i])
                 boxes.append(b)
                 colors.append(border)
