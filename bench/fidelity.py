@@ -124,6 +124,15 @@ def run(font: str, chars: int, text: str | None = None, verbose: bool = True) ->
     mad, region = (None, None)
     if ref.images and len(pages):
         mad, region = mean_abs_diff(np.asarray(ref.images[0].convert("RGB")), pages[0].numpy())
+    # every page of equal size, pixel for pixel
+    identical, compared, differing_px = 0, 0, 0
+    for i, im in enumerate(ref.images[:len(pages)]):
+        if tuple(im.size) != our_sizes[i]:
+            continue
+        compared += 1
+        d = int(np.count_nonzero((np.asarray(im.convert("RGB")) != pages[i].numpy()).any(-1)))
+        identical += d == 0
+        differing_px += d
 
     # baselines: reportlab's vs glyph_rt's for the first lines of page 1 (points from the top); glyph_rt's are as
     # drawn, on the pixel row poppler puts them (floor of the device y), so they differ by under one pixel (72 / dpi pt)
@@ -149,6 +158,7 @@ def run(font: str, chars: int, text: str | None = None, verbose: bool = True) ->
                   "first_difference": cmp["first_difference"],
                   "differences": cmp["differences"][:50], "num_differences": len(cmp["differences"])},
         "visual_tokens_glm4v": {"official": vt_ref, "glyph_rt": vt_ours, "rel_diff_pct": round(vt_rel, 4)},
+        "pixels": {"pages_compared": compared, "pages_identical": identical, "differing_pixels": differing_px},
         "page1_mean_abs_pixel_diff": None if mad is None else round(mad, 4),
         "page1_compared_region": region,
         "first_baselines_pt": baselines,
@@ -199,6 +209,9 @@ def print_report(r: dict) -> None:
           f"{ok(t['visual_tokens_within_2pct'])} {v['rel_diff_pct']:+.3f}% (|d| <= 2%)")
     print(f"{'page sizes equal':34s} {'':>14} {str(r['page_sizes']['equal']):>14}  {ok(t['same_page_sizes'])}")
     print(f"{'page 1 mean |pixel diff|':34s} {'':>14} {str(r['page1_mean_abs_pixel_diff']):>14}  (info)")
+    px = r["pixels"]
+    print(f"{'pages identical pixel for pixel':34s} {'':>14} {px['pages_identical']:>8} / {px['pages_compared']:<4} "
+          f"(info: {px['differing_pixels']} pixels differ)")
     print(f"{'first baselines (pt from top)':34s} {str(r['first_baselines_pt']['official']):>14} "
           f"{str(r['first_baselines_pt']['glyph_rt']):>14}")
     print(f"{'seconds':34s} {r['seconds']['official']:>14} {r['seconds']['glyph_rt']:>14}")

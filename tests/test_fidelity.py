@@ -54,6 +54,11 @@ def test_visual_tokens_within_2pct(result):
     assert abs(v["rel_diff_pct"]) <= 2.0, f"visual tokens (glm4v): official {v['official']}, glyph_rt {v['glyph_rt']}"
 
 
+def test_every_page_is_the_official_pixels(result):
+    px = result["pixels"]
+    assert px["pages_compared"] == result["pages"]["official"] and px["pages_identical"] == px["pages_compared"], px
+
+
 def page_diffs(over: dict, chars: int) -> list:
     """|official - glyph_rt| per page (int16 [H, W, 3]) of the bundled prose's first `chars` characters, drawn
     with Glyph's English config and `over` ("font-path": a built-in family, sans by default); the page sizes
