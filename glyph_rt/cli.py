@@ -672,6 +672,10 @@ def cmd_serve(args) -> int:
     if media is not None and not Path(media).is_dir():
         raise UsageError(f"--allowed-media-dir {media!r} must be an existing directory (file:// image URLs are read "
                          "under it)")
+    # before any weight is loaded: every package of the serve extra that the command imports, the server's
+    # (fastapi, starlette, uvicorn: imported once the model has loaded) included; `batch` runs without them
+    _require(args.cmd, "serve", ["transformers", "pydantic", "prometheus_client",
+                                 *(["fastapi", "starlette", "uvicorn"] if args.cmd == "serve" else [])])
     try:
         from .serve.service import ChatService, ServeConfig
     except ImportError as e:

@@ -136,6 +136,60 @@ def test_batch_takes_the_allowed_media_dir_as_serve_does(tmp_path, no_engine, mo
     assert "--allowed-media-dir" in capsys.readouterr().out
 
 
+
+def test_serve_names_the_missing_server_packages_before_the_model_loads(tmp_path, no_engine, monkeypatch, capsys):
+    """fastapi, starlette and uvicorn are imported once the model has loaded: without them serve fails first, as
+    _require says it elsewhere; batch needs none of them and goes on to load the model."""
+    from glyph_rt.serve import service
+
+    for m in ("fastapi", "starlette", "uvicorn"):
+        monkeypatch.setitem(sys.modules, m, None)  # an import of a module mapped to None raises ImportError
+    assert main(["serve", "--model", str(tmp_path), "--device", "cpu", "--port", str(_free_port())]) == 2
+    assert capsys.readouterr().err == ("glyph-rt: error: serve needs fastapi, starlette, uvicorn: "
+                                       "pip install 'glyph_rt[serve]'\n")
+
+    def loads(cls, cfg):
+        raise RuntimeError("the model loads")
+
+    monkeypatch.setattr(service.ChatService, "from_config", classmethod(loads))
+    req = tmp_path / "req.jsonl"
+    req.write_text("")
+    assert main(["batch", "--model", str(tmp_path), "--input", str(req), "--output", str(tmp_path / "r.jsonl"),
+                 "--device", "cpu"]) == 2
+    assert "the model loads" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    assert main(["batch", "--model", str(tmp_path), "--input", str(req), "--output", str(tmp_path / "r.jsonl"),
+                 "--device", "cpu"]) == 2
+    assert "batch needs prometheus_client: pip install 'glyph_rt[serve]'" in capsys.readouterr().err
+
+
+def test_train_without_rapidfuzz_prints_its_config_and_names_the_train_extra(tmp_path):
+    """The config's checks (reward names) import no rapidfuzz: --print-config works without the train extra, and
+    a run names the extra before any work, not `No module named 'rapidfuzz'`."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    code = (
+        "import sys; sys.modules['rapidfuzz'] = None\n"
+        "from glyph_rt.cli import main\n"
+        "assert main(['train', 'rl', '--print-config']) == 0\n"
+        f"assert main(['train', 'rl', 'model.path={model}', 'out_dir={tmp_path / 'o'}']) == 2\n"
+        "from glyph_rt.train.rewards import format_reward, ocr_reward\n"
+        "assert format_reward(['<think>a</think> 42']) == [1.0]\n"
+        "try:\n"
+        "    ocr_reward(['a'], ['a'])\n"
+        "except ImportError as e:\n"
+        "    print('ocr_reward:', e, file=sys.stderr)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "grpo:" in r.stdout and "rewards:" in r.stdout  # the config, printed
+    assert "glyph-rt: error: train rl needs rapidfuzz: pip install 'glyph_rt[train]'" in r.stderr, r.stderr
+    assert "ocr_reward: the OCR reward and CER need rapidfuzz: pip install 'glyph_rt[train]'\n" in r.stderr, r.stderr
+    assert "No module named" not in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 # ----------------------------------------------------------------- output paths, before any work
 def test_batch_output_is_checked_before_the_model_loads(tmp_path, no_engine, capsys):
     req = tmp_path / "req.jsonl"

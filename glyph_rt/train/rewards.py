@@ -15,8 +15,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-from rapidfuzz.distance import Levenshtein
-
 THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(\S.*)$", re.S)
 VERIFIERS = ("exact", "f1", "contains", "judge")
 
@@ -109,15 +107,29 @@ def verifiable_reward(responses: Sequence[str], references: Sequence[str], rule:
     return out
 
 
+def _levenshtein():
+    """rapidfuzz's Levenshtein, imported where a reward is computed: the reward names (REWARDS, VERIFIERS), which
+    the training config checks and `glyph-rt train --print-config` needs, import nothing outside the standard
+    library."""
+    try:
+        from rapidfuzz.distance import Levenshtein
+    except ImportError as e:
+        raise ModuleNotFoundError("the OCR reward and CER need rapidfuzz: pip install 'glyph_rt[train]'",
+                                  name="rapidfuzz") from e
+    return Levenshtein
+
+
 def ocr_reward(responses: Sequence[str], references: Sequence[str]) -> list[float]:
     """1 - normalised Levenshtein distance between the transcription (after </think> if any) and the text, both
     stripped (a page shows no whitespace at the text's ends)."""
+    Levenshtein = _levenshtein()
     return [1.0 - Levenshtein.normalized_distance(split_thinking(r)[1].strip(), ref.strip())
             for r, ref in zip(responses, reference_texts(references))]
 
 
 def cer(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Character error rate: total edit distance over total reference characters."""
+    Levenshtein = _levenshtein()
     edits = sum(Levenshtein.distance(p, r) for p, r in zip(predictions, references))
     return edits / max(1, sum(len(r) for r in references))
 
