@@ -16,6 +16,7 @@ from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import ExecError
 
 ROOT = Path(__file__).resolve().parent
 
@@ -87,6 +88,49 @@ class CMakeExtension(Extension):
         super().__init__(name, sources=[])
 
 
+def build_tool(name: str) -> str | None:
+    """cmake or ninja: the pip package's binary where that package is installed (pyproject.toml's build
+    requirements; with --no-build-isolation from a virtual environment that is not activated its bin directory is
+    not on PATH), else the one on PATH, else None."""
+    try:
+        if name == "cmake":
+            import cmake
+
+            bin_dir = cmake.CMAKE_BIN_DIR
+        else:
+            import ninja
+
+            bin_dir = ninja.BIN_DIR
+        exe = os.path.join(bin_dir, name)
+        if os.path.isfile(exe) and os.access(exe, os.X_OK):
+            return exe
+    except (ImportError, AttributeError):
+        pass
+    return shutil.which(name)
+
+
+def cmake_cache(build_dir: Path) -> dict:
+    """NAME -> value of build_dir's CMakeCache.txt ({} before the first configure)."""
+    try:
+        lines = (build_dir / "CMakeCache.txt").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        if line and not line.startswith(("#", "//")) and ":" in line and "=" in line:
+            key, value = line.split("=", 1)
+            out[key.split(":", 1)[0]] = value
+    return out
+
+
+def cuda_was_configured(build_dir: Path) -> bool:
+    """Whether the configure found a CUDA compiler (CMakeLists.txt's check_language(CUDA)), so that the CUDA
+    sources were part of the build that failed; a failure before that point (no C++ compiler, no build program,
+    Python or pybind11 not found) is no CUDA problem."""
+    nvcc = cmake_cache(build_dir).get("CMAKE_CUDA_COMPILER", "")
+    return bool(nvcc) and not nvcc.upper().endswith("NOTFOUND")
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
         import pybind11
@@ -98,6 +142,10 @@ class CMakeBuild(build_ext):
         cuda = {"1": "ON", "TRUE": "ON", "YES": "ON", "0": "OFF", "FALSE": "OFF", "NO": "OFF"}.get(cuda, cuda)
         if cuda not in ("AUTO", "ON", "OFF"):
             raise ValueError(f"GLYPH_RT_CUDA must be auto, 1 or 0, got {os.environ['GLYPH_RT_CUDA']!r}")
+        cmake = build_tool("cmake")
+        if cmake is None:
+            raise ExecError("glyph_rt: building the extension needs CMake >= 3.18, and none was found (neither "
+                            "the cmake Python package nor cmake on PATH): pip install cmake ninja")
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",
@@ -106,17 +154,26 @@ class CMakeBuild(build_ext):
             f"-DGLYPH_RT_CUDA={cuda}",
             f"-DCMAKE_CUDA_ARCHITECTURES={cuda_archs()}",
         ]
-        try:
-            import ninja  # noqa: F401
-
-            args.append("-GNinja")
-        except ImportError:
-            pass
+        ninja = build_tool("ninja")
+        if ninja is not None:  # named, so that CMake need not find it on PATH; else CMake's default (make)
+            args += ["-GNinja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+        previous = cmake_cache(build_dir).get("CMAKE_GENERATOR")
+        if previous and (previous == "Ninja") != (ninja is not None):
+            # configured before with another generator (ninja found then and not now, or the reverse): CMake
+            # refuses to switch generators in one build directory
+            shutil.rmtree(build_dir)
+            build_dir.mkdir(parents=True)
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
         try:
-            self._cmake(build_dir, args, jobs)
+            self._cmake(cmake, build_dir, args, jobs)
         except subprocess.CalledProcessError:
             if cuda != "AUTO":
+                raise
+            if not cuda_was_configured(build_dir):
+                # no CUDA compiler was part of this build: building without CUDA would fail the same way
+                print("\n*** glyph_rt: the build failed before any CUDA source was configured (see above: a C++ "
+                      "compiler, the build program, Python's headers or pybind11), so it is not retried without "
+                      "CUDA. ***\n", file=sys.stderr, flush=True)
                 raise
             # an nvcc that cannot build these architectures (an old toolkit, an unsupported host compiler): the
             # package works without CUDA (the CPU renderer, Triton's kernels), so build it without, and say so
@@ -125,13 +182,13 @@ class CMakeBuild(build_ext):
                   file=sys.stderr, flush=True)
             shutil.rmtree(build_dir)
             build_dir.mkdir(parents=True)
-            self._cmake(build_dir, [a for a in args if not a.startswith("-DGLYPH_RT_CUDA=")] + ["-DGLYPH_RT_CUDA=OFF"],
-                        jobs)
+            self._cmake(cmake, build_dir,
+                        [a for a in args if not a.startswith("-DGLYPH_RT_CUDA=")] + ["-DGLYPH_RT_CUDA=OFF"], jobs)
 
     @staticmethod
-    def _cmake(build_dir: Path, args: list, jobs: str) -> None:
-        subprocess.run(["cmake", str(ROOT), *args], cwd=build_dir, check=True)
-        subprocess.run(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir, check=True)
+    def _cmake(cmake: str, build_dir: Path, args: list, jobs: str) -> None:
+        subprocess.run([cmake, str(ROOT), *args], cwd=build_dir, check=True)
+        subprocess.run([cmake, "--build", ".", "--parallel", jobs], cwd=build_dir, check=True)
 
 
 def cuda_archs() -> str:
@@ -151,6 +208,18 @@ setup(
     description="GPU runtime for visual-text compression (Glyph): text -> pages -> model input",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    author="glyph_rt developers",
+    # no url / project_urls: the project has no public home yet; no license: the owners' choice, not chosen yet
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: C++",
+        "Environment :: GPU :: NVIDIA CUDA",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     python_requires=">=3.10",
     packages=find_packages(include=["glyph_rt", "glyph_rt.*"]),
     package_data={"glyph_rt": ["fonts/*.ttf", "fonts/LICENSE*", "data/*.txt", "data/*.json", "data/*.yaml",

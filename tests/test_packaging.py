@@ -269,3 +269,141 @@ def test_bfloat16_in_the_triton_interpreter_is_refused_not_miscomputed(monkeypat
     with pytest.raises(ValueError, match="^patch_embed backend 'triton': .*bfloat16"):
         patch_embed.resolve_backend("triton", q.device, torch.bfloat16)
     assert patch_embed.resolve_backend("triton", q.device, torch.float32) == "triton"
+
+
+# ----------------------------------------------------------------- setup.py's build: cmake, ninja, the CUDA fallback
+def setup_module_globals(monkeypatch) -> dict:
+    """setup.py's functions and classes, by running it with setup() replaced."""
+    import runpy
+
+    import setuptools
+
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: None)
+    monkeypatch.setattr(sys, "argv", ["setup.py", "--name"])
+    return runpy.run_path(str(ROOT / "setup.py"), run_name="__main__")
+
+
+def _executable(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def _fake_build(g: dict, tmp_path: Path, results: list, cache: str):
+    """setup.py's CMakeBuild on ext glyph_rt._C, its CMake runs replaced: each writes `cache` as the build's
+    CMakeCache.txt and returns results' next item (an exception is raised); calls records (cmake, args)."""
+    import subprocess
+    from types import SimpleNamespace
+
+    class Build(g["CMakeBuild"]):
+        def __init__(self):
+            self.build_temp = str(tmp_path / "temp")
+            self.calls = []
+
+        def get_ext_fullpath(self, name):
+            return str(tmp_path / "lib" / "glyph_rt" / "_C.so")
+
+        def _cmake(self, cmake, build_dir, args, jobs):
+            self.calls.append((cmake, list(args)))
+            (build_dir / "CMakeCache.txt").write_text(cache)
+            r = results.pop(0)
+            if r is not None:
+                raise subprocess.CalledProcessError(1, [cmake, *args])
+
+    return Build(), SimpleNamespace(name="glyph_rt._C")
+
+
+def test_the_build_runs_the_cmake_and_ninja_of_their_pip_packages(tmp_path, monkeypatch):
+    """With --no-build-isolation from a virtual environment that is not activated, the cmake and ninja packages'
+    bin directories are not on PATH: their binaries are run by path, ninja named to CMake (CMAKE_MAKE_PROGRAM)."""
+    pytest.importorskip("pybind11")
+    from types import ModuleType
+
+    g = setup_module_globals(monkeypatch)
+    cmake_mod, ninja_mod = ModuleType("cmake"), ModuleType("ninja")
+    cmake_mod.CMAKE_BIN_DIR = str(tmp_path / "cmake_bin")
+    ninja_mod.BIN_DIR = str(tmp_path / "ninja_bin")
+    cmake = _executable(tmp_path / "cmake_bin" / "cmake")
+    ninja = _executable(tmp_path / "ninja_bin" / "ninja")
+    monkeypatch.setitem(sys.modules, "cmake", cmake_mod)
+    monkeypatch.setitem(sys.modules, "ninja", ninja_mod)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert g["build_tool"]("cmake") == str(cmake) and g["build_tool"]("ninja") == str(ninja)
+    build, ext = _fake_build(g, tmp_path, [None], "")
+    build.build_extension(ext)
+    ((exe, args),) = build.calls
+    assert exe == str(cmake) and "-GNinja" in args and f"-DCMAKE_MAKE_PROGRAM={ninja}" in args
+    # neither package: the ones on PATH; no ninja at all: CMake's default generator
+    monkeypatch.setitem(sys.modules, "cmake", None)
+    monkeypatch.setitem(sys.modules, "ninja", None)
+    on_path = _executable(tmp_path / "path_bin" / "cmake")
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    assert g["build_tool"]("cmake") == str(on_path) and g["build_tool"]("ninja") is None
+    build, ext = _fake_build(g, tmp_path, [None], "")
+    build.build_extension(ext)
+    ((exe, args),) = build.calls
+    assert exe == str(on_path) and not [a for a in args if "Ninja" in a or "MAKE_PROGRAM" in a]
+    # no cmake anywhere: said so, before anything runs
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    from setuptools.errors import ExecError
+
+    build, ext = _fake_build(g, tmp_path, [], "")
+    with pytest.raises(ExecError, match=r"needs CMake >= 3\.18, and none was found .*pip install cmake ninja"):
+        build.build_extension(ext)
+    assert build.calls == []
+
+
+@pytest.mark.parametrize("nvcc", ["", "CMAKE_CUDA_COMPILER:FILEPATH=NOTFOUND\n",
+                                  "CMAKE_CUDA_COMPILER:FILEPATH=/usr/local/cuda/bin/nvcc\n"])
+def test_the_cpu_only_retry_follows_a_failure_that_cuda_could_cause(nvcc, tmp_path, monkeypatch, capsys):
+    """GLYPH_RT_CUDA=auto: a build that configured nvcc and failed is built again without CUDA; one that failed
+    before any CUDA compiler was found (no C++ compiler, no build program) fails as it is, saying so."""
+    import subprocess
+
+    pytest.importorskip("pybind11")
+    g = setup_module_globals(monkeypatch)
+    monkeypatch.delenv("GLYPH_RT_CUDA", raising=False)
+    cache = "# This is the CMakeCache file.\nCMAKE_GENERATOR:INTERNAL=Ninja\n" + nvcc
+    build, ext = _fake_build(g, tmp_path, [1, None], cache)
+    if "nvcc" in nvcc:
+        build.build_extension(ext)
+        assert [a for _, args in build.calls for a in args if a.startswith("-DGLYPH_RT_CUDA=")] == \
+            ["-DGLYPH_RT_CUDA=AUTO", "-DGLYPH_RT_CUDA=OFF"]
+        assert "building the CUDA sources failed (see above); building without CUDA" in capsys.readouterr().err
+    else:
+        with pytest.raises(subprocess.CalledProcessError):
+            build.build_extension(ext)
+        assert len(build.calls) == 1
+        err = capsys.readouterr().err
+        assert "before any CUDA source was configured" in err and "building without CUDA" not in err
+    # GLYPH_RT_CUDA=1: a failure is an error, CUDA or not
+    monkeypatch.setenv("GLYPH_RT_CUDA", "1")
+    build, ext = _fake_build(g, tmp_path, [1, None], cache)
+    with pytest.raises(subprocess.CalledProcessError):
+        build.build_extension(ext)
+    assert len(build.calls) == 1
+
+
+def test_the_manifest_names_only_sources_that_exist():
+    """Each pattern of MANIFEST.in's recursive-include matches a file (setuptools warns of each that does not)."""
+    import fnmatch
+
+    for line in (ROOT / "MANIFEST.in").read_text(encoding="utf-8").splitlines():
+        words = line.split()
+        if words[:1] == ["recursive-include"]:
+            files = [p.name for p in (ROOT / words[1]).rglob("*") if p.is_file()]
+            unused = [pat for pat in words[2:] if not fnmatch.filter(files, pat)]
+            assert not unused, f"MANIFEST.in: {line!r}: no file matches {unused}"
+
+
+def test_the_metadata_names_authors_and_platforms_but_no_licence(monkeypatch):
+    kw = setup_call_keywords(monkeypatch)
+    assert kw["author"] == "glyph_rt developers"
+    classifiers = kw["classifiers"]
+    assert {f"Programming Language :: Python :: 3.{v}" for v in (10, 11, 12)} <= set(classifiers)
+    assert {"Operating System :: POSIX :: Linux", "Topic :: Scientific/Engineering :: Artificial Intelligence"} \
+        <= set(classifiers)
+    assert kw["python_requires"] == ">=3.10"
+    # the licence is the owners' choice; a URL only once the project has one
+    assert not {"license", "license_files", "url"} & set(kw) and not [c for c in classifiers if "License" in c]

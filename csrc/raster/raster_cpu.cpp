@@ -102,7 +102,7 @@ void raster_pages_cpu(uint8_t* out, int32_t n_pages, int32_t H, int32_t W, int32
   }
   // Placements are grouped by page (the layout emits them in page order); each page is filled
   // and composited while it is still in cache.
-  int64_t gi = 0, ri = 0;
+  int64_t gi = 0;
   for (int32_t pg = 0; pg < n_pages; ++pg) {
     const int32_t page = page0 + pg;
     uint8_t* base = out + pg * page_bytes;
