@@ -169,7 +169,7 @@ void raster_cpu(const py::array& out_arg, int32_t page0, const Arr<uint8_t>& bg,
         a.offset[g] + (int64_t)a.width[g] * a.height[g] > (int64_t)data.size())
       throw std::invalid_argument("raster: atlas bitmap out of range");
   }
-  int32_t *right = nullptr, *bottom = nullptr;
+  int32_t* right = nullptr;
   if (!ink.is_none()) {  // an int32 [P, 2] array receives (right, bottom) per page
     if (!I32::check_(ink)) throw std::invalid_argument("raster: ink must be a C-contiguous int32 [P, 2] array");
     auto arr = py::reinterpret_borrow<I32>(ink);

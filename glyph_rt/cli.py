@@ -596,6 +596,9 @@ def cmd_search(args) -> int:
             _require("search with evaluator.kind eval", "search",
                      ["rapidfuzz", *(["openai"] if remote else ["transformers", "prometheus_client"])])
         out = _check_out_dir(args.out)
+        if ev.get("kind", "synthetic") == "synthetic":  # the default: say what its accuracy is not
+            print("evaluator: synthetic, a closed-form stand-in with a known optimum (for tests): its accuracy says "
+                  "nothing about a model; set evaluator.kind=legibility (CPU, no model) or eval", file=sys.stderr)
         objective = make_objective(settings)
         items = getattr(objective, "items", None)
         if ev.get("kind") == "eval" and items:

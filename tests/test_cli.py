@@ -360,6 +360,20 @@ def test_search_says_when_the_best_is_below_the_floor(tmp_path, monkeypatch, cap
         assert ("below objective.floor 0.9 (no config reached it)" in out) != feasible
 
 
+def test_search_says_its_default_evaluator_is_a_stand_in(tmp_path, monkeypatch, capsys):
+    from glyph_rt import search
+    from glyph_rt.search.loop import SearchResult
+
+    best = {"hash": "abc", "accuracy": 0.5, "compression": 3.0}
+    result = SearchResult(best=best, config=None, front=[best], stop_reason="generations", evaluations=8,
+                          generations=1, history=tmp_path / "history.jsonl", feasible=True)
+    monkeypatch.setattr(search, "run_search", lambda *a, **k: result)
+    assert main(["search", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert "evaluator: synthetic, a closed-form stand-in" in capsys.readouterr().err
+    assert main(["search", "--out", str(tmp_path / "b"), "evaluator.kind=legibility", "--quiet"]) == 0
+    assert "synthetic" not in capsys.readouterr().err
+
+
 def test_generate_names_its_options_in_errors_about_the_context_and_question(tmp_path, ckpt, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
