@@ -415,8 +415,8 @@ class Engine {
           ++out_.marker_glyphs;
         }
       };
-      if (pdf_) {
-        emit_pdf_line(text, l, offset, last, put);
+      if (pdf_) {  // the line as drawn: reportlab's word spacing can make it wider than the engine's own sum
+        out_.l_width.back() = (float)emit_pdf_line(text, l, offset, last, put);
       } else {
         double pen = x;
         for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui) {
@@ -466,8 +466,9 @@ class Engine {
   // (Gfx::doShowText); each glyph is placed at the centre of the sub-pixel bin poppler draws it in. The
   // line's free space is reportlab's: its widths (0.001 * size * thousandths of an em per word, or per
   // character in CJK wrap) from its frame width (Paragraph.wrap), in double.
+  // Returns the width drawn (the pen's advance over the line, points).
   template <typename Put>
-  void emit_pdf_line(PdfText& text, const Line& l, double offset, bool last, Put&& put) {
+  double emit_pdf_line(PdfText& text, const Line& l, double offset, bool last, Put&& put) {
     const double* em = a_.width_1000;
     const double size = p_.font_size;
     const double space_rl = 0.001 * size * em[a_.space_slot];
@@ -509,7 +510,8 @@ class Engine {
       tw = pdf_number(extra / n_space);
       if (p_.align == kLeft || p_.align == kJustify) text.move(offset);
     }
-    double pen = text.line_start();
+    const double start = text.line_start();
+    double pen = start;
     const double fs = p_.pdf_font_size, k = p_.pdf_scale, ph = p_.pdf_phases, x0 = p_.pdf_frame_x * p_.pdf_scale;
     const double space = pdf_em(a_.space_slot) * fs + tw;
     for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui) {
@@ -526,6 +528,7 @@ class Engine {
       }
     }
     text.move(-back);
+    return pen - start;
   }
 
   void resize_glyphs(size_t n) {

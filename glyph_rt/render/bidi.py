@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 # Right-to-left scripts and the explicit RTL marks/embeddings/isolates.
-_RTL_RANGES = ((0x0590, 0x08FF), (0xFB1D, 0xFDFF), (0xFE70, 0xFEFF), (0x10800, 0x10FFF), (0x1E800, 0x1EFFF))
+_RTL_RANGES = ((0x0590, 0x08FF), (0xFB1D, 0xFDFF), (0xFE70, 0xFEFC), (0x10800, 0x10FFF), (0x1E800, 0x1EFFF))  # not U+FEFF
 _RTL_MARKS = (0x200F, 0x202B, 0x202E, 0x2067)
 _ARABIC_RANGES = ((0x0600, 0x06FF), (0x0750, 0x077F), (0x08A0, 0x08FF))
 ZWNJ = 0x200C
@@ -336,13 +336,17 @@ def _place(lay, li: int, s: int, e: int, sel, order: list[int], adv: np.ndarray)
     """New x of the glyphs `sel` of line li: the source characters' cells laid out left to right in `order`.
 
     A character's cell is its glyphs' extent; a character with no glyph (a space) takes its share of
-    the gap it left between glyphs, so stretched (justified) spaces keep their width.
+    the gap it left between glyphs, so stretched (justified) spaces keep their width. The gap between two
+    adjacent characters' glyphs (the pens are binned as poppler's, so the next one is up to a bin off the
+    previous one's end) stays in front of the glyph while they stay neighbours: where the order does not
+    change, neither does any x.
     """
     gx = lay.g_x[sel].astype(np.float64)
     xs = gx.tolist()
     src = lay.g_src[sel].tolist()
     ends = (gx + adv[lay.g_slot[sel]]).tolist()
     width = [0.0] * (e - s)
+    lead = [0.0] * (e - s)  # a glyph's gap from the previous character's glyphs, inside its cell
     first: dict[int, int] = {}  # source index -> its first glyph
     line_x = float(lay.l_x[li])
     pen, prev, k, n = line_x, s - 1, 0, len(src)
@@ -360,18 +364,21 @@ def _place(lay, li: int, s: int, e: int, sel, order: list[int], adv: np.ndarray)
                 width[j] += gap / between
         else:
             width[c - s] += gap
+            lead[c - s] = gap
         width[c - s] += end - xs[k0]
         pen, prev = end, c
     # whitespace after the last glyph keeps no width: reordered to the visual start of a right-to-left
     # line it would push the glyphs past the frame (in left-to-right lines it hangs off the end unseen)
     new = list(xs)
-    x = line_x
+    x, vprev = line_x, s - 1
     for c in order:
         k0 = first.get(c)
         if k0 is not None:
+            pad = lead[c - s] if vprev == c - 1 else 0.0  # its logical neighbour is still its visual one
             k = k0
             while k < n and src[k] == c:
-                new[k] = x + (xs[k] - xs[k0])
+                new[k] = x + pad + (xs[k] - xs[k0])
                 k += 1
         x += width[c - s]
+        vprev = c
     lay.g_x[sel] = np.asarray(new, dtype=lay.g_x.dtype)

@@ -283,8 +283,8 @@ class Engine:
             if out["p_src_start"][-1] < 0:
                 out["p_src_start"][-1] = line.src_start
             out["p_src_end"][-1] = line.src_end
-            if text is not None:
-                self.emit_pdf_line(text, line, offset, last, y)
+            if text is not None:  # the line as drawn: reportlab's word spacing can make it wider than our sum
+                out["l_width"][-1] = self.emit_pdf_line(text, line, offset, last, y)
                 continue
             pen = x
             for u in line.units:
@@ -308,7 +308,7 @@ class Engine:
         and word spacing as printed numbers, then each glyph's pen summed in double from the PDF's widths
         (Gfx::doShowText); each glyph is placed at the centre of the sub-pixel bin that poppler draws it in.
         The line's free space is reportlab's: its widths (0.001 * size * thousandths of an em per word, or per
-        character in CJK wrap) from its frame width (Paragraph.wrap), in double."""
+        character in CJK wrap) from its frame width (Paragraph.wrap), in double. Returns the width drawn."""
         p, align = self.p, self.p["align"]
         em, size = self.w1000, p["font_size"]
         space_rl = 0.001 * size * em[self.space_slot]
@@ -346,7 +346,7 @@ class Engine:
             back = offset
         if move is not None:
             text.move(move)
-        pen = text.line_start()
+        pen = start = text.line_start()
         fs, k, ph, x0 = p["pdf_font_size"], p["pdf_scale"], p["pdf_phases"], p["pdf_frame_x"] * p["pdf_scale"]
         space = self.pdf_em[self.space_slot] * fs + tw
         for u in line.units:
@@ -360,6 +360,7 @@ class Engine:
                     for _ in range(it.spaces):
                         pen += space
         text.move(-back)
+        return pen - start
 
     def paginate(self):
         """Flows the current paragraph's lines down the frames, splitting it across pages."""
