@@ -6,9 +6,10 @@ visual tokens (GLM-4.1V), and, for information, the mean absolute pixel differen
 
     python bench/fidelity.py                      # DejaVu Sans, 150K chars
     python bench/fidelity.py --font path/to/Verdana.ttf --chars 150000 --out DIR
+    python bench/fidelity.py --styles 40 --chars 6000   # random styles of the paper's space (horizontal scale 1)
 
-Writes fidelity-<font>.json (fidelity-dejavu.json for the default font) to --out DIR (default
-bench/out/); --results also writes it to bench/results/.
+Writes fidelity-<font>.json (fidelity-dejavu.json for the default font), or fidelity-styles.json, to --out DIR
+(default bench/out/); --results also writes it to bench/results/.
 
 Targets: same page sizes, same page count, >= 98% identical lines, visual tokens within 2%.
 """
@@ -231,15 +232,53 @@ def print_report(r: dict) -> None:
     print("all targets met" if r["all_targets_met"] else "TARGETS MISSED: " + ", ".join(k for k, v in t.items() if not v))
 
 
+def run_styles(n: int, chars: int, seed: int = 1, verbose: bool = True) -> dict:
+    """The first `n` styles of `sample_styles(seed)` with horizontal scale 1 (Glyph resizes other pages, see the
+    README), each through both pipelines as a Glyph config: page sizes and pixels of every page."""
+    from glyph_rt.train.styles import sample_styles
+
+    text = sample_text(chars)
+    rows = []
+    for i, c in enumerate(sample_styles(20 * n, seed=seed)):
+        if len(rows) >= n:
+            break
+        if c.horizontal_scale != 1:
+            continue
+        g = c.to_glyph_dict()
+        ref = official.render_official_full(text, g, g["font-path"])
+        ours = glyph_rt.Document(text, glyph_rt.RenderConfig.from_glyph_dict(g))
+        buf, sizes = ours.rasterize()
+        same_sizes = [tuple(im.size) for im in ref.images] == [tuple(s) for s in sizes]
+        px = sum(int(np.count_nonzero((np.asarray(im.convert("RGB")) != buf[j, :h, :w]).any(-1)))
+                 for j, (im, (w, h)) in enumerate(zip(ref.images, sizes))) if same_sizes else None
+        row = {"style": i, "font": Path(g["font-path"]).name, "dpi": g["dpi"], "font_size": g["font-size"],
+               "alignment": g["alignment"], "border_width": g["border-width"], "pages": len(sizes),
+               "same_page_sizes": same_sizes, "differing_pixels": px}
+        rows.append(row)
+        if verbose:
+            print(f"style {i:3d} {row['font']:28s} {g['dpi']:>4} dpi {g['font-size']:>5} pt {g['alignment']:8s} "
+                  f"pages {len(sizes):2d} sizes {'equal' if same_sizes else 'DIFFER'} pixels differing {px}")
+    identical = sum(r["same_page_sizes"] and r["differing_pixels"] == 0 for r in rows)
+    if verbose:
+        print(f"{identical} of {len(rows)} styles: every page identical pixel for pixel")
+    return {"characters": chars, "seed": seed, "styles": rows, "identical": identical}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--font", default=str(DEFAULT_FONT), help="TTF file used by both renderers")
     ap.add_argument("--chars", type=int, default=150000, help="text length (sample.txt repeated)")
+    ap.add_argument("--styles", type=int, default=0, metavar="N",
+                    help="compare N random styles of the paper's space (train.styles, horizontal scale 1) instead")
+    ap.add_argument("--seed", type=int, default=1, help="the styles' seed")
     add_output_args(ap)
     args = ap.parse_args(argv)
     if not official.available():
         print(f"the official pipeline cannot run here: {official.unavailable_reason()}", file=sys.stderr)
         return 2
+    if args.styles:
+        print(f"wrote {write_json(args, 'fidelity-styles.json', run_styles(args.styles, args.chars, args.seed))}")
+        return 0
     res = run(args.font, args.chars)
     name = "dejavu" if Path(args.font) == DEFAULT_FONT else slug(Path(args.font).stem)
     print(f"wrote {write_json(args, f'fidelity-{name}.json', res)}")

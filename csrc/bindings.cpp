@@ -72,11 +72,11 @@ py::dict run_layout(const Arr<uint32_t>& text, const Arr<int32_t>& lut, const Ar
     w1000 = width_1000.cast<Arr<double>>();
     if (w1000.size() != advance.size()) bad("width_1000 must have one entry per atlas slot");
     for (py::ssize_t k = 0; k < w1000.size(); ++k)
-      if (!std::isfinite(w1000.data()[k])) bad("width_1000 must be finite");
+      if (!(std::fabs(w1000.data()[k]) <= 1e9)) bad("width_1000 must be finite, within +-1e9");
     a.width_1000 = w1000.data();
   }
   for (double v : {p.font_size, p.pdf_scale, p.pdf_frame_x, p.pdf_left_indent, p.pdf_font_size, p.pdf_avail_width})
-    if (!std::isfinite(v)) bad("every pdf_* setting and font_size must be finite");
+    if (!(std::fabs(v) <= 1e9)) bad("every pdf_* setting and font_size must be finite, within +-1e9");
   if (p.pdf_scale < 0 || p.pdf_phases < 1) bad("pdf_scale must be >= 0 and pdf_phases >= 1");
   for (double v : {p.frame_x, p.frame_y, p.frame_w, p.frame_h, p.left_indent, p.right_indent,
                    p.first_line_indent, p.leading, p.ascent, p.space_before, p.space_after, p.space_shrink})
@@ -347,6 +347,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("layout", &run_layout, py::arg("text"), py::arg("lut"), py::arg("advance"),
         py::arg("missing_flag"), py::arg("space_slot"), py::arg("missing_slot"), py::arg("params"),
         py::arg("marker"), py::arg("width_1000") = py::none());
+  m.def("pdf_numbers", [](const Arr<double>& v) {  // the layout's PDF numbers, for the tests
+        py::array_t<double> num(v.size()), flt(v.size());
+        for (py::ssize_t k = 0; k < v.size(); ++k) {
+          num.mutable_data()[k] = pdf_number(v.data()[k]);
+          flt.mutable_data()[k] = pdf_float(v.data()[k]);
+        }
+        return py::make_tuple(num, flt);
+      }, py::arg("values"));
   m.def("raster_cpu", &raster_cpu, py::arg("out"), py::arg("page0"), py::arg("bg"), py::arg("rect_page"),
         py::arg("rect_box"), py::arg("rect_rgb"), py::arg("g_page"), py::arg("g_x"), py::arg("g_y"), py::arg("g_slot"),
         py::arg("g_color"), py::arg("data"), py::arg("offset"), py::arg("width"), py::arg("height"), py::arg("left"),

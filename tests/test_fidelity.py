@@ -313,3 +313,11 @@ def test_zero_width_no_break_spaces_and_unmoved_bidi_lines_keep_poppler_x():
     assert pages.sizes == [im.size for im in images]
     for i, im in enumerate(images):
         assert np.array_equal(np.asarray(im.convert("RGB")), pages[i].numpy()), f"page {i} differs"
+
+
+def test_random_styles_are_the_official_pixels():
+    """`bench/fidelity.py --styles N`: random styles of the paper's space (horizontal scale 1) through both pipelines."""
+    from bench import fidelity
+
+    res = fidelity.run_styles(3, 1500, seed=7, verbose=False)
+    assert len(res["styles"]) == 3 and res["identical"] == 3, res["styles"]

@@ -397,6 +397,33 @@ def test_fp_str_is_reportlabs():
         assert pdf_float(v) == float(rl.fp_str(v)), v
 
 
+def test_the_engines_pdf_numbers_are_pdfnums():
+    """The C++ layout's pdf_number and pdf_float (its own fp_str) equal glyph_rt.render.pdfnum's."""
+    from glyph_rt.render.pdfnum import pdf_float, pdf_number
+
+    C = pytest.importorskip("glyph_rt._C")
+    rng = np.random.default_rng(1)
+    v = np.concatenate([rng.uniform(-2000, 2000, 4000), rng.uniform(-1, 1, 4000) * 10.0 ** rng.integers(-8, 12, 4000),
+                        [0.0, 1e-7, 2e-7, -0.5, 0.5, 1.0, 1000.0, 114.73125, -114.73125, 1e300, -1e300]])
+    num, flt = C.pdf_numbers(v)
+    assert num.tolist() == [pdf_number(x) for x in v.tolist()]
+    assert flt.tolist() == [pdf_float(x) for x in v.tolist()]
+
+
+@pytest.mark.parametrize("alignment", ["left", "center", "right", "justify"])
+@pytest.mark.parametrize("dpi,phases", [(72, 4), (96, 4), (110, 2), (144, 8)])
+def test_pens_sit_at_the_centre_of_poppler_bins(alignment, dpi, phases):
+    """At horizontal scale 1 every left-to-right glyph's pen is the centre of a sub-pixel bin (as poppler draws it),
+    in both engines; at another horizontal scale the pens are the exact sums."""
+    c = cfg(alignment=alignment, dpi=dpi, subpixel_phases=phases, first_line_indent=7.3)
+    lay = run_both(SAMPLE[:4000], c)
+    bins = lay.g_x.astype(np.float64) * (dpi / 72) * phases
+    assert np.abs(bins - np.floor(bins) - 0.5).max() < 1e-3
+    lay = run_both(SAMPLE[:4000], cfg(alignment=alignment, dpi=dpi, subpixel_phases=phases, horizontal_scale=0.9))
+    bins = lay.g_x.astype(np.float64) * (dpi / 72) * phases
+    assert np.abs(bins - np.floor(bins) - 0.5).max() > 0.1
+
+
 def test_justify_stretches_kept_spaces_too():
     """reportlab writes U+00A0 as code 32, so the PDF's word spacing widens kept spaces as well: a justified
     line's last glyph ends at the frame's right edge (it stopped short by the kept spaces' share). The CJK wrap's

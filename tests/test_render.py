@@ -121,6 +121,24 @@ def test_atlas_disk_cache_roundtrip(tmp_path, monkeypatch):
         np.testing.assert_array_equal(v, b.arrays()[k])
 
 
+def test_atlas_files_of_earlier_versions_are_removed(tmp_path, monkeypatch):
+    from glyph_rt.render import atlas as A
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+
+    d = tmp_path / "atlas"
+    d.mkdir()
+    old, later, other = d / "atlas-v1-abc.npz", d / f"atlas-v{A.ATLAS_VERSION + 1}-abc.npz", d / "notes.txt"
+    for f in (old, later, other):
+        f.write_bytes(b"x")
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path))
+    monkeypatch.setattr(A, "_pruned", set())
+    a = A.FontAtlas([str(BUILTIN_FONTS["mono"])], 10.5, 90, 1.0, 4)
+    a.ensure([ord("Q")])
+    a.save()
+    assert not old.exists() and later.exists() and other.exists()
+    assert list(d.glob(f"atlas-v{A.ATLAS_VERSION}-*.npz"))
+
+
 def test_document_with_cluster_slots_crosses_to_a_process_that_met_other_clusters(tmp_path, monkeypatch):
     """Shaped clusters (HarfBuzz) have no codepoint: a pickled Document carries each one's face and glyphs, so
     a process whose atlas numbered clusters in another order draws the same pixels. Built here from the

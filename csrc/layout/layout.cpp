@@ -1,9 +1,11 @@
 #include "layout.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iterator>
 #include <stdexcept>
 #include <string>
@@ -669,35 +671,69 @@ class Engine {
 
 }  // namespace
 
-std::string fp_str(double v) {
+namespace {
+constexpr int kFpMax = 400;  // fp_str of any finite double: up to 309 digits, a sign, a point and 6 decimals
+
+// fp_str into buf (kFpMax chars); returns its length. Non-finite numbers (which reportlab cannot print) give "0".
+int fp_chars(double v, char* buf) {
+  static const double log10e = std::log(10.0);
   const double a = std::fabs(v);
-  if (a <= 1e-7) return "0";
-  const int places = a <= 1 ? 6 : std::min(std::max(0, 6 - (int)(std::log(a) / std::log(10.0))), 6);
-  std::string s(std::snprintf(nullptr, 0, "%.*f", places, v) + 1, '\0');
-  s.resize(std::snprintf(&s[0], s.size(), "%.*f", places, v));
-  if (places) {
-    while (s.back() == '0') s.pop_back();
-    if (s.back() == '.') s.pop_back();
+  if (!(a > 1e-7) || !std::isfinite(v)) {
+    buf[0] = '0';
+    return 1;
   }
-  if (s.size() > 1 && s[0] == '0') s.erase(0, 1);
-  return s;
+  const int places = a <= 1 ? 6 : std::min(std::max(0, 6 - (int)(std::log(a) / log10e)), 6);
+#if defined(__cpp_lib_to_chars) && __cpp_lib_to_chars >= 201611L
+  int n = (int)(std::to_chars(buf, buf + kFpMax, v, std::chars_format::fixed, places).ptr - buf);
+#else
+  int n = std::snprintf(buf, kFpMax, "%.*f", places, v);
+#endif
+  if (places) {
+    while (buf[n - 1] == '0') --n;
+    if (buf[n - 1] == '.') --n;
+  }
+  if (n > 1 && buf[0] == '0') {
+    std::memmove(buf, buf + 1, (size_t)--n);
+  }
+  return n;
+}
+
+double parse_double(const char* b, const char* e) {  // correctly rounded, as Python's float()
+  double x = 0.0;
+#if defined(__cpp_lib_to_chars) && __cpp_lib_to_chars >= 201611L
+  std::from_chars(b, e, x);
+#else
+  x = std::strtod(std::string(b, e).c_str(), nullptr);
+#endif
+  return x;
+}
+}  // namespace
+
+std::string fp_str(double v) {
+  char buf[kFpMax];
+  return std::string(buf, (size_t)fp_chars(v, buf));
 }
 
 double pdf_number(double v) {
-  const std::string s = fp_str(v);
-  const bool neg = s[0] == '-';
-  const size_t b = neg ? 1 : 0, dot = s.find('.', b);
-  const std::string whole = s.substr(b, dot == std::string::npos ? std::string::npos : dot - b);
-  double x = whole.empty() ? 0.0 : std::strtod(whole.c_str(), nullptr), scale = 0.1;
-  if (dot != std::string::npos)
-    for (size_t i = dot + 1; i < s.size(); ++i) {
-      x = x + scale * (s[i] - '0');
-      scale *= 0.1;
-    }
+  char buf[kFpMax];
+  const int n = fp_chars(v, buf);
+  const bool neg = buf[0] == '-';
+  const char* b = buf + (neg ? 1 : 0);
+  const char* e = buf + n;
+  const char* dot = std::find(b, e, '.');
+  double x = dot > b ? parse_double(b, dot) : 0.0, scale = 0.1;
+  for (const char* c = dot + (dot < e ? 1 : 0); c < e; ++c) {
+    x = x + scale * (*c - '0');
+    scale *= 0.1;
+  }
   return neg ? -x : x;
 }
 
-double pdf_float(double v) { return std::strtod(fp_str(v).c_str(), nullptr); }
+double pdf_float(double v) {
+  char buf[kFpMax];
+  const int n = fp_chars(v, buf);
+  return parse_double(buf, buf + n);
+}
 
 std::vector<int32_t> unknown_codepoints(const uint32_t* text, int64_t n, const int32_t* lut,
                                         int64_t lut_size) {

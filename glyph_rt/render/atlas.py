@@ -86,6 +86,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GLYPH_RT_CACHE") or Path.home() / ".cache" / "glyph_rt") / "atlas"
 
 
+_pruned: set[Path] = set()
+
+
+def prune_old_versions(d: Path) -> None:
+    """Removes atlas files of earlier ATLAS_VERSIONs from `d` (once per directory and process; best effort):
+    no version reads them again."""
+    if d in _pruned:
+        return
+    _pruned.add(d)
+    for f in d.glob("atlas-v*-*.npz"):
+        v = f.name[len("atlas-v"):].split("-", 1)[0]
+        if v.isdigit() and int(v) < ATLAS_VERSION:
+            try:
+                f.unlink()
+            except OSError:
+                pass
+
+
 def _file_id(font: str) -> str:
     path, index = split_face(font)
     st = os.stat(path)
@@ -399,6 +417,7 @@ class FontAtlas:
             try:
                 p = self._path()
                 p.parent.mkdir(parents=True, exist_ok=True)
+                prune_old_versions(p.parent)
                 tmp = p.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.npz")
                 np.savez(tmp, checksum=np.frombuffer(_checksum(z), np.uint8), **z)
                 os.replace(tmp, p)

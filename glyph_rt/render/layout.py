@@ -31,7 +31,8 @@ class Layout:
     page range by `page_glyphs` (the `g_page` / `g_y` properties expand them all)."""
 
     num_pages: int
-    g_x: np.ndarray  # float32 [G] pen x (horizontal scale 1: the centre of the sub-pixel bin poppler draws it in)
+    g_x: np.ndarray  # float32 [G] pen x; at horizontal scale 1 the centre of the sub-pixel bin (of subpixel_phases
+    # per pixel) poppler draws it in, up to a bin off for lines the bidi pass puts in another order
     g_slot: np.ndarray  # uint16 [G] atlas slot (int32 when the atlas has 65,536 slots or more)
     g_src: np.ndarray  # int32 [G] index of the character in the text
     g_color: np.ndarray  # uint8 [G] 0 font color, 1 newline-marker color

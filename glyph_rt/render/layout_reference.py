@@ -83,7 +83,7 @@ class Engine:
     def __init__(self, lut, advance, missing_flag, space_slot, missing_slot, params, width_1000=None):
         self.lut, self.missing_flag, self.missing_slot, self.space_slot = lut, missing_flag, missing_slot, space_slot
         self.p = p = {**DEFAULT_PARAMS, **params}
-        self.pdf = p["pdf_scale"] > 0 and width_1000 is not None
+        self.pdf = p["pdf_scale"] > 0 and width_1000 is not None and space_slot >= 0
         if self.pdf:
             self.w1000 = np.asarray(width_1000, np.float64).tolist()
             self.pdf_em = [pdf_number(w) * 0.001 for w in self.w1000]  # poppler: /Widths entry * 0.001

@@ -41,8 +41,3 @@ def pdf_float(v: float) -> float:
     """`fp_str(v)` read back by Python's float(), as reportlab does when it merges two text moves."""
     return float(fp_str(v))
 
-
-def pdf_em(width_1000: float) -> float:
-    """A glyph's width in em as poppler uses it: reportlab writes its width in thousandths of an em
-    (`/Widths`), poppler multiplies the number it reads by 0.001."""
-    return pdf_number(width_1000) * 0.001

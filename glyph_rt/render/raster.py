@@ -68,9 +68,10 @@ def paper_edges(config: RenderConfig) -> list[list[int]]:
     return out
 
 
-def _round(v: float) -> int:
-    """Splash's splashRound: floor(v + 0.5)."""
-    return int(math.floor(v + 0.5))
+def _pdf_numbers(values: np.ndarray) -> np.ndarray:
+    """`pdf_number` of every value (computed once per distinct value: boxes repeat their tops and heights)."""
+    u, inv = np.unique(values, return_inverse=True)
+    return np.asarray([pdf_number(v) for v in u.tolist()], np.float64)[inv.reshape(-1)]
 
 
 def box_pixels(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -80,9 +81,9 @@ def box_pixels(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, np.nda
     reportlab draws a box as `re` (fill, and stroke for a border) in the paragraph's coordinates, translated to its
     bottom-left corner (`cm`); poppler transforms the path's corners in double from the numbers as printed (its CTM
     [k 0 0 -k 0 k*H]) and Splash, adjusting strokes (also a filled rectangle's edges), covers the pixels from each
-    edge rounded to the next: a stroke's side from its inner edge to its outer edge (the line width's halves off
-    the path, in user space), at least one pixel. With a horizontal scale other than 1 (Glyph resizes the page)
-    the points are scaled as the glyphs are."""
+    edge rounded (floor(v + 0.5)) to the next: a stroke's side from its inner edge to its outer edge (the line
+    width's halves off the path, in user space), at least one pixel. With a horizontal scale other than 1 (Glyph
+    resizes the page) the points are scaled as the glyphs are."""
     n = len(layout.b_page)
     fill = np.zeros((n, 4), np.int32)
     border = np.zeros((n, 4, 4), np.int32)
@@ -98,28 +99,28 @@ def box_pixels(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, np.nda
     e = pdf_number(c.margin_x + c.frame_padding) * kx
     k_h = k * pdf_number(page_h)
     x_r, y_r = pdf_number(li - bp), pdf_number(-bp)
-    w_r = pdf_number(avail - (li + ri) + bp + bp)
-    g = 0.5 * pdf_number(bw) if bw > 0 else 0.0
-    for i, (top, h) in enumerate(zip(layout.b_y.astype(np.float64).tolist(), layout.b_h.astype(np.float64).tolist())):
-        m5 = pdf_number(page_h - (top + h)) * -k + k_h
-        h_r = pdf_number(h + bp + bp)
+    x1 = x_r + pdf_number(avail - (li + ri) + bp + bp)
+    top, h = layout.b_y.astype(np.float64), layout.b_h.astype(np.float64)
+    m5 = _pdf_numbers(page_h - (top + h)) * -k + k_h  # each part's `cm`: the CTM's y translation
+    y1 = y_r + _pdf_numbers(h + bp + bp)
 
-        def dx(x: float) -> int:
-            return _round(kx * x + e)
+    def dx(x) -> np.ndarray:
+        return np.floor(kx * np.asarray(x, np.float64) + e + 0.5).astype(np.int64) + np.zeros(n, np.int64)
 
-        def dy(y: float) -> int:
-            return _round(-k * y + m5)
+    def dy(y) -> np.ndarray:
+        return np.floor(-k * np.asarray(y, np.float64) + m5 + 0.5).astype(np.int64)
 
-        x1, y1 = x_r + w_r, y_r + h_r
-        fill[i] = dx(x_r), dy(y1), dx(x1), dy(y_r)
-        if bw > 0:
-            def side(a: int, b: int) -> tuple[int, int]:
-                return a, max(b, a + 1)
+    fill[:] = np.stack([dx(x_r), dy(y1), dx(x1), dy(y_r)], axis=1)
+    if bw > 0:
+        g = 0.5 * pdf_number(bw)
 
-            left, right = side(dx(x_r - g), dx(x_r + g)), side(dx(x1 - g), dx(x1 + g))
-            t, b = side(dy(y1 + g), dy(y1 - g)), side(dy(y_r + g), dy(y_r - g))
-            border[i] = [[left[0], t[0], right[1], t[1]], [left[0], b[0], right[1], b[1]],
-                         [left[0], t[0], left[1], b[1]], [right[0], t[0], right[1], b[1]]]
+        def side(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return a, np.maximum(b, a + 1)
+
+        (l0, l1), (r0, r1) = side(dx(x_r - g), dx(x_r + g)), side(dx(x1 - g), dx(x1 + g))
+        (t0, t1), (b0, b1) = side(dy(y1 + g), dy(y1 - g)), side(dy(y_r + g), dy(y_r - g))
+        border[:] = np.stack([np.stack([l0, t0, r1, t1], 1), np.stack([l0, b0, r1, b1], 1),
+                              np.stack([l0, t0, l1, b1], 1), np.stack([r0, t0, r1, b1], 1)], axis=1)
     return fill, border
 
 
@@ -169,28 +170,22 @@ def paragraph_rects(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, n
     para_bg = parse_color(config.para_bg_color, "para_bg_color")
     border = parse_color(config.para_border_color, "para_border_color")
     bw = config.border_width
-    pages, boxes, colors = [], [], []
-    edges = paper_edges(config)
-    for p in range(layout.num_pages if edges else 0):
-        pages += [p] * len(edges)
-        boxes += edges
-        colors += [PAPER] * len(edges)
+    edges = np.asarray(paper_edges(config), np.int32).reshape(-1, 4)
+    n_pages = layout.num_pages if len(edges) else 0
+    pages = [np.repeat(np.arange(n_pages, dtype=np.int32), len(edges))]
+    boxes = [np.tile(edges, (n_pages, 1))]
+    colors = [np.tile(np.asarray(PAPER, np.uint8), (n_pages * len(edges), 1))]
     n = len(layout.b_page)
-    if n == 0 or (para_bg == page_bg and bw <= 0):
-        n = 0
-    fill, border_boxes = box_pixels(layout, config) if n else (None, None)
-    for i in range(n):
-        if para_bg != page_bg or bw > 0:  # a background the page's colour still covers the border above it
-            pages.append(layout.b_page[i])
-            boxes.append(fill[i].tolist())
-            colors.append(para_bg)
-        if bw > 0:
-            for b in border_boxes[i].tolist():
-                pages.append(layout.b_page[i])
-                boxes.append(b)
-                colors.append(border)
-    return (np.asarray(pages, np.int32), np.asarray(boxes, np.int32).reshape(-1, 4),
-            np.asarray(colors, np.uint8).reshape(-1, 3))
+    if n and (para_bg != page_bg or bw > 0):
+        fill, sides = box_pixels(layout, config)
+        # per box, in order: its background (one of the page's colour still covers the border above it), its border
+        per_box = np.concatenate([fill[:, None]] + ([sides] if bw > 0 else []), axis=1)  # [n, 1 or 5, 4]
+        m = per_box.shape[1]
+        pages.append(np.repeat(layout.b_page.astype(np.int32), m))
+        boxes.append(per_box.reshape(-1, 4))
+        colors.append(np.tile(np.asarray([para_bg] + [border] * (m - 1), np.uint8), (n, 1)))
+    return (np.concatenate(pages).astype(np.int32), np.concatenate(boxes).astype(np.int32).reshape(-1, 4),
+            np.concatenate(colors).astype(np.uint8).reshape(-1, 3))
 
 
 def rasterize(layout: Layout, atlas: FontAtlas, config: RenderConfig, out: np.ndarray, page0: int = 0,
