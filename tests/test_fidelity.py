@@ -321,3 +321,25 @@ def test_random_styles_are_the_official_pixels():
 
     res = fidelity.run_styles(3, 1500, seed=7, verbose=False)
     assert len(res["styles"]) == 3 and res["identical"] == 3, res["styles"]
+
+
+def test_a_part_ending_a_page_after_a_break_ends_on_its_last_line():
+    """A paragraph split right after a line break: reportlab breaks its first part again without that break, so the
+    part's last line is its last line, not a forced one, and an over-long last line is squeezed (word spacing)
+    also when justified. Each source line here is 2 pt over the frame, within the spaces' shrinkage."""
+    import numpy as np
+
+    import glyph_rt
+    from glyph_rt import RenderConfig
+    from glyph_rt.render.config import GLYPH_CONFIG_EN
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+
+    line = "sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore magna aliqua " \
+           "lorem ipsum dolor sit"
+    text = "\n".join([line] * 100)
+    cfg = {**GLYPH_CONFIG_EN, "font-path": str(BUILTIN_FONTS["sans"]), "alignment": "JUSTIFY"}
+    images, _ = official.render_official(text, cfg, font_path=cfg["font-path"])
+    pages = glyph_rt.render(text, RenderConfig.from_glyph_dict(cfg))
+    assert pages.sizes == [im.size for im in images]
+    for i, im in enumerate(images):
+        assert np.array_equal(np.asarray(im.convert("RGB")), pages[i].numpy()), f"page {i} differs"

@@ -84,7 +84,17 @@ class Engine {
     frame_lines_ = std::floor(p_.frame_h / p_.leading);  // as paginate counts a frame's lines
     later_w_ = p_.frame_w - p_.left_indent - p_.right_indent;
     first_w_ = later_w_ - p_.first_line_indent;
-    pdf_ = p_.pdf_scale > 0 && a_.width_1000 != nullptr && a_.space_slot >= 0;
+    // With reportlab's widths (Atlas::width_1000), lines break on reportlab's own sums: each word 0.001 * size *
+    // its thousandths of an em, the space, the line widths from its frame width (Paragraph.wrap, breakLines).
+    rl_ = a_.width_1000 != nullptr && a_.space_slot >= 0;
+    if (rl_) {
+      k001_ = 0.001 * p_.font_size;
+      space_rl_ = k001_ * a_.width_1000[a_.space_slot];
+      const double avail = p_.pdf_avail_width;
+      later_w_ = avail - p_.left_indent - p_.right_indent;
+      first_w_ = avail - (p_.left_indent + p_.first_line_indent) - p_.right_indent;
+    }
+    pdf_ = rl_ && p_.pdf_scale > 0;
     if (pdf_) pdf_em_.assign((size_t)a_.n_slots, std::nan(""));
   }
 
@@ -188,9 +198,19 @@ class Engine {
 
   double unit_width(const Unit& u) const {
     double w = 0;
+    if (rl_) {  // a word: its characters' thousandths of an em summed, then scaled
+      for (int32_t k = u.start; k < u.end; ++k) {
+        const Item& it = items_[k];
+        if (it.kind == kDraw) w += a_.width_1000[it.slot];
+        else for (int32_t j = 0; j < it.spaces; ++j) w += a_.width_1000[a_.space_slot];
+      }
+      return k001_ * w;
+    }
     for (int32_t k = u.start; k < u.end; ++k) w += items_[k].adv;
     return w;
   }
+
+  double break_space() const { return rl_ ? space_rl_ : space_w_; }
 
   double max_width(bool first) const { return first ? first_w_ : later_w_; }
 
@@ -224,7 +244,7 @@ class Engine {
   void place(const Unit& u, double w) {
     bool gap = u.gap && !line_empty();
     if (gap) {
-      cur_ += space_w_;
+      if (!rl_ || w > 0) cur_ += break_space();  // reportlab adds no width, and no space, for an empty word
       ++spaces_;
     }
     placed_.push_back({u.start, u.end, gap});
@@ -237,8 +257,14 @@ class Engine {
       double w = unit_width(u);
       double maxw = max_width(para_first_line_);
       bool gap = u.gap && !line_empty();
-      double new_w = cur_ + (gap ? space_w_ : 0.0) + w;
-      double lim = maxw + p_.space_shrink * space_w_ * (spaces_ + (gap ? 1 : 0));
+      double new_w, lim;
+      if (rl_) {  // Paragraph.breakLines: the spaces' shrinkage is (this gap's space + the line's spaces) * 5%
+        new_w = w > 0 ? cur_ + (gap ? space_rl_ : 0.0) + w : cur_;
+        lim = maxw + ((gap ? space_rl_ : 0.0) + spaces_ * space_rl_) * p_.space_shrink;
+      } else {
+        new_w = cur_ + (gap ? space_w_ : 0.0) + w;
+        lim = maxw + p_.space_shrink * space_w_ * (spaces_ + (gap ? 1 : 0));
+      }
       if (new_w <= lim || line_empty()) {
         if (w > maxw && new_w > lim) {
           split_long(u, maxw);
@@ -305,16 +331,19 @@ class Engine {
     cur_ += char_width(it);
   }
 
-  double char_width(const Item& it) const { return it.kind == kDraw ? it.adv : space_w_ * it.spaces; }
+  double char_width(const Item& it) const {
+    if (rl_) return it.kind == kDraw ? k001_ * a_.width_1000[it.slot] : space_rl_ * it.spaces;
+    return it.kind == kDraw ? it.adv : space_w_ * it.spaces;
+  }
 
   // A word wider than the line: fill the current line, then whole lines, char by char.
   void split_long(const Unit& u, double maxw) {
     bool gap = u.gap && !line_empty();
-    double acc = line_empty() ? 0.0 : cur_ + (gap ? space_w_ : 0.0);
+    double acc = line_empty() ? 0.0 : cur_ + (gap ? break_space() : 0.0);
     int32_t piece = u.start;
     bool first_piece = true;
     for (int32_t k = u.start; k < u.end; ++k) {
-      double cw = items_[k].adv;
+      double cw = rl_ ? char_width(items_[k]) : items_[k].adv;
       double next_w = max_width(false);
       if (acc + cw > maxw && (k > piece || cw <= next_w)) {
         if (k > piece) {
@@ -366,6 +395,10 @@ class Engine {
       double extra = maxw - l.width;
       double space_add = 0.0, shift = 0.0;
       bool last = para_has_end && li == n_lines - 1;
+      // A part that ends a page right after a line break: reportlab breaks it again without that break, so
+      // its last line is the part's last, not a forced one (an over-long one is squeezed, also justified).
+      bool forced = l.forced;
+      if (!para_has_end && li == e - 1 && forced) forced = false, last = true;
       // CJK lines: reportlab counts the kept spaces only (one "word" per line)
       const int32_t n_space = p_.wrap == kWrapCJK ? l.nbsp : l.spaces + l.nbsp;
       // reportlab squeezes an over-long line (allowed by the 5% space shrinkage) back to the frame
@@ -373,7 +406,7 @@ class Engine {
       // The share is the PDF's word spacing: every space drawn gets it, kept ones too (reportlab
       // writes U+00A0 as code 32).
       if (p_.align == kJustify) {
-        bool keep = l.forced || std::fabs(extra) <= 1e-8 || (last && extra > -1e-8);
+        bool keep = forced || std::fabs(extra) <= 1e-8 || (last && extra > -1e-8);
         if (!keep && n_space > 0) space_add = extra / n_space;
       } else if (extra < -1e-8 && n_space > 0) {
         space_add = extra / n_space;
@@ -418,7 +451,7 @@ class Engine {
         }
       };
       if (pdf_) {  // the line as drawn: reportlab's word spacing can make it wider than the engine's own sum
-        out_.l_width.back() = (float)emit_pdf_line(text, l, offset, last, put);
+        out_.l_width.back() = (float)emit_pdf_line(text, l, offset, forced, last, put);
       } else {
         double pen = x;
         for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui) {
@@ -470,7 +503,7 @@ class Engine {
   // character in CJK wrap) from its frame width (Paragraph.wrap), in double.
   // Returns the width drawn (the pen's advance over the line, points).
   template <typename Put>
-  double emit_pdf_line(PdfText& text, const Line& l, double offset, bool last, Put&& put) {
+  double emit_pdf_line(PdfText& text, const Line& l, double offset, bool forced, bool last, Put&& put) {
     const double* em = a_.width_1000;
     const double size = p_.font_size;
     const double space_rl = 0.001 * size * em[a_.space_slot];
@@ -500,7 +533,7 @@ class Engine {
     const double maxw = l.first ? avail - (li + p_.first_line_indent) - p_.right_indent : avail - li - p_.right_indent;
     const double extra = maxw - width;
     const int32_t n_space = cjk ? l.nbsp : l.spaces + l.nbsp;
-    bool simple = p_.align == kJustify ? (l.forced || (-1e-8 < extra && extra <= 1e-8) || (last && extra > -1e-8))
+    bool simple = p_.align == kJustify ? (forced || (-1e-8 < extra && extra <= 1e-8) || (last && extra > -1e-8))
                                        : extra > -1e-8;
     simple = simple || n_space <= 0;
     double tw = 0.0, back = offset;
@@ -665,7 +698,8 @@ class Engine {
   int32_t line_unit_start_ = 0, spaces_ = 0, empty_src_ = 0, page_ = -1;
   double cur_ = 0, cursor_ = 0, prev_after_ = 0;
   bool para_first_line_ = true, at_top_ = true;
-  bool pdf_ = false;
+  bool rl_ = false, pdf_ = false;
+  double k001_ = 0, space_rl_ = 0;  // rl_: 0.001 * font size, reportlab's space width
   std::vector<double> pdf_em_;  // per slot, computed when first drawn (NaN: not yet)
 };
 

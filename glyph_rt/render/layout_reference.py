@@ -29,7 +29,10 @@ renderer relies on:
   word spacing, which every space drawn gets, kept ones included (U+00A0 is written as code 32).
 
 Lengths are float64 as in the C++; glyph advances are rounded to float32 first, as the C++ stores
-them, and outputs are cast at the end, so results match the engine's exactly.
+them, and outputs are cast at the end, so results match the engine's exactly. Given reportlab's glyph widths
+(`width_1000`, thousandths of an em), lines break on reportlab's own sums instead (0.001 * size * a word's
+widths, its space, its frame width), and with `pdf_scale` each glyph's x is where poppler draws it from
+reportlab's PDF (`emit_pdf_line`).
 """
 from __future__ import annotations
 
@@ -83,15 +86,24 @@ class Engine:
     def __init__(self, lut, advance, missing_flag, space_slot, missing_slot, params, width_1000=None):
         self.lut, self.missing_flag, self.missing_slot, self.space_slot = lut, missing_flag, missing_slot, space_slot
         self.p = p = {**DEFAULT_PARAMS, **params}
-        self.pdf = p["pdf_scale"] > 0 and width_1000 is not None and space_slot >= 0
-        if self.pdf:
-            self.w1000 = np.asarray(width_1000, np.float64).tolist()
-            self.pdf_em = [pdf_number(w) * 0.001 for w in self.w1000]  # poppler: /Widths entry * 0.001
+        # with reportlab's widths, lines break on reportlab's own sums (see the C++ engine); and with pdf_scale,
+        # glyph x is placed as poppler places it
+        self.rl = width_1000 is not None and space_slot >= 0
+        self.pdf = self.rl and p["pdf_scale"] > 0
         self.adv32 = np.asarray(advance, np.float32).astype(np.float64).tolist()
         self.space_w = float(advance[space_slot]) if space_slot >= 0 else 0.0
         self.space_adv = self.adv32[space_slot] if space_slot >= 0 else 0.0
         self.later_w = p["frame_w"] - p["left_indent"] - p["right_indent"]
         self.first_w = self.later_w - p["first_line_indent"]
+        self.space_brk = self.space_w
+        if self.rl:
+            self.w1000 = np.asarray(width_1000, np.float64).tolist()
+            self.pdf_em = [pdf_number(w) * 0.001 for w in self.w1000]  # poppler: /Widths entry * 0.001
+            self.k001 = 0.001 * p["font_size"]
+            self.space_brk = self.k001 * self.w1000[space_slot]
+            avail, li, ri = p["pdf_avail_width"], p["left_indent"], p["right_indent"]
+            self.later_w = avail - li - ri
+            self.first_w = avail - (li + p["first_line_indent"]) - ri
         self.out = {k: [] for k in OUTPUTS}
         self.missing = self.stripped = self.placed = self.marker_glyphs = 0
         self.frame_lines = math.floor(p["frame_h"] / p["leading"])  # as paginate counts a frame's lines
@@ -156,6 +168,11 @@ class Engine:
 
     def unit_width(self, u: Unit) -> float:
         w = 0.0
+        if self.rl:  # a word: its characters' thousandths of an em summed, then scaled
+            for it in self.items[u.start:u.end]:
+                for _ in range(1 if it.kind == DRAW else it.spaces):
+                    w += self.w1000[it.slot if it.kind == DRAW else self.space_slot]
+            return self.k001 * w
         for it in self.items[u.start:u.end]:
             w += it.adv
         return w
@@ -172,18 +189,26 @@ class Engine:
 
     def place(self, u: Unit):
         gap = u.gap and bool(self.line)
+        w = self.unit_width(u)
         if gap:
-            self.cur += self.space_w
+            if not self.rl or w > 0:  # reportlab adds no width, and no space, for an empty word
+                self.cur += self.space_brk
             self.spaces += 1
         self.line.append(Unit(u.start, u.end, gap))
-        self.cur += self.unit_width(u)
+        self.cur += w
 
     def break_units(self, units: list[Unit]):
         for u in units:
             w, maxw = self.unit_width(u), self.max_width(self.first)
             gap = u.gap and bool(self.line)
-            new_w = self.cur + (self.space_w if gap else 0.0) + w
-            if new_w <= maxw + self.p["space_shrink"] * self.space_w * (self.spaces + gap):
+            if self.rl:  # Paragraph.breakLines: the shrinkage is (this gap's space + the line's spaces) * 5%
+                sp = self.space_brk
+                new_w = self.cur + (sp if gap else 0.0) + w if w > 0 else self.cur
+                lim = maxw + ((sp if gap else 0.0) + self.spaces * sp) * self.p["space_shrink"]
+            else:
+                new_w = self.cur + (self.space_w if gap else 0.0) + w
+                lim = maxw + self.p["space_shrink"] * self.space_w * (self.spaces + gap)
+            if new_w <= lim:
                 self.place(u)
             elif w > maxw:
                 self.split_long(u, maxw)
@@ -231,14 +256,16 @@ class Engine:
         self.cur += self.char_width(it)
 
     def char_width(self, it: Item) -> float:
+        if self.rl:
+            return self.k001 * self.w1000[it.slot] if it.kind == DRAW else self.space_brk * it.spaces
         return it.adv if it.kind == DRAW else self.space_w * it.spaces
 
     def split_long(self, u: Unit, maxw: float):
         """A word wider than the line: fills the current line, then whole lines, char by char."""
-        acc = self.cur + (self.space_w if u.gap else 0.0) if self.line else 0.0
+        acc = self.cur + (self.space_brk if u.gap else 0.0) if self.line else 0.0
         piece, first_piece = u.start, True
         for k in range(u.start, u.end):
-            cw = self.items[k].adv
+            cw = self.char_width(self.items[k]) if self.rl else self.items[k].adv
             if acc + cw > maxw and (k > piece or cw <= self.later_w):  # a too-wide char stays put
                 if k > piece:
                     self.place(Unit(piece, k, u.gap and first_piece))
@@ -265,9 +292,11 @@ class Engine:
             x = box_x + offset
             extra, space_add, shift = self.max_width(line.first) - line.width, 0.0, 0.0
             n_space = line.nbsp if p["wrap"] == WRAP_CJK else line.spaces + line.nbsp  # CJK: kept spaces only
-            last = para_end and li == len(self.lines) - 1
+            last, forced = para_end and li == len(self.lines) - 1, line.forced
+            if not para_end and li == e - 1 and forced:  # a part ending a page right after a line break: reportlab
+                forced, last = False, True  # breaks it again without that break (its last line, not a forced one)
             if p["align"] == JUSTIFY:
-                keep = line.forced or abs(extra) <= 1e-8 or (last and extra > -1e-8)
+                keep = forced or abs(extra) <= 1e-8 or (last and extra > -1e-8)
                 if not keep and n_space:
                     space_add = extra / n_space
             elif extra < -1e-8 and n_space:  # an over-long line is squeezed back to the frame
@@ -284,7 +313,7 @@ class Engine:
                 out["p_src_start"][-1] = line.src_start
             out["p_src_end"][-1] = line.src_end
             if text is not None:  # the line as drawn: reportlab's word spacing can make it wider than our sum
-                out["l_width"][-1] = self.emit_pdf_line(text, line, offset, last, y)
+                out["l_width"][-1] = self.emit_pdf_line(text, line, offset, forced, last, y)
                 continue
             pen = x
             for u in line.units:
@@ -303,7 +332,7 @@ class Engine:
         else:
             self.marker_glyphs += 1
 
-    def emit_pdf_line(self, text: "PdfText", line: Line, offset: float, last: bool, y: float):
+    def emit_pdf_line(self, text: "PdfText", line: Line, offset: float, forced: bool, last: bool, y: float):
         """One line as reportlab writes it (paragraph._*DrawParaLineX) and poppler draws it: the line's moves
         and word spacing as printed numbers, then each glyph's pen summed in double from the PDF's widths
         (Gfx::doShowText); each glyph is placed at the centre of the sub-pixel bin that poppler draws it in.
@@ -332,7 +361,7 @@ class Engine:
         extra = maxw - width
         n_space = line.nbsp if p["wrap"] == WRAP_CJK else line.spaces + line.nbsp
         if align == JUSTIFY:
-            simple = line.forced or -1e-8 < extra <= 1e-8 or (last and extra > -1e-8)
+            simple = forced or -1e-8 < extra <= 1e-8 or (last and extra > -1e-8)
         else:
             simple = extra > -1e-8
         simple = simple or n_space <= 0
