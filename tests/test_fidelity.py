@@ -82,6 +82,23 @@ def page_diffs(over: dict, chars: int) -> list:
             for i, im in enumerate(images)]
 
 
+def assert_official_pixels(text: str, over: dict) -> None:
+    """`text` drawn with Glyph's English config, the bundled sans and `over`: every page the official one."""
+    import numpy as np
+
+    import glyph_rt
+    from glyph_rt import RenderConfig
+    from glyph_rt.render.config import GLYPH_CONFIG_EN
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+
+    cfg = {**GLYPH_CONFIG_EN, "font-path": str(BUILTIN_FONTS["sans"]), **over}
+    images, _ = official.render_official(text, cfg, font_path=cfg["font-path"])
+    pages = glyph_rt.render(text, RenderConfig.from_glyph_dict(cfg))
+    assert pages.sizes == [im.size for im in images]
+    for i, im in enumerate(images):
+        assert np.array_equal(np.asarray(im.convert("RGB")), pages[i].numpy()), f"page {i} differs"
+
+
 def ink_rows(img) -> list[int]:
     """Rows holding ink by Glyph's auto-crop rule (luma more than 5 levels off the top-left background)."""
     import numpy as np
@@ -247,20 +264,7 @@ def test_descenders_under_the_next_paragraphs_background_are_cut(over):
     """reportlab paints each paragraph's background before its text, over the descenders of the line above it
     (Glyph joins 30 source lines into a paragraph): the official pages lose them, and so do glyph_rt's
     (`run_clips`). These pages are then the official ones pixel for pixel; drawn whole, 68-90 pixels differed."""
-    import numpy as np
-
-    import glyph_rt
-    from glyph_rt import RenderConfig
-    from glyph_rt.render.config import GLYPH_CONFIG_EN
-    from glyph_rt.render.fonts import BUILTIN_FONTS
-
-    cfg = {**GLYPH_CONFIG_EN, "font-path": str(BUILTIN_FONTS["sans"]), **over}
-    text = "\n".join(f"line {i}: jumpy gypsy quay pygmy" for i in range(75))
-    images, _ = official.render_official(text, cfg, font_path=cfg["font-path"])
-    pages = glyph_rt.render(text, RenderConfig.from_glyph_dict(cfg))
-    assert pages.sizes == [im.size for im in images]
-    for i, im in enumerate(images):
-        assert np.array_equal(np.asarray(im.convert("RGB")), pages[i].numpy()), f"page {i} differs"
+    assert_official_pixels("\n".join(f"line {i}: jumpy gypsy quay pygmy" for i in range(75)), over)
 
 
 @pytest.mark.parametrize("over", [
@@ -297,22 +301,11 @@ def test_zero_width_no_break_spaces_and_unmoved_bidi_lines_keep_poppler_x():
     poppler's sub-pixel bins (6,300-6,800 pixels)."""
     import random
 
-    import numpy as np
-
-    import glyph_rt
-    from glyph_rt import RenderConfig
-    from glyph_rt.render.config import GLYPH_CONFIG_EN
-    from glyph_rt.render.fonts import BUILTIN_FONTS
     from glyph_rt.render.textio import sample_text
 
     rng = random.Random(0)
     text = "".join(("\ufeff " if c == " " and rng.random() < 0.15 else c) for c in sample_text()[:6000])
-    cfg = {**GLYPH_CONFIG_EN, "font-path": str(BUILTIN_FONTS["sans"]), "alignment": "CENTER"}
-    images, _ = official.render_official(text, cfg, font_path=cfg["font-path"])
-    pages = glyph_rt.render(text, RenderConfig.from_glyph_dict(cfg))
-    assert pages.sizes == [im.size for im in images]
-    for i, im in enumerate(images):
-        assert np.array_equal(np.asarray(im.convert("RGB")), pages[i].numpy()), f"page {i} differs"
+    assert_official_pixels(text, {"alignment": "CENTER"})
 
 
 def test_random_styles_are_the_official_pixels():
@@ -327,19 +320,6 @@ def test_a_part_ending_a_page_after_a_break_ends_on_its_last_line():
     """A paragraph split right after a line break: reportlab breaks its first part again without that break, so the
     part's last line is its last line, not a forced one, and an over-long last line is squeezed (word spacing)
     also when justified. Each source line here is 2 pt over the frame, within the spaces' shrinkage."""
-    import numpy as np
-
-    import glyph_rt
-    from glyph_rt import RenderConfig
-    from glyph_rt.render.config import GLYPH_CONFIG_EN
-    from glyph_rt.render.fonts import BUILTIN_FONTS
-
     line = "sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore magna aliqua " \
            "lorem ipsum dolor sit"
-    text = "\n".join([line] * 100)
-    cfg = {**GLYPH_CONFIG_EN, "font-path": str(BUILTIN_FONTS["sans"]), "alignment": "JUSTIFY"}
-    images, _ = official.render_official(text, cfg, font_path=cfg["font-path"])
-    pages = glyph_rt.render(text, RenderConfig.from_glyph_dict(cfg))
-    assert pages.sizes == [im.size for im in images]
-    for i, im in enumerate(images):
-        assert np.array_equal(np.asarray(im.convert("RGB")), pages[i].numpy()), f"page {i} differs"
+    assert_official_pixels("\n".join([line] * 100), {"alignment": "JUSTIFY"})
