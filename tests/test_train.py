@@ -35,6 +35,13 @@ def worker_env(**extra) -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **extra}
 
 
+def reported_loss(r) -> float:
+    """The loss a worker run printed (rank 0's `LOSS` line), or a failure showing what it printed instead."""
+    lines = [x for x in r.stdout.splitlines() if x.startswith("LOSS")]
+    assert lines, f"no LOSS line (exit {r.returncode})\nstdout: {r.stdout[-3000:]}\nstderr: {r.stderr[-3000:]}"
+    return float(lines[0].split()[1])
+
+
 PAGE = RenderConfig(page_size=(112, 112), margin_x=4, margin_y=4, font_size=20, line_height=24)
 
 
@@ -782,7 +789,7 @@ def test_fsdp2_two_processes_match_one(tiny, tmp_path):
         r = subprocess.run([*cmd, "sft", tiny, str(tmp_path / name), "2"], capture_output=True, text=True, env=env,
                            timeout=240)
         assert r.returncode == 0, r.stderr[-6000:]
-        loss = float(next(x for x in r.stdout.splitlines() if x.startswith("LOSS")).split()[1])
+        loss = reported_loss(r)
         out[name] = (loss, load_file(tmp_path / name / "export" / "model.safetensors"))
     assert out["two"][0] == pytest.approx(out["one"][0], rel=1e-5)
     assert out["one"][1].keys() == out["two"][1].keys()
@@ -959,7 +966,7 @@ def test_fsdp_bf16_compute(tiny, tmp_path):
                            capture_output=True, text=True, env=worker_env(BF16_COMPUTE=bf16), timeout=300)
         assert r.returncode == 0, r.stderr[-6000:]
         assert "returned a view tensor" not in r.stderr  # the loops' forwards leave out FSDP2's warning
-        loss[name] = float(next(x for x in r.stdout.splitlines() if x.startswith("LOSS")).split()[1])
+        loss[name] = reported_loss(r)
     assert loss["sft16"] == pytest.approx(loss["sft32"], rel=2e-2) and loss["sft16"] != loss["sft32"]
     assert math.isfinite(loss["rl16"])
 

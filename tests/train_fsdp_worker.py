@@ -84,8 +84,8 @@ def main():
     r = run(cfg, data=data, progress=False)
     print(f"RANK {rank} STEP {r['step']}", flush=True)
     if rank == 0:
-        print(f"LOSS {r['loss']!r}")
-        print(f"METRICS {r!r}")
+        print(f"LOSS {r['loss']!r}", flush=True)  # before any teardown of the process group
+        print(f"METRICS {r!r}", flush=True)
 
 
 if __name__ == "__main__":
