@@ -406,9 +406,9 @@ class Engine {
       // The share is the PDF's word spacing: every space drawn gets it, kept ones too (reportlab
       // writes U+00A0 as code 32).
       if (p_.align == kJustify) {
-        bool keep = forced || std::fabs(extra) <= 1e-8 || (last && extra > -1e-8);
+        bool keep = forced || (-1e-8 < extra && extra <= 1e-8) || (last && extra > -1e-8);
         if (!keep && n_space > 0) space_add = extra / n_space;
-      } else if (extra < -1e-8 && n_space > 0) {
+      } else if (extra <= -1e-8 && n_space > 0) {
         space_add = extra / n_space;
       } else if (p_.align == kCenter) {
         shift = extra * 0.5;
@@ -451,7 +451,7 @@ class Engine {
         }
       };
       if (pdf_) {  // the line as drawn: reportlab's word spacing can make it wider than the engine's own sum
-        out_.l_width.back() = (float)emit_pdf_line(text, l, offset, forced, last, put);
+        out_.l_width.back() = (float)emit_pdf_line(text, l, offset, shift, space_add, put);
       } else {
         double pen = x;
         for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui) {
@@ -497,52 +497,18 @@ class Engine {
   }
 
   // One line as reportlab writes it (paragraph._*DrawParaLineX) and poppler draws it: the line's moves and
-  // word spacing as printed numbers, then each glyph's pen summed in double from the PDF's widths
-  // (Gfx::doShowText); each glyph is placed at the centre of the sub-pixel bin poppler draws it in. The
-  // line's free space is reportlab's: its widths (0.001 * size * thousandths of an em per word, or per
-  // character in CJK wrap) from its frame width (Paragraph.wrap), in double.
+  // word spacing (`space_add`, or else `shift`, from the line's free space, which with reportlab's widths is
+  // reportlab's) as printed numbers, then each glyph's pen summed in double from the PDF's widths
+  // (Gfx::doShowText); each glyph is placed at the centre of the sub-pixel bin poppler draws it in.
   // Returns the width drawn (the pen's advance over the line, points).
   template <typename Put>
-  double emit_pdf_line(PdfText& text, const Line& l, double offset, bool forced, bool last, Put&& put) {
-    const double* em = a_.width_1000;
-    const double size = p_.font_size;
-    const double space_rl = 0.001 * size * em[a_.space_slot];
-    const bool cjk = p_.wrap == kWrapCJK;
-    double width = 0.0;
-    for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui) {
-      const Unit& u = placed_[ui];
-      const bool gap = u.gap && ui > l.unit_start;
-      if (cjk) {  // character by character (paragraph.cjkFragSplit), the collapsed space included
-        if (gap) width += space_rl;
-        for (int32_t k = u.start; k < u.end; ++k) {
-          const Item& it = items_[k];
-          if (it.kind == kDraw) width += 0.001 * size * em[it.slot];
-          else for (int32_t j = 0; j < it.spaces; ++j) width += space_rl;
-        }
-        continue;
-      }
-      double s = 0;  // a word (Paragraph.breakLines): its characters' widths summed, then scaled
-      for (int32_t k = u.start; k < u.end; ++k) {
-        const Item& it = items_[k];
-        if (it.kind == kDraw) s += em[it.slot];
-        else for (int32_t j = 0; j < it.spaces; ++j) s += em[a_.space_slot];
-      }
-      if (s > 0) width = width + (gap ? space_rl : 0.0) + 0.001 * size * s;
-    }
-    const double avail = p_.pdf_avail_width, li = p_.left_indent;
-    const double maxw = l.first ? avail - (li + p_.first_line_indent) - p_.right_indent : avail - li - p_.right_indent;
-    const double extra = maxw - width;
-    const int32_t n_space = cjk ? l.nbsp : l.spaces + l.nbsp;
-    bool simple = p_.align == kJustify ? (forced || (-1e-8 < extra && extra <= 1e-8) || (last && extra > -1e-8))
-                                       : extra > -1e-8;
-    simple = simple || n_space <= 0;
+  double emit_pdf_line(PdfText& text, const Line& l, double offset, double shift, double space_add, Put&& put) {
     double tw = 0.0, back = offset;
-    if (simple) {
-      const double shift = p_.align == kCenter ? extra * 0.5 : p_.align == kRight ? extra : 0.0;
+    if (space_add == 0.0) {
       back = offset + shift;
       text.move(back);
     } else {  // the word spacing carries the free space; reportlab's centre and right skip the offset's move
-      tw = pdf_number(extra / n_space);
+      tw = pdf_number(space_add);
       if (p_.align == kLeft || p_.align == kJustify) text.move(offset);
     }
     const double start = text.line_start();

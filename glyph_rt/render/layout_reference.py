@@ -296,10 +296,10 @@ class Engine:
             if not para_end and li == e - 1 and forced:  # a part ending a page right after a line break: reportlab
                 forced, last = False, True  # breaks it again without that break (its last line, not a forced one)
             if p["align"] == JUSTIFY:
-                keep = forced or abs(extra) <= 1e-8 or (last and extra > -1e-8)
+                keep = forced or -1e-8 < extra <= 1e-8 or (last and extra > -1e-8)
                 if not keep and n_space:
                     space_add = extra / n_space
-            elif extra < -1e-8 and n_space:  # an over-long line is squeezed back to the frame
+            elif extra <= -1e-8 and n_space:  # an over-long line is squeezed back to the frame
                 space_add = extra / n_space
             elif p["align"] == CENTER:
                 shift = extra * 0.5
@@ -313,7 +313,7 @@ class Engine:
                 out["p_src_start"][-1] = line.src_start
             out["p_src_end"][-1] = line.src_end
             if text is not None:  # the line as drawn: reportlab's word spacing can make it wider than our sum
-                out["l_width"][-1] = self.emit_pdf_line(text, line, offset, forced, last, y)
+                out["l_width"][-1] = self.emit_pdf_line(text, line, offset, shift, space_add, y)
                 continue
             pen = x
             for u in line.units:
@@ -332,49 +332,21 @@ class Engine:
         else:
             self.marker_glyphs += 1
 
-    def emit_pdf_line(self, text: "PdfText", line: Line, offset: float, forced: bool, last: bool, y: float):
+    def emit_pdf_line(self, text: "PdfText", line: Line, offset: float, shift: float, space_add: float, y: float):
         """One line as reportlab writes it (paragraph._*DrawParaLineX) and poppler draws it: the line's moves
-        and word spacing as printed numbers, then each glyph's pen summed in double from the PDF's widths
+        and word spacing (`space_add`, or else `shift`, from the line's free space, which with reportlab's widths
+        is reportlab's) as printed numbers, then each glyph's pen summed in double from the PDF's widths
         (Gfx::doShowText); each glyph is placed at the centre of the sub-pixel bin that poppler draws it in.
-        The line's free space is reportlab's: its widths (0.001 * size * thousandths of an em per word, or per
-        character in CJK wrap) from its frame width (Paragraph.wrap), in double. Returns the width drawn."""
-        p, align = self.p, self.p["align"]
-        em, size = self.w1000, p["font_size"]
-        space_rl = 0.001 * size * em[self.space_slot]
-        width, cjk = 0.0, p["wrap"] == WRAP_CJK
-        for i, u in enumerate(line.units):
-            gap = u.gap and i > 0
-            if cjk:  # character by character (paragraph.cjkFragSplit), the collapsed space included
-                width += space_rl if gap else 0.0
-                for it in self.items[u.start:u.end]:
-                    for _ in range(1 if it.kind == DRAW else it.spaces):
-                        width += 0.001 * size * em[it.slot if it.kind == DRAW else self.space_slot]
-                continue
-            s = 0  # a word (Paragraph.breakLines): its characters' widths summed, then scaled
-            for it in self.items[u.start:u.end]:
-                for _ in range(1 if it.kind == DRAW else it.spaces):
-                    s += em[it.slot if it.kind == DRAW else self.space_slot]
-            if s > 0:
-                width = width + (space_rl if gap else 0.0) + 0.001 * size * s
-        avail, li = p["pdf_avail_width"], p["left_indent"]
-        maxw = avail - (li + p["first_line_indent"]) - p["right_indent"] if line.first else avail - li - p["right_indent"]
-        extra = maxw - width
-        n_space = line.nbsp if p["wrap"] == WRAP_CJK else line.spaces + line.nbsp
-        if align == JUSTIFY:
-            simple = forced or -1e-8 < extra <= 1e-8 or (last and extra > -1e-8)
-        else:
-            simple = extra > -1e-8
-        simple = simple or n_space <= 0
-        tw = 0.0
-        if simple:
-            shift = extra * 0.5 if align == CENTER else extra if align == RIGHT else 0.0
-            move = back = offset + shift
+        Returns the width drawn."""
+        p = self.p
+        tw, back = 0.0, offset
+        if space_add == 0.0:
+            back = offset + shift
+            text.move(back)
         else:  # the word spacing carries the free space; reportlab's centre and right skip the offset's move
-            tw = pdf_number(extra / n_space)
-            move = offset if align in (LEFT, JUSTIFY) else None
-            back = offset
-        if move is not None:
-            text.move(move)
+            tw = pdf_number(space_add)
+            if p["align"] in (LEFT, JUSTIFY):
+                text.move(offset)
         pen = start = text.line_start()
         fs, k, ph, x0 = p["pdf_font_size"], p["pdf_scale"], p["pdf_phases"], p["pdf_frame_x"] * p["pdf_scale"]
         space = self.pdf_em[self.space_slot] * fs + tw
