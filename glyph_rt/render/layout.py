@@ -12,7 +12,7 @@ import numpy as np
 from . import bidi, fonts, shaping
 from .atlas import MISSING_SLOT, SPACE_SLOT, FontAtlas
 from .config import NewlineMarkup, RenderConfig
-from .pdfnum import pdf_number
+from .pdfnum import pdf_number, pdf_numbers
 
 ALIGN_CODES = {"left": 0, "center": 1, "right": 2, "justify": 3}
 MAX_PAGES = (1 << 31) - 1  # the engine counts pages in int32
@@ -268,6 +268,15 @@ def layout_text(text: str, config: RenderConfig, atlas: FontAtlas | None = None,
     return lay, atlas
 
 # ----------------------------------------------------------------- baselines as poppler draws them
+def part_origin_y(b_y: np.ndarray, b_h: np.ndarray, config: RenderConfig) -> np.ndarray:
+    """float64 [parts]: the device y of each paragraph part's origin, its bottom-left corner, as poppler computes
+    it: the page CTM [k 0 0 -k 0 k*H] (k = dpi / 72, H the MediaBox top) times reportlab's `1 0 0 1 x y cm`, y as
+    printed (GfxState::concatCTM)."""
+    k, page_h = config.dpi / 72.0, float(config.page_size[1])
+    top, h = np.asarray(b_y, np.float64), np.asarray(b_h, np.float64)
+    return k * pdf_number(page_h) - pdf_numbers(page_h - (top + h)) * k
+
+
 def poppler_baseline_rows(lay: Layout, config: RenderConfig) -> np.ndarray:
     """int64 [lines]: the pixel row at whose top edge poppler puts each line's baseline.
 
@@ -283,18 +292,18 @@ def poppler_baseline_rows(lay: Layout, config: RenderConfig) -> np.ndarray:
     if not n:
         return np.zeros(0, np.int64)
     k = config.dpi / 72.0
-    lead, size, page_h = float(config.line_height), float(config.font_size), float(config.page_size[1])
-    leading, m5_page = pdf_number(lead), k * pdf_number(page_h)
-    b_y, b_h = lay.b_y.astype(np.float64).tolist(), lay.b_h.astype(np.float64).tolist()
-    counts = np.rint(np.asarray(b_h) / lead).astype(np.int64)
+    lead, size = float(config.line_height), float(config.font_size)
+    leading = pdf_number(lead)
+    b_h = lay.b_h.astype(np.float64)
+    counts = np.rint(b_h / lead).astype(np.int64)
     if int(counts.sum()) != n:  # every line is in one box, boxes in line order (the engines' output)
         raise RuntimeError(f"layout: {int(counts.sum())} lines in paragraph boxes, {n} lines")
     line_y = [0.0]  # the text line matrix's y after each T*: 0 - leading - leading ...
     for _ in range(int(counts.max(initial=1)) - 1):
         line_y.append(line_y[-1] - leading)
-    # per box in Python floats, then per line in numpy: the same IEEE double operations as poppler's
-    m5 = np.asarray([m5_page - pdf_number(page_h - (top + h)) * k for top, h in zip(b_y, b_h)])
-    ty = np.asarray([pdf_number(h - size) for h in b_h])
+    # per box, then per line, in numpy: the same IEEE double operations as poppler's
+    m5 = part_origin_y(lay.b_y, lay.b_h, config)
+    ty = pdf_numbers(b_h - size)
     box = np.repeat(np.arange(len(counts)), counts)
     j = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
     return np.floor(m5[box] - (np.asarray(line_y)[j] + ty[box]) * k).astype(np.int64)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 _LOG_E_10 = math.log(10.0)
 
 
@@ -41,3 +43,9 @@ def pdf_float(v: float) -> float:
     """`fp_str(v)` read back by Python's float(), as reportlab does when it merges two text moves."""
     return float(fp_str(v))
 
+
+
+def pdf_numbers(values) -> np.ndarray:
+    """float64 array of `pdf_number` of every value (computed once per distinct value)."""
+    u, inv = np.unique(np.asarray(values, np.float64), return_inverse=True)
+    return np.asarray([pdf_number(v) for v in u.tolist()], np.float64)[inv.reshape(-1)]

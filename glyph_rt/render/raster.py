@@ -10,8 +10,8 @@ import numpy as np
 
 from .atlas import FontAtlas
 from .config import NewlineMarkup, RenderConfig, parse_color
-from .layout import Layout
-from .pdfnum import pdf_number
+from .layout import Layout, part_origin_y
+from .pdfnum import pdf_number, pdf_numbers
 from .tokens import MAX_ASPECT, VisionModel, vision_model
 
 
@@ -68,12 +68,6 @@ def paper_edges(config: RenderConfig) -> list[list[int]]:
     return out
 
 
-def _pdf_numbers(values: np.ndarray) -> np.ndarray:
-    """`pdf_number` of every value (computed once per distinct value: boxes repeat their tops and heights)."""
-    u, inv = np.unique(values, return_inverse=True)
-    return np.asarray([pdf_number(v) for v in u.tolist()], np.float64)[inv.reshape(-1)]
-
-
 def box_pixels(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, np.ndarray]:
     """Where poppler paints each paragraph box: (fill int32 [boxes, 4] x0, y0, x1, y1 px, exclusive ends;
     border int32 [boxes, 4, 4] the top, bottom, left and right sides' boxes).
@@ -94,15 +88,12 @@ def box_pixels(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, np.nda
     bp, bw = float(c.border_padding), float(c.border_width)
     li, ri = float(c.left_indent + c.hanging_indent), float(c.right_indent)
     avail = (c.page_size[0] - c.margin_x - c.margin_x) - c.frame_padding - c.frame_padding  # Paragraph.wrap's width
-    page_h = float(c.page_size[1])
     kx = sx if c.horizontal_scale != 1 else k
     e = pdf_number(c.margin_x + c.frame_padding) * kx
-    k_h = k * pdf_number(page_h)
     x_r, y_r = pdf_number(li - bp), pdf_number(-bp)
     x1 = x_r + pdf_number(avail - (li + ri) + bp + bp)
-    top, h = layout.b_y.astype(np.float64), layout.b_h.astype(np.float64)
-    m5 = _pdf_numbers(page_h - (top + h)) * -k + k_h  # each part's `cm`: the CTM's y translation
-    y1 = y_r + _pdf_numbers(h + bp + bp)
+    m5 = part_origin_y(layout.b_y, layout.b_h, c)  # each part's `cm`: the CTM's y translation
+    y1 = y_r + pdf_numbers(layout.b_h.astype(np.float64) + bp + bp)
 
     def dx(x) -> np.ndarray:
         return np.floor(kx * np.asarray(x, np.float64) + e + 0.5).astype(np.int64) + np.zeros(n, np.int64)
