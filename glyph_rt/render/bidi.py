@@ -309,16 +309,10 @@ def _line_glyphs(lay):
     runs), as a slice, or an index array where they are not contiguous. Not by source span: where a newline
     marker's space ends a line, its glyphs (at the newline's index) are on the next line, and the two lines'
     spans overlap."""
-    n = len(lay.l_page)
-    nr = len(lay.r_page)
-    if not n or not nr:
-        return
-    line_of = {(p, y): li for li, (p, y) in enumerate(zip(lay.l_page.tolist(), lay.l_y.astype(np.float32).tolist()))}
     runs: dict[int, list[tuple[int, int]]] = {}
     starts = lay.r_start.tolist()
-    for r, (p, y) in enumerate(zip(lay.r_page.tolist(), lay.r_y.astype(np.float32).tolist())):
-        li = line_of.get((p, y))
-        if li is not None and starts[r + 1] > starts[r]:
+    for r, li in enumerate(lay.run_lines().tolist()):
+        if starts[r + 1] > starts[r]:
             runs.setdefault(li, []).append((starts[r], starts[r + 1]))
     for li in sorted(runs):
         spans = runs[li]

@@ -104,6 +104,23 @@ class Layout:
         out.flags.writeable = False
         return out
 
+    def run_lines(self) -> np.ndarray:
+        """int64 [R]: the line each run of glyphs is drawn on, the one on its page at its baseline."""
+        n, nr = len(self.l_page), len(self.r_y)
+        if not nr:
+            return np.zeros(0, np.int64)
+        page = np.concatenate([self.l_page, self.r_page])
+        y = np.concatenate([self.l_y, self.r_y])
+        order = np.lexsort((np.arange(n + nr) >= n, y, page))  # each line just before its runs
+        line = np.maximum.accumulate(np.where(order < n, order, -1))
+        runs = order >= n
+        of_run = np.empty(nr, np.int64)
+        of_run[order[runs] - n] = line[runs]
+        if (of_run < 0).any() or not (np.array_equal(self.l_page[of_run], self.r_page)
+                                      and np.array_equal(self.l_y[of_run], self.r_y)):
+            raise RuntimeError("layout: a run of glyphs is on no line")
+        return of_run
+
     def nbytes(self) -> int:
         """Bytes held by the arrays."""
         return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
@@ -315,17 +332,5 @@ def snap_baselines(lay: Layout, config: RenderConfig) -> None:
     if not n:
         return
     y = (poppler_baseline_rows(lay, config) / (config.dpi / 72.0)).astype(np.float32)
-    nr = len(lay.r_y)
-    if nr:  # each run of glyphs is on one line (page, baseline): find it
-        page = np.concatenate([lay.l_page, lay.r_page])
-        old = np.concatenate([lay.l_y, lay.r_y])
-        order = np.lexsort((np.arange(n + nr) >= n, old, page))
-        line = np.maximum.accumulate(np.where(order < n, order, -1))
-        runs = order >= n
-        of_run = np.empty(nr, np.int64)
-        of_run[order[runs] - n] = line[runs]
-        if (of_run < 0).any() or not (np.array_equal(lay.l_page[of_run], lay.r_page)
-                                      and np.array_equal(lay.l_y[of_run], lay.r_y)):
-            raise RuntimeError("layout: a run of glyphs is on no line")
-        lay.r_y = y[of_run]
+    lay.r_y = y[lay.run_lines()]
     lay.l_y = y
