@@ -233,8 +233,8 @@ def print_report(r: dict) -> None:
 
 
 def run_styles(n: int, chars: int, seed: int = 1, verbose: bool = True) -> dict:
-    """The first `n` styles of `sample_styles(seed)` with horizontal scale 1 (Glyph resizes other pages, see the
-    README), each through both pipelines as a Glyph config: page sizes and pixels of every page."""
+    """The first `n` styles of `sample_styles(seed)`, each through both pipelines as a Glyph config: page sizes and
+    pixels of every page."""
     from glyph_rt.train.styles import sample_styles
 
     text = sample_text(chars)
@@ -242,8 +242,6 @@ def run_styles(n: int, chars: int, seed: int = 1, verbose: bool = True) -> dict:
     for i, c in enumerate(sample_styles(20 * n, seed=seed)):
         if len(rows) >= n:
             break
-        if c.horizontal_scale != 1:
-            continue
         g = c.to_glyph_dict()
         ref = official.render_official_full(text, g, g["font-path"])
         ours = glyph_rt.Document(text, glyph_rt.RenderConfig.from_glyph_dict(g))

@@ -201,6 +201,33 @@ py::tuple ink_extent(const py::array_t<uint8_t, py::array::c_style>& pages, int3
   return py::make_tuple(right, bottom);
 }
 
+// src [rows, W, 3] -> the first out_w columns of dst [rows, dst_w, 3] (see raster.h); first [out_w],
+// weights [out_w, taps] from glyph_rt.render.resample.bicubic_taps.
+void resize_width(const py::array_t<uint8_t, py::array::c_style>& src, const py::array& dst_arg,
+                  const Arr<int64_t>& first, const Arr<int32_t>& weights, int32_t precision_bits) {
+  using U8 = py::array_t<uint8_t, py::array::c_style>;
+  if (!U8::check_(dst_arg)) throw std::invalid_argument("resize_width: dst must be a C-contiguous uint8 array");
+  auto dst = py::reinterpret_borrow<U8>(dst_arg);
+  if (src.ndim() != 3 || src.shape(2) != 3 || dst.ndim() != 3 || dst.shape(2) != 3 || dst.shape(0) != src.shape(0))
+    throw std::invalid_argument("resize_width: src and dst must be [rows, W, 3] uint8 with the same rows");
+  if (weights.ndim() != 2 || first.ndim() != 1 || first.shape(0) != weights.shape(0))
+    throw std::invalid_argument("resize_width: first must be [out_w] and weights [out_w, taps]");
+  const int64_t out_w = first.shape(0), W = src.shape(1), taps = weights.shape(1);
+  if (out_w > dst.shape(1)) throw std::invalid_argument("resize_width: dst has fewer columns than the taps");
+  if (precision_bits < 1 || precision_bits > 22) throw std::invalid_argument("resize_width: precision_bits 1..22");
+  const int64_t* f = first.data();
+  for (int64_t x = 0; x < out_w; ++x)
+    if (f[x] < 0 || (W && f[x] >= W) || (!W && out_w))
+      throw std::invalid_argument("resize_width: a tap's first column is outside the source row");
+  const uint8_t* s = src.data();
+  uint8_t* d = dst.mutable_data();
+  const int32_t* w = weights.data();
+  const int64_t rows = src.shape(0);
+  const int32_t dst_w = (int32_t)dst.shape(1);
+  py::gil_scoped_release nogil;
+  resize_width_cpu(s, rows, (int32_t)W, d, dst_w, (int32_t)out_w, f, w, (int32_t)taps, precision_bits);
+}
+
 // pixel_values rows of pages[P, H, W, 3] (see raster.h): hw [P, 2] (height, width; 0 skips a page),
 // first_row [P], out [N, 1176] float32 with a float32 lut [3, 256], or uint16 (bfloat16 bits) with a
 // bfloat16-bits lut, or uint8 patches [N, 592] with no lut. Every page's rows are checked to lie
@@ -361,6 +388,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("top"), py::arg("phases"), py::arg("palette"), py::arg("sx"), py::arg("sy"), py::arg("tol") = 5,
         py::arg("ink") = py::none(), py::arg("g_clip") = py::none());
   m.def("ink_extent", &ink_extent, py::arg("pages"), py::arg("tol") = 5);
+  m.def("resize_width", &resize_width, py::arg("src"), py::arg("dst"), py::arg("first"), py::arg("weights"),
+        py::arg("precision_bits"));
   m.def("pixel_values_cpu", &pixel_values_cpu_py, py::arg("pages"), py::arg("hw"), py::arg("first_row"),
         py::arg("lut"), py::arg("out"));
   m.def("raster_tiles_host", &run_raster_host, py::arg("ptr"), py::arg("mode"), py::arg("ink_too"), py::arg("gray"),

@@ -203,6 +203,20 @@ def test_cpu_cpp_path_equals_the_hf_processor_exactly(model):
     assert torch.equal(bf.image_grid_thw, mi.image_grid_thw) and bf.fused_pages == mi.fused_pages
 
 
+def test_scaled_pages_in_a_mixed_batch_equal_the_hf_processor():
+    """Pages with a horizontal scale are drawn at full width and resized on the device, beside fused ones."""
+    scaled = RenderConfig(page_size=(120, 90), margin_x=8, margin_y=8, horizontal_scale=0.8, auto_crop_last_page=True)
+    texts = [TEXTS[0], TEXTS[1], TEXTS[0][:90]]
+    configs = [CONFIGS[0], scaled, scaled]
+    pv, grid = hf_inputs(texts, configs, "glm4v")
+    for device, backend in [(TRITON_DEVICE, "triton"), ("cpu", "cpu")]:
+        mi = render_inputs(texts, configs, model="glm4v", device=device, backend=backend)
+        assert np.array_equal(mi.image_grid_thw.cpu().numpy(), grid)
+        assert np.array_equal(mi.pixel_values.cpu().numpy(), pv)
+        raw = render_inputs(texts, configs, model="glm4v", device=device, backend=backend, dtype=torch.uint8)
+        assert raw.pixel_values.shape == (len(pv), 588) and torch.equal(raw.image_grid_thw, mi.image_grid_thw)
+
+
 def test_cpu_path_grows_its_output_for_pages_the_model_upscales():
     # cropped 84x56 pages take more rows once upscaled (48) than the 140x56 canvas (40) the output was sized for
     from glyph_rt.ops.pixel_values import target_size

@@ -29,6 +29,9 @@ CONFIGS = [
     # 75.3 x 50.3 px on a grey background: Glyph's page keeps its last column and row white (paper_edges)
     RenderConfig(page_size=(90.4, 60.4), dpi=60, margin_x=5, margin_y=5, font_family="serif",
                  page_bg_color="#f0f0f0", newline_markup="<font color='#ff0000'>\\n</font>", snap=0),
+    # Glyph's horizontal scale: drawn at full width, then resized (Pillow's bicubic) and cropped
+    RenderConfig(page_size=(110, 70), margin_x=6, margin_y=6, horizontal_scale=0.8, para_bg_color="#f8f8f8",
+                 auto_crop_last_page=True),
 ]
 
 
@@ -44,7 +47,7 @@ def assert_same_as_cpu(docs, drawn):
 
 @pytest.fixture(scope="module")
 def docs():
-    texts = [TEXT[:200], TEXT[:150] + "\nsecond line\n\nthird", "line one\nline two\n" + TEXT[:120]]
+    texts = [TEXT[:200], TEXT[:150] + "\nsecond line\n\nthird", "line one\nline two\n" + TEXT[:120], TEXT[:170]]
     return [glyph_rt.Document(t, c) for t, c in zip(texts, CONFIGS)]
 
 
@@ -52,6 +55,7 @@ def docs():
 def test_kernels_draw_a_mixed_batch_identical_to_cpu(docs, backend, device):
     assert all(d.num_pages >= 1 for d in docs) and sum(d.num_pages for d in docs) >= 4
     assert_same_as_cpu(docs, draw_pages(docs, device, backend))
+    assert docs[-1].config.page_pixels[0] < docs[-1].config.drawn_pixels[0]  # the scaled one was resized
 
 
 def test_triton_page_ranges_and_render_api(docs):

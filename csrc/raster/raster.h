@@ -48,6 +48,12 @@ void raster_pages_cpu(uint8_t* out, int32_t n_pages, int32_t H, int32_t W, int32
 void ink_extent_cpu(const uint8_t* pages, int32_t n_pages, int32_t H, int32_t W, int32_t tol,
                     int32_t* right, int32_t* bottom);
 
+// Each row of src[rows, W, 3] resized to out_w columns, written to the first out_w columns of dst[rows, dst_w, 3]:
+// column x = (sum over t < taps of weights[x, t] * src column first[x] + t, plus half) >> precision_bits, clipped
+// to 0..255 (Pillow's horizontal pass; taps past the row's end are skipped).
+void resize_width_cpu(const uint8_t* src, int64_t rows, int32_t W, uint8_t* dst, int32_t dst_w, int32_t out_w,
+                      const int64_t* first, const int32_t* weights, int32_t taps, int32_t precision_bits);
+
 // pixel_values rows of the top-left hw[i] = (height, width) pixels of each page of pages[n_pages, H, W, 3]
 // (sides multiples of 28; a page with a zero side is skipped), from row first_row[i] of out[N, 1176]:
 // merge-block order, columns (channel, t, py, px), lut[3, 256] the value of each channel level.

@@ -21,7 +21,7 @@ from ..kernels import on_device
 from ..nvtx import nvtx_range
 from ..render.atlas import MAX_ATLAS_BYTES
 from ..render.config import parse_color
-from ..render.raster import glyph_clips, paragraph_rects, palette, scales
+from ..render.raster import drawn_canvas, glyph_clips, paragraph_rects, palette, scales
 
 TILE_H, TILE_W = 14, 28  # one patch row of a 2x2 merge block: pixel_values tiles map 1:1
 MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS, MODE_PATCHES = 0, 1, 2, 3, 4
@@ -258,7 +258,7 @@ class RasterBatch:
         self.palettes = np.zeros((len(docs), 2), np.int32)
         for i, (d, (s, e)) in enumerate(zip(self.docs, self.ranges)):
             c = d.config
-            W, H = d.canvas
+            W, H = drawn_canvas(c)
             p0, p1 = self.page_base[i], self.page_base[i + 1]
             meta[p0:p1, 0], meta[p0:p1, 1] = H, W
             meta[p0:p1, 2], meta[p0:p1, 3] = math.ceil(W / TILE_W), math.ceil(H / TILE_H)

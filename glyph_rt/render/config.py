@@ -217,12 +217,18 @@ class RenderConfig:
 
     # ----------------------------------------------------------------- derived sizes
     @property
+    def drawn_pixels(self) -> tuple[int, int]:
+        """(width, height) in pixels of a page as drawn, before the horizontal scale (pdftoppm's page)."""
+        w = math.ceil(self.page_size[0] * self.dpi / 72 - 1e-6)
+        h = math.ceil(self.page_size[1] * self.dpi / 72 - 1e-6)
+        return w, h
+
+    @property
     def page_pixels(self) -> tuple[int, int]:
         """(width, height) in pixels of a rendered page before cropping and snapping.
 
-        Width includes the horizontal scale, applied as Glyph does (int(width * scale))."""
-        w = math.ceil(self.page_size[0] * self.dpi / 72 - 1e-6)
-        h = math.ceil(self.page_size[1] * self.dpi / 72 - 1e-6)
+        Width includes the horizontal scale, applied as Glyph does: the drawn page resized to int(width * scale)."""
+        w, h = self.drawn_pixels
         return int(w * self.horizontal_scale), h
 
     @property

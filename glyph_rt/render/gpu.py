@@ -11,6 +11,7 @@ the other pages are drawn, resized and normalized by the plain-torch path.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,9 +24,10 @@ from ..ops.pixel_values import PATCH, ROW, ROW_U8, ROW_U8_STRIDE, cat_rows, norm
     pixel_values_from_pages, target_size, uint8_rows, write_pixel_values_cpu
 from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PATCHES, MODE_PIXELS, RasterBatch, \
     check_backend, raster_tiles, set_image_targets, set_page_targets
-from .config import RenderConfig
+from ..ops.resize import ink_extent, resize_width
+from .config import RenderConfig, parse_color
 from .pages import DEFAULT_MAX_BYTES, DEVICE_BACKENDS, Document
-from .raster import final_sizes
+from .raster import INK_TOL, drawn_canvas, final_sizes
 from .tokens import VisionModel, vision_model
 
 
@@ -76,7 +78,8 @@ def draw_pages(docs, device, backend: str, ranges=None) -> list[tuple[torch.Tens
         return out
     batch = RasterBatch(docs, ranges)
     dev = batch.to_device(device)
-    bytes_per_page = [d.canvas[0] * d.canvas[1] * 3 for d in docs]
+    drawn = [drawn_canvas(d.config) for d in docs]
+    bytes_per_page = [W * H * 3 for W, H in drawn]
     counts = [e - s for s, e in ranges]
     page_bytes = np.repeat(np.asarray(bytes_per_page, np.int64), counts)
     flat = torch.empty(set_page_targets(dev, np.cumsum(page_bytes) - page_bytes), dtype=torch.uint8, device=device)
@@ -86,11 +89,28 @@ def draw_pages(docs, device, backend: str, ranges=None) -> list[tuple[torch.Tens
     raster_tiles(backend, MODE_PAGES, batch, dev, out=flat, ink=ink)
     sizes = _ink_sizes(batch, dev["ink"].cpu().numpy() if ink else None)
     out, o = [], 0
-    for d, n, b, sz in zip(docs, counts, bytes_per_page, sizes):
-        W, H = d.canvas
-        out.append((flat[o:o + n * b].view(n, H, W, 3), sz))
+    for d, n, b, sz, (W, H), (s, _) in zip(docs, counts, bytes_per_page, sizes, drawn, ranges):
+        pages = flat[o:o + n * b].view(n, H, W, 3)
+        out.append(_resize_drawn(d, pages, s) if d.config.horizontal_scale != 1 else (pages, sz))
         o += n * b
     return out
+
+
+def _resize_drawn(d: Document, drawn: torch.Tensor, page0: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Pages of `d` drawn at full width, resized to its canvas as Glyph resizes them (render.raster.resize_drawn),
+    with their final sizes from the ink of the resized pages."""
+    c = d.config
+    W, H = d.canvas
+    w = c.page_pixels[0]
+    pages = torch.empty(len(drawn), H, W, 3, dtype=torch.uint8, device=drawn.device)
+    with nvtx_range("glyph_rt.resize_width"):
+        resize_width(drawn, w, out=pages)
+    pages[:, :, w:] = torch.tensor(parse_color(c.page_bg_color, "page_bg_color"), dtype=torch.uint8,
+                                   device=drawn.device)
+    ink = np.zeros((len(pages), 2), np.int32)
+    if c.auto_crop_width or c.auto_crop_last_page or c.snap:
+        ink = ink_extent(pages, INK_TOL).cpu().numpy()
+    return pages, final_sizes(c, ink[:, 0], ink[:, 1], page0, d.num_pages, d.canvas)
 
 
 @dataclass
@@ -198,6 +218,23 @@ def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Te
     if backend == "cpu":
         pv, grid, fused = inputs_cpu(items, model, dtype, lut)
         return pv.to(device, non_blocking=True), grid.to(device), fused
+    scaled = [d.config.horizontal_scale != 1 for d in docs]
+    if any(scaled):  # resized pages: drawn, resized as Glyph does, then the plain-torch path
+        if not all(scaled):
+            parts, i = [], 0
+            for flag, run in itertools.groupby(scaled):
+                n = len(list(run))
+                parts.append(inputs_of_batch(items[i:i + n], device, backend, model, dtype, lut))
+                i += n
+            return cat_rows([p[0] for p in parts]), torch.cat([p[1] for p in parts]), sum(p[2] for p in parts)
+        pvs, grids = [], []
+        for (pages, sizes), in (draw_pages([d], device, backend, ranges=[r]) for d, r in zip(docs, ranges)):
+            with nvtx_range("glyph_rt.pixel_values"):
+                v, g = pixel_values_from_pages([pages[k, :h, :w] for k, (w, h) in enumerate(sizes)], model, dtype,
+                                               lut)
+            pvs.append(v)
+            grids.append(g)
+        return cat_rows(pvs), torch.cat(grids).to(device), 0
     batch = RasterBatch(docs, ranges)
     dev = batch.to_device(device)
     ink = None

@@ -159,7 +159,7 @@ def layout_params(config: RenderConfig, atlas: FontAtlas, cps: np.ndarray, max_p
         "max_pages": max_pages if max_pages is not None else (1 << 30),
         # x as poppler draws reportlab's PDF (its printed numbers, its sub-pixel bins); Glyph draws other
         # horizontal scales by resizing whole pages, which no pen position reproduces
-        "pdf_scale": c.dpi / 72.0 if c.horizontal_scale == 1 else 0.0,
+        "pdf_scale": c.dpi / 72.0,
         "pdf_phases": atlas.phases,
         "pdf_frame_x": pdf_number(frame_x),
         "pdf_left_indent": pdf_number(left_indent),
@@ -187,8 +187,8 @@ def text_codepoints(text: str) -> np.ndarray:
 
 
 def atlas_for(config: RenderConfig) -> FontAtlas:
-    return FontAtlas.get(fonts.resolve_fonts(config), config.font_size, config.dpi, config.horizontal_scale,
-                         config.subpixel_phases)
+    """The atlas a page of `config` is drawn with: at full width (the horizontal scale resizes the drawn page)."""
+    return FontAtlas.get(fonts.resolve_fonts(config), config.font_size, config.dpi, 1.0, config.subpixel_phases)
 
 
 def _fill_atlas(atlas: FontAtlas, cps: np.ndarray, extra: np.ndarray, backend: str) -> dict:

@@ -5,6 +5,7 @@ Backends: "cpu" (glyph_rt._C.raster_cpu) and "reference" (numpy, the test oracle
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from .atlas import FontAtlas
 from .config import NewlineMarkup, RenderConfig, parse_color
 from .layout import Layout, part_origin_y
 from .pdfnum import pdf_number, pdf_numbers
+from .resample import resize_width
 from .tokens import MAX_ASPECT, VisionModel, vision_model
 
 
@@ -19,18 +21,34 @@ INK_TOL = 5  # Glyph's auto-crop tolerance, in grey levels
 
 
 def scales(config: RenderConfig) -> tuple[float, float]:
-    """Points -> pixels along x (with the horizontal scale) and y."""
+    """Points -> pixels along x and y of the page as drawn (before the horizontal scale resizes it)."""
     s = config.dpi / 72.0
-    return s * config.horizontal_scale, s
+    return s, s
 
 
 def canvas_size(config: RenderConfig) -> tuple[int, int]:
-    """(width, height) of the buffer a page is drawn into: the page, rounded up to the snap multiple."""
+    """(width, height) of the buffer a page is returned in: the page, rounded up to the snap multiple."""
     w, h = config.page_pixels
     m = config.snap
     if m:
         w, h = math.ceil(w / m) * m, math.ceil(h / m) * m
     return w, h
+
+
+def drawn_canvas(config: RenderConfig) -> tuple[int, int]:
+    """(width, height) of the buffer a page is drawn into: the canvas, or with a horizontal scale other than 1
+    the page at full width (`config.drawn_pixels`), which `resize_drawn` then resizes as Glyph does."""
+    w, h = canvas_size(config)
+    return (config.drawn_pixels[0], h) if config.horizontal_scale != 1 else (w, h)
+
+
+def resize_drawn(drawn: np.ndarray, config: RenderConfig, out: np.ndarray, backend: str = "cpu") -> None:
+    """Pages drawn at full width ([n, H, drawn width, 3]) into `out` (the canvas, [n, H, W, 3]): resized to the
+    page width as Glyph resizes them (Pillow's bicubic, `resample.resize_width`), the snap columns past it in the
+    page's background."""
+    w = config.page_pixels[0]
+    resize_width(drawn, w, out=out, backend=backend)
+    out[:, :, w:] = np.asarray(parse_color(config.page_bg_color, "page_bg_color"), np.uint8)
 
 
 def canvas_tokens(config: RenderConfig, model: "str | VisionModel") -> int:
@@ -57,8 +75,8 @@ def paper_edges(config: RenderConfig) -> list[list[int]]:
     if config.snap or parse_color(config.page_bg_color, "page_bg_color") == PAPER:
         return []
     k = config.dpi / 72
-    w_px, h_px = config.page_pixels
-    filled_w = int(math.floor(config.page_size[0] * k + 0.5) * config.horizontal_scale)
+    w_px, h_px = config.drawn_pixels
+    filled_w = int(math.floor(config.page_size[0] * k + 0.5))
     filled_h = int(math.floor(config.page_size[1] * k + 0.5))
     out = []
     if filled_w < w_px:
@@ -76,27 +94,26 @@ def box_pixels(layout: Layout, config: RenderConfig) -> tuple[np.ndarray, np.nda
     bottom-left corner (`cm`); poppler transforms the path's corners in double from the numbers as printed (its CTM
     [k 0 0 -k 0 k*H]) and Splash, adjusting strokes (also a filled rectangle's edges), covers the pixels from each
     edge rounded (floor(v + 0.5)) to the next: a stroke's side from its inner edge to its outer edge (the line
-    width's halves off the path, in user space), at least one pixel. With a horizontal scale other than 1 (Glyph
-    resizes the page) the points are scaled as the glyphs are."""
+    width's halves off the path, in user space), at least one pixel. In the page as drawn, before the horizontal
+    scale resizes it."""
     n = len(layout.b_page)
     fill = np.zeros((n, 4), np.int32)
     border = np.zeros((n, 4, 4), np.int32)
     if not n:
         return fill, border
-    sx, k = scales(config)
+    _, k = scales(config)
     c = config
     bp, bw = float(c.border_padding), float(c.border_width)
     li, ri = float(c.left_indent + c.hanging_indent), float(c.right_indent)
     avail = (c.page_size[0] - c.margin_x - c.margin_x) - c.frame_padding - c.frame_padding  # Paragraph.wrap's width
-    kx = sx if c.horizontal_scale != 1 else k
-    e = pdf_number(c.margin_x + c.frame_padding) * kx
+    e = pdf_number(c.margin_x + c.frame_padding) * k
     x_r, y_r = pdf_number(li - bp), pdf_number(-bp)
     x1 = x_r + pdf_number(avail - (li + ri) + bp + bp)
     m5 = part_origin_y(layout.b_y, layout.b_h, c)  # each part's `cm`: the CTM's y translation
     y1 = y_r + pdf_numbers(layout.b_h.astype(np.float64) + bp + bp)
 
     def dx(x) -> np.ndarray:
-        return np.floor(kx * np.asarray(x, np.float64) + e + 0.5).astype(np.int64) + np.zeros(n, np.int64)
+        return np.floor(k * np.asarray(x, np.float64) + e + 0.5).astype(np.int64) + np.zeros(n, np.int64)
 
     def dy(y) -> np.ndarray:
         return np.floor(-k * np.asarray(y, np.float64) + m5 + 0.5).astype(np.int64)
@@ -184,7 +201,16 @@ def rasterize(layout: Layout, atlas: FontAtlas, config: RenderConfig, out: np.nd
     """Draws pages [page0, page0 + len(out)) into `out` ([n, H, W, 3] uint8, the canvas size).
 
     `ink` (int32 [n, 2]) receives each page's `ink_extent` (right, bottom), found by the C++
-    rasterizer while the page is in cache and only where something was drawn."""
+    rasterizer while the page is in cache and only where something was drawn. With a horizontal scale
+    other than 1 the pages are drawn at full width and resized (`resize_drawn`), and the ink is found after."""
+    if config.horizontal_scale != 1:
+        W, H = drawn_canvas(config)
+        drawn = np.empty((len(out), H, W, 3), np.uint8)
+        rasterize(layout, atlas, replace(config, horizontal_scale=1.0), drawn, page0, backend)
+        resize_drawn(drawn, config, out, backend)
+        if ink is not None:
+            ink[:, 0], ink[:, 1] = ink_extent(out, INK_TOL, backend)
+        return
     bg = np.asarray(parse_color(config.page_bg_color, "page_bg_color"), np.uint8)
     rp, rb, rc = paragraph_rects(layout, config)
     on = (rp >= page0) & (rp < page0 + len(out))  # the rasterizer looks at every rectangle for every page

@@ -49,7 +49,8 @@ import numpy as np
 from ..models.prompt import IGNORE_INDEX, PromptBuilder, thinking_parts
 from ..render.config import RenderConfig, parse_color
 from ..render.pages import Document
-from ..render.raster import canvas_tokens, final_sizes, glyph_clips, paragraph_rects, scales, visible
+from ..render.raster import canvas_tokens, drawn_canvas, final_sizes, glyph_clips, paragraph_rects, scales, visible
+from ..render.resample import resized_extent
 from ..render.tokens import vision_model
 
 TASKS = ("ocr", "lm", "gen", "qa")
@@ -195,7 +196,7 @@ def page_tokens(doc: Document, vision="glm4v", last: bool = True) -> list[int]:
     if n == 0:
         return []
     c, lay = doc.config, doc.layout
-    W, H = doc.canvas
+    W, H = drawn_canvas(c)
     right, bottom = np.zeros(n, np.int64), np.zeros(n, np.int64)
     if c.auto_crop_width or c.auto_crop_last_page or c.snap:
         a, P = doc.atlas.arrays(), doc.atlas.phases
@@ -216,6 +217,8 @@ def page_tokens(doc: Document, vision="glm4v", last: bool = True) -> list[int]:
         np.maximum.at(right, rp[on], rb[on, 2])
         np.maximum.at(bottom, rp[on], rb[on, 3])
         right, bottom = np.clip(right, 0, W), np.clip(bottom, 0, H)
+        if c.horizontal_scale != 1:  # Glyph resizes the drawn page; the filter spreads the ink a few columns
+            right = resized_extent(right, W, c.page_pixels[0])
     sizes = final_sizes(c, right, bottom, 0, n if last else n + 1, doc.canvas)
     v = vision_model(vision)
     return [v.tokens(h, w) for w, h in sizes]
