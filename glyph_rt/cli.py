@@ -495,6 +495,12 @@ def cmd_eval(args) -> int:
     from .eval.suite import run_suite
 
     lengths = numbers("--lengths", args.lengths, parse_length)  # unset: RULER's 4k, or the stored run's
+    if args.max_length and args.suite != "mrcr":
+        raise UsageError(f"--max-length applies to --suite mrcr (its rows' lengths), not {args.suite}")
+    try:
+        max_length = parse_length(args.max_length) if args.max_length else None
+    except ValueError as e:
+        raise UsageError(f"--max-length: {e}") from None
     dpis = numbers("--dpi", args.dpi, float)
     for name in ("data", "documents", "squad", "hotpotqa", "config"):
         if getattr(args, name) and not Path(getattr(args, name)).exists():
@@ -504,8 +510,9 @@ def cmd_eval(args) -> int:
         if not t.startswith("openai:") and not Path(t).is_dir():
             raise UsageError(f"{flag} {t!r} is neither a checkpoint directory nor openai:URL[:MODEL]")
     remote = [t.startswith("openai:") for _, t in checks]  # the others are checkpoints, run on the serving engine
+    # transformers: glyph_rt.models, whose prompt module splits a thinking reply's answer off (any target's)
     _require("eval", "eval", ["matplotlib", "rapidfuzz", "rouge" if args.suite in ("longbench", "glyph") else "",
-                              *(["transformers", "prometheus_client"] if not all(remote) else []),
+                              "transformers", *(["prometheus_client"] if not all(remote) else []),
                               "openai" if any(remote) else ""])
     args.preset = None
     config = _config(args)
@@ -520,16 +527,19 @@ def cmd_eval(args) -> int:
         _check_cuda(args.device)
     s = run_suite(args.suite, args.target, out=_check_out_dir(args.out), config=config, dpis=dpis,
                   as_text=args.as_ == "text", progress=not args.quiet, max_new_tokens=args.max_new_tokens,
-                  concurrency=args.concurrency, extractor=args.extractor,
+                  max_tokens=args.max_tokens, concurrency=args.concurrency, extractor=args.extractor,
                   target_kwargs={"repetition_penalty": args.repetition_penalty,
                                  **({"device": args.device} if args.device else {})}, data=args.data, lengths=lengths,
                   limit=args.limit, seed=args.seed, tasks=args.tasks.split(",") if args.tasks else None,
                   uuid=args.uuid, squad=args.squad, hotpotqa=args.hotpotqa, documents=args.documents,
-                  truncate=args.truncate, row_configs=args.row_configs, longbench_e=args.longbench_e)
+                  truncate=args.truncate, row_configs=args.row_configs, longbench_e=args.longbench_e,
+                  max_length=max_length)
     for r in s["runs"]:
         dpi = f" @ {r['dpi']:g} dpi" if r["dpi"] is not None else (
             f" @ {', '.join(f'{d:g}' for d in r['dpis'])} dpi" if r.get("dpis") else "")
         parts = [f"accuracy {r['accuracy']:.2f} on {r['items']} items"]
+        if r.get("paper_avg") is not None:  # LongBench: the paper's Avg, the mean of the category means
+            parts.append(f"Avg {r['paper_avg']:.2f} (the mean of the category means, as the paper's Table 1)")
         if r["mode"] == "image":  # text: no pages; n/a: no item with both counts (page images only)
             parts.append("compression " + ("n/a" if r["compression"] is None else f"{r['compression']:.2f}x overall"))
         parts += [f"{r['errors']} errors"] if r["errors"] else []
@@ -833,6 +843,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--longbench-e", action="store_true", help="LongBench: LongBench-E's <dataset>_e.jsonl files of "
                     "--data instead of LongBench's <dataset>.jsonl")
     ev.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), help="cap each task's generation budget")
+    ev.add_argument("--max-tokens", type=_positive_int("--max-tokens"), help="every item's generation budget instead of "
+                    "its task's, for a model that reasons before it answers (Glyph's evaluation scripts use 8192; "
+                    "answers are scored after the </think> of a thinking block); rows of another budget are not "
+                    "reused")
+    ev.add_argument("--max-length", help="MRCR: keep the rows whose context has at most this many text tokens, e.g. "
+                    "128k (the paper's Table 2 range; the published files go to 1M), counted as the length bins are")
     ev.add_argument("--repetition-penalty", type=float, default=1.0, help="of the greedy decoding (default: 1.0; "
                     "Glyph's official evaluation scripts use 1.1); an endpoint receives it as vLLM's extension")
     ev.add_argument("--device", type=_device, help="in-process targets: cuda or cpu (default: cuda when available)")

@@ -419,3 +419,23 @@ def test_ruler_items_resume_with_the_default_lengths_given_or_not(tmp_path):
         run_suite("ruler", [], out=tmp_path / "a", lengths=["8k"], **opts)
     run_suite("ruler", [], out=tmp_path / "b", lengths=["4k"], **opts)
     run_suite("ruler", [], out=tmp_path / "b", **opts)
+
+
+@pytest.mark.parametrize("reply,answer", [
+    ("Extracted answer: ['red',\n 'blue']\nAnswer format: List", "['red',\n 'blue']"),  # a list over lines
+    ("Extracted answer:\n['red', 'blue']\nAnswer format: List", "['red', 'blue']"),  # the answer on the next line
+    ("The response names two colours.\nExtracted answer: 12\nAnswer format: Integer", "12"),
+    ("extracted answer: 12", "12"),  # no marker as the reference writes it: the line, as before
+    ("Short answer: 7\n", "7"),
+])
+def test_the_extraction_is_read_as_mmlongbench_docs_reference_reads_it(reply, answer):
+    """reply.split("Answer format:")[0].split("Extracted answer:")[1].strip(), on the whole reply."""
+    from glyph_rt.eval.extract import AnswerExtractor
+    from glyph_rt.eval.metrics import score
+
+    it = Item(id="m", context="", images=["x.png"], question="Which colours?", answers=["['red', 'blue']"],
+              metric="mmlongbench", metadata={"answer_format": "List", "question": "Which colours?"})
+    got = AnswerExtractor(Said(reply))(it, "The colours are red and blue.")
+    assert got == answer
+    if "red" in reply:
+        assert score(it, got) == 1.0

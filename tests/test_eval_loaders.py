@@ -272,3 +272,23 @@ def test_mmlongbench_bad_samples_name_the_sample_and_field_before_any_pdf(tmp_pa
     samples = write_samples(tmp_path / "samples.json", [good, sample])
     with pytest.raises(ValueError, match=message):
         mmlongbench_doc.load(samples, tmp_path / "docs", tmp_path / "pages")
+
+
+def test_mrcr_rows_over_max_tokens_are_left_out(tmp_path):
+    """The published files go to 1M tokens, the paper's Table 2 to 128k: max_tokens keeps the rows whose context
+    has at most that many text tokens, counted as the report's bins count them; limit counts the rows kept."""
+    from glyph_rt.render.tokens import get_tokenizer
+
+    long_row = mrcr_row(1)
+    msgs = json.loads(long_row["prompt"])
+    msgs[1]["content"] = "Tapirs roam the misty forest floor. " * 400
+    write_jsonl(tmp_path / "2needle.jsonl", [dict(long_row, prompt=json.dumps(msgs)), mrcr_row(0), mrcr_row(2)])
+    every = mrcr.load(tmp_path)
+    tokens = [get_tokenizer(None).count(it.context) for it in every]
+    assert tokens[0] > 2000 > max(tokens[1:])
+    kept = mrcr.load(tmp_path, max_tokens=2000)
+    assert [it.id for it in kept] == [it.id for it in every[1:]]
+    assert [it.id for it in mrcr.load(tmp_path, max_tokens=2000, limit=1)] == [every[1].id]
+    assert len(mrcr.load(tmp_path, max_tokens=tokens[0])) == 3  # at most: a row of exactly that many is kept
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        mrcr.load(tmp_path, max_tokens=2000, tokenizer=None)

@@ -72,3 +72,56 @@ def test_plots(tmp_path):
             for i in range(6) for d in (72.0, 96.0)]
     for p in report.plot(rows, tmp_path, "ruler"):
         assert p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_longbench_avg_is_the_mean_of_the_category_means():
+    """The paper's Table 1 Avg (Glyph's eval_longbench.py category_scores, averaged): Glyph's own scores give its
+    50.56 (the mean over the 21 datasets is 49.08); a column per category, each the mean of its datasets."""
+    from glyph_rt.eval.benchmarks.longbench import CATEGORIES
+
+    paper = {"qasper": 40.64, "narrativeqa": 28.45, "hotpotqa": 66.42, "2wikimqa": 72.98, "qmsum": 19.78,
+             "gov_report": 25.53, "trec": 82.62, "triviaqa": 88.54, "passage_retrieval_zh": 89.03,
+             "passage_retrieval_en": 99.50, "repobench-p": 60.80, "lcc": 48.85, "multifieldqa_zh": 37.23,
+             "multifieldqa_en": 45.89, "musique": 56.18, "dureader": 26.87, "multi_news": 21.52, "vcsum": 12.43,
+             "samsum": 32.49, "lsht": 44.43, "passage_count": 30.50}
+    rows = [row(f"{d}{k}", paper[d] / 100, task=d) for d in paper for k in range(2)]
+    md = report.markdown(rows, "longbench")
+    header = next(x for x in md.splitlines() if x.startswith("| Model | NQA"))
+    assert header.endswith(" | " + " | ".join(CATEGORIES) + " | Avg |")
+    line = next(x for x in md.splitlines() if x.startswith("| glyph @ 72 dpi | 28.45"))
+    assert line.endswith("| 54.83 | 50.56 |")  # Code: mean(60.80, 48.85); Avg: the paper's
+    assert report.longbench_scores(rows)["avg"] == pytest.approx(0.50559, abs=1e-4)
+    assert "Avg is the mean of the category columns" in md
+
+
+def test_longbench_summary_json_has_the_papers_avg_beside_the_item_accuracy(tmp_path):
+    import json
+
+    from glyph_rt import RenderConfig
+    from glyph_rt.eval import Item, Reply, Target
+    from glyph_rt.eval.suite import run_suite
+
+    class Right(Target):
+        name = "right"
+
+        def answer(self, item, config, *, as_text=False):
+            return Reply(item.answers[0] if item.metadata["task"] == "trec" else "no", 1, 10, 0.0)
+
+    # three trec items (Few-shot, all right) and one hotpotqa item (Multi-Doc QA, wrong): 75% of the items, Avg 50
+    its = [Item(id=f"t{i}", context="ctx " * 20, question="Type?", answers=["DESC"], metric="classification",
+                metadata={"task": "trec", "all_classes": ["DESC", "HUM"], "first_line": True}) for i in range(3)]
+    its.append(Item(id="h", context="ctx " * 20, question="Who?", answers=["Marie Curie"], metric="qa_f1",
+                    metadata={"task": "hotpotqa"}))
+    s = run_suite("longbench", [Right()], out=tmp_path, items=its, config=RenderConfig(page_size=(200, 150)),
+                  progress=False, tokenizer=None)
+    [run] = s["runs"]
+    assert run["accuracy"] == 75.0 and run["paper_avg"] == 50.0
+    assert run["by_category"] == {"Multi-Doc QA": 0.0, "Few-shot": 100.0}
+    assert json.loads((tmp_path / "summary.json").read_text())["runs"][0]["paper_avg"] == 50.0
+
+
+def test_mrcr_avg_is_the_mean_of_the_bin_columns():
+    """As the paper's rows (GPT-4.1 4-needle: mean(50, 38, 29, 42, 38) = 39.4), not the mean over items."""
+    rows = [row(i, 1.0, needles=4, text_tokens=4000) for i in range(9)]  # 0k-8k: 9 items, all right
+    rows.append(row(9, 0.0, needles=4, text_tokens=12000))  # 8k-16k: one item, wrong
+    assert "| glyph @ 72 dpi | 100.00 | 0.00 | 50.00 |" in report.markdown(rows, "mrcr")

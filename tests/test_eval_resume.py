@@ -482,3 +482,133 @@ def test_a_failed_critic_answer_is_asked_again_on_resume_only_before_its_generat
         Search(s, stop_at(12), tmp_path / "b", Critic(["no JSON at all"])).run()
     r = Search(s, SyntheticObjective(0.5), tmp_path / "b", Critic([])).run()
     assert r.counts.get("critic.failed") == 1 and r.evaluations == 16
+
+
+# ----------------------------------------------------------------- thinking replies, budgets, row fields
+class Thinker(Target):
+    """Answers in glyph_rt's thinking format (`<think>...</think>\\nanswer`, as its SFT data and GRPO teach), the
+    thoughts full of other numbers and words; keeps the budgets it was given."""
+    name = "thinker"
+
+    def __init__(self, reply="<think>Paragraph 12 says 1999; the question asks who.</think>\n{answer}"):
+        self.reply, self.budgets = reply, []
+
+    def answer(self, item, config, *, as_text=False):
+        self.budgets.append(item.max_new_tokens)
+        return Reply(self.reply.format(answer=item.answers[0]), 1, 10, 0.0)
+
+
+def thinking_items():
+    return [Item(id="hqa", context="ctx " * 20, question="Who?", answers=["Marie Curie"], metric="qa_f1",
+                 metadata={"task": "hotpotqa"}),
+            Item(id="pc", context="ctx " * 20, question="How many?", answers=["7"], metric="count",
+                 metadata={"task": "passage_count"}),
+            Item(id="mrcr", context="User: write a poem\nAssistant: roses are red", question="Prepend xY9",
+                 answers=["xY9roses are red"], metric="mrcr", metadata={"task": "mrcr", "random_string_to_prepend": "xY9"})]
+
+
+def test_a_thinking_reply_is_scored_on_its_answer_after_the_block(tmp_path):
+    """The thoughts are not the answer: scored after </think> (the whole reply gave 0.235, 1/3 and 0); the row keeps
+    the whole reply as its prediction and the text scored as its answer; an unclosed block answers nothing."""
+    r = evaluate(CFG, thinking_items(), Thinker(), out=tmp_path, progress=False, tokenizer=None)
+    assert [x["score"] for x in r.rows] == [1.0, 1.0, 1.0]
+    assert r.rows[0]["prediction"].startswith("<think>Paragraph 12") and r.rows[0]["answer"] == "Marie Curie"
+    cut = evaluate(CFG, thinking_items(), Thinker("<think>It is {answer}, I think, but let me check"), progress=False,
+                   tokenizer=None)
+    assert [x["score"] for x in cut.rows] == [0.0, 0.0, 0.0] and {x["answer"] for x in cut.rows} == {""}
+    plain = evaluate(CFG, thinking_items()[:1], Thinker("{answer}"), progress=False, tokenizer=None)
+    assert plain.rows[0]["score"] == 1.0 and plain.rows[0]["answer"] == "Marie Curie"  # no thinking: the reply
+
+
+def test_rows_scored_on_the_whole_thinking_reply_are_scored_again_on_resume(tmp_path):
+    """A row written before the answer was split off (no `answer`) is scored again from its prediction, unasked."""
+    evaluate(CFG, thinking_items(), Thinker(), out=tmp_path, progress=False, tokenizer=None)
+    path = tmp_path / "results.jsonl"
+    old = [{**{k: v for k, v in json.loads(x).items() if k != "answer"}, "score": 0.25}
+           for x in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(x) + "\n" for x in old))
+    t = Thinker()
+    r = evaluate(CFG, thinking_items(), t, out=tmp_path, progress=False, tokenizer=None)
+    assert t.budgets == [] and [x["score"] for x in r.rows] == [1.0, 1.0, 1.0]
+    assert [x["score"] for x in read_rows(path)] == [1.0, 1.0, 1.0] and read_rows(path)[0]["answer"] == "Marie Curie"
+
+
+def test_max_tokens_gives_every_item_its_budget_and_keys_the_resume(tmp_path):
+    """max_tokens replaces the tasks' budgets (room to think); rows of another budget are not reused, and
+    max_new_tokens still caps it."""
+    its = thinking_items()[:2]
+    t = Thinker()
+    r = evaluate(CFG, its, t, out=tmp_path, progress=False, tokenizer=None, max_tokens=8192)
+    assert t.budgets == [8192, 8192] and {x["max_new_tokens"] for x in r.rows} == {8192}
+    own = Thinker()
+    evaluate(CFG, its, own, out=tmp_path, progress=False, tokenizer=None)
+    assert own.budgets == [128, 128]  # the items' own budgets: the 8192 rows are not theirs
+    again = Thinker()
+    evaluate(CFG, its, again, out=tmp_path, progress=False, tokenizer=None, max_tokens=8192)
+    assert again.budgets == []  # resumed
+    capped = Thinker()
+    evaluate(CFG, its, capped, out=tmp_path, progress=False, tokenizer=None, max_tokens=8192, max_new_tokens=16)
+    assert capped.budgets == [16, 16]
+    with pytest.raises(ValueError, match="max_tokens 0"):
+        evaluate(CFG, its, Thinker(), progress=False, tokenizer=None, max_tokens=0)
+
+
+def test_the_cli_sends_max_tokens_to_the_endpoint(tmp_path):
+    sent = []
+
+    def respond(body):
+        sent.append(json.loads(body))
+        return 200, chat_completion("<think>hmm</think>\n1000"), {}
+
+    ruler = ["--suite", "ruler", "--lengths", "1k", "--limit", "1", "--tasks", "vt", "--as", "text"]
+    with http_endpoint(respond) as url:
+        assert cli_eval("openai:" + url, tmp_path, *ruler, "--max-tokens", "8192") == 0
+        assert cli_eval("openai:" + url, tmp_path, *ruler, "--max-tokens", "8192") == 0  # resumed: not sent again
+    assert [b["max_tokens"] for b in sent] == [8192]
+    [row] = read_rows(tmp_path / "results.jsonl")
+    assert row["max_new_tokens"] == 8192 and row["prediction"].startswith("<think>")
+
+
+def test_metadata_cannot_overwrite_a_rows_own_fields(tmp_path):
+    """A metadata "id" (a dataset's own id kept in items.jsonl), "score" or "error" is not copied over the row's:
+    the run finishes and resumes."""
+    its = [Item(id=f"q{i}", context="ctx " * 10, question="?", answers=["42"],
+                metadata={"task": "t", "id": f"orig-{i}", "score": 5, "error": "x", "target_id": "y"}) for i in range(3)]
+    t = Thinker("{answer}")
+    r = evaluate(CFG, its, t, out=tmp_path, progress=False, tokenizer=None)
+    assert [x["id"] for x in r.rows] == ["q0", "q1", "q2"] and [x["score"] for x in r.rows] == [1.0] * 3
+    assert r.errors == 0 and r.rows[0]["target_id"] == "thinker" and r.rows[0]["task"] == "t"
+    again = Thinker("{answer}")
+    evaluate(CFG, its, again, out=tmp_path, progress=False, tokenizer=None)
+    assert again.budgets == [] and len(read_rows(tmp_path / "results.jsonl")) == 3
+
+
+def test_mrcr_max_length_reaches_the_loader_and_keys_the_stored_items(tmp_path, capsys):
+    """--max-length (tokens, as the length bins) through build_items to mrcr.load, stored in items_spec.json: a
+    resume with another is refused, one without it takes the stored run's."""
+    from glyph_rt.eval.suite import build_items
+
+    def mrcr_row(n_chars):
+        msgs = [{"role": "user", "content": "write a poem"}, {"role": "assistant", "content": "tapir " * n_chars},
+                {"role": "user", "content": "Prepend ab to the 1st poem"}]
+        return {"prompt": json.dumps(msgs), "answer": "ab" + "tapir " * n_chars, "random_string_to_prepend": "ab",
+                "n_needles": 2, "n_chars": 6 * n_chars}
+
+    data = tmp_path / "2needle.jsonl"
+    data.write_text("".join(json.dumps(mrcr_row(n)) + "\n" for n in (10, 3000)))
+    assert len(build_items("mrcr", data=data)) == 2
+    assert [it.metadata["n_chars"] for it in build_items("mrcr", data=data, max_length="1k")] == [60]
+    assert [it.metadata["n_chars"] for it in build_items("mrcr", data=data, max_chars=1000)] == [60]
+    with pytest.raises(ValueError, match="applies to MRCR"):
+        build_items("ruler", lengths=["1k"], max_length="1k")
+    mrcr = ["--suite", "mrcr", "--data", str(data), "--as", "text"]
+    with endpoint(answer="abtapir") as (url, sent):
+        assert cli_eval("openai:" + url, tmp_path / "o", *mrcr, "--max-length", "1k") == 0
+        assert len(sent) == 1 and len(load_items(tmp_path / "o" / "items.jsonl")) == 1
+        assert json.loads((tmp_path / "o" / "items_spec.json").read_text())["max_length"] == 1024
+        assert cli_eval("openai:" + url, tmp_path / "o", *mrcr) == 0 and len(sent) == 1  # the stored run's
+        assert cli_eval("openai:" + url, tmp_path / "o", *mrcr, "--max-length", "1024") == 0  # the same length
+        assert cli_eval("openai:" + url, tmp_path / "o", *mrcr, "--max-length", "2k") == 2
+        assert "holds the items of another run (max_length: 1024 then 2048)" in capsys.readouterr().err
+        assert cli_eval("openai:" + url, tmp_path / "r", "--suite", "ruler", "--max-length", "1k") == 2
+        assert "--max-length applies to --suite mrcr" in capsys.readouterr().err

@@ -31,7 +31,10 @@ the question cannot be answered from the document, the answer is: Not answerable
 Reply in this form:
 Extracted answer: <the answer>
 Answer format: <Integer, Float, String, List or None>"""
-PROMPT_ID = hashlib.sha1(PROMPT.encode()).hexdigest()[:8]  # rows extracted with another prompt are extracted again
+# how parse reads the extractor's reply; rows extracted with another prompt, or read by another rule (the first line
+# of the "Extracted answer:" line, before this one), are extracted again
+PARSE_RULE = "reply.split('Answer format:')[0].split('Extracted answer:')[1].strip()"
+PROMPT_ID = hashlib.sha1((PROMPT + "\n" + PARSE_RULE).encode()).hexdigest()[:8]
 
 
 class AnswerExtractor:
@@ -53,14 +56,23 @@ class AnswerExtractor:
         return PROMPT.format(question=question, response=response.strip() or "(empty)")
 
     def __call__(self, item: Item, response: str) -> str:
-        """The short answer in `response` to `item`'s question (its "Extracted answer:" line, else its first
-        non-empty line)."""
+        """The short answer in `response` to `item`'s question: parse(the extractor's reply)."""
         from ..render.config import RenderConfig
 
         text = self.prompt(item, response)
         ask = Item(id=f"{item.id}:extract", context=text, question="", answers=["-"], text_prompt=text,
                    max_new_tokens=self.max_new_tokens)
-        reply = self.target.answer(ask, RenderConfig(), as_text=True).text
+        return self.parse(self.target.answer(ask, RenderConfig(), as_text=True).text)
+
+    @staticmethod
+    def parse(reply: str) -> str:
+        """The answer in an extractor's reply as MMLongBench-Doc's reference takes it: everything between
+        "Extracted answer:" and "Answer format:" (a list over several lines, an answer on the next line); where
+        the reply has no "Extracted answer:" before its "Answer format:", its line that starts with "extracted
+        answer:" in any case, else its first non-empty line, without an "Answer:" prefix."""
+        head = reply.split("Answer format:")[0]
+        if "Extracted answer:" in head:
+            return head.split("Extracted answer:")[1].strip()  # the reference's split, on the whole reply
         lines = [x.strip() for x in reply.strip().splitlines() if x.strip()]
         answer = next((x for x in lines if x.lower().startswith("extracted answer:")), lines[0] if lines else "")
         for prefix in ("short answer:", "answer:", "extracted answer:"):

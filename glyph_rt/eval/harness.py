@@ -4,6 +4,12 @@ Each finished item is one JSON row appended to `out` (flushed and fsynced) the m
 run loses at most the items in flight; a second call with the same `out` skips the items already there (matched by
 id, item content, target, mode, render config, generation budget, repetition penalty and answer extractor, over
 every row of the file) and re-runs nothing. A torn last line from a kill is cut off before appending.
+
+A reply in glyph_rt's thinking format (`<think>...</think>\nanswer`, as its SFT data and GRPO's format reward teach)
+is scored on its answer after the thinking block (split_thinking, the helper GRPO's rewards use): the row keeps the
+whole reply as `prediction` and the text scored as `answer`; a thinking block left unclosed (the budget ran out)
+answers nothing. A model that reasons first needs a larger generation budget than the tasks' own: evaluate's
+max_tokens (`glyph-rt eval --max-tokens N`) gives every item that budget.
 """
 from __future__ import annotations
 
@@ -24,6 +30,13 @@ from .metrics import check_packages, score
 from .targets import Target, make_target
 
 RESULTS_FILE = "results.jsonl"
+# the fields evaluate writes in each row: an item's metadata key of the same name is not copied into its row (it
+# stays in the item), so it can never change a row's id, scores or run keys
+ROW_FIELDS = frozenset({"id", "metric", "target", "target_id", "mode", "config_key", "max_new_tokens",
+                        "repetition_penalty", "item_hash", "prediction", "answer", "score", "answers", "text_tokens",
+                        "visual_tokens", "pages", "compression", "latency_s", "error", "extractor",
+                        "extraction_prompt", "extracted"})
+THINK_TAGS = ("<think>", "</think>")
 _COUNTS: dict = {}  # (tokenizer, context) -> text tokens: repeated evaluations of the same items count once
 
 
@@ -57,17 +70,40 @@ def row_key(row: dict) -> tuple:
             row.get("repetition_penalty"))
 
 
+def thinks(text: str) -> bool:
+    """Whether a reply holds a thinking format's tag (its answer is not the whole reply)."""
+    return any(t in text for t in THINK_TAGS)
+
+
+def reply_answer(text: str) -> str:
+    """The answer a reply gives, which its score reads: the text after its `<think>...</think>` block (split_thinking,
+    as GRPO's rewards read it); the whole reply when it does not think; empty when it thinks without answering or
+    leaves its block unclosed (its thoughts are not its answer)."""
+    if not thinks(text):
+        return text  # split_thinking's answer too, without importing glyph_rt.models (transformers, torch)
+    from ..models.prompt import split_thinking
+
+    return split_thinking(text)[1]
+
+
 def _rescored(row: dict, it: Item) -> dict | None:
-    """A row whose metric failed, scored from its saved answer without asking again; None while it still fails."""
-    try:
-        s = score(it, (row.get("extracted") if row.get("extractor") else row.get("prediction")) or "")
-    except Exception:  # noqa: BLE001 - the row stays as it was
-        return None
+    """A row scored again from its saved reply without asking again: one whose metric failed, or one scored before
+    the answer was split off its thinking block (a row without `answer`). None while its metric still fails."""
+    answer = row["answer"] if "answer" in row else reply_answer(row.get("prediction") or "")
+    err = row.get("error") or ""
+    if "scoring failed:" in err:
+        err = err.rpartition("scoring failed:")[0].rstrip("; ")  # an extraction failure before it stays
     new = {k: v for k, v in row.items() if k != "error"}
-    new["score"] = s
-    before = row["error"].rpartition("scoring failed:")[0].rstrip("; ")  # an extraction failure before it
-    if before:
-        new["error"] = before
+    new["answer"] = answer
+    try:
+        new["score"] = score(it, (row.get("extracted") if row.get("extractor") else answer) or "")
+    except Exception as e:  # noqa: BLE001 - the reply is kept: recorded, scored 0
+        if "scoring failed:" in (row.get("error") or ""):
+            return None  # still failing: the row stays as it was
+        new["score"] = 0.0
+        err = "; ".join(filter(None, [err, f"scoring failed: {type(e).__name__}: {e}"]))
+    if err:
+        new["error"] = err
     return new
 
 
@@ -80,7 +116,8 @@ class EvalResult:
 
     @property
     def accuracy(self) -> float:
-        """Mean score in percent (0-100), as the papers' tables report it."""
+        """Mean score over the items, in percent (0-100): the tables' Avg where every task has as many items
+        (RULER); LongBench's Avg is the mean of its category means instead (report.longbench_scores)."""
         return 100.0 * sum(r["score"] for r in self.rows) / len(self.rows) if self.rows else 0.0
 
     @property
@@ -156,12 +193,16 @@ def _results_path(out) -> Path | None:
 
 def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text: bool = False, out=None,
              tokenizer: str | None = "default", progress: bool = True, extra: dict | None = None,
-             max_new_tokens: int | None = None, concurrency: int = 1, extractor=None) -> EvalResult:
+             max_new_tokens: int | None = None, concurrency: int = 1, extractor=None,
+             max_tokens: int | None = None) -> EvalResult:
     """Scores `target` (a Target or a spec for make_target) on `items`, rendering contexts with `config`
     (or sending them as text with as_text). out: a .jsonl file or a directory (results.jsonl in it) that
     receives one row per item and makes the run resumable. tokenizer: counts each context's text tokens
-    (default: Qwen's; None skips). extra: fields added to every row (e.g. dpi). max_new_tokens: caps each
-    item's generation budget (quick runs). concurrency: items in flight at once (an endpoint's requests, an
+    (default: Qwen's; None skips). extra: fields added to every row (e.g. dpi). max_tokens: every item's
+    generation budget instead of its task's (a model that reasons before it answers: Glyph's evaluation scripts
+    use 8192). max_new_tokens: caps each item's generation budget (quick runs). The budget is one of the keys a
+    resume matches rows by. Replies are scored on their answer after a thinking block (reply_answer); the
+    row's `prediction` is the whole reply. concurrency: items in flight at once (an endpoint's requests, an
     in-process checkpoint's batch). extractor: an AnswerExtractor (or a make_target spec of one): items whose
     metric needs it (MMLongBench-Doc) are scored on the short answer it extracts from the prediction; rows
     scored with another extractor, or none, are run again. A metric that fails on a prediction scores it 0 in a
@@ -171,6 +212,8 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
     from ..render.tokens import get_tokenizer
 
     config = (config or RenderConfig()).validate()
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens {max_tokens!r} must be an integer >= 1")
     items = list(items)
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
@@ -193,7 +236,8 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
     ckey = "text" if as_text else config_key(config)  # text rows do not depend on the render config
 
     def budget(it: Item) -> int:
-        return min(it.max_new_tokens, max_new_tokens) if max_new_tokens else it.max_new_tokens
+        n = max_tokens or it.max_new_tokens
+        return min(n, max_new_tokens) if max_new_tokens else n
 
     hashes = {it.id: item_hash(it) for it in items}
     path = _results_path(out)
@@ -217,9 +261,14 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
                     and r.get("extractor") == getattr(extractor_of(it), "name", None)
                     and r.get("extraction_prompt") == (PROMPT_ID if extractor_of(it) else None)):
                 done[r["id"]] = r
-        for i, r in list(done.items()):  # a metric that failed before (a package installed since): scored again
-            if "scoring failed:" in (r.get("error") or ""):
-                done[i] = _rescored(r, by_id[i]) or r
+        for i, r in list(done.items()):
+            # scored on the whole reply, thinking included (a row written before `answer`): scored again on its
+            # answer, or asked again where the extractor read the whole reply
+            stale = "answer" not in r and thinks(r.get("prediction") or "")
+            if stale and r.get("extractor"):
+                del done[i]
+            elif stale or "scoring failed:" in (r.get("error") or ""):  # or a metric that failed (a package
+                done[i] = _rescored(r, by_id[i]) or r                     # installed since): scored again
         latest = {row_key(r): r for r in rows}
         reused = [r for r in done.values() if latest[row_key(r)] is not r]
     todo = [it for it in items if it.id not in done]
@@ -228,10 +277,11 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
     rows_by_id = dict(done)
 
     def run_one(it: Item) -> dict:
-        row = {"id": it.id, **{k: v for k, v in it.metadata.items() if isinstance(v, (str, int, float, bool))},
-               "metric": it.metric, "target": target.name, "target_id": target.key, "mode": mode, "config_key": ckey,
-               "max_new_tokens": budget(it), "repetition_penalty": target.repetition_penalty,
-               "item_hash": hashes[it.id], **(extra or {})}
+        meta = {k: v for k, v in it.metadata.items()
+                if isinstance(v, (str, int, float, bool)) and k not in ROW_FIELDS and k not in (extra or {})}
+        row = {"id": it.id, **meta, "metric": it.metric, "target": target.name, "target_id": target.key,
+               "mode": mode, "config_key": ckey, "max_new_tokens": budget(it),
+               "repetition_penalty": target.repetition_penalty, "item_hash": hashes[it.id], **(extra or {})}
         if "dpi" in row and it.images and not it.context and "dpi" in it.metadata:
             row["dpi"] = it.metadata["dpi"]  # pages made elsewhere (a PDF's): their dpi, the render config draws none
         text_tokens = count_tokens(tok, it.context) if tok is not None and it.context else None
@@ -243,15 +293,15 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
                 row["dpi"] = own.dpi  # the dpi the item's own config draws at, not the run's
             reply = target.answer(ask, own, as_text=as_text)
         except ValueError as e:  # this item cannot be run (too long for the model, ...): recorded, scored 0
-            row.update(prediction="", score=0.0, text_tokens=text_tokens, visual_tokens=0, pages=0,
+            row.update(prediction="", answer="", score=0.0, text_tokens=text_tokens, visual_tokens=0, pages=0,
                        compression=None, latency_s=time.perf_counter() - t0, error=str(e))
         else:
             vis = reply.visual_tokens
-            scored = reply.text
+            scored = answer = reply_answer(reply.text)
             ext = extractor_of(it)
             if ext is not None:
                 try:
-                    scored = ext(it, reply.text)
+                    scored = ext(it, answer)  # the answer, not the thoughts before it
                 except ValueError as e:  # the extractor's server rejected the request: scored on the raw answer
                     row["error"] = f"extraction failed: {e}"
                 row.update(extractor=ext.name, extraction_prompt=PROMPT_ID, extracted=scored)
@@ -260,7 +310,7 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
             except Exception as e:  # noqa: BLE001 - the answer is kept: recorded, scored 0
                 s = 0.0
                 row["error"] = "; ".join(filter(None, [row.get("error"), f"scoring failed: {type(e).__name__}: {e}"]))
-            row.update(prediction=reply.text, score=s, answers=it.answers,
+            row.update(prediction=reply.text, answer=answer, score=s, answers=it.answers,
                        text_tokens=text_tokens, visual_tokens=vis, pages=reply.pages,
                        compression=(text_tokens / vis if vis and text_tokens else (1.0 if as_text else None)),
                        latency_s=round(reply.latency_s, 6))

@@ -12,7 +12,8 @@ from ..fileio import json_line, text_lines
 class Item:
     """id: unique within a run (the key of resuming); context: the long text read as pages (or as text with
     as_text); question: what follows the pages, kept as text; answers: reference answers; metric: a name in
-    glyph_rt.eval.metrics.METRICS; metadata: task, length, depth, ... (copied into each result row).
+    glyph_rt.eval.metrics.METRICS; metadata: task, length, depth, ... (copied into each result row, but for a key
+    that is one of the row's own fields, harness.ROW_FIELDS: id, score, prediction, ..., kept in the item only).
     images: page image files instead of a text context (document benchmarks); max_new_tokens: the task's
     generation budget (RULER's tokens_to_generate); text_prompt: the whole user turn of the text baseline when the
     benchmark words it differently from the pages' question (default: context, a blank line, question); messages:

@@ -4,9 +4,12 @@ Rows are grouped into runs by (target, mode, dpi, render config, model, repetiti
 "DPI: d / Compression rate: average a, up to m" line above the runs at that dpi.
 
 - ruler: Table 3: one column per task (Niah-S1 ... QA-2), Avg = mean over tasks; plus accuracy per length.
-- longbench: Table 1: one column per dataset, grouped by category, Avg = mean over datasets; LongBench-E's rows
-  also per dataset and official length bucket (0-4k, 4-8k, 8k+ of LongBench's `length`, in words).
-- mrcr: Table 2: per needle count, one column per length bin (0k-8k ... 64k-128k) and Avg.
+- longbench: Table 1: one column per dataset, grouped by category, then one column per category (the mean of its
+  datasets), Avg = the mean of the category columns (the paper's Avg: Glyph's eval_longbench.py category_scores,
+  averaged); LongBench-E's rows also per dataset and official length bucket (0-4k, 4-8k, 8k+ of LongBench's
+  `length`, in words).
+- mrcr: Table 2: per needle count, one column per length bin (0k-8k ... 64k-128k) and Avg = the mean of the bin
+  columns (as the paper's rows).
 - mmlongbench-doc: Table 4: SP (single-page), CP (cross-page), UA (unanswerable), Acc, F1.
 Plots: accuracy vs context length (one line per run) and accuracy vs compression (one point per dpi, a line per
 target).
@@ -164,6 +167,37 @@ def longbench_e_table(rows: list[dict], order: list[str]) -> str:
     return _table(["Model", "Dataset", *E_BUCKETS], lines)
 
 
+def longbench_scores(rows: list[dict]) -> dict:
+    """One run's LongBench scores (fractions): {"datasets": dataset -> mean score of its rows, "categories":
+    category -> mean of its datasets' means, "avg": mean of the category means} over the datasets the rows hold;
+    avg is the paper's Table 1 Avg (its category scores averaged), not the mean over items or datasets. NaN when
+    no row is of a LongBench dataset."""
+    from .benchmarks.longbench import CATEGORIES, DATASETS
+
+    datasets = {t: _mean(r["score"] for r in rows if r.get("task") == t) for t in DATASETS
+                if any(r.get("task") == t for r in rows)}
+    categories = {c: _mean(v for d, v in datasets.items() if DATASETS[d][2] == c) for c in CATEGORIES
+                  if any(DATASETS[d][2] == c for d in datasets)}
+    return {"datasets": datasets, "categories": categories, "avg": _mean(categories.values())}
+
+
+def longbench_table(rows: list[dict]) -> str:
+    """Table 1: a column per dataset (in category order), a column per category (the mean of its datasets), Avg
+    (the mean of the category columns)."""
+    from .benchmarks.longbench import CATEGORIES, DATASETS
+
+    runs = group_runs(rows)
+    datasets = [d for c in CATEGORIES for d, v in DATASETS.items() if v[2] == c and any(r.get("task") == d for r in rows)]
+    cats = [c for c in CATEGORIES if any(DATASETS[d][2] == c for d in datasets)]
+    lines = []
+    for key, rs in runs.items():
+        s = longbench_scores(rs)
+        lines.append([run_label(key)] + [_fmt(s["datasets"].get(d, float("nan"))) for d in datasets]
+                     + [_fmt(s["categories"].get(c, float("nan"))) for c in cats] + [_fmt(s["avg"])])
+    return _table(["Model"] + [LONGBENCH_SHORT.get(d, d) for d in datasets] + cats + ["Avg"], lines,
+                  _dpi_separators(list(runs), runs))
+
+
 def mrcr_table(rows: list[dict]) -> str:
     from .benchmarks.mrcr import bin_label
 
@@ -177,8 +211,9 @@ def mrcr_table(rows: list[dict]) -> str:
         line = [run_label(key)]
         for n in needles:
             mine = [r for r in rs if int(r.get("needles") or 0) == n]
-            line += [_fmt(_mean(r["score"] for r in mine if bin_label(r["text_tokens"] or 0) == b)) for b in bins]
-            line.append(_fmt(_mean(r["score"] for r in mine)))
+            cols = [_mean(r["score"] for r in mine if bin_label(r["text_tokens"] or 0) == b) for b in bins]
+            line += [_fmt(c) for c in cols]
+            line.append(_fmt(_mean(c for c in cols if c == c)))  # the mean of the bin columns, as the paper's
         lines.append(line)
     return _table(header, lines, _dpi_separators(list(runs), runs))
 
@@ -186,7 +221,8 @@ def mrcr_table(rows: list[dict]) -> str:
 def mmlongbench_scores(rs: list[dict]) -> dict[str, float]:
     """SP, CP, UA accuracies, Acc and F1 as MMLongBench-Doc's eval_acc_and_f1 computes them."""
     answerable = [r for r in rs if r.get("kind") != "UA"]
-    said = [r for r in rs if str(r.get("extracted", r.get("prediction", ""))).strip() != "Not answerable"]
+    said = [r for r in rs if str(r.get("extracted", r.get("answer", r.get("prediction", "")))).strip()
+            != "Not answerable"]  # the answer scored: the extraction, else the reply's answer after its thinking
     recall = _mean(r["score"] for r in answerable) if answerable else 0.0
     precision = sum(r["score"] for r in answerable) / len(said) if said else 0.0
     f1 = 2 * recall * precision / (recall + precision) if recall + precision > 0 else 0.0
@@ -209,12 +245,14 @@ def markdown(rows: list[dict], suite: str) -> str:
 
     if not rows:
         return f"# {suite}\n\nNo results yet.\n"
-    parts = [f"# {suite}\n", "Scores in percent; Avg is the mean over the columns.\n"]
+    avg = ("the mean of the category columns (each the mean of its datasets), as the paper's" if suite == "longbench"
+           else "the mean over the columns")
+    parts = [f"# {suite}\n", f"Scores in percent; Avg is {avg}; a run's Accuracy (Runs) is the mean over its items.\n"]
     if suite == "ruler":
         parts += [task_table(rows, list(ruler.TASKS), RULER_SHORT), "\n## By context length\n", length_table(rows)]
     elif suite == "longbench":
         order = [d for c in longbench.CATEGORIES for d, v in longbench.DATASETS.items() if v[2] == c]
-        parts += [task_table(rows, order, LONGBENCH_SHORT), "\n## By context length (text tokens)\n", length_table(rows)]
+        parts += [longbench_table(rows), "\n## By context length (text tokens)\n", length_table(rows)]
         if any(r.get("longbench_e") for r in rows):
             parts += ["\n## LongBench-E by length (words)\n",
                       longbench_e_table([r for r in rows if r.get("longbench_e")], order)]

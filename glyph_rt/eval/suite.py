@@ -8,6 +8,11 @@ resumed run; other options given there are an error, one left out takes the stor
 row per item and run (append-only; a rerun skips the rows already there), OUT/summary.md and summary.json the
 tables (of each run's latest rows: this call's for its runs), and
 OUT/accuracy_vs_length.png, OUT/accuracy_vs_compression.png the plots.
+
+summary.json: {"suite", "items", "runs": [one per target, mode and dpi: {"target", "mode", "dpi", "items",
+"accuracy": the mean score over the run's items in percent, "compression", "errors", "by_task": the mean per task},
+...]}; a LongBench run adds "by_category" (the mean of each category's dataset means) and "paper_avg" (their mean:
+the Avg of summary.md's table and of the paper's Table 1, which "accuracy", a mean over items, is not).
 """
 from __future__ import annotations
 
@@ -27,18 +32,27 @@ DEFAULT_LENGTHS = ("4k",)  # RULER's, when no lengths are given
 def build_items(suite: str, *, data=None, lengths=None, limit: int | None = None, seed: int | None = None,
                 tasks=None, uuid: bool = False, squad=None, hotpotqa=None, documents=None, pages_dir=None,
                 doc_dpi: int = 144, tokenizer: str | None = "default", truncate: int | None = None,
-                row_configs: bool = False, longbench_e: bool = False) -> list[Item]:
+                row_configs: bool = False, longbench_e: bool = False, max_length=None,
+                max_chars: int | None = None) -> list[Item]:
     """The items of a suite: RULER generated here (n = limit or 10 per task and length, at `lengths`, default 4k,
     from `seed`, default 0); the others read from `data` (LongBench: a directory of <dataset>.jsonl; MRCR:
     parquet/JSONL; MMLongBench-Doc: samples.json with `documents`; glyph: Glyph's evaluation files), `limit` per
     dataset / needle count / file.
     truncate: LongBench contexts over this many tokens keep their first and last halves; longbench_e: LongBench-E's
     files (<dataset>_e.jsonl) instead of LongBench's. row_configs: glyph rows rendered with their own configs over
-    the run's."""
+    the run's. max_length: MRCR rows whose context has at most this many text tokens (4096, '128k'), counted with
+    `tokenizer` as the report bins them (the paper's Table 2: 128k; the published files go to 1M); max_chars: MRCR
+    rows with at most this many characters (their n_chars)."""
     from .benchmarks import glyph_data, longbench, mmlongbench_doc, mrcr, ruler
 
     if suite not in SUITES:
         raise ValueError(f"suite {suite!r} is unknown; choose from {', '.join(SUITES)}")
+    if (max_length or max_chars) and suite != "mrcr":
+        raise ValueError(f"a length limit (--max-length) applies to MRCR's rows, not to suite {suite}")
+    if max_length:
+        max_length = ruler.parse_length(max_length)
+        if not tokenizer:
+            raise ValueError("--max-length counts text tokens: it needs a tokenizer")
     if suite == "ruler":
         return ruler.generate(tasks, lengths or DEFAULT_LENGTHS, n=limit or 10, seed=seed or 0, uuid=uuid,
                               squad=squad, hotpotqa=hotpotqa, tokenizer=tokenizer)
@@ -49,7 +63,8 @@ def build_items(suite: str, *, data=None, lengths=None, limit: int | None = None
     if suite == "mrcr":
         if tasks and not all(str(t).isdigit() for t in tasks):
             raise ValueError(f"MRCR --tasks are needle counts (2, 4, 8), got {','.join(map(str, tasks))}")
-        return mrcr.load(data, needles=[int(t) for t in tasks] if tasks else None, limit=limit)
+        return mrcr.load(data, needles=[int(t) for t in tasks] if tasks else None, limit=limit, max_chars=max_chars,
+                         max_tokens=max_length or None, tokenizer=tokenizer)
     if suite == "mmlongbench-doc":
         if documents is None:
             raise ValueError("suite mmlongbench-doc needs --documents DIR (the PDFs named by samples.json)")
@@ -63,12 +78,16 @@ def _given(spec: dict) -> dict:
 
 
 def _effective(suite: str, key: str, value):
-    """An option as the items were built with it: RULER's lengths in tokens, unset = the default 4k; the seed,
-    unset = 0."""
+    """An option as the items were built with it: RULER's lengths in tokens, unset = the default 4k; MRCR's
+    max_length in tokens; the seed, unset = 0."""
     if suite == "ruler" and key == "lengths":
         from .benchmarks import ruler
 
         return [ruler.parse_length(x) for x in (value or DEFAULT_LENGTHS)]
+    if key == "max_length" and value:
+        from .benchmarks import ruler
+
+        return ruler.parse_length(value)
     if key == "seed":
         return value or 0
     return value
@@ -88,10 +107,11 @@ def configs_for(config: RenderConfig | None, dpis=None) -> list[RenderConfig]:
 def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, config: RenderConfig | None = None,
               dpis=None, as_text: bool = False, progress: bool = True, target_kwargs: dict | None = None,
               tokenizer: str | None = "default", max_new_tokens: int | None = None, concurrency: int = 1,
-              extractor=None, **item_kwargs) -> dict:
+              extractor=None, max_tokens: int | None = None, **item_kwargs) -> dict:
     """Runs every target (specs or Targets) on the suite's items at each config (image mode) or once as text;
     writes the results, summary and plots under `out`; returns the summary dict. extractor: evaluate's (an
-    AnswerExtractor or a make_target spec), for MMLongBench-Doc."""
+    AnswerExtractor or a make_target spec), for MMLongBench-Doc; max_tokens, max_new_tokens: evaluate's (every
+    item's generation budget, a cap on it)."""
     from . import report
     from .targets import Target, make_target
 
@@ -99,7 +119,8 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
     out.mkdir(parents=True, exist_ok=True)
     items_path, spec_path = out / "items.jsonl", out / "items_spec.json"
     if items is None:
-        own_tok = {"tokenizer": tokenizer} if suite == "ruler" and tokenizer != "default" else {}  # RULER's lengths
+        counts = suite == "ruler" or (suite == "mrcr" and item_kwargs.get("max_length"))  # lengths in its tokens
+        own_tok = {"tokenizer": tokenizer} if counts and tokenizer != "default" else {}
         spec = json.loads(json.dumps({"suite": suite, **item_kwargs, **own_tok}, default=str))
         if items_path.exists():  # a resumed run scores the very same items
             if not spec_path.exists():  # the options that made them are unknown: they may be another run's
@@ -130,8 +151,10 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
                 for cfg in ([cfgs[0]] if as_text else cfgs):
                     r = evaluate(cfg, items, target, as_text=as_text, out=out / RESULTS_FILE, tokenizer=tokenizer,
                                  progress=progress, extra=None if as_text else {"dpi": cfg.dpi},
-                                 max_new_tokens=max_new_tokens, concurrency=concurrency, extractor=extractor)
-                    summaries.append({**r.summary(), **({"dpi": None} if as_text else _run_dpi(r.rows, cfg.dpi))})
+                                 max_new_tokens=max_new_tokens, concurrency=concurrency, extractor=extractor,
+                                 max_tokens=max_tokens)
+                    summaries.append({**r.summary(), **({"dpi": None} if as_text else _run_dpi(r.rows, cfg.dpi)),
+                                      **(_longbench_summary(r.rows) if suite == "longbench" else {})})
             finally:
                 if not isinstance(spec, Target):
                     target.close()
@@ -145,6 +168,15 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
     _write(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     report.plot(rows, out, suite)
     return summary
+
+
+def _longbench_summary(rows: list[dict]) -> dict:
+    """A LongBench run's category means and their mean (the paper's Avg), in percent."""
+    from .report import longbench_scores
+
+    s = longbench_scores(rows)
+    pct = lambda x: None if x != x else round(100 * x, 3)  # noqa: E731
+    return {"by_category": {c: pct(v) for c, v in s["categories"].items()}, "paper_avg": pct(s["avg"])}
 
 
 def _run_dpi(rows: list[dict], dpi: float) -> dict:

@@ -37,6 +37,21 @@ def thinking_parts(text: str) -> tuple[str, str, str] | None:
     return None
 
 
+def split_thinking(response: str) -> tuple[str | None, str]:
+    """(thoughts, answer) of a `<think>...</think> answer` response (thinking_parts, the answer stripped);
+    (None, response) when it does not think; (None, "") when it thinks but gives no answer after its thoughts,
+    or leaves its thinking block unclosed (its thoughts are not its answer). GRPO's rewards and the evaluation
+    harness score the answer."""
+    parts = thinking_parts(response)
+    if parts is not None:
+        _, inner, after = parts
+        if after.strip() and "<think>" not in after and "</think>" not in after:
+            return inner, after.strip()
+    if "<think>" in response or "</think>" in response:
+        return None, ""
+    return None, response
+
+
 def tokens_per_image(grid_thw) -> list[int]:
     """Visual tokens of each image from its [t, h, w] patch grid (a tensor or a list of triples)."""
     return [int(t) * int(h) * int(w) // VISION_MERGE ** 2 for t, h, w in (list(map(int, g)) for g in grid_thw)]

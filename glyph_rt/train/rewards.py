@@ -15,19 +15,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(\S.*)$", re.S)
+from ..models.prompt import split_thinking  # the one helper, shared with the evaluation harness
+
 VERIFIERS = ("exact", "f1", "contains", "judge")
-
-
-def split_thinking(response: str) -> tuple[str | None, str]:
-    """(thoughts, answer) of a `<think>...</think> answer` response; (None, response) when it does not think;
-    (None, "") when it thinks but gives no answer after its thoughts (its thoughts are not its answer)."""
-    m = THINK.match(response)
-    if m is not None and "<think>" not in m.group(2) and "</think>" not in m.group(2):
-        return m.group(1), m.group(2).strip()
-    if "<think>" in response or "</think>" in response:
-        return None, ""
-    return None, response
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

@@ -6,9 +6,10 @@ request is rendered as pages, one turn per line block ("User: ..." / "Assistant:
 stays text. The text baseline gets the conversation as chat messages, turn by turn, as MRCR's own evaluation
 sends it (load(..., chat=False): the same flattened text as the pages, followed by the request). Scored by the
 sequence ratio with the prefix rule (metrics.mrcr). Lengths are binned by text tokens in the report
-(0k-8k ... 64k-128k, as the paper's Table 2).
+(0k-8k ... 64k-128k, as the paper's Table 2: the context's tokens, Qwen's tokenizer by default); the published
+files go to 1M tokens, and max_tokens keeps the rows the paper's bins hold.
 
-    items = load("data/mrcr/2needle", needles=[2], limit=100)
+    items = load("data/mrcr/2needle", needles=[2], limit=100, max_tokens=128 * 1024)
 """
 from __future__ import annotations
 
@@ -113,10 +114,19 @@ def numbered_rows(path: Path) -> list[tuple[int, dict]]:
     raise ValueError(f"{path}: MRCR data must be .parquet, .jsonl or .json")
 
 
-def load(path, needles=None, limit: int | None = None, max_chars: int | None = None, chat: bool = True) -> list[Item]:
+def load(path, needles=None, limit: int | None = None, max_chars: int | None = None, chat: bool = True,
+         max_tokens: int | None = None, tokenizer: str | None = "default") -> list[Item]:
     """Items from an MRCR file or a directory of them (searched recursively), keeping rows with n_needles in
-    `needles` and at most `max_chars` characters, `limit` per needle count; chat: the text baseline's messages
-    (else the flattened text)."""
+    `needles`, at most `max_chars` characters (the row's n_chars) and at most `max_tokens` text tokens (the
+    item's context counted with `tokenizer`, default Qwen's, as the report's length bins count it), `limit` per
+    needle count; chat: the text baseline's messages (else the flattened text)."""
+    tok = None
+    if max_tokens:
+        from ...render.tokens import get_tokenizer
+
+        if not tokenizer:
+            raise ValueError("MRCR max_tokens counts text tokens: it needs a tokenizer")
+        tok = get_tokenizer(None if tokenizer == "default" else tokenizer)
     p = Path(path)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix in (".parquet", ".jsonl", ".json"))
@@ -140,6 +150,8 @@ def load(path, needles=None, limit: int | None = None, max_chars: int | None = N
             if limit and counts.get(n, 0) >= limit:
                 continue
             it = item_from_row(row, i, str(f), chat)
+            if tok is not None and tok.count(it.context) > max_tokens:  # the count the report bins rows by
+                continue
             if "unique_id" not in row:
                 it.id = f"{f.stem}-{i}"
             items.append(it)
