@@ -6,7 +6,7 @@ visual tokens (GLM-4.1V), and, for information, the mean absolute pixel differen
 
     python bench/fidelity.py                      # DejaVu Sans, 150K chars
     python bench/fidelity.py --font path/to/Verdana.ttf --chars 150000 --out DIR
-    python bench/fidelity.py --styles 40 --chars 6000   # random styles of the paper's space (horizontal scale 1)
+    python bench/fidelity.py --styles 40 --chars 6000   # random styles of the paper's space
 
 Writes fidelity-<font>.json (fidelity-dejavu.json for the default font), or fidelity-styles.json, to --out DIR
 (default bench/out/); --results also writes it to bench/results/.
@@ -250,11 +250,13 @@ def run_styles(n: int, chars: int, seed: int = 1, verbose: bool = True) -> dict:
         px = sum(int(np.count_nonzero((np.asarray(im.convert("RGB")) != buf[j, :h, :w]).any(-1)))
                  for j, (im, (w, h)) in enumerate(zip(ref.images, sizes))) if same_sizes else None
         row = {"style": i, "font": Path(g["font-path"]).name, "dpi": g["dpi"], "font_size": g["font-size"],
+               "horizontal_scale": g["horizontal-scale"],
                "alignment": g["alignment"], "border_width": g["border-width"], "pages": len(sizes),
                "same_page_sizes": same_sizes, "differing_pixels": px}
         rows.append(row)
         if verbose:
-            print(f"style {i:3d} {row['font']:28s} {g['dpi']:>4} dpi {g['font-size']:>5} pt {g['alignment']:8s} "
+            print(f"style {i:3d} {row['font']:28s} {g['dpi']:>4} dpi {g['font-size']:>5} pt x{g['horizontal-scale']:<4} "
+                  f"{g['alignment']:8s} "
                   f"pages {len(sizes):2d} sizes {'equal' if same_sizes else 'DIFFER'} pixels differing {px}")
     identical = sum(r["same_page_sizes"] and r["differing_pixels"] == 0 for r in rows)
     if verbose:
@@ -267,7 +269,7 @@ def main(argv=None) -> int:
     ap.add_argument("--font", default=str(DEFAULT_FONT), help="TTF file used by both renderers")
     ap.add_argument("--chars", type=int, default=150000, help="text length (sample.txt repeated)")
     ap.add_argument("--styles", type=int, default=0, metavar="N",
-                    help="compare N random styles of the paper's space (train.styles, horizontal scale 1) instead")
+                    help="compare N random styles of the paper's space (train.styles) instead")
     ap.add_argument("--seed", type=int, default=1, help="the styles' seed")
     add_output_args(ap)
     args = ap.parse_args(argv)
