@@ -140,6 +140,9 @@ def test_colors_and_markup():
     ({"first_line_indent": -17, "margin_x": 10}, "first_line_indent"),
     # values that used to end in a traceback
     ({"page_size": "1e308,1e308"}, "page_size/dpi"),
+    # a page is drawn at full width before the horizontal scale resizes it: 17,000 px drawn, 8,500 px resized
+    ({"page_size": (17000, 800), "horizontal_scale": 0.5}, "page_size/dpi"),
+    ({"page_size": (8000, 800), "horizontal_scale": 2.1}, "page_size/dpi/horizontal_scale"),
     ({"border_width": 1e300}, "border_width"),
     ({"space_after": 1e300}, "space_after"),
     ({"lines_per_paragraph": 2**31}, "lines_per_paragraph"),

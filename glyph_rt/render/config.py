@@ -296,12 +296,16 @@ class RenderConfig:
         for name in ("font_color", "page_bg_color", "para_bg_color", "para_border_color"):
             parse_color(getattr(self, name), name)
         NewlineMarkup.parse(self.newline_markup)
-        w_f = self.page_size[0] * self.dpi / 72 * self.horizontal_scale  # float first: no overflow
+        # float first: no overflow; a page is drawn at full width, then resized by the horizontal scale
+        w_f = self.page_size[0] * self.dpi / 72 * max(1.0, self.horizontal_scale)
         h_f = self.page_size[1] * self.dpi / 72
         if max(w_f, h_f) > MAX_PAGE_PIXELS_SIDE:
+            scaled = self.horizontal_scale > 1
             raise ConfigError(
-                f"page_size/dpi: a {self.page_size[0]:.0f}x{self.page_size[1]:.0f} pt page at {self.dpi} dpi is "
-                f"{w_f:.0f}x{h_f:.0f} px, over the {MAX_PAGE_PIXELS_SIDE} px limit per side"
+                f"page_size/dpi{'/horizontal_scale' if scaled else ''}: a {self.page_size[0]:.0f}x"
+                f"{self.page_size[1]:.0f} pt page at {self.dpi} dpi is {w_f:.0f}x{h_f:.0f} px"
+                f"{f' (resized by horizontal_scale {self.horizontal_scale})' if scaled else ' (as drawn)'}, over the "
+                f"{MAX_PAGE_PIXELS_SIDE} px limit per side"
             )
         w_px, h_px = self.page_pixels
         if min(w_px, h_px) < MIN_PAGE_PIXELS_SIDE:
@@ -314,7 +318,7 @@ class RenderConfig:
         if font_px < 1:
             raise ConfigError(f"font_size/dpi: font_size {self.font_size} pt at {self.dpi} dpi is {font_px:.2f} px, "
                               "under 1 px; raise font_size or dpi")
-        glyph_bytes = glyph_bytes_bound(font_px, self.horizontal_scale, self.subpixel_phases)
+        glyph_bytes = glyph_bytes_bound(font_px, self.subpixel_phases)
         if glyph_bytes > MAX_GLYPH_BYTES:
             raise ConfigError(
                 f"font_size/dpi/subpixel_phases: one glyph of font_size {self.font_size} pt at {self.dpi} dpi with "
@@ -470,10 +474,11 @@ def _font_size_plus_1(font_size: Any) -> float:
         raise ConfigError(f"font_size: {_show(font_size)} is not a number within range") from None
 
 
-def glyph_bytes_bound(font_px: float, h_scale: float, phases: int) -> int:
-    """Upper bound of the atlas bytes of one glyph: a bitmap of 1.5 em x 1.5 em (scaled) per phase."""
+def glyph_bytes_bound(font_px: float, phases: int) -> int:
+    """Upper bound of the atlas bytes of one glyph: a bitmap of 1.5 em x 1.5 em per phase (drawn at full width:
+    the horizontal scale resizes the page)."""
     side = math.ceil(1.5 * font_px) + 2
-    return int(math.ceil(side * h_scale) + 2) * side * phases
+    return (side + 2) * side * phases
 
 
 def _fmt(x: float) -> str:
