@@ -275,6 +275,37 @@ def test_grpo_step_on_a_tiny_model(tmp_path):
     assert m["updates"] == 1 and m["clip_fraction"] == 0  # one update: the ratio is 1
 
 
+def test_rl_records_that_end_end_the_run_after_its_last_whole_step(tmp_path):
+    """RL records with data.loader.epochs end: the run ends after its last whole step, saved with the records'
+    position as of that step, and a warning says so (it used to be a ValueError, "the RL prompts ran out"); records
+    that end before the first step are an error naming the step."""
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.data import RecordStream
+    from glyph_rt.train.grpo import GRPOTrainer
+    from glyph_rt.train.model import load_for_training
+
+    path = make_tiny_checkpoint(tmp_path / "tiny")
+    cfg = load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / 'run'}", "grpo.group_size=2",
+                                   "data.global_batch=2", "grpo.max_new_tokens=3", "grpo.rewards={ocr: 1.0}",
+                                   "grpo.dynamic_sampling=false", "tensorboard=false", "plot=false", "steps=3",
+                                   "model.gradient_checkpointing=false", "export=false", "save_every=0",
+                                   "data.loader.epochs=1"])
+    gm = load_for_training(cfg.model, torch.device("cpu"))
+    records = [{"context": f"red fox {i}", "question": "Read the text.", "answer": f"red fox {i}"} for i in range(3)]
+    t = GRPOTrainer(cfg, gm, progress=False)
+    with pytest.warns(UserWarning, match=r"the data ran out in step 2 of 3 \(3 records drawn, 0 of them skipped\): "
+                                         "training ends after step 1, which is saved; data.loader.epochs=1"):
+        t.fit(RecordStream(records, epochs=1, shuffle=False))
+    assert t.step == 1 and t.ran_out
+    assert torch.load(t.ckpt.latest() / "rank_0.pt", weights_only=False)["data"]["pos"] == 2
+    fresh = GRPOTrainer(load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / 'fresh'}",
+                                                 "data.global_batch=2", "tensorboard=false", "plot=false"]),
+                        gm, progress=False)
+    with pytest.raises(ValueError, match="the data ran out in step 1 of 500: nothing to train"):
+        fresh.fit(records[:1])
+
+
 def test_grpo_epochs_and_mini_batches_reuse_the_rollout(tmp_path):
     """grpo.epochs x grpo.mini_batches optimizer updates per rollout batch, each against the rollout policy's
     log-probs: after the first update the ratio moves off 1 and the clip bites; the schedule counts rollout steps."""

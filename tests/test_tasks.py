@@ -400,3 +400,43 @@ def test_ocr_targets_hold_what_the_pages_show(builder, text):
     for invisible in ("\u200b", "\ufeff\u200b\u2060", "\u00ad", " \u200b\n\u2060 "):
         with pytest.raises(TaskError, match="no visible character"):
             task({"text": invisible}, 0)
+
+
+def test_a_needle_pushed_past_the_last_page_is_never_cut(text):
+    """Small pages: the needle's line pushes the haystack past the one page it may take, and the context ends
+    where that page ends. That end never cuts through the needle (samples 26 and 178 of these options did, asking
+    for a number on no page): its whole line, the answer in it, is on the page."""
+    qa = make_task("qa", None, config=RenderConfig(page_size=(200, 150), font_size=12, line_height=14), max_pages=1,
+                   window_chars=3000)
+    for i in [26, 178, *range(40)]:
+        s = qa({"text": text[:30000]}, i)
+        (page,) = s.pages
+        shown = page.text[:page.document().page_spans()[page.stop - 1][1]]
+        answer = s.messages[-1]["content"]
+        answer = answer if isinstance(answer, str) else answer[0]["text"]
+        name = s.messages[0]["content"][-1]["text"].split("number for ")[1].split(" ")[0]
+        assert f"The special magic number for {name} is: {answer}." in shown, i
+
+
+def test_qa_takes_a_numeric_answer_as_its_text(builder):
+    """A QA record's answer may be a JSON number (rewards.reference_texts reads it so): SFT trains it as it prints,
+    where it used to skip the record; a boolean or a NaN is still no answer."""
+    qa = make_task("qa", builder, config=CFG)
+    for answer, want in ((1900, "1900"), (2.5, "2.5"), (-3, "-3")):
+        s = qa({"context": f"The year was {answer}.", "question": "Which?", "answer": answer}, 0)
+        assert trained_text(builder, s) == want
+    for bad in (True, float("nan"), None):
+        with pytest.raises(TaskError, match="field 'answer'"):
+            qa({"context": "The year was 1900.", "question": "Which?", "answer": bad}, 0)
+
+
+def test_samples_count_the_text_tokens_their_pages_stand_for(builder, text):
+    """Each sample with token ids carries the text tokens of what its pages show (the trainer's `compression`):
+    an OCR sample's are its target's tokens."""
+    s = make_task("ocr", builder, config=CFG, max_pages=2, window_chars=3000)({"text": text}, 0)
+    assert s.meta["text_tokens"] == len(builder.ids(s.messages[-1]["content"])) > 0
+    for name in ("lm", "gen", "qa"):
+        rec = {"text": text} if name != "qa" else {"context": text[:800], "question": "What?", "answer": "x"}
+        t = make_task(name, builder, config=CFG, max_pages=2, window_chars=3000)(rec, 1)
+        assert t.meta["text_tokens"] > 0, name
+    assert "text_tokens" not in make_task("ocr", None, config=CFG)({"text": text}, 0).meta  # no token ids: none

@@ -109,10 +109,12 @@ def test_a_config_file_replaces_the_weight_maps_whole(tiny, tmp_path):
     """grpo.rewards, data.loss_weights and data.loader.tasks in a --config file replace the defaults (a name it
     leaves out is gone), as `key={...}` does; the other mappings merge key by key."""
     f = tmp_path / "rl.yaml"
-    f.write_text("grpo:\n  rewards: {verifiable: 1.0}\ndata:\n  loss_weights: {qa: 1.0}\n")
+    f.write_text("grpo:\n  rewards: {verifiable: 1.0}\n")
     rl = load_config("rl", f, [f"model.path={tiny}"])
-    assert rl.grpo.rewards == {"verifiable": 1.0} and rl.data.loss_weights == {"qa": 1.0}
+    assert rl.grpo.rewards == {"verifiable": 1.0}
     assert rl.grpo.group_size == 16  # the rest of grpo stays
+    f.write_text("data:\n  loss_weights: {qa: 1.0}\n")  # (rl refuses data.loss_weights: its loss is GRPO's)
+    assert load_config("sft", f, [f"model.path={tiny}"]).data.loss_weights == {"qa": 1.0}
     f.write_text("data:\n  loader: {tasks: {lm: 1.0}, max_pages: 8}\n")
     cpt = load_config("cpt", f, [f"model.path={tiny}"])
     assert cpt.data.loader["tasks"] == {"lm": 1.0} and cpt.data.loader["max_pages"] == 8
@@ -832,6 +834,81 @@ def test_data_that_runs_out_ends_the_run_after_its_last_whole_step(tiny, tmp_pat
     fresh = Trainer(cfg_for(tiny, tmp_path / "fresh", "steps=5", "data.global_batch=2"), gm, progress=False)
     with pytest.raises(ValueError, match="the data ran out in step 1 of 5: nothing to train"):
         fresh.fit(iter(batches[:1]))
+
+
+class FiniteData(ListData):
+    """The batches once, in order, with the loader's state_dict protocol."""
+
+    def __iter__(self):
+        while self.pos < len(self.batches):
+            self.pos += 1
+            yield self.batches[self.pos - 1]
+
+
+def test_a_run_the_data_ends_saves_the_data_position_of_its_last_whole_step(tiny, tmp_path):
+    """The data ends in step 3, whose first micro-batch was drawn: step 2's checkpoint holds the data's position as
+    of step 2 (4 micro-batches), not 5, so a resume with more data trains the micro-batch the unfinished step drew
+    (it used to skip it)."""
+    from glyph_rt.train.trainer import Trainer
+
+    cfg = cfg_for(tiny, tmp_path, "steps=3", "data.global_batch=2", "save_every=0")
+    gm = load(cfg)
+    batches = ocr_samples(gm, WORDS)
+    t = Trainer(cfg, gm, progress=False)
+    with pytest.warns(UserWarning, match="the data ran out in step 3 of 3"):
+        t.fit(FiniteData(batches[:5]))
+    assert t.step == 2
+    assert torch.load(t.ckpt.latest() / "rank_0.pt", weights_only=False)["data"] == {"pos": 4}
+    data = FiniteData(batches)
+    again = Trainer(cfg, gm, progress=False)
+    again.fit(data)
+    assert again.step == 3 and data.pos == 6  # step 3: micro-batches 4 and 5
+
+
+def test_data_that_ends_names_what_it_drew_and_why_it_skipped_every_sample(tiny, tmp_path):
+    """The run-out message gives the data engine's counts; where every sample was skipped it gives the last one's
+    reason instead of blaming data.loader.epochs. The checkpoint of a run that ends early holds the loader's
+    position as of its last whole step."""
+    from glyph_rt.train.collate import Collator
+    from glyph_rt.train.loader import GlyphLoader, TaskDataset
+    from glyph_rt.train.tasks import make_task
+    from glyph_rt.train.trainer import Trainer
+
+    cfg = cfg_for(tiny, tmp_path / "a", "steps=5", "data.global_batch=2", "save_every=0", "data.loader.epochs=1")
+    gm = load(cfg)
+    task = make_task("ocr", gm.prompts, config=PAGE, max_pages=1)
+    col = Collator(gm.image_token_id, gm.tokenizer.pad_token_id, vision_model=gm.vision)
+
+    def loader(corpus):
+        return GlyphLoader(TaskDataset(corpus, task, epochs=1, shuffle=False), col, batch_size=1)
+
+    with pytest.raises(ValueError, match=r"^the data ran out in step 1 of 5 \(5 samples drawn, 5 of them skipped\): "
+                                         r"nothing to train; every one was skipped \(the last: record 4: field 'text' "
+                                         r"must be a non-empty string, got None\)") as e:
+        Trainer(cfg, gm, progress=False).fit(loader([{"body": w} for w in WORDS[:5]]))
+    assert "epochs" not in str(e.value)
+    corpus = [{"text": WORDS[0]}, {"body": "x"}, {"text": WORDS[1]}, {"text": WORDS[2]}, {"body": "x"}]
+    t = Trainer(cfg_for(tiny, tmp_path / "b", "steps=5", "data.global_batch=2", "save_every=0",
+                        "data.loader.epochs=1"), gm, progress=False)
+    with pytest.warns(UserWarning, match=r"in step 2 of 5 \(5 samples drawn, 2 of them skipped\): training ends "
+                                         r"after step 1, which is saved; data.loader.epochs=1 ends it"):
+        t.fit(loader(corpus))
+    state = torch.load(t.ckpt.latest() / "rank_0.pt", weights_only=False)["data"]
+    assert (state["consumed"], state["skipped"]) == (3, 1)  # step 1: samples 0 and 2
+
+
+def test_compression_is_logged(tiny, tmp_path):
+    """The tasks count the text tokens their pages stand for and the collator sums them: each step logs
+    `compression`, text tokens per visual token."""
+    from glyph_rt.train.trainer import Trainer
+
+    cfg = cfg_for(tiny, tmp_path, "data.global_batch=2")
+    gm = load(cfg)
+    batches = ocr_samples(gm, WORDS[:2])
+    assert all(b["text_tokens"] > 0 for b in batches)
+    m = Trainer(cfg, gm, progress=False).train_step(batches)
+    visual = sum(int((b["input_ids"] == gm.image_token_id).sum()) for b in batches)
+    assert m["compression"] == pytest.approx(sum(b["text_tokens"] for b in batches) / visual)
 
 
 def test_data_that_runs_out_on_one_rank_ends_every_rank_together(tiny, tmp_path):

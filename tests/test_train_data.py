@@ -2,6 +2,7 @@
 import itertools
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -320,3 +321,144 @@ def test_make_data_refuses_to_go_on_under_another_font_pool(tmp_path, machine_fo
     assert make_data("ocr", tmp_path / "out", styles=machine_fonts([]), **args)["kept"] == 1
     with pytest.raises(ValueError, match="other arguments \\(styles, fonts.*the style sampler's font pool differs"):
         make_data("ocr", tmp_path / "out", styles=machine_fonts([a]), **args)
+
+
+def test_a_dotted_task_weight_changes_one_weight_of_the_stage_mix():
+    """data.loader.tasks.ocr=0.5 weighs OCR down within cpt's mix (the stage YAML holds the mix, so the override
+    merges into it as grpo.rewards.x does, and --print-config shows it); it used to leave OCR alone in the mix."""
+    from glyph_rt.train.config import load_config
+
+    cpt = load_config("cpt", None, ["model.path=x", "data.loader.tasks.ocr=0.5"], check_paths=False)
+    assert loader_options(cpt)["tasks"] == {"ocr": 0.5, "lm": 1.0, "gen": 1.0}
+    assert "tasks:\n      ocr: 0.5\n      lm: 1.0\n      gen: 1.0" in cpt.to_yaml()
+    sft = load_config("sft", None, ["model.path=x", "data.ocr_ratio=0", "data.loader.tasks.ocr=0.25"],
+                      check_paths=False)
+    assert loader_options(sft)["tasks"] == {"qa": 1.0, "ocr": 0.25}
+    assert load_config("sft", None, ["model.path=x"], check_paths=False).data.loader["tasks"] == {"qa": 1.0}
+    whole = load_config("cpt", None, ["model.path=x", "data.loader={styles: false}"], check_paths=False)
+    assert loader_options(whole)["tasks"] == {"ocr": 1.0, "lm": 1.0, "gen": 1.0}  # a whole loader: the defaults
+
+
+def test_text_files_are_cut_into_records_that_hold_the_longest_window(tmp_path, ckpt):
+    """A plain-text corpus file is cut into records at least as long as the stage's longest window (cpt's 400,000
+    characters; it used to be 50,000 whatever the window); data.loader.max_chars sets it, and one below a window
+    warns."""
+    from glyph_rt.models import GlyphModel
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.data import build_data
+
+    book = tmp_path / "book.txt"
+    book.write_text("\n\n".join(f"Paragraph {i}. " + "word " * 80 for i in range(1500)))  # ~630,000 characters
+    gm = GlyphModel.from_pretrained(ckpt, device="cpu")
+    got = {}
+    for extra in ([], ["data.loader.max_chars=100000"]):
+        cfg = load_config("cpt", None, ["model.path=x", f"data.loader.corpus={book}", *extra], check_paths=False)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            corpus = build_data(cfg, gm, 0, 1).dataset.corpus
+        got[bool(extra)] = max(len(corpus[i]["text"]) for i in range(len(corpus))), [str(x.message) for x in w]
+    (default, quiet), (cut, warned) = got[False], got[True]
+    assert 200000 < default <= 400000 and not any("max_chars" in m for m in quiet)
+    assert cut <= 100000 and any(m.startswith("data.loader.max_chars=100000 cuts") and "lm's 400000" in m
+                                 for m in warned)
+    with pytest.raises(TrainConfigError, match="^data.loader.max_chars"):
+        loader_options(load_config("cpt", None, ["model.path=x", "data.loader.max_chars=0"], check_paths=False))
+
+
+def test_rl_takes_a_numeric_answer_as_its_text():
+    """A QA record's numeric answer ("answer": 1900) is an RL prompt whose answer is "1900" (the rewards read a
+    number so), not a skipped record; a boolean is still no answer."""
+    corpus = [{"context": "It was 1900.", "question": "When?", "answer": 1900},
+              {"context": "It was 2.5 m.", "question": "How long?", "answer": 2.5},
+              {"context": "x", "question": "q", "answer": True}]
+    stream = RecordStream(corpus, seed=0, epochs=1, shuffle=False)
+    assert [r["answer"] for r in stream] == ["1900", "2.5"] and stream.skipped == 1
+    assert corpus[0]["answer"] == 1900  # the corpus's record is left as it is
+
+
+def test_rl_ocr_answers_are_what_the_pages_show():
+    """RL's OCR records are scored against the text their pages show at the rollout's render config (ocr_target,
+    as SFT's OCR targets): CRLF line ends as LF, soft hyphens and zero-width spaces left out. A transcription of the
+    pages scores 1; it scored 0.87-0.96 against the raw window."""
+    from types import SimpleNamespace
+
+    from glyph_rt.models.prompt import PromptBuilder
+    from glyph_rt.models.tiny import tiny_tokenizer
+    from glyph_rt.render.config import RenderConfig
+    from glyph_rt.render.pages import Document
+    from glyph_rt.train.data import rollout_check
+    from glyph_rt.train.rewards import ocr_reward
+    from glyph_rt.train.tasks import ocr_target
+
+    tok = tiny_tokenizer()
+    cfg = RenderConfig(dpi=36, page_size=(600, 800))
+    gm = SimpleNamespace(render_config=cfg, vision="glm4v", max_positions=0,
+                         prompts=PromptBuilder(tok, tok.convert_tokens_to_ids("<|image|>")))
+    texts = ["The quick brown fox\r\njumps over the lazy dog.\r\nA second line here.\r\n" * 8,
+             "super\u00adcali\u00adfragi\u00adlistic\u200bexpi\u00adali\u00addocious words. " * 10]
+    stream = RecordStream([{"text": t} for t in texts], seed=0, ocr_ratio=1.0, ocr_chars=1500, epochs=1,
+                          shuffle=False, check=rollout_check(gm, max_new_tokens=16))
+    recs = list(stream)
+    assert len(recs) == 2
+    for rec in recs:
+        doc = Document(rec["context"], cfg)
+        spans = doc.page_spans()
+        shown = ocr_target(rec["context"], doc, spans[0][0], spans[-1][1], doc.num_pages)
+        assert rec["answer"] == shown != rec["context"] and "\r" not in shown and "\u00ad" not in shown
+        assert ocr_reward([shown], [rec["answer"]]) == [1.0]
+
+
+def test_rl_records_honour_epochs_and_shuffle_and_resume_exactly():
+    """data.loader.epochs and shuffle in RL: epochs=N ends this rank's records after its share of N passes (it used
+    to stream forever), shuffle=false keeps the corpus order; a resume goes on at the next record."""
+    corpus = [{"context": f"item {i}", "question": f"q{i}", "answer": "a"} for i in range(5)]
+    plain = RecordStream(corpus, seed=0, epochs=2, shuffle=False)
+    assert [r["question"] for r in plain] == [f"q{i}" for i in range(5)] * 2
+    mixed = [r["question"] for r in RecordStream(corpus, seed=0, epochs=1)]
+    assert sorted(mixed) == [f"q{i}" for i in range(5)] and mixed != [f"q{i}" for i in range(5)]
+    ranks = [[r["question"] for r in RecordStream(corpus, seed=0, rank=k, world=2, epochs=1, shuffle=False)]
+             for k in range(2)]
+    assert ranks == [["q0", "q2"], ["q1", "q3"]]  # an equal share each
+    a = RecordStream(corpus, seed=3, epochs=2)
+    it = iter(a)
+    head = [next(it)["question"] for _ in range(4)]
+    b = RecordStream(corpus, seed=3, epochs=2)
+    b.load_state_dict(a.state_dict())
+    assert head + [r["question"] for r in b] == [r["question"] for r in RecordStream(corpus, seed=3, epochs=2)]
+
+
+@pytest.mark.parametrize("over, key", [
+    ("data.loader.max_pages=1", "data.loader.max_pages"), ("data.loader.styles=false", "data.loader.styles"),
+    ("data.loader.render=batch", "data.loader.render"), ("data.loader.think=true", "data.loader.think"),
+    ("data.loader.task_options.qa.max_pages=2", "data.loader.task_options"), ("data.max_tokens=64", "data.max_tokens"),
+    ("data.loss_weights={qa: 2}", "data.loss_weights"), ("data.workers=2", "data.workers"),
+    ("data.eval_loader.corpus=x", "data.eval_loader")])
+def test_rl_refuses_the_data_keys_it_would_ignore(over, key):
+    from glyph_rt.train.config import load_config
+
+    with pytest.raises(TrainConfigError, match=f"^{key}: .*remove it"):
+        load_config("rl", None, ["model.path=x", over], check_paths=False)
+    ok = load_config("rl", None, ["model.path=x", "data.loader={corpus: x, text_field: t, window_chars: 900, "
+                                  "max_chars: 90000, epochs: 2, shuffle: false}"], check_paths=False)
+    assert loader_options(ok)["epochs"] == 2
+
+
+def test_numbers_in_scientific_notation_and_a_negative_seed():
+    """YAML 1.1 leaves 1e-1, 95e-2 and 1e3 as strings: task_options' numbers, optim.betas and whole-number settings
+    take them (a whole number only when whole); seed=-1 is named before the data's generators refuse it."""
+    from glyph_rt.train.config import load_config
+
+    def cfg(stage, *over):
+        return load_config(stage, None, ["model.path=x", *over], check_paths=False)
+
+    c = cfg("cpt", "data.loader.task_options.gen.backward=1e-1", "data.loader.task_options.lm.window_chars=4e5",
+            "data.loader.max_pages=2e0", "steps=1e3", "optim.betas=[0.9, 95e-2]", "seed=7E0")
+    own = loader_options(c)["task_options"]
+    assert own["gen"]["backward"] == 0.1 and own["lm"]["window_chars"] == 400000
+    assert isinstance(own["lm"]["window_chars"], int) and loader_options(c)["max_pages"] == 2
+    assert (c.steps, c.optim.betas, c.seed) == (1000, [0.9, 0.95], 7)
+    for over, key in (("steps=1.5e0", "steps"), ("data.loader.task_options.lm.max_pages=25e-1",
+                                                  "data.loader.task_options.lm.max_pages"),
+                      ("optim.betas=[0.9, 1e0]", "optim.betas"), ("seed=-1", "seed")):
+        with pytest.raises(TrainConfigError, match=f"^{key}: "):
+            loader_options(cfg("cpt", over))

@@ -15,7 +15,8 @@ Interface (stable; the trainer builds on it):
            use_cache=False (transformers builds the per-sample mask only without a cache)
            cu_seqlens    int32 [B + 1] sample boundaries, max_seqlen int (not model arguments)
     both:  pixel_values  [sum of gh*gw, 1176] every page of every sample, in order; image_grid_thw [images, 3]
-           num_samples, loss_tokens (not model arguments)
+           num_samples, loss_tokens (not model arguments); text_tokens (int, not a model argument): the text tokens
+           the batch's pages stand for (each Sample's meta["text_tokens"], the tasks' count), when every sample has it
 
 Pages are drawn by glyph_rt.render.gpu.inputs_of_batch: one launch for the whole batch on a GPU, the
 C++ CPU path otherwise; samples whose pages were drawn earlier (attach_pixels, in DataLoader workers
@@ -34,7 +35,8 @@ from ..render.tokens import VisionModel
 from .tasks import TASKS
 
 MODES = ("pad", "pack")
-NOT_MODEL_INPUTS = ("cu_seqlens", "max_seqlen", "num_samples", "loss_tokens", "label_weights", "label_task")
+NOT_MODEL_INPUTS = ("cu_seqlens", "max_seqlen", "num_samples", "loss_tokens", "label_weights", "label_task",
+                    "text_tokens")
 
 
 class SamplesTooLong(ValueError):
@@ -162,6 +164,9 @@ class Collator:
         batch = self.pack(seqs) if self.mode == "pack" else self.pad(seqs)
         batch.update(pixel_values=pv, image_grid_thw=grid.to(pv.device), num_samples=len(samples),
                      loss_tokens=int((batch["labels"] != IGNORE_INDEX).sum()))
+        text = [getattr(s, "meta", {}).get("text_tokens") for s in samples]
+        if all(isinstance(t, int) for t in text):  # the compression metric's: text tokens the pages stand for
+            batch["text_tokens"] = sum(text)
         batch["label_task"] = self._per_token([TASKS.index(s.task) if s.task in TASKS else -1 for s in samples],
                                               seqs, batch["labels"])  # each token's task, for the loss per task
         if self.loss_weights:  # each label token's task weight (a task outside TASKS, -1, weighs 1)

@@ -154,6 +154,7 @@ def _coerce(value, typ, key: str):
             return value.lower() in ("true", "1", "yes", "on")
         raise TrainConfigError(f"{key}: expected true or false, got {value!r}")
     if origin is int:
+        value = _number(value)  # YAML 1.1 reads 1e3 as a string
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise TrainConfigError(f"{key}: expected an integer, got {value!r}")
         return int(value)
@@ -314,13 +315,50 @@ def _number(value):
     return value
 
 
+def _whole(value):
+    """_number for a setting that takes a whole number: a whole float ('4e5', 4.0e5) as an int; any other value as
+    _number gives it (the checks name it)."""
+    value = _number(value)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# number lists whose items may be written as YAML 1.1 strings (9.5e-1 is a float, 95e-2 a string)
+NUMBER_LISTS = {("optim", "betas")}
+# data.loader (data.eval_loader) options that take a whole number, and task_options' numbers (gen.backward: a
+# probability, any number; the others whole)
+LOADER_WHOLE = ("max_pages", "window_chars", "epochs", "max_chars")
+
+
+def _node(data: dict, path: tuple):
+    for part in path:
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
 def _weights_as_numbers(data: dict) -> dict:
+    """The numbers of `data` (the config as read) that YAML 1.1 leaves as strings ('1e-1', '95e-2', '4e5': it wants a
+    dot and a signed exponent) as numbers: the weights, optim.betas' items and the loader's numeric options; a whole
+    number's only where it is whole."""
     for path in WEIGHTS:
-        node = data
-        for part in path[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
+        node = _node(data, path[:-1])
         if isinstance(node, dict) and isinstance(node.get(path[-1]), dict):
             node[path[-1]] = {k: _number(v) for k, v in node[path[-1]].items()}
+    for path in NUMBER_LISTS:
+        node = _node(data, path[:-1])
+        if isinstance(node, dict) and isinstance(node.get(path[-1]), list):
+            node[path[-1]] = [_number(v) for v in node[path[-1]]]
+    for name in ("loader", "eval_loader"):
+        loader = _node(data, ("data", name))
+        if not isinstance(loader, dict):
+            continue
+        for k in LOADER_WHOLE:
+            if k in loader:
+                loader[k] = _whole(loader[k])
+        per_task = loader.get("task_options")
+        for options in per_task.values() if isinstance(per_task, dict) else ():
+            if isinstance(options, dict):
+                for k, v in options.items():
+                    options[k] = _number(v) if k == "backward" else _whole(v)
     return data
 
 
@@ -389,11 +427,32 @@ def check_task_weights(weights: dict, key: str) -> None:
         _check(_finite(w) and w >= 0, f"{key}.{name}", f"weight {w!r} must be a number >= 0")
 
 
+# rl's data: the data.loader keys it takes (RecordStream's) and what it says of the others
+RL_LOADER_KEYS = ("corpus", "text_field", "window_chars", "max_chars", "epochs", "shuffle")
+RL_UNUSED_LOADER = {
+    "think": "rl trains on its own rollouts, not on written answers in the thinking format",
+    "styles": "rl renders every prompt as its rollouts do, with data.render_config (else RenderConfig()), not a "
+              "style per sample",
+    "max_pages": "rl lays a prompt's context out whole (one whose prompt would overflow the model's window is "
+                 "skipped and counted)",
+    "render": "rl's rollouts draw their pages themselves",
+    "task_options": "rl has no tasks' options (data.loader.window_chars sets a needle question's haystack)",
+}
+RL_UNUSED_DATA = {
+    "max_tokens": "rl packs no samples (a prompt is bounded by the model's window and grpo.max_new_tokens)",
+    "loss_weights": "rl's loss is GRPO's over the responses' tokens; weigh its rewards with grpo.rewards",
+    "workers": "rl draws its records in the training process",
+    "eval_loader": "rl has no held-out loss (it logs its rewards)",
+}
+
+
 def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     """Raises TrainConfigError naming the first bad key; returns cfg."""
     m, o, d, g = cfg.model, cfg.optim, cfg.data, cfg.grpo
     _check(cfg.stage in STAGES, "stage", f"{cfg.stage!r} is unknown; choose from {', '.join(STAGES)}")
     _check_finite(cfg)
+    _check(0 <= cfg.seed < 2**64, "seed", f"{cfg.seed} must be a whole number in [0, 2**64) (the data's "
+           "generators and torch's take no negative seed)")
     _check(cfg.steps >= 1, "steps", f"{cfg.steps} must be >= 1")
     _check(cfg.log_every >= 1, "log_every", f"{cfg.log_every} must be >= 1")
     _check(cfg.eval_every >= 0, "eval_every", f"{cfg.eval_every} must be >= 0 (0: no held-out loss)")
@@ -463,6 +522,11 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
         _check(not d.loader.get("tasks"), "data.loader.tasks",
                "rl draws its prompts from QA records (and OCR at data.ocr_ratio), not by task weights; remove it "
                "(it is for cpt and sft)")
+        for k, why in RL_UNUSED_LOADER.items():
+            _check(k not in d.loader, f"data.loader.{k}", f"{why}; remove it (rl's data.loader takes "
+                   f"{', '.join(RL_LOADER_KEYS)})")
+        for k, why in RL_UNUSED_DATA.items():
+            _check(getattr(d, k) == getattr(DataConfig(), k), f"data.{k}", f"{getattr(d, k)!r}: {why}; remove it")
         _check(m.lora.dropout == 0, "model.lora.dropout",
                f"{m.lora.dropout} must be 0 for rl: the importance ratio compares the policy with the one that "
                "sampled (without dropout), and dropout in the update would make it noise")

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .checkpoint import distributed
 from .model import base_model, gathered
 from .rewards import Judge, RewardSet
-from .trainer import Trainer, _all_reduce
+from .trainer import DataRanOut, Trainer, _all_reduce
 
 
 def _world() -> int:
@@ -368,16 +368,22 @@ class GRPOTrainer(Trainer):
 
     def draw(self, k: int) -> list[Group]:
         """k prompts' groups, rolled out grpo.rollout_prompts prompts at a time. Every rank makes as many rollout
-        calls (FSDP's forwards go in step): one with fewer repeats its last prompt and drops the groups."""
-        records = []
+        calls (FSDP's forwards go in step): one with fewer repeats its last prompt and drops the groups. Records
+        that run out (a finite data.loader.epochs) on any rank raise DataRanOut on every rank (the ranks agree in
+        the reduction they make anyway), before this step updates anything: the run ends after its last whole step."""
+        records, out = [], 0.0
         for _ in range(k):
             try:
                 records.append(next(self._records))
             except StopIteration:
-                raise ValueError("the RL prompts ran out") from None
+                out = 1.0
+                break
         per = self.cfg.grpo.rollout_prompts or k
-        calls = [records[i:i + per] for i in range(0, k, per)]
-        most = int(_all_reduce([float(len(calls))], self.device, "max")[0])
+        calls = [records[i:i + per] for i in range(0, len(records), per)]
+        most, ran_out = (int(x) for x in _all_reduce([float(len(calls)), out], self.device, "max"))
+        if ran_out:
+            (ranks,) = _all_reduce([out], self.device)
+            raise DataRanOut(int(ranks))
         groups = []
         gather = self.fsdp and self.cfg.grpo.rollout_gathered
         with self.autocast(), gathered(self.model) if gather else contextlib.nullcontext():

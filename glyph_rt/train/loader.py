@@ -481,6 +481,10 @@ class GlyphLoader:
         self.consumed = 0  # this rank's samples (made or skipped) behind the batches handed out
         self.skipped = 0  # of them, those that made nothing or a sample longer than the collator's max_length
         self.too_long = 0  # of those, the ones longer
+        # the samples drawn past the last batch handed out, once the data ended (a batch left unfilled: drop_last),
+        # and the latest sample left out: ("task", its local index) for the task's reason, or ("reason", text)
+        self.tail = {"samples": 0, "skipped": 0, "too_long": 0}
+        self._last_skip: tuple | None = None
 
     def state_dict(self) -> dict:
         d = self.dataset
@@ -496,6 +500,19 @@ class GlyphLoader:
                                  "resume with the same seed, rank and world size")
         self.consumed, self.skipped = int(state["consumed"]), int(state.get("skipped", 0))
         self.too_long = int(state.get("too_long", 0))
+
+    def counts(self) -> dict:
+        """This rank's samples drawn so far (those behind the batches handed out and, once the data ended, those
+        past them) and, of them, the ones skipped and too long."""
+        return {"drawn": self.consumed + self.tail["samples"], "skipped": self.skipped + self.tail["skipped"],
+                "too_long": self.too_long + self.tail["too_long"]}
+
+    def last_skip_reason(self) -> str | None:
+        """Why the latest sample left out was (the task's TaskError, made again, or the length it had), or None."""
+        if self._last_skip is None:
+            return None
+        kind, what = self._last_skip
+        return self.dataset.why_skipped(what) if kind == "task" else what
 
     def generator(self) -> torch.Generator:
         """The DataLoader's own generator, seeded by (seed, rank, consumed position). Each iterator it makes draws a
@@ -531,6 +548,7 @@ class GlyphLoader:
         early_streak = SkipStreak("samples in a row were longer than max_tokens",
                                   "raise data.max_tokens or lower the tasks' max_pages")
         samples, done = self.samples(), False
+        self.tail = {"samples": 0, "skipped": 0, "too_long": 0}
         while True:
             while len(batch) < self.batch_size and not done:
                 j, s = next(samples, (None, None))
@@ -540,6 +558,7 @@ class GlyphLoader:
                 pos = j + 1
                 if s is None:
                     skipped += 1
+                    self._last_skip = ("task", j)
                     streak.miss(lambda j=j: self.dataset.why_skipped(j))
                     continue
                 streak.hit()
@@ -548,15 +567,18 @@ class GlyphLoader:
                     n = self.too_long + too_long
                     if n <= 10 or n % 1000 == 0:
                         log.warning("left out (%d so far on this rank): sample %d: %s", n, s.index, s.reason)
+                    self._last_skip = ("reason", s.reason)
                     early_streak.miss(lambda s=s: s.reason)
                     continue
                 early_streak.hit()
                 batch.append(s)
             if not batch or (len(batch) < self.batch_size and self.drop_last):
+                self.tail = {"samples": pos - self.consumed, "skipped": skipped, "too_long": too_long}
                 return
             try:
                 out = self.collator(batch)
             except SamplesTooLong as e:
+                self._last_skip = ("reason", str(e))
                 batch, n = self._without(batch, e, long_streak, known, self.too_long + too_long)
                 skipped, too_long, known = skipped + n, too_long + n, len(batch)
                 continue

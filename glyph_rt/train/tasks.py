@@ -38,6 +38,7 @@ The chat samples (ocr, gen, qa) use PromptBuilder.encode: loss on the assistant'
 from __future__ import annotations
 
 import functools
+import math
 import random
 import re
 import sys
@@ -160,6 +161,23 @@ def _text_field(record: dict, name: str, index: int) -> str:
         raise TaskError(f"record {index}: field {name!r} holds no visible character (only spaces and zero-width "
                         f"characters), got {v!r:.60}")
     return v
+
+
+def answer_text(record: dict, index: int, name: str = "answer") -> str:
+    """A QA record's answer as text: a string as _text_field takes it, a number (int or float, not a boolean: a JSON
+    record's `"answer": 42`) as it prints ("42"), as rewards.reference_texts reads a reference; SFT's QA task and
+    RL's records both take it so."""
+    v = record.get(name) if isinstance(record, dict) else None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if not math.isfinite(v):
+            raise TaskError(f"record {index}: field {name!r} must be a string or a finite number, got {v!r}")
+        return str(v)
+    return _text_field(record, name, index)
+
+
+def visible_text(text: str) -> bool:
+    """Whether the text holds a character that draws ink (not whitespace, not an inkless format character)."""
+    return _visible(text)
 
 
 def _cut(text: str, at: int, rng: random.Random | None = None) -> int:
@@ -297,15 +315,35 @@ class Task:
 
     def checked(self, sample: Sample) -> Sample:
         """The sample, or TooLong when its text tokens and its pages' visual tokens (page_tokens) pass max_tokens:
-        found before a page is drawn. No check without max_tokens or without token ids (builder None)."""
-        if self.max_tokens is None or self.builder is None:
+        found before a page is drawn. No check without max_tokens or without token ids (builder None). A sample
+        with token ids gets meta["text_tokens"] (page_text_tokens: the compression metric's)."""
+        if self.builder is None:
             return sample
-        visual = self.visual_tokens(sample.pages)
-        total = len(sample.input_ids) - sample.num_images + visual
-        if total > self.max_tokens:
-            raise TooLong(f"record {sample.index}: the {self.name} sample takes {total} tokens ({sample.num_images} "
-                          f"pages, {visual} of them visual) over max_tokens={self.max_tokens}")
+        if self.max_tokens is not None:
+            visual = self.visual_tokens(sample.pages)
+            total = len(sample.input_ids) - sample.num_images + visual
+            if total > self.max_tokens:
+                raise TooLong(f"record {sample.index}: the {self.name} sample takes {total} tokens "
+                              f"({sample.num_images} pages, {visual} of them visual) over max_tokens={self.max_tokens}")
+        tokens = self.page_text_tokens(sample.index, sample.pages)
+        if tokens is not None:
+            sample.meta["text_tokens"] = tokens
         return sample
+
+    def page_text_tokens(self, index: int, pages: list[PageRange]) -> int | None:
+        """The text tokens the pages stand for: the text the layout places on them, tokenized as the tasks tokenize
+        a record's text (plain text; tiktoken's BPE where the tokenizer allows: ~1 ms per 10K characters). The
+        trainer logs their sum over the visual tokens as `compression`. None when the text cannot be tokenized."""
+        esc, n = self.escape(index), 0
+        for p in pages:
+            if not p.num_pages:
+                continue
+            spans = p.document().page_spans()
+            try:
+                n += len(self.builder.ids(esc(p.text[spans[p.start][0]:spans[p.stop - 1][1]]), escaped=True))
+            except TaskError:
+                return None
+        return n
 
     def boxes(self, index: int, docs: list[tuple[Document, int]], field_name: str = "text",
               share: float = 0.0) -> None:
@@ -447,13 +485,18 @@ NEEDLE_NAMES = ("amber", "basalt", "cobalt", "dune", "ember", "fjord", "garnet",
 def needle_record(text: str, rng: random.Random) -> dict:
     """A QA record made from plain text (RULER's single needle): a sentence holding a number is put at a line
     start in the first 80% of the text, and the question asks for it."""
+    return _needle(text, rng)[0]
+
+
+def _needle(text: str, rng: random.Random) -> tuple[dict, int, str]:
+    """(needle_record's record, where its needle line starts in the context, the needle line)."""
     name = f"{rng.choice(NEEDLE_NAMES)}-{rng.choice(NEEDLE_NAMES)}"
     number = str(rng.randrange(1000000, 10000000))
     starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n" and i + 1 < len(text) * 0.8]
     at = rng.choice(starts)
     needle = f"The special magic number for {name} is: {number}.\n"
     return {"context": text[:at] + needle + text[at:], "answer": number,
-            "question": f"What is the special magic number for {name} mentioned in the text?"}
+            "question": f"What is the special magic number for {name} mentioned in the text?"}, at, needle
 
 
 def think_answer(answer: str, thinking: str = "", escape=None) -> str:
@@ -495,7 +538,7 @@ class QATask(Task):
             return self.needle(record, index, style)
         context = _text_field(record, "context", index)
         question = _text_field(record, "question", index)
-        answer = _text_field(record, "answer", index)
+        answer = answer_text(record, index)
         limit = self.layout_pages(style)
         doc = Document(context, style, max_pages=limit)
         if doc.layout.truncated and limit < self.max_pages:
@@ -539,13 +582,8 @@ class QATask(Task):
         while True:
             whole = n == first.num_pages and not first.layout.truncated
             cut = hay if whole else hay[:first.page_spans()[n - 1][1]]
-            rng.setstate(state)
-            rec = needle_record(cut, rng)
             cap = self.max_pages if whole and self.max_tokens is None else n  # the needle's line may add a page
-            doc = Document(rec["context"], style, max_pages=cap)
-            if doc.layout.truncated:  # the needle's line pushed the end over: the haystack ends where the pages do
-                rec["context"] = rec["context"][:doc.page_spans()[-1][1]]
-                doc = Document(rec["context"], style, max_pages=cap)
+            rec, doc = self.placed_needle(cut, rng, state, style, cap, index)
             self.boxes(index, [(doc, doc.num_pages)], "text")
             page = PageRange(rec["context"], doc.config, 0, doc.num_pages, cap, doc)
             try:
@@ -555,6 +593,29 @@ class QATask(Task):
                 if n == 1:
                     raise
                 n -= 1
+
+
+    @staticmethod
+    def placed_needle(hay: str, rng: random.Random, state, style: RenderConfig, cap: int,
+                      index: int) -> tuple[dict, Document]:
+        """The needle record of haystack `hay` (rng set to `state` each time: the same name and number) and its
+        layout over at most `cap` pages. Where the needle's line pushes the text past the last page, the context
+        ends where the pages end, provided the needle's line lies whole before that end; otherwise (the end would
+        cut through the needle, whose answer would then be on no page) the haystack loses what fell past the pages
+        and the needle is placed in it again."""
+        while True:
+            rng.setstate(state)
+            rec, at, needle = _needle(hay, rng)
+            doc = Document(rec["context"], style, max_pages=cap)
+            if not doc.layout.truncated:
+                return rec, doc
+            end = doc.page_spans()[-1][1] if doc.num_pages else 0
+            if at + len(needle.rstrip("\n")) <= end:  # the haystack ends where the pages do
+                rec["context"] = rec["context"][:end]
+                return rec, Document(rec["context"], style, max_pages=cap)
+            if not hay:
+                raise TaskError(f"record {index}: the needle's line alone does not fit on {cap} pages at this style")
+            hay = hay[:_cut(hay, end - len(needle))]  # shorter than it was: the loop ends
 
 
 _MARK = "\U0010FFFE"  # a noncharacter: LMTask's marker of a text span's place in the template

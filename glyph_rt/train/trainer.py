@@ -158,9 +158,10 @@ def batch_counts(batch: dict, image_token_id: int | None) -> dict:
     pages = int(grid.shape[0]) if grid is not None else 0
     visual = int((ids == image_token_id).sum()) if image_token_id is not None else 0
     out = {"samples": int(samples), "tokens": tokens, "pages": pages, "visual_tokens": visual}
-    if "text_tokens" in batch:  # what the rendered text would have cost as text tokens (the data engine counts it)
+    if "text_tokens" in batch:  # what the rendered text would have cost as text tokens (the tasks count it)
         tt = batch["text_tokens"]
         out["text_tokens"] = int(tt.sum()) if torch.is_tensor(tt) else int(sum(tt) if isinstance(tt, list) else tt)
+        out["text_visual_tokens"] = visual  # the visual tokens of the batches that count their text tokens
     return out
 
 
@@ -241,9 +242,12 @@ class Trainer:
         self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
-    def save(self, data=None) -> Path:
-        extra = {"scheduler": self.scheduler.state_dict(),
-                 "data": data.state_dict() if hasattr(data, "state_dict") else None}
+    def save(self, data=None, data_state: dict | None = None) -> Path:
+        """A checkpoint of this step; the data's position is `data_state` when given (the data's state as of the
+        step's end, taken before a step that did not finish drew from it), else the data's state now."""
+        if data_state is None and hasattr(data, "state_dict"):
+            data_state = data.state_dict()
+        extra = {"scheduler": self.scheduler.state_dict(), "data": data_state}
         return self.ckpt.save(self.step, self.model, self.optimizer, extra)
 
     # -------------------------------------------------------------- one step
@@ -288,7 +292,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        keys = ("samples", "tokens", "pages", "visual_tokens", "text_tokens")
+        keys = ("samples", "tokens", "pages", "visual_tokens", "text_tokens", "text_visual_tokens")
         local = [float(sum(c.get(k, 0) for c in counts)) for k in keys] + [loss_sum] + by_task.flatten().tolist()
         reduced = _all_reduce(local, self.device)
         summed = dict(zip(keys + ("loss_sum",), reduced))
@@ -300,8 +304,8 @@ class Trainer:
              "samples": int(summed["samples"]), "pages": int(summed["pages"]),
              "visual_tokens": int(summed["visual_tokens"]), "tokens_per_s": summed["tokens"] / dt,
              "samples_per_s": summed["samples"] / dt, "step_s": dt}
-        if summed["text_tokens"] and summed["visual_tokens"]:
-            m["compression"] = summed["text_tokens"] / summed["visual_tokens"]
+        if summed["text_tokens"] and summed["text_visual_tokens"]:  # text tokens per visual token (the paper's ratio)
+            m["compression"] = summed["text_tokens"] / summed["text_visual_tokens"]
         n = len(TASKS)
         for name, ce, tokens in zip(TASKS, task_sums[:n], task_sums[n:]):
             if tokens:  # each task's own loss per token and share of the loss tokens (unweighted)
@@ -365,8 +369,10 @@ class Trainer:
         """Trains until `steps` (default cfg.steps) optimizer steps are done, resuming first when a checkpoint
         exists; saves every cfg.save_every steps and at the end. Returns the last step's metrics. Data that runs out
         first (a finite data.loader.epochs; on any rank) ends the training after its last whole step, on every rank
-        together: that step is logged and saved (the unfinished step's gradients are dropped) and a warning says
-        so; data that runs out before the first step is a ValueError."""
+        together: that step is logged and saved (the unfinished step's gradients are dropped; the checkpoint holds
+        the data's position as of that step, so a resume draws what the unfinished step drew again) and a warning
+        says so, with the data's counts; data that runs out before the first step is a ValueError (rl's records
+        too: GRPOTrainer.draw raises DataRanOut)."""
         from tqdm import tqdm
 
         steps = steps or self.cfg.steps
@@ -380,11 +386,14 @@ class Trainer:
         done = {"log": self.step, "eval": self.step, "save": self.step}  # what the last step got (resumed: all)
         try:
             while self.step < steps:
+                # the data's position as of the last whole step: a step the data ends in draws some of its
+                # micro-batches first, which a checkpoint of the last whole step must not count as consumed
+                before = data.state_dict() if hasattr(data, "state_dict") else None
                 try:
                     last = self.train_step(self.collect(it, steps))
                 except DataRanOut as e:
                     self.optimizer.zero_grad(set_to_none=True)  # the unfinished step's
-                    self.end_early(e.ranks, steps, data, last, done)
+                    self.end_early(e.ranks, steps, data, last, done, before)
                     break
                 end = self.step == steps
                 held_out = self.eval_data is not None and self.cfg.eval_every and (
@@ -399,8 +408,10 @@ class Trainer:
         self.log.close()
         return last
 
-    def finish_step(self, last: dict, data, held_out: bool, log: bool, save: bool, done: dict) -> None:
-        """The held-out loss, the metrics row and the checkpoint of the step just trained, those asked for."""
+    def finish_step(self, last: dict, data, held_out: bool, log: bool, save: bool, done: dict,
+                    data_state: dict | None = None) -> None:
+        """The held-out loss, the metrics row and the checkpoint of the step just trained, those asked for
+        (data_state: the data's position as of that step's end, when the data moved on since)."""
         if held_out:
             last["eval_loss"] = self.eval_loss()
             done["eval"] = self.step
@@ -409,15 +420,41 @@ class Trainer:
             self.log.log(self.step, last)
             done["log"] = self.step
         if save:
-            self.save(data)
+            self.save(data, data_state)
             done["save"] = self.step
 
-    def end_early(self, ranks: int, steps: int, data, last: dict, done: dict) -> None:
+    def ran_out_report(self, data) -> tuple[str, str | None]:
+        """(what the data drew, over all ranks: " (N samples drawn, K of them skipped, T too long)", or "" for data
+        that does not count them; the reason the last sample skipped on this rank was, when every sample drawn was
+        skipped, else None)."""
+        counts = data.counts() if callable(getattr(data, "counts", None)) else None
+        if counts is None:
+            return "", None
+        drawn, skipped, too_long = (int(x) for x in _all_reduce(
+            [float(counts["drawn"]), float(counts["skipped"]), float(counts["too_long"])], self.device))
+        what = "records" if self.cfg.stage == "rl" else "samples"
+        text = f" ({drawn} {what} drawn{' over all ranks' if self.world > 1 else ''}, {skipped} of them skipped" + \
+            (f", {too_long} too long" if too_long else "") + ")"
+        why = None
+        if drawn and skipped == drawn:
+            reason = getattr(data, "last_skip_reason", None)
+            why = (reason() if callable(reason) else None) or "no reason given"
+        return text, why
+
+    def end_early(self, ranks: int, steps: int, data, last: dict, done: dict, data_state: dict | None = None) -> None:
         """The data ran out (on `ranks` ranks) in step self.step + 1: the last whole step gets what the last step
-        of the run would (held-out loss, metrics row, checkpoint), those it did not get yet."""
+        of the run would (held-out loss, metrics row, checkpoint), those it did not get yet; its checkpoint holds
+        `data_state`, the data's position as of that step (not counting what the unfinished step drew). The message
+        says what the data drew and skipped; when it skipped every sample it gives the last one's reason rather
+        than blaming data.loader.epochs."""
         epochs = self.cfg.data.loader.get("epochs") if isinstance(self.cfg.data.loader, dict) else None
-        hint = (f"; data.loader.epochs={epochs} ends it: raise it (null: no end) or lower steps" if epochs else "")
-        where = f"the data ran out in step {self.step + 1} of {steps}{self._on_ranks(ranks)}"
+        counts, why = self.ran_out_report(data)
+        if why is not None:
+            hint = (f"; every one was skipped (the last: {why}): check the corpus, data.loader.text_field and the "
+                    "tasks' options")
+        else:
+            hint = (f"; data.loader.epochs={epochs} ends it: raise it (null: no end) or lower steps" if epochs else "")
+        where = f"the data ran out in step {self.step + 1} of {steps}{self._on_ranks(ranks)}{counts}"
         if self.step == 0:
             raise ValueError(f"{where}: nothing to train{hint}")
         self.ran_out = True
@@ -426,7 +463,7 @@ class Trainer:
         if last:  # a step trained in this run (a resumed run that ran out at once has nothing new)
             self.finish_step(last, data, held_out=self.eval_data is not None and bool(self.cfg.eval_every)
                              and done["eval"] != self.step, log=done["log"] != self.step,
-                             save=done["save"] != self.step, done=done)
+                             save=done["save"] != self.step, done=done, data_state=data_state)
 
     def export(self, path: str | os.PathLike | None = None) -> Path | None:
         """HF-format safetensors of the trained model (LoRA merged) in out_dir/export, in model.dtype (fp32 master
