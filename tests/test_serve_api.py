@@ -18,7 +18,7 @@ from glyph_rt.render.textio import sample_text
 from glyph_rt.serve.app import ServerThread, build_app
 from glyph_rt.serve.engine import Engine
 from glyph_rt.serve.engine_process import EngineProcess
-from glyph_rt.serve.inputs import InputOptions
+from glyph_rt.serve.inputs import RENDER_OVERRIDES, InputOptions, RequestError
 from glyph_rt.serve.service import ChatService, ServeConfig
 
 from conftest import EXACT  # fp32 on the test device: answers compared token for token
@@ -279,6 +279,70 @@ def test_bad_requests_get_the_right_status_and_the_server_stays_up(server, clien
         openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
     assert httpx.get(server.url + "/health").status_code == 200
     assert client.chat.completions.create(model="tiny", **ok).choices[0].finish_reason in ("length", "stop")
+
+
+def test_a_lone_surrogate_in_a_render_config_key_is_a_400(server, client):
+    """A lone surrogate is legal JSON ("\ud800"): as a render_config key it is refused (400, an OpenAI error object
+    quoting it), not a 500 from the error's own encoding, and the server goes on."""
+    url, headers = server.url + "/v1/chat/completions", {"Authorization": f"Bearer {KEY}",
+                                                         "Content-Type": "application/json"}
+    bodies = {  # raw JSON: the escape reaches the server as the client wrote it
+        "messages[0].content[0].glyph.render_config":
+            r'{"messages":[{"role":"user","content":[{"type":"glyph","glyph":{"text":"hi","render_config":'
+            r'{"\ud800":1}}}]}],"max_tokens":2}',
+        "glyph.render_config": r'{"messages":[{"role":"user","content":"hi"}],"glyph":{"render_config":'
+                               r'{"\ud800":1}},"max_tokens":2}',
+    }
+    for param, body in bodies.items():
+        for stream in (False, True):
+            r = httpx.post(url, content=body[:-1] + f',"stream":{json.dumps(stream)}}}', headers=headers, timeout=60)
+            assert r.status_code == 400, r.text
+            err = r.json()["error"]
+            assert err["param"] == param and {"message", "type", "param", "code"} <= err.keys()
+            assert err["message"] == f"{param}: '\\ud800' cannot be set per request; allowed: " + ", ".join(
+                RENDER_OVERRIDES)
+    assert httpx.get(server.url + "/health").status_code == 200
+    assert client.chat.completions.create(model="tiny", max_tokens=2, messages=[
+        {"role": "user", "content": "hi"}]).choices[0].finish_reason in ("length", "stop")
+
+
+class ErrorBackend:
+    """A backend whose every request fails with `message`: before it is queued, or in its stream of events."""
+
+    healthy, model_name, max_positions = True, "tiny", 4096
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def parse(self, body):
+        from glyph_rt.serve.protocol import parse_request
+
+        if not body.get("stream"):
+            raise RequestError(self.message, "messages")
+        return parse_request(body)
+
+    async def submit(self, req, events):
+        await events.put({"type": "error", "error": RequestError(self.message, "messages", 400, "bad")})
+        return object()
+
+    def cancel(self, r):
+        pass
+
+
+@pytest.mark.parametrize("message", ["lone \ud800 and \udfff", "quote \" \\ \n \u2028 \x00 \U0001F600 done"])
+def test_any_error_text_reaches_the_client_as_json(message):
+    """An error message of any text, lone surrogates included, is written as JSON: in a response and in a stream's
+    error chunk."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with ServerThread(build_app(ErrorBackend(message))) as s:
+        r = httpx.post(s.url + "/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["message"] == message, r.text
+        r = httpx.post(s.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=30)
+        # SSE lines end at CR or LF only (httpx's iter_lines would also split at U+2028)
+        lines = [line for line in r.content.decode("utf-8").split("\n") if line.startswith("data: ")]
+        assert r.status_code == 200 and lines[-1] == "data: [DONE]"
+        err = json.loads(lines[-2][len("data: "):])["error"]
+        assert err["message"] == message and err["code"] == "bad"
 
 
 def test_64_concurrent_clients(server):

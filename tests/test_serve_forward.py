@@ -439,3 +439,18 @@ def test_the_whole_response_and_the_page_cache_bounds(fake):
     for name in ("cached_documents", "cache_mb"):
         with pytest.raises(ValueError, match=f"{name}=-1: give 0 or more"):
             ForwardingBackend(urls("ok"), model="m", **{name: -1})
+
+
+def test_a_text_with_a_lone_surrogate_is_rendered_and_cached_by_its_own_key():
+    """A lone surrogate (legal in a client's JSON) hashes as the in-process server's document key hashes it
+    (surrogatepass), so that its pages are rendered and cached apart from another surrogate's."""
+    from glyph_rt.serve.doc_cache import document_key, text_hash
+
+    fwd = ForwardingBackend(["http://127.0.0.1:9/v1"], model="m", render_config=CFG)  # nothing is sent
+    a = fwd.page_urls("abc \ud800 def")
+    assert a and all(u.startswith("data:image/png;base64,") for u in a)
+    assert fwd.page_urls("abc \ud800 def") is a  # from the cache
+    fwd.page_urls("abc \udc00 def")
+    assert len(fwd._pages) == 2
+    assert text_hash("a", "\ud800") != text_hash("a", "\udc00")
+    assert document_key("t\ud800", "{}", "m") == "doc:" + text_hash("m", "{}", "t\ud800")

@@ -152,6 +152,60 @@ def test_page_budget_counts_images_before_reading_them(gm):
     assert build_prompt(gm, [{"role": "user", "content": parts}], InputOptions(CFG, "tiny", max_pages=4)).pages == 4
 
 
+def full_page_tokens(gm, cfg: RenderConfig) -> int:
+    """Visual tokens of a page of `cfg` rendered with crops off: a full page."""
+    off = RenderConfig.from_dict({**cfg.to_dict(), "auto_crop_width": False, "auto_crop_last_page": False})
+    (tokens,) = set(gpu.render_inputs(TEXT[:600], off, model=gm.vision, device="cpu").image_grid_thw.prod(1).tolist())
+    return tokens // 4
+
+
+def test_visual_token_budget_bounds_the_pages_a_text_renders(gm, monkeypatch):
+    """A text is rendered with at most the full pages the visual tokens left can hold (+ 1): a request over them is
+    refused after that many pages, not after every page up to the page limit."""
+    full = RenderConfig.from_dict({**CFG.to_dict(), "auto_crop_width": False})  # pages at their full width
+    per_page = full_page_tokens(gm, full)
+    calls: list[tuple[int, int]] = []  # (max_pages given, pages rendered)
+    orig = gpu.render_inputs
+
+    def spy(*a, **k):
+        r = orig(*a, **k)
+        calls.append((k["max_pages"], int(r.image_grid_thw.shape[0])))
+        return r
+
+    monkeypatch.setattr(gpu, "render_inputs", spy)
+    opts = InputOptions(full, "tiny")
+    msg = [{"role": "user", "content": [{"type": "glyph", "glyph": {"text": TEXT[:3000]}}]}]  # 30 pages and more
+    for budget in (per_page - 1, 3 * per_page + per_page // 2):  # the first page alone passes it; three pages fit
+        calls.clear()
+        with pytest.raises(RequestError, match=r"visual tokens or more .* over the \d+ positions its prompt may take") \
+                as e:
+            build_prompt(gm, msg, opts, max_prompt_tokens=budget)
+        assert e.value.code == "context_length_exceeded"
+        assert calls == [(budget // per_page + 1, budget // per_page + 1)], calls
+    # within the budget: every page, rendered once
+    calls.clear()
+    p = build_prompt(gm, [{"role": "user", "content": glyph_parts(1, 200)}], opts, max_prompt_tokens=10 * per_page)
+    assert len(calls) == 1 and p.pages == calls[0][1] < calls[0][0] and p.visual_tokens <= 10 * per_page
+
+
+def test_cropped_pages_the_budget_holds_are_rendered(gm, rendered):
+    """Cropped pages take fewer tokens than full ones: a text cut at the full pages' bound whose pages still fit is
+    rendered again with the pages its smallest one says the budget holds, not refused."""
+    per_page = full_page_tokens(gm, CFG)
+    msg = [{"role": "user", "content": [{"type": "glyph", "glyph": {"text": "a\n" * 80}}]}]  # narrow pages
+    whole = build_prompt(gm, msg, InputOptions(CFG, "tiny"))
+    budget = whole.visual_tokens
+    assert budget < (whole.pages - 2) * per_page  # the full pages' bound cuts it
+    rendered.clear()
+    p = build_prompt(gm, msg, InputOptions(CFG, "tiny"), max_prompt_tokens=budget)
+    assert p.pages == whole.pages and p.input_ids == whole.input_ids
+    assert rendered == [budget // per_page + 1, whole.pages], rendered
+    rendered.clear()
+    with pytest.raises(RequestError, match="visual tokens or more"):  # one token short
+        build_prompt(gm, msg, InputOptions(CFG, "tiny"), max_prompt_tokens=budget - 1)
+    assert rendered[0] == (budget - 1) // per_page + 1 and len(rendered) <= 3, rendered
+
+
 # --- the model's window: visual tokens counted from each image's header, before any image is decoded
 
 @pytest.fixture
@@ -376,3 +430,40 @@ def test_a_clients_added_token_text_is_plain_text_as_in_training(gm):
     assert any(ids[i:i + len(want)] == want for i in range(len(ids)))
     with pytest.raises(RequestError, match=r"messages\[0\].content: the text holds U\+10F000"):
         build_prompt(gm, [{"role": "user", "content": "a \U0010F000 b"}], InputOptions(CFG, "tiny"))
+
+
+# --- image formats: raster formats only, never one whose plugin runs a program (EPS: Ghostscript)
+
+def test_image_formats_are_raster_only_and_nothing_is_run(gm, monkeypatch):
+    import subprocess
+
+    from PIL import EpsImagePlugin
+
+    from glyph_rt.serve.inputs import IMAGE_FORMATS, _image_size
+
+    spawned: list = []
+
+    def no_process(args, *a, **k):
+        spawned.append(args)
+        raise OSError("no process may be started here")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", "gs")  # as on a machine with Ghostscript installed
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n(client PostScript) print\n"
+    formats = "accepted formats: PNG, JPEG, WEBP, GIF, BMP, TIFF"
+    errors = []
+    for call in (lambda: build_prompt(gm, image_message(data_url(eps)), InputOptions(CFG, "tiny")),
+                 lambda: _image_size(eps, "p"), lambda: _decode_image(eps, "p")):
+        with pytest.raises(RequestError) as e:
+            call()
+        errors.append(e.value)
+    assert spawned == []  # no Ghostscript
+    assert all(e.status == 400 and formats in str(e) for e in errors), errors
+    im = text_on("RGB")
+    want = np.asarray(im)
+    for fmt in IMAGE_FORMATS:
+        buf = io.BytesIO()
+        im.save(buf, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+        got = _decode_image(buf.getvalue(), "p").numpy()
+        assert got.shape == want.shape and (fmt in ("JPEG", "GIF") or np.array_equal(got, want)), fmt
+        assert build_prompt(gm, image_message(data_url(buf.getvalue())), InputOptions(CFG, "tiny")).pages == 1

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..fileio import json_text
 from .engine import QueueFull
 from .inputs import RequestError
 from .protocol import chunk, completion_id, error, response
@@ -28,8 +29,16 @@ from .protocol import chunk, completion_id, error, response
 log = logging.getLogger("glyph_rt.serve")
 
 
+class _JSON(JSONResponse):
+    """A JSON response whatever its text holds: a lone surrogate (from a client's JSON, quoted in an error message)
+    is written as its \\u escape (fileio.json_text) where starlette's UTF-8 encoding would raise."""
+
+    def render(self, content) -> bytes:
+        return json_text(content).encode("utf-8")
+
+
 def _error(e: RequestError) -> JSONResponse:
-    return JSONResponse(error(str(e), e.status, e.param, e.code), status_code=e.status)
+    return _JSON(error(str(e), e.status, e.param, e.code), status_code=e.status)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -48,17 +57,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 20) -> FastAPI:
     """The app over `backend`: a ChatService (the engine in this process) or an EngineProcess."""
-    app = FastAPI(title="glyph_rt", openapi_url=None, docs_url=None, redoc_url=None)  # no schema past the key
+    app = FastAPI(title="glyph_rt", openapi_url=None, docs_url=None, redoc_url=None,  # no schema past the key
+                  default_response_class=_JSON)
     app.state.backend = backend
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
-        return JSONResponse(error(str(exc.detail), exc.status_code), status_code=exc.status_code)
+        return _JSON(error(str(exc.detail), exc.status_code), status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def any_error(request, exc):
         log.exception("unexpected error")
-        return JSONResponse(error(f"internal error: {type(exc).__name__}", 500), status_code=500)
+        return _JSON(error(f"internal error: {type(exc).__name__}", 500), status_code=500)
 
     if api_key:
         app.add_middleware(_BearerAuth, api_key=api_key)
@@ -66,7 +76,7 @@ def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 2
     @app.get("/health")
     async def health():
         if not backend.healthy:
-            return JSONResponse({"status": "the engine has stopped"}, status_code=503)
+            return _JSON({"status": "the engine has stopped"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -96,8 +106,8 @@ def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 2
             events: asyncio.Queue = asyncio.Queue()
             r = await backend.submit(req, events)
         except QueueFull as e:
-            return JSONResponse(error(str(e), 429, None, "queue_full"), status_code=429,
-                                headers={"Retry-After": str(e.retry_after)})
+            return _JSON(error(str(e), 429, None, "queue_full"), status_code=429,
+                         headers={"Retry-After": str(e.retry_after)})
         except RequestError as e:
             return _error(e)
         rid, model = completion_id(), backend.model_name
@@ -125,7 +135,7 @@ def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 2
         created = int(time.time())
 
         def sse(obj) -> str:
-            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+            return f"data: {json_text(obj)}\n\n"
 
         try:
             for i in range(n):
@@ -180,8 +190,8 @@ class _BearerAuth:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
             got = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(got, self.expected):
-                reply = JSONResponse(error("missing or wrong API key: send 'Authorization: Bearer <key>'", 401),
-                                     status_code=401)
+                reply = _JSON(error("missing or wrong API key: send 'Authorization: Bearer <key>'", 401),
+                              status_code=401)
                 await reply(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -17,12 +17,18 @@ from dataclasses import dataclass, field
 import torch
 
 
-def document_key(text: str, config_json: str, model_id: str) -> str:
+def text_hash(*parts: str) -> str:
+    """sha256 (hex) of the texts, each followed by a NUL byte. Any str hashes, a lone surrogate (legal in a client's
+    JSON) too: encoded with surrogatepass, so that texts differing only there hash apart."""
     h = hashlib.sha256()
-    for part in (model_id, config_json, text):
+    for part in parts:
         h.update(part.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
-    return "doc:" + h.hexdigest()
+    return h.hexdigest()
+
+
+def document_key(text: str, config_json: str, model_id: str) -> str:
+    return "doc:" + text_hash(model_id, config_json, text)
 
 
 def image_key(data: bytes, model_id: str) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import threading
 import time
@@ -39,6 +38,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..render.config import RenderConfig
+from .doc_cache import text_hash
 
 # what a request's end says of its replica (see _done)
 ANSWERED, FAILED, BUSY = "answered", "failed", "busy"
@@ -88,7 +88,7 @@ class ForwardingBackend:
         from ..render.png import encode_png
 
         config = json.dumps(self.render_config.to_dict(), sort_keys=True)
-        key = hashlib.sha256((config + "\0" + text).encode()).hexdigest()
+        key = text_hash(config, text)
         with self._lock:
             if key in self._pages:
                 self._pages.move_to_end(key)

@@ -48,6 +48,9 @@ RENDER_OVERRIDES = {
     "auto_crop_width": None, "auto_crop_last_page": None,
 }
 PAGE_SIDE = (72, 2400)  # points
+# the image formats an image_url may hold (PIL's names): raster formats that PIL decodes itself, never one whose
+# plugin runs a program on the bytes (EPS: Ghostscript)
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 def render_config_for(base: RenderConfig, overrides: dict | None, param: str) -> RenderConfig:
@@ -58,7 +61,7 @@ def render_config_for(base: RenderConfig, overrides: dict | None, param: str) ->
         raise RequestError(f"{param}: expected an object of render settings", param)
     bad = sorted(set(overrides) - set(RENDER_OVERRIDES))
     if bad:
-        raise RequestError(f"{param}: {', '.join(bad)} cannot be set per request; allowed: "
+        raise RequestError(f"{param}: {', '.join(map(repr, bad))} cannot be set per request; allowed: "
                            f"{', '.join(RENDER_OVERRIDES)}", param)
     for k, v in overrides.items():
         rng = RENDER_OVERRIDES[k]
@@ -233,29 +236,38 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
-def _image_size(raw: bytes, param: str) -> tuple[int, int]:
-    """The image's (height, width), read from its header: no pixel is decoded (Image.open is lazy)."""
+def _open_image(raw: bytes, param: str):
+    """The image, opened lazily as one of IMAGE_FORMATS only: PIL would otherwise try every format it knows on a
+    client's bytes, EPS among them, whose loading runs Ghostscript."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(raw)) as im:
-            width, height = im.size
+        return Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
     except Exception as e:  # noqa: BLE001 - PIL also raises SyntaxError, struct.error, ... on a corrupt file
-        raise RequestError(f"{param}: not a readable image ({type(e).__name__})", param) from None
+        raise _unreadable(e, param) from None
+
+
+def _unreadable(e: Exception, param: str) -> RequestError:
+    return RequestError(f"{param}: not a readable image ({type(e).__name__}); accepted formats: "
+                        f"{', '.join(IMAGE_FORMATS)}", param)
+
+
+def _image_size(raw: bytes, param: str) -> tuple[int, int]:
+    """The image's (height, width), read from its header: no pixel is decoded (Image.open is lazy)."""
+    with _open_image(raw, param) as im:
+        width, height = im.size
     if width * height > 40_000_000:
         raise RequestError(f"{param}: the image is {width}x{height} pixels, too large", param, 413)
     return height, width
 
 
 def _decode_image(raw: bytes, param: str) -> torch.Tensor:
-    from PIL import Image
-
     _image_size(raw, param)
-    try:
-        with Image.open(io.BytesIO(raw)) as im:
+    with _open_image(raw, param) as im:
+        try:
             return torch.from_numpy(np.asarray(_to_rgb(im)).copy())
-    except Exception as e:  # noqa: BLE001
-        raise RequestError(f"{param}: not a readable image ({type(e).__name__})", param) from None
+        except Exception as e:  # noqa: BLE001
+            raise _unreadable(e, param) from None
 
 
 def _field(obj, key: str, param: str, kind: type = str):
@@ -276,6 +288,7 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
 
     from ..ops.pixel_values import pixel_values_from_pages
     from ..render.gpu import render_inputs
+    from ..render.raster import canvas_size, final_sizes
 
     base = render_config_for(opts.render_config, render_overrides, "glyph.render_config")
     if not isinstance(messages, list) or not messages:
@@ -390,14 +403,46 @@ def build_prompt(gm, messages: list[dict], opts: InputOptions, render_overrides:
             raise RequestError(f"{p}: only user messages may hold pages or images", p)
         tmpl.append({"role": role, "content": parts})
 
-    # each text is rendered with what is left of the request's page budget (+ 1, to see it passed), one text at a
-    # time: a request over the limit is refused at the first text that passes it, the rest never rendered
-    for n, (si, text, cfg, key) in enumerate(pending):
+    def page_tokens(cfg: RenderConfig) -> int:
+        """Visual tokens of a full page of `cfg`: its size uncropped (snapped as the renderer snaps one), through the
+        model's resize. A crop only shrinks a page (a page whose ink passes the snapped edge is a snap step larger:
+        this sizes the renders; refusals count each page's own tokens)."""
+        (w, h), = final_sizes(cfg, np.zeros(1), np.zeros(1), 0, 2, canvas_size(cfg))
         try:
-            r = render_inputs(text, cfg, model=gm.vision, device=gm.device, dtype=dtype,
-                              max_pages=opts.max_pages - known[0] + 1)
+            return max(1, gm.vision.tokens(h, w))
+        except ValueError as e:  # an aspect ratio past the model's
+            raise RequestError(f"the render config's pages cannot be read by the model: {e}") from None
+
+    def render(text: str, cfg: RenderConfig, max_pages: int):
+        try:
+            return render_inputs(text, cfg, model=gm.vision, device=gm.device, dtype=dtype, max_pages=max_pages)
         except MemoryError as e:
             raise RequestError(f"the text renders to too many pages ({e}); shorten it", None, 413) from None
+
+    # each text is rendered with what is left of the request's budgets, one text at a time: at most the pages left
+    # (+ 1, to see the limit passed) and at most the full pages that the visual tokens left can hold (+ 1, as a
+    # page's tokens are those of its resized size). A request over either is refused at the first text that passes
+    # it, one page past it, the rest never rendered.
+    for n, (si, text, cfg, key) in enumerate(pending):
+        page_room = opts.max_pages - known[0] + 1
+        limit = page_room
+        if max_prompt_tokens is not None:
+            limit = min(page_room, (max_prompt_tokens - known[1]) // page_tokens(cfg) + 1)
+        retried = False
+        while True:
+            r = render(text, cfg, limit)
+            per_page = tokens_per_image(r.image_grid_thw)
+            if (limit == page_room or not r.documents[0].layout.truncated
+                    or known[1] + sum(per_page) > max_prompt_tokens):
+                break
+            # cut at the token bound, its pages within the budget: they were cropped, smaller than full pages, and
+            # the budget may hold more of them. Again, with the pages the budget left holds of its smallest one (+ 1);
+            # pages smaller still, seen then, make it at least twice the pages each time after: a text is rendered a
+            # few times at most
+            left = max_prompt_tokens - known[1] - sum(per_page)
+            estimate = len(per_page) + left // max(1, min(per_page)) + 1
+            limit = min(page_room, max(estimate, 2 * limit if retried else limit + 1))
+            retried = True
         known[0] += r.images_per_text[0]
         if known[0] > opts.max_pages:
             counted = n == len(pending) - 1 and not r.documents[0].layout.truncated
