@@ -88,10 +88,14 @@ def test_glyphs_larger_than_a_tile_and_placements_off_the_page(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", KERNELS)
-def test_zero_pages(backend, device):
-    doc = glyph_rt.Document("", RenderConfig())
+@pytest.mark.parametrize("scale", [1.0, 0.7])
+def test_zero_pages(backend, device, scale):
+    doc = glyph_rt.Document("", RenderConfig(horizontal_scale=scale))
     assert doc.num_pages == 0
     (buf, sizes), = draw_pages([doc], device, backend)
+    assert buf.shape[0] == 0 and sizes == []
+    d = glyph_rt.Document("some text", RenderConfig(horizontal_scale=scale))
+    (buf, sizes), = draw_pages([d], device, backend, ranges=[(1, 1)])
     assert buf.shape[0] == 0 and sizes == []
 
 

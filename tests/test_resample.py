@@ -33,7 +33,7 @@ def test_every_backend_is_pillows_bicubic(w, h, scale, seed):
     ref = pillow(img, out_w)
     assert np.array_equal(resize_width(img, out_w), ref)
     assert np.array_equal(resize_width(img, out_w, backend="reference"), ref)
-    assert np.array_equal(device_resize.resize_width(torch.from_numpy(img), out_w).numpy(), ref)
+    assert np.array_equal(device_resize.resize_width(torch.from_numpy(img)[None], out_w)[0].numpy(), ref)
 
 
 def test_pages_resize_into_a_wider_canvas_and_bad_arguments_are_refused():
@@ -78,6 +78,31 @@ def test_resized_extent_bounds_where_ink_shows():
             bound = int(resized_extent(np.asarray([right]), w, out_w)[0])
             assert (changed[-1] + 1 if len(changed) else 0) <= bound <= out_w
             assert bound == 0 if right == 0 else bound >= right * out_w // w
+
+
+def test_scaled_pages_are_drawn_a_few_at_a_time(monkeypatch):
+    """The full-width buffer holds DRAWN_BYTES of pages, whatever the range: the pages are the same."""
+    from glyph_rt.render import raster
+
+    doc = glyph_rt.Document("The quick brown fox jumps over the lazy dog.\n" * 60,
+                            RenderConfig(page_size=(160, 120), margin_x=8, margin_y=8, horizontal_scale=0.8))
+    assert doc.num_pages >= 5
+    whole, sizes = doc.rasterize()
+    W, H = raster.drawn_canvas(doc.config)
+    monkeypatch.setattr(raster, "DRAWN_BYTES", 2 * W * H * 3)
+    sliced, sliced_sizes = doc.rasterize()
+    assert sliced_sizes == sizes and np.array_equal(sliced, whole)
+
+
+def test_device_ops_work_a_few_pages_at_a_time(monkeypatch):
+    pages = torch.from_numpy(np.stack([page_like(np.random.default_rng(i), 9, 31) for i in range(5)]))
+    whole, ink = device_resize.resize_width(pages, 24), device_resize.ink_extent(pages)
+    monkeypatch.setattr(device_resize, "STEP_BYTES", 2 * 9 * 31 * 3)
+    assert torch.equal(device_resize.resize_width(pages, 24), whole)
+    assert torch.equal(device_resize.ink_extent(pages), ink)
+    empty = pages[:0]
+    assert device_resize.resize_width(empty, 24).shape == (0, 9, 24, 3)
+    assert device_resize.ink_extent(empty).shape == (0, 2)
 
 
 @pytest.mark.parametrize("scale", [0.75, 0.9, 1.3])

@@ -294,6 +294,21 @@ def test_page_tokens_are_the_drawn_pages_tokens(text):
             assert page_tokens(doc, vision, last=False) >= page_tokens(doc, vision)  # the last page uncropped
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.8, 0.5, 1.5])
+def test_page_tokens_bound_boxes_whose_resized_edges_turn_to_ink(scale):
+    """A paragraph background 5 grey levels off the page is no ink by Glyph's rule, but the bicubic resize of the
+    horizontal scale rings at its edges past that: page_tokens stays an upper bound of the drawn pages' tokens."""
+    from glyph_rt.render.tokens import vision_model
+    from glyph_rt.train.tasks import page_tokens
+
+    c = RenderConfig(page_size=(300, 200), margin_x=10, margin_y=10, para_bg_color="#FFFFCF", border_padding=3,
+                     horizontal_scale=scale, snap=28, auto_crop_width=True, auto_crop_last_page=True)
+    doc = Document("Short line one.\nShort line two.\n\n" * 3, c)
+    _, sizes = doc.rasterize()
+    drawn = [vision_model("glm4v").tokens(h, w) for w, h in sizes]
+    assert all(e >= d for e, d in zip(page_tokens(doc), drawn)), (page_tokens(doc), drawn)
+
+
 def test_qa_longer_than_max_tokens_is_too_long_before_a_page_is_drawn(builder, text):
     """A QA context whose pages and text pass max_tokens is TooLong (the loader counts it as too long, draws
     nothing: tests/test_loader.py), found from its layout; a needle's haystack ends where the pages that fit end,

@@ -18,6 +18,7 @@ from .tokens import MAX_ASPECT, VisionModel, vision_model
 
 
 INK_TOL = 5  # Glyph's auto-crop tolerance, in grey levels
+DRAWN_BYTES = 32 << 20  # pages drawn at full width before the horizontal scale resizes them, at a time
 
 
 def scales(config: RenderConfig) -> tuple[float, float]:
@@ -203,12 +204,15 @@ def rasterize(layout: Layout, atlas: FontAtlas, config: RenderConfig, out: np.nd
     `ink` (int32 [n, 2]) receives each page's `ink_extent` (right, bottom), found by the C++
     rasterizer while the page is in cache and only where something was drawn. With a horizontal scale
     other than 1 the pages are drawn at full width and resized (`resize_drawn`), and the ink is found after."""
-    if config.horizontal_scale != 1:
+    if config.horizontal_scale != 1:  # drawn a few pages at a time into one full-width buffer
         W, H = drawn_canvas(config)
-        drawn = np.empty((len(out), H, W, 3), np.uint8)
-        rasterize(layout, atlas, replace(config, horizontal_scale=1.0), drawn, page0, backend)
-        resize_drawn(drawn, config, out, backend)
-        if ink is not None:
+        drawn = np.empty((max(1, min(len(out), DRAWN_BYTES // (W * H * 3))), H, W, 3), np.uint8)
+        full = replace(config, horizontal_scale=1.0)
+        for p in range(0, len(out), len(drawn)):
+            part = out[p:p + len(drawn)]
+            rasterize(layout, atlas, full, drawn[:len(part)], page0 + p, backend)
+            resize_drawn(drawn[:len(part)], config, part, backend)
+        if ink is not None and len(out):
             ink[:, 0], ink[:, 1] = ink_extent(out, INK_TOL, backend)
         return
     bg = np.asarray(parse_color(config.page_bg_color, "page_bg_color"), np.uint8)

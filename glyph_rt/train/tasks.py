@@ -231,7 +231,10 @@ def page_tokens(doc: Document, vision="glm4v", last: bool = True) -> list[int]:
         np.maximum.at(right, g_page[drawn], x1[drawn])
         np.maximum.at(bottom, g_page[drawn], y1[drawn])
         rp, rb, rc = paragraph_rects(lay, c)
-        on = (rp < n) & visible(rc, parse_color(c.page_bg_color, "page_bg_color"))
+        bg = parse_color(c.page_bg_color, "page_bg_color")
+        # resized, a box's edges ring past its colour: one just under the ink threshold becomes ink there
+        shown = visible(rc, bg) if c.horizontal_scale == 1 else (rc != np.asarray(bg, rc.dtype)).any(-1)
+        on = (rp < n) & shown
         np.maximum.at(right, rp[on], rb[on, 2])
         np.maximum.at(bottom, rp[on], rb[on, 3])
         right, bottom = np.clip(right, 0, W), np.clip(bottom, 0, H)
