@@ -31,7 +31,7 @@ def read_version() -> str:
 
 # torch is not pinned: install the CPU or CUDA build you want first (https://pytorch.org), pip keeps it.
 INSTALL_REQUIRES = [
-    "torch>=2.4",
+    "torch>=2.6",
     "numpy",
     "pillow",
     "isal",  # ISA-L deflate for the CLI's PNG files
