@@ -397,6 +397,40 @@ def test_tile_configs_are_one_table_for_launchers_and_aot_specs():
         ka.config("fwd2", 64, torch.bfloat16)
 
 
+@pytest.mark.parametrize("backend", ["glyph", "reference", "sdpa"])
+def test_cu_seqlens_must_start_at_0_never_decrease_and_end_at_the_total(backend):
+    """lens.cumsum(0) without the leading 0 ends at the total and passed the old end-only check: the Triton path
+    then returned uninitialized memory for the first segment's rows. Each argument is checked, in the host sync
+    that reads max_seqlen (glyph) or the segments (sdpa, reference), and named."""
+    q, k, v, cu, _ = packed([5, 7], [5, 7], 2, 1, 16, device=TRITON_DEVICE)
+    i32 = dict(dtype=torch.int32, device=TRITON_DEVICE)
+    no_zero = torch.tensor([5, 7], **i32).cumsum(0, dtype=torch.int32)  # [5, 12]: ends at the total
+    whole = torch.tensor([0, 12], **i32)
+    with pytest.raises(ValueError, match=r"^cu_seqlens_q must start at 0, got 5 \(cumulative lengths need"):
+        attention(q, k, v, no_zero, no_zero, backend=backend)
+    with pytest.raises(ValueError, match=r"^cu_seqlens_k must start at 0, got 5"):
+        attention(q, k, v, whole, no_zero, backend=backend)
+    three = torch.tensor([0, 4, 9, 12], **i32)
+    down = torch.tensor([0, 9, 4, 12], **i32)  # a negative segment
+    with pytest.raises(ValueError, match=r"^cu_seqlens_k must be non-decreasing, but entry 2 \(4\) is below "
+                                         r"entry 1 \(9\)"):
+        attention(q, k, v, three, down, backend=backend)
+    with pytest.raises(ValueError, match=r"^cu_seqlens_q must be non-decreasing, but entry 2 \(4\) is below"):
+        attention(q, k, v, down, three, backend=backend)
+    with pytest.raises(ValueError, match=r"^cu_seqlens_k ends at 11 but there are 12 tokens"):
+        attention(q, k, v, cu, torch.tensor([0, 5, 11], **i32), backend=backend)
+    if backend != "glyph":  # these read the boundaries on the host whatever max_seqlen says
+        with pytest.raises(ValueError, match="cu_seqlens_q must start at 0"):
+            attention(q, k, v, no_zero, no_zero, 7, 7, backend=backend)
+    ok = attention(q, k, v, three, three, backend=backend)  # valid boundaries (an empty segment too) still run
+    want = attention_reference(q, k, v, three, three, False, 1 / math.sqrt(16))
+    torch.testing.assert_close(ok.float(), want, rtol=1e-4, atol=1e-4)
+    empty = torch.tensor([0, 5, 5, 12], **i32)
+    torch.testing.assert_close(attention(q, k, v, empty, empty, backend=backend).float(),
+                               attention_reference(q, k, v, empty, empty, False, 1 / math.sqrt(16)),
+                               rtol=1e-4, atol=1e-4)
+
+
 # --------------------------------------------------------------------------- auto's choice per case
 def _device(name="NVIDIA H100 80GB HBM3", cap=(9, 0)):
     from glyph_rt.ops.attention import DeviceInfo
@@ -453,6 +487,37 @@ def test_auto_defaults_where_nothing_was_measured(fa2):
     assert choose_backend("vision", _device(), ALL, bf16, 72, table={}) == "flash_attn"  # unaligned rows spill
     with pytest.raises(ValueError, match="case"):
         choose_backend("training", _device(), ALL, bf16, 128, table={})
+
+
+def test_auto_never_picks_glyph_or_flash_attn_below_compute_capability_8(monkeypatch, fa2):
+    """A T4 (sm_75): FA2 has no kernels for it and the Triton tiles need more than its 64 KiB of shared memory per
+    block (an fp16 d=128 forward block 81,920 B): auto takes sdpa for every case, even where the measured table
+    names another backend; naming glyph or flash_attn there is an error. sm_80 and newer keep the defaults."""
+    from types import SimpleNamespace
+
+    from glyph_rt.ops import attention as ops_attention
+    from glyph_rt.ops.attention import CASES, choose_backend, resolve_backend
+
+    t4 = _device("Tesla T4", (7, 5))
+    for case in CASES:
+        for table in ({}, {"sm_75": {case: "glyph"}}, {"Tesla T4": {case: "flash_attn"}}):
+            for dt in (torch.float16, torch.bfloat16):
+                assert choose_backend(case, t4, ALL, dt, 128, table=table) == "sdpa", (case, table, dt)
+    for gpu in (_device("NVIDIA A100-SXM4-80GB", (8, 0)), _device("NVIDIA L4", (8, 9)), _device()):
+        got = {case: choose_backend(case, gpu, ALL, torch.float16, 128, table={}) for case in CASES}
+        assert got == {"vision": "glyph", "prefill": "flash_attn", "decode": "glyph"}, gpu
+    # the whole dispatch of a CUDA q (a stand-in: no GPU here), with the device query choose_backend's caller makes
+    monkeypatch.setattr(ops_attention, "available_backends", lambda device: dict(ALL))  # triton and FA2 installed
+    q = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float16, shape=(10, 4, 128))
+    monkeypatch.setattr(ops_attention, "_device_info", lambda index: t4)
+    assert {case: resolve_backend("auto", q, case) for case in CASES} == dict.fromkeys(CASES, "sdpa")
+    for name in ("glyph", "flash_attn"):
+        with pytest.raises(RuntimeError, match=rf"backend '{name}' needs compute capability 8.0 or newer; Tesla T4 "
+                                               r"is 7.5: use backend 'sdpa'"):
+            resolve_backend(name, q)
+    monkeypatch.setattr(ops_attention, "_device_info", lambda index: _device("NVIDIA A100-SXM4-80GB", (8, 0)))
+    assert resolve_backend("auto", q, "vision") == resolve_backend("glyph", q) == "glyph"
+    assert resolve_backend("auto", q, "prefill") == "flash_attn"
 
 
 def test_auto_sends_only_16_bit_inputs_to_the_kernel(fa2):

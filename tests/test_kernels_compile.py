@@ -58,7 +58,7 @@ def test_the_default_set_compiles_the_launches_the_dispatcher_makes():
     assert len(starts) == 5 * 3 and all(v == {True, False} for v in starts.values()), starts
 
 
-def test_every_dtype_auto_sends_to_a_triton_kernel_is_compiled():
+def test_every_dtype_auto_sends_to_a_triton_kernel_is_compiled(monkeypatch):
     """A dtype the dispatcher routes to a Triton kernel that no spec compiles was never checked on a GPU: float64
     passed in the interpreter but does not compile (a float64 dot in a float32 accumulator)."""
     import torch
@@ -80,6 +80,7 @@ def test_every_dtype_auto_sends_to_a_triton_kernel_is_compiled():
                 assert ptr[dt] in compiled, (dt, case)
     assert {ptr[dt] for dt in attention.DTYPES} <= compiled  # what an explicit backend="glyph" takes
     gemm = {s.signature["b_ptr"] for s in patch_embed.aot_specs()}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))  # an H100: no GPU needed
     for dt in ptr:
         if ops_patch_embed.resolve_backend("auto", torch.device("cuda"), dt) == "triton":
             assert ptr[dt] in gemm, dt
@@ -146,3 +147,28 @@ def test_ptxas_log_parsing():
     assert Report("k", 80, error="CompilationError: x", enforced=False).problems == ["CompilationError: x"]
     with pytest.raises(RuntimeError, match="no ptxas"):
         ptxas_usage("")
+
+
+def test_aot_knows_the_shared_memory_of_each_target_and_refuses_others_up_front(capsys):
+    """--arch is a free list: every target it takes has its opt-in shared memory per block (the CUDA programming
+    guide's 64 KB for sm_75, 163 KB for sm_80, 99 KB for sm_86/89, 227 KB for sm_90); any other is refused
+    before anything compiles, by name, rather than failing on a KeyError after compiling."""
+    from glyph_rt.kernels import aot
+
+    assert aot.SHARED_LIMIT == {75: 64 << 10, 80: 163 << 10, 86: 99 << 10, 89: 99 << 10, 90: 227 << 10}
+    assert aot.parse_archs("80, sm_86,8.9,75") == (80, 86, 89, 75)
+    assert Report("attn_fwd float16 d=128", 75, shared=81_920).limits == [
+        "needs 81,920 B of shared memory, sm_75 has 65,536 B"]
+    assert Report("k", 86, shared=101_376).limits == [] and Report("k", 89, shared=101_377).limits == [
+        "needs 101,377 B of shared memory, sm_89 has 101,376 B"]
+    for bad in ("80,70", "100"):
+        with pytest.raises(ValueError, match=r"no shared-memory limit is known for sm_(70|100): the check knows "
+                                             r"sm_75, sm_80, sm_86, sm_89, sm_90"):
+            aot.parse_archs(bad)
+    with pytest.raises(ValueError, match="is not a compute capability"):
+        aot.parse_archs("ampere")
+    with pytest.raises(ValueError, match="sm_70"):
+        aot.check([], (80, 70))  # before compiling (and before the interpreter check)
+    with pytest.raises(SystemExit) as e:
+        aot.main(["--arch", "70"])
+    assert e.value.code == 2 and "no shared-memory limit is known for sm_70" in capsys.readouterr().err

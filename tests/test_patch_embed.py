@@ -78,12 +78,35 @@ def test_uint8_patches_equal_normalize_then_embed(backend, make):
     for k in ("y", "weight", "bias"):
         if k in want:
             torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=2e-3, msg=k)
-    # inference reuses the folded weights until the parameters change
+    # inference folds on every forward: the same answer each time, and weights changed in place are seen, through
+    # the parameter or through .data (peft's merge_and_unload, EMA updates: no new address, no new version)
     with torch.no_grad():
         a = ours(u8)
-        assert ours._folded is not None and ours(u8).equal(a)
+        assert ours(u8).equal(a)
         hf.proj.weight.mul_(2)
         torch.testing.assert_close(ours(u8), hf(expand_uint8(u8)), rtol=1e-4, atol=2e-3)
+        hf.proj.weight.data.mul_(0.5)
+        if hf.proj.bias is not None:
+            hf.proj.bias.data.add_(0.25)
+        torch.testing.assert_close(ours(u8), hf(expand_uint8(u8)), rtol=1e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_inference_fold_equals_the_autograd_fold_bit_for_bit(dtype, with_bias):
+    """Without gradients fold_weight writes the folded weight in place (divided, transposed and cast in one
+    pass): the same bits as the differentiable fold that training uses."""
+    hf = hf_glm(dtype=dtype)
+    w, b = hf.proj.weight, hf.proj.bias if with_bias else None
+    with torch.no_grad():
+        fast = fold_weight(w, b)
+    slow = fold_weight(w, b)
+    assert slow[0].requires_grad and not fast[0].requires_grad
+    for x, y in zip(fast, slow):
+        assert x.dtype == y.dtype == dtype and x.is_contiguous() and torch.equal(x, y.detach())
+    assert not fast[0][588:].any()
+    with torch.inference_mode():
+        assert all(torch.equal(x, y) for x, y in zip(fold_weight(w, b), fast))
 
 
 def test_checkpoint_weights_load_as_they_are():
@@ -240,11 +263,12 @@ def test_bad_inputs_name_the_problem():
         gemm(torch.zeros(3, 592, dtype=torch.uint8), fw[:588], fb, "torch", torch.float32)
 
 
-def test_auto_sends_only_the_dtypes_the_gemm_compiles_for_to_triton():
+def test_auto_sends_only_the_dtypes_the_gemm_compiles_for_to_triton(monkeypatch):
     """float64 weights ran in the interpreter but the GEMM does not compile for them on a GPU (a float64 dot in a
     float32 accumulator): auto takes torch's matmul for them, an explicit backend='triton' refuses by name."""
     from glyph_rt.ops.patch_embed import resolve_backend
 
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
     cuda = torch.device("cuda")  # auto's decision and the dtype check need no GPU
     for dt in (torch.float16, torch.bfloat16, torch.float32):
         assert resolve_backend("auto", cuda, dt) == "triton", dt
@@ -343,6 +367,17 @@ def test_cuda_backend_refuses_a_gpu_without_bf16_tensor_cores(monkeypatch):
         resolve_backend("cuda", torch.device("cuda"), torch.bfloat16)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
     assert resolve_backend("cuda", torch.device("cuda"), torch.bfloat16) == "cuda"
+
+
+def test_auto_takes_the_plain_matmul_below_compute_capability_8(monkeypatch):
+    """On a T4 (sm_75) the Triton GEMM's fp16/bf16 tiles spill registers (the aot check compiled for 75): auto
+    takes torch there, as the 'cuda' GEMM refuses it; from sm_80 on it takes triton."""
+    from glyph_rt.ops.patch_embed import resolve_backend
+
+    for cap, want in (((7, 5), "torch"), ((8, 0), "triton"), ((8, 6), "triton"), ((9, 0), "triton")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, _c=cap: _c)
+        for dt in (torch.float16, torch.bfloat16, torch.float32):
+            assert resolve_backend("auto", torch.device("cuda", 0), dt) == want, (cap, dt)
 
 
 def test_benchmark_quick_mode_runs_and_reports_both_baselines(tmp_path):

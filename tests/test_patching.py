@@ -114,13 +114,14 @@ def test_position_table_is_cached_per_grid_and_bit_exact():
         assert torch.equal(emb(*args), original(emb, *args)) and len(emb._glyph_cache) == 1
 
 
-def test_forget_weight_caches_sees_weights_written_without_a_new_version():
-    """FSDP2's all-gather writes new weights at the same address with the same version: the caches' keys cannot
-    see it, so the trainers drop the caches after each optimizer step."""
+def test_weights_written_without_a_new_version_are_seen():
+    """FSDP2's all-gather writes new weights at the same address with the same version: the caches look at the
+    values (the position table is compared bit for bit, the patch weights folded on every forward), so they need
+    no help; forget_weight_caches still drops what they hold (the trainers call it after each optimizer step)."""
     from torch.autograd import _unsafe_preserve_version_counter as keep_version
 
     from glyph_rt.models.patch_embed import PatchEmbed
-    from glyph_rt.models.patching import forget_weight_caches
+    from glyph_rt.models.patching import WEIGHT_CACHES, forget_weight_caches
     from glyph_rt.ops.patch_embed import expand_uint8
     from glyph_rt.ops.pixel_values import uint8_rows
 
@@ -135,11 +136,73 @@ def test_forget_weight_caches_sees_weights_written_without_a_new_version():
         for w in (pe.proj.weight, emb.position_embedding.weight):
             with keep_version(w):
                 w.copy_(torch.randn_like(w))
-        forget_weight_caches(pe)
-        forget_weight_caches(emb)
         want = pe.proj(expand_uint8(u).view(-1, 3, 2, 14, 14)).view(-1, 32)
         torch.testing.assert_close(pe(u), want, rtol=1e-4, atol=1e-4)
         assert torch.equal(emb(*args), type(emb)._glyph_base.forward(emb, *args))
+        forget_weight_caches(emb)
+        assert not any(hasattr(emb, name) for name in WEIGHT_CACHES)
+        assert torch.equal(emb(*args), type(emb)._glyph_base.forward(emb, *args))
+
+
+def pixel_inputs(pixels: str):
+    """glm4v_inputs() for the patched model and for stock HF: float pixel_values for both, or uint8 levels (cast to
+    float on their way, as transformers does) and the pixel_values they stand for."""
+    from glyph_rt.ops.patch_embed import expand_uint8
+
+    inputs = glm4v_inputs()
+    if pixels == "float":
+        return inputs, inputs
+    torch.manual_seed(5)
+    u8 = torch.randint(0, 256, (inputs["pixel_values"].shape[0], 588), dtype=torch.uint8)
+    return dict(inputs, pixel_values=u8.float()), dict(inputs, pixel_values=expand_uint8(u8))
+
+
+@pytest.mark.parametrize("pixels", ["float", "uint8"])
+def test_weights_written_through_data_are_seen(pixels):
+    """`weight.data += delta` (peft's merge, EMA updates, hand-written loading) keeps the weight's address and
+    version counter: the patched model must still answer as stock HF does with the new weights."""
+    ref, model = tiny_glm4v("sdpa"), tiny_glm4v("sdpa")
+    model.load_state_dict(ref.state_dict())
+    apply_glyph_kernels(model, patch_embed_backend="torch")
+    ours, theirs = pixel_inputs(pixels)
+    valid = ours["attention_mask"].bool()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**ours).logits[valid], ref(**theirs).logits[valid], rtol=1e-4, atol=1e-4)
+        for m in (ref, model):
+            visual = m.model.visual
+            visual.patch_embed.proj.weight.data.mul_(1.5)
+            visual.patch_embed.proj.bias.data += 0.25
+            visual.embeddings.position_embedding.weight.data += 0.5
+        torch.testing.assert_close(model(**ours).logits[valid], ref(**theirs).logits[valid], rtol=1e-4, atol=1e-4)
+
+
+LORA_TARGETS = r".*visual\.(patch_embed\.proj|embeddings\.position_embedding)"  # the weights the patch caches read
+
+
+@pytest.mark.parametrize("pixels", ["float", "uint8"])
+def test_peft_lora_before_and_after_merge_and_unload_matches_hf(pixels):
+    """A LoRA on the vision patch embedding and position table: unmerged (peft wraps the Conv3d; the patched
+    forward must not skip its delta) and after merge_and_unload (`weight.data += delta`, after a forward that
+    filled the patched model's caches), the patched GLM-4.1V gives stock HF's logits."""
+    peft = pytest.importorskip("peft")
+    ours, theirs = pixel_inputs(pixels)
+    valid = ours["attention_mask"].bool()
+    logits = {}
+    for patched, inputs in ((False, theirs), (True, ours)):
+        m = tiny_glm4v("sdpa")
+        if patched:
+            apply_glyph_kernels(m, patch_embed_backend="torch")
+        torch.manual_seed(1)
+        pm = peft.get_peft_model(m, peft.LoraConfig(r=4, target_modules=LORA_TARGETS, init_lora_weights=False))
+        with torch.no_grad():
+            unmerged = pm(**inputs).logits
+            merged = pm.merge_and_unload()
+            logits[patched] = (unmerged, merged(**inputs).logits)
+    for got, want in zip(logits[True], logits[False]):
+        torch.testing.assert_close(got[valid], want[valid], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        plain = tiny_glm4v("sdpa")(**theirs).logits
+    assert all((x - plain)[valid].abs().max() > 1e-2 for x in logits[False])  # the LoRA counts, merged or not
 
 
 def test_static_cache_generation_matches_sdpa():

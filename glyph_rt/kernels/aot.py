@@ -5,9 +5,10 @@ choices its launcher makes, for every head dim, dtype and mode the dispatcher ca
 
     python -m glyph_rt.kernels.aot [--exhaustive] [--arch 80,90] [--jobs N]
 
-compiles every spec of every module in glyph_rt.kernels for A100 (sm_80) and H100 (sm_90) with
-Triton's own compiler and ptxas (no GPU needed) and fails when a kernel needs more shared memory
-than the target has or when ptxas spills registers."""
+compiles every spec of every module in glyph_rt.kernels for A100 (sm_80) and H100 (sm_90) (--arch: any of
+SHARED_LIMIT's targets, 75, 80, 86, 89, 90; others are refused before anything compiles) with Triton's own
+compiler and ptxas (no GPU needed) and fails when a kernel needs more shared memory than the target has or when
+ptxas spills registers."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,30 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-SHARED_LIMIT = {80: 166_912, 90: 232_448}  # bytes of shared memory a block may use (A100, H100)
+# the most shared memory one block may use (the opt-in maximum, cudaDevAttrMaxSharedMemoryPerBlockOptin), in bytes,
+# per compute capability, from the CUDA programming guide: sm_75 (T4, Turing) 64 KB; sm_80 (A100) 163 KB; sm_86
+# (A10, A40, RTX 30xx) and sm_89 (L4, L40S, RTX 40xx) 99 KB; sm_90 (H100, H200) 227 KB
+SHARED_LIMIT = {75: 65_536, 80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448}
+
+
+def parse_archs(text: str) -> tuple[int, ...]:
+    """--arch's comma-separated compute capabilities ("80,90"; "sm_86" and "8.6" read as 86), each one whose
+    shared-memory limit is known (SHARED_LIMIT); otherwise a ValueError naming it."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        digits = part.lower().removeprefix("sm_").replace(".", "")
+        if not digits.isdigit():
+            raise ValueError(f"--arch {part!r} is not a compute capability: give numbers such as 80,86,90")
+        out.append(int(digits))
+    check_archs(out)
+    return tuple(out)
+
+
+def check_archs(archs) -> None:
+    unknown = [a for a in archs if a not in SHARED_LIMIT]
+    if unknown:
+        raise ValueError(f"no shared-memory limit is known for {', '.join(f'sm_{a}' for a in unknown)}: the check "
+                         f"knows {', '.join(f'sm_{a}' for a in SHARED_LIMIT)} (glyph_rt.kernels.aot.SHARED_LIMIT)")
 
 
 @dataclass(frozen=True)
@@ -150,6 +174,7 @@ def _job(i_arch):
 
 def check(specs: list[AotSpec], archs=(80, 90), jobs: int | None = None) -> list[Report]:
     """Compiles every spec for every arch (in `jobs` forked processes) and returns the reports."""
+    check_archs(archs)  # before compiling anything: a report on an unknown target could not be judged
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("unset TRITON_INTERPRET: the interpreter replaces the kernels that are to be compiled")
     _SPECS[:] = specs
@@ -176,15 +201,20 @@ def check(specs: list[AotSpec], archs=(80, 90), jobs: int | None = None) -> list
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exhaustive", action="store_true", help="every dtype and mode, not one spec per config")
-    ap.add_argument("--arch", default="80,90", help="compute capabilities, comma-separated")
+    ap.add_argument("--arch", default="80,90", help="compute capabilities, comma-separated, each one of "
+                    f"{', '.join(map(str, SHARED_LIMIT))} (the targets whose shared memory per block is known)")
     ap.add_argument("--jobs", type=int, default=None, help="compiler processes (default: one per CPU)")
     ap.add_argument("--only", default="", help="compile only specs whose name contains this")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every report, not only failures")
     args = ap.parse_args(argv)
+    try:
+        archs = parse_archs(args.arch)
+    except ValueError as e:
+        ap.error(str(e))
     if importlib.util.find_spec("triton") is None:
         ap.error("Triton is not installed: pip install 'glyph_rt[triton]' (CUDA builds of torch bring it)")
     specs = [s for s in all_specs(args.exhaustive) if args.only in s.name]
-    reports = check(specs, tuple(int(a) for a in args.arch.split(",")), args.jobs)
+    reports = check(specs, archs, args.jobs)
     bad = [r for r in reports if r.problems]
     for r in reports if args.verbose else bad:
         print(r.line())

@@ -75,10 +75,13 @@ class GlyphVisionAttention:
 
 class GlyphPositionEmbedding:
     """GLM-4.1V's learned position table, resampled bicubically per image grid: the resampled table
-    depends only on the grid's shape, so in inference it is computed once per shape (and weight
-    version) and reused, the most recent GLYPH_SHAPES shapes kept (cropped last pages bring many) within
-    GLYPH_BYTES (a 300-dpi page's table is ~100 MB at GLM-4.1V's width); the sum is the same as the
-    original's, bit for bit."""
+    depends only on the grid's shape and the table's values, so in inference it is computed once per shape
+    and reused, the most recent GLYPH_SHAPES shapes kept (cropped last pages bring many) within GLYPH_BYTES
+    (a 300-dpi page's table is ~100 MB at GLM-4.1V's width); the sum is the same as the original's, bit for bit.
+    The cache holds a copy of the table it was resampled from and is checked against the weight's bits on every
+    forward (one elementwise compare of the table, fetched in the host sync the forward makes anyway): a write
+    that leaves the address and version counter as they were (`weight.data += delta` in peft's
+    merge_and_unload or an EMA, FSDP2's all-gather) is seen too."""
 
     _glyph_backend = "auto"
     GLYPH_SHAPES = 32
@@ -88,13 +91,17 @@ class GlyphPositionEmbedding:
         weight = self.position_embedding.weight
         if torch.is_grad_enabled() and weight.requires_grad:
             return super().forward(embeddings, lengths, image_shapes, h_coords, w_coords)
-        version = (weight.data_ptr(), weight._version, embeddings.dtype, embeddings.device)
-        if getattr(self, "_glyph_cache_version", None) != version:
-            self._glyph_cache, self._glyph_cache_version = OrderedDict(), version
+        key = (weight.dtype, weight.device, tuple(weight.shape), embeddings.dtype, embeddings.device)
+        snapshot = getattr(self, "_glyph_cache_weight", None)
+        fresh = getattr(self, "_glyph_cache_version", None) == key and snapshot is not None
+        changed = _differs(weight, snapshot) if fresh else None
+        lengths, shapes, changed = _host_lists(lengths, image_shapes, changed)
+        if not fresh or changed[0]:
+            self._glyph_cache, self._glyph_cache_version = OrderedDict(), key
+            self._glyph_cache_weight = weight.detach().clone()
         cache = self._glyph_cache
-        lengths = lengths.tolist() if torch.is_tensor(lengths) else list(lengths)
         parts, start = [], 0
-        for n, shape in zip(lengths, image_shapes.tolist()):
+        for n, shape in zip(lengths, shapes):
             key = (tuple(shape), n)
             if key in cache:
                 cache.move_to_end(key)
@@ -107,17 +114,54 @@ class GlyphPositionEmbedding:
                     cache.popitem(last=False)
             parts.append(cache[key])
             start += n
-        return embeddings + torch.cat(parts)
+        return embeddings + (parts[0] if len(parts) == 1 else torch.cat(parts))
 
 
-WEIGHT_CACHES = ("_folded", "_glyph_cache", "_glyph_cache_version")  # what patched modules derive from weights
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool tensor on a's device: whether a and b (same shape, dtype, device) differ in any bit (NaNs with
+    the same bits are equal, 0.0 and -0.0 differ). No host sync."""
+    a, b = a.detach(), b.detach()
+    bits = _BITS.get(a.element_size()) if a.is_floating_point() else None
+    if bits is not None and a.is_contiguous() and b.is_contiguous():
+        a, b = a.view(bits), b.view(bits)
+    return torch.ne(a, b).any()
+
+
+def _host_lists(*values) -> list:
+    """Each value as a Python list ([x] for a 0-d tensor; a list or None as it is), the tensors that share a device
+    fetched in one transfer (one host sync)."""
+    out = list(values)
+    by_device: dict = {}
+    for i, v in enumerate(values):
+        if torch.is_tensor(v):
+            by_device.setdefault(v.device, []).append(i)
+    for idx in by_device.values():
+        flat = [values[i].reshape(-1).long() for i in idx]
+        got = torch.cat(flat).tolist() if len(flat) > 1 else flat[0].tolist()
+        at = 0
+        for i, f in zip(idx, flat):
+            v, n = values[i], f.numel()
+            part = got[at:at + n]
+            at += n
+            if v.dim() > 1:
+                width = v.shape[-1] if n else 0
+                part = [part[j:j + width] for j in range(0, n, width)] if width else []
+            out[i] = part
+    return [list(v) if isinstance(v, tuple) else v for v in out]
+
+
+# what patched modules derive from weights
+WEIGHT_CACHES = ("_glyph_cache", "_glyph_cache_version", "_glyph_cache_weight")
 
 
 def forget_weight_caches(model: torch.nn.Module) -> None:
-    """Drops what the patched modules cached from their weights (folded patch weights, resampled position
-    tables). Their keys hold each weight's address and version counter, but FSDP2's all-gather (and any write
-    under torch.autograd._unsafe_preserve_version_counter) puts new values at the same address without a new
-    version; the trainers call this after every optimizer step."""
+    """Drops what the patched modules cached from their weights (resampled position tables and the copy of the
+    table they came from). The caches see every change of the weights' values themselves (the position table is
+    compared bit for bit on each forward, the patch weights are folded on each forward); this frees their memory,
+    and the trainers call it after every optimizer step, when the old tables are of no more use."""
     for m in model.modules():
         for name in WEIGHT_CACHES:
             m.__dict__.pop(name, None)

@@ -5,14 +5,15 @@
 
 q: (total_q, nheads, headdim); k, v: (total_k, nheads_k, headdim), nheads divisible by
 nheads_k (GQA/MQA); cu_seqlens_q / cu_seqlens_k: (batch + 1,) int32 segment boundaries (one
-segment when omitted), ending at total_q / total_k: every token is in a segment, as flash-attn's
-contract (checked when max_seqlen_* is computed); max_seqlen_*: the longest segment (computed when
-omitted: one host sync).
+segment when omitted), starting at 0, non-decreasing and ending at total_q / total_k: every token is in
+a segment, as flash-attn's contract (checked, a ValueError naming the argument, in the host sync that computes
+max_seqlen_* when it is omitted, and always on sdpa and reference, which read the boundaries on the host);
+max_seqlen_*: the longest segment (computed when omitted: one host sync).
 causal masks are aligned to the bottom right, as flash-attn's. Returns (total_q, nheads, headdim).
 
 Backends:
   "glyph"       the Triton kernel (glyph_rt.kernels.attention), forward and backward, in float16, bfloat16
-                or float32 (other dtypes are refused: cast, or use sdpa or reference)
+                or float32 (other dtypes are refused: cast, or use sdpa or reference), on sm_80+ GPUs
   "flash_attn"  the flash_attn package's varlen function (FA4's on sm_90+ at head dims 64/96/128, else FA2)
   "sdpa"        torch's scaled_dot_product_attention (per segment when lengths differ)
   "reference"   plain fp32 math, the test oracle
@@ -21,7 +22,8 @@ Backends:
                 (glyph_rt/data/attention_backends.json, see choose_backend), else glyph for vision
                 and decode and flash_attn/sdpa for causal prefill; only float16 and bfloat16 take glyph
                 (float32, float64 and float8 go to sdpa), and never at head dims over 256 or head dims
-                that are not a multiple of 16; sdpa off CUDA
+                that are not a multiple of 16; glyph and flash_attn need compute capability 8.0 or newer
+                (below it, e.g. a T4, auto takes sdpa and naming either is an error); sdpa off CUDA
 
 `register_transformers()` makes it a transformers attention implementation,
 attn_implementation="glyph", for GLM-4.1V and Qwen2.5-VL (and any model using
@@ -55,6 +57,10 @@ AUTO_GLYPH_DTYPES = (torch.float16, torch.bfloat16)
 
 
 FA4_HEAD_DIMS = (64, 96, 128)  # FA4 (flash_attn.cute) runs on Hopper and Blackwell (sm_90+) at these head dims
+# glyph's Triton kernels and flash_attn need compute capability 8.0 or newer: FA2 (and FA4) has no kernels for
+# Turing and older, and the Triton tiles are sized for sm_80+ shared memory (an fp16 d=128 forward block needs
+# 81,920 B; sm_75 has 65,536); bf16 tensor cores start there too (patch_embed's 'cuda' GEMM has the same floor)
+MIN_CAPABILITY = (8, 0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -162,13 +168,16 @@ def measured_choices() -> dict:
 def choose_backend(case: str, device: DeviceInfo, avail: dict[str, str | None], dtype: torch.dtype,
                    head_dim: int, table: dict | None = None) -> str:
     """The backend `auto` runs for `case` on a CUDA `device`: the measured fastest for this GPU (by name,
-    then compute capability) when it is available and can take the input, else the first usable default."""
+    then compute capability) when it is available and can take the input, else the first usable default.
+    glyph and flash_attn are never usable below compute capability 8.0 (MIN_CAPABILITY): there it is sdpa."""
     if case not in CASES:
         raise ValueError(f"attention case {case!r} is unknown; choose from {', '.join(CASES)}")
     table = measured_choices() if table is None else table
 
     def usable(b: str) -> bool:
         if avail.get(b) is not None:
+            return False
+        if b in ("glyph", "flash_attn") and tuple(device.capability) < MIN_CAPABILITY:
             return False
         if b == "glyph":  # fp16/bf16 only: fp32 runs on FMA units there, slower than SDPA's kernels, and
             # fp64/fp8 are not compiled for (AUTO_GLYPH_DTYPES); head dims that are not a multiple of 16 make
@@ -204,6 +213,11 @@ def resolve_backend(backend: str, q: torch.Tensor, case: str = "vision") -> str:
         return choose_backend(case, _device_info(q.device.index or 0), avail, q.dtype, q.shape[-1])
     if avail[backend] is not None:
         raise RuntimeError(f"attention backend {backend!r} is not available: {avail[backend]}")
+    if backend in ("glyph", "flash_attn") and q.device.type == "cuda":
+        info = _device_info(q.device.index or 0)
+        if tuple(info.capability) < MIN_CAPABILITY:
+            raise RuntimeError(f"attention backend {backend!r} needs compute capability 8.0 or newer; {info.name} is "
+                               f"{'.'.join(map(str, info.capability))}: use backend 'sdpa' (or 'auto', which takes it)")
     if backend == "glyph" and q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"backend 'glyph' supports head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}")
     if backend == "glyph":
@@ -240,8 +254,8 @@ class _GlyphAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None
 
 
-def _segments(cu: torch.Tensor) -> list[int]:
-    return (cu[1:] - cu[:-1]).tolist()
+def _lengths(bounds: list[int]) -> list[int]:
+    return [b - a for a, b in zip(bounds, bounds[1:])]
 
 
 def attention_reference(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> torch.Tensor:
@@ -263,9 +277,10 @@ def attention_reference(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> torc
     return out
 
 
-def _sdpa(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> torch.Tensor:
+def _sdpa(q, k, v, bounds_q: list[int], bounds_k: list[int], causal: bool, scale: float) -> torch.Tensor:
+    """SDPA over the segments between the (checked) host boundaries bounds_q / bounds_k."""
     group = q.shape[1] // k.shape[1]
-    lq, lk = _segments(cu_q), _segments(cu_k)
+    lq, lk = _lengths(bounds_q), _lengths(bounds_k)
 
     def run(qs, ks, vs):  # (B, H, L, D)
         Lq, Lk = qs.shape[-2], ks.shape[-2]
@@ -299,15 +314,37 @@ def _sdpa(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def _longest(cu: torch.Tensor, total: int, name: str, given: int | None) -> int:
-    """The longest segment: `given`, else read from cu with the check that the segments cover every token (rows
-    outside them would be left unwritten by the kernels, gradients included)."""
-    if given is not None:
-        return int(given)
-    longest, last = torch.stack([(cu[1:] - cu[:-1]).max(), cu[-1]]).tolist()
+def _check_boundaries(cu: torch.Tensor, name: str, total: int, first: int, shortest: int, last: int) -> None:
+    """cu_seqlens must be segment boundaries that cover every token: start at 0, never decrease, end at `total`.
+    Rows outside them would be left unwritten by the kernels (uninitialized memory in the output, gradients
+    included), and a negative length reads outside its segment."""
+    if first != 0:
+        raise ValueError(f"{name} must start at 0, got {first} (cumulative lengths need the leading 0: "
+                         "F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0)))")
+    if shortest < 0:
+        i = int(torch.nonzero(cu[1:] < cu[:-1])[0, 0]) + 1
+        raise ValueError(f"{name} must be non-decreasing, but entry {i} ({int(cu[i])}) is below entry {i - 1} "
+                         f"({int(cu[i - 1])})")
     if last != total:
         raise ValueError(f"{name} ends at {last} but there are {total} tokens: every token must be in a segment "
                          "(give padding a segment of its own)")
+
+
+def _boundaries(cu: torch.Tensor, total: int, name: str) -> list[int]:
+    """cu_seqlens as a host list (one sync), checked (_check_boundaries)."""
+    bounds = cu.tolist()
+    _check_boundaries(cu, name, total, bounds[0], min(_lengths(bounds)), bounds[-1])
+    return bounds
+
+
+def _longest(cu: torch.Tensor, total: int, name: str, given: int | None) -> int:
+    """The longest segment: `given`, else read from cu in one host sync with the values that check it
+    (_check_boundaries)."""
+    if given is not None:
+        return int(given)
+    lengths = cu[1:] - cu[:-1]
+    first, shortest, longest, last = torch.stack([cu[0], lengths.min(), lengths.max(), cu[-1]]).tolist()
+    _check_boundaries(cu, name, total, first, shortest, last)
     return longest
 
 
@@ -329,10 +366,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: t
     cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()  # the kernels index them flat
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     backend = resolve_backend(backend, q, "prefill" if causal else "vision")
-    if backend == "reference":
+    if backend in ("reference", "sdpa"):  # both read the boundaries on the host: checked there, whatever max_seqlen
+        bounds_q = _boundaries(cu_seqlens_q, q.shape[0], "cu_seqlens_q")
+        bounds_k = _boundaries(cu_seqlens_k, k.shape[0], "cu_seqlens_k")
+        if backend == "sdpa":
+            return _sdpa(q, k, v, bounds_q, bounds_k, causal, scale)
         return attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale).to(q.dtype)
-    if backend == "sdpa":
-        return _sdpa(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
     max_seqlen_q = _longest(cu_seqlens_q, q.shape[0], "cu_seqlens_q", max_seqlen_q)
     max_seqlen_k = _longest(cu_seqlens_k, k.shape[0], "cu_seqlens_k", max_seqlen_k)
     if backend == "flash_attn":

@@ -14,9 +14,10 @@ folded weight is [592, D] contiguous with 4 zero rows, so every row starts 16-by
 Gradients flow to the Conv3d's own weight and bias in both cases, so training uses the same op.
 
 Backends: "triton" (glyph_rt.kernels.patch_embed: float16, bfloat16 or float32 weights), "cuda" (the
-extension's tensor-core GEMM, bfloat16 weights), "torch" (the plain reference: a matmul on the reshaped
-weight), "auto" (triton on CUDA tensors with weights of those three dtypes, torch otherwise). The GEMM
-is the custom op glyph_rt::gemm, with a fake implementation, so torch.compile traces through it.
+extension's tensor-core GEMM, bfloat16 weights, compute capability 8.0 or newer), "torch" (the plain reference:
+a matmul on the reshaped weight), "auto" (triton on CUDA tensors of compute capability 8.0 or newer with weights
+of those three dtypes, torch otherwise). The GEMM is the custom op glyph_rt::gemm, with a fake implementation,
+so torch.compile traces through it.
 """
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
     if backend not in BACKENDS:
         raise ValueError(f"patch_embed backend {backend!r} is unknown; choose from {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and dtype in TRITON_DTYPES else "torch"
+        # below compute capability 8.0 (a T4) the Triton GEMM's fp16/bf16 tiles spill ~10 KB of registers per
+        # thread (compiled for sm_75): the plain matmul there, as the 'cuda' GEMM is refused there too
+        fits = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+        return "triton" if fits and dtype in TRITON_DTYPES else "torch"
     if backend == "triton" and dtype not in TRITON_DTYPES:
         raise ValueError(f"patch_embed backend 'triton' runs float16, bfloat16 and float32 weights, got {dtype}; "
                          "cast the weights or use backend 'torch'")
@@ -145,22 +149,51 @@ class _Gemm(torch.autograd.Function):
         return ga, gb, gbias, None
 
 
+_FOLD_CONSTANTS: dict = {}  # (mean, std, device) -> float32 (255 std_c per folded row [588, 1], mean_c / std_c [588])
+
+
+def _fold_constants(mean, std, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalization's constants on `device`, per row (channel, py, px) of the folded weight, made once:
+    fold_weight runs on every inference forward, and building them from Python lists there would be a blocking
+    host-to-device copy each time."""
+    key = (tuple(map(float, mean)), tuple(map(float, std)), device)
+    found = _FOLD_CONSTANTS.get(key)
+    if found is None:
+        s = torch.tensor(key[1], dtype=torch.float32)
+        m = torch.tensor(key[0], dtype=torch.float32)
+        denom = (255.0 * s).repeat_interleave(PATCH * PATCH)[:, None]
+        found = _FOLD_CONSTANTS[key] = (denom.to(device), (m / s).repeat_interleave(PATCH * PATCH).to(device))
+    return found
+
+
 def fold_weight(weight: torch.Tensor, bias: torch.Tensor | None, mean=CLIP_MEAN, std=CLIP_STD,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Conv3d weight [D, 3, 2, 14, 14] and bias -> (weight [592, D], bias [D]) acting on uint8 levels:
     [592, D] contiguous, rows 588-591 zero (the pad bytes of the patch rows).
 
     x = u / (255 std_c) - mean_c / std_c for both frames, so W' = sum_t W / (255 std_c) and
-    b' = b - sum W mean_c / std_c. Computed in float32 with autograd, returned in weight's dtype."""
+    b' = b - sum W mean_c / std_c. Computed in float32 (with autograd when the weights need gradients),
+    returned in weight's dtype. Without gradients it is six small kernels over the weight's D x 1176 values
+    (no host sync), against the GEMM's N x 592 x D multiply-adds, so the patch embedding folds on every forward:
+    nothing cached can go stale when the weights change in place (an optimizer step, or a write through `.data`
+    such as peft's merge_and_unload, which leaves the address and the version counter as they were)."""
     D = weight.shape[0]
-    w = weight.float().reshape(D, IN_CHANNELS, TEMPORAL, PATCH * PATCH).sum(2)  # [D, 3, 196]
-    s = torch.tensor(std, dtype=torch.float32, device=weight.device)
-    m = torch.tensor(mean, dtype=torch.float32, device=weight.device)
-    w_u8 = (w / (255.0 * s)[None, :, None]).reshape(D, K_UINT8)
-    shift = (w * (m / s)[None, :, None]).sum((1, 2))
-    b = (bias.float() if bias is not None else torch.zeros(D, device=weight.device)) - shift
-    w_u8 = F.pad(w_u8.t(), (0, 0, 0, ROW_U8_STRIDE - K_UINT8)).to(weight.dtype).contiguous()
-    return w_u8, b.to(weight.dtype)
+    denom, shift_scale = _fold_constants(mean, std, weight.device)
+    w = weight.reshape(D, IN_CHANNELS, TEMPORAL, PATCH * PATCH).sum(2, dtype=torch.float32).reshape(D, K_UINT8)
+    shift = (w * shift_scale).sum(1)  # [D] (elementwise: a matmul would run in autocast's dtype)
+    if torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad)):
+        b = bias - shift if bias is not None else -shift  # float32 at least (type promotion)
+        w_u8 = F.pad(w.t() / denom, (0, 0, 0, ROW_U8_STRIDE - K_UINT8))
+        return w_u8.to(weight.dtype).contiguous(), b.to(weight.dtype)
+    w_u8 = weight.new_empty(ROW_U8_STRIDE, D)  # divided, transposed and cast into place in one pass
+    torch.div(w.t(), denom, out=w_u8[:K_UINT8])
+    w_u8[K_UINT8:].zero_()
+    b = weight.new_empty(D)
+    if bias is not None:
+        torch.sub(bias, shift, out=b)  # in float32 (type promotion), cast to the weight's dtype on the way out
+    else:
+        torch.mul(shift, -1.0, out=b)
+    return w_u8, b
 
 
 def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
