@@ -629,6 +629,8 @@ def cmd_search(args) -> int:
     print(f"wrote {', '.join(f'{out}/{f}' for f in r.files)} and {r.history}")
     for f, why in r.skipped.items():
         print(f"skipped {f}: {why}", file=sys.stderr)
+    for w in r.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if b is None or b["accuracy"] is None:  # every evaluation failed: no config was scored
         print(f"glyph-rt: error: no config was scored: {_first_search_error(r)}", file=sys.stderr)
         return 1

@@ -768,3 +768,117 @@ def test_outputs_settings_are_checked_before_the_search(tmp_path):
     good = tmp_path / "text.txt"
     good.write_text("Lorem ipsum dolor sit amet. " * 50)
     assert load_settings(None, [f"outputs.text={good}", "outputs.contact_sheet=0"])["outputs"]["text"] == str(good)
+
+
+# ----------------------------------------------------------------- review fixes: base, staircase, repair, overrides
+def test_settings_that_are_no_genes_come_from_the_base_config(tmp_path, space):
+    """A preset's genome is the preset again (same hash: snap, tab_size, cr_newline and the unrounded page size are
+    the base's), and best_config_glyph.json is the config that was scored (summary.json says so); a base whose
+    settings Glyph's format cannot hold gets the export's own score in summary.json and a warning."""
+    from glyph_rt.render.config import PRESETS
+    from glyph_rt.search.legibility import LegibilityObjective
+
+    glyph = RenderConfig.preset("glyph")
+    g, config = check(space, space.genome(glyph), Counter(), repair=False)
+    assert config_hash(config) == config_hash(glyph) and config.page_size == (595, 842)
+    assert (config.snap, config.tab_size, config.cr_newline) == (0, 0, False)
+    sampled = space.to_config(check(space, space.genome(space.sampler(3)), Counter())[0])
+    assert (sampled.snap, sampled.tab_size, sampled.cr_newline) == (0, 0, False)  # every genome's, not only the base's
+    for name in PRESETS:  # any preset as the base is its own genome's config
+        preset = RenderConfig.preset(name)
+        other = SearchSpace(space.sampler, base=preset)
+        assert config_hash(other.to_config(other.genome(preset))) == config_hash(preset), name
+    a4 = RenderConfig(page_size="A4")  # a paper's size is not rounded to the aspect gene's grid either
+    assert space.to_config(space.genome(a4)).page_size == a4.page_size
+    with pytest.raises(SearchError, match="base: .*unknown"):
+        load_settings(None, ["base=nonesuch"])
+
+    obj = LegibilityObjective(chars=3000, max_glyphs=300)
+    args = ["generations=0", "population=2", "presets=[glyph]", "outputs.contact_sheet=0"]
+    r = run_search(load_settings(None, args), obj, tmp_path / "glyph")
+    summary = json.loads((tmp_path / "glyph" / "summary.json").read_text())
+    assert summary["settings"]["base"] == "glyph" and summary["glyph_export"] == {"same_config": True}
+    for f in ("best_config.json", "best_config_glyph.json"):
+        s = obj(RenderConfig.load(tmp_path / "glyph" / f))
+        assert (s.accuracy, s.compression) == (summary["best"]["accuracy"], summary["best"]["compression"]), f
+    assert not r.warnings
+
+    r = run_search(load_settings(None, [*args, "base=code_style", "presets=[]"]), obj, tmp_path / "code")
+    export = json.loads((tmp_path / "code" / "summary.json").read_text())["glyph_export"]
+    assert not export["same_config"] and {"snap", "tab_size", "cr_newline", "wrap"} <= set(export["differs"])
+    s = obj(RenderConfig.load(tmp_path / "code" / "best_config_glyph.json"))
+    assert (export["accuracy"], export["compression"]) == (s.accuracy, s.compression)
+    assert len(r.warnings) == 1 and "best_config_glyph.json is not the config scored" in r.warnings[0]
+
+
+def test_pareto_staircase_only_turns_at_corners_a_config_reaches(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.cbook import STEP_LOOKUP_MAP
+
+    from glyph_rt.search import report
+
+    figs = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: figs.append(fig))
+    front = [{"hash": "c", "accuracy": 0.845, "compression": 2.24, "generation": 0},
+             {"hash": "a", "accuracy": 0.97, "compression": 0.82, "generation": 0},
+             {"hash": "b", "accuracy": 0.88, "compression": 1.86, "generation": 0}]
+    report.pareto_plot(front, front, None, 0.85, tmp_path / "p.png")
+    line = figs[0].axes[0].lines[0]
+    xs, ys = STEP_LOOKUP_MAP[line.get_drawstyle()](line.get_xdata(), line.get_ydata())
+    corners = list(zip(xs.tolist(), ys.tolist()))
+    assert corners == [(0.82, 0.97), (0.82, 0.88), (1.86, 0.88), (1.86, 0.845), (2.24, 0.845)]
+    for x, y in corners:  # dominated by, or equal to, a config on the front
+        assert any(e["compression"] >= x and e["accuracy"] >= y for e in front), (x, y)
+
+
+def test_dpi_repair_counts_once_and_lands_on_the_largest_valid_dpi(space):
+    def largest_valid(g, below):
+        return max(d for d in range(int(space.genes["dpi"].lo), below)
+                   if check_rules(space.to_config(dict(g, dpi=d)), space.rules) is None)
+
+    g = dict(space.genome(space.sampler(0)), page_width=842, page_aspect=3.5, dpi=400)
+    counts = Counter()
+    g2, config = check(space, g, counts, prefix="operators.")
+    assert dict(counts) == {"operators.repaired.over_model_pixel_budget": 1}
+    assert g2["dpi"] == largest_valid(g2, 400) and check_rules(config, space.rules) is None
+    rng = random.Random(5)
+    cases = [dict(space.genome(space.sampler(0)), page_width=w, page_aspect=1.0, horizontal_scale=0.75, dpi=400)
+             for w in (540.0, 552.0)]  # pages that fit at 392 (384) dpi but not at 391 (383): bisection alone misses
+    cases += [dict(space.genome(space.sampler(i)), dpi=400, horizontal_scale=rng.choice([0.75, 0.9, 1.0]),
+                   page_width=space.genes["page_width"].snap(rng.uniform(300, 842)),
+                   page_aspect=space.genes["page_aspect"].snap(rng.uniform(0.6, 3.5))) for i in range(12)]
+    for i, g in enumerate(cases):  # the model's 28-px rounding makes fitting jagged near the boundary: still the largest
+        counts = Counter()
+        try:
+            g2, config = check(space, g, counts)
+        except Rejected:
+            continue
+        assert sum(counts.values()) <= 1 and g2["dpi"] == largest_valid(g2, 401), (i, dict(counts))
+
+
+def test_an_evaluator_map_override_replaces_it_whole(tmp_path):
+    from glyph_rt.search.objective import make_objective
+
+    yml = tmp_path / "s.yaml"
+    yml.write_text("objective: {mode: constrained, floor: 0.85}\n"
+                   "evaluator: {kind: legibility, chars: 3000, blur: 0.6, noise: 0.08}\n")
+    s = load_settings(str(yml), ["evaluator={kind: synthetic}"])
+    assert s["evaluator"] == {"kind": "synthetic"} and isinstance(make_objective(s), SyntheticObjective)
+    assert load_settings(str(yml), ["objective={mode: pareto}"])["objective"] == {"mode": "pareto", "floor": 0.5}
+    assert load_settings(str(yml), ["evaluator.blur=1"])["evaluator"]["chars"] == 3000  # a dotted key: one entry
+    with pytest.raises(ValueError, match=r"for kind synthetic .*evaluator=\{kind: synthetic"):
+        make_objective(load_settings(str(yml), ["evaluator.kind=synthetic"]))
+
+
+def test_a_legibility_text_without_the_readers_alphabet_is_refused(tmp_path, capsys):
+    from glyph_rt.cli import main
+    from glyph_rt.search.legibility import LegibilityObjective
+
+    zh = tmp_path / "zh.txt"
+    zh.write_text("这是一个用于测试的中文文本。" * 100, encoding="utf-8")
+    with pytest.raises(ValueError, match="no character its reader knows"):
+        LegibilityObjective(text=zh.read_text(encoding="utf-8"))
+    assert main(["search", "--out", str(tmp_path / "out"), "--quiet", "evaluator.kind=legibility",
+                 f"evaluator.text={zh}"]) != 0
+    assert "no character its reader knows" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "history.jsonl").exists()  # refused before any config was scored

@@ -114,6 +114,13 @@ class LegibilityObjective:
         self.text = (text if text is not None else sample_text())[:chars]
         self.chars, self.blur, self.noise, self.max_glyphs, self.seed, self.model = \
             chars, blur, noise, max_glyphs, seed, model
+        readable = sum(ch in ALPHABET for ch in self.text)
+        if not readable:
+            sample = "".join(sorted({ch for ch in self.text if not ch.isspace()}))[:12]
+            raise ValueError(f"evaluator: the legibility text has no character its reader knows (ASCII letters, digits "
+                             f"and .,;:()-'\" only; its {len(self.text):,} characters include {sample!r}): every config "
+                             "would score accuracy 0. Give a text with Latin letters "
+                             "(evaluator.text), or search with kind eval and a model that reads it")
         self.tokenizer = get_tokenizer(tokenizer)
         self.text_tokens = self.tokenizer.count(self.text)
 
@@ -134,8 +141,8 @@ class LegibilityObjective:
         ref_doc = Document("\n".join(ALPHABET), dataclasses.replace(config, newline_markup="<br/>"))
         ref_buf, _ = ref_doc.rasterize(0, ref_doc.num_pages)
         ref_chars, ref_cells, _ = _cells(ref_doc, _grey(ref_buf), config, len(ALPHABET))
-        if not chars:
-            return Score(0.0, self.text_tokens / vis if vis else 0.0, {"glyphs": 0, "pages": doc.num_pages})
+        if not chars:  # nothing to read is no accuracy of 0: a failed evaluation
+            raise ValueError(f"no glyph of the reader's alphabet was placed on the {doc.num_pages} page(s)")
         guess = np.asarray(ref_chars)[_read(cells, widths, ref_cells)]
         acc = float(np.mean(guess == np.asarray(chars)))
         return Score(acc, self.text_tokens / vis, {"glyphs": len(chars), "pages": doc.num_pages, "visual_tokens": vis,

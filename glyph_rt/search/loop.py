@@ -49,13 +49,14 @@ DEFAULTS: dict = {
     "operators": {"mutation_rate": None, "sigma": 0.15, "crossover_rate": 0.5, "tournament": 3, "repair": True},
     "styles": None,           # a styles YAML: the space and the initial population (default: built-in)
     "presets": [],            # RenderConfig presets added to generation 0 as they are (baselines), e.g. [glyph]
+    "base": "glyph",          # the preset whose settings that are not genes (snap, tab_size...) every config takes
     "critic": {"base_url": None, "model": None, "api_key_env": "OPENAI_API_KEY", "timeout": 60.0,
                "temperature": 0.7, "max_tokens": 2048, "max_proposals": 4},
     "evaluator": {"kind": "synthetic"},
     "outputs": {"contact_sheet": 6, "text": None},
 }
 # settings that change which configs are evaluated: a resume must keep them
-DECISIVE = ("seed", "population", "offspring", "objective", "operators", "styles", "presets", "critic.model",
+DECISIVE = ("seed", "population", "offspring", "objective", "operators", "styles", "presets", "base", "critic.model",
             "critic.max_proposals")
 
 
@@ -65,7 +66,9 @@ class SearchError(ValueError):
 
 # ----------------------------------------------------------------- settings
 def load_settings(path: str | None = None, overrides: list[str] = ()) -> dict:
-    """DEFAULTS, a YAML file over them, then `key=value` overrides (dotted keys, YAML values)."""
+    """DEFAULTS, a YAML file over them, then `key=value` overrides (dotted keys, YAML values): a dotted key changes
+    one entry, `key={...}` replaces that map whole (`evaluator={kind: synthetic}` drops the file's evaluator keys;
+    the defaults fill what it leaves out)."""
     s = copy.deepcopy(DEFAULTS)
     if path is not None:
         p = Path(path)
@@ -95,12 +98,25 @@ def load_settings(path: str | None = None, overrides: list[str] = ()) -> dict:
         for k in parts[:-1]:
             cur = cur.setdefault(k, {})
         cur[parts[-1]] = value
+        if isinstance(value, dict):  # key={...} replaces that map whole (as train's data.loader={...}): the defaults
+            _reset(s, parts)  # fill what it leaves out; a dotted key (evaluator.kind=eval) changes one entry
         _merge(s, node, "")
     check_settings(s)
     return s
 
 
 _OPEN_MAPS = ("evaluator",)
+
+
+def _reset(s: dict, parts: list[str]) -> None:
+    """The map at dotted `parts` in `s` back to its default (empty under an open map), when there is one."""
+    cur, default = s, DEFAULTS
+    for k in parts[:-1]:
+        cur = cur.get(k) if isinstance(cur, dict) else None
+        default = default.get(k) if isinstance(default, dict) else None
+    if isinstance(cur, dict) and isinstance(cur.get(parts[-1]), dict):
+        d = default.get(parts[-1]) if isinstance(default, dict) else None
+        cur[parts[-1]] = copy.deepcopy(d) if isinstance(d, dict) else {}
 
 
 def _merge(base: dict, user: dict, where: str) -> None:
@@ -156,6 +172,13 @@ def check_settings(s: dict) -> None:
             RenderConfig.preset(name)
         except ValueError as e:
             raise SearchError(f"presets: {e}") from None
+    if not isinstance(s["base"], str):
+        raise SearchError(f"base: {s['base']!r} must be a preset name (the config whose settings that are not genes, "
+                          "such as snap and tab_size, every searched config takes; default glyph)")
+    try:
+        RenderConfig.preset(s["base"])
+    except ValueError as e:
+        raise SearchError(f"base: {e}") from None
     ev = s["evaluator"]
     if not isinstance(ev, dict):
         raise SearchError(f"evaluator: {ev!r} must be a mapping")
@@ -228,6 +251,7 @@ class SearchResult:
     files: list = field(default_factory=list)
     skipped: dict = field(default_factory=dict)  # output file -> why it was not written (e.g. no matplotlib)
     feasible: bool = False  # whether the best config reaches objective.floor
+    warnings: list = field(default_factory=list)  # what the caller should tell (e.g. the Glyph export differs)
 
 
 class Search:
@@ -241,7 +265,7 @@ class Search:
         self.out.mkdir(parents=True, exist_ok=True)
         sampler = StyleSampler.from_file(settings["styles"], seed=settings["seed"]) if settings["styles"] \
             else StyleSampler(seed=settings["seed"])
-        self.space = SearchSpace(sampler)
+        self.space = SearchSpace(sampler, RenderConfig.preset(settings["base"]))
         o = settings["objective"]
         self.goal = Goal(o["mode"], float(o["floor"]))
         self.hist: History | None = None  # read by run(), under the lock
@@ -562,5 +586,5 @@ def run_search(settings: dict, objective: Objective, out_dir, critic: Critic | N
         if report:
             from .report import write_outputs
 
-            result.files = write_outputs(result, out_dir, settings, search.space)
+            result.files = write_outputs(result, out_dir, settings, search.space, objective)
     return result

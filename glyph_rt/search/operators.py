@@ -74,9 +74,10 @@ def check(space: SearchSpace, genome: dict, counts: Counter, repair: bool = True
           prefix: str = "") -> tuple[dict, RenderConfig]:
     """The genome checked against the gene ranges, the config schema and the exclusion rules.
 
-    Out-of-range numbers are clipped and a dpi that makes glyphs too small or pages too large for the
-    model is moved into bounds when `repair`; each repair adds one to counts[prefix + "repaired." +
-    what]. A genome that stays invalid raises Rejected (the caller counts `reason`).
+    Out-of-range numbers are clipped and a dpi that makes glyphs too small (raised to the smallest that makes them
+    large enough) or pages too large for the model (lowered to the largest dpi on the gene's grid that fits, found by
+    bisection) is moved into bounds when `repair`; each repair adds one to counts[prefix + "repaired." + what], once
+    per reason and candidate. A genome that stays invalid raises Rejected (the caller counts `reason`).
     """
     g = dict(genome)
     missing = [n for n in space.genes if n not in g]
@@ -98,19 +99,59 @@ def check(space: SearchSpace, genome: dict, counts: Counter, repair: bool = True
     except ConfigError as e:
         raise Rejected("invalid_config", str(e)) from None
     dpi = space.genes["dpi"]
-    for _ in range(64):
+    # the smallest dpi whose glyphs are large enough (font_size * dpi / 72 >= min_glyph_px)
+    min_dpi = max(int(dpi.lo), math.ceil(space.rules["min_glyph_px"] * 72 / config.font_size - 1e-9))
+    while min_dpi <= dpi.hi and config.font_size * min_dpi / 72 < space.rules["min_glyph_px"]:
+        min_dpi += 1
+    repaired = set()
+    while True:
         broken = check_rules(config, space.rules)
         if broken is None:
             return g, config
-        if not repair or broken not in ("glyphs_too_small", "over_model_pixel_budget", "page_over_pixel_limit"):
+        if not repair or broken not in ("glyphs_too_small", *TOO_LARGE) or broken in repaired:
             raise Rejected(broken)
         if broken == "glyphs_too_small":
-            new = math.ceil(space.rules["min_glyph_px"] * 72 / config.font_size - 1e-9)
+            new = min_dpi if min_dpi <= dpi.hi else None
         else:
-            new = int(g["dpi"] * 0.9)
-        if not dpi.lo <= new <= dpi.hi or new == g["dpi"]:
+            new = _largest_fitting_dpi(space, g, min_dpi, g["dpi"] - 1)
+        if new is None or new == g["dpi"]:
             raise Rejected(broken)
+        repaired.update(TOO_LARGE if broken in TOO_LARGE else (broken,))
         counts[f"{prefix}repaired.{broken}"] += 1
         g["dpi"] = new
         config = space.to_config(g)
-    raise Rejected("unrepairable")
+
+
+# the rules a page breaks by being too large: a lower dpi repairs them
+TOO_LARGE = ("over_model_pixel_budget", "page_over_pixel_limit")
+
+
+def _largest_fitting_dpi(space: SearchSpace, g: dict, lo: int, hi: int) -> int | None:
+    """The largest dpi in [lo, hi] whose pages are not too large (rules TOO_LARGE), or None. Pages grow with the dpi,
+    so bisection finds the boundary; the model's resize rounds sides to its 28-px grid, which makes fitting not quite
+    monotone near the boundary (a dpi may fit where one a little below it does not), so the dpis within JITTER of the
+    boundary are tried too, the largest first."""
+    def fits(d: int) -> bool:
+        return check_rules(space.to_config(dict(g, dpi=d)), space.rules) not in TOO_LARGE
+
+    if hi < lo:
+        return None
+    top = hi
+    start = next((d for d in range(lo, min(hi, _jitter(lo)) + 1) if fits(d)), None)
+    if start is None:
+        return None
+    lo = start
+    while lo < hi:  # fits(lo) holds
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return next((d for d in range(min(top, _jitter(lo)), lo, -1) if fits(d)), lo)
+
+
+JITTER = 0.1  # how far above a bisection's boundary (a fraction of the dpi) a page may still fit
+
+
+def _jitter(d: int) -> int:
+    return d + max(2, math.ceil(d * JITTER))

@@ -52,6 +52,46 @@ def table_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def front_steps(front: list[dict]) -> tuple[list, list]:
+    """(x, y) of the Pareto front's staircase: the configs by rising compression (so falling accuracy), from each
+    straight down to the next one's accuracy, then across to it. Every corner (compression of one, accuracy of the
+    next) is reached by a config (the first dominates it), so the line never promises a trade-off none reached."""
+    f = sorted(front, key=lambda e: (e["compression"], -e["accuracy"]))
+    xs, ys = [], []
+    for i, e in enumerate(f):
+        if i:
+            xs.append(f[i - 1]["compression"])
+            ys.append(e["accuracy"])
+        xs.append(e["compression"])
+        ys.append(e["accuracy"])
+    return xs, ys
+
+
+def glyph_export(config) -> tuple[object, dict]:
+    """(the config best_config_glyph.json is read back as, the fields it renders differently: name -> [the config's,
+    the export's]). Glyph's format has no snap, tab_size, cr_newline, wrap, fallback fonts...: a config whose values
+    of those are not Glyph's is another config once exported, and its page size is written to 6 digits."""
+    import dataclasses
+
+    from ..render.config import RenderConfig
+    from ..render.fonts import resolve_fonts
+
+    back = RenderConfig.from_glyph_dict(config.to_glyph_dict())
+
+    def fields(c) -> dict:  # what renders: the font by its file, a hanging indent as Glyph folds it
+        d = dataclasses.asdict(c)
+        d["page_size"] = [float(x) for x in c.page_size]
+        d["font_path"] = str(resolve_fonts(c)[0])
+        del d["font_family"]
+        h = d.pop("hanging_indent")
+        d["left_indent"] += h
+        d["first_line_indent"] -= h
+        return d
+
+    a, b = fields(config), fields(back)
+    return back, {k: [a[k], b[k]] for k in a if a[k] != b[k]}
+
+
 def pareto_plot(evals: list[dict], front: list[dict], best: dict | None, floor: float | None, path: Path,
                 title: str = "") -> None:
     import matplotlib
@@ -65,8 +105,8 @@ def pareto_plot(evals: list[dict], front: list[dict], best: dict | None, floor: 
     sc = ax.scatter([e["compression"] for e in ok], [e["accuracy"] for e in ok], c=gens, cmap="viridis", s=18,
                     alpha=0.75, label=f"evaluated ({len(ok)})")
     fig.colorbar(sc, ax=ax, label="generation")
-    f = sorted(front, key=lambda e: e["compression"])
-    ax.step([e["compression"] for e in f], [e["accuracy"] for e in f], where="post", color="#C44E52", lw=1.5)
+    f = sorted(front, key=lambda e: (e["compression"], -e["accuracy"]))
+    ax.plot(*front_steps(f), color="#C44E52", lw=1.5)
     ax.scatter([e["compression"] for e in f], [e["accuracy"] for e in f], s=60, facecolors="none",
                edgecolors="#C44E52", lw=1.5, label=f"Pareto front ({len(f)})")
     if floor is not None and math.isfinite(floor):
@@ -116,10 +156,12 @@ def contact_sheet(records: list[dict], space, text: str, path: Path) -> None:
         sheet.save(tmp)
 
 
-def write_outputs(result, out_dir, settings: dict, space) -> list[str]:
+def write_outputs(result, out_dir, settings: dict, space, objective=None) -> list[str]:
     """Writes best_config.json, best_config_glyph.json, pareto.png, best_per_generation.md,
     contact_sheet.png and summary.json to `out_dir`; returns the file names written. A plot left out (no
-    matplotlib) is in result.skipped and summary.json's "skipped", with the reason."""
+    matplotlib) is in result.skipped and summary.json's "skipped", with the reason. summary.json's "glyph_export"
+    says whether best_config_glyph.json is the config scored; when it is not (see glyph_export), `objective` scores
+    the export, summary.json records that score and result.warnings says so."""
     from .history import History
     from .objective import Goal
 
@@ -164,8 +206,35 @@ def write_outputs(result, out_dir, settings: dict, space) -> list[str]:
     summary = {"stop_reason": result.stop_reason, "generations": result.generations,
                "evaluations": result.evaluations, "best": best,
                "front": [{k: e[k] for k in ("hash", "accuracy", "compression")} for e in result.front],
-               "counts": result.counts, "skipped": skipped, "settings": redacted(settings)}
+               "counts": result.counts, "skipped": skipped}
+    if result.config is not None:
+        summary["glyph_export"] = _check_export(result, objective)
+    summary["settings"] = redacted(settings)
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     files.append("summary.json")
     result.skipped = skipped
     return files
+
+
+def _check_export(result, objective) -> dict:
+    """summary.json's "glyph_export": whether best_config_glyph.json is the config scored; if not, what differs and
+    the export's own score (with `objective`), and a warning in result.warnings."""
+    back, differs = glyph_export(result.config)
+    if not differs:
+        return {"same_config": True}
+    out = {"same_config": False, "differs": differs}
+    score = ""
+    if objective is not None:
+        try:
+            s = objective(back)
+            out.update(accuracy=float(s.accuracy), compression=float(s.compression))
+            score = f"; it scores accuracy {_fmt(out['accuracy'])}, compression {_fmt(out['compression'])}"
+        except Exception as e:  # the export's score is a note: the search's results stand
+            out["error"] = f"{type(e).__name__}: {e}"
+            score = f"; scoring it failed ({out['error']})"
+    b = result.best
+    result.warnings.append(
+        f"best_config_glyph.json is not the config scored (Glyph's format cannot hold {', '.join(differs)}){score}, the "
+        f"best config (best_config.json) accuracy {_fmt(b.get('accuracy'))}, compression {_fmt(b.get('compression'))}; see "
+        "summary.json's glyph_export")
+    return out

@@ -4,16 +4,23 @@ Ranges and choices come from the style sampler's parameters (glyph_rt/data/style
 copy), so the search explores the same space pre-training samples from. A genome is a flat dict
 gene -> value (numbers, strings, booleans): what the operators change, what the critic reads and
 proposes, and what `to_config` turns into a RenderConfig.
+
+A genome says nothing of the rendering settings that are not genes (snap, tab_size, cr_newline, wrap,
+lines_per_paragraph, fallback fonts, frame padding, sub-pixel phases): `to_config` takes them from one base
+config (the search's `base` setting: Glyph's published config by default), and a field whose genes are the
+base's own takes the base's exact value, as does a page size on a known paper's (or preset's) grid point, so
+the base's genome is the base itself (same config hash) and a preset's page size is not rounded.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..render.config import PAPER_SIZES, ConfigError, RenderConfig, color_hex, parse_color
+from ..render.config import PAPER_SIZES, PRESETS, ConfigError, RenderConfig, color_hex, parse_color
 from ..train.styles import StyleSampler, _BUILTIN
 
 
@@ -103,10 +110,13 @@ def _colors(c: RenderConfig) -> str:
 
 
 class SearchSpace:
-    """Genes and their ranges, drawn from a StyleSampler's parameters (Table 8)."""
+    """Genes and their ranges, drawn from a StyleSampler's parameters (Table 8). `base`: the config whose
+    settings that are not genes every genome's config takes (default: the `glyph` preset, Glyph's published
+    config: snap 0, tab_size 0, cr_newline False, as its dashed-key export is read back)."""
 
-    def __init__(self, sampler: StyleSampler | None = None):
+    def __init__(self, sampler: StyleSampler | None = None, base: RenderConfig | None = None):
         self.sampler = sampler or StyleSampler()
+        self.base = base if base is not None else RenderConfig.preset("glyph")
         P = self.sampler.params
         dpis = [v for m in P["dpi"].values() for v in (m.get("range") or m.get("values"))]
         widths = [*P["page_size"]["aspect"]["width"], *P["page_size"]["random"]["width"]]
@@ -162,18 +172,28 @@ class SearchSpace:
         ]
         self.genes = {g.name: g for g in genes}
         self.rules = P["rules"]
+        # the base's genes and the fields they give: a field a genome gives as the base's genes give it is the base's
+        self._base_fields = self._fields(self.genome(self.base), {"font_family": self.base.font_family,
+                                                                  "font_path": self.base.font_path})
+        # a page size on the grid point of the base's, a preset's or a paper's size is that size, unrounded
+        self._pages: dict[tuple, tuple] = {}
+        for size in [self.base.page_size, *(RenderConfig.preset(n).page_size for n in PRESETS),
+                     *PAPER_SIZES.values()]:
+            w, h = (float(x) for x in size)
+            key = self._page(self.genes["page_width"].snap(w), self.genes["page_aspect"].snap(h / w))
+            self._pages.setdefault(key, (w, h))
 
     # ------------------------------------------------------------- genome <-> RenderConfig
     def genome(self, config: RenderConfig) -> dict:
-        """The genes of `config` (values as they are, not clipped to the ranges)."""
+        """The genes of `config`, numbers on the genes' grid (not clipped to the ranges)."""
         c = config
         fs = float(c.font_size)
         font = Path(c.font_path).name if c.font_path else Path(_font_of_family(c.font_family)).name
         em = lambda x: self.genes["first_line_indent"].snap(x / fs)  # noqa: E731 (indents in em, on the gene grid)
         g = {
-            "dpi": int(round(c.dpi)), "page_width": round(float(c.page_size[0]), 4),
-            "page_aspect": round(c.page_size[1] / c.page_size[0], 4), "font": font, "font_size": fs,
-            "line_height_delta": round(c.line_height - fs, 4), "alignment": c.alignment,
+            "dpi": int(round(c.dpi)), "page_width": float(c.page_size[0]),
+            "page_aspect": c.page_size[1] / c.page_size[0], "font": font, "font_size": fs,
+            "line_height_delta": c.line_height - fs, "alignment": c.alignment,
             "margin_x": float(c.margin_x), "margin_y": float(c.margin_y),
             "first_line_indent": em(c.first_line_indent), "block_indent": em(max(c.left_indent, c.right_indent)),
             "hanging_indent": em(c.hanging_indent),
@@ -183,20 +203,29 @@ class SearchSpace:
             "newline_markup": c.newline_markup, "auto_crop_width": bool(c.auto_crop_width),
             "auto_crop_last_page": bool(c.auto_crop_last_page),
         }
+        for name, gene in self.genes.items():
+            if gene.kind in ("num", "int"):
+                g[name] = float(gene.snap(g[name])) if gene.kind == "num" else gene.snap(g[name])
         return g
 
-    def to_config(self, g: dict) -> RenderConfig:
+    @staticmethod
+    def _page(w: float, aspect: float) -> tuple:
+        return round(w, 2), round(w * aspect, 2)
+
+    def _fields(self, g: dict, font_kw: dict | None = None) -> dict:
+        """The RenderConfig fields the genes `g` give (the others are the base's); `font_kw`: the font fields, in
+        place of the font gene's."""
         fs = float(g["font_size"])
-        path = self.fonts.get(g["font"])
-        if path is None:
-            raise ConfigError(f"font: {g['font']!r} is not in the font pool")
-        font_kw = {"font_family": _BUILTIN[path], "font_path": None} if path in _BUILTIN else \
-            {"font_family": "sans", "font_path": path}
+        if font_kw is None:
+            path = self.fonts.get(g["font"])
+            if path is None:
+                raise ConfigError(f"font: {g['font']!r} is not in the font pool")
+            font_kw = {"font_family": _BUILTIN[path], "font_path": None} if path in _BUILTIN else \
+                {"font_family": "sans", "font_path": path}
         page_bg, para_bg, font_color = g["colors"].split("/")
         border = g["border_width"] > 0
-        w = float(g["page_width"])
-        return RenderConfig(
-            page_size=(round(w, 2), round(w * g["page_aspect"], 2)), dpi=int(g["dpi"]), **font_kw,
+        return dict(
+            page_size=self._page(float(g["page_width"]), g["page_aspect"]), dpi=int(g["dpi"]), **font_kw,
             margin_x=g["margin_x"], margin_y=g["margin_y"], font_size=fs,
             line_height=round(fs + g["line_height_delta"], 4), alignment=g["alignment"],
             first_line_indent=round(g["first_line_indent"] * fs, 4),
@@ -208,6 +237,16 @@ class SearchSpace:
             border_width=g["border_width"] if border else 0.0, border_padding=g["border_padding"] if border else 0.0,
             newline_markup=g["newline_markup"], auto_crop_width=g["auto_crop_width"],
             auto_crop_last_page=g["auto_crop_last_page"])
+
+    def to_config(self, g: dict) -> RenderConfig:
+        """The config of genome `g`: the base config with the fields the genes give. A field the genes give as the
+        base's genes give it is the base's own value (so the base's genome is the base: same hash), and a page
+        size on the grid point of the base's, a preset's or a paper's size is that exact size (Glyph's 595 x 842 pt,
+        not 595 x 841.93)."""
+        kw = self._fields(g)
+        page = kw.pop("page_size")
+        kw = {k: getattr(self.base, k) if v == self._base_fields[k] else v for k, v in kw.items()}
+        return dataclasses.replace(self.base, page_size=self._pages.get(page, page), **kw)
 
     def config_of(self, record: dict) -> RenderConfig:
         """The RenderConfig an eval record scored: a preset's own, else its genome's."""
