@@ -87,6 +87,24 @@ def test_glyphs_larger_than_a_tile_and_placements_off_the_page(backend, device):
     assert_same_as_cpu([doc], draw_pages([doc], device, backend))
 
 
+def test_scaled_pages_skip_the_ink_pass_of_the_drawn_page(docs, monkeypatch):
+    """A scaled document's crop comes from its resized pages: no ink pass over the drawn ones."""
+    from glyph_rt.ops import raster as ops_raster
+    from glyph_rt.render import gpu
+
+    modes = []
+    real = ops_raster.raster_tiles
+    monkeypatch.setattr(gpu, "raster_tiles", lambda backend, mode, *a, **k: (modes.append(mode), real(
+        backend, mode, *a, **k))[1])
+    scaled = docs[-1]
+    assert scaled.config.horizontal_scale != 1 and scaled.config.snap
+    assert_same_as_cpu([scaled], draw_pages([scaled], "cpu", "cuda_host"))
+    assert modes == [ops_raster.MODE_PAGES]
+    modes.clear()
+    assert_same_as_cpu(docs, draw_pages(docs, "cpu", "cuda_host"))  # a mixed batch: the others' ink is found
+    assert ops_raster.MODE_BG in modes
+
+
 @pytest.mark.parametrize("backend,device", KERNELS)
 @pytest.mark.parametrize("scale", [1.0, 0.7])
 def test_zero_pages(backend, device, scale):

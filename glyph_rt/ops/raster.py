@@ -302,7 +302,10 @@ class RasterBatch:
                              "draw fewer pages per launch")
 
     def needs_ink(self) -> bool:
-        return any(d.config.auto_crop_width or d.config.auto_crop_last_page or d.config.snap for d in self.docs)
+        """Whether a page's crop needs the ink of the drawn page: a page of a horizontal scale other than 1 takes the
+        ink of the page resized (render.gpu), not of the one drawn."""
+        return any((c.auto_crop_width or c.auto_crop_last_page or c.snap) and c.horizontal_scale == 1
+                   for c in (d.config for d in self.docs))
 
     def to_device(self, device) -> dict:
         """Uploads the batch and bins it: the tensors every kernel mode reads."""
