@@ -21,7 +21,7 @@ from ..kernels import on_device
 from ..nvtx import nvtx_range
 from ..render.atlas import MAX_ATLAS_BYTES
 from ..render.config import parse_color
-from ..render.raster import drawn_canvas, glyph_clips, paragraph_rects, palette, scales
+from ..render.raster import crops, drawn_canvas, glyph_clips, paragraph_rects, palette, scales
 
 TILE_H, TILE_W = 14, 28  # one patch row of a 2x2 merge block: pixel_values tiles map 1:1
 MODE_BG, MODE_INK, MODE_PAGES, MODE_PIXELS, MODE_PATCHES = 0, 1, 2, 3, 4
@@ -304,8 +304,7 @@ class RasterBatch:
     def needs_ink(self) -> bool:
         """Whether a page's crop needs the ink of the drawn page: a page of a horizontal scale other than 1 takes the
         ink of the page resized (render.gpu), not of the one drawn."""
-        return any((c.auto_crop_width or c.auto_crop_last_page or c.snap) and c.horizontal_scale == 1
-                   for c in (d.config for d in self.docs))
+        return any(crops(d.config) and d.config.horizontal_scale == 1 for d in self.docs)
 
     def to_device(self, device) -> dict:
         """Uploads the batch and bins it: the tensors every kernel mode reads."""

@@ -27,7 +27,7 @@ from ..ops.raster import GPU_BACKENDS, MODE_BG, MODE_INK, MODE_PAGES, MODE_PATCH
 from ..ops.resize import ink_extent, resize_width
 from .config import RenderConfig, parse_color
 from .pages import DEFAULT_MAX_BYTES, DEVICE_BACKENDS, Document
-from .raster import INK_TOL, drawn_canvas, final_sizes
+from .raster import INK_TOL, crops, drawn_canvas, final_sizes
 from .tokens import VisionModel, vision_model
 
 
@@ -108,7 +108,7 @@ def _resize_drawn(d: Document, drawn: torch.Tensor, page0: int) -> tuple[torch.T
     pages[:, :, w:] = torch.tensor(parse_color(c.page_bg_color, "page_bg_color"), dtype=torch.uint8,
                                    device=drawn.device)
     ink = np.zeros((len(pages), 2), np.int32)
-    if c.auto_crop_width or c.auto_crop_last_page or c.snap:
+    if crops(c):
         ink = ink_extent(pages, INK_TOL).cpu().numpy()
     return pages, final_sizes(c, ink[:, 0], ink[:, 1], page0, d.num_pages, d.canvas)
 
@@ -222,7 +222,7 @@ def inputs_of_batch(items, device, backend, model, dtype, lut) -> tuple[torch.Te
     if any(scaled):  # resized pages: drawn, resized as Glyph does, then the plain-torch path
         if not all(scaled):
             parts, i = [], 0
-            for flag, run in itertools.groupby(scaled):
+            for _, run in itertools.groupby(scaled):
                 n = len(list(run))
                 parts.append(inputs_of_batch(items[i:i + n], device, backend, model, dtype, lut))
                 i += n

@@ -12,7 +12,7 @@ import numpy as np
 from .config import NewlineMarkup, RenderConfig, parse_color
 from .fonts import missing_hints
 from .layout import layout_text
-from .raster import canvas_size, final_sizes, rasterize
+from .raster import canvas_size, crops, final_sizes, rasterize
 from .tokens import VISION_MODELS, get_tokenizer, visual_tokens
 
 BACKENDS = ("cpu", "reference")  # the layout and CPU raster backends of Document
@@ -133,8 +133,7 @@ class Document:
         c = self.config
         ink = np.zeros((len(buf), 2), np.int32)
         if stop > start:
-            crop = c.auto_crop_width or c.auto_crop_last_page or c.snap
-            rasterize(self.layout, self.atlas, c, buf, start, self.backend, ink=ink if crop else None)
+            rasterize(self.layout, self.atlas, c, buf, start, self.backend, ink=ink if crops(c) else None)
         sizes = final_sizes(c, ink[:, 0], ink[:, 1], start, self.num_pages, self.canvas)
         self.seconds["raster"] += time.perf_counter() - t0
         return buf, sizes

@@ -27,6 +27,11 @@ def scales(config: RenderConfig) -> tuple[float, float]:
     return s, s
 
 
+def crops(config: RenderConfig) -> bool:
+    """Whether a page's final size depends on its ink (auto-crop or snapping)."""
+    return bool(config.auto_crop_width or config.auto_crop_last_page or config.snap)
+
+
 def canvas_size(config: RenderConfig) -> tuple[int, int]:
     """(width, height) of the buffer a page is returned in: the page, rounded up to the snap multiple."""
     w, h = config.page_pixels

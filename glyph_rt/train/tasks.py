@@ -50,7 +50,8 @@ import numpy as np
 from ..models.prompt import IGNORE_INDEX, PromptBuilder, thinking_parts
 from ..render.config import RenderConfig, parse_color
 from ..render.pages import Document
-from ..render.raster import canvas_tokens, drawn_canvas, final_sizes, glyph_clips, paragraph_rects, scales, visible
+from ..render.raster import (canvas_tokens, crops, drawn_canvas, final_sizes, glyph_clips, paragraph_rects, scales,
+                              visible)
 from ..render.resample import resized_extent
 from ..render.tokens import vision_model
 
@@ -102,7 +103,7 @@ def _format_re() -> re.Pattern:
     return re.compile("[" + "".join(re.escape(chr(c)) for c in cps) + "]")
 
 
-def _visible(text: str) -> bool:
+def visible_text(text: str) -> bool:
     """Whether the text holds a character that draws ink (not whitespace, not an inkless format character)."""
     return any(not c.isspace() and (unicodedata.category(c) != "Cf" or ord(c) in INKED_FORMAT) for c in text)
 
@@ -157,7 +158,7 @@ def _text_field(record: dict, name: str, index: int) -> str:
     v = record.get(name)
     if not isinstance(v, str) or not v.strip():
         raise TaskError(f"record {index}: field {name!r} must be a non-empty string, got {v!r:.60}")
-    if not _visible(v):
+    if not visible_text(v):
         raise TaskError(f"record {index}: field {name!r} holds no visible character (only spaces and zero-width "
                         f"characters), got {v!r:.60}")
     return v
@@ -173,11 +174,6 @@ def answer_text(record: dict, index: int, name: str = "answer") -> str:
             raise TaskError(f"record {index}: field {name!r} must be a string or a finite number, got {v!r}")
         return str(v)
     return _text_field(record, name, index)
-
-
-def visible_text(text: str) -> bool:
-    """Whether the text holds a character that draws ink (not whitespace, not an inkless format character)."""
-    return _visible(text)
 
 
 def _cut(text: str, at: int, rng: random.Random | None = None) -> int:
@@ -216,7 +212,7 @@ def page_tokens(doc: Document, vision="glm4v", last: bool = True) -> list[int]:
     c, lay = doc.config, doc.layout
     W, H = drawn_canvas(c)
     right, bottom = np.zeros(n, np.int64), np.zeros(n, np.int64)
-    if c.auto_crop_width or c.auto_crop_last_page or c.snap:
+    if crops(c):
         a, P = doc.atlas.arrays(), doc.atlas.phases
         sx, sy = scales(c)
         lo, hi, g_page, g_y = lay.page_glyphs(0, n)
@@ -428,7 +424,7 @@ class OCRTask(Task):
             self.boxes(index, [(doc, n)])
             spans = doc.page_spans()[:n]
             target = ocr_target(window, doc, spans[0][0], spans[-1][1], n)
-            if not _visible(target):
+            if not visible_text(target):
                 raise TaskError(f"record {index}: field 'text': its pages show no visible character (only spaces "
                                 "and zero-width characters)")
             page = PageRange(window, doc.config, 0, n, k, doc)
@@ -470,7 +466,7 @@ class GenTask(Task):
                 end = doc.page_spans()[n - 1][1]  # text past the last page shown (max_pages) continues the answer
                 answer = window[end:end + self.answer_chars]
                 answer = answer[:_cut(answer, len(answer), rng)] if end + self.answer_chars < len(window) else answer
-            if not _visible(answer):
+            if not visible_text(answer):
                 raise TaskError(f"record {index}: field 'text' leaves nothing to generate")
             page = PageRange(shown, doc.config, 0, n, k, doc)
             try:
