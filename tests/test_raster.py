@@ -4,6 +4,8 @@ Without a GPU the Triton kernel runs in Triton's interpreter on CPU tensors (set
 conftest.py), so pages are tiny, and the CUDA kernel's per-pixel code runs on the host
 ("cuda_host"); the CUDA kernel itself runs in the tests marked `gpu`.
 """
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch
 import glyph_rt
 from glyph_rt import RenderConfig
 from glyph_rt.ops.raster import TILE_H, TILE_W, AtlasStore, RasterBatch, bin_boxes, check_backend
+from glyph_rt.render.atlas import FontAtlas
 from glyph_rt.render.gpu import draw_pages
 from glyph_rt.render.raster import NO_CLIP, run_clips
 
@@ -252,6 +255,7 @@ def test_atlas_store_starts_afresh_past_its_budget(tmp_path, monkeypatch):
     """Training draws a new font size almost every sample: the store stays within its budget, and what a launch
     reads (its metadata and the data they index) is always its own atlases' bitmaps."""
     monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path))
+    monkeypatch.setattr(FontAtlas, "_memory", OrderedDict())  # atlases of earlier tests hold more glyphs
     docs = [glyph_rt.Document("The quick brown fox", RenderConfig(font_size=10 + i, line_height=30)) for i in range(6)]
     sizes = [len(d.atlas.arrays()["data"]) for d in docs]
     store = AtlasStore("cpu", budget=2 * max(sizes) + 1)
