@@ -339,6 +339,27 @@ def test_a_dotted_task_weight_changes_one_weight_of_the_stage_mix():
     assert loader_options(whole)["tasks"] == {"ocr": 1.0, "lm": 1.0, "gen": 1.0}  # a whole loader: the defaults
 
 
+def test_held_out_keys_change_the_training_mix_weight_by_weight():
+    """data.eval_loader holds what the held-out data changes: a dotted data.eval_loader.tasks.ocr=0.5 weighs OCR down
+    in cpt's whole mix (it used to build a mix of OCR alone), task_options merge option by option, and a held-out
+    mix whose every weight ends at 0 is refused."""
+    from glyph_rt.train.config import load_config
+
+    def held(*over):
+        return loader_options(load_config("cpt", None, ["model.path=x", *over], check_paths=False), held_out=True)
+
+    assert held("data.eval_loader.tasks.ocr=0.5")["tasks"] == {"ocr": 0.5, "lm": 1.0, "gen": 1.0}
+    assert held("data.eval_loader.tasks={lm: 0, gen: 0}")["tasks"] == {"ocr": 1.0, "lm": 0, "gen": 0}
+    opts = held("data.loader.task_options.lm.window_chars=500", "data.eval_loader.task_options.lm.max_pages=2")
+    assert opts["task_options"]["lm"] == {"window_chars": 500, "max_pages": 2}
+    assert opts["task_options"]["gen"] == {"window_chars": 400000, "max_pages": 64}
+    train = loader_options(load_config("cpt", None, ["model.path=x", "data.eval_loader.tasks.ocr=0"],
+                                       check_paths=False))
+    assert train["tasks"] == {"ocr": 1.0, "lm": 1.0, "gen": 1.0}  # the training mix is the training mix
+    with pytest.raises(TrainConfigError, match="^data.eval_loader.tasks: every weight is 0"):
+        held("data.loader.tasks={ocr: 1}", "data.eval_loader.tasks={ocr: 0}")
+
+
 def test_text_files_are_cut_into_records_that_hold_the_longest_window(tmp_path, ckpt):
     """A plain-text corpus file is cut into records at least as long as the stage's longest window (cpt's 400,000
     characters; it used to be 50,000 whatever the window); data.loader.max_chars sets it, and one below a window

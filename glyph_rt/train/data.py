@@ -41,16 +41,26 @@ STAGE_TASKS = {"cpt": {"ocr": 1.0, "lm": 1.0, "gen": 1.0}, "sft": {"qa": 1.0}, "
 
 
 def loader_options(cfg: TrainConfig, held_out: bool = False) -> dict:
-    """data.loader with the stage's defaults (held_out: data.eval_loader over it); TrainConfigError naming a bad
-    key (of either mapping, whichever is asked for)."""
+    """data.loader with the stage's defaults (held_out: data.eval_loader's keys over it, its tasks and task_options
+    weight by weight and option by option); TrainConfigError naming a bad key of either mapping."""
+    merged = {"tasks": {}}
     for name, given in (("data.loader", cfg.data.loader), ("data.eval_loader", cfg.data.eval_loader)):
         for k in given:
             if k not in LOADER_KEYS:
                 raise TrainConfigError(f"{name}.{k}: unknown key; {name} takes {', '.join(sorted(LOADER_KEYS))}")
         check_loader_values(given, name)
-    opts = {**cfg.data.loader, **(cfg.data.eval_loader if held_out else {})}
-    opts["tasks"] = dict(opts.get("tasks", STAGE_TASKS[cfg.stage]))
-    return opts
+        opts = {**merged, **given, "tasks": {**merged["tasks"], **given.get("tasks", {})}}
+        if name == "data.loader":
+            opts["tasks"] = dict(given.get("tasks", STAGE_TASKS[cfg.stage]))
+        per_task = [merged.get("task_options") or {}, given.get("task_options") or {}]
+        if any(per_task):
+            opts["task_options"] = {t: {**per_task[0].get(t, {}), **per_task[1].get(t, {})}
+                                    for t in {**per_task[0], **per_task[1]}}
+        if sum(opts["tasks"].values()) <= 0:
+            raise TrainConfigError(f"{name}.tasks: every weight is 0")
+        if name == "data.loader" or held_out:
+            merged = opts
+    return merged
 
 
 # the shared options of data.loader (and data.eval_loader) that take a whole number >= 1 or a boolean; epochs also
@@ -67,8 +77,6 @@ def check_loader_values(given: dict, name: str) -> None:
         if not isinstance(tasks, dict) or not tasks:
             raise TrainConfigError(f"{name}.tasks: expected a mapping of task -> weight, got {tasks!r}")
         check_task_weights(tasks, f"{name}.tasks")
-        if sum(tasks.values()) <= 0:
-            raise TrainConfigError(f"{name}.tasks: every weight is 0")
     for k in WHOLE_OPTIONS:
         v = given.get(k)
         if k in given and not (v is None and k == "epochs") and (isinstance(v, bool) or not isinstance(v, int)
@@ -317,7 +325,8 @@ def task_windows(cfg: TrainConfig, opts: dict, weights: dict | None = None) -> d
     if cfg.stage == "rl":
         return {"qa": shared, **({"ocr": 1500} if cfg.data.ocr_ratio > 0 else {})}
     own = opts.get("task_options") or {}
-    return {n: own.get(n, {}).get("window_chars", shared) for n in (weights or opts["tasks"]) if n in TASK_CLASSES}
+    return {n: own.get(n, {}).get("window_chars", shared) for n, w in (weights or opts["tasks"]).items()
+            if n in TASK_CLASSES and w > 0}
 
 
 def corpus_max_chars(opts: dict, windows: dict) -> int:
