@@ -69,3 +69,26 @@ def test_long_texts_count_in_chunks_as_a_whole():
     head = (word * ((1 << 20) // len(word) + 1))[:(1 << 20) - 2]
     for body in (head + "\n\n\n\n" + word * 10, head + word * 10, (head + "\n") * 2 + " x"):
         assert tok.count(body) == len(tok._tok.encode(body, add_special_tokens=False).ids)
+
+
+def test_a_metaspace_tokenizer_counts_a_long_text_whole(tmp_path):
+    """SentencePiece-style tokenizers (Metaspace prepends ▁ to each text it sees) would count one token more per
+    ~1 MiB chunk: they count the text whole."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE(unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    hf.train_from_iterator(["lorem ipsum dolor sit amet\nconsectetur adipiscing"] * 50,
+                           trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>"]))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = TextTokenizer(tmp_path)
+    text = "lorem ipsum dolor sit amet\nconsectetur adipiscing\n" * 45000  # > 2 MiB
+    assert tok.engine == "tokenizers"
+    assert tok.count(text) == len(hf.encode(text, add_special_tokens=False).ids)
+
+
+def test_a_json_file_that_is_no_tokenizer_is_refused_by_name(tmp_path):
+    for body in ("{}", '{"architectures": ["Glm4vForConditionalGeneration"]}'):
+        (tmp_path / "tokenizer.json").write_text(body)
+        with pytest.raises(ValueError, match="is not a valid tokenizer.json"):
+            TextTokenizer(tmp_path / "tokenizer.json")

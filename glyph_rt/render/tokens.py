@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import re
@@ -159,7 +160,7 @@ class TextTokenizer:
     def __init__(self, source: str | os.PathLike | None = None):
         from . import bpe
 
-        if source is None or str(source) in ("default", "qwen"):
+        if source is None or str(source) == "default":
             path = default_tokenizer_path()
             self.name = "qwen2.5"
         else:
@@ -182,7 +183,19 @@ class TextTokenizer:
     def _load_hf(self):
         from tokenizers import Tokenizer
 
-        return Tokenizer.from_file(self.path)
+        try:
+            return Tokenizer.from_file(self.path)
+        except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot read
+            raise ValueError(f"tokenizer: {self.path!r} is not a valid tokenizer.json ({e})") from None
+
+    def _chunkable(self) -> bool:
+        """Whether counting chunk by chunk gives the count of the whole: not where a normalizer or pre-tokenizer
+        prepends to each text it sees (SentencePiece's Metaspace, Prepend), which would add a piece per chunk."""
+        if not hasattr(self, "_chunks_ok"):
+            spec = json.loads(self._tok.to_str())
+            parts = json.dumps([spec.get("normalizer"), spec.get("pre_tokenizer")])
+            self._chunks_ok = "Metaspace" not in parts and "Prepend" not in parts
+        return self._chunks_ok
 
     @property
     def _tok(self):
@@ -236,7 +249,7 @@ class TextTokenizer:
         # long texts are encoded in chunks that end at a newline followed by a non-space: a pre-tokenizer
         # piece ends there (a run of blank lines is one piece), so the count is the same, in bounded memory
         chunk = 1 << 20
-        if len(text) <= chunk:
+        if len(text) <= chunk or not self._chunkable():
             return len(self._tok.encode(text, add_special_tokens=False).ids)
         cuts = re.compile(r"\n(?=\S)")
         total, i = 0, 0
