@@ -51,6 +51,14 @@ def same(a, b):
         assert torch.equal(i1, i2) and torch.equal(p1, p2)
 
 
+def test_crlf_texts_are_cut_at_blank_lines_and_never_inside_a_crlf():
+    crlf = "".join(f"line {i} of the text\r\n" + ("\r\n" if i % 7 == 6 else "") for i in range(400))
+    parts = split_text(crlf, 500)
+    assert "".join(parts) == crlf and all(len(p) <= 500 for p in parts)
+    assert not any(p.endswith("\r") or p.startswith("\n") for p in parts)
+    assert sum(p.startswith("\r\n\r\n") for p in parts) >= len(parts) // 2  # at blank lines
+
+
 def test_corpus_formats(tmp_path):
     text = sample_text()
     assert all(len(p) <= 1000 for p in split_text(text[:5000], 1000)) and "".join(split_text(text[:5000], 1000)) == \

@@ -150,6 +150,22 @@ def test_text_windows_are_never_short():
     assert min(len(text_window(lines, 1500, rng)) for _ in range(2000)) >= 750
 
 
+def test_windows_and_cuts_end_between_words():
+    """A window that stops short of the text ends at a line end or a space (the lm task's last span and a forward
+    gen answer end there: they used to end mid-word, 40 of 150 lm samples); a cut finds a space at the text's
+    start as it finds any other."""
+    import random
+
+    from glyph_rt.train.tasks import _cut, text_window
+
+    words = " ".join(random.Random(1).choice(["amber", "basalt", "cobalt", "dune"]) for _ in range(5000))
+    rng = random.Random(0)
+    for _ in range(200):
+        w = text_window(words, 1500, rng)
+        assert 750 <= len(w) <= 1500 and (words.endswith(w) or w.endswith(" ")), w[-20:]
+    assert _cut(" abcdefgh", 6) == 1
+
+
 def test_deterministic_and_picklable(builder, text):
     styles = StyleSampler(seed=3)
     a = make_task("gen", builder, styles=styles, seed=1, max_pages=2)

@@ -111,6 +111,13 @@ def test_rl_records_per_rank_and_resume():
     assert next(iter(c)) == next(ra)
 
 
+def test_rl_haystacks_reach_the_texts_last_character():
+    text = "\n".join(f"line {i:03d}" for i in range(40))
+    stream = RecordStream([{"text": text}], seed=0, window_chars=len(text) - 1)
+    contexts = [r["context"] for r in itertools.islice(iter(stream), 40)]
+    assert any("line 039" in c for c in contexts)
+
+
 def test_rl_records_that_make_no_prompt_are_skipped_and_counted():
     good = {"context": "red fox", "question": "What colour?", "answer": "red"}
     corpus = [good, {"context": "x", "question": "q"}, {"content": "no text field"}, "not a dict",

@@ -219,7 +219,7 @@ class RecordStream:
         rng = random.Random(f"{self.seed}:rl:{g}")
         text = field("text")
         if len(text) > self.window_chars:
-            start = rng.randrange(0, len(text) - self.window_chars)
+            start = rng.randrange(0, len(text) - self.window_chars + 1)
             text = text[start:start + self.window_chars]
         return needle_record(text, rng), i
 

@@ -64,9 +64,10 @@ def split_text(text: str, max_chars: int) -> list[str]:
     """A long text as pieces of at most about `max_chars` characters, cut at blank lines or line ends."""
     out, start = [], 0
     while len(text) - start > max_chars:
-        cut = text.rfind("\n\n", start, start + max_chars)
+        cut = max(text.rfind("\n\n", start, start + max_chars), text.rfind("\r\n\r\n", start, start + max_chars))
         if cut <= start + max_chars // 2:
             cut = text.rfind("\n", start, start + max_chars)
+            cut -= cut > start and text[cut - 1] == "\r"  # a CRLF stays whole
         if cut <= start:
             cut = start + max_chars
         out.append(text[start:cut])

@@ -185,19 +185,23 @@ def _cut(text: str, at: int, rng: random.Random | None = None) -> int:
     if nl >= 0:
         return nl + 1
     sp = text.rfind(" ", lo, at)
-    return sp + 1 if sp > 0 else at
+    return sp + 1 if sp >= 0 else at
 
 
 def text_window(text: str, chars: int, rng: random.Random) -> str:
-    """A window of `chars` characters of the text starting at a random line start (the whole text when short),
-    never shorter than chars // 2."""
+    """A window of at most `chars` characters of the text starting at a random line start and ending at a line end
+    or a space (as `_cut` cuts) where the text goes on (the whole text when short), never shorter than chars // 2."""
     if len(text) <= chars:
         return text
     last = len(text) - chars // 2  # the latest start that leaves half a window
     start = rng.randrange(0, last + 1)
     nl = text.find("\n", start, min(start + 2000, last))
     start = nl + 1 if nl >= 0 else start
-    return text[start:start + chars]
+    end = start + chars
+    if end < len(text):  # not inside a word: the text's last span (lm) and a forward answer (gen) end there
+        cut = _cut(text, end)
+        end = cut if cut - start >= chars // 2 else end
+    return text[start:end]
 
 
 def page_tokens(doc: Document, vision="glm4v", last: bool = True) -> list[int]:
