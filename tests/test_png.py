@@ -48,6 +48,19 @@ def test_saved_pages_equal_the_rendered_ones(tmp_path, config, grey):
     assert not list(tmp_path.glob(".*"))  # no temporary files left
 
 
+def test_every_zlib_level_saves_and_others_are_refused_before_any_page(tmp_path):
+    """ISA-L's deflate has levels 0-3; zlib's 4-9 used to fail after the pages were drawn, with ISA-L's own error."""
+
+    pages = render("hello " * 10)
+    for level in (0, 3, 6, 9):
+        (path,) = pages.save(tmp_path / str(level), compress_level=level)
+        assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), pages.images[0].numpy())
+    for level in (-1, 10, 2.5, True):
+        with pytest.raises(ValueError, match="compress_level: .* must be a whole number 0-9"):
+            pages.save(tmp_path / "bad", compress_level=level)
+        assert not any((tmp_path / "bad").iterdir())
+
+
 def test_grey_is_decided_by_the_palette():
     assert Document("x", RenderConfig(para_bg_color="#EEEEEE", para_border_color="#333333")).grey
     assert not Document("x", RenderConfig(para_bg_color="#EEEEEF")).grey

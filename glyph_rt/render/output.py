@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .png import page_name, summary_json, temp_path, write_atomic, write_png
+from .png import check_level, page_name, summary_json, temp_path, write_atomic, write_png
 
 SUMMARY = "summary.json"
 # the writer's own files (page_name's pattern and their temporary names): the only ones it ever removes
@@ -40,7 +40,8 @@ class PageWriter:
 
     def __init__(self, out: Path, doc, extra: dict | None = None, buffers: int = 2, threads: int | None = None,
                  level: int = 1):
-        self.out, self.doc, self.extra, self.buffers, self.level = Path(out), doc, dict(extra or {}), buffers, level
+        self.out, self.doc, self.extra, self.buffers = Path(out), doc, dict(extra or {}), buffers
+        self.level = check_level(level)  # before any page is drawn
         self.threads = threads or writer_threads()
         self.grey = doc.grey  # every colour of the config is grey: greyscale PNGs
         self.sizes: list[tuple[int, int]] = []

@@ -29,8 +29,17 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", _zlib.crc32(data, _zlib.crc32(kind)))
 
 
+def check_level(level: int) -> int:
+    """A deflate level as zlib numbers them, 0 (stored) to 9; ValueError otherwise. ISA-L's deflate has levels 0-3:
+    4-9 compress at its 3."""
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9:
+        raise ValueError(f"compress_level: {level!r} must be a whole number 0-9")
+    return level
+
+
 def encode_png(image: np.ndarray, level: int = 1) -> bytes:
-    """PNG bytes of a uint8 image: [H, W] (greyscale) or [H, W, 3] (RGB); any strides."""
+    """PNG bytes of a uint8 image: [H, W] (greyscale) or [H, W, 3] (RGB); any strides; `level`: check_level's."""
+    level = min(check_level(level), 3) if _zlib.__name__.startswith("isal") else check_level(level)
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in COLOR_TYPES):
         raise ValueError(f"encode_png: need a uint8 [H, W] or [H, W, 3] array, got {image.dtype} {image.shape}")
     h, w = image.shape[:2]
