@@ -267,6 +267,15 @@ def test_unreadable_corpus_files_are_corpus_errors_naming_the_file(tmp_path):
         with pytest.raises(CorpusError, match=f"^corpus: .*{match}") as e:
             Corpus.open(tmp_path / name)
         assert "--errors" not in str(e.value) and "errors=" not in str(e.value)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = pa.array([b"fine text", b"bad \xff\xfe text"], pa.binary()).view(pa.string())  # Parquet keeps the bytes
+    pq.write_table(pa.table({"text": raw}), tmp_path / "bad.parquet")
+    corpus = Corpus.open(tmp_path / "bad.parquet")
+    assert corpus[0] == {"text": "fine text"}
+    with pytest.raises(CorpusError, match=r"^corpus: .*bad.parquet: row 1: invalid UTF-8 at byte 4 "):
+        corpus[1]
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + '{"text": "a \\ud83d\\ude00"}\n'.encode())
     assert Corpus.open(tmp_path / "bom.jsonl")[0] == {"text": "a \U0001F600"}  # a BOM, a surrogate pair: fine
 

@@ -314,13 +314,18 @@ class _Parquet:
             self.table = pq.read_table(path)
         except Exception as e:  # pyarrow.lib.ArrowInvalid and OSError
             raise CorpusError(f"corpus: {str(path)!r} cannot be read as Parquet: {e}") from None
-        self.text_field = text_field
+        self.path, self.text_field = path, text_field
 
     def __len__(self) -> int:
         return self.table.num_rows
 
     def __getitem__(self, i: int) -> dict:
-        return _record(self.table.slice(i, 1).to_pylist()[0], self.text_field)
+        try:
+            row = self.table.slice(i, 1).to_pylist()[0]
+        except UnicodeDecodeError as e:  # a string column holding bytes that are not UTF-8
+            raise CorpusError(f"corpus: {self.path}: row {i}: invalid UTF-8 at byte {e.start} of a string "
+                              f"({e.object[e.start:e.start + 4]!r})") from None
+        return _record(row, self.text_field)
 
 
 class _HFDataset:
