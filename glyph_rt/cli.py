@@ -589,7 +589,7 @@ def cmd_make_data(args) -> int:
     print(f"{args.out}: {r['written']} shards written ({r['samples']} samples, {r['pages']} pages), {r['kept']} kept "
           f"from an earlier run, {r['skipped']} records skipped"
           + "".join(f", {r[k]} {what}" for k, what in (("missing_glyphs", "of them for glyphs no font draws"),
-                                                      ("placeholders_escaped", "literal <image> texts escaped"))
+                                                      ("placeholders_escaped", "literal <image> and special-token texts escaped"))
                     if r.get(k)))
     return 0
 

@@ -151,3 +151,20 @@ def test_a_records_own_image_text_is_no_placeholder(tmp_path):
                                                 for row in rows)
         assert task != "ocr" or r["placeholders_escaped"] == 4  # both samples' pages start at the first line
     assert export.escape_placeholders("<image><audio> <images>") == ("<\u200bimage><\u200baudio> <images>", 2)
+
+
+def test_a_records_special_token_texts_stay_text_for_other_trainers(tmp_path):
+    """glyph_rt's own pipeline tokenizes a record's "<|endoftext|>" as text; an exported one would be the end token
+    (or a turn marker) to another trainer's tokenizer: it is written broken by a zero-width space, and counted."""
+    from glyph_rt.models.tiny import tiny_tokenizer
+
+    text = "A log: <|endoftext|><|user|>hi<|assistant|> [gMASK]<sop> ends here.\n" + sample_text()[:600]
+    (tmp_path / "tok.txt").write_text(text)
+    r = export.make_data("ocr", tmp_path / "ocr", [tmp_path / "tok.txt"], num_samples=1, max_pages=2, progress=False)
+    (row,) = pq.read_table(tmp_path / "ocr" / "ocr-00000.parquet").to_pylist()
+    answer = row["messages"][1]["content"]
+    assert "<\u200b|endoftext|>" in answer and "[\u200bgMASK]<\u200bsop>" in answer and r["placeholders_escaped"] == 5
+    tok = tiny_tokenizer()
+    added = set(tok.get_added_vocab().values())
+    assert added & set(tok(text, add_special_tokens=False)["input_ids"])  # as written: tokens
+    assert not added & set(tok(answer, add_special_tokens=False)["input_ids"])

@@ -10,8 +10,9 @@ Each row is one sample in the multimodal messages format that LLaMA-Factory (sha
 
 Interleaved LM samples (pages and text in one user turn in glyph_rt) are written with their last text
 span as the assistant's turn, since those trainers put the loss on assistant turns only. A record's own text
-"<image>" (or "<video>", "<audio>") would read as a placeholder there: it is written with a zero-width space
-after its "<" (ESCAPED_PLACEHOLDERS), counted in the summary's "placeholders_escaped".
+"<image>" (or "<video>", "<audio>") would read as a placeholder there, and "<|endoftext|>" as a special token: it is
+written with a zero-width space after its "<" (ESCAPED_PLACEHOLDERS), counted in the summary's
+"placeholders_escaped".
 
 Shard k holds samples [k * shard_size, (k + 1) * shard_size) and is written under a temporary name,
 then renamed: a run that stops leaves only complete shards, and the next run with the same arguments
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,19 +38,16 @@ IMAGE = "<image>"
 ARGS_KEY = b"glyph_rt.make_data"
 
 
-# the placeholders LLaMA-Factory and ms-swift read in message text, and how a record's own text of one is written
-ESCAPED_PLACEHOLDERS = {t: f"<\u200b{t[1:]}" for t in (IMAGE, "<video>", "<audio>")}
+# the texts other trainers would read as more than text in a message: the placeholders LLaMA-Factory and ms-swift
+# read, and the chat templates' special tokens ("<|endoftext|>", "<|user|>", GLM's "[gMASK]" and "<sop>"), which
+# their tokenizers match in any text; a record's own one is written with a zero-width space after its first character
+ESCAPED_PLACEHOLDERS = re.compile(r"<(?=(?:image|video|audio|sop|eop)>)|<(?=\|[A-Za-z0-9_]{1,64}\|>)|\[(?=gMASK\])")
 
 
 def escape_placeholders(text: str) -> tuple[str, int]:
-    """The text with each "<image>" ("<video>", "<audio>") of its own broken by a zero-width space, so that no
-    trainer takes it for a page; and how many it changed."""
-    n = 0
-    for t, esc in ESCAPED_PLACEHOLDERS.items():
-        k = text.count(t)
-        if k:
-            text, n = text.replace(t, esc), n + k
-    return text, n
+    """The text with each "<image>" ("<video>", "<audio>") and special token text of its own ("<|endoftext|>") broken
+    by a zero-width space, so that no trainer takes it for a page or a token; and how many it changed."""
+    return ESCAPED_PLACEHOLDERS.subn("\\g<0>\u200b", text)
 
 
 def to_messages(sample) -> list[dict]:
