@@ -363,3 +363,21 @@ def test_cli_bad_config_is_named(tmp_path, capsys):
     assert main(["styles", "--n", "1", "--config", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "dpi.normal.weigth" in capsys.readouterr().err
     assert main(["styles", "--n", "0", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_the_style_report_writes_each_file_whole(tmp_path, monkeypatch):
+    """A report that fails while saving its contact sheet leaves the files written before it whole and no sheet (or
+    temporary file) at all."""
+    from PIL import Image
+
+    from glyph_rt.train.style_report import write_report
+
+    def broken_save(self, fp, *a, **k):
+        open(fp, "wb").write(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(StyleSampler(seed=0), 3, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rejections.json", "styles.jsonl"]
+    assert len((tmp_path / "styles.jsonl").read_text().splitlines()) == 3

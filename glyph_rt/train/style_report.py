@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import atomic_path, save_figure, write_atomic
 from .styles import StyleSample, StyleSampler
 
 THUMB = 224  # thumbnail box, pixels
@@ -40,7 +41,8 @@ def contact_sheet(samples: list[StyleSample], text: str, path: Path) -> None:
         x, y = (k % cols) * THUMB, (k // cols) * cell_h
         sheet.paste(img, (x + (THUMB - img.width) // 2, y + 2))
         draw.text((x + 3, y + THUMB), f"#{s.index} {s.config.dpi}dpi {s.choices['theme']}", fill=(0, 0, 0))
-    sheet.save(path)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp)
 
 
 def plot_distributions(samples: list[StyleSample], path: Path) -> None:
@@ -74,8 +76,7 @@ def plot_distributions(samples: list[StyleSample], path: Path) -> None:
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
     fig.suptitle(f"{len(samples)} sampled styles")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def write_report(sampler: StyleSampler, n: int, out: str | Path, text: str | None = None) -> dict:
@@ -90,12 +91,10 @@ def write_report(sampler: StyleSampler, n: int, out: str | Path, text: str | Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     samples = sampler.samples(range(n))
-    with open(out / "styles.jsonl", "w", encoding="utf-8") as f:
-        for s in samples:
-            f.write(json.dumps(s.to_dict(), ensure_ascii=False) + "\n")
+    write_atomic(out / "styles.jsonl", "".join(json.dumps(s.to_dict(), ensure_ascii=False) + "\n" for s in samples))
     report = {"seed": sampler.seed, "samples": n, "draws": n + sum(sampler.rejections.values()),
               "rejections": dict(sampler.rejections), "font_pool": sampler.pool.summary()}
-    (out / "rejections.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_atomic(out / "rejections.json", json.dumps(report, indent=2) + "\n")
     files, skipped = ["styles.jsonl", "rejections.json"], {}
     contact_sheet(samples, (text or sample_text())[:SAMPLE_CHARS], out / "contact_sheet.png")
     files.append("contact_sheet.png")

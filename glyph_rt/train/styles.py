@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..fileio import write_atomic
 from ..render.config import PAPER_SIZES, ConfigError, RenderConfig, color_hex, parse_color
 from ..render.fonts import BUILTIN_FONTS, system_fonts
 from ..render.tokens import VISION_MODELS, VisionModel, vision_model
@@ -336,7 +337,7 @@ class StyleSampler:
         return cls(load_params(path), seed=seed, **kw)
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(yaml.safe_dump(self.params, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        write_atomic(path, yaml.safe_dump(self.params, sort_keys=False, allow_unicode=True))
 
     # ------------------------------------------------------------- parameter checks
     def _compile(self) -> None:
