@@ -64,9 +64,15 @@ def busy_ms(fn, repeat: int) -> float:
         for _ in range(repeat):
             fn()
         torch.cuda.synchronize()
-    us = sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-             for e in prof.key_averages())
-    return us / 1e3 / repeat
+    return device_us(prof.events()) / 1e3 / repeat
+
+
+def device_us(events) -> float:
+    """Microseconds of the device's own events (kernels, copies, fills) among a profile's: an op that launched one
+    also reports its time as its own, so summing every event (or key_averages()) counts it twice."""
+    from torch.autograd import DeviceType
+
+    return sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
 
 
 def wall_ms(fn, repeat: int) -> float:

@@ -253,7 +253,7 @@ def test_a_step_out_of_time_is_killed_and_the_next_one_runs(tmp_path):
 def test_every_commands_budgets_fit_its_run_and_the_checks_run_nowhere_else_come_first(tmp_path):
     for flags in ((), ("--full",), ("--train-serve",)):
         args = gpu_suite.parser().parse_args([str(tmp_path), *flags])
-        assert args.budget == gpu_suite.DEFAULT_BUDGET == 520
+        assert args.budget == gpu_suite.DEFAULT_BUDGET == 500
         steps = gpu_suite.plan(args, tmp_path, cuda=True)
         assert sum(s.budget for s in steps) <= args.budget, (flags, [(s.name, s.budget) for s in steps])
         assert [s.rest for s in steps] == [False] * (len(steps) - 1) + [True]  # the last takes what is left
@@ -399,3 +399,40 @@ def test_device_option_and_fixture(device):
     if not torch.cuda.is_available():
         with pytest.raises(pytest.UsageError, match="--device cuda: torch sees no CUDA device"):
             conftest.resolve_device("cuda")
+
+
+def test_a_failed_cuda_build_is_built_again_without_cuda_and_says_so(tmp_path):
+    """On a GPU the CUDA sources are required; a CUDA build that fails must still leave an extension for the other
+    steps (the C++ layout, Triton), while the build step fails, saying why."""
+    fake = tmp_path / "pip.sh"
+    fake.write_text('echo "GLYPH_RT_CUDA=$GLYPH_RT_CUDA" >> "$1"; [ "$GLYPH_RT_CUDA" != 1 ]\n')
+    log = tmp_path / "log"
+    for cuda, rc, builds in (("1", 1, ["1", "0"]), ("auto", 0, ["auto"]), ("0", 0, ["0"])):
+        log.write_text("")
+        r = subprocess.run(gpu_suite.build_cmd(f"sh {fake} {log}"), capture_output=True, text=True,
+                           env=dict(os.environ, GLYPH_RT_CUDA=cuda))
+        assert r.returncode == rc and log.read_text().split() == [f"GLYPH_RT_CUDA={b}" for b in builds]
+        assert ("built without CUDA" in r.stdout) == (rc == 1)
+
+
+def test_no_step_runs_the_slow_tests(tmp_path):
+    """pytest's last -m wins over pyproject's `not slow`: every step's marker says it again."""
+    for flags in ((), ("--cpu-smoke",)):
+        for s in gpu_plan(tmp_path, *flags):
+            for c in s.cmds:
+                if "pytest" in c:
+                    assert "not slow" in c[c.index("-m", c.index("pytest") + 1) + 1], (s.name, c)
+
+
+def test_a_profiles_device_time_counts_each_kernel_once():
+    """An op that launched a kernel reports the kernel's time as its own too: only device events are summed."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    from bench.bench_render_gpu import device_us
+
+    op = FunctionEvent(0, "aten::copy_", 1, 0, 100, use_device="cuda")
+    kernel = FunctionEvent(1, "Memcpy HtoD", 1, 10, 60, use_device="cuda", device_type=DeviceType.CUDA)
+    op.append_kernel(kernel.name, kernel.device_index, kernel.time_range.elapsed_us())
+    assert op.self_device_time_total == 50  # the double count that summing every event gives
+    assert device_us([op, kernel]) == 50
