@@ -349,21 +349,27 @@ def _document(args, config):
 
 
 def cmd_render(args) -> int:
-    from .render.output import PageWriter
+    with _terminate_as_interrupt():  # from the start: a run stopped at any point exits as interrupted
+        return _render(args)
+
+
+def _render(args) -> int:
+    from .render.output import PageWriter, clear_output
 
     t0 = time.perf_counter()
     _check_input(args.input)
     _check_backend(args)
     out = _check_out_dir(args.out)
+    config = _config(args)
     tokenizer = _tokenizer(args)
-    doc, replaced, name = _document(args, _config(args))
+    clear_output(out)  # before the long work: a run stopped before its first page leaves no other run's summary
+    doc, replaced, name = _document(args, config)
     if tokenizer is not None:
         tokenizer.count_ahead(doc.held_text)  # beside the pages, on another core when there is one
     # setup: imports, argument checks, the tokenizer and reading the input (Document() timed its layout)
     seconds = {"startup": args.startup_seconds, "setup": time.perf_counter() - t0 - doc.seconds["layout"]}
     progress = not args.quiet and doc.num_pages >= PROGRESS_MIN_PAGES
-    with _terminate_as_interrupt(), \
-            PageWriter(out, doc, {"input": name, "replaced_invalid_utf8": replaced}, buffers=2) as writer:
+    with PageWriter(out, doc, {"input": name, "replaced_invalid_utf8": replaced}, buffers=2) as writer:
         writer.write_pages(doc.iter_chunks(progress=progress, device=args.device, backend=args.backend, buffers=2))
         summary = writer.summary(None if args.tokenizer == "none" else args.tokenizer, complete=True)
         seconds.update(summary["seconds"])

@@ -245,6 +245,36 @@ def test_ctrl_c_leaves_a_consistent_directory(tmp_path, signame, rc, said):
     assert s["unplaced_chars"] == len(full) - end == s["characters"] - end
 
 
+def test_a_run_stopped_before_its_first_page_leaves_no_earlier_summary(tmp_path, monkeypatch, capsys):
+    """SIGTERM while the input is read or laid out (a second or more for a large file): the run exits as
+    terminated, and the directory no longer holds an earlier run's summary claiming to be complete."""
+    import os
+    import signal
+
+    from glyph_rt import cli as cli_module
+
+    out = tmp_path / "o"
+    assert main(["render", "--out", str(out), "--tokenizer", "none", "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["complete"] is True
+
+    def terminated_in_layout(args, config):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM was not turned into an interrupt")
+
+    def unhandled(signum, frame):  # what the signal would do were render's handler not installed yet: end it
+        raise SystemExit(-signum)
+
+    monkeypatch.setattr(cli_module, "_document", terminated_in_layout)
+    (tmp_path / "big.txt").write_text("other text")
+    old = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        assert main(["render", str(tmp_path / "big.txt"), "--out", str(out), "--tokenizer", "none"]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert "terminated by SIGTERM" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
 def test_a_write_error_leaves_a_consistent_directory(tmp_path):
     import resource
 

@@ -32,6 +32,15 @@ def writer_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def clear_output(out: Path) -> None:
+    """Removes an earlier run's output from `out`: summary.json first, so it never describes other pages. Only the
+    writer's own names go (page_001.png, ...; a page_cover.png stays)."""
+    for pattern in (SUMMARY, f".{SUMMARY}.tmp", "page_*.png", ".page_*.png.tmp"):
+        for p in Path(out).glob(pattern):
+            if OWN_FILES.fullmatch(p.name):
+                p.unlink()
+
+
 class PageWriter:
     """with PageWriter(out, doc, extra) as w: w.write_pages(chunks); w.finish(tokenizer)
 
@@ -51,17 +60,9 @@ class PageWriter:
         self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> "PageWriter":
-        self._clear()
+        clear_output(self.out)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="glyph-rt-png")
         return self
-
-    def _clear(self) -> None:
-        """Removes an earlier run's output: summary.json first, so it never describes other pages. Only the
-        writer's own names go (page_001.png, ...; a page_cover.png stays)."""
-        for pattern in (SUMMARY, f".{SUMMARY}.tmp", "page_*.png", ".page_*.png.tmp"):
-            for p in self.out.glob(pattern):
-                if OWN_FILES.fullmatch(p.name):
-                    p.unlink()
 
     def _write(self, index: int, image) -> None:
         t0 = time.perf_counter()
