@@ -119,6 +119,11 @@ def test_script_names():
     assert fonts.script_of("中") == fonts.script_of("한") == fonts.script_of("カ") == "CJK"
     assert fonts.script_of("ส") == "Thai"
     assert fonts.script_of("😀") == "Emoji"
+    # invisible controls, symbols and digits are no script to install a font for
+    assert fonts.script_of("\u2067") == fonts.script_of("\u061c") == fonts.script_of("\U000E0041") == "Format"
+    assert fonts.script_of("\U0001D11E") == fonts.script_of("\u2bff") == "Symbols"
+    assert fonts.script_of("\u0661") == "Arabic" and fonts.script_of("\x07") == "Other"
+    assert "leave them out" in fonts.install_hint("Format")
 
 
 # ----------------------------------------------------------------- right to left

@@ -156,14 +156,20 @@ def system_fallbacks(codepoints, exclude=()) -> list[str]:
 
 # ----------------------------------------------------------------- what to install
 def script_of(ch: str) -> str:
-    """A coarse script name for a character: the first word of its Unicode name ("Devanagari")."""
+    """A coarse script name for a character: the first word of a letter's, mark's, number's or punctuation's name
+    ("Devanagari"); "Emoji", "Symbols", "Format" (invisible controls: bidi isolates, tags) or "Other" else."""
     cp = ord(ch)
-    if unicodedata.category(ch) == "So" and (cp >= 0x1F000 or 0x2600 <= cp <= 0x27BF):
+    cat = unicodedata.category(ch)
+    if cat == "So" and (cp >= 0x1F000 or 0x2600 <= cp <= 0x27BF):
         return "Emoji"
+    if cat[0] == "S":
+        return "Symbols"
+    if cat == "Cf":
+        return "Format"
     name = unicodedata.name(ch, "")
-    if not name:
-        return "Unassigned" if unicodedata.category(ch) == "Cn" else "Other"
-    word = name.split()[0]
+    if not name or cat[0] not in "LMNP":
+        return "Unassigned" if cat == "Cn" else "Other"
+    word = name.replace("-", " ").split()[0]  # ARABIC-INDIC DIGIT ONE: Arabic
     return "CJK" if word in CJK_SCRIPTS else word.title()
 
 
@@ -173,6 +179,11 @@ def install_hint(script: str) -> str:
         return CJK_EXTRA_HINT
     if script == "Emoji":
         return "apt-get install fonts-symbola (outline emoji; colour emoji fonts are bitmaps the atlas cannot draw)"
+    if script == "Symbols":
+        return "a symbols font: apt-get install fonts-noto-core fonts-symbola, or name one in fallback_fonts"
+    if script == "Format":
+        return ("no font draws these invisible format characters (bidi isolates, tags; Glyph's pages show boxes "
+                "too): leave them out of the text")
     if script in ("Unassigned", "Other"):
         return "no font draws these (unassigned or control characters)"
     return (f"a font with {script} characters: apt-get install fonts-noto-core (Noto Sans {script}), "
