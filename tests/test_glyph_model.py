@@ -240,7 +240,22 @@ def test_a_context_over_the_window_says_by_how_much(tmp_path):
     small = GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path / "small", max_positions=96), render_config=CFG,
                                        **EXACT)
     with pytest.raises(ValueError, match=r"over the model's 96 by \d+; render denser pages"):
-        small.generate(sample_text()[:3000], "What is this?", max_new_tokens=4)
+        small.generate(sample_text()[:600], "What is this?", max_new_tokens=4)  # 8 pages: drawn, then refused
+
+
+def test_a_context_whose_pages_cannot_fit_is_refused_before_any_page_is_drawn(tmp_path, monkeypatch):
+    """Every page is at least the vision model's min_pixels (GLM-4.1V: 8 visual tokens or more): a context that lays
+    out to more pages than the window holds at 8 tokens each is refused from its layout, before pixel_values fill
+    memory."""
+    import importlib
+
+    gpu = importlib.import_module("glyph_rt.render.gpu")
+    small = GlyphModel.from_pretrained(tiny_glm4v_checkpoint(tmp_path / "small", max_positions=96), render_config=CFG,
+                                       **EXACT)
+    monkeypatch.setattr(gpu, "render_inputs", lambda *a, **k: pytest.fail("pages were drawn"))
+    with pytest.raises(ValueError, match=r"^contexts\[1\]: lays out to at least 13 pages of at least 8 visual "
+                                         r"tokens each, over the model's 96 positions; render denser pages"):
+        small.generate(["short", sample_text() * 3], "What is this?", max_new_tokens=4)
 
 
 def test_cli_generate(checkpoint, tmp_path, capsys):

@@ -211,6 +211,25 @@ class GlyphModel:
                       mm_token_type_ids=(input_ids == self.image_token_id).long())
         return inputs, rendered, render_s
 
+    def check_pages_fit(self, contexts: list[str]) -> None:
+        """Before any page is drawn: a context whose pages alone cannot fit the model's window (every page takes at
+        least the visual tokens of the vision model's min_pixels) is refused, from its layout, where check_window would refuse it only
+        after drawing them (a long context would first fill memory with its pixel_values)."""
+        from ..render.pages import Document
+
+        if not self.max_positions:
+            return
+        # a page resized to at least min_pixels (GLM-4.1V: its two temporal frames' area, so half of it for one)
+        least = max(1, self.vision.min_pixels // (2 * (self.vision.patch * self.vision.merge) ** 2))
+        cap = self.max_positions // least + 1  # pages that cannot fit whatever their size
+        for i, c in enumerate(contexts):
+            pages = Document(c, self.render_config, max_pages=cap).num_pages
+            if pages * least > self.max_positions:
+                raise ValueError(
+                    f"contexts[{i}]: lays out to {'at least ' if pages == cap else ''}{pages} pages of at least {least} "
+                    f"visual tokens each, over the model's {self.max_positions} positions; render denser pages (lower "
+                    "dpi, a smaller font_size, or a larger page_size) or shorten the context")
+
     def check_window(self, inputs: dict, rendered, max_new_tokens: int) -> None:
         if not self.max_positions:
             return
@@ -288,6 +307,7 @@ class GlyphModel:
                 raise ValueError(f"questions[{i}]: {e}") from None
         # what each context would cost as text, counted before generating: nothing after it can fail on a context
         text_tokens = [len(self.prompts.ids(c)) for c in contexts]
+        self.check_pages_fit(contexts)
         inputs, rendered, render_s = self.build_inputs(list(contexts), list(questions))
         self.check_window(inputs, rendered, max_new_tokens)
         vision = {"s": 0.0}
