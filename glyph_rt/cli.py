@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from .fileio import output_dir, output_file
+
 PROGRESS_MIN_PAGES = 16
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
@@ -150,60 +152,6 @@ def _check_input(path: str | None, flag: str = "input") -> None:
         raise UsageError(f"{flag}: cannot read {path!r} ({e.strerror})" if e.strerror else str(e)) from None
     except ValueError as e:
         raise UsageError(str(e)) from None
-
-
-def _check_out_dir(path: str, flag: str = "--out") -> Path:
-    """Creates the output directory `path` (named `flag` in messages) if needed and checks that files can be created
-    in it."""
-    if not path:
-        raise UsageError(f"{flag} is empty; give a directory (it is created if missing), e.g. {flag} . for this one")
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{flag} {path!r} is a file; give a directory (it is created if missing)")
-    _make_dir(out, flag, path, "it")
-    _check_writable_dir(out, f"{flag} {path!r}")
-    return out
-
-
-def _make_dir(d: Path, flag: str, path: str, what: str) -> None:
-    """Creates `d` (`what` of the path given as `flag`) with its parents; a UsageError saying why it cannot."""
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UsageError(f"{flag} {path!r}: a parent of it is a file, not a directory; choose another {flag}") from None
-    except OSError as e:
-        raise UsageError(f"{flag} {path!r}: cannot create {what} ({e.strerror}); choose a writable place") from None
-
-
-def _check_writable_dir(d: Path, what: str) -> None:
-    probe = d / f".glyph-rt-probe-{os.getpid()}"
-    try:
-        probe.open("wb").close()
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"{what} is not writable ({e.strerror}); choose a writable directory") from None
-
-
-def _check_out_file(path: str, flag: str = "--output") -> Path:
-    """An output file: not a directory; its directory created if missing and writable; an existing file writable
-    (opened to append, so that nothing of it changes)."""
-    if not path:
-        raise UsageError(f"{flag} is empty; give a file")
-    out = Path(path)
-    if out.is_dir():
-        raise UsageError(f"{flag} {path!r} is a directory; give a file (e.g. {str(out / 'results.jsonl')!r})")
-    parent = out.parent
-    if parent.exists() and not parent.is_dir():
-        raise UsageError(f"{flag} {path!r}: {str(parent)!r} is a file, not a directory; choose another {flag}")
-    _make_dir(parent, flag, path, "its directory")
-    if out.exists():
-        try:
-            out.open("ab").close()
-        except OSError as e:
-            raise UsageError(f"{flag} {path!r} cannot be written ({e.strerror}); choose a writable file") from None
-    else:
-        _check_writable_dir(parent, f"{flag} {path!r}: its directory")
-    return out
 
 
 def _check_cuda(device: str | None, flag: str = "--device") -> None:
@@ -359,7 +307,7 @@ def _render(args) -> int:
     t0 = time.perf_counter()
     _check_input(args.input)
     _check_backend(args)
-    out = _check_out_dir(args.out)
+    out = output_dir(args.out, "--out")
     config = _config(args)
     tokenizer = _tokenizer(args)
     clear_output(out)  # before the long work: a run stopped before its first page leaves no other run's summary
@@ -531,7 +479,7 @@ def cmd_eval(args) -> int:
             raise UsageError(f"--dpi {d:g}: {e}" if d is not None else f"--config: {e}") from None
     if not all(remote):
         _check_cuda(args.device)
-    s = run_suite(args.suite, args.target, out=_check_out_dir(args.out), config=config, dpis=dpis,
+    s = run_suite(args.suite, args.target, out=output_dir(args.out, "--out"), config=config, dpis=dpis,
                   as_text=args.as_ == "text", progress=not args.quiet, max_new_tokens=args.max_new_tokens,
                   max_tokens=args.max_tokens, concurrency=args.concurrency, extractor=args.extractor,
                   target_kwargs={"repetition_penalty": args.repetition_penalty,
@@ -560,7 +508,7 @@ def cmd_styles(args) -> int:
 
     if args.n < 1:
         raise UsageError(f"--n: {args.n} must be >= 1")
-    _check_out_dir(args.out)
+    output_dir(args.out, "--out")
     sampler = StyleSampler.from_file(args.config, seed=args.seed) if args.config else StyleSampler(seed=args.seed)
     r = write_report(sampler, args.n, args.out)
     rejected = ", ".join(f"{k} {v}" for k, v in r["rejections"].items() if v) or "none"
@@ -581,7 +529,7 @@ def cmd_make_data(args) -> int:
         raise RuntimeError(f"make-data needs pyarrow: pip install 'glyph_rt[train]' ({e})") from None
     if not args.text_field:
         raise UsageError("--text-field is empty; give the records' field that holds the text (default: text)")
-    _check_out_dir(args.out)
+    output_dir(args.out, "--out")
     for path in args.input or []:
         if not Path(path).exists():
             raise UsageError(f"--input {path!r} does not exist")
@@ -611,7 +559,7 @@ def cmd_search(args) -> int:
             remote = str(ev["target"]).startswith("openai:")
             _require("search with evaluator.kind eval", "search",
                      ["rapidfuzz", *(["openai"] if remote else ["transformers", "prometheus_client"])])
-        out = _check_out_dir(args.out)
+        out = output_dir(args.out, "--out")
         if ev.get("kind", "synthetic") == "synthetic":  # the default: say what its accuracy is not
             print("evaluator: synthetic, a closed-form stand-in with a known optimum (for tests): its accuracy says "
                   "nothing about a model; set evaluator.kind=legibility (CPU, no model) or eval", file=sys.stderr)
@@ -669,7 +617,7 @@ def cmd_make_tiny_checkpoint(args) -> int:
         raise RuntimeError(f"make-tiny-checkpoint needs the models extra: pip install 'glyph_rt[models]' ({e})") from None
     if Path(args.dir).is_dir() and any(Path(args.dir).iterdir()):
         raise UsageError(f"{args.dir!r} is not empty; give a new or empty directory (nothing was written)")
-    _check_out_dir(args.dir, "DIR")
+    output_dir(args.dir, "DIR")
     out = make_tiny_checkpoint(args.dir, args.model)
     print(f"wrote a tiny random-weight {args.model} checkpoint to {out} (for dry runs: its answers are noise); "
           f"try: glyph-rt generate --model {out} --context FILE --question TEXT --max-new-tokens 8")
@@ -682,7 +630,7 @@ def cmd_serve(args) -> int:
         raise UsageError(f"--model {args.model!r} is not a directory; give a local checkpoint directory")
     if args.cmd == "batch":
         _check_input(args.input, "--input")
-        _check_out_file(args.output, "--output")
+        output_file(args.output, "--output")
     for flag, v in (("--timeout", args.timeout), ("--cache-mb", args.cache_mb + 1),
                     ("--max-queue-mb", args.max_queue_mb), ("--threshold", args.threshold + 1),
                     ("--kv-cache-mb", args.kv_cache_mb + 1),
@@ -768,7 +716,7 @@ def cmd_train(args) -> int:
         for path in [corpus] if isinstance(corpus, (str, os.PathLike)) else corpus or []:
             if isinstance(path, (str, os.PathLike)) and not Path(path).exists():  # before the model loads
                 raise UsageError(f"{name}.corpus: {str(path)!r} does not exist")
-    _check_out_dir(cfg.out_dir, "out_dir")
+    output_dir(cfg.out_dir, "out_dir")
     from .train.trainer import run
 
     r = run(cfg)

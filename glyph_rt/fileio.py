@@ -25,6 +25,61 @@ def atomic_path(path: str | os.PathLike):
         tmp.unlink(missing_ok=True)
 
 
+def output_dir(path: str | os.PathLike, name: str = "out_dir") -> Path:
+    """The output directory `path` (named `name` in messages), created if needed, where files can be created; a
+    ValueError saying what to change otherwise (empty, a file, under a file, not writable)."""
+    if not str(path):
+        raise ValueError(f"{name} is empty; give a directory (it is created if missing), e.g. {name} . for this one")
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is a file; give a directory (it is created if missing)")
+    _make_dir(out, name, path, "it")
+    _check_writable_dir(out, f"{name} {str(path)!r}")
+    return out
+
+
+def output_file(path: str | os.PathLike, name: str = "output") -> Path:
+    """An output file: not a directory; its directory created if missing and writable; an existing file writable
+    (opened to append, so that nothing of it changes); a ValueError saying what to change otherwise."""
+    if not str(path):
+        raise ValueError(f"{name} is empty; give a file")
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is a directory; give a file (e.g. {str(out / 'results.jsonl')!r})")
+    parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"{name} {str(path)!r}: {str(parent)!r} is a file, not a directory; choose another {name}")
+    _make_dir(parent, name, path, "its directory")
+    if out.exists():
+        try:
+            out.open("ab").close()
+        except OSError as e:
+            raise ValueError(f"{name} {str(path)!r} cannot be written ({e.strerror}); choose a writable file") from None
+    else:
+        _check_writable_dir(parent, f"{name} {str(path)!r}: its directory")
+    return out
+
+
+def _make_dir(d: Path, name: str, path, what: str) -> None:
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"{name} {str(path)!r}: a parent of it is a file, not a directory; choose another "
+                         f"{name}") from None
+    except OSError as e:
+        raise ValueError(f"{name} {str(path)!r}: cannot create {what} ({e.strerror}); choose a writable place") \
+            from None
+
+
+def _check_writable_dir(d: Path, what: str) -> None:
+    probe = d / f".glyph-rt-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        probe.open("wb").close()
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{what} is not writable ({e.strerror}); choose a writable directory") from None
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     with atomic_path(path) as tmp:
         if isinstance(data, bytes):

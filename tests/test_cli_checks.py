@@ -202,7 +202,7 @@ def test_batch_output_is_checked_before_the_model_loads(tmp_path, no_engine, cap
     assert main([*base, f"{req}/r.jsonl"]) == 2
     assert "is a file, not a directory" in capsys.readouterr().err
     nested = tmp_path / "new" / "dir" / "r.jsonl"
-    assert cli._check_out_file(str(nested)) == nested and nested.parent.is_dir() and not nested.exists()
+    assert cli.output_file(str(nested)) == nested and nested.parent.is_dir() and not nested.exists()
 
 
 def test_output_directories_are_checked_before_any_work(tmp_path, capsys):

@@ -61,6 +61,21 @@ def test_every_zlib_level_saves_and_others_are_refused_before_any_page(tmp_path)
         assert not any((tmp_path / "bad").iterdir())
 
 
+def test_save_refuses_an_empty_or_file_out_dir_as_the_cli_does(tmp_path, monkeypatch):
+    """save("") wrote into (and cleared the pages of) the working directory; save(a file) was a bare FileExistsError."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "page_001.png").write_bytes(b"someone's page")
+    pages = render("hello")
+    with pytest.raises(ValueError, match="out_dir is empty; give a directory"):
+        pages.save("")
+    assert (tmp_path / "page_001.png").read_bytes() == b"someone's page"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="out_dir 'afile' is a file; give a directory"):
+        pages.save("afile")
+    with pytest.raises(ValueError, match="a parent of it is a file"):
+        pages.save(tmp_path / "afile" / "sub")
+
+
 def test_grey_is_decided_by_the_palette():
     assert Document("x", RenderConfig(para_bg_color="#EEEEEE", para_border_color="#333333")).grey
     assert not Document("x", RenderConfig(para_bg_color="#EEEEEF")).grey

@@ -369,11 +369,11 @@ class Pages:
         does (PageWriter): an earlier run's pages and summary there are removed first, every file goes through a
         temporary name and a rename, and an error leaves the pages written so far with a summary of them;
         returns the PNG paths."""
+        from ..fileio import output_dir
         from .output import PageWriter
         from .png import page_name
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output_dir(out_dir, "out_dir")
         with PageWriter(out, self.document, buffers=1, level=compress_level) as writer:
             writer.write_pages([(0, np.asarray(self.buffer.cpu()), self.sizes)])
             writer.finish(writer.summary(tokenizer, complete=True))
