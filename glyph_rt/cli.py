@@ -356,7 +356,8 @@ def human_summary(s: dict, out: Path | None = None) -> str:
         lines.append(f"no visual tokens for {m}: {why}")
     miss = s["missing_glyphs"]
     if miss["count"]:
-        shown = " ".join(f"U+{ord(c):04X}x{n}" for c, n in list(miss["chars"].items())[:8])
+        shown = " ".join(f"U+{ord(c):04X}x{n}" for c, n in list(miss["chars"].items())[:8]) + (
+            f" and {len(miss['chars']) - 8} more" if len(miss["chars"]) > 8 else "")
         lines.append(f"missing glyphs: {miss['count']} drawn as boxes ({shown})")
         for script, hint in miss.get("install", {}).items():
             lines.append(f"  {script}: {hint}")

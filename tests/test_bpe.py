@@ -162,3 +162,18 @@ def test_the_pruned_and_the_full_bpe_count_alike():
     counts = [fast.count(t) for t in texts]
     assert fast._full is not None
     assert counts == [len(fast.encode(t)) for t in texts]
+
+
+def test_the_cache_keeps_within_its_budget_least_recently_used_first(tmp_path):
+    """Every tokenizer.json seen leaves an entry (12 MB for Qwen's): the oldest go once the budget is passed."""
+    import time
+
+    for i in range(5):
+        (tmp_path / f"bpe-{i}.marshal").write_bytes(b"x" * 100)
+        os.utime(tmp_path / f"bpe-{i}.marshal", (time.time() - 100 + i, time.time() - 100 + i))
+    os.utime(tmp_path / "bpe-0.marshal")  # read just now
+    (tmp_path / "other.txt").write_bytes(b"x" * 1000)
+    bpe.prune(tmp_path, budget=250)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bpe-0.marshal", "bpe-4.marshal", "other.txt"]
+    bpe.prune(tmp_path, budget=10)  # the newest always stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bpe-0.marshal", "other.txt"]

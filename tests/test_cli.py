@@ -357,8 +357,10 @@ def test_empty_out_is_refused_and_only_own_files_are_cleared(tmp_path):
     assert r.returncode == 2 and "--out is empty" in r.stderr and not list(tmp_path.iterdir())
     (tmp_path / "page_cover.png").write_bytes(b"someone else's")
     (tmp_path / "page_002.png").write_bytes(b"an earlier run's")
+    (tmp_path / "page_0001.png").write_bytes(b"a name the writer never gives")
     assert main(["render", "--max-pages", "1", "--out", str(tmp_path), "--quiet", "--tokenizer", "none"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["page_001.png", "page_cover.png", "summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["page_0001.png", "page_001.png", "page_cover.png",
+                                                           "summary.json"]
 
 
 @pytest.mark.parametrize("argv, message", [

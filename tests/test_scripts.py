@@ -100,7 +100,7 @@ def test_system_fallbacks_pick_one_font_per_script():
 
 def test_missing_glyphs_say_what_to_install():
     cfg = RenderConfig(**{**CFG.to_dict(), "auto_cjk_fallback": False})  # bundled DejaVu only
-    doc = Document("Hi नमस्ते 中文 😀", cfg)
+    doc = Document("Hi नमस्ते 中文 😀 दुनिया", cfg)
     s = doc.summary([(1, 1)], tokenizer=None)
     miss = s["missing_glyphs"]
     assert miss["count"] == doc.layout.missing > 0
@@ -112,6 +112,7 @@ def test_missing_glyphs_say_what_to_install():
     s.update(input="x", seconds={"layout": 0.0, "raster": 0.0})
     text = human_summary(s)
     assert "Devanagari: a font with Devanagari" in text and "glyph_rt[cjk]" in text
+    assert len(miss["chars"]) > 8 and f"and {len(miss['chars']) - 8} more)" in text  # not the first 8 as if all
 
 
 def test_script_names():

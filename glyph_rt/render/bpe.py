@@ -167,6 +167,8 @@ def _cached(cache: Path, make) -> "FastBPE | None":
         form = marshal.loads(cache.read_bytes())
         if not isinstance(form, dict) or form.get("format") != FORMAT:
             form = None
+        else:
+            os.utime(cache)  # used: the last to be pruned
     except (OSError, ValueError, EOFError, TypeError):
         form = None
     if form is None:
@@ -176,9 +178,31 @@ def _cached(cache: Path, make) -> "FastBPE | None":
             tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_bytes(marshal.dumps(form))
             os.replace(tmp, cache)
+            prune(cache.parent)
         except OSError:
             pass
     return None if form.get("unsupported") else FastBPE(form)
+
+
+CACHE_BYTES = 256 << 20  # the tokenizer cache's budget: a Qwen-sized vocabulary's entry takes about 12 MB
+
+
+def prune(folder: Path, budget: int = CACHE_BYTES) -> None:
+    """Removes the least recently used entries of the cache in `folder` until it holds at most `budget` bytes (the
+    newest entry always stays). Every tokenizer.json seen (a path, size and mtime) leaves one otherwise."""
+    entries = []
+    for p in folder.glob("bpe-*.marshal"):
+        try:
+            st = p.stat()
+        except OSError:  # removed meanwhile
+            continue
+        entries.append((st.st_mtime, st.st_size, p))
+    entries.sort(reverse=True)
+    total = 0
+    for i, (_, size, p) in enumerate(entries):
+        total += size
+        if i and total > budget:
+            p.unlink(missing_ok=True)
 
 
 def load(tokenizer_json: str | os.PathLike) -> "FastBPE | None":

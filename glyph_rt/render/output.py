@@ -21,7 +21,7 @@ from .png import check_level, page_name, summary_json, temp_path, write_atomic, 
 
 SUMMARY = "summary.json"
 # the writer's own files (page_name's pattern and their temporary names): the only ones it ever removes
-OWN_FILES = re.compile(r"\.?page_\d{3,}\.png(\.tmp)?|\.?summary\.json(\.tmp)?")
+OWN_FILES = re.compile(r"\.?page_(\d{3}|[1-9]\d{3,})\.png(\.tmp)?|\.?summary\.json(\.tmp)?")  # png.page_name's
 
 
 def writer_threads() -> int:
