@@ -616,7 +616,7 @@ def cmd_make_tiny_checkpoint(args) -> int:
         from .models.tiny import make_tiny_checkpoint
     except ImportError as e:
         raise RuntimeError(f"make-tiny-checkpoint needs the models extra: pip install 'glyph_rt[models]' ({e})") from None
-    if Path(args.dir).is_dir() and any(Path(args.dir).iterdir()):
+    if args.dir and Path(args.dir).is_dir() and any(Path(args.dir).iterdir()):
         raise UsageError(f"{args.dir!r} is not empty; give a new or empty directory (nothing was written)")
     output_dir(args.dir, "DIR")
     out = make_tiny_checkpoint(args.dir, args.model)
