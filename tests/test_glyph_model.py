@@ -234,6 +234,12 @@ def test_clear_errors(checkpoint, tmp_path):
     (other / "config.json").write_text(json.dumps({**cfg["text_config"], "model_type": "glm4"}))
     with pytest.raises(ValueError, match="model type 'glm4' .* is not supported"):
         GlyphModel.from_pretrained(other)
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    assert (broken / "generation_config.json").exists()
+    (broken / "generation_config.json").write_text('{"eos_token_id": [1, 2')  # transformers would use its defaults
+    with pytest.raises(ValueError, match="generation_config.json: not a valid JSON file"):
+        GlyphModel.from_pretrained(broken)
 
 
 def test_a_context_over_the_window_says_by_how_much(tmp_path):

@@ -141,6 +141,8 @@ class GlyphModel:
         if kernels not in ("auto", "off"):
             raise ValueError(f"kernels must be 'auto' or 'off', got {kernels!r}")
         read_json(path / "config.json")
+        if (path / "generation_config.json").exists():  # transformers falls back to its defaults on a broken one
+            read_json(path / "generation_config.json")
         config = _loading(path / "config.json", "model config", lambda: AutoConfig.from_pretrained(path))
         model_type = getattr(config, "model_type", None)
         if model_type not in MODELS:
