@@ -69,7 +69,18 @@ constexpr uint32_t kCannotStart[] = {
     0x30A7, 0x30A9, 0x30C3, 0x30E3, 0x30E5, 0x30E7, 0x30EE, 0x30F5, 0x30F6, 0x30FB, 0x30FC, 0x30FD, 0x30FE,
     0xFF05, 0xFF09, 0xFF3D, 0xFFE0};
 
+// kCannotStart's ASCII members as two 64-bit masks: text is mostly ASCII, and a binary search per
+// character cost ~20% of the layout of Latin text
+constexpr uint64_t ascii_cannot_start(uint32_t word) {
+  uint64_t m = 0;
+  for (uint32_t c : kCannotStart)
+    if (c < 128 && c / 64 == word) m |= uint64_t{1} << (c % 64);
+  return m;
+}
+constexpr uint64_t kAsciiCannotStart[2] = {ascii_cannot_start(0), ascii_cannot_start(1)};
+
 inline uint8_t flags_of(uint32_t c) {
+  if (c < 128) return ((kAsciiCannotStart[c / 64] >> (c % 64)) & 1) ? kNoStart : 0;  // not CJK, not wide
   uint8_t f = is_cjk(c) ? kCjk : 0;
   if (c >= 0x3000 && c < 0x110000) f |= kWide;  // codepoints past Unicode are shaped clusters
   if (std::binary_search(std::begin(kCannotStart), std::end(kCannotStart), c)) f |= kNoStart;
