@@ -555,6 +555,49 @@ def test_resume_takes_the_configs_optimizer_settings(tiny, tmp_path):
     assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-3, want, 2e-6 + 8e-6 * 0.5 * (1 + math.cos(math.pi * 3 / 4))])
 
 
+def test_grpo_settings_outside_rl_are_refused_by_name():
+    """cpt and sft ignore grpo.*: a value given there (grpo.rewards.speed=1, a reward that does not exist) was
+    accepted, written to config.yaml and did nothing."""
+    for stage in ("cpt", "sft"):
+        for over in ("grpo.rewards.speed=1", "grpo.group_size=0"):
+            with pytest.raises(TrainConfigError, match=rf"^grpo\.\w+: .*grpo settings are for rl, not {stage}"):
+                load_config(stage, None, ["model.path=x", over], check_paths=False)
+    load_config("rl", None, ["model.path=x", "grpo.group_size=4"], check_paths=False)
+
+
+def test_a_held_out_corpus_sharing_training_files_is_refused_before_the_model_loads(tiny, tmp_path, monkeypatch):
+    from glyph_rt.render.textio import sample_text
+    from glyph_rt.train import model, trainer
+
+    (tmp_path / "texts").mkdir()
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "texts" / name).write_text(sample_text()[:3000])
+    monkeypatch.setattr(model, "load_for_training", lambda *a, **k: pytest.fail("the model loaded"))
+    for train, held in ((tmp_path / "texts" / "a.txt", tmp_path / "texts" / "a.txt"),
+                        (tmp_path / "texts", tmp_path / "texts" / "b.txt")):
+        with pytest.raises(TrainConfigError, match=r"^data.eval_loader.corpus: holds 1 of the training corpus's "):
+            trainer.run(cfg_for(tiny, tmp_path / "o", "eval_every=1", f"data.loader.corpus={train}",
+                                f"data.eval_loader={{corpus: {held}}}"), progress=False)
+    assert not trainer.check_held_out_apart(cfg_for(tiny, tmp_path / "o", "eval_every=1",
+                                                    f"data.loader.corpus={tmp_path / 'texts' / 'a.txt'}",
+                                                    f"data.eval_loader={{corpus: {tmp_path / 'texts' / 'b.txt'}}}"))
+
+
+def test_a_resume_under_other_model_settings_is_refused_by_name_before_the_model_loads(tiny, tmp_path, monkeypatch):
+    """A checkpoint's state fits the model it was written under: a resume with another LoRA rank (or frozen part,
+    or model) used to fail deep in DCP's load with a traceback after the model had loaded."""
+    from glyph_rt.train import model, trainer
+    from glyph_rt.train.trainer import Trainer
+
+    cfg = cfg_for(tiny, tmp_path, "data.global_batch=1", "steps=1")
+    gm = load(cfg)
+    Trainer(cfg, gm, progress=False).fit(ListData(ocr_samples(gm, WORDS[:1])), steps=1)
+    monkeypatch.setattr(model, "load_for_training", lambda *a, **k: pytest.fail("the model loaded"))
+    for over, key in (("model.lora.r=4", "model.lora.r: 4, but"), ("model.freeze_vision=true", "model.freeze_vision")):
+        with pytest.raises(TrainConfigError, match=f"^{key}.* was written with .*give .* or another out_dir"):
+            trainer.run(cfg_for(tiny, tmp_path, "data.global_batch=1", "steps=2", over), progress=False)
+
+
 def test_fsdp_on_in_one_process_without_torchrun_is_named_before_the_model_loads(tiny, tmp_path, monkeypatch):
     from glyph_rt.train import model, trainer
 

@@ -518,6 +518,10 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
             fixed_render_config(d.render_config)
         except ValueError as e:
             raise TrainConfigError(f"data.render_config: {e}") from None
+    if cfg.stage != "rl":  # unused: a value given here would be written to config.yaml and do nothing
+        for f in dataclasses.fields(GRPOConfig):
+            _check(getattr(g, f.name) == getattr(GRPOConfig(), f.name), f"grpo.{f.name}",
+                   f"{getattr(g, f.name)!r}: grpo settings are for rl, not {cfg.stage}; remove it")
     if cfg.stage == "rl":
         _check(not d.loader.get("tasks"), "data.loader.tasks",
                "rl draws its prompts from QA records (and OCR at data.ocr_ratio), not by task weights; remove it "

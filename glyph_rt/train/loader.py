@@ -122,6 +122,19 @@ class Corpus:
         return cls(sources)
 
 
+def corpus_files(paths=None) -> set[Path]:
+    """The files (and `datasets` directories) Corpus.open(paths) reads, resolved."""
+    if paths is None or paths == []:
+        paths = [BUNDLED_CORPUS]
+    out = set()
+    for p in map(Path, [paths] if isinstance(paths, (str, os.PathLike)) else paths):
+        if p.is_dir() and not ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()):
+            out.update(f.resolve() for f in _directory_files(p))
+        elif p.exists():
+            out.add(p.resolve())
+    return out
+
+
 RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 CORPUS_FILES = ("a corpus file is text (.txt, .md, .text), JSON Lines (.jsonl), a JSON array of records (.json), "
                 "each also gzipped (.gz), or Parquet (.parquet); or give a `datasets` directory")

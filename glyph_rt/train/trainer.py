@@ -247,7 +247,7 @@ class Trainer:
         step's end, taken before a step that did not finish drew from it), else the data's state now."""
         if data_state is None and hasattr(data, "state_dict"):
             data_state = data.state_dict()
-        extra = {"scheduler": self.scheduler.state_dict(), "data": data_state}
+        extra = {"scheduler": self.scheduler.state_dict(), "data": data_state, "model": model_state_keys(self.cfg)}
         return self.ckpt.save(self.step, self.model, self.optimizer, extra)
 
     # -------------------------------------------------------------- one step
@@ -477,6 +477,54 @@ class Trainer:
 
 
 # ----------------------------------------------------------------- entry point
+# the model settings that shape a checkpoint's model and optimizer state: a resume under others cannot load it
+STATE_KEYS = ("path", "lora.r", "lora.target_modules", "freeze_vision", "freeze_projector", "freeze_llm")
+
+
+def model_state_keys(cfg: TrainConfig) -> dict:
+    def get(key):
+        node = cfg.model
+        for part in key.split("."):
+            node = getattr(node, part)
+        return list(node) if isinstance(node, (list, tuple)) else node
+
+    return {f"model.{k}": get(k) for k in STATE_KEYS}
+
+
+def check_resume(cfg: TrainConfig) -> None:
+    """A resume whose model settings differ from those its latest checkpoint was written under is refused, naming
+    the first that differs, before the model loads (the checkpoint's state cannot load into the other model)."""
+    if not cfg.resume:
+        return
+    latest = CheckpointManager(Path(cfg.out_dir) / "checkpoints").latest()
+    try:
+        saved = torch.load(latest / "rank_0.pt", map_location="cpu", weights_only=False).get("model") if latest \
+            else None
+    except Exception:  # unreadable: the load says so, naming the file
+        return
+    for key, value in model_state_keys(cfg).items():
+        if isinstance(saved, dict) and key in saved and saved[key] != value:
+            raise TrainConfigError(
+                f"{key}: {value!r}, but {latest} was written with {saved[key]!r}: a resume continues that run with "
+                f"its model; give {key}={saved[key]!r}, or another out_dir (or resume=false in a new one) to start "
+                "over")
+
+
+def check_held_out_apart(cfg: TrainConfig) -> None:
+    """With eval_every, the held-out corpus must hold none of the training corpus's files (else eval_loss is a loss on
+    training data)."""
+    from .loader import corpus_files
+
+    if not cfg.eval_every:
+        return
+    shared = corpus_files(cfg.data.loader.get("corpus")) & corpus_files(cfg.data.eval_loader.get("corpus"))
+    if shared:
+        raise TrainConfigError(
+            f"data.eval_loader.corpus: holds {len(shared)} of the training corpus's files ({sorted(map(str, shared))[0]}"
+            f"{', ...' if len(shared) > 1 else ''}): the held-out loss would be a loss on training data; give files "
+            "data.loader.corpus does not hold")
+
+
 def check_fresh_start(cfg: TrainConfig) -> None:
     """resume=false beside an earlier run's checkpoints would see them outrank (and prune) the new run's own."""
     if cfg.resume:
@@ -495,7 +543,9 @@ def run(cfg: TrainConfig, data=None, progress: bool = True) -> dict:
     from .data import loader_options
 
     loader_options(cfg)  # a bad data.loader key fails before the model loads
+    check_held_out_apart(cfg)
     check_fresh_start(cfg)
+    check_resume(cfg)
     torch.manual_seed(cfg.seed)
     owned = not distributed()
     rank, world, device = setup_distributed(cfg)
