@@ -125,3 +125,40 @@ def test_mrcr_avg_is_the_mean_of_the_bin_columns():
     rows = [row(i, 1.0, needles=4, text_tokens=4000) for i in range(9)]  # 0k-8k: 9 items, all right
     rows.append(row(9, 0.0, needles=4, text_tokens=12000))  # 8k-16k: one item, wrong
     assert "| glyph @ 72 dpi | 100.00 | 0.00 | 50.00 |" in report.markdown(rows, "mrcr")
+
+
+def test_summary_json_holds_every_run_in_the_out_dir_as_summary_md(tmp_path):
+    """Two targets, two dpis and a text run, in three calls into one --out: summary.json's runs are all of them
+    (it held only the last call's), each named as in summary.md's Runs table."""
+    import json
+
+    from glyph_rt import RenderConfig
+    from glyph_rt.eval import Item, Reply, Target
+    from glyph_rt.eval.suite import run_suite
+
+    class Fixed(Target):
+        def __init__(self, name, reply):
+            self.name, self.reply = name, reply
+
+        @property
+        def key(self):
+            return self.name
+
+        def answer(self, item, config, *, as_text=False):
+            return Reply(self.reply, 0 if as_text else 1, 0 if as_text else 10, 0.0)
+
+    its = [Item(id=f"q{i}", context="ctx " * 20, question="Which?", answers=["42"], metadata={"task": "vt"})
+           for i in range(2)]
+    kw = dict(out=tmp_path, items=its, config=RenderConfig(page_size=(200, 150)), progress=False, tokenizer=None)
+    run_suite("ruler", [Fixed("good", "42"), Fixed("bad", "no")], dpis=[72, 96], **kw)
+    run_suite("ruler", [Fixed("good", "42")], as_text=True, **kw)
+    s = run_suite("ruler", [Fixed("bad", "no")], dpis=[72], **kw)  # resumed: nothing asked again
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == s
+    got = sorted((r["target"], r["mode"], r["dpi"], r["accuracy"], r["items"]) for r in s["runs"])
+    assert got == [("bad", "image", 72.0, 0.0, 2), ("bad", "image", 96.0, 0.0, 2), ("good", "image", 72.0, 100.0, 2),
+                   ("good", "image", 96.0, 100.0, 2), ("good", "text", None, 100.0, 2)]
+    md = (tmp_path / "summary.md").read_text()
+    runs_table = md.split("## Runs")[1]
+    assert all(f"| {r['label']} | {r['items']} | {r['accuracy']:.2f} |" in runs_table for r in s["runs"])
+    assert runs_table.count("\n| ") - 1 == len(s["runs"])  # the header, then a line per run

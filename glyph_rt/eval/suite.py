@@ -6,12 +6,14 @@ summary table and plots. `glyph-rt eval` is this module's front end.
 OUT/items.jsonl holds the items (written once with items_spec.json, the options that made them, and reused by a
 resumed run; other options given there are an error, one left out takes the stored run's), OUT/results.jsonl one
 row per item and run (append-only; a rerun skips the rows already there), OUT/summary.md and summary.json the
-tables (of each run's latest rows: this call's for its runs), and
+tables of every run in results.jsonl (each item's latest row per run: this call's for its runs; the runs of earlier
+calls into the same OUT, other targets, dpis or --as text, stay), and
 OUT/accuracy_vs_length.png, OUT/accuracy_vs_compression.png the plots.
 
-summary.json: {"suite", "items", "runs": [one per target, mode and dpi: {"target", "mode", "dpi", "items",
-"accuracy": the mean score over the run's items in percent, "compression", "errors", "by_task": the mean per task},
-...]}; a LongBench run adds "by_category" (the mean of each category's dataset means) and "paper_avg" (their mean:
+summary.json: {"suite", "items", "runs": [one per target, mode and render config (dpi), in the order the results
+file first holds them: {"target", "mode", "dpi" (None for text, and with "dpis" for items that drew at their own
+dpis), "label": its name in summary.md, "items", "accuracy": the mean score over the run's items in percent,
+"compression", "errors", "by_task": the mean per task}, ...]}; a LongBench run adds "by_category" (the mean of each category's dataset means) and "paper_avg" (their mean:
 the Avg of summary.md's table and of the paper's Table 1, which "accuracy", a mean over items, is not).
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from ..render.config import RenderConfig
 from .extract import AnswerExtractor
-from .harness import RESULTS_FILE, evaluate, read_rows
+from .harness import RESULTS_FILE, EvalResult, evaluate, read_rows, row_key
 from .item import Item, load_items, save_items
 
 SUITES = ("ruler", "longbench", "mrcr", "mmlongbench-doc", "glyph")
@@ -140,7 +142,6 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
     if not items:
         raise ValueError(f"suite {suite}: no items (check --data, --tasks and --limit)")
     cfgs = configs_for(config, dpis)
-    summaries = []
     own_extractor = extractor is not None and not isinstance(extractor, AnswerExtractor)
     if own_extractor:
         extractor = AnswerExtractor(extractor)
@@ -149,12 +150,10 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
             target = spec if isinstance(spec, Target) else make_target(spec, **(target_kwargs or {}))
             try:
                 for cfg in ([cfgs[0]] if as_text else cfgs):
-                    r = evaluate(cfg, items, target, as_text=as_text, out=out / RESULTS_FILE, tokenizer=tokenizer,
+                    evaluate(cfg, items, target, as_text=as_text, out=out / RESULTS_FILE, tokenizer=tokenizer,
                                  progress=progress, extra=None if as_text else {"dpi": cfg.dpi},
                                  max_new_tokens=max_new_tokens, concurrency=concurrency, extractor=extractor,
                                  max_tokens=max_tokens)
-                    summaries.append({**r.summary(), **({"dpi": None} if as_text else _run_dpi(r.rows, cfg.dpi)),
-                                      **(_longbench_summary(r.rows) if suite == "longbench" else {})})
             finally:
                 if not isinstance(spec, Target):
                     target.close()
@@ -164,10 +163,32 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
     rows = read_rows(out / RESULTS_FILE)
     md = report.markdown(rows, suite)
     _write(out / "summary.md", md)
-    summary = {"suite": suite, "items": len(items), "runs": summaries}
+    summary = {"suite": suite, "items": len(items), "runs": run_summaries(rows, suite)}
     _write(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     report.plot(rows, out, suite)
     return summary
+
+
+def run_summaries(rows: list[dict], suite: str = "") -> list[dict]:
+    """summary.json's runs: one per run whose rows `rows` (read_rows of a results file) hold, in the order of their
+    first rows, this call's or an earlier one's (several targets, --dpi values and --as text runs into one --out);
+    a run is one target, mode and render config (and repetition penalty), as evaluate scores it. summary.md is
+    made of the same rows; its tables split a run whose items drew at their own dpis by dpi."""
+    from .report import group_runs, run_label
+
+    runs: dict[tuple, list[dict]] = {}
+    for r in rows:
+        runs.setdefault(row_key(r)[1:], []).append(r)
+    labels = {id(r): run_label(k) for k, rs in group_runs(rows).items() for r in rs}
+    out = []
+    for rs in runs.values():
+        mode = rs[0].get("mode")
+        res = EvalResult(rows=rs, target=rs[0].get("target"), mode=mode)
+        names = list(dict.fromkeys(labels[id(r)] for r in rs))
+        out.append({**res.summary(), **({"dpi": None} if mode == "text" else _run_dpi(rs, None)),
+                    "label": names[0] if len(names) == 1 else None,
+                    **(_longbench_summary(rs) if suite == "longbench" else {})})
+    return out
 
 
 def _longbench_summary(rows: list[dict]) -> dict:
