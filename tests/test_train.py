@@ -1184,3 +1184,9 @@ def test_a_resumed_run_logs_each_step_once_in_tensorboard_too(tmp_path):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
     assert [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
+    assert len(list((tmp_path / "tensorboard").iterdir())) == 2  # one event file per run, no empty one
+    fresh = MetricsLogger(tmp_path / "fresh", plot=False)
+    fresh.truncate(0)  # a fresh start truncates at step 0
+    fresh.log(1, {"loss": 1.0})
+    fresh.close()
+    assert len(list((tmp_path / "fresh" / "tensorboard").iterdir())) == 1

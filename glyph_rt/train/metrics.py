@@ -39,9 +39,8 @@ class MetricsLogger:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.dir / "tensorboard"))
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (missing: an error now, not at step 1)
+        self.tensorboard, self.purge_step = tensorboard, None  # the event file is opened by the first row logged
 
     def truncate(self, step: int) -> None:
         """Drops the rows after `step` (a resumed run logs them again), in TensorBoard too (its purge_step)."""
@@ -49,10 +48,16 @@ class MetricsLogger:
             keep = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
             write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.purge_step = step + 1
+
+    def _tensorboard(self):
+        if self.writer is None and self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer.close()
-            self.writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=step + 1)
+            self.writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=self.purge_step)
+        return self.writer
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -60,7 +65,7 @@ class MetricsLogger:
         row = {"step": step, **{k: v for k, v in metrics.items() if v is not None}}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        if self.writer is not None:
+        if self._tensorboard() is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                     self.writer.add_scalar(f"train/{k}", v, step)
