@@ -632,12 +632,16 @@ def cmd_serve(args) -> int:
     if args.cmd == "batch":
         _check_input(args.input, "--input")
         output_file(args.output, "--output")
-    for flag, v in (("--timeout", args.timeout), ("--cache-mb", args.cache_mb + 1),
-                    ("--max-queue-mb", args.max_queue_mb), ("--threshold", args.threshold + 1),
-                    ("--kv-cache-mb", args.kv_cache_mb + 1),
+    for flag, v in (("--timeout", args.timeout), ("--max-queue-mb", args.max_queue_mb),
                     *([("--max-body-mb", args.max_body_mb)] if args.cmd == "serve" else [])):
-        if not v > 0:
+        if not v > 0:  # NaN too
             raise UsageError(f"{flag} must be positive (--cache-mb, --threshold and --kv-cache-mb may be 0)")
+    for flag, v, zero in (("--cache-mb", args.cache_mb, "the document cache off"),
+                          ("--threshold", args.threshold, "every text rendered"),
+                          ("--kv-cache-mb", args.kv_cache_mb, "70% of the GPU's free memory at start, no limit on "
+                           "the CPU")):
+        if not 0 <= v < float("inf"):  # NaN too; -0.5 as well (it was checked as v + 1 > 0)
+            raise UsageError(f"{flag} must be a number, 0 or more (0: {zero}), got {v:g}")
     media = args.allowed_media_dir
     if media is not None and not Path(media).is_dir():
         raise UsageError(f"--allowed-media-dir {media!r} must be an existing directory (file:// image URLs are read "
@@ -650,6 +654,12 @@ def cmd_serve(args) -> int:
         from .serve.service import ChatService, ServeConfig
     except ImportError as e:
         raise RuntimeError(f"{args.cmd} needs the serve extra: pip install 'glyph_rt[serve]' ({e})") from None
+    requests = None
+    if args.cmd == "batch":  # a file that is not a Batch API file's fails here, not after the model has loaded
+        from .serve.batch import check_output, read_requests
+
+        requests = read_requests(args.input)
+        check_output(args.output)
     cfg = ServeConfig(model=args.model, served_model_name=args.served_model_name, render_config=_config(args),
                       device=args.device, kernels=args.kernels, max_batch=args.max_batch, max_queue=args.max_queue,
                       max_queue_bytes=int(args.max_queue_mb * 2**20), prefill_chunk=args.prefill_chunk,
@@ -670,7 +680,7 @@ def cmd_serve(args) -> int:
         if args.cmd == "batch":
             from .serve.batch import run_batch
 
-            c = run_batch(backend, args.input, args.output, progress=not args.quiet)
+            c = run_batch(backend, args.input, args.output, progress=not args.quiet, requests=requests)
             again = f"; {c['retried']} run again after the server failed them" if c["retried"] else ""
             before = f", {c['failed_before']} of them failed" if c["failed_before"] else ""
             print(f"{c['ok']} answered, {c['failed']} failed, {c['skipped']} already in {args.output}{before} "

@@ -179,3 +179,91 @@ def test_batch_resumes_after_a_kill(checkpoint, tmp_path):
         svc.shutdown()
     ids = [row["custom_id"] for row in results(out)]
     assert sorted(ids) == sorted(f"req-{i}" for i in range(n))  # no duplicate, none lost
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """The model must not load: ChatService.from_config records the config and stops the command."""
+    pytest.importorskip("prometheus_client")
+    from glyph_rt.serve import engine_process, service
+
+    seen = []
+
+    def stop(cls, cfg):
+        seen.append(cfg)
+        raise RuntimeError("the model would load here")
+
+    monkeypatch.setattr(service.ChatService, "from_config", classmethod(stop))
+    monkeypatch.setattr(engine_process, "EngineProcess", lambda cfg: stop(None, cfg))
+    return seen
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"custom_id": "a", "body": {"messages": []}}', '{"custom_id": "b", "body": {"mess'], "in.jsonl:2: not JSON"),
+    (['{"custom_id": "a", "body": {}}', '{"custom_id": "a", "body": {}}'], "in.jsonl:2: custom_id 'a' appears twice"),
+    (['{"custom_id": "a", "body": {}}', '{"body": {}}'], "in.jsonl:2: each line needs a non-empty string custom_id"),
+    (['{"custom_id": "a", "body": {}}', '{"custom_id": "b"}'], "in.jsonl:2: body must be a JSON object"),
+    (['{"custom_id": "a", "body": {}}', '{"custom_id": "\xff", "body": {}}'], "cannot read it ('utf-8' codec"),
+])
+def test_a_bad_input_file_fails_before_the_model_loads(tmp_path, no_load, capsys, lines, message):
+    from glyph_rt.cli import main
+
+    (tmp_path / "in.jsonl").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))  # \xff: not UTF-8
+    argv = ["batch", "--model", str(tmp_path), "--input", str(tmp_path / "in.jsonl"), "--output",
+            str(tmp_path / "out" / "r.jsonl"), "--device", "cpu", "--quiet"]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err and no_load == []
+    (tmp_path / "in.jsonl").write_text(lines[0] + "\n")  # a good file: on to loading the model
+    (tmp_path / "out" / "r.jsonl").write_text('{"not": "a batch result"}\n')  # but an output no run wrote
+    assert main(argv) == 2
+    assert "line 1 is not a batch result" in capsys.readouterr().err and no_load == []
+    (tmp_path / "out" / "r.jsonl").unlink()
+    assert main(argv) == 2 and "the model would load here" in capsys.readouterr().err and len(no_load) == 1
+
+
+@pytest.mark.parametrize("cmd", ["serve", "batch"])
+def test_cache_budgets_below_0_are_refused_before_the_model_loads(tmp_path, no_load, capsys, cmd):
+    (tmp_path / "in.jsonl").write_text("")
+    base = ["batch", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "r.jsonl"), "--quiet"] \
+        if cmd == "batch" else ["serve", "--port", "0", "--engine-in-process"]
+    from glyph_rt.cli import main
+
+    for flag in ("--cache-mb", "--kv-cache-mb", "--threshold"):
+        for v in (["-0.5", "-1", "nan", "inf"] if flag != "--threshold" else ["-1"]):
+            assert main([*base, "--model", str(tmp_path), "--device", "cpu", flag, v]) == 2, (flag, v)
+            assert f"{flag} must be a number, 0 or more (0: " in capsys.readouterr().err and no_load == []
+    # 0 keeps its meaning: no document cache; the KV budget left to the engine (None)
+    assert main([*base, "--model", str(tmp_path), "--device", "cpu", "--cache-mb", "0", "--kv-cache-mb", "0"]) == 2
+    assert "the model would load here" in capsys.readouterr().err
+    assert no_load[0].cache_bytes == 0 and no_load[0].kv_cache_bytes is None
+
+
+def test_a_request_for_another_endpoint_gets_an_error_line_and_the_file_goes_on(checkpoint, tmp_path):
+    """As OpenAI's Batch API and vLLM's run_batch: a line for a url or method the server does not serve is answered
+    with an error (response null), the other lines are answered, and a rerun keeps that line."""
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_requests(inp, 3)
+    lines = inp.read_text().splitlines()
+    lines[0] = lines[0].replace('"/v1/chat/completions"', '"/v1/completions"')
+    lines[1] = lines[1].replace('"POST"', '"GET"')
+    lines.append(json.dumps({"custom_id": "emb", "url": "/v1/embeddings"}))  # no body: nothing to check there
+    inp.write_text("\n".join(lines) + "\n")
+    svc = ChatService(Engine(GlyphModel.from_pretrained(checkpoint, render_config=CFG, **EXACT)).start(),
+                      InputOptions(CFG, "tiny"), 8)
+    try:
+        assert run_batch(svc, inp, out, progress=False) == {"total": 4, "skipped": 0, "retried": 0, "ok": 1,
+                                                            "failed": 3, "failed_before": 0}
+        rows = {r["custom_id"]: r for r in results(out)}
+        assert sorted(rows) == ["emb", "req-0", "req-1", "req-2"]
+        assert rows["req-2"]["response"]["status_code"] == 200 and rows["req-2"]["error"] is None
+        for cid, code, said in (("req-0", "unsupported_url", "'/v1/completions'"), ("req-1", "unsupported_method",
+                                                                                   "'GET'"),
+                                ("emb", "unsupported_url", "'/v1/embeddings'")):
+            assert rows[cid]["response"] is None and rows[cid]["error"]["code"] == code
+            assert said in rows[cid]["error"]["message"]
+        # a rerun: every id is in the output; the error lines stay (not run again), and count as failed
+        assert run_batch(svc, inp, out, progress=False) == {"total": 4, "skipped": 4, "retried": 0, "ok": 0,
+                                                            "failed": 0, "failed_before": 3}
+        assert len(results(out)) == 4
+    finally:
+        svc.shutdown()
