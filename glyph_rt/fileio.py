@@ -145,5 +145,5 @@ def json_lines(lines: Iterable[str], where: str, error: type[Exception] = ValueE
         try:
             value = json.loads(line)
         except json.JSONDecodeError as e:
-            raise error(f"{where}:{n}: not JSON ({e.msg})") from None
+            raise error(f"{where}:{n}: not JSON ({e.msg} column {e.colno})") from None
         yield n, value

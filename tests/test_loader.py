@@ -85,7 +85,7 @@ def test_corpus_formats(tmp_path):
         f.write(json.dumps({"text": "zipped"}) + "\n")
     assert Corpus.open(tmp_path / "z.jsonl.gz")[0] == {"text": "zipped"}
     (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{oops\n')
-    with pytest.raises(CorpusError, match=r"bad.jsonl:2: not JSON"):
+    with pytest.raises(CorpusError, match=r"bad.jsonl:2: not JSON \(Expecting property name .* column 2\)"):
         Corpus.open(tmp_path / "bad.jsonl")
     with pytest.raises(CorpusError, match="does not exist"):
         Corpus.open(tmp_path / "missing.txt")

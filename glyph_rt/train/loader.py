@@ -311,7 +311,7 @@ def _json(path: Path, text_field: str) -> list[dict]:
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # JSON Lines under a .json name
             return _jsonl(path, text_field)
-        raise CorpusError(f"corpus: {path}:{e.lineno}: not JSON ({e.msg})") from None
+        raise CorpusError(f"corpus: {path}:{e.lineno}: not JSON ({e.msg} column {e.colno})") from None
     if not isinstance(value, list):
         raise CorpusError(f"corpus: {path}: a JSON {type(value).__name__ if value is not None else 'null'}, not an "
                           "array of records; a .json corpus file holds [{\"text\": ...}, ...] (or one object per line)")
