@@ -322,13 +322,9 @@ def test_a_stream_of_n_choices_is_refused(fake):
     hits.clear()
     fwd = ForwardingBackend(urls("ok"), model="m", render_config=CFG)
     with pytest.raises(ValueError, match="n=2: a stream yields one answer's text; use chat_response"):
-        list(fwd.chat_stream("doc", "q", n=2))
-
-    async def streamed():
-        return [t async for t in fwd.achat_stream("doc", "q", n=3)]
-
+        fwd.chat_stream("doc", "q", n=2)  # at the call, not when the stream is first read
     with pytest.raises(ValueError, match="n=3: a stream yields one answer's text"):
-        asyncio.run(streamed())
+        fwd.achat_stream("doc", "q", n=3)
     assert not hits and fwd.sent == [0]
     assert "".join(fwd.chat_stream("doc", "q", n=1)) == "hello"
 

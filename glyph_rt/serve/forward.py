@@ -234,8 +234,12 @@ class ForwardingBackend:
         raise last
 
     def chat_stream(self, context: str, question: str, system: str | None = None, **sampling):
-        """The answer's text as it comes, piece by piece (a generator); one choice (n=1)."""
+        """The answer's text as it comes, piece by piece (a generator); one choice (n=1): the request is checked
+        here, at the call, rendered and sent as the generator is read."""
         self._one_choice(sampling)
+        return self._stream(context, question, system, sampling)
+
+    def _stream(self, context: str, question: str, system: str | None, sampling: dict):
         kw = self._request(self.messages(context, question, system), sampling)
         last = None
         for i in self._tries():
@@ -262,9 +266,12 @@ class ForwardingBackend:
                 self._done(i, outcome, after)
         raise last
 
-    async def achat_stream(self, context: str, question: str, system: str | None = None, **sampling):
-        """The answer's text as it comes, piece by piece (an async generator); one choice (n=1)."""
+    def achat_stream(self, context: str, question: str, system: str | None = None, **sampling):
+        """The answer's text as it comes, piece by piece (an async generator); one choice (n=1), checked here."""
         self._one_choice(sampling)
+        return self._astream(context, question, system, sampling)
+
+    async def _astream(self, context: str, question: str, system: str | None, sampling: dict):
         kw = self._request(await asyncio.to_thread(self.messages, context, question, system), sampling)
         last = None
         async for i in self._atries():
