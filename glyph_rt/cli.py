@@ -543,9 +543,9 @@ def cmd_make_data(args) -> int:
         return 1
     print(f"{args.out}: {r['written']} shards written ({r['samples']} samples, {r['pages']} pages), {r['kept']} kept "
           f"from an earlier run, {r['skipped']} records skipped"
-          + "".join(f", {r[k]} {what}" for k, what in (("missing_glyphs", "of them for glyphs no font draws"),
-                                                      ("placeholders_escaped", "literal <image> and special-token texts escaped"))
-                    if r.get(k)))
+          + "".join(f", {r[k]} {what}" for k, what in (
+              ("missing_glyphs", "of them for glyphs no font draws"),
+              ("placeholders_escaped", "literal <image> and special-token texts escaped")) if r.get(k)))
     return 0
 
 
@@ -634,8 +634,9 @@ def cmd_serve(args) -> int:
         output_file(args.output, "--output")
     for flag, v in (("--timeout", args.timeout), ("--max-queue-mb", args.max_queue_mb),
                     *([("--max-body-mb", args.max_body_mb)] if args.cmd == "serve" else [])):
-        if not v > 0:  # NaN too
-            raise UsageError(f"{flag} must be positive (--cache-mb, --threshold and --kv-cache-mb may be 0)")
+        if not 0 < v < float("inf"):  # NaN too
+            raise UsageError(f"{flag} must be a positive number, got {v:g} (--cache-mb, --threshold and "
+                             "--kv-cache-mb may be 0)")
     for flag, v, zero in (("--cache-mb", args.cache_mb, "the document cache off"),
                           ("--threshold", args.threshold, "every text rendered"),
                           ("--kv-cache-mb", args.kv_cache_mb, "70% of the GPU's free memory at start, no limit on "

@@ -29,7 +29,8 @@ def output_dir(path: str | os.PathLike, name: str = "out_dir") -> Path:
     """The output directory `path` (named `name` in messages), created if needed, where files can be created; a
     ValueError saying what to change otherwise (empty, a file, under a file, not writable)."""
     if not str(path):
-        raise ValueError(f"{name} is empty; give a directory (it is created if missing), e.g. {name} . for this one")
+        raise ValueError(f"{name} is empty; give a directory (it is created if missing)"
+                         + (f", e.g. {name} . for this one" if name.startswith("--") else ""))
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{name} {str(path)!r} is a file; give a directory (it is created if missing)")

@@ -177,3 +177,14 @@ def test_the_cache_keeps_within_its_budget_least_recently_used_first(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bpe-0.marshal", "bpe-4.marshal", "other.txt"]
     bpe.prune(tmp_path, budget=10)  # the newest always stays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bpe-0.marshal", "other.txt"]
+
+
+def test_a_read_only_cache_is_used_as_it_is(tmp_path, monkeypatch):
+    """Marking an entry used (its mtime) fails on a read-only cache: the entry is still read, not built again."""
+    monkeypatch.setenv("GLYPH_RT_CACHE", str(tmp_path))
+    path = default_tokenizer_path()
+    bpe.load(path)
+    builds = []
+    monkeypatch.setattr(bpe, "build", lambda p: builds.append(p))
+    monkeypatch.setattr(bpe.os, "utime", lambda *a: (_ for _ in ()).throw(PermissionError(13, "read-only")))
+    assert bpe.load(path).count("Hello world") == 2 and builds == []

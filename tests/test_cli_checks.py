@@ -105,8 +105,10 @@ def test_serve_on_cuda_without_cuda_fails_before_loading(tmp_path, no_engine, ca
 
 
 def test_serve_limits_and_media_dir_are_checked(tmp_path, no_engine, capsys):
-    for argv, message in ((["--max-body-mb", "0"], "--max-body-mb must be positive"),
-                          (["--max-body-mb", "nan"], "--max-body-mb must be positive"),
+    for argv, message in ((["--max-body-mb", "0"], "--max-body-mb must be a positive number, got 0"),
+                          (["--max-body-mb", "nan"], "--max-body-mb must be a positive number, got nan"),
+                          (["--max-queue-mb", "inf"], "--max-queue-mb must be a positive number, got inf"),
+                          (["--timeout", "inf"], "--timeout must be a positive number, got inf"),
                           (["--allowed-media-dir", str(tmp_path / "nope")], "must be an existing directory"),
                           (["--allowed-media-dir", __file__], "must be an existing directory")):
         assert main(["serve", "--model", str(tmp_path), "--device", "cpu", *argv]) == 2, argv

@@ -57,6 +57,9 @@ def test_crlf_texts_are_cut_at_blank_lines_and_never_inside_a_crlf():
     assert "".join(parts) == crlf and all(len(p) <= 500 for p in parts)
     assert not any(p.endswith("\r") or p.startswith("\n") for p in parts)
     assert sum(p.startswith("\r\n\r\n") for p in parts) >= len(parts) // 2  # at blank lines
+    long_line = "a" * 499 + "\r\n" + "b" * 600  # no line end to cut at: cut at the size, not inside the CRLF
+    assert not any(p.endswith("\r") for p in split_text(long_line, 500))
+    assert "".join(split_text(long_line, 500)) == long_line
 
 
 def test_corpus_formats(tmp_path):

@@ -124,6 +124,11 @@ def test_script_names():
     assert fonts.script_of("\u2067") == fonts.script_of("\u061c") == fonts.script_of("\U000E0041") == "Format"
     assert fonts.script_of("\U0001D11E") == fonts.script_of("\u2bff") == "Symbols"
     assert fonts.script_of("\u0661") == "Arabic" and fonts.script_of("\x07") == "Other"
+    for c in "\u201c\u2014\u00b2\u2460\U0001D7CE\U0001D400":  # quote, em dash, superscript 2, ①, 𝟎, 𝐀
+        assert fonts.script_of(c) == "Symbols", hex(ord(c))
+    for c in "\u2f00\u31c0\u2ff0\u3000\u3001":  # CJK radicals, strokes and punctuation: the CJK font has them
+        assert fonts.script_of(c) == "CJK", hex(ord(c))
+    assert fonts.script_of("\u0964") == "Devanagari"  # the danda, Devanagari punctuation
     assert "leave them out" in fonts.install_hint("Format")
 
 

@@ -325,6 +325,9 @@ def test_a_stream_of_n_choices_is_refused(fake):
         fwd.chat_stream("doc", "q", n=2)  # at the call, not when the stream is first read
     with pytest.raises(ValueError, match="n=3: a stream yields one answer's text"):
         fwd.achat_stream("doc", "q", n=3)
+    for stream in (fwd.chat_stream, fwd.achat_stream):
+        with pytest.raises(ValueError, match="stream: not a sampling argument here"):
+            stream("doc", "q", stream=True)
     assert not hits and fwd.sent == [0]
     assert "".join(fwd.chat_stream("doc", "q", n=1)) == "hello"
 

@@ -596,6 +596,9 @@ def test_a_resume_under_other_model_settings_is_refused_by_name_before_the_model
     for over, key in (("model.lora.r=4", "model.lora.r: 4, but"), ("model.freeze_vision=true", "model.freeze_vision")):
         with pytest.raises(TrainConfigError, match=f"^{key}.* was written with .*give .* or another out_dir"):
             trainer.run(cfg_for(tiny, tmp_path, "data.global_batch=1", "steps=2", over), progress=False)
+    # the same model under another spelling of its path, and LoRA targets without LoRA, are no other settings
+    trainer.check_resume(cfg_for(f"{tiny}/", tmp_path, "data.global_batch=1", "steps=2",
+                                 "model.lora.target_modules=[q_proj]"))
 
 
 def test_fsdp_on_in_one_process_without_torchrun_is_named_before_the_model_loads(tiny, tmp_path, monkeypatch):

@@ -13,8 +13,9 @@ OUT/accuracy_vs_length.png, OUT/accuracy_vs_compression.png the plots.
 summary.json: {"suite", "items", "runs": [one per target, mode and render config (dpi), in the order the results
 file first holds them: {"target", "mode", "dpi" (None for text, and with "dpis" for items that drew at their own
 dpis), "label": its name in summary.md, "items", "accuracy": the mean score over the run's items in percent,
-"compression", "errors", "by_task": the mean per task}, ...]}; a LongBench run adds "by_category" (the mean of each category's dataset means) and "paper_avg" (their mean:
-the Avg of summary.md's table and of the paper's Table 1, which "accuracy", a mean over items, is not).
+"compression", "errors", "by_task": the mean per task}, ...]}; a LongBench run adds "by_category" (the mean of each
+category's dataset means) and "paper_avg" (their mean: the Avg of summary.md's table and of the paper's Table 1, which
+"accuracy", a mean over items, is not).
 """
 from __future__ import annotations
 

@@ -215,21 +215,23 @@ class GlyphModel:
 
     def check_pages_fit(self, contexts: list[str]) -> None:
         """Before any page is drawn: a context whose pages alone cannot fit the model's window (every page takes at
-        least the visual tokens of the vision model's min_pixels) is refused, from its layout, where check_window would refuse it only
-        after drawing them (a long context would first fill memory with its pixel_values)."""
+        least the visual tokens of the vision model's min_pixels) is refused, from its layout, where check_window
+        would refuse it only after drawing them (a long context would first fill memory with its pixel_values)."""
         from ..render.pages import Document
 
         if not self.max_positions:
             return
-        # a page resized to at least min_pixels (GLM-4.1V: its two temporal frames' area, so half of it for one)
-        least = max(1, self.vision.min_pixels // (2 * (self.vision.patch * self.vision.merge) ** 2))
+        # a page resized to at least min_pixels (GLM-4.1V: its two temporal frames' area, so half of it for one), or
+        # shrunk to within max_pixels, where rounding down may take up to about three quarters of it away
+        least = max(1, min(self.vision.min_pixels, self.vision.max_pixels // 4)
+                    // (2 * (self.vision.patch * self.vision.merge) ** 2))
         cap = self.max_positions // least + 1  # pages that cannot fit whatever their size
         for i, c in enumerate(contexts):
             pages = Document(c, self.render_config, max_pages=cap).num_pages
             if pages * least > self.max_positions:
                 raise ValueError(
-                    f"contexts[{i}]: lays out to {'at least ' if pages == cap else ''}{pages} pages of at least {least} "
-                    f"visual tokens each, over the model's {self.max_positions} positions; render denser pages (lower "
+                    f"contexts[{i}]: lays out to {'at least ' if pages == cap else ''}{pages} pages of at least "
+                    f"{least} visual tokens each, over the model's {self.max_positions} positions; render denser pages (lower "
                     "dpi, a smaller font_size, or a larger page_size) or shorten the context")
 
     def check_window(self, inputs: dict, rendered, max_new_tokens: int) -> None:

@@ -167,10 +167,13 @@ def _cached(cache: Path, make) -> "FastBPE | None":
         form = marshal.loads(cache.read_bytes())
         if not isinstance(form, dict) or form.get("format") != FORMAT:
             form = None
-        else:
-            os.utime(cache)  # used: the last to be pruned
     except (OSError, ValueError, EOFError, TypeError):
         form = None
+    if form is not None:
+        try:
+            os.utime(cache)  # used: the last to be pruned
+        except OSError:  # a read-only cache: still used as it is
+            pass
     if form is None:
         form = make() or {"format": FORMAT, "unsupported": True}
         try:  # best effort: a read-only home only costs the build next time

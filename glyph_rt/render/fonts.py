@@ -156,21 +156,36 @@ def system_fallbacks(codepoints, exclude=()) -> list[str]:
 
 # ----------------------------------------------------------------- what to install
 def script_of(ch: str) -> str:
-    """A coarse script name for a character: the first word of a letter's, mark's, number's or punctuation's name
-    ("Devanagari"); "Emoji", "Symbols", "Format" (invisible controls: bidi isolates, tags) or "Other" else."""
+    """A coarse script name for a character: "CJK" for CJK blocks, "Emoji", "Symbols", "Format" (invisible
+    controls: bidi isolates, tags), else the first word of its Unicode name where that names a script, a word that
+    begins some letter's name ("Devanagari" for a Devanagari danda), or "Other"."""
     cp = ord(ch)
     cat = unicodedata.category(ch)
+    name = unicodedata.name(ch, "")
+    word = name.replace("-", " ").split()[0] if name else ""  # ARABIC-INDIC DIGIT ONE: Arabic
+    if word in CJK_SCRIPTS:
+        return "CJK"
     if cat == "So" and (cp >= 0x1F000 or 0x2600 <= cp <= 0x27BF):
         return "Emoji"
-    if cat[0] == "S":
-        return "Symbols"
     if cat == "Cf":
         return "Format"
-    name = unicodedata.name(ch, "")
-    if not name or cat[0] not in "LMNP":
+    if cat[0] == "S" or word in NOT_SCRIPTS or (cat[0] in "NP" and word and word not in _letter_scripts()):
+        return "Symbols"  # EM DASH, SUPERSCRIPT TWO, CIRCLED DIGIT ONE, MATHEMATICAL BOLD CAPITAL A: no script
+    if not word or cat[0] not in "LMNP":
         return "Unassigned" if cat == "Cn" else "Other"
-    word = name.replace("-", " ").split()[0]  # ARABIC-INDIC DIGIT ONE: Arabic
-    return "CJK" if word in CJK_SCRIPTS else word.title()
+    return word.title()
+
+
+# first words of letters' and digits' names that are no script: the forms many scripts' characters take
+NOT_SCRIPTS = {"SUPERSCRIPT", "SUBSCRIPT", "MATHEMATICAL", "MODIFIER", "CIRCLED", "PARENTHESIZED", "SQUARED",
+               "NEGATIVE", "DOUBLE", "COMBINING", "VULGAR", "ROMAN", "DIGIT", "TAG", "SMALL", "OUTLINED", "SEGMENTED"}
+
+
+@functools.cache
+def _letter_scripts() -> frozenset:
+    """The first words of the letters' Unicode names (LATIN, DEVANAGARI, ...): the scripts' names."""
+    return frozenset(unicodedata.name(chr(c)).replace("-", " ").split()[0] for c in range(0x110000)
+                     if unicodedata.category(chr(c))[0] == "L" and unicodedata.name(chr(c), ""))
 
 
 def install_hint(script: str) -> str:

@@ -370,8 +370,9 @@ class Pages:
         returns the PNG paths."""
         from ..fileio import output_dir
         from .output import PageWriter
-        from .png import page_name
+        from .png import check_level, page_name
 
+        check_level(compress_level)  # before the directory is made
         out = output_dir(out_dir, "out_dir")
         with PageWriter(out, self.document, buffers=1, level=compress_level) as writer:
             writer.write_pages([(0, np.asarray(self.buffer.cpu()), self.sizes)])

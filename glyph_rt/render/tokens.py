@@ -190,11 +190,12 @@ class TextTokenizer:
 
     def _chunkable(self) -> bool:
         """Whether counting chunk by chunk gives the count of the whole: not where a normalizer or pre-tokenizer
-        prepends to each text it sees (SentencePiece's Metaspace, Prepend), which would add a piece per chunk."""
+        prepends to each text it sees (SentencePiece's Metaspace, Prepend, a ByteLevel add_prefix_space), which
+        would add a piece per chunk."""
         if not hasattr(self, "_chunks_ok"):
             spec = json.loads(self._tok.to_str())
             parts = json.dumps([spec.get("normalizer"), spec.get("pre_tokenizer")])
-            self._chunks_ok = "Metaspace" not in parts and "Prepend" not in parts
+            self._chunks_ok = not any(k in parts for k in ("Metaspace", "Prepend", '"add_prefix_space": true'))
         return self._chunks_ok
 
     @property

@@ -176,13 +176,18 @@ class ForwardingBackend:
 
     # ------------------------------------------------------------------ requests
     def _request(self, msgs: list[dict], sampling: dict) -> dict:
-        if "stream" in sampling:
-            raise ValueError("stream: not a sampling argument here; use chat_stream / achat_stream for a stream")
+        self._check_sampling(sampling)
         return {"model": self.model, "messages": msgs, **sampling}
 
     @staticmethod
-    def _one_choice(sampling: dict) -> None:
-        """A stream yields one answer's text: n > 1 is refused (its choices' pieces would interleave)."""
+    def _check_sampling(sampling: dict) -> None:
+        if "stream" in sampling:
+            raise ValueError("stream: not a sampling argument here; use chat_stream / achat_stream for a stream")
+
+    def _one_choice(self, sampling: dict) -> None:
+        """A stream's sampling, checked at the call: one answer's text, so n > 1 is refused (its choices' pieces
+        would interleave)."""
+        self._check_sampling(sampling)
         if (sampling.get("n") or 1) > 1:
             raise ValueError(f"n={sampling['n']}: a stream yields one answer's text; use chat_response / "
                              "achat_response for n choices")

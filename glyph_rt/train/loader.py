@@ -70,6 +70,7 @@ def split_text(text: str, max_chars: int) -> list[str]:
             cut -= cut > start and text[cut - 1] == "\r"  # a CRLF stays whole
         if cut <= start:
             cut = start + max_chars
+            cut -= text[cut - 1] == "\r" and text[cut:cut + 1] == "\n"
         out.append(text[start:cut])
         start = cut
     out.append(text[start:])

@@ -478,7 +478,8 @@ class Trainer:
 
 # ----------------------------------------------------------------- entry point
 # the model settings that shape a checkpoint's model and optimizer state: a resume under others cannot load it
-STATE_KEYS = ("path", "lora.r", "lora.target_modules", "freeze_vision", "freeze_projector", "freeze_llm")
+# (model.path is not one: the same model may be found under another path, and a checkpoint outlives a move)
+STATE_KEYS = ("lora.r", "lora.target_modules", "freeze_vision", "freeze_projector", "freeze_llm")
 
 
 def model_state_keys(cfg: TrainConfig) -> dict:
@@ -488,7 +489,7 @@ def model_state_keys(cfg: TrainConfig) -> dict:
             node = getattr(node, part)
         return list(node) if isinstance(node, (list, tuple)) else node
 
-    return {f"model.{k}": get(k) for k in STATE_KEYS}
+    return {f"model.{k}": get(k) for k in STATE_KEYS if cfg.model.lora.r or not k.startswith("lora.target")}
 
 
 def check_resume(cfg: TrainConfig) -> None:
@@ -520,8 +521,8 @@ def check_held_out_apart(cfg: TrainConfig) -> None:
     shared = corpus_files(cfg.data.loader.get("corpus")) & corpus_files(cfg.data.eval_loader.get("corpus"))
     if shared:
         raise TrainConfigError(
-            f"data.eval_loader.corpus: holds {len(shared)} of the training corpus's files ({sorted(map(str, shared))[0]}"
-            f"{', ...' if len(shared) > 1 else ''}): the held-out loss would be a loss on training data; give files "
+            f"data.eval_loader.corpus: holds {len(shared)} of the training corpus's files "
+            f"({sorted(map(str, shared))[0]}{', ...' if len(shared) > 1 else ''}): the held-out loss would be a loss on training data; give files "
             "data.loader.corpus does not hold")
 
 
