@@ -442,3 +442,23 @@ def test_atlas_total_size_is_bounded(monkeypatch):
         atlas.ensure(np.arange(0x391, 0x3AA))  # Greek capitals: DejaVu draws them
     a = atlas.arrays()  # what was added before the limit stays consistent
     assert len(a["offset"]) == len(a["advance"]) * atlas.phases
+
+
+def test_render_inputs_drops_the_queued_layouts_after_an_error(monkeypatch):
+    """A bad first text (or a MemoryError) used to wait for every other text's layout before it was raised."""
+    import threading
+
+    from glyph_rt.render import gpu
+
+    calls, lock = [], threading.Lock()
+    real = gpu.Document
+
+    def counted(text, *a, **k):
+        with lock:
+            calls.append(text)
+        return real(text, *a, **k)
+
+    monkeypatch.setattr(gpu, "Document", counted)
+    with pytest.raises(TypeError, match="text must be str"):
+        gpu.render_inputs([None] + ["Some text to lay out. " * 200] * 40, device="cpu", workers=2)
+    assert len(calls) < 10

@@ -87,6 +87,28 @@ def test_page_spans_cover_the_text_in_order():
         assert text[s:e] == text[s:e].strip()
 
 
+def test_a_page_without_lines_has_an_empty_span_not_the_layouts_placeholder():
+    """Whitespace alone (or a zero-width space) lays out to a page with no line: its span was (-1, -1)."""
+    for text in (" ", "\u200b", "\u3000"):
+        doc = glyph_rt.Document(text, RenderConfig())
+        assert doc.num_pages == 1 and doc.page_spans() == [(0, 0)], text
+    assert glyph_rt.Document("\t", RenderConfig.preset("glyph")).page_spans() == [(0, 0)]
+    doc = glyph_rt.Document(" ", RenderConfig(), max_pages=1)
+    assert doc.held_end(1) >= 0 and doc.char_counts()["whitespace_chars"] == 1
+
+
+def test_visual_tokens_refuse_sizes_that_are_no_page():
+    for bad in ([(0, 0)], [(-28, 28)], [(28.5, 28)], [(28,)]):
+        with pytest.raises(ValueError, match=r"sizes\[0\]: .* is no page size"):
+            glyph_rt.visual_tokens(bad)
+    assert glyph_rt.visual_tokens([(np.int64(588), 840)]) == [630]
+
+
+def test_subpixel_phases_must_be_a_whole_number():
+    with pytest.raises(ValueError, match="subpixel_phases: 4.0 must be 1, 2, 4 or 8"):
+        RenderConfig(subpixel_phases=4.0).validate()
+
+
 def test_missing_glyphs_are_drawn_and_counted():
     text = "abc \U000F0000\U000F0001 def \U000F0000"  # private-use plane: no font has these
     pages = glyph_rt.render(text, RenderConfig(auto_cjk_fallback=False))

@@ -291,7 +291,8 @@ class RenderConfig:
         integer("lines_per_paragraph", 1, INT32_MAX)
         integer("tab_size", 0, 16, " (0 = a tab is breaking whitespace, as in Glyph)")
         integer("snap", 0, 1024, " (0 = off)")
-        if isinstance(self.subpixel_phases, bool) or self.subpixel_phases not in (1, 2, 4, 8):
+        if not isinstance(self.subpixel_phases, int) or isinstance(self.subpixel_phases, bool) \
+                or self.subpixel_phases not in (1, 2, 4, 8):
             raise ConfigError(f"subpixel_phases: {_show(self.subpixel_phases)} must be 1, 2, 4 or 8")
         for name in ("font_color", "page_bg_color", "para_bg_color", "para_border_color"):
             parse_color(getattr(self, name), name)

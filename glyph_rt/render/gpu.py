@@ -363,9 +363,12 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
         if len(texts) == 1:
             yield lay_out(0)
             return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
             for fut in [pool.submit(lay_out, i) for i in range(len(texts))]:
                 yield fut.result()
+        finally:  # an error: the layouts running finish, those not started are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
 
     bar = tqdm(unit="page", desc="render_inputs", disable=not progress)
     documents = laid_out()
@@ -387,7 +390,7 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
         if pending:
             flush()
     finally:
-        documents.close()  # an error: the pool's threads finish their layouts and stop
+        documents.close()  # an error: the layouts running finish, the others are dropped
     bar.close()
     if not pieces:
         pieces = [torch.zeros(0, ROW_U8 if dtype == torch.uint8 else ROW, dtype=dtype, device=device)]

@@ -183,9 +183,15 @@ class Document:
             bar.close()
 
     def page_spans(self) -> list[tuple[int, int]]:
-        """Character span [start, end) of the text on each page."""
-        lay = self.layout
-        return [(int(a), int(b)) for a, b in zip(lay.p_src_start[: self.num_pages], lay.p_src_end[: self.num_pages])]
+        """Character span [start, end) of the text on each page; a page with no line (whitespace alone) holds the
+        empty span where the previous page ended."""
+        lay, out, end = self.layout, [], 0
+        for a, b in zip(lay.p_src_start[: self.num_pages].tolist(), lay.p_src_end[: self.num_pages].tolist()):
+            if a < 0:  # the layout's "no line on this page"
+                a = b = end
+            out.append((a, b))
+            end = b
+        return out
 
     def line_spans(self) -> list[tuple[int, int, int]]:
         """(page, start, end) of every line."""
@@ -202,7 +208,7 @@ class Document:
         n = self.num_pages if pages is None else min(pages, self.num_pages)
         if not self._partial(pages):
             return len(self.text)
-        return int(self.layout.p_src_end[n - 1]) if n else 0
+        return self.page_spans()[n - 1][1] if n else 0
 
     @property
     def held_text(self) -> str:

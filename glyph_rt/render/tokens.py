@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -110,8 +111,12 @@ def vision_model(model: "str | VisionModel") -> VisionModel:
 
 
 def visual_tokens(sizes, model: "str | VisionModel" = "glm4v") -> list[int]:
-    """Visual tokens of each page, sizes given as (width, height) pixels."""
+    """Visual tokens of each page, sizes given as (width, height) pixels (whole numbers >= 1)."""
     m = vision_model(model)
+    for i, size in enumerate(sizes):
+        if len(size) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+                                     for v in size):
+            raise ValueError(f"sizes[{i}]: {tuple(size)!r} is no page size; give (width, height) in whole pixels >= 1")
     return [m.tokens(h, w) for (w, h) in sizes]
 
 
