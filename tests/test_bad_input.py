@@ -304,6 +304,8 @@ def test_arrays_is_a_consistent_snapshot_while_another_thread_grows_the_atlas(mo
 
 # ---------------------------------------------------------------------- API arguments
 def test_render_inputs_checks_max_bytes_before_drawing(monkeypatch):
+    import torch
+
     from glyph_rt.render import gpu
 
     def draw(*a, **k):
@@ -311,8 +313,10 @@ def test_render_inputs_checks_max_bytes_before_drawing(monkeypatch):
 
     monkeypatch.setattr(gpu, "inputs_of_batch", draw)
     text = "word " * 3000  # several A4 pages: ~1.5 MB of float32 pixel_values each
-    with pytest.raises(MemoryError, match="max_bytes"):
+    with pytest.raises(MemoryError, match="max_bytes=0.000977 GiB; pass fewer texts per call, use dtype=torch.bf"):
         glyph_rt.render_inputs(text, CFG, device="cpu", backend="cpu", max_bytes=1 << 20)
+    with pytest.raises(MemoryError, match="GiB; pass fewer texts per call, or raise max_bytes"):  # bf16 already
+        glyph_rt.render_inputs(text, CFG, device="cpu", backend="cpu", max_bytes=1 << 20, dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -334,23 +334,24 @@ def render_inputs(texts, config: RenderConfig | list[RenderConfig] | None = None
             total += (e - s) * (th // PATCH) * (tw // PATCH) * row_bytes
         return total
 
+    smaller = "pass fewer texts per call, " + ("use dtype=torch.bfloat16, " if dtype == torch.float32 else "") + \
+        "or raise max_bytes"
+
     def flush():
         nonlocal fused, nbytes
         need = nbytes + bound_bytes(pending)
         if need > max_bytes:  # checked before the batch is drawn
             raise MemoryError(
-                f"pixel_values of the first {len(docs)} of {len(texts)} texts may take up to {need / 2**30:.2f} GiB, "
-                f"over max_bytes={max_bytes / 2**30:.2f} GiB; pass fewer texts per call, use "
-                "dtype=torch.bfloat16, or raise max_bytes")
+                f"pixel_values of the first {len(docs)} of {len(texts)} texts may take up to {need / 2**30:.3g} GiB, "
+                f"over max_bytes={max_bytes / 2**30:.3g} GiB; {smaller}")
         t = time.perf_counter()
         pv, grid, f = inputs_of_batch(pending, device, backend, model, dtype, lut)
         seconds["gpu"] += time.perf_counter() - t
         nbytes += pv.numel() * pv.element_size()
         if nbytes > max_bytes:
             raise MemoryError(
-                f"pixel_values of the first {len(docs)} of {len(texts)} texts already take {nbytes / 2**30:.1f} GiB, "
-                f"over max_bytes={max_bytes / 2**30:.1f} GiB; pass fewer texts per call, use "
-                "dtype=torch.bfloat16, or raise max_bytes")
+                f"pixel_values of the first {len(docs)} of {len(texts)} texts already take {nbytes / 2**30:.3g} GiB, "
+                f"over max_bytes={max_bytes / 2**30:.3g} GiB; {smaller}")
         pieces.append(pv)
         grids.append(grid)
         fused += f
