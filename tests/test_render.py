@@ -104,6 +104,13 @@ def test_visual_tokens_refuse_sizes_that_are_no_page():
     assert glyph_rt.visual_tokens([(np.int64(588), 840)]) == [630]
 
 
+def test_a_document_keeps_its_own_config():
+    cfg = RenderConfig()
+    doc = glyph_rt.Document("hello", cfg)
+    cfg.dpi = 144  # the caller's object changes after the layout
+    assert doc.config.dpi == 72 and doc.summary([(10, 10)], tokenizer=None)["config"]["dpi"] == 72
+
+
 def test_subpixel_phases_must_be_a_whole_number():
     with pytest.raises(ValueError, match="subpixel_phases: 4.0 must be 1, 2, 4 or 8"):
         RenderConfig(subpixel_phases=4.0).validate()

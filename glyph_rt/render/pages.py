@@ -1,6 +1,7 @@
 """Document (a laid-out text that rasterizes page ranges on demand) and Pages (rendered pages)."""
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections import Counter
@@ -43,7 +44,8 @@ class Document:
         if config is not None and not isinstance(config, RenderConfig):
             raise TypeError(f"config: expected a RenderConfig, got {type(config).__name__} "
                             "(use RenderConfig.from_dict for a dict)")
-        self.config = (config or RenderConfig()).validate()
+        # a copy: the caller's config may change after this layout, which must keep describing its own pages
+        self.config = copy.deepcopy(config or RenderConfig()).validate()
         self.backend = resolve_backend(backend)
         self.text = text
         t0 = time.perf_counter()
