@@ -599,6 +599,8 @@ def test_a_resume_under_other_model_settings_is_refused_by_name_before_the_model
     # the same model under another spelling of its path, and LoRA targets without LoRA, are no other settings
     trainer.check_resume(cfg_for(f"{tiny}/", tmp_path, "data.global_batch=1", "steps=2",
                                  "model.lora.target_modules=[q_proj]"))
+    with pytest.warns(UserWarning, match=r"other data settings .*data.global_batch 1 -> 2; the data goes on"):
+        trainer.check_resume(cfg_for(tiny, tmp_path, "data.global_batch=2", "steps=2"))
 
 
 def test_fsdp_on_in_one_process_without_torchrun_is_named_before_the_model_loads(tiny, tmp_path, monkeypatch):

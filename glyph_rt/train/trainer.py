@@ -247,7 +247,8 @@ class Trainer:
         step's end, taken before a step that did not finish drew from it), else the data's state now."""
         if data_state is None and hasattr(data, "state_dict"):
             data_state = data.state_dict()
-        extra = {"scheduler": self.scheduler.state_dict(), "data": data_state, "model": model_state_keys(self.cfg)}
+        extra = {"scheduler": self.scheduler.state_dict(), "data": data_state, "model": model_state_keys(self.cfg),
+                 "data_config": self.cfg.to_dict()["data"]}
         return self.ckpt.save(self.step, self.model, self.optimizer, extra)
 
     # -------------------------------------------------------------- one step
@@ -499,16 +500,22 @@ def check_resume(cfg: TrainConfig) -> None:
         return
     latest = CheckpointManager(Path(cfg.out_dir) / "checkpoints").latest()
     try:
-        saved = torch.load(latest / "rank_0.pt", map_location="cpu", weights_only=False).get("model") if latest \
-            else None
+        state = torch.load(latest / "rank_0.pt", map_location="cpu", weights_only=False) if latest else {}
     except Exception:  # unreadable: the load says so, naming the file
         return
+    saved = state.get("model")
     for key, value in model_state_keys(cfg).items():
         if isinstance(saved, dict) and key in saved and saved[key] != value:
             raise TrainConfigError(
                 f"{key}: {value!r}, but {latest} was written with {saved[key]!r}: a resume continues that run with "
                 f"its model; give {key}={saved[key]!r}, or another out_dir (or resume=false in a new one) to start "
                 "over")
+    data = state.get("data_config")
+    changed = [k for k, v in cfg.to_dict()["data"].items() if isinstance(data, dict) and k in data and data[k] != v]
+    if changed and os.environ.get("RANK", "0") == "0":  # allowed (a larger batch, another corpus), but the run is no longer the same
+        warnings.warn(f"resuming {latest.name} with other data settings than it was written with: "
+                      + ", ".join(f"data.{k} {data[k]!r} -> {cfg.to_dict()['data'][k]!r}" for k in changed)
+                      + "; the data goes on from the checkpoint's position under the new settings", stacklevel=2)
 
 
 def check_held_out_apart(cfg: TrainConfig) -> None:
