@@ -231,8 +231,8 @@ class GlyphModel:
             if pages * least > self.max_positions:
                 raise ValueError(
                     f"contexts[{i}]: lays out to {'at least ' if pages == cap else ''}{pages} pages of at least "
-                    f"{least} visual tokens each, over the model's {self.max_positions} positions; render denser pages (lower "
-                    "dpi, a smaller font_size, or a larger page_size) or shorten the context")
+                    f"{least} visual tokens each, over the model's {self.max_positions} positions; render denser "
+                    "pages (lower dpi, a smaller font_size, or a larger page_size) or shorten the context")
 
     def check_window(self, inputs: dict, rendered, max_new_tokens: int) -> None:
         if not self.max_positions:

@@ -512,7 +512,7 @@ def check_resume(cfg: TrainConfig) -> None:
                 "over")
     data = state.get("data_config")
     changed = [k for k, v in cfg.to_dict()["data"].items() if isinstance(data, dict) and k in data and data[k] != v]
-    if changed and os.environ.get("RANK", "0") == "0":  # allowed (a larger batch, another corpus), but the run is no longer the same
+    if changed and os.environ.get("RANK", "0") == "0":  # allowed (a larger batch, another corpus), but a change
         warnings.warn(f"resuming {latest.name} with other data settings than it was written with: "
                       + ", ".join(f"data.{k} {data[k]!r} -> {cfg.to_dict()['data'][k]!r}" for k in changed)
                       + "; the data goes on from the checkpoint's position under the new settings", stacklevel=2)
@@ -529,8 +529,8 @@ def check_held_out_apart(cfg: TrainConfig) -> None:
     if shared:
         raise TrainConfigError(
             f"data.eval_loader.corpus: holds {len(shared)} of the training corpus's files "
-            f"({sorted(map(str, shared))[0]}{', ...' if len(shared) > 1 else ''}): the held-out loss would be a loss on training data; give files "
-            "data.loader.corpus does not hold")
+            f"({sorted(map(str, shared))[0]}{', ...' if len(shared) > 1 else ''}): the held-out loss would be a loss "
+            "on training data; give files data.loader.corpus does not hold")
 
 
 def check_fresh_start(cfg: TrainConfig) -> None:
