@@ -145,12 +145,13 @@ def test_sft_refuses_an_ocr_weight_that_its_ocr_ratio_would_replace(tiny):
 def test_string_overrides_are_kept_as_written(tiny, text):
     """A key that takes a string gets its override's text as written, not YAML 1.1's reading of it (010 -> 8,
     2024_06 -> 202406, 12:30 -> 750, yes -> on); quoted, it is unquoted."""
-    keys = ("out_dir", "grpo.judge_model", "grpo.judge_api_key_env", "data.loader.text_field", "data.loader.corpus",
-            "data.eval_loader.corpus")
+    keys = ("out_dir", "data.loader.text_field", "data.loader.corpus", "data.eval_loader.corpus")
     c = load_config("sft", None, [f"model.path={tiny}", *(f"{k}={text}" for k in keys)])
-    assert [c.out_dir, c.grpo.judge_model, c.grpo.judge_api_key_env, c.data.loader["text_field"],
-            c.data.loader["corpus"], c.data.eval_loader["corpus"]] == [text] * len(keys)
-    c = load_config("sft", None, [f"model.path={tiny}", f"grpo.judge_model='{text}'", "data.loader.corpus=[a, b]"])
+    assert [c.out_dir, c.data.loader["text_field"], c.data.loader["corpus"], c.data.eval_loader["corpus"]] == \
+        [text] * len(keys)
+    c = load_config("rl", None, [f"model.path={tiny}", f"grpo.judge_model={text}", f"grpo.judge_api_key_env={text}"])
+    assert c.grpo.judge_model == c.grpo.judge_api_key_env == text
+    c = load_config("rl", None, [f"model.path={tiny}", f"grpo.judge_model='{text}'", "data.loader.corpus=[a, b]"])
     assert c.grpo.judge_model == text and c.data.loader["corpus"] == ["a", "b"]
 
 
@@ -158,16 +159,16 @@ def test_string_overrides_are_kept_as_written(tiny, text):
 def test_strings_in_config_files_and_mappings_are_kept_as_written(tiny, tmp_path, text):
     """In a --config file, and in a mapping given whole as an override, a key that takes a string gets its text
     as written too; other keys keep YAML's reading (numbers, booleans, null)."""
-    f = tmp_path / "sft.yaml"
+    f = tmp_path / "rl.yaml"  # rl: the stage that takes grpo settings
     f.write_text(f"out_dir: {text}\ngrpo:\n  judge_model: {text}\ndata:\n  loader:\n    corpus: {text}\n"
                  "  ocr_ratio: 0.25\ntensorboard: off\nmodel:\n  path: null\n")
     with pytest.raises(TrainConfigError, match="^model.path: expected a string, got None"):
-        load_config("sft", f)  # null is no text: named, not read as 'null'
-    c = load_config("sft", f, [f"model.path={tiny}"])
+        load_config("rl", f)  # null is no text: named, not read as 'null'
+    c = load_config("rl", f, [f"model.path={tiny}"])
     assert [c.out_dir, c.grpo.judge_model, c.data.loader["corpus"]] == [text] * 3
     assert c.data.ocr_ratio == 0.25 and c.tensorboard is False
-    c = load_config("sft", None, [f"model.path={tiny}", f"data.loader={{corpus: {text}, text_field: {text}}}",
-                                  f"grpo={{judge_model: {text}, group_size: 4}}"])
+    c = load_config("rl", None, [f"model.path={tiny}", f"data.loader={{corpus: {text}, text_field: {text}}}",
+                                 f"grpo={{judge_model: {text}, group_size: 4}}"])
     assert c.data.loader["corpus"] == c.data.loader["text_field"] == c.grpo.judge_model == text
     assert c.grpo.group_size == 4
 
