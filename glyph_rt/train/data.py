@@ -43,24 +43,20 @@ STAGE_TASKS = {"cpt": {"ocr": 1.0, "lm": 1.0, "gen": 1.0}, "sft": {"qa": 1.0}, "
 def loader_options(cfg: TrainConfig, held_out: bool = False) -> dict:
     """data.loader with the stage's defaults (held_out: data.eval_loader's keys over it, its tasks and task_options
     weight by weight and option by option); TrainConfigError naming a bad key of either mapping."""
-    merged = {"tasks": {}}
     for name, given in (("data.loader", cfg.data.loader), ("data.eval_loader", cfg.data.eval_loader)):
         for k in given:
             if k not in LOADER_KEYS:
                 raise TrainConfigError(f"{name}.{k}: unknown key; {name} takes {', '.join(sorted(LOADER_KEYS))}")
         check_loader_values(given, name)
-        opts = {**merged, **given, "tasks": {**merged["tasks"], **given.get("tasks", {})}}
-        if name == "data.loader":
-            opts["tasks"] = dict(given.get("tasks", STAGE_TASKS[cfg.stage]))
-        per_task = [merged.get("task_options") or {}, given.get("task_options") or {}]
-        if any(per_task):
-            opts["task_options"] = {t: {**per_task[0].get(t, {}), **per_task[1].get(t, {})}
-                                    for t in {**per_task[0], **per_task[1]}}
+    train = {**cfg.data.loader, "tasks": dict(cfg.data.loader.get("tasks", STAGE_TASKS[cfg.stage]))}
+    held = cfg.data.eval_loader
+    own, over = train.get("task_options") or {}, held.get("task_options") or {}
+    held = {**train, **held, "tasks": {**train["tasks"], **held.get("tasks", {})},
+            **({"task_options": {t: {**own.get(t, {}), **over.get(t, {})} for t in {**own, **over}}} if over else {})}
+    for name, opts in (("data.loader", train), ("data.eval_loader", held)):
         if sum(opts["tasks"].values()) <= 0:
             raise TrainConfigError(f"{name}.tasks: every weight is 0")
-        if name == "data.loader" or held_out:
-            merged = opts
-    return merged
+    return held if held_out else train
 
 
 # the shared options of data.loader (and data.eval_loader) that take a whole number >= 1 or a boolean; epochs also

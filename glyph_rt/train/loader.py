@@ -103,19 +103,12 @@ class Corpus:
         all of them record files or all text files (a directory mixing the two, as a README beside JSONL shards,
         is a CorpusError naming both: give the record files or their own directory); the other files in it are
         left out and logged, hidden ones (.git, .gitattributes) unlogged."""
-        if paths is None or paths == []:
-            paths = [BUNDLED_CORPUS]
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
         sources = []
-        for p in map(Path, paths):
+        for p in _corpus_paths(paths):
             if not p.exists():
                 raise CorpusError(f"corpus: {str(p)!r} does not exist")
-            if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()):
+            if p.is_dir():  # a `datasets` directory
                 sources.append((str(p), _hf_dataset(p, text_field)))
-            elif p.is_dir():
-                for f in _directory_files(p):
-                    sources.append((str(f), _source(f, max_chars, text_field)))
             elif _kind(p) is None:
                 raise CorpusError(f"corpus: {str(p)!r} is not a corpus file by its name: {CORPUS_FILES}")
             else:
@@ -123,17 +116,20 @@ class Corpus:
         return cls(sources)
 
 
-def corpus_files(paths=None) -> set[Path]:
-    """The files (and `datasets` directories) Corpus.open(paths) reads, resolved."""
+def _corpus_paths(paths) -> list[Path]:
+    """The paths Corpus.open(paths) reads (none: the bundled corpus), a directory of corpus files as its files."""
     if paths is None or paths == []:
         paths = [BUNDLED_CORPUS]
-    out = set()
+    out = []
     for p in map(Path, [paths] if isinstance(paths, (str, os.PathLike)) else paths):
-        if p.is_dir() and not ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()):
-            out.update(f.resolve() for f in _directory_files(p))
-        elif p.exists():
-            out.add(p.resolve())
+        dataset = (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()
+        out.extend(_directory_files(p) if p.is_dir() and not dataset else [p])
     return out
+
+
+def corpus_files(paths=None) -> set[Path]:
+    """The files (and `datasets` directories) Corpus.open(paths) reads, resolved (those that exist)."""
+    return {p.resolve() for p in _corpus_paths(paths) if p.exists()}
 
 
 RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")

@@ -510,11 +510,11 @@ def check_resume(cfg: TrainConfig) -> None:
                 f"{key}: {value!r}, but {latest} was written with {saved[key]!r}: a resume continues that run with "
                 f"its model; give {key}={saved[key]!r}, or another out_dir (or resume=false in a new one) to start "
                 "over")
-    data = state.get("data_config")
-    changed = [k for k, v in cfg.to_dict()["data"].items() if isinstance(data, dict) and k in data and data[k] != v]
+    was, now = state.get("data_config"), cfg.to_dict()["data"]
+    changed = [k for k, v in now.items() if isinstance(was, dict) and k in was and was[k] != v]
     if changed and os.environ.get("RANK", "0") == "0":  # allowed (a larger batch, another corpus), but a change
         warnings.warn(f"resuming {latest.name} with other data settings than it was written with: "
-                      + ", ".join(f"data.{k} {data[k]!r} -> {cfg.to_dict()['data'][k]!r}" for k in changed)
+                      + ", ".join(f"data.{k} {was[k]!r} -> {now[k]!r}" for k in changed)
                       + "; the data goes on from the checkpoint's position under the new settings", stacklevel=2)
 
 
