@@ -45,6 +45,13 @@ def test_longbench_code_sim_is_fuzzywuzzy_ratio():
     assert m("code_sim", "", [""]) == 1.0  # fuzzywuzzy: equal strings score 100 before the empty check
 
 
+def test_longbench_code_sim_rounds_exact_halves_as_fuzzywuzzy():
+    # lensum 80, indel distance 46: python-Levenshtein's ratio 34/80 -> 100 * 0.425 = 42.5 -> round() 42;
+    # rapidfuzz's fuzz.ratio gives 42.50000000000001 for the same pair, which rounds to 43
+    a, b = "(d(d)c,b ed(acdad)d) ,(a) cbcbdb  e (=()", "(cbeabcad,=d=c,b,()abe)db,d)ae,cbaa)a,ce"
+    assert m("code_sim", a, [b]) == 0.42
+
+
 def test_longbench_classification_retrieval_count():
     classes = ["Abbreviation", "Entity", "Human being", "Human", "Location"]
     assert m("classification", "Location", ["Location"], all_classes=classes) == 1.0

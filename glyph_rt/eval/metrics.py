@@ -3,10 +3,11 @@
 - RULER (NVIDIA/RULER scripts/eval/synthetic/constants.py): string_match_all, string_match_part, after
   RULER's postprocess_pred (strip, control characters -> newline).
 - LongBench (THUDM/LongBench metrics.py): qa_f1, rouge (ROUGE-L F of the `rouge` package, as LongBench
-  uses), classification, retrieval, count, code_sim (fuzzywuzzy's ratio: rapidfuzz's fuzz.ratio rounded as
-  fuzzywuzzy rounds it). The best score over the reference answers counts; datasets whose answers are one line
-  (trec, triviaqa, samsum, lsht) score the prediction's first line (metadata first_line). The Chinese ones
-  (qa_f1_zh, rouge_zh) segment words with jieba, which they import when used.
+  uses), classification, retrieval, count, code_sim (fuzzywuzzy's ratio with python-Levenshtein: (lensum - indel
+  distance) / lensum, rounded to an integer percent as fuzzywuzzy's intr). The best score over the reference
+  answers counts; datasets whose answers are one line (trec, triviaqa, samsum, lsht) score the prediction's
+  first line (metadata first_line). The Chinese ones (qa_f1_zh, rouge_zh) segment words with jieba, which they
+  import when used.
 - MRCR (openai/mrcr): difflib.SequenceMatcher ratio, 0 unless the response starts with the item's
   random_string_to_prepend, which is removed from both before comparing.
 - MMLongBench-Doc (mayubo2333/MMLongBench-Doc eval/eval_score.py): the rule-based score by answer format
@@ -101,19 +102,22 @@ def retrieval_one(prediction: str, ground_truth: str) -> float:
 
 
 def code_sim_one(prediction: str, ground_truth: str) -> float:
-    from rapidfuzz import fuzz
+    from rapidfuzz.distance import Indel
 
     line = ""
     for cand in prediction.lstrip("\n").split("\n"):
         if "`" not in cand and "#" not in cand and "//" not in cand:
             line = cand
             break
-    # fuzzywuzzy's ratio: equal strings 100, an empty one 0, else Levenshtein.ratio rounded to an integer
+    # fuzzywuzzy's ratio: equal strings 100, an empty one 0, else int(round(100 * Levenshtein.ratio)), whose C code
+    # divides (lensum - indel distance) by lensum (rapidfuzz's fuzz.ratio computes it otherwise: 42.50000000000001
+    # where this is 42.5, and the rounding differs at exact halves)
     if line == ground_truth:
         return 1.0
     if not line or not ground_truth:
         return 0.0
-    return int(round(fuzz.ratio(line, ground_truth))) / 100
+    lensum = len(line) + len(ground_truth)
+    return int(round(100 * ((lensum - Indel.distance(line, ground_truth)) / lensum))) / 100
 
 
 def classification_one(prediction: str, ground_truth: str, all_classes: list) -> float:
