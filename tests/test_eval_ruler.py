@@ -106,6 +106,25 @@ def test_qa_from_squad_and_hotpotqa(tmp_path):
         ruler.read_squad(tmp_path / "hotpot.json")
 
 
+@pytest.mark.parametrize("reader, data, message", [
+    ("read_squad", {"data": [{"paragraphs": [{"context": "c", "qas": [{"question": "q", "id": "7",
+                                                                       "answers": [{"answer_start": 0}]}]}]}]},
+     r"squad.json: data\[0\].paragraphs\[0\].qas\[0\].answers\[0\] \(question 7\): a SQuAD answer needs text"),
+    ("read_squad", {"data": [{"paragraphs": [{"context": "c", "qas": [{"id": "7", "answers": []}]}]}]},
+     r"squad.json: data\[0\].paragraphs\[0\].qas\[0\] \(question 7\): a SQuAD question needs question"),
+    ("read_squad", {"data": [{"paragraphs": [{"qas": []}]}]},
+     r"squad.json: data\[0\].paragraphs\[0\]: a SQuAD paragraph needs context"),
+    ("read_hotpotqa", [{"_id": "1", "question": "Who?", "context": [["T", ["A sentence. "]]]}],
+     r"squad.json: row 1 \(_id 1\): a HotpotQA row needs answer"),
+    ("read_hotpotqa", [{"question": "Who?", "answer": "A", "context": [["T", "A sentence."]]}],
+     r"squad.json: row 1: context\[0\] must be \[title, \[sentences\]\]"),
+])
+def test_qa_files_missing_a_field_name_the_file_row_and_field(tmp_path, reader, data, message):
+    (tmp_path / "squad.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        getattr(ruler, reader)(tmp_path / "squad.json")
+
+
 def test_bench_eval_smoke(tmp_path):
     from bench.bench_eval import main
 

@@ -26,6 +26,24 @@ def read_json(path):
         raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
 
 
+_KINDS = {list: "a list", str: "a string", dict: "an object"}
+
+
+def require(row, where: str, what: str, fields: dict) -> None:
+    """`row` is an object with each of `fields` (name -> the types it may have); else an error naming the row
+    (`where`: the file and row), what it is (`what`: "a RULER row of Glyph's evaluation data", "a SQuAD
+    question") and the field."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: {what} must be a JSON object, got {type(row).__name__}")
+    missing = [k for k in fields if k not in row]
+    if missing:
+        raise ValueError(f"{where}: {what} needs {', '.join(missing)} (fields: {', '.join(sorted(row)[:8])})")
+    for k, kinds in fields.items():
+        if not isinstance(row[k], kinds):
+            want = " or ".join(_KINDS[t] for t in kinds)
+            raise ValueError(f"{where}: {k} must be {want}, got {type(row[k]).__name__}")
+
+
 def make_item(where: str, **fields) -> Item:
     """An Item of a data file's row; an error of its checks (no answers, an empty context) names the row (`where`:
     the file and line)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ...fileio import json_lines, text_lines
 from ..item import Item
-from . import longbench, make_item, mrcr, read_json, read_text, ruler
+from . import longbench, make_item, mrcr, read_json, read_text, require, ruler
 
 
 def _rows(path: Path) -> list[tuple[int, dict]]:
@@ -33,22 +33,10 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
     return list(json_lines(text_lines(read_text(path)), str(path)))
 
 
-def require(row: dict, where: str, what: str, fields: dict) -> None:
-    """The row has each of `fields` (name -> the types it may have); else an error naming the row and the field
-    (what: "a RULER", "an MRCR")."""
-    missing = [k for k in fields if k not in row]
-    if missing:
-        raise ValueError(f"{where}: {what} row of Glyph's evaluation data needs {', '.join(missing)} "
-                         f"(fields: {', '.join(sorted(row)[:8])})")
-    for k, kinds in fields.items():
-        if not isinstance(row[k], kinds):
-            want = " or ".join("a list" if t is list else "a string" for t in kinds)
-            raise ValueError(f"{where}: {k} must be {want}, got {type(row[k]).__name__}")
-
-
 def ruler_item(row: dict, index: int, length: int | None, source: str) -> Item:
     where = f"{source}:{index + 1}"
-    require(row, where, "a RULER", {"task_name": (str,), "outputs": (list, str), "context": (str,)})
+    require(row, where, "a RULER row of Glyph's evaluation data",
+            {"task_name": (str,), "outputs": (list, str), "context": (str,)})
     if not isinstance(row.get("question", ""), str):
         raise ValueError(f"{where}: question must be a string, got {type(row['question']).__name__}")
     task = row["task_name"]
@@ -68,8 +56,8 @@ def mrcr_item(row: dict, index: int, source: str) -> Item:
         it = mrcr.item_from_row(row, index, source)
     else:
         where = f"{source}:{index + 1}"
-        require(row, where, "an MRCR", {"context": (str,), "question": (str,), "answer": (str,),
-                                        "random_string_to_prepend": (str,)})
+        require(row, where, "an MRCR row of Glyph's evaluation data",
+                {"context": (str,), "question": (str,), "answer": (str,), "random_string_to_prepend": (str,)})
         n = mrcr.number(row, "n_needles", where) or 0
         it = make_item(where, id=str(row.get("unique_id") or f"{Path(source).stem}-{index}"), context=row["context"],
                        question=row["question"], answers=[row["answer"]], metric="mrcr",

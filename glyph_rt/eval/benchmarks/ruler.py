@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import bisect
 import functools
-import json
 import random
 import re
 import string
 import uuid as uuidlib
-from pathlib import Path
 
 from ..item import Item
+from . import read_json, require
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
@@ -370,33 +369,50 @@ def fwe(length: int, i: int, rng: random.Random, tok: _Tok, alpha: float = 2.0, 
 
 # ------------------------------------------------------------------ QA
 def read_squad(path) -> list[dict]:
-    """SQuAD v1/v2 JSON -> [{question, answers, golden, docs}] (answerable questions; docs: all paragraphs)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "data" not in data:
-        raise ValueError(f"{path}: not a SQuAD file (a JSON object with 'data')")
+    """SQuAD v1/v2 JSON -> [{question, answers, golden, docs}] (answerable questions; docs: all paragraphs). A
+    field missing or of another type is an error naming the file, the question (or paragraph) and the field."""
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise ValueError(f"{path}: not a SQuAD file (a JSON object with a 'data' list)")
     docs, out = [], []
-    for article in data["data"]:
-        for para in article["paragraphs"]:
+    for i, article in enumerate(data["data"]):
+        require(article, f"{path}: data[{i}]", "a SQuAD article", {"paragraphs": (list,)})
+        for j, para in enumerate(article["paragraphs"]):
+            where = f"{path}: data[{i}].paragraphs[{j}]"
+            require(para, where, "a SQuAD paragraph", {"context": (str,), "qas": (list,)})
             docs.append(para["context"])
-            for qa in para["qas"]:
-                if qa.get("is_impossible") or not qa.get("answers"):
+            for k, qa in enumerate(para["qas"]):
+                qid = qa.get("id") if isinstance(qa, dict) else None
+                tag = f" (question {qid})" if qid is not None else ""
+                require(qa, f"{where}.qas[{k}]{tag}", "a SQuAD question", {"question": (str,), "answers": (list,)})
+                if qa.get("is_impossible") or not qa["answers"]:
                     continue
+                for n, a in enumerate(qa["answers"]):
+                    require(a, f"{where}.qas[{k}].answers[{n}]{tag}", "a SQuAD answer", {"text": (str,)})
                 out.append({"question": qa["question"], "answers": sorted({a["text"] for a in qa["answers"]}),
                             "golden": [len(docs) - 1]})
     return [dict(q, docs=docs) for q in out]
 
 
 def read_hotpotqa(path) -> list[dict]:
-    """HotpotQA JSON (a list of {question, answer, context: [[title, sentences]]}) -> [{question, answers, golden, docs}]."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, list) or not data or "context" not in data[0]:
+    """HotpotQA JSON (a list of {question, answer, context: [[title, sentences]]}) -> [{question, answers, golden,
+    docs}]. A field missing or of another type is an error naming the file, the row and the field."""
+    data = read_json(path)
+    if not isinstance(data, list) or not data:
         raise ValueError(f"{path}: not a HotpotQA file (a JSON list of objects with 'context')")
     docs: list[str] = []
     index: dict[str, int] = {}
     out = []
-    for d in data:
+    for i, d in enumerate(data):
+        rid = d.get("_id") if isinstance(d, dict) else None
+        where = f"{path}: row {i + 1}" + (f" (_id {rid})" if rid is not None else "")
+        require(d, where, "a HotpotQA row", {"question": (str,), "answer": (str,), "context": (list,)})
         golden = []
-        for title, sents in d["context"]:
+        for k, doc in enumerate(d["context"]):
+            if not (isinstance(doc, list) and len(doc) == 2 and isinstance(doc[0], str) and isinstance(doc[1], list)
+                    and all(isinstance(x, str) for x in doc[1])):
+                raise ValueError(f"{where}: context[{k}] must be [title, [sentences]] (strings), got {doc!r:.60}")
+            title, sents = doc
             text = f"{title}\n{''.join(sents)}"
             if text not in index:
                 index[text] = len(docs)
