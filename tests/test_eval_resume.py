@@ -533,6 +533,37 @@ def test_rows_scored_on_the_whole_thinking_reply_are_scored_again_on_resume(tmp_
     assert [x["score"] for x in read_rows(path)] == [1.0, 1.0, 1.0] and read_rows(path)[0]["answer"] == "Marie Curie"
 
 
+@pytest.mark.parametrize("reply, answer", [
+    ("Paragraph 12 says 1999.</think>\n{answer}", "{answer}"),  # the chat template wrote <think>
+    ("<think>1999?</think> no <think>wait</think>\n{answer}", "{answer}"),  # Glyph's scripts: after the last </think>
+    ("<think>It is {answer}, I think", ""),  # opened, never closed: no answer
+    ("1999.</think>\nno, <think>it is {answer}", ""),  # a block opened after the last </think> and never closed
+])
+def test_the_answer_is_the_text_after_the_last_end_of_thinking(reply, answer):
+    from glyph_rt.eval.harness import reply_answer
+    from glyph_rt.models.prompt import split_thinking
+
+    r = evaluate(CFG, thinking_items(), Thinker(reply), progress=False, tokenizer=None)
+    want = [answer.format(answer=it.answers[0]) for it in thinking_items()]
+    assert [x["answer"] for x in r.rows] == want and [x["score"] for x in r.rows] == [float(bool(a)) for a in want]
+    assert reply_answer(reply.format(answer="42")) == answer.format(answer="42")
+    assert split_thinking(reply)[0] is None  # GRPO's format reward still asks for the whole <think>...</think> format
+
+
+def test_rows_whose_answer_an_older_rule_split_off_are_scored_again_on_resume(tmp_path):
+    """A template-opened reply (`thoughts</think>answer`) scored as no answer by the older rule is scored again on
+    its answer, unasked."""
+    t = Thinker("Paragraph 12 says 1999.</think>\n{answer}")
+    evaluate(CFG, thinking_items(), t, out=tmp_path, progress=False, tokenizer=None)
+    path = tmp_path / "results.jsonl"
+    old = [{**json.loads(x), "answer": "", "score": 0.0} for x in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(x) + "\n" for x in old))
+    again = Thinker(t.reply)
+    r = evaluate(CFG, thinking_items(), again, out=tmp_path, progress=False, tokenizer=None)
+    assert again.budgets == [] and [x["score"] for x in r.rows] == [1.0, 1.0, 1.0]
+    assert [x["answer"] for x in read_rows(path)] == ["Marie Curie", "7", "xY9roses are red"]
+
+
 def test_max_tokens_gives_every_item_its_budget_and_keys_the_resume(tmp_path):
     """max_tokens replaces the tasks' budgets (room to think); rows of another budget are not reused, and
     max_new_tokens still caps it."""

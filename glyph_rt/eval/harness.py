@@ -6,10 +6,13 @@ id, item content, target, mode, render config, generation budget, repetition pen
 every row of the file) and re-runs nothing. A torn last line from a kill is cut off before appending.
 
 A reply in glyph_rt's thinking format (`<think>...</think>\nanswer`, as its SFT data and GRPO's format reward teach)
-is scored on its answer after the thinking block (split_thinking, the helper GRPO's rewards use): the row keeps the
-whole reply as `prediction` and the text scored as `answer`; a thinking block left unclosed (the budget ran out)
-answers nothing. A model that reasons first needs a larger generation budget than the tasks' own: evaluate's
-max_tokens (`glyph-rt eval --max-tokens N`) gives every item that budget.
+is scored on its answer after the thinking block (split_thinking, the helper GRPO's rewards use): the text after
+the last `</think>`, as Glyph's evaluation scripts take it, also where the chat template opened the block and the
+reply holds only its end (`thoughts</think>\nanswer`); the row keeps the whole reply as `prediction` and the text
+scored as `answer`; a thinking block opened and left unclosed (the budget ran out) answers nothing. Rows scored
+by an older rule are scored again on resume (asked again where an extractor read the answer). A model that
+reasons first needs a larger generation budget than the tasks' own: evaluate's max_tokens (`glyph-rt eval
+--max-tokens N`) gives every item that budget.
 """
 from __future__ import annotations
 
@@ -76,9 +79,10 @@ def thinks(text: str) -> bool:
 
 
 def reply_answer(text: str) -> str:
-    """The answer a reply gives, which its score reads: the text after its `<think>...</think>` block (split_thinking,
-    as GRPO's rewards read it); the whole reply when it does not think; empty when it thinks without answering or
-    leaves its block unclosed (its thoughts are not its answer)."""
+    """The answer a reply gives, which its score reads: the text after its last `</think>` (split_thinking, as
+    GRPO's rewards read it), with or without the `<think>` the chat template may have written; the whole reply when
+    it does not think; empty when it thinks without answering or opens a block it never closes (its thoughts are
+    not its answer)."""
     if not thinks(text):
         return text  # split_thinking's answer too, without importing glyph_rt.models (transformers, torch)
     from ..models.prompt import split_thinking
@@ -87,9 +91,10 @@ def reply_answer(text: str) -> str:
 
 
 def _rescored(row: dict, it: Item) -> dict | None:
-    """A row scored again from its saved reply without asking again: one whose metric failed, or one scored before
-    the answer was split off its thinking block (a row without `answer`). None while its metric still fails."""
-    answer = row["answer"] if "answer" in row else reply_answer(row.get("prediction") or "")
+    """A row scored again from its saved reply without asking again: one whose metric failed, or one whose answer
+    was split off its thinking block by another rule (an older row: without `answer`, or with another one). None
+    while its metric still fails."""
+    answer = reply_answer(row.get("prediction") or "")
     err = row.get("error") or ""
     if "scoring failed:" in err:
         err = err.rpartition("scoring failed:")[0].rstrip("; ")  # an extraction failure before it stays
@@ -262,9 +267,11 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
                     and r.get("extraction_prompt") == (PROMPT_ID if extractor_of(it) else None)):
                 done[r["id"]] = r
         for i, r in list(done.items()):
-            # scored on the whole reply, thinking included (a row written before `answer`): scored again on its
-            # answer, or asked again where the extractor read the whole reply
-            stale = "answer" not in r and thinks(r.get("prediction") or "")
+            # a thinking reply whose answer an older rule split off (the whole reply, before rows had `answer`; none
+            # where the chat template opened the block): scored again on its answer, or asked again where the
+            # extractor read the old one
+            pred = r.get("prediction") or ""
+            stale = thinks(pred) and r.get("answer") != reply_answer(pred)
             if stale and r.get("extractor"):
                 del done[i]
             elif stale or "scoring failed:" in (r.get("error") or ""):  # or a metric that failed (a package

@@ -38,18 +38,21 @@ def thinking_parts(text: str) -> tuple[str, str, str] | None:
 
 
 def split_thinking(response: str) -> tuple[str | None, str]:
-    """(thoughts, answer) of a `<think>...</think> answer` response (thinking_parts, the answer stripped);
-    (None, response) when it does not think; (None, "") when it thinks but gives no answer after its thoughts,
-    or leaves its thinking block unclosed (its thoughts are not its answer). GRPO's rewards and the evaluation
-    harness score the answer."""
+    """(thoughts, answer) of a response. thoughts: those of a response in the thinking format (`<think>thoughts
+    </think> answer`, thinking_parts, with a non-empty answer and no other tag after its block; what the format
+    reward asks for), else None. answer (stripped): the text after the last `</think>`, as Glyph's evaluation
+    scripts take it (split('</think>')[-1]), also where the chat template opened the block and the response holds
+    only its end (`thoughts</think> answer`); the whole response when it holds no tag; "" when it opens a block it
+    never closes (its thoughts are not its answer). GRPO's rewards and the evaluation harness score the answer."""
     parts = thinking_parts(response)
     if parts is not None:
         _, inner, after = parts
         if after.strip() and "<think>" not in after and "</think>" not in after:
             return inner, after.strip()
-    if "<think>" in response or "</think>" in response:
-        return None, ""
-    return None, response
+    if "<think>" not in response and "</think>" not in response:
+        return None, response
+    after = response.rpartition("</think>")[2]
+    return None, "" if "<think>" in after else after.strip()
 
 
 def tokens_per_image(grid_thw) -> list[int]:
