@@ -1,5 +1,6 @@
 """Attention: the Triton kernel against an fp32 oracle, SDPA, and inside Hugging Face models."""
 import math
+import os
 
 import pytest
 import torch
@@ -401,7 +402,8 @@ def test_tile_configs_are_one_table_for_launchers_and_aot_specs():
 def test_cu_seqlens_must_start_at_0_never_decrease_and_end_at_the_total(backend):
     """lens.cumsum(0) without the leading 0 ends at the total and passed the old end-only check: the Triton path
     then returned uninitialized memory for the first segment's rows. Each argument is checked, in the host sync
-    that reads max_seqlen (glyph) or the segments (sdpa, reference), and named."""
+    that finds the longest segment (glyph) or reads the segments (sdpa, reference), max_seqlen given or not, and
+    named (boundaries past the tokens made the Triton path write outside its tensors)."""
     q, k, v, cu, _ = packed([5, 7], [5, 7], 2, 1, 16, device=TRITON_DEVICE)
     i32 = dict(dtype=torch.int32, device=TRITON_DEVICE)
     no_zero = torch.tensor([5, 7], **i32).cumsum(0, dtype=torch.int32)  # [5, 12]: ends at the total
@@ -419,9 +421,10 @@ def test_cu_seqlens_must_start_at_0_never_decrease_and_end_at_the_total(backend)
         attention(q, k, v, down, three, backend=backend)
     with pytest.raises(ValueError, match=r"^cu_seqlens_k ends at 11 but there are 12 tokens"):
         attention(q, k, v, cu, torch.tensor([0, 5, 11], **i32), backend=backend)
-    if backend != "glyph":  # these read the boundaries on the host whatever max_seqlen says
-        with pytest.raises(ValueError, match="cu_seqlens_q must start at 0"):
-            attention(q, k, v, no_zero, no_zero, 7, 7, backend=backend)
+    with pytest.raises(ValueError, match="cu_seqlens_q must start at 0"):  # a given max_seqlen skips no check
+        attention(q, k, v, no_zero, no_zero, 7, 7, backend=backend)
+    with pytest.raises(ValueError, match="cu_seqlens_k ends at 20 but there are 12 tokens"):
+        attention(q, k, v, whole, torch.tensor([0, 20], **i32), 12, 20, backend=backend)
     ok = attention(q, k, v, three, three, backend=backend)  # valid boundaries (an empty segment too) still run
     want = attention_reference(q, k, v, three, three, False, 1 / math.sqrt(16))
     torch.testing.assert_close(ok.float(), want, rtol=1e-4, atol=1e-4)
@@ -429,6 +432,47 @@ def test_cu_seqlens_must_start_at_0_never_decrease_and_end_at_the_total(backend)
     torch.testing.assert_close(attention(q, k, v, empty, empty, backend=backend).float(),
                                attention_reference(q, k, v, empty, empty, False, 1 / math.sqrt(16)),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_max_seqlen_below_the_longest_segment_is_refused():
+    """The kernels size their grids from max_seqlen: one below the longest segment left that segment's later rows
+    (and dK/dV rows) unwritten. One above it is fine."""
+    q, k, v, cu, _ = packed([5, 7], [5, 7], 2, 1, 16, device=TRITON_DEVICE)
+    with pytest.raises(ValueError, match=r"^max_seqlen_q=4 is below the longest segment of cu_seqlens_q \(7\)"):
+        attention(q, k, v, cu, cu, 4, 7, backend="glyph")
+    with pytest.raises(ValueError, match=r"^max_seqlen_k=6 is below the longest segment of cu_seqlens_k \(7\)"):
+        attention(q, k, v, cu, cu, 7, 6, backend="glyph")
+    want = attention_reference(q, k, v, cu, cu, False, 1 / math.sqrt(16))
+    torch.testing.assert_close(attention(q, k, v, cu, cu, 64, 64, backend="glyph").float(), want, rtol=1e-4,
+                               atol=1e-4)
+
+
+LATE_INTERPRETER = """
+import os, torch
+import glyph_rt.kernels.attention
+os.environ["TRITON_INTERPRET"] = "1"
+from glyph_rt.ops.attention import attention, available_backends
+print(available_backends(torch.device("cpu"))["glyph"])
+q = torch.randn(8, 2, 16)
+try:
+    attention(q, q, q, backend="glyph")
+except RuntimeError as e:
+    print(e)
+"""
+
+
+def test_interpreter_set_after_the_kernels_were_imported_is_named():
+    """triton.jit reads TRITON_INTERPRET when a module is imported: kernels imported before it was set are built for
+    a GPU, and the CPU dispatch said glyph was available, then failed inside Triton ("0 active drivers")."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", LATE_INTERPRETER], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    why = ("glyph_rt.kernels.attention was imported before TRITON_INTERPRET=1 was set, so its kernels were built for "
+           "a GPU: set TRITON_INTERPRET=1 before importing glyph_rt")
+    assert r.stdout.splitlines() == [why, f"attention backend 'glyph' is not available: {why}"]
 
 
 # --------------------------------------------------------------------------- auto's choice per case

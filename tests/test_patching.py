@@ -40,8 +40,10 @@ def test_patched_glm4v_gives_the_same_logits_and_tokens_and_undoes():
         torch.testing.assert_close(got[valid], want[valid], rtol=1e-4, atol=1e-4)
         greedy = dict(max_new_tokens=4, do_sample=False)
         assert torch.equal(model.generate(**inputs, **greedy), ref.generate(**inputs, **greedy))
+        assert model.model.visual.embeddings.__dict__.get("_glyph_cache")  # the position tables of this run
         patch.undo()
         assert classes(model) == classes(ref)
+        assert not [(n, k) for n, m in model.named_modules() for k in vars(m) if k.startswith("_glyph")]  # freed
         assert model.model.language_model.config._attn_implementation == "sdpa"
         assert torch.equal(model(**inputs).logits, want)
 

@@ -1,6 +1,7 @@
 """Triton kernels of glyph_rt, one file per op (installed as glyph_rt.kernels)."""
 import contextlib
 import functools
+import sys
 from importlib import metadata
 
 import torch
@@ -17,10 +18,24 @@ def on_device(t: torch.Tensor):
 @functools.lru_cache(maxsize=None)
 def interpreter_problem() -> str | None:
     """Why Triton's interpreter (TRITON_INTERPRET=1, the CPU) cannot run glyph_rt's kernels here, or None."""
+    built = compiled_for_gpu()
+    if built:
+        return (f"{built} was imported before TRITON_INTERPRET=1 was set, so its kernels were built for a GPU: "
+                "set TRITON_INTERPRET=1 before importing glyph_rt")
     try:
         return _interpreter_problem(metadata.version("triton"), metadata.version("numpy"))
     except metadata.PackageNotFoundError:
         return None
+
+
+def compiled_for_gpu() -> str | None:
+    """The first of glyph_rt's kernel modules already imported with its kernels built for a GPU rather than for
+    Triton's interpreter (triton.jit reads TRITON_INTERPRET when a module is imported), or None."""
+    for name in ("attention", "attention_decode", "patch_embed", "raster"):
+        module = sys.modules.get(f"{__name__}.{name}")
+        if module is not None and any(type(v).__name__ == "JITFunction" for v in vars(module).values()):
+            return module.__name__
+    return None
 
 
 def _interpreter_problem(triton: str, numpy: str) -> str | None:

@@ -66,8 +66,6 @@ class GlyphVisionAttention:
         rotary = sys.modules[self._glyph_base.__module__].apply_rotary_pos_emb_vision
         q, k = rotary(q, k, cos, sin)
         cu = cu_seqlens.to(torch.int32)
-        if max_seqlen is None:
-            max_seqlen = longest_segment(cu_seqlens)
         out = attention(q, k, v, cu, cu, max_seqlen, max_seqlen, causal=False, softmax_scale=self.scaling,
                         backend=self._glyph_backend)
         return self.proj(out.reshape(n, -1))
@@ -167,22 +165,6 @@ def forget_weight_caches(model: torch.nn.Module) -> None:
             m.__dict__.pop(name, None)
 
 
-_LONGEST: dict[int, tuple] = {}  # id(cu_seqlens) -> (cu_seqlens, its version, longest segment)
-
-
-def longest_segment(cu_seqlens: torch.Tensor) -> int:
-    """The longest segment of cu_seqlens. Every block of a vision tower gets the same tensor (two of them
-    with window attention), so the host sync happens once per forward rather than once per block."""
-    hit = _LONGEST.get(id(cu_seqlens))
-    if hit is not None and hit[0] is cu_seqlens and hit[1] == cu_seqlens._version:
-        return hit[2]
-    n = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if len(cu_seqlens) > 1 else 0
-    if len(_LONGEST) >= 8:
-        _LONGEST.clear()
-    _LONGEST[id(cu_seqlens)] = (cu_seqlens, cu_seqlens._version, n)
-    return n
-
-
 _SUBCLASSES: dict[tuple, type] = {}
 
 
@@ -236,6 +218,9 @@ class Patch:
             at = next(i for i, x in enumerate(changes.layers) if x is layer)
             if at == len(changes.layers) - 1:  # the latest change: the value under it comes back
                 setattr(obj, name, layer[1])
+                if name == "__class__":  # what the patched forward cached from the weights goes with it
+                    for cache in WEIGHT_CACHES:
+                        obj.__dict__.pop(cache, None)
             else:  # a later patch's value stays; undoing that one restores what this one found
                 changes.layers[at + 1][1] = layer[1]
             del changes.layers[at]

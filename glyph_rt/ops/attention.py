@@ -6,9 +6,8 @@
 q: (total_q, nheads, headdim); k, v: (total_k, nheads_k, headdim), nheads divisible by
 nheads_k (GQA/MQA); cu_seqlens_q / cu_seqlens_k: (batch + 1,) int32 segment boundaries (one
 segment when omitted), starting at 0, non-decreasing and ending at total_q / total_k: every token is in
-a segment, as flash-attn's contract (checked, a ValueError naming the argument, in the host sync that computes
-max_seqlen_* when it is omitted, and always on sdpa and reference, which read the boundaries on the host);
-max_seqlen_*: the longest segment (computed when omitted: one host sync).
+a segment, as flash-attn's contract (checked on every backend, a ValueError naming the argument, in one host sync
+that also finds the longest segment); max_seqlen_*: the longest segment (optional; a value below it is refused).
 causal masks are aligned to the bottom right, as flash-attn's. Returns (total_q, nheads, headdim).
 
 Backends:
@@ -92,7 +91,14 @@ def flash_attn_varlen(capability: tuple[int, int] | None = None, head_dim: int |
 
 def available_backends(device: torch.device) -> dict[str, str | None]:
     """{backend: None if usable on `device`, else why not}."""
-    return _available(device.type, os.environ.get("TRITON_INTERPRET") == "1")
+    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    out = _available(device.type, interp)
+    if device.type == "cpu" and interp and out["glyph"] is None:
+        from ..kernels import compiled_for_gpu, interpreter_problem
+
+        if compiled_for_gpu():  # TRITON_INTERPRET=1 set after the kernels were imported
+            out = {**out, "glyph": interpreter_problem()}
+    return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -337,14 +343,28 @@ def _boundaries(cu: torch.Tensor, total: int, name: str) -> list[int]:
     return bounds
 
 
+_CHECKED: dict[int, tuple] = {}  # id(cu_seqlens) -> (cu_seqlens, its version, its token count, longest segment)
+
+
 def _longest(cu: torch.Tensor, total: int, name: str, given: int | None) -> int:
-    """The longest segment: `given`, else read from cu in one host sync with the values that check it
-    (_check_boundaries)."""
-    if given is not None:
-        return int(given)
-    lengths = cu[1:] - cu[:-1]
-    first, shortest, longest, last = torch.stack([cu[0], lengths.min(), lengths.max(), cu[-1]]).tolist()
-    _check_boundaries(cu, name, total, first, shortest, last)
+    """The longest segment, read from cu in one host sync with the values that check it (_check_boundaries), given
+    max_seqlen or not: the kernels' grids and outputs trust the boundaries, so a bad cu_seqlens would leave rows
+    unwritten or index past the tensors. A `given` below the longest segment is refused. Every layer of a model
+    gets the same tensor, so the sync happens once per forward rather than once per layer."""
+    hit = _CHECKED.get(id(cu))
+    if hit is not None and hit[0] is cu and hit[1] == cu._version and hit[2] == total:
+        longest = hit[3]
+    else:
+        lengths = cu[1:] - cu[:-1]
+        first, shortest, longest, last = torch.stack([cu[0], lengths.min(), lengths.max(), cu[-1]]).tolist()
+        _check_boundaries(cu, name, total, first, shortest, last)
+        if len(_CHECKED) >= 8:
+            _CHECKED.clear()
+        _CHECKED[id(cu)] = (cu, cu._version, total, longest)
+    if given is not None and int(given) < longest:
+        arg = name.replace("cu_seqlens", "max_seqlen")
+        raise ValueError(f"{arg}={int(given)} is below the longest segment of {name} ({longest}); give the longest "
+                         "segment's length, or omit it")
     return longest
 
 
@@ -366,7 +386,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: t
     cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()  # the kernels index them flat
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     backend = resolve_backend(backend, q, "prefill" if causal else "vision")
-    if backend in ("reference", "sdpa"):  # both read the boundaries on the host: checked there, whatever max_seqlen
+    if backend in ("reference", "sdpa"):  # both read the boundaries on the host: checked there
         bounds_q = _boundaries(cu_seqlens_q, q.shape[0], "cu_seqlens_q")
         bounds_k = _boundaries(cu_seqlens_k, k.shape[0], "cu_seqlens_k")
         if backend == "sdpa":
