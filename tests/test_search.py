@@ -407,7 +407,7 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert "stopped (generations) after 2 generations, 16 configs evaluated" in out
 
 
-# ----------------------------------------------------------------- edge cases: reruns, styles files, presets, odd answers
+# ----------------------------------------------------------------- edge cases: reruns, styles files, presets, answers
 def test_legibility_references_ignore_the_newline_markup():
     import dataclasses
 
@@ -847,7 +847,7 @@ def test_dpi_repair_counts_once_and_lands_on_the_largest_valid_dpi(space):
     cases += [dict(space.genome(space.sampler(i)), dpi=400, horizontal_scale=rng.choice([0.75, 0.9, 1.0]),
                    page_width=space.genes["page_width"].snap(rng.uniform(300, 842)),
                    page_aspect=space.genes["page_aspect"].snap(rng.uniform(0.6, 3.5))) for i in range(12)]
-    for i, g in enumerate(cases):  # the model's 28-px rounding makes fitting jagged near the boundary: still the largest
+    for i, g in enumerate(cases):  # the model's 28-px rounding makes fitting jagged near the boundary: still largest
         counts = Counter()
         try:
             g2, config = check(space, g, counts)
@@ -882,3 +882,139 @@ def test_a_legibility_text_without_the_readers_alphabet_is_refused(tmp_path, cap
                  f"evaluator.text={zh}"]) != 0
     assert "no character its reader knows" in capsys.readouterr().err
     assert not (tmp_path / "out" / "history.jsonl").exists()  # refused before any config was scored
+
+
+# ----------------------------------------------------------------- review fixes: keys, export, types, paths, limits
+def test_the_critic_sends_only_the_key_its_variable_holds(tmp_path, monkeypatch, capsys):
+    from glyph_rt.cli import main
+    from glyph_rt.search import make_critic
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    monkeypatch.delenv("MY_CRITIC_KEY", raising=False)
+    args = ["critic.model=m", "critic.base_url=http://127.0.0.1:9/v1"]
+    with pytest.raises(SearchError, match=r"critic.api_key_env: \$MY_CRITIC_KEY is not set"):
+        load_settings(None, [*args, "critic.api_key_env=MY_CRITIC_KEY"])  # never $OPENAI_API_KEY in its place
+    assert main(["search", "--out", str(tmp_path), "--quiet", *args, "critic.api_key_env=MY_CRITIC_KEY"]) == 2
+    assert "$MY_CRITIC_KEY is not set" in capsys.readouterr().err and not (tmp_path / "history.jsonl").exists()
+    monkeypatch.setenv("MY_CRITIC_KEY", "sk-mine")
+    assert make_critic(load_settings(None, [*args, "critic.api_key_env=MY_CRITIC_KEY"])).client.api_key == "sk-mine"
+    assert make_critic(load_settings(None, args)).client.api_key == "sk-openai"  # the default variable
+    for none in ("", "null", "''"):  # no key: a local server that needs none
+        assert make_critic(load_settings(None, [*args, f"critic.api_key_env={none}"])).client.api_key == "EMPTY"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert make_critic(load_settings(None, args)).client.api_key == "EMPTY"
+
+
+def test_the_glyph_export_is_scored_once_and_recorded(tmp_path):
+    args = ["generations=0", "population=2", "base=code_style", "outputs.contact_sheet=0"]
+    first = Counting()
+    r = run_search(load_settings(None, args), first, tmp_path / "a")
+    export = json.loads((tmp_path / "a" / "summary.json").read_text())["glyph_export"]
+    assert not export["same_config"] and export["accuracy"] is not None and len(first.seen) == 3
+    again = Counting()
+    r2 = run_search(load_settings(None, args), again, tmp_path / "a")
+    assert not again.seen and r2.evaluations == r.evaluations == 2 and r2.warnings == r.warnings
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["glyph_export"] == export
+    records = History(tmp_path / "a" / "history.jsonl").of_type("export")
+    assert [e["hash"] for e in records] == [first.seen[-1]]
+
+    code = RenderConfig.preset("code_style")  # a failed score is recorded too: a rerun does not retry it
+    failing = Counting(fail_on=lambda c: c.tab_size != code.tab_size)
+    run_search(load_settings(None, args), failing, tmp_path / "b")
+    again = Counting(fail_on=failing.fail_on)
+    r = run_search(load_settings(None, args), again, tmp_path / "b")
+    assert not again.seen and "scoring it failed (RuntimeError: model crashed)" in r.warnings[0]
+
+
+def test_the_legibility_model_is_checked_before_any_config_is_rendered():
+    from glyph_rt.search.legibility import LegibilityObjective
+
+    for model in ("glm4V", "[glm4v]", "5"):
+        with pytest.raises(SearchError, match=r"evaluator.model: .* is unknown; choose from glm4v, qwen2_5_vl"):
+            load_settings(None, [f"evaluator={{kind: legibility, model: {model}}}"])
+    with pytest.raises(ValueError, match="evaluator.model: 'glm4V' is unknown"):
+        LegibilityObjective(chars=3000, model="glm4V")
+    s = load_settings(None, ["evaluator={kind: legibility, model: qwen2_5_vl}"])
+    assert s["evaluator"]["model"] == "qwen2_5_vl"
+
+
+def test_the_history_is_strict_json_and_older_infinities_still_load(tmp_path):
+    class Poor(Counting):  # under the floor: no feasible compression yet; and an extra that is not a number
+        def __call__(self, config):
+            score = super().__call__(config)
+            score.accuracy *= 0.5
+            score.extra["ratio"] = float("nan")
+            return score
+
+    def strict(line):
+        return json.loads(line, parse_constant=lambda c: pytest.fail(f"not JSON: {c} in {line[:80]}"))
+
+    s = load_settings(None, ["generations=2", "objective.floor=0.9", "patience=0"])
+    r = run_search(s, Poor(), tmp_path / "a", report=False)
+    hist = tmp_path / "a" / "history.jsonl"
+    records = [strict(line) for line in hist.read_text().splitlines()]
+    assert [rec["progress"][0] for rec in records if rec["type"] == "generation"] == [None, None, None]
+    assert all(rec["extra"]["ratio"] is None for rec in records if rec["type"] == "eval")
+    (tmp_path / "b").mkdir()  # a history written before: -Infinity for no feasible compression
+    old = hist.read_text().replace('"progress": [null,', '"progress": [-Infinity,')
+    (tmp_path / "b" / "history.jsonl").write_text(old)
+    again = Poor()
+    r2 = run_search(s, again, tmp_path / "b", report=False)
+    assert not again.seen and (r2.stop_reason, r2.generations, r2.best) == (r.stop_reason, r.generations, r.best)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["styles=[a]"], r"styles: \['a'\] must be the path of a styles YAML"),
+    (["presets=[1]"], "presets: 1 is not a preset name; choose from glyph"),
+    (["presets=[null]"], "presets: None is not a preset name"),
+    (["critic.base_url=1", "critic.model=m"], "critic.base_url: 1 must be text"),
+    (["critic.base_url=http://127.0.0.1:9/v1", "critic.model=[1]"], r"critic.model: \[1\] must be text"),
+    (["critic.api_key_env=[1]", "critic.base_url=http://127.0.0.1:9/v1", "critic.model=m"],
+     r"critic.api_key_env: \[1\] must be text"),
+    (["evaluator={kind: legibility, tokenizer: 5}"], "evaluator.tokenizer: 5 must be text"),
+    (["evaluator={kind: legibility, text: 5}"], "evaluator.text: 5 must be text"),
+    (["evaluator={kind: eval, target: x, items: 5}"], "evaluator.items: 5 must be text"),
+    (["operators.repair=maybe"], "operators.repair: 'maybe' must be true or false"),
+])
+def test_settings_of_the_wrong_type_are_refused_by_name(tmp_path, capsys, overrides, match):
+    from glyph_rt.cli import main
+
+    with pytest.raises(SearchError, match=match):
+        load_settings(None, overrides)
+    assert main(["search", "--out", str(tmp_path), "--quiet", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("glyph-rt: error: ") and "Traceback" not in err
+
+
+def test_home_relative_paths_in_the_settings_are_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "styles.yaml").write_text((ROOT / "bench" / "search_styles.yaml").read_text())
+    (tmp_path / "text.txt").write_text("Lorem ipsum dolor sit amet. " * 50)
+    yml = tmp_path / "conf" / "search.yaml"
+    yml.parent.mkdir()
+    yml.write_text("styles: ~/styles.yaml\noutputs: {text: ~/text.txt}\n"
+                   "evaluator: {kind: legibility, text: ~/text.txt}\n")
+    for s in (load_settings(str(yml)),
+              load_settings(None, ["styles=~/styles.yaml", "outputs.text=~/text.txt", "evaluator.text=~/text.txt"])):
+        assert s["styles"] == str(tmp_path / "styles.yaml") and s["outputs"]["text"] == str(tmp_path / "text.txt")
+        assert s["evaluator"]["text"] == str(tmp_path / "text.txt")
+    s = load_settings(None, ["styles=~/styles.yaml", "generations=0", "population=2", "outputs.contact_sheet=0"])
+    assert run_search(s, Counting(), tmp_path / "out", report=False).evaluations == 2
+
+
+def test_a_rerun_under_lower_limits_says_it_replays_the_earlier_run(tmp_path, capsys):
+    from glyph_rt.cli import main
+
+    args = ["search", "--out", str(tmp_path), "--quiet", "outputs.contact_sheet=0", "patience=0"]
+    assert main([*args, "generations=3"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main([*args, "generations=3"]) == 0  # the same limits: nothing to say
+    assert "warning" not in capsys.readouterr().err
+    again = Counting()
+    r = run_search(load_settings(None, ["generations=1", "max_evaluations=10", "patience=0"]), again, tmp_path,
+                   report=False)
+    assert not again.seen and r.generations == 3 and r.evaluations == 32
+    assert len(r.warnings) == 1 and "4 generations (0-3), more than generations=1 allows and 32 evaluations, more " \
+        "than max_evaluations=10 allows" in r.warnings[0] and "use another --out" in r.warnings[0]
+    assert main([*args, "generations=2"]) == 0
+    assert "warning: " in capsys.readouterr().err

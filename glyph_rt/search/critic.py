@@ -97,7 +97,8 @@ def parse_answer(text: str) -> list:
 
 
 class Critic:
-    """A chat client for any OpenAI-compatible endpoint (glyph_rt's server, vLLM, a hosted API)."""
+    """A chat client for any OpenAI-compatible endpoint (glyph_rt's server, vLLM, a hosted API). `api_key` None:
+    $OPENAI_API_KEY, or no key ("EMPTY") when it is unset; make_critic passes the one critic.api_key_env names."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
                  temperature: float = 0.7, max_tokens: int = 2048, max_retries: int = 2):

@@ -7,14 +7,19 @@ Records, one JSON object a line, each with a "type":
   is asked again only while none of the generation's configs is evaluated);
 - eval: one evaluated config: hash, generation, parents, proposer, reason, config, accuracy,
   compression, extra, seconds (or error);
-- generation: the survivors of a generation, its best, the counts of repairs and rejections;
+- generation: the survivors of a generation, its best, the counts of repairs and rejections, its progress (what
+  must grow for the next one to count as an improvement; null for none yet, e.g. no config above the floor);
+- export: the score of best_config_glyph.json when it is not the config scored (hash, config, accuracy,
+  compression, extra, seconds or error), so that a rerun does not score it again;
 - end: why the run stopped.
-Each line is flushed and fsynced before the run goes on; a line cut short by a kill is dropped when
-the file is opened again.
+Each line is strict JSON (a number that is not finite is written as null; histories written before hold
+-Infinity, which still loads), flushed and fsynced before the run goes on; a line cut short by a kill is
+dropped when the file is opened again.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -23,6 +28,23 @@ from ..fileio import cut_torn_tail, json_lines, text_lines
 
 class HistoryError(ValueError):
     pass
+
+
+def plain(x):
+    """`x` as strict JSON values: numpy scalars and arrays as numbers and lists, a number that is not finite as None,
+    anything else unknown as text."""
+    if isinstance(x, dict):
+        return {str(k): plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    try:
+        return plain(x.tolist())  # numpy (and torch) scalars and arrays
+    except Exception:
+        return str(x)
 
 
 class History:
@@ -44,7 +66,7 @@ class History:
         if self._f is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "a", encoding="utf-8")
-        self._f.write(json.dumps(record, sort_keys=True) + "\n")
+        self._f.write(json.dumps(plain(record), sort_keys=True, allow_nan=False) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
         self.records.append(record)

@@ -102,6 +102,14 @@ def _read(cells: np.ndarray, widths: np.ndarray, refs: np.ndarray) -> np.ndarray
     return out
 
 
+def check_model(model) -> None:
+    """Refuses a model whose visual tokens glyph_rt cannot count (before any config is rendered)."""
+    from ..render.tokens import VISION_MODELS
+
+    if not isinstance(model, str) or model not in VISION_MODELS:
+        raise ValueError(f"evaluator.model: {model!r} is unknown; choose from {', '.join(VISION_MODELS)}")
+
+
 class LegibilityObjective:
     """See the module docstring. `text`: what is rendered (default: the built-in sample's first
     `chars` characters)."""
@@ -111,15 +119,16 @@ class LegibilityObjective:
         from ..render.textio import sample_text
         from ..render.tokens import get_tokenizer
 
+        check_model(model)
         self.text = (text if text is not None else sample_text())[:chars]
         self.chars, self.blur, self.noise, self.max_glyphs, self.seed, self.model = \
             chars, blur, noise, max_glyphs, seed, model
         readable = sum(ch in ALPHABET for ch in self.text)
         if not readable:
             sample = "".join(sorted({ch for ch in self.text if not ch.isspace()}))[:12]
-            raise ValueError(f"evaluator: the legibility text has no character its reader knows (ASCII letters, digits "
-                             f"and .,;:()-'\" only; its {len(self.text):,} characters include {sample!r}): every config "
-                             "would score accuracy 0. Give a text with Latin letters "
+            raise ValueError(f"evaluator: the legibility text has no character its reader knows (ASCII letters, "
+                             f"digits and .,;:()-'\" only; its {len(self.text):,} characters include {sample!r}): "
+                             "every config would score accuracy 0. Give a text with Latin letters "
                              "(evaluator.text), or search with kind eval and a model that reads it")
         self.tokenizer = get_tokenizer(tokenizer)
         self.text_tokens = self.tokenizer.count(self.text)

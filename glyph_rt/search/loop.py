@@ -30,10 +30,10 @@ except ImportError:  # no flock (Windows): runs sharing an output directory are 
 
 from .. import __version__
 from ..eval.targets import TargetError
-from ..render.config import RenderConfig
+from ..render.config import PRESETS, RenderConfig
 from ..train.styles import StyleSampler
 from .critic import Critic, CriticError, parse_answer, prompt, proposal_genome
-from .history import History
+from .history import History, plain
 from .objective import Goal, Objective
 from .operators import Rejected, check, crossover, mutate, tournament
 from .space import SearchSpace, config_hash
@@ -81,10 +81,7 @@ def load_settings(path: str | None = None, overrides: list[str] = ()) -> dict:
         if not isinstance(user, dict):
             raise SearchError(f"search config: {str(p)!r} must be a mapping")
         _merge(s, user, "")
-        for node, key in ((s, "styles"), (s["evaluator"], "items"), (s["evaluator"], "text"), (s["outputs"], "text")):
-            v = node.get(key)  # file paths in the file are relative to it
-            if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
-                node[key] = str(p.parent / v)
+        _paths(s, p.parent)  # file paths in the file are relative to it
     for o in overrides:
         if "=" not in o:
             raise SearchError(f"override {o!r}: use key=value (e.g. objective.floor=0.8)")
@@ -101,8 +98,18 @@ def load_settings(path: str | None = None, overrides: list[str] = ()) -> dict:
         if isinstance(value, dict):  # key={...} replaces that map whole (as train's data.loader={...}): the defaults
             _reset(s, parts)  # fill what it leaves out; a dotted key (evaluator.kind=eval) changes one entry
         _merge(s, node, "")
+    _paths(s)
     check_settings(s)
     return s
+
+
+def _paths(s: dict, relative_to: Path | None = None) -> None:
+    """The settings' file paths with ~ expanded, and relative ones taken from `relative_to` when given."""
+    for node, key in ((s, "styles"), (s["evaluator"], "items"), (s["evaluator"], "text"), (s["outputs"], "text")):
+        v = node.get(key) if isinstance(node, dict) else None
+        if isinstance(v, str) and v:
+            v = os.path.expanduser(v)
+            node[key] = str(relative_to / v) if relative_to is not None and not Path(v).is_absolute() else v
 
 
 _OPEN_MAPS = ("evaluator",)
@@ -155,7 +162,12 @@ def check_settings(s: dict) -> None:
         raise SearchError(f"operators.sigma: {op['sigma']!r} must be in (0, 1] (a fraction of each gene's range)")
     if isinstance(op["tournament"], bool) or not isinstance(op["tournament"], int) or op["tournament"] < 1:
         raise SearchError(f"operators.tournament: {op['tournament']!r} must be a whole number >= 1")
+    if not isinstance(op["repair"], bool):
+        raise SearchError(f"operators.repair: {op['repair']!r} must be true or false")
+    _text(s, "styles", "", "the path of a styles YAML")
     c = s["critic"]
+    for k in ("base_url", "model", "api_key_env"):
+        _text(c, k, "critic.", "text")
     if isinstance(c["max_proposals"], bool) or not isinstance(c["max_proposals"], int) or c["max_proposals"] < 0:
         raise SearchError(f"critic.max_proposals: {c['max_proposals']!r} must be a whole number >= 0")
     if isinstance(c["max_tokens"], bool) or not isinstance(c["max_tokens"], int) or c["max_tokens"] < 1:
@@ -165,9 +177,13 @@ def check_settings(s: dict) -> None:
     _number(c, "temperature", "critic.", 0)
     if c["base_url"] and not c["model"]:
         raise SearchError("critic.model: set the model name the endpoint serves (critic.base_url is set)")
+    if c["base_url"]:
+        critic_api_key(c)
     if not isinstance(s["presets"], list):
         raise SearchError(f"presets: {s['presets']!r} must be a list of preset names")
     for name in s["presets"]:
+        if not isinstance(name, str):
+            raise SearchError(f"presets: {name!r} is not a preset name; choose from {', '.join(PRESETS)}")
         try:
             RenderConfig.preset(name)
         except ValueError as e:
@@ -182,7 +198,16 @@ def check_settings(s: dict) -> None:
     ev = s["evaluator"]
     if not isinstance(ev, dict):
         raise SearchError(f"evaluator: {ev!r} must be a mapping")
-    for k in ("delay", "blur", "noise"):  # the evaluators' numbers, checked before any work
+    for k in ("items", "text", "out", "tokenizer", "api_key"):  # the evaluators' settings, checked before any work
+        _text(ev, k, "evaluator.", "text")
+    if ev.get("kind") == "legibility" and "model" in ev:
+        from .legibility import check_model
+
+        try:
+            check_model(ev["model"])
+        except ValueError as e:
+            raise SearchError(str(e)) from None
+    for k in ("delay", "blur", "noise"):
         _number(ev, k, "evaluator.", 0)
     _number(ev, "timeout", "evaluator.", 0, strict=True)
     for k, lo in (("chars", 1), ("max_glyphs", 1), ("seed", 0), ("concurrency", 1)):
@@ -212,6 +237,13 @@ def _text_file(v, key: str) -> None:
         raise SearchError(f"{key}: {v!r} is not UTF-8 text (invalid byte at offset {e.start})") from None
 
 
+def _text(node: dict, key: str, where: str, what: str) -> None:
+    """node[key], when set (not null), must be a string."""
+    v = node.get(key)
+    if v is not None and not isinstance(v, str):
+        raise SearchError(f"{where}{key}: {v!r} must be {what}")
+
+
 def _number(node: dict, key: str, where: str, lo: float, strict: bool = False) -> None:
     """node[key], when set, must be a finite number >= lo (> lo when `strict`)."""
     if key not in node:
@@ -228,13 +260,29 @@ def _get(s: dict, dotted: str):
     return s
 
 
+def critic_api_key(c: dict) -> str:
+    """The critic's API key: the value of the variable critic.api_key_env names. Only the default, OPENAI_API_KEY,
+    may be unset (then, or when api_key_env is null or empty, no key is sent: "EMPTY", for a local server that
+    needs none); another variable unset is refused, so that no other key reaches the critic's endpoint."""
+    name = c["api_key_env"]
+    if not name:
+        return "EMPTY"
+    key = os.environ.get(name)
+    if key:
+        return key
+    if name != DEFAULTS["critic"]["api_key_env"]:
+        raise SearchError(f"critic.api_key_env: ${name} is not set (or empty); set it to the key of the critic "
+                          f"endpoint {c['base_url']}, or give critic.api_key_env: null for an endpoint that needs none")
+    return "EMPTY"
+
+
 def make_critic(s: dict) -> Critic | None:
     """The critic of settings["critic"], or None when no base_url is set."""
     c = s["critic"]
     if not c["base_url"]:
         return None
-    return Critic(c["base_url"], c["model"], api_key=os.environ.get(c["api_key_env"] or ""),
-                  timeout=c["timeout"], temperature=c["temperature"], max_tokens=c["max_tokens"])
+    return Critic(c["base_url"], c["model"], api_key=critic_api_key(c), timeout=c["timeout"],
+                  temperature=c["temperature"], max_tokens=c["max_tokens"])
 
 
 # ----------------------------------------------------------------- the loop
@@ -437,26 +485,42 @@ class Search:
 
     # ------------------------------------------------------------- evaluation
     def evaluate(self, g: int, cand: dict) -> dict:
+        rec = self._score(cand["config"], {"type": "eval", "generation": g, "hash": cand["hash"],
+                                           "parents": cand["parents"], "proposer": cand["proposer"],
+                                           "reason": cand["reason"], "genome": cand["genome"]})
+        self.cache[cand["hash"]] = rec
+        return rec
+
+    def score_export(self, config: RenderConfig) -> dict:
+        """The score of `config` (best_config_glyph.json, when it is not the config scored): the search's evaluation
+        of it, an earlier run's export record, or scored now and recorded as one, so that no rerun scores it again."""
+        h = config_hash(config)
+        if h in self.cache:
+            return self.cache[h]
+        done = [r for r in self.hist.of_type("export") if r["hash"] == h]
+        return done[-1] if done else self._score(config, {"type": "export", "hash": h})
+
+    def _score(self, config: RenderConfig, rec: dict) -> dict:
+        """`rec` with `config`, the objective's accuracy, compression and extra (or the error) and the seconds it took,
+        appended to the history. A failure is recorded, not raised, but for the target down (TargetError), which is
+        not the config's failure: nothing is recorded and a rerun scores it."""
         t0 = time.perf_counter()
-        rec = {"type": "eval", "generation": g, "hash": cand["hash"], "parents": cand["parents"],
-               "proposer": cand["proposer"], "reason": cand["reason"], "genome": cand["genome"],
-               "config": cand["config"].to_dict(), "accuracy": None, "compression": None, "extra": {}}
+        rec.update(config=config.to_dict(), accuracy=None, compression=None, extra={})
         try:
-            score = self.objective(cand["config"])
+            score = self.objective(config)
             acc, comp = float(score.accuracy), float(score.compression)
-            rec["extra"] = _plain(score.extra)
+            rec["extra"] = plain(score.extra)
             if math.isfinite(acc) and math.isfinite(comp):
                 rec.update(accuracy=acc, compression=comp)
             else:
                 rec["error"] = (f"the objective scored accuracy {acc!r}, compression {comp!r}; both must be finite "
                                 "numbers (ranked as a failed evaluation)")
-        except (KeyboardInterrupt, SystemExit, TargetError):  # the target down is not the config's failure
+        except (KeyboardInterrupt, SystemExit, TargetError):
             raise
         except Exception as e:  # recorded and ranked last: the search goes on
             rec["error"] = f"{type(e).__name__}: {e}"
         rec["seconds"] = round(time.perf_counter() - t0, 6)
         self.hist.append(rec)
-        self.cache[cand["hash"]] = rec
         return rec
 
     # ------------------------------------------------------------- run
@@ -525,7 +589,17 @@ class Search:
         if not any(r.get("generations") == g - 1 and r.get("reason") == reason for r in self.hist.of_type("end")):
             self.hist.append({"type": "end", "reason": reason, "generations": g - 1, "evaluations": n_eval})
         self.hist.close()
-        return self.result(reason, g - 1)
+        result = self.result(reason, g - 1)
+        over = []  # only a replay goes past a limit: a run with a higher one recorded them
+        if g - 1 > s["generations"]:
+            over.append(f"{g} generations (0-{g - 1}), more than generations={s['generations']} allows")
+        if n_eval > s["max_evaluations"]:
+            over.append(f"{n_eval} evaluations, more than max_evaluations={s['max_evaluations']} allows")
+        if over:
+            result.warnings.append(f"{self.hist.path} holds {' and '.join(over)}: a rerun replays the recorded "
+                                   "generations as they are, not cut to a lower limit, so these results are the "
+                                   "earlier run's; use another --out to search with the new limits")
+        return result
 
     def result(self, reason: str, last_gen: int) -> SearchResult:
         from .objective import pareto_fronts
@@ -554,20 +628,6 @@ def _proposals(answer) -> tuple[list, str | None]:
         return [], f"the critic's answer cannot be read: {type(e).__name__}: {e}"
 
 
-def _plain(x):
-    """`x` as plain JSON values: numpy scalars and arrays as numbers and lists, anything else unknown as text."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    try:
-        return _plain(x.tolist())  # numpy (and torch) scalars and arrays
-    except Exception:
-        return str(x)
-
-
 def _uniq(entries: list[dict]) -> list[dict]:
     seen, out = set(), []
     for e in entries:
@@ -586,5 +646,5 @@ def run_search(settings: dict, objective: Objective, out_dir, critic: Critic | N
         if report:
             from .report import write_outputs
 
-            result.files = write_outputs(result, out_dir, settings, search.space, objective)
+            result.files = write_outputs(result, out_dir, settings, search.space, search.score_export)
     return result

@@ -76,7 +76,8 @@ def check(space: SearchSpace, genome: dict, counts: Counter, repair: bool = True
 
     Out-of-range numbers are clipped and a dpi that makes glyphs too small (raised to the smallest that makes them
     large enough) or pages too large for the model (lowered to the largest dpi that fits) is moved into bounds when
-    `repair`; each repair adds one to counts[prefix + "repaired." + what], once per reason and candidate. A genome that stays invalid raises Rejected (the caller counts `reason`).
+    `repair`; each repair adds one to counts[prefix + "repaired." + what], once per reason and candidate. A genome
+    that stays invalid raises Rejected (the caller counts `reason`).
     """
     g = dict(genome)
     missing = [n for n in space.genes if n not in g]

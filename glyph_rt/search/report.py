@@ -156,12 +156,13 @@ def contact_sheet(records: list[dict], space, text: str, path: Path) -> None:
         sheet.save(tmp)
 
 
-def write_outputs(result, out_dir, settings: dict, space, objective=None) -> list[str]:
+def write_outputs(result, out_dir, settings: dict, space, score_export=None) -> list[str]:
     """Writes best_config.json, best_config_glyph.json, pareto.png, best_per_generation.md,
     contact_sheet.png and summary.json to `out_dir`; returns the file names written. A plot left out (no
     matplotlib) is in result.skipped and summary.json's "skipped", with the reason. summary.json's "glyph_export"
-    says whether best_config_glyph.json is the config scored; when it is not (see glyph_export), `objective` scores
-    the export, summary.json records that score and result.warnings says so."""
+    says whether best_config_glyph.json is the config scored; when it is not (see glyph_export), `score_export`
+    (Search.score_export: config -> its score record, scored once per history) gives the export's score,
+    summary.json records it and result.warnings says so."""
     from .history import History
     from .objective import Goal
 
@@ -208,7 +209,7 @@ def write_outputs(result, out_dir, settings: dict, space, objective=None) -> lis
                "front": [{k: e[k] for k in ("hash", "accuracy", "compression")} for e in result.front],
                "counts": result.counts, "skipped": skipped}
     if result.config is not None:
-        summary["glyph_export"] = _check_export(result, objective)
+        summary["glyph_export"] = _check_export(result, score_export)
     summary["settings"] = redacted(settings)
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     files.append("summary.json")
@@ -216,25 +217,28 @@ def write_outputs(result, out_dir, settings: dict, space, objective=None) -> lis
     return files
 
 
-def _check_export(result, objective) -> dict:
+def _check_export(result, score_export) -> dict:
     """summary.json's "glyph_export": whether best_config_glyph.json is the config scored; if not, what differs and
-    the export's own score (with `objective`), and a warning in result.warnings."""
+    the export's own score (with `score_export`), and a warning in result.warnings."""
     back, differs = glyph_export(result.config)
     if not differs:
         return {"same_config": True}
     out = {"same_config": False, "differs": differs}
     score = ""
-    if objective is not None:
+    if score_export is not None:
         try:
-            s = objective(back)
-            out.update(accuracy=float(s.accuracy), compression=float(s.compression))
-            score = f"; it scores accuracy {_fmt(out['accuracy'])}, compression {_fmt(out['compression'])}"
-        except Exception as e:  # the export's score is a note: the search's results stand
-            out["error"] = f"{type(e).__name__}: {e}"
+            rec = score_export(back)
+        except Exception as e:  # e.g. the target down: the export's score is a note, the search's results stand
+            rec = {"error": f"{type(e).__name__}: {e}"}
+        if rec.get("error"):
+            out["error"] = rec["error"]
             score = f"; scoring it failed ({out['error']})"
+        else:
+            out.update(accuracy=rec["accuracy"], compression=rec["compression"])
+            score = f"; it scores accuracy {_fmt(out['accuracy'])}, compression {_fmt(out['compression'])}"
     b = result.best
     result.warnings.append(
-        f"best_config_glyph.json is not the config scored (Glyph's format cannot hold {', '.join(differs)}){score}, the "
-        f"best config (best_config.json) accuracy {_fmt(b.get('accuracy'))}, compression {_fmt(b.get('compression'))}; see "
-        "summary.json's glyph_export")
+        f"best_config_glyph.json is not the config scored (Glyph's format cannot hold {', '.join(differs)}){score}, "
+        f"the best config (best_config.json) accuracy {_fmt(b.get('accuracy'))}, compression "
+        f"{_fmt(b.get('compression'))}; see summary.json's glyph_export")
     return out
