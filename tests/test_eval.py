@@ -276,9 +276,10 @@ def test_mmlongbench_scores_the_extracted_answer(tmp_path):
             seen.append(prompt)
             words = {"forty-two": "42", "seven": "7"}
             short = next((v for k, v in words.items() if k in prompt), "Not answerable")
+            said = f"Extracted answer: {short}\nAnswer format: Integer"
             out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                               "choices": [{"index": 0, "finish_reason": "stop",
-                                           "message": {"role": "assistant", "content": f"Short answer: {short}\n"}}]})
+                                           "message": {"role": "assistant", "content": said}}]})
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(out)))
@@ -425,11 +426,16 @@ def test_ruler_items_resume_with_the_default_lengths_given_or_not(tmp_path):
     ("Extracted answer: ['red',\n 'blue']\nAnswer format: List", "['red',\n 'blue']"),  # a list over lines
     ("Extracted answer:\n['red', 'blue']\nAnswer format: List", "['red', 'blue']"),  # the answer on the next line
     ("The response names two colours.\nExtracted answer: 12\nAnswer format: Integer", "12"),
-    ("extracted answer: 12", "12"),  # no marker as the reference writes it: the line, as before
-    ("Short answer: 7\n", "7"),
+    # no "Extracted answer:" as the reference writes it: its split fails, "Failed to extract" (scored 0)
+    ("extracted answer: 12", "Failed to extract"),
+    ("Short answer: 7\n", "Failed to extract"),
+    ("12", "Failed to extract"),
+    ("Answer: 12\nAnswer format: Integer", "Failed to extract"),
+    ("Answer format: List\nExtracted answer: ['red', 'blue']", "Failed to extract"),
 ])
 def test_the_extraction_is_read_as_mmlongbench_docs_reference_reads_it(reply, answer):
-    """reply.split("Answer format:")[0].split("Extracted answer:")[1].strip(), on the whole reply."""
+    """reply.split("Answer format:")[0].split("Extracted answer:")[1].strip(), on the whole reply; where that
+    fails, "Failed to extract" (run_api.py's except)."""
     from glyph_rt.eval.extract import AnswerExtractor
     from glyph_rt.eval.metrics import score
 
@@ -437,5 +443,78 @@ def test_the_extraction_is_read_as_mmlongbench_docs_reference_reads_it(reply, an
               metric="mmlongbench", metadata={"answer_format": "List", "question": "Which colours?"})
     got = AnswerExtractor(Said(reply))(it, "The colours are red and blue.")
     assert got == answer
-    if "red" in reply:
+    if "red" in answer:
         assert score(it, got) == 1.0
+
+
+class Budgeted(Target):
+    """An extractor's target that replies `text` (or is rejected, as a server's 400, with text None) and keeps the
+    budgets it was given."""
+    name = "judge"
+
+    def __init__(self, text):
+        self.text, self.budgets = text, []
+
+    def answer(self, item, config, *, as_text=False):
+        from glyph_rt.eval.targets import Reply
+
+        self.budgets.append(item.max_new_tokens)
+        if self.text is None:
+            raise ValueError("http://judge/v1: the server rejected the request (400): too long")
+        return Reply(self.text, 0, 0, 0.0)
+
+
+class Counted(Target):
+    name = "model"
+
+    def __init__(self, reply):
+        self.reply, self.asked = reply, 0
+
+    def answer(self, item, config, *, as_text=False):
+        from glyph_rt.eval.targets import Reply
+
+        self.asked += 1
+        return Reply(self.reply, 1, 10, 0.0)
+
+
+def mmlongbench_items(tmp_path, answer="12", fmt="Int"):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "white").save(tmp_path / "p.png")
+    return [Item(id="d0", context="", question="How many?", answers=[answer], metric="mmlongbench",
+                 images=[str(tmp_path / "p.png")], metadata={"answer_format": fmt, "question": "How many?"})]
+
+
+def test_a_failed_extraction_scores_0_and_a_resume_extracts_the_saved_reply_again(tmp_path):
+    """As run_api.py: a reply without "Extracted answer:" is "Failed to extract" and scores 0 (even where the
+    metric would score the words: a Str answer's ANLS); an extraction the server rejects scores 0 (not the raw
+    response), and a resume asks the extractor again on the saved reply, not the model."""
+    from glyph_rt.eval.extract import FAILED
+
+    its = mmlongbench_items(tmp_path, answer="Failed to extract", fmt="Str")
+    r = evaluate(CFG, its, Counted("Failed to extract"), progress=False, extractor=Budgeted("Failed to extract"),
+                 tokenizer=None)
+    assert r.rows[0]["extracted"] == FAILED and r.rows[0]["score"] == 0.0
+
+    its = mmlongbench_items(tmp_path)
+    model = Counted("There are 12.")
+    r = evaluate(CFG, its, model, out=tmp_path / "run", progress=False, extractor=Budgeted(None), tokenizer=None)
+    row = r.rows[0]
+    assert row["score"] == 0.0 and row["extracted"] == FAILED and row["error"].startswith("extraction failed: ")
+    judge = Budgeted("Extracted answer: 12\nAnswer format: Integer")
+    again = evaluate(CFG, its, model, out=tmp_path / "run", progress=False, extractor=judge, tokenizer=None)
+    assert model.asked == 1 and len(judge.budgets) == 1  # the extractor asked again, the model not
+    assert again.rows[0]["score"] == 1.0 and "error" not in again.rows[0]
+    assert again.rows[0]["prediction"] == "There are 12." and again.rows[0]["visual_tokens"] == 10
+    assert read_rows(tmp_path / "run" / "results.jsonl") == again.rows
+    evaluate(CFG, its, model, out=tmp_path / "run", progress=False, extractor=judge, tokenizer=None)
+    assert model.asked == 1 and len(judge.budgets) == 1  # resumed: nothing asked
+
+
+def test_the_extractor_may_write_256_tokens_as_the_reference():
+    from glyph_rt.eval.extract import AnswerExtractor
+
+    judge = Budgeted("Extracted answer: 12\nAnswer format: Integer")
+    AnswerExtractor(judge)(Item(id="d", context="", images=["p.png"], question="Q", answers=["12"],
+                                metric="mmlongbench", metadata={"answer_format": "Int"}), "12")
+    assert judge.budgets == [256]

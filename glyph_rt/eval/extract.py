@@ -6,6 +6,8 @@ rule-based metric then scores, as MMLongBench-Doc's reference evaluation does (w
 
 The extractor is itself a Target answering a text prompt (greedy), so any OpenAI-compatible endpoint or a local
 checkpoint can extract. Each scored row keeps the raw `prediction`, the `extracted` answer and the `extractor`.
+As in the reference's run_api.py, a reply without "Extracted answer:", or a request the extractor's server rejects,
+extracts FAILED ("Failed to extract") and scores 0; a resume extracts a rejected request's answer again.
 """
 from __future__ import annotations
 
@@ -31,17 +33,18 @@ the question cannot be answered from the document, the answer is: Not answerable
 Reply in this form:
 Extracted answer: <the answer>
 Answer format: <Integer, Float, String, List or None>"""
-# how parse reads the extractor's reply; rows extracted with another prompt, or read by another rule (the first line
-# of the "Extracted answer:" line, before this one), are extracted again
-PARSE_RULE = "reply.split('Answer format:')[0].split('Extracted answer:')[1].strip()"
+FAILED = "Failed to extract"  # the answer of a reply without "Extracted answer:" or of a failed request; scores 0
+# how parse reads the extractor's reply; rows extracted with another prompt, or read by another rule (before this
+# one: the reply's first line where it had no "Extracted answer:"), are extracted again
+PARSE_RULE = "reply.split('Answer format:')[0].split('Extracted answer:')[1].strip(), else 'Failed to extract'"
 PROMPT_ID = hashlib.sha1((PROMPT + "\n" + PARSE_RULE).encode()).hexdigest()[:8]
 
 
 class AnswerExtractor:
     """Extracts short answers with `target` (a make_target spec or a Target), for items whose metric is in
-    METRICS. max_new_tokens bounds the extraction."""
+    METRICS. max_new_tokens bounds the extraction (the reference's extract_answer.py lets GPT-4o write 256)."""
 
-    def __init__(self, target, max_new_tokens: int = 64):
+    def __init__(self, target, max_new_tokens: int = 256):
         from .targets import make_target
 
         self.target = make_target(target)
@@ -66,19 +69,12 @@ class AnswerExtractor:
 
     @staticmethod
     def parse(reply: str) -> str:
-        """The answer in an extractor's reply as MMLongBench-Doc's reference takes it: everything between
-        "Extracted answer:" and "Answer format:" (a list over several lines, an answer on the next line); where
-        the reply has no "Extracted answer:" before its "Answer format:", its line that starts with "extracted
-        answer:" in any case, else its first non-empty line, without an "Answer:" prefix."""
+        """The answer in an extractor's reply as MMLongBench-Doc's reference (run_api.py) takes it: everything
+        between "Extracted answer:" and "Answer format:" (a list over several lines, an answer on the next line);
+        FAILED ("Failed to extract", scored 0) where the reply has no "Extracted answer:" before its "Answer
+        format:"."""
         head = reply.split("Answer format:")[0]
-        if "Extracted answer:" in head:
-            return head.split("Extracted answer:")[1].strip()  # the reference's split, on the whole reply
-        lines = [x.strip() for x in reply.strip().splitlines() if x.strip()]
-        answer = next((x for x in lines if x.lower().startswith("extracted answer:")), lines[0] if lines else "")
-        for prefix in ("short answer:", "answer:", "extracted answer:"):
-            if answer.lower().startswith(prefix):
-                answer = answer[len(prefix):].strip()
-        return answer
+        return head.split("Extracted answer:")[1].strip() if "Extracted answer:" in head else FAILED
 
     def close(self) -> None:
         self.target.close()

@@ -27,10 +27,10 @@ from pathlib import Path
 
 from ..fileio import cut_torn_tail, json_line
 from ..render.config import RenderConfig
-from .extract import PROMPT_ID, AnswerExtractor
+from .extract import FAILED, PROMPT_ID, AnswerExtractor
 from .item import Item
 from .metrics import check_packages, score
-from .targets import Target, make_target
+from .targets import Reply, Target, make_target
 
 RESULTS_FILE = "results.jsonl"
 # the fields evaluate writes in each row: an item's metadata key of the same name is not copied into its row (it
@@ -90,6 +90,11 @@ def reply_answer(text: str) -> str:
     return split_thinking(text)[1]
 
 
+def _score(it: Item, text: str, extracted: bool) -> float:
+    """The item's score of the text scored; 0 for an extraction that failed (FAILED), as the reference's."""
+    return 0.0 if extracted and text == FAILED else score(it, text)
+
+
 def _rescored(row: dict, it: Item) -> dict | None:
     """A row scored again from its saved reply without asking again: one whose metric failed, or one whose answer
     was split off its thinking block by another rule (an older row: without `answer`, or with another one). None
@@ -101,7 +106,8 @@ def _rescored(row: dict, it: Item) -> dict | None:
     new = {k: v for k, v in row.items() if k != "error"}
     new["answer"] = answer
     try:
-        new["score"] = score(it, (row.get("extracted") if row.get("extractor") else answer) or "")
+        ext = bool(row.get("extractor"))
+        new["score"] = _score(it, (row.get("extracted") if ext else answer) or "", ext)
     except Exception as e:  # noqa: BLE001 - the reply is kept: recorded, scored 0
         if "scoring failed:" in (row.get("error") or ""):
             return None  # still failing: the row stays as it was
@@ -210,8 +216,9 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
     row's `prediction` is the whole reply. concurrency: items in flight at once (an endpoint's requests, an
     in-process checkpoint's batch). extractor: an AnswerExtractor (or a make_target spec of one): items whose
     metric needs it (MMLongBench-Doc) are scored on the short answer it extracts from the prediction; rows
-    scored with another extractor, or none, are run again. A metric that fails on a prediction scores it 0 in a
-    row with an error."""
+    scored with another extractor, or none, are run again; an extraction its server rejects scores 0 (as the
+    reference's "Failed to extract") in a row with an error, and a resume extracts the saved reply again. A metric
+    that fails on a prediction scores it 0 in a row with an error."""
     from tqdm import tqdm
 
     from ..render.tokens import get_tokenizer
@@ -247,6 +254,7 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
     hashes = {it.id: item_hash(it) for it in items}
     path = _results_path(out)
     done: dict[str, dict] = {}
+    reextract: dict[str, dict] = {}  # rows whose saved reply is extracted again
     reused = []  # matched rows hidden from reports by a later row of their item and run (another budget, ...)
     if path is not None:
         cut_torn_tail(path)
@@ -268,12 +276,12 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
                 done[r["id"]] = r
         for i, r in list(done.items()):
             # a thinking reply whose answer an older rule split off (the whole reply, before rows had `answer`; none
-            # where the chat template opened the block): scored again on its answer, or asked again where the
-            # extractor read the old one
+            # where the chat template opened the block): scored again on its answer, or extracted again where the
+            # extractor read the old one; an extraction the extractor's server rejected: extracted again
             pred = r.get("prediction") or ""
             stale = thinks(pred) and r.get("answer") != reply_answer(pred)
-            if stale and r.get("extractor"):
-                del done[i]
+            if r.get("extractor") and (stale or "extraction failed:" in (r.get("error") or "")):
+                reextract[i] = done.pop(i)  # the saved reply is extracted again, the target not asked
             elif stale or "scoring failed:" in (r.get("error") or ""):  # or a metric that failed (a package
                 done[i] = _rescored(r, by_id[i]) or r                     # installed since): scored again
         latest = {row_key(r): r for r in rows}
@@ -298,7 +306,9 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
             own = config.with_glyph_overrides(it.render_config) if it.render_config and not as_text else config
             if own is not config and "dpi" in row:
                 row["dpi"] = own.dpi  # the dpi the item's own config draws at, not the run's
-            reply = target.answer(ask, own, as_text=as_text)
+            old = reextract.get(it.id)
+            reply = (target.answer(ask, own, as_text=as_text) if old is None else
+                     Reply(old["prediction"], old["pages"], old["visual_tokens"], old["latency_s"]))
         except ValueError as e:  # this item cannot be run (too long for the model, ...): recorded, scored 0
             row.update(prediction="", answer="", score=0.0, text_tokens=text_tokens, visual_tokens=0, pages=0,
                        compression=None, latency_s=time.perf_counter() - t0, error=str(e))
@@ -309,11 +319,12 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
             if ext is not None:
                 try:
                     scored = ext(it, answer)  # the answer, not the thoughts before it
-                except ValueError as e:  # the extractor's server rejected the request: scored on the raw answer
-                    row["error"] = f"extraction failed: {e}"
+                except ValueError as e:  # the extractor's server rejected the request: 0 (the reference's "Failed"),
+                    row["error"] = f"extraction failed: {e}"  # and a resume extracts again
+                    scored = FAILED
                 row.update(extractor=ext.name, extraction_prompt=PROMPT_ID, extracted=scored)
             try:
-                s = score(it, scored)
+                s = _score(it, scored, ext is not None)
             except Exception as e:  # noqa: BLE001 - the answer is kept: recorded, scored 0
                 s = 0.0
                 row["error"] = "; ".join(filter(None, [row.get("error"), f"scoring failed: {type(e).__name__}: {e}"]))
