@@ -52,6 +52,28 @@ def test_longbench(tmp_path):
         longbench.load(tmp_path)
 
 
+def test_longbench_truncate_keeps_the_whole_prompts_halves_as_pred_py(tmp_path):
+    """--truncate N: the text baseline's whole prompt (instructions, context, question) keeps its first and last
+    N / 2 tokens, as LongBench's pred.py; the pages' context keeps the halves of N less the image prompt's tokens;
+    a budget the image prompt fills alone is an error naming the row."""
+    from glyph_rt.render.tokens import get_tokenizer
+
+    tok = get_tokenizer(None)
+    ctx = " ".join(f"Passage {k}: company {k} was founded by someone." for k in range(400))
+    write_jsonl(tmp_path / "hotpotqa.jsonl", [lb_row(0, context=ctx, input="Who founded company 7? " * 30)])
+    full = longbench.load(tmp_path)[0]
+    it = longbench.load(tmp_path, truncate=1000)[0]
+    assert it.text_prompt == longbench.truncate_middle(full.text_prompt, 1000)
+    assert tok.count(it.text_prompt) <= 1000 < tok.count(full.text_prompt)
+    assert it.text_prompt.startswith("Answer the question based") and it.text_prompt.endswith("Answer:")
+    assert it.question == full.question and it.context == longbench.truncate_middle(ctx, 1000 - tok.count(it.question))
+    assert 990 <= tok.count(it.context) + tok.count(it.question) <= 1000
+    assert it.context.startswith("Passage 0:") and it.context.endswith("company 399 was founded by someone.")
+    with pytest.raises(ValueError, match=r"hotpotqa.jsonl:1: --truncate 100 leaves no tokens for the context after "
+                                         r"the image prompt's \d+ \(instructions and input\)"):
+        longbench.load(tmp_path, truncate=100)
+
+
 def mrcr_row(i, n=2):
     msgs = [{"role": "user", "content": "write a poem about tapirs"},
             {"role": "assistant", "content": f"Tapirs roam {i}"},

@@ -41,11 +41,12 @@ def build_items(suite: str, *, data=None, lengths=None, limit: int | None = None
     from `seed`, default 0); the others read from `data` (LongBench: a directory of <dataset>.jsonl; MRCR:
     parquet/JSONL; MMLongBench-Doc: samples.json with `documents`; glyph: Glyph's evaluation files), `limit` per
     dataset / needle count / file.
-    truncate: LongBench contexts over this many tokens keep their first and last halves; longbench_e: LongBench-E's
-    files (<dataset>_e.jsonl) instead of LongBench's. row_configs: glyph rows rendered with their own configs over
-    the run's. max_length: MRCR rows whose context has at most this many text tokens (4096, '128k'), counted with
-    `tokenizer` as the report bins them (the paper's Table 2: 128k; the published files go to 1M); max_chars: MRCR
-    rows with at most this many characters (their n_chars)."""
+    truncate: LongBench's token budget (pred.py's max_length): the text baseline's whole prompt over it keeps its
+    first and last halves, the pages' context those of the budget less the image prompt's tokens; longbench_e:
+    LongBench-E's files (<dataset>_e.jsonl) instead of LongBench's. row_configs: glyph rows rendered with their own
+    configs over the run's. max_length: MRCR rows whose context has at most this many text tokens (4096, '128k'),
+    counted with `tokenizer` as the report bins them (the paper's Table 2: 128k; the published files go to 1M);
+    max_chars: MRCR rows with at most this many characters (their n_chars)."""
     from .benchmarks import glyph_data, longbench, mmlongbench_doc, mrcr, ruler
 
     if suite not in SUITES:

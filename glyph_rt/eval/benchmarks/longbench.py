@@ -105,8 +105,11 @@ def dataset_of(path: Path) -> str:
     return dataset_name(path.stem)
 
 
-def item_from_row(row: dict, dataset: str, index: int, source: str = "") -> Item:
-    """One LongBench line as an Item (errors name the source line)."""
+def item_from_row(row: dict, dataset: str, index: int, source: str = "", truncate: int | None = None) -> Item:
+    """One LongBench line as an Item (errors name the source line). truncate: a token budget (Qwen's tokenizer) as
+    LongBench's pred.py applies it: the text baseline's whole prompt keeps its first and last truncate / 2 tokens;
+    the pages' context keeps its first and last halves of what the budget leaves after the image prompt (the
+    instructions and the input, which stay text)."""
     dataset = dataset_name(dataset)
     where = f"{source}:{index + 1}" if source else f"{dataset}[{index}]"
     if not isinstance(row, dict):
@@ -134,12 +137,20 @@ def item_from_row(row: dict, dataset: str, index: int, source: str = "") -> Item
     if classes:
         meta["all_classes"] = list(classes)
     fmt = {"input": row["input"] or "", "context": row["context"]}
+    context, question, text_prompt = row["context"], VLM_PROMPTS[dataset].format(**fmt), PROMPTS[dataset].format(**fmt)
+    if truncate:
+        text_prompt = truncate_middle(text_prompt, truncate)
+        room = truncate - _tokenizer().count(question)
+        if room < 2:
+            raise ValueError(f"{where}: --truncate {truncate} leaves no tokens for the context after the image "
+                             f"prompt's {truncate - room} (instructions and input); give a larger budget or leave "
+                             f"{dataset} out")
+        context = truncate_middle(context, room)
     answers = row["answers"] if isinstance(row["answers"], list) else [row["answers"]]
     uid = row.get("unique_id") or row.get("_id") or f"{dataset}-{index}"
     return make_item(where, id=f"{dataset}-{uid}" if not str(uid).startswith(dataset) else str(uid),
-                     context=row["context"], question=VLM_PROMPTS[dataset].format(**fmt),
-                     answers=[str(a) for a in answers], metric=metric, max_new_tokens=max_new,
-                     text_prompt=PROMPTS[dataset].format(**fmt), metadata=meta)
+                     context=context, question=question, answers=[str(a) for a in answers], metric=metric,
+                     max_new_tokens=max_new, text_prompt=text_prompt, metadata=meta)
 
 
 def files(path, e: bool = False) -> list[Path]:
@@ -157,11 +168,15 @@ def files(path, e: bool = False) -> list[Path]:
     return out
 
 
-def truncate_middle(text: str, max_tokens: int, tokenizer: str | None = "default") -> str:
-    """LongBench's truncation (pred.py): over max_tokens, keep the first and the last max_tokens / 2 tokens."""
+def _tokenizer(tokenizer: str | None = "default"):
     from ...render.tokens import get_tokenizer
 
-    tok = get_tokenizer(None if tokenizer == "default" else tokenizer)._tok
+    return get_tokenizer(None if tokenizer == "default" else tokenizer)
+
+
+def truncate_middle(text: str, max_tokens: int, tokenizer: str | None = "default") -> str:
+    """LongBench's truncation (pred.py): over max_tokens, keep the first and the last max_tokens / 2 tokens."""
+    tok = _tokenizer(tokenizer)._tok
     ids = tok.encode(text, add_special_tokens=False).ids
     if len(ids) <= max_tokens:
         return text
@@ -171,9 +186,10 @@ def truncate_middle(text: str, max_tokens: int, tokenizer: str | None = "default
 
 def load(path, datasets=None, limit: int | None = None, truncate: int | None = None, e: bool = False) -> list[Item]:
     """Items of the LongBench JSONL files under `path` (a file or a directory of <dataset>.jsonl; with e,
-    LongBench-E's <dataset>_e.jsonl), at most `limit` per dataset; `datasets` picks some (names of DATASETS). truncate: contexts over this many tokens
-    (Qwen's tokenizer) keep their first and last halves, as LongBench truncates for a model's window; the same
-    truncated items then go to the pages and to the text baseline."""
+    LongBench-E's <dataset>_e.jsonl), at most `limit` per dataset; `datasets` picks some (names of DATASETS).
+    truncate: a budget of this many tokens (Qwen's tokenizer) for a model's window, as LongBench's pred.py keeps
+    it (item_from_row): the text baseline's whole prompt over it keeps its first and last halves; the pages'
+    context, the budget less the image prompt's tokens."""
     if datasets:
         bad = [d for d in datasets if d not in DATASETS]
         if bad:
@@ -194,9 +210,7 @@ def load(path, datasets=None, limit: int | None = None, truncate: int | None = N
             dataset = dataset_name(row.get("dataset") or dataset_of(f))  # LongBench-E's rows say hotpotqa_e
             if datasets and dataset not in datasets:
                 continue
-            if truncate and isinstance(row.get("context"), str):
-                row = {**row, "context": truncate_middle(row["context"], truncate)}
-            it = item_from_row(row, dataset, line - 1, str(f))
+            it = item_from_row(row, dataset, line - 1, str(f), truncate)
             if e or f.stem.endswith("_e"):  # LongBench-E: the report adds its length buckets
                 it.metadata["longbench_e"] = True
             items.append(it)
