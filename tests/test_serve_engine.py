@@ -334,6 +334,82 @@ def test_a_request_that_breaks_a_shared_forward_fails_alone(gm, monkeypatch, cap
         e.shutdown()
 
 
+def test_a_failure_giving_a_shared_prefill_back_to_its_rows_runs_them_again_as_they_were(gm, monkeypatch, caplog):
+    """A batched prefill that fails while its KV goes back to the rows' own caches (out of memory making the second
+    row's) is run again piece by piece on the caches as they were before it: no row gets the piece's tokens twice,
+    and those requests and one decoding beside them answer with generate's greedy tokens."""
+    e = Engine(gm, max_batch=4, cache_bytes=0, prefill_chunk=4096).start()
+    try:
+        pairs, lengths = list(zip(CONTEXTS, QUESTIONS))[:3], (24, 8, 9)
+        refs = [gm.generate(c, q, max_new_tokens=n)[0].token_ids for (c, q), n in zip(pairs, lengths)]
+        own, fired = e._own_cache, []
+
+        def flaky(batch, b, pc, W, T):
+            if b == 1 and pc.at and not fired:  # a row with KV before the piece (its question after its pages)
+                fired.append(bystander in e.running)
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return own(batch, b, pc, W, T)
+
+        monkeypatch.setattr(e, "_own_cache", flaky)
+        done = threading.Semaphore(0)
+
+        def on_event(ev):
+            if ev["type"] in ("done", "error"):
+                done.release()
+
+        params = [SamplingParams(max_tokens=n, **GREEDY) for n in lengths]
+        bystander = e.submit(prompt(gm, e, *pairs[0], cache=False), params[0], on_event)
+        while not bystander.output_ids:
+            time.sleep(0.001)
+        with e._cv:  # both waiting before the engine's next turn: they share prefill forwards
+            reqs = [e.submit(prompt(gm, e, c, q, cache=False), sp, on_event)
+                    for (c, q), sp in zip(pairs[1:], params[1:])]
+        for _ in range(3):
+            assert done.acquire(timeout=120)
+        assert fired == [True]  # the split failed once, with the bystander decoding
+        assert [r.finish_reason for r in [bystander] + reqs] == ["length"] * 3
+        assert [r.output_ids for r in [bystander] + reqs] == refs
+        assert any("prefill forward over 2 requests failed" in r.getMessage() for r in caplog.records)
+    finally:
+        e.shutdown()
+
+
+def test_a_request_whose_kv_is_not_its_length_fails_alone(gm, monkeypatch):
+    """A request joining the batch with KV of another length than its own (a bug) fails with a 500 that says so;
+    the request decoding beside it goes on to generate's greedy tokens."""
+    e = Engine(gm, max_batch=4, cache_bytes=0).start()
+    try:
+        ref = gm.generate(CONTEXTS[0], QUESTIONS[0], max_new_tokens=16)[0].token_ids
+        bad = prompt(gm, e, CONTEXTS[1], QUESTIONS[1], cache=False)
+        piece_done = e._piece_done
+
+        def off_by_one(r, at, end, logits):
+            piece_done(r, at, end, logits)
+            if r.index == 0 and r.kv is not None and r.prompt is bad:
+                r.length += 1
+
+        monkeypatch.setattr(e, "_piece_done", off_by_one)
+        done = threading.Semaphore(0)
+        events = []
+
+        def on_event(ev):
+            if ev["type"] in ("done", "error"):
+                events.append(ev)
+                done.release()
+
+        good = e.submit(prompt(gm, e, CONTEXTS[0], QUESTIONS[0], cache=False), SamplingParams(16, **GREEDY), on_event)
+        while not good.output_ids:
+            time.sleep(0.001)
+        e.submit(bad, SamplingParams(8, **GREEDY), on_event)
+        for _ in range(2):
+            assert done.acquire(timeout=120)
+        err = next(ev["error"] for ev in events if ev["type"] == "error")
+        assert err.status == 500 and "KV cache holds" in str(err)
+        assert good.finish_reason == "length" and good.output_ids == ref
+    finally:
+        e.shutdown()
+
+
 @pytest.mark.parametrize("arch", ["glm4v", "qwen2_5_vl"])
 def test_engine_on_glyph_kernels_matches_it_on_sdpa(tmp_path, device, arch):
     """The engine on glyph_rt's kernels (the Triton patch-embedding GEMM, varlen vision and prefill attention over
@@ -612,6 +688,65 @@ def test_requests_wait_for_room_in_the_kv_budget(gm):
         assert e.steps["decode_rows"] == e.steps["decode"]  # never two requests in a decode step
         for i in range(3):
             assert out[i] == gm.generate(CONTEXTS[i], QUESTIONS[i], max_new_tokens=4)[0].token_ids
+    finally:
+        e.shutdown()
+
+
+def test_the_caches_allocated_stay_within_the_kv_budget(gm):
+    """The KV budget admits a long prompt with a short answer beside a short prompt with a long answer by rows x the
+    longest prompt + max_tokens; the caches then allocated (the batch's, a prompt's while it is prefilled) stay
+    within it: the batch's room is the fewest tokens a row has left, not the most."""
+    def text(t):
+        return build_prompt(gm, [{"role": "user", "content": t}], InputOptions(CFG, "tiny"))
+
+    long, short = text(TEXT[:600]), text("hi")
+    pl, ps = (SamplingParams(max_tokens=n, ignore_eos=True, **GREEDY) for n in (4, 64))
+    e = Engine(gm, max_batch=4, prefill_chunk=0)
+    e.kv_cache_bytes = 2 * max(len(long.input_ids) + 4, len(short.input_ids) + 64) * e.kv_token_bytes  # both fit
+    peak = [0]
+
+    def measure():
+        caches = [e._batch] + [r.pf["cache"] for r in e._prefilling if r.pf]
+        n = sum(t.untyped_storage().nbytes() for c in caches if c is not None for lay in c.layers
+                for t in (lay._k, lay._v) if t is not None)
+        peak[0] = max(peak[0], n)
+
+    e.on_step = measure
+    done = threading.Semaphore(0)
+    reqs = [e.submit(p, sp, lambda ev: done.release() if ev["type"] in ("done", "error") else None)
+            for p, sp in ((long, pl), (short, ps))]
+    e.start()
+    try:
+        for _ in reqs:
+            assert done.acquire(timeout=120)
+        assert [r.finish_reason for r in reqs] == ["length", "length"]
+        assert e.steps["decode_rows"] > e.steps["decode"]  # they decoded together
+        assert 0 < peak[0] <= e.kv_cache_bytes
+    finally:
+        e.shutdown()
+
+
+def test_a_batch_whose_room_is_used_up_is_rebuilt(gm, monkeypatch):
+    """Past its room (the fewest tokens a row has left, at most DECODE_RESERVE) the batch cache is rebuilt, and
+    the requests answer with generate's greedy tokens."""
+    import glyph_rt.serve.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "DECODE_RESERVE", 3)
+    e = Engine(gm, max_batch=4, cache_bytes=0).start()
+    try:
+        refs = [gm.generate(c, q, max_new_tokens=n)[0].token_ids for c, q, n in zip(CONTEXTS, QUESTIONS, (12, 14))]
+        rebuild, rebuilds = e._rebuild, []
+        monkeypatch.setattr(e, "_rebuild", lambda: rebuilds.append(len(e.running)) or rebuild())
+        out, threads = {}, []
+        for i in range(2):
+            p = prompt(gm, e, CONTEXTS[i], QUESTIONS[i], cache=False)
+            threads.append(threading.Thread(target=lambda i=i, p=p: out.setdefault(
+                i, e.complete(p, SamplingParams(max_tokens=12 + 2 * i, **GREEDY)).token_ids)))
+            threads[-1].start()
+        for t in threads:
+            t.join(120)
+        assert [out[0], out[1]] == refs
+        assert len(rebuilds) >= 4  # every 3 tokens, not only when a request joins or leaves
     finally:
         e.shutdown()
 

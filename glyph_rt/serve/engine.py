@@ -217,6 +217,7 @@ def _groups(pieces: list[Piece]) -> list[list[Piece]]:
     return groups
 
 
+DECODE_RESERVE = 1024  # most tokens of room a batch cache is built with (rebuilt when it is used up)
 GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (as vLLM's): logits / 1e-40 overflow to NaN
 
 
@@ -282,6 +283,7 @@ class Engine:
         self._batch: GlyphCache | None = None
         self._batch_rows: list[Request] = []
         self._width = 0
+        self._room = 0  # tokens the batch cache holds before it is rebuilt
         self._prefilling: list[Request] = []  # started, not yet in the running batch (in order)
         self.prefill_chunk = prefill_chunk
         self._cv = threading.Condition()
@@ -529,7 +531,9 @@ class Engine:
         p = r.prompt
         dev = self.gm.device
         ids = torch.tensor([p.input_ids], device=dev)
-        cache = GlyphCache(reserve=min(r.params.max_tokens, 1024))
+        # a cached prefix's KV and room for the rest of the prompt (no cached prefix: made at the first piece), never
+        # more than the prompt: the request decodes in the batch cache
+        cache = GlyphCache(reserve=len(p.input_ids) - p.prefix_len)
         at, vision, pos = 0, None, None
         if p.prefix_len:
             entry = self.cache.get(p.prefix_key)
@@ -650,6 +654,8 @@ class Engine:
         if len(group) == 1:
             pc = group[0]
             pf = pc.r.pf
+            if not pc.at:  # the request's first piece: its cache made with room for the rest of its prompt
+                pf["cache"] = GlyphCache(reserve=pf["ids"].shape[1] - pc.end)
             return self._forward(pf["ids"][:, pc.at:pc.end], pf["pos"][:, :, pc.at:pc.end], pf["cache"],
                                  embeds=pc.embeds)
         dev = self.gm.device
@@ -679,14 +685,23 @@ class Engine:
         embeds = [pc.embeds for pc in group if pc.embeds is not None]
         logits = self._forward(ids, pos, batch, None if bool(mask.all()) else mask,
                                torch.cat(embeds) if embeds else None)
-        for b, pc in enumerate(group):
-            n, own = pc.end - pc.at, GlyphCache(reserve=min(pc.r.params.max_tokens, 1024))
-            for li, lay in enumerate(batch.layers):
-                own.update(torch.cat([lay.keys[b:b + 1, :, W - pc.at:W], lay.keys[b:b + 1, :, W + T - n:]], 2),
-                           torch.cat([lay.values[b:b + 1, :, W - pc.at:W], lay.values[b:b + 1, :, W + T - n:]], 2),
-                           li)
-            pc.r.pf["cache"] = own
+        # every row's cache made before any is given back: if one fails (out of memory), the group is run again
+        # piece by piece on the caches as they were
+        own = [self._own_cache(batch, b, pc, W, T) for b, pc in enumerate(group)]
+        for pc, cache in zip(group, own):
+            pc.r.pf["cache"] = cache
         return logits
+
+    @staticmethod
+    def _own_cache(batch: GlyphCache, b: int, pc: Piece, W: int, T: int) -> GlyphCache:
+        """Row b of a batched prefill's cache (left-padded: KV so far in [W - at, W), the new tokens at the end of
+        [W, W + T)) as the request's own, with room for the rest of its prompt."""
+        n = pc.end - pc.at
+        own = GlyphCache(reserve=pc.r.pf["ids"].shape[1] - pc.end)
+        for li, lay in enumerate(batch.layers):
+            own.update(torch.cat([lay.keys[b:b + 1, :, W - pc.at:W], lay.keys[b:b + 1, :, W + T - n:]], 2),
+                       torch.cat([lay.values[b:b + 1, :, W - pc.at:W], lay.values[b:b + 1, :, W + T - n:]], 2), li)
+        return own
 
     def _piece_done(self, r: Request, at: int, end: int, logits: torch.Tensor) -> None:
         """After a piece: the prefix's KV to the document cache when the piece ended there; at the prompt's end, the
@@ -745,14 +760,27 @@ class Engine:
         """The batch cache for the running requests: rows left-padded to the longest (what lies in a row's padding
         is never read: the mask hides it). The rows already in the batch move with one gather per layer, a joining
         request's own KV with one copy. Built layer by layer, each old layer (and the joining requests' own) let go
-        once copied: the peak is one layer over the KV, not twice it."""
+        once copied: the peak is one layer over the KV, not twice it.
+
+        Its room is the fewest tokens any row has left (at most DECODE_RESERVE): the batch is rebuilt when a row
+        finishes, or when the room is used up, so it never holds more than the longest row's prompt + max_tokens
+        for each row, what _kv_fits counts."""
+        for r in [r for r in self.running if r.kv is not None]:  # a joining request whose KV is not its length
+            have = {t.shape[-2] for kv in r.kv or () for t in kv}  # (a bug) fails alone, not the batch
+            if r.kv is not None and have != {r.length}:
+                log.error("request %s: its KV holds %s tokens, not its length %d; failing it", r.id, have, r.length)
+                self._fail(r, RequestError(f"the engine failed on this request: its KV cache holds {sorted(have)} "
+                                           f"tokens, not its {r.length}", None, 500, "engine_error"))
+        if not self.running:
+            return
         old, W = self._batch, self._width
         index = {id(r): b for b, r in enumerate(self._batch_rows)}
         rows = [r for r in self.running if r.kv is None] + [r for r in self.running if r.kv is not None]
         kept = torch.tensor([index[id(r)] for r in rows if r.kv is None], dtype=torch.long)
         joining = [r for r in rows if r.kv is not None]
         width = max(r.length for r in rows)
-        reserve = min(max(r.params.max_tokens - len(r.output_ids) for r in rows), 1024)
+        reserve = min(min(r.params.max_tokens - len(r.output_ids) for r in rows), DECODE_RESERVE)
+        reserve = max(reserve, 1)  # room for the next token
         new = GlyphCache(reserve=reserve)
         nl = len(joining[0].kv) if joining else len(old.layers)
         if len(kept):
@@ -779,12 +807,14 @@ class Engine:
         for r in rows:
             r.kv = None
         self.running[:] = rows
-        self._batch, self._batch_rows, self._width = new, list(rows), width
+        self._batch, self._batch_rows, self._width, self._room = new, list(rows), width, width + reserve
 
     @torch.no_grad()
     def _decode_step(self) -> None:
-        if [id(r) for r in self._batch_rows] != [id(r) for r in self.running]:
+        if [id(r) for r in self._batch_rows] != [id(r) for r in self.running] or self._width >= self._room:
             self._rebuild()
+            if not self.running:
+                return
         rows, W = self.running, self._width
         dev = self.gm.device
         B = len(rows)
