@@ -518,3 +518,46 @@ def test_the_extractor_may_write_256_tokens_as_the_reference():
     AnswerExtractor(judge)(Item(id="d", context="", images=["p.png"], question="Q", answers=["12"],
                                 metric="mmlongbench", metadata={"answer_format": "Int"}), "12")
     assert judge.budgets == [256]
+
+
+def test_a_summary_leaves_out_the_rows_of_items_no_longer_in_items_jsonl(tmp_path, capsys):
+    """Removing items.jsonl builds the items again (as the refusal says); the summary and plots are of the new
+    items only (the old rows stay in results.jsonl, counted as left out): other tasks, or the same ids drawn from
+    another seed."""
+    import json
+
+    from glyph_rt.eval import Reply
+    from glyph_rt.eval.suite import run_suite
+
+    class Oracle(Target):
+        concurrent = True
+
+        def __init__(self, name, right):
+            self.name, self.right = name, right
+
+        def answer(self, item, config, *, as_text=False):
+            return Reply(" ".join(item.answers) if self.right else "no idea", 0, 0, 0.0)
+
+    out = tmp_path / "ruler"
+    kw = dict(out=out, as_text=True, progress=False, lengths=["1k"], limit=2)
+    run_suite("ruler", [Oracle("a", True), Oracle("b", True)], tasks=["niah_single_1"], **kw)
+    with pytest.raises(ValueError, match=r"remove items.jsonl there to build the items again \(results.jsonl's rows "
+                                         r"of items that stay the same are reused; the others stay in the file, left "
+                                         r"out of the summary\)"):
+        run_suite("ruler", [Oracle("a", False)], tasks=["vt"], **kw)
+    (out / "items.jsonl").unlink()
+    s = run_suite("ruler", [Oracle("a", False)], tasks=["vt"], **kw)
+    [run] = s["runs"]
+    assert (run["items"], run["accuracy"], run["by_task"]) == (2, 0.0, {"vt": 0.0}) and s["left_out_rows"] == 4
+    assert json.loads((out / "summary.json").read_text()) == s
+    md = (out / "summary.md").read_text()
+    assert "Niah-S1" not in md and "4 rows of results.jsonl are left out of this summary" in md
+    assert "4 rows of results.jsonl are left out" in capsys.readouterr().err
+    assert len((out / "results.jsonl").read_text().splitlines()) == 6  # nothing removed from the file
+    (out / "items.jsonl").unlink()
+    s = run_suite("ruler", [Oracle("a", True)], tasks=["vt"], seed=1, **kw)  # the same ids, other items
+    assert [(r["target"], r["items"], r["accuracy"]) for r in s["runs"]] == [("a", 2, 100.0)]
+    assert s["left_out_rows"] == 4  # the niah rows; seed 0's vt rows are those of this run's ids, replaced
+    fresh = run_suite("ruler", [Oracle("a", True)], out=tmp_path / "fresh", as_text=True, progress=False,
+                      lengths=["1k"], limit=2, tasks=["vt"])
+    assert "left_out_rows" not in fresh and "left out" not in (tmp_path / "fresh" / "summary.md").read_text()

@@ -162,3 +162,43 @@ def test_summary_json_holds_every_run_in_the_out_dir_as_summary_md(tmp_path):
     runs_table = md.split("## Runs")[1]
     assert all(f"| {r['label']} | {r['items']} | {r['accuracy']:.2f} |" in runs_table for r in s["runs"])
     assert runs_table.count("\n| ") - 1 == len(s["runs"])  # the header, then a line per run
+
+
+def test_glyph_suite_reports_each_benchmark_in_its_own_layout(tmp_path):
+    """Glyph's evaluation data mixes benchmarks: LongBench's part has the paper's Avg (the mean of the category
+    means: 50, where the mean over its datasets is 75) in summary.md and summary.json, MRCR's part its length bins,
+    RULER's its task columns."""
+    import json
+
+    from glyph_rt.eval import Item, Reply, Target
+    from glyph_rt.eval.suite import run_suite
+
+    class Picky(Target):
+        name, concurrent = "picky", True
+
+        def answer(self, item, config, *, as_text=False):
+            wrong = item.metadata["task"] == "qasper" or len(item.context) > 20000
+            return Reply("no" if wrong else item.answers[0], 0, 0, 0.0)
+
+    lb = [Item(id=d, context="Some passage. " * 10, question="Q?", answers=["paris"], metric="qa_f1",
+               metadata={"task": d, "category": c})
+          for d, c in (("qasper", "Single-Doc QA"), ("hotpotqa", "Multi-Doc QA"), ("2wikimqa", "Multi-Doc QA"),
+                       ("musique", "Multi-Doc QA"))]
+    mr = [Item(id=f"m{n}", context="User: hi\nAssistant: " + "ho " * n, question="Prepend zz", answers=["zzho"],
+               metric="mrcr", metadata={"task": "mrcr_2needle", "needles": 2, "random_string_to_prepend": "zz"})
+          for n in (10, 9000)]  # 0k-8k and 8k-16k text tokens
+    ru = [Item(id="r", context="VAR A = 1", question="Which?", answers=["A"], metadata={"task": "vt", "length": 4096})]
+    s = run_suite("glyph", [Picky()], out=tmp_path, items=lb + mr + ru, as_text=True, progress=False)
+    [run] = s["runs"]
+    assert run["paper_avg"] == 50.0 and run["by_category"] == {"Single-Doc QA": 0.0, "Multi-Doc QA": 100.0}
+    assert json.loads((tmp_path / "summary.json").read_text())["runs"][0]["paper_avg"] == 50.0
+    md = (tmp_path / "summary.md").read_text()
+    lb_part = md.split("## LongBench\n")[1].split("## MRCR\n")[0]
+    assert "| Model | QP | HQA | 2QA | MSQ | Single-Doc QA | Multi-Doc QA | Avg |" in lb_part
+    assert "| picky (text) | 0.00 | 100.00 | 100.00 | 100.00 | 0.00 | 100.00 | 50.00 |" in lb_part
+    mrcr_part = md.split("## MRCR\n")[1].split("## RULER\n")[0]
+    assert "| Model | 2 Needle 0k-8k | 2 Needle 8k-16k | 2 Needle Avg |" in mrcr_part
+    assert "| picky (text) | 100.00 | 0.00 | 50.00 |" in mrcr_part
+    ruler_part = md.split("## RULER\n")[1].split("## Runs\n")[0]
+    assert "| Model | VT | Avg |" in ruler_part and "### By context length" in ruler_part
+    assert "Other tasks" not in md

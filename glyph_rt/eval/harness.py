@@ -67,6 +67,14 @@ def item_hash(it: Item) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def same_item(row: dict, it: Item, hashed: str | None = None) -> bool:
+    """Whether a results row is of this very item (`hashed`: its item_hash, when known): by its item hash, or for
+    a row of an older file (no hash) by its answers and metric."""
+    if "item_hash" in row:
+        return row["item_hash"] == (hashed or item_hash(it))
+    return row.get("metric") == it.metric and row.get("answers") == json.loads(json.dumps(it.answers, default=str))
+
+
 def row_key(row: dict) -> tuple:
     """(item, target, mode, render config, repetition penalty): one row of each in a report."""
     return (row.get("id"), row.get("target_id", row.get("target")), row.get("mode"), row.get("config_key"),
@@ -163,10 +171,26 @@ def read_rows(path) -> list[dict]:
     """The rows a report of a results file shows: of each item in each run (row_key), the latest complete row, in
     the place of the first (an item scored again with another extractor or generation budget; evaluate appends
     the older rows it reuses again, so these are the last call's). A torn last line is ignored."""
+    return latest_rows(all_rows(path))
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """Of each item in each run (row_key), the latest of `rows` (in file order), in the place of the first."""
     latest = {}
-    for r in all_rows(path):
+    for r in rows:
         latest[row_key(r)] = r
     return list(latest.values())
+
+
+def rows_of_items(path, items: list[Item]) -> tuple[list[dict], int]:
+    """read_rows of a results file, of `items` only: rows of an item no longer among them, or of another version
+    of it (its id with other content: other lengths, seed or data), are left out; and how many (item, run) pairs
+    were left out that way (their rows stay in the file)."""
+    by_id, hashes = {it.id: it for it in items}, {it.id: item_hash(it) for it in items}
+    every = all_rows(path)
+    mine = [r for r in every if r.get("id") in by_id and same_item(r, by_id[r["id"]], hashes[r["id"]])]
+    rows = latest_rows(mine)
+    return rows, len({row_key(r) for r in every} - {row_key(r) for r in rows})
 
 
 def all_rows(path) -> list[dict]:
@@ -260,14 +284,9 @@ def evaluate(config: RenderConfig | None, items: list[Item], target, *, as_text:
         cut_torn_tail(path)
         rows = all_rows(path)
 
-        def same_item(r: dict, it: Item) -> bool:  # a row of an older file (no item hash): by answers and metric
-            if "item_hash" in r:
-                return r["item_hash"] == hashes[it.id]
-            return r.get("metric") == it.metric and r.get("answers") == json.loads(json.dumps(it.answers, default=str))
-
         for r in rows:
             it = by_id.get(r.get("id"))
-            if (it is not None and same_item(r, it) and r.get("target_id") == target.key
+            if (it is not None and same_item(r, it, hashes[it.id]) and r.get("target_id") == target.key
                     and r.get("mode") == mode
                     and r.get("config_key") == ckey and r.get("max_new_tokens") == budget(it)
                     and r.get("repetition_penalty") == target.repetition_penalty

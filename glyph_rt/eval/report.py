@@ -11,6 +11,8 @@ Rows are grouped into runs by (target, mode, dpi, render config, model, repetiti
 - mrcr: Table 2: per needle count, one column per length bin (0k-8k ... 64k-128k) and Avg = the mean of the bin
   columns (as the paper's rows).
 - mmlongbench-doc: Table 4: SP (single-page), CP (cross-page), UA (unanswerable), Acc, F1.
+- glyph (Glyph's evaluation data): a section per benchmark its rows hold (LongBench, MRCR, RULER, other tasks),
+  each in that benchmark's layout above.
 Plots: accuracy vs context length (one line per run) and accuracy vs compression (one point per dpi, a line per
 target).
 """
@@ -239,29 +241,61 @@ def mmlongbench_table(rows: list[dict]) -> str:
     return _table(["Model"] + cols, lines)
 
 
-def markdown(rows: list[dict], suite: str) -> str:
-    """The summary of a results file for one suite, in the paper's layout, with per-run item counts."""
+GLYPH_PARTS = (("longbench", "LongBench"), ("mrcr", "MRCR"), ("ruler", "RULER"), ("other", "Other tasks"))
+
+
+def benchmark_of(row: dict) -> str:
+    """The benchmark of a row of Glyph's evaluation data (suite glyph): longbench (a LongBench dataset's task),
+    mrcr (MRCR's metric), ruler (a RULER task), else other."""
     from .benchmarks import longbench, ruler
 
+    task = row.get("task")
+    if row.get("metric") == "mrcr":
+        return "mrcr"
+    return "longbench" if task in longbench.DATASETS else "ruler" if task in ruler.TASKS else "other"
+
+
+def _avg_note(suite: str) -> str:
+    avg = ("the mean of the category columns (each the mean of its datasets), as the paper's" if suite == "longbench"
+           else "the mean of a needle count's length-bin columns, as the paper's" if suite == "mrcr"
+           else "the mean over the columns")
+    return f"Scores in percent; Avg is {avg}; a run's Accuracy (Runs) is the mean over its items.\n"
+
+
+def _tables(rows: list[dict], suite: str, h: str = "##") -> list[str]:
+    """The tables of one suite's rows in the paper's layout; h: the level of their sub-headings."""
+    from .benchmarks import longbench, ruler
+
+    if suite == "ruler":
+        return [task_table(rows, list(ruler.TASKS), RULER_SHORT), f"\n{h} By context length\n", length_table(rows)]
+    if suite == "longbench":
+        order = [d for c in longbench.CATEGORIES for d, v in longbench.DATASETS.items() if v[2] == c]
+        parts = [longbench_table(rows), f"\n{h} By context length (text tokens)\n", length_table(rows)]
+        if any(r.get("longbench_e") for r in rows):
+            parts += [f"\n{h} LongBench-E by length (words)\n",
+                      longbench_e_table([r for r in rows if r.get("longbench_e")], order)]
+        return parts
+    if suite == "mrcr":
+        return [mrcr_table(rows)]
+    if suite == "mmlongbench-doc":
+        return [mmlongbench_table(rows)]
+    return [task_table(rows, [], {})]
+
+
+def markdown(rows: list[dict], suite: str) -> str:
+    """The summary of a results file for one suite, in the paper's layout, with per-run item counts. Suite glyph
+    (Glyph's evaluation data) has a section per benchmark its rows hold (benchmark_of), each in that suite's
+    layout (LongBench's Avg the mean of its category means, MRCR's length bins)."""
     if not rows:
         return f"# {suite}\n\nNo results yet.\n"
-    avg = ("the mean of the category columns (each the mean of its datasets), as the paper's" if suite == "longbench"
-           else "the mean over the columns")
-    parts = [f"# {suite}\n", f"Scores in percent; Avg is {avg}; a run's Accuracy (Runs) is the mean over its items.\n"]
-    if suite == "ruler":
-        parts += [task_table(rows, list(ruler.TASKS), RULER_SHORT), "\n## By context length\n", length_table(rows)]
-    elif suite == "longbench":
-        order = [d for c in longbench.CATEGORIES for d, v in longbench.DATASETS.items() if v[2] == c]
-        parts += [longbench_table(rows), "\n## By context length (text tokens)\n", length_table(rows)]
-        if any(r.get("longbench_e") for r in rows):
-            parts += ["\n## LongBench-E by length (words)\n",
-                      longbench_e_table([r for r in rows if r.get("longbench_e")], order)]
-    elif suite == "mrcr":
-        parts.append(mrcr_table(rows))
-    elif suite == "mmlongbench-doc":
-        parts.append(mmlongbench_table(rows))
+    if suite != "glyph":
+        parts = [f"# {suite}\n", _avg_note(suite), *_tables(rows, suite)]
     else:
-        parts.append(task_table(rows, [], {}))
+        parts = [f"# {suite}"]
+        for part, title in GLYPH_PARTS:
+            mine = [r for r in rows if benchmark_of(r) == part]
+            if mine:
+                parts += [f"\n## {title}\n", _avg_note(part), *_tables(mine, part, "###")]
     runs = group_runs(rows)
     parts.append("\n## Runs\n")
     lines = []

@@ -4,28 +4,31 @@ summary table and plots. `glyph-rt eval` is this module's front end.
     run_suite("ruler", ["path/to/ckpt"], out="runs/ruler", lengths=["4k", "8k"], dpis=[72, 96, 120])
 
 OUT/items.jsonl holds the items (written once with items_spec.json, the options that made them, and reused by a
-resumed run; other options given there are an error, one left out takes the stored run's), OUT/results.jsonl one
-row per item and run (append-only; a rerun skips the rows already there), OUT/summary.md and summary.json the
-tables of every run in results.jsonl (each item's latest row per run: this call's for its runs; the runs of earlier
-calls into the same OUT, other targets, dpis or --as text, stay), and
-OUT/accuracy_vs_length.png, OUT/accuracy_vs_compression.png the plots.
+resumed run; other options given there are an error, one left out takes the stored run's; removing items.jsonl
+builds them again), OUT/results.jsonl one row per item and run (append-only; a rerun skips the rows already
+there), OUT/summary.md and summary.json the tables of every run in results.jsonl over the items of items.jsonl
+(each item's latest row per run: this call's for its runs; the runs of earlier calls into the same OUT, other
+targets, dpis or --as text, stay; rows of items no longer in items.jsonl, or of other versions of them, are left
+out, and counted), and OUT/accuracy_vs_length.png, OUT/accuracy_vs_compression.png the plots.
 
-summary.json: {"suite", "items", "runs": [one per target, mode and render config (dpi), in the order the results
-file first holds them: {"target", "mode", "dpi" (None for text, and with "dpis" for items that drew at their own
-dpis), "label": its name in summary.md, "items", "accuracy": the mean score over the run's items in percent,
-"compression", "errors", "by_task": the mean per task}, ...]}; a LongBench run adds "by_category" (the mean of each
-category's dataset means) and "paper_avg" (their mean: the Avg of summary.md's table and of the paper's Table 1, which
-"accuracy", a mean over items, is not).
+summary.json: {"suite", "items", "left_out_rows" (only when rows were left out), "runs": [one per target, mode and
+render config (dpi), in the order the results file first holds them: {"target", "mode", "dpi" (None for text, and
+with "dpis" for items that drew at their own dpis), "label": its name in summary.md, "items", "accuracy": the mean
+score over the run's items in percent, "compression", "errors", "by_task": the mean per task}, ...]}; a LongBench
+run (and a glyph run with LongBench rows, of those rows) adds "by_category" (the mean of each category's dataset
+means) and "paper_avg" (their mean: the Avg of summary.md's table and of the paper's Table 1, which "accuracy", a
+mean over items, is not).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from ..render.config import RenderConfig
 from .extract import AnswerExtractor
-from .harness import RESULTS_FILE, EvalResult, evaluate, read_rows, row_key
+from .harness import RESULTS_FILE, EvalResult, evaluate, row_key, rows_of_items
 from .item import Item, load_items, save_items
 
 SUITES = ("ruler", "longbench", "mrcr", "mmlongbench-doc", "glyph")
@@ -135,7 +138,9 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
             if _clashes(old, spec):
                 diff = ", ".join(f"{k}: {old.get(k)!r} then {spec.get(k)!r}" for k in sorted(_clashes(old, spec)))
                 raise ValueError(f"{out} holds the items of another run ({diff}); use another --out, or remove "
-                                 f"{items_path.name} there to start over")
+                                 f"{items_path.name} there to build the items again ({RESULTS_FILE}'s rows of items "
+                                 "that stay the same are reused; the others stay in the file, left out of the "
+                                 "summary)")
             items = load_items(items_path)
         else:
             items = build_items(suite, tokenizer=tokenizer, **item_kwargs)
@@ -162,10 +167,16 @@ def run_suite(suite: str, targets, *, out, items: list[Item] | None = None, conf
     finally:
         if own_extractor:
             extractor.close()
-    rows = read_rows(out / RESULTS_FILE)
+    rows, left_out = rows_of_items(out / RESULTS_FILE, items)  # not rows of items no longer run here
     md = report.markdown(rows, suite)
+    if left_out:
+        note = (f"{left_out} rows of {RESULTS_FILE} are left out of this summary: their items are not among this "
+                f"run's {len(items)} (an earlier set of items in {out}); they stay in the file")
+        md += f"\n{note}.\n"
+        print(f"{note}.", file=sys.stderr)
     _write(out / "summary.md", md)
-    summary = {"suite": suite, "items": len(items), "runs": run_summaries(rows, suite)}
+    summary = {"suite": suite, "items": len(items), **({"left_out_rows": left_out} if left_out else {}),
+               "runs": run_summaries(rows, suite)}
     _write(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     report.plot(rows, out, suite)
     return summary
@@ -176,7 +187,7 @@ def run_summaries(rows: list[dict], suite: str = "") -> list[dict]:
     first rows, this call's or an earlier one's (several targets, --dpi values and --as text runs into one --out);
     a run is one target, mode and render config (and repetition penalty), as evaluate scores it. summary.md is
     made of the same rows; its tables split a run whose items drew at their own dpis by dpi."""
-    from .report import group_runs, run_label
+    from .report import benchmark_of, group_runs, run_label
 
     runs: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -187,9 +198,10 @@ def run_summaries(rows: list[dict], suite: str = "") -> list[dict]:
         mode = rs[0].get("mode")
         res = EvalResult(rows=rs, target=rs[0].get("target"), mode=mode)
         names = list(dict.fromkeys(labels[id(r)] for r in rs))
+        longbench_rows = [r for r in rs if suite == "longbench" or suite == "glyph" and benchmark_of(r) == "longbench"]
         out.append({**res.summary(), **({"dpi": None} if mode == "text" else _run_dpi(rs, None)),
                     "label": names[0] if len(names) == 1 else None,
-                    **(_longbench_summary(rs) if suite == "longbench" else {})})
+                    **(_longbench_summary(longbench_rows) if longbench_rows else {})})
     return out
 
 
