@@ -806,8 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--squad", help="RULER qa_1: a SQuAD JSON file")
     ev.add_argument("--hotpotqa", help="RULER qa_2: a HotpotQA JSON file")
     ev.add_argument("--seed", type=int, help="RULER generation seed (default: 0, or the resumed run's)")
-    ev.add_argument("--truncate", type=_positive_int("--truncate"), help="LongBench: keep the first and last halves "
-                    "of contexts over this many tokens (LongBench's truncation)")
+    ev.add_argument("--truncate", type=_positive_int("--truncate"), help="LongBench: a token budget as LongBench's "
+                    "pred.py: a text prompt over N keeps its first and last N/2 tokens; the pages' context gets N less "
+                    "the image prompt's tokens")
     ev.add_argument("--longbench-e", action="store_true", help="LongBench: LongBench-E's <dataset>_e.jsonl files of "
                     "--data instead of LongBench's <dataset>.jsonl")
     ev.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), help="cap each task's generation budget")
