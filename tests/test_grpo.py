@@ -3,6 +3,7 @@ import contextlib
 import json
 import threading
 import time
+import warnings
 
 import pytest
 import torch
@@ -249,6 +250,22 @@ def test_number_answers_keep_their_sign_decimal_point_and_fraction_bar():
         verifiable_reward(["a", "b"], ["a", None], "f1")
 
 
+def test_answer_words_fraction_slashes_case_folding_and_superscripts():
+    """NFKC writes '½' as 1 FRACTION SLASH 2 (a symbol): it is '1/2', not '12', and so are the fraction and division
+    slashes between digits; '2½' is '2 1/2'. Case folds fully ('STRASSE' is 'straße', 'İ' is 'i') while the marks
+    of other scripts stay. A superscript exponent is ^ ('10³' is '10^3' as typed, not '103')."""
+    from glyph_rt.train.rewards import answer_words
+
+    assert answer_words("½") == answer_words("1\u20442") == answer_words("1\u22152") == ["1/2"]
+    assert answer_words("2½ cups") == ["2", "1/2", "cups"] and answer_words("¾") == ["3/4"]
+    assert verifiable_reward(["½", "¾", "2½", "3\u22154"], ["12", "34", "212", "34"], "exact") == [0.0] * 4
+    assert verifiable_reward(["½", "2½", "3\u22154", "3\u2215 4"], ["1/2", "2 1/2", "3/4", "3 4"], "exact") == [1.0] * 4
+    assert verifiable_reward(["straße", "İstanbul", "ΣΟΦΟΣ"], ["STRASSE", "istanbul", "σοφος"], "exact") == [1.0] * 3
+    assert answer_words("ı") == ["ı"] and answer_words("नमस्ते ภาษาไทย café") == ["नमस्ते", "ภาษาไทย", "café"]
+    assert answer_words("10³") == answer_words("10^3") == ["10^3"] and answer_words("10⁻¹²") == ["10^-12"]
+    assert verifiable_reward(["10³", "x²"], ["103", "x2"], "exact") == [0.0, 1.0]
+
+
 def test_grpo_step_on_a_tiny_model(tmp_path):
     pytest.importorskip("transformers")
     from glyph_rt.models.tiny import make_tiny_checkpoint
@@ -328,6 +345,51 @@ def test_grpo_epochs_and_mini_batches_reuse_the_rollout(tmp_path):
     assert t.step == 2 and m["updates"] == 6 and m["clip_fraction"] > 0
     assert t.scheduler.last_epoch == 2  # once per rollout step, not per update
 
+
+
+def test_mini_batches_split_the_sequences_whatever_the_micro_batch(tmp_path):
+    """grpo.mini_batches slices a step's sequences, not its micro-batches: the updates are the same whatever
+    data.micro_batch (3 mini-batches of 4 sequences were 2 updates of one micro-batch of 2 at micro_batch=2),
+    and 4 sequences in a micro-batch of 4 make 4 updates at grpo.mini_batches=6 (it used to make 1, silently) and
+    warn once, naming the counts."""
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.data import RecordStream
+    from glyph_rt.train.grpo import GRPOTrainer
+    from glyph_rt.train.model import load_for_training
+
+    path = make_tiny_checkpoint(tmp_path / "tiny")
+    records = [{"context": f"red fox {i} jumps", "question": "Read the text.", "answer": f"red fox {i} jumps"}
+               for i in range(16)]
+
+    def run(name, *over):
+        cfg = load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / name}", "grpo.group_size=4",
+                                       "data.global_batch=1", "grpo.max_new_tokens=4", "grpo.rewards={ocr: 1.0}",
+                                       "tensorboard=false", "plot=false", "model.gradient_checkpointing=false",
+                                       "optim.lr=1e-2", "optim.grad_clip=0", "optim.eps=1", "export=false",
+                                       "save_every=0", *over])  # eps 1: the weights move by ~lr * gradient
+        torch.manual_seed(0)
+        gm = load_for_training(cfg.model, torch.device("cpu"))
+        torch.manual_seed(0)
+        t = GRPOTrainer(cfg, gm, progress=False)
+        grads, step = [], t.optimizer.step
+        t.optimizer.step = lambda *a, **k: grads.append(torch.cat([
+            p.grad.flatten() for p in gm.model.parameters() if p.grad is not None])) or step(*a, **k)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            m = t.fit(RecordStream(records, seed=0))
+        return m, grads, [str(x.message) for x in w if "mini_batches" in str(x.message)]
+
+    (m1, g1, w1), (m2, g2, w2) = (run(f"mb{mb}", f"data.micro_batch={mb}", "grpo.mini_batches=3", "steps=1")
+                                  for mb in (1, 2))  # 1, 1 and 2 sequences an update, in micro-batches of 1 or 2
+    assert m1["updates"] == m2["updates"] == len(g1) == len(g2) == 3 and not w1 + w2
+    for a, b in zip(g1, g2):  # each update's gradient
+        assert a.abs().max() > 1e-2
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    m, _, w = run("six", "data.micro_batch=4", "grpo.mini_batches=6", "steps=2")
+    assert m["updates"] == 4 and w == ["grpo.mini_batches=6 but step 1 has 4 sequences to train on (the most on a "
+                                       "rank): 4 optimizer updates per pass, not 6; lower grpo.mini_batches or raise "
+                                       "data.global_batch or grpo.group_size (warned once)"]
 
 
 def test_reward_statistics_cover_every_drawn_group(tmp_path, monkeypatch):
@@ -435,8 +497,9 @@ def test_old_log_probs_are_the_rollout_policys_without_dropout(tmp_path, monkeyp
 def test_token_logps_on_response_tokens_equal_full_logits(tmp_path, arch):
     """GRPO's log-probs come from logits made only before response tokens, with each group's pages through the
     vision tower once however many of its responses the batch holds: equal to log_softmax over the full logits of
-    the rows each with its own copy of the pages, forward and backward. With the pages' embeddings taken
-    beforehand (page_embeddings) the log-probs are the same again."""
+    the rows each with its own copy of the pages (the placeholder ids the rollout never samples left out, as its
+    suppress_tokens does), forward and backward. With the pages' embeddings taken beforehand (page_embeddings) the
+    log-probs are the same again."""
     from glyph_rt.models.tiny import make_tiny_checkpoint
     from glyph_rt.train.config import load_config
     from glyph_rt.train.grpo import GlyphRollout, page_embeddings, sequence_batch, token_logps
@@ -448,7 +511,8 @@ def test_token_logps_on_response_tokens_equal_full_logits(tmp_path, arch):
     gm = load_for_training(cfg.model, torch.device("cpu"))
     torch.manual_seed(0)
     groups = GlyphRollout(gm, max_new_tokens=5)([{"context": "red fox", "question": "Read the text."},
-                                                 {"context": "a much longer line of text here", "question": "Read."}], 2)
+                                                 {"context": "a much longer line of text here", "question": "Read."}],
+                                                2)
     rows = [(groups[0], 0), (groups[1], 0), (groups[0], 1), (groups[1], 1), (groups[1], 0)]
     batch = sequence_batch(rows, gm.image_token_id, gm.tokenizer.pad_token_id, torch.device("cpu"))
     assert len(batch["pixel_values"]) == len(groups[0].pixel_values) + len(groups[1].pixel_values)
@@ -465,6 +529,7 @@ def test_token_logps_on_response_tokens_equal_full_logits(tmp_path, arch):
     fwd = {k: v for k, v in batch.items() if k not in ("resp_mask", "_groups")}
     fwd["pixel_values"] = torch.cat([g.pixel_values for g, _ in rows])  # every row its own copy
     logits = gm.model(**fwd, use_cache=False).logits[:, :-1].float() / 0.7
+    logits[..., GlyphRollout(gm).suppress] = float("-inf")
     want = torch.gather(torch.log_softmax(logits, -1), 2, batch["input_ids"][:, 1:, None]).squeeze(2)
     (want * mask).sum().backward()
     torch.testing.assert_close(got[mask], want[mask], rtol=1e-5, atol=1e-6)
@@ -477,6 +542,45 @@ def test_token_logps_on_response_tokens_equal_full_logits(tmp_path, arch):
         cached = token_logps(gm.model, batch, temperature=0.7, embeds=embeds)
     assert calls == [1, 1]  # page_embeddings' call per group; the forward ran no vision tower
     torch.testing.assert_close(cached, got.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_token_logps_are_the_samplers_log_probs(tmp_path):
+    """The rollout suppresses the placeholder ids; the loss's log-probs (token_logps, as GRPOTrainer calls it with
+    the rollout's `suppress`) leave them out too: the log-probs of the sampled tokens under generate's processed
+    scores, to float rounding (a softmax over every id made them differ by ~1e-2 on the tiny model)."""
+    from glyph_rt.models.tiny import make_tiny_checkpoint
+    from glyph_rt.train.config import load_config
+    from glyph_rt.train.grpo import GlyphRollout, sequence_batch, token_logps
+    from glyph_rt.train.model import load_for_training
+
+    path = make_tiny_checkpoint(tmp_path / "tiny")
+    cfg = load_config("rl", None, [f"model.path={path}", f"out_dir={tmp_path / 'run'}",
+                                   "model.gradient_checkpointing=false"])
+    gm = load_for_training(cfg.model, torch.device("cpu"))
+    roll = GlyphRollout(gm, max_new_tokens=6, temperature=0.7)
+    assert roll.suppress
+    bare = roll.generation_config
+
+    def scored():
+        c = bare()
+        c.output_scores = c.return_dict_in_generate = True
+        return c
+
+    roll.generation_config, scores, generate = scored, [], gm.model.generate
+    gm.model.generate = lambda *a, **k: (lambda out: scores.append(torch.stack(out.scores, 1)) or out.sequences)(
+        generate(*a, **k))
+    torch.manual_seed(0)
+    groups = roll([{"context": "red fox jumps over the lazy dog", "question": "Read the text."}], 3)
+    gm.model.eval()
+    for j, ids in enumerate(groups[0].responses):
+        sampler = torch.log_softmax(scores[0][j, :len(ids)].float(), -1).gather(1, torch.tensor(ids)[:, None])[:, 0]
+        batch = sequence_batch([(groups[0], j)], gm.image_token_id, gm.tokenizer.pad_token_id, torch.device("cpu"))
+        mask = batch["resp_mask"][0, 1:]
+        with torch.no_grad():
+            for suppress in (roll.suppress, None):  # None: the model's placeholder ids
+                got = token_logps(gm.model, batch, 0.7, suppress=suppress)[0][mask]
+                torch.testing.assert_close(got, sampler, rtol=0, atol=1e-5)
+            assert (token_logps(gm.model, batch, 0.7, suppress=())[0][mask] - sampler).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("kind", ["glm4v", "qwen2_5_vl"])

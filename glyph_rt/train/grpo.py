@@ -139,15 +139,20 @@ def reward_hidden_ids(tokenizer) -> set[int]:
             if getattr(t, "content", str(t)) not in THINK_TAGS}
 
 
+def placeholder_ids(config) -> list[int]:
+    """The image, video and vision token ids of a model config: a response holding one would not match the pages,
+    so the rollout never samples one (and token_logps leaves them out of the distribution too)."""
+    return sorted({int(v) for k, v in vars(config).items() if isinstance(v, int) and not isinstance(v, bool)
+                   and k.endswith("_token_id") and k.split("_")[0] in ("image", "video", "vision")})
+
+
 class GlyphRollout:
-    """Samples responses with the training model's batched generate (pages rendered by GlyphModel.build_inputs)."""
+    """Samples responses with the training model's batched generate (pages rendered by GlyphModel.build_inputs).
+    `suppress`: the ids it never samples (a Rollout may have one; GRPOTrainer's log-probs leave them out too)."""
 
     def __init__(self, gm, max_new_tokens: int = 1024, temperature: float = 1.0, top_p: float = 1.0):
         self.gm, self.max_new_tokens, self.temperature, self.top_p = gm, max_new_tokens, temperature, top_p
-        cfg = gm.model.config
-        # a response holding an image or video placeholder would not match the pages: never sample one
-        self.suppress = sorted({int(v) for k, v in vars(cfg).items() if isinstance(v, int) and not isinstance(v, bool)
-                                and k.endswith("_token_id") and k.split("_")[0] in ("image", "video", "vision")})
+        self.suppress = placeholder_ids(gm.model.config)
 
     @torch.no_grad()
     def __call__(self, records: Sequence[dict], n: int) -> list[Group]:
@@ -210,10 +215,13 @@ class GlyphRollout:
                                   generation_config=self.generation_config(), synced_gpus=_world() > 1, **{kw: rows})
 
     def generation_config(self):
-        """Sampling at the rollout's temperature and top-p and nothing else: a repetition penalty, min_p or n-gram
-        ban from the checkpoint's generation_config.json would make the sampler's distribution differ from the
-        log-probs the policy loss takes (token_logps). generate fills every field left unset here from the model's
-        generation_config, so sample() runs it with a bare one in its place."""
+        """Sampling at the rollout's temperature and top-p, the placeholder ids suppressed, and nothing else: a
+        repetition penalty, min_p or n-gram ban from the checkpoint's generation_config.json would make the
+        sampler's distribution differ from the log-probs the policy loss takes (token_logps, which takes the
+        temperature and suppresses the same ids). generate fills every field left unset here from the model's
+        generation_config, so sample() runs it with a bare one in its place. top-p is the one difference: the loss
+        takes the whole (temperature-scaled, suppressed) distribution, as TRL's does; cut to the nucleus, a sampled
+        token outside the updated policy's nucleus would get a log-prob of -inf."""
         from transformers import GenerationConfig
 
         gm = self.gm
@@ -308,15 +316,20 @@ def _pages_once(model, groups: list[Group]):
             inner.get_image_features = own
 
 
-def token_logps(model, batch: dict, temperature: float = 1.0, embeds: dict | None = None) -> torch.Tensor:
+def token_logps(model, batch: dict, temperature: float = 1.0, embeds: dict | None = None,
+                suppress: Sequence[int] | None = None) -> torch.Tensor:
     """log p(token t | tokens < t) for t >= 1 under the sampling temperature: [B, L - 1] (float32), on the response
     tokens (zero elsewhere: logits are made only before a response token, not over the long prompt). `embeds`:
-    page_embeddings of the rows' groups, in place of the vision tower."""
+    page_embeddings of the rows' groups, in place of the vision tower. `suppress`: ids the sampler never samples,
+    left out of the softmax as generate's suppress_tokens does (None: GlyphRollout's, the model's placeholder ids);
+    the sampler's top-p is not applied (see GlyphRollout.generation_config)."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     groups = batch["_groups"]
     fwd = {k: v for k, v in batch.items() if k not in ("resp_mask", "_groups")}
     ids, resp = batch["input_ids"], batch["resp_mask"]
+    if suppress is None:
+        suppress = placeholder_ids(base_model(model).config)
     keep = torch.zeros_like(resp)
     keep[:, :-1] = resp[:, 1:]
     pages = contextlib.nullcontext()
@@ -328,6 +341,8 @@ def token_logps(model, batch: dict, temperature: float = 1.0, embeds: dict | Non
         pages = _pages_once(model, groups)
     with pages:
         logits = model(**fwd, use_cache=False, logits_to_keep=keep).logits.float() / temperature  # [resp tokens, V]
+    if len(suppress):
+        logits = logits.index_fill(1, torch.tensor(list(suppress), device=logits.device), float("-inf"))
     picked = torch.gather(F.log_softmax(logits, -1), 1, ids[:, 1:][resp[:, 1:]][:, None]).squeeze(1)
     out = torch.zeros(ids.shape[0], ids.shape[1] - 1, dtype=picked.dtype, device=picked.device)
     out[resp[:, 1:]] = picked
@@ -343,6 +358,8 @@ class GRPOTrainer(Trainer):
         g = cfg.grpo
         self.prompts_per_rank = self.accum
         self.rollout = rollout or GlyphRollout(gm, g.max_new_tokens, g.temperature, g.top_p)
+        self.suppress = list(getattr(self.rollout, "suppress", None) or ())  # what the sampler never samples
+        self._warned_mini = False
         judge = Judge(g.judge_base_url, g.judge_model, api_key_env=g.judge_api_key_env,
                       concurrency=g.judge_concurrency, max_retries=g.judge_max_retries) if g.verifier == "judge" \
             else None
@@ -405,9 +422,11 @@ class GRPOTrainer(Trainer):
                               self.device)
 
     def train_step(self, _micro=None) -> dict:
-        """One rollout batch, then grpo.epochs passes over it in grpo.mini_batches optimizer updates each. Every
-        rank runs the same number of forwards (FSDP gathers in step): a rank with fewer chunks runs spare ones
-        at weight 0."""
+        """One rollout batch, then grpo.epochs passes over it in grpo.mini_batches optimizer updates each: each
+        update takes an even slice of the rank's sequences (whatever data.micro_batch), in forwards of
+        data.micro_batch; a step with fewer sequences than grpo.mini_batches makes fewer updates and warns (once).
+        Every rank runs the same number of forwards (FSDP gathers in step): a rank with fewer chunks in a
+        mini-batch runs spare ones at weight 0."""
         g = self.cfg.grpo
         t0 = time.perf_counter()
         self._spare, self._drawn = None, []
@@ -419,13 +438,22 @@ class GRPOTrainer(Trainer):
         for gr in groups:
             a = group_advantages(torch.tensor([gr.rewards], dtype=torch.float32))[0]
             items += [(gr, j, float(a[j])) for j in range(len(gr.responses))]
-        mb = self.cfg.data.micro_batch
-        chunks = [items[i:i + mb] for i in range(0, len(items), mb)]
-        M = g.mini_batches
-        parts = [chunks[len(chunks) * m // M:len(chunks) * (m + 1) // M] for m in range(M)]
-        width = [int(x) for x in _all_reduce([float(len(p)) for p in parts], self.device, "max")]
+        # the sequences in grpo.mini_batches even slices (one optimizer update each), each cut into micro-batches
+        mb, M = self.cfg.data.micro_batch, g.mini_batches
+        minis = [items[len(items) * m // M:len(items) * (m + 1) // M] for m in range(M)]
+        parts = [[mini[i:i + mb] for i in range(0, len(mini), mb)] for mini in minis]
+        chunks = [c for p in parts for c in p]
+        *width, most_items = [int(x) for x in _all_reduce([float(len(p)) for p in parts] + [float(len(items))],
+                                                           self.device, "max")]
         totals = _all_reduce([float(sum(len(gr.responses[j]) for c in p for gr, j, _ in c)) for p in parts],
                              self.device)
+        if 0 < most_items < M and not self._warned_mini:  # the same counts, so the same warning, on every rank
+            self._warned_mini = True
+            if self.rank == 0:
+                warnings.warn(f"grpo.mini_batches={M} but step {self.step + 1} has {most_items} sequences to train on "
+                              f"(the most on a rank): {sum(t > 0 for t in totals)} optimizer updates per pass, not {M};"
+                              " lower grpo.mini_batches or raise data.global_batch or grpo.group_size (warned once)",
+                              stacklevel=2)
         spare = [(self._spare, 0, 0.0)] if self._spare is not None else None
         if spare is None and any(width):
             raise RuntimeError("GRPO: this rank's rollout returned no group to keep its forwards in step")
@@ -447,7 +475,8 @@ class GRPOTrainer(Trainer):
                     with torch.no_grad():
                         for pi, p in enumerate(parts):
                             for ci, c in enumerate(p):
-                                old[pi, ci] = token_logps(self.model, self._batch(c), g.temperature, embeds)
+                                old[pi, ci] = token_logps(self.model, self._batch(c), g.temperature, embeds,
+                                                          self.suppress)
         finally:
             self.model.train()
         loss_sum, clip_low, clip_high, kl_sum, norms, updates, seen = 0.0, 0.0, 0.0, 0.0, [], 0, 0.0
@@ -459,11 +488,12 @@ class GRPOTrainer(Trainer):
                 for ci, c in enumerate(p):
                     batch = self._batch(c)  # one batch for the policy and the reference
                     with self.autocast():
-                        logp = token_logps(self.model, batch, g.temperature, embeds if self.vision_frozen else None)
+                        logp = token_logps(self.model, batch, g.temperature, embeds if self.vision_frozen else None,
+                                           self.suppress)
                         ref = None
                         if ref_embeds is not None:
                             with torch.no_grad():
-                                ref = token_logps(self.reference, batch, g.temperature, ref_embeds)
+                                ref = token_logps(self.reference, batch, g.temperature, ref_embeds, self.suppress)
                         adv = torch.tensor([a for _, _, a in c], device=self.device)
                         s, st = grpo_token_loss(logp, old.get((pi, ci), logp.detach()), adv,
                                                 batch["resp_mask"][:, 1:], g.eps_low, g.eps_high, ref, g.kl_coef)

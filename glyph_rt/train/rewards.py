@@ -22,20 +22,31 @@ VERIFIERS = ("exact", "f1", "contains", "judge")
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
-# the marks a number keeps: a sign or decimal point before its digits, and - . / , between digits
-_NUMBER_MARK = re.compile(r"(?<=\d)[-./,](?=\d)|(?<!\w)[-.](?=\d)")
+# the marks a number keeps: a sign or decimal point before its digits, - . / , between digits, and the ^ of an
+# exponent after them
+_NUMBER_MARK = re.compile(r"(?<=\d)[-./,](?=\d)|(?<!\w)[-.](?=\d)|(?<=\d)\^(?=[-+]?\d)")
 _GROUPED = re.compile(r"(?<![\d,.])\d{1,3}(?:,\d{3})+(?!,?\d)")  # 1,000,000: the commas are no part of the number
+_SUPERSCRIPT = re.compile("[\u2070\u00b9\u00b2\u00b3\u2074-\u2079\u207a\u207b]+")  # NFKC: 10³ -> 103
+_SLASHES = {"\u2044", "\u2215"}  # FRACTION SLASH (NFKC's ½ is 1\u20442), DIVISION SLASH: a number's "/"
 
 
 def answer_words(s: str) -> list[str]:
     """The words an answer is scored on: SQuAD's normalisation (lower case, no punctuation, no English articles)
-    over any script: NFKC first, punctuation and symbols of every script removed, and each CJK character a word
-    of its own (Chinese and Japanese answers put no spaces between words). Numbers keep their sign, decimal point
-    and fraction bar ("-5", "3.14", "1/2" are not "5", "314", "12"; any dash before a digit is a minus), and drop
-    their thousands separators ("1,000" is "1000")."""
-    s = unicodedata.normalize("NFKC", s).lower()
+    over any script: NFKC and case folding first ("STRASSE" is "straße", "İ" is "i"), punctuation and symbols of
+    every script removed (combining marks stay), and each CJK character a word of its own (Chinese and Japanese
+    answers put no spaces between words). Numbers keep their sign, decimal point and fraction bar ("-5", "3.14",
+    "1/2" are not "5", "314", "12"; any dash before a digit is a minus, a fraction or division slash between
+    digits a bar: "½" is "1/2", "2½" is "2 1/2"), write a superscript exponent with ^ ("10³" is "10^3", not
+    "103"), and drop their thousands separators ("1,000" is "1000")."""
+    s = "".join(f" {unicodedata.normalize('NFKC', ch)} " if unicodedata.decomposition(ch).startswith("<fraction>")
+                else ch for ch in s)  # a vulgar fraction is a word: 2½ is "2 1/2", not "21/2"
+    s = _SUPERSCRIPT.sub(lambda m: "^" + unicodedata.normalize("NFKC", m.group()), s)
+    # NFKC, then full case folding (ß -> ss), then NFKC again (what folding decomposes); İ folds to i + U+0307
+    # COMBINING DOT ABOVE, a dot the i already has
+    s = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", s).casefold()).replace("i\u0307", "i")
     s = _GROUPED.sub(lambda m: m.group().replace(",", ""), s)
-    s = "".join("-" if ch == "\u2212" or unicodedata.category(ch) == "Pd" else ch for ch in s)  # dashes, minus
+    s = "".join("-" if ch == "\u2212" or unicodedata.category(ch) == "Pd" else "/" if ch in _SLASHES else ch
+                for ch in s)  # dashes and minus; fraction and division slashes
     keep = {m.start() for m in _NUMBER_MARK.finditer(s)}
     s = "".join(ch for i, ch in enumerate(s) if i in keep or unicodedata.category(ch)[0] not in "PS")
     s = _CJK.sub(lambda m: f" {m.group()} ", _ARTICLES.sub(" ", s))
