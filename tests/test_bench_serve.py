@@ -20,6 +20,8 @@ def test_bench_serve_quick(tmp_path):
         assert r["requests"] == 4 and r["errors"] == 0 and r["ttft_p50_s"] > 0 and r["itl_p50_s"] > 0
         assert r["tpot_p99_s"] >= r["tpot_p50_s"] > 0  # 4 tokens each (ignore_eos): 3 intervals per request
     assert data["summary"]["engine_thread_vs_serial"] > 0 and "notes" not in data["summary"]
+    serial = rows["serial_generate"]  # the requests it ran, not --serial's number
+    assert serial["requests"] == 2 and serial["requests_per_s"] == 2 / serial["seconds"]
     assert rows["document_cache"]["errors"] == 0
     assert rows["engine"]["client_cpu_s"] > 0
     batch = rows["batch_runner"]
