@@ -385,6 +385,25 @@ def test_queue_full_is_429_with_retry_after(gm, ckpt, kind):
         svc.shutdown()
 
 
+def test_render_overrides_are_refused_past_40_megapixels_a_page(server, client):
+    """dpi and page_size within their ranges may still make a page of 100 Mpx: refused (400) before any render,
+    naming both and the limit an image has too, as the request's field and as a glyph part's."""
+    big = {"dpi": 300, "page_size": [2400, 2400]}
+    part = {"type": "glyph", "glyph": {"text": TEXT[:400], "render_config": big}}
+    for messages, extra, param in (
+            (doc_messages(TEXT[:400], "?"), {"glyph": {"render_config": big}}, "glyph.render_config"),
+            ([{"role": "user", "content": [part]}], None, "messages[0].content[0].glyph.render_config")):
+        t = time.monotonic()
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="tiny", max_tokens=1, messages=messages, extra_body=extra)
+        assert time.monotonic() - t < 10 and e.value.body["param"] == param
+        msg = e.value.body["message"]
+        assert "page_size" in msg and "dpi 300" in msg and "100,000,000 pixels" in msg and "40,000,000" in msg
+    ok = {"glyph": {"render_config": {"dpi": 300, "page_size": [200, 150]}}}
+    assert client.chat.completions.create(model="tiny", max_tokens=1, messages=doc_messages(TEXT[:400], "?"),
+                                          extra_body=ok).glyph["pages"] >= 1
+
+
 def test_disconnected_client_is_cancelled(server):
     before = metric(server, 'glyph_rt_requests_total{outcome="cancelled"}')
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3000, "ignore_eos": True, "stream": True}

@@ -467,3 +467,24 @@ def test_image_formats_are_raster_only_and_nothing_is_run(gm, monkeypatch):
         got = _decode_image(buf.getvalue(), "p").numpy()
         assert got.shape == want.shape and (fmt in ("JPEG", "GIF") or np.array_equal(got, want)), fmt
         assert build_prompt(gm, image_message(data_url(buf.getvalue())), InputOptions(CFG, "tiny")).pages == 1
+
+
+def test_render_overrides_cap_a_pages_pixels_not_the_servers_own_config():
+    """A request's dpi and page_size (and horizontal_scale, which widens the page) may make a page of at most
+    MAX_PIXELS, the limit of an image_url's image; the server's own --config is never refused, nor a request's
+    overrides that leave its page as large."""
+    from glyph_rt.serve.inputs import MAX_PIXELS, render_config_for
+
+    small = RenderConfig(page_size=(120, 90))
+    for bad in ({"dpi": 300, "page_size": [2400, 2400]}, {"dpi": 300, "page_size": [1800, 1600]},
+                {"dpi": 200, "page_size": [2000, 2000], "horizontal_scale": 2.0}):
+        with pytest.raises(RequestError, match=f"over the limit of {MAX_PIXELS:,} per page") as e:
+            render_config_for(small, bad, "glyph.render_config")
+        assert e.value.param == "glyph.render_config" and "page_size" in str(e.value) and "dpi" in str(e.value)
+    assert render_config_for(small, {"dpi": 300, "page_size": [1500, 1500]}, "p").drawn_pixels == (6250, 6250)
+    big = RenderConfig(page_size=(2400, 2400), dpi=300)  # an operator's choice: 100 Mpx pages
+    assert render_config_for(big, None, "p") is big
+    assert render_config_for(big, {"font_size": 9, "margin_x": 20}, "p").dpi == 300
+    assert render_config_for(big, {"dpi": 300, "page_size": [2400, 2400]}, "p").dpi == 300
+    with pytest.raises(RequestError, match="horizontal_scale 1.5 is 150,000,000 pixels"):
+        render_config_for(big, {"horizontal_scale": 1.5}, "p")

@@ -14,6 +14,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ RENDER_OVERRIDES = {
     "auto_crop_width": None, "auto_crop_last_page": None,
 }
 PAGE_SIDE = (72, 2400)  # points
+MAX_PIXELS = 40_000_000  # an image_url's image, and a page that a request's render overrides make
 # the image formats an image_url may hold (PIL's names): raster formats that PIL decodes itself, never one whose
 # plugin runs a program on the bytes (EPS: Ghostscript)
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -75,9 +77,23 @@ def render_config_for(base: RenderConfig, overrides: dict | None, param: str) ->
             raise RequestError(f"{param}.page_size: {ps!r} must be [width, height] in points, each "
                                f"{PAGE_SIDE[0]}..{PAGE_SIDE[1]}", param)
     try:
-        return RenderConfig.from_dict({**base.to_dict(), **overrides}).validate()
+        cfg = RenderConfig.from_dict({**base.to_dict(), **overrides}).validate()
     except (ConfigError, ValueError, TypeError) as e:
         raise RequestError(f"{param}: {e}", param) from None
+    # the page a request's dpi and page_size make: at most MAX_PIXELS, or as large as the server's own config's
+    # (which the request did not choose)
+    area = _page_area(cfg)
+    if area > max(MAX_PIXELS, _page_area(base)):
+        (w, h), scale = cfg.page_size, cfg.horizontal_scale
+        scaled = f" and horizontal_scale {scale:g}" if scale > 1 else ""
+        raise RequestError(f"{param}: a page of {w:g} x {h:g} pt (page_size) at dpi {cfg.dpi:g}{scaled} is {area:,} "
+                           f"pixels, over the limit of {MAX_PIXELS:,} per page; lower dpi or page_size", param)
+    return cfg
+
+
+def _page_area(cfg: RenderConfig) -> int:
+    """Pixels of the larger buffer a page of `cfg` takes: as drawn, or after its horizontal scale."""
+    return max(math.prod(cfg.drawn_pixels), math.prod(cfg.page_pixels))
 
 
 @dataclass
@@ -256,8 +272,9 @@ def _image_size(raw: bytes, param: str) -> tuple[int, int]:
     """The image's (height, width), read from its header: no pixel is decoded (Image.open is lazy)."""
     with _open_image(raw, param) as im:
         width, height = im.size
-    if width * height > 40_000_000:
-        raise RequestError(f"{param}: the image is {width}x{height} pixels, too large", param, 413)
+    if width * height > MAX_PIXELS:
+        raise RequestError(f"{param}: the image is {width}x{height} pixels, over the limit of {MAX_PIXELS:,}", param,
+                           413)
     return height, width
 
 
