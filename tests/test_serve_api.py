@@ -368,19 +368,39 @@ def test_64_concurrent_clients(server):
 
 @pytest.mark.parametrize("kind", ["thread", "process"])
 def test_queue_full_is_429_with_retry_after(gm, ckpt, kind):
+    """429 with Retry-After once the queue (--max-queue 1, --max-batch 1) is full: with one request running and one
+    waiting, a document request is refused at once, its document never looked up nor rendered. A request refused
+    while it is prepared gives its place back."""
     svc = backend(kind, gm, ckpt, max_batch=1, max_queue=1)
     try:
         with ServerThread(build_app(svc)) as s:
+            url, hi = s.url + "/v1/chat/completions", [{"role": "user", "content": "hi"}]
+
             async def run():
                 async with httpx.AsyncClient(timeout=120) as h:
-                    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "ignore_eos": True}
-                    return await asyncio.gather(*(h.post(s.url + "/v1/chat/completions", json=body) for _ in range(6)))
+                    body = {"messages": hi, "max_tokens": 200, "ignore_eos": True}
+                    return await asyncio.gather(*(h.post(url, json=body) for _ in range(6)))
 
             rs = asyncio.run(run())
             full = [r for r in rs if r.status_code == 429]
             assert full and all(r.headers["Retry-After"].isdigit() and "queue is full" in r.json()["error"]["message"]
                                 for r in full)
             assert any(r.status_code == 200 for r in rs)
+            empty = [{"role": "user", "content": [{"type": "glyph", "glyph": {"text": " "}}]}]
+            for _ in range(2):
+                assert httpx.post(url, json={"messages": empty}, timeout=60).status_code == 400
+            assert httpx.post(url, json={"messages": hi, "max_tokens": 1}, timeout=60).status_code == 200
+            long = {"messages": hi, "max_tokens": 3000, "ignore_eos": True, "stream": True}
+            with httpx.stream("POST", url, json=long, timeout=60), httpx.stream("POST", url, json=long, timeout=60):
+                deadline = time.monotonic() + 30
+                while metric(s, "glyph_rt_running_requests") != 1 or metric(s, "glyph_rt_queue_depth") != 1:
+                    assert time.monotonic() < deadline, "the two requests did not start"
+                    time.sleep(0.05)
+                lookups = metric(s, 'glyph_rt_document_cache_misses_total{kind="document"}')
+                doc = [{"role": "user", "content": [{"type": "glyph", "glyph": {"text": TEXT[:3000]}}]}]
+                r = httpx.post(url, json={"messages": doc, "max_tokens": 1}, timeout=60)
+                assert r.status_code == 429 and r.headers["Retry-After"].isdigit(), r.text
+                assert metric(s, 'glyph_rt_document_cache_misses_total{kind="document"}') == lookups
     finally:
         svc.shutdown()
 

@@ -178,6 +178,29 @@ def test_cancel_and_timeout(gm):
         e.shutdown()
 
 
+def test_requests_being_prepared_hold_their_place_in_the_queue(gm):
+    """Engine.reserve: a place for a request about to be rendered, counted against max_queue with those waiting;
+    submit(slot=) takes it, release() gives it back (once)."""
+    e = Engine(gm, max_batch=1, max_queue=2)  # not started: nothing leaves the queue
+    p = prompt(gm, e, CONTEXTS[1], QUESTIONS[1], cache=False)
+    a, b = e.reserve(), e.reserve()
+    with pytest.raises(QueueFull, match=r"2 requests waiting or being prepared"):
+        e.reserve()
+    with pytest.raises(QueueFull):  # without a place of its own: the two being prepared fill the queue
+        e.submit(p, SamplingParams(max_tokens=4), lambda ev: None)
+    e.submit(p, SamplingParams(max_tokens=4), lambda ev: None, slot=a)
+    assert (e.preparing, len(e.waiting), a.held) == (1, 1, False)
+    a.release()  # taken: a no-op
+    b.release()
+    b.release()
+    assert e.preparing == 0
+    c = e.reserve()
+    with pytest.raises(QueueFull):
+        e.reserve()
+    c.release()
+    assert e.preparing == 0
+
+
 def test_long_outputs_detokenize_incrementally_to_the_full_decode(gm, engine):
     p = prompt(gm, engine, CONTEXTS[2], QUESTIONS[2])
     out = engine.complete(p, SamplingParams(max_tokens=300, temperature=1.0, seed=3, ignore_eos=True))

@@ -55,8 +55,23 @@ class QueueFull(Exception):
     """The waiting queue is at its limit; retry after `retry_after` seconds."""
 
     def __init__(self, depth: int, retry_after: int = 1):
-        super().__init__(f"the server's queue is full ({depth} requests waiting); retry in {retry_after} s")
+        super().__init__(f"the server's queue is full ({depth} requests waiting or being prepared); retry in "
+                         f"{retry_after} s")
         self.depth, self.retry_after = depth, retry_after
+
+
+class Slot:
+    """A place in the engine's queue held for a request while it is prepared (Engine.reserve): it counts against
+    max_queue until the request is queued with it (Engine.submit) or it is released; release() is a no-op then."""
+
+    def __init__(self, engine: "Engine"):
+        self._engine, self.held = engine, True
+
+    def release(self) -> None:
+        with self._engine._cv:
+            if self.held:
+                self.held = False
+                self._engine.preparing -= 1
 
 
 MAX_TOP_LOGPROBS = 20  # as OpenAI's API
@@ -279,6 +294,7 @@ class Engine:
         self._cache_kw = cache_kwarg(self.model)
         self.token_text = TokenText(gm.tokenizer)  # logprobs' token texts and bytes
         self.waiting: deque[Request] = deque()
+        self.preparing = 0  # Slots held: requests being prepared, counted against max_queue with the waiting
         self.running: list[Request] = []
         self._batch: GlyphCache | None = None
         self._batch_rows: list[Request] = []
@@ -324,7 +340,23 @@ class Engine:
                 f"context of {self.max_positions}; lower max_tokens, shorten the text, or render denser pages "
                 "(a smaller font_size or dpi)", "messages", 400, "context_length_exceeded")
 
-    def submit(self, prompt: Prompt, params: SamplingParams, on_event, timeout: float | None = None) -> Request:
+    def _queue_full(self, depth: int) -> QueueFull:
+        return QueueFull(depth, retry_after=max(1, depth // max(1, self.max_batch)))
+
+    def reserve(self) -> Slot:
+        """A place in the queue for a request about to be prepared (rendered), or QueueFull at once: a server
+        checks for room before the render, not after it."""
+        with self._cv:
+            depth = len(self.waiting) + self.preparing
+            if depth >= self.max_queue:
+                raise self._queue_full(depth)
+            self.preparing += 1
+        return Slot(self)
+
+    def submit(self, prompt: Prompt, params: SamplingParams, on_event, timeout: float | None = None,
+               slot: Slot | None = None) -> Request:
+        """Queues the request (QueueFull when there is no room: in `slot`, when given, a place reserve() held for
+        it, which it then takes)."""
         params.validate()
         self.check(prompt, params)
         for s in prompt.segments:  # a prompt served before: its pages' embeddings were let go after its prefill
@@ -338,9 +370,14 @@ class Engine:
                       logprobs=[] if params.logprobs else None)
         req.deadline = req.arrival + (timeout or self.timeout)
         with self._cv:
-            if len(self.waiting) >= self.max_queue or (
+            held = slot is not None and slot.held
+            others = len(self.waiting) + self.preparing - held
+            if others >= self.max_queue or (
                     self.waiting and self.queued_bytes + req.pixel_bytes > self.max_queue_bytes):
-                raise QueueFull(len(self.waiting), retry_after=max(1, len(self.waiting) // max(1, self.max_batch)))
+                raise self._queue_full(others)
+            if held:
+                slot.held = False
+                self.preparing -= 1
             self.queued_bytes += req.pixel_bytes
             self.waiting.append(req)
             self.metrics.queue_depth.set(len(self.waiting))

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.reduction import ForkingPickler
 
-from .engine import QueueFull
+from .engine import QueueFull, Slot
 from .inputs import RequestError
 from .protocol import ChatCompletionRequest
 from .service import ChatService, ServeConfig, parse_for
@@ -99,9 +99,14 @@ class _EngineSide:
                     break
                 kind = msg[0]
                 if kind == "submit":
+                    try:  # refused at once when the queue has no room, before the request is rendered
+                        slot = self.service.engine.reserve()
+                    except QueueFull as e:
+                        self._reply_error(msg[1], e)
+                        continue
                     with self._cv:
                         self.requests[msg[1]] = None
-                    self.pool.submit(self._start, msg[1], msg[2])
+                    self.pool.submit(self._start, msg[1], msg[2], slot)
                 elif kind == "cancel":
                     self._cancel(msg[1])
                 elif kind == "metrics":
@@ -118,8 +123,15 @@ class _EngineSide:
             self.conn.close()
         return engine_ok
 
-    def _start(self, rid: int, req: ChatCompletionRequest) -> None:
-        """On a worker thread: renders and tokenizes, then queues it on the engine."""
+    def _start(self, rid: int, req: ChatCompletionRequest, slot: Slot) -> None:
+        """On a worker thread: renders and tokenizes, then queues it on the engine in the place `slot` holds (let
+        go on every other way out)."""
+        try:
+            self._prepare_and_queue(rid, req, slot)
+        finally:
+            slot.release()
+
+    def _prepare_and_queue(self, rid: int, req: ChatCompletionRequest, slot: Slot) -> None:
         try:
             prompt, params = self.service.prepare(req)
         except RequestError as e:
@@ -155,7 +167,7 @@ class _EngineSide:
                 self.requests.pop(rid, None)
                 return
             try:
-                self.requests[rid] = self.service.engine.submit(prompt, params, on_event)
+                self.requests[rid] = self.service.engine.submit(prompt, params, on_event, slot=slot)
             except (QueueFull, RequestError) as e:
                 self.requests.pop(rid, None)
                 self._out.append(("event", rid, _wire_error(e)))

@@ -151,11 +151,20 @@ class ChatService:
 
     async def submit(self, req: ChatCompletionRequest, events: asyncio.Queue) -> Request:
         """Prepares `req` on a worker thread and queues it; its events then arrive in `events` (no deltas unless it
-        streams)."""
+        streams). QueueFull at once, before the render, when the queue has no room for it."""
         if not self.engine.alive:
             raise RequestError("the engine has stopped (the server's log says why); restart the server", None, 503)
+        slot = self.engine.reserve()
         loop = asyncio.get_running_loop()
-        prompt, params = await loop.run_in_executor(None, self.prepare, req)
+        work = loop.run_in_executor(None, self.prepare, req)
+        try:
+            prompt, params = await asyncio.shield(work)
+        except asyncio.CancelledError:  # the client left: the render goes on, holding its place until it ends
+            work.add_done_callback(lambda _: slot.release())
+            raise
+        except BaseException:
+            slot.release()
+            raise
         if self._mailbox is None or self._mailbox.loop is not loop:
             self._mailbox = LoopMailbox(loop)
         mailbox, stream = self._mailbox, req.stream
@@ -164,7 +173,10 @@ class ChatService:
             if stream or ev["type"] != "delta":
                 mailbox.post(events, ev)
 
-        return self.engine.submit(prompt, params, on_event)
+        try:
+            return self.engine.submit(prompt, params, on_event, slot=slot)
+        finally:
+            slot.release()  # a no-op once it is queued
 
     def cancel(self, r: Request) -> None:
         self.engine.cancel(r)
