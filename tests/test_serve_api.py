@@ -405,6 +405,29 @@ def test_queue_full_is_429_with_retry_after(gm, ckpt, kind):
         svc.shutdown()
 
 
+def test_a_request_past_its_timeout_is_a_504_the_sdk_does_not_retry(gm):
+    """A request whose compute runs past --timeout: 504, type "timeout" and x-should-retry: false, so the official
+    client (with its default 2 retries) runs it once; streamed, its error event says the same."""
+    b = service(gm, timeout=1)
+    try:
+        with ServerThread(build_app(b)) as s:
+            c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", timeout=60)  # the SDK's default retries
+            kw = dict(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4000,
+                      extra_body={"ignore_eos": True})
+            with pytest.raises(openai.InternalServerError) as e:
+                c.chat.completions.create(**kw)
+            assert e.value.status_code == 504 and e.value.response.headers["x-should-retry"] == "false"
+            assert e.value.body["type"] == e.value.body["code"] == "timeout"
+            assert "longer than its timeout of 1 s" in e.value.body["message"]
+            assert metric(s, 'glyph_rt_requests_total{outcome="timeout"}') == 1
+            with pytest.raises(openai.APIError) as e:
+                list(c.chat.completions.create(**kw, stream=True))
+            assert e.value.body["type"] == e.value.body["code"] == "timeout"
+            assert metric(s, 'glyph_rt_requests_total{outcome="timeout"}') == 2
+    finally:
+        b.shutdown()
+
+
 def test_render_overrides_are_refused_past_40_megapixels_a_page(server, client):
     """dpi and page_size within their ranges may still make a page of 100 Mpx: refused (400) before any render,
     naming both and the limit an image has too, as the request's field and as a glyph part's."""

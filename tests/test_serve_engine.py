@@ -172,8 +172,32 @@ def test_cancel_and_timeout(gm):
         done.clear()
         r = e.submit(prompt(gm, e, CONTEXTS[1], QUESTIONS[1]), SamplingParams(max_tokens=3000, ignore_eos=True), on,
                      timeout=0.3)
-        assert done.wait(30) and events[-1]["type"] == "error" and events[-1]["error"].status == 408
+        assert done.wait(30) and events[-1]["type"] == "error"
+        err = events[-1]["error"]  # its compute ran past the timeout: 504, which a retry would only repeat
+        assert (err.status, err.code) == (504, "timeout")
         assert not e.running and not e.waiting
+    finally:
+        e.shutdown()
+
+
+def test_a_request_that_times_out_in_the_queue_is_a_408(gm):
+    """One that never started (the batch full) is told the server was busy: 408, which clients may retry."""
+    e = Engine(gm, max_batch=1).start()
+    try:
+        got = {}
+
+        def on(name):
+            return lambda ev: got.setdefault(name, ev) if ev["type"] in ("done", "error") else None
+
+        first = e.submit(prompt(gm, e, CONTEXTS[1], QUESTIONS[1]), SamplingParams(max_tokens=3000, ignore_eos=True),
+                         on("first"))
+        e.submit(prompt(gm, e, CONTEXTS[2], QUESTIONS[2]), SamplingParams(max_tokens=3), on("late"), timeout=0.3)
+        deadline = time.monotonic() + 30
+        while "late" not in got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        err = got["late"]["error"]
+        assert (err.status, err.code) == (408, "queue_timeout") and "waited in the queue" in str(err)
+        e.cancel(first)
     finally:
         e.shutdown()
 

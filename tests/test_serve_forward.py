@@ -173,15 +173,19 @@ def fake_replicas(hits: collections.Counter):
     """Replicas without a model, one per path, each request counted in `hits` by path: /ok/v1 answers "hello"
     (finish_reason "length", with logprobs; streamed in two pieces), /errstream/v1 fails as glyph_rt's server
     fails a request the engine dropped (a stream: the role chunk, then a 503 error event), /errlater/v1 streams
-    text and then a 500 error event, /down/v1 answers 503, /busy/v1 429 with Retry-After: 30, /late/v1 408,
-    /slow/v1 answers after a second. Replies that are not the protocol's, each with status 200: /badjson/v1 a body
-    (or a stream event) that is not JSON, /html/v1 a proxy's HTML page, /nochoices/v1 no choices (a stream of
-    none but [DONE]), /badlater/v1 streams text, then an event that is not JSON."""
+    text and then a 500 error event, /down/v1 answers 503, /busy/v1 429 with Retry-After: 30, /late/v1 408 (timed
+    out in the queue), /overtime/v1 glyph_rt's 504 for a request whose compute ran past the server's timeout (a
+    stream: the role chunk, then its error event), /slow/v1 answers after a second. Replies that are not the
+    protocol's, each with status 200: /badjson/v1 a body (or a stream event) that is not JSON, /html/v1 a proxy's
+    HTML page, /nochoices/v1 no choices (a stream of none but [DONE]), /badlater/v1 streams text, then an event
+    that is not JSON."""
     import json
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+    from glyph_rt.serve.app import _error
+    from glyph_rt.serve.inputs import RequestError
     from glyph_rt.serve.protocol import error
 
     app = FastAPI()
@@ -219,8 +223,14 @@ def fake_replicas(hits: collections.Counter):
             return JSONResponse(error("the queue is full", 429, None, "queue_full"), status_code=429,
                                 headers={"Retry-After": "30"})
         if kind == "late":
-            return JSONResponse(error("the request took longer than its timeout", 408, None, "timeout"),
+            return JSONResponse(error("the request waited in the queue past its timeout", 408, None, "queue_timeout"),
                                 status_code=408)
+        if kind == "overtime":
+            late = RequestError("the request took longer than its timeout of 600 s", None, 504, "timeout")
+            if stream:
+                return sse(chunk({"role": "assistant", "content": ""}),
+                           "data: " + json.dumps(error(str(late), 504, None, "timeout")) + "\n\n", "data: [DONE]\n\n")
+            return _error(late)
         if kind == "slow":
             await asyncio.sleep(1.0)
             return reply
@@ -373,6 +383,24 @@ def test_a_busy_replica_hands_the_request_on(fake):
     with pytest.raises(openai.RateLimitError):
         asyncio.run(fwd.achat("doc", "q"))
     assert fwd.sent == [1, 1] and fwd.in_flight == [0, 0]
+
+
+def test_a_request_past_the_servers_timeout_is_its_own_outcome(fake):
+    """glyph_rt's 504 (the request's compute ran past --timeout, x-should-retry: false), or its error event in a
+    stream: raised at once, not tried on another replica nor again, and the replica is not backed off."""
+    urls, hits = fake
+
+    async def streamed(fwd):
+        return [t async for t in fwd.achat_stream("doc", "q")]
+
+    for call in (lambda fwd: fwd.chat("doc", "q"), lambda fwd: list(fwd.chat_stream("doc", "q")),
+                 lambda fwd: asyncio.run(fwd.achat("doc", "q")), lambda fwd: asyncio.run(streamed(fwd))):
+        hits.clear()
+        fwd = ForwardingBackend(urls("overtime", "ok"), model="m", render_config=CFG, max_retries=2)
+        with pytest.raises(openai.APIError, match="longer than its timeout") as e:
+            call(fwd)
+        assert e.value.body["type"] == "timeout" and hits == {"overtime": 1}
+        assert fwd._down_until == [0.0, 0.0] and fwd.in_flight == [0, 0]
 
 
 def test_a_cancelled_or_interrupted_request_leaves_nothing_in_flight(fake, monkeypatch):

@@ -5,8 +5,8 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Errors are OpenAI error objects with the status a client expects (400 bad field or too long, 401 key,
-404 model, 413 body or image too large, 429 queue full with Retry-After, 408 timeout). Request bodies
-are never logged.
+404 model, 413 body or image too large, 429 queue full with Retry-After, 408 timed out in the queue, 504 ran past
+the timeout, with x-should-retry: false). Request bodies are never logged.
 """
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ class _JSON(JSONResponse):
 
 
 def _error(e: RequestError) -> JSONResponse:
-    return _JSON(error(str(e), e.status, e.param, e.code), status_code=e.status)
+    # a request that ran past its timeout would only run as long again: the openai SDK retries a 5xx unless told
+    headers = {"x-should-retry": "false"} if e.status == 504 else None
+    return _JSON(error(str(e), e.status, e.param, e.code), status_code=e.status, headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -482,13 +482,18 @@ class Engine:
             for r in gone:
                 self.waiting.remove(r)
             self.metrics.queue_depth.set(len(self.waiting))
-        gone += [r for r in self.running + self._prefilling if r.stopped or now > r.deadline]
         for r in gone:
             if r.stopped:
                 self._finish(r, "cancelled")
-            else:
+            else:  # it waited its whole timeout in the queue: the server is busy, another try may be served
+                self._fail(r, RequestError(f"the request waited in the queue past its timeout of "
+                                           f"{r.deadline - r.arrival:.0f} s", None, 408, "queue_timeout"))
+        for r in [r for r in self.running + self._prefilling if r.stopped or now > r.deadline]:
+            if r.stopped:
+                self._finish(r, "cancelled")
+            else:  # its compute ran past the timeout: the request's own outcome, which a retry would repeat
                 self._fail(r, RequestError(f"the request took longer than its timeout of "
-                                           f"{r.deadline - r.arrival:.0f} s", None, 408, "timeout"))
+                                           f"{r.deadline - r.arrival:.0f} s", None, 504, "timeout"))
 
     # ------------------------------------------------------------------ prefill
     def _positions(self, ids: torch.Tensor, grids: torch.Tensor | None) -> tuple[torch.Tensor, int]:

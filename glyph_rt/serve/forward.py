@@ -10,7 +10,9 @@ A request that meets a connection error, a timeout or a 5xx (an HTTP status, or 
 goes on to another replica, and the replica that failed is passed over for a backoff (`backoff` seconds,
 doubling up to `max_backoff` each time it fails again after one, cleared by an answer). A 429 (queue full) or
 a 408 (timed out waiting) also goes on to another replica; that one is passed over for its Retry-After (else
-`backoff`) seconds, not counted as a failure. A 200 reply that is not the protocol's (a body that is not JSON, an
+`backoff`) seconds, not counted as a failure. A reply that says not to retry (the header x-should-retry: false, or
+an error of type "timeout": a glyph_rt server's 504, the request's compute past its --timeout) is the request's own
+outcome: raised, not tried elsewhere. A 200 reply that is not the protocol's (a body that is not JSON, an
 HTML page from a proxy, no choices, a stream with a bad event or that ends before its first chunk) is a failure
 too: BadReplyError, naming the replica. A stream goes on only before its first text reaches the caller; it is an
 answer once a chunk gives its finish_reason, or it ends after at least one chunk.
@@ -307,8 +309,11 @@ class ForwardingBackend:
 
 # an error event's type, for servers that name no status in it (glyph_rt's: protocol.ERROR_TYPES, not imported
 # here to keep this client free of the engine's imports; vLLM's events give the status as the code)
-EVENT_STATUS = {"internal_error": 500, "InternalServerError": 500, "service_unavailable": 503,
-                "rate_limit_error": 429, "timeout_error": 408}
+EVENT_STATUS = {"server_error": 500, "internal_error": 500, "InternalServerError": 500, "service_unavailable": 503,
+                "rate_limit_error": 429, "timeout_error": 408, "timeout": 504}
+# the error type of a request that ran past the server's timeout once started (glyph_rt's 504): running it again,
+# here or on another replica, would take as long
+OWN_TIMEOUT = "timeout"
 
 
 def _completion(reply, url: str):
@@ -362,13 +367,18 @@ def _outcome(e: Exception) -> tuple[str, float | None]:
     FAILED: no connection, a timeout, a connection cut mid-stream, a 5xx (an HTTP status, or an error event
     in a stream: the SDK's plain APIError), or a reply that is not the protocol's (BadReplyError); BUSY: a 429
     (queue full) or 408 (timed out waiting), which another replica may take now; ANSWERED: anything else, the
-    request's own fault."""
+    request's own fault or outcome, a reply that says not to retry it among them (x-should-retry: false, or an
+    error of type OWN_TIMEOUT: it ran past the server's timeout)."""
     import httpx
     import openai
 
     if isinstance(e, (openai.APIConnectionError, httpx.TransportError, BadReplyError)):
         return FAILED, None
+    if isinstance(e, openai.APIError) and isinstance(e.body, dict) and e.body.get("type") == OWN_TIMEOUT:
+        return ANSWERED, None
     if isinstance(e, openai.APIStatusError):
+        if e.response.headers.get("x-should-retry") == "false":
+            return ANSWERED, None
         status, after = e.status_code, _seconds(e.response.headers.get("retry-after"))
     elif type(e) is openai.APIError:  # an error event in a stream (its body: the event's "error" object)
         status, after = _event_status(e.body), None

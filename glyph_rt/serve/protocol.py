@@ -227,7 +227,7 @@ def _without(d: dict, key: str) -> dict:
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                408: "timeout_error", 413: "invalid_request_error", 429: "rate_limit_error", 500: "internal_error",
-               503: "service_unavailable"}
+               503: "service_unavailable", 504: "timeout"}
 
 
 def error(message: str, status: int, param: str | None = None, code: str | None = None) -> dict:
