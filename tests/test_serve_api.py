@@ -447,6 +447,24 @@ def test_render_overrides_are_refused_past_40_megapixels_a_page(server, client):
                                           extra_body=ok).glyph["pages"] >= 1
 
 
+def test_openai_fields_sent_as_null_or_that_change_nothing_are_taken(server, client):
+    """The openai SDK sends a None as null: tools, tool_choice, logit_bias, metadata, store, parallel_tool_calls and
+    service_tier are taken null and when they change nothing; a tool or a logit bias is a 400 naming the field."""
+    msgs = [{"role": "user", "content": "hi"}]
+    for kw in (dict(tools=None), dict(tool_choice=None), dict(logit_bias=None), dict(metadata=None), dict(store=None),
+               dict(parallel_tool_calls=None), dict(service_tier=None), dict(user=None),
+               dict(tools=[], tool_choice="none", logit_bias={}, parallel_tool_calls=False, store=True,
+                    metadata={"run": "a"}, service_tier="auto")):
+        assert client.chat.completions.create(model="tiny", messages=msgs, max_tokens=1, **kw).choices, kw
+    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    for kw, param in ((dict(tools=[tool]), "tools"), (dict(tool_choice="auto"), "tool_choice"),
+                      (dict(tool_choice={"type": "function", "function": {"name": "f"}}), "tool_choice"),
+                      (dict(logit_bias={"1": 5}), "logit_bias")):
+        with pytest.raises(openai.BadRequestError, match="not supported") as e:
+            client.chat.completions.create(model="tiny", messages=msgs, max_tokens=1, **kw)
+        assert e.value.body["param"] == param
+
+
 def test_disconnected_client_is_cancelled(server):
     before = metric(server, 'glyph_rt_requests_total{outcome="cancelled"}')
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3000, "ignore_eos": True, "stream": True}

@@ -69,11 +69,41 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
+    # OpenAI's fields that are taken when they change nothing here (the openai SDK sends a None as null): no tools
+    # and no logit bias; store, metadata and service_tier are ignored
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    logit_bias: dict[str, Any] | None = None
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
+    service_tier: str | None = None
     # vLLM's extra sampling parameters
     repetition_penalty: float | None = Field(default=None, gt=0, le=2)
-    ignore_eos: bool = False
+    ignore_eos: bool | None = False
     # glyph_rt's rendering options
     glyph: GlyphOptions | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, v):
+        if v:
+            raise ValueError("tool calling is not supported here; send null or [] (or leave it out)")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_tool_choice(cls, v):
+        if v not in (None, "none"):
+            raise ValueError(f"{v!r}: tool calling is not supported here; send null or \"none\" (or leave it out)")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, v):
+        if v:
+            raise ValueError("a logit bias is not supported here; send null or {} (or leave it out)")
+        return v
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         if self.stream_options is not None and not self.stream:
@@ -90,7 +120,7 @@ class ChatCompletionRequest(BaseModel):
             top_p=1.0 if self.top_p is None else self.top_p, stop=stop, seed=self.seed,
             repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
-            ignore_eos=self.ignore_eos, logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0,
+            ignore_eos=bool(self.ignore_eos), logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0,
             n=self.n or 1).validate()
 
 
