@@ -103,7 +103,7 @@ def test_openai_sdk_messages_and_stream_options_are_taken_as_they_are(server, cl
                                                                  "include_obfuscation": False}))
     assert chunks[-1].usage.completion_tokens >= 1
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    with pytest.raises(openai.BadRequestError, match=r"messages\.1\.tool_calls: not supported"):
+    with pytest.raises(openai.BadRequestError, match=r"messages\[1\]\.tool_calls: not supported"):
         client.chat.completions.create(model="tiny", max_tokens=3, messages=msgs + [
             {"role": "assistant", "content": None, "tool_calls": [call]}])
 
@@ -463,6 +463,55 @@ def test_openai_fields_sent_as_null_or_that_change_nothing_are_taken(server, cli
         with pytest.raises(openai.BadRequestError, match="not supported") as e:
             client.chat.completions.create(model="tiny", messages=msgs, max_tokens=1, **kw)
         assert e.value.body["param"] == param
+
+
+def test_error_params_name_fields_as_openai_does(server):
+    """One path style (messages[0].content), no pydantic union members in it; a key that is not valid Unicode is
+    an unknown field with its own param."""
+    url, headers = server.url + "/v1/chat/completions", {"Authorization": f"Bearer {KEY}"}
+    hi = [{"role": "user", "content": "hi"}]
+    cases = [({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "must be a string or a list"),
+             ({"messages": [{"role": "user", "content": ["hi"]}]}, "messages[0].content[0]", "valid dictionary"),
+             ({"messages": [{"role": "bob", "content": "hi"}]}, "messages[0].role", "Input should be"),
+             ({"messages": hi, "stop": 5}, "stop", "must be a string or a list, got an integer"),
+             ({"messages": hi, "stop": [5]}, "stop[0]", "valid string"),
+             ({"messages": [{"role": "user", "content": [{"type": "glyph", "glyph": {}}]}]},
+              "messages[0].content[0].glyph.text", "empty")]
+    for body, param, words in cases:
+        r = httpx.post(url, json=body, headers=headers, timeout=60)
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["param"] == param and words in err["message"], r.text
+        assert err["message"].startswith(param + ": ")
+    raw = r'{"messages":[{"role":"user","content":"hi"}],"\ud800":1}'
+    r = httpx.post(url, content=raw, headers={**headers, "Content-Type": "application/json"}, timeout=60)
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "\ud800" and "unknown field" in err["message"], r.text
+
+
+def test_stream_chunks_carry_usage_null_with_include_usage(server):
+    url, headers = server.url + "/v1/chat/completions", {"Authorization": f"Bearer {KEY}"}
+    for n in (1, 2):
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "n": n, "stream": True}
+        for include in (True, False):
+            r = httpx.post(url, json={**body, "stream_options": {"include_usage": include}}, headers=headers,
+                           timeout=60)
+            chunks = [json.loads(line[6:]) for line in r.text.split("\n") if line.startswith("data: {")]
+            if include:
+                assert all(c["usage"] is None for c in chunks[:-1]) and chunks[-1]["usage"]["completion_tokens"]
+                assert chunks[-1]["choices"] == [] and all(c["choices"] for c in chunks[:-1])
+            else:
+                assert all("usage" not in c for c in chunks)
+
+
+def test_an_unexpected_failure_is_a_500_of_type_server_error():
+    class Broken(ErrorBackend):
+        def parse(self, body):
+            raise RuntimeError("boom")
+
+    with ServerThread(build_app(Broken("x"))) as s:
+        r = httpx.post(s.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]},
+                       timeout=30)
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
 
 
 def test_disconnected_client_is_cancelled(server):

@@ -139,9 +139,12 @@ def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 2
         def sse(obj) -> str:
             return f"data: {json_text(obj)}\n\n"
 
+        def piece(delta: dict, finish_reason: str | None = None, **kw) -> str:
+            return sse(chunk(rid, model, created, delta, finish_reason, include_usage=include_usage, **kw))
+
         try:
             for i in range(n):
-                yield sse(chunk(rid, model, created, {"role": "assistant", "content": ""}, index=i))
+                yield piece({"role": "assistant", "content": ""}, index=i)
             while True:
                 try:
                     ev = events.get_nowait() if not events.empty() else await asyncio.wait_for(events.get(), 0.25)
@@ -160,20 +163,20 @@ def build_app(backend, api_key: str | None = None, max_body_bytes: int = 64 << 2
                     ev = events.get_nowait() if not events.empty() else None
                 for i, (text, logprobs) in queued.items():
                     if any(text) or logprobs:
-                        yield sse(chunk(rid, model, created, {"content": "".join(text)}, logprobs=logprobs, index=i))
+                        yield piece({"content": "".join(text)}, logprobs=logprobs, index=i)
                 if ev is None:
                     continue
                 if ev["type"] == "finish":  # one choice of several
-                    yield sse(chunk(rid, model, created, {}, ev["finish_reason"], index=ev["index"]))
+                    yield piece({}, ev["finish_reason"], index=ev["index"])
                 elif ev["type"] == "error":
                     e = ev["error"]
                     yield sse(error(str(e), e.status, e.param, e.code))
                     break
                 else:
                     if n == 1:
-                        yield sse(chunk(rid, model, created, {}, r.finish_reason))
+                        yield piece({}, r.finish_reason)
                     if include_usage:
-                        yield sse(chunk(rid, model, created, {}, usage=r.usage()))
+                        yield piece({}, usage=r.usage())
                     break
             yield "data: [DONE]\n\n"
         finally:

@@ -131,14 +131,61 @@ def parse_request(body: dict) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(body)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field; remove it"
-        elif err["type"] == "value_error":
-            msg = str(err["ctx"]["error"])
-        raise RequestError(f"{loc}: {msg}", loc) from None
+        errors = e.errors()
+    err, loc = errors[0], errors[0]["loc"]
+    path = field_path(loc)
+    msg = err["msg"]
+    tag = next((i for i, x in enumerate(loc) if _union_tag(x)), None)
+    if err["type"] == "extra_forbidden":
+        parent = field_path(loc[:-1])  # the key as the client wrote it, even one that reads like a union's member
+        path = f"{parent}.{loc[-1]}" if parent else str(loc[-1])
+        msg = "unknown field; remove it"
+    elif err["type"] == "string_unicode":  # a key that is not valid Unicode (a lone surrogate): no field's name
+        key = err["input"]
+        raise RequestError(f"{path or 'the request body'}: unknown field {key!r} (not valid Unicode: a lone "
+                           "surrogate); remove it", f"{path}.{key}" if path else key) from None
+    elif tag is not None:  # a union's members each failed: the one the value's JSON type went into, else all
+        branch = [x for x in errors if x["loc"][:tag] == loc[:tag] and len(x["loc"]) > tag]
+        deeper = [x for x in branch if len(x["loc"]) > tag + 1]
+        if deeper:
+            err = deeper[0]
+            path, msg = field_path(err["loc"]), _message(err)
+        else:
+            kinds = dict.fromkeys(_JSON_KIND.get(x["loc"][tag].split("[")[0], x["loc"][tag]) for x in branch)
+            msg = f"must be {' or '.join(kinds)}, got {_json_kind(err['input'])}"
+    else:
+        msg = _message(err)
+    raise RequestError(f"{path}: {msg}", path) from None
+
+
+_JSON_KIND = {"str": "a string", "list": "a list", "dict": "an object", "int": "an integer", "float": "a number",
+              "bool": "a boolean"}
+
+
+def _json_kind(value) -> str:
+    if value is None:
+        return "null"
+    return _JSON_KIND.get(type(value).__name__, type(value).__name__)
+
+
+def _union_tag(x) -> bool:
+    """Whether a pydantic error location's element names a union's member (str, list[str], ...), not a field."""
+    return isinstance(x, str) and (x in _JSON_KIND or "[" in x)
+
+
+def _message(err: dict) -> str:
+    return str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+
+
+def field_path(loc) -> str:
+    """A pydantic error location as OpenAI names a field: messages[0].content, union members left out."""
+    out = ""
+    for x in loc:
+        if isinstance(x, int):
+            out += f"[{x}]"
+        elif not _union_tag(x):
+            out += f".{x}" if out else str(x)
+    return out
 
 
 def completion_id() -> str:
@@ -239,7 +286,10 @@ def response(rid: str, model: str, results: list[dict], usage: dict, glyph: dict
 
 
 def chunk(rid: str, model: str, created: int, delta: dict, finish_reason: str | None = None,
-          usage: dict | None = None, logprobs: list[dict] | None = None, index: int = 0) -> dict:
+          usage: dict | None = None, logprobs: list[dict] | None = None, index: int = 0,
+          include_usage: bool = False) -> dict:
+    """A stream chunk: a choice's delta, or (usage given) the usage chunk; with include_usage, the others carry
+    "usage": null, as OpenAI's do."""
     lp = None if logprobs is None else ChoiceLogprobs(content=logprobs)
     choices = [] if usage is not None else [StreamChoice(index=index, delta=DeltaMessage(**delta), logprobs=lp,
                                                          finish_reason=finish_reason)]
@@ -247,7 +297,7 @@ def chunk(rid: str, model: str, created: int, delta: dict, finish_reason: str | 
                                        usage=None if usage is None else UsageInfo(**usage)).model_dump()
     for c in out["choices"]:  # a delta names only what it carries
         c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
-    return out if usage is not None else _without(out, "usage")
+    return out if usage is not None or include_usage else _without(out, "usage")
 
 
 def _without(d: dict, key: str) -> dict:
@@ -256,7 +306,7 @@ def _without(d: dict, key: str) -> dict:
 
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               408: "timeout_error", 413: "invalid_request_error", 429: "rate_limit_error", 500: "internal_error",
+               408: "timeout_error", 413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
                503: "service_unavailable", 504: "timeout"}
 
 
