@@ -1,15 +1,19 @@
 """Fidelity of glyph_rt against Glyph's own pipeline (reportlab -> PDF -> pdftoppm).
 
-Renders long English prose with Glyph's English config (GLYPH_CONFIG_EN) and the same font file
-through both, and compares: page count, page pixel sizes, line breaks (the words of every line),
-visual tokens (GLM-4.1V), and, for information, the mean absolute pixel difference of page 1.
+Renders long prose (English by default, any --text) with Glyph's English config (GLYPH_CONFIG_EN) and the
+same font file through both, and compares: page count, page pixel sizes, line breaks (the words of every line;
+the characters of every line, spaces left out, for a text Glyph wraps the CJK way), visual tokens (GLM-4.1V),
+and, for information, the mean absolute pixel difference of page 1.
 
     python bench/fidelity.py                      # DejaVu Sans, 150K chars
     python bench/fidelity.py --font path/to/Verdana.ttf --chars 150000 --out DIR
     python bench/fidelity.py --styles 40 --chars 6000   # random styles of the paper's space
+    python bench/fidelity.py --font /usr/share/fonts/truetype/wqy/wqy-microhei.ttc --text zh.txt --chars 50000
 
-Writes fidelity-<font>.json (fidelity-dejavu.json for the default font), or fidelity-styles.json, to --out DIR
-(default bench/out/); --results also writes it to bench/results/.
+A font collection (.ttc) is read at its first face, as Glyph's reportlab TTFont reads it (reportlab reads
+TrueType outlines only: Noto Sans CJK's CFF collection is refused, WenQuanYi Micro Hei is read).
+Writes fidelity-<font>.json (fidelity-dejavu.json for the default font; fidelity-<font>-<text>.json with --text),
+or fidelity-styles.json, to --out DIR (default bench/out/); --results also writes it to bench/results/.
 
 Targets: same page sizes, same page count, >= 98% identical lines, visual tokens within 2%.
 """
@@ -38,18 +42,22 @@ SAMPLE = ROOT / "glyph_rt" / "data" / "sample.txt"
 TARGETS = {"identical_lines_pct": 98.0, "visual_tokens_rel_diff_pct": 2.0}
 
 
-def sample_text(chars: int) -> str:
-    """glyph_rt/data/sample.txt repeated until it reaches `chars` characters (cut there)."""
-    base = SAMPLE.read_text(encoding="utf-8")
+def sample_text(chars: int, path: str | Path = SAMPLE) -> str:
+    """A text file (glyph_rt/data/sample.txt by default) repeated until it reaches `chars` characters (cut there)."""
+    base = Path(path).read_text(encoding="utf-8")
     if not base.endswith("\n"):
         base += "\n"
     reps = chars // len(base) + 1
     return (base * reps)[:chars]
 
 
-def words_of(line: str) -> tuple[str, ...]:
-    """A line as its words: split on whitespace, no-break spaces included."""
-    return tuple(line.replace("\xa0", " ").split())
+def words_of(line: str, cjk: bool = False) -> tuple[str, ...]:
+    """A line as its words: split on whitespace, no-break spaces included. With `cjk` (reportlab's CJK wrap), its
+    characters but the spaces, as one word: the continuation of a paragraph split across pages is wrapped again
+    with a space added at each line end (Paragraph.split), which reportlab's lines then hold where the text has
+    none (the pixels compare where they are drawn)."""
+    words = tuple(line.replace("\xa0", " ").split())
+    return ("".join(words),) if cjk and words else words
 
 
 def keyed_lines(lines: list[tuple[str, ...]]) -> list[tuple[int, tuple[str, ...]]]:
@@ -93,9 +101,10 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[int, int]]
     return float(d.mean()), (w, h)
 
 
-def run(font: str, chars: int, text: str | None = None, verbose: bool = True) -> dict:
+def run(font: str, chars: int, text: str | None = None, verbose: bool = True, over: dict | None = None) -> dict:
+    """Both pipelines on `text` (default: the sample text, `chars` long) with GLYPH_CONFIG_EN, `font` and `over`."""
     text = text if text is not None else sample_text(chars)
-    gcfg = {**GLYPH_CONFIG_EN, "font-path": str(font)}
+    gcfg = {**GLYPH_CONFIG_EN, "font-path": str(font), **(over or {})}
 
     t0 = time.perf_counter()
     ref = official.render_official_full(text, gcfg, str(font))
@@ -107,9 +116,10 @@ def run(font: str, chars: int, text: str | None = None, verbose: bool = True) ->
 
     ref_sizes = [tuple(im.size) for im in ref.images]
     our_sizes = [tuple(s) for s in pages.sizes]
-    ref_lines = [words_of(ln.text) for ln in ref.lines]
+    cjk = bool(official._CJK.search(text))  # Glyph's CJK wrap
+    ref_lines = [words_of(ln.text, cjk) for ln in ref.lines]
     spans = pages.document.line_spans()
-    our_lines = [words_of(text[s:e]) for (_, s, e) in spans]
+    our_lines = [words_of(text[s:e], cjk) for (_, s, e) in spans]
     cmp = compare_lines(ref_lines, our_lines)
 
     # lines on the same page: of the matched lines, how many landed on the same page index
@@ -144,6 +154,7 @@ def run(font: str, chars: int, text: str | None = None, verbose: bool = True) ->
     res = {  # the font by its file name: results files hold no path of the machine that made them
         "font": Path(font).name,
         "characters": len(text),
+        "cjk_wrap": cjk,
         "config": {**gcfg, "font-path": Path(font).name},
         "pages": {"official": len(ref_sizes), "glyph_rt": len(our_sizes), "equal": len(ref_sizes) == len(our_sizes)},
         "page_sizes": {"official": [list(s) for s in ref_sizes], "glyph_rt": [list(s) for s in our_sizes],
@@ -267,7 +278,8 @@ def run_styles(n: int, chars: int, seed: int = 1, verbose: bool = True) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--font", default=str(DEFAULT_FONT), help="TTF file used by both renderers")
-    ap.add_argument("--chars", type=int, default=150000, help="text length (sample.txt repeated)")
+    ap.add_argument("--chars", type=int, default=150000, help="text length (the text repeated, cut there)")
+    ap.add_argument("--text", metavar="FILE", help="UTF-8 text to render (default: glyph_rt/data/sample.txt)")
     ap.add_argument("--styles", type=int, default=0, metavar="N",
                     help="compare N random styles of the paper's space (train.styles) instead")
     ap.add_argument("--seed", type=int, default=1, help="the styles' seed")
@@ -279,8 +291,11 @@ def main(argv=None) -> int:
     if args.styles:
         print(f"wrote {write_json(args, 'fidelity-styles.json', run_styles(args.styles, args.chars, args.seed))}")
         return 0
-    res = run(args.font, args.chars)
+    text = sample_text(args.chars, args.text) if args.text else None
+    res = run(args.font, args.chars, text=text)
     name = "dejavu" if Path(args.font) == DEFAULT_FONT else slug(Path(args.font).stem)
+    if args.text:
+        name += "-" + slug(Path(args.text).stem)
     print(f"wrote {write_json(args, f'fidelity-{name}.json', res)}")
     return 0
 

@@ -338,3 +338,124 @@ def test_a_part_ending_a_page_after_a_break_ends_on_its_last_line():
     line = "sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore magna aliqua " \
            "lorem ipsum dolor sit"
     assert_official_pixels("\n".join([line] * 100), {"alignment": "JUSTIFY"})
+
+
+# ------------------------------------------------------------------ Chinese prose (Glyph's CJK wrap)
+ZH_TEXT = (  # natural Chinese prose: CJK punctuation, digits, Latin words, an ideographic space, empty lines
+    "第一章　缘起\n"
+    "\n"
+    "天下大势，分久必合，合久必分。周末七国分争，并入于秦；及秦灭之后，楚、汉分争，又并入于汉。汉朝自"
+    "高祖斩白蛇而起义，一统天下，后来光武中兴，传至献帝，遂分为三国。推其致乱之由，殆始于桓、灵二帝。\n"
+    "\n"
+    "学而时习之，不亦说乎？有朋自远方来，不亦乐乎？人不知而不愠，不亦君子乎？《论语》开篇这三句话，流"
+    "传了两千多年，至今仍被人们反复引用。孔子说：“温故而知新，可以为师矣。”又说：“学而不思则罔，思"
+    "而不学则殆。”\n"
+    "\n"
+    "2023年，研究团队发布了一个名为Glyph的框架，它把长文本渲染成图像，再交给视觉语言模型（V"
+    "LM）去读。实验表明，在LongBench和MRCR等基准上，压缩比可以达到3到4倍，而准确率与"
+    "Qwen3-8B等同规模的纯文本模型相当。\n"
+    "\n"
+    "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少？——这首孟浩然的《春晓》，几乎每个中国孩子都会背"
+    "诵。\n"
+    "\n"
+    "「你今天去哪儿了？」她问。\n"
+    "「我去了图书馆，借了三本书：一本小说、一本历史、一本关于Python编程的教材。」\n"
+    "「真的吗？那太好了！」\n"
+    "\n"
+    "北京时间3月15日上午10点，第12届国际会议在上海开幕，来自45个国家和地区的1,200余名代"
+    "表参加了会议。会议主题为“人工智能与可持续发展”，议程包括主旨演讲、分组讨论、圆桌对话等环节……\n"
+    "\n"
+    "关关雎鸠，在河之洲。窈窕淑女，君子好逑。参差荇菜，左右流之。窈窕淑女，寤寐求之。求之不得，寤寐思"
+    "服。悠哉悠哉，辗转反侧。\n"
+    "\n"
+    "道可道，非常道；名可名，非常名。无名天地之始，有名万物之母。故常无欲，以观其妙；常有欲，以观其徼"
+    "。此两者同出而异名，同谓之玄。玄之又玄，众妙之门。\n"
+    "\n"
+    "他说：“这个问题很复杂，需要从经济、社会、文化三个方面来分析。”然后他停顿了一下，又补充道：“当"
+    "然，technology也是一个不可忽视的因素。”\n"
+    "\n"
+    "在数学中，圆周率π约等于3.14159，它是圆的周长与直径之比。自然常数e约等于2.71828。"
+    "这两个数都是无理数，也是超越数。\n"
+    "\n"
+    "床前明月光，疑是地上霜。举头望明月，低头思故乡。\n"
+    "\n"
+    "子曰：“三人行，必有我师焉。择其善者而从之，其不善者而改之。”\n"
+    "\n"
+    "会议结束后，代表们参观了浦东新区、外滩和豫园；许多人表示，这次访问让他们对中国的发展有了更直观的"
+    "认识。一位来自德国的学者说：“Das ist sehr beeindruckend——这里的变化"
+    "真是太快了！”\n"
+)
+ZH_LONG_LINES = "\n".join(  # the same prose in source lines of ~800 characters, some with English words
+    "".join(p + ("The quick brown fox jumps over the lazy dog, and Glyph renders it. " if j % 3 == 0 else "")
+            for j, p in enumerate([q for q in ZH_TEXT.split("\n") if q][k:k + 9])) for k in range(12)) + "\n"
+ZH_TEXTS = {"short_lines": ZH_TEXT, "long_lines": ZH_LONG_LINES}
+WQY = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"  # Debian/Ubuntu: apt-get install fonts-wqy-microhei
+
+
+def cjk_truetype_font() -> str | None:
+    """WenQuanYi Micro Hei (a TrueType collection; face 0 is what reportlab's TTFont reads), or None. Noto Sans CJK
+    (glyph_rt[cjk]) cannot be the font of this comparison: reportlab refuses its CFF outlines."""
+    import shutil
+    import subprocess
+
+    if Path(WQY).is_file():
+        return WQY
+    if shutil.which("fc-list"):
+        out = subprocess.run(["fc-list", "-f", "%{file}\n", "WenQuanYi Micro Hei"], capture_output=True, text=True)
+        files = [f for f in out.stdout.split() if f.endswith(".ttc") and Path(f).is_file()]
+        return files[0] if files else None
+    return None
+
+
+def zh_text(name: str, chars: int) -> str:
+    base = ZH_TEXTS[name]
+    return (base * (chars // len(base) + 1))[:chars]
+
+
+@pytest.mark.parametrize("align", ["LEFT", "JUSTIFY", "RIGHT"])
+@pytest.mark.parametrize("name", ["short_lines"])
+def test_chinese_lines_are_reportlabs(name, align):
+    """Chinese prose wrapped the CJK way over pages (DejaVu Sans: the ideographs are boxes of .notdef's width in
+    both): the same characters on every line and the same pages. A paragraph split across pages continues with no
+    empty first line, and its continuation is wrapped again with a space added at each line end, as reportlab's
+    Paragraph.split does (20 extra empty lines in 50K characters before; a filled line pushes its space onto the
+    next line, which may then break anew). Lines are compared without their spaces: reportlab's hold the added
+    ones. (Not "long_lines": glyph_rt's box is 600/1000 em wide, DejaVu's .notdef 1229/2048 em, and 60 boxes on a
+    line can end it 0.04 pt apart; with a real CJK font, below, there are no boxes.)"""
+    import dataclasses
+
+    import glyph_rt
+    from bench.fidelity import words_of
+    from glyph_rt import RenderConfig
+    from glyph_rt.render.config import GLYPH_CONFIG_EN
+    from glyph_rt.render.fonts import BUILTIN_FONTS
+
+    text = zh_text(name, 20000)
+    font = str(BUILTIN_FONTS["sans"])
+    cfg = {**GLYPH_CONFIG_EN, "font-path": font, "alignment": align}
+    ref = official.render_official_full(text, cfg, font_path=font)
+    pages = glyph_rt.render(text, dataclasses.replace(RenderConfig.from_glyph_dict(cfg), auto_cjk_fallback=False))
+    ref_lines = [(ln.page, words_of(ln.text, cjk=True)) for ln in ref.lines]
+    our_lines = [(p, words_of(text[s:e], cjk=True)) for p, s, e in pages.document.line_spans()]
+    assert len(ref.images) == len(pages) > 2
+    assert our_lines == ref_lines
+
+
+@pytest.mark.parametrize("over", [{}, {"alignment": "JUSTIFY"}, {"alignment": "RIGHT"},
+                                  {"dpi": 96, "font-size": 10, "line-height": 12, "first-line-indent": 18}])
+@pytest.mark.parametrize("name", ZH_TEXTS)
+def test_chinese_with_a_cjk_font_is_the_official_pixels(name, over):
+    """Chinese prose with a real CJK TrueType font (WenQuanYi Micro Hei) in both pipelines, at Glyph's settings
+    and a few others: every line, page size and pixel is the official one (metrics, advances, hinting-free glyphs
+    and the CJK wrap's page splits). Skipped without the font: apt-get install fonts-wqy-microhei."""
+    from bench import fidelity
+
+    font = cjk_truetype_font()
+    if font is None:
+        pytest.skip("no CJK TrueType font: apt-get install fonts-wqy-microhei (WenQuanYi Micro Hei); "
+                    "reportlab cannot read glyph_rt[cjk]'s Noto Sans CJK (CFF outlines)")
+    r = fidelity.run(font, 0, text=zh_text(name, 20000), verbose=False, over=over)
+    assert r["cjk_wrap"] and r["pages"]["equal"] and r["page_sizes"]["equal"], (r["pages"], r["page_sizes"])
+    assert r["lines"]["positional_identical_pct"] == 100.0, r["lines"]["first_difference"]
+    px = r["pixels"]
+    assert px["pages_compared"] == r["pages"]["official"] > 2 and px["pages_identical"] == px["pages_compared"], px

@@ -466,3 +466,31 @@ def test_paragraphs_of_many_pages_continue_after_breaks():
     c = cfg(page_size=(595, 64), lines_per_paragraph=2000)
     lay = run_both("a\n" * 600, c)
     assert lay.placed == 600 and lay.num_pages > 250
+
+
+def _cjk_prose(n_lines: int, seed: int = 3) -> str:
+    """Source lines of CJK prose (punctuation, digits, Latin words with spaces) of 0 to ~400 characters."""
+    rng = random.Random(seed)
+    han = "天下大势分久必合学而时习之不亦说乎有朋自远方来研究团队发布框架长文本渲染成图像"
+    latin = ["Glyph", "LongBench", "Qwen3-8B", "the quick brown fox", "VLM", "3.14159", "1,200"]
+    lines = []
+    for _ in range(n_lines):
+        parts = []
+        for _ in range(rng.choice([0, 3, 12, 40])):
+            r = rng.random()
+            parts.append(rng.choice(latin) if r < 0.1 else rng.choice("，。、；：？！「」“”（）《》—…") if r < 0.3
+                         else "".join(rng.choice(han) for _ in range(rng.randint(1, 9))))
+        lines.append("".join(parts))
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("alignment", ["left", "justify", "right", "center"])
+def test_cjk_wrap_continuations_are_wrapped_again(alignment):
+    """reportlab splits a paragraph across pages in CJK wrap with no empty first line on the next page (the break
+    stays on the line it ends: the word wrap's empty continuation line added 20 lines to 50K characters of Chinese),
+    and wraps the continuation again with a space added at every line end (Paragraph.split, _split_blParaHard): a
+    line that filled its width pushes its space onto the next line, which starts a space in and may break anew.
+    Both engines agree (tests/test_fidelity.py compares these lines with reportlab's)."""
+    c = cfg(wrap="cjk", alignment=alignment, page_size=(300, 140), first_line_indent=9, lines_per_paragraph=30)
+    lay = run_both(_cjk_prose(160), c)
+    assert lay.num_pages > 20

@@ -14,8 +14,9 @@ namespace glyph_rt {
 namespace {
 
 enum Kind : uint8_t { kDraw = 0, kNbsp = 1, kBreak = 2 };
-// Item flags: kCjk breaks before in word mode; kWide and kNoStart steer reportlab's CJK wrap.
-enum Flag : uint8_t { kCjk = 1, kWide = 2, kNoStart = 4 };
+// Item flags: kCjk breaks before in word mode; kWide and kNoStart steer reportlab's CJK wrap; kAdded marks
+// a space that is no source character (reportlab's split adds one at each line end of a continuation).
+enum Flag : uint8_t { kCjk = 1, kWide = 2, kNoStart = 4, kAdded = 8 };
 
 struct Item {
   int32_t slot;
@@ -237,11 +238,14 @@ class Engine {
         if (items_[k].kind == kNbsp) l.nbsp += items_[k].spaces;
     l.forced = forced;
     l.first = para_first_line_;
-    if (l.unit_end > l.unit_start) {
-      l.src_start = items_[placed_[l.unit_start].start].src;
-      l.src_end = items_[placed_[l.unit_end - 1].end - 1].src + 1;
+    int32_t ub = l.unit_start, ue = l.unit_end;  // added spaces are no source characters
+    while (ub < ue && (items_[placed_[ub].start].flags & kAdded)) ++ub;
+    while (ue > ub && (items_[placed_[ue - 1].start].flags & kAdded)) --ue;
+    if (ue > ub) {
+      l.src_start = items_[placed_[ub].start].src;
+      l.src_end = items_[placed_[ue - 1].end - 1].src + 1;
     } else {
-      l.src_start = l.src_end = empty_src_;
+      l.src_start = l.src_end = ub < l.unit_end ? items_[placed_[ub].start].src : empty_src_;
     }
     lines_.push_back(l);
     para_first_line_ = false;
@@ -307,10 +311,16 @@ class Engine {
       units_.push_back(Unit{k, k + 1, false});
     }
     while (para_end && !units_.empty() && items_[units_.back().start].kind == kBreak) units_.pop_back();
+    wrap_cjk(max_width(para_first_line_));
+  }
+
+  // cjkFragSplit's loop over the characters units_ (one item each): closes every line it fills, and
+  // places the rest on the open line.
+  void wrap_cjk(double maxw) {
     const int32_t n = (int32_t)units_.size();
     auto item = [&](int32_t u) -> const Item& { return items_[units_[u].start]; };
     int32_t i = 0, start = 0;
-    double used = 0, maxw = max_width(para_first_line_);
+    double used = 0;
     while (i < n) {
       const Item& it = item(i++);
       used += char_width(it);
@@ -554,10 +564,11 @@ class Engine {
 
   // Places the lines of the current paragraph into frames, splitting across pages.
   void paginate() {
-    const int32_t n = (int32_t)lines_.size();
+    int32_t n = (int32_t)lines_.size();
     int32_t idx = 0;
-    // reportlab's continuation of a paragraph split right after a line break starts at that break, which
-    // yields an empty first line on the next page: `lead`, drawn before lines_[idx] (not stored in lines_,
+    // reportlab's continuation of a paragraph split right after a line break starts at that break (word
+    // wrap; CJK wrap keeps the break on the line it ends), which yields an empty first line on the next
+    // page: `lead`, drawn before lines_[idx] (not stored in lines_,
     // so that a paragraph of many pages costs no insertions)
     bool lead = false;
     Line lead_line{};
@@ -594,9 +605,10 @@ class Engine {
       idx += real;
       lead = false;
       // Not in a frame that holds a single line: the empty line would fill every following page and the
-      // text never advances.
+      // text never advances. Not in CJK wrap: cjkFragSplit ends a line with its break (the break is the
+      // line's last character), so the continuation starts at the next line's first character.
       bool prev_forced = after_lead_only || (idx > 0 && lines_[idx - 1].forced);
-      if (idx < n && prev_forced && !p_.newline_marker && frame_lines_ >= 2) {
+      if (idx < n && prev_forced && !p_.newline_marker && frame_lines_ >= 2 && p_.wrap != kWrapCJK) {
         lead_line = lines_[idx];
         lead_line.unit_end = lead_line.unit_start;
         lead_line.width = 0;
@@ -606,6 +618,7 @@ class Engine {
         lead_line.src_start = lead_line.src_end = after_lead_only ? lead_line.src_start : lines_[idx - 1].src_end;
         lead = true;
       }
+      if (idx < n && p_.wrap == kWrapCJK) n = rewrap_cjk(idx);
       if (idx >= n) {
         cursor_ += s + k * p_.leading + p_.space_after;
         prev_after_ = p_.space_after;
@@ -615,6 +628,50 @@ class Engine {
       if (page_ + 1 >= p_.max_pages) { out_.truncated = true; return; }
       new_page();
     }
+  }
+
+  // reportlab's continuation of a paragraph split in CJK wrap (Paragraph.split, _split_blParaHard): the
+  // characters of lines [idx, n), a space added after each but the last line unless it ends in one (a
+  // forced line's break gets it: one per break), wrapped again by cjkFragSplit with the later lines' width.
+  // A line that filled its width pushes its added space onto the next line, which may then break anew.
+  // Replaces those lines; returns the paragraph's new line count.
+  int32_t rewrap_cjk(int32_t idx) {
+    const std::vector<Line> old(lines_.begin() + idx, lines_.end());
+    lines_.resize(idx);
+    line_unit_start_ = (int32_t)placed_.size();
+    cur_ = 0;
+    spaces_ = 0;
+    para_first_line_ = false;
+    units_.clear();
+    const int32_t n_old = (int32_t)old.size();
+    for (int32_t li = 0; li < n_old; ++li) {
+      const Line& l = old[li];
+      for (int32_t ui = l.unit_start; ui < l.unit_end; ++ui) units_.push_back(placed_[ui]);
+      const bool last = li == n_old - 1;
+      const int32_t end_item = l.unit_end > l.unit_start ? placed_[l.unit_end - 1].start : -1;
+      const int32_t src = l.src_end;
+      if (l.forced) {  // the break's own (empty) text becomes the space; wrapping stops at the break
+        Unit brk{-1, -1, false};
+        if (end_item >= 0 && (items_[end_item].flags & kAdded)) {
+          brk = units_.back();
+          units_.pop_back();
+        } else if (!last) {
+          items_.push_back(Item{-1, src, (float)space_w_, kBreak, 0, kAdded, 1});
+          brk = Unit{(int32_t)items_.size() - 1, (int32_t)items_.size(), false};
+        }
+        wrap_cjk(max_width(false));
+        if (brk.start >= 0) place_char(brk);
+        empty_src_ = src;
+        close_line(true);
+        units_.clear();
+      } else if (!last && !(end_item >= 0 && items_[end_item].kind == kBreak)) {
+        items_.push_back(Item{-1, src, (float)space_w_, kBreak, 0, kAdded, 1});
+        units_.push_back(Unit{(int32_t)items_.size() - 1, (int32_t)items_.size(), false});
+      }
+    }
+    wrap_cjk(max_width(false));
+    if (!line_empty()) close_line(false);
+    return (int32_t)lines_.size();
   }
 
   void run(const uint32_t* t, int64_t n, const int32_t* marker, int32_t n_marker) {

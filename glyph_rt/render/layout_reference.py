@@ -22,7 +22,8 @@ renderer relies on:
 - Paragraphs flow down frames (one per page): spaceBefore, less the previous spaceAfter and dropped
   at the top of a frame, then the lines, then spaceAfter. A paragraph that does not fit is split
   across pages, but never leaves a single (orphan) line at a page bottom; split right after a
-  forced break, its continuation starts with an empty line.
+  forced break, its continuation starts with an empty line (word wrap; in CJK wrap the break stays
+  on the line it ends, and the continuation starts after it).
 - Lines are aligned left, center or right, or justified: the spaces of every line but forced ones
   and the last of a paragraph are stretched (or shrunk) to fill the line. A line longer than the
   frame (by the shrinkage) is squeezed back to it in every alignment. The share is reportlab's PDF
@@ -76,8 +77,9 @@ def is_cjk(c: int) -> bool:
     return any(lo <= c <= hi for lo, hi in CJK_RANGES)
 
 
-# spaces: a kept tab is tab_size; wide: from U+3000 (a CJK wrap break point); nostart: in CANNOT_START
-Item = namedtuple("Item", "slot src adv kind color cjk spaces wide nostart", defaults=(1, False, False))
+# spaces: a kept tab is tab_size; wide: from U+3000 (a CJK wrap break point); nostart: in CANNOT_START;
+# added: a space that is no source character (added at the line ends of a CJK continuation, see rewrap_cjk)
+Item = namedtuple("Item", "slot src adv kind color cjk spaces wide nostart added", defaults=(1, False, False, False))
 Unit = namedtuple("Unit", "start end gap")  # items [start, end); gap: after a (collapsed) breaking space
 Line = namedtuple("Line", "units width spaces nbsp forced first src_start src_end")  # forced: ended by a newline
 
@@ -182,7 +184,11 @@ class Engine:
 
     def close_line(self, forced: bool, empty_src: int = 0):
         u = self.line
-        src = (self.items[u[0].start].src, self.items[u[-1].end - 1].src + 1) if u else (empty_src, empty_src)
+        real = [v for v in u if not self.items[v.start].added]  # added spaces are no source characters
+        if real:
+            src = (self.items[real[0].start].src, self.items[real[-1].end - 1].src + 1)
+        else:
+            src = (self.items[u[0].start].src,) * 2 if u else (empty_src, empty_src)
         nbsp = sum(it.spaces for v in u for it in self.items[v.start:v.end] if it.kind == NBSP)
         self.lines.append(Line(u, self.cur, self.spaces, nbsp, forced, self.first, *src))
         self.line, self.cur, self.spaces, self.first = [], 0.0, 0, False
@@ -225,9 +231,13 @@ class Engine:
             chars.append(k)
         while para_end and chars and self.items[chars[-1]].kind == BREAK:
             chars.pop()
+        self.wrap_cjk(chars, self.max_width(self.first))
+
+    def wrap_cjk(self, chars: list[int], maxw: float):
+        """cjkFragSplit's loop over the items `chars`: closes every line it fills, places the rest on the open one."""
         items = [self.items[k] for k in chars]
         i = start = 0
-        used, maxw = 0.0, self.max_width(self.first)
+        used = 0.0
         while i < len(items):
             it = items[i]
             i += 1
@@ -363,6 +373,39 @@ class Engine:
         text.move(-back)
         return pen - start
 
+    def rewrap_cjk(self, idx: int) -> int:
+        """reportlab's continuation of a paragraph split in CJK wrap (Paragraph.split, _split_blParaHard): the
+        characters of lines [idx:], a space added after each but the last line unless it ends in one (a forced
+        line's break gets it, once), wrapped again with the later lines' width. Returns the new line count."""
+        old, self.lines = self.lines[idx:], self.lines[:idx]
+        self.line, self.cur, self.spaces, self.first = [], 0.0, 0, False
+        chars = []
+
+        def added_space(src):
+            self.items.append(Item(-1, src, self.space_adv, BREAK, 0, False, added=True))
+            return len(self.items) - 1
+
+        for li, line in enumerate(old):
+            chars += [u.start for u in line.units]
+            last = li == len(old) - 1
+            if line.forced:  # the break's own (empty) text becomes the space; wrapping stops at the break
+                brk = None
+                if line.units and self.items[line.units[-1].start].added:
+                    brk = chars.pop()
+                elif not last:
+                    brk = added_space(line.src_end)
+                self.wrap_cjk(chars, self.later_w)
+                if brk is not None:
+                    self.place_char(brk)
+                self.close_line(True, empty_src=line.src_end)
+                chars = []
+            elif not last and not (line.units and self.items[line.units[-1].start].kind == BREAK):
+                chars.append(added_space(line.src_end))
+        self.wrap_cjk(chars, self.later_w)
+        if self.line:
+            self.close_line(False)
+        return len(self.lines)
+
     def paginate(self):
         """Flows the current paragraph's lines down the frames, splitting it across pages."""
         p, n, idx = self.p, len(self.lines), 0
@@ -384,12 +427,16 @@ class Engine:
             if k:
                 self.emit_lines(idx, idx + k, top, idx + k == n)
             idx += k
-            if idx < n and self.lines[idx - 1].forced and not p["newline_marker"] and self.frame_lines >= 2:
+            if (idx < n and self.lines[idx - 1].forced and not p["newline_marker"] and self.frame_lines >= 2
+                    and p["wrap"] != WRAP_CJK):
                 # reportlab's continuation after a split at a line break starts with an empty line
-                # (not in a one-line frame: that empty line would fill every following page)
+                # (not in a one-line frame: that empty line would fill every following page; not in CJK
+                # wrap, whose lines hold the break that ends them: the continuation starts after it)
                 prev_end = self.lines[idx - 1].src_end
                 self.lines.insert(idx, Line([], 0.0, 0, 0, True, False, prev_end, prev_end))
                 n += 1
+            if idx < n and p["wrap"] == WRAP_CJK:
+                n = self.rewrap_cjk(idx)
             if idx >= n:
                 self.cursor += s + k * p["leading"] + p["space_after"]
                 self.prev_after, self.at_top = p["space_after"], False
