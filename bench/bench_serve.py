@@ -354,7 +354,8 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=4, help="requests per client")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--doc-chars", type=int, default=3000, help="characters per document")
-    ap.add_argument("--serial", type=int, default=16, help="requests for the serial generate baseline (at most clients x requests: the same documents)")
+    ap.add_argument("--serial", type=int, default=16,
+                    help="requests for the serial generate baseline (at most clients x requests: the same documents)")
     ap.add_argument("--cache-doc-chars", type=int, default=40000, help="document for the cache follow-up test")
     ap.add_argument("--device", default=None)
     ap.add_argument("--compare-url", help="another OpenAI-compatible server of the same model (vLLM serving Glyph) "

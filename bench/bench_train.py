@@ -152,7 +152,8 @@ def main(argv=None):
                "text_peak_gib": text_mem,
                "glyph_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
         rows.append(row)
-        p = write_result(args, name, "train", rows, {"speedup_max_tokens": max(rows, key=lambda r: r["tokens"])["speedup"],
+        longest = max(rows, key=lambda r: r["tokens"])
+        p = write_result(args, name, "train", rows, {"speedup_max_tokens": longest["speedup"],
                                                       "config": f"LoRA r=16 (attention), vision trained, "
                                                                 f"{len(base.model.language_model.layers)} layers, "
                                                                 "gradient checkpointing"})

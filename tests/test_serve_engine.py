@@ -202,6 +202,32 @@ def test_a_request_that_times_out_in_the_queue_is_a_408(gm):
         e.shutdown()
 
 
+def test_a_request_that_spent_most_of_its_timeout_queued_is_a_408_when_it_runs_past_it(gm):
+    """A request that waited most of its timeout behind another, then ran past it: the server was busy (408, which
+    clients may retry), not a request whose compute alone is too long for the timeout (504)."""
+    e = Engine(gm, max_batch=1).start()
+    try:
+        got = {}
+
+        def on(name):
+            return lambda ev: got.setdefault(name, ev) if ev["type"] in ("done", "error") else None
+
+        first = e.submit(prompt(gm, e, CONTEXTS[1], QUESTIONS[1]), SamplingParams(max_tokens=3000, ignore_eos=True),
+                         on("first"))
+        late = e.submit(prompt(gm, e, CONTEXTS[2], QUESTIONS[2]), SamplingParams(max_tokens=3000, ignore_eos=True),
+                        on("late"), timeout=2.0)
+        time.sleep(1.5)
+        e.cancel(first)
+        deadline = time.monotonic() + 30
+        while "late" not in got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        err = got["late"]["error"]
+        assert late.started - late.arrival >= 1.5 and late.output_ids  # it ran, after most of its timeout queued
+        assert (err.status, err.code) == (408, "queue_timeout") and "in the queue and ran past its timeout" in str(err)
+    finally:
+        e.shutdown()
+
+
 def test_requests_being_prepared_hold_their_place_in_the_queue(gm):
     """Engine.reserve: a place for a request about to be rendered, counted against max_queue with those waiting;
     submit(slot=) takes it, release() gives it back (once)."""

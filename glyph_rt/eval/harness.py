@@ -184,13 +184,13 @@ def latest_rows(rows: list[dict]) -> list[dict]:
 
 def rows_of_items(path, items: list[Item]) -> tuple[list[dict], int]:
     """read_rows of a results file, of `items` only: rows of an item no longer among them, or of another version
-    of it (its id with other content: other lengths, seed or data), are left out; and how many (item, run) pairs
-    were left out that way (their rows stay in the file)."""
+    of it (its id with other content: other lengths, seed or data), are left out; and how many rows were left out
+    that way (they stay in the file)."""
     by_id, hashes = {it.id: it for it in items}, {it.id: item_hash(it) for it in items}
     every = all_rows(path)
     mine = [r for r in every if r.get("id") in by_id and same_item(r, by_id[r["id"]], hashes[r["id"]])]
     rows = latest_rows(mine)
-    return rows, len({row_key(r) for r in every} - {row_key(r) for r in rows})
+    return rows, len(every) - len(mine)
 
 
 def all_rows(path) -> list[dict]:

@@ -346,11 +346,19 @@ def _boundaries(cu: torch.Tensor, total: int, name: str) -> list[int]:
 _CHECKED: dict[int, tuple] = {}  # id(cu_seqlens) -> (cu_seqlens, its version, its token count, longest segment)
 
 
+def _trust(cu: torch.Tensor, total: int, longest: int) -> None:
+    """Records cu_seqlens as checked, with its longest segment: those read from it, and those built here, right by
+    construction (no host sync for them)."""
+    if len(_CHECKED) >= 8:
+        _CHECKED.clear()
+    _CHECKED[id(cu)] = (cu, cu._version, total, longest)
+
+
 def _longest(cu: torch.Tensor, total: int, name: str, given: int | None) -> int:
     """The longest segment, read from cu in one host sync with the values that check it (_check_boundaries), given
     max_seqlen or not: the kernels' grids and outputs trust the boundaries, so a bad cu_seqlens would leave rows
-    unwritten or index past the tensors. A `given` below the longest segment is refused. Every layer of a model
-    gets the same tensor, so the sync happens once per forward rather than once per layer."""
+    unwritten or index past the tensors. A `given` below the longest segment is refused. A tensor is checked once
+    (a vision tower's layers share one; those glyph_rt builds are trusted, _trust), not once per layer."""
     hit = _CHECKED.get(id(cu))
     if hit is not None and hit[0] is cu and hit[1] == cu._version and hit[2] == total:
         longest = hit[3]
@@ -358,9 +366,7 @@ def _longest(cu: torch.Tensor, total: int, name: str, given: int | None) -> int:
         lengths = cu[1:] - cu[:-1]
         first, shortest, longest, last = torch.stack([cu[0], lengths.min(), lengths.max(), cu[-1]]).tolist()
         _check_boundaries(cu, name, total, first, shortest, last)
-        if len(_CHECKED) >= 8:
-            _CHECKED.clear()
-        _CHECKED[id(cu)] = (cu, cu._version, total, longest)
+        _trust(cu, total, longest)
     if given is not None and int(given) < longest:
         arg = name.replace("cu_seqlens", "max_seqlen")
         raise ValueError(f"{arg}={int(given)} is below the longest segment of {name} ({longest}); give the longest "
@@ -376,11 +382,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: t
     if cu_seqlens_q is None:
         cu_seqlens_q = torch.tensor([0, q.shape[0]], dtype=torch.int32, device=q.device)
         max_seqlen_q = q.shape[0]
+        _trust(cu_seqlens_q, q.shape[0], q.shape[0])
     if cu_seqlens_k is None:
         if k.shape[0] != q.shape[0] and len(cu_seqlens_q) > 2:
             raise ValueError("cu_seqlens_k is needed when k and q lengths differ over several segments")
-        cu_seqlens_k = cu_seqlens_q if k.shape[0] == q.shape[0] else \
-            torch.tensor([0, k.shape[0]], dtype=torch.int32, device=q.device)
+        if k.shape[0] == q.shape[0]:
+            cu_seqlens_k = cu_seqlens_q
+        else:
+            cu_seqlens_k = torch.tensor([0, k.shape[0]], dtype=torch.int32, device=q.device)
+            _trust(cu_seqlens_k, k.shape[0], k.shape[0])
     q, k, v = autocast_inputs(q, k, v)
     check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k)
     cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()  # the kernels index them flat
@@ -459,13 +469,18 @@ def glyph_attention_forward(module, query, key, value, attention_mask, scaling=N
         lens_q, lens_k = mask_q.sum(1, dtype=torch.int32), mask_k.sum(1, dtype=torch.int32)
         cu_q = F.pad(lens_q.cumsum(0, dtype=torch.int32), (1, 0))
         cu_k = F.pad(lens_k.cumsum(0, dtype=torch.int32), (1, 0))
-        o = attention(q[mask_q], k[mask_k], v[mask_k], cu_q, cu_k, int(lens_q.max()), int(lens_k.max()),
+        total_q, total_k, max_q, max_k = torch.stack([cu_q[-1], cu_k[-1], lens_q.max(), lens_k.max()]).tolist()
+        _trust(cu_q, total_q, max_q)
+        _trust(cu_k, total_k, max_k)
+        o = attention(q[mask_q], k[mask_k], v[mask_k], cu_q, cu_k, max_q, max_k,
                       causal=causal, softmax_scale=scaling, backend=backend)
         out = q.new_zeros(B, S, H, D)
         out[mask_q] = o
         return out, None
     cu_q = torch.arange(B + 1, dtype=torch.int32, device=dev) * S
     cu_k = torch.arange(B + 1, dtype=torch.int32, device=dev) * Sk
+    _trust(cu_q, B * S, S)
+    _trust(cu_k, B * Sk, Sk)
     out = attention(q.reshape(B * S, H, D), k.reshape(B * Sk, -1, D), v.reshape(B * Sk, -1, D), cu_q, cu_k,
                     S, Sk, causal=causal, softmax_scale=scaling, backend=backend)
     return out.reshape(B, S, H, D), None

@@ -133,6 +133,7 @@ class Request:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     arrival: float = field(default_factory=time.monotonic)
     deadline: float = math.inf
+    started: float = math.inf  # when it left the queue
     output_ids: list[int] = field(default_factory=list)
     text: str = ""
     sent: int = 0  # characters of text already sent
@@ -491,9 +492,13 @@ class Engine:
         for r in [r for r in self.running + self._prefilling if r.stopped or now > r.deadline]:
             if r.stopped:
                 self._finish(r, "cancelled")
-            else:  # its compute ran past the timeout: the request's own outcome, which a retry would repeat
+            elif now - r.started >= r.started - r.arrival:  # mostly compute: its own outcome, a retry would repeat
                 self._fail(r, RequestError(f"the request took longer than its timeout of "
                                            f"{r.deadline - r.arrival:.0f} s", None, 504, "timeout"))
+            else:  # mostly queue time: the server was busy, another try may be served
+                self._fail(r, RequestError(f"the request waited {r.started - r.arrival:.0f} s in the queue and ran "
+                                           f"past its timeout of {r.deadline - r.arrival:.0f} s", None, 408,
+                                           "queue_timeout"))
 
     # ------------------------------------------------------------------ prefill
     def _positions(self, ids: torch.Tensor, grids: torch.Tensor | None) -> tuple[torch.Tensor, int]:
@@ -620,6 +625,7 @@ class Engine:
                     break  # in order: the first waits until the batch's rows and KV leave it room
                 self.waiting.popleft()
                 self.metrics.queue_depth.set(len(self.waiting))
+            req.started = time.monotonic()
             if req.cancelled:
                 self._finish(req, "cancelled")
                 continue
@@ -786,7 +792,7 @@ class Engine:
     def _choice(r: Request, i: int, seed: int) -> Request:
         """Choice i of `r`, whose prompt just went in: its own copy of r's sampling state, r's KV to start from."""
         c = Request(r.prompt, r.params, r.on_event, id=f"{r.id}-{i}", arrival=r.arrival, deadline=r.deadline,
-                    cache_hit=r.cache_hit, length=r.length, next_pos=r.next_pos, index=i, head=r,
+                    started=r.started, cache_hit=r.cache_hit, length=r.length, next_pos=r.next_pos, index=i, head=r,
                     logprobs=[] if r.logprobs is not None else None)
         c.kv = list(r.kv)  # the same tensors: the batch copies them when its rows are rebuilt
         if r.seen is not None:

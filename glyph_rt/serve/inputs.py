@@ -87,7 +87,8 @@ def render_config_for(base: RenderConfig, overrides: dict | None, param: str) ->
         (w, h), scale = cfg.page_size, cfg.horizontal_scale
         scaled = f" and horizontal_scale {scale:g}" if scale > 1 else ""
         raise RequestError(f"{param}: a page of {w:g} x {h:g} pt (page_size) at dpi {cfg.dpi:g}{scaled} is {area:,} "
-                           f"pixels, over the limit of {MAX_PIXELS:,} per page; lower dpi or page_size", param)
+                           f"pixels, over the limit of {MAX_PIXELS:,} per page; lower dpi or page_size"
+                           f"{' or horizontal_scale' if scaled else ''}", param)
     return cfg
 
 
