@@ -73,7 +73,8 @@ def test_models_health_and_metrics(server, client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     text = httpx.get(server.url + "/metrics").text
-    for name in ("glyph_rt_queue_depth", "glyph_rt_running_requests", "glyph_rt_time_to_first_token_seconds",
+    for name in ("glyph_rt_queue_depth", "glyph_rt_running_requests", "glyph_rt_preparing_requests",
+                 "glyph_rt_time_to_first_token_seconds",
                  "glyph_rt_inter_token_latency_seconds", "glyph_rt_generation_tokens_per_second",
                  "glyph_rt_pages_rendered", "glyph_rt_compression_ratio", "glyph_rt_document_cache_hits",
                  "glyph_rt_engine_busy_seconds_total"):

@@ -238,8 +238,10 @@ def test_requests_being_prepared_hold_their_place_in_the_queue(gm):
         e.reserve()
     with pytest.raises(QueueFull):  # without a place of its own: the two being prepared fill the queue
         e.submit(p, SamplingParams(max_tokens=4), lambda ev: None)
+    assert e.metrics.registry.get_sample_value("glyph_rt_preparing_requests") == 2  # shown in /metrics
     e.submit(p, SamplingParams(max_tokens=4), lambda ev: None, slot=a)
     assert (e.preparing, len(e.waiting), a.held) == (1, 1, False)
+    assert e.metrics.registry.get_sample_value("glyph_rt_preparing_requests") == 1
     a.release()  # taken: a no-op
     b.release()
     b.release()

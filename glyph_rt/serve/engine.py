@@ -296,6 +296,7 @@ class Engine:
         self.token_text = TokenText(gm.tokenizer)  # logprobs' token texts and bytes
         self.waiting: deque[Request] = deque()
         self.preparing = 0  # Slots held: requests being prepared, counted against max_queue with the waiting
+        self.metrics.preparing.set_function(lambda: self.preparing)
         self.running: list[Request] = []
         self._batch: GlyphCache | None = None
         self._batch_rows: list[Request] = []

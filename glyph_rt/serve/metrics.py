@@ -16,6 +16,8 @@ class Metrics:
         p = "glyph_rt_"
         self.queue_depth = Gauge(p + "queue_depth", "requests waiting for a slot in the running batch", registry=r)
         self.running = Gauge(p + "running_requests", "requests in the running batch", registry=r)
+        self.preparing = Gauge(p + "preparing_requests", "requests being prepared (rendered) with a place held in the "
+                               "queue, counted against its limit with the waiting ones", registry=r)
         self.ttft = Histogram(p + "time_to_first_token_seconds", "from arrival to the first token", registry=r,
                               buckets=LATENCY_BUCKETS)
         self.itl = Histogram(p + "inter_token_latency_seconds", "between two tokens of a request", registry=r,
