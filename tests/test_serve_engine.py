@@ -180,21 +180,31 @@ def test_cancel_and_timeout(gm):
         e.shutdown()
 
 
+def outcomes():
+    """({name: the request's last event}, on(name) -> an on_event that records its done or error event)."""
+    got = {}
+
+    def on(name):
+        return lambda ev: got.setdefault(name, ev) if ev["type"] in ("done", "error") else None
+
+    return got, on
+
+
+def wait_for(got: dict, name: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while name not in got and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_a_request_that_times_out_in_the_queue_is_a_408(gm):
     """One that never started (the batch full) is told the server was busy: 408, which clients may retry."""
     e = Engine(gm, max_batch=1).start()
     try:
-        got = {}
-
-        def on(name):
-            return lambda ev: got.setdefault(name, ev) if ev["type"] in ("done", "error") else None
-
+        got, on = outcomes()
         first = e.submit(prompt(gm, e, CONTEXTS[1], QUESTIONS[1]), SamplingParams(max_tokens=3000, ignore_eos=True),
                          on("first"))
         e.submit(prompt(gm, e, CONTEXTS[2], QUESTIONS[2]), SamplingParams(max_tokens=3), on("late"), timeout=0.3)
-        deadline = time.monotonic() + 30
-        while "late" not in got and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(got, "late")
         err = got["late"]["error"]
         assert (err.status, err.code) == (408, "queue_timeout") and "waited in the queue" in str(err)
         e.cancel(first)
@@ -207,20 +217,14 @@ def test_a_request_that_spent_most_of_its_timeout_queued_is_a_408_when_it_runs_p
     clients may retry), not a request whose compute alone is too long for the timeout (504)."""
     e = Engine(gm, max_batch=1).start()
     try:
-        got = {}
-
-        def on(name):
-            return lambda ev: got.setdefault(name, ev) if ev["type"] in ("done", "error") else None
-
+        got, on = outcomes()
         first = e.submit(prompt(gm, e, CONTEXTS[1], QUESTIONS[1]), SamplingParams(max_tokens=3000, ignore_eos=True),
                          on("first"))
         late = e.submit(prompt(gm, e, CONTEXTS[2], QUESTIONS[2]), SamplingParams(max_tokens=3000, ignore_eos=True),
                         on("late"), timeout=2.0)
         time.sleep(1.5)
         e.cancel(first)
-        deadline = time.monotonic() + 30
-        while "late" not in got and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(got, "late")
         err = got["late"]["error"]
         assert late.started - late.arrival >= 1.5 and late.output_ids  # it ran, after most of its timeout queued
         assert (err.status, err.code) == (408, "queue_timeout") and "in the queue and ran past its timeout" in str(err)
