@@ -15,7 +15,7 @@ C++ and GPU rasterizers read as they are:
     width_1000 float64 [slots]       advance in thousandths of an em, as reportlab computes it (TTFont charWidths)
     lut     int32  [0x110000]        codepoint -> slot (-1 = not built yet)
 
-Slot 0 is the replacement box drawn for characters no font covers; slot 1 is the space.
+Slot 0 is the first font's missing glyph (glyph 0, .notdef) drawn for characters no font covers; slot 1 is the space.
 Shaped scripts (see `shaping`) add slots held by glyph id rather than by codepoint: each is one
 cluster of HarfBuzz glyphs (a Devanagari syllable, a Thai base with its marks) composited at its
 positions, keyed by font and glyphs (`cluster_slot`, cached with the rest).
@@ -40,7 +40,7 @@ import numpy as np
 
 from .fonts import split_face
 
-ATLAS_VERSION = 7
+ATLAS_VERSION = 8
 LUT_SIZE = 0x110000
 MAX_ATLAS_BYTES = (1 << 31) - 1  # the kernels address the atlas with int32 offsets
 _ARRAYS = ("data", "offset", "width", "height", "left", "top", "advance", "width_1000", "missing")
@@ -221,20 +221,22 @@ class FontAtlas:
         return out * (self.phases // len(out))
 
     def _add_missing_box(self) -> None:
-        """Slot 0: a visible hollow box, 0.6 em wide, for characters that no font covers."""
+        """Slot 0, for characters that no font covers: the first font's missing glyph (glyph 0, .notdef), as Glyph
+        draws them: reportlab lays it out at glyph 0's advance (TTFont.defaultWidth, from hmtx) and its PDF subset
+        maps the character to glyph 0, which poppler draws (DejaVu Sans: a box 1229/2048 em wide)."""
+        import freetype
+
         assert self.num_slots == MISSING_SLOT
-        w = max(3, int(round(0.5 * self.size_px * self.h_scale)))
-        h = max(4, int(round(0.7 * self.size_px)))
-        box = np.zeros((h, w), dtype=np.uint8)
-        box[0, :] = box[-1, :] = box[:, 0] = box[:, -1] = 255
-        left = max(0, int(round(0.05 * self.size_px * self.h_scale)))
-        self._advance.append(0.6 * self.size_pt)
-        self._width_1000.append(600.0)
+        face = self._faces[0]
+        adv_units = face.get_advance(0, freetype.FT_LOAD_NO_SCALE)
+        rendered = self._render(0, 0)
+        self._advance.append(adv_units * self.size_pt / face.units_per_EM)
+        self._width_1000.append(adv_units * (1000 / face.units_per_EM))  # reportlab's TTFont.defaultWidth
         self._missing.append(1)
-        for _ in range(self.phases):
-            self._bitmaps.append(box)
-            self._meta.append((w, h, left, h))
-        self._nbytes += box.size * self.phases
+        for a, meta in rendered:
+            self._bitmaps.append(a)
+            self._meta.append(meta)
+        self._nbytes += sum(a.size for a, _ in rendered)
 
     def _add_codepoint(self, cp: int, force_slot: int | None = None) -> None:
         face_idx, gid = -1, 0
