@@ -82,10 +82,17 @@ def main():
     if limits:
         data.limit = int(limits.split(",")[rank])
     r = run(cfg, data=data, progress=False)
-    print(f"RANK {rank} STEP {r['step']}", flush=True)
+    say(f"RANK {rank} STEP {r['step']}")
     if rank == 0:
-        print(f"LOSS {r['loss']!r}", flush=True)  # before any teardown of the process group
-        print(f"METRICS {r!r}", flush=True)
+        say(f"LOSS {r['loss']!r}")  # before any teardown of the process group
+        say(f"METRICS {r!r}")
+
+
+def say(line: str) -> None:
+    """One line in one write: the ranks share the pipe, and print's separate write of the newline (unbuffered
+    output) let another rank's line land in between ("RANK 1 STEP 1LOSS ...")."""
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), (line + "\n").encode())
 
 
 if __name__ == "__main__":
