@@ -378,8 +378,7 @@ class Engine:
                     self.waiting and self.queued_bytes + req.pixel_bytes > self.max_queue_bytes):
                 raise self._queue_full(others)
             if held:
-                slot.held = False
-                self.preparing -= 1
+                slot.release()  # its place is now the request's in the queue (_cv is re-entrant)
             self.queued_bytes += req.pixel_bytes
             self.waiting.append(req)
             self.metrics.queue_depth.set(len(self.waiting))
